@@ -1,0 +1,36 @@
+"""convarith: everything about a convolution's tweaks.
+
+Padding ("valid", "same", explicit, causal, full), strides, dilation, groups
+and transposition: the arithmetic with its reasons, an exact NumPy engine that
+agrees with Keras, PyTorch and JAX, and pictures of what the kernel does.
+
+>>> import convarith
+>>> convarith.ConvSpec(3, strides=2, padding="same").resolve((28, 28)).output_size
+(14, 14)
+"""
+
+from .arithmetic import (
+    conv_output_size,
+    effective_kernel,
+    padding_for_output,
+    pool_output_size,
+    same_padding,
+    solve,
+    transposed_output_size,
+)
+from .spec import ConvSpec, ResolvedConv, Tap
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConvSpec",
+    "ResolvedConv",
+    "Tap",
+    "conv_output_size",
+    "effective_kernel",
+    "padding_for_output",
+    "pool_output_size",
+    "same_padding",
+    "solve",
+    "transposed_output_size",
+]

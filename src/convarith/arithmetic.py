@@ -1,0 +1,389 @@
+"""Pure integer arithmetic of convolutions: sizes, padding, dropped rows, a solver.
+
+Every function here works on one spatial axis and plain ``int`` values; the
+spec (:mod:`convarith.spec`) applies them axis by axis. Nothing in this module
+uses NumPy.
+
+The central formula (the lesson's slide 10 misprints it as
+``(I - K + 2P) / (S + 1)``)::
+
+    O = floor((I + P_lo + P_hi - K_eff) / S) + 1,   K_eff = K + (K - 1)(D - 1)
+
+Examples
+--------
+>>> conv_output_size(28, 3, stride=3, padding=(1, 1))
+10
+>>> effective_kernel(3, 2)
+5
+>>> same_padding(28, 3, stride=2)
+(0, 1)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "effective_kernel",
+    "conv_output_size",
+    "same_output_size",
+    "same_padding",
+    "causal_padding",
+    "full_padding",
+    "dropped_rows",
+    "pool_output_size",
+    "transposed_output_size",
+    "keras_transposed_output_size",
+    "transposed_same_padding",
+    "transposed_valid_padding",
+    "transposed_input_padding",
+    "padding_for_output",
+    "Solution",
+    "solve",
+]
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def effective_kernel(kernel: int, dilation: int = 1) -> int:
+    """Span of a dilated kernel: ``K + (K - 1)(D - 1)``.
+
+    >>> effective_kernel(3, 2)   # a 3-tap kernel with dilation 2 sees 5 cells
+    5
+    """
+    return kernel + (kernel - 1) * (dilation - 1)
+
+
+def conv_output_size(
+    size: int, kernel: int, stride: int = 1, dilation: int = 1, padding: tuple[int, int] = (0, 0)
+) -> int:
+    """Output length of a direct convolution: ``floor((I + lo + hi - K_eff) / S) + 1``.
+
+    Returns 0 or less when the kernel does not fit in the padded input; callers
+    that need a real output reject that.
+
+    >>> conv_output_size(28, 3, stride=1, padding=(1, 1))
+    28
+    >>> conv_output_size(5, 3, stride=2, padding=(1, 1))
+    3
+    """
+    lo, hi = padding
+    span = size + lo + hi - effective_kernel(kernel, dilation)
+    if span < 0:
+        return 0
+    return span // stride + 1
+
+
+def same_output_size(size: int, stride: int = 1) -> int:
+    """Output length that "same" padding aims for: ``ceil(I / S)``.
+
+    >>> same_output_size(5, 2)
+    3
+    """
+    return _ceil_div(size, stride)
+
+
+def same_padding(
+    size: int, kernel: int, stride: int = 1, dilation: int = 1, lower: bool = False
+) -> tuple[int, int]:
+    """Per-side padding of "same": total ``max(0, (ceil(I/S) - 1) S + K_eff - I)``.
+
+    An odd total puts the extra pixel at the end (Keras, TensorFlow, JAX
+    ``SAME``, ONNX ``SAME_UPPER``, PyTorch) or, with ``lower=True``, at the
+    start (JAX ``SAME_LOWER``, ONNX ``SAME_LOWER``).
+
+    >>> same_padding(28, 3, stride=2)
+    (0, 1)
+    >>> same_padding(28, 3, stride=2, lower=True)
+    (1, 0)
+    """
+    out = same_output_size(size, stride)
+    total = max(0, (out - 1) * stride + effective_kernel(kernel, dilation) - size)
+    small, large = total // 2, total - total // 2
+    return (large, small) if lower else (small, large)
+
+
+def causal_padding(kernel: int, dilation: int = 1) -> tuple[int, int]:
+    """Keras ``Conv1D(padding="causal")``: ``D (K - 1)`` zeros on the left only.
+
+    >>> causal_padding(3, 8)
+    (16, 0)
+    """
+    return (dilation * (kernel - 1), 0)
+
+
+def full_padding(kernel: int, dilation: int = 1) -> tuple[int, int]:
+    """"full" padding: every overlap of kernel and input, ``K_eff - 1`` per side.
+
+    >>> full_padding(3)
+    (2, 2)
+    """
+    pad = effective_kernel(kernel, dilation) - 1
+    return (pad, pad)
+
+
+def dropped_rows(
+    size: int, kernel: int, stride: int = 1, dilation: int = 1, padding: tuple[int, int] = (0, 0)
+) -> int:
+    """Trailing *input* rows that no window ever reads (padding rows not counted).
+
+    The last window ends at ``(O - 1) S + K_eff`` in padded coordinates; what
+    lies beyond is ``(I + lo + hi - K_eff) mod S`` padded rows, of which the
+    ones that are not padding are real input that the convolution ignores.
+
+    >>> dropped_rows(28, 3, stride=2)   # windows start at 0, 2, ..., 24: row 27 unread
+    1
+    """
+    lo, hi = padding
+    span = size + lo + hi - effective_kernel(kernel, dilation)
+    if span < 0:
+        return 0
+    unread = span % stride
+    return max(0, min(size, unread - hi))
+
+
+def pool_output_size(
+    size: int,
+    kernel: int,
+    stride: int,
+    dilation: int = 1,
+    padding: tuple[int, int] = (0, 0),
+    ceil_mode: bool = False,
+) -> int:
+    """Output length of pooling, floor or ceil mode (PyTorch's rule for ceil).
+
+    In ceil mode an extra window is kept when it would otherwise be cut, but
+    only if it starts inside the input or the left padding.
+
+    >>> pool_output_size(5, 2, 2)
+    2
+    >>> pool_output_size(5, 2, 2, ceil_mode=True)
+    3
+    """
+    lo, hi = padding
+    span = size + lo + hi - effective_kernel(kernel, dilation)
+    if span < 0:
+        return 0
+    if not ceil_mode:
+        return span // stride + 1
+    out = _ceil_div(span, stride) + 1
+    if (out - 1) * stride >= size + lo:
+        out -= 1
+    return out
+
+
+def transposed_output_size(
+    size: int,
+    kernel: int,
+    stride: int = 1,
+    dilation: int = 1,
+    crop: tuple[int, int] = (0, 0),
+    output_padding: int = 0,
+) -> int:
+    """Output length of a transposed convolution, PyTorch/ONNX form.
+
+    ``(I - 1) S - lo - hi + D (K - 1) + output_padding + 1``; PyTorch's
+    symmetric ``padding=P`` is ``crop=(P, P)``.
+
+    >>> transposed_output_size(28, 4, stride=2, crop=(1, 1))
+    56
+    """
+    lo, hi = crop
+    return (size - 1) * stride - lo - hi + effective_kernel(kernel, dilation) + output_padding
+
+
+def keras_transposed_output_size(
+    size: int,
+    kernel: int,
+    stride: int = 1,
+    dilation: int = 1,
+    padding: str = "valid",
+    output_padding: int | None = None,
+) -> int:
+    """Output length of a Keras ``ConvNDTranspose`` (``deconv_output_length``).
+
+    Without ``output_padding``: "valid" gives ``I S + max(K_eff - S, 0)``,
+    "same" gives ``I S``. With it: ``(I - 1) S + K_eff - 2 pad + output_padding``
+    where ``pad = K_eff // 2`` for "same" and 0 for "valid".
+
+    >>> keras_transposed_output_size(28, 4, stride=2, padding="same")
+    56
+    >>> keras_transposed_output_size(5, 1, stride=3, padding="valid")
+    15
+    """
+    span = effective_kernel(kernel, dilation)
+    if output_padding is None:
+        if padding == "valid":
+            return size * stride + max(span - stride, 0)
+        return size * stride
+    pad = span // 2 if padding == "same" else 0
+    return (size - 1) * stride + span - 2 * pad + output_padding
+
+
+def transposed_same_padding(
+    kernel: int, stride: int, dilation: int = 1, output_padding: int | None = None
+) -> tuple[int, int]:
+    """Padding of the zero-inserted input for a "same" transposed convolution.
+
+    Keras 3 and ``jax.lax.conv_transpose(padding="SAME")`` agree: the total is
+    ``K_eff + S - 2`` (``I S`` output cells) or, with an explicit
+    ``output_padding``, Keras's ``K_eff + K_eff mod 2 - 2 + output_padding``
+    (``(I - 1) S + K_eff mod 2 + output_padding`` cells); the start gets
+    ``min(ceil(total / 2), K_eff - 1)``.
+
+    >>> transposed_same_padding(4, 2)
+    (2, 2)
+    >>> transposed_same_padding(3, 2)
+    (2, 1)
+    """
+    span = effective_kernel(kernel, dilation)
+    if output_padding is None:
+        total = span + stride - 2
+    else:
+        total = span + span % 2 - 2 + output_padding
+    start = min(_ceil_div(total, 2), span - 1)
+    return (start, total - start)
+
+
+def transposed_valid_padding(
+    kernel: int, stride: int, dilation: int = 1, output_padding: int | None = None
+) -> tuple[int, int]:
+    """Padding of the zero-inserted input for a "valid" transposed convolution.
+
+    Keras and JAX: ``(K_eff - 1, K_eff - 1 + output_padding)``, where a missing
+    ``output_padding`` is ``max(S - K_eff, 0)``, giving ``I S + max(K_eff - S, 0)``
+    output cells.
+
+    >>> transposed_valid_padding(3, 2)
+    (2, 2)
+    >>> transposed_valid_padding(1, 3)
+    (0, 2)
+    """
+    span = effective_kernel(kernel, dilation)
+    extra = max(stride - span, 0) if output_padding is None else output_padding
+    return (span - 1, span - 1 + extra)
+
+
+def transposed_input_padding(
+    kernel: int, dilation: int = 1, crop: tuple[int, int] = (0, 0), output_padding: int = 0
+) -> tuple[int, int]:
+    """Turn a transposed convolution's crop into padding of the zero-inserted input.
+
+    A transposed convolution equals a stride-1 convolution with the flipped
+    kernel over the input with ``S - 1`` zeros inserted between cells and
+    ``(K_eff - 1 - lo, K_eff - 1 - hi + output_padding)`` added at the sides
+    (negative values crop).
+
+    >>> transposed_input_padding(4, crop=(1, 1))
+    (2, 2)
+    """
+    span = effective_kernel(kernel, dilation)
+    lo, hi = crop
+    return (span - 1 - lo, span - 1 - hi + output_padding)
+
+
+def padding_for_output(
+    size: int, target: int, kernel: int, stride: int = 1, dilation: int = 1
+) -> tuple[int, int] | None:
+    """The smallest padding that makes a convolution produce ``target`` cells.
+
+    Split as evenly as possible, the odd pixel at the end (the Keras/JAX
+    convention). ``None`` when no non-negative padding reaches the target
+    (the output is already too large).
+
+    >>> padding_for_output(28, 14, 3, stride=2)
+    (0, 1)
+    >>> padding_for_output(28, 28, 5)
+    (2, 2)
+    """
+    if target < 1:
+        return None
+    need = (target - 1) * stride + effective_kernel(kernel, dilation) - size
+    # Any total in [need, need + stride - 1] gives target; the smallest that is >= 0.
+    if need + stride - 1 < 0:
+        return None
+    total = max(need, 0)
+    return (total // 2, total - total // 2)
+
+
+@dataclass(frozen=True)
+class Solution:
+    """One configuration found by :func:`solve` (one axis)."""
+
+    kernel: int
+    stride: int
+    dilation: int
+    padding: tuple[int, int]
+    output: int
+    dropped: int
+
+    @property
+    def effective_kernel(self) -> int:
+        return effective_kernel(self.kernel, self.dilation)
+
+    @property
+    def padding_words(self) -> tuple[str, ...]:
+        """Names of the padding modes that produce exactly this padding."""
+        return _padding_words(self)
+
+
+def _padding_words(solution: Solution, size: int | None = None) -> tuple[str, ...]:
+    lo, hi = solution.padding
+    words = []
+    if lo == hi == 0:
+        words.append("valid")
+    if (lo, hi) == full_padding(solution.kernel, solution.dilation) and lo > 0:
+        words.append("full")
+    return tuple(words)
+
+
+def solve(
+    size: int,
+    target: int,
+    max_kernel: int = 7,
+    max_stride: int = 4,
+    max_dilation: int = 3,
+    max_padding: int | None = None,
+    symmetric_only: bool = False,
+) -> list[Solution]:
+    """Every (kernel, stride, dilation, padding) within bounds that turns ``size`` into ``target``.
+
+    For each kernel/stride/dilation the smallest padding is given (the one
+    :func:`padding_for_output` returns); ``symmetric_only`` keeps only equal
+    padding on both sides. Sorted by stride, then padding, then kernel.
+
+    >>> [(s.kernel, s.stride, s.padding) for s in solve(28, 14, max_kernel=3, max_dilation=1)][:3]
+    [(1, 2, (0, 0)), (2, 2, (0, 0)), (3, 2, (0, 1))]
+    """
+    if max_padding is None:
+        max_padding = effective_kernel(max_kernel, max_dilation)
+    found = []
+    for stride in range(1, max_stride + 1):
+        for kernel in range(1, max_kernel + 1):
+            for dilation in range(1, (max_dilation if kernel > 1 else 1) + 1):
+                padding = padding_for_output(size, target, kernel, stride, dilation)
+                if padding is None:
+                    continue
+                lo, hi = padding
+                if symmetric_only and lo != hi:
+                    if stride == 1 or (lo + hi + 1) > 2 * max_padding:
+                        continue
+                    lo = hi = hi  # one more pixel, still within [need, need + S - 1]
+                    if conv_output_size(size, kernel, stride, dilation, (lo, hi)) != target:
+                        continue
+                if max(lo, hi) > max_padding:
+                    continue
+                found.append(
+                    Solution(
+                        kernel=kernel,
+                        stride=stride,
+                        dilation=dilation,
+                        padding=(lo, hi),
+                        output=target,
+                        dropped=dropped_rows(size, kernel, stride, dilation, (lo, hi)),
+                    )
+                )
+    found.sort(key=lambda s: (s.stride, s.padding[0] + s.padding[1], s.kernel, s.dilation))
+    return found
