@@ -1,0 +1,205 @@
+"""Spec flags shared by the commands that take a convolution (`shape`, `animate`, ...).
+
+A size is ``28`` (a square 2-D input, as the lesson's "28 pixels"),
+``28x32`` (one number per axis) or ``16000`` with ``--rank 1``. Kernel, stride,
+dilation and output padding take one number or one per axis (``3x5``).
+Padding takes a word, one number, ``LO,HI`` for every axis, or per axis
+``LO,HI x LO,HI`` written ``1,2x0,1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..spec import PADDING_MODES, PADDING_WORDS, ConvSpec
+
+__all__ = ["add_spec_arguments", "spec_from_args", "parse_size", "LESSON_EXAMPLE"]
+
+# The lesson's slide 11: 28 pixels, a 3x3 kernel, padding 1, stride 3 -> 10.
+LESSON_EXAMPLE = {"size": "28", "kernel": "3", "padding": "1", "strides": "3"}
+
+
+def parse_size(text: str, name: str, rank: int | None = None) -> tuple[int, ...]:
+    """``"28"`` -> ``(28,) * rank`` (rank 2 by default), ``"28x32"`` -> ``(28, 32)``."""
+    parts = text.lower().replace("×", "x").split("x")
+    values = []
+    for part in parts:
+        part = part.strip()
+        if not part.lstrip("-").isdigit():
+            raise ValueError(f"{name} must be integers separated by 'x' (e.g. 28 or 28x32), got {text!r}")
+        values.append(int(part))
+    if len(values) == 1 and rank is not None:
+        values = values * rank
+    return tuple(values)
+
+
+def _parse_padding(text: str, rank: int) -> Any:
+    word = text.strip().lower()
+    if word in PADDING_WORDS:
+        return word
+    axes = word.split("x")
+    pairs = []
+    for part in axes:
+        pieces = part.split(",")
+        if not all(p.strip().lstrip("-").isdigit() for p in pieces) or len(pieces) > 2:
+            raise ValueError(
+                f"--padding must be one of {', '.join(PADDING_WORDS)}, a number, LO,HI, or LO,HI per "
+                f"axis joined by 'x' (e.g. 1,2x0,1); got {text!r}"
+            )
+        numbers = [int(p) for p in pieces]
+        pairs.append((numbers[0], numbers[-1]))
+    if len(pairs) == 1:
+        pairs = pairs * rank
+    return tuple(pairs)
+
+
+def add_spec_arguments(parser: argparse.ArgumentParser, size_required: bool = False) -> None:
+    """Add the size and convolution flags to ``parser``."""
+    parser.add_argument(
+        "size",
+        nargs=None if size_required else "?",
+        help="input size: 28 (square), 28x32 (per axis); with --rank 1 or 3 for other ranks",
+    )
+    parser.add_argument("--rank", type=int, choices=(1, 2, 3), help="spatial axes (default: from the size; one number means 2)")
+    parser.add_argument("-k", "--kernel", default="3", help="kernel size, e.g. 3 or 3x5 (default 3)")
+    parser.add_argument("-s", "--strides", "--stride", default="1", help="stride(s) (default 1)")
+    parser.add_argument("-d", "--dilation", default="1", help="dilation rate(s) (default 1)")
+    parser.add_argument(
+        "-p", "--padding", default="valid",
+        help="valid, same, same_lower, causal, full, N, LO,HI, or LO,HIxLO,HI per axis (default valid)",
+    )
+    parser.add_argument("--padding-mode", default="zeros", choices=PADDING_MODES)
+    parser.add_argument("--groups", type=int, default=1)
+    parser.add_argument("--transposed", action="store_true", help="a transposed convolution")
+    parser.add_argument("--output-padding", help="output padding of a transposed convolution")
+    parser.add_argument("--pool", choices=("max", "avg"), help="pooling instead of a convolution")
+    parser.add_argument("--ceil-mode", action="store_true", help="pooling: keep a last partial window")
+    parser.add_argument("--count-include-pad", action="store_true", help="avg pooling: padded cells count")
+    parser.add_argument(
+        "--convention", choices=("keras", "torch", "jax", "onnx"),
+        help="read the flags with this framework's rules (and reject what it rejects)",
+    )
+
+
+def spec_from_args(args: argparse.Namespace) -> tuple[ConvSpec, tuple[int, ...]]:
+    """The spec and spatial input size the flags describe."""
+    size_text = args.size if args.size is not None else LESSON_EXAMPLE["size"]
+    size = parse_size(size_text, "size")
+    rank = args.rank or (2 if len(size) == 1 else len(size))
+    if len(size) == 1:
+        size = size * rank
+    if len(size) != rank:
+        raise ValueError(f"size {size_text!r} has {len(size)} axes but --rank is {rank}")
+    kernel = parse_size(args.kernel, "--kernel", rank)
+    strides = parse_size(args.strides, "--strides", rank)
+    dilation = parse_size(args.dilation, "--dilation", rank)
+    padding = _parse_padding(args.padding, rank)
+    output_padding = (
+        parse_size(args.output_padding, "--output-padding", rank) if args.output_padding else None
+    )
+    if args.pool is None and (args.ceil_mode or args.count_include_pad):
+        raise ValueError("--ceil-mode and --count-include-pad apply to pooling only (add --pool)")
+    fields: dict[str, Any] = dict(
+        kernel_size=kernel, strides=strides, dilation=dilation, padding=padding,
+        padding_mode=args.padding_mode, groups=args.groups, transposed=args.transposed,
+        output_padding=output_padding, pool=args.pool, ceil_mode=args.ceil_mode,
+        count_include_pad=args.count_include_pad, rank=rank,
+    )
+    if args.convention:
+        return _through_front_door(args.convention, fields), size
+    return ConvSpec(**fields), size
+
+
+def _through_front_door(convention: str, f: dict[str, Any]) -> ConvSpec:
+    """Read the flags with one framework's argument names and rules."""
+    rank = f["rank"]
+    padding = f["padding"]
+    transposed, pool = f["transposed"], f["pool"]
+    if convention == "keras":
+        if not isinstance(padding, str):
+            raise ValueError(
+                "Keras layers take padding 'valid', 'same' (or 'causal' in Conv1D), not explicit "
+                "numbers; add a ZeroPadding layer or use --convention torch/jax/onnx"
+            )
+        if pool:
+            layer = f"{'Max' if pool == 'max' else 'Average'}Pooling{rank}D"
+            return ConvSpec.from_keras(layer, pool_size=f["kernel_size"], strides=f["strides"], padding=padding)
+        layer = f"Conv{rank}DTranspose" if transposed else f"Conv{rank}D"
+        kwargs = dict(filters=f["groups"], kernel_size=f["kernel_size"], strides=f["strides"],
+                      padding=padding, dilation_rate=f["dilation"])
+        if transposed:
+            kwargs["output_padding"] = f["output_padding"]
+        else:
+            kwargs["groups"] = f["groups"]
+        return ConvSpec.from_keras(layer, **kwargs)
+    if convention == "torch":
+        if isinstance(padding, str):
+            if padding not in ("valid", "same") or transposed or pool:
+                raise ValueError(
+                    f"PyTorch takes padding={padding!r} only as 'valid' or 'same' on Conv{rank}d; "
+                    "give numbers, e.g. --padding 1"
+                )
+            torch_padding: Any = padding
+        else:
+            if any(lo != hi for lo, hi in padding):
+                raise ValueError(
+                    f"PyTorch padding is symmetric, got {padding}; pad with F.pad first or use "
+                    "--convention jax/onnx"
+                )
+            torch_padding = tuple(lo for lo, _ in padding)
+        if pool:
+            layer = f"{'MaxPool' if pool == 'max' else 'AvgPool'}{rank}d"
+            kwargs = dict(kernel_size=f["kernel_size"], stride=f["strides"], padding=torch_padding,
+                          ceil_mode=f["ceil_mode"])
+            if pool == "max":
+                kwargs["dilation"] = f["dilation"]
+            else:
+                kwargs["count_include_pad"] = f["count_include_pad"]
+            return ConvSpec.from_torch(layer, **kwargs)
+        layer = f"ConvTranspose{rank}d" if transposed else f"Conv{rank}d"
+        kwargs = dict(in_channels=f["groups"], out_channels=f["groups"], kernel_size=f["kernel_size"],
+                      stride=f["strides"], padding=torch_padding, dilation=f["dilation"],
+                      groups=f["groups"])
+        if transposed:
+            kwargs["output_padding"] = f["output_padding"] or 0
+        else:
+            kwargs["padding_mode"] = f["padding_mode"]
+        return ConvSpec.from_torch(layer, **kwargs)
+    if convention == "jax":
+        if isinstance(padding, str):
+            words = {"valid": "VALID", "same": "SAME", "same_lower": "SAME_LOWER"}
+            if padding not in words:
+                raise ValueError(f"JAX takes padding 'VALID', 'SAME', 'SAME_LOWER' or pairs, not {padding!r}")
+            jax_padding: Any = words[padding]
+        else:
+            jax_padding = padding
+        if transposed:
+            return ConvSpec.from_jax("conv_transpose", kernel_size=f["kernel_size"], strides=f["strides"],
+                                     padding=jax_padding, rhs_dilation=f["dilation"])
+        return ConvSpec.from_jax("conv_general_dilated", kernel_size=f["kernel_size"],
+                                 window_strides=f["strides"], padding=jax_padding,
+                                 rhs_dilation=f["dilation"], feature_group_count=f["groups"])
+    # onnx
+    op = "ConvTranspose" if transposed else "Conv"
+    if pool:
+        op = "MaxPool" if pool == "max" else "AveragePool"
+    attrs: dict[str, Any] = dict(kernel_shape=f["kernel_size"], strides=f["strides"])
+    if isinstance(padding, str):
+        words = {"valid": "VALID", "same": "SAME_UPPER", "same_lower": "SAME_LOWER"}
+        if padding not in words:
+            raise ValueError(f"ONNX auto_pad is VALID, SAME_UPPER or SAME_LOWER, not {padding!r}")
+        attrs["auto_pad"] = words[padding]
+    else:
+        attrs["pads"] = [lo for lo, _ in padding] + [hi for _, hi in padding]
+    if op != "AveragePool":
+        attrs["dilations"] = f["dilation"]
+    if op in ("Conv", "ConvTranspose"):
+        attrs["group"] = f["groups"]
+    if transposed and f["output_padding"]:
+        attrs["output_padding"] = f["output_padding"]
+    if pool:
+        attrs["ceil_mode"] = int(f["ceil_mode"])
+        if pool == "avg":
+            attrs["count_include_pad"] = int(f["count_include_pad"])
+    return ConvSpec.from_onnx(op, **attrs)
