@@ -154,8 +154,8 @@ def pool_output_size(
 ) -> int:
     """Output length of pooling, floor or ceil mode (PyTorch's rule for ceil).
 
-    In ceil mode an extra window is kept when it would otherwise be cut, but
-    only if it starts inside the input or the left padding.
+    In ceil mode a last partial window is kept, but only if it starts inside
+    the input or the left padding (PyTorch's rule, which ONNX follows).
 
     >>> pool_output_size(5, 2, 2)
     2
@@ -169,8 +169,8 @@ def pool_output_size(
     if not ceil_mode:
         return span // stride + 1
     out = _ceil_div(span, stride) + 1
-    if (out - 1) * stride >= size + lo:
-        out -= 1
+    if out > span // stride + 1 and (out - 1) * stride >= size + lo:
+        out -= 1  # the extra window would start in the right padding
     return out
 
 

@@ -186,7 +186,9 @@ class ConvSpec:
         set_ = object.__setattr__
         rank = self.rank
         if rank is None:
-            rank = _rank_of(self.kernel_size, self.strides, self.dilation) or 2
+            rank = _rank_of(
+                self.kernel_size, self.strides, self.dilation, self.padding, self.output_padding
+            ) or 2
         rank = check_int("rank", rank, 1)
         if rank > 3:
             raise ValueError(f"rank must be 1, 2 or 3 spatial axes, got {rank}")

@@ -20,8 +20,8 @@ __all__ = ["add_spec_arguments", "spec_from_args", "parse_size", "LESSON_EXAMPLE
 LESSON_EXAMPLE = {"size": "28", "kernel": "3", "padding": "1", "strides": "3"}
 
 
-def parse_size(text: str, name: str, rank: int | None = None) -> tuple[int, ...]:
-    """``"28"`` -> ``(28,) * rank`` (rank 2 by default), ``"28x32"`` -> ``(28, 32)``."""
+def parse_size(text: str, name: str, rank: int | None = None, minimum: int = 1) -> tuple[int, ...]:
+    """``"28"`` -> ``(28,) * rank``, ``"28x32"`` -> ``(28, 32)``; each at least ``minimum``."""
     parts = text.lower().replace("×", "x").split("x")
     values = []
     for part in parts:
@@ -29,6 +29,9 @@ def parse_size(text: str, name: str, rank: int | None = None) -> tuple[int, ...]
         if not part.lstrip("-").isdigit():
             raise ValueError(f"{name} must be integers separated by 'x' (e.g. 28 or 28x32), got {text!r}")
         values.append(int(part))
+        if values[-1] < minimum:
+            rule = "positive" if minimum == 1 else f"at least {minimum}"
+            raise ValueError(f"{name} must be {rule}, got {text!r}")
     if len(values) == 1 and rank is not None:
         values = values * rank
     return tuple(values)
@@ -96,7 +99,7 @@ def spec_from_args(args: argparse.Namespace) -> tuple[ConvSpec, tuple[int, ...]]
     dilation = parse_size(args.dilation, "--dilation", rank)
     padding = _parse_padding(args.padding, rank)
     output_padding = (
-        parse_size(args.output_padding, "--output-padding", rank) if args.output_padding else None
+        parse_size(args.output_padding, "--output-padding", rank, minimum=0) if args.output_padding else None
     )
     if args.pool is None and (args.ceil_mode or args.count_include_pad):
         raise ValueError("--ceil-mode and --count-include-pad apply to pooling only (add --pool)")
