@@ -18,12 +18,15 @@ from .arithmetic import (
     solve,
     transposed_output_size,
 )
+from .explain import Explanation, explain
 from .spec import ConvSpec, ResolvedConv, Tap
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConvSpec",
+    "Explanation",
+    "explain",
     "ResolvedConv",
     "Tap",
     "conv_output_size",
