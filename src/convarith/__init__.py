@@ -18,6 +18,22 @@ from .arithmetic import (
     solve,
     transposed_output_size,
 )
+from .engine import (
+    available_algorithms,
+    avg_pool,
+    conv,
+    conv1d,
+    conv2d,
+    conv3d,
+    conv_transpose,
+    conv_vjp,
+    depthwise_conv2d,
+    kernel_from_torch,
+    kernel_to_torch,
+    max_pool,
+    register_algorithm,
+    separable_conv2d,
+)
 from .explain import Explanation, explain
 from .spec import ConvSpec, ResolvedConv, Tap
 
@@ -29,6 +45,20 @@ __all__ = [
     "explain",
     "ResolvedConv",
     "Tap",
+    "available_algorithms",
+    "avg_pool",
+    "conv",
+    "conv1d",
+    "conv2d",
+    "conv3d",
+    "conv_transpose",
+    "conv_vjp",
+    "depthwise_conv2d",
+    "kernel_from_torch",
+    "kernel_to_torch",
+    "max_pool",
+    "register_algorithm",
+    "separable_conv2d",
     "conv_output_size",
     "effective_kernel",
     "padding_for_output",

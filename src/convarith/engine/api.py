@@ -1,0 +1,324 @@
+"""Keras-named functional helpers over :func:`convarith.engine.core.conv`.
+
+Arguments are named and defaulted as in ``keras.ops`` (``strides``,
+``padding``, ``dilation_rate``, ``data_format``); each helper builds a
+:class:`~convarith.ConvSpec` and runs it. Unlike Keras, strides and dilation
+may be combined, and ``padding`` also takes explicit ``(lo, hi)`` pairs.
+
+Examples
+--------
+>>> import numpy as np
+>>> x = np.ones((1, 6, 6, 3), np.float32)
+>>> conv2d(x, np.ones((3, 3, 3, 4), np.float32), strides=2, padding="same").shape
+(1, 3, 3, 4)
+>>> max_pool(x, 2).shape
+(1, 3, 3, 3)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..spec import ConvSpec
+from .core import _as_numeric, conv
+
+__all__ = [
+    "conv1d",
+    "conv2d",
+    "conv3d",
+    "conv_nd",
+    "conv_transpose",
+    "depthwise_conv",
+    "depthwise_conv2d",
+    "separable_conv2d",
+    "max_pool",
+    "avg_pool",
+]
+
+
+def _kernel_rank(name: str, kernel: Any, rank: int | None = None) -> tuple[np.ndarray, int]:
+    array = _as_numeric(name, kernel)
+    if rank is None:
+        rank = array.ndim - 2
+        if rank not in (1, 2, 3):
+            raise ValueError(
+                f"{name} must have 3, 4 or 5 axes (kernel size..., in, out), got shape "
+                f"{array.shape}"
+            )
+    elif array.ndim != rank + 2:
+        raise ValueError(
+            f"{name} of a {rank}-D convolution must have {rank + 2} axes "
+            f"(kernel size..., in/groups, out), got shape {array.shape}"
+        )
+    return array, rank
+
+
+def conv_nd(
+    x: Any,
+    kernel: Any,
+    strides: Any = 1,
+    padding: Any = "valid",
+    dilation_rate: Any = 1,
+    groups: int = 1,
+    data_format: str = "channels_last",
+    bias: Any = None,
+    padding_mode: str = "zeros",
+    rank: int | None = None,
+    algorithm: str | None = None,
+) -> np.ndarray:
+    """Convolution of any rank (1-3, from the kernel); see :func:`conv2d`."""
+    array, rank = _kernel_rank("kernel", kernel, rank)
+    spec = ConvSpec(
+        kernel_size=tuple(array.shape[:rank]),
+        strides=strides,
+        padding=padding,
+        dilation=dilation_rate,
+        groups=groups,
+        data_format=data_format,
+        padding_mode=padding_mode,
+        rank=rank,
+    )
+    return conv(x, array, spec, bias=bias, algorithm=algorithm)
+
+
+def conv1d(x: Any, kernel: Any, strides: Any = 1, padding: Any = "valid",
+           dilation_rate: Any = 1, groups: int = 1, data_format: str = "channels_last",
+           bias: Any = None, padding_mode: str = "zeros",
+           algorithm: str | None = None) -> np.ndarray:
+    """1-D convolution, kernel ``(k, in/groups, out)``; ``padding="causal"`` allowed.
+
+    >>> import numpy as np
+    >>> conv1d(np.arange(4.0).reshape(1, 4, 1), np.ones((2, 1, 1)), padding="causal")[0, :, 0]
+    array([0., 1., 3., 5.])
+    """
+    return conv_nd(x, kernel, strides, padding, dilation_rate, groups, data_format, bias,
+                   padding_mode, rank=1, algorithm=algorithm)
+
+
+def conv2d(x: Any, kernel: Any, strides: Any = 1, padding: Any = "valid",
+           dilation_rate: Any = 1, groups: int = 1, data_format: str = "channels_last",
+           bias: Any = None, padding_mode: str = "zeros",
+           algorithm: str | None = None) -> np.ndarray:
+    """2-D convolution, kernel ``(kh, kw, in/groups, out)``.
+
+    Parameters
+    ----------
+    x
+        ``(N, H, W, C)`` (``channels_last``) or ``(N, C, H, W)``.
+    kernel
+        ``(kh, kw, C // groups, F)``.
+    strides, dilation_rate
+        Int or one per axis.
+    padding
+        ``"valid"``, ``"same"``, ``"same_lower"``, ``"full"``, an int, or
+        ``(lo, hi)`` pairs per axis.
+    groups
+        Channel groups.
+    data_format
+        ``"channels_last"`` or ``"channels_first"``.
+    bias
+        Optional ``(F,)``.
+    padding_mode
+        ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"``.
+
+    >>> import numpy as np
+    >>> conv2d(np.ones((1, 4, 4, 1)), np.ones((3, 3, 1, 1)), padding=1)[0, :, :, 0]
+    array([[4., 6., 6., 4.],
+           [6., 9., 9., 6.],
+           [6., 9., 9., 6.],
+           [4., 6., 6., 4.]])
+    """
+    return conv_nd(x, kernel, strides, padding, dilation_rate, groups, data_format, bias,
+                   padding_mode, rank=2, algorithm=algorithm)
+
+
+def conv3d(x: Any, kernel: Any, strides: Any = 1, padding: Any = "valid",
+           dilation_rate: Any = 1, groups: int = 1, data_format: str = "channels_last",
+           bias: Any = None, padding_mode: str = "zeros",
+           algorithm: str | None = None) -> np.ndarray:
+    """3-D convolution, kernel ``(kd, kh, kw, in/groups, out)``.
+
+    >>> import numpy as np
+    >>> conv3d(np.ones((1, 3, 3, 3, 2)), np.ones((3, 3, 3, 2, 1))).ravel()
+    array([54.])
+    """
+    return conv_nd(x, kernel, strides, padding, dilation_rate, groups, data_format, bias,
+                   padding_mode, rank=3, algorithm=algorithm)
+
+
+def conv_transpose(
+    x: Any,
+    kernel: Any,
+    strides: Any = 1,
+    padding: Any = "valid",
+    output_padding: Any = None,
+    dilation_rate: Any = 1,
+    data_format: str = "channels_last",
+    groups: int = 1,
+    bias: Any = None,
+    algorithm: str | None = None,
+) -> np.ndarray:
+    """Transposed convolution, kernel ``(k..., out/groups, in)`` (Keras's layout).
+
+    ``padding`` is ``"valid"``/``"same"`` (Keras's sizes) or explicit crops of
+    the full output (PyTorch's ``padding``).
+
+    >>> import numpy as np
+    >>> conv_transpose(np.ones((1, 2, 1)), np.ones((3, 1, 1)), strides=2)[0, :, 0]
+    array([1., 1., 2., 1., 1.])
+    """
+    array, rank = _kernel_rank("kernel", kernel)
+    spec = ConvSpec(
+        kernel_size=tuple(array.shape[:rank]),
+        strides=strides,
+        padding=padding,
+        dilation=dilation_rate,
+        groups=groups,
+        transposed=True,
+        output_padding=output_padding,
+        data_format=data_format,
+        rank=rank,
+    )
+    return conv(x, array, spec, bias=bias, algorithm=algorithm)
+
+
+def depthwise_conv(
+    x: Any,
+    depthwise_kernel: Any,
+    strides: Any = 1,
+    padding: Any = "valid",
+    dilation_rate: Any = 1,
+    data_format: str = "channels_last",
+    bias: Any = None,
+    algorithm: str | None = None,
+) -> np.ndarray:
+    """Depthwise convolution of any rank, kernel ``(k..., C, depth_multiplier)``.
+
+    Output channel ``c * depth_multiplier + m`` is input channel ``c`` convolved
+    with ``depthwise_kernel[..., c, m]`` (Keras's order).
+    """
+    array, rank = _kernel_rank("depthwise_kernel", depthwise_kernel)
+    channels, multiplier = array.shape[-2:]
+    grouped = array.reshape(*array.shape[:rank], 1, channels * multiplier)
+    spec = ConvSpec(
+        kernel_size=tuple(array.shape[:rank]),
+        strides=strides,
+        padding=padding,
+        dilation=dilation_rate,
+        groups=channels,
+        depth_multiplier=multiplier,
+        data_format=data_format,
+        rank=rank,
+    )
+    return conv(x, grouped, spec, bias=bias, algorithm=algorithm)
+
+
+def depthwise_conv2d(
+    x: Any,
+    depthwise_kernel: Any,
+    strides: Any = 1,
+    padding: Any = "valid",
+    dilation_rate: Any = 1,
+    data_format: str = "channels_last",
+    bias: Any = None,
+    algorithm: str | None = None,
+) -> np.ndarray:
+    """2-D depthwise convolution, kernel ``(kh, kw, C, depth_multiplier)``.
+
+    >>> import numpy as np
+    >>> depthwise_conv2d(np.ones((1, 3, 3, 2)), np.ones((3, 3, 2, 2))).shape
+    (1, 1, 1, 4)
+    """
+    _kernel_rank("depthwise_kernel", depthwise_kernel, 2)
+    return depthwise_conv(x, depthwise_kernel, strides, padding, dilation_rate, data_format,
+                          bias, algorithm)
+
+
+def separable_conv2d(
+    x: Any,
+    depthwise_kernel: Any,
+    pointwise_kernel: Any,
+    strides: Any = 1,
+    padding: Any = "valid",
+    dilation_rate: Any = 1,
+    data_format: str = "channels_last",
+    bias: Any = None,
+    algorithm: str | None = None,
+) -> np.ndarray:
+    """Depthwise ``(kh, kw, C, M)`` then pointwise ``(1, 1, C*M, F)`` convolution.
+
+    >>> import numpy as np
+    >>> separable_conv2d(np.ones((1, 3, 3, 2)), np.ones((3, 3, 2, 1)), np.ones((1, 1, 2, 5))).shape
+    (1, 1, 1, 5)
+    """
+    depthwise = depthwise_conv2d(x, depthwise_kernel, strides, padding, dilation_rate,
+                                 data_format, algorithm=algorithm)
+    _kernel_rank("pointwise_kernel", pointwise_kernel, 2)
+    return conv2d(depthwise, pointwise_kernel, data_format=data_format, bias=bias,
+                  algorithm=algorithm)
+
+
+def _pool(kind: str, x: Any, pool_size: Any, strides: Any, padding: Any, data_format: str,
+          dilation_rate: Any, ceil_mode: bool, count_include_pad: bool) -> np.ndarray:
+    array = _as_numeric("x", x)
+    rank = len(pool_size) if isinstance(pool_size, (tuple, list)) else array.ndim - 2
+    if rank not in (1, 2, 3):
+        raise ValueError(
+            f"x must have 3, 4 or 5 axes (batch, spatial..., channels) for pooling, got shape "
+            f"{array.shape}"
+        )
+    spec = ConvSpec(
+        kernel_size=pool_size,
+        strides=pool_size if strides is None else strides,
+        padding=padding,
+        dilation=dilation_rate,
+        pool=kind,
+        ceil_mode=ceil_mode,
+        count_include_pad=count_include_pad,
+        data_format=data_format,
+        rank=rank,
+    )
+    return conv(array, None, spec)
+
+
+def max_pool(
+    x: Any,
+    pool_size: Any,
+    strides: Any = None,
+    padding: Any = "valid",
+    data_format: str = "channels_last",
+    dilation_rate: Any = 1,
+    ceil_mode: bool = False,
+) -> np.ndarray:
+    """Max pooling (1-3 D); ``strides`` defaults to ``pool_size``.
+
+    >>> import numpy as np
+    >>> max_pool(np.arange(5.0).reshape(1, 5, 1), 2, ceil_mode=True)[0, :, 0]
+    array([1., 3., 4.])
+    """
+    return _pool("max", x, pool_size, strides, padding, data_format, dilation_rate,
+                 ceil_mode, False)
+
+
+def avg_pool(
+    x: Any,
+    pool_size: Any,
+    strides: Any = None,
+    padding: Any = "valid",
+    data_format: str = "channels_last",
+    dilation_rate: Any = 1,
+    ceil_mode: bool = False,
+    count_include_pad: bool = False,
+) -> np.ndarray:
+    """Average pooling (1-3 D); padded cells count only with ``count_include_pad``.
+
+    >>> import numpy as np
+    >>> avg_pool(np.ones((1, 3, 1)), 2, strides=1, padding=1)[0, :, 0]
+    array([1., 1., 1., 1.])
+    >>> avg_pool(np.ones((1, 3, 1)), 2, strides=1, padding=1, count_include_pad=True)[0, :, 0]
+    array([0.5, 1. , 1. , 0.5])
+    """
+    return _pool("avg", x, pool_size, strides, padding, data_format, dilation_rate,
+                 ceil_mode, count_include_pad)

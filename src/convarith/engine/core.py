@@ -1,0 +1,477 @@
+"""The engine's one entry point: normalize, pad once, dispatch; and the gradients.
+
+:func:`conv` runs any :class:`~convarith.spec.ConvSpec` (convolution,
+transposed convolution, max or average pooling) on a NumPy array:
+
+1. normalize: channels-last, a float compute dtype (float16 runs in float32);
+2. resolve the spec against the input shape (padding and output size come
+   from the spec, never from here) and check the kernel against it;
+3. pad once (padding modes via :mod:`.padding`); a transposed convolution
+   is a stride-1 convolution of the zero-inserted, padded input with the
+   flipped, in/out-swapped kernel;
+4. hand the padded input to an algorithm chosen by :mod:`.dispatch`.
+
+:func:`conv_vjp` gives the gradients through the same algorithm contract:
+the input gradient of a convolution is a transposed convolution of the output
+gradient and vice versa; the kernel gradient is the algorithm's
+``weight_grad``.
+
+Examples
+--------
+>>> import numpy as np
+>>> from convarith import ConvSpec
+>>> x = np.arange(16.0).reshape(1, 4, 4, 1)
+>>> conv(x, np.ones((2, 2, 1, 1)), ConvSpec(2, strides=2))[0, :, :, 0]
+array([[10., 18.],
+       [42., 50.]])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..spec import ConvSpec, ResolvedConv
+from . import pooling
+from .dispatch import ConvProblem, choose, choose_weight_grad
+from .padding import pad, pad_adjoint, zero_insert
+
+__all__ = ["conv", "conv_vjp", "direct_conv", "transposed_conv", "flip_swap"]
+
+
+# --------------------------------------------------------------------------- preparation
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A call after normalization: channels-last arrays in the compute dtype."""
+
+    x: np.ndarray  # (N, *spatial, C)
+    kernel: np.ndarray | None
+    bias: np.ndarray | None
+    resolved: ResolvedConv
+    groups: int
+    result_dtype: np.dtype[Any]
+    channels_first: bool
+    unbatched: bool
+
+
+def _as_numeric(name: str, value: Any) -> np.ndarray:
+    array = np.asarray(value)
+    if array.dtype.kind not in "biuf":
+        kind = "complex" if array.dtype.kind == "c" else "non-numeric"
+        raise TypeError(
+            f"{name} must hold real numbers (float16/32/64, int or bool), got dtype "
+            f"{array.dtype} ({kind})"
+        )
+    return array
+
+
+def _compute_dtypes(*arrays: np.ndarray | None) -> tuple[np.dtype[Any], np.dtype[Any]]:
+    """(dtype computed in, dtype returned): floats keep theirs, float16 runs in float32."""
+    result = np.result_type(*(a.dtype for a in arrays if a is not None))
+    if result.kind in "biu":
+        result = np.dtype(np.float64)
+    compute = np.dtype(np.float32) if result.itemsize < 4 else result
+    if compute.itemsize > 8:
+        compute = result = np.dtype(np.float64)
+    return compute, result
+
+
+def _layout_hint(spec: ConvSpec, shape: tuple[int, ...], expected: int) -> str:
+    if spec.data_format == "channels_first" and shape[-1] == expected:
+        return (
+            f"; the data looks channels_last (NHWC): its last axis has {expected} channels, "
+            "so pass data_format='channels_last' (or move the channel axis)"
+        )
+    if spec.data_format == "channels_last" and len(shape) > 2 and shape[1] == expected:
+        return (
+            f"; the data looks channels_first (NCHW): its axis 1 has {expected} channels, "
+            "so pass data_format='channels_first' (or move the channel axis)"
+        )
+    return ""
+
+
+def _prepare(
+    x: Any, kernel: Any, spec: ConvSpec, bias: Any = None, need_kernel: bool = True
+) -> _Prepared:
+    if not isinstance(spec, ConvSpec):
+        raise TypeError(f"spec must be a convarith.ConvSpec, got {type(spec).__name__}")
+    x = _as_numeric("x", x)
+    rank = spec.rank
+    assert rank is not None
+    layout = "(batch, spatial..., channels)" if spec.data_format == "channels_last" else (
+        "(batch, channels, spatial...)")
+    if x.ndim not in (rank + 1, rank + 2):
+        raise ValueError(
+            f"x must have {rank + 2} axes {layout} for a rank-{rank} spec "
+            f"(or {rank + 1} without batch), got shape {x.shape}"
+        )
+    unbatched = x.ndim == rank + 1
+    if unbatched:
+        x = x[None]
+    channels_first = spec.data_format == "channels_first"
+    channels = x.shape[1] if channels_first else x.shape[-1]
+
+    kernel_array: np.ndarray | None = None
+    groups = 1
+    if spec.pool is None:
+        if kernel is None:
+            raise ValueError(f"kernel is required for a {spec.kind}, got None")
+        kernel_array = _as_numeric("kernel", kernel)
+        if kernel_array.ndim != rank + 2:
+            what = "(k..., out/groups, in)" if spec.transposed else "(k..., in/groups, out)"
+            raise ValueError(
+                f"kernel must have {rank + 2} axes {what} for a rank-{rank} spec, got shape "
+                f"{kernel_array.shape}"
+            )
+        if tuple(kernel_array.shape[:rank]) != spec.kernel_size:
+            raise ValueError(
+                f"kernel shape {kernel_array.shape} does not match spec.kernel_size="
+                f"{spec.kernel_size}: its first {rank} axes must be the kernel size"
+            )
+        groups = channels if spec.groups == "depthwise" else int(spec.groups)
+        if spec.transposed:
+            kernel_in = kernel_array.shape[-1]
+            if kernel_in != channels:
+                raise ValueError(
+                    f"a transposed kernel (k..., out/groups, in) of shape {kernel_array.shape} "
+                    f"takes {kernel_in} input channels, but x {x.shape} has {channels} "
+                    f"({spec.data_format})" + _layout_hint(spec, x.shape, kernel_in)
+                )
+            if channels % groups:
+                raise ValueError(
+                    f"x's {channels} channels must be divisible by groups={groups}"
+                )
+        else:
+            kernel_in = kernel_array.shape[-2]
+            if kernel_in * groups != channels:
+                hint = _layout_hint(spec, x.shape, kernel_in * groups)
+                if not hint and spec.groups != "depthwise" and kernel_in and not channels % kernel_in:
+                    hint = f"; for a grouped convolution pass groups={channels // kernel_in}"
+                if spec.groups == "depthwise":
+                    hint = (
+                        "; a depthwise kernel for conv() has the grouped layout "
+                        "(k..., 1, channels * multiplier) (Keras's (k..., channels, multiplier) "
+                        "goes to depthwise_conv2d)"
+                    )
+                raise ValueError(
+                    f"kernel in-channels ({kernel_in}) x groups ({groups}) = {kernel_in * groups} "
+                    f"must equal x's channels ({channels}, {spec.data_format}, x shape "
+                    f"{x.shape}){hint}"
+                )
+            if kernel_array.shape[-1] % groups:
+                raise ValueError(
+                    f"kernel out-channels ({kernel_array.shape[-1]}) must be divisible by "
+                    f"groups={groups}"
+                )
+    elif kernel is not None:
+        raise ValueError(f"a {spec.kind} takes no kernel; pass kernel=None")
+
+    bias_array = None if bias is None else _as_numeric("bias", bias)
+    if bias_array is not None:
+        if spec.pool is not None:
+            raise ValueError(f"a {spec.kind} takes no bias; pass bias=None")
+        assert kernel_array is not None
+        filters = kernel_array.shape[-1] if not spec.transposed else (
+            kernel_array.shape[-2] * groups)
+        if bias_array.shape != (filters,):
+            raise ValueError(
+                f"bias must have shape ({filters},) (one per output channel), got "
+                f"{bias_array.shape}"
+            )
+
+    resolved = spec.resolve(x.shape)
+    if spec.filters is not None and kernel_array is not None:
+        filters = kernel_array.shape[-1] if not spec.transposed else (
+            kernel_array.shape[-2] * groups)
+        if filters != spec.filters:
+            raise ValueError(
+                f"kernel shape {kernel_array.shape} gives {filters} output channels but "
+                f"spec.filters={spec.filters}"
+            )
+    compute, result = _compute_dtypes(x, kernel_array, bias_array)
+    x_last = np.moveaxis(x, 1, -1) if channels_first else x
+    return _Prepared(
+        x=np.ascontiguousarray(x_last, dtype=compute),
+        kernel=None if kernel_array is None else np.ascontiguousarray(kernel_array, dtype=compute),
+        bias=None if bias_array is None else bias_array.astype(compute),
+        resolved=resolved,
+        groups=groups,
+        result_dtype=result,
+        channels_first=channels_first,
+        unbatched=unbatched,
+    )
+
+
+def _finish(y: np.ndarray | None, prepared: _Prepared) -> np.ndarray | None:
+    """Back to the caller's layout, batch and dtype."""
+    if y is None:
+        return None
+    if prepared.channels_first:
+        y = np.moveaxis(y, -1, 1)
+    if prepared.unbatched:
+        y = y[0]
+    return np.ascontiguousarray(y, dtype=prepared.result_dtype)
+
+
+def _grad_in(d_out: Any, prepared: _Prepared) -> np.ndarray:
+    """The output gradient, checked and brought to channels-last compute dtype."""
+    dy = _as_numeric("d_out", d_out)
+    resolved = prepared.resolved
+    batch = prepared.x.shape[0]
+    if prepared.kernel is None:
+        channels = prepared.x.shape[-1]
+    elif resolved.spec.transposed:
+        channels = prepared.kernel.shape[-2] * prepared.groups
+    else:
+        channels = prepared.kernel.shape[-1]
+    spatial = resolved.output_size
+    last = (batch, *spatial, channels)
+    expected = (channels, *spatial) if prepared.channels_first else (*spatial, channels)
+    if not prepared.unbatched:
+        expected = (batch, *expected)
+    if dy.shape != expected:
+        raise ValueError(f"d_out must have the output's shape {expected}, got {dy.shape}")
+    if prepared.unbatched:
+        dy = dy[None]
+    if prepared.channels_first:
+        dy = np.moveaxis(dy, 1, -1)
+    assert dy.shape == last
+    return np.ascontiguousarray(dy, dtype=prepared.x.dtype)
+
+
+# --------------------------------------------------------------------------- the two cores
+
+
+def flip_swap(kernel: np.ndarray, groups: int) -> np.ndarray:
+    """Flip every spatial axis and swap in/out channels, group by group.
+
+    A direct kernel ``(*K, Cg, G*Fg)`` becomes ``(*K, Fg, G*Cg)``; applied
+    twice it is the identity. It turns a transposed kernel ``(*K, out/g, in)``
+    into the direct kernel of the equivalent stride-1 convolution.
+
+    >>> import numpy as np
+    >>> flip_swap(np.arange(6.0).reshape(3, 1, 2), 2)[:, 0, :].tolist()
+    [[4.0, 5.0], [2.0, 3.0], [0.0, 1.0]]
+    """
+    rank = kernel.ndim - 2
+    taps = kernel.shape[:rank]
+    group_in, filters = kernel.shape[-2:]
+    group_out = filters // groups
+    swapped = kernel.reshape(*taps, group_in, groups, group_out)
+    swapped = np.moveaxis(swapped, rank, -1).reshape(*taps, group_out, groups * group_in)
+    flipped = swapped[(slice(None, None, -1),) * rank]
+    return np.ascontiguousarray(flipped)
+
+
+def direct_conv(
+    xp: np.ndarray,
+    kernel: np.ndarray,
+    strides: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+    out_size: Sequence[int],
+    algorithm: str | None = None,
+) -> np.ndarray:
+    """Run the algorithm contract on a padded channels-last input (dispatching)."""
+    problem = ConvProblem(
+        input_shape=tuple(xp.shape),
+        kernel_shape=tuple(kernel.shape),
+        strides=tuple(strides),
+        dilation=tuple(dilation),
+        groups=groups,
+        out_size=tuple(out_size),
+        dtype=xp.dtype,
+    )
+    return choose(problem, algorithm).direct(
+        xp, kernel, problem.strides, problem.dilation, groups, problem.out_size
+    )
+
+
+def _weight_grad(
+    xp: np.ndarray,
+    dy: np.ndarray,
+    kernel_size: Sequence[int],
+    strides: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+    algorithm: str | None,
+) -> np.ndarray:
+    problem = ConvProblem(
+        input_shape=tuple(xp.shape),
+        kernel_shape=(*kernel_size, xp.shape[-1] // groups, dy.shape[-1]),
+        strides=tuple(strides),
+        dilation=tuple(dilation),
+        groups=groups,
+        out_size=tuple(dy.shape[1:-1]),
+        dtype=xp.dtype,
+    )
+    chosen = choose_weight_grad(problem, algorithm)
+    assert chosen.weight_grad is not None
+    return chosen.weight_grad(
+        xp, dy, tuple(kernel_size), problem.strides, problem.dilation, groups
+    )
+
+
+def transposed_conv(
+    x: np.ndarray,
+    kernel: np.ndarray,
+    strides: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+    padding: Sequence[tuple[int, int]],
+    algorithm: str | None = None,
+) -> np.ndarray:
+    """Transposed convolution of channels-last ``x`` with kernel ``(*K, out/g, in)``.
+
+    ``padding`` is the padding of the zero-inserted input (the resolved
+    spec's ``.padding``; negative values crop): the result is the stride-1
+    convolution of that grid with :func:`flip_swap` of the kernel.
+    """
+    grid = zero_insert(x, strides, padding)
+    rank = len(strides)
+    taps = kernel.shape[:rank]
+    effective = [(k - 1) * d + 1 for k, d in zip(taps, dilation)]
+    out_size = tuple(n - e + 1 for n, e in zip(grid.shape[1:-1], effective))
+    return direct_conv(
+        grid, flip_swap(kernel, groups), (1,) * rank, dilation, groups, out_size, algorithm
+    )
+
+
+# --------------------------------------------------------------------------- public
+
+
+def conv(
+    x: Any,
+    kernel: Any,
+    spec: ConvSpec,
+    bias: Any = None,
+    algorithm: str | None = None,
+) -> np.ndarray:
+    """Run ``spec`` (convolution, transposed convolution or pooling) on ``x``.
+
+    Parameters
+    ----------
+    x
+        ``(N, *spatial, C)`` for ``channels_last`` specs, ``(N, C, *spatial)``
+        for ``channels_first`` (the batch axis may be left out).
+    kernel
+        ``(*K, C // groups, F)`` (Keras's layout); for a transposed spec
+        ``(*K, F // groups, C)``; ``None`` for pooling.
+        :func:`~convarith.engine.kernel_from_torch` converts PyTorch's.
+    spec
+        The :class:`~convarith.ConvSpec`; it is resolved with ``x.shape``.
+    bias
+        Optional ``(F,)`` added to every output cell.
+    algorithm
+        Force a registered algorithm (see :func:`available_algorithms`).
+
+    Returns
+    -------
+    numpy.ndarray
+        In ``x``'s layout and the inputs' dtype (float16 is computed in
+        float32; integers in float64).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convarith import ConvSpec
+    >>> x = np.ones((1, 5, 5, 2), dtype=np.float32)
+    >>> conv(x, np.ones((3, 3, 2, 4), np.float32), ConvSpec(3, padding="same")).shape
+    (1, 5, 5, 4)
+    >>> conv(np.arange(4.0).reshape(1, 4, 1), None, ConvSpec(2, strides=2, pool="max", rank=1))[0, :, 0]
+    array([1., 3.])
+    """
+    prepared = _prepare(x, kernel, spec, bias)
+    resolved = prepared.resolved
+    y: np.ndarray
+    if spec.pool is not None:
+        y = pooling.forward(prepared.x, resolved)
+    elif spec.transposed:
+        assert prepared.kernel is not None
+        y = transposed_conv(
+            prepared.x, prepared.kernel, resolved.spec.strides,  # type: ignore[arg-type]
+            resolved.spec.dilation, prepared.groups, resolved.padding, algorithm,  # type: ignore[arg-type]
+        )
+    else:
+        assert prepared.kernel is not None
+        xp = pad(prepared.x, resolved.padding, spec.padding_mode)
+        y = direct_conv(
+            xp, prepared.kernel, spec.strides, spec.dilation,  # type: ignore[arg-type]
+            prepared.groups, resolved.output_size, algorithm,
+        )
+    if prepared.bias is not None:
+        y += prepared.bias
+    result = _finish(y, prepared)
+    assert result is not None
+    return result
+
+
+def conv_vjp(
+    x: Any,
+    kernel: Any,
+    spec: ConvSpec,
+    d_out: Any,
+    bias: Any = None,
+    algorithm: str | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Gradients of ``sum(conv(x, kernel, spec, bias) * d_out)``.
+
+    Returns ``(d_input, d_kernel, d_bias)`` in the layouts of ``x``,
+    ``kernel`` and ``bias``; ``d_kernel`` is ``None`` for pooling and
+    ``d_bias`` is ``None`` when there is no bias. Max pooling sends each
+    gradient to the first maximum of its window (as PyTorch does).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convarith import ConvSpec
+    >>> x, k = np.arange(4.0).reshape(1, 4, 1), np.ones((2, 1, 1))
+    >>> dx, dk, db = conv_vjp(x, k, ConvSpec(2, rank=1), np.ones((1, 3, 1)), bias=np.zeros(1))
+    >>> dx[0, :, 0], dk[:, 0, 0], db
+    (array([1., 2., 2., 1.]), array([3., 6.]), array([3.]))
+    """
+    prepared = _prepare(x, kernel, spec, bias)
+    dy = _grad_in(d_out, prepared)
+    resolved = prepared.resolved
+    strides: tuple[int, ...] = spec.strides  # type: ignore[assignment]
+    dilation: tuple[int, ...] = spec.dilation  # type: ignore[assignment]
+    groups = prepared.groups
+    d_kernel: np.ndarray | None = None
+    if spec.pool is not None:
+        d_x = pooling.backward(prepared.x, resolved, dy)
+    elif spec.transposed:
+        assert prepared.kernel is not None
+        dy_cropped = pad(dy, resolved.crop)
+        d_x = direct_conv(
+            dy_cropped, prepared.kernel, strides, dilation, groups, resolved.input_size, algorithm
+        )
+        d_kernel = _weight_grad(
+            dy_cropped, prepared.x, spec.kernel_size, strides, dilation,  # type: ignore[arg-type]
+            groups, algorithm,
+        )
+    else:
+        assert prepared.kernel is not None
+        xp = pad(prepared.x, resolved.padding, spec.padding_mode)
+        padded = xp.shape[1:-1]
+        grid_pads = [
+            (e - 1, p - (o - 1) * s - 1)
+            for e, p, o, s in zip(resolved.effective_kernel, padded, resolved.output_size, strides)
+        ]
+        d_xp = transposed_conv(dy, prepared.kernel, strides, dilation, groups, grid_pads, algorithm)
+        d_x = pad_adjoint(d_xp, resolved.padding, spec.padding_mode)
+        d_kernel = _weight_grad(
+            xp, dy, spec.kernel_size, strides, dilation, groups, algorithm  # type: ignore[arg-type]
+        )
+    d_bias = None
+    if prepared.bias is not None:
+        d_bias = dy.sum(axis=tuple(range(dy.ndim - 1))).astype(prepared.result_dtype)
+    d_input = _finish(d_x, prepared)
+    assert d_input is not None
+    if d_kernel is not None:
+        d_kernel = d_kernel.astype(prepared.result_dtype)
+    return d_input, d_kernel, d_bias

@@ -1,0 +1,248 @@
+"""Choose an algorithm for one convolution problem, from a registry.
+
+Every algorithm computes the same thing, a *direct* convolution of an input
+that is already padded and channels-last, and obeys one contract::
+
+    direct(xp, kernel, strides, dilation, groups, out_size) -> y
+
+``xp`` is ``(N, *spatial, C)`` (float32 or float64, padding already applied),
+``kernel`` is ``(*K, C // groups, F)``, ``y`` is ``(N, *out_size, F)`` of
+``xp``'s dtype, with ``y[n, o, g*Fg + f] = sum_{k, c} xp[n, o*S + k*D, g*Cg + c]
+* kernel[k, c, g*Fg + f]``. An algorithm may also supply the weight gradient::
+
+    weight_grad(xp, dy, kernel_size, strides, dilation, groups) -> dk  # (*K, C//g, F)
+
+Algorithms register themselves with :func:`register_algorithm` when their
+module under :mod:`convarith.engine.algorithms` is imported; :func:`choose`
+picks the cheapest one whose ``applies`` predicate accepts the problem.
+
+Examples
+--------
+>>> from convarith.engine import available_algorithms
+>>> "offset_gemm" in available_algorithms()
+True
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "Algorithm",
+    "ConvProblem",
+    "DirectFn",
+    "WeightGradFn",
+    "WORKSPACE_BYTES",
+    "available_algorithms",
+    "choose",
+    "choose_weight_grad",
+    "get_algorithm",
+    "register_algorithm",
+    "workspace_budget",
+]
+
+#: Working memory an algorithm may use beyond its input, kernel and output.
+WORKSPACE_BYTES = 64 * 2**20
+
+DirectFn = Callable[..., np.ndarray]
+WeightGradFn = Callable[..., np.ndarray]
+
+
+@dataclass(frozen=True)
+class ConvProblem:
+    """The shapes of one direct convolution, as an algorithm sees them.
+
+    ``input_shape`` is the padded channels-last input ``(N, *spatial, C)``.
+    """
+
+    input_shape: tuple[int, ...]
+    kernel_shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    dilation: tuple[int, ...]
+    groups: int
+    out_size: tuple[int, ...]
+    dtype: np.dtype[Any]
+
+    @property
+    def rank(self) -> int:
+        return len(self.out_size)
+
+    @property
+    def kernel_size(self) -> tuple[int, ...]:
+        return self.kernel_shape[:-2]
+
+    @property
+    def in_channels(self) -> int:
+        return self.input_shape[-1]
+
+    @property
+    def out_channels(self) -> int:
+        return self.kernel_shape[-1]
+
+    @property
+    def batch(self) -> int:
+        return self.input_shape[0]
+
+    @property
+    def flops(self) -> int:
+        """Multiply-adds times two of the plain definition."""
+        cells = self.batch * int(np.prod(self.out_size))
+        taps = int(np.prod(self.kernel_size))
+        return 2 * cells * taps * self.kernel_shape[-2] * self.out_channels
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """One registered algorithm: its function, when it applies, what it costs."""
+
+    name: str
+    direct: DirectFn
+    applies: Callable[[ConvProblem], bool]
+    cost: Callable[[ConvProblem], float]
+    weight_grad: WeightGradFn | None = None
+
+
+def _always(problem: ConvProblem) -> bool:
+    return True
+
+
+def _flops(problem: ConvProblem) -> float:
+    return float(problem.flops)
+
+
+class _Registry:
+    """The algorithms known to this process (filled as their modules load)."""
+
+    def __init__(self) -> None:
+        self.algorithms: dict[str, Algorithm] = {}
+        self.loaded = False
+
+    def load_builtin(self) -> None:
+        if self.loaded:
+            return
+        self.loaded = True
+        from . import algorithms
+
+        for module in pkgutil.iter_modules(algorithms.__path__):
+            importlib.import_module(f"{algorithms.__name__}.{module.name}")
+
+
+# The one piece of process state in the engine: which algorithms exist.
+_REGISTRY = _Registry()
+
+
+def register_algorithm(
+    name: str,
+    fn: DirectFn,
+    applies: Callable[[ConvProblem], bool] | None = None,
+    cost: Callable[[ConvProblem], float] | None = None,
+    weight_grad: WeightGradFn | None = None,
+) -> Algorithm:
+    """Make an algorithm available to :func:`choose` (replaces one of the same name).
+
+    Parameters
+    ----------
+    name
+        What ``algorithm=`` calls it.
+    fn
+        ``direct(xp, kernel, strides, dilation, groups, out_size) -> y``.
+    applies
+        Predicate on a :class:`ConvProblem`; default: every problem.
+    cost
+        Estimated cost (lower wins); default: the plain FLOP count. Compare
+        with ``problem.flops`` to express a speed-up.
+    weight_grad
+        Optional ``weight_grad(xp, dy, kernel_size, strides, dilation, groups)``.
+
+    Examples
+    --------
+    >>> from convarith.engine.algorithms.offset_gemm import direct
+    >>> algo = register_algorithm("offset_gemm_copy", direct, cost=lambda p: float("inf"))
+    >>> algo.name
+    'offset_gemm_copy'
+    >>> _ = unregister_algorithm("offset_gemm_copy")
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a non-empty string, got {name!r}")
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {fn!r}")
+    algorithm = Algorithm(name, fn, applies or _always, cost or _flops, weight_grad)
+    _REGISTRY.algorithms[name] = algorithm
+    return algorithm
+
+
+def unregister_algorithm(name: str) -> Algorithm | None:
+    """Remove an algorithm (for tests); returns it, or ``None`` if unknown."""
+    return _REGISTRY.algorithms.pop(name, None)
+
+
+def available_algorithms() -> tuple[str, ...]:
+    """Names of the registered algorithms, sorted.
+
+    >>> "offset_gemm" in available_algorithms()
+    True
+    """
+    _REGISTRY.load_builtin()
+    return tuple(sorted(_REGISTRY.algorithms))
+
+
+def get_algorithm(name: str) -> Algorithm:
+    """The algorithm called ``name``; a ValueError lists the known ones."""
+    _REGISTRY.load_builtin()
+    try:
+        return _REGISTRY.algorithms[name]
+    except KeyError:
+        raise ValueError(
+            f"algorithm={name!r} is not registered; available: {available_algorithms()}"
+        ) from None
+
+
+def choose(problem: ConvProblem, algorithm: str | None = None) -> Algorithm:
+    """The algorithm to run ``problem``: ``algorithm`` if named, else the cheapest.
+
+    A named algorithm that does not apply to the problem is an error (tests
+    force paths with it, and must not silently test another).
+    """
+    if algorithm is not None:
+        chosen = get_algorithm(algorithm)
+        if not chosen.applies(problem):
+            raise ValueError(
+                f"algorithm={algorithm!r} does not apply to this problem: {problem}"
+            )
+        return chosen
+    _REGISTRY.load_builtin()
+    candidates = [a for a in _REGISTRY.algorithms.values() if a.applies(problem)]
+    if not candidates:
+        raise ValueError(f"no registered algorithm applies to {problem}")
+    return min(candidates, key=lambda a: (a.cost(problem), a.name))
+
+
+def choose_weight_grad(problem: ConvProblem, algorithm: str | None = None) -> Algorithm:
+    """Like :func:`choose`, among algorithms that supply ``weight_grad``.
+
+    A named algorithm without a weight gradient falls back to the cheapest one
+    that has it (the forward path is still the one named).
+    """
+    if algorithm is not None:
+        chosen = get_algorithm(algorithm)
+        if chosen.weight_grad is not None and chosen.applies(problem):
+            return chosen
+    _REGISTRY.load_builtin()
+    candidates = [
+        a for a in _REGISTRY.algorithms.values()
+        if a.weight_grad is not None and a.applies(problem)
+    ]
+    if not candidates:
+        raise ValueError(f"no registered algorithm computes the weight gradient of {problem}")
+    return min(candidates, key=lambda a: (a.cost(problem), a.name))
+
+
+def workspace_budget(output_bytes: int) -> int:
+    """Bytes of working memory allowed: 64 MiB, or the output's size if larger."""
+    return max(WORKSPACE_BYTES, int(output_bytes))

@@ -1,0 +1,137 @@
+"""Max and average pooling over channels-last arrays, forward and backward.
+
+The window's cells are visited one kernel tap at a time, each tap a strided
+view of the padded input (as in :mod:`.algorithms.offset_gemm`), so memory
+stays at a few output-sized arrays. Divisors follow PyTorch exactly:
+
+* ``count_include_pad=True``: the cells of the window inside the padded input
+  (a ceil-mode window hanging past the padding counts only what it covers);
+* ``count_include_pad=False``: the window's cells inside the real input.
+
+Max pooling pads with ``-inf``, propagates NaN, and its gradient goes to the
+first maximum in window order (PyTorch's rule for ties).
+
+Examples
+--------
+>>> import numpy as np
+>>> from convarith import ConvSpec
+>>> x = np.arange(5.0).reshape(1, 5, 1)
+>>> spec = ConvSpec(2, strides=2, pool="avg", ceil_mode=True, rank=1)
+>>> forward(x, spec.resolve(x.shape))[0, :, 0]
+array([0.5, 2.5, 4. ])
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..spec import ResolvedConv
+from .algorithms.offset_gemm import tap_view
+from .padding import pad
+
+__all__ = ["forward", "backward", "divisor"]
+
+
+def _padded(x: np.ndarray, resolved: ResolvedConv, fill: float) -> np.ndarray:
+    """Pad per the spec, plus the cells a ceil-mode window hangs past the end."""
+    spec = resolved.spec
+    pads = []
+    for axis, (lo, hi) in enumerate(resolved.padding):
+        needed = (resolved.output_size[axis] - 1) * spec.strides[axis] + resolved.effective_kernel[axis]  # type: ignore[index]
+        hi = max(hi, needed - x.shape[axis + 1] - lo)
+        pads.append((lo, hi))
+    return pad(x, pads, "zeros", fill=fill)
+
+
+def _whole(resolved: ResolvedConv, batch: int) -> tuple[slice, ...]:
+    return (slice(0, batch), *(slice(0, n) for n in resolved.output_size))
+
+
+def divisor(resolved: ResolvedConv) -> np.ndarray:
+    """How many cells each output cell of an average pool divides by.
+
+    Shaped ``(*output_size, 1)`` to broadcast over channels-last outputs.
+
+    >>> from convarith import ConvSpec
+    >>> divisor(ConvSpec(3, padding=1, pool="avg", rank=1).resolve((4,)))[:, 0].tolist()
+    [2.0, 3.0, 3.0, 2.0]
+    """
+    spec = resolved.spec
+    total = np.ones((), dtype=np.float64)
+    for axis, (lo, hi) in enumerate(resolved.padding):
+        size = resolved.input_size[axis]
+        s, d, k = spec.strides[axis], spec.dilation[axis], spec.kernel_size[axis]  # type: ignore[index]
+        starts = np.arange(resolved.output_size[axis])[:, None] * s
+        positions = starts + np.arange(k)[None, :] * d
+        if spec.count_include_pad:
+            inside = positions < size + lo + hi
+        else:
+            inside = (positions >= lo) & (positions < lo + size)
+        counts = inside.sum(axis=1).astype(np.float64)
+        total = np.multiply.outer(total, counts)
+    return total[..., None]
+
+
+def forward(x: np.ndarray, resolved: ResolvedConv) -> np.ndarray:
+    """Pool channels-last ``x`` ``(N, *spatial, C)`` per the resolved spec."""
+    spec = resolved.spec
+    block = _whole(resolved, x.shape[0])
+    if spec.pool == "max":
+        xp = _padded(x, resolved, -np.inf)
+        y, _ = _max_with_argmax(xp, resolved, block, want_argmax=False)
+        return y
+    xp = _padded(x, resolved, 0.0)
+    y = np.zeros((x.shape[0], *resolved.output_size, x.shape[-1]), dtype=x.dtype)
+    for tap in np.ndindex(*spec.kernel_size):  # type: ignore[misc]
+        y += tap_view(xp, block, tap, spec.strides, spec.dilation)  # type: ignore[arg-type]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        y /= divisor(resolved).astype(x.dtype)
+    return y
+
+
+def _max_with_argmax(
+    xp: np.ndarray, resolved: ResolvedConv, block: tuple[slice, ...], want_argmax: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    spec = resolved.spec
+    shape = (xp.shape[0], *resolved.output_size, xp.shape[-1])
+    best = np.full(shape, -np.inf, dtype=xp.dtype)
+    argmax = np.zeros(shape, dtype=np.int32) if want_argmax else None
+    update = np.empty(shape, dtype=bool)
+    for number, tap in enumerate(np.ndindex(*spec.kernel_size)):  # type: ignore[misc]
+        view = tap_view(xp, block, tap, spec.strides, spec.dilation)  # type: ignore[arg-type]
+        if number == 0:
+            best[...] = view
+            continue
+        # PyTorch: take the new value if it is larger, or NaN (first max wins ties)
+        np.greater(view, best, out=update)
+        update |= np.isnan(view)
+        np.copyto(best, view, where=update)
+        if argmax is not None:
+            argmax[update] = number
+    return best, argmax
+
+
+def backward(x: np.ndarray, resolved: ResolvedConv, dy: np.ndarray) -> np.ndarray:
+    """Gradient of :func:`forward` with respect to ``x``, given the output gradient."""
+    spec = resolved.spec
+    block = _whole(resolved, x.shape[0])
+    fill = -np.inf if spec.pool == "max" else 0.0
+    xp = _padded(x, resolved, fill)
+    d_xp = np.zeros_like(xp)
+    if spec.pool == "max":
+        _, argmax = _max_with_argmax(xp, resolved, block, want_argmax=True)
+        assert argmax is not None
+        for number, tap in enumerate(np.ndindex(*spec.kernel_size)):  # type: ignore[misc]
+            target = tap_view(d_xp, block, tap, spec.strides, spec.dilation)  # type: ignore[arg-type]
+            target += np.where(argmax == number, dy, 0)
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            share = dy / divisor(resolved).astype(dy.dtype)
+        for tap in np.ndindex(*spec.kernel_size):  # type: ignore[misc]
+            target = tap_view(d_xp, block, tap, spec.strides, spec.dilation)  # type: ignore[arg-type]
+            target += share
+    lo_pads = [lo for lo, _ in resolved.padding]
+    inner = (slice(None),) + tuple(
+        slice(lo, lo + n) for lo, n in zip(lo_pads, resolved.input_size)
+    )
+    return np.ascontiguousarray(d_xp[inner])
