@@ -255,15 +255,16 @@ def flip_swap(kernel: np.ndarray, groups: int) -> np.ndarray:
     into the direct kernel of the equivalent stride-1 convolution.
 
     >>> import numpy as np
-    >>> flip_swap(np.arange(6.0).reshape(3, 1, 2), 2)[:, 0, :].tolist()
-    [[4.0, 5.0], [2.0, 3.0], [0.0, 1.0]]
+    >>> flip_swap(np.arange(8.0).reshape(1, 2, 4), 2)[0].tolist()
+    [[0.0, 4.0, 2.0, 6.0], [1.0, 5.0, 3.0, 7.0]]
     """
     rank = kernel.ndim - 2
     taps = kernel.shape[:rank]
     group_in, filters = kernel.shape[-2:]
     group_out = filters // groups
     swapped = kernel.reshape(*taps, group_in, groups, group_out)
-    swapped = np.moveaxis(swapped, rank, -1).reshape(*taps, group_out, groups * group_in)
+    order = (*range(rank), rank + 2, rank + 1, rank)  # (*K, Fg, G, Cg)
+    swapped = swapped.transpose(order).reshape(*taps, group_out, groups * group_in)
     flipped = swapped[(slice(None, None, -1),) * rank]
     return np.ascontiguousarray(flipped)
 
