@@ -1,0 +1,231 @@
+"""Depthwise convolutions (one input channel per group), compiled when numba is there.
+
+A depthwise convolution has no channel sum: output channel ``c·M + j`` (``M``
+the depth multiplier) is input channel ``c`` convolved with its own kernel.
+As matrix products that is ``groups`` products with an inner dimension of 1,
+which BLAS runs at memory speed at best; a loop that keeps one output row in
+cache and streams every tap over it does far better.
+
+With numba the loop is compiled (parallel over output rows, vectorized over
+channels); without it the same sum runs as one NumPy multiply-add per kernel
+tap over strided views of the input (no copy).
+
+Examples
+--------
+>>> import numpy as np
+>>> xp = np.arange(12.0).reshape(1, 6, 2)
+>>> k = np.ones((3, 1, 2))
+>>> direct(xp, k, (1,), (1,), 2, (4,))[0, :, 0]
+array([ 6., 12., 18., 24.])
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from ..dispatch import ConvProblem, register_algorithm
+
+__all__ = ["direct", "weight_grad", "applies", "cost"]
+
+
+@functools.cache
+def _numba_kernels() -> tuple[Callable[..., None], Callable[..., None]] | None:
+    """Compiled 2-D forward and weight-gradient loops, or ``None`` without numba."""
+    try:
+        import numba
+    except ImportError:  # pragma: no cover - exercised by the numba-less test
+        return None
+    prange = numba.prange
+
+    @numba.njit(parallel=True, cache=True)
+    def forward(xp, k, s0, s1, d0, d1, mult, y):  # type: ignore[no-untyped-def]
+        n_img, ho, wo, f = y.shape
+        kh, kw = k.shape[0], k.shape[1]
+        c = xp.shape[3]
+        for row in prange(n_img * ho):
+            n = row // ho
+            oh = row % ho
+            out = y[n, oh]
+            out[:, :] = 0.0
+            for a in range(kh):
+                h = oh * s0 + a * d0
+                for b in range(kw):
+                    tap = k[a, b, 0]
+                    for ow in range(wo):
+                        src = xp[n, h, ow * s1 + b * d1]
+                        dst = out[ow]
+                        if mult == 1:
+                            for ch in range(c):
+                                dst[ch] += src[ch] * tap[ch]
+                        else:
+                            for ch in range(c):
+                                for j in range(mult):
+                                    dst[ch * mult + j] += src[ch] * tap[ch * mult + j]
+
+    @numba.njit(parallel=True, cache=True)
+    def grad(xp, dy, s0, s1, d0, d1, mult, partial):  # type: ignore[no-untyped-def]
+        # partial: (workers, kh, kw, F); worker w sums the rows w, w + workers, ...
+        workers, kh, kw, f = partial.shape
+        n_img, ho, wo, _ = dy.shape
+        c = xp.shape[3]
+        rows = n_img * ho
+        for w in prange(workers):
+            acc = partial[w]
+            acc[:, :, :] = 0.0
+            for row in range(w, rows, workers):
+                n = row // ho
+                oh = row % ho
+                for a in range(kh):
+                    h = oh * s0 + a * d0
+                    for b in range(kw):
+                        tap = acc[a, b]
+                        for ow in range(wo):
+                            src = xp[n, h, ow * s1 + b * d1]
+                            g = dy[n, oh, ow]
+                            if mult == 1:
+                                for ch in range(c):
+                                    tap[ch] += src[ch] * g[ch]
+                            else:
+                                for ch in range(c):
+                                    for j in range(mult):
+                                        tap[ch * mult + j] += src[ch] * g[ch * mult + j]
+
+    return forward, grad
+
+
+def _tap_view(
+    xp: np.ndarray, tap: Sequence[int], strides: Sequence[int], dilation: Sequence[int],
+    out_size: Sequence[int],
+) -> np.ndarray:
+    index = tuple(
+        slice(k * d, k * d + (o - 1) * s + 1, s)
+        for k, s, d, o in zip(tap, strides, dilation, out_size)
+    )
+    return xp[(slice(None),) + index]
+
+
+def _as_2d(
+    xp: np.ndarray, strides: Sequence[int], dilation: Sequence[int], out_size: Sequence[int],
+    kernel_size: Sequence[int],
+) -> tuple[np.ndarray, tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """Lift a 1-D problem to 2-D with a unit first axis."""
+    if len(out_size) == 2:
+        return (xp, (strides[0], strides[1]), (dilation[0], dilation[1]),
+                (out_size[0], out_size[1]), (kernel_size[0], kernel_size[1]))
+    return (xp[:, None], (1, strides[0]), (1, dilation[0]), (1, out_size[0]),
+            (1, kernel_size[0]))
+
+
+def direct(
+    xp: np.ndarray,
+    kernel: np.ndarray,
+    strides: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+    out_size: Sequence[int],
+    *,
+    use_numba: bool | None = None,
+) -> np.ndarray:
+    """Depthwise convolution (the dispatch contract with ``groups == C``).
+
+    Parameters
+    ----------
+    use_numba
+        Compiled loop for 1-D and 2-D (``None``: when numba is installed).
+
+    Examples
+    --------
+    >>> xp = np.ones((1, 4, 4, 3), np.float32)
+    >>> direct(xp, np.ones((3, 3, 1, 6), np.float32), (1, 1), (1, 1), 3, (2, 2)).shape
+    (1, 2, 2, 6)
+    """
+    channels = xp.shape[-1]
+    if groups != channels or kernel.shape[-2] != 1:
+        raise ValueError(
+            f"depthwise needs groups equal to the {channels} input channels and a kernel "
+            f"(*K, 1, F), got groups={groups} and kernel {kernel.shape}"
+        )
+    rank = len(out_size)
+    filters = kernel.shape[-1]
+    multiplier = filters // channels
+    kernels = _numba_kernels() if use_numba is not False and rank <= 2 else None
+    if use_numba and kernels is None:
+        raise ImportError("use_numba=True needs numba (pip install numba) and rank 1 or 2")
+    if kernels is not None:
+        x2, s, d, o, _ = _as_2d(xp, strides, dilation, out_size, kernel.shape[:rank])
+        k2 = kernel if rank == 2 else kernel[None]
+        y = np.empty((xp.shape[0], *o, filters), xp.dtype)
+        kernels[0](np.ascontiguousarray(x2), np.ascontiguousarray(k2), *s, *d, multiplier, y)
+        return y.reshape(xp.shape[0], *out_size, filters)
+    y = np.zeros((xp.shape[0], *out_size, channels, multiplier), xp.dtype)
+    scratch = np.empty_like(y)
+    for tap in itertools.product(*(range(k) for k in kernel.shape[:rank])):
+        view = _tap_view(xp, tap, strides, dilation, out_size)[..., None]
+        np.multiply(view, kernel[tap].reshape(channels, multiplier), out=scratch)
+        y += scratch
+    return y.reshape(xp.shape[0], *out_size, filters)
+
+
+def weight_grad(
+    xp: np.ndarray,
+    dy: np.ndarray,
+    kernel_size: Sequence[int],
+    strides: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+    *,
+    use_numba: bool | None = None,
+) -> np.ndarray:
+    """Kernel gradient of :func:`direct`: ``(*K, 1, F)``.
+
+    >>> xp = np.ones((1, 5, 2))
+    >>> weight_grad(xp, np.ones((1, 3, 2)), (3,), (1,), (1,), 2)[:, 0, :].tolist()
+    [[3.0, 3.0], [3.0, 3.0], [3.0, 3.0]]
+    """
+    channels = xp.shape[-1]
+    if groups != channels:
+        raise ValueError(f"depthwise needs groups={channels} (the input channels), got {groups}")
+    rank = len(kernel_size)
+    out_size = dy.shape[1:-1]
+    filters = dy.shape[-1]
+    multiplier = filters // channels
+    kernels = _numba_kernels() if use_numba is not False and rank <= 2 else None
+    if use_numba and kernels is None:
+        raise ImportError("use_numba=True needs numba (pip install numba) and rank 1 or 2")
+    if kernels is not None:
+        x2, s, d, _, ks = _as_2d(xp, strides, dilation, out_size, kernel_size)
+        dy2 = dy if rank == 2 else dy[:, None]
+        import numba
+
+        workers = max(1, min(numba.get_num_threads(), dy2.shape[0] * dy2.shape[1]))
+        # float64 partial sums: a tap's gradient sums over every output cell
+        partial = np.empty((workers, *ks, filters), np.float64)
+        kernels[1](np.ascontiguousarray(x2), np.ascontiguousarray(dy2), *s, *d, multiplier,
+                   partial)
+        total = partial.sum(axis=0, dtype=xp.dtype)
+        return total.reshape(*kernel_size, 1, filters)
+    dk = np.empty((*kernel_size, 1, filters), xp.dtype)
+    grad = dy.reshape(*dy.shape[:-1], channels, multiplier)
+    cells = "abcd"[: rank + 1]
+    for tap in itertools.product(*(range(k) for k in kernel_size)):
+        view = _tap_view(xp, tap, strides, dilation, out_size)
+        summed = np.einsum(f"{cells}y,{cells}yz->yz", view, grad, optimize=True)
+        dk[tap] = summed.reshape(1, filters)
+    return dk
+
+
+def applies(problem: ConvProblem) -> bool:
+    """One input channel per group (depthwise, any multiplier)."""
+    return problem.groups == problem.in_channels and problem.kernel_shape[-2] == 1
+
+
+def cost(problem: ConvProblem) -> float:
+    """A small fraction of the plain FLOPs: products with inner size 1 waste BLAS."""
+    return problem.flops * 0.1
+
+
+register_algorithm("depthwise", direct, applies=applies, cost=cost, weight_grad=weight_grad)

@@ -1,0 +1,254 @@
+"""Per-offset GEMM over flattened padded rows, with phase splitting for strides.
+
+The trick. For stride 1, view the padded input ``(N, H, W, C)`` as one flat
+``(N·H·W, C)`` matrix. Output cell ``(n, i, j)`` reads input cell
+``(n, i + a, j + b)`` through kernel tap ``(a, b)``: flat index
+``f(n, i, j) + a·W + b``. So if the output is laid out on the *same* grid
+(``(N·H·W, F)``, the cells beyond the real output being garbage that is
+dropped at the end), each tap is ONE matrix product of a contiguous shifted
+slice of the input::
+
+    out[0:L] += x_flat[a·W + b : a·W + b + L] @ kernel[a, b]
+
+with no copy at all, and dilation only changes the shift.
+
+Strides. Output cell ``o`` of an axis with stride ``S`` reads input cell
+``o·S + k·D`` = ``(o + q)·S + r`` with ``q, r = divmod(k·D, S)``: tap ``k``
+reads phase ``r`` of the input (every ``S``-th cell from ``r``) at shift
+``q``. Splitting the input into its phases (space-to-depth, one copy) turns a
+strided convolution into stride-1 ones that share the flat output grid, with
+no multiply spent on cells the stride skips.
+
+Few channels. With ``C·taps`` small (an RGB stem, a one-channel input) each
+product would have a tiny inner dimension; then the shifted slices of a block
+of rows are gathered side by side (im2col, one block at a time so memory
+stays bounded) and multiplied once.
+
+Accumulation uses BLAS ``gemm`` with ``beta = 1`` (``C += A·B`` in place) when
+SciPy is installed, else ``matmul`` into a scratch buffer and an add.
+
+Examples
+--------
+>>> import numpy as np
+>>> xp = np.arange(10.0).reshape(1, 10, 1)
+>>> direct(xp, np.ones((3, 1, 1)), (2,), (1,), 1, (4,))[0, :, 0]
+array([ 3.,  9., 15., 21.])
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..dispatch import ConvProblem, register_algorithm
+
+__all__ = ["direct", "weight_grad", "applies", "cost", "FlatPlan", "plan"]
+
+#: Below this inner dimension (``C × taps``) the taps are gathered (im2col) per block.
+GATHER_BELOW = 320
+
+
+@dataclass(frozen=True)
+class FlatPlan:
+    """Where every kernel tap reads in the stacked, flattened phase images.
+
+    ``phases`` lists the input phases used (one offset per axis); ``grid`` is
+    the common size of the phase images; ``taps`` pairs each kernel index
+    with ``(phase number, flat shift)``.
+    """
+
+    phases: tuple[tuple[int, ...], ...]
+    grid: tuple[int, ...]
+    taps: tuple[tuple[tuple[int, ...], int, int], ...]
+
+    @property
+    def cells(self) -> int:
+        """Cells of one phase image (one batch item)."""
+        return math.prod(self.grid)
+
+    @property
+    def max_shift(self) -> int:
+        return max(shift for _, _, shift in self.taps)
+
+
+def plan(
+    padded_size: Sequence[int],
+    kernel_size: Sequence[int],
+    strides: Sequence[int],
+    dilation: Sequence[int],
+) -> FlatPlan:
+    """The phase split and flat shifts of a convolution.
+
+    >>> p = plan((9, 9), (3, 3), (2, 2), (1, 1))
+    >>> p.phases, p.grid, len(p.taps)
+    (((0, 0), (0, 1), (1, 0), (1, 1)), (5, 5), 9)
+    """
+    grid = tuple(-(-p // s) for p, s in zip(padded_size, strides))
+    steps = [math.prod(grid[axis + 1:]) for axis in range(len(grid))]
+    phases: list[tuple[int, ...]] = []
+    taps = []
+    for k in itertools.product(*(range(n) for n in kernel_size)):
+        split = [divmod(i * d, s) for i, d, s in zip(k, dilation, strides)]
+        phase = tuple(r for _, r in split)
+        if phase not in phases:
+            phases.append(phase)
+        shift = sum(q * step for (q, _), step in zip(split, steps))
+        taps.append((k, phase, shift))
+    phases.sort()
+    return FlatPlan(
+        tuple(phases), grid, tuple((k, phases.index(ph), shift) for k, ph, shift in taps)
+    )
+
+
+def _phase_images(xp: np.ndarray, flat_plan: FlatPlan, strides: Sequence[int]) -> np.ndarray:
+    """``(phases, N·cells, C)``: each phase of ``xp`` zero-padded to the common grid."""
+    n, c = xp.shape[0], xp.shape[-1]
+    if all(s == 1 for s in strides):
+        return np.ascontiguousarray(xp).reshape(1, -1, c)
+    stacked = np.zeros((len(flat_plan.phases), n, *flat_plan.grid, c), xp.dtype)
+    for index, phase in enumerate(flat_plan.phases):
+        source = (slice(None),) + tuple(slice(r, None, s) for r, s in zip(phase, strides))
+        view = xp[source]
+        target = (index, slice(None)) + tuple(slice(0, e) for e in view.shape[1:-1])
+        stacked[target] = view
+    return stacked.reshape(len(flat_plan.phases), -1, c)
+
+
+@functools.cache
+def _blas_gemm(dtype: np.dtype) -> Callable[..., np.ndarray] | None:
+    try:
+        from scipy.linalg import blas
+    except ImportError:  # pragma: no cover - SciPy missing
+        return None
+    return {np.dtype(np.float32): blas.sgemm, np.dtype(np.float64): blas.dgemm}.get(dtype)
+
+
+def _accumulate(a: np.ndarray, b: np.ndarray, c: np.ndarray, scratch: np.ndarray | None,
+                use_blas: bool) -> None:
+    """``c += a @ b`` in place (``a``, ``c`` C-contiguous)."""
+    gemm = _blas_gemm(c.dtype) if use_blas else None
+    if gemm is not None:
+        # column-major view: cᵀ = bᵀ aᵀ + cᵀ, every operand Fortran-contiguous
+        gemm(1.0, b.T, a.T, beta=1.0, c=c.T, overwrite_c=True)
+        return
+    assert scratch is not None
+    np.matmul(a, b, out=scratch)
+    c += scratch
+
+
+def direct(
+    xp: np.ndarray,
+    kernel: np.ndarray,
+    strides: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+    out_size: Sequence[int],
+    *,
+    use_blas: bool = True,
+    gather: bool | None = None,
+) -> np.ndarray:
+    """Convolution by flat-row GEMMs (the dispatch contract; ``groups`` must be 1).
+
+    Parameters
+    ----------
+    use_blas
+        Accumulate with SciPy's BLAS ``gemm`` (``beta = 1``) when available.
+    gather
+        Gather the taps of a block into one product (``None``: when
+        ``C × taps`` is below :data:`GATHER_BELOW`).
+
+    Examples
+    --------
+    >>> xp = np.ones((1, 4, 4, 2))
+    >>> direct(xp, np.ones((2, 2, 2, 3)), (1, 1), (1, 1), 1, (3, 3))[0, 0, 0]
+    array([8., 8., 8.])
+    """
+    if groups != 1:
+        raise ValueError(f"flat_rows needs groups=1, got groups={groups}")
+    rank = len(out_size)
+    n, c = xp.shape[0], xp.shape[-1]
+    kernel_size = kernel.shape[:rank]
+    f = kernel.shape[-1]
+    flat_plan = plan(xp.shape[1:-1], kernel_size, strides, dilation)
+    images = _phase_images(xp, flat_plan, strides)
+    rows = n * flat_plan.cells
+    length = rows - flat_plan.max_shift
+    out = np.zeros((rows, f), xp.dtype)
+    taps = len(flat_plan.taps)
+    if gather is None:
+        gather = c * taps < GATHER_BELOW and taps > 1
+    if gather:
+        weights = np.stack([kernel[k] for k, _, _ in flat_plan.taps]).reshape(taps * c, f)
+        block = max(1, min(length, (4 << 20) // max(1, taps * c * xp.dtype.itemsize)))
+        columns = np.empty((block, taps, c), xp.dtype)
+        for start in range(0, length, block):
+            stop = min(length, start + block)
+            cols = columns[: stop - start]
+            for t, (_, phase, shift) in enumerate(flat_plan.taps):
+                cols[:, t] = images[phase, start + shift: stop + shift]
+            np.matmul(cols.reshape(stop - start, taps * c), weights, out=out[start:stop])
+    else:
+        scratch = None if _blas_gemm(xp.dtype) and use_blas else np.empty((length, f), xp.dtype)
+        target = out[:length]
+        for k, phase, shift in flat_plan.taps:
+            _accumulate(images[phase, shift: shift + length], kernel[k], target, scratch, use_blas)
+    grid_out = out.reshape(n, *flat_plan.grid, f)
+    real = (slice(None),) + tuple(slice(0, o) for o in out_size)
+    return np.ascontiguousarray(grid_out[real])
+
+
+def weight_grad(
+    xp: np.ndarray,
+    dy: np.ndarray,
+    kernel_size: Sequence[int],
+    strides: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+) -> np.ndarray:
+    """Kernel gradient by flat-row GEMMs: one ``(C × L) @ (L × F)`` product per tap.
+
+    ``dy`` is laid on the flat grid (zeros at the garbage cells), so every
+    tap's product sums over exactly the real output cells.
+
+    >>> xp = np.arange(5.0).reshape(1, 5, 1)
+    >>> weight_grad(xp, np.ones((1, 4, 1)), (2,), (1,), (1,), 1)[:, 0, 0]
+    array([ 6., 10.])
+    """
+    if groups != 1:
+        raise ValueError(f"flat_rows needs groups=1, got groups={groups}")
+    n, c = xp.shape[0], xp.shape[-1]
+    f = dy.shape[-1]
+    out_size = dy.shape[1:-1]
+    flat_plan = plan(xp.shape[1:-1], kernel_size, strides, dilation)
+    images = _phase_images(xp, flat_plan, strides)
+    rows = n * flat_plan.cells
+    length = rows - flat_plan.max_shift
+    grid_dy = np.zeros((n, *flat_plan.grid, f), xp.dtype)
+    grid_dy[(slice(None),) + tuple(slice(0, o) for o in out_size)] = dy
+    flat_dy = grid_dy.reshape(rows, f)[:length]
+    dk = np.empty((*kernel_size, c, f), xp.dtype)
+    for k, phase, shift in flat_plan.taps:
+        np.matmul(images[phase, shift: shift + length].T, flat_dy, out=dk[k])
+    return dk
+
+
+def applies(problem: ConvProblem) -> bool:
+    """Any rank, stride and dilation; one group."""
+    return problem.groups == 1
+
+
+def cost(problem: ConvProblem) -> float:
+    """Plain FLOPs, discounted for the copies the per-tap gather would make.
+
+    Measured (``python -m convarith.bench``): no copy at stride 1, one copy of
+    the input for strides; faster than gathering every tap.
+    """
+    return problem.flops * 0.7
+
+
+register_algorithm("flat_rows", direct, applies=applies, cost=cost, weight_grad=weight_grad)
