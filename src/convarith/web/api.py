@@ -1,0 +1,769 @@
+"""The explorer's JSON API: every number the page shows, computed by convarith.
+
+Each handler reads a JSON body, validates every field against
+:class:`Limits` (a ``4xx`` JSON error naming the field otherwise), builds a
+:class:`~convarith.spec.ConvSpec` and asks it — or :mod:`convarith.explain`,
+the solver, the engine, the porter, the receptive-field code — for the answer.
+The page does no arithmetic of its own.
+
+Errors are ``{"error": {"message": ..., "field": ..., "status": ...}}``:
+400 for a malformed body, 413 for one too large, 422 for a value convarith
+rejects, 503 for a part of convarith that is not installed or not built.
+
+Examples
+--------
+>>> settings = parse_settings({"input_size": [5, 5], "kernel_size": 3, "strides": 2,
+...                            "padding": "same"}, Limits())
+>>> resolve_payload(settings)["output_size"]
+[3, 3]
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .. import __version__
+from ..arithmetic import solve
+from ..explain import explain
+from ..spec import CONVENTIONS, PADDING_MODES, PADDING_WORDS, ConvSpec, ResolvedConv, Tap
+
+__all__ = [
+    "ApiError",
+    "Limits",
+    "Settings",
+    "parse_settings",
+    "build_spec",
+    "resolve_payload",
+    "geometry_payload",
+    "footprint_payload",
+    "solve_payload",
+    "stack_payload",
+    "port_payload",
+    "image_payload",
+    "parts_available",
+    "KERNEL_PRESETS",
+]
+
+FRAMEWORK_NAMES = {"keras": "Keras", "torch": "PyTorch", "jax": "JAX", "onnx": "ONNX"}
+
+#: 3x3 kernels the image mode offers by name (``custom`` takes the user's numbers).
+KERNEL_PRESETS: dict[str, tuple[tuple[float, ...], ...]] = {
+    "edge": ((-1, -1, -1), (-1, 8, -1), (-1, -1, -1)),
+    "blur": ((1 / 16, 2 / 16, 1 / 16), (2 / 16, 4 / 16, 2 / 16), (1 / 16, 2 / 16, 1 / 16)),
+    "sharpen": ((0, -1, 0), (-1, 5, -1), (0, -1, 0)),
+    "sobel_x": ((-1, 0, 1), (-2, 0, 2), (-1, 0, 1)),
+    "sobel_y": ((-1, -2, -1), (0, 0, 0), (1, 2, 1)),
+    "identity": ((0, 0, 0), (0, 1, 0), (0, 0, 0)),
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps on what one request may ask for (all checked on the server)."""
+
+    max_input: int = 64
+    max_kernel: int = 15
+    max_stride: int = 8
+    max_dilation: int = 8
+    max_padding: int = 32
+    max_channels: int = 256
+    max_draw: int = 160
+    max_layers: int = 12
+    max_body_bytes: int = 64 * 1024
+    max_upload_bytes: int = 2 * 1024 * 1024
+    max_image_pixels: int = 4096 * 4096
+    max_image_side: int = 8192
+    engine_side: int = 256
+    max_solve_size: int = 100_000
+    max_solve_kernel: int = 15
+    max_solve_stride: int = 8
+    max_solve_dilation: int = 4
+
+
+class ApiError(Exception):
+    """A request the API refuses; turned into a JSON error response."""
+
+    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "field": self.field, "status": self.status}}
+
+
+def unavailable(part: str, error: BaseException) -> ApiError:
+    """503: a part of convarith this endpoint needs is not importable."""
+    return ApiError(503, f"{part} is not available in this convarith build ({error})", None)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _int(data: dict[str, Any], name: str, low: int, high: int, default: int | None = None) -> int:
+    value = data.get(name, default)
+    if value is None:
+        raise ApiError(422, f"{name} is required", name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ApiError(422, f"{name} must be an integer, got {value!r}", name)
+    if not low <= value <= high:
+        raise ApiError(422, f"{name} must be between {low} and {high}, got {value}", name)
+    return value
+
+
+def _ints(
+    data: dict[str, Any], name: str, rank: int, low: int, high: int, default: int | None = None
+) -> tuple[int, ...]:
+    value = data.get(name, default)
+    if value is None:
+        raise ApiError(422, f"{name} is required", name)
+    items = [value] * rank if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(items, list) or len(items) != rank:
+        raise ApiError(
+            422, f"{name} must be an integer or a list of {rank} integers, got {value!r}", name
+        )
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise ApiError(422, f"{name} must hold integers, got {item!r}", name)
+        if not low <= item <= high:
+            raise ApiError(422, f"{name} values must be between {low} and {high}, got {item}", name)
+    return tuple(items)
+
+
+def _bool(data: dict[str, Any], name: str, default: bool = False) -> bool:
+    value = data.get(name, default)
+    if not isinstance(value, bool):
+        raise ApiError(422, f"{name} must be true or false, got {value!r}", name)
+    return value
+
+
+def _choice(data: dict[str, Any], name: str, options: Sequence[Any], default: Any) -> Any:
+    value = data.get(name, default)
+    if value not in options or isinstance(value, bool):
+        raise ApiError(422, f"{name} must be one of {list(options)}, got {value!r}", name)
+    return value
+
+
+def _padding(
+    value: Any, rank: int, transposed: bool, limits: Limits
+) -> str | tuple[tuple[int, int], ...]:
+    if isinstance(value, str):
+        if value not in PADDING_WORDS:
+            raise ApiError(
+                422, f"padding must be one of {list(PADDING_WORDS)} or (lo, hi) pairs, got {value!r}",
+                "padding",
+            )
+        return value
+    low = -limits.max_padding if transposed else 0
+    pairs = [value] * rank if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(pairs, list) or len(pairs) != rank:
+        raise ApiError(
+            422, f"padding must be a word, an integer or {rank} (lo, hi) pairs, got {value!r}",
+            "padding",
+        )
+    out = []
+    for pair in pairs:
+        pair = [pair, pair] if isinstance(pair, int) and not isinstance(pair, bool) else pair
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise ApiError(422, f"padding entries must be (lo, hi) pairs, got {pair!r}", "padding")
+        for side in pair:
+            if isinstance(side, bool) or not isinstance(side, int):
+                raise ApiError(422, f"padding must hold integers, got {side!r}", "padding")
+            if not low <= side <= limits.max_padding:
+                raise ApiError(
+                    422, f"padding values must be between {low} and {limits.max_padding}, "
+                    f"got {side}", "padding",
+                )
+        out.append((pair[0], pair[1]))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One explorer view: an input size and the convolution's fields, validated."""
+
+    input_size: tuple[int, ...]
+    fields: dict[str, Any] = field(hash=False)
+    in_channels: int = 1
+    filters: int = 1
+    convention: str | None = None
+
+    @property
+    def rank(self) -> int:
+        return len(self.input_size)
+
+
+def parse_settings(data: Any, limits: Limits, need_input: bool = True) -> Settings:
+    """Validate the explorer's settings object against ``limits``.
+
+    >>> parse_settings({"input_size": [4, 6], "kernel_size": 3}, Limits()).input_size
+    (4, 6)
+    """
+    if not isinstance(data, dict):
+        raise ApiError(400, f"the settings must be a JSON object, got {type(data).__name__}")
+    rank = _int(data, "rank", 1, 3, default=_rank_guess(data))
+    if need_input:
+        input_size = _ints(data, "input_size", rank, 1, limits.max_input)
+    else:
+        input_size = (1,) * rank
+    transposed = _bool(data, "transposed")
+    pool = _choice(data, "pool", (None, "max", "avg"), None)
+    output_padding = data.get("output_padding")
+    if output_padding is not None:
+        if not transposed:
+            output_padding = None if _is_zero(output_padding) else output_padding
+        if output_padding is not None:
+            output_padding = _ints(data, "output_padding", rank, 0, limits.max_stride)
+    fields = dict(
+        kernel_size=_ints(data, "kernel_size", rank, 1, limits.max_kernel, default=3),
+        strides=_ints(data, "strides", rank, 1, limits.max_stride, default=1),
+        dilation=_ints(data, "dilation", rank, 1, limits.max_dilation, default=1),
+        padding=_padding(data.get("padding", "valid"), rank, transposed, limits),
+        padding_mode=_choice(data, "padding_mode", PADDING_MODES, "zeros"),
+        groups=_int(data, "groups", 1, limits.max_channels, default=1),
+        transposed=transposed,
+        output_padding=output_padding,
+        pool=pool,
+        ceil_mode=_bool(data, "ceil_mode"),
+        count_include_pad=_bool(data, "count_include_pad"),
+        rank=rank,
+    )
+    convention = _choice(data, "convention", (None, *CONVENTIONS), None)
+    return Settings(
+        input_size=input_size,
+        fields=fields,
+        in_channels=_int(data, "in_channels", 1, limits.max_channels, default=1),
+        filters=_int(data, "filters", 1, limits.max_channels, default=1),
+        convention=convention,
+    )
+
+
+def _is_zero(value: Any) -> bool:
+    if isinstance(value, list):
+        return all(v == 0 for v in value)
+    return bool(value == 0)
+
+
+def _rank_guess(data: dict[str, Any]) -> int:
+    size = data.get("input_size")
+    return len(size) if isinstance(size, list) and 1 <= len(size) <= 3 else 2
+
+
+def _spec_fields(settings: Settings) -> dict[str, Any]:
+    fields = dict(settings.fields)
+    if fields["pool"] is None:
+        fields["filters"] = settings.filters
+    return fields
+
+
+def build_spec(settings: Settings) -> tuple[ConvSpec, dict[str, Any] | None]:
+    """The spec the settings describe, and how the chosen framework takes them.
+
+    Without a convention the spec is the neutral one. With one, the settings go
+    through that framework's front door: if it accepts them, its spec is used;
+    if it rejects them, the neutral spec is still drawn and the report carries
+    the framework's own error (``accepted: false``).
+    """
+    try:
+        spec = ConvSpec(**_spec_fields(settings))
+    except (ValueError, TypeError) as error:
+        raise ApiError(422, str(error)) from error
+    if settings.convention is None:
+        return spec, None
+    name = FRAMEWORK_NAMES[settings.convention]
+    report: dict[str, Any] = {"name": settings.convention, "framework": name}
+    try:
+        from ..commands._spec_args import _through_front_door
+
+        door_spec = _through_front_door(settings.convention, dict(settings.fields))
+    except ImportError as error:
+        report.update(accepted=None, error=f"{name}'s rules are not available yet ({error})")
+        return spec, report
+    except (ValueError, TypeError, NotImplementedError) as error:
+        report.update(accepted=False, error=f"{name} rejects these settings: {error}")
+        return spec, report
+    try:
+        changes: dict[str, Any] = {"in_channels": None, "filters": None}
+        if door_spec.pool is None:
+            changes["filters"] = settings.filters
+        door_spec = door_spec.replace(**changes)
+    except (ValueError, TypeError) as error:
+        report.update(accepted=False, error=f"{name} rejects these settings: {error}")
+        return spec, report
+    report.update(accepted=True, error=None)
+    return door_spec, report
+
+
+def _resolve(spec: ConvSpec, settings: Settings) -> ResolvedConv:
+    shape: tuple[int, ...] = settings.input_size
+    if spec.data_format == "channels_last":
+        shape = (*shape, settings.in_channels)
+    else:
+        shape = (settings.in_channels, *shape)
+    try:
+        return spec.resolve(shape)
+    except (ValueError, TypeError) as error:
+        raise ApiError(422, str(error)) from error
+
+
+# --------------------------------------------------------------------------- payloads
+
+
+def _spec_dict(spec: ConvSpec) -> dict[str, Any]:
+    data = {name: getattr(spec, name) for name in spec.__dataclass_fields__}
+    return json.loads(json.dumps(data))
+
+
+def resolve_payload(settings: Settings) -> dict[str, Any]:
+    """Output size, per-side padding, crop, dropped rows and the worked formula."""
+    spec, convention = build_spec(settings)
+    resolved = _resolve(spec, settings)
+    explanation = explain(spec, resolved.input_shape_for_explain).to_dict()
+    kernel_shape = None
+    if spec.pool is None and resolved.groups and resolved.in_channels and resolved.out_channels:
+        kernel_shape = [*spec.kernel_size, resolved.in_channels // resolved.groups,  # type: ignore[misc]
+                        resolved.out_channels]
+    payload: dict[str, Any] = {
+        "spec": _spec_dict(spec),
+        "kind": spec.kind,
+        "input_size": list(resolved.input_size),
+        "output_size": list(resolved.output_size),
+        "input_shape": list(resolved.input_shape),
+        "output_shape": list(resolved.output_shape),
+        "padding": [list(p) for p in resolved.padding],
+        "crop": [list(c) for c in resolved.crop],
+        "dropped": list(resolved.dropped),
+        "effective_kernel": list(resolved.effective_kernel),
+        "padded_size": list(resolved.padded_size),
+        "groups": resolved.groups,
+        "in_channels": resolved.in_channels,
+        "out_channels": resolved.out_channels,
+        "kernel_shape": kernel_shape,
+        "explain": explanation,
+        "convention": convention,
+    }
+    return json.loads(json.dumps(payload))
+
+
+def _tap_dict(tap: Tap) -> dict[str, Any]:
+    return {
+        "kernel": list(tap.kernel),
+        "position": list(tap.position),
+        "source": None if tap.source is None else list(tap.source),
+        "in_padding": tap.in_padding,
+    }
+
+
+def _axis_grid(resolved: ResolvedConv, axis: int) -> list[dict[str, Any]]:
+    """What each cell of the padded (zero-inserted) grid along ``axis`` is.
+
+    ``kind`` is ``input``, ``dropped`` (input no window reads), ``pad``
+    (padding; ``source`` is the cell it copies under reflect/replicate/
+    circular), ``zero`` (zeros a transposed convolution inserts between
+    cells) or ``crop`` never happens here: cropping shows as negative padding.
+    The mapping is the one :meth:`ResolvedConv.axis_taps` uses; the tests
+    check the two agree on every tap.
+    """
+    from ..spec import _padding_source
+
+    spec = resolved.spec
+    size = resolved.input_size[axis]
+    lo, _ = resolved.padding[axis]
+    stride = spec.strides[axis]  # type: ignore[index]
+    dropped_from = size - resolved.dropped[axis]
+    cells = []
+    for position in range(resolved.padded_size[axis]):
+        index = position - lo
+        if spec.transposed:
+            if 0 <= index <= (size - 1) * stride:
+                if index % stride == 0:
+                    cells.append({"kind": "input", "source": index // stride})
+                else:
+                    cells.append({"kind": "zero", "source": None})
+            else:
+                cells.append({"kind": "pad", "source": None})
+            continue
+        if 0 <= index < size:
+            kind = "dropped" if index >= dropped_from else "input"
+            cells.append({"kind": kind, "source": index})
+        else:
+            cells.append({"kind": "pad", "source": _padding_source(index, size, spec.padding_mode)})
+    return cells
+
+
+def geometry_payload(settings: Settings, limits: Limits) -> dict[str, Any]:
+    """Everything the page draws: the resolution plus per-axis taps and feeds.
+
+    The footprint of output cell ``(o0, o1, ...)`` is the product of
+    ``axes[a].taps[o_a]`` over the axes (as :meth:`ResolvedConv.footprint`
+    builds it); the outputs an input cell feeds are the product of
+    ``axes[a].feeds[i_a]``.
+    """
+    payload = resolve_payload(settings)
+    spec, _ = build_spec(settings)
+    resolved = _resolve(spec, settings)
+    for axis, (out, padded) in enumerate(zip(resolved.output_size, resolved.padded_size)):
+        if max(out, padded) > limits.max_draw:
+            raise ApiError(
+                422,
+                f"axis {axis}: {max(out, padded)} cells are too many to draw (at most "
+                f"{limits.max_draw} per axis); use a smaller input, stride or kernel",
+                "input_size",
+            )
+    axes = []
+    for axis in range(resolved.rank):
+        taps = [resolved.axis_taps(axis, o) for o in range(resolved.output_size[axis])]
+        feeds: list[list[list[int]]] = [[] for _ in range(resolved.input_size[axis])]
+        for o, column in enumerate(taps):
+            for tap in column:
+                if tap.source is not None:
+                    feeds[tap.source[0]].append([o, tap.kernel[0]])
+        axes.append({
+            "taps": [[_tap_dict(t) for t in column] for column in taps],
+            "feeds": feeds,
+            "grid": _axis_grid(resolved, axis),
+        })
+    payload["axes"] = axes
+    payload["frames"] = int(_product(resolved.output_size))
+    return payload
+
+
+def _product(values: Sequence[int]) -> int:
+    total = 1
+    for v in values:
+        total *= v
+    return total
+
+
+def _cell(data: dict[str, Any], name: str, bounds: Sequence[int]) -> tuple[int, ...]:
+    value = data[name]
+    if not isinstance(value, list) or len(value) != len(bounds):
+        raise ApiError(422, f"{name} must be a list of {len(bounds)} indices, got {value!r}", name)
+    for axis, (i, n) in enumerate(zip(value, bounds)):
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise ApiError(422, f"{name} must hold integers, got {i!r}", name)
+        if not 0 <= i < n:
+            raise ApiError(
+                422, f"{name}[{axis}]={i} is outside 0..{n - 1} (the size is {list(bounds)})", name
+            )
+    return tuple(value)
+
+
+def footprint_payload(data: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    """The taps of one output cell, or the outputs one input cell feeds."""
+    settings = parse_settings(data, limits)
+    spec, _ = build_spec(settings)
+    resolved = _resolve(spec, settings)
+    has_out, has_in = "output" in data, "input" in data
+    if has_out == has_in:
+        raise ApiError(422, "give exactly one of 'output' (a cell index) or 'input'", "output")
+    if has_out:
+        cell = _cell(data, "output", resolved.output_size)
+        return {"output": list(cell), "taps": [_tap_dict(t) for t in resolved.footprint(cell)]}
+    cell = _cell(data, "input", resolved.input_size)
+    if _product(resolved.output_size) > limits.max_draw**2:
+        raise ApiError(422, "the output is too large to list what one input cell feeds", "input")
+    return {
+        "input": list(cell),
+        "feeds": [{"output": list(o), "kernel": list(k)} for o, k in resolved.feeds(cell)],
+    }
+
+
+def solve_payload(data: Any, limits: Limits) -> dict[str, Any]:
+    """Every (kernel, stride, dilation, padding) that turns ``size`` into ``target``."""
+    if not isinstance(data, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    size = _int(data, "size", 1, limits.max_solve_size)
+    target = _int(data, "target", 1, limits.max_solve_size)
+    max_kernel = _int(data, "max_kernel", 1, limits.max_solve_kernel, default=7)
+    max_stride = _int(data, "max_stride", 1, limits.max_solve_stride, default=4)
+    max_dilation = _int(data, "max_dilation", 1, limits.max_solve_dilation, default=1)
+    max_padding = data.get("max_padding")
+    if max_padding is not None:
+        max_padding = _int(data, "max_padding", 0, limits.max_padding)
+    symmetric = _bool(data, "symmetric")
+    found = solve(size, target, max_kernel, max_stride, max_dilation, max_padding, symmetric)
+    return {
+        "size": size,
+        "target": target,
+        "solutions": [
+            {**asdict(s), "padding": list(s.padding), "effective_kernel": s.effective_kernel}
+            for s in found
+        ],
+    }
+
+
+def stack_payload(data: Any, limits: Limits) -> dict[str, Any]:
+    """Each layer's output size through a stack, and the receptive field when available."""
+    if not isinstance(data, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    layers = data.get("layers")
+    if not isinstance(layers, list) or not layers:
+        raise ApiError(422, "layers must be a non-empty list of layer settings", "layers")
+    if len(layers) > limits.max_layers:
+        raise ApiError(
+            422, f"at most {limits.max_layers} layers, got {len(layers)}", "layers"
+        )
+    rank = _int(data, "rank", 1, 3, default=_rank_guess(data))
+    size: tuple[int, ...] = _ints(data, "input_size", rank, 1, limits.max_input)
+    input_size = size
+    rows = []
+    resolved_layers: list[ResolvedConv] = []
+    for number, layer in enumerate(layers):
+        if not isinstance(layer, dict):
+            raise ApiError(422, f"layer {number + 1} must be an object", "layers")
+        try:
+            settings = parse_settings({**layer, "rank": rank, "input_size": list(size)},
+                                      _stack_limits(limits))
+        except ApiError as error:
+            raise ApiError(error.status, f"layer {number + 1}: {error.message}", "layers") from error
+        try:
+            spec = ConvSpec(**settings.fields)
+            resolved = spec.resolve(size)
+        except (ValueError, TypeError) as error:
+            raise ApiError(422, f"layer {number + 1}: {error}", "layers") from error
+        rows.append({
+            "input_size": list(size),
+            "output_size": list(resolved.output_size),
+            "padding": [list(p) for p in resolved.padding],
+            "dropped": list(resolved.dropped),
+            "kind": spec.kind,
+        })
+        resolved_layers.append(resolved)
+        size = resolved.output_size
+    payload: dict[str, Any] = {"input_size": list(input_size), "layers": rows, "receptive": None}
+    try:
+        payload["receptive"] = _receptive(resolved_layers, input_size, data)
+    except ImportError as error:
+        payload["receptive_error"] = unavailable("the receptive-field module", error).message
+    except ApiError as error:
+        payload["receptive_error"] = error.message
+    return payload
+
+
+def _stack_limits(limits: Limits) -> Limits:
+    # sizes inside a stack may grow (transposed layers); the input cap stays on the first
+    return Limits(**{**asdict(limits), "max_input": 4096})
+
+
+def _receptive(
+    layers: list[ResolvedConv], input_size: tuple[int, ...], data: dict[str, Any]
+) -> dict[str, Any]:
+    from ..receptive import exact_field, stack_fields
+
+    last = layers[-1].output_size
+    if data.get("cell") is None:
+        cell = tuple((n - 1) // 2 for n in last)  # the middle cell, for the picture
+    else:
+        cell = _cell(data, "cell", last)
+    fields = stack_fields(layers)
+    return {
+        "cell": list(cell),
+        "fields": [f.to_dict() for f in fields],
+        "span": [[_plain(lo), _plain(hi)] for lo, hi in fields[-1].span(cell)],
+        "exact": [list(cells) for cells in exact_field(layers, cell)],
+    }
+
+
+def _plain(value: Any) -> Any:
+    return value if isinstance(value, int) else str(value)
+
+
+def port_payload(data: Any, limits: Limits) -> dict[str, Any]:
+    """Code that builds the same convolution in Keras, PyTorch or JAX."""
+    if not isinstance(data, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    target = _choice(data, "to", ("keras", "torch", "jax"), None)
+    settings = parse_settings(data, limits)
+    spec, _ = build_spec(settings)
+    _resolve(spec, settings)
+    try:
+        from ..port import port
+    except ImportError as error:
+        raise unavailable("convarith.port", error) from error
+    try:
+        code = port(spec, to=target)
+    except (ValueError, TypeError, NotImplementedError) as error:
+        raise ApiError(422, f"{FRAMEWORK_NAMES[target]}: {error}", "to") from error
+    return {"to": target, "code": str(code)}
+
+
+# --------------------------------------------------------------------------- images
+
+
+_DATA_URL = re.compile(r"^data:image/(png|jpeg|jpg);base64,(?P<data>[A-Za-z0-9+/=\s]*)$")
+
+
+def decode_upload(text: Any, limits: Limits) -> Any:
+    """A data URL (PNG or JPEG) → grayscale float array in [0, 1], size-checked.
+
+    The image's size is read from its header first: anything over
+    ``max_image_pixels`` (or ``max_image_side`` per side) is refused before a
+    single pixel is decoded.
+    """
+    import numpy as np
+
+    try:
+        from PIL import Image
+    except ImportError as error:
+        raise unavailable("Pillow", error) from error
+    if not isinstance(text, str):
+        raise ApiError(422, "image must be 'sample' or a data: URL of a PNG or JPEG", "image")
+    match = _DATA_URL.match(text[:64] + text[64:]) if text.startswith("data:") else None
+    if match is None:
+        raise ApiError(415, "image must be a PNG or JPEG data: URL (data:image/png;base64,...)",
+                       "image")
+    try:
+        raw = base64.b64decode(match.group("data"), validate=False)
+    except (binascii.Error, ValueError) as error:
+        raise ApiError(422, f"image is not valid base64: {error}", "image") from error
+    if len(raw) > limits.max_upload_bytes:
+        raise ApiError(413, f"image is {len(raw)} bytes; the limit is {limits.max_upload_bytes}",
+                       "image")
+    try:
+        with Image.open(io.BytesIO(raw)) as picture:
+            if picture.format not in ("PNG", "JPEG"):
+                raise ApiError(415, f"image must be PNG or JPEG, got {picture.format}", "image")
+            width, height = picture.size
+            if (width * height > limits.max_image_pixels or max(width, height) >
+                    limits.max_image_side):
+                raise ApiError(
+                    413, f"image is {width}x{height} pixels; the limit is "
+                    f"{limits.max_image_pixels} pixels and {limits.max_image_side} per side",
+                    "image",
+                )
+            if picture.format == "JPEG":
+                picture.draft("L", (limits.engine_side, limits.engine_side))
+            picture.thumbnail((limits.engine_side, limits.engine_side))
+            gray = picture.convert("L")
+            return np.asarray(gray, dtype=np.float32) / 255.0
+    except ApiError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ApiError(413, f"image refused as a decompression bomb: {error}", "image") from error
+    except (OSError, ValueError, SyntaxError) as error:
+        raise ApiError(422, f"image could not be decoded: {error}", "image") from error
+
+
+def parse_kernel(data: dict[str, Any], limits: Limits) -> tuple[str, Any]:
+    """The kernel preset's numbers, or the user's ("1 0 -1; 2 0 -2; 1 0 -1")."""
+    import numpy as np
+
+    name = _choice(data, "kernel", (*KERNEL_PRESETS, "custom"), "edge")
+    if name != "custom":
+        return name, np.array(KERNEL_PRESETS[name], dtype=np.float32)
+    numbers = data.get("numbers")
+    if isinstance(numbers, str):
+        rows = [r for r in re.split(r"[;\n]", numbers) if r.strip()]
+        try:
+            numbers = [[float(v) for v in re.split(r"[,\s]+", r.strip())] for r in rows]
+        except ValueError as error:
+            raise ApiError(422, f"numbers: {error}; write rows like '1 0 -1; 2 0 -2'",
+                           "numbers") from error
+    if (not isinstance(numbers, list) or not numbers
+            or not all(isinstance(r, list) and r for r in numbers)):
+        raise ApiError(422, "numbers must be rows of numbers, e.g. '1 0 -1; 2 0 -2; 1 0 -1'",
+                       "numbers")
+    if len({len(r) for r in numbers}) != 1:
+        raise ApiError(422, "numbers: every row needs the same count of values", "numbers")
+    if len(numbers) > limits.max_kernel or len(numbers[0]) > limits.max_kernel:
+        raise ApiError(422, f"numbers: at most {limits.max_kernel}x{limits.max_kernel}", "numbers")
+    values = np.array(numbers, dtype=np.float64)
+    if not np.all(np.isfinite(values)) or np.abs(values).max() > 1e6:
+        raise ApiError(422, "numbers must be finite and at most 1e6 in size", "numbers")
+    return name, values.astype(np.float32)
+
+
+def image_payload(data: Any, limits: Limits, sample: Callable[[], bytes]) -> dict[str, Any]:
+    """Run the engine on a picture with a kernel preset; the feature map as PNG."""
+    import numpy as np
+
+    if not isinstance(data, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    image = data.get("image", "sample")
+    if image == "sample":
+        text = "data:image/png;base64," + base64.b64encode(sample()).decode()
+        pixels = decode_upload(text, limits)
+    else:
+        pixels = decode_upload(image, limits)
+    name, kernel = parse_kernel(data, limits)
+    layer = {k: v for k, v in data.items() if k not in ("image", "kernel", "numbers", "format")}
+    layer.update(rank=2, input_size=[limits.max_input, limits.max_input], convention=None,
+                 in_channels=1, filters=1, groups=1)
+    if data.get("pool") is None:
+        layer["kernel_size"] = list(kernel.shape)
+    settings = parse_settings(layer, limits)
+    settings = Settings(tuple(pixels.shape), settings.fields, 1, 1, None)
+    spec, _ = build_spec(settings)
+    resolved = _resolve(spec, settings)
+    if _product(resolved.output_size) > 4 * limits.engine_side**2:
+        raise ApiError(422, f"the feature map would be {resolved.output_size}: too large", "strides")
+    try:
+        from .. import conv as engine_conv  # type: ignore[attr-defined]
+    except ImportError as error:
+        raise unavailable("the engine (convarith.conv)", error) from error
+    x = pixels[None, :, :, None].astype(np.float32)
+    weights = None if spec.pool is not None else kernel[:, :, None, None]
+    try:
+        y = engine_conv(x, weights, spec)
+    except (ValueError, TypeError, NotImplementedError) as error:
+        raise ApiError(422, f"the engine refused: {error}") from error
+    fmap = np.asarray(y, dtype=np.float32).reshape(resolved.output_size)
+    low, high = float(fmap.min()), float(fmap.max())
+    payload: dict[str, Any] = {
+        "kernel": name,
+        "kernel_numbers": kernel.tolist(),
+        "input_size": list(pixels.shape),
+        "output_size": list(fmap.shape),
+        "min": low,
+        "max": high,
+        "input_png": _png_data_url(pixels, 0.0, 1.0),
+        "output_png": _png_data_url(fmap, low, high),
+    }
+    if data.get("format") == "array":
+        payload["output"] = fmap.tolist()
+    return payload
+
+
+def _png_data_url(values: Any, low: float, high: float) -> str:
+    import numpy as np
+    from PIL import Image
+
+    scale = (high - low) or 1.0
+    pixels = np.clip((values - low) / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def parts_available() -> dict[str, bool]:
+    """Which optional parts of convarith this server can use."""
+    import importlib
+
+    parts = {}
+    for name, module, attribute in (
+        ("frontdoors", "convarith.frontdoors", "from_keras"),
+        ("engine", "convarith", "conv"),
+        ("port", "convarith.port", "port"),
+        ("receptive", "convarith.receptive", None),
+        ("pillow", "PIL.Image", None),
+    ):
+        try:
+            loaded = importlib.import_module(module)
+            parts[name] = attribute is None or hasattr(loaded, attribute)
+        except ImportError:
+            parts[name] = False
+    return parts
+
+
+def health_payload(limits: Limits) -> dict[str, Any]:
+    return {"version": __version__, "parts": parts_available(), "limits": asdict(limits),
+            "kernel_presets": list(KERNEL_PRESETS)}

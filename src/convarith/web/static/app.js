@@ -1,0 +1,780 @@
+// convarith explorer: reads the controls, asks the server, draws what it says.
+// Every size, padding and footprint comes from the JSON API; this file only
+// lays out rectangles and text.
+"use strict";
+
+(function () {
+  const $ = (id) => document.getElementById(id);
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  const AXIS_NAMES = { 1: ["length"], 2: ["height", "width"] };
+
+  // ------------------------------------------------------------------ state
+
+  const defaults = {
+    rank: 2, input: [7, 7], kernel: [3, 3], stride: [2, 2], dilation: [1, 1],
+    padding: "same", pads: [[1, 1], [1, 1]], mode: "zeros", inCh: 1, filters: 1, groups: 1,
+    transposed: false, op: [0, 0], pool: "", ceil: false, countPad: false, convention: "",
+    frame: 0, tab: "stack", port: "keras", imageKernel: "edge", numbers: "1 0 -1; 2 0 -2; 1 0 -1",
+    layers: [{ kind: "conv", k: 3, s: 1, d: 1, p: "same" }, { kind: "conv", k: 3, s: 2, d: 1, p: "same" }],
+    cell: null,
+  };
+  let state = JSON.parse(JSON.stringify(defaults));
+  let geometry = null;   // last /api/geometry answer
+  let outputRects = [];  // output <rect>s in row-major order: frame i is outputRects[i]
+  let inputRects = new Map();  // "p0,p1" -> rect
+  let playing = null;
+  let requestNumber = 0;
+  let uploadedImage = null;
+
+  // ------------------------------------------------------------------ URL
+
+  const joinAxes = (v) => v.slice(0, state.rank).join("x");
+  const splitAxes = (text, fallback) => {
+    const parts = String(text).split("x").map((t) => parseInt(t, 10));
+    if (parts.some((n) => Number.isNaN(n))) return fallback;
+    return parts.length === 1 ? [parts[0], parts[0]] : parts;
+  };
+
+  function writeURL() {
+    const q = new URLSearchParams();
+    q.set("in", joinAxes(state.input));
+    q.set("k", joinAxes(state.kernel));
+    q.set("s", joinAxes(state.stride));
+    q.set("d", joinAxes(state.dilation));
+    q.set("p", state.padding);
+    if (state.padding === "explicit") q.set("pads", state.pads.slice(0, state.rank).map((p) => p.join(",")).join("x"));
+    if (state.mode !== "zeros") q.set("pm", state.mode);
+    if (state.inCh !== 1) q.set("c", state.inCh);
+    if (state.filters !== 1) q.set("f", state.filters);
+    if (state.groups !== 1) q.set("g", state.groups);
+    if (state.transposed) { q.set("t", "1"); q.set("op", joinAxes(state.op)); }
+    if (state.pool) q.set("pool", state.pool);
+    if (state.ceil) q.set("ceil", "1");
+    if (state.countPad) q.set("cip", "1");
+    if (state.convention) q.set("conv", state.convention);
+    if (state.frame) q.set("frame", state.frame);
+    q.set("tab", state.tab);
+    if (state.tab === "code") q.set("port", state.port);
+    if (state.tab === "image") { q.set("ik", state.imageKernel); if (state.imageKernel === "custom") q.set("nums", state.numbers); }
+    q.set("layers", state.layers.map((l) => [l.kind, l.k, l.s, l.d, l.p].join(",")).join(";"));
+    if (state.cell) q.set("cell", state.cell.join("x"));
+    history.replaceState(null, "", "?" + q.toString());
+  }
+
+  function readURL() {
+    const q = new URLSearchParams(location.search);
+    if (![...q.keys()].length) return;
+    const s = state;
+    if (q.has("in")) { s.input = splitAxes(q.get("in"), s.input); s.rank = String(q.get("in")).split("x").length === 1 ? 1 : 2; }
+    if (s.rank === 1) s.input = [s.input[0], s.input[0]];
+    s.kernel = splitAxes(q.get("k") || "3", s.kernel);
+    s.stride = splitAxes(q.get("s") || "1", s.stride);
+    s.dilation = splitAxes(q.get("d") || "1", s.dilation);
+    s.padding = q.get("p") || "valid";
+    if (q.has("pads")) s.pads = q.get("pads").split("x").map((pair) => pair.split(",").map((t) => parseInt(t, 10)));
+    if (s.pads.length === 1) s.pads.push([...s.pads[0]]);
+    s.mode = q.get("pm") || "zeros";
+    s.inCh = parseInt(q.get("c") || "1", 10);
+    s.filters = parseInt(q.get("f") || "1", 10);
+    s.groups = parseInt(q.get("g") || "1", 10);
+    s.transposed = q.get("t") === "1";
+    s.op = splitAxes(q.get("op") || "0", [0, 0]);
+    s.pool = q.get("pool") || "";
+    s.ceil = q.get("ceil") === "1";
+    s.countPad = q.get("cip") === "1";
+    s.convention = q.get("conv") || "";
+    s.frame = parseInt(q.get("frame") || "0", 10) || 0;
+    s.tab = q.get("tab") || "stack";
+    s.port = q.get("port") || "keras";
+    s.imageKernel = q.get("ik") || "edge";
+    if (q.has("nums")) s.numbers = q.get("nums");
+    if (q.has("layers")) {
+      s.layers = q.get("layers").split(";").filter(Boolean).map((text) => {
+        const [kind, k, st, d, p] = text.split(",");
+        return { kind, k: parseInt(k, 10), s: parseInt(st, 10), d: parseInt(d, 10), p };
+      });
+    }
+    s.cell = q.has("cell") ? q.get("cell").split("x").map((t) => parseInt(t, 10)) : null;
+  }
+
+  // ------------------------------------------------------------------ controls <-> state
+
+  const num = (id) => parseInt($(id).value, 10);
+
+  function stateToControls() {
+    const s = state;
+    $("rank").value = String(s.rank);
+    for (const a of [0, 1]) {
+      $("in-" + a).value = s.input[a]; $("k-" + a).value = s.kernel[a];
+      $("s-" + a).value = s.stride[a]; $("d-" + a).value = s.dilation[a];
+      $("op-" + a).value = s.op[a];
+      $(`p-${a}-lo`).value = s.pads[a][0]; $(`p-${a}-hi`).value = s.pads[a][1];
+    }
+    $("padding").value = s.padding; $("padding-mode").value = s.mode;
+    $("in-ch").value = s.inCh; $("filters").value = s.filters; $("groups").value = s.groups;
+    $("transposed").checked = s.transposed; $("pool").value = s.pool;
+    $("ceil-mode").checked = s.ceil; $("count-pad").checked = s.countPad;
+    $("image-kernel").value = s.imageKernel; $("numbers").value = s.numbers;
+    document.querySelectorAll("[data-convention]").forEach((b) => b.classList.toggle("on", b.dataset.convention === s.convention));
+    document.querySelectorAll("[data-port]").forEach((b) => b.classList.toggle("on", b.dataset.port === s.port));
+    showTab(s.tab, false);
+    syncVisibility();
+  }
+
+  function controlsToState() {
+    const s = state;
+    s.rank = num("rank");
+    for (const a of [0, 1]) {
+      s.input[a] = num("in-" + a); s.kernel[a] = num("k-" + a);
+      s.stride[a] = num("s-" + a); s.dilation[a] = num("d-" + a); s.op[a] = num("op-" + a);
+      s.pads[a] = [num(`p-${a}-lo`), num(`p-${a}-hi`)];
+    }
+    s.padding = $("padding").value; s.mode = $("padding-mode").value;
+    s.inCh = num("in-ch"); s.filters = num("filters"); s.groups = num("groups");
+    s.transposed = $("transposed").checked; s.pool = $("pool").value;
+    s.ceil = $("ceil-mode").checked; s.countPad = $("count-pad").checked;
+    s.imageKernel = $("image-kernel").value; s.numbers = $("numbers").value;
+    syncVisibility();
+  }
+
+  function syncVisibility() {
+    const one = state.rank === 1;
+    document.querySelectorAll(".ax1").forEach((el) => { el.hidden = one; });
+    document.querySelector(".ax-name-0").textContent = one ? "left / right" : "top / bottom";
+    $("explicit").hidden = state.padding !== "explicit";
+    $("op-row").hidden = !state.transposed;
+    document.querySelectorAll(".pool-only").forEach((el) => { el.hidden = !state.pool; });
+    $("numbers-row").hidden = state.imageKernel !== "custom";
+    document.querySelector(".zero-only").hidden = !state.transposed;
+  }
+
+  // What the API is sent: the controls as they are, unchecked here. (NaN -> null, so the server names the field.)
+  function settings() {
+    const s = state, r = s.rank;
+    const ax = (v) => v.slice(0, r).map((n) => (Number.isNaN(n) ? null : n));
+    const body = {
+      rank: r, input_size: ax(s.input), kernel_size: ax(s.kernel), strides: ax(s.stride),
+      dilation: ax(s.dilation), padding_mode: s.mode, in_channels: nanNull(s.inCh),
+      filters: nanNull(s.filters), groups: nanNull(s.groups), transposed: s.transposed,
+      pool: s.pool || null, ceil_mode: s.ceil, count_include_pad: s.countPad,
+      convention: s.convention || null,
+    };
+    body.padding = s.padding === "explicit" ? s.pads.slice(0, r).map((p) => ax(p)) : s.padding;
+    if (s.transposed) body.output_padding = ax(s.op);
+    return body;
+  }
+  const nanNull = (n) => (Number.isNaN(n) ? null : n);
+
+  // ------------------------------------------------------------------ API
+
+  async function post(path, body) {
+    let response;
+    try {
+      response = await fetch(path, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+    } catch (error) {
+      return { ok: false, status: 0, error: "the server cannot be reached (" + error.message + ")" };
+    }
+    let data = null;
+    try { data = await response.json(); } catch (error) { data = null; }
+    if (!response.ok) {
+      const message = data && data.error ? data.error.message : "HTTP " + response.status;
+      return { ok: false, status: response.status, error: message };
+    }
+    return { ok: true, status: response.status, data };
+  }
+
+  function showError(id, message) {
+    const el = $(id);
+    el.hidden = !message;
+    el.textContent = message || "";
+  }
+
+  // ------------------------------------------------------------------ main update
+
+  let timer = null;
+  function changed() {
+    controlsToState();
+    state.frame = 0;
+    schedule();
+  }
+  function schedule() {
+    clearTimeout(timer);
+    timer = setTimeout(update, 60);
+  }
+
+  async function update() {
+    writeURL();
+    const mine = ++requestNumber;
+    document.body.dataset.busy = "1";
+    const answer = await post("/api/geometry", settings());
+    if (mine !== requestNumber) return;
+    if (!answer.ok) {
+      showError("error", answer.error);
+      $("stage").classList.add("stale");
+      document.body.dataset.busy = "";
+      document.body.dataset.ready = String(mine);
+      return;
+    }
+    showError("error", "");
+    $("stage").classList.remove("stale");
+    geometry = answer.data;
+    renderSummary();
+    renderGrid();
+    renderDerivation();
+    setFrame(Math.min(state.frame, geometry.frames - 1));
+    await Promise.all([updateStack(), updateTab()]);
+    if (mine === requestNumber) {
+      document.body.dataset.busy = "";
+      document.body.dataset.ready = String(mine);
+    }
+  }
+
+  // ------------------------------------------------------------------ summary & derivation
+
+  const pair = (p) => `(${p[0]}, ${p[1]})`;
+  const times = (v) => v.join(" × ");
+
+  function renderSummary() {
+    const g = geometry, names = AXIS_NAMES[g.input_size.length] || g.input_size.map((_, i) => "axis " + i);
+    $("input-size").textContent = times(g.input_size);
+    $("output-size").textContent = times(g.output_size);
+    $("padding-split").textContent = g.padding.map((p, i) => `${names[i]} ${pair(p)}`).join(" · ");
+    $("crop-row").hidden = g.kind !== "conv_transpose";
+    $("crop").textContent = g.crop.map((p, i) => `${names[i]} ${pair(p)}`).join(" · ");
+    const dropped = g.dropped.map((d, i) => (d ? `${names[i]} ${d}` : null)).filter(Boolean);
+    $("dropped").textContent = dropped.length ? dropped.join(" · ") : "none";
+    $("dropped").classList.toggle("warn", dropped.length > 0);
+    let shapes = `tensor ${JSON.stringify(g.input_shape)} → ${JSON.stringify(g.output_shape)}`;
+    if (g.kernel_shape) shapes += ` · kernel ${JSON.stringify(g.kernel_shape)}`;
+    if (g.groups && g.groups > 1) shapes += ` · ${g.groups} groups`;
+    $("shapes").textContent = shapes;
+    const c = g.convention, note = $("convention-note");
+    if (!c) { note.hidden = true; return; }
+    note.hidden = false;
+    note.className = "convention-note " + (c.accepted === true ? "ok" : c.accepted === false ? "bad" : "unknown");
+    note.textContent = c.accepted === true ? `${c.framework} accepts these settings.` : c.error;
+  }
+
+  function renderDerivation() {
+    const e = geometry.explain;
+    $("summary-text").textContent = e.summary;
+    const box = $("formula");
+    box.replaceChildren();
+    const uniform = e.axes.every((a) => JSON.stringify(a.steps) === JSON.stringify(e.axes[0].steps));
+    for (const a of uniform ? e.axes.slice(0, 1) : e.axes) {
+      const block = document.createElement("div");
+      block.className = "axis-derivation";
+      const title = document.createElement("div");
+      title.className = "axis-title";
+      title.textContent = (uniform && e.axes.length > 1 ? "every axis" : a.name) + ":  " + a.formula;
+      block.appendChild(title);
+      for (const step of a.steps) {
+        const line = document.createElement("code");
+        line.textContent = step;
+        block.appendChild(line);
+      }
+      box.appendChild(block);
+    }
+    const notes = $("notes");
+    notes.replaceChildren();
+    for (const n of e.notes) {
+      const li = document.createElement("li");
+      li.textContent = n;
+      notes.appendChild(li);
+    }
+  }
+
+  // ------------------------------------------------------------------ grid drawing
+
+  function el(name, attrs, parent) {
+    const node = document.createElementNS(SVG_NS, name);
+    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+    if (parent) parent.appendChild(node);
+    return node;
+  }
+
+  // Cartesian product of per-axis lists (the API gives the footprint per axis).
+  function product(lists) {
+    return lists.reduce((acc, list) => acc.flatMap((a) => list.map((b) => [...a, b])), [[]]);
+  }
+
+  function gridCells(axes) {
+    // one entry per padded-grid cell: position, kind and the input cell it holds
+    const rank = axes.length;
+    return product(axes.map((a) => a.grid.map((c, i) => ({ ...c, i })))).map((combo) => {
+      const kinds = combo.map((c) => c.kind);
+      let kind = "input";
+      for (const k of ["pad", "zero", "dropped"]) if (kinds.includes(k)) { kind = k; break; }
+      const sources = combo.map((c) => c.source);
+      const source = sources.some((v) => v === null) ? null : sources;
+      return { pos: combo.map((c) => c.i), kind, source, rank };
+    });
+  }
+
+  function renderGrid() {
+    const g = geometry, svg = $("grid");
+    svg.replaceChildren();
+    stopPlaying();
+    const rank = g.axes.length;
+    const padded = g.axes.map((a) => a.grid.length);
+    const out = g.output_size;
+    const rows = rank === 2 ? padded[0] : 1, cols = rank === 2 ? padded[1] : padded[0];
+    const oRows = rank === 2 ? out[0] : 1, oCols = rank === 2 ? out[1] : out[0];
+    const available = Math.max(520, $("stage").clientWidth - 24);
+    const gap = 56;
+    const cell = Math.max(6, Math.min(40, Math.floor((available - gap - 20) / (cols + oCols)), Math.floor(440 / Math.max(rows, oRows))));
+    const top = 34;
+    const outX = cols * cell + gap;
+    const width = outX + Math.max(oCols * cell, 110) + 10, height = top + Math.max(rows, oRows) * cell + 10;
+    svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+    svg.setAttribute("width", width);
+    svg.setAttribute("height", height);
+    svg.style.setProperty("--cell", cell + "px");
+
+    const defs = el("defs", {}, svg);
+    const hatch = el("pattern", { id: "hatch", width: 6, height: 6, patternUnits: "userSpaceOnUse", patternTransform: "rotate(45)" }, defs);
+    el("rect", { width: 6, height: 6, fill: "#ffffff" }, hatch);
+    el("line", { x1: 0, y1: 0, x2: 0, y2: 6, stroke: "#c9ced6", "stroke-width": 2 }, hatch);
+
+    const inLabel = el("text", { x: 0, y: 20, class: "grid-label" }, svg);
+    const extra = g.kind === "conv_transpose" ? " (zeros inserted, padded)" : " (padded)";
+    inLabel.textContent = `input ${times(g.input_size)}` + (padded.join() !== g.input_size.join() ? `  → ${times(padded)}${extra}` : "");
+    const outLabel = el("text", { x: outX, y: 20, class: "grid-label output" }, svg);
+    outLabel.textContent = `output ${times(out)}`;
+    el("text", { x: outX - gap / 2, y: top + Math.min(rows, oRows) * cell / 2 + 6, class: "grid-arrow", "text-anchor": "middle" }, svg).textContent = "→";
+
+    inputRects = new Map();
+    const inputGroup = el("g", { class: "input-grid" }, svg);
+    for (const c of gridCells(g.axes)) {
+      const [r, col] = rank === 2 ? c.pos : [0, c.pos[0]];
+      const rect = el("rect", {
+        x: col * cell + 0.5, y: top + r * cell + 0.5, width: cell - 1, height: cell - 1,
+        class: "cell in k-" + c.kind, "data-pos": c.pos.join(","),
+        "data-src": c.source ? c.source.join(",") : "", "data-kind": c.kind,
+      }, inputGroup);
+      if (c.kind === "pad") rect.setAttribute("fill", "url(#hatch)");
+      const title = el("title", {}, rect);
+      title.textContent = c.kind === "pad" ? (c.source ? `padding (copies input ${c.source.join(",")})` : "padding (zero)")
+        : c.kind === "zero" ? "inserted zero" : `input ${c.source.join(",")}` + (c.kind === "dropped" ? " — never read" : "");
+      inputRects.set(c.pos.join(","), rect);
+      if (c.kind === "input" || c.kind === "dropped") {
+        rect.addEventListener("mouseenter", () => hoverInput(c.source));
+        rect.addEventListener("mouseleave", clearHover);
+      }
+    }
+    // the real input's outline, inside the padding
+    const firstPos = [], lastPos = [];
+    for (const c of gridCells(g.axes)) if (c.kind === "input" || c.kind === "dropped") {
+      c.pos.forEach((p, i) => { firstPos[i] = Math.min(firstPos[i] ?? p, p); lastPos[i] = Math.max(lastPos[i] ?? p, p); });
+    }
+    if (firstPos.length) {
+      const [r0, c0] = rank === 2 ? firstPos : [0, firstPos[0]];
+      const [r1, c1] = rank === 2 ? lastPos : [0, lastPos[0]];
+      el("rect", { x: c0 * cell, y: top + r0 * cell, width: (c1 - c0 + 1) * cell, height: (r1 - r0 + 1) * cell, class: "input-outline" }, svg);
+    }
+
+    outputRects = [];
+    const outputGroup = el("g", { class: "output-grid" }, svg);
+    const outCells = product(out.map((n) => [...Array(n).keys()]));
+    outCells.forEach((index, frame) => {
+      const [r, col] = rank === 2 ? index : [0, index[0]];
+      const rect = el("rect", {
+        x: outX + col * cell + 0.5, y: top + r * cell + 0.5, width: cell - 1, height: cell - 1,
+        class: "cell out", "data-out": index.join(","), "data-frame": frame,
+      }, outputGroup);
+      el("title", {}, rect).textContent = `output ${index.join(",")}`;
+      rect.addEventListener("mouseenter", () => hoverOutput(index));
+      rect.addEventListener("mouseleave", clearHover);
+      rect.addEventListener("click", () => setFrame(frame));
+      outputRects.push(rect);
+    });
+    el("g", { id: "labels" }, svg);
+    const scrub = $("scrub");
+    scrub.max = String(Math.max(0, g.frames - 1));
+  }
+
+  function tapsOf(index) {
+    const g = geometry;
+    return product(index.map((o, axis) => g.axes[axis].taps[o])).map((combo) => ({
+      kernel: combo.map((t) => t.kernel[0]),
+      position: combo.map((t) => t.position[0]),
+      source: combo.some((t) => t.source === null) ? null : combo.map((t) => t.source[0]),
+      in_padding: combo.some((t) => t.in_padding),
+    }));
+  }
+
+  function clearMarks() {
+    document.querySelectorAll("#grid .hl, #grid .hl-pad, #grid .current, #grid .feed, #grid .hovered, #grid .copy")
+      .forEach((n) => n.classList.remove("hl", "hl-pad", "current", "feed", "hovered", "copy"));
+    const labels = $("labels");
+    if (labels) labels.replaceChildren();
+  }
+
+  function label(rect, text, dark) {
+    const cell = parseFloat(rect.getAttribute("width")) + 1;
+    if (cell < 20) return;
+    const t = el("text", {
+      x: parseFloat(rect.getAttribute("x")) + cell / 2 - 0.5, y: parseFloat(rect.getAttribute("y")) + cell / 2 + 3.5,
+      class: "tap-label" + (dark ? " dark" : ""), "text-anchor": "middle", "font-size": Math.min(11, cell / 3.2),
+    }, $("labels"));
+    t.textContent = text;
+  }
+
+  function showFootprint(index, current) {
+    clearMarks();
+    const rect = outputRects.find((r) => r.dataset.out === index.join(","));
+    if (rect) rect.classList.add(current ? "current" : "hovered");
+    const taps = tapsOf(index);
+    for (const t of taps) {
+      const cellRect = inputRects.get(t.position.join(","));
+      if (!cellRect) continue;
+      cellRect.classList.add(t.source ? "hl" : "hl-pad");
+      if (!geometry.spec.pool) label(cellRect, "w" + t.kernel.join(","), !t.source);
+    }
+    renderSum(index, taps);
+  }
+
+  function renderSum(index, taps) {
+    const g = geometry;
+    const term = (t) => (t.source ? `x[${t.source.join(",")}]` : "0");
+    let text;
+    if (g.spec.pool === "max") text = `max(${taps.filter((t) => t.source || !t.in_padding).map(term).join(", ")})`;
+    else if (g.spec.pool === "avg") text = `mean(${taps.map(term).join(", ")})`;
+    else text = taps.map((t) => `w[${t.kernel.join(",")}]·${term(t)}`).join(" + ");
+    const box = $("cell-sum");
+    box.replaceChildren();
+    const b = document.createElement("b");
+    b.textContent = `output[${index.join(",")}] = `;
+    const code = document.createElement("code");
+    code.textContent = text;
+    box.append(b, code);
+  }
+
+  function hoverOutput(index) {
+    if (playing) return;
+    showFootprint(index, false);
+  }
+
+  function hoverInput(source) {
+    if (playing || !source) return;
+    clearMarks();
+    const key = source.join(",");
+    for (const r of inputRects.values()) {
+      if (r.dataset.src === key) r.classList.add(r.dataset.kind === "pad" ? "copy" : "hovered");
+    }
+    const feeds = product(source.map((i, axis) => geometry.axes[axis].feeds[i]));
+    for (const combo of feeds) {
+      const out = combo.map((f) => f[0]);
+      const rect = outputRects.find((r) => r.dataset.out === out.join(","));
+      if (!rect) continue;
+      rect.classList.add("feed");
+      if (!geometry.spec.pool) label(rect, "w" + combo.map((f) => f[1]).join(","));
+    }
+    const box = $("cell-sum");
+    box.replaceChildren();
+    const b = document.createElement("b");
+    b.textContent = `input[${key}] feeds `;
+    const span = document.createElement("span");
+    span.textContent = feeds.length ? `${feeds.length} output cell${feeds.length > 1 ? "s" : ""}` : "no output cell (dropped)";
+    box.append(b, span);
+  }
+
+  function clearHover() {
+    if (playing || !geometry) return;
+    setFrame(state.frame);
+  }
+
+  // ------------------------------------------------------------------ animation
+
+  function setFrame(frame) {
+    if (!geometry || !outputRects.length) return;
+    frame = Math.max(0, Math.min(frame, outputRects.length - 1));
+    state.frame = frame;
+    $("scrub").value = String(frame);
+    const index = outputRects[frame].dataset.out.split(",").map(Number);
+    showFootprint(index, true);
+    $("frame-label").textContent = `frame ${frame + 1} / ${outputRects.length} · output (${index.join(", ")})`;
+  }
+
+  function stopPlaying() {
+    if (playing) clearInterval(playing);
+    playing = null;
+    $("play").textContent = "▶ play";
+  }
+
+  function togglePlay() {
+    if (playing) { stopPlaying(); writeURL(); return; }
+    if (state.frame >= outputRects.length - 1) setFrame(0);
+    const speed = parseFloat($("speed").value);
+    $("play").textContent = "⏸ pause";
+    playing = setInterval(() => {
+      if (state.frame >= outputRects.length - 1) { stopPlaying(); writeURL(); return; }
+      setFrame(state.frame + 1);
+    }, 700 / speed);
+  }
+
+  // ------------------------------------------------------------------ stack
+
+  function renderLayers() {
+    const box = $("layers");
+    box.replaceChildren();
+    state.layers.forEach((layer, i) => {
+      const row = document.createElement("div");
+      row.className = "layer";
+      row.innerHTML = `
+        <span class="layer-n">${i + 1}</span>
+        <select data-f="kind" aria-label="layer ${i + 1} kind"><option value="conv">conv</option><option value="max">max pool</option><option value="avg">avg pool</option></select>
+        <label>k <input data-f="k" type="number" min="1" max="15"></label>
+        <label>s <input data-f="s" type="number" min="1" max="8"></label>
+        <label>d <input data-f="d" type="number" min="1" max="8"></label>
+        <label>pad <select data-f="p"><option>valid</option><option>same</option><option>full</option><option>0</option><option>1</option><option>2</option><option>3</option></select></label>
+        <span class="layer-size" data-size></span>
+        <button type="button" data-act="up" title="move up">↑</button>
+        <button type="button" data-act="down" title="move down">↓</button>
+        <button type="button" data-act="remove" title="remove">✕</button>`;
+      for (const input of row.querySelectorAll("[data-f]")) {
+        input.value = String(layer[input.dataset.f]);
+        input.addEventListener("change", () => {
+          const f = input.dataset.f;
+          layer[f] = f === "kind" || f === "p" ? input.value : parseInt(input.value, 10);
+          state.cell = null;
+          refreshStack();
+        });
+      }
+      row.querySelectorAll("[data-act]").forEach((b) => b.addEventListener("click", () => {
+        const act = b.dataset.act, list = state.layers;
+        if (act === "remove" && list.length > 1) list.splice(i, 1);
+        if (act === "up" && i > 0) [list[i - 1], list[i]] = [list[i], list[i - 1]];
+        if (act === "down" && i < list.length - 1) [list[i + 1], list[i]] = [list[i], list[i + 1]];
+        state.cell = null;
+        renderLayers();
+        refreshStack();
+      }));
+      box.appendChild(row);
+    });
+  }
+
+  async function refreshStack() {
+    writeURL();
+    await updateStack();
+  }
+
+  async function updateStack() {
+    const s = state;
+    const layers = s.layers.map((l) => {
+      const layer = { kernel_size: l.k, strides: l.s, dilation: l.d, padding: /^\d+$/.test(l.p) ? parseInt(l.p, 10) : l.p };
+      if (l.kind !== "conv") layer.pool = l.kind;
+      return layer;
+    });
+    const body = { rank: s.rank, input_size: s.input.slice(0, s.rank), layers };
+    if (s.cell) body.cell = s.cell;
+    const answer = await post("/api/stack", body);
+    const svg = $("stack-svg");
+    if (!answer.ok) {
+      showError("stack-error", answer.error);
+      document.querySelectorAll("#layers [data-size]").forEach((n) => { n.textContent = ""; });
+      svg.replaceChildren();
+      return;
+    }
+    showError("stack-error", "");
+    const d = answer.data;
+    document.querySelectorAll("#layers [data-size]").forEach((n, i) => {
+      const row = d.layers[i];
+      n.textContent = `${times(row.input_size)} → ${times(row.output_size)}` + (row.dropped.some((v) => v) ? " (drops rows)" : "");
+    });
+    drawReceptive(d);
+  }
+
+  function drawReceptive(d) {
+    const svg = $("stack-svg");
+    svg.replaceChildren();
+    const rf = d.receptive;
+    if (!rf) { $("receptive-text").textContent = d.receptive_error || ""; return; }
+    const rank = d.input_size.length;
+    const last = d.layers[d.layers.length - 1].output_size;
+    const field = rf.fields[rf.fields.length - 1];
+    $("receptive-text").textContent =
+      `output cell (${rf.cell.join(", ")}) of the last layer reads input cells ` +
+      rf.exact.map((cells, i) => (cells.length ? `${cells[0]}…${cells[cells.length - 1]}` : "none") + ` (${cells.length})`).join(" × ") +
+      ` · receptive field ${field.size.join("×")}, jump ${field.jump.join("×")}, start ${field.start.join(",")}`;
+    const rows = rank === 2 ? d.input_size[0] : 1, cols = rank === 2 ? d.input_size[1] : d.input_size[0];
+    const oRows = rank === 2 ? last[0] : 1, oCols = rank === 2 ? last[1] : last[0];
+    const cell = Math.max(5, Math.min(22, Math.floor(360 / Math.max(rows, cols, oRows, oCols))));
+    const top = 26, outX = Math.max(cols * cell, 90) + 48;
+    const width = outX + Math.max(oCols * cell, 150) + 10, height = top + Math.max(rows, oRows) * cell + 8;
+    svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+    svg.setAttribute("width", width); svg.setAttribute("height", height);
+    el("text", { x: 0, y: 16, class: "grid-label" }, svg).textContent = `input ${times(d.input_size)}`;
+    el("text", { x: outX, y: 16, class: "grid-label output" }, svg).textContent = `layer ${d.layers.length} output ${times(last)}`;
+    const exact = rf.exact.map((cells) => new Set(cells));
+    for (const pos of product(d.input_size.map((n) => [...Array(n).keys()]))) {
+      const [r, c] = rank === 2 ? pos : [0, pos[0]];
+      const inside = pos.every((p, i) => exact[i].has(p));
+      el("rect", { x: c * cell + 0.5, y: top + r * cell + 0.5, width: cell - 1, height: cell - 1,
+        class: "cell rf " + (inside ? "rf-in" : ""), "data-pos": pos.join(",") }, svg);
+    }
+    // the field's nominal span (may reach into padding, outside the input)
+    const span = rf.span.map((p) => p.map(Number));
+    const [sr, sc] = rank === 2 ? span : [[0, 0], span[0]];
+    el("rect", { x: sc[0] * cell, y: top + sr[0] * cell, width: (sc[1] - sc[0] + 1) * cell,
+      height: (sr[1] - sr[0] + 1) * cell, class: "rf-span" }, svg);
+    for (const pos of product(last.map((n) => [...Array(n).keys()]))) {
+      const [r, c] = rank === 2 ? pos : [0, pos[0]];
+      const rect = el("rect", { x: outX + c * cell + 0.5, y: top + r * cell + 0.5, width: cell - 1, height: cell - 1,
+        class: "cell out" + (pos.join() === rf.cell.join() ? " current" : ""), "data-out": pos.join(",") }, svg);
+      rect.addEventListener("click", () => { state.cell = pos; refreshStack(); });
+    }
+  }
+
+  // ------------------------------------------------------------------ tabs: code, image, solver
+
+  function showTab(name, refresh = true) {
+    state.tab = name;
+    document.querySelectorAll("[data-tab]").forEach((b) => b.classList.toggle("on", b.dataset.tab === name));
+    for (const t of ["stack", "code", "image", "solve"]) $("tab-" + t).hidden = t !== name;
+    if (refresh) { writeURL(); updateTab(); }
+  }
+
+  async function updateTab() {
+    if (state.tab === "code") return updateCode();
+    if (state.tab === "image") return updateImage();
+    return null;
+  }
+
+  async function updateCode() {
+    const answer = await post("/api/port", { ...settings(), to: state.port });
+    const code = $("code").querySelector("code");
+    if (!answer.ok) { showError("code-error", answer.error); code.textContent = ""; return; }
+    showError("code-error", "");
+    code.textContent = answer.data.code;
+  }
+
+  async function copyCode() {
+    const text = $("code").innerText;
+    try {
+      await navigator.clipboard.writeText(text);
+    } catch (error) {
+      const range = document.createRange();
+      range.selectNodeContents($("code"));
+      const selection = getSelection();
+      selection.removeAllRanges(); selection.addRange(range);
+      document.execCommand("copy");
+    }
+    $("copy-code").textContent = "copied ✓";
+    setTimeout(() => { $("copy-code").textContent = "copy"; }, 1200);
+  }
+
+  async function updateImage() {
+    const s = settings();
+    const body = {
+      image: $("image-source").value === "upload" && uploadedImage ? uploadedImage : "sample",
+      kernel: state.imageKernel, numbers: state.numbers, strides: s.strides, dilation: s.dilation,
+      padding: s.padding, padding_mode: s.padding_mode, transposed: s.transposed, pool: s.pool,
+      ceil_mode: s.ceil_mode, count_include_pad: s.count_include_pad,
+    };
+    if (s.rank !== 2) { showError("image-error", "image mode needs 2-D settings (choose 2-D above)"); return; }
+    if (s.pool) body.kernel_size = s.kernel_size;
+    if (s.transposed) body.output_padding = s.output_padding;
+    const answer = await post("/api/image", body);
+    if (!answer.ok) { showError("image-error", answer.error); $("image-out").removeAttribute("src"); $("image-out").dataset.ready = ""; return; }
+    showError("image-error", "");
+    const d = answer.data;
+    $("image-in").src = d.input_png;
+    $("image-out").src = d.output_png;
+    $("image-out").dataset.ready = "1";
+    $("image-in-cap").textContent = `input ${times(d.input_size)}`;
+    $("image-out-cap").textContent = `feature map ${times(d.output_size)} · values ${d.min.toPrecision(3)} … ${d.max.toPrecision(3)}`;
+  }
+
+  function readUpload(file) {
+    if (!file) return;
+    const reader = new FileReader();
+    reader.onload = () => { uploadedImage = reader.result; updateImage(); };
+    reader.onerror = () => showError("image-error", "the file could not be read");
+    reader.readAsDataURL(file);
+  }
+
+  async function runSolver() {
+    const body = {
+      size: num("solve-size"), target: num("solve-target"), max_kernel: num("solve-k"),
+      max_stride: num("solve-s"), max_dilation: num("solve-d"), symmetric: $("solve-sym").checked,
+    };
+    for (const k of Object.keys(body)) if (Number.isNaN(body[k])) body[k] = null;
+    const answer = await post("/api/solve", body);
+    const tbody = $("solutions").querySelector("tbody");
+    tbody.replaceChildren();
+    if (!answer.ok) { showError("solve-error", answer.error); return; }
+    showError("solve-error", answer.data.solutions.length ? "" : "no configuration within these bounds");
+    for (const sol of answer.data.solutions) {
+      const tr = document.createElement("tr");
+      for (const v of [sol.kernel, sol.stride, sol.dilation, pair(sol.padding), sol.dropped || ""]) {
+        const td = document.createElement("td");
+        td.textContent = String(v);
+        tr.appendChild(td);
+      }
+      const td = document.createElement("td");
+      const use = document.createElement("button");
+      use.type = "button"; use.textContent = "use"; use.className = "ghost";
+      use.addEventListener("click", () => {
+        state.kernel = [sol.kernel, sol.kernel]; state.stride = [sol.stride, sol.stride];
+        state.dilation = [sol.dilation, sol.dilation]; state.padding = "explicit";
+        state.pads = [[...sol.padding], [...sol.padding]]; state.transposed = false; state.pool = "";
+        stateToControls(); state.frame = 0; schedule();
+      });
+      td.appendChild(use); tr.appendChild(td);
+      tbody.appendChild(tr);
+    }
+  }
+
+  // ------------------------------------------------------------------ wiring
+
+  function wire() {
+    $("controls").addEventListener("submit", (event) => event.preventDefault());
+    $("controls").addEventListener("input", changed);
+    $("controls").addEventListener("change", changed);
+    document.querySelectorAll("[data-convention]").forEach((b) => b.addEventListener("click", () => {
+      state.convention = b.dataset.convention;
+      document.querySelectorAll("[data-convention]").forEach((x) => x.classList.toggle("on", x === b));
+      schedule();
+    }));
+    document.querySelectorAll("[data-tab]").forEach((b) => b.addEventListener("click", () => showTab(b.dataset.tab)));
+    document.querySelectorAll("[data-port]").forEach((b) => b.addEventListener("click", () => {
+      state.port = b.dataset.port;
+      document.querySelectorAll("[data-port]").forEach((x) => x.classList.toggle("on", x === b));
+      writeURL(); updateCode();
+    }));
+    $("copy-code").addEventListener("click", copyCode);
+    $("play").addEventListener("click", togglePlay);
+    $("first").addEventListener("click", () => { stopPlaying(); setFrame(0); writeURL(); });
+    $("prev").addEventListener("click", () => { stopPlaying(); setFrame(state.frame - 1); writeURL(); });
+    $("next").addEventListener("click", () => { stopPlaying(); setFrame(state.frame + 1); writeURL(); });
+    $("scrub").addEventListener("input", () => { stopPlaying(); setFrame(parseInt($("scrub").value, 10)); writeURL(); });
+    $("speed").addEventListener("change", () => { if (playing) { stopPlaying(); togglePlay(); } });
+    $("add-layer").addEventListener("click", () => {
+      if (state.layers.length >= 12) { showError("stack-error", "at most 12 layers"); return; }
+      state.layers.push({ kind: "conv", k: 3, s: 1, d: 1, p: "same" });
+      state.cell = null; renderLayers(); refreshStack();
+    });
+    $("image-source").addEventListener("change", () => {
+      if ($("image-source").value === "upload") $("upload").click(); else updateImage();
+    });
+    $("upload").addEventListener("change", () => readUpload($("upload").files[0]));
+    $("image-kernel").addEventListener("change", () => { state.imageKernel = $("image-kernel").value; syncVisibility(); writeURL(); updateImage(); });
+    $("numbers").addEventListener("change", () => { state.numbers = $("numbers").value; writeURL(); updateImage(); });
+    $("solve").addEventListener("click", runSolver);
+    $("share").addEventListener("click", async () => {
+      writeURL();
+      try { await navigator.clipboard.writeText(location.href); $("share").textContent = "link copied ✓"; }
+      catch (error) { $("share").textContent = "link in the address bar"; }
+      setTimeout(() => { $("share").textContent = "copy link"; }, 1500);
+    });
+    window.addEventListener("resize", () => { if (geometry) { renderGrid(); setFrame(state.frame); } });
+  }
+
+  readURL();
+  stateToControls();
+  renderLayers();
+  wire();
+  $("solve-size").value = state.input[0];
+  update();
+})();
