@@ -1,0 +1,121 @@
+"""Write files atomically: all of it or nothing, and no silent overwrite.
+
+The data goes to a temporary file in the destination's folder, is flushed to
+disk, then renamed over the destination with :func:`os.replace` (atomic on
+POSIX and Windows). After an error or Ctrl-C only the temporary file is
+removed; the destination is either untouched or complete.
+
+Examples
+--------
+>>> import tempfile, os
+>>> folder = tempfile.mkdtemp()
+>>> path = write_atomic(os.path.join(folder, "a.txt"), b"hello")
+>>> open(path, "rb").read()
+b'hello'
+>>> write_atomic(path, b"again")
+Traceback (most recent call last):
+...
+FileExistsError: ... exists; pass force=True (--force) to overwrite it
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+__all__ = ["write_atomic", "atomic_path", "check_writable"]
+
+
+def check_writable(path: str | os.PathLike[str], force: bool = False) -> Path:
+    """The destination as a :class:`Path`, after checking it may be written.
+
+    Raises
+    ------
+    FileExistsError
+        ``path`` exists and ``force`` is false.
+    IsADirectoryError
+        ``path`` is a folder.
+    FileNotFoundError
+        the folder that would hold ``path`` does not exist.
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise IsADirectoryError(f"{str(target)!r} is a folder; give a file name")
+    if target.exists() and not force:
+        raise FileExistsError(f"{str(target)!r} exists; pass force=True (--force) to overwrite it")
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise FileNotFoundError(f"folder {str(parent)!r} for {str(target)!r} does not exist")
+    return target
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], force: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path``.
+
+    Use it for writers that want a file name (Pillow, ``zipfile``...). If the
+    block raises (or is interrupted) the temporary file is deleted and
+    ``path`` is left as it was.
+
+    >>> import tempfile, os
+    >>> target = os.path.join(tempfile.mkdtemp(), "b.bin")
+    >>> with atomic_path(target) as tmp:
+    ...     _ = tmp.write_bytes(b"xyz")
+    >>> open(target, "rb").read()
+    b'xyz'
+    """
+    target = check_writable(path, force)
+    handle, name = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=".part", dir=str(target.parent) or "."
+    )
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        yield temporary
+        with open(temporary, "rb") as stream:
+            os.fsync(stream.fileno())
+        if not force and target.exists():
+            raise FileExistsError(
+                f"{str(target)!r} appeared while it was being written; pass force=True to overwrite it"
+            )
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
+    _match_umask(target)
+
+
+def write_atomic(
+    path: str | os.PathLike[str],
+    data: bytes | str | Callable[[IO[bytes]], object],
+    force: bool = False,
+) -> Path:
+    """Write ``data`` (bytes, text as UTF-8, or a function given the open binary file) to ``path``.
+
+    Returns the path written. Raises :class:`FileExistsError` if it exists
+    and ``force`` is false.
+    """
+    if not isinstance(data, (bytes, bytearray, str)) and not callable(data):
+        raise TypeError(f"data must be bytes, str or a callable taking a file, got {type(data).__name__}")
+    with atomic_path(path, force) as temporary:
+        with open(temporary, "wb") as stream:
+            if isinstance(data, str):
+                stream.write(data.encode("utf-8"))
+            elif isinstance(data, (bytes, bytearray)):
+                stream.write(data)
+            else:
+                data(stream)
+    return Path(path)
+
+
+def _match_umask(path: Path) -> None:
+    """mkstemp creates files 0600; give the result the usual umask-based mode."""
+    umask = os.umask(0)
+    os.umask(umask)
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o666 & ~umask)

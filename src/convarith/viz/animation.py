@@ -1,0 +1,275 @@
+"""``convarith.animate``: the animation of any convolution, and its stills.
+
+Examples
+--------
+>>> from convarith import ConvSpec, animate
+>>> movie = animate(ConvSpec(3, padding="same", strides=2), (5, 5))
+>>> len(movie), movie.frames[4].index
+(9, (1, 1))
+>>> movie.to_svg()[:4]
+'<svg'
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._atomic import write_atomic
+from ..explain import Explanation, explain
+from ..spec import ConvSpec, ResolvedConv
+from .frames import Frame, Storyboard, build_frames
+from .render import RasterRenderer, apng_bytes, gif_bytes, png_bytes, scene_svg, strip_image
+from .scene import Scene, build_scene
+
+__all__ = ["animate", "Animation", "Still", "FORMATS"]
+
+#: File extensions :meth:`Animation.save` writes.
+FORMATS = (".gif", ".apng", ".png", ".svg")
+VIEWS = ("oblique", "flat", "direct", "scatter")
+
+
+def _default_fps(count: int) -> float:
+    """One step a second for short animations; longer ones play faster (about 20 s a loop)."""
+    return float(min(8.0, max(1.0, count / 20.0)))
+
+
+@dataclass(frozen=True, eq=False)
+class Animation:
+    """An animation of a convolution: frames as data, and pictures of them.
+
+    Build it with :func:`animate`. ``len(a)`` is the number of frames;
+    ``a.frames`` the frame data; ``a.frame(i)`` a :class:`Still` of one step.
+    """
+
+    storyboard: Storyboard
+    explanation: Explanation
+    view: str
+    fps: float
+    scale: float = 1.0
+    scene: Scene = field(repr=False, default=None)  # type: ignore[assignment]
+
+    def __len__(self) -> int:
+        return len(self.storyboard.frames)
+
+    @property
+    def frames(self) -> tuple[Frame, ...]:
+        return self.storyboard.frames
+
+    @property
+    def resolved(self) -> ResolvedConv:
+        return self.storyboard.resolved
+
+    @cached_property
+    def _renderer(self) -> RasterRenderer:
+        return RasterRenderer(self.scene, scale=self.scale)
+
+    def image(self, step: int) -> Any:
+        """Step ``step`` as a Pillow RGB image."""
+        return self._renderer.frame(self._step(step))
+
+    def images(self) -> list[Any]:
+        """Every frame as a Pillow RGB image."""
+        return list(self._renderer.frames())
+
+    def frame(self, step: int) -> Still:
+        """One step, as a still picture (PNG / SVG, displays in Jupyter)."""
+        return Still(self, self._step(step))
+
+    def _step(self, step: int) -> int:
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
+            raise TypeError(f"step must be an integer, got {step!r}")
+        count = len(self)
+        if not -count <= step < count:
+            raise IndexError(f"step {step} is outside 0..{count - 1} ({count} frames)")
+        return int(step) % count
+
+    # ------------------------------------------------------------------ encodings
+
+    def to_gif(self) -> bytes:
+        return gif_bytes(self.images(), self.fps)
+
+    def to_apng(self) -> bytes:
+        return apng_bytes(self.images(), self.fps)
+
+    def to_svg(self) -> str:
+        """A self-contained animated SVG (CSS keyframes, no script)."""
+        return scene_svg(self.scene, fps=self.fps, title=self.storyboard_title)
+
+    def to_png(self, step: int | None = None, columns: int | None = None) -> bytes:
+        """One step, or (``step=None``) a sheet of every step."""
+        if step is not None:
+            return png_bytes(self.image(step))
+        images = self.images()
+        if columns is None:
+            size = self.resolved.output_size if self.storyboard.mode == "direct" else self.resolved.input_size
+            columns = size[-1] if size[-1] <= 8 else math.ceil(math.sqrt(len(images)))
+        return png_bytes(strip_image(images, columns))
+
+    @property
+    def storyboard_title(self) -> str:
+        return self.explanation.summary
+
+    def save(self, path: str | os.PathLike[str], force: bool = False, step: int | None = None) -> Path:
+        """Write the animation; the format follows the extension.
+
+        ``.gif`` and ``.apng``: animated; ``.svg``: animated SVG (a still
+        with ``step``); ``.png``: one ``step``, or a sheet of every step.
+        Refuses to overwrite unless ``force``; the file is written atomically.
+        """
+        target = Path(path)
+        suffix = target.suffix.lower()
+        if suffix not in FORMATS:
+            raise ValueError(f"unknown picture format {target.suffix!r} for {str(target)!r}; use one of {FORMATS}")
+        if suffix != ".png" and suffix != ".svg" and step is not None:
+            raise ValueError(f"step applies to .png and .svg stills, not {suffix}")
+        data: bytes | str
+        if suffix == ".gif":
+            data = self.to_gif()
+        elif suffix == ".apng":
+            data = self.to_apng()
+        elif suffix == ".svg":
+            data = self.to_svg() if step is None else self.frame(step).to_svg()
+        else:
+            data = self.to_png(step)
+        return write_atomic(target, data, force=force)
+
+    # ------------------------------------------------------------------ Jupyter
+
+    def _repr_html_(self) -> str:
+        encoded = base64.b64encode(self.to_gif()).decode("ascii")
+        return f'<img src="data:image/gif;base64,{encoded}" alt="{self.storyboard_title}"/>'
+
+    def _repr_svg_(self) -> str:
+        return self.to_svg()
+
+    def _repr_png_(self) -> bytes:
+        return self.to_png(step=0)
+
+    def __repr__(self) -> str:
+        return (f"Animation({self.explanation.summary!r}, view={self.view!r}, "
+                f"frames={len(self)}, fps={self.fps:g})")
+
+
+@dataclass(frozen=True)
+class Still:
+    """One step of an :class:`Animation`."""
+
+    animation: Animation
+    step: int
+
+    @property
+    def data(self) -> Frame:
+        return self.animation.frames[self.step]
+
+    def image(self) -> Any:
+        return self.animation.image(self.step)
+
+    def to_png(self) -> bytes:
+        return self.animation.to_png(self.step)
+
+    def to_svg(self) -> str:
+        return scene_svg(self.animation.scene, frame=self.step, title=self.animation.storyboard_title)
+
+    def save(self, path: str | os.PathLike[str], force: bool = False) -> Path:
+        return self.animation.save(path, force=force, step=self.step)
+
+    def _repr_png_(self) -> bytes:
+        return self.to_png()
+
+    def _repr_svg_(self) -> str:
+        return self.to_svg()
+
+
+def animate(
+    spec: ConvSpec | ResolvedConv,
+    input_shape: int | Sequence[int] | None = None,
+    view: str = "oblique",
+    values: bool = False,
+    *,
+    transposed_as: str = "direct",
+    show_gaps: bool | None = None,
+    fps: float | None = None,
+    scale: float = 1.0,
+    input_values: Any = None,
+    kernel_values: Any = None,
+) -> Animation:
+    """Animate a convolution from its resolved geometry, in the classic look.
+
+    Parameters
+    ----------
+    spec
+        A :class:`ConvSpec` (then give ``input_shape``) or a resolved one.
+    input_shape
+        Spatial input size (as :meth:`ConvSpec.resolve` takes it).
+    view
+        ``"oblique"`` (input plane at an angle, output above it) or
+        ``"flat"`` (top-down). ``"direct"`` and ``"scatter"`` are shortcuts
+        for the oblique view with ``transposed_as`` set.
+    values
+        Write numbers in the cells: a small integer image and kernel, and the
+        outputs computed by the engine.
+    transposed_as
+        A transposed convolution as ``"direct"`` (stride-1 window over the
+        zero-inserted, padded input; one frame per output cell) or
+        ``"scatter"`` (each input cell adds a kernel-sized patch to the
+        output; one frame per input cell).
+    show_gaps
+        Outline the cells a dilated kernel skips (default: when dilated).
+    fps
+        Frames per second (default: 1, faster for long animations).
+    scale
+        Size factor of the raster pictures.
+    input_values, kernel_values
+        Arrays to show instead of the sample numbers (imply ``values``).
+
+    Examples
+    --------
+    >>> from convarith import ConvSpec
+    >>> a = animate(ConvSpec(3, dilation=2), (7, 7), view="flat")
+    >>> len(a), a.frames[0].gaps[:2]
+    (9, ((0, 1), (0, 3)))
+    """
+    if isinstance(spec, ResolvedConv):
+        if input_shape is not None:
+            raise ValueError("give input_shape with a ConvSpec, not with an already resolved spec")
+        resolved = spec
+    elif isinstance(spec, ConvSpec):
+        if input_shape is None:
+            raise TypeError("animate() needs input_shape with a ConvSpec, e.g. animate(spec, (5, 5))")
+        resolved = spec.resolve(input_shape)
+    else:
+        raise TypeError(f"spec must be a ConvSpec or a ResolvedConv, got {type(spec).__name__}")
+    if view not in VIEWS:
+        raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
+    if view in ("direct", "scatter"):
+        transposed_as, view = view, "oblique"
+    if transposed_as not in ("direct", "scatter"):
+        raise ValueError(f"transposed_as must be 'direct' or 'scatter', got {transposed_as!r}")
+    if transposed_as == "scatter" and not resolved.spec.transposed:
+        raise ValueError("the scatter view shows a transposed convolution; this spec is not transposed")
+    if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps <= 50):
+        raise ValueError(f"fps must be a number in (0, 50], got {fps!r}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.1 <= scale <= 8:
+        raise ValueError(f"scale must be a number in [0.1, 8], got {scale!r}")
+    cells = math.prod(resolved.output_size if transposed_as == "direct" else resolved.input_size)
+    if cells > 4096:
+        raise ValueError(
+            f"the animation would have {cells} frames (one per "
+            f"{'output' if transposed_as == 'direct' else 'input'} cell); animate an input of at most "
+            "64×64 cells — the geometry is the same on a small input"
+        )
+    board = build_frames(resolved, mode=transposed_as, values=values,
+                         input_values=input_values, kernel_values=kernel_values)
+    explanation = explain(resolved.spec, resolved.input_size)
+    scene = build_scene(board, explanation, view=view, show_gaps=show_gaps)
+    return Animation(board, explanation, view, float(fps) if fps is not None else _default_fps(len(board.frames)),
+                     float(scale), scene)

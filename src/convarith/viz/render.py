@@ -1,0 +1,262 @@
+"""Draw a :class:`~convarith.viz.scene.Scene`: raster frames (Pillow) and SVG.
+
+Raster frames are drawn at twice the size and scaled down, for smooth
+edges; GIF frames share one palette so colours do not flicker. The animated
+SVG is self-contained and needs no script: each frame's shapes form a group
+shown in turn by CSS keyframes (a browser without CSS animation shows the
+first frame).
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from .scene import Scene, Shape
+
+__all__ = ["RasterRenderer", "scene_svg", "gif_bytes", "apng_bytes", "png_bytes", "strip_image"]
+
+_FONT_FILES = {False: ("DejaVuSans.ttf", "LiberationSans-Regular.ttf"),
+               True: ("DejaVuSans-Bold.ttf", "LiberationSans-Bold.ttf")}
+# Glyphs Pillow's built-in font lacks, and what to write instead.
+_ASCII = str.maketrans({"×": "x", "·": "*", "−": "-", "→": "->", "—": "-", "⌊": "", "⌋": ""})
+
+
+def _pillow() -> Any:
+    try:
+        from PIL import Image, ImageDraw, ImageFont
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "drawing pictures needs Pillow: pip install 'convarith[viz]' (or pip install pillow)"
+        ) from error
+    return Image, ImageDraw, ImageFont
+
+
+class RasterRenderer:
+    """Draws the frames of one scene with Pillow (fonts and the static layer cached)."""
+
+    def __init__(self, scene: Scene, scale: float = 1.0, supersample: int = 2) -> None:
+        self.Image, self.ImageDraw, self.ImageFont = _pillow()
+        self.scene = scene
+        self.scale = scale
+        self.factor = scale * supersample
+        self.supersample = supersample
+        self.size = (max(1, round(scene.width * scale)), max(1, round(scene.height * scale)))
+        self._fonts: dict[tuple[int, bool], tuple[Any, bool]] = {}
+        # shapes before the first animated one are drawn once
+        static = 0
+        for shape in scene.shapes:
+            if shape.start != 0 or shape.end != -1:
+                break
+            static += 1
+        self._static_count = static
+        self._base = self._new()
+        draw = self.ImageDraw.Draw(self._base)
+        for shape in scene.shapes[:static]:
+            self._draw(draw, shape)
+
+    def _new(self) -> Any:
+        big = (round(self.scene.width * self.factor), round(self.scene.height * self.factor))
+        return self.Image.new("RGB", big, "#ffffff")
+
+    def _font(self, size: float, bold: bool) -> tuple[Any, bool]:
+        key = (max(6, round(size * self.factor)), bold)
+        if key not in self._fonts:
+            font, unicode = None, True
+            for name in _FONT_FILES[bold]:
+                try:
+                    font = self.ImageFont.truetype(name, key[0])
+                    break
+                except OSError:
+                    continue
+            if font is None:
+                font, unicode = self.ImageFont.load_default(size=key[0]), False
+            self._fonts[key] = (font, unicode)
+        return self._fonts[key]
+
+    def _xy(self, point: tuple[float, float]) -> tuple[float, float]:
+        return (point[0] * self.factor, point[1] * self.factor)
+
+    def _draw(self, draw: Any, shape: Shape) -> None:
+        f = self.factor
+        if shape.kind == "polygon":
+            points = [self._xy(p) for p in shape.points]
+            if shape.fill:
+                draw.polygon(points, fill=shape.fill)
+            if shape.stroke:
+                width = max(1, round(shape.width * f))
+                closed = [*points, points[0]]
+                if shape.dash:
+                    _dashed(draw, closed, shape.dash[0] * f, shape.dash[1] * f, shape.stroke, width)
+                else:
+                    draw.line(closed, fill=shape.stroke, width=width, joint="curve")
+        elif shape.kind == "line":
+            draw.line([self._xy(p) for p in shape.points], fill=shape.stroke, width=max(1, round(shape.width * f)))
+        elif shape.kind == "text":
+            font, unicode = self._font(shape.size, shape.bold)
+            text = shape.text if unicode else shape.text.translate(_ASCII)
+            draw.text(self._xy(shape.points[0]), text, font=font, fill=shape.fill, anchor=shape.anchor)
+
+    def frame(self, index: int) -> Any:
+        """Frame ``index`` as an RGB Pillow image."""
+        if not 0 <= index < self.scene.frame_count:
+            raise IndexError(f"frame {index} is outside 0..{self.scene.frame_count - 1}")
+        image = self._base.copy()
+        draw = self.ImageDraw.Draw(image)
+        end = self.scene.frame_count
+        for shape in self.scene.shapes[self._static_count:]:
+            if shape.start <= index < (shape.end if shape.end >= 0 else end):
+                self._draw(draw, shape)
+        if self.supersample > 1:
+            image = image.resize(self.size, self.Image.Resampling.LANCZOS)
+        return image
+
+    def frames(self) -> Iterator[Any]:
+        for index in range(self.scene.frame_count):
+            yield self.frame(index)
+
+
+def _dashed(draw: Any, points: Sequence[tuple[float, float]], on: float, off: float, fill: str, width: int) -> None:
+    """A dashed polyline (Pillow has no dash pattern)."""
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        length = math.hypot(x1 - x0, y1 - y0)
+        if length == 0:
+            continue
+        dx, dy = (x1 - x0) / length, (y1 - y0) / length
+        # centre the pattern on the edge so corners look alike
+        count = max(1, round((length + off) / (on + off)))
+        period = (length + off) / count
+        dash = period - off
+        t = 0.0
+        for _ in range(count):
+            a, b = t, min(t + dash, length)
+            draw.line([(x0 + dx * a, y0 + dy * a), (x0 + dx * b, y0 + dy * b)], fill=fill, width=width)
+            t += period
+
+
+def _duration_ms(fps: float) -> int:
+    return max(20, round(1000 / fps))
+
+
+def gif_bytes(images: Sequence[Any], fps: float) -> bytes:
+    """An endlessly looping GIF; all frames quantized to one shared palette."""
+    Image, _, _ = _pillow()
+    picks = [images[0], images[len(images) // 2], images[-1]]
+    width, height = images[0].size
+    sample = Image.new("RGB", (width, height * len(picks)))
+    for i, image in enumerate(picks):
+        sample.paste(image, (0, height * i))
+    palette = sample.quantize(colors=96, method=Image.Quantize.MEDIANCUT)
+    quantized = [image.quantize(palette=palette, dither=Image.Dither.NONE) for image in images]
+    buffer = io.BytesIO()
+    quantized[0].save(buffer, format="GIF", save_all=True, append_images=quantized[1:], loop=0,
+                      duration=_duration_ms(fps), optimize=False, disposal=1)
+    return buffer.getvalue()
+
+
+def apng_bytes(images: Sequence[Any], fps: float) -> bytes:
+    """An endlessly looping animated PNG."""
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="PNG", save_all=True, append_images=list(images[1:]), loop=0,
+                   duration=_duration_ms(fps), default_image=False)
+    return buffer.getvalue()
+
+
+def png_bytes(image: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def strip_image(images: Sequence[Any], columns: int, gap: int = 6) -> Any:
+    """All frames on one sheet, ``columns`` to a row."""
+    Image, _, _ = _pillow()
+    width, height = images[0].size
+    columns = max(1, min(columns, len(images)))
+    rows = math.ceil(len(images) / columns)
+    sheet = Image.new("RGB", (columns * width + (columns - 1) * gap, rows * height + (rows - 1) * gap), "#d8dee2")
+    for i, image in enumerate(images):
+        sheet.paste(image, ((i % columns) * (width + gap), (i // columns) * (height + gap)))
+    return sheet
+
+
+# --------------------------------------------------------------------------- SVG
+
+_SVG_ANCHOR = {"m": ("middle", "central"), "l": ("start", "central"), "r": ("end", "central")}
+
+
+def _svg_shape(shape: Shape) -> str:
+    if shape.kind == "polygon":
+        points = " ".join(f"{x:.1f},{y:.1f}" for x, y in shape.points)
+        attrs = f'points="{points}" fill="{shape.fill or "none"}"'
+        if shape.stroke:
+            attrs += f' stroke="{shape.stroke}" stroke-width="{shape.width:.2f}" stroke-linejoin="round"'
+            if shape.dash:
+                attrs += f' stroke-dasharray="{shape.dash[0]:.1f} {shape.dash[1]:.1f}"'
+        return f"<polygon {attrs}/>"
+    if shape.kind == "line":
+        (x0, y0), (x1, y1) = shape.points
+        return (f'<line x1="{x0:.1f}" y1="{y0:.1f}" x2="{x1:.1f}" y2="{y1:.1f}" '
+                f'stroke="{shape.stroke}" stroke-width="{shape.width:.2f}"/>')
+    x, y = shape.points[0]
+    horizontal, vertical = _SVG_ANCHOR[shape.anchor[0]]
+    baseline = "central" if shape.anchor[1] == "m" else "auto"
+    weight = ' font-weight="bold"' if shape.bold else ""
+    del vertical
+    return (f'<text x="{x:.1f}" y="{y:.1f}" font-size="{shape.size:.1f}" fill="{shape.fill}" '
+            f'text-anchor="{horizontal}" dominant-baseline="{baseline}"{weight}>{html.escape(shape.text)}</text>')
+
+
+def scene_svg(scene: Scene, fps: float = 1.0, frame: int | None = None, title: str = "") -> str:
+    """The scene as SVG: animated with CSS keyframes, or one ``frame`` as a still."""
+    n = scene.frame_count
+    head = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{scene.width:.0f}" height="{scene.height:.0f}" '
+            f'viewBox="0 0 {scene.width:.1f} {scene.height:.1f}" font-family="DejaVu Sans, Verdana, Arial, sans-serif">')
+    parts = [head]
+    if title:
+        parts.append(f"<title>{html.escape(title)}</title>")
+    parts.append('<rect width="100%" height="100%" fill="#ffffff"/>')
+    if frame is not None:
+        if not 0 <= frame < n:
+            raise IndexError(f"frame {frame} is outside 0..{n - 1}")
+        parts.extend(_svg_shape(s) for s in scene.visible(frame))
+        parts.append("</svg>")
+        return "\n".join(parts)
+
+    duration = n / fps
+    spans: list[tuple[int, int]] = []
+    body: list[str] = []
+    current: tuple[int, int] | None = None
+    for shape in scene.shapes:
+        span = (shape.start, shape.end if shape.end >= 0 else n)
+        if span != current:
+            if current is not None and current != (0, n):
+                body.append("</g>")
+            if span != (0, n):
+                body.append(f'<g class="s{span[0]}_{span[1]}">')
+                if span not in spans:
+                    spans.append(span)
+            current = span
+        body.append(_svg_shape(shape))
+    if current is not None and current != (0, n):
+        body.append("</g>")
+    rules = []
+    for a, b in spans:
+        keys: dict[float, int] = {0.0: 1 if a == 0 else 0}
+        if a > 0:
+            keys[100 * a / n] = 1
+        if b < n:
+            keys[100 * b / n] = 0
+        keys[100.0] = 1 if b == n else 0
+        frames = " ".join(f"{k:.4g}%{{opacity:{v}}}" for k, v in sorted(keys.items()))
+        rules.append(
+            f".s{a}_{b}{{opacity:{1 if a == 0 else 0};animation:k{a}_{b} {duration:.3f}s step-end infinite}}"
+            f"@keyframes k{a}_{b}{{{frames}}}"
+        )
+    parts.append("<style>" + "\n".join(rules) + "</style>")
+    parts.extend(body)
+    parts.append("</svg>")
+    return "\n".join(parts)

@@ -1,0 +1,505 @@
+"""Lay a :class:`~convarith.viz.frames.Storyboard` out as shapes on a page.
+
+A :class:`Scene` is a list of flat shapes (polygons, lines, text), each
+visible for a span of frames ``[start, end)``, in drawing order. The raster
+and SVG renderers draw the same scene, so a GIF frame and the SVG show the
+same picture.
+
+Two views:
+
+``"oblique"``
+    the classic look: the input plane seen at an angle, the output plane
+    floating above it, lines joining the window's corners to the output cell;
+``"flat"``
+    top-down grids, input left (or below) and output right (or above).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ..explain import Explanation
+from .frames import Frame, Index, Storyboard
+
+__all__ = ["Scene", "Shape", "Palette", "PALETTE", "build_scene"]
+
+Point = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class Palette:
+    """Colours (Okabe-Ito based: readable with the common colour-vision deficiencies)."""
+
+    background: str = "#ffffff"
+    input: str = "#56b4e9"       # sky blue
+    input_read: str = "#0a6aa8"  # window over input cells
+    padding: str = "#ffffff"
+    padding_read: str = "#aab4bc"  # window over zeros
+    copy: str = "#cfe8f7"        # reflect/replicate/circular padding
+    inserted: str = "#ffffff"
+    output: str = "#5cc7a8"      # bluish green
+    output_done: str = "#3fae8e"
+    output_target: str = "#00664d"
+    cropped: str = "#eef2f3"
+    gap: str = "#e69f00"         # orange: dilation gaps
+    stroke: str = "#1c3342"
+    dashed: str = "#1f4a5c"
+    line: str = "#222222"
+    text: str = "#1c2a33"
+    light_text: str = "#ffffff"
+    muted: str = "#5a6b75"
+
+
+PALETTE = Palette()
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A polygon, a line or a text, shown for frames ``start <= i < end``."""
+
+    kind: str  # "polygon" | "line" | "text"
+    points: tuple[Point, ...]
+    fill: str | None = None
+    stroke: str | None = None
+    width: float = 1.0
+    dash: tuple[float, float] | None = None
+    text: str = ""
+    size: float = 12.0
+    anchor: str = "mm"  # Pillow anchors: "mm" centre, "lm" left-middle, "rm", "ms"
+    bold: bool = False
+    start: int = 0
+    end: int = -1  # -1: until the last frame
+
+
+@dataclass
+class Scene:
+    """Shapes in drawing order, the page size and the number of frames."""
+
+    width: float
+    height: float
+    frame_count: int
+    shapes: list[Shape] = field(default_factory=list)
+    title: str = ""
+
+    def visible(self, frame: int) -> list[Shape]:
+        """The shapes drawn in one frame, in order."""
+        return [s for s in self.shapes if s.start <= frame < (s.end if s.end >= 0 else self.frame_count)]
+
+
+@dataclass(frozen=True)
+class _Plane:
+    """A 2-D grid drawn with an affine map: corner (row, col) -> origin + col*u + row*v."""
+
+    origin: Point
+    u: Point
+    v: Point
+    rows: int
+    cols: int
+
+    def point(self, row: float, col: float) -> Point:
+        return (
+            self.origin[0] + col * self.u[0] + row * self.v[0],
+            self.origin[1] + col * self.u[1] + row * self.v[1],
+        )
+
+    def quad(self, row: int, col: int, inset: float = 0.0) -> tuple[Point, ...]:
+        a, b = row + inset, col + inset
+        c, d = row + 1 - inset, col + 1 - inset
+        return (self.point(a, b), self.point(a, d), self.point(c, d), self.point(c, b))
+
+    def centre(self, row: float, col: float) -> Point:
+        return self.point(row + 0.5, col + 0.5)
+
+    def bounds(self) -> tuple[float, float, float, float]:
+        corners = [self.point(r, c) for r in (0, self.rows) for c in (0, self.cols)]
+        xs, ys = [p[0] for p in corners], [p[1] for p in corners]
+        return min(xs), min(ys), max(xs), max(ys)
+
+    def moved(self, dx: float, dy: float) -> _Plane:
+        return _Plane((self.origin[0] + dx, self.origin[1] + dy), self.u, self.v, self.rows, self.cols)
+
+
+def _split(position: Index, rank: int) -> tuple[int, int, int]:
+    """(slice, row, col) of a position of any rank."""
+    if rank == 1:
+        return 0, 0, position[0]
+    if rank == 2:
+        return 0, position[0], position[1]
+    return position[0], position[1], position[2]
+
+
+def _plane_shape(size: Index, rank: int) -> tuple[int, int, int]:
+    if rank == 1:
+        return 1, 1, size[0]
+    if rank == 2:
+        return 1, size[0], size[1]
+    return size[0], size[1], size[2]
+
+
+def _planes(size: Index, rank: int, u: Point, v: Point, gap: float, vertical: bool = False) -> list[_Plane]:
+    """One plane per depth slice, laid side by side (or stacked), top-left at (0, 0)."""
+    slices, rows, cols = _plane_shape(size, rank)
+    base = _Plane((0.0, 0.0), u, v, rows, cols)
+    x0, y0, x1, y1 = base.bounds()
+    base = base.moved(-x0, -y0)
+    planes = []
+    for i in range(slices):
+        if vertical:
+            planes.append(base.moved(0.0, i * (y1 - y0 + gap)))
+        else:
+            planes.append(base.moved(i * (x1 - x0 + gap), 0.0))
+    return planes
+
+
+def _bounds(planes: Sequence[_Plane]) -> tuple[float, float, float, float]:
+    boxes = [p.bounds() for p in planes]
+    return (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
+
+
+def _shift(planes: Sequence[_Plane], dx: float, dy: float) -> list[_Plane]:
+    return [p.moved(dx, dy) for p in planes]
+
+
+def _fmt_size(size: Sequence[int]) -> str:
+    return "×".join(str(v) for v in size)
+
+
+def _fmt_value(value: float) -> str:
+    if abs(value - round(value)) < 1e-9:
+        return str(int(round(value)))
+    return f"{value:.1f}" if abs(value) < 100 else f"{value:.0f}"
+
+
+def caption_lines(explanation: Explanation) -> list[str]:
+    """The worked formula, one line per distinct axis, from :func:`convarith.explain`."""
+    lines = []
+    seen = set()
+    many = len(explanation.axes) > 1
+    for axis in explanation.axes:
+        key = (axis.input, axis.kernel, axis.stride, axis.dilation, axis.padding)
+        if key in seen:
+            continue
+        seen.add(key)
+        uniform = all(
+            (a.input, a.kernel, a.stride, a.dilation, a.padding) == key for a in explanation.axes
+        )
+        label = "" if not many or uniform else f"{axis.name}: "
+        for step in axis.steps:
+            if step.startswith("K_eff"):
+                lines.append(label + step)
+        if explanation.kind == "conv_transpose":
+            lines.append(label + axis.steps[-1])
+        else:
+            lines.append(f"{label}{axis.steps[-2]} = {axis.output}")
+    return lines
+
+
+def build_scene(
+    board: Storyboard,
+    explanation: Explanation,
+    view: str = "oblique",
+    show_gaps: bool | None = None,
+    palette: Palette = PALETTE,
+    cell: float | None = None,
+    caption: bool = True,
+) -> Scene:
+    """Lay out ``board`` in ``view`` (``"oblique"`` or ``"flat"``)."""
+    if view not in ("oblique", "flat"):
+        raise ValueError(f"view must be 'oblique' or 'flat', got {view!r}")
+    resolved = board.resolved
+    spec = resolved.spec
+    rank = board.rank
+    frames = board.frames
+    n = len(frames)
+    dilated = max(spec.dilation) > 1  # type: ignore[arg-type]
+    if show_gaps is None:
+        show_gaps = dilated
+    values = board.output_values is not None
+
+    _, rows_in, cols_in = _plane_shape(board.grid_size, rank)
+    _, rows_out, cols_out = _plane_shape(board.top_size, rank)
+    biggest = max(rows_in, cols_in, rows_out, cols_out, 1)
+    if cell is None:
+        cell = max(14.0, min(44.0 if values else 38.0, 330.0 / biggest))
+    slice_gap = cell * 1.2
+
+    if view == "oblique":
+        u = (0.92 * cell, -0.40 * cell)
+        v = (0.62 * cell, 0.58 * cell)
+    else:
+        u, v = (cell, 0.0), (0.0, cell)
+    lower = _planes(board.grid_size, rank, u, v, slice_gap, vertical=False)
+    upper = _planes(board.top_size, rank, u, v, slice_gap, vertical=False)
+
+    margin = 24.0
+    title_h = 30.0
+    label_h = 22.0
+    lx0, ly0, lx1, ly1 = _bounds(lower)
+    ux0, uy0, ux1, uy1 = _bounds(upper)
+    side_by_side = view == "flat" and rank == 2
+    if side_by_side:
+        gap = max(3 * cell, 70.0)
+        height = max(ly1 - ly0, uy1 - uy0)
+        lower = _shift(lower, margin - lx0, margin + title_h + label_h + (height - (ly1 - ly0)) / 2 - ly0)
+        upper = _shift(
+            upper, margin + (lx1 - lx0) + gap - ux0, margin + title_h + label_h + (height - (uy1 - uy0)) / 2 - uy0
+        )
+        content_w = (lx1 - lx0) + gap + (ux1 - ux0)
+        content_h = height + label_h
+    else:
+        gap = max(1.7 * cell, 50.0) if view == "oblique" else max(1.6 * cell, 40.0)
+        width = max(lx1 - lx0, ux1 - ux0)
+        upper = _shift(upper, margin + (width - (ux1 - ux0)) / 2 - ux0, margin + title_h + label_h - uy0)
+        top_bottom = margin + title_h + label_h + (uy1 - uy0)
+        lower = _shift(lower, margin + (width - (lx1 - lx0)) / 2 - lx0, top_bottom + gap - ly0)
+        content_w = width
+        content_h = label_h + (uy1 - uy0) + gap + (ly1 - ly0) + label_h
+    captions = caption_lines(explanation) if caption else []
+    caption_h = 20.0 * len(captions) + (10.0 if captions else 0.0)
+    depth_labels_h = 18.0 if rank == 3 else 0.0
+    texts = [_title(board), *captions]
+    scene_w = max(content_w + 2 * margin, 300.0, *(_text_width(t, 15.0) + 2 * margin for t in texts))
+    scene_h = margin + title_h + content_h + depth_labels_h + caption_h + margin
+    # centre the content horizontally when the text made the page wider
+    extra = (scene_w - (content_w + 2 * margin)) / 2
+    if extra > 0:
+        lower, upper = _shift(lower, extra, 0), _shift(upper, extra, 0)
+    scene = Scene(width=scene_w, height=scene_h, frame_count=n)
+    add = scene.shapes.append
+    p = palette
+
+    def lower_quad(position: Index, inset: float = 0.0) -> tuple[Point, ...]:
+        s, r, c = _split(position, rank)
+        return lower[s].quad(r, c, inset)
+
+    def upper_quad(position: Index, inset: float = 0.0) -> tuple[Point, ...]:
+        s, r, c = _split(position, rank)
+        return upper[s].quad(r, c, inset)
+
+    def lower_centre(position: Index) -> Point:
+        s, r, c = _split(position, rank)
+        return lower[s].centre(r, c)
+
+    def upper_centre(position: Index) -> Point:
+        s, r, c = _split(position, rank)
+        return upper[s].centre(r, c)
+
+    stroke_w = 1.2 if cell >= 20 else 0.9
+    dash = (cell * 0.16, cell * 0.12)
+    value_size = max(8.0, cell * 0.36)
+    small_size = max(6.5, cell * 0.24)
+
+    # -- layer 0: the lower grid
+    lower_fill = {"input": p.input, "padding": p.padding, "copy": p.copy, "inserted": p.inserted, "beyond": p.padding}
+    for grid_cell in board.grid_cells:
+        kind = grid_cell.kind
+        dashed = kind in ("padding", "inserted", "beyond", "copy")
+        add(Shape("polygon", lower_quad(grid_cell.position), fill=lower_fill[kind],
+                  stroke=p.muted if kind == "beyond" else (p.dashed if dashed else p.stroke),
+                  width=stroke_w, dash=(dash[0] * 0.5, dash[1] * 1.5) if kind == "beyond" else (dash if dashed else None)))
+    if board.input_values is not None:
+        for grid_cell in board.grid_cells:
+            if grid_cell.source is not None:
+                add(Shape("text", (lower_centre(grid_cell.position),), text=_fmt_value(board.input_values[grid_cell.source]),
+                          size=value_size, fill=p.text if grid_cell.kind == "input" else p.muted))
+            elif grid_cell.kind in ("padding", "inserted"):
+                add(Shape("text", (lower_centre(grid_cell.position),), text="0", size=value_size * 0.85, fill=p.muted))
+
+    # -- layer 1: the window (per frame)
+    for frame in frames:
+        _window_shapes(frame, board, lower_quad, lower_centre, add, p, stroke_w, dash, show_gaps,
+                       value_size, small_size, rank)
+
+    # -- layer 2: connectors (under the output plane in the oblique view)
+    connectors = [_connector_shapes(frame, board, lower, upper, rank, p) for frame in frames]
+    if view == "oblique":
+        for shapes in connectors:
+            scene.shapes.extend(shapes)
+
+    # -- layer 3: the upper grid
+    for top_cell in board.top_cells:
+        cropped = top_cell.kind == "cropped"
+        add(Shape("polygon", upper_quad(top_cell.position), fill=p.cropped if cropped else p.output,
+                  stroke=p.dashed if cropped else p.stroke, width=stroke_w, dash=dash if cropped else None))
+    # cells already written, behind the current target
+    if board.mode == "direct":
+        for frame in frames:
+            for target in frame.targets:
+                add(Shape("polygon", upper_quad(target), fill=p.output_done, stroke=p.stroke,
+                          width=stroke_w, start=frame.step + 1))
+    else:
+        first_touch: dict[Index, int] = {}
+        for frame in frames:
+            for target in frame.targets:
+                first_touch.setdefault(target, frame.step)
+        kinds = {c.position: c.kind for c in board.top_cells}
+        for target, step in first_touch.items():
+            if kinds[target] != "cropped":
+                add(Shape("polygon", upper_quad(target), fill=p.output_done, stroke=p.stroke,
+                          width=stroke_w, start=step + 1))
+    for frame in frames:
+        for target in frame.targets:
+            add(Shape("polygon", upper_quad(target), fill=p.output_target, stroke=p.stroke, width=stroke_w,
+                      start=frame.step, end=frame.step + 1))
+        if board.mode == "scatter":
+            for target, tap in zip(frame.targets, frame.target_kernel):
+                if board.kernel_values is None:
+                    add(Shape("text", (upper_centre(target),), text="w" + "".join(map(str, tap)) if rank > 1 else f"w{tap[0]}",
+                              size=small_size * 1.2, fill=p.light_text, start=frame.step, end=frame.step + 1))
+    if view == "flat":
+        for shapes in connectors:
+            scene.shapes.extend(shapes)
+
+    # -- output values
+    if values and board.output_values is not None:
+        if board.mode == "direct":
+            for frame in frames:
+                target = frame.targets[0]
+                add(Shape("text", (upper_centre(target),), text=_fmt_value(frame.target_values[0]),
+                          size=value_size, fill=p.light_text, bold=True, start=frame.step))
+        else:
+            changes: dict[Index, list[tuple[int, float]]] = {}
+            for frame in frames:
+                for target, value in zip(frame.targets, frame.target_values):
+                    changes.setdefault(target, []).append((frame.step, value))
+            kinds = {c.position: c.kind for c in board.top_cells}
+            for target, history in changes.items():
+                later = p.muted if kinds[target] == "cropped" else p.light_text
+                for i, (step, value) in enumerate(history):
+                    end = history[i + 1][0] if i + 1 < len(history) else n
+                    text = _fmt_value(value)
+                    add(Shape("text", (upper_centre(target),), text=text, size=value_size,
+                              fill=p.light_text, bold=True, start=step, end=step + 1))
+                    if end > step + 1:
+                        add(Shape("text", (upper_centre(target),), text=text, size=value_size,
+                                  fill=later, bold=kinds[target] != "cropped", start=step + 1,
+                                  end=end if end < n else -1))
+
+    # -- labels
+    _labels(scene, board, explanation, lower, upper, rank, view, side_by_side, margin, title_h,
+            captions, depth_labels_h, p, cell)
+    return scene
+
+
+def _window_shapes(frame: Frame, board: Storyboard, quad, centre, add, p: Palette, stroke_w: float,
+                   dash: tuple[float, float], show_gaps: bool, value_size: float, small_size: float,
+                   rank: int) -> None:
+    start, end = frame.step, frame.step + 1
+    for position, source in zip(frame.window, frame.sources):
+        kind = board.cell_kind(position)
+        real = kind in ("input", "copy") and source is not None
+        add(Shape("polygon", quad(position), fill=p.input_read if real else p.padding_read,
+                  stroke=p.stroke if kind == "input" else p.dashed, width=stroke_w,
+                  dash=None if kind == "input" else dash, start=start, end=end))
+        if board.input_values is not None:
+            text = _fmt_value(board.input_values[source]) if source is not None else "0"
+            add(Shape("text", (centre(position),), text=text, size=value_size,
+                      fill=p.light_text, start=start, end=end))
+    if board.kernel_values is not None and frame.kernel:
+        for position, tap in zip(frame.window, frame.kernel):
+            corner = quad(position, 0.0)[2]
+            mid = centre(position)
+            xy = (mid[0] * 0.45 + corner[0] * 0.55, mid[1] * 0.45 + corner[1] * 0.55)
+            add(Shape("text", (xy,), text="×" + _fmt_value(board.kernel_values[tap]), size=small_size,
+                      fill="#ffe9a8", start=start, end=end))
+    if show_gaps:
+        for position in frame.gaps:
+            add(Shape("polygon", quad(position, 0.12), fill=None, stroke=p.gap, width=stroke_w * 2.0,
+                      start=start, end=end))
+
+
+def _connector_shapes(frame: Frame, board: Storyboard, lower: list[_Plane], upper: list[_Plane],
+                      rank: int, p: Palette) -> list[Shape]:
+    """Lines joining the corners of the window's box to the corners of the target box."""
+    start, end = frame.step, frame.step + 1
+    first, last = frame.window_box
+    t_first = tuple(min(t[a] for t in frame.targets) for a in range(rank))
+    t_last = tuple(max(t[a] for t in frame.targets) for a in range(rank))
+    s0, r0, c0 = _split(first, rank)
+    _, r1, c1 = _split(last, rank)
+    ts, tr0, tc0 = _split(t_first, rank)
+    _, tr1, tc1 = _split(t_last, rank)
+    low, up = lower[s0], upper[ts]
+    shapes = []
+    for (ra, ca), (rb, cb) in (
+        ((r0, c0), (tr0, tc0)), ((r0, c1 + 1), (tr0, tc1 + 1)),
+        ((r1 + 1, c1 + 1), (tr1 + 1, tc1 + 1)), ((r1 + 1, c0), (tr1 + 1, tc0)),
+    ):
+        shapes.append(Shape("line", (low.point(ra, ca), up.point(rb, cb)), stroke=p.line, width=0.9,
+                            start=start, end=end))
+    return shapes
+
+
+def _labels(scene: Scene, board: Storyboard, explanation: Explanation, lower: list[_Plane],
+            upper: list[_Plane], rank: int, view: str, side_by_side: bool, margin: float, title_h: float,
+            captions: list[str], depth_labels_h: float, p: Palette, cell: float) -> None:
+    add = scene.shapes.append
+    resolved = board.resolved
+    spec = resolved.spec
+    add(Shape("text", ((scene.width / 2, margin + 8),), text=_title(board), size=15, fill=p.text, bold=True))
+
+    lx0, ly0, lx1, ly1 = _bounds(lower)
+    ux0, uy0, ux1, uy1 = _bounds(upper)
+    if board.mode == "scatter":
+        lower_label = f"input {_fmt_size(resolved.input_size)}"
+        crop = resolved.crop
+        upper_label = f"output {_fmt_size(resolved.output_size)} (full {_fmt_size(board.top_size)}, crop {_pairs(crop)})"
+    else:
+        lower_label = f"input {_fmt_size(resolved.input_size)}"
+        if any(lo or hi for lo, hi in resolved.padding):
+            lower_label += f", padding {_pairs(resolved.padding)}"
+        if spec.transposed:
+            lower_label = f"input {_fmt_size(resolved.input_size)}, zeros inserted, padded {_pairs(resolved.padding)}"
+        if any(resolved.dropped):
+            lower_label += f" — {_fmt_size(resolved.dropped)} dropped"
+        name = {"max_pool": "max pool", "avg_pool": "avg pool"}.get(spec.kind, "output")
+        upper_label = f"{name} {_fmt_size(resolved.output_size)}" if name == "output" else f"output ({name}) {_fmt_size(resolved.output_size)}"
+    add(Shape("text", (((lx0 + lx1) / 2, ly1 + 14 + depth_labels_h),), text=lower_label, size=13, fill=p.text))
+    add(Shape("text", (((ux0 + ux1) / 2, uy0 - 12),), text=upper_label, size=13, fill=p.text))
+    if rank == 3:
+        for i, plane in enumerate(lower):
+            x0, _, x1, y1 = plane.bounds()
+            add(Shape("text", (((x0 + x1) / 2, y1 + 10),), text=f"depth {i}", size=11, fill=p.muted))
+        for i, plane in enumerate(upper if len(upper) > 1 else []):
+            x0, _, x1, y1 = plane.bounds()
+            add(Shape("text", (((x0 + x1) / 2, y1 + 10),), text=f"depth {i}", size=11, fill=p.muted))
+    step_y = ly1 + 14 + depth_labels_h + 22
+    for i, line in enumerate(captions):
+        add(Shape("text", ((scene.width / 2, step_y + 20 * i),), text=line, size=13, fill=p.text))
+    # frame counter, bottom right
+    for frame in board.frames:
+        what = "output" if board.mode == "direct" else "input"
+        add(Shape("text", ((scene.width - 8, scene.height - 8),),
+                  text=f"{what} {','.join(map(str, frame.index))}  ({frame.step + 1}/{len(board.frames)})",
+                  size=10, fill=p.muted, anchor="rs", start=frame.step, end=frame.step + 1))
+
+
+def _text_width(text: str, size: float) -> float:
+    """A generous estimate of a text's width (DejaVu Sans is about 0.6 em a glyph)."""
+    return 0.62 * size * len(text)
+
+
+def _pairs(pairs: Sequence[tuple[int, int]]) -> str:
+    if len(set(pairs)) == 1:
+        lo, hi = pairs[0]
+        return str(lo) if lo == hi else f"({lo}, {hi})"
+    return " × ".join(f"({lo}, {hi})" for lo, hi in pairs)
+
+
+def _title(board: Storyboard) -> str:
+    spec = board.resolved.spec
+    parts = [f"kernel {_fmt_size(spec.kernel_size)}"]  # type: ignore[arg-type]
+    if max(spec.strides) > 1:  # type: ignore[arg-type]
+        parts.append(f"stride {_fmt_size(spec.strides)}")  # type: ignore[arg-type]
+    if max(spec.dilation) > 1:  # type: ignore[arg-type]
+        parts.append(f"dilation {_fmt_size(spec.dilation)}")  # type: ignore[arg-type]
+    padding = spec.padding if isinstance(spec.padding, str) else f"{_pairs(spec.padding)}"  # type: ignore[arg-type]
+    parts.append(f"padding {padding}")
+    if spec.padding_mode != "zeros":
+        parts.append(spec.padding_mode)
+    what = {"conv": "convolution", "conv_transpose": "transposed convolution",
+            "max_pool": "max pooling", "avg_pool": "average pooling"}[spec.kind]
+    if board.mode == "scatter":
+        what += " (scatter)"
+    return f"{what}: " + ", ".join(parts)
