@@ -36,6 +36,7 @@ from .engine import (
 )
 from .explain import Explanation, explain
 from .spec import ConvSpec, ResolvedConv, Tap
+from .viz import animate
 
 __version__ = "0.1.0"
 
@@ -45,6 +46,7 @@ __all__ = [
     "explain",
     "ResolvedConv",
     "Tap",
+    "animate",
     "available_algorithms",
     "avg_pool",
     "conv",

@@ -432,7 +432,7 @@ def _inside_padded(resolved: ResolvedConv, position: Index) -> bool:
 def _engine_output(resolved: ResolvedConv, x: np.ndarray, w: np.ndarray) -> np.ndarray | None:
     """Run the engine on one channel, or ``None`` if it is not there (or not for this spec)."""
     spec = resolved.spec
-    if spec.pool is not None or spec.groups not in (1, "depthwise"):
+    if spec.groups not in (1, "depthwise"):
         return None
     try:
         import convarith
@@ -442,11 +442,15 @@ def _engine_output(resolved: ResolvedConv, x: np.ndarray, w: np.ndarray) -> np.n
         return None
     if conv is None:
         return None
-    one = spec.replace(filters=None, in_channels=None, groups=1, depth_multiplier=None,
-                       data_format="channels_last")
+    changes: dict[str, Any] = dict(filters=None, in_channels=None, depth_multiplier=None,
+                                   data_format="channels_last")
+    if spec.pool is None:
+        changes["groups"] = 1
+    one = spec.replace(**changes)
     try:
         # channels_last: x (N, *spatial, C), kernel (*k, C_in, C_out)
-        result = conv(x[None, ..., None], w[..., None, None], one)
+        kernel = None if spec.pool is not None else w[..., None, None]
+        result = conv(x[None, ..., None], kernel, one)
     except (TypeError, ValueError, NotImplementedError):
         return None
     result = np.asarray(result, dtype=np.float64)
