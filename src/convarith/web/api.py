@@ -581,19 +581,19 @@ def port_payload(data: Any, limits: Limits) -> dict[str, Any]:
     """Code that builds the same convolution in Keras, PyTorch or JAX."""
     if not isinstance(data, dict):
         raise ApiError(400, "the body must be a JSON object")
-    target = _choice(data, "to", ("keras", "torch", "jax"), None)
+    target = _choice(data, "to", ("keras", "torch", "jax", "onnx"), None)
     settings = parse_settings(data, limits)
     spec, _ = build_spec(settings)
-    _resolve(spec, settings)
+    resolved = _resolve(spec, settings)
     try:
         from ..port import port
     except ImportError as error:
         raise unavailable("convarith.port", error) from error
     try:
-        code = port(spec, to=target)
+        ported = port(spec, to=target, input_shape=resolved.input_shape_for_explain)
     except (ValueError, TypeError, NotImplementedError) as error:
         raise ApiError(422, f"{FRAMEWORK_NAMES[target]}: {error}", "to") from error
-    return {"to": target, "code": str(code)}
+    return {"to": target, "code": str(ported.code), "summary": str(ported.summary)}
 
 
 # --------------------------------------------------------------------------- images
