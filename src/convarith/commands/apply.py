@@ -1,0 +1,257 @@
+"""``convarith apply``: run a convolution over an image larger than memory, into Zarr.
+
+The input (a ``.npy`` file, memory-mapped, or a Zarr array) is read lazily in
+chunks, convolved block by block with Dask (see :mod:`convarith.scale`), and
+each output block is written to its own Zarr chunk with a completion marker,
+so an interrupted run can be finished with ``--resume``.
+
+Input layout: ``(*spatial)``, ``(*spatial, C)`` or ``(N, *spatial, C)`` for a
+rank-2 spec by default (``--rank`` for 1-D or 3-D data). An input without a
+channel axis gives an output without one when there is one output channel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from ._spec_args import add_spec_arguments, parse_size, spec_from_args
+
+PRESET_NAMES = ("identity", "box", "blur", "sharpen", "edge")
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "apply",
+        help="convolve an image larger than memory (.npy or Zarr) into a Zarr store, with Dask",
+        description="Convolve (or pool) a .npy (memory-mapped) or Zarr image block by block with "
+        "Dask and write the result to a Zarr store, chunk by chunk. An interrupted run keeps its "
+        "finished chunks; finish it with --resume.",
+        epilog="examples: convarith apply big.npy out.zarr --preset blur -k 5 -p same | "
+        "convarith apply in.zarr out.zarr --weights k.npy -s 2 -d 2 -p same --scheduler processes | "
+        "convarith apply in.npy pooled.zarr --pool max -k 2 -s 2 --scheduler tcp://host:8786",
+    )
+    parser.add_argument("input", help="input array: a .npy file (memory-mapped) or a Zarr store")
+    parser.add_argument("output", help="output Zarr store (a directory; refused if it exists)")
+    add_spec_arguments(parser)
+    for action in parser._actions:  # apply reads the size from the input
+        if action.dest == "size":
+            action.help = argparse.SUPPRESS
+    parser.set_defaults(kernel=None)
+    kernels = parser.add_mutually_exclusive_group()
+    kernels.add_argument(
+        "--weights", metavar="FILE.npy",
+        help="kernel in Keras layout (k..., in/groups, out); its shape sets the kernel size",
+    )
+    kernels.add_argument(
+        "--preset", choices=PRESET_NAMES,
+        help="a named kernel of the -k size applied to each channel on its own (depthwise)",
+    )
+    parser.add_argument("--bias", metavar="FILE.npy", help="bias, one value per output channel")
+    parser.add_argument("--component", help="array inside a Zarr group input")
+    parser.add_argument(
+        "--chunks", help="block size per spatial axis, e.g. 2048 or 1024x4096 "
+        "(default: a Zarr input's chunks, 1024 for .npy)",
+    )
+    parser.add_argument(
+        "--dtype", choices=("float32", "float64"),
+        help="compute in this dtype (default: the input's if floating, else float32)",
+    )
+    parser.add_argument(
+        "--scheduler", default="threads",
+        help="threads (default), processes, synchronous, local[:N] (a dask.distributed "
+        "LocalCluster of N workers), or a dask.distributed scheduler ADDRESS (tcp://host:8786)",
+    )
+    parser.add_argument("--workers", type=int, help="threads or processes to use (local schedulers)")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing output store")
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="finish an interrupted run: keep its finished chunks, compute the rest",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def _rank(args: argparse.Namespace, weights: np.ndarray | None) -> int:
+    if args.rank:
+        return int(args.rank)
+    if weights is not None:
+        return weights.ndim - 2
+    if args.kernel and "x" in args.kernel.lower():
+        return len(parse_size(args.kernel, "--kernel"))
+    return 2
+
+
+def _load_npy(path: str, name: str) -> np.ndarray:
+    if not os.path.isfile(path):
+        raise ValueError(f"{name} file {path!r} does not exist")
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as error:
+        raise ValueError(f"{name} file {path!r} is not a readable .npy array: {error}") from error
+
+
+def run(args: argparse.Namespace) -> int:
+    import dask
+
+    from ..scale import conv as scale_conv
+    from ..scale.presets import kernel_preset
+    from ..scale.store import (
+        fingerprint,
+        finish_output,
+        open_input,
+        pending_blocks,
+        prepare_output,
+        write_block,
+    )
+
+    if args.size is not None:
+        raise ValueError(
+            f"apply reads the input size from INPUT; drop the extra argument {args.size!r}"
+        )
+    if args.transposed:
+        raise ValueError("apply runs direct convolutions and pooling; --transposed is not supported")
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be positive, got {args.workers}")
+    weights = _load_npy(args.weights, "--weights") if args.weights else None
+    if weights is not None and weights.ndim not in (3, 4, 5):
+        raise ValueError(
+            f"--weights {args.weights!r} has shape {weights.shape}; a kernel has 3 to 5 axes "
+            "(kernel size..., in/groups, out)"
+        )
+    if args.pool and (weights is not None or args.preset):
+        raise ValueError("--pool takes no kernel: drop --weights/--preset")
+    if not args.pool and weights is None and not args.preset:
+        raise ValueError("give a kernel: --weights FILE.npy or --preset NAME (or --pool max|avg)")
+
+    rank = _rank(args, weights)
+    chunks = parse_size(args.chunks, "--chunks", rank) if args.chunks else None
+    if chunks is not None and (len(chunks) != rank or min(chunks) < 1):
+        raise ValueError(f"--chunks must be one positive size or {rank} joined by 'x', got {args.chunks!r}")
+    x = open_input(args.input, component=args.component)
+    input_shape = tuple(int(v) for v in x.shape)
+    has_channels, batched = x.ndim > rank, x.ndim == rank + 2
+    if x.ndim == rank:
+        x = x[..., None]
+    if x.ndim == rank + 1:
+        x = x[None]
+    if x.ndim != rank + 2:
+        raise ValueError(
+            f"input {args.input!r} has shape {input_shape}: a rank-"
+            f"{rank} spec takes {rank} axes (spatial), {rank + 1} (spatial, channels) or "
+            f"{rank + 2} (batch, spatial, channels); set --rank"
+        )
+    spatial = tuple(int(v) for v in x.shape[1:-1])
+    channels = int(x.shape[-1])
+    x = x.rechunk({0: 1, **({i + 1: c for i, c in enumerate(chunks)} if chunks else
+                            {i + 1: 1024 for i in range(rank)} if args.input.endswith(".npy") else {})})
+    dtype = np.dtype(args.dtype) if args.dtype else (
+        x.dtype if np.issubdtype(x.dtype, np.floating) else np.dtype("float32"))
+    x = x.astype(dtype)
+
+    args.size = "x".join(str(v) for v in spatial)
+    args.rank = rank
+    if args.kernel is None:
+        args.kernel = "x".join(str(v) for v in weights.shape[:-2]) if weights is not None else "3"
+    spec, _ = spec_from_args(args)
+    kernel: np.ndarray | None = None
+    if args.preset:
+        if args.groups != 1:
+            raise ValueError("--preset is applied to each channel on its own; drop --groups")
+        kernel = kernel_preset(args.preset, spec.kernel_size, channels, str(dtype))  # type: ignore[arg-type]
+        spec = spec.replace(groups=channels)
+    elif weights is not None:
+        kernel = weights.astype(dtype)
+    bias = _load_npy(args.bias, "--bias").astype(dtype) if args.bias else None
+
+    y = scale_conv(x, kernel, spec, bias)
+    if not has_channels and y.shape[-1] == 1:
+        y = y[..., 0]
+    if not batched:
+        y = y[0]
+    out_chunks = tuple(int(c[0]) for c in y.chunks)
+    settings = {
+        "input": os.path.abspath(args.input),
+        "component": args.component,
+        "input_shape": list(input_shape),
+        "spec": repr(spec),
+        "kernel": fingerprint(kernel) if kernel is not None else None,
+        "bias": fingerprint(bias) if bias is not None else None,
+        "dtype": str(y.dtype),
+    }
+    output = os.path.abspath(args.output)
+    complete = prepare_output(output, tuple(y.shape), out_chunks, y.dtype, settings,
+                              force=args.force, resume=args.resume)
+    if complete:
+        print(f"{args.output}: already complete ({'x'.join(map(str, y.shape))} {y.dtype})")
+        return 0
+    blocks = pending_blocks(output, y.numblocks)
+    total = int(np.prod(y.numblocks))
+    writes = [dask.delayed(write_block)(y.blocks[b], output, b, out_chunks) for b in blocks]
+    start = time.perf_counter()
+    _compute(writes, args.scheduler, args.workers, progress=not args.no_progress)
+    elapsed = time.perf_counter() - start
+    finish_output(output)
+    megapixels = float(np.prod(spatial)) * x.shape[0] / 1e6
+    skipped = f", {total - len(blocks)} already done" if len(blocks) < total else ""
+    print(
+        f"{args.output}: {'x'.join(map(str, y.shape))} {y.dtype}, {len(blocks)} of {total} blocks "
+        f"written{skipped} in {elapsed:.1f} s ({megapixels / max(elapsed, 1e-9):.1f} MPix/s of input)"
+    )
+    return 0
+
+
+def _compute(tasks: list[Any], scheduler: str, workers: int | None, progress: bool) -> None:
+    """Run the write tasks with a local scheduler or dask.distributed, with a progress bar."""
+    import dask
+
+    if not tasks:
+        return
+    if scheduler in ("threads", "processes", "synchronous"):
+        options: dict[str, Any] = {"scheduler": scheduler}
+        if workers and scheduler != "synchronous":
+            options["num_workers"] = workers
+        if progress:
+            from dask.diagnostics import ProgressBar
+
+            with ProgressBar(out=sys.stderr):
+                dask.compute(*tasks, **options)
+        else:
+            dask.compute(*tasks, **options)
+        return
+    try:
+        from distributed import Client, LocalCluster
+        from distributed import progress as show_progress
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ValueError(
+            f"--scheduler {scheduler!r} needs dask.distributed: pip install 'convarith[scale]'"
+        ) from error
+    cluster = None
+    if scheduler == "local" or scheduler.startswith("local:"):
+        count = scheduler.partition(":")[2] or str(workers or os.cpu_count() or 1)
+        if not count.isdigit() or int(count) < 1:
+            raise ValueError(f"--scheduler local:N needs a positive N, got {scheduler!r}")
+        cluster = LocalCluster(n_workers=int(count), threads_per_worker=1, dashboard_address=None)
+        address: Any = cluster
+    elif "://" in scheduler or ":" in scheduler:
+        address = scheduler
+    else:
+        raise ValueError(
+            f"--scheduler must be threads, processes, synchronous, local[:N] or a dask.distributed "
+            f"address like tcp://host:8786, got {scheduler!r}"
+        )
+    try:
+        with Client(address) as client:
+            futures = client.compute(tasks)
+            if progress:
+                show_progress(futures)
+                print(file=sys.stderr)
+            client.gather(futures)
+    finally:
+        if cluster is not None:
+            cluster.close()

@@ -1,0 +1,229 @@
+"""Reading inputs lazily and writing results chunk by chunk, resumably.
+
+Inputs are memory-mapped ``.npy`` files or Zarr arrays, opened as Dask arrays
+whose tasks reopen the file by path (so a graph ships to other processes
+without copying the data). Outputs go to a Zarr array whose chunks are the
+output blocks: each block is written by one task, then a marker file named
+after the block is created under ``<store>/convarith-done/``. A run that is
+interrupted leaves every marked block complete (Zarr writes each chunk file
+atomically); a rerun with ``resume=True`` skips them. When every block is
+written the markers are removed and ``attrs["convarith"]["complete"]`` is set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "NpyReader",
+    "open_input",
+    "prepare_output",
+    "pending_blocks",
+    "write_block",
+    "finish_output",
+    "fingerprint",
+    "MARKER_FOLDER",
+]
+
+MARKER_FOLDER = "convarith-done"
+_ATTRS_KEY = "convarith"
+
+
+@dataclass(frozen=True)
+class NpyReader:
+    """Array-like view of a ``.npy`` file that memory-maps it on each read.
+
+    Pickles as its path, so a Dask graph built on it stays small.
+
+    >>> import numpy as np, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.npy")
+    >>> np.save(path, np.arange(6.0).reshape(2, 3))
+    >>> reader = NpyReader.open(path)
+    >>> reader.shape, reader[1, 1:]
+    ((2, 3), array([4., 5.]))
+    """
+
+    path: str
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> NpyReader:
+        mapped = np.load(os.fspath(path), mmap_mode="r")
+        return cls(os.path.abspath(os.fspath(path)), tuple(mapped.shape), mapped.dtype)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        return np.array(np.load(self.path, mmap_mode="r")[index])
+
+
+def open_input(path: str | os.PathLike[str], chunks: Any = None, component: str | None = None) -> Any:
+    """A Dask array over a ``.npy`` file (memory-mapped) or a Zarr array.
+
+    Parameters
+    ----------
+    path
+        ``*.npy`` file, or a Zarr store (an array, or a group with ``component``).
+    chunks
+        Dask chunks; by default a Zarr array's own chunks, and 1024 cells per
+        axis for ``.npy``.
+    component
+        Array inside a Zarr group.
+    """
+    import dask.array as da
+
+    text = os.fspath(path)
+    if not os.path.exists(text):
+        raise ValueError(f"input {text!r} does not exist")
+    if text.endswith(".npy") and os.path.isfile(text):
+        if component is not None:
+            raise ValueError(f"--component {component!r} applies to Zarr inputs, not {text!r}")
+        try:
+            reader = NpyReader.open(text)
+        except ValueError as error:
+            raise ValueError(f"input {text!r} is not a readable .npy file: {error}") from error
+        return da.from_array(reader, chunks=chunks or 1024, name=f"npy-{fingerprint(text)}",
+                             asarray=False, meta=np.empty((0,) * reader.ndim, reader.dtype))
+    import zarr
+
+    try:
+        node = zarr.open(store=text, mode="r")
+    except Exception as error:  # zarr raises several types for "not a store"
+        raise ValueError(f"input {text!r} is neither a .npy file nor a Zarr store: {error}") from error
+    if isinstance(node, zarr.Group):
+        names = sorted(name for name, _ in node.arrays())
+        if component is None:
+            if len(names) != 1:
+                raise ValueError(
+                    f"input {text!r} is a Zarr group with arrays {names}; choose one with --component"
+                )
+            component = names[0]
+        if component not in names:
+            raise ValueError(f"input {text!r} has no array {component!r}; it has {names}")
+        node = node[component]
+    array = da.from_zarr(node)
+    return array.rechunk(chunks) if chunks else array
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short SHA-256 of arrays, strings and numbers (to recognise a run's settings)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            digest.update(str((part.shape, part.dtype.str)).encode())
+            digest.update(np.ascontiguousarray(part).tobytes())
+        else:
+            digest.update(repr(part).encode())
+    return digest.hexdigest()[:16]
+
+
+def _is_zarr_store(path: Path) -> bool:
+    return path.is_dir() and any(
+        (path / name).exists() for name in ("zarr.json", ".zarray", ".zgroup")
+    )
+
+
+def prepare_output(
+    path: str | os.PathLike[str],
+    shape: tuple[int, ...],
+    chunks: tuple[int, ...],
+    dtype: Any,
+    settings: dict[str, Any],
+    *,
+    force: bool = False,
+    resume: bool = False,
+) -> bool:
+    """Create the output Zarr array, or check the one an interrupted run left.
+
+    Returns ``True`` when the output is already complete (``resume`` only).
+
+    Raises
+    ------
+    ValueError
+        The path exists and neither ``force`` nor ``resume`` is given; it
+        exists but is not a Zarr store (never deleted); ``resume`` finds an
+        output made with other settings, or no output at all.
+    """
+    import zarr
+
+    target = Path(path)
+    if force and resume:
+        raise ValueError("choose --force (start over) or --resume (finish a run), not both")
+    exists = target.exists() or target.is_symlink()
+    if exists and not _is_zarr_store(target):
+        raise ValueError(
+            f"output {str(target)!r} exists and is not a Zarr store; refusing to touch it "
+            "(choose another path)"
+        )
+    if resume:
+        if not exists:
+            raise ValueError(f"--resume: output {str(target)!r} does not exist; run without --resume")
+        array = zarr.open_array(store=str(target), mode="r")
+        stored = dict(array.attrs.get(_ATTRS_KEY, {}))  # type: ignore[arg-type]
+        complete = bool(stored.pop("complete", False))
+        wanted = json.loads(json.dumps(settings))
+        differs = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+        if differs or array.shape != tuple(shape) or array.chunks != tuple(chunks):
+            raise ValueError(
+                f"--resume: output {str(target)!r} was made with other settings "
+                f"({', '.join(differs) or 'shape/chunks'} differ); use --force to start over"
+            )
+        return complete
+    if exists:
+        if not force:
+            raise ValueError(
+                f"output {str(target)!r} already exists; pass --force to overwrite it or "
+                "--resume to finish an interrupted run"
+            )
+        shutil.rmtree(target)
+    array = zarr.open_array(store=str(target), mode="w-", shape=shape, chunks=chunks, dtype=dtype)
+    array.attrs[_ATTRS_KEY] = {**json.loads(json.dumps(settings)), "complete": False}
+    (target / MARKER_FOLDER).mkdir()
+    return False
+
+
+def _marker(path: str, block: tuple[int, ...]) -> Path:
+    return Path(path) / MARKER_FOLDER / ".".join(str(i) for i in block)
+
+
+def pending_blocks(path: str | os.PathLike[str], numblocks: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Block indices without a completion marker, in row-major order."""
+    return [block for block in _all_blocks(numblocks) if not _marker(os.fspath(path), block).exists()]
+
+
+def _all_blocks(numblocks: tuple[int, ...]) -> Iterator[tuple[int, ...]]:
+    yield from np.ndindex(*numblocks)
+
+
+def write_block(values: np.ndarray, path: str, block: tuple[int, ...], chunks: tuple[int, ...]) -> int:
+    """Write one output block into its Zarr chunk, then mark it done."""
+    import zarr
+
+    array = zarr.open_array(store=path, mode="r+")
+    region = tuple(slice(i * c, i * c + n) for i, c, n in zip(block, chunks, values.shape))
+    array[region] = values
+    _marker(path, block).touch()
+    return 1
+
+
+def finish_output(path: str | os.PathLike[str]) -> None:
+    """Mark the output complete and remove the per-block markers."""
+    import zarr
+
+    array = zarr.open_array(store=os.fspath(path), mode="r+")
+    attrs = dict(array.attrs.get(_ATTRS_KEY, {}))  # type: ignore[arg-type]
+    attrs["complete"] = True
+    array.attrs[_ATTRS_KEY] = attrs
+    shutil.rmtree(Path(path) / MARKER_FOLDER, ignore_errors=True)

@@ -1,0 +1,406 @@
+"""Convolutions over arrays larger than memory, tiled with Dask.
+
+The plan, per spatial axis, works in the coordinates of the *padded* input
+(the grid the window slides over, ``lo + I + hi`` cells):
+
+1. Pad the whole array once, at the true image border, with the spec's
+   padding mode (``da.pad``: constant, reflect, edge, wrap). Pooling pads
+   with a value no window can pick (``-inf`` for max) or, for an average,
+   with zeros plus a mask channel that counts the cells the average divides
+   by. Then keep only the cells some window reads: ``(O - 1) S + K_eff``,
+   which drops the rows no window reaches.
+2. Choose output chunks (``n`` outputs each, about one input chunk's worth)
+   and cut the padded input at ``n S`` cells: output cell ``o`` starts its
+   window at ``o S``, so every block starts on a stride phase of its own and
+   no output cell is computed twice or lost.
+3. Each block needs ``K_eff - S`` extra cells from its right neighbour (the
+   halo), which Dask's overlap machinery supplies (``map_overlap`` with a
+   per-side depth ``(0, K_eff - S)``). The engine then runs a ``"valid"``
+   convolution with the original strides and dilation on the haloed block,
+   giving exactly ``n`` outputs.
+
+Blocks smaller than the halo cannot borrow it from one neighbour; such
+chunking is enlarged automatically, with a :class:`ChunkingWarning`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..spec import ConvSpec, ResolvedConv
+
+if TYPE_CHECKING:  # pragma: no cover
+    import dask.array
+
+__all__ = ["conv", "plan_tiles", "AxisPlan", "ChunkingWarning"]
+
+# numpy.pad's names for the spec's padding modes (reflect: mirror without the edge cell)
+_NUMPY_PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+class ChunkingWarning(UserWarning):
+    """The array's chunks were changed to fit the convolution's halo."""
+
+
+@dataclass(frozen=True)
+class AxisPlan:
+    """How one spatial axis is cut into blocks.
+
+    Attributes
+    ----------
+    axis
+        Spatial axis number (0 for the first spatial axis).
+    pad
+        ``(lo, hi)`` cells added to the input before tiling; ``hi`` may extend
+        past the spec's padding (a ceil-mode pooling window) or be cut by the
+        trim to ``padded_length``.
+    padded_length
+        Cells of the padded input that some window reads: ``(O - 1) S + K_eff``.
+    input_chunks
+        Chunks of the padded, trimmed input (``n S`` cells each, the last one
+        ends with the last window).
+    output_chunks
+        Output cells per block.
+    halo
+        Cells each block borrows from its right neighbour: ``max(0, K_eff - S)``.
+    """
+
+    axis: int
+    pad: tuple[int, int]
+    padded_length: int
+    input_chunks: tuple[int, ...]
+    output_chunks: tuple[int, ...]
+    halo: int
+
+
+def _check_dask() -> Any:
+    try:
+        import dask.array as da
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "convarith.scale needs Dask: pip install 'convarith[scale]' (dask[array], distributed, zarr)"
+        ) from error
+    return da
+
+
+def plan_tiles(
+    resolved: ResolvedConv, chunks: Sequence[Sequence[int]], *, warn: bool = True
+) -> tuple[AxisPlan, ...]:
+    """Cut each spatial axis into stride-aligned blocks with a right halo.
+
+    Parameters
+    ----------
+    resolved
+        The spec resolved against the full input.
+    chunks
+        The input's chunk sizes per spatial axis (Dask's ``chunks`` without the
+        batch and channel axes); output blocks hold about one input chunk each.
+    warn
+        Emit a :class:`ChunkingWarning` when a chunk is smaller than the halo and
+        the blocks are enlarged.
+
+    Examples
+    --------
+    >>> r = ConvSpec(3, strides=2, padding="same").resolve((10,))
+    >>> p = plan_tiles(r, [(4, 4, 2)])[0]
+    >>> p.output_chunks, p.input_chunks, p.halo, p.padded_length
+    ((2, 2, 1), (4, 4, 3), 1, 11)
+    """
+    spec = resolved.spec
+    plans = []
+    for axis, size in enumerate(resolved.input_size):
+        stride = spec.strides[axis]  # type: ignore[index]
+        span = resolved.effective_kernel[axis]
+        lo, hi = resolved.padding[axis]
+        outputs = resolved.output_size[axis]
+        padded_length = (outputs - 1) * stride + span
+        # a ceil-mode pooling window may reach past the padded input
+        hi_needed = max(hi, padded_length - lo - size)
+        halo = max(0, span - stride)
+        typical = max(int(c) for c in chunks[axis])
+        per_block = max(1, typical // stride)
+        if per_block * stride < halo:
+            enlarged = math.ceil(halo / stride)
+            if warn:
+                warnings.warn(
+                    f"chunks along spatial axis {axis} ({typical} cells) are smaller than the "
+                    f"convolution's halo ({halo} cells: effective kernel {span} - stride {stride}); "
+                    f"rechunking to blocks of {enlarged * stride} cells ({enlarged} outputs). "
+                    f"Rechunk the input to at least {halo} cells along this axis to avoid this.",
+                    ChunkingWarning,
+                    stacklevel=3,
+                )
+            per_block = enlarged
+        per_block = min(per_block, outputs)
+        output_chunks = (per_block,) * (outputs // per_block)
+        if outputs % per_block:
+            output_chunks += (outputs % per_block,)
+        input_chunks = tuple(n * stride for n in output_chunks[:-1]) + (
+            (output_chunks[-1] - 1) * stride + span,
+        )
+        plans.append(
+            AxisPlan(axis, (lo, hi_needed), padded_length, input_chunks, output_chunks, halo)
+        )
+    return tuple(plans)
+
+
+def _engine_conv() -> Callable[..., np.ndarray]:
+    from ..engine import conv as engine_conv
+
+    return engine_conv  # type: ignore[no-any-return]
+
+
+def _run_block(
+    block: np.ndarray,
+    *,
+    kernel: np.ndarray | None,
+    bias: np.ndarray | None,
+    block_spec: ConvSpec,
+    out_shape: tuple[int, ...],
+    mask_channels: int,
+) -> np.ndarray:
+    """Run the engine on one haloed block (padding 'valid'); divide by the mask if any."""
+    result = _engine_conv()(block, kernel, block_spec, bias=bias)
+    if mask_channels:
+        values, counts = result[..., :-mask_channels], result[..., -mask_channels:]
+        result = values / counts
+    if result.shape != out_shape:
+        raise RuntimeError(
+            f"a block of shape {block.shape} gave {result.shape}, expected {out_shape}: "
+            "the tiling plan and the engine disagree"
+        )
+    return result
+
+
+def conv(
+    x: dask.array.Array,
+    kernel: Any,
+    spec: ConvSpec,
+    bias: Any = None,
+) -> dask.array.Array:
+    """A convolution or pooling of a Dask array, block by block, equal to the in-memory one.
+
+    Parameters
+    ----------
+    x
+        Dask array laid out as ``spec.data_format`` says: ``(*spatial, C)`` or
+        ``(N, *spatial, C)`` for channels_last (``(C, *spatial)`` or
+        ``(N, C, *spatial)`` for channels_first), with any chunking. The channel
+        axis is rechunked to one chunk; spatial axes are rechunked to
+        stride-aligned blocks of about the same size as the input's chunks.
+    kernel
+        Keras layout ``(*kernel_size, C // groups, filters)`` (a NumPy array,
+        small enough to ship to every block); ``None`` for pooling.
+    spec
+        Any direct convolution or pooling :class:`~convarith.ConvSpec`: strides,
+        dilation, every padding word or explicit asymmetric padding, every
+        padding mode (applied at the true image border), groups, max and
+        average pooling. Transposed convolutions are not tiled.
+    bias
+        Optional ``(filters,)`` bias.
+
+    Returns
+    -------
+    dask.array.Array
+        Lazily computed output, same layout and batch presence as ``x``.
+
+    Raises
+    ------
+    ValueError, TypeError
+        At graph-building time, for a spec that does not fit ``x`` or a kernel
+        whose shape does not match the spec and ``x``'s channels.
+
+    Examples
+    --------
+    >>> import dask.array as da, numpy as np
+    >>> from convarith import ConvSpec
+    >>> x = da.ones((10, 12, 1), dtype="float32", chunks=(4, 5, 1))
+    >>> spec = ConvSpec(3, strides=2, padding="same")
+    >>> y = conv(x, np.ones((3, 3, 1, 1), "float32"), spec)
+    >>> y.shape, y.chunks[:2]
+    ((5, 6, 1), ((2, 2, 1), (2, 2, 2)))
+    >>> float(y[2, 2, 0].compute())
+    9.0
+    """
+    da = _check_dask()
+    if not isinstance(spec, ConvSpec):
+        raise TypeError(f"spec must be a ConvSpec, got {type(spec).__name__}")
+    if not isinstance(x, da.Array):
+        raise TypeError(
+            f"x must be a dask.array.Array, got {type(x).__name__}; wrap a NumPy array or "
+            "memmap with dask.array.from_array(x, chunks=...)"
+        )
+    if spec.transposed:
+        raise ValueError(
+            "convarith.scale tiles direct convolutions and pooling; a transposed convolution "
+            "(transposed=True) is not supported"
+        )
+    rank = spec.rank
+    assert rank is not None
+    if x.ndim not in (rank + 1, rank + 2):
+        raise ValueError(
+            f"x has shape {x.shape} ({x.ndim} axes) but a rank-{rank} spec needs {rank + 1} axes "
+            f"(spatial and channels) or {rank + 2} (batch, spatial, channels), laid out "
+            f"{spec.data_format}"
+        )
+    if any(math.isnan(c) for c in x.shape):
+        raise ValueError(f"x has unknown chunk sizes {x.shape}; call x.compute_chunk_sizes() first")
+
+    channels_first = spec.data_format == "channels_first"
+    batched = x.ndim == rank + 2
+    if not batched:
+        x = x[None]
+    if channels_first:
+        x = da.moveaxis(x, 1, -1)
+        spec = spec.replace(data_format="channels_last")
+    result = _conv_channels_last(da, x, kernel, spec, bias)
+    if channels_first:
+        result = da.moveaxis(result, -1, 1)
+    return result if batched else result[0]
+
+
+def _conv_channels_last(
+    da: Any, x: Any, kernel: Any, spec: ConvSpec, bias: Any
+) -> Any:
+    """The work of :func:`conv` on a batched channels-last array."""
+    resolved = spec.resolve(tuple(int(v) for v in x.shape))
+    channels = int(x.shape[-1])
+    kernel_array, bias_array = _check_weights(resolved, kernel, bias, channels, x.dtype)
+    plans = plan_tiles(resolved, x.chunks[1:-1])
+
+    pool = spec.pool
+    pad_width = [(0, 0)] + [plan.pad for plan in plans] + [(0, 0)]
+    mask_channels = 0
+    if pool is None:
+        padded = da.pad(x, pad_width, mode=_NUMPY_PAD_MODES[spec.padding_mode])
+    elif pool == "max":
+        padded = da.pad(x, pad_width, mode="constant", constant_values=_lowest(x.dtype))
+    else:
+        padded = da.pad(x, pad_width, mode="constant", constant_values=0)
+        mask = _average_mask(da, x, resolved, plans)
+        if mask is not None:
+            padded = da.concatenate([padded, mask.astype(padded.dtype)], axis=-1)
+            mask_channels = 1
+    trim = (slice(None),) + tuple(slice(0, plan.padded_length) for plan in plans) + (slice(None),)
+    padded = padded[trim].rechunk(
+        (x.chunks[0],) + tuple(plan.input_chunks for plan in plans) + (padded.shape[-1],)
+    )
+
+    block_spec = spec.replace(padding="valid", padding_mode="zeros")
+    if pool is not None:
+        block_spec = block_spec.replace(ceil_mode=False, count_include_pad=False)
+    out_channels, dtype = _probe(resolved, block_spec, kernel_array, bias_array, padded.dtype,
+                                 int(padded.shape[-1]), mask_channels)
+    depth: dict[int, Any] = {0: 0, len(plans) + 1: 0}
+    for plan in plans:
+        depth[plan.axis + 1] = (0, plan.halo)
+    output_chunks = (x.chunks[0],) + tuple(plan.output_chunks for plan in plans) + ((out_channels,),)
+
+    def run(block: np.ndarray, block_info: Any = None) -> np.ndarray:
+        location = block_info[None]["chunk-location"]
+        out_shape = tuple(output_chunks[axis][i] for axis, i in enumerate(location))
+        return _run_block(block, kernel=kernel_array, bias=bias_array, block_spec=block_spec,
+                          out_shape=out_shape, mask_channels=mask_channels)
+
+    return da.map_overlap(
+        run, padded, depth=depth, boundary="none", trim=False, allow_rechunk=False,
+        chunks=output_chunks, dtype=dtype, meta=np.empty((0,) * padded.ndim, dtype=dtype),
+    )
+
+
+def _lowest(dtype: Any) -> Any:
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.floating):
+        return -np.inf
+    if np.issubdtype(dtype, np.integer):
+        return np.iinfo(dtype).min
+    raise TypeError(f"x must hold real numbers for max pooling, got dtype {dtype}")
+
+
+def _average_mask(da: Any, x: Any, resolved: ResolvedConv, plans: Sequence[AxisPlan]) -> Any:
+    """A ones/zeros channel over the padded grid: 1 where the average counts a cell.
+
+    ``None`` when every window counts every cell it covers (no mask needed).
+    """
+    spec = resolved.spec
+    ones_pad: list[tuple[int, int]] = []
+    zeros_pad: list[tuple[int, int]] = []
+    needs_mask = False
+    for plan, size, (lo, hi) in zip(plans, resolved.input_size, resolved.padding):
+        length = plan.padded_length
+        if spec.count_include_pad:  # counted: the padded input [0, lo + I + hi)
+            ones_pad.append((lo, hi))
+            zeros_pad.append((0, plan.pad[1] - hi))
+            needs_mask |= lo + size + hi < length
+        else:  # counted: the input itself [lo, lo + I)
+            ones_pad.append((0, 0))
+            zeros_pad.append((lo, plan.pad[1]))
+            needs_mask |= lo > 0 or lo + size < length
+    if not needs_mask:
+        return None
+    mask = da.ones(x.shape[:-1] + (1,), dtype=x.dtype, chunks=x.chunks[:-1] + ((1,),))
+    mask = da.pad(mask, [(0, 0)] + ones_pad + [(0, 0)], mode="constant", constant_values=1)
+    return da.pad(mask, [(0, 0)] + zeros_pad + [(0, 0)], mode="constant", constant_values=0)
+
+
+def _check_weights(
+    resolved: ResolvedConv, kernel: Any, bias: Any, channels: int, dtype: Any
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Check kernel and bias shapes against the spec and the input's channels."""
+    spec = resolved.spec
+    if spec.pool is not None:
+        if kernel is not None or bias is not None:
+            raise ValueError(
+                f"a {spec.pool} pooling spec takes no kernel or bias; pass kernel=None, got "
+                f"kernel of type {type(kernel).__name__}"
+            )
+        return None, None
+    if kernel is None:
+        raise ValueError("kernel is required for a convolution spec (it is None)")
+    kernel_array = np.asarray(kernel)
+    groups = resolved.groups or 1
+    expected = (*spec.kernel_size, channels // groups)  # type: ignore[misc]
+    if kernel_array.ndim != len(expected) + 1 or kernel_array.shape[:-1] != expected:
+        raise ValueError(
+            f"kernel has shape {kernel_array.shape} but the spec and input need "
+            f"{(*expected, 'filters')} (Keras layout: kernel_size {spec.kernel_size}, "
+            f"{channels} input channels / groups {groups} = {channels // groups})"
+        )
+    filters = kernel_array.shape[-1]
+    if filters % groups:
+        raise ValueError(
+            f"kernel has {filters} filters (last axis), which must be divisible by groups={groups}"
+        )
+    if spec.filters is not None and filters != spec.filters:
+        raise ValueError(f"kernel has {filters} filters but the spec says filters={spec.filters}")
+    bias_array = None
+    if bias is not None:
+        bias_array = np.asarray(bias)
+        if bias_array.shape != (filters,):
+            raise ValueError(
+                f"bias has shape {bias_array.shape}, expected ({filters},): one per filter"
+            )
+    return kernel_array, bias_array
+
+
+def _probe(
+    resolved: ResolvedConv,
+    block_spec: ConvSpec,
+    kernel: np.ndarray | None,
+    bias: np.ndarray | None,
+    dtype: Any,
+    channels: int,
+    mask_channels: int,
+) -> tuple[int, np.dtype[Any]]:
+    """Run the engine once on the smallest block: output channels and dtype, errors early."""
+    window = (1, *resolved.effective_kernel, channels)
+    ones = np.ones(window, dtype=dtype)
+    probe = _engine_conv()(ones, kernel, block_spec, bias=bias)
+    out_channels = probe.shape[-1] - mask_channels
+    return out_channels, np.dtype(probe.dtype)
