@@ -149,11 +149,11 @@ def gif_bytes(images: Sequence[Any], fps: float) -> bytes:
     sample = Image.new("RGB", (width, height * len(picks)))
     for i, image in enumerate(picks):
         sample.paste(image, (0, height * i))
-    palette = sample.quantize(colors=96, method=Image.Quantize.MEDIANCUT)
+    palette = sample.quantize(colors=40, method=Image.Quantize.FASTOCTREE)
     quantized = [image.quantize(palette=palette, dither=Image.Dither.NONE) for image in images]
     buffer = io.BytesIO()
     quantized[0].save(buffer, format="GIF", save_all=True, append_images=quantized[1:], loop=0,
-                      duration=_duration_ms(fps), optimize=False, disposal=1)
+                      duration=_duration_ms(fps), optimize=True)
     return buffer.getvalue()
 
 
@@ -188,26 +188,43 @@ def strip_image(images: Sequence[Any], columns: int, gap: int = 6) -> Any:
 _SVG_ANCHOR = {"m": ("middle", "central"), "l": ("start", "central"), "r": ("end", "central")}
 
 
-def _svg_shape(shape: Shape) -> str:
-    if shape.kind == "polygon":
-        points = " ".join(f"{x:.1f},{y:.1f}" for x, y in shape.points)
-        attrs = f'points="{points}" fill="{shape.fill or "none"}"'
+def _num(value: float) -> str:
+    text = f"{value:.1f}"
+    return text[:-2] if text.endswith(".0") else text
+
+
+class _SvgStyles:
+    """Shared presentation attributes as CSS classes (keeps big SVGs small)."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, str] = {}
+
+    def name(self, rule: str) -> str:
+        if rule not in self.names:
+            self.names[rule] = f"c{len(self.names)}"
+        return self.names[rule]
+
+    def css(self) -> str:
+        return "".join(f".{name}{{{rule}}}" for rule, name in self.names.items())
+
+
+def _svg_shape(shape: Shape, styles: _SvgStyles) -> str:
+    if shape.kind in ("polygon", "line"):
+        rule = f"fill:{shape.fill or 'none'};"
         if shape.stroke:
-            attrs += f' stroke="{shape.stroke}" stroke-width="{shape.width:.2f}" stroke-linejoin="round"'
+            rule += f"stroke:{shape.stroke};stroke-width:{shape.width:.2f}px;"
             if shape.dash:
-                attrs += f' stroke-dasharray="{shape.dash[0]:.1f} {shape.dash[1]:.1f}"'
-        return f"<polygon {attrs}/>"
-    if shape.kind == "line":
-        (x0, y0), (x1, y1) = shape.points
-        return (f'<line x1="{x0:.1f}" y1="{y0:.1f}" x2="{x1:.1f}" y2="{y1:.1f}" '
-                f'stroke="{shape.stroke}" stroke-width="{shape.width:.2f}"/>')
+                rule += f"stroke-dasharray:{shape.dash[0]:.1f} {shape.dash[1]:.1f};"
+        points = "L".join(f"{_num(x)} {_num(y)}" for x, y in shape.points)
+        close = "Z" if shape.kind == "polygon" else ""
+        return f'<path class="{styles.name(rule)}" d="M{points}{close}"/>'
     x, y = shape.points[0]
-    horizontal, vertical = _SVG_ANCHOR[shape.anchor[0]]
+    horizontal = _SVG_ANCHOR[shape.anchor[0]][0]
     baseline = "central" if shape.anchor[1] == "m" else "auto"
-    weight = ' font-weight="bold"' if shape.bold else ""
-    del vertical
-    return (f'<text x="{x:.1f}" y="{y:.1f}" font-size="{shape.size:.1f}" fill="{shape.fill}" '
-            f'text-anchor="{horizontal}" dominant-baseline="{baseline}"{weight}>{html.escape(shape.text)}</text>')
+    rule = f"fill:{shape.fill};font-size:{shape.size:.1f}px;text-anchor:{horizontal};dominant-baseline:{baseline};"
+    if shape.bold:
+        rule += "font-weight:bold;"
+    return f'<text class="{styles.name(rule)}" x="{_num(x)}" y="{_num(y)}">{html.escape(shape.text)}</text>'
 
 
 def scene_svg(scene: Scene, fps: float = 1.0, frame: int | None = None, title: str = "") -> str:
@@ -222,11 +239,15 @@ def scene_svg(scene: Scene, fps: float = 1.0, frame: int | None = None, title: s
     if frame is not None:
         if not 0 <= frame < n:
             raise IndexError(f"frame {frame} is outside 0..{n - 1}")
-        parts.extend(_svg_shape(s) for s in scene.visible(frame))
+        styles = _SvgStyles()
+        shapes = [_svg_shape(s, styles) for s in scene.visible(frame)]
+        parts.append(f"<style>{styles.css()}path{{stroke-linejoin:round}}</style>")
+        parts.extend(shapes)
         parts.append("</svg>")
         return "\n".join(parts)
 
     duration = n / fps
+    styles = _SvgStyles()
     spans: list[tuple[int, int]] = []
     body: list[str] = []
     current: tuple[int, int] | None = None
@@ -240,7 +261,7 @@ def scene_svg(scene: Scene, fps: float = 1.0, frame: int | None = None, title: s
                 if span not in spans:
                     spans.append(span)
             current = span
-        body.append(_svg_shape(shape))
+        body.append(_svg_shape(shape, styles))
     if current is not None and current != (0, n):
         body.append("</g>")
     rules = []
@@ -256,7 +277,7 @@ def scene_svg(scene: Scene, fps: float = 1.0, frame: int | None = None, title: s
             f".s{a}_{b}{{opacity:{1 if a == 0 else 0};animation:k{a}_{b} {duration:.3f}s step-end infinite}}"
             f"@keyframes k{a}_{b}{{{frames}}}"
         )
-    parts.append("<style>" + "\n".join(rules) + "</style>")
+    parts.append("<style>" + styles.css() + "path{stroke-linejoin:round}\n" + "\n".join(rules) + "</style>")
     parts.extend(body)
     parts.append("</svg>")
     return "\n".join(parts)

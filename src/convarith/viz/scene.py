@@ -395,14 +395,15 @@ def _window_shapes(frame: Frame, board: Storyboard, quad, centre, add, p: Palett
         if board.input_values is not None:
             text = _fmt_value(board.input_values[source]) if source is not None else "0"
             add(Shape("text", (centre(position),), text=text, size=value_size,
-                      fill=p.light_text, start=start, end=end))
+                      fill=p.light_text if real else p.text, start=start, end=end))
     if board.kernel_values is not None and frame.kernel:
-        for position, tap in zip(frame.window, frame.kernel):
+        for position, tap, source in zip(frame.window, frame.kernel, frame.sources):
+            real = board.cell_kind(position) in ("input", "copy") and source is not None
             corner = quad(position, 0.0)[2]
             mid = centre(position)
             xy = (mid[0] * 0.45 + corner[0] * 0.55, mid[1] * 0.45 + corner[1] * 0.55)
             add(Shape("text", (xy,), text="×" + _fmt_value(board.kernel_values[tap]), size=small_size,
-                      fill="#ffe9a8", start=start, end=end))
+                      fill="#ffe9a8" if real else p.text, start=start, end=end))
     if show_gaps:
         for position in frame.gaps:
             add(Shape("polygon", quad(position, 0.12), fill=None, stroke=p.gap, width=stroke_w * 2.0,
