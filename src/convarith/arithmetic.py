@@ -308,6 +308,9 @@ def padding_for_output(
     return (total // 2, total - total // 2)
 
 
+SOLVER_LIMIT = 100_000  # configurations solve() may enumerate
+
+
 @dataclass(frozen=True)
 class Solution:
     """One configuration found by :func:`solve` (one axis)."""
@@ -357,6 +360,18 @@ def solve(
     >>> [(s.kernel, s.stride, s.padding) for s in solve(28, 14, max_kernel=3, max_dilation=1)][:3]
     [(1, 2, (0, 0)), (2, 2, (0, 0)), (3, 2, (0, 1))]
     """
+    for name, value in (("size", size), ("target", target), ("max_kernel", max_kernel),
+                        ("max_stride", max_stride), ("max_dilation", max_dilation)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an integer, got {value!r}")
+        if value < 1:
+            raise ValueError(f"{name} must be positive, got {value}")
+    searched = max_kernel * max_stride * max_dilation
+    if searched > SOLVER_LIMIT:
+        raise ValueError(
+            f"the search max_kernel × max_stride × max_dilation = {searched} exceeds the limit of "
+            f"{SOLVER_LIMIT} configurations; narrow the bounds"
+        )
     if max_padding is None:
         max_padding = effective_kernel(max_kernel, max_dilation)
     found = []

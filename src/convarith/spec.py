@@ -613,18 +613,39 @@ class ResolvedConv:
         [(0, 0)]
         """
         index = self._index(in_index, self.input_size, "input")
-        per_axis: list[list[tuple[int, int]]] = []
-        for axis, i in enumerate(index):
-            hits = []
-            for o in range(self.output_size[axis]):
-                for tap in self.axis_taps(axis, o):
-                    if tap.source == (i,):
-                        hits.append((o, tap.kernel[0]))
-            per_axis.append(hits)
+        per_axis = [self._axis_feeds(axis, i) for axis, i in enumerate(index)]
         result = []
         for combo in _product(per_axis):
             result.append((tuple(o for o, _ in combo), tuple(k for _, k in combo)))
         return result
+
+    def _axis_feeds(self, axis: int, index: int) -> list[tuple[int, int]]:
+        """(output index, kernel tap) pairs along one axis that read input cell ``index``."""
+        spec = self.spec
+        k_size = spec.kernel_size[axis]  # type: ignore[index]
+        d = spec.dilation[axis]  # type: ignore[index]
+        s = spec.strides[axis]  # type: ignore[index]
+        lo, hi = self.padding[axis]
+        size, out_size = self.input_size[axis], self.output_size[axis]
+        hits = []
+        if spec.transposed:
+            position = index * s + lo  # where the cell sits in the zero-inserted, padded grid
+            for k in range(k_size):
+                o = position - k * d
+                if 0 <= o < out_size:
+                    hits.append((o, k_size - 1 - k))
+            return sorted(hits)
+        # the cell itself, and any padding cells that copy it (reflect, replicate, circular)
+        positions = [index + lo]
+        if spec.padding_mode != "zeros":
+            positions += [p + lo for p in (*range(-lo, 0), *range(size, size + hi))
+                          if _padding_source(p, size, spec.padding_mode) == index]
+        for position in positions:
+            for k in range(k_size):
+                start = position - k * d
+                if start % s == 0 and 0 <= start // s < out_size:
+                    hits.append((start // s, k))
+        return sorted(hits)
 
     def _index(self, index: int | Sequence[int], bounds: tuple[int, ...], what: str) -> tuple[int, ...]:
         if isinstance(index, numbers.Integral) and not isinstance(index, bool):
