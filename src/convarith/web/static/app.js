@@ -13,7 +13,7 @@
   const defaults = {
     rank: 2, input: [7, 7], kernel: [3, 3], stride: [2, 2], dilation: [1, 1],
     padding: "same", pads: [[1, 1], [1, 1]], mode: "zeros", inCh: 1, filters: 1, groups: 1,
-    transposed: false, op: [0, 0], pool: "", ceil: false, countPad: false, convention: "",
+    transposed: false, op: [null, null], pool: "", ceil: false, countPad: false, convention: "",
     frame: 0, tab: "stack", port: "keras", imageKernel: "edge", numbers: "1 0 -1; 2 0 -2; 1 0 -1",
     layers: [{ kind: "conv", k: 3, s: 1, d: 1, p: "same" }, { kind: "conv", k: 3, s: 2, d: 1, p: "same" }],
     cell: null,
@@ -47,10 +47,10 @@
     if (state.inCh !== 1) q.set("c", state.inCh);
     if (state.filters !== 1) q.set("f", state.filters);
     if (state.groups !== 1) q.set("g", state.groups);
-    if (state.transposed) { q.set("t", "1"); q.set("op", joinAxes(state.op)); }
+    if (state.transposed) { q.set("t", "1"); if (hasOutputPadding()) q.set("op", joinAxes(state.op)); }
     if (state.pool) q.set("pool", state.pool);
-    if (state.ceil) q.set("ceil", "1");
-    if (state.countPad) q.set("cip", "1");
+    if (state.pool && state.ceil) q.set("ceil", "1");
+    if (state.pool && state.countPad) q.set("cip", "1");
     if (state.convention) q.set("conv", state.convention);
     if (state.frame) q.set("frame", state.frame);
     q.set("tab", state.tab);
@@ -78,7 +78,7 @@
     s.filters = parseInt(q.get("f") || "1", 10);
     s.groups = parseInt(q.get("g") || "1", 10);
     s.transposed = q.get("t") === "1";
-    s.op = splitAxes(q.get("op") || "0", [0, 0]);
+    s.op = q.has("op") ? splitAxes(q.get("op"), [null, null]) : [null, null];
     s.pool = q.get("pool") || "";
     s.ceil = q.get("ceil") === "1";
     s.countPad = q.get("cip") === "1";
@@ -107,7 +107,7 @@
     for (const a of [0, 1]) {
       $("in-" + a).value = s.input[a]; $("k-" + a).value = s.kernel[a];
       $("s-" + a).value = s.stride[a]; $("d-" + a).value = s.dilation[a];
-      $("op-" + a).value = s.op[a];
+      $("op-" + a).value = s.op[a] === null || Number.isNaN(s.op[a]) ? "" : s.op[a];
       $(`p-${a}-lo`).value = s.pads[a][0]; $(`p-${a}-hi`).value = s.pads[a][1];
     }
     $("padding").value = s.padding; $("padding-mode").value = s.mode;
@@ -126,7 +126,8 @@
     s.rank = num("rank");
     for (const a of [0, 1]) {
       s.input[a] = num("in-" + a); s.kernel[a] = num("k-" + a);
-      s.stride[a] = num("s-" + a); s.dilation[a] = num("d-" + a); s.op[a] = num("op-" + a);
+      s.stride[a] = num("s-" + a); s.dilation[a] = num("d-" + a);
+      s.op[a] = $("op-" + a).value.trim() === "" ? null : num("op-" + a);
       s.pads[a] = [num(`p-${a}-lo`), num(`p-${a}-hi`)];
     }
     s.padding = $("padding").value; s.mode = $("padding-mode").value;
@@ -159,10 +160,11 @@
       pool: s.pool || null, ceil_mode: s.ceil, count_include_pad: s.countPad,
       convention: s.convention || null,
     };
-    body.padding = s.padding === "explicit" ? s.pads.slice(0, r).map((p) => ax(p)) : s.padding;
-    if (s.transposed) body.output_padding = ax(s.op);
+    body.padding = s.padding === "explicit" ? s.pads.slice(0, r).map((p) => p.map(nanNull)) : s.padding;
+    if (s.transposed && hasOutputPadding()) body.output_padding = ax(s.op);
     return body;
   }
+  const hasOutputPadding = () => state.op.slice(0, state.rank).some((v) => v !== null);
   const nanNull = (n) => (Number.isNaN(n) ? null : n);
 
   // ------------------------------------------------------------------ API
@@ -198,6 +200,7 @@
     schedule();
   }
   function schedule() {
+    document.body.dataset.busy = "1";  // until the answer to the latest settings is drawn
     clearTimeout(timer);
     timer = setTimeout(update, 60);
   }

@@ -1,0 +1,344 @@
+"""The explorer page in headless Chromium: what the page shows equals what Python computes.
+
+The server runs in a thread (uvicorn on a free loopback port); Playwright
+drives the system Chromium (``/usr/bin/chromium``) as a user would: typing
+in the number boxes, picking from the menus, hovering cells, uploading a
+picture, opening a shared link. For every setting of a grid of more than 50,
+the output size, the padding split and the footprint highlighted under the
+mouse must equal :meth:`convarith.ConvSpec.resolve` and its geometry.
+
+Skipped, with the reason, when Playwright or Chromium is missing
+(``apt-get install chromium``).
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import re
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from convarith import ConvSpec
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--no-first-run"]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server_url() -> Iterator[str]:
+    uvicorn = pytest.importorskip("uvicorn")
+    pytest.importorskip("starlette")
+    from convarith.web import create_app
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("the explorer server did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install -y chromium)")
+    with sync_api.sync_playwright() as playwright:
+        try:
+            chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        except Exception as error:  # noqa: BLE001 - any launch failure means no browser here
+            pytest.skip(f"Chromium does not start here: {error}")
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture()
+def page(browser: Any, server_url: str) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, bypass_csp=True)
+    tab = context.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda error: errors.append(str(error)))
+    tab.goto(server_url)
+    settle(tab)
+    yield tab
+    context.close()
+    assert not errors, errors
+
+
+def settle(page: Any) -> None:
+    """Wait until the answer to the latest settings is drawn."""
+    page.wait_for_function("document.body.dataset.busy === '' && !!document.body.dataset.ready",
+                           timeout=10_000)
+
+
+# --------------------------------------------------------------------------- the grid of settings
+
+
+def settings_grid() -> list[dict[str, Any]]:
+    """More than 50 settings: 2-D and 1-D, every padding word, explicit, modes, transposed, pools."""
+    grid: list[dict[str, Any]] = []
+    for size, kernel, stride, dilation, padding in itertools.product(
+        [(7, 7), (8, 5)], [(3, 3), (2, 4)], [(1, 1), (2, 3)], [(1, 1), (2, 1)],
+        ["valid", "same", "same_lower", "full"],
+    ):
+        grid.append(dict(rank=2, input=size, kernel=kernel, stride=stride, dilation=dilation,
+                         padding=padding))
+    grid = grid[::3]  # a spread of the product, 22 settings
+    grid += [
+        dict(rank=2, input=(6, 9), kernel=(3, 3), stride=(2, 2), dilation=(1, 1),
+             padding=((0, 2), (1, 0))),
+        dict(rank=2, input=(5, 5), kernel=(3, 3), stride=(1, 1), dilation=(1, 1),
+             padding=((2, 2), (1, 1)), mode="reflect"),
+        dict(rank=2, input=(5, 6), kernel=(3, 2), stride=(2, 1), dilation=(1, 1),
+             padding=((1, 1), (1, 1)), mode="replicate"),
+        dict(rank=2, input=(4, 4), kernel=(3, 3), stride=(1, 1), dilation=(1, 1),
+             padding=((2, 1), (0, 2)), mode="circular"),
+        dict(rank=2, input=(9, 9), kernel=(3, 3), stride=(2, 2), dilation=(1, 1), padding="valid"),
+        dict(rank=2, input=(28, 28), kernel=(3, 3), stride=(3, 3), dilation=(1, 1),
+             padding=((1, 1), (1, 1))),
+        dict(rank=2, input=(64, 64), kernel=(5, 5), stride=(4, 4), dilation=(2, 2), padding="same"),
+        dict(rank=2, input=(3, 3), kernel=(1, 1), stride=(1, 1), dilation=(1, 1), padding="valid"),
+    ]
+    for size, kernel, stride, padding, op in [
+        ((4, 4), (3, 3), (2, 2), "valid", None), ((4, 5), (3, 3), (2, 2), "same", None),
+        ((3, 3), (4, 4), (2, 2), ((1, 1), (1, 1)), None), ((3, 4), (3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1)),
+        ((5, 5), (2, 3), (3, 2), ((0, 0), (0, 0)), (2, 1)), ((4, 4), (3, 3), (1, 1), ((-1, 0), (0, -1)), None),
+    ]:
+        grid.append(dict(rank=2, input=size, kernel=kernel, stride=stride, dilation=(1, 1),
+                         padding=padding, transposed=True, op=op))
+    for size, kernel, stride, padding, pool, ceil in [
+        ((7, 7), (2, 2), (2, 2), "valid", "max", False), ((7, 7), (2, 2), (2, 2), "valid", "max", True),
+        ((6, 7), (3, 3), (2, 2), ((1, 1), (1, 1)), "avg", False), ((5, 5), (3, 3), (2, 2), "same", "avg", True),
+    ]:
+        grid.append(dict(rank=2, input=size, kernel=kernel, stride=stride, dilation=(1, 1),
+                         padding=padding, pool=pool, ceil=ceil))
+    for size, kernel, stride, dilation, padding in [
+        (16, 3, 1, 4, "causal"), (12, 3, 2, 1, "same"), (12, 3, 2, 1, "same_lower"), (10, 4, 3, 1, "valid"),
+        (9, 2, 1, 3, "full"), (11, 3, 2, 2, ((2, 0),)), (8, 5, 1, 1, ((0, 4),)), (20, 7, 3, 1, "same"),
+        (5, 3, 2, 1, "valid"), (1, 1, 1, 1, "valid"),
+    ]:
+        grid.append(dict(rank=1, input=(size,), kernel=(kernel,), stride=(stride,),
+                         dilation=(dilation,), padding=padding))
+    return grid
+
+
+def expected(setting: dict[str, Any]) -> Any:
+    return ConvSpec(
+        kernel_size=setting["kernel"], strides=setting["stride"], dilation=setting["dilation"],
+        padding=setting["padding"], padding_mode=setting.get("mode", "zeros"),
+        transposed=setting.get("transposed", False), output_padding=setting.get("op"),
+        pool=setting.get("pool"), ceil_mode=setting.get("ceil", False), rank=setting["rank"],
+    ).resolve(setting["input"])
+
+
+def set_controls(page: Any, s: dict[str, Any]) -> None:
+    """Operate the form the way a person would."""
+    page.select_option("#rank", str(s["rank"]))
+    page.select_option("#pool", s.get("pool") or "")
+    if bool(page.is_checked("#transposed")) != bool(s.get("transposed")):
+        page.click("#transposed")
+    for axis in range(s["rank"]):
+        page.fill(f"#in-{axis}", str(s["input"][axis]))
+        page.fill(f"#k-{axis}", str(s["kernel"][axis]))
+        page.fill(f"#s-{axis}", str(s["stride"][axis]))
+        page.fill(f"#d-{axis}", str(s["dilation"][axis]))
+        if s.get("op"):
+            page.fill(f"#op-{axis}", str(s["op"][axis]))
+        elif s.get("transposed"):
+            page.fill(f"#op-{axis}", "")  # empty: the default output padding
+    padding = s["padding"]
+    if isinstance(padding, str):
+        page.select_option("#padding", padding)
+    else:
+        page.select_option("#padding", "explicit")
+        for axis, (lo, hi) in enumerate(padding):
+            page.fill(f"#p-{axis}-lo", str(lo))
+            page.fill(f"#p-{axis}-hi", str(hi))
+    page.select_option("#padding-mode", s.get("mode", "zeros"))
+    if s.get("pool") and bool(page.is_checked("#ceil-mode")) != bool(s.get("ceil")):
+        page.click("#ceil-mode")
+    settle(page)
+
+
+def highlighted(page: Any, selector: str) -> set[tuple[int, ...]]:
+    values = page.eval_on_selector_all(selector, "nodes => nodes.map(n => n.dataset.pos || n.dataset.out)")
+    return {tuple(int(v) for v in text.split(",")) for text in values}
+
+
+def pairs(text: str) -> list[tuple[int, int]]:
+    return [(int(a), int(b)) for a, b in re.findall(r"\((-?\d+), (-?\d+)\)", text)]
+
+
+def test_grid_of_settings_matches_python(page):
+    grid = settings_grid()
+    assert len(grid) >= 50
+    rng = np.random.default_rng(1234)
+    for number, setting in enumerate(grid):
+        want = expected(setting)
+        set_controls(page, setting)
+        where = f"setting {number}: {setting}"
+        assert not page.is_visible("#error"), (where, page.text_content("#error"))
+        assert page.text_content("#output-size") == " × ".join(map(str, want.output_size)), where
+        assert pairs(page.text_content("#padding-split")) == list(want.padding), where
+        # hover an output cell: its footprint lights up
+        out = tuple(int(rng.integers(0, n)) for n in want.output_size)
+        cell = out if setting["rank"] == 2 else (out[0],)
+        page.hover(f'#grid rect[data-out="{",".join(map(str, cell))}"]')
+        taps = want.footprint(out)
+        assert highlighted(page, "#grid rect.hl, #grid rect.hl-pad") == {t.position for t in taps}, where
+        assert highlighted(page, "#grid rect.hl") == {t.position for t in taps if t.source}, where
+        # hover an input cell: the outputs it feeds light up
+        source = tuple(int(rng.integers(0, n)) for n in want.input_size)
+        page.hover(f'#grid rect[data-src="{",".join(map(str, source))}"][data-kind="input"], '
+                   f'#grid rect[data-src="{",".join(map(str, source))}"][data-kind="dropped"]')
+        assert highlighted(page, "#grid rect.feed") == {o for o, _ in want.feeds(source)}, where
+
+
+def test_dropped_rows_and_framework_rejection_are_shown(page):
+    set_controls(page, dict(rank=2, input=(28, 28), kernel=(3, 3), stride=(2, 2),
+                            dilation=(1, 1), padding="valid"))
+    assert page.text_content("#dropped") == "height 1 · width 1"
+    assert page.locator("#grid rect[data-kind=dropped]").count() == 28 + 28 - 1
+    assert "never reach" in page.text_content("#notes") or "dropped" in page.text_content("#notes")
+    page.select_option("#padding", "same")
+    settle(page)
+    page.click("button[data-convention=torch]")
+    settle(page)
+    note = page.text_content("#convention-note")
+    assert "PyTorch rejects" in note and "stride" in note
+    page.click("button[data-convention=jax]")
+    settle(page)
+    assert "JAX accepts" in page.text_content("#convention-note")
+
+
+def test_server_errors_are_shown_in_words(page):
+    page.fill("#in-0", "5")
+    page.fill("#in-1", "5")
+    page.select_option("#padding", "valid")
+    page.fill("#k-0", "9")
+    settle(page)
+    assert page.is_visible("#error")
+    assert "kernel spans 9" in page.text_content("#error")
+    page.fill("#in-0", "99")
+    settle(page)
+    assert "input_size" in page.text_content("#error") and "64" in page.text_content("#error")
+
+
+def test_animation_steps_and_plays(page):
+    set_controls(page, dict(rank=2, input=(5, 5), kernel=(3, 3), stride=(1, 1), dilation=(1, 1),
+                            padding="valid"))
+    assert "frame 1 / 9" in page.text_content("#frame-label")
+    page.click("#next")
+    page.click("#next")
+    assert "output (0, 2)" in page.text_content("#frame-label")
+    assert highlighted(page, "#grid rect.hl") == {(r, c) for r in range(3) for c in range(2, 5)}
+    page.fill("#scrub", "8")
+    assert "frame 9 / 9" in page.text_content("#frame-label")
+    page.click("#first")
+    page.select_option("#speed", "8")
+    page.click("#play")
+    page.wait_for_function("document.getElementById('frame-label').textContent.includes('frame 9 / 9')",
+                           timeout=5000)
+
+
+def test_stack_code_and_solver_tabs(page):
+    page.fill("#in-0", "16")
+    page.fill("#in-1", "16")
+    settle(page)
+    sizes = page.eval_on_selector_all("#layers [data-size]", "n => n.map(x => x.textContent)")
+    # default stack: k3 'same' then k3 s2 'same' -> 16 -> 16 -> 8
+    assert sizes == ["16 × 16 → 16 × 16", "16 × 16 → 8 × 8"]
+    page.click("#add-layer")
+    page.wait_for_function("document.querySelectorAll('#layers .layer').length === 3")
+    page.wait_for_function(
+        "[...document.querySelectorAll('#layers [data-size]')].every(n => n.textContent)")
+    assert page.locator("#stack-svg rect.rf-in").count() > 0
+    page.click("#layers .layer:nth-child(3) [data-act=remove]")
+    page.wait_for_function("document.querySelectorAll('#layers .layer').length === 2")
+    page.click("button[data-tab=code]")
+    page.click("button[data-port=torch]")
+    page.wait_for_function("document.querySelector('#code code').textContent.includes('torch')")
+    page.click("button[data-tab=solve]")
+    page.fill("#solve-size", "28")
+    page.fill("#solve-target", "14")
+    page.click("#solve")
+    page.wait_for_selector("#solutions tbody tr")
+    rows = page.eval_on_selector_all(
+        "#solutions tbody tr", "r => r.map(x => [...x.cells].slice(0, 4).map(c => c.textContent))")
+    assert ["3", "2", "1", "(0, 1)"] in rows, rows  # kernel 3, stride 2: pads (0, 1) as Keras 'same'
+    page.click("#solutions tbody tr:nth-child(3) button")  # 'use' it
+    settle(page)
+    assert page.input_value("#padding") == "explicit" and page.input_value("#k-0") == "3"
+
+
+def test_uploaded_picture_gives_a_feature_map(page, tmp_path):
+    from PIL import Image
+
+    picture = np.zeros((40, 30, 3), np.uint8)
+    picture[10:30, 5:25] = (250, 120, 0)
+    path = tmp_path / "square.png"
+    Image.fromarray(picture).save(path)
+    set_controls(page, dict(rank=2, input=(7, 7), kernel=(3, 3), stride=(2, 2), dilation=(1, 1),
+                            padding="valid"))
+    page.click("button[data-tab=image]")
+    page.wait_for_function("document.getElementById('image-out').dataset.ready === '1'")
+    with page.expect_file_chooser() as chooser:
+        page.select_option("#image-source", "upload")
+    chooser.value.set_files(str(path))
+    want = ConvSpec(3, strides=2).resolve((40, 30)).output_size
+    page.wait_for_function(
+        f"document.getElementById('image-out-cap').textContent.includes('{want[0]} × {want[1]}')")
+    src = page.get_attribute("#image-out", "src")
+    assert src and src.startswith("data:image/png;base64,")
+    import base64
+
+    feature = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+    assert feature.size == (want[1], want[0])
+    assert page.evaluate("document.getElementById('image-out').naturalWidth") == want[1]
+
+
+def test_shared_link_restores_the_view(page, browser):
+    set_controls(page, dict(rank=2, input=(9, 6), kernel=(3, 2), stride=(2, 1), dilation=(1, 2),
+                            padding=((1, 0), (2, 1)), mode="replicate"))
+    page.click("button[data-convention=onnx]")
+    page.click("#next")
+    page.click("#next")
+    page.click("button[data-tab=code]")
+    settle(page)
+    url = page.url
+    summary = [page.text_content(s) for s in ("#output-size", "#padding-split", "#frame-label")]
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, bypass_csp=True)
+    other = context.new_page()
+    other.goto(url)
+    settle(other)
+    assert [other.text_content(s) for s in ("#output-size", "#padding-split", "#frame-label")] == summary
+    assert other.input_value("#in-0") == "9" and other.input_value("#d-1") == "2"
+    assert other.input_value("#padding") == "explicit" and other.input_value("#padding-mode") == "replicate"
+    assert "on" in (other.get_attribute("button[data-convention=onnx]", "class") or "")
+    assert other.is_visible("#tab-code")
+    context.close()
