@@ -297,6 +297,80 @@ def target_frontdoors(budget: int) -> Callable[[], None]:
     return test
 
 
+PORT_CALLS = [
+    "Conv2D(32, 3, strides=2, padding='same')", "Conv1D(8, 5, padding='causal', dilation_rate=2)",
+    "Conv2d(3, 8, 3, stride=2, padding=1)", "ConvTranspose2d(4, 2, 4, stride=2, padding=1)",
+    "MaxPool2d(2)", "AvgPool2d(3, stride=2, padding=1, ceil_mode=True)",
+    "Conv2DTranspose(8, 3, strides=2, padding='same')", "MaxPooling2D(2)",
+    "Conv(kernel_shape=[3, 3], pads=[0, 0, 1, 1], strides=[2, 2])",
+    "conv_general_dilated(window_strides=(2, 2), padding='SAME', kernel_size=(3, 3))",
+]
+
+
+def target_port(budget: int) -> Callable[[], None]:
+    from convarith.port import port_text
+
+    pieces = st.one_of(st.sampled_from(PORT_CALLS), st.text(max_size=40),
+                       st.sampled_from(["__import__('os').system('true')", "Conv2D(*a)", "Conv2D(**k)",
+                                        "Conv2D(1)(2)", "a.b.c.Conv2D(3, 3)", "Conv2D(3, 3); x",
+                                        "lambda: 0", "Conv2D(3, kernel_size=[3, 'a'])",
+                                        "Conv2D(" * 50, "Conv2D(3, 10**100)", "Conv2D(-1, 3)"]))
+
+    @_settings(budget)
+    @given(pieces, st.sampled_from(["keras", "torch", "jax", "onnx", "tf", ""]),
+           st.sampled_from(["keras", "torch", "jax", "onnx", "caffe"]),
+           st.one_of(plausible_tuple, nasty), st.one_of(st.none(), st.integers(-1, 9)))
+    def test(text: str, source: str, to: str, shape: Any, channels: Any) -> None:
+        _count("port")
+        expect_documented(lambda: str(port_text(text, source, to, shape, channels)),
+                          f"port_text({text!r}, {source!r}, {to!r}, {shape!r}, {channels!r})")
+
+    return test
+
+
+WEB_ROUTES = ["/api/resolve", "/api/explain", "/api/geometry", "/api/footprint", "/api/solve",
+              "/api/stack", "/api/port", "/api/image"]
+
+
+def target_web(budget: int) -> Callable[[], None]:
+    from starlette.testclient import TestClient
+
+    from convarith.web.app import create_app
+
+    client = TestClient(create_app(), raise_server_exceptions=False)
+    keys = ["input", "kernel", "strides", "dilation", "padding", "padding_mode", "groups",
+            "transposed", "output_padding", "pool", "ceil_mode", "convention", "rank", "cell",
+            "out", "in", "layers", "to", "size", "target", "image", "preset", "custom", "max_kernel"]
+    json_values = st.recursive(
+        st.one_of(st.none(), st.booleans(), st.integers(-5, 100), st.integers(-(2**63), 2**63),
+                  st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=10),
+                  st.sampled_from(["same", "valid", "keras", "torch", "max", "reflect"])),
+        lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                st.dictionaries(st.sampled_from(keys), inner, max_size=4)),
+        max_leaves=12,
+    )
+
+    @_settings(budget)
+    @given(st.sampled_from(WEB_ROUTES),
+           st.one_of(st.dictionaries(st.sampled_from(keys), json_values, max_size=8), json_values),
+           st.sampled_from(["json", "raw", "get"]), st.binary(max_size=64))
+    def test(route: str, body: Any, how: str, raw: bytes) -> None:
+        _count("web")
+        if how == "json":
+            response = client.post(route, json=body)
+        elif how == "raw":
+            response = client.post(route, content=raw, headers={"content-type": "application/json"})
+        else:
+            response = client.get(route + "?" + raw.hex())
+        if response.status_code >= 500:
+            raise Finding(f"{how} {route} {body!r}/{raw!r}: HTTP {response.status_code} {response.text[:200]}")
+        if response.status_code >= 400 and "json" in response.headers.get("content-type", ""):
+            if not response.json().get("error"):
+                raise Finding(f"{route}: {response.status_code} without an error message")
+
+    return test
+
+
 def _has(module: str) -> Callable[[], bool]:
     def check() -> bool:
         import importlib.util
@@ -316,6 +390,8 @@ TARGETS = [
     Target("cli", target_cli),
     Target("engine", target_engine),
     Target("frontdoors", target_frontdoors, _has("convarith.frontdoors")),
+    Target("port", target_port, _has("convarith.port")),
+    Target("web", target_web, lambda: _has("starlette")() and _has("convarith.web.app")()),
 ]
 
 
