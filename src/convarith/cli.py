@@ -64,14 +64,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, UsageError, IndexError) as error:
+    except BrokenPipeError:  # output piped into `head`, say
+        return 0
+    except (ValueError, TypeError, UsageError, IndexError, OSError) as error:
+        # bad values, and files that exist, are missing or can't be written
         print(f"convarith {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"convarith {args.command}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
