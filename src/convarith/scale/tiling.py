@@ -107,7 +107,7 @@ def plan_tiles(
 
     Examples
     --------
-    >>> r = ConvSpec(3, strides=2, padding="same").resolve((10,))
+    >>> r = ConvSpec(3, strides=2, padding="same", rank=1).resolve((10,))
     >>> p = plan_tiles(r, [(4, 4, 2)])[0]
     >>> p.output_chunks, p.input_chunks, p.halo, p.padded_length
     ((2, 2, 1), (4, 4, 3), 1, 11)
@@ -169,7 +169,8 @@ def _run_block(
     result = _engine_conv()(block, kernel, block_spec, bias=bias)
     if mask_channels:
         values, counts = result[..., :-mask_channels], result[..., -mask_channels:]
-        result = values / counts
+        with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 where only padding: as in memory
+            result = values / counts
     if result.shape != out_shape:
         raise RuntimeError(
             f"a block of shape {block.shape} gave {result.shape}, expected {out_shape}: "
