@@ -1,0 +1,1022 @@
+"""Keras-compatible layers: same names, arguments, defaults, weight shapes and order.
+
+Every layer maps a batch of inputs to outputs (``forward``) and, after a
+forward pass with ``keep=True``, an output gradient to an input gradient
+(``backward``), leaving the weight gradients in ``layer.grads``. The
+convolution and pooling layers build a :class:`~convarith.ConvSpec` through
+Keras's front door (so Keras's rules apply, e.g. strides > 1 together with
+dilation > 1 is rejected) and run it on :mod:`convarith.engine`.
+
+Examples
+--------
+>>> import numpy as np
+>>> layer = Conv2D(8, 3, strides=2, padding="same", activation="relu")
+>>> layer(np.zeros((2, 28, 28, 1), np.float32)).shape
+(2, 14, 14, 8)
+>>> [w.shape for w in layer.get_weights()]
+[(3, 3, 1, 8), (8,)]
+"""
+
+from __future__ import annotations
+
+import numbers
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..spec import ConvSpec, ResolvedConv, per_axis
+from . import activations as activations_module
+from . import initializers as initializers_module
+
+__all__ = [
+    "Layer",
+    "InputLayer",
+    "Input",
+    "Conv1D",
+    "Conv2D",
+    "Conv3D",
+    "Conv2DTranspose",
+    "DepthwiseConv2D",
+    "SeparableConv2D",
+    "MaxPooling1D",
+    "MaxPooling2D",
+    "AveragePooling1D",
+    "AveragePooling2D",
+    "GlobalAveragePooling2D",
+    "ZeroPadding2D",
+    "Flatten",
+    "Dense",
+    "Dropout",
+    "BatchNormalization",
+    "Activation",
+    "LAYERS",
+]
+
+Shape = tuple[int, ...]
+
+
+def _engine() -> Any:
+    """The convolution engine (:mod:`convarith.engine`), imported when first needed."""
+    from .. import engine
+
+    return engine
+
+
+def keras_spec(layer: str, **kwargs: Any) -> ConvSpec:
+    """``ConvSpec.from_keras(layer, **kwargs)``: Keras's arguments and acceptance rules."""
+    return ConvSpec.from_keras(layer, **kwargs)
+
+
+def _snake(name: str) -> str:
+    name = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
+    return re.sub(r"(\d)_d\b", r"\1d", name)
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _data_format(value: Any) -> str:
+    if value is None:
+        return "channels_last"
+    if value not in ("channels_last", "channels_first"):
+        raise ValueError(
+            f"data_format must be 'channels_last', 'channels_first' or None, got {value!r}"
+        )
+    return str(value)
+
+
+def _fmt_shape(shape: Sequence[Any]) -> str:
+    return "(" + ", ".join("None" if v is None else str(v) for v in shape) + (
+        ",)" if len(shape) == 1 else ")")
+
+
+class Layer:
+    """Base class of all layers.
+
+    Parameters
+    ----------
+    name
+        Unique within a model; the snake-case class name by default.
+    trainable
+        Whether ``fit`` updates the layer's trainable weights.
+    dtype
+        ``"float32"`` (Keras's default) or ``"float64"``.
+    input_shape
+        Shape of one sample; lets a :class:`~convarith.nn.Sequential` build
+        when this is its first layer.
+    """
+
+    #: number of axes of one sample the layer accepts (None: any)
+    input_ndim: int | None = None
+
+    def __init__(self, *, name: str | None = None, trainable: bool = True,
+                 dtype: str | None = None, input_shape: Sequence[int] | None = None,
+                 **unknown: Any) -> None:
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__} got unexpected keyword argument(s): "
+                f"{', '.join(sorted(unknown))}"
+            )
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValueError(f"name must be a non-empty string, got {name!r}")
+        self.name = name or _snake(type(self).__name__)
+        self._auto_name = name is None
+        if not isinstance(trainable, bool):
+            raise TypeError(f"trainable must be True or False, got {trainable!r}")
+        self.trainable = trainable
+        if dtype not in (None, "float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        self.dtype = np.dtype(dtype or "float32")
+        self.input_shape_arg: Shape | None = None
+        if input_shape is not None:
+            self.input_shape_arg = tuple(
+                _positive_int(f"input_shape[{i}]", v) for i, v in enumerate(input_shape)
+            )
+        self.variables: dict[str, np.ndarray] = {}
+        self.trainable_names: list[str] = []
+        self.grads: dict[str, np.ndarray] = {}
+        self.built = False
+        self.input_shape: Shape | None = None
+        self.output_shape: Shape | None = None
+        self._cache: Any = None
+
+    # ------------------------------------------------------------------ building
+
+    def build(self, input_shape: Sequence[int], rng: np.random.Generator | None = None) -> None:
+        """Create the weights for samples of ``input_shape`` (no batch axis)."""
+        shape = tuple(int(v) for v in input_shape)
+        if self.input_ndim is not None and len(shape) != self.input_ndim:
+            raise ValueError(
+                f"layer {self.name!r} ({type(self).__name__}) expects samples with "
+                f"{self.input_ndim} axes, received samples of shape {_fmt_shape(shape)} "
+                f"(batch shape {_fmt_shape((None, *shape))})"
+            )
+        try:
+            self._build(shape, rng if rng is not None else np.random.default_rng(0))
+            output_shape = self.compute_output_shape(shape)
+        except ValueError as error:
+            if str(error).startswith("layer "):
+                raise
+            raise ValueError(
+                f"layer {self.name!r} ({type(self).__name__}) on input shape "
+                f"{_fmt_shape((None, *shape))}: {error}"
+            ) from None
+        self.input_shape = shape
+        self.output_shape = output_shape
+        self.built = True
+
+    def _build(self, input_shape: Shape, rng: np.random.Generator) -> None:
+        """Subclasses create their weights here."""
+
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
+        return input_shape
+
+    def add_weight(self, name: str, shape: Shape, initializer: Any, rng: np.random.Generator,
+                   trainable: bool = True) -> np.ndarray:
+        value = initializers_module.get(initializer)(shape, rng).astype(self.dtype)
+        self.variables[name] = value
+        if trainable:
+            self.trainable_names.append(name)
+        return value
+
+    # ------------------------------------------------------------------ running
+
+    def __call__(self, x: Any, training: bool = False) -> np.ndarray:
+        x = np.asarray(x, dtype=self.dtype)
+        if not self.built:
+            self.build(x.shape[1:])
+        return self.forward(x, training=training)
+
+    def check_input(self, shape: Shape) -> None:
+        """Raise if samples of ``shape`` do not fit the built layer."""
+        if self.input_shape is not None and tuple(shape) != self.input_shape:
+            raise ValueError(
+                f"input of layer {self.name!r} ({type(self).__name__}) is incompatible: "
+                f"expected shape {_fmt_shape((None, *self.input_shape))}, received "
+                f"{_fmt_shape((None, *shape))}"
+            )
+
+    def forward(self, x: np.ndarray, training: bool = False, keep: bool = False) -> np.ndarray:
+        """Outputs for the batch ``x``; ``keep`` stores what ``backward`` needs."""
+        raise NotImplementedError
+
+    def backward(self, d_out: np.ndarray) -> np.ndarray:
+        """Input gradient from output gradient (after ``forward(..., keep=True)``).
+
+        Weight gradients go to ``self.grads``.
+        """
+        raise NotImplementedError
+
+    def _kept(self) -> Any:
+        if self._cache is None:
+            raise RuntimeError(
+                f"layer {self.name!r}: backward() needs a forward(..., keep=True) first"
+            )
+        cache, self._cache = self._cache, None
+        return cache
+
+    # ------------------------------------------------------------------ weights
+
+    @property
+    def weights(self) -> list[np.ndarray]:
+        return list(self.variables.values())
+
+    @property
+    def trainable_weights(self) -> list[np.ndarray]:
+        return [self.variables[n] for n in self.trainable_names] if self.trainable else []
+
+    def get_weights(self) -> list[np.ndarray]:
+        """Copies of the weights, in Keras's order."""
+        return [w.copy() for w in self.variables.values()]
+
+    def set_weights(self, weights: Sequence[Any]) -> None:
+        """Replace the weights (same count, shapes as :meth:`get_weights`)."""
+        if not self.built:
+            raise ValueError(
+                f"layer {self.name!r} is not built yet: call it on data or give input_shape first"
+            )
+        names = list(self.variables)
+        weights = list(weights)
+        if len(weights) != len(names):
+            raise ValueError(
+                f"layer {self.name!r} ({type(self).__name__}) has {len(names)} weights "
+                f"({', '.join(names) or 'none'}), got {len(weights)}"
+            )
+        for name, value in zip(names, weights):
+            array = np.asarray(value)
+            if array.shape != self.variables[name].shape:
+                raise ValueError(
+                    f"layer {self.name!r} weight {name!r} has shape "
+                    f"{self.variables[name].shape}, got {array.shape}"
+                )
+            self.variables[name][...] = array
+
+    def count_params(self) -> int:
+        return int(sum(w.size for w in self.variables.values()))
+
+    def get_config(self) -> dict[str, Any]:
+        """Arguments that rebuild the layer (JSON-friendly)."""
+        config: dict[str, Any] = {"name": self.name, "trainable": self.trainable}
+        if self.dtype != np.float32:
+            config["dtype"] = str(self.dtype)
+        return config
+
+    # ------------------------------------------------------------------ geometry
+
+    def resolved(self) -> ResolvedConv | None:
+        """The resolved spec of a spatial layer, for receptive-field bookkeeping."""
+        return None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} name={self.name!r}>"
+
+
+class InputLayer(Layer):
+    """Declares the shape of one sample (Keras's ``Input(shape=...)``)."""
+
+    def __init__(self, shape: Sequence[int] | None = None, *, batch_shape: Sequence[Any] | None = None,
+                 name: str | None = None, dtype: str | None = None) -> None:
+        if shape is None and batch_shape is not None:
+            shape = tuple(batch_shape)[1:]
+        if shape is None:
+            raise ValueError("InputLayer needs shape=(...) (one sample, no batch axis)")
+        if isinstance(shape, numbers.Integral):
+            shape = (int(shape),)
+        super().__init__(name=name or "input_layer", dtype=dtype, input_shape=tuple(shape))
+        self.shape = self.input_shape_arg
+
+    def forward(self, x: np.ndarray, training: bool = False, keep: bool = False) -> np.ndarray:
+        return x
+
+    def backward(self, d_out: np.ndarray) -> np.ndarray:
+        return d_out
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "shape": list(self.shape or ())}
+
+
+def Input(shape: Sequence[int] | int, name: str | None = None, dtype: str | None = None) -> InputLayer:
+    """The start of a model: ``Sequential([Input(shape=(28, 28, 1)), ...])``.
+
+    >>> Input(shape=(28, 28, 1)).shape
+    (28, 28, 1)
+    """
+    return InputLayer(shape=shape if not isinstance(shape, int) else (shape,), name=name, dtype=dtype)
+
+
+# --------------------------------------------------------------------------- convolutions
+
+
+class _SpatialLayer(Layer):
+    """Shared channels-first handling: the engine always runs channels-last."""
+
+    rank = 2
+    data_format = "channels_last"
+
+    @property
+    def input_ndim(self) -> int:  # type: ignore[override]
+        return self.rank + 1
+
+    def _to_last(self, x: np.ndarray) -> np.ndarray:
+        return np.moveaxis(x, 1, -1) if self.data_format == "channels_first" else x
+
+    def _from_last(self, y: np.ndarray) -> np.ndarray:
+        return np.moveaxis(y, -1, 1) if self.data_format == "channels_first" else y
+
+    def _last_shape(self, shape: Shape) -> Shape:
+        return (*shape[1:], shape[0]) if self.data_format == "channels_first" else shape
+
+    def _from_last_shape(self, shape: Shape) -> Shape:
+        return (shape[-1], *shape[:-1]) if self.data_format == "channels_first" else shape
+
+
+class _Conv(_SpatialLayer):
+    """Conv1D/2D/3D (and the base of the other convolution layers)."""
+
+    keras_name = "Conv2D"
+
+    def __init__(self, filters: int, kernel_size: int | Sequence[int], strides: int | Sequence[int] = 1,
+                 padding: str = "valid", data_format: str | None = None,
+                 dilation_rate: int | Sequence[int] = 1, groups: int = 1,
+                 activation: str | None = None, use_bias: bool = True,
+                 kernel_initializer: Any = "glorot_uniform", bias_initializer: Any = "zeros",
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.filters = _positive_int("filters", filters)
+        self.kernel_size = per_axis("kernel_size", kernel_size, self.rank)
+        self.strides = per_axis("strides", strides, self.rank)
+        self.dilation_rate = per_axis("dilation_rate", dilation_rate, self.rank)
+        self.padding = padding.lower() if isinstance(padding, str) else padding
+        self.data_format = _data_format(data_format)
+        self.groups = _positive_int("groups", groups)
+        self.activation = activations_module.get(activation)
+        if not isinstance(use_bias, bool):
+            raise TypeError(f"use_bias must be True or False, got {use_bias!r}")
+        self.use_bias = use_bias
+        self.kernel_initializer = initializers_module.get(kernel_initializer)
+        self.bias_initializer = initializers_module.get(bias_initializer)
+        self.spec = self._make_spec()
+
+    def _make_spec(self) -> ConvSpec:
+        return keras_spec(
+            self.keras_name, filters=self.filters, kernel_size=self.kernel_size,
+            strides=self.strides, padding=self.padding, dilation_rate=self.dilation_rate,
+            groups=self.groups,
+        )
+
+    def _kernel_shape(self, channels: int) -> Shape:
+        if channels % self.groups:
+            raise ValueError(
+                f"layer {self.name!r}: the input's {channels} channels must be divisible by "
+                f"groups={self.groups}"
+            )
+        return (*self.kernel_size, channels // self.groups, self.filters)
+
+    def _build(self, input_shape: Shape, rng: np.random.Generator) -> None:
+        channels = self._last_shape(input_shape)[-1]
+        self.add_weight("kernel", self._kernel_shape(channels), self.kernel_initializer, rng)
+        if self.use_bias:
+            self.add_weight("bias", (self.filters,), self.bias_initializer, rng)
+
+    def resolved(self) -> ResolvedConv | None:
+        assert self.input_shape is not None
+        return self.spec.resolve(self._last_shape(self.input_shape))
+
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
+        last = self._last_shape(input_shape)
+        resolved = self.spec.resolve(last)
+        return self._from_last_shape((*resolved.output_size, self._out_channels(last[-1])))
+
+    def _out_channels(self, channels: int) -> int:
+        return self.filters
+
+    def _engine_kernel(self) -> np.ndarray:
+        return self.variables["kernel"]
+
+    def forward(self, x: np.ndarray, training: bool = False, keep: bool = False) -> np.ndarray:
+        x_last = self._to_last(x)
+        bias = self.variables.get("bias")
+        z = _engine().conv(x_last, self._engine_kernel(), self.spec, bias)
+        y = self.activation.forward(z)
+        if keep:
+            self._cache = (x_last, z, y)
+        return self._from_last(y)
+
+    def backward(self, d_out: np.ndarray) -> np.ndarray:
+        x_last, z, y = self._kept()
+        d_z = self.activation.backward(self._to_last(d_out), z, y)
+        d_x, d_kernel, d_bias = _engine().conv_vjp(
+            x_last, self._engine_kernel(), self.spec, d_z, self.variables.get("bias")
+        )
+        self.grads = {"kernel": d_kernel.reshape(self.variables["kernel"].shape)}
+        if self.use_bias:
+            self.grads["bias"] = d_bias
+        return self._from_last(d_x)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "kernel_size": list(self.kernel_size),
+            "strides": list(self.strides),
+            "padding": self.padding,
+            "data_format": self.data_format,
+            "dilation_rate": list(self.dilation_rate),
+            "groups": self.groups,
+            "activation": self.activation.name,
+            "use_bias": self.use_bias,
+        }
+
+
+class Conv1D(_Conv):
+    """1-D convolution on ``(batch, steps, channels)``; ``padding`` may be ``"causal"``.
+
+    >>> Conv1D(4, 3, padding="causal", dilation_rate=2)(np.ones((1, 10, 2))).shape
+    (1, 10, 4)
+    """
+
+    rank = 1
+    keras_name = "Conv1D"
+
+
+class Conv2D(_Conv):
+    """2-D convolution on ``(batch, rows, cols, channels)``, as ``keras.layers.Conv2D``.
+
+    >>> Conv2D(2, 3, dilation_rate=2)(np.ones((1, 7, 7, 1))).shape
+    (1, 3, 3, 2)
+    """
+
+    rank = 2
+    keras_name = "Conv2D"
+
+
+class Conv3D(_Conv):
+    """3-D convolution on ``(batch, depth, rows, cols, channels)``.
+
+    >>> Conv3D(2, 3)(np.ones((1, 4, 5, 6, 1))).shape
+    (1, 2, 3, 4, 2)
+    """
+
+    rank = 3
+    keras_name = "Conv3D"
+
+
+class Conv2DTranspose(_Conv):
+    """Transposed 2-D convolution; kernel ``(kh, kw, filters, in_channels)`` as in Keras.
+
+    >>> Conv2DTranspose(3, 3, strides=2, padding="same")(np.ones((1, 4, 4, 2))).shape
+    (1, 8, 8, 3)
+    """
+
+    rank = 2
+    keras_name = "Conv2DTranspose"
+
+    def __init__(self, filters: int, kernel_size: int | Sequence[int], strides: int | Sequence[int] = 1,
+                 padding: str = "valid", output_padding: int | Sequence[int] | None = None,
+                 data_format: str | None = None, dilation_rate: int | Sequence[int] = 1,
+                 activation: str | None = None, use_bias: bool = True,
+                 kernel_initializer: Any = "glorot_uniform", bias_initializer: Any = "zeros",
+                 **kwargs: Any) -> None:
+        self.output_padding = (
+            None if output_padding is None else per_axis("output_padding", output_padding, 2, 0)
+        )
+        super().__init__(filters, kernel_size, strides, padding, data_format, dilation_rate, 1,
+                         activation, use_bias, kernel_initializer, bias_initializer, **kwargs)
+
+    def _make_spec(self) -> ConvSpec:
+        return keras_spec(
+            self.keras_name, filters=self.filters, kernel_size=self.kernel_size,
+            strides=self.strides, padding=self.padding, output_padding=self.output_padding,
+            dilation_rate=self.dilation_rate,
+        )
+
+    def _kernel_shape(self, channels: int) -> Shape:
+        return (*self.kernel_size, self.filters, channels)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        del config["groups"]
+        config["output_padding"] = None if self.output_padding is None else list(self.output_padding)
+        return config
+
+
+class DepthwiseConv2D(_Conv):
+    """One filter (or ``depth_multiplier``) per input channel; kernel ``(kh, kw, in, mult)``.
+
+    >>> DepthwiseConv2D(3, depth_multiplier=2)(np.ones((1, 5, 5, 3))).shape
+    (1, 3, 3, 6)
+    """
+
+    rank = 2
+    keras_name = "DepthwiseConv2D"
+
+    def __init__(self, kernel_size: int | Sequence[int], strides: int | Sequence[int] = 1,
+                 padding: str = "valid", depth_multiplier: int = 1, data_format: str | None = None,
+                 dilation_rate: int | Sequence[int] = 1, activation: str | None = None,
+                 use_bias: bool = True, depthwise_initializer: Any = "glorot_uniform",
+                 bias_initializer: Any = "zeros", **kwargs: Any) -> None:
+        self.depth_multiplier = _positive_int("depth_multiplier", depth_multiplier)
+        super().__init__(1, kernel_size, strides, padding, data_format, dilation_rate, 1,
+                         activation, use_bias, depthwise_initializer, bias_initializer, **kwargs)
+
+    def _make_spec(self) -> ConvSpec:
+        return keras_spec(
+            self.keras_name, kernel_size=self.kernel_size, strides=self.strides,
+            padding=self.padding, depth_multiplier=self.depth_multiplier,
+            dilation_rate=self.dilation_rate,
+        )
+
+    def _build(self, input_shape: Shape, rng: np.random.Generator) -> None:
+        channels = self._last_shape(input_shape)[-1]
+        self.filters = channels * self.depth_multiplier
+        # grouped layout for the engine: one group per input channel
+        self.spec = self.spec.replace(groups=channels, filters=None, depth_multiplier=None)
+        self.add_weight("kernel", (*self.kernel_size, channels, self.depth_multiplier),
+                        self.kernel_initializer, rng)
+        if self.use_bias:
+            self.add_weight("bias", (self.filters,), self.bias_initializer, rng)
+
+    def _out_channels(self, channels: int) -> int:
+        return channels * self.depth_multiplier
+
+    def _engine_kernel(self) -> np.ndarray:
+        kernel = self.variables["kernel"]
+        return kernel.reshape(*kernel.shape[:-2], 1, kernel.shape[-2] * kernel.shape[-1])
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        for key in ("filters", "groups"):
+            del config[key]
+        config["depth_multiplier"] = self.depth_multiplier
+        return config
+
+
+class SeparableConv2D(DepthwiseConv2D):
+    """A depthwise convolution followed by a 1x1 (pointwise) convolution, as in Keras.
+
+    >>> layer = SeparableConv2D(4, 3)
+    >>> layer(np.ones((1, 5, 5, 2))).shape, [w.shape for w in layer.get_weights()]
+    ((1, 3, 3, 4), [(3, 3, 2, 1), (1, 1, 2, 4), (4,)])
+    """
+
+    keras_name = "SeparableConv2D"
+
+    def __init__(self, filters: int, kernel_size: int | Sequence[int], strides: int | Sequence[int] = 1,
+                 padding: str = "valid", data_format: str | None = None,
+                 dilation_rate: int | Sequence[int] = 1, depth_multiplier: int = 1,
+                 activation: str | None = None, use_bias: bool = True,
+                 depthwise_initializer: Any = "glorot_uniform",
+                 pointwise_initializer: Any = "glorot_uniform", bias_initializer: Any = "zeros",
+                 **kwargs: Any) -> None:
+        self.pointwise_initializer = initializers_module.get(pointwise_initializer)
+        super().__init__(kernel_size, strides, padding, depth_multiplier, data_format,
+                         dilation_rate, activation, use_bias, depthwise_initializer,
+                         bias_initializer, **kwargs)
+        self.filters = _positive_int("filters", filters)
+        self.pointwise_spec = ConvSpec(1, rank=2)
+
+    def _make_spec(self) -> ConvSpec:
+        return keras_spec(
+            "SeparableConv2D", filters=1, kernel_size=self.kernel_size, strides=self.strides,
+            padding=self.padding, depth_multiplier=self.depth_multiplier,
+            dilation_rate=self.dilation_rate,
+        )
+
+    def _build(self, input_shape: Shape, rng: np.random.Generator) -> None:
+        channels = self._last_shape(input_shape)[-1]
+        self.spec = self.spec.replace(groups=channels, filters=None, depth_multiplier=None)
+        self.add_weight("depthwise_kernel", (*self.kernel_size, channels, self.depth_multiplier),
+                        self.kernel_initializer, rng)
+        self.add_weight("pointwise_kernel", (1, 1, channels * self.depth_multiplier, self.filters),
+                        self.pointwise_initializer, rng)
+        if self.use_bias:
+            self.add_weight("bias", (self.filters,), self.bias_initializer, rng)
+
+    def _out_channels(self, channels: int) -> int:
+        return self.filters
+
+    def _engine_kernel(self) -> np.ndarray:
+        kernel = self.variables["depthwise_kernel"]
+        return kernel.reshape(*kernel.shape[:-2], 1, kernel.shape[-2] * kernel.shape[-1])
+
+    def forward(self, x: np.ndarray, training: bool = False, keep: bool = False) -> np.ndarray:
+        engine = _engine()
+        x_last = self._to_last(x)
+        middle = engine.conv(x_last, self._engine_kernel(), self.spec)
+        z = engine.conv(middle, self.variables["pointwise_kernel"], self.pointwise_spec,
+                        self.variables.get("bias"))
+        y = self.activation.forward(z)
+        if keep:
+            self._cache = (x_last, middle, z, y)
+        return self._from_last(y)
+
+    def backward(self, d_out: np.ndarray) -> np.ndarray:
+        engine = _engine()
+        x_last, middle, z, y = self._kept()
+        d_z = self.activation.backward(self._to_last(d_out), z, y)
+        d_middle, d_pointwise, d_bias = engine.conv_vjp(
+            middle, self.variables["pointwise_kernel"], self.pointwise_spec, d_z,
+            self.variables.get("bias"),
+        )
+        d_x, d_depthwise, _ = engine.conv_vjp(x_last, self._engine_kernel(), self.spec, d_middle)
+        self.grads = {
+            "depthwise_kernel": d_depthwise.reshape(self.variables["depthwise_kernel"].shape),
+            "pointwise_kernel": d_pointwise,
+        }
+        if self.use_bias:
+            self.grads["bias"] = d_bias
+        return self._from_last(d_x)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "filters": self.filters}
+
+
+# --------------------------------------------------------------------------- pooling
+
+
+class _Pooling(_SpatialLayer):
+    pool = "max"
+    keras_name = "MaxPooling2D"
+
+    def __init__(self, pool_size: int | Sequence[int] = 2, strides: int | Sequence[int] | None = None,
+                 padding: str = "valid", data_format: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pool_size = per_axis("pool_size", pool_size, self.rank)
+        self.strides = self.pool_size if strides is None else per_axis("strides", strides, self.rank)
+        self.padding = padding
+        self.data_format = _data_format(data_format)
+        self.spec = keras_spec(self.keras_name, pool_size=self.pool_size, strides=self.strides,
+                               padding=self.padding)
+
+    def resolved(self) -> ResolvedConv | None:
+        assert self.input_shape is not None
+        return self.spec.resolve(self._last_shape(self.input_shape))
+
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
+        last = self._last_shape(input_shape)
+        return self._from_last_shape((*self.spec.resolve(last).output_size, last[-1]))
+
+    def forward(self, x: np.ndarray, training: bool = False, keep: bool = False) -> np.ndarray:
+        x_last = self._to_last(x)
+        if keep:
+            self._cache = x_last
+        return self._from_last(_engine().conv(x_last, None, self.spec))
+
+    def backward(self, d_out: np.ndarray) -> np.ndarray:
+        x_last = self._kept()
+        d_x = _engine().conv_vjp(x_last, None, self.spec, self._to_last(d_out))[0]
+        return self._from_last(d_x)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "pool_size": list(self.pool_size),
+                "strides": list(self.strides), "padding": self.padding,
+                "data_format": self.data_format}
+
+
+class MaxPooling1D(_Pooling):
+    """Max over windows of ``pool_size`` steps (default 2, strides = pool_size)."""
+
+    rank, pool, keras_name = 1, "max", "MaxPooling1D"
+
+
+class MaxPooling2D(_Pooling):
+    """Max over ``pool_size`` windows (default (2, 2), strides = pool_size).
+
+    >>> MaxPooling2D()(np.arange(16.0).reshape(1, 4, 4, 1))[0, :, :, 0]
+    array([[ 5.,  7.],
+           [13., 15.]], dtype=float32)
+    """
+
+    rank, pool, keras_name = 2, "max", "MaxPooling2D"
+
+
+class AveragePooling1D(_Pooling):
+    """Mean over windows; padded cells do not count (Keras). ``pool_size`` is required."""
+
+    rank, pool, keras_name = 1, "avg", "AveragePooling1D"
+
+    def __init__(self, pool_size: int | Sequence[int], strides: int | Sequence[int] | None = None,
+                 padding: str = "valid", data_format: str | None = None, **kwargs: Any) -> None:
+        super().__init__(pool_size, strides, padding, data_format, **kwargs)
+
+
+class AveragePooling2D(_Pooling):
+    """Mean over windows; with ``padding="same"`` padded cells do not count (Keras).
+
+    ``pool_size`` is required, as in Keras 3.
+    """
+
+    rank, pool, keras_name = 2, "avg", "AveragePooling2D"
+
+    def __init__(self, pool_size: int | Sequence[int], strides: int | Sequence[int] | None = None,
+                 padding: str = "valid", data_format: str | None = None, **kwargs: Any) -> None:
+        super().__init__(pool_size, strides, padding, data_format, **kwargs)
+
+
+class GlobalAveragePooling2D(_SpatialLayer):
+    """Mean over rows and columns: ``(batch, h, w, c) -> (batch, c)``."""
+
+    def __init__(self, data_format: str | None = None, keepdims: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.data_format = _data_format(data_format)
+        self.keepdims = bool(keepdims)
+
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
+        last = self._last_shape(input_shape)
+        if self.keepdims:
+            return self._from_last_shape((1, 1, last[-1]))
+        return (last[-1],)
+
+    def forward(self, x: np.ndarray, training: bool = False, keep: bool = False) -> np.ndarray:
+        x_last = self._to_last(x)
+        if keep:
+            self._cache = x_last.shape
+        y = x_last.mean(axis=(1, 2), keepdims=self.keepdims)
+        return self._from_last(y) if self.keepdims else y
+
+    def backward(self, d_out: np.ndarray) -> np.ndarray:
+        shape = self._kept()
+        d = self._to_last(d_out) if self.keepdims else d_out[:, None, None, :]
+        return self._from_last(np.broadcast_to(d / (shape[1] * shape[2]), shape).copy())
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "data_format": self.data_format, "keepdims": self.keepdims}
+
+
+class ZeroPadding2D(_SpatialLayer):
+    """Zeros around rows and columns: ``padding`` int, ``(rows, cols)`` or ``((t, b), (l, r))``.
+
+    >>> ZeroPadding2D(((1, 0), (2, 3)))(np.ones((1, 2, 2, 1))).shape
+    (1, 3, 7, 1)
+    """
+
+    def __init__(self, padding: Any = (1, 1), data_format: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.data_format = _data_format(data_format)
+        if isinstance(padding, numbers.Integral) and not isinstance(padding, bool):
+            padding = ((padding, padding), (padding, padding))
+        try:
+            items = tuple(padding)
+            if len(items) != 2:
+                raise ValueError
+            pairs = tuple(
+                (int(p), int(p)) if isinstance(p, numbers.Integral) else tuple(int(v) for v in p)
+                for p in items
+            )
+            if any(len(p) != 2 or min(p) < 0 for p in pairs):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ValueError(
+                "padding must be an int, (rows, cols) or ((top, bottom), (left, right)) of "
+                f"non-negative ints, got {padding!r}"
+            ) from None
+        self.padding: tuple[tuple[int, int], ...] = pairs  # type: ignore[assignment]
+
+    def resolved(self) -> ResolvedConv | None:
+        assert self.input_shape is not None
+        return ConvSpec(1, padding=self.padding).resolve(self._last_shape(self.input_shape))
+
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
+        h, w, c = self._last_shape(input_shape)
+        (t, b), (left, right) = self.padding
+        return self._from_last_shape((h + t + b, w + left + right, c))
+
+    def forward(self, x: np.ndarray, training: bool = False, keep: bool = False) -> np.ndarray:
+        x_last = self._to_last(x)
+        return self._from_last(np.pad(x_last, ((0, 0), *self.padding, (0, 0))))
+
+    def backward(self, d_out: np.ndarray) -> np.ndarray:
+        d = self._to_last(d_out)
+        (t, b), (left, right) = self.padding
+        return self._from_last(d[:, t:d.shape[1] - b, left:d.shape[2] - right, :])
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "padding": [list(p) for p in self.padding],
+                "data_format": self.data_format}
+
+
+# --------------------------------------------------------------------------- the rest
+
+
+class Flatten(Layer):
+    """``(batch, ...) -> (batch, product)`` in row-major (channels-last) order."""
+
+    def __init__(self, data_format: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.data_format = _data_format(data_format)
+
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
+        return (int(np.prod(input_shape)),)
+
+    def forward(self, x: np.ndarray, training: bool = False, keep: bool = False) -> np.ndarray:
+        if keep:
+            self._cache = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, d_out: np.ndarray) -> np.ndarray:
+        return d_out.reshape(self._kept())
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "data_format": self.data_format}
+
+
+class Dense(Layer):
+    """Fully connected: ``activation(x @ kernel + bias)`` on the last axis.
+
+    >>> Dense(10, activation="softmax")(np.ones((2, 4))).sum(axis=1)
+    array([1., 1.], dtype=float32)
+    """
+
+    def __init__(self, units: int, activation: str | None = None, use_bias: bool = True,
+                 kernel_initializer: Any = "glorot_uniform", bias_initializer: Any = "zeros",
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.units = _positive_int("units", units)
+        self.activation = activations_module.get(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = initializers_module.get(kernel_initializer)
+        self.bias_initializer = initializers_module.get(bias_initializer)
+
+    def _build(self, input_shape: Shape, rng: np.random.Generator) -> None:
+        if not input_shape:
+            raise ValueError(f"layer {self.name!r} (Dense) needs inputs with at least one axis")
+        self.add_weight("kernel", (input_shape[-1], self.units), self.kernel_initializer, rng)
+        if self.use_bias:
+            self.add_weight("bias", (self.units,), self.bias_initializer, rng)
+
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
+        return (*input_shape[:-1], self.units)
+
+    def forward(self, x: np.ndarray, training: bool = False, keep: bool = False) -> np.ndarray:
+        z = x @ self.variables["kernel"]
+        if self.use_bias:
+            z = z + self.variables["bias"]
+        y = self.activation.forward(z)
+        if keep:
+            self._cache = (x, z, y)
+        return y
+
+    def backward(self, d_out: np.ndarray) -> np.ndarray:
+        x, z, y = self._kept()
+        d_z = self.activation.backward(d_out, z, y)
+        rows = x.reshape(-1, x.shape[-1])
+        d_rows = d_z.reshape(-1, self.units)
+        self.grads = {"kernel": rows.T @ d_rows}
+        if self.use_bias:
+            self.grads["bias"] = d_rows.sum(axis=0)
+        return d_z @ self.variables["kernel"].T
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "units": self.units, "activation": self.activation.name,
+                "use_bias": self.use_bias}
+
+
+class Dropout(Layer):
+    """Zeroes a fraction ``rate`` of inputs while training, scaling the rest by ``1/(1-rate)``."""
+
+    def __init__(self, rate: float, noise_shape: Sequence[int] | None = None,
+                 seed: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 <= rate < 1:
+            raise ValueError(f"rate must be a number in [0, 1), got {rate!r}")
+        if noise_shape is not None:
+            raise ValueError("noise_shape is not supported; leave it None")
+        self.rate: float = float(rate)
+        self.seed: int | None = seed
+        self.rng: np.random.Generator = np.random.default_rng(seed)
+
+    def forward(self, x: np.ndarray, training: bool = False, keep: bool = False) -> np.ndarray:
+        if not training or self.rate == 0:
+            if keep:
+                self._cache = 1.0
+            return x
+        mask = (self.rng.random(x.shape) >= self.rate).astype(x.dtype) / x.dtype.type(1 - self.rate)
+        if keep:
+            self._cache = mask
+        return x * mask
+
+    def backward(self, d_out: np.ndarray) -> np.ndarray:
+        return d_out * self._kept()
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
+class BatchNormalization(Layer):
+    """Normalises each feature of the last axis (Keras 3's training and inference maths).
+
+    Weights, in Keras's order: ``gamma``, ``beta`` (trainable), ``moving_mean``,
+    ``moving_variance``.
+    """
+
+    def __init__(self, axis: int = -1, momentum: float = 0.99, epsilon: float = 1e-3,
+                 center: bool = True, scale: bool = True, beta_initializer: Any = "zeros",
+                 gamma_initializer: Any = "ones", moving_mean_initializer: Any = "zeros",
+                 moving_variance_initializer: Any = "ones", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if axis != -1:
+            raise ValueError(f"axis must be -1 (channels-last), got {axis!r}")
+        self.axis = -1
+        self.momentum = float(momentum)
+        self.epsilon = float(epsilon)
+        if self.epsilon <= 0:
+            raise ValueError(f"epsilon must be positive, got {epsilon!r}")
+        self.center, self.scale = bool(center), bool(scale)
+        self.initializers = {
+            "gamma": gamma_initializer, "beta": beta_initializer,
+            "moving_mean": moving_mean_initializer, "moving_variance": moving_variance_initializer,
+        }
+
+    def _build(self, input_shape: Shape, rng: np.random.Generator) -> None:
+        if not input_shape:
+            raise ValueError(f"layer {self.name!r} (BatchNormalization) needs a feature axis")
+        features = (input_shape[-1],)
+        if self.scale:
+            self.add_weight("gamma", features, self.initializers["gamma"], rng)
+        if self.center:
+            self.add_weight("beta", features, self.initializers["beta"], rng)
+        self.add_weight("moving_mean", features, self.initializers["moving_mean"], rng, False)
+        self.add_weight("moving_variance", features, self.initializers["moving_variance"], rng,
+                        False)
+
+    def forward(self, x: np.ndarray, training: bool = False, keep: bool = False) -> np.ndarray:
+        axes = tuple(range(x.ndim - 1))
+        gamma = self.variables.get("gamma")
+        beta = self.variables.get("beta")
+        if training and self.trainable:
+            mean = x.mean(axis=axes)
+            variance = ((x - mean) ** 2).mean(axis=axes)
+            m = x.dtype.type(self.momentum)
+            self.variables["moving_mean"][...] = self.variables["moving_mean"] * m + mean * (1 - m)
+            self.variables["moving_variance"][...] = (
+                self.variables["moving_variance"] * m + variance * (1 - m)
+            )
+        else:
+            mean = self.variables["moving_mean"]
+            variance = self.variables["moving_variance"]
+        inv = 1 / np.sqrt(variance + x.dtype.type(self.epsilon))
+        x_hat = (x - mean) * inv
+        y = x_hat * gamma if gamma is not None else x_hat
+        if beta is not None:
+            y = y + beta
+        if keep:
+            self._cache = (x_hat, inv, bool(training and self.trainable))
+        return y.astype(x.dtype, copy=False)
+
+    def backward(self, d_out: np.ndarray) -> np.ndarray:
+        x_hat, inv, batch_statistics = self._kept()
+        axes = tuple(range(d_out.ndim - 1))
+        self.grads = {}
+        if self.scale:
+            self.grads["gamma"] = (d_out * x_hat).sum(axis=axes)
+        if self.center:
+            self.grads["beta"] = d_out.sum(axis=axes)
+        gamma = self.variables.get("gamma")
+        d_hat = d_out * gamma if gamma is not None else d_out
+        if not batch_statistics:
+            return d_hat * inv
+        count = int(np.prod([d_out.shape[a] for a in axes]))
+        return inv / count * (
+            count * d_hat - d_hat.sum(axis=axes) - x_hat * (d_hat * x_hat).sum(axis=axes)
+        )
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "axis": self.axis, "momentum": self.momentum,
+                "epsilon": self.epsilon, "center": self.center, "scale": self.scale}
+
+
+class Activation(Layer):
+    """Applies an activation: ``Activation("relu")``."""
+
+    def __init__(self, activation: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.activation = activations_module.get(activation)
+
+    def forward(self, x: np.ndarray, training: bool = False, keep: bool = False) -> np.ndarray:
+        y = self.activation.forward(x)
+        if keep:
+            self._cache = (x, y)
+        return y
+
+    def backward(self, d_out: np.ndarray) -> np.ndarray:
+        x, y = self._kept()
+        return self.activation.backward(d_out, x, y)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "activation": self.activation.name}
+
+
+#: Layer classes by Keras class name (used to load models and import Keras configs).
+LAYERS: dict[str, type[Layer]] = {
+    cls.__name__: cls
+    for cls in (
+        InputLayer, Conv1D, Conv2D, Conv3D, Conv2DTranspose, DepthwiseConv2D, SeparableConv2D,
+        MaxPooling1D, MaxPooling2D, AveragePooling1D, AveragePooling2D, GlobalAveragePooling2D,
+        ZeroPadding2D, Flatten, Dense, Dropout, BatchNormalization, Activation,
+    )
+}

@@ -1,0 +1,143 @@
+"""SGD (with momentum) and Adam, updating exactly as Keras 3 does.
+
+An optimizer keeps one state slot per variable (by position) and updates the
+variables in place: ``optimizer.apply(variables, gradients)``.
+
+Examples
+--------
+>>> import numpy as np
+>>> w = np.array([1.0], np.float32)
+>>> SGD(learning_rate=0.1, momentum=0.9).apply([w], [np.array([1.0], np.float32)])
+>>> w
+array([0.9], dtype=float32)
+"""
+
+from __future__ import annotations
+
+import copy
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Optimizer", "SGD", "Adam", "get"]
+
+
+def _rate(name: str, value: Any, low: float = 0.0, high: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not np.isfinite(value) or value < low or (high is not None and value > high):
+        span = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be {span}, got {value}")
+    return value
+
+
+class Optimizer:
+    """Base class. Subclasses define ``update(index, variable, gradient)``."""
+
+    def __init__(self, learning_rate: float) -> None:
+        self.learning_rate = _rate("learning_rate", learning_rate)
+        self.iterations = 0
+        self.state: dict[int, dict[str, np.ndarray]] = {}
+
+    def apply(self, variables: list[np.ndarray], gradients: list[np.ndarray]) -> None:
+        """One step: update every variable in place from its gradient."""
+        if len(variables) != len(gradients):
+            raise ValueError(
+                f"got {len(gradients)} gradients for {len(variables)} variables"
+            )
+        for index, (variable, gradient) in enumerate(zip(variables, gradients)):
+            self.update(index, variable, gradient.astype(variable.dtype, copy=False))
+        self.iterations += 1
+
+    def update(self, index: int, variable: np.ndarray, gradient: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def snapshot(self) -> tuple[int, dict[int, dict[str, np.ndarray]]]:
+        """The optimizer's state, copied (to restore after a failed step)."""
+        return self.iterations, copy.deepcopy(self.state)
+
+    def restore(self, snapshot: tuple[int, dict[int, dict[str, np.ndarray]]]) -> None:
+        self.iterations, self.state = snapshot[0], copy.deepcopy(snapshot[1])
+
+    def get_config(self) -> dict[str, Any]:
+        return {"learning_rate": self.learning_rate}
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent; Keras's defaults and update rule.
+
+    With momentum: ``m = momentum * m - lr * g``; ``w += m`` (Nesterov:
+    ``w += momentum * m - lr * g``).
+    """
+
+    def __init__(self, learning_rate: float = 0.01, momentum: float = 0.0,
+                 nesterov: bool = False) -> None:
+        super().__init__(learning_rate)
+        self.momentum = _rate("momentum", momentum, 0.0, 1.0)
+        if not isinstance(nesterov, bool):
+            raise TypeError(f"nesterov must be True or False, got {nesterov!r}")
+        self.nesterov = nesterov
+
+    def update(self, index: int, variable: np.ndarray, gradient: np.ndarray) -> None:
+        lr = variable.dtype.type(self.learning_rate)
+        if self.momentum == 0:
+            variable -= gradient * lr
+            return
+        momentum = variable.dtype.type(self.momentum)
+        slot = self.state.setdefault(index, {"m": np.zeros_like(variable)})
+        m = slot["m"]
+        m[...] = m * momentum - gradient * lr
+        if self.nesterov:
+            variable += m * momentum - gradient * lr
+        else:
+            variable += m
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
+
+
+class Adam(Optimizer):
+    """Adam with Keras's defaults (``epsilon=1e-7``) and update rule."""
+
+    def __init__(self, learning_rate: float = 0.001, beta_1: float = 0.9, beta_2: float = 0.999,
+                 epsilon: float = 1e-7) -> None:
+        super().__init__(learning_rate)
+        self.beta_1 = _rate("beta_1", beta_1, 0.0, 1.0)
+        self.beta_2 = _rate("beta_2", beta_2, 0.0, 1.0)
+        self.epsilon = _rate("epsilon", epsilon)
+
+    def update(self, index: int, variable: np.ndarray, gradient: np.ndarray) -> None:
+        dtype = variable.dtype.type
+        step = dtype(self.iterations + 1)
+        beta_1, beta_2 = dtype(self.beta_1), dtype(self.beta_2)
+        alpha = dtype(self.learning_rate) * np.sqrt(1 - beta_2**step) / (1 - beta_1**step)
+        slot = self.state.setdefault(
+            index, {"m": np.zeros_like(variable), "v": np.zeros_like(variable)}
+        )
+        m, v = slot["m"], slot["v"]
+        m += (gradient - m) * (1 - beta_1)
+        v += (gradient * gradient - v) * (1 - beta_2)
+        variable -= m * alpha / (np.sqrt(v) + dtype(self.epsilon))
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
+                "epsilon": self.epsilon}
+
+
+_NAMES: dict[str, Callable[[], Optimizer]] = {"sgd": SGD, "adam": Adam}
+
+
+def get(identifier: str | Optimizer) -> Optimizer:
+    """A fresh optimizer named ``identifier`` with Keras's defaults, or the object given.
+
+    >>> get("adam").learning_rate
+    0.001
+    """
+    if isinstance(identifier, Optimizer):
+        return identifier
+    if isinstance(identifier, str) and identifier.lower() in _NAMES:
+        return _NAMES[identifier.lower()]()
+    raise ValueError(f"optimizer must be one of {tuple(_NAMES)} or an Optimizer, got {identifier!r}")

@@ -1,0 +1,110 @@
+"""The text of ``Sequential.summary()``: shapes, parameters, receptive fields, dropped rows.
+
+The receptive field (cells of the model input one output cell sees) and the
+jump (input cells between neighbouring output cells) come from each layer's
+resolved spec through :mod:`convarith.receptive`: ``r_out = r_in + (K_eff - 1)
+jump_in``, ``jump_out = jump_in S`` (equivalently, read backwards,
+``r_in = r_out S + (K_eff - S)``).
+
+Examples
+--------
+>>> from convarith.nn import Sequential, Input, Conv2D
+>>> model = Sequential([Input((12, 12, 1)), Conv2D(1, 3, strides=2), Conv2D(1, 3, dilation_rate=2)])
+>>> print(summary_text(model).splitlines()[4])  # doctest: +NORMALIZE_WHITESPACE
+conv2d_1 (Conv2D)  (None, 1, 1, 1)  10  11x11  2x2
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..receptive import ReceptiveField
+from .layers import _fmt_shape
+
+if TYPE_CHECKING:
+    from .models import Sequential
+
+__all__ = ["summary_rows", "summary_text"]
+
+def _axis_name(axis: int, rank: int) -> str:
+    names = {1: ("step",), 2: ("row", "column"), 3: ("plane", "row", "column")}[rank]
+    return names[axis]
+
+
+def _cells(values: tuple[Any, ...]) -> str:
+    return "x".join(str(v) for v in values)
+
+
+def summary_rows(model: Sequential) -> tuple[list[dict[str, Any]], list[str]]:
+    """One dict per layer (name, type, output_shape, params, field, jump) and warnings."""
+    model._require_built("the summary")
+    rows: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    field: ReceptiveField | None = None
+    whole = False
+    for layer in model.layers:
+        resolved = layer.resolved()
+        if resolved is not None and not whole:
+            if field is None or len(field.size) != resolved.rank:
+                field = ReceptiveField.identity(resolved.rank)
+            field = field.through(resolved)
+            for axis, dropped in enumerate(resolved.dropped):
+                if dropped:
+                    spec = resolved.spec
+                    noun = _axis_name(axis, resolved.rank)
+                    noun = noun + "s" if dropped > 1 else noun
+                    warnings.append(
+                        f"{layer.name}: the last {dropped} {noun} of "
+                        f"{resolved.input_size[axis]} are never read (effective kernel "
+                        f"{resolved.effective_kernel[axis]}, stride {spec.strides[axis]}, "  # type: ignore[index]
+                        f"padding {resolved.padding[axis]}); pad with 'same' or choose sizes "
+                        "where (I + P - K_eff) is divisible by S"
+                    )
+        elif type(layer).__name__ in ("Dense", "GlobalAveragePooling2D"):
+            whole = whole or field is not None
+        assert layer.output_shape is not None
+        rows.append({
+            "name": layer.name,
+            "type": type(layer).__name__,
+            "output_shape": (None, *layer.output_shape),
+            "params": layer.count_params(),
+            "field": "all" if whole else (None if field is None else field.size),
+            "jump": None if whole or field is None else field.jump,
+        })
+    return rows, warnings
+
+
+def summary_text(model: Sequential) -> str:
+    """The summary table as text (what ``model.summary()`` prints)."""
+    rows, warnings = summary_rows(model)
+    table = [("Layer (type)", "Output Shape", "Param #", "Receptive field", "Jump")]
+    for row in rows:
+        field = row["field"]
+        table.append((
+            f"{row['name']} ({row['type']})",
+            _fmt_shape(row["output_shape"]),
+            str(row["params"]),
+            "-" if field is None else field if isinstance(field, str) else _cells(field),
+            "-" if row["jump"] is None else _cells(row["jump"]),
+        ))
+    widths = [max(len(r[i]) for r in table) for i in range(5)]
+    rule = "-" * (sum(widths) + 8)
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(
+            c.rjust(w) if i == 2 and cells is not table[0] else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
+
+    trainable = sum(
+        layer.variables[name].size
+        for layer in model.layers if layer.trainable for name in layer.trainable_names
+    )
+    total = model.count_params()
+    out = [f'Model: "{model.name}"', rule, line(table[0]), *(line(r) for r in table[1:]), rule,
+           f"Total params: {total}", f"Trainable params: {trainable}",
+           f"Non-trainable params: {total - trainable}"]
+    if warnings:
+        out.append("Warnings:")
+        out.extend(f"  {w}" for w in warnings)
+    return "\n".join(out)
