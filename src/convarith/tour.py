@@ -52,7 +52,8 @@ class Tweak:
     animation_size: tuple[int, ...]
     view: str = "oblique"
     values: bool = False
-    still: bool = False  # a still (first step) instead of an animation: big inputs
+    animation_spec: ConvSpec | None = None  # what to animate, when not ``spec`` itself
+    note: str = ""  # under the animation
 
 
 def _tweaks() -> tuple[Tweak, ...]:
@@ -87,11 +88,15 @@ def _tweaks() -> tuple[Tweak, ...]:
         ),
         Tweak(
             "formula-stride1", "The output size: 28 pixels, padding 1, stride 1 → 28", "slides 10-11",
-            "", ConvSpec(3, padding=1, strides=1), (28, 28), view="flat", still=True,
+            "", ConvSpec(3, padding=1, strides=1), (28,), view="flat",
+            animation_spec=ConvSpec(3, padding=1, strides=1, rank=1),
+            note="one row of the 28×28 image: the formula works axis by axis",
         ),
         Tweak(
             "formula-stride3", "The output size: 28 pixels, padding 1, stride 3 → 10", "slide 11",
-            "", ConvSpec(3, padding=1, strides=3), (28, 28), view="flat",
+            "", ConvSpec(3, padding=1, strides=3), (28,), view="flat",
+            animation_spec=ConvSpec(3, padding=1, strides=3, rank=1),
+            note="one row of the 28×28 image: the formula works axis by axis",
         ),
         Tweak(
             "dilation", "Dilated convolution: 9 weights, a 5×5 field of view", "slides 12-13",
@@ -180,7 +185,7 @@ def _keras_code(spec: ConvSpec) -> str:
     if isinstance(padding, str):
         args.append(f'padding="{padding}"')
     else:
-        lines.append(f"pad = keras.layers.ZeroPadding2D(padding={_first_pad(spec)})  # zeros around the input")
+        lines.append(f"pad = keras.layers.ZeroPadding2D(padding={_first_pad(spec)})")
         args.append('padding="valid"')
     if max(spec.strides) > 1:  # type: ignore[arg-type]
         args.append(f"strides={spec.strides[0]}")  # type: ignore[index]
@@ -268,14 +273,11 @@ def _section(tweak: Tweak, image: np.ndarray, image_uri: str) -> str:
     from .viz import animate
 
     spec = tweak.spec
-    movie = animate(spec, tweak.animation_size, view=tweak.view, values=tweak.values)
-    if tweak.still:
-        picture = _png_uri(movie.to_png(step=0))
-        caption = "first step (a still: the 28×28 animation would have 784 frames)"
-    else:
-        picture = _png_uri(movie.to_svg().encode("utf-8"), "svg+xml")
-        caption = f"{len(movie)} steps, one per output cell"
-    explanation = explain(spec, tweak.animation_size)
+    shown = tweak.animation_spec or spec
+    movie = animate(shown, tweak.animation_size, view=tweak.view, values=tweak.values)
+    picture = _png_uri(movie.to_svg().encode("utf-8"), "svg+xml")
+    caption = f"{len(movie)} steps, one per output cell" + (f"; {tweak.note}" if tweak.note else "")
+    explanation = explain(spec, image.shape if tweak.animation_spec is not None else tweak.animation_size)
     on_picture = explain(spec, image.shape)
     feature = _feature_map(spec, image)
     resolved = spec.resolve(image.shape)
@@ -286,7 +288,6 @@ def _section(tweak: Tweak, image: np.ndarray, image_uri: str) -> str:
         port_html = (f"<details><summary>Full PyTorch port, weights included (convarith.port): "
                      f"{html.escape(summary)}</summary><pre><code>{html.escape(code)}</code></pre></details>")
     text = tweak.text or _formula_text(tweak)
-    notes = "".join(f"<li>{html.escape(n)}</li>" for n in explanation.notes)
     in_h, in_w = image.shape
     out_h, out_w = feature.shape
     return f"""
@@ -299,10 +300,9 @@ def _section(tweak: Tweak, image: np.ndarray, image_uri: str) -> str:
     <div class="side">
       <h3>The arithmetic</h3>
       <pre class="math">{html.escape(explanation.text)}</pre>
-      {f'<ul class="notes">{notes}</ul>' if notes else ''}
-      <h3>Keras</h3>
+      <h3>Keras <small>(for the 28×28 picture below)</small></h3>
       <pre><code>{html.escape(_keras_code(spec))}</code></pre>
-      <h3>PyTorch</h3>
+      <h3>PyTorch <small>(same picture)</small></h3>
       <pre><code>{html.escape(_torch_code(resolved))}</code></pre>
       {port_html}
     </div>
@@ -342,7 +342,7 @@ def _formula_text(tweak: Tweak) -> str:
     size = tweak.animation_size[0]
     k = tweak.spec.kernel_size[0]  # type: ignore[index]
     p = _first_pad(tweak.spec)
-    out = tweak.spec.resolve(tweak.animation_size).output_size[0]
+    out = (tweak.animation_spec or tweak.spec).resolve(tweak.animation_size).output_size[0]
     wrong = (size - k + 2 * p) / (stride + 1)
     return (
         f"The lesson's example: I = {size} pixels, a {k}×{k} kernel, padding P = {p}, stride S = {stride}. "
@@ -398,7 +398,8 @@ h3 { margin: .8em 0 .3em; font-size: 1.02em; color: #0a6aa8; }
 .side { flex: 1 1 380px; min-width: 320px; }
 figcaption { color: #5a6b75; font-size: .85em; text-align: center; }
 pre { background: #f1f4f6; padding: .6em .8em; border-radius: 6px; overflow-x: auto; font-size: .85em; margin: .2em 0; }
-pre.math { background: #fff8e6; }
+pre.math { background: #fff8e6; white-space: pre-wrap; }
+h3 small { font-weight: normal; color: #5a6b75; }
 pre.small { align-self: center; }
 pre.formula { font-size: 1.4em; text-align: center; background: #e8f6f1; }
 .maps { display: flex; gap: 1.4em; align-items: center; flex-wrap: wrap; }

@@ -221,7 +221,8 @@ def build_scene(
     _, rows_out, cols_out = _plane_shape(board.top_size, rank)
     biggest = max(rows_in, cols_in, rows_out, cols_out, 1)
     if cell is None:
-        cell = max(14.0, min(44.0 if values else 38.0, 330.0 / biggest))
+        budget = 560.0 if rank == 1 else 330.0
+        cell = max(14.0, min(44.0 if values else 38.0, budget / biggest))
     slice_gap = cell * 1.2
 
     if view == "oblique":
