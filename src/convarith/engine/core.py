@@ -331,8 +331,14 @@ def transposed_conv(
 
     ``padding`` is the padding of the zero-inserted input (the resolved
     spec's ``.padding``; negative values crop): the result is the stride-1
-    convolution of that grid with :func:`flip_swap` of the kernel.
+    convolution of that grid with :func:`flip_swap` of the kernel. Unless an
+    algorithm is forced, strided ones skip the inserted zeros (output phases,
+    :mod:`.algorithms.phase`).
     """
+    from .algorithms import phase
+
+    if algorithm is None and phase.applies_transposed(strides, groups):
+        return phase.transposed(x, kernel, strides, dilation, groups, padding)
     grid = zero_insert(x, strides, padding)
     rank = len(strides)
     taps = kernel.shape[:rank]

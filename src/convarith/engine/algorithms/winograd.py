@@ -18,9 +18,22 @@ one phase ``(p, q)`` form an undilated 3×3 convolution of the input cells
 Accuracy. The transforms use the interpolation points 0, ±1, ±2, ∞ and the
 output transform's ±8 coefficients amplify the float32 rounding of the
 transformed input and kernel. Measured relative error ``‖y − y₆₄‖/‖y₆₄‖`` on
-random normal data (C = F = 64): about 2e-7 for F(2×2, 3×3) and 6e-7 for
-F(4×4, 3×3), both inside the 1e-5 conformance bound (the tests check it on
-random shapes). The kernel transform is always done in float64.
+random normal data, against 1.5e-7–3.5e-7 for plain float32 GEMMs:
+
+=========  ==============  ==============
+channels   F(2×2, 3×3)     F(4×4, 3×3)
+=========  ==============  ==============
+64         2.6e-7          1.7e-6
+256        4.9e-7          3.2e-6
+1024       5.7e-7          6.2e-6
+=========  ==============  ==============
+
+F(4×4, 3×3)'s error grows with the channel count, so float32 layers with
+more than :data:`F4_MAX_CHANNELS` input channels use F(2×2, 3×3): both stay
+inside the 1e-5 conformance bound with margin. Doing the transforms in
+float64 does not help (measured: the rounding of the transformed tiles to
+float32 for the GEMM dominates); the kernel transform is done in float64
+anyway. float64 layers always use F(4×4, 3×3) (error ~1e-15).
 
 Compiled transforms use numba when it is installed (parallel over tiles, run
 while BLAS is idle, so the two never compete for cores); without numba the
@@ -51,7 +64,10 @@ import numpy as np
 
 from ..dispatch import ConvProblem, register_algorithm
 
-__all__ = ["WinogradTransform", "transform", "direct", "applies", "cost"]
+__all__ = ["WinogradTransform", "transform", "direct", "applies", "cost", "F4_MAX_CHANNELS"]
+
+#: Above this many float32 input channels, F(2×2, 3×3) replaces F(4×4, 3×3) (accuracy).
+F4_MAX_CHANNELS = 256
 
 
 @dataclass(frozen=True)
@@ -288,7 +304,7 @@ def direct(
     groups: int,
     out_size: tuple[int, ...],
     *,
-    m: int = 4,
+    m: int | None = None,
     use_numba: bool | None = None,
     workspace_bytes: int | None = None,
 ) -> np.ndarray:
@@ -300,7 +316,8 @@ def direct(
         As in the dispatch contract; needs rank 2, a 3×3 kernel, stride 1 and
         ``groups == 1``.
     m
-        Output tile size: 4 (F(4×4, 3×3), default) or 2.
+        Output tile size: 4 (F(4×4, 3×3)) or 2; default 4, or 2 for float32
+        with more than :data:`F4_MAX_CHANNELS` input channels.
     use_numba
         Compiled transforms (``None``: when numba is installed).
     workspace_bytes
@@ -321,6 +338,9 @@ def direct(
             f"winograd needs a 2-D 3x3 kernel, stride 1 and groups=1, got kernel "
             f"{kernel.shape}, strides {strides}, groups {groups}"
         )
+    if m is None:
+        wide = xp.dtype == np.float32 and xp.shape[-1] > F4_MAX_CHANNELS
+        m = 2 if wide else 4
     wt = transform(m)
     a = wt.tile
     d0, d1 = int(dilation[0]), int(dilation[1])

@@ -1,0 +1,143 @@
+"""Transposed convolutions by output phases (sub-pixel convolution), no zeros inserted.
+
+A transposed convolution with stride ``S`` is, by definition, a stride-1
+convolution of the input with ``S - 1`` zeros inserted between cells: on a
+4×4 kernel with stride 2, three quarters of the products meet a zero. Split
+the *output* by phase instead: output cells ``o = q·S + r`` of phase ``r``
+meet real input cells only through the taps ``t`` with
+``r + t·D - pad ≡ 0 (mod S)``, and read input cell ``q + (r + t·D - pad) / S``.
+So each output phase is an ordinary stride-1 convolution of the *original*
+input with a subset of the taps; every tap belongs to exactly one phase per
+axis, and the phases together do exactly the products that matter. Each phase
+runs as flat-row GEMMs (see :mod:`.flat_rows`): one matrix product per tap
+over the flattened, padded input, no copies.
+
+Examples
+--------
+>>> import numpy as np
+>>> x = np.array([1.0, 2.0, 3.0]).reshape(1, 3, 1)
+>>> k = np.array([1.0, 10.0]).reshape(2, 1, 1)   # (K, F/g, C)
+>>> transposed(x, k, (2,), (1,), 1, ((1, 1),))[0, :, 0]
+array([ 1., 10.,  2., 20.,  3., 30.])
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from .flat_rows import _accumulate, _blas_gemm
+
+__all__ = ["transposed", "applies_transposed"]
+
+
+def applies_transposed(strides: Sequence[int], groups: int) -> bool:
+    """Worth it (and supported) for one group and some stride above 1.
+
+    >>> applies_transposed((2, 2), 1), applies_transposed((1, 1), 1)
+    (True, False)
+    """
+    return groups == 1 and any(s > 1 for s in strides)
+
+
+def transposed(
+    x: np.ndarray,
+    kernel: np.ndarray,
+    strides: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+    padding: Sequence[tuple[int, int]],
+    *,
+    use_blas: bool = True,
+) -> np.ndarray:
+    """Transposed convolution, same contract as ``engine.core.transposed_conv``.
+
+    Parameters
+    ----------
+    x
+        ``(N, *spatial, C)`` channels-last input (not zero-inserted).
+    kernel
+        ``(*K, F, C)``: the transposed layout (one group).
+    strides, dilation
+        Per spatial axis.
+    groups
+        Must be 1.
+    padding
+        Padding of the zero-inserted input per axis (``(lo, hi)``, negative
+        crops): the resolved spec's ``.padding``.
+    use_blas
+        Accumulate with BLAS ``gemm`` (``beta = 1``) when SciPy is installed.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(N, *out, F)`` with ``out = (I - 1)·S + 1 + lo + hi - D·(K - 1)``.
+
+    Examples
+    --------
+    >>> x = np.ones((1, 2, 2, 1))
+    >>> transposed(x, np.ones((2, 2, 1, 1)), (2, 2), (1, 1), 1, ((1, 1), (1, 1)))[0, ..., 0]
+    array([[1., 1., 1., 1.],
+           [1., 1., 1., 1.],
+           [1., 1., 1., 1.],
+           [1., 1., 1., 1.]])
+    """
+    if groups != 1:
+        raise ValueError(f"phase transposed convolution needs groups=1, got groups={groups}")
+    rank = len(strides)
+    n, *size, c = x.shape
+    kernel_size = kernel.shape[:rank]
+    f = kernel.shape[rank]
+    # the direct kernel of the equivalent stride-1 convolution: flipped, (F, C) -> (C, F)
+    direct_kernel = np.swapaxes(kernel[(slice(None, None, -1),) * rank], -1, -2)
+    out_size = [
+        (i - 1) * s + 1 + lo + hi - d * (k - 1)
+        for i, s, (lo, hi), d, k in zip(size, strides, padding, dilation, kernel_size)
+    ]
+    # per axis and output phase r: the taps that meet real cells, and their shifts
+    axis_phases: list[list[list[tuple[int, int]]]] = []
+    low = [0] * rank
+    high = [0] * rank
+    for axis in range(rank):
+        s, d, (lo, _), k = strides[axis], dilation[axis], padding[axis], kernel_size[axis]
+        phases: list[list[tuple[int, int]]] = []
+        for r in range(s):
+            taps = [(t, (r + t * d - lo) // s) for t in range(k) if (r + t * d - lo) % s == 0]
+            phases.append(taps)
+            count = -(-(out_size[axis] - r) // s) if out_size[axis] > r else 0
+            for _, shift in taps:
+                low[axis] = max(low[axis], -shift)
+                high[axis] = max(high[axis], count - 1 + shift - (size[axis] - 1))
+        axis_phases.append(phases)
+    grid = [i + lo + hi for i, lo, hi in zip(size, low, high)]
+    xpad = np.zeros((n, *grid, c), x.dtype)
+    xpad[(slice(None),) + tuple(slice(lo, lo + i) for lo, i in zip(low, size))] = x
+    flat = xpad.reshape(-1, c)
+    rows = flat.shape[0]
+    steps = [math.prod(grid[axis + 1:]) for axis in range(rank)]
+    y = np.zeros((n, *out_size, f), x.dtype)
+    buffer = np.empty((rows, f), x.dtype)
+    use_scratch = not (use_blas and _blas_gemm(x.dtype) is not None)
+    for phase in itertools.product(*(range(s) for s in strides)):
+        counts = [-(-(o - r) // s) if o > r else 0 for o, r, s in zip(out_size, phase, strides)]
+        tap_lists = [axis_phases[axis][r] for axis, r in enumerate(phase)]
+        if 0 in counts or any(not taps for taps in tap_lists):
+            continue  # no output cells, or only zeros reach them (y starts at zero)
+        combos = list(itertools.product(*tap_lists))
+        offsets = [sum((shift + low[a]) * steps[a] for a, (_, shift) in enumerate(combo))
+                   for combo in combos]
+        length = rows - max(offsets)
+        target = buffer[:length]
+        target[...] = 0
+        scratch = np.empty_like(target) if use_scratch else None
+        for combo, offset in zip(combos, offsets):
+            tap = tuple(t for t, _ in combo)
+            _accumulate(flat[offset: offset + length], direct_kernel[tap], target, scratch,
+                        use_blas)
+        on_grid = buffer.reshape(n, *grid, f)[
+            (slice(None),) + tuple(slice(0, count) for count in counts)]
+        y[(slice(None),) + tuple(slice(r, None, s) for r, s in zip(phase, strides))] = on_grid
+    return y

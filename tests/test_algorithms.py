@@ -1,0 +1,358 @@
+"""Every fast algorithm path against a slow reference and against PyTorch.
+
+The reference below is the definition written out tap by tap and group by
+group in float64; the algorithms are called directly (forcing each path,
+with and without numba / SciPy's BLAS) on random shapes they apply to.
+Bounds: relative error ``‖a − b‖ / ‖b‖`` ≤ 1e-5 in float32, ≤ 1e-10 in float64.
+"""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from convarith.engine.algorithms import depthwise, flat_rows, phase, winograd
+from convarith.engine.dispatch import ConvProblem, choose
+
+TOLERANCE = {np.float32: 1e-5, np.float64: 1e-10}
+SEEDS = range(6)
+
+
+# --------------------------------------------------------------------------- slow reference
+
+
+def reference_direct(xp, kernel, strides, dilation, groups, out_size):
+    """``y[n, o, g·Fg + f] = Σ_{k, c} xp[n, o·S + k·D, g·Cg + c] · kernel[k, c, g·Fg + f]``."""
+    rank = len(out_size)
+    xp = np.asarray(xp, np.float64)
+    kernel = np.asarray(kernel, np.float64)
+    group_in, filters = kernel.shape[-2:]
+    group_out = filters // groups
+    y = np.zeros((xp.shape[0], *out_size, filters))
+    for tap in itertools.product(*(range(k) for k in kernel.shape[:rank])):
+        index = tuple(
+            slice(k * d, k * d + (o - 1) * s + 1, s)
+            for k, s, d, o in zip(tap, strides, dilation, out_size)
+        )
+        cells = xp[(slice(None),) + index]
+        for g in range(groups):
+            x_g = cells[..., g * group_in:(g + 1) * group_in]
+            w_g = kernel[tap][:, g * group_out:(g + 1) * group_out]
+            y[..., g * group_out:(g + 1) * group_out] += x_g @ w_g
+    return y
+
+
+def reference_weight_grad(xp, dy, kernel_size, strides, dilation, groups):
+    rank = len(kernel_size)
+    xp = np.asarray(xp, np.float64)
+    dy = np.asarray(dy, np.float64)
+    out_size = dy.shape[1:-1]
+    group_in = xp.shape[-1] // groups
+    filters = dy.shape[-1]
+    group_out = filters // groups
+    dk = np.zeros((*kernel_size, group_in, filters))
+    for tap in itertools.product(*(range(k) for k in kernel_size)):
+        index = tuple(
+            slice(k * d, k * d + (o - 1) * s + 1, s)
+            for k, s, d, o in zip(tap, strides, dilation, out_size)
+        )
+        cells = xp[(slice(None),) + index].reshape(-1, xp.shape[-1])
+        grads = dy.reshape(-1, filters)
+        for g in range(groups):
+            dk[tap][:, g * group_out:(g + 1) * group_out] = (
+                cells[:, g * group_in:(g + 1) * group_in].T
+                @ grads[:, g * group_out:(g + 1) * group_out]
+            )
+    del rank
+    return dk
+
+
+def reference_transposed(x, kernel, strides, dilation, padding):
+    """Zero-insert, pad (negative crops), convolve with the flipped, swapped kernel."""
+    rank = len(strides)
+    n, *size, c = x.shape
+    grid = np.zeros((n, *[(i - 1) * s + 1 for i, s in zip(size, strides)], c))
+    grid[(slice(None),) + tuple(slice(None, None, s) for s in strides)] = x
+    widths = [(0, 0)] + [(max(lo, 0), max(hi, 0)) for lo, hi in padding] + [(0, 0)]
+    grid = np.pad(grid, widths)
+    crop = tuple(slice(max(-lo, 0), grid.shape[1 + a] - max(-hi, 0))
+                 for a, (lo, hi) in enumerate(padding))
+    grid = grid[(slice(None),) + crop]
+    direct_kernel = np.swapaxes(np.asarray(kernel)[(slice(None, None, -1),) * rank], -1, -2)
+    effective = [(k - 1) * d + 1 for k, d in zip(kernel.shape[:rank], dilation)]
+    out = tuple(g - e + 1 for g, e in zip(grid.shape[1:-1], effective))
+    return reference_direct(grid, direct_kernel, (1,) * rank, dilation, 1, out)
+
+
+def relative_error(a, b):
+    b = np.asarray(b, np.float64)
+    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / max(np.linalg.norm(b), 1e-300))
+
+
+def random_problem(rng, rank, *, kernel=None, strides=None, dilation=None, groups=1,
+                   channels=None, filters=None):
+    kernel = kernel or tuple(int(v) for v in rng.integers(1, 4, rank))
+    strides = strides or tuple(int(v) for v in rng.integers(1, 4, rank))
+    dilation = dilation or tuple(int(v) for v in rng.integers(1, 3, rank))
+    channels = channels or groups * int(rng.integers(1, 5))
+    filters = filters or groups * int(rng.integers(1, 5))
+    effective = [(k - 1) * d + 1 for k, d in zip(kernel, dilation)]
+    padded = tuple(e + int(rng.integers(0, 8)) for e in effective)
+    out_size = tuple((p - e) // s + 1 for p, e, s in zip(padded, effective, strides))
+    batch = int(rng.integers(1, 3))
+    xp = rng.standard_normal((batch, *padded, channels))
+    k = rng.standard_normal((*kernel, channels // groups, filters))
+    return xp, k, strides, dilation, out_size
+
+
+def check(result, expected, dtype, seed, what):
+    assert result.dtype == dtype, f"{what} (seed {seed}): dtype {result.dtype}, expected {dtype}"
+    assert result.shape == expected.shape, f"{what} (seed {seed}): shape {result.shape}"
+    error = relative_error(result, expected)
+    assert error <= TOLERANCE[dtype], f"{what} (seed {seed}): relative error {error:.2e}"
+
+
+DTYPES = [np.float32, np.float64]
+
+
+# --------------------------------------------------------------------------- flat rows
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_flat_rows_forward_and_weight_grad(seed, rank):
+    rng = np.random.default_rng(100 * rank + seed)
+    xp, k, strides, dilation, out_size = random_problem(rng, rank)
+    expected = reference_direct(xp, k, strides, dilation, 1, out_size)
+    dy = rng.standard_normal((xp.shape[0], *out_size, k.shape[-1]))
+    expected_dk = reference_weight_grad(xp, dy, k.shape[:rank], strides, dilation, 1)
+    for dtype in DTYPES:
+        for gather, use_blas in itertools.product([True, False], [True, False]):
+            y = flat_rows.direct(xp.astype(dtype), k.astype(dtype), strides, dilation, 1,
+                                 out_size, gather=gather, use_blas=use_blas)
+            check(y, expected, dtype, seed, f"flat_rows gather={gather} blas={use_blas}")
+        dk = flat_rows.weight_grad(xp.astype(dtype), dy.astype(dtype), k.shape[:rank],
+                                   strides, dilation, 1)
+        check(dk, expected_dk, dtype, seed, "flat_rows weight_grad")
+
+
+def test_flat_rows_plan_skips_no_product():
+    # stride 2, 3 taps: phases 0 and 1, taps at shifts 0, 0, 1 of their phase
+    p = flat_rows.plan((9,), (3,), (2,), (1,))
+    assert p.phases == ((0,), (1,))
+    assert [(k, ph, shift) for k, ph, shift in p.taps] == [((0,), 0, 0), ((1,), 1, 0),
+                                                            ((2,), 0, 1)]
+
+
+# --------------------------------------------------------------------------- winograd
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("m", [2, 4])
+def test_winograd_forward(seed, m):
+    rng = np.random.default_rng(200 + 10 * m + seed)
+    channels, filters = int(rng.integers(1, 40)), int(rng.integers(1, 40))
+    xp, k, strides, dilation, out_size = random_problem(
+        rng, 2, kernel=(3, 3), strides=(1, 1), channels=channels, filters=filters)
+    expected = reference_direct(xp, k, strides, dilation, 1, out_size)
+    for dtype in DTYPES:
+        for use_numba in (None, False):
+            y = winograd.direct(xp.astype(dtype), k.astype(dtype), strides, dilation, 1,
+                                out_size, m=m, use_numba=use_numba,
+                                workspace_bytes=int(rng.integers(1, 1 << 16)))
+            check(y, expected, dtype, seed, f"winograd F({m}) numba={use_numba}")
+
+
+def test_winograd_float32_error_with_many_channels():
+    """F(4×4, 3×3) in float32 on a wide layer (the bench's L1) stays well inside 1e-5."""
+    rng = np.random.default_rng(7)
+    xp = rng.standard_normal((1, 30, 30, 256)).astype(np.float32)
+    k = (rng.standard_normal((3, 3, 256, 64)) / 48).astype(np.float32)
+    y = winograd.direct(xp, k, (1, 1), (1, 1), 1, (28, 28))
+    error = relative_error(y, reference_direct(xp, k, (1, 1), (1, 1), 1, (28, 28)))
+    assert error < 5e-6, error
+
+
+def test_winograd_rejects_what_it_cannot_do():
+    with pytest.raises(ValueError, match="3x3"):
+        winograd.direct(np.zeros((1, 5, 5, 1)), np.zeros((2, 2, 1, 1)), (1, 1), (1, 1), 1,
+                        (4, 4))
+    with pytest.raises(ValueError, match="m must be 2 or 4"):
+        winograd.transform(3)
+
+
+# --------------------------------------------------------------------------- depthwise
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_depthwise_forward_and_weight_grad(seed, rank):
+    rng = np.random.default_rng(300 + 10 * rank + seed)
+    channels = int(rng.integers(1, 9))
+    multiplier = int(rng.integers(1, 3))
+    xp, k, strides, dilation, out_size = random_problem(
+        rng, rank, groups=channels, channels=channels, filters=channels * multiplier)
+    expected = reference_direct(xp, k, strides, dilation, channels, out_size)
+    dy = rng.standard_normal((xp.shape[0], *out_size, k.shape[-1]))
+    expected_dk = reference_weight_grad(xp, dy, k.shape[:rank], strides, dilation, channels)
+    for dtype in DTYPES:
+        for use_numba in (None, False):
+            y = depthwise.direct(xp.astype(dtype), k.astype(dtype), strides, dilation,
+                                 channels, out_size, use_numba=use_numba)
+            check(y, expected, dtype, seed, f"depthwise numba={use_numba}")
+            dk = depthwise.weight_grad(xp.astype(dtype), dy.astype(dtype), k.shape[:rank],
+                                       strides, dilation, channels, use_numba=use_numba)
+            check(dk, expected_dk, dtype, seed, f"depthwise weight_grad numba={use_numba}")
+
+
+# --------------------------------------------------------------------------- phase (transposed)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("rank", [1, 2])
+def test_phase_transposed(seed, rank):
+    rng = np.random.default_rng(400 + 10 * rank + seed)
+    kernel_size = tuple(int(v) for v in rng.integers(1, 6, rank))
+    strides = tuple(int(v) for v in rng.integers(1, 4, rank))
+    dilation = tuple(int(v) for v in rng.integers(1, 3, rank))
+    size = tuple(int(v) for v in rng.integers(2, 7, rank))
+    padding = tuple(
+        (int(rng.integers(-1, (k - 1) * d + 1)), int(rng.integers(-1, (k - 1) * d + 1)))
+        for k, d in zip(kernel_size, dilation)
+    )
+    c, f = int(rng.integers(1, 5)), int(rng.integers(1, 5))
+    x = rng.standard_normal((2, *size, c))
+    k = rng.standard_normal((*kernel_size, f, c))
+    expected = reference_transposed(x, k, strides, dilation, padding)
+    if min(expected.shape) == 0:
+        pytest.skip(f"empty output for seed {seed}")
+    for dtype in DTYPES:
+        for use_blas in (True, False):
+            y = phase.transposed(x.astype(dtype), k.astype(dtype), strides, dilation, 1,
+                                 padding, use_blas=use_blas)
+            check(y, expected, dtype, seed, f"phase transposed blas={use_blas}")
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+@pytest.mark.parametrize(
+    ("shape", "kernel", "strides", "dilation", "groups", "expected"),
+    [
+        ((8, 58, 58, 64), (3, 3, 64, 64), (1, 1), (1, 1), 1, "winograd"),
+        ((8, 60, 60, 64), (3, 3, 64, 64), (1, 1), (2, 2), 1, "winograd"),
+        ((8, 57, 57, 64), (3, 3, 64, 128), (2, 2), (1, 1), 1, "flat_rows"),
+        ((8, 58, 58, 128), (3, 3, 1, 128), (1, 1), (1, 1), 128, "depthwise"),
+        ((32, 14, 14, 256), (1, 1, 256, 256), (1, 1), (1, 1), 1, "flat_rows"),
+        ((8, 117, 117, 3), (7, 7, 3, 64), (2, 2), (1, 1), 1, "flat_rows"),
+    ],
+)
+def test_dispatch_picks_the_measured_winner(shape, kernel, strides, dilation, groups,
+                                            expected):
+    rank = len(strides)
+    out = tuple((p - (k - 1) * d - 1) // s + 1
+                for p, k, d, s in zip(shape[1:-1], kernel[:rank], dilation, strides))
+    problem = ConvProblem(shape, kernel, strides, dilation, groups, out, np.dtype(np.float32))
+    assert choose(problem).name == expected
+
+
+# --------------------------------------------------------------------------- without numba
+
+
+def test_paths_without_numba_installed():
+    """With numba unimportable the default (``use_numba=None``) paths still run, exactly."""
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules["numba"] = None  # import numba -> ImportError
+        import numpy as np
+        from convarith.engine.algorithms import depthwise, winograd
+        rng = np.random.default_rng(0)
+        xp = rng.standard_normal((2, 9, 8, 3))
+        k = rng.standard_normal((3, 3, 3, 4))
+        y = winograd.direct(xp, k, (1, 1), (1, 1), 1, (7, 6))
+        ref = sum(np.einsum("nhwc,cf->nhwf", xp[:, i:i + 7, j:j + 6], k[i, j])
+                  for i in range(3) for j in range(3))
+        assert np.allclose(y, ref, rtol=0, atol=1e-12), "winograd"
+        kd = rng.standard_normal((3, 3, 1, 3))
+        y = depthwise.direct(xp, kd, (1, 1), (1, 1), 3, (7, 6))
+        ref = sum(xp[:, i:i + 7, j:j + 6] * kd[i, j, 0] for i in range(3) for j in range(3))
+        assert np.allclose(y, ref, rtol=0, atol=1e-12), "depthwise"
+        try:
+            winograd.direct(xp, k, (1, 1), (1, 1), 1, (7, 6), use_numba=True)
+        except ImportError as error:
+            assert "numba" in str(error)
+        else:
+            raise AssertionError("use_numba=True without numba must fail")
+        print("ok")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+# --------------------------------------------------------------------------- PyTorch oracle
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("seed", range(4))
+def test_algorithms_agree_with_torch(seed):
+    torch = pytest.importorskip("torch")
+    tf = torch.nn.functional
+    rng = np.random.default_rng(500 + seed)
+
+    def torch_conv(xp, k, strides, dilation, groups):
+        xt = torch.from_numpy(np.moveaxis(xp, -1, 1).copy()).requires_grad_(True)
+        wt = torch.from_numpy(np.moveaxis(k, (-1, -2), (0, 1)).copy()).requires_grad_(True)
+        y = tf.conv2d(xt, wt, stride=strides, dilation=dilation, groups=groups)
+        return y, xt, wt
+
+    def to_last(t):
+        return np.moveaxis(t.detach().numpy(), 1, -1)
+
+    def kernel_last(t):
+        return np.moveaxis(t.detach().numpy(), (0, 1), (-1, -2))
+
+    cases = [
+        ("flat_rows", random_problem(rng, 2), 1),
+        ("winograd", random_problem(rng, 2, kernel=(3, 3), strides=(1, 1), channels=17,
+                                    filters=9), 1),
+    ]
+    channels = int(rng.integers(2, 6))
+    cases.append(("depthwise", random_problem(rng, 2, groups=channels, channels=channels,
+                                              filters=2 * channels), channels))
+    for name, (xp, k, strides, dilation, out_size), groups in cases:
+        y_t, xt, wt = torch_conv(xp, k, strides, dilation, groups)
+        dy = rng.standard_normal(y_t.shape)
+        (dw_t,) = torch.autograd.grad(y_t, (wt,), torch.from_numpy(dy))
+        module = {"flat_rows": flat_rows, "winograd": winograd, "depthwise": depthwise}[name]
+        for dtype in DTYPES:
+            y = module.direct(xp.astype(dtype), k.astype(dtype), strides, dilation, groups,
+                              out_size)
+            check(y, to_last(y_t), dtype, seed, f"{name} vs torch")
+            grad = getattr(module, "weight_grad", None)
+            if grad is not None:
+                dk = grad(xp.astype(dtype), np.moveaxis(dy, 1, -1).astype(dtype),
+                          k.shape[:2], strides, dilation, groups)
+                check(dk, kernel_last(dw_t), dtype, seed, f"{name} weight_grad vs torch")
+
+    # transposed by phases vs torch.conv_transpose2d (symmetric crop p, output padding)
+    strides = tuple(int(v) for v in rng.integers(2, 4, 2))
+    kernel_size = tuple(int(v) for v in rng.integers(2, 6, 2))
+    crop = tuple(int(rng.integers(0, k)) for k in kernel_size)
+    x = rng.standard_normal((2, 5, 6, 3))
+    k = rng.standard_normal((*kernel_size, 4, 3))  # (K, F, C)
+    y_t = tf.conv_transpose2d(torch.from_numpy(np.moveaxis(x, -1, 1).copy()),
+                              torch.from_numpy(np.moveaxis(k, (-1, -2), (0, 1)).copy()),
+                              stride=strides, padding=crop)
+    padding = tuple((kk - 1 - p, kk - 1 - p) for kk, p in zip(kernel_size, crop))
+    for dtype in DTYPES:
+        y = phase.transposed(x.astype(dtype), k.astype(dtype), strides, (1, 1), 1, padding)
+        check(y, to_last(y_t), dtype, seed, "phase transposed vs torch")
