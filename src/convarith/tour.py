@@ -494,8 +494,11 @@ def write_tour(
     target = Path(out)
     if target.suffix.lower() not in (".html", ".htm"):
         target = target / "index.html"
-    if target.parent.exists() and not target.parent.is_dir():
-        raise ValueError(f"out {str(out)!r}: {str(target.parent)!r} is a file, not a folder")
+    for folder in (target.parent, *target.parent.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise ValueError(f"out {str(out)!r}: {str(folder)!r} is a file, not a folder")
+            break
     if target.exists() and not force:
         raise FileExistsError(f"{str(target)!r} exists; pass --force to overwrite it")
     page = build_tour(progress=progress)
