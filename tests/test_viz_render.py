@@ -248,3 +248,14 @@ def test_still_png_bytes_are_a_png():
     data = animate(ConvSpec(3), (4, 4)).to_png(step=0)
     with Image.open(io.BytesIO(data)) as image:
         assert image.format == "PNG"
+
+
+def test_specs_display_as_pictures():
+    spec = ConvSpec(3, strides=2, padding="same")
+    assert spec._repr_png_().startswith(b"\x89PNG")
+    assert spec._repr_svg_().startswith("<svg")
+    # a big input is previewed on a small one: same geometry, few frames
+    big = spec.resolve((224, 224))
+    assert "input 5×5" in big._repr_svg_()
+    small = ConvSpec(3, dilation=2).resolve((8, 8))
+    assert "input 8×8" in small._repr_svg_()

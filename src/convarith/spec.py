@@ -345,6 +345,16 @@ class ConvSpec:
 
         return spec_html(self)
 
+    def _repr_svg_(self) -> str:
+        from .viz.animation import preview
+
+        return preview(self).to_svg()
+
+    def _repr_png_(self) -> bytes:
+        from .viz.animation import preview
+
+        return preview(self).to_png()
+
 
 # --------------------------------------------------------------------------- resolution
 
@@ -670,6 +680,16 @@ class ResolvedConv:
         from .explain import explain
 
         return explain(self.spec, self.input_shape_for_explain)._repr_html_()
+
+    def _repr_svg_(self) -> str:
+        from .viz.animation import preview
+
+        return preview(self).to_svg()
+
+    def _repr_png_(self) -> bytes:
+        from .viz.animation import preview
+
+        return preview(self).to_png()
 
     @property
     def input_shape_for_explain(self) -> tuple[int, ...]:

@@ -273,3 +273,33 @@ def animate(
     scene = build_scene(board, explanation, view=view, show_gaps=show_gaps)
     return Animation(board, explanation, view, float(fps) if fps is not None else _default_fps(len(board.frames)),
                      float(scale), scene)
+
+
+def preview_input(spec: ConvSpec) -> tuple[int, ...]:
+    """A small input that shows ``spec`` well: a few output cells, the padding visible.
+
+    >>> preview_input(ConvSpec(3, strides=2, padding="same"))
+    (5, 5)
+    """
+    rank = spec.rank or 2
+    if spec.transposed:
+        return (3,) * rank
+    sizes = []
+    for axis in range(rank):
+        stride = spec.strides[axis]  # type: ignore[index]
+        sizes.append(max(5, spec.effective_kernel[axis] + 2 * stride - 1 if stride > 1 else spec.effective_kernel[axis] + 2))
+    return tuple(min(size, 12) for size in sizes)
+
+
+def preview(spec: ConvSpec | ResolvedConv) -> Still:
+    """One step of ``spec``'s animation, for Jupyter (small input when none or too big).
+
+    >>> preview(ConvSpec(3, dilation=2)).animation.resolved.input_size
+    (7, 7)
+    """
+    resolved = spec if isinstance(spec, ResolvedConv) else None
+    if resolved is None or math.prod(resolved.output_size) > 144 or max(resolved.padded_size) > 40:
+        base = spec.spec if isinstance(spec, ResolvedConv) else spec
+        resolved = base.resolve(preview_input(base))
+    movie = animate(resolved)
+    return movie.frame(len(movie) // 2)
