@@ -287,7 +287,7 @@ def preview_input(spec: ConvSpec) -> tuple[int, ...]:
     sizes = []
     for axis in range(rank):
         stride = spec.strides[axis]  # type: ignore[index]
-        sizes.append(max(5, spec.effective_kernel[axis] + 2 * stride - 1 if stride > 1 else spec.effective_kernel[axis] + 2))
+        sizes.append(max(5, spec.effective_kernel[axis] + max(stride, 2)))
     return tuple(min(size, 12) for size in sizes)
 
 
