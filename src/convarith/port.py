@@ -129,6 +129,13 @@ _POSITIONAL = {
         "SeparableConv": ("filters", "kernel_size", "strides", "padding", "data_format",
                           "dilation_rate", "depth_multiplier", "activation", "use_bias"),
         "Pool": ("pool_size", "strides", "padding", "data_format"),
+        "Dense": ("units", "activation", "use_bias"),
+        "ZeroPadding": ("padding", "data_format"),
+        "Cropping": ("cropping", "data_format"),
+        "UpSampling": ("size", "data_format", "interpolation"),
+        "Activation": ("activation",),
+        "Dropout": ("rate",),
+        "Concatenate": ("axis",),
     },
     "torch": {
         "Conv": ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
@@ -138,6 +145,11 @@ _POSITIONAL = {
         "MaxPool": ("kernel_size", "stride", "padding", "dilation", "return_indices", "ceil_mode"),
         "AvgPool": ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
                     "divisor_override"),
+        "BatchNorm": ("num_features", "eps", "momentum", "affine"),
+        "Linear": ("in_features", "out_features", "bias"),
+        "AdaptivePool": ("output_size",),
+        "Dropout": ("p",),
+        "Flatten": ("start_dim", "end_dim"),
     },
 }
 
@@ -220,6 +232,10 @@ def parse_layer(text: str, framework: str) -> ParsedLayer:
 
 def _family(framework: str, name: str) -> str | None:
     if framework == "keras":
+        for prefix in ("Dense", "ZeroPadding", "Cropping", "UpSampling", "Activation", "Dropout",
+                       "Concatenate"):
+            if name.startswith(prefix):
+                return prefix
         for prefix, family in (("ConvolutionTranspose", "ConvTranspose"),
                                ("DepthwiseConv", "DepthwiseConv"), ("SeparableConv", "SeparableConv"),
                                ("Conv", "Conv"), ("Convolution", "Conv"), ("MaxPool", "Pool"),
@@ -229,9 +245,12 @@ def _family(framework: str, name: str) -> str | None:
                     return "ConvTranspose"
                 return family
     if framework == "torch":
-        for family in ("ConvTranspose", "Conv", "MaxPool", "AvgPool"):
+        for family in ("ConvTranspose", "Conv", "MaxPool", "AvgPool", "BatchNorm", "Linear",
+                       "Dropout", "Flatten"):
             if name.startswith(family):
                 return family
+        if name.startswith("Adaptive"):
+            return "AdaptivePool"
     return None
 
 
@@ -537,6 +556,8 @@ class _Writer:
             quoted = {"same": "'same'", "same_lower": "'SAME_LOWER'", "causal": "'causal'",
                       "full": "'full'"}[word]
             return f"{name} {quoted} pads {self._pads_text()} here"
+        if not any(lo or hi for lo, hi in self.r.padding):
+            return f"{name} does not pad"
         return f"{name} pads {self._pads_text()}"
 
     # ---------------------------------------------------------------- PyTorch

@@ -1,0 +1,48 @@
+"""Model files in, a framework-neutral layer graph out.
+
+:func:`read_model` picks the reader by the file's extension: ``.keras``
+(:mod:`.keras_file`, the zip's ``config.json`` only), ``.onnx``
+(:mod:`.onnx_file`, needs the optional ``onnx`` package), ``.yaml``/``.yml``/
+``.json`` (:mod:`.layers_file`, a small list of layers).
+
+Examples
+--------
+>>> import json, os, tempfile
+>>> path = os.path.join(tempfile.mkdtemp(), "net.json")
+>>> _ = open(path, "w").write(json.dumps({"input": [28, 28, 1], "layers": ["Conv2D(8, 3)"]}))
+>>> [layer.kind for layer in read_model(path).layers]
+['input', 'conv']
+"""
+
+from __future__ import annotations
+
+import os
+
+from .graph import LayerNode, ModelGraph
+
+__all__ = ["read_model", "LayerNode", "ModelGraph"]
+
+_READERS = {".keras": "keras", ".onnx": "onnx", ".yaml": "layers", ".yml": "layers", ".json": "layers"}
+
+
+def read_model(path: str | os.PathLike[str]) -> ModelGraph:
+    """The layer graph of a ``.keras``, ``.onnx``, ``.yaml``/``.yml`` or ``.json`` file."""
+    name = os.fspath(path)
+    extension = os.path.splitext(name)[1].lower()
+    reader = _READERS.get(extension)
+    if reader is None:
+        raise ValueError(f"model file {name!r}: the extension {extension or '(none)'!r} is not one "
+                         f"convarith reads; use {', '.join(_READERS)}")
+    if not os.path.isfile(name):
+        raise ValueError(f"model file {name!r} does not exist")
+    if reader == "keras":
+        from .keras_file import read_keras
+
+        return read_keras(name)
+    if reader == "onnx":
+        from .onnx_file import read_onnx
+
+        return read_onnx(name)
+    from .layers_file import read_layers
+
+    return read_layers(name)
