@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
@@ -69,14 +70,21 @@ Handler = Callable[[Any, api.Limits], dict[str, Any]]
 
 
 def _json_endpoint(
-    handler: Handler, body_limit: Callable[[api.Limits], int] | None = None
+    handler: Handler,
+    body_limit: Callable[[api.Limits], int] | None = None,
+    in_thread: bool = False,
 ) -> Callable[[Request], Awaitable[Response]]:
+    """An endpoint reading JSON into ``handler``; slow handlers run off the event loop."""
+
     async def endpoint(request: Request) -> Response:
         limits: api.Limits = request.app.state.limits
         try:
             limit = body_limit(limits) if body_limit else limits.max_body_bytes
             data = await _read_json(request, limit)
-            payload = handler(data, limits)
+            if in_thread:
+                payload = await run_in_threadpool(handler, data, limits)
+            else:
+                payload = handler(data, limits)
         except api.ApiError as error:
             return _error(error)
         return JSONResponse(payload)
@@ -167,7 +175,8 @@ def create_app(limits: api.Limits | None = None) -> Starlette:
         post("/api/stack", _json_endpoint(api.stack_payload)),
         post("/api/port", _json_endpoint(api.port_payload)),
         post("/api/image", _json_endpoint(
-            _image, body_limit=lambda limits: limits.max_upload_bytes * 4 // 3 + 4096)),
+            _image, body_limit=lambda limits: limits.max_upload_bytes * 4 // 3 + 4096,
+            in_thread=True)),
         Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: not_found})

@@ -603,24 +603,28 @@
     const rows = rank === 2 ? d.input_size[0] : 1, cols = rank === 2 ? d.input_size[1] : d.input_size[0];
     const oRows = rank === 2 ? last[0] : 1, oCols = rank === 2 ? last[1] : last[0];
     const cell = Math.max(5, Math.min(22, Math.floor(360 / Math.max(rows, cols, oRows, oCols))));
-    const top = 26, outX = Math.max(cols * cell, 90) + 48;
-    const width = outX + Math.max(oCols * cell, 150) + 10, height = top + Math.max(rows, oRows) * cell + 8;
+    // room around the input for the part of the field that lies in the padding
+    const span = rf.span.map((p) => p.map(Number));
+    const [sr, sc] = rank === 2 ? span : [[0, 0], span[0]];
+    const left = Math.max(0, -sc[0]) * cell + 2, above = Math.max(0, -sr[0]) * cell;
+    const right = Math.max(0, sc[1] - cols + 1) * cell, below = Math.max(0, sr[1] - rows + 1) * cell;
+    const top = 26 + above, outX = left + Math.max(cols * cell + right, 90) + 48;
+    const width = outX + Math.max(oCols * cell, 150) + 10, height = top + Math.max(rows * cell + below, oRows * cell) + 8;
     svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
     svg.setAttribute("width", width); svg.setAttribute("height", height);
     el("text", { x: 0, y: 16, class: "grid-label" }, svg).textContent = `input ${times(d.input_size)}`;
     el("text", { x: outX, y: 16, class: "grid-label output" }, svg).textContent = `layer ${d.layers.length} output ${times(last)}`;
+    const box = el("g", { transform: `translate(${left}, 0)` }, svg);
     const exact = rf.exact.map((cells) => new Set(cells));
     for (const pos of product(d.input_size.map((n) => [...Array(n).keys()]))) {
       const [r, c] = rank === 2 ? pos : [0, pos[0]];
       const inside = pos.every((p, i) => exact[i].has(p));
       el("rect", { x: c * cell + 0.5, y: top + r * cell + 0.5, width: cell - 1, height: cell - 1,
-        class: "cell rf " + (inside ? "rf-in" : ""), "data-pos": pos.join(",") }, svg);
+        class: "cell rf " + (inside ? "rf-in" : ""), "data-pos": pos.join(",") }, box);
     }
-    // the field's nominal span (may reach into padding, outside the input)
-    const span = rf.span.map((p) => p.map(Number));
-    const [sr, sc] = rank === 2 ? span : [[0, 0], span[0]];
+    // the field's nominal span (it may reach into the padding, outside the input)
     el("rect", { x: sc[0] * cell, y: top + sr[0] * cell, width: (sc[1] - sc[0] + 1) * cell,
-      height: (sr[1] - sr[0] + 1) * cell, class: "rf-span" }, svg);
+      height: (sr[1] - sr[0] + 1) * cell, class: "rf-span" }, box);
     for (const pos of product(last.map((n) => [...Array(n).keys()]))) {
       const [r, c] = rank === 2 ? pos : [0, pos[0]];
       const rect = el("rect", { x: outX + c * cell + 0.5, y: top + r * cell + 0.5, width: cell - 1, height: cell - 1,
