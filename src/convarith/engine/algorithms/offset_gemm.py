@@ -127,15 +127,20 @@ def direct(
     itemsize = xp.dtype.itemsize
     budget = workspace_budget(y.nbytes)
     per_cell = (channels + filters) * itemsize
-    for block in row_blocks((batch, *out_size), per_cell, budget):
+    blocks = list(row_blocks((batch, *out_size), per_cell, budget))
+    largest = max((int(np.prod(_block_shape(b))) for b in blocks), default=0)
+    # one pair of buffers for all blocks, so two never coexist
+    gather_buffer = np.empty(largest * channels, dtype=xp.dtype)
+    product_buffer = np.empty(largest * filters, dtype=xp.dtype)
+    for block in blocks:
         shape = _block_shape(block)
         cells = int(np.prod(shape))
         if cells == 0:
             continue
         acc = y[block].reshape(cells, filters)  # a view: blocks are contiguous
-        gathered = np.empty((*shape, channels), dtype=xp.dtype)
+        gathered = gather_buffer[:cells * channels].reshape(*shape, channels)
         flat = gathered.reshape(cells, channels)
-        product = np.empty((cells, filters), dtype=xp.dtype)
+        product = product_buffer[:cells * filters].reshape(cells, filters)
         for tap in np.ndindex(*taps):
             np.copyto(gathered, tap_view(xp, block, tap, strides, dilation))
             weights = kernel[tap]  # (group_in, filters)
@@ -184,13 +189,16 @@ def weight_grad(
     dk = np.zeros((*kernel_size, group_in, filters), dtype=xp.dtype)
     itemsize = xp.dtype.itemsize
     budget = workspace_budget(dk.nbytes)
-    for block in row_blocks(dy.shape[:-1], channels * itemsize, budget):
+    blocks = list(row_blocks(dy.shape[:-1], channels * itemsize, budget))
+    largest = max((int(np.prod(_block_shape(b))) for b in blocks), default=0)
+    gather_buffer = np.empty(largest * channels, dtype=xp.dtype)
+    for block in blocks:
         shape = _block_shape(block)
         cells = int(np.prod(shape))
         if cells == 0:
             continue
         grad = dy[block].reshape(cells, filters)
-        gathered = np.empty((*shape, channels), dtype=xp.dtype)
+        gathered = gather_buffer[:cells * channels].reshape(*shape, channels)
         flat = gathered.reshape(cells, channels)
         for tap in np.ndindex(*kernel_size):
             np.copyto(gathered, tap_view(xp, block, tap, strides, dilation))
