@@ -143,7 +143,13 @@ def test_resolve_pooling_groups_and_shapes(client):
     assert code == 200 and data["output_size"] == [3, 3] and data["kind"] == "max_pool"
     code, data = post(client, "/api/resolve", {
         "input_size": [8, 8], "in_channels": 4, "filters": 6, "groups": 2, "kernel_size": 3})
-    assert data["output_shape"] == [6, 6, 6] and data["kernel_shape"] == [3, 3, 2, 6]
+    assert data["output_shape"] == [6, 6, 6]
+    assert data["kernel_shape"] == {"keras": [3, 3, 2, 6], "torch": [6, 2, 3, 3]}
+    code, data = post(client, "/api/resolve", {
+        "input_size": [8, 8], "in_channels": 4, "filters": 6, "groups": 2, "kernel_size": 3,
+        "transposed": True, "strides": 2})
+    # torch.nn.ConvTranspose2d(4, 6, 3, groups=2).weight.shape == (4, 3, 3, 3)
+    assert data["kernel_shape"]["torch"] == [4, 3, 3, 3]
 
 
 def test_resolve_one_dimensional_causal(client):
@@ -575,3 +581,21 @@ def test_image_kernel_rejections(client, extra, words):
 def test_image_without_engine_is_503(client, monkeypatch):
     monkeypatch.delattr(convarith, "conv")
     rejected(client, "/api/image", {"image": "sample"}, 503, "engine")
+
+
+# --------------------------------------------------------------------------- the serve command
+
+
+def test_serve_command_binds_loopback_by_default(monkeypatch):
+    uvicorn = pytest.importorskip("uvicorn")
+    from convarith.cli import build_parser
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append(kwargs))
+    args = build_parser().parse_args(["serve"])
+    assert (args.host, args.port, args.open) == ("127.0.0.1", 8000, False)
+    assert args.func(args) == 0
+    assert calls == [{"host": "127.0.0.1", "port": 8000, "log_level": "warning"}]
+    args = build_parser().parse_args(["serve", "--port", "0"])
+    with pytest.raises(ValueError, match="--port"):
+        args.func(args)

@@ -329,8 +329,15 @@ def resolve_payload(settings: Settings) -> dict[str, Any]:
     explanation = explain(spec, resolved.input_shape_for_explain).to_dict()
     kernel_shape = None
     if spec.pool is None and resolved.groups and resolved.in_channels and resolved.out_channels:
-        kernel_shape = [*spec.kernel_size, resolved.in_channels // resolved.groups,  # type: ignore[misc]
-                        resolved.out_channels]
+        per_group = resolved.in_channels // resolved.groups
+        kernel = list(spec.kernel_size)  # type: ignore[arg-type]
+        if spec.transposed:  # Keras (k..., out/groups, in); PyTorch (in, out/groups, k...)
+            per_group = resolved.out_channels // resolved.groups
+            kernel_shape = {"keras": [*kernel, per_group, resolved.in_channels],
+                            "torch": [resolved.in_channels, per_group, *kernel]}
+        else:  # Keras (k..., in/groups, out); PyTorch (out, in/groups, k...)
+            kernel_shape = {"keras": [*kernel, per_group, resolved.out_channels],
+                            "torch": [resolved.out_channels, per_group, *kernel]}
     payload: dict[str, Any] = {
         "spec": _spec_dict(spec),
         "kind": spec.kind,
@@ -617,7 +624,7 @@ def decode_upload(text: Any, limits: Limits) -> Any:
         raise unavailable("Pillow", error) from error
     if not isinstance(text, str):
         raise ApiError(422, "image must be 'sample' or a data: URL of a PNG or JPEG", "image")
-    match = _DATA_URL.match(text[:64] + text[64:]) if text.startswith("data:") else None
+    match = _DATA_URL.match(text) if text.startswith("data:") else None
     if match is None:
         raise ApiError(415, "image must be a PNG or JPEG data: URL (data:image/png;base64,...)",
                        "image")

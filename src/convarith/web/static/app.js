@@ -248,7 +248,10 @@
     $("dropped").textContent = dropped.length ? dropped.join(" · ") : "none";
     $("dropped").classList.toggle("warn", dropped.length > 0);
     let shapes = `tensor ${JSON.stringify(g.input_shape)} → ${JSON.stringify(g.output_shape)}`;
-    if (g.kernel_shape) shapes += ` · kernel ${JSON.stringify(g.kernel_shape)}`;
+    if (g.kernel_shape) {
+      const torchLayout = ["torch", "onnx"].includes(state.convention);
+      shapes += ` · kernel ${JSON.stringify(g.kernel_shape[torchLayout ? "torch" : "keras"])} (${torchLayout ? "PyTorch" : "Keras"} layout)`;
+    }
     if (g.groups && g.groups > 1) shapes += ` · ${g.groups} groups`;
     $("shapes").textContent = shapes;
     const c = g.convention, note = $("convention-note");
