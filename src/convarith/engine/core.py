@@ -358,6 +358,7 @@ def conv(
     spec: ConvSpec,
     bias: Any = None,
     algorithm: str | None = None,
+    backend: str = "numpy",
 ) -> np.ndarray:
     """Run ``spec`` (convolution, transposed convolution or pooling) on ``x``.
 
@@ -376,6 +377,9 @@ def conv(
         Optional ``(F,)`` added to every output cell.
     algorithm
         Force a registered algorithm (see :func:`available_algorithms`).
+    backend
+        ``"numpy"`` (this engine), or ``"torch"`` / ``"jax"`` to run the same
+        spec through that framework (:mod:`convarith.backends`; GPU if present).
 
     Returns
     -------
@@ -393,6 +397,12 @@ def conv(
     >>> conv(np.arange(4.0).reshape(1, 4, 1), None, ConvSpec(2, strides=2, pool="max", rank=1))[0, :, 0]
     array([1., 3.])
     """
+    if backend != "numpy":
+        if algorithm is not None:
+            raise ValueError(f"algorithm={algorithm!r} applies to the NumPy engine, not backend={backend!r}")
+        from ..backends import run
+
+        return run(x, kernel, spec, bias, backend=backend)
     prepared = _prepare(x, kernel, spec, bias)
     resolved = prepared.resolved
     y: np.ndarray
