@@ -77,6 +77,15 @@ def test_page_and_static_files(client):
         assert client.get(f"/static/{name}").status_code == 200
 
 
+def test_page_loads_nothing_from_the_network():
+    import re
+
+    for path in STATIC_DIR.iterdir():
+        if path.suffix in (".html", ".js", ".css"):
+            urls = set(re.findall(r"https?://[^\s\"')]+", path.read_text()))
+            assert urls <= {"http://www.w3.org/2000/svg"}, (path.name, urls)
+
+
 @pytest.mark.parametrize(
     "path",
     ["/static/../app.py", "/static/%2e%2e/app.py", "/static/..%2fapp.py", "/static/%2e%2e%2fapi.py",
