@@ -77,12 +77,12 @@ def conv(x: Any, kernel: Any, spec: ConvSpec, bias: Any = None) -> np.ndarray:
 
         assert call.kernel is not None
         w = jnp.asarray(flip_swap(call.kernel, groups))
-        y = lax.conv_general_dilated(t, w, (1,) * rank, tuple(tuple(p) for p in resolved.padding),
+        y = lax.conv_general_dilated(t, w, (1,) * rank, tuple((int(lo), int(hi)) for lo, hi in resolved.padding),
                                      lhs_dilation=strides, rhs_dilation=dilation,
                                      dimension_numbers=numbers, feature_group_count=groups)
     else:
         assert call.kernel is not None
-        pads = tuple(tuple(p) for p in resolved.padding)
+        pads = tuple((int(lo), int(hi)) for lo, hi in resolved.padding)
         if spec.padding_mode != "zeros" and any(lo or hi for lo, hi in pads):
             t = jnp.pad(t, full(pads), mode=_MODES[spec.padding_mode])
             pads = ((0, 0),) * rank
