@@ -22,6 +22,7 @@
   let geometry = null;   // last /api/geometry answer
   let outputRects = [];  // output <rect>s in row-major order: frame i is outputRects[i]
   let inputRects = new Map();  // "p0,p1" -> rect
+  let outputByKey = new Map();  // "o0,o1" -> rect
   let playing = null;
   let requestNumber = 0;
   let uploadedImage = null;
@@ -351,28 +352,21 @@
 
     inputRects = new Map();
     const inputGroup = el("g", { class: "input-grid" }, svg);
-    for (const c of gridCells(g.axes)) {
+    const cells = gridCells(g.axes);
+    const firstPos = [], lastPos = [];
+    for (const c of cells) {
       const [r, col] = rank === 2 ? c.pos : [0, c.pos[0]];
       const rect = el("rect", {
         x: col * cell + 0.5, y: top + r * cell + 0.5, width: cell - 1, height: cell - 1,
         class: "cell in k-" + c.kind, "data-pos": c.pos.join(","),
         "data-src": c.source ? c.source.join(",") : "", "data-kind": c.kind,
       }, inputGroup);
-      if (c.kind === "pad") rect.setAttribute("fill", "url(#hatch)");
-      const title = el("title", {}, rect);
-      title.textContent = c.kind === "pad" ? (c.source ? `padding (copies input ${c.source.join(",")})` : "padding (zero)")
-        : c.kind === "zero" ? "inserted zero" : `input ${c.source.join(",")}` + (c.kind === "dropped" ? " — never read" : "");
       inputRects.set(c.pos.join(","), rect);
       if (c.kind === "input" || c.kind === "dropped") {
-        rect.addEventListener("mouseenter", () => hoverInput(c.source));
-        rect.addEventListener("mouseleave", clearHover);
+        c.pos.forEach((p, i) => { firstPos[i] = Math.min(firstPos[i] ?? p, p); lastPos[i] = Math.max(lastPos[i] ?? p, p); });
       }
     }
     // the real input's outline, inside the padding
-    const firstPos = [], lastPos = [];
-    for (const c of gridCells(g.axes)) if (c.kind === "input" || c.kind === "dropped") {
-      c.pos.forEach((p, i) => { firstPos[i] = Math.min(firstPos[i] ?? p, p); lastPos[i] = Math.max(lastPos[i] ?? p, p); });
-    }
     if (firstPos.length) {
       const [r0, c0] = rank === 2 ? firstPos : [0, firstPos[0]];
       const [r1, c1] = rank === 2 ? lastPos : [0, lastPos[0]];
@@ -380,6 +374,7 @@
     }
 
     outputRects = [];
+    outputByKey = new Map();
     const outputGroup = el("g", { class: "output-grid" }, svg);
     const outCells = product(out.map((n) => [...Array(n).keys()]));
     outCells.forEach((index, frame) => {
@@ -388,11 +383,8 @@
         x: outX + col * cell + 0.5, y: top + r * cell + 0.5, width: cell - 1, height: cell - 1,
         class: "cell out", "data-out": index.join(","), "data-frame": frame,
       }, outputGroup);
-      el("title", {}, rect).textContent = `output ${index.join(",")}`;
-      rect.addEventListener("mouseenter", () => hoverOutput(index));
-      rect.addEventListener("mouseleave", clearHover);
-      rect.addEventListener("click", () => setFrame(frame));
       outputRects.push(rect);
+      outputByKey.set(index.join(","), rect);
     });
     el("g", { id: "labels" }, svg);
     const scrub = $("scrub");
@@ -428,7 +420,7 @@
 
   function showFootprint(index, current) {
     clearMarks();
-    const rect = outputRects.find((r) => r.dataset.out === index.join(","));
+    const rect = outputByKey.get(index.join(","));
     if (rect) rect.classList.add(current ? "current" : "hovered");
     const taps = tapsOf(index);
     for (const t of taps) {
@@ -471,7 +463,7 @@
     const feeds = product(source.map((i, axis) => geometry.axes[axis].feeds[i]));
     for (const combo of feeds) {
       const out = combo.map((f) => f[0]);
-      const rect = outputRects.find((r) => r.dataset.out === out.join(","));
+      const rect = outputByKey.get(out.join(","));
       if (!rect) continue;
       rect.classList.add("feed");
       if (!geometry.spec.pool) label(rect, "w" + combo.map((f) => f[1]).join(","));
@@ -483,6 +475,24 @@
     const span = document.createElement("span");
     span.textContent = feeds.length ? `${feeds.length} output cell${feeds.length > 1 ? "s" : ""}` : "no output cell (dropped)";
     box.append(b, span);
+  }
+
+  // One listener for every cell (a 64 x 64 view has thousands).
+  function gridPointer(event) {
+    const rect = event.target.closest ? event.target.closest("rect.cell") : null;
+    if (!rect) return;
+    if (rect.dataset.out) { hoverOutput(rect.dataset.out.split(",").map(Number)); return; }
+    const kind = rect.dataset.kind;
+    if (kind === "input" || kind === "dropped") { hoverInput(rect.dataset.src.split(",").map(Number)); return; }
+    clearHover();
+    if (playing) return;
+    const what = kind === "zero" ? "an inserted zero (between the input cells of a transposed convolution)"
+      : rect.dataset.src ? `padding that copies input[${rect.dataset.src}] (${state.mode})` : "zero padding";
+    const box = $("cell-sum");
+    box.replaceChildren();
+    const b = document.createElement("b");
+    b.textContent = `cell (${rect.dataset.pos}) of the padded grid: `;
+    box.append(b, document.createTextNode(what));
   }
 
   function clearHover() {
@@ -753,6 +763,12 @@
       document.querySelectorAll("[data-port]").forEach((x) => x.classList.toggle("on", x === b));
       writeURL(); updateCode();
     }));
+    $("grid").addEventListener("mouseover", gridPointer);
+    $("grid").addEventListener("mouseleave", clearHover);
+    $("grid").addEventListener("click", (event) => {
+      const rect = event.target.closest ? event.target.closest("rect.out") : null;
+      if (rect) { stopPlaying(); setFrame(Number(rect.dataset.frame)); writeURL(); }
+    });
     $("copy-code").addEventListener("click", copyCode);
     $("play").addEventListener("click", togglePlay);
     $("first").addEventListener("click", () => { stopPlaying(); setFrame(0); writeURL(); });
