@@ -313,7 +313,8 @@ def build_scene(
                        value_size, small_size, rank)
 
     # -- layer 2: connectors (under the output plane in the oblique view)
-    connectors = [_connector_shapes(frame, board, lower, upper, rank, p) for frame in frames]
+    style = "oblique" if view == "oblique" else ("beside" if side_by_side else "above")
+    connectors = [_connector_shapes(frame, board, lower, upper, rank, p, style) for frame in frames]
     if view == "oblique":
         for shapes in connectors:
             scene.shapes.extend(shapes)
@@ -412,8 +413,12 @@ def _window_shapes(frame: Frame, board: Storyboard, quad, centre, add, p: Palett
 
 
 def _connector_shapes(frame: Frame, board: Storyboard, lower: list[_Plane], upper: list[_Plane],
-                      rank: int, p: Palette) -> list[Shape]:
-    """Lines joining the corners of the window's box to the corners of the target box."""
+                      rank: int, p: Palette, style: str = "oblique") -> list[Shape]:
+    """Lines joining the window's box to the target box.
+
+    Oblique: all four corner pairs (the classic look). Flat: a two-line beam from
+    the window's edge facing the output to the target's opposite edge.
+    """
     start, end = frame.step, frame.step + 1
     first, last = frame.window_box
     t_first = tuple(min(t[a] for t in frame.targets) for a in range(rank))
@@ -424,10 +429,14 @@ def _connector_shapes(frame: Frame, board: Storyboard, lower: list[_Plane], uppe
     _, tr1, tc1 = _split(t_last, rank)
     low, up = lower[s0], upper[ts]
     shapes = []
-    for (ra, ca), (rb, cb) in (
-        ((r0, c0), (tr0, tc0)), ((r0, c1 + 1), (tr0, tc1 + 1)),
-        ((r1 + 1, c1 + 1), (tr1 + 1, tc1 + 1)), ((r1 + 1, c0), (tr1 + 1, tc0)),
-    ):
+    if style == "beside":
+        pairs = [((r0, c1 + 1), (tr0, tc0)), ((r1 + 1, c1 + 1), (tr1 + 1, tc0))]
+    elif style == "above":
+        pairs = [((r0, c0), (tr1 + 1, tc0)), ((r0, c1 + 1), (tr1 + 1, tc1 + 1))]
+    else:
+        pairs = [((r0, c0), (tr0, tc0)), ((r0, c1 + 1), (tr0, tc1 + 1)),
+                 ((r1 + 1, c1 + 1), (tr1 + 1, tc1 + 1)), ((r1 + 1, c0), (tr1 + 1, tc0))]
+    for (ra, ca), (rb, cb) in pairs:
         shapes.append(Shape("line", (low.point(ra, ca), up.point(rb, cb)), stroke=p.line, width=0.9,
                             start=start, end=end))
     return shapes
