@@ -259,6 +259,9 @@ def test_animation_steps_and_plays(page):
     assert highlighted(page, "#grid rect.hl") == {(r, c) for r in range(3) for c in range(2, 5)}
     page.fill("#scrub", "8")
     assert "frame 9 / 9" in page.text_content("#frame-label")
+    page.focus("#grid")
+    page.keyboard.press("ArrowLeft")
+    assert "frame 8 / 9" in page.text_content("#frame-label")
     page.click("#first")
     page.select_option("#speed", "8")
     page.click("#play")

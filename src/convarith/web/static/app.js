@@ -765,6 +765,12 @@
     }));
     $("grid").addEventListener("mouseover", gridPointer);
     $("grid").addEventListener("mouseleave", clearHover);
+    $("grid").addEventListener("keydown", (event) => {  // arrows step through the frames
+      const step = { ArrowRight: 1, ArrowDown: 1, ArrowLeft: -1, ArrowUp: -1 }[event.key];
+      if (step === undefined) return;
+      event.preventDefault();
+      stopPlaying(); setFrame(state.frame + step); writeURL();
+    });
     $("grid").addEventListener("click", (event) => {
       const rect = event.target.closest ? event.target.closest("rect.out") : null;
       if (rect) { stopPlaying(); setFrame(Number(rect.dataset.frame)); writeURL(); }
