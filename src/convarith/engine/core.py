@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from ..limits import check_values
 from ..spec import ConvSpec, ResolvedConv
 from . import pooling
 from .dispatch import ConvProblem, choose, choose_weight_grad
@@ -185,6 +186,7 @@ def _prepare(
             )
 
     resolved = spec.resolve(x.shape)
+    _check_budget(resolved, x.shape[0], channels, kernel_array, groups)
     if spec.filters is not None and kernel_array is not None:
         filters = kernel_array.shape[-1] if not spec.transposed else (
             kernel_array.shape[-2] * groups)
@@ -205,6 +207,17 @@ def _prepare(
         channels_first=channels_first,
         unbatched=unbatched,
     )
+
+
+def _check_budget(resolved: ResolvedConv, batch: int, channels: int,
+                  kernel: np.ndarray | None, groups: int) -> None:
+    """Refuse, before allocating, outputs and padded inputs over the configured limit."""
+    if kernel is None:
+        out_channels = channels
+    else:
+        out_channels = kernel.shape[-2] * groups if resolved.spec.transposed else kernel.shape[-1]
+    check_values("the output", (batch, *resolved.output_size, out_channels))
+    check_values("the padded input", (batch, *resolved.padded_size, channels))
 
 
 def _finish(y: np.ndarray | None, prepared: _Prepared) -> np.ndarray | None:
