@@ -619,7 +619,7 @@ def decode_upload(text: Any, limits: Limits) -> Any:
     import numpy as np
 
     try:
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
     except ImportError as error:
         raise unavailable("Pillow", error) from error
     if not isinstance(text, str):
@@ -636,9 +636,8 @@ def decode_upload(text: Any, limits: Limits) -> Any:
         raise ApiError(413, f"image is {len(raw)} bytes; the limit is {limits.max_upload_bytes}",
                        "image")
     try:
-        with Image.open(io.BytesIO(raw)) as picture:
-            if picture.format not in ("PNG", "JPEG"):
-                raise ApiError(415, f"image must be PNG or JPEG, got {picture.format}", "image")
+        # only the PNG and JPEG decoders are tried; the header is read, no pixels yet
+        with Image.open(io.BytesIO(raw), formats=("PNG", "JPEG")) as picture:
             width, height = picture.size
             if (width * height > limits.max_image_pixels or max(width, height) >
                     limits.max_image_side):
@@ -654,6 +653,8 @@ def decode_upload(text: Any, limits: Limits) -> Any:
             return np.asarray(gray, dtype=np.float32) / 255.0
     except ApiError:
         raise
+    except UnidentifiedImageError as error:
+        raise ApiError(415, "image is not a PNG or JPEG file", "image") from error
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ApiError(413, f"image refused as a decompression bomb: {error}", "image") from error
     except (OSError, ValueError, SyntaxError) as error:
