@@ -40,9 +40,9 @@ def _images(html: str) -> list[tuple[str, bytes]]:
 def test_every_tweak_of_the_lesson_has_a_section(page):
     sections = _sections(page)
     assert list(sections) == ["convolution", "padding", "strides", "example", "formula",
-                              "formula-stride1", "formula-stride3", "dilation"]
+                              "formula-stride1", "formula-stride3", "dilation", "beyond"]
     for slug, body in sections.items():
-        if slug == "formula":
+        if slug in ("formula", "beyond"):
             continue
         kinds = [kind for kind, _ in _images(body)]
         assert kinds[0] == "svg+xml", slug  # the animation
@@ -84,6 +84,13 @@ def test_formula_misprint_and_the_right_formula(page):
     assert "<b>28</b>" in formula and "13.5" in formula
     assert "<b>10</b>" in formula and "6.75" in formula
     assert "O = floor(27 / 3) + 1 = 10" in _sections(page)["formula-stride3"]
+
+
+def test_beyond_the_lesson_shows_the_padding_trap_and_both_transposed_views(page):
+    svgs = [data.decode() for kind, data in _images(_sections(page)["beyond"]) if kind == "svg+xml"]
+    assert len(svgs) == 4
+    assert "input 6×6, padding (0, 1)" in svgs[0] and "input 6×6, padding 1" in svgs[1]
+    assert "zeros inserted" in svgs[2] and "(scatter)" in svgs[3]
 
 
 def test_the_page_is_self_contained(page):
@@ -158,4 +165,4 @@ def test_page_renders_in_chromium(tmp_path):
         finally:
             browser.close()
     assert heading == "Tweaking your convolutions"
-    assert len(sizes) == 7 * 3 and all(width > 0 and done for width, done in sizes)
+    assert len(sizes) == 7 * 3 + 4 and all(width > 0 and done for width, done in sizes)

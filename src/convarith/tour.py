@@ -395,6 +395,7 @@ h3 { margin: .8em 0 .3em; font-size: 1.02em; color: #0a6aa8; }
 .row { display: flex; gap: 1.6em; align-items: flex-start; flex-wrap: wrap; }
 .movie { margin: 0; flex: 0 1 auto; }
 .movie img { max-width: 520px; width: 100%; height: auto; }
+.movie.half img { max-width: 520px; }
 .side { flex: 1 1 380px; min-width: 320px; }
 figcaption { color: #5a6b75; font-size: .85em; text-align: center; }
 pre { background: #f1f4f6; padding: .6em .8em; border-radius: 6px; overflow-x: auto; font-size: .85em; margin: .2em 0; }
@@ -416,6 +417,45 @@ footer { color: #5a6b75; font-size: .85em; text-align: center; margin: 2em; }
 """
 
 
+_EXTRAS = [
+    (
+        "The odd padding pixel: Keras 'same' vs PyTorch padding=1",
+        "On an even input with stride 2, Keras 'same' needs one zero in total per axis and puts "
+        "it at the end, (0, 1); PyTorch's padding=1 pads both sides, (1, 1). Both give 3×3, but "
+        "the windows sit one pixel apart: weights ported without care give shifted outputs.",
+        [("Keras padding='same': (0, 1)", ConvSpec(3, strides=2, padding="same"), (6, 6), "oblique"),
+         ("PyTorch padding=1: (1, 1)", ConvSpec(3, strides=2, padding=1), (6, 6), "oblique")],
+    ),
+    (
+        "Transposed convolution, two ways",
+        "A transposed convolution (Conv2DTranspose, ConvTranspose2d) with stride 2 upsamples 3×3 "
+        "to 5×5. Left: the same thing as a stride-1 convolution over the input with zeros inserted "
+        "between its cells (and padded). Right: each input cell adds a kernel-sized patch, "
+        "weighted by its value, to the output; padding=1 crops one cell from each side.",
+        [("as a direct convolution", ConvSpec(3, strides=2, padding=1, transposed=True), (3, 3), "direct"),
+         ("as each input cell scattering a patch", ConvSpec(3, strides=2, padding=1, transposed=True),
+          (3, 3), "scatter")],
+    ),
+]
+
+
+def _extra_sections() -> str:
+    from .viz import animate
+
+    parts = ['<section id="beyond"><h2>Beyond the lesson</h2>']
+    for title, text, figures in _EXTRAS:
+        parts.append(f"<h3>{html.escape(title)}</h3><p>{html.escape(text)}</p><div class='row'>")
+        for caption, spec, size, view in figures:
+            transposed_as = view if view in ("direct", "scatter") else "direct"
+            movie = animate(spec, size, transposed_as=transposed_as)
+            uri = _png_uri(movie.to_svg().encode("utf-8"), "svg+xml")
+            parts.append(f"<figure class='movie half'><img src='{uri}' alt='{html.escape(caption)}'>"
+                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        parts.append("</div>")
+    parts.append("</section>")
+    return "".join(parts)
+
+
 def build_tour(progress: bool = True, picture: np.ndarray | None = None) -> str:
     """The lesson page as one HTML string (every image inline).
 
@@ -433,16 +473,18 @@ def build_tour(progress: bool = True, picture: np.ndarray | None = None) -> str:
     image = lesson_picture() if picture is None else _check_picture(picture)
     image_uri = _png_uri(_map_png(image, signed=False))
     sections = []
-    with _progress(len(TWEAKS) + 1, progress) as advance:
+    with _progress(len(TWEAKS) + 2, progress) as advance:
         for tweak in TWEAKS:
             if tweak.slug == "formula-stride1":
                 sections.append(_FORMULA.replace("{rows}", _formula_rows()))
             sections.append(_section(tweak, image, image_uri))
             advance(f"rendered: {tweak.title[:40]}")
+        sections.append(_extra_sections())
+        advance("rendered: beyond the lesson")
         advance("page assembled")
     nav = " ".join(
         f'<a href="#{t.slug}">{html.escape(t.slug.replace("-", " "))}</a>' for t in TWEAKS
-    )
+    ) + ' <a href="#beyond">beyond the lesson</a>'
     elapsed = time.perf_counter() - started
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
