@@ -276,6 +276,10 @@ def _forward_paths(case: BenchCase, backward: bool) -> list[str]:
     groups = resolved.groups or 1
     n = case.input_shape[0]
     if spec.transposed:
+        from .engine.algorithms import phase
+
+        if phase.applies_transposed(spec.strides, groups):  # type: ignore[arg-type]
+            return ["phase"]
         grid = tuple((i - 1) * s + 1 + lo + hi for i, s, (lo, hi) in
                      zip(resolved.input_size, spec.strides, resolved.padding))  # type: ignore[arg-type]
         k = case.kernel_shape

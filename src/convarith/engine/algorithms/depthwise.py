@@ -6,8 +6,8 @@ As matrix products that is ``groups`` products with an inner dimension of 1,
 which BLAS runs at memory speed at best; a loop that keeps one output row in
 cache and streams every tap over it does far better.
 
-With numba the loop is compiled (parallel over output rows, vectorized over
-channels); without it the same sum runs as one NumPy multiply-add per kernel
+With numba the loop is compiled (chunks of output rows on one thread per
+core, vectorized over channels); without it the same sum runs as one NumPy multiply-add per kernel
 tap over strided views of the input (no copy).
 
 Examples
@@ -28,6 +28,14 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ..dispatch import ConvProblem, register_algorithm
+from ._threads import run_chunks, worker_count
+
+
+def _rows_per_chunk(rows: int, row_bytes: int) -> int:
+    """About 256 KiB of output per chunk, and at least 4 chunks per worker if possible."""
+    by_cache = max(1, (256 << 10) // max(1, row_bytes))
+    by_balance = max(1, rows // (4 * worker_count()))
+    return min(by_cache, by_balance)
 
 __all__ = ["direct", "weight_grad", "applies", "cost"]
 
@@ -39,14 +47,14 @@ def _numba_kernels() -> tuple[Callable[..., None], Callable[..., None]] | None:
         import numba
     except ImportError:  # pragma: no cover - exercised by the numba-less test
         return None
-    prange = numba.prange
 
-    @numba.njit(parallel=True, cache=True)
-    def forward(xp, k, s0, s1, d0, d1, mult, y):  # type: ignore[no-untyped-def]
-        n_img, ho, wo, f = y.shape
+    @numba.njit(nogil=True, cache=True)
+    def forward(xp, k, s0, s1, d0, d1, mult, first, last, y):  # type: ignore[no-untyped-def]
+        # output rows first .. last - 1 (over batch × height)
+        _, ho, wo, f = y.shape
         kh, kw = k.shape[0], k.shape[1]
         c = xp.shape[3]
-        for row in prange(n_img * ho):
+        for row in range(first, last):
             n = row // ho
             oh = row % ho
             out = y[n, oh]
@@ -66,33 +74,29 @@ def _numba_kernels() -> tuple[Callable[..., None], Callable[..., None]] | None:
                                 for j in range(mult):
                                     dst[ch * mult + j] += src[ch] * tap[ch * mult + j]
 
-    @numba.njit(parallel=True, cache=True)
-    def grad(xp, dy, s0, s1, d0, d1, mult, partial):  # type: ignore[no-untyped-def]
-        # partial: (workers, kh, kw, F); worker w sums the rows w, w + workers, ...
-        workers, kh, kw, f = partial.shape
-        n_img, ho, wo, _ = dy.shape
+    @numba.njit(nogil=True, cache=True)
+    def grad(xp, dy, s0, s1, d0, d1, mult, first, last, acc):  # type: ignore[no-untyped-def]
+        # acc (kh, kw, F) += the contributions of output rows first .. last - 1
+        kh, kw, f = acc.shape
+        _, ho, wo, _ = dy.shape
         c = xp.shape[3]
-        rows = n_img * ho
-        for w in prange(workers):
-            acc = partial[w]
-            acc[:, :, :] = 0.0
-            for row in range(w, rows, workers):
-                n = row // ho
-                oh = row % ho
-                for a in range(kh):
-                    h = oh * s0 + a * d0
-                    for b in range(kw):
-                        tap = acc[a, b]
-                        for ow in range(wo):
-                            src = xp[n, h, ow * s1 + b * d1]
-                            g = dy[n, oh, ow]
-                            if mult == 1:
-                                for ch in range(c):
-                                    tap[ch] += src[ch] * g[ch]
-                            else:
-                                for ch in range(c):
-                                    for j in range(mult):
-                                        tap[ch * mult + j] += src[ch] * g[ch * mult + j]
+        for row in range(first, last):
+            n = row // ho
+            oh = row % ho
+            for a in range(kh):
+                h = oh * s0 + a * d0
+                for b in range(kw):
+                    tap = acc[a, b]
+                    for ow in range(wo):
+                        src = xp[n, h, ow * s1 + b * d1]
+                        g = dy[n, oh, ow]
+                        if mult == 1:
+                            for ch in range(c):
+                                tap[ch] += src[ch] * g[ch]
+                        else:
+                            for ch in range(c):
+                                for j in range(mult):
+                                    tap[ch * mult + j] += src[ch] * g[ch * mult + j]
 
     return forward, grad
 
@@ -129,6 +133,7 @@ def direct(
     out_size: Sequence[int],
     *,
     use_numba: bool | None = None,
+    threads: int | None = None,
 ) -> np.ndarray:
     """Depthwise convolution (the dispatch contract with ``groups == C``).
 
@@ -136,6 +141,8 @@ def direct(
     ----------
     use_numba
         Compiled loop for 1-D and 2-D (``None``: when numba is installed).
+    threads
+        Worker threads for the compiled loop (default: one per core).
 
     Examples
     --------
@@ -159,7 +166,14 @@ def direct(
         x2, s, d, o, _ = _as_2d(xp, strides, dilation, out_size, kernel.shape[:rank])
         k2 = kernel if rank == 2 else kernel[None]
         y = np.empty((xp.shape[0], *o, filters), xp.dtype)
-        kernels[0](np.ascontiguousarray(x2), np.ascontiguousarray(k2), *s, *d, multiplier, y)
+        x_contiguous, k_contiguous = np.ascontiguousarray(x2), np.ascontiguousarray(k2)
+
+        def work(first: int, last: int) -> None:
+            kernels[0](x_contiguous, k_contiguous, *s, *d, multiplier, first, last, y)
+
+        rows = xp.shape[0] * o[0]
+        run_chunks(work, rows, _rows_per_chunk(rows, o[1] * filters * xp.dtype.itemsize),
+                   threads=threads)
         return y.reshape(xp.shape[0], *out_size, filters)
     y = np.zeros((xp.shape[0], *out_size, channels, multiplier), xp.dtype)
     scratch = np.empty_like(y)
@@ -179,6 +193,7 @@ def weight_grad(
     groups: int,
     *,
     use_numba: bool | None = None,
+    threads: int | None = None,
 ) -> np.ndarray:
     """Kernel gradient of :func:`direct`: ``(*K, 1, F)``.
 
@@ -199,15 +214,18 @@ def weight_grad(
     if kernels is not None:
         x2, s, d, _, ks = _as_2d(xp, strides, dilation, out_size, kernel_size)
         dy2 = dy if rank == 2 else dy[:, None]
-        import numba
+        x_contiguous, dy_contiguous = np.ascontiguousarray(x2), np.ascontiguousarray(dy2)
 
-        workers = max(1, min(numba.get_num_threads(), dy2.shape[0] * dy2.shape[1]))
-        # float64 partial sums: a tap's gradient sums over every output cell
-        partial = np.empty((workers, *ks, filters), np.float64)
-        kernels[1](np.ascontiguousarray(x2), np.ascontiguousarray(dy2), *s, *d, multiplier,
-                   partial)
-        total = partial.sum(axis=0, dtype=xp.dtype)
-        return total.reshape(*kernel_size, 1, filters)
+        def partial_sum(first: int, last: int) -> np.ndarray:
+            # float64 partial sums: a tap's gradient sums over every output cell
+            acc = np.zeros((*ks, filters), np.float64)
+            kernels[1](x_contiguous, dy_contiguous, *s, *d, multiplier, first, last, acc)
+            return acc
+
+        rows = dy2.shape[0] * dy2.shape[1]
+        chunk = max(1, -(-rows // (4 * worker_count())))
+        total = sum(run_chunks(partial_sum, rows, chunk, threads=threads))
+        return np.asarray(total, xp.dtype).reshape(*kernel_size, 1, filters)
     dk = np.empty((*kernel_size, 1, filters), xp.dtype)
     grad = dy.reshape(*dy.shape[:-1], channels, multiplier)
     cells = "abcd"[: rank + 1]

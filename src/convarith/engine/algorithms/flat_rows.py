@@ -46,6 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..dispatch import ConvProblem, register_algorithm
+from ._threads import run_chunks, worker_count
 
 __all__ = ["direct", "weight_grad", "applies", "cost", "FlatPlan", "plan"]
 
@@ -141,6 +142,11 @@ def _accumulate(a: np.ndarray, b: np.ndarray, c: np.ndarray, scratch: np.ndarray
     c += scratch
 
 
+def _chunk_rows(step: int, width: int, itemsize: int) -> int:
+    """Output rows (of ``step`` flat cells) per chunk: about 512 KiB of output."""
+    return max(1, (512 << 10) // max(1, step * width * itemsize))
+
+
 def direct(
     xp: np.ndarray,
     kernel: np.ndarray,
@@ -151,8 +157,13 @@ def direct(
     *,
     use_blas: bool = True,
     gather: bool | None = None,
+    threads: int | None = None,
 ) -> np.ndarray:
     """Convolution by flat-row GEMMs (the dispatch contract; ``groups`` must be 1).
+
+    The output is produced in chunks of rows (each one image, a few rows of
+    the first spatial axis) on one thread per core; a chunk's output stays in
+    cache while every tap is added to it.
 
     Parameters
     ----------
@@ -161,6 +172,8 @@ def direct(
     gather
         Gather the taps of a block into one product (``None``: when
         ``C × taps`` is below :data:`GATHER_BELOW`).
+    threads
+        Worker threads (default: one per core).
 
     Examples
     --------
@@ -176,30 +189,53 @@ def direct(
     f = kernel.shape[-1]
     flat_plan = plan(xp.shape[1:-1], kernel_size, strides, dilation)
     images = _phase_images(xp, flat_plan, strides)
-    rows = n * flat_plan.cells
-    length = rows - flat_plan.max_shift
-    out = np.zeros((rows, f), xp.dtype)
+    cells = flat_plan.cells
+    usable = n * cells - flat_plan.max_shift
+    step = math.prod(flat_plan.grid[1:])
     taps = len(flat_plan.taps)
     if gather is None:
         gather = c * taps < GATHER_BELOW and taps > 1
+    weights = kernel.reshape(-1, c, f)
+    tap_list = [(int(np.ravel_multi_index(k, kernel_size)) if rank else 0, phase, shift)
+                for k, phase, shift in flat_plan.taps]
     if gather:
-        weights = np.stack([kernel[k] for k, _, _ in flat_plan.taps]).reshape(taps * c, f)
-        block = max(1, min(length, (4 << 20) // max(1, taps * c * xp.dtype.itemsize)))
-        columns = np.empty((block, taps, c), xp.dtype)
-        for start in range(0, length, block):
-            stop = min(length, start + block)
-            cols = columns[: stop - start]
-            for t, (_, phase, shift) in enumerate(flat_plan.taps):
-                cols[:, t] = images[phase, start + shift: stop + shift]
-            np.matmul(cols.reshape(stop - start, taps * c), weights, out=out[start:stop])
-    else:
-        scratch = None if _blas_gemm(xp.dtype) and use_blas else np.empty((length, f), xp.dtype)
-        target = out[:length]
-        for k, phase, shift in flat_plan.taps:
-            _accumulate(images[phase, shift: shift + length], kernel[k], target, scratch, use_blas)
-    grid_out = out.reshape(n, *flat_plan.grid, f)
-    real = (slice(None),) + tuple(slice(0, o) for o in out_size)
-    return np.ascontiguousarray(grid_out[real])
+        stacked = np.ascontiguousarray(np.stack([weights[t] for t, _, _ in tap_list]))
+        stacked = stacked.reshape(taps * c, f)
+    blas = use_blas and _blas_gemm(xp.dtype) is not None
+    y = np.empty((n, *out_size, f), xp.dtype)
+    real = (slice(None),) + tuple(slice(0, o) for o in out_size[1:])
+    per_chunk = _chunk_rows(step, max(f, c * taps if gather else f), xp.dtype.itemsize)
+    chunks_per_image = -(-out_size[0] // per_chunk)
+
+    def work(first: int, last: int) -> None:
+        for unit in range(first, last):
+            image, part = divmod(unit, chunks_per_image)
+            row0 = part * per_chunk
+            row1 = min(out_size[0], row0 + per_chunk)
+            start = image * cells + row0 * step
+            stop = min(image * cells + row1 * step, usable)
+            rows = stop - start
+            block = np.empty(((row1 - row0) * step, f), xp.dtype)
+            if gather:
+                columns = np.empty((rows, taps, c), xp.dtype)
+                for index, (_, phase, shift) in enumerate(tap_list):
+                    columns[:, index] = images[phase, start + shift: stop + shift]
+                np.matmul(columns.reshape(rows, taps * c), stacked, out=block[:rows])
+            else:
+                target = block[:rows]
+                scratch = None if blas else np.empty_like(target)
+                for index, (t, phase, shift) in enumerate(tap_list):
+                    piece = images[phase, start + shift: stop + shift]
+                    if index == 0:
+                        np.matmul(piece, weights[t], out=target)
+                    else:
+                        _accumulate(piece, weights[t], target, scratch, blas)
+            on_grid = block.reshape(row1 - row0, *flat_plan.grid[1:], f)
+            y[image, row0:row1] = on_grid[real]
+
+    units = n * chunks_per_image
+    run_chunks(work, units, 1, threads=threads)
+    return y
 
 
 def weight_grad(
@@ -209,11 +245,14 @@ def weight_grad(
     strides: Sequence[int],
     dilation: Sequence[int],
     groups: int,
+    *,
+    threads: int | None = None,
 ) -> np.ndarray:
     """Kernel gradient by flat-row GEMMs: one ``(C × L) @ (L × F)`` product per tap.
 
     ``dy`` is laid on the flat grid (zeros at the garbage cells), so every
-    tap's product sums over exactly the real output cells.
+    tap's product sums over exactly the real output cells; chunks of rows
+    give partial gradients that are summed at the end.
 
     >>> xp = np.arange(5.0).reshape(1, 5, 1)
     >>> weight_grad(xp, np.ones((1, 4, 1)), (2,), (1,), (1,), 1)[:, 0, 0]
@@ -230,11 +269,22 @@ def weight_grad(
     length = rows - flat_plan.max_shift
     grid_dy = np.zeros((n, *flat_plan.grid, f), xp.dtype)
     grid_dy[(slice(None),) + tuple(slice(0, o) for o in out_size)] = dy
-    flat_dy = grid_dy.reshape(rows, f)[:length]
-    dk = np.empty((*kernel_size, c, f), xp.dtype)
-    for k, phase, shift in flat_plan.taps:
-        np.matmul(images[phase, shift: shift + length].T, flat_dy, out=dk[k])
-    return dk
+    flat_dy = grid_dy.reshape(rows, f)
+    taps = flat_plan.taps
+
+    def work(start: int, stop: int) -> np.ndarray:
+        partial = np.empty((len(taps), c, f), xp.dtype)
+        grads = flat_dy[start:stop]
+        for index, (_, phase, shift) in enumerate(taps):
+            np.matmul(images[phase, start + shift: stop + shift].T, grads, out=partial[index])
+        return partial
+
+    chunk = max(4096, -(-length // (4 * worker_count())))
+    partials = run_chunks(work, length, chunk, threads=threads)
+    total = partials[0]
+    for partial in partials[1:]:
+        total += partial
+    return total.reshape(*kernel_size, c, f)
 
 
 def applies(problem: ConvProblem) -> bool:

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ._threads import run_chunks
 from .flat_rows import _accumulate, _blas_gemm
 
 __all__ = ["transposed", "applies_transposed"]
@@ -52,6 +53,7 @@ def transposed(
     padding: Sequence[tuple[int, int]],
     *,
     use_blas: bool = True,
+    threads: int | None = None,
 ) -> np.ndarray:
     """Transposed convolution, same contract as ``engine.core.transposed_conv``.
 
@@ -70,6 +72,8 @@ def transposed(
         crops): the resolved spec's ``.padding``.
     use_blas
         Accumulate with BLAS ``gemm`` (``beta = 1``) when SciPy is installed.
+    threads
+        Worker threads (default: one per core).
 
     Returns
     -------
@@ -116,28 +120,49 @@ def transposed(
     xpad = np.zeros((n, *grid, c), x.dtype)
     xpad[(slice(None),) + tuple(slice(lo, lo + i) for lo, i in zip(low, size))] = x
     flat = xpad.reshape(-1, c)
-    rows = flat.shape[0]
+    cells = math.prod(grid)
+    usable_rows = flat.shape[0]
     steps = [math.prod(grid[axis + 1:]) for axis in range(rank)]
     y = np.zeros((n, *out_size, f), x.dtype)
-    buffer = np.empty((rows, f), x.dtype)
-    use_scratch = not (use_blas and _blas_gemm(x.dtype) is not None)
+    blas = use_blas and _blas_gemm(x.dtype) is not None
+    # every (output phase, image, block of rows): its taps, flat offsets and rows
+    jobs = []
+    per_chunk = max(1, (512 << 10) // max(1, steps[0] * f * x.dtype.itemsize))
     for phase in itertools.product(*(range(s) for s in strides)):
         counts = [-(-(o - r) // s) if o > r else 0 for o, r, s in zip(out_size, phase, strides)]
         tap_lists = [axis_phases[axis][r] for axis, r in enumerate(phase)]
         if 0 in counts or any(not taps for taps in tap_lists):
             continue  # no output cells, or only zeros reach them (y starts at zero)
         combos = list(itertools.product(*tap_lists))
-        offsets = [sum((shift + low[a]) * steps[a] for a, (_, shift) in enumerate(combo))
-                   for combo in combos]
-        length = rows - max(offsets)
-        target = buffer[:length]
-        target[...] = 0
-        scratch = np.empty_like(target) if use_scratch else None
-        for combo, offset in zip(combos, offsets):
-            tap = tuple(t for t, _ in combo)
-            _accumulate(flat[offset: offset + length], direct_kernel[tap], target, scratch,
-                        use_blas)
-        on_grid = buffer.reshape(n, *grid, f)[
-            (slice(None),) + tuple(slice(0, count) for count in counts)]
-        y[(slice(None),) + tuple(slice(r, None, s) for r, s in zip(phase, strides))] = on_grid
+        tap_offsets = [
+            (tuple(t for t, _ in combo),
+             sum((shift + low[a]) * steps[a] for a, (_, shift) in enumerate(combo)))
+            for combo in combos
+        ]
+        limit = usable_rows - max(offset for _, offset in tap_offsets)
+        for image in range(n):
+            for row0 in range(0, counts[0], per_chunk):
+                jobs.append((phase, tuple(counts), tap_offsets, limit, image, row0,
+                             min(counts[0], row0 + per_chunk)))
+
+    def work(first: int, last: int) -> None:
+        for phase, counts, tap_offsets, limit, image, row0, row1 in jobs[first:last]:
+            start = image * cells + row0 * steps[0]
+            stop = min(image * cells + row1 * steps[0], limit)
+            block = np.empty(((row1 - row0) * steps[0], f), x.dtype)
+            target = block[: stop - start]
+            scratch = None if blas else np.empty_like(target)
+            for index, (tap, offset) in enumerate(tap_offsets):
+                piece = flat[start + offset: stop + offset]
+                if index == 0:
+                    np.matmul(piece, direct_kernel[tap], out=target)
+                else:
+                    _accumulate(piece, direct_kernel[tap], target, scratch, blas)
+            on_grid = block.reshape(row1 - row0, *grid[1:], f)
+            real = on_grid[(slice(None),) + tuple(slice(0, q) for q in counts[1:])]
+            rows = slice(phase[0] + row0 * strides[0], phase[0] + row1 * strides[0], strides[0])
+            others = tuple(slice(r, None, s) for r, s in zip(phase[1:], strides[1:]))
+            y[(image, rows) + others] = real
+
+    run_chunks(work, len(jobs), 1, threads=threads)
     return y

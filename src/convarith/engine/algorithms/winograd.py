@@ -35,9 +35,11 @@ float64 does not help (measured: the rounding of the transformed tiles to
 float32 for the GEMM dominates); the kernel transform is done in float64
 anyway. float64 layers always use F(4×4, 3×3) (error ~1e-15).
 
-Compiled transforms use numba when it is installed (parallel over tiles, run
-while BLAS is idle, so the two never compete for cores); without numba the
-same transforms run as NumPy tensor contractions (slower, same numbers).
+Compiled transforms use numba when it is installed: the tiles are cut into
+chunks of about a core's L2 cache, and one thread per core transforms a
+chunk, runs its ``a²`` products (single-threaded BLAS) and transforms back
+(see :mod:`._threads`). Without numba the same transforms run as NumPy tensor
+contractions on chunks of whole images (slower, same numbers).
 
 Examples
 --------
@@ -63,8 +65,12 @@ from typing import Any
 import numpy as np
 
 from ..dispatch import ConvProblem, register_algorithm
+from ._threads import run_chunks
 
-__all__ = ["WinogradTransform", "transform", "direct", "applies", "cost", "F4_MAX_CHANNELS"]
+__all__ = ["WinogradTransform", "transform", "direct", "applies", "cost", "F4_MAX_CHANNELS", "CHUNK_BYTES"]
+
+#: Transformed tiles (input and product) per chunk, in bytes: about a core's L2.
+CHUNK_BYTES = 1 << 20
 
 #: Above this many float32 input channels, F(2×2, 3×3) replaces F(4×4, 3×3) (accuracy).
 F4_MAX_CHANNELS = 256
@@ -150,14 +156,15 @@ def _numba_kernels() -> tuple[Callable[..., None], Callable[..., None]] | None:
         import numba
     except ImportError:  # pragma: no cover - exercised by the numba-less test
         return None
-    prange = numba.prange
 
-    @numba.njit(parallel=True, cache=True, fastmath=False)
-    def input_transform(xp, bt, m, d0, d1, th, tw, v):  # type: ignore[no-untyped-def]
-        n_img, hp, wp, c = xp.shape
+    @numba.njit(nogil=True, cache=True)
+    def input_transform(xp, bt, m, d0, d1, th, tw, first, v):  # type: ignore[no-untyped-def]
+        # tiles first .. first + v.shape[1] - 1 into v[:, t - first]
+        _, hp, wp, c = xp.shape
         a = bt.shape[0]
-        per_image = d0 * d1 * th * tw
-        for t in prange(n_img * per_image):
+        tile = np.zeros((a, a, c), dtype=xp.dtype)
+        rows = np.zeros((a, a, c), dtype=xp.dtype)
+        for t in range(first, first + v.shape[1]):
             tx = t % tw
             q1 = t // tw
             ty = q1 % th
@@ -166,7 +173,7 @@ def _numba_kernels() -> tuple[Callable[..., None], Callable[..., None]] | None:
             q3 = q2 // d1
             p0 = q3 % d0
             n = q3 // d0
-            tile = np.zeros((a, a, c), dtype=xp.dtype)
+            tile[:] = 0.0
             for i in range(a):
                 h = p0 + d0 * (ty * m + i)
                 if h >= hp:
@@ -176,7 +183,7 @@ def _numba_kernels() -> tuple[Callable[..., None], Callable[..., None]] | None:
                     if w >= wp:
                         break
                     tile[i, j, :] = xp[n, h, w, :]
-            rows = np.zeros((a, a, c), dtype=xp.dtype)
+            rows[:] = 0.0
             for u in range(a):
                 for i in range(a):
                     coef = bt[u, i]
@@ -186,7 +193,7 @@ def _numba_kernels() -> tuple[Callable[..., None], Callable[..., None]] | None:
                                 rows[u, j, ch] += coef * tile[i, j, ch]
             for u in range(a):
                 for w_ in range(a):
-                    out = v[u * a + w_, t]
+                    out = v[u * a + w_, t - first]
                     out[:] = 0.0
                     for j in range(a):
                         coef = bt[w_, j]
@@ -194,12 +201,12 @@ def _numba_kernels() -> tuple[Callable[..., None], Callable[..., None]] | None:
                             for ch in range(c):
                                 out[ch] += coef * rows[u, j, ch]
 
-    @numba.njit(parallel=True, cache=True, fastmath=False)
-    def output_transform(prod, at, m, d0, d1, th, tw, y):  # type: ignore[no-untyped-def]
-        n_img, ho, wo, f = y.shape
+    @numba.njit(nogil=True, cache=True)
+    def output_transform(prod, at, m, d0, d1, th, tw, first, y):  # type: ignore[no-untyped-def]
+        _, ho, wo, f = y.shape
         a = at.shape[1]
-        per_image = d0 * d1 * th * tw
-        for t in prange(n_img * per_image):
+        rows = np.zeros((m, a, f), dtype=y.dtype)
+        for t in range(first, first + prod.shape[1]):
             tx = t % tw
             q1 = t // tw
             ty = q1 % th
@@ -208,13 +215,13 @@ def _numba_kernels() -> tuple[Callable[..., None], Callable[..., None]] | None:
             q3 = q2 // d1
             p0 = q3 % d0
             n = q3 // d0
-            rows = np.zeros((m, a, f), dtype=y.dtype)
+            rows[:] = 0.0
             for u in range(m):
                 for i in range(a):
                     coef = at[u, i]
                     if coef != 0.0:
                         for j in range(a):
-                            src = prod[i * a + j, t]
+                            src = prod[i * a + j, t - first]
                             for ch in range(f):
                                 rows[u, j, ch] += coef * src[ch]
             for u in range(m):
@@ -307,6 +314,7 @@ def direct(
     m: int | None = None,
     use_numba: bool | None = None,
     workspace_bytes: int | None = None,
+    threads: int | None = None,
 ) -> np.ndarray:
     """Winograd F(m×m, 3×3): the algorithm contract of :mod:`~convarith.engine.dispatch`.
 
@@ -321,9 +329,12 @@ def direct(
     use_numba
         Compiled transforms (``None``: when numba is installed).
     workspace_bytes
-        Cap on the transformed tiles held at once (default: a quarter of the
-        input and output bytes, at least one image); the batch is processed
-        in chunks of images that fit.
+        Bytes of transformed tiles per chunk (default :data:`CHUNK_BYTES`):
+        each thread transforms a chunk of tiles, multiplies and transforms
+        back while it is in cache (at least one tile; the NumPy path uses
+        chunks of whole images).
+    threads
+        Worker threads (default: one per core).
 
     Examples
     --------
@@ -356,29 +367,30 @@ def direct(
     if use_numba and kernels is None:
         raise ImportError("use_numba=True needs numba: pip install numba")
 
-    per_image_bytes = a * a * tiling.per_image * (c + f) * dtype.itemsize
-    if workspace_bytes is None:
-        workspace_bytes = (xp.nbytes + y.nbytes) // 4
-    chunk = max(1, min(n, workspace_bytes // max(per_image_bytes, 1)))
     bt = np.ascontiguousarray(wt.BT.astype(dtype))
     at = np.ascontiguousarray(wt.AT.astype(dtype))
-    v_buffer = np.empty((a * a, chunk * tiling.per_image, c), dtype)
-    prod_buffer = np.empty((a * a, chunk * tiling.per_image, f), dtype)
     th, tw = tiling.tiles
+    tile_bytes = a * a * (c + f) * dtype.itemsize
+    if workspace_bytes is None:
+        workspace_bytes = CHUNK_BYTES
+    if kernels is not None:
+        x_contiguous = np.ascontiguousarray(xp)
+
+        def work(first: int, last: int) -> None:
+            v = np.empty((a * a, last - first, c), dtype)
+            prod = np.empty((a * a, last - first, f), dtype)
+            kernels[0](x_contiguous, bt, m, d0, d1, th, tw, first, v)
+            np.matmul(v, u, out=prod)
+            kernels[1](prod, at, m, d0, d1, th, tw, first, y)
+
+        tiles = max(1, workspace_bytes // tile_bytes)
+        run_chunks(work, n * tiling.per_image, tiles, threads=threads)
+        return y
+    chunk = max(1, min(n, workspace_bytes // max(tile_bytes * tiling.per_image, 1)))
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
-        tiles = (stop - start) * tiling.per_image
-        xs, ys = xp[start:stop], y[start:stop]
-        prod = prod_buffer[:, :tiles]
-        if kernels is not None:
-            v = v_buffer[:, :tiles]
-            kernels[0](np.ascontiguousarray(xs), bt, m, d0, d1, th, tw, v)
-            np.matmul(v, u, out=prod)
-            kernels[1](prod, at, m, d0, d1, th, tw, ys)
-        else:
-            v = _numpy_input_transform(xs, wt.BT, tiling)
-            np.matmul(v, u, out=prod)
-            _numpy_output_transform(prod, wt.AT, tiling, ys)
+        v = _numpy_input_transform(xp[start:stop], wt.BT, tiling)
+        _numpy_output_transform(np.matmul(v, u), wt.AT, tiling, y[start:stop])
     return y
 
 

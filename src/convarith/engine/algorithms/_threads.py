@@ -1,0 +1,90 @@
+"""Coarse-grained parallel chunks with single-threaded BLAS inside each.
+
+The fast algorithms cut their work into independent chunks (rows of output,
+blocks of tiles) whose working set fits in a core's cache, and run them on
+one thread per core, each calling BLAS single-threaded (threadpoolctl) and
+numba kernels that release the GIL. Compared with one multi-threaded BLAS call
+per small product this has no barrier between products, balances itself when
+another process takes a core for a while, and never runs more threads than
+cores (BLAS and numba never compete). Without threadpoolctl the chunks run
+one after another with BLAS multi-threaded.
+
+Examples
+--------
+>>> seen = []
+>>> run_chunks(lambda start, stop: seen.append((start, stop)), 10, 4, threads=1)
+>>> seen
+[(0, 4), (4, 8), (8, 10)]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+__all__ = ["run_chunks", "worker_count"]
+
+
+def worker_count() -> int:
+    """Threads to use: the cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@functools.cache
+def _controller() -> Any:
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    # the controller sees the BLAS libraries loaded when it is made: load SciPy's too
+    with contextlib.suppress(ImportError):
+        import scipy.linalg.blas  # noqa: F401
+    return ThreadpoolController()
+
+
+@contextlib.contextmanager
+def _blas_single_threaded() -> Iterator[bool]:
+    controller = _controller()
+    if controller is None:
+        yield False
+        return
+    with controller.limit(limits=1, user_api="blas"):
+        yield True
+
+
+def run_chunks(
+    work: Callable[[int, int], Any],
+    total: int,
+    chunk: int,
+    *,
+    threads: int | None = None,
+) -> list[Any]:
+    """Call ``work(start, stop)`` over ``[0, total)`` in chunks; return the results in order.
+
+    Parameters
+    ----------
+    work
+        Must only write to disjoint places for disjoint ranges.
+    total, chunk
+        Range length and chunk length.
+    threads
+        Worker threads (default: one per core); 1 runs in this thread. With
+        several chunks BLAS runs single-threaded inside them.
+    """
+    chunk = max(1, int(chunk))
+    ranges = [(start, min(total, start + chunk)) for start in range(0, total, chunk)]
+    workers = min(len(ranges), threads if threads is not None else worker_count())
+    if len(ranges) == 1:
+        return [work(*ranges[0])]
+    with _blas_single_threaded() as limited:
+        if workers <= 1 or not limited:
+            return [work(start, stop) for start, stop in ranges]
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(lambda r: work(*r), ranges))
