@@ -380,6 +380,17 @@ def test_footprint_of_an_output_and_an_input_cell(client):
     assert sorted(tuple(f["output"]) for f in data["feeds"]) == [(0, 0), (0, 1), (1, 0), (1, 1)]
 
 
+def test_footprint_frame_list_follows_the_animation_order(client):
+    body = {"input_size": [4, 5], "kernel_size": 2, "strides": [1, 2], "frames": True}
+    code, data = post(client, "/api/footprint", body)
+    assert code == 200
+    # hand: 3 x 2 outputs, row-major; cell (2, 1) reads rows 2..3, columns 2..3
+    assert [f["output"] for f in data["frames"]] == [[0, 0], [0, 1], [1, 0], [1, 1], [2, 0], [2, 1]]
+    assert sorted(t["source"] for t in data["frames"][-1]["taps"]) == [[2, 2], [2, 3], [3, 2], [3, 3]]
+    rejected(client, "/api/footprint", {"input_size": [64, 64], "kernel_size": 15,
+                                        "padding": "full", "frames": True}, 422, "geometry")
+
+
 @pytest.mark.parametrize("extra, words", [
     ({"output": [3, 0]}, ("outside",)),
     ({"output": [0]}, ("list of 2",)),

@@ -75,6 +75,7 @@ class Limits:
     max_padding: int = 32
     max_channels: int = 256
     max_draw: int = 160
+    max_frame_taps: int = 100_000
     max_layers: int = 12
     max_body_bytes: int = 64 * 1024
     max_upload_bytes: int = 2 * 1024 * 1024
@@ -470,8 +471,12 @@ def footprint_payload(data: dict[str, Any], limits: Limits) -> dict[str, Any]:
     spec, _ = build_spec(settings)
     resolved = _resolve(spec, settings)
     has_out, has_in = "output" in data, "input" in data
+    if data.get("frames") is True and not (has_out or has_in):
+        return _frames_payload(resolved, limits)
     if has_out == has_in:
-        raise ApiError(422, "give exactly one of 'output' (a cell index) or 'input'", "output")
+        raise ApiError(
+            422, "give exactly one of 'output' (a cell index), 'input', or 'frames': true", "output"
+        )
     if has_out:
         cell = _cell(data, "output", resolved.output_size)
         return {"output": list(cell), "taps": [_tap_dict(t) for t in resolved.footprint(cell)]}
@@ -481,6 +486,24 @@ def footprint_payload(data: dict[str, Any], limits: Limits) -> dict[str, Any]:
     return {
         "input": list(cell),
         "feeds": [{"output": list(o), "kernel": list(k)} for o, k in resolved.feeds(cell)],
+    }
+
+
+def _frames_payload(resolved: ResolvedConv, limits: Limits) -> dict[str, Any]:
+    """Every output cell's footprint, in the order the animation plays them."""
+    taps_per_cell = _product(resolved.spec.kernel_size)  # type: ignore[arg-type]
+    total = _product(resolved.output_size) * taps_per_cell
+    if total > limits.max_frame_taps:
+        raise ApiError(
+            422, f"the frame list would hold {total} taps (at most {limits.max_frame_taps}); "
+            "ask /api/geometry, which gives the same footprints per axis", "frames",
+        )
+    return {
+        "output_size": list(resolved.output_size),
+        "frames": [
+            {"output": list(cell), "taps": [_tap_dict(t) for t in resolved.footprint(cell)]}
+            for cell in resolved.positions()
+        ],
     }
 
 
