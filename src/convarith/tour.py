@@ -444,12 +444,12 @@ def _extra_sections() -> str:
 
     parts = ['<section id="beyond"><h2>Beyond the lesson</h2>']
     for title, text, figures in _EXTRAS:
-        parts.append(f"<h3>{html.escape(title)}</h3><p>{html.escape(text)}</p><div class='row'>")
+        parts.append(f'<h3>{html.escape(title)}</h3><p>{html.escape(text)}</p><div class="row">')
         for caption, spec, size, view in figures:
             transposed_as = view if view in ("direct", "scatter") else "direct"
             movie = animate(spec, size, transposed_as=transposed_as)
             uri = _png_uri(movie.to_svg().encode("utf-8"), "svg+xml")
-            parts.append(f"<figure class='movie half'><img src='{uri}' alt='{html.escape(caption)}'>"
+            parts.append(f'<figure class="movie half"><img src="{uri}" alt="{html.escape(caption)}">'
                          f"<figcaption>{html.escape(caption)}</figcaption></figure>")
         parts.append("</div>")
     parts.append("</section>")
