@@ -166,3 +166,17 @@ def test_page_renders_in_chromium(tmp_path):
             browser.close()
     assert heading == "Tweaking your convolutions"
     assert len(sizes) == 7 * 3 + 4 and all(width > 0 and done for width, done in sizes)
+
+
+def test_plain_progress_without_rich_and_open(tmp_path, monkeypatch, capsys):
+    import sys
+    import webbrowser
+
+    monkeypatch.setitem(sys.modules, "rich.progress", None)  # as if rich were not installed
+    opened = []
+    monkeypatch.setattr(webbrowser, "open", lambda url: opened.append(url) or True)
+    path = write_tour(tmp_path, progress=True, open_browser=True)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("[")]
+    assert lines[0].startswith("[1/") and lines[-1].endswith("page assembled")
+    assert opened == [path.resolve().as_uri()]
