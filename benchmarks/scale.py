@@ -113,7 +113,7 @@ def run_one(path: Path, spec: ConvSpec, kernel: np.ndarray, workers: int, chunk:
     env = {name: threads for name in
            ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")}
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                      memory_limit=memory_limit, dashboard_address=None, env=env) as cluster, \
+                      memory_limit=memory_limit, dashboard_address=":0", env=env) as cluster, \
             Client(cluster) as client:
         client.run(warm_up)
         x = open_input(path, chunks=(chunk, chunk))[None, ..., None]

@@ -21,6 +21,9 @@ def footprint_reference(x: np.ndarray, kernel: np.ndarray | None, spec: ConvSpec
                         bias: np.ndarray | None = None) -> np.ndarray:
     """Slow, obviously-correct: loop over output cells using the resolved footprint.
 
+    For a transposed spec each tap names the input cell and the kernel tap it
+    meets (the scatter seen from the output).
+
     ``x`` is ``(N, *spatial, C)`` channels-last, float64 accumulation.
     """
     resolved = spec.resolve(x.shape)
@@ -29,7 +32,7 @@ def footprint_reference(x: np.ndarray, kernel: np.ndarray | None, spec: ConvSpec
     padded_size = resolved.padded_size
     if spec.pool is None:
         assert kernel is not None
-        filters = kernel.shape[-1]
+        filters = kernel.shape[-2] * groups if spec.transposed else kernel.shape[-1]
         per_group_in, per_group_out = channels // groups, filters // groups
     else:
         filters = channels
@@ -44,9 +47,12 @@ def footprint_reference(x: np.ndarray, kernel: np.ndarray | None, spec: ConvSpec
                         continue
                     cell = x[(n, *tap.source)].astype(np.float64)
                     for g in range(groups):
-                        block = kernel[(*tap.kernel, slice(None), slice(g * per_group_out, (g + 1) * per_group_out))]
-                        value[g * per_group_out:(g + 1) * per_group_out] += (
-                            cell[g * per_group_in:(g + 1) * per_group_in] @ block)
+                        ins = slice(g * per_group_in, (g + 1) * per_group_in)
+                        outs = slice(g * per_group_out, (g + 1) * per_group_out)
+                        if spec.transposed:  # kernel (*K, F/groups, C)
+                            value[outs] += kernel[(*tap.kernel, slice(None), ins)] @ cell[ins]
+                        else:  # kernel (*K, C/groups, F)
+                            value[outs] += cell[ins] @ kernel[(*tap.kernel, slice(None), outs)]
                 if bias is not None:
                     value += bias
             else:
@@ -78,6 +84,8 @@ FIXED = [
     ("groups 2", ConvSpec(3, padding="same", groups=2)),
     ("dropped rows", ConvSpec(3, strides=4)),
     ("max pool ceil", ConvSpec(3, strides=2, padding=1, pool="max", ceil_mode=True)),
+    ("transposed, stride 2, same, groups 2", ConvSpec(3, strides=2, padding="same", transposed=True, groups=2)),
+    ("transposed, crops and output padding", ConvSpec((3, 2), strides=(3, 2), padding=((1, 2), (0, 1)), transposed=True, output_padding=(1, 1))),
     ("avg pool, pad not counted", ConvSpec(3, strides=2, padding=1, pool="avg", ceil_mode=True)),
     ("avg pool, pad counted", ConvSpec(3, strides=2, padding=1, pool="avg", ceil_mode=True, count_include_pad=True)),
 ]
@@ -90,7 +98,8 @@ def test_fixed_specs_match_the_footprint_reference(name: str, spec: ConvSpec) ->
     resolved = spec.resolve(x.shape)
     kernel = bias = None
     if spec.pool is None:
-        kernel = rng.standard_normal((*spec.kernel_size, 4 // resolved.groups, 6)).astype(np.float32)
+        shape = (6 // resolved.groups, 4) if spec.transposed else (4 // resolved.groups, 6)
+        kernel = rng.standard_normal((*spec.kernel_size, *shape)).astype(np.float32)
         bias = rng.standard_normal(6).astype(np.float32)
     dask_x = da.from_array(x, chunks=(1, (4, 3, 4), (6, 2, 5), 2))
     with warnings.catch_warnings():
@@ -144,7 +153,16 @@ def problems(draw: st.DrawFn) -> tuple:
     fields: dict = dict(kernel_size=kernel_size, strides=strides, dilation=dilation,
                         padding=padding, rank=rank, pool=pool)
     channels = draw(st.sampled_from([1, 2, 3, 4]))
-    if pool is None:
+    transposed = pool is None and draw(st.integers(0, 4)) == 0
+    if transposed:
+        fields["transposed"] = True
+        if isinstance(padding, str):
+            fields["padding"] = draw(st.sampled_from(["valid", "same"]))
+        if draw(st.booleans()):
+            fields["output_padding"] = tuple(
+                draw(st.integers(0, max(s, d) - 1)) for s, d in zip(strides, dilation))
+        fields["groups"] = draw(st.sampled_from([g for g in (1, 2, 3, 4) if channels % g == 0]))
+    elif pool is None:
         fields["padding_mode"] = draw(st.sampled_from(["zeros", "reflect", "replicate", "circular"]))
         fields["groups"] = draw(st.sampled_from([g for g in (1, 2, 3, 4) if channels % g == 0]))
     else:
@@ -180,7 +198,9 @@ def test_dask_equals_the_in_memory_engine(problem: tuple) -> None:
     if spec.pool is None:
         groups = resolved.groups
         filters = groups * int(rng.integers(1, 3))
-        kernel = rng.standard_normal((*spec.kernel_size, channels // groups, filters)).astype(np.float32)
+        kernel_shape = ((*spec.kernel_size, filters // groups, channels) if spec.transposed
+                        else (*spec.kernel_size, channels // groups, filters))
+        kernel = rng.standard_normal(kernel_shape).astype(np.float32)
         bias = rng.standard_normal(filters).astype(np.float32) if rng.random() < 0.5 else None
     spatial_first = 1 if batch is not None else 0
     if fields["data_format"] == "channels_first":
@@ -209,7 +229,7 @@ def test_two_workers_on_a_local_cluster() -> None:
     kernel = rng.standard_normal((3, 3, 2, 3)).astype(np.float32)
     spec = ConvSpec(3, dilation=2, strides=2, padding="same", padding_mode="reflect")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+                                  dashboard_address=":0") as cluster, distributed.Client(cluster) as client:
         lazy = conv(da.from_array(x, chunks=(10, 12, 1)), kernel, spec)
         result = client.compute(lazy).result()
         assert len(client.scheduler_info()["workers"]) == 2
@@ -244,7 +264,8 @@ def test_mismatched_kernel_channels_fail_at_graph_building() -> None:
     "args, error, match",
     [
         ((np.zeros((8, 8, 1)), np.zeros((3, 3, 1, 1)), ConvSpec(3)), TypeError, "dask.array.from_array"),
-        ((da.zeros((8, 8, 1)), np.zeros((3, 3, 1, 1)), ConvSpec(3, transposed=True)), ValueError, "transposed"),
+        ((da.zeros((8, 8, 2)), np.zeros((3, 3, 2, 1)), ConvSpec(3, transposed=True)), ValueError,
+         r"a transposed spec needs \(3, 3, 'filters // groups', 2\)"),
         ((da.zeros((8, 8)), np.zeros((3, 3, 1, 1)), ConvSpec(3)), ValueError, "needs 3 axes"),
         ((da.zeros((8, 8, 1)), None, ConvSpec(3)), ValueError, "kernel is required"),
         ((da.zeros((8, 8, 1)), np.zeros((3, 3, 1, 1)), ConvSpec(3, pool="max")), ValueError, "takes no kernel"),

@@ -61,6 +61,19 @@ def test_zarr_group_with_weights_and_bias(tmp_path: Path) -> None:
     np.testing.assert_allclose(zarr.open_array(str(out))[:], expected, rtol=1e-5, atol=1e-5)
 
 
+def test_transposed_with_weights(image: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    path, values = image
+    kernel = np.random.default_rng(4).standard_normal((4, 3, 2, 1)).astype(np.float32)
+    np.save(tmp_path / "k.npy", kernel)
+    out = tmp_path / "up.zarr"
+    assert run(path, out, "--weights", tmp_path / "k.npy", "--transposed", "-s", "2",
+               "-p", "same", "--chunks", "24") == 0
+    spec = ConvSpec((4, 3), strides=2, padding="same", transposed=True)
+    expected = engine_conv(values[None, ..., None], kernel, spec)[0]
+    assert expected.shape == (140, 106, 2)
+    np.testing.assert_allclose(zarr.open_array(str(out))[:], expected, rtol=1e-5, atol=1e-5)
+
+
 def test_pooling(image: tuple[Path, np.ndarray], tmp_path: Path) -> None:
     path, values = image
     out = tmp_path / "pool.zarr"
@@ -158,7 +171,7 @@ def test_resume_refuses_other_settings(
         (("--preset", "blur", "--pool", "max"), "--pool takes no kernel"),
         ((), "give a kernel"),
         (("--preset", "blur", "-k", "9", "-d", "9"), "kernel spans 73"),
-        (("--preset", "blur", "--transposed"), "--transposed is not supported"),
+        (("--preset", "blur", "--output-padding", "1"), "only applies to a transposed"),
     ],
 )
 def test_bad_input_leaves_no_output(

@@ -39,14 +39,17 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("input", help="input array: a .npy file (memory-mapped) or a Zarr store")
     parser.add_argument("output", help="output Zarr store (a directory; refused if it exists)")
     add_spec_arguments(parser)
-    for action in parser._actions:  # apply reads the size from the input
+    for action in parser._actions:
         if action.dest == "size":
-            action.help = argparse.SUPPRESS
+            action.help = argparse.SUPPRESS  # the size comes from INPUT
+        elif action.dest == "rank":
+            action.help = "spatial axes of INPUT (default: from --weights or -k 3x3x3, else 2)"
     parser.set_defaults(kernel=None)
     kernels = parser.add_mutually_exclusive_group()
     kernels.add_argument(
         "--weights", metavar="FILE.npy",
-        help="kernel in Keras layout (k..., in/groups, out); its shape sets the kernel size",
+        help="kernel in Keras layout (k..., in/groups, out), (k..., out/groups, in) with "
+        "--transposed; its shape sets the kernel size",
     )
     kernels.add_argument(
         "--preset", choices=PRESET_NAMES,
@@ -114,8 +117,6 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(
             f"apply reads the input size from INPUT; drop the extra argument {args.size!r}"
         )
-    if args.transposed:
-        raise ValueError("apply runs direct convolutions and pooling; --transposed is not supported")
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers must be positive, got {args.workers}")
     weights = _load_npy(args.weights, "--weights") if args.weights else None
@@ -236,7 +237,7 @@ def _compute(tasks: list[Any], scheduler: str, workers: int | None, progress: bo
         count = scheduler.partition(":")[2] or str(workers or os.cpu_count() or 1)
         if not count.isdigit() or int(count) < 1:
             raise ValueError(f"--scheduler local:N needs a positive N, got {scheduler!r}")
-        cluster = LocalCluster(n_workers=int(count), threads_per_worker=1, dashboard_address=None)
+        cluster = LocalCluster(n_workers=int(count), threads_per_worker=1, dashboard_address=":0")
         address: Any = cluster
     elif "://" in scheduler or ":" in scheduler:
         address = scheduler

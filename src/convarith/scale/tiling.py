@@ -134,7 +134,7 @@ def plan_tiles(
                     f"rechunking to blocks of {enlarged * stride} cells ({enlarged} outputs). "
                     f"Rechunk the input to at least {halo} cells along this axis to avoid this.",
                     ChunkingWarning,
-                    stacklevel=3,
+                    stacklevel=4,
                 )
             per_block = enlarged
         per_block = min(per_block, outputs)
@@ -197,12 +197,15 @@ def conv(
         stride-aligned blocks of about the same size as the input's chunks.
     kernel
         Keras layout ``(*kernel_size, C // groups, filters)`` (a NumPy array,
-        small enough to ship to every block); ``None`` for pooling.
+        small enough to ship to every block); ``(*kernel_size, filters // groups,
+        C)`` for a transposed spec; ``None`` for pooling.
     spec
         Any direct convolution or pooling :class:`~convarith.ConvSpec`: strides,
         dilation, every padding word or explicit asymmetric padding, every
         padding mode (applied at the true image border), groups, max and
-        average pooling. Transposed convolutions are not tiled.
+        average pooling, and transposed convolutions (tiled as the direct
+        stride-1 convolution of the zero-inserted input, so they cost ``S^rank``
+        times the engine's own phase algorithm).
     bias
         Optional ``(filters,)`` bias.
 
@@ -237,11 +240,6 @@ def conv(
             f"x must be a dask.array.Array, got {type(x).__name__}; wrap a NumPy array or "
             "memmap with dask.array.from_array(x, chunks=...)"
         )
-    if spec.transposed:
-        raise ValueError(
-            "convarith.scale tiles direct convolutions and pooling; a transposed convolution "
-            "(transposed=True) is not supported"
-        )
     rank = spec.rank
     assert rank is not None
     if x.ndim not in (rank + 1, rank + 2):
@@ -260,7 +258,10 @@ def conv(
     if channels_first:
         x = da.moveaxis(x, 1, -1)
         spec = spec.replace(data_format="channels_last")
-    result = _conv_channels_last(da, x, kernel, spec, bias)
+    if spec.transposed:
+        result = _conv_transpose_channels_last(da, x, kernel, spec, bias)
+    else:
+        result = _conv_channels_last(da, x, kernel, spec, bias)
     if channels_first:
         result = da.moveaxis(result, -1, 1)
     return result if batched else result[0]
@@ -313,6 +314,63 @@ def _conv_channels_last(
         run, padded, depth=depth, boundary="none", trim=False, allow_rechunk=False,
         chunks=output_chunks, dtype=dtype, meta=np.empty((0,) * padded.ndim, dtype=dtype),
     )
+
+
+def _conv_transpose_channels_last(
+    da: Any, x: Any, kernel: Any, spec: ConvSpec, bias: Any
+) -> Any:
+    """A transposed convolution as the direct stride-1 one over the zero-inserted input.
+
+    The zeros are inserted block by block (lazily), the resolved padding of the
+    zero-inserted grid is applied (negative values crop), and the kernel is
+    flipped with in/out channels swapped per group; then the direct tiling runs.
+    """
+    from ..engine.core import flip_swap
+
+    resolved = spec.resolve(tuple(int(v) for v in x.shape))
+    channels = int(x.shape[-1])
+    groups = resolved.groups or 1
+    if kernel is None:
+        raise ValueError("kernel is required for a transposed convolution spec (it is None)")
+    kernel_array = np.asarray(kernel)
+    kernel_size = tuple(spec.kernel_size)  # type: ignore[arg-type]
+    if (kernel_array.ndim != len(kernel_size) + 2 or kernel_array.shape[:-2] != kernel_size
+            or kernel_array.shape[-1] != channels):
+        raise ValueError(
+            f"kernel has shape {kernel_array.shape} but a transposed spec needs "
+            f"{(*kernel_size, 'filters // groups', channels)} (Keras layout: kernel_size "
+            f"{kernel_size}, {channels} input channels last)"
+        )
+    strides = tuple(spec.strides)  # type: ignore[arg-type]
+    grid = _zero_insert(da, x, strides)
+    crop = (slice(None),) + tuple(
+        slice(max(0, -lo), int(n) - max(0, -hi)) for (lo, hi), n in zip(resolved.padding, grid.shape[1:-1])
+    ) + (slice(None),)
+    direct = ConvSpec(
+        kernel_size=kernel_size, strides=1, dilation=spec.dilation,
+        padding=tuple((max(0, lo), max(0, hi)) for lo, hi in resolved.padding),
+        groups=groups, rank=spec.rank,
+    )
+    return _conv_channels_last(da, grid[crop], flip_swap(kernel_array, groups), direct, bias)
+
+
+def _zero_insert(da: Any, x: Any, strides: tuple[int, ...]) -> Any:
+    """Lazily put ``S - 1`` zeros between neighbouring cells of each spatial axis."""
+    if all(s == 1 for s in strides):
+        return x
+    spatial_chunks = []
+    for chunks, stride in zip(x.chunks[1:-1], strides):
+        spatial_chunks.append(tuple(c * stride for c in chunks[:-1]) + ((chunks[-1] - 1) * stride + 1,))
+    chunks = (x.chunks[0], *spatial_chunks, x.chunks[-1])
+
+    def insert(block: np.ndarray, block_info: Any = None) -> np.ndarray:
+        location = block_info[None]["chunk-location"]
+        shape = tuple(chunks[axis][i] for axis, i in enumerate(location))
+        grid = np.zeros(shape, dtype=block.dtype)
+        grid[(slice(None), *(slice(None, None, s) for s in strides), slice(None))] = block
+        return grid
+
+    return x.map_blocks(insert, chunks=chunks, dtype=x.dtype)
 
 
 def _lowest(dtype: Any) -> Any:
