@@ -154,6 +154,7 @@ def test_resolve_pooling_groups_and_shapes(client):
         "input_size": [8, 8], "in_channels": 4, "filters": 6, "groups": 2, "kernel_size": 3})
     assert data["output_shape"] == [6, 6, 6]
     assert data["kernel_shape"] == {"keras": [3, 3, 2, 6], "torch": [6, 2, 3, 3]}
+    assert data["channel_groups"] == {"inputs": [[0, 1], [2, 3]], "outputs": [[0, 1, 2], [3, 4, 5]]}
     code, data = post(client, "/api/resolve", {
         "input_size": [8, 8], "in_channels": 4, "filters": 6, "groups": 2, "kernel_size": 3,
         "transposed": True, "strides": 2})

@@ -355,10 +355,23 @@ def resolve_payload(settings: Settings) -> dict[str, Any]:
         "in_channels": resolved.in_channels,
         "out_channels": resolved.out_channels,
         "kernel_shape": kernel_shape,
+        "channel_groups": _channel_groups(resolved),
         "explain": explanation,
         "convention": convention,
     }
     return json.loads(json.dumps(payload))
+
+
+def _channel_groups(resolved: ResolvedConv) -> dict[str, list[list[int]]] | None:
+    """Which input and output channels form each group (what a grouped kernel connects)."""
+    groups, c_in, c_out = resolved.groups, resolved.in_channels, resolved.out_channels
+    if resolved.spec.pool is not None or not (groups and c_in and c_out):
+        return None
+    size_in, size_out = c_in // groups, c_out // groups
+    return {
+        "inputs": [list(range(g * size_in, (g + 1) * size_in)) for g in range(groups)],
+        "outputs": [list(range(g * size_out, (g + 1) * size_out)) for g in range(groups)],
+    }
 
 
 def _tap_dict(tap: Tap) -> dict[str, Any]:

@@ -255,11 +255,42 @@
     }
     if (g.groups && g.groups > 1) shapes += ` · ${g.groups} groups`;
     $("shapes").textContent = shapes;
+    drawGroups(g.channel_groups);
     const c = g.convention, note = $("convention-note");
     if (!c) { note.hidden = true; return; }
     note.hidden = false;
     note.className = "convention-note " + (c.accepted === true ? "ok" : c.accepted === false ? "bad" : "unknown");
     note.textContent = c.accepted === true ? `${c.framework} accepts these settings.` : c.error;
+  }
+
+  const GROUP_COLOURS = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"];
+
+  // Input channels -> output channels, one colour per group (only for several channels).
+  function drawGroups(groups) {
+    const svg = $("group-diagram");
+    svg.replaceChildren();
+    const count = groups ? groups.inputs.flat().length + groups.outputs.flat().length : 0;
+    const hide = !groups || count <= 2 || count > 96;
+    svg.toggleAttribute("hidden", hide);  // an SVG element has no .hidden property
+    if (hide) return;
+    const box = 14, gap = 3, row = (n) => n * (box + gap);
+    const width = 120 + Math.max(row(groups.inputs.flat().length), row(groups.outputs.flat().length));
+    svg.setAttribute("viewBox", `0 0 ${width} 66`);
+    svg.setAttribute("width", width); svg.setAttribute("height", 66);
+    el("text", { x: 0, y: 14, class: "small-label" }, svg).textContent = "in channels";
+    el("text", { x: 0, y: 60, class: "small-label" }, svg).textContent = "out channels";
+    const place = (list, y) => list.map((channels, g) => channels.map((c) => {
+      const x = 110 + row(c);
+      el("rect", { x, y, width: box, height: box, rx: 2, fill: GROUP_COLOURS[g % GROUP_COLOURS.length], class: "channel" }, svg);
+      return x + box / 2;
+    }));
+    const ins = place(groups.inputs, 2), outs = place(groups.outputs, 48);
+    ins.forEach((xs, g) => {
+      for (const x0 of xs) for (const x1 of outs[g]) {
+        el("line", { x1: x0, y1: 17, x2: x1, y2: 47, stroke: GROUP_COLOURS[g % GROUP_COLOURS.length], "stroke-opacity": 0.45 }, svg);
+      }
+    });
+    el("text", { x: 0, y: 37, class: "small-label muted-label" }, svg).textContent = `${groups.inputs.length} group${groups.inputs.length > 1 ? "s" : ""}`;
   }
 
   function renderDerivation() {
