@@ -367,7 +367,8 @@ def _zero_insert(da: Any, x: Any, strides: tuple[int, ...]) -> Any:
         location = block_info[None]["chunk-location"]
         shape = tuple(chunks[axis][i] for axis, i in enumerate(location))
         grid = np.zeros(shape, dtype=block.dtype)
-        grid[(slice(None), *(slice(None, None, s) for s in strides), slice(None))] = block
+        every_stride = tuple(slice(None, None, s) for s in strides)
+        grid[(slice(None),) + every_stride + (slice(None),)] = block
         return grid
 
     return x.map_blocks(insert, chunks=chunks, dtype=x.dtype)
