@@ -325,6 +325,10 @@ def _spec_dict(spec: ConvSpec) -> dict[str, Any]:
 
 def resolve_payload(settings: Settings) -> dict[str, Any]:
     """Output size, per-side padding, crop, dropped rows and the worked formula."""
+    return _resolution(settings)[1]
+
+
+def _resolution(settings: Settings) -> tuple[ResolvedConv, dict[str, Any]]:
     spec, convention = build_spec(settings)
     resolved = _resolve(spec, settings)
     explanation = explain(spec, resolved.input_shape_for_explain).to_dict()
@@ -359,7 +363,7 @@ def resolve_payload(settings: Settings) -> dict[str, Any]:
         "explain": explanation,
         "convention": convention,
     }
-    return json.loads(json.dumps(payload))
+    return resolved, json.loads(json.dumps(payload))
 
 
 def _channel_groups(resolved: ResolvedConv) -> dict[str, list[list[int]]] | None:
@@ -428,9 +432,7 @@ def geometry_payload(settings: Settings, limits: Limits) -> dict[str, Any]:
     builds it); the outputs an input cell feeds are the product of
     ``axes[a].feeds[i_a]``.
     """
-    payload = resolve_payload(settings)
-    spec, _ = build_spec(settings)
-    resolved = _resolve(spec, settings)
+    resolved, payload = _resolution(settings)
     for axis, (out, padded) in enumerate(zip(resolved.output_size, resolved.padded_size)):
         if max(out, padded) > limits.max_draw:
             raise ApiError(
