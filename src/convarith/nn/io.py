@@ -259,14 +259,30 @@ def _from_keras_file(path: str) -> Sequential:
         group = h5["layers"] if "layers" in h5 else h5.get("_layer_checkpoint_dependencies")
         if group is None:
             raise ValueError(f"{path!r}: model.weights.h5 has no 'layers' group")
-        for layer in model.layers:
+        for layer, key in zip(model.layers, _keras_weight_keys(model.layers)):
             if not layer.variables:
                 continue
-            if layer.name not in group:
-                raise ValueError(f"{path!r}: no weights for layer {layer.name!r} in the file")
-            variables = group[layer.name]["vars"]
+            if key not in group:
+                raise ValueError(
+                    f"{path!r}: no weights for layer {layer.name!r} (entry {key!r}) in the file"
+                )
+            variables = group[key]["vars"]
             layer.set_weights([np.asarray(variables[str(i)]) for i in range(len(variables))])
     return model
+
+
+def _keras_weight_keys(layers: list[Layer]) -> list[str]:
+    """The names Keras's saver gives the layers of a model: snake-case class, then _1, _2..."""
+    from .layers import _snake
+
+    seen: dict[str, int] = {}
+    keys = []
+    for layer in layers:
+        base = _snake(type(layer).__name__)
+        count = seen.get(base, 0)
+        keys.append(base if count == 0 else f"{base}_{count}")
+        seen[base] = count + 1
+    return keys
 
 
 def _check_linear(layers: list[Mapping[str, Any]]) -> None:

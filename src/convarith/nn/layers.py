@@ -70,8 +70,9 @@ def keras_spec(layer: str, **kwargs: Any) -> ConvSpec:
 
 
 def _snake(name: str) -> str:
-    name = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
-    return re.sub(r"(\d)_d\b", r"\1d", name)
+    """Keras's ``to_snake_case``: ``Conv2DTranspose`` -> ``conv2d_transpose``."""
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
 def _positive_int(name: str, value: Any) -> int:

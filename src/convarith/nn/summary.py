@@ -55,7 +55,7 @@ def summary_rows(model: Sequential) -> tuple[list[dict[str, Any]], list[str]]:
                     noun = noun + "s" if dropped > 1 else noun
                     warnings.append(
                         f"{layer.name}: the last {dropped} {noun} of "
-                        f"{resolved.input_size[axis]} are never read (effective kernel "
+                        f"{resolved.input_size[axis]} {'are' if dropped > 1 else 'is'} never read (effective kernel "
                         f"{resolved.effective_kernel[axis]}, stride {spec.strides[axis]}, "  # type: ignore[index]
                         f"padding {resolved.padding[axis]}); pad with 'same' or choose sizes "
                         "where (I + P - K_eff) is divisible by S"
