@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from . import arithmetic as ar
@@ -117,7 +117,7 @@ def _choice(name: str, value: Any, options: Sequence[Any]) -> Any:
 # --------------------------------------------------------------------------- the spec
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class ConvSpec:
     """A convolution (or pooling, or transposed convolution), framework-neutral.
 
@@ -164,27 +164,54 @@ class ConvSpec:
     (5, 9)
     """
 
-    kernel_size: tuple[int, ...] | int
-    strides: tuple[int, ...] | int = 1
-    dilation: tuple[int, ...] | int = 1
-    padding: Padding | int | Sequence[Any] = "valid"
-    padding_mode: str = "zeros"
-    groups: int | Literal["depthwise"] = 1
-    transposed: bool = False
-    output_padding: tuple[int, ...] | int | None = None
-    pool: str | None = None
-    ceil_mode: bool = False
-    count_include_pad: bool = False
-    data_format: str = "channels_last"
-    filters: int | None = None
-    in_channels: int | None = None
-    depth_multiplier: int | None = None
-    rank: int | None = field(default=None)
-    convention: str | None = None
+    kernel_size: tuple[int, ...]
+    strides: tuple[int, ...]
+    dilation: tuple[int, ...]
+    padding: str | tuple[tuple[int, int], ...]
+    padding_mode: str
+    groups: int | Literal["depthwise"]
+    transposed: bool
+    output_padding: tuple[int, ...] | None
+    pool: str | None
+    ceil_mode: bool
+    count_include_pad: bool
+    data_format: str
+    filters: int | None
+    in_channels: int | None
+    depth_multiplier: int | None
+    rank: int
+    convention: str | None
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        kernel_size: int | Sequence[int],
+        strides: int | Sequence[int] = 1,
+        dilation: int | Sequence[int] = 1,
+        padding: str | int | Sequence[Any] = "valid",
+        padding_mode: str = "zeros",
+        groups: int | Literal["depthwise"] = 1,
+        transposed: bool = False,
+        output_padding: int | Sequence[int] | None = None,
+        pool: str | None = None,
+        ceil_mode: bool = False,
+        count_include_pad: bool = False,
+        data_format: str = "channels_last",
+        filters: int | None = None,
+        in_channels: int | None = None,
+        depth_multiplier: int | None = None,
+        rank: int | None = None,
+        convention: str | None = None,
+    ) -> None:
+        # Arguments are stored as given, then standardized in place (the
+        # dataclass is frozen, hence object.__setattr__).
+        for name, value in list(locals().items()):
+            if name != "self":
+                object.__setattr__(self, name, value)
+        self._standardize()
+
+    def _standardize(self) -> None:
         set_ = object.__setattr__
-        rank = self.rank
+        rank: Any = self.rank
         if rank is None:
             rank = _rank_of(
                 self.kernel_size, self.strides, self.dilation, self.padding, self.output_padding
@@ -746,8 +773,10 @@ def _resolve_transposed_axis(
         pads = ar.transposed_valid_padding(k, s, d, op)
     elif padding == "same":
         pads = ar.transposed_same_padding(k, s, d, op)
-    else:
+    elif isinstance(padding, tuple):
         pads = ar.transposed_input_padding(k, d, padding[axis], op or 0)
+    else:
+        raise AssertionError(f"unreachable: transposed padding {padding!r}")
     lo, hi = pads
     crop = (eff - 1 - lo, eff - 1 - hi)
     out = (size - 1) * s + 1 + lo + hi - eff + 1
