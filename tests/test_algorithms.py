@@ -136,6 +136,10 @@ def test_flat_rows_forward_and_weight_grad(seed, rank):
             y = flat_rows.direct(xp.astype(dtype), k.astype(dtype), strides, dilation, 1,
                                  out_size, gather=gather, use_blas=use_blas)
             check(y, expected, dtype, seed, f"flat_rows gather={gather} blas={use_blas}")
+        for threads in (1, 2):  # one row per chunk: many chunks, on 1 or 2 threads
+            y = flat_rows.direct(xp.astype(dtype), k.astype(dtype), strides, dilation, 1,
+                                 out_size, threads=threads, chunk_bytes=1)
+            check(y, expected, dtype, seed, f"flat_rows threads={threads} one-row chunks")
         dk = flat_rows.weight_grad(xp.astype(dtype), dy.astype(dtype), k.shape[:rank],
                                    strides, dilation, 1)
         check(dk, expected_dk, dtype, seed, "flat_rows weight_grad")
@@ -203,7 +207,8 @@ def test_depthwise_forward_and_weight_grad(seed, rank):
     for dtype in DTYPES:
         for use_numba in (None, False):
             y = depthwise.direct(xp.astype(dtype), k.astype(dtype), strides, dilation,
-                                 channels, out_size, use_numba=use_numba)
+                                 channels, out_size, use_numba=use_numba,
+                                 threads=1 + seed % 2)
             check(y, expected, dtype, seed, f"depthwise numba={use_numba}")
             dk = depthwise.weight_grad(xp.astype(dtype), dy.astype(dtype), k.shape[:rank],
                                        strides, dilation, channels, use_numba=use_numba)
@@ -236,6 +241,21 @@ def test_phase_transposed(seed, rank):
             y = phase.transposed(x.astype(dtype), k.astype(dtype), strides, dilation, 1,
                                  padding, use_blas=use_blas)
             check(y, expected, dtype, seed, f"phase transposed blas={use_blas}")
+        y = phase.transposed(x.astype(dtype), k.astype(dtype), strides, dilation, 1, padding,
+                             threads=2, chunk_bytes=1)
+        check(y, expected, dtype, seed, "phase transposed, one-row chunks")
+
+
+# --------------------------------------------------------------------------- chunks
+
+
+def test_run_chunks_covers_the_range_once_in_order():
+    from convarith.engine.algorithms._threads import run_chunks
+
+    for threads in (1, 2, 3):
+        results = run_chunks(lambda a, b: list(range(a, b)), 23, 5, threads=threads)
+        assert [len(r) for r in results] == [5, 5, 5, 5, 3]
+        assert sum(results, []) == list(range(23))
 
 
 # --------------------------------------------------------------------------- dispatch

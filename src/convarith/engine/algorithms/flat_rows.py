@@ -15,9 +15,11 @@ with no copy at all, and dilation only changes the shift.
 Strides. Output cell ``o`` of an axis with stride ``S`` reads input cell
 ``o·S + k·D`` = ``(o + q)·S + r`` with ``q, r = divmod(k·D, S)``: tap ``k``
 reads phase ``r`` of the input (every ``S``-th cell from ``r``) at shift
-``q``. Splitting the input into its phases (space-to-depth, one copy) turns a
-strided convolution into stride-1 ones that share the flat output grid, with
-no multiply spent on cells the stride skips.
+``q``. Splitting the input into its phases (space-to-depth) turns a strided
+convolution into stride-1 ones that share the flat output grid, with no
+multiply spent on cells the stride skips. The phases are gathered chunk by
+chunk (the rows one block of output reads), so the split costs no memory
+beyond a chunk.
 
 Few channels. With ``C·taps`` small (an RGB stem, a one-channel input) each
 product would have a tiny inner dimension; then the shifted slices of a block
@@ -48,7 +50,7 @@ import numpy as np
 from ..dispatch import ConvProblem, register_algorithm
 from ._threads import run_chunks, worker_count
 
-__all__ = ["direct", "weight_grad", "applies", "cost", "FlatPlan", "plan"]
+__all__ = ["direct", "weight_grad", "applies", "cost", "FlatPlan", "plan", "CHUNK_BYTES"]
 
 #: Below this inner dimension (``C × taps``) the taps are gathered (im2col) per block.
 GATHER_BELOW = 320
@@ -120,6 +122,30 @@ def _phase_images(xp: np.ndarray, flat_plan: FlatPlan, strides: Sequence[int]) -
     return stacked.reshape(len(flat_plan.phases), -1, c)
 
 
+def _phase_rows(
+    xp: np.ndarray, flat_plan: FlatPlan, strides: Sequence[int], image: int, row0: int,
+    row1: int,
+) -> np.ndarray:
+    """Rows ``row0 .. row1 - 1`` (first axis) of every phase of one image, flattened.
+
+    ``(phases, (row1 - row0)·step, C)``, zero beyond the input: what one chunk
+    of output rows reads, gathered while it is needed instead of copying the
+    whole input into phases up front.
+    """
+    c = xp.shape[-1]
+    local = np.zeros((len(flat_plan.phases), row1 - row0, *flat_plan.grid[1:], c), xp.dtype)
+    for index, phase in enumerate(flat_plan.phases):
+        first = phase[0] + row0 * strides[0]
+        last = min(xp.shape[1], phase[0] + row1 * strides[0])
+        if first >= last:
+            continue
+        source = (image, slice(first, last, strides[0])) + tuple(
+            slice(r, None, s) for r, s in zip(phase[1:], strides[1:]))
+        view = xp[source]
+        local[(index,) + tuple(slice(0, e) for e in view.shape[:-1])] = view
+    return local.reshape(len(flat_plan.phases), -1, c)
+
+
 @functools.cache
 def _blas_gemm(dtype: np.dtype) -> Callable[..., np.ndarray] | None:
     try:
@@ -142,9 +168,14 @@ def _accumulate(a: np.ndarray, b: np.ndarray, c: np.ndarray, scratch: np.ndarray
     c += scratch
 
 
-def _chunk_rows(step: int, width: int, itemsize: int) -> int:
-    """Output rows (of ``step`` flat cells) per chunk: about 512 KiB of output."""
-    return max(1, (512 << 10) // max(1, step * width * itemsize))
+#: Output bytes per chunk of rows (a chunk's output stays in a core's L2 cache).
+CHUNK_BYTES = 512 << 10
+
+
+def _chunk_rows(step: int, width: int, itemsize: int, chunk_bytes: int | None = None) -> int:
+    """Output rows (of ``step`` flat cells) per chunk: about ``chunk_bytes`` of output."""
+    budget = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+    return max(1, budget // max(1, step * width * itemsize))
 
 
 def direct(
@@ -158,6 +189,7 @@ def direct(
     use_blas: bool = True,
     gather: bool | None = None,
     threads: int | None = None,
+    chunk_bytes: int | None = None,
 ) -> np.ndarray:
     """Convolution by flat-row GEMMs (the dispatch contract; ``groups`` must be 1).
 
@@ -174,6 +206,8 @@ def direct(
         ``C × taps`` is below :data:`GATHER_BELOW`).
     threads
         Worker threads (default: one per core).
+    chunk_bytes
+        Output bytes per chunk (default :data:`CHUNK_BYTES`; at least one row).
 
     Examples
     --------
@@ -188,10 +222,12 @@ def direct(
     kernel_size = kernel.shape[:rank]
     f = kernel.shape[-1]
     flat_plan = plan(xp.shape[1:-1], kernel_size, strides, dilation)
-    images = _phase_images(xp, flat_plan, strides)
+    strided = any(s > 1 for s in strides)
+    images = None if strided else _phase_images(xp, flat_plan, strides)
     cells = flat_plan.cells
     usable = n * cells - flat_plan.max_shift
     step = math.prod(flat_plan.grid[1:])
+    halo = flat_plan.max_shift // step + 1  # extra first-axis rows a chunk reads
     taps = len(flat_plan.taps)
     if gather is None:
         gather = c * taps < GATHER_BELOW and taps > 1
@@ -204,7 +240,8 @@ def direct(
     blas = use_blas and _blas_gemm(xp.dtype) is not None
     y = np.empty((n, *out_size, f), xp.dtype)
     real = (slice(None),) + tuple(slice(0, o) for o in out_size[1:])
-    per_chunk = _chunk_rows(step, max(f, c * taps if gather else f), xp.dtype.itemsize)
+    per_chunk = _chunk_rows(step, max(f, c * taps if gather else f), xp.dtype.itemsize,
+                            chunk_bytes)
     chunks_per_image = -(-out_size[0] // per_chunk)
 
     def work(first: int, last: int) -> None:
@@ -212,20 +249,25 @@ def direct(
             image, part = divmod(unit, chunks_per_image)
             row0 = part * per_chunk
             row1 = min(out_size[0], row0 + per_chunk)
-            start = image * cells + row0 * step
-            stop = min(image * cells + row1 * step, usable)
-            rows = stop - start
+            if images is None:
+                source = _phase_rows(xp, flat_plan, strides, image, row0, row1 + halo)
+                start, rows = 0, (row1 - row0) * step
+            else:
+                source = images
+                start = image * cells + row0 * step
+                rows = min(image * cells + row1 * step, usable) - start
+            stop = start + rows
             block = np.empty(((row1 - row0) * step, f), xp.dtype)
             if gather:
                 columns = np.empty((rows, taps, c), xp.dtype)
                 for index, (_, phase, shift) in enumerate(tap_list):
-                    columns[:, index] = images[phase, start + shift: stop + shift]
+                    columns[:, index] = source[phase, start + shift: stop + shift]
                 np.matmul(columns.reshape(rows, taps * c), stacked, out=block[:rows])
             else:
                 target = block[:rows]
                 scratch = None if blas else np.empty_like(target)
                 for index, (t, phase, shift) in enumerate(tap_list):
-                    piece = images[phase, start + shift: stop + shift]
+                    piece = source[phase, start + shift: stop + shift]
                     if index == 0:
                         np.matmul(piece, weights[t], out=target)
                     else:

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ._threads import run_chunks
-from .flat_rows import _accumulate, _blas_gemm
+from .flat_rows import _accumulate, _blas_gemm, _chunk_rows
 
 __all__ = ["transposed", "applies_transposed"]
 
@@ -54,6 +54,7 @@ def transposed(
     *,
     use_blas: bool = True,
     threads: int | None = None,
+    chunk_bytes: int | None = None,
 ) -> np.ndarray:
     """Transposed convolution, same contract as ``engine.core.transposed_conv``.
 
@@ -74,6 +75,8 @@ def transposed(
         Accumulate with BLAS ``gemm`` (``beta = 1``) when SciPy is installed.
     threads
         Worker threads (default: one per core).
+    chunk_bytes
+        Output bytes per chunk of rows (default ``flat_rows.CHUNK_BYTES``).
 
     Returns
     -------
@@ -127,7 +130,7 @@ def transposed(
     blas = use_blas and _blas_gemm(x.dtype) is not None
     # every (output phase, image, block of rows): its taps, flat offsets and rows
     jobs = []
-    per_chunk = max(1, (512 << 10) // max(1, steps[0] * f * x.dtype.itemsize))
+    per_chunk = _chunk_rows(steps[0], f, x.dtype.itemsize, chunk_bytes)
     for phase in itertools.product(*(range(s) for s in strides)):
         counts = [-(-(o - r) // s) if o > r else 0 for o, r, s in zip(out_size, phase, strides)]
         tap_lists = [axis_phases[axis][r] for axis, r in enumerate(phase)]
