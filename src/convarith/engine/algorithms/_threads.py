@@ -12,7 +12,7 @@ one after another with BLAS multi-threaded.
 Examples
 --------
 >>> seen = []
->>> run_chunks(lambda start, stop: seen.append((start, stop)), 10, 4, threads=1)
+>>> _ = run_chunks(lambda start, stop: seen.append((start, stop)), 10, 4, threads=1)
 >>> seen
 [(0, 4), (4, 8), (8, 10)]
 """
