@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from . import arithmetic as ar
 
-__all__ = ["ConvSpec", "ResolvedConv", "Tap", "PADDING_WORDS", "PADDING_MODES"]
+__all__ = ["ConvSpec", "ResolvedConv", "Tap", "PADDING_WORDS", "PADDING_MODES", "padding_source"]
 
 PADDING_WORDS = ("valid", "same", "same_lower", "causal", "full")
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -405,7 +405,7 @@ class Tap:
     in_padding: bool
 
 
-def _padding_source(index: int, size: int, mode: str) -> int | None:
+def padding_source(index: int, size: int, mode: str) -> int | None:
     """The input cell a padding cell copies under ``mode``; ``None`` for zeros."""
     if 0 <= index < size:
         return index
@@ -620,7 +620,7 @@ class ResolvedConv:
             position = out_index * s + k * d
             index = position - lo
             in_padding = not 0 <= index < size
-            src = _padding_source(index, size, spec.padding_mode)
+            src = padding_source(index, size, spec.padding_mode)
             if position >= size + lo + self.padding[axis][1]:
                 src = None  # beyond the padded input (ceil-mode pooling)
             taps.append(Tap((k,), (position,), (src,) if src is not None else None, in_padding))
@@ -676,7 +676,7 @@ class ResolvedConv:
         positions = [index + lo]
         if spec.padding_mode != "zeros":
             positions += [p + lo for p in (*range(-lo, 0), *range(size, size + hi))
-                          if _padding_source(p, size, spec.padding_mode) == index]
+                          if padding_source(p, size, spec.padding_mode) == index]
         for position in positions:
             for k in range(k_size):
                 start = position - k * d

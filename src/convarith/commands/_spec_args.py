@@ -14,7 +14,7 @@ from typing import Any
 
 from ..spec import PADDING_MODES, PADDING_WORDS, ConvSpec
 
-__all__ = ["add_spec_arguments", "spec_from_args", "parse_size", "LESSON_EXAMPLE"]
+__all__ = ["add_spec_arguments", "spec_from_args", "parse_size", "through_front_door", "LESSON_EXAMPLE"]
 
 # The lesson's slide 11: 28 pixels, a 3x3 kernel, padding 1, stride 3 -> 10.
 LESSON_EXAMPLE = {"size": "28", "kernel": "3", "padding": "1", "strides": "3"}
@@ -110,11 +110,11 @@ def spec_from_args(args: argparse.Namespace) -> tuple[ConvSpec, tuple[int, ...]]
         count_include_pad=args.count_include_pad, rank=rank,
     )
     if args.convention:
-        return _through_front_door(args.convention, fields), size
+        return through_front_door(args.convention, fields), size
     return ConvSpec(**fields), size
 
 
-def _through_front_door(convention: str, f: dict[str, Any]) -> ConvSpec:
+def through_front_door(convention: str, f: dict[str, Any]) -> ConvSpec:
     """Read the flags with one framework's argument names and rules."""
     rank = f["rank"]
     padding = f["padding"]

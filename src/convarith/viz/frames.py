@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from ..spec import ResolvedConv, _padding_source
+from ..spec import ResolvedConv, padding_source
 
 __all__ = ["Frame", "Storyboard", "GridCell", "build_frames", "sample_values", "CELL_KINDS"]
 
@@ -181,7 +181,7 @@ def _direct_axis_cells(resolved: ResolvedConv, axis: int, extent: int) -> list[t
         elif position >= size + lo + hi:
             cells.append(("beyond", None))
         else:
-            source = _padding_source(index, size, spec.padding_mode)
+            source = padding_source(index, size, spec.padding_mode)
             cells.append(("copy", source) if source is not None else ("padding", None))
     return cells
 

@@ -282,9 +282,9 @@ def build_spec(settings: Settings) -> tuple[ConvSpec, dict[str, Any] | None]:
     name = FRAMEWORK_NAMES[settings.convention]
     report: dict[str, Any] = {"name": settings.convention, "framework": name}
     try:
-        from ..commands._spec_args import _through_front_door
+        from ..commands._spec_args import through_front_door
 
-        door_spec = _through_front_door(settings.convention, dict(settings.fields))
+        door_spec = through_front_door(settings.convention, dict(settings.fields))
     except ImportError as error:
         report.update(accepted=None, error=f"{name}'s rules are not available yet ({error})")
         return spec, report
@@ -397,7 +397,7 @@ def _axis_grid(resolved: ResolvedConv, axis: int) -> list[dict[str, Any]]:
     The mapping is the one :meth:`ResolvedConv.axis_taps` uses; the tests
     check the two agree on every tap.
     """
-    from ..spec import _padding_source
+    from ..spec import padding_source
 
     spec = resolved.spec
     size = resolved.input_size[axis]
@@ -420,7 +420,7 @@ def _axis_grid(resolved: ResolvedConv, axis: int) -> list[dict[str, Any]]:
             kind = "dropped" if index >= dropped_from else "input"
             cells.append({"kind": kind, "source": index})
         else:
-            cells.append({"kind": "pad", "source": _padding_source(index, size, spec.padding_mode)})
+            cells.append({"kind": "pad", "source": padding_source(index, size, spec.padding_mode)})
     return cells
 
 
