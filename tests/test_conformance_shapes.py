@@ -199,7 +199,7 @@ def _generator() -> Any:
 
 
 ORACLES = {"keras": "keras", "torch": "torch", "jax": "jax", "onnx": "onnxruntime"}
-LIVE_CASES = {"keras": 40, "torch": 200, "jax": 60, "onnx": 200}
+LIVE_CASES = {"keras": 30, "torch": 200, "jax": 50, "onnx": 200}
 
 
 @pytest.mark.oracle

@@ -34,6 +34,7 @@ ValueError: PyTorch Conv2d: padding='same' is not supported with stride=(2, 2) .
 
 from __future__ import annotations
 
+import difflib
 import numbers
 import re
 from collections.abc import Sequence
@@ -77,7 +78,9 @@ class _Door:
 
     def ints(self, argument: str, value: Any, rank: int, minimum: int | None = 1) -> tuple[int, ...]:
         """One int broadcast to ``rank`` axes, or a sequence of exactly ``rank`` ints."""
-        fix = f"write one int or {rank} ints, e.g. {argument}={(max(minimum or 0, 1),) * rank}"
+        example = (max(minimum or 0, 1),) * rank
+        fix = f"write one int or {rank} ints, e.g. {argument}={example}" if rank > 1 else (
+            f"write one int, e.g. {argument}={example[0]}")
         if isinstance(value, numbers.Integral) and not isinstance(value, bool):
             values: tuple[Any, ...] = (value,) * rank
         elif isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
@@ -89,11 +92,16 @@ class _Door:
             raise self.type_error(argument, value, f"an int or a sequence of {rank} ints", fix)
         for axis, item in enumerate(values):
             if isinstance(item, bool) or not isinstance(item, numbers.Integral):
-                raise self.type_error(argument, value, f"a sequence of {rank} ints "
-                                      f"(item {axis} is {item!r})", fix)
-            if minimum is not None and item < minimum:
-                raise self.error(argument, value,
-                                 f"must be at least {minimum} on every axis (axis {axis} is {item})", fix)
+                raise TypeError(
+                    f"{self.framework} {self.layer}: {argument}={value!r} has a non-integer on axis "
+                    f"{axis}: {item!r} ({type(item).__name__}); {fix}"
+                )
+        if minimum is not None and min(values) < minimum:
+            axis = min(range(rank), key=lambda a: values[a])
+            repaired = tuple(max(int(v), minimum) for v in values)
+            raise self.error(argument, value, f"must be at least {minimum} on every axis "
+                             f"(axis {axis} is {values[axis]})",
+                             f"write e.g. {argument}={repaired if rank > 1 else repaired[0]}")
         return tuple(int(v) for v in values)
 
     def flag(self, argument: str, value: Any) -> bool:
@@ -111,9 +119,11 @@ class _Door:
         extra = sorted(set(kwargs) - set(known) - set(ignored))
         if extra:
             name = extra[0]
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {close[0]}={kwargs[name]!r}? " if close else ""
             raise TypeError(
                 f"{self.framework} {self.layer}: unexpected argument {name}={kwargs[name]!r}; "
-                f"{self.layer} takes {', '.join(known)}"
+                f"{hint}{self.layer} takes {', '.join(known)}"
             )
 
     def required(self, kwargs: dict[str, Any], name: str) -> Any:
