@@ -130,12 +130,14 @@ def run_keras(text: str, shape: tuple[int, ...], rng: np.random.Generator):
     return x, y, kernel, bias
 
 
-def check_direction(source_config, run_source, source, target, seed0: int) -> dict[str, int]:
+def check_direction(source_config, run_source, source, target, seed0: int,
+                    count: int | None = None) -> dict[str, int]:
+    count = CONFIGS if count is None else count
     executed = inexpressible = skipped = 0
     attempt = 0
-    while executed < CONFIGS:
+    while executed < count:
         attempt += 1
-        assert attempt < CONFIGS * 20, "too many configurations skipped"
+        assert attempt < count * 20, "too many configurations skipped"
         seed = seed0 + attempt
         rng = random.Random(seed)
         text, shape = source_config(rng)
@@ -347,3 +349,24 @@ def test_onnx_to_torch() -> None:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("torch")
     check_direction(onnx_config, run_onnx, "onnx", "torch", 4000)
+
+
+# --------------------------------------------------------------------------- further directions, fewer configs
+
+
+def test_torch_to_jax() -> None:
+    pytest.importorskip("jax")
+    pytest.importorskip("torch")
+    check_direction(torch_config, run_torch, "torch", "jax", 5000, count=max(CONFIGS // 2, 10))
+
+
+def test_torch_to_onnx() -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("torch")
+    check_direction(torch_config, run_torch, "torch", "onnx", 6000, count=max(CONFIGS // 2, 10))
+
+
+def test_keras_to_onnx() -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("keras")
+    check_direction(keras_config, run_keras, "keras", "onnx", 7000, count=max(CONFIGS // 2, 10))

@@ -987,11 +987,23 @@ class _Writer:
         lo_pads = [max(lo, 0) for lo, _ in crop]
         hi_pads = [max(hi, 0) for _, hi in crop]
         extra = [max(-hi, 0) for _, hi in crop]
-        if any(lo < 0 for lo, _ in crop) or any(
-                e >= max(s, d) for e, s, d in zip(extra, spec.strides, spec.dilation)):  # type: ignore[arg-type]
-            raise PortError(f"ONNX ConvTranspose cannot add cells {_crop_text(crop)} at the start or "
-                            "more than max(stride, dilation) - 1 at the end; pad the output with a Pad "
-                            "node, or port to JAX")
+        if any(lo < 0 for lo, _ in crop) or any(e >= s for e, s in zip(extra, spec.strides)):  # type: ignore[arg-type]
+            # onnxruntime takes output_padding < stride only: run in full, then crop/extend with Pad
+            rank = self.rank
+            full = [0, 0, *[-lo for lo, _ in crop], 0, 0, *[-hi for _, hi in crop]]
+            inits.append(f"numpy_helper.from_array(np.array({full}, dtype=np.int64), 'crop')")
+            nodes = [
+                f"helper.make_node('ConvTranspose', ['x', 'W'], ['full'], kernel_shape={list(spec.kernel_size)}, "  # type: ignore[arg-type]
+                f"strides={list(spec.strides)}, dilations={list(spec.dilation)}, group={self.groups})",  # type: ignore[arg-type]
+                f"helper.make_node('Pad', ['full', 'crop'], [{'cropped' if self.bias else 'y'!r}])",
+            ]
+            if self.bias:
+                inits.append(f"numpy_helper.from_array(b.reshape(-1{', 1' * rank}), 'B')")
+                nodes.append("helper.make_node('Add', ['cropped', 'B'], ['y'])")
+            lines += self._onnx_model_lines(nodes, inits)
+            return lines, (f"the output is cropped by {_crop_text(crop)}, which ONNX ConvTranspose's pads and "
+                           "output_padding (< stride in onnxruntime) cannot say; the code runs it in full and "
+                           "crops with a Pad node (negative pads).")
         inputs = ["'x'", "'W'"] + (["'B'"] if self.bias else [])
         if self.bias:
             inits.append("numpy_helper.from_array(b, 'B')")
