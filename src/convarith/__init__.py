@@ -35,6 +35,7 @@ from .engine import (
     separable_conv2d,
 )
 from .explain import Explanation, explain
+from .port import port
 from .spec import ConvSpec, ResolvedConv, Tap
 from .viz import animate
 
@@ -59,6 +60,7 @@ __all__ = [
     "kernel_from_torch",
     "kernel_to_torch",
     "max_pool",
+    "port",
     "register_algorithm",
     "separable_conv2d",
     "conv_output_size",
