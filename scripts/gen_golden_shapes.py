@@ -155,6 +155,8 @@ def first_line(message: str) -> str:
     message = re.sub(r"^Exception during initialization: ", "", message)
     message = re.sub(r"^\S+\.(cc|h):\d+ \S.*?\) ", "", message)
     message = re.sub(r"^\S+\.(cc|h):\d+ ", "", message)
+    # set literals print in hash order; sort them so that reruns give the same file
+    message = re.sub(r"\{'[^{}]*'\}", lambda m: "{" + ", ".join(sorted(m[0][1:-1].split(", "))) + "}", message)
     return (message.splitlines() or [""])[0][:200]
 
 
