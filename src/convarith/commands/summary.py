@@ -16,8 +16,11 @@ def add_parser(subparsers: Any) -> None:
         description="Per layer: output shape, parameters, multiply-adds, receptive field size, "
         "jump (effective stride), start offset and dropped rows, with a warning where merged "
         "branches are misaligned. Reads a Keras .keras file (config.json only; Keras is not "
-        "imported), an ONNX model (needs the onnx package), or a YAML/JSON list of layers "
-        "(see convarith.io.layers_file for the format).",
+        "imported), an ONNX model (needs the onnx package), or a YAML/JSON list of layers: "
+        "{input: [64, 64, 3], layers: [\"Conv2D(32, 3, strides=2, padding='same')\", "
+        "{type: MaxPooling2D, pool_size: 2}, {type: Add, inputs: [a, b]}]} with Keras layer names "
+        "and arguments (framework: torch for PyTorch's, input channels first); the full format is "
+        "in convarith.io.layers_file.",
         epilog="examples: convarith summary model.keras | convarith summary net.yaml --json | "
         "convarith summary model.onnx --png field.png --cell 3,4",
     )
