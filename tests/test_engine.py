@@ -419,6 +419,11 @@ def test_channel_mismatch_names_both_counts_and_hints_at_the_layout() -> None:
         conv(x_nchw, kernel, ConvSpec(3))
     with pytest.raises(ValueError, match=r"groups=2"):
         conv(np.zeros((1, 8, 8, 6)), kernel, ConvSpec(3))
+    with pytest.raises(ValueError, match=r"depth_multiplier=2 over 3 channels must have 6"):
+        conv(np.zeros((1, 5, 5, 3)), np.zeros((3, 3, 1, 3)),
+             ConvSpec(3, groups="depthwise", depth_multiplier=2))
+    with pytest.raises(ValueError, match=r"depthwise kernel for conv\(\) has the grouped layout"):
+        conv(np.zeros((1, 5, 5, 3)), np.zeros((3, 3, 3, 2)), ConvSpec(3, groups="depthwise"))
     with pytest.raises(ValueError, match=r"transposed kernel.*takes 4 input channels"):
         conv(np.zeros((1, 5, 5, 3)), np.zeros((3, 3, 2, 4)), ConvSpec(3, transposed=True))
 

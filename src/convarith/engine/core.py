@@ -164,6 +164,14 @@ def _prepare(
                     f"must equal x's channels ({channels}, {spec.data_format}, x shape "
                     f"{x.shape}){hint}"
                 )
+            multiplier = spec.depth_multiplier
+            if spec.groups == "depthwise" and multiplier is not None and (
+                    kernel_array.shape[-1] != channels * multiplier):
+                raise ValueError(
+                    f"a depthwise kernel with depth_multiplier={multiplier} over {channels} "
+                    f"channels must have {channels * multiplier} outputs, got kernel shape "
+                    f"{kernel_array.shape}"
+                )
             if kernel_array.shape[-1] % groups:
                 raise ValueError(
                     f"kernel out-channels ({kernel_array.shape[-1]}) must be divisible by "
