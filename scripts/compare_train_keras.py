@@ -63,7 +63,7 @@ def main() -> None:
                              args.filters)
         theirs.set_weights(initial)
         theirs.compile(keras.optimizers.Adam(args.learning_rate),
-                       "sparse_categorical_crossentropy", ["accuracy"])
+                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         start = time.perf_counter()
         theirs.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, verbose=0)
         seconds = time.perf_counter() - start
