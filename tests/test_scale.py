@@ -135,6 +135,20 @@ def test_plan_starts_every_block_on_a_stride_phase() -> None:
     assert all(c >= plan.halo for c in plan.input_chunks)
 
 
+def test_blocks_follow_the_input_chunks_or_a_requested_regular_size() -> None:
+    x = np.random.default_rng(4).standard_normal((50, 41, 1)).astype(np.float32)
+    kernel = np.random.default_rng(5).standard_normal((3, 3, 1, 2)).astype(np.float32)
+    spec = ConvSpec(3, padding="same")  # stride 1, lo = 1: a block ends one cell after a chunk
+    dask_x = da.from_array(x, chunks=((20, 10, 20), (16, 25), 1))
+    follows = conv(dask_x, kernel, spec)
+    assert follows.chunks[:2] == ((21, 10, 19), (17, 24))
+    regular = conv(dask_x, kernel, spec, output_block=(16, 8))
+    assert regular.chunks[:2] == ((16, 16, 16, 2), (8, 8, 8, 8, 8, 1))
+    expected = engine_conv(x, kernel, spec)
+    np.testing.assert_allclose(follows.compute(), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(regular.compute(), expected, rtol=1e-5, atol=1e-5)
+
+
 # --------------------------------------------------------------------------- randomized
 
 

@@ -171,11 +171,16 @@ def run(args: argparse.Namespace) -> int:
     bias = _load_npy(args.bias, "--bias").astype(dtype) if args.bias else None
 
     y = scale_conv(x, kernel, spec, bias)
+    # regular blocks, one per Zarr chunk, so that no two tasks write the same chunk
+    regular = tuple(max(c) for c in y.chunks[1:-1])
+    y = scale_conv(x, kernel, spec, bias, output_block=regular)
     if not has_channels and y.shape[-1] == 1:
         y = y[..., 0]
     if not batched:
         y = y[0]
     out_chunks = tuple(int(c[0]) for c in y.chunks)
+    if any(any(n != c[0] for n in c[:-1]) or c[-1] > c[0] for c in y.chunks):
+        raise RuntimeError(f"output blocks {y.chunks} do not match regular Zarr chunks {out_chunks}")
     settings = {
         "input": os.path.abspath(args.input),
         "component": args.component,

@@ -9,18 +9,19 @@ The plan, per spatial axis, works in the coordinates of the *padded* input
    with zeros plus a mask channel that counts the cells the average divides
    by. Then keep only the cells some window reads: ``(O - 1) S + K_eff``,
    which drops the rows no window reaches.
-2. Choose output chunks (``n`` outputs each, about one input chunk's worth)
-   and cut the padded input at ``n S`` cells: output cell ``o`` starts its
-   window at ``o S``, so every block starts on a stride phase of its own and
-   no output cell is computed twice or lost.
+2. Cut the outputs into blocks that end where the input's chunks end
+   (shifted by the padding, rounded up to a multiple of the stride) and cut
+   the padded input at ``n S`` cells for a block of ``n`` outputs: output cell
+   ``o`` starts its window at ``o S``, so every block starts on a stride phase
+   of its own and no output cell is computed twice or lost.
 3. Each block needs ``K_eff - S`` extra cells from its right neighbour (the
    halo), which Dask's overlap machinery supplies (``map_overlap`` with a
    per-side depth ``(0, K_eff - S)``). The engine then runs a ``"valid"``
    convolution with the original strides and dilation on the haloed block,
    giving exactly ``n`` outputs.
 
-Blocks smaller than the halo cannot borrow it from one neighbour; such
-chunking is enlarged automatically, with a :class:`ChunkingWarning`.
+Dask's overlap takes a halo from the next block only, so a block smaller than
+the halo is merged with the next one, with a :class:`ChunkingWarning`.
 """
 
 from __future__ import annotations
@@ -90,7 +91,11 @@ def _check_dask() -> Any:
 
 
 def plan_tiles(
-    resolved: ResolvedConv, chunks: Sequence[Sequence[int]], *, warn: bool = True
+    resolved: ResolvedConv,
+    chunks: Sequence[Sequence[int]],
+    *,
+    output_block: Sequence[int] | None = None,
+    warn: bool = True,
 ) -> tuple[AxisPlan, ...]:
     """Cut each spatial axis into stride-aligned blocks with a right halo.
 
@@ -100,10 +105,15 @@ def plan_tiles(
         The spec resolved against the full input.
     chunks
         The input's chunk sizes per spatial axis (Dask's ``chunks`` without the
-        batch and channel axes); output blocks hold about one input chunk each.
+        batch and channel axes). A block ends where an input chunk ends (rounded
+        up to the stride phase), so blocks follow the input's chunking; blocks
+        too small to lend a halo are merged with the next.
+    output_block
+        Output cells per block along each spatial axis (the last block takes the
+        rest), for regular blocks (e.g. to match a Zarr store's chunks) instead
+        of blocks that follow the input's chunks.
     warn
-        Emit a :class:`ChunkingWarning` when a chunk is smaller than the halo and
-        the blocks are enlarged.
+        Emit a :class:`ChunkingWarning` when chunks smaller than the halo are merged.
 
     Examples
     --------
@@ -123,24 +133,35 @@ def plan_tiles(
         # a ceil-mode pooling window may reach past the padded input
         hi_needed = max(hi, padded_length - lo - size)
         halo = max(0, span - stride)
-        typical = max(int(c) for c in chunks[axis])
-        per_block = max(1, typical // stride)
-        if per_block * stride < halo:
-            enlarged = math.ceil(halo / stride)
-            if warn:
-                warnings.warn(
-                    f"chunks along spatial axis {axis} ({typical} cells) are smaller than the "
-                    f"convolution's halo ({halo} cells: effective kernel {span} - stride {stride}); "
-                    f"rechunking to blocks of {enlarged * stride} cells ({enlarged} outputs). "
-                    f"Rechunk the input to at least {halo} cells along this axis to avoid this.",
-                    ChunkingWarning,
-                    stacklevel=4,
-                )
-            per_block = enlarged
-        per_block = min(per_block, outputs)
-        output_chunks = (per_block,) * (outputs // per_block)
-        if outputs % per_block:
-            output_chunks += (outputs % per_block,)
+        # a block ends where an input chunk ends (shifted by the padding, rounded up to the
+        # stride phase), so that reading the blocks splits as few input chunks as possible
+        if output_block is not None:
+            candidates = list(range(output_block[axis], outputs, output_block[axis]))
+        else:
+            ends = np.cumsum([int(c) for c in chunks[axis]])[:-1]
+            candidates = sorted({-(-(lo + int(end)) // stride) for end in ends} - {0})
+        bounds = [0]
+        merged = False
+        for bound in candidates:
+            if bound >= outputs:
+                break
+            if (bound - bounds[-1]) * stride >= halo:
+                bounds.append(bound)
+            else:
+                merged = True  # this block could not lend its right neighbour a full halo
+        bounds.append(outputs)
+        if merged and warn:
+            smallest = (output_block[axis] * stride if output_block is not None
+                        else min(int(c) for c in chunks[axis]))
+            warnings.warn(
+                f"chunks along spatial axis {axis} (smallest {smallest} cells) are smaller than "
+                f"the convolution's halo ({halo} cells: effective kernel {span} - stride {stride}); "
+                f"merging them into blocks of at least {math.ceil(halo / stride) * stride} cells. "
+                f"Rechunk the input to at least {halo} cells along this axis to avoid this.",
+                ChunkingWarning,
+                stacklevel=4,
+            )
+        output_chunks = tuple(b - a for a, b in zip(bounds, bounds[1:]))
         input_chunks = tuple(n * stride for n in output_chunks[:-1]) + (
             (output_chunks[-1] - 1) * stride + span,
         )
@@ -184,6 +205,8 @@ def conv(
     kernel: Any,
     spec: ConvSpec,
     bias: Any = None,
+    *,
+    output_block: int | Sequence[int] | None = None,
 ) -> dask.array.Array:
     """A convolution or pooling of a Dask array, block by block, equal to the in-memory one.
 
@@ -208,6 +231,9 @@ def conv(
         times the engine's own phase algorithm).
     bias
         Optional ``(filters,)`` bias.
+    output_block
+        Output cells per block along each spatial axis (one int for all), for
+        regular output chunks; by default blocks follow the input's chunks.
 
     Returns
     -------
@@ -228,7 +254,7 @@ def conv(
     >>> spec = ConvSpec(3, strides=2, padding="same")
     >>> y = conv(x, np.ones((3, 3, 1, 1), "float32"), spec)
     >>> y.shape, y.chunks[:2]
-    ((5, 6, 1), ((2, 2, 1), (2, 2, 2)))
+    ((5, 6, 1), ((2, 2, 1), (3, 2, 1)))
     >>> float(y[2, 2, 0].compute())
     9.0
     """
@@ -251,6 +277,11 @@ def conv(
     if any(math.isnan(c) for c in x.shape):
         raise ValueError(f"x has unknown chunk sizes {x.shape}; call x.compute_chunk_sizes() first")
 
+    blocks = None
+    if output_block is not None:
+        from ..spec import per_axis
+
+        blocks = per_axis("output_block", output_block, rank)
     channels_first = spec.data_format == "channels_first"
     batched = x.ndim == rank + 2
     if not batched:
@@ -259,22 +290,22 @@ def conv(
         x = da.moveaxis(x, 1, -1)
         spec = spec.replace(data_format="channels_last")
     if spec.transposed:
-        result = _conv_transpose_channels_last(da, x, kernel, spec, bias)
+        result = _conv_transpose_channels_last(da, x, kernel, spec, bias, blocks)
     else:
-        result = _conv_channels_last(da, x, kernel, spec, bias)
+        result = _conv_channels_last(da, x, kernel, spec, bias, blocks)
     if channels_first:
         result = da.moveaxis(result, -1, 1)
     return result if batched else result[0]
 
 
 def _conv_channels_last(
-    da: Any, x: Any, kernel: Any, spec: ConvSpec, bias: Any
+    da: Any, x: Any, kernel: Any, spec: ConvSpec, bias: Any, blocks: tuple[int, ...] | None
 ) -> Any:
     """The work of :func:`conv` on a batched channels-last array."""
     resolved = spec.resolve(tuple(int(v) for v in x.shape))
     channels = int(x.shape[-1])
     kernel_array, bias_array = _check_weights(resolved, kernel, bias, channels, x.dtype)
-    plans = plan_tiles(resolved, x.chunks[1:-1])
+    plans = plan_tiles(resolved, x.chunks[1:-1], output_block=blocks)
 
     pool = spec.pool
     pad_width = [(0, 0)] + [plan.pad for plan in plans] + [(0, 0)]
@@ -317,7 +348,7 @@ def _conv_channels_last(
 
 
 def _conv_transpose_channels_last(
-    da: Any, x: Any, kernel: Any, spec: ConvSpec, bias: Any
+    da: Any, x: Any, kernel: Any, spec: ConvSpec, bias: Any, blocks: tuple[int, ...] | None
 ) -> Any:
     """A transposed convolution as the direct stride-1 one over the zero-inserted input.
 
@@ -351,7 +382,7 @@ def _conv_transpose_channels_last(
         padding=tuple((max(0, lo), max(0, hi)) for lo, hi in resolved.padding),
         groups=groups, rank=spec.rank,
     )
-    return _conv_channels_last(da, grid[crop], flip_swap(kernel_array, groups), direct, bias)
+    return _conv_channels_last(da, grid[crop], flip_swap(kernel_array, groups), direct, bias, blocks)
 
 
 def _zero_insert(da: Any, x: Any, strides: tuple[int, ...]) -> Any:
