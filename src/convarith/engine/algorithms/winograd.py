@@ -150,7 +150,7 @@ def _tiling(m: int, dilation: tuple[int, int], out_size: tuple[int, int]) -> _Ti
 
 
 @functools.cache
-def _numba_kernels() -> tuple[Callable[..., None], Callable[..., None]] | None:
+def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
     """The compiled input and output transforms, or ``None`` without numba."""
     try:
         import numba
@@ -240,7 +240,31 @@ def _numba_kernels() -> tuple[Callable[..., None], Callable[..., None]] | None:
                             for ch in range(f):
                                 out[ch] += coef * rows[u, j, ch]
 
-    return input_transform, output_transform
+    @numba.njit(nogil=True, cache=True)
+    def kernel_transform(kernel, g, u):  # type: ignore[no-untyped-def]
+        # u[x·a + w, c, f] = Σ_ij g[x, i] kernel[i, j, c, f] g[w, j], summed in float64
+        r, _, c, f = kernel.shape
+        a = g.shape[0]
+        acc = np.zeros((a, r, f), dtype=np.float64)
+        for ch in range(c):
+            acc[:] = 0.0
+            for x in range(a):
+                for i in range(r):
+                    coef = g[x, i]
+                    if coef != 0.0:
+                        for j in range(r):
+                            for k in range(f):
+                                acc[x, j, k] += coef * kernel[i, j, ch, k]
+            for x in range(a):
+                for w in range(a):
+                    out = u[x * a + w, ch]
+                    for k in range(f):
+                        total = 0.0
+                        for j in range(r):
+                            total += g[w, j] * acc[x, j, k]
+                        out[k] = total
+
+    return input_transform, output_transform, kernel_transform
 
 
 # --------------------------------------------------------------------------- NumPy transforms
@@ -296,11 +320,26 @@ def _numpy_output_transform(
 # --------------------------------------------------------------------------- the algorithm
 
 
-def kernel_transform(kernel: np.ndarray, wt: WinogradTransform) -> np.ndarray:
-    """``G k Gᵀ`` per channel pair, computed in float64: ``(a², C, F)``."""
+def kernel_transform(
+    kernel: np.ndarray, wt: WinogradTransform, use_numba: bool | None = None
+) -> np.ndarray:
+    """``G k Gᵀ`` per channel pair, computed in float64: ``(a², C, F)``.
+
+    >>> u = kernel_transform(np.ones((3, 3, 1, 1)), transform(2))
+    >>> u.shape, float(u[0, 0, 0])
+    ((16, 1, 1), 1.0)
+    """
     a = wt.tile
-    u = np.einsum("ui,ijcf,wj->uwcf", wt.G, kernel.astype(np.float64), wt.G, optimize=True)
-    return np.ascontiguousarray(u.reshape(a * a, *kernel.shape[2:]).astype(kernel.dtype))
+    kernels = _numba_kernels() if use_numba is not False else None
+    if kernels is not None:
+        u = np.empty((a * a, *kernel.shape[2:]), kernel.dtype)
+        kernels[2](np.ascontiguousarray(kernel), wt.G, u)
+        return u
+    # two matrix products (BLAS) rather than one three-operand einsum (slow loops)
+    rows = np.tensordot(wt.G, kernel.astype(np.float64), axes=(1, 0))  # (a, 3, C, F)
+    both = np.tensordot(wt.G, rows, axes=(1, 1))  # (a_w, a_u, C, F)
+    u = np.swapaxes(both, 0, 1).astype(kernel.dtype)
+    return np.ascontiguousarray(u).reshape(a * a, *kernel.shape[2:])
 
 
 def direct(
@@ -360,12 +399,11 @@ def direct(
     n, _, _, c = xp.shape
     f = kernel.shape[-1]
     dtype = xp.dtype
-    u = kernel_transform(kernel, wt)
-    y = np.empty((n, out_h, out_w, f), dtype)
-
     kernels = _numba_kernels() if use_numba is not False else None
     if use_numba and kernels is None:
         raise ImportError("use_numba=True needs numba: pip install numba")
+    u = kernel_transform(kernel, wt, use_numba=kernels is not None)
+    y = np.empty((n, out_h, out_w, f), dtype)
 
     bt = np.ascontiguousarray(wt.BT.astype(dtype))
     at = np.ascontiguousarray(wt.AT.astype(dtype))
@@ -420,18 +458,27 @@ def applies(problem: ConvProblem) -> bool:
 
 
 def _worth_it(problem: ConvProblem) -> bool:
-    # The transforms cost about as much as a GEMM with K = 16 per tile element;
-    # with few channels the plain per-offset GEMM is faster (measured with
-    # ``python -m convarith.bench``).
-    return problem.in_channels >= 16 and problem.out_channels >= 16
+    # Measured against flat_rows (CPU time, one thread, 4×28×28, C = F):
+    # float32 winograd/flat_rows = 1.33 (C=8), 1.11 (16), 0.78 (32), 0.74 (64),
+    # 0.76 (128), 0.79 (256); float64 1.16 (8), 0.79 (16), 0.60 (32), 0.77 (64).
+    # With few channels the transforms cost more than the products they save.
+    least = 16 if np.dtype(problem.dtype) == np.float64 else 32
+    return problem.in_channels >= least and problem.out_channels >= least
 
 
 def cost(problem: ConvProblem) -> float:
-    """Estimated cost in plain-FLOP units: F(4×4, 3×3) does 36/144 of the products,
-    plus transforms; infinite where too few channels make it a loss."""
+    """Estimated cost in the units of :mod:`.flat_rows`'s (which is ``0.7 × flops``).
+
+    About 0.45 × plain FLOPs for the tiles (0.55 with F(2×2, 3×3) on wide
+    float32 layers) plus the kernel transform, ~8000 units per channel pair
+    (it matters on small images with many channels); infinite where too few
+    channels make Winograd a loss.
+    """
     if not _worth_it(problem):
         return math.inf
-    return problem.flops * 0.45
+    wide = np.dtype(problem.dtype) == np.float32 and problem.in_channels > F4_MAX_CHANNELS
+    per_flop = 0.55 if wide else 0.45
+    return problem.flops * per_flop + 8000.0 * problem.in_channels * problem.out_channels
 
 
 def _register() -> None:
