@@ -90,8 +90,6 @@ def _window_overhangs(case: dict[str, Any]) -> bool:
 # Framework behaviour that ConvSpec cannot express yet; see the module doc of
 # convarith.frontdoors. Each entry: (convention, reason, predicate on a case).
 KNOWN_GAPS: list[tuple[str, str, Any]] = [
-    ("torch", "ceil-mode pooling keeps a window larger than the padded input",
-     lambda c: c["kwargs"].get("ceil_mode") and "output_shape" in c and _window_overhangs(c)),
     ("torch", "AvgPool3d also needs the unpadded input to be at least the kernel",
      lambda c: c["op"] == "AvgPool3d" and "smaller than kernel size" in str(c.get("error"))),
     ("jax", "negative explicit padding (a crop) of a direct convolution or pooling",

@@ -164,14 +164,13 @@ def pool_output_size(
     """
     lo, hi = padding
     span = size + lo + hi - effective_kernel(kernel, dilation)
-    if span < 0:
-        return 0
     if not ceil_mode:
-        return span // stride + 1
+        return span // stride + 1 if span >= 0 else 0
+    # ceil mode also keeps a window larger than the padded input (PyTorch accepts it)
     out = _ceil_div(span, stride) + 1
     if out > span // stride + 1 and (out - 1) * stride >= size + lo:
         out -= 1  # the extra window would start in the right padding
-    return out
+    return max(out, 0)
 
 
 def transposed_output_size(

@@ -525,7 +525,10 @@ class ResolvedConv:
                 raise ValueError(
                     f"axis {axis}: circular padding {pads} can wrap at most once, got size {size}"
                 )
-            if size + lo + hi < eff[axis]:
+            ceil_pool = spec.pool is not None and spec.ceil_mode
+            if size + lo + hi < eff[axis] and not (
+                ceil_pool and ar.pool_output_size(size, k, s, d, pads, True) >= 1
+            ):
                 raise ValueError(
                     f"axis {axis}: the kernel spans {eff[axis]} cells (kernel {k}, dilation {d}) "
                     f"but the padded input has only {size + lo + hi} ({size} + padding {pads}); "
