@@ -49,6 +49,7 @@ CASES = [
     ("GlobalAveragePooling2D", (), {}, (5, 6, 3)),
     ("ZeroPadding2D", (((1, 2), (0, 3)),), {}, (4, 5, 2)),
     ("Flatten", (), {}, (3, 4, 2)),
+    ("Flatten", (), {"data_format": "channels_first"}, (3, 4, 2)),
     ("Dense", (5,), {}, (7,)),
     ("Dense", (5,), {"activation": "softmax"}, (7,)),
     ("Dense", (4,), {"activation": "relu"}, (3, 6)),

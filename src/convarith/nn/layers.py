@@ -191,6 +191,7 @@ class Layer:
         x = np.asarray(x, dtype=self.dtype)
         if not self.built:
             self.build(x.shape[1:])
+        self.check_input(x.shape[1:])
         return self.forward(x, training=training)
 
     def check_input(self, shape: Shape) -> None:
@@ -805,7 +806,11 @@ class ZeroPadding2D(_SpatialLayer):
 
 
 class Flatten(Layer):
-    """``(batch, ...) -> (batch, product)`` in row-major (channels-last) order."""
+    """``(batch, ...) -> (batch, product)`` in row-major channels-last order.
+
+    With ``data_format="channels_first"`` the channels axis is moved last
+    first, as Keras 3 does.
+    """
 
     def __init__(self, data_format: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -814,13 +819,21 @@ class Flatten(Layer):
     def compute_output_shape(self, input_shape: Shape) -> Shape:
         return (int(np.prod(input_shape)),)
 
+    def _channels_first(self, x: np.ndarray) -> bool:
+        return self.data_format == "channels_first" and x.ndim > 2
+
     def forward(self, x: np.ndarray, training: bool = False, keep: bool = False) -> np.ndarray:
+        if self._channels_first(x):
+            x = np.moveaxis(x, 1, -1)
         if keep:
             self._cache = x.shape
         return x.reshape(x.shape[0], -1)
 
     def backward(self, d_out: np.ndarray) -> np.ndarray:
-        return d_out.reshape(self._kept())
+        shape = self._kept()
+        d_x = d_out.reshape(shape)
+        return np.moveaxis(d_x, -1, 1) if self.data_format == "channels_first" and len(shape) > 2 \
+            else d_x
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "data_format": self.data_format}
