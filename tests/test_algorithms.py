@@ -16,7 +16,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from convarith.engine.algorithms import depthwise, flat_rows, phase, winograd
+from convarith.engine.algorithms import depthwise, fft, flat_rows, phase, winograd
 from convarith.engine.dispatch import ConvProblem, choose
 
 TOLERANCE = {np.float32: 1e-5, np.float64: 1e-10}
@@ -244,6 +244,30 @@ def test_phase_transposed(seed, rank):
         y = phase.transposed(x.astype(dtype), k.astype(dtype), strides, dilation, 1, padding,
                              threads=2, chunk_bytes=1)
         check(y, expected, dtype, seed, "phase transposed, one-row chunks")
+
+
+# --------------------------------------------------------------------------- fft
+
+
+@pytest.mark.parametrize("seed", SEEDS[:3])
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_fft_forward(seed, rank):
+    rng = np.random.default_rng(600 + 10 * rank + seed)
+    xp, k, strides, dilation, out_size = random_problem(rng, rank, strides=(1,) * rank)
+    expected = reference_direct(xp, k, strides, dilation, 1, out_size)
+    for dtype in DTYPES:
+        y = fft.direct(xp.astype(dtype), k.astype(dtype), strides, dilation, 1, out_size,
+                       threads=1 + seed % 2)
+        check(y, expected, dtype, seed, "fft")
+
+
+def test_fft_is_left_to_very_large_kernels():
+    small = ConvProblem((2, 70, 70, 32), (7, 7, 32, 32), (1, 1), (1, 1), 1, (64, 64),
+                        np.dtype(np.float32))
+    assert fft.applies(small) and choose(small).name != "fft"
+    huge = ConvProblem((64, 160, 160, 4), (65, 65, 4, 4), (1, 1), (1, 1), 1, (96, 96),
+                       np.dtype(np.float32))
+    assert choose(huge).name == "fft"
 
 
 # --------------------------------------------------------------------------- chunks

@@ -478,13 +478,31 @@ def _format_rows(results: Sequence[CaseResult]) -> tuple[list[str], list[list[st
     return header, rows
 
 
+def _blas_description() -> str:
+    """Which BLAS kernel NumPy runs (OPENBLAS_CORETYPE and the like can change it)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "BLAS: unknown (threadpoolctl not installed)"
+    described = [
+        f"{info.get('internal_api')} {info.get('version')} {info.get('architecture')} "
+        f"x{info.get('num_threads')}"
+        for info in threadpool_info() if info.get("user_api") == "blas"
+    ]
+    load = ""
+    if hasattr(os, "getloadavg"):
+        load = f"; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus"
+    return "BLAS: " + ", ".join(dict.fromkeys(described)) + load
+
+
 def render(results: Sequence[CaseResult], plain: bool = False) -> str:
     """The table (and summary) as text; rich when installed unless ``plain``."""
     header, rows = _format_rows(results)
     info = summary(results)
     lines = []
     matmul = statistics.median(r.matmul_gflops for r in results) if results else 0.0
-    lines.append(f"float32 matmul (2048², np.matmul): {matmul:.0f} GFLOP/s median over cases")
+    lines.append(f"float32 matmul (2048², np.matmul): {matmul:.0f} GFLOP/s median over cases; "
+                 f"{_blas_description()}")
 
     def fmt(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.2f}"
