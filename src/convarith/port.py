@@ -393,7 +393,7 @@ def port(
     if resolved.in_channels is None:
         resolved = spec.resolve(_with_channels(resolved.input_size, channels, spec.data_format))
     source = _source or _Source(spec.convention or "keras", "", bias, _default_layout(spec))
-    if source.framework != to and source.framework is not None:
+    if source.framework != to:
         src_layout = "NC" if spec.data_format == "channels_first" else "N...C"
         dst_layout = "NC" if to in ("torch", "onnx") else "N...C"
         if src_layout != dst_layout:
@@ -1123,7 +1123,6 @@ def _keras_transpose_choice(resolved: ResolvedConv) -> tuple[str, tuple[int, ...
 
 def _keras_crop_lines(crop: Sequence[tuple[int, int]], name: str) -> list[str]:
     lines = []
-    rank = len(crop)
     if any(lo < 0 or hi < 0 for lo, hi in crop):
         grow = [(max(-lo, 0), max(-hi, 0)) for lo, hi in crop]
         lines.append(f"    {name} = keras.ops.pad({name}, {_pairs([(0, 0), *grow, (0, 0)])})  # cells no tap reaches")
@@ -1133,7 +1132,6 @@ def _keras_crop_lines(crop: Sequence[tuple[int, int]], name: str) -> list[str]:
         slices.append(f"{lo}:{-hi if hi else ''}")
     if any(s != "0:" for s in slices):
         lines.append(f"    {name} = {name}[:, {', '.join(slices)}, :]")
-    del rank
     return lines
 
 
