@@ -100,8 +100,6 @@ def _load_npy(path: str, name: str) -> np.ndarray:
 
 
 def run(args: argparse.Namespace) -> int:
-    import dask
-
     from ..scale import conv as scale_conv
     from ..scale.presets import kernel_preset
     from ..scale.store import (
@@ -110,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         open_input,
         pending_blocks,
         prepare_output,
-        write_block,
+        write_block_task,
     )
 
     if args.size is not None:
@@ -198,37 +196,46 @@ def run(args: argparse.Namespace) -> int:
         return 0
     blocks = pending_blocks(output, y.numblocks)
     total = int(np.prod(y.numblocks))
-    writes = [dask.delayed(write_block)(y.blocks[b], output, b, out_chunks) for b in blocks]
+    written = y.map_blocks(
+        write_block_task, output, out_chunks, dtype=np.int8,
+        chunks=tuple((1,) * n for n in y.numblocks), meta=np.empty((0,) * y.ndim, np.int8),
+    )
+    keys = [(written.name, *b) for b in blocks]
+    graph = written.__dask_graph__().cull(set(keys))  # only the blocks still to write
     start = time.perf_counter()
-    _compute(writes, args.scheduler, args.workers, progress=not args.no_progress)
+    _compute(graph, keys, args.scheduler, args.workers, progress=not args.no_progress)
     elapsed = time.perf_counter() - start
     finish_output(output)
     megapixels = float(np.prod(spatial)) * x.shape[0] / 1e6
     skipped = f", {total - len(blocks)} already done" if len(blocks) < total else ""
     print(
         f"{args.output}: {'x'.join(map(str, y.shape))} {y.dtype}, {len(blocks)} of {total} blocks "
-        f"written{skipped} in {elapsed:.1f} s ({megapixels / max(elapsed, 1e-9):.1f} MPix/s of input)"
+        f"written{skipped} in {elapsed:.1f} s ({megapixels / max(elapsed, 1e-9):.3g} MPix/s of input)"
     )
     return 0
 
 
-def _compute(tasks: list[Any], scheduler: str, workers: int | None, progress: bool) -> None:
-    """Run the write tasks with a local scheduler or dask.distributed, with a progress bar."""
+def _compute(graph: Any, keys: list[Any], scheduler: str, workers: int | None,
+             progress: bool) -> None:
+    """Compute ``keys`` of ``graph`` with a local scheduler or dask.distributed, with a progress bar."""
+    import contextlib
+
     import dask
 
-    if not tasks:
+    if not keys:
         return
     if scheduler in ("threads", "processes", "synchronous"):
-        options: dict[str, Any] = {"scheduler": scheduler}
+        get = dask.base.get_scheduler(scheduler=scheduler)
+        options: dict[str, Any] = {}
         if workers and scheduler != "synchronous":
             options["num_workers"] = workers
+        bar: Any = contextlib.nullcontext()
         if progress:
             from dask.diagnostics import ProgressBar
 
-            with ProgressBar(out=sys.stderr):
-                dask.compute(*tasks, **options)
-        else:
-            dask.compute(*tasks, **options)
+            bar = ProgressBar(out=sys.stderr)
+        with bar:
+            get(graph, keys, **options)
         return
     try:
         from distributed import Client, LocalCluster
@@ -253,7 +260,7 @@ def _compute(tasks: list[Any], scheduler: str, workers: int | None, progress: bo
         )
     try:
         with Client(address) as client:
-            futures = client.compute(tasks)
+            futures = client.get(graph, keys, sync=False)
             if progress:
                 show_progress(futures)
                 print(file=sys.stderr)

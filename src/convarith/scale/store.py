@@ -29,6 +29,7 @@ __all__ = [
     "prepare_output",
     "pending_blocks",
     "write_block",
+    "write_block_task",
     "finish_output",
     "fingerprint",
     "MARKER_FOLDER",
@@ -216,6 +217,15 @@ def write_block(values: np.ndarray, path: str, block: tuple[int, ...], chunks: t
     array[region] = values
     _marker(path, block).touch()
     return 1
+
+
+def write_block_task(
+    values: np.ndarray, path: str, chunks: tuple[int, ...], block_id: tuple[int, ...] | None = None
+) -> np.ndarray:
+    """:func:`write_block` as a ``map_blocks`` function: one ``int8`` per block written."""
+    assert block_id is not None
+    write_block(values, path, tuple(block_id), chunks)
+    return np.ones((1,) * values.ndim, np.int8)
 
 
 def finish_output(path: str | os.PathLike[str]) -> None:

@@ -208,7 +208,10 @@ def conv(
     *,
     output_block: int | Sequence[int] | None = None,
 ) -> dask.array.Array:
-    """A convolution or pooling of a Dask array, block by block, equal to the in-memory one.
+    """A convolution, transposed convolution or pooling of a Dask array, block by block.
+
+    The result equals the in-memory engine's (:func:`convarith.engine.conv`)
+    on the whole array; each block runs the engine on its haloed piece.
 
     Parameters
     ----------
@@ -216,8 +219,8 @@ def conv(
         Dask array laid out as ``spec.data_format`` says: ``(*spatial, C)`` or
         ``(N, *spatial, C)`` for channels_last (``(C, *spatial)`` or
         ``(N, C, *spatial)`` for channels_first), with any chunking. The channel
-        axis is rechunked to one chunk; spatial axes are rechunked to
-        stride-aligned blocks of about the same size as the input's chunks.
+        axis is rechunked to one chunk; spatial axes to stride-aligned blocks
+        that end where the input's chunks end (see :func:`plan_tiles`).
     kernel
         Keras layout ``(*kernel_size, C // groups, filters)`` (a NumPy array,
         small enough to ship to every block); ``(*kernel_size, filters // groups,
