@@ -197,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
     blocks = pending_blocks(output, y.numblocks)
     total = int(np.prod(y.numblocks))
     written = y.map_blocks(
-        write_block_task, output, out_chunks, dtype=np.int8,
+        write_block_task, output, out_chunks, dtype=np.int8,  # type: ignore[arg-type]
         chunks=tuple((1,) * n for n in y.numblocks), meta=np.empty((0,) * y.ndim, np.int8),
     )
     keys = [(written.name, *b) for b in blocks]
