@@ -95,7 +95,7 @@ def open_input(path: str | os.PathLike[str], chunks: Any = None, component: str 
             reader = NpyReader.open(text)
         except ValueError as error:
             raise ValueError(f"input {text!r} is not a readable .npy file: {error}") from error
-        return da.from_array(reader, chunks=chunks or 1024, name=f"npy-{fingerprint(text)}",
+        return da.from_array(reader, chunks=chunks or 1024,
                              asarray=False, meta=np.empty((0,) * reader.ndim, reader.dtype))
     import zarr
 
