@@ -113,6 +113,12 @@ class Case:
     # oracle(x, kernel, bias, dy) -> (y, dx, dk, db), float64, engine layouts
     oracle: Callable[..., tuple[Any, Any, Any, Any]]
     engine: Callable[..., tuple[Any, Any, Any, Any]] | None = None
+    seed: int | None = None  # the data's seed, shown when hypothesis prints a failing case
+
+
+def with_seed(seed: int, case: Case) -> Case:
+    case.seed = seed
+    return case
 
 
 @dataclass
@@ -275,8 +281,8 @@ def torch_cases(draw: Any, kind: str) -> Case:
                 return pool(xt, kernel_size, strides, pads, ceil_mode=ceil_mode,
                             count_include_pad=include)
         shape = (batch, channels, *sizes) if channels_first else (batch, *sizes, channels)
-        return Case(kind, spec, data(seed, shape, dtype), None, None, dtype,
-                    torch_oracle(kind, rank, channels_first, call))
+        return with_seed(seed, Case(kind, spec, data(seed, shape, dtype), None, None, dtype,
+                    torch_oracle(kind, rank, channels_first, call)))
 
     dilation = per_axis(draw, rank, 1, 2)
     eff = [(k - 1) * d + 1 for k, d in zip(kernel_size, dilation)]
@@ -307,8 +313,8 @@ def torch_cases(draw: Any, kind: str) -> Case:
             return transpose(xt, wt, bt, strides, crops, output_padding, groups, dilation)
 
         shape = (batch, channels, *sizes) if channels_first else (batch, *sizes, channels)
-        return Case(kind, spec, data(seed, shape, dtype), kernel, bias, dtype,
-                    torch_oracle(kind, rank, channels_first, call, transposed=True))
+        return with_seed(seed, Case(kind, spec, data(seed, shape, dtype), kernel, bias, dtype,
+                    torch_oracle(kind, rank, channels_first, call, transposed=True)))
 
     mode = draw(st.sampled_from(["zeros", "reflect", "replicate", "circular"]))
     same = mode == "zeros" and all(s == 1 for s in strides) and draw(st.booleans())
@@ -342,8 +348,8 @@ def torch_cases(draw: Any, kind: str) -> Case:
 
     shape = (batch, channels, *sizes) if channels_first else (batch, *sizes, channels)
     label = "conv" if mode == "zeros" else f"conv_{mode}"
-    return Case(label, spec, data(seed, shape, dtype), kernel, bias, dtype,
-                torch_oracle(kind, rank, channels_first, call))
+    return with_seed(seed, Case(label, spec, data(seed, shape, dtype), kernel, bias, dtype,
+                torch_oracle(kind, rank, channels_first, call)))
 
 
 TORCH_KINDS = ["conv", "conv_transpose", "max_pool", "avg_pool"]
@@ -514,8 +520,8 @@ def jax_cases(draw: Any, kind: str) -> Case:
                       dimension_numbers=numbers, transpose_kernel=True,
                       channel_axis=channel_axis)
         shape = (batch, channels, *sizes) if channels_first else (batch, *sizes, channels)
-        return Case(kind, spec, data(seed, shape, dtype), kernel, bias, dtype,
-                    xla_oracle("jax", "conv_transpose", params))
+        return with_seed(seed, Case(kind, spec, data(seed, shape, dtype), kernel, bias, dtype,
+                    xla_oracle("jax", "conv_transpose", params)))
 
     groups = draw(st.integers(1, 3))
     group_in, group_out = draw(st.integers(1, 2)), draw(st.integers(1, 2))
@@ -539,8 +545,8 @@ def jax_cases(draw: Any, kind: str) -> Case:
                   dimension_numbers=numbers, feature_group_count=groups,
                   channel_axis=channel_axis)
     shape = (batch, channels, *sizes) if channels_first else (batch, *sizes, channels)
-    return Case("conv" if word != "SAME_LOWER" else "conv_same_lower", spec,
-                data(seed, shape, dtype), kernel, bias, dtype, xla_oracle("jax", "conv", params))
+    return with_seed(seed, Case("conv" if word != "SAME_LOWER" else "conv_same_lower", spec,
+                data(seed, shape, dtype), kernel, bias, dtype, xla_oracle("jax", "conv", params)))
 
 
 def run_xla_cases(name: str, cases: list[Case]) -> None:
@@ -607,8 +613,8 @@ def keras_cases(draw: Any, kind: str) -> Case:
         op = "max_pool" if kind == "max_pool" else "average_pool"
         params = dict(pool_size=kernel_size, strides=strides, padding=padding,
                       data_format=data_format)
-        return Case(kind, spec, data(seed, shaped(channels), dtype), None, None, dtype,
-                    xla_oracle("keras", op, params, has_kernel=False))
+        return with_seed(seed, Case(kind, spec, data(seed, shaped(channels), dtype), None, None, dtype,
+                    xla_oracle("keras", op, params, has_kernel=False)))
 
     common = dict(strides=strides, padding=padding, data_format=data_format,
                   dilation_rate=dilation)
@@ -619,8 +625,8 @@ def keras_cases(draw: Any, kind: str) -> Case:
         spec = ConvSpec(kernel_size, strides=strides, dilation=dilation, padding=padding,
                         groups=groups, data_format=data_format)
         kernel = data(seed + 2, (*kernel_size, group_in, filters), dtype)
-        return Case(kind, spec, data(seed, shaped(channels), dtype), kernel, None, dtype,
-                    xla_oracle("keras", "conv", common))
+        return with_seed(seed, Case(kind, spec, data(seed, shaped(channels), dtype), kernel, None, dtype,
+                    xla_oracle("keras", "conv", common)))
 
     if kind == "conv_transpose":
         filters = draw(st.integers(1, 3))
@@ -634,9 +640,9 @@ def keras_cases(draw: Any, kind: str) -> Case:
         except ValueError:
             assume(False)
         kernel = data(seed + 2, (*kernel_size, filters, channels), dtype)
-        return Case(kind, spec, data(seed, shaped(channels), dtype), kernel, None, dtype,
+        return with_seed(seed, Case(kind, spec, data(seed, shaped(channels), dtype), kernel, None, dtype,
                     xla_oracle("keras", "conv_transpose",
-                               dict(common, output_padding=output_padding)))
+                               dict(common, output_padding=output_padding))))
 
     multiplier = draw(st.integers(1, 2))
     depthwise_kernel = data(seed + 2, (*kernel_size, channels, multiplier), dtype)
@@ -644,9 +650,9 @@ def keras_cases(draw: Any, kind: str) -> Case:
                     groups="depthwise", depth_multiplier=multiplier, data_format=data_format)
     if kind == "depthwise":
         grouped = depthwise_kernel.reshape(*kernel_size, 1, channels * multiplier)
-        return Case(kind, spec, data(seed, shaped(channels), dtype), grouped, None, dtype,
+        return with_seed(seed, Case(kind, spec, data(seed, shaped(channels), dtype), grouped, None, dtype,
                     xla_oracle("keras", "depthwise_conv",
-                               dict(common, kernel_shape=depthwise_kernel.shape)))
+                               dict(common, kernel_shape=depthwise_kernel.shape))))
 
     filters = draw(st.integers(1, 3))
     pointwise = data(seed + 3, (1, 1, channels * multiplier, filters), dtype)
@@ -666,8 +672,8 @@ def keras_cases(draw: Any, kind: str) -> Case:
         return (y, d_x, np.concatenate([d_depth.ravel(), d_point.ravel()]), None)
 
     params = dict(common, kernel_shape=depthwise_kernel.shape, pointwise_shape=pointwise.shape)
-    return Case(kind, spec, data(seed, shaped(channels), dtype), both, None, dtype,
-                xla_oracle("keras", "separable_conv", params), engine=engine)
+    return with_seed(seed, Case(kind, spec, data(seed, shaped(channels), dtype), both, None, dtype,
+                xla_oracle("keras", "separable_conv", params), engine=engine))
 
 
 KERAS_KINDS = ["conv", "conv_transpose", "depthwise", "separable", "max_pool", "avg_pool"]
