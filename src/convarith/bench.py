@@ -11,6 +11,12 @@ relative error of every result against a float64 computation.
 
 PyTorch and JAX are optional: their columns stay empty when missing.
 
+The output names the BLAS kernel NumPy runs (threadpoolctl) and the load
+average: where ``OPENBLAS_CORETYPE`` or ``OPENBLAS_L2_SIZE`` is set and picks
+a slower kernel than the CPU supports, run
+``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m convarith.bench``;
+on a shared machine raise ``--repeat`` and compare ratios, not times.
+
 Examples
 --------
 >>> [case.name for case in CASES][:3]
