@@ -14,6 +14,8 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import sys
 import time
@@ -46,6 +48,33 @@ class History:
         self.epoch.append(epoch)
         for key, value in logs.items():
             self.history.setdefault(key, []).append(value)
+
+
+@contextlib.contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """BLAS on one thread (when threadpoolctl is installed).
+
+    A model's matrix products (Dense layers, small convolutions) are too small
+    for threads to pay: a multi-threaded BLAS spends more time waking and
+    waiting than computing, badly so on a busy machine. The engine still runs
+    convolutions on every core, with its own chunked threads.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+def _blas_one_thread(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with _one_blas_thread():
+            return method(*args, **kwargs)
+
+    return wrapper
 
 
 def _batches(count: int, batch_size: int, order: np.ndarray | None = None) -> Iterator[np.ndarray]:
@@ -259,6 +288,7 @@ class Sequential:
     def __call__(self, x: Any, training: bool = False) -> np.ndarray:
         return self.forward(self._check_x(x), training=training)
 
+    @_blas_one_thread
     def predict(self, x: Any, batch_size: int = 32, verbose: int = 0) -> np.ndarray:
         """Outputs for ``x``, computed ``batch_size`` samples at a time."""
         array = self._check_x(x)
@@ -362,12 +392,14 @@ class Sequential:
         for layer, values in zip(self.layers, weights):
             layer.set_weights(values)
 
+    @_blas_one_thread
     def train_on_batch(self, x: Any, y: Any) -> float | list[float]:
         """One optimizer step on one batch; returns the loss (and metrics) before the step."""
         array, targets = self._check_xy(x, y)
         logs = self._step(array, targets)
         return logs["loss"] if len(logs) == 1 else list(logs.values())
 
+    @_blas_one_thread
     def fit(self, x: Any, y: Any, batch_size: int = 32, epochs: int = 1, verbose: int = 1,
             validation_split: float = 0.0,
             validation_data: tuple[Any, Any] | None = None, shuffle: bool = True,
@@ -431,6 +463,7 @@ class Sequential:
             progress.end_epoch(epoch_logs)
         return history
 
+    @_blas_one_thread
     def evaluate(self, x: Any, y: Any, batch_size: int = 32, verbose: int = 0) -> float | list[float]:
         """Mean loss (and accuracy) over ``x``; a list when metrics were compiled."""
         array, targets = self._check_xy(x, y)
