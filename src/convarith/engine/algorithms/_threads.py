@@ -26,7 +26,11 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-__all__ = ["run_chunks", "worker_count"]
+__all__ = ["run_chunks", "worker_count", "SMALL_WORK"]
+
+#: Below this many FLOPs a problem runs inline: starting threads and limiting
+#: BLAS costs about a millisecond, more than the work itself.
+SMALL_WORK = 3e7
 
 
 def worker_count() -> int:
@@ -65,6 +69,7 @@ def run_chunks(
     chunk: int,
     *,
     threads: int | None = None,
+    flops: float | None = None,
 ) -> list[Any]:
     """Call ``work(start, stop)`` over ``[0, total)`` in chunks; return the results in order.
 
@@ -77,12 +82,16 @@ def run_chunks(
     threads
         Worker threads (default: one per core); 1 runs in this thread. With
         several chunks BLAS runs single-threaded inside them.
+    flops
+        Size of the whole job; below :data:`SMALL_WORK` (and with ``threads``
+        not given) every chunk runs inline, untouched (no threads, no BLAS
+        limits).
     """
     chunk = max(1, int(chunk))
     ranges = [(start, min(total, start + chunk)) for start in range(0, total, chunk)]
     workers = min(len(ranges), threads if threads is not None else worker_count())
-    if len(ranges) == 1:
-        return [work(*ranges[0])]
+    if len(ranges) == 1 or (threads is None and flops is not None and flops < SMALL_WORK):
+        return [work(start, stop) for start, stop in ranges]
     with _blas_single_threaded() as limited:
         if workers <= 1 or not limited:
             return [work(start, stop) for start, stop in ranges]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -173,7 +174,7 @@ def direct(
 
         rows = xp.shape[0] * o[0]
         run_chunks(work, rows, _rows_per_chunk(rows, o[1] * filters * xp.dtype.itemsize),
-                   threads=threads)
+                   threads=threads, flops=2.0 * y.size * math.prod(kernel.shape[:rank]))
         return y.reshape(xp.shape[0], *out_size, filters)
     y = np.zeros((xp.shape[0], *out_size, channels, multiplier), xp.dtype)
     scratch = np.empty_like(y)
@@ -224,7 +225,8 @@ def weight_grad(
 
         rows = dy2.shape[0] * dy2.shape[1]
         chunk = max(1, -(-rows // (4 * worker_count())))
-        total = sum(run_chunks(partial_sum, rows, chunk, threads=threads))
+        flops = 2.0 * dy.size * math.prod(kernel_size)
+        total = sum(run_chunks(partial_sum, rows, chunk, threads=threads, flops=flops))
         return np.asarray(total, xp.dtype).reshape(*kernel_size, 1, filters)
     dk = np.empty((*kernel_size, 1, filters), xp.dtype)
     grad = dy.reshape(*dy.shape[:-1], channels, multiplier)

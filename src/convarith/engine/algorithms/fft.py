@@ -81,7 +81,8 @@ def direct(
             spectrum = np.fft.rfftn(xp[image], s=padded, axes=tuple(range(rank)))
             spectra[:, image] = spectrum.reshape(freqs, c)
 
-    run_chunks(forward, n, 1, threads=threads)
+    flops = 5.0 * xp.size * math.log2(max(2, math.prod(padded)))
+    run_chunks(forward, n, 1, threads=threads, flops=flops)
     block = max(1, KERNEL_BLOCK_BYTES // max(1, freqs * c * spectrum_dtype.itemsize))
     y = np.empty((n, *out_size, f), xp.dtype)
     every_dth = tuple(slice(None, None, d) for d in dilation)
@@ -104,7 +105,7 @@ def direct(
                 crop = tuple(slice(0, o) for o in out_size)
                 y[(image,) + crop + (slice(start, stop),)] = full[crop]
 
-        run_chunks(inverse, n, 1, threads=threads)
+        run_chunks(inverse, n, 1, threads=threads, flops=flops * width / c)
     return y
 
 

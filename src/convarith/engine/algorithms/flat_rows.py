@@ -276,7 +276,8 @@ def direct(
             y[image, row0:row1] = on_grid[real]
 
     units = n * chunks_per_image
-    run_chunks(work, units, 1, threads=threads)
+    flops = 2.0 * n * math.prod(out_size) * taps * c * f
+    run_chunks(work, units, 1, threads=threads, flops=flops)
     return y
 
 
@@ -322,7 +323,8 @@ def weight_grad(
         return partial
 
     chunk = max(4096, -(-length // (4 * worker_count())))
-    partials = run_chunks(work, length, chunk, threads=threads)
+    flops = 2.0 * length * len(taps) * c * f
+    partials = run_chunks(work, length, chunk, threads=threads, flops=flops)
     total = partials[0]
     for partial in partials[1:]:
         total += partial

@@ -167,5 +167,6 @@ def transposed(
             others = tuple(slice(r, None, s) for r, s in zip(phase[1:], strides[1:]))
             y[(image, rows) + others] = real
 
-    run_chunks(work, len(jobs), 1, threads=threads)
+    flops = 2.0 * x.size * math.prod(kernel_size) * f
+    run_chunks(work, len(jobs), 1, threads=threads, flops=flops)
     return y

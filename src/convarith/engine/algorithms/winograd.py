@@ -422,7 +422,8 @@ def direct(
             kernels[1](prod, at, m, d0, d1, th, tw, first, y)
 
         tiles = max(1, workspace_bytes // tile_bytes)
-        run_chunks(work, n * tiling.per_image, tiles, threads=threads)
+        flops = 2.0 * n * tiling.per_image * a * a * c * f
+        run_chunks(work, n * tiling.per_image, tiles, threads=threads, flops=flops)
         return y
     chunk = max(1, min(n, workspace_bytes // max(tile_bytes * tiling.per_image, 1)))
     for start in range(0, n, chunk):
