@@ -168,6 +168,13 @@ def _accumulate(a: np.ndarray, b: np.ndarray, c: np.ndarray, scratch: np.ndarray
     c += scratch
 
 
+def _flat_index(index: Sequence[int], sizes: Sequence[int]) -> int:
+    flat = 0
+    for i, n in zip(index, sizes):
+        flat = flat * n + i
+    return flat
+
+
 #: Output bytes per chunk of rows (a chunk's output stays in a core's L2 cache).
 CHUNK_BYTES = 512 << 10
 
@@ -232,8 +239,7 @@ def direct(
     if gather is None:
         gather = c * taps < GATHER_BELOW and taps > 1
     weights = kernel.reshape(-1, c, f)
-    tap_list = [(int(np.ravel_multi_index(k, kernel_size)) if rank else 0, phase, shift)
-                for k, phase, shift in flat_plan.taps]
+    tap_list = [(_flat_index(k, kernel_size), phase, shift) for k, phase, shift in flat_plan.taps]
     if gather:
         stacked = np.ascontiguousarray(np.stack([weights[t] for t, _, _ in tap_list]))
         stacked = stacked.reshape(taps * c, f)
