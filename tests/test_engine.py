@@ -227,7 +227,7 @@ def test_every_registered_algorithm_agrees_with_offset_gemm(problem: Any) -> Non
     tolerance = 1e-5 if xp.dtype == np.float32 else 1e-10
     for name in dispatch.available_algorithms():
         algorithm = dispatch.get_algorithm(name)
-        if not algorithm.applies(problem_):
+        if algorithm.kind != "direct" or not algorithm.applies(problem_):
             continue
         y = algorithm.direct(xp, kernel, strides, dilation, groups, out_size)
         assert y.dtype == xp.dtype and y.shape == expected.shape, name
@@ -237,6 +237,88 @@ def test_every_registered_algorithm_agrees_with_offset_gemm(problem: Any) -> Non
                                        dilation, groups)
             assert dk.dtype == xp.dtype and dk.shape == kernel.shape, name
             assert relative_error(dk, expected_dk) <= tolerance, name
+
+
+@st.composite
+def transposed_problems(draw: Any) -> tuple[Any, ...]:
+    rank = draw(st.integers(1, 3))
+    kernel_size = tuple(draw(st.integers(1, 4)) for _ in range(rank))
+    strides = tuple(draw(st.integers(1, 3)) for _ in range(rank))
+    dilation = tuple(draw(st.integers(1, 2)) for _ in range(rank))
+    groups = draw(st.sampled_from([1, 1, 2]))
+    channels = groups * draw(st.integers(1, 3))
+    group_out = draw(st.integers(1, 3))
+    top = 6 if rank < 3 else 3
+    sizes = tuple(draw(st.integers(1, top)) for _ in range(rank))
+    eff = [(k - 1) * d + 1 for k, d in zip(kernel_size, dilation)]
+    padding = []
+    for n, s, e in zip(sizes, strides, eff):
+        lo = draw(st.integers(-1, e - 1))
+        hi = draw(st.integers(max(-1, e - ((n - 1) * s + 1 + lo)), e))
+        padding.append((lo, hi))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    x = rng.standard_normal((draw(st.integers(1, 2)), *sizes, channels)).astype(dtype)
+    kernel = rng.standard_normal((*kernel_size, group_out, channels)).astype(dtype)
+    return x, kernel, strides, dilation, groups, tuple(padding)
+
+
+@QUICK
+@given(problem=transposed_problems())
+def test_every_transposed_algorithm_agrees_with_zero_insertion(problem: Any) -> None:
+    """The transposed contract: the stride-1 convolution of the zero-inserted grid."""
+    from convarith.engine.core import transposed_conv
+    from convarith.engine.padding import zero_insert
+
+    x, kernel, strides, dilation, groups, padding = problem
+    grid = zero_insert(x.astype(np.float64), strides, padding)
+    rank = len(strides)
+    out_size = tuple(n - (k - 1) * d for n, k, d in
+                     zip(grid.shape[1:-1], kernel.shape[:rank], dilation))
+    assume(all(o >= 1 for o in out_size))
+    expected = offset_gemm.direct(grid, flip_swap(kernel.astype(np.float64), groups),
+                                  (1,) * rank, dilation, groups, out_size)
+    tolerance = 1e-5 if x.dtype == np.float32 else 1e-10
+    default = transposed_conv(x, kernel, strides, dilation, groups, padding)
+    assert default.dtype == x.dtype and relative_error(default, expected) <= tolerance
+    problem_ = dispatch.ConvProblem(x.shape, kernel.shape, strides, dilation, groups, out_size,
+                                    x.dtype)
+    for name in dispatch.available_algorithms():
+        algorithm = dispatch.get_algorithm(name)
+        if algorithm.kind != "transposed" or not algorithm.applies(problem_):
+            continue
+        y = algorithm.direct(x, kernel, strides, dilation, groups, padding)
+        assert y.dtype == x.dtype and y.shape == expected.shape, name
+        assert relative_error(y, expected) <= tolerance, name
+
+
+def test_a_transposed_algorithm_is_used_when_cheaper_or_named() -> None:
+    from convarith.engine.core import transposed_conv
+
+    calls = []
+
+    def spy(x: Any, kernel: Any, strides: Any, dilation: Any, groups: Any, padding: Any) -> Any:
+        calls.append(padding)
+        return transposed_conv(x, kernel, strides, dilation, groups, padding,
+                               algorithm="offset_gemm")
+
+    x = np.random.default_rng(13).standard_normal((1, 4, 4, 2))
+    kernel = np.random.default_rng(14).standard_normal((3, 3, 5, 2))
+    spec = ConvSpec(3, strides=2, padding="same", transposed=True)
+    expected = conv(x, kernel, spec, algorithm="offset_gemm")
+    dispatch.register_algorithm("spy_transposed", spy, cost=lambda p: 0.0, kind="transposed")
+    try:
+        np.testing.assert_allclose(conv(x, kernel, spec), expected, rtol=1e-12)
+        assert calls == [spec.resolve(x.shape).padding]
+        np.testing.assert_allclose(conv(x, kernel, spec, algorithm="spy_transposed"), expected,
+                                   rtol=1e-12)
+        assert len(calls) == 2
+        with pytest.raises(ValueError, match="transposed algorithm, not direct"):
+            conv(x, np.ones((3, 3, 2, 1)), ConvSpec(3), algorithm="spy_transposed")
+    finally:
+        dispatch.unregister_algorithm("spy_transposed")
+    with pytest.raises(ValueError, match="kind must be"):
+        dispatch.register_algorithm("bad", spy, kind="sideways")
 
 
 def test_the_direct_contract_by_hand() -> None:

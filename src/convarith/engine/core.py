@@ -37,7 +37,7 @@ import numpy as np
 from ..limits import check_values
 from ..spec import ConvSpec, ResolvedConv
 from . import pooling
-from .dispatch import ConvProblem, choose, choose_weight_grad
+from .dispatch import Algorithm, ConvProblem, cheapest, choose, choose_weight_grad, get_algorithm
 from .padding import pad, pad_adjoint, zero_insert
 
 __all__ = ["conv", "conv_vjp", "direct_conv", "transposed_conv", "flip_swap"]
@@ -352,19 +352,43 @@ def transposed_conv(
 
     ``padding`` is the padding of the zero-inserted input (the resolved
     spec's ``.padding``; negative values crop): the result is the stride-1
-    convolution of that grid with :func:`flip_swap` of the kernel. Unless an
-    algorithm is forced, strided ones skip the inserted zeros (output phases,
-    :mod:`.algorithms.phase`).
+    convolution of that grid with :func:`flip_swap` of the kernel. A
+    registered ``kind="transposed"`` algorithm runs instead when it is named,
+    or when it is cheaper than the best direct algorithm on that grid; unless
+    an algorithm is forced, strided ones skip the inserted zeros (output
+    phases, :mod:`.algorithms.phase`).
     """
+    rank = len(strides)
+    taps = kernel.shape[:rank]
+    effective = [(k - 1) * d + 1 for k, d in zip(taps, dilation)]
+    grid_size = tuple(
+        (n - 1) * s + 1 + lo + hi for n, s, (lo, hi) in zip(x.shape[1:-1], strides, padding))
+    out_size = tuple(n - e + 1 for n, e in zip(grid_size, effective))
+    swapped_shape = (*taps, kernel.shape[-1] // groups, kernel.shape[-2] * groups)
+    grid_problem = ConvProblem(
+        (x.shape[0], *grid_size, x.shape[-1]), swapped_shape, (1,) * rank, tuple(dilation),
+        groups, out_size, x.dtype)
+    problem = ConvProblem(tuple(x.shape), tuple(kernel.shape), tuple(strides), tuple(dilation),
+                          groups, out_size, x.dtype)
+    named = get_algorithm(algorithm) if algorithm is not None else None
+    transposed: Algorithm | None
+    if named is not None and named.kind == "transposed":
+        transposed = choose(problem, algorithm, kind="transposed")
+    elif named is None:
+        transposed = cheapest(problem, kind="transposed")
+        if transposed is not None and (
+                transposed.cost(problem) >= choose(grid_problem).cost(grid_problem)):
+            transposed = None
+    else:
+        transposed = None
+    if transposed is not None:
+        return transposed.direct(
+            x, kernel, tuple(strides), tuple(dilation), groups, tuple(tuple(p) for p in padding))
     from .algorithms import phase
 
     if algorithm is None and phase.applies_transposed(strides, groups):
         return phase.transposed(x, kernel, strides, dilation, groups, padding)
     grid = zero_insert(x, strides, padding)
-    rank = len(strides)
-    taps = kernel.shape[:rank]
-    effective = [(k - 1) * d + 1 for k, d in zip(taps, dilation)]
-    out_size = tuple(n - e + 1 for n, e in zip(grid.shape[1:-1], effective))
     return direct_conv(
         grid, flip_swap(kernel, groups), (1,) * rank, dilation, groups, out_size, algorithm
     )

@@ -16,6 +16,19 @@ Algorithms register themselves with :func:`register_algorithm` when their
 module under :mod:`convarith.engine.algorithms` is imported; :func:`choose`
 picks the cheapest one whose ``applies`` predicate accepts the problem.
 
+A second kind, ``kind="transposed"``, computes a transposed convolution
+without the zero-inserted grid::
+
+    transposed(x, kernel, strides, dilation, groups, padding) -> y
+
+``x`` is ``(N, *spatial, C)`` (not padded), ``kernel`` ``(*K, F // groups, C)``,
+``padding`` the resolved padding of the zero-inserted grid (negative values
+crop), ``y`` ``(N, *out, F)``: exactly the stride-1 direct convolution of that
+grid with the flipped, in/out-swapped kernel. Its ``applies`` and ``cost``
+see a :class:`ConvProblem` whose ``input_shape`` is ``x``'s shape and whose
+``kernel_shape`` is the transposed kernel's; the engine uses it when it is
+cheaper than the best direct algorithm on the zero-inserted grid.
+
 Examples
 --------
 >>> from convarith.engine import available_algorithms
@@ -40,6 +53,7 @@ __all__ = [
     "WeightGradFn",
     "WORKSPACE_BYTES",
     "available_algorithms",
+    "cheapest",
     "choose",
     "choose_weight_grad",
     "get_algorithm",
@@ -106,6 +120,7 @@ class Algorithm:
     applies: Callable[[ConvProblem], bool]
     cost: Callable[[ConvProblem], float]
     weight_grad: WeightGradFn | None = None
+    kind: str = "direct"
 
 
 def _always(problem: ConvProblem) -> bool:
@@ -143,6 +158,7 @@ def register_algorithm(
     applies: Callable[[ConvProblem], bool] | None = None,
     cost: Callable[[ConvProblem], float] | None = None,
     weight_grad: WeightGradFn | None = None,
+    kind: str = "direct",
 ) -> Algorithm:
     """Make an algorithm available to :func:`choose` (replaces one of the same name).
 
@@ -159,6 +175,9 @@ def register_algorithm(
         with ``problem.flops`` to express a speed-up.
     weight_grad
         Optional ``weight_grad(xp, dy, kernel_size, strides, dilation, groups)``.
+    kind
+        ``"direct"`` (the contract above) or ``"transposed"`` (``fn`` is
+        ``transposed(x, kernel, strides, dilation, groups, padding)``).
 
     Examples
     --------
@@ -172,7 +191,9 @@ def register_algorithm(
         raise TypeError(f"name must be a non-empty string, got {name!r}")
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {fn!r}")
-    algorithm = Algorithm(name, fn, applies or _always, cost or _flops, weight_grad)
+    if kind not in ("direct", "transposed"):
+        raise ValueError(f"kind must be 'direct' or 'transposed', got {kind!r}")
+    algorithm = Algorithm(name, fn, applies or _always, cost or _flops, weight_grad, kind)
     _REGISTRY.algorithms[name] = algorithm
     return algorithm
 
@@ -203,23 +224,37 @@ def get_algorithm(name: str) -> Algorithm:
         ) from None
 
 
-def choose(problem: ConvProblem, algorithm: str | None = None) -> Algorithm:
-    """The algorithm to run ``problem``: ``algorithm`` if named, else the cheapest.
+def choose(problem: ConvProblem, algorithm: str | None = None, kind: str = "direct"
+           ) -> Algorithm:
+    """The ``kind`` algorithm to run ``problem``: ``algorithm`` if named, else the cheapest.
 
     A named algorithm that does not apply to the problem is an error (tests
     force paths with it, and must not silently test another).
     """
     if algorithm is not None:
         chosen = get_algorithm(algorithm)
+        if chosen.kind != kind:
+            raise ValueError(f"algorithm={algorithm!r} is a {chosen.kind} algorithm, not {kind}")
         if not chosen.applies(problem):
             raise ValueError(
                 f"algorithm={algorithm!r} does not apply to this problem: {problem}"
             )
         return chosen
     _REGISTRY.load_builtin()
-    candidates = [a for a in _REGISTRY.algorithms.values() if a.applies(problem)]
+    found = cheapest(problem, kind)
+    if found is None:
+        raise ValueError(f"no registered {kind} algorithm applies to {problem}")
+    return found
+
+
+def cheapest(problem: ConvProblem, kind: str = "direct") -> Algorithm | None:
+    """The cheapest ``kind`` algorithm that applies to ``problem``, if any."""
+    _REGISTRY.load_builtin()
+    candidates = [
+        a for a in _REGISTRY.algorithms.values() if a.kind == kind and a.applies(problem)
+    ]
     if not candidates:
-        raise ValueError(f"no registered algorithm applies to {problem}")
+        return None
     return min(candidates, key=lambda a: (a.cost(problem), a.name))
 
 
@@ -231,12 +266,12 @@ def choose_weight_grad(problem: ConvProblem, algorithm: str | None = None) -> Al
     """
     if algorithm is not None:
         chosen = get_algorithm(algorithm)
-        if chosen.weight_grad is not None and chosen.applies(problem):
+        if chosen.weight_grad is not None and chosen.kind == "direct" and chosen.applies(problem):
             return chosen
     _REGISTRY.load_builtin()
     candidates = [
         a for a in _REGISTRY.algorithms.values()
-        if a.weight_grad is not None and a.applies(problem)
+        if a.weight_grad is not None and a.kind == "direct" and a.applies(problem)
     ]
     if not candidates:
         raise ValueError(f"no registered algorithm computes the weight gradient of {problem}")
