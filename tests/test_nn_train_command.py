@@ -43,6 +43,7 @@ def test_train_refuses_to_overwrite_before_training(tmp_path, capsys):
         (["--strides", "2", "--dilation", "2"], "dilation"),
         (["--epochs", "0"], "--epochs"),
         (["--out", "model.bin"], ".npz"),
+        (["--size", "7"], "--size"),
         (["--size", "8", "--padding", "valid", "--dilation", "3"], "kernel spans 7"),
     ],
 )
@@ -62,3 +63,7 @@ def test_digits_are_upsampled_by_repetition():
     assert x_train.shape[1:] == (16, 16, 1) and len(x_train) + len(x_test) == 1797
     np.testing.assert_array_equal(x_train[:, ::2, ::2], x_train[:, 1::2, 1::2])
     assert 0.0 <= x_train.min() and x_train.max() <= 1.0
+    mnist_like = load_digits_images(28, 0)[0]
+    assert mnist_like.shape[1:] == (28, 28, 1)
+    # 28 / 8 = 3.5: source pixels repeat 3 or 4 times, in order
+    np.testing.assert_array_equal(mnist_like[:, ::7, ::7], x_train[:, ::4, ::4])

@@ -1,7 +1,7 @@
 """``convarith train``: the lesson's CNN, with your padding, strides and dilation, on digits.
 
 Trains ``Conv2D -> Conv2D -> Flatten -> Dense(softmax)`` on scikit-learn's
-8x8 handwritten digits (upsampled by pixel repetition, 16x16 by default),
+8x8 handwritten digits (upsampled by nearest-neighbour pixel repetition, 16x16 by default),
 with the lesson's three tweaks applied to both convolutions. Prints the
 model summary (with receptive fields), the loss and accuracy of each epoch,
 the test accuracy, and saves the model as a convarith ``.npz`` file.
@@ -56,8 +56,9 @@ def add_parser(subparsers: Any) -> None:
                         help="samples per step (default: %(default)s)")
     parser.add_argument("--filters", type=int, default=DEFAULTS["filters"],
                         help="filters of each Conv2D (default: %(default)s)")
-    parser.add_argument("--size", type=int, default=DEFAULTS["size"], choices=(8, 16, 24, 32),
-                        help="image side after upsampling the 8x8 digits (default: %(default)s)")
+    parser.add_argument("--size", type=int, default=DEFAULTS["size"],
+                        help="image side after upsampling the 8x8 digits, 8 to 64, e.g. 28 like "
+                        "MNIST (default: %(default)s)")
     parser.add_argument("--learning-rate", type=float, default=DEFAULTS["learning_rate"],
                         help="Adam's learning rate (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=DEFAULTS["seed"],
@@ -78,10 +79,12 @@ def load_digits_images(size: int, seed: int) -> tuple[np.ndarray, ...]:
         raise ImportError(
             "convarith train needs scikit-learn for its digits: pip install 'convarith[train]'"
         ) from None
+    if not 8 <= size <= 64:
+        raise ValueError(f"--size must be between 8 and 64 pixels, got {size}")
     digits = load_digits()
     images = (digits.images / 16.0).astype(np.float32)
-    factor = size // 8
-    images = np.repeat(np.repeat(images, factor, axis=1), factor, axis=2)[..., None]
+    source = np.arange(size) * 8 // size  # nearest-neighbour: each pixel repeated
+    images = images[:, source][:, :, source][..., None]
     return tuple(train_test_split(images, digits.target, test_size=0.2, random_state=seed,
                                   stratify=digits.target))
 
@@ -114,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
         _positive(name.replace("_", "-"), getattr(args, name))
     if not args.learning_rate > 0:
         raise ValueError(f"--learning-rate must be positive, got {args.learning_rate}")
+    if not 8 <= args.size <= 64:
+        raise ValueError(f"--size must be between 8 and 64 pixels, got {args.size}")
     if not args.out.endswith(".npz"):
         raise ValueError(f"--out must end in .npz, got {args.out!r}")
     check_writable(args.out, force=args.force)  # fail now, not after training
