@@ -145,6 +145,19 @@ def test_flat_rows_forward_and_weight_grad(seed, rank):
         check(dk, expected_dk, dtype, seed, "flat_rows weight_grad")
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+def test_flat_rows_chunks_across_images(seed):
+    """Stride-1 chunks run over the whole batch; any chunk size gives the same result."""
+    rng = np.random.default_rng(150 + seed)
+    xp, k, strides, dilation, out_size = random_problem(rng, 2, strides=(1, 1))
+    xp = np.concatenate([xp, -xp, 2 * xp])  # several images
+    expected = reference_direct(xp, k, strides, dilation, 1, out_size)
+    for chunk_bytes in (1, 50, 300, 5000):
+        y = flat_rows.direct(xp, k, strides, dilation, 1, out_size, threads=2,
+                             chunk_bytes=chunk_bytes)
+        check(y, expected, np.float64, seed, f"flat_rows chunk_bytes={chunk_bytes}")
+
+
 def test_flat_rows_plan_skips_no_product():
     # stride 2, 3 taps: phases 0 and 1, taps at shifts 0, 0, 1 of their phase
     p = flat_rows.plan((9,), (3,), (2,), (1,))

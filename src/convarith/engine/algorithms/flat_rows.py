@@ -250,40 +250,64 @@ def direct(
                             chunk_bytes)
     chunks_per_image = -(-out_size[0] // per_chunk)
 
-    def work(first: int, last: int) -> None:
+    def compute(source: np.ndarray, start: int, rows: int, block: np.ndarray) -> None:
+        """``block[:rows]`` = the flat output rows ``start ..`` read from ``source``."""
+        stop = start + rows
+        if gather:
+            columns = np.empty((rows, taps, c), xp.dtype)
+            for index, (_, phase, shift) in enumerate(tap_list):
+                columns[:, index] = source[phase, start + shift: stop + shift]
+            np.matmul(columns.reshape(rows, taps * c), stacked, out=block[:rows])
+            return
+        target = block[:rows]
+        scratch = None if blas else np.empty_like(target)
+        for index, (t, phase, shift) in enumerate(tap_list):
+            piece = source[phase, start + shift: stop + shift]
+            if index == 0:
+                np.matmul(piece, weights[t], out=target)
+            else:
+                _accumulate(piece, weights[t], target, scratch, blas)
+
+    def strided_work(first: int, last: int) -> None:
+        # one image's rows at a time: its phases are gathered for the chunk
         for unit in range(first, last):
             image, part = divmod(unit, chunks_per_image)
             row0 = part * per_chunk
             row1 = min(out_size[0], row0 + per_chunk)
-            if images is None:
-                source = _phase_rows(xp, flat_plan, strides, image, row0, row1 + halo)
-                start, rows = 0, (row1 - row0) * step
-            else:
-                source = images
-                start = image * cells + row0 * step
-                rows = min(image * cells + row1 * step, usable) - start
-            stop = start + rows
+            source = _phase_rows(xp, flat_plan, strides, image, row0, row1 + halo)
             block = np.empty(((row1 - row0) * step, f), xp.dtype)
-            if gather:
-                columns = np.empty((rows, taps, c), xp.dtype)
-                for index, (_, phase, shift) in enumerate(tap_list):
-                    columns[:, index] = source[phase, start + shift: stop + shift]
-                np.matmul(columns.reshape(rows, taps * c), stacked, out=block[:rows])
-            else:
-                target = block[:rows]
-                scratch = None if blas else np.empty_like(target)
-                for index, (t, phase, shift) in enumerate(tap_list):
-                    piece = source[phase, start + shift: stop + shift]
-                    if index == 0:
-                        np.matmul(piece, weights[t], out=target)
-                    else:
-                        _accumulate(piece, weights[t], target, scratch, blas)
+            compute(source, 0, (row1 - row0) * step, block)
             on_grid = block.reshape(row1 - row0, *flat_plan.grid[1:], f)
             y[image, row0:row1] = on_grid[real]
 
-    units = n * chunks_per_image
+    grid0 = flat_plan.grid[0]
+    # stride 1: chunks of grid rows over the whole batch (small images share one
+    # product), at least ~1024 flat rows each so the products stay efficient
+    # (unless chunk_bytes is given: tests cut chunks as small as one row)
+    span = max(per_chunk, -(-(1024 if chunk_bytes is None else 1) // step))
+
+    def flat_work(first: int, last: int) -> None:
+        assert images is not None
+        for unit in range(first, last):
+            g0, g1 = unit * span, min(n * grid0, (unit + 1) * span)
+            rows = min(g1 * step, usable) - g0 * step
+            if rows <= 0:
+                continue  # only the garbage rows after the last image
+            block = np.empty(((g1 - g0) * step, f), xp.dtype)
+            compute(images, g0 * step, rows, block)
+            on_grid = block.reshape(g1 - g0, *flat_plan.grid[1:], f)
+            for image in range(g0 // grid0, (g1 - 1) // grid0 + 1):
+                lo = max(g0, image * grid0) - image * grid0
+                hi = min(g1, image * grid0 + out_size[0]) - image * grid0
+                if hi > lo:
+                    offset = image * grid0 - g0
+                    y[image, lo:hi] = on_grid[(slice(offset + lo, offset + hi),) + real[1:]]
+
     flops = 2.0 * n * math.prod(out_size) * taps * c * f
-    run_chunks(work, units, 1, threads=threads, flops=flops)
+    if images is None:
+        run_chunks(strided_work, n * chunks_per_image, 1, threads=threads, flops=flops)
+    else:
+        run_chunks(flat_work, -(-n * grid0 // span), 1, threads=threads, flops=flops)
     return y
 
 
