@@ -252,6 +252,10 @@ def test_cli_table_json_and_png(capsys, tmp_path: Path) -> None:
     assert red.any()
     code, _, err = run(capsys, "summary", str(path), "--png", str(png), "--cell", "1,2")
     assert code == 2 and "exists" in err  # no silent overwrite
+    code, _, err = run(capsys, "summary", str(path), "--png", str(tmp_path / "b.png"), "--cell", "9,0")
+    assert code == 2 and "outside" in err and not (tmp_path / "b.png").exists()
+    code, out, err = run(capsys, "summary", str(path), "--plain", "--strict")
+    assert code == 2 and "(None, 6, 6, 4)" in out and "Swish3000" in err and err.count("\n") == 1
 
 
 @pytest.mark.parametrize("content, message", [

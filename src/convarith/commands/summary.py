@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from ._spec_args import parse_size
@@ -32,6 +33,8 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--cell", help="output cell for --png, e.g. 3,4 (default: the middle cell)")
     parser.add_argument("--layer", help="layer whose cell --png draws (default: the last spatial one)")
     parser.add_argument("--force", action="store_true", help="overwrite --png's file if it exists")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit with status 2 if a layer type is unknown (the table is still printed)")
     parser.set_defaults(func=run)
 
 
@@ -62,6 +65,11 @@ def run(args: argparse.Namespace) -> int:
         summary.print_rich()
     if args.png and not args.json:
         print(f"receptive field of cell {','.join(map(str, cell))} drawn to {args.png}")
+    unknown = sorted({layer.type for layer in model.layers if layer.kind == "unknown"})
+    if args.strict and unknown:
+        print(f"convarith summary: error: unknown layer type(s) {', '.join(unknown)} (assumed to keep "
+              "their input's shape above)", file=sys.stderr)
+        return 2
     return 0
 
 
