@@ -370,3 +370,22 @@ def test_progress_bar_with_rich(capsys):
     model.fit(x, y, epochs=1, batch_size=16, verbose=1)
     out = capsys.readouterr().out
     assert "Epoch 1/1" in out and "3/3" in out and "accuracy" in out
+
+
+@pytest.mark.oracle
+def test_linear_functional_keras_model_import(tmp_path):
+    pytest.importorskip("h5py")
+    keras = keras_or_skip()
+    inputs = keras.Input((10, 10, 2))
+    hidden = keras.layers.Conv2D(3, 3, strides=2, padding="same", activation="relu")(inputs)
+    hidden = keras.layers.Conv2DTranspose(2, 3, strides=2, padding="same")(hidden)
+    hidden = keras.layers.GlobalAveragePooling2D()(hidden)
+    outputs = keras.layers.Dense(4, activation="softmax")(hidden)
+    keras_model = keras.Model(inputs, outputs)
+    x = np.random.default_rng(3).normal(size=(3, 10, 10, 2)).astype(np.float32)
+    expected = np.asarray(keras_model.stateless_call(
+        [v.value for v in keras_model.trainable_variables],
+        [v.value for v in keras_model.non_trainable_variables], x)[0])
+    assert rel_err(nn.from_keras(keras_model).predict(x), expected) <= RTOL
+    keras_model.save(tmp_path / "functional.keras")
+    assert rel_err(nn.load_model(tmp_path / "functional.keras").predict(x), expected) <= RTOL
