@@ -154,7 +154,7 @@ def abuse(base: str, report: Report) -> None:
         ("image bomb", "/api/image",
          {"json": {"image": "data:image/png;base64," + base64.b64encode(bomb.getvalue()).decode()}},
          {400, 413, 422}),
-        ("not an image", "/api/image", {"json": {"image": "data:image/png;base64,AAAA"}}, {400, 422}),
+        ("not an image", "/api/image", {"json": {"image": "data:image/png;base64,AAAA"}}, {400, 415, 422}),
     ]
     with httpx.Client(base_url=base, timeout=30) as client:
         for what, path, kwargs, expected in cases:
