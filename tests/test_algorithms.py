@@ -136,6 +136,10 @@ def test_flat_rows_forward_and_weight_grad(seed, rank):
             y = flat_rows.direct(xp.astype(dtype), k.astype(dtype), strides, dilation, 1,
                                  out_size, gather=gather, use_blas=use_blas)
             check(y, expected, dtype, seed, f"flat_rows gather={gather} blas={use_blas}")
+        # gathering without numba (NumPy copies instead of the compiled im2col)
+        y = flat_rows.direct(xp.astype(dtype), k.astype(dtype), strides, dilation, 1,
+                             out_size, gather=True, use_numba=False, threads=2, chunk_bytes=1)
+        check(y, expected, dtype, seed, "flat_rows gather without numba")
         for threads in (1, 2):  # one row per chunk: many chunks, on 1 or 2 threads
             y = flat_rows.direct(xp.astype(dtype), k.astype(dtype), strides, dilation, 1,
                                  out_size, threads=threads, chunk_bytes=1)
@@ -340,6 +344,11 @@ def test_paths_without_numba_installed():
         y = depthwise.direct(xp, kd, (1, 1), (1, 1), 3, (7, 6))
         ref = sum(xp[:, i:i + 7, j:j + 6] * kd[i, j, 0] for i in range(3) for j in range(3))
         assert np.allclose(y, ref, rtol=0, atol=1e-12), "depthwise"
+        from convarith.engine.algorithms import flat_rows
+        y = flat_rows.direct(xp, k, (1, 1), (1, 1), 1, (7, 6), gather=True)
+        ref = sum(np.einsum("nhwc,cf->nhwf", xp[:, i:i + 7, j:j + 6], k[i, j])
+                  for i in range(3) for j in range(3))
+        assert np.allclose(y, ref, rtol=0, atol=1e-12), "flat_rows"
         try:
             winograd.direct(xp, k, (1, 1), (1, 1), 1, (7, 6), use_numba=True)
         except ImportError as error:

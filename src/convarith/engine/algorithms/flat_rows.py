@@ -42,6 +42,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -147,6 +148,92 @@ def _phase_rows(
 
 
 @functools.cache
+def _numba_gather() -> Callable[..., None] | None:
+    """Compiled im2col gather of a chunk's rows, or ``None`` without numba."""
+    try:
+        import numba
+    except ImportError:  # pragma: no cover - exercised by the numba-less test
+        return None
+
+    @numba.njit(nogil=True, cache=True)
+    def gather(source, phases, shifts, start, columns):  # type: ignore[no-untyped-def]
+        rows, taps, c = columns.shape
+        for m in range(rows):
+            for t in range(taps):
+                src = source[phases[t], start + shifts[t] + m]
+                dst = columns[m, t]
+                for ch in range(c):
+                    dst[ch] = src[ch]
+
+    return gather
+
+
+@functools.cache
+def _numba_im2col() -> Callable[..., None] | None:
+    """Compiled 2-D im2col of a block of output rows, or ``None`` without numba."""
+    try:
+        import numba
+    except ImportError:  # pragma: no cover - exercised by the numba-less test
+        return None
+
+    @numba.njit(nogil=True, cache=True)
+    def im2col(xp, image, row0, s0, s1, d0, d1, kh, kw, columns):  # type: ignore[no-untyped-def]
+        # columns[r, ow, a·kw + b] = xp[image, (row0 + r)·s0 + a·d0, ow·s1 + b·d1]
+        rows, wo, _, c = columns.shape
+        for r in range(rows):
+            for ow in range(wo):
+                for a in range(kh):
+                    h = (row0 + r) * s0 + a * d0
+                    for b in range(kw):
+                        w = ow * s1 + b * d1
+                        t = a * kw + b
+                        for ch in range(c):
+                            columns[r, ow, t, ch] = xp[image, h, w, ch]
+
+    return im2col
+
+
+def _direct_im2col(
+    xp: np.ndarray, kernel: np.ndarray, strides: Sequence[int], dilation: Sequence[int],
+    out_size: Sequence[int], im2col: Callable[..., None], threads: int | None,
+    chunk_bytes: int | None,
+) -> np.ndarray:
+    """Few channels, 1-D or 2-D: compiled im2col of real output cells only, one
+    product per block of rows written straight into the output."""
+    lifted = len(out_size) == 1
+    x2 = xp[:, None] if lifted else xp
+    s0, s1 = (1, strides[0]) if lifted else (strides[0], strides[1])
+    d0, d1 = (1, dilation[0]) if lifted else (dilation[0], dilation[1])
+    o0, o1 = (1, out_size[0]) if lifted else (out_size[0], out_size[1])
+    kh, kw = (1, kernel.shape[0]) if lifted else (kernel.shape[0], kernel.shape[1])
+    n, c, f = xp.shape[0], xp.shape[-1], kernel.shape[-1]
+    weights = np.ascontiguousarray(kernel).reshape(kh * kw * c, f)
+    y = np.empty((n, o0, o1, f), xp.dtype)
+    per_chunk = _chunk_rows(o1, kh * kw * c, xp.dtype.itemsize, chunk_bytes)
+    chunks_per_image = -(-o0 // per_chunk)
+    source = np.ascontiguousarray(x2)
+
+    scratch = threading.local()  # one column buffer per worker thread, reused
+
+    def work(first: int, last: int) -> None:
+        buffer = getattr(scratch, "columns", None)
+        if buffer is None:
+            buffer = scratch.columns = np.empty((per_chunk, o1, kh * kw, c), xp.dtype)
+        for unit in range(first, last):
+            image, part = divmod(unit, chunks_per_image)
+            row0 = part * per_chunk
+            row1 = min(o0, row0 + per_chunk)
+            columns = buffer[: row1 - row0]
+            im2col(source, image, row0, s0, s1, d0, d1, kh, kw, columns)
+            np.matmul(columns.reshape(-1, kh * kw * c), weights,
+                      out=y[image, row0:row1].reshape(-1, f))
+
+    flops = 2.0 * n * o0 * o1 * kh * kw * c * f
+    run_chunks(work, n * chunks_per_image, 1, threads=threads, flops=flops)
+    return y.reshape(n, *out_size, f)
+
+
+@functools.cache
 def _blas_gemm(dtype: np.dtype) -> Callable[..., np.ndarray] | None:
     try:
         from scipy.linalg import blas
@@ -197,6 +284,7 @@ def direct(
     gather: bool | None = None,
     threads: int | None = None,
     chunk_bytes: int | None = None,
+    use_numba: bool | None = None,
 ) -> np.ndarray:
     """Convolution by flat-row GEMMs (the dispatch contract; ``groups`` must be 1).
 
@@ -215,6 +303,8 @@ def direct(
         Worker threads (default: one per core).
     chunk_bytes
         Output bytes per chunk (default :data:`CHUNK_BYTES`; at least one row).
+    use_numba
+        Compiled gather for ``gather`` (``None``: when numba is installed).
 
     Examples
     --------
@@ -240,6 +330,13 @@ def direct(
         gather = c * taps < GATHER_BELOW and taps > 1
     weights = kernel.reshape(-1, c, f)
     tap_list = [(_flat_index(k, kernel_size), phase, shift) for k, phase, shift in flat_plan.taps]
+    im2col = _numba_im2col() if gather and use_numba is not False and rank <= 2 else None
+    if im2col is not None:
+        return _direct_im2col(xp, kernel, strides, dilation, out_size, im2col, threads,
+                              chunk_bytes)
+    compiled_gather = _numba_gather() if gather and use_numba is not False else None
+    tap_phases = np.array([phase for _, phase, _ in tap_list], np.int64)
+    tap_shifts = np.array([shift for _, _, shift in tap_list], np.int64)
     if gather:
         stacked = np.ascontiguousarray(np.stack([weights[t] for t, _, _ in tap_list]))
         stacked = stacked.reshape(taps * c, f)
@@ -255,8 +352,11 @@ def direct(
         stop = start + rows
         if gather:
             columns = np.empty((rows, taps, c), xp.dtype)
-            for index, (_, phase, shift) in enumerate(tap_list):
-                columns[:, index] = source[phase, start + shift: stop + shift]
+            if compiled_gather is not None:
+                compiled_gather(source, tap_phases, tap_shifts, start, columns)
+            else:
+                for index, (_, phase, shift) in enumerate(tap_list):
+                    columns[:, index] = source[phase, start + shift: stop + shift]
             np.matmul(columns.reshape(rows, taps * c), stacked, out=block[:rows])
             return
         target = block[:rows]
