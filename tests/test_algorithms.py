@@ -162,6 +162,22 @@ def test_flat_rows_chunks_across_images(seed):
         check(y, expected, np.float64, seed, f"flat_rows chunk_bytes={chunk_bytes}")
 
 
+@pytest.mark.parametrize("chunk_bytes", [1, 40, 200, 100_000])
+def test_flat_rows_im2col_blocks(chunk_bytes):
+    """Few channels: compiled im2col in blocks of rows, or of part of a row (1-D)."""
+    rng = np.random.default_rng(chunk_bytes)
+    xp = rng.standard_normal((2, 60, 3))
+    k = rng.standard_normal((3, 3, 4))
+    y = flat_rows.direct(xp, k, (2,), (3,), 1, (27,), chunk_bytes=chunk_bytes, threads=2)
+    check(y, reference_direct(xp, k, (2,), (3,), 1, (27,)), np.float64, chunk_bytes, "1-D")
+    xp = rng.standard_normal((2, 9, 60, 3))
+    k = rng.standard_normal((2, 3, 3, 4))
+    y = flat_rows.direct(xp, k, (1, 2), (1, 3), 1, (8, 27), chunk_bytes=chunk_bytes,
+                         threads=2)
+    check(y, reference_direct(xp, k, (1, 2), (1, 3), 1, (8, 27)), np.float64, chunk_bytes,
+          "2-D")
+
+
 def test_flat_rows_plan_skips_no_product():
     # stride 2, 3 taps: phases 0 and 1, taps at shifts 0, 0, 1 of their phase
     p = flat_rows.plan((9,), (3,), (2,), (1,))

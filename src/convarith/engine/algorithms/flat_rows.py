@@ -177,15 +177,15 @@ def _numba_im2col() -> Callable[..., None] | None:
         return None
 
     @numba.njit(nogil=True, cache=True)
-    def im2col(xp, image, row0, s0, s1, d0, d1, kh, kw, columns):  # type: ignore[no-untyped-def]
-        # columns[r, ow, a·kw + b] = xp[image, (row0 + r)·s0 + a·d0, ow·s1 + b·d1]
+    def im2col(xp, image, row0, col0, s0, s1, d0, d1, kh, kw, columns):  # type: ignore[no-untyped-def]
+        # columns[r, j, a·kw + b] = xp[image, (row0 + r)·s0 + a·d0, (col0 + j)·s1 + b·d1]
         rows, wo, _, c = columns.shape
         for r in range(rows):
             for ow in range(wo):
                 for a in range(kh):
                     h = (row0 + r) * s0 + a * d0
                     for b in range(kw):
-                        w = ow * s1 + b * d1
+                        w = (col0 + ow) * s1 + b * d1
                         t = a * kw + b
                         for ch in range(c):
                             columns[r, ow, t, ch] = xp[image, h, w, ch]
@@ -209,27 +209,35 @@ def _direct_im2col(
     n, c, f = xp.shape[0], xp.shape[-1], kernel.shape[-1]
     weights = np.ascontiguousarray(kernel).reshape(kh * kw * c, f)
     y = np.empty((n, o0, o1, f), xp.dtype)
+    # blocks of whole rows, or of part of a row when one row is already large (1-D)
     per_chunk = _chunk_rows(o1, kh * kw * c, xp.dtype.itemsize, chunk_bytes)
-    chunks_per_image = -(-o0 // per_chunk)
+    width = o1
+    if per_chunk == 1:
+        width = min(o1, _chunk_rows(1, kh * kw * c, xp.dtype.itemsize, chunk_bytes))
+    row_blocks = -(-o0 // per_chunk)
+    col_blocks = -(-o1 // width)
     source = np.ascontiguousarray(x2)
-
     scratch = threading.local()  # one column buffer per worker thread, reused
 
     def work(first: int, last: int) -> None:
         buffer = getattr(scratch, "columns", None)
         if buffer is None:
-            buffer = scratch.columns = np.empty((per_chunk, o1, kh * kw, c), xp.dtype)
+            buffer = scratch.columns = np.empty((per_chunk, width, kh * kw, c), xp.dtype)
         for unit in range(first, last):
-            image, part = divmod(unit, chunks_per_image)
-            row0 = part * per_chunk
+            image, rest = divmod(unit, row_blocks * col_blocks)
+            row_block, col_block = divmod(rest, col_blocks)
+            row0 = row_block * per_chunk
             row1 = min(o0, row0 + per_chunk)
-            columns = buffer[: row1 - row0]
-            im2col(source, image, row0, s0, s1, d0, d1, kh, kw, columns)
-            np.matmul(columns.reshape(-1, kh * kw * c), weights,
-                      out=y[image, row0:row1].reshape(-1, f))
+            col0 = col_block * width
+            col1 = min(o1, col0 + width)
+            columns = buffer[: row1 - row0, : col1 - col0]
+            im2col(source, image, row0, col0, s0, s1, d0, d1, kh, kw, columns)
+            # whole rows, or part of one row: both blocks are contiguous
+            target = y[image, row0:row1, col0:col1].reshape(-1, f)
+            np.matmul(columns.reshape(-1, kh * kw * c), weights, out=target)
 
     flops = 2.0 * n * o0 * o1 * kh * kw * c * f
-    run_chunks(work, n * chunks_per_image, 1, threads=threads, flops=flops)
+    run_chunks(work, n * row_blocks * col_blocks, 1, threads=threads, flops=flops)
     return y.reshape(n, *out_size, f)
 
 
