@@ -245,12 +245,29 @@ def target_engine(budget: int) -> Callable[[], None]:
 
     @_settings(budget)
     @given(plausible_spec_kwargs(), st.lists(st.integers(0, 7), min_size=1, max_size=6),
-           st.lists(st.integers(0, 5), min_size=1, max_size=6), dtypes, st.booleans())
+           st.lists(st.integers(0, 5), min_size=1, max_size=6), dtypes, st.booleans(),
+           st.booleans(), st.integers(1, 4), st.sampled_from([0.0, np.nan, np.inf]))
     def test(kwargs: dict[str, Any], x_shape: list[int], k_shape: list[int], dtype: str,
-             use_grad: bool) -> None:
+             use_grad: bool, consistent: bool, channels: int, special: float) -> None:
         _count("engine")
+        if consistent:  # shapes that fit the spec, so the fast paths run
+            rank = kwargs["rank"]
+            groups = kwargs.get("groups", 1)
+            channels *= groups
+            x_shape = [2, *x_shape[:rank], *[5] * (rank - len(x_shape[:rank])), channels]
+            if kwargs.get("data_format") == "channels_first":
+                x_shape = [x_shape[0], x_shape[-1], *x_shape[1:-1]]
+            if kwargs.get("transposed"):
+                k_shape = [*[kwargs["kernel_size"]] * rank, 2 * groups // groups, channels]
+            else:
+                k_shape = [*[kwargs["kernel_size"]] * rank, channels // groups, 2 * groups]
+            dtype = dtype if dtype in ("float32", "float64", "float16") else "float32"
         x = np.ones(x_shape, dtype=dtype) if dtype != "U1" else np.full(x_shape, "a")
+        if x.size and x.dtype.kind == "f":
+            x.flat[0] = special
         kernel = np.ones(k_shape, dtype="float32")
+        if kwargs.get("pool") and consistent:
+            kernel = None
 
         def call() -> None:
             spec = ConvSpec(**kwargs)
@@ -258,7 +275,8 @@ def target_engine(budget: int) -> Callable[[], None]:
             if use_grad:
                 convarith.conv_vjp(x, kernel, spec, np.ones_like(y))
 
-        expect_documented(call, f"conv(x{tuple(x_shape)}:{dtype}, k{tuple(k_shape)}, ConvSpec(**{kwargs!r}))")
+        expect_documented(call, f"conv(x{tuple(x_shape)}:{dtype}, k{tuple(k_shape)}, "
+                                f"ConvSpec(**{kwargs!r}), consistent={consistent})")
 
     return test
 
