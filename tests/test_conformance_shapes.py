@@ -92,9 +92,6 @@ def _window_overhangs(case: dict[str, Any]) -> bool:
 KNOWN_GAPS: list[tuple[str, str, Any]] = [
     ("torch", "AvgPool3d also needs the unpadded input to be at least the kernel",
      lambda c: c["op"] == "AvgPool3d" and "smaller than kernel size" in str(c.get("error"))),
-    ("jax", "negative explicit padding (a crop) of a direct convolution or pooling",
-     lambda c: "output_shape" in c and c["op"] != "conv_transpose" and not c["kwargs"].get("lhs_dilation")
-     and min(_pads_of(c) or [0]) < 0),
     ("onnx", "onnxruntime pooling rounds toward zero and keeps a window larger than the input",
      lambda c: c["op"].endswith("Pool") and "output_shape" in c and _window_overhangs(c)),
     ("onnx", "onnxruntime pads SAME pooling as if the kernel were not dilated",

@@ -182,7 +182,8 @@ def test_transposed_geometry_is_the_scatter(size, kernel, stride, dilation, lo, 
         (dict(kernel_size=(3, 3), strides=(1, 1, 1)), ValueError, ["strides", "2"]),
         (dict(kernel_size=3, padding="sme"), ValueError, ["padding", "'sme'", "valid"]),
         (dict(kernel_size=3, padding="causal"), ValueError, ["causal", "1-D"]),
-        (dict(kernel_size=3, padding=-1), ValueError, ["padding", "-1"]),
+        (dict(kernel_size=3, padding=-1, padding_mode="reflect"), ValueError,
+         ["padding[0]=(-1, -1)", "crop", "zeros"]),
         (dict(kernel_size=3, padding=((1, 2, 3), (0, 0))), ValueError, ["padding[0]", "pair"]),
         (dict(kernel_size=3, padding_mode="mirror"), ValueError, ["padding_mode", "'mirror'"]),
         (dict(kernel_size=3, groups=0), ValueError, ["groups", "0"]),
@@ -222,6 +223,16 @@ def test_bad_resolutions(spec, shape, words) -> None:
         spec.resolve(shape)
     for word in words:
         assert word in str(info.value), (word, str(info.value))
+
+
+def test_negative_padding_crops() -> None:
+    """JAX's explicit pairs may be negative: the input is cropped first (hand-derived)."""
+    r = ConvSpec(3, padding=((-1, 0),), rank=1).resolve(7)
+    assert r.output_size == (4,)  # floor((7 - 1 + 0 - 3) / 1) + 1
+    assert [t.source for t in r.footprint((0,))] == [(1,), (2,), (3,)]
+    assert r.dropped == (0,)
+    r = ConvSpec(3, padding=((0, -2),), rank=1).resolve(7)
+    assert r.output_size == (3,) and r.dropped == (2,)  # the two cropped rows are never read
 
 
 def test_specs_are_frozen_and_hashable() -> None:

@@ -256,7 +256,17 @@ class ConvSpec:
                 )
             set_(self, "padding", word)
         else:
-            set_(self, "padding", _explicit_padding(padding, rank, allow_negative=self.transposed))
+            # negative padding crops (JAX's explicit pairs allow it); copies need real pads
+            pairs = _explicit_padding(padding, rank, allow_negative=True)
+            negative = [(i, pair) for i, pair in enumerate(pairs) if min(pair) < 0]
+            if negative and not self.transposed and self.padding_mode != "zeros":
+                axis, pair = negative[0]
+                raise ValueError(
+                    f"padding[{axis}]={pair} is negative (a crop), which padding_mode="
+                    f"{self.padding_mode!r} cannot copy from; use padding_mode='zeros' or "
+                    "non-negative padding"
+                )
+            set_(self, "padding", pairs)
 
         if self.output_padding is not None:
             if not self.transposed:
