@@ -318,6 +318,15 @@ def run_onnx(text: str, shape: tuple[int, ...], rng: np.random.Generator):
 
     parsed = parse_layer(text, "onnx")
     attrs = dict(parsed.kwargs)
+    if attrs.get("auto_pad", "NOTSET") in ("NOTSET", "VALID") and not attrs.get("ceil_mode"):
+        # a window longer than the padded input: onnxruntime's size formula truncates toward zero
+        # and returns one cell, convarith (like PyTorch) rejects it; not a porting question
+        rank = len(attrs["kernel_shape"])
+        pads = attrs.get("pads") or [0] * (2 * rank)
+        for axis in range(rank):
+            span = (attrs["kernel_shape"][axis] - 1) * attrs.get("dilations", [1] * rank)[axis] + 1
+            if shape[1 + axis] + pads[axis] + pads[axis + rank] < span:
+                raise ValueError("window longer than the padded input")
     has_bias = attrs.pop("bias", False)
     weight_shape = attrs.pop("weight_shape", None)
     inputs, inits = ["x"], []
