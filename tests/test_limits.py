@@ -59,3 +59,24 @@ def test_bad_limits(bad, error) -> None:
 def test_kernel_larger_than_input_is_refused() -> None:
     with pytest.raises(ValueError, match="kernel spans 9"):
         convarith.conv(np.ones((1, 5, 5, 1)), np.ones((9, 9, 1, 1)), convarith.ConvSpec(9))
+
+
+def test_a_1000_layer_stack_is_refused_with_the_limit_named() -> None:
+    from convarith.receptive import stack_fields
+
+    layers = [convarith.ConvSpec(1).resolve((8, 8))] * 1000
+    with pytest.raises(ValueError, match="1000 layers, over the limit max_layers=512"):
+        stack_fields(layers)
+    with limits(max_layers=1000):
+        assert len(stack_fields(layers)) == 1000
+
+
+def test_summary_cli_refuses_a_1000_layer_file(tmp_path, capsys) -> None:
+    import json
+
+    from convarith.cli import main
+
+    path = tmp_path / "deep.json"
+    path.write_text(json.dumps({"input": [28, 28, 1], "layers": ["Conv2D(1, 1)"] * 1000}))
+    assert main(["summary", str(path)]) == 2
+    assert "max_layers=512" in capsys.readouterr().err

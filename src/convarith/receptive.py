@@ -43,6 +43,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
+from .limits import check_layers
 from .spec import ResolvedConv
 
 __all__ = ["ReceptiveField", "stack_fields", "exact_field", "Number"]
@@ -151,6 +152,7 @@ def stack_fields(layers: Sequence[ResolvedConv]) -> list[ReceptiveField]:
     """
     if not layers:
         return []
+    check_layers(len(layers))
     field = ReceptiveField.identity(layers[0].rank)
     fields = []
     for layer in layers:

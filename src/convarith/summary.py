@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .io.graph import LayerNode, ModelGraph
+from .limits import check_layers
 from .receptive import ReceptiveField
 from .spec import ConvSpec, ResolvedConv
 
@@ -189,6 +190,7 @@ def summarize(model: ModelGraph, input_size: Sequence[int] | None = None) -> Mod
         Spatial input size, when the model leaves it open (``None`` in the
         file) or to try another size.
     """
+    check_layers(len(model.layers))
     tensors: dict[str, _Tensor] = {}
     rows: list[LayerRow] = []
     warnings: list[str] = list(model.warnings)
