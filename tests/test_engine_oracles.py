@@ -35,8 +35,8 @@ EXAMPLES = int(os.environ.get("ORACLE_EXAMPLES", "500"))
 BATCH = 10
 GRADIENT_EVERY = {
     "torch": 1,
-    "jax": int(os.environ.get("ORACLE_GRADIENT_EVERY", "10")),
-    "keras": int(os.environ.get("ORACLE_GRADIENT_EVERY", "10")),
+    "jax": int(os.environ.get("ORACLE_GRADIENT_EVERY", "1")),
+    "keras": int(os.environ.get("ORACLE_GRADIENT_EVERY", "1")),
 }
 TOLERANCE = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-10}
 
