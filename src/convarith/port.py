@@ -402,7 +402,7 @@ def port(
     writer = _Writer(resolved, source, to, bias=bias and spec.pool is None)
     code, summary = writer.write()
     header = []
-    origin = _text or f"{_NAMES.get(source.framework, source.framework)} {spec.kind}"
+    origin = _text or spec.kind  # the framework's name is written once, just before
     header.append(f"# {_NAMES[to]} port of {_NAMES.get(source.framework, source.framework)} "
                   f"{origin} on input {'x'.join(map(str, resolved.input_size))} "
                   f"-> output {'x'.join(map(str, resolved.output_size))}")
