@@ -31,3 +31,30 @@ def test_port_header_names_the_source_framework_once(spec: ConvSpec, source_name
     first_line = port(spec, to=to, input_shape=(3, 28, 28) if spec.convention else (28, 28)).code.splitlines()[0]
     assert f" port of {source_name} conv on input " in first_line
     assert f"{source_name} {source_name}" not in first_line
+
+
+def test_port_input_one_number_is_a_square_like_shape(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "port", "--from", "keras", "Conv2D(32, 3)", "--to", "torch", "--input", "28")
+    assert code == 0, err
+    # valid 3x3 on 28x28: 28 - 3 + 1 = 26 per axis
+    assert "on input 28x28 -> output 26x26" in out.splitlines()[0]
+    code, out, err = run(capsys, "port", "--from", "keras", "Conv1D(8, 5)", "--to", "torch", "--input", "28")
+    assert code == 0, err
+    assert "on input 28 -> output 24" in out.splitlines()[0]
+
+
+@pytest.mark.parametrize(
+    ("input_text", "channels", "message"),
+    [
+        ("28x28", "0", "must be a positive integer, got 0"),  # was silently replaced by 3
+        ("28x28x3", "4", "is 4 but input_shape (28, 28, 3) has 3 channels"),  # was silently ignored
+    ],
+)
+def test_port_channels_that_cannot_be_used_are_an_error(
+    capsys: pytest.CaptureFixture[str], input_text: str, channels: str, message: str
+) -> None:
+    code, out, err = run(capsys, "port", "--from", "keras", "Conv2D(32, 3)", "--to", "torch",
+                         "--input", input_text, "--channels", channels)
+    assert code == 2 and out == ""
+    assert err.startswith("convarith port: error: --channels") or err.startswith("convarith port: error: in_channels")
+    assert message in err and err.count("\n") == 1

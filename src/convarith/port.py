@@ -383,7 +383,13 @@ def port(
                          "(e.g. input_shape=(28, 28))")
     if not isinstance(spec, ConvSpec):
         raise TypeError(f"spec must be a ConvSpec, got {type(spec).__name__}")
+    if in_channels is not None and (isinstance(in_channels, bool) or not isinstance(in_channels, int)
+                                    or in_channels < 1):
+        raise ValueError(f"in_channels (--channels) must be a positive integer, got {in_channels!r}")
     resolved = spec.resolve(input_shape)
+    if in_channels is not None and resolved.in_channels not in (None, in_channels):
+        raise ValueError(f"in_channels (--channels) is {in_channels} but input_shape {input_shape!r} "
+                         f"has {resolved.in_channels} channels; give the channels once")
     notes: list[str] = []
     channels = resolved.in_channels or in_channels or spec.in_channels
     if channels is None:

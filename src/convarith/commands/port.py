@@ -26,17 +26,20 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--from", dest="source", required=True, choices=("keras", "torch", "jax", "onnx"))
     parser.add_argument("--to", dest="target", required=True, choices=("torch", "keras", "jax", "onnx"))
     parser.add_argument("--input", required=True,
-                        help="input size: 28x28 (spatial), or with channels in the source layout "
+                        help="input size: 28 (square), 28x28 (spatial), or with channels in the source layout "
                         "(28x28x3 for Keras, 3x28x28 for PyTorch)")
-    parser.add_argument("--channels", type=int, help="input channels, if --input does not include them")
+    parser.add_argument("--channels", type=int,
+                        help="input channels, if --input does not include them (default 3)")
     parser.add_argument("--json", action="store_true", help="print code, summary and notes as JSON")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..port import port_text
+    from ..port import port_text, spec_from_text
 
     shape = parse_size(args.input, "--input")
+    if len(shape) == 1:  # one number is a square (cubic) input, as in `convarith shape 28`
+        shape = shape * spec_from_text(args.layer, args.source)[0].rank
     ported = port_text(args.layer, args.source, args.target, shape, in_channels=args.channels)
     if args.json:
         print(json.dumps(ported.to_dict(), indent=2))
