@@ -58,3 +58,29 @@ def test_port_channels_that_cannot_be_used_are_an_error(
     assert code == 2 and out == ""
     assert err.startswith("convarith port: error: --channels") or err.startswith("convarith port: error: in_channels")
     assert message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("28x32", "--to", "14"), "size is one axis"),  # the 32 was silently dropped
+        (("28", "--to", "14x16"), "--to is one axis"),  # the 16 was silently dropped
+        (("28", "--to", "14", "--max-padding", "-1"), "--max-padding must be 0 or more, got -1"),
+    ],
+)
+def test_solve_rejects_what_it_cannot_honour(
+    capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], message: str
+) -> None:
+    code, out, err = run(capsys, "solve", *argv)
+    assert code == 2 and out == ""
+    assert err.startswith("convarith solve: error: ") and message in err and err.count("\n") == 1
+
+
+def test_solve_one_configuration_is_singular_and_rows_have_no_trailing_blanks(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # only kernel 1, stride 1 is searched: 28 -> 28 needs no padding
+    code, out, _ = run(capsys, "solve", "28", "--to", "28", "--max-kernel", "1", "--max-stride", "1")
+    assert code == 0
+    assert out.startswith("1 configuration turns 28 into 28:")
+    assert all(line == line.rstrip() for line in out.splitlines())

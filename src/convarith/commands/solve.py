@@ -21,21 +21,22 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("size", help="input size along one axis, e.g. 28")
     parser.add_argument("--to", required=True, help="target output size")
-    parser.add_argument("--max-kernel", type=int, default=7)
-    parser.add_argument("--max-stride", type=int, default=4)
-    parser.add_argument("--max-dilation", type=int, default=1)
+    parser.add_argument("--max-kernel", type=int, default=7, help="largest kernel (default 7)")
+    parser.add_argument("--max-stride", type=int, default=4, help="largest stride (default 4)")
+    parser.add_argument("--max-dilation", type=int, default=1, help="largest dilation (default 1)")
     parser.add_argument("--max-padding", type=int, help="largest padding per side (default: any needed)")
     parser.add_argument("--symmetric", action="store_true", help="equal padding on both sides only")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print the configurations as JSON")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    (size,) = parse_size(args.size, "size", 1)[:1]
-    (target,) = parse_size(args.to, "--to", 1)[:1]
+    size, target = _one_axis(args.size, "size"), _one_axis(args.to, "--to")
     for name in ("max_kernel", "max_stride", "max_dilation"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.max_padding is not None and args.max_padding < 0:
+        raise ValueError(f"--max-padding must be 0 or more, got {args.max_padding}")
     if size < 1 or target < 1:
         raise ValueError(f"sizes must be positive, got {size} -> {target}")
     found = solve(size, target, args.max_kernel, args.max_stride, args.max_dilation,
@@ -53,9 +54,17 @@ def run(args: argparse.Namespace) -> int:
         note = "'valid'" if lo == hi == 0 else ("symmetric" if lo == hi else "odd pixel at the end, as Keras 'same'" if hi == lo + 1 else "")
         rows.append((s.kernel, s.stride, s.dilation, f"({lo}, {hi})", s.dropped or "", note))
     widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
-    print(f"{len(found)} configurations turn {size} into {target}:\n")
-    print("  ".join(str(h).ljust(w) for h, w in zip(headers, widths)))
+    print(f"{len(found)} configuration{'s turn' if len(found) > 1 else ' turns'} {size} into {target}:\n")
+    print("  ".join(str(h).ljust(w) for h, w in zip(headers, widths)).rstrip())
     print("  ".join("-" * w for w in widths))
     for row in rows:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
     return 0
+
+
+def _one_axis(text: str, name: str) -> int:
+    values = parse_size(text, name)
+    if len(values) != 1:
+        raise ValueError(f"{name} is one axis (the solver works per axis), got {text!r}; "
+                         "solve each axis on its own, e.g. convarith solve 28 --to 14")
+    return values[0]
