@@ -162,6 +162,21 @@ def test_flat_rows_chunks_across_images(seed):
         check(y, expected, np.float64, seed, f"flat_rows chunk_bytes={chunk_bytes}")
 
 
+@pytest.mark.parametrize(("strides", "cropped"), [((1, 1), 0), ((1, 1), 1), ((2, 3), 0)])
+def test_flat_rows_pointwise_is_one_product(strides, cropped):
+    """1×1 kernels (one BLAS product): strided, and with input cells left unread."""
+    rng = np.random.default_rng(7)
+    xp = rng.standard_normal((3, 7, 8, 5))
+    k = rng.standard_normal((1, 1, 5, 4))
+    out_size = tuple(-(-(n - cropped) // s) for n, s in zip(xp.shape[1:3], strides))
+    y = flat_rows.direct(xp, k, strides, (1, 1), 1, out_size)
+    check(y, reference_direct(xp, k, strides, (1, 1), 1, out_size), np.float64, 7, "1x1")
+    dy = rng.standard_normal((3, *out_size, 4))
+    dk = flat_rows.weight_grad(xp, dy, (1, 1), strides, (1, 1), 1)
+    check(dk, reference_weight_grad(xp, dy, (1, 1), strides, (1, 1), 1), np.float64, 7,
+          "1x1 weight_grad")
+
+
 @pytest.mark.parametrize("chunk_bytes", [1, 40, 200, 100_000])
 def test_flat_rows_im2col_blocks(chunk_bytes):
     """Few channels: compiled im2col in blocks of rows, or of part of a row (1-D)."""
@@ -313,6 +328,8 @@ def test_run_chunks_covers_the_range_once_in_order():
         results = run_chunks(lambda a, b: list(range(a, b)), 23, 5, threads=threads)
         assert [len(r) for r in results] == [5, 5, 5, 5, 3]
         assert sum(results, []) == list(range(23))
+    seen = run_chunks(lambda a, b: a, 1000, 1, threads=2)  # many chunks, shared out
+    assert seen == list(range(1000))
 
 
 # --------------------------------------------------------------------------- dispatch

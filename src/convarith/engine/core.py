@@ -388,7 +388,8 @@ def transposed_conv(
 
     if algorithm is None and phase.applies_transposed(strides, groups):
         return phase.transposed(x, kernel, strides, dilation, groups, padding)
-    grid = zero_insert(x, strides, padding)
+    # stride 1 inserts nothing: only pad (no copy at all when the padding is zero)
+    grid = pad(x, padding) if all(s == 1 for s in strides) else zero_insert(x, strides, padding)
     return direct_conv(
         grid, flip_swap(kernel, groups), (1,) * rank, dilation, groups, out_size, algorithm
     )

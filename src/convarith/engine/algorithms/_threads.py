@@ -95,5 +95,18 @@ def run_chunks(
     with _blas_single_threaded() as limited:
         if workers <= 1 or not limited:
             return [work(start, stop) for start, stop in ranges]
-        with ThreadPoolExecutor(workers) as pool:
-            return list(pool.map(lambda r: work(*r), ranges))
+        # each thread (this one too) takes the next range until none is left:
+        # one task per thread, not one per range (each hand-over costs the GIL)
+        results: list[Any] = [None] * len(ranges)
+        todo = iter(enumerate(ranges))
+
+        def drain() -> None:
+            for index, (start, stop) in todo:
+                results[index] = work(start, stop)
+
+        with ThreadPoolExecutor(workers - 1) as pool:
+            helpers = [pool.submit(drain) for _ in range(workers - 1)]
+            drain()
+            for helper in helpers:
+                helper.result()
+        return results

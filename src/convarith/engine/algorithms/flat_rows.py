@@ -26,6 +26,9 @@ product would have a tiny inner dimension; then the shifted slices of a block
 of rows are gathered side by side (im2col, one block at a time so memory
 stays bounded) and multiplied once.
 
+A 1×1 kernel is a single product of the (subsampled) input with the
+kernel, left to BLAS and its own threads.
+
 Accumulation uses BLAS ``gemm`` with ``beta = 1`` (``C += A·B`` in place) when
 SciPy is installed, else ``matmul`` into a scratch buffer and an add.
 
@@ -280,6 +283,15 @@ def _chunk_rows(step: int, width: int, itemsize: int, chunk_bytes: int | None = 
     return max(1, budget // max(1, step * width * itemsize))
 
 
+def _pointwise_rows(xp: np.ndarray, strides: Sequence[int], out_size: Sequence[int]
+                    ) -> np.ndarray:
+    """A 1×1 kernel's input as ``(N·cells, C)``: the cells it reads (a view when
+    the stride is 1 and nothing is cropped, else one copy)."""
+    cells = (slice(None),) + tuple(slice(0, (o - 1) * s + 1, s)
+                                   for o, s in zip(out_size, strides))
+    return np.ascontiguousarray(xp[cells]).reshape(-1, xp.shape[-1])
+
+
 def direct(
     xp: np.ndarray,
     kernel: np.ndarray,
@@ -326,6 +338,10 @@ def direct(
     n, c = xp.shape[0], xp.shape[-1]
     kernel_size = kernel.shape[:rank]
     f = kernel.shape[-1]
+    if math.prod(kernel_size) == 1:
+        # 1×1: exactly one product, run by BLAS on all its threads
+        y = np.matmul(_pointwise_rows(xp, strides, out_size), kernel.reshape(c, f))
+        return y.reshape(n, *out_size, f)
     flat_plan = plan(xp.shape[1:-1], kernel_size, strides, dilation)
     strided = any(s > 1 for s in strides)
     images = None if strided else _phase_images(xp, flat_plan, strides)
@@ -444,6 +460,10 @@ def weight_grad(
     n, c = xp.shape[0], xp.shape[-1]
     f = dy.shape[-1]
     out_size = dy.shape[1:-1]
+    if math.prod(kernel_size) == 1:
+        # 1×1: one product xᵀ·dy, run by BLAS on all its threads
+        rows = _pointwise_rows(xp, strides, out_size)
+        return np.matmul(rows.T, dy.reshape(-1, f)).reshape(*kernel_size, c, f)
     flat_plan = plan(xp.shape[1:-1], kernel_size, strides, dilation)
     images = _phase_images(xp, flat_plan, strides)
     rows = n * flat_plan.cells
