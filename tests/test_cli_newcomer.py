@@ -6,6 +6,9 @@ would (wording, one-line errors with exit status 2, outputs that make sense).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from convarith import ConvSpec
@@ -84,3 +87,14 @@ def test_solve_one_configuration_is_singular_and_rows_have_no_trailing_blanks(
     assert code == 0
     assert out.startswith("1 configuration turns 28 into 28:")
     assert all(line == line.rstrip() for line in out.splitlines())
+
+
+def test_summary_input_one_number_is_a_square(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    layers = tmp_path / "net.yaml"
+    layers.write_text("input: [64, 64, 3]\nlayers:\n  - \"Conv2D(8, 3, strides=2, padding='same')\"\n")
+    code, out, err = run(capsys, "summary", str(layers), "--input", "32", "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["input_size"] == [32, 32]
+    # Keras 'same' with stride 2: ceil(32 / 2) = 16 per axis
+    assert summary["layers"][-1]["output_shape"] == [None, 16, 16, 8]

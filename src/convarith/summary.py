@@ -234,8 +234,11 @@ def _input_tensor(node: LayerNode, input_size: Sequence[int] | None, channels_la
     channels = shape[-1] if channels_last else shape[0]
     if input_size is not None:
         size = tuple(int(v) for v in input_size)
+        if len(size) == 1:  # one number is a square (cubic) input, as in `convarith shape 28`
+            size = size * len(spatial)
         if len(size) != len(spatial):
-            raise ValueError(f"input_size {size} must have {len(spatial)} spatial axes")
+            raise ValueError(f"input_size (--input) {size} must have {len(spatial)} spatial axes "
+                             f"(or be one number for all of them)")
         spatial = size
     if any(v is None for v in spatial):
         raise ValueError(f"input {node.name!r} has an open spatial size {spatial}; give the input "
