@@ -7,6 +7,7 @@ would (wording, one-line errors with exit status 2, outputs that make sense).
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,27 @@ def test_summary_input_one_number_is_a_square(capsys: pytest.CaptureFixture[str]
     assert summary["input_size"] == [32, 32]
     # Keras 'same' with stride 2: ceil(32 / 2) = 16 per axis
     assert summary["layers"][-1]["output_shape"] == [None, 16, 16, 8]
+
+
+def test_serve_on_a_taken_port_is_one_line_and_status_2(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("uvicorn")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # was: uvicorn's "ERROR: [Errno 98] ..." after the banner, and exit status 3
+        code, out, err = run(capsys, "serve", "--port", str(port))
+    assert code == 2 and out == ""
+    assert err.startswith(f"convarith serve: error: cannot listen on 127.0.0.1:{port}: address already in use")
+    assert err.count("\n") == 1
+
+
+def test_serve_on_an_address_of_another_machine_is_one_line_and_status_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pytest.importorskip("uvicorn")
+    # 192.0.2.1 is TEST-NET-1 (RFC 5737): never an address of this machine, and no DNS is asked
+    code, out, err = run(capsys, "serve", "--host", "192.0.2.1", "--port", "8123")
+    assert code == 2 and out == ""
+    assert err.startswith("convarith serve: error: cannot listen on 192.0.2.1:8123: ")
+    assert "check --host" in err and err.count("\n") == 1

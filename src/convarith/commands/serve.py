@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import socket
 import threading
 import webbrowser
 from typing import Any
@@ -36,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
         ) from error
     from ..web import create_app
 
+    _check_can_listen(args.host, args.port)
     app = create_app()
     shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     url = f"http://{shown_host}:{args.port}/"
@@ -44,3 +47,20 @@ def run(args: argparse.Namespace) -> int:
         threading.Timer(1.0, webbrowser.open, args=(url,)).start()
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    """Fail in one line, before the banner, when ``host:port`` cannot be bound (port taken, bad host)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as error:
+        raise ValueError(f"--host {host!r} is not an address of this machine ({error.strerror})") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            probe.bind(address)
+        except OSError as error:
+            reason = error.strerror.lower() if error.strerror else str(error)
+            hint = (f"pick another port, e.g. --port {port + 1 if port < 65535 else 8000}"
+                    if error.errno == errno.EADDRINUSE else "check --host (default 127.0.0.1)")
+            raise ValueError(f"cannot listen on {host}:{port}: {reason}; {hint}") from None
