@@ -423,10 +423,14 @@ def run(cases: Sequence[BenchCase], repeat: int = 7, include_backward: bool = Tr
                 fn()
                 fn()
             samples: dict[str, list[float]] = {name: [] for name in runners}
-            for _ in range(repeat):
-                for name, fn in runners.items():
+            names = list(runners)
+            for round_ in range(repeat):
+                # rotate the order, so no runner always follows the same one (a framework's
+                # threads may still be busy for a moment after it returns)
+                shift = round_ % len(names)
+                for name in names[shift:] + names[:shift]:
                     start = time.perf_counter()
-                    fn()
+                    runners[name]()
                     samples[name].append(time.perf_counter() - start)
             median = {name: statistics.median(times) for name, times in samples.items()}
             flops = case.flops * (2 if backward else 1)
