@@ -10,6 +10,7 @@ import json
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from convarith import ConvSpec
@@ -123,3 +124,20 @@ def test_serve_on_an_address_of_another_machine_is_one_line_and_status_2(
     assert code == 2 and out == ""
     assert err.startswith("convarith serve: error: cannot listen on 192.0.2.1:8123: ")
     assert "check --host" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("scheduler", ["bogus", "local:0"])
+def test_apply_bad_scheduler_writes_nothing(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, scheduler: str
+) -> None:
+    pytest.importorskip("dask")
+    pytest.importorskip("zarr")
+    image = tmp_path / "image.npy"
+    np.save(image, np.zeros((12, 12), dtype=np.float32))
+    output = tmp_path / "out.zarr"
+    code, out, err = run(capsys, "apply", str(image), str(output), "--preset", "blur",
+                         "--scheduler", scheduler, "--no-progress")
+    assert code == 2 and out == ""
+    assert err.startswith("convarith apply: error: --scheduler") and err.count("\n") == 1
+    # was: an empty store left behind, so the corrected command then said "already exists"
+    assert not output.exists()

@@ -117,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers must be positive, got {args.workers}")
+    _check_scheduler(args.scheduler)  # before the output store is created
     weights = _load_npy(args.weights, "--weights") if args.weights else None
     if weights is not None and weights.ndim not in (3, 4, 5):
         raise ValueError(
@@ -244,20 +245,14 @@ def _compute(graph: Any, keys: list[Any], scheduler: str, workers: int | None,
         raise ValueError(
             f"--scheduler {scheduler!r} needs dask.distributed: pip install 'convarith[scale]'"
         ) from error
+    _check_scheduler(scheduler)
     cluster = None
     if scheduler == "local" or scheduler.startswith("local:"):
         count = scheduler.partition(":")[2] or str(workers or os.cpu_count() or 1)
-        if not count.isdigit() or int(count) < 1:
-            raise ValueError(f"--scheduler local:N needs a positive N, got {scheduler!r}")
         cluster = LocalCluster(n_workers=int(count), threads_per_worker=1, dashboard_address=":0")
         address: Any = cluster
-    elif "://" in scheduler or ":" in scheduler:
-        address = scheduler
     else:
-        raise ValueError(
-            f"--scheduler must be threads, processes, synchronous, local[:N] or a dask.distributed "
-            f"address like tcp://host:8786, got {scheduler!r}"
-        )
+        address = scheduler
     try:
         with Client(address) as client:
             futures = client.get(graph, keys, sync=False)
@@ -268,3 +263,19 @@ def _compute(graph: Any, keys: list[Any], scheduler: str, workers: int | None,
     finally:
         if cluster is not None:
             cluster.close()
+
+
+def _check_scheduler(scheduler: str) -> None:
+    """Reject a --scheduler that names nothing, before any output is written."""
+    if scheduler in ("threads", "processes", "synchronous", "local"):
+        return
+    if scheduler.startswith("local:"):
+        count = scheduler.partition(":")[2]
+        if not count.isdigit() or int(count) < 1:
+            raise ValueError(f"--scheduler local:N needs a positive N, got {scheduler!r}")
+        return
+    if "://" not in scheduler and ":" not in scheduler:
+        raise ValueError(
+            f"--scheduler must be threads, processes, synchronous, local[:N] or a dask.distributed "
+            f"address like tcp://host:8786, got {scheduler!r}"
+        )
