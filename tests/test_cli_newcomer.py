@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -141,3 +143,21 @@ def test_apply_bad_scheduler_writes_nothing(
     assert err.startswith("convarith apply: error: --scheduler") and err.count("\n") == 1
     # was: an empty store left behind, so the corrected command then said "already exists"
     assert not output.exists()
+
+
+def test_warnings_are_one_line_without_source_file(tmp_path: Path) -> None:
+    pytest.importorskip("dask")
+    pytest.importorskip("zarr")
+    image = tmp_path / "image.npy"
+    np.save(image, np.zeros((12, 12), dtype=np.float32))
+    # a separate process: pytest records warnings itself, so its stderr would not show them
+    command = [sys.executable, "-c", "import sys; from convarith.cli import main; sys.exit(main())",
+               "apply", str(image), str(tmp_path / "out.zarr"), "--preset", "box", "-k", "7",
+               "--chunks", "4", "--no-progress"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    # 4-cell chunks are smaller than the 6-cell halo of a 7x7 kernel, on both axes
+    assert len(lines) == 2, done.stderr
+    assert all(line.startswith("convarith apply: warning: chunks along spatial axis") for line in lines)
+    assert ".py:" not in done.stderr  # was "/.../apply.py:172: ChunkingWarning: ..." and the source line

@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
@@ -62,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    original_format = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning(args.command)  # not the file and source line
     try:
         return int(args.func(args) or 0)
     except BrokenPipeError:  # output piped into `head`, say
@@ -73,6 +76,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"convarith {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = original_format
+
+
+def _one_line_warning(command: str) -> Callable[..., str]:
+    """``warnings.formatwarning`` for the command line: ``convarith CMD: warning: MESSAGE``."""
+
+    def format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                       line: str | None = None) -> str:
+        return f"convarith {command}: warning: {message}\n"
+
+    return format_warning
 
 
 if __name__ == "__main__":  # pragma: no cover
