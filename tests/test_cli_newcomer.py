@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from convarith import ConvSpec
-from convarith.cli import main
+from convarith.cli import build_parser, main
 from convarith.port import port
 
 
@@ -161,3 +161,22 @@ def test_warnings_are_one_line_without_source_file(tmp_path: Path) -> None:
     assert len(lines) == 2, done.stderr
     assert all(line.startswith("convarith apply: warning: chunks along spatial axis") for line in lines)
     assert ".py:" not in done.stderr  # was "/.../apply.py:172: ChunkingWarning: ..." and the source line
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["tour", "-f", "-q", "--output", "page"],
+        ["animate", "5", "-f", "--out", "page"],
+        ["train", "-f", "-q", "-o", "page"],
+        ["summary", "net.yaml", "-f", "--png", "page"],
+        ["apply", "in.npy", "page", "-f", "-q"],
+    ],
+)
+def test_writing_commands_share_their_short_flags(argv: list[str]) -> None:
+    # -f/--force and -q/--quiet everywhere they apply; -o, --out and --output all name the output
+    args = build_parser().parse_args(argv)
+    assert args.force is True
+    assert "page" in (getattr(args, "out", None), getattr(args, "output", None), getattr(args, "png", None))
+    if "-q" in argv:
+        assert getattr(args, "quiet", None) is True or getattr(args, "no_progress", None) is True

@@ -23,7 +23,7 @@ def add_parser(subparsers: Any) -> None:
         "convarith animate 3 -k 3 -s 2 -p 1 --transposed --view scatter -o up.gif",
     )
     add_spec_arguments(parser)
-    parser.add_argument("-o", "--output", required=True, help="file to write (.gif, .apng, .svg, .png)")
+    parser.add_argument("-o", "--output", "--out", dest="output", required=True, help="file to write (.gif, .apng, .svg, .png)")
     parser.add_argument(
         "--view", default="oblique", choices=("oblique", "flat", "direct", "scatter"),
         help="oblique (classic), flat (top-down); for a transposed convolution 'direct' "

@@ -71,12 +71,13 @@ def add_parser(subparsers: Any) -> None:
         "LocalCluster of N workers), or a dask.distributed scheduler ADDRESS (tcp://host:8786)",
     )
     parser.add_argument("--workers", type=int, help="threads or processes to use (local schedulers)")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing output store")
+    parser.add_argument("-f", "--force", action="store_true", help="overwrite an existing output store")
     parser.add_argument(
         "--resume", action="store_true",
         help="finish an interrupted run: keep its finished chunks, compute the rest",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("-q", "--quiet", "--no-progress", dest="no_progress", action="store_true",
+                        help="no progress bar")
     parser.set_defaults(func=run)
 
 

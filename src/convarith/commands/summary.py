@@ -32,7 +32,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--png", metavar="OUT", help="draw the receptive field of --cell on the input (PNG)")
     parser.add_argument("--cell", help="output cell for --png, e.g. 3,4 (default: the middle cell)")
     parser.add_argument("--layer", help="layer whose cell --png draws (default: the last spatial one)")
-    parser.add_argument("--force", action="store_true", help="overwrite --png's file if it exists")
+    parser.add_argument("-f", "--force", action="store_true", help="overwrite --png's file if it exists")
     parser.add_argument("--strict", action="store_true",
                         help="exit with status 2 if a layer type is unknown (the table is still printed)")
     parser.set_defaults(func=run)

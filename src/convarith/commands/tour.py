@@ -18,7 +18,7 @@ def add_parser(subparsers: Any) -> None:
         "engine run on a picture. Writes OUT/index.html (default ./convarith-tour/index.html).",
         epilog="examples: convarith tour | convarith tour --out lesson --open | convarith tour --force",
     )
-    parser.add_argument("--out", "-o", default="convarith-tour",
+    parser.add_argument("--out", "-o", "--output", dest="out", default="convarith-tour",
                         help="folder for index.html, or a file name ending in .html (default convarith-tour)")
     parser.add_argument("--open", action="store_true", help="open the page in a web browser when done")
     parser.add_argument("-f", "--force", action="store_true", help="overwrite an existing page")

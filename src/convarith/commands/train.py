@@ -63,10 +63,10 @@ def add_parser(subparsers: Any) -> None:
                         help="Adam's learning rate (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=DEFAULTS["seed"],
                         help="seeds the split, the initial weights and the shuffling")
-    parser.add_argument("--out", default=DEFAULTS["out"],
+    parser.add_argument("-o", "--out", "--output", dest="out", default=DEFAULTS["out"],
                         help="where to save the trained model (.npz; default: %(default)s)")
-    parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars, one line per epoch")
+    parser.add_argument("-f", "--force", action="store_true", help="overwrite --out if it exists")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, one line per epoch")
     parser.set_defaults(func=run)
 
 
