@@ -263,6 +263,32 @@ def test_depthwise_forward_and_weight_grad(seed, rank):
             check(dk, expected_dk, dtype, seed, f"depthwise weight_grad numba={use_numba}")
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_depthwise_skips_zero_padding(seed, rank):
+    """``padding=`` (no padded copy in the compiled loop) equals convolving the padded input."""
+    rng = np.random.default_rng(700 + 10 * rank + seed)
+    channels = int(rng.integers(1, 9))
+    multiplier = int(rng.integers(1, 3))
+    x, k, strides, dilation, _ = random_problem(
+        rng, rank, groups=channels, channels=channels, filters=channels * multiplier)
+    effective = [(n - 1) * d + 1 for n, d in zip(k.shape[:rank], dilation)]
+    pads = tuple((int(rng.integers(-1, 3)), int(rng.integers(-1, 3))) for _ in range(rank))
+    if any(n + lo + hi < e for n, (lo, hi), e in zip(x.shape[1:-1], pads, effective)):
+        pads = tuple((abs(lo), abs(hi)) for lo, hi in pads)  # the crop left too little
+    crop = tuple(slice(max(-lo, 0), n - max(-hi, 0)) for n, (lo, hi) in zip(x.shape[1:-1], pads))
+    xp = np.pad(x[(slice(None), *crop)],
+                ((0, 0), *((max(lo, 0), max(hi, 0)) for lo, hi in pads), (0, 0)))
+    out_size = tuple((p - e) // s + 1 for p, e, s in zip(xp.shape[1:-1], effective, strides))
+    expected = reference_direct(xp, k, strides, dilation, channels, out_size)
+    for dtype in DTYPES:
+        for use_numba in (None, False):
+            y = depthwise.direct(x.astype(dtype), k.astype(dtype), strides, dilation, channels,
+                                 out_size, use_numba=use_numba, threads=1 + seed % 2,
+                                 padding=pads)
+            check(y, expected, dtype, seed, f"depthwise padding={pads} numba={use_numba}")
+
+
 # --------------------------------------------------------------------------- phase (transposed)
 
 

@@ -298,10 +298,18 @@ def direct_conv(
     groups: int,
     out_size: Sequence[int],
     algorithm: str | None = None,
+    padding: Sequence[tuple[int, int]] | None = None,
 ) -> np.ndarray:
-    """Run the algorithm contract on a padded channels-last input (dispatching)."""
+    """Run the algorithm contract on a padded channels-last input (dispatching).
+
+    With ``padding`` (zeros, ``(before, after)`` per spatial axis) ``xp`` is
+    not padded yet: the chosen algorithm pads it, or skips the padded cells
+    if it can (``pads_zeros``).
+    """
+    padded_size = tuple(
+        n + lo + hi for n, (lo, hi) in zip(xp.shape[1:-1], padding or [(0, 0)] * xp.ndim))
     problem = ConvProblem(
-        input_shape=tuple(xp.shape),
+        input_shape=(xp.shape[0], *padded_size, xp.shape[-1]),
         kernel_shape=tuple(kernel.shape),
         strides=tuple(strides),
         dilation=tuple(dilation),
@@ -309,7 +317,13 @@ def direct_conv(
         out_size=tuple(out_size),
         dtype=xp.dtype,
     )
-    return choose(problem, algorithm).direct(
+    chosen = choose(problem, algorithm)
+    if padding is not None and chosen.pads_zeros:
+        return chosen.direct(xp, kernel, problem.strides, problem.dilation, groups,
+                             problem.out_size, padding=tuple(padding))
+    if padding is not None:
+        xp = pad(xp, padding)
+    return chosen.direct(
         xp, kernel, problem.strides, problem.dilation, groups, problem.out_size
     )
 
@@ -462,10 +476,12 @@ def conv(
         )
     else:
         assert prepared.kernel is not None
-        xp = pad(prepared.x, resolved.padding, spec.padding_mode)
+        zeros = spec.padding_mode == "zeros"
+        xp = prepared.x if zeros else pad(prepared.x, resolved.padding, spec.padding_mode)
         y = direct_conv(
             xp, prepared.kernel, spec.strides, spec.dilation,  # type: ignore[arg-type]
             prepared.groups, resolved.output_size, algorithm,
+            resolved.padding if zeros else None,
         )
     if prepared.bias is not None:
         y += prepared.bias

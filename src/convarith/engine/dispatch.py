@@ -121,6 +121,7 @@ class Algorithm:
     cost: Callable[[ConvProblem], float]
     weight_grad: WeightGradFn | None = None
     kind: str = "direct"
+    pads_zeros: bool = False
 
 
 def _always(problem: ConvProblem) -> bool:
@@ -159,6 +160,7 @@ def register_algorithm(
     cost: Callable[[ConvProblem], float] | None = None,
     weight_grad: WeightGradFn | None = None,
     kind: str = "direct",
+    pads_zeros: bool = False,
 ) -> Algorithm:
     """Make an algorithm available to :func:`choose` (replaces one of the same name).
 
@@ -178,6 +180,9 @@ def register_algorithm(
     kind
         ``"direct"`` (the contract above) or ``"transposed"`` (``fn`` is
         ``transposed(x, kernel, strides, dilation, groups, padding)``).
+    pads_zeros
+        ``fn`` also takes ``padding=((before, after), ...)``: zero padding
+        still to apply to ``xp`` (the engine then skips its padded copy).
 
     Examples
     --------
@@ -193,7 +198,8 @@ def register_algorithm(
         raise TypeError(f"fn must be callable, got {fn!r}")
     if kind not in ("direct", "transposed"):
         raise ValueError(f"kind must be 'direct' or 'transposed', got {kind!r}")
-    algorithm = Algorithm(name, fn, applies or _always, cost or _flops, weight_grad, kind)
+    algorithm = Algorithm(name, fn, applies or _always, cost or _flops, weight_grad, kind,
+                          pads_zeros)
     _REGISTRY.algorithms[name] = algorithm
     return algorithm
 

@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ..dispatch import ConvProblem, register_algorithm
+from ..padding import pad
 from ._threads import run_chunks, worker_count
 
 #: A depthwise multiply-add (2 FLOPs) runs ~30× slower than one inside a GEMM (no reuse):
@@ -56,12 +57,14 @@ def _numba_kernels() -> tuple[Callable[..., None], Callable[..., None]] | None:
     # fastmath: lets LLVM fuse multiply-adds and vectorize over channels (no
     # reduction is reordered: every channel has its own accumulator)
     @numba.njit(nogil=True, cache=True, fastmath=True, error_model="numpy")
-    def forward(xp, k, s0, s1, d0, d1, mult, first, last, y):  # type: ignore[no-untyped-def]
+    def forward(xp, k, s0, s1, d0, d1, p0, p1, mult, first, last, y):  # type: ignore[no-untyped-def]
         # output rows first .. last - 1 (over batch × height); each output cell
-        # sums its taps in a small accumulator (stays in L1), channels innermost
+        # sums its taps in a small accumulator (stays in L1), channels innermost.
+        # p0, p1: zero padding before each axis, never copied: taps that fall
+        # on it are skipped
         _, ho, wo, f = y.shape
         kh, kw = k.shape[0], k.shape[1]
-        c = xp.shape[3]
+        _, hi, wi, c = xp.shape
         acc = np.empty(f, dtype=y.dtype)
         for row in range(first, last):
             n = row // ho
@@ -69,9 +72,13 @@ def _numba_kernels() -> tuple[Callable[..., None], Callable[..., None]] | None:
             for ow in range(wo):
                 acc[:] = 0.0
                 for a in range(kh):
-                    h = oh * s0 + a * d0
+                    h = oh * s0 + a * d0 - p0
+                    if h < 0 or h >= hi:
+                        continue
                     for b in range(kw):
-                        w = ow * s1 + b * d1
+                        w = ow * s1 + b * d1 - p1
+                        if w < 0 or w >= wi:
+                            continue
                         src = xp[n, h, w]
                         tap = k[a, b, 0]
                         if mult == 1:
@@ -146,11 +153,16 @@ def direct(
     *,
     use_numba: bool | None = None,
     threads: int | None = None,
+    padding: Sequence[tuple[int, int]] | None = None,
 ) -> np.ndarray:
     """Depthwise convolution (the dispatch contract with ``groups == C``).
 
     Parameters
     ----------
+    padding
+        Zero padding ``(before, after)`` per spatial axis still to apply to
+        ``xp`` (negative values crop); the compiled loop skips the taps that
+        fall on it instead of copying ``xp``.
     use_numba
         Compiled loop for 1-D and 2-D (``None``: when numba is installed).
     threads
@@ -174,14 +186,18 @@ def direct(
     kernels = _numba_kernels() if use_numba is not False and rank <= 2 else None
     if use_numba and kernels is None:
         raise ImportError("use_numba=True needs numba (pip install numba) and rank 1 or 2")
+    if kernels is None and padding is not None:
+        xp = pad(xp, padding)
     if kernels is not None:
+        before = [lo for lo, _ in padding] if padding is not None else [0] * rank
+        p = (before[0], before[1]) if rank == 2 else (0, before[0])
         x2, s, d, o, _ = _as_2d(xp, strides, dilation, out_size, kernel.shape[:rank])
         k2 = kernel if rank == 2 else kernel[None]
         y = np.empty((xp.shape[0], *o, filters), xp.dtype)
         x_contiguous, k_contiguous = np.ascontiguousarray(x2), np.ascontiguousarray(k2)
 
         def work(first: int, last: int) -> None:
-            kernels[0](x_contiguous, k_contiguous, *s, *d, multiplier, first, last, y)
+            kernels[0](x_contiguous, k_contiguous, *s, *d, *p, multiplier, first, last, y)
 
         rows = xp.shape[0] * o[0]
         run_chunks(work, rows, _rows_per_chunk(rows, o[1] * filters * xp.dtype.itemsize),
@@ -260,4 +276,5 @@ def cost(problem: ConvProblem) -> float:
     return problem.flops * 0.1
 
 
-register_algorithm("depthwise", direct, applies=applies, cost=cost, weight_grad=weight_grad)
+register_algorithm("depthwise", direct, applies=applies, cost=cost, weight_grad=weight_grad,
+                   pads_zeros=True)
