@@ -101,6 +101,8 @@ def spec_from_args(args: argparse.Namespace) -> tuple[ConvSpec, tuple[int, ...]]
     output_padding = (
         parse_size(args.output_padding, "--output-padding", rank, minimum=0) if args.output_padding else None
     )
+    if output_padding is not None and not args.transposed:
+        raise ValueError("--output-padding applies to a transposed convolution; add --transposed")
     if args.pool is None and (args.ceil_mode or args.count_include_pad):
         raise ValueError("--ceil-mode and --count-include-pad apply to pooling only (add --pool)")
     fields: dict[str, Any] = dict(

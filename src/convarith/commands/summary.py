@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         draw_field(summary, cell, args.png, layer=row.name, force=args.force)
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))
-    elif args.plain:
+    elif args.plain or not sys.stdout.isatty():  # rich squeezes its table into a pipe
         print(summary)
     else:
         summary.print_rich()

@@ -57,8 +57,10 @@ def summary_rows(model: Sequential) -> tuple[list[dict[str, Any]], list[str]]:
                         f"{layer.name}: the last {dropped} {noun} of "
                         f"{resolved.input_size[axis]} {'are' if dropped > 1 else 'is'} never read (effective kernel "
                         f"{resolved.effective_kernel[axis]}, stride {spec.strides[axis]}, "  # type: ignore[index]
-                        f"padding {resolved.padding[axis]}); pad with 'same' or choose sizes "
-                        "where (I + P - K_eff) is divisible by S"
+                        f"padding {resolved.padding[axis]}); "
+                        + ("a stride no larger than the kernel reads every row"
+                           if spec.padding == "same" else
+                           "pad with 'same' or choose sizes where (I + P - K_eff) is divisible by S")
                     )
         elif type(layer).__name__ in ("Dense", "GlobalAveragePooling2D"):
             whole = whole or field is not None
