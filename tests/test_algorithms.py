@@ -140,10 +140,12 @@ def test_flat_rows_forward_and_weight_grad(seed, rank):
         y = flat_rows.direct(xp.astype(dtype), k.astype(dtype), strides, dilation, 1,
                              out_size, gather=True, use_numba=False, threads=2, chunk_bytes=1)
         check(y, expected, dtype, seed, "flat_rows gather without numba")
-        for threads in (1, 2):  # one row per chunk: many chunks, on 1 or 2 threads
+        # one row per chunk: many chunks, on 1 or 2 threads, per-tap products or default
+        for threads, gather in itertools.product((1, 2), (False, None)):
             y = flat_rows.direct(xp.astype(dtype), k.astype(dtype), strides, dilation, 1,
-                                 out_size, threads=threads, chunk_bytes=1)
-            check(y, expected, dtype, seed, f"flat_rows threads={threads} one-row chunks")
+                                 out_size, threads=threads, chunk_bytes=1, gather=gather)
+            check(y, expected, dtype, seed,
+                  f"flat_rows threads={threads} gather={gather} one-row chunks")
         dk = flat_rows.weight_grad(xp.astype(dtype), dy.astype(dtype), k.shape[:rank],
                                    strides, dilation, 1)
         check(dk, expected_dk, dtype, seed, "flat_rows weight_grad")

@@ -24,7 +24,9 @@ beyond a chunk.
 Few channels. With ``C·taps`` small (an RGB stem, a one-channel input) each
 product would have a tiny inner dimension; then the shifted slices of a block
 of rows are gathered side by side (im2col, one block at a time so memory
-stays bounded) and multiplied once.
+stays bounded) and multiplied once. Strided 1-D and 2-D convolutions do the
+same when numba compiles the gather: one product of inner size ``C·taps``
+over the real output cells runs faster than a small product per tap.
 
 A 1×1 kernel is a single product of the (subsampled) input with the
 kernel, left to BLAS and its own threads.
@@ -318,7 +320,8 @@ def direct(
         Accumulate with SciPy's BLAS ``gemm`` (``beta = 1``) when available.
     gather
         Gather the taps of a block into one product (``None``: when
-        ``C × taps`` is below :data:`GATHER_BELOW`).
+        ``C × taps`` is below :data:`GATHER_BELOW`, or the stride is above 1
+        and the compiled 1-D/2-D im2col is there).
     threads
         Worker threads (default: one per core).
     chunk_bytes
@@ -350,11 +353,14 @@ def direct(
     step = math.prod(flat_plan.grid[1:])
     halo = flat_plan.max_shift // step + 1  # extra first-axis rows a chunk reads
     taps = len(flat_plan.taps)
+    compiled_im2col = _numba_im2col() if use_numba is not False and rank <= 2 else None
     if gather is None:
-        gather = c * taps < GATHER_BELOW and taps > 1
+        # strided with compiled im2col: one product of inner size C·taps over the
+        # real output cells beats one small product per tap over the phases
+        gather = taps > 1 and (c * taps < GATHER_BELOW or (strided and compiled_im2col is not None))
     weights = kernel.reshape(-1, c, f)
     tap_list = [(_flat_index(k, kernel_size), phase, shift) for k, phase, shift in flat_plan.taps]
-    im2col = _numba_im2col() if gather and use_numba is not False and rank <= 2 else None
+    im2col = compiled_im2col if gather else None
     if im2col is not None:
         return _direct_im2col(xp, kernel, strides, dilation, out_size, im2col, threads,
                               chunk_bytes)
