@@ -268,7 +268,7 @@ def test_depthwise_forward_and_weight_grad(seed, rank):
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("rank", [1, 2, 3])
 def test_depthwise_skips_zero_padding(seed, rank):
-    """``padding=`` (no padded copy in the compiled loop) equals convolving the padded input."""
+    """``padding=`` (no padded copy in the compiled loop) equals the padded input's result."""
     rng = np.random.default_rng(700 + 10 * rank + seed)
     channels = int(rng.integers(1, 9))
     multiplier = int(rng.integers(1, 3))
@@ -283,12 +283,19 @@ def test_depthwise_skips_zero_padding(seed, rank):
                 ((0, 0), *((max(lo, 0), max(hi, 0)) for lo, hi in pads), (0, 0)))
     out_size = tuple((p - e) // s + 1 for p, e, s in zip(xp.shape[1:-1], effective, strides))
     expected = reference_direct(xp, k, strides, dilation, channels, out_size)
+    dy = rng.standard_normal((x.shape[0], *out_size, k.shape[-1]))
+    expected_dk = reference_weight_grad(xp, dy, k.shape[:rank], strides, dilation, channels)
     for dtype in DTYPES:
         for use_numba in (None, False):
             y = depthwise.direct(x.astype(dtype), k.astype(dtype), strides, dilation, channels,
                                  out_size, use_numba=use_numba, threads=1 + seed % 2,
                                  padding=pads)
             check(y, expected, dtype, seed, f"depthwise padding={pads} numba={use_numba}")
+            dk = depthwise.weight_grad(x.astype(dtype), dy.astype(dtype), k.shape[:rank],
+                                       strides, dilation, channels, use_numba=use_numba,
+                                       threads=1 + seed % 2, padding=pads)
+            check(dk, expected_dk, dtype, seed,
+                  f"depthwise weight_grad padding={pads} numba={use_numba}")
 
 
 # --------------------------------------------------------------------------- phase (transposed)

@@ -336,9 +336,13 @@ def _weight_grad(
     dilation: Sequence[int],
     groups: int,
     algorithm: str | None,
+    padding: Sequence[tuple[int, int]] | None = None,
 ) -> np.ndarray:
+    # with padding (zeros) xp is not padded yet, as in direct_conv
+    padded_size = tuple(
+        n + lo + hi for n, (lo, hi) in zip(xp.shape[1:-1], padding or [(0, 0)] * xp.ndim))
     problem = ConvProblem(
-        input_shape=tuple(xp.shape),
+        input_shape=(xp.shape[0], *padded_size, xp.shape[-1]),
         kernel_shape=(*kernel_size, xp.shape[-1] // groups, dy.shape[-1]),
         strides=tuple(strides),
         dilation=tuple(dilation),
@@ -348,6 +352,11 @@ def _weight_grad(
     )
     chosen = choose_weight_grad(problem, algorithm)
     assert chosen.weight_grad is not None
+    if padding is not None and chosen.pads_zeros:
+        return chosen.weight_grad(xp, dy, tuple(kernel_size), problem.strides,
+                                  problem.dilation, groups, padding=tuple(padding))
+    if padding is not None:
+        xp = pad(xp, padding)
     return chosen.weight_grad(
         xp, dy, tuple(kernel_size), problem.strides, problem.dilation, groups
     )
@@ -535,8 +544,9 @@ def conv_vjp(
         )
     else:
         assert prepared.kernel is not None
-        xp = pad(prepared.x, resolved.padding, spec.padding_mode)
-        padded = xp.shape[1:-1]
+        zeros = spec.padding_mode == "zeros"
+        xp = prepared.x if zeros else pad(prepared.x, resolved.padding, spec.padding_mode)
+        padded = [n + lo + hi for n, (lo, hi) in zip(prepared.x.shape[1:-1], resolved.padding)]
         grid_pads = [
             (e - 1, p - (o - 1) * s - 1)
             for e, p, o, s in zip(resolved.effective_kernel, padded, resolved.output_size, strides)
@@ -544,7 +554,8 @@ def conv_vjp(
         d_xp = transposed_conv(dy, prepared.kernel, strides, dilation, groups, grid_pads, algorithm)
         d_x = pad_adjoint(d_xp, resolved.padding, spec.padding_mode)
         d_kernel = _weight_grad(
-            xp, dy, spec.kernel_size, strides, dilation, groups, algorithm  # type: ignore[arg-type]
+            xp, dy, spec.kernel_size, strides, dilation, groups, algorithm,  # type: ignore[arg-type]
+            resolved.padding if zeros else None,
         )
     d_bias = None
     if prepared.bias is not None:

@@ -94,20 +94,26 @@ def _numba_kernels() -> tuple[Callable[..., None], Callable[..., None]] | None:
                     dst[ch] = acc[ch]
 
     @numba.njit(nogil=True, cache=True)
-    def grad(xp, dy, s0, s1, d0, d1, mult, first, last, acc):  # type: ignore[no-untyped-def]
-        # acc (kh, kw, F) += the contributions of output rows first .. last - 1
+    def grad(xp, dy, s0, s1, d0, d1, p0, p1, mult, first, last, acc):  # type: ignore[no-untyped-def]
+        # acc (kh, kw, F) += the contributions of output rows first .. last - 1;
+        # taps on the zero padding (p0, p1 before each axis) add nothing
         kh, kw, f = acc.shape
         _, ho, wo, _ = dy.shape
-        c = xp.shape[3]
+        _, hi, wi, c = xp.shape
         for row in range(first, last):
             n = row // ho
             oh = row % ho
             for a in range(kh):
-                h = oh * s0 + a * d0
+                h = oh * s0 + a * d0 - p0
+                if h < 0 or h >= hi:
+                    continue
                 for b in range(kw):
                     tap = acc[a, b]
                     for ow in range(wo):
-                        src = xp[n, h, ow * s1 + b * d1]
+                        w = ow * s1 + b * d1 - p1
+                        if w < 0 or w >= wi:
+                            continue
+                        src = xp[n, h, w]
                         g = dy[n, oh, ow]
                         if mult == 1:
                             for ch in range(c):
@@ -223,8 +229,9 @@ def weight_grad(
     *,
     use_numba: bool | None = None,
     threads: int | None = None,
+    padding: Sequence[tuple[int, int]] | None = None,
 ) -> np.ndarray:
-    """Kernel gradient of :func:`direct`: ``(*K, 1, F)``.
+    """Kernel gradient of :func:`direct`: ``(*K, 1, F)`` (``padding`` as there).
 
     >>> xp = np.ones((1, 5, 2))
     >>> weight_grad(xp, np.ones((1, 3, 2)), (3,), (1,), (1,), 2)[:, 0, :].tolist()
@@ -240,7 +247,11 @@ def weight_grad(
     kernels = _numba_kernels() if use_numba is not False and rank <= 2 else None
     if use_numba and kernels is None:
         raise ImportError("use_numba=True needs numba (pip install numba) and rank 1 or 2")
+    if kernels is None and padding is not None:
+        xp = pad(xp, padding)
     if kernels is not None:
+        before = [lo for lo, _ in padding] if padding is not None else [0] * rank
+        p = (before[0], before[1]) if rank == 2 else (0, before[0])
         x2, s, d, _, ks = _as_2d(xp, strides, dilation, out_size, kernel_size)
         dy2 = dy if rank == 2 else dy[:, None]
         x_contiguous, dy_contiguous = np.ascontiguousarray(x2), np.ascontiguousarray(dy2)
@@ -248,7 +259,7 @@ def weight_grad(
         def partial_sum(first: int, last: int) -> np.ndarray:
             # float64 partial sums: a tap's gradient sums over every output cell
             acc = np.zeros((*ks, filters), np.float64)
-            kernels[1](x_contiguous, dy_contiguous, *s, *d, multiplier, first, last, acc)
+            kernels[1](x_contiguous, dy_contiguous, *s, *d, *p, multiplier, first, last, acc)
             return acc
 
         rows = dy2.shape[0] * dy2.shape[1]
