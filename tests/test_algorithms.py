@@ -110,6 +110,20 @@ def random_problem(rng, rank, *, kernel=None, strides=None, dilation=None, group
     return xp, k, strides, dilation, out_size
 
 
+def random_padding(rng, x, k, strides, dilation):
+    """Random zero padding of ``x`` (-1 crops), the padded input and the output size."""
+    rank = len(strides)
+    effective = [(n - 1) * d + 1 for n, d in zip(k.shape[:rank], dilation)]
+    pads = tuple((int(rng.integers(-1, 3)), int(rng.integers(-1, 3))) for _ in range(rank))
+    if any(n + lo + hi < e for n, (lo, hi), e in zip(x.shape[1:-1], pads, effective)):
+        pads = tuple((abs(lo), abs(hi)) for lo, hi in pads)  # the crop left too little
+    crop = tuple(slice(max(-lo, 0), n - max(-hi, 0)) for n, (lo, hi) in zip(x.shape[1:-1], pads))
+    xp = np.pad(x[(slice(None), *crop)],
+                ((0, 0), *((max(lo, 0), max(hi, 0)) for lo, hi in pads), (0, 0)))
+    out_size = tuple((p - e) // s + 1 for p, e, s in zip(xp.shape[1:-1], effective, strides))
+    return pads, xp, out_size
+
+
 def check(result, expected, dtype, seed, what):
     assert result.dtype == dtype, f"{what} (seed {seed}): dtype {result.dtype}, expected {dtype}"
     assert result.shape == expected.shape, f"{what} (seed {seed}): shape {result.shape}"
@@ -149,6 +163,28 @@ def test_flat_rows_forward_and_weight_grad(seed, rank):
         dk = flat_rows.weight_grad(xp.astype(dtype), dy.astype(dtype), k.shape[:rank],
                                    strides, dilation, 1)
         check(dk, expected_dk, dtype, seed, "flat_rows weight_grad")
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_flat_rows_zero_padding(seed, rank):
+    """``padding=`` (written into the im2col columns, or padded first) equals the padded input's result."""
+    rng = np.random.default_rng(800 + 10 * rank + seed)
+    x, k, strides, dilation, _ = random_problem(rng, rank)
+    if seed == 0:
+        k = k[(slice(0, 1),) * rank]  # 1×1
+    pads, xp, out_size = random_padding(rng, x, k, strides, dilation)
+    expected = reference_direct(xp, k, strides, dilation, 1, out_size)
+    for gather, use_numba in itertools.product([None, True, False], [None, False]):
+        y = flat_rows.direct(x, k, strides, dilation, 1, out_size, gather=gather,
+                             use_numba=use_numba, threads=2, chunk_bytes=[None, 1][seed % 2],
+                             padding=pads)
+        check(y, expected, np.float64, seed,
+              f"flat_rows padding={pads} gather={gather} numba={use_numba}")
+    dy = rng.standard_normal((x.shape[0], *out_size, k.shape[-1]))
+    dk = flat_rows.weight_grad(x, dy, k.shape[:rank], strides, dilation, 1, padding=pads)
+    check(dk, reference_weight_grad(xp, dy, k.shape[:rank], strides, dilation, 1), np.float64,
+          seed, f"flat_rows weight_grad padding={pads}")
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -274,14 +310,7 @@ def test_depthwise_skips_zero_padding(seed, rank):
     multiplier = int(rng.integers(1, 3))
     x, k, strides, dilation, _ = random_problem(
         rng, rank, groups=channels, channels=channels, filters=channels * multiplier)
-    effective = [(n - 1) * d + 1 for n, d in zip(k.shape[:rank], dilation)]
-    pads = tuple((int(rng.integers(-1, 3)), int(rng.integers(-1, 3))) for _ in range(rank))
-    if any(n + lo + hi < e for n, (lo, hi), e in zip(x.shape[1:-1], pads, effective)):
-        pads = tuple((abs(lo), abs(hi)) for lo, hi in pads)  # the crop left too little
-    crop = tuple(slice(max(-lo, 0), n - max(-hi, 0)) for n, (lo, hi) in zip(x.shape[1:-1], pads))
-    xp = np.pad(x[(slice(None), *crop)],
-                ((0, 0), *((max(lo, 0), max(hi, 0)) for lo, hi in pads), (0, 0)))
-    out_size = tuple((p - e) // s + 1 for p, e, s in zip(xp.shape[1:-1], effective, strides))
+    pads, xp, out_size = random_padding(rng, x, k, strides, dilation)
     expected = reference_direct(xp, k, strides, dilation, channels, out_size)
     dy = rng.standard_normal((x.shape[0], *out_size, k.shape[-1]))
     expected_dk = reference_weight_grad(xp, dy, k.shape[:rank], strides, dilation, channels)

@@ -181,8 +181,8 @@ def register_algorithm(
         ``"direct"`` (the contract above) or ``"transposed"`` (``fn`` is
         ``transposed(x, kernel, strides, dilation, groups, padding)``).
     pads_zeros
-        ``fn`` also takes ``padding=((before, after), ...)``: zero padding
-        still to apply to ``xp`` (the engine then skips its padded copy).
+        ``fn`` (and ``weight_grad``) also take ``padding=((before, after), ...)``:
+        zero padding still to apply to ``xp`` (the engine then skips its padded copy).
 
     Examples
     --------

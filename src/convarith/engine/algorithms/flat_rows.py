@@ -54,6 +54,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..dispatch import ConvProblem, register_algorithm
+from ..padding import pad
 from ._threads import run_chunks, worker_count
 
 __all__ = ["direct", "weight_grad", "applies", "cost", "FlatPlan", "plan", "CHUNK_BYTES"]
@@ -182,18 +183,24 @@ def _numba_im2col() -> Callable[..., None] | None:
         return None
 
     @numba.njit(nogil=True, cache=True)
-    def im2col(xp, image, row0, col0, s0, s1, d0, d1, kh, kw, columns):  # type: ignore[no-untyped-def]
-        # columns[r, j, a·kw + b] = xp[image, (row0 + r)·s0 + a·d0, (col0 + j)·s1 + b·d1]
+    def im2col(xp, image, row0, col0, s0, s1, d0, d1, p0, p1, kh, kw, columns):  # type: ignore[no-untyped-def]
+        # columns[r, j, a·kw + b] = xp[image, (row0 + r)·s0 + a·d0 - p0, (col0 + j)·s1 + b·d1 - p1],
+        # zero where that falls on the padding (p0, p1 before each axis)
         rows, wo, _, c = columns.shape
+        hi, wi = xp.shape[1], xp.shape[2]
         for r in range(rows):
             for ow in range(wo):
                 for a in range(kh):
-                    h = (row0 + r) * s0 + a * d0
+                    h = (row0 + r) * s0 + a * d0 - p0
                     for b in range(kw):
-                        w = (col0 + ow) * s1 + b * d1
+                        w = (col0 + ow) * s1 + b * d1 - p1
                         t = a * kw + b
-                        for ch in range(c):
-                            columns[r, ow, t, ch] = xp[image, h, w, ch]
+                        if 0 <= h < hi and 0 <= w < wi:
+                            for ch in range(c):
+                                columns[r, ow, t, ch] = xp[image, h, w, ch]
+                        else:
+                            for ch in range(c):
+                                columns[r, ow, t, ch] = 0.0
 
     return im2col
 
@@ -201,11 +208,14 @@ def _numba_im2col() -> Callable[..., None] | None:
 def _direct_im2col(
     xp: np.ndarray, kernel: np.ndarray, strides: Sequence[int], dilation: Sequence[int],
     out_size: Sequence[int], im2col: Callable[..., None], threads: int | None,
-    chunk_bytes: int | None,
+    chunk_bytes: int | None, padding: Sequence[tuple[int, int]] | None,
 ) -> np.ndarray:
     """Few channels, 1-D or 2-D: compiled im2col of real output cells only, one
-    product per block of rows written straight into the output."""
+    product per block of rows written straight into the output (zero padding
+    is written into the columns, never copied)."""
     lifted = len(out_size) == 1
+    before = [lo for lo, _ in padding] if padding is not None else [0] * len(out_size)
+    p0, p1 = (0, before[0]) if lifted else (before[0], before[1])
     x2 = xp[:, None] if lifted else xp
     s0, s1 = (1, strides[0]) if lifted else (strides[0], strides[1])
     d0, d1 = (1, dilation[0]) if lifted else (dilation[0], dilation[1])
@@ -236,7 +246,7 @@ def _direct_im2col(
             col0 = col_block * width
             col1 = min(o1, col0 + width)
             columns = buffer[: row1 - row0, : col1 - col0]
-            im2col(source, image, row0, col0, s0, s1, d0, d1, kh, kw, columns)
+            im2col(source, image, row0, col0, s0, s1, d0, d1, p0, p1, kh, kw, columns)
             # whole rows, or part of one row: both blocks are contiguous
             target = y[image, row0:row1, col0:col1].reshape(-1, f)
             np.matmul(columns.reshape(-1, kh * kw * c), weights, out=target)
@@ -307,6 +317,7 @@ def direct(
     threads: int | None = None,
     chunk_bytes: int | None = None,
     use_numba: bool | None = None,
+    padding: Sequence[tuple[int, int]] | None = None,
 ) -> np.ndarray:
     """Convolution by flat-row GEMMs (the dispatch contract; ``groups`` must be 1).
 
@@ -328,6 +339,10 @@ def direct(
         Output bytes per chunk (default :data:`CHUNK_BYTES`; at least one row).
     use_numba
         Compiled gather for ``gather`` (``None``: when numba is installed).
+    padding
+        Zero padding ``(before, after)`` per spatial axis still to apply to
+        ``xp`` (negative values crop): the compiled im2col writes it into its
+        columns; the other paths pad a copy first.
 
     Examples
     --------
@@ -341,29 +356,31 @@ def direct(
     n, c = xp.shape[0], xp.shape[-1]
     kernel_size = kernel.shape[:rank]
     f = kernel.shape[-1]
-    if math.prod(kernel_size) == 1:
-        # 1×1: exactly one product, run by BLAS on all its threads
-        y = np.matmul(_pointwise_rows(xp, strides, out_size), kernel.reshape(c, f))
-        return y.reshape(n, *out_size, f)
-    flat_plan = plan(xp.shape[1:-1], kernel_size, strides, dilation)
+    taps = math.prod(kernel_size)
     strided = any(s > 1 for s in strides)
-    images = None if strided else _phase_images(xp, flat_plan, strides)
-    cells = flat_plan.cells
-    usable = n * cells - flat_plan.max_shift
-    step = math.prod(flat_plan.grid[1:])
-    halo = flat_plan.max_shift // step + 1  # extra first-axis rows a chunk reads
-    taps = len(flat_plan.taps)
     compiled_im2col = _numba_im2col() if use_numba is not False and rank <= 2 else None
     if gather is None:
         # strided with compiled im2col: one product of inner size C·taps over the
         # real output cells beats one small product per tap over the phases
         gather = taps > 1 and (c * taps < GATHER_BELOW or (strided and compiled_im2col is not None))
-    weights = kernel.reshape(-1, c, f)
-    tap_list = [(_flat_index(k, kernel_size), phase, shift) for k, phase, shift in flat_plan.taps]
     im2col = compiled_im2col if gather else None
     if im2col is not None:
         return _direct_im2col(xp, kernel, strides, dilation, out_size, im2col, threads,
-                              chunk_bytes)
+                              chunk_bytes, padding)
+    if padding is not None:
+        xp = pad(xp, padding)
+    if taps == 1:
+        # 1×1: exactly one product, run by BLAS on all its threads
+        y = np.matmul(_pointwise_rows(xp, strides, out_size), kernel.reshape(c, f))
+        return y.reshape(n, *out_size, f)
+    flat_plan = plan(xp.shape[1:-1], kernel_size, strides, dilation)
+    images = None if strided else _phase_images(xp, flat_plan, strides)
+    cells = flat_plan.cells
+    usable = n * cells - flat_plan.max_shift
+    step = math.prod(flat_plan.grid[1:])
+    halo = flat_plan.max_shift // step + 1  # extra first-axis rows a chunk reads
+    weights = kernel.reshape(-1, c, f)
+    tap_list = [(_flat_index(k, kernel_size), phase, shift) for k, phase, shift in flat_plan.taps]
     compiled_gather = _numba_gather() if gather and use_numba is not False else None
     tap_phases = np.array([phase for _, phase, _ in tap_list], np.int64)
     tap_shifts = np.array([shift for _, _, shift in tap_list], np.int64)
@@ -450,12 +467,14 @@ def weight_grad(
     groups: int,
     *,
     threads: int | None = None,
+    padding: Sequence[tuple[int, int]] | None = None,
 ) -> np.ndarray:
     """Kernel gradient by flat-row GEMMs: one ``(C × L) @ (L × F)`` product per tap.
 
     ``dy`` is laid on the flat grid (zeros at the garbage cells), so every
     tap's product sums over exactly the real output cells; chunks of rows
-    give partial gradients that are summed at the end.
+    give partial gradients that are summed at the end. ``padding`` (zeros,
+    as in :func:`direct`) is applied to ``xp`` first.
 
     >>> xp = np.arange(5.0).reshape(1, 5, 1)
     >>> weight_grad(xp, np.ones((1, 4, 1)), (2,), (1,), (1,), 1)[:, 0, 0]
@@ -463,6 +482,8 @@ def weight_grad(
     """
     if groups != 1:
         raise ValueError(f"flat_rows needs groups=1, got groups={groups}")
+    if padding is not None:
+        xp = pad(xp, padding)
     n, c = xp.shape[0], xp.shape[-1]
     f = dy.shape[-1]
     out_size = dy.shape[1:-1]
@@ -509,4 +530,5 @@ def cost(problem: ConvProblem) -> float:
     return problem.flops * 0.7
 
 
-register_algorithm("flat_rows", direct, applies=applies, cost=cost, weight_grad=weight_grad)
+register_algorithm("flat_rows", direct, applies=applies, cost=cost, weight_grad=weight_grad,
+                   pads_zeros=True)
