@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,16 +183,26 @@ def prepare_output(
                 f"({', '.join(differs) or 'shape/chunks'} differ); use --force to start over"
             )
         return complete
-    if exists:
-        if not force:
-            raise ValueError(
-                f"output {str(target)!r} already exists; pass --force to overwrite it or "
-                "--resume to finish an interrupted run"
-            )
-        shutil.rmtree(target)
-    array = zarr.open_array(store=str(target), mode="w-", shape=shape, chunks=chunks, dtype=dtype)
-    array.attrs[_ATTRS_KEY] = {**json.loads(json.dumps(settings)), "complete": False}
-    (target / MARKER_FOLDER).mkdir()
+    if exists and not force:
+        raise ValueError(
+            f"output {str(target)!r} already exists; pass --force to overwrite it or "
+            "--resume to finish an interrupted run"
+        )
+    # The new store (array, settings, marker folder) is built in a temporary
+    # folder beside the target and renamed into place only when whole, so a
+    # run killed here never leaves a store without its settings.
+    parent = target.parent if str(target.parent) else Path(".")
+    building = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=str(parent)))
+    try:
+        array = zarr.open_array(store=str(building), mode="w", shape=shape, chunks=chunks, dtype=dtype)
+        array.attrs[_ATTRS_KEY] = {**json.loads(json.dumps(settings)), "complete": False}
+        (building / MARKER_FOLDER).mkdir()
+        if exists:
+            shutil.rmtree(target)
+        os.rename(building, target)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
     return False
 
 
