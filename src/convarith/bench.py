@@ -4,7 +4,9 @@ Run ``python -m convarith.bench`` (``--help`` for options). Every case runs
 through convarith, PyTorch (the better of NCHW and channels-last memory
 formats, all cores) and JAX (jit, ``block_until_ready``) in one process,
 round-robin after warm-up, so that load from elsewhere on the machine hits
-all three alike; the table quotes medians. It also measures this machine's
+all three alike; the table quotes medians. Each turn starts with one untimed
+settling call (the previous framework's idle threads are the switch's cost,
+not the next runner's), then ``--block`` timed calls. It also measures this machine's
 float32 matrix-multiply rate (``np.matmul`` of large square matrices) in the
 same rounds, the peak extra memory of convarith (tracemalloc) and the
 relative error of every result against a float64 computation.
@@ -117,6 +119,9 @@ def _cases() -> tuple[BenchCase, ...]:
 
 CASES = _cases()
 
+
+#: Pause before each runner's turn, so the previous runner's threads go idle.
+SETTLE_SECONDS = 0.15
 
 # --------------------------------------------------------------------------- runners
 
@@ -389,9 +394,49 @@ class CaseResult:
         return self.peak_bytes / self.io_bytes
 
 
+def _alternate(runners: dict[str, Callable[[], Any]], repeat: int, block: int,
+               settle: float = 0.0) -> dict[str, list[float]]:
+    """Time the runners in turn: ``repeat`` rounds, each a block of calls per runner.
+
+    Switching frameworks has a cost that belongs to neither: the runner before
+    may leave its thread pool spinning for a while (OpenBLAS waits about a
+    tenth of a second before its threads sleep; OpenMP and XLA pools spin
+    too), which halves the speed of a multi-threaded runner that starts meanwhile,
+    and a runner whose threads went to sleep must wake them. So each block
+    starts after a pause of ``settle`` seconds with one untimed call; the next
+    ``block`` calls are recorded. The order rotates each round so that no
+    runner always follows the same one.
+
+    >>> calls = []
+    >>> samples = _alternate({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+    ...                      repeat=2, block=1)
+    >>> "".join(calls), [len(v) for v in samples.values()]
+    ('aabbbbaa', [2, 2])
+    """
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    names = list(runners)
+    for round_ in range(repeat):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            fn = runners[name]
+            time.sleep(settle)
+            fn()
+            for _ in range(block):
+                start = time.perf_counter()
+                fn()
+                samples[name].append(time.perf_counter() - start)
+    return samples
+
+
 def run(cases: Sequence[BenchCase], repeat: int = 7, include_backward: bool = True,
-        log: Callable[[str], None] | None = None) -> list[CaseResult]:
-    """Benchmark ``cases``; returns one :class:`CaseResult` per direction."""
+        log: Callable[[str], None] | None = None, block: int = 2,
+        settle: float = SETTLE_SECONDS) -> list[CaseResult]:
+    """Benchmark ``cases``; returns one :class:`CaseResult` per direction.
+
+    Each case runs ``repeat`` rounds; in each, every runner gets a pause of
+    ``settle`` seconds, a settling call and then ``block`` timed calls (see
+    :func:`_alternate`).
+    """
     results = []
     matmul = _matmul_runner()
     matmul_flops = 2 * 2048**3
@@ -422,16 +467,7 @@ def run(cases: Sequence[BenchCase], repeat: int = 7, include_backward: bool = Tr
             for fn in runners.values():  # warm-up (compilation, caches)
                 fn()
                 fn()
-            samples: dict[str, list[float]] = {name: [] for name in runners}
-            names = list(runners)
-            for round_ in range(repeat):
-                # rotate the order, so no runner always follows the same one (a framework's
-                # threads may still be busy for a moment after it returns)
-                shift = round_ % len(names)
-                for name in names[shift:] + names[:shift]:
-                    start = time.perf_counter()
-                    runners[name]()
-                    samples[name].append(time.perf_counter() - start)
+            samples = _alternate(runners, repeat, block, settle)
             median = {name: statistics.median(times) for name, times in samples.items()}
             flops = case.flops * (2 if backward else 1)
             results.append(CaseResult(
@@ -557,6 +593,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="comma-separated case names (default: all)")
     parser.add_argument("--repeat", type=int, default=None,
                         help="timed rounds per case (default 7, --quick 3)")
+    parser.add_argument("--block", type=int, default=2,
+                        help="timed calls per runner in each round, after one settling call "
+                             "(default 2)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--quick", action="store_true", help="few rounds, forward only")
     parser.add_argument("--plain", action="store_true", help="plain text table (no rich)")
@@ -569,8 +608,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     repeat = args.repeat if args.repeat is not None else (3 if args.quick else 7)
     if repeat < 1:
         parser.error(f"--repeat must be at least 1, got {repeat}")
+    if args.block < 1:
+        parser.error(f"--block must be at least 1, got {args.block}")
     results = run([known[n] for n in names], repeat=repeat, include_backward=not args.quick,
-                  log=lambda msg: print(msg, file=sys.stderr, flush=True))
+                  log=lambda msg: print(msg, file=sys.stderr, flush=True), block=args.block)
     print(render(results, plain=args.plain))
     if args.json:
         payload = {"results": [dict(asdict(r), gflops=r.gflops, ratio=r.ratio,
