@@ -243,6 +243,25 @@ def test_flat_rows_plan_skips_no_product():
 
 
 @pytest.mark.parametrize("seed", SEEDS)
+def test_winograd_padding_read_in_place(seed):
+    """``padding=`` (zeros read by the compiled transform, or padded first) equals the padded input."""
+    rng = np.random.default_rng(420 + seed)
+    dilation = tuple(int(v) for v in rng.integers(1, 3, 2))
+    size = tuple(int(v) for v in rng.integers(1, 14, 2))
+    x = rng.standard_normal((int(rng.integers(1, 3)), *size, int(rng.integers(1, 9))))
+    k = rng.standard_normal((3, 3, x.shape[-1], int(rng.integers(1, 6))))
+    pads, xp, out_size = random_padding(rng, x, k, (1, 1), dilation)
+    expected = reference_direct(xp, k, (1, 1), dilation, 1, out_size)
+    for dtype in DTYPES:
+        for use_numba in ([True, False] if winograd._numba_kernels() else [False]):
+            y = winograd.direct(x.astype(dtype), k.astype(dtype), (1, 1), dilation, 1, out_size,
+                                use_numba=use_numba, workspace_bytes=[None, 1][seed % 2],
+                                padding=pads)
+            check(y, expected, dtype, seed,
+                  f"winograd padding={pads} dilation={dilation} numba={use_numba}")
+
+
+@pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("m", [2, 4])
 def test_winograd_forward(seed, m):
     rng = np.random.default_rng(200 + 10 * m + seed)

@@ -65,6 +65,7 @@ from typing import Any
 import numpy as np
 
 from ..dispatch import ConvProblem, register_algorithm
+from ..padding import pad
 from ._threads import run_chunks
 
 __all__ = ["WinogradTransform", "transform", "direct", "applies", "cost", "F4_MAX_CHANNELS", "CHUNK_BYTES"]
@@ -264,7 +265,157 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
                             total += g[w, j] * acc[x, j, k]
                         out[k] = total
 
-    return input_transform, output_transform, kernel_transform
+    # F(4×4, 3×3) written out: the same BT and AT as transform(4), with the
+    # zero coefficients skipped and the channel loop innermost (vectorised).
+    @numba.njit(nogil=True, cache=True)
+    def input_transform_f4(xp, bt, m, d0, d1, th, tw, first, v, top, left):  # type: ignore[no-untyped-def]
+        # xp is the input before zero padding: top rows and left columns of
+        # zeros are implied (and as many as needed after it)
+        _, hx, wx, c = xp.shape
+        # the constants in the data's dtype (a float literal would promote to float64)
+        two, four, five = bt[3, 3], bt[0, 0], -bt[0, 2]
+        tile = np.zeros((6, 6, c), dtype=xp.dtype)
+        tmp = np.empty((6, 6, c), dtype=xp.dtype)
+        for t in range(first, first + v.shape[1]):
+            tx = t % tw
+            q1 = t // tw
+            ty = q1 % th
+            q2 = q1 // th
+            p1 = q2 % d1
+            q3 = q2 // d1
+            p0 = q3 % d0
+            n = q3 // d0
+            h0 = p0 + d0 * ty * 4 - top
+            w0 = p1 + d1 * tx * 4 - left
+            if h0 >= 0 and w0 >= 0 and h0 + 5 * d0 < hx and w0 + 5 * d1 < wx:
+                # interior tile: read the input in place
+                for j in range(6):
+                    w = w0 + d1 * j
+                    for ch in range(c):
+                        x0 = xp[n, h0, w, ch]
+                        x1 = xp[n, h0 + d0, w, ch]
+                        x2 = xp[n, h0 + 2 * d0, w, ch]
+                        x3 = xp[n, h0 + 3 * d0, w, ch]
+                        x4 = xp[n, h0 + 4 * d0, w, ch]
+                        x5 = xp[n, h0 + 5 * d0, w, ch]
+                        tmp[0, j, ch] = four * x0 - five * x2 + x4
+                        tmp[1, j, ch] = -(four * (x1 + x2)) + x3 + x4
+                        tmp[2, j, ch] = four * (x1 - x2) - x3 + x4
+                        tmp[3, j, ch] = two * (x3 - x1) + x4 - x2
+                        tmp[4, j, ch] = two * (x1 - x3) + x4 - x2
+                        tmp[5, j, ch] = four * x1 - five * x3 + x5
+            else:
+                # edge tile: copy what exists, zeros beyond the input
+                tile[:] = 0.0
+                for i in range(6):
+                    h = h0 + d0 * i
+                    if h < 0 or h >= hx:
+                        continue
+                    for j in range(6):
+                        w = w0 + d1 * j
+                        if w < 0 or w >= wx:
+                            continue
+                        for ch in range(c):
+                            tile[i, j, ch] = xp[n, h, w, ch]
+                for j in range(6):
+                    for ch in range(c):
+                        x0 = tile[0, j, ch]
+                        x1 = tile[1, j, ch]
+                        x2 = tile[2, j, ch]
+                        x3 = tile[3, j, ch]
+                        x4 = tile[4, j, ch]
+                        x5 = tile[5, j, ch]
+                        tmp[0, j, ch] = four * x0 - five * x2 + x4
+                        tmp[1, j, ch] = -(four * (x1 + x2)) + x3 + x4
+                        tmp[2, j, ch] = four * (x1 - x2) - x3 + x4
+                        tmp[3, j, ch] = two * (x3 - x1) + x4 - x2
+                        tmp[4, j, ch] = two * (x1 - x3) + x4 - x2
+                        tmp[5, j, ch] = four * x1 - five * x3 + x5
+            col = t - first
+            for r in range(6):
+                out0 = v[6 * r, col]
+                out1 = v[6 * r + 1, col]
+                out2 = v[6 * r + 2, col]
+                out3 = v[6 * r + 3, col]
+                out4 = v[6 * r + 4, col]
+                out5 = v[6 * r + 5, col]
+                for ch in range(c):
+                    x0 = tmp[r, 0, ch]
+                    x1 = tmp[r, 1, ch]
+                    x2 = tmp[r, 2, ch]
+                    x3 = tmp[r, 3, ch]
+                    x4 = tmp[r, 4, ch]
+                    x5 = tmp[r, 5, ch]
+                    out0[ch] = four * x0 - five * x2 + x4
+                    out1[ch] = -(four * (x1 + x2)) + x3 + x4
+                    out2[ch] = four * (x1 - x2) - x3 + x4
+                    out3[ch] = two * (x3 - x1) + x4 - x2
+                    out4[ch] = two * (x1 - x3) + x4 - x2
+                    out5[ch] = four * x1 - five * x3 + x5
+
+    @numba.njit(nogil=True, cache=True)
+    def output_transform_f4(prod, at, m, d0, d1, th, tw, first, y):  # type: ignore[no-untyped-def]
+        _, ho, wo, f = y.shape
+        two, four, eight = at[1, 3], at[2, 3], at[3, 3]
+        rows = np.empty((4, 6, f), dtype=y.dtype)
+        tile = np.empty((4, 4, f), dtype=y.dtype)
+        for t in range(first, first + prod.shape[1]):
+            tx = t % tw
+            q1 = t // tw
+            ty = q1 % th
+            q2 = q1 // th
+            p1 = q2 % d1
+            q3 = q2 // d1
+            p0 = q3 % d0
+            n = q3 // d0
+            col = t - first
+            for j in range(6):
+                s0 = prod[j, col]
+                s1 = prod[6 + j, col]
+                s2 = prod[12 + j, col]
+                s3 = prod[18 + j, col]
+                s4 = prod[24 + j, col]
+                s5 = prod[30 + j, col]
+                for ch in range(f):
+                    x1 = s1[ch]
+                    x2 = s2[ch]
+                    x3 = s3[ch]
+                    x4 = s4[ch]
+                    a12 = x1 + x2
+                    b12 = x1 - x2
+                    a34 = x3 + x4
+                    b34 = x3 - x4
+                    rows[0, j, ch] = s0[ch] + a12 + a34
+                    rows[1, j, ch] = b12 + two * b34
+                    rows[2, j, ch] = a12 + four * a34
+                    rows[3, j, ch] = b12 + eight * b34 + s5[ch]
+            for r in range(4):
+                for ch in range(f):
+                    x1 = rows[r, 1, ch]
+                    x2 = rows[r, 2, ch]
+                    x3 = rows[r, 3, ch]
+                    x4 = rows[r, 4, ch]
+                    a12 = x1 + x2
+                    b12 = x1 - x2
+                    a34 = x3 + x4
+                    b34 = x3 - x4
+                    tile[r, 0, ch] = rows[r, 0, ch] + a12 + a34
+                    tile[r, 1, ch] = b12 + two * b34
+                    tile[r, 2, ch] = a12 + four * a34
+                    tile[r, 3, ch] = b12 + eight * b34 + rows[r, 5, ch]
+            for r in range(4):
+                oh = p0 + d0 * (ty * 4 + r)
+                if oh >= ho:
+                    break
+                for w_ in range(4):
+                    ow = p1 + d1 * (tx * 4 + w_)
+                    if ow >= wo:
+                        break
+                    for ch in range(f):
+                        y[n, oh, ow, ch] = tile[r, w_, ch]
+
+    return (input_transform, output_transform, kernel_transform, input_transform_f4,
+            output_transform_f4)
 
 
 # --------------------------------------------------------------------------- NumPy transforms
@@ -354,6 +505,7 @@ def direct(
     use_numba: bool | None = None,
     workspace_bytes: int | None = None,
     threads: int | None = None,
+    padding: tuple[tuple[int, int], ...] | None = None,
 ) -> np.ndarray:
     """Winograd F(m×m, 3×3): the algorithm contract of :mod:`~convarith.engine.dispatch`.
 
@@ -374,6 +526,10 @@ def direct(
         chunks of whole images).
     threads
         Worker threads (default: one per core).
+    padding
+        Zero padding ``(before, after)`` per axis still to apply to ``xp``; the
+        compiled F(4×4, 3×3) transform reads it as zeros without a padded copy
+        (other paths pad first).
 
     Examples
     --------
@@ -382,15 +538,31 @@ def direct(
     array([[9., 9.],
            [9., 9.]], dtype=float32)
     """
-    problem = _problem(xp, kernel, strides, dilation, groups, out_size)
+    kernels = _numba_kernels() if use_numba is not False else None
+    if use_numba and kernels is None:
+        raise ImportError("use_numba=True needs numba: pip install numba")
+    if m is None:
+        wide = xp.dtype == np.float32 and xp.shape[-1] > F4_MAX_CHANNELS
+        m = 2 if wide else 4
+    top = left = 0
+    padded_shape = tuple(xp.shape)
+    if padding is not None:
+        pairs = [(int(lo), int(hi)) for lo, hi in padding]
+        if kernels is not None and m == 4 and len(pairs) == 2 and min(map(min, pairs)) >= 0:
+            # the compiled F(4×4) input transform reads the zero padding itself
+            (top, bottom), (left, right) = pairs
+            padded_shape = (xp.shape[0], xp.shape[1] + top + bottom,
+                            xp.shape[2] + left + right, xp.shape[3])
+        else:
+            xp = pad(xp, pairs)
+            padded_shape = tuple(xp.shape)
+    problem = ConvProblem(padded_shape, tuple(kernel.shape), tuple(strides), tuple(dilation),
+                          int(groups), tuple(out_size), xp.dtype)
     if not applies(problem):
         raise ValueError(
             f"winograd needs a 2-D 3x3 kernel, stride 1 and groups=1, got kernel "
             f"{kernel.shape}, strides {strides}, groups {groups}"
         )
-    if m is None:
-        wide = xp.dtype == np.float32 and xp.shape[-1] > F4_MAX_CHANNELS
-        m = 2 if wide else 4
     wt = transform(m)
     a = wt.tile
     d0, d1 = int(dilation[0]), int(dilation[1])
@@ -399,9 +571,6 @@ def direct(
     n, _, _, c = xp.shape
     f = kernel.shape[-1]
     dtype = xp.dtype
-    kernels = _numba_kernels() if use_numba is not False else None
-    if use_numba and kernels is None:
-        raise ImportError("use_numba=True needs numba: pip install numba")
     u = kernel_transform(kernel, wt, use_numba=kernels is not None)
     y = np.empty((n, out_h, out_w, f), dtype)
 
@@ -417,9 +586,12 @@ def direct(
         def work(first: int, last: int) -> None:
             v = np.empty((a * a, last - first, c), dtype)
             prod = np.empty((a * a, last - first, f), dtype)
-            kernels[0](x_contiguous, bt, m, d0, d1, th, tw, first, v)
+            if m == 4:
+                kernels[3](x_contiguous, bt, m, d0, d1, th, tw, first, v, top, left)
+            else:
+                kernels[0](x_contiguous, bt, m, d0, d1, th, tw, first, v)
             np.matmul(v, u, out=prod)
-            kernels[1](prod, at, m, d0, d1, th, tw, first, y)
+            (kernels[4] if m == 4 else kernels[1])(prod, at, m, d0, d1, th, tw, first, y)
 
         tiles = max(1, workspace_bytes // tile_bytes)
         flops = 2.0 * n * tiling.per_image * a * a * c * f
@@ -431,20 +603,6 @@ def direct(
         v = _numpy_input_transform(xp[start:stop], wt.BT, tiling)
         _numpy_output_transform(np.matmul(v, u), wt.AT, tiling, y[start:stop])
     return y
-
-
-def _problem(
-    xp: np.ndarray,
-    kernel: np.ndarray,
-    strides: tuple[int, ...],
-    dilation: tuple[int, ...],
-    groups: int,
-    out_size: tuple[int, ...],
-) -> ConvProblem:
-    return ConvProblem(
-        tuple(xp.shape), tuple(kernel.shape), tuple(strides), tuple(dilation), int(groups),
-        tuple(out_size), xp.dtype,
-    )
 
 
 def applies(problem: ConvProblem) -> bool:
@@ -483,12 +641,13 @@ def cost(problem: ConvProblem) -> float:
 
 
 def _register() -> None:
-    register_algorithm("winograd", direct, applies=applies, cost=cost)
+    register_algorithm("winograd", direct, applies=applies, cost=cost, pads_zeros=True)
 
     def direct_f2(*args: Any, **kwargs: Any) -> np.ndarray:
         return direct(*args, m=2, **kwargs)
 
-    register_algorithm("winograd_f2", direct_f2, applies=applies, cost=lambda p: math.inf)
+    register_algorithm("winograd_f2", direct_f2, applies=applies, cost=lambda p: math.inf,
+                       pads_zeros=True)
 
 
 _register()
