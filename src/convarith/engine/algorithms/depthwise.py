@@ -47,51 +47,189 @@ __all__ = ["direct", "weight_grad", "applies", "cost"]
 
 
 @functools.cache
-def _numba_kernels() -> tuple[Callable[..., None], Callable[..., None]] | None:
-    """Compiled 2-D forward and weight-gradient loops, or ``None`` without numba."""
+def _numba_kernels() -> tuple[Callable[..., None], Callable[..., None], Callable[..., None]] | None:
+    """Compiled 2-D loops, or ``None`` without numba.
+
+    ``(forward over channels, forward over multiplier outputs, weight gradient)``.
+    """
     try:
         import numba
     except ImportError:  # pragma: no cover - exercised by the numba-less test
         return None
 
-    # fastmath: lets LLVM fuse multiply-adds and vectorize over channels (no
-    # reduction is reordered: every channel has its own accumulator)
-    @numba.njit(nogil=True, cache=True, fastmath=True, error_model="numpy")
-    def forward(xp, k, s0, s1, d0, d1, p0, p1, mult, first, last, y):  # type: ignore[no-untyped-def]
-        # output rows first .. last - 1 (over batch × height); each output cell
-        # sums its taps in a small accumulator (stays in L1), channels innermost.
-        # p0, p1: zero padding before each axis, never copied: taps that fall
-        # on it are skipped
-        _, ho, wo, f = y.shape
+    # fastmath lets LLVM fuse multiply-adds; no reduction is reordered across
+    # cells (each output value sums its own taps) and the innermost loops run
+    # over a contiguous axis, so LLVM vectorizes them. Inner loops index from 0
+    # (range(n)): numba's negative-index handling otherwise blocks vectorizing.
+    jit = numba.njit(nogil=True, cache=True, fastmath=True, error_model="numpy")
+
+    @jit
+    def interior(size, kernel, stride, dilation, before, out):  # type: ignore[no-untyped-def]
+        # output positions [lo, hi) (of 0 .. out - 1) whose every tap lies in [0, size)
+        lo = min(out, max(0, (before + stride - 1) // stride))
+        last = size - 1 - (kernel - 1) * dilation + before
+        hi = min(out, last // stride + 1) if last >= 0 else 0
+        return lo, max(lo, hi)
+
+    @jit
+    def cell_channels(xp, k, n, h0, w0, d0, d1, dst):  # type: ignore[no-untyped-def]
+        # one output cell (C,), taps that fall outside xp (zero padding) skipped
+        kh, kw, c = k.shape
+        _, hi, wi, _ = xp.shape
+        for ch in range(c):
+            dst[ch] = 0.0
+        for a in range(kh):
+            h = h0 + a * d0
+            if h < 0 or h >= hi:
+                continue
+            for b in range(kw):
+                w = w0 + b * d1
+                if w < 0 or w >= wi:
+                    continue
+                src = xp[n, h, w]
+                tap = k[a, b]
+                for ch in range(c):
+                    dst[ch] += src[ch] * tap[ch]
+
+    @jit
+    def forward_channels(xp, k, s0, s1, d0, d1, p0, p1, first, last, y):  # type: ignore[no-untyped-def]
+        # multiplier 1: k (KH, KW, C), y (N, HO, WO, C); output rows first .. last - 1
+        # over batch × height; vectorized over channels. A 3×3 window wholly inside
+        # xp sums its nine taps in registers and stores once (two output rows at a
+        # time when they share input rows, s0 == d0: half the loads); other cells
+        # go tap by tap. p0, p1: zero padding before each axis, never copied.
+        _, ho, wo, c = y.shape
         kh, kw = k.shape[0], k.shape[1]
-        _, hi, wi, c = xp.shape
-        acc = np.empty(f, dtype=y.dtype)
+        _, hi, _, _ = xp.shape
+        lo, up = interior(xp.shape[2], kw, s1, d1, p1, wo)
+        if kh != 3 or kw != 3:
+            lo, up = 0, 0
+        k00, k01, k02 = k[0, 0], k[0, kw // 2], k[0, kw - 1]
+        k10, k11, k12 = k[kh // 2, 0], k[kh // 2, kw // 2], k[kh // 2, kw - 1]
+        k20, k21, k22 = k[kh - 1, 0], k[kh - 1, kw // 2], k[kh - 1, kw - 1]
+        row = first
+        while row < last:
+            n = row // ho
+            oh = row % ho
+            h0 = oh * s0 - p0
+            out = y[n, oh]
+            inside = lo < up and h0 >= 0 and h0 + (kh - 1) * d0 < hi
+            pair = (inside and s0 == d0 and row + 1 < last and oh + 1 < ho
+                    and h0 + 3 * d0 < hi)
+            start, stop = (lo, up) if inside else (wo, wo)
+            for ow in range(start):
+                cell_channels(xp, k, n, h0, ow * s1 - p1, d0, d1, out[ow])
+            for ow in range(stop, wo):
+                cell_channels(xp, k, n, h0, ow * s1 - p1, d0, d1, out[ow])
+            if pair:
+                below = y[n, oh + 1]
+                for ow in range(start):
+                    cell_channels(xp, k, n, h0 + s0, ow * s1 - p1, d0, d1, below[ow])
+                for ow in range(stop, wo):
+                    cell_channels(xp, k, n, h0 + s0, ow * s1 - p1, d0, d1, below[ow])
+                r0 = xp[n, h0]
+                r1 = xp[n, h0 + d0]
+                r2 = xp[n, h0 + 2 * d0]
+                r3 = xp[n, h0 + 3 * d0]
+                for ow in range(start, stop):
+                    wa = ow * s1 - p1
+                    wb = wa + d1
+                    wc = wb + d1
+                    for ch in range(c):
+                        a0, a1, a2 = r1[wa, ch], r1[wb, ch], r1[wc, ch]
+                        b0, b1, b2 = r2[wa, ch], r2[wb, ch], r2[wc, ch]
+                        m0, m1, m2 = k00[ch], k01[ch], k02[ch]
+                        n0, n1, n2 = k10[ch], k11[ch], k12[ch]
+                        q0, q1, q2 = k20[ch], k21[ch], k22[ch]
+                        out[ow, ch] = (
+                            r0[wa, ch] * m0 + r0[wb, ch] * m1 + r0[wc, ch] * m2
+                            + a0 * n0 + a1 * n1 + a2 * n2 + b0 * q0 + b1 * q1 + b2 * q2
+                        )
+                        below[ow, ch] = (
+                            a0 * m0 + a1 * m1 + a2 * m2 + b0 * n0 + b1 * n1 + b2 * n2
+                            + r3[wa, ch] * q0 + r3[wb, ch] * q1 + r3[wc, ch] * q2
+                        )
+                row += 2
+                continue
+            if inside:
+                r0 = xp[n, h0]
+                r1 = xp[n, h0 + d0]
+                r2 = xp[n, h0 + 2 * d0]
+                for ow in range(start, stop):
+                    wa = ow * s1 - p1
+                    wb = wa + d1
+                    wc = wb + d1
+                    for ch in range(c):
+                        out[ow, ch] = (
+                            r0[wa, ch] * k00[ch] + r0[wb, ch] * k01[ch] + r0[wc, ch] * k02[ch]
+                            + r1[wa, ch] * k10[ch] + r1[wb, ch] * k11[ch] + r1[wc, ch] * k12[ch]
+                            + r2[wa, ch] * k20[ch] + r2[wb, ch] * k21[ch] + r2[wc, ch] * k22[ch]
+                        )
+            row += 1
+
+    @jit
+    def cell_multiplier(xp, k, n, h0, w0, d0, d1, dst):  # type: ignore[no-untyped-def]
+        # one output cell (C, M) of a depth multiplier M
+        kh, kw, c, m = k.shape
+        _, hi, wi, _ = xp.shape
+        for ch in range(c):
+            for j in range(m):
+                dst[ch, j] = 0.0
+        for a in range(kh):
+            h = h0 + a * d0
+            if h < 0 or h >= hi:
+                continue
+            for b in range(kw):
+                w = w0 + b * d1
+                if w < 0 or w >= wi:
+                    continue
+                for ch in range(c):
+                    value = xp[n, h, w, ch]
+                    for j in range(m):
+                        dst[ch, j] += value * k[a, b, ch, j]
+
+    @jit
+    def forward_multiplier(xp, k, s0, s1, d0, d1, p0, p1, first, last, y):  # type: ignore[no-untyped-def]
+        # multiplier M > 1: k (KH, KW, C, M), y (N, HO, WO, C, M); vectorized over
+        # the M outputs of each input channel (one input value times M weights)
+        _, ho, wo, c, m = y.shape
+        kh, kw = k.shape[0], k.shape[1]
+        _, hi, _, _ = xp.shape
+        lo, up = interior(xp.shape[2], kw, s1, d1, p1, wo)
+        if kh != 3 or kw != 3:
+            lo, up = 0, 0
         for row in range(first, last):
             n = row // ho
             oh = row % ho
-            for ow in range(wo):
-                acc[:] = 0.0
-                for a in range(kh):
-                    h = oh * s0 + a * d0 - p0
-                    if h < 0 or h >= hi:
-                        continue
-                    for b in range(kw):
-                        w = ow * s1 + b * d1 - p1
-                        if w < 0 or w >= wi:
-                            continue
-                        src = xp[n, h, w]
-                        tap = k[a, b, 0]
-                        if mult == 1:
-                            for ch in range(c):
-                                acc[ch] += src[ch] * tap[ch]
-                        else:
-                            for ch in range(c):
-                                value = src[ch]
-                                for j in range(mult):
-                                    acc[ch * mult + j] += value * tap[ch * mult + j]
-                dst = y[n, oh, ow]
-                for ch in range(f):
-                    dst[ch] = acc[ch]
+            h0 = oh * s0 - p0
+            out = y[n, oh]
+            inside = h0 >= 0 and h0 + (kh - 1) * d0 < hi
+            start, stop = (lo, up) if inside else (wo, wo)
+            for ow in range(min(start, wo)):
+                cell_multiplier(xp, k, n, h0, ow * s1 - p1, d0, d1, out[ow])
+            if start < stop:
+                r0 = xp[n, h0]
+                r1 = xp[n, h0 + d0]
+                r2 = xp[n, h0 + 2 * d0]
+                for ow in range(start, stop):
+                    wa = ow * s1 - p1
+                    wb = wa + d1
+                    wc = wb + d1
+                    for ch in range(c):
+                        x00, x01, x02 = r0[wa, ch], r0[wb, ch], r0[wc, ch]
+                        x10, x11, x12 = r1[wa, ch], r1[wb, ch], r1[wc, ch]
+                        x20, x21, x22 = r2[wa, ch], r2[wb, ch], r2[wc, ch]
+                        dst = out[ow, ch]
+                        for j in range(m):
+                            dst[j] = (
+                                x00 * k[0, 0, ch, j] + x01 * k[0, 1, ch, j]
+                                + x02 * k[0, 2, ch, j] + x10 * k[1, 0, ch, j]
+                                + x11 * k[1, 1, ch, j] + x12 * k[1, 2, ch, j]
+                                + x20 * k[2, 0, ch, j] + x21 * k[2, 1, ch, j]
+                                + x22 * k[2, 2, ch, j]
+                            )
+            for ow in range(max(stop, start), wo):
+                cell_multiplier(xp, k, n, h0, ow * s1 - p1, d0, d1, out[ow])
 
     @numba.njit(nogil=True, cache=True)
     def grad(xp, dy, s0, s1, d0, d1, p0, p1, mult, first, last, acc):  # type: ignore[no-untyped-def]
@@ -123,7 +261,7 @@ def _numba_kernels() -> tuple[Callable[..., None], Callable[..., None]] | None:
                                 for j in range(mult):
                                     tap[ch * mult + j] += src[ch] * g[ch * mult + j]
 
-    return forward, grad
+    return forward_channels, forward_multiplier, grad
 
 
 def _tap_view(
@@ -199,11 +337,19 @@ def direct(
         p = (before[0], before[1]) if rank == 2 else (0, before[0])
         x2, s, d, o, _ = _as_2d(xp, strides, dilation, out_size, kernel.shape[:rank])
         k2 = kernel if rank == 2 else kernel[None]
-        y = np.empty((xp.shape[0], *o, filters), xp.dtype)
-        x_contiguous, k_contiguous = np.ascontiguousarray(x2), np.ascontiguousarray(k2)
+        y = np.empty((xp.shape[0], *o, channels, multiplier), xp.dtype)
+        x_contiguous = np.ascontiguousarray(x2)
+        if multiplier == 1:
+            loop = kernels[0]
+            k_contiguous = np.ascontiguousarray(k2.reshape(*k2.shape[:2], channels))
+            y_cells = y.reshape(y.shape[:-1])
+        else:
+            loop = kernels[1]
+            k_contiguous = np.ascontiguousarray(k2.reshape(*k2.shape[:2], channels, multiplier))
+            y_cells = y
 
         def work(first: int, last: int) -> None:
-            kernels[0](x_contiguous, k_contiguous, *s, *d, *p, multiplier, first, last, y)
+            loop(x_contiguous, k_contiguous, *s, *d, *p, first, last, y_cells)
 
         rows = xp.shape[0] * o[0]
         run_chunks(work, rows, _rows_per_chunk(rows, o[1] * filters * xp.dtype.itemsize),
@@ -259,7 +405,7 @@ def weight_grad(
         def partial_sum(first: int, last: int) -> np.ndarray:
             # float64 partial sums: a tap's gradient sums over every output cell
             acc = np.zeros((*ks, filters), np.float64)
-            kernels[1](x_contiguous, dy_contiguous, *s, *d, *p, multiplier, first, last, acc)
+            kernels[2](x_contiguous, dy_contiguous, *s, *d, *p, multiplier, first, last, acc)
             return acc
 
         rows = dy2.shape[0] * dy2.shape[1]
