@@ -146,3 +146,15 @@ def test_benchmark_shapes_float32_error():
         y = depthwise.direct(x, kernel, (1, 1), (1, 1), shape[-1], shape[1:3],
                              padding=((1, 1), (1, 1)))
         assert relative_error(y, expected) <= 1e-6, shape
+
+
+@pytest.mark.parametrize("multiplier", [1, 4])
+def test_weight_grad_over_long_rows(multiplier):
+    """Rows longer than one float32 partial-sum block (64 cells) still sum every cell once."""
+    rng = np.random.default_rng(40 + multiplier)
+    x = rng.standard_normal((2, 4, 301, 5)).astype(np.float32)
+    dy = rng.standard_normal((2, 4, 150, 5 * multiplier)).astype(np.float32)
+    pads = ((1, 1), (1, 0))
+    expected = reference_weight_grad(x, dy, (3, 3), (1, 2), (1, 1), pads)
+    dk = depthwise.weight_grad(x, dy, (3, 3), (1, 2), (1, 1), 5, threads=1, padding=pads)
+    assert relative_error(dk, expected) <= 1e-5

@@ -7,8 +7,10 @@ which BLAS runs at memory speed at best; a loop that keeps one output row in
 cache and streams every tap over it does far better.
 
 With numba the loop is compiled (chunks of output rows on one thread per
-core, vectorized over channels); without it the same sum runs as one NumPy multiply-add per kernel
-tap over strided views of the input (no copy).
+core, vectorized over channels, or over a depth multiplier's outputs when it
+is above 1; a 3×3 window inside the input sums its nine taps in registers);
+without it the same sum runs as one NumPy multiply-add per kernel tap over
+strided views of the input (no copy).
 
 Examples
 --------
@@ -32,6 +34,10 @@ from ..dispatch import ConvProblem, register_algorithm
 from ..padding import pad
 from ._threads import run_chunks, worker_count
 
+#: Output cells of a row whose weight-gradient terms are summed in the input's
+#: dtype before they are added to the float64 total.
+_GRAD_BLOCK = 64
+
 #: A depthwise multiply-add (2 FLOPs) runs ~30× slower than one inside a GEMM (no reuse):
 #: FLOPs are scaled by this before deciding whether threads pay.
 _GEMM_EQUIVALENT = 60.0
@@ -47,10 +53,12 @@ __all__ = ["direct", "weight_grad", "applies", "cost"]
 
 
 @functools.cache
-def _numba_kernels() -> tuple[Callable[..., None], Callable[..., None], Callable[..., None]] | None:
+def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
     """Compiled 2-D loops, or ``None`` without numba.
 
-    ``(forward over channels, forward over multiplier outputs, weight gradient)``.
+    ``(forward, forward with a multiplier, weight gradient, weight gradient with a
+    multiplier)``: without a multiplier they vectorize over channels, with one
+    over the multiplier's outputs of each input channel.
     """
     try:
         import numba
@@ -231,37 +239,78 @@ def _numba_kernels() -> tuple[Callable[..., None], Callable[..., None], Callable
             for ow in range(max(stop, start), wo):
                 cell_multiplier(xp, k, n, h0, ow * s1 - p1, d0, d1, out[ow])
 
-    @numba.njit(nogil=True, cache=True)
-    def grad(xp, dy, s0, s1, d0, d1, p0, p1, mult, first, last, acc):  # type: ignore[no-untyped-def]
-        # acc (kh, kw, F) += the contributions of output rows first .. last - 1;
-        # taps on the zero padding (p0, p1 before each axis) add nothing
-        kh, kw, f = acc.shape
+    @jit
+    def grad_channels(xp, dy, s0, s1, d0, d1, p0, p1, first, last, part, acc):  # type: ignore[no-untyped-def]
+        # multiplier 1: acc (KH, KW, C) float64 += the contributions of output rows
+        # first .. last - 1, summed _GRAD_BLOCK output cells at a time in part
+        # (KH, KW, C, xp's dtype: at most 64 float32 terms per sum) and
+        # vectorized over channels; taps on the zero padding add nothing
+        kh, kw, c = part.shape
         _, ho, wo, _ = dy.shape
-        _, hi, wi, c = xp.shape
+        _, hi, wi, _ = xp.shape
         for row in range(first, last):
             n = row // ho
             oh = row % ho
-            for a in range(kh):
-                h = oh * s0 + a * d0 - p0
-                if h < 0 or h >= hi:
-                    continue
-                for b in range(kw):
-                    tap = acc[a, b]
-                    for ow in range(wo):
-                        w = ow * s1 + b * d1 - p1
-                        if w < 0 or w >= wi:
-                            continue
-                        src = xp[n, h, w]
-                        g = dy[n, oh, ow]
-                        if mult == 1:
+            grads = dy[n, oh]
+            for block in range(0, wo, _GRAD_BLOCK):
+                for a in range(kh):
+                    for b in range(kw):
+                        for ch in range(c):
+                            part[a, b, ch] = 0.0
+                for a in range(kh):
+                    h = oh * s0 + a * d0 - p0
+                    if h < 0 or h >= hi:
+                        continue
+                    src = xp[n, h]
+                    for b in range(kw):
+                        lo, up = interior(wi, 1, s1, 1, p1 - b * d1, wo)
+                        tap = part[a, b]
+                        for ow in range(max(lo, block), min(up, block + _GRAD_BLOCK)):
+                            w = ow * s1 + b * d1 - p1
                             for ch in range(c):
-                                tap[ch] += src[ch] * g[ch]
-                        else:
-                            for ch in range(c):
-                                for j in range(mult):
-                                    tap[ch * mult + j] += src[ch] * g[ch * mult + j]
+                                tap[ch] += src[w, ch] * grads[ow, ch]
+                for a in range(kh):
+                    for b in range(kw):
+                        for ch in range(c):
+                            acc[a, b, ch] += part[a, b, ch]
 
-    return forward_channels, forward_multiplier, grad
+    @jit
+    def grad_multiplier(xp, dy, s0, s1, d0, d1, p0, p1, first, last, part, acc):  # type: ignore[no-untyped-def]
+        # multiplier M > 1: dy (N, HO, WO, C, M), part / acc (KH, KW, C, M);
+        # vectorized over the M outputs of each input channel
+        kh, kw, c, m = part.shape
+        _, ho, wo, _, _ = dy.shape
+        _, hi, wi, _ = xp.shape
+        for row in range(first, last):
+            n = row // ho
+            oh = row % ho
+            grads = dy[n, oh]
+            for block in range(0, wo, _GRAD_BLOCK):
+                for a in range(kh):
+                    for b in range(kw):
+                        for ch in range(c):
+                            for j in range(m):
+                                part[a, b, ch, j] = 0.0
+                for a in range(kh):
+                    h = oh * s0 + a * d0 - p0
+                    if h < 0 or h >= hi:
+                        continue
+                    src = xp[n, h]
+                    for b in range(kw):
+                        lo, up = interior(wi, 1, s1, 1, p1 - b * d1, wo)
+                        for ow in range(max(lo, block), min(up, block + _GRAD_BLOCK)):
+                            w = ow * s1 + b * d1 - p1
+                            for ch in range(c):
+                                value = src[w, ch]
+                                for j in range(m):
+                                    part[a, b, ch, j] += value * grads[ow, ch, j]
+                for a in range(kh):
+                    for b in range(kw):
+                        for ch in range(c):
+                            for j in range(m):
+                                acc[a, b, ch, j] += part[a, b, ch, j]
+
+    return forward_channels, forward_multiplier, grad_channels, grad_multiplier
 
 
 def _tap_view(
@@ -402,10 +451,18 @@ def weight_grad(
         dy2 = dy if rank == 2 else dy[:, None]
         x_contiguous, dy_contiguous = np.ascontiguousarray(x2), np.ascontiguousarray(dy2)
 
+        sums_shape: tuple[int, ...] = (*ks, channels)
+        loop, dy_cells = kernels[2], dy_contiguous
+        if multiplier > 1:
+            loop, sums_shape = kernels[3], (*ks, channels, multiplier)
+            dy_cells = dy_contiguous.reshape(*dy_contiguous.shape[:-1], channels, multiplier)
+
         def partial_sum(first: int, last: int) -> np.ndarray:
-            # float64 partial sums: a tap's gradient sums over every output cell
-            acc = np.zeros((*ks, filters), np.float64)
-            kernels[2](x_contiguous, dy_contiguous, *s, *d, *p, multiplier, first, last, acc)
+            # float64 partial sums (a tap's gradient sums over every output cell),
+            # added to once per _GRAD_BLOCK cells of an output row
+            acc = np.zeros(sums_shape, np.float64)
+            part = np.empty(sums_shape, xp.dtype)
+            loop(x_contiguous, dy_cells, *s, *d, *p, first, last, part, acc)
             return acc
 
         rows = dy2.shape[0] * dy2.shape[1]
