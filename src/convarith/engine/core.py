@@ -411,7 +411,11 @@ def transposed_conv(
 
     if algorithm is None and phase.applies_transposed(strides, groups):
         return phase.transposed(x, kernel, strides, dilation, groups, padding)
-    # stride 1 inserts nothing: only pad (no copy at all when the padding is zero)
+    if all(s == 1 for s in strides) and all(lo >= 0 and hi >= 0 for lo, hi in padding):
+        # stride 1 inserts nothing: the padding is plain zero padding, which the
+        # direct algorithm may read in place
+        return direct_conv(x, flip_swap(kernel, groups), (1,) * rank, dilation, groups,
+                           out_size, algorithm, padding=[tuple(p) for p in padding])
     grid = pad(x, padding) if all(s == 1 for s in strides) else zero_insert(x, strides, padding)
     return direct_conv(
         grid, flip_swap(kernel, groups), (1,) * rank, dilation, groups, out_size, algorithm
