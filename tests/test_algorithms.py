@@ -243,6 +243,36 @@ def test_flat_rows_plan_skips_no_product():
 
 
 @pytest.mark.parametrize("seed", SEEDS)
+def test_winograd_weight_grad(seed):
+    """The F(4×4) weight gradient (and its per-tap fallback) against the slow reference."""
+    rng = np.random.default_rng(470 + seed)
+    dilation = tuple(int(v) for v in rng.integers(1, 3, 2))
+    size = tuple(int(v) for v in rng.integers(5, 30, 2))
+    x = rng.standard_normal((int(rng.integers(1, 4)), *size, int(rng.integers(1, 6))))
+    filters = int(rng.integers(1, 6))
+    pads = tuple((int(rng.integers(0, 3)), int(rng.integers(0, 3))) for _ in range(2))
+    xp = np.pad(x, ((0, 0), *pads, (0, 0)))
+    out_size = tuple(p - 2 * d for p, d in zip(xp.shape[1:-1], dilation))
+    if min(out_size) < 1:
+        pytest.skip(f"seed {seed}: input too small for the dilation")
+    dy = rng.standard_normal((x.shape[0], *out_size, filters))
+    expected = reference_weight_grad(xp, dy, (3, 3), (1, 1), dilation, 1)
+    for dtype in DTYPES:
+        for chunk_tiles in (None, 3):
+            dk = winograd.weight_grad(x.astype(dtype), dy.astype(dtype), (3, 3), (1, 1),
+                                      dilation, 1, padding=pads, threads=1 + seed % 2,
+                                      chunk_tiles=chunk_tiles)
+            check(dk, expected, dtype, seed,
+                  f"winograd weight_grad padding={pads} dilation={dilation} chunk={chunk_tiles}")
+    # too few tiles for its channels: the per-tap products, same numbers
+    wide = rng.standard_normal((1, 6, 6, 40))
+    dy_wide = rng.standard_normal((1, 4, 4, 3))
+    check(winograd.weight_grad(wide, dy_wide, (3, 3), (1, 1), (1, 1), 1),
+          reference_weight_grad(wide, dy_wide, (3, 3), (1, 1), (1, 1), 1), np.float64, seed,
+          "winograd weight_grad fallback")
+
+
+@pytest.mark.parametrize("seed", SEEDS)
 def test_winograd_padding_read_in_place(seed):
     """``padding=`` (zeros read by the compiled transform, or padded first) equals the padded input."""
     rng = np.random.default_rng(420 + seed)
