@@ -1,0 +1,214 @@
+"""The col2im transposed convolution against a slow definition and against PyTorch.
+
+The reference scatters every input cell through every tap to
+``o = i·S + t·D - P`` (the definition PyTorch documents), in float64.
+"""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from convarith import ConvSpec
+from convarith.engine import conv
+from convarith.engine.algorithms import col2im
+from convarith.engine.dispatch import ConvProblem, cheapest
+
+TOLERANCE = {np.float32: 1e-5, np.float64: 1e-10}
+SEEDS = list(range(12))
+
+
+def reference_scatter(x, kernel, strides, dilation, groups, padding):
+    """``y[n, i·S + t·D - P, g·Fg + f] += x[n, i, g·Cg + c] · kernel[t, f, g·Cg + c]``,
+    with ``P = D·(K - 1) - lo`` and cells outside the output dropped."""
+    rank = len(strides)
+    x = np.asarray(x, np.float64)
+    kernel = np.asarray(kernel, np.float64)
+    n, *size, c = x.shape
+    taps, fg = kernel.shape[:rank], kernel.shape[rank]
+    cg = c // groups
+    reach = [d * (k - 1) - lo for d, k, (lo, _) in zip(dilation, taps, padding)]
+    out = [(i - 1) * s + 1 + lo + hi - d * (k - 1)
+           for i, s, (lo, hi), d, k in zip(size, strides, padding, dilation, taps)]
+    y = np.zeros((n, *out, fg * groups))
+    for cell in itertools.product(*(range(i) for i in size)):
+        for tap in itertools.product(*(range(k) for k in taps)):
+            o = tuple(i * s + t * d - p for i, t, s, d, p in zip(cell, tap, strides, dilation, reach))
+            if any(v < 0 or v >= limit for v, limit in zip(o, out)):
+                continue
+            for g in range(groups):
+                inputs = x[(slice(None),) + cell + (slice(g * cg, (g + 1) * cg),)]  # (n, Cg)
+                weights = kernel[tap + (slice(None), slice(g * cg, (g + 1) * cg))]  # (Fg, Cg)
+                y[(slice(None),) + o + (slice(g * fg, (g + 1) * fg),)] += inputs @ weights.T
+    return y
+
+
+def relative_error(a, b):
+    b = np.asarray(b, np.float64)
+    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / max(np.linalg.norm(b), 1e-300))
+
+
+def random_case(rng, rank):
+    groups = int(rng.choice([1, 1, 2, 3]))
+    size = [int(v) for v in rng.integers(1, 6, rank)]
+    kernel_size = [int(v) for v in rng.integers(1, 5, rank)]
+    strides = tuple(int(v) for v in rng.integers(1, 4, rank))
+    dilation = tuple(int(v) for v in rng.integers(1, 3, rank))
+    padding = []
+    for i, k, s, d in zip(size, kernel_size, strides, dilation):
+        while True:  # lo / hi from cropping (negative) to beyond the kernel's reach
+            lo, hi = (int(v) for v in rng.integers(-3, d * (k - 1) + 3, 2))
+            if (i - 1) * s + 1 + lo + hi - d * (k - 1) > 0:
+                break
+        padding.append((lo, hi))
+    batch = int(rng.integers(1, 3))
+    x = rng.standard_normal((batch, *size, groups * int(rng.integers(1, 5))))
+    kernel = rng.standard_normal((*kernel_size, int(rng.integers(1, 5)), x.shape[-1]))
+    return x, kernel, strides, dilation, groups, tuple(padding)
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+@pytest.mark.parametrize("seed", SEEDS)
+def test_col2im_against_definition(seed, rank):
+    rng = np.random.default_rng(1000 * rank + seed)
+    x, kernel, strides, dilation, groups, padding = random_case(rng, rank)
+    expected = reference_scatter(x, kernel, strides, dilation, groups, padding)
+    what = (f"seed {seed} rank {rank}: x {x.shape} kernel {kernel.shape} strides {strides} "
+            f"dilation {dilation} groups {groups} padding {padding}")
+    for dtype in (np.float32, np.float64):
+        results = []
+        for use_numba, threads, chunk_bytes in [(None, 1, None), (False, 1, None),
+                                                (None, 2, 1), (False, 2, 1)]:
+            y = col2im.transposed(x.astype(dtype), kernel.astype(dtype), strides, dilation,
+                                  groups, padding, use_numba=use_numba, threads=threads,
+                                  chunk_bytes=chunk_bytes)
+            assert y.dtype == dtype and y.shape == expected.shape, what
+            error = relative_error(y, expected)
+            assert error <= TOLERANCE[dtype], f"{what} numba={use_numba}: error {error:.2e}"
+            results.append(y)
+        # the compiled gather and the NumPy slice adds sum in the same order
+        np.testing.assert_array_equal(results[0], results[1], err_msg=what)
+        np.testing.assert_array_equal(results[2], results[3], err_msg=what)
+
+
+def test_col2im_rows_shared_by_blocks():
+    """One tall image cut into blocks of output rows (shared input rows recomputed)."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, 37, 5, 6))
+    kernel = rng.standard_normal((5, 3, 4, 6))
+    padding = ((2, 1), (1, 2))
+    expected = reference_scatter(x, kernel, (2, 1), (2, 1), 1, padding)
+    for chunk_bytes, use_numba in itertools.product([1, 2000, 20000], [None, False]):
+        y = col2im.transposed(x, kernel, (2, 1), (2, 1), 1, padding, use_numba=use_numba,
+                              chunk_bytes=chunk_bytes)
+        assert relative_error(y, expected) <= 1e-12, (chunk_bytes, use_numba)
+
+
+def test_col2im_phases_without_taps_are_zero():
+    """Stride 2, dilation 2: every tap lands on one phase; the other cells are zeros."""
+    x = np.ones((1, 3, 1))
+    kernel = np.ones((2, 1, 1))
+    # out = (3 - 1)·2 + 1 + 1 + 1 - 2·1 = 5; P = 2·1 - 1 = 1, so o = 2i + 2t - 1:
+    # (i, t) = (0, 1), (1, 0) -> 1; (1, 1), (2, 0) -> 3; (0, 0) -> -1 and (2, 1) -> 5 dropped
+    for use_numba in (None, False):
+        y = col2im.transposed(x, kernel, (2,), (2,), 1, ((1, 1),), use_numba=use_numba)
+        np.testing.assert_array_equal(y[0, :, 0], [0, 2, 0, 2, 0])
+
+
+def test_col2im_rejects_rank_four():
+    with pytest.raises(ValueError, match="1 to 3 spatial axes"):
+        col2im.transposed(np.ones((1, 2, 2, 2, 2, 1)), np.ones((1, 1, 1, 1, 1, 1)),
+                          (1,) * 4, (1,) * 4, 1, ((0, 0),) * 4)
+
+
+def test_dispatch_picks_col2im_for_strided_layers_only():
+    def problem(x_shape, kernel_shape, strides, groups=1):
+        rank = len(strides)
+        out = tuple(i * s for i, s in zip(x_shape[1:-1], strides))
+        return ConvProblem(x_shape, kernel_shape, strides, (1,) * rank, groups, out,
+                           np.dtype(np.float32))
+
+    # the benchmark's L9: 4x4 stride 2, 64 -> 32
+    assert cheapest(problem((8, 28, 28, 64), (4, 4, 32, 64), (2, 2)), "transposed").name == (
+        "col2im")
+    # depthwise (one channel per group): one product per channel would be slow
+    assert col2im.cost(problem((8, 28, 28, 64), (4, 4, 1, 64), (2, 2), groups=64)) > (
+        0.1 * 4 * problem((8, 28, 28, 64), (4, 4, 1, 64), (2, 2), groups=64).flops)
+
+
+def test_engine_runs_col2im_by_default_on_l9_shape():
+    rng = np.random.default_rng(3)
+    spec = ConvSpec(4, strides=2, padding="same", transposed=True)
+    x = rng.standard_normal((2, 6, 5, 8)).astype(np.float32)
+    kernel = rng.standard_normal((4, 4, 4, 8)).astype(np.float32)
+    y = conv(x, kernel, spec)
+    forced = conv(x, kernel, spec, algorithm="col2im")
+    np.testing.assert_array_equal(y, forced)
+    padding = spec.resolve(x.shape).padding
+    assert relative_error(y, reference_scatter(x, kernel, (2, 2), (1, 1), 1, padding)) <= 1e-5
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("seed", range(8))
+def test_col2im_against_torch(seed):
+    torch = pytest.importorskip("torch")
+    functional = pytest.importorskip("torch.nn.functional")
+    rng = np.random.default_rng(seed)
+    rank = 1 + seed % 3
+    groups = [1, 2][seed % 2]
+    strides = tuple(int(v) for v in rng.integers(1, 4, rank))
+    dilation = tuple(int(v) for v in rng.integers(1, 3, rank))
+    kernel_size = tuple(int(v) for v in rng.integers(1, 5, rank))
+    crop = tuple(int(rng.integers(0, d * (k - 1) + 1)) for k, d in zip(kernel_size, dilation))
+    extra = tuple(int(rng.integers(0, max(s, d))) for s, d in zip(strides, dilation))
+    size = tuple(int(v) for v in rng.integers(2, 7, rank))
+    x = rng.standard_normal((2, *size, 2 * groups)).astype(np.float32)
+    kernel = rng.standard_normal((*kernel_size, 3, x.shape[-1])).astype(np.float32)
+    # torch: x (N, C, *size), weight (C, F/g, *K); crop p and output padding op give
+    # the zero-inserted grid's padding D·(K - 1) - p before and D·(K - 1) - p + op after
+    padding = tuple((d * (k - 1) - p, d * (k - 1) - p + op)
+                    for k, d, p, op in zip(kernel_size, dilation, crop, extra))
+    fn = {1: functional.conv_transpose1d, 2: functional.conv_transpose2d,
+          3: functional.conv_transpose3d}[rank]
+    expected = fn(torch.from_numpy(np.moveaxis(x, -1, 1).copy()),
+                  torch.from_numpy(np.moveaxis(kernel, (-1, -2), (0, 1)).copy()),
+                  stride=strides, padding=crop, output_padding=extra, groups=groups,
+                  dilation=dilation).numpy()
+    expected = np.moveaxis(expected, 1, -1)
+    for use_numba in (None, False):
+        y = col2im.transposed(x, kernel, strides, dilation, groups, padding,
+                              use_numba=use_numba)
+        assert y.shape == expected.shape, f"seed {seed}"
+        error = relative_error(y, expected)
+        assert error <= 1e-5, f"seed {seed} numba={use_numba}: error {error:.2e}"
+
+
+def test_col2im_without_numba_installed():
+    """With numba unimportable the default path runs (NumPy slice adds), exactly."""
+    script = textwrap.dedent("""
+        import sys
+        sys.modules["numba"] = None  # import numba -> ImportError
+        import numpy as np
+        from convarith.engine.algorithms import col2im
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((2, 5, 4, 3))
+        k = rng.standard_normal((3, 2, 2, 3))
+        y = col2im.transposed(x, k, (2, 1), (1, 2), 1, ((1, 0), (2, 1)))
+        same = col2im.transposed(x, k, (2, 1), (1, 2), 1, ((1, 0), (2, 1)), use_numba=False)
+        assert np.array_equal(y, same)
+        try:
+            col2im.transposed(x, k, (2, 1), (1, 2), 1, ((1, 0), (2, 1)), use_numba=True)
+        except ImportError as error:
+            assert "numba" in str(error)
+        else:
+            raise AssertionError("use_numba=True without numba must fail")
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr
