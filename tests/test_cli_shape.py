@@ -106,3 +106,12 @@ def test_explain_notes_name_the_framework_difference() -> None:
     assert any("dropped" in n for n in e.notes)
     e = explain(ConvSpec(3, strides=2, padding="same"), (27, 27))
     assert e.axes[0].padding == (1, 1) and not any("shifted" in n for n in e.notes)
+
+
+def test_solve_without_solutions_exits_1_in_both_forms(capsys) -> None:
+    # 5 cells cannot grow to 50 with kernels of at most 3 and no padding
+    code, out, _ = run(capsys, "solve", "5", "--to", "50", "--max-kernel", "3", "--max-padding", "0")
+    assert code == 1 and "no configuration" in out
+    code, out, _ = run(capsys, "solve", "5", "--to", "50", "--max-kernel", "3", "--max-padding", "0",
+                       "--json")
+    assert code == 1 and json.loads(out) == []

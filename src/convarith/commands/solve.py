@@ -42,8 +42,9 @@ def run(args: argparse.Namespace) -> int:
     found = solve(size, target, args.max_kernel, args.max_stride, args.max_dilation,
                   args.max_padding, args.symmetric)
     if args.json:
+        # an empty list, and exit status 1 as in the text form: nothing turns size into target
         print(json.dumps([asdict(s) for s in found], indent=2))
-        return 0
+        return 0 if found else 1
     if not found:
         print(f"no configuration within the bounds turns {size} into {target}")
         return 1
