@@ -279,26 +279,16 @@ def _median_time(fn: Callable[[], Any], repeat: int) -> float:
 
 def _forward_paths(case: BenchCase, backward: bool) -> list[str]:
     """Names of the algorithms the dispatcher picks for this case."""
+    from .engine.core import transposed_algorithm
     from .engine.dispatch import ConvProblem, choose, choose_weight_grad
 
     spec = case.spec
     resolved = spec.resolve(case.input_shape)
-    rank = spec.rank or 2
     groups = resolved.groups or 1
     n = case.input_shape[0]
     if spec.transposed:
-        from .engine.algorithms import phase
-
-        if phase.applies_transposed(spec.strides, groups):  # type: ignore[arg-type]
-            return ["phase"]
-        grid = tuple((i - 1) * s + 1 + lo + hi for i, s, (lo, hi) in
-                     zip(resolved.input_size, spec.strides, resolved.padding))  # type: ignore[arg-type]
-        k = case.kernel_shape
-        kernel_shape = (*k[:rank], k[-1] // groups, k[-2] * groups)
-        problem = ConvProblem((n, *grid, case.input_shape[-1]), kernel_shape, (1,) * rank,
-                              spec.dilation, groups, resolved.output_size,  # type: ignore[arg-type]
-                              np.dtype(np.float32))
-        return [choose(problem).name]
+        return [transposed_algorithm(case.input_shape, case.kernel_shape, spec.strides,
+                                     spec.dilation, groups, resolved.padding)]  # type: ignore[arg-type]
     padded = tuple(i + lo + hi for i, (lo, hi) in zip(resolved.input_size, resolved.padding))
     problem = ConvProblem((n, *padded, case.input_shape[-1]), case.kernel_shape,
                           spec.strides, spec.dilation, groups,  # type: ignore[arg-type]
@@ -306,13 +296,12 @@ def _forward_paths(case: BenchCase, backward: bool) -> list[str]:
     names = [choose(problem).name]
     if backward:
         names.append(choose_weight_grad(problem).name)
-        k = case.kernel_shape
-        grid = tuple(p + e - 1 for p, e in zip(padded, resolved.effective_kernel))
-        swapped = (*k[:rank], k[-1] // groups, k[-2] * groups)
-        transposed = ConvProblem((n, *grid, k[-1]), swapped, (1,) * rank,
-                                 spec.dilation, groups, padded,  # type: ignore[arg-type]
-                                 np.dtype(np.float32))
-        names.insert(1, choose(transposed).name)
+        # the input gradient: the transposed convolution of d_out onto the padded grid
+        grid_pads = [(e - 1, p - (o - 1) * st - 1) for e, p, o, st in
+                     zip(resolved.effective_kernel, padded, resolved.output_size, spec.strides)]  # type: ignore[arg-type]
+        names.insert(1, transposed_algorithm(
+            case.output_shape, case.kernel_shape, spec.strides, spec.dilation, groups,  # type: ignore[arg-type]
+            grid_pads))
     return names
 
 

@@ -362,6 +362,70 @@ def _weight_grad(
     )
 
 
+def _transposed_plan(
+    x_shape: Sequence[int],
+    kernel_shape: Sequence[int],
+    strides: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+    padding: Sequence[tuple[int, int]],
+    dtype: Any,
+    algorithm: str | None = None,
+) -> tuple[tuple[int, ...], Algorithm | None]:
+    """Output size, and the ``kind="transposed"`` algorithm to run (``None``: the grid way)."""
+    rank = len(strides)
+    taps = tuple(kernel_shape[:rank])
+    effective = [(k - 1) * d + 1 for k, d in zip(taps, dilation)]
+    grid_size = tuple(
+        (n - 1) * s + 1 + lo + hi for n, s, (lo, hi) in zip(x_shape[1:-1], strides, padding))
+    out_size = tuple(n - e + 1 for n, e in zip(grid_size, effective))
+    swapped_shape = (*taps, kernel_shape[-1] // groups, kernel_shape[-2] * groups)
+    grid_problem = ConvProblem(
+        (x_shape[0], *grid_size, x_shape[-1]), swapped_shape, (1,) * rank, tuple(dilation),
+        groups, out_size, np.dtype(dtype))
+    problem = ConvProblem(tuple(x_shape), tuple(kernel_shape), tuple(strides), tuple(dilation),
+                          groups, out_size, np.dtype(dtype))
+    named = get_algorithm(algorithm) if algorithm is not None else None
+    if named is not None and named.kind == "transposed":
+        return out_size, choose(problem, algorithm, kind="transposed")
+    if named is not None:
+        return out_size, None
+    transposed = cheapest(problem, kind="transposed")
+    if transposed is not None and (
+            transposed.cost(problem) >= choose(grid_problem).cost(grid_problem)):
+        transposed = None
+    return out_size, transposed
+
+
+def transposed_algorithm(
+    x_shape: Sequence[int],
+    kernel_shape: Sequence[int],
+    strides: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+    padding: Sequence[tuple[int, int]],
+    dtype: Any = np.float32,
+) -> str:
+    """The name of the algorithm :func:`transposed_conv` runs for these shapes.
+
+    >>> transposed_algorithm((1, 8, 8, 4), (3, 3, 2, 4), (2, 2), (1, 1), 4, ((2, 2), (2, 2)))
+    'depthwise'
+    """
+    rank = len(strides)
+    out_size, transposed = _transposed_plan(x_shape, kernel_shape, strides, dilation, groups,
+                                            padding, dtype)
+    if transposed is not None:
+        return transposed.name
+    from .algorithms import phase
+
+    if phase.applies_transposed(strides, groups):
+        return "phase"
+    grid_size = tuple(o + (k - 1) * d for o, k, d in zip(out_size, kernel_shape[:rank], dilation))
+    swapped = (*kernel_shape[:rank], kernel_shape[-1] // groups, kernel_shape[-2] * groups)
+    return choose(ConvProblem((x_shape[0], *grid_size, x_shape[-1]), swapped, (1,) * rank,
+                              tuple(dilation), groups, out_size, np.dtype(dtype))).name
+
+
 def transposed_conv(
     x: np.ndarray,
     kernel: np.ndarray,
@@ -382,28 +446,8 @@ def transposed_conv(
     phases, :mod:`.algorithms.phase`).
     """
     rank = len(strides)
-    taps = kernel.shape[:rank]
-    effective = [(k - 1) * d + 1 for k, d in zip(taps, dilation)]
-    grid_size = tuple(
-        (n - 1) * s + 1 + lo + hi for n, s, (lo, hi) in zip(x.shape[1:-1], strides, padding))
-    out_size = tuple(n - e + 1 for n, e in zip(grid_size, effective))
-    swapped_shape = (*taps, kernel.shape[-1] // groups, kernel.shape[-2] * groups)
-    grid_problem = ConvProblem(
-        (x.shape[0], *grid_size, x.shape[-1]), swapped_shape, (1,) * rank, tuple(dilation),
-        groups, out_size, x.dtype)
-    problem = ConvProblem(tuple(x.shape), tuple(kernel.shape), tuple(strides), tuple(dilation),
-                          groups, out_size, x.dtype)
-    named = get_algorithm(algorithm) if algorithm is not None else None
-    transposed: Algorithm | None
-    if named is not None and named.kind == "transposed":
-        transposed = choose(problem, algorithm, kind="transposed")
-    elif named is None:
-        transposed = cheapest(problem, kind="transposed")
-        if transposed is not None and (
-                transposed.cost(problem) >= choose(grid_problem).cost(grid_problem)):
-            transposed = None
-    else:
-        transposed = None
+    out_size, transposed = _transposed_plan(x.shape, kernel.shape, strides, dilation, groups,
+                                            padding, x.dtype, algorithm)
     if transposed is not None:
         return transposed.direct(
             x, kernel, tuple(strides), tuple(dilation), groups, tuple(tuple(p) for p in padding))
@@ -415,7 +459,7 @@ def transposed_conv(
         # stride 1 inserts nothing: the padding is plain zero padding, which the
         # direct algorithm may read in place
         return direct_conv(x, flip_swap(kernel, groups), (1,) * rank, dilation, groups,
-                           out_size, algorithm, padding=[tuple(p) for p in padding])
+                           out_size, algorithm, padding=[(lo, hi) for lo, hi in padding])
     grid = pad(x, padding) if all(s == 1 for s in strides) else zero_insert(x, strides, padding)
     return direct_conv(
         grid, flip_swap(kernel, groups), (1,) * rank, dilation, groups, out_size, algorithm
