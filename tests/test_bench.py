@@ -9,6 +9,7 @@ columns empty instead of failing.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -72,3 +73,15 @@ def test_runs_without_torch_and_jax(tmp_path) -> None:
     assert len(figures) == 1
     assert figures[0]["torch_s"] is None and figures[0]["jax_s"] is None
     assert figures[0]["convarith_s"] > 0 and figures[0]["rel_error"] < 1e-5
+
+
+def test_script_quiets_openblas_idle_threads(tmp_path) -> None:
+    """``python -m convarith.bench`` re-runs itself with OpenBLAS's spin time cut."""
+    out = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    done = subprocess.run(
+        [sys.executable, "-m", "convarith.bench", "--cases", "L6", "--repeat", "1", "--block",
+         "1", "--quick", "--plain", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "OPENBLAS_THREAD_TIMEOUT=4" in done.stdout

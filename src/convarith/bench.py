@@ -120,8 +120,10 @@ def _cases() -> tuple[BenchCase, ...]:
 CASES = _cases()
 
 
-#: Pause before each runner's turn, so the previous runner's threads go idle.
-SETTLE_SECONDS = 0.15
+#: Pause before each runner's turn, so the previous runner's threads go idle
+#: (longer pauses let the machine idle: every runner's first calls then run
+#: from cold caches, measured up to 2× slower for three calls).
+SETTLE_SECONDS = 0.02
 
 # --------------------------------------------------------------------------- runners
 
@@ -388,13 +390,13 @@ def _alternate(runners: dict[str, Callable[[], Any]], repeat: int, block: int,
     """Time the runners in turn: ``repeat`` rounds, each a block of calls per runner.
 
     Switching frameworks has a cost that belongs to neither: the runner before
-    may leave its thread pool spinning for a while (OpenBLAS waits about a
-    tenth of a second before its threads sleep; OpenMP and XLA pools spin
-    too), which halves the speed of a multi-threaded runner that starts meanwhile,
-    and a runner whose threads went to sleep must wake them. So each block
-    starts after a pause of ``settle`` seconds with one untimed call; the next
-    ``block`` calls are recorded. The order rotates each round so that no
-    runner always follows the same one.
+    may leave its thread pool spinning for a while (OpenMP and XLA pools spin
+    after a call; OpenBLAS's do too unless told otherwise, see
+    :func:`_quiet_blas_environment`), which slows a multi-threaded runner that
+    starts meanwhile, and a runner whose threads went to sleep must wake them.
+    So each block starts after a pause of ``settle`` seconds with one untimed
+    call; the next ``block`` calls are recorded. The order rotates each round
+    so that no runner always follows the same one.
 
     >>> calls = []
     >>> samples = _alternate({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
@@ -527,7 +529,9 @@ def _blas_description() -> str:
     load = ""
     if hasattr(os, "getloadavg"):
         load = f"; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus"
-    return "BLAS: " + ", ".join(dict.fromkeys(described)) + load
+    timeout = os.environ.get("OPENBLAS_THREAD_TIMEOUT")
+    idle = f", OPENBLAS_THREAD_TIMEOUT={timeout}" if timeout else ""
+    return "BLAS: " + ", ".join(dict.fromkeys(described)) + idle + load
 
 
 def render(results: Sequence[CaseResult], plain: bool = False) -> str:
@@ -611,5 +615,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _quiet_blas_environment() -> dict[str, str] | None:
+    """The environment to re-run the script in, or ``None`` if it is already right.
+
+    OpenBLAS keeps its idle threads spinning for about 2²⁸ cycles (a tenth of
+    a second) after each call, which halves the speed of whatever runs next
+    (measured: PyTorch's 7×7 stem 5.2 ms after a matmul, 1.3 ms alone). It
+    reads ``OPENBLAS_THREAD_TIMEOUT`` once, when it loads, so the script sets
+    it (2⁴ cycles: sleep at once) and starts again before NumPy is imported.
+    """
+    if "OPENBLAS_THREAD_TIMEOUT" in os.environ:
+        return None
+    return {**os.environ, "OPENBLAS_THREAD_TIMEOUT": "4"}
+
+
 if __name__ == "__main__":
+    environment = _quiet_blas_environment()
+    if environment is not None:
+        os.execve(sys.executable, [sys.executable, "-m", "convarith.bench", *sys.argv[1:]],
+                  environment)
     raise SystemExit(main())
