@@ -18,11 +18,13 @@ the real taps are copied: no zero-filled kernel taps, no multiply spent on
 cells the stride skips. One product ``columnsᵀ @ kernel`` (inner size
 ``taps × C``) per block writes the output rows in place.
 
-The phase planes are built one image at a time (zero padding written into
-them, so the engine never pads a copy: ``pads_zeros``), then blocks of output
-rows run on one thread per core with single-threaded BLAS. Ranks 1 and 2 run
-as rank 3 with leading axes of size 1. With numba both steps are compiled
-loops; without it they are NumPy slice copies that give the same numbers.
+Blocks of output rows (about :data:`BLOCK_BYTES` of columns) run on one
+thread per core with single-threaded BLAS; each builds the part of the phase
+planes it reads (zero padding written into them, so the engine never pads a
+copy: ``pads_zeros``), gathers its columns and multiplies. Ranks 1 and 2 run
+as rank 3 with leading axes of size 1. With numba both steps are one compiled
+call per block; without it they are NumPy slice copies that give the same
+numbers.
 
 Examples
 --------
@@ -43,15 +45,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..dispatch import ConvProblem, register_algorithm, workspace_budget
-from ..padding import pad
-from ._threads import run_chunks
+from ..dispatch import ConvProblem, register_algorithm
+from ._threads import run_chunks, worker_count
 
 __all__ = ["direct", "applies", "cost", "PhasePlan", "plan", "BLOCK_BYTES"]
 
 #: Bytes of transposed im2col columns per block of output cells (stays in a
 #: core's L2 cache together with its product's output).
-BLOCK_BYTES = 384 << 10
+BLOCK_BYTES = 768 << 10
 
 _RANK = 3  # every problem runs as rank 3
 
@@ -100,8 +101,12 @@ def plan(
 
 
 @functools.cache
-def _numba_kernels() -> tuple[Callable[..., None], Callable[..., None]] | None:
-    """Compiled ``(build planes, gather columns)``, or ``None`` without numba."""
+def _numba_kernels() -> tuple[Callable[..., None], Callable[..., None], Callable[..., None]] | None:
+    """Compiled ``(build planes, gather columns, both for one block)``, or ``None``.
+
+    ``None`` without numba. The third runs the first two on the planes and
+    columns of one block of output (one call, so one release of the GIL).
+    """
     try:
         import numba
     except ImportError:  # pragma: no cover - exercised by the numba-less test
@@ -119,10 +124,11 @@ def _numba_kernels() -> tuple[Callable[..., None], Callable[..., None]] | None:
         s0, s1, s2 = strides[0], strides[1], strides[2]
         for p in range(count):
             r0, r1, r2 = phases[p, 0], phases[p, 1], phases[p, 2]
-            # planes cells [lo, hi) of the last axis fall inside xp
+            # planes cells [lo, hi) of the last axis fall inside xp (as in _inside)
             first = r2 - before[2]
-            lo = min(g2, max(0, (-first + s2 - 1) // s2))
-            hi = min(g2, max(lo, (x2 - 1 - first) // s2 + 1)) if x2 - 1 - first >= 0 else lo
+            lo = min(g2, max(0, -(first // s2)))
+            hi = min(g2, (x2 - 1 - first) // s2 + 1) if x2 - 1 - first >= 0 else 0
+            hi = max(lo, hi)
             for i0 in range(g0):
                 h0 = i0 * s0 + r0 - before[0]
                 for i1 in range(g1):
@@ -161,20 +167,51 @@ def _numba_kernels() -> tuple[Callable[..., None], Callable[..., None]] | None:
                     for j in range(width):
                         target[j] = source[j]
 
-    return build_planes, gather
+    @jit
+    def block_columns(source, image, strides, before, o0, row0, col0, rows, width, halo,  # type: ignore[no-untyped-def]
+                      phases, taps, plane_buffer, column_buffer):
+        channels = source.shape[-1]
+        shape = (phases.shape[0], channels, halo[0] + 1, rows + halo[1], width + halo[2])
+        size = shape[0] * shape[1] * shape[2] * shape[3] * shape[4]
+        planes = plane_buffer[:size].reshape(shape)
+        # the planes' cell 0 is the block's first cell (o0, row0, col0)
+        origin = np.empty(3, np.int64)
+        origin[0] = before[0] - o0 * strides[0]
+        origin[1] = before[1] - row0 * strides[1]
+        origin[2] = before[2] - col0 * strides[2]
+        build_planes(source, image, strides, origin, phases, planes)
+        columns = column_buffer[:taps.shape[0] * channels * rows * width].reshape(
+            (taps.shape[0] * channels, rows * width))
+        gather(planes, taps, 0, 0, rows, 0, width, columns)
+
+    return build_planes, gather, block_columns
 
 
-def _build_planes_numpy(xp: np.ndarray, image: int, strides: Sequence[int],
-                        padding: Sequence[tuple[int, int]], phase_plan: PhasePlan,
-                        planes: np.ndarray) -> None:
+def _inside(count: int, stride: int, first: int, size: int) -> tuple[int, int]:
+    """Cells ``[lo, hi)`` of ``0 .. count - 1`` whose input index ``i·stride + first``
+    lies in ``[0, size)``."""
+    lo = min(count, max(0, -(first // stride)))
+    last = size - 1 - first
+    hi = min(count, last // stride + 1) if last >= 0 else 0
+    return lo, max(lo, hi)
+
+
+def _build_planes_numpy(xp: np.ndarray, image: int, strides: np.ndarray, before: np.ndarray,
+                        phases: np.ndarray, planes: np.ndarray) -> None:
     """NumPy version of the compiled ``build_planes`` (same values)."""
-    padded = pad(xp[image:image + 1], padding)[0]
     planes[...] = 0
-    for index, phase in enumerate(phase_plan.phases):
-        view = padded[tuple(slice(r, None, s) for r, s in zip(phase, strides))]
-        view = view[tuple(slice(0, g) for g in phase_plan.grid)]
-        target = (index, slice(None)) + tuple(slice(0, e) for e in view.shape[:-1])
-        planes[target] = np.moveaxis(view, -1, 0)
+    for index, phase in enumerate(phases.tolist()):
+        source: list[slice] = []
+        target: list[slice] = []
+        for axis, (r, s, b) in enumerate(zip(phase, strides.tolist(), before.tolist())):
+            lo, hi = _inside(planes.shape[2 + axis], s, r - b, xp.shape[1 + axis])
+            if lo == hi:
+                break
+            source.append(slice(lo * s + r - b, (hi - 1) * s + r - b + 1, s))
+            target.append(slice(lo, hi))
+        else:
+            planes[(index, slice(None), *target)] = np.moveaxis(
+                xp[(image, *source)], -1, 0)
 
 
 def _gather_numpy(planes: np.ndarray, taps: np.ndarray, o0: int, row0: int, rows: int,
@@ -187,13 +224,37 @@ def _gather_numpy(planes: np.ndarray, taps: np.ndarray, o0: int, row0: int, rows
                             col0 + q2:col0 + q2 + width]
 
 
+def _block_columns_numpy(source: np.ndarray, image: int, strides: np.ndarray,
+                         before: np.ndarray, o0: int, row0: int, col0: int, rows: int,
+                         width: int, halo: np.ndarray, phases: np.ndarray, taps: np.ndarray,
+                         plane_buffer: np.ndarray, column_buffer: np.ndarray) -> None:
+    """NumPy version of the compiled ``block_columns`` (same values)."""
+    channels = source.shape[-1]
+    shape = (len(phases), channels, int(halo[0]) + 1, rows + int(halo[1]),
+             width + int(halo[2]))
+    planes = plane_buffer[:math.prod(shape)].reshape(shape)
+    origin = before - np.array([o0, row0, col0]) * strides
+    _build_planes_numpy(source, image, strides, origin, phases, planes)
+    columns = column_buffer[:len(taps) * channels * rows * width].reshape(
+        len(taps) * channels, rows * width)
+    _gather_numpy(planes, taps, 0, 0, rows, 0, width, columns)
+
+
 # --------------------------------------------------------------------------- the algorithm
 
 
-def _blocks(out_rows: int, out_cols: int, cell_bytes: int, block_bytes: int
-            ) -> tuple[int, int]:
-    """``(rows, width)`` of a block: whole rows of the last axis, or part of one row."""
+def _blocks(out_rows: int, out_cols: int, cell_bytes: int, block_bytes: int,
+            min_blocks: int = 1) -> tuple[int, int]:
+    """``(rows, width)`` of a block: whole rows of the last axis, or part of one row.
+
+    About ``block_bytes`` of columns, and at least ``min_blocks`` blocks when
+    there are enough cells (so that every thread gets work).
+
+    >>> _blocks(56, 56, 588, 768 << 10), _blocks(56, 56, 588, 768 << 10, min_blocks=8)
+    ((19, 56), (7, 56))
+    """
     cells = max(1, block_bytes // max(1, cell_bytes))
+    cells = max(1, min(cells, -(-out_rows * out_cols // max(1, min_blocks))))
     if cells >= out_cols:
         rows = min(out_rows, cells // out_cols)
         return -(-out_rows // -(-out_rows // rows)), out_cols  # balanced
@@ -212,7 +273,6 @@ def direct(
     threads: int | None = None,
     use_numba: bool | None = None,
     block_bytes: int | None = None,
-    workspace_bytes: int | None = None,
 ) -> np.ndarray:
     """Convolution through phase planes (the dispatch contract; ``groups`` must be 1).
 
@@ -229,9 +289,6 @@ def direct(
     block_bytes
         Bytes of im2col columns per block (default :data:`BLOCK_BYTES`; at
         least one output cell).
-    workspace_bytes
-        Bytes of phase planes built at once (default: the engine's workspace
-        budget; at least one image).
 
     Examples
     --------
@@ -250,70 +307,59 @@ def direct(
         raise ImportError("use_numba=True needs numba (pip install 'convarith[fast]')")
     lift = _RANK - rank
     n, c, f = xp.shape[0], xp.shape[-1], kernel.shape[-1]
-    x3 = xp.reshape(n, *(1,) * lift, *xp.shape[1:])
-    pads = ((0, 0),) * lift + tuple(
-        (int(lo), int(hi)) for lo, hi in (padding or ((0, 0),) * rank))
+    source = np.ascontiguousarray(xp).reshape(n, *(1,) * lift, *xp.shape[1:])
+    before = (0,) * lift + tuple(int(lo) for lo, _ in (padding or ((0, 0),) * rank))
     strides3 = (1,) * lift + tuple(strides)
-    dilation3 = (1,) * lift + tuple(dilation)
     out3 = (1,) * lift + tuple(out_size)
     kernel_size = (1,) * lift + tuple(kernel.shape[:rank])
-    phase_plan = plan(kernel_size, strides3, dilation3, out3)
+    phase_plan = plan(kernel_size, strides3, (1,) * lift + tuple(dilation), out3)
     taps = np.array(phase_plan.taps, np.int64)
-    phase_offsets = np.array(phase_plan.phases, np.int64)
+    phases = np.array(phase_plan.phases, np.int64)
+    halo = [g - o for g, o in zip(phase_plan.grid, out3)]  # plane cells beyond the output's
     inner = len(phase_plan.taps) * c
     weights = np.ascontiguousarray(kernel).reshape(inner, f)
     y = np.empty((n, out3[0], out3[1] * out3[2], f), xp.dtype)
-    itemsize = xp.dtype.itemsize
+    if y.size == 0:
+        return y.reshape(n, *out_size, f)
 
-    rows, width = _blocks(out3[1], out3[2], inner * itemsize,
-                          BLOCK_BYTES if block_bytes is None else block_bytes)
+    # a few blocks per thread, so that they end together
+    spread = -(-4 * (threads or worker_count()) // (n * out3[0]))
+    rows, width = _blocks(out3[1], out3[2], inner * xp.dtype.itemsize,
+                          BLOCK_BYTES if block_bytes is None else block_bytes, spread)
     row_blocks, col_blocks = -(-out3[1] // rows), -(-out3[2] // width)
     units_per_image = out3[0] * row_blocks * col_blocks
-    plane_shape = (len(phase_plan.phases), c, *phase_plan.grid)
-    image_bytes = math.prod(plane_shape) * itemsize
-    budget = workspace_budget(y.nbytes) if workspace_bytes is None else workspace_bytes
-    group = max(1, min(n, budget // max(1, image_bytes)))
-    planes = np.empty((group, *plane_shape), xp.dtype)
-    source = np.ascontiguousarray(x3)
+    plane_shape = (len(phase_plan.phases), c, halo[0] + 1, rows + halo[1], width + halo[2])
     strides_array = np.array(strides3, np.int64)
-    before_array = np.array([lo for lo, _ in pads], np.int64)
-    scratch = threading.local()  # one column buffer per worker thread, reused
-    flops_per_image = 2.0 * math.prod(out3) * inner * f
+    before_array = np.array(before, np.int64)
+    halo_array = np.array(halo, np.int64)
+    scratch = threading.local()  # one plane and column buffer per worker thread, reused
 
-    for first_image in range(0, n, group):
-        images = min(group, n - first_image)
+    def work(start: int, stop: int) -> None:
+        if getattr(scratch, "planes", None) is None:
+            scratch.planes = np.empty(math.prod(plane_shape), xp.dtype)
+            scratch.columns = np.empty(inner * rows * width, xp.dtype)
+        for unit in range(start, stop):
+            image, rest = divmod(unit, units_per_image)
+            o0, rest = divmod(rest, row_blocks * col_blocks)
+            row_block, col_block = divmod(rest, col_blocks)
+            row0, col0 = row_block * rows, col_block * width
+            block_rows = min(rows, out3[1] - row0)
+            block_width = min(width, out3[2] - col0)
+            cells = block_rows * block_width
+            if kernels is not None:
+                kernels[2](source, image, strides_array, before_array, o0, row0, col0,
+                           block_rows, block_width, halo_array, phases, taps, scratch.planes,
+                           scratch.columns)
+            else:
+                _block_columns_numpy(source, image, strides_array, before_array, o0, row0,
+                                     col0, block_rows, block_width, halo_array, phases, taps,
+                                     scratch.planes, scratch.columns)
+            columns = scratch.columns[:inner * cells].reshape(inner, cells)
+            start_cell = row0 * out3[2] + col0  # whole rows, or part of one row
+            np.matmul(columns.T, weights, out=y[image, o0, start_cell:start_cell + cells])
 
-        def build(start: int, stop: int, first_image: int = first_image) -> None:
-            for image in range(start, stop):
-                if kernels is not None:
-                    kernels[0](source, first_image + image, strides_array, before_array,
-                               phase_offsets, planes[image])
-                else:
-                    _build_planes_numpy(source, first_image + image, strides3, pads,
-                                        phase_plan, planes[image])
-
-        def work(start: int, stop: int, first_image: int = first_image) -> None:
-            buffer = getattr(scratch, "columns", None)
-            if buffer is None:
-                buffer = scratch.columns = np.empty(inner * rows * width, xp.dtype)
-            for unit in range(start, stop):
-                image, rest = divmod(unit, units_per_image)
-                o0, rest = divmod(rest, row_blocks * col_blocks)
-                row_block, col_block = divmod(rest, col_blocks)
-                row0, col0 = row_block * rows, col_block * width
-                block_rows = min(rows, out3[1] - row0)
-                block_width = min(width, out3[2] - col0)
-                cells = block_rows * block_width
-                columns = buffer[:inner * cells].reshape(inner, cells)
-                gather = kernels[1] if kernels is not None else _gather_numpy
-                gather(planes[image], taps, o0, row0, block_rows, col0, block_width, columns)
-                start_cell = row0 * out3[2] + col0  # whole rows, or part of one row
-                target = y[first_image + image, o0, start_cell:start_cell + cells]
-                np.matmul(columns.T, weights, out=target)
-
-        run_chunks(build, images, 1, threads=threads, flops=flops_per_image * images)
-        run_chunks(work, images * units_per_image, 1, threads=threads,
-                   flops=flops_per_image * images)
+    run_chunks(work, n * units_per_image, 1, threads=threads,
+               flops=2.0 * n * math.prod(out3) * inner * f)
     return y.reshape(n, *out_size, f)
 
 
