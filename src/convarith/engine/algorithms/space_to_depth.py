@@ -210,8 +210,8 @@ def _build_planes_numpy(xp: np.ndarray, image: int, strides: np.ndarray, before:
             source.append(slice(lo * s + r - b, (hi - 1) * s + r - b + 1, s))
             target.append(slice(lo, hi))
         else:
-            planes[(index, slice(None), *target)] = np.moveaxis(
-                xp[(image, *source)], -1, 0)
+            cells = np.moveaxis(xp[(image,) + tuple(source)], -1, 0)
+            planes[(index, slice(None)) + tuple(target)] = cells
 
 
 def _gather_numpy(planes: np.ndarray, taps: np.ndarray, o0: int, row0: int, rows: int,
