@@ -71,13 +71,17 @@ class PhasePlan:
     taps: tuple[tuple[int, int, int, int], ...]
 
 
+@functools.lru_cache(maxsize=256)
 def plan(
-    kernel_size: Sequence[int],
-    strides: Sequence[int],
-    dilation: Sequence[int],
-    out_size: Sequence[int],
+    kernel_size: tuple[int, ...],
+    strides: tuple[int, ...],
+    dilation: tuple[int, ...],
+    out_size: tuple[int, ...],
 ) -> PhasePlan:
     """The phase split of a rank-3 convolution (lift lower ranks with 1s first).
+
+    Memoized: a layer run again reuses its plan (tuples of ints in, a frozen
+    plan out).
 
     >>> p = plan((1, 3, 3), (1, 2, 2), (1, 1, 1), (1, 4, 4))
     >>> p.phases, p.grid, p.taps[4]
@@ -309,10 +313,11 @@ def direct(
     n, c, f = xp.shape[0], xp.shape[-1], kernel.shape[-1]
     source = np.ascontiguousarray(xp).reshape(n, *(1,) * lift, *xp.shape[1:])
     before = (0,) * lift + tuple(int(lo) for lo, _ in (padding or ((0, 0),) * rank))
-    strides3 = (1,) * lift + tuple(strides)
-    out3 = (1,) * lift + tuple(out_size)
+    strides3 = (1,) * lift + tuple(int(s) for s in strides)
+    out3 = (1,) * lift + tuple(int(o) for o in out_size)
     kernel_size = (1,) * lift + tuple(kernel.shape[:rank])
-    phase_plan = plan(kernel_size, strides3, (1,) * lift + tuple(dilation), out3)
+    phase_plan = plan(kernel_size, strides3, (1,) * lift + tuple(int(d) for d in dilation),
+                      out3)
     taps = np.array(phase_plan.taps, np.int64)
     phases = np.array(phase_plan.phases, np.int64)
     halo = [g - o for g, o in zip(phase_plan.grid, out3)]  # plane cells beyond the output's
