@@ -88,6 +88,11 @@ def test_applies_and_dispatch():
     wide = ConvProblem((8, 57, 57, 64), (3, 3, 64, 128), (2, 2), (1, 1), 1, (28, 28), f32)
     assert choose(stem).name == "space_to_depth"
     assert choose(wide).name == "flat_rows"  # many channels: flat_rows is faster
+    volume = ConvProblem((4, 33, 33, 33, 8), (3, 3, 3, 8, 16), (2, 2, 2), (1, 1, 1), 1,
+                         (16, 16, 16), f32)
+    assert choose(volume).name == "space_to_depth"
+    tiny = ConvProblem((2, 17, 17, 3), (3, 3, 3, 8), (2, 2), (1, 1), 1, (8, 8), f32)
+    assert choose(tiny).name == "flat_rows"  # fixed cost
     assert not space_to_depth.applies(
         ConvProblem((1, 9, 9, 3), (3, 3, 3, 4), (1, 1), (1, 1), 1, (7, 7), f32))
     assert not space_to_depth.applies(

@@ -382,18 +382,26 @@ def cost(problem: ConvProblem) -> float:
     """Estimated cost in :mod:`.flat_rows` units (``0.7 × flops`` there).
 
     Measured against :mod:`.flat_rows` (one core, float32, its compiled
-    im2col): 1.5–2× faster with 1 to 3 input channels (the ResNet stem 7×7
-    stride 2: 4.1 ms against 6.4 ms; 3×3 stride 2, stride (2, 1), dilated,
-    1-D), 4–7 % faster with 4 to 8 channels in 2-D and 3-D, slower from 12
-    channels on (the planar copy of the input and the shorter runs cost more
-    than flat_rows' channels-last gather, whose runs are then as long) and
-    on tiny problems (fixed overhead).
+    im2col; time ratio flat_rows / space_to_depth):
+
+    - 1 to 3 input channels: 1.1–1.9 (the ResNet stem 7×7 stride 2, 3.8 ms
+      against 6.5 ms; 3×3 stride 2, stride (2, 1), dilated, 1-D, 4×4 stride 4);
+    - 4 channels: 1.1; 8 channels: 1.6 in 3-D (flat_rows has no compiled
+      im2col there), 0.96–1.1 in 2-D, 1.0 in 1-D;
+    - 12 channels and more: 0.8–0.95 (the planar copy of the input and the
+      runs as short as the output rows cost more than flat_rows'
+      channels-last gather, whose runs of ``C`` floats are then as long);
+    - tiny problems: about 20 µs more fixed cost.
     """
     channels = problem.in_channels
     if channels <= 3:
         per_flop = 0.45
-    elif channels <= 8 and problem.rank >= 2:
-        per_flop = 0.65
+    elif channels <= 4:
+        per_flop = 0.6
+    elif channels <= 8 and problem.rank == 3:
+        per_flop = 0.5
+    elif channels <= 8 and problem.rank == 2:
+        per_flop = 0.68
     else:
         per_flop = 0.8
     return problem.flops * per_flop + _OVERHEAD
