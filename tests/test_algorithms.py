@@ -445,6 +445,34 @@ def test_run_chunks_covers_the_range_once_in_order():
     assert seen == list(range(1000))
 
 
+def test_run_chunks_keeps_helpers_off_the_callers_core(monkeypatch):
+    import os
+    import threading
+    import time
+
+    from convarith.engine.algorithms import _threads
+
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+    getcpu = _threads._sched_getcpu()
+    if len(allowed) < 2 or getcpu is None:
+        pytest.skip("needs two cores and sched_getcpu")
+    caller_core = min(allowed)
+    monkeypatch.setattr(_threads, "_current_cpu", lambda: caller_core)
+    caller = threading.get_ident()
+    cores: list[int] = []
+
+    def work(start, stop):
+        if threading.get_ident() != caller:
+            cores.append(getcpu())
+        time.sleep(0.001)  # leave chunks for the helper
+        return start
+
+    _threads.run_chunks(work, 40, 1, threads=2)
+    assert cores, "the helper thread ran no chunk"
+    assert caller_core not in cores
+    assert os.sched_getaffinity(0) == allowed  # the caller's own affinity is untouched
+
+
 # --------------------------------------------------------------------------- dispatch
 
 

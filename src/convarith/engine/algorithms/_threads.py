@@ -6,8 +6,10 @@ one thread per core, each calling BLAS single-threaded (threadpoolctl) and
 numba kernels that release the GIL. Compared with one multi-threaded BLAS call
 per small product this has no barrier between products, balances itself when
 another process takes a core for a while, and never runs more threads than
-cores (BLAS and numba never compete). Without threadpoolctl the chunks run
-one after another with BLAS multi-threaded.
+cores (BLAS and numba never compete). Helper threads are kept off the core
+the caller is on (Linux): after an idle moment a new thread often starts on
+the caller's core, and both then share it. Without threadpoolctl the chunks
+run one after another with BLAS multi-threaded.
 
 Examples
 --------
@@ -63,6 +65,31 @@ def _blas_single_threaded() -> Iterator[bool]:
         yield True
 
 
+@functools.cache
+def _sched_getcpu() -> Callable[[], int] | None:
+    """libc's ``sched_getcpu`` (Linux), or ``None``."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        getcpu: Callable[[], int] = libc.sched_getcpu
+    except (OSError, AttributeError):
+        return None
+    return getcpu
+
+
+def _current_cpu() -> int | None:
+    """The core this thread runs on now, if the platform says."""
+    getcpu = _sched_getcpu()
+    if getcpu is None:
+        return None
+    cpu = int(getcpu())
+    return cpu if cpu >= 0 else None
+
+
 def run_chunks(
     work: Callable[[int, int], Any],
     total: int,
@@ -104,8 +131,20 @@ def run_chunks(
             for index, (start, stop) in todo:
                 results[index] = work(start, stop)
 
+        caller_cpu = _current_cpu()
+
+        def helper_drain() -> None:
+            # a new thread often starts on the caller's core after an idle moment
+            # (the scheduler's wake-up affinity), and the two then share one core:
+            # keep helpers off the core the caller is running on
+            if caller_cpu is not None:
+                others = os.sched_getaffinity(0) - {caller_cpu}
+                if others:
+                    os.sched_setaffinity(0, others)
+            drain()
+
         with ThreadPoolExecutor(workers - 1) as pool:
-            helpers = [pool.submit(drain) for _ in range(workers - 1)]
+            helpers = [pool.submit(helper_drain) for _ in range(workers - 1)]
             drain()
             for helper in helpers:
                 helper.result()
