@@ -138,9 +138,10 @@ def run_chunks(
             # (the scheduler's wake-up affinity), and the two then share one core:
             # keep helpers off the core the caller is running on
             if caller_cpu is not None:
-                others = os.sched_getaffinity(0) - {caller_cpu}
-                if others:
-                    os.sched_setaffinity(0, others)
+                with contextlib.suppress(OSError):  # a restricted cpuset: leave it
+                    others = os.sched_getaffinity(0) - {caller_cpu}
+                    if others:
+                        os.sched_setaffinity(0, others)
             drain()
 
         with ThreadPoolExecutor(workers - 1) as pool:
