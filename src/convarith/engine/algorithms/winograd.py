@@ -268,7 +268,7 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
 
     # F(4×4, 3×3) written out: the same BT and AT as transform(4), with the
     # zero coefficients skipped and the channel loop innermost (vectorised).
-    @numba.njit(nogil=True, cache=True)
+    @numba.njit(nogil=True, cache=True, fastmath={'contract'})
     def input_transform_f4(xp, bt, m, d0, d1, th, tw, first, v, top, left):  # type: ignore[no-untyped-def]
         # xp is the input before zero padding: top rows and left columns of
         # zeros are implied (and as many as needed after it)
@@ -354,7 +354,7 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
                     out4[ch] = two * (x1 - x3) + x4 - x2
                     out5[ch] = four * x1 - five * x3 + x5
 
-    @numba.njit(nogil=True, cache=True)
+    @numba.njit(nogil=True, cache=True, fastmath={'contract'})
     def output_transform_f4(prod, at, m, d0, d1, th, tw, first, y):  # type: ignore[no-untyped-def]
         _, ho, wo, f = y.shape
         two, four, eight = at[1, 3], at[2, 3], at[3, 3]
@@ -415,7 +415,7 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
                     for ch in range(f):
                         y[n, oh, ow, ch] = tile[r, w_, ch]
 
-    @numba.njit(nogil=True, cache=True)
+    @numba.njit(nogil=True, cache=True, fastmath={'contract'})
     def gradient_transform_f4(dy, at, d0, d1, th, tw, first, w_out):  # type: ignore[no-untyped-def]
         # w_out[i·6 + j, t - first] = (A dY_t Aᵀ)[i, j] with A = atᵀ (6×4): the
         # adjoint of the output transform, for the weight gradient
