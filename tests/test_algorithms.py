@@ -445,6 +445,47 @@ def test_run_chunks_covers_the_range_once_in_order():
     assert seen == list(range(1000))
 
 
+def _finishes(fn, seconds=20.0):
+    """Run ``fn`` in a thread; its result, or a failure if it hangs."""
+    import threading
+
+    box = []
+    thread = threading.Thread(target=lambda: box.append(fn()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), "run_chunks hung"
+    return box[0]
+
+
+def test_run_chunks_nested_calls_finish():
+    """A chunk that runs chunks itself (the helper threads are kept between calls)."""
+    from convarith.engine.algorithms._threads import run_chunks
+
+    def outer(start, stop):
+        return sum(run_chunks(lambda a, b: sum(range(a, b)), 50, 7, threads=2)) + start
+
+    results = _finishes(lambda: run_chunks(outer, 6, 1, threads=2))
+    assert results == [sum(range(50)) + i for i in range(6)]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_run_chunks_in_a_forked_child():
+    """A forked child has none of its parent's helper threads: it makes its own."""
+    import os
+
+    from convarith.engine.algorithms._threads import run_chunks
+
+    assert run_chunks(lambda a, b: a, 8, 1, threads=2) == list(range(8))  # parent's pool
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            ok = run_chunks(lambda a, b: a, 8, 1, threads=2) == list(range(8))
+        finally:
+            os._exit(0 if ok else 1)
+    code = _finishes(lambda: os.waitpid(pid, 0)[1])
+    assert os.waitstatus_to_exitcode(code) == 0
+
+
 def test_run_chunks_keeps_helpers_off_the_callers_core(monkeypatch):
     import os
     import threading
