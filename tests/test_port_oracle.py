@@ -379,3 +379,32 @@ def test_keras_to_onnx() -> None:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("keras")
     check_direction(keras_config, run_keras, "keras", "onnx", 7000, count=max(CONFIGS // 2, 10))
+
+
+@pytest.mark.parametrize("target", ["torch", "jax", "keras", "onnx"])
+def test_torch_negative_padding_with_copying_modes(target: str) -> None:
+    """PyTorch crops negative padding before copying (reflect, replicate, circular):
+    every port of such a layer gives PyTorch's numbers, or an explanation."""
+    configs = [
+        ("Conv1d(2, 3, 2, padding=-1, padding_mode='circular')", (2, 12)),
+        ("Conv2d(2, 3, 3, padding=(-1, 1), padding_mode='reflect')", (2, 9, 8)),
+        ("Conv2d(1, 2, (2, 3), padding=(0, -1), padding_mode='replicate')", (1, 7, 9)),
+    ]
+    for seed, (text, shape) in enumerate(configs):
+        x, y, kernel, bias = run_torch(text, shape, np.random.default_rng(seed))
+        try:
+            ported = port_text(text, "torch", target, shape)
+        except PortError as error:
+            assert len(str(error)) > 40, str(error)
+            continue
+        forward = execute(ported.code, kernel, bias)
+        if target == "torch":
+            import torch
+
+            out = forward(torch.from_numpy(x)).detach().numpy()
+        else:
+            xt = x if target == "onnx" else to_last(x)
+            out = np.asarray(forward(xt))
+            out = out if target == "onnx" else to_first(out)
+        error = rel_error(out, y)
+        assert error <= TOLERANCE, f"{text} on {shape} -> {target}: {error:.2e}\n{ported.code}"

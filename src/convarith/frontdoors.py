@@ -397,7 +397,9 @@ def from_torch(layer: str = "Conv2d", **kwargs: Any) -> ConvSpec:
             raise door.error("padding", raw_padding, f"is not supported with stride={strides} > 1",
                              "pad explicitly, e.g. padding=K//2, or use stride=1")
     else:
-        padding = tuple((p, p) for p in door.ints("padding", raw_padding, rank, minimum=0))
+        # PyTorch refuses negative padding with zeros, but crops with the copying modes
+        least = 0 if padding_mode == "zeros" else None
+        padding = tuple((p, p) for p in door.ints("padding", raw_padding, rank, minimum=least))
     return ConvSpec(padding=padding, padding_mode=padding_mode, **common)
 
 

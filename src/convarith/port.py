@@ -64,6 +64,21 @@ SOURCES = ("keras", "torch", "jax", "onnx")
 _NAMES = {"torch": "PyTorch", "keras": "Keras", "jax": "JAX", "onnx": "ONNX"}
 _MODE_TORCH = {"reflect": "reflect", "replicate": "replicate", "circular": "circular"}
 _MODE_NUMPY = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+def _crop_first(name: str, pads: Sequence[tuple[int, int]]) -> tuple[str, list[tuple[int, int]]]:
+    """``name`` sliced by the negative pads (channels-last, batch first), and the
+    pads left to copy: PyTorch crops before it copies, and NumPy-style pads
+    take no negative widths.
+
+    >>> _crop_first("x", [(-1, -1), (2, 2)])
+    ('x[:, 1:-1, :, :]', [(0, 0), (2, 2)])
+    """
+    if all(lo >= 0 and hi >= 0 for lo, hi in pads):
+        return name, list(pads)
+    cuts = [f"{-lo if lo < 0 else ''}:{hi if hi < 0 else ''}" for lo, hi in pads]
+    return (f"{name}[:, {', '.join(cuts)}, :]",
+            [(max(lo, 0), max(hi, 0)) for lo, hi in pads])
 _ONNX_OPSET = 19
 
 
@@ -707,7 +722,10 @@ class _Writer:
             return f"keras.ops.pad(x, {full}, constant_values={value})"
         if mode == "zeros":
             return f"keras.ops.pad(x, {full})"
-        return f"keras.ops.pad(x, {full}, mode={_MODE_NUMPY[mode]!r})"
+        source, grow = _crop_first("x", pads)
+        if not any(lo or hi for lo, hi in grow):
+            return source
+        return f"keras.ops.pad({source}, {_pairs([(0, 0), *grow, (0, 0)])}, mode={_MODE_NUMPY[mode]!r})"
 
     def _keras_conv(self) -> tuple[list[str], str]:
         r, spec = self.rank, self.spec
@@ -881,7 +899,12 @@ class _Writer:
         lines.append(f"def forward(x):  # x: {_layout_name('channels_last', r)}")
         padding = _pairs(pads)
         if spec.padding_mode != "zeros" and any(lo or hi for lo, hi in pads):
-            lines.append(f"    x = jnp.pad(x, {_pairs([(0, 0), *pads, (0, 0)])}, mode={_MODE_NUMPY[spec.padding_mode]!r})")
+            source, grow = _crop_first("x", pads)
+            if source != "x":
+                lines.append(f"    x = {source}  # negative padding crops before the copies")
+            if any(lo or hi for lo, hi in grow):
+                lines.append(f"    x = jnp.pad(x, {_pairs([(0, 0), *grow, (0, 0)])}, "
+                             f"mode={_MODE_NUMPY[spec.padding_mode]!r})")
             padding = _pairs([(0, 0)] * r)
         lines.append(f"    y = lax.conv_general_dilated(x, w, window_strides={_tuple(spec.strides)}, "  # type: ignore[arg-type]
                      f"padding={padding}, rhs_dilation={_tuple(spec.dilation)}, "  # type: ignore[arg-type]

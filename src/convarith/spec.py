@@ -256,15 +256,17 @@ class ConvSpec:
                 )
             set_(self, "padding", word)
         else:
-            # negative padding crops (JAX's explicit pairs allow it); copies need real pads
+            # negative padding crops (JAX's explicit pairs allow it, and PyTorch's
+            # padding modes); an axis that crops one side and copies into the
+            # other has no one meaning across frameworks
             pairs = _explicit_padding(padding, rank, allow_negative=True)
-            negative = [(i, pair) for i, pair in enumerate(pairs) if min(pair) < 0]
-            if negative and not self.transposed and self.padding_mode != "zeros":
-                axis, pair = negative[0]
+            mixed = [(i, pair) for i, pair in enumerate(pairs) if min(pair) < 0 < max(pair)]
+            if mixed and not self.transposed and self.padding_mode != "zeros":
+                axis, pair = mixed[0]
                 raise ValueError(
-                    f"padding[{axis}]={pair} is negative (a crop), which padding_mode="
-                    f"{self.padding_mode!r} cannot copy from; use padding_mode='zeros' or "
-                    "non-negative padding"
+                    f"padding[{axis}]={pair} crops one side and pads the other, which "
+                    f"padding_mode={self.padding_mode!r} does not support; use "
+                    "padding_mode='zeros', or pads of one sign per axis"
                 )
             set_(self, "padding", pairs)
 

@@ -47,7 +47,8 @@ def pad(
     """Pad the spatial axes of ``x`` (``(N, *spatial, C)``); negative pads crop.
 
     ``fill`` is the value of the cells added in ``zeros`` mode (pooling uses
-    ``-inf``). Negative pads are allowed in ``zeros`` mode only.
+    ``-inf``). In the copying modes negative sides are cropped first and the
+    positive ones copy from what is left (as PyTorch's ``F.pad``).
 
     >>> import numpy as np
     >>> pad(np.ones((1, 2, 1)), ((1, -1),))[0, :, 0]
@@ -57,6 +58,9 @@ def pad(
     if all(lo == 0 and hi == 0 for lo, hi in pads):
         return x
     if mode != "zeros":
+        if any(min(pair) < 0 for pair in pads):
+            x = pad(x, [(min(lo, 0), min(hi, 0)) for lo, hi in pads])
+            pads = tuple((max(lo, 0), max(hi, 0)) for lo, hi in pads)
         width = ((0, 0), *pads, (0, 0))
         return np.pad(x, width, mode=NUMPY_PAD_MODES[mode])  # type: ignore[call-overload]
     crop = (slice(None),) + tuple(
@@ -84,6 +88,11 @@ def pad_adjoint(dxp: np.ndarray, pads: Pads, mode: str = "zeros") -> np.ndarray:
     pads = tuple((int(lo), int(hi)) for lo, hi in pads)
     if mode == "zeros":
         return pad(dxp, [(-lo, -hi) for lo, hi in pads])
+    crops = [(min(lo, 0), min(hi, 0)) for lo, hi in pads]
+    if any(lo or hi for lo, hi in crops):
+        # cropped first, then padded: fold the copies back, then put the cropped cells back (as zeros)
+        folded = pad_adjoint(dxp, [(max(lo, 0), max(hi, 0)) for lo, hi in pads], mode)
+        return pad(folded, [(-lo, -hi) for lo, hi in crops])
     out = dxp
     for axis, (lo, hi) in enumerate(pads):
         if lo == 0 and hi == 0:
