@@ -290,3 +290,19 @@ def test_mismatched_kernel_channels_fail_at_graph_building() -> None:
 def test_bad_input_is_named(args: tuple, error: type, match: str) -> None:
     with pytest.raises(error, match=match):
         conv(*args)
+
+
+@pytest.mark.parametrize("kind", ["zeros", "reflect", "replicate", "circular", "max", "avg"])
+def test_negative_padding_crops_like_the_engine(kind: str) -> None:
+    """Negative explicit padding (a crop, before any copies) across chunk borders."""
+    rng = np.random.default_rng(17)
+    x = rng.standard_normal((1, 30, 31, 2))
+    padding = ((-1, -2), (1, 1))
+    if kind in ("max", "avg"):
+        spec, kernel = ConvSpec(3, padding=padding, pool=kind, count_include_pad=False), None
+    else:
+        spec, kernel = ConvSpec(3, padding=padding, padding_mode=kind), rng.standard_normal((3, 3, 2, 3))
+    expected = engine_conv(x, kernel, spec)
+    result = conv(da.from_array(x, chunks=(1, 10, 10, 2)), kernel, spec).compute()
+    assert result.shape == expected.shape
+    np.testing.assert_allclose(result, expected, rtol=1e-12, atol=1e-12)

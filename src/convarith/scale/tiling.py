@@ -295,6 +295,15 @@ def conv(
     if spec.transposed:
         result = _conv_transpose_channels_last(da, x, kernel, spec, bias, blocks)
     else:
+        if not isinstance(spec.padding, str):
+            # negative padding crops (before any copies, PyTorch's order): crop here,
+            # the tiles then see plain padding
+            pads = spec.resolve(tuple(int(v) for v in x.shape)).padding
+            if any(min(pair) < 0 for pair in pads):
+                x = x[(slice(None),) + tuple(
+                    slice(max(-lo, 0), int(n) - max(-hi, 0))
+                    for n, (lo, hi) in zip(x.shape[1:-1], pads)) + (slice(None),)]
+                spec = spec.replace(padding=tuple((max(lo, 0), max(hi, 0)) for lo, hi in pads))
         result = _conv_channels_last(da, x, kernel, spec, bias, blocks)
     if channels_first:
         result = da.moveaxis(result, -1, 1)
