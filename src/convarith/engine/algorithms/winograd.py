@@ -268,43 +268,61 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
 
     # F(4×4, 3×3) written out: the same BT and AT as transform(4), with the
     # zero coefficients skipped and the channel loop innermost (vectorised).
+    # The constants come in the data's dtype (a float literal would promote
+    # float32 arithmetic to float64).
+    @numba.njit(inline="always")
+    def bt6(x0, x1, x2, x3, x4, x5, two, four, five):  # type: ignore[no-untyped-def]
+        # Bᵀ (6×6) times a column of 6
+        return (four * x0 - five * x2 + x4, -(four * (x1 + x2)) + x3 + x4,
+                four * (x1 - x2) - x3 + x4, two * (x3 - x1) + x4 - x2,
+                two * (x1 - x3) + x4 - x2, four * x1 - five * x3 + x5)
+
+    @numba.njit(inline="always")
+    def at4(x0, x1, x2, x3, x4, x5, two, four, eight):  # type: ignore[no-untyped-def]
+        # Aᵀ (4×6) times a column of 6
+        a12, b12, a34, b34 = x1 + x2, x1 - x2, x3 + x4, x3 - x4
+        return x0 + a12 + a34, b12 + two * b34, a12 + four * a34, b12 + eight * b34 + x5
+
+    @numba.njit(inline="always")
+    def a6(x0, x1, x2, x3, two, four, eight):  # type: ignore[no-untyped-def]
+        # A (6×4) times a column of 4: the adjoint of at4
+        a02, b13 = x0 + x2, x1 + x3
+        return (x0, a02 + b13, a02 - b13, x0 + two * x1 + four * x2 + eight * x3,
+                x0 - two * x1 + four * x2 - eight * x3, x3)
+
+    @numba.njit(inline="always")
+    def tile_origin(t, th, tw, d0, d1):  # type: ignore[no-untyped-def]
+        # tile t -> (image, first output row, first output column) of its dilation phase
+        tx = t % tw
+        q1 = t // tw
+        ty = q1 % th
+        q2 = q1 // th
+        p1 = q2 % d1
+        q3 = q2 // d1
+        return q3 // d0, q3 % d0 + d0 * ty * 4, p1 + d1 * tx * 4
+
     @numba.njit(nogil=True, cache=True, fastmath={'contract'})
     def input_transform_f4(xp, bt, m, d0, d1, th, tw, first, v, top, left):  # type: ignore[no-untyped-def]
         # xp is the input before zero padding: top rows and left columns of
         # zeros are implied (and as many as needed after it)
         _, hx, wx, c = xp.shape
-        # the constants in the data's dtype (a float literal would promote to float64)
         two, four, five = bt[3, 3], bt[0, 0], -bt[0, 2]
         tile = np.zeros((6, 6, c), dtype=xp.dtype)
         tmp = np.empty((6, 6, c), dtype=xp.dtype)
         for t in range(first, first + v.shape[1]):
-            tx = t % tw
-            q1 = t // tw
-            ty = q1 % th
-            q2 = q1 // th
-            p1 = q2 % d1
-            q3 = q2 // d1
-            p0 = q3 % d0
-            n = q3 // d0
-            h0 = p0 + d0 * ty * 4 - top
-            w0 = p1 + d1 * tx * 4 - left
+            n, h0, w0 = tile_origin(t, th, tw, d0, d1)
+            h0 -= top
+            w0 -= left
             if h0 >= 0 and w0 >= 0 and h0 + 5 * d0 < hx and w0 + 5 * d1 < wx:
                 # interior tile: read the input in place
                 for j in range(6):
                     w = w0 + d1 * j
                     for ch in range(c):
-                        x0 = xp[n, h0, w, ch]
-                        x1 = xp[n, h0 + d0, w, ch]
-                        x2 = xp[n, h0 + 2 * d0, w, ch]
-                        x3 = xp[n, h0 + 3 * d0, w, ch]
-                        x4 = xp[n, h0 + 4 * d0, w, ch]
-                        x5 = xp[n, h0 + 5 * d0, w, ch]
-                        tmp[0, j, ch] = four * x0 - five * x2 + x4
-                        tmp[1, j, ch] = -(four * (x1 + x2)) + x3 + x4
-                        tmp[2, j, ch] = four * (x1 - x2) - x3 + x4
-                        tmp[3, j, ch] = two * (x3 - x1) + x4 - x2
-                        tmp[4, j, ch] = two * (x1 - x3) + x4 - x2
-                        tmp[5, j, ch] = four * x1 - five * x3 + x5
+                        (tmp[0, j, ch], tmp[1, j, ch], tmp[2, j, ch], tmp[3, j, ch],
+                         tmp[4, j, ch], tmp[5, j, ch]) = bt6(
+                            xp[n, h0, w, ch], xp[n, h0 + d0, w, ch], xp[n, h0 + 2 * d0, w, ch],
+                            xp[n, h0 + 3 * d0, w, ch], xp[n, h0 + 4 * d0, w, ch],
+                            xp[n, h0 + 5 * d0, w, ch], two, four, five)
             else:
                 # edge tile: copy what exists, zeros beyond the input
                 tile[:] = 0.0
@@ -320,39 +338,18 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
                             tile[i, j, ch] = xp[n, h, w, ch]
                 for j in range(6):
                     for ch in range(c):
-                        x0 = tile[0, j, ch]
-                        x1 = tile[1, j, ch]
-                        x2 = tile[2, j, ch]
-                        x3 = tile[3, j, ch]
-                        x4 = tile[4, j, ch]
-                        x5 = tile[5, j, ch]
-                        tmp[0, j, ch] = four * x0 - five * x2 + x4
-                        tmp[1, j, ch] = -(four * (x1 + x2)) + x3 + x4
-                        tmp[2, j, ch] = four * (x1 - x2) - x3 + x4
-                        tmp[3, j, ch] = two * (x3 - x1) + x4 - x2
-                        tmp[4, j, ch] = two * (x1 - x3) + x4 - x2
-                        tmp[5, j, ch] = four * x1 - five * x3 + x5
+                        (tmp[0, j, ch], tmp[1, j, ch], tmp[2, j, ch], tmp[3, j, ch],
+                         tmp[4, j, ch], tmp[5, j, ch]) = bt6(
+                            tile[0, j, ch], tile[1, j, ch], tile[2, j, ch], tile[3, j, ch],
+                            tile[4, j, ch], tile[5, j, ch], two, four, five)
             col = t - first
             for r in range(6):
-                out0 = v[6 * r, col]
-                out1 = v[6 * r + 1, col]
-                out2 = v[6 * r + 2, col]
-                out3 = v[6 * r + 3, col]
-                out4 = v[6 * r + 4, col]
-                out5 = v[6 * r + 5, col]
+                out0, out1, out2 = v[6 * r, col], v[6 * r + 1, col], v[6 * r + 2, col]
+                out3, out4, out5 = v[6 * r + 3, col], v[6 * r + 4, col], v[6 * r + 5, col]
                 for ch in range(c):
-                    x0 = tmp[r, 0, ch]
-                    x1 = tmp[r, 1, ch]
-                    x2 = tmp[r, 2, ch]
-                    x3 = tmp[r, 3, ch]
-                    x4 = tmp[r, 4, ch]
-                    x5 = tmp[r, 5, ch]
-                    out0[ch] = four * x0 - five * x2 + x4
-                    out1[ch] = -(four * (x1 + x2)) + x3 + x4
-                    out2[ch] = four * (x1 - x2) - x3 + x4
-                    out3[ch] = two * (x3 - x1) + x4 - x2
-                    out4[ch] = two * (x1 - x3) + x4 - x2
-                    out5[ch] = four * x1 - five * x3 + x5
+                    out0[ch], out1[ch], out2[ch], out3[ch], out4[ch], out5[ch] = bt6(
+                        tmp[r, 0, ch], tmp[r, 1, ch], tmp[r, 2, ch], tmp[r, 3, ch],
+                        tmp[r, 4, ch], tmp[r, 5, ch], two, four, five)
 
     @numba.njit(nogil=True, cache=True, fastmath={'contract'})
     def output_transform_f4(prod, at, m, d0, d1, th, tw, first, y):  # type: ignore[no-untyped-def]
@@ -361,55 +358,25 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
         rows = np.empty((4, 6, f), dtype=y.dtype)
         tile = np.empty((4, 4, f), dtype=y.dtype)
         for t in range(first, first + prod.shape[1]):
-            tx = t % tw
-            q1 = t // tw
-            ty = q1 % th
-            q2 = q1 // th
-            p1 = q2 % d1
-            q3 = q2 // d1
-            p0 = q3 % d0
-            n = q3 // d0
+            n, h0, w0 = tile_origin(t, th, tw, d0, d1)
             col = t - first
             for j in range(6):
-                s0 = prod[j, col]
-                s1 = prod[6 + j, col]
-                s2 = prod[12 + j, col]
-                s3 = prod[18 + j, col]
-                s4 = prod[24 + j, col]
-                s5 = prod[30 + j, col]
+                s0, s1, s2 = prod[j, col], prod[6 + j, col], prod[12 + j, col]
+                s3, s4, s5 = prod[18 + j, col], prod[24 + j, col], prod[30 + j, col]
                 for ch in range(f):
-                    x1 = s1[ch]
-                    x2 = s2[ch]
-                    x3 = s3[ch]
-                    x4 = s4[ch]
-                    a12 = x1 + x2
-                    b12 = x1 - x2
-                    a34 = x3 + x4
-                    b34 = x3 - x4
-                    rows[0, j, ch] = s0[ch] + a12 + a34
-                    rows[1, j, ch] = b12 + two * b34
-                    rows[2, j, ch] = a12 + four * a34
-                    rows[3, j, ch] = b12 + eight * b34 + s5[ch]
+                    rows[0, j, ch], rows[1, j, ch], rows[2, j, ch], rows[3, j, ch] = at4(
+                        s0[ch], s1[ch], s2[ch], s3[ch], s4[ch], s5[ch], two, four, eight)
             for r in range(4):
                 for ch in range(f):
-                    x1 = rows[r, 1, ch]
-                    x2 = rows[r, 2, ch]
-                    x3 = rows[r, 3, ch]
-                    x4 = rows[r, 4, ch]
-                    a12 = x1 + x2
-                    b12 = x1 - x2
-                    a34 = x3 + x4
-                    b34 = x3 - x4
-                    tile[r, 0, ch] = rows[r, 0, ch] + a12 + a34
-                    tile[r, 1, ch] = b12 + two * b34
-                    tile[r, 2, ch] = a12 + four * a34
-                    tile[r, 3, ch] = b12 + eight * b34 + rows[r, 5, ch]
+                    tile[r, 0, ch], tile[r, 1, ch], tile[r, 2, ch], tile[r, 3, ch] = at4(
+                        rows[r, 0, ch], rows[r, 1, ch], rows[r, 2, ch], rows[r, 3, ch],
+                        rows[r, 4, ch], rows[r, 5, ch], two, four, eight)
             for r in range(4):
-                oh = p0 + d0 * (ty * 4 + r)
+                oh = h0 + d0 * r
                 if oh >= ho:
                     break
                 for w_ in range(4):
-                    ow = p1 + d1 * (tx * 4 + w_)
+                    ow = w0 + d1 * w_
                     if ow >= wo:
                         break
                     for ch in range(f):
@@ -424,18 +391,11 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
         tile = np.empty((4, 4, f), dtype=dy.dtype)
         tmp = np.empty((6, 4, f), dtype=dy.dtype)
         for t in range(first, first + w_out.shape[1]):
-            tx = t % tw
-            q1 = t // tw
-            ty = q1 % th
-            q2 = q1 // th
-            p1 = q2 % d1
-            q3 = q2 // d1
-            p0 = q3 % d0
-            n = q3 // d0
+            n, h0, w0 = tile_origin(t, th, tw, d0, d1)
             for r in range(4):
-                oh = p0 + d0 * (ty * 4 + r)
+                oh = h0 + d0 * r
                 for w_ in range(4):
-                    ow = p1 + d1 * (tx * 4 + w_)
+                    ow = w0 + d1 * w_
                     if oh < ho and ow < wo:
                         for ch in range(f):
                             tile[r, w_, ch] = dy[n, oh, ow, ch]
@@ -444,39 +404,18 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
                             tile[r, w_, ch] = 0.0
             for j in range(4):
                 for ch in range(f):
-                    x0 = tile[0, j, ch]
-                    x1 = tile[1, j, ch]
-                    x2 = tile[2, j, ch]
-                    x3 = tile[3, j, ch]
-                    a02 = x0 + x2
-                    b13 = x1 + x3
-                    tmp[0, j, ch] = x0
-                    tmp[1, j, ch] = a02 + b13
-                    tmp[2, j, ch] = a02 - b13
-                    tmp[3, j, ch] = x0 + two * x1 + four * x2 + eight * x3
-                    tmp[4, j, ch] = x0 - two * x1 + four * x2 - eight * x3
-                    tmp[5, j, ch] = x3
+                    (tmp[0, j, ch], tmp[1, j, ch], tmp[2, j, ch], tmp[3, j, ch], tmp[4, j, ch],
+                     tmp[5, j, ch]) = a6(tile[0, j, ch], tile[1, j, ch], tile[2, j, ch],
+                                         tile[3, j, ch], two, four, eight)
             col = t - first
             for r in range(6):
-                out0 = w_out[6 * r, col]
-                out1 = w_out[6 * r + 1, col]
-                out2 = w_out[6 * r + 2, col]
-                out3 = w_out[6 * r + 3, col]
-                out4 = w_out[6 * r + 4, col]
-                out5 = w_out[6 * r + 5, col]
+                out0, out1, out2 = w_out[6 * r, col], w_out[6 * r + 1, col], w_out[6 * r + 2, col]
+                out3, out4, out5 = (w_out[6 * r + 3, col], w_out[6 * r + 4, col],
+                                    w_out[6 * r + 5, col])
                 for ch in range(f):
-                    x0 = tmp[r, 0, ch]
-                    x1 = tmp[r, 1, ch]
-                    x2 = tmp[r, 2, ch]
-                    x3 = tmp[r, 3, ch]
-                    a02 = x0 + x2
-                    b13 = x1 + x3
-                    out0[ch] = x0
-                    out1[ch] = a02 + b13
-                    out2[ch] = a02 - b13
-                    out3[ch] = x0 + two * x1 + four * x2 + eight * x3
-                    out4[ch] = x0 - two * x1 + four * x2 - eight * x3
-                    out5[ch] = x3
+                    out0[ch], out1[ch], out2[ch], out3[ch], out4[ch], out5[ch] = a6(
+                        tmp[r, 0, ch], tmp[r, 1, ch], tmp[r, 2, ch], tmp[r, 3, ch],
+                        two, four, eight)
 
     return (input_transform, output_transform, kernel_transform, input_transform_f4,
             output_transform_f4, gradient_transform_f4)
