@@ -97,6 +97,29 @@ def test_register_paths_match_the_reference(seed):
         assert relative_error(dk, expected_dk) <= TOLERANCE[dtype], what
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_one_input_channel_matches_the_reference(seed):
+    """One input channel, 3×3 (a first layer): four cells at a time plus the rest of a row."""
+    rng = np.random.default_rng(5500 + seed)
+    strides = tuple(int(v) for v in rng.integers(1, 3, 2))
+    dilation = tuple(int(v) for v in rng.integers(1, 3, 2))
+    pads = tuple((int(rng.integers(0, 3)), int(rng.integers(0, 3))) for _ in range(2))
+    size = tuple(int(v) for v in rng.integers(6, 20, 2))
+    out_size = tuple((n + lo + hi - 2 * d - 1) // s + 1
+                     for n, (lo, hi), d, s in zip(size, pads, dilation, strides))
+    multiplier = int(rng.choice([1, 3, 16, 32, 40]))
+    x = rng.standard_normal((int(rng.integers(1, 4)), *size, 1))
+    kernel = rng.standard_normal((3, 3, 1, multiplier))
+    expected = reference(x, kernel, strides, dilation, pads, out_size)
+    for dtype in (np.float32, np.float64):
+        what = (f"seed {5500 + seed}, {dtype.__name__}, M={multiplier}, strides {strides}, "
+                f"dilation {dilation}, pads {pads}, size {size}")
+        y = depthwise.direct(x.astype(dtype), kernel.astype(dtype), strides, dilation, 1,
+                             out_size, threads=1 + seed % 2, padding=pads)
+        assert y.dtype == dtype and y.shape == expected.shape, what
+        assert relative_error(y, expected) <= TOLERANCE[dtype], what
+
+
 @pytest.mark.parametrize("first, last", [(0, 36), (1, 36), (5, 6), (13, 31), (0, 35)])
 def test_row_ranges_split_anywhere(first, last):
     """Chunks that start or end on the second row of a pair still write every row once."""

@@ -240,6 +240,58 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
                 cell_multiplier(xp, k, n, h0, ow * s1 - p1, d0, d1, out[ow])
 
     @jit
+    def forward_one_channel(xp, k, s0, s1, d0, d1, first, last, y):  # type: ignore[no-untyped-def]
+        # one input channel, 3x3, xp already padded: xp (N, H, W), k (9, M),
+        # y (N, HO, WO, M); four cells at a time share each weight load
+        _, ho, wo, m = y.shape
+        for row in range(first, last):
+            n = row // ho
+            oh = row % ho
+            h0 = oh * s0
+            r0 = xp[n, h0]
+            r1 = xp[n, h0 + d0]
+            r2 = xp[n, h0 + 2 * d0]
+            out = y[n, oh]
+            ow = 0
+            while ow + 4 <= wo:
+                a = ow * s1
+                b = a + d1
+                c = b + d1
+                a0, a1, a2, a3 = r0[a], r0[a + s1], r0[a + 2 * s1], r0[a + 3 * s1]
+                b0, b1, b2, b3 = r0[b], r0[b + s1], r0[b + 2 * s1], r0[b + 3 * s1]
+                c0, c1, c2, c3 = r0[c], r0[c + s1], r0[c + 2 * s1], r0[c + 3 * s1]
+                e0, e1, e2, e3 = r1[a], r1[a + s1], r1[a + 2 * s1], r1[a + 3 * s1]
+                f0, f1, f2, f3 = r1[b], r1[b + s1], r1[b + 2 * s1], r1[b + 3 * s1]
+                g0, g1, g2, g3 = r1[c], r1[c + s1], r1[c + 2 * s1], r1[c + 3 * s1]
+                p0, p1, p2, p3 = r2[a], r2[a + s1], r2[a + 2 * s1], r2[a + 3 * s1]
+                q0, q1, q2, q3 = r2[b], r2[b + s1], r2[b + 2 * s1], r2[b + 3 * s1]
+                t0, t1, t2, t3 = r2[c], r2[c + s1], r2[c + 2 * s1], r2[c + 3 * s1]
+                o0, o1, o2, o3 = out[ow], out[ow + 1], out[ow + 2], out[ow + 3]
+                for j in range(m):
+                    w0, w1, w2 = k[0, j], k[1, j], k[2, j]
+                    w3, w4, w5 = k[3, j], k[4, j], k[5, j]
+                    w6, w7, w8 = k[6, j], k[7, j], k[8, j]
+                    o0[j] = (a0 * w0 + b0 * w1 + c0 * w2 + e0 * w3 + f0 * w4 + g0 * w5
+                             + p0 * w6 + q0 * w7 + t0 * w8)
+                    o1[j] = (a1 * w0 + b1 * w1 + c1 * w2 + e1 * w3 + f1 * w4 + g1 * w5
+                             + p1 * w6 + q1 * w7 + t1 * w8)
+                    o2[j] = (a2 * w0 + b2 * w1 + c2 * w2 + e2 * w3 + f2 * w4 + g2 * w5
+                             + p2 * w6 + q2 * w7 + t2 * w8)
+                    o3[j] = (a3 * w0 + b3 * w1 + c3 * w2 + e3 * w3 + f3 * w4 + g3 * w5
+                             + p3 * w6 + q3 * w7 + t3 * w8)
+                ow += 4
+            for ow in range(ow, wo):
+                a = ow * s1
+                a0, b0, c0 = r0[a], r0[a + d1], r0[a + 2 * d1]
+                e0, f0, g0 = r1[a], r1[a + d1], r1[a + 2 * d1]
+                p0, q0, t0 = r2[a], r2[a + d1], r2[a + 2 * d1]
+                o0 = out[ow]
+                for j in range(m):
+                    o0[j] = (a0 * k[0, j] + b0 * k[1, j] + c0 * k[2, j] + e0 * k[3, j]
+                             + f0 * k[4, j] + g0 * k[5, j] + p0 * k[6, j] + q0 * k[7, j]
+                             + t0 * k[8, j])
+
+    @jit
     def grad_channels(xp, dy, s0, s1, d0, d1, p0, p1, first, last, part, acc):  # type: ignore[no-untyped-def]
         # multiplier 1: acc (KH, KW, C) float64 += the contributions of output rows
         # first .. last - 1, summed _GRAD_BLOCK output cells at a time in part
@@ -310,7 +362,8 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
                             for j in range(m):
                                 acc[a, b, ch, j] += part[a, b, ch, j]
 
-    return forward_channels, forward_multiplier, grad_channels, grad_multiplier
+    return (forward_channels, forward_multiplier, grad_channels, grad_multiplier,
+            forward_one_channel)
 
 
 def _tap_view(
@@ -381,6 +434,20 @@ def direct(
         raise ImportError("use_numba=True needs numba (pip install numba) and rank 1 or 2")
     if kernels is None and padding is not None:
         xp = pad(xp, padding)
+    if kernels is not None and channels == 1 and rank == 2 and kernel.shape[:2] == (3, 3):
+        # one input channel (a first layer): the input is M times smaller than
+        # the output, so a padded copy costs little and no cell needs a bounds check
+        x1 = np.ascontiguousarray((pad(xp, padding) if padding is not None else xp)[..., 0])
+        k1 = np.ascontiguousarray(kernel.reshape(9, filters))
+        y = np.empty((xp.shape[0], *out_size, filters), xp.dtype)
+        rows = xp.shape[0] * out_size[0]
+
+        def work_one(first: int, last: int) -> None:
+            kernels[4](x1, k1, *strides, *dilation, first, last, y)
+
+        run_chunks(work_one, rows, -(-rows // (2 * worker_count())), threads=threads,
+                   flops=_GEMM_EQUIVALENT * y.size * 9)
+        return y
     if kernels is not None:
         before = [lo for lo, _ in padding] if padding is not None else [0] * rank
         p = (before[0], before[1]) if rank == 2 else (0, before[0])
