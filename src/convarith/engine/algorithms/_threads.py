@@ -24,13 +24,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-__all__ = ["run_chunks", "worker_count", "SMALL_WORK"]
+import numpy as np
+
+__all__ = ["run_chunks", "worker_count", "workspace", "SMALL_WORK"]
 
 #: Below this many FLOPs a problem runs inline: starting threads and limiting
 #: BLAS costs about a millisecond, more than the work itself.
@@ -177,3 +180,37 @@ def _pool(pid: int, threads: int) -> ThreadPoolExecutor:
     """Helper threads kept between calls (starting one costs about 0.15 ms);
     one pool per process id, since a forked child has none of its parent's threads."""
     return ThreadPoolExecutor(threads, thread_name_prefix="convarith")
+
+
+# Each thread's scratch arrays, kept between calls (see workspace).
+_SCRATCH = threading.local()
+
+#: Scratch arrays above this size are not kept (made fresh each call).
+WORKSPACE_KEEP_BYTES = 8 << 20
+
+
+def workspace(name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """An uninitialised array for this thread's use until its next call with ``name``.
+
+    Chunk buffers of a few MiB are made and dropped at every chunk; the
+    allocator returns blocks that size to the system, so each chunk paid for
+    fresh pages (measured: Winograd L9, 4.7 ms on one core instead of 2.9 for
+    its parts). Keeping one buffer per name and thread (up to
+    :data:`WORKSPACE_KEEP_BYTES`) avoids that.
+
+    >>> a = workspace("doc", (2, 3), np.float32)
+    >>> b = workspace("doc", (3, 2), np.float32)
+    >>> a.shape, b.shape, np.shares_memory(a, b)
+    ((2, 3), (3, 2), True)
+    """
+    dtype = np.dtype(dtype)
+    size = math.prod(shape)
+    if size * dtype.itemsize > WORKSPACE_KEEP_BYTES:
+        return np.empty(shape, dtype)
+    kept: dict[str, np.ndarray] | None = getattr(_SCRATCH, "arrays", None)
+    if kept is None:
+        kept = _SCRATCH.arrays = {}
+    buffer = kept.get(name)
+    if buffer is None or buffer.dtype != dtype or buffer.size < size:
+        buffer = kept[name] = np.empty(max(size, 1), dtype)
+    return buffer[:size].reshape(shape)

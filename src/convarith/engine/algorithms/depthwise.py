@@ -280,12 +280,12 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
                     o3[j] = (a3 * w0 + b3 * w1 + c3 * w2 + e3 * w3 + f3 * w4 + g3 * w5
                              + p3 * w6 + q3 * w7 + t3 * w8)
                 ow += 4
-            for ow in range(ow, wo):
-                a = ow * s1
+            for rest in range(ow, wo):
+                a = rest * s1
                 a0, b0, c0 = r0[a], r0[a + d1], r0[a + 2 * d1]
                 e0, f0, g0 = r1[a], r1[a + d1], r1[a + 2 * d1]
                 p0, q0, t0 = r2[a], r2[a + d1], r2[a + 2 * d1]
-                o0 = out[ow]
+                o0 = out[rest]
                 for j in range(m):
                     o0[j] = (a0 * k[0, j] + b0 * k[1, j] + c0 * k[2, j] + e0 * k[3, j]
                              + f0 * k[4, j] + g0 * k[5, j] + p0 * k[6, j] + q0 * k[7, j]
