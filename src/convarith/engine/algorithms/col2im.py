@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..dispatch import ConvProblem, register_algorithm
-from ._threads import run_chunks, worker_count
+from ._threads import run_chunks, worker_count, workspace
 
 __all__ = ["transposed", "applies", "cost", "CHUNK_BYTES"]
 
@@ -375,7 +375,8 @@ def transposed(
         key = threading.get_ident()
         buffer = buffers.get(key)
         if buffer is None:
-            buffer = buffers[key] = np.empty(max(1, largest * widest), x.dtype)
+            buffer = buffers[key] = workspace("col2im.columns", (max(1, largest * widest),),
+                                              x.dtype)
         pieces = x_rows[n0:n1, i0:i1].reshape(count, c)
         for g in range(groups):
             channels = slice(g * fg, (g + 1) * fg)

@@ -55,7 +55,7 @@ import numpy as np
 
 from ..dispatch import ConvProblem, register_algorithm
 from ..padding import pad
-from ._threads import run_chunks, worker_count
+from ._threads import run_chunks, worker_count, workspace
 
 __all__ = ["direct", "weight_grad", "applies", "cost", "FlatPlan", "plan", "CHUNK_BYTES"]
 
@@ -237,7 +237,8 @@ def _direct_im2col(
     def work(first: int, last: int) -> None:
         buffer = getattr(scratch, "columns", None)
         if buffer is None:
-            buffer = scratch.columns = np.empty((per_chunk, width, kh * kw, c), xp.dtype)
+            buffer = scratch.columns = workspace("flat_rows.im2col", (per_chunk, width, kh * kw, c),
+                                                 xp.dtype)
         for unit in range(first, last):
             image, rest = divmod(unit, row_blocks * col_blocks)
             row_block, col_block = divmod(rest, col_blocks)
@@ -398,7 +399,7 @@ def direct(
         """``block[:rows]`` = the flat output rows ``start ..`` read from ``source``."""
         stop = start + rows
         if gather:
-            columns = np.empty((rows, taps, c), xp.dtype)
+            columns = workspace("flat_rows.columns", (rows, taps, c), xp.dtype)
             if compiled_gather is not None:
                 compiled_gather(source, tap_phases, tap_shifts, start, columns)
             else:
@@ -407,7 +408,7 @@ def direct(
             np.matmul(columns.reshape(rows, taps * c), stacked, out=block[:rows])
             return
         target = block[:rows]
-        scratch = None if blas else np.empty_like(target)
+        scratch = None if blas else workspace("flat_rows.scratch", target.shape, xp.dtype)
         for index, (t, phase, shift) in enumerate(tap_list):
             piece = source[phase, start + shift: stop + shift]
             if index == 0:
@@ -422,7 +423,7 @@ def direct(
             row0 = part * per_chunk
             row1 = min(out_size[0], row0 + per_chunk)
             source = _phase_rows(xp, flat_plan, strides, image, row0, row1 + halo)
-            block = np.empty(((row1 - row0) * step, f), xp.dtype)
+            block = workspace("flat_rows.block", ((row1 - row0) * step, f), xp.dtype)
             compute(source, 0, (row1 - row0) * step, block)
             on_grid = block.reshape(row1 - row0, *flat_plan.grid[1:], f)
             y[image, row0:row1] = on_grid[real]
@@ -440,7 +441,7 @@ def direct(
             rows = min(g1 * step, usable) - g0 * step
             if rows <= 0:
                 continue  # only the garbage rows after the last image
-            block = np.empty(((g1 - g0) * step, f), xp.dtype)
+            block = workspace("flat_rows.block", ((g1 - g0) * step, f), xp.dtype)
             compute(images, g0 * step, rows, block)
             on_grid = block.reshape(g1 - g0, *flat_plan.grid[1:], f)
             for image in range(g0 // grid0, (g1 - 1) // grid0 + 1):

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..dispatch import ConvProblem, register_algorithm
-from ._threads import run_chunks, worker_count
+from ._threads import run_chunks, worker_count, workspace
 
 __all__ = ["direct", "applies", "cost", "PhasePlan", "plan", "BLOCK_BYTES"]
 
@@ -341,8 +341,10 @@ def direct(
 
     def work(start: int, stop: int) -> None:
         if getattr(scratch, "planes", None) is None:
-            scratch.planes = np.empty(math.prod(plane_shape), xp.dtype)
-            scratch.columns = np.empty(inner * rows * width, xp.dtype)
+            scratch.planes = workspace("space_to_depth.planes", (math.prod(plane_shape),),
+                                       xp.dtype)
+            scratch.columns = workspace("space_to_depth.columns", (inner * rows * width,),
+                                        xp.dtype)
         for unit in range(start, stop):
             image, rest = divmod(unit, units_per_image)
             o0, rest = divmod(rest, row_blocks * col_blocks)

@@ -75,6 +75,10 @@ __all__ = ["WinogradTransform", "transform", "direct", "weight_grad", "applies",
 #: (measured on 2 MiB-L2 cores: L1 3.3 ms with 2 MiB against 3.5 with 1 MiB; L3 3.6 vs 4.0).
 CHUNK_BYTES = 2 << 20
 
+#: Transformed input and gradient tiles per step of the weight gradient, in bytes
+#: (its products are (C × tiles) @ (tiles × F): longer sums than the forward's).
+GRAD_CHUNK_BYTES = 4 << 20
+
 #: Above this many float32 input channels, F(2×2, 3×3) replaces F(4×4, 3×3) (accuracy).
 F4_MAX_CHANNELS = 256
 
@@ -703,7 +707,7 @@ def weight_grad(
     at = np.ascontiguousarray(wt.AT.astype(dtype))
     x_contiguous = np.ascontiguousarray(xp)
     dy_contiguous = np.ascontiguousarray(dy, dtype)
-    step = chunk_tiles or max(32, (4 * CHUNK_BYTES) // (36 * (c + f) * dtype.itemsize))
+    step = chunk_tiles or max(32, GRAD_CHUNK_BYTES // (36 * (c + f) * dtype.itemsize))
 
     def work(first: int, last: int) -> np.ndarray:
         # one worker's share of the tiles, in cache-sized steps, summed in place
@@ -711,8 +715,8 @@ def weight_grad(
         product = np.empty((36, c, f), dtype)
         for start in range(first, last, step):
             stop = min(last, start + step)
-            v = np.empty((36, stop - start, c), dtype)
-            w = np.empty((36, stop - start, f), dtype)
+            v = workspace("winograd.grad_v", (36, stop - start, c), dtype)
+            w = workspace("winograd.grad_w", (36, stop - start, f), dtype)
             kernels[3](x_contiguous, bt, 4, d0, d1, th, tw, start, v, top, left)
             kernels[5](dy_contiguous, at, d0, d1, th, tw, start, w)
             np.matmul(v.transpose(0, 2, 1), w, out=product)
