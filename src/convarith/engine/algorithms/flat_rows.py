@@ -225,6 +225,8 @@ def _direct_im2col(
     weights = np.ascontiguousarray(kernel).reshape(kh * kw * c, f)
     y = np.empty((n, o0, o1, f), xp.dtype)
     # blocks of whole rows, or of part of a row when one row is already large (1-D)
+    if chunk_bytes is None:
+        chunk_bytes = IM2COL_CHUNK_BYTES
     per_chunk = _chunk_rows(o1, kh * kw * c, xp.dtype.itemsize, chunk_bytes)
     width = o1
     if per_chunk == 1:
@@ -288,6 +290,11 @@ def _flat_index(index: Sequence[int], sizes: Sequence[int]) -> int:
 
 #: Output bytes per chunk of rows (a chunk's output stays in a core's L2 cache).
 CHUNK_BYTES = 512 << 10
+
+#: im2col column bytes per chunk of the compiled im2col path (measured, two
+#: cores, 3×3 stride 2 with 32–128 channels: 3–7 % faster than 512 KiB, and
+#: than 1.5 MiB on two of three layers).
+IM2COL_CHUNK_BYTES = 1 << 20
 
 
 def _chunk_rows(step: int, width: int, itemsize: int, chunk_bytes: int | None = None) -> int:
