@@ -634,9 +634,16 @@ def direct(
 
         y_phases = y.reshape(n, out_h, s0, out_w, s1, f // (s0 * s1))
 
+        total = n * tiling.per_image
         tiles = max(1, workspace_bytes // tile_bytes)
-        flops = 2.0 * n * tiling.per_image * a * a * c * f
-        run_chunks(work, n * tiling.per_image, tiles, threads=threads, flops=flops)
+        # as many chunks as that needs, rounded up to a multiple of the workers, all
+        # the same size: a short last chunk would leave a thread idle at the end
+        workers = threads if threads is not None else worker_count()
+        chunks = -(-total // tiles)
+        chunks = -(-chunks // workers) * workers
+        tiles = max(1, -(-total // chunks))
+        flops = 2.0 * total * a * a * c * f
+        run_chunks(work, total, tiles, threads=threads, flops=flops)
         return y
     chunk = max(1, min(n, workspace_bytes // max(tile_bytes * tiling.per_image, 1)))
     for start in range(0, n, chunk):
