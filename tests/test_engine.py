@@ -358,6 +358,37 @@ def test_registry_forces_and_rejects_algorithms() -> None:
         conv(x, kernel, spec, algorithm="nope")
 
 
+def test_remembered_choices_follow_the_registry_and_the_budget(monkeypatch: Any) -> None:
+    """The dispatch remembers its choice per shape, and forgets it when an algorithm
+    is registered or removed, or the workspace budget changes."""
+    x = np.random.default_rng(4).standard_normal((1, 7, 7, 2))
+    kernel = np.random.default_rng(5).standard_normal((3, 3, 2, 2))
+    spec = ConvSpec(3, padding="same")
+    problem = dispatch.ConvProblem((1, 9, 9, 2), (3, 3, 2, 2), (1, 1), (1, 1), 1, (7, 7),
+                                   np.dtype(np.float64))
+    before = dispatch.choose(problem).name
+    assert dispatch.choose(problem).name == before  # asked twice, same answer
+    calls = []
+
+    def spy(*args: Any, **kwargs: Any) -> np.ndarray:
+        calls.append(args[-1])
+        return offset_gemm.direct(*args)
+
+    dispatch.register_algorithm("cheap_spy", spy, cost=lambda p: -1.0)
+    try:
+        assert dispatch.choose(problem).name == "cheap_spy"
+        conv(x, kernel, spec)
+        assert calls == [(7, 7)]
+        # a smaller budget is a different question (algorithms may stop applying)
+        monkeypatch.setattr(dispatch, "WORKSPACE_BYTES", 1)
+        assert dispatch.choose(problem).name == "cheap_spy"
+        assert any(key[-1] == 1 for key in dispatch._CHOICES)
+    finally:
+        dispatch.unregister_algorithm("cheap_spy")
+    monkeypatch.undo()
+    assert dispatch.choose(problem).name == before
+
+
 def test_flip_swap_is_an_involution_and_swaps_groups() -> None:
     kernel = np.random.default_rng(3).standard_normal((2, 3, 4, 6))  # Cg=4, G=2, Fg=3
     swapped = flip_swap(kernel, 2)

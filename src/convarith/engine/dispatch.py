@@ -39,6 +39,7 @@ True
 from __future__ import annotations
 
 import importlib
+import math
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -106,8 +107,8 @@ class ConvProblem:
     @property
     def flops(self) -> int:
         """Multiply-adds times two of the plain definition."""
-        cells = self.batch * int(np.prod(self.out_size))
-        taps = int(np.prod(self.kernel_size))
+        cells = self.batch * math.prod(self.out_size)
+        taps = math.prod(self.kernel_size)
         return 2 * cells * taps * self.kernel_shape[-2] * self.out_channels
 
 
@@ -201,11 +202,13 @@ def register_algorithm(
     algorithm = Algorithm(name, fn, applies or _always, cost or _flops, weight_grad, kind,
                           pads_zeros)
     _REGISTRY.algorithms[name] = algorithm
+    _CHOICES.clear()
     return algorithm
 
 
 def unregister_algorithm(name: str) -> Algorithm | None:
     """Remove an algorithm (for tests); returns it, or ``None`` if unknown."""
+    _CHOICES.clear()
     return _REGISTRY.algorithms.pop(name, None)
 
 
@@ -253,15 +256,40 @@ def choose(problem: ConvProblem, algorithm: str | None = None, kind: str = "dire
     return found
 
 
+# Choices made so far: (problem, what, workspace budget) -> algorithm. Asking every
+# algorithm whether it applies and what it costs takes ~0.1-0.2 ms, paid by every
+# call of a layer; the answer depends only on the shapes and the registry (emptied
+# when an algorithm is registered or removed).
+_CHOICES: dict[tuple[Any, ...], Algorithm | None] = {}
+_CHOICES_MAX = 4096
+
+
+def _remembered(key: tuple[Any, ...], find: Callable[[], Algorithm | None]) -> Algorithm | None:
+    key = (*key, WORKSPACE_BYTES)
+    try:
+        return _CHOICES[key]
+    except KeyError:
+        pass
+    found = find()
+    if len(_CHOICES) >= _CHOICES_MAX:
+        _CHOICES.clear()
+    _CHOICES[key] = found
+    return found
+
+
 def cheapest(problem: ConvProblem, kind: str = "direct") -> Algorithm | None:
     """The cheapest ``kind`` algorithm that applies to ``problem``, if any."""
     _REGISTRY.load_builtin()
-    candidates = [
-        a for a in _REGISTRY.algorithms.values() if a.kind == kind and a.applies(problem)
-    ]
-    if not candidates:
-        return None
-    return min(candidates, key=lambda a: (a.cost(problem), a.name))
+
+    def find() -> Algorithm | None:
+        candidates = [
+            a for a in _REGISTRY.algorithms.values() if a.kind == kind and a.applies(problem)
+        ]
+        if not candidates:
+            return None
+        return min(candidates, key=lambda a: (a.cost(problem), a.name))
+
+    return _remembered((problem, kind), find)
 
 
 def choose_weight_grad(problem: ConvProblem, algorithm: str | None = None) -> Algorithm:
@@ -275,13 +303,18 @@ def choose_weight_grad(problem: ConvProblem, algorithm: str | None = None) -> Al
         if chosen.weight_grad is not None and chosen.kind == "direct" and chosen.applies(problem):
             return chosen
     _REGISTRY.load_builtin()
-    candidates = [
-        a for a in _REGISTRY.algorithms.values()
-        if a.weight_grad is not None and a.kind == "direct" and a.applies(problem)
-    ]
-    if not candidates:
+
+    def find() -> Algorithm | None:
+        candidates = [
+            a for a in _REGISTRY.algorithms.values()
+            if a.weight_grad is not None and a.kind == "direct" and a.applies(problem)
+        ]
+        return min(candidates, key=lambda a: (a.cost(problem), a.name)) if candidates else None
+
+    found = _remembered((problem, "weight_grad"), find)
+    if found is None:
         raise ValueError(f"no registered algorithm computes the weight gradient of {problem}")
-    return min(candidates, key=lambda a: (a.cost(problem), a.name))
+    return found
 
 
 def workspace_budget(output_bytes: int) -> int:
