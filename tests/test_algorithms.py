@@ -637,3 +637,24 @@ def test_algorithms_agree_with_torch(seed):
     for dtype in DTYPES:
         y = phase.transposed(x.astype(dtype), k.astype(dtype), strides, (1, 1), 1, padding)
         check(y, to_last(y_t), dtype, seed, "phase transposed vs torch")
+
+
+def test_run_chunks_leaves_blas_alone_when_told_it_is_not_used():
+    """blas=False skips the single-threaded BLAS limit (pure compiled work); blas=True
+    applies it inside the chunks and restores it after."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from convarith.engine.algorithms._threads import run_chunks
+
+    def blas_threads():
+        return [lib["num_threads"] for lib in threadpoolctl.threadpool_info()
+                if lib["user_api"] == "blas"]
+
+    # the first limited call also loads SciPy's BLAS (more libraries to list)
+    seen_limited = run_chunks(lambda a, b: blas_threads(), 4, 1, threads=2)
+    outside = blas_threads()
+    if not outside or max(outside) < 2:
+        pytest.skip("BLAS runs one thread here anyway")
+    seen_free = run_chunks(lambda a, b: blas_threads(), 4, 1, threads=2, blas=False)
+    assert all(max(counts) == 1 for counts in seen_limited)
+    assert all(counts == outside for counts in seen_free)
+    assert blas_threads() == outside

@@ -241,3 +241,18 @@ def test_specs_are_frozen_and_hashable() -> None:
         spec.strides = (2, 2)  # type: ignore[misc]
     assert hash(spec) == hash(ConvSpec((3, 3)))
     assert spec.replace(strides=2).strides == (2, 2)
+
+
+def test_resolve_remembers_shapes_but_still_checks_every_input():
+    """Resolving the same spec and shape twice gives the same frozen answer; bad shapes
+    (a bool, a zero, a float) are still refused every time, never served from memory."""
+    spec = ConvSpec(3, strides=2, padding="same")
+    first = spec.resolve((2, 9, 9, 4))
+    assert spec.resolve((2, 9, 9, 4)) is first
+    assert first.output_size == (5, 5)  # ceil(9 / 2), hand-derived
+    assert ConvSpec(3, strides=2, padding="same").resolve((2, 9, 9, 4)) == first
+    assert spec.resolve((2, 10, 9, 4)).output_size == (5, 5)
+    for bad in [(2, True, 9, 4), (2, 0, 9, 4), (2, 9.0, 9, 4)]:
+        for _ in range(2):
+            with pytest.raises((TypeError, ValueError), match="input_shape"):
+                spec.resolve(bad)

@@ -19,6 +19,7 @@ Examples
 
 from __future__ import annotations
 
+import functools
 import numbers
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -377,6 +378,14 @@ class ConvSpec:
         >>> ConvSpec(3, padding=1, strides=3).resolve(28).output_size
         (10, 10)
         """
+        if type(input_shape) is tuple and all(type(v) is int for v in input_shape):
+            # the engine resolves every call's spec with x.shape: remember the answers
+            # (ResolvedConv is frozen; a spec that cannot be hashed is built each time)
+            try:
+                return _resolve_remembered(self, input_shape)
+            except TypeError as error:
+                if "unhashable" not in str(error):
+                    raise
         return ResolvedConv.build(self, input_shape)
 
     def _repr_html_(self) -> str:
@@ -820,3 +829,8 @@ def _resolve_channels(spec: ConvSpec, channels: int | None) -> tuple[int | None,
             f"the input's {channels} channels must be divisible by groups={groups}"
         )
     return groups, spec.filters
+
+
+@functools.lru_cache(maxsize=1024)
+def _resolve_remembered(spec: ConvSpec, input_shape: tuple[int, ...]) -> ResolvedConv:
+    return ResolvedConv.build(spec, input_shape)

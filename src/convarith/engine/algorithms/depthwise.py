@@ -446,7 +446,7 @@ def direct(
             kernels[4](x1, k1, *strides, *dilation, first, last, y)
 
         run_chunks(work_one, rows, -(-rows // (2 * worker_count())), threads=threads,
-                   flops=_GEMM_EQUIVALENT * y.size * 9)
+                   flops=_GEMM_EQUIVALENT * y.size * 9, blas=False)
         return y
     if kernels is not None:
         before = [lo for lo, _ in padding] if padding is not None else [0] * rank
@@ -470,7 +470,8 @@ def direct(
         rows = xp.shape[0] * o[0]
         run_chunks(work, rows, _rows_per_chunk(rows, o[1] * filters * xp.dtype.itemsize),
                    threads=threads,
-                   flops=_GEMM_EQUIVALENT * y.size * math.prod(kernel.shape[:rank]))
+                   flops=_GEMM_EQUIVALENT * y.size * math.prod(kernel.shape[:rank]),
+                   blas=False)
         return y.reshape(xp.shape[0], *out_size, filters)
     y = np.zeros((xp.shape[0], *out_size, channels, multiplier), xp.dtype)
     scratch = np.empty_like(y)
@@ -535,7 +536,8 @@ def weight_grad(
         rows = dy2.shape[0] * dy2.shape[1]
         chunk = max(1, -(-rows // (4 * worker_count())))
         flops = _GEMM_EQUIVALENT * dy.size * math.prod(kernel_size)
-        total = sum(run_chunks(partial_sum, rows, chunk, threads=threads, flops=flops))
+        total = sum(run_chunks(partial_sum, rows, chunk, threads=threads, flops=flops,
+                               blas=False))
         return np.asarray(total, xp.dtype).reshape(*kernel_size, 1, filters)
     dk = np.empty((*kernel_size, 1, filters), xp.dtype)
     grad = dy.reshape(*dy.shape[:-1], channels, multiplier)
