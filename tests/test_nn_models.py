@@ -89,6 +89,9 @@ def test_whole_model_forward_and_input_gradient_match_keras(padding, strides, di
         (("SGD", {"learning_rate": 0.05, "momentum": 0.5, "nesterov": True}),
          "categorical_crossentropy"),
         (("Adam", {"learning_rate": 0.01}), "categorical_crossentropy"),
+        (("RMSprop", {"learning_rate": 0.01}), "sparse_categorical_crossentropy"),
+        (("RMSprop", {"learning_rate": 0.005, "momentum": 0.8, "centered": True}),
+         "categorical_crossentropy"),
     ],
 )
 def test_training_steps_match_keras(optimizer, loss):
@@ -389,3 +392,23 @@ def test_linear_functional_keras_model_import(tmp_path):
     assert rel_err(nn.from_keras(keras_model).predict(x), expected) <= RTOL
     keras_model.save(tmp_path / "functional.keras")
     assert rel_err(nn.load_model(tmp_path / "functional.keras").predict(x), expected) <= RTOL
+
+
+def test_rmsprop_is_the_default_name_and_checks_its_arguments():
+    """compile(optimizer="rmsprop") (Keras's default) gets Keras's defaults; one plain step
+    is w - lr·g / √((1 - rho)·g² + ε), derived by hand; bad arguments are named."""
+    opt = nn.optimizers.get("rmsprop")
+    assert isinstance(opt, nn.RMSprop)
+    assert opt.get_config() == {"learning_rate": 0.001, "rho": 0.9, "momentum": 0.0,
+                                "epsilon": 1e-7, "centered": False}
+    w = np.array([0.5, -1.0])
+    g = np.array([3.0, -0.5])
+    expected = w - 0.001 * g / np.sqrt(0.1 * g * g + 1e-7)
+    opt.apply([w], [g])
+    np.testing.assert_allclose(w, expected, rtol=1e-12)
+    with pytest.raises(ValueError, match="rho must be"):
+        nn.RMSprop(rho=1.5)
+    with pytest.raises(TypeError, match="centered must be True or False"):
+        nn.RMSprop(centered="yes")
+    with pytest.raises(ValueError, match="momentum must be"):
+        nn.RMSprop(momentum=-0.1)

@@ -43,11 +43,12 @@ from .layers import (
 )
 from .losses import CategoricalCrossentropy, MeanSquaredError, SparseCategoricalCrossentropy
 from .models import History, Sequential, TrainingStopped
-from .optimizers import SGD, Adam
+from .optimizers import SGD, Adam, RMSprop
 
 __all__ = [
     "Activation",
     "Adam",
+    "RMSprop",
     "AveragePooling1D",
     "AveragePooling2D",
     "BatchNormalization",

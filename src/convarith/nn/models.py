@@ -303,12 +303,8 @@ class Sequential:
     def compile(self, optimizer: str | optimizers_module.Optimizer = "rmsprop",
                 loss: str | losses_module.Loss | None = None,
                 metrics: Sequence[str] | None = None) -> None:
-        """Choose the optimizer (``"sgd"``, ``"adam"`` or an object), loss and metrics."""
-        if optimizer == "rmsprop":
-            raise ValueError(
-                "optimizer='rmsprop' (Keras's default) is not available; use 'sgd', 'adam' or "
-                "convarith.nn.SGD(...)/Adam(...)"
-            )
+        """Choose the optimizer (``"rmsprop"`` as in Keras, ``"sgd"``, ``"adam"`` or an
+        object), loss and metrics."""
         if loss is None:
             raise ValueError(
                 "compile needs loss=, e.g. 'sparse_categorical_crossentropy' or "

@@ -1,4 +1,4 @@
-"""SGD (with momentum) and Adam, updating exactly as Keras 3 does.
+"""SGD (with momentum), Adam and RMSprop, updating exactly as Keras 3 does.
 
 An optimizer keeps one state slot per variable (by position) and updates the
 variables in place: ``optimizer.apply(variables, gradients)``.
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Optimizer", "SGD", "Adam", "get"]
+__all__ = ["Optimizer", "SGD", "Adam", "RMSprop", "get"]
 
 
 def _rate(name: str, value: Any, low: float = 0.0, high: float | None = None) -> float:
@@ -127,7 +127,56 @@ class Adam(Optimizer):
                 "epsilon": self.epsilon}
 
 
-_NAMES: dict[str, Callable[[], Optimizer]] = {"sgd": SGD, "adam": Adam}
+class RMSprop(Optimizer):
+    """RMSprop with Keras's defaults and update rule.
+
+    ``v = rho·v + (1 - rho)·g²``; centered: ``a = rho·a + (1 - rho)·g`` and the
+    denominator is ``√(v - a² + ε)``, else ``√(v + ε)``; the step ``lr·g / denominator``
+    is taken directly, or through ``m = momentum·m + step`` when ``momentum > 0``.
+
+    >>> w = np.array([1.0], np.float32)
+    >>> RMSprop(learning_rate=0.1).apply([w], [np.array([2.0], np.float32)])
+    >>> round(float(w[0]), 4)  # 1 - 0.1·2 / √(0.1·4 + 1e-7)
+    0.6838
+    """
+
+    def __init__(self, learning_rate: float = 0.001, rho: float = 0.9, momentum: float = 0.0,
+                 epsilon: float = 1e-7, centered: bool = False) -> None:
+        super().__init__(learning_rate)
+        self.rho = _rate("rho", rho, 0.0, 1.0)
+        self.momentum = _rate("momentum", momentum, 0.0, 1.0)
+        self.epsilon = _rate("epsilon", epsilon)
+        if not isinstance(centered, bool):
+            raise TypeError(f"centered must be True or False, got {centered!r}")
+        self.centered = centered
+
+    def update(self, index: int, variable: np.ndarray, gradient: np.ndarray) -> None:
+        dtype = variable.dtype.type
+        rho, epsilon = dtype(self.rho), dtype(self.epsilon)
+        names = ["v"] + (["m"] if self.momentum > 0 else []) + (["a"] if self.centered else [])
+        slot = self.state.setdefault(index, {name: np.zeros_like(variable) for name in names})
+        v = slot["v"]
+        v[...] = rho * v + (1 - rho) * (gradient * gradient)
+        if self.centered:
+            a = slot["a"]
+            a[...] = rho * a + (1 - rho) * gradient
+            denominator = v - a * a + epsilon
+        else:
+            denominator = v + epsilon
+        increment = dtype(self.learning_rate) * gradient / np.sqrt(denominator)
+        if self.momentum > 0:
+            m = slot["m"]
+            m[...] = dtype(self.momentum) * m + increment
+            variable -= m
+        else:
+            variable -= increment
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "rho": self.rho, "momentum": self.momentum,
+                "epsilon": self.epsilon, "centered": self.centered}
+
+
+_NAMES: dict[str, Callable[[], Optimizer]] = {"sgd": SGD, "adam": Adam, "rmsprop": RMSprop}
 
 
 def get(identifier: str | Optimizer) -> Optimizer:
