@@ -120,6 +120,36 @@ def test_one_input_channel_matches_the_reference(seed):
         assert relative_error(y, expected) <= TOLERANCE[dtype], what
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_row_path_for_few_channels_matches_the_reference(seed):
+    """Few channels, multiplier 1, unit stride along the width (1-D and 2-D): each tap is
+    one pass over whole rows, with large dilated kernels and any height stride."""
+    rng = np.random.default_rng(5800 + seed)
+    channels = int(rng.choice([1, 2, 5, 16]))
+    kernel_size = (int(rng.integers(1, 8)), int(rng.integers(1, 8)))
+    dilation = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
+    strides = (int(rng.integers(1, 3)), 1)
+    pads = tuple((int(rng.integers(0, 4)), int(rng.integers(0, 4))) for _ in range(2))
+    size = tuple(int(v) for v in rng.integers(15, 30, 2))
+    out_size = tuple((n + lo + hi - (k - 1) * d - 1) // s + 1
+                     for n, (lo, hi), k, d, s in zip(size, pads, kernel_size, dilation, strides))
+    x = rng.standard_normal((int(rng.integers(1, 3)), *size, channels))
+    kernel = rng.standard_normal((*kernel_size, 1, channels))
+    expected = reference(x, kernel, strides, dilation, pads, out_size)
+    row_of = 0  # the 1-D problem: the first row of the 2-D one, with a 1-row kernel
+    expected_1d = reference(x[:, row_of:row_of + 1], kernel[:1], (1, 1), (1, dilation[1]),
+                            ((0, 0), pads[1]), (1, out_size[1]))[:, 0]
+    for dtype in (np.float32, np.float64):
+        what = (f"seed {5800 + seed}, {dtype.__name__}, C={channels}, kernel {kernel_size}, "
+                f"strides {strides}, dilation {dilation}, pads {pads}")
+        y = depthwise.direct(x.astype(dtype), kernel.astype(dtype), strides, dilation,
+                             channels, out_size, threads=1 + seed % 2, padding=pads)
+        assert y.dtype == dtype and relative_error(y, expected) <= TOLERANCE[dtype], what
+        y1 = depthwise.direct(x[:, row_of].astype(dtype), kernel[0].astype(dtype), (1,),
+                              (dilation[1],), channels, (out_size[1],), padding=(pads[1],))
+        assert relative_error(y1, expected_1d) <= TOLERANCE[dtype], what + " (1-D)"
+
+
 @pytest.mark.parametrize("first, last", [(0, 36), (1, 36), (5, 6), (13, 31), (0, 35)])
 def test_row_ranges_split_anywhere(first, last):
     """Chunks that start or end on the second row of a pair still write every row once."""

@@ -292,6 +292,29 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
                              + t0 * k[8, j])
 
     @jit
+    def forward_rows(xp, kt, c, s0, d0, d1, first, last, y):  # type: ignore[no-untyped-def]
+        # multiplier 1, stride 1 along the width, few channels, xp already padded:
+        # xp (N, HP, WP·C), kt (KH, KW, WO·C) each tap's C weights repeated along an
+        # output row, y (N, HO, WO·C). A tap is one multiply-add over the whole row
+        # (vectorized over width × channels, where the channel loop alone is too short)
+        _, ho, width = y.shape
+        kh, kw = kt.shape[0], kt.shape[1]
+        for row in range(first, last):
+            n = row // ho
+            oh = row % ho
+            out = y[n, oh]
+            for j in range(width):
+                out[j] = 0.0
+            for a in range(kh):
+                src = xp[n, oh * s0 + a * d0]
+                for b in range(kw):
+                    start = b * d1 * c
+                    part = src[start:start + width]
+                    weights = kt[a, b]
+                    for j in range(width):
+                        out[j] += part[j] * weights[j]
+
+    @jit
     def grad_channels(xp, dy, s0, s1, d0, d1, p0, p1, first, last, part, acc):  # type: ignore[no-untyped-def]
         # multiplier 1: acc (KH, KW, C) float64 += the contributions of output rows
         # first .. last - 1, summed _GRAD_BLOCK output cells at a time in part
@@ -363,7 +386,7 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
                                 acc[a, b, ch, j] += part[a, b, ch, j]
 
     return (forward_channels, forward_multiplier, grad_channels, grad_multiplier,
-            forward_one_channel)
+            forward_one_channel, forward_rows)
 
 
 def _tap_view(
@@ -448,6 +471,12 @@ def direct(
         run_chunks(work_one, rows, -(-rows // (2 * worker_count())), threads=threads,
                    flops=_GEMM_EQUIVALENT * y.size * 9, blas=False)
         return y
+    if (kernels is not None and multiplier == 1 and channels <= ROW_MAX_CHANNELS
+            and strides[-1] == 1
+            and math.prod(kernel.shape[:rank]) * out_size[-1] * channels * xp.dtype.itemsize
+            <= ROW_WEIGHT_BYTES):
+        return _direct_rows(kernels[5], xp, kernel, strides, dilation, out_size, padding,
+                            threads)
     if kernels is not None:
         before = [lo for lo, _ in padding] if padding is not None else [0] * rank
         p = (before[0], before[1]) if rank == 2 else (0, before[0])
@@ -480,6 +509,45 @@ def direct(
         np.multiply(view, kernel[tap].reshape(channels, multiplier), out=scratch)
         y += scratch
     return y.reshape(xp.shape[0], *out_size, filters)
+
+
+#: Multiplier-1 layers with at most this many channels and stride 1 along the width
+#: run a tap at a time over whole rows (:func:`_direct_rows`). Measured (two cores),
+#: rows against cell by cell: one channel, 2048², 7×7 dilation 2: 10 ms against 290;
+#: 3×3: 2.7 against 6.0 (1 channel), 13 against 26 (3), 17 against 19 (16);
+#: 5×5: 5 against 178 (1), 40 against 66 (16); at 32 channels the cell loop, whose
+#: channel loop is then long enough to vectorize, is as fast or faster (3×3 40 vs 40,
+#: 5×5 107 vs 91).
+ROW_MAX_CHANNELS = 16
+
+#: Largest repeated-weights table (taps × output row) for that path, in bytes.
+ROW_WEIGHT_BYTES = 4 << 20
+
+
+def _direct_rows(
+    loop: Callable[..., None], xp: np.ndarray, kernel: np.ndarray, strides: Sequence[int],
+    dilation: Sequence[int], out_size: Sequence[int],
+    padding: Sequence[tuple[int, int]] | None, threads: int | None,
+) -> np.ndarray:
+    """Few channels, multiplier 1, unit stride along the width: a padded copy (the
+    input is no bigger than the output's reach), then one pass per tap over each row."""
+    rank = len(out_size)
+    if padding is not None:
+        xp = pad(xp, padding)
+    x2, s, d, o, ks = _as_2d(xp, strides, dilation, out_size, kernel.shape[:rank])
+    n, hp, wp, c = x2.shape
+    flat = np.ascontiguousarray(x2).reshape(n, hp, wp * c)
+    taps = kernel.reshape(*ks, c)
+    repeated = np.ascontiguousarray(np.tile(taps, (1, 1, o[1])))  # (KH, KW, WO·C)
+    y = np.empty((n, o[0], o[1] * c), xp.dtype)
+    rows = n * o[0]
+
+    def work(first: int, last: int) -> None:
+        loop(flat, repeated, c, s[0], d[0], d[1], first, last, y)
+
+    run_chunks(work, rows, max(1, -(-rows // (4 * worker_count()))), threads=threads,
+               flops=_GEMM_EQUIVALENT * y.size * math.prod(ks), blas=False)
+    return y.reshape(n, *out_size, c)
 
 
 def weight_grad(
