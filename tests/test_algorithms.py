@@ -658,3 +658,29 @@ def test_run_chunks_leaves_blas_alone_when_told_it_is_not_used():
     assert all(max(counts) == 1 for counts in seen_limited)
     assert all(counts == outside for counts in seen_free)
     assert blas_threads() == outside
+
+
+def test_thread_limit_and_environment_cap_the_engine_threads(monkeypatch):
+    """thread_limit(n) and CONVARITH_NUM_THREADS cap worker_count; under a limit of one,
+    every chunk runs on the calling thread; bad limits are refused by name."""
+    import threading
+
+    from convarith.engine import thread_limit
+    from convarith.engine.algorithms._threads import run_chunks, worker_count
+
+    cores = worker_count()
+    with thread_limit(1):
+        assert worker_count() == 1
+        seen = run_chunks(lambda a, b: threading.get_ident(), 8, 1, flops=1e12)
+        assert set(seen) == {threading.get_ident()}
+        with thread_limit(64):
+            assert worker_count() == cores  # a limit never adds threads
+    assert worker_count() == cores
+    monkeypatch.setenv("CONVARITH_NUM_THREADS", "1")
+    assert worker_count() == 1
+    monkeypatch.setenv("CONVARITH_NUM_THREADS", "zero")  # not a count: ignored
+    assert worker_count() == cores
+    for bad in (0, -2, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="threads must be a positive integer"):
+            with thread_limit(bad):
+                pass

@@ -306,3 +306,26 @@ def test_negative_padding_crops_like_the_engine(kind: str) -> None:
     result = conv(da.from_array(x, chunks=(1, 10, 10, 2)), kernel, spec).compute()
     assert result.shape == expected.shape
     np.testing.assert_allclose(result, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_blocks_run_the_engine_on_one_thread(monkeypatch):
+    """Dask runs blocks side by side, so each block's engine call is limited to one
+    thread (no thread per core per block); the result is unchanged."""
+    from convarith.engine.algorithms._threads import worker_count
+    from convarith.scale import tiling
+
+    seen = []
+
+    def recording(block, *args, **kwargs):
+        if block.shape[1:3] != (3, 3):  # not the one-window probe made with the graph
+            seen.append(worker_count())
+        return engine_conv(block, *args, **kwargs)
+
+    monkeypatch.setattr(tiling, "_engine_conv", lambda: recording)
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((1, 40, 36, 2)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, 2, 4)).astype(np.float32)
+    spec = ConvSpec(3, padding="same")
+    y = conv(da.from_array(x, chunks=(1, 16, 16, 2)), kernel, spec).compute(scheduler="threads")
+    assert seen and set(seen) == {1}
+    np.testing.assert_allclose(y, engine_conv(x, kernel, spec), rtol=1e-5, atol=1e-6)

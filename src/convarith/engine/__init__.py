@@ -15,6 +15,7 @@ Examples
 (2, 4, 4, 16)
 """
 
+from .algorithms._threads import thread_limit
 from .api import (
     avg_pool,
     conv1d,
@@ -54,5 +55,6 @@ __all__ = [
     "max_pool",
     "register_algorithm",
     "separable_conv2d",
+    "thread_limit",
     "unregister_algorithm",
 ]

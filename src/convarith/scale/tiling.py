@@ -186,8 +186,15 @@ def _run_block(
     out_shape: tuple[int, ...],
     mask_channels: int,
 ) -> np.ndarray:
-    """Run the engine on one haloed block (padding 'valid'); divide by the mask if any."""
-    result = _engine_conv()(block, kernel, block_spec, bias=bias)
+    """Run the engine on one haloed block (padding 'valid'); divide by the mask if any.
+
+    One thread per block: Dask runs blocks side by side (a thread or a process
+    per core), so the engine must not also start a thread per core for each.
+    """
+    from ..engine import thread_limit
+
+    with thread_limit(1):
+        result = _engine_conv()(block, kernel, block_spec, bias=bias)
     if mask_channels:
         values, counts = result[..., :-mask_channels], result[..., -mask_channels:]
         with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 where only padding: as in memory

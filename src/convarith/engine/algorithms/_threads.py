@@ -23,6 +23,7 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import math
 import os
@@ -33,19 +34,53 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["run_chunks", "worker_count", "workspace", "SMALL_WORK"]
+__all__ = ["run_chunks", "worker_count", "thread_limit", "workspace", "SMALL_WORK"]
 
 #: Below this many FLOPs a problem runs inline: starting threads and limiting
 #: BLAS costs about a millisecond, more than the work itself.
 SMALL_WORK = 3e7
 
 
+# A limit set by thread_limit() for the calls made in this context (thread or task).
+_LIMIT: contextvars.ContextVar[int | None] = contextvars.ContextVar("convarith_threads",
+                                                                   default=None)
+
+
 def worker_count() -> int:
-    """Threads to use: the cores this process may run on."""
+    """Threads to use: the cores this process may run on, at most the
+    :func:`thread_limit` in force and the ``CONVARITH_NUM_THREADS`` environment variable."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+        cores = max(1, os.cpu_count() or 1)
+    limit = _LIMIT.get()
+    if limit is not None:
+        cores = min(cores, limit)
+    setting = os.environ.get("CONVARITH_NUM_THREADS", "").strip()
+    if setting.isdigit() and int(setting) > 0:
+        cores = min(cores, int(setting))
+    return cores
+
+
+@contextlib.contextmanager
+def thread_limit(threads: int) -> Iterator[None]:
+    """Run the engine's calls inside on at most ``threads`` threads (this context only).
+
+    For callers that run several engine calls at once themselves (a Dask
+    thread per core, one process per core): without it each call would also
+    start one thread per core, and the cores would be oversubscribed.
+
+    >>> with thread_limit(1):
+    ...     worker_count()
+    1
+    """
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    token = _LIMIT.set(threads)
+    try:
+        yield
+    finally:
+        _LIMIT.reset(token)
 
 
 @functools.cache
