@@ -457,8 +457,14 @@ def direct(
         raise ImportError("use_numba=True needs numba (pip install numba) and rank 1 or 2")
     if kernels is None and padding is not None:
         xp = pad(xp, padding)
+    if (kernels is not None and multiplier == 1 and channels <= ROW_MAX_CHANNELS
+            and strides[-1] == 1
+            and math.prod(kernel.shape[:rank]) * out_size[-1] * channels * xp.dtype.itemsize
+            <= ROW_WEIGHT_BYTES):
+        return _direct_rows(kernels[5], xp, kernel, strides, dilation, out_size, padding,
+                            threads)
     if kernels is not None and channels == 1 and rank == 2 and kernel.shape[:2] == (3, 3):
-        # one input channel (a first layer): the input is M times smaller than
+        # one input channel and M > 1 outputs (a first layer): the input is M times smaller than
         # the output, so a padded copy costs little and no cell needs a bounds check
         x1 = np.ascontiguousarray((pad(xp, padding) if padding is not None else xp)[..., 0])
         k1 = np.ascontiguousarray(kernel.reshape(9, filters))
@@ -471,12 +477,6 @@ def direct(
         run_chunks(work_one, rows, -(-rows // (2 * worker_count())), threads=threads,
                    flops=_GEMM_EQUIVALENT * y.size * 9, blas=False)
         return y
-    if (kernels is not None and multiplier == 1 and channels <= ROW_MAX_CHANNELS
-            and strides[-1] == 1
-            and math.prod(kernel.shape[:rank]) * out_size[-1] * channels * xp.dtype.itemsize
-            <= ROW_WEIGHT_BYTES):
-        return _direct_rows(kernels[5], xp, kernel, strides, dilation, out_size, padding,
-                            threads)
     if kernels is not None:
         before = [lo for lo, _ in padding] if padding is not None else [0] * rank
         p = (before[0], before[1]) if rank == 2 else (0, before[0])
