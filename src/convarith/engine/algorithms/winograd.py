@@ -164,6 +164,18 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
     except ImportError:  # pragma: no cover - exercised by the numba-less test
         return None
 
+    @numba.njit(inline="always")
+    def tile_origin(t, th, tw, d0, d1, m):  # type: ignore[no-untyped-def]
+        # tile t (m×m outputs) -> (image, first output row, first output column) of its
+        # dilation phase; the tile's cell (i, j) is (row + d0·i, column + d1·j)
+        tx = t % tw
+        q1 = t // tw
+        ty = q1 % th
+        q2 = q1 // th
+        p1 = q2 % d1
+        q3 = q2 // d1
+        return q3 // d0, q3 % d0 + d0 * ty * m, p1 + d1 * tx * m
+
     @numba.njit(nogil=True, cache=True)
     def input_transform(xp, bt, m, d0, d1, th, tw, first, v):  # type: ignore[no-untyped-def]
         # tiles first .. first + v.shape[1] - 1 into v[:, t - first]
@@ -172,21 +184,14 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
         tile = np.zeros((a, a, c), dtype=xp.dtype)
         rows = np.zeros((a, a, c), dtype=xp.dtype)
         for t in range(first, first + v.shape[1]):
-            tx = t % tw
-            q1 = t // tw
-            ty = q1 % th
-            q2 = q1 // th
-            p1 = q2 % d1
-            q3 = q2 // d1
-            p0 = q3 % d0
-            n = q3 // d0
+            n, h0, w0 = tile_origin(t, th, tw, d0, d1, m)
             tile[:] = 0.0
             for i in range(a):
-                h = p0 + d0 * (ty * m + i)
+                h = h0 + d0 * i
                 if h >= hp:
                     break
                 for j in range(a):
-                    w = p1 + d1 * (tx * m + j)
+                    w = w0 + d1 * j
                     if w >= wp:
                         break
                     tile[i, j, :] = xp[n, h, w, :]
@@ -214,14 +219,7 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
         a = at.shape[1]
         rows = np.zeros((m, a, f), dtype=y.dtype)
         for t in range(first, first + prod.shape[1]):
-            tx = t % tw
-            q1 = t // tw
-            ty = q1 % th
-            q2 = q1 // th
-            p1 = q2 % d1
-            q3 = q2 // d1
-            p0 = q3 % d0
-            n = q3 // d0
+            n, h0, w0 = tile_origin(t, th, tw, d0, d1, m)
             rows[:] = 0.0
             for u in range(m):
                 for i in range(a):
@@ -232,11 +230,11 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
                             for ch in range(f):
                                 rows[u, j, ch] += coef * src[ch]
             for u in range(m):
-                oh = p0 + d0 * (ty * m + u)
+                oh = h0 + d0 * u
                 if oh >= ho:
                     break
                 for w_ in range(m):
-                    ow = p1 + d1 * (tx * m + w_)
+                    ow = w0 + d1 * w_
                     if ow >= wo:
                         break
                     out = y[n, oh, ow]
@@ -300,17 +298,6 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
         return (x0, a02 + b13, a02 - b13, x0 + two * x1 + four * x2 + eight * x3,
                 x0 - two * x1 + four * x2 - eight * x3, x3)
 
-    @numba.njit(inline="always")
-    def tile_origin(t, th, tw, d0, d1):  # type: ignore[no-untyped-def]
-        # tile t -> (image, first output row, first output column) of its dilation phase
-        tx = t % tw
-        q1 = t // tw
-        ty = q1 % th
-        q2 = q1 // th
-        p1 = q2 % d1
-        q3 = q2 // d1
-        return q3 // d0, q3 % d0 + d0 * ty * 4, p1 + d1 * tx * 4
-
     @numba.njit(nogil=True, cache=True, fastmath={'contract'})
     def input_transform_f4(xp, bt, m, d0, d1, th, tw, first, v, top, left):  # type: ignore[no-untyped-def]
         # xp is the input before zero padding: top rows and left columns of
@@ -320,7 +307,7 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
         tile = np.zeros((6, 6, c), dtype=xp.dtype)
         tmp = np.empty((6, 6, c), dtype=xp.dtype)
         for t in range(first, first + v.shape[1]):
-            n, h0, w0 = tile_origin(t, th, tw, d0, d1)
+            n, h0, w0 = tile_origin(t, th, tw, d0, d1, 4)
             h0 -= top
             w0 -= left
             if h0 >= 0 and w0 >= 0 and h0 + 5 * d0 < hx and w0 + 5 * d1 < wx:
@@ -371,7 +358,7 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
         rows = np.empty((4, 6, f), dtype=y.dtype)
         tile = np.empty((4, 4, f), dtype=y.dtype)
         for t in range(first, first + prod.shape[1]):
-            n, h0, w0 = tile_origin(t, th, tw, d0, d1)
+            n, h0, w0 = tile_origin(t, th, tw, d0, d1, 4)
             col = t - first
             for j in range(6):
                 s0, s1, s2 = prod[j, col], prod[6 + j, col], prod[12 + j, col]
@@ -408,7 +395,7 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
         tile = np.empty((4, 4, f), dtype=dy.dtype)
         tmp = np.empty((6, 4, f), dtype=dy.dtype)
         for t in range(first, first + w_out.shape[1]):
-            n, h0, w0 = tile_origin(t, th, tw, d0, d1)
+            n, h0, w0 = tile_origin(t, th, tw, d0, d1, 4)
             for r in range(4):
                 oh = h0 + d0 * r
                 for w_ in range(4):
