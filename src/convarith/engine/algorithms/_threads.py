@@ -34,7 +34,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["run_chunks", "worker_count", "thread_limit", "workspace", "SMALL_WORK"]
+__all__ = ["run_chunks", "worker_count", "thread_limit", "workspace", "aligned_empty",
+           "aligned_copy",
+           "SMALL_WORK"]
 
 #: Below this many FLOPs a problem runs inline: starting threads and limiting
 #: BLAS costs about a millisecond, more than the work itself.
@@ -246,11 +248,37 @@ def workspace(name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     dtype = np.dtype(dtype)
     size = math.prod(shape)
     if size * dtype.itemsize > WORKSPACE_KEEP_BYTES:
-        return np.empty(shape, dtype)
+        return aligned_empty(shape, dtype)
     kept: dict[str, np.ndarray] | None = getattr(_SCRATCH, "arrays", None)
     if kept is None:
         kept = _SCRATCH.arrays = {}
     buffer = kept.get(name)
     if buffer is None or buffer.dtype != dtype or buffer.size < size:
-        buffer = kept[name] = np.empty(max(size, 1), dtype)
+        buffer = kept[name] = aligned_empty((max(size, 1),), dtype)
     return buffer[:size].reshape(shape)
+
+
+#: Alignment of :func:`aligned_empty` (and :func:`workspace`): a 64-byte vector
+#: load that straddles two cache lines costs two (the compiled kernels of
+#: :mod:`.register_tiles` measured 189 against 208 GFLOP/s).
+ALIGN = 64
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """An uninitialised C-contiguous array starting on an :data:`ALIGN`-byte boundary.
+
+    >>> aligned_empty((3, 5), np.float32).ctypes.data % ALIGN
+    0
+    """
+    dtype = np.dtype(dtype)
+    size = math.prod(shape) * dtype.itemsize
+    raw = np.empty(size + ALIGN, np.uint8)
+    start = -raw.ctypes.data % ALIGN
+    return raw[start:start + size].view(dtype).reshape(shape)
+
+
+def aligned_copy(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of ``a`` on an :data:`ALIGN`-byte boundary."""
+    copy = aligned_empty(a.shape, a.dtype)
+    copy[...] = a
+    return copy

@@ -1,0 +1,176 @@
+"""Register-tiled compiled kernels (``register_tiles``) against the definition and PyTorch.
+
+Expected values come from the float64 definition written out tap by tap
+(``test_algorithms.reference_direct``), from PyTorch's ``conv2d`` and from
+float64 ``np.matmul`` (the packed batched products). Bounds: relative error ≤ 1e-5
+in float32, ≤ 1e-10 in float64 (the kernels only change the order of the sum).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from convarith.engine import conv
+from convarith.engine.algorithms import _llvm, register_tiles
+from convarith.engine.dispatch import ConvProblem, choose
+from convarith.engine.padding import pad
+from test_algorithms import reference_direct, relative_error
+
+TOLERANCE = {np.float32: 1e-5, np.float64: 1e-10}
+
+pytestmark = pytest.mark.skipif(
+    not _llvm.available(), reason="no compiled kernels here (llvmlite, AVX2+FMA or AVX-512)")
+
+
+def random_direct(seed):
+    """A 1-D or 2-D convolution with zero padding (negative crops) that fits its input."""
+    rng = np.random.default_rng(seed)
+    while True:
+        rank = int(rng.integers(1, 3))
+        kernel_size = tuple(int(v) for v in rng.integers(1, 6, rank))
+        strides = tuple(int(v) for v in rng.integers(1, 4, rank))
+        dilation = tuple(int(v) for v in rng.integers(1, 3, rank))
+        size = tuple(int(v) for v in rng.integers(1, 14, rank))
+        pads = tuple((int(a), int(b)) for a, b in rng.integers(-1, 4, (rank, 2)))
+        padded = [n + lo + hi for n, (lo, hi) in zip(size, pads)]
+        out = tuple((p - (k - 1) * d - 1) // s + 1
+                    for p, k, d, s in zip(padded, kernel_size, dilation, strides))
+        if min(out) > 0:
+            break
+    channels = int(rng.choice([1, 3, 8, 21, 70]))
+    # filters: below a vector, whole vectors, and blocks of vectors plus a rest
+    filters = int(rng.choice([1, 5, 16, 32, 48, 64, 100, 136]))
+    x = rng.standard_normal((int(rng.integers(1, 4)), *size, channels))
+    kernel = rng.standard_normal((*kernel_size, channels, filters))
+    return x, kernel, strides, dilation, pads, out
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_direct_against_definition(seed):
+    x, kernel, strides, dilation, pads, out = random_direct(9100 + seed)
+    expected = reference_direct(pad(x, pads), kernel, strides, dilation, 1, out)
+    for dtype in (np.float32, np.float64):
+        for threads in (1, 2):
+            what = (f"seed {9100 + seed}, {dtype.__name__}, threads {threads}, x {x.shape}, "
+                    f"kernel {kernel.shape}, strides {strides}, dilation {dilation}, "
+                    f"padding {pads}")
+            y = register_tiles.direct(x.astype(dtype), kernel.astype(dtype), strides, dilation,
+                                      1, out, padding=pads, threads=threads)
+            assert y.dtype == dtype and y.shape == expected.shape, what
+            assert relative_error(y, expected) <= TOLERANCE[dtype], what
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_channel_steps_and_tiny_chunks_add_up(seed, monkeypatch):
+    """Kernel panels split over steps of input channels (summed in place) and slabs of
+    one row give the same result."""
+    x, kernel, strides, dilation, pads, out = random_direct(9200 + seed)
+    monkeypatch.setattr(register_tiles, "PANEL_BYTES", 1)  # one input channel per step
+    monkeypatch.setattr(register_tiles, "SLAB_BYTES", 1)  # one output row per chunk
+    assert len(register_tiles._channel_steps(9, x.shape[-1], 64, 16, 4)) == x.shape[-1]
+    expected = reference_direct(pad(x, pads), kernel, strides, dilation, 1, out)
+    y = register_tiles.direct(x, kernel, strides, dilation, 1, out, padding=pads, threads=2)
+    assert relative_error(y, expected) <= 1e-10, f"seed {9200 + seed}"
+
+
+def test_unpadded_input_is_read_in_place_and_rows_span_blocks():
+    """No padding: the kernels read the caller's array (no slab); a block of cells wraps
+    from one output row to the next (OW = 5 is not a multiple of the block's rows)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 7, 7, 4))
+    kernel = rng.standard_normal((3, 3, 4, 16))
+    y = register_tiles.direct(x, kernel, (1, 1), (1, 1), 1, (5, 5))
+    expected = reference_direct(x, kernel, (1, 1), (1, 1), 1, (5, 5))
+    assert relative_error(y, expected) <= 1e-10
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_packed_products_match_matmul(seed):
+    """Winograd's batched products: blocks of vectors plus a rest, and few rows."""
+    rng = np.random.default_rng(9500 + seed)
+    batch, cells, k = int(rng.integers(1, 40)), int(rng.integers(1, 130)), int(rng.integers(1, 300))
+    dtype = (np.float32, np.float64)[seed % 2]
+    width = _llvm.vector_width(dtype)
+    f = width * int(rng.integers(1, 11))
+    v = rng.standard_normal((batch, cells, k)).astype(dtype)
+    u = rng.standard_normal((batch, k, f)).astype(dtype)
+    packed = register_tiles.pack_products(u)
+    out = register_tiles.packed_matmul(v, packed, np.empty((batch, cells, f), dtype))
+    expected = np.matmul(v.astype(np.float64), u.astype(np.float64))
+    assert relative_error(out, expected) <= TOLERANCE[dtype], f"seed {9500 + seed}"
+    # not a whole number of vectors, or a dtype without kernels: not packed
+    assert register_tiles.pack_products(u[..., : f - 1]) is None
+    assert register_tiles.pack_products(u.astype(np.int32)) is None
+    with pytest.raises(ValueError, match="packed_matmul needs"):
+        register_tiles.packed_matmul(v[:, :, :-1], packed, out)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_against_pytorch(seed):
+    """Forced through the engine's ``conv`` (explicit padding, strides, dilation)."""
+    torch = pytest.importorskip("torch")
+    from convarith import ConvSpec
+
+    rng = np.random.default_rng(9400 + seed)
+    c, f = int(rng.choice([3, 16, 64])), int(rng.choice([16, 40, 64]))
+    k, s, d = int(rng.integers(2, 6)), int(rng.integers(1, 3)), int(rng.integers(1, 3))
+    x = rng.standard_normal((2, 17, 13, c)).astype(np.float32)
+    w = rng.standard_normal((k, k, c, f)).astype(np.float32)
+    pads = (k - 1) * d // 2
+    spec = ConvSpec(k, strides=s, dilation=d, padding=pads, rank=2)
+    y = conv(x, w, spec, algorithm="register_tiles")
+    with torch.no_grad():
+        expected = torch.nn.functional.conv2d(
+            torch.from_numpy(x).permute(0, 3, 1, 2), torch.from_numpy(w).permute(3, 2, 0, 1),
+            stride=s, dilation=d, padding=pads).permute(0, 2, 3, 1).numpy()
+    assert relative_error(y, expected) <= 1e-5, f"seed {9400 + seed}"
+
+
+def test_cost_prefers_blas_for_1x1_and_winograd_for_wide_3x3():
+    f32 = np.dtype(np.float32)
+    one_by_one = ConvProblem((8, 28, 28, 64), (1, 1, 64, 64), (1, 1), (1, 1), 1, (28, 28), f32)
+    assert choose(one_by_one).name != "register_tiles"
+    wide = ConvProblem((8, 58, 58, 64), (3, 3, 64, 64), (1, 1), (1, 1), 1, (56, 56), f32)
+    assert choose(wide).name == "winograd"
+    stem = ConvProblem((8, 117, 117, 3), (7, 7, 3, 64), (2, 2), (1, 1), 1, (56, 56), f32)
+    assert choose(stem).name == "register_tiles"
+
+
+def test_block_rows_fit_the_registers():
+    registers = 32 if _llvm.max_vectors() == 4 else 16
+    for vectors in range(1, _llvm.max_vectors() + 1):
+        rows = _llvm.block_rows(vectors)
+        assert rows >= 1 and rows * vectors + vectors + 2 <= registers
+
+
+def test_switched_off_without_llvmlite_and_by_environment():
+    """``CONVARITH_JIT=0`` or no llvmlite: the algorithm does not apply, conv still works."""
+    script = (
+        "import sys\n"
+        "if sys.argv[1] == 'blocked':\n"
+        "    sys.modules['llvmlite'] = None\n"
+        "    sys.modules['llvmlite.binding'] = None\n"
+        "import numpy as np\n"
+        "from convarith.engine import conv, available_algorithms\n"
+        "from convarith.engine.algorithms import _llvm\n"
+        "from convarith import ConvSpec\n"
+        "assert not _llvm.available()\n"
+        "x = np.ones((1, 9, 9, 3), np.float32)\n"
+        "y = conv(x, np.ones((3, 3, 3, 16), np.float32), ConvSpec(3, padding='same'))\n"
+        "assert y.shape == (1, 9, 9, 16) and y[0, 4, 4, 0] == 27.0\n"
+        "try:\n"
+        "    conv(x, np.ones((3, 3, 3, 16), np.float32), ConvSpec(3), algorithm='register_tiles')\n"
+        "except ValueError as error:\n"
+        "    assert 'does not apply' in str(error)\n"
+        "else:\n"
+        "    raise AssertionError('forced register_tiles must be refused')\n"
+        "print('ok')\n")
+    for mode, env in (("blocked", {}), ("env", {"CONVARITH_JIT": "0"})):
+        done = subprocess.run([sys.executable, "-c", script, mode], capture_output=True,
+                              text=True, timeout=120, env={**os.environ, **env})
+        assert done.returncode == 0 and done.stdout.strip() == "ok", (mode, done.stderr)
