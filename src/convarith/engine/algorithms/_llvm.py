@@ -55,6 +55,9 @@ import numpy as np
 
 __all__ = ["available", "compiled", "vector_width", "block_rows", "Kernels"]
 
+#: Steps of the sum per loop turn in a register block.
+UNROLL = 2
+
 # llvmlite's compiler is not thread-safe; compile one module at a time.
 _LOCK = threading.Lock()
 
@@ -125,12 +128,12 @@ def block_rows(vectors: int) -> int:
     The block's ``MR·NV`` accumulators, ``NV`` kernel vectors and a broadcast
     must fit in the vector registers (32 with AVX-512, 16 with AVX2), and the
     ``MR`` input pointers in the general registers. Measured with AVX-512 on
-    a block whose operands are in L1 (GFLOP/s of one core, peak 239):
-    ``NV × MR`` = 4×6: 185, 4×5: 179, 3×9: 194, 3×8: 186, 2×8: 182, 2×10: 175,
-    2×12: 87 (spills), 1×8: 141, 1×12: 133.
+    a block whose operands are in L1, two steps per loop turn (GFLOP/s of one
+    core, peak 239): ``NV × MR`` = 4×6: 210, 4×5: 201, 3×9: 126 (spills),
+    3×8: 201, 3×7: 208, 2×8: 189, 2×10: 191, 1×8: 141, 1×14: 129.
     """
     free = _registers() - 2 - vectors
-    return max(1, min(9 if vectors == 3 else 8, free // vectors))
+    return max(1, min(7 if vectors == 3 else 8, free // vectors))
 
 
 @dataclass(frozen=True)
@@ -148,71 +151,108 @@ def _tile(name: str, mr: int, nv: int, ty: str, vw: int) -> str:
     """IR of one register block: ``mr`` cells × ``nv`` vectors, summed over taps × channels.
 
     Each cell has its own input and output pointer, so a block may span rows.
+    The sum runs :data:`UNROLL` steps per loop turn, then one at a time.
     """
     v = f"<{vw} x {ty}>"
     p = f"{ty}*"
     xs = ", ".join(f"{p} %x{i}" for i in range(mr))
     ys = ", ".join(f"{p} %y{i}" for i in range(mr))
+    acc = [(i, j) for i in range(mr) for j in range(nv)]
+
+    def step(tag: str, k: str, wc: str, before: str) -> list[str]:
+        """One step of the sum: accumulators ``%{before}i_j`` -> ``%{tag}d i_j``."""
+        out = [f"  %{tag}kp = getelementptr i64, i64* %xoff, i64 {k}",
+               f"  %{tag}xc = load i64, i64* %{tag}kp"]
+        for j in range(nv):
+            out += [
+                f"  %{tag}wo{j} = add i64 {wc}, {j * vw}",
+                f"  %{tag}wp{j} = getelementptr {ty}, {p} %w, i64 %{tag}wo{j}",
+                f"  %{tag}wq{j} = bitcast {p} %{tag}wp{j} to {v}*",
+                f"  %{tag}wv{j} = load {v}, {v}* %{tag}wq{j}, align 4",
+            ]
+        for i in range(mr):
+            out += [
+                f"  %{tag}xp{i} = getelementptr {ty}, {p} %x{i}, i64 %{tag}xc",
+                f"  %{tag}xl{i} = load {ty}, {p} %{tag}xp{i}",
+                f"  %{tag}xe{i} = insertelement {v} undef, {ty} %{tag}xl{i}, i32 0",
+                f"  %{tag}xb{i} = shufflevector {v} %{tag}xe{i}, {v} undef, "
+                f"<{vw} x i32> zeroinitializer",
+            ]
+            for j in range(nv):
+                out.append(f"  %{tag}d{i}_{j} = call {v} @llvm.fma.v{vw}{_suffix(ty)}"
+                           f"({v} %{tag}xb{i}, {v} %{tag}wv{j}, {v} %{before}{i}_{j})")
+        return out
+
     lines = [
         f"define internal void @{name}({xs}, {p} %w, {ys}, i64* %xoff, i64 %K, i64 %LDW, "
         "i64 %ACC) {",
         "entry:",
         "  %acc = icmp ne i64 %ACC, 0",
-        "  br i1 %acc, label %load, label %ch",
+        "  br i1 %acc, label %load, label %pre",
         "load:",
     ]
-    for i in range(mr):
-        for j in range(nv):
-            lines += [
-                f"  %lp{i}_{j} = getelementptr {ty}, {p} %y{i}, i64 {j * vw}",
-                f"  %lq{i}_{j} = bitcast {p} %lp{i}_{j} to {v}*",
-                f"  %l{i}_{j} = load {v}, {v}* %lq{i}_{j}, align 4",
-            ]
+    for i, j in acc:
+        lines += [
+            f"  %lp{i}_{j} = getelementptr {ty}, {p} %y{i}, i64 {j * vw}",
+            f"  %lq{i}_{j} = bitcast {p} %lp{i}_{j} to {v}*",
+            f"  %l{i}_{j} = load {v}, {v}* %lq{i}_{j}, align 4",
+        ]
+    lines += ["  br label %pre", "pre:"]
+    for i, j in acc:
+        lines.append(f"  %s{i}_{j} = phi {v} [zeroinitializer, %entry], [%l{i}_{j}, %load]")
     lines += [
-        "  br label %ch",
+        f"  %KU = sub i64 %K, {UNROLL - 1}",
+        "  %some = icmp sgt i64 %KU, 0",
+        "  br i1 %some, label %ch, label %after",
         "ch:",
-        "  %k = phi i64 [0, %entry], [0, %load], [%k1, %ch]",
-        "  %wc = phi i64 [0, %entry], [0, %load], [%wc1, %ch]",
+        "  %k = phi i64 [0, %pre], [%k1, %ch]",
+        "  %wc = phi i64 [0, %pre], [%wc1, %ch]",
     ]
-    for i in range(mr):
-        for j in range(nv):
-            lines.append(f"  %b{i}_{j} = phi {v} [zeroinitializer, %entry], [%l{i}_{j}, %load], "
-                         f"[%d{i}_{j}, %ch]")
+    last = f"u{UNROLL - 1}d"
+    for i, j in acc:
+        lines.append(f"  %b{i}_{j} = phi {v} [%s{i}_{j}, %pre], [%{last}{i}_{j}, %ch]")
+    before, k, wc = "b", "%k", "%wc"
+    for u in range(UNROLL):
+        lines += step(f"u{u}", k, wc, before)
+        before = f"u{u}d"
+        lines += [f"  %k_{u} = add i64 %k, {u + 1}", f"  %wc_{u} = add i64 {wc}, %LDW"]
+        k, wc = f"%k_{u}", f"%wc_{u}"
     lines += [
-        "  %kp = getelementptr i64, i64* %xoff, i64 %k",
-        "  %xc = load i64, i64* %kp",
+        f"  %k1 = add i64 %k, {UNROLL}",
+        f"  %wc1 = add i64 {wc}, 0",
+        "  %km = icmp slt i64 %k1, %KU",
+        "  br i1 %km, label %ch, label %after",
+        "after:",
+        "  %ka = phi i64 [0, %pre], [%k1, %ch]",
+        "  %wa = phi i64 [0, %pre], [%wc1, %ch]",
     ]
-    for j in range(nv):
-        lines += [
-            f"  %wo{j} = add i64 %wc, {j * vw}",
-            f"  %wp{j} = getelementptr {ty}, {p} %w, i64 %wo{j}",
-            f"  %wq{j} = bitcast {p} %wp{j} to {v}*",
-            f"  %wv{j} = load {v}, {v}* %wq{j}, align 4",
-        ]
-    for i in range(mr):
-        lines += [
-            f"  %xp{i} = getelementptr {ty}, {p} %x{i}, i64 %xc",
-            f"  %xl{i} = load {ty}, {p} %xp{i}",
-            f"  %xe{i} = insertelement {v} undef, {ty} %xl{i}, i32 0",
-            f"  %xb{i} = shufflevector {v} %xe{i}, {v} undef, <{vw} x i32> zeroinitializer",
-        ]
-        for j in range(nv):
-            lines.append(f"  %d{i}_{j} = call {v} @llvm.fma.v{vw}{_suffix(ty)}"
-                         f"({v} %xb{i}, {v} %wv{j}, {v} %b{i}_{j})")
+    for i, j in acc:
+        lines.append(f"  %a{i}_{j} = phi {v} [%s{i}_{j}, %pre], [%{last}{i}_{j}, %ch]")
     lines += [
-        "  %k1 = add i64 %k, 1",
-        "  %wc1 = add i64 %wc, %LDW",
-        "  %km = icmp slt i64 %k1, %K",
-        "  br i1 %km, label %ch, label %done",
+        "  %left = icmp slt i64 %ka, %K",
+        "  br i1 %left, label %rem, label %done",
+        "rem:",
+        "  %kr = phi i64 [%ka, %after], [%kr1, %rem]",
+        "  %wr = phi i64 [%wa, %after], [%wr1, %rem]",
+    ]
+    for i, j in acc:
+        lines.append(f"  %c{i}_{j} = phi {v} [%a{i}_{j}, %after], [%rd{i}_{j}, %rem]")
+    lines += step("r", "%kr", "%wr", "c")
+    lines += [
+        "  %kr1 = add i64 %kr, 1",
+        "  %wr1 = add i64 %wr, %LDW",
+        "  %krm = icmp slt i64 %kr1, %K",
+        "  br i1 %krm, label %rem, label %done",
         "done:",
     ]
-    for i in range(mr):
-        for j in range(nv):
-            lines += [
-                f"  %yp{i}_{j} = getelementptr {ty}, {p} %y{i}, i64 {j * vw}",
-                f"  %yq{i}_{j} = bitcast {p} %yp{i}_{j} to {v}*",
-                f"  store {v} %d{i}_{j}, {v}* %yq{i}_{j}, align 4",
-            ]
+    for i, j in acc:
+        lines.append(f"  %e{i}_{j} = phi {v} [%a{i}_{j}, %after], [%rd{i}_{j}, %rem]")
+    for i, j in acc:
+        lines += [
+            f"  %yp{i}_{j} = getelementptr {ty}, {p} %y{i}, i64 {j * vw}",
+            f"  %yq{i}_{j} = bitcast {p} %yp{i}_{j} to {v}*",
+            f"  store {v} %e{i}_{j}, {v}* %yq{i}_{j}, align 4",
+        ]
     lines += ["  ret void", "}"]
     return "\n".join(lines)
 

@@ -285,16 +285,17 @@ def cost(problem: ConvProblem) -> float:
     """Estimated cost in :mod:`.flat_rows` units (``0.7 × flops`` there).
 
     Measured against the other algorithms on 22 "same" layers (two cores,
-    float32; time ratio register_tiles / flat_rows): 0.22–0.55 for kernels
-    above 1×1 at stride 1, 0.59–0.98 at stride 2 with 24–64 channels, 0.35–0.58
-    with 1–3 input channels; against Winograd 0.84 with 32 channels on 28²,
-    1.4 with 64 on 56² (L1); 1×1 kernels 1.5–2 (BLAS is better at a plain
-    product). Weights re-read per chunk of output cost more when a chunk has
-    few cells (512 channels on 7²: 0.99).
+    float32, ``time × 0.7 / flat_rows' time``): 0.22–0.56 for kernels above
+    1×1 at stride 1; 0.59–0.66 at stride 2 with 24–64 channels; 0.30–0.40
+    with 3 input channels (the ResNet stem 0.34); 0.97–1.32 for 1×1 kernels
+    (BLAS is better at a plain product); 0.75 for 512 channels on 7² images
+    with 4 per batch (the kernel panels are re-read for every chunk of few
+    cells). Against Winograd: 0.9× its time with 32 channels on 28², 1.3×
+    with 64 on 56² (the benchmark's L1).
 
-    So: 0.5 per FLOP (0.42 with at most 4 input channels), with the output
-    channels rounded up to whole vectors, times ``1 + 16 / cells`` for chunks
-    of fewer cells, and 1.2 for 1×1 kernels.
+    So: 0.5 per FLOP (0.6 when strided, 0.42 with at most 4 input channels),
+    with the output channels rounded up to whole vectors, times
+    ``1 + 16 / cells`` for chunks of few cells, and 1.2 for 1×1 kernels.
     """
     width = max(1, _llvm.vector_width(problem.dtype))
     f = problem.out_channels
@@ -304,11 +305,13 @@ def cost(problem: ConvProblem) -> float:
         per_flop = 1.2
     elif problem.in_channels <= 4:
         per_flop = 0.42
+    elif any(s > 1 for s in problem.strides):
+        per_flop = 0.6
     else:
         per_flop = 0.5
     out = problem.out_size
     rows = math.prod(out[:-1]) * problem.batch
-    cells = max(1, math.ceil(rows / (4 * worker_count()))) * out[-1]
+    cells = max(1, min(math.prod(out[:-1]), math.ceil(rows / (4 * worker_count())))) * out[-1]
     return problem.flops * per_flop * padded * (1 + 16 / cells)
 
 
