@@ -89,6 +89,29 @@ def test_unpadded_input_is_read_in_place_and_rows_span_blocks():
     assert relative_error(y, expected) <= 1e-10
 
 
+@pytest.mark.parametrize(("pads", "strides"), [(((0, 0), (0, 0)), (1, 1)),
+                                               (((1, 1), (2, 0)), (1, 1)),
+                                               (((1, 2), (1, 1)), (2, 2))])
+def test_small_images_go_several_to_a_chunk(pads, strides, monkeypatch):
+    """Many small images: a chunk is several whole images (rows wrap into the next
+    image), read in place or from one padded copy of them all (one image per chunk
+    when the copy would not fit the slab)."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((40, 5, 6, 3))
+    kernel = rng.standard_normal((3, 3, 3, 20))
+    padded = pad(x, pads)
+    out = tuple((p - 3) // s + 1 for p, s in zip(padded.shape[1:3], strides))
+    expected = reference_direct(padded, kernel, strides, (1, 1), 1, out)
+    for slab_bytes in (1 << 20, 1):
+        monkeypatch.setattr(register_tiles, "SLAB_BYTES", slab_bytes)
+        jobs = register_tiles._jobs(x, kernel, strides, (1, 1), out, list(pads),
+                                    np.empty((40, *out, 32)), 2)
+        in_place = pads == ((0, 0), (0, 0))
+        assert len(jobs) == (40 if slab_bytes == 1 and not in_place else 8)
+        y = register_tiles.direct(x, kernel, strides, (1, 1), 1, out, padding=pads, threads=2)
+        assert relative_error(y, expected) <= 1e-10, f"padding {pads}, slab {slab_bytes}"
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_packed_products_match_matmul(seed):
     """Winograd's batched products: blocks of vectors plus a rest, and few rows."""
@@ -139,6 +162,11 @@ def test_cost_prefers_blas_for_1x1_and_winograd_for_wide_3x3():
     assert choose(wide).name == "winograd"
     stem = ConvProblem((8, 117, 117, 3), (7, 7, 3, 64), (2, 2), (1, 1), 1, (56, 56), f32)
     assert choose(stem).name == "register_tiles"
+    # one input channel: depthwise's own 3×3 loop, these kernels for other sizes
+    first = ConvProblem((64, 30, 30, 1), (3, 3, 1, 32), (1, 1), (1, 1), 1, (28, 28), f32)
+    assert choose(first).name == "depthwise"
+    first5 = ConvProblem((64, 32, 32, 1), (5, 5, 1, 16), (1, 1), (1, 1), 1, (28, 28), f32)
+    assert choose(first5).name == "register_tiles"
 
 
 def test_block_rows_fit_the_registers():

@@ -19,15 +19,17 @@ functions called through ctypes, which releases the GIL.
 
 Each compiled module (one per dtype, ``NV`` and ``MR``) exports ``drive``::
 
-    drive(x, w, y, xoff, R, XR, YR, OW, XP, YP, NCB, K, LDW, WB, ACC, NB, XB, WBB, YB)
+    drive(x, w, y, xoff, R, XR, YR, OW, XP, YP, NCB, K, LDW, WB, ACC, RI, XI, YI,
+          NB, XB, WBB, YB)
 
 for ``NB`` problems (``x``, ``w`` and ``y`` advanced by ``XB``, ``WBB`` and
 ``YB`` elements from one to the next: Winograd's batched products), each of
 ``R`` output rows, each of ``OW`` cells, and ``NCB`` column blocks of
-``NV·VW`` channels: cell ``(r, o)`` of block ``b`` is::
+``NV·VW`` channels: with rows counted in images of ``RI`` rows (row
+``r = g·RI + i``), cell ``(r, o)`` of block ``b`` is::
 
-    y[r·YR + o·YP + b·NV·VW + j] (+)= Σ_{k < K}
-        x[r·XR + o·XP + xoff[k]] · w[b·WB + k·LDW + j]
+    y[g·YI + i·YR + o·YP + b·NV·VW + j] (+)= Σ_{k < K}
+        x[g·XI + i·XR + o·XP + xoff[k]] · w[b·WB + k·LDW + j]
 
 (``xoff`` lists where each tap and input channel reads, so the sum is one
 loop, whatever the stride and dilation.)
@@ -262,11 +264,12 @@ def _suffix(ty: str) -> str:
 
 
 def _cells(tag: str, count: int, ty: str) -> tuple[list[str], str, str]:
-    """IR placing ``count`` cells from row ``%r``, column ``%o`` (wrapping at ``%OW``):
-    the lines, the call's pointer arguments (inputs, outputs), and the cell after."""
+    """IR placing ``count`` cells from image ``%g``, row ``%r``, column ``%o`` (columns
+    wrap at ``%OW``, rows at ``%RI``): the lines, the call's pointer arguments
+    (inputs, outputs), and the cell after."""
     p = f"{ty}*"
     lines = []
-    row, col = "%r", "%o"
+    image, row, col = "%g", "%r", "%o"
     for i in range(count + 1):
         if i:
             lines += [
@@ -274,25 +277,33 @@ def _cells(tag: str, count: int, ty: str) -> tuple[list[str], str, str]:
                 f"  %{tag}w{i} = icmp eq i64 %{tag}n{i}, %OW",
                 f"  %{tag}o{i} = select i1 %{tag}w{i}, i64 0, i64 %{tag}n{i}",
                 f"  %{tag}z{i} = zext i1 %{tag}w{i} to i64",
-                f"  %{tag}r{i} = add i64 {row}, %{tag}z{i}",
+                f"  %{tag}s{i} = add i64 {row}, %{tag}z{i}",
+                f"  %{tag}v{i} = icmp eq i64 %{tag}s{i}, %RI",
+                f"  %{tag}r{i} = select i1 %{tag}v{i}, i64 0, i64 %{tag}s{i}",
+                f"  %{tag}u{i} = zext i1 %{tag}v{i} to i64",
+                f"  %{tag}g{i} = add i64 {image}, %{tag}u{i}",
             ]
-            row, col = f"%{tag}r{i}", f"%{tag}o{i}"
+            image, row, col = f"%{tag}g{i}", f"%{tag}r{i}", f"%{tag}o{i}"
         if i == count:
             break
         lines += [
+            f"  %{tag}xi{i} = mul i64 {image}, %XI",
             f"  %{tag}xa{i} = mul i64 {row}, %XR",
             f"  %{tag}xb{i} = mul i64 {col}, %XP",
-            f"  %{tag}xc{i} = add i64 %{tag}xa{i}, %{tag}xb{i}",
+            f"  %{tag}xd{i} = add i64 %{tag}xi{i}, %{tag}xa{i}",
+            f"  %{tag}xc{i} = add i64 %{tag}xd{i}, %{tag}xb{i}",
             f"  %{tag}x{i} = getelementptr {ty}, {p} %x, i64 %{tag}xc{i}",
+            f"  %{tag}yi{i} = mul i64 {image}, %YI",
             f"  %{tag}ya{i} = mul i64 {row}, %YR",
             f"  %{tag}yb{i} = mul i64 {col}, %YP",
-            f"  %{tag}yc{i} = add i64 %{tag}ya{i}, %{tag}yb{i}",
+            f"  %{tag}ye{i} = add i64 %{tag}yi{i}, %{tag}ya{i}",
+            f"  %{tag}yc{i} = add i64 %{tag}ye{i}, %{tag}yb{i}",
             f"  %{tag}yd{i} = add i64 %{tag}yc{i}, %bo",
             f"  %{tag}y{i} = getelementptr {ty}, {p} %y, i64 %{tag}yd{i}",
         ]
     xs = ", ".join(f"{p} %{tag}x{i}" for i in range(count))
     ys = ", ".join(f"{p} %{tag}y{i}" for i in range(count))
-    return lines, f"{xs}, {p} %wb, {ys}", f"{row} {col}"
+    return lines, f"{xs}, {p} %wb, {ys}", f"{image} {row} {col}"
 
 
 def _driver(mr: int, nv: int, ty: str, vw: int) -> str:
@@ -300,10 +311,11 @@ def _driver(mr: int, nv: int, ty: str, vw: int) -> str:
     p = f"{ty}*"
     rest = "i64* %xoff, i64 %K, i64 %LDW, i64 %ACC"
     body, args, after = _cells("m", mr, ty)
-    next_row, next_col = after.split()
+    next_image, next_row, next_col = after.split()
     lines = [
         f"define internal void @drive1({p} %x, {p} %w, {p} %y, i64* %xoff, i64 %R, i64 %XR, i64 %YR, "
-        "i64 %OW, i64 %XP, i64 %YP, i64 %NCB, i64 %K, i64 %LDW, i64 %WB, i64 %ACC) {",
+        "i64 %OW, i64 %XP, i64 %YP, i64 %NCB, i64 %K, i64 %LDW, i64 %WB, i64 %ACC, i64 %RI, "
+        "i64 %XI, i64 %YI) {",
         "entry:",
         "  %total = mul i64 %R, %OW",
         f"  %full = sub i64 %total, {mr - 1}",
@@ -319,6 +331,7 @@ def _driver(mr: int, nv: int, ty: str, vw: int) -> str:
         "  br label %cell",
         "cell:",
         "  %q = phi i64 [0, %blk], [%q1, %cell_body]",
+        f"  %g = phi i64 [0, %blk], [{next_image}, %cell_body]",
         f"  %r = phi i64 [0, %blk], [{next_row}, %cell_body]",
         f"  %o = phi i64 [0, %blk], [{next_col}, %cell_body]",
         "  %qm = icmp slt i64 %q, %full",
@@ -365,7 +378,7 @@ def _batches(ty: str) -> str:
     """IR of ``drive``: ``drive1`` (one problem) over ``NB`` problems ``XB, WBB, YB`` apart."""
     p = f"{ty}*"
     one = ("i64* %xoff, i64 %R, i64 %XR, i64 %YR, i64 %OW, i64 %XP, i64 %YP, i64 %NCB, "
-           "i64 %K, i64 %LDW, i64 %WB, i64 %ACC")
+           "i64 %K, i64 %LDW, i64 %WB, i64 %ACC, i64 %RI, i64 %XI, i64 %YI")
     return "\n".join([
         f"define void @drive({p} %x, {p} %w, {p} %y, {one}, i64 %NB, i64 %XB, i64 %WBB, "
         "i64 %YB) {",
@@ -411,5 +424,5 @@ def compiled(dtype: Any, vectors: int) -> Kernels | None:
         address = engine.get_function_address("drive")
     pointer = ctypes.c_void_p
     signature = ctypes.CFUNCTYPE(None, pointer, pointer, pointer, pointer,
-                                 *([ctypes.c_int64] * 15))
+                                 *([ctypes.c_int64] * 18))
     return Kernels(vectors, rows, width, signature(address), engine)

@@ -131,7 +131,8 @@ def _run(jobs: list[Callable[[], None]], flops: float, threads: int | None) -> N
 def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
           dilation: tuple[int, int], out_size: tuple[int, int], pads: list[tuple[int, int]],
           y: np.ndarray, threads: int | None) -> list[Callable[[], None]]:
-    """One call per chunk of output rows (one image each) writing ``y`` (N, OH, OW, F padded)."""
+    """One call per chunk of output (images, or rows of one image) writing ``y``
+    (N, OH, OW, F padded)."""
     dtype = x.dtype
     itemsize = dtype.itemsize
     width = _llvm.vector_width(dtype)
@@ -166,14 +167,36 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
             panels.append((kernels.drive, panel, offsets, start * itemsize, blocks,
                            len(offsets), cols, part.shape[0] * cols, int(c0 > 0)))
     reach = (kh - 1) * dy + 1  # input rows one output row reads
-    # output rows per chunk: the padded rows they read fit SLAB_BYTES, and
-    # every worker gets several chunks
     workers = threads if threads is not None else worker_count()
-    rows_fit = max(1, (SLAB_BYTES // (row_elems * itemsize) - reach) // sy + 1)
-    rows_share = max(1, -(-n * oh // (4 * workers)))
-    rows = max(1, min(oh, rows_fit, rows_share))
     unpadded = top == bottom == left == right == 0
-    y_row, y_cell = y.strides[1] // itemsize, y.strides[2] // itemsize
+    y_image, y_row, y_cell = (st // itemsize for st in y.strides[:3])
+    # every worker gets about 4 chunks; a chunk is whole images when images are
+    # small (fewer calls: each costs ~10 µs of Python and ctypes), else rows of one
+    # image; its padded input rows fit SLAB_BYTES
+    rows_share = max(1, -(-n * oh // (4 * workers)))
+    needed = (oh - 1) * sy + reach  # padded input rows of one image
+    if rows_share >= 2 * oh:
+        image_bytes = needed * row_elems * itemsize
+        images = max(1, min(rows_share // oh, SLAB_BYTES // image_bytes if not unpadded else n))
+
+        def job_images(g0: int, g1: int) -> None:
+            if unpadded:
+                source, x_image = x[g0].ctypes.data, h * w * c
+            else:
+                slab = workspace("register_tiles", (g1 - g0, needed, padded_w, c), dtype)
+                _fill(slab, x[g0:g1], -top, left)
+                source, x_image = slab.ctypes.data, needed * row_elems
+            target = y[g0].ctypes.data
+            for drive, panel, offsets, start, blocks, k, cols, per_block, accumulate in panels:
+                drive(source, panel.ctypes.data, target + start, offsets.ctypes.data,
+                      (g1 - g0) * oh, sy * row_elems, y_row, ow, sx * c, y_cell, blocks,
+                      k, cols, per_block, accumulate, oh, x_image, y_image, 1, 0, 0, 0)
+
+        return [functools.partial(job_images, g0, min(n, g0 + images))
+                for g0 in range(0, n, images)]
+
+    rows_fit = max(1, (SLAB_BYTES // (row_elems * itemsize) - reach) // sy + 1)
+    rows = max(1, min(oh, rows_fit, rows_share))
 
     def job(image: int, o0: int, o1: int) -> None:
         first = o0 * sy - top  # input row of the chunk's first padded row
@@ -187,27 +210,28 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
         for drive, panel, offsets, start, blocks, k, cols, per_block, accumulate in panels:
             drive(source, panel.ctypes.data, target + start, offsets.ctypes.data,
                   o1 - o0, sy * row_elems, y_row, ow, sx * c, y_cell, blocks,
-                  k, cols, per_block, accumulate, 1, 0, 0, 0)
+                  k, cols, per_block, accumulate, o1 - o0, 0, 0, 1, 0, 0, 0)
 
     return [functools.partial(job, image, o0, min(oh, o0 + rows))
             for image in range(n) for o0 in range(0, oh, rows)]
 
 
 def _fill(slab: np.ndarray, image: np.ndarray, first: int, left: int) -> None:
-    """Rows ``first …`` of ``image`` zero-padded by ``left`` columns (then zeros) into ``slab``."""
-    count, padded_w, _ = slab.shape
-    h, w, _ = image.shape
+    """Rows ``first …`` of ``image`` zero-padded by ``left`` columns (then zeros) into
+    ``slab``; both may have a leading axis of images (filled in one go)."""
+    count, padded_w = slab.shape[-3:-1]
+    h, w = image.shape[-3:-1]
     r0, r1 = max(0, first), min(h, first + count)
     c0, c1 = max(0, -left), min(w, padded_w - left)
     d0, d1 = r0 - first, r1 - first
     if r1 <= r0 or c1 <= c0:
         slab[...] = 0
         return
-    slab[:d0] = 0
-    slab[d1:] = 0
-    slab[d0:d1, : c0 + left] = 0
-    slab[d0:d1, c1 + left:] = 0
-    slab[d0:d1, c0 + left: c1 + left] = image[r0:r1, c0:c1]
+    slab[..., :d0, :, :] = 0
+    slab[..., d1:, :, :] = 0
+    slab[..., d0:d1, : c0 + left, :] = 0
+    slab[..., d0:d1, c1 + left:, :] = 0
+    slab[..., d0:d1, c0 + left: c1 + left, :] = image[..., r0:r1, c0:c1, :]
 
 
 @dataclass(frozen=True)
@@ -271,7 +295,7 @@ def packed_matmul(v: np.ndarray, packed: PackedProducts, out: np.ndarray) -> np.
         # block b of columns starts cols·b elements into each row of u (rows F apart)
         drive(v.ctypes.data, packed.u.ctypes.data + start * itemsize,
               out.ctypes.data + start * itemsize, packed.offsets.ctypes.data, 1, 0, 0, cells,
-              k, f, blocks, k, f, cols, 0, batch, cells * k, k * f, cells * f)
+              k, f, blocks, k, f, cols, 0, 1, 0, 0, batch, cells * k, k * f, cells * f)
     return out
 
 
