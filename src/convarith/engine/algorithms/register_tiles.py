@@ -43,6 +43,10 @@ __all__ = ["direct", "applies", "cost", "pack_products", "packed_matmul", "Packe
 #: Input bytes a chunk's padded rows may take (they stay in the core's cache).
 SLAB_BYTES = 1 << 20
 
+#: Chunks per worker thread: more balance the threads better at the end, each costs
+#: ~10-20 µs of Python and ctypes.
+JOBS_PER_WORKER = 4
+
 
 def _plan_blocks(channels: int, width: int) -> list[tuple[int, int, int]]:
     """``(vectors, first channel, blocks)`` runs covering ``channels`` padded to ``width``."""
@@ -173,7 +177,7 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
     # every worker gets about 4 chunks; a chunk is whole images when images are
     # small (fewer calls: each costs ~10 µs of Python and ctypes), else rows of one
     # image; its padded input rows fit SLAB_BYTES
-    rows_share = max(1, -(-n * oh // (4 * workers)))
+    rows_share = max(1, -(-n * oh // (JOBS_PER_WORKER * workers)))
     needed = (oh - 1) * sy + reach  # padded input rows of one image
     if rows_share >= 2 * oh:
         image_bytes = needed * row_elems * itemsize

@@ -67,7 +67,7 @@ import numpy as np
 from ..dispatch import ConvProblem, register_algorithm
 from ..padding import pad
 from . import register_tiles
-from ._threads import ALIGN, aligned_copy, run_chunks, worker_count, workspace
+from ._threads import ALIGN, aligned_copy, aligned_empty, run_chunks, worker_count, workspace
 
 __all__ = ["WinogradTransform", "transform", "direct", "weight_grad", "applies", "cost",
            "F4_MAX_CHANNELS", "CHUNK_BYTES", "GRAD_MIN_TILES_PER_CHANNEL"]
@@ -491,7 +491,7 @@ def kernel_transform(
     a = wt.tile
     kernels = _numba_kernels() if use_numba is not False else None
     if kernels is not None:
-        u = np.empty((a * a, *kernel.shape[2:]), kernel.dtype)
+        u = aligned_empty((a * a, *kernel.shape[2:]), kernel.dtype)  # whole cache lines
         kernels[2](np.ascontiguousarray(kernel), wt.G, u)
         return u
     # two matrix products (BLAS) rather than one three-operand einsum (slow loops)
