@@ -1,8 +1,9 @@
 """Register-tiled compiled kernels (``register_tiles``) against the definition and PyTorch.
 
 Expected values come from the float64 definition written out tap by tap
-(``test_algorithms.reference_direct``), from PyTorch's ``conv2d`` and from
-float64 ``np.matmul`` (the packed batched products). Bounds: relative error ≤ 1e-5
+(``test_algorithms.reference_direct`` / ``reference_transposed``), from
+PyTorch's ``conv2d`` / ``conv_transpose2d`` and from float64 ``np.matmul``
+(the packed batched products). Bounds: relative error ≤ 1e-5
 in float32, ≤ 1e-10 in float64 (the kernels only change the order of the sum).
 """
 
@@ -19,7 +20,7 @@ from convarith.engine import conv
 from convarith.engine.algorithms import _llvm, register_tiles
 from convarith.engine.dispatch import ConvProblem, choose
 from convarith.engine.padding import pad
-from test_algorithms import reference_direct, relative_error
+from test_algorithms import reference_direct, reference_transposed, relative_error
 
 TOLERANCE = {np.float32: 1e-5, np.float64: 1e-10}
 
@@ -131,6 +132,58 @@ def test_packed_products_match_matmul(seed):
     assert register_tiles.pack_products(u.astype(np.int32)) is None
     with pytest.raises(ValueError, match="packed_matmul needs"):
         register_tiles.packed_matmul(v[:, :, :-1], packed, out)
+
+
+def random_transposed(seed):
+    rng = np.random.default_rng(seed)
+    while True:
+        rank = int(rng.integers(1, 3))
+        kernel_size = tuple(int(v) for v in rng.integers(1, 6, rank))
+        strides = tuple(int(v) for v in rng.integers(1, 4, rank))
+        dilation = tuple(int(v) for v in rng.integers(1, 3, rank))
+        size = tuple(int(v) for v in rng.integers(1, 9, rank))
+        padding = tuple((int(a), int(b)) for a, b in rng.integers(-1, 5, (rank, 2)))
+        out = [(n - 1) * s + 1 + lo + hi - d * (k - 1)
+               for n, s, (lo, hi), d, k in zip(size, strides, padding, dilation, kernel_size)]
+        if any(s > 1 for s in strides) and min(out) > 0:
+            break
+    channels = int(rng.choice([1, 3, 8, 40]))
+    filters = int(rng.choice([1, 7, 16, 32, 80]))
+    x = rng.standard_normal((int(rng.integers(1, 20)), *size, channels))
+    kernel = rng.standard_normal((*kernel_size, filters, channels))
+    return x, kernel, strides, dilation, padding
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_transposed_phases_against_definition(seed):
+    """Kernels smaller than the stride (phases only zeros reach), dilation, cropping
+    padding, several images per chunk; every phase reads one shared padded input."""
+    x, kernel, strides, dilation, padding = random_transposed(9300 + seed)
+    expected = reference_transposed(x, kernel, strides, dilation, padding)
+    for dtype in (np.float32, np.float64):
+        what = (f"seed {9300 + seed}, {dtype.__name__}, x {x.shape}, kernel {kernel.shape}, "
+                f"strides {strides}, dilation {dilation}, padding {padding}")
+        y = register_tiles.transposed(x.astype(dtype), kernel.astype(dtype), strides, dilation,
+                                      1, padding, threads=2)
+        assert y.dtype == dtype and y.shape == expected.shape, what
+        assert relative_error(y, expected) <= TOLERANCE[dtype], what
+
+
+def test_transposed_phases_against_pytorch():
+    """The benchmark's up-sampling layer (4×4 stride 2, Keras "same"), via the engine."""
+    torch = pytest.importorskip("torch")
+    from convarith import ConvSpec
+
+    rng = np.random.default_rng(9350)
+    x = rng.standard_normal((3, 11, 9, 64)).astype(np.float32)
+    kernel = rng.standard_normal((4, 4, 32, 64)).astype(np.float32)  # (K, out, in)
+    spec = ConvSpec(4, strides=2, padding=1, transposed=True, rank=2)
+    y = conv(x, kernel, spec, algorithm="register_tiles_phases")
+    with torch.no_grad():
+        expected = torch.nn.functional.conv_transpose2d(
+            torch.from_numpy(x).permute(0, 3, 1, 2), torch.from_numpy(kernel).permute(3, 2, 0, 1),
+            stride=2, padding=1).permute(0, 2, 3, 1).numpy()
+    assert y.shape == expected.shape and relative_error(y, expected) <= 1e-5
 
 
 @pytest.mark.parametrize("seed", range(4))

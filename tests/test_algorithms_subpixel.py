@@ -13,7 +13,7 @@ import pytest
 
 from convarith import ConvSpec
 from convarith.engine import conv
-from convarith.engine.algorithms import subpixel, winograd
+from convarith.engine.algorithms import _llvm, subpixel, winograd
 from convarith.engine.core import transposed_algorithm
 from convarith.engine.dispatch import ConvProblem
 from test_algorithms_col2im import reference_scatter, relative_error
@@ -92,12 +92,15 @@ def _problem(x_shape, kernel_shape, strides):
 
 def test_dispatch_takes_subpixel_for_the_upsampling_layer_only():
     same = ((2, 2), (2, 2))  # Keras "same" for K = 4, S = 2: the grid's padding
+    # where the compiled register-tiled phases exist they take both (measured: L9
+    # 1.94 ms against 2.04 here, 3×3 1.52 against col2im's 1.48)
+    tiles = "register_tiles_phases" if _llvm.available() else None
     # the benchmark's L9
     assert transposed_algorithm((8, 28, 28, 64), (4, 4, 32, 64), (2, 2), (1, 1), 1,
-                                same) == "subpixel"
+                                same) == (tiles or "subpixel")
     # 3×3 stride 2: its 3×3 form is mostly zero taps, col2im multiplies less
     assert transposed_algorithm((8, 28, 28, 64), (3, 3, 32, 64), (2, 2), (1, 1), 1,
-                                ((1, 2), (1, 2))) == "col2im"
+                                ((1, 2), (1, 2))) == (tiles or "col2im")
     # few channels: Winograd's transforms cost more than they save
     assert not subpixel.applies(_problem((8, 28, 28, 8), (4, 4, 4, 8), (2, 2)))
     # 8×8 stride 2 reads 4 offsets per axis; groups and dilation are not handled

@@ -626,13 +626,13 @@ def cost(problem: ConvProblem) -> float:
     """A small fraction of the plain FLOPs: products with inner size 1 waste BLAS.
 
     Except one input channel with several outputs and a kernel other than
-    3×3 (no loop of its own; a first layer): 0.45, measured slower than
+    3×3 (no loop of its own; a first layer): 0.69, measured 6–7× slower than
     :mod:`.register_tiles` there (5×5 to 16 outputs, 64×28²: 3.3 against 0.52
     ms; 7×7 dilation 2: 7.6 against 1.0), as fast as it at 3×3.
     """
     if (problem.in_channels == 1 and problem.out_channels > 1
             and tuple(problem.kernel_size) != (3, 3)):
-        return problem.flops * 0.45
+        return problem.flops * 0.69
     return problem.flops * 0.1
 
 
