@@ -191,6 +191,11 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
     workers = threads if threads is not None else worker_count()
     unpadded = top == bottom == left == right == 0
     y_image, y_row, y_cell = (st // itemsize for st in y.strides[:3])
+    # addresses taken once (``.ctypes`` costs ~1 µs each); the jobs keep the arrays alive
+    x_base, x_bytes = x.ctypes.data, x.strides
+    y_base, y_bytes = y.ctypes.data, y.strides
+    calls = [(drive, panel.ctypes.data, offsets.ctypes.data, *rest)
+             for drive, panel, offsets, *rest in panels]
     # every worker gets about 4 chunks; a chunk is whole images when images are
     # small (fewer calls: each costs ~10 µs of Python and ctypes), else rows of one
     # image; its padded input rows fit SLAB_BYTES
@@ -200,16 +205,16 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
         image_bytes = needed * row_elems * itemsize
         images = max(1, min(rows_share // oh, SLAB_BYTES // image_bytes if not unpadded else n))
 
-        def job_images(g0: int, g1: int) -> None:
+        def job_images(g0: int, g1: int, _keep: Any = panels) -> None:
             if unpadded:
-                source, x_image = x[g0].ctypes.data, h * w * c
+                source, x_image = x_base + g0 * x_bytes[0], h * w * c
             else:
                 slab = workspace("register_tiles", (g1 - g0, needed, padded_w, c), dtype)
                 _fill(slab, x[g0:g1], -top, left)
                 source, x_image = slab.ctypes.data, needed * row_elems
-            target = y[g0].ctypes.data
-            for drive, panel, offsets, start, blocks, k, cols, per_block, accumulate in panels:
-                drive(source, panel.ctypes.data, target + start, offsets.ctypes.data,
+            target = y_base + g0 * y_bytes[0]
+            for drive, panel, offsets, start, blocks, k, cols, per_block, accumulate in calls:
+                drive(source, panel, target + start, offsets,
                       (g1 - g0) * oh, sy * row_elems, y_row, ow, sx * c, y_cell, blocks,
                       k, cols, per_block, accumulate, oh, x_image, y_image, 1, 0, 0, 0)
 
@@ -219,17 +224,17 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
     rows_fit = max(1, (SLAB_BYTES // (row_elems * itemsize) - reach) // sy + 1)
     rows = max(1, min(oh, rows_fit, rows_share))
 
-    def job(image: int, o0: int, o1: int) -> None:
+    def job(image: int, o0: int, o1: int, _keep: Any = panels) -> None:
         first = o0 * sy - top  # input row of the chunk's first padded row
         if unpadded:
-            source = x[image, first].ctypes.data
+            source = x_base + image * x_bytes[0] + first * x_bytes[1]
         else:
             slab = workspace("register_tiles", ((o1 - 1 - o0) * sy + reach, padded_w, c), dtype)
             _fill(slab, x[image], first, left)
             source = slab.ctypes.data
-        target = y[image, o0].ctypes.data
-        for drive, panel, offsets, start, blocks, k, cols, per_block, accumulate in panels:
-            drive(source, panel.ctypes.data, target + start, offsets.ctypes.data,
+        target = y_base + image * y_bytes[0] + o0 * y_bytes[1]
+        for drive, panel, offsets, start, blocks, k, cols, per_block, accumulate in calls:
+            drive(source, panel, target + start, offsets,
                   o1 - o0, sy * row_elems, y_row, ow, sx * c, y_cell, blocks,
                   k, cols, per_block, accumulate, o1 - o0, 0, 0, 1, 0, 0, 0)
 
@@ -433,25 +438,30 @@ def transposed(
     row_elems = cols * c
     itemsize = dtype.itemsize
     runs = []
+    keep = []
     flops = 0.0
     for view, part, step, counts, first, _ in phases:
         origin = ((first[0] - low[0]) * row_elems + (first[1] - low[1]) * c) * itemsize
         strides_v = [st // itemsize for st in view.strides[:3]]
-        runs.append((view, _panels(part, step, row_elems), counts, origin, strides_v))
+        panels = _panels(part, step, row_elems)
+        keep.append(panels)  # the calls below hold their addresses
+        calls = [(drive, panel.ctypes.data, offsets.ctypes.data, *rest)
+                 for drive, panel, offsets, *rest in panels]
+        runs.append((view.ctypes.data, calls, counts, origin, strides_v))
         flops += 2.0 * n * math.prod(counts) * part.shape[0] * part.shape[1] * c * f
     workers = threads if threads is not None else worker_count()
     image_bytes = rows * row_elems * itemsize
     images = max(1, min(-(-n // (JOBS_PER_WORKER * workers)), SLAB_BYTES // image_bytes))
 
-    def job(g0: int, g1: int) -> None:
+    def job(g0: int, g1: int, _keep: Any = keep) -> None:
         slab = workspace("register_tiles", (g1 - g0, rows, cols, c), dtype)
         # slab row i, column j hold input cell (low[0] + i, low[1] + j), zeros outside
         _fill(slab, x[g0:g1], low[0], -low[1])
         source = slab.ctypes.data
-        for view, panels, counts, origin, (y_image, y_row, y_cell) in runs:
-            target = view[g0].ctypes.data
-            for drive, panel, offsets, start, blocks, k, cols_, per_block, accumulate in panels:
-                drive(source + origin, panel.ctypes.data, target + start, offsets.ctypes.data,
+        for target, calls, counts, origin, (y_image, y_row, y_cell) in runs:
+            target += g0 * y_image * itemsize
+            for drive, panel, offsets, start, blocks, k, cols_, per_block, accumulate in calls:
+                drive(source + origin, panel, target + start, offsets,
                       (g1 - g0) * counts[0], row_elems, y_row, counts[1], c, y_cell, blocks,
                       k, cols_, per_block, accumulate, counts[0], rows * row_elems, y_image,
                       1, 0, 0, 0)
