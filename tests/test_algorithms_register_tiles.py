@@ -113,6 +113,33 @@ def test_small_images_go_several_to_a_chunk(pads, strides, monkeypatch):
         assert relative_error(y, expected) <= 1e-10, f"padding {pads}, slab {slab_bytes}"
 
 
+def test_large_outputs_are_stored_past_the_caches(monkeypatch):
+    """Outputs of STREAM_BYTES and more use non-temporal stores (aligned, whole lines);
+    the values are the same."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((64, 28, 28, 1)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, 1, 32)).astype(np.float32)
+    pads = ((1, 1), (1, 1))
+    assert 64 * 28 * 28 * 32 * 4 >= register_tiles.STREAM_BYTES
+    built = []
+    compiled = _llvm.compiled
+
+    def recording(dtype, vectors, streaming=False):
+        built.append(streaming)
+        return compiled(dtype, vectors, streaming)
+
+    monkeypatch.setattr(_llvm, "compiled", recording)
+    y = register_tiles.direct(x, kernel, (1, 1), (1, 1), 1, (28, 28), padding=pads)
+    assert built == [True]
+    expected = reference_direct(pad(x, pads), kernel, (1, 1), (1, 1), 1, (28, 28))
+    assert relative_error(y, expected) <= 1e-6
+    built.clear()
+    register_tiles.direct(x[:2], kernel, (1, 1), (1, 1), 1, (28, 28), padding=pads)
+    assert built == [False]  # a small output stays in the caches
+    assert register_tiles._aligned(register_tiles.aligned_empty((2, 3, 4, 16), np.float32))
+    assert not register_tiles._aligned(np.empty((2, 3, 4, 17), np.float32)[..., :16])
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_packed_products_match_matmul(seed):
     """Winograd's batched products: blocks of vectors plus a rest, and few rows."""
@@ -215,9 +242,9 @@ def test_cost_prefers_blas_for_1x1_and_winograd_for_wide_3x3():
     assert choose(wide).name == "winograd"
     stem = ConvProblem((8, 117, 117, 3), (7, 7, 3, 64), (2, 2), (1, 1), 1, (56, 56), f32)
     assert choose(stem).name == "register_tiles"
-    # one input channel: depthwise's own 3×3 loop, these kernels for other sizes
+    # one input channel (a first layer): these kernels, at 3×3 too
     first = ConvProblem((64, 30, 30, 1), (3, 3, 1, 32), (1, 1), (1, 1), 1, (28, 28), f32)
-    assert choose(first).name == "depthwise"
+    assert choose(first).name == "register_tiles"
     first5 = ConvProblem((64, 32, 32, 1), (5, 5, 1, 16), (1, 1), (1, 1), 1, (28, 28), f32)
     assert choose(first5).name == "register_tiles"
 

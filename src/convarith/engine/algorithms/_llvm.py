@@ -149,7 +149,7 @@ class Kernels:
     engine: Any  # keeps the machine code alive
 
 
-def _tile(name: str, mr: int, nv: int, ty: str, vw: int) -> str:
+def _tile(name: str, mr: int, nv: int, ty: str, vw: int, streaming: bool = False) -> str:
     """IR of one register block: ``mr`` cells × ``nv`` vectors, summed over taps × channels.
 
     Each cell has its own input and output pointer, so a block may span rows.
@@ -253,7 +253,8 @@ def _tile(name: str, mr: int, nv: int, ty: str, vw: int) -> str:
         lines += [
             f"  %yp{i}_{j} = getelementptr {ty}, {p} %y{i}, i64 {j * vw}",
             f"  %yq{i}_{j} = bitcast {p} %yp{i}_{j} to {v}*",
-            f"  store {v} %e{i}_{j}, {v}* %yq{i}_{j}, align 4",
+            (f"  store {v} %e{i}_{j}, {v}* %yq{i}_{j}, align {vw * _size(ty)}, !nontemporal !0"
+             if streaming else f"  store {v} %e{i}_{j}, {v}* %yq{i}_{j}, align 4"),
         ]
     lines += ["  ret void", "}"]
     return "\n".join(lines)
@@ -261,6 +262,10 @@ def _tile(name: str, mr: int, nv: int, ty: str, vw: int) -> str:
 
 def _suffix(ty: str) -> str:
     return "f32" if ty == "float" else "f64"
+
+
+def _size(ty: str) -> int:
+    return 4 if ty == "float" else 8
 
 
 def _cells(tag: str, count: int, ty: str) -> tuple[list[str], str, str]:
@@ -363,14 +368,16 @@ def _driver(mr: int, nv: int, ty: str, vw: int) -> str:
     return "\n".join(lines)
 
 
-def module_ir(dtype: Any, vectors: int, rows: int, width: int) -> str:
+def module_ir(dtype: Any, vectors: int, rows: int, width: int, streaming: bool = False
+              ) -> str:
     """The whole module's IR (for reading; :func:`compiled` builds it)."""
     ty = "float" if np.dtype(dtype) == np.float32 else "double"
     v = f"<{width} x {ty}>"
     parts = [f"declare {v} @llvm.fma.v{width}{_suffix(ty)}({v}, {v}, {v})"]
-    parts += [_tile(f"tile{r}", r, vectors, ty, width) for r in range(1, rows + 1)]
+    parts += [_tile(f"tile{r}", r, vectors, ty, width, streaming) for r in range(1, rows + 1)]
     parts.append(_driver(rows, vectors, ty, width))
     parts.append(_batches(ty))
+    parts.append("!0 = !{i32 1}")
     return "\n\n".join(parts) + "\n"
 
 
@@ -404,8 +411,9 @@ def _batches(ty: str) -> str:
 
 
 @functools.cache
-def compiled(dtype: Any, vectors: int) -> Kernels | None:
-    """The module for ``dtype`` and ``vectors`` vectors per block (``None``: not here)."""
+def compiled(dtype: Any, vectors: int, streaming: bool = False) -> Kernels | None:
+    """The module for ``dtype`` and ``vectors`` vectors per block (``None``: not here);
+    ``streaming``: results are stored past the caches (aligned output only)."""
     dtype = np.dtype(dtype)
     if not available(dtype):
         return None
@@ -415,7 +423,7 @@ def compiled(dtype: Any, vectors: int) -> Kernels | None:
     width = vector_width(dtype)
     rows = block_rows(vectors)
     with _LOCK:
-        module = llvm.parse_assembly(module_ir(dtype, vectors, rows, width))
+        module = llvm.parse_assembly(module_ir(dtype, vectors, rows, width, streaming))
         module.verify()
         target = llvm.Target.from_default_triple()
         machine = target.create_target_machine(cpu=host[0], features=host[1], opt=3)

@@ -625,13 +625,15 @@ def applies(problem: ConvProblem) -> bool:
 def cost(problem: ConvProblem) -> float:
     """A small fraction of the plain FLOPs: products with inner size 1 waste BLAS.
 
-    Except one input channel with several outputs and a kernel other than
-    3×3 (no loop of its own; a first layer): 0.69, measured 6–7× slower than
-    :mod:`.register_tiles` there (5×5 to 16 outputs, 64×28²: 3.3 against 0.52
-    ms; 7×7 dilation 2: 7.6 against 1.0), as fast as it at 3×3.
+    Except one input channel with several outputs (a first layer): 0.69,
+    just below :mod:`.flat_rows`. :mod:`.register_tiles` is faster there: 6–7×
+    with kernels other than 3×3, which have no loop of their own here (5×5 to 16
+    outputs, 64×28²: 3.3 against 0.52 ms; 7×7 dilation 2: 7.6 against 1.0), and
+    1.4–1.9× at 3×3 (the lesson's first layer, 64×28², 1 -> 32: 0.52 against
+    0.73–0.96 ms between other libraries' calls; its output is stored past the
+    caches).
     """
-    if (problem.in_channels == 1 and problem.out_channels > 1
-            and tuple(problem.kernel_size) != (3, 3)):
+    if problem.in_channels == 1 and problem.out_channels > 1:
         return problem.flops * 0.69
     return problem.flops * 0.1
 

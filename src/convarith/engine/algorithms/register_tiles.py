@@ -133,13 +133,24 @@ def _run(jobs: list[Callable[[], None]], flops: float, threads: int | None) -> N
     run_chunks(work, len(jobs), 1, threads=threads, flops=flops, blas=False)
 
 
+#: Outputs of at least this many bytes are stored past the caches (non-temporal
+#: stores: no read of the lines they overwrite).
+STREAM_BYTES = 4 << 20
+
+
+def _aligned(y: np.ndarray) -> bool:
+    """Whether every vector store into ``y`` (cells of whole vectors) is 64-byte aligned."""
+    return y.ctypes.data % ALIGN == 0 and all(st % ALIGN == 0 for st in y.strides[:-1])
+
+
 #: One run of the kernels over a chunk: (drive, kernel panel, where each step of the
 #: sum reads, first output channel in bytes, blocks, steps, panel row stride, panel
 #: block stride, accumulate).
 Panel = tuple[Any, np.ndarray, np.ndarray, int, int, int, int, int, int]
 
 
-def _panels(kernel: np.ndarray, dilation: tuple[int, int], row_elems: int) -> list[Panel]:
+def _panels(kernel: np.ndarray, dilation: tuple[int, int], row_elems: int,
+            streaming: bool = False) -> list[Panel]:
     """The kernel ``(KH, KW, C, F)`` packed for the driver, reading an input whose rows
     are ``row_elems`` elements apart: per step of input channels (their panels fit
     :data:`PANEL_BYTES`; later steps add to the output) and per run of column blocks,
@@ -153,7 +164,8 @@ def _panels(kernel: np.ndarray, dilation: tuple[int, int], row_elems: int) -> li
     taps = (np.arange(kh)[:, None] * (dy * row_elems)
             + np.arange(kw)[None, :] * (dx * c)).astype(np.int64).ravel()
     panels: list[Panel] = []
-    for c0, c1 in _channel_steps(kh * kw, c, f, width, itemsize):
+    steps = _channel_steps(kh * kw, c, f, width, itemsize)
+    for c0, c1 in steps:
         offsets = np.ascontiguousarray((taps[:, None] + np.arange(c0, c1)).ravel())
         part = kernel[:, :, c0:c1].reshape(kh * kw * (c1 - c0), f)
         for vectors, start, blocks in _plan_blocks(f, width):
@@ -164,7 +176,7 @@ def _panels(kernel: np.ndarray, dilation: tuple[int, int], row_elems: int) -> li
                 lo = start + b * cols
                 hi = min(f, lo + cols)
                 panel[b, :, : hi - lo] = part[:, lo:hi]
-            kernels = _llvm.compiled(dtype, vectors)
+            kernels = _llvm.compiled(dtype, vectors, streaming and len(steps) == 1)
             assert kernels is not None
             panels.append((kernels.drive, panel, offsets, start * itemsize, blocks,
                            len(offsets), cols, part.shape[0] * cols, int(c0 > 0)))
@@ -186,7 +198,8 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
     (top, bottom), (left, right) = pads
     padded_w = w + left + right
     row_elems = padded_w * c  # elements of one padded input row
-    panels = _panels(kernel, dilation, row_elems)
+    streaming = y.nbytes >= STREAM_BYTES and _aligned(y)
+    panels = _panels(kernel, dilation, row_elems, streaming)
     reach = (kh - 1) * dy + 1  # input rows one output row reads
     workers = threads if threads is not None else worker_count()
     unpadded = top == bottom == left == right == 0
@@ -443,7 +456,7 @@ def transposed(
     for view, part, step, counts, first, _ in phases:
         origin = ((first[0] - low[0]) * row_elems + (first[1] - low[1]) * c) * itemsize
         strides_v = [st // itemsize for st in view.strides[:3]]
-        panels = _panels(part, step, row_elems)
+        panels = _panels(part, step, row_elems, y.nbytes >= STREAM_BYTES and _aligned(view))
         keep.append(panels)  # the calls below hold their addresses
         calls = [(drive, panel.ctypes.data, offsets.ctypes.data, *rest)
                  for drive, panel, offsets, *rest in panels]
