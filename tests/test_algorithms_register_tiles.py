@@ -237,7 +237,10 @@ def test_against_pytorch(seed):
 def test_cost_prefers_blas_for_1x1_and_winograd_for_wide_3x3():
     f32 = np.dtype(np.float32)
     one_by_one = ConvProblem((8, 28, 28, 64), (1, 1, 64, 64), (1, 1), (1, 1), 1, (28, 28), f32)
-    assert choose(one_by_one).name != "register_tiles"
+    assert choose(one_by_one).name != "register_tiles"  # small: BLAS is faster
+    wide_1x1 = ConvProblem((32, 14, 14, 256), (1, 1, 256, 256), (1, 1), (1, 1), 1, (14, 14),
+                           f32)
+    assert choose(wide_1x1).name == "register_tiles"
     wide = ConvProblem((8, 58, 58, 64), (3, 3, 64, 64), (1, 1), (1, 1), 1, (56, 56), f32)
     assert choose(wide).name == "winograd"
     stem = ConvProblem((8, 117, 117, 3), (7, 7, 3, 64), (2, 2), (1, 1), 1, (56, 56), f32)

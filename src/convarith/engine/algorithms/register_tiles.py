@@ -133,9 +133,11 @@ def _run(jobs: list[Callable[[], None]], flops: float, threads: int | None) -> N
     run_chunks(work, len(jobs), 1, threads=threads, flops=flops, blas=False)
 
 
-#: Outputs of at least this many bytes are stored past the caches (non-temporal
-#: stores: no read of the lines they overwrite).
-STREAM_BYTES = 4 << 20
+#: Outputs of at least this many bytes (a core's L2 cache here: their lines would
+#: leave it anyway) are stored past the caches, with non-temporal stores that do
+#: not first read the lines they overwrite. Measured on two cores: L4 (6.4 MB)
+#: 0.64 -> 0.52 ms, L7 1.82 -> 1.72, L9 (3.2 MB) 1.95 -> 1.84.
+STREAM_BYTES = 2 << 20
 
 
 def _aligned(y: np.ndarray) -> bool:
@@ -350,32 +352,39 @@ def cost(problem: ConvProblem) -> float:
     Measured against the other algorithms on 22 "same" layers (two cores,
     float32, ``time × 0.7 / flat_rows' time``): 0.22–0.56 for kernels above
     1×1 at stride 1; 0.59–0.66 at stride 2 with 24–64 channels; 0.30–0.40
-    with 3 input channels (the ResNet stem 0.34); 0.97–1.32 for 1×1 kernels
-    (BLAS is better at a plain product); 0.75 for 512 channels on 7² images
-    with 4 per batch (the kernel panels are re-read for every chunk of few
-    cells). Against Winograd: 0.9× its time with 32 channels on 28², 1.3×
+    with 3 input channels (the ResNet stem 0.34); 1×1 kernels (a plain
+    product, where BLAS is good) 1.33 for 64 -> 64, 0.94–1.15 for 4096 to
+    16384 channel pairs, 0.66 for 256 -> 256 (the benchmark's L6: 2.82 against
+    2.99 ms); 0.75 for 512 channels on 7² images with 4 per batch (the kernel
+    panels are re-read for every chunk of few cells). Against Winograd: 0.9× its time with 32 channels on 28², 1.3×
     with 64 on 56² (the benchmark's L1).
 
     So: 0.5 per FLOP (0.6 when strided, 0.42 with at most 4 input channels),
     with the output channels rounded up to whole vectors, 1.3 times that for
     one vector of them (16 channels; the kernel then waits on loads), times
-    ``1 + 16 / cells`` for chunks of few cells, and 1.2 for 1×1 kernels.
+    ``1 + 16 / cells`` for chunks of few cells; 1×1 kernels
+    ``1.3 - 0.16·log2(C·F / 4096)`` (at least 0.6).
     """
     width = max(1, _llvm.vector_width(problem.dtype))
     f = problem.out_channels
     padded = -(-f // width) * width / max(1, f)
     taps = math.prod(problem.kernel_size)
     if taps == 1:
-        per_flop = 1.2
+        # a plain product: BLAS wins on small ones, these kernels on large ones
+        pairs = problem.in_channels * problem.out_channels
+        per_flop = max(0.6, 1.3 - 0.16 * math.log2(max(1.0, pairs / 4096)))
     elif problem.in_channels <= 4:
         per_flop = 0.42
     elif any(s > 1 for s in problem.strides):
         per_flop = 0.6
     else:
         per_flop = 0.5
+    # cells per chunk, as _jobs cuts them: rows of one image, or whole images
     out = problem.out_size
-    rows = math.prod(out[:-1]) * problem.batch
-    cells = max(1, min(math.prod(out[:-1]), math.ceil(rows / (4 * worker_count())))) * out[-1]
+    image_rows = math.prod(out[:-1])
+    share = max(1, math.ceil(image_rows * problem.batch / (JOBS_PER_WORKER * worker_count())))
+    rows = share // image_rows * image_rows if share >= 2 * image_rows else min(image_rows, share)
+    cells = rows * out[-1]
     if -(-f // width) == 1:
         per_flop *= 1.3  # one vector of channels: a load per 8 multiply-adds, not 24
     return problem.flops * per_flop * padded * (1 + 16 / cells)
