@@ -173,7 +173,8 @@ def _panels(kernel: np.ndarray, dilation: tuple[int, int], row_elems: int,
         for vectors, start, blocks in _plan_blocks(f, width):
             cols = vectors * width
             panel = aligned_empty((blocks, part.shape[0], cols), dtype)
-            panel[...] = 0
+            if start + blocks * cols > f:
+                panel[-1] = 0  # the last block's columns beyond F
             for b in range(blocks):
                 lo = start + b * cols
                 hi = min(f, lo + cols)
@@ -446,7 +447,10 @@ def transposed(
             continue
         step = (dilation[0] // math.gcd(strides[0], dilation[0]),
                 dilation[1] // math.gcd(strides[1], dilation[1]))
-        part = direct_kernel[np.ix_([t for t, _ in axes[0]], [t for t, _ in axes[1]])]
+        # the taps of a phase are evenly spaced: a strided slice (a view)
+        part = direct_kernel[tuple(slice(taps[0][0], taps[-1][0] + 1,
+                                         taps[1][0] - taps[0][0] if len(taps) > 1 else 1)
+                                   for taps in axes)]
         first = [taps[0][1] for taps in axes]  # input cell read by cell 0's first tap
         last = [q - 1 + taps[-1][1] for taps, q in zip(axes, counts)]
         phases.append((view, part, step, counts, first, last))
