@@ -28,6 +28,15 @@ pytestmark = pytest.mark.skipif(
     not _llvm.available(), reason="no compiled kernels here (llvmlite, AVX2+FMA or AVX-512)")
 
 
+@pytest.fixture(autouse=True)
+def fresh_layouts():
+    """Kernel layouts are remembered per shape; tests that change PANEL_BYTES or watch
+    what gets compiled need them worked out again."""
+    register_tiles._layout.cache_clear()
+    yield
+    register_tiles._layout.cache_clear()
+
+
 def random_direct(seed):
     """A 1-D or 2-D convolution with zero padding (negative crops) that fits its input."""
     rng = np.random.default_rng(seed)

@@ -37,7 +37,15 @@ import numpy as np
 from ..limits import check_values
 from ..spec import ConvSpec, ResolvedConv
 from . import pooling
-from .dispatch import Algorithm, ConvProblem, cheapest, choose, choose_weight_grad, get_algorithm
+from .dispatch import (
+    Algorithm,
+    ConvProblem,
+    cheapest,
+    choose,
+    choose_weight_grad,
+    get_algorithm,
+    remembered,
+)
 from .padding import pad, pad_adjoint, zero_insert
 
 __all__ = ["conv", "conv_vjp", "direct_conv", "transposed_conv", "flip_swap"]
@@ -390,11 +398,16 @@ def _transposed_plan(
         return out_size, choose(problem, algorithm, kind="transposed")
     if named is not None:
         return out_size, None
-    transposed = cheapest(problem, kind="transposed")
-    if transposed is not None and (
-            transposed.cost(problem) >= choose(grid_problem).cost(grid_problem)):
-        transposed = None
-    return out_size, transposed
+
+    def decide() -> Algorithm | None:
+        transposed = cheapest(problem, kind="transposed")
+        if transposed is not None and (
+                transposed.cost(problem) >= choose(grid_problem).cost(grid_problem)):
+            transposed = None
+        return transposed
+
+    # remembered like the dispatch's own choices (the costs take ~50 µs per call)
+    return out_size, remembered((problem, grid_problem, "transposed or grid"), decide)
 
 
 def transposed_algorithm(

@@ -59,6 +59,7 @@ __all__ = [
     "choose_weight_grad",
     "get_algorithm",
     "register_algorithm",
+    "remembered",
     "workspace_budget",
 ]
 
@@ -264,7 +265,9 @@ _CHOICES: dict[tuple[Any, ...], Algorithm | None] = {}
 _CHOICES_MAX = 4096
 
 
-def _remembered(key: tuple[Any, ...], find: Callable[[], Algorithm | None]) -> Algorithm | None:
+def remembered(key: tuple[Any, ...], find: Callable[[], Algorithm | None]) -> Algorithm | None:
+    """``find()``, remembered under ``key`` (and the workspace budget) until the registry
+    changes: for choices that depend only on shapes and the registered algorithms."""
     key = (*key, WORKSPACE_BYTES)
     try:
         return _CHOICES[key]
@@ -289,7 +292,7 @@ def cheapest(problem: ConvProblem, kind: str = "direct") -> Algorithm | None:
             return None
         return min(candidates, key=lambda a: (a.cost(problem), a.name))
 
-    return _remembered((problem, kind), find)
+    return remembered((problem, kind), find)
 
 
 def choose_weight_grad(problem: ConvProblem, algorithm: str | None = None) -> Algorithm:
@@ -311,7 +314,7 @@ def choose_weight_grad(problem: ConvProblem, algorithm: str | None = None) -> Al
         ]
         return min(candidates, key=lambda a: (a.cost(problem), a.name)) if candidates else None
 
-    found = _remembered((problem, "weight_grad"), find)
+    found = remembered((problem, "weight_grad"), find)
     if found is None:
         raise ValueError(f"no registered algorithm computes the weight gradient of {problem}")
     return found

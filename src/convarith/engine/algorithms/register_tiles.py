@@ -159,19 +159,11 @@ def _panels(kernel: np.ndarray, dilation: tuple[int, int], row_elems: int,
     a contiguous, aligned panel ``(blocks, taps · channels, vectors · width)`` with
     zero-padded columns, and where each (tap, channel) reads."""
     dtype = kernel.dtype
-    itemsize = dtype.itemsize
-    width = _llvm.vector_width(dtype)
     kh, kw, c, f = kernel.shape
-    dy, dx = dilation
-    taps = (np.arange(kh)[:, None] * (dy * row_elems)
-            + np.arange(kw)[None, :] * (dx * c)).astype(np.int64).ravel()
     panels: list[Panel] = []
-    steps = _channel_steps(kh * kw, c, f, width, itemsize)
-    for c0, c1 in steps:
-        offsets = np.ascontiguousarray((taps[:, None] + np.arange(c0, c1)).ravel())
+    for c0, c1, offsets, runs in _layout(kernel.shape, dtype, dilation, row_elems, streaming):
         part = kernel[:, :, c0:c1].reshape(kh * kw * (c1 - c0), f)
-        for vectors, start, blocks in _plan_blocks(f, width):
-            cols = vectors * width
+        for drive, start, blocks, cols in runs:
             panel = aligned_empty((blocks, part.shape[0], cols), dtype)
             if start + blocks * cols > f:
                 panel[-1] = 0  # the last block's columns beyond F
@@ -179,11 +171,35 @@ def _panels(kernel: np.ndarray, dilation: tuple[int, int], row_elems: int,
                 lo = start + b * cols
                 hi = min(f, lo + cols)
                 panel[b, :, : hi - lo] = part[:, lo:hi]
-            kernels = _llvm.compiled(dtype, vectors, streaming and len(steps) == 1)
-            assert kernels is not None
-            panels.append((kernels.drive, panel, offsets, start * itemsize, blocks,
+            panels.append((drive, panel, offsets, start * dtype.itemsize, blocks,
                            len(offsets), cols, part.shape[0] * cols, int(c0 > 0)))
     return panels
+
+
+@functools.lru_cache(maxsize=256)
+def _layout(shape: tuple[int, ...], dtype: np.dtype, dilation: tuple[int, int],
+            row_elems: int, streaming: bool
+            ) -> tuple[tuple[int, int, np.ndarray, tuple[tuple[Any, int, int, int], ...]], ...]:
+    """What :func:`_panels` needs besides the kernel's values, per shape (remembered):
+    per step of input channels ``(c0, c1, offsets, runs)``, each run ``(drive, first
+    output channel, blocks, columns)``."""
+    kh, kw, c, f = shape
+    dy, dx = dilation
+    width = _llvm.vector_width(dtype)
+    taps = (np.arange(kh)[:, None] * (dy * row_elems)
+            + np.arange(kw)[None, :] * (dx * c)).astype(np.int64).ravel()
+    steps = _channel_steps(kh * kw, c, f, width, dtype.itemsize)
+    layout = []
+    for c0, c1 in steps:
+        offsets = np.ascontiguousarray((taps[:, None] + np.arange(c0, c1)).ravel())
+        offsets.flags.writeable = False
+        runs = []
+        for vectors, start, blocks in _plan_blocks(f, width):
+            kernels = _llvm.compiled(dtype, vectors, streaming and len(steps) == 1)
+            assert kernels is not None
+            runs.append((kernels.drive, start, blocks, vectors * width))
+        layout.append((c0, c1, offsets, tuple(runs)))
+    return tuple(layout)
 
 
 def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
