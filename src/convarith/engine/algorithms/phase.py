@@ -33,7 +33,19 @@ from ..dispatch import ConvProblem, register_algorithm
 from ._threads import run_chunks
 from .flat_rows import _accumulate, _blas_gemm, _chunk_rows
 
-__all__ = ["transposed", "applies_transposed", "applies", "cost"]
+__all__ = ["transposed", "applies_transposed", "applies", "cost", "phase_taps"]
+
+
+def phase_taps(phase: int, stride: int, dilation: int, low: int, taps: int
+               ) -> list[tuple[int, int]]:
+    """The taps ``t`` of the flipped kernel that reach output phase ``phase`` of one axis,
+    with the input cell offset each reads (``(phase + t·D - low) / S``).
+
+    >>> phase_taps(0, 2, 1, 2, 4), phase_taps(1, 2, 1, 2, 4)
+    ([(0, -1), (2, 0)], [(1, 0), (3, 1)])
+    """
+    return [(t, (phase + t * dilation - low) // stride) for t in range(taps)
+            if (phase + t * dilation - low) % stride == 0]
 
 
 def applies_transposed(strides: Sequence[int], groups: int) -> bool:
@@ -113,7 +125,7 @@ def transposed(
         s, d, (lo, _), k = strides[axis], dilation[axis], padding[axis], kernel_size[axis]
         phases: list[list[tuple[int, int]]] = []
         for r in range(s):
-            taps = [(t, (r + t * d - lo) // s) for t in range(k) if (r + t * d - lo) % s == 0]
+            taps = phase_taps(r, s, d, lo, k)
             phases.append(taps)
             count = -(-(out_size[axis] - r) // s) if out_size[axis] > r else 0
             for _, shift in taps:

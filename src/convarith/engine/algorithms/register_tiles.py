@@ -38,6 +38,7 @@ import numpy as np
 from ..dispatch import ConvProblem, register_algorithm
 from . import _llvm
 from ._threads import ALIGN, aligned_copy, aligned_empty, run_chunks, worker_count, workspace
+from .phase import phase_taps
 
 __all__ = ["direct", "applies", "cost", "pack_products", "packed_matmul", "PackedProducts"]
 
@@ -456,7 +457,7 @@ def transposed(
         if 0 in counts:
             continue
         view = y[:, phase[0]::strides[0], phase[1]::strides[1]]
-        axes = [[(t, (r + t * d - lo) // s) for t in range(k) if (r + t * d - lo) % s == 0]
+        axes = [phase_taps(r, s, d, lo, k)
                 for r, s, d, (lo, _), k in zip(phase, strides, dilation, padding, taps_size)]
         if any(not taps for taps in axes):
             view[...] = 0  # only inserted zeros reach this phase
