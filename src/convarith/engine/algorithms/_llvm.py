@@ -8,7 +8,8 @@ vector registers for the whole sum: per tap and input channel it loads ``NV``
 kernel vectors, broadcasts ``MR`` input values and does ``MR·NV`` fused
 multiply-adds. No im2col matrix is made, the input is read where it lies
 (any stride and dilation: the taps are a table of offsets), and with
-``MR·NV`` around 24 the multiply-adds, not the loads, set the pace.
+``MR·NV`` around 24 the multiply-adds, not the loads, set the pace (one core:
+210 GFLOP/s of its 239 peak with the operands in cache).
 
 NumPy cannot express that, and BLAS only sees it after an im2col copy; numba
 compiles to LLVM but does not keep such a block in registers. So this module
@@ -17,7 +18,7 @@ llvmlite (which numba installs) for the machine it runs on: ``VW`` = 16
 floats (8 doubles) with AVX-512, 8 (4) with AVX2. The functions are plain C
 functions called through ctypes, which releases the GIL.
 
-Each compiled module (one per dtype, ``NV`` and ``MR``) exports ``drive``::
+Each compiled module (one per dtype, ``NV`` and streaming or not) exports ``drive``::
 
     drive(x, w, y, xoff, R, XR, YR, OW, XP, YP, NCB, K, LDW, WB, ACC, RI, XI, YI,
           NB, XB, WBB, YB)
@@ -31,10 +32,12 @@ for ``NB`` problems (``x``, ``w`` and ``y`` advanced by ``XB``, ``WBB`` and
     y[g·YI + i·YR + o·YP + b·NV·VW + j] (+)= Σ_{k < K}
         x[g·XI + i·XR + o·XP + xoff[k]] · w[b·WB + k·LDW + j]
 
-(``xoff`` lists where each tap and input channel reads, so the sum is one
-loop, whatever the stride and dilation.)
 adding to what ``y`` holds when ``ACC`` is not 0 (for sums split into
-blocks of input channels, whose kernel panels stay in the core's L1 cache).
+steps of input channels). ``xoff`` lists where each tap and input channel
+reads, so the sum is one loop (two steps per turn) whatever the stride and
+dilation. A block of ``MR`` cells may span rows and images; the last few
+cells get a smaller block. A module built with ``streaming`` stores the
+results with non-temporal stores (aligned, whole cache lines).
 
 Examples
 --------
