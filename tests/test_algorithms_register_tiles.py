@@ -30,8 +30,8 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(autouse=True)
 def fresh_layouts():
-    """Kernel layouts are remembered per shape; tests that change PANEL_BYTES or watch
-    what gets compiled need them worked out again."""
+    """Kernel layouts are remembered per shape; a test that watches what gets compiled
+    needs them worked out again."""
     register_tiles._layout.cache_clear()
     yield
     register_tiles._layout.cache_clear()
@@ -82,7 +82,7 @@ def test_channel_steps_and_tiny_chunks_add_up(seed, monkeypatch):
     x, kernel, strides, dilation, pads, out = random_direct(9200 + seed)
     monkeypatch.setattr(register_tiles, "PANEL_BYTES", 1)  # one input channel per step
     monkeypatch.setattr(register_tiles, "SLAB_BYTES", 1)  # one output row per chunk
-    assert len(register_tiles._channel_steps(9, x.shape[-1], 64, 16, 4)) == x.shape[-1]
+    assert len(register_tiles._channel_steps(9, x.shape[-1], 64, 16, 4, 1)) == x.shape[-1]
     expected = reference_direct(pad(x, pads), kernel, strides, dilation, 1, out)
     y = register_tiles.direct(x, kernel, strides, dilation, 1, out, padding=pads, threads=2)
     assert relative_error(y, expected) <= 1e-10, f"seed {9200 + seed}"

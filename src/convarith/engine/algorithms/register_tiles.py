@@ -70,16 +70,18 @@ def _plan_blocks(channels: int, width: int) -> list[tuple[int, int, int]]:
     return runs
 
 
-#: Bytes of one kernel panel (taps × a step of input channels × a block of
-#: output channels): it stays in the core's 48 KiB L1 data cache.
+#: Largest kernel panel (taps × a step of input channels × a block of output
+#: channels), in bytes; larger sums are split into steps of input channels. The
+#: panel stays in the core's 2 MiB L2 cache; panels that fit its 48 KiB L1 were
+#: measured no faster (L2, L6, L7 with 32, 48 and 512 KiB).
 PANEL_BYTES = 512 << 10
 
 
-def _channel_steps(taps: int, channels: int, outputs: int, width: int,
-                   itemsize: int) -> list[tuple[int, int]]:
-    """Equal steps ``[c0, c1)`` of input channels whose panels fit :data:`PANEL_BYTES`."""
+def _channel_steps(taps: int, channels: int, outputs: int, width: int, itemsize: int,
+                   panel_bytes: int) -> list[tuple[int, int]]:
+    """Equal steps ``[c0, c1)`` of input channels whose panels fit ``panel_bytes``."""
     cols = min(-(-outputs // width), _llvm.max_vectors()) * width
-    fit = max(1, PANEL_BYTES // (taps * cols * itemsize))
+    fit = max(1, panel_bytes // (taps * cols * itemsize))
     count = -(-channels // fit)
     size = -(-channels // count)
     return [(c0, min(channels, c0 + size)) for c0 in range(0, channels, size)]
@@ -116,6 +118,7 @@ def direct(
         padding = None if padding is None else ((0, 0), *padding)
     pads = [(0, 0), (0, 0)] if padding is None else [(int(a), int(b)) for a, b in padding]
     x = np.ascontiguousarray(xp, dtype=dtype)
+    kernel = np.asarray(kernel, dtype)  # the panels and the compiled loads are x's type
     n, c = x.shape[0], x.shape[-1]
     kh, kw, _, f = kernel.shape
     oh, ow = (int(v) for v in out_size)
@@ -169,7 +172,8 @@ def _panels(kernel: np.ndarray, dilation: tuple[int, int], row_elems: int,
     dtype = kernel.dtype
     kh, kw, c, f = kernel.shape
     panels: list[Panel] = []
-    for c0, c1, offsets, runs in _layout(kernel.shape, dtype, dilation, row_elems, streaming):
+    for c0, c1, offsets, runs in _layout(kernel.shape, dtype, dilation, row_elems, streaming,
+                                         PANEL_BYTES):
         part = kernel[:, :, c0:c1].reshape(kh * kw * (c1 - c0), f)
         for drive, start, blocks, cols in runs:
             panel = aligned_empty((blocks, part.shape[0], cols), dtype)
@@ -186,7 +190,7 @@ def _panels(kernel: np.ndarray, dilation: tuple[int, int], row_elems: int,
 
 @functools.lru_cache(maxsize=256)
 def _layout(shape: tuple[int, ...], dtype: np.dtype, dilation: tuple[int, int],
-            row_elems: int, streaming: bool
+            row_elems: int, streaming: bool, panel_bytes: int
             ) -> tuple[tuple[int, int, np.ndarray, tuple[tuple[Any, int, int, int], ...]], ...]:
     """What :func:`_panels` needs besides the kernel's values, per shape (remembered):
     per step of input channels ``(c0, c1, offsets, runs)``, each run ``(drive, first
@@ -196,7 +200,7 @@ def _layout(shape: tuple[int, ...], dtype: np.dtype, dilation: tuple[int, int],
     width = _llvm.vector_width(dtype)
     taps = (np.arange(kh)[:, None] * (dy * row_elems)
             + np.arange(kw)[None, :] * (dx * c)).astype(np.int64).ravel()
-    steps = _channel_steps(kh * kw, c, f, width, dtype.itemsize)
+    steps = _channel_steps(kh * kw, c, f, width, dtype.itemsize, panel_bytes)
     layout = []
     for c0, c1 in steps:
         offsets = np.ascontiguousarray((taps[:, None] + np.arange(c0, c1)).ravel())
@@ -447,6 +451,7 @@ def transposed(
                        ((0, 0), *padding), threads=threads)
         return y[:, 0]
     x = np.ascontiguousarray(x)
+    kernel = np.asarray(kernel, dtype)
     n, h, w, c = x.shape
     taps_size = kernel.shape[:2]
     f = kernel.shape[2]
