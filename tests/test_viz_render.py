@@ -164,10 +164,11 @@ def test_failed_write_leaves_no_file(tmp_path, error):
 def test_interrupted_animation_save_leaves_nothing(tmp_path, monkeypatch):
     import convarith.viz.animation as animation
 
-    def interrupted(*args, **kwargs):
+    def interrupted(stream, *args, **kwargs):
+        stream.write(b"GIF89a half")  # frames are streamed: part of the file is written
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(animation, "gif_bytes", interrupted)
+    monkeypatch.setattr(animation, "write_gif", interrupted)
     with pytest.raises(KeyboardInterrupt):
         animate(ConvSpec(3), (4, 4)).save(tmp_path / "a.gif")
     assert os.listdir(tmp_path) == []
