@@ -282,14 +282,22 @@ def _palette(frames: FrameStream) -> Any:
 _TRANSPARENT = 255  # a palette index the 32 quantized colours never use
 
 
+def _write_gif_frame(stream: IO[bytes], image: Any, offset: tuple[int, int], duration: int, colours: bytes) -> None:
+    """One frame: control block (delay, transparency, "leave in place"), position, LZW data."""
+    from PIL import GifImagePlugin
+
+    image.putpalette(colours)
+    for chunk in GifImagePlugin.getdata(image, offset=offset, duration=duration, disposal=1,
+                                        transparency=_TRANSPARENT):
+        stream.write(chunk)
+
+
 def write_gif(stream: IO[bytes], frames: FrameStream, fps: float) -> None:
     """Write an endlessly looping GIF, frame by frame (each frame: its changed rectangle only).
 
     All frames share one global palette; a frame after the first is drawn
     over the previous one (disposal "leave in place").
     """
-    from PIL import GifImagePlugin
-
     duration = frame_duration_ms(fps)
     if not len(frames):
         raise ValueError("an animation needs at least one frame")
@@ -300,21 +308,36 @@ def write_gif(stream: IO[bytes], frames: FrameStream, fps: float) -> None:
     stream.write(b"GIF89a" + struct.pack("<HHBBB", width, height, 0xF7, 0, 0) + colours)
     stream.write(b"!\xff\x0bNETSCAPE2.0\x03\x01" + struct.pack("<H", 0) + b"\0")  # loop forever
     dither = Image.Dither.NONE
+    shown: np.ndarray | None = None  # palette indices the decoder shows after each frame
     for canvas, boxes in frames:
-        # pixels of the frame's rectangle that did not change are transparent:
-        # the previous frame shows through, and long runs compress well
-        box = union(boxes)
-        if len(boxes) == 1 and boxes[0] == box:
-            patch = canvas.crop(box).quantize(palette=palette, dither=dither)
-        else:
-            patch = Image.new("P", (box[2] - box[0], box[3] - box[1]), _TRANSPARENT)
-            for part in boxes:
-                piece = canvas.crop(part).quantize(palette=palette, dither=dither)
-                patch.paste(piece, (part[0] - box[0], part[1] - box[1]))
-        patch.putpalette(colours)
-        for chunk in GifImagePlugin.getdata(patch, offset=box[:2], duration=duration, disposal=1,
-                                            transparency=_TRANSPARENT):
-            stream.write(chunk)
+        if shown is None:
+            first = canvas.quantize(palette=palette, dither=dither)
+            shown = np.array(first)
+            _write_gif_frame(stream, first, (0, 0), duration, colours)
+            continue
+        # Only pixels whose colour index changes are written; the others are
+        # transparent (the previous frame shows through, and runs compress well).
+        changes = []
+        for left, top, right, bottom in boxes:
+            indices = np.asarray(canvas.crop((left, top, right, bottom)).quantize(palette=palette, dither=dither))
+            before = shown[top:bottom, left:right]
+            differs = indices != before
+            if differs.any():
+                before[differs] = indices[differs]
+                rows, columns = np.nonzero(differs)
+                r0, r1, c0, c1 = int(rows.min()), int(rows.max()) + 1, int(columns.min()), int(columns.max()) + 1
+                changes.append((left + c0, top + r0, left + c1, top + r1,
+                                indices[r0:r1, c0:c1], differs[r0:r1, c0:c1]))
+        if not changes:
+            patch = np.full((1, 1), _TRANSPARENT, np.uint8)
+            _write_gif_frame(stream, Image.fromarray(patch, "P"), (0, 0), duration, colours)
+            continue
+        box = union([change[:4] for change in changes])
+        patch = np.full((box[3] - box[1], box[2] - box[0]), _TRANSPARENT, np.uint8)
+        for left, top, right, bottom, indices, differs in changes:
+            target = patch[top - box[1]:bottom - box[1], left - box[0]:right - box[0]]
+            target[differs] = indices[differs]
+        _write_gif_frame(stream, Image.fromarray(patch, "P"), box[:2], duration, colours)
     stream.write(b";")
 
 
