@@ -279,3 +279,16 @@ def test_check_convolvable_names_the_rule() -> None:
         assert "thing" in str(error.value), kind
     for dtype in ("bool", "int8", "uint64", "float16", "float32", "float64"):
         assert check_convolvable(dtype, "x") == np.dtype(dtype)
+
+
+@pytest.mark.parametrize("force", [True, False], ids=["force", "no-force"])
+def test_output_that_is_a_link_to_another_store_is_refused(force: bool, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    source = make_npy_input(tmp_path)
+    elsewhere = tmp_path / "kept.zarr"
+    zarr.open_array(str(elsewhere), mode="w", shape=(2, 2), chunks=(2, 2), dtype="f4")[:] = 7
+    os.symlink(elsewhere, tmp_path / "out.zarr")
+    before = digest(elsewhere)
+    assert run(source, tmp_path / "out.zarr", "--preset", "blur", *(["--force"] if force else [])) == 2
+    assert "symbolic link" in capsys.readouterr().err
+    assert digest(elsewhere) == before and (tmp_path / "out.zarr").is_symlink()

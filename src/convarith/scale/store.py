@@ -262,6 +262,11 @@ def prepare_output(
     if force and resume:
         raise ValueError("choose --force (start over) or --resume (finish a run), not both")
     exists = target.exists() or target.is_symlink()
+    if target.is_symlink():
+        raise ValueError(
+            f"output {str(target)!r} is a symbolic link; give the path of the store itself "
+            f"({os.path.realpath(target)!r}) or a new path"
+        )
     if exists and not _is_zarr_store(target):
         raise ValueError(
             f"output {str(target)!r} exists and is not a Zarr store; refusing to touch it "
