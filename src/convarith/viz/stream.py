@@ -157,7 +157,7 @@ class FrameStream:
             cells = (corners // tile).astype(np.int64)
             cells[:, 0] = np.clip(cells[:, 0], 0, columns - 1)
             cells[:, 1] = np.clip(cells[:, 1], 0, rows - 1)
-            self._line_tiles[index] = np.unique(cells[:, 1] * columns + cells[:, 0])
+            self._line_tiles[index] = cells[:, 1] * columns + cells[:, 0]  # repeats are harmless
         return self._line_tiles[index]
 
     def _dirty(self, changed: np.ndarray) -> list[Box]:
@@ -178,30 +178,24 @@ class FrameStream:
                 c0, r0, c1, r1 = self._tile_boxes[index].tolist()
                 grid[r0:r1 + 1, c0:c1 + 1] = True
         width, height = self.size[0] * self.renderer.supersample, self.size[1] * self.renderer.supersample
-        marked_rows = np.flatnonzero(grid.any(axis=1))
-        padded = np.zeros((rows, columns + 2), dtype=np.int8)
-        padded[:, 1:-1] = grid
+        padded = np.zeros((rows + 1, columns + 2), dtype=np.int8)  # a blank row closes every run
+        padded[:-1, 1:-1] = grid
         edges = np.diff(padded, axis=1)
+        start_rows, start_columns = np.nonzero(edges == 1)  # row-major: runs in order
+        _, stop_columns = np.nonzero(edges == -1)
+        runs_by_row: dict[int, list[tuple[int, int]]] = {}
+        for row, first, last in zip(start_rows.tolist(), start_columns.tolist(), stop_columns.tolist()):
+            runs_by_row.setdefault(row, []).append((first, last))
         open_runs: dict[tuple[int, int], list[int]] = {}
         boxes: list[Box] = []
-
-        def close(runs: dict[tuple[int, int], list[int]]) -> None:
-            for (c0, c1), (r0, r1) in runs.items():
-                boxes.append((c0 * tile, r0 * tile, min(c1 * tile, width), min(r1 * tile, height)))
-
-        for row in range(int(marked_rows[0]), int(marked_rows[-1]) + 2):
-            runs: list[tuple[int, int]] = []
-            if row < rows:
-                starts = np.flatnonzero(edges[row] == 1).tolist()
-                stops = np.flatnonzero(edges[row] == -1).tolist()
-                runs = list(zip(starts, stops))
+        for row in range(min(runs_by_row), max(runs_by_row) + 2):
             still: dict[tuple[int, int], list[int]] = {}
-            for run in runs:
+            for run in runs_by_row.get(row, ()):
                 span = open_runs.pop(run, None)
                 still[run] = [span[0], row + 1] if span else [row, row + 1]
-            close(open_runs)
+            for (c0, c1), (r0, r1) in open_runs.items():
+                boxes.append((c0 * tile, r0 * tile, min(c1 * tile, width), min(r1 * tile, height)))
             open_runs = still
-        close(open_runs)
         return boxes
 
     def _redraw(self, canvas: Any, box: Box, candidates: np.ndarray) -> None:
