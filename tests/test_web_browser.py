@@ -215,7 +215,8 @@ def test_grid_of_settings_matches_python(page):
         # hover an input cell: the outputs it feeds light up
         source = tuple(int(rng.integers(0, n)) for n in want.input_size)
         page.hover(f'#grid rect[data-src="{",".join(map(str, source))}"][data-kind="input"], '
-                   f'#grid rect[data-src="{",".join(map(str, source))}"][data-kind="dropped"]')
+                   f'#grid rect[data-src="{",".join(map(str, source))}"][data-kind="dropped"], '
+                   f'#grid rect[data-src="{",".join(map(str, source))}"][data-kind="skipped"]')
         assert highlighted(page, "#grid rect.feed") == {o for o, _ in want.feeds(source)}, where
 
 

@@ -42,6 +42,9 @@ class Palette:
     output_done: str = "#3fae8e"
     output_target: str = "#00664d"
     cropped: str = "#eef2f3"
+    dropped: str = "#f6d3bf"     # input no window reads (pale vermillion)
+    dropped_stroke: str = "#d55e00"
+    feed: str = "#cc79a7"        # reddish purple: outputs an input cell feeds (explorer hover)
     gap: str = "#e69f00"         # orange: dilation gaps
     stroke: str = "#1c3342"
     dashed: str = "#1f4a5c"
@@ -292,18 +295,20 @@ def build_scene(
     small_size = max(6.5, cell * 0.24)
 
     # -- layer 0: the lower grid
-    lower_fill = {"input": p.input, "padding": p.padding, "copy": p.copy, "inserted": p.inserted, "beyond": p.padding}
+    lower_fill = {"input": p.input, "padding": p.padding, "copy": p.copy, "inserted": p.inserted,
+                  "beyond": p.padding, "dropped": p.dropped, "skipped": p.dropped}
     for grid_cell in board.grid_cells:
         kind = grid_cell.kind
         dashed = kind in ("padding", "inserted", "beyond", "copy")
+        edge = p.dropped_stroke if kind in ("dropped", "skipped") else p.stroke
         add(Shape("polygon", lower_quad(grid_cell.position), fill=lower_fill[kind],
-                  stroke=p.muted if kind == "beyond" else (p.dashed if dashed else p.stroke),
+                  stroke=p.muted if kind == "beyond" else (p.dashed if dashed else edge),
                   width=stroke_w, dash=(dash[0] * 0.5, dash[1] * 1.5) if kind == "beyond" else (dash if dashed else None)))
     if board.input_values is not None:
         for grid_cell in board.grid_cells:
             if grid_cell.source is not None:
                 add(Shape("text", (lower_centre(grid_cell.position),), text=_fmt_value(board.input_values[grid_cell.source]),
-                          size=value_size, fill=p.text if grid_cell.kind == "input" else p.muted))
+                          size=value_size, fill=p.text if grid_cell.kind in ("input", "dropped", "skipped") else p.muted))
             elif grid_cell.kind in ("padding", "inserted"):
                 add(Shape("text", (lower_centre(grid_cell.position),), text="0", size=value_size * 0.85, fill=p.muted))
 
@@ -463,7 +468,7 @@ def _labels(scene: Scene, board: Storyboard, explanation: Explanation, lower: li
         if spec.transposed:
             lower_label = f"input {_fmt_size(resolved.input_size)}, zeros inserted, padded {_pairs(resolved.padding)}"
         if any(resolved.dropped):
-            lower_label += f" — {_fmt_size(resolved.dropped)} dropped"
+            lower_label += f" — {_dropped_words(resolved.dropped)}"
         name = {"max_pool": "max pool", "avg_pool": "avg pool"}.get(spec.kind, "output")
         upper_label = f"{name} {_fmt_size(resolved.output_size)}" if name == "output" else f"output ({name}) {_fmt_size(resolved.output_size)}"
     add(Shape("text", (((lx0 + lx1) / 2, ly1 + 14 + depth_labels_h),), text=lower_label, size=13, fill=p.text))
@@ -484,6 +489,13 @@ def _labels(scene: Scene, board: Storyboard, explanation: Explanation, lower: li
         add(Shape("text", ((scene.width - 8, scene.height - 8),),
                   text=f"{what} {','.join(map(str, frame.index))}  ({frame.step + 1}/{len(board.frames)})",
                   size=10, fill=p.muted, anchor="rs", start=frame.step, end=frame.step + 1))
+
+
+def _dropped_words(dropped: Sequence[int]) -> str:
+    """``(1, 1)`` → "last 1 row and 1 column never read (dropped)"."""
+    names = {1: ["cell"], 2: ["row", "column"], 3: ["slice", "row", "column"]}[len(dropped)]
+    parts = [f"{n} {name}{'s' if n > 1 else ''}" for n, name in zip(dropped, names) if n]
+    return "last " + " and ".join(parts) + " never read (dropped)"
 
 
 def _text_width(text: str, size: float) -> float:

@@ -7,6 +7,9 @@
   const $ = (id) => document.getElementById(id);
   const SVG_NS = "http://www.w3.org/2000/svg";
   const AXIS_NAMES = { 1: ["length"], 2: ["height", "width"] };
+  // a cell of the grid takes the first of these kinds any of its axes has (as convarith.viz.frames does)
+  const CELL_ORDER = ["beyond", "padding", "inserted", "copy", "dropped", "skipped"];
+  const UNREAD = new Set(["dropped", "skipped"]);
 
   // ------------------------------------------------------------------ state
 
@@ -25,16 +28,24 @@
   let outputByKey = new Map();  // "o0,o1" -> rect
   let playing = null;
   let requestNumber = 0;
+  const latest = { stack: 0, code: 0, image: 0, solve: 0 };  // answers to older requests are dropped
   let uploadedImage = null;
 
   // ------------------------------------------------------------------ URL
 
   const joinAxes = (v) => v.slice(0, state.rank).join("x");
-  const splitAxes = (text, fallback) => {
-    const parts = String(text).split("x").map((t) => parseInt(t, 10));
-    if (parts.some((n) => Number.isNaN(n))) return fallback;
+  // A whole number stays a number; anything else ("2.5", "1e3", "abc") is kept as typed,
+  // so the server refuses it by name instead of the page rounding it into something else.
+  const strictInt = (text) => {
+    const t = String(text).trim();
+    if (t === "") return NaN;
+    return /^-?\d+$/.test(t) ? parseInt(t, 10) : t;
+  };
+  const splitAxes = (text) => {
+    const parts = String(text).split("x").map(strictInt);
     return parts.length === 1 ? [parts[0], parts[0]] : parts;
   };
+  let urlProblems = [];  // what a shared link asked for that the page cannot show
 
   function writeURL() {
     const q = new URLSearchParams();
@@ -66,20 +77,35 @@
     const q = new URLSearchParams(location.search);
     if (![...q.keys()].length) return;
     const s = state;
-    if (q.has("in")) { s.input = splitAxes(q.get("in"), s.input); s.rank = String(q.get("in")).split("x").length === 1 ? 1 : 2; }
+    urlProblems = [];
+    const axesOf = (name, fallback) => {
+      const text = q.has(name) ? q.get(name) : fallback;
+      const parts = splitAxes(text);
+      if (parts.length > 2) {
+        urlProblems.push(`${name}=${text} has ${parts.length} axes; the explorer draws 1-D and 2-D ` +
+          "convolutions (3-D ones: convarith animate --input 7x7x7 --view flat)");
+        return splitAxes(fallback);
+      }
+      return parts;
+    };
+    if (q.has("in")) {
+      s.input = axesOf("in", "7x7");
+      s.rank = String(q.get("in")).split("x").length === 1 ? 1 : 2;
+      if (urlProblems.length) s.rank = 2;
+    }
     if (s.rank === 1) s.input = [s.input[0], s.input[0]];
-    s.kernel = splitAxes(q.get("k") || "3", s.kernel);
-    s.stride = splitAxes(q.get("s") || "1", s.stride);
-    s.dilation = splitAxes(q.get("d") || "1", s.dilation);
+    s.kernel = axesOf("k", "3");
+    s.stride = axesOf("s", "1");
+    s.dilation = axesOf("d", "1");
     s.padding = q.get("p") || "valid";
-    if (q.has("pads")) s.pads = q.get("pads").split("x").map((pair) => pair.split(",").map((t) => parseInt(t, 10)));
+    if (q.has("pads")) s.pads = q.get("pads").split("x").map((pair) => pair.split(",").map(strictInt));
     if (s.pads.length === 1) s.pads.push([...s.pads[0]]);
     s.mode = q.get("pm") || "zeros";
-    s.inCh = parseInt(q.get("c") || "1", 10);
-    s.filters = parseInt(q.get("f") || "1", 10);
-    s.groups = parseInt(q.get("g") || "1", 10);
+    s.inCh = strictInt(q.get("c") || "1");
+    s.filters = strictInt(q.get("f") || "1");
+    s.groups = strictInt(q.get("g") || "1");
     s.transposed = q.get("t") === "1";
-    s.op = q.has("op") ? splitAxes(q.get("op"), [null, null]) : [null, null];
+    s.op = q.has("op") ? splitAxes(q.get("op")) : [null, null];
     s.pool = q.get("pool") || "";
     s.ceil = q.get("ceil") === "1";
     s.countPad = q.get("cip") === "1";
@@ -100,7 +126,8 @@
 
   // ------------------------------------------------------------------ controls <-> state
 
-  const num = (id) => parseInt($(id).value, 10);
+  // type=number inputs report "" for what they cannot parse: read the raw text where we can
+  const num = (id) => strictInt($(id).value);
 
   function stateToControls() {
     const s = state;
@@ -128,7 +155,7 @@
     for (const a of [0, 1]) {
       s.input[a] = num("in-" + a); s.kernel[a] = num("k-" + a);
       s.stride[a] = num("s-" + a); s.dilation[a] = num("d-" + a);
-      s.op[a] = $("op-" + a).value.trim() === "" ? null : num("op-" + a);
+      s.op[a] = $("op-" + a).value.trim() === "" && !$("op-" + a).validity.badInput ? null : num("op-" + a);
       s.pads[a] = [num(`p-${a}-lo`), num(`p-${a}-hi`)];
     }
     s.padding = $("padding").value; s.mode = $("padding-mode").value;
@@ -148,12 +175,13 @@
     document.querySelectorAll(".pool-only").forEach((el) => { el.hidden = !state.pool; });
     $("numbers-row").hidden = state.imageKernel !== "custom";
     document.querySelector(".zero-only").hidden = !state.transposed;
+    document.querySelector(".copy-only").hidden = state.mode === "zeros";
   }
 
   // What the API is sent: the controls as they are, unchecked here. (NaN -> null, so the server names the field.)
   function settings() {
     const s = state, r = s.rank;
-    const ax = (v) => v.slice(0, r).map((n) => (Number.isNaN(n) ? null : n));
+    const ax = (v) => v.slice(0, r).map(nanNull);
     const body = {
       rank: r, input_size: ax(s.input), kernel_size: ax(s.kernel), strides: ax(s.stride),
       dilation: ax(s.dilation), padding_mode: s.mode, in_channels: nanNull(s.inCh),
@@ -166,7 +194,7 @@
     return body;
   }
   const hasOutputPadding = () => state.op.slice(0, state.rank).some((v) => v !== null);
-  const nanNull = (n) => (Number.isNaN(n) ? null : n);
+  const nanNull = (n) => (typeof n === "number" && Number.isNaN(n) ? null : n);
 
   // ------------------------------------------------------------------ API
 
@@ -219,7 +247,7 @@
       document.body.dataset.ready = String(mine);
       return;
     }
-    showError("error", "");
+    showError("error", urlProblems.join("; "));
     $("stage").classList.remove("stale");
     geometry = answer.data;
     renderSummary();
@@ -342,7 +370,7 @@
     return product(axes.map((a) => a.grid.map((c, i) => ({ ...c, i })))).map((combo) => {
       const kinds = combo.map((c) => c.kind);
       let kind = "input";
-      for (const k of ["pad", "zero", "dropped"]) if (kinds.includes(k)) { kind = k; break; }
+      for (const k of CELL_ORDER) if (kinds.includes(k)) { kind = k; break; }
       const sources = combo.map((c) => c.source);
       const source = sources.some((v) => v === null) ? null : sources;
       return { pos: combo.map((c) => c.i), kind, source, rank };
@@ -393,7 +421,7 @@
         "data-src": c.source ? c.source.join(",") : "", "data-kind": c.kind,
       }, inputGroup);
       inputRects.set(c.pos.join(","), rect);
-      if (c.kind === "input" || c.kind === "dropped") {
+      if (c.kind === "input" || UNREAD.has(c.kind)) {
         c.pos.forEach((p, i) => { firstPos[i] = Math.min(firstPos[i] ?? p, p); lastPos[i] = Math.max(lastPos[i] ?? p, p); });
       }
     }
@@ -489,7 +517,7 @@
     clearMarks();
     const key = source.join(",");
     for (const r of inputRects.values()) {
-      if (r.dataset.src === key) r.classList.add(r.dataset.kind === "pad" ? "copy" : "hovered");
+      if (r.dataset.src === key) r.classList.add(r.dataset.kind === "copy" ? "copy" : "hovered");
     }
     const feeds = product(source.map((i, axis) => geometry.axes[axis].feeds[i]));
     for (const combo of feeds) {
@@ -514,17 +542,24 @@
     if (!rect) return;
     if (rect.dataset.out) { hoverOutput(rect.dataset.out.split(",").map(Number)); return; }
     const kind = rect.dataset.kind;
-    if (kind === "input" || kind === "dropped") { hoverInput(rect.dataset.src.split(",").map(Number)); return; }
+    if (kind === "input" || UNREAD.has(kind)) { hoverInput(rect.dataset.src.split(",").map(Number)); return; }
     clearHover();
     if (playing) return;
-    const what = kind === "zero" ? "an inserted zero (between the input cells of a transposed convolution)"
-      : rect.dataset.src ? `padding that copies input[${rect.dataset.src}] (${state.mode})` : "zero padding";
+    const what = CELL_WORDS[kind](rect);
     const box = $("cell-sum");
     box.replaceChildren();
     const b = document.createElement("b");
     b.textContent = `cell (${rect.dataset.pos}) of the padded grid: `;
     box.append(b, document.createTextNode(what));
   }
+
+  // what each kind of padded-grid cell is, said once (the legend uses the same words)
+  const CELL_WORDS = {
+    inserted: () => "an inserted zero (between the input cells of a transposed convolution)",
+    copy: (rect) => `padding that copies input[${rect.dataset.src}] (${geometry.spec.padding_mode})`,
+    padding: () => (geometry.spec.pool === "max" ? "padding, never the maximum (it counts as −∞)" : "zero padding"),
+    beyond: () => "beyond the padded input: only a ceil-mode window reaches it, and it is ignored",
+  };
 
   function clearHover() {
     if (playing || !geometry) return;
@@ -615,7 +650,9 @@
     });
     const body = { rank: s.rank, input_size: s.input.slice(0, s.rank), layers };
     if (s.cell) body.cell = s.cell;
+    const mine = ++latest.stack;
     const answer = await post("/api/stack", body);
+    if (mine !== latest.stack) return;
     const svg = $("stack-svg");
     if (!answer.ok) {
       showError("stack-error", answer.error);
@@ -693,7 +730,9 @@
   }
 
   async function updateCode() {
+    const mine = ++latest.code;
     const answer = await post("/api/port", { ...settings(), to: state.port });
+    if (mine !== latest.code) return;
     const code = $("code").querySelector("code");
     if (!answer.ok) { showError("code-error", answer.error); code.textContent = ""; return; }
     showError("code-error", "");
@@ -726,7 +765,9 @@
     if (s.rank !== 2) { showError("image-error", "image mode needs 2-D settings (choose 2-D above)"); return; }
     if (s.pool) body.kernel_size = s.kernel_size;
     if (s.transposed) body.output_padding = s.output_padding;
+    const mine = ++latest.image;
     const answer = await post("/api/image", body);
+    if (mine !== latest.image) return;
     if (!answer.ok) { showError("image-error", answer.error); $("image-out").removeAttribute("src"); $("image-out").dataset.ready = ""; return; }
     showError("image-error", "");
     const d = answer.data;
@@ -750,8 +791,10 @@
       size: num("solve-size"), target: num("solve-target"), max_kernel: num("solve-k"),
       max_stride: num("solve-s"), max_dilation: num("solve-d"), symmetric: $("solve-sym").checked,
     };
-    for (const k of Object.keys(body)) if (Number.isNaN(body[k])) body[k] = null;
+    for (const k of Object.keys(body)) body[k] = nanNull(body[k]);
+    const mine = ++latest.solve;
     const answer = await post("/api/solve", body);
+    if (mine !== latest.solve) return;
     const tbody = $("solutions").querySelector("tbody");
     tbody.replaceChildren();
     if (!answer.ok) { showError("solve-error", answer.error); return; }
@@ -838,6 +881,5 @@
   stateToControls();
   renderLayers();
   wire();
-  $("solve-size").value = state.input[0];
   update();
 })();
