@@ -346,3 +346,258 @@ def test_shared_link_restores_the_view(page, browser):
     assert "on" in (other.get_attribute("button[data-convention=onnx]", "class") or "")
     assert other.is_visible("#tab-code")
     context.close()
+
+
+# --------------------------------------------------------------------------- what the page says
+
+
+def goto(page: Any, server_url: str, query: str) -> None:
+    page.goto(server_url + "?" + query)
+    settle(page)
+
+
+@pytest.mark.parametrize("query, rules, lacking", [
+    # Keras Conv2D, JAX lax.conv and ONNX Conv pad with zeros only
+    ("in=5x5&k=3x3&s=1x1&d=1x1&p=same&pm=reflect&conv=keras", "Keras", "fill"),
+    ("in=5x5&k=3x3&s=1x1&d=1x1&p=same&pm=reflect&conv=jax", "JAX", "fill"),
+    ("in=5x5&k=3x3&s=1x1&d=1x1&p=same&pm=circular&conv=onnx", "ONNX", "fill"),
+    # lax has no pooling layer; Keras pooling has no dilation; ONNX AveragePool no dilation
+    ("in=6x6&k=2x2&s=2x2&d=1x1&p=valid&pool=max&conv=jax", "JAX", "pooling"),
+    ("in=9x9&k=2x2&s=2x2&d=2x2&p=valid&pool=max&conv=keras", "Keras", "dilation"),
+    ("in=9x9&k=2x2&s=2x2&d=2x2&p=valid&pool=avg&conv=onnx", "ONNX", "dilation"),
+])
+def test_framework_rules_refuse_what_the_framework_would_compute_otherwise(page, server_url, query,
+                                                                           rules, lacking):
+    goto(page, server_url, query + "&tab=code&port=torch")
+    note = page.text_content("#convention-note")
+    assert f"{rules} rejects" in note and lacking in note, note
+    assert "accepts" not in note
+    code = page.text_content("#code code")
+    assert "neutral settings" in code and "Keras port of Keras" not in code
+    if "pm=reflect" in query:  # what is drawn is what the code computes: a reflect fill
+        assert "padding_mode='reflect'" in code
+        page.hover("#grid rect[data-pos='0,0']")
+        assert "copies input[1,1] (reflect)" in page.text_content("#cell-sum")
+
+
+def test_keras_really_has_no_padding_mode():
+    """The refusal above is Keras's own rule: its Conv2D takes no padding_mode."""
+    keras = pytest.importorskip("keras")
+    with pytest.raises((TypeError, ValueError)):
+        keras.layers.Conv2D(1, 3, padding="same", padding_mode="reflect")
+
+
+@pytest.mark.parametrize("query, must, must_not", [
+    ("in=7x7&k=3x3&s=2x2&d=1x1&p=same&pool=avg&conv=torch", ["AvgPool2d", "explicit per side"],
+     ["Conv2d", "--"]),
+    ("in=3x3&k=3x3&s=2x2&d=1x1&p=explicit&pads=1,1x1,1&t=1&conv=keras", ["Conv2DTranspose", "Cropping2D"],
+     ["ZeroPadding", "--"]),
+    ("in=7x7&k=3x3&s=1x1&d=1x1&p=explicit&pads=0,1x1,1&conv=torch", ["symmetric", "JAX or ONNX rules"],
+     ["--convention"]),
+])
+def test_refusals_name_the_right_layer_and_no_command_line_flags(page, server_url, query, must,
+                                                                  must_not):
+    goto(page, server_url, query)
+    note = page.text_content("#convention-note")
+    for word in must:
+        assert word in note, (word, note)
+    for word in must_not:
+        assert word not in note, (word, note)
+
+
+@pytest.mark.parametrize("typed", ["2.5", "1e3", "-3"])
+def test_typed_numbers_are_refused_not_rounded(page, typed):
+    page.fill("#in-0", typed)
+    settle(page)
+    error = page.text_content("#error")
+    assert page.is_visible("#error") and "input_size" in error and typed in error, error
+    assert "None" not in error
+
+
+@pytest.mark.parametrize("query, words", [
+    ("in=abc", ["input_size", "'abc'"]),
+    ("in=2.5x7", ["input_size", "'2.5'"]),
+    ("in=7x7x7", ["in=7x7x7", "3 axes"]),
+    ("in=7x7&k=1e3", ["kernel_size", "'1e3'"]),
+])
+def test_links_the_page_cannot_show_are_refused_in_words(page, server_url, query, words):
+    goto(page, server_url, query)
+    error = page.text_content("#error")
+    assert page.is_visible("#error"), query
+    for word in words:
+        assert word in error, (word, error)
+
+
+def test_an_empty_box_is_named_not_shown_as_none(page):
+    page.fill("#k-1", "")
+    settle(page)
+    error = page.text_content("#error")
+    assert "kernel_size (axis 1) is empty" in error and "None" not in error, error
+
+
+def test_the_solver_keeps_its_own_question(page, server_url):
+    goto(page, server_url, "in=9x9&k=3x3&s=1x1&d=1x1&p=same")
+    assert page.input_value("#solve-size") == "28" and page.input_value("#solve-target") == "14"
+
+
+def test_an_older_answer_never_overwrites_a_newer_one(page):
+    """The Keras code is answered slowly, after the PyTorch code the user asked for next."""
+    def slow_keras(route: Any) -> None:
+        if '"to": "keras"' in (route.request.post_data or "") or '"to":"keras"' in (
+                route.request.post_data or ""):
+            time.sleep(0.8)
+        route.continue_()
+
+    page.click("button[data-tab=code]")
+    settle(page)
+    page.route("**/api/port", slow_keras)
+    page.click("button[data-port=torch]")
+    page.click("button[data-port=keras]")
+    page.click("button[data-port=torch]")
+    page.wait_for_function("document.querySelector('#code code').textContent.includes('PyTorch code')")
+    time.sleep(1.2)  # the slow Keras answer has arrived by now, and must have been dropped
+    assert "PyTorch code" in page.text_content("#code code")
+    page.unroute("**/api/port")
+
+
+# --------------------------------------------------------------------------- one palette
+
+
+def test_the_page_uses_the_animations_palette():
+    from dataclasses import asdict
+
+    from convarith.viz.scene import PALETTE
+
+    css = (Path(__file__).resolve().parent.parent / "src/convarith/web/static/style.css").read_text()
+    declared = dict(re.findall(r"--c-([a-z-]+):\s*(#[0-9a-fA-F]{6})", css.split("}", 1)[0]))
+    assert declared, "style.css declares no --c-* colours"
+    palette = {name.replace("_", "-"): colour.lower() for name, colour in asdict(PALETTE).items()}
+    for name, colour in declared.items():
+        assert palette.get(name) == colour.lower(), (name, colour, palette.get(name))
+    for name in ("input", "output", "padding", "dropped", "input-read", "output-target"):
+        assert name in declared, name
+
+
+# --------------------------------------------------------------------------- as people see it
+
+
+LAYOUT_VIEWS = [
+    "in=7x7&k=3x3&s=2x2&d=1x1&p=same",
+    "in=3x3&k=3x3&s=2x2&d=1x1&p=explicit&pads=1,1x1,1&t=1",  # 3x3 -> 7x7 zeros inserted, padded
+    "in=64x64&k=3x3&s=1x1&d=1x1&p=same&tab=stack",
+    "in=6x6&k=3x3&s=2x2&d=1x1&p=valid&conv=keras&tab=code&port=torch",
+    "in=28&k=3&s=3&d=1&p=explicit&pads=1,1",
+]
+
+_LAYOUT_PROBE = """() => {
+  const problems = [];
+  const doc = document.scrollingElement;
+  if (doc.scrollWidth > innerWidth + 1) problems.push(`page is ${doc.scrollWidth} px wide at ${innerWidth}`);
+  for (const el of document.querySelectorAll('header button, #stage, #controls, #tabs, .player, .legend')) {
+    const r = el.getBoundingClientRect();
+    if (r.width && r.right > innerWidth + 1) problems.push(`${el.id || el.className || el.tagName} ends at ${r.right}`);
+  }
+  for (const id of ['grid', 'stack-svg']) {
+    const svg = document.getElementById(id);
+    if (!svg || !svg.getBoundingClientRect().width) continue;
+    const box = svg.getBoundingClientRect(), drawn = svg.getBBox(), view = svg.viewBox.baseVal;
+    if (drawn.x < view.x - 1 || drawn.y < view.y - 1 || drawn.x + drawn.width > view.x + view.width + 1
+        || drawn.y + drawn.height > view.y + view.height + 1)
+      problems.push(`#${id} draws outside its frame (${drawn.width|0}x${drawn.height|0} in ${view.width|0}x${view.height|0})`);
+    const texts = [...svg.querySelectorAll('text')].filter((t) => t.textContent.trim())
+      .map((t) => [t, t.getBoundingClientRect()]);
+    for (const [t, r] of texts) {
+      if (r.left < box.left - 1 || r.right > box.right + 1 || r.top < box.top - 1 || r.bottom > box.bottom + 1)
+        problems.push(`#${id} label "${t.textContent}" is cut (${r.left|0}..${r.right|0} in ${box.left|0}..${box.right|0})`);
+      const size = parseFloat(getComputedStyle(t).fontSize) * (box.width / svg.viewBox.baseVal.width || 1);
+      if (!t.classList.contains('tap-label') && size < 9) problems.push(`#${id} label "${t.textContent}" is ${size.toFixed(1)} px`);
+    }
+    for (let i = 0; i < texts.length; i++) for (let j = i + 1; j < texts.length; j++) {
+      const [a, ra] = texts[i], [b, rb] = texts[j];
+      const overlap = Math.min(ra.right, rb.right) - Math.max(ra.left, rb.left) > 1
+        && Math.min(ra.bottom, rb.bottom) - Math.max(ra.top, rb.top) > 1;
+      if (overlap) problems.push(`#${id} labels "${a.textContent}" and "${b.textContent}" overlap`);
+    }
+  }
+  const sum = document.getElementById('cell-sum');
+  if (sum.scrollHeight > sum.clientHeight + 2 && getComputedStyle(sum).overflowY !== 'auto')
+    problems.push('the weighted sum is cut');
+  return problems;
+}"""
+
+
+@pytest.mark.parametrize("width, height", [(390, 844), (1280, 800)])
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_layout_fits_without_overflow_or_overlapping_labels(browser, server_url, width, height, scheme):
+    context = browser.new_context(viewport={"width": width, "height": height}, color_scheme=scheme,
+                                  bypass_csp=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    try:
+        for query in LAYOUT_VIEWS:
+            goto(page, server_url, query)
+            problems = page.evaluate(_LAYOUT_PROBE)
+            assert not problems, (width, query, problems)
+        if width < 500:  # on a phone the picture comes before the controls
+            grid_top = page.evaluate("document.getElementById('grid').getBoundingClientRect().top")
+            assert grid_top < height, grid_top
+    finally:
+        context.close()
+    assert not errors, errors
+
+
+def test_keyboard_space_plays_and_arrows_step(page):
+    set_controls(page, dict(rank=2, input=(5, 5), kernel=(3, 3), stride=(1, 1), dilation=(1, 1),
+                            padding="valid"))
+    page.evaluate("document.activeElement.blur()")
+    page.keyboard.press("ArrowRight")
+    assert "frame 2 / 9" in page.text_content("#frame-label")
+    page.keyboard.press("End")
+    assert "frame 9 / 9" in page.text_content("#frame-label")
+    page.keyboard.press("Home")
+    page.keyboard.press(" ")
+    assert "pause" in page.text_content("#play")
+    page.keyboard.press(" ")
+    assert "play" in page.text_content("#play")
+
+
+def test_a_tap_on_an_input_cell_shows_what_it_feeds(browser, server_url):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True, bypass_csp=True)
+    page = context.new_page()
+    try:
+        goto(page, server_url, "in=5x5&k=3x3&s=1x1&d=1x1&p=valid")
+        page.tap("#grid rect[data-pos='2,2']")
+        assert "input[2,2] feeds 9 output cells" in page.text_content("#cell-sum")
+        assert page.locator("#grid rect.feed").count() == 9
+    finally:
+        context.close()
+
+
+def _axe_source() -> str | None:
+    import os
+
+    for candidate in (os.environ.get("AXE_CORE_JS"),
+                      str(Path(__file__).resolve().parent.parent / "node_modules/axe-core/axe.min.js")):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate).read_text(encoding="utf-8")
+    return None
+
+
+@pytest.mark.parametrize("width", [390, 1280])
+def test_accessibility_audit_has_no_serious_violations(browser, server_url, width):
+    source = _axe_source()
+    if source is None:
+        pytest.skip("axe-core not installed (npm install --no-save axe-core@4.14.1, or set AXE_CORE_JS)")
+    context = browser.new_context(viewport={"width": width, "height": 900}, bypass_csp=True)
+    page = context.new_page()
+    try:
+        goto(page, server_url, "in=7x7&k=3x3&s=2x2&d=1x1&p=same")
+        page.add_script_tag(content=source)
+        result = page.evaluate("async () => (await axe.run(document, {resultTypes: ['violations']})).violations"
+                               ".map(v => ({id: v.id, impact: v.impact, nodes: v.nodes.slice(0, 3).map(n => n.target.join(' '))}))")
+    finally:
+        context.close()
+    bad = [v for v in result if v["impact"] in ("serious", "critical")]
+    assert not bad, bad

@@ -386,12 +386,37 @@
     const out = g.output_size;
     const rows = rank === 2 ? padded[0] : 1, cols = rank === 2 ? padded[1] : padded[0];
     const oRows = rank === 2 ? out[0] : 1, oCols = rank === 2 ? out[1] : out[0];
-    const available = Math.max(520, $("stage").clientWidth - 24);
+    const available = Math.max(200, ($("grid").parentElement.clientWidth || $("stage").clientWidth) - 4);
     const gap = 56;
-    const cell = Math.max(6, Math.min(40, Math.floor((available - gap - 20) / (cols + oCols)), Math.floor(440 / Math.max(rows, oRows))));
-    const top = 34;
-    const outX = cols * cell + gap;
-    const width = outX + Math.max(oCols * cell, 110) + 10, height = top + Math.max(rows, oRows) * cell + 10;
+    const tall = Math.floor(440 / Math.max(rows, oRows));
+    const inFirst = `input ${times(g.input_size)}`;
+    const inSecond = padded.join() !== g.input_size.join()
+      ? `→ ${times(padded)}${g.kind === "conv_transpose" ? " (zeros inserted, padded)" : " (padded)"}` : "";
+    const inLabelText = inSecond ? `${inFirst}  ${inSecond}` : inFirst;
+    const outText = `output ${times(out)}`;
+    const labelWidth = (text) => text.length * 8.2;  // 14px bold system font, generous
+    // Side by side when both grids and their labels fit; on a narrow screen the output
+    // goes under the input rather than shrinking both. A label longer than its grid goes
+    // on two lines rather than under the output's label.
+    const layout = (stacked) => {
+      const cell = Math.max(6, Math.min(40, tall, stacked ? Math.floor((available - 10) / Math.max(cols, oCols))
+        : Math.floor((available - gap - 10) / (cols + oCols))));
+      const room = stacked ? available : cols * cell + gap - 12;
+      const twoLines = labelWidth(inLabelText) > room;
+      const inWidth = labelWidth(twoLines ? inSecond || inFirst : inLabelText);
+      const outX = stacked ? 0 : Math.max(cols * cell + gap, inWidth + 24);
+      const width = Math.max(outX + Math.max(oCols * cell, labelWidth(outText)) + 10, inWidth, cols * cell + 2);
+      return { cell, twoLines, outX, width, stacked };
+    };
+    let plan = layout(false);
+    if (plan.cell < 14 || plan.width > available) {
+      const other = layout(true);
+      if (other.cell > plan.cell || other.width <= available) plan = other;
+    }
+    const { cell, twoLines, outX, width, stacked } = plan;
+    const top = twoLines ? 52 : 34;
+    const outTop = stacked ? top + rows * cell + 40 : top;
+    const height = outTop + (stacked ? oRows : Math.max(rows, oRows)) * cell + 10;
     svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
     svg.setAttribute("width", width);
     svg.setAttribute("height", height);
@@ -403,11 +428,19 @@
     el("line", { x1: 0, y1: 0, x2: 0, y2: 6, stroke: "#c9ced6", "stroke-width": 2 }, hatch);
 
     const inLabel = el("text", { x: 0, y: 20, class: "grid-label" }, svg);
-    const extra = g.kind === "conv_transpose" ? " (zeros inserted, padded)" : " (padded)";
-    inLabel.textContent = `input ${times(g.input_size)}` + (padded.join() !== g.input_size.join() ? `  → ${times(padded)}${extra}` : "");
-    const outLabel = el("text", { x: outX, y: 20, class: "grid-label output" }, svg);
-    outLabel.textContent = `output ${times(out)}`;
-    el("text", { x: outX - gap / 2, y: top + Math.min(rows, oRows) * cell / 2 + 6, class: "grid-arrow", "text-anchor": "middle" }, svg).textContent = "→";
+    if (twoLines) {
+      el("tspan", { x: 0, dy: 0 }, inLabel).textContent = inFirst;
+      el("tspan", { x: 0, dy: 18 }, inLabel).textContent = inSecond;
+    } else {
+      inLabel.textContent = inLabelText;
+    }
+    const outLabel = el("text", { x: outX, y: outTop - 14, class: "grid-label output" }, svg);
+    outLabel.textContent = outText;
+    if (stacked) {
+      el("text", { x: labelWidth(outLabel.textContent) + 16, y: outTop - 10, class: "grid-arrow" }, svg).textContent = "↓";
+    } else {
+      el("text", { x: cols * cell + gap / 2, y: top + Math.min(rows, oRows) * cell / 2 + 6, class: "grid-arrow", "text-anchor": "middle" }, svg).textContent = "→";
+    }
 
     inputRects = new Map();
     const inputGroup = el("g", { class: "input-grid" }, svg);
@@ -439,7 +472,7 @@
     outCells.forEach((index, frame) => {
       const [r, col] = rank === 2 ? index : [0, index[0]];
       const rect = el("rect", {
-        x: outX + col * cell + 0.5, y: top + r * cell + 0.5, width: cell - 1, height: cell - 1,
+        x: outX + col * cell + 0.5, y: outTop + r * cell + 0.5, width: cell - 1, height: cell - 1,
         class: "cell out", "data-out": index.join(","), "data-frame": frame,
       }, outputGroup);
       outputRects.push(rect);
@@ -469,10 +502,10 @@
 
   function label(rect, text, dark) {
     const cell = parseFloat(rect.getAttribute("width")) + 1;
-    if (cell < 20) return;
+    if (cell < 26) return;  // below that a label would be unreadable (under 8 px)
     const t = el("text", {
       x: parseFloat(rect.getAttribute("x")) + cell / 2 - 0.5, y: parseFloat(rect.getAttribute("y")) + cell / 2 + 3.5,
-      class: "tap-label" + (dark ? " dark" : ""), "text-anchor": "middle", "font-size": Math.min(11, cell / 3.2),
+      class: "tap-label" + (dark ? " dark" : ""), "text-anchor": "middle", "font-size": Math.max(8, Math.min(11, cell / 3.2)),
     }, $("labels"));
     t.textContent = text;
   }
@@ -690,11 +723,12 @@
     const left = Math.max(0, -sc[0]) * cell + 2, above = Math.max(0, -sr[0]) * cell;
     const right = Math.max(0, sc[1] - cols + 1) * cell, below = Math.max(0, sr[1] - rows + 1) * cell;
     const top = 26 + above, outX = left + Math.max(cols * cell + right, 90) + 48;
-    const width = outX + Math.max(oCols * cell, 150) + 10, height = top + Math.max(rows * cell + below, oRows * cell) + 8;
+    const outText = `layer ${d.layers.length} output ${times(last)}`;
+    const width = outX + Math.max(oCols * cell, outText.length * 8.2) + 10, height = top + Math.max(rows * cell + below, oRows * cell) + 8;
     svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
     svg.setAttribute("width", width); svg.setAttribute("height", height);
     el("text", { x: 0, y: 16, class: "grid-label" }, svg).textContent = `input ${times(d.input_size)}`;
-    el("text", { x: outX, y: 16, class: "grid-label output" }, svg).textContent = `layer ${d.layers.length} output ${times(last)}`;
+    el("text", { x: outX, y: 16, class: "grid-label output" }, svg).textContent = outText;
     const box = el("g", { transform: `translate(${left}, 0)` }, svg);
     const exact = rf.exact.map((cells) => new Set(cells));
     for (const pos of product(d.input_size.map((n) => [...Array(n).keys()]))) {
@@ -845,9 +879,27 @@
       event.preventDefault();
       stopPlaying(); setFrame(state.frame + step); writeURL();
     });
-    $("grid").addEventListener("click", (event) => {
-      const rect = event.target.closest ? event.target.closest("rect.out") : null;
-      if (rect) { stopPlaying(); setFrame(Number(rect.dataset.frame)); writeURL(); }
+    $("grid").addEventListener("click", (event) => {  // a tap does what hovering does
+      const rect = event.target.closest ? event.target.closest("rect.cell") : null;
+      if (!rect) return;
+      stopPlaying();
+      if (rect.dataset.out) { setFrame(Number(rect.dataset.frame)); writeURL(); return; }
+      gridPointer(event);
+    });
+    // Space plays or pauses, arrows step, Home/End jump: anywhere but in a field
+    document.addEventListener("keydown", (event) => {
+      const t = event.target, tag = t && t.tagName;
+      if (event.defaultPrevented || event.altKey || event.ctrlKey || event.metaKey) return;
+      if (["INPUT", "SELECT", "TEXTAREA", "BUTTON", "A"].includes(tag) || (t && t.isContentEditable)) return;
+      if (event.key === " ") { event.preventDefault(); togglePlay(); return; }
+      const step = { ArrowRight: 1, ArrowDown: 1, ArrowLeft: -1, ArrowUp: -1 }[event.key];
+      if (event.key === "Home" || event.key === "End") {
+        event.preventDefault(); stopPlaying(); setFrame(event.key === "Home" ? 0 : outputRects.length - 1); writeURL();
+      } else if (step !== undefined && t === $("grid")) {
+        return;  // the grid's own handler steps
+      } else if (step !== undefined) {
+        event.preventDefault(); stopPlaying(); setFrame(state.frame + step); writeURL();
+      }
     });
     $("copy-code").addEventListener("click", copyCode);
     $("play").addEventListener("click", togglePlay);
