@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from ..explain import Explanation
 from .frames import Frame, Index, Storyboard
 
-__all__ = ["Scene", "Shape", "Palette", "PALETTE", "build_scene"]
+__all__ = ["Scene", "Shape", "Palette", "PALETTE", "build_scene", "max_position"]
 
 Point = tuple[float, float]
 
@@ -310,7 +310,8 @@ def build_scene(
                 add(Shape("text", (lower_centre(grid_cell.position),), text=_fmt_value(board.input_values[grid_cell.source]),
                           size=value_size, fill=p.text if grid_cell.kind in ("input", "dropped", "skipped") else p.muted))
             elif grid_cell.kind in ("padding", "inserted"):
-                add(Shape("text", (lower_centre(grid_cell.position),), text="0", size=value_size * 0.85, fill=p.muted))
+                zero = "−∞" if spec.pool == "max" and grid_cell.kind == "padding" else "0"
+                add(Shape("text", (lower_centre(grid_cell.position),), text=zero, size=value_size * 0.85, fill=p.muted))
 
     # -- layer 1: the window (per frame)
     for frame in frames:
@@ -393,6 +394,7 @@ def _window_shapes(frame: Frame, board: Storyboard, quad, centre, add, p: Palett
                    dash: tuple[float, float], show_gaps: bool, value_size: float, small_size: float,
                    rank: int) -> None:
     start, end = frame.step, frame.step + 1
+    pool = board.resolved.spec.pool
     for position, source in zip(frame.window, frame.sources):
         kind = board.cell_kind(position)
         real = kind in ("input", "copy") and source is not None
@@ -400,10 +402,12 @@ def _window_shapes(frame: Frame, board: Storyboard, quad, centre, add, p: Palett
                   stroke=p.stroke if kind == "input" else p.dashed, width=stroke_w,
                   dash=None if kind == "input" else dash, start=start, end=end))
         if board.input_values is not None:
-            text = _fmt_value(board.input_values[source]) if source is not None else "0"
+            # max pooling pads with -inf (a padded cell is never the maximum), not with zeros
+            zero = "−∞" if pool == "max" else "0"
+            text = _fmt_value(board.input_values[source]) if source is not None else zero
             add(Shape("text", (centre(position),), text=text, size=value_size,
                       fill=p.light_text if real else p.text, start=start, end=end))
-    if board.kernel_values is not None and frame.kernel:
+    if board.kernel_values is not None and frame.kernel and pool is None:  # a pool has no weights
         for position, tap, source in zip(frame.window, frame.kernel, frame.sources):
             real = board.cell_kind(position) in ("input", "copy") and source is not None
             corner = quad(position, 0.0)[2]
@@ -411,10 +415,39 @@ def _window_shapes(frame: Frame, board: Storyboard, quad, centre, add, p: Palett
             xy = (mid[0] * 0.45 + corner[0] * 0.55, mid[1] * 0.45 + corner[1] * 0.55)
             add(Shape("text", (xy,), text="×" + _fmt_value(board.kernel_values[tap]), size=small_size,
                       fill="#ffe9a8" if real else p.text, start=start, end=end))
+    if pool == "max" and board.input_values is not None:
+        winner = max_position(frame, board)
+        if winner is not None:
+            add(Shape("polygon", quad(winner, 0.06), fill=None, stroke=p.gap, width=stroke_w * 2.6,
+                      start=start, end=end))
     if show_gaps:
         for position in frame.gaps:
             add(Shape("polygon", quad(position, 0.12), fill=None, stroke=p.gap, width=stroke_w * 2.0,
                       start=start, end=end))
+
+
+def max_position(frame: Frame, board: Storyboard) -> Index | None:
+    """The window cell max pooling picks: the largest input value, the first one on ties
+    (PyTorch's rule); padding and cells beyond the input never win.
+
+    >>> from convarith import ConvSpec
+    >>> from convarith.viz.frames import build_frames
+    >>> import numpy as np
+    >>> x = np.array([[1., 5.], [5., 2.]])
+    >>> board = build_frames(ConvSpec(2, pool="max").resolve((2, 2)), input_values=x)
+    >>> max_position(board.frames[0], board)
+    (0, 1)
+    """
+    if board.input_values is None:
+        return None
+    best: tuple[float, Index] | None = None
+    for position, source in zip(frame.window, frame.sources):
+        if source is None:
+            continue
+        value = float(board.input_values[source])
+        if best is None or value > best[0]:
+            best = (value, position)
+    return None if best is None else best[1]
 
 
 def _connector_shapes(frame: Frame, board: Storyboard, lower: list[_Plane], upper: list[_Plane],
