@@ -526,8 +526,8 @@ _LAYOUT_PROBE = """() => {
 }"""
 
 
-@pytest.mark.parametrize("width, height", [(390, 844), (1280, 800)])
-@pytest.mark.parametrize("scheme", ["light", "dark"])
+@pytest.mark.parametrize("width, height, scheme", [(390, 844, "light"), (1280, 800, "light"),
+                                                   (390, 844, "dark")])
 def test_layout_fits_without_overflow_or_overlapping_labels(browser, server_url, width, height, scheme):
     context = browser.new_context(viewport={"width": width, "height": height}, color_scheme=scheme,
                                   bypass_csp=True)
@@ -601,3 +601,61 @@ def test_accessibility_audit_has_no_serious_violations(browser, server_url, widt
         context.close()
     bad = [v for v in result if v["impact"] in ("serious", "critical")]
     assert not bad, bad
+
+
+# --------------------------------------------------------------------------- export, command, quiz
+
+
+def test_the_animate_command_shown_draws_the_same_animation(page, server_url, tmp_path):
+    from PIL import Image
+
+    from convarith.cli import main
+
+    goto(page, server_url, "in=6x5&k=3x2&s=2x1&d=1x1&p=explicit&pads=1,1x0,1&pm=zeros")
+    command = page.text_content("#cli")
+    assert command.startswith("convarith animate 6x5 -k 3x2 -s 2x1"), command
+    frames = int(page.text_content("#frame-label").split("/")[1].split()[0])
+    out = tmp_path / "conv.gif"
+    argv = command.split()[2:]
+    argv[argv.index("-o") + 1] = str(out)
+    assert main(["animate", *argv]) == 0
+    with Image.open(out) as gif:
+        assert gif.n_frames == frames
+
+
+def test_export_svg_and_png(page, tmp_path):
+    import xml.etree.ElementTree as ET
+
+    from PIL import Image
+
+    with page.expect_download() as svg_download:
+        page.click("#export-svg")
+    path = tmp_path / "grid.svg"
+    svg_download.value.save_as(path)
+    root = ET.parse(path).getroot()
+    rects = root.findall(".//{http://www.w3.org/2000/svg}rect")
+    assert len(rects) > 81 + 16  # the padded 9x9 input and the 4x4 output
+    assert not any("url(" in (r.get("style") or "") for r in rects)  # colours written in, no page CSS
+    with page.expect_download() as png_download:
+        page.click("#export-png")
+    png = tmp_path / "grid.png"
+    png_download.value.save_as(png)
+    width = int(page.get_attribute("#grid", "width") or 0)
+    with Image.open(png) as image:
+        assert image.size[0] == 2 * width
+
+
+def test_quiz_hides_the_answer_and_checks_it(page):
+    page.click("#quiz-toggle")
+    assert page.evaluate("getComputedStyle(document.getElementById('output-size')).visibility") == "hidden"
+    page.fill("#quiz-answer", "3x3")
+    page.click("#quiz-check")
+    assert "not yet" in page.text_content("#quiz-feedback")
+    want = ConvSpec(3, strides=2, padding="same").resolve((7, 7)).output_size  # the default view
+    page.fill("#quiz-answer", f"{want[0]}x{want[1]}")
+    page.keyboard.press("Enter")
+    assert page.text_content("#quiz-feedback").startswith("right")
+    assert page.evaluate("getComputedStyle(document.getElementById('output-size')).visibility") == "visible"
+    page.click("#quiz-new")
+    settle(page)
+    assert page.evaluate("document.body.classList.contains('quizzing')")

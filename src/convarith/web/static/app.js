@@ -231,7 +231,7 @@
   function schedule() {
     document.body.dataset.busy = "1";  // until the answer to the latest settings is drawn
     clearTimeout(timer);
-    timer = setTimeout(update, 60);
+    timer = setTimeout(update, 16);  // coalesce a burst of keystrokes, no more
   }
 
   async function update() {
@@ -249,11 +249,13 @@
     }
     showError("error", urlProblems.join("; "));
     $("stage").classList.remove("stale");
+    $("cli").textContent = animateCommand();
     geometry = answer.data;
     renderSummary();
     renderGrid();
     renderDerivation();
     setFrame(Math.min(state.frame, geometry.frames - 1));
+    document.body.dataset.drawn = String(mine);  // the picture is up to date (the tabs follow)
     await Promise.all([updateStack(), updateTab()]);
     if (mine === requestNumber) {
       document.body.dataset.busy = "";
@@ -628,6 +630,103 @@
     }, 700 / speed);
   }
 
+  // ------------------------------------------------------------------ export, command, quiz
+
+  // The `convarith animate` command that draws this view (flags as the CLI names them).
+  function animateCommand() {
+    const s = state, r = s.rank, axes = (v) => v.slice(0, r).join("x");
+    const parts = ["convarith animate", axes(s.input)];
+    if (r === 1) parts.push("--rank 1");
+    parts.push("-k " + axes(s.kernel));
+    if (s.stride.slice(0, r).some((v) => v !== 1)) parts.push("-s " + axes(s.stride));
+    if (s.dilation.slice(0, r).some((v) => v !== 1)) parts.push("-d " + axes(s.dilation));
+    if (s.padding === "explicit") {
+      const pads = s.pads.slice(0, r);
+      const even = pads.every((p) => p[0] === p[1]) && pads.every((p) => p[0] === pads[0][0]);
+      parts.push("-p " + (even ? pads[0][0] : pads.map((p) => p.join(",")).join("x")));
+    } else if (s.padding !== "valid") parts.push("-p " + s.padding);
+    if (s.mode !== "zeros") parts.push("--padding-mode " + s.mode);
+    if (s.transposed) parts.push("--transposed");
+    if (s.transposed && hasOutputPadding()) parts.push("--output-padding " + axes(s.op));
+    if (s.pool) parts.push("--pool " + s.pool);
+    if (s.pool && s.ceil) parts.push("--ceil-mode");
+    if (s.pool && s.countPad) parts.push("--count-include-pad");
+    parts.push("-o conv.gif");
+    return parts.join(" ");
+  }
+
+  // The grid as a standalone SVG: the page's CSS colours written into the shapes.
+  function standaloneSVG() {
+    const svg = $("grid"), copy = svg.cloneNode(true);
+    copy.setAttribute("xmlns", SVG_NS);
+    const live = svg.querySelectorAll("rect, text, line"), copies = copy.querySelectorAll("rect, text, line");
+    live.forEach((node, i) => {
+      const style = getComputedStyle(node), target = copies[i];
+      for (const name of ["fill", "stroke", "stroke-width", "stroke-dasharray", "font-size", "font-weight", "font-family", "visibility"]) {
+        target.style.setProperty(name, style.getPropertyValue(name));
+      }
+      target.removeAttribute("class");
+    });
+    const paper = document.createElementNS(SVG_NS, "rect");
+    paper.setAttribute("width", "100%"); paper.setAttribute("height", "100%"); paper.setAttribute("fill", "#ffffff");
+    copy.insertBefore(paper, copy.firstChild);
+    return new XMLSerializer().serializeToString(copy);
+  }
+
+  function download(name, blob) {
+    const a = document.createElement("a");
+    a.href = URL.createObjectURL(blob); a.download = name;
+    document.body.appendChild(a); a.click(); a.remove();
+    setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+  }
+
+  function exportPNG() {
+    const text = standaloneSVG(), svg = $("grid");
+    const width = Number(svg.getAttribute("width")), height = Number(svg.getAttribute("height"));
+    const image = new Image();
+    image.onload = () => {
+      const canvas = document.createElement("canvas");
+      canvas.width = width * 2; canvas.height = height * 2;
+      const context = canvas.getContext("2d");
+      context.scale(2, 2); context.drawImage(image, 0, 0);
+      canvas.toBlob((blob) => download("convarith.png", blob), "image/png");
+    };
+    image.src = "data:image/svg+xml;charset=utf-8," + encodeURIComponent(text);
+  }
+
+  function toggleQuiz(on) {
+    document.body.classList.toggle("quizzing", on);
+    $("quiz").hidden = !on;
+    $("quiz-toggle").setAttribute("aria-pressed", String(on));
+    $("quiz-toggle").textContent = on ? "stop quiz" : "quiz me";
+    $("quiz-feedback").textContent = ""; $("quiz-answer").value = "";
+    if (on) $("quiz-answer").focus();
+  }
+
+  function checkQuiz() {
+    if (!geometry) return;
+    const typed = $("quiz-answer").value.trim().split(/\s*[x×,*]\s*|\s+/).filter(Boolean);
+    const want = geometry.output_size.map(String);
+    const right = typed.length === want.length ? typed.every((t, i) => t === want[i])
+      : typed.length === 1 && want.every((w) => w === typed[0]);
+    const box = $("quiz-feedback");
+    box.className = right ? "right" : "wrong";
+    box.textContent = right ? `right: ${times(geometry.output_size)} — ` + geometry.explain.axes[0].steps.slice(-1)[0]
+      : "not yet — count where the window can stand: O = floor((I + P_lo + P_hi − K_eff) / S) + 1";
+    if (right) document.body.classList.remove("quizzing");
+  }
+
+  function newQuestion() {
+    const pick = (list) => list[Math.floor(Math.random() * list.length)];
+    const s = state, n = pick([5, 6, 7, 8, 9, 10, 11, 12]);
+    s.rank = 2; s.input = [n, n]; s.kernel = Array(2).fill(pick([1, 2, 3, 3, 5]));
+    s.stride = Array(2).fill(pick([1, 2, 2, 3])); s.dilation = Array(2).fill(pick([1, 1, 1, 2]));
+    s.padding = pick(["valid", "same", "explicit"]); const p = pick([0, 1, 2]); s.pads = [[p, p], [p, p]];
+    s.transposed = false; s.pool = ""; s.mode = "zeros"; s.convention = "";
+    document.querySelectorAll("[data-convention]").forEach((b) => b.classList.toggle("on", b.dataset.convention === ""));
+    stateToControls(); state.frame = 0; schedule(); toggleQuiz(true);
+  }
+
   // ------------------------------------------------------------------ stack
 
   function renderLayers() {
@@ -902,6 +1001,17 @@
       }
     });
     $("copy-code").addEventListener("click", copyCode);
+    $("export-svg").addEventListener("click", () => download("convarith.svg", new Blob([standaloneSVG()], { type: "image/svg+xml" })));
+    $("export-png").addEventListener("click", exportPNG);
+    $("copy-cli").addEventListener("click", async () => {
+      try { await navigator.clipboard.writeText($("cli").textContent); $("copy-cli").textContent = "copied ✓"; }
+      catch (error) { $("copy-cli").textContent = "select it above"; }
+      setTimeout(() => { $("copy-cli").textContent = "copy command"; }, 1200);
+    });
+    $("quiz-toggle").addEventListener("click", () => toggleQuiz(!document.body.classList.contains("quizzing") && $("quiz").hidden));
+    $("quiz-check").addEventListener("click", checkQuiz);
+    $("quiz-answer").addEventListener("keydown", (event) => { if (event.key === "Enter") checkQuiz(); });
+    $("quiz-new").addEventListener("click", newQuestion);
     $("play").addEventListener("click", togglePlay);
     $("first").addEventListener("click", () => { stopPlaying(); setFrame(0); writeURL(); });
     $("prev").addEventListener("click", () => { stopPlaying(); setFrame(state.frame - 1); writeURL(); });
