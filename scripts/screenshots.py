@@ -83,6 +83,8 @@ def main() -> None:
                 target = out / f"explorer-{name}{suffix}.png"
                 page.screenshot(path=str(target), full_page=name == "phone")
                 print(target)
+                if name == "desktop" and scheme == "light":  # the README's picture
+                    page.screenshot(path=str(out / "explorer.png"))
                 if tour_file is not None and scheme == "light":
                     page.goto(tour_file.as_uri())
                     target = out / f"tour-{name}.png"

@@ -554,6 +554,8 @@ def test_keyboard_space_plays_and_arrows_step(page):
     page.evaluate("document.activeElement.blur()")
     page.keyboard.press("ArrowRight")
     assert "frame 2 / 9" in page.text_content("#frame-label")
+    page.keyboard.press("PageDown")  # a whole output row: (0, 1) -> (1, 1)
+    assert "output (1, 1)" in page.text_content("#frame-label")
     page.keyboard.press("End")
     assert "frame 9 / 9" in page.text_content("#frame-label")
     page.keyboard.press("Home")
@@ -659,3 +661,17 @@ def test_quiz_hides_the_answer_and_checks_it(page):
     page.click("#quiz-new")
     settle(page)
     assert page.evaluate("document.body.classList.contains('quizzing')")
+
+
+def test_a_kernel_tap_shows_the_input_cell_it_multiplies(page):
+    """Output (0, 0) of the default view (7x7, k3, s2, 'same': pads (1, 1)): tap (2, 2) reads x[1, 1]."""
+    resolved = ConvSpec(3, strides=2, padding="same").resolve((7, 7))
+    want = next(t for t in resolved.footprint((0, 0)) if t.kernel == (2, 2))
+    page.hover("#kernel [data-tap='2,2']")
+    marked = highlighted(page, "#grid rect.tap-hover")
+    assert marked == {want.position}
+    assert f"x[{want.source[0]},{want.source[1]}]" in page.text_content("#cell-sum")
+    page.focus("#kernel [data-tap='0,0']")
+    first = next(t for t in resolved.footprint((0, 0)) if t.kernel == (0, 0))
+    assert highlighted(page, "#grid rect.tap-hover") == {first.position}
+    assert "a zero (padding)" in page.text_content("#cell-sum")

@@ -253,6 +253,7 @@
     geometry = answer.data;
     renderSummary();
     renderGrid();
+    renderKernel();
     renderDerivation();
     setFrame(Math.min(state.frame, geometry.frames - 1));
     document.body.dataset.drawn = String(mine);  // the picture is up to date (the tabs follow)
@@ -483,6 +484,51 @@
     el("g", { id: "labels" }, svg);
     const scrub = $("scrub");
     scrub.max = String(Math.max(0, g.frames - 1));
+  }
+
+  // The kernel as a grid of taps; a tap shows the input cell it multiplies in the current step.
+  function renderKernel() {
+    const svg = $("kernel"), g = geometry;
+    svg.replaceChildren();
+    const k = g.spec.kernel_size, rank = k.length;
+    const rows = rank === 2 ? k[0] : 1, cols = rank === 2 ? k[1] : k[0];
+    const size = Math.max(18, Math.min(30, Math.floor(120 / Math.max(rows, cols))));
+    const show = !g.spec.pool && rows * cols <= 49;
+    svg.toggleAttribute("hidden", !show);
+    if (!show) return;
+    const width = Math.max(cols * size + 2, 60), height = rows * size + 18;
+    svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+    svg.setAttribute("width", width); svg.setAttribute("height", height);
+    el("text", { x: 0, y: 11, class: "k-title" }, svg).textContent = g.kind === "conv_transpose" ? "kernel (flipped)" : "kernel";
+    for (const tap of product(k.map((n) => [...Array(n).keys()]))) {
+      const [r, c] = rank === 2 ? tap : [0, tap[0]];
+      const rect = el("rect", { x: c * size + 1, y: 16 + r * size, width: size - 2, height: size - 2, rx: 3,
+        class: "k-tap", tabindex: 0, role: "button", "data-tap": tap.join(","),
+        "aria-label": `weight w[${tap.join(",")}]` }, svg);
+      const text = el("text", { x: c * size + size / 2, y: 16 + r * size + size / 2 + 3, "text-anchor": "middle" }, svg);
+      text.textContent = size >= 26 ? tap.join(",") : "";
+      const on = () => markTap(tap.join(","));
+      rect.addEventListener("mouseenter", on); rect.addEventListener("focus", on); rect.addEventListener("click", on);
+      rect.addEventListener("mouseleave", () => markTap(null)); rect.addEventListener("blur", () => markTap(null));
+    }
+  }
+
+  function markTap(key) {
+    document.querySelectorAll("#grid .tap-hover, #kernel .on").forEach((n) => n.classList.remove("tap-hover", "on"));
+    if (key === null || !outputRects.length) return;
+    const index = outputRects[state.frame].dataset.out.split(",").map(Number);
+    const tap = tapsOf(index).find((t) => t.kernel.join(",") === key);
+    const kernelRect = document.querySelector(`#kernel [data-tap="${key}"]`);
+    if (kernelRect) kernelRect.classList.add("on");
+    if (!tap) return;
+    const cell = inputRects.get(tap.position.join(","));
+    if (cell) cell.classList.add("tap-hover");
+    const box = $("cell-sum");
+    box.replaceChildren();
+    const b = document.createElement("b");
+    b.textContent = `w[${key}] multiplies `;
+    box.append(b, document.createTextNode(tap.source ? `x[${tap.source.join(",")}] for output[${index.join(",")}]`
+      : `a zero (padding) for output[${index.join(",")}]`));
   }
 
   function tapsOf(index) {
@@ -992,7 +1038,11 @@
       if (["INPUT", "SELECT", "TEXTAREA", "BUTTON", "A"].includes(tag) || (t && t.isContentEditable)) return;
       if (event.key === " ") { event.preventDefault(); togglePlay(); return; }
       const step = { ArrowRight: 1, ArrowDown: 1, ArrowLeft: -1, ArrowUp: -1 }[event.key];
-      if (event.key === "Home" || event.key === "End") {
+      if (event.key === "PageDown" || event.key === "PageUp") {  // a whole output row at a time
+        event.preventDefault(); stopPlaying();
+        const row = geometry && geometry.output_size.length > 1 ? geometry.output_size[geometry.output_size.length - 1] : 10;
+        setFrame(state.frame + (event.key === "PageDown" ? row : -row)); writeURL();
+      } else if (event.key === "Home" || event.key === "End") {
         event.preventDefault(); stopPlaying(); setFrame(event.key === "Home" ? 0 : outputRects.length - 1); writeURL();
       } else if (step !== undefined && t === $("grid")) {
         return;  // the grid's own handler steps
