@@ -518,6 +518,7 @@ a { color: #0a6aa8; }
 .movie { overflow-x: auto; max-width: 100%; }
 .movie svg { display: block; max-width: 100%; height: auto; }
 .movie .player, .movie figcaption, .movie .try { position: sticky; left: 0; }
+.movie figcaption, .movie .try { width: 0; min-width: 100%; }  /* the text wraps to the picture's width */
 .movie:focus-visible { outline: 2px solid #56b4e9; outline-offset: 4px; }
 .player { display: flex; gap: .4em; align-items: center; flex-wrap: wrap; margin: .3em 0; font-size: .9em; }
 .player button, .player select, .quiz input, .quiz button { font: inherit; padding: .25em .7em; border-radius: 6px;
