@@ -307,3 +307,14 @@ def test_dropped_rows_are_drawn_and_named():
     dropped = [s for s in scene.shapes if s.kind == "polygon" and s.fill == PALETTE.dropped]
     assert len(dropped) == 6 + 6 - 1
     assert any("last 1 row and 1 column never read (dropped)" in (s.text or "") for s in scene.shapes)
+
+
+def test_3d_slices_are_laid_out_in_rows_not_one_strip():
+    """7 padded depth slices: 3 + 3 + 1 in rows, so the picture is not a strip 5x wider than high."""
+    spec = ConvSpec(3, padding="same", strides=2, rank=3)
+    movie = animate(spec, (5, 5, 5))
+    assert movie.scene.width / movie.scene.height < 2.0, (movie.scene.width, movie.scene.height)
+    labels = [s for s in movie.scene.shapes if s.kind == "text" and (s.text or "").startswith("depth ")]
+    spots = {(round(s.points[0][0]), round(s.points[0][1])) for s in labels}
+    assert len(spots) == len(labels) == 7 + 3  # no two depth labels at the same place
+    assert all(0 <= x <= movie.scene.width and 0 <= y <= movie.scene.height for x, y in spots)

@@ -16,6 +16,7 @@ Two views:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -141,17 +142,21 @@ def _plane_shape(size: Index, rank: int) -> tuple[int, int, int]:
 
 
 def _planes(size: Index, rank: int, u: Point, v: Point, gap: float, vertical: bool = False) -> list[_Plane]:
-    """One plane per depth slice, laid side by side (or stacked), top-left at (0, 0)."""
+    """One plane per depth slice, top-left at (0, 0): stacked, or side by side in rows of
+    about sqrt(slices) (a 3-D grid of 7 slices is drawn 4 + 3, not as one long strip)."""
     slices, rows, cols = _plane_shape(size, rank)
     base = _Plane((0.0, 0.0), u, v, rows, cols)
     x0, y0, x1, y1 = base.bounds()
     base = base.moved(-x0, -y0)
+    per_row = slices if slices <= 3 else math.ceil(math.sqrt(slices))
+    row_gap = max(0.5 * gap, 26.0)  # room for the "depth i" label under each plane
     planes = []
     for i in range(slices):
         if vertical:
             planes.append(base.moved(0.0, i * (y1 - y0 + gap)))
         else:
-            planes.append(base.moved(i * (x1 - x0 + gap), 0.0))
+            row, column = divmod(i, per_row)
+            planes.append(base.moved(column * (x1 - x0 + gap), row * (y1 - y0 + row_gap)))
     return planes
 
 
