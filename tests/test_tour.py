@@ -124,7 +124,7 @@ def test_scoped_styles_do_not_leak_between_animations(page):
 def _code_blocks(body: str) -> tuple[str, str]:
     import html
 
-    blocks = [html.unescape(b) for b in re.findall(r"<pre><code>(.*?)</code></pre>", body, flags=re.S)]
+    blocks = [html.unescape(b) for b in re.findall(r"<pre[^>]*><code>(.*?)</code></pre>", body, flags=re.S)]
     keras_code = next(b for b in blocks if b.startswith("import keras"))
     torch_code = next(b for b in blocks if b.startswith("import torch\n\nmodel"))
     return keras_code, torch_code
@@ -351,3 +351,25 @@ def test_plain_progress_without_rich_and_open(tmp_path, monkeypatch, capsys):
     lines = [line for line in err.splitlines() if line.startswith("[")]
     assert lines[0].startswith("[1/") and lines[-1].endswith("page assembled")
     assert opened == [path.resolve().as_uri()]
+
+
+@pytest.mark.browser
+def test_tour_accessibility_audit(chromium_browser, tour_file):
+    """axe-core finds no serious or critical problem (skipped when axe-core is not installed)."""
+    candidates = [os.environ.get("AXE_CORE_JS"),
+                  str(Path(__file__).resolve().parent.parent / "node_modules/axe-core/axe.min.js")]
+    source = next((Path(c).read_text(encoding="utf-8") for c in candidates if c and Path(c).is_file()), None)
+    if source is None:
+        pytest.skip("axe-core not installed (npm install --no-save axe-core@4.14.1, or set AXE_CORE_JS)")
+    context = chromium_browser.new_context(viewport={"width": 390, "height": 844})
+    view = context.new_page()
+    try:
+        view.goto(tour_file.as_uri())
+        view.add_script_tag(content=source)
+        result = view.evaluate("async () => (await axe.run(document, {resultTypes: ['violations']}))"
+                               ".violations.map(v => ({id: v.id, impact: v.impact, "
+                               "nodes: v.nodes.slice(0, 3).map(n => n.target.join(' '))}))")
+    finally:
+        context.close()
+    bad = [v for v in result if v["impact"] in ("serious", "critical")]
+    assert not bad, bad

@@ -375,7 +375,7 @@ def _section(tweak: Tweak, image: np.ndarray, image_uri: str) -> str:
     if port is not None:
         summary, code = port
         port_html = (f"<details><summary>Full PyTorch port, weights included (convarith.port): "
-                     f"{html.escape(summary)}</summary><pre><code>{html.escape(code)}</code></pre></details>")
+                     f"{html.escape(summary)}</summary><pre tabindex='0'><code>{html.escape(code)}</code></pre></details>")
     text = tweak.text or _formula_text(tweak)
     command, link = _try_it(shown, tweak.animation_size, tweak.view, f"{tweak.slug}.gif")
     figure = _movie_figure(movie, f"m-{tweak.slug}", caption, explanation.summary, command, link)
@@ -392,9 +392,9 @@ def _section(tweak: Tweak, image: np.ndarray, image_uri: str) -> str:
       <h3>The arithmetic</h3>
       <pre class="math">{html.escape(explanation.text)}</pre>
       <h3>Keras <small>(the feature map below: one filter, the edge kernel)</small></h3>
-      <pre><code>{html.escape(_keras_code(spec))}</code></pre>
+      <pre tabindex="0"><code>{html.escape(_keras_code(spec))}</code></pre>
       <h3>PyTorch <small>(same picture)</small></h3>
-      <pre><code>{html.escape(_torch_code(resolved))}</code></pre>
+      <pre tabindex="0"><code>{html.escape(_torch_code(resolved))}</code></pre>
       {port_html}
     </div>
   </div>
@@ -462,11 +462,11 @@ _FORMULA = """
   For a dilated kernel use its span K_eff = K + (K − 1)(D − 1) for K. The slide's own example
   (28 pixels, 3×3 kernel, padding 1) follows it: stride 1 gives (28 − 3 + 2) / 1 + 1 = 28, stride 3
   gives floor(27 / 3) + 1 = 10.</p>
-  <table>
+  <div class="table-wrap" tabindex="0" role="region" aria-label="the formula on the lesson's examples"><table>
     <tr><th>I</th><th>K</th><th>P</th><th>S</th><th>right: floor((I − K + 2P) / S) + 1</th>
         <th>misprint: (I − K + 2P) / (S + 1)</th></tr>
     {rows}
-  </table>
+  </table></div>
 </section>"""
 
 
@@ -502,14 +502,14 @@ pre { background: #f1f4f6; padding: .6em .8em; border-radius: 6px; overflow-x: a
 pre.math { background: #fff8e6; white-space: pre-wrap; }
 h3 small { font-weight: normal; color: #5a6b75; }
 pre.small { align-self: center; }
-pre.formula { font-size: 1.4em; text-align: center; background: #e8f6f1; }
+pre.formula { font-size: 1.4em; text-align: center; background: #e8f6f1; white-space: pre-wrap; }
 .maps { display: flex; gap: 1.4em; align-items: center; flex-wrap: wrap; }
 .maps figure { margin: 0; }
 .maps img { image-rendering: pixelated; border: 1px solid #c9d3d9; }
 .arrow { text-align: center; font-size: 1.6em; color: #5a6b75; }
 .arrow small { font-size: .5em; }
 .notes { font-size: .85em; color: #5a6b75; }
-.wrong, s { color: #d55e00; }
+.wrong, s { color: #b34700; }
 table { border-collapse: collapse; margin: .6em 0; }
 td, th { border: 1px solid #c9d3d9; padding: .25em .7em; text-align: center; }
 details { margin-top: .5em; font-size: .9em; }
@@ -534,7 +534,7 @@ a { color: #0a6aa8; }
 .quiz input { width: 5em; }
 .quiz .feedback { margin-left: .6em; }
 .quiz .right { color: #00664d; font-weight: bold; }
-.quiz .wrong-answer { color: #d55e00; }
+.quiz .wrong-answer { color: #b34700; }
 /* phones: one column, nothing wider than the screen, animations keep readable labels */
 @media (max-width: 700px) {
   body { font-size: 15px; }
