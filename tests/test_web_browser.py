@@ -675,3 +675,22 @@ def test_a_kernel_tap_shows_the_input_cell_it_multiplies(page):
     first = next(t for t in resolved.footprint((0, 0)) if t.kernel == (0, 0))
     assert highlighted(page, "#grid rect.tap-hover") == {first.position}
     assert "a zero (padding)" in page.text_content("#cell-sum")
+
+
+def test_transposed_scatter_view_steps_through_input_cells(page, server_url):
+    """Each frame is one input cell; the output cells it adds to are the framework's own
+    (PyTorch ConvTranspose2d: a one-hot input's output is non-zero exactly there)."""
+    goto(page, server_url, "in=3x3&k=3x3&s=2x2&d=1x1&p=explicit&pads=1,1x1,1&t=1&view=scatter")
+    assert page.input_value("#view") == "scatter"
+    assert "frame 1 / 9 · input (0, 0)" in page.text_content("#frame-label")
+    page.click("#next")
+    page.click("#next")
+    page.click("#next")  # input (1, 0)
+    marked = highlighted(page, "#grid rect.out.current")
+    torch = pytest.importorskip("torch")
+    x = torch.zeros(1, 1, 3, 3)
+    x[0, 0, 1, 0] = 1.0
+    y = torch.nn.functional.conv_transpose2d(x, torch.ones(1, 1, 3, 3), stride=2, padding=1)
+    want = {tuple(int(v) for v in idx) for idx in torch.nonzero(y[0, 0]).tolist()}
+    assert marked == want
+    assert "--view scatter" in page.text_content("#cli")

@@ -17,13 +17,15 @@
     rank: 2, input: [7, 7], kernel: [3, 3], stride: [2, 2], dilation: [1, 1],
     padding: "same", pads: [[1, 1], [1, 1]], mode: "zeros", inCh: 1, filters: 1, groups: 1,
     transposed: false, op: [null, null], pool: "", ceil: false, countPad: false, convention: "",
-    frame: 0, tab: "stack", port: "keras", imageKernel: "edge", numbers: "1 0 -1; 2 0 -2; 1 0 -1",
+    frame: 0, view: "direct", tab: "stack", port: "keras", imageKernel: "edge", numbers: "1 0 -1; 2 0 -2; 1 0 -1",
     layers: [{ kind: "conv", k: 3, s: 1, d: 1, p: "same" }, { kind: "conv", k: 3, s: 2, d: 1, p: "same" }],
     cell: null,
   };
   let state = JSON.parse(JSON.stringify(defaults));
   let geometry = null;   // last /api/geometry answer
   let outputRects = [];  // output <rect>s in row-major order: frame i is outputRects[i]
+  let frameRects = [];   // what the frames step through: output cells, or input cells (scatter view)
+  const scattering = () => state.transposed && state.view === "scatter";
   let inputRects = new Map();  // "p0,p1" -> rect
   let outputByKey = new Map();  // "o0,o1" -> rect
   let playing = null;
@@ -64,6 +66,7 @@
     if (state.pool && state.ceil) q.set("ceil", "1");
     if (state.pool && state.countPad) q.set("cip", "1");
     if (state.convention) q.set("conv", state.convention);
+    if (state.transposed && state.view === "scatter") q.set("view", "scatter");
     if (state.frame) q.set("frame", state.frame);
     q.set("tab", state.tab);
     if (state.tab === "code") q.set("port", state.port);
@@ -111,6 +114,7 @@
     s.countPad = q.get("cip") === "1";
     s.convention = q.get("conv") || "";
     s.frame = parseInt(q.get("frame") || "0", 10) || 0;
+    s.view = q.get("view") === "scatter" ? "scatter" : "direct";
     s.tab = q.get("tab") || "stack";
     s.port = q.get("port") || "keras";
     s.imageKernel = q.get("ik") || "edge";
@@ -140,7 +144,7 @@
     }
     $("padding").value = s.padding; $("padding-mode").value = s.mode;
     $("in-ch").value = s.inCh; $("filters").value = s.filters; $("groups").value = s.groups;
-    $("transposed").checked = s.transposed; $("pool").value = s.pool;
+    $("transposed").checked = s.transposed; $("pool").value = s.pool; $("view").value = s.view;
     $("ceil-mode").checked = s.ceil; $("count-pad").checked = s.countPad;
     $("image-kernel").value = s.imageKernel; $("numbers").value = s.numbers;
     document.querySelectorAll("[data-convention]").forEach((b) => b.classList.toggle("on", b.dataset.convention === s.convention));
@@ -160,7 +164,7 @@
     }
     s.padding = $("padding").value; s.mode = $("padding-mode").value;
     s.inCh = num("in-ch"); s.filters = num("filters"); s.groups = num("groups");
-    s.transposed = $("transposed").checked; s.pool = $("pool").value;
+    s.transposed = $("transposed").checked; s.pool = $("pool").value; s.view = $("view").value;
     s.ceil = $("ceil-mode").checked; s.countPad = $("count-pad").checked;
     s.imageKernel = $("image-kernel").value; s.numbers = $("numbers").value;
     syncVisibility();
@@ -172,6 +176,7 @@
     document.querySelector(".ax-name-0").textContent = one ? "left / right" : "top / bottom";
     $("explicit").hidden = state.padding !== "explicit";
     $("op-row").hidden = !state.transposed;
+    $("view-row").hidden = !state.transposed;
     document.querySelectorAll(".pool-only").forEach((el) => { el.hidden = !state.pool; });
     $("numbers-row").hidden = state.imageKernel !== "custom";
     document.querySelector(".zero-only").hidden = !state.transposed;
@@ -385,7 +390,7 @@
     svg.replaceChildren();
     stopPlaying();
     const rank = g.axes.length;
-    const padded = g.axes.map((a) => a.grid.length);
+    const padded = scattering() ? g.input_size.slice() : g.axes.map((a) => a.grid.length);
     const out = g.output_size;
     const rows = rank === 2 ? padded[0] : 1, cols = rank === 2 ? padded[1] : padded[0];
     const oRows = rank === 2 ? out[0] : 1, oCols = rank === 2 ? out[1] : out[0];
@@ -393,7 +398,7 @@
     const gap = 56;
     const tall = Math.floor(440 / Math.max(rows, oRows));
     const inFirst = `input ${times(g.input_size)}`;
-    const inSecond = padded.join() !== g.input_size.join()
+    const inSecond = scattering() ? "(each cell scatters a patch)" : padded.join() !== g.input_size.join()
       ? `→ ${times(padded)}${g.kind === "conv_transpose" ? " (zeros inserted, padded)" : " (padded)"}` : "";
     const inLabelText = inSecond ? `${inFirst}  ${inSecond}` : inFirst;
     const outText = `output ${times(out)}`;
@@ -447,7 +452,9 @@
 
     inputRects = new Map();
     const inputGroup = el("g", { class: "input-grid" }, svg);
-    const cells = gridCells(g.axes);
+    const cells = scattering()
+      ? product(g.input_size.map((n) => [...Array(n).keys()])).map((pos) => ({ pos, kind: "input", source: pos }))
+      : gridCells(g.axes);
     const firstPos = [], lastPos = [];
     for (const c of cells) {
       const [r, col] = rank === 2 ? c.pos : [0, c.pos[0]];
@@ -482,8 +489,9 @@
       outputByKey.set(index.join(","), rect);
     });
     el("g", { id: "labels" }, svg);
+    frameRects = scattering() ? [...inputGroup.children] : outputRects;
     const scrub = $("scrub");
-    scrub.max = String(Math.max(0, g.frames - 1));
+    scrub.max = String(Math.max(0, frameRects.length - 1));
   }
 
   // The kernel as a grid of taps; a tap shows the input cell it multiplies in the current step.
@@ -499,7 +507,7 @@
     const width = Math.max(cols * size + 2, 60), height = rows * size + 18;
     svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
     svg.setAttribute("width", width); svg.setAttribute("height", height);
-    el("text", { x: 0, y: 11, class: "k-title" }, svg).textContent = g.kind === "conv_transpose" ? "kernel (flipped)" : "kernel";
+    el("text", { x: 0, y: 11, class: "k-title" }, svg).textContent = "kernel";
     for (const tap of product(k.map((n) => [...Array(n).keys()]))) {
       const [r, c] = rank === 2 ? tap : [0, tap[0]];
       const rect = el("rect", { x: c * size + 1, y: 16 + r * size, width: size - 2, height: size - 2, rx: 3,
@@ -515,7 +523,7 @@
 
   function markTap(key) {
     document.querySelectorAll("#grid .tap-hover, #kernel .on").forEach((n) => n.classList.remove("tap-hover", "on"));
-    if (key === null || !outputRects.length) return;
+    if (key === null || !outputRects.length || scattering()) return;
     const index = outputRects[state.frame].dataset.out.split(",").map(Number);
     const tap = tapsOf(index).find((t) => t.kernel.join(",") === key);
     const kernelRect = document.querySelector(`#kernel [data-tap="${key}"]`);
@@ -564,7 +572,7 @@
     if (rect) rect.classList.add(current ? "current" : "hovered");
     const taps = tapsOf(index);
     for (const t of taps) {
-      const cellRect = inputRects.get(t.position.join(","));
+      const cellRect = inputRects.get((scattering() ? t.source || [] : t.position).join(","));
       if (!cellRect) continue;
       cellRect.classList.add(t.source ? "hl" : "hl-pad");
       if (!geometry.spec.pool) label(cellRect, "w" + t.kernel.join(","), !t.source);
@@ -585,6 +593,29 @@
     b.textContent = `output[${index.join(",")}] = `;
     const code = document.createElement("code");
     code.textContent = text;
+    box.append(b, code);
+  }
+
+  // Scatter view: the input cell adds x·w to each output cell its kernel-sized patch covers.
+  function showScatter(source) {
+    clearMarks();
+    const key = source.join(",");
+    for (const r of inputRects.values()) if (r.dataset.src === key) r.classList.add("hl");
+    const feeds = product(source.map((i, axis) => geometry.axes[axis].feeds[i]));
+    for (const combo of feeds) {
+      const rect = outputByKey.get(combo.map((f) => f[0]).join(","));
+      if (!rect) continue;
+      rect.classList.add("current");
+      label(rect, "w" + combo.map((f) => f[1]).join(","));
+    }
+    const box = $("cell-sum");
+    box.replaceChildren();
+    const b = document.createElement("b");
+    b.textContent = `input[${key}] adds `;
+    const code = document.createElement("code");
+    code.textContent = feeds.length
+      ? feeds.map((combo) => `x[${key}]·w[${combo.map((f) => f[1]).join(",")}] → output[${combo.map((f) => f[0]).join(",")}]`).join(", ")
+      : "nothing: its whole patch is cropped away";
     box.append(b, code);
   }
 
@@ -650,10 +681,16 @@
   // ------------------------------------------------------------------ animation
 
   function setFrame(frame) {
-    if (!geometry || !outputRects.length) return;
-    frame = Math.max(0, Math.min(frame, outputRects.length - 1));
+    if (!geometry || !frameRects.length) return;
+    frame = Math.max(0, Math.min(frame, frameRects.length - 1));
     state.frame = frame;
     $("scrub").value = String(frame);
+    if (scattering()) {
+      const source = frameRects[frame].dataset.src.split(",").map(Number);
+      showScatter(source);
+      $("frame-label").textContent = `frame ${frame + 1} / ${frameRects.length} · input (${source.join(", ")})`;
+      return;
+    }
     const index = outputRects[frame].dataset.out.split(",").map(Number);
     showFootprint(index, true);
     $("frame-label").textContent = `frame ${frame + 1} / ${outputRects.length} · output (${index.join(", ")})`;
@@ -667,11 +704,11 @@
 
   function togglePlay() {
     if (playing) { stopPlaying(); writeURL(); return; }
-    if (state.frame >= outputRects.length - 1) setFrame(0);
+    if (state.frame >= frameRects.length - 1) setFrame(0);
     const speed = parseFloat($("speed").value);
     $("play").textContent = "⏸ pause";
     playing = setInterval(() => {
-      if (state.frame >= outputRects.length - 1) { stopPlaying(); writeURL(); return; }
+      if (state.frame >= frameRects.length - 1) { stopPlaying(); writeURL(); return; }
       setFrame(state.frame + 1);
     }, 700 / speed);
   }
@@ -693,6 +730,7 @@
     } else if (s.padding !== "valid") parts.push("-p " + s.padding);
     if (s.mode !== "zeros") parts.push("--padding-mode " + s.mode);
     if (s.transposed) parts.push("--transposed");
+    if (scattering()) parts.push("--view scatter");
     if (s.transposed && hasOutputPadding()) parts.push("--output-padding " + axes(s.op));
     if (s.pool) parts.push("--pool " + s.pool);
     if (s.pool && s.ceil) parts.push("--ceil-mode");
@@ -1028,7 +1066,7 @@
       const rect = event.target.closest ? event.target.closest("rect.cell") : null;
       if (!rect) return;
       stopPlaying();
-      if (rect.dataset.out) { setFrame(Number(rect.dataset.frame)); writeURL(); return; }
+      if (rect.dataset.out && !scattering()) { setFrame(Number(rect.dataset.frame)); writeURL(); return; }
       gridPointer(event);
     });
     // Space plays or pauses, arrows step, Home/End jump: anywhere but in a field
@@ -1043,7 +1081,7 @@
         const row = geometry && geometry.output_size.length > 1 ? geometry.output_size[geometry.output_size.length - 1] : 10;
         setFrame(state.frame + (event.key === "PageDown" ? row : -row)); writeURL();
       } else if (event.key === "Home" || event.key === "End") {
-        event.preventDefault(); stopPlaying(); setFrame(event.key === "Home" ? 0 : outputRects.length - 1); writeURL();
+        event.preventDefault(); stopPlaying(); setFrame(event.key === "Home" ? 0 : frameRects.length - 1); writeURL();
       } else if (step !== undefined && t === $("grid")) {
         return;  // the grid's own handler steps
       } else if (step !== undefined) {
