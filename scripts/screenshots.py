@@ -6,6 +6,7 @@ and 1280×800 (a laptop)::
 
     python scripts/screenshots.py            # all of them, into docs/images/
     python scripts/screenshots.py --out /tmp/shots --query "in=5x5&k=3x3&p=same"
+    python scripts/screenshots.py --timing     # first paint and per-control redraw at 28x28
 
 Needs playwright, starlette, uvicorn and /usr/bin/chromium.
 """
@@ -54,7 +55,12 @@ def main() -> None:
                         help="the explorer view to show (its URL query)")
     parser.add_argument("--no-tour", action="store_true", help="skip the tour page")
     parser.add_argument("--dark", action="store_true", help="also shoot the explorer in dark mode")
+    parser.add_argument("--timing", action="store_true",
+                        help="measure first paint and each control's redraw at 28x28 instead")
     args = parser.parse_args()
+    if args.timing:
+        timing()
+        return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -91,6 +97,46 @@ def main() -> None:
                     page.screenshot(path=str(target))
                     print(target)
                 context.close()
+        browser.close()
+    server.should_exit = True  # type: ignore[attr-defined]
+
+
+_REDRAW = """([selector, value]) => new Promise((done) => {
+  const start = performance.now(), box = document.querySelector(selector);
+  const before = document.body.dataset.drawn;
+  box.value = value;
+  box.dispatchEvent(new Event("input", {bubbles: true}));
+  const poll = () => (document.body.dataset.drawn !== before ? done(performance.now() - start)
+                                                               : requestAnimationFrame(poll));
+  poll();
+})"""
+
+
+def timing(repeats: int = 5) -> None:
+    """First paint of the explorer on loopback, and the time from a control's change to the
+    redrawn grid (includes the 16 ms keystroke coalescing), medians over ``repeats``."""
+    import statistics
+
+    from playwright.sync_api import sync_playwright
+
+    url, server = _serve()
+    view = url + "?in=28x28&k=3x3&s=1x1&d=1x1&p=same"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        page = browser.new_context(viewport={"width": 1280, "height": 800}, bypass_csp=True).new_page()
+        paints = []
+        for _ in range(repeats):
+            page.goto(view)
+            page.wait_for_function("!!document.body.dataset.drawn")
+            paints.append(page.evaluate(
+                "performance.getEntriesByName('first-contentful-paint')[0].startTime"))
+        print(f"first contentful paint: median {statistics.median(paints):.0f} ms "
+              f"(runs {', '.join(f'{t:.0f}' for t in paints)})")
+        for selector, values in (("#k-0", ("5", "3")), ("#s-0", ("2", "1")), ("#d-0", ("2", "1")),
+                                 ("#in-1", ("27", "28")), ("#padding", ("valid", "same"))):
+            times = [page.evaluate(_REDRAW, [selector, values[i % 2]]) for i in range(2 * repeats)]
+            print(f"{selector:10s} redraw: median {statistics.median(times):.0f} ms "
+                  f"(max {max(times):.0f})")
         browser.close()
     server.should_exit = True  # type: ignore[attr-defined]
 
