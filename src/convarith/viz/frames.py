@@ -210,10 +210,6 @@ def axis_cells(resolved: ResolvedConv, axis: int, extent: int | None = None) -> 
     return cells
 
 
-def _direct_axis_cells(resolved: ResolvedConv, axis: int, extent: int) -> list[tuple[str, int | None]]:
-    return axis_cells(resolved, axis, extent)
-
-
 def _grid(per_axis: Sequence[Sequence[tuple[str, int | None]]]) -> tuple[GridCell, ...]:
     cells = []
     for combo in product(*[list(enumerate(axis)) for axis in per_axis]):
@@ -279,7 +275,7 @@ def _direct_board(
         max(resolved.padded_size[a], resolved.axis_taps(a, resolved.output_size[a] - 1)[-1].position[0] + 1)
         for a in range(rank)
     )
-    grid_cells = _grid([_direct_axis_cells(resolved, a, extent[a]) for a in range(rank)])
+    grid_cells = _grid([axis_cells(resolved, a, extent[a]) for a in range(rank)])
     top_cells = tuple(GridCell(p, "input", p) for p in product(*[range(n) for n in resolved.output_size]))
     frames = []
     for step, out_index in enumerate(resolved.positions()):

@@ -296,7 +296,7 @@ def build_spec(settings: Settings) -> tuple[ConvSpec, dict[str, Any] | None]:
         return spec, None
     name = FRAMEWORK_NAMES[settings.convention]
     report: dict[str, Any] = {"name": settings.convention, "framework": name}
-    refusal = _door_refusal(settings.convention, settings.fields)
+    refusal = _door_refusal(settings.convention, spec)
     if refusal is not None:
         report.update(accepted=False, error=f"{name} rejects these settings: {refusal}")
         return spec, report
@@ -398,26 +398,20 @@ def _lost_setting(spec: ConvSpec, door_spec: ConvSpec, name: str) -> str | None:
     return None
 
 
-def _door_refusal(convention: str, fields: dict[str, Any]) -> str | None:
+def _door_refusal(convention: str, spec: ConvSpec) -> str | None:
     """The refusals whose reason the page words itself (the layer named right, no CLI flags)."""
-    rank, padding, pool, transposed = fields["rank"], fields["padding"], fields["pool"], fields["transposed"]
+    rank, padding, layer = spec.rank, spec.padding, _layer_name(convention, spec)
     if convention == "keras" and not isinstance(padding, str):
-        if transposed:
-            return (f"Keras's Conv{rank}DTranspose takes padding 'valid' or 'same' only; explicit "
-                    f"padding of a transposed convolution crops its output, which Keras does with a "
-                    f"Cropping{rank}D layer after a 'valid' Conv{rank}DTranspose. Choose padding "
-                    "'valid' or 'same', or the PyTorch, JAX or ONNX rules")
-        layer = (f"{'Max' if pool == 'max' else 'Average'}Pooling{rank}D" if pool
-                 else f"Conv{rank}D")
+        if spec.transposed:
+            return (f"Keras's {layer} takes padding 'valid' or 'same' only; explicit padding of a "
+                    f"transposed convolution crops its output, which Keras does with a "
+                    f"Cropping{rank}D layer after a 'valid' {layer}. Choose padding 'valid' or "
+                    "'same', or the PyTorch, JAX or ONNX rules")
         return (f"Keras's {layer} takes padding 'valid' or 'same' only; explicit padding needs a "
                 f"ZeroPadding{rank}D layer before it. Choose padding 'valid' or 'same', or the "
                 "PyTorch, JAX or ONNX rules")
     if convention == "torch" and isinstance(padding, str):
-        if pool:
-            layer = f"{'MaxPool' if pool == 'max' else 'AvgPool'}{rank}d"
-        else:
-            layer = f"ConvTranspose{rank}d" if transposed else f"Conv{rank}d"
-        if pool or transposed:
+        if spec.pool or spec.transposed:
             return (f"PyTorch's {layer} takes padding as numbers only, not {padding!r}; choose "
                     "padding 'explicit per side' (e.g. 1 on each side)")
         if padding not in ("valid", "same"):
