@@ -47,6 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..dispatch import ConvProblem, register_algorithm
+from ..state import cached_once
 from ._threads import run_chunks, worker_count, workspace
 
 __all__ = ["transposed", "applies", "cost", "CHUNK_BYTES"]
@@ -55,7 +56,7 @@ __all__ = ["transposed", "applies", "cost", "CHUNK_BYTES"]
 CHUNK_BYTES = 2 << 20
 
 
-@functools.cache
+@cached_once
 def _numba_gather() -> Callable[..., None] | None:
     """The compiled col2im of one phase over three spatial axes, or ``None`` without numba."""
     try:

@@ -44,7 +44,6 @@ array([ 3.,  9., 15., 21.])
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 import threading
@@ -55,6 +54,7 @@ import numpy as np
 
 from ..dispatch import ConvProblem, register_algorithm
 from ..padding import pad
+from ..state import cached_once
 from ._threads import run_chunks, worker_count, workspace
 
 __all__ = ["direct", "weight_grad", "applies", "cost", "FlatPlan", "plan", "CHUNK_BYTES"]
@@ -153,7 +153,7 @@ def _phase_rows(
     return local.reshape(len(flat_plan.phases), -1, c)
 
 
-@functools.cache
+@cached_once
 def _numba_gather() -> Callable[..., None] | None:
     """Compiled im2col gather of a chunk's rows, or ``None`` without numba."""
     try:
@@ -174,7 +174,7 @@ def _numba_gather() -> Callable[..., None] | None:
     return gather
 
 
-@functools.cache
+@cached_once
 def _numba_im2col() -> Callable[..., None] | None:
     """Compiled 2-D im2col of a block of output rows, or ``None`` without numba."""
     try:
@@ -259,7 +259,7 @@ def _direct_im2col(
     return y.reshape(n, *out_size, f)
 
 
-@functools.cache
+@cached_once
 def _blas_gemm(dtype: np.dtype) -> Callable[..., np.ndarray] | None:
     try:
         from scipy.linalg import blas

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..dispatch import ConvProblem, register_algorithm
+from ..state import cached_once
 from ._threads import run_chunks, worker_count, workspace
 
 __all__ = ["direct", "applies", "cost", "PhasePlan", "plan", "BLOCK_BYTES"]
@@ -104,7 +105,7 @@ def plan(
 # --------------------------------------------------------------------------- the two steps
 
 
-@functools.cache
+@cached_once
 def _numba_kernels() -> tuple[Callable[..., None], Callable[..., None], Callable[..., None]] | None:
     """Compiled ``(build planes, gather columns, both for one block)``, or ``None``.
 
