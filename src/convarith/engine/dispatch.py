@@ -29,6 +29,23 @@ see a :class:`ConvProblem` whose ``input_shape`` is ``x``'s shape and whose
 ``kernel_shape`` is the transposed kernel's; the engine uses it when it is
 cheaper than the best direct algorithm on the zero-inserted grid.
 
+The engine decides in one place: :func:`plan` (direct), :func:`plan_weight_grad`
+and :func:`plan_transposed` (transposed algorithm or direct on the grid) return
+the algorithm to run, after checking the actual arrays against the
+:class:`ConvProblem` (shapes, dtypes, contiguity, an ``out_size`` that fits), so
+no algorithm, compiled or not, reads past a buffer. Algorithms that transform
+their operands (Winograd, FFT) declare a ``value_gain``; the planner replaces
+them by the cheapest exact algorithm when the values are not finite or could
+overflow a transform (``max|x|`` and ``max|kernel|``: two reductions, ~0.2 %
+of a Winograd layer's time), so a non-finite or huge input reaches only the
+outputs whose window reads it, as with a direct sum. A named algorithm runs as
+named, and one that does not apply is an error naming the conditions it fails
+and the algorithms that apply.
+
+The registry and the remembered choices are process state, like the engine's
+other caches: :mod:`convarith.engine.state` lists them all, with what
+invalidates each, and ``convarith.engine.clear_caches()`` empties them.
+
 Examples
 --------
 >>> from convarith.engine import available_algorithms
@@ -349,10 +366,10 @@ def choose(problem: ConvProblem, algorithm: str | None = None, kind: str = "dire
     return found
 
 
-# Choices made so far: (problem, what, workspace budget) -> algorithm. Asking every
-# algorithm whether it applies and what it costs takes ~0.1-0.2 ms, paid by every
-# call of a layer; the answer depends only on the shapes and the registry (emptied
-# when an algorithm is registered or removed).
+# Choices made so far: (problem, what, exact-only, worker count, workspace budget) ->
+# algorithm. Asking every algorithm whether it applies and what it costs takes
+# ~0.1-0.2 ms, paid by every call of a layer; the answer depends only on the key and
+# the registry (emptied when an algorithm is registered or removed). See engine.state.
 _CHOICES: dict[tuple[Any, ...], Algorithm | None] = {}
 _CHOICES_MAX = 4096
 
