@@ -294,3 +294,23 @@ def test_every_cached_function_of_the_engine_is_listed() -> None:
         and getattr(value, "__module__", None) == module.__name__
     ]
     assert not missing, f"caches not in engine.state's list: {missing}"
+
+
+def test_every_refusal_names_conditions_not_a_repr() -> None:
+    problems = [
+        dispatch.ConvProblem((1, 9, 9, 4), (3, 3, 2, 4), (2, 2), (1, 1), 2, (4, 4),
+                             np.dtype(np.float32)),
+        dispatch.ConvProblem((1, 9, 4), (3, 4, 4), (1,), (1,), 1, (7,), np.dtype(np.float16)),
+        dispatch.ConvProblem((1, 5, 5, 5, 5, 4), (3, 3, 3, 3, 4, 4), (1,) * 4, (1,) * 4, 1,
+                             (3, 3, 3, 3), np.dtype(np.float32)),
+    ]
+    refused = 0
+    for name in dispatch.available_algorithms():
+        algorithm = dispatch.get_algorithm(name)
+        for problem in problems:
+            reasons = algorithm.why_not(problem)
+            assert bool(reasons) != bool(algorithm.applies(problem)), (name, problem)
+            for reason in reasons:
+                refused += 1
+                assert reason and "ConvProblem(" not in reason, (name, reason)
+    assert refused > 5

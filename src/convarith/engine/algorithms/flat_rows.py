@@ -52,7 +52,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..dispatch import ConvProblem, register_algorithm
+from ..dispatch import ConvProblem, Requirements, register_algorithm
 from ..padding import pad
 from ..state import cached_once
 from ._threads import run_chunks, worker_count, workspace
@@ -524,9 +524,8 @@ def weight_grad(
     return total.reshape(*kernel_size, c, f)
 
 
-def applies(problem: ConvProblem) -> bool:
-    """Any rank, stride and dilation; one group."""
-    return problem.groups == 1
+#: When flat_rows applies: any rank, stride and dilation; one group.
+applies = Requirements((("groups=1", lambda p: p.groups == 1),))
 
 
 def cost(problem: ConvProblem) -> float:
