@@ -314,3 +314,19 @@ def test_every_refusal_names_conditions_not_a_repr() -> None:
                 refused += 1
                 assert reason and "ConvProblem(" not in reason, (name, reason)
     assert refused > 5
+
+
+def test_one_helper_pool_per_process_whatever_the_worker_count() -> None:
+    import threading
+
+    from convarith.engine.algorithms import _threads
+
+    pool = _threads._POOL.get()
+    seen: list[tuple[int, int]] = []
+    for limit in (2, 3, 4):
+        with convarith.engine.thread_limit(limit):
+            _threads.run_chunks(lambda a, b: seen.append((a, b)), 40, 5, threads=limit)
+        assert _threads._POOL.get() is pool
+    assert sorted(seen) == sorted([(a, a + 5) for a in range(0, 40, 5)] * 3)
+    helpers = [t for t in threading.enumerate() if t.name.startswith("convarith")]
+    assert len(helpers) <= max(1, (os.cpu_count() or 1) - 1)
