@@ -37,12 +37,13 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from ..dispatch import ConvProblem, register_algorithm
 from . import _llvm
+from ._llvm import ONE_PROBLEM, Batch, Cells, Sums
 from ._threads import ALIGN, aligned_copy, aligned_empty, run_chunks, worker_count, workspace
 from .phase import phase_taps
 
@@ -122,14 +123,15 @@ def direct(
     n, c = x.shape[0], x.shape[-1]
     kh, kw, _, f = kernel.shape
     oh, ow = (int(v) for v in out_size)
-    sy, sx = (int(v) for v in strides)
-    dy, dx = (int(v) for v in dilation)
+    stride_rows, stride_cols = (int(v) for v in strides)
+    dilation_rows, dilation_cols = (int(v) for v in dilation)
     fpad = -(-f // width) * width
     shape = (n, ow, f) if rank == 1 else (n, oh, ow, f)
     y = aligned_empty((n, oh, ow, fpad), dtype)
     if n * oh * ow == 0 or f == 0:
         return np.zeros(shape, dtype)
-    jobs = _jobs(x, kernel, (sy, sx), (dy, dx), (oh, ow), pads, y, threads)
+    jobs = _jobs(x, kernel, (stride_rows, stride_cols), (dilation_rows, dilation_cols),
+                 (oh, ow), pads, y, threads)
     _run(jobs, 2.0 * n * oh * ow * kh * kw * c * f, threads)
     if fpad != f:
         y = np.ascontiguousarray(y[..., :f])
@@ -156,10 +158,30 @@ def _aligned(y: np.ndarray) -> bool:
     return y.ctypes.data % ALIGN == 0 and all(st % ALIGN == 0 for st in y.strides[:-1])
 
 
-#: One run of the kernels over a chunk: (drive, kernel panel, where each step of the
-#: sum reads, first output channel in bytes, blocks, steps, panel row stride, panel
-#: block stride, accumulate).
-Panel = tuple[Any, np.ndarray, np.ndarray, int, int, int, int, int, int]
+class Panel(NamedTuple):
+    """One run of the kernels over a chunk of output: the compiled module, the packed
+    kernel values, where each step of the sum reads, and the sum's layout."""
+
+    kernels: _llvm.Kernels
+    weights: np.ndarray  #: (blocks, steps, columns), aligned, zero-padded columns
+    offsets: np.ndarray  #: int64: input elements from a cell's origin, per step
+    first_channel_bytes: int  #: where the run's first output channel lies in a cell
+    sums: Sums
+
+
+class _Call(NamedTuple):
+    """A :class:`Panel` with its arrays' addresses taken once (``.ctypes`` costs ~1 µs)."""
+
+    drive: Any
+    weights: int
+    offsets: int
+    first_channel_bytes: int
+    sums: Sums
+
+
+def _calls(panels: list[Panel]) -> list[_Call]:
+    return [_Call(p.kernels.drive, p.weights.ctypes.data, p.offsets.ctypes.data,
+                  p.first_channel_bytes, p.sums) for p in panels]
 
 
 def _panels(kernel: np.ndarray, dilation: tuple[int, int], row_elems: int,
@@ -175,7 +197,7 @@ def _panels(kernel: np.ndarray, dilation: tuple[int, int], row_elems: int,
     for c0, c1, offsets, runs in _layout(kernel.shape, dtype, dilation, row_elems, streaming,
                                          PANEL_BYTES):
         part = kernel[:, :, c0:c1].reshape(kh * kw * (c1 - c0), f)
-        for drive, start, blocks, cols in runs:
+        for kernels, start, blocks, cols in runs:
             panel = aligned_empty((blocks, part.shape[0], cols), dtype)
             if start + blocks * cols > f:
                 panel[-1] = 0  # the last block's columns beyond F
@@ -183,8 +205,9 @@ def _panels(kernel: np.ndarray, dilation: tuple[int, int], row_elems: int,
                 lo = start + b * cols
                 hi = min(f, lo + cols)
                 panel[b, :, : hi - lo] = part[:, lo:hi]
-            panels.append((drive, panel, offsets, start * dtype.itemsize, blocks,
-                           len(offsets), cols, part.shape[0] * cols, int(c0 > 0)))
+            sums = Sums(blocks=blocks, steps=len(offsets), step_stride=cols,
+                        block_stride=part.shape[0] * cols, accumulate=int(c0 > 0))
+            panels.append(Panel(kernels, panel, offsets, start * dtype.itemsize, sums))
     return panels
 
 
@@ -193,13 +216,13 @@ def _layout(shape: tuple[int, ...], dtype: np.dtype, dilation: tuple[int, int],
             row_elems: int, streaming: bool, panel_bytes: int
             ) -> tuple[tuple[int, int, np.ndarray, tuple[tuple[Any, int, int, int], ...]], ...]:
     """What :func:`_panels` needs besides the kernel's values, per shape (remembered):
-    per step of input channels ``(c0, c1, offsets, runs)``, each run ``(drive, first
+    per step of input channels ``(c0, c1, offsets, runs)``, each run ``(kernels, first
     output channel, blocks, columns)``."""
     kh, kw, c, f = shape
-    dy, dx = dilation
+    dilation_rows, dilation_cols = dilation
     width = _llvm.vector_width(dtype)
-    taps = (np.arange(kh)[:, None] * (dy * row_elems)
-            + np.arange(kw)[None, :] * (dx * c)).astype(np.int64).ravel()
+    taps = (np.arange(kh)[:, None] * (dilation_rows * row_elems)
+            + np.arange(kw)[None, :] * (dilation_cols * c)).astype(np.int64).ravel()
     steps = _channel_steps(kh * kw, c, f, width, dtype.itemsize, panel_bytes)
     layout = []
     for c0, c1 in steps:
@@ -209,7 +232,7 @@ def _layout(shape: tuple[int, ...], dtype: np.dtype, dilation: tuple[int, int],
         for vectors, start, blocks in _plan_blocks(f, width):
             kernels = _llvm.compiled(dtype, vectors, streaming and len(steps) == 1)
             assert kernels is not None
-            runs.append((kernels.drive, start, blocks, vectors * width))
+            runs.append((kernels, start, blocks, vectors * width))
         layout.append((c0, c1, offsets, tuple(runs)))
     return tuple(layout)
 
@@ -224,27 +247,26 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
     n, h, w, c = x.shape
     kh = kernel.shape[0]
     oh, ow = out_size
-    sy, sx = strides
-    dy, dx = dilation
+    stride_rows, stride_cols = strides
+    dilation_rows = dilation[0]
     (top, bottom), (left, right) = pads
     padded_w = w + left + right
     row_elems = padded_w * c  # elements of one padded input row
     streaming = y.nbytes >= STREAM_BYTES and _aligned(y)
     panels = _panels(kernel, dilation, row_elems, streaming)
-    reach = (kh - 1) * dy + 1  # input rows one output row reads
+    reach = (kh - 1) * dilation_rows + 1  # input rows one output row reads
     workers = threads if threads is not None else worker_count()
     unpadded = top == bottom == left == right == 0
     y_image, y_row, y_cell = (st // itemsize for st in y.strides[:3])
     # addresses taken once (``.ctypes`` costs ~1 µs each); the jobs keep the arrays alive
     x_base, x_bytes = x.ctypes.data, x.strides
     y_base, y_bytes = y.ctypes.data, y.strides
-    calls = [(drive, panel.ctypes.data, offsets.ctypes.data, *rest)
-             for drive, panel, offsets, *rest in panels]
+    calls = _calls(panels)
     # every worker gets about 4 chunks; a chunk is whole images when images are
     # small (fewer calls: each costs ~10 µs of Python and ctypes), else rows of one
     # image; its padded input rows fit SLAB_BYTES
     rows_share = max(1, -(-n * oh // (JOBS_PER_WORKER * workers)))
-    needed = (oh - 1) * sy + reach  # padded input rows of one image
+    needed = (oh - 1) * stride_rows + reach  # padded input rows of one image
     if rows_share >= 2 * oh:
         image_bytes = needed * row_elems * itemsize
         images = max(1, min(rows_share // oh, SLAB_BYTES // image_bytes if not unpadded else n))
@@ -257,30 +279,35 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
                 _fill(slab, x[g0:g1], -top, left)
                 source, x_image = slab.ctypes.data, needed * row_elems
             target = y_base + g0 * y_bytes[0]
-            for drive, panel, offsets, start, blocks, k, cols, per_block, accumulate in calls:
-                drive(source, panel, target + start, offsets,
-                      (g1 - g0) * oh, sy * row_elems, y_row, ow, sx * c, y_cell, blocks,
-                      k, cols, per_block, accumulate, oh, x_image, y_image, 1, 0, 0, 0)
+            cells = Cells(rows=(g1 - g0) * oh, row_cells=ow, image_rows=oh,
+                          x_row=stride_rows * row_elems, x_cell=stride_cols * c,
+                          x_image=x_image, y_row=y_row, y_cell=y_cell, y_image=y_image)
+            for call in calls:
+                call.drive(source, call.weights, target + call.first_channel_bytes,
+                           call.offsets, *cells, *call.sums, *ONE_PROBLEM)
 
         return [functools.partial(job_images, g0, min(n, g0 + images))
                 for g0 in range(0, n, images)]
 
-    rows_fit = max(1, (SLAB_BYTES // (row_elems * itemsize) - reach) // sy + 1)
+    rows_fit = max(1, (SLAB_BYTES // (row_elems * itemsize) - reach) // stride_rows + 1)
     rows = max(1, min(oh, rows_fit, rows_share))
 
     def job(image: int, o0: int, o1: int, _keep: Any = panels) -> None:
-        first = o0 * sy - top  # input row of the chunk's first padded row
+        first = o0 * stride_rows - top  # input row of the chunk's first padded row
         if unpadded:
             source = x_base + image * x_bytes[0] + first * x_bytes[1]
         else:
-            slab = workspace("register_tiles", ((o1 - 1 - o0) * sy + reach, padded_w, c), dtype)
+            slab = workspace("register_tiles", ((o1 - 1 - o0) * stride_rows + reach, padded_w,
+                                                c), dtype)
             _fill(slab, x[image], first, left)
             source = slab.ctypes.data
         target = y_base + image * y_bytes[0] + o0 * y_bytes[1]
-        for drive, panel, offsets, start, blocks, k, cols, per_block, accumulate in calls:
-            drive(source, panel, target + start, offsets,
-                  o1 - o0, sy * row_elems, y_row, ow, sx * c, y_cell, blocks,
-                  k, cols, per_block, accumulate, o1 - o0, 0, 0, 1, 0, 0, 0)
+        cells = Cells(rows=o1 - o0, row_cells=ow, image_rows=o1 - o0,
+                      x_row=stride_rows * row_elems, x_cell=stride_cols * c, x_image=0,
+                      y_row=y_row, y_cell=y_cell, y_image=0)
+        for call in calls:
+            call.drive(source, call.weights, target + call.first_channel_bytes, call.offsets,
+                       *cells, *call.sums, *ONE_PROBLEM)
 
     return [functools.partial(job, image, o0, min(oh, o0 + rows))
             for image in range(n) for o0 in range(0, oh, rows)]
@@ -309,7 +336,7 @@ class PackedProducts:
     """Right-hand sides ``u`` (B, K, F) of batched products, ready for the kernels."""
 
     u: np.ndarray  # C-contiguous, 64-byte aligned
-    runs: tuple[tuple[Any, int, int, int], ...]  # drive, first column, blocks, columns
+    runs: tuple[tuple[_llvm.Kernels, int, int, int], ...]  # first column, blocks, columns
     offsets: np.ndarray
 
 
@@ -335,7 +362,7 @@ def pack_products(u: np.ndarray) -> PackedProducts | None:
     for vectors, start, blocks in _plan_blocks(f, width):
         kernels = _llvm.compiled(u.dtype, vectors)
         assert kernels is not None
-        runs.append((kernels.drive, start, blocks, vectors * width))
+        runs.append((kernels, start, blocks, vectors * width))
     return PackedProducts(u, tuple(runs), np.arange(k, dtype=np.int64))
 
 
@@ -361,11 +388,17 @@ def packed_matmul(v: np.ndarray, packed: PackedProducts, out: np.ndarray) -> np.
     if cells == 0:
         return out
     itemsize = out.dtype.itemsize
-    for drive, start, blocks, cols in packed.runs:
-        # block b of columns starts cols·b elements into each row of u (rows F apart)
-        drive(v.ctypes.data, packed.u.ctypes.data + start * itemsize,
-              out.ctypes.data + start * itemsize, packed.offsets.ctypes.data, 1, 0, 0, cells,
-              k, f, blocks, k, f, cols, 0, 1, 0, 0, batch, cells * k, k * f, cells * f)
+    # each product is one row of ``cells`` cells; step i of a cell's sum reads v's
+    # column i (offsets 0 … K-1) and u's row i (F apart); block b of columns starts
+    # cols·b elements into each row of u
+    row = Cells(rows=1, row_cells=cells, image_rows=1, x_row=0, x_cell=k, x_image=0,
+                y_row=0, y_cell=f, y_image=0)
+    products = Batch(problems=batch, x_stride=cells * k, w_stride=k * f, y_stride=cells * f)
+    for kernels, start, blocks, cols in packed.runs:
+        kernels.run(v.ctypes.data, packed.u.ctypes.data + start * itemsize,
+                    out.ctypes.data + start * itemsize, packed.offsets.ctypes.data, row,
+                    Sums(blocks=blocks, steps=k, step_stride=f, block_stride=cols,
+                         accumulate=0), products)
     return out
 
 
@@ -500,9 +533,7 @@ def transposed(
         strides_v = [st // itemsize for st in view.strides[:3]]
         panels = _panels(part, step, row_elems, y.nbytes >= STREAM_BYTES and _aligned(view))
         keep.append(panels)  # the calls below hold their addresses
-        calls = [(drive, panel.ctypes.data, offsets.ctypes.data, *rest)
-                 for drive, panel, offsets, *rest in panels]
-        runs.append((view.ctypes.data, calls, counts, origin, strides_v))
+        runs.append((view.ctypes.data, _calls(panels), counts, origin, strides_v))
         flops += 2.0 * n * math.prod(counts) * part.shape[0] * part.shape[1] * c * f
     workers = threads if threads is not None else worker_count()
     image_bytes = rows * row_elems * itemsize
@@ -515,11 +546,13 @@ def transposed(
         source = slab.ctypes.data
         for target, calls, counts, origin, (y_image, y_row, y_cell) in runs:
             target += g0 * y_image * itemsize
-            for drive, panel, offsets, start, blocks, k, cols_, per_block, accumulate in calls:
-                drive(source + origin, panel, target + start, offsets,
-                      (g1 - g0) * counts[0], row_elems, y_row, counts[1], c, y_cell, blocks,
-                      k, cols_, per_block, accumulate, counts[0], rows * row_elems, y_image,
-                      1, 0, 0, 0)
+            cells = Cells(rows=(g1 - g0) * counts[0], row_cells=counts[1],
+                          image_rows=counts[0], x_row=row_elems, x_cell=c,
+                          x_image=rows * row_elems, y_row=y_row, y_cell=y_cell,
+                          y_image=y_image)
+            for call in calls:
+                call.drive(source + origin, call.weights, target + call.first_channel_bytes,
+                           call.offsets, *cells, *call.sums, *ONE_PROBLEM)
 
     _run([functools.partial(job, g0, min(n, g0 + images)) for g0 in range(0, n, images)],
          flops, threads)
