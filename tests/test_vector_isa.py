@@ -21,7 +21,7 @@ import pytest
 from convarith.engine.algorithms import _llvm, register_tiles
 from convarith.engine.padding import pad
 from test_algorithms import reference_direct, reference_transposed, relative_error
-from test_algorithms_register_tiles import random_direct, random_transposed
+from test_algorithms_register_tiles import random_direct, random_grouped, random_transposed
 
 TOLERANCE = {np.float32: 1e-5, np.float64: 1e-10}
 
@@ -203,3 +203,15 @@ def test_neon_module_compiles_for_aarch64(dtype):
     assert "zmm" not in text and "ymm" not in text
     streaming = _llvm.assembly(neon, dtype, 1, streaming=True)
     assert "stnp" in streaming or "str" in streaming
+
+
+@avx2
+@pytest.mark.parametrize("seed", range(6))
+def test_avx2_grouped_against_definition(seed, forced_avx2):
+    """Groups merge to fill AVX2's 8-float vectors (16-float ones with AVX-512)."""
+    x, kernel, strides, dilation, groups, pads, out = random_grouped(9600 + seed)
+    expected = reference_direct(pad(x, pads), kernel, strides, dilation, groups, out)
+    for dtype in (np.float32, np.float64):
+        y = register_tiles.direct(x.astype(dtype), kernel.astype(dtype), strides, dilation,
+                                  groups, out, padding=pads, threads=2)
+        assert relative_error(y, expected) <= TOLERANCE[dtype], f"seed {9600 + seed} {dtype}"
