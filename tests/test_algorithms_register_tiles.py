@@ -349,7 +349,7 @@ def test_grouped_against_pytorch(seed):
 def test_grouped_layers_choose_these_kernels():
     """ResNeXt-50's grouped 3×3 (32 groups of 4 and 8) and 4 groups of 32: these kernels,
     not the per-group products (measured 2.6-6.8× slower, see ``GROUPED_SCALE``);
-    depthwise stays with its own loops."""
+    depthwise has its own lane-by-lane kernels."""
     f32 = np.dtype(np.float32)
     for shape, kernel, groups in (((2, 58, 58, 128), (3, 3, 4, 128), 32),
                                   ((2, 30, 30, 256), (3, 3, 8, 256), 32),
@@ -357,4 +357,61 @@ def test_grouped_layers_choose_these_kernels():
         problem = ConvProblem(shape, kernel, (1, 1), (1, 1), groups, (shape[1] - 2,) * 2, f32)
         assert choose(problem).name == "register_tiles", (shape, groups)
     depthwise = ConvProblem((2, 60, 60, 96), (5, 5, 1, 96), (1, 1), (1, 1), 96, (56, 56), f32)
-    assert choose(depthwise).name == "depthwise"
+    assert choose(depthwise).name.startswith("register_tiles_depthwise")
+
+
+def random_depthwise(seed):
+    """Channels below, at and between whole vectors; 1×1 … 7×7; strides, dilation,
+    zero padding and crops."""
+    rng = np.random.default_rng(seed)
+    while True:
+        channels = int(rng.choice([2, 3, 16, 17, 40, 96, 130]))
+        k, s, d = int(rng.choice([1, 3, 5, 7])), int(rng.integers(1, 3)), int(rng.integers(1, 3))
+        rank = int(rng.integers(1, 3))
+        size = tuple(int(v) for v in rng.integers((k - 1) * d + 1, 14, rank))
+        pads = tuple((int(a), int(b)) for a, b in rng.integers(-1, 4, (rank, 2)))
+        out = tuple((n + lo + hi - (k - 1) * d - 1) // s + 1 for n, (lo, hi) in zip(size, pads))
+        if min(out) > 0:
+            break
+    x = rng.standard_normal((int(rng.integers(1, 4)), *size, channels))
+    kernel = rng.standard_normal(((k,) * rank) + (1, channels))
+    return x, kernel, (s,) * rank, (d,) * rank, pads, out
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_depthwise_against_definition(seed):
+    x, kernel, strides, dilation, pads, out = random_depthwise(9800 + seed)
+    channels = x.shape[-1]
+    expected = reference_direct(pad(x, pads), kernel, strides, dilation, channels, out)
+    for dtype in (np.float32, np.float64):
+        what = (f"seed {9800 + seed}, {dtype.__name__}, x {x.shape}, kernel {kernel.shape}, "
+                f"strides {strides}, dilation {dilation}, padding {pads}")
+        y = register_tiles.depthwise(x.astype(dtype), kernel.astype(dtype), strides, dilation,
+                                     channels, out, padding=pads, threads=2)
+        assert y.dtype == dtype and y.shape == expected.shape, what
+        assert relative_error(y, expected) <= TOLERANCE[dtype], what
+
+
+def test_depthwise_against_pytorch_and_chosen_for_large_kernels():
+    """EfficientNet's 5×5 depthwise (stride 1 and 2) and MobileNet-style 7×7 through the
+    engine; the dispatch takes these kernels above 3×3 and the unrolled loop at 3×3."""
+    torch = pytest.importorskip("torch")
+    from convarith import ConvSpec
+
+    rng = np.random.default_rng(9850)
+    for k, s, channels in ((5, 1, 96), (5, 2, 40), (7, 1, 33)):
+        x = rng.standard_normal((2, 19, 17, channels)).astype(np.float32)
+        w = rng.standard_normal((k, k, 1, channels)).astype(np.float32)
+        spec = ConvSpec(k, strides=s, padding=k // 2, groups=channels, rank=2)
+        y = conv(x, w, spec, algorithm="register_tiles_depthwise")
+        with torch.no_grad():
+            expected = torch.nn.functional.conv2d(
+                torch.from_numpy(x).permute(0, 3, 1, 2),
+                torch.from_numpy(w).permute(3, 2, 0, 1), stride=s, padding=k // 2,
+                groups=channels).permute(0, 2, 3, 1).numpy()
+        assert relative_error(y, expected) <= 1e-5, (k, s, channels)
+    f32 = np.dtype(np.float32)
+    large = ConvProblem((2, 60, 60, 96), (5, 5, 1, 96), (1, 1), (1, 1), 96, (56, 56), f32)
+    assert choose(large).name == "register_tiles_depthwise"
+    small = ConvProblem((2, 58, 58, 96), (3, 3, 1, 96), (1, 1), (1, 1), 96, (56, 56), f32)
+    assert choose(small).name == "depthwise"

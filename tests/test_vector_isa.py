@@ -21,7 +21,12 @@ import pytest
 from convarith.engine.algorithms import _llvm, register_tiles
 from convarith.engine.padding import pad
 from test_algorithms import reference_direct, reference_transposed, relative_error
-from test_algorithms_register_tiles import random_direct, random_grouped, random_transposed
+from test_algorithms_register_tiles import (
+    random_depthwise,
+    random_direct,
+    random_grouped,
+    random_transposed,
+)
 
 TOLERANCE = {np.float32: 1e-5, np.float64: 1e-10}
 
@@ -215,3 +220,15 @@ def test_avx2_grouped_against_definition(seed, forced_avx2):
         y = register_tiles.direct(x.astype(dtype), kernel.astype(dtype), strides, dilation,
                                   groups, out, padding=pads, threads=2)
         assert relative_error(y, expected) <= TOLERANCE[dtype], f"seed {9600 + seed} {dtype}"
+
+
+@avx2
+@pytest.mark.parametrize("seed", range(6))
+def test_avx2_depthwise_against_definition(seed, forced_avx2):
+    x, kernel, strides, dilation, pads, out = random_depthwise(9800 + seed)
+    channels = x.shape[-1]
+    expected = reference_direct(pad(x, pads), kernel, strides, dilation, channels, out)
+    for dtype in (np.float32, np.float64):
+        y = register_tiles.depthwise(x.astype(dtype), kernel.astype(dtype), strides, dilation,
+                                     channels, out, padding=pads, threads=2)
+        assert relative_error(y, expected) <= TOLERANCE[dtype], f"seed {9800 + seed} {dtype}"

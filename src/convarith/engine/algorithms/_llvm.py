@@ -276,11 +276,15 @@ def _parameters(*tuples: Any) -> str:
     return ", ".join(f"i64 %{name}" for kind in tuples for name in kind._fields)
 
 
-def _tile(name: str, mr: int, nv: int, ty: str, vw: int, streaming: bool = False) -> str:
+def _tile(name: str, mr: int, nv: int, ty: str, vw: int, streaming: bool = False,
+          depthwise: bool = False) -> str:
     """IR of one register block: ``mr`` cells × ``nv`` vectors, summed over taps × channels.
 
     Each cell has its own input and output pointer, so a block may span rows.
     The sum runs :data:`UNROLL` steps per loop turn, then one at a time.
+    ``depthwise``: each step multiplies a *vector* of input channels (read at the
+    step's offset plus the lane) by the kernel's vector, lane by lane, instead of
+    one input value broadcast.
     """
     v = f"<{vw} x {ty}>"
     p = f"{ty}*"
@@ -301,6 +305,20 @@ def _tile(name: str, mr: int, nv: int, ty: str, vw: int, streaming: bool = False
                 f"  %{tag}wq{j} = bitcast {p} %{tag}wp{j} to {v}*",
                 f"  %{tag}wv{j} = load {v}, {v}* %{tag}wq{j}, align 4",
             ]
+        if depthwise:
+            for i in range(mr):
+                for j in range(nv):
+                    if j:
+                        out.append(f"  %{tag}xo{i}_{j} = add i64 %{tag}xc, {j * vw}")
+                    out += [
+                        f"  %{tag}xp{i}_{j} = getelementptr {ty}, {p} %x{i}, i64 "
+                        f"{f'%{tag}xo{i}_{j}' if j else f'%{tag}xc'}",
+                        f"  %{tag}xq{i}_{j} = bitcast {p} %{tag}xp{i}_{j} to {v}*",
+                        f"  %{tag}xv{i}_{j} = load {v}, {v}* %{tag}xq{i}_{j}, align 4",
+                        f"  %{tag}d{i}_{j} = call {v} @llvm.fma.v{vw}{_suffix(ty)}"
+                        f"({v} %{tag}xv{i}_{j}, {v} %{tag}wv{j}, {v} %{before}{i}_{j})",
+                    ]
+            return out
         for i in range(mr):
             out += [
                 f"  %{tag}xp{i} = getelementptr {ty}, {p} %x{i}, i64 %{tag}xc",
@@ -399,7 +417,7 @@ def _size(ty: str) -> int:
     return 4 if ty == "float" else 8
 
 
-def _cells(tag: str, count: int, ty: str) -> tuple[list[str], str, str]:
+def _cells(tag: str, count: int, ty: str, x_base: str = "%x") -> tuple[list[str], str, str]:
     """IR placing ``count`` cells from image ``%g``, row ``%r``, column ``%o`` (columns
     wrap at ``%row_cells``, rows at ``%image_rows``): the lines, the call's pointer
     arguments (inputs, outputs), and the cell after."""
@@ -428,7 +446,7 @@ def _cells(tag: str, count: int, ty: str) -> tuple[list[str], str, str]:
             f"  %{tag}xb{i} = mul i64 {col}, %x_cell",
             f"  %{tag}xd{i} = add i64 %{tag}xi{i}, %{tag}xa{i}",
             f"  %{tag}xc{i} = add i64 %{tag}xd{i}, %{tag}xb{i}",
-            f"  %{tag}x{i} = getelementptr {ty}, {p} %x, i64 %{tag}xc{i}",
+            f"  %{tag}x{i} = getelementptr {ty}, {p} {x_base}, i64 %{tag}xc{i}",
             f"  %{tag}yi{i} = mul i64 {image}, %y_image",
             f"  %{tag}ya{i} = mul i64 {row}, %y_row",
             f"  %{tag}yb{i} = mul i64 {col}, %y_cell",
@@ -442,12 +460,13 @@ def _cells(tag: str, count: int, ty: str) -> tuple[list[str], str, str]:
     return lines, f"{xs}, {p} %wb, {ys}", f"{image} {row} {col}"
 
 
-def _driver(mr: int, nv: int, ty: str, vw: int) -> str:
+def _driver(mr: int, nv: int, ty: str, vw: int, depthwise: bool = False) -> str:
     """IR of ``drive1``: column blocks × blocks of ``mr`` cells (spanning rows), then the
-    tail, for one problem."""
+    tail, for one problem (``depthwise``: a column block reads its own input channels)."""
     p = f"{ty}*"
     rest = "i64* %offsets, i64 %steps, i64 %step_stride, i64 %accumulate"
-    body, args, after = _cells("m", mr, ty)
+    x_base = "%xb" if depthwise else "%x"
+    body, args, after = _cells("m", mr, ty, x_base)
     next_image, next_row, next_col = after.split()
     lines = [
         f"define internal void @drive1({p} %x, {p} %w, {p} %y, i64* %offsets, "
@@ -464,6 +483,7 @@ def _driver(mr: int, nv: int, ty: str, vw: int) -> str:
         f"  %bo = mul i64 %b, {nv * vw}",
         "  %bw = mul i64 %b, %block_stride",
         f"  %wb = getelementptr {ty}, {p} %w, i64 %bw",
+        *([f"  %xb = getelementptr {ty}, {p} %x, i64 %bo"] if depthwise else []),
         "  br label %cell",
         "cell:",
         "  %q = phi i64 [0, %blk], [%q1, %cell_body]",
@@ -484,7 +504,7 @@ def _driver(mr: int, nv: int, ty: str, vw: int) -> str:
         "  ]",
     ]
     for r in range(1, mr):
-        body, args, _ = _cells(f"t{r}_", r, ty)
+        body, args, _ = _cells(f"t{r}_", r, ty, x_base)
         lines += [f"tail{r}:", *body, f"  call void @tile{r}({args}, {rest})",
                   "  br label %blk_end"]
     lines += [
@@ -508,9 +528,11 @@ def _ir_type(dtype: Any) -> str:
     raise ValueError(f"the compiled kernels take float32 or float64, got dtype {dtype}")
 
 
-def module_ir(dtype: Any, vectors: int, rows: int, width: int, streaming: bool = False
-              ) -> str:
-    """The whole module's IR (for reading; :func:`compiled` builds it).
+def module_ir(dtype: Any, vectors: int, rows: int, width: int, streaming: bool = False,
+              depthwise: bool = False) -> str:
+    """The whole module's IR (for reading; :func:`compiled` builds it); ``depthwise``:
+    lane-by-lane products, each column block reading its own channels (``x`` is
+    advanced like ``y``).
 
     >>> ir = module_ir(np.float32, 1, 2, 8)
     >>> "define void @drive(" in ir and "@llvm.fma.v8f32" in ir
@@ -519,8 +541,9 @@ def module_ir(dtype: Any, vectors: int, rows: int, width: int, streaming: bool =
     ty = _ir_type(dtype)
     v = f"<{width} x {ty}>"
     parts = [f"declare {v} @llvm.fma.v{width}{_suffix(ty)}({v}, {v}, {v})"]
-    parts += [_tile(f"tile{r}", r, vectors, ty, width, streaming) for r in range(1, rows + 1)]
-    parts.append(_driver(rows, vectors, ty, width))
+    parts += [_tile(f"tile{r}", r, vectors, ty, width, streaming, depthwise)
+              for r in range(1, rows + 1)]
+    parts.append(_driver(rows, vectors, ty, width, depthwise))
     parts.append(_batches(ty))
     parts.append("!0 = !{i32 1}")
     return "\n\n".join(parts) + "\n"
@@ -582,23 +605,25 @@ def assembly(target: VectorTarget, dtype: Any, vectors: int, streaming: bool = F
         return str(machine.emit_assembly(module))
 
 
-def compiled(dtype: Any, vectors: int, streaming: bool = False) -> Kernels | None:
+def compiled(dtype: Any, vectors: int, streaming: bool = False, depthwise: bool = False
+             ) -> Kernels | None:
     """The module for ``dtype`` and ``vectors`` vectors per block on the target in use
     (``None``: not here); ``streaming``: results are stored past the caches (aligned
-    output only)."""
-    return _compiled(np.dtype(dtype), vectors, streaming, vector_target())
+    output only); ``depthwise``: see :func:`module_ir`."""
+    return _compiled(np.dtype(dtype), vectors, streaming, vector_target(), depthwise)
 
 
 @functools.cache
-def _compiled(dtype: np.dtype[Any], vectors: int, streaming: bool, target: VectorTarget
-              ) -> Kernels | None:
+def _compiled(dtype: np.dtype[Any], vectors: int, streaming: bool, target: VectorTarget,
+              depthwise: bool = False) -> Kernels | None:
     llvm = _llvm()
     width = target.width(dtype)
     if llvm is None or not target.runs_here or width == 0 or dtype.char not in "fd":
         return None
     rows = block_rows(vectors, target)
     with _LOCK:
-        module = llvm.parse_assembly(module_ir(dtype, vectors, rows, width, streaming))
+        module = llvm.parse_assembly(module_ir(dtype, vectors, rows, width, streaming,
+                                               depthwise))
         module.verify()
         engine = llvm.create_mcjit_compiler(module, _machine(llvm, target))
         engine.finalize_object()
