@@ -15,6 +15,12 @@ made. A chunk is some rows of one image, or several whole small images (the
 block of cells then wraps from one image into the next). Outputs of
 :data:`STREAM_BYTES` and more are written past the caches.
 
+Grouped convolutions run group after group on each chunk; groups with fewer
+outputs than a vector are merged into block-diagonal kernels that fill one
+(:func:`group_merge`: ResNeXt's 32 groups of 4 run as 8 of 16 with AVX-512).
+Depthwise convolutions above 3×3 have kernels of their own that multiply lane
+by lane (:func:`depthwise`, ``register_tiles_depthwise``).
+
 The same kernels run strided transposed convolutions one output phase at a
 time (:func:`transposed`, ``register_tiles_phases``) and Winograd's batched
 products (:func:`packed_matmul`).
@@ -47,8 +53,8 @@ from ._llvm import ONE_PROBLEM, Batch, Cells, Sums
 from ._threads import ALIGN, aligned_copy, aligned_empty, run_chunks, worker_count, workspace
 from .phase import phase_taps
 
-__all__ = ["direct", "transposed", "applies", "cost", "pack_products", "packed_matmul",
-           "PackedProducts", "STREAM_BYTES"]
+__all__ = ["direct", "transposed", "depthwise", "applies", "cost", "pack_products",
+           "packed_matmul", "group_merge", "PackedProducts", "Panel", "STREAM_BYTES"]
 
 #: Input bytes a chunk's padded rows may take (they stay in the core's cache).
 SLAB_BYTES = 1 << 20
