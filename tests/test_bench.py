@@ -146,3 +146,17 @@ def test_networks_suite_runs_one_small_layer_per_network(tmp_path) -> None:
     table = nets.render_networks(results)
     assert "resnet50" in table and "wavenet" in table
     assert "| resnet50 | 1 | for | 7x7 s2, 3->64, 32x32 |" in nets.markdown_layers(results)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--networks", "resnet51"], "--networks: unknown network(s) ['resnet51']; choose from"),
+    (["--batches", "1,x"], "--batches must be comma-separated whole numbers, got '1,x'"),
+    (["--batches", "0"], "--batches must be at least 1, got '0'"),
+    (["--image", "16"], "--image must be at least 32 (five halvings), got 16"),
+])
+def test_networks_suite_refuses_bad_arguments(argv, message,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--suite", "networks", *argv])
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
