@@ -160,3 +160,12 @@ def test_networks_suite_refuses_bad_arguments(argv, message,
         bench.main(["--suite", "networks", *argv])
     assert stop.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_documented_layer_inventory_is_the_generated_one() -> None:
+    from pathlib import Path
+
+    from convarith import bench_networks as nets
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "benchmarks-networks.md"
+    assert nets.inventory_markdown() in page.read_text(encoding="utf-8")

@@ -40,7 +40,8 @@ import numpy as np
 from .spec import ConvSpec
 
 __all__ = ["NetLayer", "NETWORKS", "distinct", "multiply_adds", "LayerResult",
-           "NetworkResult", "run_networks", "render_networks", "markdown_layers"]
+           "NetworkResult", "run_networks", "render_networks", "markdown_layers",
+           "inventory_markdown", "summary_networks"]
 
 
 @dataclass(frozen=True)
@@ -607,6 +608,22 @@ def markdown_layers(results: Sequence[NetworkResult]) -> str:
              f"{r.rel_error:.1e}"] for n in results for r in n.layers]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def inventory_markdown(image: int = 224) -> str:
+    """Every network's distinct layers (Markdown): how often each occurs and its
+    multiply-adds per image, with the network's total."""
+    lines = []
+    for name, build in NETWORKS.items():
+        layers = build(image)
+        total = multiply_adds(layers)
+        lines += [f"### {name}: {len(layers)} layers, {len(distinct(layers))} distinct, "
+                  f"{total / 1e9:.3f} G multiply-adds", "",
+                  "| layer | count | M multiply-adds (each) |", "|---|---|---|"]
+        lines += [f"| {layer.title} | {count} | {layer.multiply_adds() / 1e6:.1f} |"
+                  for layer, count in distinct(layers).items()]
+        lines.append("")
     return "\n".join(lines)
 
 
