@@ -541,7 +541,7 @@ def render(results: Sequence[CaseResult], plain: bool = False) -> str:
     lines = []
     matmul = statistics.median(r.matmul_gflops for r in results) if results else 0.0
     lines.append(f"float32 matmul (2048², np.matmul): {matmul:.0f} GFLOP/s median over cases; "
-                 f"{_blas_description()}")
+                 f"{_blas_description()}; compiled kernels: {_vector_isa()}")
 
     def fmt(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.2f}"
