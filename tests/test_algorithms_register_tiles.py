@@ -294,3 +294,124 @@ def test_switched_off_without_llvmlite_and_by_environment():
         done = subprocess.run([sys.executable, "-c", script, mode], capture_output=True,
                               text=True, timeout=120, env={**os.environ, **env})
         assert done.returncode == 0 and done.stdout.strip() == "ok", (mode, done.stderr)
+
+
+def random_grouped(seed):
+    """Groups of 1 … 32 channels in and out (below a vector, a vector, and between:
+    merged groups, spills into the next group), 1-D and 2-D, strides, dilation, padding."""
+    rng = np.random.default_rng(seed)
+    groups = int(rng.choice([2, 3, 4, 6, 8, 32, 64]))
+    group_in = int(rng.choice([1, 2, 4, 5, 16, 32]))
+    group_out = int(rng.choice([1, 3, 4, 8, 16, 20, 32]))
+    k, s, d = int(rng.integers(1, 4)), int(rng.integers(1, 3)), int(rng.integers(1, 3))
+    rank = int(rng.integers(1, 3))
+    size = tuple(int(v) for v in rng.integers(k * d + 1, 11, rank))
+    pads = tuple((int(a), int(b)) for a, b in rng.integers(0, 3, (rank, 2)))
+    x = rng.standard_normal((int(rng.integers(1, 4)), *size, groups * group_in))
+    kernel = rng.standard_normal(((k,) * rank) + (group_in, groups * group_out))
+    out = tuple((n + lo + hi - (k - 1) * d - 1) // s + 1 for n, (lo, hi) in zip(size, pads))
+    return x, kernel, (s,) * rank, (d,) * rank, groups, pads, out
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_grouped_against_definition(seed):
+    x, kernel, strides, dilation, groups, pads, out = random_grouped(9600 + seed)
+    expected = reference_direct(pad(x, pads), kernel, strides, dilation, groups, out)
+    for dtype in (np.float32, np.float64):
+        what = (f"seed {9600 + seed}, {dtype.__name__}, x {x.shape}, kernel {kernel.shape}, "
+                f"groups {groups}, strides {strides}, dilation {dilation}, padding {pads}")
+        y = register_tiles.direct(x.astype(dtype), kernel.astype(dtype), strides, dilation,
+                                  groups, out, padding=pads, threads=2)
+        assert y.dtype == dtype and y.shape == expected.shape, what
+        assert relative_error(y, expected) <= TOLERANCE[dtype], what
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_grouped_against_pytorch(seed):
+    torch = pytest.importorskip("torch")
+    from convarith import ConvSpec
+
+    rng = np.random.default_rng(9700 + seed)
+    groups = int(rng.choice([2, 4, 32]))
+    channels, filters = groups * int(rng.choice([4, 8, 32])), groups * int(rng.choice([4, 16]))
+    k, s = int(rng.choice([1, 3, 5])), int(rng.integers(1, 3))
+    x = rng.standard_normal((2, 15, 12, channels)).astype(np.float32)
+    w = rng.standard_normal((k, k, channels // groups, filters)).astype(np.float32)
+    spec = ConvSpec(k, strides=s, padding=k // 2, groups=groups, rank=2)
+    y = conv(x, w, spec, algorithm="register_tiles")
+    with torch.no_grad():
+        expected = torch.nn.functional.conv2d(
+            torch.from_numpy(x).permute(0, 3, 1, 2), torch.from_numpy(w).permute(3, 2, 0, 1),
+            stride=s, padding=k // 2, groups=groups).permute(0, 2, 3, 1).numpy()
+    assert relative_error(y, expected) <= 1e-5, f"seed {9700 + seed}"
+
+
+def test_grouped_layers_choose_these_kernels():
+    """ResNeXt-50's grouped 3×3 (32 groups of 4 and 8) and 4 groups of 32: these kernels,
+    not the per-group products (measured 2.6-6.8× slower, see ``GROUPED_SCALE``);
+    depthwise has its own lane-by-lane kernels."""
+    f32 = np.dtype(np.float32)
+    for shape, kernel, groups in (((2, 58, 58, 128), (3, 3, 4, 128), 32),
+                                  ((2, 30, 30, 256), (3, 3, 8, 256), 32),
+                                  ((2, 58, 58, 128), (3, 3, 32, 128), 4)):
+        problem = ConvProblem(shape, kernel, (1, 1), (1, 1), groups, (shape[1] - 2,) * 2, f32)
+        assert choose(problem).name == "register_tiles", (shape, groups)
+    depthwise = ConvProblem((2, 60, 60, 96), (5, 5, 1, 96), (1, 1), (1, 1), 96, (56, 56), f32)
+    assert choose(depthwise).name.startswith("register_tiles_depthwise")
+
+
+def random_depthwise(seed):
+    """Channels below, at and between whole vectors; 1×1 … 7×7; strides, dilation,
+    zero padding and crops."""
+    rng = np.random.default_rng(seed)
+    while True:
+        channels = int(rng.choice([2, 3, 16, 17, 40, 96, 130]))
+        k, s, d = int(rng.choice([1, 3, 5, 7])), int(rng.integers(1, 3)), int(rng.integers(1, 3))
+        rank = int(rng.integers(1, 3))
+        size = tuple(int(v) for v in rng.integers((k - 1) * d + 1, 14, rank))
+        pads = tuple((int(a), int(b)) for a, b in rng.integers(-1, 4, (rank, 2)))
+        out = tuple((n + lo + hi - (k - 1) * d - 1) // s + 1 for n, (lo, hi) in zip(size, pads))
+        if min(out) > 0:
+            break
+    x = rng.standard_normal((int(rng.integers(1, 4)), *size, channels))
+    kernel = rng.standard_normal(((k,) * rank) + (1, channels))
+    return x, kernel, (s,) * rank, (d,) * rank, pads, out
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_depthwise_against_definition(seed):
+    x, kernel, strides, dilation, pads, out = random_depthwise(9800 + seed)
+    channels = x.shape[-1]
+    expected = reference_direct(pad(x, pads), kernel, strides, dilation, channels, out)
+    for dtype in (np.float32, np.float64):
+        what = (f"seed {9800 + seed}, {dtype.__name__}, x {x.shape}, kernel {kernel.shape}, "
+                f"strides {strides}, dilation {dilation}, padding {pads}")
+        y = register_tiles.depthwise(x.astype(dtype), kernel.astype(dtype), strides, dilation,
+                                     channels, out, padding=pads, threads=2)
+        assert y.dtype == dtype and y.shape == expected.shape, what
+        assert relative_error(y, expected) <= TOLERANCE[dtype], what
+
+
+def test_depthwise_against_pytorch_and_chosen_for_large_kernels():
+    """EfficientNet's 5×5 depthwise (stride 1 and 2) and MobileNet-style 7×7 through the
+    engine; the dispatch takes these kernels above 3×3 and the unrolled loop at 3×3."""
+    torch = pytest.importorskip("torch")
+    from convarith import ConvSpec
+
+    rng = np.random.default_rng(9850)
+    for k, s, channels in ((5, 1, 96), (5, 2, 40), (7, 1, 33)):
+        x = rng.standard_normal((2, 19, 17, channels)).astype(np.float32)
+        w = rng.standard_normal((k, k, 1, channels)).astype(np.float32)
+        spec = ConvSpec(k, strides=s, padding=k // 2, groups=channels, rank=2)
+        y = conv(x, w, spec, algorithm="register_tiles_depthwise")
+        with torch.no_grad():
+            expected = torch.nn.functional.conv2d(
+                torch.from_numpy(x).permute(0, 3, 1, 2),
+                torch.from_numpy(w).permute(3, 2, 0, 1), stride=s, padding=k // 2,
+                groups=channels).permute(0, 2, 3, 1).numpy()
+        assert relative_error(y, expected) <= 1e-5, (k, s, channels)
+    f32 = np.dtype(np.float32)
+    large = ConvProblem((2, 60, 60, 96), (5, 5, 1, 96), (1, 1), (1, 1), 96, (56, 56), f32)
+    assert choose(large).name == "register_tiles_depthwise"
+    small = ConvProblem((2, 58, 58, 96), (3, 3, 1, 96), (1, 1), (1, 1), 96, (56, 56), f32)
+    assert choose(small).name == "depthwise"

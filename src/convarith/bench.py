@@ -541,7 +541,7 @@ def render(results: Sequence[CaseResult], plain: bool = False) -> str:
     lines = []
     matmul = statistics.median(r.matmul_gflops for r in results) if results else 0.0
     lines.append(f"float32 matmul (2048², np.matmul): {matmul:.0f} GFLOP/s median over cases; "
-                 f"{_blas_description()}")
+                 f"{_blas_description()}; compiled kernels: {_vector_isa()}")
 
     def fmt(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.2f}"
@@ -592,7 +592,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--quick", action="store_true", help="few rounds, forward only")
     parser.add_argument("--plain", action="store_true", help="plain text table (no rich)")
+    parser.add_argument("--suite", choices=("layers", "networks"), default="layers",
+                        help="layers: the nine benchmark layers (default); networks: every "
+                             "distinct layer of seven real networks (convarith.bench_networks)")
+    parser.add_argument("--networks", default=None,
+                        help="networks suite: comma-separated names (default: all)")
+    parser.add_argument("--batches", default=None,
+                        help="networks suite: comma-separated batch sizes (default 1,16; "
+                             "--quick 1)")
+    parser.add_argument("--image", type=int, default=None,
+                        help="networks suite: image side (default 224, --quick 112)")
+    parser.add_argument("--markdown", metavar="FILE",
+                        help="networks suite: also write the per-layer table as Markdown")
     args = parser.parse_args(argv)
+    if args.suite == "networks":
+        return _main_networks(parser, args)
     known = {c.name: c for c in CASES}
     names = [n.strip() for n in args.cases.split(",") if n.strip()]
     unknown = [n for n in names if n not in known]
@@ -613,6 +627,67 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(args.json, "w") as handle:
             json.dump(payload, handle, indent=2)
     return 0
+
+
+def _main_networks(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """``--suite networks``: every distinct layer of the networks, per network totals."""
+    import datetime
+    import platform
+
+    from . import bench_networks as nets
+
+    names = [n.strip() for n in (args.networks or ",".join(nets.NETWORKS)).split(",")
+             if n.strip()]
+    unknown = [n for n in names if n not in nets.NETWORKS]
+    if unknown:
+        parser.error(f"--networks: unknown network(s) {unknown}; choose from "
+                     f"{sorted(nets.NETWORKS)}")
+    try:
+        batches = [int(b) for b in (args.batches or ("1" if args.quick else "1,16")).split(",")]
+    except ValueError:
+        parser.error(f"--batches must be comma-separated whole numbers, got {args.batches!r}")
+    if min(batches) < 1:
+        parser.error(f"--batches must be at least 1, got {args.batches!r}")
+    image = args.image if args.image is not None else (112 if args.quick else 224)
+    if image < 32:
+        parser.error(f"--image must be at least 32 (five halvings), got {image}")
+    repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
+    if repeat < 1:
+        parser.error(f"--repeat must be at least 1, got {repeat}")
+    if args.block < 1:
+        parser.error(f"--block must be at least 1, got {args.block}")
+    results = nets.run_networks(names, batches, image=image, backward=not args.quick,
+                                repeat=repeat, block=args.block,
+                                log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    stamp = (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+             f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
+             f"image {image}, vector ISA {_vector_isa()}; {_blas_description()}")
+    print(stamp)
+    print(nets.render_networks(results))
+    if args.markdown:
+        with open(args.markdown, "w") as handle:
+            handle.write(f"{stamp}\n\n{nets.markdown_layers(results)}\n")
+    if args.json:
+        payload = {"suite": "networks", "machine": stamp,
+                   "networks": [dict(network=n.network, batch=n.batch, direction=n.direction,
+                                     convarith_s=n.total("convarith_s"),
+                                     torch_s=n.total("torch_s"),
+                                     onnxruntime_s=n.total("onnxruntime_s"), ratio=n.ratio,
+                                     layers=[dict(asdict(r), ratio=r.ratio) for r in n.layers])
+                                for n in results],
+                   "summary": nets.summary_networks(results)}
+        with open(args.json, "w") as handle:
+            json.dump(payload, handle, indent=2)
+    return 0
+
+
+def _vector_isa() -> str:
+    from .engine.algorithms import _llvm
+
+    if not _llvm.available():
+        return "none (no compiled kernels: CONVARITH_JIT=0, no llvmlite or no AVX2)"
+    target = _llvm.vector_target()
+    return f"{target.name} ({target.vector_bytes * 8}-bit vectors)"
 
 
 def _quiet_blas_environment() -> dict[str, str] | None:

@@ -14,30 +14,36 @@ multiply-adds. No im2col matrix is made, the input is read where it lies
 NumPy cannot express that, and BLAS only sees it after an im2col copy; numba
 compiles to LLVM but does not keep such a block in registers. So this module
 writes the loops as LLVM IR with explicit vector types and compiles them with
-llvmlite (which numba installs) for the machine it runs on: ``VW`` = 16
-floats (8 doubles) with AVX-512, 8 (4) with AVX2. The functions are plain C
-functions called through ctypes, which releases the GIL.
+llvmlite (which numba installs) for a :class:`VectorTarget`: the machine it
+runs on by default (``VW`` = 16 floats, 8 doubles with AVX-512; 8 and 4 with
+AVX2), or the one named by ``CONVARITH_VECTOR_ISA`` (``avx2`` runs the AVX2
+code on an AVX-512 machine; ``neon`` is AArch64, compiled but only run on
+such a machine). The functions are plain C functions called through ctypes,
+which releases the GIL.
 
-Each compiled module (one per dtype, ``NV`` and streaming or not) exports ``drive``::
+Each compiled module (one per target, dtype, ``NV`` and streaming or not)
+exports ``drive``, called through :meth:`Kernels.run`::
 
-    drive(x, w, y, xoff, R, XR, YR, OW, XP, YP, NCB, K, LDW, WB, ACC, RI, XI, YI,
-          NB, XB, WBB, YB)
+    run(x, w, y, offsets, cells: Cells, sums: Sums, batch: Batch)
 
-for ``NB`` problems (``x``, ``w`` and ``y`` advanced by ``XB``, ``WBB`` and
-``YB`` elements from one to the next: Winograd's batched products), each of
-``R`` output rows, each of ``OW`` cells, and ``NCB`` column blocks of
-``NV·VW`` channels: with rows counted in images of ``RI`` rows (row
-``r = g·RI + i``), cell ``(r, o)`` of block ``b`` is::
+(addresses, then the fields of three named tuples, in the order the IR's
+signature takes them: that signature is generated from the tuples' fields).
+For ``batch.problems`` problems (``x``, ``w`` and ``y`` advanced by ``batch``'s
+strides from one to the next: Winograd's batched products), each of
+``cells.rows`` output rows of ``cells.row_cells`` cells, and ``sums.blocks``
+column blocks of ``NV·VW`` channels: with rows counted in images of
+``cells.image_rows`` rows (row ``r = g·image_rows + i``), cell ``(r, o)`` of
+block ``b`` is::
 
-    y[g·YI + i·YR + o·YP + b·NV·VW + j] (+)= Σ_{k < K}
-        x[g·XI + i·XR + o·XP + xoff[k]] · w[b·WB + k·LDW + j]
+    y[g·y_image + i·y_row + o·y_cell + b·NV·VW + j] (+)= Σ_{k < steps}
+        x[g·x_image + i·x_row + o·x_cell + offsets[k]] · w[b·block_stride + k·step_stride + j]
 
-adding to what ``y`` holds when ``ACC`` is not 0 (for sums split into
-steps of input channels). ``xoff`` lists where each tap and input channel
-reads, so the sum is one loop (two steps per turn) whatever the stride and
-dilation. A block of ``MR`` cells may span rows and images; the last few
-cells get a smaller block. A module built with ``streaming`` stores the
-results with non-temporal stores (aligned, whole cache lines).
+adding to what ``y`` holds when ``sums.accumulate`` is not 0 (for sums split
+into steps of input channels). ``offsets`` lists where each tap and input
+channel reads, so the sum is one loop (two steps per turn) whatever the
+stride and dilation. A block of ``MR`` cells may span rows and images; the
+last few cells get a smaller block. A module built with ``streaming`` stores
+the results with non-temporal stores (aligned, whole cache lines).
 
 Examples
 --------
@@ -50,19 +56,28 @@ True
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from ..state import cached_once
 
-__all__ = ["available", "compiled", "vector_width", "block_rows", "Kernels"]
+__all__ = ["available", "compiled", "vector_width", "block_rows", "max_vectors", "Kernels",
+           "Cells", "Sums", "Batch", "ONE_PROBLEM", "VectorTarget", "vector_target",
+           "target_named", "module_ir", "assembly", "ISA_VARIABLE", "ISA_NAMES"]
 
 #: Steps of the sum per loop turn in a register block.
 UNROLL = 2
+
+#: The environment variable that picks the instruction set the kernels are made for.
+ISA_VARIABLE = "CONVARITH_VECTOR_ISA"
+
+#: Its values: ``native`` (the default: what this CPU has), ``avx2``, ``avx512``, ``neon``.
+ISA_NAMES = ("native", "avx2", "avx512", "neon")
 
 # llvmlite's compiler is not thread-safe; compile one module at a time.
 _LOCK = threading.Lock()
@@ -98,48 +113,148 @@ def _host() -> tuple[str, str, frozenset[str]] | None:
     return llvm.get_host_cpu_name(), features.flatten(), enabled
 
 
-def vector_width(dtype: Any) -> int:
-    """Lanes of one vector register for ``dtype`` on this machine (0: no kernel here)."""
+@dataclass(frozen=True)
+class VectorTarget:
+    """An instruction set the kernels are compiled for.
+
+    ``triple`` empty means this machine's; ``runs_here``: the code can be run on
+    this machine (else it can only be compiled, e.g. to check the IR).
+
+    >>> target_named("neon").vector_bytes, target_named("neon").registers
+    (16, 32)
+    """
+
+    name: str
+    triple: str
+    cpu: str
+    features: str
+    vector_bytes: int
+    registers: int
+    runs_here: bool
+
+    def width(self, dtype: Any) -> int:
+        """Lanes of one vector register for ``dtype``."""
+        return self.vector_bytes // np.dtype(dtype).itemsize
+
+
+def _host_has(*features: str) -> bool:
+    host = _host()
+    return host is not None and all(name in host[2] for name in features)
+
+
+def target_named(name: str) -> VectorTarget:
+    """The :class:`VectorTarget` called ``name`` (one of :data:`ISA_NAMES`).
+
+    ``native`` is what this CPU offers: AVX-512, else AVX2 with FMA, else NEON
+    on AArch64 (``vector_bytes`` 0 where none of them: no kernels).
+
+    >>> target_named("avx2").cpu, target_named("avx2").vector_bytes
+    ('haswell', 32)
+    """
+    if name == "avx2":
+        return VectorTarget("avx2", "", "haswell", "", 32, 16, _host_has("avx2", "fma"))
+    if name == "avx512":
+        return VectorTarget("avx512", "", "skylake-avx512", "", 64, 32, _host_has("avx512f"))
+    if name == "neon":
+        llvm = _llvm()
+        here = llvm is not None and llvm.get_process_triple().startswith(("aarch64", "arm64"))
+        return VectorTarget("neon", "aarch64-unknown-linux-gnu", "generic", "+neon", 16, 32,
+                            here and _host_has("neon"))
+    if name != "native":
+        raise ValueError(f"{ISA_VARIABLE}={name!r} is not an instruction set the kernels are "
+                         f"made for: use one of {', '.join(ISA_NAMES)}")
     host = _host()
     if host is None:
-        return 0
-    itemsize = np.dtype(dtype).itemsize
-    if "avx512f" in host[2]:
-        return 64 // itemsize
-    if "avx2" in host[2] and "fma" in host[2]:
-        return 32 // itemsize
-    return 0
+        return VectorTarget("native", "", "", "", 0, 16, False)
+    cpu, features, enabled = host
+    if "avx512f" in enabled:
+        return VectorTarget("native", "", cpu, features, 64, 32, True)
+    if "avx2" in enabled and "fma" in enabled:
+        return VectorTarget("native", "", cpu, features, 32, 16, True)
+    if "neon" in enabled:
+        return VectorTarget("native", "", cpu, features, 16, 32, True)
+    return VectorTarget("native", "", cpu, features, 0, 16, False)
+
+
+def vector_target() -> VectorTarget:
+    """The target in use: ``CONVARITH_VECTOR_ISA`` (default ``native``), read at each call."""
+    name = os.environ.get(ISA_VARIABLE, "").strip().lower() or "native"
+    return _target(name)
+
+
+@cached_once
+def _target(name: str) -> VectorTarget:
+    return target_named(name)
+
+
+def vector_width(dtype: Any) -> int:
+    """Lanes of one vector register for ``dtype`` on the target in use (0: no kernel here)."""
+    target = vector_target()
+    return target.width(dtype) if target.runs_here else 0
 
 
 def available(dtype: Any = np.float32) -> bool:
-    """Whether this machine compiles the kernels (llvmlite installed, AVX2+FMA or AVX-512,
+    """Whether the kernels run here (llvmlite installed, the target's instructions present,
     ``CONVARITH_JIT`` not ``0``)."""
     return np.dtype(dtype) in (np.dtype(np.float32), np.dtype(np.float64)) and vector_width(
         dtype) > 0
 
 
-def _registers() -> int:
-    host = _host()
-    return 32 if host is not None and "avx512f" in host[2] else 16
+def max_vectors(target: VectorTarget | None = None) -> int:
+    """Vectors of output channels per register block: 4 with 32 registers, else 2."""
+    registers = (target or vector_target()).registers
+    return 4 if registers == 32 else 2
 
 
-def max_vectors() -> int:
-    """Vectors of output channels per register block: 4 with AVX-512's 32 registers, else 2."""
-    return 4 if _registers() == 32 else 2
-
-
-def block_rows(vectors: int) -> int:
+def block_rows(vectors: int, target: VectorTarget | None = None) -> int:
     """``MR``: output cells per register block for ``vectors`` vectors of channels.
 
     The block's ``MR·NV`` accumulators, ``NV`` kernel vectors and a broadcast
-    must fit in the vector registers (32 with AVX-512, 16 with AVX2), and the
-    ``MR`` input pointers in the general registers. Measured with AVX-512 on
+    must fit in the vector registers (32 with AVX-512 and NEON, 16 with AVX2), and
+    the ``MR`` input pointers in the general registers. Measured with AVX-512 on
     a block whose operands are in L1, two steps per loop turn (GFLOP/s of one
     core, peak 239): ``NV × MR`` = 4×6: 210, 4×5: 201, 3×9: 126 (spills),
     3×8: 201, 3×7: 208, 2×8: 189, 2×10: 191, 1×8: 141, 1×14: 129.
     """
-    free = _registers() - 2 - vectors
+    free = (target or vector_target()).registers - 2 - vectors
     return max(1, min(7 if vectors == 3 else 8, free // vectors))
+
+
+class Cells(NamedTuple):
+    """Where one call's output cells lie and read (counts, and strides in elements)."""
+
+    rows: int  #: output rows
+    row_cells: int  #: cells per row
+    image_rows: int  #: rows per image (a block of cells wraps into the next image)
+    x_row: int  #: input elements from one output row to the next
+    x_cell: int  #: ... from one cell of a row to the next
+    x_image: int  #: ... from one image to the next
+    y_row: int  #: output elements from one row to the next
+    y_cell: int  #: ... from one cell to the next
+    y_image: int  #: ... from one image to the next
+
+
+class Sums(NamedTuple):
+    """The sum each cell takes: its steps, and the kernel panel's layout (elements)."""
+
+    blocks: int  #: column blocks of ``NV·VW`` output channels
+    steps: int  #: steps of the sum (taps × input channels); ``offsets`` has as many
+    step_stride: int  #: panel elements from one step to the next
+    block_stride: int  #: panel elements from one column block to the next
+    accumulate: int  #: 1: add to what the output holds, 0: overwrite it
+
+
+class Batch(NamedTuple):
+    """Several independent problems, their operands a fixed number of elements apart."""
+
+    problems: int  #: how many
+    x_stride: int
+    w_stride: int
+    y_stride: int
+
+
+#: One problem (the usual call).
+ONE_PROBLEM = Batch(1, 0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -152,12 +267,26 @@ class Kernels:
     drive: Any
     engine: Any  # keeps the machine code alive
 
+    def run(self, x: int, w: int, y: int, offsets: int, cells: Cells, sums: Sums,
+            batch: Batch = ONE_PROBLEM) -> None:
+        """Run ``drive`` on the operands at addresses ``x, w, y`` and ``offsets`` (int64)."""
+        self.drive(x, w, y, offsets, *cells, *sums, *batch)
 
-def _tile(name: str, mr: int, nv: int, ty: str, vw: int, streaming: bool = False) -> str:
+
+def _parameters(*tuples: Any) -> str:
+    """IR parameters ``i64 %name, ...`` in the order of the named tuples' fields."""
+    return ", ".join(f"i64 %{name}" for kind in tuples for name in kind._fields)
+
+
+def _tile(name: str, mr: int, nv: int, ty: str, vw: int, streaming: bool = False,
+          depthwise: bool = False) -> str:
     """IR of one register block: ``mr`` cells × ``nv`` vectors, summed over taps × channels.
 
     Each cell has its own input and output pointer, so a block may span rows.
     The sum runs :data:`UNROLL` steps per loop turn, then one at a time.
+    ``depthwise``: each step multiplies a *vector* of input channels (read at the
+    step's offset plus the lane) by the kernel's vector, lane by lane, instead of
+    one input value broadcast.
     """
     v = f"<{vw} x {ty}>"
     p = f"{ty}*"
@@ -167,15 +296,31 @@ def _tile(name: str, mr: int, nv: int, ty: str, vw: int, streaming: bool = False
 
     def step(tag: str, k: str, wc: str, before: str) -> list[str]:
         """One step of the sum: accumulators ``%{before}i_j`` -> ``%{tag}d i_j``."""
-        out = [f"  %{tag}kp = getelementptr i64, i64* %xoff, i64 {k}",
+        out = [f"  %{tag}kp = getelementptr i64, i64* %offsets, i64 {k}",
                f"  %{tag}xc = load i64, i64* %{tag}kp"]
         for j in range(nv):
+            if j:
+                out.append(f"  %{tag}wo{j} = add i64 {wc}, {j * vw}")
             out += [
-                f"  %{tag}wo{j} = add i64 {wc}, {j * vw}",
-                f"  %{tag}wp{j} = getelementptr {ty}, {p} %w, i64 %{tag}wo{j}",
+                f"  %{tag}wp{j} = getelementptr {ty}, {p} %w, i64 "
+                f"{f'%{tag}wo{j}' if j else wc}",
                 f"  %{tag}wq{j} = bitcast {p} %{tag}wp{j} to {v}*",
                 f"  %{tag}wv{j} = load {v}, {v}* %{tag}wq{j}, align 4",
             ]
+        if depthwise:
+            for i in range(mr):
+                for j in range(nv):
+                    if j:
+                        out.append(f"  %{tag}xo{i}_{j} = add i64 %{tag}xc, {j * vw}")
+                    out += [
+                        f"  %{tag}xp{i}_{j} = getelementptr {ty}, {p} %x{i}, i64 "
+                        f"{f'%{tag}xo{i}_{j}' if j else f'%{tag}xc'}",
+                        f"  %{tag}xq{i}_{j} = bitcast {p} %{tag}xp{i}_{j} to {v}*",
+                        f"  %{tag}xv{i}_{j} = load {v}, {v}* %{tag}xq{i}_{j}, align 4",
+                        f"  %{tag}d{i}_{j} = call {v} @llvm.fma.v{vw}{_suffix(ty)}"
+                        f"({v} %{tag}xv{i}_{j}, {v} %{tag}wv{j}, {v} %{before}{i}_{j})",
+                    ]
+            return out
         for i in range(mr):
             out += [
                 f"  %{tag}xp{i} = getelementptr {ty}, {p} %x{i}, i64 %{tag}xc",
@@ -190,29 +335,29 @@ def _tile(name: str, mr: int, nv: int, ty: str, vw: int, streaming: bool = False
         return out
 
     lines = [
-        f"define internal void @{name}({xs}, {p} %w, {ys}, i64* %xoff, i64 %K, i64 %LDW, "
-        "i64 %ACC) {",
+        f"define internal void @{name}({xs}, {p} %w, {ys}, i64* %offsets, i64 %steps, "
+        "i64 %step_stride, i64 %accumulate) {",
         "entry:",
-        "  %acc = icmp ne i64 %ACC, 0",
-        "  br i1 %acc, label %load, label %pre",
+        "  %adding = icmp ne i64 %accumulate, 0",
+        "  br i1 %adding, label %load, label %pre",
         "load:",
     ]
     for i, j in acc:
         lines += [
-            f"  %lp{i}_{j} = getelementptr {ty}, {p} %y{i}, i64 {j * vw}",
-            f"  %lq{i}_{j} = bitcast {p} %lp{i}_{j} to {v}*",
+            f"  %lp{i}_{j} = getelementptr {ty}, {p} %y{i}, i64 {j * vw}" if j else "",
+            f"  %lq{i}_{j} = bitcast {p} {f'%lp{i}_{j}' if j else f'%y{i}'} to {v}*",
             f"  %l{i}_{j} = load {v}, {v}* %lq{i}_{j}, align 4",
         ]
     lines += ["  br label %pre", "pre:"]
     for i, j in acc:
         lines.append(f"  %s{i}_{j} = phi {v} [zeroinitializer, %entry], [%l{i}_{j}, %load]")
     lines += [
-        f"  %KU = sub i64 %K, {UNROLL - 1}",
+        f"  %KU = sub i64 %steps, {UNROLL - 1}",
         "  %some = icmp sgt i64 %KU, 0",
         "  br i1 %some, label %ch, label %after",
         "ch:",
         "  %k = phi i64 [0, %pre], [%k1, %ch]",
-        "  %wc = phi i64 [0, %pre], [%wc1, %ch]",
+        f"  %wc = phi i64 [0, %pre], [%wc_{UNROLL - 1}, %ch]",
     ]
     last = f"u{UNROLL - 1}d"
     for i, j in acc:
@@ -221,21 +366,23 @@ def _tile(name: str, mr: int, nv: int, ty: str, vw: int, streaming: bool = False
     for u in range(UNROLL):
         lines += step(f"u{u}", k, wc, before)
         before = f"u{u}d"
-        lines += [f"  %k_{u} = add i64 %k, {u + 1}", f"  %wc_{u} = add i64 {wc}, %LDW"]
-        k, wc = f"%k_{u}", f"%wc_{u}"
+        if u + 1 < UNROLL:
+            lines.append(f"  %k_{u} = add i64 %k, {u + 1}")
+            k = f"%k_{u}"
+        lines.append(f"  %wc_{u} = add i64 {wc}, %step_stride")
+        wc = f"%wc_{u}"
     lines += [
         f"  %k1 = add i64 %k, {UNROLL}",
-        f"  %wc1 = add i64 {wc}, 0",
         "  %km = icmp slt i64 %k1, %KU",
         "  br i1 %km, label %ch, label %after",
         "after:",
         "  %ka = phi i64 [0, %pre], [%k1, %ch]",
-        "  %wa = phi i64 [0, %pre], [%wc1, %ch]",
+        f"  %wa = phi i64 [0, %pre], [{wc}, %ch]",
     ]
     for i, j in acc:
         lines.append(f"  %a{i}_{j} = phi {v} [%s{i}_{j}, %pre], [%{last}{i}_{j}, %ch]")
     lines += [
-        "  %left = icmp slt i64 %ka, %K",
+        "  %left = icmp slt i64 %ka, %steps",
         "  br i1 %left, label %rem, label %done",
         "rem:",
         "  %kr = phi i64 [%ka, %after], [%kr1, %rem]",
@@ -246,8 +393,8 @@ def _tile(name: str, mr: int, nv: int, ty: str, vw: int, streaming: bool = False
     lines += step("r", "%kr", "%wr", "c")
     lines += [
         "  %kr1 = add i64 %kr, 1",
-        "  %wr1 = add i64 %wr, %LDW",
-        "  %krm = icmp slt i64 %kr1, %K",
+        "  %wr1 = add i64 %wr, %step_stride",
+        "  %krm = icmp slt i64 %kr1, %steps",
         "  br i1 %krm, label %rem, label %done",
         "done:",
     ]
@@ -255,13 +402,13 @@ def _tile(name: str, mr: int, nv: int, ty: str, vw: int, streaming: bool = False
         lines.append(f"  %e{i}_{j} = phi {v} [%a{i}_{j}, %after], [%rd{i}_{j}, %rem]")
     for i, j in acc:
         lines += [
-            f"  %yp{i}_{j} = getelementptr {ty}, {p} %y{i}, i64 {j * vw}",
-            f"  %yq{i}_{j} = bitcast {p} %yp{i}_{j} to {v}*",
+            f"  %yp{i}_{j} = getelementptr {ty}, {p} %y{i}, i64 {j * vw}" if j else "",
+            f"  %yq{i}_{j} = bitcast {p} {f'%yp{i}_{j}' if j else f'%y{i}'} to {v}*",
             (f"  store {v} %e{i}_{j}, {v}* %yq{i}_{j}, align {vw * _size(ty)}, !nontemporal !0"
              if streaming else f"  store {v} %e{i}_{j}, {v}* %yq{i}_{j}, align 4"),
         ]
     lines += ["  ret void", "}"]
-    return "\n".join(lines)
+    return "\n".join(line for line in lines if line)
 
 
 def _suffix(ty: str) -> str:
@@ -272,10 +419,10 @@ def _size(ty: str) -> int:
     return 4 if ty == "float" else 8
 
 
-def _cells(tag: str, count: int, ty: str) -> tuple[list[str], str, str]:
+def _cells(tag: str, count: int, ty: str, x_base: str = "%x") -> tuple[list[str], str, str]:
     """IR placing ``count`` cells from image ``%g``, row ``%r``, column ``%o`` (columns
-    wrap at ``%OW``, rows at ``%RI``): the lines, the call's pointer arguments
-    (inputs, outputs), and the cell after."""
+    wrap at ``%row_cells``, rows at ``%image_rows``): the lines, the call's pointer
+    arguments (inputs, outputs), and the cell after."""
     p = f"{ty}*"
     lines = []
     image, row, col = "%g", "%r", "%o"
@@ -283,11 +430,11 @@ def _cells(tag: str, count: int, ty: str) -> tuple[list[str], str, str]:
         if i:
             lines += [
                 f"  %{tag}n{i} = add i64 {col}, 1",
-                f"  %{tag}w{i} = icmp eq i64 %{tag}n{i}, %OW",
+                f"  %{tag}w{i} = icmp eq i64 %{tag}n{i}, %row_cells",
                 f"  %{tag}o{i} = select i1 %{tag}w{i}, i64 0, i64 %{tag}n{i}",
                 f"  %{tag}z{i} = zext i1 %{tag}w{i} to i64",
                 f"  %{tag}s{i} = add i64 {row}, %{tag}z{i}",
-                f"  %{tag}v{i} = icmp eq i64 %{tag}s{i}, %RI",
+                f"  %{tag}v{i} = icmp eq i64 %{tag}s{i}, %image_rows",
                 f"  %{tag}r{i} = select i1 %{tag}v{i}, i64 0, i64 %{tag}s{i}",
                 f"  %{tag}u{i} = zext i1 %{tag}v{i} to i64",
                 f"  %{tag}g{i} = add i64 {image}, %{tag}u{i}",
@@ -296,15 +443,15 @@ def _cells(tag: str, count: int, ty: str) -> tuple[list[str], str, str]:
         if i == count:
             break
         lines += [
-            f"  %{tag}xi{i} = mul i64 {image}, %XI",
-            f"  %{tag}xa{i} = mul i64 {row}, %XR",
-            f"  %{tag}xb{i} = mul i64 {col}, %XP",
+            f"  %{tag}xi{i} = mul i64 {image}, %x_image",
+            f"  %{tag}xa{i} = mul i64 {row}, %x_row",
+            f"  %{tag}xb{i} = mul i64 {col}, %x_cell",
             f"  %{tag}xd{i} = add i64 %{tag}xi{i}, %{tag}xa{i}",
             f"  %{tag}xc{i} = add i64 %{tag}xd{i}, %{tag}xb{i}",
-            f"  %{tag}x{i} = getelementptr {ty}, {p} %x, i64 %{tag}xc{i}",
-            f"  %{tag}yi{i} = mul i64 {image}, %YI",
-            f"  %{tag}ya{i} = mul i64 {row}, %YR",
-            f"  %{tag}yb{i} = mul i64 {col}, %YP",
+            f"  %{tag}x{i} = getelementptr {ty}, {p} {x_base}, i64 %{tag}xc{i}",
+            f"  %{tag}yi{i} = mul i64 {image}, %y_image",
+            f"  %{tag}ya{i} = mul i64 {row}, %y_row",
+            f"  %{tag}yb{i} = mul i64 {col}, %y_cell",
             f"  %{tag}ye{i} = add i64 %{tag}yi{i}, %{tag}ya{i}",
             f"  %{tag}yc{i} = add i64 %{tag}ye{i}, %{tag}yb{i}",
             f"  %{tag}yd{i} = add i64 %{tag}yc{i}, %bo",
@@ -315,28 +462,30 @@ def _cells(tag: str, count: int, ty: str) -> tuple[list[str], str, str]:
     return lines, f"{xs}, {p} %wb, {ys}", f"{image} {row} {col}"
 
 
-def _driver(mr: int, nv: int, ty: str, vw: int) -> str:
-    """IR of ``drive``: column blocks × blocks of ``mr`` cells (spanning rows), then the tail."""
+def _driver(mr: int, nv: int, ty: str, vw: int, depthwise: bool = False) -> str:
+    """IR of ``drive1``: column blocks × blocks of ``mr`` cells (spanning rows), then the
+    tail, for one problem (``depthwise``: a column block reads its own input channels)."""
     p = f"{ty}*"
-    rest = "i64* %xoff, i64 %K, i64 %LDW, i64 %ACC"
-    body, args, after = _cells("m", mr, ty)
+    rest = "i64* %offsets, i64 %steps, i64 %step_stride, i64 %accumulate"
+    x_base = "%xb" if depthwise else "%x"
+    body, args, after = _cells("m", mr, ty, x_base)
     next_image, next_row, next_col = after.split()
     lines = [
-        f"define internal void @drive1({p} %x, {p} %w, {p} %y, i64* %xoff, i64 %R, i64 %XR, i64 %YR, "
-        "i64 %OW, i64 %XP, i64 %YP, i64 %NCB, i64 %K, i64 %LDW, i64 %WB, i64 %ACC, i64 %RI, "
-        "i64 %XI, i64 %YI) {",
+        f"define internal void @drive1({p} %x, {p} %w, {p} %y, i64* %offsets, "
+        f"{_parameters(Cells, Sums)}) {{",
         "entry:",
-        "  %total = mul i64 %R, %OW",
+        "  %total = mul i64 %rows, %row_cells",
         f"  %full = sub i64 %total, {mr - 1}",
         "  %rok = icmp sgt i64 %total, 0",
-        "  %bok = icmp sgt i64 %NCB, 0",
+        "  %bok = icmp sgt i64 %blocks, 0",
         "  %go = and i1 %rok, %bok",
         "  br i1 %go, label %blk, label %exit",
         "blk:",
         "  %b = phi i64 [0, %entry], [%b1, %blk_end]",
         f"  %bo = mul i64 %b, {nv * vw}",
-        "  %bw = mul i64 %b, %WB",
+        "  %bw = mul i64 %b, %block_stride",
         f"  %wb = getelementptr {ty}, {p} %w, i64 %bw",
+        *([f"  %xb = getelementptr {ty}, {p} %x, i64 %bo"] if depthwise else []),
         "  br label %cell",
         "cell:",
         "  %q = phi i64 [0, %blk], [%q1, %cell_body]",
@@ -357,13 +506,13 @@ def _driver(mr: int, nv: int, ty: str, vw: int) -> str:
         "  ]",
     ]
     for r in range(1, mr):
-        body, args, _ = _cells(f"t{r}_", r, ty)
+        body, args, _ = _cells(f"t{r}_", r, ty, x_base)
         lines += [f"tail{r}:", *body, f"  call void @tile{r}({args}, {rest})",
                   "  br label %blk_end"]
     lines += [
         "blk_end:",
         "  %b1 = add i64 %b, 1",
-        "  %bm = icmp slt i64 %b1, %NCB",
+        "  %bm = icmp slt i64 %b1, %blocks",
         "  br i1 %bm, label %blk, label %exit",
         "exit:",
         "  ret void",
@@ -372,41 +521,57 @@ def _driver(mr: int, nv: int, ty: str, vw: int) -> str:
     return "\n".join(lines)
 
 
-def module_ir(dtype: Any, vectors: int, rows: int, width: int, streaming: bool = False
-              ) -> str:
-    """The whole module's IR (for reading; :func:`compiled` builds it)."""
-    ty = "float" if np.dtype(dtype) == np.float32 else "double"
+def _ir_type(dtype: Any) -> str:
+    dtype = np.dtype(dtype)
+    if dtype == np.float32:
+        return "float"
+    if dtype == np.float64:
+        return "double"
+    raise ValueError(f"the compiled kernels take float32 or float64, got dtype {dtype}")
+
+
+def module_ir(dtype: Any, vectors: int, rows: int, width: int, streaming: bool = False,
+              depthwise: bool = False) -> str:
+    """The whole module's IR (for reading; :func:`compiled` builds it); ``depthwise``:
+    lane-by-lane products, each column block reading its own channels (``x`` is
+    advanced like ``y``).
+
+    >>> ir = module_ir(np.float32, 1, 2, 8)
+    >>> "define void @drive(" in ir and "@llvm.fma.v8f32" in ir
+    True
+    """
+    ty = _ir_type(dtype)
     v = f"<{width} x {ty}>"
     parts = [f"declare {v} @llvm.fma.v{width}{_suffix(ty)}({v}, {v}, {v})"]
-    parts += [_tile(f"tile{r}", r, vectors, ty, width, streaming) for r in range(1, rows + 1)]
-    parts.append(_driver(rows, vectors, ty, width))
+    parts += [_tile(f"tile{r}", r, vectors, ty, width, streaming, depthwise)
+              for r in range(1, rows + 1)]
+    parts.append(_driver(rows, vectors, ty, width, depthwise))
     parts.append(_batches(ty))
     parts.append("!0 = !{i32 1}")
     return "\n\n".join(parts) + "\n"
 
 
 def _batches(ty: str) -> str:
-    """IR of ``drive``: ``drive1`` (one problem) over ``NB`` problems ``XB, WBB, YB`` apart."""
+    """IR of ``drive``: ``drive1`` (one problem) over ``problems`` problems."""
     p = f"{ty}*"
-    one = ("i64* %xoff, i64 %R, i64 %XR, i64 %YR, i64 %OW, i64 %XP, i64 %YP, i64 %NCB, "
-           "i64 %K, i64 %LDW, i64 %WB, i64 %ACC, i64 %RI, i64 %XI, i64 %YI")
+    one = _parameters(Cells, Sums)
     return "\n".join([
-        f"define void @drive({p} %x, {p} %w, {p} %y, {one}, i64 %NB, i64 %XB, i64 %WBB, "
-        "i64 %YB) {",
+        f"define void @drive({p} %x, {p} %w, {p} %y, i64* %offsets, "
+        f"{_parameters(Cells, Sums, Batch)}) {{",
         "entry:",
-        "  %go = icmp sgt i64 %NB, 0",
+        "  %go = icmp sgt i64 %problems, 0",
         "  br i1 %go, label %loop, label %exit",
         "loop:",
         "  %i = phi i64 [0, %entry], [%i1, %loop]",
-        "  %xi = mul i64 %i, %XB",
+        "  %xi = mul i64 %i, %x_stride",
         f"  %xq = getelementptr {ty}, {p} %x, i64 %xi",
-        "  %wi = mul i64 %i, %WBB",
+        "  %wi = mul i64 %i, %w_stride",
         f"  %wq = getelementptr {ty}, {p} %w, i64 %wi",
-        "  %yi = mul i64 %i, %YB",
+        "  %yi = mul i64 %i, %y_stride",
         f"  %yq = getelementptr {ty}, {p} %y, i64 %yi",
-        f"  call void @drive1({p} %xq, {p} %wq, {p} %yq, {one})",
+        f"  call void @drive1({p} %xq, {p} %wq, {p} %yq, i64* %offsets, {one})",
         "  %i1 = add i64 %i, 1",
-        "  %more = icmp slt i64 %i1, %NB",
+        "  %more = icmp slt i64 %i1, %problems",
         "  br i1 %more, label %loop, label %exit",
         "exit:",
         "  ret void",
@@ -414,27 +579,59 @@ def _batches(ty: str) -> str:
     ])
 
 
-@cached_once
-def compiled(dtype: Any, vectors: int, streaming: bool = False) -> Kernels | None:
-    """The module for ``dtype`` and ``vectors`` vectors per block (``None``: not here);
-    ``streaming``: results are stored past the caches (aligned output only)."""
-    dtype = np.dtype(dtype)
-    if not available(dtype):
-        return None
+def _machine(llvm: Any, target: VectorTarget) -> Any:
+    """llvmlite's target machine for ``target`` (all targets initialised for a foreign one)."""
+    if target.triple:
+        llvm.initialize_all_targets()
+        llvm.initialize_all_asmprinters()
+        found = llvm.Target.from_triple(target.triple)
+    else:
+        found = llvm.Target.from_default_triple()
+    return found.create_target_machine(cpu=target.cpu, features=target.features, opt=3)
+
+
+def assembly(target: VectorTarget, dtype: Any, vectors: int, streaming: bool = False) -> str:
+    """The machine code of a module for ``target``, as assembly text: checks that the IR
+    compiles for an instruction set this machine need not run (raises ``RuntimeError``
+    if llvmlite or its backend for ``target`` is missing)."""
     llvm = _llvm()
-    host = _host()
-    assert host is not None
-    width = vector_width(dtype)
-    rows = block_rows(vectors)
+    if llvm is None:
+        raise RuntimeError("llvmlite is not installed (or CONVARITH_JIT=0)")
+    ir = module_ir(dtype, vectors, block_rows(vectors, target), target.width(dtype), streaming)
     with _LOCK:
-        module = llvm.parse_assembly(module_ir(dtype, vectors, rows, width, streaming))
+        machine = _machine(llvm, target)
+        module = llvm.parse_assembly(ir)
+        if target.triple:
+            module.triple = target.triple
         module.verify()
-        target = llvm.Target.from_default_triple()
-        machine = target.create_target_machine(cpu=host[0], features=host[1], opt=3)
-        engine = llvm.create_mcjit_compiler(module, machine)
+        return str(machine.emit_assembly(module))
+
+
+def compiled(dtype: Any, vectors: int, streaming: bool = False, depthwise: bool = False
+             ) -> Kernels | None:
+    """The module for ``dtype`` and ``vectors`` vectors per block on the target in use
+    (``None``: not here); ``streaming``: results are stored past the caches (aligned
+    output only); ``depthwise``: see :func:`module_ir`."""
+    return _compiled(np.dtype(dtype), vectors, streaming, vector_target(), depthwise)
+
+
+@cached_once
+def _compiled(dtype: np.dtype[Any], vectors: int, streaming: bool, target: VectorTarget,
+              depthwise: bool = False) -> Kernels | None:
+    llvm = _llvm()
+    width = target.width(dtype)
+    if llvm is None or not target.runs_here or width == 0 or dtype.char not in "fd":
+        return None
+    rows = block_rows(vectors, target)
+    with _LOCK:
+        module = llvm.parse_assembly(module_ir(dtype, vectors, rows, width, streaming,
+                                               depthwise))
+        module.verify()
+        engine = llvm.create_mcjit_compiler(module, _machine(llvm, target))
         engine.finalize_object()
         address = engine.get_function_address("drive")
     pointer = ctypes.c_void_p
+    counts = len(Cells._fields) + len(Sums._fields) + len(Batch._fields)
     signature = ctypes.CFUNCTYPE(None, pointer, pointer, pointer, pointer,
-                                 *([ctypes.c_int64] * 18))
+                                 *([ctypes.c_int64] * counts))
     return Kernels(vectors, rows, width, signature(address), engine)

@@ -1,0 +1,635 @@
+"""Every distinct convolution, pooling and transposed layer of real networks, timed.
+
+``python -m convarith.bench --suite networks`` (``--help`` for options). The
+layers are generated from the networks' published definitions, written below
+as the tables the papers give (ResNet-50's ``[3, 4, 6, 3]`` bottlenecks,
+ResNeXt-50's cardinality 32 × width 4, MobileNetV2's ``(t, c, n, s)`` rows,
+EfficientNet-B0's stages, VGG-16's configuration, a four-level U-Net with a
+2×2 stride-2 transposed decoder, a WaveNet stack of causal convolutions
+dilated 1 … 512), with PyTorch's padding (``k // 2`` each side) and the
+ImageNet input (224²; WaveNet: 8192 samples).
+
+A network's repeated layers are timed once and counted as often as they
+occur. Each distinct layer runs on the activations the network gives it
+where the layer before produced them (that layer's output, through a ReLU),
+else on ReLU'd normal noise of the right shape. Every layer runs through
+convarith, PyTorch (the better of NCHW and channels-last) and onnxruntime
+(forward; a one-node model per layer), round-robin after warm-up; a
+network's time is the sum over its layers of count × median time.
+
+Examples
+--------
+>>> layers = NETWORKS["vgg16"](224)
+>>> sum(1 for layer in layers if layer.kind == "conv"), len(distinct(layers))
+(13, 14)
+>>> round(multiply_adds(NETWORKS["resnet50"](224)) / 1e9, 2)
+4.09
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .spec import ConvSpec
+
+__all__ = ["NetLayer", "NETWORKS", "distinct", "multiply_adds", "LayerResult",
+           "NetworkResult", "run_networks", "render_networks", "markdown_layers",
+           "inventory_markdown", "summary_networks"]
+
+
+@dataclass(frozen=True)
+class NetLayer:
+    """One layer as the network has it: ``kind`` is ``conv``, ``transposed``,
+    ``max_pool`` or ``avg_pool``; ``size`` the spatial input size; ``padding``
+    PyTorch's symmetric integer or ``"causal"``."""
+
+    kind: str
+    size: tuple[int, ...]
+    in_channels: int
+    out_channels: int
+    kernel: int
+    stride: int = 1
+    padding: int | str = 0
+    dilation: int = 1
+    groups: int = 1
+
+    @property
+    def rank(self) -> int:
+        return len(self.size)
+
+    def spec(self) -> ConvSpec:
+        pool = {"max_pool": "max", "avg_pool": "avg"}.get(self.kind)
+        return ConvSpec(self.kernel, strides=self.stride, dilation=self.dilation,
+                        padding=self.padding, groups=self.groups,
+                        transposed=self.kind == "transposed", pool=pool, rank=self.rank)
+
+    def input_shape(self, batch: int) -> tuple[int, ...]:
+        return (batch, *self.size, self.in_channels)
+
+    def output_size(self) -> tuple[int, ...]:
+        return tuple(self.spec().resolve(self.input_shape(1)).output_size)
+
+    def output_shape(self, batch: int) -> tuple[int, ...]:
+        return (batch, *self.output_size(), self.out_channels)
+
+    def kernel_shape(self) -> tuple[int, ...] | None:
+        """convarith's layout: ``(*K, C // g, F)``; transposed ``(*K, F // g, C)``."""
+        taps = (self.kernel,) * self.rank
+        if self.kind == "conv":
+            return (*taps, self.in_channels // self.groups, self.out_channels)
+        if self.kind == "transposed":
+            return (*taps, self.out_channels // self.groups, self.in_channels)
+        return None
+
+    def multiply_adds(self, batch: int = 1) -> int:
+        """Multiply-adds of the convolution (0 for pooling)."""
+        if self.kind == "conv":
+            cells = batch * math.prod(self.output_size())
+        elif self.kind == "transposed":
+            cells = batch * math.prod(self.size)
+        else:
+            return 0
+        return cells * self.kernel**self.rank * self.in_channels // self.groups \
+            * self.out_channels
+
+    @property
+    def title(self) -> str:
+        size = "x".join(str(s) for s in self.size)
+        what = {"conv": "", "transposed": "transposed ", "max_pool": "max pool ",
+                "avg_pool": "avg pool "}[self.kind]
+        kernel = "x".join([str(self.kernel)] * self.rank)
+        parts = [f"{what}{kernel}"]
+        if self.stride > 1:
+            parts.append(f"s{self.stride}")
+        if self.dilation > 1:
+            parts.append(f"d{self.dilation}")
+        if self.padding == "causal":
+            parts.append("causal")
+        if self.groups == self.in_channels and self.groups > 1:
+            parts.append("depthwise")
+        elif self.groups > 1:
+            parts.append(f"g{self.groups}")
+        return f"{' '.join(parts)}, {self.in_channels}->{self.out_channels}, {size}"
+
+
+class _Builder:
+    """Tracks the activation's shape as layers are added in the network's order."""
+
+    def __init__(self, size: tuple[int, ...], channels: int) -> None:
+        self.size, self.channels = size, channels
+        self.layers: list[NetLayer] = []
+
+    def _add(self, layer: NetLayer) -> None:
+        self.layers.append(layer)
+        self.size, self.channels = layer.output_size(), layer.out_channels
+
+    def conv(self, out: int, kernel: int, stride: int = 1, *, groups: int = 1,
+             dilation: int = 1, padding: int | str | None = None) -> None:
+        pad = (kernel - 1) // 2 * dilation if padding is None else padding
+        self._add(NetLayer("conv", self.size, self.channels, out, kernel, stride, pad,
+                           dilation, groups))
+
+    def transposed(self, out: int, kernel: int, stride: int) -> None:
+        self._add(NetLayer("transposed", self.size, self.channels, out, kernel, stride))
+
+    def pool(self, kind: str, kernel: int, stride: int, padding: int = 0) -> None:
+        self._add(NetLayer(f"{kind}_pool", self.size, self.channels, self.channels, kernel,
+                           stride, padding))
+
+    def global_pool(self) -> None:
+        """Average over the whole image (one kernel the image's size; square images)."""
+        self.pool("avg", self.size[0], 1)
+
+    def at(self, size: tuple[int, ...], channels: int) -> None:
+        """Continue from another activation (a branch, a skip connection, a concat)."""
+        self.size, self.channels = size, channels
+
+
+def resnet(image: int = 224, *, groups: int = 1, width_per_group: int = 64) -> list[NetLayer]:
+    """ResNet-50 (He et al. 2016, torchvision's v1.5: the stride on the 3×3); with
+    ``groups=32, width_per_group=4`` ResNeXt-50 32×4d (Xie et al. 2017)."""
+    net = _Builder((image, image), 3)
+    net.conv(64, 7, 2)
+    net.pool("max", 3, 2, 1)
+    for stage, (blocks, planes) in enumerate(zip((3, 4, 6, 3), (64, 128, 256, 512))):
+        width = planes * width_per_group // 64 * groups
+        for block in range(blocks):
+            stride = 2 if stage > 0 and block == 0 else 1
+            size, channels = net.size, net.channels
+            net.conv(width, 1)
+            net.conv(width, 3, stride, groups=groups)
+            net.conv(planes * 4, 1)
+            if block == 0:  # the projection shortcut
+                net.at(size, channels)
+                net.conv(planes * 4, 1, stride)
+    net.global_pool()
+    return net.layers
+
+
+def resnext50(image: int = 224) -> list[NetLayer]:
+    return resnet(image, groups=32, width_per_group=4)
+
+
+#: MobileNetV2 (Sandler et al. 2018, table 2): expansion t, channels c, repeats n, stride s.
+MOBILENET_V2 = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                (6, 160, 3, 2), (6, 320, 1, 1))
+
+
+def mobilenet_v2(image: int = 224) -> list[NetLayer]:
+    net = _Builder((image, image), 3)
+    net.conv(32, 3, 2)
+    for t, c, n, s in MOBILENET_V2:
+        for i in range(n):
+            hidden = net.channels * t
+            if t != 1:
+                net.conv(hidden, 1)
+            net.conv(hidden, 3, s if i == 0 else 1, groups=hidden)
+            net.conv(c, 1)
+    net.conv(1280, 1)
+    net.global_pool()
+    return net.layers
+
+
+#: EfficientNet-B0 (Tan & Le 2019, table 1): expansion, kernel, stride, channels, repeats.
+EFFICIENTNET_B0 = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
+                   (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
+
+
+def efficientnet_b0(image: int = 224) -> list[NetLayer]:
+    """MBConv blocks with squeeze-and-excitation (a global pool and two 1×1
+    convolutions on one cell, squeezing to a quarter of the block's input)."""
+    net = _Builder((image, image), 3)
+    net.conv(32, 3, 2)
+    for t, k, s, c, n in EFFICIENTNET_B0:
+        for i in range(n):
+            block_in = net.channels
+            hidden = block_in * t
+            if t != 1:
+                net.conv(hidden, 1)
+            net.conv(hidden, k, s if i == 0 else 1, groups=hidden)
+            size = net.size
+            net.global_pool()
+            net.conv(max(1, block_in // 4), 1)
+            net.conv(hidden, 1)
+            net.at(size, hidden)
+            net.conv(c, 1)
+    net.conv(1280, 1)
+    net.global_pool()
+    return net.layers
+
+
+#: VGG-16 (Simonyan & Zisserman 2015, configuration D): 3×3 convolutions, "M" a 2×2 max pool.
+VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+def vgg16(image: int = 224) -> list[NetLayer]:
+    net = _Builder((image, image), 3)
+    for item in VGG16:
+        if item == "M":
+            net.pool("max", 2, 2)
+        else:
+            net.conv(int(item), 3)
+    return net.layers
+
+
+def unet(image: int = 224, base: int = 64, levels: int = 4) -> list[NetLayer]:
+    """U-Net (Ronneberger et al. 2015) with "same" 3×3 convolutions: ``levels`` of two
+    convolutions and a 2×2 max pool, the bottom, then per level a 2×2 stride-2
+    transposed convolution, the skip's channels concatenated, two convolutions;
+    a 1×1 to 2 classes."""
+    net = _Builder((image, image), 3)
+    skips = []
+    for level in range(levels):
+        width = base << level
+        net.conv(width, 3)
+        net.conv(width, 3)
+        skips.append((net.size, net.channels))
+        net.pool("max", 2, 2)
+    net.conv(base << levels, 3)
+    net.conv(base << levels, 3)
+    for size, channels in reversed(skips):
+        net.transposed(channels, 2, 2)
+        net.at(size, 2 * channels)
+        net.conv(channels, 3)
+        net.conv(channels, 3)
+    net.conv(2, 1)
+    return net.layers
+
+
+def wavenet(length: int = 8192, residual: int = 64, skip: int = 256) -> list[NetLayer]:
+    """WaveNet (van den Oord et al. 2016): 256 µ-law classes in, a causal 2-tap
+    convolution, then per dilation 1, 2, … 512 a causal dilated 2-tap convolution
+    to the gate's two halves, a 1×1 back to the residual channels and a 1×1 to the
+    skip channels; two 1×1 on the summed skips."""
+    net = _Builder((length,), 256)
+    net.conv(residual, 2, padding="causal")
+    for level in range(10):
+        net.conv(2 * residual, 2, dilation=1 << level, padding="causal")
+        net.at((length,), residual)  # tanh · sigmoid of the two halves
+        net.conv(residual, 1)
+        net.at((length,), residual)
+        net.conv(skip, 1)
+        net.at((length,), residual)
+    net.at((length,), skip)
+    net.conv(skip, 1)
+    net.conv(256, 1)
+    return net.layers
+
+
+#: The suite's networks: each a function of the image size (WaveNet: of the length / 27).
+NETWORKS: dict[str, Callable[[int], list[NetLayer]]] = {
+    "resnet50": resnet,
+    "resnext50": resnext50,
+    "mobilenet_v2": mobilenet_v2,
+    "efficientnet_b0": efficientnet_b0,
+    "vgg16": vgg16,
+    "unet": unet,
+    "wavenet": lambda image: wavenet(max(1024, image * 8192 // 224)),
+}
+
+
+def distinct(layers: Sequence[NetLayer]) -> dict[NetLayer, int]:
+    """Each distinct layer (in order of first use) and how often it occurs."""
+    counts: dict[NetLayer, int] = {}
+    for layer in layers:
+        counts[layer] = counts.get(layer, 0) + 1
+    return counts
+
+
+def multiply_adds(layers: Sequence[NetLayer], batch: int = 1) -> int:
+    """Multiply-adds of the convolutions (pooling counts 0)."""
+    return sum(layer.multiply_adds(batch) for layer in layers)
+
+
+# --------------------------------------------------------------------------- runners
+
+
+def _case(layer: NetLayer, batch: int) -> Any:
+    from .bench import BenchCase
+
+    kernel_shape = layer.kernel_shape()
+    assert kernel_shape is not None
+    return BenchCase(layer.title, layer.title, layer.input_shape(batch), kernel_shape,
+                     layer.spec())
+
+
+def _torch_pool(layer: NetLayer, x: np.ndarray, backward: bool) -> Callable[[], Any] | None:
+    try:
+        import torch
+        import torch.nn.functional as tf
+    except ImportError:
+        return None
+    torch.set_num_threads(os.cpu_count() or 1)
+    xt = torch.from_numpy(np.moveaxis(x, -1, 1).copy()).contiguous(
+        memory_format=torch.channels_last)
+    padding = int(layer.padding)
+    if layer.kind == "max_pool":
+        def pool(a: Any) -> Any:
+            return tf.max_pool2d(a, layer.kernel, layer.stride, padding)
+    else:
+        def pool(a: Any) -> Any:
+            return tf.avg_pool2d(a, layer.kernel, layer.stride, padding,
+                                 count_include_pad=False)
+    if not backward:
+        def forward() -> Any:
+            with torch.no_grad():
+                return pool(xt)
+        return forward
+    a = xt.clone().requires_grad_(True)
+    g = torch.randn_like(pool(a))
+    return lambda: torch.autograd.grad(pool(a), (a,), g)
+
+
+def _onnx_runner(layer: NetLayer, x: np.ndarray, kernel: np.ndarray | None
+                 ) -> Callable[[], Any] | None:
+    """A one-node onnxruntime session (NCHW, all cores), or None without onnxruntime."""
+    try:
+        import onnx
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+    except ImportError:
+        return None
+    resolved = layer.spec().resolve(x.shape)
+    xn = np.ascontiguousarray(np.moveaxis(x, -1, 1))
+    attrs: dict[str, Any] = {}
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(xn.shape))]
+    initial = []
+    if layer.kind in ("conv", "transposed"):
+        assert kernel is not None
+        w = np.ascontiguousarray(np.moveaxis(kernel, (-1, -2), (0, 1)))
+        initial.append(helper.make_tensor("w", TensorProto.FLOAT, list(w.shape),
+                                          w.ravel().tolist()))
+        attrs.update(strides=[layer.stride] * layer.rank, dilations=[layer.dilation] * layer.rank,
+                     group=layer.groups)
+        if layer.kind == "conv":
+            op = "Conv"
+            pads = [lo for lo, _ in resolved.padding] + [hi for _, hi in resolved.padding]
+        else:
+            op = "ConvTranspose"
+            pads = [lo for lo, _ in resolved.crop] + [hi for _, hi in resolved.crop]
+        attrs["pads"] = pads
+        node = helper.make_node(op, ["x", "w"], ["y"], **attrs)
+    else:
+        op = "MaxPool" if layer.kind == "max_pool" else "AveragePool"
+        attrs.update(kernel_shape=[layer.kernel] * layer.rank,
+                     strides=[layer.stride] * layer.rank,
+                     pads=[int(layer.padding)] * (2 * layer.rank))
+        node = helper.make_node(op, ["x"], ["y"], **attrs)
+    out = list(np.moveaxis(np.empty(layer.output_shape(x.shape[0]), np.int8), -1, 1).shape)
+    graph = helper.make_graph([node], "layer", inputs,
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out)],
+                              initializer=initial)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = min(model.ir_version, 9)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = os.cpu_count() or 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(onnx._serialize(model) if hasattr(onnx, "_serialize")
+                                   else model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    feed = {"x": xn}
+    return lambda: session.run(None, feed)
+
+
+@dataclass
+class LayerResult:
+    """Medians (seconds) of one distinct layer of a network, one direction."""
+
+    network: str
+    layer: str
+    kind: str
+    batch: int
+    direction: str
+    count: int
+    multiply_adds: int
+    paths: list[str]
+    convarith_s: float
+    torch_s: float | None = None
+    onnxruntime_s: float | None = None
+    rel_error: float = 0.0
+
+    @property
+    def ratio(self) -> float | None:
+        return None if self.torch_s is None else self.torch_s / self.convarith_s
+
+
+@dataclass
+class NetworkResult:
+    """A network's layers summed (count × median), one batch and direction."""
+
+    network: str
+    batch: int
+    direction: str
+    layers: list[LayerResult] = field(default_factory=list)
+
+    def total(self, column: str) -> float | None:
+        values = [getattr(r, column) for r in self.layers]
+        if any(v is None for v in values):
+            return None
+        return sum(v * r.count for v, r in zip(values, self.layers))
+
+    @property
+    def ratio(self) -> float | None:
+        ours, torch = self.total("convarith_s"), self.total("torch_s")
+        return None if ours is None or torch is None else torch / ours
+
+    @property
+    def ort_ratio(self) -> float | None:
+        ours, ort = self.total("convarith_s"), self.total("onnxruntime_s")
+        return None if ours is None or ort is None else ort / ours
+
+
+def _inputs(layers: dict[NetLayer, int], batch: int, seed: int
+            ) -> dict[NetLayer, tuple[np.ndarray, np.ndarray | None]]:
+    """Each distinct layer's input (the previous layer's output through a ReLU where it
+    fits, else ReLU'd noise) and kernel (He-scaled normal)."""
+    from .engine import conv
+
+    rng = np.random.default_rng(seed)
+    made: dict[NetLayer, tuple[np.ndarray, np.ndarray | None]] = {}
+    previous: np.ndarray | None = None
+    for layer in layers:
+        shape = layer.input_shape(batch)
+        if previous is not None and previous.shape == shape:
+            x = np.maximum(previous, 0)
+        else:
+            x = np.maximum(rng.standard_normal(shape, np.float32), 0)
+        kernel_shape = layer.kernel_shape()
+        kernel = None
+        if kernel_shape is not None:
+            fan_in = math.prod(kernel_shape[:-1])
+            kernel = (rng.standard_normal(kernel_shape, np.float32)
+                      * np.float32(math.sqrt(2.0 / fan_in)))
+        made[layer] = (x, kernel)
+        previous = conv(x, kernel, layer.spec()).astype(np.float32)
+    return made
+
+
+def _paths(layer: NetLayer, batch: int, backward: bool) -> list[str]:
+    if layer.kind not in ("conv", "transposed"):
+        return ["pooling"]
+    from .bench import _forward_paths
+
+    return _forward_paths(_case(layer, batch), backward)
+
+
+def _time_layer(name: str, layer: NetLayer, count: int, batch: int, backward: bool,
+                x: np.ndarray, kernel: np.ndarray | None, repeat: int, block: int
+                ) -> LayerResult:
+    """One distinct layer: convarith's error against float64, then the runners in turn."""
+    from .bench import _alternate, _relative_error, _torch_runner
+    from .engine import conv, conv_vjp
+
+    spec = layer.spec()
+    d_out = (np.random.default_rng(1).standard_normal(layer.output_shape(batch), np.float32)
+             if backward else None)
+
+    def ours() -> Any:
+        if d_out is not None:
+            return tuple(conv_vjp(x, kernel, spec, d_out)[:2])
+        return conv(x, kernel, spec)
+
+    x64 = x.astype(np.float64)
+    k64 = None if kernel is None else kernel.astype(np.float64)
+    reference = (tuple(conv_vjp(x64, k64, spec, d_out.astype(np.float64))[:2])
+                 if d_out is not None else conv(x64, k64, spec))
+    error = _relative_error(ours(), reference)
+    runners: dict[str, Callable[[], Any]] = {"convarith": ours}
+    torch_fn: Callable[[], Any] | None
+    if kernel is not None:
+        picked = _torch_runner(_case(layer, batch), x, kernel, backward)
+        torch_fn = picked[0] if picked is not None else None
+    else:
+        torch_fn = _torch_pool(layer, x, backward)
+    if torch_fn is not None:
+        runners["torch"] = torch_fn
+    if not backward:
+        ort_fn = _onnx_runner(layer, x, kernel)
+        if ort_fn is not None:
+            runners["onnxruntime"] = ort_fn
+    for fn in runners.values():
+        fn()
+    samples = _alternate(runners, repeat, block, 0.005)
+    median = {k: statistics.median(v) for k, v in samples.items()}
+    return LayerResult(name, layer.title, layer.kind, batch,
+                       "backward" if backward else "forward", count,
+                       layer.multiply_adds(batch), _paths(layer, batch, backward),
+                       median["convarith"], median.get("torch"), median.get("onnxruntime"),
+                       error)
+
+
+def run_networks(names: Sequence[str], batches: Sequence[int] = (1, 16), *, image: int = 224,
+                 backward: bool = True, repeat: int = 3, block: int = 1,
+                 log: Callable[[str], None] | None = None,
+                 only_first: bool = False) -> list[NetworkResult]:
+    """Time every distinct layer of each network in ``names`` at each batch size.
+
+    ``only_first``: the first convolution of each network only (a smoke run).
+    """
+    results = []
+    for name in names:
+        layers = distinct(NETWORKS[name](image))
+        if only_first:
+            first = next(layer for layer in layers if layer.kind == "conv")
+            layers = {first: layers[first]}
+        for batch in batches:
+            inputs = _inputs(layers, batch, seed=batch)
+            for backward_pass in ([False, True] if backward else [False]):
+                network = NetworkResult(name, batch, "backward" if backward_pass else "forward")
+                for layer, count in layers.items():
+                    if log:
+                        log(f"{name} batch {batch} {network.direction}: {layer.title}")
+                    x, kernel = inputs[layer]
+                    network.layers.append(_time_layer(name, layer, count, batch, backward_pass,
+                                                      x, kernel, repeat, block))
+                results.append(network)
+    return results
+
+
+def _geomean(values: Sequence[float]) -> float | None:
+    return math.exp(statistics.fmean(math.log(v) for v in values)) if values else None
+
+
+def summary_networks(results: Sequence[NetworkResult]) -> dict[str, Any]:
+    """Targets' figures: per-layer geomean and minimum of PyTorch / convarith."""
+    out: dict[str, Any] = {}
+    for direction in ("forward", "backward"):
+        ratios = [r.ratio for n in results if n.direction == direction for r in n.layers
+                  if r.ratio]
+        out[f"{direction}_layer_geomean"] = _geomean(ratios)
+        out[f"{direction}_layer_min"] = min(ratios, default=None)
+        out[f"{direction}_network_geomean"] = _geomean(
+            [n.ratio for n in results if n.direction == direction and n.ratio])
+    out["worst_error"] = max((r.rel_error for n in results for r in n.layers), default=None)
+    return out
+
+
+def _fmt(value: float | None, scale: float = 1.0, digits: int = 2) -> str:
+    return "" if value is None else f"{value * scale:.{digits}f}"
+
+
+def render_networks(results: Sequence[NetworkResult]) -> str:
+    """Per network: totals in ms and the ratios (above 1: convarith is faster)."""
+    header = ["network", "batch", "dir", "layers", "convarith ms", "torch ms", "ort ms",
+              "x torch", "x ort", "min layer x torch"]
+    rows = []
+    for n in results:
+        ratios = [r.ratio for r in n.layers if r.ratio]
+        rows.append([n.network, str(n.batch), n.direction[:3], str(len(n.layers)),
+                     _fmt(n.total("convarith_s"), 1e3, 1), _fmt(n.total("torch_s"), 1e3, 1),
+                     _fmt(n.total("onnxruntime_s"), 1e3, 1), _fmt(n.ratio),
+                     _fmt(n.ort_ratio), _fmt(min(ratios, default=None))])
+    info = summary_networks(results)
+    lines = _table(header, rows)
+    lines.append("")
+    lines.append(
+        f"per-layer geomean torch/convarith: forward {_fmt(info['forward_layer_geomean'])} "
+        f"(min {_fmt(info['forward_layer_min'])}), backward "
+        f"{_fmt(info['backward_layer_geomean'])} (min {_fmt(info['backward_layer_min'])}); "
+        f"worst relative error {info['worst_error']:.1e}" if info["worst_error"] is not None
+        else "no layers")
+    return "\n".join(lines)
+
+
+def markdown_layers(results: Sequence[NetworkResult]) -> str:
+    """The per-layer table (Markdown)."""
+    header = ["network", "batch", "dir", "layer", "count", "path", "convarith ms", "torch ms",
+              "ort ms", "x torch", "rel err"]
+    rows = [[r.network, str(r.batch), r.direction[:3], r.layer, str(r.count),
+             "+".join(dict.fromkeys(r.paths)), _fmt(r.convarith_s, 1e3, 3),
+             _fmt(r.torch_s, 1e3, 3), _fmt(r.onnxruntime_s, 1e3, 3), _fmt(r.ratio),
+             f"{r.rel_error:.1e}"] for n in results for r in n.layers]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def inventory_markdown(image: int = 224) -> str:
+    """Every network's distinct layers (Markdown): how often each occurs and its
+    multiply-adds per image, with the network's total."""
+    lines = []
+    for name, build in NETWORKS.items():
+        layers = build(image)
+        total = multiply_adds(layers)
+        lines += [f"### {name}: {len(layers)} layers, {len(distinct(layers))} distinct, "
+                  f"{total / 1e9:.3f} G multiply-adds", "",
+                  "| layer | count | M multiply-adds (each) |", "|---|---|---|"]
+        lines += [f"| {layer.title} | {count} | {layer.multiply_adds() / 1e6:.1f} |"
+                  for layer, count in distinct(layers).items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(c) for c in col) for col in zip(header, *rows)]
+    out = [" | ".join(h.ljust(w) for h, w in zip(header, widths)),
+           "-+-".join("-" * w for w in widths)]
+    out += [" | ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    return out
