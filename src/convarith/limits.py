@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, fields, replace
 
-__all__ = ["Limits", "current_limits", "limits", "check_values", "check_layers"]
+__all__ = ["Limits", "current_limits", "limits", "check_values", "check_layers", "check_model_layers"]
 
 
 @dataclass(frozen=True)
@@ -38,11 +38,16 @@ class Limits:
         Layers in one stack (receptive fields, summaries, models).
     max_image_pixels
         Pixels in one decoded picture.
+    max_model_layers
+        Layers (ONNX nodes, Keras layers) in one model file that
+        :func:`convarith.summary.summarize` and the model readers accept; real
+        networks have thousands (``convarith summary --max-layers``).
     """
 
     max_output_values: int = 2**28
     max_layers: int = 512
     max_image_pixels: int = 50_000_000
+    max_model_layers: int = 20_000
 
 
 _LIMITS: ContextVar[Limits] = ContextVar("convarith_limits", default=Limits())  # noqa: B039 (frozen)
@@ -101,4 +106,14 @@ def check_layers(count: int) -> None:
         raise ValueError(
             f"the stack has {count} layers, over the limit max_layers={cap}; raise it with "
             "convarith.limits.limits(max_layers=...)"
+        )
+
+
+def check_model_layers(count: int, where: str = "the model") -> None:
+    """Refuse a model file of more than ``max_model_layers`` layers (counted before building any)."""
+    cap = current_limits().max_model_layers
+    if count > cap:
+        raise ValueError(
+            f"{where} has {count:,} layers, over the limit max_model_layers={cap:,}; raise it with "
+            "--max-layers N (CLI) or convarith.limits.limits(max_model_layers=...)"
         )

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .io.graph import LayerNode, ModelGraph
-from .limits import check_layers
+from .limits import check_model_layers
 from .receptive import ReceptiveField
 from .spec import ConvSpec, ResolvedConv
 
@@ -190,7 +190,7 @@ def summarize(model: ModelGraph, input_size: Sequence[int] | None = None) -> Mod
         Spatial input size, when the model leaves it open (``None`` in the
         file) or to try another size.
     """
-    check_layers(len(model.layers))
+    check_model_layers(len(model.layers), f"model {model.name!r}")
     tensors: dict[str, _Tensor] = {}
     rows: list[LayerRow] = []
     warnings: list[str] = list(model.warnings)
@@ -216,8 +216,12 @@ def summarize(model: ModelGraph, input_size: Sequence[int] | None = None) -> Mod
             tensor, params, macs, dropped = _apply(node, inputs, channels_last, row_warnings)
         if node.params is not None:
             params = node.params
+        if node.macs is not None:
+            macs = node.macs
         tensors[node.name] = tensor
-        rows.append(LayerRow(node.name, node.type, _shape(tensor, channels_last), params, macs,
+        shown = (None, *node.shape) if node.kind in ("reshape", "unknown") and node.shape else _shape(
+            tensor, channels_last)
+        rows.append(LayerRow(node.name, node.type, shown, params, macs,
                              tensor.field, dropped, tuple(row_warnings)))
         warnings += [f"{node.name}: {w}" for w in row_warnings]
     if first_size is None:
@@ -282,7 +286,11 @@ def _apply(node: LayerNode, inputs: list[_Tensor], channels_last: bool,
     kind = node.kind
     if kind in ("add", "concat"):
         return _merge(node, inputs, warnings), 0, 0, None
-    if kind in ("identity", "unknown"):
+    if kind in ("reshape", "unknown"):
+        if node.shape is None or any(v is None for v in node.shape):
+            return x, 0, 0, None
+        return _reshaped([int(v) for v in node.shape if v is not None], x, channels_last), 0, 0, None
+    if kind == "identity":
         return x, 0, 0, None
     if kind == "norm":
         return x, (node.units or 0) * (x.channels or 0), 0, None
@@ -354,10 +362,46 @@ def _apply(node: LayerNode, inputs: list[_Tensor], channels_last: bool,
     return _Tensor(resolved.output_size, cout, None, field_), params, macs, dropped
 
 
+def _reshaped(shape: Sequence[int], x: _Tensor, channels_last: bool) -> _Tensor:
+    """The tensor of a Reshape/Transpose/...: spatial geometry kept when the spatial sizes survive.
+
+    ``shape`` has no batch axis. Its trailing sizes (channels first; leading,
+    channels last) equal to the input's spatial sizes are taken as the same
+    positions -- a channel shuffle ``(C, H, W) -> (g, C/g, H, W)`` keeps its
+    receptive field; anything else has no receptive field (a flat result sees
+    the whole input).
+    """
+    shape = tuple(int(v) for v in shape)
+    if len(shape) <= 1:
+        return _Tensor(None, None, shape[0] if shape else 1, _whole(x))
+    if x.spatial is not None:
+        rank = len(x.spatial)
+        kept = shape[:rank] if channels_last else shape[-rank:]
+        rest = shape[rank:] if channels_last else shape[:-rank]
+        if len(shape) > rank and kept == x.spatial:
+            return _Tensor(x.spatial, math.prod(rest), None, x.field)
+    spatial = shape[:-1] if channels_last else shape[1:]
+    channels = shape[-1] if channels_last else shape[0]
+    return _Tensor(spatial, channels, None, None)
+
+
+def _broadcast_only(tensor: _Tensor) -> bool:
+    """A tensor that broadcasts over positions (flat, or every spatial size 1): an SE block's scale."""
+    return tensor.spatial is None or all(n == 1 for n in tensor.spatial)
+
+
 def _merge(node: LayerNode, inputs: list[_Tensor], warnings: list[str]) -> _Tensor:
     first = inputs[0]
     if len(inputs) < 2:
         return first
+    if node.kind == "add" and any(t.spatial != first.spatial for t in inputs):
+        # element-wise with broadcasting: the positional inputs set the shape and field
+        positional = [t for t in inputs if not _broadcast_only(t)]
+        if positional:
+            names = tuple(n for n, t in zip(node.inputs, inputs) if not _broadcast_only(t))
+            widest = max((t.channels or 0) for t in inputs) or None
+            inner = _merge(dataclasses.replace(node, inputs=names), positional, warnings)
+            return dataclasses.replace(inner, channels=widest)
     spatials = [t.spatial for t in inputs]
     if any(s != spatials[0] for s in spatials):
         raise ValueError(f"layer {node.name!r} ({node.type}) merges inputs of different spatial sizes "
