@@ -264,7 +264,11 @@ def model_from_keras_config(config: Any, source: str = "") -> ModelGraph:
             if not isinstance(layer, dict):
                 raise ValueError(f"{where}: layer {index} is a {type(layer).__name__}, not a Keras layer "
                                  f"config: {str(layer)[:80]!r}")
-            nodes.append(_node_from_entry(layer, _inbound(layer), index, where))
+            try:
+                inbound = _inbound(layer)
+            except ValueError as error:
+                raise ValueError(f"{where}: layer {index}: {error}") from None
+            nodes.append(_node_from_entry(layer, inbound, index, where))
     else:
         raise ValueError(f"{where}: class_name {str(cls)[:80]!r} is not a Keras Sequential or "
                          "Functional model")
@@ -284,10 +288,13 @@ def _inbound(layer: dict[str, Any]) -> tuple[str, ...]:
 
     def walk(value: Any) -> None:
         if isinstance(value, dict):
-            history = value.get("config", {}).get("keras_history") if value.get(
-                "class_name") == "__keras_tensor__" else None
+            inner = value.get("config")
+            history = inner.get("keras_history") if value.get("class_name") == "__keras_tensor__" and \
+                isinstance(inner, dict) else None
             if history:
-                names.append(str(history[0]))
+                if not isinstance(history, list) or not isinstance(history[0], str):
+                    raise ValueError(f"keras_history {str(history)[:80]} must start with a layer name")
+                names.append(history[0])
                 return
             for item in value.values():
                 walk(item)
