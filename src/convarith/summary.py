@@ -216,11 +216,13 @@ def summarize(model: ModelGraph, input_size: Sequence[int] | None = None) -> Mod
             tensor, params, macs, dropped = _apply(node, inputs, channels_last, row_warnings)
         if node.params is not None:
             params = node.params
+        params += node.extra_params
         if node.macs is not None:
             macs = node.macs
         tensors[node.name] = tensor
-        shown = (None, *node.shape) if node.kind in ("reshape", "unknown") and node.shape else _shape(
-            tensor, channels_last)
+        shown = _shape(tensor, channels_last)
+        if node.kind in ("reshape", "unknown") and node.shape and inputs:
+            shown = (None, *_target_shape(node, inputs[0]))
         rows.append(LayerRow(node.name, node.type, shown, params, macs,
                              tensor.field, dropped, tuple(row_warnings)))
         warnings += [f"{node.name}: {w}" for w in row_warnings]
@@ -289,7 +291,7 @@ def _apply(node: LayerNode, inputs: list[_Tensor], channels_last: bool,
     if kind in ("reshape", "unknown"):
         if node.shape is None or any(v is None for v in node.shape):
             return x, 0, 0, None
-        return _reshaped([int(v) for v in node.shape if v is not None], x, channels_last), 0, 0, None
+        return _reshaped(_target_shape(node, x), x, channels_last), 0, 0, None
     if kind == "identity":
         return x, 0, 0, None
     if kind == "norm":
@@ -360,6 +362,25 @@ def _apply(node: LayerNode, inputs: list[_Tensor], channels_last: bool,
         warnings.append(f"drops {_axes(dropped)} trailing input rows per axis (no window reads them)")
     field_ = None if x.field is None else x.field.through(resolved)
     return _Tensor(resolved.output_size, cout, None, field_), params, macs, dropped
+
+
+def _values(tensor: _Tensor) -> int | None:
+    """Values per sample of ``tensor`` (None when its channels are unknown)."""
+    if tensor.spatial is None:
+        return tensor.flat
+    return None if tensor.channels is None else math.prod(tensor.spatial) * tensor.channels
+
+
+def _target_shape(node: LayerNode, x: _Tensor) -> list[int]:
+    """``node.shape`` with a ``-1`` (Keras ``Reshape``) worked out from the input's size."""
+    shape = [int(v) for v in node.shape or () if v is not None]
+    if -1 not in shape:
+        return shape
+    known = math.prod(v for v in shape if v != -1)
+    total = _values(x)
+    if shape.count(-1) > 1 or total is None or known == 0 or total % known:
+        raise ValueError(f"layer {node.name!r} ({node.type}): cannot reshape {total} values to {tuple(shape)}")
+    return [total // known if v == -1 else v for v in shape]
 
 
 def _reshaped(shape: Sequence[int], x: _Tensor, channels_last: bool) -> _Tensor:

@@ -29,6 +29,8 @@ Kinds and the fields they use:
 ``params`` is the parameter count when the file knows it (ONNX
 initializers); otherwise the summary computes it. ``macs`` likewise, for
 operators whose multiply-adds the reader works out (MatMul on a tensor).
+``extra_params`` are added to the computed count (Keras ``Normalization``'s
+sample count).
 
 Examples
 --------
@@ -66,6 +68,7 @@ class LayerNode:
     params: int | None = None
     note: str = ""
     macs: int | None = None
+    extra_params: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

@@ -382,6 +382,14 @@ def keras_layer_node(class_name: str, config: dict[str, Any], name: str,
     if class_name == "LayerNormalization":
         per_channel = int(bool(config.get("center", True))) + int(bool(config.get("scale", True)))
         return LayerNode(name, class_name, "norm", inputs, units=per_channel)
+    if class_name == "Normalization":  # mean and variance per channel, and a count
+        return LayerNode(name, class_name, "norm", inputs, units=2, extra_params=1)
+    if class_name == "Reshape":
+        target = config["target_shape"]
+        if not isinstance(target, (list, tuple)) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and (v > 0 or v == -1) for v in target):
+            raise ValueError(f"target_shape must be a list of positive ints (or one -1), got {target!r}")
+        return LayerNode(name, class_name, "reshape", inputs, shape=tuple(target))
     if class_name in _IDENTITY:
         return LayerNode(name, class_name, "identity", inputs)
     if class_name in _MERGE:
