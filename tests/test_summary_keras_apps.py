@@ -86,3 +86,40 @@ def test_functional_branches_and_merges(tmp_path: Path) -> None:
     cat = summary.row("cat")
     assert (cat.field.size, cat.field.jump, cat.field.start) == ((5, 5), (2, 2), (-1, -1))
     assert any("misaligned" in w for w in cat.warnings)
+
+
+def test_legacy_h5_keras3_and_keras2_configs(tmp_path: Path, capsys) -> None:
+    h5py = pytest.importorskip("h5py")
+    import json
+
+    from convarith.cli import main
+
+    layers = keras.layers
+    x = keras.Input((16, 16, 3), name="img")
+    a = layers.Conv2D(4, 3, name="a")(x)
+    b = layers.Conv2D(4, 3, name="b")(x)
+    model = keras.Model(x, layers.Add(name="add")([a, b]))
+    model.save(tmp_path / "k3.h5")
+    summary = summarize(read_model(tmp_path / "k3.h5"))
+    assert summary.row("add").output_shape == tuple(model.get_layer("add").output.shape)
+    assert summary.total_params == model.count_params()
+    # A Keras 2 (tf.keras) config: batch_input_shape and list-style inbound nodes
+    keras2 = {"class_name": "Functional", "config": {"name": "m", "layers": [
+        {"class_name": "InputLayer", "name": "input_1", "config": {"batch_input_shape": [None, 16, 16, 3]},
+         "inbound_nodes": []},
+        {"class_name": "Conv2D", "name": "c", "config": {"filters": 4, "kernel_size": [3, 3], "strides": [2, 2],
+                                                          "padding": "same"}, "inbound_nodes": [[["input_1", 0, 0, {}]]]},
+        {"class_name": "Flatten", "name": "f", "config": {}, "inbound_nodes": [[["c", 0, 0, {}]]]},
+        {"class_name": "Dense", "name": "d", "config": {"units": 3}, "inbound_nodes": [[["f", 0, 0, {}]]]}]}}
+    with h5py.File(tmp_path / "k2.h5", "w") as handle:
+        handle.attrs["model_config"] = json.dumps(keras2)
+    summary = summarize(read_model(tmp_path / "k2.h5"))
+    assert [r.output_shape for r in summary.rows] == [(None, 16, 16, 3), (None, 8, 8, 4), (None, 256), (None, 3)]
+    assert summary.total_params == (3 * 3 * 3 * 4 + 4) + (256 * 3 + 3)  # what Keras 2 reports for this model
+    with h5py.File(tmp_path / "weights.h5", "w") as handle:
+        handle["w"] = [1.0]
+    assert main(["summary", str(tmp_path / "weights.h5")]) == 2
+    assert "without a model_config" in capsys.readouterr().err
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5" * 10)
+    assert main(["summary", str(tmp_path / "junk.h5")]) == 2
+    assert "not a readable HDF5 file" in capsys.readouterr().err

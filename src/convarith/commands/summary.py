@@ -25,7 +25,7 @@ def add_parser(subparsers: Any) -> None:
         epilog="examples: convarith summary model.keras | convarith summary net.yaml --json | "
         "convarith summary model.onnx --png field.png --cell 3,4",
     )
-    parser.add_argument("file", help="model file: .keras, .onnx, .yaml/.yml or .json")
+    parser.add_argument("file", help="model file: .keras, .onnx, legacy Keras .h5, .yaml/.yml or .json")
     parser.add_argument("--input", help="spatial input size when the file leaves it open, e.g. 224x224")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--plain", action="store_true", help="plain-text table even if rich is installed")

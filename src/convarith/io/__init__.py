@@ -3,7 +3,8 @@
 :func:`read_model` picks the reader by the file's extension: ``.keras``
 (:mod:`.keras_file`, the zip's ``config.json`` only), ``.onnx``
 (:mod:`.onnx_file`, needs the optional ``onnx`` package), ``.yaml``/``.yml``/
-``.json`` (:mod:`.layers_file`, a small list of layers).
+``.json`` (:mod:`.layers_file`, a small list of layers), legacy Keras ``.h5``
+(``model_config`` only, needs h5py).
 
 Examples
 --------
@@ -23,7 +24,7 @@ from .graph import LayerNode, ModelGraph
 
 __all__ = ["read_model", "LayerNode", "ModelGraph"]
 
-_READERS = {".keras": "keras", ".onnx": "onnx", ".yaml": "layers", ".yml": "layers", ".json": "layers"}
+_READERS = {".keras": "keras", ".h5": "h5", ".hdf5": "h5", ".onnx": "onnx", ".yaml": "layers", ".yml": "layers", ".json": "layers"}
 
 
 def read_model(path: str | os.PathLike[str], input_size: Sequence[int] | None = None) -> ModelGraph:
@@ -46,6 +47,10 @@ def read_model(path: str | os.PathLike[str], input_size: Sequence[int] | None = 
         from .keras_file import read_keras
 
         return read_keras(name)
+    if reader == "h5":
+        from .keras_file import read_keras_h5
+
+        return read_keras_h5(name)
     if reader == "onnx":
         from .onnx_file import read_onnx
 

@@ -30,7 +30,7 @@ from typing import Any
 from ..limits import check_model_layers
 from .graph import LayerNode, ModelGraph
 
-__all__ = ["read_keras", "read_keras_archive", "ArchiveLimits", "keras_layer_node",
+__all__ = ["read_keras", "read_keras_h5", "read_keras_archive", "ArchiveLimits", "keras_layer_node",
            "model_from_keras_config", "check_model_file", "load_json_text"]
 
 _SPEC_ARGS = ("filters", "kernel_size", "strides", "padding", "data_format", "dilation_rate", "groups",
@@ -209,6 +209,35 @@ def read_keras_archive(path: str | os.PathLike[str], limits: ArchiveLimits | Non
     return config, blob
 
 
+def read_keras_h5(path: str | os.PathLike[str], limits: ArchiveLimits | None = None) -> ModelGraph:
+    """The layer graph of a legacy Keras ``.h5`` model file (its ``model_config`` attribute).
+
+    Needs h5py (``pip install 'convarith[h5]'``); reads Keras 2 and Keras 3
+    configs, never the weights.
+    """
+    limits = limits or ArchiveLimits()
+    name = check_model_file(path)
+    try:
+        import h5py
+    except ImportError:
+        raise ImportError("reading .h5 model files needs h5py: pip install 'convarith[h5]'") from None
+    try:
+        with h5py.File(name, "r") as handle:
+            raw = handle.attrs.get("model_config")
+            if raw is None:
+                raise ValueError(f"{name!r} is an HDF5 file without a model_config attribute; it holds "
+                                 "weights only (save the whole model with model.save)")
+            if isinstance(raw, bytes) or hasattr(raw, "tobytes"):
+                raw = bytes(raw)
+            if len(raw) > limits.max_config_bytes:
+                raise ValueError(f"{name!r}: model_config is {len(raw):,} bytes, over the cap of "
+                                 f"{limits.max_config_bytes:,}")
+    except OSError as error:
+        raise ValueError(f"{name!r} is not a readable HDF5 file ({error})") from None
+    config = load_json_text(raw, f"{name!r}: model_config", limits.max_json_depth)
+    return model_from_keras_config(config, source=name)
+
+
 def read_keras(path: str | os.PathLike[str]) -> ModelGraph:
     """The layer graph of a ``.keras`` file.
 
@@ -299,6 +328,9 @@ def _inbound(layer: dict[str, Any]) -> tuple[str, ...]:
             for item in value.values():
                 walk(item)
         elif isinstance(value, list):
+            if len(value) >= 3 and isinstance(value[0], str) and isinstance(value[1], int):
+                names.append(value[0])  # Keras 2: [layer name, node index, tensor index, kwargs]
+                return
             for item in value:
                 walk(item)
 
