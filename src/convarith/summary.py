@@ -31,6 +31,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,7 +42,7 @@ from .limits import check_model_layers
 from .receptive import ReceptiveField
 from .spec import ConvSpec, ResolvedConv
 
-__all__ = ["summarize", "ModelSummary", "LayerRow", "draw_field"]
+__all__ = ["summarize", "summary_of", "ModelSummary", "LayerRow", "draw_field"]
 
 
 @dataclass(frozen=True)
@@ -459,6 +461,54 @@ def _tidy_diff(a: Any, b: Any) -> Any:
     if hasattr(diff, "denominator") and diff.denominator == 1:
         return int(diff)
     return diff
+
+
+def summary_of(model: Any, input_shape: Sequence[int] | None = None) -> ModelSummary:
+    """The summary of a model file, a layer graph, or a PyTorch ``nn.Module``.
+
+    This is also what calling the module does: ``convarith.summary(net, (1, 3, 224, 224))``.
+
+    Parameters
+    ----------
+    model
+        A path (``.keras``, ``.onnx``, ``.h5``, ``.pt2``, ``.yaml``/``.json``),
+        a :class:`~convarith.io.graph.ModelGraph`, or an ``nn.Module``
+        (traced with ``torch.fx`` on a zero tensor of ``input_shape``).
+    input_shape
+        For a module: the full input shape ``(N, C, spatial...)`` (required).
+        Otherwise: the spatial input size, when the file leaves it open.
+
+    Examples
+    --------
+    >>> import json, os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "net.json")
+    >>> _ = open(path, "w").write(json.dumps({"input": [28, 28, 1], "layers": ["Conv2D(8, 3)"]}))
+    >>> summary_of(path).rows[-1].output_shape
+    (None, 26, 26, 8)
+    """
+    if isinstance(model, ModelGraph):
+        return summarize(model, input_shape)
+    if isinstance(model, (str, os.PathLike)):
+        from .io import read_model
+
+        return summarize(read_model(model, input_shape), input_shape)
+    if type(model).__module__.startswith("torch") or hasattr(model, "named_modules"):
+        if input_shape is None:
+            raise TypeError("a PyTorch module needs input_shape, the full input shape (N, C, H, W)")
+        from .io.torch_module import graph_from_module
+
+        return summarize(graph_from_module(model, input_shape))
+    raise TypeError(f"model must be a path, a ModelGraph or a torch.nn.Module, got {type(model).__name__}")
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``convarith.summary(model, input_shape)`` be called like torchinfo's ``summary``."""
+
+    def __call__(self, model: Any, input_shape: Sequence[int] | None = None) -> ModelSummary:
+        return summary_of(model, input_shape)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 
 # --------------------------------------------------------------------------- picture

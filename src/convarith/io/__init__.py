@@ -4,7 +4,8 @@
 (:mod:`.keras_file`, the zip's ``config.json`` only), ``.onnx``
 (:mod:`.onnx_file`, needs the optional ``onnx`` package), ``.yaml``/``.yml``/
 ``.json`` (:mod:`.layers_file`, a small list of layers), legacy Keras ``.h5``
-(``model_config`` only, needs h5py).
+(``model_config`` only, needs h5py), ``.pt2`` (a saved ``torch.export``
+program, needs torch).
 
 Examples
 --------
@@ -24,7 +25,7 @@ from .graph import LayerNode, ModelGraph
 
 __all__ = ["read_model", "LayerNode", "ModelGraph"]
 
-_READERS = {".keras": "keras", ".h5": "h5", ".hdf5": "h5", ".onnx": "onnx", ".yaml": "layers", ".yml": "layers", ".json": "layers"}
+_READERS = {".keras": "keras", ".h5": "h5", ".hdf5": "h5", ".pt2": "pt2", ".onnx": "onnx", ".yaml": "layers", ".yml": "layers", ".json": "layers"}
 
 
 def read_model(path: str | os.PathLike[str], input_size: Sequence[int] | None = None) -> ModelGraph:
@@ -47,6 +48,10 @@ def read_model(path: str | os.PathLike[str], input_size: Sequence[int] | None = 
         from .keras_file import read_keras
 
         return read_keras(name)
+    if reader == "pt2":
+        from .torch_module import read_pt2
+
+        return read_pt2(name)
     if reader == "h5":
         from .keras_file import read_keras_h5
 
