@@ -91,3 +91,29 @@ def test_kernel_from_onnx_runs_like_onnxruntime() -> None:
     session = ort.InferenceSession(helper.make_model(graph).SerializeToString(), providers=["CPUExecutionProvider"])
     theirs = session.run(None, {"x": x})[0]
     assert np.linalg.norm(ours - theirs) / np.linalg.norm(theirs) < 1e-5
+
+
+@pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
+@pytest.mark.parametrize("kernel, dilations, strides, auto_pad", [
+    ([1, 3], [2, 1], [2, 1], "SAME_UPPER"), ([1, 1], [3, 2], [2, 2], "SAME_LOWER"),
+    ([3, 1], [1, 4], [1, 2], "SAME_UPPER")])
+def test_same_pooling_with_a_dilation_that_cannot_matter(op, kernel, dilations, strides, auto_pad) -> None:
+    """Dilation on an axis whose kernel is 1 changes nothing: accepted, and exact against onnxruntime."""
+    import convarith
+
+    node = helper.make_node(op, ["x"], ["y"], kernel_shape=kernel, dilations=dilations, strides=strides,
+                            auto_pad=auto_pad)
+    x = np.random.default_rng(0).standard_normal((1, 2, 7, 8)).astype(np.float32)
+    ort = pytest.importorskip("onnxruntime")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    theirs = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    ours = convarith.conv(x, None, ConvSpec.from_onnx_node(node))
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
+
+
+def test_same_pooling_with_a_dilation_that_matters_is_refused() -> None:
+    node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], dilations=[2, 1], auto_pad="SAME_UPPER")
+    with pytest.raises(ValueError, match="auto_pad"):
+        ConvSpec.from_onnx_node(node)
