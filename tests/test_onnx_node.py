@@ -117,3 +117,12 @@ def test_same_pooling_with_a_dilation_that_matters_is_refused() -> None:
     node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], dilations=[2, 1], auto_pad="SAME_UPPER")
     with pytest.raises(ValueError, match="auto_pad"):
         ConvSpec.from_onnx_node(node)
+
+
+def test_an_onnx_weight_passed_as_is_gets_a_hint() -> None:
+    import convarith
+
+    w = np.ones((4, 2, 3, 3), np.float32)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3])
+    with pytest.raises(ValueError, match="kernel_from_onnx"):
+        convarith.conv(np.ones((1, 2, 5, 5), np.float32), w, ConvSpec.from_onnx_node(node, weight=w))

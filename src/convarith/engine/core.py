@@ -138,9 +138,13 @@ def _prepare(
                 f"{kernel_array.shape}"
             )
         if tuple(kernel_array.shape[:rank]) != spec.kernel_size:
+            hint = ""
+            if tuple(kernel_array.shape[2:]) == spec.kernel_size:  # (out, in/groups, k...): PyTorch/ONNX
+                hint = ("; it looks like a PyTorch/ONNX weight (out, in/groups, k...): convert it with "
+                        "convarith.kernel_from_torch(w) (or convarith.io.onnx_node.kernel_from_onnx(w))")
             raise ValueError(
                 f"kernel shape {kernel_array.shape} does not match spec.kernel_size="
-                f"{spec.kernel_size}: its first {rank} axes must be the kernel size"
+                f"{spec.kernel_size}: its first {rank} axes must be the kernel size{hint}"
             )
         groups = channels if spec.groups == "depthwise" else int(spec.groups)
         if spec.transposed:
