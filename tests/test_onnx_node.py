@@ -126,3 +126,21 @@ def test_an_onnx_weight_passed_as_is_gets_a_hint() -> None:
     node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3])
     with pytest.raises(ValueError, match="kernel_from_onnx"):
         convarith.conv(np.ones((1, 2, 5, 5), np.float32), w, ConvSpec.from_onnx_node(node, weight=w))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+def test_integer_max_pool_keeps_its_dtype_like_onnxruntime(dtype) -> None:
+    import convarith
+
+    ort = pytest.importorskip("onnxruntime")
+    info = np.iinfo(dtype)
+    x = np.random.default_rng(1).integers(info.min, info.max, (1, 3, 9, 8), endpoint=True).astype(dtype)
+    node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 2], strides=[2, 2], pads=[1, 0, 1, 1])
+    elem = TensorProto.UINT8 if dtype == np.uint8 else TensorProto.INT8
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", elem, list(x.shape))],
+                              [helper.make_tensor_value_info("y", elem, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    theirs = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    ours = convarith.conv(x, None, ConvSpec.from_onnx_node(node))
+    assert ours.dtype == theirs.dtype == dtype
+    np.testing.assert_array_equal(ours, theirs)

@@ -519,7 +519,8 @@ def conv(
     -------
     numpy.ndarray
         In ``x``'s layout and the inputs' dtype (float16 is computed in
-        float32; integers in float64).
+        float32; integers in float64, except max pooling, which keeps an integer
+        dtype as onnxruntime does).
 
     Examples
     --------
@@ -561,6 +562,10 @@ def conv(
         y += prepared.bias
     result = _finish(y, prepared)
     assert result is not None
+    if spec.pool == "max":  # the max of integers is one of them: keep the dtype, as onnxruntime does
+        source = np.asarray(x).dtype
+        if source.kind in "iu" and np.isfinite(result).all():
+            result = result.astype(source)
     return result
 
 
