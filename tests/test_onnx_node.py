@@ -144,3 +144,36 @@ def test_integer_max_pool_keeps_its_dtype_like_onnxruntime(dtype) -> None:
     ours = convarith.conv(x, None, ConvSpec.from_onnx_node(node))
     assert ours.dtype == theirs.dtype == dtype
     np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("op", ["AveragePool", "MaxPool"])
+@pytest.mark.parametrize("size, kernel, stride, auto_pad", [
+    (8, 1, 5, "SAME_UPPER"), (9, 1, 4, "SAME_UPPER"), (10, 2, 6, "SAME_UPPER"), (8, 1, 5, "SAME_LOWER"),
+    (11, 2, 7, "SAME_LOWER"), (12, 1, 8, "SAME_LOWER"), (5, 1, 3, "SAME_UPPER"), (7, 3, 2, "SAME_UPPER")])
+def test_same_pooling_where_onnx_padding_goes_negative(op, size, kernel, stride, auto_pad) -> None:
+    """Where onnxruntime's SAME total is negative: equal where it runs and changes nothing, refused otherwise."""
+    import convarith
+
+    ort = pytest.importorskip("onnxruntime")
+    node = helper.make_node(op, ["x"], ["y"], kernel_shape=[kernel], strides=[stride], auto_pad=auto_pad)
+    x = np.arange(size, dtype=np.float32).reshape(1, 1, size) ** 1.5
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, size])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    try:
+        theirs = ort.InferenceSession(model.SerializeToString(),
+                                      providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    except Exception:
+        theirs = None
+    if theirs is None:
+        with pytest.raises(ValueError, match="non-negative"):
+            ConvSpec.from_onnx_node(node, input_shape=x.shape)
+        return
+    try:
+        spec = ConvSpec.from_onnx_node(node, input_shape=x.shape)
+    except ValueError as error:
+        assert "crops" in str(error)
+        shifted = np.abs(convarith.conv(x, None, ConvSpec.from_onnx_node(node)) - theirs).max()
+        assert shifted > 0  # refused only where convarith's padding would really differ
+        return
+    np.testing.assert_allclose(convarith.conv(x, None, spec), theirs, rtol=1e-6)

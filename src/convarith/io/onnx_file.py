@@ -330,6 +330,12 @@ class _Reader:
             else:
                 op_for_spec, note = op, ""
             spec = from_onnx(op_for_spec, **attrs)
+            in_shape = self.shapes.get(node.input[0])
+            if op in ("MaxPool", "AveragePool") and in_shape is not None and all(
+                    d is not None for d in in_shape[2:]):
+                from .onnx_node import check_same_pool_pads
+
+                check_same_pool_pads(op, attrs, [int(d) for d in in_shape[2:] if d is not None], label)
             return LayerNode(label, op, "conv", inputs, spec=spec, params=params,
                              bias=len(node.input) > 2 and node.input[2] != "", note=note)
         if op in ("GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"):
