@@ -78,5 +78,8 @@ def test_summary_cli_refuses_a_1000_layer_file(tmp_path, capsys) -> None:
 
     path = tmp_path / "deep.json"
     path.write_text(json.dumps({"input": [28, 28, 1], "layers": ["Conv2D(1, 1)"] * 1000}))
-    assert main(["summary", str(path)]) == 2
-    assert "max_layers=512" in capsys.readouterr().err
+    assert main(["summary", str(path), "--max-layers", "999"]) == 2
+    assert "1,000 layers, over the limit max_model_layers=999" in capsys.readouterr().err
+    path.write_text(json.dumps({"input": [28, 28, 1], "layers": ["Conv2D(1, 1)"] * 20_001}))
+    assert main(["summary", str(path)]) == 2  # counted before any layer is built
+    assert "max_model_layers=20,000" in capsys.readouterr().err

@@ -278,7 +278,7 @@ def test_zip_without_config_and_bad_files(capsys, tmp_path: Path) -> None:
     assert code == 2 and "no config.json" in err and err.count("\n") == 1
     code, _, err = run(capsys, "summary", str(tmp_path / "missing.keras"))
     assert code == 2 and "does not exist" in err
-    code, _, err = run(capsys, "summary", str(tmp_path / "model.h5"))
+    code, _, err = run(capsys, "summary", str(tmp_path / "model.pb"))
     assert code == 2 and "extension" in err
     bad = tmp_path / "net.json"
     bad.write_text(json.dumps({"input": [8, 8, 1], "layers": ["Conv2D(4, 3) + 1"]}))

@@ -9,6 +9,7 @@ agrees with Keras, PyTorch and JAX, and pictures of what the kernel does.
 (14, 14)
 """
 
+from . import summary  # callable: convarith.summary(model, input_shape)
 from .arithmetic import (
     conv_output_size,
     effective_kernel,
@@ -69,5 +70,6 @@ __all__ = [
     "pool_output_size",
     "same_padding",
     "solve",
+    "summary",
     "transposed_output_size",
 ]

@@ -657,7 +657,7 @@ def from_onnx(op: str = "Conv", **kwargs: Any) -> ConvSpec:
                 raise door.error("pads", list(pads), f"must be smaller than kernel_shape={list(kernel_size)} "
                                  f"(axis {axis}: pads {lo}, {hi} vs kernel {k})",
                                  "use pads < kernel_shape on every axis")
-        if auto_pad.startswith("SAME") and max(dilation) > 1:
+        if auto_pad.startswith("SAME") and any(d > 1 and k > 1 for d, k in zip(dilation, kernel_size)):
             # onnxruntime sizes this padding from the undilated kernel: not a "same" padding
             raise door.error("auto_pad", auto_pad, f"with dilations={list(dilation)} > 1 is padded by "
                              "onnxruntime as if the kernel were not dilated, which convarith does not "

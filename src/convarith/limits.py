@@ -22,7 +22,8 @@ from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, fields, replace
 
-__all__ = ["Limits", "current_limits", "limits", "check_values", "check_layers", "check_picture"]
+__all__ = ["Limits", "current_limits", "limits", "check_values", "check_layers", "check_picture",
+           "check_model_layers"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,10 @@ class Limits:
         Pixels of one drawn picture, counted at the 2x supersampled size
         (an animation's canvas, or a sheet of every step): 2**26, 192 MiB of
         RGB.
+    max_model_layers
+        Layers (ONNX nodes, Keras layers) in one model file that
+        :func:`convarith.summary.summarize` and the model readers accept; real
+        networks have thousands (``convarith summary --max-layers``).
     """
 
     max_output_values: int = 2**28
@@ -54,6 +59,7 @@ class Limits:
     max_image_pixels: int = 50_000_000
     max_animation_frames: int = 4096
     max_picture_pixels: int = 2**26
+    max_model_layers: int = 20_000
 
 
 _LIMITS: ContextVar[Limits] = ContextVar("convarith_limits", default=Limits())  # noqa: B039 (frozen)
@@ -132,4 +138,14 @@ def check_picture(what: str, width: int, height: int, fix: str) -> None:
             f"{what} would be {int(width)}x{int(height)} = {count:,} pixels, over the limit "
             f"max_picture_pixels={cap:,}; {fix}, or raise the limit with convarith.limits.limits("
             "max_picture_pixels=...)"
+        )
+
+
+def check_model_layers(count: int, where: str = "the model") -> None:
+    """Refuse a model file of more than ``max_model_layers`` layers (counted before building any)."""
+    cap = current_limits().max_model_layers
+    if count > cap:
+        raise ValueError(
+            f"{where} has {count:,} layers, over the limit max_model_layers={cap:,}; raise it with "
+            "--max-layers N (CLI) or convarith.limits.limits(max_model_layers=...)"
         )

@@ -346,6 +346,14 @@ class ConvSpec:
 
         return from_onnx(op, **kwargs)
 
+    @classmethod
+    def from_onnx_node(cls, node: Any, input_shape: Sequence[int] | None = None,
+                       weight_shape: Sequence[int] | None = None, weight: Any = None) -> ConvSpec:
+        """Build from an ``onnx.NodeProto`` (see :func:`convarith.io.onnx_node.spec_from_onnx_node`)."""
+        from .io.onnx_node import spec_from_onnx_node
+
+        return spec_from_onnx_node(node, input_shape, weight_shape, weight)
+
     # ------------------------------------------------------------------ derived
 
     @property

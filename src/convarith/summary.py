@@ -31,16 +31,18 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .io.graph import LayerNode, ModelGraph
-from .limits import check_layers
+from .limits import check_model_layers
 from .receptive import ReceptiveField
 from .spec import ConvSpec, ResolvedConv
 
-__all__ = ["summarize", "ModelSummary", "LayerRow", "draw_field"]
+__all__ = ["summarize", "summary_of", "ModelSummary", "LayerRow", "draw_field"]
 
 
 @dataclass(frozen=True)
@@ -190,7 +192,7 @@ def summarize(model: ModelGraph, input_size: Sequence[int] | None = None) -> Mod
         Spatial input size, when the model leaves it open (``None`` in the
         file) or to try another size.
     """
-    check_layers(len(model.layers))
+    check_model_layers(len(model.layers), f"model {model.name!r}")
     tensors: dict[str, _Tensor] = {}
     rows: list[LayerRow] = []
     warnings: list[str] = list(model.warnings)
@@ -216,8 +218,14 @@ def summarize(model: ModelGraph, input_size: Sequence[int] | None = None) -> Mod
             tensor, params, macs, dropped = _apply(node, inputs, channels_last, row_warnings)
         if node.params is not None:
             params = node.params
+        params += node.extra_params
+        if node.macs is not None:
+            macs = node.macs
         tensors[node.name] = tensor
-        rows.append(LayerRow(node.name, node.type, _shape(tensor, channels_last), params, macs,
+        shown = _shape(tensor, channels_last)
+        if node.kind in ("reshape", "unknown") and node.shape and inputs:
+            shown = (None, *_target_shape(node, inputs[0]))
+        rows.append(LayerRow(node.name, node.type, shown, params, macs,
                              tensor.field, dropped, tuple(row_warnings)))
         warnings += [f"{node.name}: {w}" for w in row_warnings]
     if first_size is None:
@@ -282,7 +290,11 @@ def _apply(node: LayerNode, inputs: list[_Tensor], channels_last: bool,
     kind = node.kind
     if kind in ("add", "concat"):
         return _merge(node, inputs, warnings), 0, 0, None
-    if kind in ("identity", "unknown"):
+    if kind in ("reshape", "unknown"):
+        if node.shape is None or any(v is None for v in node.shape):
+            return x, 0, 0, None
+        return _reshaped(_target_shape(node, x), x, channels_last), 0, 0, None
+    if kind == "identity":
         return x, 0, 0, None
     if kind == "norm":
         return x, (node.units or 0) * (x.channels or 0), 0, None
@@ -354,10 +366,65 @@ def _apply(node: LayerNode, inputs: list[_Tensor], channels_last: bool,
     return _Tensor(resolved.output_size, cout, None, field_), params, macs, dropped
 
 
+def _values(tensor: _Tensor) -> int | None:
+    """Values per sample of ``tensor`` (None when its channels are unknown)."""
+    if tensor.spatial is None:
+        return tensor.flat
+    return None if tensor.channels is None else math.prod(tensor.spatial) * tensor.channels
+
+
+def _target_shape(node: LayerNode, x: _Tensor) -> list[int]:
+    """``node.shape`` with a ``-1`` (Keras ``Reshape``) worked out from the input's size."""
+    shape = [int(v) for v in node.shape or () if v is not None]
+    if -1 not in shape:
+        return shape
+    known = math.prod(v for v in shape if v != -1)
+    total = _values(x)
+    if shape.count(-1) > 1 or total is None or known == 0 or total % known:
+        raise ValueError(f"layer {node.name!r} ({node.type}): cannot reshape {total} values to {tuple(shape)}")
+    return [total // known if v == -1 else v for v in shape]
+
+
+def _reshaped(shape: Sequence[int], x: _Tensor, channels_last: bool) -> _Tensor:
+    """The tensor of a Reshape/Transpose/...: spatial geometry kept when the spatial sizes survive.
+
+    ``shape`` has no batch axis. Its trailing sizes (channels first; leading,
+    channels last) equal to the input's spatial sizes are taken as the same
+    positions -- a channel shuffle ``(C, H, W) -> (g, C/g, H, W)`` keeps its
+    receptive field; anything else has no receptive field (a flat result sees
+    the whole input).
+    """
+    shape = tuple(int(v) for v in shape)
+    if len(shape) <= 1:
+        return _Tensor(None, None, shape[0] if shape else 1, _whole(x))
+    if x.spatial is not None:
+        rank = len(x.spatial)
+        kept = shape[:rank] if channels_last else shape[-rank:]
+        rest = shape[rank:] if channels_last else shape[:-rank]
+        if len(shape) > rank and kept == x.spatial:
+            return _Tensor(x.spatial, math.prod(rest), None, x.field)
+    spatial = shape[:-1] if channels_last else shape[1:]
+    channels = shape[-1] if channels_last else shape[0]
+    return _Tensor(spatial, channels, None, None)
+
+
+def _broadcast_only(tensor: _Tensor) -> bool:
+    """A tensor that broadcasts over positions (flat, or every spatial size 1): an SE block's scale."""
+    return tensor.spatial is None or all(n == 1 for n in tensor.spatial)
+
+
 def _merge(node: LayerNode, inputs: list[_Tensor], warnings: list[str]) -> _Tensor:
     first = inputs[0]
     if len(inputs) < 2:
         return first
+    if node.kind == "add" and any(t.spatial != first.spatial for t in inputs):
+        # element-wise with broadcasting: the positional inputs set the shape and field
+        positional = [t for t in inputs if not _broadcast_only(t)]
+        if positional:
+            names = tuple(n for n, t in zip(node.inputs, inputs) if not _broadcast_only(t))
+            widest = max((t.channels or 0) for t in inputs) or None
+            inner = _merge(dataclasses.replace(node, inputs=names), positional, warnings)
+            return dataclasses.replace(inner, channels=widest)
     spatials = [t.spatial for t in inputs]
     if any(s != spatials[0] for s in spatials):
         raise ValueError(f"layer {node.name!r} ({node.type}) merges inputs of different spatial sizes "
@@ -394,6 +461,54 @@ def _tidy_diff(a: Any, b: Any) -> Any:
     if hasattr(diff, "denominator") and diff.denominator == 1:
         return int(diff)
     return diff
+
+
+def summary_of(model: Any, input_shape: Sequence[int] | None = None) -> ModelSummary:
+    """The summary of a model file, a layer graph, or a PyTorch ``nn.Module``.
+
+    This is also what calling the module does: ``convarith.summary(net, (1, 3, 224, 224))``.
+
+    Parameters
+    ----------
+    model
+        A path (``.keras``, ``.onnx``, ``.h5``, ``.pt2``, ``.yaml``/``.json``),
+        a :class:`~convarith.io.graph.ModelGraph`, or an ``nn.Module``
+        (traced with ``torch.fx`` on a zero tensor of ``input_shape``).
+    input_shape
+        For a module: the full input shape ``(N, C, spatial...)`` (required).
+        Otherwise: the spatial input size, when the file leaves it open.
+
+    Examples
+    --------
+    >>> import json, os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "net.json")
+    >>> _ = open(path, "w").write(json.dumps({"input": [28, 28, 1], "layers": ["Conv2D(8, 3)"]}))
+    >>> summary_of(path).rows[-1].output_shape
+    (None, 26, 26, 8)
+    """
+    if isinstance(model, ModelGraph):
+        return summarize(model, input_shape)
+    if isinstance(model, (str, os.PathLike)):
+        from .io import read_model
+
+        return summarize(read_model(model, input_shape), input_shape)
+    if type(model).__module__.startswith("torch") or hasattr(model, "named_modules"):
+        if input_shape is None:
+            raise TypeError("a PyTorch module needs input_shape, the full input shape (N, C, H, W)")
+        from .io.torch_module import graph_from_module
+
+        return summarize(graph_from_module(model, input_shape))
+    raise TypeError(f"model must be a path, a ModelGraph or a torch.nn.Module, got {type(model).__name__}")
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``convarith.summary(model, input_shape)`` be called like torchinfo's ``summary``."""
+
+    def __call__(self, model: Any, input_shape: Sequence[int] | None = None) -> ModelSummary:
+        return summary_of(model, input_shape)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 
 # --------------------------------------------------------------------------- picture

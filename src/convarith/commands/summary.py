@@ -25,7 +25,7 @@ def add_parser(subparsers: Any) -> None:
         epilog="examples: convarith summary model.keras | convarith summary net.yaml --json | "
         "convarith summary model.onnx --png field.png --cell 3,4",
     )
-    parser.add_argument("file", help="model file: .keras, .onnx, .yaml/.yml or .json")
+    parser.add_argument("file", help="model file: .keras, .onnx, legacy Keras .h5, .yaml/.yml or .json")
     parser.add_argument("--input", help="spatial input size when the file leaves it open, e.g. 224x224")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--plain", action="store_true", help="plain-text table even if rich is installed")
@@ -33,17 +33,30 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--cell", help="output cell for --png, e.g. 3,4 (default: the middle cell)")
     parser.add_argument("--layer", help="layer whose cell --png draws (default: the last spatial one)")
     parser.add_argument("-f", "--force", action="store_true", help="overwrite --png's file if it exists")
+    parser.add_argument("--max-layers", type=int, metavar="N",
+                        help="refuse files with more than N layers/nodes (default 20000)")
     parser.add_argument("--strict", action="store_true",
                         help="exit with status 2 if a layer type is unknown (the table is still printed)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..limits import limits
+
+    if args.max_layers is not None and args.max_layers < 1:
+        raise ValueError(f"--max-layers must be a positive integer, got {args.max_layers}")
+    if args.max_layers is not None:
+        with limits(max_model_layers=args.max_layers):
+            return _run(args)
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from ..io import read_model
     from ..summary import draw_field, summarize
 
-    model = read_model(args.file)
     size = parse_size(args.input, "--input") if args.input else None
+    model = read_model(args.file, size)
     summary = summarize(model, size)
     if args.png:
         row = summary.row(args.layer) if args.layer else next(

@@ -137,9 +137,13 @@ def _prepare(
                 f"{kernel_array.shape}"
             )
         if tuple(kernel_array.shape[:rank]) != spec.kernel_size:
+            hint = ""
+            if tuple(kernel_array.shape[2:]) == spec.kernel_size:  # (out, in/groups, k...): PyTorch/ONNX
+                hint = ("; it looks like a PyTorch/ONNX weight (out, in/groups, k...): convert it with "
+                        "convarith.kernel_from_torch(w) (or convarith.io.onnx_node.kernel_from_onnx(w))")
             raise ValueError(
                 f"kernel shape {kernel_array.shape} does not match spec.kernel_size="
-                f"{spec.kernel_size}: its first {rank} axes must be the kernel size"
+                f"{spec.kernel_size}: its first {rank} axes must be the kernel size{hint}"
             )
         groups = channels if spec.groups == "depthwise" else int(spec.groups)
         if spec.transposed:
@@ -496,7 +500,8 @@ def conv(
     -------
     numpy.ndarray
         In ``x``'s layout and the inputs' dtype (float16 is computed in
-        float32; integers in float64).
+        float32; integers in float64, except max pooling, which keeps an integer
+        dtype as onnxruntime does).
 
     Examples
     --------
@@ -538,6 +543,10 @@ def conv(
         y += prepared.bias
     result = _finish(y, prepared)
     assert result is not None
+    if spec.pool == "max":  # the max of integers is one of them: keep the dtype, as onnxruntime does
+        source = np.asarray(x).dtype
+        if source.kind in "iu" and np.isfinite(result).all():
+            result = result.astype(source)
     return result
 
 

@@ -17,10 +17,20 @@ Kinds and the fields they use:
 ``norm``         (per-channel parameters: ``units`` parameters per channel)
 ``identity``     (activations, dropout...: same shape, no parameters)
 ``add``/``concat``  several ``inputs``; ``concat`` joins channels
-``unknown``      a layer type convarith does not model: assumed to keep the shape
+``reshape``      a tensor rearranged (Reshape, Transpose, Squeeze, Split,
+                 Slice, ...): ``shape`` is the output shape (no batch axis) the
+                 file states or shape inference found; spatial geometry (and
+                 the receptive field) is kept when the trailing (channels
+                 first) or leading (channels last) sizes are the input's
+                 spatial sizes, as in a channel shuffle
+``unknown``      a layer type convarith does not model: its ``shape`` when the
+                 file or shape inference knows it, else assumed to keep the shape
 
 ``params`` is the parameter count when the file knows it (ONNX
-initializers); otherwise the summary computes it.
+initializers); otherwise the summary computes it. ``macs`` likewise, for
+operators whose multiply-adds the reader works out (MatMul on a tensor).
+``extra_params`` are added to the computed count (Keras ``Normalization``'s
+sample count).
 
 Examples
 --------
@@ -38,7 +48,7 @@ from ..spec import ConvSpec
 __all__ = ["LayerNode", "ModelGraph", "KINDS"]
 
 KINDS = ("input", "conv", "pad", "crop", "upsample", "global_pool", "flatten", "dense", "norm",
-         "identity", "add", "concat", "unknown")
+         "identity", "add", "concat", "reshape", "unknown")
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,8 @@ class LayerNode:
     bias: bool = True
     params: int | None = None
     note: str = ""
+    macs: int | None = None
+    extra_params: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

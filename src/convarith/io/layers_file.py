@@ -36,30 +36,42 @@ Examples
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Any
 
+from ..limits import check_model_layers
 from .graph import LayerNode, ModelGraph
 from .keras_file import keras_layer_node
 
 __all__ = ["read_layers", "layers_from_data"]
 
 
+_MAX_TEXT_BYTES = 16 << 20
+
+
 def read_layers(path: str | os.PathLike[str]) -> ModelGraph:
-    """Read a YAML (``.yaml``/``.yml``) or JSON (``.json``) layer list."""
-    name = os.fspath(path)
+    """Read a YAML (``.yaml``/``.yml``) or JSON (``.json``) layer list.
+
+    YAML aliases (``*name``) are refused: they are what alias bombs are made
+    of, and a layer list never needs them.
+    """
+    from .keras_file import check_model_file, load_json_text
+
+    name = check_model_file(path)
     try:
-        with open(name, encoding="utf-8") as handle:
-            text = handle.read()
-    except (OSError, UnicodeDecodeError) as error:
-        raise ValueError(f"cannot read {name!r}: {error}") from None
+        with open(name, "rb") as handle:
+            blob = handle.read(_MAX_TEXT_BYTES + 1)
+    except OSError as error:
+        raise ValueError(f"cannot read {name!r}: {error.strerror}") from None
+    if len(blob) > _MAX_TEXT_BYTES:
+        raise ValueError(f"{name!r} is over {_MAX_TEXT_BYTES:,} bytes; a layer list is a few kilobytes")
+    try:
+        text = blob.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{name!r} is not UTF-8 text ({error})") from None
     if name.lower().endswith(".json"):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{name!r} is not valid JSON: {error}") from None
+        data = load_json_text(text, repr(name))
     else:
         try:
             import yaml
@@ -67,11 +79,27 @@ def read_layers(path: str | os.PathLike[str]) -> ModelGraph:
             raise ImportError("reading YAML needs PyYAML: pip install 'convarith[yaml]' "
                               "(or write the layer list as .json)") from None
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_no_alias_loader(yaml))  # noqa: S506 (a SafeLoader)
         except yaml.YAMLError as error:
             first = str(error).splitlines()[0] if str(error) else "syntax error"
             raise ValueError(f"{name!r} is not valid YAML: {first}") from None
+        except RecursionError:
+            raise ValueError(f"{name!r} is nested too deeply") from None
     return layers_from_data(data, source=name)
+
+
+def _no_alias_loader(yaml: Any) -> Any:
+    """PyYAML's SafeLoader, refusing aliases (``*name``)."""
+
+    class NoAliasLoader(yaml.SafeLoader):  # type: ignore[misc,name-defined]
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.YAMLError(f"YAML aliases (*{event.anchor}) are not accepted in a layer "
+                                     f"list (line {event.start_mark.line + 1}); write the value out")
+            return super().compose_node(parent, index)
+
+    return NoAliasLoader
 
 
 def layers_from_data(data: Any, source: str = "") -> ModelGraph:
@@ -94,6 +122,7 @@ def layers_from_data(data: Any, source: str = "") -> ModelGraph:
     layers = data.get("layers")
     if not isinstance(layers, list) or not layers:
         raise ValueError(f"{where}: layers must be a non-empty list")
+    check_model_layers(len(layers), where)
     nodes = [LayerNode("input", "Input", "input", (), shape=tuple(shape))]
     previous = "input"
     names = {"input"}
@@ -121,7 +150,7 @@ def _node(entry: Any, index: int, previous: str, framework: str, where: str) -> 
         layer_type = config.pop("type", None)
         if not isinstance(layer_type, str):
             raise ValueError(f"{where}: layer {index} has no 'type' (e.g. type: Conv2D)")
-        name = str(config.pop("name", f"{layer_type.lower()}_{index}"))
+        name = str(config.pop("name", f"{layer_type.lower()}_{index}"))[:200]
         raw_inputs = config.pop("inputs", [previous])
         if isinstance(raw_inputs, str):
             raw_inputs = [raw_inputs]
@@ -134,8 +163,9 @@ def _node(entry: Any, index: int, previous: str, framework: str, where: str) -> 
         if framework == "torch":
             return _torch_node(layer_type, config, name, inputs)
         return keras_layer_node(layer_type, config, name, inputs)
-    except (ValueError, TypeError) as error:
-        raise type(error)(f"{where}: layer {index} ({layer_type}): {error}") from None
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as error:
+        detail = f"missing argument {error}" if isinstance(error, KeyError) else str(error)
+        raise ValueError(f"{where}: layer {index} ({layer_type[:80]}): {detail}") from None
 
 
 def _torch_node(layer_type: str, config: dict[str, Any], name: str, inputs: tuple[str, ...]) -> LayerNode:

@@ -233,20 +233,10 @@ def _from_keras_file(path: str) -> Sequential:
         ) from None
     import io
 
-    try:
-        archive = zipfile.ZipFile(path)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no .keras file at {path!r}") from None
-    except zipfile.BadZipFile:
-        raise ValueError(f"{path!r} is not a .keras file (not a zip archive)") from None
-    with archive:
-        names = archive.namelist()
-        if "config.json" not in names or "model.weights.h5" not in names:
-            raise ValueError(
-                f"{path!r} lacks config.json or model.weights.h5; is it a Keras 3 .keras file?"
-            )
-        config = json.loads(archive.read("config.json"))
-        weights_bytes = archive.read("model.weights.h5")
+    from ..io.keras_file import read_keras_archive
+
+    config, weights_bytes = read_keras_archive(path, weights=True)  # caps sizes, ratio, depth
+    assert weights_bytes is not None
     class_name = config.get("class_name")
     if class_name not in ("Sequential", "Functional", "Model"):
         raise ValueError(f"{path!r} holds a {class_name}; from_keras reads Sequential models")

@@ -1,0 +1,155 @@
+"""The ONNX front door as users meet it: a ``NodeProto`` in, a :class:`~convarith.ConvSpec` out.
+
+:func:`spec_from_onnx_node` (also ``ConvSpec.from_onnx_node``) reads the
+node's operator and attributes itself (strings as ``bytes`` or ``str``),
+takes the weight's shape from ``weight_shape`` or the weight array, and
+accepts the input shape for every operator (for ``ConvTranspose`` with an
+``output_shape`` attribute it is needed; for the others it is checked by
+resolving the spec on it). :func:`kernel_from_onnx` puts an ONNX weight,
+``(out, in/groups, k...)`` (``ConvTranspose``: ``(in, out/groups, k...)``),
+in the engine's layout ``(k..., in/groups, out)``.
+
+Examples
+--------
+>>> from onnx import helper  # doctest: +SKIP
+>>> node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3], auto_pad="SAME_UPPER",
+...                         strides=[2, 2])  # doctest: +SKIP
+>>> spec_from_onnx_node(node, input_shape=(1, 3, 8, 8)).resolve((3, 8, 8)).output_size  # doctest: +SKIP
+(4, 4)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..spec import ConvSpec
+
+__all__ = ["spec_from_onnx_node", "kernel_from_onnx", "check_same_pool_pads"]
+
+_OPS = ("Conv", "ConvTranspose", "MaxPool", "AveragePool")
+
+
+def _attribute_value(attribute: Any) -> Any:
+    try:
+        from onnx import helper
+
+        value = helper.get_attribute_value(attribute)
+    except ImportError:  # a duck-typed node: read the common fields
+        value = attribute.ints or attribute.i if hasattr(attribute, "ints") else attribute.s
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, (list, tuple)):
+        return [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in value]
+    return value
+
+
+def spec_from_onnx_node(node: Any, input_shape: Sequence[int] | None = None,
+                        weight_shape: Sequence[int] | None = None, weight: Any = None) -> ConvSpec:
+    """A :class:`ConvSpec` from an ``onnx.NodeProto`` of a Conv, ConvTranspose, MaxPool or AveragePool.
+
+    Parameters
+    ----------
+    node
+        The node (``onnx.helper.make_node(...)`` or one of ``model.graph.node``).
+    input_shape
+        The input's full shape ``(N, C, spatial...)`` (or ``(C, spatial...)``);
+        needed by ``ConvTranspose`` with ``output_shape``, checked for the others.
+    weight_shape, weight
+        The ``W`` input's shape, or the array itself (its shape is taken).
+
+    Raises
+    ------
+    TypeError
+        ``node`` is not a NodeProto, or an argument has the wrong type.
+    ValueError
+        An attribute's value breaks the operator's rules (as onnxruntime).
+    """
+    if not hasattr(node, "op_type") or not hasattr(node, "attribute"):
+        raise TypeError(f"node must be an onnx.NodeProto, got {type(node).__name__}; for attributes as "
+                        "keywords use ConvSpec.from_onnx('Conv', kernel_shape=[3, 3], ...)")
+    op = node.op_type.decode() if isinstance(node.op_type, bytes) else str(node.op_type)
+    if op not in _OPS:
+        raise ValueError(f"node {node.name or op!r}: op_type {op!r} is not a convolution or pooling; "
+                         f"convarith reads {', '.join(_OPS)}")
+    attrs = {str(a.name): _attribute_value(a) for a in node.attribute}
+    if weight is not None:
+        if weight_shape is not None:
+            raise TypeError("give weight or weight_shape, not both")
+        weight_shape = tuple(np.shape(weight))
+    if weight_shape is not None:
+        if op not in ("Conv", "ConvTranspose"):
+            raise TypeError(f"{op} has no weight; leave weight_shape out")
+        attrs["weight_shape"] = [int(v) for v in weight_shape]
+    shape = None
+    if input_shape is not None:
+        if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence):
+            raise TypeError(f"input_shape must be a sequence of ints (N, C, spatial...), got {input_shape!r}")
+        shape = tuple(int(v) for v in input_shape)
+        if op == "ConvTranspose":
+            attrs["input_shape"] = list(shape)
+    from ..frontdoors import from_onnx
+
+    spec = from_onnx(op, **attrs)
+    if shape is not None and op in ("MaxPool", "AveragePool"):
+        check_same_pool_pads(op, attrs, shape[-spec.rank:], str(node.name or op))
+    if shape is not None and op != "ConvTranspose":
+        spatial = shape[-spec.rank:]
+        if len(shape) < spec.rank:
+            raise ValueError(f"input_shape {shape} has fewer axes than the node's {spec.rank} spatial axes")
+        spec.resolve(spatial)  # raises ValueError if the window does not fit
+    return spec
+
+
+def kernel_from_onnx(weight: Any, transposed: bool = False) -> np.ndarray:
+    """An ONNX ``W`` in the engine's kernel layout.
+
+    ONNX stores ``Conv`` weights as ``(out, in/groups, k...)`` and
+    ``ConvTranspose`` weights as ``(in, out/groups, k...)``, as PyTorch does;
+    :func:`convarith.conv` wants ``(k..., in/groups, out)``.
+
+    >>> kernel_from_onnx(np.zeros((8, 3, 5, 5))).shape
+    (5, 5, 3, 8)
+    """
+    from ..engine.layout import kernel_from_torch
+
+    return kernel_from_torch(weight, transposed=transposed)
+
+
+def check_same_pool_pads(op: str, attrs: dict[str, Any], spatial: Sequence[int], where: str = "") -> None:
+    """Refuse a SAME pooling whose onnxruntime padding goes negative where it changes the result.
+
+    onnxruntime pads a SAME pool by ``total = (ceil(I/S) - 1) S + K - I`` split
+    as ``head = total / 2`` (SAME_UPPER) or ``(total + 1) / 2`` (SAME_LOWER),
+    truncated toward zero. With ``S >= K + 2`` the total can be negative:
+    MaxPool then fails ("padding values must be non-negative") and
+    AveragePool crops ``-head`` cells at the start, shifting every window.
+    convarith's pooling specs do not crop, so both are refused with the fix.
+
+    >>> check_same_pool_pads("AveragePool", {"auto_pad": "SAME_UPPER", "kernel_shape": [1], "strides": [5]}, [8],
+    ...                      "AveragePool")
+    Traceback (most recent call last):
+    ...
+    ValueError: AveragePool: auto_pad='SAME_UPPER' on an input of 8 cells (axis 0, kernel 1, stride 5): onnxruntime's padding is -2 in all, so it crops 1 cell(s) at the start and shifts every window, which a convarith pooling spec cannot express; crop 1 cell(s) from the start of axis 0 first and use auto_pad='VALID'
+    """
+    auto_pad = attrs.get("auto_pad", "NOTSET")
+    if auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
+        return
+    kernel = list(attrs.get("kernel_shape", ()))
+    strides = list(attrs.get("strides") or [1] * len(kernel))
+    for axis, (size, k, stride) in enumerate(zip(spatial, kernel, strides)):
+        total = (-(-int(size) // stride) - 1) * stride + k - int(size)
+        if total >= 0:
+            continue
+        head = int((total + (auto_pad == "SAME_LOWER")) / 2)  # C++ division: toward zero
+        context = (f"{where + ': ' if where else ''}auto_pad={auto_pad!r} on an input of {size} cells (axis "
+                   f"{axis}, kernel {k}, stride {stride}): onnxruntime's padding is {total} in all")
+        if op == "MaxPool":
+            raise ValueError(f"{context}, which onnxruntime refuses for MaxPool (padding values must be "
+                             "non-negative); use auto_pad='VALID' or explicit pads")
+        if head < 0:
+            raise ValueError(f"{context}, so it crops {-head} cell(s) at the start and shifts every window, "
+                             f"which a convarith pooling spec cannot express; crop {-head} cell(s) from the "
+                             f"start of axis {axis} first and use auto_pad='VALID'")
