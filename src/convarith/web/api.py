@@ -86,6 +86,13 @@ class Limits:
     max_solve_kernel: int = 15
     max_solve_stride: int = 8
     max_solve_dilation: int = 4
+    #: transport limits (see docs/hardening.md, "The explorer server")
+    max_json_depth: int = 32
+    max_number_digits: int = 64
+    max_body_seconds: float = 30.0
+    max_jpeg_scans: int = 32
+    max_heavy_at_once: int = 2
+    max_uploads_at_once: int = 8
 
 
 class ApiError(Exception):
@@ -654,8 +661,6 @@ def decode_upload(text: Any, limits: Limits) -> Any:
     ``max_image_pixels`` (or ``max_image_side`` per side) is refused before a
     single pixel is decoded.
     """
-    import numpy as np
-
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError as error:
@@ -685,10 +690,14 @@ def decode_upload(text: Any, limits: Limits) -> Any:
                     "image",
                 )
             if picture.format == "JPEG":
+                scans = raw.count(b"\xff\xda")  # start-of-scan markers (0xFF is stuffed in data)
+                if scans > limits.max_jpeg_scans:
+                    raise ApiError(
+                        413, f"image is a JPEG with {scans} scans; the limit is "
+                        f"{limits.max_jpeg_scans} (re-save it as a baseline JPEG or a PNG)", "image",
+                    )
                 picture.draft("L", (limits.engine_side, limits.engine_side))
-            picture.thumbnail((limits.engine_side, limits.engine_side))
-            gray = picture.convert("L")
-            return np.asarray(gray, dtype=np.float32) / 255.0
+            return _gray_pixels(picture, limits.engine_side)
     except ApiError:
         raise
     except UnidentifiedImageError as error:
@@ -697,6 +706,27 @@ def decode_upload(text: Any, limits: Limits) -> Any:
         raise ApiError(413, f"image refused as a decompression bomb: {error}", "image") from error
     except (OSError, ValueError, SyntaxError) as error:
         raise ApiError(422, f"image could not be decoded: {error}", "image") from error
+
+
+def _gray_pixels(picture: Any, side: int) -> Any:
+    """Grey values in [0, 1], at most ``side`` pixels per side, from any PNG/JPEG mode.
+
+    16-bit grey (``I;16``) keeps its full range (65535 is white); every other
+    mode (1, L, LA, P, RGB, RGBA, CMYK...) goes through Pillow's ``L`` conversion.
+    """
+    import numpy as np
+    from PIL import Image
+
+    width, height = picture.size
+    scale = min(1.0, side / max(width, height))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if picture.mode.startswith("I;16") or picture.mode in ("I", "F"):
+        if size != picture.size:  # Pillow's reduce() refuses 16-bit modes; resize takes them
+            picture = picture.resize(size, Image.Resampling.BOX)
+        white = 255.0 if picture.mode == "F" else 65535.0
+        return np.clip(np.asarray(picture, dtype=np.float32) / white, 0.0, 1.0)
+    picture.thumbnail((side, side))
+    return np.asarray(picture.convert("L"), dtype=np.float32) / 255.0
 
 
 def parse_kernel(data: dict[str, Any], limits: Limits) -> tuple[str, Any]:
@@ -722,10 +752,22 @@ def parse_kernel(data: dict[str, Any], limits: Limits) -> tuple[str, Any]:
         raise ApiError(422, "numbers: every row needs the same count of values", "numbers")
     if len(numbers) > limits.max_kernel or len(numbers[0]) > limits.max_kernel:
         raise ApiError(422, f"numbers: at most {limits.max_kernel}x{limits.max_kernel}", "numbers")
+    for row in numbers:
+        for cell in row:
+            if isinstance(cell, bool) or not isinstance(cell, (int, float)):
+                raise ApiError(422, f"numbers must hold numbers, got {_short(cell)}", "numbers")
+            if isinstance(cell, int) and abs(cell) > 10**6:
+                raise ApiError(422, "numbers must be finite and at most 1e6 in size", "numbers")
     values = np.array(numbers, dtype=np.float64)
     if not np.all(np.isfinite(values)) or np.abs(values).max() > 1e6:
         raise ApiError(422, "numbers must be finite and at most 1e6 in size", "numbers")
     return name, values.astype(np.float32)
+
+
+def _short(value: Any, width: int = 60) -> str:
+    """``repr(value)`` cut to ``width`` characters, for error messages."""
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def image_payload(data: Any, limits: Limits, sample: Callable[[], bytes]) -> dict[str, Any]:
