@@ -9,6 +9,15 @@ import threading
 import webbrowser
 from typing import Any
 
+#: Seconds a connection may take to send a request's headers (new or kept-alive).
+HEADER_TIMEOUT_S = 10.0
+#: Seconds an idle kept-alive connection stays open after a response.
+KEEP_ALIVE_TIMEOUT_S = 5
+#: Connections plus requests at once beyond which uvicorn answers 503 (below a 1024 fd limit).
+MAX_CONNECTIONS = 900
+#: Largest request head (request line plus headers) in bytes.
+MAX_HEAD_BYTES = 16 * 1024
+
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
@@ -24,12 +33,19 @@ def add_parser(subparsers: Any) -> None:
         help="address to bind (default 127.0.0.1; 0.0.0.0 exposes it to your network)",
     )
     parser.add_argument("--open", action="store_true", help="open the page in a web browser")
+    parser.add_argument(
+        "--header-timeout", type=float, default=HEADER_TIMEOUT_S, metavar="SECONDS",
+        help=f"close connections that take longer to send a request's headers "
+        f"(default {HEADER_TIMEOUT_S:g})",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be between 1 and 65535, got {args.port}")
+    if not 0 < args.header_timeout <= 3600:
+        raise ValueError(f"--header-timeout must be between 0 and 3600 seconds, got {args.header_timeout}")
     try:
         import uvicorn
     except ImportError as error:
@@ -51,28 +67,18 @@ def run(args: argparse.Namespace) -> int:
     if args.open:
         threading.Timer(1.0, webbrowser.open, args=(url,)).start()
     _give_big_blocks_back()
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", **server_settings())
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", **server_settings(args.header_timeout))
     return 0
 
 
-#: Seconds a connection may take to send a request's headers (new or kept-alive).
-HEADER_TIMEOUT_S = 10.0
-#: Seconds an idle kept-alive connection stays open after a response.
-KEEP_ALIVE_TIMEOUT_S = 5
-#: Connections plus requests at once beyond which uvicorn answers 503 (below a 1024 fd limit).
-MAX_CONNECTIONS = 900
-#: Largest request head (request line plus headers) in bytes.
-MAX_HEAD_BYTES = 16 * 1024
-
-
-def server_settings() -> dict[str, Any]:
+def server_settings(header_timeout: float = HEADER_TIMEOUT_S) -> dict[str, Any]:
     """uvicorn's settings for the explorer: timeouts and caps on connections and headers.
 
     >>> server_settings()["timeout_keep_alive"]
     5
     """
     return {
-        "http": _header_timeout_protocol(HEADER_TIMEOUT_S),
+        "http": _header_timeout_protocol(header_timeout),
         "timeout_keep_alive": KEEP_ALIVE_TIMEOUT_S,
         "limit_concurrency": MAX_CONNECTIONS,
         "h11_max_incomplete_event_size": MAX_HEAD_BYTES,
