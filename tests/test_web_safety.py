@@ -15,6 +15,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -31,7 +33,7 @@ from convarith.web.api import Limits  # noqa: E402
 
 SETTINGS = {"input_size": [7, 7], "kernel_size": 3}
 #: every JSON endpoint and a valid body for it
-ENDPOINTS = {
+ENDPOINTS: dict[str, dict[str, Any]] = {
     "/api/resolve": SETTINGS,
     "/api/explain": SETTINGS,
     "/api/geometry": SETTINGS,
@@ -115,7 +117,7 @@ BIG_NUMBERS = ["1" * 65, "-" + "9" * 5000, "1" * 4301, "10" * 40, "1e400", "-1e4
 
 @pytest.mark.parametrize("path", sorted(ENDPOINTS))
 def test_big_numbers_in_every_numeric_field_are_4xx(client: TestClient, path: str) -> None:
-    body = {**ENDPOINTS[path], "strides": 1, "dilation": 1, "filters": 1, "in_channels": 1}
+    body: dict[str, Any] = {**ENDPOINTS[path], "strides": 1, "dilation": 1, "filters": 1, "in_channels": 1}
     if path == "/api/solve":
         body = {**ENDPOINTS[path], "max_kernel": 3, "max_stride": 2, "max_dilation": 1,
                 "max_padding": 1}
@@ -295,7 +297,7 @@ HEADER_TIMEOUT_S = 1.5
 
 
 @pytest.fixture()
-def server() -> object:
+def server() -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "convarith.cli", "serve", "--port", str(port),
@@ -315,8 +317,8 @@ def server() -> object:
         process.kill()
 
 
-def test_sixteen_concurrent_first_image_requests_all_succeed(server: object) -> None:
-    port, process = server  # type: ignore[misc]
+def test_sixteen_concurrent_first_image_requests_all_succeed(server: tuple[int, subprocess.Popen[bytes]]) -> None:
+    port, _ = server
 
     async def burst() -> list[int]:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
@@ -328,8 +330,8 @@ def test_sixteen_concurrent_first_image_requests_all_succeed(server: object) -> 
     assert asyncio.run(burst()) == [200] * 16
 
 
-def test_idle_and_half_sent_connections_are_closed(server: object) -> None:
-    port, _ = server  # type: ignore[misc]
+def test_idle_and_half_sent_connections_are_closed(server: tuple[int, subprocess.Popen[bytes]]) -> None:
+    port, _ = server
     sockets = [socket.create_connection(("127.0.0.1", port)) for _ in range(300)]
     for number, sock in enumerate(sockets):
         sock.settimeout(HEADER_TIMEOUT_S + 10)
