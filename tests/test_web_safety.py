@@ -360,3 +360,44 @@ def test_the_serve_banner_warns_when_bound_to_every_interface() -> None:
         process.wait(timeout=15)
     assert first.startswith("WARNING: --host 0.0.0.0")
     assert "http://" in second and "0.0.0.0" not in second and f":{port}/" in second
+
+
+# --------------------------------------------------------------------------- frame lists
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_frame_list_matches_the_footprint_of_every_cell(client: TestClient, seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    rank = rng.choice([1, 2, 3])
+    body: dict[str, Any] = {
+        "input_size": [rng.randint(3, 9) for _ in range(rank)],
+        "kernel_size": rng.choice([1, 2, 3]), "strides": rng.choice([1, 2]),
+        "dilation": rng.choice([1, 2]), "padding": rng.choice(["valid", "same", 1]),
+        "transposed": rng.choice([False, True]), "frames": True,
+    }
+    if body["transposed"] and body["padding"] == 1:
+        body["padding"] = "valid"
+    if not body["transposed"] and rng.random() < 0.5 and body["padding"] == 1:
+        body["padding_mode"] = rng.choice(["reflect", "replicate", "circular"])
+    response = client.post("/api/footprint", json=body)
+    assert response.status_code == 200, (seed, body, response.text[:200])
+    frames = response.json()["frames"]
+    from convarith.web import api
+
+    settings = api.parse_settings(body, Limits())  # the same spec the server resolves
+    resolved = api._resolve(api.build_spec(settings)[0], settings)
+    cells = list(resolved.positions())
+    assert [f["output"] for f in frames] == [list(c) for c in cells]
+    for frame, cell in zip(frames, cells):
+        expected = [{"kernel": list(t.kernel), "position": list(t.position),
+                     "source": None if t.source is None else list(t.source),
+                     "in_padding": t.in_padding} for t in resolved.footprint(cell)]
+        assert frame["taps"] == expected, (seed, body, cell)
+
+
+def test_frame_list_over_the_cap_is_refused(client: TestClient) -> None:
+    body = {"input_size": [46, 46, 46], "kernel_size": 1, "frames": True}
+    message = error_of(client.post("/api/footprint", json=body), 422)
+    assert "97336 taps" in message and str(Limits().max_frame_taps) in message

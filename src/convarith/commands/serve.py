@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import socket
+import sys
 import threading
 import webbrowser
 from typing import Any
@@ -67,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
     if args.open:
         threading.Timer(1.0, webbrowser.open, args=(url,)).start()
     _give_big_blocks_back()
+    # heavy requests run in worker threads; a short switch interval hands the
+    # interpreter lock back to the event loop (and light requests) sooner
+    sys.setswitchinterval(0.001)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", **server_settings(args.header_timeout))
     return 0
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import itertools
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -75,7 +76,7 @@ class Limits:
     max_padding: int = 32
     max_channels: int = 256
     max_draw: int = 160
-    max_frame_taps: int = 100_000
+    max_frame_taps: int = 40_000
     max_layers: int = 12
     max_body_bytes: int = 64 * 1024
     max_upload_bytes: int = 2 * 1024 * 1024
@@ -520,13 +521,21 @@ def _frames_payload(resolved: ResolvedConv, limits: Limits) -> dict[str, Any]:
             422, f"the frame list would hold {total} taps (at most {limits.max_frame_taps}); "
             "ask /api/geometry, which gives the same footprints per axis", "frames",
         )
-    return {
-        "output_size": list(resolved.output_size),
-        "frames": [
-            {"output": list(cell), "taps": [_tap_dict(t) for t in resolved.footprint(cell)]}
-            for cell in resolved.positions()
-        ],
-    }
+    # Each axis's taps are computed once; a cell's footprint is their product, combined
+    # as ResolvedConv.footprint combines them (the tests check the two agree).
+    per_axis = [[[(t.kernel[0], t.position[0], None if t.source is None else t.source[0],
+                   t.in_padding) for t in resolved.axis_taps(axis, o)] for o in range(n)]
+                for axis, n in enumerate(resolved.output_size)]
+    frames = []
+    for cell in resolved.positions():
+        taps = []
+        for combo in itertools.product(*(per_axis[a][o] for a, o in enumerate(cell))):
+            kernel, position, source, padding = zip(*combo)
+            taps.append({"kernel": list(kernel), "position": list(position),
+                         "source": None if None in source else list(source),
+                         "in_padding": any(padding)})
+        frames.append({"output": list(cell), "taps": taps})
+    return {"output_size": list(resolved.output_size), "frames": frames}
 
 
 def solve_payload(data: Any, limits: Limits) -> dict[str, Any]:

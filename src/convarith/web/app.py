@@ -121,8 +121,23 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def _render(payload: dict[str, Any]) -> bytes:
-    return json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+def _render(payload: dict[str, Any], piece: int = 500) -> bytes:
+    """``payload`` as compact JSON; long lists are encoded ``piece`` items at a time.
+
+    ``json.dumps`` holds the interpreter lock for its whole run: encoding a
+    10 MB frame list in one call would stall the event loop for as long.
+    """
+    def dumps(value: Any) -> str:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+    parts = []
+    for key, value in payload.items():
+        if isinstance(value, list) and len(value) > piece:
+            items = ",".join(dumps(value[i:i + piece])[1:-1] for i in range(0, len(value), piece))
+            parts.append(f"{dumps(key)}:[{items}]")
+        else:
+            parts.append(f"{dumps(key)}:{dumps(value)}")
+    return ("{" + ",".join(parts) + "}").encode()
 
 
 Handler = Callable[[Any, api.Limits], dict[str, Any]]
