@@ -11,9 +11,9 @@ import webbrowser
 from typing import Any
 
 #: Seconds a connection may take to send a request's headers (new or kept-alive).
-HEADER_TIMEOUT_S = 10.0
+HEADER_TIMEOUT_S = 15.0
 #: Seconds an idle kept-alive connection stays open after a response.
-KEEP_ALIVE_TIMEOUT_S = 5
+KEEP_ALIVE_TIMEOUT_S = 15
 #: Connections plus requests at once beyond which uvicorn answers 503 (below a 1024 fd limit).
 MAX_CONNECTIONS = 900
 #: Largest request head (request line plus headers) in bytes.
@@ -79,7 +79,7 @@ def server_settings(header_timeout: float = HEADER_TIMEOUT_S) -> dict[str, Any]:
     """uvicorn's settings for the explorer: timeouts and caps on connections and headers.
 
     >>> server_settings()["timeout_keep_alive"]
-    5
+    15
     """
     return {
         "http": _header_timeout_protocol(header_timeout),
