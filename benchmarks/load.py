@@ -12,8 +12,8 @@ Starts ``convarith serve`` on a free 127.0.0.1 port in a subprocess and sends
 
 It prints p50/p95/p99 latency per endpoint and for the light and heavy groups,
 the failures (any status but 200), and the server's memory (RSS, sampled
-every 20 ms): at rest before the run, the peak during it and a few seconds
-after it. Bounded in time by ``--time-limit``: whatever has not finished by
+every 20 ms): at rest before the run (after one request of each kind), the
+peak during it and a few seconds after it. Bounded in time by ``--time-limit``: whatever has not finished by
 then is cancelled and counted. Exits 1 on any failure, on a light p95 over
 ``--light-p95-ms``, or when the memory does not come back to within
 ``--rss-slack-mb`` of where it started.
@@ -219,11 +219,15 @@ def main(argv: list[str] | None = None) -> int:
                 print("the server did not start", file=sys.stderr)
                 return 2
             time.sleep(0.1)
-        # warm up: every endpoint once (the engine compiles its kernels on first use)
+        # warm up: every endpoint (the engine compiles its kernels on first use) ...
         for _, (method, path, body) in [workload(random.Random(i), 0.0, uploads)
                                         for i in range(40)]:
             httpx.request(method, base + path, json=body, timeout=120)
-        httpx.post(base + "/api/image", json={"image": "sample"}, timeout=120)
+        # ... and each heavy request once (the engine keeps a compiled kernel per picture size)
+        for image in ["sample", *uploads.values()]:
+            httpx.post(base + "/api/image", json={"image": image, "kernel": "edge"}, timeout=120)
+        httpx.post(base + "/api/footprint", json={"input_size": [34, 34, 34], "kernel_size": 1,
+                                                  "frames": True}, timeout=120)
         time.sleep(1.0)
         rss_rest = rss_mb(server.pid)
         peak = [rss_rest]

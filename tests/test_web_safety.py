@@ -401,3 +401,31 @@ def test_frame_list_over_the_cap_is_refused(client: TestClient) -> None:
     body = {"input_size": [46, 46, 46], "kernel_size": 1, "frames": True}
     message = error_of(client.post("/api/footprint", json=body), 422)
     assert "97336 taps" in message and str(Limits().max_frame_taps) in message
+
+
+def test_a_body_that_never_finishes_is_a_408() -> None:
+    import anyio
+
+    app = create_app(Limits(max_body_seconds=0.3))
+    sent: list[dict[str, Any]] = []
+    first = [True]
+
+    async def receive() -> dict[str, Any]:
+        if first[0]:
+            first[0] = False
+            return {"type": "http.request", "body": b'{"input_size": [5, ', "more_body": True}
+        await anyio.sleep(30)  # the rest never comes
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/api/resolve", "raw_path": b"/api/resolve",
+             "root_path": "", "query_string": b"", "http_version": "1.1", "scheme": "http",
+             "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 5000),
+             "headers": [(b"host", b"127.0.0.1:8000"), (b"content-type", b"application/json")]}
+    start = time.monotonic()
+    anyio.run(app, scope, receive, send)
+    assert time.monotonic() - start < 10
+    assert sent[0]["status"] == 408
+    assert b"took over 0.3 s" in sent[1]["body"]
