@@ -92,7 +92,7 @@ class Limits:
     max_number_digits: int = 64
     max_body_seconds: float = 30.0
     max_jpeg_scans: int = 32
-    max_heavy_at_once: int = 2
+    max_heavy_at_once: int = 1
     max_uploads_at_once: int = 8
 
 
