@@ -98,8 +98,18 @@ def test_padding_cells_are_drawn_where_the_resolved_padding_says(resolved):
         cell = grid[position]
         index = tuple(p - lo for p, (lo, _) in zip(position, resolved.padding))
         inside = all(0 <= i < n for i, n in zip(index, resolved.input_size))
-        assert cell.kind == ("input" if inside else "padding"), position
+        dropped = inside and any(
+            i >= n - d for i, n, d in zip(index, resolved.input_size, resolved.dropped))
+        if not inside or dropped:
+            assert cell.kind == ("dropped" if inside else "padding"), position
+        else:
+            assert cell.kind in ("input", "skipped"), position
         assert cell.source == (index if inside else None)
+    # "dropped" and "skipped" mark exactly the input cells no window reads
+    read = {position for frame in board.frames for position in frame.window}
+    unread = {c.position for c in board.grid_cells if c.kind in ("dropped", "skipped")}
+    inputs = unread | {c.position for c in board.grid_cells if c.kind == "input"}
+    assert unread == inputs - read
     # nothing else is drawn except what a ceil-mode window reaches
     assert set(grid) == set(product(*[range(n) for n in board.grid_size]))
     assert board.grid_size == padded
@@ -132,7 +142,8 @@ def test_dropped_rows_are_input_cells_no_window_reads():
     read = {p for f in board.frames for p in f.window}
     unread = {c.position for c in board.grid_cells} - read
     assert {p for p in unread if p[0] == 5} == {(5, c) for c in range(6)}
-    assert all(board.cell_kind(p) == "input" for p in unread)
+    assert all(board.cell_kind(p) == "dropped" for p in unread)  # drawn as dropped, not as input
+    assert board.cell_kind((4, 4)) == "input"
 
 
 def test_lesson_dilation_has_a_5x5_field_of_view():

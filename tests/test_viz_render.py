@@ -7,6 +7,7 @@ import math
 import os
 import xml.etree.ElementTree as ET
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -164,10 +165,11 @@ def test_failed_write_leaves_no_file(tmp_path, error):
 def test_interrupted_animation_save_leaves_nothing(tmp_path, monkeypatch):
     import convarith.viz.animation as animation
 
-    def interrupted(*args, **kwargs):
+    def interrupted(stream, *args, **kwargs):
+        stream.write(b"GIF89a half")  # frames are streamed: part of the file is written
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(animation, "gif_bytes", interrupted)
+    monkeypatch.setattr(animation, "write_gif", interrupted)
     with pytest.raises(KeyboardInterrupt):
         animate(ConvSpec(3), (4, 4)).save(tmp_path / "a.gif")
     assert os.listdir(tmp_path) == []
@@ -259,3 +261,61 @@ def test_specs_display_as_pictures():
     assert "input 5×5" in big._repr_svg_()
     small = ConvSpec(3, dilation=2).resolve((8, 8))
     assert "input 8×8" in small._repr_svg_()
+
+
+# --------------------------------------------------------------------------- pictures that say what is computed
+
+
+def test_max_pooling_marks_the_maximum_and_shows_no_weights():
+    """Each step outlines the cell max pooling picks (numpy's argmax over the -inf padded
+    window, first on ties) and writes no ×weight labels: a pool has no weights."""
+    from convarith import explain
+    from convarith.viz.frames import build_frames
+    from convarith.viz.scene import PALETTE, build_scene, max_position
+
+    seed = 20
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 9, size=(5, 5)).astype(float)
+    spec = ConvSpec(2, strides=2, pool="max", padding=((0, 1), (0, 1)))
+    resolved = spec.resolve((5, 5))
+    board = build_frames(resolved, input_values=x)
+    scene = build_scene(board, explain(spec, (5, 5)))
+    padded = np.full((6, 6), -np.inf)
+    padded[:5, :5] = x
+    for frame in board.frames:
+        r, c = frame.index
+        window = padded[2 * r:2 * r + 2, 2 * c:2 * c + 2]
+        want = np.unravel_index(int(np.argmax(window)), window.shape)
+        winner = (2 * r + int(want[0]), 2 * c + int(want[1]))
+        marks = [s for s in scene.shapes if s.kind == "polygon" and s.stroke == PALETTE.gap
+                 and s.start == frame.step]
+        assert len(marks) == 1, (seed, frame.index)
+        assert max_position(frame, board) == winner, (seed, frame.index)
+    texts = [s.text for s in scene.shapes if s.kind == "text"]
+    assert not any(t.startswith("×") for t in texts)
+    assert "−∞" in texts  # the padding of a max pool is -inf, not 0
+
+
+def test_dropped_rows_are_drawn_and_named():
+    """animate 6 -k 3 -s 2 -p valid: the last row and column are never read (6 - 3 is odd)."""
+    from convarith import explain
+    from convarith.viz.frames import build_frames
+    from convarith.viz.scene import PALETTE, build_scene
+
+    spec = ConvSpec(3, strides=2)
+    board = build_frames(spec.resolve((6, 6)))
+    scene = build_scene(board, explain(spec, (6, 6)))
+    dropped = [s for s in scene.shapes if s.kind == "polygon" and s.fill == PALETTE.dropped]
+    assert len(dropped) == 6 + 6 - 1
+    assert any("last 1 row and 1 column never read (dropped)" in (s.text or "") for s in scene.shapes)
+
+
+def test_3d_slices_are_laid_out_in_rows_not_one_strip():
+    """7 padded depth slices: 3 + 3 + 1 in rows, so the picture is not a strip 5x wider than high."""
+    spec = ConvSpec(3, padding="same", strides=2, rank=3)
+    movie = animate(spec, (5, 5, 5))
+    assert movie.scene.width / movie.scene.height < 2.0, (movie.scene.width, movie.scene.height)
+    labels = [s for s in movie.scene.shapes if s.kind == "text" and (s.text or "").startswith("depth ")]
+    spots = {(round(s.points[0][0]), round(s.points[0][1])) for s in labels}
+    assert len(spots) == len(labels) == 7 + 3  # no two depth labels at the same place
+    assert all(0 <= x <= movie.scene.width and 0 <= y <= movie.scene.height for x, y in spots)

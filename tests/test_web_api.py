@@ -353,9 +353,9 @@ def test_geometry_matches_the_resolved_spec_everywhere(client):
                 cells = [axes[a]["grid"][p] for a, p in enumerate(tap.position)]
                 if tap.source is not None:
                     assert all(c["source"] == s for c, s in zip(cells, tap.source)), (seed, body)
-                    assert all(c["kind"] in ("input", "pad") for c in cells)
+                    assert all(c["kind"] in ("input", "copy") for c in cells)
                 else:
-                    assert any(c["kind"] in ("pad", "zero") or c["source"] is None for c in cells)
+                    assert any(c["kind"] in ("padding", "inserted", "beyond") for c in cells)
         for cell in product([range(n) for n in resolved.input_size]):
             combos = product([axes[a]["feeds"][i] for a, i in enumerate(cell)])
             page = sorted((tuple(f[0] for f in c), tuple(f[1] for f in c)) for c in combos)

@@ -5,6 +5,12 @@ disk, then renamed over the destination with :func:`os.replace` (atomic on
 POSIX and Windows). After an error or Ctrl-C only the temporary file is
 removed; the destination is either untouched or complete.
 
+Only a regular file is ever replaced, even with ``force``: a folder, a
+symbolic link, a FIFO, a socket or a device node at the destination is
+refused with :class:`NotARegularFileError` before anything is written (so
+``--force`` as root cannot write a picture over ``/dev/...``). The check is
+made again just before the rename.
+
 Examples
 --------
 >>> import tempfile, os
@@ -22,12 +28,58 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
-__all__ = ["write_atomic", "atomic_path", "check_writable"]
+__all__ = ["write_atomic", "atomic_path", "check_writable", "NotARegularFileError", "file_kind"]
+
+
+class NotARegularFileError(FileExistsError):
+    """The destination exists and is not a regular file (never replaced, even with ``force``)."""
+
+
+def file_kind(path: str | os.PathLike[str]) -> str | None:
+    """What is at ``path`` without following a symbolic link: ``None`` when nothing.
+
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> file_kind(folder), file_kind(folder + "/absent")
+    ('a folder', None)
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    for test, name in (
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"  # pragma: no cover - door, port, whiteout...
+
+
+def _refuse_special(target: Path) -> bool:
+    """Whether ``target`` exists (a regular file); raise if it exists and is anything else."""
+    kind = file_kind(target)
+    if kind is None:
+        return False
+    if kind == "a folder":
+        raise IsADirectoryError(f"{str(target)!r} is a folder; give a file name")
+    if kind != "a regular file":
+        raise NotARegularFileError(
+            f"{str(target)!r} is {kind}, not a regular file; only regular files are "
+            "replaced, even with --force: give another file name"
+        )
+    return True
 
 
 def check_writable(path: str | os.PathLike[str], force: bool = False) -> Path:
@@ -39,13 +91,21 @@ def check_writable(path: str | os.PathLike[str], force: bool = False) -> Path:
         ``path`` exists and ``force`` is false.
     IsADirectoryError
         ``path`` is a folder.
+    NotARegularFileError
+        ``path`` is a symbolic link, FIFO, socket or device node (whatever ``force``).
     FileNotFoundError
         the folder that would hold ``path`` does not exist.
+
+    >>> import os, tempfile
+    >>> link = os.path.join(tempfile.mkdtemp(), "link.gif")
+    >>> os.symlink("/dev/null", link)
+    >>> check_writable(link, force=True)
+    Traceback (most recent call last):
+    ...
+    convarith._atomic.NotARegularFileError: '...link.gif' is a symbolic link, not a regular file; ...
     """
     target = Path(path)
-    if target.is_dir():
-        raise IsADirectoryError(f"{str(target)!r} is a folder; give a file name")
-    if target.exists() and not force:
+    if _refuse_special(target) and not force:
         raise FileExistsError(f"{str(target)!r} exists; pass force=True (--force) to overwrite it")
     parent = target.parent if str(target.parent) else Path(".")
     if not parent.is_dir():
@@ -78,7 +138,7 @@ def atomic_path(path: str | os.PathLike[str], force: bool = False) -> Iterator[P
         yield temporary
         with open(temporary, "rb") as stream:
             os.fsync(stream.fileno())
-        if not force and target.exists():
+        if _refuse_special(target) and not force:
             raise FileExistsError(
                 f"{str(target)!r} appeared while it was being written; pass force=True to overwrite it"
             )

@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, fields, replace
 
-__all__ = ["Limits", "current_limits", "limits", "check_values", "check_layers"]
+__all__ = ["Limits", "current_limits", "limits", "check_values", "check_layers", "check_picture"]
 
 
 @dataclass(frozen=True)
@@ -38,11 +38,22 @@ class Limits:
         Layers in one stack (receptive fields, summaries, models).
     max_image_pixels
         Pixels in one decoded picture.
+    max_animation_frames
+        Steps in one animation (one per output cell, or per input cell for a
+        scattered transposed convolution): 4096, a 64x64 input. Frames are
+        drawn and encoded one at a time, so memory does not grow with them;
+        time and file size do.
+    max_picture_pixels
+        Pixels of one drawn picture, counted at the 2x supersampled size
+        (an animation's canvas, or a sheet of every step): 2**26, 192 MiB of
+        RGB.
     """
 
     max_output_values: int = 2**28
     max_layers: int = 512
     max_image_pixels: int = 50_000_000
+    max_animation_frames: int = 4096
+    max_picture_pixels: int = 2**26
 
 
 _LIMITS: ContextVar[Limits] = ContextVar("convarith_limits", default=Limits())  # noqa: B039 (frozen)
@@ -101,4 +112,24 @@ def check_layers(count: int) -> None:
         raise ValueError(
             f"the stack has {count} layers, over the limit max_layers={cap}; raise it with "
             "convarith.limits.limits(max_layers=...)"
+        )
+
+
+def check_picture(what: str, width: int, height: int, fix: str) -> None:
+    """Refuse a drawing of more than ``max_picture_pixels`` pixels, before it is allocated.
+
+    >>> check_picture("the sheet", 100, 100, "draw one step")
+    >>> with limits(max_picture_pixels=10):
+    ...     check_picture("the sheet", 4, 3, "draw one step")
+    Traceback (most recent call last):
+    ...
+    ValueError: the sheet would be 4x3 = 12 pixels, over the limit max_picture_pixels=10; draw one step, ...
+    """
+    count = int(width) * int(height)
+    cap = current_limits().max_picture_pixels
+    if count > cap:
+        raise ValueError(
+            f"{what} would be {int(width)}x{int(height)} = {count:,} pixels, over the limit "
+            f"max_picture_pixels={cap:,}; {fix}, or raise the limit with convarith.limits.limits("
+            "max_picture_pixels=...)"
         )

@@ -20,6 +20,7 @@ import base64
 import html
 import io
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -179,43 +180,57 @@ def _map_png(array: np.ndarray, signed: bool) -> bytes:
 
 
 def _keras_code(spec: ConvSpec) -> str:
-    lines = ["import keras", ""]
+    """Keras code that computes the feature map shown: one filter, no bias, no activation.
+
+    Explicit padding becomes a ``ZeroPadding2D`` layer in front of the
+    convolution (Keras convolutions take only 'valid' or 'same'). The code
+    runs as is: ``model`` maps a (1, 28, 28, 1) batch to the feature map.
+    """
     padding = spec.padding
-    args = ["filters=10", f"kernel_size={spec.kernel_size[0]}"]  # type: ignore[index]
+    args = ["filters=1", f"kernel_size={spec.kernel_size[0]}"]  # type: ignore[index]
+    layers = ["    keras.Input((28, 28, 1)),"]
     if isinstance(padding, str):
         args.append(f'padding="{padding}"')
     else:
-        lines.append(f"pad = keras.layers.ZeroPadding2D(padding={_first_pad(spec)})")
-        args.append('padding="valid"')
+        layers.append(f"    keras.layers.ZeroPadding2D(padding={_first_pad(spec)}),")
     if max(spec.strides) > 1:  # type: ignore[arg-type]
         args.append(f"strides={spec.strides[0]}")  # type: ignore[index]
     if max(spec.dilation) > 1:  # type: ignore[arg-type]
         args.append(f"dilation_rate={spec.dilation[0]}")  # type: ignore[index]
-    args.append('activation="relu"')
-    lines.append("conv = keras.layers.Conv2D(\n    " + ",\n    ".join(args) + ",\n)")
-    return "\n".join(lines)
+    args.append("use_bias=False")
+    layers.append(f"    keras.layers.Conv2D({', '.join(args)}),")
+    return "\n".join([
+        "import keras", "",
+        "model = keras.Sequential([", *layers, "])",
+        "# the one filter is the vertical-edge kernel, as for the feature map below:",
+        "# model.layers[-1].set_weights([edge_kernel.reshape(3, 3, 1, 1)])",
+    ])
 
 
 def _torch_code(resolved: ResolvedConv) -> str:
+    """PyTorch code for the same feature map; uneven padding becomes a ``ZeroPad2d`` in front."""
     spec = resolved.spec
     pads = resolved.padding
-    lines = ["import torch", ""]
     symmetric = all(lo == hi for lo, hi in pads) and len(set(pads)) == 1
-    args = ["in_channels=1", "out_channels=10", f"kernel_size={spec.kernel_size[0]}"]  # type: ignore[index]
+    args = ["1", "1", f"kernel_size={spec.kernel_size[0]}"]  # type: ignore[index]
     if max(spec.strides) > 1:  # type: ignore[arg-type]
         args.append(f"stride={spec.strides[0]}")  # type: ignore[index]
-    if symmetric:
-        if pads[0][0]:
-            args.append(f"padding={pads[0][0]}")
-    else:
-        (top, bottom), (left, right) = pads
-        lines[1:1] = ["import torch.nn.functional as F"]
-        lines.append(f"# PyTorch padding is symmetric; pad ({top}, {bottom}) x ({left}, {right}) first")
-        lines.append(f"pad = lambda x: F.pad(x, ({left}, {right}, {top}, {bottom}))")
+    if symmetric and pads[0][0]:
+        args.append(f"padding={pads[0][0]}")
     if max(spec.dilation) > 1:  # type: ignore[arg-type]
         args.append(f"dilation={spec.dilation[0]}")  # type: ignore[index]
-    lines.append("conv = torch.nn.Conv2d(\n    " + ",\n    ".join(args) + ",\n)")
-    return "\n".join(lines)
+    args.append("bias=False")
+    layers = []
+    if not symmetric:
+        (top, bottom), (left, right) = pads
+        layers.append(f"    torch.nn.ZeroPad2d(({left}, {right}, {top}, {bottom})),  "
+                      "# uneven: PyTorch's own padding is symmetric")
+    layers.append(f"    torch.nn.Conv2d({', '.join(args)}),")
+    return "\n".join([
+        "import torch", "",
+        "model = torch.nn.Sequential(", *layers, ")",
+        "# input (1, 1, 28, 28); the one filter is the vertical-edge kernel below",
+    ])
 
 
 def _ported(spec: ConvSpec, size: tuple[int, ...]) -> tuple[str, str] | None:
@@ -269,13 +284,87 @@ def _progress(total: int, enabled: bool) -> Iterator[Callable[[str], None]]:
 # --------------------------------------------------------------------------- the page
 
 
+def _tour_fps(frames: int) -> float:
+    """About eight seconds a loop, never slower than one step a second."""
+    return max(1.0, frames / 8.0)
+
+
+def _scoped_svg(svg: str, key: str) -> str:
+    """An animation's SVG made safe to inline beside others: its class and keyframe names
+    get the figure's id in front (every SVG of convarith names them c0, s0_1, k0_1...)."""
+    head, style, tail = re.split(r"</?style>", svg, maxsplit=2)
+    style = re.sub(r"(^|[}\n])(\.[cs]\d|path\{)", rf"\1#{key} \2", style)
+    style = style.replace("@keyframes k", f"@keyframes {key}k").replace("animation:k", f"animation:{key}k")
+    return f"{head}<style>{style}</style>{tail}"
+
+
+def _movie_figure(movie: Any, key: str, caption: str, alt: str, command: str, explorer: str,
+                  half: bool = False) -> str:
+    """An inline animation with its player (play/pause, step, speed) and where to try it."""
+    # on a narrow screen the picture scrolls sideways rather than shrinking its labels below 3/4
+    smallest = 0.75 * movie.scene.width
+    svg = movie.to_svg().replace(
+        "<svg ", f'<svg role="img" aria-label="{html.escape(alt)}" style="min-width:{smallest:.0f}px" ', 1)
+    svg = re.sub(r"^<\?xml[^>]*>\s*", "", svg)
+    return f"""<figure class="movie{' half' if half else ''}" id="{key}" data-frames="{len(movie)}"
+      data-fps="{movie.fps:g}" tabindex="0" aria-label="animation: Space plays or pauses, arrows step">
+    <div class="stage">{_scoped_svg(svg, key)}</div>
+    <div class="player"><button type="button" data-act="play">pause</button>
+      <button type="button" data-act="prev" aria-label="previous step">◀</button>
+      <button type="button" data-act="next" aria-label="next step">▶</button>
+      <label>speed <select data-act="speed"><option value="0.5">0.5×</option><option value="1" selected>1×</option>
+        <option value="2">2×</option><option value="4">4×</option></select></label>
+      <span class="where" aria-live="off">step 1 / {len(movie)}</span></div>
+    <figcaption>{html.escape(caption)}</figcaption>
+    <p class="try">Try it: <code>{html.escape(command)}</code> · or open
+      <a href="{html.escape(explorer)}">this view in the explorer</a> (run <code>convarith serve</code> first)</p>
+  </figure>"""
+
+
+def _try_it(spec: ConvSpec, size: tuple[int, ...], view: str, out: str) -> tuple[str, str]:
+    """The ``convarith animate`` command and the explorer link that show the same thing."""
+    rank = len(size)
+    flat = "x".join(map(str, size))
+    padding = spec.padding if isinstance(spec.padding, str) else str(_first_pad(spec))
+    parts = [f"convarith animate {flat}"]
+    if rank == 1:
+        parts.append("--rank 1")
+    parts.append(f"-k {spec.kernel_size[0]}")  # type: ignore[index]
+    if max(spec.strides) > 1:  # type: ignore[arg-type]
+        parts.append(f"-s {spec.strides[0]}")  # type: ignore[index]
+    if max(spec.dilation) > 1:  # type: ignore[arg-type]
+        parts.append(f"-d {spec.dilation[0]}")  # type: ignore[index]
+    parts.append(f"-p {padding}")
+    if spec.transposed:
+        parts.append("--transposed")
+    if view != "oblique":
+        parts.append(f"--view {view}")
+    parts.append(f"-o {out}")
+    axes = lambda value: "x".join([str(value)] * rank)  # noqa: E731
+    query = (f"in={flat}&k={axes(spec.kernel_size[0])}&s={axes(spec.strides[0])}"  # type: ignore[index]
+             f"&d={axes(spec.dilation[0])}")  # type: ignore[index]
+    if isinstance(spec.padding, str):
+        query += f"&p={spec.padding}"
+    else:
+        pad = _first_pad(spec)
+        query += "&p=explicit&pads=" + "x".join([f"{pad},{pad}"] * rank)
+    if spec.transposed:
+        query += "&t=1"
+    return " ".join(parts), f"{EXPLORER}?{query}"
+
+
+#: Where ``convarith serve`` puts the explorer by default.
+EXPLORER = "http://127.0.0.1:8000/"
+
+
 def _section(tweak: Tweak, image: np.ndarray, image_uri: str) -> str:
     from .viz import animate
 
     spec = tweak.spec
     shown = tweak.animation_spec or spec
-    movie = animate(shown, tweak.animation_size, view=tweak.view, values=tweak.values)
-    picture = _png_uri(movie.to_svg().encode("utf-8"), "svg+xml")
+    frames = shown.resolve(tweak.animation_size).output_size
+    movie = animate(shown, tweak.animation_size, view=tweak.view, values=tweak.values,
+                    fps=_tour_fps(int(np.prod(frames))))
     caption = f"{len(movie)} steps, one per output cell" + (f"; {tweak.note}" if tweak.note else "")
     explanation = explain(spec, image.shape if tweak.animation_spec is not None else tweak.animation_size)
     on_picture = explain(spec, image.shape)
@@ -286,8 +375,11 @@ def _section(tweak: Tweak, image: np.ndarray, image_uri: str) -> str:
     if port is not None:
         summary, code = port
         port_html = (f"<details><summary>Full PyTorch port, weights included (convarith.port): "
-                     f"{html.escape(summary)}</summary><pre><code>{html.escape(code)}</code></pre></details>")
+                     f"{html.escape(summary)}</summary><pre tabindex='0'><code>{html.escape(code)}</code></pre></details>")
     text = tweak.text or _formula_text(tweak)
+    command, link = _try_it(shown, tweak.animation_size, tweak.view, f"{tweak.slug}.gif")
+    figure = _movie_figure(movie, f"m-{tweak.slug}", caption, explanation.summary, command, link)
+    scale = float(np.abs(feature).max()) or 1.0
     in_h, in_w = image.shape
     out_h, out_w = feature.shape
     return f"""
@@ -295,15 +387,14 @@ def _section(tweak: Tweak, image: np.ndarray, image_uri: str) -> str:
   <h2>{html.escape(tweak.title)} <span class="slide">{tweak.slides}</span></h2>
   <p>{text}</p>
   <div class="row">
-    <figure class="movie"><img src="{picture}" alt="{html.escape(explanation.summary)}">
-      <figcaption>{html.escape(caption)}</figcaption></figure>
+    {figure}
     <div class="side">
       <h3>The arithmetic</h3>
       <pre class="math">{html.escape(explanation.text)}</pre>
-      <h3>Keras <small>(for the 28×28 picture below)</small></h3>
-      <pre><code>{html.escape(_keras_code(spec))}</code></pre>
+      <h3>Keras <small>(the feature map below: one filter, the edge kernel)</small></h3>
+      <pre tabindex="0"><code>{html.escape(_keras_code(spec))}</code></pre>
       <h3>PyTorch <small>(same picture)</small></h3>
-      <pre><code>{html.escape(_torch_code(resolved))}</code></pre>
+      <pre tabindex="0"><code>{html.escape(_torch_code(resolved))}</code></pre>
       {port_html}
     </div>
   </div>
@@ -314,10 +405,19 @@ def _section(tweak: Tweak, image: np.ndarray, image_uri: str) -> str:
     <div class="arrow">→<br><small>{html.escape(_spec_words(spec))}<br>vertical-edge kernel</small></div>
     <figure><img src="{_png_uri(_map_png(feature, signed=True))}" width="{out_w * PIXEL}"
       height="{out_h * PIXEL}" alt="feature map">
-      <figcaption>feature map <b>{out_h}×{out_w}</b></figcaption></figure>
+      <figcaption>feature map <b>{out_h}×{out_w}</b></figcaption>
+      {_colour_bar(scale)}</figure>
     <pre class="math small">{html.escape(on_picture.axes[0].steps[-1])}</pre>
   </div>
 </section>"""
+
+
+def _colour_bar(scale: float) -> str:
+    """What the signed feature map's colours mean: blue negative, white 0, orange positive."""
+    bar = _png_uri(_map_png(np.linspace(-scale, scale, 40)[None, :], signed=True))
+    return (f'<div class="bar"><img src="{bar}" width="240" height="6" alt="colour scale from '
+            f'{-scale:.3g} (blue) through 0 (white) to {scale:.3g} (orange)">'
+            f'<span>{-scale:.3g}</span><span>0</span><span>+{scale:.3g}</span></div>')
 
 
 def _first_pad(spec: ConvSpec) -> int:
@@ -362,11 +462,11 @@ _FORMULA = """
   For a dilated kernel use its span K_eff = K + (K − 1)(D − 1) for K. The slide's own example
   (28 pixels, 3×3 kernel, padding 1) follows it: stride 1 gives (28 − 3 + 2) / 1 + 1 = 28, stride 3
   gives floor(27 / 3) + 1 = 10.</p>
-  <table>
+  <div class="table-wrap" tabindex="0" role="region" aria-label="the formula on the lesson's examples"><table>
     <tr><th>I</th><th>K</th><th>P</th><th>S</th><th>right: floor((I − K + 2P) / S) + 1</th>
         <th>misprint: (I − K + 2P) / (S + 1)</th></tr>
     {rows}
-  </table>
+  </table></div>
 </section>"""
 
 
@@ -402,18 +502,122 @@ pre { background: #f1f4f6; padding: .6em .8em; border-radius: 6px; overflow-x: a
 pre.math { background: #fff8e6; white-space: pre-wrap; }
 h3 small { font-weight: normal; color: #5a6b75; }
 pre.small { align-self: center; }
-pre.formula { font-size: 1.4em; text-align: center; background: #e8f6f1; }
+pre.formula { font-size: 1.4em; text-align: center; background: #e8f6f1; white-space: pre-wrap; }
 .maps { display: flex; gap: 1.4em; align-items: center; flex-wrap: wrap; }
 .maps figure { margin: 0; }
 .maps img { image-rendering: pixelated; border: 1px solid #c9d3d9; }
 .arrow { text-align: center; font-size: 1.6em; color: #5a6b75; }
 .arrow small { font-size: .5em; }
 .notes { font-size: .85em; color: #5a6b75; }
-.wrong, s { color: #d55e00; }
+.wrong, s { color: #b34700; }
 table { border-collapse: collapse; margin: .6em 0; }
 td, th { border: 1px solid #c9d3d9; padding: .25em .7em; text-align: center; }
 details { margin-top: .5em; font-size: .9em; }
 footer { color: #5a6b75; font-size: .85em; text-align: center; margin: 2em; }
+a { color: #0a6aa8; }
+.movie { overflow-x: auto; max-width: 100%; }
+.movie svg { display: block; max-width: 100%; height: auto; }
+.movie .player, .movie figcaption, .movie .try { position: sticky; left: 0; }
+.movie figcaption, .movie .try { width: 0; min-width: 100%; }  /* the text wraps to the picture's width */
+.movie:focus-visible { outline: 2px solid #56b4e9; outline-offset: 4px; }
+.player { display: flex; gap: .4em; align-items: center; flex-wrap: wrap; margin: .3em 0; font-size: .9em; }
+.player button, .player select, .quiz input, .quiz button { font: inherit; padding: .25em .7em; border-radius: 6px;
+  border: 1px solid #9fb0ba; background: white; color: #1c2a33; min-height: 2.2em; }
+.player .where { color: #5a6b75; }
+.try { font-size: .85em; color: #5a6b75; margin: .3em 0; }
+.bar { display: grid; grid-template-columns: repeat(3, 1fr); width: 240px; font-size: .75em; color: #5a6b75; }
+.bar img { grid-column: 1 / 4; border: 1px solid #c9d3d9; }
+.bar span:nth-child(3) { text-align: center; } .bar span:nth-child(4) { text-align: right; }
+.table-wrap { overflow-x: auto; }
+.quiz ol { padding-left: 1.4em; }
+.quiz li { margin: .6em 0; }
+.quiz input { width: 5em; }
+.quiz .feedback { margin-left: .6em; }
+.quiz .right { color: #00664d; font-weight: bold; }
+.quiz .wrong-answer { color: #b34700; }
+/* phones: one column, nothing wider than the screen, animations keep readable labels */
+@media (max-width: 700px) {
+  body { font-size: 15px; }
+  header { padding: 1em 1em .8em; }
+  header h1 { font-size: 1.5em; }
+  main { padding: .5em .5em 2em; }
+  section { padding: .8em .8em 1em; border-radius: 8px; }
+  .side { min-width: 0; flex-basis: 100%; }
+  .row { gap: 1em; }
+  .movie, .movie.half { flex-basis: 100%; }
+  .maps img { max-width: 100%; height: auto; }
+  pre { font-size: .78em; }
+}
+@media (prefers-color-scheme: dark) {
+  body { background: #121822; color: #e6ebf2; }
+  section { background: #1b2230; box-shadow: none; }
+  h2 { color: #bfe3f7; } h3 { color: #8fcbef; }
+  pre { background: #232c3c; color: #e6ebf2; } pre.math { background: #2e2a1c; } pre.formula { background: #12302a; }
+  figcaption, .slide, .try, .notes, .player .where, footer, h3 small, .bar { color: #a7b2c0; }
+  a { color: #8fcbef; }
+  .player button, .player select, .quiz input, .quiz button { background: #232c3c; color: #e6ebf2; }
+  .quiz .right { color: #5cc7a8; }
+}
+"""
+
+#: The players: play/pause, step, speed; paused from the start under prefers-reduced-motion.
+#: Each animation's CSS keyframes are driven through the Web Animations API.
+_PLAYER_JS = """
+(() => {
+  const still = matchMedia("(prefers-reduced-motion: reduce)").matches;
+  for (const fig of document.querySelectorAll("figure.movie[data-frames]")) {
+    const n = Number(fig.dataset.frames), fps = Number(fig.dataset.fps), period = 1000 * n / fps;
+    const svg = fig.querySelector("svg"), where = fig.querySelector(".where");
+    const play = fig.querySelector("[data-act=play]");
+    const anims = () => svg.getAnimations({ subtree: true });
+    let playing = !still, frame = 0;
+    const current = () => {
+      const a = anims()[0];
+      return a && a.currentTime !== null ? Math.floor((a.currentTime % period) / period * n) : frame;
+    };
+    const label = () => { where.textContent = `step ${(playing ? current() : frame) + 1} / ${n}`; };
+    const show = (f) => {
+      frame = ((f % n) + n) % n;
+      for (const a of anims()) { a.pause(); a.currentTime = (frame + 0.5) * period / n; }
+      playing = false; play.textContent = "play"; label();
+    };
+    const start = () => {
+      const at = (frame + 0.01) * period / n;
+      for (const a of anims()) { a.currentTime = at; a.play(); }
+      playing = true; play.textContent = "pause";
+      const tick = () => { if (!playing) return; label(); requestAnimationFrame(tick); };
+      tick();
+    };
+    const toggle = () => (playing ? show(current()) : start());
+    play.addEventListener("click", toggle);
+    fig.querySelector("[data-act=prev]").addEventListener("click", () => show((playing ? current() : frame) - 1));
+    fig.querySelector("[data-act=next]").addEventListener("click", () => show((playing ? current() : frame) + 1));
+    fig.querySelector("[data-act=speed]").addEventListener("change", (event) => {
+      for (const a of anims()) a.playbackRate = Number(event.target.value);
+    });
+    fig.addEventListener("keydown", (event) => {
+      if (event.target !== fig) return;
+      if (event.key === " ") { event.preventDefault(); toggle(); }
+      if (event.key === "ArrowRight") { event.preventDefault(); show((playing ? current() : frame) + 1); }
+      if (event.key === "ArrowLeft") { event.preventDefault(); show((playing ? current() : frame) - 1); }
+    });
+    if (still) show(0); else label();
+  }
+  for (const item of document.querySelectorAll(".quiz li[data-answer]")) {
+    const box = item.querySelector("input"), out = item.querySelector(".feedback");
+    const check = () => {
+      const text = box.value.trim();
+      if (!text) { out.textContent = ""; return; }
+      const right = text === item.dataset.answer;
+      out.className = "feedback " + (right ? "right" : "wrong-answer");
+      out.textContent = right ? "right: " + item.dataset.why : "not quite; try again (" + item.dataset.hint + ")";
+    };
+    box.addEventListener("input", check);
+    item.querySelector("button").addEventListener("click", () => {
+      out.className = "feedback"; out.textContent = item.dataset.answer + ": " + item.dataset.why;
+    });
+  }
+})();
 """
 
 
@@ -445,15 +649,44 @@ def _extra_sections() -> str:
     parts = ['<section id="beyond"><h2>Beyond the lesson</h2>']
     for title, text, figures in _EXTRAS:
         parts.append(f'<h3>{html.escape(title)}</h3><p>{html.escape(text)}</p><div class="row">')
-        for caption, spec, size, view in figures:
+        for number, (caption, spec, size, view) in enumerate(figures):
             transposed_as = view if view in ("direct", "scatter") else "direct"
-            movie = animate(spec, size, transposed_as=transposed_as)
-            uri = _png_uri(movie.to_svg().encode("utf-8"), "svg+xml")
-            parts.append(f'<figure class="movie half"><img src="{uri}" alt="{html.escape(caption)}">'
-                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+            count = int(np.prod(spec.resolve(size).output_size if view != "scatter" else size))
+            movie = animate(spec, size, transposed_as=transposed_as, fps=_tour_fps(count))
+            key = f"m-extra-{len(parts)}-{number}"
+            command, link = _try_it(spec, size, view, f"{key[2:]}.gif")
+            parts.append(_movie_figure(movie, key, caption, caption, command, link, half=True))
         parts.append("</div>")
     parts.append("</section>")
     return "".join(parts)
+
+
+#: Exercises: (input, kernel, padding, stride, dilation), answered from convarith's arithmetic.
+_EXERCISES = ((7, 3, 0, 1, 1), (7, 3, 1, 2, 1), (28, 5, 2, 2, 1), (10, 3, 0, 3, 1), (9, 3, 1, 1, 2),
+              (32, 3, 1, 2, 1))
+
+
+def _exercises() -> str:
+    """Questions on the output size, checked in the page as the answer is typed (offline)."""
+    items = []
+    for size, k, pad, stride, dilation in _EXERCISES:
+        spec = ConvSpec(k, padding=pad, strides=stride, dilation=dilation, rank=1)
+        resolved = spec.resolve((size,))
+        steps = explain(spec, (size,)).axes[0].steps
+        why = steps[-1] if steps else ""
+        question = (f"Input {size}, kernel {k}, padding {pad} on each side, stride {stride}"
+                    + (f", dilation {dilation}" if dilation > 1 else "") + ": output size?")
+        hint = "O = floor((I + 2P − K_eff) / S) + 1" + (", K_eff = K + (K − 1)(D − 1)" if dilation > 1 else "")
+        if resolved.dropped[0]:
+            why += f" ({resolved.dropped[0]} input cell{'s' if resolved.dropped[0] > 1 else ''} dropped)"
+        items.append(
+            f'<li data-answer="{resolved.output_size[0]}" data-why="{html.escape(why)}" '
+            f'data-hint="{html.escape(hint)}"><label>{html.escape(question)} '
+            f'<input type="text" inputmode="numeric" autocomplete="off"></label>'
+            f'<button type="button">show</button><span class="feedback" aria-live="polite"></span></li>')
+    return ('<section id="exercises"><div class="quiz"><h2>Check yourself</h2>'
+            "<p>Type the output size; the page checks it at once (nothing leaves your browser). "
+            "Each answer comes with its worked formula.</p><ol>" + "".join(items) + "</ol></div></section>")
 
 
 def build_tour(progress: bool = True, picture: np.ndarray | None = None) -> str:
@@ -480,11 +713,12 @@ def build_tour(progress: bool = True, picture: np.ndarray | None = None) -> str:
             sections.append(_section(tweak, image, image_uri))
             advance(f"rendered: {tweak.title[:40]}")
         sections.append(_extra_sections())
+        sections.append(_exercises())
         advance("rendered: beyond the lesson")
         advance("page assembled")
     nav = " ".join(
         f'<a href="#{t.slug}">{html.escape(t.slug.replace("-", " "))}</a>' for t in TWEAKS
-    ) + ' <a href="#beyond">beyond the lesson</a>'
+    ) + ' <a href="#beyond">beyond the lesson</a> <a href="#exercises">check yourself</a>'
     elapsed = time.perf_counter() - started
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -495,8 +729,11 @@ def build_tour(progress: bool = True, picture: np.ndarray | None = None) -> str:
 <header><h1>Tweaking your convolutions</h1>
 <p>Zero padding, strides and dilation: what each does to a convolution, drawn step by step from
 convarith's geometry, with the arithmetic worked out, the Keras and PyTorch code, and the engine
-run on a picture. Blue: input; dashed: zero padding; green: output; the shaded window is what the
-kernel reads for the dark green output cell.</p>
+run on a picture. Blue: input; dashed: zero padding; pale red: input no window reads (dropped);
+green: output; the dark window is what the kernel reads for the dark green output cell. Every
+animation has a player (Space plays or pauses, arrows step) and the <code>convarith animate</code>
+command that draws it; <code>convarith serve</code> opens the same views in the interactive
+explorer.</p>
 <nav>{nav}</nav></header>
 <main>
 {''.join(sections)}
@@ -504,6 +741,7 @@ kernel reads for the dark green output cell.</p>
 <footer>Made by convarith {__version__} in {elapsed:.1f} s; works offline (every picture is inside
 this file). Pictures in the style of Dumoulin &amp; Visin, "A guide to convolution arithmetic for
 deep learning" (2016).</footer>
+<script>{_PLAYER_JS}</script>
 </body></html>
 """
 

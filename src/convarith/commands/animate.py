@@ -32,9 +32,11 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--values", action="store_true", help="write numbers in the cells (engine output)")
     parser.add_argument("--gaps", action=argparse.BooleanOptionalAction, default=None,
                         help="outline the cells a dilated kernel skips (default: when dilated)")
-    parser.add_argument("--fps", type=float, help="frames per second (default 1; faster for long animations)")
-    parser.add_argument("--scale", type=float, default=1.0, help="picture size factor (default 1)")
+    parser.add_argument("--fps", type=float, help="frames per second, 0.01 to 50 (default 1; faster for long animations)")
+    parser.add_argument("--scale", type=float, default=1.0, help="picture size factor, 0.1 to 8 (default 1)")
     parser.add_argument("--step", type=int, help="with .png or .svg: draw only this step")
+    parser.add_argument("--every", type=int, default=1, metavar="K",
+                        help="with .gif, .apng or a .png sheet: draw every K-th step (a shorter, smaller file)")
     parser.add_argument("-f", "--force", action="store_true", help="overwrite the output file")
     parser.set_defaults(func=run)
 
@@ -44,16 +46,24 @@ def run(args: argparse.Namespace) -> int:
 
     if args.size is None:
         raise UsageError("give the input size, e.g. convarith animate 5 -k 3 -p same -s 2 -o out.gif")
+    if args.groups != 1:
+        raise UsageError(
+            f"--groups {args.groups}: the animation draws one channel, and every group slides the "
+            "same window over its own channels, so groups do not change the picture; drop --groups "
+            "(convarith shape shows the channel counts per group)"
+        )
     spec, size = spec_from_args(args)
     transposed_as = "direct"
     view = args.view
     if view in ("direct", "scatter"):
         transposed_as, view = view, "oblique"
     movie = animate(spec, size, view=view, values=args.values, transposed_as=transposed_as,
-                    show_gaps=args.gaps, fps=args.fps, scale=args.scale)
+                    show_gaps=args.gaps, fps=args.fps, scale=args.scale, every=args.every)
     try:
         path = movie.save(args.output, force=args.force, step=args.step)
     except (FileExistsError, IsADirectoryError, FileNotFoundError, PermissionError) as error:
         raise UsageError(str(error)) from None
-    print(f"wrote {path} ({len(movie)} frames; {movie.explanation.summary})", file=sys.stderr)
+    drawn = "1 step" if args.step is not None else (
+        f"{len(movie.steps)} of {len(movie)} steps" if movie.every != 1 else f"{len(movie)} frames")
+    print(f"wrote {path} ({drawn}; {movie.explanation.summary})", file=sys.stderr)
     return 0

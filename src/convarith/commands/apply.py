@@ -104,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
     from ..scale import conv as scale_conv
     from ..scale.presets import kernel_preset
     from ..scale.store import (
+        check_convolvable,
+        check_separate,
         fingerprint,
         finish_output,
         open_input,
@@ -116,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(
             f"apply reads the input size from INPUT; drop the extra argument {args.size!r}"
         )
+    check_separate(args.input, args.output)  # before anything is read, deleted or written
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers must be positive, got {args.workers}")
     _check_scheduler(args.scheduler)  # before the output store is created
@@ -125,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
             f"--weights {args.weights!r} has shape {weights.shape}; a kernel has 3 to 5 axes "
             "(kernel size..., in/groups, out)"
         )
+    if weights is not None:
+        check_convolvable(weights.dtype, f"--weights {args.weights!r}")
     if args.pool and (weights is not None or args.preset):
         raise ValueError("--pool takes no kernel: drop --weights/--preset")
     if not args.pool and weights is None and not args.preset:
@@ -135,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
     if chunks is not None and (len(chunks) != rank or min(chunks) < 1):
         raise ValueError(f"--chunks must be one positive size or {rank} joined by 'x', got {args.chunks!r}")
     x = open_input(args.input, component=args.component)
+    check_convolvable(x.dtype, f"input {args.input!r}")
     input_shape = tuple(int(v) for v in x.shape)
     has_channels, batched = x.ndim > rank, x.ndim == rank + 2
     if x.ndim == rank:
@@ -168,7 +174,11 @@ def run(args: argparse.Namespace) -> int:
         spec = spec.replace(groups=channels)
     elif weights is not None:
         kernel = weights.astype(dtype)
-    bias = _load_npy(args.bias, "--bias").astype(dtype) if args.bias else None
+    bias = None
+    if args.bias:
+        bias_values = _load_npy(args.bias, "--bias")
+        check_convolvable(bias_values.dtype, f"--bias {args.bias!r}")
+        bias = bias_values.astype(dtype)
 
     y = scale_conv(x, kernel, spec, bias)
     # regular blocks, one per Zarr chunk, so that no two tasks write the same chunk

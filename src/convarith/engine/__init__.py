@@ -36,11 +36,13 @@ from .dispatch import (
     unregister_algorithm,
 )
 from .layout import kernel_from_torch, kernel_to_torch
+from .state import clear_caches
 
 __all__ = [
     "ConvProblem",
     "available_algorithms",
     "avg_pool",
+    "clear_caches",
     "conv",
     "conv1d",
     "conv2d",

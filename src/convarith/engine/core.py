@@ -40,11 +40,10 @@ from . import pooling
 from .dispatch import (
     Algorithm,
     ConvProblem,
-    cheapest,
     choose,
-    choose_weight_grad,
-    get_algorithm,
-    remembered,
+    plan,
+    plan_transposed,
+    plan_weight_grad,
 )
 from .padding import pad, pad_adjoint, zero_insert
 
@@ -312,7 +311,9 @@ def direct_conv(
 
     With ``padding`` (zeros, ``(before, after)`` per spatial axis) ``xp`` is
     not padded yet: the chosen algorithm pads it, or skips the padded cells
-    if it can (``pads_zeros``).
+    if it can (``pads_zeros``). The arrays are checked against the problem
+    first (:func:`.dispatch.plan`): a wrong shape, dtype, layout or an
+    ``out_size`` that does not fit is a ValueError, never a read past a buffer.
     """
     padded_size = tuple(
         n + lo + hi for n, (lo, hi) in zip(xp.shape[1:-1], padding or [(0, 0)] * xp.ndim))
@@ -325,7 +326,7 @@ def direct_conv(
         out_size=tuple(out_size),
         dtype=xp.dtype,
     )
-    chosen = choose(problem, algorithm)
+    chosen = plan(problem, xp, kernel, algorithm, padding)
     if padding is not None and chosen.pads_zeros:
         return chosen.direct(xp, kernel, problem.strides, problem.dilation, groups,
                              problem.out_size, padding=tuple(padding))
@@ -358,7 +359,7 @@ def _weight_grad(
         out_size=tuple(dy.shape[1:-1]),
         dtype=xp.dtype,
     )
-    chosen = choose_weight_grad(problem, algorithm)
+    chosen = plan_weight_grad(problem, xp, dy, algorithm, padding)
     assert chosen.weight_grad is not None
     if padding is not None and chosen.pads_zeros:
         return chosen.weight_grad(xp, dy, tuple(kernel_size), problem.strides,
@@ -379,8 +380,11 @@ def _transposed_plan(
     padding: Sequence[tuple[int, int]],
     dtype: Any,
     algorithm: str | None = None,
+    x: np.ndarray | None = None,
+    kernel: np.ndarray | None = None,
 ) -> tuple[tuple[int, ...], Algorithm | None]:
-    """Output size, and the ``kind="transposed"`` algorithm to run (``None``: the grid way)."""
+    """Output size, and the ``kind="transposed"`` algorithm to run (``None``: the grid way),
+    decided by :func:`.dispatch.plan_transposed` (with the values check given the arrays)."""
     rank = len(strides)
     taps = tuple(kernel_shape[:rank])
     effective = [(k - 1) * d + 1 for k, d in zip(taps, dilation)]
@@ -393,21 +397,7 @@ def _transposed_plan(
         groups, out_size, np.dtype(dtype))
     problem = ConvProblem(tuple(x_shape), tuple(kernel_shape), tuple(strides), tuple(dilation),
                           groups, out_size, np.dtype(dtype))
-    named = get_algorithm(algorithm) if algorithm is not None else None
-    if named is not None and named.kind == "transposed":
-        return out_size, choose(problem, algorithm, kind="transposed")
-    if named is not None:
-        return out_size, None
-
-    def decide() -> Algorithm | None:
-        transposed = cheapest(problem, kind="transposed")
-        if transposed is not None and (
-                transposed.cost(problem) >= choose(grid_problem).cost(grid_problem)):
-            transposed = None
-        return transposed
-
-    # remembered like the dispatch's own choices (the costs take ~50 µs per call)
-    return out_size, remembered((problem, grid_problem, "transposed or grid"), decide)
+    return out_size, plan_transposed(problem, grid_problem, algorithm, x, kernel)
 
 
 def transposed_algorithm(
@@ -429,10 +419,6 @@ def transposed_algorithm(
                                             padding, dtype)
     if transposed is not None:
         return transposed.name
-    from .algorithms import phase
-
-    if phase.applies_transposed(strides, groups):
-        return "phase"
     grid_size = tuple(o + (k - 1) * d for o, k, d in zip(out_size, kernel_shape[:rank], dilation))
     swapped = (*kernel_shape[:rank], kernel_shape[-1] // groups, kernel_shape[-2] * groups)
     return choose(ConvProblem((x_shape[0], *grid_size, x_shape[-1]), swapped, (1,) * rank,
@@ -453,21 +439,16 @@ def transposed_conv(
     ``padding`` is the padding of the zero-inserted input (the resolved
     spec's ``.padding``; negative values crop): the result is the stride-1
     convolution of that grid with :func:`flip_swap` of the kernel. A
-    registered ``kind="transposed"`` algorithm runs instead when it is named,
-    or when it is cheaper than the best direct algorithm on that grid; unless
-    an algorithm is forced, strided ones skip the inserted zeros (output
-    phases, :mod:`.algorithms.phase`).
+    registered ``kind="transposed"`` algorithm (output phases, col2im, ...)
+    runs instead when it is named, or when it is cheaper than the best direct
+    algorithm on that grid: one decision, :func:`.dispatch.plan_transposed`.
     """
     rank = len(strides)
     out_size, transposed = _transposed_plan(x.shape, kernel.shape, strides, dilation, groups,
-                                            padding, x.dtype, algorithm)
+                                            padding, x.dtype, algorithm, x, kernel)
     if transposed is not None:
         return transposed.direct(
             x, kernel, tuple(strides), tuple(dilation), groups, tuple(tuple(p) for p in padding))
-    from .algorithms import phase
-
-    if algorithm is None and phase.applies_transposed(strides, groups):
-        return phase.transposed(x, kernel, strides, dilation, groups, padding)
     if all(s == 1 for s in strides) and all(lo >= 0 and hi >= 0 for lo, hi in padding):
         # stride 1 inserts nothing: the padding is plain zero padding, which the
         # direct algorithm may read in place
@@ -595,7 +576,7 @@ def conv_vjp(
         d_x = pooling.backward(prepared.x, resolved, dy)
     elif spec.transposed:
         assert prepared.kernel is not None
-        dy_cropped = pad(dy, resolved.crop)
+        dy_cropped = np.ascontiguousarray(pad(dy, resolved.crop))
         d_x = direct_conv(
             dy_cropped, prepared.kernel, strides, dilation, groups, resolved.input_size, algorithm
         )

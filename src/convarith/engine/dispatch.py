@@ -29,6 +29,23 @@ see a :class:`ConvProblem` whose ``input_shape`` is ``x``'s shape and whose
 ``kernel_shape`` is the transposed kernel's; the engine uses it when it is
 cheaper than the best direct algorithm on the zero-inserted grid.
 
+The engine decides in one place: :func:`plan` (direct), :func:`plan_weight_grad`
+and :func:`plan_transposed` (transposed algorithm or direct on the grid) return
+the algorithm to run, after checking the actual arrays against the
+:class:`ConvProblem` (shapes, dtypes, contiguity, an ``out_size`` that fits), so
+no algorithm, compiled or not, reads past a buffer. Algorithms that transform
+their operands (Winograd, FFT) declare a ``value_gain``; the planner replaces
+them by the cheapest exact algorithm when the values are not finite or could
+overflow a transform (``max|x|`` and ``max|kernel|``: two reductions, ~0.2 %
+of a Winograd layer's time), so a non-finite or huge input reaches only the
+outputs whose window reads it, as with a direct sum. A named algorithm runs as
+named, and one that does not apply is an error naming the conditions it fails
+and the algorithms that apply.
+
+The registry and the remembered choices are process state, like the engine's
+other caches: :mod:`convarith.engine.state` lists them all, with what
+invalidates each, and ``convarith.engine.clear_caches()`` empties them.
+
 Examples
 --------
 >>> from convarith.engine import available_algorithms
@@ -41,6 +58,7 @@ from __future__ import annotations
 import importlib
 import math
 import pkgutil
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -124,6 +142,39 @@ class Algorithm:
     weight_grad: WeightGradFn | None = None
     kind: str = "direct"
     pads_zeros: bool = False
+    value_gain: Callable[[ConvProblem], float] | None = None
+
+    def why_not(self, problem: ConvProblem) -> list[str]:
+        """The conditions of :attr:`applies` that ``problem`` fails (empty if it applies)."""
+        if self.applies(problem):
+            return []
+        failed = getattr(self.applies, "failed", None)
+        if failed is not None:
+            return list(failed(problem))
+        doc = (self.applies.__doc__ or "").strip().split("\n\n")[0]
+        return [" ".join(doc.split()).rstrip(".") or "its applies() predicate to hold"]
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """An ``applies`` predicate made of named conditions, so a refusal can say which failed.
+
+    Examples
+    --------
+    >>> needs = Requirements((("2-D", lambda p: p.rank == 2), ("one group", lambda p: p.groups == 1)))
+    >>> problem = ConvProblem((1, 5, 4), (3, 4, 4), (1,), (1,), 1, (3,), np.dtype("float32"))
+    >>> needs(problem), needs.failed(problem)
+    (False, ['2-D'])
+    """
+
+    conditions: tuple[tuple[str, Callable[[ConvProblem], bool]], ...]
+
+    def __call__(self, problem: ConvProblem) -> bool:
+        return all(test(problem) for _, test in self.conditions)
+
+    def failed(self, problem: ConvProblem) -> list[str]:
+        """The descriptions of the conditions ``problem`` fails."""
+        return [text for text, test in self.conditions if not test(problem)]
 
 
 def _always(problem: ConvProblem) -> bool:
@@ -135,23 +186,47 @@ def _flops(problem: ConvProblem) -> float:
 
 
 class _Registry:
-    """The algorithms known to this process (filled as their modules load)."""
+    """The algorithms known to this process (filled as their modules load).
+
+    :meth:`load_builtin` imports every module under :mod:`.algorithms` once,
+    under a lock, and marks the registry loaded only when all have registered:
+    a thread making its first call while another loads waits for the whole
+    registry, never chooses from part of it. The import runs in the loading
+    thread only (registering from inside it re-enters without waiting).
+    ``generation`` counts registrations, so a choice computed while the
+    registry changed is not remembered.
+    """
 
     def __init__(self) -> None:
         self.algorithms: dict[str, Algorithm] = {}
         self.loaded = False
+        self.generation = 0
+        self._lock = threading.RLock()
+        self._loading = False
 
     def load_builtin(self) -> None:
         if self.loaded:
             return
-        self.loaded = True
-        from . import algorithms
+        with self._lock:
+            if self.loaded or self._loading:  # done meanwhile, or this thread is loading
+                return
+            self._loading = True
+            try:
+                from . import algorithms
 
-        for module in pkgutil.iter_modules(algorithms.__path__):
-            importlib.import_module(f"{algorithms.__name__}.{module.name}")
+                for module in pkgutil.iter_modules(algorithms.__path__):
+                    importlib.import_module(f"{algorithms.__name__}.{module.name}")
+            finally:
+                self._loading = False
+            self.loaded = True
+
+    def snapshot(self) -> tuple[Algorithm, ...]:
+        """The registered algorithms now (a copy: safe while another thread registers)."""
+        self.load_builtin()
+        return tuple(self.algorithms.values())
 
 
-# The one piece of process state in the engine: which algorithms exist.
+# Which algorithms exist (see the process-state list in the module docstring).
 _REGISTRY = _Registry()
 
 
@@ -163,6 +238,7 @@ def register_algorithm(
     weight_grad: WeightGradFn | None = None,
     kind: str = "direct",
     pads_zeros: bool = False,
+    value_gain: Callable[[ConvProblem], float] | None = None,
 ) -> Algorithm:
     """Make an algorithm available to :func:`choose` (replaces one of the same name).
 
@@ -185,6 +261,14 @@ def register_algorithm(
     pads_zeros
         ``fn`` (and ``weight_grad``) also take ``padding=((before, after), ...)``:
         zero padding still to apply to ``xp`` (the engine then skips its padded copy).
+    value_gain
+        For algorithms that transform their operands (Winograd, FFT): a bound on
+        how much larger than ``max|x| · max|kernel|`` any intermediate value can
+        grow. The engine then checks the values before running it, and takes the
+        cheapest algorithm without transforms when they hold a non-finite value
+        or could overflow (a transform would spread it over every output it
+        mixes). ``None`` (default): each output is a plain sum of the products
+        its window reads.
 
     Examples
     --------
@@ -201,16 +285,19 @@ def register_algorithm(
     if kind not in ("direct", "transposed"):
         raise ValueError(f"kind must be 'direct' or 'transposed', got {kind!r}")
     algorithm = Algorithm(name, fn, applies or _always, cost or _flops, weight_grad, kind,
-                          pads_zeros)
+                          pads_zeros, value_gain)
     _REGISTRY.algorithms[name] = algorithm
+    _REGISTRY.generation += 1
     _CHOICES.clear()
     return algorithm
 
 
 def unregister_algorithm(name: str) -> Algorithm | None:
     """Remove an algorithm (for tests); returns it, or ``None`` if unknown."""
+    removed = _REGISTRY.algorithms.pop(name, None)
+    _REGISTRY.generation += 1
     _CHOICES.clear()
-    return _REGISTRY.algorithms.pop(name, None)
+    return removed
 
 
 def available_algorithms() -> tuple[str, ...]:
@@ -234,65 +321,103 @@ def get_algorithm(name: str) -> Algorithm:
         ) from None
 
 
+def describe(problem: ConvProblem) -> str:
+    """``problem`` in words, for error messages.
+
+    >>> describe(ConvProblem((1, 5, 4), (3, 4, 4), (1,), (1,), 1, (3,), np.dtype("float32")))
+    'a 1-D float32 convolution: input (1, 5, 4), kernel (3, 4, 4), strides (1,), dilation (1,), groups 1, output size (3,)'
+    """
+    return (
+        f"a {problem.rank}-D {np.dtype(problem.dtype).name} convolution: input "
+        f"{problem.input_shape}, kernel {problem.kernel_shape}, strides {problem.strides}, "
+        f"dilation {problem.dilation}, groups {problem.groups}, output size {problem.out_size}"
+    )
+
+
+def applicable(problem: ConvProblem, kind: str = "direct") -> tuple[str, ...]:
+    """Names of the ``kind`` algorithms that apply to ``problem``, sorted."""
+    return tuple(sorted(a.name for a in _REGISTRY.snapshot()
+                        if a.kind == kind and a.applies(problem)))
+
+
 def choose(problem: ConvProblem, algorithm: str | None = None, kind: str = "direct"
            ) -> Algorithm:
     """The ``kind`` algorithm to run ``problem``: ``algorithm`` if named, else the cheapest.
 
-    A named algorithm that does not apply to the problem is an error (tests
-    force paths with it, and must not silently test another).
+    A named algorithm that does not apply to the problem is an error naming
+    the conditions it fails and the algorithms that do apply (tests force
+    paths with it, and must not silently test another).
     """
     if algorithm is not None:
         chosen = get_algorithm(algorithm)
         if chosen.kind != kind:
             raise ValueError(f"algorithm={algorithm!r} is a {chosen.kind} algorithm, not {kind}")
-        if not chosen.applies(problem):
+        failed = chosen.why_not(problem)
+        if failed:
             raise ValueError(
-                f"algorithm={algorithm!r} does not apply to this problem: {problem}"
+                f"algorithm={algorithm!r} does not apply to {describe(problem)}: it needs "
+                f"{'; '.join(failed)}. Algorithms that apply: "
+                f"{', '.join(applicable(problem, kind)) or 'none'}"
             )
         return chosen
-    _REGISTRY.load_builtin()
     found = cheapest(problem, kind)
     if found is None:
-        raise ValueError(f"no registered {kind} algorithm applies to {problem}")
+        raise ValueError(f"no registered {kind} algorithm applies to {describe(problem)}")
     return found
 
 
-# Choices made so far: (problem, what, workspace budget) -> algorithm. Asking every
-# algorithm whether it applies and what it costs takes ~0.1-0.2 ms, paid by every
-# call of a layer; the answer depends only on the shapes and the registry (emptied
-# when an algorithm is registered or removed).
+# Choices made so far: (problem, what, exact-only, worker count, workspace budget) ->
+# algorithm. Asking every algorithm whether it applies and what it costs takes
+# ~0.1-0.2 ms, paid by every call of a layer; the answer depends only on the key and
+# the registry (emptied when an algorithm is registered or removed). See engine.state.
 _CHOICES: dict[tuple[Any, ...], Algorithm | None] = {}
 _CHOICES_MAX = 4096
 
 
 def remembered(key: tuple[Any, ...], find: Callable[[], Algorithm | None]) -> Algorithm | None:
-    """``find()``, remembered under ``key`` (and the workspace budget) until the registry
-    changes: for choices that depend only on shapes and the registered algorithms."""
-    key = (*key, WORKSPACE_BYTES)
+    """``find()``, remembered under ``key`` until the registry changes.
+
+    For choices that depend only on shapes and the registered algorithms; the
+    key also holds everything else the costs read: the workspace budget and the
+    worker count (:func:`~.algorithms._threads.worker_count`, which
+    ``thread_limit`` and ``CONVARITH_NUM_THREADS`` change). A choice computed
+    while another thread changed the registry is returned but not kept.
+    """
+    from .algorithms._threads import worker_count
+
+    key = (*key, worker_count(), WORKSPACE_BYTES)
     try:
         return _CHOICES[key]
     except KeyError:
         pass
+    _REGISTRY.load_builtin()  # loading registers: it would look like a change
+    generation = _REGISTRY.generation
     found = find()
-    if len(_CHOICES) >= _CHOICES_MAX:
-        _CHOICES.clear()
-    _CHOICES[key] = found
+    if generation == _REGISTRY.generation:
+        if len(_CHOICES) >= _CHOICES_MAX:
+            _CHOICES.clear()
+        _CHOICES[key] = found
     return found
 
 
-def cheapest(problem: ConvProblem, kind: str = "direct") -> Algorithm | None:
-    """The cheapest ``kind`` algorithm that applies to ``problem``, if any."""
-    _REGISTRY.load_builtin()
+def cheapest(problem: ConvProblem, kind: str = "direct", exact: bool = False
+             ) -> Algorithm | None:
+    """The cheapest ``kind`` algorithm that applies to ``problem``, if any.
+
+    ``exact``: only algorithms without transforms (no ``value_gain``), whose
+    outputs each read only their own window.
+    """
 
     def find() -> Algorithm | None:
         candidates = [
-            a for a in _REGISTRY.algorithms.values() if a.kind == kind and a.applies(problem)
+            a for a in _REGISTRY.snapshot() if a.kind == kind and a.applies(problem)
+            and not (exact and a.value_gain is not None)
         ]
         if not candidates:
             return None
         return min(candidates, key=lambda a: (a.cost(problem), a.name))
 
-    return remembered((problem, kind), find)
+    return remembered((problem, kind, exact), find)
 
 
 def choose_weight_grad(problem: ConvProblem, algorithm: str | None = None) -> Algorithm:
@@ -305,21 +430,219 @@ def choose_weight_grad(problem: ConvProblem, algorithm: str | None = None) -> Al
         chosen = get_algorithm(algorithm)
         if chosen.weight_grad is not None and chosen.kind == "direct" and chosen.applies(problem):
             return chosen
-    _REGISTRY.load_builtin()
+    return cheapest_weight_grad(problem)
+
+
+def cheapest_weight_grad(problem: ConvProblem, exact: bool = False) -> Algorithm:
+    """The cheapest algorithm with a ``weight_grad`` for ``problem`` (``exact``: see
+    :func:`cheapest`); a ValueError if none."""
 
     def find() -> Algorithm | None:
         candidates = [
-            a for a in _REGISTRY.algorithms.values()
+            a for a in _REGISTRY.snapshot()
             if a.weight_grad is not None and a.kind == "direct" and a.applies(problem)
+            and not (exact and a.value_gain is not None)
         ]
         return min(candidates, key=lambda a: (a.cost(problem), a.name)) if candidates else None
 
-    found = remembered((problem, "weight_grad"), find)
+    found = remembered((problem, "weight_grad", exact), find)
     if found is None:
-        raise ValueError(f"no registered algorithm computes the weight gradient of {problem}")
+        raise ValueError(
+            f"no registered algorithm computes the weight gradient of {describe(problem)}")
     return found
 
 
 def workspace_budget(output_bytes: int) -> int:
     """Bytes of working memory allowed: 64 MiB, or the output's size if larger."""
     return max(WORKSPACE_BYTES, int(output_bytes))
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def _refuse(problem: ConvProblem, what: str) -> ValueError:
+    return ValueError(f"the arrays do not match {describe(problem)}: {what}")
+
+
+def _check_array(problem: ConvProblem, name: str, array: Any, shape: tuple[int, ...]) -> None:
+    if not isinstance(array, np.ndarray):
+        raise _refuse(problem, f"{name} must be a numpy.ndarray, got {type(array).__name__}")
+    if array.dtype != problem.dtype:
+        raise _refuse(problem, f"{name} has dtype {array.dtype}, the problem {problem.dtype} "
+                               f"(pass {name}.astype({np.dtype(problem.dtype).name!r}))")
+    if tuple(array.shape) != shape:
+        raise _refuse(problem, f"{name} has shape {array.shape}, the problem needs {shape}")
+    if not array.flags.c_contiguous:
+        raise _refuse(problem, f"{name} (strides {array.strides}) is not C-contiguous "
+                               f"(pass np.ascontiguousarray({name}))")
+
+
+def check_problem(problem: ConvProblem) -> None:
+    """Refuse a problem whose output cells would read outside its input.
+
+    Every output cell ``o`` reads input cells up to ``o·S + (K - 1)·D`` on each
+    axis: that must stay inside the padded input, or a compiled kernel would
+    read past its buffer.
+
+    >>> check_problem(ConvProblem((1, 5, 4), (3, 4, 4), (1,), (1,), 1, (4,), np.dtype("float32")))
+    Traceback (most recent call last):
+    ...
+    ValueError: the arrays do not match a 1-D float32 convolution: input (1, 5, 4), kernel (3, 4, 4), strides (1,), dilation (1,), groups 1, output size (4,): out_size[0]=4 needs 6 input cells on that axis, the input has 5 (at most 3 outputs fit)
+    """
+    rank = len(problem.input_shape) - 2
+    if rank < 1 or len(problem.kernel_shape) != rank + 2 or not (
+            len(problem.strides) == len(problem.dilation) == len(problem.out_size) == rank):
+        raise _refuse(problem, f"input, kernel, strides, dilation and out_size must all have "
+                               f"{max(rank, 1)} spatial axes")
+    if problem.groups < 1 or problem.kernel_shape[-2] * problem.groups != problem.in_channels \
+            or problem.out_channels % problem.groups:
+        raise _refuse(problem, f"the kernel's {problem.kernel_shape[-2]} input channels x groups "
+                               f"{problem.groups} must equal the input's {problem.in_channels}, "
+                               f"and its {problem.out_channels} outputs divide by the groups")
+    for axis, (n, k, s, d, o) in enumerate(zip(problem.input_shape[1:-1], problem.kernel_size,
+                                               problem.strides, problem.dilation,
+                                               problem.out_size)):
+        if s < 1 or d < 1 or k < 1 or o < 0:
+            raise _refuse(problem, f"axis {axis}: strides, dilation and kernel size must be >= 1 "
+                                   f"and out_size >= 0")
+        reach = (k - 1) * d + 1
+        if o > 0 and (o - 1) * s + reach > n:
+            fit = (n - reach) // s + 1 if n >= reach else 0
+            raise _refuse(problem, f"out_size[{axis}]={o} needs {(o - 1) * s + reach} input "
+                                   f"cells on that axis, the input has {n} (at most {fit} "
+                                   f"outputs fit)")
+
+
+def check_arrays(problem: ConvProblem, x: Any, kernel: Any,
+                 padding: Any = None) -> None:
+    """Refuse, before any algorithm runs, arrays that do not match ``problem``.
+
+    ``x`` (padded by ``padding`` when given) must have ``problem.input_shape``,
+    ``kernel`` ``problem.kernel_shape``; both the problem's dtype and
+    C-contiguous; and the output size must fit in the input (:func:`check_problem`).
+    """
+    check_problem(problem)
+    shape = tuple(problem.input_shape)
+    if padding is not None:
+        if len(padding) != problem.rank or any(lo < 0 or hi < 0 for lo, hi in padding):
+            raise _refuse(problem, f"padding {padding} must be one non-negative (before, after) "
+                                   f"per spatial axis")
+        shape = (shape[0], *(n - lo - hi for n, (lo, hi) in zip(shape[1:-1], padding)),
+                 shape[-1])
+    _check_array(problem, "x", x, shape)
+    _check_array(problem, "kernel", kernel, tuple(problem.kernel_shape))
+
+
+def magnitude(a: np.ndarray) -> float:
+    """``max |a|``: ``nan`` if ``a`` holds a NaN, ``0`` if it is empty.
+
+    Two reductions without a temporary (``max`` and ``min``), about a third of
+    the time of ``np.abs(a).max()``.
+
+    >>> magnitude(np.array([1.0, -3.0])), magnitude(np.array([np.nan, 1.0]))
+    (3.0, nan)
+    """
+    if a.size == 0:
+        return 0.0
+    high, low = float(a.max()), float(a.min())
+    if math.isnan(high) or math.isnan(low):
+        return math.nan
+    return max(abs(high), abs(low))
+
+
+def values_fit(algorithm: Algorithm, problem: ConvProblem, first: np.ndarray,
+               second: np.ndarray) -> bool:
+    """Whether ``algorithm``'s transforms stay finite on these values.
+
+    True for algorithms without ``value_gain``; otherwise whether
+    ``max|first| · max|second| · value_gain(problem)`` is below the dtype's
+    largest value (false for any NaN or infinity).
+    """
+    if algorithm.value_gain is None:
+        return True
+    limit = float(np.finfo(problem.dtype).max)
+    second_size = magnitude(second)  # the kernel: small, and often decides alone
+    if not second_size < limit:
+        return False
+    bound = magnitude(first) * second_size * algorithm.value_gain(problem)
+    return bound < limit
+
+
+def plan(problem: ConvProblem, x: np.ndarray, kernel: np.ndarray, algorithm: str | None = None,
+         padding: Any = None) -> Algorithm:
+    """The direct algorithm that runs ``problem`` on these arrays: the dispatch's decision.
+
+    Checks the arrays against the problem (:func:`check_arrays`), then takes
+    ``algorithm`` if named, else the cheapest that applies; an algorithm with
+    transforms is replaced by the cheapest exact one when the values could
+    overflow them or are not finite (:func:`values_fit`), so a non-finite or
+    huge input reaches only the outputs whose window reads it.
+
+    >>> x, k = np.ones((1, 130, 130, 32), np.float32), np.ones((3, 3, 32, 32), np.float32)
+    >>> problem = ConvProblem(x.shape, k.shape, (1, 1), (1, 1), 1, (128, 128), x.dtype)
+    >>> plan(problem, x, k).name
+    'winograd'
+    >>> x[0, 2, 2, 0] = np.inf
+    >>> plan(problem, x, k).value_gain is None
+    True
+    """
+    check_arrays(problem, x, kernel, padding)
+    chosen = choose(problem, algorithm)
+    if algorithm is None and not values_fit(chosen, problem, x, kernel):
+        exact = cheapest(problem, exact=True)
+        if exact is None:
+            raise ValueError(f"no registered algorithm without transforms applies to "
+                             f"{describe(problem)}, and its values are not finite or too large")
+        chosen = exact
+    return chosen
+
+
+def plan_weight_grad(problem: ConvProblem, x: np.ndarray, dy: np.ndarray,
+                     algorithm: str | None = None, padding: Any = None) -> Algorithm:
+    """Like :func:`plan`, for the kernel gradient of ``problem`` from ``x`` and ``dy``."""
+    check_problem(problem)
+    shape = tuple(problem.input_shape)
+    if padding is not None:
+        shape = (shape[0], *(n - lo - hi for n, (lo, hi) in zip(shape[1:-1], padding)),
+                 shape[-1])
+    _check_array(problem, "x", x, shape)
+    _check_array(problem, "dy", dy, (problem.batch, *problem.out_size, problem.out_channels))
+    chosen = choose_weight_grad(problem, algorithm)
+    if algorithm is None and not values_fit(chosen, problem, x, dy):
+        chosen = cheapest_weight_grad(problem, exact=True)
+    return chosen
+
+
+def plan_transposed(problem: ConvProblem, grid_problem: ConvProblem, algorithm: str | None = None,
+                    x: np.ndarray | None = None, kernel: np.ndarray | None = None
+                    ) -> Algorithm | None:
+    """The ``kind="transposed"`` algorithm to run, or ``None``: the direct one on the grid.
+
+    ``problem`` is the transposed problem, ``grid_problem`` the stride-1 direct
+    problem on the zero-inserted grid. A named transposed algorithm runs (an
+    error if it does not apply); a named direct one runs on the grid;
+    otherwise the cheaper of the best transposed and the best direct on the
+    grid, with the values check of :func:`plan` when ``x`` and ``kernel`` are given.
+    """
+    if x is not None:
+        _check_array(problem, "x", x, tuple(problem.input_shape))
+    if kernel is not None:
+        _check_array(problem, "kernel", kernel, tuple(problem.kernel_shape))
+    if algorithm is not None:
+        named = get_algorithm(algorithm)
+        return choose(problem, algorithm, kind="transposed") if named.kind == "transposed" else None
+
+    def decide(exact: bool) -> Algorithm | None:
+        transposed = cheapest(problem, kind="transposed", exact=exact)
+        grid = cheapest(grid_problem, exact=exact)
+        if transposed is not None and grid is not None and (
+                transposed.cost(problem) >= grid.cost(grid_problem)):
+            return None
+        return transposed
+
+    chosen = remembered((problem, grid_problem, "transposed or grid"), lambda: decide(False))
+    if chosen is not None and x is not None and kernel is not None and not values_fit(
+            chosen, problem, x, kernel):
+        chosen = remembered((problem, grid_problem, "exact transposed or grid"),
+                            lambda: decide(True))
+    return chosen

@@ -33,6 +33,8 @@ __all__ = [
     "write_block_task",
     "finish_output",
     "fingerprint",
+    "check_separate",
+    "check_convolvable",
     "MARKER_FOLDER",
 ]
 
@@ -119,6 +121,102 @@ def open_input(path: str | os.PathLike[str], chunks: Any = None, component: str 
     return array.rechunk(chunks) if chunks else array
 
 
+def _real(path: str) -> str:
+    return os.path.normcase(os.path.realpath(os.path.abspath(path)))
+
+
+def _contains(folder: str, inner: str) -> bool:
+    return inner == folder or inner.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_separate(input_path: str | os.PathLike[str], output_path: str | os.PathLike[str]) -> None:
+    """Refuse an output that is, contains or lies inside the input, however spelled.
+
+    Both paths are resolved (symbolic links, ``..``, ``.``, trailing
+    slashes, case on case-insensitive systems) before they are compared, and
+    two existing paths that are the same file (a hard link, a bind mount)
+    are caught by device and inode. Call it before anything is written:
+    ``--force`` deletes the old output, and Dask reads the input lazily,
+    after that.
+
+    >>> import os, tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> check_separate(os.path.join(folder, "in.zarr"), os.path.join(folder, "out.zarr"))
+    >>> check_separate(os.path.join(folder, "in.zarr"), os.path.join(folder, "x", "..", "in.zarr/"))
+    Traceback (most recent call last):
+    ...
+    ValueError: output '...' is the input '...' (both resolve to '...'); ...
+    """
+    source, target = os.fspath(input_path), os.fspath(output_path)
+    real_source, real_target = _real(source), _real(target)
+    fix = "write the output to a new path outside the input"
+    if real_source == real_target or _same_file(source, target):
+        raise ValueError(
+            f"output {target!r} is the input {source!r} (both resolve to {real_target!r}); "
+            f"--force would delete the input before it is read: {fix}"
+        )
+    if _contains(real_target, real_source):
+        raise ValueError(
+            f"output {target!r} contains the input {source!r} (resolved: {real_source!r} is inside "
+            f"{real_target!r}); --force would delete it: {fix}"
+        )
+    if _contains(real_source, real_target):
+        raise ValueError(
+            f"output {target!r} is inside the input {source!r} (resolved: {real_target!r} is "
+            f"inside {real_source!r}); writing it would change the input: {fix}"
+        )
+    if os.path.isdir(target) and not os.path.islink(target) and os.path.isfile(source):
+        # an output store that holds a hard link to the input file
+        info = os.stat(source)
+        if info.st_nlink > 1:
+            for folder, _, names in os.walk(target):
+                for name in names:
+                    if _same_file(source, os.path.join(folder, name)):
+                        raise ValueError(
+                            f"output {target!r} holds {os.path.join(folder, name)!r}, a hard link "
+                            f"to the input {source!r}: {fix}"
+                        )
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return False
+
+
+def check_convolvable(dtype: Any, what: str) -> np.dtype[Any]:
+    """``dtype`` if a convolution can read it (bool, integers, reals); raise otherwise.
+
+    Complex numbers are refused rather than cast (a cast drops the
+    imaginary part without a word); so are strings, bytes, objects,
+    records, dates and durations.
+
+    >>> check_convolvable("int16", "input").name
+    'int16'
+    >>> check_convolvable("complex64", "input")
+    Traceback (most recent call last):
+    ...
+    ValueError: input has dtype complex64: ...
+    """
+    kind_rules = {
+        "c": "complex numbers are not convolved here (casting would drop the imaginary part); "
+             "convolve the real and imaginary parts as two arrays (x.real, x.imag)",
+        "U": "text cannot be convolved; convert it to numbers first",
+        "S": "bytes cannot be convolved; convert them to numbers first",
+        "O": "Python objects cannot be convolved; save a numeric array (e.g. float32)",
+        "V": "records or raw bytes cannot be convolved; save one numeric field as its own array",
+        "M": "dates cannot be convolved; convert them to numbers (e.g. .astype('int64'))",
+        "m": "durations cannot be convolved; convert them to numbers (e.g. .astype('int64'))",
+    }
+    resolved = np.dtype(dtype)
+    if resolved.kind in kind_rules:
+        raise ValueError(f"{what} has dtype {resolved}: {kind_rules[resolved.kind]}")
+    if resolved.kind not in "biuf":  # pragma: no cover - no other kinds exist today
+        raise ValueError(f"{what} has dtype {resolved}, which is not a number type")
+    return resolved
+
+
 def fingerprint(*parts: Any) -> str:
     """A short SHA-256 of arrays, strings and numbers (to recognise a run's settings)."""
     digest = hashlib.sha256()
@@ -164,6 +262,11 @@ def prepare_output(
     if force and resume:
         raise ValueError("choose --force (start over) or --resume (finish a run), not both")
     exists = target.exists() or target.is_symlink()
+    if target.is_symlink():
+        raise ValueError(
+            f"output {str(target)!r} is a symbolic link; give the path of the store itself "
+            f"({os.path.realpath(target)!r}) or a new path"
+        )
     if exists and not _is_zarr_store(target):
         raise ValueError(
             f"output {str(target)!r} exists and is not a Zarr store; refusing to touch it "

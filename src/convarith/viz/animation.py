@@ -13,6 +13,7 @@ Examples
 from __future__ import annotations
 
 import base64
+import io
 import math
 import os
 from collections.abc import Sequence
@@ -25,10 +26,12 @@ import numpy as np
 
 from .._atomic import write_atomic
 from ..explain import Explanation, explain
+from ..limits import check_picture, current_limits
 from ..spec import ConvSpec, ResolvedConv
 from .frames import Frame, Storyboard, build_frames
-from .render import RasterRenderer, apng_bytes, gif_bytes, png_bytes, scene_svg, strip_image
+from .render import RasterRenderer, png_bytes, scene_svg
 from .scene import Scene, build_scene
+from .stream import FPS_RANGE, FrameStream, sheet_size, write_apng, write_gif, write_sheet
 
 __all__ = ["animate", "Animation", "Still", "FORMATS"]
 
@@ -46,8 +49,9 @@ def _default_fps(count: int) -> float:
 class Animation:
     """An animation of a convolution: frames as data, and pictures of them.
 
-    Build it with :func:`animate`. ``len(a)`` is the number of frames;
+    Build it with :func:`animate`. ``len(a)`` is the number of steps;
     ``a.frames`` the frame data; ``a.frame(i)`` a :class:`Still` of one step.
+    GIF, APNG and sheets draw every ``every``-th step, one frame at a time.
     """
 
     storyboard: Storyboard
@@ -56,6 +60,7 @@ class Animation:
     fps: float
     scale: float = 1.0
     scene: Scene = field(repr=False, default=None)  # type: ignore[assignment]
+    every: int = 1
 
     def __len__(self) -> int:
         return len(self.storyboard.frames)
@@ -77,8 +82,21 @@ class Animation:
         return self._renderer.frame(self._step(step))
 
     def images(self) -> list[Any]:
-        """Every frame as a Pillow RGB image."""
-        return list(self._renderer.frames())
+        """Every drawn frame as a Pillow RGB image, all held in memory (see :meth:`iter_images`)."""
+        return list(self.iter_images())
+
+    def iter_images(self) -> Any:
+        """The drawn frames (every ``every``-th step) as Pillow RGB images, one at a time."""
+        for canvas, _ in self._stream():
+            yield canvas.copy()
+
+    @property
+    def steps(self) -> range:
+        """The steps drawn in a GIF, APNG or sheet: every ``every``-th one."""
+        return range(0, len(self), self.every)
+
+    def _stream(self) -> FrameStream:
+        return FrameStream(self._renderer, self.steps)
 
     def frame(self, step: int) -> Still:
         """One step, as a still picture (PNG / SVG, displays in Jupyter)."""
@@ -95,10 +113,14 @@ class Animation:
     # ------------------------------------------------------------------ encodings
 
     def to_gif(self) -> bytes:
-        return gif_bytes(self.images(), self.fps)
+        buffer = io.BytesIO()
+        write_gif(buffer, self._stream(), self.fps)
+        return buffer.getvalue()
 
     def to_apng(self) -> bytes:
-        return apng_bytes(self.images(), self.fps)
+        buffer = io.BytesIO()
+        write_apng(buffer, self._stream(), self.fps)
+        return buffer.getvalue()
 
     def to_svg(self) -> str:
         """A self-contained animated SVG (CSS keyframes, no script)."""
@@ -108,11 +130,19 @@ class Animation:
         """One step, or (``step=None``) a sheet of every step."""
         if step is not None:
             return png_bytes(self.image(step))
-        images = self.images()
+        buffer = io.BytesIO()
+        self._write_sheet(buffer, columns)
+        return buffer.getvalue()
+
+    def _write_sheet(self, stream: Any, columns: int | None = None) -> None:
+        count = len(self.steps)
         if columns is None:
             size = self.resolved.output_size if self.storyboard.mode == "direct" else self.resolved.input_size
-            columns = size[-1] if size[-1] <= 8 else math.ceil(math.sqrt(len(images)))
-        return png_bytes(strip_image(images, columns))
+            columns = size[-1] if size[-1] <= 8 and self.every == 1 else math.ceil(math.sqrt(count))
+        frame_size = (max(1, round(self.scene.width * self.scale)), max(1, round(self.scene.height * self.scale)))
+        check_picture(f"a sheet of {count} steps", *sheet_size(frame_size, count, columns),
+                      "draw one step (--step N), every k-th step (--every K), or a smaller input")
+        write_sheet(stream, self._stream(), columns)
 
     @property
     def storyboard_title(self) -> str:
@@ -131,15 +161,22 @@ class Animation:
             raise ValueError(f"unknown picture format {target.suffix!r} for {str(target)!r}; use one of {FORMATS}")
         if suffix != ".png" and suffix != ".svg" and step is not None:
             raise ValueError(f"step applies to .png and .svg stills, not {suffix}")
-        data: bytes | str
+        if suffix == ".svg" and step is None and self.every != 1:
+            raise ValueError(f"an animated .svg shows every step; every={self.every} applies to .gif, "
+                             ".apng and .png sheets (drop it, or give one step)")
+        if step is not None:
+            self._step(step)  # refuse a bad step before the file is opened
+        data: bytes | str | Any
         if suffix == ".gif":
-            data = self.to_gif()
+            data = lambda stream: write_gif(stream, self._stream(), self.fps)  # noqa: E731
         elif suffix == ".apng":
-            data = self.to_apng()
+            data = lambda stream: write_apng(stream, self._stream(), self.fps)  # noqa: E731
         elif suffix == ".svg":
             data = self.to_svg() if step is None else self.frame(step).to_svg()
-        else:
+        elif step is not None:
             data = self.to_png(step)
+        else:
+            data = lambda stream: self._write_sheet(stream)  # noqa: E731
         return write_atomic(target, data, force=force)
 
     # ------------------------------------------------------------------ Jupyter
@@ -155,8 +192,9 @@ class Animation:
         return self.to_png(step=0)
 
     def __repr__(self) -> str:
+        every = f", every={self.every}" if self.every != 1 else ""
         return (f"Animation({self.explanation.summary!r}, view={self.view!r}, "
-                f"frames={len(self)}, fps={self.fps:g})")
+                f"frames={len(self)}, fps={self.fps:g}{every})")
 
 
 @dataclass(frozen=True)
@@ -201,6 +239,7 @@ def animate(
     scale: float = 1.0,
     input_values: Any = None,
     kernel_values: Any = None,
+    every: int = 1,
 ) -> Animation:
     """Animate a convolution from its resolved geometry, in the classic look.
 
@@ -225,11 +264,16 @@ def animate(
     show_gaps
         Outline the cells a dilated kernel skips (default: when dilated).
     fps
-        Frames per second (default: 1, faster for long animations).
+        Frames per second, in [0.01, 50] (default: 1, faster for long animations).
     scale
-        Size factor of the raster pictures.
+        Size factor of the raster pictures, in [0.1, 8]; the drawing (at 2x
+        supersampling) must fit ``max_picture_pixels`` (:mod:`convarith.limits`).
     input_values, kernel_values
         Arrays to show instead of the sample numbers (imply ``values``).
+    every
+        GIF, APNG and sheets draw every ``every``-th step (default 1: all).
+        The number of steps is capped by ``max_animation_frames`` (4096, a
+        64x64 input; :mod:`convarith.limits`).
 
     Examples
     --------
@@ -256,23 +300,30 @@ def animate(
         raise ValueError(f"transposed_as must be 'direct' or 'scatter', got {transposed_as!r}")
     if transposed_as == "scatter" and not resolved.spec.transposed:
         raise ValueError("the scatter view shows a transposed convolution; this spec is not transposed")
-    if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps <= 50):
-        raise ValueError(f"fps must be a number in (0, 50], got {fps!r}")
+    low, high = FPS_RANGE
+    if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not low <= fps <= high):
+        raise ValueError(f"fps must be a number in [{low:g}, {high:g}] (frames per second), got {fps!r}")
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.1 <= scale <= 8:
         raise ValueError(f"scale must be a number in [0.1, 8], got {scale!r}")
+    if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
+        raise ValueError(f"every must be a positive integer (draw every k-th step), got {every!r}")
     cells = math.prod(resolved.output_size if transposed_as == "direct" else resolved.input_size)
-    if cells > 4096:
+    cap = current_limits().max_animation_frames
+    if cells > cap:
         raise ValueError(
-            f"the animation would have {cells} frames (one per "
-            f"{'output' if transposed_as == 'direct' else 'input'} cell); animate an input of at most "
-            "64×64 cells — the geometry is the same on a small input"
+            f"the animation would have {cells:,} steps (one per "
+            f"{'output' if transposed_as == 'direct' else 'input'} cell), over the limit "
+            f"max_animation_frames={cap:,}; animate a smaller input (the geometry is the same on a "
+            "small one), or raise the limit with convarith.limits.limits(max_animation_frames=...)"
         )
     board = build_frames(resolved, mode=transposed_as, values=values,
                          input_values=input_values, kernel_values=kernel_values)
     explanation = explain(resolved.spec, resolved.input_size)
     scene = build_scene(board, explanation, view=view, show_gaps=show_gaps)
+    supersampled = (2 * max(1, round(scene.width * scale)), 2 * max(1, round(scene.height * scale)))
+    check_picture("the animation's drawing (2x supersampled)", *supersampled, f"use a smaller scale than {scale:g}")
     return Animation(board, explanation, view, float(fps) if fps is not None else _default_fps(len(board.frames)),
-                     float(scale), scene)
+                     float(scale), scene, int(every))
 
 
 def preview_input(spec: ConvSpec) -> tuple[int, ...]:

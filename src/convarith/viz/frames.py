@@ -41,13 +41,15 @@ import numpy as np
 
 from ..spec import ResolvedConv, padding_source
 
-__all__ = ["Frame", "Storyboard", "GridCell", "build_frames", "sample_values", "CELL_KINDS"]
+__all__ = ["Frame", "Storyboard", "GridCell", "build_frames", "sample_values", "axis_cells", "CELL_KINDS"]
 
 Index = tuple[int, ...]
 
 #: What a cell of a drawn grid is.
 CELL_KINDS = (
     "input",     # a real input cell (lower grid) or an output cell (top grid)
+    "dropped",   # a trailing input cell no window reaches (``ResolvedConv.dropped``)
+    "skipped",   # an input cell the windows step over (stride larger than the window)
     "padding",   # a zero added around the input
     "copy",      # padding that copies an input cell (reflect, replicate, circular)
     "inserted",  # a zero inserted between input cells (transposed, direct view)
@@ -155,17 +157,38 @@ def _box(cells: Sequence[Index]) -> tuple[Index, Index]:
 
 
 def _combine_kinds(kinds: Sequence[str]) -> str:
-    for kind in ("beyond", "cropped", "padding", "inserted", "copy"):
+    for kind in ("beyond", "cropped", "padding", "inserted", "copy", "dropped", "skipped"):
         if kind in kinds:
             return kind
     return "input"
 
 
-def _direct_axis_cells(resolved: ResolvedConv, axis: int, extent: int) -> list[tuple[str, int | None]]:
-    """Kind and source index of each position along one axis of the slid-over grid."""
+def axis_cells(resolved: ResolvedConv, axis: int, extent: int | None = None) -> list[tuple[str, int | None]]:
+    """What each cell of the slid-over grid is along one axis: ``(kind, source)``.
+
+    The one classification of grid cells, in the words of :data:`CELL_KINDS`,
+    used by the animations, the explorer's page (``/api/geometry``) and the
+    tour. ``source`` is the input index whose value the cell holds (``None``
+    for a zero). Positions run over the padded (for a transposed convolution:
+    zero-inserted and padded) grid, ``extent`` cells (default: the padded
+    size; ceil-mode pooling may read past it, those cells are ``"beyond"``).
+
+    >>> from convarith import ConvSpec
+    >>> r = ConvSpec(3, strides=2, rank=1).resolve((6,))
+    >>> [kind for kind, _ in axis_cells(r, 0)]
+    ['input', 'input', 'input', 'input', 'input', 'dropped']
+    >>> axis_cells(ConvSpec(3, padding=1, padding_mode="reflect", rank=1).resolve((4,)), 0)[0]
+    ('copy', 1)
+    >>> [k for k, _ in axis_cells(ConvSpec(2, strides=2, transposed=True, rank=1).resolve((2,)), 0)]
+    ['padding', 'input', 'inserted', 'input', 'padding']
+    """
     spec = resolved.spec
     size = resolved.input_size[axis]
     lo, hi = resolved.padding[axis]
+    extent = resolved.padded_size[axis] if extent is None else extent
+    dropped_from = size - resolved.dropped[axis]
+    read = {tap.source[0] for out in range(resolved.output_size[axis])
+            for tap in resolved.axis_taps(axis, out) if tap.source is not None and not tap.in_padding}
     cells: list[tuple[str, int | None]] = []
     for position in range(extent):
         index = position - lo
@@ -177,7 +200,8 @@ def _direct_axis_cells(resolved: ResolvedConv, axis: int, extent: int) -> list[t
             else:
                 cells.append(("padding", None))
         elif 0 <= index < size:
-            cells.append(("input", index))
+            kind = "dropped" if index >= dropped_from else "input" if index in read else "skipped"
+            cells.append((kind, index))
         elif position >= size + lo + hi:
             cells.append(("beyond", None))
         else:
@@ -251,7 +275,7 @@ def _direct_board(
         max(resolved.padded_size[a], resolved.axis_taps(a, resolved.output_size[a] - 1)[-1].position[0] + 1)
         for a in range(rank)
     )
-    grid_cells = _grid([_direct_axis_cells(resolved, a, extent[a]) for a in range(rank)])
+    grid_cells = _grid([axis_cells(resolved, a, extent[a]) for a in range(rank)])
     top_cells = tuple(GridCell(p, "input", p) for p in product(*[range(n) for n in resolved.output_size]))
     frames = []
     for step, out_index in enumerate(resolved.positions()):

@@ -16,13 +16,14 @@ Two views:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..explain import Explanation
 from .frames import Frame, Index, Storyboard
 
-__all__ = ["Scene", "Shape", "Palette", "PALETTE", "build_scene"]
+__all__ = ["Scene", "Shape", "Palette", "PALETTE", "build_scene", "max_position"]
 
 Point = tuple[float, float]
 
@@ -42,6 +43,9 @@ class Palette:
     output_done: str = "#3fae8e"
     output_target: str = "#00664d"
     cropped: str = "#eef2f3"
+    dropped: str = "#f6d3bf"     # input no window reads (pale vermillion)
+    dropped_stroke: str = "#d55e00"
+    feed: str = "#cc79a7"        # reddish purple: outputs an input cell feeds (explorer hover)
     gap: str = "#e69f00"         # orange: dilation gaps
     stroke: str = "#1c3342"
     dashed: str = "#1f4a5c"
@@ -138,17 +142,21 @@ def _plane_shape(size: Index, rank: int) -> tuple[int, int, int]:
 
 
 def _planes(size: Index, rank: int, u: Point, v: Point, gap: float, vertical: bool = False) -> list[_Plane]:
-    """One plane per depth slice, laid side by side (or stacked), top-left at (0, 0)."""
+    """One plane per depth slice, top-left at (0, 0): stacked, or side by side in rows of
+    about sqrt(slices) (a 3-D grid of 7 slices is drawn 4 + 3, not as one long strip)."""
     slices, rows, cols = _plane_shape(size, rank)
     base = _Plane((0.0, 0.0), u, v, rows, cols)
     x0, y0, x1, y1 = base.bounds()
     base = base.moved(-x0, -y0)
+    per_row = slices if slices <= 3 else math.ceil(math.sqrt(slices))
+    row_gap = max(0.5 * gap, 26.0)  # room for the "depth i" label under each plane
     planes = []
     for i in range(slices):
         if vertical:
             planes.append(base.moved(0.0, i * (y1 - y0 + gap)))
         else:
-            planes.append(base.moved(i * (x1 - x0 + gap), 0.0))
+            row, column = divmod(i, per_row)
+            planes.append(base.moved(column * (x1 - x0 + gap), row * (y1 - y0 + row_gap)))
     return planes
 
 
@@ -292,20 +300,23 @@ def build_scene(
     small_size = max(6.5, cell * 0.24)
 
     # -- layer 0: the lower grid
-    lower_fill = {"input": p.input, "padding": p.padding, "copy": p.copy, "inserted": p.inserted, "beyond": p.padding}
+    lower_fill = {"input": p.input, "padding": p.padding, "copy": p.copy, "inserted": p.inserted,
+                  "beyond": p.padding, "dropped": p.dropped, "skipped": p.dropped}
     for grid_cell in board.grid_cells:
         kind = grid_cell.kind
         dashed = kind in ("padding", "inserted", "beyond", "copy")
+        edge = p.dropped_stroke if kind in ("dropped", "skipped") else p.stroke
         add(Shape("polygon", lower_quad(grid_cell.position), fill=lower_fill[kind],
-                  stroke=p.muted if kind == "beyond" else (p.dashed if dashed else p.stroke),
+                  stroke=p.muted if kind == "beyond" else (p.dashed if dashed else edge),
                   width=stroke_w, dash=(dash[0] * 0.5, dash[1] * 1.5) if kind == "beyond" else (dash if dashed else None)))
     if board.input_values is not None:
         for grid_cell in board.grid_cells:
             if grid_cell.source is not None:
                 add(Shape("text", (lower_centre(grid_cell.position),), text=_fmt_value(board.input_values[grid_cell.source]),
-                          size=value_size, fill=p.text if grid_cell.kind == "input" else p.muted))
+                          size=value_size, fill=p.text if grid_cell.kind in ("input", "dropped", "skipped") else p.muted))
             elif grid_cell.kind in ("padding", "inserted"):
-                add(Shape("text", (lower_centre(grid_cell.position),), text="0", size=value_size * 0.85, fill=p.muted))
+                zero = "−∞" if spec.pool == "max" and grid_cell.kind == "padding" else "0"
+                add(Shape("text", (lower_centre(grid_cell.position),), text=zero, size=value_size * 0.85, fill=p.muted))
 
     # -- layer 1: the window (per frame)
     for frame in frames:
@@ -388,6 +399,7 @@ def _window_shapes(frame: Frame, board: Storyboard, quad, centre, add, p: Palett
                    dash: tuple[float, float], show_gaps: bool, value_size: float, small_size: float,
                    rank: int) -> None:
     start, end = frame.step, frame.step + 1
+    pool = board.resolved.spec.pool
     for position, source in zip(frame.window, frame.sources):
         kind = board.cell_kind(position)
         real = kind in ("input", "copy") and source is not None
@@ -395,10 +407,12 @@ def _window_shapes(frame: Frame, board: Storyboard, quad, centre, add, p: Palett
                   stroke=p.stroke if kind == "input" else p.dashed, width=stroke_w,
                   dash=None if kind == "input" else dash, start=start, end=end))
         if board.input_values is not None:
-            text = _fmt_value(board.input_values[source]) if source is not None else "0"
+            # max pooling pads with -inf (a padded cell is never the maximum), not with zeros
+            zero = "−∞" if pool == "max" else "0"
+            text = _fmt_value(board.input_values[source]) if source is not None else zero
             add(Shape("text", (centre(position),), text=text, size=value_size,
                       fill=p.light_text if real else p.text, start=start, end=end))
-    if board.kernel_values is not None and frame.kernel:
+    if board.kernel_values is not None and frame.kernel and pool is None:  # a pool has no weights
         for position, tap, source in zip(frame.window, frame.kernel, frame.sources):
             real = board.cell_kind(position) in ("input", "copy") and source is not None
             corner = quad(position, 0.0)[2]
@@ -406,10 +420,39 @@ def _window_shapes(frame: Frame, board: Storyboard, quad, centre, add, p: Palett
             xy = (mid[0] * 0.45 + corner[0] * 0.55, mid[1] * 0.45 + corner[1] * 0.55)
             add(Shape("text", (xy,), text="×" + _fmt_value(board.kernel_values[tap]), size=small_size,
                       fill="#ffe9a8" if real else p.text, start=start, end=end))
+    if pool == "max" and board.input_values is not None:
+        winner = max_position(frame, board)
+        if winner is not None:
+            add(Shape("polygon", quad(winner, 0.06), fill=None, stroke=p.gap, width=stroke_w * 2.6,
+                      start=start, end=end))
     if show_gaps:
         for position in frame.gaps:
             add(Shape("polygon", quad(position, 0.12), fill=None, stroke=p.gap, width=stroke_w * 2.0,
                       start=start, end=end))
+
+
+def max_position(frame: Frame, board: Storyboard) -> Index | None:
+    """The window cell max pooling picks: the largest input value, the first one on ties
+    (PyTorch's rule); padding and cells beyond the input never win.
+
+    >>> from convarith import ConvSpec
+    >>> from convarith.viz.frames import build_frames
+    >>> import numpy as np
+    >>> x = np.array([[1., 5.], [5., 2.]])
+    >>> board = build_frames(ConvSpec(2, pool="max").resolve((2, 2)), input_values=x)
+    >>> max_position(board.frames[0], board)
+    (0, 1)
+    """
+    if board.input_values is None:
+        return None
+    best: tuple[float, Index] | None = None
+    for position, source in zip(frame.window, frame.sources):
+        if source is None:
+            continue
+        value = float(board.input_values[source])
+        if best is None or value > best[0]:
+            best = (value, position)
+    return None if best is None else best[1]
 
 
 def _connector_shapes(frame: Frame, board: Storyboard, lower: list[_Plane], upper: list[_Plane],
@@ -463,7 +506,7 @@ def _labels(scene: Scene, board: Storyboard, explanation: Explanation, lower: li
         if spec.transposed:
             lower_label = f"input {_fmt_size(resolved.input_size)}, zeros inserted, padded {_pairs(resolved.padding)}"
         if any(resolved.dropped):
-            lower_label += f" — {_fmt_size(resolved.dropped)} dropped"
+            lower_label += f" — {_dropped_words(resolved.dropped)}"
         name = {"max_pool": "max pool", "avg_pool": "avg pool"}.get(spec.kind, "output")
         upper_label = f"{name} {_fmt_size(resolved.output_size)}" if name == "output" else f"output ({name}) {_fmt_size(resolved.output_size)}"
     add(Shape("text", (((lx0 + lx1) / 2, ly1 + 14 + depth_labels_h),), text=lower_label, size=13, fill=p.text))
@@ -484,6 +527,13 @@ def _labels(scene: Scene, board: Storyboard, explanation: Explanation, lower: li
         add(Shape("text", ((scene.width - 8, scene.height - 8),),
                   text=f"{what} {','.join(map(str, frame.index))}  ({frame.step + 1}/{len(board.frames)})",
                   size=10, fill=p.muted, anchor="rs", start=frame.step, end=frame.step + 1))
+
+
+def _dropped_words(dropped: Sequence[int]) -> str:
+    """``(1, 1)`` → "last 1 row and 1 column never read (dropped)"."""
+    names = {1: ["cell"], 2: ["row", "column"], 3: ["slice", "row", "column"]}[len(dropped)]
+    parts = [f"{n} {name}{'s' if n > 1 else ''}" for n, name in zip(dropped, names) if n]
+    return "last " + " and ".join(parts) + " never read (dropped)"
 
 
 def _text_width(text: str, size: float) -> float:

@@ -41,6 +41,7 @@ __all__ = [
     "Settings",
     "parse_settings",
     "build_spec",
+    "page_words",
     "resolve_payload",
     "geometry_payload",
     "footprint_payload",
@@ -120,9 +121,10 @@ def unavailable(part: str, error: BaseException) -> ApiError:
 def _int(data: dict[str, Any], name: str, low: int, high: int, default: int | None = None) -> int:
     value = data.get(name, default)
     if value is None:
-        raise ApiError(422, f"{name} is required", name)
+        raise ApiError(422, f"{name} is empty; give a whole number from {low} to {high}", name)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ApiError(422, f"{name} must be an integer, got {value!r}", name)
+        raise ApiError(422, f"{name} must be a whole number from {low} to {high}, got {value!r}",
+                       name)
     if not low <= value <= high:
         raise ApiError(422, f"{name} must be between {low} and {high}, got {value}", name)
     return value
@@ -139,11 +141,16 @@ def _ints(
         raise ApiError(
             422, f"{name} must be an integer or a list of {rank} integers, got {value!r}", name
         )
-    for item in items:
+    for axis, item in enumerate(items):
+        where = f"{name} (axis {axis})" if rank > 1 else name
+        if item is None:
+            raise ApiError(422, f"{where} is empty; give a whole number from {low} to {high}", name)
         if isinstance(item, bool) or not isinstance(item, int):
-            raise ApiError(422, f"{name} must hold integers, got {item!r}", name)
+            raise ApiError(
+                422, f"{where} must be a whole number from {low} to {high}, got {item!r}", name
+            )
         if not low <= item <= high:
-            raise ApiError(422, f"{name} values must be between {low} and {high}, got {item}", name)
+            raise ApiError(422, f"{where} must be between {low} and {high}, got {item}", name)
     return tuple(items)
 
 
@@ -277,9 +284,17 @@ def build_spec(settings: Settings) -> tuple[ConvSpec, dict[str, Any] | None]:
     """The spec the settings describe, and how the chosen framework takes them.
 
     Without a convention the spec is the neutral one. With one, the settings go
-    through that framework's front door: if it accepts them, its spec is used;
-    if it rejects them, the neutral spec is still drawn and the report carries
-    the framework's own error (``accepted: false``).
+    through that framework's front door: if it takes them *as they are*, its
+    spec is used. If it rejects them, or would silently compute something else
+    (a fill, a dilation, a ceil mode... it has no argument for), the neutral
+    spec is still drawn and the report says why (``accepted: false``), in the
+    page's words: what the framework lacks and which control to change.
+
+    >>> settings = parse_settings({"input_size": [5, 5], "kernel_size": 3, "padding": "same",
+    ...                            "padding_mode": "reflect", "convention": "keras"}, Limits())
+    >>> spec, report = build_spec(settings)
+    >>> spec.padding_mode, report["accepted"]
+    ('reflect', False)
     """
     try:
         spec = ConvSpec(**_spec_fields(settings))
@@ -289,6 +304,10 @@ def build_spec(settings: Settings) -> tuple[ConvSpec, dict[str, Any] | None]:
         return spec, None
     name = FRAMEWORK_NAMES[settings.convention]
     report: dict[str, Any] = {"name": settings.convention, "framework": name}
+    refusal = _door_refusal(settings.convention, spec)
+    if refusal is not None:
+        report.update(accepted=False, error=f"{name} rejects these settings: {refusal}")
+        return spec, report
     try:
         from ..commands._spec_args import through_front_door
 
@@ -297,7 +316,12 @@ def build_spec(settings: Settings) -> tuple[ConvSpec, dict[str, Any] | None]:
         report.update(accepted=None, error=f"{name}'s rules are not available yet ({error})")
         return spec, report
     except (ValueError, TypeError, NotImplementedError) as error:
-        report.update(accepted=False, error=f"{name} rejects these settings: {error}")
+        report.update(accepted=False,
+                      error=f"{name} rejects these settings: {page_words(str(error))}")
+        return spec, report
+    lost = _lost_setting(spec, door_spec, f"{name}'s {_layer_name(settings.convention, spec)}")
+    if lost is not None:
+        report.update(accepted=False, error=f"{name} rejects these settings: {lost}")
         return spec, report
     try:
         changes: dict[str, Any] = {"in_channels": None, "filters": None}
@@ -305,10 +329,126 @@ def build_spec(settings: Settings) -> tuple[ConvSpec, dict[str, Any] | None]:
             changes["filters"] = settings.filters
         door_spec = door_spec.replace(**changes)
     except (ValueError, TypeError) as error:
-        report.update(accepted=False, error=f"{name} rejects these settings: {error}")
+        report.update(accepted=False,
+                      error=f"{name} rejects these settings: {page_words(str(error))}")
         return spec, report
     report.update(accepted=True, error=None)
     return door_spec, report
+
+
+#: The page's name for each setting a framework may lack, and the value that means "off".
+_CONTROLS: dict[str, tuple[str, Any]] = {
+    "pool": ("operation", None),
+    "transposed": ("transposed", False),
+    "kernel_size": ("kernel size", None),
+    "strides": ("stride", None),
+    "dilation": ("dilation", 1),
+    "groups": ("groups", 1),
+    "padding_mode": ("fill", "zeros"),
+    "ceil_mode": ("ceil mode", False),
+    "count_include_pad": ("padding counts in average", False),
+}
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, tuple):
+        return " × ".join(map(str, value))
+    if value is None:
+        return "convolution"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+def _layer_name(convention: str, spec: ConvSpec) -> str:
+    """The framework's own name for the layer the settings describe (``AvgPool2d``...)."""
+    rank, pool = spec.rank, spec.pool
+    if convention == "keras":
+        if pool:
+            return f"{'Max' if pool == 'max' else 'Average'}Pooling{rank}D"
+        return f"Conv{rank}DTranspose" if spec.transposed else f"Conv{rank}D"
+    if convention == "torch":
+        if pool:
+            return f"{'MaxPool' if pool == 'max' else 'AvgPool'}{rank}d"
+        return f"ConvTranspose{rank}d" if spec.transposed else f"Conv{rank}d"
+    if convention == "jax":
+        return "lax.conv_transpose" if spec.transposed else "lax.conv_general_dilated"
+    if pool:
+        return "MaxPool" if pool == "max" else "AveragePool"
+    return "ConvTranspose" if spec.transposed else "Conv"
+
+
+def _lost_setting(spec: ConvSpec, door_spec: ConvSpec, name: str) -> str | None:
+    """Which setting the framework's layer would silently drop, in the page's words.
+
+    A front door builds the framework's layer from the arguments it has; a
+    setting it has no argument for (Keras and a reflect fill, JAX and pooling,
+    ONNX average pooling and dilation) would vanish from what it computes.
+    The page refuses instead of drawing one thing and computing another.
+    """
+    for attribute, (control, off) in _CONTROLS.items():
+        wanted, got = getattr(spec, attribute), getattr(door_spec, attribute)
+        if attribute == "count_include_pad" and spec.pool != "avg":
+            continue
+        if attribute == "ceil_mode" and spec.pool is None:
+            continue
+        if wanted == got:
+            continue
+        fix = "" if off is None else f"set {control} to {_shown(off)}, or "
+        if attribute == "pool":
+            return (f"these rules have no {spec.pool} pooling layer ({name} is a convolution); "
+                    "choose operation 'convolution', or the rules of a framework that has it")
+        return (f"{name} has no setting for {control} = {_shown(wanted)} and would "
+                f"compute it as {_shown(got)}; {fix}choose the rules of a framework that has it")
+    if spec.output_padding is not None and door_spec.output_padding != spec.output_padding:
+        return (f"{name} would use output pad {_shown(door_spec.output_padding)}, not "
+                f"{_shown(spec.output_padding)}; leave output pad empty (auto)")
+    return None
+
+
+def _door_refusal(convention: str, spec: ConvSpec) -> str | None:
+    """The refusals whose reason the page words itself (the layer named right, no CLI flags)."""
+    rank, padding, layer = spec.rank, spec.padding, _layer_name(convention, spec)
+    if convention == "keras" and not isinstance(padding, str):
+        if spec.transposed:
+            return (f"Keras's {layer} takes padding 'valid' or 'same' only; explicit padding of a "
+                    f"transposed convolution crops its output, which Keras does with a "
+                    f"Cropping{rank}D layer after a 'valid' {layer}. Choose padding 'valid' or "
+                    "'same', or the PyTorch, JAX or ONNX rules")
+        return (f"Keras's {layer} takes padding 'valid' or 'same' only; explicit padding needs a "
+                f"ZeroPadding{rank}D layer before it. Choose padding 'valid' or 'same', or the "
+                "PyTorch, JAX or ONNX rules")
+    if convention == "torch" and isinstance(padding, str):
+        if spec.pool or spec.transposed:
+            return (f"PyTorch's {layer} takes padding as numbers only, not {padding!r}; choose "
+                    "padding 'explicit per side' (e.g. 1 on each side)")
+        if padding not in ("valid", "same"):
+            return (f"PyTorch's {layer} takes padding 'valid', 'same' or numbers, not "
+                    f"{padding!r}; choose one of those")
+    return None
+
+
+#: Command-line advice in convarith's messages, as the page's controls say it.
+_CLI_WORDS = (
+    (re.compile(r"use --convention torch/jax/onnx"), "choose the PyTorch, JAX or ONNX rules"),
+    (re.compile(r"use --convention jax/onnx"), "choose the JAX or ONNX rules"),
+    (re.compile(r"give numbers, e\.g\. --padding (\d+)"),
+     r"choose padding 'explicit per side', e.g. \1 on each side"),
+    (re.compile(r"pass force=True \(--force\)"), "choose another name"),
+    (re.compile(r" ?\(--[a-z][a-z-]*\)"), ""),
+    (re.compile(r"--([a-z][a-z-]*)"), lambda m: "the " + m.group(1).replace("-", " ") + " control"),
+)
+
+
+def page_words(message: str) -> str:
+    """A convarith message as the explorer says it: no command-line flags.
+
+    >>> page_words("pad with F.pad first or use --convention jax/onnx")
+    'pad with F.pad first or choose the JAX or ONNX rules'
+    """
+    for pattern, replacement in _CLI_WORDS:
+        message = pattern.sub(replacement, message)  # type: ignore[arg-type]
+    return message
 
 
 def _resolve(spec: ConvSpec, settings: Settings) -> ResolvedConv:
@@ -398,38 +538,13 @@ def _tap_dict(tap: Tap) -> dict[str, Any]:
 def _axis_grid(resolved: ResolvedConv, axis: int) -> list[dict[str, Any]]:
     """What each cell of the padded (zero-inserted) grid along ``axis`` is.
 
-    ``kind`` is ``input``, ``dropped`` (input no window reads), ``pad``
-    (padding; ``source`` is the cell it copies under reflect/replicate/
-    circular), ``zero`` (zeros a transposed convolution inserts between
-    cells) or ``crop`` never happens here: cropping shows as negative padding.
-    The mapping is the one :meth:`ResolvedConv.axis_taps` uses; the tests
-    check the two agree on every tap.
+    The kinds are :data:`convarith.viz.frames.CELL_KINDS` (``input``,
+    ``dropped``, ``padding``, ``copy``, ``inserted``, ``beyond``), from the one
+    classification the animations use, :func:`convarith.viz.frames.axis_cells`.
     """
-    from ..spec import padding_source
+    from ..viz.frames import axis_cells
 
-    spec = resolved.spec
-    size = resolved.input_size[axis]
-    lo, _ = resolved.padding[axis]
-    stride = spec.strides[axis]  # type: ignore[index]
-    dropped_from = size - resolved.dropped[axis]
-    cells = []
-    for position in range(resolved.padded_size[axis]):
-        index = position - lo
-        if spec.transposed:
-            if 0 <= index <= (size - 1) * stride:
-                if index % stride == 0:
-                    cells.append({"kind": "input", "source": index // stride})
-                else:
-                    cells.append({"kind": "zero", "source": None})
-            else:
-                cells.append({"kind": "pad", "source": None})
-            continue
-        if 0 <= index < size:
-            kind = "dropped" if index >= dropped_from else "input"
-            cells.append({"kind": kind, "source": index})
-        else:
-            cells.append({"kind": "pad", "source": padding_source(index, size, spec.padding_mode)})
-    return cells
+    return [{"kind": kind, "source": source} for kind, source in axis_cells(resolved, axis)]
 
 
 def geometry_payload(settings: Settings, limits: Limits) -> dict[str, Any]:
@@ -644,7 +759,7 @@ def port_payload(data: Any, limits: Limits) -> dict[str, Any]:
         raise ApiError(400, "the body must be a JSON object")
     target = _choice(data, "to", ("keras", "torch", "jax", "onnx"), None)
     settings = parse_settings(data, limits)
-    spec, _ = build_spec(settings)
+    spec, report = build_spec(settings)
     resolved = _resolve(spec, settings)
     try:
         from ..port import port
@@ -653,8 +768,16 @@ def port_payload(data: Any, limits: Limits) -> dict[str, Any]:
     try:
         ported = port(spec, to=target, input_shape=resolved.input_shape_for_explain)
     except (ValueError, TypeError, NotImplementedError) as error:
-        raise ApiError(422, f"{FRAMEWORK_NAMES[target]}: {error}", "to") from error
-    return {"to": target, "code": str(ported.code), "summary": str(ported.summary)}
+        raise ApiError(422, f"{FRAMEWORK_NAMES[target]}: {page_words(str(error))}", "to") from error
+    rules = (f"{report['framework']}'s rules" if report and report["accepted"]
+             else "the neutral settings")
+    first, _, rest = str(ported.code).partition("\n")
+    title = (f"# {FRAMEWORK_NAMES[target]} code for the {spec.kind} drawn on the page "
+             f"({rules}): input {'x'.join(map(str, resolved.input_size))} -> output "
+             f"{'x'.join(map(str, resolved.output_size))}")
+    code = f"{title}\n{rest}" if first.startswith("# ") else str(ported.code)
+    return {"to": target, "code": code, "summary": page_words(str(ported.summary)),
+            "rules": rules}
 
 
 # --------------------------------------------------------------------------- images

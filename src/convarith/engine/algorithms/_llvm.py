@@ -50,13 +50,14 @@ True
 from __future__ import annotations
 
 import ctypes
-import functools
 import os
 import threading
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from ..state import cached_once
 
 __all__ = ["available", "compiled", "vector_width", "block_rows", "Kernels"]
 
@@ -67,7 +68,7 @@ UNROLL = 2
 _LOCK = threading.Lock()
 
 
-@functools.cache
+@cached_once
 def _llvm() -> Any:
     """llvmlite's binding, initialised for this machine, or ``None``."""
     if os.environ.get("CONVARITH_JIT", "").strip() == "0":
@@ -84,7 +85,7 @@ def _llvm() -> Any:
     return llvm
 
 
-@functools.cache
+@cached_once
 def _host() -> tuple[str, str, frozenset[str]] | None:
     llvm = _llvm()
     if llvm is None:
@@ -413,7 +414,7 @@ def _batches(ty: str) -> str:
     ])
 
 
-@functools.cache
+@cached_once
 def compiled(dtype: Any, vectors: int, streaming: bool = False) -> Kernels | None:
     """The module for ``dtype`` and ``vectors`` vectors per block (``None``: not here);
     ``streaming``: results are stored past the caches (aligned output only)."""

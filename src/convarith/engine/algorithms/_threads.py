@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from ..state import cached_once
+
 __all__ = ["run_chunks", "worker_count", "thread_limit", "workspace", "aligned_empty",
            "aligned_copy",
            "SMALL_WORK"]
@@ -85,7 +87,7 @@ def thread_limit(threads: int) -> Iterator[None]:
         _LIMIT.reset(token)
 
 
-@functools.cache
+@cached_once
 def _controller() -> Any:
     try:
         from threadpoolctl import ThreadpoolController
@@ -197,11 +199,17 @@ def run_chunks(
             # chunks inside a chunk: the helpers are busy with the outer call
             drain()
             return results
-        pool = _pool(os.getpid(), workers - 1)
-        helpers = [pool.submit(_as_helper, helper_drain) for _ in range(workers - 1)]
+        pool = _POOL.get()
+        helpers = []
+        with contextlib.suppress(RuntimeError):  # the pool let go meanwhile: drain alone
+            for _ in range(workers - 1):
+                helpers.append(pool.submit(_as_helper, helper_drain))
         drain()
         for helper in helpers:
-            helper.result()
+            # a helper still queued (the pool busy with another caller's chunks) has
+            # nothing left to do: drop it rather than wait for it
+            if not helper.cancel():
+                helper.result()
         return results
 
 
@@ -217,11 +225,44 @@ def _as_helper(fn: Callable[[], None]) -> None:
         _IN_HELPER.active = False
 
 
-@functools.cache
-def _pool(pid: int, threads: int) -> ThreadPoolExecutor:
-    """Helper threads kept between calls (starting one costs about 0.15 ms);
-    one pool per process id, since a forked child has none of its parent's threads."""
-    return ThreadPoolExecutor(threads, thread_name_prefix="convarith")
+class _HelperPool:
+    """The process's one pool of helper threads, kept between calls (starting a thread
+    costs about 0.15 ms): one thread per core but the caller's, started as needed,
+    shared by every chunk count and calling thread. Made again in a forked child, which
+    has none of its parent's threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pid = -1
+
+    def get(self) -> ThreadPoolExecutor:
+        pid = os.getpid()
+        pool = self._pool
+        if pool is not None and self._pid == pid:
+            return pool
+        with self._lock:
+            if self._pool is None or self._pid != pid:
+                self._pool = ThreadPoolExecutor(max(1, (os.cpu_count() or 1) - 1),
+                                                thread_name_prefix="convarith")
+                self._pid = pid
+            return self._pool
+
+    def clear(self) -> None:
+        """Let the threads end (they finish the work they hold); the next call starts anew."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None and self._pid == os.getpid():
+            pool.shutdown(wait=False)
+
+
+_POOL = _HelperPool()
+
+
+def clear_workspaces() -> None:
+    """Drop the calling thread's kept scratch arrays (other threads keep theirs until
+    they end; each is at most :data:`WORKSPACE_KEEP_BYTES` per name)."""
+    _SCRATCH.__dict__.clear()
 
 
 # Each thread's scratch arrays, kept between calls (see workspace).

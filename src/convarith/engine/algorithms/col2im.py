@@ -46,7 +46,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..dispatch import ConvProblem, register_algorithm
+from ..dispatch import ConvProblem, Requirements, register_algorithm
+from ..state import cached_once
 from ._threads import run_chunks, worker_count, workspace
 
 __all__ = ["transposed", "applies", "cost", "CHUNK_BYTES"]
@@ -55,7 +56,7 @@ __all__ = ["transposed", "applies", "cost", "CHUNK_BYTES"]
 CHUNK_BYTES = 2 << 20
 
 
-@functools.cache
+@cached_once
 def _numba_gather() -> Callable[..., None] | None:
     """The compiled col2im of one phase over three spatial axes, or ``None`` without numba."""
     try:
@@ -418,9 +419,8 @@ def transposed(
     return y
 
 
-def applies(problem: ConvProblem) -> bool:
-    """Rank 1 to 3 (any strides, dilation, groups, padding)."""
-    return 1 <= problem.rank <= 3
+#: When col2im applies: rank 1 to 3 (any strides, dilation, groups, padding).
+applies = Requirements((("rank 1 to 3", lambda p: 1 <= p.rank <= 3),))
 
 
 def cost(problem: ConvProblem) -> float:

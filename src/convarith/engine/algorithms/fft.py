@@ -28,10 +28,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..dispatch import ConvProblem, register_algorithm
+from ..dispatch import ConvProblem, Requirements, register_algorithm
 from ._threads import run_chunks
 
-__all__ = ["direct", "applies", "cost", "MIN_TAPS"]
+__all__ = ["direct", "applies", "cost", "value_gain", "MIN_TAPS"]
 
 #: Fewest kernel taps (after dilation, per image) for which FFT is considered.
 MIN_TAPS = 49
@@ -109,14 +109,14 @@ def direct(
     return y
 
 
-def applies(problem: ConvProblem) -> bool:
-    """Stride 1, one group, at least :data:`MIN_TAPS` taps, float32 or float64."""
-    return (
-        problem.groups == 1
-        and all(s == 1 for s in problem.strides)
-        and math.prod(problem.kernel_size) >= MIN_TAPS
-        and np.dtype(problem.dtype) in (np.dtype(np.float32), np.dtype(np.float64))
-    )
+#: When FFT applies: stride 1, one group, at least :data:`MIN_TAPS` taps, float32 or float64.
+applies = Requirements((
+    ("stride 1", lambda p: all(s == 1 for s in p.strides)),
+    ("groups=1", lambda p: p.groups == 1),
+    (f"at least {MIN_TAPS} kernel taps", lambda p: math.prod(p.kernel_size) >= MIN_TAPS),
+    ("float32 or float64",
+     lambda p: np.dtype(p.dtype) in (np.dtype(np.float32), np.dtype(np.float64))),
+))
 
 
 def cost(problem: ConvProblem) -> float:
@@ -138,4 +138,18 @@ def cost(problem: ConvProblem) -> float:
     return 0.7 * (70.0 * transforms + products)
 
 
-register_algorithm("fft", direct, applies=applies, cost=cost)
+def value_gain(problem: ConvProblem) -> float:
+    """Bound on any intermediate value over ``max|x| · max|kernel|``: a transform of
+    ``P`` cells grows a value at most ``P`` times (input, and the inverse before its
+    ``1/P``), the kernel's at most its tap count, and the products sum ``C`` channels;
+    ``P`` is taken as twice the input on every axis.
+
+    >>> p = ConvProblem((1, 16, 4), (7, 4, 4), (1,), (1,), 1, (10,), np.dtype("float32"))
+    >>> value_gain(p)
+    28672.0
+    """
+    cells = float(math.prod(2 * n for n in problem.input_shape[1:-1]))
+    return problem.in_channels * cells * cells * math.prod(problem.kernel_size)
+
+
+register_algorithm("fft", direct, applies=applies, cost=cost, value_gain=value_gain)

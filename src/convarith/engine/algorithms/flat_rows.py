@@ -44,7 +44,6 @@ array([ 3.,  9., 15., 21.])
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 import threading
@@ -53,8 +52,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..dispatch import ConvProblem, register_algorithm
+from ..dispatch import ConvProblem, Requirements, register_algorithm
 from ..padding import pad
+from ..state import cached_once
 from ._threads import run_chunks, worker_count, workspace
 
 __all__ = ["direct", "weight_grad", "applies", "cost", "FlatPlan", "plan", "CHUNK_BYTES"]
@@ -153,7 +153,7 @@ def _phase_rows(
     return local.reshape(len(flat_plan.phases), -1, c)
 
 
-@functools.cache
+@cached_once
 def _numba_gather() -> Callable[..., None] | None:
     """Compiled im2col gather of a chunk's rows, or ``None`` without numba."""
     try:
@@ -174,7 +174,7 @@ def _numba_gather() -> Callable[..., None] | None:
     return gather
 
 
-@functools.cache
+@cached_once
 def _numba_im2col() -> Callable[..., None] | None:
     """Compiled 2-D im2col of a block of output rows, or ``None`` without numba."""
     try:
@@ -259,7 +259,7 @@ def _direct_im2col(
     return y.reshape(n, *out_size, f)
 
 
-@functools.cache
+@cached_once
 def _blas_gemm(dtype: np.dtype) -> Callable[..., np.ndarray] | None:
     try:
         from scipy.linalg import blas
@@ -524,9 +524,8 @@ def weight_grad(
     return total.reshape(*kernel_size, c, f)
 
 
-def applies(problem: ConvProblem) -> bool:
-    """Any rank, stride and dilation; one group."""
-    return problem.groups == 1
+#: When flat_rows applies: any rank, stride and dilation; one group.
+applies = Requirements((("groups=1", lambda p: p.groups == 1),))
 
 
 def cost(problem: ConvProblem) -> float:

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..dispatch import ConvProblem, register_algorithm
+from ..dispatch import ConvProblem, Requirements, register_algorithm
 from ._threads import run_chunks
 from .flat_rows import _accumulate, _blas_gemm, _chunk_rows
 
@@ -185,9 +185,11 @@ def transposed(
     return y
 
 
-def applies(problem: ConvProblem) -> bool:
-    """One group, some stride above 1 (the registry's transposed contract)."""
-    return applies_transposed(problem.strides, problem.groups)
+#: When output phases apply (the registry's transposed contract): one group, a stride above 1.
+applies = Requirements((
+    ("groups=1", lambda p: p.groups == 1),
+    ("a stride above 1 on some axis", lambda p: any(s > 1 for s in p.strides)),
+))
 
 
 def cost(problem: ConvProblem) -> float:

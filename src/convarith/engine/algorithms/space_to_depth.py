@@ -45,7 +45,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..dispatch import ConvProblem, register_algorithm
+from ..dispatch import ConvProblem, Requirements, register_algorithm
+from ..state import cached_once
 from ._threads import run_chunks, worker_count, workspace
 
 __all__ = ["direct", "applies", "cost", "PhasePlan", "plan", "BLOCK_BYTES"]
@@ -104,7 +105,7 @@ def plan(
 # --------------------------------------------------------------------------- the two steps
 
 
-@functools.cache
+@cached_once
 def _numba_kernels() -> tuple[Callable[..., None], Callable[..., None], Callable[..., None]] | None:
     """Compiled ``(build planes, gather columns, both for one block)``, or ``None``.
 
@@ -370,10 +371,12 @@ def direct(
     return y.reshape(n, *out_size, f)
 
 
-def applies(problem: ConvProblem) -> bool:
-    """Ranks 1 to 3, one group, a stride above 1 on some axis."""
-    return (problem.groups == 1 and 1 <= problem.rank <= _RANK
-            and any(s > 1 for s in problem.strides))
+#: When space-to-depth applies: ranks 1 to 3, one group, a stride above 1 on some axis.
+applies = Requirements((
+    (f"rank 1 to {_RANK}", lambda p: 1 <= p.rank <= _RANK),
+    ("groups=1", lambda p: p.groups == 1),
+    ("a stride above 1 on some axis", lambda p: any(s > 1 for s in p.strides)),
+))
 
 
 #: Fixed cost (two passes over the thread pool, the plane buffers), about 25 µs.

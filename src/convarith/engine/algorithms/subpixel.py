@@ -156,4 +156,10 @@ def cost(problem: ConvProblem) -> float:
     return COST_SCALE * winograd.cost(_union_problem(problem))
 
 
-register_algorithm("subpixel", transposed, applies=applies, cost=cost, kind="transposed")
+def value_gain(problem: ConvProblem) -> float:
+    """Winograd's bound (:func:`.winograd.value_gain`) on the 3×3 convolution it runs."""
+    return winograd.value_gain(_union_problem(problem))
+
+
+register_algorithm("subpixel", transposed, applies=applies, cost=cost, kind="transposed",
+                   value_gain=value_gain)

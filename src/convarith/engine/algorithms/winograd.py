@@ -64,8 +64,9 @@ from typing import Any
 
 import numpy as np
 
-from ..dispatch import ConvProblem, register_algorithm
+from ..dispatch import ConvProblem, Requirements, register_algorithm
 from ..padding import pad
+from ..state import cached_once
 from . import register_tiles
 from ._threads import ALIGN, aligned_copy, aligned_empty, run_chunks, worker_count, workspace
 
@@ -157,7 +158,7 @@ def _tiling(m: int, dilation: tuple[int, int], out_size: tuple[int, int]) -> _Ti
 # --------------------------------------------------------------------------- numba kernels
 
 
-@functools.cache
+@cached_once
 def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
     """The compiled input and output transforms, or ``None`` without numba."""
     try:
@@ -739,15 +740,16 @@ def weight_grad(
     return dk.astype(dtype)
 
 
-def applies(problem: ConvProblem) -> bool:
-    """2-D, 3×3 kernel, stride 1, one group, float32 or float64."""
-    return (
-        problem.rank == 2
-        and tuple(problem.kernel_size) == (3, 3)
-        and tuple(problem.strides) == (1, 1)
-        and problem.groups == 1
-        and np.dtype(problem.dtype) in (np.dtype(np.float32), np.dtype(np.float64))
-    )
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+#: When Winograd applies: 2-D, 3×3 kernel, stride 1, one group, float32 or float64.
+applies = Requirements((
+    ("a 2-D convolution", lambda p: p.rank == 2),
+    ("a 3x3 kernel", lambda p: tuple(p.kernel_size) == (3, 3)),
+    ("stride 1", lambda p: all(s == 1 for s in p.strides)),
+    ("groups=1", lambda p: p.groups == 1),
+    ("float32 or float64", lambda p: np.dtype(p.dtype) in _FLOATS),
+))
 
 
 def _worth_it(problem: ConvProblem) -> bool:
@@ -774,15 +776,41 @@ def cost(problem: ConvProblem) -> float:
     return problem.flops * per_flop + 8000.0 * problem.in_channels * problem.out_channels
 
 
+@functools.cache
+def _transform_gain() -> float:
+    """How much the three transforms of F(2×2) or F(4×4) can grow a value, at most: the
+    product over ``Bᵀ``, ``G``, ``Aᵀ`` of the largest row or column sum of absolute
+    values, squared (two axes)."""
+    def spread(matrix: np.ndarray) -> float:
+        absolute = np.abs(matrix)
+        return float(max(absolute.sum(axis=0).max(), absolute.sum(axis=1).max()))
+
+    return max((spread(t.BT) * spread(t.G) * spread(t.AT)) ** 2
+               for t in (transform(2), transform(4)))
+
+
+def value_gain(problem: ConvProblem) -> float:
+    """Bound on any intermediate value over ``max|x| · max|kernel|`` (forward and
+    weight gradient): the transforms' growth times the longest sum (the input channels,
+    or the output cells summed by the weight gradient).
+
+    >>> p = ConvProblem((1, 10, 10, 32), (3, 3, 32, 32), (1, 1), (1, 1), 1, (8, 8), np.dtype("float32"))
+    >>> f"{value_gain(p):.3g}"
+    '1.64e+07'
+    """
+    sums = max(problem.in_channels, problem.batch * math.prod(problem.out_size))
+    return _transform_gain() * sums
+
+
 def _register() -> None:
     register_algorithm("winograd", direct, applies=applies, cost=cost, weight_grad=weight_grad,
-                       pads_zeros=True)
+                       pads_zeros=True, value_gain=value_gain)
 
     def direct_f2(*args: Any, **kwargs: Any) -> np.ndarray:
         return direct(*args, m=2, **kwargs)
 
     register_algorithm("winograd_f2", direct_f2, applies=applies, cost=lambda p: math.inf,
-                       pads_zeros=True)
+                       pads_zeros=True, value_gain=value_gain)
 
 
 _register()

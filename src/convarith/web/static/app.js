@@ -7,6 +7,9 @@
   const $ = (id) => document.getElementById(id);
   const SVG_NS = "http://www.w3.org/2000/svg";
   const AXIS_NAMES = { 1: ["length"], 2: ["height", "width"] };
+  // a cell of the grid takes the first of these kinds any of its axes has (as convarith.viz.frames does)
+  const CELL_ORDER = ["beyond", "padding", "inserted", "copy", "dropped", "skipped"];
+  const UNREAD = new Set(["dropped", "skipped"]);
 
   // ------------------------------------------------------------------ state
 
@@ -14,27 +17,37 @@
     rank: 2, input: [7, 7], kernel: [3, 3], stride: [2, 2], dilation: [1, 1],
     padding: "same", pads: [[1, 1], [1, 1]], mode: "zeros", inCh: 1, filters: 1, groups: 1,
     transposed: false, op: [null, null], pool: "", ceil: false, countPad: false, convention: "",
-    frame: 0, tab: "stack", port: "keras", imageKernel: "edge", numbers: "1 0 -1; 2 0 -2; 1 0 -1",
+    frame: 0, view: "direct", tab: "stack", port: "keras", imageKernel: "edge", numbers: "1 0 -1; 2 0 -2; 1 0 -1",
     layers: [{ kind: "conv", k: 3, s: 1, d: 1, p: "same" }, { kind: "conv", k: 3, s: 2, d: 1, p: "same" }],
     cell: null,
   };
   let state = JSON.parse(JSON.stringify(defaults));
   let geometry = null;   // last /api/geometry answer
   let outputRects = [];  // output <rect>s in row-major order: frame i is outputRects[i]
+  let frameRects = [];   // what the frames step through: output cells, or input cells (scatter view)
+  const scattering = () => state.transposed && state.view === "scatter";
   let inputRects = new Map();  // "p0,p1" -> rect
   let outputByKey = new Map();  // "o0,o1" -> rect
   let playing = null;
   let requestNumber = 0;
+  const latest = { stack: 0, code: 0, image: 0, solve: 0 };  // answers to older requests are dropped
   let uploadedImage = null;
 
   // ------------------------------------------------------------------ URL
 
   const joinAxes = (v) => v.slice(0, state.rank).join("x");
-  const splitAxes = (text, fallback) => {
-    const parts = String(text).split("x").map((t) => parseInt(t, 10));
-    if (parts.some((n) => Number.isNaN(n))) return fallback;
+  // A whole number stays a number; anything else ("2.5", "1e3", "abc") is kept as typed,
+  // so the server refuses it by name instead of the page rounding it into something else.
+  const strictInt = (text) => {
+    const t = String(text).trim();
+    if (t === "") return NaN;
+    return /^-?\d+$/.test(t) ? parseInt(t, 10) : t;
+  };
+  const splitAxes = (text) => {
+    const parts = String(text).split("x").map(strictInt);
     return parts.length === 1 ? [parts[0], parts[0]] : parts;
   };
+  let urlProblems = [];  // what a shared link asked for that the page cannot show
 
   function writeURL() {
     const q = new URLSearchParams();
@@ -53,6 +66,7 @@
     if (state.pool && state.ceil) q.set("ceil", "1");
     if (state.pool && state.countPad) q.set("cip", "1");
     if (state.convention) q.set("conv", state.convention);
+    if (state.transposed && state.view === "scatter") q.set("view", "scatter");
     if (state.frame) q.set("frame", state.frame);
     q.set("tab", state.tab);
     if (state.tab === "code") q.set("port", state.port);
@@ -66,25 +80,41 @@
     const q = new URLSearchParams(location.search);
     if (![...q.keys()].length) return;
     const s = state;
-    if (q.has("in")) { s.input = splitAxes(q.get("in"), s.input); s.rank = String(q.get("in")).split("x").length === 1 ? 1 : 2; }
+    urlProblems = [];
+    const axesOf = (name, fallback) => {
+      const text = q.has(name) ? q.get(name) : fallback;
+      const parts = splitAxes(text);
+      if (parts.length > 2) {
+        urlProblems.push(`${name}=${text} has ${parts.length} axes; the explorer draws 1-D and 2-D ` +
+          "convolutions (3-D ones: convarith animate --input 7x7x7 --view flat)");
+        return splitAxes(fallback);
+      }
+      return parts;
+    };
+    if (q.has("in")) {
+      s.input = axesOf("in", "7x7");
+      s.rank = String(q.get("in")).split("x").length === 1 ? 1 : 2;
+      if (urlProblems.length) s.rank = 2;
+    }
     if (s.rank === 1) s.input = [s.input[0], s.input[0]];
-    s.kernel = splitAxes(q.get("k") || "3", s.kernel);
-    s.stride = splitAxes(q.get("s") || "1", s.stride);
-    s.dilation = splitAxes(q.get("d") || "1", s.dilation);
+    s.kernel = axesOf("k", "3");
+    s.stride = axesOf("s", "1");
+    s.dilation = axesOf("d", "1");
     s.padding = q.get("p") || "valid";
-    if (q.has("pads")) s.pads = q.get("pads").split("x").map((pair) => pair.split(",").map((t) => parseInt(t, 10)));
+    if (q.has("pads")) s.pads = q.get("pads").split("x").map((pair) => pair.split(",").map(strictInt));
     if (s.pads.length === 1) s.pads.push([...s.pads[0]]);
     s.mode = q.get("pm") || "zeros";
-    s.inCh = parseInt(q.get("c") || "1", 10);
-    s.filters = parseInt(q.get("f") || "1", 10);
-    s.groups = parseInt(q.get("g") || "1", 10);
+    s.inCh = strictInt(q.get("c") || "1");
+    s.filters = strictInt(q.get("f") || "1");
+    s.groups = strictInt(q.get("g") || "1");
     s.transposed = q.get("t") === "1";
-    s.op = q.has("op") ? splitAxes(q.get("op"), [null, null]) : [null, null];
+    s.op = q.has("op") ? splitAxes(q.get("op")) : [null, null];
     s.pool = q.get("pool") || "";
     s.ceil = q.get("ceil") === "1";
     s.countPad = q.get("cip") === "1";
     s.convention = q.get("conv") || "";
     s.frame = parseInt(q.get("frame") || "0", 10) || 0;
+    s.view = q.get("view") === "scatter" ? "scatter" : "direct";
     s.tab = q.get("tab") || "stack";
     s.port = q.get("port") || "keras";
     s.imageKernel = q.get("ik") || "edge";
@@ -100,7 +130,8 @@
 
   // ------------------------------------------------------------------ controls <-> state
 
-  const num = (id) => parseInt($(id).value, 10);
+  // type=number inputs report "" for what they cannot parse: read the raw text where we can
+  const num = (id) => strictInt($(id).value);
 
   function stateToControls() {
     const s = state;
@@ -113,7 +144,7 @@
     }
     $("padding").value = s.padding; $("padding-mode").value = s.mode;
     $("in-ch").value = s.inCh; $("filters").value = s.filters; $("groups").value = s.groups;
-    $("transposed").checked = s.transposed; $("pool").value = s.pool;
+    $("transposed").checked = s.transposed; $("pool").value = s.pool; $("view").value = s.view;
     $("ceil-mode").checked = s.ceil; $("count-pad").checked = s.countPad;
     $("image-kernel").value = s.imageKernel; $("numbers").value = s.numbers;
     document.querySelectorAll("[data-convention]").forEach((b) => b.classList.toggle("on", b.dataset.convention === s.convention));
@@ -128,12 +159,12 @@
     for (const a of [0, 1]) {
       s.input[a] = num("in-" + a); s.kernel[a] = num("k-" + a);
       s.stride[a] = num("s-" + a); s.dilation[a] = num("d-" + a);
-      s.op[a] = $("op-" + a).value.trim() === "" ? null : num("op-" + a);
+      s.op[a] = $("op-" + a).value.trim() === "" && !$("op-" + a).validity.badInput ? null : num("op-" + a);
       s.pads[a] = [num(`p-${a}-lo`), num(`p-${a}-hi`)];
     }
     s.padding = $("padding").value; s.mode = $("padding-mode").value;
     s.inCh = num("in-ch"); s.filters = num("filters"); s.groups = num("groups");
-    s.transposed = $("transposed").checked; s.pool = $("pool").value;
+    s.transposed = $("transposed").checked; s.pool = $("pool").value; s.view = $("view").value;
     s.ceil = $("ceil-mode").checked; s.countPad = $("count-pad").checked;
     s.imageKernel = $("image-kernel").value; s.numbers = $("numbers").value;
     syncVisibility();
@@ -145,15 +176,17 @@
     document.querySelector(".ax-name-0").textContent = one ? "left / right" : "top / bottom";
     $("explicit").hidden = state.padding !== "explicit";
     $("op-row").hidden = !state.transposed;
+    $("view-row").hidden = !state.transposed;
     document.querySelectorAll(".pool-only").forEach((el) => { el.hidden = !state.pool; });
     $("numbers-row").hidden = state.imageKernel !== "custom";
     document.querySelector(".zero-only").hidden = !state.transposed;
+    document.querySelector(".copy-only").hidden = state.mode === "zeros";
   }
 
   // What the API is sent: the controls as they are, unchecked here. (NaN -> null, so the server names the field.)
   function settings() {
     const s = state, r = s.rank;
-    const ax = (v) => v.slice(0, r).map((n) => (Number.isNaN(n) ? null : n));
+    const ax = (v) => v.slice(0, r).map(nanNull);
     const body = {
       rank: r, input_size: ax(s.input), kernel_size: ax(s.kernel), strides: ax(s.stride),
       dilation: ax(s.dilation), padding_mode: s.mode, in_channels: nanNull(s.inCh),
@@ -166,7 +199,7 @@
     return body;
   }
   const hasOutputPadding = () => state.op.slice(0, state.rank).some((v) => v !== null);
-  const nanNull = (n) => (Number.isNaN(n) ? null : n);
+  const nanNull = (n) => (typeof n === "number" && Number.isNaN(n) ? null : n);
 
   // ------------------------------------------------------------------ API
 
@@ -203,7 +236,7 @@
   function schedule() {
     document.body.dataset.busy = "1";  // until the answer to the latest settings is drawn
     clearTimeout(timer);
-    timer = setTimeout(update, 60);
+    timer = setTimeout(update, 16);  // coalesce a burst of keystrokes, no more
   }
 
   async function update() {
@@ -219,13 +252,16 @@
       document.body.dataset.ready = String(mine);
       return;
     }
-    showError("error", "");
+    showError("error", urlProblems.join("; "));
     $("stage").classList.remove("stale");
+    $("cli").textContent = animateCommand();
     geometry = answer.data;
     renderSummary();
     renderGrid();
+    renderKernel();
     renderDerivation();
     setFrame(Math.min(state.frame, geometry.frames - 1));
+    document.body.dataset.drawn = String(mine);  // the picture is up to date (the tabs follow)
     await Promise.all([updateStack(), updateTab()]);
     if (mine === requestNumber) {
       document.body.dataset.busy = "";
@@ -342,7 +378,7 @@
     return product(axes.map((a) => a.grid.map((c, i) => ({ ...c, i })))).map((combo) => {
       const kinds = combo.map((c) => c.kind);
       let kind = "input";
-      for (const k of ["pad", "zero", "dropped"]) if (kinds.includes(k)) { kind = k; break; }
+      for (const k of CELL_ORDER) if (kinds.includes(k)) { kind = k; break; }
       const sources = combo.map((c) => c.source);
       const source = sources.some((v) => v === null) ? null : sources;
       return { pos: combo.map((c) => c.i), kind, source, rank };
@@ -354,16 +390,41 @@
     svg.replaceChildren();
     stopPlaying();
     const rank = g.axes.length;
-    const padded = g.axes.map((a) => a.grid.length);
+    const padded = scattering() ? g.input_size.slice() : g.axes.map((a) => a.grid.length);
     const out = g.output_size;
     const rows = rank === 2 ? padded[0] : 1, cols = rank === 2 ? padded[1] : padded[0];
     const oRows = rank === 2 ? out[0] : 1, oCols = rank === 2 ? out[1] : out[0];
-    const available = Math.max(520, $("stage").clientWidth - 24);
+    const available = Math.max(200, ($("grid").parentElement.clientWidth || $("stage").clientWidth) - 4);
     const gap = 56;
-    const cell = Math.max(6, Math.min(40, Math.floor((available - gap - 20) / (cols + oCols)), Math.floor(440 / Math.max(rows, oRows))));
-    const top = 34;
-    const outX = cols * cell + gap;
-    const width = outX + Math.max(oCols * cell, 110) + 10, height = top + Math.max(rows, oRows) * cell + 10;
+    const tall = Math.floor(440 / Math.max(rows, oRows));
+    const inFirst = `input ${times(g.input_size)}`;
+    const inSecond = scattering() ? "(each cell scatters a patch)" : padded.join() !== g.input_size.join()
+      ? `→ ${times(padded)}${g.kind === "conv_transpose" ? " (zeros inserted, padded)" : " (padded)"}` : "";
+    const inLabelText = inSecond ? `${inFirst}  ${inSecond}` : inFirst;
+    const outText = `output ${times(out)}`;
+    const labelWidth = (text) => text.length * 8.2;  // 14px bold system font, generous
+    // Side by side when both grids and their labels fit; on a narrow screen the output
+    // goes under the input rather than shrinking both. A label longer than its grid goes
+    // on two lines rather than under the output's label.
+    const layout = (stacked) => {
+      const cell = Math.max(6, Math.min(40, tall, stacked ? Math.floor((available - 10) / Math.max(cols, oCols))
+        : Math.floor((available - gap - 10) / (cols + oCols))));
+      const room = stacked ? available : cols * cell + gap - 12;
+      const twoLines = labelWidth(inLabelText) > room;
+      const inWidth = labelWidth(twoLines ? inSecond || inFirst : inLabelText);
+      const outX = stacked ? 0 : Math.max(cols * cell + gap, inWidth + 24);
+      const width = Math.max(outX + Math.max(oCols * cell, labelWidth(outText)) + 10, inWidth, cols * cell + 2);
+      return { cell, twoLines, outX, width, stacked };
+    };
+    let plan = layout(false);
+    if (plan.cell < 14 || plan.width > available) {
+      const other = layout(true);
+      if (other.cell > plan.cell || other.width <= available) plan = other;
+    }
+    const { cell, twoLines, outX, width, stacked } = plan;
+    const top = twoLines ? 52 : 34;
+    const outTop = stacked ? top + rows * cell + 40 : top;
+    const height = outTop + (stacked ? oRows : Math.max(rows, oRows)) * cell + 10;
     svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
     svg.setAttribute("width", width);
     svg.setAttribute("height", height);
@@ -375,15 +436,25 @@
     el("line", { x1: 0, y1: 0, x2: 0, y2: 6, stroke: "#c9ced6", "stroke-width": 2 }, hatch);
 
     const inLabel = el("text", { x: 0, y: 20, class: "grid-label" }, svg);
-    const extra = g.kind === "conv_transpose" ? " (zeros inserted, padded)" : " (padded)";
-    inLabel.textContent = `input ${times(g.input_size)}` + (padded.join() !== g.input_size.join() ? `  → ${times(padded)}${extra}` : "");
-    const outLabel = el("text", { x: outX, y: 20, class: "grid-label output" }, svg);
-    outLabel.textContent = `output ${times(out)}`;
-    el("text", { x: outX - gap / 2, y: top + Math.min(rows, oRows) * cell / 2 + 6, class: "grid-arrow", "text-anchor": "middle" }, svg).textContent = "→";
+    if (twoLines) {
+      el("tspan", { x: 0, dy: 0 }, inLabel).textContent = inFirst;
+      el("tspan", { x: 0, dy: 18 }, inLabel).textContent = inSecond;
+    } else {
+      inLabel.textContent = inLabelText;
+    }
+    const outLabel = el("text", { x: outX, y: outTop - 14, class: "grid-label output" }, svg);
+    outLabel.textContent = outText;
+    if (stacked) {
+      el("text", { x: labelWidth(outLabel.textContent) + 16, y: outTop - 10, class: "grid-arrow" }, svg).textContent = "↓";
+    } else {
+      el("text", { x: cols * cell + gap / 2, y: top + Math.min(rows, oRows) * cell / 2 + 6, class: "grid-arrow", "text-anchor": "middle" }, svg).textContent = "→";
+    }
 
     inputRects = new Map();
     const inputGroup = el("g", { class: "input-grid" }, svg);
-    const cells = gridCells(g.axes);
+    const cells = scattering()
+      ? product(g.input_size.map((n) => [...Array(n).keys()])).map((pos) => ({ pos, kind: "input", source: pos }))
+      : gridCells(g.axes);
     const firstPos = [], lastPos = [];
     for (const c of cells) {
       const [r, col] = rank === 2 ? c.pos : [0, c.pos[0]];
@@ -393,7 +464,7 @@
         "data-src": c.source ? c.source.join(",") : "", "data-kind": c.kind,
       }, inputGroup);
       inputRects.set(c.pos.join(","), rect);
-      if (c.kind === "input" || c.kind === "dropped") {
+      if (c.kind === "input" || UNREAD.has(c.kind)) {
         c.pos.forEach((p, i) => { firstPos[i] = Math.min(firstPos[i] ?? p, p); lastPos[i] = Math.max(lastPos[i] ?? p, p); });
       }
     }
@@ -411,15 +482,61 @@
     outCells.forEach((index, frame) => {
       const [r, col] = rank === 2 ? index : [0, index[0]];
       const rect = el("rect", {
-        x: outX + col * cell + 0.5, y: top + r * cell + 0.5, width: cell - 1, height: cell - 1,
+        x: outX + col * cell + 0.5, y: outTop + r * cell + 0.5, width: cell - 1, height: cell - 1,
         class: "cell out", "data-out": index.join(","), "data-frame": frame,
       }, outputGroup);
       outputRects.push(rect);
       outputByKey.set(index.join(","), rect);
     });
     el("g", { id: "labels" }, svg);
+    frameRects = scattering() ? [...inputGroup.children] : outputRects;
     const scrub = $("scrub");
-    scrub.max = String(Math.max(0, g.frames - 1));
+    scrub.max = String(Math.max(0, frameRects.length - 1));
+  }
+
+  // The kernel as a grid of taps; a tap shows the input cell it multiplies in the current step.
+  function renderKernel() {
+    const svg = $("kernel"), g = geometry;
+    svg.replaceChildren();
+    const k = g.spec.kernel_size, rank = k.length;
+    const rows = rank === 2 ? k[0] : 1, cols = rank === 2 ? k[1] : k[0];
+    const size = Math.max(18, Math.min(30, Math.floor(120 / Math.max(rows, cols))));
+    const show = !g.spec.pool && rows * cols <= 49;
+    svg.toggleAttribute("hidden", !show);
+    if (!show) return;
+    const width = Math.max(cols * size + 2, 60), height = rows * size + 18;
+    svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+    svg.setAttribute("width", width); svg.setAttribute("height", height);
+    el("text", { x: 0, y: 11, class: "k-title" }, svg).textContent = "kernel";
+    for (const tap of product(k.map((n) => [...Array(n).keys()]))) {
+      const [r, c] = rank === 2 ? tap : [0, tap[0]];
+      const rect = el("rect", { x: c * size + 1, y: 16 + r * size, width: size - 2, height: size - 2, rx: 3,
+        class: "k-tap", tabindex: 0, role: "button", "data-tap": tap.join(","),
+        "aria-label": `weight w[${tap.join(",")}]` }, svg);
+      const text = el("text", { x: c * size + size / 2, y: 16 + r * size + size / 2 + 3, "text-anchor": "middle" }, svg);
+      text.textContent = size >= 26 ? tap.join(",") : "";
+      const on = () => markTap(tap.join(","));
+      rect.addEventListener("mouseenter", on); rect.addEventListener("focus", on); rect.addEventListener("click", on);
+      rect.addEventListener("mouseleave", () => markTap(null)); rect.addEventListener("blur", () => markTap(null));
+    }
+  }
+
+  function markTap(key) {
+    document.querySelectorAll("#grid .tap-hover, #kernel .on").forEach((n) => n.classList.remove("tap-hover", "on"));
+    if (key === null || !outputRects.length || scattering()) return;
+    const index = outputRects[state.frame].dataset.out.split(",").map(Number);
+    const tap = tapsOf(index).find((t) => t.kernel.join(",") === key);
+    const kernelRect = document.querySelector(`#kernel [data-tap="${key}"]`);
+    if (kernelRect) kernelRect.classList.add("on");
+    if (!tap) return;
+    const cell = inputRects.get(tap.position.join(","));
+    if (cell) cell.classList.add("tap-hover");
+    const box = $("cell-sum");
+    box.replaceChildren();
+    const b = document.createElement("b");
+    b.textContent = `w[${key}] multiplies `;
+    box.append(b, document.createTextNode(tap.source ? `x[${tap.source.join(",")}] for output[${index.join(",")}]`
+      : `a zero (padding) for output[${index.join(",")}]`));
   }
 
   function tapsOf(index) {
@@ -441,10 +558,10 @@
 
   function label(rect, text, dark) {
     const cell = parseFloat(rect.getAttribute("width")) + 1;
-    if (cell < 20) return;
+    if (cell < 26) return;  // below that a label would be unreadable (under 8 px)
     const t = el("text", {
       x: parseFloat(rect.getAttribute("x")) + cell / 2 - 0.5, y: parseFloat(rect.getAttribute("y")) + cell / 2 + 3.5,
-      class: "tap-label" + (dark ? " dark" : ""), "text-anchor": "middle", "font-size": Math.min(11, cell / 3.2),
+      class: "tap-label" + (dark ? " dark" : ""), "text-anchor": "middle", "font-size": Math.max(8, Math.min(11, cell / 3.2)),
     }, $("labels"));
     t.textContent = text;
   }
@@ -455,7 +572,7 @@
     if (rect) rect.classList.add(current ? "current" : "hovered");
     const taps = tapsOf(index);
     for (const t of taps) {
-      const cellRect = inputRects.get(t.position.join(","));
+      const cellRect = inputRects.get((scattering() ? t.source || [] : t.position).join(","));
       if (!cellRect) continue;
       cellRect.classList.add(t.source ? "hl" : "hl-pad");
       if (!geometry.spec.pool) label(cellRect, "w" + t.kernel.join(","), !t.source);
@@ -479,6 +596,29 @@
     box.append(b, code);
   }
 
+  // Scatter view: the input cell adds x·w to each output cell its kernel-sized patch covers.
+  function showScatter(source) {
+    clearMarks();
+    const key = source.join(",");
+    for (const r of inputRects.values()) if (r.dataset.src === key) r.classList.add("hl");
+    const feeds = product(source.map((i, axis) => geometry.axes[axis].feeds[i]));
+    for (const combo of feeds) {
+      const rect = outputByKey.get(combo.map((f) => f[0]).join(","));
+      if (!rect) continue;
+      rect.classList.add("current");
+      label(rect, "w" + combo.map((f) => f[1]).join(","));
+    }
+    const box = $("cell-sum");
+    box.replaceChildren();
+    const b = document.createElement("b");
+    b.textContent = `input[${key}] adds `;
+    const code = document.createElement("code");
+    code.textContent = feeds.length
+      ? feeds.map((combo) => `x[${key}]·w[${combo.map((f) => f[1]).join(",")}] → output[${combo.map((f) => f[0]).join(",")}]`).join(", ")
+      : "nothing: its whole patch is cropped away";
+    box.append(b, code);
+  }
+
   function hoverOutput(index) {
     if (playing) return;
     showFootprint(index, false);
@@ -489,7 +629,7 @@
     clearMarks();
     const key = source.join(",");
     for (const r of inputRects.values()) {
-      if (r.dataset.src === key) r.classList.add(r.dataset.kind === "pad" ? "copy" : "hovered");
+      if (r.dataset.src === key) r.classList.add(r.dataset.kind === "copy" ? "copy" : "hovered");
     }
     const feeds = product(source.map((i, axis) => geometry.axes[axis].feeds[i]));
     for (const combo of feeds) {
@@ -514,17 +654,24 @@
     if (!rect) return;
     if (rect.dataset.out) { hoverOutput(rect.dataset.out.split(",").map(Number)); return; }
     const kind = rect.dataset.kind;
-    if (kind === "input" || kind === "dropped") { hoverInput(rect.dataset.src.split(",").map(Number)); return; }
+    if (kind === "input" || UNREAD.has(kind)) { hoverInput(rect.dataset.src.split(",").map(Number)); return; }
     clearHover();
     if (playing) return;
-    const what = kind === "zero" ? "an inserted zero (between the input cells of a transposed convolution)"
-      : rect.dataset.src ? `padding that copies input[${rect.dataset.src}] (${state.mode})` : "zero padding";
+    const what = CELL_WORDS[kind](rect);
     const box = $("cell-sum");
     box.replaceChildren();
     const b = document.createElement("b");
     b.textContent = `cell (${rect.dataset.pos}) of the padded grid: `;
     box.append(b, document.createTextNode(what));
   }
+
+  // what each kind of padded-grid cell is, said once (the legend uses the same words)
+  const CELL_WORDS = {
+    inserted: () => "an inserted zero (between the input cells of a transposed convolution)",
+    copy: (rect) => `padding that copies input[${rect.dataset.src}] (${geometry.spec.padding_mode})`,
+    padding: () => (geometry.spec.pool === "max" ? "padding, never the maximum (it counts as −∞)" : "zero padding"),
+    beyond: () => "beyond the padded input: only a ceil-mode window reaches it, and it is ignored",
+  };
 
   function clearHover() {
     if (playing || !geometry) return;
@@ -534,10 +681,16 @@
   // ------------------------------------------------------------------ animation
 
   function setFrame(frame) {
-    if (!geometry || !outputRects.length) return;
-    frame = Math.max(0, Math.min(frame, outputRects.length - 1));
+    if (!geometry || !frameRects.length) return;
+    frame = Math.max(0, Math.min(frame, frameRects.length - 1));
     state.frame = frame;
     $("scrub").value = String(frame);
+    if (scattering()) {
+      const source = frameRects[frame].dataset.src.split(",").map(Number);
+      showScatter(source);
+      $("frame-label").textContent = `frame ${frame + 1} / ${frameRects.length} · input (${source.join(", ")})`;
+      return;
+    }
     const index = outputRects[frame].dataset.out.split(",").map(Number);
     showFootprint(index, true);
     $("frame-label").textContent = `frame ${frame + 1} / ${outputRects.length} · output (${index.join(", ")})`;
@@ -551,13 +704,111 @@
 
   function togglePlay() {
     if (playing) { stopPlaying(); writeURL(); return; }
-    if (state.frame >= outputRects.length - 1) setFrame(0);
+    if (state.frame >= frameRects.length - 1) setFrame(0);
     const speed = parseFloat($("speed").value);
     $("play").textContent = "⏸ pause";
     playing = setInterval(() => {
-      if (state.frame >= outputRects.length - 1) { stopPlaying(); writeURL(); return; }
+      if (state.frame >= frameRects.length - 1) { stopPlaying(); writeURL(); return; }
       setFrame(state.frame + 1);
     }, 700 / speed);
+  }
+
+  // ------------------------------------------------------------------ export, command, quiz
+
+  // The `convarith animate` command that draws this view (flags as the CLI names them).
+  function animateCommand() {
+    const s = state, r = s.rank, axes = (v) => v.slice(0, r).join("x");
+    const parts = ["convarith animate", axes(s.input)];
+    if (r === 1) parts.push("--rank 1");
+    parts.push("-k " + axes(s.kernel));
+    if (s.stride.slice(0, r).some((v) => v !== 1)) parts.push("-s " + axes(s.stride));
+    if (s.dilation.slice(0, r).some((v) => v !== 1)) parts.push("-d " + axes(s.dilation));
+    if (s.padding === "explicit") {
+      const pads = s.pads.slice(0, r);
+      const even = pads.every((p) => p[0] === p[1]) && pads.every((p) => p[0] === pads[0][0]);
+      parts.push("-p " + (even ? pads[0][0] : pads.map((p) => p.join(",")).join("x")));
+    } else if (s.padding !== "valid") parts.push("-p " + s.padding);
+    if (s.mode !== "zeros") parts.push("--padding-mode " + s.mode);
+    if (s.transposed) parts.push("--transposed");
+    if (scattering()) parts.push("--view scatter");
+    if (s.transposed && hasOutputPadding()) parts.push("--output-padding " + axes(s.op));
+    if (s.pool) parts.push("--pool " + s.pool);
+    if (s.pool && s.ceil) parts.push("--ceil-mode");
+    if (s.pool && s.countPad) parts.push("--count-include-pad");
+    parts.push("-o conv.gif");
+    return parts.join(" ");
+  }
+
+  // The grid as a standalone SVG: the page's CSS colours written into the shapes.
+  function standaloneSVG() {
+    const svg = $("grid"), copy = svg.cloneNode(true);
+    copy.setAttribute("xmlns", SVG_NS);
+    const live = svg.querySelectorAll("rect, text, line"), copies = copy.querySelectorAll("rect, text, line");
+    live.forEach((node, i) => {
+      const style = getComputedStyle(node), target = copies[i];
+      for (const name of ["fill", "stroke", "stroke-width", "stroke-dasharray", "font-size", "font-weight", "font-family", "visibility"]) {
+        target.style.setProperty(name, style.getPropertyValue(name));
+      }
+      target.removeAttribute("class");
+    });
+    const paper = document.createElementNS(SVG_NS, "rect");
+    paper.setAttribute("width", "100%"); paper.setAttribute("height", "100%"); paper.setAttribute("fill", "#ffffff");
+    copy.insertBefore(paper, copy.firstChild);
+    return new XMLSerializer().serializeToString(copy);
+  }
+
+  function download(name, blob) {
+    const a = document.createElement("a");
+    a.href = URL.createObjectURL(blob); a.download = name;
+    document.body.appendChild(a); a.click(); a.remove();
+    setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+  }
+
+  function exportPNG() {
+    const text = standaloneSVG(), svg = $("grid");
+    const width = Number(svg.getAttribute("width")), height = Number(svg.getAttribute("height"));
+    const image = new Image();
+    image.onload = () => {
+      const canvas = document.createElement("canvas");
+      canvas.width = width * 2; canvas.height = height * 2;
+      const context = canvas.getContext("2d");
+      context.scale(2, 2); context.drawImage(image, 0, 0);
+      canvas.toBlob((blob) => download("convarith.png", blob), "image/png");
+    };
+    image.src = "data:image/svg+xml;charset=utf-8," + encodeURIComponent(text);
+  }
+
+  function toggleQuiz(on) {
+    document.body.classList.toggle("quizzing", on);
+    $("quiz").hidden = !on;
+    $("quiz-toggle").setAttribute("aria-pressed", String(on));
+    $("quiz-toggle").textContent = on ? "stop quiz" : "quiz me";
+    $("quiz-feedback").textContent = ""; $("quiz-answer").value = "";
+    if (on) $("quiz-answer").focus();
+  }
+
+  function checkQuiz() {
+    if (!geometry) return;
+    const typed = $("quiz-answer").value.trim().split(/\s*[x×,*]\s*|\s+/).filter(Boolean);
+    const want = geometry.output_size.map(String);
+    const right = typed.length === want.length ? typed.every((t, i) => t === want[i])
+      : typed.length === 1 && want.every((w) => w === typed[0]);
+    const box = $("quiz-feedback");
+    box.className = right ? "right" : "wrong";
+    box.textContent = right ? `right: ${times(geometry.output_size)} — ` + geometry.explain.axes[0].steps.slice(-1)[0]
+      : "not yet — count where the window can stand: O = floor((I + P_lo + P_hi − K_eff) / S) + 1";
+    if (right) document.body.classList.remove("quizzing");
+  }
+
+  function newQuestion() {
+    const pick = (list) => list[Math.floor(Math.random() * list.length)];
+    const s = state, n = pick([5, 6, 7, 8, 9, 10, 11, 12]);
+    s.rank = 2; s.input = [n, n]; s.kernel = Array(2).fill(pick([1, 2, 3, 3, 5]));
+    s.stride = Array(2).fill(pick([1, 2, 2, 3])); s.dilation = Array(2).fill(pick([1, 1, 1, 2]));
+    s.padding = pick(["valid", "same", "explicit"]); const p = pick([0, 1, 2]); s.pads = [[p, p], [p, p]];
+    s.transposed = false; s.pool = ""; s.mode = "zeros"; s.convention = "";
+    document.querySelectorAll("[data-convention]").forEach((b) => b.classList.toggle("on", b.dataset.convention === ""));
+    stateToControls(); state.frame = 0; schedule(); toggleQuiz(true);
   }
 
   // ------------------------------------------------------------------ stack
@@ -615,7 +866,9 @@
     });
     const body = { rank: s.rank, input_size: s.input.slice(0, s.rank), layers };
     if (s.cell) body.cell = s.cell;
+    const mine = ++latest.stack;
     const answer = await post("/api/stack", body);
+    if (mine !== latest.stack) return;
     const svg = $("stack-svg");
     if (!answer.ok) {
       showError("stack-error", answer.error);
@@ -653,11 +906,12 @@
     const left = Math.max(0, -sc[0]) * cell + 2, above = Math.max(0, -sr[0]) * cell;
     const right = Math.max(0, sc[1] - cols + 1) * cell, below = Math.max(0, sr[1] - rows + 1) * cell;
     const top = 26 + above, outX = left + Math.max(cols * cell + right, 90) + 48;
-    const width = outX + Math.max(oCols * cell, 150) + 10, height = top + Math.max(rows * cell + below, oRows * cell) + 8;
+    const outText = `layer ${d.layers.length} output ${times(last)}`;
+    const width = outX + Math.max(oCols * cell, outText.length * 8.2) + 10, height = top + Math.max(rows * cell + below, oRows * cell) + 8;
     svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
     svg.setAttribute("width", width); svg.setAttribute("height", height);
     el("text", { x: 0, y: 16, class: "grid-label" }, svg).textContent = `input ${times(d.input_size)}`;
-    el("text", { x: outX, y: 16, class: "grid-label output" }, svg).textContent = `layer ${d.layers.length} output ${times(last)}`;
+    el("text", { x: outX, y: 16, class: "grid-label output" }, svg).textContent = outText;
     const box = el("g", { transform: `translate(${left}, 0)` }, svg);
     const exact = rf.exact.map((cells) => new Set(cells));
     for (const pos of product(d.input_size.map((n) => [...Array(n).keys()]))) {
@@ -693,7 +947,9 @@
   }
 
   async function updateCode() {
+    const mine = ++latest.code;
     const answer = await post("/api/port", { ...settings(), to: state.port });
+    if (mine !== latest.code) return;
     const code = $("code").querySelector("code");
     if (!answer.ok) { showError("code-error", answer.error); code.textContent = ""; return; }
     showError("code-error", "");
@@ -726,7 +982,9 @@
     if (s.rank !== 2) { showError("image-error", "image mode needs 2-D settings (choose 2-D above)"); return; }
     if (s.pool) body.kernel_size = s.kernel_size;
     if (s.transposed) body.output_padding = s.output_padding;
+    const mine = ++latest.image;
     const answer = await post("/api/image", body);
+    if (mine !== latest.image) return;
     if (!answer.ok) { showError("image-error", answer.error); $("image-out").removeAttribute("src"); $("image-out").dataset.ready = ""; return; }
     showError("image-error", "");
     const d = answer.data;
@@ -750,8 +1008,10 @@
       size: num("solve-size"), target: num("solve-target"), max_kernel: num("solve-k"),
       max_stride: num("solve-s"), max_dilation: num("solve-d"), symmetric: $("solve-sym").checked,
     };
-    for (const k of Object.keys(body)) if (Number.isNaN(body[k])) body[k] = null;
+    for (const k of Object.keys(body)) body[k] = nanNull(body[k]);
+    const mine = ++latest.solve;
     const answer = await post("/api/solve", body);
+    if (mine !== latest.solve) return;
     const tbody = $("solutions").querySelector("tbody");
     tbody.replaceChildren();
     if (!answer.ok) { showError("solve-error", answer.error); return; }
@@ -802,11 +1062,44 @@
       event.preventDefault();
       stopPlaying(); setFrame(state.frame + step); writeURL();
     });
-    $("grid").addEventListener("click", (event) => {
-      const rect = event.target.closest ? event.target.closest("rect.out") : null;
-      if (rect) { stopPlaying(); setFrame(Number(rect.dataset.frame)); writeURL(); }
+    $("grid").addEventListener("click", (event) => {  // a tap does what hovering does
+      const rect = event.target.closest ? event.target.closest("rect.cell") : null;
+      if (!rect) return;
+      stopPlaying();
+      if (rect.dataset.out && !scattering()) { setFrame(Number(rect.dataset.frame)); writeURL(); return; }
+      gridPointer(event);
+    });
+    // Space plays or pauses, arrows step, Home/End jump: anywhere but in a field
+    document.addEventListener("keydown", (event) => {
+      const t = event.target, tag = t && t.tagName;
+      if (event.defaultPrevented || event.altKey || event.ctrlKey || event.metaKey) return;
+      if (["INPUT", "SELECT", "TEXTAREA", "BUTTON", "A"].includes(tag) || (t && t.isContentEditable)) return;
+      if (event.key === " ") { event.preventDefault(); togglePlay(); return; }
+      const step = { ArrowRight: 1, ArrowDown: 1, ArrowLeft: -1, ArrowUp: -1 }[event.key];
+      if (event.key === "PageDown" || event.key === "PageUp") {  // a whole output row at a time
+        event.preventDefault(); stopPlaying();
+        const row = geometry && geometry.output_size.length > 1 ? geometry.output_size[geometry.output_size.length - 1] : 10;
+        setFrame(state.frame + (event.key === "PageDown" ? row : -row)); writeURL();
+      } else if (event.key === "Home" || event.key === "End") {
+        event.preventDefault(); stopPlaying(); setFrame(event.key === "Home" ? 0 : frameRects.length - 1); writeURL();
+      } else if (step !== undefined && t === $("grid")) {
+        return;  // the grid's own handler steps
+      } else if (step !== undefined) {
+        event.preventDefault(); stopPlaying(); setFrame(state.frame + step); writeURL();
+      }
     });
     $("copy-code").addEventListener("click", copyCode);
+    $("export-svg").addEventListener("click", () => download("convarith.svg", new Blob([standaloneSVG()], { type: "image/svg+xml" })));
+    $("export-png").addEventListener("click", exportPNG);
+    $("copy-cli").addEventListener("click", async () => {
+      try { await navigator.clipboard.writeText($("cli").textContent); $("copy-cli").textContent = "copied ✓"; }
+      catch (error) { $("copy-cli").textContent = "select it above"; }
+      setTimeout(() => { $("copy-cli").textContent = "copy command"; }, 1200);
+    });
+    $("quiz-toggle").addEventListener("click", () => toggleQuiz(!document.body.classList.contains("quizzing") && $("quiz").hidden));
+    $("quiz-check").addEventListener("click", checkQuiz);
+    $("quiz-answer").addEventListener("keydown", (event) => { if (event.key === "Enter") checkQuiz(); });
+    $("quiz-new").addEventListener("click", newQuestion);
     $("play").addEventListener("click", togglePlay);
     $("first").addEventListener("click", () => { stopPlaying(); setFrame(0); writeURL(); });
     $("prev").addEventListener("click", () => { stopPlaying(); setFrame(state.frame - 1); writeURL(); });
@@ -838,6 +1131,5 @@
   stateToControls();
   renderLayers();
   wire();
-  $("solve-size").value = state.input[0];
   update();
 })();

@@ -1,0 +1,136 @@
+"""The engine's process state: every cache, what it is keyed on, what invalidates it.
+
+The engine computes the same result whatever these hold; they only save time.
+All are safe under concurrent first use (several threads making their first
+call at once get the results of a serial run, bit for bit), and
+:func:`clear_caches` empties them all.
+
+=====================  ============================================  ==========================================
+state                  keyed on / holds                              invalidated by
+=====================  ============================================  ==========================================
+algorithm registry     name -> algorithm (``dispatch._REGISTRY``),   ``register_algorithm`` /
+                       loaded once under a lock                      ``unregister_algorithm`` (not a cache:
+                                                                     :func:`clear_caches` leaves it)
+remembered choices     (problem, kind or question, exact-only,       any registration (a choice computed while
+                       worker count, workspace budget) -> algorithm  the registry changed is not kept);
+                       (``dispatch._CHOICES``, at most 4096)         emptied when full
+resolved specs         (spec, input shape) -> ``ResolvedConv``       nothing (pure; LRU of 1024)
+                       (``spec._resolve_remembered``)
+kernel layouts         register_tiles ``_layout``: shape, dtype,     nothing (pure; LRU of 256)
+                       dilation, row length, panel bytes
+col2im plans           per-axis gather tables (``col2im._axis_plan``)  nothing (pure; LRU of 64)
+space-to-depth plans   kernel/stride/dilation -> plan                nothing (pure; LRU of 256)
+                       (``space_to_depth.plan``)
+Winograd matrices      ``winograd.transform(m)``, its growth bound   nothing (constants)
+compiled kernels       numba kernels (col2im, depthwise, flat_rows,  ``CONVARITH_JIT`` and the installed
+                       space_to_depth, winograd), llvmlite modules   packages are read at the first call:
+                       (``_llvm.compiled``, the host, the binding),  clear to read them again
+                       SciPy's BLAS gemm; built once per key under
+                       a lock (:func:`cached_once`)
+BLAS controller        threadpoolctl's view of the loaded BLAS       BLAS libraries loaded later
+                       libraries; libc's ``sched_getcpu``
+helper threads         one pool per process, one thread per core     a fork (the child makes its own);
+                       but the caller's (``_threads._POOL``)         :func:`clear_caches` lets them end
+per-thread buffers     each thread's scratch arrays by name, up to   a larger request replaces one;
+                       ``WORKSPACE_KEEP_BYTES`` each                 :func:`clear_caches` drops the calling
+                       (``_threads.workspace``)                      thread's
+=====================  ============================================  ==========================================
+
+Examples
+--------
+>>> import numpy as np
+>>> import convarith
+>>> x = np.ones((1, 4, 4, 1), np.float32)
+>>> y = convarith.conv2d(x, np.ones((3, 3, 1, 1), np.float32))
+>>> clear_caches()
+>>> bool((convarith.conv2d(x, np.ones((3, 3, 1, 1), np.float32)) == y).all())
+True
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+__all__ = ["cached_once", "clear_caches", "process_caches"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def cached_once(fn: F) -> F:
+    """``functools.cache`` that computes each key once, even under concurrent first calls.
+
+    For builders that are slow or not safe to run twice at once (compiling a
+    kernel, initialising a compiler): a second thread asking for the same key
+    waits for the first one's result. ``cache_clear`` empties it.
+
+    >>> calls = []
+    >>> @cached_once
+    ... def square(n):
+    ...     calls.append(n)
+    ...     return n * n
+    >>> square(3), square(3), calls
+    (9, 9, [3])
+    """
+    cached = functools.cache(fn)
+    lock = threading.RLock()
+
+    @functools.wraps(fn)
+    def once(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            return cached(*args, **kwargs)
+
+    once.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
+    once.cache_info = cached.cache_info  # type: ignore[attr-defined]
+    return once  # type: ignore[return-value]
+
+
+def process_caches() -> dict[str, Callable[[], None]]:
+    """Each cache of the table above by name, with the function that empties it."""
+    from .. import spec
+    from . import dispatch
+    from .algorithms import (
+        _llvm,
+        _threads,
+        col2im,
+        depthwise,
+        flat_rows,
+        register_tiles,
+        space_to_depth,
+        winograd,
+    )
+
+    def functions(*cached: Any) -> Callable[[], None]:
+        def clear() -> None:
+            for function in cached:
+                function.cache_clear()
+
+        return clear
+
+    return {
+        "remembered choices": dispatch._CHOICES.clear,
+        "resolved specs": functions(spec._resolve_remembered),
+        "kernel layouts": functions(register_tiles._layout),
+        "col2im plans": functions(col2im._axis_plan),
+        "space-to-depth plans": functions(space_to_depth.plan),
+        "Winograd matrices": functions(winograd.transform, winograd._transform_gain),
+        "compiled kernels": functions(
+            col2im._numba_gather, depthwise._numba_kernels, flat_rows._numba_gather,
+            flat_rows._numba_im2col, flat_rows._blas_gemm, space_to_depth._numba_kernels,
+            winograd._numba_kernels, _llvm.compiled, _llvm._host, _llvm._llvm),
+        "BLAS controller": functions(_threads._controller, _threads._sched_getcpu),
+        "helper threads": _threads._POOL.clear,
+        "per-thread buffers": _threads.clear_workspaces,
+    }
+
+
+def clear_caches() -> None:
+    """Empty every cache of the engine (the table above); the registry stays.
+
+    The next calls rebuild what they need (compiling kernels again, ~1 s with
+    numba). Do not call it while another thread runs the engine.
+    """
+    for clear in process_caches().values():
+        clear()
