@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be between 1 and 65535, got {args.port}")
     if not 0 < args.header_timeout <= 3600:
-        raise ValueError(f"--header-timeout must be between 0 and 3600 seconds, got {args.header_timeout}")
+        raise ValueError(f"--header-timeout must be over 0 and at most 3600 seconds, got {args.header_timeout}")
     try:
         import uvicorn
     except ImportError as error:
