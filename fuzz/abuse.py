@@ -71,7 +71,8 @@ def rss_kib(pid: int) -> int:
 
 def start_server(port: int) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "convarith.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "convarith.cli", "serve", "--port", str(port),
+         "--header-timeout", "3"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 30
@@ -155,6 +156,26 @@ def abuse(base: str, report: Report) -> None:
          {"json": {"image": "data:image/png;base64," + base64.b64encode(bomb.getvalue()).decode()}},
          {400, 413, 422}),
         ("not an image", "/api/image", {"json": {"image": "data:image/png;base64,AAAA"}}, {400, 415, 422}),
+        ("JSON nested 30,000 deep", "/api/resolve", {"content": b"[" * 30_000 + b"]" * 30_000}, {400}),
+        ("JSON nested 1000 deep in a field", "/api/stack",
+         {"content": b'{"input_size": [8, 8], "layers": ' + b"[" * 1000 + b"]" * 1000 + b"}"}, {400}),
+        ("a 5000-digit integer", "/api/resolve",
+         {"content": b'{"input_size": [' + b"9" * 5000 + b', 8], "kernel_size": 3}'}, {400}),
+        ("NaN / 1e400", "/api/solve", {"content": b'{"size": NaN, "target": 1e400}'}, {400}),
+        ("kernel cell 'a'", "/api/image",
+         {"json": {"image": "sample", "kernel": "custom", "numbers": [[1, "a"]]}}, {422}),
+        ("kernel cell {}", "/api/image",
+         {"json": {"image": "sample", "kernel": "custom", "numbers": [[1, {}]]}}, {422}),
+        ("kernel cell 10**400", "/api/image",
+         {"content": b'{"image": "sample", "kernel": "custom", "numbers": [[1, 1' + b"0" * 60 + b"]]}"},
+         {422}),
+        ("JPEG with 20,000 scans", "/api/image", {"json": {"image": _many_scans_jpeg(20_000)}}, {413}),
+        ("16-bit grey PNG (valid)", "/api/image", {"json": {"image": _png16()}}, {200}),
+        ("cross-origin text/plain POST", "/api/resolve",
+         {"content": json.dumps(GOOD[0][1]).encode(),
+          "headers": {"origin": "http://evil.example", "content-type": "text/plain"}}, {403}),
+        ("DNS-rebound Host", "/api/resolve",
+         {"json": GOOD[0][1], "headers": {"host": "evil.example"}}, {403}),
     ]
     with httpx.Client(base_url=base, timeout=30) as client:
         for what, path, kwargs, expected in cases:
@@ -171,11 +192,66 @@ def abuse(base: str, report: Report) -> None:
                 report.problems.append(f"traversal {path}: {response.status_code}")
         response = client.get("/api/resolve")
         report.count("wrong method", response.status_code)
-        if response.status_code != 405:
-            report.problems.append(f"GET /api/resolve: {response.status_code}")
+        if response.status_code != 405 or response.headers.get("allow") != "POST":
+            report.problems.append(f"GET /api/resolve: {response.status_code}, "
+                                   f"Allow {response.headers.get('allow')!r}")
 
 
-def run(requests: int, concurrency: int, slow: int, stream: Any = sys.stdout) -> Report:
+def _many_scans_jpeg(scans: int) -> str:
+    """A progressive JPEG whose last scan is repeated (slow to decode, small to send)."""
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    ramp = (np.add.outer(np.arange(1024), np.arange(1024)) // 8 % 256).astype(np.uint8)
+    Image.fromarray(ramp).save(buffer, format="JPEG", progressive=True, quality=10)
+    raw = buffer.getvalue()
+    last = raw[raw.rindex(b"\xff\xda"):-2]
+    raw = (raw[:-2] + last * scans)[: 2 * 1024 * 1024 - 2] + b"\xff\xd9"
+    return "data:image/jpeg;base64," + base64.b64encode(raw).decode()
+
+
+def _png16() -> str:
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)).save(buffer, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+async def idle_sockets(port: int, count: int, report: Report) -> None:
+    """Open ``count`` sockets that send nothing or half a header; light requests must go on."""
+    opened = []
+    for number in range(count):
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError as error:
+            report.problems.append(f"idle socket {number} could not connect: {error}")
+            break
+        if number % 2:
+            writer.write(b"POST /api/resolve HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        opened.append((reader, writer))
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        for _ in range(10):
+            response = await client.get("/api/health")
+            report.count(f"health beside {count} idle sockets", response.status_code)
+            if response.status_code != 200:
+                report.problems.append(f"health beside idle sockets: {response.status_code}")
+    closed = 0
+    for reader, writer in opened:
+        try:
+            closed += await asyncio.wait_for(reader.read(1), timeout=30) == b""
+        except (asyncio.TimeoutError, OSError):
+            pass
+        writer.close()
+    report.count(f"idle sockets closed by the server (of {count})", closed)
+    if closed != len(opened):
+        report.problems.append(f"only {closed} of {len(opened)} idle sockets were closed")
+
+
+def run(requests: int, concurrency: int, slow: int, stream: Any = sys.stdout,
+        idle: int = 300) -> Report:
     report = Report()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -194,6 +270,7 @@ def run(requests: int, concurrency: int, slow: int, stream: Any = sys.stdout) ->
 
         elapsed = asyncio.run(both())
         abuse(base, report)
+        asyncio.run(idle_sockets(port, idle, report))
         rss_after_abuse = rss_kib(server.pid)
         elapsed_second = asyncio.run(load(base, requests, concurrency, Report()))
         rss_after = rss_kib(server.pid)
@@ -201,6 +278,7 @@ def run(requests: int, concurrency: int, slow: int, stream: Any = sys.stdout) ->
             report.problems.append("the server stopped answering after the abuse")
     finally:
         server.send_signal(signal.SIGTERM)
+        code: int | None
         try:
             code = server.wait(timeout=15)
         except subprocess.TimeoutExpired:
@@ -239,9 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--slow", type=int, default=20, help="slow clients during the load")
+    parser.add_argument("--idle", type=int, default=300, help="idle sockets opened after the abuse")
     args = parser.parse_args(argv)
     os.environ.setdefault("KERAS_BACKEND", "jax")
-    report = run(args.requests, args.concurrency, args.slow)
+    report = run(args.requests, args.concurrency, args.slow, idle=args.idle)
     return 1 if report.problems else 0
 
 

@@ -617,7 +617,10 @@ def test_serve_command_binds_loopback_by_default(monkeypatch):
     args = build_parser().parse_args(["serve"])
     assert (args.host, args.port, args.open) == ("127.0.0.1", 8000, False)
     assert args.func(args) == 0
-    assert calls == [{"host": "127.0.0.1", "port": 8000, "log_level": "warning"}]
+    assert len(calls) == 1
+    assert {k: calls[0][k] for k in ("host", "port", "log_level")} == {
+        "host": "127.0.0.1", "port": 8000, "log_level": "warning"}
+    assert calls[0]["timeout_keep_alive"] > 0 and calls[0]["limit_concurrency"] > 50
     args = build_parser().parse_args(["serve", "--port", "0"])
     with pytest.raises(ValueError, match="--port"):
         args.func(args)

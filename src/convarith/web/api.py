@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import itertools
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -76,7 +77,7 @@ class Limits:
     max_padding: int = 32
     max_channels: int = 256
     max_draw: int = 160
-    max_frame_taps: int = 100_000
+    max_frame_taps: int = 40_000
     max_layers: int = 12
     max_body_bytes: int = 64 * 1024
     max_upload_bytes: int = 2 * 1024 * 1024
@@ -87,6 +88,13 @@ class Limits:
     max_solve_kernel: int = 15
     max_solve_stride: int = 8
     max_solve_dilation: int = 4
+    #: transport limits (see docs/hardening.md, "The explorer server")
+    max_json_depth: int = 32
+    max_number_digits: int = 64
+    max_body_seconds: float = 30.0
+    max_jpeg_scans: int = 32
+    max_heavy_at_once: int = 1
+    max_uploads_at_once: int = 8
 
 
 class ApiError(Exception):
@@ -628,13 +636,21 @@ def _frames_payload(resolved: ResolvedConv, limits: Limits) -> dict[str, Any]:
             422, f"the frame list would hold {total} taps (at most {limits.max_frame_taps}); "
             "ask /api/geometry, which gives the same footprints per axis", "frames",
         )
-    return {
-        "output_size": list(resolved.output_size),
-        "frames": [
-            {"output": list(cell), "taps": [_tap_dict(t) for t in resolved.footprint(cell)]}
-            for cell in resolved.positions()
-        ],
-    }
+    # Each axis's taps are computed once; a cell's footprint is their product, combined
+    # as ResolvedConv.footprint combines them (the tests check the two agree).
+    per_axis = [[[(t.kernel[0], t.position[0], None if t.source is None else t.source[0],
+                   t.in_padding) for t in resolved.axis_taps(axis, o)] for o in range(n)]
+                for axis, n in enumerate(resolved.output_size)]
+    frames = []
+    for cell in resolved.positions():
+        taps = []
+        for combo in itertools.product(*(per_axis[a][o] for a, o in enumerate(cell))):
+            kernel, position, source, padding = zip(*combo)
+            taps.append({"kernel": list(kernel), "position": list(position),
+                         "source": None if None in source else list(source),
+                         "in_padding": any(padding)})
+        frames.append({"output": list(cell), "taps": taps})
+    return {"output_size": list(resolved.output_size), "frames": frames}
 
 
 def solve_payload(data: Any, limits: Limits) -> dict[str, Any]:
@@ -777,8 +793,6 @@ def decode_upload(text: Any, limits: Limits) -> Any:
     ``max_image_pixels`` (or ``max_image_side`` per side) is refused before a
     single pixel is decoded.
     """
-    import numpy as np
-
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError as error:
@@ -808,10 +822,14 @@ def decode_upload(text: Any, limits: Limits) -> Any:
                     "image",
                 )
             if picture.format == "JPEG":
+                scans = raw.count(b"\xff\xda")  # start-of-scan markers (0xFF is stuffed in data)
+                if scans > limits.max_jpeg_scans:
+                    raise ApiError(
+                        413, f"image is a JPEG with {scans} scans; the limit is "
+                        f"{limits.max_jpeg_scans} (re-save it as a baseline JPEG or a PNG)", "image",
+                    )
                 picture.draft("L", (limits.engine_side, limits.engine_side))
-            picture.thumbnail((limits.engine_side, limits.engine_side))
-            gray = picture.convert("L")
-            return np.asarray(gray, dtype=np.float32) / 255.0
+            return _gray_pixels(picture, limits.engine_side)
     except ApiError:
         raise
     except UnidentifiedImageError as error:
@@ -820,6 +838,27 @@ def decode_upload(text: Any, limits: Limits) -> Any:
         raise ApiError(413, f"image refused as a decompression bomb: {error}", "image") from error
     except (OSError, ValueError, SyntaxError) as error:
         raise ApiError(422, f"image could not be decoded: {error}", "image") from error
+
+
+def _gray_pixels(picture: Any, side: int) -> Any:
+    """Grey values in [0, 1], at most ``side`` pixels per side, from any PNG/JPEG mode.
+
+    16-bit grey (``I;16``) keeps its full range (65535 is white); every other
+    mode (1, L, LA, P, RGB, RGBA, CMYK...) goes through Pillow's ``L`` conversion.
+    """
+    import numpy as np
+    from PIL import Image
+
+    width, height = picture.size
+    scale = min(1.0, side / max(width, height))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if picture.mode.startswith("I;16") or picture.mode in ("I", "F"):
+        if size != picture.size:  # Pillow's reduce() refuses 16-bit modes; resize takes them
+            picture = picture.resize(size, Image.Resampling.BOX)
+        white = 255.0 if picture.mode == "F" else 65535.0
+        return np.clip(np.asarray(picture, dtype=np.float32) / white, 0.0, 1.0)
+    picture.thumbnail((side, side))
+    return np.asarray(picture.convert("L"), dtype=np.float32) / 255.0
 
 
 def parse_kernel(data: dict[str, Any], limits: Limits) -> tuple[str, Any]:
@@ -845,10 +884,22 @@ def parse_kernel(data: dict[str, Any], limits: Limits) -> tuple[str, Any]:
         raise ApiError(422, "numbers: every row needs the same count of values", "numbers")
     if len(numbers) > limits.max_kernel or len(numbers[0]) > limits.max_kernel:
         raise ApiError(422, f"numbers: at most {limits.max_kernel}x{limits.max_kernel}", "numbers")
+    for row in numbers:
+        for cell in row:
+            if isinstance(cell, bool) or not isinstance(cell, (int, float)):
+                raise ApiError(422, f"numbers must hold numbers, got {_short(cell)}", "numbers")
+            if isinstance(cell, int) and abs(cell) > 10**6:
+                raise ApiError(422, "numbers must be finite and at most 1e6 in size", "numbers")
     values = np.array(numbers, dtype=np.float64)
     if not np.all(np.isfinite(values)) or np.abs(values).max() > 1e6:
         raise ApiError(422, "numbers must be finite and at most 1e6 in size", "numbers")
     return name, values.astype(np.float32)
+
+
+def _short(value: Any, width: int = 60) -> str:
+    """``repr(value)`` cut to ``width`` characters, for error messages."""
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def image_payload(data: Any, limits: Limits, sample: Callable[[], bytes]) -> dict[str, Any]:

@@ -18,13 +18,15 @@ Examples
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.to_thread
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
@@ -49,21 +51,93 @@ def _error(error: api.ApiError) -> JSONResponse:
     return JSONResponse(error.to_dict(), status_code=error.status)
 
 
-async def _read_json(request: Request, limit: int) -> Any:
+async def _read_body(request: Request, limit: int, seconds: float) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise api.ApiError(413, f"the request body is {declared} bytes; the limit is {limit}")
     body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
-        if len(body) > limit:
-            raise api.ApiError(413, f"the request body is over the limit of {limit} bytes")
+    with anyio.move_on_after(seconds) as timer:
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > limit:
+                raise api.ApiError(413, f"the request body is over the limit of {limit} bytes")
+    if timer.cancelled_caught:
+        raise api.ApiError(408, f"the request body took over {seconds:g} s to arrive")
     if not body:
         raise api.ApiError(400, "the request body is empty; send a JSON object")
+    return bytes(body)
+
+
+def parse_json(body: bytes, limits: api.Limits) -> Any:
+    """The JSON value in ``body``, bounded in nesting depth and number length.
+
+    Plain JSON only: ``NaN``/``Infinity`` are refused, integers may have at most
+    ``limits.max_number_digits`` digits, arrays and objects nest at most
+    ``limits.max_json_depth`` deep. Every refusal is a 400 :class:`api.ApiError`.
+
+    >>> parse_json(b'{"kernel_size": [3, 3]}', api.Limits())
+    {'kernel_size': [3, 3]}
+    >>> parse_json(b'[[[1]]]', api.Limits(max_json_depth=2))
+    Traceback (most recent call last):
+    ...
+    convarith.web.api.ApiError: the request body nests arrays/objects 3 deep; the limit is 2
+    """
+    digits = limits.max_number_digits
+
+    def number(text: str) -> int:
+        if len(text.lstrip("-")) > digits:
+            raise api.ApiError(400, f"the request body has a {len(text)}-digit number; "
+                               f"numbers may have at most {digits} digits")
+        return int(text)
+
+    def constant(name: str) -> Any:
+        raise api.ApiError(400, f"the request body is not valid JSON: {name} is not a JSON number")
+
     try:
-        return json.loads(body)
+        data = json.loads(body, parse_int=number, parse_constant=constant)
+    except RecursionError:
+        raise api.ApiError(400, "the request body nests arrays/objects too deeply; the limit is "
+                           f"{limits.max_json_depth}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise api.ApiError(400, f"the request body is not valid JSON: {error}") from error
+    except ValueError as error:  # e.g. a float literal too long to convert
+        raise api.ApiError(400, f"the request body is not valid JSON: {error}") from error
+    depth = _depth(data)
+    if depth > limits.max_json_depth:
+        raise api.ApiError(400, f"the request body nests arrays/objects {depth} deep; "
+                           f"the limit is {limits.max_json_depth}")
+    return data
+
+
+def _depth(value: Any) -> int:
+    """How deep arrays/objects nest in ``value`` (0 for a plain value), without recursion."""
+    deepest, level = 0, [(value, 0)]
+    while level:
+        item, depth = level.pop()
+        if isinstance(item, (list, dict)):
+            deepest = max(deepest, depth + 1)
+            level.extend((child, depth + 1) for child in
+                         (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def _render(payload: dict[str, Any], piece: int = 500) -> bytes:
+    """``payload`` as compact JSON; long lists are encoded ``piece`` items at a time.
+
+    ``json.dumps`` holds the interpreter lock for its whole run: encoding a
+    10 MB frame list in one call would stall the event loop for as long.
+    """
+    def dumps(value: Any) -> str:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+    parts = []
+    for key, value in payload.items():
+        if isinstance(value, list) and len(value) > piece:
+            items = ",".join(dumps(value[i:i + piece])[1:-1] for i in range(0, len(value), piece))
+            parts.append(f"{dumps(key)}:[{items}]")
+        else:
+            parts.append(f"{dumps(key)}:{dumps(value)}")
+    return ("{" + ",".join(parts) + "}").encode()
 
 
 Handler = Callable[[Any, api.Limits], dict[str, Any]]
@@ -72,24 +146,101 @@ Handler = Callable[[Any, api.Limits], dict[str, Any]]
 def _json_endpoint(
     handler: Handler,
     body_limit: Callable[[api.Limits], int] | None = None,
-    in_thread: bool = False,
+    heavy: Callable[[Any], bool] | None = None,
+    upload: bool = False,
 ) -> Callable[[Request], Awaitable[Response]]:
-    """An endpoint reading JSON into ``handler``; slow handlers run off the event loop."""
+    """An endpoint reading JSON into ``handler``, run off the event loop.
+
+    Parsing, the handler and the rendering of the reply all run in a worker
+    thread, so the event loop only moves bytes. Requests for which ``heavy``
+    says so take one of ``limits.max_heavy_at_once`` heavy slots; ``upload``
+    endpoints also take one of ``limits.max_uploads_at_once`` slots before
+    their body is read, so waiting uploads hold no memory.
+    """
 
     async def endpoint(request: Request) -> Response:
         limits: api.Limits = request.app.state.limits
+        slots: Slots = request.app.state.slots
         try:
             limit = body_limit(limits) if body_limit else limits.max_body_bytes
-            data = await _read_json(request, limit)
-            if in_thread:
-                payload = await run_in_threadpool(handler, data, limits)
-            else:
-                payload = handler(data, limits)
+            async with slots.uploads if upload else _NO_SLOT:
+                body = await _read_body(request, limit, limits.max_body_seconds)
+                if heavy is None:  # one trip to a worker thread: parse, answer, render
+                    reply = await anyio.to_thread.run_sync(_answer, handler, body, limits)
+                else:
+                    data = await anyio.to_thread.run_sync(parse_json, body, limits)
+                    del body
+                    if heavy(data):
+                        reply = await anyio.to_thread.run_sync(_answer_heavy, handler, data,
+                                                               limits, limiter=slots.heavy)
+                    else:
+                        reply = await anyio.to_thread.run_sync(_answer, handler, data, limits)
         except api.ApiError as error:
             return _error(error)
-        return JSONResponse(payload)
+        return Response(reply, media_type="application/json")
 
     return endpoint
+
+
+def _answer(handler: Handler, data: Any, limits: api.Limits) -> bytes:
+    if isinstance(data, bytes):
+        data = parse_json(data, limits)
+    return _render(handler(data, limits))
+
+
+def _answer_heavy(handler: Handler, data: Any, limits: api.Limits) -> bytes:
+    try:
+        return _answer(handler, data, limits)
+    finally:
+        _trim_heap()
+
+
+def _trim_heap() -> None:
+    """Hand the heap's free pages back to the system (glibc), after a heavy request.
+
+    A frame list or a decode leaves many freed small blocks behind; without
+    this the server's memory stays near its peak after a burst.
+    """
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc() -> Any:
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+
+
+_LIBC = _load_libc()
+
+
+class _NoSlot:
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+_NO_SLOT = _NoSlot()
+
+
+class Slots:
+    """The app's bounds on concurrent heavy work (one set per application)."""
+
+    def __init__(self, limits: api.Limits) -> None:
+        self.heavy = anyio.CapacityLimiter(limits.max_heavy_at_once)
+        self.uploads = anyio.CapacityLimiter(limits.max_uploads_at_once)
+
+
+def _wants_frames(data: Any) -> bool:
+    return isinstance(data, dict) and data.get("frames") is True
 
 
 def _settings_handler(make: Callable[..., dict[str, Any]], with_limits: bool) -> Handler:
@@ -123,10 +274,13 @@ async def index(request: Request) -> Response:
 async def not_found(request: Request, exc: Exception) -> Response:
     status = exc.status_code if isinstance(exc, HTTPException) else 500
     message = exc.detail if isinstance(exc, HTTPException) else "internal error"
+    headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else {}  # 405: Allow
     if request.url.path.startswith("/api/"):
         return JSONResponse({"error": {"message": f"{message}: {request.url.path}",
-                                       "field": None, "status": status}}, status_code=status)
-    return Response(f"{status} {message}", status_code=status, media_type="text/plain")
+                                       "field": None, "status": status}}, status_code=status,
+                            headers=headers)
+    return Response(f"{status} {message}", status_code=status, media_type="text/plain",
+                    headers=headers)
 
 
 class SecurityHeaders:
@@ -154,7 +308,74 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def create_app(limits: api.Limits | None = None) -> Starlette:
+#: Host names a loopback server answers to (``testserver`` is Starlette's test client).
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "testserver")
+
+#: Methods that change nothing and that a cross-origin page may send anyway.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _host_name(value: str) -> str:
+    """``example.org:8000`` -> ``example.org``; ``[::1]:8000`` -> ``::1``."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+class LocalOnly:
+    """Refuses requests a web page elsewhere could forge (as Jupyter does).
+
+    * ``Host`` must name this server (``allowed_hosts``; ``None`` accepts any,
+      for a server bound to every interface): this defeats DNS rebinding, where
+      a page on ``evil.example`` re-points its name at 127.0.0.1 to read replies.
+    * A request that is not GET/HEAD/OPTIONS must not come from another origin:
+      its ``Origin`` header, when sent, must be this server's own, and
+      ``Sec-Fetch-Site`` must not say ``cross-site``/``same-site``. Browsers send
+      these on every cross-origin POST, including "simple" ``text/plain`` ones
+      that skip the CORS preflight. Clients that are not browsers send neither.
+
+    Refusals are ``403`` with a JSON error saying which header was wrong.
+    """
+
+    def __init__(self, app: ASGIApp, allowed_hosts: Sequence[str] | None) -> None:
+        self.app = app
+        self.allowed = None if allowed_hosts is None else {h.lower() for h in allowed_hosts}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        problem = self.problem(scope["method"], headers)
+        if problem is None:
+            await self.app(scope, receive, send)
+            return
+        body = {"error": {"message": problem, "field": None, "status": 403}}
+        await JSONResponse(body, status_code=403)(scope, receive, send)
+
+    def problem(self, method: str, headers: Headers) -> str | None:
+        host = headers.get("host", "")
+        if self.allowed is not None and _host_name(host) not in self.allowed:
+            return (f"the Host header {host!r} is not this server's address "
+                    f"(one of {sorted(self.allowed)}); open the address convarith serve printed")
+        if method in SAFE_METHODS:
+            return None
+        origin = headers.get("origin")
+        if origin is not None:
+            scheme, _, rest = origin.partition("://")
+            if origin == "null" or rest.lower() != host.lower() or scheme not in ("http", "https"):
+                return (f"cross-origin request refused: Origin {origin!r} is not this server "
+                        f"({host!r})")
+        site = headers.get("sec-fetch-site")
+        if site in ("cross-site", "same-site"):
+            return f"cross-origin request refused (Sec-Fetch-Site: {site})"
+        return None
+
+
+def create_app(
+    limits: api.Limits | None = None, allowed_hosts: Sequence[str] | None = LOOPBACK_HOSTS
+) -> Starlette:
     """A new explorer application.
 
     Parameters
@@ -162,6 +383,10 @@ def create_app(limits: api.Limits | None = None) -> Starlette:
     limits
         Caps on request sizes and settings; :class:`convarith.web.api.Limits`
         defaults otherwise.
+    allowed_hosts
+        Host names the ``Host`` header may carry (loopback names by default);
+        ``None`` accepts any host (a server bound to every interface). Cross-origin
+        POSTs are refused either way (:class:`LocalOnly`).
     """
     post = partial(Route, methods=["POST"])
     routes = [
@@ -170,16 +395,18 @@ def create_app(limits: api.Limits | None = None) -> Starlette:
         post("/api/resolve", _json_endpoint(_settings_handler(api.resolve_payload, False))),
         post("/api/explain", _json_endpoint(_settings_handler(_explain, False))),
         post("/api/geometry", _json_endpoint(_settings_handler(api.geometry_payload, True))),
-        post("/api/footprint", _json_endpoint(api.footprint_payload)),
+        post("/api/footprint", _json_endpoint(api.footprint_payload, heavy=_wants_frames)),
         post("/api/solve", _json_endpoint(api.solve_payload)),
         post("/api/stack", _json_endpoint(api.stack_payload)),
         post("/api/port", _json_endpoint(api.port_payload)),
         post("/api/image", _json_endpoint(
             _image, body_limit=lambda limits: limits.max_upload_bytes * 4 // 3 + 4096,
-            in_thread=True)),
+            heavy=lambda data: True, upload=True)),
         Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: not_found})
     app.state.limits = limits or api.Limits()
+    app.state.slots = Slots(app.state.limits)
+    app.add_middleware(LocalOnly, allowed_hosts=allowed_hosts)
     app.add_middleware(SecurityHeaders)
     return app
