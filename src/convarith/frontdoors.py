@@ -41,7 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .arithmetic import effective_kernel
+from .arithmetic import effective_kernel, same_padding, transposed_crop, transposed_output_size
 from .spec import ConvSpec
 
 __all__ = ["from_keras", "from_torch", "from_jax", "from_onnx"]
@@ -464,7 +464,6 @@ def from_jax(op: str = "conv_general_dilated", **kwargs: Any) -> ConvSpec:
     rank = _jax_rank(door, "kernel_size", kernel, kwargs.get("rank"))
     kernel_size = door.ints("kernel_size", kernel, rank)
     dilation = door.ints("rhs_dilation", _given(kwargs, "rhs_dilation", 1), rank)
-    eff = [effective_kernel(k, d) for k, d in zip(kernel_size, dilation)]
     channels: dict[str, Any] = {}
     for name in ("in_channels", "filters"):
         if kwargs.get(name) is not None:
@@ -492,13 +491,15 @@ def from_jax(op: str = "conv_general_dilated", **kwargs: Any) -> ConvSpec:
                                  "write padding='SAME' or 'VALID' (upper case) or explicit (lo, hi) pairs")
             # unit strides: JAX hands the string to conv_general_dilated as forward padding
             pads = _jax_padding(door, raw, rank, case_sensitive=False)
-            if isinstance(pads, str):  # resolved per axis below: a stride-1 split needs no input size
-                pads = tuple(_stride1_pads(pads, e) for e in eff)
-            crop = tuple((e - 1 - lo, e - 1 - hi) for e, (lo, hi) in zip(eff, pads))
+            if isinstance(pads, str):  # resolved per axis: a stride-1 split is the same for any size
+                pads = tuple((0, 0) if pads == "valid" else same_padding(1, k, 1, d, pads == "same_lower")
+                             for k, d in zip(kernel_size, dilation))
+            crop = tuple(transposed_crop(k, d, p) for k, d, p in zip(kernel_size, dilation, pads))
         else:
             pairs = _jax_pairs(door, raw, rank)
             # without use_consistent_padding, pairs pad the zero-inserted input
-            crop = pairs if consistent else tuple((e - 1 - lo, e - 1 - hi) for e, (lo, hi) in zip(eff, pairs))
+            crop = pairs if consistent else tuple(
+                transposed_crop(k, d, p) for k, d, p in zip(kernel_size, dilation, pairs))
         return ConvSpec(strides=strides, padding=crop, transposed=True, **common)
 
     strides = door.ints("window_strides", door.required(kwargs, "window_strides"), rank)
@@ -524,17 +525,10 @@ def from_jax(op: str = "conv_general_dilated", **kwargs: Any) -> ConvSpec:
                              "is not a convolution convarith models", "use window_strides=1 "
                              "(a transposed convolution) or lhs_dilation=1")
         pairs = _jax_pairs(door, raw, rank)
-        crop = tuple((e - 1 - lo, e - 1 - hi) for e, (lo, hi) in zip(eff, pairs))
+        crop = tuple(transposed_crop(k, d, p) for k, d, p in zip(kernel_size, dilation, pairs))
         return ConvSpec(strides=lhs, padding=crop, transposed=True, groups=groups, **common)
     padding = _jax_padding(door, raw, rank, case_sensitive=False)
     return ConvSpec(strides=strides, padding=padding, groups=groups, **common)
-
-
-def _stride1_pads(word: str, span: int) -> tuple[int, int]:
-    total = span - 1
-    if word == "valid":
-        return (0, 0)
-    return (total - total // 2, total // 2) if word == "same_lower" else (total // 2, total - total // 2)
 
 
 def _jax_rank(door: _Door, name: str, value: Any, rank: Any) -> int:
@@ -709,8 +703,9 @@ def from_onnx(op: str = "Conv", **kwargs: Any) -> ConvSpec:
         target = door.ints("output_shape", output_shape, rank)
         sizes = _onnx_input_sizes(door, kwargs.get("input_shape"), rank)
         crops = []
-        for axis, (s, i, o, e, t) in enumerate(zip(strides, sizes, output_padding, eff, target)):
-            total = s * (i - 1) + o + e - t
+        for axis, (s, i, o, k, d, t) in enumerate(
+                zip(strides, sizes, output_padding, kernel_size, dilation, target)):
+            total = transposed_output_size(i, k, s, d, output_padding=o) - t
             if o - total >= s:  # onnxruntime: output_shape must imply an input of i cells
                 raise door.error("output_shape", list(target), f"is too large for an input of {i} cells "
                                  f"on axis {axis} (at most {t + total + s - 1 - o})",
