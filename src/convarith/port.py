@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import arithmetic as ar
+from .frontdoors import POSITIONAL_ARGS
 from .spec import ConvSpec, ResolvedConv
 
 __all__ = [
@@ -133,42 +134,6 @@ class ParsedLayer:
     text: str
 
 
-_POSITIONAL = {
-    "keras": {
-        "Conv": ("filters", "kernel_size", "strides", "padding", "data_format", "dilation_rate",
-                 "groups", "activation", "use_bias"),
-        "ConvTranspose": ("filters", "kernel_size", "strides", "padding", "output_padding",
-                          "data_format", "dilation_rate", "activation", "use_bias"),
-        "DepthwiseConv": ("kernel_size", "strides", "padding", "depth_multiplier", "data_format",
-                          "dilation_rate", "activation", "use_bias"),
-        "SeparableConv": ("filters", "kernel_size", "strides", "padding", "data_format",
-                          "dilation_rate", "depth_multiplier", "activation", "use_bias"),
-        "Pool": ("pool_size", "strides", "padding", "data_format"),
-        "Dense": ("units", "activation", "use_bias"),
-        "ZeroPadding": ("padding", "data_format"),
-        "Cropping": ("cropping", "data_format"),
-        "UpSampling": ("size", "data_format", "interpolation"),
-        "Activation": ("activation",),
-        "Dropout": ("rate",),
-        "Concatenate": ("axis",),
-    },
-    "torch": {
-        "Conv": ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
-                 "groups", "bias", "padding_mode"),
-        "ConvTranspose": ("in_channels", "out_channels", "kernel_size", "stride", "padding",
-                          "output_padding", "groups", "bias", "dilation", "padding_mode"),
-        "MaxPool": ("kernel_size", "stride", "padding", "dilation", "return_indices", "ceil_mode"),
-        "AvgPool": ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
-                    "divisor_override"),
-        "BatchNorm": ("num_features", "eps", "momentum", "affine"),
-        "Linear": ("in_features", "out_features", "bias"),
-        "AdaptivePool": ("output_size",),
-        "Dropout": ("p",),
-        "Flatten": ("start_dim", "end_dim"),
-    },
-}
-
-
 def _literal(node: ast.AST, text: str) -> Any:
     try:
         return ast.literal_eval(node)
@@ -231,7 +196,7 @@ def parse_layer(text: str, framework: str) -> ParsedLayer:
     kwargs = {k.arg: _literal(k.value, text) for k in call.keywords if k.arg is not None}
     family = _family(framework, name)
     if args:
-        names = _POSITIONAL.get(framework, {}).get(family or "", ())
+        names = POSITIONAL_ARGS.get(framework, {}).get(family or "", ())
         if not names:
             raise ValueError(f"layer text {text!r}: {_NAMES[framework]} {name} takes keyword "
                              f"arguments only here, e.g. {example}")

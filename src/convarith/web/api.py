@@ -309,9 +309,9 @@ def build_spec(settings: Settings) -> tuple[ConvSpec, dict[str, Any] | None]:
         report.update(accepted=False, error=f"{name} rejects these settings: {refusal}")
         return spec, report
     try:
-        from ..commands._spec_args import through_front_door
+        from ..frontdoors import from_convention
 
-        door_spec = through_front_door(settings.convention, dict(settings.fields))
+        door_spec = from_convention(settings.convention, dict(settings.fields))
     except ImportError as error:
         report.update(accepted=None, error=f"{name}'s rules are not available yet ({error})")
         return spec, report
