@@ -176,3 +176,16 @@ def test_cli_transposed_torch_default_padding() -> None:
         env={**os.environ, "PYTHONPATH": str(src)})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == f"output: {expected}"
+
+
+def test_readme_names_every_registered_algorithm() -> None:
+    import re
+
+    from convarith.engine import available_algorithms
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("The algorithms are chosen per shape"):]
+    section = section[:section.index("\n\n", section.index("\n- "))]
+    named = set(re.findall(r"`([a-z_0-9]+)`", section))
+    missing = sorted(set(available_algorithms()) - named)
+    assert not missing, f"README's algorithm list does not name {missing}"
