@@ -106,7 +106,7 @@ def same_padding(
     (1, 0)
     """
     out = same_output_size(size, stride)
-    total = max(0, (out - 1) * stride + effective_kernel(kernel, dilation) - size)
+    total = max(0, window_reach(out, kernel, stride, dilation) - size)
     small, large = total // 2, total - total // 2
     return (large, small) if lower else (small, large)
 
@@ -280,7 +280,7 @@ def keras_transposed_output_size(
             return size * stride + max(span - stride, 0)
         return size * stride
     pad = span // 2 if padding == "same" else 0
-    return (size - 1) * stride + span - 2 * pad + output_padding
+    return transposed_output_size(size, kernel, stride, dilation, (pad, pad), output_padding)
 
 
 def transposed_same_padding(
@@ -378,7 +378,7 @@ def input_gradient_padding(
     >>> transposed_grid_output_size(13, 3, 2, 1, input_gradient_padding(28, 13, 3, 2))
     28
     """
-    return (effective_kernel(kernel, dilation) - 1, padded_size - (output - 1) * stride - 1)
+    return (effective_kernel(kernel, dilation) - 1, padded_size - zero_inserted_size(output, stride))
 
 
 def padding_for_output(
@@ -397,7 +397,7 @@ def padding_for_output(
     """
     if target < 1:
         return None
-    need = (target - 1) * stride + effective_kernel(kernel, dilation) - size
+    need = window_reach(target, kernel, stride, dilation) - size
     # Any total in [need, need + stride - 1] gives target; the smallest that is >= 0.
     if need + stride - 1 < 0:
         return None
