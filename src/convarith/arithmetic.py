@@ -21,9 +21,12 @@ Examples
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
+    "check_int",
     "effective_kernel",
     "conv_output_size",
     "same_output_size",
@@ -47,6 +50,31 @@ __all__ = [
     "Solution",
     "solve",
 ]
+
+
+def check_int(name: str, value: Any, minimum: int | None = None) -> int:
+    """``value`` as an ``int`` (not a bool), at least ``minimum``; otherwise an error naming ``name``.
+
+    The one integer check of convarith: the spec, the solver and the commands use it.
+
+    >>> check_int("stride", 2, 1)
+    2
+    >>> check_int("stride", 0, 1)
+    Traceback (most recent call last):
+    ...
+    ValueError: stride must be positive, got 0
+    >>> check_int("padding", 2.0)
+    Traceback (most recent call last):
+    ...
+    TypeError: padding must be an integer, got 2.0 (float)
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        rule = {1: "positive", 0: "0 or more"}.get(minimum, f"at least {minimum}")
+        raise ValueError(f"{name} must be {rule}, got {value}")
+    return value
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -444,10 +472,9 @@ def solve(
     """
     for name, value in (("size", size), ("target", target), ("max_kernel", max_kernel),
                         ("max_stride", max_stride), ("max_dilation", max_dilation)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an integer, got {value!r}")
-        if value < 1:
-            raise ValueError(f"{name} must be positive, got {value}")
+        check_int(name, value, 1)
+    if max_padding is not None:
+        check_int("max_padding", max_padding, 0)
     searched = max_kernel * max_stride * max_dilation
     if searched > SOLVER_LIMIT:
         raise ValueError(

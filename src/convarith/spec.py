@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from . import arithmetic as ar
+from .arithmetic import check_int
 
 __all__ = ["ConvSpec", "ResolvedConv", "Tap", "PADDING_WORDS", "PADDING_MODES", "padding_source"]
 
@@ -39,17 +40,6 @@ Padding = str | tuple[tuple[int, int], ...]
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def check_int(name: str, value: Any, minimum: int | None = None) -> int:
-    """An ``int`` (not a bool), at least ``minimum``; otherwise a clear error."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
-    value = int(value)
-    if minimum is not None and value < minimum:
-        rule = "positive" if minimum == 1 else f"at least {minimum}"
-        raise ValueError(f"{name} must be {rule}, got {value}")
-    return value
 
 
 def per_axis(name: str, value: Any, rank: int, minimum: int | None = 1) -> tuple[int, ...]:
