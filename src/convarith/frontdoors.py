@@ -41,7 +41,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .arithmetic import effective_kernel, same_padding, transposed_crop, transposed_output_size
+from .arithmetic import (
+    check_int,
+    effective_kernel,
+    same_padding,
+    transposed_crop,
+    transposed_output_size,
+)
 from .spec import ConvSpec
 
 __all__ = ["from_keras", "from_torch", "from_jax", "from_onnx", "from_convention",
@@ -70,12 +76,14 @@ class _Door:
         )
 
     def integer(self, argument: str, value: Any, minimum: int | None = 1) -> int:
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise self.type_error(argument, value, "an integer", f"write {argument} as an int")
-        if minimum is not None and value < minimum:
+        """:func:`~convarith.arithmetic.check_int`, worded for this framework's layer."""
+        try:
+            return check_int(argument, value, minimum)
+        except TypeError:
+            raise self.type_error(argument, value, "an integer", f"write {argument} as an int") from None
+        except ValueError:
             raise self.error(argument, value, f"must be at least {minimum}",
-                             f"write {argument}={max(minimum, 1)} or more")
-        return int(value)
+                             f"write {argument}={max(minimum or 0, 1)} or more") from None
 
     def ints(self, argument: str, value: Any, rank: int, minimum: int | None = 1) -> tuple[int, ...]:
         """One int broadcast to ``rank`` axes, or a sequence of exactly ``rank`` ints."""
