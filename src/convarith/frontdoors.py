@@ -266,7 +266,6 @@ def framework_args(convention: str, fields: Mapping[str, Any]) -> tuple[str, dic
             layer = "MaxPool" if pool == "max" else "AveragePool"
         if isinstance(padding, str):
             words = {word: name for name, word in _ONNX_WORDS.items()}
-            words["same"] = "SAME_UPPER"
             if padding not in words:
                 raise ValueError(f"ONNX auto_pad is VALID, SAME_UPPER or SAME_LOWER, not {padding!r}")
             names = {**names, "padding": "auto_pad"}
