@@ -302,6 +302,17 @@ def flip_swap(kernel: np.ndarray, groups: int) -> np.ndarray:
     return np.ascontiguousarray(flipped)
 
 
+def _crop_negative(
+    xp: np.ndarray, padding: Sequence[tuple[int, int]] | None
+) -> tuple[np.ndarray, Sequence[tuple[int, int]] | None]:
+    """Apply the negative (cropping) sides of ``padding`` to ``xp`` now; the rest stays
+    zero padding for the algorithm (which accepts only non-negative padding)."""
+    if padding is None or all(lo >= 0 and hi >= 0 for lo, hi in padding):
+        return xp, padding
+    cropped = np.ascontiguousarray(pad(xp, [(min(lo, 0), min(hi, 0)) for lo, hi in padding]))
+    return cropped, [(max(lo, 0), max(hi, 0)) for lo, hi in padding]
+
+
 def direct_conv(
     xp: np.ndarray,
     kernel: np.ndarray,
@@ -319,7 +330,9 @@ def direct_conv(
     if it can (``pads_zeros``). The arrays are checked against the problem
     first (:func:`.dispatch.plan`): a wrong shape, dtype, layout or an
     ``out_size`` that does not fit is a ValueError, never a read past a buffer.
+    Negative padding crops.
     """
+    xp, padding = _crop_negative(xp, padding)
     padded_size = tuple(
         n + lo + hi for n, (lo, hi) in zip(xp.shape[1:-1], padding or [(0, 0)] * xp.ndim))
     problem = ConvProblem(
@@ -353,6 +366,7 @@ def _weight_grad(
     padding: Sequence[tuple[int, int]] | None = None,
 ) -> np.ndarray:
     # with padding (zeros) xp is not padded yet, as in direct_conv
+    xp, padding = _crop_negative(xp, padding)
     padded_size = tuple(
         n + lo + hi for n, (lo, hi) in zip(xp.shape[1:-1], padding or [(0, 0)] * xp.ndim))
     problem = ConvProblem(
