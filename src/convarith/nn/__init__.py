@@ -18,6 +18,7 @@ Examples
 (2, 10)
 """
 
+from . import callbacks, constraints, regularizers
 from .functional import Model, SymbolicTensor
 from .io import from_keras, from_torch, load_model, load_torch_state_dict, save_model
 from .layers import (
@@ -83,5 +84,5 @@ __all__ = [
     "SparseCategoricalCrossentropy", "Subtract", "SymbolicTensor", "TrainingStopped",
     "UpSampling1D", "UpSampling2D", "UpSampling3D", "ZeroPadding1D", "ZeroPadding2D",
     "ZeroPadding3D", "from_keras", "from_torch", "load_model", "load_torch_state_dict",
-    "save_model",
+    "save_model", "callbacks", "constraints", "regularizers",
 ]

@@ -417,13 +417,14 @@ class Sequential:
     def fit(self, x: Any, y: Any, batch_size: int = 32, epochs: int = 1, verbose: int = 1,
             validation_split: float = 0.0,
             validation_data: tuple[Any, Any] | None = None, shuffle: bool = True,
-            stream: Any = None) -> History:
+            stream: Any = None, callbacks: Sequence[Any] | None = None) -> History:
         """Train for ``epochs`` passes over ``x``, as ``keras.Model.fit``.
 
         ``validation_split`` keeps the *last* fraction of the samples aside
         (before shuffling, as Keras does). If a batch makes the loss NaN or
         infinite, training stops with a message and keeps the weights from
-        before that batch (``History.stopped`` says why).
+        before that batch (``History.stopped`` says why). ``callbacks``
+        (:mod:`convarith.nn.callbacks`) see each epoch's logs and may stop training.
         """
         array, targets = self._check_xy(x, y)
         batch_size = _check_batch_size(batch_size)
@@ -448,6 +449,10 @@ class Sequential:
         steps = math.ceil(len(array) / batch_size)
         progress = _Progress(verbose, epochs, steps, stream)
         self.stop_training = False
+        callbacks = list(callbacks or [])
+        for callback in callbacks:
+            callback.set_model(self)
+            callback.on_train_begin()
         for epoch in range(epochs):
             progress.start_epoch(epoch)
             order = self.rng.permutation(len(array)) if shuffle else None
@@ -473,8 +478,14 @@ class Sequential:
                 values = values if isinstance(values, list) else [values]
                 for key, value in zip(["loss", *self.metrics], values):
                     epoch_logs[f"val_{key}"] = value
+            for callback in callbacks:
+                callback.on_epoch_end(epoch, epoch_logs)
             history.record(epoch, epoch_logs)
             progress.end_epoch(epoch_logs)
+            if self.stop_training:
+                break
+        for callback in callbacks:
+            callback.on_train_end()
         return history
 
     @_blas_one_thread

@@ -8,7 +8,7 @@ penalises its output, divided by the batch size (Keras 3).
 Examples
 --------
 >>> import numpy as np
->>> get("l2")(np.ones((2, 2)))
+>>> round(get("l2")(np.ones((2, 2))), 6)
 0.04
 >>> get({"class_name": "L1L2", "config": {"l1": 0.5, "l2": 0.0}})(np.array([-1.0, 2.0]))
 1.5
@@ -25,9 +25,23 @@ import numpy as np
 __all__ = ["Regularizer", "L1", "L2", "L1L2", "get", "serialize"]
 
 
+def _factor(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"a regularization factor must be a non-negative number, got {value!r}")
+    return float(value)
+
+
+def _f32(value: Any) -> float:
+    """Keras's ``L1`` stores its factor as a float32 value (``L2`` and ``L1L2`` do not)."""
+    return float(np.float32(_factor(value)))
+
+
 @dataclass(frozen=True)
 class Regularizer:
-    """``l1 * sum(|w|) + l2 * sum(w**2)``; its gradient is ``l1 sign(w) + 2 l2 w``."""
+    """``l1 * sum(|w|) + l2 * sum(w**2)``; its gradient is ``l1 sign(w) + 2 l2 w``.
+
+    ``L1`` keeps its factor as a float32 value, as Keras 3 stores it.
+    """
 
     l1: float = 0.0
     l2: float = 0.0
@@ -43,7 +57,8 @@ class Regularizer:
     def gradient(self, w: np.ndarray) -> np.ndarray:
         grad = np.zeros_like(w)
         if self.l1:
-            grad += w.dtype.type(self.l1) * np.sign(w)
+            # the derivative of |w| at 0 taken as +1, as JAX (Keras's JAX backend) does
+            grad += w.dtype.type(self.l1) * np.where(w >= 0, 1, -1).astype(w.dtype)
         if self.l2:
             grad += w.dtype.type(2 * self.l2) * w
         return grad
@@ -54,7 +69,7 @@ class Regularizer:
 
 class L1(Regularizer):
     def __init__(self, l1: float = 0.01) -> None:
-        super().__init__(l1=float(l1))
+        super().__init__(l1=_f32(l1))
 
     def get_config(self) -> dict[str, float]:
         return {"l1": self.l1}
@@ -62,7 +77,7 @@ class L1(Regularizer):
 
 class L2(Regularizer):
     def __init__(self, l2: float = 0.01) -> None:
-        super().__init__(l2=float(l2))
+        super().__init__(l2=_factor(l2))
 
     def get_config(self) -> dict[str, float]:
         return {"l2": self.l2}
@@ -70,7 +85,7 @@ class L2(Regularizer):
 
 class L1L2(Regularizer):
     def __init__(self, l1: float = 0.0, l2: float = 0.0) -> None:
-        super().__init__(l1=float(l1), l2=float(l2))
+        super().__init__(l1=_factor(l1), l2=_factor(l2))
 
 
 _NAMES: dict[str, type[Regularizer]] = {"l1": L1, "l2": L2, "l1_l2": L1L2, "l1l2": L1L2,
