@@ -105,3 +105,24 @@ def test_summary_follows_branches() -> None:
     lines = {line.split()[0]: line for line in text.splitlines()[3:-4]}
     # bottom: 3x3 after 2x2 pool after 3x3 -> 3 + 1 + 2*2 = 8, jump 2
     assert "8x8" in lines["bottom"] and "2x2" in lines["bottom"]
+
+
+@pytest.mark.parametrize("builder", [_residual, _unet])
+def test_keras_loads_our_keras_file(builder, tmp_path) -> None:
+    ours = builder(nn, (None, None, 1))
+    path = str(tmp_path / "ours.keras")
+    ours.save(path)
+    theirs = keras.saving.load_model(path)
+    x = np.random.default_rng(5).standard_normal((2, 12, 12, 1)).astype(np.float32)
+    _close(ours.predict(x), theirs.predict(x, verbose=0))
+
+
+def test_keras_loads_our_sequential_keras_file(tmp_path) -> None:
+    ours = nn.Sequential([nn.Input((8, 8, 2)), nn.SeparableConv2D(3, 3, activation="relu"),
+                          nn.ZeroPadding2D(1), nn.Conv2DTranspose(2, 3, strides=2),
+                          nn.GlobalMaxPooling2D(), nn.Dense(4)])
+    path = str(tmp_path / "seq.keras")
+    ours.save(path)
+    theirs = keras.saving.load_model(path)
+    x = np.random.default_rng(6).standard_normal((2, 8, 8, 2)).astype(np.float32)
+    _close(ours.predict(x), theirs.predict(x, verbose=0))

@@ -65,10 +65,13 @@ VERSION = 1
 
 
 def save_model(model: Sequential, path: str | os.PathLike[str], overwrite: bool = False) -> str:
-    """Write ``model`` (architecture and weights) to ``path`` (must end in ``.npz``)."""
+    """Write ``model`` (architecture and weights) to ``path``: ``.npz`` (convarith's format)
+    or ``.keras`` (Keras 3's, see :func:`save_keras`)."""
     path = os.fspath(path)
+    if path.endswith(".keras"):
+        return save_keras(model, path, overwrite=overwrite)
     if not path.endswith(".npz"):
-        raise ValueError(f"path must end in '.npz', got {path!r}")
+        raise ValueError(f"path must end in '.npz' (convarith) or '.keras' (Keras 3), got {path!r}")
     model._require_built("the weights")
     names = [f"{layer.name}/{name}" for layer in model.layers for name in layer.variables]
     config = {"format": FORMAT, "version": VERSION, "model": model.get_config(),
@@ -604,3 +607,74 @@ def model_from_functional_config(config: Mapping[str, Any]) -> Any:
 
     return Model(ends(config["input_layers"]), ends(config["output_layers"]),
                  name=config.get("name"))
+
+
+# --------------------------------------------------------------------------- writing .keras
+
+
+def _sequential_keras_config(model: Sequential) -> dict[str, Any]:
+    if model.input_shape is None:
+        raise ValueError("the model is not built: start it with Input(shape=...) to save it")
+    layers = [{"module": "keras.layers", "class_name": "InputLayer",
+               "config": {"batch_shape": [None, *model.input_shape], "dtype": "float32",
+                          "sparse": False, "ragged": False, "name": "input_layer",
+                          "optional": False}, "registered_name": None}]
+    layers += [{"module": "keras.layers", "class_name": type(layer).__name__,
+                "config": layer.get_config(), "registered_name": None} for layer in model.layers]
+    return {"module": "keras", "class_name": "Sequential",
+            "config": {"name": model.name, "trainable": True,
+                       "dtype": {"module": "keras", "class_name": "DTypePolicy",
+                                 "config": {"name": "float32"}, "registered_name": None},
+                       "layers": layers},
+            "registered_name": None,
+            "build_config": {"input_shape": [None, *model.input_shape]}, "compile_config": {}}
+
+
+def save_keras(model: Sequential, path: str | os.PathLike[str], overwrite: bool = False) -> str:
+    """Write ``model`` as a Keras 3 ``.keras`` file (config and weights) that
+    ``keras.saving.load_model`` reads; needs ``h5py``.
+
+    The file is written whole or not at all (a temporary file, then renamed).
+    """
+    try:
+        import h5py
+    except ImportError:
+        raise ImportError("writing .keras files needs h5py: pip install 'convarith[h5]'") from None
+    import datetime
+    import io
+
+    path = os.fspath(path)
+    if not path.endswith(".keras"):
+        raise ValueError(f"path must end in '.keras', got {path!r}")
+    from .functional import Model
+
+    if isinstance(model, Model):
+        config = {"module": "keras.src.models.functional", "class_name": "Functional",
+                  "config": functional_config(model), "registered_name": "Functional",
+                  "build_config": {"input_shape": None}, "compile_config": {}}
+        layers = list(model.layers)
+    else:
+        config = _sequential_keras_config(model)
+        layers = list(model.layers)
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as h5:
+        group = h5.create_group("layers")
+        if not isinstance(model, Model):
+            group.create_group("input_layer").create_group("vars").attrs["name"] = "input_layer"
+        for layer, key in zip(layers, _keras_weight_keys(layers)):
+            variables = group.create_group(key).create_group("vars")
+            variables.attrs["name"] = layer.name
+            for index, value in enumerate(layer.get_weights()):
+                variables.create_dataset(str(index), data=value)
+        h5.create_group("vars").attrs["name"] = model.name
+    metadata = {"keras_version": "3.0.0",
+                "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S")}
+
+    def write(stream: Any) -> None:
+        with zipfile.ZipFile(stream, "w") as archive:
+            archive.writestr("metadata.json", json.dumps(metadata))
+            archive.writestr("config.json", json.dumps(config))
+            archive.writestr("model.weights.h5", buffer.getvalue())
+
+    write_atomic(path, write, force=overwrite)
+    return path
