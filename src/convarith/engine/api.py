@@ -347,7 +347,7 @@ def separable_conv1d(
 
     >>> import numpy as np
     >>> separable_conv1d(np.ones((1, 4, 2)), np.ones((2, 2, 1)), np.ones((1, 2, 3)))[0, :, 0]
-    array([8., 8., 8.])
+    array([4., 4., 4.])
     """
     _kernel_rank("depthwise_kernel", depthwise_kernel, 1)
     return separable_conv(x, depthwise_kernel, pointwise_kernel, strides, padding, dilation_rate,

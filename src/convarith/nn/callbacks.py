@@ -14,8 +14,10 @@ Examples
 >>> stop.set_model(Toy()); stop.on_train_begin()
 >>> for epoch, loss in enumerate([1.0, 0.9, 0.95, 0.97]):
 ...     stop.on_epoch_end(epoch, {"loss": loss})
->>> stop.model.stop_training, stop.stopped_epoch
-(True, 2)
+...     if stop.model.stop_training:
+...         break
+>>> stop.stopped_epoch
+2
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ negative entries.
 Examples
 --------
 >>> import numpy as np
->>> get("non_neg")(np.array([-1.0, 2.0]))
+>>> get("non_neg")(np.array([-1.0, 2.0])) + 0.0  # NonNeg gives -0.0 for negatives, as Keras
 array([0., 2.])
 >>> np.round(get({"class_name": "MaxNorm", "config": {"max_value": 1.0, "axis": 0}})(
 ...     np.array([[3.0], [4.0]])), 6).ravel()
