@@ -154,3 +154,18 @@ def test_unsupported_keras_arguments_are_refused_by_name() -> None:
         nn.Conv2D(2, 3, lora_rank=4)
     with pytest.raises(ValueError, match="unknown argument.*kernal_size"):
         nn.Conv2D(2, 3, kernal_size=4)
+
+
+def test_sequential_with_open_sizes_matches_keras() -> None:
+    """Input(shape=(None, None, 1)): any image size, the summary shows None as Keras does."""
+    def build(lib: Any, L: Any) -> Any:
+        return lib.Sequential([lib.Input((None, None, 1)), L.Conv2D(4, 3, strides=2),
+                               L.MaxPooling2D(), L.GlobalMaxPooling2D(), L.Dense(3)])
+
+    ours, theirs = build(nn, nn), build(keras, keras.layers)
+    ours.set_weights(theirs.get_weights())
+    text = ours.summary(print_fn=lambda _: None)
+    assert "(None, None, None, 4)" in text and "Warnings" not in text
+    for shape in ((2, 17, 23, 1), (1, 40, 9, 1)):
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        _close(ours.predict(x), theirs.predict(x, verbose=0), str(shape))

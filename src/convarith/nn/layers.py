@@ -1003,6 +1003,8 @@ class Flatten(Layer):
         self.data_format = _data_format(data_format)
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
+        if any(v is None for v in input_shape):
+            return (None,)  # type: ignore[return-value]
         return (int(np.prod(input_shape)),)
 
     def _channels_first(self, x: np.ndarray) -> bool:

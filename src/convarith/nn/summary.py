@@ -48,8 +48,9 @@ def summary_rows(model: Sequential) -> tuple[list[dict[str, Any]], list[str]]:
             if field is None or len(field.size) != resolved.rank:
                 field = ReceptiveField.identity(resolved.rank)
             field = field.through(resolved)
+            open_sizes = any(v is None for v in (layer.input_shape or ()))
             for axis, dropped in enumerate(resolved.dropped):
-                if dropped:
+                if dropped and not open_sizes:  # an open size was resolved at a stand-in
                     spec = resolved.spec
                     noun = _axis_name(axis, resolved.rank)
                     noun = noun + "s" if dropped > 1 else noun
