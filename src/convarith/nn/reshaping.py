@@ -427,7 +427,8 @@ class Permute(Layer):
         super().__init__(**kwargs)
         dims = tuple(int(v) for v in dims)
         if sorted(dims) != list(range(1, len(dims) + 1)):
-            raise ValueError(f"dims must be a permutation of 1..{len(dims)}, got {dims!r}")
+            raise ValueError(f"Invalid permutation argument dims={dims!r}: dims must be a "
+                             f"permutation of 1..{len(dims)} (axis 0, the batch, stays)")
         self.dims = dims
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
