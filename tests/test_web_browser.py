@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import math
 import os
 import re
 import shutil
@@ -646,6 +647,28 @@ def test_export_svg_and_png(page, tmp_path):
     width = int(page.get_attribute("#grid", "width") or 0)
     with Image.open(png) as image:
         assert image.size[0] == 2 * width
+
+
+def test_export_gif_is_the_animation_the_command_draws(page, server_url, tmp_path):
+    from PIL import Image
+
+    goto(page, server_url, "in=6x5&k=3x2&s=2x1&d=1x1&p=explicit&pads=1,1x0,1&pm=zeros")
+    frames = int(page.text_content("#frame-label").split("/")[1].split()[0])
+    with page.expect_download() as gif_download:
+        page.click("#export-gif")
+    path = tmp_path / "page.gif"
+    gif_download.value.save_as(path)
+    assert gif_download.value.suggested_filename == "convarith.gif"
+    want = ConvSpec((3, 2), strides=(2, 1), padding=((1, 1), (0, 1))).resolve((6, 5))
+    with Image.open(path) as gif:
+        assert gif.n_frames == frames == math.prod(want.output_size)
+    # a refusal is shown in words next to the button, not downloaded
+    goto(page, server_url, "in=64x64&k=3x3&s=1x1&d=1x1&p=same")
+    page.route("**/api/animation.gif", lambda route: route.fulfill(
+        status=422, content_type="application/json",
+        body='{"error": {"message": "the GIF would have 4096 frames", "field": "every", "status": 422}}'))
+    page.click("#export-gif")
+    page.wait_for_function("document.getElementById('export-status').textContent.startsWith('no GIF')")
 
 
 def test_quiz_hides_the_answer_and_checks_it(page):

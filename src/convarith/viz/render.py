@@ -124,7 +124,8 @@ class RasterRenderer:
             ops.append(("call", ("line", ([self._xy(p) for p in shape.points],),
                                  {"fill": None, "width": max(1, round(shape.width * f))})))
         elif shape.kind == "line":
-            ops.append(("lines", ([self._xy(p) for p in shape.points], self._ink(shape.stroke),
+            stroke: str = shape.stroke  # type: ignore[assignment]  # not None: the branch above
+            ops.append(("lines", ([self._xy(p) for p in shape.points], self._ink(stroke),
                                   max(1, round(shape.width * f)))))
         elif shape.kind == "text":
             font, unicode = self._font(shape.size, shape.bold)

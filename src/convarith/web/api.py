@@ -87,6 +87,7 @@ class Limits:
     max_solve_kernel: int = 15
     max_solve_stride: int = 8
     max_solve_dilation: int = 4
+    max_gif_frames: int = 1024
 
 
 class ApiError(Exception):
@@ -635,6 +636,46 @@ def _frames_payload(resolved: ResolvedConv, limits: Limits) -> dict[str, Any]:
             for cell in resolved.positions()
         ],
     }
+
+
+def animation_gif(data: Any, limits: Limits) -> bytes:
+    """The explorer's settings drawn as a GIF (what ``convarith animate`` writes).
+
+    ``view`` is ``"oblique"``, ``"flat"`` or (transposed) ``"scatter"``; the
+    default is the command's (flat in 1-D). ``every`` (1 to 64) draws every
+    k-th step. At most ``max_gif_frames`` frames are drawn, and the library's
+    picture and frame limits (:mod:`convarith.limits`) apply.
+
+    >>> animation_gif({"input_size": [4, 4], "kernel_size": 3}, Limits())[:6]
+    b'GIF89a'
+    """
+    import dataclasses
+
+    settings = parse_settings(data, limits)
+    view = _choice(data, "view", (None, "oblique", "flat", "scatter"), None)
+    every = _int(data, "every", 1, 64, default=1)
+    spec, _ = build_spec(settings)
+    if spec.groups != 1:  # every group slides the same window: the picture draws one channel
+        spec = dataclasses.replace(spec, groups=1)
+    resolved = _resolve(spec, settings)
+    if view == "scatter" and not spec.transposed:
+        raise ApiError(422, "the scatter view shows a transposed convolution; this one is not transposed", "view")
+    steps = _product(resolved.input_size if view == "scatter" else resolved.output_size)
+    drawn = -(-steps // every)
+    if drawn > limits.max_gif_frames:
+        raise ApiError(
+            422, f"the GIF would have {drawn} frames (at most {limits.max_gif_frames}); draw every "
+            f"{-(-steps // limits.max_gif_frames)}th step, or use a smaller input", "every",
+        )
+    try:
+        from ..viz import animate
+
+        movie = animate(resolved, view=view, every=every)
+        return movie.to_gif()
+    except ImportError as error:
+        raise unavailable("drawing pictures", error) from error
+    except ValueError as error:
+        raise ApiError(422, page_words(str(error))) from error
 
 
 def solve_payload(data: Any, limits: Limits) -> dict[str, Any]:

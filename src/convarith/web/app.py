@@ -112,6 +112,18 @@ def _image(data: Any, limits: api.Limits) -> dict[str, Any]:
     return api.image_payload(data, limits, _sample_bytes)
 
 
+async def animation_gif(request: Request) -> Response:
+    """``POST /api/animation.gif``: the settings as a GIF (drawn off the event loop)."""
+    limits: api.Limits = request.app.state.limits
+    try:
+        data = await _read_json(request, limits.max_body_bytes)
+        gif = await run_in_threadpool(api.animation_gif, data, limits)
+    except api.ApiError as error:
+        return _error(error)
+    return Response(gif, media_type="image/gif",
+                    headers={"content-disposition": 'attachment; filename="convarith.gif"'})
+
+
 async def health(request: Request) -> Response:
     return JSONResponse(api.health_payload(request.app.state.limits))
 
@@ -177,6 +189,7 @@ def create_app(limits: api.Limits | None = None) -> Starlette:
         post("/api/image", _json_endpoint(
             _image, body_limit=lambda limits: limits.max_upload_bytes * 4 // 3 + 4096,
             in_thread=True)),
+        post("/api/animation.gif", animation_gif),
         Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: not_found})

@@ -778,6 +778,31 @@
     image.src = "data:image/svg+xml;charset=utf-8," + encodeURIComponent(text);
   }
 
+  // The animation as a GIF, drawn by the server (at most 1024 frames: every k-th step beyond).
+  async function exportGIF() {
+    if (!geometry) return;
+    const body = settings(), status = $("export-status");
+    if (scattering()) body.view = "scatter";
+    const steps = (scattering() ? geometry.input_size : geometry.output_size).reduce((a, b) => a * b, 1);
+    body.every = Math.min(64, Math.max(1, Math.ceil(steps / 1024)));
+    status.textContent = "drawing the GIF…";
+    let response;
+    try {
+      response = await fetch("/api/animation.gif", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+    } catch (error) {
+      status.textContent = "the server cannot be reached (" + error.message + ")";
+      return;
+    }
+    if (!response.ok) {
+      let message = "HTTP " + response.status;
+      try { message = (await response.json()).error.message; } catch (error) { /* keep the status */ }
+      status.textContent = "no GIF: " + message;
+      return;
+    }
+    download("convarith.gif", await response.blob());
+    status.textContent = body.every > 1 ? `GIF: every ${body.every}th step` : "";
+  }
+
   function toggleQuiz(on) {
     document.body.classList.toggle("quizzing", on);
     $("quiz").hidden = !on;
@@ -1091,6 +1116,7 @@
     $("copy-code").addEventListener("click", copyCode);
     $("export-svg").addEventListener("click", () => download("convarith.svg", new Blob([standaloneSVG()], { type: "image/svg+xml" })));
     $("export-png").addEventListener("click", exportPNG);
+    $("export-gif").addEventListener("click", exportGIF);
     $("copy-cli").addEventListener("click", async () => {
       try { await navigator.clipboard.writeText($("cli").textContent); $("copy-cli").textContent = "copied ✓"; }
       catch (error) { $("copy-cli").textContent = "select it above"; }
