@@ -419,7 +419,7 @@ def test_typed_numbers_are_refused_not_rounded(page, typed):
 @pytest.mark.parametrize("query, words", [
     ("in=abc", ["input_size", "'abc'"]),
     ("in=2.5x7", ["input_size", "'2.5'"]),
-    ("in=7x7x7", ["in=7x7x7", "3 axes"]),
+    ("in=7x7x7x7", ["in=7x7x7x7", "4 axes"]),
     ("in=7x7&k=1e3", ["kernel_size", "'1e3'"]),
 ])
 def test_links_the_page_cannot_show_are_refused_in_words(page, server_url, query, words):
@@ -647,6 +647,47 @@ def test_export_svg_and_png(page, tmp_path):
     width = int(page.get_attribute("#grid", "width") or 0)
     with Image.open(png) as image:
         assert image.size[0] == 2 * width
+
+
+def _shown_slice(page: Any, group: str) -> int:
+    values = page.eval_on_selector_all(f"#grid .{group} .slice", "gs => gs.filter(g => g.getAttribute('display') "
+                                       "!== 'none').map(g => Number(g.dataset.z))")
+    assert len(values) == 1, values
+    return int(values[0])
+
+
+def test_3d_slices_step_with_the_window_and_the_depth_keys(page, server_url):
+    """3-D: one depth slice of the input and output at a time; the window's taps in it light up."""
+    goto(page, server_url, "in=5x6x6&k=3x3x3&s=2x1x1&d=1x1x1&p=same")
+    assert not page.is_visible("#error"), page.text_content("#error")
+    want = ConvSpec((3, 3, 3), strides=(2, 1, 1), padding="same").resolve((5, 6, 6))
+    assert page.text_content("#output-size") == " × ".join(map(str, want.output_size))
+    frames = int(page.text_content("#frame-label").split("/")[1].split()[0])
+    assert frames == math.prod(want.output_size)
+    for key in ("End", "Home", "PageDown"):
+        page.keyboard.press(key)
+        out = tuple(int(v) for v in page.text_content("#frame-label").split("(")[1].rstrip(")").split(", "))
+        taps = want.footprint(out)
+        depths = sorted({t.position[0] for t in taps})
+        assert _shown_slice(page, "output-grid") == out[0]
+        z = _shown_slice(page, "input-grid")
+        assert z in depths  # the input slice shown is one the window reads
+        while z > depths[0]:
+            page.keyboard.press("[")
+            z -= 1
+        for step in range(len(depths)):
+            assert _shown_slice(page, "input-grid") == z
+            shown = {t.position for t in taps if t.position[0] == z}
+            assert {p for p in highlighted(page, "#grid rect.hl, #grid rect.hl-pad") if p[0] == z} == shown
+            assert f"input slice {z} " in page.text_content("#depth-label")
+            if step < len(depths) - 1:
+                page.keyboard.press("]")
+                z += 1
+    # the slider reaches every padded depth slice
+    assert page.get_attribute("#depth", "max") == str(want.padded_size[0] - 1)
+    # too many cells to draw is refused in words, naming the input size
+    goto(page, server_url, "in=40x40x40&k=3x3x3&s=1x1x1&d=1x1x1&p=valid")
+    assert "too many to draw" in page.text_content("#error")
 
 
 def test_export_gif_is_the_animation_the_command_draws(page, server_url, tmp_path):

@@ -88,6 +88,7 @@ class Limits:
     max_solve_stride: int = 8
     max_solve_dilation: int = 4
     max_gif_frames: int = 1024
+    max_draw_cells: int = 40_000
 
 
 class ApiError(Exception):
@@ -557,6 +558,7 @@ def geometry_payload(settings: Settings, limits: Limits) -> dict[str, Any]:
                 f"{limits.max_draw} per axis); use a smaller input, stride or kernel",
                 "input_size",
             )
+    _check_draw_cells(resolved, limits)
     axes = []
     for axis in range(resolved.rank):
         taps = [resolved.axis_taps(axis, o) for o in range(resolved.output_size[axis])]
@@ -573,6 +575,18 @@ def geometry_payload(settings: Settings, limits: Limits) -> dict[str, Any]:
     payload["axes"] = axes
     payload["frames"] = int(_product(resolved.output_size))
     return payload
+
+
+def _check_draw_cells(resolved: ResolvedConv, limits: Limits) -> None:
+    """The page draws every cell of the padded input and of the output (3-D: every slice)."""
+    for name, size in (("padded input", resolved.padded_size), ("output", resolved.output_size)):
+        cells = _product(size)
+        if cells > limits.max_draw_cells:
+            raise ApiError(
+                422, f"the {name} has {cells:,} cells ({' x '.join(map(str, size))}), too many to draw "
+                f"(at most {limits.max_draw_cells:,}); use a smaller input, or convarith animate "
+                "with --every K", "input_size",
+            )
 
 
 def _product(values: Sequence[int]) -> int:
