@@ -649,6 +649,41 @@ def test_export_svg_and_png(page, tmp_path):
         assert image.size[0] == 2 * width
 
 
+def _focused(page: Any) -> str:
+    return page.evaluate("(() => { const a = document.activeElement; return a && a.classList.contains('cell') ? "
+                         "(a.dataset.out !== undefined ? 'out:' + a.dataset.out : 'in:' + a.dataset.pos) : ''; })()")
+
+
+def test_every_cell_is_reachable_by_keyboard(page, server_url):
+    """Tab reaches one input and one output cell; arrows, Page Up/Down and Home/End move between cells,
+    and a focused cell shows what hovering it shows (its feeds, or its footprint)."""
+    goto(page, server_url, "in=12x10&k=3x3&s=2x1&d=1x1&p=valid")
+    want = ConvSpec(3, strides=(2, 1)).resolve((12, 10))
+    page.focus("#grid")
+    page.keyboard.press("Tab")
+    assert _focused(page) == "in:0,0"
+    assert highlighted(page, "#grid rect.feed") == {o for o, _ in want.feeds((0, 0))}
+    for key, cell in (("ArrowRight", (0, 1)), ("ArrowDown", (1, 1)), ("PageDown", (9, 1)), ("PageDown", (11, 1)),
+                      ("End", (11, 9)), ("ArrowRight", (11, 9)), ("Home", (11, 0)), ("PageUp", (3, 0))):
+        page.keyboard.press(key)
+        assert _focused(page) == "in:" + ",".join(map(str, cell)), key
+        assert highlighted(page, "#grid rect.feed") == {o for o, _ in want.feeds(cell)}, key
+    page.keyboard.press("Tab")
+    assert _focused(page) == "out:0,0"
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("ArrowRight")
+    assert _focused(page) == "out:1,1"
+    taps = want.footprint((1, 1))
+    assert highlighted(page, "#grid rect.hl, #grid rect.hl-pad") == {t.position for t in taps}
+    page.keyboard.press("Enter")  # the animation jumps to that output cell
+    assert page.text_content("#frame-label").startswith(f"frame {1 * want.output_size[1] + 1 + 1} /")
+    # touch and pointer users skip a row of frames with buttons; long animations play fast
+    page.click("#next-row")
+    assert page.text_content("#frame-label").startswith(f"frame {2 * want.output_size[1] + 2} /")
+    speeds = page.eval_on_selector_all("#speed option", "os => os.map(o => Number(o.value))")
+    assert 4096 * 700 / max(speeds) / 1000 < 60  # a 64x64 input plays in under a minute
+
+
 def _shown_slice(page: Any, group: str) -> int:
     values = page.eval_on_selector_all(f"#grid .{group} .slice", "gs => gs.filter(g => g.getAttribute('display') "
                                        "!== 'none').map(g => Number(g.dataset.z))")

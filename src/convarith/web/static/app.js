@@ -504,6 +504,9 @@
     });
     el("g", { id: "labels" }, svg);
     frameRects = scattering() ? [...inputGroup.querySelectorAll("rect")] : outputRects;
+    // one input and one output cell are in the Tab order (roving focus; arrows move it)
+    rove(inputGroup.querySelector("rect.k-input") || inputGroup.querySelector("rect"));
+    rove(outputRects[0]);
     const depth = $("depth");
     depth.max = String(rank === 3 ? padded[0] - 1 : 0);
     depth.setAttribute("aria-label", `input depth slice (0 to ${depth.max})`);
@@ -667,6 +670,46 @@
     box.append(b, span);
   }
 
+  // ---- keyboard access to every cell: roving focus inside each grid
+  function cellKey(rect) { return rect.dataset.out !== undefined ? rect.dataset.out : rect.dataset.pos; }
+  function cellWords(rect) {
+    return rect.dataset.out !== undefined ? `output cell ${rect.dataset.out}`
+      : `${rect.dataset.kind === "input" ? "input" : rect.dataset.kind} cell ${rect.dataset.pos} of the padded grid`;
+  }
+  function rove(rect) {
+    if (!rect) return;
+    const group = rect.closest(".input-grid, .output-grid");
+    group.querySelectorAll("rect[tabindex]").forEach((r) => { r.removeAttribute("tabindex"); r.removeAttribute("role"); r.removeAttribute("aria-label"); });
+    rect.setAttribute("tabindex", "0"); rect.setAttribute("role", "button"); rect.setAttribute("aria-label", cellWords(rect));
+  }
+  // the cell ``by`` = [rows, columns] away from ``rect`` in its grid (clamped to the grid), or null
+  function neighbour(rect, by, ends) {
+    const output = rect.dataset.out !== undefined;
+    const pos = cellKey(rect).split(",").map(Number);
+    const size = output ? geometry.output_size : (scattering() ? geometry.input_size : geometry.axes.map((a) => a.grid.length));
+    const n = pos.length, row = n - 2, col = n - 1;
+    if (ends !== undefined) pos[col] = ends ? size[col] - 1 : 0;
+    if (by[1]) pos[col] = Math.max(0, Math.min(size[col] - 1, pos[col] + by[1]));
+    if (by[0] && row >= 0) pos[row] = Math.max(0, Math.min(size[row] - 1, pos[row] + by[0]));
+    const key = pos.join(",");
+    return output ? outputByKey.get(key) : inputRects.get(key);
+  }
+  function cellKeydown(event) {
+    const rect = event.target;
+    const moves = { ArrowRight: [0, 1], ArrowLeft: [0, -1], ArrowDown: [1, 0], ArrowUp: [-1, 0], PageDown: [8, 0], PageUp: [-8, 0] };
+    let next = null;
+    if (moves[event.key]) next = neighbour(rect, moves[event.key]);
+    else if (event.key === "Home" || event.key === "End") next = neighbour(rect, [0, 0], event.key === "End");
+    else if (event.key === "Enter") {
+      event.preventDefault(); stopPlaying();
+      if (rect.dataset.out !== undefined && !scattering()) { setFrame(Number(rect.dataset.frame)); writeURL(); }
+      gridPointer({ target: rect });
+      return;
+    } else return;
+    event.preventDefault();
+    if (next) { rove(next); next.focus(); }
+  }
+
   // One listener for every cell (a 64 x 64 view has thousands).
   function gridPointer(event) {
     const rect = event.target.closest ? event.target.closest("rect.cell") : null;
@@ -728,6 +771,13 @@
     $("depth").value = String(z);
     document.querySelectorAll("#grid .input-grid .slice").forEach((g) => g.setAttribute("display", Number(g.dataset.z) === z ? "inline" : "none"));
     document.querySelectorAll("#grid .output-grid .slice").forEach((g) => g.setAttribute("display", Number(g.dataset.z) === oz ? "inline" : "none"));
+    // the cells in the Tab order move to the slices shown (a hidden cell cannot take focus)
+    for (const [selector, depthShown, map] of [[".input-grid", z, inputRects], [".output-grid", oz, outputByKey]]) {
+      const current = document.querySelector(`#grid ${selector} rect[tabindex]`);
+      if (!current) continue;
+      const pos = cellKey(current).split(",").map(Number);
+      if (pos[0] !== depthShown) { pos[0] = depthShown; rove(map.get(pos.join(","))); }
+    }
     const span = reads.length ? `the window reads slices ${Math.min(...reads)}–${Math.max(...reads)}` : "";
     $("depth-label").textContent = `input slice ${z} of 0–${max} (padded) · output slice ${oz} · ${span}`;
   }
@@ -1128,7 +1178,14 @@
     }));
     $("grid").addEventListener("mouseover", gridPointer);
     $("grid").addEventListener("mouseleave", clearHover);
+    $("grid").addEventListener("focusin", (event) => {  // a focused cell shows what hovering shows
+      if (event.target.classList && event.target.classList.contains("cell")) { stopPlaying(); gridPointer(event); }
+    });
+    $("grid").addEventListener("focusout", (event) => {
+      if (!(event.relatedTarget && event.relatedTarget.closest && event.relatedTarget.closest("#grid rect.cell"))) clearHover();
+    });
     $("grid").addEventListener("keydown", (event) => {  // arrows step through the frames
+      if (event.target.classList && event.target.classList.contains("cell")) { cellKeydown(event); return; }
       const step = { ArrowRight: 1, ArrowDown: 1, ArrowLeft: -1, ArrowUp: -1 }[event.key];
       if (step === undefined) return;
       event.preventDefault();
@@ -1179,6 +1236,9 @@
     $("first").addEventListener("click", () => { stopPlaying(); setFrame(0); writeURL(); });
     $("prev").addEventListener("click", () => { stopPlaying(); setFrame(state.frame - 1); writeURL(); });
     $("next").addEventListener("click", () => { stopPlaying(); setFrame(state.frame + 1); writeURL(); });
+    const rowOfFrames = () => (geometry && geometry.output_size.length > 1 ? geometry.output_size[geometry.output_size.length - 1] : 10);
+    $("prev-row").addEventListener("click", () => { stopPlaying(); setFrame(state.frame - rowOfFrames()); writeURL(); });
+    $("next-row").addEventListener("click", () => { stopPlaying(); setFrame(state.frame + rowOfFrames()); writeURL(); });
     $("scrub").addEventListener("input", () => { stopPlaying(); setFrame(parseInt($("scrub").value, 10)); writeURL(); });
     $("speed").addEventListener("change", () => { if (playing) { stopPlaying(); togglePlay(); } });
     $("add-layer").addEventListener("click", () => {
