@@ -76,7 +76,8 @@
     if (state.tab === "image") { q.set("ik", state.imageKernel); if (state.imageKernel === "custom") q.set("nums", state.numbers); }
     q.set("layers", state.layers.map((l) => [l.kind, l.k, l.s, l.d, l.p].join(",")).join(";"));
     if (state.cell) q.set("cell", state.cell.join("x"));
-    history.replaceState(null, "", "?" + q.toString());
+    const search = "?" + q.toString();
+    if (location.search !== search) history.replaceState(null, "", search);  // not free: only when it changed
   }
 
   function readURL() {
@@ -459,29 +460,39 @@
 
     inputRects = new Map();
     const inputGroup = el("g", { class: "input-grid" }, svg);
-    // 3-D: one group per depth slice, drawn at the same place; one is shown at a time
-    const inSlices = new Map(), outSlices = new Map();
-    const sliceOf = (groups, parent, pos) => {
-      if (rank !== 3) return parent;
-      if (!groups.has(pos[0])) groups.set(pos[0], el("g", { class: "slice", "data-z": pos[0] }, parent));
-      return groups.get(pos[0]);
+    // The cells are written as one piece of markup (a 64 x 64 grid has thousands: one
+    // parse is much faster than a createElement and 8 setAttribute calls per cell).
+    // 3-D: one group per depth slice, drawn at the same place; one is shown at a time.
+    const fill = (group, positions, attributes) => {
+      const parts = [];
+      let z = null;
+      positions.forEach((pos, i) => {
+        if (rank === 3 && pos[0] !== z) {
+          if (z !== null) parts.push("</g>");
+          z = pos[0];
+          parts.push(`<g class="slice" data-z="${z}">`);
+        }
+        parts.push(`<rect ${attributes(pos, i)}/>`);
+      });
+      if (z !== null) parts.push("</g>");
+      group.innerHTML = parts.join("");
+      return [...group.getElementsByTagName("rect")];
     };
     const cells = scattering()
       ? product(g.input_size.map((n) => [...Array(n).keys()])).map((pos) => ({ pos, kind: "input", source: pos }))
       : gridCells(g.axes);
     const firstPos = [], lastPos = [];
-    for (const c of cells) {
-      const [r, col] = rowCol(c.pos);
-      const rect = el("rect", {
-        x: col * cell + 0.5, y: top + r * cell + 0.5, width: cell - 1, height: cell - 1,
-        class: "cell in k-" + c.kind, "data-pos": c.pos.join(","),
-        "data-src": c.source ? c.source.join(",") : "", "data-kind": c.kind,
-      }, sliceOf(inSlices, inputGroup, c.pos));
-      inputRects.set(c.pos.join(","), rect);
+    const inRects = fill(inputGroup, cells.map((c) => c.pos), (pos, i) => {
+      const [r, col] = rowCol(pos), c = cells[i];
+      return `x="${col * cell + 0.5}" y="${top + r * cell + 0.5}" width="${cell - 1}" height="${cell - 1}" ` +
+        `class="cell in k-${c.kind}" data-pos="${pos.join(",")}" data-src="${c.source ? c.source.join(",") : ""}" data-kind="${c.kind}"`;
+    });
+    cells.forEach((c, i) => {
+      inputRects.set(c.pos.join(","), inRects[i]);
       if (c.kind === "input" || UNREAD.has(c.kind)) {
-        c.pos.forEach((p, i) => { firstPos[i] = Math.min(firstPos[i] ?? p, p); lastPos[i] = Math.max(lastPos[i] ?? p, p); });
+        c.pos.forEach((p, a) => { firstPos[a] = Math.min(firstPos[a] ?? p, p); lastPos[a] = Math.max(lastPos[a] ?? p, p); });
       }
-    }
+    });
     // the real input's outline, inside the padding
     if (firstPos.length) {
       const [r0, c0] = rowCol(firstPos);
@@ -493,15 +504,12 @@
     outputByKey = new Map();
     const outputGroup = el("g", { class: "output-grid" }, svg);
     const outCells = product(out.map((n) => [...Array(n).keys()]));
-    outCells.forEach((index, frame) => {
+    outputRects = fill(outputGroup, outCells, (index, frame) => {
       const [r, col] = rowCol(index);
-      const rect = el("rect", {
-        x: outX + col * cell + 0.5, y: outTop + r * cell + 0.5, width: cell - 1, height: cell - 1,
-        class: "cell out", "data-out": index.join(","), "data-frame": frame,
-      }, sliceOf(outSlices, outputGroup, index));
-      outputRects.push(rect);
-      outputByKey.set(index.join(","), rect);
+      return `x="${outX + col * cell + 0.5}" y="${outTop + r * cell + 0.5}" width="${cell - 1}" height="${cell - 1}" ` +
+        `class="cell out" data-out="${index.join(",")}" data-frame="${frame}"`;
     });
+    outCells.forEach((index, i) => outputByKey.set(index.join(","), outputRects[i]));
     el("g", { id: "labels" }, svg);
     frameRects = scattering() ? [...inputGroup.querySelectorAll("rect")] : outputRects;
     // one input and one output cell are in the Tab order (roving focus; arrows move it)
