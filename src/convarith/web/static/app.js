@@ -591,7 +591,7 @@
     if (slice.classList && slice.classList.contains("slice") && slice.getAttribute("display") === "none") return;
     const t = el("text", {
       x: parseFloat(rect.getAttribute("x")) + cell / 2 - 0.5, y: parseFloat(rect.getAttribute("y")) + cell / 2 + 3.5,
-      class: "tap-label" + (dark ? " dark" : ""), "text-anchor": "middle", "font-size": Math.max(8, Math.min(11, cell / 3.2)),
+      class: "tap-label" + (dark ? " dark" : ""), "text-anchor": "middle", "font-size": Math.max(8, Math.min(11, cell / 3.2, 1.5 * cell / text.length)),
     }, $("labels"));
     t.textContent = text;
   }
