@@ -284,6 +284,8 @@ def test_stack_code_and_solver_tabs(page):
     page.wait_for_function(
         "[...document.querySelectorAll('#layers [data-size]')].every(n => n.textContent)")
     assert page.locator("#stack-svg rect.rf-in").count() > 0
+    page.click('#stack-svg rect[data-out="3,3"]')  # a cell of the last output: the field it reads
+    page.wait_for_function("document.getElementById('receptive-text').textContent.startsWith('output cell (3, 3)')")
     page.click("#layers .layer:nth-child(3) [data-act=remove]")
     page.wait_for_function("document.querySelectorAll('#layers .layer').length === 2")
     page.click("button[data-tab=code]")

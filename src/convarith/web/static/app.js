@@ -1042,23 +1042,26 @@
     el("text", { x: outX, y: 16, class: "grid-label output" }, svg).textContent = outText;
     const box = el("g", { transform: `translate(${left}, 0)` }, svg);
     const exact = rf.exact.map((cells) => new Set(cells));
+    const inputCells = el("g", {}, box), marks = [];  // one piece of markup: a 64 x 64 input has 4096 cells
     for (const pos of product(d.input_size.map((n) => [...Array(n).keys()]))) {
       if (inZ !== null && pos[0] !== inZ) continue;
       const [r, c] = rowCol(pos);
       const inside = pos.every((p, i) => exact[i].has(p));
-      el("rect", { x: c * cell + 0.5, y: top + r * cell + 0.5, width: cell - 1, height: cell - 1,
-        class: "cell rf " + (inside ? "rf-in" : ""), "data-pos": pos.join(",") }, box);
+      marks.push(`<rect x="${c * cell + 0.5}" y="${top + r * cell + 0.5}" width="${cell - 1}" height="${cell - 1}" ` +
+        `class="cell rf ${inside ? "rf-in" : ""}" data-pos="${pos.join(",")}"/>`);
     }
+    inputCells.innerHTML = marks.join("");
     // the field's nominal span (it may reach into the padding, outside the input)
     el("rect", { x: sc[0] * cell, y: top + sr[0] * cell, width: (sc[1] - sc[0] + 1) * cell,
       height: (sr[1] - sr[0] + 1) * cell, class: "rf-span" }, box);
+    const outputCells = el("g", {}, svg), outs = [];
     for (const pos of product(last.map((n) => [...Array(n).keys()]))) {
       if (outZ !== null && pos[0] !== outZ) continue;
       const [r, c] = rowCol(pos);
-      const rect = el("rect", { x: outX + c * cell + 0.5, y: top + r * cell + 0.5, width: cell - 1, height: cell - 1,
-        class: "cell out" + (pos.join() === rf.cell.join() ? " current" : ""), "data-out": pos.join(",") }, svg);
-      rect.addEventListener("click", () => { state.cell = pos; refreshStack(); });
+      outs.push(`<rect x="${outX + c * cell + 0.5}" y="${top + r * cell + 0.5}" width="${cell - 1}" height="${cell - 1}" ` +
+        `class="cell out${pos.join() === rf.cell.join() ? " current" : ""}" data-out="${pos.join(",")}"/>`);
     }
+    outputCells.innerHTML = outs.join("");
   }
 
   // ------------------------------------------------------------------ tabs: code, image, solver
@@ -1230,6 +1233,11 @@
     $("export-svg").addEventListener("click", () => download("convarith.svg", new Blob([standaloneSVG()], { type: "image/svg+xml" })));
     $("export-png").addEventListener("click", exportPNG);
     $("export-gif").addEventListener("click", exportGIF);
+    $("stack-svg").addEventListener("click", (event) => {  // a cell of the last output: the field it reads
+      const rect = event.target.closest ? event.target.closest("rect[data-out]") : null;
+      if (!rect) return;
+      state.cell = rect.dataset.out.split(",").map(Number); refreshStack();
+    });
     $("depth").addEventListener("input", () => stepDepth(Number($("depth").value) - state.depth));
     $("copy-cli").addEventListener("click", async () => {
       try { await navigator.clipboard.writeText($("cli").textContent); $("copy-cli").textContent = "copied ✓"; }
