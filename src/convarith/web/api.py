@@ -678,8 +678,8 @@ def animation_gif(data: Any, limits: Limits) -> bytes:
     drawn = -(-steps // every)
     if drawn > limits.max_gif_frames:
         raise ApiError(
-            422, f"the GIF would have {drawn} frames (at most {limits.max_gif_frames}); draw every "
-            f"{-(-steps // limits.max_gif_frames)}th step, or use a smaller input", "every",
+            422, f"the GIF would have {drawn} frames (at most {limits.max_gif_frames}); draw every k-th "
+            f"step with every={-(-steps // limits.max_gif_frames)} or more, or use a smaller input", "every",
         )
     try:
         from ..viz import animate

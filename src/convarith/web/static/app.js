@@ -901,7 +901,7 @@
       return;
     }
     download("convarith.gif", await response.blob());
-    status.textContent = body.every > 1 ? `GIF: every ${body.every}th step` : "";
+    status.textContent = body.every > 1 ? `GIF: one step in ${body.every} (at most 1024 frames)` : "";
   }
 
   function toggleQuiz(on) {
