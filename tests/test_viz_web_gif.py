@@ -29,6 +29,7 @@ def client() -> TestClient:
     ({"input_size": [3, 3], "kernel_size": 3, "strides": 2, "padding": [[1, 1], [1, 1]], "transposed": True,
       "view": "scatter"}, ConvSpec(3, strides=2, padding=1, transposed=True), (3, 3), {"view": "scatter"}),
     ({"input_size": [8, 8], "kernel_size": 3, "every": 5}, ConvSpec(3), (8, 8), {"every": 5}),
+    ({"input_size": [3, 4, 4], "kernel_size": [2, 3, 3], "rank": 3}, ConvSpec((2, 3, 3)), (3, 4, 4), {}),
 ])
 def test_gif_is_the_commands_animation(client, body, spec, size, kwargs):
     response = client.post("/api/animation.gif", json=body)
