@@ -101,3 +101,10 @@ def test_zoo_inception_v2_misalignment_is_real_and_named() -> None:
         assert f"= 1x1 cells of {branch}, whose cells are {jump}x{jump} input pixels apart" in warning
     # Inception's 1x1 -> strided 3x3 is not a residual branch: no ResNet note
     assert not summary.notes
+
+
+def test_no_note_where_the_other_variant_does_not_fit() -> None:
+    # 1x1 then a valid 3x3 stride 2 on 3x3: with the stride on the 1x1 the 3x3 would meet a 2x2 input
+    summary = summarize(layers_from_data({"input": [3, 3, 8], "layers": [
+        "Conv2D(4, 1)", "Conv2D(4, 3, strides=2)"]}))
+    assert summary.rows[-1].output_shape == (None, 1, 1, 4) and not summary.notes

@@ -46,6 +46,9 @@ from .spec import ConvSpec, ResolvedConv
 __all__ = ["summarize", "summary_of", "ModelSummary", "LayerRow", "draw_field"]
 
 
+BATCH_AXIS_NOTE = "Output shapes include the batch axis, first, shown as None (any batch size)"
+
+
 @dataclass(frozen=True)
 class _Tensor:
     spatial: tuple[int, ...] | None  # None once flattened
@@ -142,7 +145,8 @@ class ModelSummary:
         cells = self.table_rows()
         widths = [max(len(line[i]) for line in cells) for i in range(len(cells[0]))]
         numeric = {2, 3}
-        lines = [f"Model: {self.name} (input {'x'.join(map(str, self.input_size))}, {self.data_format})"]
+        lines = [f"Model: {self.name} (input {'x'.join(map(str, self.input_size))}, {self.data_format})",
+                 BATCH_AXIS_NOTE]
         for index, line in enumerate(cells):
             lines.append("  ".join(
                 cell.rjust(w) if i in numeric and index else cell.ljust(w)
@@ -171,6 +175,7 @@ class ModelSummary:
         for line in cells[1:]:
             table.add_row(*line)
         console = Console()
+        console.print(BATCH_AXIS_NOTE, highlight=False)
         console.print(table)
         console.print(f"Total params: {self.total_params:,}   Total MACs: {self.total_macs:,}")
         for note in self.notes:
@@ -583,13 +588,18 @@ class _Walk:
         # the other variant keeps this layer's padding rule: a word ("same") is resolved again at the new stride
         pads: Any = spec.padding if isinstance(spec.padding, str) else resolved.padding
         assert before.spatial is not None
-        if any(s != 1 for s in own_strides):  # the other variant: stride on the 1x1
-            first = ConvSpec((1,) * rank, strides=moved).resolve(before.spatial)
-            second = ConvSpec(spec.kernel_size, strides=1, padding=pads).resolve(first.output_size)  # type: ignore[arg-type]
+        try:  # the other variant may not fit the input at all (a valid 3x3 on 2x2)
+            if any(s != 1 for s in own_strides):  # the other variant: stride on the 1x1
+                first = ConvSpec((1,) * rank, strides=moved).resolve(before.spatial)
+                second = ConvSpec(spec.kernel_size, strides=1, padding=pads).resolve(first.output_size)  # type: ignore[arg-type]
+            else:  # the other variant: stride on this kxk
+                first = ConvSpec((1,) * rank).resolve(before.spatial)
+                second = ConvSpec(spec.kernel_size, strides=moved, padding=pads).resolve(first.output_size)  # type: ignore[arg-type]
+        except ValueError:
+            return []
+        if any(s != 1 for s in own_strides):
             where, other = f"this {_axes(spec.kernel_size or ())}", f"the 1x1 {feeder} (original ResNet, Caffe and Keras ResNet-50)"  # type: ignore[arg-type]
-        else:  # the other variant: stride on this kxk
-            first = ConvSpec((1,) * rank).resolve(before.spatial)
-            second = ConvSpec(spec.kernel_size, strides=moved, padding=pads).resolve(first.output_size)  # type: ignore[arg-type]
+        else:
             where, other = f"the 1x1 {feeder}", f"this {_axes(spec.kernel_size or ())} (torchvision and Caffe2 ResNet-50, \"v1.5\")"  # type: ignore[arg-type]
         if second.output_size != resolved.output_size:
             return []
