@@ -78,16 +78,17 @@ def spec_from_onnx_node(node: Any, input_shape: Sequence[int] | None = None,
     if weight is not None:
         if weight_shape is not None:
             raise TypeError("give weight or weight_shape, not both")
-        weight_shape = tuple(np.shape(weight))
+        if not hasattr(weight, "shape") or isinstance(weight, (str, bytes)):
+            raise TypeError(f"weight must be an array (W, with a .shape), got {type(weight).__name__}; "
+                            "or give weight_shape=W.shape")
+        weight_shape = tuple(weight.shape)
     if weight_shape is not None:
         if op not in ("Conv", "ConvTranspose"):
             raise TypeError(f"{op} has no weight; leave weight_shape out")
-        attrs["weight_shape"] = [int(v) for v in weight_shape]
+        attrs["weight_shape"] = list(_int_sequence("weight_shape", weight_shape, "W.shape, e.g. (8, 3, 3, 3)"))
     shape = None
     if input_shape is not None:
-        if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence):
-            raise TypeError(f"input_shape must be a sequence of ints (N, C, spatial...), got {input_shape!r}")
-        shape = tuple(int(v) for v in input_shape)
+        shape = _int_sequence("input_shape", input_shape, "X.shape (N, C, spatial...), e.g. (1, 3, 8, 8)")
         if op == "ConvTranspose":
             attrs["input_shape"] = list(shape)
     from ..frontdoors import from_onnx
@@ -101,6 +102,22 @@ def spec_from_onnx_node(node: Any, input_shape: Sequence[int] | None = None,
             raise ValueError(f"input_shape {shape} has fewer axes than the node's {spec.rank} spatial axes")
         spec.resolve(spatial)  # raises ValueError if the window does not fit
     return spec
+
+
+def _int_sequence(name: str, value: Any, example: str) -> tuple[int, ...]:
+    """``value`` as ints of at least 1: TypeError for a wrong type, ValueError for a wrong value."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence | np.ndarray):
+        raise TypeError(f"{name} must be a sequence of ints, got {value!r} ({type(value).__name__}); "
+                        f"write {name}={example}")
+    items = list(value)
+    for index, item in enumerate(items):
+        if isinstance(item, (bool, np.bool_)) or not isinstance(item, int | np.integer):
+            raise TypeError(f"{name}[{index}] must be an int, got {item!r} ({type(item).__name__}) in {name}="
+                            f"{value!r}; write {name}={example}")
+        if item < 1:
+            raise ValueError(f"{name}[{index}] must be at least 1, got {item} in {name}={tuple(items)}; "
+                             f"write {name}={example}")
+    return tuple(int(v) for v in items)
 
 
 def kernel_from_onnx(weight: Any, transposed: bool = False) -> np.ndarray:
