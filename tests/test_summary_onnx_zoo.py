@@ -162,3 +162,25 @@ def test_final_shape_is_onnxruntimes_with_the_batch_axis(name: str, capsys) -> N
     assert out[1] == "Output shapes include the batch axis, first, shown as None (any batch size)"
     assert f"({', '.join(['None', *map(str, real.shape[1:])])})" in next(line for line in out if line.startswith(
         summary.rows[-1].name + " "))
+
+
+def test_densenet_summary_process_imports_little_and_is_quick() -> None:
+    """`convarith summary light_densenet121.onnx` as a process: no torch, JAX, Keras or onnxruntime is
+    imported, and its CPU time (a busy machine stretches wall time, not CPU time) stays under 3 s."""
+    import resource
+    import subprocess
+    import sys
+
+    path = model_path("densenet121")
+    probe = ("import sys, io, contextlib\nfrom convarith.cli import main\n"
+             "with contextlib.redirect_stdout(io.StringIO()):\n"
+             f"    code = main(['summary', {str(path)!r}, '--plain'])\n"
+             "heavy = {'torch', 'jax', 'keras', 'onnxruntime', 'tensorflow', 'numba', 'llvmlite', 'starlette'}\n"
+             "print(code, sorted({m.split('.')[0] for m in sys.modules} & heavy))\n")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert done.stdout.split() == ["0", "[]"], (done.stdout, done.stderr[-2000:])
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert cpu < (6 if os.environ.get("CI") else 3), cpu
