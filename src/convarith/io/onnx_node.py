@@ -57,6 +57,9 @@ def spec_from_onnx_node(node: Any, input_shape: Sequence[int] | None = None,
     input_shape
         The input's full shape ``(N, C, spatial...)`` (or ``(C, spatial...)``);
         needed by ``ConvTranspose`` with ``output_shape``, checked for the others.
+        A SAME ``AveragePool`` whose stride reaches the kernel + 2 needs it to
+        match onnxruntime: where onnxruntime's padding goes negative it crops,
+        and the spec returned for this size carries those negative pads.
     weight_shape, weight
         The ``W`` input's shape, or the array itself (its shape is taken).
 
