@@ -44,17 +44,20 @@ ZOO = ["bvlc_alexnet", "vgg19", "resnet50", "inception_v1", "inception_v2", "den
 KERAS_APPS = ["MobileNetV2", "ResNet50", "EfficientNetB0", "DenseNet121", "InceptionV3", "VGG16"]
 
 
-def run_summary(path: Path) -> tuple[dict[str, Any], float, float]:
-    """(summary JSON, wall seconds, peak RSS in MiB) of one `convarith summary` process."""
+def run_summary(path: Path) -> tuple[dict[str, Any], float, float, float]:
+    """(summary JSON, wall seconds, CPU seconds, peak RSS in MiB) of one `convarith summary` process."""
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     done = subprocess.run(["/usr/bin/time", "-v", sys.executable, "-m", "convarith.cli", "summary", str(path),
                            "--json"], capture_output=True, text=True, env=env, check=True)
     wall_text = re.search(r"Elapsed \(wall clock\) time .*: (\S+)", done.stderr)
     peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)
-    assert wall_text and peak, done.stderr
+    user = re.search(r"User time \(seconds\): (\S+)", done.stderr)
+    system = re.search(r"System time \(seconds\): (\S+)", done.stderr)
+    assert wall_text and peak and user and system, done.stderr
     parts = [float(p) for p in wall_text.group(1).split(":")]
     wall = sum(p * 60 ** i for i, p in enumerate(reversed(parts)))
-    return json.loads(done.stdout), wall, int(peak.group(1)) / 1024
+    cpu = float(user.group(1)) + float(system.group(1))
+    return json.loads(done.stdout), wall, cpu, int(peak.group(1)) / 1024
 
 
 def last_feature_map(summary: dict[str, Any]) -> str:
@@ -132,14 +135,14 @@ def keras_archive(name: str, folder: Path) -> tuple[Path, tuple[Any, ...], int, 
 
 
 def row(name: str, source: str, path: Path, shape: tuple[Any, ...], params: int, macs: int) -> str:
-    summary, wall, peak = run_summary(path)
+    summary, wall, cpu, peak = run_summary(path)
     final = summary["layers"][-1]["output_shape"]
     shown = "(" + ", ".join("None" if v is None else str(v) for v in final) + ")"
     reference = "(" + ", ".join("None" if v is None else str(v) for v in shape) + ")"
     same = (final[1:] == list(shape)[1:], summary["total_params"] == params, summary["total_macs"] == macs)
     mark = ["=" if ok else "**differs**" for ok in same]
-    print(f"{name}: {wall:.2f} s, {peak:.0f} MiB", file=sys.stderr)
-    return (f"| {name} | {source} | {'x'.join(map(str, summary['input_size']))} | {wall:.2f} | {peak:.0f} | "
+    print(f"{name}: {wall:.2f} s wall, {cpu:.2f} s CPU, {peak:.0f} MiB", file=sys.stderr)
+    return (f"| {name} | {source} | {'x'.join(map(str, summary['input_size']))} | {wall:.2f} | {cpu:.2f} | {peak:.0f} | "
             f"{shown} {mark[0]} {reference} | {summary['total_params']:,} {mark[1]} {params:,} | "
             f"{summary['total_macs']:,} {mark[2]} {macs:,} | {last_feature_map(summary)} |")
 
@@ -165,9 +168,9 @@ def main(argv: list[str] | None = None) -> int:
             path, shape, params, macs = keras_archive(name, Path(folder))
             lines.append(row(name, "keras.applications", path, shape, params, macs))
     header = [
-        "| model | source | input | wall s | peak MiB | final shape (convarith vs reference) | "
+        "| model | source | input | wall s | CPU s | peak MiB | final shape (convarith vs reference) | "
         "params (convarith vs reference) | MACs (convarith vs reference) | receptive field of the last feature map |",
-        "|---|---|---|---:|---:|---|---|---|---|",
+        "|---|---|---|---:|---:|---:|---|---|---|---|",
     ]
     text = Path(args.out).read_text() if Path(args.out).exists() else ""
     begin, end = "<!-- table begin -->", "<!-- table end -->"
