@@ -151,7 +151,7 @@ def test_integer_max_pool_keeps_its_dtype_like_onnxruntime(dtype) -> None:
     (8, 1, 5, "SAME_UPPER"), (9, 1, 4, "SAME_UPPER"), (10, 2, 6, "SAME_UPPER"), (8, 1, 5, "SAME_LOWER"),
     (11, 2, 7, "SAME_LOWER"), (12, 1, 8, "SAME_LOWER"), (5, 1, 3, "SAME_UPPER"), (7, 3, 2, "SAME_UPPER")])
 def test_same_pooling_where_onnx_padding_goes_negative(op, size, kernel, stride, auto_pad) -> None:
-    """Where onnxruntime's SAME total is negative: equal where it runs and changes nothing, refused otherwise."""
+    """Where onnxruntime's SAME total is negative: AveragePool crops and equals onnxruntime; MaxPool refused as there."""
     import convarith
 
     ort = pytest.importorskip("onnxruntime")
@@ -169,11 +169,60 @@ def test_same_pooling_where_onnx_padding_goes_negative(op, size, kernel, stride,
         with pytest.raises(ValueError, match="non-negative"):
             ConvSpec.from_onnx_node(node, input_shape=x.shape)
         return
-    try:
-        spec = ConvSpec.from_onnx_node(node, input_shape=x.shape)
-    except ValueError as error:
-        assert "crops" in str(error)
-        shifted = np.abs(convarith.conv(x, None, ConvSpec.from_onnx_node(node)) - theirs).max()
-        assert shifted > 0  # refused only where convarith's padding would really differ
-        return
+    spec = ConvSpec.from_onnx_node(node, input_shape=x.shape)
     np.testing.assert_allclose(convarith.conv(x, None, spec), theirs, rtol=1e-6)
+
+
+def test_same_average_pooling_crops_like_onnxruntime_on_random_configs() -> None:
+    """Random 1-D and 2-D SAME AveragePools with strides past the kernel (totals often negative), both
+    count_include_pad values: convarith's spec for the input size gives onnxruntime's output exactly."""
+    import os
+
+    import convarith
+
+    ort = pytest.importorskip("onnxruntime")
+    seed = 20261206
+    rng = np.random.default_rng(seed)
+    cases = 40 if os.environ.get("CI") else 200
+    negative = 0
+    for case in range(cases):
+        rank = int(rng.integers(1, 3))
+        kernel = [int(v) for v in rng.integers(1, 4, rank)]
+        strides = [int(k + rng.integers(0, 7)) for k in kernel]
+        sizes = [int(v) for v in rng.integers(1, 21, rank)]
+        auto_pad = str(rng.choice(["SAME_UPPER", "SAME_LOWER"]))
+        include = int(rng.integers(0, 2))
+        node = helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=kernel, strides=strides,
+                                auto_pad=auto_pad, count_include_pad=include)
+        x = rng.random((1, 2, *sizes), dtype=np.float32)
+        graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+        theirs = ort.InferenceSession(model.SerializeToString(),
+                                      providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        spec = ConvSpec.from_onnx_node(node, input_shape=x.shape)
+        negative += any(lo < 0 or hi < 0 for lo, hi in spec.padding) if not isinstance(spec.padding, str) else 0
+        context = (f"seed {seed} case {case}: sizes {sizes} kernel {kernel} strides {strides} {auto_pad} "
+                   f"count_include_pad={include}")
+        ours = convarith.conv(x, None, spec)
+        assert ours.shape == theirs.shape, context
+        np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-7, err_msg=context)
+    assert negative >= cases // 5  # the crop really was exercised
+
+
+def test_summary_of_a_cropping_same_average_pool(tmp_path) -> None:
+    """The summary reads the crop too: kernel 1, stride 5, SAME_UPPER on 8 cells: onnxruntime's total is
+    (2 - 1) * 5 + 1 - 8 = -2, head -1: its windows read cells 1 and 6, so the field of cell 0 starts at 1."""
+    import onnx
+
+    from convarith.io import read_model
+    from convarith.summary import summarize
+
+    node = helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[1], strides=[5], auto_pad="SAME_UPPER",
+                            name="pool")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    path = tmp_path / "pool.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]), str(path))
+    row = summarize(read_model(path)).row("pool")
+    assert row.output_shape == (None, 1, 2) and row.field.start == (1,) and row.field.jump == (5,)

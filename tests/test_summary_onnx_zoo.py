@@ -96,7 +96,8 @@ def test_zoo_model_summarises_as_shipped(name: str) -> None:
     elapsed = time.perf_counter() - start
     model = onnx.load(str(path))
     final = summary.rows[-1]
-    assert final.output_shape[1:] == reference_output_shape(name)[1:], (name, final)
+    # the shapes keep the batch axis (None); the shipped output has the file's batch of 1
+    assert final.output_shape[0] is None and final.output_shape[1:] == reference_output_shape(name)[1:], (name, final)
     assert summary.total_params == reference_params(model), name
     assert summary.total_macs == reference_macs(model), name
     assert not [w for w in summary.warnings if "unknown" in w], summary.warnings
@@ -142,3 +143,44 @@ def test_layer_limit_is_settable_from_the_cli(capsys) -> None:
     assert main(["summary", str(path), "--max-layers", "100"]) == 2
     err = capsys.readouterr().err
     assert "max_model_layers=100" in err and "--max-layers" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["squeezenet", "densenet121", "shufflenet"])
+def test_final_shape_is_onnxruntimes_with_the_batch_axis(name: str, capsys) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    path = model_path(name)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    declared = session.get_inputs()[0]
+    batch = np.random.default_rng(0).random(declared.shape, dtype=np.float32)
+    (real,) = session.run(None, {declared.name: batch})[:1]
+    summary = summarize(read_model(path))
+    shown = summary.rows[-1].output_shape
+    assert shown is not None and shown[0] is None
+    assert (declared.shape[0], *shown[1:]) == real.shape  # (1, 1000, 1, 1) for DenseNet and SqueezeNet
+    assert main(["summary", str(path), "--plain"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == "Output shapes include the batch axis, first, shown as None (any batch size)"
+    assert f"({', '.join(['None', *map(str, real.shape[1:])])})" in next(line for line in out if line.startswith(
+        summary.rows[-1].name + " "))
+
+
+def test_densenet_summary_process_imports_little_and_is_quick() -> None:
+    """`convarith summary light_densenet121.onnx` as a process: no torch, JAX, Keras or onnxruntime is
+    imported, and its CPU time (a busy machine stretches wall time, not CPU time) stays under 3 s."""
+    import resource
+    import subprocess
+    import sys
+
+    path = model_path("densenet121")
+    probe = ("import sys, io, contextlib\nfrom convarith.cli import main\n"
+             "with contextlib.redirect_stdout(io.StringIO()):\n"
+             f"    code = main(['summary', {str(path)!r}, '--plain'])\n"
+             "heavy = {'torch', 'jax', 'keras', 'onnxruntime', 'tensorflow', 'numba', 'llvmlite', 'starlette'}\n"
+             "print(code, sorted({m.split('.')[0] for m in sys.modules} & heavy))\n")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert done.stdout.split() == ["0", "[]"], (done.stdout, done.stderr[-2000:])
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert cpu < (6 if os.environ.get("CI") else 3), cpu

@@ -814,6 +814,8 @@ def from_onnx(op: str = "Conv", **kwargs: Any) -> ConvSpec:
     (1, 1, 5)
     """
     door = _Door("ONNX", op if isinstance(op, str) else repr(op))
+    if not isinstance(op, str):
+        raise TypeError(f"ONNX: op={op!r} is a {type(op).__name__}, not a str; write one of {', '.join(_ONNX_ARGS)}")
     if op not in _ONNX_ARGS:
         raise ValueError(f"ONNX: op={op!r} is not supported; write one of {', '.join(_ONNX_ARGS)}")
     door.unexpected(kwargs, _ONNX_ARGS[op])
@@ -826,13 +828,26 @@ def from_onnx(op: str = "Conv", **kwargs: Any) -> ConvSpec:
         if weight_shape is None:
             raise TypeError(f"ONNX {op}: kernel_shape is absent and weight_shape is unknown; give "
                             "kernel_shape=[...] or weight_shape=W.shape")
-        kernel = list(weight_shape)[2:]
-    if not isinstance(kernel, Sequence) or isinstance(kernel, (str, bytes)) or not 1 <= len(kernel) <= 3:
+    if weight_shape is not None:  # checked as itself, before a kernel is taken from it
+        if not isinstance(weight_shape, Sequence) or isinstance(weight_shape, (str, bytes)):
+            raise door.type_error("weight_shape", weight_shape, "a sequence of ints (W.shape)",
+                                  "write weight_shape=W.shape, e.g. [8, 3, 3, 3]")
+        if not 3 <= len(weight_shape) <= 5:
+            raise door.error("weight_shape", list(weight_shape), "must have 3 to 5 axes (out, in/group, k...)",
+                             "write weight_shape=W.shape, e.g. [8, 3, 3, 3]")
+        door.ints("weight_shape", list(weight_shape), len(weight_shape), minimum=1)
+        if kernel is None:
+            kernel = list(weight_shape)[2:]
+    if not isinstance(kernel, Sequence) or isinstance(kernel, (str, bytes)):
+        raise door.type_error("kernel_shape", kernel, "a list of 1 to 3 ints", "write kernel_shape=[3, 3]")
+    if not 1 <= len(kernel) <= 3:
         raise door.error("kernel_shape", kernel, "is not a list of 1 to 3 ints", "write kernel_shape=[3, 3]")
     rank = len(kernel)
     kernel_size = door.ints("kernel_shape", kernel, rank)
     strides = door.ints("strides", _given(kwargs, "strides", 1), rank)
     dilation = door.ints("dilations", _given(kwargs, "dilations", 1), rank)
+    if not isinstance(kwargs.get("auto_pad", "NOTSET"), str):
+        raise door.type_error("auto_pad", kwargs["auto_pad"], "a str", f"write one of {', '.join(_AUTO_PADS)}")
     auto_pad = door.choice("auto_pad", kwargs.get("auto_pad", "NOTSET"), _AUTO_PADS)
     raw_pads = kwargs.get("pads")
     pads = door.ints("pads", raw_pads if raw_pads is not None else 0, 2 * rank, minimum=0)
@@ -841,6 +856,10 @@ def from_onnx(op: str = "Conv", **kwargs: Any) -> ConvSpec:
                                   data_format="channels_first", rank=rank, convention="onnx")
 
     if not conv:
+        for name in ("ceil_mode", "count_include_pad", "storage_order"):  # ints 0 or 1 in ONNX
+            value = kwargs.get(name, 0)
+            if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value not in (0, 1):
+                raise door.error(name, value, "must be 0 or 1", f"write {name}=0 or {name}=1")
         ceil_mode = door.flag("ceil_mode", kwargs.get("ceil_mode", 0))
         include = door.flag("count_include_pad", kwargs.get("count_include_pad", 0))
         door.integer("storage_order", kwargs.get("storage_order", 0), minimum=0)
@@ -932,5 +951,11 @@ def _onnx_input_sizes(door: _Door, input_shape: Any, rank: int) -> tuple[int, ..
     if input_shape is None:
         raise TypeError(f"ONNX {door.layer}: output_shape fixes an absolute size, so the crop depends "
                         "on the input; give input_shape=X.shape too, or explicit pads")
+    if not isinstance(input_shape, Sequence) or isinstance(input_shape, (str, bytes)):
+        raise door.type_error("input_shape", input_shape, "a sequence of ints (X.shape)",
+                              "write input_shape=X.shape, e.g. (1, 3, 8, 8)")
+    if len(input_shape) < rank:
+        raise door.error("input_shape", list(input_shape), f"has fewer than the {rank} spatial axes",
+                         "write input_shape=X.shape, e.g. (1, 3, 8, 8)")
     shape = door.ints("input_shape", input_shape, len(input_shape), minimum=1)
     return shape[-rank:]

@@ -35,14 +35,18 @@ import sys
 import types
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 from .io.graph import LayerNode, ModelGraph
 from .limits import check_model_layers
-from .receptive import ReceptiveField
+from .receptive import ReceptiveField, _tidy
 from .spec import ConvSpec, ResolvedConv
 
 __all__ = ["summarize", "summary_of", "ModelSummary", "LayerRow", "draw_field"]
+
+
+BATCH_AXIS_NOTE = "Output shapes include the batch axis, first, shown as None (any batch size)"
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,7 @@ class LayerRow:
     field: ReceptiveField | None
     dropped: tuple[int, ...] | None = None
     warnings: tuple[str, ...] = dataclasses.field(default=())
+    notes: tuple[str, ...] = dataclasses.field(default=())
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -76,6 +81,7 @@ class LayerRow:
             "receptive_field": None if self.field is None else self.field.to_dict(),
             "dropped": None if self.dropped is None else list(self.dropped),
             "warnings": list(self.warnings),
+            "notes": list(self.notes),
         }
 
 
@@ -89,6 +95,7 @@ class ModelSummary:
     input_size: tuple[int, ...]
     rows: tuple[LayerRow, ...]
     warnings: tuple[str, ...] = dataclasses.field(default=())
+    notes: tuple[str, ...] = dataclasses.field(default=())
 
     @property
     def total_params(self) -> int:
@@ -114,6 +121,7 @@ class ModelSummary:
             "total_macs": self.total_macs,
             "layers": [row.to_dict() for row in self.rows],
             "warnings": list(self.warnings),
+            "notes": list(self.notes),
         }
 
     def table_rows(self) -> list[list[str]]:
@@ -137,7 +145,8 @@ class ModelSummary:
         cells = self.table_rows()
         widths = [max(len(line[i]) for line in cells) for i in range(len(cells[0]))]
         numeric = {2, 3}
-        lines = [f"Model: {self.name} (input {'x'.join(map(str, self.input_size))}, {self.data_format})"]
+        lines = [f"Model: {self.name} (input {'x'.join(map(str, self.input_size))}, {self.data_format})",
+                 BATCH_AXIS_NOTE]
         for index, line in enumerate(cells):
             lines.append("  ".join(
                 cell.rjust(w) if i in numeric and index else cell.ljust(w)
@@ -145,6 +154,8 @@ class ModelSummary:
             if index == 0:
                 lines.append("  ".join("-" * w for w in widths))
         lines.append(f"Total params: {self.total_params:,}   Total MACs: {self.total_macs:,}")
+        for note in self.notes:
+            lines.append(f"note: {note}")
         for warning in self.warnings:
             lines.append(f"warning: {warning}")
         return "\n".join(lines)
@@ -164,8 +175,11 @@ class ModelSummary:
         for line in cells[1:]:
             table.add_row(*line)
         console = Console()
+        console.print(BATCH_AXIS_NOTE, highlight=False)
         console.print(table)
         console.print(f"Total params: {self.total_params:,}   Total MACs: {self.total_macs:,}")
+        for note in self.notes:
+            console.print(f"note: {note}", highlight=False)
         for warning in self.warnings:
             console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
 
@@ -196,14 +210,18 @@ def summarize(model: ModelGraph, input_size: Sequence[int] | None = None) -> Mod
     tensors: dict[str, _Tensor] = {}
     rows: list[LayerRow] = []
     warnings: list[str] = list(model.warnings)
+    stride_notes: dict[str, list[str]] = {}
     first_size: tuple[int, ...] | None = None
     channels_last = model.data_format == "channels_last"
+    walk = _Walk({node.name: node for node in model.layers}, {node.name: i for i, node in enumerate(model.layers)},
+                 tensors, {})
     for node in model.layers:
         missing = [name for name in node.inputs if name not in tensors]
         if missing:
             raise ValueError(f"layer {node.name!r} reads {missing[0]!r}, which no earlier layer produces")
         inputs = [tensors[name] for name in node.inputs]
         row_warnings: list[str] = []
+        row_notes: list[str] = []
         if node.note:
             row_warnings.append(node.note)
         if node.kind == "input":
@@ -215,7 +233,11 @@ def summarize(model: ModelGraph, input_size: Sequence[int] | None = None) -> Mod
         else:
             if not inputs:
                 raise ValueError(f"layer {node.name!r} ({node.type}) has no input")
-            tensor, params, macs, dropped = _apply(node, inputs, channels_last, row_warnings)
+            tensor, params, macs, dropped = _apply(node, inputs, channels_last, row_warnings, walk)
+            if node.name in walk.resolved:
+                row_notes = walk.stride_placement(node, walk.resolved[node.name])
+        if row_notes:
+            stride_notes[node.name] = row_notes
         if node.params is not None:
             params = node.params
         params += node.extra_params
@@ -230,7 +252,12 @@ def summarize(model: ModelGraph, input_size: Sequence[int] | None = None) -> Mod
         warnings += [f"{node.name}: {w}" for w in row_warnings]
     if first_size is None:
         raise ValueError(f"model {model.name!r} has no input layer")
-    return ModelSummary(model.name, model.source, model.data_format, first_size, tuple(rows), tuple(warnings))
+    residual = walk.residual_branches(set(stride_notes))
+    rows = [dataclasses.replace(row, notes=tuple(stride_notes[row.name])) if row.name in residual else row
+            for row in rows]
+    notes = [f"{row.name}: {n}" for row in rows for n in row.notes]
+    return ModelSummary(model.name, model.source, model.data_format, first_size, tuple(rows), tuple(warnings),
+                        tuple(notes))
 
 
 def _input_tensor(node: LayerNode, input_size: Sequence[int] | None, channels_last: bool) -> _Tensor:
@@ -284,12 +311,12 @@ def _whole(tensor: _Tensor) -> ReceptiveField | None:
 
 
 def _apply(node: LayerNode, inputs: list[_Tensor], channels_last: bool,
-           warnings: list[str]) -> tuple[_Tensor, int, int, tuple[int, ...] | None]:
+           warnings: list[str], walk: _Walk | None = None) -> tuple[_Tensor, int, int, tuple[int, ...] | None]:
     """(output tensor, params, MACs, dropped rows) of one layer."""
     x = inputs[0]
     kind = node.kind
     if kind in ("add", "concat"):
-        return _merge(node, inputs, warnings), 0, 0, None
+        return _merge(node, inputs, warnings, walk), 0, 0, None
     if kind in ("reshape", "unknown"):
         if node.shape is None or any(v is None for v in node.shape):
             return x, 0, 0, None
@@ -334,6 +361,8 @@ def _apply(node: LayerNode, inputs: list[_Tensor], channels_last: bool,
     assert kind == "conv" and node.spec is not None
     spec = node.spec
     resolved = _resolve(spec, x, node.name)
+    if walk is not None:
+        walk.resolved[node.name] = resolved
     cin = resolved.in_channels or 0
     cout = resolved.out_channels or cin
     taps = math.prod(spec.kernel_size)  # type: ignore[arg-type]
@@ -413,7 +442,7 @@ def _broadcast_only(tensor: _Tensor) -> bool:
     return tensor.spatial is None or all(n == 1 for n in tensor.spatial)
 
 
-def _merge(node: LayerNode, inputs: list[_Tensor], warnings: list[str]) -> _Tensor:
+def _merge(node: LayerNode, inputs: list[_Tensor], warnings: list[str], walk: _Walk | None = None) -> _Tensor:
     first = inputs[0]
     if len(inputs) < 2:
         return first
@@ -423,7 +452,7 @@ def _merge(node: LayerNode, inputs: list[_Tensor], warnings: list[str]) -> _Tens
         if positional:
             names = tuple(n for n, t in zip(node.inputs, inputs) if not _broadcast_only(t))
             widest = max((t.channels or 0) for t in inputs) or None
-            inner = _merge(dataclasses.replace(node, inputs=names), positional, warnings)
+            inner = _merge(dataclasses.replace(node, inputs=names), positional, warnings, walk)
             return dataclasses.replace(inner, channels=widest)
     spatials = [t.spatial for t in inputs]
     if any(s != spatials[0] for s in spatials):
@@ -442,18 +471,167 @@ def _merge(node: LayerNode, inputs: list[_Tensor], warnings: list[str]) -> _Tens
         known = [f for f in fields if f is not None]
         base = known[0]
         for name, other in zip(node.inputs[1:], known[1:]):
+            why = "" if walk is None else walk.branch_difference(node.inputs[0], name)
             if other.jump != base.jump:
                 warnings.append(f"inputs are misaligned: {node.inputs[0]} steps {_axes(base.jump)} input "
-                                f"pixels per cell but {name} steps {_axes(other.jump)}")
+                                f"pixels per cell but {name} steps {_axes(other.jump)}{why}")
             elif other.center != base.center:
                 shift = tuple(_tidy_diff(b, a) for a, b in zip(base.center, other.center))
                 warnings.append(f"inputs are misaligned: cell 0 of {node.inputs[0]} is centred at input "
                                 f"{_axes(base.center)} but cell 0 of {name} at {_axes(other.center)} "
-                                f"(off by {_axes(shift)} pixels)")
+                                f"(off by {_axes(shift)} input pixels){why}")
         starts = tuple(min(f.start[a] for f in known) for a in range(base.rank))
         ends = tuple(max(f.start[a] + f.size[a] - 1 for f in known) for a in range(base.rank))
         merged = ReceptiveField(tuple(e - s + 1 for s, e in zip(starts, ends)), base.jump, starts)
     return _Tensor(first.spatial, channels, flat, merged)
+
+
+@dataclass(frozen=True)
+class _Walk:
+    """What the walk has seen so far, to explain a field by the layers that made it."""
+
+    nodes: dict[str, LayerNode]
+    order: dict[str, int]
+    tensors: dict[str, _Tensor]
+    resolved: dict[str, ResolvedConv]
+
+    def ancestors(self, name: str) -> set[str]:
+        """``name`` and every layer it reads from, directly or not."""
+        seen: set[str] = set()
+        todo = [name]
+        while todo:
+            current = todo.pop()
+            if current in seen or current not in self.nodes:
+                continue
+            seen.add(current)
+            todo.extend(self.nodes[current].inputs)
+        return seen
+
+    def window(self, name: str) -> str:
+        """``n132 (Conv 3x3 stride 2, pads 1+1)``: a windowed layer as its field sees it."""
+        resolved, node = self.resolved[name], self.nodes[name]
+        spec = resolved.spec
+        text = f"{name} ({node.type} {_axes(spec.kernel_size or ())}"  # type: ignore[arg-type]
+        if any(s != 1 for s in spec.strides or ()):  # type: ignore[union-attr]
+            text += f" stride {_axes(spec.strides or ())}"  # type: ignore[arg-type]
+        if any(d != 1 for d in spec.dilation or ()):  # type: ignore[union-attr]
+            text += f" dilation {_axes(spec.dilation or ())}"  # type: ignore[arg-type]
+        pads = resolved.padding
+        if len(set(pads)) == 1:
+            text += f", pads {pads[0][0]}+{pads[0][1]}"
+        else:
+            text += ", pads " + "x".join(f"{lo}+{hi}" for lo, hi in pads)
+        return text + ")"
+
+    def branch_difference(self, first: str, second: str) -> str:
+        """Why two merged inputs disagree: the layer they branch from and each path's windows.
+
+        The shift is also given in cells of the branch point, with the
+        windowed layers (kernel, stride, per-side pads) of each path, so a
+        reader can see e.g. a pool padded ``0+1`` beside a conv padded ``1+1``.
+        """
+        above_first, above_second = self.ancestors(first), self.ancestors(second)
+        common = above_first & above_second
+        if not common:
+            return ""
+        branch = max(common, key=lambda n: self.order.get(n, -1))
+        above_branch = self.ancestors(branch)
+
+        def path(name: str, above: set[str]) -> str:
+            windows = [n for n in sorted(above - above_branch, key=lambda n: self.order.get(n, -1))
+                       if n in self.resolved and self._windowed(n)]
+            return ", ".join(self.window(n) for n in windows) or "no window"
+
+        text = (f"; the paths from {branch}: {first} through {path(first, above_first)}, "
+                f"{second} through {path(second, above_second)}")
+        field_a, field_b = self.tensors[first].field, self.tensors[second].field
+        at_branch = self.tensors[branch].field
+        if field_a is not None and field_b is not None and at_branch is not None and field_a.jump == field_b.jump:
+            cells = tuple(_tidy(Fraction(b) - Fraction(a)) if j == 1 else _tidy((Fraction(b) - Fraction(a)) / j)
+                          for a, b, j in zip(field_a.center, field_b.center, at_branch.jump))
+            text += f" (= {_axes(cells)} cells of {branch}, whose cells are {_axes(at_branch.jump)} input pixels apart)"
+        return text
+
+    def _windowed(self, name: str) -> bool:
+        resolved = self.resolved[name]
+        spec = resolved.spec
+        return (any(k != 1 for k in resolved.effective_kernel) or any(s != 1 for s in spec.strides or ())  # type: ignore[union-attr]
+                or any(lo or hi for lo, hi in resolved.padding))
+
+    def stride_placement(self, node: LayerNode, resolved: ResolvedConv) -> list[str]:
+        """A note where a bottleneck's stride could sit on the 1x1 or on the following kxk.
+
+        ResNet's variants differ only there (original/Caffe/Keras: stride on
+        the first 1x1; torchvision/Caffe2 "v1.5": on the 3x3); the output
+        shapes agree but the field of everything after does not. Given for a
+        strided kxk fed (through element-wise layers) by a stride-1 1x1, and
+        for a stride-1 kxk fed by a strided 1x1: the field this layer would
+        have in the other variant.
+        """
+        spec = resolved.spec
+        if spec.transposed or spec.pool is not None or all(k == 1 for k in resolved.effective_kernel):
+            return []
+        feeder = self._feeding_conv(node)
+        if feeder is None:
+            return []
+        before = self.tensors[self.nodes[feeder].inputs[0]]
+        one = self.resolved[feeder]
+        if one.spec.pool is not None or any(k != 1 for k in one.effective_kernel) or before.field is None:
+            return []
+        if any(lo or hi for lo, hi in one.padding) or any(d != 1 for d in spec.dilation or ()):  # type: ignore[union-attr]
+            return []
+        own_strides, feeder_strides = tuple(spec.strides or ()), tuple(one.spec.strides or ())  # type: ignore[arg-type]
+        rank = len(own_strides)
+        if (all(s == 1 for s in own_strides)) == (all(s == 1 for s in feeder_strides)):
+            return []
+        moved = own_strides if any(s != 1 for s in own_strides) else feeder_strides
+        # the other variant keeps this layer's padding rule: a word ("same") is resolved again at the new stride
+        pads: Any = spec.padding if isinstance(spec.padding, str) else resolved.padding
+        assert before.spatial is not None
+        try:  # the other variant may not fit the input at all (a valid 3x3 on 2x2)
+            if any(s != 1 for s in own_strides):  # the other variant: stride on the 1x1
+                first = ConvSpec((1,) * rank, strides=moved).resolve(before.spatial)
+                second = ConvSpec(spec.kernel_size, strides=1, padding=pads).resolve(first.output_size)  # type: ignore[arg-type]
+            else:  # the other variant: stride on this kxk
+                first = ConvSpec((1,) * rank).resolve(before.spatial)
+                second = ConvSpec(spec.kernel_size, strides=moved, padding=pads).resolve(first.output_size)  # type: ignore[arg-type]
+        except ValueError:
+            return []
+        if any(s != 1 for s in own_strides):
+            where, other = f"this {_axes(spec.kernel_size or ())}", f"the 1x1 {feeder} (original ResNet, Caffe and Keras ResNet-50)"  # type: ignore[arg-type]
+        else:
+            where, other = f"the 1x1 {feeder}", f"this {_axes(spec.kernel_size or ())} (torchvision and Caffe2 ResNet-50, \"v1.5\")"  # type: ignore[arg-type]
+        if second.output_size != resolved.output_size:
+            return []
+        actual = before.field.through(one).through(resolved)
+        alternative = before.field.through(first).through(second)
+        if alternative == actual:
+            return []
+        return [f"the stride {_axes(moved)} sits on {where}; with it on {other} the field here would be "
+                f"{_axes(alternative.size)} (start {_axes(alternative.start)}) instead of {_axes(actual.size)} "
+                f"(start {_axes(actual.start)}), same output shape"]
+
+    def residual_branches(self, names: set[str]) -> set[str]:
+        """Those of ``names`` that sit on one side only of a residual sum (an Add of two layer paths)."""
+        found: set[str] = set()
+        for node in self.nodes.values():
+            if node.kind != "add" or len(node.inputs) < 2 or not names - found:
+                continue
+            sides = [self.ancestors(name) for name in node.inputs]
+            found |= {n for n in names for side in sides if n in side and any(n not in o for o in sides)}
+        return found
+
+    def _feeding_conv(self, node: LayerNode) -> str | None:
+        """The convolution feeding ``node`` through single-input element-wise layers, if any."""
+        current = node.inputs[0] if len(node.inputs) == 1 else None
+        while current is not None and current in self.nodes:
+            producer = self.nodes[current]
+            if producer.kind == "conv":
+                return current if current in self.resolved else None
+            if producer.kind not in ("identity", "norm") or len(producer.inputs) != 1:
+                return None
+            current = producer.inputs[0]
+        return None
 
 
 def _tidy_diff(a: Any, b: Any) -> Any:

@@ -333,9 +333,13 @@ class _Reader:
             in_shape = self.shapes.get(node.input[0])
             if op in ("MaxPool", "AveragePool") and in_shape is not None and all(
                     d is not None for d in in_shape[2:]):
-                from .onnx_node import check_same_pool_pads
+                from .onnx_node import check_same_pool_pads, onnx_same_pool_pads
 
-                check_same_pool_pads(op, attrs, [int(d) for d in in_shape[2:] if d is not None], label)
+                spatial = [int(d) for d in in_shape[2:] if d is not None]
+                check_same_pool_pads(op, attrs, spatial, label)
+                crop = onnx_same_pool_pads(attrs, spatial) if op_for_spec == "AveragePool" else None
+                if crop is not None:  # onnxruntime crops there (negative pads)
+                    spec = spec.replace(padding=crop)
             return LayerNode(label, op, "conv", inputs, spec=spec, params=params,
                              bias=len(node.input) > 2 and node.input[2] != "", note=note)
         if op in ("GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"):

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..spec import ConvSpec
 
-__all__ = ["spec_from_onnx_node", "kernel_from_onnx", "check_same_pool_pads"]
+__all__ = ["spec_from_onnx_node", "kernel_from_onnx", "check_same_pool_pads", "onnx_same_pool_pads"]
 
 _OPS = ("Conv", "ConvTranspose", "MaxPool", "AveragePool")
 
@@ -57,6 +57,9 @@ def spec_from_onnx_node(node: Any, input_shape: Sequence[int] | None = None,
     input_shape
         The input's full shape ``(N, C, spatial...)`` (or ``(C, spatial...)``);
         needed by ``ConvTranspose`` with ``output_shape``, checked for the others.
+        A SAME ``AveragePool`` whose stride reaches the kernel + 2 needs it to
+        match onnxruntime: where onnxruntime's padding goes negative it crops,
+        and the spec returned for this size carries those negative pads.
     weight_shape, weight
         The ``W`` input's shape, or the array itself (its shape is taken).
 
@@ -78,16 +81,17 @@ def spec_from_onnx_node(node: Any, input_shape: Sequence[int] | None = None,
     if weight is not None:
         if weight_shape is not None:
             raise TypeError("give weight or weight_shape, not both")
-        weight_shape = tuple(np.shape(weight))
+        if not hasattr(weight, "shape") or isinstance(weight, (str, bytes)):
+            raise TypeError(f"weight must be an array (W, with a .shape), got {type(weight).__name__}; "
+                            "or give weight_shape=W.shape")
+        weight_shape = tuple(weight.shape)
     if weight_shape is not None:
         if op not in ("Conv", "ConvTranspose"):
             raise TypeError(f"{op} has no weight; leave weight_shape out")
-        attrs["weight_shape"] = [int(v) for v in weight_shape]
+        attrs["weight_shape"] = list(_int_sequence("weight_shape", weight_shape, "W.shape, e.g. (8, 3, 3, 3)"))
     shape = None
     if input_shape is not None:
-        if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence):
-            raise TypeError(f"input_shape must be a sequence of ints (N, C, spatial...), got {input_shape!r}")
-        shape = tuple(int(v) for v in input_shape)
+        shape = _int_sequence("input_shape", input_shape, "X.shape (N, C, spatial...), e.g. (1, 3, 8, 8)")
         if op == "ConvTranspose":
             attrs["input_shape"] = list(shape)
     from ..frontdoors import from_onnx
@@ -95,12 +99,31 @@ def spec_from_onnx_node(node: Any, input_shape: Sequence[int] | None = None,
     spec = from_onnx(op, **attrs)
     if shape is not None and op in ("MaxPool", "AveragePool"):
         check_same_pool_pads(op, attrs, shape[-spec.rank:], str(node.name or op))
+        crop = onnx_same_pool_pads(attrs, shape[-spec.rank:]) if op == "AveragePool" else None
+        if crop is not None:  # onnxruntime crops there: the same negative pads, for this input size
+            spec = spec.replace(padding=crop)
     if shape is not None and op != "ConvTranspose":
         spatial = shape[-spec.rank:]
         if len(shape) < spec.rank:
             raise ValueError(f"input_shape {shape} has fewer axes than the node's {spec.rank} spatial axes")
         spec.resolve(spatial)  # raises ValueError if the window does not fit
     return spec
+
+
+def _int_sequence(name: str, value: Any, example: str) -> tuple[int, ...]:
+    """``value`` as ints of at least 1: TypeError for a wrong type, ValueError for a wrong value."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence | np.ndarray):
+        raise TypeError(f"{name} must be a sequence of ints, got {value!r} ({type(value).__name__}); "
+                        f"write {name}={example}")
+    items = list(value)
+    for index, item in enumerate(items):
+        if isinstance(item, (bool, np.bool_)) or not isinstance(item, int | np.integer):
+            raise TypeError(f"{name}[{index}] must be an int, got {item!r} ({type(item).__name__}) in {name}="
+                            f"{value!r}; write {name}={example}")
+        if item < 1:
+            raise ValueError(f"{name}[{index}] must be at least 1, got {item} in {name}={tuple(items)}; "
+                             f"write {name}={example}")
+    return tuple(int(v) for v in items)
 
 
 def kernel_from_onnx(weight: Any, transposed: bool = False) -> np.ndarray:
@@ -118,38 +141,57 @@ def kernel_from_onnx(weight: Any, transposed: bool = False) -> np.ndarray:
     return kernel_from_torch(weight, transposed=transposed)
 
 
-def check_same_pool_pads(op: str, attrs: dict[str, Any], spatial: Sequence[int], where: str = "") -> None:
-    """Refuse a SAME pooling whose onnxruntime padding goes negative where it changes the result.
+def onnx_same_pool_pads(attrs: dict[str, Any], spatial: Sequence[int]) -> tuple[tuple[int, int], ...] | None:
+    """onnxruntime's per-side pads of a SAME pool on ``spatial``, where some axis's total is negative.
 
     onnxruntime pads a SAME pool by ``total = (ceil(I/S) - 1) S + K - I`` split
     as ``head = total / 2`` (SAME_UPPER) or ``(total + 1) / 2`` (SAME_LOWER),
-    truncated toward zero. With ``S >= K + 2`` the total can be negative:
-    MaxPool then fails ("padding values must be non-negative") and
-    AveragePool crops ``-head`` cells at the start, shifting every window.
-    convarith's pooling specs do not crop, so both are refused with the fix.
+    truncated toward zero, ``tail = total - head``. With ``S >= K + 2`` the
+    total can be negative: an AveragePool then *crops* ``-head`` cells at the
+    start and ``-tail`` at the end, which is a negative padding of the spec
+    (the engine crops). Returns ``None`` where every total is ``>= 0`` (the
+    spec's ``"same"`` word gives the same split) or auto_pad is not SAME.
 
-    >>> check_same_pool_pads("AveragePool", {"auto_pad": "SAME_UPPER", "kernel_shape": [1], "strides": [5]}, [8],
-    ...                      "AveragePool")
-    Traceback (most recent call last):
-    ...
-    ValueError: AveragePool: auto_pad='SAME_UPPER' on an input of 8 cells (axis 0, kernel 1, stride 5): onnxruntime's padding is -2 in all, so it crops 1 cell(s) at the start and shifts every window, which a convarith pooling spec cannot express; crop 1 cell(s) from the start of axis 0 first and use auto_pad='VALID'
+    >>> onnx_same_pool_pads({"auto_pad": "SAME_UPPER", "kernel_shape": [1], "strides": [5]}, [8])
+    ((-1, -1),)
+    >>> onnx_same_pool_pads({"auto_pad": "SAME_UPPER", "kernel_shape": [3], "strides": [2]}, [8]) is None
+    True
     """
     auto_pad = attrs.get("auto_pad", "NOTSET")
     if auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
+        return None
+    kernel = list(attrs.get("kernel_shape", ()))
+    strides = list(attrs.get("strides") or [1] * len(kernel))
+    pairs = []
+    for size, k, stride in zip(spatial, kernel, strides):
+        total = (-(-int(size) // stride) - 1) * stride + k - int(size)
+        head = int((total + (auto_pad == "SAME_LOWER")) / 2)  # C++ division: toward zero
+        pairs.append((head, total - head))
+    if all(lo + hi >= 0 for lo, hi in pairs):
+        return None
+    return tuple(pairs)
+
+
+def check_same_pool_pads(op: str, attrs: dict[str, Any], spatial: Sequence[int], where: str = "") -> None:
+    """Refuse a SAME MaxPool whose onnxruntime padding goes negative, as onnxruntime does.
+
+    (An AveragePool there crops: see :func:`onnx_same_pool_pads`.)
+
+    >>> check_same_pool_pads("MaxPool", {"auto_pad": "SAME_UPPER", "kernel_shape": [1], "strides": [5]}, [8],
+    ...                      "MaxPool")
+    Traceback (most recent call last):
+    ...
+    ValueError: MaxPool: auto_pad='SAME_UPPER' on an input of 8 cells (axis 0, kernel 1, stride 5): onnxruntime's padding is -2 in all, which onnxruntime refuses for MaxPool (padding values must be non-negative); use auto_pad='VALID' or explicit pads
+    """
+    auto_pad = attrs.get("auto_pad", "NOTSET")
+    if op != "MaxPool" or auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
         return
     kernel = list(attrs.get("kernel_shape", ()))
     strides = list(attrs.get("strides") or [1] * len(kernel))
     for axis, (size, k, stride) in enumerate(zip(spatial, kernel, strides)):
         total = (-(-int(size) // stride) - 1) * stride + k - int(size)
-        if total >= 0:
-            continue
-        head = int((total + (auto_pad == "SAME_LOWER")) / 2)  # C++ division: toward zero
-        context = (f"{where + ': ' if where else ''}auto_pad={auto_pad!r} on an input of {size} cells (axis "
-                   f"{axis}, kernel {k}, stride {stride}): onnxruntime's padding is {total} in all")
-        if op == "MaxPool":
-            raise ValueError(f"{context}, which onnxruntime refuses for MaxPool (padding values must be "
-                             "non-negative); use auto_pad='VALID' or explicit pads")
-        if head < 0:
-            raise ValueError(f"{context}, so it crops {-head} cell(s) at the start and shifts every window, "
-                             f"which a convarith pooling spec cannot express; crop {-head} cell(s) from the "
-                             f"start of axis {axis} first and use auto_pad='VALID'")
+        if total < 0:
+            raise ValueError(f"{where + ': ' if where else ''}auto_pad={auto_pad!r} on an input of {size} cells "
+                             f"(axis {axis}, kernel {k}, stride {stride}): onnxruntime's padding is {total} in "
+                             "all, which onnxruntime refuses for MaxPool (padding values must be non-negative); "
+                             "use auto_pad='VALID' or explicit pads")
