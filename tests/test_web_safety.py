@@ -159,6 +159,26 @@ def test_405_carries_allow(client: TestClient) -> None:
     assert response.status_code == 405 and "GET" in response.headers["allow"]
 
 
+def test_every_response_says_the_time_the_server_spent(client: TestClient) -> None:
+    replies = [client.get("/api/health"), client.get("/"), client.get("/static/nothing.js"),
+               client.post("/api/resolve", json={"input_size": [8, 8], "kernel_size": 3}),
+               client.post("/api/resolve", content=b"[[[")]
+    assert [reply.status_code for reply in replies] == [200, 200, 404, 200, 400]
+    for reply in replies:
+        name, _, duration = reply.headers["server-timing"].partition(";dur=")
+        assert name == "app" and 0 <= float(duration) < 60_000, reply.headers["server-timing"]
+
+
+@pytest.mark.parametrize("length", [0, 1, 499, 500, 501, 1234])
+def test_replies_encode_as_plain_json_whatever_their_list_lengths(length: int) -> None:
+    from convarith.web.app import _render
+
+    payload = {"frames": [{"taps": [[i, "é"]], "n": i} for i in range(length)],
+               "name": "a\"b", "nested": {"list": list(range(length))}, "empty": []}
+    assert json.loads(_render(payload)) == payload
+    assert json.loads(_render(payload, piece=7)) == payload
+
+
 # --------------------------------------------------------------------------- images
 
 
