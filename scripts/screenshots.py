@@ -6,6 +6,7 @@ and 1280×800 (a laptop)::
 
     python scripts/screenshots.py            # all of them, into docs/images/
     python scripts/screenshots.py --out /tmp/shots --query "in=5x5&k=3x3&p=same"
+    python scripts/screenshots.py --no-tour --name explorer-3d --query "in=5x6x6&k=3x3x3&s=2x1x1&d=1x1x1&p=same&frame=40"
     python scripts/screenshots.py --timing     # first paint and per-control redraw at 28x28
 
 Needs playwright, starlette, uvicorn and /usr/bin/chromium.
@@ -54,6 +55,8 @@ def main() -> None:
     parser.add_argument("--query", default="in=7x7&k=3x3&s=2x2&d=1x1&p=same&tab=stack",
                         help="the explorer view to show (its URL query)")
     parser.add_argument("--no-tour", action="store_true", help="skip the tour page")
+    parser.add_argument("--name", default="explorer",
+                        help="file name prefix of the explorer shots (e.g. explorer-3d with a 3-D --query)")
     parser.add_argument("--dark", action="store_true", help="also shoot the explorer in dark mode")
     parser.add_argument("--timing", action="store_true",
                         help="measure first paint and each control's redraw at 28x28 instead")
@@ -86,10 +89,10 @@ def main() -> None:
                 page.wait_for_function(
                     "document.body.dataset.busy === '' && !!document.body.dataset.ready")
                 suffix = "" if scheme == "light" else "-dark"
-                target = out / f"explorer-{name}{suffix}.png"
+                target = out / f"{args.name}-{name}{suffix}.png"
                 page.screenshot(path=str(target), full_page=name == "phone")
                 print(target)
-                if name == "desktop" and scheme == "light":  # the README's picture
+                if name == "desktop" and scheme == "light" and args.name == "explorer":  # the README's picture
                     page.screenshot(path=str(out / "explorer.png"))
                 if tour_file is not None and scheme == "light":
                     page.goto(tour_file.as_uri())

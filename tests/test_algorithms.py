@@ -13,83 +13,23 @@ import itertools
 import numpy as np
 import pytest
 
+from _helpers import (
+    DTYPES,
+    check,
+    random_padding,
+    reference_direct,
+    reference_transposed,
+    reference_weight_grad,
+    relative_error,
+)
 from convarith.engine.algorithms import _llvm, depthwise, fft, flat_rows, phase, winograd
 from convarith.engine.dispatch import ConvProblem, choose
 from numba_free import run_without_numba
 
-TOLERANCE = {np.float32: 1e-5, np.float64: 1e-10}
 SEEDS = range(6)
 
 
 # --------------------------------------------------------------------------- slow reference
-
-
-def reference_direct(xp, kernel, strides, dilation, groups, out_size):
-    """``y[n, o, g·Fg + f] = Σ_{k, c} xp[n, o·S + k·D, g·Cg + c] · kernel[k, c, g·Fg + f]``."""
-    rank = len(out_size)
-    xp = np.asarray(xp, np.float64)
-    kernel = np.asarray(kernel, np.float64)
-    group_in, filters = kernel.shape[-2:]
-    group_out = filters // groups
-    y = np.zeros((xp.shape[0], *out_size, filters))
-    for tap in itertools.product(*(range(k) for k in kernel.shape[:rank])):
-        index = tuple(
-            slice(k * d, k * d + (o - 1) * s + 1, s)
-            for k, s, d, o in zip(tap, strides, dilation, out_size)
-        )
-        cells = xp[(slice(None),) + index]
-        for g in range(groups):
-            x_g = cells[..., g * group_in:(g + 1) * group_in]
-            w_g = kernel[tap][:, g * group_out:(g + 1) * group_out]
-            y[..., g * group_out:(g + 1) * group_out] += x_g @ w_g
-    return y
-
-
-def reference_weight_grad(xp, dy, kernel_size, strides, dilation, groups):
-    rank = len(kernel_size)
-    xp = np.asarray(xp, np.float64)
-    dy = np.asarray(dy, np.float64)
-    out_size = dy.shape[1:-1]
-    group_in = xp.shape[-1] // groups
-    filters = dy.shape[-1]
-    group_out = filters // groups
-    dk = np.zeros((*kernel_size, group_in, filters))
-    for tap in itertools.product(*(range(k) for k in kernel_size)):
-        index = tuple(
-            slice(k * d, k * d + (o - 1) * s + 1, s)
-            for k, s, d, o in zip(tap, strides, dilation, out_size)
-        )
-        cells = xp[(slice(None),) + index].reshape(-1, xp.shape[-1])
-        grads = dy.reshape(-1, filters)
-        for g in range(groups):
-            dk[tap][:, g * group_out:(g + 1) * group_out] = (
-                cells[:, g * group_in:(g + 1) * group_in].T
-                @ grads[:, g * group_out:(g + 1) * group_out]
-            )
-    del rank
-    return dk
-
-
-def reference_transposed(x, kernel, strides, dilation, padding):
-    """Zero-insert, pad (negative crops), convolve with the flipped, swapped kernel."""
-    rank = len(strides)
-    n, *size, c = x.shape
-    grid = np.zeros((n, *[(i - 1) * s + 1 for i, s in zip(size, strides)], c))
-    grid[(slice(None),) + tuple(slice(None, None, s) for s in strides)] = x
-    widths = [(0, 0)] + [(max(lo, 0), max(hi, 0)) for lo, hi in padding] + [(0, 0)]
-    grid = np.pad(grid, widths)
-    crop = tuple(slice(max(-lo, 0), grid.shape[1 + a] - max(-hi, 0))
-                 for a, (lo, hi) in enumerate(padding))
-    grid = grid[(slice(None),) + crop]
-    direct_kernel = np.swapaxes(np.asarray(kernel)[(slice(None, None, -1),) * rank], -1, -2)
-    effective = [(k - 1) * d + 1 for k, d in zip(kernel.shape[:rank], dilation)]
-    out = tuple(g - e + 1 for g, e in zip(grid.shape[1:-1], effective))
-    return reference_direct(grid, direct_kernel, (1,) * rank, dilation, 1, out)
-
-
-def relative_error(a, b):
-    b = np.asarray(b, np.float64)
-    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / max(np.linalg.norm(b), 1e-300))
 
 
 def random_problem(rng, rank, *, kernel=None, strides=None, dilation=None, groups=1,
@@ -106,30 +46,6 @@ def random_problem(rng, rank, *, kernel=None, strides=None, dilation=None, group
     xp = rng.standard_normal((batch, *padded, channels))
     k = rng.standard_normal((*kernel, channels // groups, filters))
     return xp, k, strides, dilation, out_size
-
-
-def random_padding(rng, x, k, strides, dilation):
-    """Random zero padding of ``x`` (-1 crops), the padded input and the output size."""
-    rank = len(strides)
-    effective = [(n - 1) * d + 1 for n, d in zip(k.shape[:rank], dilation)]
-    pads = tuple((int(rng.integers(-1, 3)), int(rng.integers(-1, 3))) for _ in range(rank))
-    if any(n + lo + hi < e for n, (lo, hi), e in zip(x.shape[1:-1], pads, effective)):
-        pads = tuple((abs(lo), abs(hi)) for lo, hi in pads)  # the crop left too little
-    crop = tuple(slice(max(-lo, 0), n - max(-hi, 0)) for n, (lo, hi) in zip(x.shape[1:-1], pads))
-    xp = np.pad(x[(slice(None),) + crop],
-                ((0, 0), *((max(lo, 0), max(hi, 0)) for lo, hi in pads), (0, 0)))
-    out_size = tuple((p - e) // s + 1 for p, e, s in zip(xp.shape[1:-1], effective, strides))
-    return pads, xp, out_size
-
-
-def check(result, expected, dtype, seed, what):
-    assert result.dtype == dtype, f"{what} (seed {seed}): dtype {result.dtype}, expected {dtype}"
-    assert result.shape == expected.shape, f"{what} (seed {seed}): shape {result.shape}"
-    error = relative_error(result, expected)
-    assert error <= TOLERANCE[dtype], f"{what} (seed {seed}): relative error {error:.2e}"
-
-
-DTYPES = [np.float32, np.float64]
 
 
 # --------------------------------------------------------------------------- flat rows

@@ -11,6 +11,7 @@ import itertools
 import numpy as np
 import pytest
 
+from _helpers import reference_scatter, relative_error
 from convarith import ConvSpec
 from convarith.engine import conv
 from convarith.engine.algorithms import col2im, phase, subpixel
@@ -19,36 +20,6 @@ from numba_free import run_without_numba
 
 TOLERANCE = {np.float32: 1e-5, np.float64: 1e-10}
 SEEDS = list(range(12))
-
-
-def reference_scatter(x, kernel, strides, dilation, groups, padding):
-    """``y[n, i·S + t·D - P, g·Fg + f] += x[n, i, g·Cg + c] · kernel[t, f, g·Cg + c]``,
-    with ``P = D·(K - 1) - lo`` and cells outside the output dropped."""
-    rank = len(strides)
-    x = np.asarray(x, np.float64)
-    kernel = np.asarray(kernel, np.float64)
-    n, *size, c = x.shape
-    taps, fg = kernel.shape[:rank], kernel.shape[rank]
-    cg = c // groups
-    reach = [d * (k - 1) - lo for d, k, (lo, _) in zip(dilation, taps, padding)]
-    out = [(i - 1) * s + 1 + lo + hi - d * (k - 1)
-           for i, s, (lo, hi), d, k in zip(size, strides, padding, dilation, taps)]
-    y = np.zeros((n, *out, fg * groups))
-    for cell in itertools.product(*(range(i) for i in size)):
-        for tap in itertools.product(*(range(k) for k in taps)):
-            o = tuple(i * s + t * d - p for i, t, s, d, p in zip(cell, tap, strides, dilation, reach))
-            if any(v < 0 or v >= limit for v, limit in zip(o, out)):
-                continue
-            for g in range(groups):
-                inputs = x[(slice(None),) + cell + (slice(g * cg, (g + 1) * cg),)]  # (n, Cg)
-                weights = kernel[tap + (slice(None), slice(g * cg, (g + 1) * cg))]  # (Fg, Cg)
-                y[(slice(None),) + o + (slice(g * fg, (g + 1) * fg),)] += inputs @ weights.T
-    return y
-
-
-def relative_error(a, b):
-    b = np.asarray(b, np.float64)
-    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / max(np.linalg.norm(b), 1e-300))
 
 
 def random_case(rng, rank):

@@ -1,7 +1,7 @@
 """Register-tiled compiled kernels (``register_tiles``) against the definition and PyTorch.
 
 Expected values come from the float64 definition written out tap by tap
-(``test_algorithms.reference_direct`` / ``reference_transposed``), from
+(``_helpers.reference_direct`` / ``reference_transposed``), from
 PyTorch's ``conv2d`` / ``conv_transpose2d`` and from float64 ``np.matmul``
 (the packed batched products). Bounds: relative error ≤ 1e-5
 in float32, ≤ 1e-10 in float64 (the kernels only change the order of the sum).
@@ -16,11 +16,11 @@ import sys
 import numpy as np
 import pytest
 
+from _helpers import reference_direct, reference_transposed, relative_error
 from convarith.engine import conv
 from convarith.engine.algorithms import _llvm, register_tiles
 from convarith.engine.dispatch import ConvProblem, choose
 from convarith.engine.padding import pad
-from test_algorithms import reference_direct, reference_transposed, relative_error
 
 TOLERANCE = {np.float32: 1e-5, np.float64: 1e-10}
 

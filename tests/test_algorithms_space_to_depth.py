@@ -12,12 +12,12 @@ import itertools
 import numpy as np
 import pytest
 
+from _helpers import DTYPES, check, random_padding, reference_direct
 from convarith.engine import conv
 from convarith.engine.algorithms import _llvm, space_to_depth
 from convarith.engine.dispatch import ConvProblem, choose
 from convarith.spec import ConvSpec
 from numba_free import run_without_numba
-from test_algorithms import DTYPES, check, random_padding, reference_direct
 
 SEEDS = range(6)
 

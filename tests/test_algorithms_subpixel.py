@@ -11,12 +11,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from _helpers import reference_scatter, relative_error
 from convarith import ConvSpec
 from convarith.engine import conv
 from convarith.engine.algorithms import _llvm, subpixel, winograd
 from convarith.engine.core import transposed_algorithm
 from convarith.engine.dispatch import ConvProblem
-from test_algorithms_col2im import reference_scatter, relative_error
 
 TOLERANCE = {np.float32: 1e-5, np.float64: 1e-10}
 

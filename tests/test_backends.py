@@ -14,20 +14,12 @@ import numpy as np
 import pytest
 
 import convarith
+from _helpers import relative_error as rel_error
 from convarith import ConvSpec
 
 pytestmark = pytest.mark.oracle
 
 COUNT = 40
-
-
-def rel_error(a: np.ndarray, b: np.ndarray) -> float:
-    assert a.shape == b.shape, (a.shape, b.shape)
-    # a max-pooling window made only of padding is -inf in every implementation
-    assert np.array_equal(np.isinf(a), np.isinf(b)) and np.array_equal(a[np.isinf(a)], b[np.isinf(b)])
-    a, b = np.where(np.isinf(a), 0, a), np.where(np.isinf(b), 0, b)
-    scale = np.linalg.norm(b.astype(np.float64))
-    return float(np.linalg.norm((a - b).astype(np.float64)) / (scale or 1.0))
 
 
 def random_case(rng: random.Random):

@@ -14,6 +14,7 @@ import itertools
 import numpy as np
 import pytest
 
+from _helpers import relative_error
 from convarith.engine.algorithms import depthwise
 
 TOLERANCE = {np.float32: 1e-5, np.float64: 1e-10}
@@ -49,10 +50,6 @@ def reference_weight_grad(x, dy, kernel_size, strides, dilation, pads):
                      strides[1])
         dk[a, b, 0] = np.einsum("nhwc,nhwcm->cm", xpad[:, rows, cols], grad).reshape(-1)
     return dk
-
-
-def relative_error(result, expected):
-    return float(np.linalg.norm(result - expected) / max(np.linalg.norm(expected), 1e-300))
 
 
 def random_case(seed):

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import convarith
+from _helpers import relative_error
 from convarith import ConvSpec, conv, conv_vjp
 from convarith.engine import api, dispatch
 from convarith.engine.algorithms import offset_gemm
@@ -34,19 +35,6 @@ QUICK = settings(
     print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-
-
-def relative_error(actual: Any, expected: Any) -> float:
-    actual = np.asarray(actual, dtype=np.float64)
-    expected = np.asarray(expected, dtype=np.float64)
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    finite = np.isfinite(expected)
-    if not finite.all():  # non-finite cells must agree exactly (inf, -inf, nan)
-        np.testing.assert_array_equal(actual[~finite], expected[~finite])
-        actual, expected = actual[finite], expected[finite]
-    scale = np.linalg.norm(expected)
-    diff = np.linalg.norm(actual - expected)
-    return float(diff / scale) if scale > 0 else float(diff)
 
 
 # --------------------------------------------------------------------------- random specs

@@ -23,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from _helpers import relative_error
 from convarith import ConvSpec, conv, conv_vjp, kernel_from_torch, kernel_to_torch
 
 pytestmark = pytest.mark.oracle
@@ -85,19 +86,6 @@ def report() -> Any:
     if path:
         with open(path, "a", encoding="utf-8") as handle:
             handle.write("\n".join(lines) + "\n")
-
-
-def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
-    actual = np.asarray(actual, dtype=np.float64)
-    expected = np.asarray(expected, dtype=np.float64)
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    finite = np.isfinite(expected)
-    if not finite.all():  # e.g. -inf from a max-pool window made only of padding: exact
-        np.testing.assert_array_equal(actual[~finite], expected[~finite])
-        actual, expected = actual[finite], expected[finite]
-    scale = np.linalg.norm(expected)
-    diff = np.linalg.norm(actual - expected)
-    return float(diff / scale) if scale > 0 else float(diff)
 
 
 @dataclass

@@ -8,16 +8,12 @@ import zlib
 import numpy as np
 import pytest
 
+from _helpers import relative_error as rel_err
 from convarith import nn
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 RTOL = 1e-5
-
-
-def rel_err(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
 # (class name, positional args, keyword args, input shape of one sample)

@@ -22,20 +22,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from _helpers import relative_error as rel_error
 from convarith.port import PortError, port_text
 
 pytestmark = pytest.mark.oracle
 
 CONFIGS = int(os.environ.get("CONVARITH_PORT_CONFIGS", "20"))
 TOLERANCE = 1e-5
-
-
-def rel_error(a: Any, b: Any) -> float:
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    scale = np.linalg.norm(b)
-    return float(np.linalg.norm(a - b) / (scale if scale else 1.0))
 
 
 def to_first(x: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from _helpers import relative_error  # noqa: E402
 from convarith import ConvSpec  # noqa: E402
 from convarith.engine import conv as engine_conv  # noqa: E402
 from convarith.scale import ChunkingWarning, conv, plan_tiles  # noqa: E402
@@ -67,11 +68,6 @@ def footprint_reference(x: np.ndarray, kernel: np.ndarray | None, spec: ConvSpec
                     value = np.sum(cells, axis=0) / count
             out[(n, *index)] = value
     return out
-
-
-def relative_error(a: np.ndarray, b: np.ndarray) -> float:
-    scale = np.linalg.norm(b)
-    return float(np.linalg.norm(a - b) / (scale if scale else 1.0))
 
 
 # --------------------------------------------------------------------------- fixed cases

@@ -319,3 +319,29 @@ def test_3d_slices_are_laid_out_in_rows_not_one_strip():
     spots = {(round(s.points[0][0]), round(s.points[0][1])) for s in labels}
     assert len(spots) == len(labels) == 7 + 3  # no two depth labels at the same place
     assert all(0 <= x <= movie.scene.width and 0 <= y <= movie.scene.height for x, y in spots)
+
+
+def _cell_polygons(scene, fill):
+    return [shape.points for shape in scene.shapes if shape.kind == "polygon" and shape.fill == fill]
+
+
+@pytest.mark.parametrize(("argv", "size"), [
+    (["9", "--rank", "1", "-k", "3", "-p", "same", "-s", "2"], 9),
+    (["28", "--rank", "1", "-k", "5", "-d", "2"], 28),
+    (["4", "--rank", "1", "-k", "3", "-s", "2", "-p", "1", "--transposed", "--view", "scatter"], 4),
+])
+def test_1d_is_drawn_flat_by_default(argv, size, tmp_path, capsys):
+    """A 1-D convolution is two rows of upright cells, wider than tall (not a slanted strip)."""
+    target = tmp_path / "one_d.png"
+    assert main(["animate", *argv, "--step", "0", "-o", str(target)]) == 0
+    with Image.open(target) as image:
+        width, height = image.size
+    assert width > 1.3 * height, (width, height)
+    one_d = animate(ConvSpec((3,), padding="same", strides=2), (size,))
+    assert one_d.view == "flat"
+    cells = _cell_polygons(one_d.scene, PALETTE.input)
+    assert cells, "no input cells drawn"
+    for points in cells:  # upright rectangles: two distinct x and two distinct y
+        assert len({round(x, 3) for x, _ in points}) == 2 and len({round(y, 3) for _, y in points}) == 2, points
+    assert animate(ConvSpec((3,)), (9,), view="oblique").view == "oblique"
+    assert animate(ConvSpec(3), (5, 5)).view == "oblique"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import math
 import os
 import re
 import shutil
@@ -283,6 +284,8 @@ def test_stack_code_and_solver_tabs(page):
     page.wait_for_function(
         "[...document.querySelectorAll('#layers [data-size]')].every(n => n.textContent)")
     assert page.locator("#stack-svg rect.rf-in").count() > 0
+    page.click('#stack-svg rect[data-out="3,3"]')  # a cell of the last output: the field it reads
+    page.wait_for_function("document.getElementById('receptive-text').textContent.startsWith('output cell (3, 3)')")
     page.click("#layers .layer:nth-child(3) [data-act=remove]")
     page.wait_for_function("document.querySelectorAll('#layers .layer').length === 2")
     page.click("button[data-tab=code]")
@@ -418,7 +421,7 @@ def test_typed_numbers_are_refused_not_rounded(page, typed):
 @pytest.mark.parametrize("query, words", [
     ("in=abc", ["input_size", "'abc'"]),
     ("in=2.5x7", ["input_size", "'2.5'"]),
-    ("in=7x7x7", ["in=7x7x7", "3 axes"]),
+    ("in=7x7x7x7", ["in=7x7x7x7", "4 axes"]),
     ("in=7x7&k=1e3", ["kernel_size", "'1e3'"]),
 ])
 def test_links_the_page_cannot_show_are_refused_in_words(page, server_url, query, words):
@@ -646,6 +649,104 @@ def test_export_svg_and_png(page, tmp_path):
     width = int(page.get_attribute("#grid", "width") or 0)
     with Image.open(png) as image:
         assert image.size[0] == 2 * width
+
+
+def _focused(page: Any) -> str:
+    return page.evaluate("(() => { const a = document.activeElement; return a && a.classList.contains('cell') ? "
+                         "(a.dataset.out !== undefined ? 'out:' + a.dataset.out : 'in:' + a.dataset.pos) : ''; })()")
+
+
+def test_every_cell_is_reachable_by_keyboard(page, server_url):
+    """Tab reaches one input and one output cell; arrows, Page Up/Down and Home/End move between cells,
+    and a focused cell shows what hovering it shows (its feeds, or its footprint)."""
+    goto(page, server_url, "in=12x10&k=3x3&s=2x1&d=1x1&p=valid")
+    want = ConvSpec(3, strides=(2, 1)).resolve((12, 10))
+    page.focus("#grid")
+    page.keyboard.press("Tab")
+    assert _focused(page) == "in:0,0"
+    assert highlighted(page, "#grid rect.feed") == {o for o, _ in want.feeds((0, 0))}
+    for key, cell in (("ArrowRight", (0, 1)), ("ArrowDown", (1, 1)), ("PageDown", (9, 1)), ("PageDown", (11, 1)),
+                      ("End", (11, 9)), ("ArrowRight", (11, 9)), ("Home", (11, 0)), ("PageUp", (3, 0))):
+        page.keyboard.press(key)
+        assert _focused(page) == "in:" + ",".join(map(str, cell)), key
+        assert highlighted(page, "#grid rect.feed") == {o for o, _ in want.feeds(cell)}, key
+    page.keyboard.press("Tab")
+    assert _focused(page) == "out:0,0"
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("ArrowRight")
+    assert _focused(page) == "out:1,1"
+    taps = want.footprint((1, 1))
+    assert highlighted(page, "#grid rect.hl, #grid rect.hl-pad") == {t.position for t in taps}
+    page.keyboard.press("Enter")  # the animation jumps to that output cell
+    assert page.text_content("#frame-label").startswith(f"frame {1 * want.output_size[1] + 1 + 1} /")
+    # touch and pointer users skip a row of frames with buttons; long animations play fast
+    page.click("#next-row")
+    assert page.text_content("#frame-label").startswith(f"frame {2 * want.output_size[1] + 2} /")
+    speeds = page.eval_on_selector_all("#speed option", "os => os.map(o => Number(o.value))")
+    assert 4096 * 700 / max(speeds) / 1000 < 60  # a 64x64 input plays in under a minute
+
+
+def _shown_slice(page: Any, group: str) -> int:
+    values = page.eval_on_selector_all(f"#grid .{group} .slice", "gs => gs.filter(g => g.getAttribute('display') "
+                                       "!== 'none').map(g => Number(g.dataset.z))")
+    assert len(values) == 1, values
+    return int(values[0])
+
+
+def test_3d_slices_step_with_the_window_and_the_depth_keys(page, server_url):
+    """3-D: one depth slice of the input and output at a time; the window's taps in it light up."""
+    goto(page, server_url, "in=5x6x6&k=3x3x3&s=2x1x1&d=1x1x1&p=same")
+    assert not page.is_visible("#error"), page.text_content("#error")
+    want = ConvSpec((3, 3, 3), strides=(2, 1, 1), padding="same").resolve((5, 6, 6))
+    assert page.text_content("#output-size") == " × ".join(map(str, want.output_size))
+    frames = int(page.text_content("#frame-label").split("/")[1].split()[0])
+    assert frames == math.prod(want.output_size)
+    for key in ("End", "Home", "PageDown"):
+        page.keyboard.press(key)
+        out = tuple(int(v) for v in page.text_content("#frame-label").split("(")[1].rstrip(")").split(", "))
+        taps = want.footprint(out)
+        depths = sorted({t.position[0] for t in taps})
+        assert _shown_slice(page, "output-grid") == out[0]
+        z = _shown_slice(page, "input-grid")
+        assert z in depths  # the input slice shown is one the window reads
+        while z > depths[0]:
+            page.keyboard.press("[")
+            z -= 1
+        for step in range(len(depths)):
+            assert _shown_slice(page, "input-grid") == z
+            shown = {t.position for t in taps if t.position[0] == z}
+            assert {p for p in highlighted(page, "#grid rect.hl, #grid rect.hl-pad") if p[0] == z} == shown
+            assert f"input slice {z} " in page.text_content("#depth-label")
+            if step < len(depths) - 1:
+                page.keyboard.press("]")
+                z += 1
+    # the slider reaches every padded depth slice
+    assert page.get_attribute("#depth", "max") == str(want.padded_size[0] - 1)
+    # too many cells to draw is refused in words, naming the input size
+    goto(page, server_url, "in=40x40x40&k=3x3x3&s=1x1x1&d=1x1x1&p=valid")
+    assert "too many to draw" in page.text_content("#error")
+
+
+def test_export_gif_is_the_animation_the_command_draws(page, server_url, tmp_path):
+    from PIL import Image
+
+    goto(page, server_url, "in=6x5&k=3x2&s=2x1&d=1x1&p=explicit&pads=1,1x0,1&pm=zeros")
+    frames = int(page.text_content("#frame-label").split("/")[1].split()[0])
+    with page.expect_download() as gif_download:
+        page.click("#export-gif")
+    path = tmp_path / "page.gif"
+    gif_download.value.save_as(path)
+    assert gif_download.value.suggested_filename == "convarith.gif"
+    want = ConvSpec((3, 2), strides=(2, 1), padding=((1, 1), (0, 1))).resolve((6, 5))
+    with Image.open(path) as gif:
+        assert gif.n_frames == frames == math.prod(want.output_size)
+    # a refusal is shown in words next to the button, not downloaded
+    goto(page, server_url, "in=64x64&k=3x3&s=1x1&d=1x1&p=same")
+    page.route("**/api/animation.gif", lambda route: route.fulfill(
+        status=422, content_type="application/json",
+        body='{"error": {"message": "the GIF would have 4096 frames", "field": "every", "status": 422}}'))
+    page.click("#export-gif")
+    page.wait_for_function("document.getElementById('export-status').textContent.startsWith('no GIF')")
 
 
 def test_quiz_hides_the_answer_and_checks_it(page):

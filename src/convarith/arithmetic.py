@@ -21,9 +21,12 @@ Examples
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
+    "check_int",
     "effective_kernel",
     "conv_output_size",
     "same_output_size",
@@ -32,15 +35,46 @@ __all__ = [
     "full_padding",
     "dropped_rows",
     "pool_output_size",
+    "window_reach",
+    "ceil_overhang",
+    "zero_inserted_size",
+    "transposed_grid_output_size",
     "transposed_output_size",
     "keras_transposed_output_size",
     "transposed_same_padding",
     "transposed_valid_padding",
     "transposed_input_padding",
+    "transposed_crop",
+    "input_gradient_padding",
     "padding_for_output",
     "Solution",
     "solve",
 ]
+
+
+def check_int(name: str, value: Any, minimum: int | None = None) -> int:
+    """``value`` as an ``int`` (not a bool), at least ``minimum``; otherwise an error naming ``name``.
+
+    The one integer check of convarith: the spec, the solver and the commands use it.
+
+    >>> check_int("stride", 2, 1)
+    2
+    >>> check_int("stride", 0, 1)
+    Traceback (most recent call last):
+    ...
+    ValueError: stride must be positive, got 0
+    >>> check_int("padding", 2.0)
+    Traceback (most recent call last):
+    ...
+    TypeError: padding must be an integer, got 2.0 (float)
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        rule = {1: "positive", 0: "0 or more"}.get(minimum, f"at least {minimum}")
+        raise ValueError(f"{name} must be {rule}, got {value}")
+    return value
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -100,7 +134,7 @@ def same_padding(
     (1, 0)
     """
     out = same_output_size(size, stride)
-    total = max(0, (out - 1) * stride + effective_kernel(kernel, dilation) - size)
+    total = max(0, window_reach(out, kernel, stride, dilation) - size)
     small, large = total // 2, total - total // 2
     return (large, small) if lower else (small, large)
 
@@ -173,6 +207,62 @@ def pool_output_size(
     return max(out, 0)
 
 
+def window_reach(output: int, kernel: int, stride: int = 1, dilation: int = 1) -> int:
+    """Cells from the start of the padded input to the end of the last window: ``(O - 1) S + K_eff``.
+
+    >>> window_reach(3, 2, stride=2)   # windows [0, 2), [2, 4), [4, 6)
+    6
+    """
+    return (output - 1) * stride + effective_kernel(kernel, dilation)
+
+
+def ceil_overhang(
+    size: int,
+    output: int,
+    kernel: int,
+    stride: int = 1,
+    dilation: int = 1,
+    padding: tuple[int, int] = (0, 0),
+) -> int:
+    """Cells past the padded input that the last (ceil-mode pooling) window reaches.
+
+    ``max(0, (O - 1) S + K_eff - (I + lo + hi))``; 0 whenever ``O`` is the
+    floor-mode output size.
+
+    >>> ceil_overhang(5, pool_output_size(5, 2, 2, ceil_mode=True), 2, stride=2)
+    1
+    >>> ceil_overhang(5, pool_output_size(5, 2, 2), 2, stride=2)
+    0
+    """
+    lo, hi = padding
+    return max(0, window_reach(output, kernel, stride, dilation) - (size + lo + hi))
+
+
+def zero_inserted_size(size: int, stride: int = 1) -> int:
+    """Length of an input with ``S - 1`` zeros inserted between its cells: ``(I - 1) S + 1``.
+
+    >>> zero_inserted_size(3, 2)   # x 0 x 0 x
+    5
+    """
+    return (size - 1) * stride + 1
+
+
+def transposed_grid_output_size(
+    size: int, kernel: int, stride: int = 1, dilation: int = 1, padding: tuple[int, int] = (0, 0)
+) -> int:
+    """Output length of a transposed convolution from the padding of its zero-inserted grid.
+
+    The stride-1 window slides over ``(I - 1) S + 1 + lo + hi`` cells, so the
+    output has ``(I - 1) S + 1 + lo + hi - D (K - 1)`` (negative ``lo``/``hi``
+    crop). Not clamped: 0 or less when the crops leave no output.
+
+    >>> transposed_grid_output_size(28, 4, stride=2, padding=(2, 2))   # PyTorch padding=1
+    56
+    """
+    lo, hi = padding
+    return zero_inserted_size(size, stride) + lo + hi - (effective_kernel(kernel, dilation) - 1)
+
+
 def transposed_output_size(
     size: int,
     kernel: int,
@@ -189,8 +279,8 @@ def transposed_output_size(
     >>> transposed_output_size(28, 4, stride=2, crop=(1, 1))
     56
     """
-    lo, hi = crop
-    return (size - 1) * stride - lo - hi + effective_kernel(kernel, dilation) + output_padding
+    padding = transposed_input_padding(kernel, dilation, crop, output_padding)
+    return transposed_grid_output_size(size, kernel, stride, dilation, padding)
 
 
 def keras_transposed_output_size(
@@ -218,7 +308,7 @@ def keras_transposed_output_size(
             return size * stride + max(span - stride, 0)
         return size * stride
     pad = span // 2 if padding == "same" else 0
-    return (size - 1) * stride + span - 2 * pad + output_padding
+    return transposed_output_size(size, kernel, stride, dilation, (pad, pad), output_padding)
 
 
 def transposed_same_padding(
@@ -283,6 +373,42 @@ def transposed_input_padding(
     return (span - 1 - lo, span - 1 - hi + output_padding)
 
 
+def transposed_crop(
+    kernel: int, dilation: int = 1, padding: tuple[int, int] = (0, 0)
+) -> tuple[int, int]:
+    """Turn padding of the zero-inserted input back into a crop of the full output.
+
+    The inverse of :func:`transposed_input_padding` (``output_padding`` then
+    counts in the crop's ``hi``, as a negative crop): ``(K_eff - 1 - lo, K_eff - 1 - hi)``.
+
+    >>> transposed_crop(4, padding=(2, 2))
+    (1, 1)
+    >>> transposed_crop(4, padding=transposed_input_padding(4, crop=(1, 1), output_padding=1))
+    (1, 0)
+    """
+    span = effective_kernel(kernel, dilation)
+    lo, hi = padding
+    return (span - 1 - lo, span - 1 - hi)
+
+
+def input_gradient_padding(
+    padded_size: int, output: int, kernel: int, stride: int = 1, dilation: int = 1
+) -> tuple[int, int]:
+    """Padding of the zero-inserted output gradient that gives the padded input's gradient.
+
+    The input gradient (vjp) of a direct convolution is the transposed
+    convolution of ``dy`` with padding ``(K_eff - 1, P - (O - 1) S - 1)`` of
+    its zero-inserted grid, ``P = I + lo + hi`` the padded input length: its
+    output then has exactly ``P`` cells (the rows no window read get zeros).
+
+    >>> input_gradient_padding(28, 13, 3, stride=2)   # 28 = 13 windows, 1 row dropped
+    (2, 3)
+    >>> transposed_grid_output_size(13, 3, 2, 1, input_gradient_padding(28, 13, 3, 2))
+    28
+    """
+    return (effective_kernel(kernel, dilation) - 1, padded_size - zero_inserted_size(output, stride))
+
+
 def padding_for_output(
     size: int, target: int, kernel: int, stride: int = 1, dilation: int = 1
 ) -> tuple[int, int] | None:
@@ -299,7 +425,7 @@ def padding_for_output(
     """
     if target < 1:
         return None
-    need = (target - 1) * stride + effective_kernel(kernel, dilation) - size
+    need = window_reach(target, kernel, stride, dilation) - size
     # Any total in [need, need + stride - 1] gives target; the smallest that is >= 0.
     if need + stride - 1 < 0:
         return None
@@ -325,21 +451,6 @@ class Solution:
     def effective_kernel(self) -> int:
         return effective_kernel(self.kernel, self.dilation)
 
-    @property
-    def padding_words(self) -> tuple[str, ...]:
-        """Names of the padding modes that produce exactly this padding."""
-        return _padding_words(self)
-
-
-def _padding_words(solution: Solution, size: int | None = None) -> tuple[str, ...]:
-    lo, hi = solution.padding
-    words = []
-    if lo == hi == 0:
-        words.append("valid")
-    if (lo, hi) == full_padding(solution.kernel, solution.dilation) and lo > 0:
-        words.append("full")
-    return tuple(words)
-
 
 def solve(
     size: int,
@@ -361,10 +472,9 @@ def solve(
     """
     for name, value in (("size", size), ("target", target), ("max_kernel", max_kernel),
                         ("max_stride", max_stride), ("max_dilation", max_dilation)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an integer, got {value!r}")
-        if value < 1:
-            raise ValueError(f"{name} must be positive, got {value}")
+        check_int(name, value, 1)
+    if max_padding is not None:
+        check_int("max_padding", max_padding, 0)
     searched = max_kernel * max_stride * max_dilation
     if searched > SOLVER_LIMIT:
         raise ValueError(

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from .arithmetic import conv_output_size
 from .spec import ConvSpec
 
 __all__ = ["BenchCase", "CASES", "CaseResult", "run", "main"]
@@ -162,7 +163,7 @@ def _torch_runner(case: BenchCase, x: np.ndarray, kernel: np.ndarray,
         # cell), otherwise an explicit F.pad first
         symmetric = tuple(-(-(lo + hi) // 2) for lo, hi in pads)
         sym_out = tuple(
-            (n + 2 * p - ((k - 1) * d + 1)) // s + 1
+            conv_output_size(n, k, s, d, (p, p))
             for n, p, k, d, s in zip(resolved.input_size, symmetric, spec.kernel_size,  # type: ignore[arg-type]
                                      spec.dilation, spec.strides)  # type: ignore[arg-type]
         )
@@ -299,11 +300,9 @@ def _forward_paths(case: BenchCase, backward: bool) -> list[str]:
     if backward:
         names.append(choose_weight_grad(problem).name)
         # the input gradient: the transposed convolution of d_out onto the padded grid
-        grid_pads = [(e - 1, p - (o - 1) * st - 1) for e, p, o, st in
-                     zip(resolved.effective_kernel, padded, resolved.output_size, spec.strides)]  # type: ignore[arg-type]
         names.insert(1, transposed_algorithm(
             case.output_shape, case.kernel_shape, spec.strides, spec.dilation, groups,  # type: ignore[arg-type]
-            grid_pads))
+            resolved.input_gradient_padding))
     return names
 
 

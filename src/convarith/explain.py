@@ -25,7 +25,7 @@ from typing import Any
 from . import arithmetic as ar
 from .spec import ConvSpec, ResolvedConv
 
-__all__ = ["explain", "Explanation", "AxisDerivation"]
+__all__ = ["explain", "Explanation", "AxisDerivation", "dropped_rows_note"]
 
 _AXIS_NAMES = {1: ("length",), 2: ("height", "width"), 3: ("depth", "height", "width")}
 
@@ -220,18 +220,32 @@ def _derive_axis(r: ResolvedConv, axis: int, name: str) -> AxisDerivation:
     )
 
 
+def dropped_rows_note(r: ResolvedConv, axis: int, name: str | None = None) -> str | None:
+    """The one wording of "these input rows are never read" for one axis (``None``: none are).
+
+    >>> from convarith import ConvSpec
+    >>> print(dropped_rows_note(ConvSpec(3, strides=2, rank=1).resolve((28,)), 0))
+    length: the last input row never reaches the kernel ((28 + 0 + 0 - 3) = 25 is not a multiple of the stride 2): silently dropped
+    """
+    dropped = r.dropped[axis]
+    if not dropped:
+        return None
+    if name is None:
+        name = _AXIS_NAMES[r.rank][axis] if r.rank in _AXIS_NAMES else f"axis {axis}"
+    size, (lo, hi), eff = r.input_size[axis], r.padding[axis], r.effective_kernel[axis]
+    stride = r.spec.strides[axis]  # type: ignore[index]
+    which = "input row never reaches" if dropped == 1 else f"{dropped} input rows never reach"
+    return (f"{name}: the last {which} the kernel (({size} + {lo} + {hi} - {eff}) = "
+            f"{size + lo + hi - eff} is not a multiple of the stride {stride}): silently dropped")
+
+
 def _notes(r: ResolvedConv, axes: Sequence[AxisDerivation]) -> list[str]:
     spec = r.spec
     notes: list[str] = []
     for a in axes:
-        if a.dropped:
-            which = "input row never reaches" if a.dropped == 1 else f"{a.dropped} input rows never reach"
-            notes.append(
-                f"{a.name}: the last {which} the kernel "
-                f"(({a.input} + {a.padding[0]} + {a.padding[1]} - {a.effective_kernel}) = "
-                f"{a.input + a.padding[0] + a.padding[1] - a.effective_kernel} is not a multiple "
-                f"of the stride {a.stride}): silently dropped"
-            )
+        dropped = dropped_rows_note(r, a.axis, a.name)
+        if dropped:
+            notes.append(dropped)
         if a.dilation > 1:
             notes.append(
                 f"{a.name}: {a.kernel} taps with dilation {a.dilation} see a field of "

@@ -37,14 +37,21 @@ from __future__ import annotations
 import difflib
 import numbers
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .arithmetic import effective_kernel
+from .arithmetic import (
+    check_int,
+    effective_kernel,
+    same_padding,
+    transposed_crop,
+    transposed_output_size,
+)
 from .spec import ConvSpec
 
-__all__ = ["from_keras", "from_torch", "from_jax", "from_onnx"]
+__all__ = ["from_keras", "from_torch", "from_jax", "from_onnx", "from_convention",
+           "framework_args", "POSITIONAL_ARGS"]
 
 Pads = tuple[tuple[int, int], ...]
 
@@ -69,12 +76,14 @@ class _Door:
         )
 
     def integer(self, argument: str, value: Any, minimum: int | None = 1) -> int:
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise self.type_error(argument, value, "an integer", f"write {argument} as an int")
-        if minimum is not None and value < minimum:
+        """:func:`~convarith.arithmetic.check_int`, worded for this framework's layer."""
+        try:
+            return check_int(argument, value, minimum)
+        except TypeError:
+            raise self.type_error(argument, value, "an integer", f"write {argument} as an int") from None
+        except ValueError:
             raise self.error(argument, value, f"must be at least {minimum}",
-                             f"write {argument}={max(minimum, 1)} or more")
-        return int(value)
+                             f"write {argument}={max(minimum or 0, 1)} or more") from None
 
     def ints(self, argument: str, value: Any, rank: int, minimum: int | None = 1) -> tuple[int, ...]:
         """One int broadcast to ``rank`` axes, or a sequence of exactly ``rank`` ints."""
@@ -145,6 +154,195 @@ def _layer(framework: str, name: Any, pattern: str, examples: str) -> re.Match[s
         raise ValueError(f"{framework}: layer={name!r} is not a layer this front door knows; "
                          f"write one of {examples}")
     return match
+
+
+# --------------------------------------------------------------------------- by convention
+
+#: Positional argument order of the constructors a layer text may call (see
+#: :func:`convarith.port.parse_layer`), per framework and layer family.
+POSITIONAL_ARGS: dict[str, dict[str, tuple[str, ...]]] = {
+    "keras": {
+        "Conv": ("filters", "kernel_size", "strides", "padding", "data_format", "dilation_rate",
+                 "groups", "activation", "use_bias"),
+        "ConvTranspose": ("filters", "kernel_size", "strides", "padding", "output_padding",
+                          "data_format", "dilation_rate", "activation", "use_bias"),
+        "DepthwiseConv": ("kernel_size", "strides", "padding", "depth_multiplier", "data_format",
+                          "dilation_rate", "activation", "use_bias"),
+        "SeparableConv": ("filters", "kernel_size", "strides", "padding", "data_format",
+                          "dilation_rate", "depth_multiplier", "activation", "use_bias"),
+        "Pool": ("pool_size", "strides", "padding", "data_format"),
+        "Dense": ("units", "activation", "use_bias"),
+        "ZeroPadding": ("padding", "data_format"),
+        "Cropping": ("cropping", "data_format"),
+        "UpSampling": ("size", "data_format", "interpolation"),
+        "Activation": ("activation",),
+        "Dropout": ("rate",),
+        "Concatenate": ("axis",),
+    },
+    "torch": {
+        "Conv": ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
+                 "groups", "bias", "padding_mode"),
+        "ConvTranspose": ("in_channels", "out_channels", "kernel_size", "stride", "padding",
+                          "output_padding", "groups", "bias", "dilation", "padding_mode"),
+        "MaxPool": ("kernel_size", "stride", "padding", "dilation", "return_indices", "ceil_mode"),
+        "AvgPool": ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
+                    "divisor_override"),
+        "BatchNorm": ("num_features", "eps", "momentum", "affine"),
+        "Linear": ("in_features", "out_features", "bias"),
+        "AdaptivePool": ("output_size",),
+        "Dropout": ("p",),
+        "Flatten": ("start_dim", "end_dim"),
+    },
+}
+
+
+def framework_args(convention: str, fields: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The layer (or op) and the arguments with which ``convention`` writes a convolution.
+
+    ``fields`` uses :class:`ConvSpec`'s names (``kernel_size``, ``strides``,
+    ``dilation``, ``padding``, ``padding_mode``, ``groups``, ``transposed``,
+    ``output_padding``, ``pool``, ``ceil_mode``, ``count_include_pad``,
+    ``rank``). A field that is absent or ``None`` is not passed, so the
+    framework's own default applies (PyTorch's ``padding=0``, Keras's
+    ``"valid"``); JAX has no default padding, and gets ``"VALID"``.
+
+    Only the *names and notation* are translated here; whether the framework
+    accepts the values is for its front door (:func:`from_convention`), except
+    padding the framework has no way to write (explicit pads in Keras,
+    asymmetric pads in PyTorch), which raises ``ValueError``.
+
+    >>> framework_args("torch", {"kernel_size": (2,), "strides": (3,), "transposed": True, "rank": 1})
+    ('ConvTranspose1d', {'kernel_size': (2,), 'stride': (3,), 'in_channels': 1, 'out_channels': 1})
+    >>> framework_args("onnx", {"kernel_size": (3, 3), "padding": "same", "rank": 2})
+    ('Conv', {'kernel_shape': (3, 3), 'auto_pad': 'SAME_UPPER'})
+    """
+    if convention not in _CONVENTIONS:
+        raise ValueError(f"convention must be one of {_CONVENTIONS}, got {convention!r}")
+    given = {name: value for name, value in fields.items() if value is not None}
+    rank = given.get("rank", 2)
+    padding = given.get("padding")
+    transposed, pool = bool(given.get("transposed", False)), given.get("pool")
+    groups = given.get("groups")
+    names = _CONVENTION_NAMES[convention]
+    if convention == "keras":
+        if padding is not None and not isinstance(padding, str):
+            raise ValueError(
+                f"Keras layers take padding 'valid', 'same' (or 'causal' in Conv1D), not explicit "
+                f"numbers ({padding}); add a ZeroPadding layer or use --convention torch/jax/onnx"
+            )
+        if pool:
+            layer = f"{'Max' if pool == 'max' else 'Average'}Pooling{rank}D"
+            names = {**names, "kernel_size": "pool_size", "dilation": ""}
+        else:
+            layer = f"Conv{rank}DTranspose" if transposed else f"Conv{rank}D"
+    elif convention == "torch":
+        if padding is not None and not isinstance(padding, str):
+            if any(lo != hi for lo, hi in padding):
+                raise ValueError(
+                    f"PyTorch padding is symmetric, got {padding}; pad with F.pad first or use "
+                    "--convention jax/onnx"
+                )
+            padding = tuple(lo for lo, _ in padding)
+        if pool:
+            layer = f"{'MaxPool' if pool == 'max' else 'AvgPool'}{rank}d"
+        else:
+            layer = f"ConvTranspose{rank}d" if transposed else f"Conv{rank}d"
+    elif convention == "jax":
+        if isinstance(padding, str) or padding is None:
+            words = {word: name for name, word in _JAX_WORDS.items()}
+            if (padding or "valid") not in words:
+                raise ValueError(f"JAX takes padding 'VALID', 'SAME', 'SAME_LOWER' or pairs, not {padding!r}")
+            padding = words[padding or "valid"]
+        if pool:
+            layer = f"{pool}_pool"
+            names = {**names, "kernel_size": "window_shape", "strides": "strides"}
+        else:
+            layer = "conv_transpose" if transposed else "conv_general_dilated"
+            if transposed:
+                names = {**names, "strides": "strides"}
+    else:
+        layer = "ConvTranspose" if transposed else "Conv"
+        if pool:
+            layer = "MaxPool" if pool == "max" else "AveragePool"
+        if isinstance(padding, str):
+            words = {word: name for name, word in _ONNX_WORDS.items()}
+            if padding not in words:
+                raise ValueError(f"ONNX auto_pad is VALID, SAME_UPPER or SAME_LOWER, not {padding!r}")
+            names = {**names, "padding": "auto_pad"}
+            padding = words[padding]
+        elif padding is not None:
+            padding = [lo for lo, _ in padding] + [hi for _, hi in padding]
+    given["padding"] = padding
+    args: dict[str, Any] = {}
+    for field_name in ("kernel_size", "strides", "dilation", "padding", "padding_mode", "groups",
+                       "output_padding", "ceil_mode", "count_include_pad"):
+        value = given.get(field_name)
+        if value is None:
+            continue
+        name = names.get(field_name, "")
+        if not name or not _takes(convention, layer, name):
+            if _neutral_default(value):
+                continue
+            raise ValueError(f"{_NAMES[convention]} {layer} has no argument for {field_name}="
+                             f"{value!r}; leave it out or use another convention")
+        args[name] = int(value) if isinstance(value, bool) and convention == "onnx" else value
+    if not pool:  # the channel counts a framework requires: one channel per group
+        if convention == "keras":
+            args["filters"] = groups or 1
+        elif convention == "torch":
+            args["in_channels"] = args["out_channels"] = groups or 1
+    return layer, args
+
+
+def from_convention(convention: str, fields: Mapping[str, Any]) -> ConvSpec:
+    """The spec ``convention``'s front door builds from ``fields`` (see :func:`framework_args`).
+
+    >>> from_convention("torch", {"kernel_size": (2,), "strides": (3,), "transposed": True,
+    ...                           "rank": 1}).resolve((4,)).output_size   # ConvTranspose1d: 11
+    (11,)
+    """
+    layer, args = framework_args(convention, fields)
+    door = {"keras": from_keras, "torch": from_torch, "jax": from_jax, "onnx": from_onnx}[convention]
+    return door(layer, **args)
+
+
+_CONVENTIONS = ("keras", "torch", "jax", "onnx")
+_NAMES = {"keras": "Keras", "torch": "PyTorch", "jax": "JAX", "onnx": "ONNX"}
+# neutral field name -> the framework's argument name ("" or absent: not an argument)
+_CONVENTION_NAMES: dict[str, dict[str, str]] = {
+    "keras": {"kernel_size": "kernel_size", "strides": "strides", "dilation": "dilation_rate",
+              "padding": "padding", "groups": "groups", "output_padding": "output_padding"},
+    "torch": {"kernel_size": "kernel_size", "strides": "stride", "dilation": "dilation",
+              "padding": "padding", "padding_mode": "padding_mode", "groups": "groups",
+              "output_padding": "output_padding", "ceil_mode": "ceil_mode",
+              "count_include_pad": "count_include_pad"},
+    "jax": {"kernel_size": "kernel_size", "strides": "window_strides", "dilation": "rhs_dilation",
+            "padding": "padding", "groups": "feature_group_count",
+            "count_include_pad": "count_include_pad"},
+    "onnx": {"kernel_size": "kernel_shape", "strides": "strides", "dilation": "dilations",
+             "padding": "pads", "groups": "group", "output_padding": "output_padding",
+             "ceil_mode": "ceil_mode", "count_include_pad": "count_include_pad"},
+}
+
+
+def _takes(convention: str, layer: str, name: str) -> bool:
+    """Whether ``layer`` of ``convention`` has an argument ``name`` (the doors' own tables)."""
+    if convention == "keras":
+        table = _KERAS_ARGS[re.sub(r"[123]D(Transpose)?$", lambda m: m[1] or "", layer)]
+    elif convention == "torch":
+        table = _TORCH_ARGS[re.sub(r"[123]d$", "", layer)]
+    elif convention == "jax":
+        table = _JAX_ARGS[layer]
+    else:
+        table = _ONNX_ARGS[layer]
+    return name in table
+
+
+def _neutral_default(value: Any) -> bool:
+    """Whether a field's value is what leaving it out means everywhere (1, False, 'zeros')."""
+    if isinstance(value, (tuple, list)):
+        return all(_neutral_default(v) for v in value)
+    return value is False or value == "zeros" or (value == 1 and value is not True)
 
 
 # --------------------------------------------------------------------------- Keras
@@ -464,7 +662,6 @@ def from_jax(op: str = "conv_general_dilated", **kwargs: Any) -> ConvSpec:
     rank = _jax_rank(door, "kernel_size", kernel, kwargs.get("rank"))
     kernel_size = door.ints("kernel_size", kernel, rank)
     dilation = door.ints("rhs_dilation", _given(kwargs, "rhs_dilation", 1), rank)
-    eff = [effective_kernel(k, d) for k, d in zip(kernel_size, dilation)]
     channels: dict[str, Any] = {}
     for name in ("in_channels", "filters"):
         if kwargs.get(name) is not None:
@@ -492,13 +689,15 @@ def from_jax(op: str = "conv_general_dilated", **kwargs: Any) -> ConvSpec:
                                  "write padding='SAME' or 'VALID' (upper case) or explicit (lo, hi) pairs")
             # unit strides: JAX hands the string to conv_general_dilated as forward padding
             pads = _jax_padding(door, raw, rank, case_sensitive=False)
-            if isinstance(pads, str):  # resolved per axis below: a stride-1 split needs no input size
-                pads = tuple(_stride1_pads(pads, e) for e in eff)
-            crop = tuple((e - 1 - lo, e - 1 - hi) for e, (lo, hi) in zip(eff, pads))
+            if isinstance(pads, str):  # resolved per axis: a stride-1 split is the same for any size
+                pads = tuple((0, 0) if pads == "valid" else same_padding(1, k, 1, d, pads == "same_lower")
+                             for k, d in zip(kernel_size, dilation))
+            crop = tuple(transposed_crop(k, d, p) for k, d, p in zip(kernel_size, dilation, pads))
         else:
             pairs = _jax_pairs(door, raw, rank)
             # without use_consistent_padding, pairs pad the zero-inserted input
-            crop = pairs if consistent else tuple((e - 1 - lo, e - 1 - hi) for e, (lo, hi) in zip(eff, pairs))
+            crop = pairs if consistent else tuple(
+                transposed_crop(k, d, p) for k, d, p in zip(kernel_size, dilation, pairs))
         return ConvSpec(strides=strides, padding=crop, transposed=True, **common)
 
     strides = door.ints("window_strides", door.required(kwargs, "window_strides"), rank)
@@ -524,17 +723,10 @@ def from_jax(op: str = "conv_general_dilated", **kwargs: Any) -> ConvSpec:
                              "is not a convolution convarith models", "use window_strides=1 "
                              "(a transposed convolution) or lhs_dilation=1")
         pairs = _jax_pairs(door, raw, rank)
-        crop = tuple((e - 1 - lo, e - 1 - hi) for e, (lo, hi) in zip(eff, pairs))
+        crop = tuple(transposed_crop(k, d, p) for k, d, p in zip(kernel_size, dilation, pairs))
         return ConvSpec(strides=lhs, padding=crop, transposed=True, groups=groups, **common)
     padding = _jax_padding(door, raw, rank, case_sensitive=False)
     return ConvSpec(strides=strides, padding=padding, groups=groups, **common)
-
-
-def _stride1_pads(word: str, span: int) -> tuple[int, int]:
-    total = span - 1
-    if word == "valid":
-        return (0, 0)
-    return (total - total // 2, total // 2) if word == "same_lower" else (total // 2, total - total // 2)
 
 
 def _jax_rank(door: _Door, name: str, value: Any, rank: Any) -> int:
@@ -709,8 +901,9 @@ def from_onnx(op: str = "Conv", **kwargs: Any) -> ConvSpec:
         target = door.ints("output_shape", output_shape, rank)
         sizes = _onnx_input_sizes(door, kwargs.get("input_shape"), rank)
         crops = []
-        for axis, (s, i, o, e, t) in enumerate(zip(strides, sizes, output_padding, eff, target)):
-            total = s * (i - 1) + o + e - t
+        for axis, (s, i, o, k, d, t) in enumerate(
+                zip(strides, sizes, output_padding, kernel_size, dilation, target)):
+            total = transposed_output_size(i, k, s, d, output_padding=o) - t
             if o - total >= s:  # onnxruntime: output_shape must imply an input of i cells
                 raise door.error("output_shape", list(target), f"is too large for an input of {i} cells "
                                  f"on axis {axis} (at most {t + total + s - 1 - o})",

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import arithmetic as ar
+from .frontdoors import POSITIONAL_ARGS
 from .spec import ConvSpec, ResolvedConv
 
 __all__ = [
@@ -133,42 +134,6 @@ class ParsedLayer:
     text: str
 
 
-_POSITIONAL = {
-    "keras": {
-        "Conv": ("filters", "kernel_size", "strides", "padding", "data_format", "dilation_rate",
-                 "groups", "activation", "use_bias"),
-        "ConvTranspose": ("filters", "kernel_size", "strides", "padding", "output_padding",
-                          "data_format", "dilation_rate", "activation", "use_bias"),
-        "DepthwiseConv": ("kernel_size", "strides", "padding", "depth_multiplier", "data_format",
-                          "dilation_rate", "activation", "use_bias"),
-        "SeparableConv": ("filters", "kernel_size", "strides", "padding", "data_format",
-                          "dilation_rate", "depth_multiplier", "activation", "use_bias"),
-        "Pool": ("pool_size", "strides", "padding", "data_format"),
-        "Dense": ("units", "activation", "use_bias"),
-        "ZeroPadding": ("padding", "data_format"),
-        "Cropping": ("cropping", "data_format"),
-        "UpSampling": ("size", "data_format", "interpolation"),
-        "Activation": ("activation",),
-        "Dropout": ("rate",),
-        "Concatenate": ("axis",),
-    },
-    "torch": {
-        "Conv": ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
-                 "groups", "bias", "padding_mode"),
-        "ConvTranspose": ("in_channels", "out_channels", "kernel_size", "stride", "padding",
-                          "output_padding", "groups", "bias", "dilation", "padding_mode"),
-        "MaxPool": ("kernel_size", "stride", "padding", "dilation", "return_indices", "ceil_mode"),
-        "AvgPool": ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
-                    "divisor_override"),
-        "BatchNorm": ("num_features", "eps", "momentum", "affine"),
-        "Linear": ("in_features", "out_features", "bias"),
-        "AdaptivePool": ("output_size",),
-        "Dropout": ("p",),
-        "Flatten": ("start_dim", "end_dim"),
-    },
-}
-
-
 def _literal(node: ast.AST, text: str) -> Any:
     try:
         return ast.literal_eval(node)
@@ -231,7 +196,7 @@ def parse_layer(text: str, framework: str) -> ParsedLayer:
     kwargs = {k.arg: _literal(k.value, text) for k in call.keywords if k.arg is not None}
     family = _family(framework, name)
     if args:
-        names = _POSITIONAL.get(framework, {}).get(family or "", ())
+        names = POSITIONAL_ARGS.get(framework, {}).get(family or "", ())
         if not names:
             raise ValueError(f"layer text {text!r}: {_NAMES[framework]} {name} takes keyword "
                              f"arguments only here, e.g. {example}")
@@ -667,7 +632,7 @@ class _Writer:
             lines.append(f"def forward(x):  # x: {_layout_name('channels_first', r)}")
             lines.append("    return pool(x)")
             return lines, f"{self._what_padding()}; PyTorch's MaxPool{r}d says the same."
-        padded = _with_ceil(self.r)
+        padded = list(self.r.window_padding)
         lines.append(f"pool = torch.nn.MaxPool{r}d({common}, padding=0)")
         lines.append("")
         lines.append(f"def forward(x):  # x: {_layout_name('channels_first', r)}")
@@ -681,7 +646,7 @@ class _Writer:
         lines = _imports("torch")
         native = (all(lo == hi and lo <= k // 2 for (lo, hi), k in zip(pads, spec.kernel_size))  # type: ignore[arg-type]
                   and max(spec.dilation) == 1  # type: ignore[arg-type]
-                  and (not any(_ceil_extra(self.r)) or self.src.framework == "torch"))
+                  and (not any(self.r.overhang) or self.src.framework == "torch"))
         if native:
             lines.append(f"pool = torch.nn.AvgPool{r}d(kernel_size={_tuple(spec.kernel_size)}, "  # type: ignore[arg-type]
                          f"stride={_tuple(spec.strides)}, padding={_tuple([lo for lo, _ in pads])}, "  # type: ignore[arg-type]
@@ -691,7 +656,7 @@ class _Writer:
             lines.append("    return pool(x)")
             return lines, f"{self._what_padding()}; PyTorch's AvgPool{r}d says the same."
         # ratio of two windowed sums: the values, and which cells count
-        padded = _with_ceil(self.r)
+        padded = list(self.r.window_padding)
         lines.append(f"window = torch.ones((1, 1, {', '.join(map(str, spec.kernel_size))}))")  # type: ignore[arg-type]
         lines.append("")
         lines.append("def windowed_sum(t):  # sum over each window, channel by channel")
@@ -703,7 +668,7 @@ class _Writer:
         lines.append("    counted = torch.ones_like(x[:1, :1])")
         if spec.count_include_pad:
             lines.append(f"    counted = F.pad(counted, {_torch_pad(self.r.padding)}, value=1.0)")
-            ext = [(0, e) for e in _ceil_extra(self.r)]
+            ext = [(0, e) for e in self.r.overhang]
             lines.append(f"    counted = F.pad(counted, {_torch_pad(ext)})")
         else:
             lines.append(f"    counted = F.pad(counted, {_torch_pad(padded)})")
@@ -848,7 +813,7 @@ class _Writer:
         lines = _imports("keras")
         layer_name = f"MaxPooling{r}D" if kind == "max" else f"AveragePooling{r}D"
         word = _keras_word(self.r, pool=True)
-        native = word is not None and not any(_ceil_extra(self.r)) and (
+        native = word is not None and not any(self.r.overhang) and (
             kind == "max" or word == "valid" or not spec.count_include_pad)
         if native:
             lines.append(f"layer = keras.layers.{layer_name}({_tuple(spec.kernel_size)}, "  # type: ignore[arg-type]
@@ -857,7 +822,7 @@ class _Writer:
             lines.append(f"def forward(x):  # x: {_layout_name('channels_last', r)}")
             lines.append("    return layer(x)")
             return lines, f"{self._what_padding()}; Keras padding={word!r} gives the same."
-        padded = _with_ceil(self.r)
+        padded = list(self.r.window_padding)
         lines.append(f"layer = keras.layers.{layer_name}({_tuple(spec.kernel_size)}, "  # type: ignore[arg-type]
                      f"strides={_tuple(spec.strides)}, padding='valid')")  # type: ignore[arg-type]
         lines.append("")
@@ -867,14 +832,14 @@ class _Writer:
             return lines, (f"{self._what_padding()}, which Keras's 'same'/'valid' do not give here; the code pads "
                            "with -inf (padding never wins a max) and pools with 'valid'.")
         full = _pairs([(0, 0), *padded, (0, 0)])
-        if spec.count_include_pad and not any(_ceil_extra(self.r)):
+        if spec.count_include_pad and not any(self.r.overhang):
             lines.append(f"    return layer(keras.ops.pad(x, {full}))")
             return lines, (f"{self._what_padding()}, counted in the average (count_include_pad=True), "
                            "which Keras's AveragePooling cannot say; the code zero-pads and pools with 'valid'.")
         lines.append("    counted = keras.ops.ones_like(x[:1, ..., :1])")
         if spec.count_include_pad:
             decl = _pairs([(0, 0), *self.r.padding, (0, 0)])
-            ext = _pairs([(0, 0), *[(0, e) for e in _ceil_extra(self.r)], (0, 0)])
+            ext = _pairs([(0, 0), *[(0, e) for e in self.r.overhang], (0, 0)])
             lines.append(f"    counted = keras.ops.pad(keras.ops.pad(counted, {decl}, constant_values=1.0), {ext})")
         else:
             lines.append(f"    counted = keras.ops.pad(counted, {full})")
@@ -939,7 +904,7 @@ class _Writer:
     def _jax_pool(self, kind: str) -> tuple[list[str], str]:
         r, spec = self.rank, self.spec
         lines = _imports("jax")
-        padded = _with_ceil(self.r)
+        padded = list(self.r.window_padding)
         window = _tuple((1, *spec.kernel_size, 1))  # type: ignore[misc]
         strides = _tuple((1, *spec.strides, 1))  # type: ignore[misc]
         dil = _tuple((1, *spec.dilation, 1))  # type: ignore[misc]
@@ -1162,16 +1127,3 @@ def _keras_crop_lines(crop: Sequence[tuple[int, int]], name: str) -> list[str]:
     if any(s != "0:" for s in slices):
         lines.append(f"    {name} = {name}[:, {', '.join(slices)}, :]")
     return lines
-
-
-def _ceil_extra(resolved: ResolvedConv) -> list[int]:
-    """Cells beyond the padded input that a ceil-mode pooling window reaches, per axis."""
-    extra = []
-    for axis, (lo, hi) in enumerate(resolved.padding):
-        need = (resolved.output_size[axis] - 1) * resolved.spec.strides[axis] + resolved.effective_kernel[axis]  # type: ignore[index]
-        extra.append(max(0, need - (resolved.input_size[axis] + lo + hi)))
-    return extra
-
-
-def _with_ceil(resolved: ResolvedConv) -> list[tuple[int, int]]:
-    return [(lo, hi + e) for (lo, hi), e in zip(resolved.padding, _ceil_extra(resolved))]

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from . import arithmetic as ar
+from .arithmetic import check_int
 
 __all__ = ["ConvSpec", "ResolvedConv", "Tap", "PADDING_WORDS", "PADDING_MODES", "padding_source"]
 
@@ -39,17 +40,6 @@ Padding = str | tuple[tuple[int, int], ...]
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def check_int(name: str, value: Any, minimum: int | None = None) -> int:
-    """An ``int`` (not a bool), at least ``minimum``; otherwise a clear error."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
-    value = int(value)
-    if minimum is not None and value < minimum:
-        rule = "positive" if minimum == 1 else f"at least {minimum}"
-        raise ValueError(f"{name} must be {rule}, got {value}")
-    return value
 
 
 def per_axis(name: str, value: Any, rank: int, minimum: int | None = 1) -> tuple[int, ...]:
@@ -617,8 +607,57 @@ class ResolvedConv:
     def _grid_size(self, axis: int) -> int:
         size = self.input_size[axis]
         if self.spec.transposed:
-            return (size - 1) * self.spec.strides[axis] + 1  # type: ignore[index]
+            return ar.zero_inserted_size(size, self.spec.strides[axis])  # type: ignore[index]
         return size
+
+    @property
+    def overhang(self) -> tuple[int, ...]:
+        """Per axis, cells past the padded input that the last window reaches.
+
+        Non-zero only for ceil-mode pooling (:func:`~convarith.arithmetic.ceil_overhang`).
+
+        >>> ConvSpec(2, strides=2, pool="max", ceil_mode=True, rank=1).resolve((5,)).overhang
+        (1,)
+        """
+        if self.spec.transposed:
+            return (0,) * self.rank
+        strides: tuple[int, ...] = self.spec.strides  # type: ignore[assignment]
+        dilation: tuple[int, ...] = self.spec.dilation  # type: ignore[assignment]
+        kernel: tuple[int, ...] = self.spec.kernel_size  # type: ignore[assignment]
+        return tuple(
+            ar.ceil_overhang(*args)
+            for args in zip(self.input_size, self.output_size, kernel, strides, dilation,
+                            self.padding)
+        )
+
+    @property
+    def window_padding(self) -> tuple[tuple[int, int], ...]:
+        """:attr:`padding` with :attr:`overhang` added at the end: what every window reads.
+
+        >>> ConvSpec(2, strides=2, pool="max", ceil_mode=True, rank=1).resolve((5,)).window_padding
+        ((0, 1),)
+        """
+        return tuple((lo, hi + e) for (lo, hi), e in zip(self.padding, self.overhang))
+
+    @property
+    def input_gradient_padding(self) -> tuple[tuple[int, int], ...]:
+        """Per axis, the grid padding of the transposed convolution that gives ``dx``.
+
+        Direct convolutions only: the input gradient over the *padded* input is
+        the transposed convolution of ``dy`` with this padding of its
+        zero-inserted grid (:func:`~convarith.arithmetic.input_gradient_padding`).
+
+        >>> ConvSpec(3, strides=2, rank=1).resolve((28,)).input_gradient_padding
+        ((2, 3),)
+        """
+        strides: tuple[int, ...] = self.spec.strides  # type: ignore[assignment]
+        dilation: tuple[int, ...] = self.spec.dilation  # type: ignore[assignment]
+        kernel: tuple[int, ...] = self.spec.kernel_size  # type: ignore[assignment]
+        return tuple(
+            ar.input_gradient_padding(n + lo + hi, o, k, s, d)
+            for n, (lo, hi), o, k, s, d in zip(self.input_size, self.padding, self.output_size,
+                                               kernel, strides, dilation)
+        )
 
     # ------------------------------------------------------------------ geometry
 
@@ -799,7 +838,6 @@ def _resolve_transposed_axis(
 ) -> tuple[tuple[int, int], tuple[int, int], int]:
     """(padding of the zero-inserted input, crop of the full output, output size)."""
     op = spec.output_padding[axis] if spec.output_padding is not None else None  # type: ignore[index]
-    eff = ar.effective_kernel(k, d)
     padding = spec.padding
     if padding == "valid":
         pads = ar.transposed_valid_padding(k, s, d, op)
@@ -809,10 +847,7 @@ def _resolve_transposed_axis(
         pads = ar.transposed_input_padding(k, d, padding[axis], op or 0)
     else:
         raise AssertionError(f"unreachable: transposed padding {padding!r}")
-    lo, hi = pads
-    crop = (eff - 1 - lo, eff - 1 - hi)
-    out = (size - 1) * s + 1 + lo + hi - eff + 1
-    return pads, crop, out
+    return pads, ar.transposed_crop(k, d, pads), ar.transposed_grid_output_size(size, k, s, d, pads)
 
 
 def _resolve_channels(spec: ConvSpec, channels: int | None) -> tuple[int | None, int | None]:

@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 
-from ..port import _ceil_extra
 from ..spec import ConvSpec, ResolvedConv
 
 __all__ = ["Call", "prepare"]
@@ -30,8 +29,8 @@ class Call:
 
     @property
     def pool_padding(self) -> list[tuple[int, int]]:
-        """Padding plus the cells a ceil-mode window reaches beyond it (as :mod:`~convarith.port`)."""
-        return [(lo, hi + e) for (lo, hi), e in zip(self.resolved.padding, _ceil_extra(self.resolved))]
+        """Padding plus the cells a ceil-mode window reaches beyond it."""
+        return list(self.resolved.window_padding)
 
 
 def prepare(x: Any, kernel: Any, spec: ConvSpec, bias: Any) -> Call:

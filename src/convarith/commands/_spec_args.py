@@ -12,9 +12,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..frontdoors import from_convention
 from ..spec import PADDING_MODES, PADDING_WORDS, ConvSpec
 
-__all__ = ["add_spec_arguments", "spec_from_args", "parse_size", "through_front_door", "LESSON_EXAMPLE"]
+__all__ = ["add_spec_arguments", "spec_from_args", "parse_size", "LESSON_EXAMPLE"]
 
 # The lesson's slide 11: 28 pixels, a 3x3 kernel, padding 1, stride 3 -> 10.
 LESSON_EXAMPLE = {"size": "28", "kernel": "3", "padding": "1", "strides": "3"}
@@ -66,11 +67,13 @@ def add_spec_arguments(parser: argparse.ArgumentParser, size_required: bool = Fa
     )
     parser.add_argument("--rank", type=int, choices=(1, 2, 3), help="spatial axes (default: from the size; one number means 2)")
     parser.add_argument("-k", "--kernel", default="3", help="kernel size, e.g. 3 or 3x5 (default 3)")
-    parser.add_argument("-s", "--strides", "--stride", default="1", help="stride(s) (default 1)")
+    parser.add_argument("-s", "--strides", "--stride",
+                        help="stride(s) (default 1; with --convention, that framework's default)")
     parser.add_argument("-d", "--dilation", default="1", help="dilation rate(s) (default 1)")
     parser.add_argument(
-        "-p", "--padding", default="valid",
-        help="valid, same, same_lower, causal, full, N, LO,HI, or LO,HIxLO,HI per axis (default valid)",
+        "-p", "--padding",
+        help="valid, same, same_lower, causal, full, N, LO,HI, or LO,HIxLO,HI per axis "
+        "(default valid; with --convention, that framework's default, e.g. PyTorch's 0)",
     )
     parser.add_argument("--padding-mode", default="zeros", choices=PADDING_MODES)
     parser.add_argument("--groups", type=int, default=1)
@@ -78,10 +81,13 @@ def add_spec_arguments(parser: argparse.ArgumentParser, size_required: bool = Fa
     parser.add_argument("--output-padding", help="output padding of a transposed convolution")
     parser.add_argument("--pool", choices=("max", "avg"), help="pooling instead of a convolution")
     parser.add_argument("--ceil-mode", action="store_true", help="pooling: keep a last partial window")
-    parser.add_argument("--count-include-pad", action="store_true", help="avg pooling: padded cells count")
+    parser.add_argument("--count-include-pad", action="store_true", default=None,
+                        help="avg pooling: padded cells count (with --convention: that framework's "
+                        "default, True in PyTorch)")
     parser.add_argument(
         "--convention", choices=("keras", "torch", "jax", "onnx"),
-        help="read the flags with this framework's rules (and reject what it rejects)",
+        help="read the flags with this framework's rules (and reject what it rejects); a flag "
+        "left out means that framework's default",
     )
 
 
@@ -95,9 +101,9 @@ def spec_from_args(args: argparse.Namespace) -> tuple[ConvSpec, tuple[int, ...]]
     if len(size) != rank:
         raise ValueError(f"size {size_text!r} has {len(size)} axes but --rank is {rank}")
     kernel = parse_size(args.kernel, "--kernel", rank)
-    strides = parse_size(args.strides, "--strides", rank)
+    strides = parse_size(args.strides, "--strides", rank) if args.strides is not None else None
     dilation = parse_size(args.dilation, "--dilation", rank)
-    padding = _parse_padding(args.padding, rank)
+    padding = _parse_padding(args.padding, rank) if args.padding is not None else None
     output_padding = (
         parse_size(args.output_padding, "--output-padding", rank, minimum=0) if args.output_padding else None
     )
@@ -105,6 +111,7 @@ def spec_from_args(args: argparse.Namespace) -> tuple[ConvSpec, tuple[int, ...]]
         raise ValueError("--output-padding applies to a transposed convolution; add --transposed")
     if args.pool is None and (args.ceil_mode or args.count_include_pad):
         raise ValueError("--ceil-mode and --count-include-pad apply to pooling only (add --pool)")
+    # None: not given (the framework's default with --convention, convarith's otherwise)
     fields: dict[str, Any] = dict(
         kernel_size=kernel, strides=strides, dilation=dilation, padding=padding,
         padding_mode=args.padding_mode, groups=args.groups, transposed=args.transposed,
@@ -112,99 +119,5 @@ def spec_from_args(args: argparse.Namespace) -> tuple[ConvSpec, tuple[int, ...]]
         count_include_pad=args.count_include_pad, rank=rank,
     )
     if args.convention:
-        return through_front_door(args.convention, fields), size
-    return ConvSpec(**fields), size
-
-
-def through_front_door(convention: str, f: dict[str, Any]) -> ConvSpec:
-    """Read the flags with one framework's argument names and rules."""
-    rank = f["rank"]
-    padding = f["padding"]
-    transposed, pool = f["transposed"], f["pool"]
-    if convention == "keras":
-        if not isinstance(padding, str):
-            raise ValueError(
-                "Keras layers take padding 'valid', 'same' (or 'causal' in Conv1D), not explicit "
-                "numbers; add a ZeroPadding layer or use --convention torch/jax/onnx"
-            )
-        if pool:
-            layer = f"{'Max' if pool == 'max' else 'Average'}Pooling{rank}D"
-            return ConvSpec.from_keras(layer, pool_size=f["kernel_size"], strides=f["strides"], padding=padding)
-        layer = f"Conv{rank}DTranspose" if transposed else f"Conv{rank}D"
-        kwargs = dict(filters=f["groups"], kernel_size=f["kernel_size"], strides=f["strides"],
-                      padding=padding, dilation_rate=f["dilation"])
-        if transposed:
-            kwargs["output_padding"] = f["output_padding"]
-        else:
-            kwargs["groups"] = f["groups"]
-        return ConvSpec.from_keras(layer, **kwargs)
-    if convention == "torch":
-        if isinstance(padding, str):
-            if padding not in ("valid", "same") or transposed or pool:
-                raise ValueError(
-                    f"PyTorch takes padding={padding!r} only as 'valid' or 'same' on Conv{rank}d; "
-                    "give numbers, e.g. --padding 1"
-                )
-            torch_padding: Any = padding
-        else:
-            if any(lo != hi for lo, hi in padding):
-                raise ValueError(
-                    f"PyTorch padding is symmetric, got {padding}; pad with F.pad first or use "
-                    "--convention jax/onnx"
-                )
-            torch_padding = tuple(lo for lo, _ in padding)
-        if pool:
-            layer = f"{'MaxPool' if pool == 'max' else 'AvgPool'}{rank}d"
-            kwargs = dict(kernel_size=f["kernel_size"], stride=f["strides"], padding=torch_padding,
-                          ceil_mode=f["ceil_mode"])
-            if pool == "max":
-                kwargs["dilation"] = f["dilation"]
-            else:
-                kwargs["count_include_pad"] = f["count_include_pad"]
-            return ConvSpec.from_torch(layer, **kwargs)
-        layer = f"ConvTranspose{rank}d" if transposed else f"Conv{rank}d"
-        kwargs = dict(in_channels=f["groups"], out_channels=f["groups"], kernel_size=f["kernel_size"],
-                      stride=f["strides"], padding=torch_padding, dilation=f["dilation"],
-                      groups=f["groups"])
-        if transposed:
-            kwargs["output_padding"] = f["output_padding"] or 0
-        else:
-            kwargs["padding_mode"] = f["padding_mode"]
-        return ConvSpec.from_torch(layer, **kwargs)
-    if convention == "jax":
-        if isinstance(padding, str):
-            words = {"valid": "VALID", "same": "SAME", "same_lower": "SAME_LOWER"}
-            if padding not in words:
-                raise ValueError(f"JAX takes padding 'VALID', 'SAME', 'SAME_LOWER' or pairs, not {padding!r}")
-            jax_padding: Any = words[padding]
-        else:
-            jax_padding = padding
-        if transposed:
-            return ConvSpec.from_jax("conv_transpose", kernel_size=f["kernel_size"], strides=f["strides"],
-                                     padding=jax_padding, rhs_dilation=f["dilation"])
-        return ConvSpec.from_jax("conv_general_dilated", kernel_size=f["kernel_size"],
-                                 window_strides=f["strides"], padding=jax_padding,
-                                 rhs_dilation=f["dilation"], feature_group_count=f["groups"])
-    # onnx
-    op = "ConvTranspose" if transposed else "Conv"
-    if pool:
-        op = "MaxPool" if pool == "max" else "AveragePool"
-    attrs: dict[str, Any] = dict(kernel_shape=f["kernel_size"], strides=f["strides"])
-    if isinstance(padding, str):
-        words = {"valid": "VALID", "same": "SAME_UPPER", "same_lower": "SAME_LOWER"}
-        if padding not in words:
-            raise ValueError(f"ONNX auto_pad is VALID, SAME_UPPER or SAME_LOWER, not {padding!r}")
-        attrs["auto_pad"] = words[padding]
-    else:
-        attrs["pads"] = [lo for lo, _ in padding] + [hi for _, hi in padding]
-    if op != "AveragePool":
-        attrs["dilations"] = f["dilation"]
-    if op in ("Conv", "ConvTranspose"):
-        attrs["group"] = f["groups"]
-    if transposed and f["output_padding"]:
-        attrs["output_padding"] = f["output_padding"]
-    if pool:
-        attrs["ceil_mode"] = int(f["ceil_mode"])
-        if pool == "avg":
-            attrs["count_include_pad"] = int(f["count_include_pad"])
-    return ConvSpec.from_onnx(op, **attrs)
+        return from_convention(args.convention, fields), size
+    return ConvSpec(**{name: value for name, value in fields.items() if value is not None}), size

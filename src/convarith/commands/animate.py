@@ -25,9 +25,10 @@ def add_parser(subparsers: Any) -> None:
     add_spec_arguments(parser)
     parser.add_argument("-o", "--output", "--out", dest="output", required=True, help="file to write (.gif, .apng, .svg, .png)")
     parser.add_argument(
-        "--view", default="oblique", choices=("oblique", "flat", "direct", "scatter"),
-        help="oblique (classic), flat (top-down); for a transposed convolution 'direct' "
-        "(window over the zero-inserted input) or 'scatter' (each input cell adds a patch)",
+        "--view", default=None, choices=("oblique", "flat", "direct", "scatter"),
+        help="oblique (classic, slanted planes; default in 2-D and 3-D), flat (top-down; default "
+        "in 1-D); for a transposed convolution 'direct' (window over the zero-inserted input) "
+        "or 'scatter' (each input cell adds a patch)",
     )
     parser.add_argument("--values", action="store_true", help="write numbers in the cells (engine output)")
     parser.add_argument("--gaps", action=argparse.BooleanOptionalAction, default=None,
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     transposed_as = "direct"
     view = args.view
     if view in ("direct", "scatter"):
-        transposed_as, view = view, "oblique"
+        transposed_as, view = view, None
     movie = animate(spec, size, view=view, values=args.values, transposed_as=transposed_as,
                     show_gaps=args.gaps, fps=args.fps, scale=args.scale, every=args.every)
     try:

@@ -45,6 +45,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _all_defaults(args: argparse.Namespace) -> bool:
-    return (args.kernel, args.strides, args.dilation, args.padding) == ("3", "1", "1", "valid") and not (
+    return (args.kernel, args.strides, args.dilation, args.padding) == ("3", None, "1", None) and not (
         args.transposed or args.pool or args.rank or args.convention
     )

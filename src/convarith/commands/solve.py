@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from ..arithmetic import solve
+from ..arithmetic import check_int, solve
 from ._spec_args import parse_size
 
 
@@ -32,11 +32,9 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     size, target = _one_axis(args.size, "size"), _one_axis(args.to, "--to")
-    for name in ("max_kernel", "max_stride", "max_dilation"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.max_padding is not None and args.max_padding < 0:
-        raise ValueError(f"--max-padding must be 0 or more, got {args.max_padding}")
+    for name in ("max_kernel", "max_stride", "max_dilation", "max_padding"):
+        if getattr(args, name) is not None:
+            check_int(f"--{name.replace('_', '-')}", getattr(args, name), 0 if name == "max_padding" else 1)
     if size < 1 or target < 1:
         raise ValueError(f"sizes must be positive, got {size} -> {target}")
     found = solve(size, target, args.max_kernel, args.max_stride, args.max_dilation,

@@ -26,6 +26,8 @@ from .api import (
     depthwise_conv,
     depthwise_conv2d,
     max_pool,
+    separable_conv,
+    separable_conv1d,
     separable_conv2d,
 )
 from .core import conv, conv_vjp
@@ -56,6 +58,8 @@ __all__ = [
     "kernel_to_torch",
     "max_pool",
     "register_algorithm",
+    "separable_conv",
+    "separable_conv1d",
     "separable_conv2d",
     "thread_limit",
     "unregister_algorithm",

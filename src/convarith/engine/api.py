@@ -32,7 +32,9 @@ __all__ = [
     "conv_transpose",
     "depthwise_conv",
     "depthwise_conv2d",
+    "separable_conv1d",
     "separable_conv2d",
+    "separable_conv",
     "max_pool",
     "avg_pool",
 ]
@@ -55,21 +57,53 @@ def _kernel_rank(name: str, kernel: Any, rank: int | None = None) -> tuple[np.nd
     return array, rank
 
 
+def _channels(x: Any, data_format: str) -> int | None:
+    shape = np.shape(x)
+    if len(shape) < 3:
+        return None
+    return int(shape[1] if data_format == "channels_first" else shape[-1])
+
+
+def infer_groups(x: Any, kernel_shape: tuple[int, ...], data_format: str = "channels_last") -> int:
+    """Channel groups implied by the kernel, as ``keras.ops.conv``: ``C_in / kernel_in``.
+
+    >>> infer_groups(np.zeros((1, 5, 5, 6)), (3, 3, 2, 4))
+    3
+    """
+    channels = _channels(x, data_format)
+    kernel_in = kernel_shape[-2]
+    if channels is None or kernel_in < 1:
+        return 1
+    if channels % kernel_in:
+        raise ValueError(
+            f"kernel of shape {tuple(kernel_shape)} takes {kernel_in} input channels per group, "
+            f"but x has {channels} channels ({data_format}), not a multiple of {kernel_in}; the "
+            f"kernel's second-to-last axis must divide the input's channels (groups = "
+            f"channels / kernel in-channels)"
+        )
+    return channels // kernel_in
+
+
 def conv_nd(
     x: Any,
     kernel: Any,
     strides: Any = 1,
     padding: Any = "valid",
     dilation_rate: Any = 1,
-    groups: int = 1,
+    groups: int | None = None,
     data_format: str = "channels_last",
     bias: Any = None,
     padding_mode: str = "zeros",
     rank: int | None = None,
     algorithm: str | None = None,
 ) -> np.ndarray:
-    """Convolution of any rank (1-3, from the kernel); see :func:`conv2d`."""
+    """Convolution of any rank (1-3, from the kernel); see :func:`conv2d`.
+
+    ``groups=None`` infers the groups from the kernel's in-channels, as ``keras.ops.conv``.
+    """
     array, rank = _kernel_rank("kernel", kernel, rank)
+    if groups is None:
+        groups = infer_groups(x, array.shape, data_format)
     spec = ConvSpec(
         kernel_size=tuple(array.shape[:rank]),
         strides=strides,
@@ -84,7 +118,7 @@ def conv_nd(
 
 
 def conv1d(x: Any, kernel: Any, strides: Any = 1, padding: Any = "valid",
-           dilation_rate: Any = 1, groups: int = 1, data_format: str = "channels_last",
+           dilation_rate: Any = 1, groups: int | None = None, data_format: str = "channels_last",
            bias: Any = None, padding_mode: str = "zeros",
            algorithm: str | None = None) -> np.ndarray:
     """1-D convolution, kernel ``(k, in/groups, out)``; ``padding="causal"`` allowed.
@@ -98,7 +132,7 @@ def conv1d(x: Any, kernel: Any, strides: Any = 1, padding: Any = "valid",
 
 
 def conv2d(x: Any, kernel: Any, strides: Any = 1, padding: Any = "valid",
-           dilation_rate: Any = 1, groups: int = 1, data_format: str = "channels_last",
+           dilation_rate: Any = 1, groups: int | None = None, data_format: str = "channels_last",
            bias: Any = None, padding_mode: str = "zeros",
            algorithm: str | None = None) -> np.ndarray:
     """2-D convolution, kernel ``(kh, kw, in/groups, out)``.
@@ -115,7 +149,8 @@ def conv2d(x: Any, kernel: Any, strides: Any = 1, padding: Any = "valid",
         ``"valid"``, ``"same"``, ``"same_lower"``, ``"full"``, an int, or
         ``(lo, hi)`` pairs per axis.
     groups
-        Channel groups.
+        Channel groups; ``None`` infers them from the kernel (``C // kernel.shape[-2]``),
+        as ``keras.ops.conv``.
     data_format
         ``"channels_last"`` or ``"channels_first"``.
     bias
@@ -135,7 +170,7 @@ def conv2d(x: Any, kernel: Any, strides: Any = 1, padding: Any = "valid",
 
 
 def conv3d(x: Any, kernel: Any, strides: Any = 1, padding: Any = "valid",
-           dilation_rate: Any = 1, groups: int = 1, data_format: str = "channels_last",
+           dilation_rate: Any = 1, groups: int | None = None, data_format: str = "channels_last",
            bias: Any = None, padding_mode: str = "zeros",
            algorithm: str | None = None) -> np.ndarray:
     """3-D convolution, kernel ``(kd, kh, kw, in/groups, out)``.
@@ -201,6 +236,14 @@ def depthwise_conv(
     """
     array, rank = _kernel_rank("depthwise_kernel", depthwise_kernel)
     channels, multiplier = array.shape[-2:]
+    x_channels = _channels(x, data_format)
+    if x_channels is not None and x_channels != channels:
+        raise ValueError(
+            f"depthwise_kernel of shape {array.shape} is for {channels} input channels "
+            f"(its second-to-last axis), but x has {x_channels} channels ({data_format}); a "
+            f"depthwise kernel is (kernel size..., channels, depth_multiplier): use shape "
+            f"{(*array.shape[:rank], x_channels, multiplier)}, or check data_format"
+        )
     grouped = array.reshape(*array.shape[:rank], 1, channels * multiplier)
     spec = ConvSpec(
         kernel_size=tuple(array.shape[:rank]),
@@ -258,6 +301,57 @@ def separable_conv2d(
     _kernel_rank("pointwise_kernel", pointwise_kernel, 2)
     return conv2d(depthwise, pointwise_kernel, data_format=data_format, bias=bias,
                   algorithm=algorithm)
+
+
+def separable_conv(
+    x: Any,
+    depthwise_kernel: Any,
+    pointwise_kernel: Any,
+    strides: Any = 1,
+    padding: Any = "valid",
+    dilation_rate: Any = 1,
+    data_format: str = "channels_last",
+    bias: Any = None,
+    algorithm: str | None = None,
+) -> np.ndarray:
+    """Separable convolution of any rank (from the kernels), as ``keras.ops.separable_conv``:
+    depthwise ``(k..., C, M)`` then pointwise ``(1..., C*M, F)``.
+
+    >>> import numpy as np
+    >>> separable_conv(np.ones((1, 5, 2)), np.ones((3, 2, 1)), np.ones((1, 2, 4))).shape
+    (1, 3, 4)
+    """
+    depthwise = depthwise_conv(x, depthwise_kernel, strides, padding, dilation_rate,
+                               data_format, algorithm=algorithm)
+    _, rank = _kernel_rank("depthwise_kernel", depthwise_kernel)
+    pointwise, _ = _kernel_rank("pointwise_kernel", pointwise_kernel, rank)
+    if pointwise.shape[:rank] != (1,) * rank:
+        raise ValueError(f"pointwise_kernel must be (1{', 1' * (rank - 1)}, C*M, filters), got "
+                         f"shape {pointwise.shape}")
+    return conv_nd(depthwise, pointwise, data_format=data_format, bias=bias, groups=1,
+                   rank=rank, algorithm=algorithm)
+
+
+def separable_conv1d(
+    x: Any,
+    depthwise_kernel: Any,
+    pointwise_kernel: Any,
+    strides: Any = 1,
+    padding: Any = "valid",
+    dilation_rate: Any = 1,
+    data_format: str = "channels_last",
+    bias: Any = None,
+    algorithm: str | None = None,
+) -> np.ndarray:
+    """1-D separable convolution: depthwise ``(k, C, M)`` then pointwise ``(1, C*M, F)``.
+
+    >>> import numpy as np
+    >>> separable_conv1d(np.ones((1, 4, 2)), np.ones((2, 2, 1)), np.ones((1, 2, 3)))[0, :, 0]
+    array([4., 4., 4.])
+    """
+    _kernel_rank("depthwise_kernel", depthwise_kernel, 1)
+    return separable_conv(x, depthwise_kernel, pointwise_kernel, strides, padding, dilation_rate,
+                          data_format, bias, algorithm)
 
 
 def _pool(kind: str, x: Any, pool_size: Any, strides: Any, padding: Any, data_format: str,

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from ..arithmetic import transposed_grid_output_size, zero_inserted_size
 from ..limits import check_values
 from ..spec import ConvSpec, ResolvedConv
 from . import pooling
@@ -301,6 +302,17 @@ def flip_swap(kernel: np.ndarray, groups: int) -> np.ndarray:
     return np.ascontiguousarray(flipped)
 
 
+def _crop_negative(
+    xp: np.ndarray, padding: Sequence[tuple[int, int]] | None
+) -> tuple[np.ndarray, Sequence[tuple[int, int]] | None]:
+    """Apply the negative (cropping) sides of ``padding`` to ``xp`` now; the rest stays
+    zero padding for the algorithm (which accepts only non-negative padding)."""
+    if padding is None or all(lo >= 0 and hi >= 0 for lo, hi in padding):
+        return xp, padding
+    cropped = np.ascontiguousarray(pad(xp, [(min(lo, 0), min(hi, 0)) for lo, hi in padding]))
+    return cropped, [(max(lo, 0), max(hi, 0)) for lo, hi in padding]
+
+
 def direct_conv(
     xp: np.ndarray,
     kernel: np.ndarray,
@@ -318,7 +330,9 @@ def direct_conv(
     if it can (``pads_zeros``). The arrays are checked against the problem
     first (:func:`.dispatch.plan`): a wrong shape, dtype, layout or an
     ``out_size`` that does not fit is a ValueError, never a read past a buffer.
+    Negative padding crops.
     """
+    xp, padding = _crop_negative(xp, padding)
     padded_size = tuple(
         n + lo + hi for n, (lo, hi) in zip(xp.shape[1:-1], padding or [(0, 0)] * xp.ndim))
     problem = ConvProblem(
@@ -352,6 +366,7 @@ def _weight_grad(
     padding: Sequence[tuple[int, int]] | None = None,
 ) -> np.ndarray:
     # with padding (zeros) xp is not padded yet, as in direct_conv
+    xp, padding = _crop_negative(xp, padding)
     padded_size = tuple(
         n + lo + hi for n, (lo, hi) in zip(xp.shape[1:-1], padding or [(0, 0)] * xp.ndim))
     problem = ConvProblem(
@@ -391,10 +406,10 @@ def _transposed_plan(
     decided by :func:`.dispatch.plan_transposed` (with the values check given the arrays)."""
     rank = len(strides)
     taps = tuple(kernel_shape[:rank])
-    effective = [(k - 1) * d + 1 for k, d in zip(taps, dilation)]
-    grid_size = tuple(
-        (n - 1) * s + 1 + lo + hi for n, s, (lo, hi) in zip(x_shape[1:-1], strides, padding))
-    out_size = tuple(n - e + 1 for n, e in zip(grid_size, effective))
+    grid_size = tuple(zero_inserted_size(n, s) + lo + hi
+                      for n, s, (lo, hi) in zip(x_shape[1:-1], strides, padding))
+    out_size = tuple(transposed_grid_output_size(*axis)
+                     for axis in zip(x_shape[1:-1], taps, strides, dilation, padding))
     swapped_shape = (*taps, kernel_shape[-1] // groups, kernel_shape[-2] * groups)
     grid_problem = ConvProblem(
         (x_shape[0], *grid_size, x_shape[-1]), swapped_shape, (1,) * rank, tuple(dilation),
@@ -597,12 +612,8 @@ def conv_vjp(
         assert prepared.kernel is not None
         zeros = spec.padding_mode == "zeros"
         xp = prepared.x if zeros else pad(prepared.x, resolved.padding, spec.padding_mode)
-        padded = [n + lo + hi for n, (lo, hi) in zip(prepared.x.shape[1:-1], resolved.padding)]
-        grid_pads = [
-            (e - 1, p - (o - 1) * s - 1)
-            for e, p, o, s in zip(resolved.effective_kernel, padded, resolved.output_size, strides)
-        ]
-        d_xp = transposed_conv(dy, prepared.kernel, strides, dilation, groups, grid_pads, algorithm)
+        d_xp = transposed_conv(dy, prepared.kernel, strides, dilation, groups,
+                               resolved.input_gradient_padding, algorithm)
         d_x = pad_adjoint(d_xp, resolved.padding, spec.padding_mode)
         d_kernel = _weight_grad(
             xp, dy, spec.kernel_size, strides, dilation, groups, algorithm,  # type: ignore[arg-type]

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..arithmetic import zero_inserted_size
+
 __all__ = ["pad", "pad_adjoint", "source_index", "zero_insert", "NUMPY_PAD_MODES"]
 
 NUMPY_PAD_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
@@ -122,7 +124,7 @@ def zero_insert(x: np.ndarray, strides: Sequence[int], pads: Pads) -> np.ndarray
     target: list[slice] = [slice(None)]
     for axis, (s, (lo, hi)) in enumerate(zip(strides, pads)):
         size = x.shape[axis + 1]
-        length = (size - 1) * s + 1 + lo + hi
+        length = zero_inserted_size(size, s) + lo + hi
         first = max(0, -(lo // s) if lo < 0 else 0)  # first input cell that lands inside
         last = min(size - 1, (length - 1 - lo) // s)
         shape.append(length)

@@ -34,13 +34,7 @@ __all__ = ["forward", "backward", "divisor"]
 
 def _padded(x: np.ndarray, resolved: ResolvedConv, fill: float) -> np.ndarray:
     """Pad per the spec, plus the cells a ceil-mode window hangs past the end."""
-    spec = resolved.spec
-    pads = []
-    for axis, (lo, hi) in enumerate(resolved.padding):
-        needed = (resolved.output_size[axis] - 1) * spec.strides[axis] + resolved.effective_kernel[axis]  # type: ignore[index]
-        hi = max(hi, needed - x.shape[axis + 1] - lo)
-        pads.append((lo, hi))
-    return pad(x, pads, "zeros", fill=fill)
+    return pad(x, resolved.window_padding, "zeros", fill=fill)
 
 
 def _whole(resolved: ResolvedConv, batch: int) -> tuple[slice, ...]:

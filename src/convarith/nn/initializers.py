@@ -11,10 +11,12 @@ Examples
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-__all__ = ["Initializer", "GlorotUniform", "HeNormal", "Zeros", "Ones", "get", "compute_fans"]
+__all__ = ["Initializer", "GlorotUniform", "HeNormal", "Zeros", "Ones", "get", "compute_fans",
+           "serialize"]
 
 
 def compute_fans(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -81,7 +83,23 @@ _NAMES: dict[str, type[Initializer]] = {
 }
 
 
-def get(identifier: str | Initializer) -> Initializer:
+_CLASSES: dict[str, type[Initializer]] = {cls.__name__: cls for cls in _NAMES.values()}
+
+
+def serialize(initializer: Initializer) -> dict[str, object]:
+    """Keras's config entry for ``initializer``.
+
+    >>> serialize(Zeros())["class_name"]
+    'Zeros'
+    """
+    config: dict[str, object] = {}
+    if isinstance(initializer, (GlorotUniform, HeNormal)):
+        config = {"seed": initializer.seed, "input_axes": None, "output_axes": None}
+    return {"module": "keras.initializers", "class_name": type(initializer).__name__,
+            "config": config, "registered_name": None}
+
+
+def get(identifier: str | Initializer | dict[str, object]) -> Initializer:
     """The initializer named ``identifier`` (Keras spelling), or the object given.
 
     >>> get("zeros")
@@ -91,6 +109,12 @@ def get(identifier: str | Initializer) -> Initializer:
         return identifier
     if isinstance(identifier, str) and identifier.lower() in _NAMES:
         return _NAMES[identifier.lower()]()
+    if isinstance(identifier, dict) and identifier.get("class_name") in _CLASSES:
+        config: dict[str, Any] = identifier.get("config") or {}  # type: ignore[assignment]
+        return _CLASSES[str(identifier["class_name"])](seed=config.get("seed"))
+    name = type(identifier).__name__
+    if name in _CLASSES and hasattr(identifier, "get_config"):  # a Keras initializer object
+        return _CLASSES[name](seed=identifier.get_config().get("seed"))
     raise ValueError(
         f"initializer must be one of {tuple(_NAMES)} or an Initializer, got {identifier!r}"
     )

@@ -50,8 +50,9 @@ from typing import Any
 import numpy as np
 
 from .._atomic import write_atomic
-from .layers import LAYERS, Dense, Flatten, Layer
+from .layers import Dense, Flatten, Layer
 from .models import Sequential
+from .registry import LAYERS
 
 __all__ = ["save_model", "load_model", "from_keras", "from_torch", "load_torch_state_dict",
            "FORMAT", "VERSION"]
@@ -64,10 +65,13 @@ VERSION = 1
 
 
 def save_model(model: Sequential, path: str | os.PathLike[str], overwrite: bool = False) -> str:
-    """Write ``model`` (architecture and weights) to ``path`` (must end in ``.npz``)."""
+    """Write ``model`` (architecture and weights) to ``path``: ``.npz`` (convarith's format)
+    or ``.keras`` (Keras 3's, see :func:`save_keras`)."""
     path = os.fspath(path)
+    if path.endswith(".keras"):
+        return save_keras(model, path, overwrite=overwrite)
     if not path.endswith(".npz"):
-        raise ValueError(f"path must end in '.npz', got {path!r}")
+        raise ValueError(f"path must end in '.npz' (convarith) or '.keras' (Keras 3), got {path!r}")
     model._require_built("the weights")
     names = [f"{layer.name}/{name}" for layer in model.layers for name in layer.variables]
     config = {"format": FORMAT, "version": VERSION, "model": model.get_config(),
@@ -108,6 +112,8 @@ def load_model(path: str | os.PathLike[str]) -> Sequential:
 
 def model_from_config(config: Mapping[str, Any]) -> Sequential:
     """A :class:`Sequential` from ``model.get_config()`` (fresh weights)."""
+    if "input_layers" in config:  # a functional Model
+        return model_from_functional_config(config)  # type: ignore[no-any-return]
     model = Sequential(name=config.get("name"), seed=config.get("seed", 0))
     for entry in config["layers"]:
         model.add(_layer_from_config(entry["class_name"], entry["config"]))
@@ -212,9 +218,13 @@ def from_keras(source: Any) -> Sequential:
         raise TypeError(
             f"from_keras needs a keras model or a .keras path, got {type(source).__name__}"
         )
-    inputs = getattr(source, "inputs", None) or []
-    if len(inputs) > 1 or len(getattr(source, "outputs", None) or []) > 1:
-        raise ValueError("from_keras supports models with one input and one output")
+    if type(source).__name__ == "Functional" or (
+            type(source).__name__ != "Sequential" and hasattr(source, "inputs")):
+        model = model_from_functional_config(source.get_config())
+        for layer in model.layers:
+            if layer.variables:
+                layer.set_weights([np.asarray(w) for w in source.get_layer(layer.name).get_weights()])
+        return model
     input_shape = tuple(source.input_shape[1:]) if getattr(source, "input_shape", None) else None
     configs = [(type(layer).__name__, layer.get_config()) for layer in layers]
     model = _sequential_from_keras_configs(source.name, configs, input_shape)
@@ -243,13 +253,16 @@ def _from_keras_file(path: str) -> Sequential:
     inner = config["config"]
     entries = [(entry["class_name"], entry["config"]) for entry in inner["layers"]]
     if class_name != "Sequential":
-        _check_linear(inner["layers"])
-    model = _sequential_from_keras_configs(inner.get("name", "sequential"), entries, None)
+        model: Any = model_from_functional_config(inner)
+        layers = [layer for layer in model.layers if type(layer).__name__ != "InputLayer"]
+    else:
+        model = _sequential_from_keras_configs(inner.get("name", "sequential"), entries, None)
+        layers = model.layers
     with h5py.File(io.BytesIO(weights_bytes), "r") as h5:
         group = h5["layers"] if "layers" in h5 else h5.get("_layer_checkpoint_dependencies")
         if group is None:
             raise ValueError(f"{path!r}: model.weights.h5 has no 'layers' group")
-        for layer, key in zip(model.layers, _keras_weight_keys(model.layers)):
+        for layer, key in zip(layers, _keras_weight_keys(layers)):
             if not layer.variables:
                 continue
             if key not in group:
@@ -317,11 +330,10 @@ def _layers_from_torch(module: Any) -> list[Layer]:
         Conv2DTranspose,
         Conv3D,
         Dropout,
-        GlobalAveragePooling2D,
         MaxPooling1D,
         MaxPooling2D,
-        ZeroPadding2D,
     )
+    from .reshaping import GlobalAveragePooling2D, ZeroPadding2D
 
     layers: list[Layer] = []
     convs = {tnn.Conv1d: (Conv1D, 1), tnn.Conv2d: (Conv2D, 2), tnn.Conv3d: (Conv3D, 3)}
@@ -489,3 +501,170 @@ def _torch_to_keras(layer: Layer, params: dict[str, np.ndarray],
     if "bias" in params:
         out.append(params["bias"])
     return out
+
+
+# --------------------------------------------------------------------------- functional models
+
+
+def _history(tensor: Any, names: dict[int, tuple[str, int]]) -> dict[str, Any]:
+    layer_name, node_index = names[id(tensor)]
+    return {"class_name": "__keras_tensor__",
+            "config": {"shape": [None, *tensor.shape], "dtype": "float32",
+                       "keras_history": [layer_name, node_index, 0]}}
+
+
+def functional_config(model: Any) -> dict[str, Any]:
+    """Keras's config of a functional model: each layer's config and inbound nodes, the
+    input and output layers (what ``keras.Model.get_config()`` returns)."""
+    names: dict[int, tuple[str, int]] = {}
+    calls: dict[int, int] = {}
+    entries: dict[int, dict[str, Any]] = {}
+    for node in model.nodes:
+        layer = node.layer
+        index = calls.get(id(layer), 0)
+        calls[id(layer)] = index + 1
+        names[id(node.output)] = (layer.name, index)
+        if id(layer) not in entries:
+            entries[id(layer)] = {"module": "keras.layers", "class_name": type(layer).__name__,
+                                  "config": layer.get_config(), "registered_name": None,
+                                  "name": layer.name, "inbound_nodes": []}
+        if node.inputs:
+            refs = [_history(t, names) for t in node.inputs]
+            args = [refs] if getattr(layer, "build_merge", None) else refs
+            entries[id(layer)]["inbound_nodes"].append({"args": args, "kwargs": {}})
+
+    def ends(tensors: list[Any], many: bool) -> Any:
+        refs = [[*names[id(t)], 0] for t in tensors]
+        return refs if many else refs[0]
+
+    return {"name": model.name, "trainable": True, "layers": list(entries.values()),
+            "input_layers": ends(model.inputs, model.multiple_inputs),
+            "output_layers": ends(model.outputs, model.multiple_outputs)}
+
+
+def _refs(value: Any) -> list[Any]:
+    """The keras-tensor references in an inbound node's ``args`` (nested lists allowed)."""
+    if isinstance(value, Mapping):
+        if value.get("class_name") == "__keras_tensor__":
+            return [value["config"]["keras_history"]]
+        return []
+    if isinstance(value, (list, tuple)):
+        if len(value) == 3 and isinstance(value[0], str) and isinstance(value[1], int):
+            return [value]  # the older [name, node, tensor] form
+        return [ref for item in value for ref in _refs(item)]
+    return []
+
+
+def model_from_functional_config(config: Mapping[str, Any]) -> Any:
+    """A convarith :class:`~convarith.nn.Model` from Keras's functional config (fresh
+    weights): layers, their calls (shared layers too), inputs and outputs."""
+    from .functional import Model
+    from .layers import Input
+
+    outputs: dict[str, list[Any]] = {}
+    layers: dict[str, Layer] = {}
+    for entry in config["layers"]:
+        class_name, layer_config = entry["class_name"], entry["config"]
+        name = entry.get("name") or layer_config.get("name")
+        if class_name == "InputLayer":
+            shape = layer_config.get("batch_shape") or layer_config.get("batch_input_shape")
+            start = Input(shape=tuple(shape[1:]), name=name)
+            outputs[name] = [start]
+            layers[name] = start
+            continue
+        layer = _translate_keras_layer(class_name, layer_config)
+        layers[name] = layer
+        for node in entry.get("inbound_nodes") or []:
+            args = node.get("args", node) if isinstance(node, Mapping) else node
+            refs = _refs(args)
+            if not refs:
+                raise ValueError(f"layer {name!r} has an inbound node without inputs")
+            tensors = []
+            for ref in refs:
+                source, index = ref[0], int(ref[1])
+                if source not in outputs or index >= len(outputs[source]):
+                    raise ValueError(f"layer {name!r} reads {source!r} call {index}, which comes "
+                                     "later or does not exist")
+                tensors.append(outputs[source][index])
+            merge = getattr(layer, "build_merge", None) is not None
+            outputs.setdefault(name, []).append(layer(tensors if merge else tensors[0]))
+
+    def ends(value: Any) -> Any:
+        many = bool(value) and isinstance(value[0], (list, tuple))
+        items = value if many else [value]
+        found = [outputs[item[0]][int(item[1])] for item in items]
+        return found if many else found[0]
+
+    return Model(ends(config["input_layers"]), ends(config["output_layers"]),
+                 name=config.get("name"))
+
+
+# --------------------------------------------------------------------------- writing .keras
+
+
+def _sequential_keras_config(model: Sequential) -> dict[str, Any]:
+    if model.input_shape is None:
+        raise ValueError("the model is not built: start it with Input(shape=...) to save it")
+    layers = [{"module": "keras.layers", "class_name": "InputLayer",
+               "config": {"batch_shape": [None, *model.input_shape], "dtype": "float32",
+                          "sparse": False, "ragged": False, "name": "input_layer",
+                          "optional": False}, "registered_name": None}]
+    layers += [{"module": "keras.layers", "class_name": type(layer).__name__,
+                "config": layer.get_config(), "registered_name": None} for layer in model.layers]
+    return {"module": "keras", "class_name": "Sequential",
+            "config": {"name": model.name, "trainable": True,
+                       "dtype": {"module": "keras", "class_name": "DTypePolicy",
+                                 "config": {"name": "float32"}, "registered_name": None},
+                       "layers": layers},
+            "registered_name": None,
+            "build_config": {"input_shape": [None, *model.input_shape]}, "compile_config": {}}
+
+
+def save_keras(model: Sequential, path: str | os.PathLike[str], overwrite: bool = False) -> str:
+    """Write ``model`` as a Keras 3 ``.keras`` file (config and weights) that
+    ``keras.saving.load_model`` reads; needs ``h5py``.
+
+    The file is written whole or not at all (a temporary file, then renamed).
+    """
+    try:
+        import h5py
+    except ImportError:
+        raise ImportError("writing .keras files needs h5py: pip install 'convarith[h5]'") from None
+    import datetime
+    import io
+
+    path = os.fspath(path)
+    if not path.endswith(".keras"):
+        raise ValueError(f"path must end in '.keras', got {path!r}")
+    from .functional import Model
+
+    if isinstance(model, Model):
+        config = {"module": "keras.src.models.functional", "class_name": "Functional",
+                  "config": functional_config(model), "registered_name": "Functional",
+                  "build_config": {"input_shape": None}, "compile_config": {}}
+        layers = list(model.layers)
+    else:
+        config = _sequential_keras_config(model)
+        layers = list(model.layers)
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as h5:
+        group = h5.create_group("layers")
+        if not isinstance(model, Model):
+            group.create_group("input_layer").create_group("vars").attrs["name"] = "input_layer"
+        for layer, key in zip(layers, _keras_weight_keys(layers)):
+            variables = group.create_group(key).create_group("vars")
+            variables.attrs["name"] = layer.name
+            for index, value in enumerate(layer.get_weights()):
+                variables.create_dataset(str(index), data=value)
+        h5.create_group("vars").attrs["name"] = model.name
+    metadata = {"keras_version": "3.0.0",
+                "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S")}
+
+    def write(stream: Any) -> None:
+        with zipfile.ZipFile(stream, "w") as archive:
+            archive.writestr("metadata.json", json.dumps(metadata))
+            archive.writestr("config.json", json.dumps(config))
+            archive.writestr("model.weights.h5", buffer.getvalue())
+
+    write_atomic(path, write, force=overwrite)
+    return path

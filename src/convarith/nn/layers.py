@@ -28,7 +28,9 @@ import numpy as np
 
 from ..spec import ConvSpec, ResolvedConv, per_axis
 from . import activations as activations_module
+from . import constraints as constraints_module
 from . import initializers as initializers_module
+from . import regularizers as regularizers_module
 
 __all__ = [
     "Layer",
@@ -37,15 +39,19 @@ __all__ = [
     "Conv1D",
     "Conv2D",
     "Conv3D",
+    "Conv1DTranspose",
     "Conv2DTranspose",
+    "Conv3DTranspose",
+    "DepthwiseConv1D",
     "DepthwiseConv2D",
+    "SeparableConv1D",
     "SeparableConv2D",
     "MaxPooling1D",
     "MaxPooling2D",
+    "MaxPooling3D",
     "AveragePooling1D",
     "AveragePooling2D",
-    "GlobalAveragePooling2D",
-    "ZeroPadding2D",
+    "AveragePooling3D",
     "Flatten",
     "Dense",
     "Dropout",
@@ -55,6 +61,9 @@ __all__ = [
 ]
 
 Shape = tuple[int, ...]
+
+#: the size an open (``None``) axis is resolved at to find the other numbers
+_OPEN_STAND_IN = 4096
 
 
 def _engine() -> Any:
@@ -96,6 +105,41 @@ def _fmt_shape(shape: Sequence[Any]) -> str:
         ",)" if len(shape) == 1 else ")")
 
 
+def _dtype_name(dtype: Any) -> Any:
+    """``"float32"`` from a name or Keras's DTypePolicy config (``{"config": {"name": ...}}``)."""
+    if isinstance(dtype, dict):
+        dtype = (dtype.get("config") or {}).get("name")
+    return dtype
+
+
+def _sample_shape(shape: Sequence[Any]) -> Shape:
+    """A sample shape of ints and ``None`` (open sizes)."""
+    return tuple(None if v is None else int(v) for v in shape)  # type: ignore[misc]
+
+
+#: Keras arguments convarith.nn does not implement, refused by name.
+UNSUPPORTED_ARGUMENTS = ("lora_rank", "lora_alpha", "quantization_config")
+
+
+def _refuse_unknown(layer: str, unknown: dict[str, Any]) -> None:
+    """One clear error naming the Keras arguments this layer does not implement."""
+    if not unknown:
+        return
+    names = sorted(unknown)
+    keras_only = [n for n in names if n in UNSUPPORTED_ARGUMENTS and unknown[n] not in (None, 0)]
+    other = [n for n in names if n not in UNSUPPORTED_ARGUMENTS]
+    if keras_only and not other:
+        raise ValueError(
+            f"{layer}: {', '.join(f'{n}={unknown[n]!r}' for n in keras_only)} is a Keras "
+            "feature convarith.nn does not implement; leave it out"
+        )
+    if other:
+        raise ValueError(
+            f"{layer}: unknown argument(s) {', '.join(other)}; it takes the arguments of "
+            f"keras.layers.{layer}"
+        )
+
+
 class Layer:
     """Base class of all layers.
 
@@ -116,13 +160,11 @@ class Layer:
     input_ndim: int | None = None
 
     def __init__(self, *, name: str | None = None, trainable: bool = True,
-                 dtype: str | None = None, input_shape: Sequence[int] | None = None,
-                 **unknown: Any) -> None:
-        if unknown:
-            raise TypeError(
-                f"{type(self).__name__} got unexpected keyword argument(s): "
-                f"{', '.join(sorted(unknown))}"
-            )
+                 dtype: Any = None, input_shape: Sequence[int] | None = None,
+                 activity_regularizer: Any = None, **unknown: Any) -> None:
+        _refuse_unknown(type(self).__name__, unknown)
+        dtype = _dtype_name(dtype)
+        self.activity_regularizer = regularizers_module.get(activity_regularizer)
         if name is not None and (not isinstance(name, str) or not name):
             raise ValueError(f"name must be a non-empty string, got {name!r}")
         self.name = name or _snake(type(self).__name__)
@@ -136,7 +178,8 @@ class Layer:
         self.input_shape_arg: Shape | None = None
         if input_shape is not None:
             self.input_shape_arg = tuple(
-                _positive_int(f"input_shape[{i}]", v) for i, v in enumerate(input_shape)
+                None if v is None else _positive_int(f"input_shape[{i}]", v)  # type: ignore[misc]
+                for i, v in enumerate(input_shape)
             )
         self.variables: dict[str, np.ndarray] = {}
         self.trainable_names: list[str] = []
@@ -149,8 +192,8 @@ class Layer:
     # ------------------------------------------------------------------ building
 
     def build(self, input_shape: Sequence[int], rng: np.random.Generator | None = None) -> None:
-        """Create the weights for samples of ``input_shape`` (no batch axis)."""
-        shape = tuple(int(v) for v in input_shape)
+        """Create the weights for samples of ``input_shape`` (no batch axis; ``None`` = any size)."""
+        shape = _sample_shape(input_shape)
         if self.input_ndim is not None and len(shape) != self.input_ndim:
             raise ValueError(
                 f"layer {self.name!r} ({type(self).__name__}) expects samples with "
@@ -187,16 +230,36 @@ class Layer:
 
     # ------------------------------------------------------------------ running
 
-    def __call__(self, x: Any, training: bool = False) -> np.ndarray:
+    def __call__(self, x: Any, training: bool = False) -> Any:
+        """Outputs for the batch ``x``; on a symbolic tensor (from :func:`Input`), a new
+        symbolic tensor for the Functional API (``Model(inputs, outputs)``)."""
+        from .functional import call_symbolic, is_symbolic
+
+        if is_symbolic(x):
+            return call_symbolic(self, x)
         x = np.asarray(x, dtype=self.dtype)
         if not self.built:
             self.build(x.shape[1:])
         self.check_input(x.shape[1:])
         return self.forward(x, training=training)
 
+    def _weight_axes(self, ndim: int) -> tuple[int, ...]:
+        """The sample axes the weights depend on (the rest may change from call to call)."""
+        return (ndim - 1,) if self.variables else ()
+
     def check_input(self, shape: Shape) -> None:
-        """Raise if samples of ``shape`` do not fit the built layer."""
-        if self.input_shape is not None and tuple(shape) != self.input_shape:
+        """Raise if samples of ``shape`` do not fit the built layer.
+
+        The number of axes must match, and so must the sizes the weights
+        depend on (the channels); other sizes may differ from call to call.
+        """
+        if self.input_shape is None:
+            return
+        expected = self.input_shape
+        fixed = self._weight_axes(len(expected))
+        if len(shape) != len(expected) or any(
+            expected[a] is not None and shape[a] != expected[a] for a in fixed
+        ):
             raise ValueError(
                 f"input of layer {self.name!r} ({type(self).__name__}) is incompatible: "
                 f"expected shape {_fmt_shape((None, *self.input_shape))}, received "
@@ -262,11 +325,46 @@ class Layer:
         return int(sum(w.size for w in self.variables.values()))
 
     def get_config(self) -> dict[str, Any]:
-        """Arguments that rebuild the layer (JSON-friendly)."""
-        config: dict[str, Any] = {"name": self.name, "trainable": self.trainable}
-        if self.dtype != np.float32:
-            config["dtype"] = str(self.dtype)
-        return config
+        """The layer's arguments with Keras's keys and values (``from_config`` rebuilds it)."""
+        return {"name": self.name, "trainable": self.trainable,
+                "dtype": {"module": "keras", "class_name": "DTypePolicy",
+                          "config": {"name": str(self.dtype)}, "registered_name": None},
+                **self._config_items()}
+
+    def _config_items(self) -> dict[str, Any]:
+        """The layer's own arguments, in Keras's order (subclasses)."""
+        return {}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Layer:
+        """The layer ``get_config()`` describes (fresh weights)."""
+        return cls(**config)
+
+    def _penalised(self) -> dict[str, Any]:
+        """Weight name -> regularizer (or None) whose penalty the loss counts."""
+        return {}
+
+    def _constrained(self) -> dict[str, Any]:
+        """Weight name -> constraint (or None) applied after each update."""
+        return {}
+
+    def regularization_loss(self) -> float:
+        """The penalties of the layer's weights (not the activity penalty)."""
+        return sum(
+            (reg(self.variables[name]) for name, reg in self._penalised().items()
+             if reg is not None and name in self.variables), 0.0)
+
+    def add_regularization_gradients(self) -> None:
+        """Add the weight penalties' gradients to ``self.grads``."""
+        for name, reg in self._penalised().items():
+            if reg is not None and name in self.grads:
+                self.grads[name] = self.grads[name] + reg.gradient(self.variables[name])
+
+    def apply_constraints(self) -> None:
+        """Replace each constrained weight by its constrained value (after an update)."""
+        for name, constraint in self._constrained().items():
+            if constraint is not None and name in self.variables:
+                self.variables[name][...] = constraint(self.variables[name])
 
     # ------------------------------------------------------------------ geometry
 
@@ -282,7 +380,14 @@ class InputLayer(Layer):
     """Declares the shape of one sample (Keras's ``Input(shape=...)``)."""
 
     def __init__(self, shape: Sequence[int] | None = None, *, batch_shape: Sequence[Any] | None = None,
-                 name: str | None = None, dtype: str | None = None) -> None:
+                 name: str | None = None, dtype: Any = None, sparse: bool = False,
+                 ragged: bool = False, optional: bool = False, **kwargs: Any) -> None:
+        kwargs.pop("batch_size", None)
+        for flag, value in (("sparse", sparse), ("ragged", ragged), ("optional", optional)):
+            if value:
+                raise ValueError(f"Input: {flag}=True is a Keras feature convarith.nn does not "
+                                 "implement; leave it out")
+        _refuse_unknown("InputLayer", kwargs)
         if shape is None and batch_shape is not None:
             shape = tuple(batch_shape)[1:]
         if shape is None:
@@ -299,7 +404,8 @@ class InputLayer(Layer):
         return d_out
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "shape": list(self.shape or ())}
+        return {"batch_shape": (None, *(self.shape or ())), "dtype": str(self.dtype),
+                "sparse": False, "ragged": False, "name": self.name, "optional": False}
 
 
 def Input(shape: Sequence[int] | int, name: str | None = None, dtype: str | None = None) -> InputLayer:
@@ -336,6 +442,29 @@ class _SpatialLayer(Layer):
     def _from_last_shape(self, shape: Shape) -> Shape:
         return (shape[-1], *shape[:-1]) if self.data_format == "channels_first" else shape
 
+    def _weight_axes(self, ndim: int) -> tuple[int, ...]:
+        if not self.variables:
+            return ()
+        return (0,) if self.data_format == "channels_first" else (ndim - 1,)
+
+    def _resolve_open(self, spec: ConvSpec, last_shape: Shape) -> tuple[ResolvedConv, Shape]:
+        """``spec`` resolved on a channels-last sample shape whose sizes may be ``None``.
+
+        An open (``None``) axis is resolved at a stand-in size (each axis is
+        independent of the others) and its output size is reported as ``None``.
+        """
+        spatial = last_shape[:-1]
+        stand_in = tuple(_OPEN_STAND_IN if v is None else v for v in spatial)
+        resolved = spec.resolve((*stand_in, last_shape[-1]))
+        out = tuple(None if v is None else o for v, o in zip(spatial, resolved.output_size))
+        return resolved, out  # type: ignore[return-value]
+
+    def resolved(self) -> ResolvedConv | None:
+        spec = getattr(self, "spec", None)
+        if spec is None or self.input_shape is None:
+            return None
+        return self._resolve_open(spec, self._last_shape(self.input_shape))[0]
+
 
 class _Conv(_SpatialLayer):
     """Conv1D/2D/3D (and the base of the other convolution layers)."""
@@ -347,8 +476,10 @@ class _Conv(_SpatialLayer):
                  dilation_rate: int | Sequence[int] = 1, groups: int = 1,
                  activation: str | None = None, use_bias: bool = True,
                  kernel_initializer: Any = "glorot_uniform", bias_initializer: Any = "zeros",
-                 **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+                 kernel_regularizer: Any = None, bias_regularizer: Any = None,
+                 activity_regularizer: Any = None, kernel_constraint: Any = None,
+                 bias_constraint: Any = None, **kwargs: Any) -> None:
+        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         self.filters = _positive_int("filters", filters)
         self.kernel_size = per_axis("kernel_size", kernel_size, self.rank)
         self.strides = per_axis("strides", strides, self.rank)
@@ -362,6 +493,10 @@ class _Conv(_SpatialLayer):
         self.use_bias = use_bias
         self.kernel_initializer = initializers_module.get(kernel_initializer)
         self.bias_initializer = initializers_module.get(bias_initializer)
+        self.kernel_regularizer = regularizers_module.get(kernel_regularizer)
+        self.bias_regularizer = regularizers_module.get(bias_regularizer)
+        self.kernel_constraint = constraints_module.get(kernel_constraint)
+        self.bias_constraint = constraints_module.get(bias_constraint)
         self.spec = self._make_spec()
 
     def _make_spec(self) -> ConvSpec:
@@ -385,14 +520,10 @@ class _Conv(_SpatialLayer):
         if self.use_bias:
             self.add_weight("bias", (self.filters,), self.bias_initializer, rng)
 
-    def resolved(self) -> ResolvedConv | None:
-        assert self.input_shape is not None
-        return self.spec.resolve(self._last_shape(self.input_shape))
-
     def compute_output_shape(self, input_shape: Shape) -> Shape:
         last = self._last_shape(input_shape)
-        resolved = self.spec.resolve(last)
-        return self._from_last_shape((*resolved.output_size, self._out_channels(last[-1])))
+        _, size = self._resolve_open(self.spec, last)
+        return self._from_last_shape((*size, self._out_channels(last[-1])))
 
     def _out_channels(self, channels: int) -> int:
         return self.filters
@@ -420,18 +551,32 @@ class _Conv(_SpatialLayer):
             self.grads["bias"] = d_bias
         return self._from_last(d_x)
 
-    def get_config(self) -> dict[str, Any]:
+    def _penalised(self) -> dict[str, Any]:
+        return {"kernel": self.kernel_regularizer, "bias": self.bias_regularizer}
+
+    def _constrained(self) -> dict[str, Any]:
+        return {"kernel": self.kernel_constraint, "bias": self.bias_constraint}
+
+    def _config_items(self) -> dict[str, Any]:
+        from .initializers import serialize as init_serialize
+
         return {
-            **super().get_config(),
             "filters": self.filters,
-            "kernel_size": list(self.kernel_size),
-            "strides": list(self.strides),
+            "kernel_size": tuple(self.kernel_size),
+            "strides": tuple(self.strides),
             "padding": self.padding,
             "data_format": self.data_format,
-            "dilation_rate": list(self.dilation_rate),
+            "dilation_rate": tuple(self.dilation_rate),
             "groups": self.groups,
             "activation": self.activation.name,
             "use_bias": self.use_bias,
+            "kernel_initializer": init_serialize(self.kernel_initializer),
+            "bias_initializer": init_serialize(self.bias_initializer),
+            "kernel_regularizer": regularizers_module.serialize(self.kernel_regularizer),
+            "bias_regularizer": regularizers_module.serialize(self.bias_regularizer),
+            "activity_regularizer": regularizers_module.serialize(self.activity_regularizer),
+            "kernel_constraint": constraints_module.serialize(self.kernel_constraint),
+            "bias_constraint": constraints_module.serialize(self.bias_constraint),
         }
 
 
@@ -468,15 +613,8 @@ class Conv3D(_Conv):
     keras_name = "Conv3D"
 
 
-class Conv2DTranspose(_Conv):
-    """Transposed 2-D convolution; kernel ``(kh, kw, filters, in_channels)`` as in Keras.
-
-    >>> Conv2DTranspose(3, 3, strides=2, padding="same")(np.ones((1, 4, 4, 2))).shape
-    (1, 8, 8, 3)
-    """
-
-    rank = 2
-    keras_name = "Conv2DTranspose"
+class _ConvTranspose(_Conv):
+    """Transposed convolution; kernel ``(k..., filters, in_channels)`` as in Keras."""
 
     def __init__(self, filters: int, kernel_size: int | Sequence[int], strides: int | Sequence[int] = 1,
                  padding: str = "valid", output_padding: int | Sequence[int] | None = None,
@@ -485,7 +623,8 @@ class Conv2DTranspose(_Conv):
                  kernel_initializer: Any = "glorot_uniform", bias_initializer: Any = "zeros",
                  **kwargs: Any) -> None:
         self.output_padding = (
-            None if output_padding is None else per_axis("output_padding", output_padding, 2, 0)
+            None if output_padding is None
+            else per_axis("output_padding", output_padding, self.rank, 0)
         )
         super().__init__(filters, kernel_size, strides, padding, data_format, dilation_rate, 1,
                          activation, use_bias, kernel_initializer, bias_initializer, **kwargs)
@@ -500,31 +639,61 @@ class Conv2DTranspose(_Conv):
     def _kernel_shape(self, channels: int) -> Shape:
         return (*self.kernel_size, self.filters, channels)
 
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        del config["groups"]
-        config["output_padding"] = None if self.output_padding is None else list(self.output_padding)
-        return config
+    def _config_items(self) -> dict[str, Any]:
+        items = super()._config_items()
+        del items["groups"]
+        items["output_padding"] = (
+            None if self.output_padding is None else tuple(self.output_padding)
+        )
+        return _reorder(items, "padding", "output_padding")
 
 
-class DepthwiseConv2D(_Conv):
-    """One filter (or ``depth_multiplier``) per input channel; kernel ``(kh, kw, in, mult)``.
+class Conv1DTranspose(_ConvTranspose):
+    """Transposed 1-D convolution, as ``keras.layers.Conv1DTranspose``.
 
-    >>> DepthwiseConv2D(3, depth_multiplier=2)(np.ones((1, 5, 5, 3))).shape
-    (1, 3, 3, 6)
+    >>> Conv1DTranspose(3, 3, strides=2)(np.ones((1, 4, 2))).shape
+    (1, 9, 3)
     """
 
-    rank = 2
-    keras_name = "DepthwiseConv2D"
+    rank, keras_name = 1, "Conv1DTranspose"
+
+
+class Conv2DTranspose(_ConvTranspose):
+    """Transposed 2-D convolution; kernel ``(kh, kw, filters, in_channels)`` as in Keras.
+
+    >>> Conv2DTranspose(3, 3, strides=2, padding="same")(np.ones((1, 4, 4, 2))).shape
+    (1, 8, 8, 3)
+    """
+
+    rank, keras_name = 2, "Conv2DTranspose"
+
+
+class Conv3DTranspose(_ConvTranspose):
+    """Transposed 3-D convolution, as ``keras.layers.Conv3DTranspose``.
+
+    >>> Conv3DTranspose(2, 2, strides=2)(np.ones((1, 2, 3, 4, 1))).shape
+    (1, 4, 6, 8, 2)
+    """
+
+    rank, keras_name = 3, "Conv3DTranspose"
+
+
+class _DepthwiseConv(_Conv):
+    """One filter (or ``depth_multiplier``) per input channel; kernel ``(k..., in, mult)``."""
+
+    kernel_weight = "kernel"
 
     def __init__(self, kernel_size: int | Sequence[int], strides: int | Sequence[int] = 1,
                  padding: str = "valid", depth_multiplier: int = 1, data_format: str | None = None,
                  dilation_rate: int | Sequence[int] = 1, activation: str | None = None,
                  use_bias: bool = True, depthwise_initializer: Any = "glorot_uniform",
-                 bias_initializer: Any = "zeros", **kwargs: Any) -> None:
+                 bias_initializer: Any = "zeros", depthwise_regularizer: Any = None,
+                 depthwise_constraint: Any = None, **kwargs: Any) -> None:
         self.depth_multiplier = _positive_int("depth_multiplier", depth_multiplier)
         super().__init__(1, kernel_size, strides, padding, data_format, dilation_rate, 1,
-                         activation, use_bias, depthwise_initializer, bias_initializer, **kwargs)
+                         activation, use_bias, depthwise_initializer, bias_initializer,
+                         kernel_regularizer=depthwise_regularizer,
+                         kernel_constraint=depthwise_constraint, **kwargs)
 
     def _make_spec(self) -> ConvSpec:
         return keras_spec(
@@ -535,6 +704,8 @@ class DepthwiseConv2D(_Conv):
 
     def _build(self, input_shape: Shape, rng: np.random.Generator) -> None:
         channels = self._last_shape(input_shape)[-1]
+        if channels is None:
+            raise ValueError("the channels axis must have a known size")
         self.filters = channels * self.depth_multiplier
         # grouped layout for the engine: one group per input channel
         self.spec = self.spec.replace(groups=channels, filters=None, depth_multiplier=None)
@@ -547,26 +718,48 @@ class DepthwiseConv2D(_Conv):
         return channels * self.depth_multiplier
 
     def _engine_kernel(self) -> np.ndarray:
-        kernel = self.variables["kernel"]
+        kernel = self.variables[self.kernel_weight]
         return kernel.reshape(*kernel.shape[:-2], 1, kernel.shape[-2] * kernel.shape[-1])
 
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
+    def _config_items(self) -> dict[str, Any]:
+        items = super()._config_items()
         for key in ("filters", "groups"):
-            del config[key]
-        config["depth_multiplier"] = self.depth_multiplier
-        return config
+            del items[key]
+        items = _reorder(items, "padding", "depth_multiplier", self.depth_multiplier)
+        items = _rename(items, {"kernel_initializer": "depthwise_initializer",
+                                "kernel_regularizer": "depthwise_regularizer",
+                                "kernel_constraint": "depthwise_constraint"})
+        order = ["kernel_size", "strides", "padding", "depth_multiplier", "data_format",
+                 "dilation_rate", "activation", "use_bias", "depthwise_initializer",
+                 "bias_initializer", "depthwise_regularizer", "bias_regularizer",
+                 "activity_regularizer", "depthwise_constraint", "bias_constraint"]
+        return {key: items[key] for key in order}
 
 
-class SeparableConv2D(DepthwiseConv2D):
-    """A depthwise convolution followed by a 1x1 (pointwise) convolution, as in Keras.
+class DepthwiseConv1D(_DepthwiseConv):
+    """1-D depthwise convolution, as ``keras.layers.DepthwiseConv1D``.
 
-    >>> layer = SeparableConv2D(4, 3)
-    >>> layer(np.ones((1, 5, 5, 2))).shape, [w.shape for w in layer.get_weights()]
-    ((1, 3, 3, 4), [(3, 3, 2, 1), (1, 1, 2, 4), (4,)])
+    >>> DepthwiseConv1D(3, depth_multiplier=2)(np.ones((1, 5, 3))).shape
+    (1, 3, 6)
     """
 
-    keras_name = "SeparableConv2D"
+    rank, keras_name = 1, "DepthwiseConv1D"
+
+
+class DepthwiseConv2D(_DepthwiseConv):
+    """One filter (or ``depth_multiplier``) per input channel; kernel ``(kh, kw, in, mult)``.
+
+    >>> DepthwiseConv2D(3, depth_multiplier=2)(np.ones((1, 5, 5, 3))).shape
+    (1, 3, 3, 6)
+    """
+
+    rank, keras_name = 2, "DepthwiseConv2D"
+
+
+class _SeparableConv(_DepthwiseConv):
+    """A depthwise convolution followed by a pointwise (1x1) convolution, as in Keras."""
+
+    kernel_weight = "depthwise_kernel"
 
     def __init__(self, filters: int, kernel_size: int | Sequence[int], strides: int | Sequence[int] = 1,
                  padding: str = "valid", data_format: str | None = None,
@@ -574,37 +767,40 @@ class SeparableConv2D(DepthwiseConv2D):
                  activation: str | None = None, use_bias: bool = True,
                  depthwise_initializer: Any = "glorot_uniform",
                  pointwise_initializer: Any = "glorot_uniform", bias_initializer: Any = "zeros",
+                 depthwise_regularizer: Any = None, pointwise_regularizer: Any = None,
+                 depthwise_constraint: Any = None, pointwise_constraint: Any = None,
                  **kwargs: Any) -> None:
         self.pointwise_initializer = initializers_module.get(pointwise_initializer)
+        self.pointwise_regularizer = regularizers_module.get(pointwise_regularizer)
+        self.pointwise_constraint = constraints_module.get(pointwise_constraint)
         super().__init__(kernel_size, strides, padding, depth_multiplier, data_format,
                          dilation_rate, activation, use_bias, depthwise_initializer,
-                         bias_initializer, **kwargs)
+                         bias_initializer, depthwise_regularizer, depthwise_constraint, **kwargs)
         self.filters = _positive_int("filters", filters)
-        self.pointwise_spec = ConvSpec(1, rank=2)
+        self.pointwise_spec = ConvSpec(1, rank=self.rank)
 
     def _make_spec(self) -> ConvSpec:
         return keras_spec(
-            "SeparableConv2D", filters=1, kernel_size=self.kernel_size, strides=self.strides,
+            self.keras_name, filters=1, kernel_size=self.kernel_size, strides=self.strides,
             padding=self.padding, depth_multiplier=self.depth_multiplier,
             dilation_rate=self.dilation_rate,
         )
 
     def _build(self, input_shape: Shape, rng: np.random.Generator) -> None:
         channels = self._last_shape(input_shape)[-1]
+        if channels is None:
+            raise ValueError("the channels axis must have a known size")
         self.spec = self.spec.replace(groups=channels, filters=None, depth_multiplier=None)
         self.add_weight("depthwise_kernel", (*self.kernel_size, channels, self.depth_multiplier),
                         self.kernel_initializer, rng)
-        self.add_weight("pointwise_kernel", (1, 1, channels * self.depth_multiplier, self.filters),
+        self.add_weight("pointwise_kernel",
+                        (*(1,) * self.rank, channels * self.depth_multiplier, self.filters),
                         self.pointwise_initializer, rng)
         if self.use_bias:
             self.add_weight("bias", (self.filters,), self.bias_initializer, rng)
 
     def _out_channels(self, channels: int) -> int:
         return self.filters
-
-    def _engine_kernel(self) -> np.ndarray:
-        kernel = self.variables["depthwise_kernel"]
-        return kernel.reshape(*kernel.shape[:-2], 1, kernel.shape[-2] * kernel.shape[-1])
 
     def forward(self, x: np.ndarray, training: bool = False, keep: bool = False) -> np.ndarray:
         engine = _engine()
@@ -634,8 +830,69 @@ class SeparableConv2D(DepthwiseConv2D):
             self.grads["bias"] = d_bias
         return self._from_last(d_x)
 
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "filters": self.filters}
+    def _penalised(self) -> dict[str, Any]:
+        return {"depthwise_kernel": self.kernel_regularizer,
+                "pointwise_kernel": self.pointwise_regularizer, "bias": self.bias_regularizer}
+
+    def _constrained(self) -> dict[str, Any]:
+        return {"depthwise_kernel": self.kernel_constraint,
+                "pointwise_kernel": self.pointwise_constraint, "bias": self.bias_constraint}
+
+    def _config_items(self) -> dict[str, Any]:
+        items = super()._config_items()
+        from .initializers import serialize as init_serialize
+
+        out: dict[str, Any] = {"filters": self.filters}
+        for key in ("kernel_size", "strides", "padding", "data_format", "dilation_rate",
+                    "depth_multiplier", "activation", "use_bias", "depthwise_initializer"):
+            out[key] = items[key]
+        out["pointwise_initializer"] = init_serialize(self.pointwise_initializer)
+        out["bias_initializer"] = items["bias_initializer"]
+        out["depthwise_regularizer"] = items["depthwise_regularizer"]
+        out["pointwise_regularizer"] = regularizers_module.serialize(self.pointwise_regularizer)
+        out["bias_regularizer"] = items["bias_regularizer"]
+        out["activity_regularizer"] = items["activity_regularizer"]
+        out["depthwise_constraint"] = items["depthwise_constraint"]
+        out["pointwise_constraint"] = constraints_module.serialize(self.pointwise_constraint)
+        out["bias_constraint"] = items["bias_constraint"]
+        return out
+
+
+class SeparableConv1D(_SeparableConv):
+    """1-D separable convolution, as ``keras.layers.SeparableConv1D``.
+
+    >>> SeparableConv1D(4, 3)(np.ones((1, 5, 2))).shape
+    (1, 3, 4)
+    """
+
+    rank, keras_name = 1, "SeparableConv1D"
+
+
+class SeparableConv2D(_SeparableConv):
+    """A depthwise convolution followed by a 1x1 (pointwise) convolution, as in Keras.
+
+    >>> layer = SeparableConv2D(4, 3)
+    >>> layer(np.ones((1, 5, 5, 2))).shape, [w.shape for w in layer.get_weights()]
+    ((1, 3, 3, 4), [(3, 3, 2, 1), (1, 1, 2, 4), (4,)])
+    """
+
+    rank, keras_name = 2, "SeparableConv2D"
+
+
+def _reorder(items: dict[str, Any], after: str, key: str, value: Any = None) -> dict[str, Any]:
+    """``items`` with ``key`` (moved, or added with ``value``) right after ``after``."""
+    if key in items:
+        value = items.pop(key)
+    out: dict[str, Any] = {}
+    for k, v in items.items():
+        out[k] = v
+        if k == after:
+            out[key] = value
+    return out
+
+
+def _rename(items: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    return {names.get(k, k): v for k, v in items.items()}
 
 
 # --------------------------------------------------------------------------- pooling
@@ -655,13 +912,9 @@ class _Pooling(_SpatialLayer):
         self.spec = keras_spec(self.keras_name, pool_size=self.pool_size, strides=self.strides,
                                padding=self.padding)
 
-    def resolved(self) -> ResolvedConv | None:
-        assert self.input_shape is not None
-        return self.spec.resolve(self._last_shape(self.input_shape))
-
     def compute_output_shape(self, input_shape: Shape) -> Shape:
         last = self._last_shape(input_shape)
-        return self._from_last_shape((*self.spec.resolve(last).output_size, last[-1]))
+        return self._from_last_shape((*self._resolve_open(self.spec, last)[1], last[-1]))
 
     def forward(self, x: np.ndarray, training: bool = False, keep: bool = False) -> np.ndarray:
         x_last = self._to_last(x)
@@ -674,10 +927,9 @@ class _Pooling(_SpatialLayer):
         d_x = _engine().conv_vjp(x_last, None, self.spec, self._to_last(d_out))[0]
         return self._from_last(d_x)
 
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "pool_size": list(self.pool_size),
-                "strides": list(self.strides), "padding": self.padding,
-                "data_format": self.data_format}
+    def _config_items(self) -> dict[str, Any]:
+        return {"pool_size": tuple(self.pool_size), "padding": self.padding,
+                "strides": tuple(self.strides), "data_format": self.data_format}
 
 
 class MaxPooling1D(_Pooling):
@@ -720,86 +972,20 @@ class AveragePooling2D(_Pooling):
         super().__init__(pool_size, strides, padding, data_format, **kwargs)
 
 
-class GlobalAveragePooling2D(_SpatialLayer):
-    """Mean over rows and columns: ``(batch, h, w, c) -> (batch, c)``."""
+class MaxPooling3D(_Pooling):
+    """Max over ``pool_size`` windows of the three spatial axes (default (2, 2, 2))."""
 
-    def __init__(self, data_format: str | None = None, keepdims: bool = False, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.data_format = _data_format(data_format)
-        self.keepdims = bool(keepdims)
-
-    def compute_output_shape(self, input_shape: Shape) -> Shape:
-        last = self._last_shape(input_shape)
-        if self.keepdims:
-            return self._from_last_shape((1, 1, last[-1]))
-        return (last[-1],)
-
-    def forward(self, x: np.ndarray, training: bool = False, keep: bool = False) -> np.ndarray:
-        x_last = self._to_last(x)
-        if keep:
-            self._cache = x_last.shape
-        y = x_last.mean(axis=(1, 2), keepdims=self.keepdims)
-        return self._from_last(y) if self.keepdims else y
-
-    def backward(self, d_out: np.ndarray) -> np.ndarray:
-        shape = self._kept()
-        d = self._to_last(d_out) if self.keepdims else d_out[:, None, None, :]
-        return self._from_last(np.broadcast_to(d / (shape[1] * shape[2]), shape).copy())
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "data_format": self.data_format, "keepdims": self.keepdims}
+    rank, pool, keras_name = 3, "max", "MaxPooling3D"
 
 
-class ZeroPadding2D(_SpatialLayer):
-    """Zeros around rows and columns: ``padding`` int, ``(rows, cols)`` or ``((t, b), (l, r))``.
+class AveragePooling3D(_Pooling):
+    """Mean over windows of the three spatial axes; ``pool_size`` is required."""
 
-    >>> ZeroPadding2D(((1, 0), (2, 3)))(np.ones((1, 2, 2, 1))).shape
-    (1, 3, 7, 1)
-    """
+    rank, pool, keras_name = 3, "avg", "AveragePooling3D"
 
-    def __init__(self, padding: Any = (1, 1), data_format: str | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.data_format = _data_format(data_format)
-        if isinstance(padding, numbers.Integral) and not isinstance(padding, bool):
-            padding = ((padding, padding), (padding, padding))
-        try:
-            items = tuple(padding)
-            if len(items) != 2:
-                raise ValueError
-            pairs = tuple(
-                (int(p), int(p)) if isinstance(p, numbers.Integral) else tuple(int(v) for v in p)
-                for p in items
-            )
-            if any(len(p) != 2 or min(p) < 0 for p in pairs):
-                raise ValueError
-        except (TypeError, ValueError):
-            raise ValueError(
-                "padding must be an int, (rows, cols) or ((top, bottom), (left, right)) of "
-                f"non-negative ints, got {padding!r}"
-            ) from None
-        self.padding: tuple[tuple[int, int], ...] = pairs  # type: ignore[assignment]
-
-    def resolved(self) -> ResolvedConv | None:
-        assert self.input_shape is not None
-        return ConvSpec(1, padding=self.padding).resolve(self._last_shape(self.input_shape))
-
-    def compute_output_shape(self, input_shape: Shape) -> Shape:
-        h, w, c = self._last_shape(input_shape)
-        (t, b), (left, right) = self.padding
-        return self._from_last_shape((h + t + b, w + left + right, c))
-
-    def forward(self, x: np.ndarray, training: bool = False, keep: bool = False) -> np.ndarray:
-        x_last = self._to_last(x)
-        return self._from_last(np.pad(x_last, ((0, 0), *self.padding, (0, 0))))
-
-    def backward(self, d_out: np.ndarray) -> np.ndarray:
-        d = self._to_last(d_out)
-        (t, b), (left, right) = self.padding
-        return self._from_last(d[:, t:d.shape[1] - b, left:d.shape[2] - right, :])
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "padding": [list(p) for p in self.padding],
-                "data_format": self.data_format}
+    def __init__(self, pool_size: int | Sequence[int], strides: int | Sequence[int] | None = None,
+                 padding: str = "valid", data_format: str | None = None, **kwargs: Any) -> None:
+        super().__init__(pool_size, strides, padding, data_format, **kwargs)
 
 
 # --------------------------------------------------------------------------- the rest
@@ -817,6 +1003,8 @@ class Flatten(Layer):
         self.data_format = _data_format(data_format)
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
+        if any(v is None for v in input_shape):
+            return (None,)  # type: ignore[return-value]
         return (int(np.prod(input_shape)),)
 
     def _channels_first(self, x: np.ndarray) -> bool:
@@ -835,8 +1023,8 @@ class Flatten(Layer):
         return np.moveaxis(d_x, -1, 1) if self.data_format == "channels_first" and len(shape) > 2 \
             else d_x
 
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "data_format": self.data_format}
+    def _config_items(self) -> dict[str, Any]:
+        return {"data_format": self.data_format}
 
 
 class Dense(Layer):
@@ -848,13 +1036,19 @@ class Dense(Layer):
 
     def __init__(self, units: int, activation: str | None = None, use_bias: bool = True,
                  kernel_initializer: Any = "glorot_uniform", bias_initializer: Any = "zeros",
-                 **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+                 kernel_regularizer: Any = None, bias_regularizer: Any = None,
+                 activity_regularizer: Any = None, kernel_constraint: Any = None,
+                 bias_constraint: Any = None, **kwargs: Any) -> None:
+        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         self.units = _positive_int("units", units)
         self.activation = activations_module.get(activation)
         self.use_bias = bool(use_bias)
         self.kernel_initializer = initializers_module.get(kernel_initializer)
         self.bias_initializer = initializers_module.get(bias_initializer)
+        self.kernel_regularizer = regularizers_module.get(kernel_regularizer)
+        self.bias_regularizer = regularizers_module.get(bias_regularizer)
+        self.kernel_constraint = constraints_module.get(kernel_constraint)
+        self.bias_constraint = constraints_module.get(bias_constraint)
 
     def _build(self, input_shape: Shape, rng: np.random.Generator) -> None:
         if not input_shape:
@@ -885,9 +1079,24 @@ class Dense(Layer):
             self.grads["bias"] = d_rows.sum(axis=0)
         return d_z @ self.variables["kernel"].T
 
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "units": self.units, "activation": self.activation.name,
-                "use_bias": self.use_bias}
+    def _penalised(self) -> dict[str, Any]:
+        return {"kernel": self.kernel_regularizer, "bias": self.bias_regularizer}
+
+    def _constrained(self) -> dict[str, Any]:
+        return {"kernel": self.kernel_constraint, "bias": self.bias_constraint}
+
+    def _config_items(self) -> dict[str, Any]:
+        from .initializers import serialize as init_serialize
+
+        return {"units": self.units, "activation": self.activation.name,
+                "use_bias": self.use_bias,
+                "kernel_initializer": init_serialize(self.kernel_initializer),
+                "bias_initializer": init_serialize(self.bias_initializer),
+                "kernel_regularizer": regularizers_module.serialize(self.kernel_regularizer),
+                "bias_regularizer": regularizers_module.serialize(self.bias_regularizer),
+                "kernel_constraint": constraints_module.serialize(self.kernel_constraint),
+                "bias_constraint": constraints_module.serialize(self.bias_constraint),
+                "quantization_config": None}
 
 
 class Dropout(Layer):
@@ -917,8 +1126,8 @@ class Dropout(Layer):
     def backward(self, d_out: np.ndarray) -> np.ndarray:
         return d_out * self._kept()
 
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+    def _config_items(self) -> dict[str, Any]:
+        return {"rate": self.rate, "seed": self.seed, "noise_shape": None}
 
 
 class BatchNormalization(Layer):
@@ -931,9 +1140,22 @@ class BatchNormalization(Layer):
     def __init__(self, axis: int = -1, momentum: float = 0.99, epsilon: float = 1e-3,
                  center: bool = True, scale: bool = True, beta_initializer: Any = "zeros",
                  gamma_initializer: Any = "ones", moving_mean_initializer: Any = "zeros",
-                 moving_variance_initializer: Any = "ones", **kwargs: Any) -> None:
+                 moving_variance_initializer: Any = "ones", beta_regularizer: Any = None,
+                 gamma_regularizer: Any = None, beta_constraint: Any = None,
+                 gamma_constraint: Any = None, synchronized: bool = False, renorm: bool = False,
+                 renorm_clipping: Any = None, renorm_momentum: float = 0.99,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if axis != -1:
+        unsupported = {key: value for key, value in (
+            ("beta_regularizer", beta_regularizer), ("gamma_regularizer", gamma_regularizer),
+            ("beta_constraint", beta_constraint), ("gamma_constraint", gamma_constraint),
+            ("synchronized", synchronized), ("renorm", renorm),
+            ("renorm_clipping", renorm_clipping)) if value}
+        if unsupported:
+            raise ValueError(
+                "BatchNormalization: " + ", ".join(f"{k}={v!r}" for k, v in unsupported.items())
+                + " is a Keras feature convarith.nn does not implement; leave it out")
+        if axis not in (-1,):
             raise ValueError(f"axis must be -1 (channels-last), got {axis!r}")
         self.axis = -1
         self.momentum = float(momentum)
@@ -999,9 +1221,19 @@ class BatchNormalization(Layer):
             count * d_hat - d_hat.sum(axis=axes) - x_hat * (d_hat * x_hat).sum(axis=axes)
         )
 
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "axis": self.axis, "momentum": self.momentum,
-                "epsilon": self.epsilon, "center": self.center, "scale": self.scale}
+    def _config_items(self) -> dict[str, Any]:
+        from .initializers import serialize as init_serialize
+
+        inits = {key: init_serialize(initializers_module.get(value))
+                 for key, value in self.initializers.items()}
+        return {"axis": self.axis, "momentum": self.momentum, "epsilon": self.epsilon,
+                "center": self.center, "scale": self.scale,
+                "beta_initializer": inits["beta"], "gamma_initializer": inits["gamma"],
+                "moving_mean_initializer": inits["moving_mean"],
+                "moving_variance_initializer": inits["moving_variance"],
+                "beta_regularizer": None, "gamma_regularizer": None, "beta_constraint": None,
+                "gamma_constraint": None, "synchronized": False, "renorm": False,
+                "renorm_clipping": None, "renorm_momentum": 0.99}
 
 
 class Activation(Layer):
@@ -1021,16 +1253,18 @@ class Activation(Layer):
         x, y = self._kept()
         return self.activation.backward(d_out, x, y)
 
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "activation": self.activation.name}
+    def _config_items(self) -> dict[str, Any]:
+        return {"activation": self.activation.name}
 
 
-#: Layer classes by Keras class name (used to load models and import Keras configs).
+#: Layer classes of this module by Keras class name (:data:`convarith.nn.registry.LAYERS`
+#: has every layer).
 LAYERS: dict[str, type[Layer]] = {
     cls.__name__: cls
     for cls in (
-        InputLayer, Conv1D, Conv2D, Conv3D, Conv2DTranspose, DepthwiseConv2D, SeparableConv2D,
-        MaxPooling1D, MaxPooling2D, AveragePooling1D, AveragePooling2D, GlobalAveragePooling2D,
-        ZeroPadding2D, Flatten, Dense, Dropout, BatchNormalization, Activation,
+        InputLayer, Conv1D, Conv2D, Conv3D, Conv1DTranspose, Conv2DTranspose, Conv3DTranspose,
+        DepthwiseConv1D, DepthwiseConv2D, SeparableConv1D, SeparableConv2D,
+        MaxPooling1D, MaxPooling2D, MaxPooling3D, AveragePooling1D, AveragePooling2D,
+        AveragePooling3D, Flatten, Dense, Dropout, BatchNormalization, Activation,
     )
 }

@@ -185,6 +185,7 @@ class Sequential:
         self.loss: losses_module.Loss | None = None
         self.metrics: list[str] = []
         self.stop_training = False
+        self.activity_loss = 0.0
         for layer in layers or ():
             self.add(layer)
 
@@ -222,8 +223,8 @@ class Sequential:
 
     def build(self, input_shape: Sequence[int]) -> None:
         """Build every layer for samples of ``input_shape`` (no batch axis)."""
-        shape = tuple(int(v) for v in input_shape)
-        self.input_shape = shape
+        shape = tuple(None if v is None else int(v) for v in input_shape)
+        self.input_shape = shape  # type: ignore[assignment]
         for layer in self.layers:
             if layer.built:
                 layer.check_input(shape)
@@ -263,7 +264,8 @@ class Sequential:
         if self.input_shape is None:
             self.build(array.shape[1:])
         assert self.input_shape is not None
-        if tuple(array.shape[1:]) != self.input_shape:
+        if array.ndim - 1 != len(self.input_shape) or any(
+                e is not None and e != g for e, g in zip(self.input_shape, array.shape[1:])):
             first = self.layers[0]
             raise ValueError(
                 f"input of layer {first.name!r} ({type(first).__name__}) is incompatible: "
@@ -275,14 +277,24 @@ class Sequential:
     # ------------------------------------------------------------------ running
 
     def forward(self, x: np.ndarray, training: bool = False, keep: bool = False) -> np.ndarray:
-        for layer in self.layers:
+        self.activity_loss = 0.0
+        self._activity: dict[int, tuple[Any, np.ndarray]] = {}
+        for index, layer in enumerate(self.layers):
             x = layer.forward(x, training=training, keep=keep)
+            if keep and layer.activity_regularizer is not None:
+                # Keras adds regularizer(output) / batch size to the loss
+                self.activity_loss += layer.activity_regularizer(x) / len(x)
+                self._activity[index] = (layer.activity_regularizer, x)
         return x
 
     def backward(self, d_out: np.ndarray) -> np.ndarray:
         """Back-propagate ``d_out`` (after ``forward(keep=True)``); returns the input gradient."""
-        for layer in reversed(self.layers):
-            d_out = layer.backward(d_out)
+        activity = getattr(self, "_activity", {})
+        for index in reversed(range(len(self.layers))):
+            if index in activity:
+                regularizer, value = activity[index]
+                d_out = d_out + (regularizer.gradient(value) / len(value)).astype(d_out.dtype)
+            d_out = self.layers[index].backward(d_out)
         return d_out
 
     def __call__(self, x: Any, training: bool = False) -> np.ndarray:
@@ -353,7 +365,9 @@ class Sequential:
         optimizer, loss = self._require_compiled()
         before = [layer.get_weights() for layer in self.layers]
         y_pred = self.forward(x, training=True, keep=True)
-        value = loss(y, y_pred)
+        # the loss Keras reports and minimises includes the regularization penalties
+        value = loss(y, y_pred) + self.activity_loss + sum(
+            layer.regularization_loss() for layer in self.layers)
         if not math.isfinite(value):
             self._restore(before)
             raise TrainingStopped(
@@ -361,6 +375,8 @@ class Sequential:
                 "before it (try a smaller learning rate, or check the data for NaN/inf)"
             )
         self.backward(loss.gradient(y, y_pred))
+        for layer in self.layers:
+            layer.add_regularization_gradients()
         variables, owners = self._trainable()
         gradients = [layer.grads[name] for layer, name in owners]
         for (layer, name), gradient in zip(owners, gradients):
@@ -372,6 +388,8 @@ class Sequential:
                 )
         snapshot = optimizer.snapshot()
         optimizer.apply(variables, gradients)
+        for layer in self.layers:
+            layer.apply_constraints()
         if not all(np.all(np.isfinite(v)) for v in variables):
             self._restore(before)
             optimizer.restore(snapshot)
@@ -399,13 +417,14 @@ class Sequential:
     def fit(self, x: Any, y: Any, batch_size: int = 32, epochs: int = 1, verbose: int = 1,
             validation_split: float = 0.0,
             validation_data: tuple[Any, Any] | None = None, shuffle: bool = True,
-            stream: Any = None) -> History:
+            stream: Any = None, callbacks: Sequence[Any] | None = None) -> History:
         """Train for ``epochs`` passes over ``x``, as ``keras.Model.fit``.
 
         ``validation_split`` keeps the *last* fraction of the samples aside
         (before shuffling, as Keras does). If a batch makes the loss NaN or
         infinite, training stops with a message and keeps the weights from
-        before that batch (``History.stopped`` says why).
+        before that batch (``History.stopped`` says why). ``callbacks``
+        (:mod:`convarith.nn.callbacks`) see each epoch's logs and may stop training.
         """
         array, targets = self._check_xy(x, y)
         batch_size = _check_batch_size(batch_size)
@@ -430,6 +449,10 @@ class Sequential:
         steps = math.ceil(len(array) / batch_size)
         progress = _Progress(verbose, epochs, steps, stream)
         self.stop_training = False
+        callbacks = list(callbacks or [])
+        for callback in callbacks:
+            callback.set_model(self)
+            callback.on_train_begin()
         for epoch in range(epochs):
             progress.start_epoch(epoch)
             order = self.rng.permutation(len(array)) if shuffle else None
@@ -455,8 +478,14 @@ class Sequential:
                 values = values if isinstance(values, list) else [values]
                 for key, value in zip(["loss", *self.metrics], values):
                     epoch_logs[f"val_{key}"] = value
+            for callback in callbacks:
+                callback.on_epoch_end(epoch, epoch_logs)
             history.record(epoch, epoch_logs)
             progress.end_epoch(epoch_logs)
+            if self.stop_training:
+                break
+        for callback in callbacks:
+            callback.on_train_end()
         return history
 
     @_blas_one_thread

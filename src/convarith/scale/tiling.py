@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..arithmetic import window_reach
 from ..spec import ConvSpec, ResolvedConv
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -124,14 +125,15 @@ def plan_tiles(
     """
     spec = resolved.spec
     plans = []
-    for axis, size in enumerate(resolved.input_size):
+    for axis in range(resolved.rank):
         stride = spec.strides[axis]  # type: ignore[index]
         span = resolved.effective_kernel[axis]
         lo, hi = resolved.padding[axis]
         outputs = resolved.output_size[axis]
-        padded_length = (outputs - 1) * stride + span
+        padded_length = window_reach(outputs, spec.kernel_size[axis], stride,  # type: ignore[index]
+                                     spec.dilation[axis])  # type: ignore[index]
         # a ceil-mode pooling window may reach past the padded input
-        hi_needed = max(hi, padded_length - lo - size)
+        hi_needed = resolved.window_padding[axis][1]
         halo = max(0, span - stride)
         # a block ends where an input chunk ends (shifted by the padding, rounded up to the
         # stride phase), so that reading the blocks splits as few input chunks as possible
@@ -163,7 +165,8 @@ def plan_tiles(
             )
         output_chunks = tuple(b - a for a, b in zip(bounds, bounds[1:]))
         input_chunks = tuple(n * stride for n in output_chunks[:-1]) + (
-            (output_chunks[-1] - 1) * stride + span,
+            window_reach(output_chunks[-1], spec.kernel_size[axis], stride,  # type: ignore[index]
+                         spec.dilation[axis]),  # type: ignore[index]
         )
         plans.append(
             AxisPlan(axis, (lo, hi_needed), padded_length, input_chunks, output_chunks, halo)

@@ -40,6 +40,17 @@ FORMATS = (".gif", ".apng", ".png", ".svg")
 VIEWS = ("oblique", "flat", "direct", "scatter")
 
 
+def default_view(rank: int) -> str:
+    """The view a convolution of ``rank`` spatial axes is drawn in when none is asked for.
+
+    1-D: ``"flat"`` (two rows of cells, easy to read); 2-D and 3-D: ``"oblique"``.
+
+    >>> default_view(1), default_view(2)
+    ('flat', 'oblique')
+    """
+    return "flat" if rank == 1 else "oblique"
+
+
 def _default_fps(count: int) -> float:
     """One step a second for short animations; longer ones play faster (about 20 s a loop)."""
     return float(min(8.0, max(1.0, count / 20.0)))
@@ -230,7 +241,7 @@ class Still:
 def animate(
     spec: ConvSpec | ResolvedConv,
     input_shape: int | Sequence[int] | None = None,
-    view: str = "oblique",
+    view: str | None = None,
     values: bool = False,
     *,
     transposed_as: str = "direct",
@@ -251,8 +262,10 @@ def animate(
         Spatial input size (as :meth:`ConvSpec.resolve` takes it).
     view
         ``"oblique"`` (input plane at an angle, output above it) or
-        ``"flat"`` (top-down). ``"direct"`` and ``"scatter"`` are shortcuts
-        for the oblique view with ``transposed_as`` set.
+        ``"flat"`` (top-down). The default (``None``) is the flat view for a
+        1-D convolution (a slanted strip is hard to read) and the oblique
+        view otherwise. ``"direct"`` and ``"scatter"`` are shortcuts for the
+        default view with ``transposed_as`` set.
     values
         Write numbers in the cells: a small integer image and kernel, and the
         outputs computed by the engine.
@@ -292,10 +305,12 @@ def animate(
         resolved = spec.resolve(input_shape)
     else:
         raise TypeError(f"spec must be a ConvSpec or a ResolvedConv, got {type(spec).__name__}")
-    if view not in VIEWS:
-        raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
+    if view is not None and view not in VIEWS:
+        raise ValueError(f"view must be one of {VIEWS} or None (the default view), got {view!r}")
     if view in ("direct", "scatter"):
-        transposed_as, view = view, "oblique"
+        transposed_as, view = view, None
+    if view is None:
+        view = default_view(len(resolved.input_size))
     if transposed_as not in ("direct", "scatter"):
         raise ValueError(f"transposed_as must be 'direct' or 'scatter', got {transposed_as!r}")
     if transposed_as == "scatter" and not resolved.spec.transposed:

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from ..arithmetic import transposed_output_size
 from ..spec import ResolvedConv, padding_source
 
 __all__ = ["Frame", "Storyboard", "GridCell", "build_frames", "sample_values", "axis_cells", "CELL_KINDS"]
@@ -271,10 +272,7 @@ def _direct_board(
     rank = resolved.rank
     # The grid is the padded input, and for ceil-mode pooling whatever the last
     # window reaches beyond it.
-    extent = tuple(
-        max(resolved.padded_size[a], resolved.axis_taps(a, resolved.output_size[a] - 1)[-1].position[0] + 1)
-        for a in range(rank)
-    )
+    extent = tuple(n + e for n, e in zip(resolved.padded_size, resolved.overhang))
     grid_cells = _grid([axis_cells(resolved, a, extent[a]) for a in range(rank)])
     top_cells = tuple(GridCell(p, "input", p) for p in product(*[range(n) for n in resolved.output_size]))
     frames = []
@@ -320,7 +318,8 @@ def _scatter_board(
     assert isinstance(kernel, tuple) and isinstance(strides, tuple) and isinstance(dilation, tuple)
     # Full-output position q of output index o is o + crop_lo; the full output
     # spans 0 .. (I-1)S + K_eff - 1, the output crop_lo .. crop_lo + O - 1.
-    full = [(resolved.input_size[a] - 1) * strides[a] + resolved.effective_kernel[a] for a in range(rank)]
+    full = [transposed_output_size(resolved.input_size[a], kernel[a], strides[a], dilation[a])
+            for a in range(rank)]
     crop_lo = [resolved.crop[a][0] for a in range(rank)]
     start = [min(0, crop_lo[a]) for a in range(rank)]
     stop = [max(full[a], crop_lo[a] + resolved.output_size[a]) for a in range(rank)]

@@ -35,17 +35,25 @@ def _pillow() -> Any:
     return Image, ImageDraw, ImageFont
 
 
+def _pillow_colour() -> Any:
+    from PIL import ImageColor
+
+    return ImageColor
+
+
 class RasterRenderer:
     """Draws the frames of one scene with Pillow (fonts and the static layer cached)."""
 
     def __init__(self, scene: Scene, scale: float = 1.0, supersample: int = 2) -> None:
         self.Image, self.ImageDraw, self.ImageFont = _pillow()
+        self.ImageColor = _pillow_colour()
         self.scene = scene
         self.scale = scale
         self.factor = scale * supersample
         self.supersample = supersample
         self.size = (max(1, round(scene.width * scale)), max(1, round(scene.height * scale)))
         self._fonts: dict[tuple[int, bool], tuple[Any, bool]] = {}
+        self._inks: dict[str, int] = {}
         # shapes before the first animated one are drawn once
         static = 0
         for shape in scene.shapes:
@@ -80,25 +88,67 @@ class RasterRenderer:
     def _xy(self, point: tuple[float, float]) -> tuple[float, float]:
         return (point[0] * self.factor, point[1] * self.factor)
 
-    def _draw(self, draw: Any, shape: Shape) -> None:
+    def _ink(self, colour: str) -> int:
+        """Pillow's ink for ``colour`` on an RGB picture (the same for every RGB picture)."""
+        if colour not in self._inks:
+            rgb = self.ImageColor.getcolor(colour, "RGB")
+            self._inks[colour] = self.ImageDraw.Draw(self.Image.new("RGB", (1, 1))).draw.draw_ink(rgb)
+        return self._inks[colour]
+
+    def plan(self, shape: Shape) -> list[tuple[str, tuple[Any, ...]]]:
+        """The drawing operations of ``shape``, computed once (see :meth:`run`).
+
+        ``("polygon", (points, ink))`` fills, ``("lines", (points, ink, width))``
+        strokes without joints (what ``ImageDraw.line`` does for width 4 or
+        less), ``("call", (method, args, kwargs))`` anything else through
+        ``ImageDraw``: the pixels are those of the ``ImageDraw`` calls.
+        """
         f = self.factor
+        ops: list[tuple[str, tuple[Any, ...]]] = []
         if shape.kind == "polygon":
             points = [self._xy(p) for p in shape.points]
             if shape.fill:
-                draw.polygon(points, fill=shape.fill)
+                ops.append(("polygon", (points, self._ink(shape.fill))))
             if shape.stroke:
                 width = max(1, round(shape.width * f))
                 closed = [*points, points[0]]
                 if shape.dash:
-                    _dashed(draw, closed, shape.dash[0] * f, shape.dash[1] * f, shape.stroke, width)
+                    for segment in _dashes(closed, shape.dash[0] * f, shape.dash[1] * f):
+                        ops.append(("lines", (segment, self._ink(shape.stroke), width)))
+                elif width <= 4:  # ImageDraw.line rounds joints only for wider lines
+                    ops.append(("lines", (closed, self._ink(shape.stroke), width)))
                 else:
-                    draw.line(closed, fill=shape.stroke, width=width, joint="curve")
+                    ops.append(("call", ("line", (closed,), {"fill": shape.stroke, "width": width,
+                                                             "joint": "curve"})))
+        elif shape.kind == "line" and shape.stroke is None:
+            ops.append(("call", ("line", ([self._xy(p) for p in shape.points],),
+                                 {"fill": None, "width": max(1, round(shape.width * f))})))
         elif shape.kind == "line":
-            draw.line([self._xy(p) for p in shape.points], fill=shape.stroke, width=max(1, round(shape.width * f)))
+            stroke: str = shape.stroke  # type: ignore[assignment]  # not None: the branch above
+            ops.append(("lines", ([self._xy(p) for p in shape.points], self._ink(stroke),
+                                  max(1, round(shape.width * f)))))
         elif shape.kind == "text":
             font, unicode = self._font(shape.size, shape.bold)
             text = shape.text if unicode else shape.text.translate(_ASCII)
-            draw.text(self._xy(shape.points[0]), text, font=font, fill=shape.fill, anchor=shape.anchor)
+            ops.append(("call", ("text", (self._xy(shape.points[0]), text),
+                                 {"font": font, "fill": shape.fill, "anchor": shape.anchor})))
+        return ops
+
+    @staticmethod
+    def run(draw: Any, plan: Sequence[tuple[str, tuple[Any, ...]]]) -> None:
+        """Carry out a :meth:`plan` on ``draw`` (an ``ImageDraw`` of an RGB picture)."""
+        core = draw.draw
+        for op, args in plan:
+            if op == "lines":
+                core.draw_lines(*args)
+            elif op == "polygon":
+                core.draw_polygon(args[0], args[1], 1)
+            else:
+                name, positional, keywords = args
+                getattr(draw, name)(*positional, **keywords)
+
+    def _draw(self, draw: Any, shape: Shape) -> None:
+        self.run(draw, self.plan(shape))
 
     def frame(self, index: int) -> Any:
         """Frame ``index`` as an RGB Pillow image."""
@@ -119,8 +169,9 @@ class RasterRenderer:
             yield self.frame(index)
 
 
-def _dashed(draw: Any, points: Sequence[tuple[float, float]], on: float, off: float, fill: str, width: int) -> None:
-    """A dashed polyline (Pillow has no dash pattern)."""
+def _dashes(points: Sequence[tuple[float, float]], on: float, off: float) -> list[list[tuple[float, float]]]:
+    """The segments of a dashed polyline (Pillow has no dash pattern)."""
+    segments = []
     for (x0, y0), (x1, y1) in zip(points, points[1:]):
         length = math.hypot(x1 - x0, y1 - y0)
         if length == 0:
@@ -133,8 +184,9 @@ def _dashed(draw: Any, points: Sequence[tuple[float, float]], on: float, off: fl
         t = 0.0
         for _ in range(count):
             a, b = t, min(t + dash, length)
-            draw.line([(x0 + dx * a, y0 + dy * a), (x0 + dx * b, y0 + dy * b)], fill=fill, width=width)
+            segments.append([(x0 + dx * a, y0 + dy * a), (x0 + dx * b, y0 + dy * b)])
             t += period
+    return segments
 
 
 def _duration_ms(fps: float) -> int:

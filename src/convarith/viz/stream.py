@@ -110,6 +110,7 @@ class FrameStream:
                 area[...] = True
         self._background = background
         self._shapes = [shape for shape, keep in zip(shapes, kept) if keep]
+        self._plans = [renderer.plan(shape) for shape in self._shapes]  # drawing operations, made once
         self._start, self._end = start[kept], end[kept]
         self._boxes, self._tile_boxes = boxes[kept], tiles[kept]
         self._line_tiles: dict[int, np.ndarray] = {}
@@ -207,8 +208,9 @@ class FrameStream:
         self._work.paste(self._background.crop(box), box[:2])
         boxes = self._boxes[candidates]
         touching = (boxes[:, 0] < right) & (boxes[:, 2] > left) & (boxes[:, 1] < bottom) & (boxes[:, 3] > top)
+        run, plans, draw = renderer.run, self._plans, self._work_draw
         for index in candidates[touching].tolist():
-            renderer._draw(self._work_draw, self._shapes[index])
+            run(draw, plans[index])
         ss = renderer.supersample
         region = self._work.crop(box)
         if ss > 1:

@@ -95,6 +95,8 @@ class Limits:
     max_jpeg_scans: int = 32
     max_heavy_at_once: int = 1
     max_uploads_at_once: int = 8
+    max_gif_frames: int = 1024
+    max_draw_cells: int = 40_000
 
 
 class ApiError(Exception):
@@ -309,9 +311,9 @@ def build_spec(settings: Settings) -> tuple[ConvSpec, dict[str, Any] | None]:
         report.update(accepted=False, error=f"{name} rejects these settings: {refusal}")
         return spec, report
     try:
-        from ..commands._spec_args import through_front_door
+        from ..frontdoors import from_convention
 
-        door_spec = through_front_door(settings.convention, dict(settings.fields))
+        door_spec = from_convention(settings.convention, dict(settings.fields))
     except ImportError as error:
         report.update(accepted=None, error=f"{name}'s rules are not available yet ({error})")
         return spec, report
@@ -564,6 +566,7 @@ def geometry_payload(settings: Settings, limits: Limits) -> dict[str, Any]:
                 f"{limits.max_draw} per axis); use a smaller input, stride or kernel",
                 "input_size",
             )
+    _check_draw_cells(resolved, limits)
     axes = []
     for axis in range(resolved.rank):
         taps = [resolved.axis_taps(axis, o) for o in range(resolved.output_size[axis])]
@@ -580,6 +583,18 @@ def geometry_payload(settings: Settings, limits: Limits) -> dict[str, Any]:
     payload["axes"] = axes
     payload["frames"] = int(_product(resolved.output_size))
     return payload
+
+
+def _check_draw_cells(resolved: ResolvedConv, limits: Limits) -> None:
+    """The page draws every cell of the padded input and of the output (3-D: every slice)."""
+    for name, size in (("padded input", resolved.padded_size), ("output", resolved.output_size)):
+        cells = _product(size)
+        if cells > limits.max_draw_cells:
+            raise ApiError(
+                422, f"the {name} has {cells:,} cells ({' x '.join(map(str, size))}), too many to draw "
+                f"(at most {limits.max_draw_cells:,}); use a smaller input, or convarith animate "
+                "with --every K", "input_size",
+            )
 
 
 def _product(values: Sequence[int]) -> int:
@@ -651,6 +666,46 @@ def _frames_payload(resolved: ResolvedConv, limits: Limits) -> dict[str, Any]:
                          "in_padding": any(padding)})
         frames.append({"output": list(cell), "taps": taps})
     return {"output_size": list(resolved.output_size), "frames": frames}
+
+
+def animation_gif(data: Any, limits: Limits) -> bytes:
+    """The explorer's settings drawn as a GIF (what ``convarith animate`` writes).
+
+    ``view`` is ``"oblique"``, ``"flat"`` or (transposed) ``"scatter"``; the
+    default is the command's (flat in 1-D). ``every`` (1 to 64) draws every
+    k-th step. At most ``max_gif_frames`` frames are drawn, and the library's
+    picture and frame limits (:mod:`convarith.limits`) apply.
+
+    >>> animation_gif({"input_size": [4, 4], "kernel_size": 3}, Limits())[:6]
+    b'GIF89a'
+    """
+    import dataclasses
+
+    settings = parse_settings(data, limits)
+    view = _choice(data, "view", (None, "oblique", "flat", "scatter"), None)
+    every = _int(data, "every", 1, 64, default=1)
+    spec, _ = build_spec(settings)
+    if spec.groups != 1:  # every group slides the same window: the picture draws one channel
+        spec = dataclasses.replace(spec, groups=1)
+    resolved = _resolve(spec, settings)
+    if view == "scatter" and not spec.transposed:
+        raise ApiError(422, "the scatter view shows a transposed convolution; this one is not transposed", "view")
+    steps = _product(resolved.input_size if view == "scatter" else resolved.output_size)
+    drawn = -(-steps // every)
+    if drawn > limits.max_gif_frames:
+        raise ApiError(
+            422, f"the GIF would have {drawn} frames (at most {limits.max_gif_frames}); draw every k-th "
+            f"step with every={-(-steps // limits.max_gif_frames)} or more, or use a smaller input", "every",
+        )
+    try:
+        from ..viz import animate
+
+        movie = animate(resolved, view=view, every=every)
+        return movie.to_gif()
+    except ImportError as error:
+        raise unavailable("drawing pictures", error) from error
+    except ValueError as error:
+        raise ApiError(422, page_words(str(error))) from error
 
 
 def solve_payload(data: Any, limits: Limits) -> dict[str, Any]:

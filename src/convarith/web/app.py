@@ -360,6 +360,28 @@ def _image(data: Any, limits: api.Limits) -> dict[str, Any]:
     return api.image_payload(data, limits, _sample_bytes)
 
 
+async def animation_gif(request: Request) -> Response:
+    """``POST /api/animation.gif``: the settings as a GIF, drawn in a worker thread in
+    one of the heavy slots (like every heavy request)."""
+    limits: api.Limits = request.app.state.limits
+    slots: Slots = request.app.state.slots
+    try:
+        body = await _read_body(request, limits.max_body_bytes, limits.max_body_seconds)
+        data = await anyio.to_thread.run_sync(parse_json, body, limits)
+        gif = await anyio.to_thread.run_sync(_gif_heavy, data, limits, limiter=slots.heavy)
+    except api.ApiError as error:
+        return _error(error)
+    return Response(gif, media_type="image/gif",
+                    headers={"content-disposition": 'attachment; filename="convarith.gif"'})
+
+
+def _gif_heavy(data: Any, limits: api.Limits) -> bytes:
+    try:
+        return api.animation_gif(data, limits)
+    finally:
+        _trim_heap()
+
+
 async def health(request: Request) -> Response:
     return JSONResponse(api.health_payload(request.app.state.limits))
 
@@ -528,6 +550,7 @@ def create_app(
         post("/api/image", _json_endpoint(
             _image, body_limit=lambda limits: limits.max_upload_bytes * 4 // 3 + 4096,
             heavy=lambda data: True, upload=True)),
+        post("/api/animation.gif", animation_gif),
         Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: not_found},

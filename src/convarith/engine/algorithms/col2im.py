@@ -46,6 +46,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...arithmetic import transposed_grid_output_size
 from ..dispatch import ConvProblem, Requirements, register_algorithm
 from ..state import cached_once
 from ._threads import run_chunks, worker_count, workspace
@@ -319,8 +320,8 @@ def transposed(
     cg = c // groups
     reach = [d * (k - 1) - lo for d, k, (lo, _) in zip(dilation, kernel_size, padding)]
     out_size = [
-        (i - 1) * s + 1 + lo + hi - d * (k - 1)
-        for i, s, (lo, hi), d, k in zip(size, strides, padding, dilation, kernel_size)
+        transposed_grid_output_size(i, k, s, d, pads)
+        for i, s, pads, d, k in zip(size, strides, padding, dilation, kernel_size)
     ]
     y = np.empty((n, *(max(0, o) for o in out_size), f), x.dtype)
     if y.size == 0:

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ...arithmetic import transposed_grid_output_size
 from ..dispatch import ConvProblem, Requirements, register_algorithm
 from ._threads import run_chunks
 from .flat_rows import _accumulate, _blas_gemm, _chunk_rows
@@ -114,8 +115,8 @@ def transposed(
     # the direct kernel of the equivalent stride-1 convolution: flipped, (F, C) -> (C, F)
     direct_kernel = np.swapaxes(kernel[(slice(None, None, -1),) * rank], -1, -2)
     out_size = [
-        (i - 1) * s + 1 + lo + hi - d * (k - 1)
-        for i, s, (lo, hi), d, k in zip(size, strides, padding, dilation, kernel_size)
+        transposed_grid_output_size(i, k, s, d, pads)
+        for i, s, pads, d, k in zip(size, strides, padding, dilation, kernel_size)
     ]
     # per axis and output phase r: the taps that meet real cells, and their shifts
     axis_phases: list[list[list[tuple[int, int]]]] = []

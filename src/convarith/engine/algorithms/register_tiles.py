@@ -47,6 +47,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ...arithmetic import transposed_grid_output_size
 from ..dispatch import ConvProblem, register_algorithm
 from . import _llvm
 from ._llvm import ONE_PROBLEM, Batch, Cells, Sums
@@ -570,8 +571,8 @@ def transposed(
     taps_size = kernel.shape[:2]
     f = kernel.shape[2]
     direct_kernel = np.swapaxes(kernel[::-1, ::-1], -1, -2)  # (*K, C, F)
-    out_size = [(i - 1) * s + 1 + lo + hi - d * (k - 1)
-                for i, s, (lo, hi), d, k in zip((h, w), strides, padding, dilation, taps_size)]
+    out_size = [transposed_grid_output_size(i, k, s, d, pads)
+                for i, s, pads, d, k in zip((h, w), strides, padding, dilation, taps_size)]
     width = _llvm.vector_width(dtype)
     fpad = -(-f // width) * width
     y = aligned_empty((n, *out_size, fpad), dtype)

@@ -42,6 +42,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ...arithmetic import transposed_grid_output_size
 from ..dispatch import ConvProblem, register_algorithm
 from . import winograd
 
@@ -102,8 +103,8 @@ def transposed(
             f"strides {tuple(strides)}, dilation {tuple(dilation)}, groups {groups}")
     taps = kernel.shape[:2]
     shifts = [k - 1 - lo for k, (lo, _) in zip(taps, padding)]
-    grid = [(n - 1) * s + 1 + lo + hi for n, s, (lo, hi) in zip(x.shape[1:3], strides, padding)]
-    out = [g - k + 1 for g, k in zip(grid, taps)]
+    out = [transposed_grid_output_size(n, k, s, 1, pads)
+           for n, k, s, pads in zip(x.shape[1:3], taps, strides, padding)]
     ranges = [_offsets(k, s, p) for k, s, p in zip(taps, strides, shifts)]
     if any(last - first > 2 for first, last in ranges):
         raise ValueError(

@@ -6,7 +6,9 @@
 (function () {
   const $ = (id) => document.getElementById(id);
   const SVG_NS = "http://www.w3.org/2000/svg";
-  const AXIS_NAMES = { 1: ["length"], 2: ["height", "width"] };
+  const AXIS_NAMES = { 1: ["length"], 2: ["height", "width"], 3: ["depth", "height", "width"] };
+  // where a cell of a grid is drawn: [row, column] (1-D: one row; 3-D: its depth slice's row and column)
+  const rowCol = (pos) => (pos.length === 1 ? [0, pos[0]] : pos.slice(-2));
   // a cell of the grid takes the first of these kinds any of its axes has (as convarith.viz.frames does)
   const CELL_ORDER = ["beyond", "padding", "inserted", "copy", "dropped", "skipped"];
   const UNREAD = new Set(["dropped", "skipped"]);
@@ -14,9 +16,9 @@
   // ------------------------------------------------------------------ state
 
   const defaults = {
-    rank: 2, input: [7, 7], kernel: [3, 3], stride: [2, 2], dilation: [1, 1],
-    padding: "same", pads: [[1, 1], [1, 1]], mode: "zeros", inCh: 1, filters: 1, groups: 1,
-    transposed: false, op: [null, null], pool: "", ceil: false, countPad: false, convention: "",
+    rank: 2, input: [7, 7, 7], kernel: [3, 3, 3], stride: [2, 2, 2], dilation: [1, 1, 1],
+    padding: "same", pads: [[1, 1], [1, 1], [1, 1]], mode: "zeros", inCh: 1, filters: 1, groups: 1,
+    transposed: false, op: [null, null, null], depth: 0, pool: "", ceil: false, countPad: false, convention: "",
     frame: 0, view: "direct", tab: "stack", port: "keras", imageKernel: "edge", numbers: "1 0 -1; 2 0 -2; 1 0 -1",
     layers: [{ kind: "conv", k: 3, s: 1, d: 1, p: "same" }, { kind: "conv", k: 3, s: 2, d: 1, p: "same" }],
     cell: null,
@@ -45,7 +47,7 @@
   };
   const splitAxes = (text) => {
     const parts = String(text).split("x").map(strictInt);
-    return parts.length === 1 ? [parts[0], parts[0]] : parts;
+    return parts.length === 1 ? [parts[0], parts[0], parts[0]] : parts.length === 2 ? [...parts, parts[1]] : parts;
   };
   let urlProblems = [];  // what a shared link asked for that the page cannot show
 
@@ -68,12 +70,14 @@
     if (state.convention) q.set("conv", state.convention);
     if (state.transposed && state.view === "scatter") q.set("view", "scatter");
     if (state.frame) q.set("frame", state.frame);
+    if (state.rank === 3 && state.depth) q.set("z", state.depth);
     q.set("tab", state.tab);
     if (state.tab === "code") q.set("port", state.port);
     if (state.tab === "image") { q.set("ik", state.imageKernel); if (state.imageKernel === "custom") q.set("nums", state.numbers); }
     q.set("layers", state.layers.map((l) => [l.kind, l.k, l.s, l.d, l.p].join(",")).join(";"));
     if (state.cell) q.set("cell", state.cell.join("x"));
-    history.replaceState(null, "", "?" + q.toString());
+    const search = "?" + q.toString();
+    if (location.search !== search) history.replaceState(null, "", search);  // not free: only when it changed
   }
 
   function readURL() {
@@ -84,31 +88,32 @@
     const axesOf = (name, fallback) => {
       const text = q.has(name) ? q.get(name) : fallback;
       const parts = splitAxes(text);
-      if (parts.length > 2) {
-        urlProblems.push(`${name}=${text} has ${parts.length} axes; the explorer draws 1-D and 2-D ` +
-          "convolutions (3-D ones: convarith animate --input 7x7x7 --view flat)");
+      if (parts.length > 3) {
+        urlProblems.push(`${name}=${text} has ${parts.length} axes; the explorer draws 1-D, 2-D and 3-D convolutions`);
         return splitAxes(fallback);
       }
       return parts;
     };
     if (q.has("in")) {
       s.input = axesOf("in", "7x7");
-      s.rank = String(q.get("in")).split("x").length === 1 ? 1 : 2;
+      const count = String(q.get("in")).split("x").length;
+      s.rank = count === 1 ? 1 : count === 3 ? 3 : 2;
       if (urlProblems.length) s.rank = 2;
     }
-    if (s.rank === 1) s.input = [s.input[0], s.input[0]];
+    if (s.rank === 1) s.input = [s.input[0], s.input[0], s.input[0]];
     s.kernel = axesOf("k", "3");
     s.stride = axesOf("s", "1");
     s.dilation = axesOf("d", "1");
     s.padding = q.get("p") || "valid";
     if (q.has("pads")) s.pads = q.get("pads").split("x").map((pair) => pair.split(",").map(strictInt));
-    if (s.pads.length === 1) s.pads.push([...s.pads[0]]);
+    while (s.pads.length < 3) s.pads.push([...s.pads[s.pads.length - 1]]);
     s.mode = q.get("pm") || "zeros";
     s.inCh = strictInt(q.get("c") || "1");
     s.filters = strictInt(q.get("f") || "1");
     s.groups = strictInt(q.get("g") || "1");
     s.transposed = q.get("t") === "1";
-    s.op = q.has("op") ? splitAxes(q.get("op")) : [null, null];
+    s.op = q.has("op") ? splitAxes(q.get("op")) : [null, null, null];
+    s.depth = parseInt(q.get("z") || "0", 10) || 0;
     s.pool = q.get("pool") || "";
     s.ceil = q.get("ceil") === "1";
     s.countPad = q.get("cip") === "1";
@@ -136,7 +141,7 @@
   function stateToControls() {
     const s = state;
     $("rank").value = String(s.rank);
-    for (const a of [0, 1]) {
+    for (const a of [0, 1, 2]) {
       $("in-" + a).value = s.input[a]; $("k-" + a).value = s.kernel[a];
       $("s-" + a).value = s.stride[a]; $("d-" + a).value = s.dilation[a];
       $("op-" + a).value = s.op[a] === null || Number.isNaN(s.op[a]) ? "" : s.op[a];
@@ -156,7 +161,7 @@
   function controlsToState() {
     const s = state;
     s.rank = num("rank");
-    for (const a of [0, 1]) {
+    for (const a of [0, 1, 2]) {
       s.input[a] = num("in-" + a); s.kernel[a] = num("k-" + a);
       s.stride[a] = num("s-" + a); s.dilation[a] = num("d-" + a);
       s.op[a] = $("op-" + a).value.trim() === "" && !$("op-" + a).validity.badInput ? null : num("op-" + a);
@@ -171,9 +176,12 @@
   }
 
   function syncVisibility() {
-    const one = state.rank === 1;
+    const one = state.rank === 1, three = state.rank === 3;
     document.querySelectorAll(".ax1").forEach((el) => { el.hidden = one; });
-    document.querySelector(".ax-name-0").textContent = one ? "left / right" : "top / bottom";
+    document.querySelectorAll(".ax2").forEach((el) => { el.hidden = !three; });
+    document.body.classList.toggle("rank-3", three);
+    const sides = { 1: ["left / right"], 2: ["top / bottom", "left / right"], 3: ["front / back", "top / bottom", "left / right"] }[state.rank] || [];
+    sides.forEach((words, axis) => { document.querySelector(".ax-name-" + axis).textContent = words; });
     $("explicit").hidden = state.padding !== "explicit";
     $("op-row").hidden = !state.transposed;
     $("view-row").hidden = !state.transposed;
@@ -392,8 +400,8 @@
     const rank = g.axes.length;
     const padded = scattering() ? g.input_size.slice() : g.axes.map((a) => a.grid.length);
     const out = g.output_size;
-    const rows = rank === 2 ? padded[0] : 1, cols = rank === 2 ? padded[1] : padded[0];
-    const oRows = rank === 2 ? out[0] : 1, oCols = rank === 2 ? out[1] : out[0];
+    const [rows, cols] = rowCol(padded.map((n) => n - 1)).map((n) => n + 1);
+    const [oRows, oCols] = rowCol(out.map((n) => n - 1)).map((n) => n + 1);
     const available = Math.max(200, ($("grid").parentElement.clientWidth || $("stage").clientWidth) - 4);
     const gap = 56;
     const tall = Math.floor(440 / Math.max(rows, oRows));
@@ -452,26 +460,43 @@
 
     inputRects = new Map();
     const inputGroup = el("g", { class: "input-grid" }, svg);
+    // The cells are written as one piece of markup (a 64 x 64 grid has thousands: one
+    // parse is much faster than a createElement and 8 setAttribute calls per cell).
+    // 3-D: one group per depth slice, drawn at the same place; one is shown at a time.
+    const fill = (group, positions, attributes) => {
+      const parts = [];
+      let z = null;
+      positions.forEach((pos, i) => {
+        if (rank === 3 && pos[0] !== z) {
+          if (z !== null) parts.push("</g>");
+          z = pos[0];
+          parts.push(`<g class="slice" data-z="${z}">`);
+        }
+        parts.push(`<rect ${attributes(pos, i)}/>`);
+      });
+      if (z !== null) parts.push("</g>");
+      group.innerHTML = parts.join("");
+      return [...group.getElementsByTagName("rect")];
+    };
     const cells = scattering()
       ? product(g.input_size.map((n) => [...Array(n).keys()])).map((pos) => ({ pos, kind: "input", source: pos }))
       : gridCells(g.axes);
     const firstPos = [], lastPos = [];
-    for (const c of cells) {
-      const [r, col] = rank === 2 ? c.pos : [0, c.pos[0]];
-      const rect = el("rect", {
-        x: col * cell + 0.5, y: top + r * cell + 0.5, width: cell - 1, height: cell - 1,
-        class: "cell in k-" + c.kind, "data-pos": c.pos.join(","),
-        "data-src": c.source ? c.source.join(",") : "", "data-kind": c.kind,
-      }, inputGroup);
-      inputRects.set(c.pos.join(","), rect);
+    const inRects = fill(inputGroup, cells.map((c) => c.pos), (pos, i) => {
+      const [r, col] = rowCol(pos), c = cells[i];
+      return `x="${col * cell + 0.5}" y="${top + r * cell + 0.5}" width="${cell - 1}" height="${cell - 1}" ` +
+        `class="cell in k-${c.kind}" data-pos="${pos.join(",")}" data-src="${c.source ? c.source.join(",") : ""}" data-kind="${c.kind}"`;
+    });
+    cells.forEach((c, i) => {
+      inputRects.set(c.pos.join(","), inRects[i]);
       if (c.kind === "input" || UNREAD.has(c.kind)) {
-        c.pos.forEach((p, i) => { firstPos[i] = Math.min(firstPos[i] ?? p, p); lastPos[i] = Math.max(lastPos[i] ?? p, p); });
+        c.pos.forEach((p, a) => { firstPos[a] = Math.min(firstPos[a] ?? p, p); lastPos[a] = Math.max(lastPos[a] ?? p, p); });
       }
-    }
+    });
     // the real input's outline, inside the padding
     if (firstPos.length) {
-      const [r0, c0] = rank === 2 ? firstPos : [0, firstPos[0]];
-      const [r1, c1] = rank === 2 ? lastPos : [0, lastPos[0]];
+      const [r0, c0] = rowCol(firstPos);
+      const [r1, c1] = rowCol(lastPos);
       el("rect", { x: c0 * cell, y: top + r0 * cell, width: (c1 - c0 + 1) * cell, height: (r1 - r0 + 1) * cell, class: "input-outline" }, svg);
     }
 
@@ -479,17 +504,20 @@
     outputByKey = new Map();
     const outputGroup = el("g", { class: "output-grid" }, svg);
     const outCells = product(out.map((n) => [...Array(n).keys()]));
-    outCells.forEach((index, frame) => {
-      const [r, col] = rank === 2 ? index : [0, index[0]];
-      const rect = el("rect", {
-        x: outX + col * cell + 0.5, y: outTop + r * cell + 0.5, width: cell - 1, height: cell - 1,
-        class: "cell out", "data-out": index.join(","), "data-frame": frame,
-      }, outputGroup);
-      outputRects.push(rect);
-      outputByKey.set(index.join(","), rect);
+    outputRects = fill(outputGroup, outCells, (index, frame) => {
+      const [r, col] = rowCol(index);
+      return `x="${outX + col * cell + 0.5}" y="${outTop + r * cell + 0.5}" width="${cell - 1}" height="${cell - 1}" ` +
+        `class="cell out" data-out="${index.join(",")}" data-frame="${frame}"`;
     });
+    outCells.forEach((index, i) => outputByKey.set(index.join(","), outputRects[i]));
     el("g", { id: "labels" }, svg);
-    frameRects = scattering() ? [...inputGroup.children] : outputRects;
+    frameRects = scattering() ? [...inputGroup.querySelectorAll("rect")] : outputRects;
+    // one input and one output cell are in the Tab order (roving focus; arrows move it)
+    rove(inputGroup.querySelector("rect.k-input") || inputGroup.querySelector("rect"));
+    rove(outputRects[0]);
+    const depth = $("depth");
+    depth.max = String(rank === 3 ? padded[0] - 1 : 0);
+    depth.setAttribute("aria-label", `input depth slice (0 to ${depth.max})`);
     const scrub = $("scrub");
     scrub.max = String(Math.max(0, frameRects.length - 1));
   }
@@ -501,7 +529,7 @@
     const k = g.spec.kernel_size, rank = k.length;
     const rows = rank === 2 ? k[0] : 1, cols = rank === 2 ? k[1] : k[0];
     const size = Math.max(18, Math.min(30, Math.floor(120 / Math.max(rows, cols))));
-    const show = !g.spec.pool && rows * cols <= 49;
+    const show = !g.spec.pool && rows * cols <= 49 && rank < 3;
     svg.toggleAttribute("hidden", !show);
     if (!show) return;
     const width = Math.max(cols * size + 2, 60), height = rows * size + 18;
@@ -559,9 +587,11 @@
   function label(rect, text, dark) {
     const cell = parseFloat(rect.getAttribute("width")) + 1;
     if (cell < 26) return;  // below that a label would be unreadable (under 8 px)
+    const slice = rect.parentNode;  // 3-D: only the depth slice shown gets labels
+    if (slice.classList && slice.classList.contains("slice") && slice.getAttribute("display") === "none") return;
     const t = el("text", {
       x: parseFloat(rect.getAttribute("x")) + cell / 2 - 0.5, y: parseFloat(rect.getAttribute("y")) + cell / 2 + 3.5,
-      class: "tap-label" + (dark ? " dark" : ""), "text-anchor": "middle", "font-size": Math.max(8, Math.min(11, cell / 3.2)),
+      class: "tap-label" + (dark ? " dark" : ""), "text-anchor": "middle", "font-size": Math.max(8, Math.min(11, cell / 3.2, 1.5 * cell / text.length)),
     }, $("labels"));
     t.textContent = text;
   }
@@ -648,6 +678,46 @@
     box.append(b, span);
   }
 
+  // ---- keyboard access to every cell: roving focus inside each grid
+  function cellKey(rect) { return rect.dataset.out !== undefined ? rect.dataset.out : rect.dataset.pos; }
+  function cellWords(rect) {
+    return rect.dataset.out !== undefined ? `output cell ${rect.dataset.out}`
+      : `${rect.dataset.kind === "input" ? "input" : rect.dataset.kind} cell ${rect.dataset.pos} of the padded grid`;
+  }
+  function rove(rect) {
+    if (!rect) return;
+    const group = rect.closest(".input-grid, .output-grid");
+    group.querySelectorAll("rect[tabindex]").forEach((r) => { r.removeAttribute("tabindex"); r.removeAttribute("role"); r.removeAttribute("aria-label"); });
+    rect.setAttribute("tabindex", "0"); rect.setAttribute("role", "button"); rect.setAttribute("aria-label", cellWords(rect));
+  }
+  // the cell ``by`` = [rows, columns] away from ``rect`` in its grid (clamped to the grid), or null
+  function neighbour(rect, by, ends) {
+    const output = rect.dataset.out !== undefined;
+    const pos = cellKey(rect).split(",").map(Number);
+    const size = output ? geometry.output_size : (scattering() ? geometry.input_size : geometry.axes.map((a) => a.grid.length));
+    const n = pos.length, row = n - 2, col = n - 1;
+    if (ends !== undefined) pos[col] = ends ? size[col] - 1 : 0;
+    if (by[1]) pos[col] = Math.max(0, Math.min(size[col] - 1, pos[col] + by[1]));
+    if (by[0] && row >= 0) pos[row] = Math.max(0, Math.min(size[row] - 1, pos[row] + by[0]));
+    const key = pos.join(",");
+    return output ? outputByKey.get(key) : inputRects.get(key);
+  }
+  function cellKeydown(event) {
+    const rect = event.target;
+    const moves = { ArrowRight: [0, 1], ArrowLeft: [0, -1], ArrowDown: [1, 0], ArrowUp: [-1, 0], PageDown: [8, 0], PageUp: [-8, 0] };
+    let next = null;
+    if (moves[event.key]) next = neighbour(rect, moves[event.key]);
+    else if (event.key === "Home" || event.key === "End") next = neighbour(rect, [0, 0], event.key === "End");
+    else if (event.key === "Enter") {
+      event.preventDefault(); stopPlaying();
+      if (rect.dataset.out !== undefined && !scattering()) { setFrame(Number(rect.dataset.frame)); writeURL(); }
+      gridPointer({ target: rect });
+      return;
+    } else return;
+    event.preventDefault();
+    if (next) { rove(next); next.focus(); }
+  }
+
   // One listener for every cell (a 64 x 64 view has thousands).
   function gridPointer(event) {
     const rect = event.target.closest ? event.target.closest("rect.cell") : null;
@@ -680,7 +750,7 @@
 
   // ------------------------------------------------------------------ animation
 
-  function setFrame(frame) {
+  function setFrame(frame, keepDepth = false) {
     if (!geometry || !frameRects.length) return;
     frame = Math.max(0, Math.min(frame, frameRects.length - 1));
     state.frame = frame;
@@ -692,8 +762,39 @@
       return;
     }
     const index = outputRects[frame].dataset.out.split(",").map(Number);
+    if (index.length === 3) {  // first the slices: labels go on the cells shown
+      const reads = tapsOf(index).map((t) => t.position[0]);
+      if (!keepDepth && !reads.includes(state.depth)) state.depth = reads[0];  // the window's first slice
+      showDepth(state.depth, index[0], reads);
+    }
     showFootprint(index, true);
     $("frame-label").textContent = `frame ${frame + 1} / ${outputRects.length} · output (${index.join(", ")})`;
+  }
+
+  // 3-D: show input depth slice z (of the padded grid) and output depth slice oz.
+  function showDepth(z, oz, reads) {
+    const max = Number($("depth").max);
+    z = Math.max(0, Math.min(z, max));
+    state.depth = z;
+    $("depth").value = String(z);
+    document.querySelectorAll("#grid .input-grid .slice").forEach((g) => g.setAttribute("display", Number(g.dataset.z) === z ? "inline" : "none"));
+    document.querySelectorAll("#grid .output-grid .slice").forEach((g) => g.setAttribute("display", Number(g.dataset.z) === oz ? "inline" : "none"));
+    // the cells in the Tab order move to the slices shown (a hidden cell cannot take focus)
+    for (const [selector, depthShown, map] of [[".input-grid", z, inputRects], [".output-grid", oz, outputByKey]]) {
+      const current = document.querySelector(`#grid ${selector} rect[tabindex]`);
+      if (!current) continue;
+      const pos = cellKey(current).split(",").map(Number);
+      if (pos[0] !== depthShown) { pos[0] = depthShown; rove(map.get(pos.join(","))); }
+    }
+    const span = reads.length ? `the window reads slices ${Math.min(...reads)}–${Math.max(...reads)}` : "";
+    $("depth-label").textContent = `input slice ${z} of 0–${max} (padded) · output slice ${oz} · ${span}`;
+  }
+
+  function stepDepth(by) {
+    if (!geometry || geometry.output_size.length !== 3 || scattering()) return;
+    state.depth = Math.max(0, Math.min(state.depth + by, Number($("depth").max)));
+    setFrame(state.frame, true);
+    writeURL();
   }
 
   function stopPlaying() {
@@ -778,6 +879,31 @@
     image.src = "data:image/svg+xml;charset=utf-8," + encodeURIComponent(text);
   }
 
+  // The animation as a GIF, drawn by the server (at most 1024 frames: every k-th step beyond).
+  async function exportGIF() {
+    if (!geometry) return;
+    const body = settings(), status = $("export-status");
+    if (scattering()) body.view = "scatter";
+    const steps = (scattering() ? geometry.input_size : geometry.output_size).reduce((a, b) => a * b, 1);
+    body.every = Math.min(64, Math.max(1, Math.ceil(steps / 1024)));
+    status.textContent = "drawing the GIF…";
+    let response;
+    try {
+      response = await fetch("/api/animation.gif", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+    } catch (error) {
+      status.textContent = "the server cannot be reached (" + error.message + ")";
+      return;
+    }
+    if (!response.ok) {
+      let message = "HTTP " + response.status;
+      try { message = (await response.json()).error.message; } catch (error) { /* keep the status */ }
+      status.textContent = "no GIF: " + message;
+      return;
+    }
+    download("convarith.gif", await response.blob());
+    status.textContent = body.every > 1 ? `GIF: one step in ${body.every} (at most 1024 frames)` : "";
+  }
+
   function toggleQuiz(on) {
     document.body.classList.toggle("quizzing", on);
     $("quiz").hidden = !on;
@@ -803,9 +929,9 @@
   function newQuestion() {
     const pick = (list) => list[Math.floor(Math.random() * list.length)];
     const s = state, n = pick([5, 6, 7, 8, 9, 10, 11, 12]);
-    s.rank = 2; s.input = [n, n]; s.kernel = Array(2).fill(pick([1, 2, 3, 3, 5]));
-    s.stride = Array(2).fill(pick([1, 2, 2, 3])); s.dilation = Array(2).fill(pick([1, 1, 1, 2]));
-    s.padding = pick(["valid", "same", "explicit"]); const p = pick([0, 1, 2]); s.pads = [[p, p], [p, p]];
+    s.rank = 2; s.input = [n, n, n]; s.kernel = Array(3).fill(pick([1, 2, 3, 3, 5]));
+    s.stride = Array(3).fill(pick([1, 2, 2, 3])); s.dilation = Array(3).fill(pick([1, 1, 1, 2]));
+    s.padding = pick(["valid", "same", "explicit"]); const p = pick([0, 1, 2]); s.pads = [[p, p], [p, p], [p, p]];
     s.transposed = false; s.pool = ""; s.mode = "zeros"; s.convention = "";
     document.querySelectorAll("[data-convention]").forEach((b) => b.classList.toggle("on", b.dataset.convention === ""));
     stateToControls(); state.frame = 0; schedule(); toggleQuiz(true);
@@ -897,12 +1023,14 @@
       `output cell (${rf.cell.join(", ")}) of the last layer reads input cells ` +
       rf.exact.map((cells, i) => (cells.length ? `${cells[0]}…${cells[cells.length - 1]}` : "none") + ` (${cells.length})`).join(" × ") +
       ` · receptive field ${field.size.join("×")}, jump ${field.jump.join("×")}, start ${field.start.join(",")}`;
-    const rows = rank === 2 ? d.input_size[0] : 1, cols = rank === 2 ? d.input_size[1] : d.input_size[0];
-    const oRows = rank === 2 ? last[0] : 1, oCols = rank === 2 ? last[1] : last[0];
+    const [rows, cols] = rowCol(d.input_size.map((n) => n - 1)).map((n) => n + 1);
+    const [oRows, oCols] = rowCol(last.map((n) => n - 1)).map((n) => n + 1);
+    // 3-D: the depth slice where the field starts, and the chosen cell's slice
+    const inZ = rank === 3 ? (rf.exact[0].length ? rf.exact[0][0] : 0) : null, outZ = rank === 3 ? rf.cell[0] : null;
     const cell = Math.max(5, Math.min(22, Math.floor(360 / Math.max(rows, cols, oRows, oCols))));
     // room around the input for the part of the field that lies in the padding
     const span = rf.span.map((p) => p.map(Number));
-    const [sr, sc] = rank === 2 ? span : [[0, 0], span[0]];
+    const [sr, sc] = rank === 1 ? [[0, 0], span[0]] : span.slice(-2);
     const left = Math.max(0, -sc[0]) * cell + 2, above = Math.max(0, -sr[0]) * cell;
     const right = Math.max(0, sc[1] - cols + 1) * cell, below = Math.max(0, sr[1] - rows + 1) * cell;
     const top = 26 + above, outX = left + Math.max(cols * cell + right, 90) + 48;
@@ -914,21 +1042,26 @@
     el("text", { x: outX, y: 16, class: "grid-label output" }, svg).textContent = outText;
     const box = el("g", { transform: `translate(${left}, 0)` }, svg);
     const exact = rf.exact.map((cells) => new Set(cells));
+    const inputCells = el("g", {}, box), marks = [];  // one piece of markup: a 64 x 64 input has 4096 cells
     for (const pos of product(d.input_size.map((n) => [...Array(n).keys()]))) {
-      const [r, c] = rank === 2 ? pos : [0, pos[0]];
+      if (inZ !== null && pos[0] !== inZ) continue;
+      const [r, c] = rowCol(pos);
       const inside = pos.every((p, i) => exact[i].has(p));
-      el("rect", { x: c * cell + 0.5, y: top + r * cell + 0.5, width: cell - 1, height: cell - 1,
-        class: "cell rf " + (inside ? "rf-in" : ""), "data-pos": pos.join(",") }, box);
+      marks.push(`<rect x="${c * cell + 0.5}" y="${top + r * cell + 0.5}" width="${cell - 1}" height="${cell - 1}" ` +
+        `class="cell rf ${inside ? "rf-in" : ""}" data-pos="${pos.join(",")}"/>`);
     }
+    inputCells.innerHTML = marks.join("");
     // the field's nominal span (it may reach into the padding, outside the input)
     el("rect", { x: sc[0] * cell, y: top + sr[0] * cell, width: (sc[1] - sc[0] + 1) * cell,
       height: (sr[1] - sr[0] + 1) * cell, class: "rf-span" }, box);
+    const outputCells = el("g", {}, svg), outs = [];
     for (const pos of product(last.map((n) => [...Array(n).keys()]))) {
-      const [r, c] = rank === 2 ? pos : [0, pos[0]];
-      const rect = el("rect", { x: outX + c * cell + 0.5, y: top + r * cell + 0.5, width: cell - 1, height: cell - 1,
-        class: "cell out" + (pos.join() === rf.cell.join() ? " current" : ""), "data-out": pos.join(",") }, svg);
-      rect.addEventListener("click", () => { state.cell = pos; refreshStack(); });
+      if (outZ !== null && pos[0] !== outZ) continue;
+      const [r, c] = rowCol(pos);
+      outs.push(`<rect x="${outX + c * cell + 0.5}" y="${top + r * cell + 0.5}" width="${cell - 1}" height="${cell - 1}" ` +
+        `class="cell out${pos.join() === rf.cell.join() ? " current" : ""}" data-out="${pos.join(",")}"/>`);
     }
+    outputCells.innerHTML = outs.join("");
   }
 
   // ------------------------------------------------------------------ tabs: code, image, solver
@@ -1027,9 +1160,9 @@
       const use = document.createElement("button");
       use.type = "button"; use.textContent = "use"; use.className = "ghost";
       use.addEventListener("click", () => {
-        state.kernel = [sol.kernel, sol.kernel]; state.stride = [sol.stride, sol.stride];
-        state.dilation = [sol.dilation, sol.dilation]; state.padding = "explicit";
-        state.pads = [[...sol.padding], [...sol.padding]]; state.transposed = false; state.pool = "";
+        state.kernel = Array(3).fill(sol.kernel); state.stride = Array(3).fill(sol.stride);
+        state.dilation = Array(3).fill(sol.dilation); state.padding = "explicit";
+        state.pads = [0, 1, 2].map(() => [...sol.padding]); state.transposed = false; state.pool = "";
         stateToControls(); state.frame = 0; schedule();
       });
       td.appendChild(use); tr.appendChild(td);
@@ -1056,7 +1189,14 @@
     }));
     $("grid").addEventListener("mouseover", gridPointer);
     $("grid").addEventListener("mouseleave", clearHover);
+    $("grid").addEventListener("focusin", (event) => {  // a focused cell shows what hovering shows
+      if (event.target.classList && event.target.classList.contains("cell")) { stopPlaying(); gridPointer(event); }
+    });
+    $("grid").addEventListener("focusout", (event) => {
+      if (!(event.relatedTarget && event.relatedTarget.closest && event.relatedTarget.closest("#grid rect.cell"))) clearHover();
+    });
     $("grid").addEventListener("keydown", (event) => {  // arrows step through the frames
+      if (event.target.classList && event.target.classList.contains("cell")) { cellKeydown(event); return; }
       const step = { ArrowRight: 1, ArrowDown: 1, ArrowLeft: -1, ArrowUp: -1 }[event.key];
       if (step === undefined) return;
       event.preventDefault();
@@ -1075,6 +1215,7 @@
       if (event.defaultPrevented || event.altKey || event.ctrlKey || event.metaKey) return;
       if (["INPUT", "SELECT", "TEXTAREA", "BUTTON", "A"].includes(tag) || (t && t.isContentEditable)) return;
       if (event.key === " ") { event.preventDefault(); togglePlay(); return; }
+      if (event.key === "[" || event.key === "]") { event.preventDefault(); stepDepth(event.key === "]" ? 1 : -1); return; }
       const step = { ArrowRight: 1, ArrowDown: 1, ArrowLeft: -1, ArrowUp: -1 }[event.key];
       if (event.key === "PageDown" || event.key === "PageUp") {  // a whole output row at a time
         event.preventDefault(); stopPlaying();
@@ -1091,6 +1232,13 @@
     $("copy-code").addEventListener("click", copyCode);
     $("export-svg").addEventListener("click", () => download("convarith.svg", new Blob([standaloneSVG()], { type: "image/svg+xml" })));
     $("export-png").addEventListener("click", exportPNG);
+    $("export-gif").addEventListener("click", exportGIF);
+    $("stack-svg").addEventListener("click", (event) => {  // a cell of the last output: the field it reads
+      const rect = event.target.closest ? event.target.closest("rect[data-out]") : null;
+      if (!rect) return;
+      state.cell = rect.dataset.out.split(",").map(Number); refreshStack();
+    });
+    $("depth").addEventListener("input", () => stepDepth(Number($("depth").value) - state.depth));
     $("copy-cli").addEventListener("click", async () => {
       try { await navigator.clipboard.writeText($("cli").textContent); $("copy-cli").textContent = "copied ✓"; }
       catch (error) { $("copy-cli").textContent = "select it above"; }
@@ -1104,6 +1252,9 @@
     $("first").addEventListener("click", () => { stopPlaying(); setFrame(0); writeURL(); });
     $("prev").addEventListener("click", () => { stopPlaying(); setFrame(state.frame - 1); writeURL(); });
     $("next").addEventListener("click", () => { stopPlaying(); setFrame(state.frame + 1); writeURL(); });
+    const rowOfFrames = () => (geometry && geometry.output_size.length > 1 ? geometry.output_size[geometry.output_size.length - 1] : 10);
+    $("prev-row").addEventListener("click", () => { stopPlaying(); setFrame(state.frame - rowOfFrames()); writeURL(); });
+    $("next-row").addEventListener("click", () => { stopPlaying(); setFrame(state.frame + rowOfFrames()); writeURL(); });
     $("scrub").addEventListener("input", () => { stopPlaying(); setFrame(parseInt($("scrub").value, 10)); writeURL(); });
     $("speed").addEventListener("change", () => { if (playing) { stopPlaying(); togglePlay(); } });
     $("add-layer").addEventListener("click", () => {

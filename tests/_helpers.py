@@ -1,0 +1,143 @@
+"""Helpers shared by the tests: the relative error, and slow reference implementations.
+
+The references are the definitions written out tap by tap in float64; they
+re-derive their own sizes on purpose (they must not lean on the code under
+test). Bounds: relative error ``‖a − b‖ / ‖b‖`` ≤ 1e-5 in float32, ≤ 1e-10
+in float64.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+TOLERANCE = {np.float32: 1e-5, np.float64: 1e-10}
+DTYPES = [np.float32, np.float64]
+
+
+def relative_error(actual, expected) -> float:
+    """``‖a − b‖ / ‖b‖`` in float64 (``‖a − b‖`` when ``b`` is all zeros).
+
+    The shapes must agree, and non-finite expected cells (``-inf`` from a
+    max-pool window made only of padding, ``nan``) must be matched exactly.
+    """
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    finite = np.isfinite(expected)
+    if not finite.all():
+        np.testing.assert_array_equal(actual[~finite], expected[~finite])
+        actual, expected = actual[finite], expected[finite]
+    scale = np.linalg.norm(expected)
+    diff = np.linalg.norm(actual - expected)
+    return float(diff / scale) if scale > 0 else float(diff)
+
+
+def check(result, expected, dtype, seed, what):
+    assert result.dtype == dtype, f"{what} (seed {seed}): dtype {result.dtype}, expected {dtype}"
+    assert result.shape == expected.shape, f"{what} (seed {seed}): shape {result.shape}"
+    error = relative_error(result, expected)
+    assert error <= TOLERANCE[dtype], f"{what} (seed {seed}): relative error {error:.2e}"
+
+
+def reference_direct(xp, kernel, strides, dilation, groups, out_size):
+    """``y[n, o, g·Fg + f] = Σ_{k, c} xp[n, o·S + k·D, g·Cg + c] · kernel[k, c, g·Fg + f]``."""
+    rank = len(out_size)
+    xp = np.asarray(xp, np.float64)
+    kernel = np.asarray(kernel, np.float64)
+    group_in, filters = kernel.shape[-2:]
+    group_out = filters // groups
+    y = np.zeros((xp.shape[0], *out_size, filters))
+    for tap in itertools.product(*(range(k) for k in kernel.shape[:rank])):
+        index = tuple(
+            slice(k * d, k * d + (o - 1) * s + 1, s)
+            for k, s, d, o in zip(tap, strides, dilation, out_size)
+        )
+        cells = xp[(slice(None),) + index]
+        for g in range(groups):
+            x_g = cells[..., g * group_in:(g + 1) * group_in]
+            w_g = kernel[tap][:, g * group_out:(g + 1) * group_out]
+            y[..., g * group_out:(g + 1) * group_out] += x_g @ w_g
+    return y
+
+
+def reference_weight_grad(xp, dy, kernel_size, strides, dilation, groups):
+    rank = len(kernel_size)
+    xp = np.asarray(xp, np.float64)
+    dy = np.asarray(dy, np.float64)
+    out_size = dy.shape[1:-1]
+    group_in = xp.shape[-1] // groups
+    filters = dy.shape[-1]
+    group_out = filters // groups
+    dk = np.zeros((*kernel_size, group_in, filters))
+    for tap in itertools.product(*(range(k) for k in kernel_size)):
+        index = tuple(
+            slice(k * d, k * d + (o - 1) * s + 1, s)
+            for k, s, d, o in zip(tap, strides, dilation, out_size)
+        )
+        cells = xp[(slice(None),) + index].reshape(-1, xp.shape[-1])
+        grads = dy.reshape(-1, filters)
+        for g in range(groups):
+            dk[tap][:, g * group_out:(g + 1) * group_out] = (
+                cells[:, g * group_in:(g + 1) * group_in].T
+                @ grads[:, g * group_out:(g + 1) * group_out]
+            )
+    del rank
+    return dk
+
+
+def reference_transposed(x, kernel, strides, dilation, padding):
+    """Zero-insert, pad (negative crops), convolve with the flipped, swapped kernel."""
+    rank = len(strides)
+    n, *size, c = x.shape
+    grid = np.zeros((n, *[(i - 1) * s + 1 for i, s in zip(size, strides)], c))
+    grid[(slice(None),) + tuple(slice(None, None, s) for s in strides)] = x
+    widths = [(0, 0)] + [(max(lo, 0), max(hi, 0)) for lo, hi in padding] + [(0, 0)]
+    grid = np.pad(grid, widths)
+    crop = tuple(slice(max(-lo, 0), grid.shape[1 + a] - max(-hi, 0))
+                 for a, (lo, hi) in enumerate(padding))
+    grid = grid[(slice(None),) + crop]
+    direct_kernel = np.swapaxes(np.asarray(kernel)[(slice(None, None, -1),) * rank], -1, -2)
+    effective = [(k - 1) * d + 1 for k, d in zip(kernel.shape[:rank], dilation)]
+    out = tuple(g - e + 1 for g, e in zip(grid.shape[1:-1], effective))
+    return reference_direct(grid, direct_kernel, (1,) * rank, dilation, 1, out)
+
+
+def reference_scatter(x, kernel, strides, dilation, groups, padding):
+    """``y[n, i·S + t·D - P, g·Fg + f] += x[n, i, g·Cg + c] · kernel[t, f, g·Cg + c]``,
+    with ``P = D·(K - 1) - lo`` and cells outside the output dropped."""
+    rank = len(strides)
+    x = np.asarray(x, np.float64)
+    kernel = np.asarray(kernel, np.float64)
+    n, *size, c = x.shape
+    taps, fg = kernel.shape[:rank], kernel.shape[rank]
+    cg = c // groups
+    reach = [d * (k - 1) - lo for d, k, (lo, _) in zip(dilation, taps, padding)]
+    out = [(i - 1) * s + 1 + lo + hi - d * (k - 1)
+           for i, s, (lo, hi), d, k in zip(size, strides, padding, dilation, taps)]
+    y = np.zeros((n, *out, fg * groups))
+    for cell in itertools.product(*(range(i) for i in size)):
+        for tap in itertools.product(*(range(k) for k in taps)):
+            o = tuple(i * s + t * d - p for i, t, s, d, p in zip(cell, tap, strides, dilation, reach))
+            if any(v < 0 or v >= limit for v, limit in zip(o, out)):
+                continue
+            for g in range(groups):
+                inputs = x[(slice(None),) + cell + (slice(g * cg, (g + 1) * cg),)]  # (n, Cg)
+                weights = kernel[tap + (slice(None), slice(g * cg, (g + 1) * cg))]  # (Fg, Cg)
+                y[(slice(None),) + o + (slice(g * fg, (g + 1) * fg),)] += inputs @ weights.T
+    return y
+
+
+def random_padding(rng, x, k, strides, dilation):
+    """Random zero padding of ``x`` (-1 crops), the padded input and the output size."""
+    rank = len(strides)
+    effective = [(n - 1) * d + 1 for n, d in zip(k.shape[:rank], dilation)]
+    pads = tuple((int(rng.integers(-1, 3)), int(rng.integers(-1, 3))) for _ in range(rank))
+    if any(n + lo + hi < e for n, (lo, hi), e in zip(x.shape[1:-1], pads, effective)):
+        pads = tuple((abs(lo), abs(hi)) for lo, hi in pads)  # the crop left too little
+    crop = tuple(slice(max(-lo, 0), n - max(-hi, 0)) for n, (lo, hi) in zip(x.shape[1:-1], pads))
+    xp = np.pad(x[(slice(None),) + crop],
+                ((0, 0), *((max(lo, 0), max(hi, 0)) for lo, hi in pads), (0, 0)))
+    out_size = tuple((p - e) // s + 1 for p, e, s in zip(xp.shape[1:-1], effective, strides))
+    return pads, xp, out_size
