@@ -478,6 +478,11 @@ def test_heavy_requests_in_a_process_answer_as_in_a_thread() -> None:
             mine, theirs = in_process.post(path, json=body), in_thread.post(path, json=body)
             assert (mine.status_code, mine.json()) == (theirs.status_code, theirs.json()), path
         assert [in_process.post("/api/footprint", json=frames).status_code] == [200]
+        gif = {"input_size": [4, 4], "kernel_size": 3}
+        mine, theirs = (in_process.post("/api/animation.gif", json=gif),
+                        in_thread.post("/api/animation.gif", json=gif))
+        assert mine.status_code == theirs.status_code == 200, mine.text[:200]
+        assert mine.content == theirs.content and mine.content[:6] == b"GIF89a"
 
 
 def test_heavy_process_out_of_memory_or_dead_is_a_503_and_the_next_request_is_served() -> None:

@@ -278,10 +278,20 @@ class HeavyWorker:
 
     async def run(self, handler: Handler, data: Any, limits: api.Limits) -> bytes:
         """``handler``'s reply to ``data``, rendered, from a heavy-work process."""
-        future = self._executor().submit(_answer_in_process, handler, data, limits)
+        return await self.call(_answer_heavy, handler, data, limits)
+
+    async def call(self, work: Callable[..., bytes], *args: Any) -> bytes:
+        """``work(*args)`` in a heavy-work process (``work`` and ``args`` must pickle)."""
+        future = self._executor().submit(_answer_in_process, work, *args)
         try:
-            # shielded: a client that leaves does not free the slot before the process does
-            reply, refusal = await asyncio.shield(asyncio.wrap_future(future))
+            reply, refusal = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            # the request was given up (a client that left, a shutdown): the process
+            # keeps working, so the heavy slot is held until it is done
+            with anyio.CancelScope(shield=True):
+                while not future.done():
+                    await anyio.sleep(0.05)
+            raise
         except BrokenProcessPool:
             self.close()
             raise api.ApiError(503, "the heavy-work process stopped (out of memory?); "
@@ -301,11 +311,11 @@ class HeavyWorker:
             self._pool = None
 
 
-def _answer_in_process(handler: Handler, data: Any, limits: api.Limits
+def _answer_in_process(work: Callable[..., bytes], *args: Any
                        ) -> tuple[bytes, tuple[int, str, str | None] | None]:
-    """:func:`_answer_heavy` in a heavy-work process: the reply, or the refusal as plain values."""
+    """``work(*args)`` in a heavy-work process: the reply, or the refusal as plain values."""
     try:
-        return _answer_heavy(handler, data, limits), None
+        return work(*args), None
     except api.ApiError as error:
         return b"", (error.status, error.message, error.field)
     except MemoryError:
@@ -361,14 +371,18 @@ def _image(data: Any, limits: api.Limits) -> dict[str, Any]:
 
 
 async def animation_gif(request: Request) -> Response:
-    """``POST /api/animation.gif``: the settings as a GIF, drawn in a worker thread in
-    one of the heavy slots (like every heavy request)."""
+    """``POST /api/animation.gif``: the settings as a GIF, drawn in one of the heavy
+    slots (like every heavy request: in the heavy-work process when the app has one)."""
     limits: api.Limits = request.app.state.limits
     slots: Slots = request.app.state.slots
     try:
         body = await _read_body(request, limits.max_body_bytes, limits.max_body_seconds)
         data = await anyio.to_thread.run_sync(parse_json, body, limits)
-        gif = await anyio.to_thread.run_sync(_gif_heavy, data, limits, limiter=slots.heavy)
+        if slots.worker is not None:
+            async with slots.heavy:
+                gif = await slots.worker.call(_gif_heavy, data, limits)
+        else:
+            gif = await anyio.to_thread.run_sync(_gif_heavy, data, limits, limiter=slots.heavy)
     except api.ApiError as error:
         return _error(error)
     return Response(gif, media_type="image/gif",
