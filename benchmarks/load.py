@@ -1,7 +1,8 @@
 """Load run of the explorer on loopback: light requests stay fast while heavy ones run.
 
 Starts ``convarith serve`` on a free 127.0.0.1 port in a subprocess and sends
-``--requests`` requests with ``--concurrency`` clients (httpx, async), mixing
+``--requests`` requests with ``--concurrency`` clients (plain asyncio sockets
+with keep-alive by default, ``--client httpx`` for httpx), mixing
 
 * light requests: ``GET /api/health`` and the shape/arithmetic endpoints the
   page calls on every change (resolve, explain, geometry, footprint of one
@@ -11,7 +12,10 @@ Starts ``convarith serve`` on a free 127.0.0.1 port in a subprocess and sends
   largest frame list ``/api/footprint`` gives (a 34x34x34 input, 39,304 taps).
 
 It prints p50/p95/p99 latency per endpoint and for the light and heavy groups,
-the failures (any status but 200), and the server's memory (RSS, sampled
+the time the server itself spent on each (its ``Server-Timing`` header; the
+rest is waiting to be read and the load generator), the CPU time per request
+of the server and of the load generator, the failures (any status but 200),
+and the server's memory (RSS, sampled
 every 20 ms): at rest before the run (after one request of each kind), the
 peak during it and a few seconds after it. Bounded in time by ``--time-limit``: whatever has not finished by
 then is cancelled and counted. Exits 1 on any failure, on a light p95 over
@@ -27,6 +31,7 @@ import argparse
 import asyncio
 import base64
 import io
+import json
 import os
 import random
 import socket
@@ -57,6 +62,39 @@ def rss_mb(pid: int) -> float:
     except OSError:
         pass
     return 0.0
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a heavy-work process, when the server has one)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as children:
+                    todo.extend(int(child) for child in children.read().split())
+        except OSError:
+            pass
+    return found
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` and its descendants, in MB."""
+    return sum(rss_mb(member) for member in process_tree(pid))
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by ``pid`` and its live descendants."""
+    total = 0.0
+    for member in process_tree(pid):
+        try:
+            with open(f"/proc/{member}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
 
 
 def pictures() -> dict[str, str]:
@@ -137,14 +175,115 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-async def run(base: str, jobs: list[tuple[str, Job]], concurrency: int, time_limit: float
-              ) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, int], float]:
+class Results:
+    """What the clients saw: latencies per endpoint and group, the server's share, failures."""
+
+    def __init__(self) -> None:
+        self.by_path: dict[str, list[float]] = defaultdict(list)
+        self.by_group: dict[str, list[float]] = defaultdict(list)
+        self.server_by_group: dict[str, list[float]] = defaultdict(list)
+        self.failures: dict[str, int] = defaultdict(int)
+
+    def add(self, group: str, key: str, status: int | str, elapsed: float,
+            server_ms: float | None) -> None:
+        if status != 200:
+            self.failures[f"{key} -> {status}"] += 1
+            return
+        self.by_path[key].append(elapsed)
+        self.by_group[group].append(elapsed)
+        if server_ms is not None:
+            self.server_by_group[group].append(server_ms / 1e3)
+
+
+def server_ms(value: str | None) -> float | None:
+    """The ``dur`` of a ``Server-Timing: app;dur=<ms>`` header."""
+    if not value or "dur=" not in value:
+        return None
+    try:
+        return float(value.split("dur=", 1)[1].split(";")[0].split(",")[0])
+    except ValueError:
+        return None
+
+
+def encode_request(method: str, path: str, body: dict[str, Any] | None, host: str) -> bytes:
+    """One HTTP/1.1 request, keep-alive, as bytes."""
+    payload = b"" if body is None else json.dumps(body).encode()
+    head = f"{method} {path} HTTP/1.1\r\nhost: {host}\r\n"
+    if body is not None:
+        head += f"content-type: application/json\r\ncontent-length: {len(payload)}\r\n"
+    return (head + "\r\n").encode() + payload
+
+
+async def raw_exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+                       ) -> tuple[int, float | None, bool]:
+    """Send ``request``, read the reply: its status, server time and whether the server closes."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    length, timing, closing = 0, None, False
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        name = name.strip().lower()
+        if name == "content-length":
+            length = int(value)
+        elif name == "server-timing":
+            timing = server_ms(value.strip())
+        elif name == "connection" and value.strip().lower() == "close":
+            closing = True
+    await reader.readexactly(length)
+    return status, timing, closing
+
+
+async def run_raw(host: str, port: int, jobs: list[tuple[str, Job]], concurrency: int,
+                  time_limit: float) -> tuple[Results, float]:
+    """The run with plain asyncio sockets (keep-alive, requests encoded beforehand): a light client."""
+    results = Results()
+    queue: asyncio.Queue[tuple[str, str, bytes]] = asyncio.Queue()
+    for group, (method, path, body) in jobs:
+        queue.put_nowait((group, f"{method} {path}",
+                          encode_request(method, path, body, f"{host}:{port}")))
+
+    async def client_loop() -> None:
+        reader = writer = None
+        while True:
+            try:
+                group, key, request = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            start = time.perf_counter()
+            timing = None
+            try:
+                if writer is None:
+                    reader, writer = await asyncio.open_connection(host, port)
+                assert reader is not None
+                status, timing, closing = await raw_exchange(reader, writer, request)
+            except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as error:
+                status, closing = type(error).__name__, True  # type: ignore[assignment]
+            results.add(group, key, status, time.perf_counter() - start, timing)
+            if closing and writer is not None:
+                writer.close()
+                reader = writer = None
+        if writer is not None:
+            writer.close()
+
+    started = time.perf_counter()
+    tasks = [asyncio.create_task(client_loop()) for _ in range(concurrency)]
+    _, pending = await asyncio.wait(tasks, timeout=time_limit)
+    for task in pending:
+        task.cancel()
+    return results, time.perf_counter() - started
+
+
+async def run_httpx(base: str, jobs: list[tuple[str, Job]], concurrency: int, time_limit: float
+                    ) -> tuple[Results, float]:
+    """The run with httpx's async client (what a Python program would use)."""
+    import httpx
+
     queue: asyncio.Queue[tuple[str, Job]] = asyncio.Queue()
     for job in jobs:
         queue.put_nowait(job)
-    by_path: dict[str, list[float]] = defaultdict(list)
-    by_group: dict[str, list[float]] = defaultdict(list)
-    failures: dict[str, int] = defaultdict(int)
+    results = Results()
 
     async def client_loop(client: httpx.AsyncClient) -> None:
         while True:
@@ -153,17 +292,14 @@ async def run(base: str, jobs: list[tuple[str, Job]], concurrency: int, time_lim
             except asyncio.QueueEmpty:
                 return
             start = time.perf_counter()
+            timing = None
             try:
                 response = await client.request(method, base + path, json=body)
                 status = response.status_code
+                timing = server_ms(response.headers.get("server-timing"))
             except httpx.HTTPError as error:
                 status = type(error).__name__  # type: ignore[assignment]
-            elapsed = time.perf_counter() - start
-            if status == 200:
-                by_path[f"{method} {path}"].append(elapsed)
-                by_group[group].append(elapsed)
-            else:
-                failures[f"{method} {path} -> {status}"] += 1
+            results.add(group, f"{method} {path}", status, time.perf_counter() - start, timing)
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=120) as client:
@@ -173,7 +309,7 @@ async def run(base: str, jobs: list[tuple[str, Job]], concurrency: int, time_lim
         for task in pending:
             task.cancel()
         wall = time.perf_counter() - started
-    return by_path, by_group, failures, wall
+    return results, wall
 
 
 def table(rows: dict[str, list[float]]) -> None:
@@ -195,6 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--light-p95-ms", type=float, default=200.0)
     parser.add_argument("--rss-slack-mb", type=float, default=64.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--client", choices=["raw", "httpx"], default="raw",
+                        help="raw: plain asyncio sockets, requests encoded beforehand (light, "
+                        "so the load generator takes little of the CPU it shares with the "
+                        "server); httpx: httpx's async client")
     args = parser.parse_args(argv)
     if not (0 < args.requests <= 100_000 and 0 < args.concurrency <= 500):
         parser.error("--requests must be 1..100000 and --concurrency 1..500")
@@ -229,28 +369,35 @@ def main(argv: list[str] | None = None) -> int:
         httpx.post(base + "/api/footprint", json={"input_size": [34, 34, 34], "kernel_size": 1,
                                                   "frames": True}, timeout=120)
         time.sleep(1.0)
-        rss_rest = rss_mb(server.pid)
+        rss_rest = tree_rss_mb(server.pid)
         peak = [rss_rest]
         sampling = threading.Event()
 
         def sample() -> None:
             while not sampling.wait(0.02):
-                peak[0] = max(peak[0], rss_mb(server.pid))
+                peak[0] = max(peak[0], tree_rss_mb(server.pid))
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        by_path, by_group, failures, wall = asyncio.run(
-            run(base, jobs, args.concurrency, args.time_limit))
+        server_cpu, client_cpu = cpu_seconds(server.pid), time.process_time()
+        if args.client == "raw":
+            results, wall = asyncio.run(
+                run_raw("127.0.0.1", port, jobs, args.concurrency, args.time_limit))
+        else:
+            results, wall = asyncio.run(run_httpx(base, jobs, args.concurrency, args.time_limit))
+        server_cpu = cpu_seconds(server.pid) - server_cpu
+        client_cpu = time.process_time() - client_cpu
         sampling.set()
         sampler.join()
         time.sleep(3.0)
-        rss_after = rss_mb(server.pid)
+        rss_after = tree_rss_mb(server.pid)
     finally:
         server.terminate()
         try:
             server.wait(timeout=10)
         except subprocess.TimeoutExpired:
             server.kill()
+    by_group, failures = results.by_group, results.failures
     finished = sum(len(v) for v in by_group.values())
     failed = sum(failures.values())
     unfinished = len(jobs) - finished - failed
@@ -258,12 +405,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(jobs)} requests ({heavy} heavy) at concurrency {args.concurrency}: {finished} ok, "
           f"{failed} failed, {unfinished} not run in time; {wall:.1f} s wall, "
           f"{finished / wall:.0f} requests/s")
-    table(by_path)
+    table(results.by_path)
     table(by_group)
+    print("time spent in the server (Server-Timing: app reached -> response started):")
+    table(results.server_by_group)
+    done = max(1, finished + failed)
+    print(f"CPU per request: server {server_cpu / done * 1e3:.2f} ms "
+          f"({server_cpu:.1f} s in all, {server_cpu / wall * 100:.0f}% of one core), "
+          f"load generator ({args.client}) {client_cpu / done * 1e3:.2f} ms "
+          f"({client_cpu:.1f} s); {os.cpu_count()} cores, load average "
+          f"{os.getloadavg()[0]:.1f}")
     for what, count in sorted(failures.items()):
         print(f"FAILED {count} x {what}")
     light_p95 = percentile(by_group["light"], 95) * 1e3
-    print(f"server RSS: {rss_rest:.0f} MB at rest (warmed up), {peak[0]:.0f} MB peak, "
+    print(f"server RSS (with its heavy-work process, if any): {rss_rest:.0f} MB at rest (warmed up), {peak[0]:.0f} MB peak, "
           f"{rss_after:.0f} MB 3 s after the run")
     problems = []
     if failed or unfinished:

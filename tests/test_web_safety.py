@@ -159,6 +159,26 @@ def test_405_carries_allow(client: TestClient) -> None:
     assert response.status_code == 405 and "GET" in response.headers["allow"]
 
 
+def test_every_response_says_the_time_the_server_spent(client: TestClient) -> None:
+    replies = [client.get("/api/health"), client.get("/"), client.get("/static/nothing.js"),
+               client.post("/api/resolve", json={"input_size": [8, 8], "kernel_size": 3}),
+               client.post("/api/resolve", content=b"[[[")]
+    assert [reply.status_code for reply in replies] == [200, 200, 404, 200, 400]
+    for reply in replies:
+        name, _, duration = reply.headers["server-timing"].partition(";dur=")
+        assert name == "app" and 0 <= float(duration) < 60_000, reply.headers["server-timing"]
+
+
+@pytest.mark.parametrize("length", [0, 1, 499, 500, 501, 1234])
+def test_replies_encode_as_plain_json_whatever_their_list_lengths(length: int) -> None:
+    from convarith.web.app import _render
+
+    payload = {"frames": [{"taps": [[i, "é"]], "n": i} for i in range(length)],
+               "name": "a\"b", "nested": {"list": list(range(length))}, "empty": []}
+    assert json.loads(_render(payload)) == payload
+    assert json.loads(_render(payload, piece=7)) == payload
+
+
 # --------------------------------------------------------------------------- images
 
 
@@ -429,3 +449,87 @@ def test_a_body_that_never_finishes_is_a_408() -> None:
     assert time.monotonic() - start < 10
     assert sent[0]["status"] == 408
     assert b"took over 0.3 s" in sent[1]["body"]
+
+
+# --------------------------------------------------------------------------- heavy-work process
+
+
+def _runs_out_of_memory(data: Any, limits: Limits) -> dict[str, Any]:
+    raise MemoryError
+
+
+def _dies(data: Any, limits: Limits) -> dict[str, Any]:
+    import os
+
+    os._exit(3)
+
+
+def test_heavy_requests_in_a_process_answer_as_in_a_thread() -> None:
+    from convarith.web.app import HeavyWorker
+
+    frames = {"input_size": [9, 8], "kernel_size": 3, "strides": 2, "frames": True}
+    too_big = {"input_size": [46, 46, 46], "kernel_size": 1, "frames": True}
+    bad_picture = {"image": "data:image/png;base64,iVBORw0KGgo=", "kernel": "edge"}
+    in_thread = TestClient(create_app(), raise_server_exceptions=False)
+    with TestClient(create_app(heavy_worker=HeavyWorker()),
+                    raise_server_exceptions=False) as in_process:
+        for path, body in [("/api/footprint", frames), ("/api/footprint", too_big),
+                           ("/api/image", bad_picture), ("/api/image", ENDPOINTS["/api/image"])]:
+            mine, theirs = in_process.post(path, json=body), in_thread.post(path, json=body)
+            assert (mine.status_code, mine.json()) == (theirs.status_code, theirs.json()), path
+        assert [in_process.post("/api/footprint", json=frames).status_code] == [200]
+        gif = {"input_size": [4, 4], "kernel_size": 3}
+        mine, theirs = (in_process.post("/api/animation.gif", json=gif),
+                        in_thread.post("/api/animation.gif", json=gif))
+        assert mine.status_code == theirs.status_code == 200, mine.text[:200]
+        assert mine.content == theirs.content and mine.content[:6] == b"GIF89a"
+
+
+def test_heavy_process_out_of_memory_or_dead_is_a_503_and_the_next_request_is_served() -> None:
+    from convarith.web.api import ApiError
+    from convarith.web.app import HeavyWorker
+
+    async def ask(worker: HeavyWorker, handler: Any) -> tuple[int, str]:
+        try:
+            reply = await worker.run(handler, {"input_size": [5], "kernel_size": 3,
+                                               "frames": True}, Limits())
+        except ApiError as error:
+            return error.status, error.message
+        return 200, reply.decode()
+
+    from convarith.web import api
+
+    worker = HeavyWorker(memory_bytes=4 << 30)
+    try:
+        status, message = asyncio.run(ask(worker, _runs_out_of_memory))
+        assert status == 503 and "more memory" in message and "4096 MB" in message, message
+        status, message = asyncio.run(ask(worker, _dies))
+        assert status == 503 and "stopped" in message, message
+        status, text = asyncio.run(ask(worker, api.footprint_payload))
+        assert status == 200 and len(json.loads(text)["frames"]) == 3, text[:200]
+    finally:
+        worker.close()
+
+
+def test_the_heavy_process_ends_when_the_server_is_killed(
+        server: tuple[int, subprocess.Popen[bytes]]) -> None:
+    import os
+    import signal
+
+    port, process = server
+    body = {"input_size": [9, 9], "kernel_size": 3, "frames": True}
+    reply = httpx.post(f"http://127.0.0.1:{port}/api/footprint", json=body, timeout=60)
+    assert reply.status_code == 200
+    children = [int(child) for task in os.listdir(f"/proc/{process.pid}/task")
+                for child in open(f"/proc/{process.pid}/task/{task}/children").read().split()]
+    assert children, "the frame list was not answered by a heavy-work process"
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while any(os.path.exists(f"/proc/{child}") for child in children):
+        status = [open(f"/proc/{child}/stat").read().split()[2] for child in children
+                  if os.path.exists(f"/proc/{child}")]
+        if all(state == "Z" for state in status):
+            break
+        assert time.monotonic() < deadline, f"heavy-work processes {children} outlived the server"
+        time.sleep(0.1)

@@ -53,11 +53,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(
             f"convarith serve needs uvicorn ({error}); pip install 'convarith[web]'"
         ) from error
-    from ..web import create_app
+    from ..web.app import HeavyWorker, create_app
 
     _check_can_listen(args.host, args.port)
     everywhere = args.host in ("0.0.0.0", "::")
-    app = create_app(allowed_hosts=None if everywhere else _host_names(args.host))
+    # picture uploads and frame lists run in a separate process, so their work
+    # does not hold the interpreter lock the light requests need
+    app = create_app(allowed_hosts=None if everywhere else _host_names(args.host),
+                     heavy_worker=HeavyWorker())
     shown_host = f"[{args.host}]" if ":" in args.host else args.host
     if everywhere:
         shown_host = _outward_address(args.host)
@@ -68,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
     if args.open:
         threading.Timer(1.0, webbrowser.open, args=(url,)).start()
     _give_big_blocks_back()
-    # heavy requests run in worker threads; a short switch interval hands the
-    # interpreter lock back to the event loop (and light requests) sooner
+    # light requests run in worker threads; a short switch interval hands the
+    # interpreter lock back to the event loop sooner
     sys.setswitchinterval(0.001)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", **server_settings(args.header_timeout))
     return 0

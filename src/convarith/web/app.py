@@ -17,8 +17,14 @@ Examples
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import Awaitable, Callable, Sequence
+import multiprocessing
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -36,7 +42,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import api
 
-__all__ = ["create_app", "STATIC_DIR"]
+__all__ = ["create_app", "HeavyWorker", "STATIC_DIR"]
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -45,6 +51,7 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
+_CSP_BYTES = CONTENT_SECURITY_POLICY.encode()
 
 
 def _error(error: api.ApiError) -> JSONResponse:
@@ -130,6 +137,8 @@ def _render(payload: dict[str, Any], piece: int = 500) -> bytes:
     def dumps(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
+    if not any(isinstance(value, list) and len(value) > piece for value in payload.values()):
+        return dumps(payload).encode()  # the common, small reply: one call
     parts = []
     for key, value in payload.items():
         if isinstance(value, list) and len(value) > piece:
@@ -170,7 +179,10 @@ def _json_endpoint(
                 else:
                     data = await anyio.to_thread.run_sync(parse_json, body, limits)
                     del body
-                    if heavy(data):
+                    if heavy(data) and slots.worker is not None:
+                        async with slots.heavy:
+                            reply = await slots.worker.run(handler, data, limits)
+                    elif heavy(data):
                         reply = await anyio.to_thread.run_sync(_answer_heavy, handler, data,
                                                                limits, limiter=slots.heavy)
                     else:
@@ -234,9 +246,104 @@ _NO_SLOT = _NoSlot()
 class Slots:
     """The app's bounds on concurrent heavy work (one set per application)."""
 
-    def __init__(self, limits: api.Limits) -> None:
+    def __init__(self, limits: api.Limits, worker: HeavyWorker | None = None) -> None:
         self.heavy = anyio.CapacityLimiter(limits.max_heavy_at_once)
         self.uploads = anyio.CapacityLimiter(limits.max_uploads_at_once)
+        self.worker = worker
+
+
+class HeavyWorker:
+    """Heavy requests answered in separate processes, so the server's interpreter lock stays free.
+
+    Decoding a picture or building and encoding a frame list holds the
+    interpreter lock for much of its run; in a thread of the server that
+    slows every light request beside it. Here they run in ``workers``
+    processes (``spawn``-ed on the first heavy request, so a server that
+    never gets one never starts them), each limited to ``memory_bytes`` of
+    address space: a request that needs more is a 503, and a process that
+    dies is replaced on the next request.
+    """
+
+    def __init__(self, workers: int = 1, memory_bytes: int | None = 3 << 30) -> None:
+        self.workers = workers
+        self.memory_bytes = memory_bytes
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_start_heavy_process, initargs=(self.memory_bytes,))
+        return self._pool
+
+    async def run(self, handler: Handler, data: Any, limits: api.Limits) -> bytes:
+        """``handler``'s reply to ``data``, rendered, from a heavy-work process."""
+        return await self.call(_answer_heavy, handler, data, limits)
+
+    async def call(self, work: Callable[..., bytes], *args: Any) -> bytes:
+        """``work(*args)`` in a heavy-work process (``work`` and ``args`` must pickle)."""
+        future = self._executor().submit(_answer_in_process, work, *args)
+        try:
+            reply, refusal = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            # the request was given up (a client that left, a shutdown): the process
+            # keeps working, so the heavy slot is held until it is done
+            with anyio.CancelScope(shield=True):
+                while not future.done():
+                    await anyio.sleep(0.05)
+            raise
+        except BrokenProcessPool:
+            self.close()
+            raise api.ApiError(503, "the heavy-work process stopped (out of memory?); "
+                               "send the request again") from None
+        if refusal is None:
+            return reply
+        if refusal[0] == 0:  # MemoryError
+            size = f"{self.memory_bytes / 2**20:.0f} MB" if self.memory_bytes else "its limit"
+            raise api.ApiError(503, f"this request needs more memory than the heavy-work "
+                               f"process may use ({size})")
+        raise api.ApiError(*refusal)
+
+    def close(self) -> None:
+        """Stop the processes (they are started again by the next heavy request)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+
+def _answer_in_process(work: Callable[..., bytes], *args: Any
+                       ) -> tuple[bytes, tuple[int, str, str | None] | None]:
+    """``work(*args)`` in a heavy-work process: the reply, or the refusal as plain values."""
+    try:
+        return work(*args), None
+    except api.ApiError as error:
+        return b"", (error.status, error.message, error.field)
+    except MemoryError:
+        return b"", (0, "", None)
+
+
+def _start_heavy_process(memory_bytes: int | None) -> None:
+    """A heavy-work process's setup: its address-space cap, glibc's fixed mmap threshold,
+    and a watch that ends the process when the server is gone (killed, not shut down)."""
+    import os
+    import resource
+    import threading
+
+    from ..commands.serve import _give_big_blocks_back
+
+    server = os.getppid()
+
+    def end_with_the_server() -> None:
+        while os.getppid() == server:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=end_with_the_server, daemon=True).start()
+    _give_big_blocks_back()
+    if memory_bytes is not None:
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        cap = memory_bytes if hard == resource.RLIM_INFINITY else min(memory_bytes, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
 
 
 def _wants_frames(data: Any) -> bool:
@@ -264,14 +371,18 @@ def _image(data: Any, limits: api.Limits) -> dict[str, Any]:
 
 
 async def animation_gif(request: Request) -> Response:
-    """``POST /api/animation.gif``: the settings as a GIF, drawn in a worker thread in
-    one of the heavy slots (like every heavy request)."""
+    """``POST /api/animation.gif``: the settings as a GIF, drawn in one of the heavy
+    slots (like every heavy request: in the heavy-work process when the app has one)."""
     limits: api.Limits = request.app.state.limits
     slots: Slots = request.app.state.slots
     try:
         body = await _read_body(request, limits.max_body_bytes, limits.max_body_seconds)
         data = await anyio.to_thread.run_sync(parse_json, body, limits)
-        gif = await anyio.to_thread.run_sync(_gif_heavy, data, limits, limiter=slots.heavy)
+        if slots.worker is not None:
+            async with slots.heavy:
+                gif = await slots.worker.call(_gif_heavy, data, limits)
+        else:
+            gif = await anyio.to_thread.run_sync(_gif_heavy, data, limits, limiter=slots.heavy)
     except api.ApiError as error:
         return _error(error)
     return Response(gif, media_type="image/gif",
@@ -306,7 +417,14 @@ async def not_found(request: Request, exc: Exception) -> Response:
 
 
 class SecurityHeaders:
-    """Adds the content security policy and no-sniff headers to every response."""
+    """Adds the content security policy and no-sniff headers to every response.
+
+    It also adds ``Server-Timing: app;dur=<ms>``: the time from the request
+    reaching the application to its response starting (what the server
+    spent, queueing for the event loop and the worker threads included, but
+    not the time the request waited for the server to read it).
+    ``benchmarks/load.py`` reads it to split latency into server and queue.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -315,14 +433,17 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
 
         async def send_with_headers(message: Any) -> None:
             if message["type"] == "http.response.start":
+                spent = (time.perf_counter() - started) * 1e3
                 headers = list(message.get("headers", []))
                 headers += [
-                    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+                    (b"content-security-policy", _CSP_BYTES),
                     (b"x-content-type-options", b"nosniff"),
                     (b"referrer-policy", b"no-referrer"),
+                    (b"server-timing", b"app;dur=%.2f" % spent),
                 ]
                 message = {**message, "headers": headers}
             await send(message)
@@ -395,8 +516,21 @@ class LocalOnly:
         return None
 
 
+def _stop_on_shutdown(worker: HeavyWorker | None) -> Callable[[Starlette], Any]:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if worker is not None:
+                worker.close()
+
+    return lifespan
+
+
 def create_app(
-    limits: api.Limits | None = None, allowed_hosts: Sequence[str] | None = LOOPBACK_HOSTS
+    limits: api.Limits | None = None, allowed_hosts: Sequence[str] | None = LOOPBACK_HOSTS,
+    heavy_worker: HeavyWorker | None = None,
 ) -> Starlette:
     """A new explorer application.
 
@@ -409,6 +543,12 @@ def create_app(
         Host names the ``Host`` header may carry (loopback names by default);
         ``None`` accepts any host (a server bound to every interface). Cross-origin
         POSTs are refused either way (:class:`LocalOnly`).
+    heavy_worker
+        Where heavy requests (picture uploads, frame lists) run: a
+        :class:`HeavyWorker`'s processes (``convarith serve`` uses one), or
+        ``None`` for a worker thread of this process. Either way at most
+        ``limits.max_heavy_at_once`` run at once. The app stops the processes
+        when it shuts down.
     """
     post = partial(Route, methods=["POST"])
     routes = [
@@ -427,9 +567,10 @@ def create_app(
         post("/api/animation.gif", animation_gif),
         Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
     ]
-    app = Starlette(routes=routes, exception_handlers={HTTPException: not_found})
+    app = Starlette(routes=routes, exception_handlers={HTTPException: not_found},
+                    lifespan=_stop_on_shutdown(heavy_worker))
     app.state.limits = limits or api.Limits()
-    app.state.slots = Slots(app.state.limits)
+    app.state.slots = Slots(app.state.limits, heavy_worker)
     app.add_middleware(LocalOnly, allowed_hosts=allowed_hosts)
     app.add_middleware(SecurityHeaders)
     return app
