@@ -28,6 +28,7 @@ array([[10., 18.],
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,10 +41,15 @@ from . import pooling
 from .dispatch import (
     Algorithm,
     ConvProblem,
+    cheapest,
+    cheapest_weight_grad,
     choose,
+    describe,
     plan,
     plan_transposed,
     plan_weight_grad,
+    set_aside,
+    value_limits,
 )
 from .padding import pad, pad_adjoint, zero_insert
 
@@ -331,14 +337,98 @@ def direct_conv(
         dtype=xp.dtype,
     )
     chosen = plan(problem, xp, kernel, algorithm, padding)
-    if padding is not None and chosen.pads_zeros:
-        return chosen.direct(xp, kernel, problem.strides, problem.dilation, groups,
-                             problem.out_size, padding=tuple(padding))
+    limits = None if algorithm is not None else value_limits(chosen, problem, xp, kernel)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf and NaN propagate silently
+        if limits is not None:
+            return _direct_set_aside(problem, xp, kernel, chosen, limits, padding)
+        if padding is not None and chosen.pads_zeros:
+            return chosen.direct(xp, kernel, problem.strides, problem.dilation, groups,
+                                 problem.out_size, padding=tuple(padding))
+        if padding is not None:
+            xp = pad(xp, padding)
+        return chosen.direct(
+            xp, kernel, problem.strides, problem.dilation, groups, problem.out_size
+        )
+
+
+#: Beyond this share of the outputs to sum directly, the whole layer is summed directly.
+DIRECT_SHARE = 0.5
+
+
+def _exact_direct(problem: ConvProblem, xp: np.ndarray, kernel: np.ndarray,
+                  out_size: Sequence[int]) -> np.ndarray:
+    """The cheapest algorithm without transforms, on a sub-problem of ``problem``."""
+    sub = ConvProblem(tuple(xp.shape), tuple(kernel.shape), problem.strides, problem.dilation,
+                      problem.groups, tuple(out_size), problem.dtype)
+    exact = cheapest(sub, exact=True)
+    if exact is None:
+        raise ValueError(f"no registered algorithm without transforms applies to "
+                         f"{describe(sub)}, and its values are not finite or too large")
+    return exact.direct(np.ascontiguousarray(xp), np.ascontiguousarray(kernel), sub.strides,
+                        sub.dilation, sub.groups, sub.out_size)
+
+
+def _output_boxes(where: np.ndarray, problem: ConvProblem
+                  ) -> list[tuple[int, tuple[tuple[int, int], ...]]]:
+    """The output boxes ``(image, ((first, last), ...))`` that cover every output whose
+    window reads a marked input cell (``where``: ``(N, *spatial)``), in bands along
+    the first spatial axis: cells whose output rows overlap share one box."""
+    cells = np.argwhere(where)
+    if cells.size == 0:
+        return []
+    spans = []
+    for axis, (k, s, d, o) in enumerate(zip(problem.kernel_size, problem.strides,
+                                            problem.dilation, problem.out_size)):
+        i = cells[:, axis + 1]
+        first = np.maximum(-(-(i - (k - 1) * d) // s), 0)
+        last = np.minimum(i // s, o - 1)
+        spans.append((first, last))
+    reads = np.all([f <= la for f, la in spans], axis=0)  # cells some output reads
+    order = np.lexsort((spans[0][0], cells[:, 0]))
+    order = order[reads[order]]
+    boxes: list[tuple[int, list[list[int]]]] = []
+    for c in order:
+        image = int(cells[c, 0])
+        box = [[int(f[c]), int(la[c])] for f, la in spans]
+        if boxes and boxes[-1][0] == image and box[0][0] <= boxes[-1][1][0][1] + 1:
+            merged = boxes[-1][1]
+            for axis, (f, la) in enumerate(box):
+                merged[axis] = [min(merged[axis][0], f), max(merged[axis][1], la)]
+        else:
+            boxes.append((image, box))
+    return [(image, tuple((f, la) for f, la in box)) for image, box in boxes]
+
+
+def _direct_set_aside(problem: ConvProblem, xp: np.ndarray, kernel: np.ndarray,
+                      chosen: Algorithm, limits: Any, padding: Any) -> np.ndarray:
+    """Run ``chosen`` on the values its transforms take, and sum directly the outputs
+    that read the others: filters holding a kernel value set aside, and the boxes of
+    outputs whose window reads an input value set aside."""
     if padding is not None:
         xp = pad(xp, padding)
-    return chosen.direct(
-        xp, kernel, problem.strides, problem.dilation, groups, problem.out_size
-    )
+    strides, dilation, out_size = problem.strides, problem.dilation, problem.out_size
+    inputs = set_aside(xp, limits.first)
+    weights = set_aside(kernel, limits.second)
+    boxes = [] if inputs is None else _output_boxes(np.any(inputs[1], axis=-1), problem)
+    bad_filters = (np.zeros(kernel.shape[-1], bool) if weights is None else
+                   weights[1].reshape(-1, kernel.shape[-1]).any(axis=0))
+    per_cell = math.prod(out_size)
+    direct_cells = sum(math.prod(la - f + 1 for f, la in box) for _, box in boxes)
+    share = direct_cells / max(1, problem.batch * per_cell) + float(np.mean(bad_filters))
+    if share > DIRECT_SHARE:
+        return _exact_direct(problem, xp, kernel, out_size)
+    y = chosen.direct(xp if inputs is None else inputs[0],
+                      kernel if weights is None else weights[0],
+                      strides, dilation, problem.groups, out_size)
+    if bad_filters.any():
+        y[..., bad_filters] = _exact_direct(problem, xp, kernel[..., bad_filters], out_size)
+    for image, box in boxes:
+        crop = tuple(slice(f * s, la * s + (k - 1) * d + 1) for (f, la), s, d, k in
+                     zip(box, strides, dilation, problem.kernel_size))
+        region = tuple(slice(f, la + 1) for f, la in box)
+        y[(image,) + region] = _exact_direct(problem, xp[(slice(image, image + 1),) + crop],
+                                            kernel, [la - f + 1 for f, la in box])[0]
+    return y
 
 
 def _weight_grad(
@@ -365,14 +455,55 @@ def _weight_grad(
     )
     chosen = plan_weight_grad(problem, xp, dy, algorithm, padding)
     assert chosen.weight_grad is not None
-    if padding is not None and chosen.pads_zeros:
-        return chosen.weight_grad(xp, dy, tuple(kernel_size), problem.strides,
-                                  problem.dilation, groups, padding=tuple(padding))
+    limits = None if algorithm == chosen.name else value_limits(chosen, problem, xp, dy,
+                                                                 spatial=False)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf and NaN propagate silently
+        if limits is not None:
+            return _weight_grad_set_aside(problem, xp, dy, chosen, limits, padding)
+        if padding is not None and chosen.pads_zeros:
+            return chosen.weight_grad(xp, dy, tuple(kernel_size), problem.strides,
+                                      problem.dilation, groups, padding=tuple(padding))
+        if padding is not None:
+            xp = pad(xp, padding)
+        return chosen.weight_grad(
+            xp, dy, tuple(kernel_size), problem.strides, problem.dilation, groups
+        )
+
+
+def _weight_grad_set_aside(problem: ConvProblem, xp: np.ndarray, dy: np.ndarray,
+                           chosen: Algorithm, limits: Any, padding: Any) -> np.ndarray:
+    """The weight gradient with ``chosen`` on the values its transforms take; the input
+    channels and output filters that hold a value set aside are summed directly
+    (``dk[..., c, f]`` reads only channel ``c`` of ``x`` and filter ``f`` of ``dy``:
+    ``chosen`` is one-group)."""
     if padding is not None:
         xp = pad(xp, padding)
-    return chosen.weight_grad(
-        xp, dy, tuple(kernel_size), problem.strides, problem.dilation, groups
-    )
+    inputs = set_aside(xp, limits.first)
+    grads = set_aside(dy, limits.second)
+    bad_in = (np.zeros(xp.shape[-1], bool) if inputs is None else
+              inputs[1].reshape(-1, xp.shape[-1]).any(axis=0))
+    bad_out = (np.zeros(dy.shape[-1], bool) if grads is None else
+               grads[1].reshape(-1, dy.shape[-1]).any(axis=0))
+    size, args = problem.kernel_size, (problem.strides, problem.dilation, problem.groups)
+
+    def exact(x_part: np.ndarray, dy_part: np.ndarray) -> np.ndarray:
+        x_part, dy_part = np.ascontiguousarray(x_part), np.ascontiguousarray(dy_part)
+        sub = ConvProblem(x_part.shape, (*size, x_part.shape[-1], dy_part.shape[-1]),
+                          *args, problem.out_size, problem.dtype)
+        found = cheapest_weight_grad(sub, exact=True)
+        assert found.weight_grad is not None
+        return found.weight_grad(x_part, dy_part, size, *args)
+
+    if float(np.mean(bad_in)) + float(np.mean(bad_out)) > DIRECT_SHARE:
+        return exact(xp, dy)
+    assert chosen.weight_grad is not None
+    dk = chosen.weight_grad(xp if inputs is None else inputs[0],
+                            dy if grads is None else grads[0], size, *args)
+    if bad_in.any():
+        dk[..., bad_in, :] = exact(xp[..., bad_in], dy)
+    if bad_out.any():
+        dk[..., bad_out] = exact(xp, dy[..., bad_out])
+    return dk
 
 
 def _transposed_plan(
@@ -451,8 +582,9 @@ def transposed_conv(
     out_size, transposed = _transposed_plan(x.shape, kernel.shape, strides, dilation, groups,
                                             padding, x.dtype, algorithm, x, kernel)
     if transposed is not None:
-        return transposed.direct(
-            x, kernel, tuple(strides), tuple(dilation), groups, tuple(tuple(p) for p in padding))
+        with np.errstate(invalid="ignore", over="ignore"):  # inf and NaN propagate silently
+            return transposed.direct(x, kernel, tuple(strides), tuple(dilation), groups,
+                                     tuple(tuple(p) for p in padding))
     if all(s == 1 for s in strides) and all(lo >= 0 and hi >= 0 for lo, hi in padding):
         # stride 1 inserts nothing: the padding is plain zero padding, which the
         # direct algorithm may read in place
