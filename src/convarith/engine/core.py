@@ -368,66 +368,70 @@ def _exact_direct(problem: ConvProblem, xp: np.ndarray, kernel: np.ndarray,
                         sub.dilation, sub.groups, sub.out_size)
 
 
-def _output_boxes(where: np.ndarray, problem: ConvProblem
-                  ) -> list[tuple[int, tuple[tuple[int, int], ...]]]:
-    """The output boxes ``(image, ((first, last), ...))`` that cover every output whose
-    window reads a marked input cell (``where``: ``(N, *spatial)``), in bands along
-    the first spatial axis: cells whose output rows overlap share one box."""
-    cells = np.argwhere(where)
-    if cells.size == 0:
-        return []
-    spans = []
-    for axis, (k, s, d, o) in enumerate(zip(problem.kernel_size, problem.strides,
-                                            problem.dilation, problem.out_size)):
-        i = cells[:, axis + 1]
-        first = np.maximum(-(-(i - (k - 1) * d) // s), 0)
-        last = np.minimum(i // s, o - 1)
-        spans.append((first, last))
-    reads = np.all([f <= la for f, la in spans], axis=0)  # cells some output reads
-    order = np.lexsort((spans[0][0], cells[:, 0]))
-    order = order[reads[order]]
-    boxes: list[tuple[int, list[list[int]]]] = []
-    for c in order:
-        image = int(cells[c, 0])
-        box = [[int(f[c]), int(la[c])] for f, la in spans]
-        if boxes and boxes[-1][0] == image and box[0][0] <= boxes[-1][1][0][1] + 1:
-            merged = boxes[-1][1]
-            for axis, (f, la) in enumerate(box):
-                merged[axis] = [min(merged[axis][0], f), max(merged[axis][1], la)]
-        else:
-            boxes.append((image, box))
-    return [(image, tuple((f, la) for f, la in box)) for image, box in boxes]
+def _tap_ranges(cell: Sequence[int], problem: ConvProblem) -> list[tuple[slice, slice]] | None:
+    """For a stride-1 problem, the (output slice, kernel-tap slice) per spatial axis of
+    the outputs that read padded input ``cell`` and the taps they read it with; ``None``
+    when no output reads it."""
+    ranges = []
+    for p, k, d, o in zip(cell, problem.kernel_size, problem.dilation, problem.out_size):
+        first_tap = max(0, -(-(p - o + 1) // d))  # outputs p - t·d must be < o
+        last_tap = min(k - 1, p // d)  # and >= 0
+        if first_tap > last_tap:
+            return None
+        # outputs ascending p - last·d ... p - first·d, taps descending last ... first
+        ranges.append((slice(p - last_tap * d, p - first_tap * d + 1, d),
+                       slice(last_tap, first_tap - 1 if first_tap > 0 else None, -1)))
+    return ranges
+
+
+def _add_set_aside(y: np.ndarray, problem: ConvProblem, xp: np.ndarray, kernel: np.ndarray,
+                   inputs: Any, weights: Any) -> None:
+    """Add to ``y`` (computed without them) what the values set aside contribute, as a
+    direct sum would: each input value set aside times the taps that read it, into the
+    outputs that read it, then each kernel value set aside times the input cells it
+    reads (all of them: the whole filter). Stride 1, one group."""
+    if inputs is not None:
+        for cell in np.argwhere(inputs[1]):
+            index = [int(i) for i in cell]
+            ranges = _tap_ranges(index[1:-1], problem)
+            if ranges is None:
+                continue
+            outputs: tuple[Any, ...] = (index[0],) + tuple(r[0] for r in ranges)
+            taps: tuple[Any, ...] = tuple(r[1] for r in ranges) + (index[-1],)
+            y[outputs] += xp[tuple(index)] * kernel[taps]
+    if weights is not None:
+        clean_x = xp if inputs is None else inputs[0]  # the set-aside inputs are in already
+        for cell in np.argwhere(weights[1]):
+            index = [int(i) for i in cell]
+            window: tuple[Any, ...] = tuple(
+                slice(t * d, t * d + o) for t, d, o in
+                zip(index[:-2], problem.dilation, problem.out_size))
+            y[..., index[-1]] += clean_x[(slice(None),) + window + (index[-2],)] * kernel[
+                tuple(index)]
 
 
 def _direct_set_aside(problem: ConvProblem, xp: np.ndarray, kernel: np.ndarray,
                       chosen: Algorithm, limits: Any, padding: Any) -> np.ndarray:
-    """Run ``chosen`` on the values its transforms take, and sum directly the outputs
-    that read the others: filters holding a kernel value set aside, and the boxes of
-    outputs whose window reads an input value set aside."""
+    """Run ``chosen`` on the values its transforms take, and add what the others
+    contribute as a direct sum would (:func:`_add_set_aside`): a value set aside
+    reaches exactly the outputs whose window reads it. When that is more work than
+    half the layer, the whole layer is summed directly."""
     if padding is not None:
         xp = pad(xp, padding)
     strides, dilation, out_size = problem.strides, problem.dilation, problem.out_size
     inputs = set_aside(xp, limits.first)
     weights = set_aside(kernel, limits.second)
-    boxes = [] if inputs is None else _output_boxes(np.any(inputs[1], axis=-1), problem)
-    bad_filters = (np.zeros(kernel.shape[-1], bool) if weights is None else
-                   weights[1].reshape(-1, kernel.shape[-1]).any(axis=0))
-    per_cell = math.prod(out_size)
-    direct_cells = sum(math.prod(la - f + 1 for f, la in box) for _, box in boxes)
-    share = direct_cells / max(1, problem.batch * per_cell) + float(np.mean(bad_filters))
-    if share > DIRECT_SHARE:
+    taps = math.prod(problem.kernel_size)
+    work = ((0 if inputs is None else int(inputs[1].sum())) * taps * problem.out_channels
+            + (0 if weights is None else int(weights[1].sum())) * problem.batch
+            * math.prod(out_size))
+    if any(s != 1 for s in strides) or problem.groups != 1 or (
+            work > DIRECT_SHARE * problem.flops / 2):
         return _exact_direct(problem, xp, kernel, out_size)
     y = chosen.direct(xp if inputs is None else inputs[0],
                       kernel if weights is None else weights[0],
                       strides, dilation, problem.groups, out_size)
-    if bad_filters.any():
-        y[..., bad_filters] = _exact_direct(problem, xp, kernel[..., bad_filters], out_size)
-    for image, box in boxes:
-        crop = tuple(slice(f * s, la * s + (k - 1) * d + 1) for (f, la), s, d, k in
-                     zip(box, strides, dilation, problem.kernel_size))
-        region = tuple(slice(f, la + 1) for f, la in box)
-        y[(image,) + region] = _exact_direct(problem, xp[(slice(image, image + 1),) + crop],
-                                            kernel, [la - f + 1 for f, la in box])[0]
+    _add_set_aside(y, problem, xp, kernel, inputs, weights)
     return y
 
 
