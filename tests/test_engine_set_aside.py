@@ -185,3 +185,39 @@ def test_weight_gradient_sets_aside_channels() -> None:
         finite = np.isfinite(want) & np.isfinite(d_kernel)
         scale = np.abs(want[finite]).max()
         assert np.abs(d_kernel[finite] - want[finite]).max() <= 1e-5 * scale, message
+
+
+def test_subpixel_sets_aside_values_in_input_and_kernel() -> None:
+    """Sub-pixel (Winograd on the phases) is taken by the dispatch where the compiled
+    kernels are off; here it is made the cheapest for the test."""
+    from convarith.engine.algorithms import subpixel
+    seed = 4400
+    rng = np.random.default_rng(seed)
+    shape, kshape = (2, 14, 14, 64), (4, 4, 32, 64)
+    pads = ((2, 2), (2, 2))
+    dispatch.register_algorithm("subpixel_first", subpixel.transposed, applies=subpixel.applies,
+                                cost=lambda p: 0.0, kind="transposed",
+                                value_gain=subpixel.value_gain)
+    try:
+        from convarith.engine import core
+        assert core.transposed_algorithm(shape, kshape, (2, 2), (1, 1), 1, pads) == "subpixel_first"
+        x = rng.standard_normal(shape).astype(np.float32)
+        kernel = rng.standard_normal(kshape).astype(np.float32)
+        spec = ConvSpec(4, strides=2, padding=1, transposed=True)
+        cases = [("x", (0, 0, 0, 3), np.inf), ("x", (1, 7, 13, 0), np.nan),
+                 ("x", (1, 5, 6, 9), 3e37), ("x", (0, 3, 4, 2), 1e3),
+                 ("kernel", (0, 3, 5, 7), -np.inf), ("kernel", (2, 1, 0, 0), 1e38)]
+        for what, position, value in cases[: 3 if CI else None]:
+            bad, bad_kernel = x.copy(), kernel.copy()
+            (bad if what == "x" else bad_kernel)[position] = value
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                got = convarith.conv(bad, bad_kernel, spec)
+            want = _torch(bad.astype(np.float64), bad_kernel.astype(np.float64), 1, True, 2)
+            message = f"seed {seed}, {value} in {what} at {position}"
+            np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want), err_msg=message)
+            finite = np.isfinite(want)
+            scale = np.abs(want[finite]).max()
+            assert np.abs(got[finite] - want[finite]).max() <= 1e-5 * scale, message
+    finally:
+        dispatch.unregister_algorithm("subpixel_first")

@@ -384,30 +384,37 @@ def _tap_ranges(cell: Sequence[int], problem: ConvProblem) -> list[tuple[slice, 
     return ranges
 
 
-def _add_set_aside(y: np.ndarray, problem: ConvProblem, xp: np.ndarray, kernel: np.ndarray,
-                   inputs: Any, weights: Any) -> None:
+def _add_set_aside(y: np.ndarray, problem: ConvProblem, kernel: np.ndarray,
+                   cells: np.ndarray, values: np.ndarray, clean: np.ndarray,
+                   kernel_cells: np.ndarray, real: np.ndarray | None = None) -> None:
     """Add to ``y`` (computed without them) what the values set aside contribute, as a
-    direct sum would: each input value set aside times the taps that read it, into the
-    outputs that read it, then each kernel value set aside times the input cells it
-    reads (all of them: the whole filter). Stride 1, one group."""
-    if inputs is not None:
-        for cell in np.argwhere(inputs[1]):
-            index = [int(i) for i in cell]
-            ranges = _tap_ranges(index[1:-1], problem)
-            if ranges is None:
-                continue
-            outputs: tuple[Any, ...] = (index[0],) + tuple(r[0] for r in ranges)
-            taps: tuple[Any, ...] = tuple(r[1] for r in ranges) + (index[-1],)
-            y[outputs] += xp[tuple(index)] * kernel[taps]
-    if weights is not None:
-        clean_x = xp if inputs is None else inputs[0]  # the set-aside inputs are in already
-        for cell in np.argwhere(weights[1]):
-            index = [int(i) for i in cell]
-            window: tuple[Any, ...] = tuple(
-                slice(t * d, t * d + o) for t, d, o in
-                zip(index[:-2], problem.dilation, problem.out_size))
-            y[..., index[-1]] += clean_x[(slice(None),) + window + (index[-2],)] * kernel[
-                tuple(index)]
+    direct sum would, for a stride-1, one-group ``problem``: each input value
+    (``values`` at ``cells``, padded-input coordinates) times the taps that read it,
+    into the outputs that read it; then each kernel value at ``kernel_cells`` times
+    the cells of ``clean`` (the padded input without the values set aside) it reads:
+    its whole filter; with ``real`` (``(1, *spatial, 1)``, true at the cells of a
+    transposed convolution's grid that hold an input value), only the cells that
+    hold one, as a transposed convolution scatters its input (PyTorch's
+    ``conv_transpose``): its inserted zeros are not multiplied."""
+    for cell, value in zip(cells.tolist(), values):
+        ranges = _tap_ranges(cell[1:-1], problem)
+        if ranges is None:
+            continue
+        outputs: tuple[Any, ...] = (cell[0],) + tuple(r[0] for r in ranges)
+        taps: tuple[Any, ...] = tuple(r[1] for r in ranges) + (cell[-1],)
+        y[outputs] += value * kernel[taps]
+    for index in kernel_cells.tolist():
+        window: tuple[Any, ...] = tuple(
+            slice(t * d, t * d + o) for t, d, o in
+            zip(index[:-2], problem.dilation, problem.out_size))
+        part = clean[(slice(None),) + window + (index[-2],)] * kernel[tuple(index)]
+        if real is not None:
+            part = np.where(real[(slice(None),) + window + (0,)], part, 0)
+        y[..., index[-1]] += part
+
+
+def _none_set_aside(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return a, np.zeros(a.shape, bool)
 
 
 def _direct_set_aside(problem: ConvProblem, xp: np.ndarray, kernel: np.ndarray,
@@ -428,10 +435,11 @@ def _direct_set_aside(problem: ConvProblem, xp: np.ndarray, kernel: np.ndarray,
     if any(s != 1 for s in strides) or problem.groups != 1 or (
             work > DIRECT_SHARE * problem.flops / 2):
         return _exact_direct(problem, xp, kernel, out_size)
-    y = chosen.direct(xp if inputs is None else inputs[0],
-                      kernel if weights is None else weights[0],
-                      strides, dilation, problem.groups, out_size)
-    _add_set_aside(y, problem, xp, kernel, inputs, weights)
+    clean, where = inputs or _none_set_aside(xp)
+    clean_kernel, kernel_where = weights or _none_set_aside(kernel)
+    y = chosen.direct(clean, clean_kernel, strides, dilation, problem.groups, out_size)
+    _add_set_aside(y, problem, kernel, np.argwhere(where), xp[where], clean,
+                   np.argwhere(kernel_where))
     return y
 
 
@@ -539,6 +547,49 @@ def _transposed_plan(
     return out_size, plan_transposed(problem, grid_problem, algorithm, x, kernel)
 
 
+def transposed_problem(x_shape: Sequence[int], kernel_shape: Sequence[int],
+                       strides: Sequence[int], dilation: Sequence[int], groups: int,
+                       out_size: Sequence[int], dtype: Any) -> ConvProblem:
+    """The :class:`ConvProblem` a ``kind="transposed"`` algorithm sees."""
+    return ConvProblem(tuple(x_shape), tuple(kernel_shape), tuple(strides), tuple(dilation),
+                       groups, tuple(out_size), np.dtype(dtype))
+
+
+def _transposed_set_aside(x: np.ndarray, kernel: np.ndarray, strides: Sequence[int],
+                          dilation: Sequence[int], padding: Sequence[tuple[int, int]],
+                          out_size: Sequence[int], chosen: Algorithm, limits: Any
+                          ) -> np.ndarray:
+    """Like :func:`_direct_set_aside`, for a one-group transposed algorithm: the values
+    set aside are added back on the zero-inserted grid, with the flipped kernel."""
+    rank = len(strides)
+    inputs = set_aside(x, limits.first)
+    weights = set_aside(kernel, limits.second)
+    clean, where = inputs or _none_set_aside(x)
+    clean_kernel, kernel_where = weights or _none_set_aside(kernel)
+    direct_kernel = flip_swap(kernel, 1)
+    grid = zero_insert(clean, strides, padding)
+    grid_problem = ConvProblem(grid.shape, direct_kernel.shape, (1,) * rank, tuple(dilation), 1,
+                               tuple(out_size), x.dtype)
+    set_aside_cells = int(where.sum()) * math.prod(kernel.shape[:rank]) * kernel.shape[-2]
+    set_aside_taps = int(kernel_where.sum()) * x.shape[0] * math.prod(out_size)
+    if set_aside_cells + set_aside_taps > DIRECT_SHARE * grid_problem.flops / 2:
+        exact = cheapest(transposed_problem(x.shape, kernel.shape, strides, dilation, 1,
+                                            out_size, x.dtype), kind="transposed", exact=True)
+        if exact is not None:  # scatters the input, as PyTorch's conv_transpose
+            return exact.direct(x, kernel, tuple(strides), tuple(dilation), 1,
+                                tuple(tuple(p) for p in padding))
+        return _exact_direct(grid_problem, zero_insert(x, strides, padding), direct_kernel,
+                             out_size)
+    y = chosen.direct(clean, clean_kernel, tuple(strides), tuple(dilation), 1,
+                      tuple(tuple(p) for p in padding))
+    cells = np.argwhere(where)
+    cells[:, 1:-1] = cells[:, 1:-1] * np.asarray(strides) + np.asarray([lo for lo, _ in padding])
+    real = zero_insert(np.ones((1, *x.shape[1:-1], 1), bool), strides, padding)
+    _add_set_aside(y, grid_problem, direct_kernel, cells, x[where], grid,
+                   np.argwhere(flip_swap(kernel_where, 1)), real)
+    return y
+
+
 def transposed_algorithm(
     x_shape: Sequence[int],
     kernel_shape: Sequence[int],
@@ -587,6 +638,12 @@ def transposed_conv(
                                             padding, x.dtype, algorithm, x, kernel)
     if transposed is not None:
         with np.errstate(invalid="ignore", over="ignore"):  # inf and NaN propagate silently
+            limits = None if algorithm is not None else value_limits(
+                transposed, transposed_problem(x.shape, kernel.shape, strides, dilation, groups,
+                                               out_size, x.dtype), x, kernel)
+            if limits is not None:
+                return _transposed_set_aside(x, kernel, strides, dilation, padding, out_size,
+                                             transposed, limits)
             return transposed.direct(x, kernel, tuple(strides), tuple(dilation), groups,
                                      tuple(tuple(p) for p in padding))
     if all(s == 1 for s in strides) and all(lo >= 0 and hi >= 0 for lo, hi in padding):

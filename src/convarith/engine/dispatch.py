@@ -709,9 +709,8 @@ def plan_transposed(problem: ConvProblem, grid_problem: ConvProblem, algorithm: 
     problem on the zero-inserted grid. A named transposed algorithm runs (an
     error if it does not apply); a named direct one runs on the grid;
     otherwise the cheaper of the best transposed and the best direct on the
-    grid. Given ``x`` and ``kernel`` whose values a transforming algorithm does not
-    take (:func:`values_fit`), the cheaper of the exact ones instead: only
-    ``subpixel`` transforms here, and its exact rivals cost about twice as much.
+    grid (the engine sets aside the values a transforming one does not take, as
+    for :func:`plan`).
     """
     if x is not None:
         _check_array(problem, "x", x, tuple(problem.input_shape))
@@ -729,9 +728,4 @@ def plan_transposed(problem: ConvProblem, grid_problem: ConvProblem, algorithm: 
             return None
         return transposed
 
-    chosen = remembered((problem, grid_problem, "transposed or grid"), lambda: decide(False))
-    if chosen is not None and x is not None and kernel is not None and not values_fit(
-            chosen, problem, x, kernel):
-        chosen = remembered((problem, grid_problem, "exact transposed or grid"),
-                            lambda: decide(True))
-    return chosen
+    return remembered((problem, grid_problem, "transposed or grid"), lambda: decide(False))
