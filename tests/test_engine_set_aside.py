@@ -100,12 +100,15 @@ def test_set_aside_values_reach_only_their_windows(case) -> None:
             if not CI or j == i % len(placements)]
     if CI:  # seconds per run on a busy machine: one in CI, none for the 63×63 FFT
         runs = [] if name == "fft-2d" else runs[3:4]
+    elif expected == "fft":  # the float64 oracle takes ~10 s a run on a 63×63 kernel
+        runs = runs[::4]
     runs = [(v, list(p)) for v, p in runs]
     # the kernel: a value at a random tap (every output of its filter reads it)
     taps = [tuple(int(rng.integers(n)) for n in kshape) for _ in values]
     runs += [(v, [("kernel", t)]) for v, t in zip(values, taps)][: 1 if CI else None]
     for value, where in runs:
-        if np.isfinite(value) and len(where) == 1 and isinstance(where[0][rank], slice):
+        if (np.isfinite(value) and len(where) == 1 and where[0][0] != "kernel"
+                and isinstance(where[0][rank], slice)):
             continue  # a whole row of huge values overflows float32 sums in any order
         bad, bad_kernel = x.copy(), kernel.copy()
         for position in where:
