@@ -28,6 +28,7 @@ array([[10., 18.],
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,10 +42,15 @@ from . import pooling
 from .dispatch import (
     Algorithm,
     ConvProblem,
+    cheapest,
+    cheapest_weight_grad,
     choose,
+    describe,
     plan,
     plan_transposed,
     plan_weight_grad,
+    set_aside,
+    value_limits,
 )
 from .padding import pad, pad_adjoint, zero_insert
 
@@ -345,14 +351,110 @@ def direct_conv(
         dtype=xp.dtype,
     )
     chosen = plan(problem, xp, kernel, algorithm, padding)
-    if padding is not None and chosen.pads_zeros:
-        return chosen.direct(xp, kernel, problem.strides, problem.dilation, groups,
-                             problem.out_size, padding=tuple(padding))
+    limits = None if algorithm is not None else value_limits(chosen, problem, xp, kernel)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf and NaN propagate silently
+        if limits is not None:
+            return _direct_set_aside(problem, xp, kernel, chosen, limits, padding)
+        if padding is not None and chosen.pads_zeros:
+            return chosen.direct(xp, kernel, problem.strides, problem.dilation, groups,
+                                 problem.out_size, padding=tuple(padding))
+        if padding is not None:
+            xp = pad(xp, padding)
+        return chosen.direct(
+            xp, kernel, problem.strides, problem.dilation, groups, problem.out_size
+        )
+
+
+#: Beyond this share of the outputs to sum directly, the whole layer is summed directly.
+DIRECT_SHARE = 0.5
+
+
+def _exact_direct(problem: ConvProblem, xp: np.ndarray, kernel: np.ndarray,
+                  out_size: Sequence[int]) -> np.ndarray:
+    """The cheapest algorithm without transforms, on a sub-problem of ``problem``."""
+    sub = ConvProblem(tuple(xp.shape), tuple(kernel.shape), problem.strides, problem.dilation,
+                      problem.groups, tuple(out_size), problem.dtype)
+    exact = cheapest(sub, exact=True)
+    if exact is None:
+        raise ValueError(f"no registered algorithm without transforms applies to "
+                         f"{describe(sub)}, and its values are not finite or too large")
+    return exact.direct(np.ascontiguousarray(xp), np.ascontiguousarray(kernel), sub.strides,
+                        sub.dilation, sub.groups, sub.out_size)
+
+
+def _tap_ranges(cell: Sequence[int], problem: ConvProblem) -> list[tuple[slice, slice]] | None:
+    """For a stride-1 problem, the (output slice, kernel-tap slice) per spatial axis of
+    the outputs that read padded input ``cell`` and the taps they read it with; ``None``
+    when no output reads it."""
+    ranges = []
+    for p, k, d, o in zip(cell, problem.kernel_size, problem.dilation, problem.out_size):
+        first_tap = max(0, -(-(p - o + 1) // d))  # outputs p - t·d must be < o
+        last_tap = min(k - 1, p // d)  # and >= 0
+        if first_tap > last_tap:
+            return None
+        # outputs ascending p - last·d ... p - first·d, taps descending last ... first
+        ranges.append((slice(p - last_tap * d, p - first_tap * d + 1, d),
+                       slice(last_tap, first_tap - 1 if first_tap > 0 else None, -1)))
+    return ranges
+
+
+def _add_set_aside(y: np.ndarray, problem: ConvProblem, kernel: np.ndarray,
+                   cells: np.ndarray, values: np.ndarray, clean: np.ndarray,
+                   kernel_cells: np.ndarray, real: np.ndarray | None = None) -> None:
+    """Add to ``y`` (computed without them) what the values set aside contribute, as a
+    direct sum would, for a stride-1, one-group ``problem``: each input value
+    (``values`` at ``cells``, padded-input coordinates) times the taps that read it,
+    into the outputs that read it; then each kernel value at ``kernel_cells`` times
+    the cells of ``clean`` (the padded input without the values set aside) it reads:
+    its whole filter; with ``real`` (``(1, *spatial, 1)``, true at the cells of a
+    transposed convolution's grid that hold an input value), only the cells that
+    hold one, as a transposed convolution scatters its input (PyTorch's
+    ``conv_transpose``): its inserted zeros are not multiplied."""
+    for cell, value in zip(cells.tolist(), values):
+        ranges = _tap_ranges(cell[1:-1], problem)
+        if ranges is None:
+            continue
+        outputs: tuple[Any, ...] = (cell[0],) + tuple(r[0] for r in ranges)
+        taps: tuple[Any, ...] = tuple(r[1] for r in ranges) + (cell[-1],)
+        y[outputs] += value * kernel[taps]
+    for index in kernel_cells.tolist():
+        window: tuple[Any, ...] = tuple(
+            slice(t * d, t * d + o) for t, d, o in
+            zip(index[:-2], problem.dilation, problem.out_size))
+        part = clean[(slice(None),) + window + (index[-2],)] * kernel[tuple(index)]
+        if real is not None:
+            part = np.where(real[(slice(None),) + window + (0,)], part, 0)
+        y[..., index[-1]] += part
+
+
+def _none_set_aside(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return a, np.zeros(a.shape, bool)
+
+
+def _direct_set_aside(problem: ConvProblem, xp: np.ndarray, kernel: np.ndarray,
+                      chosen: Algorithm, limits: Any, padding: Any) -> np.ndarray:
+    """Run ``chosen`` on the values its transforms take, and add what the others
+    contribute as a direct sum would (:func:`_add_set_aside`): a value set aside
+    reaches exactly the outputs whose window reads it. When that is more work than
+    half the layer, the whole layer is summed directly."""
     if padding is not None:
         xp = pad(xp, padding)
-    return chosen.direct(
-        xp, kernel, problem.strides, problem.dilation, groups, problem.out_size
-    )
+    strides, dilation, out_size = problem.strides, problem.dilation, problem.out_size
+    inputs = set_aside(xp, limits.first)
+    weights = set_aside(kernel, limits.second)
+    taps = math.prod(problem.kernel_size)
+    work = ((0 if inputs is None else int(inputs[1].sum())) * taps * problem.out_channels
+            + (0 if weights is None else int(weights[1].sum())) * problem.batch
+            * math.prod(out_size))
+    if any(s != 1 for s in strides) or problem.groups != 1 or (
+            work > DIRECT_SHARE * problem.flops / 2):
+        return _exact_direct(problem, xp, kernel, out_size)
+    clean, where = inputs or _none_set_aside(xp)
+    clean_kernel, kernel_where = weights or _none_set_aside(kernel)
+    y = chosen.direct(clean, clean_kernel, strides, dilation, problem.groups, out_size)
+    _add_set_aside(y, problem, kernel, np.argwhere(where), xp[where], clean,
+                   np.argwhere(kernel_where))
+    return y
 
 
 def _weight_grad(
@@ -380,14 +482,55 @@ def _weight_grad(
     )
     chosen = plan_weight_grad(problem, xp, dy, algorithm, padding)
     assert chosen.weight_grad is not None
-    if padding is not None and chosen.pads_zeros:
-        return chosen.weight_grad(xp, dy, tuple(kernel_size), problem.strides,
-                                  problem.dilation, groups, padding=tuple(padding))
+    limits = None if algorithm == chosen.name else value_limits(chosen, problem, xp, dy,
+                                                                 spatial=False)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf and NaN propagate silently
+        if limits is not None:
+            return _weight_grad_set_aside(problem, xp, dy, chosen, limits, padding)
+        if padding is not None and chosen.pads_zeros:
+            return chosen.weight_grad(xp, dy, tuple(kernel_size), problem.strides,
+                                      problem.dilation, groups, padding=tuple(padding))
+        if padding is not None:
+            xp = pad(xp, padding)
+        return chosen.weight_grad(
+            xp, dy, tuple(kernel_size), problem.strides, problem.dilation, groups
+        )
+
+
+def _weight_grad_set_aside(problem: ConvProblem, xp: np.ndarray, dy: np.ndarray,
+                           chosen: Algorithm, limits: Any, padding: Any) -> np.ndarray:
+    """The weight gradient with ``chosen`` on the values its transforms take; the input
+    channels and output filters that hold a value set aside are summed directly
+    (``dk[..., c, f]`` reads only channel ``c`` of ``x`` and filter ``f`` of ``dy``:
+    ``chosen`` is one-group)."""
     if padding is not None:
         xp = pad(xp, padding)
-    return chosen.weight_grad(
-        xp, dy, tuple(kernel_size), problem.strides, problem.dilation, groups
-    )
+    inputs = set_aside(xp, limits.first)
+    grads = set_aside(dy, limits.second)
+    bad_in = (np.zeros(xp.shape[-1], bool) if inputs is None else
+              inputs[1].reshape(-1, xp.shape[-1]).any(axis=0))
+    bad_out = (np.zeros(dy.shape[-1], bool) if grads is None else
+               grads[1].reshape(-1, dy.shape[-1]).any(axis=0))
+    size, args = problem.kernel_size, (problem.strides, problem.dilation, problem.groups)
+
+    def exact(x_part: np.ndarray, dy_part: np.ndarray) -> np.ndarray:
+        x_part, dy_part = np.ascontiguousarray(x_part), np.ascontiguousarray(dy_part)
+        sub = ConvProblem(x_part.shape, (*size, x_part.shape[-1], dy_part.shape[-1]),
+                          *args, problem.out_size, problem.dtype)
+        found = cheapest_weight_grad(sub, exact=True)
+        assert found.weight_grad is not None
+        return found.weight_grad(x_part, dy_part, size, *args)
+
+    if float(np.mean(bad_in)) + float(np.mean(bad_out)) > DIRECT_SHARE:
+        return exact(xp, dy)
+    assert chosen.weight_grad is not None
+    dk = chosen.weight_grad(xp if inputs is None else inputs[0],
+                            dy if grads is None else grads[0], size, *args)
+    if bad_in.any():
+        dk[..., bad_in, :] = exact(xp[..., bad_in], dy)
+    if bad_out.any():
+        dk[..., bad_out] = exact(xp, dy[..., bad_out])
+    return dk
 
 
 def _transposed_plan(
@@ -417,6 +560,49 @@ def _transposed_plan(
     problem = ConvProblem(tuple(x_shape), tuple(kernel_shape), tuple(strides), tuple(dilation),
                           groups, out_size, np.dtype(dtype))
     return out_size, plan_transposed(problem, grid_problem, algorithm, x, kernel)
+
+
+def transposed_problem(x_shape: Sequence[int], kernel_shape: Sequence[int],
+                       strides: Sequence[int], dilation: Sequence[int], groups: int,
+                       out_size: Sequence[int], dtype: Any) -> ConvProblem:
+    """The :class:`ConvProblem` a ``kind="transposed"`` algorithm sees."""
+    return ConvProblem(tuple(x_shape), tuple(kernel_shape), tuple(strides), tuple(dilation),
+                       groups, tuple(out_size), np.dtype(dtype))
+
+
+def _transposed_set_aside(x: np.ndarray, kernel: np.ndarray, strides: Sequence[int],
+                          dilation: Sequence[int], padding: Sequence[tuple[int, int]],
+                          out_size: Sequence[int], chosen: Algorithm, limits: Any
+                          ) -> np.ndarray:
+    """Like :func:`_direct_set_aside`, for a one-group transposed algorithm: the values
+    set aside are added back on the zero-inserted grid, with the flipped kernel."""
+    rank = len(strides)
+    inputs = set_aside(x, limits.first)
+    weights = set_aside(kernel, limits.second)
+    clean, where = inputs or _none_set_aside(x)
+    clean_kernel, kernel_where = weights or _none_set_aside(kernel)
+    direct_kernel = flip_swap(kernel, 1)
+    grid = zero_insert(clean, strides, padding)
+    grid_problem = ConvProblem(grid.shape, direct_kernel.shape, (1,) * rank, tuple(dilation), 1,
+                               tuple(out_size), x.dtype)
+    set_aside_cells = int(where.sum()) * math.prod(kernel.shape[:rank]) * kernel.shape[-2]
+    set_aside_taps = int(kernel_where.sum()) * x.shape[0] * math.prod(out_size)
+    if set_aside_cells + set_aside_taps > DIRECT_SHARE * grid_problem.flops / 2:
+        exact = cheapest(transposed_problem(x.shape, kernel.shape, strides, dilation, 1,
+                                            out_size, x.dtype), kind="transposed", exact=True)
+        if exact is not None:  # scatters the input, as PyTorch's conv_transpose
+            return exact.direct(x, kernel, tuple(strides), tuple(dilation), 1,
+                                tuple(tuple(p) for p in padding))
+        return _exact_direct(grid_problem, zero_insert(x, strides, padding), direct_kernel,
+                             out_size)
+    y = chosen.direct(clean, clean_kernel, tuple(strides), tuple(dilation), 1,
+                      tuple(tuple(p) for p in padding))
+    cells = np.argwhere(where)
+    cells[:, 1:-1] = cells[:, 1:-1] * np.asarray(strides) + np.asarray([lo for lo, _ in padding])
+    real = zero_insert(np.ones((1, *x.shape[1:-1], 1), bool), strides, padding)
+    _add_set_aside(y, grid_problem, direct_kernel, cells, x[where], grid,
+                   np.argwhere(flip_swap(kernel_where, 1)), real)
+    return y
 
 
 def transposed_algorithm(
@@ -466,8 +652,15 @@ def transposed_conv(
     out_size, transposed = _transposed_plan(x.shape, kernel.shape, strides, dilation, groups,
                                             padding, x.dtype, algorithm, x, kernel)
     if transposed is not None:
-        return transposed.direct(
-            x, kernel, tuple(strides), tuple(dilation), groups, tuple(tuple(p) for p in padding))
+        with np.errstate(invalid="ignore", over="ignore"):  # inf and NaN propagate silently
+            limits = None if algorithm is not None else value_limits(
+                transposed, transposed_problem(x.shape, kernel.shape, strides, dilation, groups,
+                                               out_size, x.dtype), x, kernel)
+            if limits is not None:
+                return _transposed_set_aside(x, kernel, strides, dilation, padding, out_size,
+                                             transposed, limits)
+            return transposed.direct(x, kernel, tuple(strides), tuple(dilation), groups,
+                                     tuple(tuple(p) for p in padding))
     if all(s == 1 for s in strides) and all(lo >= 0 and hi >= 0 for lo, hi in padding):
         # stride 1 inserts nothing: the padding is plain zero padding, which the
         # direct algorithm may read in place
