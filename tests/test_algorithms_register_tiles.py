@@ -200,7 +200,7 @@ def test_transposed_phases_against_definition(seed):
         what = (f"seed {9300 + seed}, {dtype.__name__}, x {x.shape}, kernel {kernel.shape}, "
                 f"strides {strides}, dilation {dilation}, padding {padding}")
         y = register_tiles.transposed(x.astype(dtype), kernel.astype(dtype), strides, dilation,
-                                      1, padding, threads=2)
+                                      1, padding, expected.shape[1:-1], threads=2)
         assert y.dtype == dtype and y.shape == expected.shape, what
         assert relative_error(y, expected) <= TOLERANCE[dtype], what
 

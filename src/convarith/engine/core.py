@@ -466,8 +466,8 @@ def transposed_conv(
     out_size, transposed = _transposed_plan(x.shape, kernel.shape, strides, dilation, groups,
                                             padding, x.dtype, algorithm, x, kernel)
     if transposed is not None:
-        return transposed.direct(
-            x, kernel, tuple(strides), tuple(dilation), groups, tuple(tuple(p) for p in padding))
+        return transposed.direct(x, kernel, tuple(strides), tuple(dilation), groups,
+                                 tuple(tuple(p) for p in padding), out_size)
     if all(s == 1 for s in strides) and all(lo >= 0 and hi >= 0 for lo, hi in padding):
         # stride 1 inserts nothing: the padding is plain zero padding, which the
         # direct algorithm may read in place

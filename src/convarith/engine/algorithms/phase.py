@@ -17,7 +17,7 @@ Examples
 >>> import numpy as np
 >>> x = np.array([1.0, 2.0, 3.0]).reshape(1, 3, 1)
 >>> k = np.array([1.0, 10.0]).reshape(2, 1, 1)   # (K, F/g, C)
->>> transposed(x, k, (2,), (1,), 1, ((1, 1),))[0, :, 0]
+>>> transposed(x, k, (2,), (1,), 1, ((1, 1),), (6,))[0, :, 0]
 array([ 1., 10.,  2., 20.,  3., 30.])
 """
 
@@ -29,7 +29,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ...arithmetic import transposed_grid_output_size
 from ..dispatch import ConvProblem, Requirements, register_algorithm
 from ._threads import run_chunks
 from .flat_rows import _accumulate, _blas_gemm, _chunk_rows
@@ -65,6 +64,7 @@ def transposed(
     dilation: Sequence[int],
     groups: int,
     padding: Sequence[tuple[int, int]],
+    out_size: Sequence[int],
     *,
     use_blas: bool = True,
     threads: int | None = None,
@@ -100,7 +100,7 @@ def transposed(
     Examples
     --------
     >>> x = np.ones((1, 2, 2, 1))
-    >>> transposed(x, np.ones((2, 2, 1, 1)), (2, 2), (1, 1), 1, ((1, 1), (1, 1)))[0, ..., 0]
+    >>> transposed(x, np.ones((2, 2, 1, 1)), (2, 2), (1, 1), 1, ((1, 1), (1, 1)), (4, 4))[0, ..., 0]
     array([[1., 1., 1., 1.],
            [1., 1., 1., 1.],
            [1., 1., 1., 1.],
@@ -114,10 +114,7 @@ def transposed(
     f = kernel.shape[rank]
     # the direct kernel of the equivalent stride-1 convolution: flipped, (F, C) -> (C, F)
     direct_kernel = np.swapaxes(kernel[(slice(None, None, -1),) * rank], -1, -2)
-    out_size = [
-        transposed_grid_output_size(i, k, s, d, pads)
-        for i, s, pads, d, k in zip(size, strides, padding, dilation, kernel_size)
-    ]
+    out_size = list(out_size)
     # per axis and output phase r: the taps that meet real cells, and their shifts
     axis_phases: list[list[list[tuple[int, int]]]] = []
     low = [0] * rank
