@@ -31,7 +31,7 @@ import numpy as np
 
 from ..dispatch import ConvProblem, Requirements, register_algorithm
 from ._threads import run_chunks
-from .flat_rows import _accumulate, _blas_gemm, _chunk_rows
+from .flat_rows import accumulate, blas_gemm, chunk_rows
 
 __all__ = ["transposed", "applies_transposed", "applies", "cost", "phase_taps"]
 
@@ -138,10 +138,10 @@ def transposed(
     usable_rows = flat.shape[0]
     steps = [math.prod(grid[axis + 1:]) for axis in range(rank)]
     y = np.zeros((n, *out_size, f), x.dtype)
-    blas = use_blas and _blas_gemm(x.dtype) is not None
+    blas = use_blas and blas_gemm(x.dtype) is not None
     # every (output phase, image, block of rows): its taps, flat offsets and rows
     jobs = []
-    per_chunk = _chunk_rows(steps[0], f, x.dtype.itemsize, chunk_bytes)
+    per_chunk = chunk_rows(steps[0], f, x.dtype.itemsize, chunk_bytes)
     for phase in itertools.product(*(range(s) for s in strides)):
         counts = [-(-(o - r) // s) if o > r else 0 for o, r, s in zip(out_size, phase, strides)]
         tap_lists = [axis_phases[axis][r] for axis, r in enumerate(phase)]
@@ -171,7 +171,7 @@ def transposed(
                 if index == 0:
                     np.matmul(piece, direct_kernel[tap], out=target)
                 else:
-                    _accumulate(piece, direct_kernel[tap], target, scratch, blas)
+                    accumulate(piece, direct_kernel[tap], target, scratch, blas)
             on_grid = block.reshape(row1 - row0, *grid[1:], f)
             real = on_grid[(slice(None),) + tuple(slice(0, q) for q in counts[1:])]
             rows = slice(phase[0] + row0 * strides[0], phase[0] + row1 * strides[0], strides[0])
