@@ -141,3 +141,34 @@ def random_padding(rng, x, k, strides, dilation):
                 ((0, 0), *((max(lo, 0), max(hi, 0)) for lo, hi in pads), (0, 0)))
     out_size = tuple((p - e) // s + 1 for p, e, s in zip(xp.shape[1:-1], effective, strides))
     return pads, xp, out_size
+
+
+def assert_cheapest_applies(problem) -> str:
+    """The dispatch's choice applies and costs least by every registered cost model.
+
+    The costs are measured on one machine (vector width, worker count), so the
+    name chosen may differ elsewhere; this property may not.
+    """
+    from convarith.engine.dispatch import available_algorithms, choose, get_algorithm
+
+    chosen = choose(problem)
+    costs = {name: get_algorithm(name).cost(problem) for name in available_algorithms()
+             if get_algorithm(name).kind == "direct" and get_algorithm(name).applies(problem)}
+    assert chosen.name in costs, (problem, chosen.name, costs)
+    assert costs[chosen.name] == min(costs.values()), (problem, chosen.name, costs)
+    return chosen.name
+
+
+def assert_runs_as_reference(problem, seed) -> None:
+    """The chosen algorithm's result on random values is the slow reference's."""
+    from convarith.engine.dispatch import choose
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(problem.input_shape).astype(problem.dtype)
+    kernel = rng.standard_normal(problem.kernel_shape).astype(problem.dtype)
+    y = choose(problem).direct(x, kernel, problem.strides, problem.dilation, problem.groups,
+                               problem.out_size)
+    expected = reference_direct(x.astype(np.float64), kernel.astype(np.float64),
+                                problem.strides, problem.dilation, problem.groups,
+                                problem.out_size)
+    assert relative_error(y, expected) <= 1e-5, f"seed {seed}, {problem}"

@@ -314,10 +314,10 @@ def test_phase_transposed(seed, rank):
     for dtype in DTYPES:
         for use_blas in (True, False):
             y = phase.transposed(x.astype(dtype), k.astype(dtype), strides, dilation, 1,
-                                 padding, use_blas=use_blas)
+                                 padding, expected.shape[1:-1], use_blas=use_blas)
             check(y, expected, dtype, seed, f"phase transposed blas={use_blas}")
         y = phase.transposed(x.astype(dtype), k.astype(dtype), strides, dilation, 1, padding,
-                             threads=2, chunk_bytes=1)
+                             expected.shape[1:-1], threads=2, chunk_bytes=1)
         check(y, expected, dtype, seed, "phase transposed, one-row chunks")
 
 
@@ -541,7 +541,8 @@ def test_algorithms_agree_with_torch(seed):
                               stride=strides, padding=crop)
     padding = tuple((kk - 1 - p, kk - 1 - p) for kk, p in zip(kernel_size, crop))
     for dtype in DTYPES:
-        y = phase.transposed(x.astype(dtype), k.astype(dtype), strides, (1, 1), 1, padding)
+        y = phase.transposed(x.astype(dtype), k.astype(dtype), strides, (1, 1), 1, padding,
+                             y_t.shape[2:])
         check(y, to_last(y_t), dtype, seed, "phase transposed vs torch")
 
 

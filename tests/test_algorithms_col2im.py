@@ -54,7 +54,8 @@ def test_col2im_against_definition(seed, rank):
         for use_numba, threads, chunk_bytes in [(None, 1, None), (False, 1, None),
                                                 (None, 2, 1), (False, 2, 1)]:
             y = col2im.transposed(x.astype(dtype), kernel.astype(dtype), strides, dilation,
-                                  groups, padding, use_numba=use_numba, threads=threads,
+                                  groups, padding, expected.shape[1:-1], use_numba=use_numba,
+                                  threads=threads,
                                   chunk_bytes=chunk_bytes)
             assert y.dtype == dtype and y.shape == expected.shape, what
             error = relative_error(y, expected)
@@ -73,8 +74,8 @@ def test_col2im_rows_shared_by_blocks():
     padding = ((2, 1), (1, 2))
     expected = reference_scatter(x, kernel, (2, 1), (2, 1), 1, padding)
     for chunk_bytes, use_numba in itertools.product([1, 2000, 20000], [None, False]):
-        y = col2im.transposed(x, kernel, (2, 1), (2, 1), 1, padding, use_numba=use_numba,
-                              chunk_bytes=chunk_bytes)
+        y = col2im.transposed(x, kernel, (2, 1), (2, 1), 1, padding, expected.shape[1:-1],
+                              use_numba=use_numba, chunk_bytes=chunk_bytes)
         assert relative_error(y, expected) <= 1e-12, (chunk_bytes, use_numba)
 
 
@@ -85,14 +86,14 @@ def test_col2im_phases_without_taps_are_zero():
     # out = (3 - 1)·2 + 1 + 1 + 1 - 2·1 = 5; P = 2·1 - 1 = 1, so o = 2i + 2t - 1:
     # (i, t) = (0, 1), (1, 0) -> 1; (1, 1), (2, 0) -> 3; (0, 0) -> -1 and (2, 1) -> 5 dropped
     for use_numba in (None, False):
-        y = col2im.transposed(x, kernel, (2,), (2,), 1, ((1, 1),), use_numba=use_numba)
+        y = col2im.transposed(x, kernel, (2,), (2,), 1, ((1, 1),), (5,), use_numba=use_numba)
         np.testing.assert_array_equal(y[0, :, 0], [0, 2, 0, 2, 0])
 
 
 def test_col2im_rejects_rank_four():
     with pytest.raises(ValueError, match="1 to 3 spatial axes"):
         col2im.transposed(np.ones((1, 2, 2, 2, 2, 1)), np.ones((1, 1, 1, 1, 1, 1)),
-                          (1,) * 4, (1,) * 4, 1, ((0, 0),) * 4)
+                          (1,) * 4, (1,) * 4, 1, ((0, 0),) * 4, (2,) * 4)
 
 
 def test_dispatch_picks_col2im_for_strided_layers_only():
@@ -156,7 +157,7 @@ def test_col2im_against_torch(seed):
     expected = np.moveaxis(expected, 1, -1)
     for use_numba in (None, False):
         y = col2im.transposed(x, kernel, strides, dilation, groups, padding,
-                              use_numba=use_numba)
+                              expected.shape[1:-1], use_numba=use_numba)
         assert y.shape == expected.shape, f"seed {seed}"
         error = relative_error(y, expected)
         assert error <= 1e-5, f"seed {seed} numba={use_numba}: error {error:.2e}"
@@ -170,10 +171,11 @@ def test_col2im_without_numba_installed():
         rng = np.random.default_rng(0)
         x = rng.standard_normal((2, 5, 4, 3))
         k = rng.standard_normal((3, 2, 2, 3))
-        y = col2im.transposed(x, k, (2, 1), (1, 2), 1, ((1, 0), (2, 1)))
-        same = col2im.transposed(x, k, (2, 1), (1, 2), 1, ((1, 0), (2, 1)), use_numba=False)
+        y = col2im.transposed(x, k, (2, 1), (1, 2), 1, ((1, 0), (2, 1)), (8, 5))
+        same = col2im.transposed(x, k, (2, 1), (1, 2), 1, ((1, 0), (2, 1)), (8, 5),
+                                 use_numba=False)
         assert np.array_equal(y, same)
-        must_refuse(lambda: col2im.transposed(x, k, (2, 1), (1, 2), 1, ((1, 0), (2, 1)),
+        must_refuse(lambda: col2im.transposed(x, k, (2, 1), (1, 2), 1, ((1, 0), (2, 1)), (8, 5),
                                               use_numba=True))
         """
     )

@@ -16,7 +16,13 @@ import sys
 import numpy as np
 import pytest
 
-from _helpers import reference_direct, reference_transposed, relative_error
+from _helpers import (
+    assert_cheapest_applies,
+    assert_runs_as_reference,
+    reference_direct,
+    reference_transposed,
+    relative_error,
+)
 from convarith.engine import conv
 from convarith.engine.algorithms import _llvm, register_tiles
 from convarith.engine.dispatch import ConvProblem, choose
@@ -200,7 +206,7 @@ def test_transposed_phases_against_definition(seed):
         what = (f"seed {9300 + seed}, {dtype.__name__}, x {x.shape}, kernel {kernel.shape}, "
                 f"strides {strides}, dilation {dilation}, padding {padding}")
         y = register_tiles.transposed(x.astype(dtype), kernel.astype(dtype), strides, dilation,
-                                      1, padding, threads=2)
+                                      1, padding, expected.shape[1:-1], threads=2)
         assert y.dtype == dtype and y.shape == expected.shape, what
         assert relative_error(y, expected) <= TOLERANCE[dtype], what
 
@@ -243,22 +249,27 @@ def test_against_pytorch(seed):
     assert relative_error(y, expected) <= 1e-5, f"seed {9400 + seed}"
 
 
-def test_cost_prefers_blas_for_1x1_and_winograd_for_wide_3x3():
+def test_dispatch_takes_the_cheapest_that_applies_for_common_layers():
+    """1x1, wide 3x3, a 7x7 stem and one-channel first layers: whichever algorithm the
+    costs measured here pick, it applies, is the cheapest, and computes the convolution
+    (the register-tiled kernels apply to all of them where they are compiled)."""
     f32 = np.dtype(np.float32)
-    one_by_one = ConvProblem((8, 28, 28, 64), (1, 1, 64, 64), (1, 1), (1, 1), 1, (28, 28), f32)
-    assert choose(one_by_one).name != "register_tiles"  # small: BLAS is faster
-    wide_1x1 = ConvProblem((32, 14, 14, 256), (1, 1, 256, 256), (1, 1), (1, 1), 1, (14, 14),
-                           f32)
-    assert choose(wide_1x1).name == "register_tiles"
-    wide = ConvProblem((8, 58, 58, 64), (3, 3, 64, 64), (1, 1), (1, 1), 1, (56, 56), f32)
-    assert choose(wide).name == "winograd"
-    stem = ConvProblem((8, 117, 117, 3), (7, 7, 3, 64), (2, 2), (1, 1), 1, (56, 56), f32)
-    assert choose(stem).name == "register_tiles"
-    # one input channel (a first layer): these kernels, at 3×3 too
-    first = ConvProblem((64, 30, 30, 1), (3, 3, 1, 32), (1, 1), (1, 1), 1, (28, 28), f32)
-    assert choose(first).name == "register_tiles"
-    first5 = ConvProblem((64, 32, 32, 1), (5, 5, 1, 16), (1, 1), (1, 1), 1, (28, 28), f32)
-    assert choose(first5).name == "register_tiles"
+    problems = [
+        ConvProblem((8, 28, 28, 64), (1, 1, 64, 64), (1, 1), (1, 1), 1, (28, 28), f32),
+        ConvProblem((32, 14, 14, 256), (1, 1, 256, 256), (1, 1), (1, 1), 1, (14, 14), f32),
+        ConvProblem((8, 58, 58, 64), (3, 3, 64, 64), (1, 1), (1, 1), 1, (56, 56), f32),
+        ConvProblem((8, 117, 117, 3), (7, 7, 3, 64), (2, 2), (1, 1), 1, (56, 56), f32),
+        ConvProblem((64, 30, 30, 1), (3, 3, 1, 32), (1, 1), (1, 1), 1, (28, 28), f32),
+        ConvProblem((64, 32, 32, 1), (5, 5, 1, 16), (1, 1), (1, 1), 1, (28, 28), f32),
+    ]
+    for problem in problems:
+        assert_cheapest_applies(problem)
+        assert register_tiles.applies(problem) == _llvm.available(f32), problem
+    # the results agree on the smaller ones (a first layer, a 1x1)
+    assert_runs_as_reference(ConvProblem((4, 30, 30, 1), (3, 3, 1, 32), (1, 1), (1, 1), 1,
+                                         (28, 28), f32), 9500)
+    assert_runs_as_reference(ConvProblem((2, 14, 14, 64), (1, 1, 64, 64), (1, 1), (1, 1), 1,
+                                         (14, 14), f32), 9501)
 
 
 def test_block_rows_fit_the_registers():

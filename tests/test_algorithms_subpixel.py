@@ -51,7 +51,7 @@ def test_subpixel_against_definition(seed):
             what = (f"seed {7000 + seed}, {dtype.__name__}, numba={use_numba}, x {x.shape}, "
                     f"kernel {kernel.shape}, strides {strides}, padding {padding}")
             y = subpixel.transposed(x.astype(dtype), kernel.astype(dtype), strides, (1, 1), 1,
-                                    padding, use_numba=use_numba)
+                                    padding, expected.shape[1:-1], use_numba=use_numba)
             assert y.dtype == dtype and y.shape == expected.shape, what
             assert relative_error(y, expected) <= TOLERANCE[dtype], what
 
@@ -113,9 +113,11 @@ def test_dispatch_takes_subpixel_for_the_upsampling_layer_only():
 def test_subpixel_refuses_what_it_does_not_handle():
     x = np.ones((1, 4, 4, 2))
     with pytest.raises(ValueError, match="groups=1 and no dilation"):
-        subpixel.transposed(x, np.ones((4, 4, 1, 2)), (2, 2), (2, 2), 1, ((2, 2), (2, 2)))
+        subpixel.transposed(x, np.ones((4, 4, 1, 2)), (2, 2), (2, 2), 1, ((2, 2), (2, 2)),
+                            (5, 5))
     with pytest.raises(ValueError, match="at most 3 input offsets"):
-        subpixel.transposed(x, np.ones((8, 8, 1, 2)), (2, 2), (1, 1), 1, ((4, 4), (4, 4)))
+        subpixel.transposed(x, np.ones((8, 8, 1, 2)), (2, 2), (1, 1), 1, ((4, 4), (4, 4)),
+                            (8, 8))
 
 
 @pytest.mark.oracle

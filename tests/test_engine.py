@@ -275,7 +275,7 @@ def test_every_transposed_algorithm_agrees_with_zero_insertion(problem: Any) -> 
         algorithm = dispatch.get_algorithm(name)
         if algorithm.kind != "transposed" or not algorithm.applies(problem_):
             continue
-        y = algorithm.direct(x, kernel, strides, dilation, groups, padding)
+        y = algorithm.direct(x, kernel, strides, dilation, groups, padding, out_size)
         assert y.dtype == x.dtype and y.shape == expected.shape, name
         assert relative_error(y, expected) <= tolerance, name
 
@@ -284,9 +284,12 @@ def test_a_transposed_algorithm_is_used_when_cheaper_or_named() -> None:
     from convarith.engine.core import transposed_conv
 
     calls = []
+    sizes = []
 
-    def spy(x: Any, kernel: Any, strides: Any, dilation: Any, groups: Any, padding: Any) -> Any:
+    def spy(x: Any, kernel: Any, strides: Any, dilation: Any, groups: Any, padding: Any,
+            out_size: Any) -> Any:
         calls.append(padding)
+        sizes.append(out_size)
         return transposed_conv(x, kernel, strides, dilation, groups, padding,
                                algorithm="offset_gemm")
 
@@ -298,6 +301,7 @@ def test_a_transposed_algorithm_is_used_when_cheaper_or_named() -> None:
     try:
         np.testing.assert_allclose(conv(x, kernel, spec), expected, rtol=1e-12)
         assert calls == [spec.resolve(x.shape).padding]
+        assert sizes == [spec.resolve(x.shape).output_size]  # derived once, by the engine
         np.testing.assert_allclose(conv(x, kernel, spec, algorithm="spy_transposed"), expected,
                                    rtol=1e-12)
         assert len(calls) == 2

@@ -148,7 +148,7 @@ def test_avx2_transposed_against_definition(seed, forced_avx2):
     for dtype in (np.float32, np.float64):
         what = f"seed {9300 + seed}, {dtype.__name__}, x {x.shape}, kernel {kernel.shape}"
         y = register_tiles.transposed(x.astype(dtype), kernel.astype(dtype), strides, dilation,
-                                      1, padding, threads=2)
+                                      1, padding, expected.shape[1:-1], threads=2)
         assert relative_error(y, expected) <= TOLERANCE[dtype], what
 
 

@@ -100,11 +100,13 @@ class _Door:
         else:
             raise self.type_error(argument, value, f"an int or a sequence of {rank} ints", fix)
         for axis, item in enumerate(values):
-            if isinstance(item, bool) or not isinstance(item, numbers.Integral):
+            try:
+                check_int(f"{argument}[{axis}]", item)  # the one integer check, worded below
+            except TypeError:
                 raise TypeError(
                     f"{self.framework} {self.layer}: {argument}={value!r} has a non-integer on axis "
                     f"{axis}: {item!r} ({type(item).__name__}); {fix}"
-                )
+                ) from None
         if minimum is not None and min(values) < minimum:
             axis = min(range(rank), key=lambda a: values[a])
             repaired = tuple(max(int(v), minimum) for v in values)

@@ -31,14 +31,16 @@ __all__ = ["run", "BACKENDS"]
 BACKENDS = ("numpy", "torch", "jax")
 
 
-def run(x: Any, kernel: Any, spec: ConvSpec, bias: Any = None, backend: str = "numpy") -> np.ndarray:
-    """Run ``spec`` on ``x`` with ``backend`` (``"numpy"``: the engine; ``"torch"``; ``"jax"``)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "numpy":
-        from ..engine import conv
+def run(x: Any, kernel: Any, spec: ConvSpec, bias: Any = None, backend: str = "torch") -> np.ndarray:
+    """Run ``spec`` on ``x`` through framework ``backend`` (``"torch"`` or ``"jax"``).
 
-        return conv(x, kernel, spec, bias)
+    The backends' own entry: :func:`convarith.conv` routes ``backend=`` here and
+    runs ``"numpy"`` itself; nothing here calls back into it. Each backend checks
+    its arguments with the engine's :func:`convarith.engine.core.prepare`.
+    """
+    if backend not in BACKENDS[1:]:
+        raise ValueError(f"backend must be one of {BACKENDS[1:]} (backend='numpy' is "
+                         f"convarith.conv itself), got {backend!r}")
     module = importlib.import_module(f".{backend}", __package__)
     result: np.ndarray = module.conv(x, kernel, spec, bias)
     return result

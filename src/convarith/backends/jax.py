@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from ..engine.core import finish, prepare
 from ..spec import ConvSpec
-from ._common import prepare
 
 __all__ = ["conv"]
 
@@ -38,10 +38,11 @@ def conv(x: Any, kernel: Any, spec: ConvSpec, bias: Any = None) -> np.ndarray:
     except ImportError:
         raise ImportError("backend='jax' needs JAX: pip install jax") from None
     call = prepare(x, kernel, spec, bias)
-    rank = call.rank
     resolved = call.resolved
+    rank = resolved.rank
+    pool_padding = list(resolved.window_padding)  # ceil-mode cells included
     spatial = "DHW"[3 - rank:]
-    data = f"N{spatial}C" if call.channels_last else f"NC{spatial}"
+    data = f"N{spatial}C"  # prepare gives (N, *spatial, C)
     numbers = (data, f"{spatial}IO", data)
     t = jnp.asarray(call.x)
     groups = resolved.groups or 1
@@ -50,27 +51,27 @@ def conv(x: Any, kernel: Any, spec: ConvSpec, bias: Any = None) -> np.ndarray:
 
     def full(pairs: Any, fill: Any = (0, 0)) -> tuple[tuple[int, int], ...]:
         listed = [tuple(p) for p in pairs]
-        body = (fill, *listed, fill) if call.channels_last else (fill, fill, *listed)
+        body = (fill, *listed, fill)
         return tuple((int(lo), int(hi)) for lo, hi in body)
 
     def window(values: Any) -> tuple[int, ...]:
         values = tuple(values)
-        return (1, *values, 1) if call.channels_last else (1, 1, *values)
+        return (1, *values, 1)
 
     if spec.pool is not None:
         common: dict[str, Any] = dict(window_dimensions=window(spec.kernel_size),
                                       window_strides=window(strides), window_dilation=window(dilation))
         if spec.pool == "max":
-            y = lax.reduce_window(t, -jnp.inf, lax.max, padding=full(call.pool_padding), **common)
+            y = lax.reduce_window(t, -jnp.inf, lax.max, padding=full(pool_padding), **common)
         else:
-            ones = jnp.ones_like(t[:1, ..., :1] if call.channels_last else t[:1, :1])
-            total = lax.reduce_window(t, 0.0, lax.add, padding=full(call.pool_padding), **common)
+            ones = jnp.ones_like(t[:1, ..., :1])
+            total = lax.reduce_window(t, 0.0, lax.add, padding=full(pool_padding), **common)
             if spec.count_include_pad:
                 counted = jnp.pad(ones, full(resolved.padding), constant_values=1.0)
-                extra = [(0, hi - h) for (_, hi), (_, h) in zip(call.pool_padding, resolved.padding)]
+                extra = [(0, hi - h) for (_, hi), (_, h) in zip(pool_padding, resolved.padding)]
                 count = lax.reduce_window(counted, 0.0, lax.add, padding=full(extra), **common)
             else:
-                count = lax.reduce_window(ones, 0.0, lax.add, padding=full(call.pool_padding), **common)
+                count = lax.reduce_window(ones, 0.0, lax.add, padding=full(pool_padding), **common)
             y = total / count
     elif spec.transposed:
         from ..engine.core import flip_swap
@@ -89,7 +90,7 @@ def conv(x: Any, kernel: Any, spec: ConvSpec, bias: Any = None) -> np.ndarray:
         y = lax.conv_general_dilated(t, jnp.asarray(call.kernel), strides, pads, rhs_dilation=dilation,
                                      dimension_numbers=numbers, feature_group_count=groups)
     if call.bias is not None:
-        shape = (1,) * (rank + 1) + (-1,) if call.channels_last else (1, -1) + (1,) * rank
-        y = y + jnp.asarray(call.bias).reshape(shape)
-    result = np.asarray(y)
-    return result[0] if call.unbatched else result
+        y = y + jnp.asarray(call.bias).reshape((1,) * (rank + 1) + (-1,))
+    result = finish(np.asarray(y), call)
+    assert result is not None
+    return result

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from ..engine.core import Prepared, finish, prepare
 from ..spec import ConvSpec
-from ._common import prepare
 
 __all__ = ["conv"]
 
@@ -50,16 +50,15 @@ def conv(x: Any, kernel: Any, spec: ConvSpec, bias: Any = None) -> np.ndarray:
     functional = torch.nn.functional
     call = prepare(x, kernel, spec, bias)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    rank = call.rank
     resolved = call.resolved
-    t = torch.from_numpy(np.ascontiguousarray(call.x)).to(device)
-    if call.channels_last:
-        t = t.movedim(-1, 1)
+    rank = resolved.rank
+    pool_padding = list(resolved.window_padding)  # ceil-mode cells included
+    t = torch.from_numpy(call.x).to(device).movedim(-1, 1)  # prepare gives (N, *spatial, C)
     strides = list(spec.strides)  # type: ignore[arg-type]
     dilation = list(spec.dilation)  # type: ignore[arg-type]
     groups = resolved.groups or 1
     if spec.pool == "max":
-        padded = functional.pad(t, _pad_arg(call.pool_padding), value=float("-inf"))
+        padded = functional.pad(t, _pad_arg(pool_padding), value=float("-inf"))
         pool = getattr(functional, f"max_pool{rank}d")
         y = pool(padded, list(spec.kernel_size), strides, 0, dilation)  # type: ignore[arg-type]
     elif spec.pool == "avg":
@@ -71,8 +70,8 @@ def conv(x: Any, kernel: Any, spec: ConvSpec, bias: Any = None) -> np.ndarray:
             counted = functional.pad(counted, _pad_arg(resolved.padding), value=1.0)
             counted = functional.pad(counted, _pad_arg([(0, e) for e in _extra(call)]))
         else:
-            counted = functional.pad(counted, _pad_arg(call.pool_padding))
-        total = windowed(functional.pad(t, _pad_arg(call.pool_padding)), window, None, strides, 0, dilation, channels)
+            counted = functional.pad(counted, _pad_arg(pool_padding))
+        total = windowed(functional.pad(t, _pad_arg(pool_padding)), window, None, strides, 0, dilation, channels)
         count = windowed(counted, window[:1], None, strides, 0, dilation, 1)
         y = total / count
     elif spec.transposed:
@@ -90,11 +89,10 @@ def conv(x: Any, kernel: Any, spec: ConvSpec, bias: Any = None) -> np.ndarray:
         y = getattr(functional, f"conv{rank}d")(padded, weight, None, strides, 0, dilation, groups)
     if call.bias is not None:
         y = y + torch.from_numpy(call.bias).to(device).reshape(1, -1, *([1] * rank))
-    if call.channels_last:
-        y = y.movedim(1, -1)
-    result = y.detach().cpu().numpy()
-    return result[0] if call.unbatched else result
+    result = finish(y.movedim(1, -1).detach().cpu().numpy(), call)
+    assert result is not None
+    return result
 
 
-def _extra(call: Any) -> list[int]:
-    return [hi - h for (_, hi), (_, h) in zip(call.pool_padding, call.resolved.padding)]
+def _extra(call: Prepared) -> list[int]:
+    return [hi - h for (_, hi), (_, h) in zip(call.resolved.window_padding, call.resolved.padding)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..arithmetic import check_int
 from ..frontdoors import from_convention
 from ..spec import PADDING_MODES, PADDING_WORDS, ConvSpec
 
@@ -29,10 +30,11 @@ def parse_size(text: str, name: str, rank: int | None = None, minimum: int = 1) 
         part = part.strip()
         if not part.lstrip("-").isdigit():
             raise ValueError(f"{name} must be integers separated by 'x' (e.g. 28 or 28x32), got {text!r}")
-        values.append(int(part))
-        if values[-1] < minimum:
+        try:
+            values.append(check_int(name, int(part), minimum))  # the one integer check
+        except ValueError:
             rule = "positive" if minimum == 1 else f"at least {minimum}"
-            raise ValueError(f"{name} must be {rule}, got {text!r}")
+            raise ValueError(f"{name} must be {rule}, got {text!r}") from None
     if len(values) == 1 and rank is not None:
         values = values * rank
     return tuple(values)

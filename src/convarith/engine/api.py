@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..spec import ConvSpec
-from .core import _as_numeric, conv
+from .core import as_numeric, conv
 
 __all__ = [
     "conv1d",
@@ -41,7 +41,7 @@ __all__ = [
 
 
 def _kernel_rank(name: str, kernel: Any, rank: int | None = None) -> tuple[np.ndarray, int]:
-    array = _as_numeric(name, kernel)
+    array = as_numeric(name, kernel)
     if rank is None:
         rank = array.ndim - 2
         if rank not in (1, 2, 3):
@@ -356,7 +356,7 @@ def separable_conv1d(
 
 def _pool(kind: str, x: Any, pool_size: Any, strides: Any, padding: Any, data_format: str,
           dilation_rate: Any, ceil_mode: bool, count_include_pad: bool) -> np.ndarray:
-    array = _as_numeric("x", x)
+    array = as_numeric("x", x)
     rank = len(pool_size) if isinstance(pool_size, (tuple, list)) else array.ndim - 2
     if rank not in (1, 2, 3):
         raise ValueError(

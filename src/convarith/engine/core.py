@@ -54,14 +54,15 @@ from .dispatch import (
 )
 from .padding import pad, pad_adjoint, zero_insert
 
-__all__ = ["conv", "conv_vjp", "direct_conv", "transposed_conv", "flip_swap"]
+__all__ = ["conv", "conv_vjp", "direct_conv", "transposed_conv", "flip_swap", "Prepared", "prepare",
+           "finish", "as_numeric"]
 
 
 # --------------------------------------------------------------------------- preparation
 
 
 @dataclass(frozen=True)
-class _Prepared:
+class Prepared:
     """A call after normalization: channels-last arrays in the compute dtype."""
 
     x: np.ndarray  # (N, *spatial, C)
@@ -74,7 +75,12 @@ class _Prepared:
     unbatched: bool
 
 
-def _as_numeric(name: str, value: Any) -> np.ndarray:
+def as_numeric(name: str, value: Any) -> np.ndarray:
+    """``value`` as an array of real numbers, or a ``TypeError`` naming ``name`` and its dtype.
+
+    >>> as_numeric("x", [1, 2]).dtype.kind
+    'i'
+    """
     array = np.asarray(value)
     if array.dtype.kind not in "biuf":
         kind = "complex" if array.dtype.kind == "c" else "non-numeric"
@@ -110,12 +116,21 @@ def _layout_hint(spec: ConvSpec, shape: tuple[int, ...], expected: int) -> str:
     return ""
 
 
-def _prepare(
+def prepare(
     x: Any, kernel: Any, spec: ConvSpec, bias: Any = None, need_kernel: bool = True
-) -> _Prepared:
+) -> Prepared:
+    """Check and normalize one call (the engine's and every backend's): ``x``, kernel and
+    bias against ``spec`` (axes, channels, groups, filters, size budget), each refusal
+    naming the argument, its value and the rule; arrays channels-last, batched, in
+    the compute dtype. :func:`finish` returns a result to the caller's layout.
+
+    >>> from convarith import ConvSpec
+    >>> prepare(np.ones((2, 5, 5)), np.ones((3, 3, 2, 4)), ConvSpec(3, data_format="channels_first")).x.shape
+    (1, 5, 5, 2)
+    """
     if not isinstance(spec, ConvSpec):
         raise TypeError(f"spec must be a convarith.ConvSpec, got {type(spec).__name__}")
-    x = _as_numeric("x", x)
+    x = as_numeric("x", x)
     rank = spec.rank
     assert rank is not None
     layout = "(batch, spatial..., channels)" if spec.data_format == "channels_last" else (
@@ -136,7 +151,7 @@ def _prepare(
     if spec.pool is None:
         if kernel is None:
             raise ValueError(f"kernel is required for a {spec.kind}, got None")
-        kernel_array = _as_numeric("kernel", kernel)
+        kernel_array = as_numeric("kernel", kernel)
         if kernel_array.ndim != rank + 2:
             what = "(k..., out/groups, in)" if spec.transposed else "(k..., in/groups, out)"
             raise ValueError(
@@ -198,7 +213,7 @@ def _prepare(
     elif kernel is not None:
         raise ValueError(f"a {spec.kind} takes no kernel; pass kernel=None")
 
-    bias_array = None if bias is None else _as_numeric("bias", bias)
+    bias_array = None if bias is None else as_numeric("bias", bias)
     if bias_array is not None:
         if spec.pool is not None:
             raise ValueError(f"a {spec.kind} takes no bias; pass bias=None")
@@ -223,7 +238,7 @@ def _prepare(
             )
     compute, result = _compute_dtypes(x, kernel_array, bias_array)
     x_last = np.moveaxis(x, 1, -1) if channels_first else x
-    return _Prepared(
+    return Prepared(
         x=np.ascontiguousarray(x_last, dtype=compute),
         kernel=None if kernel_array is None else np.ascontiguousarray(kernel_array, dtype=compute),
         bias=None if bias_array is None else bias_array.astype(compute),
@@ -246,7 +261,7 @@ def _check_budget(resolved: ResolvedConv, batch: int, channels: int,
     check_values("the padded input", (batch, *resolved.padded_size, channels))
 
 
-def _finish(y: np.ndarray | None, prepared: _Prepared) -> np.ndarray | None:
+def finish(y: np.ndarray | None, prepared: Prepared) -> np.ndarray | None:
     """Back to the caller's layout, batch and dtype."""
     if y is None:
         return None
@@ -257,9 +272,9 @@ def _finish(y: np.ndarray | None, prepared: _Prepared) -> np.ndarray | None:
     return np.ascontiguousarray(y, dtype=prepared.result_dtype)
 
 
-def _grad_in(d_out: Any, prepared: _Prepared) -> np.ndarray:
+def _grad_in(d_out: Any, prepared: Prepared) -> np.ndarray:
     """The output gradient, checked and brought to channels-last compute dtype."""
-    dy = _as_numeric("d_out", d_out)
+    dy = as_numeric("d_out", d_out)
     resolved = prepared.resolved
     batch = prepared.x.shape[0]
     if prepared.kernel is None:
@@ -592,11 +607,11 @@ def _transposed_set_aside(x: np.ndarray, kernel: np.ndarray, strides: Sequence[i
                                             out_size, x.dtype), kind="transposed", exact=True)
         if exact is not None:  # scatters the input, as PyTorch's conv_transpose
             return exact.direct(x, kernel, tuple(strides), tuple(dilation), 1,
-                                tuple(tuple(p) for p in padding))
+                                tuple(tuple(p) for p in padding), tuple(out_size))
         return _exact_direct(grid_problem, zero_insert(x, strides, padding), direct_kernel,
                              out_size)
     y = chosen.direct(clean, clean_kernel, tuple(strides), tuple(dilation), 1,
-                      tuple(tuple(p) for p in padding))
+                      tuple(tuple(p) for p in padding), tuple(out_size))
     cells = np.argwhere(where)
     cells[:, 1:-1] = cells[:, 1:-1] * np.asarray(strides) + np.asarray([lo for lo, _ in padding])
     real = zero_insert(np.ones((1, *x.shape[1:-1], 1), bool), strides, padding)
@@ -660,7 +675,7 @@ def transposed_conv(
                 return _transposed_set_aside(x, kernel, strides, dilation, padding, out_size,
                                              transposed, limits)
             return transposed.direct(x, kernel, tuple(strides), tuple(dilation), groups,
-                                     tuple(tuple(p) for p in padding))
+                                     tuple(tuple(p) for p in padding), out_size)
     if all(s == 1 for s in strides) and all(lo >= 0 and hi >= 0 for lo, hi in padding):
         # stride 1 inserts nothing: the padding is plain zero padding, which the
         # direct algorithm may read in place
@@ -722,12 +737,14 @@ def conv(
     array([1., 3.])
     """
     if backend != "numpy":
+        from ..backends import BACKENDS, run  # the one router: the backends never call back
+
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if algorithm is not None:
             raise ValueError(f"algorithm={algorithm!r} applies to the NumPy engine, not backend={backend!r}")
-        from ..backends import run
-
         return run(x, kernel, spec, bias, backend=backend)
-    prepared = _prepare(x, kernel, spec, bias)
+    prepared = prepare(x, kernel, spec, bias)
     resolved = prepared.resolved
     y: np.ndarray
     if spec.pool is not None:
@@ -749,7 +766,7 @@ def conv(
         )
     if prepared.bias is not None:
         y += prepared.bias
-    result = _finish(y, prepared)
+    result = finish(y, prepared)
     assert result is not None
     if spec.pool == "max":  # the max of integers is one of them: keep the dtype, as onnxruntime does
         source = np.asarray(x).dtype
@@ -782,7 +799,7 @@ def conv_vjp(
     >>> dx[0, :, 0], dk[:, 0, 0], db
     (array([1., 2., 2., 1.]), array([3., 6.]), array([3.]))
     """
-    prepared = _prepare(x, kernel, spec, bias)
+    prepared = prepare(x, kernel, spec, bias)
     dy = _grad_in(d_out, prepared)
     resolved = prepared.resolved
     strides: tuple[int, ...] = spec.strides  # type: ignore[assignment]
@@ -815,7 +832,7 @@ def conv_vjp(
     d_bias = None
     if prepared.bias is not None:
         d_bias = dy.sum(axis=tuple(range(dy.ndim - 1))).astype(prepared.result_dtype)
-    d_input = _finish(d_x, prepared)
+    d_input = finish(d_x, prepared)
     assert d_input is not None
     if d_kernel is not None:
         d_kernel = d_kernel.astype(prepared.result_dtype)

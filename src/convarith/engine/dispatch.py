@@ -19,12 +19,15 @@ picks the cheapest one whose ``applies`` predicate accepts the problem.
 A second kind, ``kind="transposed"``, computes a transposed convolution
 without the zero-inserted grid::
 
-    transposed(x, kernel, strides, dilation, groups, padding) -> y
+    transposed(x, kernel, strides, dilation, groups, padding, out_size) -> y
 
 ``x`` is ``(N, *spatial, C)`` (not padded), ``kernel`` ``(*K, F // groups, C)``,
 ``padding`` the resolved padding of the zero-inserted grid (negative values
-crop), ``y`` ``(N, *out, F)``: exactly the stride-1 direct convolution of that
-grid with the flipped, in/out-swapped kernel. Its ``applies`` and ``cost``
+crop), ``y`` ``(N, *out_size, F)``: exactly the stride-1 direct convolution of
+that grid with the flipped, in/out-swapped kernel. ``out_size`` is derived once,
+by the engine (:func:`convarith.arithmetic.transposed_grid_output_size`, the
+resolved spec's output size), and checked by the planner against the grid, so
+no algorithm derives it again. Its ``applies`` and ``cost``
 see a :class:`ConvProblem` whose ``input_shape`` is ``x``'s shape and whose
 ``kernel_shape`` is the transposed kernel's; the engine uses it when it is
 cheaper than the best direct algorithm on the zero-inserted grid.
@@ -259,7 +262,7 @@ def register_algorithm(
         Optional ``weight_grad(xp, dy, kernel_size, strides, dilation, groups)``.
     kind
         ``"direct"`` (the contract above) or ``"transposed"`` (``fn`` is
-        ``transposed(x, kernel, strides, dilation, groups, padding)``).
+        ``transposed(x, kernel, strides, dilation, groups, padding, out_size)``).
     pads_zeros
         ``fn`` (and ``weight_grad``) also take ``padding=((before, after), ...)``:
         zero padding still to apply to ``xp`` (the engine then skips its padded copy).
@@ -700,6 +703,26 @@ def plan_weight_grad(problem: ConvProblem, x: np.ndarray, dy: np.ndarray,
     return choose_weight_grad(problem, algorithm)
 
 
+def check_transposed_out_size(problem: ConvProblem, grid_problem: ConvProblem) -> None:
+    """Refuse a transposed problem whose ``out_size`` is not its zero-inserted grid's.
+
+    >>> f32 = np.dtype("float32")
+    >>> grid = ConvProblem((1, 7, 1), (2, 1, 1), (1,), (1,), 1, (6,), f32)
+    >>> check_transposed_out_size(ConvProblem((1, 3, 1), (2, 1, 1), (2,), (1,), 1, (6,), f32), grid)
+    >>> check_transposed_out_size(ConvProblem((1, 3, 1), (2, 1, 1), (2,), (1,), 1, (5,), f32), grid)
+    Traceback (most recent call last):
+    ...
+    ValueError: the arrays do not match a 1-D float32 convolution: input (1, 3, 1), kernel (2, 1, 1), strides (2,), dilation (1,), groups 1, output size (5,): out_size (5,) is not the zero-inserted grid's (6,)
+    """
+    rank = len(problem.strides)
+    grid_out = tuple(n - (k - 1) * d for n, k, d in zip(
+        grid_problem.input_shape[1:-1], grid_problem.kernel_shape[:rank], grid_problem.dilation))
+    if len(problem.out_size) != rank or tuple(problem.out_size) != grid_out or tuple(
+            grid_problem.out_size) != grid_out:
+        raise _refuse(problem, f"out_size {tuple(problem.out_size)} is not the zero-inserted "
+                               f"grid's {grid_out}")
+
+
 def plan_transposed(problem: ConvProblem, grid_problem: ConvProblem, algorithm: str | None = None,
                     x: np.ndarray | None = None, kernel: np.ndarray | None = None
                     ) -> Algorithm | None:
@@ -710,8 +733,10 @@ def plan_transposed(problem: ConvProblem, grid_problem: ConvProblem, algorithm: 
     error if it does not apply); a named direct one runs on the grid;
     otherwise the cheaper of the best transposed and the best direct on the
     grid (the engine sets aside the values a transforming one does not take, as
-    for :func:`plan`).
+    for :func:`plan`). Both problems' ``out_size`` must be the one the grid gives
+    (``grid - (K - 1)·D`` on each axis): the size every transposed algorithm is handed.
     """
+    check_transposed_out_size(problem, grid_problem)
     if x is not None:
         _check_array(problem, "x", x, tuple(problem.input_shape))
     if kernel is not None:

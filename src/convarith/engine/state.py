@@ -118,7 +118,7 @@ def process_caches() -> dict[str, Callable[[], None]]:
         "Winograd matrices": functions(winograd.transform, winograd._transform_gain),
         "compiled kernels": functions(
             col2im._numba_gather, depthwise._numba_kernels, flat_rows._numba_gather,
-            flat_rows._numba_im2col, flat_rows._blas_gemm, space_to_depth._numba_kernels,
+            flat_rows._numba_im2col, flat_rows.blas_gemm, space_to_depth._numba_kernels,
             winograd._numba_kernels, _llvm._compiled, _llvm._target, _llvm._host, _llvm._llvm),
         "BLAS controller": functions(_threads._controller, _threads._sched_getcpu),
         "helper threads": _threads._POOL.clear,

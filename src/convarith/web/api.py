@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .. import __version__
-from ..arithmetic import solve
+from ..arithmetic import check_int, solve
 from ..explain import explain
 from ..spec import CONVENTIONS, PADDING_MODES, PADDING_WORDS, ConvSpec, ResolvedConv, Tap
 
@@ -124,9 +124,11 @@ def _int(data: dict[str, Any], name: str, low: int, high: int, default: int | No
     value = data.get(name, default)
     if value is None:
         raise ApiError(422, f"{name} is empty; give a whole number from {low} to {high}", name)
-    if isinstance(value, bool) or not isinstance(value, int):
+    try:
+        value = check_int(name, value)  # the one integer check, worded for the page
+    except TypeError:
         raise ApiError(422, f"{name} must be a whole number from {low} to {high}, got {value!r}",
-                       name)
+                       name) from None
     if not low <= value <= high:
         raise ApiError(422, f"{name} must be between {low} and {high}, got {value}", name)
     return value
@@ -143,17 +145,21 @@ def _ints(
         raise ApiError(
             422, f"{name} must be an integer or a list of {rank} integers, got {value!r}", name
         )
+    checked = []
     for axis, item in enumerate(items):
         where = f"{name} (axis {axis})" if rank > 1 else name
         if item is None:
             raise ApiError(422, f"{where} is empty; give a whole number from {low} to {high}", name)
-        if isinstance(item, bool) or not isinstance(item, int):
+        try:
+            item = check_int(where, item)  # the one integer check, worded for the page
+        except TypeError:
             raise ApiError(
                 422, f"{where} must be a whole number from {low} to {high}, got {item!r}", name
-            )
+            ) from None
         if not low <= item <= high:
             raise ApiError(422, f"{where} must be between {low} and {high}, got {item}", name)
-    return tuple(items)
+        checked.append(item)
+    return tuple(checked)
 
 
 def _bool(data: dict[str, Any], name: str, default: bool = False) -> bool:

@@ -31,7 +31,7 @@ Examples
 >>> import numpy as np
 >>> x = np.array([1.0, 2.0, 3.0]).reshape(1, 3, 1)
 >>> k = np.array([1.0, 10.0]).reshape(2, 1, 1)   # (K, F/g, C)
->>> transposed(x, k, (2,), (1,), 1, ((1, 1),))[0, :, 0]
+>>> transposed(x, k, (2,), (1,), 1, ((1, 1),), (6,))[0, :, 0]
 array([ 1., 10.,  2., 20.,  3., 30.])
 """
 
@@ -46,7 +46,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...arithmetic import transposed_grid_output_size
 from ..dispatch import ConvProblem, Requirements, register_algorithm
 from ..state import cached_once
 from ._threads import run_chunks, worker_count, workspace
@@ -264,6 +263,7 @@ def transposed(
     dilation: Sequence[int],
     groups: int,
     padding: Sequence[tuple[int, int]],
+    out_size: Sequence[int],
     *,
     use_numba: bool | None = None,
     threads: int | None = None,
@@ -301,7 +301,7 @@ def transposed(
     Examples
     --------
     >>> x = np.ones((1, 2, 2, 1))
-    >>> transposed(x, np.ones((2, 2, 1, 1)), (2, 2), (1, 1), 1, ((1, 1), (1, 1)))[0, ..., 0]
+    >>> transposed(x, np.ones((2, 2, 1, 1)), (2, 2), (1, 1), 1, ((1, 1), (1, 1)), (4, 4))[0, ..., 0]
     array([[1., 1., 1., 1.],
            [1., 1., 1., 1.],
            [1., 1., 1., 1.],
@@ -319,10 +319,7 @@ def transposed(
     f = fg * groups
     cg = c // groups
     reach = [d * (k - 1) - lo for d, k, (lo, _) in zip(dilation, kernel_size, padding)]
-    out_size = [
-        transposed_grid_output_size(i, k, s, d, pads)
-        for i, s, pads, d, k in zip(size, strides, padding, dilation, kernel_size)
-    ]
+    out_size = list(out_size)
     y = np.empty((n, *(max(0, o) for o in out_size), f), x.dtype)
     if y.size == 0:
         return y

@@ -57,7 +57,8 @@ from ..padding import pad
 from ..state import cached_once
 from ._threads import run_chunks, worker_count, workspace
 
-__all__ = ["direct", "weight_grad", "applies", "cost", "FlatPlan", "plan", "CHUNK_BYTES"]
+__all__ = ["direct", "weight_grad", "applies", "cost", "FlatPlan", "plan", "CHUNK_BYTES", "accumulate",
+           "blas_gemm", "chunk_rows"]
 
 #: Below this inner dimension (``C × taps``) the taps are gathered (im2col) per block.
 GATHER_BELOW = 320
@@ -227,10 +228,10 @@ def _direct_im2col(
     # blocks of whole rows, or of part of a row when one row is already large (1-D)
     if chunk_bytes is None:
         chunk_bytes = IM2COL_CHUNK_BYTES
-    per_chunk = _chunk_rows(o1, kh * kw * c, xp.dtype.itemsize, chunk_bytes)
+    per_chunk = chunk_rows(o1, kh * kw * c, xp.dtype.itemsize, chunk_bytes)
     width = o1
     if per_chunk == 1:
-        width = min(o1, _chunk_rows(1, kh * kw * c, xp.dtype.itemsize, chunk_bytes))
+        width = min(o1, chunk_rows(1, kh * kw * c, xp.dtype.itemsize, chunk_bytes))
     row_blocks = -(-o0 // per_chunk)
     col_blocks = -(-o1 // width)
     source = np.ascontiguousarray(x2)
@@ -260,7 +261,8 @@ def _direct_im2col(
 
 
 @cached_once
-def _blas_gemm(dtype: np.dtype) -> Callable[..., np.ndarray] | None:
+def blas_gemm(dtype: np.dtype) -> Callable[..., np.ndarray] | None:
+    """SciPy's BLAS ``sgemm``/``dgemm`` for ``dtype``, or ``None`` (no SciPy, other dtype)."""
     try:
         from scipy.linalg import blas
     except ImportError:  # pragma: no cover - SciPy missing
@@ -268,10 +270,10 @@ def _blas_gemm(dtype: np.dtype) -> Callable[..., np.ndarray] | None:
     return {np.dtype(np.float32): blas.sgemm, np.dtype(np.float64): blas.dgemm}.get(dtype)
 
 
-def _accumulate(a: np.ndarray, b: np.ndarray, c: np.ndarray, scratch: np.ndarray | None,
-                use_blas: bool) -> None:
+def accumulate(a: np.ndarray, b: np.ndarray, c: np.ndarray, scratch: np.ndarray | None,
+               use_blas: bool) -> None:
     """``c += a @ b`` in place (``a``, ``c`` C-contiguous)."""
-    gemm = _blas_gemm(c.dtype) if use_blas else None
+    gemm = blas_gemm(c.dtype) if use_blas else None
     if gemm is not None:
         # column-major view: cᵀ = bᵀ aᵀ + cᵀ, every operand Fortran-contiguous
         gemm(1.0, b.T, a.T, beta=1.0, c=c.T, overwrite_c=True)
@@ -297,7 +299,7 @@ CHUNK_BYTES = 512 << 10
 IM2COL_CHUNK_BYTES = 1 << 20
 
 
-def _chunk_rows(step: int, width: int, itemsize: int, chunk_bytes: int | None = None) -> int:
+def chunk_rows(step: int, width: int, itemsize: int, chunk_bytes: int | None = None) -> int:
     """Output rows (of ``step`` flat cells) per chunk: about ``chunk_bytes`` of output."""
     budget = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
     return max(1, budget // max(1, step * width * itemsize))
@@ -395,10 +397,10 @@ def direct(
     if gather:
         stacked = np.ascontiguousarray(np.stack([weights[t] for t, _, _ in tap_list]))
         stacked = stacked.reshape(taps * c, f)
-    blas = use_blas and _blas_gemm(xp.dtype) is not None
+    blas = use_blas and blas_gemm(xp.dtype) is not None
     y = np.empty((n, *out_size, f), xp.dtype)
     real = (slice(None),) + tuple(slice(0, o) for o in out_size[1:])
-    per_chunk = _chunk_rows(step, max(f, c * taps if gather else f), xp.dtype.itemsize,
+    per_chunk = chunk_rows(step, max(f, c * taps if gather else f), xp.dtype.itemsize,
                             chunk_bytes)
     chunks_per_image = -(-out_size[0] // per_chunk)
 
@@ -421,7 +423,7 @@ def direct(
             if index == 0:
                 np.matmul(piece, weights[t], out=target)
             else:
-                _accumulate(piece, weights[t], target, scratch, blas)
+                accumulate(piece, weights[t], target, scratch, blas)
 
     def strided_work(first: int, last: int) -> None:
         # one image's rows at a time: its phases are gathered for the chunk

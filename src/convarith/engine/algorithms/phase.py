@@ -17,7 +17,7 @@ Examples
 >>> import numpy as np
 >>> x = np.array([1.0, 2.0, 3.0]).reshape(1, 3, 1)
 >>> k = np.array([1.0, 10.0]).reshape(2, 1, 1)   # (K, F/g, C)
->>> transposed(x, k, (2,), (1,), 1, ((1, 1),))[0, :, 0]
+>>> transposed(x, k, (2,), (1,), 1, ((1, 1),), (6,))[0, :, 0]
 array([ 1., 10.,  2., 20.,  3., 30.])
 """
 
@@ -29,10 +29,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ...arithmetic import transposed_grid_output_size
 from ..dispatch import ConvProblem, Requirements, register_algorithm
 from ._threads import run_chunks
-from .flat_rows import _accumulate, _blas_gemm, _chunk_rows
+from .flat_rows import accumulate, blas_gemm, chunk_rows
 
 __all__ = ["transposed", "applies_transposed", "applies", "cost", "phase_taps"]
 
@@ -65,6 +64,7 @@ def transposed(
     dilation: Sequence[int],
     groups: int,
     padding: Sequence[tuple[int, int]],
+    out_size: Sequence[int],
     *,
     use_blas: bool = True,
     threads: int | None = None,
@@ -100,7 +100,7 @@ def transposed(
     Examples
     --------
     >>> x = np.ones((1, 2, 2, 1))
-    >>> transposed(x, np.ones((2, 2, 1, 1)), (2, 2), (1, 1), 1, ((1, 1), (1, 1)))[0, ..., 0]
+    >>> transposed(x, np.ones((2, 2, 1, 1)), (2, 2), (1, 1), 1, ((1, 1), (1, 1)), (4, 4))[0, ..., 0]
     array([[1., 1., 1., 1.],
            [1., 1., 1., 1.],
            [1., 1., 1., 1.],
@@ -114,10 +114,7 @@ def transposed(
     f = kernel.shape[rank]
     # the direct kernel of the equivalent stride-1 convolution: flipped, (F, C) -> (C, F)
     direct_kernel = np.swapaxes(kernel[(slice(None, None, -1),) * rank], -1, -2)
-    out_size = [
-        transposed_grid_output_size(i, k, s, d, pads)
-        for i, s, pads, d, k in zip(size, strides, padding, dilation, kernel_size)
-    ]
+    out_size = list(out_size)
     # per axis and output phase r: the taps that meet real cells, and their shifts
     axis_phases: list[list[list[tuple[int, int]]]] = []
     low = [0] * rank
@@ -141,10 +138,10 @@ def transposed(
     usable_rows = flat.shape[0]
     steps = [math.prod(grid[axis + 1:]) for axis in range(rank)]
     y = np.zeros((n, *out_size, f), x.dtype)
-    blas = use_blas and _blas_gemm(x.dtype) is not None
+    blas = use_blas and blas_gemm(x.dtype) is not None
     # every (output phase, image, block of rows): its taps, flat offsets and rows
     jobs = []
-    per_chunk = _chunk_rows(steps[0], f, x.dtype.itemsize, chunk_bytes)
+    per_chunk = chunk_rows(steps[0], f, x.dtype.itemsize, chunk_bytes)
     for phase in itertools.product(*(range(s) for s in strides)):
         counts = [-(-(o - r) // s) if o > r else 0 for o, r, s in zip(out_size, phase, strides)]
         tap_lists = [axis_phases[axis][r] for axis, r in enumerate(phase)]
@@ -174,7 +171,7 @@ def transposed(
                 if index == 0:
                     np.matmul(piece, direct_kernel[tap], out=target)
                 else:
-                    _accumulate(piece, direct_kernel[tap], target, scratch, blas)
+                    accumulate(piece, direct_kernel[tap], target, scratch, blas)
             on_grid = block.reshape(row1 - row0, *grid[1:], f)
             real = on_grid[(slice(None),) + tuple(slice(0, q) for q in counts[1:])]
             rows = slice(phase[0] + row0 * strides[0], phase[0] + row1 * strides[0], strides[0])

@@ -47,7 +47,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ...arithmetic import transposed_grid_output_size
 from ..dispatch import ConvProblem, register_algorithm
 from . import _llvm
 from ._llvm import ONE_PROBLEM, Batch, Cells, Sums
@@ -541,6 +540,7 @@ def transposed(
     dilation: Sequence[int],
     groups: int,
     padding: Sequence[tuple[int, int]],
+    out_size: Sequence[int],
     *,
     threads: int | None = None,
 ) -> np.ndarray:
@@ -563,7 +563,7 @@ def transposed(
         raise ValueError(f"register_tiles has no compiled kernel for {dtype} on this machine")
     if rank == 1:
         y = transposed(x[:, None], kernel[None], (1, *strides), (1, *dilation), 1,
-                       ((0, 0), *padding), threads=threads)
+                       ((0, 0), *padding), (1, *out_size), threads=threads)
         return y[:, 0]
     x = np.ascontiguousarray(x)
     kernel = np.asarray(kernel, dtype)
@@ -571,8 +571,7 @@ def transposed(
     taps_size = kernel.shape[:2]
     f = kernel.shape[2]
     direct_kernel = np.swapaxes(kernel[::-1, ::-1], -1, -2)  # (*K, C, F)
-    out_size = [transposed_grid_output_size(i, k, s, d, pads)
-                for i, s, pads, d, k in zip((h, w), strides, padding, dilation, taps_size)]
+    out_size = list(out_size)
     width = _llvm.vector_width(dtype)
     fpad = -(-f // width) * width
     y = aligned_empty((n, *out_size, fpad), dtype)

@@ -28,10 +28,10 @@ Examples
 >>> x = rng.standard_normal((1, 5, 6, 32))
 >>> k = rng.standard_normal((4, 4, 16, 32))   # (*K, F, C)
 >>> pads = ((2, 2), (2, 2))                   # Keras "same" for K = 4, S = 2
->>> y = transposed(x, k, (2, 2), (1, 1), 1, pads)
+>>> y = transposed(x, k, (2, 2), (1, 1), 1, pads, (10, 12))
 >>> y.shape
 (1, 10, 12, 16)
->>> bool(np.allclose(y, col2im.transposed(x, k, (2, 2), (1, 1), 1, pads)))
+>>> bool(np.allclose(y, col2im.transposed(x, k, (2, 2), (1, 1), 1, pads, (10, 12))))
 True
 """
 
@@ -42,7 +42,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ...arithmetic import transposed_grid_output_size
 from ..dispatch import ConvProblem, register_algorithm
 from . import winograd
 
@@ -91,6 +90,7 @@ def transposed(
     dilation: Sequence[int],
     groups: int,
     padding: Sequence[tuple[int, int]],
+    out_size: Sequence[int],
     *,
     use_numba: bool | None = None,
 ) -> np.ndarray:
@@ -103,8 +103,7 @@ def transposed(
             f"strides {tuple(strides)}, dilation {tuple(dilation)}, groups {groups}")
     taps = kernel.shape[:2]
     shifts = [k - 1 - lo for k, (lo, _) in zip(taps, padding)]
-    out = [transposed_grid_output_size(n, k, s, 1, pads)
-           for n, k, s, pads in zip(x.shape[1:3], taps, strides, padding)]
+    out = list(out_size)
     ranges = [_offsets(k, s, p) for k, s, p in zip(taps, strides, shifts)]
     if any(last - first > 2 for first, last in ranges):
         raise ValueError(
