@@ -415,7 +415,7 @@
     // goes under the input rather than shrinking both. A label longer than its grid goes
     // on two lines rather than under the output's label.
     const layout = (stacked) => {
-      const cell = Math.max(6, Math.min(40, tall, stacked ? Math.floor((available - 10) / Math.max(cols, oCols))
+      const cell = Math.max(stacked ? 5 : 6, Math.min(40, tall, stacked ? Math.floor((available - 10) / Math.max(cols, oCols))
         : Math.floor((available - gap - 10) / (cols + oCols))));
       const room = stacked ? available : cols * cell + gap - 12;
       const twoLines = labelWidth(inLabelText) > room;
@@ -427,7 +427,8 @@
     let plan = layout(false);
     if (plan.cell < 14 || plan.width > available) {
       const other = layout(true);
-      if (other.cell > plan.cell || other.width <= available) plan = other;
+      // the narrower where neither fits: a figure scrolled sideways hides the output's label
+      if (other.cell > plan.cell || other.width <= available || other.width < plan.width) plan = other;
     }
     const { cell, twoLines, outX, width, stacked } = plan;
     const top = twoLines ? 52 : 34;
@@ -1033,13 +1034,20 @@
     const [sr, sc] = rank === 1 ? [[0, 0], span[0]] : span.slice(-2);
     const left = Math.max(0, -sc[0]) * cell + 2, above = Math.max(0, -sr[0]) * cell;
     const right = Math.max(0, sc[1] - cols + 1) * cell, below = Math.max(0, sr[1] - rows + 1) * cell;
-    const top = 26 + above, outX = left + Math.max(cols * cell + right, 90) + 48;
+    const top = 26 + above, inWidth = left + Math.max(cols * cell + right, 90);
     const outText = `layer ${d.layers.length} output ${times(last)}`;
-    const width = outX + Math.max(oCols * cell, outText.length * 8.2) + 10, height = top + Math.max(rows * cell + below, oRows * cell) + 8;
+    const outWidth = Math.max(oCols * cell, outText.length * 8.2) + 10;
+    // side by side where both fit the figure's width (a phone), else the output under the input
+    const available = Math.max(200, (svg.parentElement.clientWidth || 360) - 10);
+    const stacked = inWidth + 48 + outWidth > available;
+    const outX = stacked ? 0 : inWidth + 48, inBottom = top + rows * cell + below;
+    const outTop = stacked ? inBottom + 32 : top;
+    const width = stacked ? Math.max(inWidth + 10, outWidth) : outX + outWidth;
+    const height = stacked ? outTop + oRows * cell + 8 : top + Math.max(rows * cell + below, oRows * cell) + 8;
     svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
     svg.setAttribute("width", width); svg.setAttribute("height", height);
     el("text", { x: 0, y: 16, class: "grid-label" }, svg).textContent = `input ${times(d.input_size)}`;
-    el("text", { x: outX, y: 16, class: "grid-label output" }, svg).textContent = outText;
+    el("text", { x: outX, y: stacked ? outTop - 10 : 16, class: "grid-label output" }, svg).textContent = outText;
     const box = el("g", { transform: `translate(${left}, 0)` }, svg);
     const exact = rf.exact.map((cells) => new Set(cells));
     const inputCells = el("g", {}, box), marks = [];  // one piece of markup: a 64 x 64 input has 4096 cells
@@ -1058,7 +1066,7 @@
     for (const pos of product(last.map((n) => [...Array(n).keys()]))) {
       if (outZ !== null && pos[0] !== outZ) continue;
       const [r, c] = rowCol(pos);
-      outs.push(`<rect x="${outX + c * cell + 0.5}" y="${top + r * cell + 0.5}" width="${cell - 1}" height="${cell - 1}" ` +
+      outs.push(`<rect x="${outX + c * cell + 0.5}" y="${outTop + r * cell + 0.5}" width="${cell - 1}" height="${cell - 1}" ` +
         `class="cell out${pos.join() === rf.cell.join() ? " current" : ""}" data-out="${pos.join(",")}"/>`);
     }
     outputCells.innerHTML = outs.join("");
