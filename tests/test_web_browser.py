@@ -784,6 +784,30 @@ def test_a_kernel_tap_shows_the_input_cell_it_multiplies(page):
     assert "a zero (padding)" in page.text_content("#cell-sum")
 
 
+def test_3d_kernel_shows_the_depth_slice_that_reads_the_input_slice_shown(page, server_url):
+    """5x6x6, k3, strides (2, 1, 1), 'same': the kernel slice shown is the one whose taps read the
+    input slice shown (from convarith's footprint), and a tap marks its input cell on that slice."""
+    goto(page, server_url, "in=5x6x6&k=3x3x3&s=2x1x1&d=1x1x1&p=same&frame=40")
+    resolved = ConvSpec(3, strides=(2, 1, 1), padding="same").resolve((5, 6, 6))
+    for step in range(3):
+        index = tuple(int(v) for v in re.search(r"output \((\d+), (\d+), (\d+)\)",
+                                                  page.text_content("#frame-label")).groups())
+        depth = int(page.input_value("#depth"))
+        reading = [t for t in resolved.footprint(index) if t.position[0] == depth]
+        shown = page.eval_on_selector_all("#kernel .k-slice:not([display='none'])", "n => n.map(x => x.dataset.kz)")
+        if not reading:  # a slice the window does not read: no kernel slice
+            assert shown == [], (index, depth, shown)
+        else:
+            kz = reading[0].kernel[0]
+            assert shown == [str(kz)], (index, depth, shown)
+            tap = reading[-1]
+            page.hover(f"#kernel [data-tap='{','.join(map(str, tap.kernel))}']")
+            assert highlighted(page, "#grid rect.tap-hover") == {tap.position}, (index, tap)
+            page.mouse.move(0, 0)
+        page.evaluate("document.activeElement.blur()")
+        page.keyboard.press("]" if step < 2 else "[")
+
+
 def test_transposed_scatter_view_steps_through_input_cells(page, server_url):
     """Each frame is one input cell; the output cells it adds to are the framework's own
     (PyTorch ConvTranspose2d: a one-hot input's output is non-zero exactly there)."""

@@ -528,26 +528,44 @@
     const svg = $("kernel"), g = geometry;
     svg.replaceChildren();
     const k = g.spec.kernel_size, rank = k.length;
-    const rows = rank === 2 ? k[0] : 1, cols = rank === 2 ? k[1] : k[0];
+    // 3-D: one depth slice of the kernel at a time, the one that multiplies the input slice shown
+    const [depths, rows, cols] = rank === 3 ? k : [1, rank === 2 ? k[0] : 1, rank === 2 ? k[1] : k[0]];
     const size = Math.max(18, Math.min(30, Math.floor(120 / Math.max(rows, cols))));
-    const show = !g.spec.pool && rows * cols <= 49 && rank < 3;
+    const show = !g.spec.pool && rows * cols <= 49;
     svg.toggleAttribute("hidden", !show);
     if (!show) return;
-    const width = Math.max(cols * size + 2, 60), height = rows * size + 18;
+    const width = Math.max(cols * size + 2, rank === 3 ? 96 : 60), height = rows * size + (rank === 3 ? 32 : 18);
+    const top = rank === 3 ? 30 : 16;
     svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
     svg.setAttribute("width", width); svg.setAttribute("height", height);
     el("text", { x: 0, y: 11, class: "k-title" }, svg).textContent = "kernel";
-    for (const tap of product(k.map((n) => [...Array(n).keys()]))) {
-      const [r, c] = rank === 2 ? tap : [0, tap[0]];
-      const rect = el("rect", { x: c * size + 1, y: 16 + r * size, width: size - 2, height: size - 2, rx: 3,
-        class: "k-tap", tabindex: 0, role: "button", "data-tap": tap.join(","),
-        "aria-label": `weight w[${tap.join(",")}]` }, svg);
-      const text = el("text", { x: c * size + size / 2, y: 16 + r * size + size / 2 + 3, "text-anchor": "middle" }, svg);
-      text.textContent = size >= 26 ? tap.join(",") : "";
-      const on = () => markTap(tap.join(","));
-      rect.addEventListener("mouseenter", on); rect.addEventListener("focus", on); rect.addEventListener("click", on);
-      rect.addEventListener("mouseleave", () => markTap(null)); rect.addEventListener("blur", () => markTap(null));
+    if (rank === 3) el("text", { x: 0, y: 24, class: "k-title k-none", display: "none" }, svg).textContent = "(slice not read)";
+    for (let d = 0; d < depths; d++) {
+      const group = rank === 3 ? el("g", { class: "k-slice", "data-kz": d, display: d ? "none" : "inline" }, svg) : svg;
+      if (rank === 3) el("text", { x: 0, y: 24, class: "k-title" }, group).textContent = `depth ${d} of 0–${depths - 1}`;
+      for (const pair of product([[...Array(rows).keys()], [...Array(cols).keys()]])) {
+        const [r, c] = pair, tap = rank === 3 ? [d, r, c] : rank === 2 ? [r, c] : [c];
+        const rect = el("rect", { x: c * size + 1, y: top + r * size, width: size - 2, height: size - 2, rx: 3,
+          class: "k-tap", tabindex: 0, role: "button", "data-tap": tap.join(","),
+          "aria-label": `weight w[${tap.join(",")}]` }, group);
+        const text = el("text", { x: c * size + size / 2, y: top + r * size + size / 2 + 3, "text-anchor": "middle" }, group);
+        text.textContent = size >= 26 ? tap.slice(-2).join(",") : "";
+        const on = () => markTap(tap.join(","));
+        rect.addEventListener("mouseenter", on); rect.addEventListener("focus", on); rect.addEventListener("click", on);
+        rect.addEventListener("mouseleave", () => markTap(null)); rect.addEventListener("blur", () => markTap(null));
+      }
     }
+  }
+
+  // 3-D: the kernel's depth slice that multiplies the input slice shown for output cell `index`
+  function showKernelSlice(index) {
+    const slices = document.querySelectorAll("#kernel .k-slice");
+    if (!slices.length) return;
+    const tap = tapsOf(index).find((t) => t.position[0] === state.depth);
+    const kz = tap ? tap.kernel[0] : null;
+    slices.forEach((s) => s.setAttribute("display", Number(s.dataset.kz) === kz ? "inline" : "none"));
+    const none = document.querySelector("#kernel .k-none");
+    if (none) none.setAttribute("display", kz === null ? "inline" : "none");
   }
 
   function markTap(key) {
@@ -767,6 +785,7 @@
       const reads = tapsOf(index).map((t) => t.position[0]);
       if (!keepDepth && !reads.includes(state.depth)) state.depth = reads[0];  // the window's first slice
       showDepth(state.depth, index[0], reads);
+      showKernelSlice(index);
     }
     showFootprint(index, true);
     $("frame-label").textContent = `frame ${frame + 1} / ${outputRects.length} · output (${index.join(", ")})`;
