@@ -34,6 +34,7 @@
   let requestNumber = 0;
   const latest = { stack: 0, code: 0, image: 0, solve: 0 };  // answers to older requests are dropped
   let uploadedImage = null;
+  let stackDrawn = "";  // the /api/stack request whose answer is drawn (a control of the grid alone leaves it)
 
   // ------------------------------------------------------------------ URL
 
@@ -253,6 +254,7 @@
     document.body.dataset.busy = "1";
     const answer = await post("/api/geometry", settings());
     if (mine !== requestNumber) return;
+    const room = gridRoom();
     if (!answer.ok) {
       showError("error", answer.error);
       $("stage").classList.add("stale");
@@ -265,7 +267,7 @@
     $("cli").textContent = animateCommand();
     geometry = answer.data;
     renderSummary();
-    renderGrid();
+    renderGrid(room);
     renderKernel();
     renderDerivation();
     setFrame(Math.min(state.frame, geometry.frames - 1));
@@ -393,7 +395,10 @@
     });
   }
 
-  function renderGrid() {
+  // the grid's room, read before the page is written (a read after a write forces a layout)
+  const gridRoom = () => Math.max(200, ($("grid").parentElement.clientWidth || $("stage").clientWidth) - 4);
+
+  function renderGrid(available = gridRoom()) {
     const g = geometry, svg = $("grid");
     svg.replaceChildren();
     stopPlaying();
@@ -402,7 +407,6 @@
     const out = g.output_size;
     const [rows, cols] = rowCol(padded.map((n) => n - 1)).map((n) => n + 1);
     const [oRows, oCols] = rowCol(out.map((n) => n - 1)).map((n) => n + 1);
-    const available = Math.max(200, ($("grid").parentElement.clientWidth || $("stage").clientWidth) - 4);
     const gap = 56;
     const tall = Math.floor(440 / Math.max(rows, oRows));
     const inFirst = `input ${times(g.input_size)}`;
@@ -1012,10 +1016,13 @@
     });
     const body = { rank: s.rank, input_size: s.input.slice(0, s.rank), layers };
     if (s.cell) body.cell = s.cell;
-    const mine = ++latest.stack;
+    const mine = ++latest.stack, key = JSON.stringify(body);
+    if (key === stackDrawn) return;  // same layers on the same input: the picture stands
+    stackDrawn = "";
     const answer = await post("/api/stack", body);
     if (mine !== latest.stack) return;
     const svg = $("stack-svg");
+    if (answer.ok) stackDrawn = key;
     if (!answer.ok) {
       showError("stack-error", answer.error);
       document.querySelectorAll("#layers [data-size]").forEach((n) => { n.textContent = ""; });
@@ -1033,6 +1040,7 @@
 
   function drawReceptive(d) {
     const svg = $("stack-svg");
+    const available = Math.max(200, (svg.parentElement.clientWidth || 360) - 10);  // read before any write
     svg.replaceChildren();
     const rf = d.receptive;
     if (!rf) { $("receptive-text").textContent = d.receptive_error || ""; return; }
@@ -1057,7 +1065,6 @@
     const outText = `layer ${d.layers.length} output ${times(last)}`;
     const outWidth = Math.max(oCols * cell, outText.length * 8.2) + 10;
     // side by side where both fit the figure's width (a phone), else the output under the input
-    const available = Math.max(200, (svg.parentElement.clientWidth || 360) - 10);
     const stacked = inWidth + 48 + outWidth > available;
     const outX = stacked ? 0 : inWidth + 48, inBottom = top + rows * cell + below;
     const outTop = stacked ? inBottom + 32 : top;
