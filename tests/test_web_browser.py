@@ -808,6 +808,19 @@ def test_3d_kernel_shows_the_depth_slice_that_reads_the_input_slice_shown(page, 
         page.keyboard.press("]" if step < 2 else "[")
 
 
+def test_a_grid_control_does_not_redraw_the_layer_stack_but_the_input_size_does(page):
+    sent: list[str] = []
+    page.on("request", lambda request: sent.append(request.url.rsplit("/", 1)[-1]))
+    page.fill("#k-0", "5")
+    settle(page)
+    assert "geometry" in sent and "stack" not in sent, sent
+    sent.clear()
+    page.fill("#in-0", "9")
+    settle(page)
+    assert "stack" in sent, sent
+    assert page.eval_on_selector_all("#layers [data-size]", "n => n.map(x => x.textContent)")[0].startswith("9 ×")
+
+
 def test_transposed_scatter_view_steps_through_input_cells(page, server_url):
     """Each frame is one input cell; the output cells it adds to are the framework's own
     (PyTorch ConvTranspose2d: a one-hot input's output is non-zero exactly there)."""
