@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--no-tour", action="store_true", help="skip the tour page")
     parser.add_argument("--name", default="explorer",
                         help="file name prefix of the explorer shots (e.g. explorer-3d with a 3-D --query)")
-    parser.add_argument("--dark", action="store_true", help="also shoot the explorer in dark mode")
+    parser.add_argument("--dark", action="store_true", help="also shoot the explorer and the tour in dark mode")
     parser.add_argument("--timing", action="store_true",
                         help="measure first paint and each control's redraw at 28x28 instead")
     args = parser.parse_args()
@@ -94,9 +94,9 @@ def main() -> None:
                 print(target)
                 if name == "desktop" and scheme == "light" and args.name == "explorer":  # the README's picture
                     page.screenshot(path=str(out / "explorer.png"))
-                if tour_file is not None and scheme == "light":
+                if tour_file is not None:
                     page.goto(tour_file.as_uri())
-                    target = out / f"tour-{name}.png"
+                    target = out / f"tour-{name}{suffix}.png"
                     page.screenshot(path=str(target))
                     print(target)
                 context.close()

@@ -491,6 +491,7 @@ LAYOUT_VIEWS = [
     "in=64x64&k=3x3&s=1x1&d=1x1&p=same&tab=stack",
     "in=6x6&k=3x3&s=2x2&d=1x1&p=valid&conv=keras&tab=code&port=torch",
     "in=28&k=3&s=3&d=1&p=explicit&pads=1,1",
+    "in=5x6x6&k=3x3x3&s=2x1x1&d=1x1x1&p=same&frame=40&tab=stack",  # 3-D: three sizes in each label
 ]
 
 _LAYOUT_PROBE = """() => {
@@ -504,7 +505,11 @@ _LAYOUT_PROBE = """() => {
   for (const id of ['grid', 'stack-svg']) {
     const svg = document.getElementById(id);
     if (!svg || !svg.getBoundingClientRect().width) continue;
-    const box = svg.getBoundingClientRect(), drawn = svg.getBBox(), view = svg.viewBox.baseVal;
+    // what a person sees: the picture, clipped by a figure that scrolls sideways
+    const own = svg.getBoundingClientRect(), frame = (svg.closest('.figure') || svg).getBoundingClientRect();
+    const box = { left: Math.max(own.left, frame.left), right: Math.min(own.right, frame.right),
+                  top: own.top, bottom: own.bottom, width: own.width };
+    const drawn = svg.getBBox(), view = svg.viewBox.baseVal;
     if (drawn.x < view.x - 1 || drawn.y < view.y - 1 || drawn.x + drawn.width > view.x + view.width + 1
         || drawn.y + drawn.height > view.y + view.height + 1)
       problems.push(`#${id} draws outside its frame (${drawn.width|0}x${drawn.height|0} in ${view.width|0}x${view.height|0})`);
@@ -541,7 +546,7 @@ def test_layout_fits_without_overflow_or_overlapping_labels(browser, server_url,
     page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
     try:
         # under CI the three views that broke before (label collision, cut stack label, wide code)
-        views = LAYOUT_VIEWS[1:4] if os.environ.get("CI") == "true" else LAYOUT_VIEWS
+        views = LAYOUT_VIEWS[1:4] + LAYOUT_VIEWS[5:] if os.environ.get("CI") == "true" else LAYOUT_VIEWS
         for query in views:
             goto(page, server_url, query)
             problems = page.evaluate(_LAYOUT_PROBE)
@@ -777,6 +782,43 @@ def test_a_kernel_tap_shows_the_input_cell_it_multiplies(page):
     first = next(t for t in resolved.footprint((0, 0)) if t.kernel == (0, 0))
     assert highlighted(page, "#grid rect.tap-hover") == {first.position}
     assert "a zero (padding)" in page.text_content("#cell-sum")
+
+
+def test_3d_kernel_shows_the_depth_slice_that_reads_the_input_slice_shown(page, server_url):
+    """5x6x6, k3, strides (2, 1, 1), 'same': the kernel slice shown is the one whose taps read the
+    input slice shown (from convarith's footprint), and a tap marks its input cell on that slice."""
+    goto(page, server_url, "in=5x6x6&k=3x3x3&s=2x1x1&d=1x1x1&p=same&frame=40")
+    resolved = ConvSpec(3, strides=(2, 1, 1), padding="same").resolve((5, 6, 6))
+    for step in range(3):
+        index = tuple(int(v) for v in re.search(r"output \((\d+), (\d+), (\d+)\)",
+                                                  page.text_content("#frame-label")).groups())
+        depth = int(page.input_value("#depth"))
+        reading = [t for t in resolved.footprint(index) if t.position[0] == depth]
+        shown = page.eval_on_selector_all("#kernel .k-slice:not([display='none'])", "n => n.map(x => x.dataset.kz)")
+        if not reading:  # a slice the window does not read: no kernel slice
+            assert shown == [], (index, depth, shown)
+        else:
+            kz = reading[0].kernel[0]
+            assert shown == [str(kz)], (index, depth, shown)
+            tap = reading[-1]
+            page.hover(f"#kernel [data-tap='{','.join(map(str, tap.kernel))}']")
+            assert highlighted(page, "#grid rect.tap-hover") == {tap.position}, (index, tap)
+            page.mouse.move(0, 0)
+        page.evaluate("document.activeElement.blur()")
+        page.keyboard.press("]" if step < 2 else "[")
+
+
+def test_a_grid_control_does_not_redraw_the_layer_stack_but_the_input_size_does(page):
+    sent: list[str] = []
+    page.on("request", lambda request: sent.append(request.url.rsplit("/", 1)[-1]))
+    page.fill("#k-0", "5")
+    settle(page)
+    assert "geometry" in sent and "stack" not in sent, sent
+    sent.clear()
+    page.fill("#in-0", "9")
+    settle(page)
+    assert "stack" in sent, sent
+    assert page.eval_on_selector_all("#layers [data-size]", "n => n.map(x => x.textContent)")[0].startswith("9 ×")
 
 
 def test_transposed_scatter_view_steps_through_input_cells(page, server_url):

@@ -34,6 +34,7 @@
   let requestNumber = 0;
   const latest = { stack: 0, code: 0, image: 0, solve: 0 };  // answers to older requests are dropped
   let uploadedImage = null;
+  let stackDrawn = "";  // the /api/stack request whose answer is drawn (a control of the grid alone leaves it)
 
   // ------------------------------------------------------------------ URL
 
@@ -253,6 +254,7 @@
     document.body.dataset.busy = "1";
     const answer = await post("/api/geometry", settings());
     if (mine !== requestNumber) return;
+    const room = gridRoom();
     if (!answer.ok) {
       showError("error", answer.error);
       $("stage").classList.add("stale");
@@ -265,7 +267,7 @@
     $("cli").textContent = animateCommand();
     geometry = answer.data;
     renderSummary();
-    renderGrid();
+    renderGrid(room);
     renderKernel();
     renderDerivation();
     setFrame(Math.min(state.frame, geometry.frames - 1));
@@ -393,7 +395,10 @@
     });
   }
 
-  function renderGrid() {
+  // the grid's room, read before the page is written (a read after a write forces a layout)
+  const gridRoom = () => Math.max(200, ($("grid").parentElement.clientWidth || $("stage").clientWidth) - 4);
+
+  function renderGrid(available = gridRoom()) {
     const g = geometry, svg = $("grid");
     svg.replaceChildren();
     stopPlaying();
@@ -402,7 +407,6 @@
     const out = g.output_size;
     const [rows, cols] = rowCol(padded.map((n) => n - 1)).map((n) => n + 1);
     const [oRows, oCols] = rowCol(out.map((n) => n - 1)).map((n) => n + 1);
-    const available = Math.max(200, ($("grid").parentElement.clientWidth || $("stage").clientWidth) - 4);
     const gap = 56;
     const tall = Math.floor(440 / Math.max(rows, oRows));
     const inFirst = `input ${times(g.input_size)}`;
@@ -415,7 +419,7 @@
     // goes under the input rather than shrinking both. A label longer than its grid goes
     // on two lines rather than under the output's label.
     const layout = (stacked) => {
-      const cell = Math.max(6, Math.min(40, tall, stacked ? Math.floor((available - 10) / Math.max(cols, oCols))
+      const cell = Math.max(stacked ? 5 : 6, Math.min(40, tall, stacked ? Math.floor((available - 10) / Math.max(cols, oCols))
         : Math.floor((available - gap - 10) / (cols + oCols))));
       const room = stacked ? available : cols * cell + gap - 12;
       const twoLines = labelWidth(inLabelText) > room;
@@ -427,7 +431,8 @@
     let plan = layout(false);
     if (plan.cell < 14 || plan.width > available) {
       const other = layout(true);
-      if (other.cell > plan.cell || other.width <= available) plan = other;
+      // the narrower where neither fits: a figure scrolled sideways hides the output's label
+      if (other.cell > plan.cell || other.width <= available || other.width < plan.width) plan = other;
     }
     const { cell, twoLines, outX, width, stacked } = plan;
     const top = twoLines ? 52 : 34;
@@ -527,26 +532,44 @@
     const svg = $("kernel"), g = geometry;
     svg.replaceChildren();
     const k = g.spec.kernel_size, rank = k.length;
-    const rows = rank === 2 ? k[0] : 1, cols = rank === 2 ? k[1] : k[0];
+    // 3-D: one depth slice of the kernel at a time, the one that multiplies the input slice shown
+    const [depths, rows, cols] = rank === 3 ? k : [1, rank === 2 ? k[0] : 1, rank === 2 ? k[1] : k[0]];
     const size = Math.max(18, Math.min(30, Math.floor(120 / Math.max(rows, cols))));
-    const show = !g.spec.pool && rows * cols <= 49 && rank < 3;
+    const show = !g.spec.pool && rows * cols <= 49;
     svg.toggleAttribute("hidden", !show);
     if (!show) return;
-    const width = Math.max(cols * size + 2, 60), height = rows * size + 18;
+    const width = Math.max(cols * size + 2, rank === 3 ? 96 : 60), height = rows * size + (rank === 3 ? 32 : 18);
+    const top = rank === 3 ? 30 : 16;
     svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
     svg.setAttribute("width", width); svg.setAttribute("height", height);
     el("text", { x: 0, y: 11, class: "k-title" }, svg).textContent = "kernel";
-    for (const tap of product(k.map((n) => [...Array(n).keys()]))) {
-      const [r, c] = rank === 2 ? tap : [0, tap[0]];
-      const rect = el("rect", { x: c * size + 1, y: 16 + r * size, width: size - 2, height: size - 2, rx: 3,
-        class: "k-tap", tabindex: 0, role: "button", "data-tap": tap.join(","),
-        "aria-label": `weight w[${tap.join(",")}]` }, svg);
-      const text = el("text", { x: c * size + size / 2, y: 16 + r * size + size / 2 + 3, "text-anchor": "middle" }, svg);
-      text.textContent = size >= 26 ? tap.join(",") : "";
-      const on = () => markTap(tap.join(","));
-      rect.addEventListener("mouseenter", on); rect.addEventListener("focus", on); rect.addEventListener("click", on);
-      rect.addEventListener("mouseleave", () => markTap(null)); rect.addEventListener("blur", () => markTap(null));
+    if (rank === 3) el("text", { x: 0, y: 24, class: "k-title k-none", display: "none" }, svg).textContent = "(slice not read)";
+    for (let d = 0; d < depths; d++) {
+      const group = rank === 3 ? el("g", { class: "k-slice", "data-kz": d, display: d ? "none" : "inline" }, svg) : svg;
+      if (rank === 3) el("text", { x: 0, y: 24, class: "k-title" }, group).textContent = `depth ${d} of 0–${depths - 1}`;
+      for (const pair of product([[...Array(rows).keys()], [...Array(cols).keys()]])) {
+        const [r, c] = pair, tap = rank === 3 ? [d, r, c] : rank === 2 ? [r, c] : [c];
+        const rect = el("rect", { x: c * size + 1, y: top + r * size, width: size - 2, height: size - 2, rx: 3,
+          class: "k-tap", tabindex: 0, role: "button", "data-tap": tap.join(","),
+          "aria-label": `weight w[${tap.join(",")}]` }, group);
+        const text = el("text", { x: c * size + size / 2, y: top + r * size + size / 2 + 3, "text-anchor": "middle" }, group);
+        text.textContent = size >= 26 ? tap.slice(-2).join(",") : "";
+        const on = () => markTap(tap.join(","));
+        rect.addEventListener("mouseenter", on); rect.addEventListener("focus", on); rect.addEventListener("click", on);
+        rect.addEventListener("mouseleave", () => markTap(null)); rect.addEventListener("blur", () => markTap(null));
+      }
     }
+  }
+
+  // 3-D: the kernel's depth slice that multiplies the input slice shown for output cell `index`
+  function showKernelSlice(index) {
+    const slices = document.querySelectorAll("#kernel .k-slice");
+    if (!slices.length) return;
+    const tap = tapsOf(index).find((t) => t.position[0] === state.depth);
+    const kz = tap ? tap.kernel[0] : null;
+    slices.forEach((s) => s.setAttribute("display", Number(s.dataset.kz) === kz ? "inline" : "none"));
+    const none = document.querySelector("#kernel .k-none");
+    if (none) none.setAttribute("display", kz === null ? "inline" : "none");
   }
 
   function markTap(key) {
@@ -766,6 +789,7 @@
       const reads = tapsOf(index).map((t) => t.position[0]);
       if (!keepDepth && !reads.includes(state.depth)) state.depth = reads[0];  // the window's first slice
       showDepth(state.depth, index[0], reads);
+      showKernelSlice(index);
     }
     showFootprint(index, true);
     $("frame-label").textContent = `frame ${frame + 1} / ${outputRects.length} · output (${index.join(", ")})`;
@@ -992,10 +1016,13 @@
     });
     const body = { rank: s.rank, input_size: s.input.slice(0, s.rank), layers };
     if (s.cell) body.cell = s.cell;
-    const mine = ++latest.stack;
+    const mine = ++latest.stack, key = JSON.stringify(body);
+    if (key === stackDrawn) return;  // same layers on the same input: the picture stands
+    stackDrawn = "";
     const answer = await post("/api/stack", body);
     if (mine !== latest.stack) return;
     const svg = $("stack-svg");
+    if (answer.ok) stackDrawn = key;
     if (!answer.ok) {
       showError("stack-error", answer.error);
       document.querySelectorAll("#layers [data-size]").forEach((n) => { n.textContent = ""; });
@@ -1013,6 +1040,7 @@
 
   function drawReceptive(d) {
     const svg = $("stack-svg");
+    const available = Math.max(200, (svg.parentElement.clientWidth || 360) - 10);  // read before any write
     svg.replaceChildren();
     const rf = d.receptive;
     if (!rf) { $("receptive-text").textContent = d.receptive_error || ""; return; }
@@ -1033,13 +1061,19 @@
     const [sr, sc] = rank === 1 ? [[0, 0], span[0]] : span.slice(-2);
     const left = Math.max(0, -sc[0]) * cell + 2, above = Math.max(0, -sr[0]) * cell;
     const right = Math.max(0, sc[1] - cols + 1) * cell, below = Math.max(0, sr[1] - rows + 1) * cell;
-    const top = 26 + above, outX = left + Math.max(cols * cell + right, 90) + 48;
+    const top = 26 + above, inWidth = left + Math.max(cols * cell + right, 90);
     const outText = `layer ${d.layers.length} output ${times(last)}`;
-    const width = outX + Math.max(oCols * cell, outText.length * 8.2) + 10, height = top + Math.max(rows * cell + below, oRows * cell) + 8;
+    const outWidth = Math.max(oCols * cell, outText.length * 8.2) + 10;
+    // side by side where both fit the figure's width (a phone), else the output under the input
+    const stacked = inWidth + 48 + outWidth > available;
+    const outX = stacked ? 0 : inWidth + 48, inBottom = top + rows * cell + below;
+    const outTop = stacked ? inBottom + 32 : top;
+    const width = stacked ? Math.max(inWidth + 10, outWidth) : outX + outWidth;
+    const height = stacked ? outTop + oRows * cell + 8 : top + Math.max(rows * cell + below, oRows * cell) + 8;
     svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
     svg.setAttribute("width", width); svg.setAttribute("height", height);
     el("text", { x: 0, y: 16, class: "grid-label" }, svg).textContent = `input ${times(d.input_size)}`;
-    el("text", { x: outX, y: 16, class: "grid-label output" }, svg).textContent = outText;
+    el("text", { x: outX, y: stacked ? outTop - 10 : 16, class: "grid-label output" }, svg).textContent = outText;
     const box = el("g", { transform: `translate(${left}, 0)` }, svg);
     const exact = rf.exact.map((cells) => new Set(cells));
     const inputCells = el("g", {}, box), marks = [];  // one piece of markup: a 64 x 64 input has 4096 cells
@@ -1058,7 +1092,7 @@
     for (const pos of product(last.map((n) => [...Array(n).keys()]))) {
       if (outZ !== null && pos[0] !== outZ) continue;
       const [r, c] = rowCol(pos);
-      outs.push(`<rect x="${outX + c * cell + 0.5}" y="${top + r * cell + 0.5}" width="${cell - 1}" height="${cell - 1}" ` +
+      outs.push(`<rect x="${outX + c * cell + 0.5}" y="${outTop + r * cell + 0.5}" width="${cell - 1}" height="${cell - 1}" ` +
         `class="cell out${pos.join() === rf.cell.join() ? " current" : ""}" data-out="${pos.join(",")}"/>`);
     }
     outputCells.innerHTML = outs.join("");
