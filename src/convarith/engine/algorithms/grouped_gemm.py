@@ -5,8 +5,10 @@ for all groups into ``cols`` of shape ``(groups, cells, taps · C/groups)`` (an
 im2col of every group at once), and one ``np.matmul`` with the kernel laid out
 as ``(groups, taps · C/groups, F/groups)`` gives the block's outputs of every
 group. Blocks of output rows keep ``cols`` within a cache-sized budget, so
-memory stays bounded whatever the kernel. The weight gradient is the same
-gather and ``cols^T @ dy`` per group, one batched product again.
+memory stays bounded whatever the kernel. It has no weight gradient of its
+own: :mod:`.offset_gemm`'s (per tap, one product over all cells per group, no
+gather) is 1.5-2× faster than the same gather and ``cols^T @ dy`` (one core,
+CPU time: 6.7 against 10.3 ms for 32 groups of 4 on 2×56²).
 
 This is the grouped path where no compiled kernel is available
 (``CONVARITH_JIT=0``, no llvmlite, no AVX2): one product of depth
@@ -32,7 +34,7 @@ import numpy as np
 from ..dispatch import ConvProblem, register_algorithm
 from .offset_gemm import row_blocks, tap_view
 
-__all__ = ["direct", "weight_grad", "applies", "cost", "BLOCK_BYTES"]
+__all__ = ["direct", "applies", "cost", "BLOCK_BYTES"]
 
 #: Bytes of gathered input per block of output rows (about a core's L2 cache).
 BLOCK_BYTES = 1 << 20
@@ -114,48 +116,6 @@ def direct(
     return y
 
 
-def weight_grad(
-    xp: np.ndarray,
-    dy: np.ndarray,
-    kernel_size: Sequence[int],
-    strides: Sequence[int],
-    dilation: Sequence[int],
-    groups: int,
-) -> np.ndarray:
-    """Gradient of :func:`direct` with respect to its kernel: ``(*K, C/groups, F)``.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> xp = np.arange(8.0).reshape(1, 4, 2)
-    >>> weight_grad(xp, np.ones((1, 3, 2)), (2,), (1,), (1,), 2)[:, 0, :].tolist()
-    [[6.0, 9.0], [12.0, 15.0]]
-    """
-    channels = xp.shape[-1]
-    filters = dy.shape[-1]
-    group_in = channels // groups
-    group_out = filters // groups
-    ntaps = math.prod(kernel_size)
-    depth = ntaps * group_in
-    blocks = _blocks(xp, dy.shape[:-1], ntaps * channels)
-    largest = max((math.prod(_block_shape(b)) for b in blocks), default=0)
-    cols_buffer = np.empty(groups * largest * depth, dtype=xp.dtype)
-    grad_buffer = np.empty(groups * largest * group_out, dtype=xp.dtype)
-    total = np.zeros((groups, depth, group_out), dtype=xp.dtype)
-    for block in blocks:
-        cells = math.prod(_block_shape(block))
-        if cells == 0:
-            continue
-        cols = cols_buffer[:groups * cells * depth].reshape(groups, cells, ntaps, group_in)
-        _gather(xp, block, kernel_size, strides, dilation, groups, cols)
-        grad = grad_buffer[:groups * cells * group_out].reshape(groups, cells, group_out)
-        np.copyto(grad, dy[block].reshape(cells, groups, group_out).transpose(1, 0, 2))
-        total += np.matmul(cols.reshape(groups, cells, depth).transpose(0, 2, 1), grad)
-    # (G, taps·Cg, Fg) -> (*K, Cg, G·Fg)
-    dk = total.reshape(groups, ntaps, group_in, group_out).transpose(1, 2, 0, 3)
-    return np.ascontiguousarray(dk).reshape(*kernel_size, group_in, filters)
-
-
 def applies(problem: ConvProblem) -> bool:
     """Several groups, each with more than one input channel (depthwise has its own)."""
     return problem.groups > 1 and problem.kernel_shape[-2] > 1
@@ -171,4 +131,4 @@ def cost(problem: ConvProblem) -> float:
     return problem.flops * 0.8
 
 
-register_algorithm("grouped_gemm", direct, applies=applies, cost=cost, weight_grad=weight_grad)
+register_algorithm("grouped_gemm", direct, applies=applies, cost=cost)
