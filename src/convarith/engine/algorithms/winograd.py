@@ -773,13 +773,17 @@ def cost(problem: ConvProblem) -> float:
     on 2×28² 2.1 against 4.6; 256 on 2×14² 6.2 against 5.1; 512 on 1×7² 8.0
     against 4.0 (flat_rows 5.4). The constants before (0.45, 8000) chose
     register_tiles at batches 1 and 2 on 56² and 28² (1.4–2.3× slower).
+    Without numba the transforms run as NumPy expressions: 2.5 times that
+    (CPU time against flat_rows, 64 channels on 56²: 9.3 against 3.5 ms at batch
+    1, 68 against 51 at batch 16; 128 on 2×28²: 5.8 against 6.0).
     Infinite where too few channels make Winograd a loss.
     """
     if not _worth_it(problem):
         return math.inf
+    slow = 1.0 if _numba_kernels() is not None else 2.5
     wide = np.dtype(problem.dtype) == np.float32 and problem.in_channels > F4_MAX_CHANNELS
     per_flop = 0.55 if wide else 0.3
-    return problem.flops * per_flop + 3000.0 * problem.in_channels * problem.out_channels
+    return slow * (problem.flops * per_flop + 3000.0 * problem.in_channels * problem.out_channels)
 
 
 @functools.cache
