@@ -1,18 +1,23 @@
-"""Train the `convarith train` model with convarith and with Keras 3 (JAX backend); compare.
+"""Train the `convarith train` model with convarith, Keras 3 (JAX backend) and PyTorch; compare.
 
 Same data split, same architecture, same initial weights (copied from the
 convarith model), same optimizer (Adam), learning rate, batch size and
-epochs. Prints test accuracy and training wall time of each, one after the
-other in one process.
+epochs. Prints test accuracy, training wall time and process CPU time of
+each, one after the other in one process (PyTorch is skipped when not
+installed, or for "same" padding with strides, which it does not have).
 
 Usage:
     KERAS_BACKEND=jax python scripts/compare_train_keras.py [--epochs 8] [--padding same]
-        [--strides 1] [--dilation 1] [--repeats 1]
+        [--strides 1] [--dilation 1] [--repeats 1] [--profile FILE]
+
+``--profile FILE`` writes convarith's training run as a cProfile file
+(``python -m pstats FILE``).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
 import statistics
 import time
@@ -35,6 +40,55 @@ def keras_model(keras, size, padding, strides, dilation, filters):
     ])
 
 
+def torch_fit(initial, data, args):
+    """PyTorch's version of the model from the same initial weights; ``(accuracy, wall, cpu)``
+    or ``None`` when PyTorch is missing or cannot express the padding."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if args.padding == "same" and args.strides != 1:
+        return None
+    x_train, x_test, y_train, y_test = data
+    k1, b1, k2, b2, w, b = (torch.from_numpy(a.copy()) for a in initial)
+    pad = args.padding
+    conv1 = torch.nn.Conv2d(1, args.filters, 3, stride=args.strides, padding=pad,
+                            dilation=args.dilation)
+    conv2 = torch.nn.Conv2d(args.filters, args.filters, 3, stride=args.strides, padding=pad,
+                            dilation=args.dilation)
+    dense = torch.nn.Linear(w.shape[0], w.shape[1])
+    with torch.no_grad():
+        for layer, kernel, bias in ((conv1, k1, b1), (conv2, k2, b2)):
+            layer.weight.copy_(kernel.permute(3, 2, 0, 1))
+            layer.bias.copy_(bias)
+        dense.weight.copy_(w.T)
+        dense.bias.copy_(b)
+
+    def forward(x):
+        h = torch.relu(conv2(torch.relu(conv1(x))))
+        return dense(h.permute(0, 2, 3, 1).flatten(1))  # Keras flattens channels-last
+
+    params = [*conv1.parameters(), *conv2.parameters(), *dense.parameters()]
+    optimizer = torch.optim.Adam(params, lr=args.learning_rate)
+    xt = torch.from_numpy(x_train.astype("float32")).permute(0, 3, 1, 2).contiguous()
+    yt = torch.from_numpy(y_train.astype("int64"))
+    generator = torch.Generator().manual_seed(args.seed)
+    start, cpu = time.perf_counter(), time.process_time()
+    for _ in range(args.epochs):
+        order = torch.randperm(len(xt), generator=generator)
+        for first in range(0, len(xt), args.batch_size):
+            batch = order[first:first + args.batch_size]
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(forward(xt[batch]), yt[batch])
+            loss.backward()
+            optimizer.step()
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    with torch.no_grad():
+        xe = torch.from_numpy(x_test.astype("float32")).permute(0, 3, 1, 2).contiguous()
+        accuracy = float((forward(xe).argmax(1).numpy() == y_test).mean())
+    return accuracy, wall, cpu
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for name in ("padding", "strides", "dilation", "epochs", "batch_size", "filters", "size",
@@ -42,47 +96,64 @@ def main() -> None:
         default = DEFAULTS[name]
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
     parser.add_argument("--repeats", type=int, default=1, help="train each this many times")
+    parser.add_argument("--profile", default=None, help="cProfile convarith's run into FILE")
     args = parser.parse_args()
 
     import keras
 
     data = load_digits_images(args.size, args.seed)
     x_train, x_test, y_train, y_test = data
-    results: dict[str, list[tuple[float, float]]] = {"convarith": [], "keras (jax)": []}
+    results: dict[str, list[tuple[float, float, float]]] = {"convarith": [], "keras (jax)": [],
+                                                            "pytorch": []}
     for _ in range(args.repeats):
         ours = build_model(args.size, args.padding, args.strides, args.dilation, args.filters,
                            args.seed)
         initial = ours.get_weights()
         ours.compile(nn.Adam(args.learning_rate), "sparse_categorical_crossentropy", ["accuracy"])
-        start = time.perf_counter()
+        profiler = cProfile.Profile() if args.profile else None
+        start, cpu = time.perf_counter(), time.process_time()
+        if profiler is not None:
+            profiler.enable()
         ours.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, verbose=0)
-        seconds = time.perf_counter() - start
-        results["convarith"].append((ours.evaluate(x_test, y_test)[1], seconds))
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(args.profile)
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+        results["convarith"].append((ours.evaluate(x_test, y_test)[1], seconds, cpu))
 
         theirs = keras_model(keras, args.size, args.padding, args.strides, args.dilation,
                              args.filters)
         theirs.set_weights(initial)
         theirs.compile(keras.optimizers.Adam(args.learning_rate),
                        loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         theirs.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, verbose=0)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         accuracy = theirs.evaluate(x_test, y_test, verbose=0)[1]
-        results["keras (jax)"].append((float(accuracy), seconds))
+        results["keras (jax)"].append((float(accuracy), seconds, cpu))
+        torch_run = torch_fit(initial, data, args)
+        if torch_run is not None:
+            results["pytorch"].append(torch_run)
 
     print(f"digits {args.size}x{args.size}: {len(x_train)} train / {len(x_test)} test; "
           f"padding={args.padding} strides={args.strides} dilation={args.dilation} "
           f"filters={args.filters} epochs={args.epochs} batch={args.batch_size} "
           f"Adam lr={args.learning_rate}; cores={os.cpu_count()}")
     for name, runs in results.items():
-        accuracies = [a for a, _ in runs]
-        times = [t for _, t in runs]
+        if not runs:
+            print(f"{name:12s} not run (not installed, or no such padding)")
+            continue
+        accuracies = [a for a, _, _ in runs]
+        times = [t for _, t, _ in runs]
+        cpus = [c for _, _, c in runs]
         print(f"{name:12s} test accuracy {statistics.median(accuracies):.4f}  "
-              f"train wall {statistics.median(times):6.1f}s (median of {len(runs)}; "
-              f"all: {', '.join(f'{t:.1f}' for t in times)})")
-    ratio = statistics.median(t for _, t in results["convarith"]) / statistics.median(
-        t for _, t in results["keras (jax)"])
-    print(f"convarith / keras wall time: {ratio:.2f}x")
+              f"train wall {statistics.median(times):6.1f}s cpu {statistics.median(cpus):6.1f}s "
+              f"(median of {len(runs)}; all: {', '.join(f'{t:.1f}' for t in times)})")
+    ours_wall = statistics.median(t for _, t, _ in results["convarith"])
+    for name in ("keras (jax)", "pytorch"):
+        if results[name]:
+            ratio = ours_wall / statistics.median(t for _, t, _ in results[name])
+            print(f"convarith / {name} wall time: {ratio:.2f}x")
 
 
 if __name__ == "__main__":

@@ -502,13 +502,33 @@ def direct(
                    flops=_GEMM_EQUIVALENT * y.size * math.prod(kernel.shape[:rank]),
                    blas=False)
         return y.reshape(xp.shape[0], *out_size, filters)
-    y = np.zeros((xp.shape[0], *out_size, channels, multiplier), xp.dtype)
-    scratch = np.empty_like(y)
-    for tap in itertools.product(*(range(k) for k in kernel.shape[:rank])):
-        view = _tap_view(xp, tap, strides, dilation, out_size)[..., None]
-        np.multiply(view, kernel[tap].reshape(channels, multiplier), out=scratch)
-        y += scratch
-    return y.reshape(xp.shape[0], *out_size, filters)
+    return _direct_numpy(xp, kernel, strides, dilation, out_size)
+
+
+def _direct_numpy(xp: np.ndarray, kernel: np.ndarray, strides: Sequence[int],
+                  dilation: Sequence[int], out_size: Sequence[int]) -> np.ndarray:
+    """Without compiled loops: one ``einsum`` over a sliding-window view (no copy).
+
+    NumPy's sum-of-products loop reads each window's taps once and writes each
+    output once: on one core (CPU time, float32, 5×5 on 2×56²×96) 4.1 ms against
+    8.2 for a multiply and an add per tap over whole arrays.
+    """
+    rank = len(out_size)
+    channels = xp.shape[-1]
+    multiplier = kernel.shape[-1] // channels
+    ksize = kernel.shape[:rank]
+    reach = [(k - 1) * d + 1 for k, d in zip(ksize, dilation)]
+    windows = np.lib.stride_tricks.sliding_window_view(xp, reach, axis=tuple(range(1, rank + 1)))
+    index = ((slice(None),)
+             + tuple(slice(0, (o - 1) * s + 1, s) for o, s in zip(out_size, strides))
+             + (slice(None),)
+             + tuple(slice(None, None, d) for d in dilation))
+    windows = windows[index]
+    cells, taps = "hwd"[:rank], "ijk"[:rank]
+    y = np.einsum(f"n{cells}c{taps},{taps}cm->n{cells}cm", windows,
+                  kernel.reshape(*ksize, channels, multiplier))
+    return np.ascontiguousarray(y, dtype=xp.dtype).reshape(xp.shape[0], *out_size,
+                                                           channels * multiplier)
 
 
 #: Multiplier-1 layers with at most this many channels and stride 1 along the width

@@ -764,16 +764,26 @@ def _worth_it(problem: ConvProblem) -> bool:
 def cost(problem: ConvProblem) -> float:
     """Estimated cost in the units of :mod:`.flat_rows`'s (which is ``0.7 × flops``).
 
-    About 0.45 × plain FLOPs for the tiles (0.55 with F(2×2, 3×3) on wide
-    float32 layers) plus the kernel transform, ~8000 units per channel pair
-    (it matters on small images with many channels); infinite where too few
-    channels make Winograd a loss.
+    About 0.3 × plain FLOPs for the tiles (0.55 with F(2×2, 3×3) on wide
+    float32 layers) plus ~3000 units per channel pair (the kernel transform and
+    the per-element products, whose few tiles use BLAS poorly on small images).
+    Measured on one core (CPU time, float32, 3×3 "same", against
+    :mod:`.register_tiles`, busy machine): 64 channels on 56² 1.8 against 2.5 ms
+    at batch 1, 3.3 against 5.0 at batch 2, 17.8 against 35.3 at batch 16; 128
+    on 2×28² 2.1 against 4.6; 256 on 2×14² 6.2 against 5.1; 512 on 1×7² 8.0
+    against 4.0 (flat_rows 5.4). The constants before (0.45, 8000) chose
+    register_tiles at batches 1 and 2 on 56² and 28² (1.4–2.3× slower).
+    Without numba the transforms run as NumPy expressions: 2.5 times that
+    (CPU time against flat_rows, 64 channels on 56²: 9.3 against 3.5 ms at batch
+    1, 68 against 51 at batch 16; 128 on 2×28²: 5.8 against 6.0).
+    Infinite where too few channels make Winograd a loss.
     """
     if not _worth_it(problem):
         return math.inf
+    slow = 1.0 if _numba_kernels() is not None else 2.5
     wide = np.dtype(problem.dtype) == np.float32 and problem.in_channels > F4_MAX_CHANNELS
-    per_flop = 0.55 if wide else 0.45
-    return problem.flops * per_flop + 8000.0 * problem.in_channels * problem.out_channels
+    per_flop = 0.55 if wide else 0.3
+    return slow * (problem.flops * per_flop + 3000.0 * problem.in_channels * problem.out_channels)
 
 
 @functools.cache
