@@ -365,10 +365,8 @@ def goto(page: Any, server_url: str, query: str) -> None:
     ("in=5x5&k=3x3&s=1x1&d=1x1&p=same&pm=reflect&conv=keras", "Keras", "fill"),
     ("in=5x5&k=3x3&s=1x1&d=1x1&p=same&pm=reflect&conv=jax", "JAX", "fill"),
     ("in=5x5&k=3x3&s=1x1&d=1x1&p=same&pm=circular&conv=onnx", "ONNX", "fill"),
-    # lax has no pooling layer; Keras pooling has no dilation; ONNX AveragePool no dilation
-    ("in=6x6&k=2x2&s=2x2&d=1x1&p=valid&pool=max&conv=jax", "JAX", "pooling"),
+    # Keras pooling layers take no dilation
     ("in=9x9&k=2x2&s=2x2&d=2x2&p=valid&pool=max&conv=keras", "Keras", "dilation"),
-    ("in=9x9&k=2x2&s=2x2&d=2x2&p=valid&pool=avg&conv=onnx", "ONNX", "dilation"),
 ])
 def test_framework_rules_refuse_what_the_framework_would_compute_otherwise(page, server_url, query,
                                                                            rules, lacking):
@@ -382,6 +380,17 @@ def test_framework_rules_refuse_what_the_framework_would_compute_otherwise(page,
         assert "padding_mode='reflect'" in code
         page.hover("#grid rect[data-pos='0,0']")
         assert "copies input[1,1] (reflect)" in page.text_content("#cell-sum")
+
+
+@pytest.mark.parametrize("query, rules", [
+    # lax.reduce_window pools with any window dilation; ONNX AveragePool has `dilations`
+    ("in=6x6&k=2x2&s=2x2&d=1x1&p=valid&pool=max&conv=jax", "JAX"),
+    ("in=9x9&k=2x2&s=2x2&d=2x2&p=valid&pool=avg&conv=onnx", "ONNX"),
+])
+def test_framework_rules_accept_what_the_framework_expresses(page, server_url, query, rules):
+    goto(page, server_url, query + "&tab=code&port=torch")
+    note = page.text_content("#convention-note")
+    assert f"{rules} accepts" in note and "rejects" not in note, note
 
 
 def test_keras_really_has_no_padding_mode():

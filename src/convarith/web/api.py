@@ -324,8 +324,10 @@ def build_spec(settings: Settings) -> tuple[ConvSpec, dict[str, Any] | None]:
         report.update(accepted=None, error=f"{name}'s rules are not available yet ({error})")
         return spec, report
     except (ValueError, TypeError, NotImplementedError) as error:
+        lacking = _lacking_argument(str(error), spec,
+                                    f"{name}'s {_layer_name(settings.convention, spec)}")
         report.update(accepted=False,
-                      error=f"{name} rejects these settings: {page_words(str(error))}")
+                      error=f"{name} rejects these settings: {lacking or page_words(str(error))}")
         return spec, report
     lost = _lost_setting(spec, door_spec, f"{name}'s {_layer_name(settings.convention, spec)}")
     if lost is not None:
@@ -412,6 +414,27 @@ def _lost_setting(spec: ConvSpec, door_spec: ConvSpec, name: str) -> str | None:
         return (f"{name} would use output pad {_shown(door_spec.output_padding)}, not "
                 f"{_shown(spec.output_padding)}; leave output pad empty (auto)")
     return None
+
+
+_NO_ARGUMENT = re.compile(r"has no argument for (\w+)=")
+
+
+def _lacking_argument(message: str, spec: ConvSpec, name: str) -> str | None:
+    """A front door's "has no argument for <field>=..." in the page's words (the
+    control's name and its "off" value), as :func:`_lost_setting` words it.
+
+    >>> spec = ConvSpec(3, padding="same", padding_mode="reflect")
+    >>> _lacking_argument("Keras Conv2D has no argument for padding_mode='reflect'; leave it out",
+    ...                   spec, "Keras's Conv2D")
+    "Keras's Conv2D has no setting for fill = reflect; set fill to zeros, or choose the rules of a framework that has it"
+    """
+    found = _NO_ARGUMENT.search(message)
+    if found is None or found.group(1) not in _CONTROLS:
+        return None
+    control, off = _CONTROLS[found.group(1)]
+    fix = "" if off is None else f"set {control} to {_shown(off)}, or "
+    return (f"{name} has no setting for {control} = {_shown(getattr(spec, found.group(1)))}; "
+            f"{fix}choose the rules of a framework that has it")
 
 
 def _door_refusal(convention: str, spec: ConvSpec) -> str | None:
