@@ -53,10 +53,7 @@ NOT_APPLICABLE = {
     "test_lora_rank_argument": "LoRA is refused by design (one clear error naming lora_rank)",
     "test_enable_lora": "LoRA (Keras's enable_lora on its own layer): refused by design",
     "test_permute_sparse": "sparse tensors: convarith.nn runs dense NumPy arrays",
-    "test_basic_dot_2d": "Dot is not a convolution-family layer",
-    "test_basic_dot_3d": "Dot is not a convolution-family layer",
-    "test_sparse_dot_2d": "Dot is not a convolution-family layer",
-    "test_sparse_dot_3d": "Dot is not a convolution-family layer",
+    "test_sparse_dot": "sparse tensors: convarith.nn runs dense NumPy arrays",
 }
 
 
