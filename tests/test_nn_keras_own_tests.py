@@ -138,7 +138,8 @@ def _compare_layer_call(layer: Any, args: tuple, kwargs: dict[str, Any], out: An
     if expected is None or any(v is None for v in inputs):
         return tally.skip("symbolic or traced call (KerasTensor/jit plumbing)")
     masked = [getattr(v, "_keras_mask", None) for v in (args[0] if several else [args[0]])]
-    if kwargs.get("mask") is not None or any(m is not None for m in masked):
+    positional_mask = len(args) > 1 and args[1] is not None  # layer(x, mask)
+    if kwargs.get("mask") is not None or positional_mask or any(m is not None for m in masked):
         return tally.skip("masked call: convarith.nn has no masks")
     init_args, init_kwargs = layer._convarith_init
     try:
