@@ -3,6 +3,8 @@ open input sizes, imports from Keras models and ``.keras`` files, configs."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -43,7 +45,12 @@ def _unet(lib: object, shape: tuple) -> object:
     return lib.Model(inputs, o, name="unet")  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("builder", [_residual, _unet])
+# each Keras model compiles on first call: under CI one builder (the U-Net, which has
+# the transposed convolution and the skip), both otherwise
+BUILDERS = [_unet] if os.environ.get("CI") == "true" else [_residual, _unet]
+
+
+@pytest.mark.parametrize("builder", BUILDERS)
 def test_imported_keras_functional_model_matches(builder, tmp_path) -> None:
     theirs = builder(keras, (None, None, 1))
     x = np.random.default_rng(0).standard_normal((3, 12, 12, 1)).astype(np.float32)
@@ -56,7 +63,7 @@ def test_imported_keras_functional_model_matches(builder, tmp_path) -> None:
     _close(nn.from_keras(path).predict(x), theirs.predict(x, verbose=0))
 
 
-@pytest.mark.parametrize("builder", [_residual, _unet])
+@pytest.mark.parametrize("builder", BUILDERS)
 def test_functional_config_equals_keras(builder) -> None:
     theirs = builder(keras, (12, 12, 1)).get_config()
     ours = builder(nn, (12, 12, 1)).get_config()
@@ -107,7 +114,7 @@ def test_summary_follows_branches() -> None:
     assert "8x8" in lines["bottom"] and "2x2" in lines["bottom"]
 
 
-@pytest.mark.parametrize("builder", [_residual, _unet])
+@pytest.mark.parametrize("builder", BUILDERS)
 def test_keras_loads_our_keras_file(builder, tmp_path) -> None:
     ours = builder(nn, (None, None, 1))
     path = str(tmp_path / "ours.keras")
@@ -126,3 +133,27 @@ def test_keras_loads_our_sequential_keras_file(tmp_path) -> None:
     theirs = keras.saving.load_model(path)
     x = np.random.default_rng(6).standard_normal((2, 8, 8, 2)).astype(np.float32)
     _close(ours.predict(x), theirs.predict(x, verbose=0))
+
+
+def test_unet_fit_follows_keras_step_by_step() -> None:
+    """Same initial weights, Adam, partial last batch, no shuffling: the weights after
+    every epoch equal Keras's (rtol 1e-4), so training diverges from Keras only by float
+    rounding amplified over many steps."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((20, 8, 8, 1)).astype(np.float32)
+    y = rng.random((20, 8, 8, 1)).astype(np.float32)
+    ours, theirs = _unet(nn, (8, 8, 1)), _unet(keras, (8, 8, 1))
+    for layer in ours.layers:  # type: ignore[attr-defined]
+        if layer.get_weights():
+            theirs.get_layer(layer.name).set_weights(layer.get_weights())  # type: ignore[attr-defined]
+    ours.compile(nn.Adam(0.01), "mse")  # type: ignore[attr-defined]
+    theirs.compile(keras.optimizers.Adam(0.01), "mse")  # type: ignore[attr-defined]
+    for epoch in range(2):
+        got = ours.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)  # type: ignore[attr-defined]
+        expected = theirs.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)  # type: ignore[attr-defined]
+        np.testing.assert_allclose(got.history["loss"], expected.history["loss"], rtol=1e-4)
+        for layer in ours.layers:  # type: ignore[attr-defined]
+            for mine, reference in zip(layer.get_weights(),
+                                       theirs.get_layer(layer.name).get_weights()):  # type: ignore[attr-defined]
+                np.testing.assert_allclose(mine, reference, rtol=1e-4, atol=1e-5,
+                                           err_msg=f"{layer.name} after epoch {epoch + 1}")

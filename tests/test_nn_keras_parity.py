@@ -169,3 +169,29 @@ def test_sequential_with_open_sizes_matches_keras() -> None:
     for shape in ((2, 17, 23, 1), (1, 40, 9, 1)):
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         _close(ours.predict(x), theirs.predict(x, verbose=0), str(shape))
+
+
+@pytest.mark.parametrize("shapes, axes, normalize", [
+    (((4, 3), (4, 3)), 1, False), (((4, 3, 5), (4, 5, 2)), (2, 1), True),
+    (((4, 3, 5), (4, 3, 2)), 1, True), (((4, 3, 5), (4, 6, 5)), -1, False)])
+def test_dot_matches_keras_output_gradients_and_config(shapes: Any, axes: Any,
+                                                       normalize: bool) -> None:
+    jax = pytest.importorskip("jax")
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    theirs, ours = keras.layers.Dot(axes=axes, normalize=normalize), nn.Dot(axes, normalize)
+    expected = np.asarray(theirs(xs))
+    got = ours.forward(xs, keep=True)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    d_out = rng.standard_normal(expected.shape).astype(np.float32)
+    grads = jax.grad(lambda a, b: (theirs([a, b]) * d_out).sum(), argnums=(0, 1))(*xs)
+    for mine, reference in zip(ours.backward(d_out), grads):
+        np.testing.assert_allclose(mine, np.asarray(reference), rtol=1e-4, atol=1e-5)
+    assert ours.get_config() == {**theirs.get_config(), "name": ours.name}
+
+
+def test_dot_refuses_the_batch_axis() -> None:
+    with pytest.raises(ValueError, match="axes"):
+        nn.Dot(axes=0)([np.ones((2, 3)), np.ones((2, 3))])
+    with pytest.raises(ValueError, match="axes must be an int or a pair"):
+        nn.Dot(axes=(1, 2, 3))

@@ -408,3 +408,28 @@ def test_rmsprop_is_the_default_name_and_checks_its_arguments():
         nn.RMSprop(centered="yes")
     with pytest.raises(ValueError, match="momentum must be"):
         nn.RMSprop(momentum=-0.1)
+
+
+def test_from_keras_imports_regularizers_and_constraints() -> None:
+    keras = pytest.importorskip("keras")
+    keras_model = keras.Sequential([
+        keras.Input((6, 6, 2)),
+        keras.layers.Conv2D(3, 3, kernel_regularizer=keras.regularizers.L1L2(0.01, 0.02),
+                            bias_regularizer=keras.regularizers.L2(0.05),
+                            kernel_constraint=keras.constraints.MaxNorm(0.5),
+                            bias_constraint=keras.constraints.NonNeg()),
+    ])
+    keras_model.layers[0].bias.assign(np.array([0.5, -1.0, 2.0], np.float32))
+    conv = nn.from_keras(keras_model).layers[-1]
+    theirs = keras_model.layers[0]
+    for ours_part, their_part in ((conv.kernel_regularizer, theirs.kernel_regularizer),
+                                  (conv.bias_regularizer, theirs.bias_regularizer),
+                                  (conv.kernel_constraint, theirs.kernel_constraint),
+                                  (conv.bias_constraint, theirs.bias_constraint)):
+        assert type(ours_part).__name__ == type(their_part).__name__
+        assert ours_part.get_config() == pytest.approx(their_part.get_config())
+    keras_model(np.zeros((1, 6, 6, 2), np.float32))
+    expected = float(sum(np.asarray(v) for v in keras_model.losses))
+    assert conv.regularization_loss() == pytest.approx(expected, rel=1e-5)
+    conv.apply_constraints()
+    assert conv.variables["bias"].min() >= 0.0

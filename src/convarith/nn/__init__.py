@@ -48,7 +48,7 @@ from .layers import (
     SeparableConv2D,
 )
 from .losses import CategoricalCrossentropy, MeanSquaredError, SparseCategoricalCrossentropy
-from .merging import Add, Average, Concatenate, Maximum, Minimum, Multiply, Subtract
+from .merging import Add, Average, Concatenate, Dot, Maximum, Minimum, Multiply, Subtract
 from .models import History, Sequential, TrainingStopped
 from .optimizers import SGD, Adam, RMSprop
 from .reshaping import (
@@ -75,7 +75,7 @@ __all__ = [
     "Activation", "Adam", "Add", "Average", "AveragePooling1D", "AveragePooling2D",
     "AveragePooling3D", "BatchNormalization", "CategoricalCrossentropy", "Concatenate",
     "Conv1D", "Conv1DTranspose", "Conv2D", "Conv2DTranspose", "Conv3D", "Conv3DTranspose",
-    "Cropping1D", "Cropping2D", "Cropping3D", "Dense", "DepthwiseConv1D", "DepthwiseConv2D",
+    "Cropping1D", "Cropping2D", "Cropping3D", "Dense", "DepthwiseConv1D", "DepthwiseConv2D", "Dot",
     "Dropout", "Flatten", "GlobalAveragePooling1D", "GlobalAveragePooling2D",
     "GlobalAveragePooling3D", "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",
     "History", "Input", "InputLayer", "Layer", "MaxPooling1D", "MaxPooling2D", "MaxPooling3D",

@@ -136,11 +136,7 @@ def _layer_from_config(class_name: str, config: Mapping[str, Any]) -> Layer:
 _KERAS_IGNORED = {
     "kernel_initializer", "bias_initializer", "depthwise_initializer", "pointwise_initializer",
     "beta_initializer", "gamma_initializer", "moving_mean_initializer",
-    "moving_variance_initializer", "kernel_regularizer", "bias_regularizer",
-    "depthwise_regularizer", "pointwise_regularizer", "activity_regularizer",
-    "beta_regularizer", "gamma_regularizer", "kernel_constraint", "bias_constraint",
-    "depthwise_constraint", "pointwise_constraint", "beta_constraint", "gamma_constraint",
-    "dtype", "lora_rank", "lora_alpha", "synchronized", "renorm", "renorm_clipping",
+    "moving_variance_initializer", "dtype", "lora_rank", "lora_alpha", "synchronized", "renorm", "renorm_clipping",
     "renorm_momentum", "quantization_config", "seed", "sparse", "ragged", "optional",
 }
 
@@ -168,6 +164,15 @@ def _translate_keras_layer(class_name: str, config: Mapping[str, Any]) -> Layer:
             raise ValueError(f"Keras layer {config.get('name')!r}: noise_shape is not supported")
         if key in _KERAS_IGNORED or key == "noise_shape":
             continue
+        if key.endswith(("_regularizer", "_constraint")):
+            if value is None:
+                continue
+            if key not in accepted:
+                raise ValueError(
+                    f"Keras layer {config.get('name')!r} ({class_name}) has {key}={value!r}, "
+                    "which convarith.nn does not apply to this layer; remove it in Keras "
+                    "before saving"
+                )
         if key not in accepted:
             raise ValueError(
                 f"Keras layer {config.get('name')!r} ({class_name}) has argument {key}={value!r}, "

@@ -22,7 +22,8 @@ import numpy as np
 
 from .layers import Layer, Shape, _fmt_shape
 
-__all__ = ["Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate"]
+__all__ = ["Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate",
+           "Dot"]
 
 
 def _unbroadcast(d: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -231,3 +232,96 @@ class Concatenate(_Merge):
 
     def _config_items(self) -> dict[str, Any]:
         return {"axis": self.axis}
+
+
+class Dot(_Merge):
+    """Batched dot product of two inputs along ``axes``, as ``keras.layers.Dot``.
+
+    ``axes`` is one int (the same axis of both inputs) or a pair; axis 0 is the batch
+    and cannot be summed over. With ``normalize=True`` both inputs are first divided
+    by their L2 norm along those axes (cosine similarity). Two 2-D inputs give
+    ``(batch, 1)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> Dot(axes=1)([np.ones((2, 3)), np.full((2, 3), 2.0)])
+    array([[6.],
+           [6.]], dtype=float32)
+    """
+
+    min_inputs = 2
+    max_inputs = 2
+
+    def __init__(self, axes: int | Sequence[int], normalize: bool = False,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        pair = [axes] if isinstance(axes, int) else list(axes) if isinstance(
+            axes, (list, tuple)) else None
+        if (pair is None or len(pair) not in (1, 2) or (len(pair) == 1 and not isinstance(
+                axes, int)) or any(isinstance(a, bool) or not isinstance(a, int)
+                                   for a in pair)):
+            raise ValueError(f"axes must be an int or a pair of ints, got {axes!r}")
+        self.axes = axes
+        self.normalize = bool(normalize)
+
+    def _pair(self, ndims: Sequence[int]) -> tuple[int, int]:
+        given = [self.axes] * 2 if isinstance(self.axes, int) else list(self.axes)
+        pair = tuple(a % n if a < 0 else a for a, n in zip(given, ndims))
+        if any(a == 0 or a >= n for a, n in zip(pair, ndims)):
+            raise ValueError(f"layer {self.name!r} (Dot): axes={self.axes!r} must name a "
+                             f"non-batch axis of inputs of rank {tuple(ndims)}")
+        return pair  # type: ignore[return-value]
+
+    def merged_output_shape(self, shapes: Sequence[Shape]) -> Shape:
+        a1, a2 = self._pair([len(s) + 1 for s in shapes])
+        s1, s2 = list(shapes[0]), list(shapes[1])
+        if s1[a1 - 1] is not None and s2[a2 - 1] is not None and s1[a1 - 1] != s2[a2 - 1]:
+            raise ValueError(self._mismatch(shapes) + f" (axes {self.axes!r} must have one "
+                             "size)")
+        out = s1[:a1 - 1] + s1[a1:] + s2[:a2 - 1] + s2[a2:]
+        return tuple(out) if out else (1,)
+
+    def _matrices(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, int, int]:
+        a1, a2 = self._pair([a.ndim for a in arrays])
+        x1 = np.moveaxis(arrays[0], a1, -1)
+        x2 = np.moveaxis(arrays[1], a2, 1)
+        return x1, x2, a1, a2
+
+    @staticmethod
+    def _unit(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+        norm = np.sqrt(np.maximum(np.sum(x * x, axis=axis, keepdims=True), 1e-12))
+        return x / norm, norm
+
+    def _normalized(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        if not self.normalize:
+            return arrays
+        a1, a2 = self._pair([a.ndim for a in arrays])
+        return [self._unit(arrays[0], a1)[0], self._unit(arrays[1], a2)[0]]
+
+    def _combine(self, arrays: list[np.ndarray]) -> np.ndarray:
+        x1, x2, _, _ = self._matrices(self._normalized(arrays))
+        batch, k = x1.shape[0], x1.shape[-1]
+        y = np.matmul(x1.reshape(batch, -1, k), x2.reshape(batch, k, -1))
+        shape = (batch, *x1.shape[1:-1], *x2.shape[2:])
+        return y.reshape(shape if len(shape) > 1 else (batch, 1))
+
+    def _input_grads(self, arrays: list[np.ndarray], y: np.ndarray,
+                     d_out: np.ndarray) -> list[np.ndarray]:
+        units = self._normalized(arrays)
+        x1, x2, a1, a2 = self._matrices(units)
+        batch, k = x1.shape[0], x1.shape[-1]
+        m1, m2 = x1.reshape(batch, -1, k), x2.reshape(batch, k, -1)
+        d = d_out.reshape(batch, m1.shape[1], m2.shape[2])
+        d1 = np.moveaxis((d @ m2.transpose(0, 2, 1)).reshape(x1.shape), -1, a1)
+        d2 = np.moveaxis((m1.transpose(0, 2, 1) @ d).reshape(x2.shape), 1, a2)
+        if not self.normalize:
+            return [d1, d2]
+        grads = []
+        for dn, n, x, axis in ((d1, units[0], arrays[0], a1), (d2, units[1], arrays[1], a2)):
+            norm = self._unit(x, axis)[1]
+            grads.append((dn - n * np.sum(dn * n, axis=axis, keepdims=True)) / norm)
+        return grads
+
+    def _config_items(self) -> dict[str, Any]:
+        return {"axes": self.axes, "normalize": self.normalize}
