@@ -164,8 +164,8 @@ def _torch_runner(case: BenchCase, x: np.ndarray, kernel: np.ndarray,
         symmetric = tuple(-(-(lo + hi) // 2) for lo, hi in pads)
         sym_out = tuple(
             conv_output_size(n, k, s, d, (p, p))
-            for n, p, k, d, s in zip(resolved.input_size, symmetric, spec.kernel_size,  # type: ignore[arg-type]
-                                     spec.dilation, spec.strides)  # type: ignore[arg-type]
+            for n, p, k, d, s in zip(resolved.input_size, symmetric, spec.kernel_size,
+                                     spec.dilation, spec.strides)
         )
         if sym_out == tuple(out) and all(lo == hi or spec.strides != (1,) * rank
                                          for lo, hi in pads):
@@ -291,17 +291,17 @@ def _forward_paths(case: BenchCase, backward: bool) -> list[str]:
     n = case.input_shape[0]
     if spec.transposed:
         return [transposed_algorithm(case.input_shape, case.kernel_shape, spec.strides,
-                                     spec.dilation, groups, resolved.padding)]  # type: ignore[arg-type]
+                                     spec.dilation, groups, resolved.padding)]
     padded = tuple(i + lo + hi for i, (lo, hi) in zip(resolved.input_size, resolved.padding))
     problem = ConvProblem((n, *padded, case.input_shape[-1]), case.kernel_shape,
-                          spec.strides, spec.dilation, groups,  # type: ignore[arg-type]
+                          spec.strides, spec.dilation, groups,
                           resolved.output_size, np.dtype(np.float32))
     names = [choose(problem).name]
     if backward:
         names.append(choose_weight_grad(problem).name)
         # the input gradient: the transposed convolution of d_out onto the padded grid
         names.insert(1, transposed_algorithm(
-            case.output_shape, case.kernel_shape, spec.strides, spec.dilation, groups,  # type: ignore[arg-type]
+            case.output_shape, case.kernel_shape, spec.strides, spec.dilation, groups,
             resolved.input_gradient_padding))
     return names
 

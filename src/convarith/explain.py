@@ -128,8 +128,8 @@ def explain(spec: ConvSpec, input_shape: int | Sequence[int]) -> Explanation:
     }[spec.kind]
     summary = (
         f"{what}: input {_fmt(resolved.input_size)} → output {_fmt(resolved.output_size)}"
-        f" (kernel {_fmt(spec.kernel_size)}, stride {_fmt(spec.strides)}"  # type: ignore[arg-type]
-        + (f", dilation {_fmt(spec.dilation)}" if max(spec.dilation) > 1 else "")  # type: ignore[arg-type]
+        f" (kernel {_fmt(spec.kernel_size)}, stride {_fmt(spec.strides)}"
+        + (f", dilation {_fmt(spec.dilation)}" if max(spec.dilation) > 1 else "")
         + f", padding {_padding_label(spec)})"
     )
     return Explanation(
@@ -168,9 +168,9 @@ def _padding_label(spec: ConvSpec) -> str:
 def _derive_axis(r: ResolvedConv, axis: int, name: str) -> AxisDerivation:
     spec = r.spec
     size, out = r.input_size[axis], r.output_size[axis]
-    k = spec.kernel_size[axis]  # type: ignore[index]
-    s = spec.strides[axis]  # type: ignore[index]
-    d = spec.dilation[axis]  # type: ignore[index]
+    k = spec.kernel_size[axis]
+    s = spec.strides[axis]
+    d = spec.dilation[axis]
     eff = r.effective_kernel[axis]
     lo, hi = r.padding[axis]
     steps: list[str] = []
@@ -179,7 +179,7 @@ def _derive_axis(r: ResolvedConv, axis: int, name: str) -> AxisDerivation:
     kname = "K_eff" if d > 1 else "K"
     if spec.transposed:
         clo, chi = r.crop[axis]
-        op = spec.output_padding[axis] if spec.output_padding is not None else 0  # type: ignore[index]
+        op = spec.output_padding[axis] if spec.output_padding is not None else 0
         formula = f"O = (I - 1)·S + {kname} - crop_lo - crop_hi"
         steps.append(
             f"crop of the full output: ({clo}, {chi})"
@@ -233,7 +233,7 @@ def dropped_rows_note(r: ResolvedConv, axis: int, name: str | None = None) -> st
     if name is None:
         name = _AXIS_NAMES[r.rank][axis] if r.rank in _AXIS_NAMES else f"axis {axis}"
     size, (lo, hi), eff = r.input_size[axis], r.padding[axis], r.effective_kernel[axis]
-    stride = r.spec.strides[axis]  # type: ignore[index]
+    stride = r.spec.strides[axis]
     which = "input row never reaches" if dropped == 1 else f"{dropped} input rows never reach"
     return (f"{name}: the last {which} the kernel (({size} + {lo} + {hi} - {eff}) = "
             f"{size + lo + hi - eff} is not a multiple of the stride {stride}): silently dropped")
@@ -272,9 +272,9 @@ def _notes(r: ResolvedConv, axes: Sequence[AxisDerivation]) -> list[str]:
                 )
     if word == "same" and any(lo != hi for lo, hi in r.padding):
         notes.append("JAX 'SAME_LOWER' and ONNX 'SAME_LOWER' would put the odd pixel at the start")
-    if word == "same" and max(spec.strides) > 1:  # type: ignore[arg-type]
+    if word == "same" and max(spec.strides) > 1:
         notes.append("PyTorch rejects padding='same' with stride > 1; give explicit padding")
-    if max(spec.strides) > 1 and max(spec.dilation) > 1:  # type: ignore[arg-type]
+    if max(spec.strides) > 1 and max(spec.dilation) > 1:
         notes.append("Keras Conv layers reject strides > 1 together with dilation_rate > 1")
     return notes
 

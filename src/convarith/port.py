@@ -464,7 +464,7 @@ class _Writer:
                 f"{self.src_name} (out, in/groups, k...) -> (k..., in/groups, out)" if not self.spec.transposed
                 else f"{self.src_name} (in, out/groups, k...) -> (k..., out/groups, in)")
         if layout == "keras_depthwise":
-            taps = ", ".join(map(str, self.spec.kernel_size))  # type: ignore[arg-type]
+            taps = ", ".join(map(str, self.spec.kernel_size))
             return ([f"w = np.reshape(kernel, ({taps}, 1, {self.cout}))"],
                     "Keras depthwise (k..., in, multiplier) -> (k..., 1, in * multiplier)")
         if layout in ("jax_flipped", "jax_flipped_oi"):
@@ -487,7 +487,7 @@ class _Writer:
                 "(k..., in/groups, out) -> PyTorch (out, in/groups, k...)" if not self.spec.transposed
                 else "(k..., out/groups, in) -> PyTorch (in, out/groups, k...)")
         if target_layout == "keras_depthwise":
-            ks = ", ".join(map(str, self.spec.kernel_size))  # type: ignore[arg-type]
+            ks = ", ".join(map(str, self.spec.kernel_size))
             mult = self.cout // self.cin
             return [f"w = np.reshape(w, ({ks}, {self.cin}, {mult}))"], "-> depthwise (k..., in, multiplier)"
         return [], ""
@@ -555,8 +555,8 @@ class _Writer:
         mode = spec.padding_mode
         lines = _imports("torch")
         lines += self._weights("torch")
-        args = [str(self.cin), str(self.cout), f"kernel_size={_tuple(spec.kernel_size)}",  # type: ignore[arg-type]
-                f"stride={_tuple(spec.strides)}"]  # type: ignore[arg-type]
+        args = [str(self.cin), str(self.cout), f"kernel_size={_tuple(spec.kernel_size)}",
+                f"stride={_tuple(spec.strides)}"]
         pre = None
         if symmetric:
             args.append(f"padding={_tuple([lo for lo, _ in pads])}")
@@ -565,7 +565,7 @@ class _Writer:
         else:
             args.append("padding=0")
             pre = f"F.pad(x, {_torch_pad(pads)}{_torch_mode(mode)})"
-        args += [f"dilation={_tuple(spec.dilation)}", f"groups={self.groups}", f"bias={self.bias}"]  # type: ignore[arg-type]
+        args += [f"dilation={_tuple(spec.dilation)}", f"groups={self.groups}", f"bias={self.bias}"]
         lines.append(f"conv = torch.nn.Conv{r}d({', '.join(args)})")
         lines += _torch_load(self.bias)
         lines.append("")
@@ -587,15 +587,15 @@ class _Writer:
         lines = _imports("torch")
         lines += self._weights("torch")
         direct = []
-        for (lo, hi), s, d in zip(crop, strides, dilation):  # type: ignore[arg-type]
+        for (lo, hi), s, d in zip(crop, strides, dilation):
             op = lo - hi
             direct.append(lo >= 0 and 0 <= op < max(s, d))
-        args = [str(self.cin), str(self.cout), f"kernel_size={_tuple(spec.kernel_size)}",  # type: ignore[arg-type]
-                f"stride={_tuple(strides)}"]  # type: ignore[arg-type]
+        args = [str(self.cin), str(self.cout), f"kernel_size={_tuple(spec.kernel_size)}",
+                f"stride={_tuple(strides)}"]
         if all(direct):
             args += [f"padding={_tuple([lo for lo, _ in crop])}",
                      f"output_padding={_tuple([lo - hi for lo, hi in crop])}"]
-            args += [f"groups={self.groups}", f"bias={self.bias}", f"dilation={_tuple(dilation)}"]  # type: ignore[arg-type]
+            args += [f"groups={self.groups}", f"bias={self.bias}", f"dilation={_tuple(dilation)}"]
             lines.append(f"conv = torch.nn.ConvTranspose{r}d({', '.join(args)})")
             lines += _torch_load(self.bias)
             lines.append("")
@@ -604,7 +604,7 @@ class _Writer:
             summary = (f"the output is cropped by {_crop_text(crop)}: PyTorch padding="
                        f"{_tuple([lo for lo, _ in crop])}, output_padding={_tuple([lo - hi for lo, hi in crop])}.")
             return lines, summary
-        args += ["padding=0", f"groups={self.groups}", "bias=False", f"dilation={_tuple(dilation)}"]  # type: ignore[arg-type]
+        args += ["padding=0", f"groups={self.groups}", "bias=False", f"dilation={_tuple(dilation)}"]
         lines.append(f"conv = torch.nn.ConvTranspose{r}d({', '.join(args)})")
         lines += _torch_load(False)
         if self.bias:
@@ -623,8 +623,8 @@ class _Writer:
         eff = self.r.effective_kernel
         lines = _imports("torch")
         native = all(lo == hi and lo <= e // 2 for (lo, hi), e in zip(pads, eff))
-        common = (f"kernel_size={_tuple(spec.kernel_size)}, stride={_tuple(spec.strides)}, "  # type: ignore[arg-type]
-                  f"dilation={_tuple(spec.dilation)}")  # type: ignore[arg-type]
+        common = (f"kernel_size={_tuple(spec.kernel_size)}, stride={_tuple(spec.strides)}, "
+                  f"dilation={_tuple(spec.dilation)}")
         if native:
             lines.append(f"pool = torch.nn.MaxPool{r}d({common}, padding={_tuple([lo for lo, _ in pads])}, "
                          f"ceil_mode={spec.ceil_mode})")
@@ -644,12 +644,12 @@ class _Writer:
         r, spec = self.rank, self.spec
         pads = self.r.padding
         lines = _imports("torch")
-        native = (all(lo == hi and lo <= k // 2 for (lo, hi), k in zip(pads, spec.kernel_size))  # type: ignore[arg-type]
-                  and max(spec.dilation) == 1  # type: ignore[arg-type]
+        native = (all(lo == hi and lo <= k // 2 for (lo, hi), k in zip(pads, spec.kernel_size))
+                  and max(spec.dilation) == 1
                   and (not any(self.r.overhang) or self.src.framework == "torch"))
         if native:
-            lines.append(f"pool = torch.nn.AvgPool{r}d(kernel_size={_tuple(spec.kernel_size)}, "  # type: ignore[arg-type]
-                         f"stride={_tuple(spec.strides)}, padding={_tuple([lo for lo, _ in pads])}, "  # type: ignore[arg-type]
+            lines.append(f"pool = torch.nn.AvgPool{r}d(kernel_size={_tuple(spec.kernel_size)}, "
+                         f"stride={_tuple(spec.strides)}, padding={_tuple([lo for lo, _ in pads])}, "
                          f"ceil_mode={spec.ceil_mode}, count_include_pad={spec.count_include_pad})")
             lines.append("")
             lines.append(f"def forward(x):  # x: {_layout_name('channels_first', r)}")
@@ -657,12 +657,12 @@ class _Writer:
             return lines, f"{self._what_padding()}; PyTorch's AvgPool{r}d says the same."
         # ratio of two windowed sums: the values, and which cells count
         padded = list(self.r.window_padding)
-        lines.append(f"window = torch.ones((1, 1, {', '.join(map(str, spec.kernel_size))}))")  # type: ignore[arg-type]
+        lines.append(f"window = torch.ones((1, 1, {', '.join(map(str, spec.kernel_size))}))")
         lines.append("")
         lines.append("def windowed_sum(t):  # sum over each window, channel by channel")
         lines.append("    c = t.shape[1]")
-        lines.append(f"    return F.conv{r}d(t, window.expand(c, *window.shape[1:]), stride={_tuple(spec.strides)}, "  # type: ignore[arg-type]
-                     f"dilation={_tuple(spec.dilation)}, groups=c)")  # type: ignore[arg-type]
+        lines.append(f"    return F.conv{r}d(t, window.expand(c, *window.shape[1:]), stride={_tuple(spec.strides)}, "
+                     f"dilation={_tuple(spec.dilation)}, groups=c)")
         lines.append("")
         lines.append(f"def forward(x):  # x: {_layout_name('channels_first', r)}")
         lines.append("    counted = torch.ones_like(x[:1, :1])")
@@ -673,7 +673,7 @@ class _Writer:
         else:
             lines.append(f"    counted = F.pad(counted, {_torch_pad(padded)})")
         lines.append(f"    return windowed_sum(F.pad(x, {_torch_pad(padded)})) / windowed_sum(counted)")
-        why = "dilation" if max(spec.dilation) > 1 else "this padding"  # type: ignore[arg-type]
+        why = "dilation" if max(spec.dilation) > 1 else "this padding"
         return lines, (f"{self._what_padding()}; AvgPool{r}d cannot express {why} with "
                        f"count_include_pad={spec.count_include_pad}, so the code divides windowed sums "
                        "of the padded input by windowed counts of the cells that count.")
@@ -700,7 +700,7 @@ class _Writer:
         lines = _imports("keras")
         depthwise = self.groups == self.cin and self.groups > 1 and r <= 2 and spec.groups == "depthwise"
         depthwise = depthwise or (self.src.kernel_layout == "keras_depthwise" and r <= 2)
-        both = max(strides) > 1 and max(dilation) > 1  # type: ignore[arg-type]
+        both = max(strides) > 1 and max(dilation) > 1
         word = _keras_word(self.r)
         if both and not depthwise:
             lines += self._weights("keras")
@@ -708,8 +708,8 @@ class _Writer:
             lines.append(f"def forward(x):  # x: {_layout_name('channels_last', r)}")
             if any(lo or hi for lo, hi in pads):
                 lines.append(f"    x = {self._keras_pad_lines(pads, mode)}")
-            lines.append(f"    y = keras.ops.conv(x, w, strides={_tuple(strides)}, padding='valid', "  # type: ignore[arg-type]
-                         f"dilation_rate={_tuple(dilation)})")  # type: ignore[arg-type]
+            lines.append(f"    y = keras.ops.conv(x, w, strides={_tuple(strides)}, padding='valid', "
+                         f"dilation_rate={_tuple(dilation)})")
             lines.append("    return y + b" if self.bias else "    return y")
             return lines, (f"{self._what_padding()}; Keras Conv{r}D rejects strides > 1 with dilation_rate > 1, so "
                            "the code calls keras.ops.conv (which accepts both) on the explicitly padded input.")
@@ -727,12 +727,12 @@ class _Writer:
                     pre = "ops"
         if depthwise:
             mult = self.cout // self.cin
-            ctor = (f"keras.layers.DepthwiseConv{r}D({_tuple(spec.kernel_size)}, strides={_tuple(strides)}, "  # type: ignore[arg-type]
-                    f"padding={padding!r}, depth_multiplier={mult}, dilation_rate={_tuple(dilation)}, "  # type: ignore[arg-type]
+            ctor = (f"keras.layers.DepthwiseConv{r}D({_tuple(spec.kernel_size)}, strides={_tuple(strides)}, "
+                    f"padding={padding!r}, depth_multiplier={mult}, dilation_rate={_tuple(dilation)}, "
                     f"use_bias={self.bias})")
         else:
-            ctor = (f"keras.layers.Conv{r}D({self.cout}, {_tuple(spec.kernel_size)}, strides={_tuple(strides)}, "  # type: ignore[arg-type]
-                    f"padding={padding!r}, dilation_rate={_tuple(dilation)}, groups={self.groups}, "  # type: ignore[arg-type]
+            ctor = (f"keras.layers.Conv{r}D({self.cout}, {_tuple(spec.kernel_size)}, strides={_tuple(strides)}, "
+                    f"padding={padding!r}, dilation_rate={_tuple(dilation)}, groups={self.groups}, "
                     f"use_bias={self.bias})")
         lines.append(f"layer = {ctor}")
         built = self.r.input_size if padding != "valid" else self.r.padded_size
@@ -770,14 +770,14 @@ class _Writer:
             )
         lines = _imports("keras")
         lines += self._weights("keras")
-        both = max(strides) > 1 and max(dilation) > 1  # type: ignore[arg-type]
+        both = max(strides) > 1 and max(dilation) > 1
         choice = None if both else _keras_transpose_choice(self.r)
         if choice is not None:
             padding, output_padding = choice
             op = "None" if output_padding is None else _tuple(output_padding)
-            lines.append(f"layer = keras.layers.Conv{r}DTranspose({self.cout}, {_tuple(spec.kernel_size)}, "  # type: ignore[arg-type]
-                         f"strides={_tuple(strides)}, padding={padding!r}, output_padding={op}, "  # type: ignore[arg-type]
-                         f"dilation_rate={_tuple(dilation)}, use_bias={self.bias})")  # type: ignore[arg-type]
+            lines.append(f"layer = keras.layers.Conv{r}DTranspose({self.cout}, {_tuple(spec.kernel_size)}, "
+                         f"strides={_tuple(strides)}, padding={padding!r}, output_padding={op}, "
+                         f"dilation_rate={_tuple(dilation)}, use_bias={self.bias})")
             lines.append(f"layer.build((None, {', '.join(map(str, self.r.input_size))}, {self.cin}))")
             lines.append("layer.set_weights([w, b])" if self.bias else "layer.set_weights([w])")
             lines.append("")
@@ -788,8 +788,8 @@ class _Writer:
         crop = self.r.crop
         lines.append("")
         lines.append(f"def forward(x):  # x: {_layout_name('channels_last', r)}")
-        lines.append(f"    y = keras.ops.conv_transpose(x, w, strides={_tuple(strides)}, padding='valid', "  # type: ignore[arg-type]
-                     f"output_padding={_tuple([0] * r)}, dilation_rate={_tuple(dilation)})  # the full output")  # type: ignore[arg-type]
+        lines.append(f"    y = keras.ops.conv_transpose(x, w, strides={_tuple(strides)}, padding='valid', "
+                     f"output_padding={_tuple([0] * r)}, dilation_rate={_tuple(dilation)})  # the full output")
         lines += _keras_crop_lines(crop, "y")
         lines.append("    return y + b" if self.bias else "    return y")
         why = ("Keras layers reject strides > 1 with dilation_rate > 1" if both else
@@ -805,7 +805,7 @@ class _Writer:
 
     def _keras_pool(self, kind: str) -> tuple[list[str], str]:
         r, spec = self.rank, self.spec
-        if max(spec.dilation) > 1:  # type: ignore[arg-type]
+        if max(spec.dilation) > 1:
             raise PortError(
                 f"Keras pooling has no dilation (dilation={spec.dilation}); port it to JAX "
                 "(lax.reduce_window with window_dilation) or PyTorch (MaxPool with dilation)"
@@ -816,15 +816,15 @@ class _Writer:
         native = word is not None and not any(self.r.overhang) and (
             kind == "max" or word == "valid" or not spec.count_include_pad)
         if native:
-            lines.append(f"layer = keras.layers.{layer_name}({_tuple(spec.kernel_size)}, "  # type: ignore[arg-type]
-                         f"strides={_tuple(spec.strides)}, padding={word!r})")  # type: ignore[arg-type]
+            lines.append(f"layer = keras.layers.{layer_name}({_tuple(spec.kernel_size)}, "
+                         f"strides={_tuple(spec.strides)}, padding={word!r})")
             lines.append("")
             lines.append(f"def forward(x):  # x: {_layout_name('channels_last', r)}")
             lines.append("    return layer(x)")
             return lines, f"{self._what_padding()}; Keras padding={word!r} gives the same."
         padded = list(self.r.window_padding)
-        lines.append(f"layer = keras.layers.{layer_name}({_tuple(spec.kernel_size)}, "  # type: ignore[arg-type]
-                     f"strides={_tuple(spec.strides)}, padding='valid')")  # type: ignore[arg-type]
+        lines.append(f"layer = keras.layers.{layer_name}({_tuple(spec.kernel_size)}, "
+                     f"strides={_tuple(spec.strides)}, padding='valid')")
         lines.append("")
         lines.append(f"def forward(x):  # x: {_layout_name('channels_last', r)}")
         if kind == "max":
@@ -871,8 +871,8 @@ class _Writer:
                 lines.append(f"    x = jnp.pad(x, {_pairs([(0, 0), *grow, (0, 0)])}, "
                              f"mode={_MODE_NUMPY[spec.padding_mode]!r})")
             padding = _pairs([(0, 0)] * r)
-        lines.append(f"    y = lax.conv_general_dilated(x, w, window_strides={_tuple(spec.strides)}, "  # type: ignore[arg-type]
-                     f"padding={padding}, rhs_dilation={_tuple(spec.dilation)}, "  # type: ignore[arg-type]
+        lines.append(f"    y = lax.conv_general_dilated(x, w, window_strides={_tuple(spec.strides)}, "
+                     f"padding={padding}, rhs_dilation={_tuple(spec.dilation)}, "
                      f"dimension_numbers={self._jax_numbers()}, feature_group_count={self.groups})")
         lines.append("    return y + b" if self.bias else "    return y")
         mode = "" if spec.padding_mode == "zeros" else f" in {spec.padding_mode!r} mode (jnp.pad)"
@@ -893,21 +893,21 @@ class _Writer:
         lines.append("")
         lines.append(f"def forward(x):  # x: {_layout_name('channels_last', r)}")
         lines.append(f"    y = lax.conv_general_dilated(x, w, window_strides={_tuple([1] * r)}, "
-                     f"padding={_pairs(self.r.padding)}, lhs_dilation={_tuple(spec.strides)}, "  # type: ignore[arg-type]
-                     f"rhs_dilation={_tuple(spec.dilation)}, dimension_numbers={self._jax_numbers()}, "  # type: ignore[arg-type]
+                     f"padding={_pairs(self.r.padding)}, lhs_dilation={_tuple(spec.strides)}, "
+                     f"rhs_dilation={_tuple(spec.dilation)}, dimension_numbers={self._jax_numbers()}, "
                      f"feature_group_count={g})")
         lines.append("    return y + b" if self.bias else "    return y")
         return lines, (f"the output is cropped by {_crop_text(self.r.crop)}; JAX runs it as a stride-1 "
-                       f"convolution of the input dilated by {_tuple(spec.strides)} with padding "  # type: ignore[arg-type]
+                       f"convolution of the input dilated by {_tuple(spec.strides)} with padding "
                        f"{self.r.padding} and the flipped kernel.")
 
     def _jax_pool(self, kind: str) -> tuple[list[str], str]:
         r, spec = self.rank, self.spec
         lines = _imports("jax")
         padded = list(self.r.window_padding)
-        window = _tuple((1, *spec.kernel_size, 1))  # type: ignore[misc]
-        strides = _tuple((1, *spec.strides, 1))  # type: ignore[misc]
-        dil = _tuple((1, *spec.dilation, 1))  # type: ignore[misc]
+        window = _tuple((1, *spec.kernel_size, 1))
+        strides = _tuple((1, *spec.strides, 1))
+        dil = _tuple((1, *spec.dilation, 1))
         pads = _pairs([(0, 0), *padded, (0, 0)])
         common = (f"window_dimensions={window}, window_strides={strides}, padding={pads}, "
                   f"window_dilation={dil}")
@@ -967,8 +967,8 @@ class _Writer:
         inputs = [source, "'W'"] + (["'B'"] if self.bias else [])
         if self.bias:
             inits.append("numpy_helper.from_array(b, 'B')")
-        nodes.append(f"helper.make_node('Conv', [{', '.join(inputs)}], ['y'], kernel_shape={list(spec.kernel_size)}, "  # type: ignore[arg-type]
-                     f"strides={list(spec.strides)}, dilations={list(spec.dilation)}, pads={conv_pads}, "  # type: ignore[arg-type]
+        nodes.append(f"helper.make_node('Conv', [{', '.join(inputs)}], ['y'], kernel_shape={list(spec.kernel_size)}, "
+                     f"strides={list(spec.strides)}, dilations={list(spec.dilation)}, pads={conv_pads}, "
                      f"group={self.groups})")
         lines += self._onnx_model_lines(nodes, inits)
         return lines, f"{self._what_padding()}; ONNX pads={[lo for lo, _ in pads] + [hi for _, hi in pads]} (begins, then ends)."
@@ -981,14 +981,14 @@ class _Writer:
         lo_pads = [max(lo, 0) for lo, _ in crop]
         hi_pads = [max(hi, 0) for _, hi in crop]
         extra = [max(-hi, 0) for _, hi in crop]
-        if any(lo < 0 for lo, _ in crop) or any(e >= s for e, s in zip(extra, spec.strides)):  # type: ignore[arg-type]
+        if any(lo < 0 for lo, _ in crop) or any(e >= s for e, s in zip(extra, spec.strides)):
             # onnxruntime takes output_padding < stride only: run in full, then crop/extend with Pad
             rank = self.rank
             full = [0, 0, *[-lo for lo, _ in crop], 0, 0, *[-hi for _, hi in crop]]
             inits.append(f"numpy_helper.from_array(np.array({full}, dtype=np.int64), 'crop')")
             nodes = [
-                f"helper.make_node('ConvTranspose', ['x', 'W'], ['full'], kernel_shape={list(spec.kernel_size)}, "  # type: ignore[arg-type]
-                f"strides={list(spec.strides)}, dilations={list(spec.dilation)}, group={self.groups})",  # type: ignore[arg-type]
+                f"helper.make_node('ConvTranspose', ['x', 'W'], ['full'], kernel_shape={list(spec.kernel_size)}, "
+                f"strides={list(spec.strides)}, dilations={list(spec.dilation)}, group={self.groups})",
                 f"helper.make_node('Pad', ['full', 'crop'], [{'cropped' if self.bias else 'y'!r}])",
             ]
             if self.bias:
@@ -1001,8 +1001,8 @@ class _Writer:
         inputs = ["'x'", "'W'"] + (["'B'"] if self.bias else [])
         if self.bias:
             inits.append("numpy_helper.from_array(b, 'B')")
-        node = (f"helper.make_node('ConvTranspose', [{', '.join(inputs)}], ['y'], kernel_shape={list(spec.kernel_size)}, "  # type: ignore[arg-type]
-                f"strides={list(spec.strides)}, dilations={list(spec.dilation)}, pads={lo_pads + hi_pads}, "  # type: ignore[arg-type]
+        node = (f"helper.make_node('ConvTranspose', [{', '.join(inputs)}], ['y'], kernel_shape={list(spec.kernel_size)}, "
+                f"strides={list(spec.strides)}, dilations={list(spec.dilation)}, pads={lo_pads + hi_pads}, "
                 f"output_padding={extra}, group={self.groups})")
         lines += self._onnx_model_lines([node], inits)
         return lines, f"the output is cropped by {_crop_text(crop)}: ONNX pads={lo_pads + hi_pads}, output_padding={extra}."
@@ -1010,15 +1010,15 @@ class _Writer:
     def _onnx_pool(self, kind: str) -> tuple[list[str], str]:
         spec = self.spec
         pads = self.r.padding
-        if any(max(lo, hi) >= k for (lo, hi), k in zip(pads, spec.kernel_size)):  # type: ignore[arg-type]
+        if any(max(lo, hi) >= k for (lo, hi), k in zip(pads, spec.kernel_size)):
             raise PortError(f"ONNX pooling needs pads smaller than the kernel, got {pads} for kernel "
                             f"{spec.kernel_size}; port to JAX (lax.reduce_window) instead")
         lines = _imports("onnx")
         op = "MaxPool" if kind == "max" else "AveragePool"
-        attrs = (f"kernel_shape={list(spec.kernel_size)}, strides={list(spec.strides)}, "  # type: ignore[arg-type]
+        attrs = (f"kernel_shape={list(spec.kernel_size)}, strides={list(spec.strides)}, "
                  f"pads={[lo for lo, _ in pads] + [hi for _, hi in pads]}, ceil_mode={int(spec.ceil_mode)}")
-        if kind == "max" or max(spec.dilation) > 1:  # type: ignore[arg-type]
-            attrs += f", dilations={list(spec.dilation)}"  # type: ignore[arg-type]
+        if kind == "max" or max(spec.dilation) > 1:
+            attrs += f", dilations={list(spec.dilation)}"
         if kind == "avg":
             attrs += f", count_include_pad={int(spec.count_include_pad)}"
         lines += self._onnx_model_lines([f"helper.make_node({op!r}, ['x'], ['y'], {attrs})"], [])
@@ -1087,11 +1087,11 @@ def _keras_word(resolved: ResolvedConv, pool: bool = False) -> str | None:
         return "valid"
     same = tuple(
         ar.same_padding(size, k, s, 1 if pool else d)
-        for size, k, s, d in zip(resolved.input_size, spec.kernel_size, spec.strides, spec.dilation)  # type: ignore[arg-type]
+        for size, k, s, d in zip(resolved.input_size, spec.kernel_size, spec.strides, spec.dilation)
     )
     if pads == same:
         return "same"
-    if not pool and resolved.rank == 1 and pads == (ar.causal_padding(spec.kernel_size[0], spec.dilation[0]),):  # type: ignore[index]
+    if not pool and resolved.rank == 1 and pads == (ar.causal_padding(spec.kernel_size[0], spec.dilation[0]),):
         return "causal"
     return None
 
@@ -1101,14 +1101,14 @@ def _keras_transpose_choice(resolved: ResolvedConv) -> tuple[str, tuple[int, ...
     spec = resolved.spec
     target = tuple(resolved.padding)
     options: list[tuple[int, ...] | None] = [None]
-    ranges = [range(s) for s in spec.strides]  # type: ignore[union-attr]
+    ranges = [range(s) for s in spec.strides]
     options += [tuple(o) for o in itertools.product(*ranges)]
     for word in ("valid", "same"):
         for op in options:
             pads = tuple(
                 (ar.transposed_valid_padding if word == "valid" else ar.transposed_same_padding)(
                     k, s, d, None if op is None else op[axis])
-                for axis, (k, s, d) in enumerate(zip(spec.kernel_size, spec.strides, spec.dilation))  # type: ignore[arg-type]
+                for axis, (k, s, d) in enumerate(zip(spec.kernel_size, spec.strides, spec.dilation))
             )
             if pads == target:
                 return word, op

@@ -111,7 +111,7 @@ class ReceptiveField:
         sizes, jumps, starts = [], [], []
         for axis in range(self.rank):
             k_eff = layer.effective_kernel[axis]
-            s = spec.strides[axis]  # type: ignore[index]
+            s = spec.strides[axis]
             lo = layer.padding[axis][0]
             r, j, start = self.size[axis], self.jump[axis], self.start[axis]
             if spec.transposed:

@@ -350,7 +350,7 @@ class ConvSpec:
     def effective_kernel(self) -> tuple[int, ...]:
         """``K + (K - 1)(D - 1)`` per axis: the span a dilated kernel covers."""
         return tuple(
-            ar.effective_kernel(k, d) for k, d in zip(self.kernel_size, self.dilation)  # type: ignore[arg-type]
+            ar.effective_kernel(k, d) for k, d in zip(self.kernel_size, self.dilation)
         )
 
     @property
@@ -607,7 +607,7 @@ class ResolvedConv:
     def _grid_size(self, axis: int) -> int:
         size = self.input_size[axis]
         if self.spec.transposed:
-            return ar.zero_inserted_size(size, self.spec.strides[axis])  # type: ignore[index]
+            return ar.zero_inserted_size(size, self.spec.strides[axis])
         return size
 
     @property
@@ -621,9 +621,9 @@ class ResolvedConv:
         """
         if self.spec.transposed:
             return (0,) * self.rank
-        strides: tuple[int, ...] = self.spec.strides  # type: ignore[assignment]
-        dilation: tuple[int, ...] = self.spec.dilation  # type: ignore[assignment]
-        kernel: tuple[int, ...] = self.spec.kernel_size  # type: ignore[assignment]
+        strides: tuple[int, ...] = self.spec.strides
+        dilation: tuple[int, ...] = self.spec.dilation
+        kernel: tuple[int, ...] = self.spec.kernel_size
         return tuple(
             ar.ceil_overhang(*args)
             for args in zip(self.input_size, self.output_size, kernel, strides, dilation,
@@ -650,9 +650,9 @@ class ResolvedConv:
         >>> ConvSpec(3, strides=2, rank=1).resolve((28,)).input_gradient_padding
         ((2, 3),)
         """
-        strides: tuple[int, ...] = self.spec.strides  # type: ignore[assignment]
-        dilation: tuple[int, ...] = self.spec.dilation  # type: ignore[assignment]
-        kernel: tuple[int, ...] = self.spec.kernel_size  # type: ignore[assignment]
+        strides: tuple[int, ...] = self.spec.strides
+        dilation: tuple[int, ...] = self.spec.dilation
+        kernel: tuple[int, ...] = self.spec.kernel_size
         return tuple(
             ar.input_gradient_padding(n + lo + hi, o, k, s, d)
             for n, (lo, hi), o, k, s, d in zip(self.input_size, self.padding, self.output_size,
@@ -667,9 +667,9 @@ class ResolvedConv:
         The footprint of a cell is the product of its per-axis taps.
         """
         spec = self.spec
-        k_size = spec.kernel_size[axis]  # type: ignore[index]
-        d = spec.dilation[axis]  # type: ignore[index]
-        s = spec.strides[axis]  # type: ignore[index]
+        k_size = spec.kernel_size[axis]
+        d = spec.dilation[axis]
+        s = spec.strides[axis]
         lo, _ = self.padding[axis]
         size = self.input_size[axis]
         taps = []
@@ -730,9 +730,9 @@ class ResolvedConv:
     def _axis_feeds(self, axis: int, index: int) -> list[tuple[int, int]]:
         """(output index, kernel tap) pairs along one axis that read input cell ``index``."""
         spec = self.spec
-        k_size = spec.kernel_size[axis]  # type: ignore[index]
-        d = spec.dilation[axis]  # type: ignore[index]
-        s = spec.strides[axis]  # type: ignore[index]
+        k_size = spec.kernel_size[axis]
+        d = spec.dilation[axis]
+        s = spec.strides[axis]
         lo, hi = self.padding[axis]
         size, out_size = self.input_size[axis], self.output_size[axis]
         hits = []
@@ -837,7 +837,7 @@ def _resolve_transposed_axis(
     spec: ConvSpec, axis: int, size: int, k: int, s: int, d: int
 ) -> tuple[tuple[int, int], tuple[int, int], int]:
     """(padding of the zero-inserted input, crop of the full output, output size)."""
-    op = spec.output_padding[axis] if spec.output_padding is not None else None  # type: ignore[index]
+    op = spec.output_padding[axis] if spec.output_padding is not None else None
     padding = spec.padding
     if padding == "valid":
         pads = ar.transposed_valid_padding(k, s, d, op)

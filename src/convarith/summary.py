@@ -365,7 +365,7 @@ def _apply(node: LayerNode, inputs: list[_Tensor], channels_last: bool,
         walk.resolved[node.name] = resolved
     cin = resolved.in_channels or 0
     cout = resolved.out_channels or cin
-    taps = math.prod(spec.kernel_size)  # type: ignore[arg-type]
+    taps = math.prod(spec.kernel_size)
     out_cells = math.prod(resolved.output_size)
     in_cells = math.prod(resolved.input_size)
     groups = resolved.groups or 1
@@ -511,11 +511,11 @@ class _Walk:
         """``n132 (Conv 3x3 stride 2, pads 1+1)``: a windowed layer as its field sees it."""
         resolved, node = self.resolved[name], self.nodes[name]
         spec = resolved.spec
-        text = f"{name} ({node.type} {_axes(spec.kernel_size or ())}"  # type: ignore[arg-type]
-        if any(s != 1 for s in spec.strides or ()):  # type: ignore[union-attr]
-            text += f" stride {_axes(spec.strides or ())}"  # type: ignore[arg-type]
-        if any(d != 1 for d in spec.dilation or ()):  # type: ignore[union-attr]
-            text += f" dilation {_axes(spec.dilation or ())}"  # type: ignore[arg-type]
+        text = f"{name} ({node.type} {_axes(spec.kernel_size or ())}"
+        if any(s != 1 for s in spec.strides or ()):
+            text += f" stride {_axes(spec.strides or ())}"
+        if any(d != 1 for d in spec.dilation or ()):
+            text += f" dilation {_axes(spec.dilation or ())}"
         pads = resolved.padding
         if len(set(pads)) == 1:
             text += f", pads {pads[0][0]}+{pads[0][1]}"
@@ -555,7 +555,7 @@ class _Walk:
     def _windowed(self, name: str) -> bool:
         resolved = self.resolved[name]
         spec = resolved.spec
-        return (any(k != 1 for k in resolved.effective_kernel) or any(s != 1 for s in spec.strides or ())  # type: ignore[union-attr]
+        return (any(k != 1 for k in resolved.effective_kernel) or any(s != 1 for s in spec.strides or ())
                 or any(lo or hi for lo, hi in resolved.padding))
 
     def stride_placement(self, node: LayerNode, resolved: ResolvedConv) -> list[str]:
@@ -578,9 +578,9 @@ class _Walk:
         one = self.resolved[feeder]
         if one.spec.pool is not None or any(k != 1 for k in one.effective_kernel) or before.field is None:
             return []
-        if any(lo or hi for lo, hi in one.padding) or any(d != 1 for d in spec.dilation or ()):  # type: ignore[union-attr]
+        if any(lo or hi for lo, hi in one.padding) or any(d != 1 for d in spec.dilation or ()):
             return []
-        own_strides, feeder_strides = tuple(spec.strides or ()), tuple(one.spec.strides or ())  # type: ignore[arg-type]
+        own_strides, feeder_strides = tuple(spec.strides or ()), tuple(one.spec.strides or ())
         rank = len(own_strides)
         if (all(s == 1 for s in own_strides)) == (all(s == 1 for s in feeder_strides)):
             return []
@@ -591,16 +591,16 @@ class _Walk:
         try:  # the other variant may not fit the input at all (a valid 3x3 on 2x2)
             if any(s != 1 for s in own_strides):  # the other variant: stride on the 1x1
                 first = ConvSpec((1,) * rank, strides=moved).resolve(before.spatial)
-                second = ConvSpec(spec.kernel_size, strides=1, padding=pads).resolve(first.output_size)  # type: ignore[arg-type]
+                second = ConvSpec(spec.kernel_size, strides=1, padding=pads).resolve(first.output_size)
             else:  # the other variant: stride on this kxk
                 first = ConvSpec((1,) * rank).resolve(before.spatial)
-                second = ConvSpec(spec.kernel_size, strides=moved, padding=pads).resolve(first.output_size)  # type: ignore[arg-type]
+                second = ConvSpec(spec.kernel_size, strides=moved, padding=pads).resolve(first.output_size)
         except ValueError:
             return []
         if any(s != 1 for s in own_strides):
-            where, other = f"this {_axes(spec.kernel_size or ())}", f"the 1x1 {feeder} (original ResNet, Caffe and Keras ResNet-50)"  # type: ignore[arg-type]
+            where, other = f"this {_axes(spec.kernel_size or ())}", f"the 1x1 {feeder} (original ResNet, Caffe and Keras ResNet-50)"
         else:
-            where, other = f"the 1x1 {feeder}", f"this {_axes(spec.kernel_size or ())} (torchvision and Caffe2 ResNet-50, \"v1.5\")"  # type: ignore[arg-type]
+            where, other = f"the 1x1 {feeder}", f"this {_axes(spec.kernel_size or ())} (torchvision and Caffe2 ResNet-50, \"v1.5\")"
         if second.output_size != resolved.output_size:
             return []
         actual = before.field.through(one).through(resolved)

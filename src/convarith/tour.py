@@ -187,16 +187,16 @@ def _keras_code(spec: ConvSpec) -> str:
     runs as is: ``model`` maps a (1, 28, 28, 1) batch to the feature map.
     """
     padding = spec.padding
-    args = ["filters=1", f"kernel_size={spec.kernel_size[0]}"]  # type: ignore[index]
+    args = ["filters=1", f"kernel_size={spec.kernel_size[0]}"]
     layers = ["    keras.Input((28, 28, 1)),"]
     if isinstance(padding, str):
         args.append(f'padding="{padding}"')
     else:
         layers.append(f"    keras.layers.ZeroPadding2D(padding={_first_pad(spec)}),")
-    if max(spec.strides) > 1:  # type: ignore[arg-type]
-        args.append(f"strides={spec.strides[0]}")  # type: ignore[index]
-    if max(spec.dilation) > 1:  # type: ignore[arg-type]
-        args.append(f"dilation_rate={spec.dilation[0]}")  # type: ignore[index]
+    if max(spec.strides) > 1:
+        args.append(f"strides={spec.strides[0]}")
+    if max(spec.dilation) > 1:
+        args.append(f"dilation_rate={spec.dilation[0]}")
     args.append("use_bias=False")
     layers.append(f"    keras.layers.Conv2D({', '.join(args)}),")
     return "\n".join([
@@ -212,13 +212,13 @@ def _torch_code(resolved: ResolvedConv) -> str:
     spec = resolved.spec
     pads = resolved.padding
     symmetric = all(lo == hi for lo, hi in pads) and len(set(pads)) == 1
-    args = ["1", "1", f"kernel_size={spec.kernel_size[0]}"]  # type: ignore[index]
-    if max(spec.strides) > 1:  # type: ignore[arg-type]
-        args.append(f"stride={spec.strides[0]}")  # type: ignore[index]
+    args = ["1", "1", f"kernel_size={spec.kernel_size[0]}"]
+    if max(spec.strides) > 1:
+        args.append(f"stride={spec.strides[0]}")
     if symmetric and pads[0][0]:
         args.append(f"padding={pads[0][0]}")
-    if max(spec.dilation) > 1:  # type: ignore[arg-type]
-        args.append(f"dilation={spec.dilation[0]}")  # type: ignore[index]
+    if max(spec.dilation) > 1:
+        args.append(f"dilation={spec.dilation[0]}")
     args.append("bias=False")
     layers = []
     if not symmetric:
@@ -329,11 +329,11 @@ def _try_it(spec: ConvSpec, size: tuple[int, ...], view: str, out: str) -> tuple
     parts = [f"convarith animate {flat}"]
     if rank == 1:
         parts.append("--rank 1")
-    parts.append(f"-k {spec.kernel_size[0]}")  # type: ignore[index]
-    if max(spec.strides) > 1:  # type: ignore[arg-type]
-        parts.append(f"-s {spec.strides[0]}")  # type: ignore[index]
-    if max(spec.dilation) > 1:  # type: ignore[arg-type]
-        parts.append(f"-d {spec.dilation[0]}")  # type: ignore[index]
+    parts.append(f"-k {spec.kernel_size[0]}")
+    if max(spec.strides) > 1:
+        parts.append(f"-s {spec.strides[0]}")
+    if max(spec.dilation) > 1:
+        parts.append(f"-d {spec.dilation[0]}")
     parts.append(f"-p {padding}")
     if spec.transposed:
         parts.append("--transposed")
@@ -341,8 +341,8 @@ def _try_it(spec: ConvSpec, size: tuple[int, ...], view: str, out: str) -> tuple
         parts.append(f"--view {view}")
     parts.append(f"-o {out}")
     axes = lambda value: "x".join([str(value)] * rank)  # noqa: E731
-    query = (f"in={flat}&k={axes(spec.kernel_size[0])}&s={axes(spec.strides[0])}"  # type: ignore[index]
-             f"&d={axes(spec.dilation[0])}")  # type: ignore[index]
+    query = (f"in={flat}&k={axes(spec.kernel_size[0])}&s={axes(spec.strides[0])}"
+             f"&d={axes(spec.dilation[0])}")
     if isinstance(spec.padding, str):
         query += f"&p={spec.padding}"
     else:
@@ -428,19 +428,19 @@ def _first_pad(spec: ConvSpec) -> int:
 
 
 def _spec_words(spec: ConvSpec) -> str:
-    parts = [f"kernel {spec.kernel_size[0]}"]  # type: ignore[index]
+    parts = [f"kernel {spec.kernel_size[0]}"]
     parts.append(f"padding {spec.padding if isinstance(spec.padding, str) else _first_pad(spec)}")
-    if max(spec.strides) > 1:  # type: ignore[arg-type]
-        parts.append(f"stride {spec.strides[0]}")  # type: ignore[index]
-    if max(spec.dilation) > 1:  # type: ignore[arg-type]
-        parts.append(f"dilation {spec.dilation[0]}")  # type: ignore[index]
+    if max(spec.strides) > 1:
+        parts.append(f"stride {spec.strides[0]}")
+    if max(spec.dilation) > 1:
+        parts.append(f"dilation {spec.dilation[0]}")
     return ", ".join(parts)
 
 
 def _formula_text(tweak: Tweak) -> str:
-    stride = tweak.spec.strides[0]  # type: ignore[index]
+    stride = tweak.spec.strides[0]
     size = tweak.animation_size[0]
-    k = tweak.spec.kernel_size[0]  # type: ignore[index]
+    k = tweak.spec.kernel_size[0]
     p = _first_pad(tweak.spec)
     out = (tweak.animation_spec or tweak.spec).resolve(tweak.animation_size).output_size[0]
     wrong = (size - k + 2 * p) / (stride + 1)

@@ -46,8 +46,8 @@ def conv(x: Any, kernel: Any, spec: ConvSpec, bias: Any = None) -> np.ndarray:
     numbers = (data, f"{spatial}IO", data)
     t = jnp.asarray(call.x)
     groups = resolved.groups or 1
-    strides = tuple(spec.strides)  # type: ignore[arg-type]
-    dilation = tuple(spec.dilation)  # type: ignore[arg-type]
+    strides = tuple(spec.strides)
+    dilation = tuple(spec.dilation)
 
     def full(pairs: Any, fill: Any = (0, 0)) -> tuple[tuple[int, int], ...]:
         listed = [tuple(p) for p in pairs]

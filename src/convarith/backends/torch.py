@@ -54,16 +54,16 @@ def conv(x: Any, kernel: Any, spec: ConvSpec, bias: Any = None) -> np.ndarray:
     rank = resolved.rank
     pool_padding = list(resolved.window_padding)  # ceil-mode cells included
     t = torch.from_numpy(call.x).to(device).movedim(-1, 1)  # prepare gives (N, *spatial, C)
-    strides = list(spec.strides)  # type: ignore[arg-type]
-    dilation = list(spec.dilation)  # type: ignore[arg-type]
+    strides = list(spec.strides)
+    dilation = list(spec.dilation)
     groups = resolved.groups or 1
     if spec.pool == "max":
         padded = functional.pad(t, _pad_arg(pool_padding), value=float("-inf"))
         pool = getattr(functional, f"max_pool{rank}d")
-        y = pool(padded, list(spec.kernel_size), strides, 0, dilation)  # type: ignore[arg-type]
+        y = pool(padded, list(spec.kernel_size), strides, 0, dilation)
     elif spec.pool == "avg":
         channels = t.shape[1]
-        window = torch.ones((channels, 1, *spec.kernel_size), dtype=t.dtype, device=device)  # type: ignore[misc]
+        window = torch.ones((channels, 1, *spec.kernel_size), dtype=t.dtype, device=device)
         windowed = getattr(functional, f"conv{rank}d")
         counted = torch.ones_like(t[:1, :1])
         if spec.count_include_pad:

@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     if args.preset:
         if args.groups != 1:
             raise ValueError("--preset is applied to each channel on its own; drop --groups")
-        kernel = kernel_preset(args.preset, spec.kernel_size, channels, str(dtype))  # type: ignore[arg-type]
+        kernel = kernel_preset(args.preset, spec.kernel_size, channels, str(dtype))
         spec = spec.replace(groups=channels)
     elif weights is not None:
         kernel = weights.astype(dtype)

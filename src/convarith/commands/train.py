@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     if history.stopped:
         print(f"training stopped early: {history.stopped}")
-    test_loss, test_accuracy = model.evaluate(x_test, y_test)  # type: ignore[misc]
+    test_loss, test_accuracy = model.evaluate(x_test, y_test)
     print(f"\ntest accuracy: {test_accuracy:.4f}  (test loss {test_loss:.4f}, "
           f"training {seconds:.1f}s)")
     nn.save_model(model, args.out, overwrite=args.force)

@@ -752,15 +752,15 @@ def conv(
     elif spec.transposed:
         assert prepared.kernel is not None
         y = transposed_conv(
-            prepared.x, prepared.kernel, resolved.spec.strides,  # type: ignore[arg-type]
-            resolved.spec.dilation, prepared.groups, resolved.padding, algorithm,  # type: ignore[arg-type]
+            prepared.x, prepared.kernel, resolved.spec.strides,
+            resolved.spec.dilation, prepared.groups, resolved.padding, algorithm,
         )
     else:
         assert prepared.kernel is not None
         zeros = spec.padding_mode == "zeros"
         xp = prepared.x if zeros else pad(prepared.x, resolved.padding, spec.padding_mode)
         y = direct_conv(
-            xp, prepared.kernel, spec.strides, spec.dilation,  # type: ignore[arg-type]
+            xp, prepared.kernel, spec.strides, spec.dilation,
             prepared.groups, resolved.output_size, algorithm,
             resolved.padding if zeros else None,
         )
@@ -802,8 +802,8 @@ def conv_vjp(
     prepared = prepare(x, kernel, spec, bias)
     dy = _grad_in(d_out, prepared)
     resolved = prepared.resolved
-    strides: tuple[int, ...] = spec.strides  # type: ignore[assignment]
-    dilation: tuple[int, ...] = spec.dilation  # type: ignore[assignment]
+    strides: tuple[int, ...] = spec.strides
+    dilation: tuple[int, ...] = spec.dilation
     groups = prepared.groups
     d_kernel: np.ndarray | None = None
     if spec.pool is not None:
@@ -815,7 +815,7 @@ def conv_vjp(
             dy_cropped, prepared.kernel, strides, dilation, groups, resolved.input_size, algorithm
         )
         d_kernel = _weight_grad(
-            dy_cropped, prepared.x, spec.kernel_size, strides, dilation,  # type: ignore[arg-type]
+            dy_cropped, prepared.x, spec.kernel_size, strides, dilation,
             groups, algorithm,
         )
     else:
@@ -826,7 +826,7 @@ def conv_vjp(
                                resolved.input_gradient_padding, algorithm)
         d_x = pad_adjoint(d_xp, resolved.padding, spec.padding_mode)
         d_kernel = _weight_grad(
-            xp, dy, spec.kernel_size, strides, dilation, groups, algorithm,  # type: ignore[arg-type]
+            xp, dy, spec.kernel_size, strides, dilation, groups, algorithm,
             resolved.padding if zeros else None,
         )
     d_bias = None

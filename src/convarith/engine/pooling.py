@@ -54,7 +54,7 @@ def divisor(resolved: ResolvedConv) -> np.ndarray:
     total = np.ones((), dtype=np.float64)
     for axis, (lo, hi) in enumerate(resolved.padding):
         size = resolved.input_size[axis]
-        s, d, k = spec.strides[axis], spec.dilation[axis], spec.kernel_size[axis]  # type: ignore[index]
+        s, d, k = spec.strides[axis], spec.dilation[axis], spec.kernel_size[axis]
         starts = np.arange(resolved.output_size[axis])[:, None] * s
         positions = starts + np.arange(k)[None, :] * d
         if spec.count_include_pad:
@@ -76,8 +76,8 @@ def forward(x: np.ndarray, resolved: ResolvedConv) -> np.ndarray:
         return y
     xp = _padded(x, resolved, 0.0)
     y = np.zeros((x.shape[0], *resolved.output_size, x.shape[-1]), dtype=x.dtype)
-    for tap in np.ndindex(*spec.kernel_size):  # type: ignore[misc]
-        y += tap_view(xp, block, tap, spec.strides, spec.dilation)  # type: ignore[arg-type]
+    for tap in np.ndindex(*spec.kernel_size):
+        y += tap_view(xp, block, tap, spec.strides, spec.dilation)
     with np.errstate(divide="ignore", invalid="ignore"):
         y /= divisor(resolved).astype(x.dtype)
     return y
@@ -91,8 +91,8 @@ def _max_with_argmax(
     best = np.full(shape, -np.inf, dtype=xp.dtype)
     argmax = np.zeros(shape, dtype=np.int32) if want_argmax else None
     update = np.empty(shape, dtype=bool)
-    for number, tap in enumerate(np.ndindex(*spec.kernel_size)):  # type: ignore[misc]
-        view = tap_view(xp, block, tap, spec.strides, spec.dilation)  # type: ignore[arg-type]
+    for number, tap in enumerate(np.ndindex(*spec.kernel_size)):
+        view = tap_view(xp, block, tap, spec.strides, spec.dilation)
         if number == 0:
             best[...] = view
             continue
@@ -115,14 +115,14 @@ def backward(x: np.ndarray, resolved: ResolvedConv, dy: np.ndarray) -> np.ndarra
     if spec.pool == "max":
         _, argmax = _max_with_argmax(xp, resolved, block, want_argmax=True)
         assert argmax is not None
-        for number, tap in enumerate(np.ndindex(*spec.kernel_size)):  # type: ignore[misc]
-            target = tap_view(d_xp, block, tap, spec.strides, spec.dilation)  # type: ignore[arg-type]
+        for number, tap in enumerate(np.ndindex(*spec.kernel_size)):
+            target = tap_view(d_xp, block, tap, spec.strides, spec.dilation)
             target += np.where(argmax == number, dy, 0)
     else:
         with np.errstate(divide="ignore", invalid="ignore"):
             share = dy / divisor(resolved).astype(dy.dtype)
-        for tap in np.ndindex(*spec.kernel_size):  # type: ignore[misc]
-            target = tap_view(d_xp, block, tap, spec.strides, spec.dilation)  # type: ignore[arg-type]
+        for tap in np.ndindex(*spec.kernel_size):
+            target = tap_view(d_xp, block, tap, spec.strides, spec.dilation)
             target += share
     lo_pads = [lo for lo, _ in resolved.padding]
     inner = (slice(None),) + tuple(

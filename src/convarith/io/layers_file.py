@@ -91,7 +91,7 @@ def read_layers(path: str | os.PathLike[str]) -> ModelGraph:
 def _no_alias_loader(yaml: Any) -> Any:
     """PyYAML's SafeLoader, refusing aliases (``*name``)."""
 
-    class NoAliasLoader(yaml.SafeLoader):  # type: ignore[misc,name-defined]
+    class NoAliasLoader(yaml.SafeLoader):
         def compose_node(self, parent: Any, index: Any) -> Any:
             if self.check_event(yaml.AliasEvent):
                 event = self.peek_event()

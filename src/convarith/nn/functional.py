@@ -61,7 +61,7 @@ class SymbolicTensor:
 def _as_tensor(value: Any) -> SymbolicTensor:
     if isinstance(value, InputLayer):
         return input_tensor(value)
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def input_tensor(layer: InputLayer) -> SymbolicTensor:
@@ -72,7 +72,7 @@ def input_tensor(layer: InputLayer) -> SymbolicTensor:
         tensor = SymbolicTensor(tuple(layer.shape or ()), node)
         node.output = tensor
         layer._tensor = tensor  # type: ignore[attr-defined]
-    return tensor  # type: ignore[no-any-return]
+    return tensor
 
 
 def is_symbolic(value: Any) -> bool:

@@ -113,7 +113,7 @@ def load_model(path: str | os.PathLike[str]) -> Sequential:
 def model_from_config(config: Mapping[str, Any]) -> Sequential:
     """A :class:`Sequential` from ``model.get_config()`` (fresh weights)."""
     if "input_layers" in config:  # a functional Model
-        return model_from_functional_config(config)  # type: ignore[no-any-return]
+        return model_from_functional_config(config)
     model = Sequential(name=config.get("name"), seed=config.get("seed", 0))
     for entry in config["layers"]:
         model.add(_layer_from_config(entry["class_name"], entry["config"]))

@@ -178,7 +178,7 @@ class Layer:
         self.input_shape_arg: Shape | None = None
         if input_shape is not None:
             self.input_shape_arg = tuple(
-                None if v is None else _positive_int(f"input_shape[{i}]", v)  # type: ignore[misc]
+                None if v is None else _positive_int(f"input_shape[{i}]", v)
                 for i, v in enumerate(input_shape)
             )
         self.variables: dict[str, np.ndarray] = {}
@@ -457,7 +457,7 @@ class _SpatialLayer(Layer):
         stand_in = tuple(_OPEN_STAND_IN if v is None else v for v in spatial)
         resolved = spec.resolve((*stand_in, last_shape[-1]))
         out = tuple(None if v is None else o for v, o in zip(spatial, resolved.output_size))
-        return resolved, out  # type: ignore[return-value]
+        return resolved, out
 
     def resolved(self) -> ResolvedConv | None:
         spec = getattr(self, "spec", None)

@@ -61,7 +61,7 @@ class _Merge(Layer):
         self.merged_output_shape([a.shape[1:] for a in arrays])
         if not self.built:
             self.built = True
-        return self.forward(arrays, training=training)  # type: ignore[arg-type]
+        return self.forward(arrays, training=training)
 
     def build_merge(self, shapes: Sequence[Shape]) -> Shape:
         self._check_count(len(shapes))
@@ -219,7 +219,7 @@ class Concatenate(_Merge):
                 if a != axis and u is None:
                     out[a] = v
         sizes = [s[axis] for s in shapes]
-        out[axis] = None if None in sizes else sum(sizes)  # type: ignore[assignment,arg-type]
+        out[axis] = None if None in sizes else sum(sizes)  # type: ignore[assignment]
         return tuple(out)
 
     def _combine(self, arrays: list[np.ndarray]) -> np.ndarray:

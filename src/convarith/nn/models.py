@@ -224,7 +224,7 @@ class Sequential:
     def build(self, input_shape: Sequence[int]) -> None:
         """Build every layer for samples of ``input_shape`` (no batch axis)."""
         shape = tuple(None if v is None else int(v) for v in input_shape)
-        self.input_shape = shape  # type: ignore[assignment]
+        self.input_shape = shape
         for layer in self.layers:
             if layer.built:
                 layer.check_input(shape)

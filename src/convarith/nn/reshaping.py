@@ -53,7 +53,7 @@ def _pairs(name: str, value: Any, rank: int) -> tuple[tuple[int, int], ...]:
         return int(v)
 
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        return ((nonneg(value),) * 2,) * rank  # type: ignore[return-value]
+        return ((nonneg(value),) * 2,) * rank
     try:
         items = tuple(value)
     except TypeError:
@@ -96,7 +96,7 @@ class _ZeroPadding(_SpatialLayer):
         last = self._last_shape(input_shape)
         size = tuple(None if n is None else n + lo + hi
                      for n, (lo, hi) in zip(last[:-1], self.padding))
-        return self._from_last_shape(tuple(size) + (last[-1],))  # type: ignore[arg-type]
+        return self._from_last_shape(tuple(size) + (last[-1],))
 
     def forward(self, x: np.ndarray, training: bool = False, keep: bool = False) -> np.ndarray:
         return self._from_last(np.pad(self._to_last(x), ((0, 0), *self.padding, (0, 0))))
@@ -142,7 +142,7 @@ class _Cropping(_SpatialLayer):
                 raise ValueError(f"cropping {self.cropping} removes all {n} cells of spatial axis "
                                  f"{axis}; crop less than the input's size")
             size.append(None if n is None else n - lo - hi)
-        return self._from_last_shape(tuple(size) + (last[-1],))  # type: ignore[arg-type]
+        return self._from_last_shape(tuple(size) + (last[-1],))
 
     def forward(self, x: np.ndarray, training: bool = False, keep: bool = False) -> np.ndarray:
         x_last = self._to_last(x)
@@ -232,7 +232,7 @@ class _UpSampling(_SpatialLayer):
     def compute_output_shape(self, input_shape: Shape) -> Shape:
         last = self._last_shape(input_shape)
         size = tuple(None if n is None else n * f for n, f in zip(last[:-1], self.size))
-        return self._from_last_shape(tuple(size) + (last[-1],))  # type: ignore[arg-type]
+        return self._from_last_shape(tuple(size) + (last[-1],))
 
     def _matrices(self, spatial: Sequence[int]) -> list[np.ndarray]:
         return [_bilinear_matrix(n, f) for n, f in zip(spatial, self.size)]

@@ -57,7 +57,7 @@ def summary_rows(model: Sequential) -> tuple[list[dict[str, Any]], list[str]]:
                     warnings.append(
                         f"{layer.name}: the last {dropped} {noun} of "
                         f"{resolved.input_size[axis]} {'are' if dropped > 1 else 'is'} never read (effective kernel "
-                        f"{resolved.effective_kernel[axis]}, stride {spec.strides[axis]}, "  # type: ignore[index]
+                        f"{resolved.effective_kernel[axis]}, stride {spec.strides[axis]}, "
                         f"padding {resolved.padding[axis]}); "
                         + ("a stride no larger than the kernel reads every row"
                            if spec.padding == "same" else

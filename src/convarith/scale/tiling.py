@@ -126,12 +126,12 @@ def plan_tiles(
     spec = resolved.spec
     plans = []
     for axis in range(resolved.rank):
-        stride = spec.strides[axis]  # type: ignore[index]
+        stride = spec.strides[axis]
         span = resolved.effective_kernel[axis]
         lo, hi = resolved.padding[axis]
         outputs = resolved.output_size[axis]
-        padded_length = window_reach(outputs, spec.kernel_size[axis], stride,  # type: ignore[index]
-                                     spec.dilation[axis])  # type: ignore[index]
+        padded_length = window_reach(outputs, spec.kernel_size[axis], stride,
+                                     spec.dilation[axis])
         # a ceil-mode pooling window may reach past the padded input
         hi_needed = resolved.window_padding[axis][1]
         halo = max(0, span - stride)
@@ -165,8 +165,8 @@ def plan_tiles(
             )
         output_chunks = tuple(b - a for a, b in zip(bounds, bounds[1:]))
         input_chunks = tuple(n * stride for n in output_chunks[:-1]) + (
-            window_reach(output_chunks[-1], spec.kernel_size[axis], stride,  # type: ignore[index]
-                         spec.dilation[axis]),  # type: ignore[index]
+            window_reach(output_chunks[-1], spec.kernel_size[axis], stride,
+                         spec.dilation[axis]),
         )
         plans.append(
             AxisPlan(axis, (lo, hi_needed), padded_length, input_chunks, output_chunks, halo)
@@ -177,7 +177,7 @@ def plan_tiles(
 def _engine_conv() -> Callable[..., np.ndarray]:
     from ..engine import conv as engine_conv
 
-    return engine_conv  # type: ignore[no-any-return]
+    return engine_conv
 
 
 def _run_block(
@@ -386,7 +386,7 @@ def _conv_transpose_channels_last(
     if kernel is None:
         raise ValueError("kernel is required for a transposed convolution spec (it is None)")
     kernel_array = np.asarray(kernel)
-    kernel_size = tuple(spec.kernel_size)  # type: ignore[arg-type]
+    kernel_size = tuple(spec.kernel_size)
     if (kernel_array.ndim != len(kernel_size) + 2 or kernel_array.shape[:-2] != kernel_size
             or kernel_array.shape[-1] != channels):
         raise ValueError(
@@ -394,7 +394,7 @@ def _conv_transpose_channels_last(
             f"{(*kernel_size, 'filters // groups', channels)} (Keras layout: kernel_size "
             f"{kernel_size}, {channels} input channels last)"
         )
-    strides = tuple(spec.strides)  # type: ignore[arg-type]
+    strides = tuple(spec.strides)
     grid = _zero_insert(da, x, strides)
     crop = (slice(None),) + tuple(
         slice(max(0, -lo), int(n) - max(0, -hi)) for (lo, hi), n in zip(resolved.padding, grid.shape[1:-1])
@@ -478,7 +478,7 @@ def _check_weights(
         raise ValueError("kernel is required for a convolution spec (it is None)")
     kernel_array = np.asarray(kernel)
     groups = resolved.groups or 1
-    expected = (*spec.kernel_size, channels // groups)  # type: ignore[misc]
+    expected = (*spec.kernel_size, channels // groups)
     if kernel_array.ndim != len(expected) + 1 or kernel_array.shape[:-1] != expected:
         raise ValueError(
             f"kernel has shape {kernel_array.shape} but the spec and input need "

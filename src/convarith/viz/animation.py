@@ -352,7 +352,7 @@ def preview_input(spec: ConvSpec) -> tuple[int, ...]:
         return (3,) * rank
     sizes = []
     for axis in range(rank):
-        stride = spec.strides[axis]  # type: ignore[index]
+        stride = spec.strides[axis]
         sizes.append(max(5, spec.effective_kernel[axis] + max(stride, 2)))
     return tuple(min(size, 12) for size in sizes)
 

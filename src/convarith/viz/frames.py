@@ -194,7 +194,7 @@ def axis_cells(resolved: ResolvedConv, axis: int, extent: int | None = None) -> 
     for position in range(extent):
         index = position - lo
         if spec.transposed:
-            stride = spec.strides[axis]  # type: ignore[index]
+            stride = spec.strides[axis]
             if 0 <= index <= (size - 1) * stride:
                 real = index % stride == 0
                 cells.append(("input", index // stride) if real else ("inserted", None))
@@ -394,7 +394,7 @@ def sample_values(
     >>> x.shape, w.shape, int(x.max()) <= 3, int(w.max()) <= 2
     ((5, 5), (3, 3), True, True)
     """
-    kernel = tuple(resolved.spec.kernel_size)  # type: ignore[arg-type]
+    kernel = tuple(resolved.spec.kernel_size)
     generator = np.random.default_rng(2016)
     if input_values is None:
         x = generator.integers(0, 4, size=resolved.input_size).astype(np.float64)

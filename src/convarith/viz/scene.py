@@ -220,7 +220,7 @@ def build_scene(
     rank = board.rank
     frames = board.frames
     n = len(frames)
-    dilated = max(spec.dilation) > 1  # type: ignore[arg-type]
+    dilated = max(spec.dilation) > 1
     if show_gaps is None:
         show_gaps = dilated
     values = board.output_values is not None
@@ -550,12 +550,12 @@ def _pairs(pairs: Sequence[tuple[int, int]]) -> str:
 
 def _title(board: Storyboard) -> str:
     spec = board.resolved.spec
-    parts = [f"kernel {_fmt_size(spec.kernel_size)}"]  # type: ignore[arg-type]
-    if max(spec.strides) > 1:  # type: ignore[arg-type]
-        parts.append(f"stride {_fmt_size(spec.strides)}")  # type: ignore[arg-type]
-    if max(spec.dilation) > 1:  # type: ignore[arg-type]
-        parts.append(f"dilation {_fmt_size(spec.dilation)}")  # type: ignore[arg-type]
-    padding = spec.padding if isinstance(spec.padding, str) else f"{_pairs(spec.padding)}"  # type: ignore[arg-type]
+    parts = [f"kernel {_fmt_size(spec.kernel_size)}"]
+    if max(spec.strides) > 1:
+        parts.append(f"stride {_fmt_size(spec.strides)}")
+    if max(spec.dilation) > 1:
+        parts.append(f"dilation {_fmt_size(spec.dilation)}")
+    padding = spec.padding if isinstance(spec.padding, str) else f"{_pairs(spec.padding)}"
     parts.append(f"padding {padding}")
     if spec.padding_mode != "zeros":
         parts.append(spec.padding_mode)

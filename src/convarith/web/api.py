@@ -478,7 +478,7 @@ def page_words(message: str) -> str:
     'pad with F.pad first or choose the JAX or ONNX rules'
     """
     for pattern, replacement in _CLI_WORDS:
-        message = pattern.sub(replacement, message)  # type: ignore[arg-type]
+        message = pattern.sub(replacement, message)
     return message
 
 
@@ -514,7 +514,7 @@ def _resolution(settings: Settings) -> tuple[ResolvedConv, dict[str, Any]]:
     kernel_shape = None
     if spec.pool is None and resolved.groups and resolved.in_channels and resolved.out_channels:
         per_group = resolved.in_channels // resolved.groups
-        kernel = list(spec.kernel_size)  # type: ignore[arg-type]
+        kernel = list(spec.kernel_size)
         if spec.transposed:  # Keras (k..., out/groups, in); PyTorch (in, out/groups, k...)
             per_group = resolved.out_channels // resolved.groups
             kernel_shape = {"keras": [*kernel, per_group, resolved.in_channels],
@@ -673,7 +673,7 @@ def footprint_payload(data: dict[str, Any], limits: Limits) -> dict[str, Any]:
 
 def _frames_payload(resolved: ResolvedConv, limits: Limits) -> dict[str, Any]:
     """Every output cell's footprint, in the order the animation plays them."""
-    taps_per_cell = _product(resolved.spec.kernel_size)  # type: ignore[arg-type]
+    taps_per_cell = _product(resolved.spec.kernel_size)
     total = _product(resolved.output_size) * taps_per_cell
     if total > limits.max_frame_taps:
         raise ApiError(
@@ -1011,7 +1011,7 @@ def image_payload(data: Any, limits: Limits, sample: Callable[[], bytes]) -> dic
     if _product(resolved.output_size) > 4 * limits.engine_side**2:
         raise ApiError(422, f"the feature map would be {resolved.output_size}: too large", "strides")
     try:
-        from .. import conv as engine_conv  # type: ignore[attr-defined]
+        from .. import conv as engine_conv
     except ImportError as error:
         raise unavailable("the engine (convarith.conv)", error) from error
     x = pixels[None, :, :, None].astype(np.float32)

@@ -65,7 +65,7 @@ def _numba_gather() -> Callable[..., None] | None:
         return None
 
     @numba.njit(nogil=True, cache=True, fastmath=True, error_model="numpy")
-    def gather(cols, y, n_first, n_last, i0_base, rows_in_cols, size1, size2,  # type: ignore[no-untyped-def]
+    def gather(cols, y, n_first, n_last, i0_base, rows_in_cols, size1, size2,
                p0_first, p0_last, out0, count0, index0, tap0, out1, count1, index1, tap1,
                out2, count2, index2, tap2, k1, k2, fg, f0, f):
         # y (N, O0, O1, O2·F), channels f0 .. f0 + fg of images n_first .. n_last - 1, at

@@ -72,7 +72,7 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
     jit = numba.njit(nogil=True, cache=True, fastmath=True, error_model="numpy")
 
     @jit
-    def interior(size, kernel, stride, dilation, before, out):  # type: ignore[no-untyped-def]
+    def interior(size, kernel, stride, dilation, before, out):
         # output positions [lo, hi) (of 0 .. out - 1) whose every tap lies in [0, size)
         lo = min(out, max(0, (before + stride - 1) // stride))
         last = size - 1 - (kernel - 1) * dilation + before
@@ -80,7 +80,7 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
         return lo, max(lo, hi)
 
     @jit
-    def cell_channels(xp, k, n, h0, w0, d0, d1, dst):  # type: ignore[no-untyped-def]
+    def cell_channels(xp, k, n, h0, w0, d0, d1, dst):
         # one output cell (C,), taps that fall outside xp (zero padding) skipped
         kh, kw, c = k.shape
         _, hi, wi, _ = xp.shape
@@ -100,7 +100,7 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
                     dst[ch] += src[ch] * tap[ch]
 
     @jit
-    def forward_channels(xp, k, s0, s1, d0, d1, p0, p1, first, last, y):  # type: ignore[no-untyped-def]
+    def forward_channels(xp, k, s0, s1, d0, d1, p0, p1, first, last, y):
         # multiplier 1: k (KH, KW, C), y (N, HO, WO, C); output rows first .. last - 1
         # over batch × height; vectorized over channels. A 3×3 window wholly inside
         # xp sums its nine taps in registers and stores once (two output rows at a
@@ -176,7 +176,7 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
             row += 1
 
     @jit
-    def cell_multiplier(xp, k, n, h0, w0, d0, d1, dst):  # type: ignore[no-untyped-def]
+    def cell_multiplier(xp, k, n, h0, w0, d0, d1, dst):
         # one output cell (C, M) of a depth multiplier M
         kh, kw, c, m = k.shape
         _, hi, wi, _ = xp.shape
@@ -197,7 +197,7 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
                         dst[ch, j] += value * k[a, b, ch, j]
 
     @jit
-    def forward_multiplier(xp, k, s0, s1, d0, d1, p0, p1, first, last, y):  # type: ignore[no-untyped-def]
+    def forward_multiplier(xp, k, s0, s1, d0, d1, p0, p1, first, last, y):
         # multiplier M > 1: k (KH, KW, C, M), y (N, HO, WO, C, M); vectorized over
         # the M outputs of each input channel (one input value times M weights)
         _, ho, wo, c, m = y.shape
@@ -240,7 +240,7 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
                 cell_multiplier(xp, k, n, h0, ow * s1 - p1, d0, d1, out[ow])
 
     @jit
-    def forward_one_channel(xp, k, s0, s1, d0, d1, first, last, y):  # type: ignore[no-untyped-def]
+    def forward_one_channel(xp, k, s0, s1, d0, d1, first, last, y):
         # one input channel, 3x3, xp already padded: xp (N, H, W), k (9, M),
         # y (N, HO, WO, M); four cells at a time share each weight load
         _, ho, wo, m = y.shape
@@ -292,7 +292,7 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
                              + t0 * k[8, j])
 
     @jit
-    def forward_rows(xp, kt, c, s0, d0, d1, first, last, y):  # type: ignore[no-untyped-def]
+    def forward_rows(xp, kt, c, s0, d0, d1, first, last, y):
         # multiplier 1, stride 1 along the width, few channels, xp already padded:
         # xp (N, HP, WP·C), kt (KH, KW, WO·C) each tap's C weights repeated along an
         # output row, y (N, HO, WO·C). A tap is one multiply-add over the whole row
@@ -315,7 +315,7 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
                         out[j] += part[j] * weights[j]
 
     @jit
-    def grad_channels(xp, dy, s0, s1, d0, d1, p0, p1, first, last, part, acc):  # type: ignore[no-untyped-def]
+    def grad_channels(xp, dy, s0, s1, d0, d1, p0, p1, first, last, part, acc):
         # multiplier 1: acc (KH, KW, C) float64 += the contributions of output rows
         # first .. last - 1, summed _GRAD_BLOCK output cells at a time in part
         # (KH, KW, C, xp's dtype: at most 64 float32 terms per sum) and
@@ -350,7 +350,7 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
                             acc[a, b, ch] += part[a, b, ch]
 
     @jit
-    def grad_multiplier(xp, dy, s0, s1, d0, d1, p0, p1, first, last, part, acc):  # type: ignore[no-untyped-def]
+    def grad_multiplier(xp, dy, s0, s1, d0, d1, p0, p1, first, last, part, acc):
         # multiplier M > 1: dy (N, HO, WO, C, M), part / acc (KH, KW, C, M);
         # vectorized over the M outputs of each input channel
         kh, kw, c, m = part.shape

@@ -163,7 +163,7 @@ def _numba_gather() -> Callable[..., None] | None:
         return None
 
     @numba.njit(nogil=True, cache=True)
-    def gather(source, phases, shifts, start, columns):  # type: ignore[no-untyped-def]
+    def gather(source, phases, shifts, start, columns):
         rows, taps, c = columns.shape
         for m in range(rows):
             for t in range(taps):
@@ -184,7 +184,7 @@ def _numba_im2col() -> Callable[..., None] | None:
         return None
 
     @numba.njit(nogil=True, cache=True)
-    def im2col(xp, image, row0, col0, s0, s1, d0, d1, p0, p1, kh, kw, columns):  # type: ignore[no-untyped-def]
+    def im2col(xp, image, row0, col0, s0, s1, d0, d1, p0, p1, kh, kw, columns):
         # columns[r, j, a·kw + b] = xp[image, (row0 + r)·s0 + a·d0 - p0, (col0 + j)·s1 + b·d1 - p1],
         # zero where that falls on the padding (p0, p1 before each axis)
         rows, wo, _, c = columns.shape

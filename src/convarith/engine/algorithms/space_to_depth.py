@@ -122,7 +122,7 @@ def _numba_kernels() -> tuple[Callable[..., None], Callable[..., None], Callable
     jit = numba.njit(nogil=True, cache=True, error_model="numpy", boundscheck=False)
 
     @jit
-    def build_planes(xp, image, strides, before, phases, planes):  # type: ignore[no-untyped-def]
+    def build_planes(xp, image, strides, before, phases, planes):
         # planes[p, c, i0, i1, i2] = xp[image, i·S + r_p - before] (zero outside xp)
         count, channels, g0, g1, g2 = planes.shape
         x0, x1, x2 = xp.shape[1], xp.shape[2], xp.shape[3]
@@ -158,7 +158,7 @@ def _numba_kernels() -> tuple[Callable[..., None], Callable[..., None], Callable
                                 target[i2] = 0.0
 
     @jit
-    def gather(planes, taps, o0, row0, rows, col0, width, columns):  # type: ignore[no-untyped-def]
+    def gather(planes, taps, o0, row0, rows, col0, width, columns):
         # columns[t·C + c, r·width + j] = planes[p_t, c, o0 + q0_t, row0 + r + q1_t, col0 + j + q2_t]
         channels = planes.shape[1]
         for t in range(taps.shape[0]):
@@ -173,7 +173,7 @@ def _numba_kernels() -> tuple[Callable[..., None], Callable[..., None], Callable
                         target[j] = source[j]
 
     @jit
-    def block_columns(source, image, strides, before, o0, row0, col0, rows, width, halo,  # type: ignore[no-untyped-def]
+    def block_columns(source, image, strides, before, o0, row0, col0, rows, width, halo,
                       phases, taps, plane_buffer, column_buffer):
         channels = source.shape[-1]
         shape = (phases.shape[0], channels, halo[0] + 1, rows + halo[1], width + halo[2])

@@ -167,7 +167,7 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
         return None
 
     @numba.njit(inline="always")
-    def tile_origin(t, th, tw, d0, d1, m):  # type: ignore[no-untyped-def]
+    def tile_origin(t, th, tw, d0, d1, m):
         # tile t (m×m outputs) -> (image, first output row, first output column) of its
         # dilation phase; the tile's cell (i, j) is (row + d0·i, column + d1·j)
         tx = t % tw
@@ -179,7 +179,7 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
         return q3 // d0, q3 % d0 + d0 * ty * m, p1 + d1 * tx * m
 
     @numba.njit(nogil=True, cache=True)
-    def input_transform(xp, bt, m, d0, d1, th, tw, first, v):  # type: ignore[no-untyped-def]
+    def input_transform(xp, bt, m, d0, d1, th, tw, first, v):
         # tiles first .. first + v.shape[1] - 1 into v[:, t - first]
         _, hp, wp, c = xp.shape
         a = bt.shape[0]
@@ -216,7 +216,7 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
                                 out[ch] += coef * rows[u, j, ch]
 
     @numba.njit(nogil=True, cache=True)
-    def output_transform(prod, at, m, d0, d1, th, tw, first, y):  # type: ignore[no-untyped-def]
+    def output_transform(prod, at, m, d0, d1, th, tw, first, y):
         _, ho, wo, f = y.shape
         a = at.shape[1]
         rows = np.zeros((m, a, f), dtype=y.dtype)
@@ -248,7 +248,7 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
                                 out[ch] += coef * rows[u, j, ch]
 
     @numba.njit(nogil=True, cache=True)
-    def kernel_transform(kernel, g, u):  # type: ignore[no-untyped-def]
+    def kernel_transform(kernel, g, u):
         # u[x·a + w, c, f] = Σ_ij g[x, i] kernel[i, j, c, f] g[w, j], summed in float64
         r, _, c, f = kernel.shape
         a = g.shape[0]
@@ -281,27 +281,27 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
     # The constants come in the data's dtype (a float literal would promote
     # float32 arithmetic to float64).
     @numba.njit(inline="always")
-    def bt6(x0, x1, x2, x3, x4, x5, two, four, five):  # type: ignore[no-untyped-def]
+    def bt6(x0, x1, x2, x3, x4, x5, two, four, five):
         # Bᵀ (6×6) times a column of 6
         return (four * x0 - five * x2 + x4, -(four * (x1 + x2)) + x3 + x4,
                 four * (x1 - x2) - x3 + x4, two * (x3 - x1) + x4 - x2,
                 two * (x1 - x3) + x4 - x2, four * x1 - five * x3 + x5)
 
     @numba.njit(inline="always")
-    def at4(x0, x1, x2, x3, x4, x5, two, four, eight):  # type: ignore[no-untyped-def]
+    def at4(x0, x1, x2, x3, x4, x5, two, four, eight):
         # Aᵀ (4×6) times a column of 6
         a12, b12, a34, b34 = x1 + x2, x1 - x2, x3 + x4, x3 - x4
         return x0 + a12 + a34, b12 + two * b34, a12 + four * a34, b12 + eight * b34 + x5
 
     @numba.njit(inline="always")
-    def a6(x0, x1, x2, x3, two, four, eight):  # type: ignore[no-untyped-def]
+    def a6(x0, x1, x2, x3, two, four, eight):
         # A (6×4) times a column of 4: the adjoint of at4
         a02, b13 = x0 + x2, x1 + x3
         return (x0, a02 + b13, a02 - b13, x0 + two * x1 + four * x2 + eight * x3,
                 x0 - two * x1 + four * x2 - eight * x3, x3)
 
     @numba.njit(nogil=True, cache=True, fastmath={'contract'})
-    def input_transform_f4(xp, bt, m, d0, d1, th, tw, first, v, top, left):  # type: ignore[no-untyped-def]
+    def input_transform_f4(xp, bt, m, d0, d1, th, tw, first, v, top, left):
         # xp is the input before zero padding: top rows and left columns of
         # zeros are implied (and as many as needed after it)
         _, hx, wx, c = xp.shape
@@ -351,7 +351,7 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
                         tmp[r, 4, ch], tmp[r, 5, ch], two, four, five)
 
     @numba.njit(nogil=True, cache=True, fastmath={'contract'})
-    def output_transform_f4(prod, at, m, d0, d1, th, tw, first, y):  # type: ignore[no-untyped-def]
+    def output_transform_f4(prod, at, m, d0, d1, th, tw, first, y):
         # y (N, HO, S0, WO, S1, FO): product channel (p0·S1 + p1)·FO + c of output cell
         # (oh, ow) goes to y[n, oh, p0, ow, p1, c] (S0 = S1 = 1: a plain (N, HO, WO, F))
         _, ho, ph0, wo, ph1, fo = y.shape
@@ -389,7 +389,7 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
                                 dst[ch] = tile[r, w_, base + ch]
 
     @numba.njit(nogil=True, cache=True, fastmath={'contract'})
-    def gradient_transform_f4(dy, at, d0, d1, th, tw, first, w_out):  # type: ignore[no-untyped-def]
+    def gradient_transform_f4(dy, at, d0, d1, th, tw, first, w_out):
         # w_out[i·6 + j, t - first] = (A dY_t Aᵀ)[i, j] with A = atᵀ (6×4): the
         # adjoint of the output transform, for the weight gradient
         _, ho, wo, f = dy.shape
