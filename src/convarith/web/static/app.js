@@ -237,6 +237,7 @@
   // ------------------------------------------------------------------ main update
 
   let timer = null;
+  let scheduled = false;  // an update is waiting for its timer: the page is not settled yet
   function changed() {
     controlsToState();
     state.frame = 0;
@@ -245,10 +246,12 @@
   function schedule() {
     document.body.dataset.busy = "1";  // until the answer to the latest settings is drawn
     clearTimeout(timer);
+    scheduled = true;
     timer = setTimeout(update, 16);  // coalesce a burst of keystrokes, no more
   }
 
   async function update() {
+    scheduled = false;
     writeURL();
     const mine = ++requestNumber;
     document.body.dataset.busy = "1";
@@ -258,8 +261,10 @@
     if (!answer.ok) {
       showError("error", answer.error);
       $("stage").classList.add("stale");
-      document.body.dataset.busy = "";
-      document.body.dataset.ready = String(mine);
+      if (!scheduled) {
+        document.body.dataset.busy = "";
+        document.body.dataset.ready = String(mine);
+      }
       return;
     }
     showError("error", urlProblems.join("; "));
@@ -273,7 +278,7 @@
     setFrame(Math.min(state.frame, geometry.frames - 1));
     document.body.dataset.drawn = String(mine);  // the picture is up to date (the tabs follow)
     await Promise.all([updateStack(), updateTab()]);
-    if (mine === requestNumber) {
+    if (mine === requestNumber && !scheduled) {
       document.body.dataset.busy = "";
       document.body.dataset.ready = String(mine);
     }
