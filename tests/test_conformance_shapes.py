@@ -208,7 +208,12 @@ def test_live_shapes(convention: str) -> None:
     seed = int(os.environ.get("CONVARITH_SEED", np.random.default_rng().integers(2**32)))
     make_cases, runner, _ = gen.CONVENTIONS[convention]
     draw = gen.Draw(np.random.default_rng(seed))
-    cases = [gen.run_case(case, runner) for case in make_cases(draw, LIVE_CASES[convention])]
+    # onnxruntime 1.32 crashes the process (segmentation fault) on some empty inputs, e.g.
+    # ConvTranspose of shape [1, 1, 3, 0, 2] (CONVARITH_SEED=5, case 175): no oracle there
+    drawn = make_cases(draw, LIVE_CASES[convention])
+    if convention == "onnx":
+        drawn = [case for case in drawn if 0 not in case["input_shape"]]
+    cases = [gen.run_case(case, runner) for case in drawn]
     failures = [(case, why) for case in cases if (why := mismatch(convention, case)) is not None]
     assert not failures, report(convention, failures, len(cases), seed) + (
         f"\nrerun with CONVARITH_SEED={seed}")
