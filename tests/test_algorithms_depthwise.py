@@ -12,6 +12,7 @@ runs on AVX-512 CPUs), and the AArch64 module is compiled.
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import numpy as np
@@ -93,7 +94,7 @@ def drive_definition(x, w, y, fields, kernel, stride, dilation, cells, width):
     """The sum in ``_llvm_depthwise``'s docstring, one output value at a time (float64)."""
     f = dict(zip(_llvm_depthwise.DRIVE_FIELDS, fields))
     out = y.astype(np.float64)
-    for r in range(f["rows"]):
+    for g, r in itertools.product(range(f["images"]), range(f["rows"])):
         for c in range(f["blocks"]):
             for t in range(f["tiles"]):
                 o0 = min(t * cells, f["last_start"])
@@ -102,12 +103,12 @@ def drive_definition(x, w, y, fields, kernel, stride, dilation, cells, width):
                         total = 0.0
                         for a in range(f["kernel_rows"]):
                             for b in range(kernel):
-                                xi = (r * f["x_row"] + a * f["x_tap_row"]
+                                xi = (g * f["x_image"] + r * f["x_row"] + a * f["x_tap_row"]
                                       + (o0 * stride + m * stride + b * dilation) * f["x_cell"]
                                       + c * width + j)
                                 total += float(x[xi]) * float(w[(a * kernel + b) * f["w_tap"]
                                                                  + c * width + j])
-                        out[r * f["y_row"] + (o0 + m) * f["y_cell"] + c * width + j] = total
+                        out[g * f["y_image"] + r * f["y_row"] + (o0 + m) * f["y_cell"] + c * width + j] = total
     return out
 
 
@@ -120,18 +121,20 @@ def test_one_module_against_its_docstring(isa, dtype, monkeypatch):
                                         cells=cells)
     assert module is not None
     width = module.width
-    blocks, rows, kernel_rows, row_length = 2, 3, 2, 7
+    images, blocks, rows, kernel_rows, row_length = 2, 2, 3, 2, 7
     tiles = -(-row_length // cells)
     cell_x = blocks * width + width  # cells further apart than their channels
     span = (row_length - 1) * stride + (kernel - 1) * dilation + 1
     x_tap_row = span * cell_x
     x_row = 2 * x_tap_row
     rng = np.random.default_rng(3)
-    x = rng.standard_normal(rows * x_row + kernel_rows * x_tap_row).astype(dtype)
+    x_image = rows * x_row + kernel_rows * x_tap_row
+    x = rng.standard_normal(images * x_image).astype(dtype)
     w = rng.standard_normal(kernel * kernel_rows * blocks * width).astype(dtype)
     y_cell, y_row = blocks * width, row_length * blocks * width + width
-    y = np.full(rows * y_row, 7.0, dtype)
-    fields = (rows, tiles, row_length - cells, blocks, kernel_rows, x_row, x_tap_row, cell_x,
+    y_image = rows * y_row + width
+    y = np.full(images * y_image, 7.0, dtype)
+    fields = (images, x_image, y_image, rows, tiles, row_length - cells, blocks, kernel_rows, x_row, x_tap_row, cell_x,
               y_row, y_cell, blocks * width)
     expected = drive_definition(x, w, y, fields, kernel, stride, dilation, cells, width)
     module.drive(x.ctypes.data, w.ctypes.data, y.ctypes.data, *fields)

@@ -14,10 +14,11 @@ load only the columns they read and no lane is wasted.
 
 One module exports ``drive``::
 
-    drive(x, w, y, rows, tiles, last_start, blocks, kernel_rows,
-          x_row, x_tap_row, x_cell, y_row, y_cell, w_tap)
+    drive(x, w, y, images, x_image, y_image, rows, tiles, last_start, blocks,
+          kernel_rows, x_row, x_tap_row, x_cell, y_row, y_cell, w_tap)
 
-For output row ``r < rows`` (the outer loop: a row's channel blocks lie side by side,
+For image ``g < images`` (``x`` and ``y`` advanced by ``g·x_image`` and ``g·y_image``),
+output row ``r < rows`` (the outer loop: a row's channel blocks lie side by side,
 which the prefetchers follow), channel block ``c < blocks`` (``VW`` channels each)
 and tile ``t < tiles`` (first cell ``o0 = min(t·MR, last_start)``: the last tile
 of a row may overlap the one before, recomputing the same values), cell
@@ -53,7 +54,7 @@ __all__ = ["row_module_ir", "row_window", "row_cells", "RowKernel", "row_kernel"
            "DRIVE_FIELDS"]
 
 #: The integer arguments of ``drive``, after the three pointers ``x, w, y``.
-DRIVE_FIELDS = ("rows", "tiles", "last_start", "blocks", "kernel_rows", "x_row", "x_tap_row",
+DRIVE_FIELDS = ("images", "x_image", "y_image", "rows", "tiles", "last_start", "blocks", "kernel_rows", "x_row", "x_tap_row",
                 "x_cell", "y_row", "y_cell", "w_tap")
 
 #: Most cells per tile: more shorten the window's overhang (``K - 1`` extra columns
@@ -155,16 +156,25 @@ def row_module_ir(dtype: Any, width: int, *, kernel: int, stride: int, dilation:
     text = "\n".join(tile)
     arguments = ", ".join(f"i64 %{name}" for name in DRIVE_FIELDS)
     drive = [
-        f"define void @drive({p} %x, {p} %w, {p} %y, {arguments}) {{",
+        f"define void @drive({p} %x0, {p} %w, {p} %y0, {arguments}) {{",
         "entry:",
         "  %go0 = icmp sgt i64 %rows, 0",
         "  %go1 = icmp sgt i64 %blocks, 0",
         "  %go2 = icmp sgt i64 %tiles, 0",
         "  %go3 = and i1 %go0, %go1",
-        "  %go = and i1 %go3, %go2",
-        "  br i1 %go, label %r_loop, label %exit",
+        "  %go4 = and i1 %go3, %go2",
+        "  %go5 = icmp sgt i64 %images, 0",
+        "  %go = and i1 %go4, %go5",
+        "  br i1 %go, label %g_loop, label %exit",
+        "g_loop:",
+        "  %g = phi i64 [0, %entry], [%g1, %g_end]",
+        "  %gx = mul i64 %g, %x_image",
+        f"  %x = getelementptr {ty}, {p} %x0, i64 %gx",
+        "  %gy = mul i64 %g, %y_image",
+        f"  %y = getelementptr {ty}, {p} %y0, i64 %gy",
+        "  br label %r_loop",
         "r_loop:",
-        "  %r = phi i64 [0, %entry], [%r1, %r_end]",
+        "  %r = phi i64 [0, %g_loop], [%r1, %r_end]",
         "  %xr = mul i64 %r, %x_row",
         "  %yr = mul i64 %r, %y_row",
         "  br label %c_loop",
@@ -199,7 +209,11 @@ def row_module_ir(dtype: Any, width: int, *, kernel: int, stride: int, dilation:
         "r_end:",
         "  %r1 = add i64 %r, 1",
         "  %rm = icmp slt i64 %r1, %rows",
-        "  br i1 %rm, label %r_loop, label %exit",
+        "  br i1 %rm, label %r_loop, label %g_end",
+        "g_end:",
+        "  %g1 = add i64 %g, 1",
+        "  %gm = icmp slt i64 %g1, %images",
+        "  br i1 %gm, label %g_loop, label %exit",
         "exit:",
         "  ret void",
         "}",

@@ -743,8 +743,10 @@ def depthwise(
     y_base, y_bytes = y.ctypes.data, y.strides
 
     def drive(slab: np.ndarray, image: int, o0: int, o1: int) -> None:
+        """Output rows [o0, o1) of ``slab.shape[0]`` images from ``image`` on."""
         kernels.drive(slab.ctypes.data, weights.ctypes.data,
                       y_base + image * y_bytes[0] + o0 * y_bytes[1],
+                      slab.shape[0], slab[0].size, y_bytes[0] // dtype.itemsize,
                       o1 - o0, tiles, ow - cells, cpad // width, kh,
                       stride_rows * row_elems, dilation_rows * row_elems, cpad,
                       y_row, y_cell, cpad)
@@ -755,15 +757,14 @@ def depthwise(
         if cpad != c:
             slab[..., c:] = 0
         _fill(slab[..., :c], x[image], o0 * stride_rows - top, left)
-        drive(slab, image, o0, o1)
+        drive(slab[None], image, o0, o1)
 
     def job_images(g0: int, g1: int) -> None:
         slab = workspace("register_tiles_depthwise", (g1 - g0, needed, padded_w, cpad), dtype)
         if cpad != c:
             slab[..., c:] = 0
         _fill(slab[..., :c], x[g0:g1], -top, left)
-        for image in range(g0, g1):
-            drive(slab[image - g0], image, 0, oh)
+        drive(slab, g0, 0, oh)
 
     jobs: list[Callable[[], None]] = (
         [functools.partial(job_images, g0, min(n, g0 + images)) for g0 in range(0, n, images)]
