@@ -789,16 +789,20 @@ def applies_depthwise(problem: ConvProblem) -> bool:
 def cost_depthwise(problem: ConvProblem) -> float:
     """Against :mod:`.depthwise`'s ``0.1 × FLOPs`` (its loop unrolls 3×3 only).
 
-    Measured on one core (CPU time, float32, time relative to PyTorch's, these
-    kernels against that loop): 5×5 on 2×56²×96 0.47 against 0.30; 7×7 0.77 against
-    0.45; 5×5 on 16×14²×576 0.57 against 0.44; 5×5 stride 2 0.58 against 0.73; 3×3
-    0.66 against 1.41; 5×5 on one 28²×240 image 0.33 against 0.49 (few cells: the
-    padded copy per chunk and the calls dominate). So ``0.06 × FLOPs`` above 3×3,
-    ``0.15`` up to 3×3, times ``1 + 2000 / cells``.
+    Measured on one core (CPU time, float32, best of several calls on a busy machine;
+    these kernels against that loop, in ms): 5×5 on 2×56²×96 0.43 against 1.35; 7×7
+    0.72 against 3.7; 5×5 on one 14²×672 image 0.13 against 0.27, on one 28²×240
+    image 0.16 against 0.39, stride 2 on one 14²×672 image 0.090 against 0.071 (few
+    cells: the padded copy and the call dominate); 3×3 the loop is as fast or faster
+    on most of MobileNetV2's layers (on 14²×576, 16 images: 1.35 against 1.16). So
+    ``0.06 × FLOPs × (1 + 100 / cells)`` above 3×3 and ``0.15 × (1 + 2000 / cells)``
+    up to 3×3.
     """
     taps = math.prod(problem.kernel_size)
-    cells = problem.batch * math.prod(problem.out_size)
-    return problem.flops * (0.15 if taps <= 9 else 0.06) * (1 + 2000 / max(1, cells))
+    cells = max(1, problem.batch * math.prod(problem.out_size))
+    if taps <= 9:
+        return problem.flops * 0.15 * (1 + 2000 / cells)
+    return problem.flops * 0.06 * (1 + 100 / cells)
 
 
 register_algorithm("register_tiles", direct, applies=applies, cost=cost, pads_zeros=True)
