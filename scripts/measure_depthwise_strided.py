@@ -3,7 +3,8 @@
 Every distinct depthwise layer of MobileNetV2 and EfficientNet-B0 (forward and
 backward) and every strided layer of ResNet-50 and MobileNetV2 (backward: input
 and weight gradient), at batch 1 and 16, float32, PyTorch at its best of NCHW
-and channels_last. Run it once per thread count (the engine reads
+and channels_last (median wall time, or with ``--cpu-time`` the best CPU time of one
+thread). Run it once per thread count (the engine reads
 ``CONVARITH_NUM_THREADS`` once)::
 
     CONVARITH_NUM_THREADS=1 python scripts/measure_depthwise_strided.py --threads 1
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -51,8 +53,20 @@ def layers(kind: str) -> list[NetLayer]:
     return list(found)
 
 
-def measure(layer: NetLayer, batch: int, backward: bool, threads: int, repeat: int
-            ) -> tuple[float, float, list[str]]:
+def cpu_times(runners: dict[str, Callable[[], Any]], repeat: int) -> dict[str, list[float]]:
+    """The CPU time of the calling thread per call, in turn (one thread only: the
+    time other processes take from this core is not counted)."""
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(repeat):
+        for name, fn in runners.items():
+            start = time.thread_time()
+            fn()
+            samples[name].append(time.thread_time() - start)
+    return samples
+
+
+def measure(layer: NetLayer, batch: int, backward: bool, threads: int, repeat: int,
+            cpu_time: bool = False) -> tuple[float, float, list[str]]:
     import torch
 
     rng = np.random.default_rng(0)
@@ -72,6 +86,9 @@ def measure(layer: NetLayer, batch: int, backward: bool, threads: int, repeat: i
     assert picked is not None
     torch.set_num_threads(threads)
     runners: dict[str, Callable[[], Any]] = {"convarith": ours, "torch": picked[0]}
+    if cpu_time:
+        samples = cpu_times(runners, repeat)
+        return min(samples["convarith"]), min(samples["torch"]), _paths(layer, batch, backward)
     samples = _alternate(runners, repeat, 1, 0.002)
     return (statistics.median(samples["convarith"]), statistics.median(samples["torch"]),
             _paths(layer, batch, backward))
@@ -84,6 +101,10 @@ def main() -> None:
     parser.add_argument("--only", choices=("depthwise", "strided", "extra"), default=None)
     parser.add_argument("--batches", default="1,16")
     parser.add_argument("--match", default="", help="only layers whose title contains this")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="best CPU time of the calling thread (with --threads 1: robust "
+                             "on a busy machine) instead of the median wall time")
+    parser.add_argument("--forward-only", action="store_true")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     for kind in ("extra", "depthwise", "strided"):
@@ -93,9 +114,11 @@ def main() -> None:
             if args.match not in layer.title:
                 continue
             for batch in ([2] if kind == "extra" else batches):
-                for backward in ((True,) if kind == "strided" else (False, True)):
+                directions = ((True,) if kind == "strided" else
+                              (False,) if args.forward_only else (False, True))
+                for backward in directions:
                     ours, theirs, paths = measure(layer, batch, backward, args.threads,
-                                                  args.repeat)
+                                                  args.repeat, args.cpu_time)
                     print(f"{kind:9} {layer.title:44} b{batch:<3} "
                           f"{'bwd' if backward else 'fwd'}  ours {ours * 1e3:8.2f} ms  "
                           f"torch {theirs * 1e3:8.2f} ms  ratio {theirs / ours:5.2f}  "
