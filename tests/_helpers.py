@@ -9,8 +9,12 @@ in float64.
 from __future__ import annotations
 
 import itertools
+import random
+from collections.abc import Iterator
 
 import numpy as np
+
+from convarith import ConvSpec
 
 TOLERANCE = {np.float32: 1e-5, np.float64: 1e-10}
 DTYPES = [np.float32, np.float64]
@@ -172,3 +176,70 @@ def assert_runs_as_reference(problem, seed) -> None:
                                 problem.strides, problem.dilation, problem.groups,
                                 problem.out_size)
     assert relative_error(y, expected) <= 1e-5, f"seed {seed}, {problem}"
+
+
+# --------------------------------------------------------------------------- backend calls
+
+
+def random_backend_case(rng: random.Random) -> tuple[ConvSpec, tuple[int, ...]]:
+    """A random spec (any kind, rank 1–3, both layouts) and an input shape for it."""
+    rank = rng.choice([1, 2, 2, 3])
+    size = tuple(rng.randint(3, 9 if rank < 3 else 5) for _ in range(rank))
+    kernel = tuple(rng.randint(1, 3) for _ in range(rank))
+    strides = tuple(rng.randint(1, 3) for _ in range(rank))
+    dilation = tuple(rng.randint(1, 2) for _ in range(rank))
+    kind = rng.choice(["conv", "conv", "transposed", "max", "avg"])
+    data_format = rng.choice(["channels_last", "channels_first"])
+    channels = rng.choice([1, 2, 4])
+    if kind == "conv":
+        padding = rng.choice(["valid", "same", "same_lower", "full",
+                              tuple((rng.randint(0, 2), rng.randint(0, 2)) for _ in range(rank))])
+        mode = rng.choice(["zeros", "zeros", "reflect", "replicate", "circular"])
+        groups = rng.choice([g for g in (1, 2) if channels % g == 0])
+        spec = ConvSpec(kernel, strides, dilation, padding=padding, padding_mode=mode, groups=groups,
+                        filters=groups * rng.randint(1, 3), data_format=data_format, rank=rank)
+    elif kind == "transposed":
+        padding = rng.choice(["valid", "same", tuple((rng.randint(-1, 2), rng.randint(-1, 2)) for _ in range(rank))])
+        output_padding = None
+        if rng.random() < 0.4:
+            output_padding = tuple(rng.randrange(max(s, d)) for s, d in zip(strides, dilation))
+        groups = rng.choice([g for g in (1, 2) if channels % g == 0])
+        spec = ConvSpec(kernel, strides, dilation, padding=padding, transposed=True,
+                        output_padding=output_padding, groups=groups, filters=groups * rng.randint(1, 3),
+                        data_format=data_format, rank=rank)
+    else:
+        padding = rng.choice(["valid", "same", tuple((rng.randint(0, 1), rng.randint(0, 1)) for _ in range(rank))])
+        spec = ConvSpec(kernel, strides, dilation if kind == "max" else 1, padding=padding, pool=kind,
+                        ceil_mode=rng.random() < 0.3, count_include_pad=rng.random() < 0.5,
+                        data_format=data_format, rank=rank)
+    shape = (rng.randint(1, 2), *size, channels) if data_format == "channels_last" else (
+        rng.randint(1, 2), channels, *size)
+    return spec, shape
+
+
+def random_backend_calls(count: int) -> Iterator[tuple[ConvSpec, np.ndarray, np.ndarray | None,
+                                                       np.ndarray | None, int]]:
+    """``count`` valid random calls ``(spec, x, kernel, bias, seed)``, a fifth of them unbatched."""
+    seed = made = 0
+    while made < count:
+        seed += 1
+        rng = random.Random(seed)
+        spec, shape = random_backend_case(rng)
+        try:
+            resolved = spec.resolve(shape)
+        except ValueError:
+            continue
+        data = np.random.default_rng(seed)
+        x = data.standard_normal(shape).astype(np.float32)
+        kernel = bias = None
+        if spec.pool is None:
+            groups = resolved.groups or 1
+            cin, cout = resolved.in_channels, resolved.out_channels
+            kshape = ((*spec.kernel_size, cout // groups, cin) if spec.transposed
+                      else (*spec.kernel_size, cin // groups, cout))
+            kernel = data.standard_normal(kshape).astype(np.float32)
+            bias = data.standard_normal(cout).astype(np.float32) if rng.random() < 0.7 else None
+        if rng.random() < 0.2:
+            x = x[0]  # unbatched
+        made += 1
+        yield spec, x, kernel, bias, seed
