@@ -699,7 +699,8 @@ def build_volume_scene(resolved, room: float = 900.0, palette: Palette = PALETTE
     def texts(volume: Volume, label: Sequence[str], with_axes: bool) -> list[Shape]:
         x0, y0, x1, y1 = volume.bounds()
         role = "label" if with_axes else "output-label"
-        shapes = [Shape("text", ((x0, y0 - 12 - 18 * (len(label) - 1 - i)),), text=line, size=label_size,
+        left = x0 - 6 - _text_width("height", axis_size) if with_axes else x0  # over the "height" label too
+        shapes = [Shape("text", ((left, y0 - 12 - 18 * (len(label) - 1 - i)),), text=line, size=label_size,
                         bold=True, anchor="lm", fill=p.text, role=role) for i, line in enumerate(label)]
         if with_axes:
             d, r, c = volume.size
@@ -751,21 +752,22 @@ def build_volume_scene(resolved, room: float = 900.0, palette: Palette = PALETTE
     # input; the input's label goes on two lines before the cells shrink for it
     tallest = max(size[1] + abs(VOLUME_BACK[1]) * size[0] for size in (lower_size, upper_size))
     top = max(4.0, min(34.0, math.floor(max_height / tallest)))
-    choice: tuple[float, bool, bool] | None = None
+    choice: tuple[bool, float, bool, bool] | None = None
     for stacked in (False, True):
-        best: tuple[float, bool, bool] | None = None
+        best: tuple[bool, float, bool, bool] | None = None
         for split in (False, True):
             cell = top
             while cell > 4.0 and plan(cell, stacked, split)[2] > room:
                 cell -= 1.0
-            if best is None or cell > best[0]:
-                best = (cell, stacked, split)
+            fits = plan(cell, stacked, split)[2] <= room
+            if best is None or (fits, cell) > best[:2]:
+                best = (fits, cell, stacked, split)
         assert best is not None
-        if stacked or (best[0] >= 9.0 and plan(*best)[2] <= room):
+        if stacked or (best[0] and best[1] >= 9.0):
             choice = best
             break
     assert choice is not None
-    cell, stacked, split = choice
+    _, cell, stacked, split = choice
     lower, upper, width, height = plan(cell, stacked, split)
     scene = Scene(width=width, height=height, frame_count=1, title=" ".join(lower_words))
     add = scene.shapes.append
