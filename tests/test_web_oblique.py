@@ -10,6 +10,7 @@ laptop widths, light and dark, axe-core audit) in headless Chromium.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import pytest
@@ -182,8 +183,11 @@ def test_a_big_volume_stays_small_to_draw(page, server_url):  # noqa: F811
     assert page.evaluate("document.querySelectorAll('#volume *').length") < 600
 
 
-@pytest.mark.parametrize("width, height, scheme", [(390, 844, "light"), (1280, 800, "light"),
-                                                   (390, 844, "dark"), (1280, 800, "dark")])
+_SHOTS = [(390, 844, "light"), (1280, 800, "light"), (390, 844, "dark"), (1280, 800, "dark")]
+
+
+@pytest.mark.parametrize("width, height, scheme",
+                         _SHOTS[::3] if os.environ.get("CI") == "true" else _SHOTS)  # CI: phone light, laptop dark
 def test_the_oblique_view_fits_without_overflow_or_colliding_labels(browser, server_url, width, height,  # noqa: F811
                                                                      scheme):
     context = browser.new_context(viewport={"width": width, "height": height}, color_scheme=scheme,
@@ -231,3 +235,40 @@ def test_export_draws_the_oblique_picture(page, server_url):  # noqa: F811
         page.click("#export-svg")
     text = open(download.value.path(), encoding="utf-8").read()
     assert "<polygon" in text and "data-pos" in text and math.isfinite(len(text))
+
+
+# --------------------------------------------------------------------------- as a newcomer sees it
+
+
+def test_a_1d_strip_on_a_phone_has_cells_big_enough_for_their_labels(browser, server_url):  # noqa: F811
+    """At 390 px a 1-D input of 12 went side by side with its output in 15 px cells, too small
+    for the kernel's tap labels; the two strips now stack and the cells carry their labels."""
+    context = browser.new_context(viewport={"width": 390, "height": 844}, bypass_csp=True)
+    page = context.new_page()
+    try:
+        goto(page, server_url, "in=12&k=3&s=2&d=1&p=same&frame=2")
+        cell = float(page.get_attribute("#grid rect.cell.in", "width")) + 1
+        assert cell >= 26, cell
+        assert page.locator("#grid .tap-label").count() == 3
+        assert not page.evaluate(_LAYOUT_PROBE)
+    finally:
+        context.close()
+
+
+def test_the_transposed_view_menu_shows_its_whole_choice(browser, server_url):  # noqa: F811
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, bypass_csp=True)
+    page = context.new_page()
+    try:
+        goto(page, server_url, "in=3x3&k=3x3&s=2x2&d=1x1&p=valid&t=1")
+        room, text = page.evaluate("""() => {
+          const select = document.getElementById('view'), probe = document.createElement('span');
+          probe.style.font = getComputedStyle(select).font;
+          probe.textContent = select.selectedOptions[0].textContent;
+          document.body.appendChild(probe);
+          const text = probe.getBoundingClientRect().width;
+          probe.remove();
+          return [select.clientWidth - 26, text];  // less the arrow and the padding
+        }""")
+        assert text <= room, (text, room)
+    finally:
+        context.close()

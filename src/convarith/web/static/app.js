@@ -472,6 +472,10 @@
       const other = layout(true);
       // the narrower where neither fits: a figure scrolled sideways hides the output's label
       if (other.cell > plan.cell || other.width <= available || other.width < plan.width) plan = other;
+    } else if (rows === 1 && oRows === 1 && plan.cell < 26) {
+      // 1-D: two strips one above the other cost little height, and cells of 26 px carry their labels
+      const other = layout(true);
+      if (other.cell >= 26 && other.width <= available) plan = other;
     }
     const { cell, twoLines, outX, width, stacked } = plan;
     const top = twoLines ? 52 : 34;
