@@ -147,6 +147,9 @@ def test_the_toggle_shows_the_volume_and_its_voxels_are_the_servers_window(page,
         assert highlighted(page, "#volume .voxel.pad") == padding
         assert highlighted(page, "#volume .voxel.out") == {out}
         seen.append(frozenset(server))
+        depths = sorted({p[0] for p in server})
+        assert page.text_content("#depth-label").startswith(  # no "input slice z": none is singled out
+            f"the window reads slices {depths[0]}–{depths[-1]} of 0–{want.padded_size[0] - 1}")
     assert len(set(seen)) >= 4  # the voxels move with the steps
     # play runs the same player
     page.keyboard.press(" ")

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..explain import Explanation
+from ..spec import ResolvedConv
 from .frames import Frame, Index, Storyboard
 
 __all__ = ["Scene", "Shape", "Palette", "PALETTE", "build_scene", "max_position", "Volume", "VolumeScene",
@@ -658,7 +659,7 @@ def _kind_spans(kinds: Sequence[str], wanted: tuple[str, ...]) -> tuple[int, int
     return (found[0], found[-1]) if found else None
 
 
-def build_volume_scene(resolved, room: float = 900.0, palette: Palette = PALETTE,
+def build_volume_scene(resolved: ResolvedConv, room: float = 900.0, palette: Palette = PALETTE,
                        max_height: float = 460.0) -> VolumeScene:
     """Lay out a 3-D convolution as two volumes in an oblique projection, ``room`` pixels wide.
 
@@ -681,8 +682,8 @@ def build_volume_scene(resolved, room: float = 900.0, palette: Palette = PALETTE
 
     if resolved.rank != 3:
         raise ValueError(f"the oblique volume draws a 3-D convolution; this one has {resolved.rank} axes")
-    lower_size = tuple(resolved.padded_size)
-    upper_size = tuple(resolved.output_size)
+    lower_size: tuple[int, int, int] = (resolved.padded_size[0], resolved.padded_size[1], resolved.padded_size[2])
+    upper_size: tuple[int, int, int] = (resolved.output_size[0], resolved.output_size[1], resolved.output_size[2])
     kinds = [[kind for kind, _ in axis_cells(resolved, axis)] for axis in range(3)]
     real = [_kind_spans(k, ("input", "dropped", "skipped", "inserted")) for k in kinds]
     dropped = [_kind_spans(k, ("dropped",)) for k in kinds]
@@ -705,12 +706,12 @@ def build_volume_scene(resolved, room: float = 900.0, palette: Palette = PALETTE
         if with_axes:
             d, r, c = volume.size
             bottom = volume.point(0, r, c / 2)
-            left = volume.point(0, r / 2, 0)
+            side = volume.point(0, r / 2, 0)
             far = volume.point(d / 2, r, c)
             shapes += [
                 Shape("text", ((bottom[0], bottom[1] + 12),), text="width", size=axis_size, anchor="mm",
                       fill=p.muted, role="axis-label"),
-                Shape("text", ((left[0] - 6, left[1]),), text="height", size=axis_size, anchor="rm",
+                Shape("text", ((side[0] - 6, side[1]),), text="height", size=axis_size, anchor="rm",
                       fill=p.muted, role="axis-label"),
                 Shape("text", ((far[0] + 8, far[1] + 4),), text="depth", size=axis_size, anchor="lm",
                       fill=p.muted, role="axis-label"),

@@ -938,7 +938,8 @@
       if (pos[0] !== depthShown) { pos[0] = depthShown; rove(map.get(pos.join(","))); }
     }
     const span = reads.length ? `the window reads slices ${Math.min(...reads)}–${Math.max(...reads)}` : "";
-    $("depth-label").textContent = `input slice ${z} of 0–${max} (padded) · output slice ${oz} · ${span}`;
+    $("depth-label").textContent = oblique() ? `${span} of 0–${max} (padded input) · it writes output slice ${oz}`
+      : `input slice ${z} of 0–${max} (padded) · output slice ${oz} · ${span}`;
   }
 
   function stepDepth(by) {
