@@ -857,7 +857,10 @@
     svg.setAttribute("viewBox", `0 0 ${v.width} ${v.height}`);
     svg.setAttribute("width", v.width);
     svg.setAttribute("height", v.height);
-    svg.innerHTML = parts.join("") + '<g id="volume-step"></g>';
+    // what moves goes under the labels (which have a halo): a line never strikes a label out
+    const firstText = v.shapes.findIndex((shape) => shape.kind === "text");
+    parts.splice(firstText < 0 ? parts.length : firstText, 0, '<g id="volume-step"></g>');
+    svg.innerHTML = parts.join("");
     const texts = v.shapes.filter((shape) => shape.kind === "text");
     svg.querySelectorAll("text").forEach((node, i) => { node.textContent = texts[i].text; });
   }
@@ -1001,7 +1004,7 @@
     const live = svg.querySelectorAll("rect, text, line, polygon"), copies = copy.querySelectorAll("rect, text, line, polygon");
     live.forEach((node, i) => {
       const style = getComputedStyle(node), target = copies[i];
-      for (const name of ["fill", "stroke", "stroke-width", "stroke-dasharray", "font-size", "font-weight", "font-family", "visibility", "fill-opacity", "opacity", "text-anchor", "dominant-baseline"]) {
+      for (const name of ["fill", "stroke", "stroke-width", "stroke-dasharray", "font-size", "font-weight", "font-family", "visibility", "fill-opacity", "opacity", "text-anchor", "dominant-baseline", "paint-order", "stroke-linejoin"]) {
         target.style.setProperty(name, style.getPropertyValue(name));
       }
       target.removeAttribute("class");
