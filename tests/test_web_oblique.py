@@ -275,3 +275,17 @@ def test_the_transposed_view_menu_shows_its_whole_choice(browser, server_url):  
         assert text <= room, (text, room)
     finally:
         context.close()
+
+
+def test_the_oblique_view_hides_the_answer_in_a_quiz_and_steps_aside_for_the_scatter_view(page, server_url):  # noqa: F811
+    goto(page, server_url, VIEW_3D + "&look=oblique")
+    page.wait_for_selector("#volume .voxel")
+    page.click("#quiz-toggle")
+    for selector in ("#volume .vol-output", "#volume .output-label", "#volume .voxel.out"):
+        assert page.eval_on_selector(selector, "n => getComputedStyle(n).visibility") == "hidden", selector
+    assert page.eval_on_selector("#volume .vol-input", "n => getComputedStyle(n).visibility") == "visible"
+    # the scatter view steps through input cells: the slices show it, the oblique button says why not
+    goto(page, server_url, "in=3x3x3&k=2x2x2&s=2x2x2&d=1x1x1&p=valid&t=1&view=scatter&look=oblique")
+    assert page.is_visible("#grid") and not page.is_visible("#volume")
+    assert page.is_disabled("#look-oblique")
+    assert "direct view" in page.get_attribute("#look-oblique", "title")
