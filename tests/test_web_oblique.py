@@ -53,16 +53,17 @@ def _voxels(page: Any) -> set[tuple[int, ...]]:
     ((16, 16, 16), 3, 1, "same", False, None),
     ((3, 4, 5), 3, 2, "valid", True, None),
     ((7, 7, 7), 2, 2, "valid", False, "max"),
+    ((7, 6, 5), 2, 2, "valid", False, "ceil"),  # ceil-mode max pooling: the last windows overhang
     ((9, 5, 7), 3, 2, "valid", False, None),  # dropped rows on every axis
     ((1, 1, 1), 1, 1, "valid", False, None),
 ])
 @pytest.mark.parametrize("room", [330, 600, 950])
 def test_volume_layout_fits_its_room_and_its_labels_do_not_collide(size, kernel, stride, padding,
                                                                    transposed, pool, room):
-    resolved = ConvSpec(kernel, strides=stride, padding=padding, transposed=transposed, pool=pool,
-                        rank=3).resolve(size)
+    resolved = ConvSpec(kernel, strides=stride, padding=padding, transposed=transposed,
+                        pool="max" if pool == "ceil" else pool, ceil_mode=pool == "ceil", rank=3).resolve(size)
     picture = build_volume_scene(resolved, room=room)
-    assert picture.lower.size == tuple(resolved.padded_size)
+    assert picture.lower.size == tuple(n + e for n, e in zip(resolved.padded_size, resolved.overhang))
     assert picture.upper.size == tuple(resolved.output_size)
     assert picture.scene.width <= room + 0.5, (picture.scene.width, picture.cell)
     boxes = []
@@ -289,3 +290,45 @@ def test_the_oblique_view_hides_the_answer_in_a_quiz_and_steps_aside_for_the_sca
     assert page.is_visible("#grid") and not page.is_visible("#volume")
     assert page.is_disabled("#look-oblique")
     assert "direct view" in page.get_attribute("#look-oblique", "title")
+
+
+@pytest.mark.parametrize("size, kernel, stride, padding", [
+    ((7, 7), (2, 2), (2, 2), "valid"), ((16,), (3,), (2,), "valid"), ((6, 5), (3, 3), (2, 2), ((1, 1), (1, 1))),
+    ((5, 6, 7), (2, 2, 2), (2, 2, 2), "valid"),
+])
+def test_every_cell_a_ceil_mode_window_reads_is_in_the_geometry(size, kernel, stride, padding):
+    """The grid the page draws reaches as far as the windows: a ceil-mode pooling window
+    overhangs the padded input, and its last taps must have cells to light up."""
+    from convarith.web.api import geometry_payload, parse_settings
+
+    rank = len(size)
+    body = {"input_size": list(size), "kernel_size": list(kernel), "strides": list(stride), "rank": rank,
+            "padding": padding if isinstance(padding, str) else [list(p) for p in padding],
+            "pool": "max", "ceil_mode": True}
+    data = geometry_payload(parse_settings(body, Limits()), Limits())
+    resolved = ConvSpec(kernel, strides=stride, padding=padding, pool="max", ceil_mode=True).resolve(size)
+    assert any(resolved.overhang)  # each case has a window past the padded input
+    for axis in range(rank):
+        grid = data["axes"][axis]["grid"]
+        assert len(grid) == resolved.padded_size[axis] + resolved.overhang[axis]
+        reached = {t.position[0] for o in range(resolved.output_size[axis]) for t in resolved.axis_taps(axis, o)}
+        assert max(reached) == len(grid) - 1
+        assert {grid[p]["kind"] for p in reached if p >= resolved.padded_size[axis]} == (
+            {"beyond"} if resolved.overhang[axis] else set())
+
+
+def test_a_ceil_mode_window_lights_up_all_its_cells(page, server_url):  # noqa: F811
+    goto(page, server_url, "in=7x7&k=2x2&s=2x2&d=1x1&p=valid&pool=max&ceil=1")
+    page.keyboard.press("End")
+    want = ConvSpec(2, strides=2, pool="max", ceil_mode=True).resolve((7, 7))
+    out = _output_shown(page)
+    assert out == (3, 3)
+    taps = want.footprint(out)
+    assert highlighted(page, "#grid rect.hl, #grid rect.hl-pad") == {t.position for t in taps}
+    assert highlighted(page, "#grid rect.hl") == {(6, 6)}  # the one real cell: the maximum of one
+    assert highlighted(page, "#grid rect[data-kind='beyond']") >= {(6, 7), (7, 6), (7, 7)}
+    assert page.is_visible(".legend .beyond-only")
+    assert "8 × 8 (the last window overhangs)" in page.text_content("#grid .grid-label")
+    assert "max(x[6,6])" in page.text_content("#cell-sum")
+    goto(page, server_url, VIEW_3D)
+    assert not page.is_visible(".legend .beyond-only")

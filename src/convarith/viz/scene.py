@@ -682,9 +682,11 @@ def build_volume_scene(resolved: ResolvedConv, room: float = 900.0, palette: Pal
 
     if resolved.rank != 3:
         raise ValueError(f"the oblique volume draws a 3-D convolution; this one has {resolved.rank} axes")
-    lower_size: tuple[int, int, int] = (resolved.padded_size[0], resolved.padded_size[1], resolved.padded_size[2])
+    # as far as the windows reach (a ceil-mode pooling window overhangs the padded input)
+    reach = [n + e for n, e in zip(resolved.padded_size, resolved.overhang)]
+    lower_size: tuple[int, int, int] = (reach[0], reach[1], reach[2])
     upper_size: tuple[int, int, int] = (resolved.output_size[0], resolved.output_size[1], resolved.output_size[2])
-    kinds = [[kind for kind, _ in axis_cells(resolved, axis)] for axis in range(3)]
+    kinds = [[kind for kind, _ in axis_cells(resolved, axis, reach[axis])] for axis in range(3)]
     real = [_kind_spans(k, ("input", "dropped", "skipped", "inserted")) for k in kinds]
     dropped = [_kind_spans(k, ("dropped",)) for k in kinds]
     p = palette
@@ -692,7 +694,9 @@ def build_volume_scene(resolved: ResolvedConv, room: float = 900.0, palette: Pal
     padded = lower_size != tuple(resolved.input_size) or resolved.spec.transposed
     lower_words = [f"input {_fmt_size(resolved.input_size)}"]
     if padded:
-        how = "zeros inserted, padded" if resolved.spec.transposed else "padded"
+        grown = [word for word, yes in (("padded", any(lo or hi for lo, hi in resolved.padding)),
+                                        ("the last window overhangs", any(resolved.overhang))) if yes]
+        how = "zeros inserted, padded" if resolved.spec.transposed else ", ".join(grown)
         lower_words.append(f"→ {_fmt_size(lower_size)} ({how})")
     name = {"max_pool": "max pool", "avg_pool": "avg pool"}.get(resolved.spec.kind)
     upper_label = [f"output {_fmt_size(upper_size)}" + (f" ({name})" if name else "")]

@@ -575,7 +575,9 @@ def _axis_grid(resolved: ResolvedConv, axis: int) -> list[dict[str, Any]]:
     """
     from ..viz.frames import axis_cells
 
-    return [{"kind": kind, "source": source} for kind, source in axis_cells(resolved, axis)]
+    # as far as the windows reach: a ceil-mode pooling window overhangs the padded input
+    extent = resolved.padded_size[axis] + resolved.overhang[axis]
+    return [{"kind": kind, "source": source} for kind, source in axis_cells(resolved, axis, extent)]
 
 
 def geometry_payload(settings: Settings, limits: Limits) -> dict[str, Any]:

@@ -449,8 +449,12 @@
     const gap = 56;
     const tall = Math.floor(440 / Math.max(rows, oRows));
     const inFirst = `input ${times(g.input_size)}`;
+    // a ceil-mode pooling window may reach past the padded input: those cells are drawn too
+    const overhang = !scattering() && padded.some((n, i) => n > g.padded_size[i]);
+    const grown = g.kind === "conv_transpose" ? "zeros inserted, padded"
+      : [g.padding.some((p) => p[0] || p[1]) && "padded", overhang && "the last window overhangs"].filter(Boolean).join(", ");
     const inSecond = scattering() ? "(each cell scatters a patch)" : padded.join() !== g.input_size.join()
-      ? `→ ${times(padded)}${g.kind === "conv_transpose" ? " (zeros inserted, padded)" : " (padded)"}` : "";
+      ? `→ ${times(padded)} (${grown})` : "";
     const inLabelText = inSecond ? `${inFirst}  ${inSecond}` : inFirst;
     const outText = `output ${times(out)}`;
     const labelWidth = (text) => text.length * 8.2;  // 14px bold system font, generous
@@ -535,6 +539,7 @@
       return `x="${col * cell + 0.5}" y="${top + r * cell + 0.5}" width="${cell - 1}" height="${cell - 1}" ` +
         `class="cell in k-${c.kind}" data-pos="${pos.join(",")}" data-src="${c.source ? c.source.join(",") : ""}" data-kind="${c.kind}"`;
     });
+    document.querySelector(".legend .beyond-only").hidden = !cells.some((c) => c.kind === "beyond");
     cells.forEach((c, i) => {
       inputRects.set(c.pos.join(","), inRects[i]);
       if (c.kind === "input" || UNREAD.has(c.kind)) {
