@@ -673,8 +673,8 @@ def build_volume_scene(resolved: ResolvedConv, room: float = 900.0, palette: Pal
     >>> vs = build_volume_scene(ConvSpec((3, 3, 3), padding=1).resolve((4, 5, 6)), room=900)
     >>> vs.lower.size, vs.upper.size, vs.stacked
     ((6, 7, 8), (4, 5, 6), False)
-    >>> sorted({s.role for s in vs.scene.shapes})[:4]
-    ['axis-label', 'label', 'vol-grid', 'vol-grid-pad']
+    >>> sorted({s.role for s in vs.scene.shapes})
+    ['axis-label', 'label', 'output-label', 'vol-grid', 'vol-grid-pad', 'vol-input', 'vol-output', 'vol-pad']
     >>> vs.scene.width <= 900
     True
     """
