@@ -332,3 +332,11 @@ def test_a_ceil_mode_window_lights_up_all_its_cells(page, server_url):  # noqa: 
     assert "max(x[6,6])" in page.text_content("#cell-sum")
     goto(page, server_url, VIEW_3D)
     assert not page.is_visible(".legend .beyond-only")
+
+
+def test_the_gif_export_says_it_draws_slices_when_the_volume_is_shown(page, server_url):  # noqa: F811
+    goto(page, server_url, "in=3x3x3&k=2x2x2&s=1x1x1&d=1x1x1&p=valid&look=oblique")
+    page.wait_for_selector("#volume .voxel")
+    with page.expect_download():
+        page.click("#export-gif")
+    page.wait_for_function("document.getElementById('export-status').textContent.includes('depth slices')")

@@ -1063,7 +1063,11 @@
       return;
     }
     download("convarith.gif", await response.blob());
-    status.textContent = body.every > 1 ? `GIF: one step in ${body.every} (at most 1024 frames)` : "";
+    const notes = [];
+    if (body.every > 1) notes.push(`GIF: one step in ${body.every} (at most 1024 frames)`);
+    // the animations draw a volume as its depth slices side by side; SVG and PNG keep this view
+    if (oblique()) notes.push("the GIF draws the depth slices side by side (SVG and PNG export the oblique volume)");
+    status.textContent = notes.join("; ");
   }
 
   function toggleQuiz(on) {
