@@ -340,3 +340,23 @@ def test_the_gif_export_says_it_draws_slices_when_the_volume_is_shown(page, serv
     with page.expect_download():
         page.click("#export-gif")
     page.wait_for_function("document.getElementById('export-status').textContent.includes('depth slices')")
+
+
+def test_the_volume_is_laid_out_again_when_the_window_narrows(page, server_url):  # noqa: F811
+    goto(page, server_url, VIEW_3D + "&look=oblique&frame=5")
+    page.wait_for_selector("#volume .voxel")
+    wide = float(page.get_attribute("#volume", "width"))
+    before = _voxels(page)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.wait_for_function(f"Number(document.getElementById('volume').getAttribute('width')) < {wide}")
+    page.wait_for_selector("#volume .voxel")
+    assert _voxels(page) == before  # the same step, drawn again
+    assert not page.evaluate(_VOLUME_PROBE)
+
+
+def test_a_narrowed_window_lays_the_grid_and_the_layer_stack_out_again(page, server_url):  # noqa: F811
+    """The layer stack's picture kept its desktop width when the window narrowed (a cut label)."""
+    goto(page, server_url, "in=28x28&k=3x3&s=2x2&d=1x1&p=same&tab=stack")
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.wait_for_function("document.getElementById('stack-svg').getBoundingClientRect().right <= innerWidth")
+    assert not page.evaluate(_LAYOUT_PROBE)

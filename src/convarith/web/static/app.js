@@ -38,6 +38,7 @@
   const latest = { stack: 0, code: 0, image: 0, solve: 0, volume: 0 };  // answers to older requests are dropped
   let uploadedImage = null;
   let stackDrawn = "";  // the /api/stack request whose answer is drawn (a control of the grid alone leaves it)
+  let stackAnswer = null;  // that answer, drawn again to the new width when the window is resized
 
   // ------------------------------------------------------------------ URL
 
@@ -1173,6 +1174,7 @@
     }
     showError("stack-error", "");
     const d = answer.data;
+    stackAnswer = d;
     document.querySelectorAll("#layers [data-size]").forEach((n, i) => {
       const row = d.layers[i];
       n.textContent = `${times(row.input_size)} → ${times(row.output_size)}` + (row.dropped.some((v) => v) ? " (drops rows)" : "");
@@ -1456,6 +1458,7 @@
       setTimeout(() => { $("share").textContent = "copy link"; }, 1500);
     });
     window.addEventListener("resize", () => {
+      if (stackAnswer && stackDrawn) drawReceptive(stackAnswer);  // the layer stack's picture fits the width too
       if (!geometry) return;
       if (oblique()) refreshVolume(); else { renderGrid(); setFrame(state.frame); }
     });
