@@ -360,3 +360,14 @@ def test_a_narrowed_window_lays_the_grid_and_the_layer_stack_out_again(page, ser
     page.set_viewport_size({"width": 390, "height": 844})
     page.wait_for_function("document.getElementById('stack-svg').getBoundingClientRect().right <= innerWidth")
     assert not page.evaluate(_LAYOUT_PROBE)
+
+
+def test_the_3d_slices_name_the_slice_they_show(page, server_url):  # noqa: F811
+    """A 3-D input drawn one slice at a time said only "input 5 × 6 × 6": the picture looked 2-D."""
+    goto(page, server_url, VIEW_3D + "&frame=40")
+    labels = page.eval_on_selector_all("#grid .grid-label", "ts => ts.map(t => t.textContent)")
+    assert labels[0].endswith("· slice 2") and labels[1].endswith("· slice 1"), labels
+    page.evaluate("document.activeElement.blur()")
+    page.keyboard.press("]")
+    assert page.eval_on_selector("#grid .grid-label", "t => t.textContent").endswith("· slice 3")
+    assert not page.evaluate(_LAYOUT_PROBE)

@@ -456,8 +456,11 @@
       : [g.padding.some((p) => p[0] || p[1]) && "padded", overhang && "the last window overhangs"].filter(Boolean).join(", ");
     const inSecond = scattering() ? "(each cell scatters a patch)" : padded.join() !== g.input_size.join()
       ? `→ ${times(padded)} (${grown})` : "";
-    const inLabelText = inSecond ? `${inFirst}  ${inSecond}` : inFirst;
-    const outText = `output ${times(out)}`;
+    // 3-D: the labels name the depth slice shown (room kept for the widest number)
+    const sliced = rank === 3 && !scattering();
+    const zIn = sliced ? ` · slice ${padded[0] - 1}` : "", zOut = sliced ? ` · slice ${out[0] - 1}` : "";
+    const inLabelText = (inSecond ? `${inFirst}  ${inSecond}` : inFirst) + zIn;
+    const outText = `output ${times(out)}` + zOut;
     const labelWidth = (text) => text.length * 8.2;  // 14px bold system font, generous
     // Side by side when both grids and their labels fit; on a narrow screen the output
     // goes under the input rather than shrinking both. A label longer than its grid goes
@@ -467,7 +470,7 @@
         : Math.floor((available - gap - 10) / (cols + oCols))));
       const room = stacked ? available : cols * cell + gap - 12;
       const twoLines = labelWidth(inLabelText) > room;
-      const inWidth = labelWidth(twoLines ? inSecond || inFirst : inLabelText);
+      const inWidth = labelWidth(twoLines ? (inSecond || inFirst) + zIn : inLabelText);
       const outX = stacked ? 0 : Math.max(cols * cell + gap, inWidth + 24);
       const width = Math.max(outX + Math.max(oCols * cell, labelWidth(outText)) + 10, inWidth, cols * cell + 2);
       return { cell, twoLines, outX, width, stacked };
@@ -497,16 +500,20 @@
     el("line", { x1: 0, y1: 0, x2: 0, y2: 6, stroke: "#c9ced6", "stroke-width": 2 }, hatch);
 
     const inLabel = el("text", { x: 0, y: 20, class: "grid-label" }, svg);
-    if (twoLines) {
+    let inLast = inLabel;
+    if (twoLines && inSecond) {
       el("tspan", { x: 0, dy: 0 }, inLabel).textContent = inFirst;
-      el("tspan", { x: 0, dy: 18 }, inLabel).textContent = inSecond;
+      inLast = el("tspan", { x: 0, dy: 18 }, inLabel);
+      inLast.textContent = inSecond;
     } else {
-      inLabel.textContent = inLabelText;
+      inLabel.textContent = inSecond ? `${inFirst}  ${inSecond}` : inFirst;
     }
+    if (sliced) el("tspan", { class: "z-in" }, inLast).textContent = " · slice 0";
     const outLabel = el("text", { x: outX, y: outTop - 14, class: "grid-label output" }, svg);
-    outLabel.textContent = outText;
+    outLabel.textContent = `output ${times(out)}`;
+    if (sliced) el("tspan", { class: "z-out" }, outLabel).textContent = " · slice 0";
     if (stacked) {
-      el("text", { x: labelWidth(outLabel.textContent) + 16, y: outTop - 10, class: "grid-arrow" }, svg).textContent = "↓";
+      el("text", { x: labelWidth(outText) + 16, y: outTop - 10, class: "grid-arrow" }, svg).textContent = "↓";
     } else {
       el("text", { x: cols * cell + gap / 2, y: top + Math.min(rows, oRows) * cell / 2 + 6, class: "grid-arrow", "text-anchor": "middle" }, svg).textContent = "→";
     }
@@ -937,6 +944,8 @@
     z = Math.max(0, Math.min(z, max));
     state.depth = z;
     $("depth").value = String(z);
+    document.querySelectorAll("#grid .z-in").forEach((t) => { t.textContent = ` · slice ${z}`; });
+    document.querySelectorAll("#grid .z-out").forEach((t) => { t.textContent = ` · slice ${oz}`; });
     document.querySelectorAll("#grid .input-grid .slice").forEach((g) => g.setAttribute("display", Number(g.dataset.z) === z ? "inline" : "none"));
     document.querySelectorAll("#grid .output-grid .slice").forEach((g) => g.setAttribute("display", Number(g.dataset.z) === oz ? "inline" : "none"));
     // the cells in the Tab order move to the slices shown (a hidden cell cannot take focus)
