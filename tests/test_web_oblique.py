@@ -371,3 +371,15 @@ def test_the_3d_slices_name_the_slice_they_show(page, server_url):  # noqa: F811
     page.keyboard.press("]")
     assert page.eval_on_selector("#grid .grid-label", "t => t.textContent").endswith("· slice 3")
     assert not page.evaluate(_LAYOUT_PROBE)
+
+
+def test_a_kernel_tap_marks_the_voxel_it_multiplies_in_the_volume(page, server_url):  # noqa: F811
+    goto(page, server_url, VIEW_3D + "&look=oblique&frame=40")
+    page.wait_for_selector("#volume .voxel")
+    out = _output_shown(page)
+    want = ConvSpec((3, 3, 3), strides=(2, 1, 1), padding="same").resolve((5, 6, 6))
+    shown = page.get_attribute("#kernel .k-slice:not([display='none'])", "data-kz")
+    tap = next(t for t in want.footprint(out) if t.kernel == (int(shown), 1, 2))
+    page.hover(f"#kernel [data-tap='{shown},1,2']")
+    assert highlighted(page, "#volume .voxel.tap-hover") == {tap.position}
+    page.mouse.move(0, 0)

@@ -629,13 +629,15 @@
   }
 
   function markTap(key) {
-    document.querySelectorAll("#grid .tap-hover, #kernel .on").forEach((n) => n.classList.remove("tap-hover", "on"));
+    document.querySelectorAll("#grid .tap-hover, #volume .tap-hover, #kernel .on").forEach((n) => n.classList.remove("tap-hover", "on"));
     if (key === null || !outputRects.length || scattering()) return;
     const index = outputRects[state.frame].dataset.out.split(",").map(Number);
     const tap = tapsOf(index).find((t) => t.kernel.join(",") === key);
     const kernelRect = document.querySelector(`#kernel [data-tap="${key}"]`);
     if (kernelRect) kernelRect.classList.add("on");
     if (!tap) return;
+    const voxel = document.querySelector(`#volume .voxel[data-pos="${tap.position.join(",")}"]`);
+    if (voxel) voxel.classList.add("tap-hover");  // the oblique view: the voxel it multiplies
     const cell = inputRects.get(tap.position.join(","));
     if (cell) cell.classList.add("tap-hover");
     const box = $("cell-sum");
