@@ -538,7 +538,8 @@
       group.innerHTML = parts.join("");
       return [...group.getElementsByTagName("rect")];
     };
-    const cells = scattering()
+    // the oblique view draws the input itself: the hidden slices keep only the output cells the player steps
+    const cells = oblique() ? [] : scattering()
       ? product(g.input_size.map((n) => [...Array(n).keys()])).map((pos) => ({ pos, kind: "input", source: pos }))
       : gridCells(g.axes);
     const firstPos = [], lastPos = [];
@@ -547,7 +548,7 @@
       return `x="${col * cell + 0.5}" y="${top + r * cell + 0.5}" width="${cell - 1}" height="${cell - 1}" ` +
         `class="cell in k-${c.kind}" data-pos="${pos.join(",")}" data-src="${c.source ? c.source.join(",") : ""}" data-kind="${c.kind}"`;
     });
-    document.querySelector(".legend .beyond-only").hidden = !cells.some((c) => c.kind === "beyond");
+    document.querySelector(".legend .beyond-only").hidden = !g.axes.some((a) => a.grid.some((c) => c.kind === "beyond"));
     cells.forEach((c, i) => {
       inputRects.set(c.pos.join(","), inRects[i]);
       if (c.kind === "input" || UNREAD.has(c.kind)) {
