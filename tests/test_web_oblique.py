@@ -165,6 +165,8 @@ def test_the_toggle_shows_the_volume_and_its_voxels_are_the_servers_window(page,
     page.keyboard.press("o")
     assert page.is_visible("#grid") and not page.is_visible("#volume")
     assert "look=oblique" not in page.url
+    out = _output_shown(page)  # the slices are whole again, the window lit in them
+    assert highlighted(page, "#grid rect.hl, #grid rect.hl-pad") == {t.position for t in want.footprint(out)}
     page.focus("#look-oblique")
     page.keyboard.press("Enter")
     page.wait_for_selector("#volume .voxel")
