@@ -557,6 +557,7 @@ def create_app(
         post("/api/resolve", _json_endpoint(_settings_handler(api.resolve_payload, False))),
         post("/api/explain", _json_endpoint(_settings_handler(_explain, False))),
         post("/api/geometry", _json_endpoint(_settings_handler(api.geometry_payload, True))),
+        post("/api/volume", _json_endpoint(api.volume_payload)),
         post("/api/footprint", _json_endpoint(api.footprint_payload, heavy=_wants_frames)),
         post("/api/solve", _json_endpoint(api.solve_payload)),
         post("/api/stack", _json_endpoint(api.stack_payload)),
