@@ -40,6 +40,7 @@ __all__ = [
     "zero_inserted_size",
     "padding_source",
     "GRID_CELL_KINDS",
+    "windows_reading",
     "grid_cell",
     "grid_cells",
     "transposed_grid_output_size",
@@ -291,13 +292,23 @@ GRID_CELL_KINDS = (
 )
 
 
-def _window_reads(position: int, output: int, kernel: int, stride: int, dilation: int) -> bool:
-    """Whether some window ``o`` in ``0..O-1`` has a tap ``o S + k D`` at ``position``."""
+def windows_reading(position: int, output: int, kernel: int, stride: int = 1,
+                    dilation: int = 1) -> list[tuple[int, int]]:
+    """The ``(window, tap)`` pairs that read grid cell ``position``: ``o S + k D = position``.
+
+    Windows ``o`` run over ``0 .. output - 1``, taps ``k`` over ``0 .. kernel - 1``.
+
+    >>> windows_reading(4, 3, 3, stride=2)   # windows start at 0, 2, 4
+    [(1, 2), (2, 0)]
+    >>> windows_reading(2, 2, 2, stride=3)   # windows [0, 2) and [3, 5) step over cell 2
+    []
+    """
+    hits = []
     for k in range(kernel):
         start = position - k * dilation
         if start >= 0 and start % stride == 0 and start // stride < output:
-            return True
-    return False
+            hits.append((start // stride, k))
+    return sorted(hits)
 
 
 def grid_cell(
@@ -342,7 +353,7 @@ def grid_cell(
     if 0 <= index < size:
         if position >= window_reach(output, kernel, stride, dilation):
             return "dropped", index
-        return ("input" if _window_reads(position, output, kernel, stride, dilation)
+        return ("input" if windows_reading(position, output, kernel, stride, dilation)
                 else "skipped"), index
     source = padding_source(index, size, padding_mode)
     return ("padding", None) if source is None else ("copy", source)

@@ -292,8 +292,7 @@ def forward_paths(case: BenchCase, backward: bool) -> list[str]:
     if spec.transposed:
         return [transposed_algorithm(case.input_shape, case.kernel_shape, spec.strides,
                                      spec.dilation, groups, resolved.padding)]
-    padded = tuple(i + lo + hi for i, (lo, hi) in zip(resolved.input_size, resolved.padding))
-    problem = ConvProblem((n, *padded, case.input_shape[-1]), case.kernel_shape,
+    problem = ConvProblem((n, *resolved.padded_size, case.input_shape[-1]), case.kernel_shape,
                           spec.strides, spec.dilation, groups,
                           resolved.output_size, np.dtype(np.float32))
     names = [choose(problem).name]

@@ -731,25 +731,17 @@ class ResolvedConv:
         s = spec.strides[axis]
         lo, hi = self.padding[axis]
         size, out_size = self.input_size[axis], self.output_size[axis]
-        hits = []
         if spec.transposed:
-            position = index * s + lo  # where the cell sits in the zero-inserted, padded grid
-            for k in range(k_size):
-                o = position - k * d
-                if 0 <= o < out_size:
-                    hits.append((o, k_size - 1 - k))
-            return sorted(hits)
+            # where the cell sits in the zero-inserted, padded grid; stride-1 windows, flipped kernel
+            return sorted((o, k_size - 1 - k)
+                          for o, k in ar.windows_reading(index * s + lo, out_size, k_size, 1, d))
         # the cell itself, and any padding cells that copy it (reflect, replicate, circular)
         positions = [index + lo]
         if spec.padding_mode != "zeros":
             positions += [p + lo for p in (*range(-lo, 0), *range(size, size + hi))
                           if padding_source(p, size, spec.padding_mode) == index]
-        for position in positions:
-            for k in range(k_size):
-                start = position - k * d
-                if start % s == 0 and 0 <= start // s < out_size:
-                    hits.append((start // s, k))
-        return sorted(hits)
+        return sorted(hit for position in positions
+                      for hit in ar.windows_reading(position, out_size, k_size, s, d))
 
     def _index(self, index: int | Sequence[int], bounds: tuple[int, ...], what: str) -> tuple[int, ...]:
         if isinstance(index, numbers.Integral) and not isinstance(index, bool):
