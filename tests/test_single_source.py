@@ -131,6 +131,10 @@ P, X, Z, B = "padding", "input", "inserted", "beyond"
     (ConvSpec(3, dilation=2, padding="causal", rank=1), 4, None, [P] * 4 + [X] * 4),
     # ceil-mode max pool k=2 s=2 on 5: 3 windows, the last [4, 6) reads one cell past the input
     (ConvSpec(2, strides=2, pool="max", ceil_mode=True, rank=1), 5, 6, [X] * 5 + [B]),
+    # ceil-mode k=1 s=2 on 12: a 7th window would start past the input, so PyTorch keeps 6
+    # (as floor mode): windows 0, 2, ..., 10, and cell 11 lies past the last one
+    (ConvSpec(1, strides=2, pool="max", ceil_mode=True, rank=1), 12, None,
+     [X, "skipped"] * 5 + [X, "dropped"]),
     # replicate padding 2 on 3: the two cells on each side copy the edge
     (ConvSpec(3, padding=2, padding_mode="replicate", rank=1), 3, None,
      ["copy", "copy", X, X, X, "copy", "copy"]),
@@ -161,6 +165,28 @@ def test_grid_cells_unread_inputs_have_no_torch_gradient() -> None:
             f"seed {SEED + 5}: {case}"
         assert sum(kind == "dropped" for kind, _ in cells) == resolved.dropped[0], f"seed {SEED + 5}: {case}"
         assert all(cells[j] == ("padding", None) for j in (*range(p), *range(p + i, i + 2 * p)))
+
+
+def test_grid_cells_unread_by_ceil_mode_pooling_have_no_torch_gradient() -> None:
+    """Ceil-mode average pooling: the cells classified "dropped" or "skipped" are exactly those
+    PyTorch's gradient does not reach, and ``ResolvedConv.dropped`` counts the "dropped"."""
+    torch = pytest.importorskip("torch")
+    for case in _configs(CASES // 2, SEED + 8):
+        i, k, s = case["size"], case["kernel"], case["stride"]
+        p = min(case["pad"], k // 2)
+        if i + 2 * p < k:
+            continue
+        x = torch.ones(1, 1, i, requires_grad=True)
+        torch.nn.functional.avg_pool1d(x, k, s, p, ceil_mode=True).sum().backward()
+        assert x.grad is not None
+        resolved = ConvSpec(k, strides=s, padding=p, pool="avg", ceil_mode=True,
+                            rank=1).resolve((i,))
+        cells = resolved.grid_cells(0, resolved.padded_size[0] + resolved.overhang[0])
+        unread = [float(g) == 0 for g in x.grad[0, 0]]
+        assert [cells[p + j][0] in ("dropped", "skipped") for j in range(i)] == unread, \
+            f"seed {SEED + 8}: {case}"
+        assert sum(kind == "dropped" for kind, _ in cells) == resolved.dropped[0], \
+            f"seed {SEED + 8}: {case}"
 
 
 @pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])

@@ -542,7 +542,10 @@ class ResolvedConv:
             padding.append(pads)
             crop.append((0, 0))
             out.append(o)
-            dropped.append(0 if spec.ceil_mode else ar.dropped_rows(size, k, s, d, pads))
+            # ceil mode adds a last partial window, except one that would start past the
+            # input (PyTorch's rule): then the windows, and the rows they leave, are floor mode's
+            floor = not ceil_pool or o == ar.pool_output_size(size, k, s, d, pads)
+            dropped.append(ar.dropped_rows(size, k, s, d, pads) if floor else 0)
         return cls(
             spec=spec,
             input_size=spatial,
