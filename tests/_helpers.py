@@ -163,19 +163,96 @@ def assert_cheapest_applies(problem) -> str:
     return chosen.name
 
 
-def assert_runs_as_reference(problem, seed) -> None:
-    """The chosen algorithm's result on random values is the slow reference's."""
+def assert_runs_as_reference(problem, seed, batch=None) -> None:
+    """The chosen algorithm's result on random values is the slow reference's.
+
+    ``batch``: run the algorithm chosen for ``problem`` on only that many
+    images (the reference of a large layer takes seconds).
+    """
     from convarith.engine.dispatch import choose
 
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal(problem.input_shape).astype(problem.dtype)
+    shape = problem.input_shape if batch is None else (batch, *problem.input_shape[1:])
+    x = rng.standard_normal(shape).astype(problem.dtype)
     kernel = rng.standard_normal(problem.kernel_shape).astype(problem.dtype)
-    y = choose(problem).direct(x, kernel, problem.strides, problem.dilation, problem.groups,
-                               problem.out_size)
+    chosen = choose(problem)
+    y = chosen.direct(x, kernel, problem.strides, problem.dilation, problem.groups,
+                      problem.out_size)
     expected = reference_direct(x.astype(np.float64), kernel.astype(np.float64),
                                 problem.strides, problem.dilation, problem.groups,
                                 problem.out_size)
-    assert relative_error(y, expected) <= 1e-5, f"seed {seed}, {problem}"
+    assert relative_error(y, expected) <= TOLERANCE[problem.dtype.type], \
+        f"seed {seed}, {chosen.name}, {problem}"
+
+
+def transposed_problems(x_shape, kernel_shape, strides, dilation, groups, padding,
+                        dtype=np.float32):
+    """The transposed problem and the stride-1 direct problem on its zero-inserted grid.
+
+    ``padding`` is the grid's (negative crops); the sizes come from
+    :mod:`convarith.arithmetic`, as the engine's do.
+    """
+    from convarith import arithmetic as ar
+    from convarith.engine.dispatch import ConvProblem
+
+    rank = len(strides)
+    taps = tuple(kernel_shape[:rank])
+    out = tuple(ar.transposed_grid_output_size(*axis)
+                for axis in zip(x_shape[1:-1], taps, strides, dilation, padding))
+    grid = tuple(ar.zero_inserted_size(n, s) + lo + hi
+                 for n, s, (lo, hi) in zip(x_shape[1:-1], strides, padding))
+    swapped = (*taps, kernel_shape[-1] // groups, kernel_shape[-2] * groups)
+    problem = ConvProblem(tuple(x_shape), tuple(kernel_shape), tuple(strides), tuple(dilation),
+                          groups, out, np.dtype(dtype))
+    grid_problem = ConvProblem((x_shape[0], *grid, x_shape[-1]), swapped, (1,) * rank,
+                               tuple(dilation), groups, out, np.dtype(dtype))
+    return problem, grid_problem
+
+
+def assert_transposed_cheapest_applies(x_shape, kernel_shape, strides, dilation, groups,
+                                       padding, dtype=np.float32) -> str:
+    """The engine's choice for a transposed convolution applies and costs least.
+
+    The candidates are the ``kind="transposed"`` algorithms that apply to the
+    transposed problem and the direct ones that apply to the stride-1 problem
+    on the zero-inserted grid, each at its registered cost; a transposed one
+    runs only when strictly cheaper than the best on the grid.
+    """
+    from convarith.engine.core import transposed_algorithm
+    from convarith.engine.dispatch import available_algorithms, get_algorithm
+
+    problem, grid_problem = transposed_problems(x_shape, kernel_shape, strides, dilation, groups,
+                                                padding, dtype)
+    name = transposed_algorithm(x_shape, kernel_shape, strides, dilation, groups, padding, dtype)
+    algorithms = [get_algorithm(n) for n in available_algorithms()]
+    transposed = {a.name: a.cost(problem) for a in algorithms
+                  if a.kind == "transposed" and a.applies(problem)}
+    on_grid = {a.name: a.cost(grid_problem) for a in algorithms
+               if a.kind == "direct" and a.applies(grid_problem)}
+    what = (problem, name, transposed, on_grid)
+    assert on_grid, what
+    if name in transposed:
+        assert transposed[name] == min(transposed.values()) < min(on_grid.values()), what
+    else:
+        assert name in on_grid and on_grid[name] == min(on_grid.values()), what
+        assert not transposed or min(transposed.values()) >= on_grid[name], what
+    return name
+
+
+def assert_transposed_runs_as_reference(x_shape, kernel_shape, strides, dilation, groups,
+                                        padding, seed, batch=None) -> None:
+    """The algorithm the engine chooses for these shapes gives the scatter reference's result
+    (on ``batch`` images of random values if given)."""
+    from convarith.engine.core import transposed_algorithm, transposed_conv
+
+    name = transposed_algorithm(x_shape, kernel_shape, strides, dilation, groups, padding)
+    rng = np.random.default_rng(seed)
+    shape = tuple(x_shape) if batch is None else (batch, *x_shape[1:])
+    x = rng.standard_normal(shape).astype(np.float32)
+    kernel = rng.standard_normal(kernel_shape).astype(np.float32)
+    y = transposed_conv(x, kernel, strides, dilation, groups, padding, algorithm=name)
+    expected = reference_scatter(x, kernel, strides, dilation, groups, padding)
+    assert relative_error(y, expected) <= TOLERANCE[np.float32], f"seed {seed}, {name}"
 
 
 # --------------------------------------------------------------------------- backend calls

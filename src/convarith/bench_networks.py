@@ -475,16 +475,16 @@ def _inputs(layers: dict[NetLayer, int], batch: int, seed: int
 def _paths(layer: NetLayer, batch: int, backward: bool) -> list[str]:
     if layer.kind not in ("conv", "transposed"):
         return ["pooling"]
-    from .bench import _forward_paths
+    from .bench import forward_paths
 
-    return _forward_paths(_case(layer, batch), backward)
+    return forward_paths(_case(layer, batch), backward)
 
 
 def _time_layer(name: str, layer: NetLayer, count: int, batch: int, backward: bool,
                 x: np.ndarray, kernel: np.ndarray | None, repeat: int, block: int
                 ) -> LayerResult:
     """One distinct layer: convarith's error against float64, then the runners in turn."""
-    from .bench import _alternate, _relative_error, _torch_runner
+    from .bench import alternate, relative_error, torch_runner
     from .engine import conv, conv_vjp
 
     spec = layer.spec()
@@ -500,11 +500,11 @@ def _time_layer(name: str, layer: NetLayer, count: int, batch: int, backward: bo
     k64 = None if kernel is None else kernel.astype(np.float64)
     reference = (tuple(conv_vjp(x64, k64, spec, d_out.astype(np.float64))[:2])
                  if d_out is not None else conv(x64, k64, spec))
-    error = _relative_error(ours(), reference)
+    error = relative_error(ours(), reference)
     runners: dict[str, Callable[[], Any]] = {"convarith": ours}
     torch_fn: Callable[[], Any] | None
     if kernel is not None:
-        picked = _torch_runner(_case(layer, batch), x, kernel, backward)
+        picked = torch_runner(_case(layer, batch), x, kernel, backward)
         torch_fn = picked[0] if picked is not None else None
     else:
         torch_fn = _torch_pool(layer, x, backward)
@@ -516,7 +516,7 @@ def _time_layer(name: str, layer: NetLayer, count: int, batch: int, backward: bo
             runners["onnxruntime"] = ort_fn
     for fn in runners.values():
         fn()
-    samples = _alternate(runners, repeat, block, 0.005)
+    samples = alternate(runners, repeat, block, 0.005)
     median = {k: statistics.median(v) for k, v in samples.items()}
     return LayerResult(name, layer.title, layer.kind, batch,
                        "backward" if backward else "forward", count,

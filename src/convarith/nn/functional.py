@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from .layers import InputLayer, Layer, Shape, _fmt_shape
-from .models import Sequential, _batches, _blas_one_thread, _check_batch_size
+from .layers import InputLayer, Layer, Shape, format_shape
+from .models import Sequential, batches, blas_one_thread, check_batch_size
 
 __all__ = ["SymbolicTensor", "Node", "Model", "call_symbolic", "is_symbolic"]
 
@@ -55,7 +55,7 @@ class SymbolicTensor:
         return (None, *self.shape)
 
     def __repr__(self) -> str:
-        return f"<SymbolicTensor shape={_fmt_shape(self.batch_shape)} from {self.node.layer.name!r}>"
+        return f"<SymbolicTensor shape={format_shape(self.batch_shape)} from {self.node.layer.name!r}>"
 
 
 def _as_tensor(value: Any) -> SymbolicTensor:
@@ -243,7 +243,7 @@ class Model(Sequential):
             if array.ndim < 1 or not _same_shape(tensor.shape, array.shape[1:]):
                 raise ValueError(
                     f"input {tensor.node.layer.name!r} is incompatible: expected shape "
-                    f"{_fmt_shape(tensor.batch_shape)}, received {_fmt_shape(array.shape)}")
+                    f"{format_shape(tensor.batch_shape)}, received {format_shape(array.shape)}")
             out.append(array.astype(tensor.node.layer.dtype, copy=False))
         if len({len(a) for a in out}) > 1:
             raise ValueError(f"the inputs hold different numbers of samples: "
@@ -320,12 +320,12 @@ class Model(Sequential):
         outputs = self.run(self._check_inputs(x), training=training)
         return outputs if self.multiple_outputs else outputs[0]
 
-    @_blas_one_thread
+    @blas_one_thread
     def predict(self, x: Any, batch_size: int = 32, verbose: int = 0) -> Any:
         """Outputs for ``x`` (a list for several inputs), ``batch_size`` samples at a time."""
         arrays = self._check_inputs(x)
-        batch_size = _check_batch_size(batch_size)
-        parts = [self.run([a[batch] for a in arrays]) for batch in _batches(len(arrays[0]), batch_size)]
+        batch_size = check_batch_size(batch_size)
+        parts = [self.run([a[batch] for a in arrays]) for batch in batches(len(arrays[0]), batch_size)]
         if not parts:
             raise ValueError("predict needs at least one sample")
         outputs = [np.concatenate([p[i] for p in parts]) for i in range(len(self.outputs))]

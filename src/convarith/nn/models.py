@@ -27,7 +27,7 @@ import numpy as np
 
 from . import losses as losses_module
 from . import optimizers as optimizers_module
-from .layers import InputLayer, Layer, _fmt_shape
+from .layers import InputLayer, Layer, format_shape
 
 __all__ = ["Sequential", "History", "TrainingStopped"]
 
@@ -68,7 +68,7 @@ def _one_blas_thread() -> Iterator[None]:
         yield
 
 
-def _blas_one_thread(method: Callable[..., Any]) -> Callable[..., Any]:
+def blas_one_thread(method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         with _one_blas_thread():
@@ -77,7 +77,7 @@ def _blas_one_thread(method: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _batches(count: int, batch_size: int, order: np.ndarray | None = None) -> Iterator[np.ndarray]:
+def batches(count: int, batch_size: int, order: np.ndarray | None = None) -> Iterator[np.ndarray]:
     indices = np.arange(count) if order is None else order
     for start in range(0, count, batch_size):
         yield indices[start:start + batch_size]
@@ -269,8 +269,8 @@ class Sequential:
             first = self.layers[0]
             raise ValueError(
                 f"input of layer {first.name!r} ({type(first).__name__}) is incompatible: "
-                f"expected shape {_fmt_shape((None, *self.input_shape))}, received "
-                f"{_fmt_shape(array.shape)} ({what})"
+                f"expected shape {format_shape((None, *self.input_shape))}, received "
+                f"{format_shape(array.shape)} ({what})"
             )
         return array.astype(self.layers[0].dtype, copy=False)
 
@@ -300,12 +300,12 @@ class Sequential:
     def __call__(self, x: Any, training: bool = False) -> np.ndarray:
         return self.forward(self._check_x(x), training=training)
 
-    @_blas_one_thread
+    @blas_one_thread
     def predict(self, x: Any, batch_size: int = 32, verbose: int = 0) -> np.ndarray:
         """Outputs for ``x``, computed ``batch_size`` samples at a time."""
         array = self._check_x(x)
-        batch_size = _check_batch_size(batch_size)
-        outputs = [self.forward(array[i]) for i in _batches(len(array), batch_size)]
+        batch_size = check_batch_size(batch_size)
+        outputs = [self.forward(array[i]) for i in batches(len(array), batch_size)]
         if not outputs:
             return np.zeros((0, *self.output_shape), array.dtype)
         return np.concatenate(outputs)
@@ -406,14 +406,14 @@ class Sequential:
         for layer, values in zip(self.layers, weights):
             layer.set_weights(values)
 
-    @_blas_one_thread
+    @blas_one_thread
     def train_on_batch(self, x: Any, y: Any) -> float | list[float]:
         """One optimizer step on one batch; returns the loss (and metrics) before the step."""
         array, targets = self._check_xy(x, y)
         logs = self._step(array, targets)
         return logs["loss"] if len(logs) == 1 else list(logs.values())
 
-    @_blas_one_thread
+    @blas_one_thread
     def fit(self, x: Any, y: Any, batch_size: int = 32, epochs: int = 1, verbose: int = 1,
             validation_split: float = 0.0,
             validation_data: tuple[Any, Any] | None = None, shuffle: bool = True,
@@ -427,7 +427,7 @@ class Sequential:
         (:mod:`convarith.nn.callbacks`) see each epoch's logs and may stop training.
         """
         array, targets = self._check_xy(x, y)
-        batch_size = _check_batch_size(batch_size)
+        batch_size = check_batch_size(batch_size)
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
             raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
         if verbose not in (0, 1, 2):
@@ -458,7 +458,7 @@ class Sequential:
             order = self.rng.permutation(len(array)) if shuffle else None
             seen = 0
             totals: dict[str, float] = {}
-            for done, batch in enumerate(_batches(len(array), batch_size, order), start=1):
+            for done, batch in enumerate(batches(len(array), batch_size, order), start=1):
                 try:
                     logs = self._step(array[batch], targets[batch])
                 except TrainingStopped as stop:
@@ -488,14 +488,14 @@ class Sequential:
             callback.on_train_end()
         return history
 
-    @_blas_one_thread
+    @blas_one_thread
     def evaluate(self, x: Any, y: Any, batch_size: int = 32, verbose: int = 0) -> float | list[float]:
         """Mean loss (and accuracy) over ``x``; a list when metrics were compiled."""
         array, targets = self._check_xy(x, y)
         _, loss = self._require_compiled()
-        batch_size = _check_batch_size(batch_size)
+        batch_size = check_batch_size(batch_size)
         total_loss, total_correct = 0.0, 0.0
-        for batch in _batches(len(array), batch_size):
+        for batch in batches(len(array), batch_size):
             y_pred = self.forward(array[batch])
             total_loss += float(np.sum(loss.per_sample(targets[batch], y_pred)))
             if self.metrics:
@@ -577,7 +577,7 @@ class Sequential:
         return f"<Sequential name={self.name!r} layers={len(self.layers)}>"
 
 
-def _check_batch_size(batch_size: Any) -> int:
+def check_batch_size(batch_size: Any) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     return int(batch_size)

@@ -678,15 +678,13 @@ def build_volume_scene(resolved: ResolvedConv, room: float = 900.0, palette: Pal
     >>> vs.scene.width <= 900
     True
     """
-    from .frames import axis_cells
-
     if resolved.rank != 3:
         raise ValueError(f"the oblique volume draws a 3-D convolution; this one has {resolved.rank} axes")
     # as far as the windows reach (a ceil-mode pooling window overhangs the padded input)
     reach = [n + e for n, e in zip(resolved.padded_size, resolved.overhang)]
     lower_size: tuple[int, int, int] = (reach[0], reach[1], reach[2])
     upper_size: tuple[int, int, int] = (resolved.output_size[0], resolved.output_size[1], resolved.output_size[2])
-    kinds = [[kind for kind, _ in axis_cells(resolved, axis, reach[axis])] for axis in range(3)]
+    kinds = [[kind for kind, _ in resolved.grid_cells(axis, reach[axis])] for axis in range(3)]
     real = [_kind_spans(k, ("input", "dropped", "skipped", "inserted")) for k in kinds]
     dropped = [_kind_spans(k, ("dropped",)) for k in kinds]
     p = palette

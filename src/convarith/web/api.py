@@ -569,15 +569,14 @@ def _tap_dict(tap: Tap) -> dict[str, Any]:
 def _axis_grid(resolved: ResolvedConv, axis: int) -> list[dict[str, Any]]:
     """What each cell of the padded (zero-inserted) grid along ``axis`` is.
 
-    The kinds are :data:`convarith.viz.frames.CELL_KINDS` (``input``,
-    ``dropped``, ``padding``, ``copy``, ``inserted``, ``beyond``), from the one
-    classification the animations use, :func:`convarith.viz.frames.axis_cells`.
+    The kinds are :data:`convarith.arithmetic.GRID_CELL_KINDS` (``input``,
+    ``dropped``, ``skipped``, ``padding``, ``copy``, ``inserted``, ``beyond``),
+    from the one classification the footprint and the animations use,
+    :meth:`ResolvedConv.grid_cells`.
     """
-    from ..viz.frames import axis_cells
-
     # as far as the windows reach: a ceil-mode pooling window overhangs the padded input
     extent = resolved.padded_size[axis] + resolved.overhang[axis]
-    return [{"kind": kind, "source": source} for kind, source in axis_cells(resolved, axis, extent)]
+    return [{"kind": kind, "source": source} for kind, source in resolved.grid_cells(axis, extent)]
 
 
 def geometry_payload(settings: Settings, limits: Limits) -> dict[str, Any]:
