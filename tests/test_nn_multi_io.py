@@ -1,0 +1,205 @@
+"""fit / evaluate / predict of functional models with several inputs and outputs, held to
+Keras 3 (JAX backend) on identical initial weights: per-output losses, the weighted total,
+metrics, the History keys, evaluate's list and dict, validation, callbacks; list and dict
+forms of every argument give the same training; bad arguments get one clear line."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from convarith import nn
+
+keras = pytest.importorskip("keras")
+
+SEED = 19
+
+
+def _two_heads(lib: object) -> object:
+    """Two inputs (an image and a vector), a conv trunk shared by two heads: a softmax
+    classifier and a linear regressor."""
+    L = lib.layers if lib is keras else lib  # type: ignore[attr-defined]
+    image = lib.Input((6, 6, 1), name="img")  # type: ignore[attr-defined]
+    aux = lib.Input((3,), name="aux")  # type: ignore[attr-defined]
+    x = L.Conv2D(4, 3, activation="relu", name="trunk")(image)
+    x = L.Conv2D(4, 3, padding="same", activation="relu", name="trunk2")(x)
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    x = L.Concatenate(name="cat")([x, aux])
+    cls = L.Dense(3, activation="softmax", name="cls")(x)
+    reg = L.Dense(2, name="reg")(x)
+    return lib.Model([image, aux], [cls, reg], name="two_heads")  # type: ignore[attr-defined]
+
+
+def _data(count: int, seed: int = SEED) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    x = [rng.standard_normal((count, 6, 6, 1)).astype(np.float32),
+         rng.standard_normal((count, 3)).astype(np.float32)]
+    y = [rng.integers(0, 3, count), rng.standard_normal((count, 2)).astype(np.float32)]
+    return x, y
+
+
+def _pair() -> tuple[object, object]:
+    ours, theirs = _two_heads(nn), _two_heads(keras)
+    for layer in ours.layers:  # type: ignore[attr-defined]
+        if layer.get_weights():
+            theirs.get_layer(layer.name).set_weights(layer.get_weights())  # type: ignore[attr-defined]
+    return ours, theirs
+
+
+def _same_weights(ours: object, theirs: object, when: str) -> None:
+    for layer in ours.layers:  # type: ignore[attr-defined]
+        for mine, reference in zip(layer.get_weights(),
+                                   theirs.get_layer(layer.name).get_weights()):  # type: ignore[attr-defined]
+            np.testing.assert_allclose(mine, reference, rtol=1e-4, atol=1e-6,
+                                       err_msg=f"{layer.name} {when} (seed {SEED})")
+
+
+def _same_logs(ours: dict, theirs: dict, when: str) -> None:
+    assert list(ours) == list(theirs), f"{when}: keys {list(ours)} != Keras's {list(theirs)}"
+    for key in theirs:
+        np.testing.assert_allclose(ours[key], theirs[key], rtol=1e-4, atol=1e-6,
+                                   err_msg=f"{key} {when} (seed {SEED})")
+
+
+COMPILE = dict(loss=["sparse_categorical_crossentropy", "mse"], loss_weights=[1.0, 0.3],
+               metrics=[["accuracy"], ["mae", "mse"]])
+
+
+def test_two_inputs_two_outputs_train_like_keras() -> None:
+    """SGD, partial last batch, no shuffling: every logged value (total, per-output losses,
+    metrics, validation) and the weights after each epoch equal Keras's; so do evaluate
+    (list and dict) and predict."""
+    x, y = _data(10)
+    x_val, y_val = _data(5, seed=SEED + 1)
+    ours, theirs = _pair()
+    ours.compile(nn.SGD(0.1), **COMPILE)  # type: ignore[attr-defined]
+    theirs.compile(keras.optimizers.SGD(0.1), **COMPILE)  # type: ignore[attr-defined]
+    runs = [dict(validation_data=(x_val, y_val)), dict(validation_split=0.2), {}]
+    for epoch, extra in enumerate(runs, start=1):
+        got = ours.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False, **extra)  # type: ignore[attr-defined]
+        expected = theirs.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False, **extra)  # type: ignore[attr-defined]
+        _same_logs(got.history, expected.history, f"epoch {epoch} {list(extra)}")
+        _same_weights(ours, theirs, f"after epoch {epoch}")
+    got_list = ours.evaluate(x_val, y_val)  # type: ignore[attr-defined]
+    expected_list = theirs.evaluate(x_val, y_val, verbose=0)  # type: ignore[attr-defined]
+    assert len(got_list) == len(expected_list) == 6
+    np.testing.assert_allclose(got_list, expected_list, rtol=1e-4, atol=1e-6)
+    _same_logs(ours.evaluate(x_val, y_val, return_dict=True),  # type: ignore[attr-defined]
+               theirs.evaluate(x_val, y_val, verbose=0, return_dict=True), "evaluate")  # type: ignore[attr-defined]
+    got_pred = ours.predict(x_val)  # type: ignore[attr-defined]
+    expected_pred = theirs.predict(x_val, verbose=0)  # type: ignore[attr-defined]
+    assert isinstance(got_pred, list) and len(got_pred) == 2
+    for mine, reference in zip(got_pred, expected_pred):
+        np.testing.assert_allclose(mine, reference, rtol=1e-4, atol=1e-6)
+
+
+def test_one_loss_for_all_outputs_and_an_output_without_loss_like_keras() -> None:
+    """``loss="mse"`` on both outputs logs each output's loss; a ``None`` entry leaves one
+    loss, so only ``loss`` is logged and evaluate returns a float, as in Keras."""
+    x, y = _data(8)
+    one_hot = [np.eye(3, dtype=np.float32)[y[0]], y[1]]
+    for compile_args, targets in [(dict(loss="mse"), one_hot),
+                                  (dict(loss=[None, "mse"], metrics=[None, ["mae"]]), y)]:
+        ours, theirs = _pair()
+        ours.compile(nn.SGD(0.05), **compile_args)  # type: ignore[attr-defined]
+        theirs.compile(keras.optimizers.SGD(0.05), **compile_args)  # type: ignore[attr-defined]
+        got = ours.fit(x, targets, batch_size=3, epochs=2, verbose=0, shuffle=False)  # type: ignore[attr-defined]
+        expected = theirs.fit(x, targets, batch_size=3, epochs=2, verbose=0, shuffle=False)  # type: ignore[attr-defined]
+        _same_logs(got.history, expected.history, f"compile {compile_args}")
+        _same_weights(ours, theirs, f"compile {compile_args}")
+        np.testing.assert_allclose(ours.evaluate(x, targets),  # type: ignore[attr-defined]
+                                   theirs.evaluate(x, targets, verbose=0), rtol=1e-4)  # type: ignore[attr-defined]
+
+
+def test_dict_and_list_forms_train_identically() -> None:
+    """x, y, loss, loss_weights and metrics by name (dicts in another order than the
+    model's) give the very same History and weights as the lists."""
+    x, y = _data(9)
+    as_list, as_dict = _two_heads(nn), _two_heads(nn)
+    as_dict.set_weights(as_list.get_weights())  # type: ignore[attr-defined]
+    as_list.compile(nn.SGD(0.1), **COMPILE)  # type: ignore[attr-defined]
+    as_dict.compile(nn.SGD(0.1),  # type: ignore[attr-defined]
+                    loss={"reg": "mse", "cls": "sparse_categorical_crossentropy"},
+                    loss_weights={"reg": 0.3, "cls": 1.0},
+                    metrics={"reg": ["mae", "mse"], "cls": ["accuracy"]})
+    x_dict = {"aux": x[1], "img": x[0]}
+    y_dict = {"reg": y[1], "cls": y[0]}
+    first = as_list.fit(x, tuple(y), batch_size=4, epochs=2, verbose=0, shuffle=False,  # type: ignore[attr-defined]
+                        validation_data=(x, y))
+    second = as_dict.fit(x_dict, y_dict, batch_size=4, epochs=2, verbose=0, shuffle=False,  # type: ignore[attr-defined]
+                         validation_data=(x_dict, y_dict))
+    assert first.history == second.history
+    for a, b in zip(as_list.get_weights(), as_dict.get_weights()):  # type: ignore[attr-defined]
+        np.testing.assert_array_equal(a, b)
+    assert as_list.evaluate(x, y) == as_dict.evaluate(x_dict, y_dict)  # type: ignore[attr-defined]
+    for a, b in zip(as_list.predict(x), as_dict.predict(x_dict)):  # type: ignore[attr-defined]
+        np.testing.assert_array_equal(a, b)
+
+
+def test_callbacks_see_the_per_output_logs() -> None:
+    """EarlyStopping on ``val_reg_loss`` finds it in the epoch's logs (no warning) and stops
+    training when it stops improving."""
+    x, y = _data(10)
+    model = _two_heads(nn)
+    model.compile(nn.SGD(0.1), **COMPILE)  # type: ignore[attr-defined]
+    stop = nn.callbacks.EarlyStopping(monitor="val_reg_loss", patience=0, mode="min")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        history = model.fit(x, y, epochs=40, batch_size=5, verbose=0, validation_split=0.3,  # type: ignore[attr-defined]
+                            callbacks=[stop])
+    values = history.history["val_reg_loss"]
+    assert len(values) < 40 and values[-1] >= min(values[:-1])
+
+
+@pytest.mark.parametrize(("compile_args", "message"), [
+    (dict(loss=["mse", "mse", "mse"]),
+     r"^loss has 3 entries but the model has 2 outputs \(cls, reg\)$"),
+    (dict(loss={"cls": "mse", "rg": "mse"}),
+     r"^loss has keys \['cls', 'rg'\] but the model has 2 outputs \(cls, reg\); "
+     r"unknown: \['rg'\]; missing: \['reg'\]"),
+    (dict(loss=["mse", "hinge"]), r"^loss\[1\]: loss must be one of"),
+    (dict(loss=[None, None]), r"no output a loss"),
+    (dict(loss=["mse", "mse"], loss_weights=[1.0]),
+     r"^loss_weights has 1 entries but the model has 2 outputs \(cls, reg\)$"),
+    (dict(loss="mse", loss_weights=[1.0, 0.3]), r"one loss for all 2 outputs"),
+    (dict(loss=["mse", "mse"], loss_weights=0.5), r"is one number but the model has 2 outputs"),
+    (dict(loss=["mse", "mse"], loss_weights={"cls": 1.0}), r"missing: \['reg'\]"),
+    (dict(loss=["mse", "mse"], loss_weights=["accuracy", 1.0]),
+     r"loss_weights\[0\] must be a finite number, got 'accuracy'; compile's third argument"),
+    (dict(loss=["mse", "mse"], metrics=["accuracy"]),
+     r"^metrics has 1 entries but the model has 2 outputs \(cls, reg\)"),
+    (dict(loss=["mse", "mse"], metrics={"cls": ["f1"]}), r"metrics\['cls'\]: unknown metric 'f1'"),
+    (dict(loss=["mse", "mse"], metrics="accuracy"), r"metrics must be a list"),
+])
+def test_compile_errors_name_the_argument(compile_args, message) -> None:
+    model = _two_heads(nn)
+    with pytest.raises((ValueError, TypeError), match=message):
+        model.compile("sgd", **compile_args)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("x", "y", "message"), [
+    ("list", "one", r"^y must be a list of 2 arrays in the order of the model's outputs "
+                    r"\(cls, reg\) or a dict by output name"),
+    ("list", "short", r"^y has 1 entries but the model has 2 outputs \(cls, reg\)$"),
+    ("list", "bad_key", r"^y has keys \['cls', 'rg'\] but the model's outputs are \(cls, reg\); "
+                        r"unknown: \['rg'\]; missing: \['reg'\]$"),
+    ("bad_key", "list", r"^x has keys \['img', 'ax'\] but the model's inputs are \(img, aux\); "
+                        r"unknown: \['ax'\]; missing: \['aux'\]$"),
+    ("short", "list", r"^x has 1 entries but the model has 2 inputs \(img, aux\)$"),
+    ("list", "bad_labels", r"^y for output 'cls': label 7 is out of range"),
+    ("list", "bad_shape", r"^y for output 'reg': mean_squared_error targets must have"),
+    ("list", "fewer", r"x and y must hold the same number of samples"),
+])
+def test_fit_errors_name_the_argument(x, y, message) -> None:
+    model = _two_heads(nn)
+    model.compile("sgd", loss=["sparse_categorical_crossentropy", "mse"])  # type: ignore[attr-defined]
+    xs, ys = _data(4)
+    xs_by = {"list": xs, "short": xs[:1], "bad_key": {"img": xs[0], "ax": xs[1]}}
+    ys_by = {"list": ys, "one": ys[1], "short": ys[:1],
+             "bad_key": {"cls": ys[0], "rg": ys[1]},
+             "bad_labels": [np.array([0, 1, 7, 2]), ys[1]],
+             "bad_shape": [ys[0], ys[1][:, :1]], "fewer": [ys[0][:3], ys[1][:3]]}
+    with pytest.raises(ValueError, match=message):
+        model.fit(xs_by[x], ys_by[y], verbose=0)  # type: ignore[attr-defined]
