@@ -314,9 +314,10 @@ class Model(Sequential):
             if keep:
                 self._caches[id(node)] = layer._cache
                 layer._cache = None
-                regularizer = layer.activity_regularizer
-                if regularizer is not None:
-                    self.activity_loss += regularizer(value) / len(value)
+            regularizer = layer.activity_regularizer
+            if regularizer is not None:  # in the loss of fit and evaluate, as in Keras
+                self.activity_loss += regularizer(value) / len(value)
+                if keep:
                     self._activity[id(node)] = (regularizer, value)
             values[id(node.output)] = value
         return [values[id(t)] for t in self.outputs]

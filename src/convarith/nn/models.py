@@ -284,10 +284,11 @@ class Sequential:
         self._activity: dict[int, tuple[Any, np.ndarray]] = {}
         for index, layer in enumerate(self.layers):
             x = layer.forward(x, training=training, keep=keep)
-            if keep and layer.activity_regularizer is not None:
-                # Keras adds regularizer(output) / batch size to the loss
+            if layer.activity_regularizer is not None:
+                # Keras adds regularizer(output) / batch size to the loss (evaluate's too)
                 self.activity_loss += layer.activity_regularizer(x) / len(x)
-                self._activity[index] = (layer.activity_regularizer, x)
+                if keep:
+                    self._activity[index] = (layer.activity_regularizer, x)
         return x
 
     def backward(self, d_out: np.ndarray) -> np.ndarray:
@@ -623,8 +624,8 @@ class Sequential:
             part = [None if t is None else t[batch] for t in targets]
             y_pred = self._run_outputs([a[batch] for a in arrays])
             output_losses = compiled.values(part, y_pred)
-            logs = self._batch_logs(compiled.total(output_losses) + penalty, output_losses,
-                                    part, y_pred)
+            logs = self._batch_logs(compiled.total(output_losses) + self.activity_loss + penalty,
+                                    output_losses, part, y_pred)
             for key, value in logs.items():
                 totals[key] = totals.get(key, 0.0) + value * len(batch)
         return {key: totals.get(key, 0.0) / max(count, 1) for key in
@@ -633,7 +634,7 @@ class Sequential:
     @_blas_one_thread
     def evaluate(self, x: Any, y: Any, batch_size: int = 32, verbose: int = 0,
                  return_dict: bool = False) -> float | list[float] | dict[str, float]:
-        """Mean loss (with the weights' regularization penalties, as Keras) and metrics over
+        """Mean loss (with the regularization penalties, as Keras) and metrics over
         ``x``, as ``keras.Model.evaluate``: a float for the loss alone, else a list
         (``loss``, the per-output losses, the metrics; see :meth:`_flatten_logs`), or a
         dict by Keras's names with ``return_dict=True``."""
