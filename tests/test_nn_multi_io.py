@@ -91,6 +91,11 @@ def test_two_inputs_two_outputs_train_like_keras() -> None:
     np.testing.assert_allclose(got_list, expected_list, rtol=1e-4, atol=1e-6)
     _same_logs(ours.evaluate(x_val, y_val, return_dict=True),
                theirs.evaluate(x_val, y_val, verbose=0, return_dict=True), "evaluate")
+    _same_logs(ours.train_on_batch(x_val, y_val, return_dict=True),
+               theirs.train_on_batch(x_val, y_val, return_dict=True), "train_on_batch")
+    _same_weights(ours, theirs, "after train_on_batch")
+    np.testing.assert_allclose(ours.train_on_batch(x, y), theirs.train_on_batch(x, y),
+                               rtol=1e-4, atol=1e-6)
     got_pred = ours.predict(x_val)
     expected_pred = theirs.predict(x_val, verbose=0)
     assert isinstance(got_pred, list) and len(got_pred) == 2
@@ -235,3 +240,45 @@ def test_evaluate_counts_regularization_penalties_like_keras() -> None:
     expected = theirs.fit(x, y, batch_size=3, epochs=2, verbose=0, shuffle=False)
     _same_logs(got.history, expected.history, "fit with penalties")
     _same_weights(ours, theirs, "after fit with penalties")
+
+
+def _metric_cases() -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
+    """(metric, target shape, prediction shape) for every combination Keras accepts."""
+    shapes = [((12,), (12, 4)), ((12, 1), (12, 4)), ((12, 4), (12, 4)), ((12, 1), (12, 1)),
+              ((12, 3, 3, 1), (12, 3, 3, 1)), ((12, 3, 3), (12, 3, 3, 5))]
+    cases = []
+    for target, pred in shapes:
+        sparse = len(target) < len(pred) or target[-1] == 1 < pred[-1]
+        names = ["accuracy", "acc"]
+        if sparse:
+            names.append("sparse_categorical_accuracy")
+        elif pred[-1] > 1:
+            names.append("categorical_accuracy")
+        if target == pred:
+            names += ["binary_accuracy", "mae", "mse"]
+        cases += [(name, target, pred) for name in names]
+    return cases
+
+
+@pytest.mark.parametrize(("name", "target_shape", "pred_shape"), _metric_cases())
+def test_metrics_equal_keras(name, target_shape, pred_shape) -> None:
+    """Each metric's mean equals Keras's metric on the same data; "accuracy" picks the same
+    kind as Keras's compile (``compile_utils.get_metric``)."""
+    compile_utils = pytest.importorskip("keras.src.trainers.compile_utils")
+    from convarith.nn.metrics import metric_function
+
+    rng = np.random.default_rng(SEED)
+    y_pred = rng.random(pred_shape).astype(np.float32)
+    if len(target_shape) < len(pred_shape) or target_shape[-1] == 1 < pred_shape[-1]:
+        y_true = rng.integers(0, pred_shape[-1], target_shape)
+    elif pred_shape[-1] == 1:
+        y_true = rng.integers(0, 2, target_shape).astype(np.float32)
+    else:
+        y_true = np.eye(pred_shape[-1], dtype=np.float32)[rng.integers(0, pred_shape[-1],
+                                                                       target_shape[:-1])]
+    theirs = compile_utils.get_metric(name, y_true, y_pred)
+    theirs.update_state(y_true, y_pred)
+    ours = metric_function(name, y_true, y_pred)(y_true, y_pred)
+    assert ours.shape == (12,)
+    np.testing.assert_allclose(ours.mean(), float(theirs.result()), rtol=1e-6,
+                               err_msg=f"{name} {target_shape} {pred_shape} (seed {SEED})")
