@@ -282,3 +282,15 @@ def test_metrics_equal_keras(name, target_shape, pred_shape) -> None:
     assert ours.shape == (12,)
     np.testing.assert_allclose(ours.mean(), float(theirs.result()), rtol=1e-6,
                                err_msg=f"{name} {target_shape} {pred_shape} (seed {SEED})")
+
+
+def test_a_list_of_one_output_is_unpacked_as_in_keras() -> None:
+    """``Model([a], [out])`` predicts an array and takes ``[x]``/``[y]`` or bare arrays
+    (Keras's ``unpack_singleton``)."""
+    inputs = nn.Input((3,), name="v")
+    model = nn.Model([inputs], [nn.Dense(2, name="d")(inputs)])
+    model.compile(nn.SGD(0.1), "mse", metrics=["mae"])
+    x, y = np.ones((4, 3), np.float32), np.ones((4, 2), np.float32)
+    assert isinstance(model.predict(x), np.ndarray) and model.predict([x]).shape == (4, 2)
+    assert list(model.fit([x], [y], verbose=0).history) == ["loss", "mae"]
+    assert model.evaluate(x, y) == model.evaluate([x], [y])

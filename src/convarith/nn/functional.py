@@ -245,7 +245,7 @@ class Model(Sequential):
                                  + (f"; unknown: {unknown}" if unknown else "")
                                  + (f"; missing: {missing}" if missing else ""))
             arrays = [x[name] for name in names]
-        elif self.multiple_inputs:
+        elif self.multiple_inputs and not (len(names) == 1 and not isinstance(x, (list, tuple))):
             if not isinstance(x, (list, tuple)):
                 raise ValueError(f"{what} must be a list of {len(names)} arrays in the order of "
                                  f"the model's inputs ({listed}) or a dict by input name, got "
@@ -368,7 +368,7 @@ class Model(Sequential):
 
     def __call__(self, x: Any, training: bool = False) -> Any:
         outputs = self.run(self._check_inputs(x), training=training)
-        return outputs if self.multiple_outputs else outputs[0]
+        return outputs if len(outputs) > 1 else outputs[0]  # Keras unpacks a list of one
 
     @_blas_one_thread
     def predict(self, x: Any, batch_size: int = 32, verbose: int = 0) -> Any:
@@ -380,7 +380,7 @@ class Model(Sequential):
         if not parts:
             raise ValueError("predict needs at least one sample")
         outputs = [np.concatenate([p[i] for p in parts]) for i in range(len(self.outputs))]
-        return outputs if self.multiple_outputs else outputs[0]
+        return outputs if len(outputs) > 1 else outputs[0]  # Keras unpacks a list of one
 
     # ------------------------------------------------------------------ description
 

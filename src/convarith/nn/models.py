@@ -387,7 +387,12 @@ class Sequential:
         needed = compiled.outputs | self.compiled_metrics.outputs
         listed = ", ".join(names)
         if len(names) == 1:
-            entries = [_only_entry(y, what, "output", names[0]) if isinstance(y, dict) else y]
+            if isinstance(y, dict):
+                y = _only_entry(y, what, "output", names[0])
+            elif getattr(self, "multiple_outputs", False) and isinstance(y, (list, tuple)) \
+                    and len(y) == 1 and isinstance(y[0], np.ndarray):
+                y = y[0]  # Model(inputs, [output]) takes [y], as in Keras
+            entries = [y]
         elif isinstance(y, dict):
             unknown = [key for key in y if key not in names]
             missing = [names[i] for i in sorted(needed) if names[i] not in y]
