@@ -301,3 +301,15 @@ def test_a_list_of_one_output_is_unpacked_as_in_keras() -> None:
     assert isinstance(model.predict(x), np.ndarray) and model.predict([x]).shape == (4, 2)
     assert list(model.fit([x], [y], verbose=0).history) == ["loss", "mae"]
     assert model.evaluate(x, y) == model.evaluate([x], [y])
+
+
+def test_predict_takes_lists_and_dicts_and_names_a_bare_array() -> None:
+    model = _two_heads(nn)
+    x, _ = _data(3)
+    by_list = model.predict(x)
+    by_dict = model.predict({"aux": x[1], "img": x[0]})
+    for a, b in zip(by_list, by_dict):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match=r"^x must be a list of 2 arrays in the order of the "
+                                         r"model's inputs \(img, aux\) or a dict by input name"):
+        model.predict(x[0])

@@ -245,12 +245,12 @@ class Model(Sequential):
                                  + (f"; unknown: {unknown}" if unknown else "")
                                  + (f"; missing: {missing}" if missing else ""))
             arrays = [x[name] for name in names]
-        elif self.multiple_inputs and not (len(names) == 1 and not isinstance(x, (list, tuple))):
-            if not isinstance(x, (list, tuple)):
-                raise ValueError(f"{what} must be a list of {len(names)} arrays in the order of "
-                                 f"the model's inputs ({listed}) or a dict by input name, got "
-                                 f"one {type(x).__name__}")
+        elif self.multiple_inputs and isinstance(x, (list, tuple)):
             arrays = list(x)
+        elif len(names) > 1:
+            raise ValueError(f"{what} must be a list of {len(names)} arrays in the order of "
+                             f"the model's inputs ({listed}) or a dict by input name, got "
+                             f"one {type(x).__name__}")
         else:
             arrays = [x]
         if len(arrays) != len(self.inputs):
