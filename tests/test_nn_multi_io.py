@@ -313,3 +313,29 @@ def test_predict_takes_lists_and_dicts_and_names_a_bare_array() -> None:
     with pytest.raises(ValueError, match=r"^x must be a list of 2 arrays in the order of the "
                                          r"model's inputs \(img, aux\) or a dict by input name"):
         model.predict(x[0])
+
+
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_binary_crossentropy_value_and_gradient_equal_keras(from_logits) -> None:
+    """The loss and its gradient (jax.grad of Keras's own loss) on values that include the
+    clipped ends."""
+    jax = pytest.importorskip("jax")
+    from convarith.nn.losses import BinaryCrossentropy
+
+    rng = np.random.default_rng(SEED)
+    y_true = rng.integers(0, 2, (6, 3, 1)).astype(np.float32)
+    if from_logits:
+        y_pred = rng.normal(0, 3, (6, 3, 1)).astype(np.float32)
+    else:
+        y_pred = rng.random((6, 3, 1)).astype(np.float32)
+        y_pred[0, 0, 0], y_pred[1, 1, 0] = 0.0, 1.0  # clipped: no gradient, as in Keras
+    loss = BinaryCrossentropy(from_logits=from_logits)
+
+    def theirs(prediction: Any) -> Any:
+        return keras.losses.BinaryCrossentropy(from_logits=from_logits)(y_true, prediction)
+
+    np.testing.assert_allclose(loss(y_true, y_pred), float(theirs(y_pred)), rtol=1e-5)
+    np.testing.assert_allclose(loss.gradient(y_true, y_pred),
+                               np.asarray(jax.grad(theirs)(y_pred)), rtol=1e-4, atol=1e-7,
+                               err_msg=f"seed {SEED}")
+    assert loss.check_targets(y_true[:, 0, 0], (1,)).shape == (6, 1)  # (batch,) is expanded

@@ -24,6 +24,7 @@ import numpy as np
 
 __all__ = [
     "Loss",
+    "BinaryCrossentropy",
     "CategoricalCrossentropy",
     "SparseCategoricalCrossentropy",
     "MeanSquaredError",
@@ -168,6 +169,55 @@ class SparseCategoricalCrossentropy(Loss):
 
 
 @dataclass(frozen=True)
+class BinaryCrossentropy(Loss):
+    """Cross-entropy of independent yes/no targets (in ``[0, 1]``) against sigmoid
+    outputs, averaged over every value of a sample, as Keras's
+    ``binary_crossentropy`` (predictions clipped to ``[1e-7, 1 - 1e-7]``).
+
+    >>> round(BinaryCrossentropy()(np.array([[1.0], [0.0]]), np.array([[0.8], [0.4]])), 4)
+    0.367
+    """
+
+    from_logits: bool = False
+    name: str = "binary_crossentropy"
+
+    def check_targets(self, y_true: np.ndarray, output_shape: tuple[int, ...]) -> np.ndarray:
+        y = np.asarray(y_true)
+        if (y.ndim >= 1 and output_shape and output_shape[-1] == 1
+                and _fits((*y.shape[1:], 1), output_shape)):
+            y = y[..., None]  # Keras expands (batch,) targets to the (batch, 1) output
+        if y.ndim < 1 or not _fits(y.shape[1:], output_shape):
+            raise ValueError(
+                f"binary_crossentropy targets must have the model's output shape (batch, "
+                f"{', '.join(map(str, output_shape))}), got {y.shape}"
+            )
+        if not np.issubdtype(y.dtype, np.number) or not np.all(np.isfinite(y)):
+            raise ValueError("binary_crossentropy targets must be finite numbers (0 and 1, or "
+                             "probabilities)")
+        return y
+
+    def _elementwise(self, y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+        target = np.asarray(y_true).astype(y_pred.dtype).reshape(y_pred.shape)
+        if self.from_logits:  # -(t log sigmoid(x) + (1 - t) log sigmoid(-x)), stably
+            return target * np.logaddexp(0, -y_pred) + (1 - target) * np.logaddexp(0, y_pred)
+        p = np.clip(y_pred, EPSILON, 1.0 - EPSILON)
+        return -(target * np.log(p) + (1 - target) * np.log(1 - p))
+
+    def per_sample(self, y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+        return self._elementwise(y_true, y_pred).reshape(len(y_pred), -1).mean(axis=1)
+
+    def gradient(self, y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+        target = np.asarray(y_true).astype(y_pred.dtype).reshape(y_pred.shape)
+        if self.from_logits:
+            grad = 1.0 / (1.0 + np.exp(-y_pred)) - target
+        else:
+            inside = (y_pred > EPSILON) & (y_pred < 1.0 - EPSILON)
+            p = np.clip(y_pred, EPSILON, 1.0 - EPSILON)
+            grad = np.where(inside, (1 - target) / (1 - p) - target / p, 0.0)
+        return (grad / y_pred.size).astype(y_pred.dtype)
+
+
+@dataclass(frozen=True)
 class MeanSquaredError(Loss):
     """Mean of squared differences over the last axis, then over the batch."""
 
@@ -192,6 +242,7 @@ class MeanSquaredError(Loss):
 
 
 _NAMES: dict[str, type[Loss]] = {
+    "binary_crossentropy": BinaryCrossentropy,
     "categorical_crossentropy": CategoricalCrossentropy,
     "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
     "mean_squared_error": MeanSquaredError,
