@@ -74,7 +74,8 @@ def main() -> None:
         for layer in ours.layers:
             if layer.variables:
                 theirs.get_layer(layer.name).set_weights(layer.get_weights())
-        ours.compile(nn.Adam(args.learning_rate), "sparse_categorical_crossentropy", ["accuracy"])
+        ours.compile(nn.Adam(args.learning_rate), "sparse_categorical_crossentropy",
+                     metrics=["accuracy"])
         theirs.compile(keras.optimizers.Adam(args.learning_rate),
                        loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         start = time.perf_counter()

@@ -109,7 +109,8 @@ def main() -> None:
         ours = build_model(args.size, args.padding, args.strides, args.dilation, args.filters,
                            args.seed)
         initial = ours.get_weights()
-        ours.compile(nn.Adam(args.learning_rate), "sparse_categorical_crossentropy", ["accuracy"])
+        ours.compile(nn.Adam(args.learning_rate), "sparse_categorical_crossentropy",
+                     metrics=["accuracy"])
         profiler = cProfile.Profile() if args.profile else None
         start, cpu = time.perf_counter(), time.process_time()
         if profiler is not None:
