@@ -70,6 +70,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from . import autotune
 from .algorithms._threads import worker_count
 
 __all__ = [
@@ -412,7 +413,9 @@ def cheapest(problem: ConvProblem, kind: str = "direct", exact: bool = False
     """The cheapest ``kind`` algorithm that applies to ``problem``, if any.
 
     ``exact``: only algorithms without transforms (no ``value_gain``), whose
-    outputs each read only their own window.
+    outputs each read only their own window. With ``CONVARITH_AUTOTUNE=1`` a
+    direct problem's few cheapest candidates are measured instead (once per
+    machine and shape, remembered on disk: :mod:`.autotune`).
     """
 
     def find() -> Algorithm | None:
@@ -422,6 +425,9 @@ def cheapest(problem: ConvProblem, kind: str = "direct", exact: bool = False
         ]
         if not candidates:
             return None
+        if kind == "direct" and not exact and autotune.enabled():
+            ranked = sorted(candidates, key=lambda a: (a.cost(problem), a.name))
+            return autotune.tuned_choice(problem, ranked, worker_count(), WORKSPACE_BYTES)
         return min(candidates, key=lambda a: (a.cost(problem), a.name))
 
     return remembered((problem, kind, exact), find)
