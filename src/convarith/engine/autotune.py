@@ -4,7 +4,8 @@ The dispatch chooses by registered cost estimates (:func:`.dispatch.cheapest`),
 fitted on a few machines. With ``CONVARITH_AUTOTUNE=1`` the first time a
 process meets a direct convolution problem it also *measures* the few
 cheapest candidates (at most :data:`CANDIDATES`, within :data:`SPREAD` of the
-best estimate) on random data of the problem's shapes, and keeps the fastest.
+best estimate) on random data of the problem's shapes, and keeps the fastest
+when it takes at most :data:`MARGIN` of the estimates' choice's time.
 The answer is written to the user's cache directory, so later processes on
 the same machine reuse it without measuring:
 
@@ -55,7 +56,7 @@ import numpy as np
 if TYPE_CHECKING:  # dispatch imports this module
     from .dispatch import Algorithm, ConvProblem
 
-__all__ = ["BUDGET_SECONDS", "CANDIDATES", "MAX_BYTES", "MAX_FLOPS", "RUNS", "SPREAD",
+__all__ = ["BUDGET_SECONDS", "CANDIDATES", "MARGIN", "MAX_BYTES", "MAX_FLOPS", "RUNS", "SPREAD",
            "VARIABLE", "cache_path", "enabled", "machine_key", "tuned_choice"]
 
 #: The environment variable: ``1`` measures, ``0`` or unset does not.
@@ -68,6 +69,10 @@ SPREAD = 4.0
 RUNS = 3
 #: Seconds of timed runs per candidate, at most (a run in progress finishes).
 BUDGET_SECONDS = 0.05
+#: Another candidate replaces the estimates' choice only when it takes at most this
+#: share of its time: a measurement on a busy machine is noisy, and a choice written
+#: to disk stays.
+MARGIN = 0.9
 #: Problems whose cheapest estimate is above this many FLOPs are not measured.
 MAX_FLOPS = 2e9
 #: Problems whose input, kernel and output take more bytes than this are not measured.
@@ -239,6 +244,8 @@ def tuned_choice(problem: ConvProblem, ranked: Sequence[Algorithm], workers: int
         fastest = min(candidates, key=lambda a: (times[a.name], a.name))
         if not math.isfinite(times[fastest.name]):
             return ranked[0]
+        if times[fastest.name] > MARGIN * times[ranked[0].name]:
+            fastest = ranked[0]
         if len(entries) >= MAX_ENTRIES:
             entries.clear()
         entries[key] = fastest.name
