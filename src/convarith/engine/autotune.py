@@ -74,7 +74,7 @@ BUDGET_SECONDS = 0.05
 #: to disk stays.
 MARGIN = 0.9
 #: Problems whose cheapest estimate is above this many FLOPs are not measured.
-MAX_FLOPS = 2e9
+MAX_FLOPS = 5e8
 #: Problems whose input, kernel and output take more bytes than this are not measured.
 MAX_BYTES = 64 * 2**20
 #: Entries kept in one cache file; beyond it the file starts afresh.
