@@ -17,7 +17,9 @@ is keyed by the problem (shapes, strides, dilation, groups, output size,
 dtype), the worker count and the workspace budget.
 
 It is off by default (``CONVARITH_AUTOTUNE`` unset or ``0``): the choice is
-then the cost estimates', the same on every run, and nothing is written.
+then the cost estimates', the same on every run, and nothing is written. The
+variable is read when a process first chooses for a problem (the choice is
+then remembered: :func:`convarith.engine.clear_caches` makes it read again).
 Every candidate computes the same convolution within the conformance bounds,
 so autotuning changes the speed, never the meaning of a result; the last bits
 of a float32 result may differ from the default choice's.
