@@ -28,7 +28,8 @@ Bounds: a problem is measured only when its arrays take at most
 :data:`MAX_BYTES` and its cheapest estimate at most :data:`MAX_FLOPS`
 floating-point operations; each candidate runs once to warm up (compiling a
 kernel the first time, as any first call does) and then at most
-:data:`RUNS` times or until :data:`BUDGET_SECONDS` is spent. A cache file that
+:data:`RUNS` times, the candidates in turn, or until one has spent
+:data:`BUDGET_SECONDS`. A cache file that
 cannot be read, parsed or written is ignored: the process measures again, and
 never fails because of it. Measuring is serialized by a lock.
 
@@ -195,24 +196,36 @@ def _arrays(problem: ConvProblem) -> tuple[np.ndarray, np.ndarray]:
     return x, kernel
 
 
-def measure(algorithm: Algorithm, problem: ConvProblem, x: np.ndarray,
-            kernel: np.ndarray) -> float:
-    """Best seconds of ``algorithm`` on the arrays: one warm-up run, then at most
-    :data:`RUNS` runs within :data:`BUDGET_SECONDS`; ``inf`` if it fails."""
+def measure(candidates: Sequence[Algorithm], problem: ConvProblem, x: np.ndarray,
+            kernel: np.ndarray) -> dict[str, float]:
+    """Best seconds of each candidate on the arrays (``inf`` for one that fails).
+
+    One warm-up run each, then rounds that run each candidate once, so that a
+    burst of load from elsewhere falls on all of them alike: at most
+    :data:`RUNS` rounds, and none after one where a candidate's runs reached
+    :data:`BUDGET_SECONDS`.
+    """
     args = (x, kernel, problem.strides, problem.dilation, problem.groups, problem.out_size)
-    try:
-        algorithm.direct(*args)
-        best, spent = math.inf, 0.0
-        for _ in range(RUNS):
+
+    def seconds(algorithm: Algorithm) -> float:
+        try:
             start = time.perf_counter()
             algorithm.direct(*args)
-            took = time.perf_counter() - start
-            best, spent = min(best, took), spent + took
-            if spent >= BUDGET_SECONDS:
-                break
-        return best
-    except Exception:  # a candidate that fails here is not chosen; the call shows its error
-        return math.inf
+            return time.perf_counter() - start
+        except Exception:  # not chosen; the call itself shows the error, if it runs it
+            return math.inf
+
+    best = {a.name: math.inf for a in candidates}
+    running = [a for a in candidates if math.isfinite(seconds(a))]
+    spent = dict.fromkeys(best, 0.0)
+    for _ in range(RUNS):
+        for algorithm in running:
+            took = seconds(algorithm)
+            best[algorithm.name] = min(best[algorithm.name], took)
+            spent[algorithm.name] += took
+        if max(spent.values()) >= BUDGET_SECONDS:
+            break
+    return best
 
 
 def worth_measuring(problem: ConvProblem, candidates: Sequence[Algorithm]) -> bool:
@@ -242,7 +255,7 @@ def tuned_choice(problem: ConvProblem, ranked: Sequence[Algorithm], workers: int
         if known in by_name:
             return by_name[known]
         x, kernel = _arrays(problem)
-        times = {a.name: measure(a, problem, x, kernel) for a in candidates}
+        times = measure(candidates, problem, x, kernel)
         fastest = min(candidates, key=lambda a: (times[a.name], a.name))
         if not math.isfinite(times[fastest.name]):
             return ranked[0]
