@@ -239,6 +239,45 @@ def test_mismatched_arrays_are_refused(change, message) -> None:
         dispatch.plan(problem, x, kernel, "register_tiles")
 
 
+@pytest.mark.parametrize("change, message", [
+    (lambda x, k: (x.astype(np.float64), k), "has dtype float"),
+    (lambda x, k: (x[:, ::-1], k), "x .* is not C-contiguous"),
+    (lambda x, k: (x, np.asfortranarray(k)), "kernel .* is not C-contiguous"),
+    (lambda x, k: (np.asfortranarray(x), k), "x .* is not C-contiguous"),
+])
+@pytest.mark.parametrize("entry", ["direct", "weight_grad", "transposed"])
+def test_remembered_plans_still_refuse_mismatched_arrays(change, message, entry) -> None:
+    """A plan remembered for one call's arrays is not reused for arrays of another layout."""
+    x, kernel = _arrays()
+    pad = ((1, 1), (1, 1))
+
+    def call(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+        if entry == "direct":
+            return core.direct_conv(x, kernel, (1, 1), (1, 1), 1, (10, 10), None, pad)
+        if entry == "weight_grad":
+            return core._weight_grad(x, np.ones((1, 10, 10, 8), np.float32), (3, 3), (1, 1),
+                                     (1, 1), 1, None, pad)
+        return core.transposed_conv(x, kernel, (2, 2), (1, 1), 1, pad)
+
+    for _ in range(2):  # the second call is served by the remembered plan
+        call(x, kernel)
+    assert any(key[0] == entry for key in dispatch._PLANS)
+    bad_x, bad_kernel = change(x, kernel)
+    if entry == "weight_grad" and bad_kernel is not kernel:
+        pytest.skip("the weight gradient takes no kernel")
+    with pytest.raises(ValueError, match=message):
+        call(bad_x, bad_kernel)
+
+
+def test_remembered_plans_are_bounded_and_cleared() -> None:
+    kernel = np.ones((3, 1, 1), np.float32)
+    for n in range(3, 3 + dispatch._PLANS_MAX + 5):
+        core.direct_conv(np.ones((1, n, 1), np.float32), kernel, (1,), (1,), 1, (n - 2,))
+    assert 0 < len(dispatch._PLANS) <= dispatch._PLANS_MAX
+    state.clear_caches()
+    assert not dispatch._PLANS
+
+
 def test_named_algorithm_that_does_not_apply_says_why() -> None:
     x = np.ones((1, 8, 8, 4), np.float32)
     with pytest.raises(ValueError) as raised:

@@ -14,6 +14,13 @@ algorithm registry     name -> algorithm (``dispatch._REGISTRY``),   ``register_
 remembered choices     (problem, kind or question, exact-only,       any registration (a choice computed while
                        worker count, workspace budget) -> algorithm  the registry changed is not kept);
                        (``dispatch._CHOICES``, at most 4096)         emptied when full
+remembered plans       (call's arguments, each array's shape,        as the remembered choices
+                       strides and dtype, worker count, workspace
+                       budget) -> checked problem and algorithm
+                       (``dispatch._PLANS``, at most 1024)
+autotune files         cache file path -> {problem key: algorithm}   the files are read again after
+                       (``autotune._FILES``; the files themselves    :func:`clear_caches`; entries kept
+                       are in the user's cache directory)            per file at most 4096
 resolved specs         (spec, input shape) -> ``ResolvedConv``       nothing (pure; LRU of 1024)
                        (``spec._resolve_remembered``)
 kernel layouts         register_tiles ``_layout``: shape, dtype,     nothing (pure; LRU of 256)
@@ -90,7 +97,7 @@ def cached_once(fn: F) -> F:
 def process_caches() -> dict[str, Callable[[], None]]:
     """Each cache of the table above by name, with the function that empties it."""
     from .. import spec
-    from . import dispatch
+    from . import autotune, dispatch
     from .algorithms import (
         _llvm,
         _threads,
@@ -111,6 +118,8 @@ def process_caches() -> dict[str, Callable[[], None]]:
 
     return {
         "remembered choices": dispatch._CHOICES.clear,
+        "remembered plans": dispatch._PLANS.clear,
+        "autotune files": autotune.clear,
         "resolved specs": functions(spec._resolve_remembered),
         "kernel layouts": functions(register_tiles._layout),
         "col2im plans": functions(col2im._axis_plan),
