@@ -30,7 +30,7 @@ import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-from convarith import nn  # noqa: E402
+from convarith import engine, nn  # noqa: E402
 from convarith.commands.train import DEFAULTS, build_model, load_digits_images  # noqa: E402
 
 
@@ -132,6 +132,9 @@ def main() -> None:
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
     parser.add_argument("--repeats", type=int, default=1, help="train each this many times")
     parser.add_argument("--profile", default=None, help="cProfile convarith's run into FILE")
+    parser.add_argument("--convarith-threads", type=int, default=None,
+                        help="also train convarith with the engine on this many threads "
+                        "(engine.thread_limit; e.g. 1 on a machine whose cores are busy)")
     args = parser.parse_args()
 
     import keras
@@ -140,6 +143,9 @@ def main() -> None:
     x_train, x_test, y_train, y_test = data
     results: dict[str, list[tuple[float, float, float]]] = {"convarith": [], "keras (jax)": [],
                                                             "pytorch": []}
+    limited = f"convarith {args.convarith_threads}T"
+    if args.convarith_threads is not None:
+        results[limited] = []
     clocks: dict[str, list[EpochClock]] = {name: [] for name in results}
     for _ in range(args.repeats):
         ours = build_model(args.size, args.padding, args.strides, args.dilation, args.filters,
@@ -160,6 +166,20 @@ def main() -> None:
             profiler.dump_stats(args.profile)
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         results["convarith"].append((ours.evaluate(x_test, y_test)[1], seconds, cpu))
+        if args.convarith_threads is not None:
+            again = build_model(args.size, args.padding, args.strides, args.dilation,
+                                args.filters, args.seed)
+            again.compile(nn.Adam(args.learning_rate), "sparse_categorical_crossentropy",
+                          ["accuracy"])
+            clock = EpochClock()
+            clocks[limited].append(clock)
+            start, cpu = time.perf_counter(), time.process_time()
+            clock.mark()
+            with engine.thread_limit(args.convarith_threads):
+                again.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
+                          verbose=0, callbacks=[convarith_clock_callback(clock)])
+            seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+            results[limited].append((again.evaluate(x_test, y_test)[1], seconds, cpu))
 
         theirs = keras_model(keras, args.size, args.padding, args.strides, args.dilation,
                              args.filters)
@@ -202,16 +222,17 @@ def main() -> None:
         first = statistics.median(c.epochs()[0][0] for c in clocks[name])
         print(f"{name:12s} first epoch wall {first:6.2f}s   steady epoch wall {wall:6.2f}s "
               f"cpu {cpu:6.2f}s")
-    ours_wall = statistics.median(t for _, t, _ in results["convarith"])
-    ours_cpu = statistics.median(c for _, _, c in results["convarith"])
-    for name in ("keras (jax)", "pytorch"):
-        if results[name]:
-            ratio = ours_wall / statistics.median(t for _, t, _ in results[name])
-            cpu_ratio = ours_cpu / statistics.median(c for _, _, c in results[name])
-            steady_wall = steady["convarith"][0] / steady[name][0]
-            steady_cpu = steady["convarith"][1] / steady[name][1]
-            print(f"convarith / {name}: total wall {ratio:.2f}x cpu {cpu_ratio:.2f}x; "
-                  f"steady epoch wall {steady_wall:.2f}x cpu {steady_cpu:.2f}x")
+    for ours in [name for name in results if name.startswith("convarith") and results[name]]:
+        ours_wall = statistics.median(t for _, t, _ in results[ours])
+        ours_cpu = statistics.median(c for _, _, c in results[ours])
+        for name in ("keras (jax)", "pytorch"):
+            if results[name]:
+                ratio = ours_wall / statistics.median(t for _, t, _ in results[name])
+                cpu_ratio = ours_cpu / statistics.median(c for _, _, c in results[name])
+                steady_wall = steady[ours][0] / steady[name][0]
+                steady_cpu = steady[ours][1] / steady[name][1]
+                print(f"{ours} / {name}: total wall {ratio:.2f}x cpu {cpu_ratio:.2f}x; "
+                      f"steady epoch wall {steady_wall:.2f}x cpu {steady_cpu:.2f}x")
 
 
 if __name__ == "__main__":
