@@ -171,7 +171,7 @@ def main() -> None:
             again = build_model(args.size, args.padding, args.strides, args.dilation,
                                 args.filters, args.seed)
             again.compile(nn.Adam(args.learning_rate), "sparse_categorical_crossentropy",
-                          ["accuracy"])
+                          metrics=["accuracy"])
             clock = EpochClock()
             clocks[limited].append(clock)
             start, cpu = time.perf_counter(), time.process_time()
