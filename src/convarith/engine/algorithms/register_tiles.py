@@ -47,7 +47,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..dispatch import ConvProblem, register_algorithm
+from ..dispatch import ConvProblem, magnitude, register_algorithm
 from . import _llvm
 from ._llvm import ONE_PROBLEM, Batch, Cells, Sums
 from ._threads import ALIGN, aligned_copy, aligned_empty, run_chunks, worker_count, workspace
@@ -131,8 +131,18 @@ def direct(
     oh, ow = (int(v) for v in out_size)
     stride_rows, stride_cols = (int(v) for v in strides)
     dilation_rows, dilation_cols = (int(v) for v in dilation)
-    fpad = _output_channels(f, groups, width)
     shape = (n, ow, f) if rank == 1 else (n, oh, ow, f)
+    if groups > 1 and group_merge(groups, f // groups, width) > 1 and not math.isfinite(
+            magnitude(x)):
+        # merged groups' block-diagonal zeros times a non-finite value would reach
+        # the other groups' outputs: each group alone (rare, so plainly)
+        group_in, group_out = c // groups, f // groups
+        parts = [direct(np.ascontiguousarray(x[..., g * group_in:(g + 1) * group_in]),
+                        np.ascontiguousarray(kernel[..., g * group_out:(g + 1) * group_out]),
+                        strides, dilation, 1, out_size, padding=pads, threads=threads)
+                 for g in range(groups)]
+        return np.concatenate(parts, axis=-1).reshape(shape)
+    fpad = _output_channels(f, groups, width)
     y = aligned_empty((n, oh, ow, fpad), dtype)
     if n * oh * ow == 0 or f == 0:
         return np.zeros(shape, dtype)
@@ -226,12 +236,43 @@ def _merged_kernel(kernel: np.ndarray, groups: int, merge: int) -> np.ndarray:
     kh, kw, group_in, f = kernel.shape
     group_out = f // groups
     count = groups // merge
+    # (KH, KW, Cg, count, merge, Fg) -> per merged group and diagonal block
+    parts = kernel.reshape(kh, kw, group_in, count, merge, group_out)
+    if merge == 1:
+        return np.ascontiguousarray(parts[:, :, :, :, 0].transpose(3, 0, 1, 2, 4))
     merged = np.zeros((count, kh, kw, merge * group_in, merge * group_out), kernel.dtype)
-    for g in range(groups):
-        s, m = divmod(g, merge)
-        merged[s, :, :, m * group_in:(m + 1) * group_in, m * group_out:(m + 1) * group_out] = \
-            kernel[..., g * group_out:(g + 1) * group_out]
+    for m in range(merge):
+        merged[..., m * group_in:(m + 1) * group_in, m * group_out:(m + 1) * group_out] = \
+            parts[:, :, :, :, m].transpose(3, 0, 1, 2, 4)
     return merged
+
+
+def _batched_panels(merged: np.ndarray, dilation: tuple[int, int], row_elems: int,
+                    streaming: bool, cell_channels: int) -> list[Panel]:
+    """Like :func:`_panels` for every (merged) group of ``merged`` ``(count, KH, KW,
+    Cg, Fg)`` at once: each panel holds the groups' panels one after another, run by
+    one call (a :class:`Batch` of the groups)."""
+    count, kh, kw, group_in, group_out = merged.shape
+    dtype = merged.dtype
+    panels = []
+    for c0, c1, offsets, runs in _layout(merged.shape[1:], dtype, dilation, row_elems,
+                                         streaming, PANEL_BYTES, cell_channels):
+        part = merged[:, :, :, c0:c1].reshape(count, kh * kw * (c1 - c0), group_out)
+        for kernels, start, blocks, cols in runs:
+            stop = min(group_out, start + blocks * cols)
+            columns = part[..., start:stop]
+            if stop - start < blocks * cols:  # the last block's columns beyond Fg: zeros
+                columns = np.concatenate([columns, np.zeros(
+                    (count, part.shape[1], start + blocks * cols - stop), dtype)], axis=-1)
+            weights = aligned_empty((count, blocks, part.shape[1], cols), dtype)
+            weights[...] = columns.reshape(count, part.shape[1], blocks, cols).transpose(
+                0, 2, 1, 3)
+            sums = Sums(blocks=blocks, steps=len(offsets), step_stride=cols,
+                        block_stride=part.shape[1] * cols, accumulate=int(c0 > 0))
+            batch = Batch(problems=count, x_stride=group_in, w_stride=blocks * part.shape[1]
+                          * cols, y_stride=group_out)
+            panels.append(Panel(kernels, weights, offsets, start * dtype.itemsize, sums, batch))
+    return panels
 
 
 def _panels(kernel: np.ndarray, dilation: tuple[int, int], row_elems: int,
@@ -258,19 +299,12 @@ def _panels(kernel: np.ndarray, dilation: tuple[int, int], row_elems: int,
         group_in, group_out = merged.shape[-2:]
         channels = cell_channels or kernel.shape[-2] * groups
         whole = group_out % width == 0  # no vector spills into the next group
-        per_group = [_panels(part, dilation, row_elems, streaming and whole, 1, channels)
-                     for part in merged]
-        if len(merged) > 1 and (whole or len(per_group[0]) == 1):
-            batched = []
-            for i, first in enumerate(per_group[0]):
-                weights = aligned_empty((len(merged), *first.weights.shape), kernel.dtype)
-                for s, group_panels in enumerate(per_group):
-                    weights[s] = group_panels[i].weights
-                batched.append(first._replace(
-                    weights=weights,
-                    batch=Batch(problems=len(merged), x_stride=group_in,
-                                w_stride=first.weights.size, y_stride=group_out)))
-            return batched
+        layout = _layout(merged.shape[1:], kernel.dtype, dilation, row_elems, False,
+                         PANEL_BYTES, channels)
+        one_panel = len(layout) == 1 and len(layout[0][3]) == 1  # one step, one run
+        if len(merged) > 1 and (whole or one_panel):
+            return _batched_panels(merged, dilation, row_elems, streaming and whole,
+                                   channels)
         panels: list[Panel] = []
         for s, part in enumerate(merged):
             for one in _panels(part, dilation, row_elems, False, 1, channels):
@@ -328,9 +362,12 @@ def _layout(shape: tuple[int, ...], dtype: np.dtype, dilation: tuple[int, int],
 
 def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
           dilation: tuple[int, int], out_size: tuple[int, int], pads: list[tuple[int, int]],
-          y: np.ndarray, threads: int | None, groups: int = 1) -> list[Callable[[], None]]:
+          y: np.ndarray, threads: int | None, groups: int = 1,
+          make_panels: Callable[[int], list[Panel]] | None = None
+          ) -> list[Callable[[], None]]:
     """One call per chunk of output (images, or rows of one image) writing ``y``
-    (N, OH, OW, F padded)."""
+    (N, OH, OW, F padded); ``make_panels(row_elems)``: other kernels' panels than
+    :func:`_panels`' (the grouped kernels of :mod:`.grouped_tiles`)."""
     dtype = x.dtype
     itemsize = dtype.itemsize
     n, h, w, c = x.shape
@@ -342,7 +379,8 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
     padded_w = w + left + right
     row_elems = padded_w * c  # elements of one padded input row
     streaming = y.nbytes >= STREAM_BYTES and _aligned(y)
-    panels = _panels(kernel, dilation, row_elems, streaming, groups, c)
+    panels = (_panels(kernel, dilation, row_elems, streaming, groups, c) if make_panels is None
+              else make_panels(row_elems))
     reach = (kh - 1) * dilation_rows + 1  # input rows one output row reads
     workers = threads if threads is not None else worker_count()
     unpadded = top == bottom == left == right == 0
