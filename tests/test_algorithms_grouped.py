@@ -122,3 +122,39 @@ def test_the_shuffling_kernels_apply_to_resnext_groups() -> None:
                           np.dtype(np.float32))
     assert grouped_tiles.shuffles(problem)
     assert grouped_tiles.cost(problem) < grouped_tiles.tiles_cost(problem)
+
+
+@pytest.mark.parametrize("seed", range(CASES // 2))
+def test_grouped_strided_transposed_matches_the_reference(seed: int) -> None:
+    """``register_tiles_phases`` with groups (a strided layer's input gradient)."""
+    from _helpers import reference_scatter
+    from convarith.engine.algorithms import register_tiles
+
+    rng = np.random.default_rng(7000 + seed)
+    rank = int(rng.choice([1, 2, 2]))
+    groups = int(rng.choice([2, 3, 4, 8, 32]))
+    group_in = int(rng.choice([2, 4, 8]))
+    group_out = int(rng.choice([2, 4, 5, 8, 16]))
+    kernel_size = tuple(int(rng.integers(1, 5)) for _ in range(rank))
+    strides = tuple(int(rng.integers(1, 4)) for _ in range(rank))
+    if max(strides) == 1:
+        strides = (2, *strides[1:])
+    dilation = tuple(int(rng.integers(1, 3)) for _ in range(rank))
+    padding = tuple((int(rng.integers(-1, d * (k - 1) + 1)), int(rng.integers(-1, d * (k - 1) + 1)))
+                    for k, d in zip(kernel_size, dilation))
+    size = tuple(int(rng.integers(2, 7)) for _ in range(rank))
+    dtype = np.float32 if rng.random() < 0.7 else np.float64
+    x = rng.standard_normal((int(rng.integers(1, 3)), *size, groups * group_in)).astype(dtype)
+    kernel = rng.standard_normal((*kernel_size, group_out, groups * group_in)).astype(dtype)
+    where = (f"seed {7000 + seed}: x {x.shape}, kernel {kernel.shape}, groups {groups}, "
+             f"strides {strides}, dilation {dilation}, padding {padding}")
+    out = [(i - 1) * s + 1 + lo + hi - d * (k - 1)
+           for i, s, (lo, hi), d, k in zip(size, strides, padding, dilation, kernel_size)]
+    if min(out) < 1:
+        pytest.skip(f"empty output ({where})")
+    expected = reference_scatter(x, kernel, strides, dilation, groups, padding)
+    y = register_tiles.transposed(x, kernel, strides, dilation, groups, padding,
+                                  expected.shape[1:-1])
+    assert y.shape == expected.shape and y.dtype == x.dtype, where
+    tolerance = 1e-5 if dtype == np.float32 else 1e-10
+    assert relative_error(y, expected) <= tolerance, where

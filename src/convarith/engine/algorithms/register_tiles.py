@@ -616,25 +616,38 @@ def transposed(
     own origin.
     """
     rank = len(strides)
-    if groups != 1 or rank not in (1, 2):
-        raise ValueError(f"register_tiles needs a 1-D or 2-D transposed convolution with "
-                         f"groups=1, got rank {rank}, groups={groups}")
+    if groups < 1 or rank not in (1, 2):
+        raise ValueError(f"register_tiles needs a 1-D or 2-D transposed convolution, got rank "
+                         f"{rank}, groups={groups}")
     dtype = np.dtype(x.dtype)
     if not _llvm.available(dtype):
         raise ValueError(f"register_tiles has no compiled kernel for {dtype} on this machine")
     if rank == 1:
-        y = transposed(x[:, None], kernel[None], (1, *strides), (1, *dilation), 1,
+        y = transposed(x[:, None], kernel[None], (1, *strides), (1, *dilation), groups,
                        ((0, 0), *padding), (1, *out_size), threads=threads)
         return y[:, 0]
     x = np.ascontiguousarray(x)
     kernel = np.asarray(kernel, dtype)
     n, h, w, c = x.shape
     taps_size = kernel.shape[:2]
-    f = kernel.shape[2]
-    direct_kernel = np.swapaxes(kernel[::-1, ::-1], -1, -2)  # (*K, C, F)
-    out_size = list(out_size)
+    group_out = kernel.shape[2]
+    f = group_out * groups
     width = _llvm.vector_width(dtype)
-    fpad = -(-f // width) * width
+    if groups > 1 and group_merge(groups, group_out, width) > 1 and not math.isfinite(
+            magnitude(x)):
+        # as in direct: merged groups would spread a non-finite value; each group alone
+        group_in = c // groups
+        return np.concatenate([transposed(
+            np.ascontiguousarray(x[..., g * group_in:(g + 1) * group_in]),
+            np.ascontiguousarray(kernel[..., g * group_in:(g + 1) * group_in]), strides,
+            dilation, 1, padding, out_size, threads=threads) for g in range(groups)], axis=-1)
+    # the direct kernel (*K, C/g, F), flipped: kernel (*K, F/g, C) with each group's
+    # input and output channels swapped
+    direct_kernel = np.ascontiguousarray(
+        kernel[::-1, ::-1].reshape(*taps_size, group_out, groups, c // groups)
+        .transpose(0, 1, 4, 3, 2).reshape(*taps_size, c // groups, f))
+    out_size = list(out_size)
+    fpad = _output_channels(f, groups, width)
     y = aligned_empty((n, *out_size, fpad), dtype)
     # per phase: its output cells, kernel taps, dilation, and the input window it reads
     # (first padded row and column, rows and columns)
@@ -673,10 +686,11 @@ def transposed(
     for view, part, step, counts, first, _ in phases:
         origin = ((first[0] - low[0]) * row_elems + (first[1] - low[1]) * c) * itemsize
         strides_v = [st // itemsize for st in view.strides[:3]]
-        panels = _panels(part, step, row_elems, y.nbytes >= STREAM_BYTES and _aligned(view))
+        panels = _panels(part, step, row_elems, y.nbytes >= STREAM_BYTES and _aligned(view),
+                         groups, c)
         keep.append(panels)  # the calls below hold their addresses
         runs.append((view.ctypes.data, _calls(panels), counts, origin, strides_v))
-        flops += 2.0 * n * math.prod(counts) * part.shape[0] * part.shape[1] * c * f
+        flops += 2.0 * n * math.prod(counts) * part.shape[0] * part.shape[1] * c // groups * f
     workers = threads if threads is not None else worker_count()
     image_bytes = rows * row_elems * itemsize
     images = max(1, min(-(-n // (JOBS_PER_WORKER * workers)), SLAB_BYTES // image_bytes))
@@ -702,8 +716,11 @@ def transposed(
 
 
 def applies_transposed(problem: ConvProblem) -> bool:
-    """1-D or 2-D, one group, a stride above 1, on a machine with the compiled kernels."""
-    return (problem.rank in (1, 2) and problem.groups == 1
+    """1-D or 2-D, a stride above 1, one group or groups of more than one input and
+    output channel, on a machine with the compiled kernels."""
+    groups = problem.groups
+    grouped = groups == 1 or (problem.in_channels // groups > 1 and problem.kernel_shape[-2] > 1)
+    return (problem.rank in (1, 2) and grouped
             and any(s > 1 for s in problem.strides) and _llvm.available(problem.dtype))
 
 
@@ -719,9 +736,11 @@ def cost_transposed(problem: ConvProblem) -> float:
     strides = problem.strides
     taps = tuple(-(-k // s) for k, s in zip(problem.kernel_size, strides))
     cells = tuple(-(-o // s) for o, s in zip(problem.out_size, strides))
-    one_phase = ConvProblem(problem.input_shape, (*taps, problem.in_channels,
-                                                  problem.kernel_shape[-2]),
-                            (1,) * problem.rank, problem.dilation, 1, cells, problem.dtype)
+    groups = problem.groups
+    one_phase = ConvProblem(problem.input_shape, (*taps, problem.in_channels // groups,
+                                                  problem.kernel_shape[-2] * groups),
+                            (1,) * problem.rank, problem.dilation, groups, cells,
+                            problem.dtype)
     return cost(one_phase) * math.prod(problem.kernel_size) / math.prod(taps)
 
 
