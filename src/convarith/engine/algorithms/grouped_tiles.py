@@ -49,7 +49,12 @@ from .register_tiles import Panel, _jobs, _plan_blocks, _run
 from .register_tiles import cost as tiles_cost
 from .register_tiles import direct as tiles_direct
 
-__all__ = ["weight_grad", "applies", "cost", "MIN_SHARE"]
+__all__ = ["weight_grad", "direct", "shuffles", "applies", "cost", "MIN_SHARE", "BLOCK_BYTES"]
+
+#: Input and ``dy`` bytes of one block of output cells of the kernel gradient (about
+#: half a core's L2 cache): the block's sums run for every group and tap while
+#: its rows stay in the cache.
+BLOCK_BYTES = 1 << 19
 
 #: Output cells a thread sums at least (fewer: fewer threads), so a share's sum is
 #: long enough to pay for its own gradient buffer and the final addition.
@@ -218,12 +223,16 @@ def weight_grad(
     workers = threads if threads is not None else worker_count()
     share = max(MIN_SHARE, -(-cells // max(1, workers)))
 
-    def work(k0: int, k1: int) -> np.ndarray:
-        dk = np.empty((kh, kw, group_in, f_padded), dtype)
-        steps = k1 - k0
+    # output cells summed in one go: their input rows and dy stay in the core's cache
+    # for every group and tap (a whole layer's would be read again from memory for
+    # each block of taps of each group)
+    block = max(MIN_SHARE, BLOCK_BYTES // ((c + f) * itemsize * kh))
+
+    def sum_cells(k0: int, k1: int, dk: np.ndarray) -> None:
+        """``dk`` = the sum over output cells ``[k0, k1)`` (overwritten)."""
         offsets_part = offsets[k0:k1]
-        dy_part = dy_flat[k0 * f:]
-        x_base, dy_base, dk_base = x.ctypes.data, dy_part.ctypes.data, dk.ctypes.data
+        dy_base = dy_flat[k0 * f:].ctypes.data
+        x_base, dk_base = x.ctypes.data, dk.ctypes.data
         for first, problems in [(0, groups)] if batched else [(g, 1) for g in range(groups)]:
             for compiled_kernels, start, blocks, cols in kernels:
                 assert compiled_kernels is not None
@@ -232,10 +241,21 @@ def weight_grad(
                     dy_base + (first * group_out + start) * itemsize,
                     dk_base + (first * group_out + start) * itemsize,
                     offsets_part.ctypes.data, tap_cells,
-                    Sums(blocks=blocks, steps=steps, step_stride=f, block_stride=cols,
+                    Sums(blocks=blocks, steps=k1 - k0, step_stride=f, block_stride=cols,
                          accumulate=0),
                     Batch(problems=problems, x_stride=group_in, w_stride=group_out,
                           y_stride=group_out))
+
+    def work(k0: int, k1: int) -> np.ndarray:
+        dk = np.empty((kh, kw, group_in, f_padded), dtype)
+        sum_cells(k0, min(k1, k0 + block), dk)
+        if k1 - k0 > block:
+            # later blocks into a scratch gradient, added: a group's spill into the next
+            # group's columns is only overwritten within one sum, not added to
+            scratch = np.empty_like(dk)
+            for b0 in range(k0 + block, k1, block):
+                sum_cells(b0, min(k1, b0 + block), scratch)
+                dk += scratch
         return dk
 
     parts = run_chunks(work, cells, share, threads=threads,
