@@ -1,4 +1,5 @@
-"""Grouped convolutions' kernel gradient by the register-tiled compiled kernels.
+"""Grouped convolutions on the register-tiled compiled kernels: small groups' forward
+pass without merged groups, and every grouped layer's kernel gradient.
 
 The kernel gradient of a grouped convolution is, for each group ``g``, a product
 summed over every output cell ``o`` (all images)::
@@ -12,7 +13,9 @@ cell after another). The step's offset table holds where each output cell's wind
 starts in ``x`` (any stride), the cells' strides walk the taps (any dilation),
 and a :class:`~._llvm.Batch` of the groups runs every group in one call. No
 im2col copy: the input is read where it lies. Each thread sums its own share of
-the output cells into its own gradient; the shares are added at the end.
+the output cells into its own gradient, block of cells by block (each block's
+input rows stay in the cache while every group and tap reads them); the sums
+are added at the end.
 
 Groups of fewer outputs than a vector (ResNeXt's 4 or 8 with 16 lanes) use part
 of each vector: a group's vector reads on into the next group's channels of
@@ -21,8 +24,13 @@ overwrites (the last group's spill lands in padding). Before, the engine took
 :mod:`.offset_gemm`'s gradient: one NumPy product per tap and group
 (``9 × 32`` small products for ResNeXt's 3×3 layers).
 
-The forward pass is :func:`.register_tiles.direct` (the same cost): this module
-adds the gradient for the problems those kernels run grouped.
+The forward pass of groups of 2 or 4 input and output channels runs on kernels
+of their own (:func:`._llvm.grouped_module_ir`): per tap, one vector load of a
+cell's channels, then per input channel a shuffle that gives every lane its own
+group's value, times the kernel's vector: no lane multiplies another group's
+value, where :mod:`.register_tiles` merges such groups into block-diagonal
+kernels (4× the products for ResNeXt's 32 groups of 4 with 16 lanes). Other
+grouped layers run :func:`.register_tiles.direct`, at its cost.
 
 Examples
 --------
