@@ -213,9 +213,12 @@ def weight_grad(
     spill = reach - group_out  # lanes past a group's outputs
     # dy with room for the last group's spill on the last cell (values there are
     # multiplied into columns nobody keeps)
-    dy_flat = np.empty(cells * f + spill, dtype)
-    dy_flat[:cells * f] = dy.reshape(-1)
-    dy_flat[cells * f:] = 0
+    if spill == 0 and dy.dtype == dtype and dy.flags.c_contiguous:
+        dy_flat = dy.reshape(-1)  # read where it lies
+    else:
+        dy_flat = np.empty(cells * f + spill, dtype)
+        dy_flat[:cells * f] = dy.reshape(-1)
+        dy_flat[cells * f:] = 0
     f_padded = f + spill
     offsets = _window_starts(n, out_size, strides, w * c, c, h * w * c)
     tap_cells = Cells(rows=kh * kw, row_cells=group_in, image_rows=kw,
