@@ -31,7 +31,8 @@ space-to-depth plans   kernel/stride/dilation -> plan                nothing (pu
 Winograd matrices      ``winograd.transform(m)``, its growth bound   nothing (constants)
 compiled kernels       numba kernels (col2im, depthwise, flat_rows,  ``CONVARITH_JIT`` and the installed
                        space_to_depth, winograd), llvmlite modules   packages are read at the first call:
-                       (``_llvm._compiled``, the host, the binding), clear to read them again
+                       (``_llvm._compiled``, ``_compiled_grouped``,  clear to read them again
+                       the host, the binding),
                        SciPy's BLAS gemm; built once per key under
                        a lock (:func:`cached_once`)
 BLAS controller        threadpoolctl's view of the loaded BLAS       BLAS libraries loaded later
@@ -128,7 +129,8 @@ def process_caches() -> dict[str, Callable[[], None]]:
         "compiled kernels": functions(
             col2im._numba_gather, depthwise._numba_kernels, flat_rows._numba_gather,
             flat_rows._numba_im2col, flat_rows.blas_gemm, space_to_depth._numba_kernels,
-            winograd._numba_kernels, _llvm._compiled, _llvm._target, _llvm._host, _llvm._llvm),
+            winograd._numba_kernels, _llvm._compiled, _llvm._target, _llvm._host, _llvm._llvm,
+            _llvm._compiled_grouped),
         "BLAS controller": functions(_threads._controller, _threads._sched_getcpu),
         "helper threads": _threads._POOL.clear,
         "per-thread buffers": _threads.clear_workspaces,
