@@ -61,3 +61,66 @@ def test_pooling_matches_pytorch_on_random_configurations():
         np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12, err_msg=note)
         checked += 1
     assert checked > CASES // 2
+
+
+def _torch_conv(xp, kernel, strides, dilation, groups, out):
+    rank = kernel.ndim - 2
+    conv = (None, torch.nn.functional.conv1d, torch.nn.functional.conv2d,
+            torch.nn.functional.conv3d)[rank]
+    x = torch.from_numpy(np.moveaxis(xp, -1, 1).copy())
+    w = torch.from_numpy(np.moveaxis(kernel, (-1, -2), (0, 1)).copy())
+    y = conv(x, w, stride=strides, dilation=dilation, groups=groups)
+    y = y[(slice(None), slice(None)) + tuple(slice(0, o) for o in out)]
+    return np.moveaxis(y.numpy(), 1, -1)
+
+
+def _random_grouped(rng, depthwise=False):
+    rank = int(rng.integers(1, 4))
+    groups = int(rng.integers(2, 6))
+    group_in = 1 if depthwise else int(rng.integers(1, 5))
+    group_out = 1 if depthwise else int(rng.integers(1, 4))
+    ksize = tuple(int(k) for k in rng.integers(1, 5, rank))
+    strides = tuple(int(s) for s in rng.integers(1, 4, rank))
+    dilation = tuple(int(d) for d in rng.integers(1, 3, rank))
+    out = tuple(int(o) for o in rng.integers(1, 13 - 3 * rank, rank))
+    size = tuple((o - 1) * s + (k - 1) * d + 1 + int(rng.integers(0, 3))
+                 for o, s, k, d in zip(out, strides, ksize, dilation))
+    xp = rng.standard_normal((int(rng.integers(1, 3)), *size, groups * group_in))
+    kernel = rng.standard_normal((*ksize, group_in, groups * group_out))
+    return xp, kernel, strides, dilation, groups, out
+
+
+def test_grouped_channels_first_matches_pytorch_on_random_configurations():
+    """Any rank, stride, dilation and grouping (the direct calls strided problems
+    the other way, the function itself takes them), float64 against PyTorch."""
+    from convarith.engine.algorithms import grouped_gemm
+
+    seed = 171
+    rng = np.random.default_rng(seed)
+    for case in range(CASES // 3):
+        xp, kernel, strides, dilation, groups, out = _random_grouped(rng)
+        note = (f"seed {seed} case {case}: input {xp.shape} kernel {kernel.shape} s{strides} "
+                f"d{dilation} g{groups} out {out}")
+        expected = _torch_conv(xp, kernel, strides, dilation, groups, out)
+        y = grouped_gemm.direct_channels_first(xp, kernel, strides, dilation, groups, out)
+        assert y.shape == expected.shape, note
+        np.testing.assert_allclose(y, expected, rtol=1e-10, atol=1e-10, err_msg=note)
+        y32 = grouped_gemm.direct(xp.astype(np.float32), kernel.astype(np.float32), strides,
+                                  dilation, groups, out)
+        assert y32.dtype == np.float32, note
+        np.testing.assert_allclose(y32, expected, rtol=1e-4, atol=1e-4, err_msg=note)
+
+
+def test_grouped_gemm_takes_the_channels_first_gather_on_large_stride_1_outputs():
+    """ResNeXt's 3x3 with 32 groups at 12x12 and more (float32 against float64 PyTorch)."""
+    from convarith.engine.algorithms import grouped_gemm
+
+    rng = np.random.default_rng(172)
+    xp = rng.standard_normal((2, 14, 13, 64)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, 2, 64)).astype(np.float32)
+    out = (12, 11)
+    assert out[0] * out[1] >= grouped_gemm.CHANNELS_FIRST_CELLS
+    y = grouped_gemm.direct(xp, kernel, (1, 1), (1, 1), 32, out)
+    expected = _torch_conv(xp.astype(np.float64), kernel.astype(np.float64), (1, 1), (1, 1),
+                           32, out)
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)
