@@ -124,3 +124,27 @@ def test_grouped_gemm_takes_the_channels_first_gather_on_large_stride_1_outputs(
     expected = _torch_conv(xp.astype(np.float64), kernel.astype(np.float64), (1, 1), (1, 1),
                            32, out)
     np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_winograd_without_numba_matches_pytorch_on_random_configurations():
+    """F(2x2) and F(4x4) by whole-array NumPy passes (no dilation) and by einsum
+    (dilation), float64 against PyTorch: odd sizes, tiles past the input's end."""
+    from convarith.engine.algorithms import winograd
+
+    seed = 173
+    rng = np.random.default_rng(seed)
+    for case in range(CASES // 10):
+        dilation = (1, 1) if case % 3 else tuple(int(d) for d in rng.integers(1, 3, 2))
+        out = tuple(int(o) for o in rng.integers(1, 12, 2))
+        size = tuple(o + 2 * d + int(rng.integers(0, 3)) for o, d in zip(out, dilation))
+        c, f = (int(v) for v in rng.integers(1, 9, 2))
+        xp = rng.standard_normal((int(rng.integers(1, 3)), *size, c))
+        kernel = rng.standard_normal((3, 3, c, f))
+        expected = _torch_conv(xp, kernel, (1, 1), dilation, 1, out)
+        for m in (2, 4):
+            note = f"seed {seed} case {case}: F({m}) input {xp.shape} kernel {kernel.shape} " \
+                   f"d{dilation} out {out}"
+            y = winograd.direct(xp, kernel, (1, 1), dilation, 1, out, m=m, use_numba=False,
+                                workspace_bytes=int(rng.integers(1, 4)) << 12)
+            assert y.shape == expected.shape, note
+            np.testing.assert_allclose(y, expected, rtol=1e-9, atol=1e-9, err_msg=note)
