@@ -148,3 +148,41 @@ def test_winograd_without_numba_matches_pytorch_on_random_configurations():
                                 workspace_bytes=int(rng.integers(1, 4)) << 12)
             assert y.shape == expected.shape, note
             np.testing.assert_allclose(y, expected, rtol=1e-9, atol=1e-9, err_msg=note)
+
+
+def test_engine_without_numba_runs_the_numpy_paths_like_pytorch():
+    """``CONVARITH_JIT=0`` and numba unimportable: grouped (channels first), Winograd
+    F(2x2) in NumPy, pooling, through the engine, against PyTorch in float64."""
+    from numba_free import run_without_numba
+
+    os.environ["CONVARITH_JIT"] = "0"
+    try:
+        run_without_numba(
+            """
+            import torch
+            from convarith import ConvSpec
+            from convarith.engine import conv
+            rng = np.random.default_rng(174)
+            for c, f, g, algorithm in ((64, 64, 16, "grouped_gemm"), (64, 48, 1, "winograd"),
+                                       (64, 48, 1, None)):
+                x = rng.standard_normal((2, 14, 13, c))
+                w = rng.standard_normal((3, 3, c // g, f))
+                spec = ConvSpec(3, padding=1, groups=g, rank=2)
+                y = conv(x, w, spec, algorithm=algorithm)
+                tx = torch.from_numpy(x).permute(0, 3, 1, 2)
+                tw = torch.from_numpy(w).permute(3, 2, 0, 1)
+                ty = torch.nn.functional.conv2d(tx, tw, padding=1, groups=g)
+                expected = ty.permute(0, 2, 3, 1).numpy()
+                assert np.allclose(y, expected, rtol=1e-9, atol=1e-9), (c, f, g, algorithm)
+            x = rng.standard_normal((2, 9, 9, 5))
+            for pool in ("max", "avg"):
+                y = conv(x, None, ConvSpec(3, strides=2, padding=1, pool=pool,
+                                           count_include_pad=True))
+                tx = torch.from_numpy(x).permute(0, 3, 1, 2)
+                ty = (torch.nn.functional.max_pool2d(tx, 3, 2, 1) if pool == "max" else
+                      torch.nn.functional.avg_pool2d(tx, 3, 2, 1))
+                assert np.allclose(y, ty.permute(0, 2, 3, 1).numpy(), atol=1e-12), pool
+            """
+        )
+    finally:
+        del os.environ["CONVARITH_JIT"]
