@@ -186,3 +186,20 @@ def test_engine_without_numba_runs_the_numpy_paths_like_pytorch():
         )
     finally:
         del os.environ["CONVARITH_JIT"]
+
+
+def test_depthwise_without_numba_matches_pytorch_on_random_configurations():
+    """One pass per tap (2-D and 3-D, unit stride along the last axis) or the einsum
+    (other strides, 1-D), float64 against PyTorch."""
+    from convarith.engine.algorithms import depthwise
+
+    seed = 175
+    rng = np.random.default_rng(seed)
+    for case in range(CASES // 5):
+        xp, kernel, strides, dilation, groups, out = _random_grouped(rng, depthwise=True)
+        note = (f"seed {seed} case {case}: input {xp.shape} kernel {kernel.shape} s{strides} "
+                f"d{dilation} out {out}")
+        expected = _torch_conv(xp, kernel, strides, dilation, groups, out)
+        y = depthwise.direct(xp, kernel, strides, dilation, groups, out, use_numba=False)
+        assert y.shape == expected.shape, note
+        np.testing.assert_allclose(y, expected, rtol=1e-10, atol=1e-10, err_msg=note)
