@@ -602,7 +602,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="networks suite: image side (default 224, --quick 112)")
     parser.add_argument("--markdown", metavar="FILE",
                         help="networks suite: also write the per-layer table as Markdown")
+    parser.add_argument("--jit", choices=("on", "off", "numpy"), default=None,
+                        help="compiled kernels: on (default: as the environment says), off "
+                             "(CONVARITH_JIT=0: no llvmlite kernels, numba kept), numpy "
+                             "(neither: a machine without llvmlite)")
+    parser.add_argument("--isa", choices=("native", "avx2", "avx512", "neon"), default=None,
+                        help="instruction set of the llvmlite kernels (CONVARITH_VECTOR_ISA)")
     args = parser.parse_args(argv)
+    if args.jit is not None or args.isa is not None:
+        from .bench_networks import set_mode
+
+        set_mode(args.jit or ("off" if os.environ.get("CONVARITH_JIT") == "0" else "on"),
+                 args.isa)
     if args.suite == "networks":
         return _main_networks(parser, args)
     known = {c.name: c for c in CASES}
@@ -659,14 +670,14 @@ def _main_networks(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
                                 log=lambda msg: print(msg, file=sys.stderr, flush=True))
     stamp = (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
              f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
-             f"image {image}, vector ISA {_vector_isa()}; {_blas_description()}")
+             f"image {image}, {nets.mode_description()}; {_blas_description()}")
     print(stamp)
     print(nets.render_networks(results))
     if args.markdown:
         with open(args.markdown, "w") as handle:
             handle.write(f"{stamp}\n\n{nets.markdown_layers(results)}\n")
     if args.json:
-        payload = {"suite": "networks", "machine": stamp,
+        payload = {"suite": "networks", "machine": stamp, "mode": nets.mode_description(),
                    "networks": [dict(network=n.network, batch=n.batch, direction=n.direction,
                                      convarith_s=n.total("convarith_s"),
                                      torch_s=n.total("torch_s"),
