@@ -303,3 +303,98 @@ def test_readme_names_every_registered_algorithm() -> None:
     named = set(re.findall(r"`([a-z_0-9]+)`", section))
     missing = sorted(set(available_algorithms()) - named)
     assert not missing, f"README's algorithm list does not name {missing}"
+
+
+# --------------------------------------------------------------------------- one copy only
+# A copy of a formula outside arithmetic.py is found in the code's tokens (comments,
+# docstrings and string texts left out), written out as "a ( b - 1 ) * c ...".
+_KERNEL = r"(?:k|kh|kw|kd|kernel|kernel_size|ksize|taps|kernel_rows|kernel_cols)"
+_DILATION = r"(?:d|d0|d1|d2|dh|dw|dilation|dilation_rows|dilation_cols|dilation_rate|rate)"
+_INDEX = r"(?: \[ [^]\n]* \])?"
+#: the dilated kernel's extent less one, D·(K - 1) (arithmetic.effective_kernel)
+_EXTENT = (rf"\( {_KERNEL}{_INDEX} - 1 \) \* {_DILATION}{_INDEX}(?= |$)"
+           rf"|(?<= ){_DILATION}{_INDEX} \* \( {_KERNEL}{_INDEX} - 1 \)")
+#: (I - 1)·S (arithmetic.zero_inserted_size) with D·(K - 1) or K_eff in the same statement:
+#: the transposed output size (arithmetic.transposed_grid_output_size)
+_PRODUCT = rf"\( \w+{_INDEX} - 1 \) \* \w+{_INDEX}|\w+{_INDEX} \* \( \w+{_INDEX} - 1 \)"
+_TRANSPOSED = (rf"(?:{_PRODUCT}|zero_inserted_size \()[^\n]*(?:{_EXTENT}|effective_kernel \()"
+               rf"|(?:{_EXTENT}|effective_kernel \()[^\n]*(?:{_PRODUCT}|zero_inserted_size \()")
+#: copies still to remove (issue 16), per file under src/convarith: the count may only fall
+_KNOWN_EXTENT_COPIES = {
+    "engine/algorithms/col2im.py": 2,
+    "engine/algorithms/depthwise.py": 4,
+    "engine/algorithms/register_tiles.py": 2,
+}
+
+
+def _code_statements(path: Path) -> str:
+    """``path``'s code tokens joined by spaces, one logical statement per line."""
+    import io
+    import tokenize
+
+    skipped = {tokenize.COMMENT, tokenize.STRING, tokenize.NL, tokenize.INDENT,
+               tokenize.DEDENT, getattr(tokenize, "FSTRING_MIDDLE", tokenize.STRING)}
+    words = []
+    source = path.read_text(encoding="utf-8")
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.NEWLINE:
+            words.append("\n")
+        elif token.type not in skipped:
+            words.append(token.string)
+    return " ".join(words).replace(" \n ", "\n")
+
+
+def _formula_copies(pattern: str) -> dict[str, list[str]]:
+    import re
+
+    package = Path(ar.__file__).resolve().parent
+    found: dict[str, list[str]] = {}
+    for path in sorted(package.rglob("*.py")):
+        name = path.relative_to(package).as_posix()
+        if name == "arithmetic.py":
+            continue
+        hits = [match.group(0) for match in re.finditer(pattern, _code_statements(path))]
+        if hits:
+            found[name] = hits
+    return found
+
+
+def _code_statements_of(text: str) -> str:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "snippet.py"
+        path.write_text(text + "\n", encoding="utf-8")
+        return _code_statements(path)
+
+
+def test_formula_patterns_find_the_copies_they_describe() -> None:
+    import re
+
+    extent = ["reach = (k - 1) * d + 1", "crop = d * (k - 1) - lo",
+              "span = (kernel_size[0] - 1) * dilation[0]"]
+    transposed = ["out = (n - 1) * s + 1 + lo + hi - (k - 1) * d",
+                  "out = (size - 1) * stride - 2 * p + dilation * (kernel - 1) + op + 1",
+                  "out = zero_inserted_size(n, s) + lo + hi - effective_kernel(k, d) + 1"]
+    unrelated = ["width = cols * w + (cols - 1) * gap", "stop = (o - 1) * s + 1",
+                 "grow = r + (k_eff - 1) * jump"]
+    tokens = {text: _code_statements_of(text) for text in extent + transposed + unrelated}
+    for text in extent + transposed:
+        assert re.search(_EXTENT if text in extent else _TRANSPOSED, tokens[text]), text
+    assert not re.search(_TRANSPOSED, tokens[extent[0]])  # one product alone is no output size
+    for text in unrelated:
+        assert not re.search(_EXTENT, tokens[text]) and not re.search(_TRANSPOSED, tokens[text])
+
+
+def test_transposed_output_size_is_written_only_in_arithmetic() -> None:
+    copies = _formula_copies(_TRANSPOSED)
+    assert not copies, (f"the transposed output size written out again: {copies}; call "
+                        f"arithmetic.transposed_grid_output_size (or transposed_output_size)")
+
+
+def test_dilated_extent_is_written_only_in_arithmetic() -> None:
+    copies = _formula_copies(_EXTENT)
+    new = {name: hits for name, hits in copies.items()
+           if len(hits) > _KNOWN_EXTENT_COPIES.get(name, 0)}
+    assert not new, (f"D·(K - 1) written out again: {new}; call arithmetic.effective_kernel "
+                     f"(or window_reach, transposed_input_padding, transposed_crop)")

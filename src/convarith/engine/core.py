@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ..arithmetic import transposed_grid_output_size, zero_inserted_size
+from ..arithmetic import transposed_grid_output_size, window_reach, zero_inserted_size
 from ..limits import check_values
 from ..spec import ConvSpec, ResolvedConv
 from . import pooling
@@ -671,7 +671,8 @@ def transposed_algorithm(
                                             padding, dtype)
     if transposed is not None:
         return transposed.name
-    grid_size = tuple(o + (k - 1) * d for o, k, d in zip(out_size, kernel_shape[:rank], dilation))
+    grid_size = tuple(window_reach(o, k, 1, d)
+                      for o, k, d in zip(out_size, kernel_shape[:rank], dilation))
     swapped = (*kernel_shape[:rank], kernel_shape[-1] // groups, kernel_shape[-2] * groups)
     return choose(ConvProblem((x_shape[0], *grid_size, x_shape[-1]), swapped, (1,) * rank,
                               tuple(dilation), groups, out_size, np.dtype(dtype))).name

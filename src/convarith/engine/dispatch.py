@@ -70,6 +70,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from ..arithmetic import conv_output_size, transposed_grid_output_size, window_reach
 from . import autotune
 from .algorithms._threads import worker_count
 
@@ -568,12 +569,12 @@ def check_problem(problem: ConvProblem) -> None:
         if s < 1 or d < 1 or k < 1 or o < 0:
             raise _refuse(problem, f"axis {axis}: strides, dilation and kernel size must be >= 1 "
                                    f"and out_size >= 0")
-        reach = (k - 1) * d + 1
-        if o > 0 and (o - 1) * s + reach > n:
-            fit = (n - reach) // s + 1 if n >= reach else 0
-            raise _refuse(problem, f"out_size[{axis}]={o} needs {(o - 1) * s + reach} input "
-                                   f"cells on that axis, the input has {n} (at most {fit} "
-                                   f"outputs fit)")
+        if o > 0:
+            reach = window_reach(o, k, s, d)
+            if reach > n:
+                raise _refuse(problem, f"out_size[{axis}]={o} needs {reach} input cells on "
+                                       f"that axis, the input has {n} (at most "
+                                       f"{conv_output_size(n, k, s, d)} outputs fit)")
 
 
 def check_arrays(problem: ConvProblem, x: Any, kernel: Any,
@@ -773,7 +774,8 @@ def check_transposed_out_size(problem: ConvProblem, grid_problem: ConvProblem) -
     ValueError: the arrays do not match a 1-D float32 convolution: input (1, 3, 1), kernel (2, 1, 1), strides (2,), dilation (1,), groups 1, output size (5,): out_size (5,) is not the zero-inserted grid's (6,)
     """
     rank = len(problem.strides)
-    grid_out = tuple(n - (k - 1) * d for n, k, d in zip(
+    # the grid is already zero-inserted and padded: stride 1, no padding (not clamped)
+    grid_out = tuple(transposed_grid_output_size(n, k, 1, d) for n, k, d in zip(
         grid_problem.input_shape[1:-1], grid_problem.kernel_shape[:rank], grid_problem.dilation))
     if len(problem.out_size) != rank or tuple(problem.out_size) != grid_out or tuple(
             grid_problem.out_size) != grid_out:
