@@ -4,7 +4,13 @@ Same data split, same architecture, same initial weights (copied from the
 convarith model), same optimizer (Adam), learning rate, batch size and
 epochs. Prints test accuracy, training wall time and process CPU time of
 each, one after the other in one process (PyTorch is skipped when not
-installed, or for "same" padding with strides, which it does not have).
+installed, or for "same" padding with strides, which it does not have;
+it runs on as many threads as the machine has cores, like the others).
+
+Each run is also timed epoch by epoch: the first epoch includes Keras's
+compilation, the later ones ("steady epoch", their median) are the cost of
+training itself. On a busy machine wall times swing; process CPU time (all
+threads) is steadier, and the ratios of one run are what to compare.
 
 Usage:
     KERAS_BACKEND=jax python scripts/compare_train_keras.py [--epochs 8] [--padding same]
@@ -24,7 +30,7 @@ import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-from convarith import nn  # noqa: E402
+from convarith import engine, nn  # noqa: E402
 from convarith.commands.train import DEFAULTS, build_model, load_digits_images  # noqa: E402
 
 
@@ -40,7 +46,33 @@ def keras_model(keras, size, padding, strides, dilation, filters):
     ])
 
 
-def torch_fit(initial, data, args):
+class EpochClock:
+    """Wall and CPU time of each epoch (``mark()`` at the start and after each epoch)."""
+
+    def __init__(self) -> None:
+        self.marks: list[tuple[float, float]] = []
+
+    def mark(self, *_: object, **__: object) -> None:
+        self.marks.append((time.perf_counter(), time.process_time()))
+
+    def epochs(self) -> list[tuple[float, float]]:
+        return [(w1 - w0, c1 - c0) for (w0, c0), (w1, c1) in zip(self.marks, self.marks[1:])]
+
+    def steady(self) -> tuple[float, float]:
+        """Median wall and CPU time of the epochs after the first (the first if only one)."""
+        later = self.epochs()[1:] or self.epochs()
+        return (statistics.median(w for w, _ in later), statistics.median(c for _, c in later))
+
+
+def convarith_clock_callback(clock: EpochClock):
+    class Mark(nn.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            clock.mark()
+
+    return Mark()
+
+
+def torch_fit(initial, data, args, clock):
     """PyTorch's version of the model from the same initial weights; ``(accuracy, wall, cpu)``
     or ``None`` when PyTorch is missing or cannot express the padding."""
     try:
@@ -73,7 +105,9 @@ def torch_fit(initial, data, args):
     xt = torch.from_numpy(x_train.astype("float32")).permute(0, 3, 1, 2).contiguous()
     yt = torch.from_numpy(y_train.astype("int64"))
     generator = torch.Generator().manual_seed(args.seed)
+    torch.set_num_threads(os.cpu_count() or 1)
     start, cpu = time.perf_counter(), time.process_time()
+    clock.mark()
     for _ in range(args.epochs):
         order = torch.randperm(len(xt), generator=generator)
         for first in range(0, len(xt), args.batch_size):
@@ -82,6 +116,7 @@ def torch_fit(initial, data, args):
             loss = torch.nn.functional.cross_entropy(forward(xt[batch]), yt[batch])
             loss.backward()
             optimizer.step()
+        clock.mark()
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     with torch.no_grad():
         xe = torch.from_numpy(x_test.astype("float32")).permute(0, 3, 1, 2).contiguous()
@@ -97,6 +132,9 @@ def main() -> None:
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
     parser.add_argument("--repeats", type=int, default=1, help="train each this many times")
     parser.add_argument("--profile", default=None, help="cProfile convarith's run into FILE")
+    parser.add_argument("--convarith-threads", type=int, default=None,
+                        help="also train convarith with the engine on this many threads "
+                        "(engine.thread_limit; e.g. 1 on a machine whose cores are busy)")
     args = parser.parse_args()
 
     import keras
@@ -105,35 +143,64 @@ def main() -> None:
     x_train, x_test, y_train, y_test = data
     results: dict[str, list[tuple[float, float, float]]] = {"convarith": [], "keras (jax)": [],
                                                             "pytorch": []}
+    limited = f"convarith {args.convarith_threads}T"
+    if args.convarith_threads is not None:
+        results[limited] = []
+    clocks: dict[str, list[EpochClock]] = {name: [] for name in results}
     for _ in range(args.repeats):
         ours = build_model(args.size, args.padding, args.strides, args.dilation, args.filters,
                            args.seed)
         initial = ours.get_weights()
-        ours.compile(nn.Adam(args.learning_rate), "sparse_categorical_crossentropy", ["accuracy"])
+        ours.compile(nn.Adam(args.learning_rate), "sparse_categorical_crossentropy",
+                     metrics=["accuracy"])
         profiler = cProfile.Profile() if args.profile else None
+        clock = EpochClock()
+        clocks["convarith"].append(clock)
         start, cpu = time.perf_counter(), time.process_time()
+        clock.mark()
         if profiler is not None:
             profiler.enable()
-        ours.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, verbose=0)
+        ours.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, verbose=0,
+                 callbacks=[convarith_clock_callback(clock)])
         if profiler is not None:
             profiler.disable()
             profiler.dump_stats(args.profile)
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         results["convarith"].append((ours.evaluate(x_test, y_test)[1], seconds, cpu))
+        if args.convarith_threads is not None:
+            again = build_model(args.size, args.padding, args.strides, args.dilation,
+                                args.filters, args.seed)
+            again.compile(nn.Adam(args.learning_rate), "sparse_categorical_crossentropy",
+                          metrics=["accuracy"])
+            clock = EpochClock()
+            clocks[limited].append(clock)
+            start, cpu = time.perf_counter(), time.process_time()
+            clock.mark()
+            with engine.thread_limit(args.convarith_threads):
+                again.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
+                          verbose=0, callbacks=[convarith_clock_callback(clock)])
+            seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+            results[limited].append((again.evaluate(x_test, y_test)[1], seconds, cpu))
 
         theirs = keras_model(keras, args.size, args.padding, args.strides, args.dilation,
                              args.filters)
         theirs.set_weights(initial)
         theirs.compile(keras.optimizers.Adam(args.learning_rate),
                        loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        clock = EpochClock()
+        clocks["keras (jax)"].append(clock)
         start, cpu = time.perf_counter(), time.process_time()
-        theirs.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, verbose=0)
+        clock.mark()
+        theirs.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, verbose=0,
+                   callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=clock.mark)])
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         accuracy = theirs.evaluate(x_test, y_test, verbose=0)[1]
         results["keras (jax)"].append((float(accuracy), seconds, cpu))
-        torch_run = torch_fit(initial, data, args)
+        clock = EpochClock()
+        torch_run = torch_fit(initial, data, args, clock)
         if torch_run is not None:
             results["pytorch"].append(torch_run)
+            clocks["pytorch"].append(clock)
 
     print(f"digits {args.size}x{args.size}: {len(x_train)} train / {len(x_test)} test; "
           f"padding={args.padding} strides={args.strides} dilation={args.dilation} "
@@ -149,11 +216,24 @@ def main() -> None:
         print(f"{name:12s} test accuracy {statistics.median(accuracies):.4f}  "
               f"train wall {statistics.median(times):6.1f}s cpu {statistics.median(cpus):6.1f}s "
               f"(median of {len(runs)}; all: {', '.join(f'{t:.1f}' for t in times)})")
-    ours_wall = statistics.median(t for _, t, _ in results["convarith"])
-    for name in ("keras (jax)", "pytorch"):
-        if results[name]:
-            ratio = ours_wall / statistics.median(t for _, t, _ in results[name])
-            print(f"convarith / {name} wall time: {ratio:.2f}x")
+    steady = {name: (statistics.median(c.steady()[0] for c in runs),
+                     statistics.median(c.steady()[1] for c in runs))
+              for name, runs in clocks.items() if runs}
+    for name, (wall, cpu) in steady.items():
+        first = statistics.median(c.epochs()[0][0] for c in clocks[name])
+        print(f"{name:12s} first epoch wall {first:6.2f}s   steady epoch wall {wall:6.2f}s "
+              f"cpu {cpu:6.2f}s")
+    for ours in [name for name in results if name.startswith("convarith") and results[name]]:
+        ours_wall = statistics.median(t for _, t, _ in results[ours])
+        ours_cpu = statistics.median(c for _, _, c in results[ours])
+        for name in ("keras (jax)", "pytorch"):
+            if results[name]:
+                ratio = ours_wall / statistics.median(t for _, t, _ in results[name])
+                cpu_ratio = ours_cpu / statistics.median(c for _, _, c in results[name])
+                steady_wall = steady[ours][0] / steady[name][0]
+                steady_cpu = steady[ours][1] / steady[name][1]
+                print(f"{ours} / {name}: total wall {ratio:.2f}x cpu {cpu_ratio:.2f}x; "
+                      f"steady epoch wall {steady_wall:.2f}x cpu {steady_cpu:.2f}x")
 
 
 if __name__ == "__main__":

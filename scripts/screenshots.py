@@ -7,6 +7,7 @@ and 1280×800 (a laptop)::
     python scripts/screenshots.py            # all of them, into docs/images/
     python scripts/screenshots.py --out /tmp/shots --query "in=5x5&k=3x3&p=same"
     python scripts/screenshots.py --no-tour --name explorer-3d --query "in=5x6x6&k=3x3x3&s=2x1x1&d=1x1x1&p=same&frame=40"
+    python scripts/screenshots.py --no-tour --name explorer-3d-oblique --query "in=5x6x6&k=3x3x3&s=2x1x1&d=1x1x1&p=same&frame=40&look=oblique"
     python scripts/screenshots.py --timing     # first paint and per-control redraw at 28x28
 
 Needs playwright, starlette, uvicorn and /usr/bin/chromium.

@@ -9,8 +9,12 @@ in float64.
 from __future__ import annotations
 
 import itertools
+import random
+from collections.abc import Iterator
 
 import numpy as np
+
+from convarith import ConvSpec
 
 TOLERANCE = {np.float32: 1e-5, np.float64: 1e-10}
 DTYPES = [np.float32, np.float64]
@@ -159,16 +163,160 @@ def assert_cheapest_applies(problem) -> str:
     return chosen.name
 
 
-def assert_runs_as_reference(problem, seed) -> None:
-    """The chosen algorithm's result on random values is the slow reference's."""
+def assert_runs_as_reference(problem, seed, batch=None) -> None:
+    """The chosen algorithm's result on random values is the slow reference's.
+
+    ``batch``: run the algorithm chosen for ``problem`` on only that many
+    images (the reference of a large layer takes seconds).
+    """
     from convarith.engine.dispatch import choose
 
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal(problem.input_shape).astype(problem.dtype)
+    shape = problem.input_shape if batch is None else (batch, *problem.input_shape[1:])
+    x = rng.standard_normal(shape).astype(problem.dtype)
     kernel = rng.standard_normal(problem.kernel_shape).astype(problem.dtype)
-    y = choose(problem).direct(x, kernel, problem.strides, problem.dilation, problem.groups,
-                               problem.out_size)
+    chosen = choose(problem)
+    y = chosen.direct(x, kernel, problem.strides, problem.dilation, problem.groups,
+                      problem.out_size)
     expected = reference_direct(x.astype(np.float64), kernel.astype(np.float64),
                                 problem.strides, problem.dilation, problem.groups,
                                 problem.out_size)
-    assert relative_error(y, expected) <= 1e-5, f"seed {seed}, {problem}"
+    assert relative_error(y, expected) <= TOLERANCE[problem.dtype.type], \
+        f"seed {seed}, {chosen.name}, {problem}"
+
+
+def transposed_problems(x_shape, kernel_shape, strides, dilation, groups, padding,
+                        dtype=np.float32):
+    """The transposed problem and the stride-1 direct problem on its zero-inserted grid.
+
+    ``padding`` is the grid's (negative crops); the sizes come from
+    :mod:`convarith.arithmetic`, as the engine's do.
+    """
+    from convarith import arithmetic as ar
+    from convarith.engine.dispatch import ConvProblem
+
+    rank = len(strides)
+    taps = tuple(kernel_shape[:rank])
+    out = tuple(ar.transposed_grid_output_size(*axis)
+                for axis in zip(x_shape[1:-1], taps, strides, dilation, padding))
+    grid = tuple(ar.zero_inserted_size(n, s) + lo + hi
+                 for n, s, (lo, hi) in zip(x_shape[1:-1], strides, padding))
+    swapped = (*taps, kernel_shape[-1] // groups, kernel_shape[-2] * groups)
+    problem = ConvProblem(tuple(x_shape), tuple(kernel_shape), tuple(strides), tuple(dilation),
+                          groups, out, np.dtype(dtype))
+    grid_problem = ConvProblem((x_shape[0], *grid, x_shape[-1]), swapped, (1,) * rank,
+                               tuple(dilation), groups, out, np.dtype(dtype))
+    return problem, grid_problem
+
+
+def assert_transposed_cheapest_applies(x_shape, kernel_shape, strides, dilation, groups,
+                                       padding, dtype=np.float32) -> str:
+    """The engine's choice for a transposed convolution applies and costs least.
+
+    The candidates are the ``kind="transposed"`` algorithms that apply to the
+    transposed problem and the direct ones that apply to the stride-1 problem
+    on the zero-inserted grid, each at its registered cost; a transposed one
+    runs only when strictly cheaper than the best on the grid.
+    """
+    from convarith.engine.core import transposed_algorithm
+    from convarith.engine.dispatch import available_algorithms, get_algorithm
+
+    problem, grid_problem = transposed_problems(x_shape, kernel_shape, strides, dilation, groups,
+                                                padding, dtype)
+    name = transposed_algorithm(x_shape, kernel_shape, strides, dilation, groups, padding, dtype)
+    algorithms = [get_algorithm(n) for n in available_algorithms()]
+    transposed = {a.name: a.cost(problem) for a in algorithms
+                  if a.kind == "transposed" and a.applies(problem)}
+    on_grid = {a.name: a.cost(grid_problem) for a in algorithms
+               if a.kind == "direct" and a.applies(grid_problem)}
+    what = (problem, name, transposed, on_grid)
+    assert on_grid, what
+    if name in transposed:
+        assert transposed[name] == min(transposed.values()) < min(on_grid.values()), what
+    else:
+        assert name in on_grid and on_grid[name] == min(on_grid.values()), what
+        assert not transposed or min(transposed.values()) >= on_grid[name], what
+    return name
+
+
+def assert_transposed_runs_as_reference(x_shape, kernel_shape, strides, dilation, groups,
+                                        padding, seed, batch=None) -> None:
+    """The algorithm the engine chooses for these shapes gives the scatter reference's result
+    (on ``batch`` images of random values if given)."""
+    from convarith.engine.core import transposed_algorithm, transposed_conv
+
+    name = transposed_algorithm(x_shape, kernel_shape, strides, dilation, groups, padding)
+    rng = np.random.default_rng(seed)
+    shape = tuple(x_shape) if batch is None else (batch, *x_shape[1:])
+    x = rng.standard_normal(shape).astype(np.float32)
+    kernel = rng.standard_normal(kernel_shape).astype(np.float32)
+    y = transposed_conv(x, kernel, strides, dilation, groups, padding, algorithm=name)
+    expected = reference_scatter(x, kernel, strides, dilation, groups, padding)
+    assert relative_error(y, expected) <= TOLERANCE[np.float32], f"seed {seed}, {name}"
+
+
+# --------------------------------------------------------------------------- backend calls
+
+
+def random_backend_case(rng: random.Random) -> tuple[ConvSpec, tuple[int, ...]]:
+    """A random spec (any kind, rank 1–3, both layouts) and an input shape for it."""
+    rank = rng.choice([1, 2, 2, 3])
+    size = tuple(rng.randint(3, 9 if rank < 3 else 5) for _ in range(rank))
+    kernel = tuple(rng.randint(1, 3) for _ in range(rank))
+    strides = tuple(rng.randint(1, 3) for _ in range(rank))
+    dilation = tuple(rng.randint(1, 2) for _ in range(rank))
+    kind = rng.choice(["conv", "conv", "transposed", "max", "avg"])
+    data_format = rng.choice(["channels_last", "channels_first"])
+    channels = rng.choice([1, 2, 4])
+    if kind == "conv":
+        padding = rng.choice(["valid", "same", "same_lower", "full",
+                              tuple((rng.randint(0, 2), rng.randint(0, 2)) for _ in range(rank))])
+        mode = rng.choice(["zeros", "zeros", "reflect", "replicate", "circular"])
+        groups = rng.choice([g for g in (1, 2) if channels % g == 0])
+        spec = ConvSpec(kernel, strides, dilation, padding=padding, padding_mode=mode, groups=groups,
+                        filters=groups * rng.randint(1, 3), data_format=data_format, rank=rank)
+    elif kind == "transposed":
+        padding = rng.choice(["valid", "same", tuple((rng.randint(-1, 2), rng.randint(-1, 2)) for _ in range(rank))])
+        output_padding = None
+        if rng.random() < 0.4:
+            output_padding = tuple(rng.randrange(max(s, d)) for s, d in zip(strides, dilation))
+        groups = rng.choice([g for g in (1, 2) if channels % g == 0])
+        spec = ConvSpec(kernel, strides, dilation, padding=padding, transposed=True,
+                        output_padding=output_padding, groups=groups, filters=groups * rng.randint(1, 3),
+                        data_format=data_format, rank=rank)
+    else:
+        padding = rng.choice(["valid", "same", tuple((rng.randint(0, 1), rng.randint(0, 1)) for _ in range(rank))])
+        spec = ConvSpec(kernel, strides, dilation if kind == "max" else 1, padding=padding, pool=kind,
+                        ceil_mode=rng.random() < 0.3, count_include_pad=rng.random() < 0.5,
+                        data_format=data_format, rank=rank)
+    shape = (rng.randint(1, 2), *size, channels) if data_format == "channels_last" else (
+        rng.randint(1, 2), channels, *size)
+    return spec, shape
+
+
+def random_backend_calls(count: int) -> Iterator[tuple[ConvSpec, np.ndarray, np.ndarray | None,
+                                                       np.ndarray | None, int]]:
+    """``count`` valid random calls ``(spec, x, kernel, bias, seed)``, a fifth of them unbatched."""
+    seed = made = 0
+    while made < count:
+        seed += 1
+        rng = random.Random(seed)
+        spec, shape = random_backend_case(rng)
+        try:
+            resolved = spec.resolve(shape)
+        except ValueError:
+            continue
+        data = np.random.default_rng(seed)
+        x = data.standard_normal(shape).astype(np.float32)
+        kernel = bias = None
+        if spec.pool is None:
+            groups = resolved.groups or 1
+            cin, cout = resolved.in_channels, resolved.out_channels
+            kshape = ((*spec.kernel_size, cout // groups, cin) if spec.transposed
+                      else (*spec.kernel_size, cin // groups, cout))
+            kernel = data.standard_normal(kshape).astype(np.float32)
+            bias = data.standard_normal(cout).astype(np.float32) if rng.random() < 0.7 else None
+        if rng.random() < 0.2:
+            x = x[0]  # unbatched
+        made += 1
+        yield spec, x, kernel, bias, seed

@@ -11,11 +11,16 @@ import itertools
 import numpy as np
 import pytest
 
-from _helpers import reference_scatter, relative_error
+from _helpers import (
+    assert_transposed_cheapest_applies,
+    assert_transposed_runs_as_reference,
+    reference_scatter,
+    relative_error,
+)
 from convarith import ConvSpec
 from convarith.engine import conv
-from convarith.engine.algorithms import col2im, phase, subpixel
-from convarith.engine.dispatch import ConvProblem, cheapest
+from convarith.engine.algorithms import col2im, subpixel
+from convarith.engine.dispatch import ConvProblem
 from numba_free import run_without_numba
 
 TOLERANCE = {np.float32: 1e-5, np.float64: 1e-10}
@@ -96,36 +101,36 @@ def test_col2im_rejects_rank_four():
                           (1,) * 4, (1,) * 4, 1, ((0, 0),) * 4, (2,) * 4)
 
 
-def test_dispatch_picks_col2im_for_strided_layers_only():
+def test_dispatch_takes_the_cheapest_for_strided_layers():
+    """3×3 stride 2 from 64 channels, 4×4 stride 2 with few channels (too few for Winograd's
+    subpixel form) and a depthwise 4×4: col2im applies to each; whichever algorithm the
+    registered costs pick applies, is the cheapest, and computes the convolution."""
     def problem(x_shape, kernel_shape, strides, groups=1):
         rank = len(strides)
         out = tuple(i * s for i, s in zip(x_shape[1:-1], strides))
         return ConvProblem(x_shape, kernel_shape, strides, (1,) * rank, groups, out,
                            np.dtype(np.float32))
 
-    # 3x3 stride 2, 64 -> 32 (the benchmark's L9, 4x4, goes to subpixel: see its tests;
-    # the compiled register_tiles_phases, where it exists, is compared in its own tests)
-    wide = problem((8, 28, 28, 64), (3, 3, 32, 64), (2, 2))
-    assert col2im.cost(wide) < min(phase.cost(wide), subpixel.cost(wide))
-    # 4x4 stride 2 with few channels (too few for Winograd's subpixel form)
-    few = problem((8, 28, 28, 8), (4, 4, 16, 8), (2, 2))
-    assert not subpixel.applies(few) and col2im.cost(few) < phase.cost(few)
-    assert cheapest(few, "transposed").name == "col2im"
-    # depthwise (one channel per group): one product per channel would be slow
-    assert col2im.cost(problem((8, 28, 28, 64), (4, 4, 1, 64), (2, 2), groups=64)) > (
-        0.1 * 4 * problem((8, 28, 28, 64), (4, 4, 1, 64), (2, 2), groups=64).flops)
+    layers = [((8, 28, 28, 64), (3, 3, 32, 64), (2, 2), (1, 1), 1, ((1, 2), (1, 2))),
+              ((8, 28, 28, 8), (4, 4, 16, 8), (2, 2), (1, 1), 1, ((2, 2), (2, 2))),
+              ((8, 14, 14, 32), (4, 4, 1, 32), (2, 2), (1, 1), 32, ((2, 2), (2, 2)))]
+    for seed, layer in enumerate(layers):
+        assert col2im.applies(problem(layer[0], layer[1], layer[2], layer[4]))
+        assert_transposed_cheapest_applies(*layer)
+        assert_transposed_runs_as_reference(*layer, seed=9900 + seed, batch=1)
+    assert not subpixel.applies(problem((8, 28, 28, 8), (4, 4, 16, 8), (2, 2)))
 
 
-def test_engine_runs_col2im_by_default_on_l9_shape():
+def test_engine_runs_the_l9_shape_as_the_reference():
+    """The default path and col2im forced, on an L9-like layer, are the scatter reference."""
     rng = np.random.default_rng(3)
     spec = ConvSpec(4, strides=2, padding="same", transposed=True)
     x = rng.standard_normal((2, 6, 5, 8)).astype(np.float32)
     kernel = rng.standard_normal((4, 4, 4, 8)).astype(np.float32)
-    y = conv(x, kernel, spec)
-    forced = conv(x, kernel, spec, algorithm="col2im")
-    np.testing.assert_array_equal(y, forced)
     padding = spec.resolve(x.shape).padding
-    assert relative_error(y, reference_scatter(x, kernel, (2, 2), (1, 1), 1, padding)) <= 1e-5
+    expected = reference_scatter(x, kernel, (2, 2), (1, 1), 1, padding)
+    assert relative_error(conv(x, kernel, spec), expected) <= 1e-5
+    assert relative_error(conv(x, kernel, spec, algorithm="col2im"), expected) <= 1e-5
 
 
 @pytest.mark.oracle

@@ -25,7 +25,7 @@ from _helpers import (
 )
 from convarith.engine import conv
 from convarith.engine.algorithms import _llvm, register_tiles
-from convarith.engine.dispatch import ConvProblem, choose
+from convarith.engine.dispatch import ConvProblem
 from convarith.engine.padding import pad
 
 TOLERANCE = {np.float32: 1e-5, np.float64: 1e-10}
@@ -357,18 +357,23 @@ def test_grouped_against_pytorch(seed):
     assert relative_error(y, expected) <= 1e-5, f"seed {9700 + seed}"
 
 
-def test_grouped_layers_choose_these_kernels():
-    """ResNeXt-50's grouped 3×3 (32 groups of 4 and 8) and 4 groups of 32: these kernels,
-    not the per-group products (measured 2.6-6.8× slower, see ``GROUPED_SCALE``);
-    depthwise has its own lane-by-lane kernels."""
+def test_grouped_layers_take_the_cheapest_that_applies():
+    """ResNeXt-50's grouped 3×3 (32 groups of 4 and 8), 4 groups of 32, and a 5×5 depthwise:
+    the register-tiled kernels apply where they are compiled, and whichever algorithm the
+    registered costs pick (``GROUPED_SCALE`` prices the per-group products) applies, is the
+    cheapest, and computes the convolution."""
     f32 = np.dtype(np.float32)
-    for shape, kernel, groups in (((2, 58, 58, 128), (3, 3, 4, 128), 32),
-                                  ((2, 30, 30, 256), (3, 3, 8, 256), 32),
-                                  ((2, 58, 58, 128), (3, 3, 32, 128), 4)):
-        problem = ConvProblem(shape, kernel, (1, 1), (1, 1), groups, (shape[1] - 2,) * 2, f32)
-        assert choose(problem).name == "register_tiles", (shape, groups)
+    problems = [ConvProblem(shape, kernel, (1, 1), (1, 1), groups, (shape[1] - 2,) * 2, f32)
+                for shape, kernel, groups in (((2, 58, 58, 128), (3, 3, 4, 128), 32),
+                                              ((2, 30, 30, 256), (3, 3, 8, 256), 32),
+                                              ((2, 58, 58, 128), (3, 3, 32, 128), 4))]
+    for seed, problem in enumerate(problems):
+        assert register_tiles.applies(problem) == _llvm.available(f32), problem
+        assert_cheapest_applies(problem)
+        assert_runs_as_reference(problem, 9600 + seed, batch=1)
     depthwise = ConvProblem((2, 60, 60, 96), (5, 5, 1, 96), (1, 1), (1, 1), 96, (56, 56), f32)
-    assert choose(depthwise).name.startswith("register_tiles_depthwise")
+    assert_cheapest_applies(depthwise)
+    assert_runs_as_reference(depthwise, 9603, batch=1)
 
 
 def random_depthwise(seed):
@@ -403,9 +408,9 @@ def test_depthwise_against_definition(seed):
         assert relative_error(y, expected) <= TOLERANCE[dtype], what
 
 
-def test_depthwise_against_pytorch_and_chosen_for_large_kernels():
+def test_depthwise_against_pytorch_and_the_cheapest_chosen():
     """EfficientNet's 5×5 depthwise (stride 1 and 2) and MobileNet-style 7×7 through the
-    engine; the dispatch takes these kernels above 3×3 and the unrolled loop at 3×3."""
+    engine; the dispatch takes the cheapest that applies for the 5×5 and a 3×3."""
     torch = pytest.importorskip("torch")
     from convarith import ConvSpec
 
@@ -423,6 +428,6 @@ def test_depthwise_against_pytorch_and_chosen_for_large_kernels():
         assert relative_error(y, expected) <= 1e-5, (k, s, channels)
     f32 = np.dtype(np.float32)
     large = ConvProblem((2, 60, 60, 96), (5, 5, 1, 96), (1, 1), (1, 1), 96, (56, 56), f32)
-    assert choose(large).name == "register_tiles_depthwise"
     small = ConvProblem((2, 58, 58, 96), (3, 3, 1, 96), (1, 1), (1, 1), 96, (56, 56), f32)
-    assert choose(small).name == "depthwise"
+    for problem in (large, small):  # whichever the registered costs pick is the cheapest
+        assert_cheapest_applies(problem)

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import convarith
+from _helpers import assert_cheapest_applies
 from convarith import ConvSpec
 from convarith.engine import core, dispatch, state
 
@@ -124,7 +125,8 @@ def _positions(rng: np.random.Generator, shape: tuple[int, ...]) -> list[tuple[i
     return [corner, edge, inner]
 
 
-# (x shape, kernel size, padding, dtype, the algorithm the dispatch picks for finite values)
+# (x shape, kernel size, padding, dtype, a value-transforming algorithm that applies; the
+# dispatch picks it on the machines measured so far, but which one wins is the cost models')
 NONFINITE_SHAPES = [
     ((1, 128, 128, 32), 3, 1, np.float32, "winograd"),
     ((1, 128, 128, 32), 3, 1, np.float64, "winograd"),
@@ -144,7 +146,12 @@ def test_nonfinite_values_reach_only_their_windows(case) -> None:
     out = tuple(n + 2 * padding - k + 1 for n in shape[1:3])
     problem = dispatch.ConvProblem((shape[0], *(n + 2 * padding for n in shape[1:3]), shape[-1]),
                                    kernel.shape, (1, 1), (1, 1), 1, out, np.dtype(dtype))
-    assert dispatch.choose(problem).name == expected, f"seed {seed}: the shape no longer goes there"
+    chosen_name = assert_cheapest_applies(problem)
+    transforming = dispatch.get_algorithm(expected)
+    assert transforming.applies(problem) and transforming.value_gain is not None, (
+        f"seed {seed}: {expected} no longer applies to the shape or transforms values")
+    checked = [transforming] + ([dispatch.get_algorithm(chosen_name)]
+                                if chosen_name != expected else [])
     huge = [1e300] if dtype == np.float64 else [3e37, 1e38]
     values = [*huge, np.inf, -np.inf, np.nan]
     positions = _positions(rng, shape)
@@ -153,9 +160,12 @@ def test_nonfinite_values_reach_only_their_windows(case) -> None:
             bad = x.copy()
             bad[position] = value
             padded = np.pad(bad, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-            chosen = dispatch.plan(problem, padded, kernel)
-            assert dispatch.value_limits(chosen, problem, padded, kernel) is not None, (
-                f"seed {seed}: {value} at {position} would reach {expected}'s transforms")
+            assert dispatch.plan(problem, padded, kernel).name == chosen_name
+            for algorithm in checked:
+                assert (algorithm.value_gain is None or dispatch.value_limits(
+                    algorithm, problem, padded, kernel) is not None), (
+                    f"seed {seed}: {value} at {position} would reach {algorithm.name}'s "
+                    f"transforms")
     # run them: every value and position (CI: one position per value; FFT's fallback on
     # its tiny-channel layer takes seconds, so two values outside CI only)
     ci = os.environ.get("CI") == "true"
@@ -237,6 +247,45 @@ def test_mismatched_arrays_are_refused(change, message) -> None:
                                    np.dtype(np.float32))
     with pytest.raises(ValueError, match=message):
         dispatch.plan(problem, x, kernel, "register_tiles")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda x, k: (x.astype(np.float64), k), "has dtype float"),
+    (lambda x, k: (x[:, ::-1], k), "x .* is not C-contiguous"),
+    (lambda x, k: (x, np.asfortranarray(k)), "kernel .* is not C-contiguous"),
+    (lambda x, k: (np.asfortranarray(x), k), "x .* is not C-contiguous"),
+])
+@pytest.mark.parametrize("entry", ["direct", "weight_grad", "transposed"])
+def test_remembered_plans_still_refuse_mismatched_arrays(change, message, entry) -> None:
+    """A plan remembered for one call's arrays is not reused for arrays of another layout."""
+    x, kernel = _arrays()
+    pad = ((1, 1), (1, 1))
+
+    def call(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+        if entry == "direct":
+            return core.direct_conv(x, kernel, (1, 1), (1, 1), 1, (10, 10), None, pad)
+        if entry == "weight_grad":
+            return core._weight_grad(x, np.ones((1, 10, 10, 8), np.float32), (3, 3), (1, 1),
+                                     (1, 1), 1, None, pad)
+        return core.transposed_conv(x, kernel, (2, 2), (1, 1), 1, pad)
+
+    for _ in range(2):  # the second call is served by the remembered plan
+        call(x, kernel)
+    assert any(key[0] == entry for key in dispatch._PLANS)
+    bad_x, bad_kernel = change(x, kernel)
+    if entry == "weight_grad" and bad_kernel is not kernel:
+        pytest.skip("the weight gradient takes no kernel")
+    with pytest.raises(ValueError, match=message):
+        call(bad_x, bad_kernel)
+
+
+def test_remembered_plans_are_bounded_and_cleared() -> None:
+    kernel = np.ones((3, 1, 1), np.float32)
+    for n in range(3, 3 + dispatch._PLANS_MAX + 5):
+        core.direct_conv(np.ones((1, n, 1), np.float32), kernel, (1,), (1,), 1, (n - 2,))
+    assert 0 < len(dispatch._PLANS) <= dispatch._PLANS_MAX
+    state.clear_caches()
+    assert not dispatch._PLANS
 
 
 def test_named_algorithm_that_does_not_apply_says_why() -> None:

@@ -113,6 +113,120 @@ def test_ceil_overhang_is_where_the_last_window_ends() -> None:
         assert resolved.window_padding == ((p, p + resolved.overhang[0]),)
 
 
+P, X, Z, B = "padding", "input", "inserted", "beyond"
+
+
+@pytest.mark.parametrize(("spec", "size", "extent", "expected"), [
+    # k=3 s=2 valid on 6: windows [0, 3), [2, 5); (6 - 3) mod 2 = 1 cell past the last one
+    (ConvSpec(3, strides=2, rank=1), 6, None, [X] * 5 + ["dropped"]),
+    # k=3 s=2 valid on 5: (5 - 3) mod 2 = 0, every cell read
+    (ConvSpec(3, strides=2, rank=1), 5, None, [X] * 5),
+    # k=2 s=3 on 7: windows [0, 2), [3, 5); cell 2 stepped over, 5 and 6 past the last window
+    (ConvSpec(2, strides=3, rank=1), 7, None, [X, X, "skipped", X, X, "dropped", "dropped"]),
+    # Keras transposed k=3 s=2 'valid' on 3: x0 0 x1 0 x2 padded by K-1 = 2 on each side
+    (ConvSpec(3, strides=2, transposed=True, rank=1), 3, None, [P, P, X, Z, X, Z, X, P, P]),
+    # PyTorch ConvTranspose1d(k=3, s=2, padding=1): grid padding K-1-1 = 1 on each side
+    (ConvSpec(3, strides=2, padding=1, transposed=True, rank=1), 3, None, [P, X, Z, X, Z, X, P]),
+    # causal k=3 d=2: D(K-1) = 4 zeros on the left only
+    (ConvSpec(3, dilation=2, padding="causal", rank=1), 4, None, [P] * 4 + [X] * 4),
+    # ceil-mode max pool k=2 s=2 on 5: 3 windows, the last [4, 6) reads one cell past the input
+    (ConvSpec(2, strides=2, pool="max", ceil_mode=True, rank=1), 5, 6, [X] * 5 + [B]),
+    # ceil-mode k=1 s=2 on 12: a 7th window would start past the input, so PyTorch keeps 6
+    # (as floor mode): windows 0, 2, ..., 10, and cell 11 lies past the last one
+    (ConvSpec(1, strides=2, pool="max", ceil_mode=True, rank=1), 12, None,
+     [X, "skipped"] * 5 + [X, "dropped"]),
+    # replicate padding 2 on 3: the two cells on each side copy the edge
+    (ConvSpec(3, padding=2, padding_mode="replicate", rank=1), 3, None,
+     ["copy", "copy", X, X, X, "copy", "copy"]),
+])
+def test_grid_cells_hand_derived(spec: ConvSpec, size: int, extent: int | None,
+                                 expected: list[str]) -> None:
+    """The one classification of grid cells (``ResolvedConv.grid_cells`` → ``arithmetic.grid_cell``)."""
+    cells = spec.resolve((size,)).grid_cells(0, extent)
+    assert [kind for kind, _ in cells] == expected
+    assert {kind for kind, _ in cells} <= set(ar.GRID_CELL_KINDS)
+
+
+def test_grid_cells_unread_inputs_have_no_torch_gradient() -> None:
+    """Exactly the input cells classified "dropped" or "skipped" get no gradient in PyTorch."""
+    torch = pytest.importorskip("torch")
+    for case in _configs(CASES // 2, SEED + 5):
+        i, k, s, d = case["size"], case["kernel"], case["stride"], case["dilation"]
+        p = case["pad"]
+        if i + 2 * p < ar.effective_kernel(k, d):
+            continue
+        x = torch.ones(1, 1, i, requires_grad=True)
+        torch.nn.functional.conv1d(x, torch.ones(1, 1, k), stride=s, padding=p, dilation=d).sum().backward()
+        assert x.grad is not None
+        unread = [int(g) == 0 for g in x.grad[0, 0]]
+        resolved = ConvSpec(k, strides=s, dilation=d, padding=p, rank=1).resolve((i,))
+        cells = resolved.grid_cells(0)
+        assert [cells[p + j][0] in ("dropped", "skipped") for j in range(i)] == unread, \
+            f"seed {SEED + 5}: {case}"
+        assert sum(kind == "dropped" for kind, _ in cells) == resolved.dropped[0], f"seed {SEED + 5}: {case}"
+        assert all(cells[j] == ("padding", None) for j in (*range(p), *range(p + i, i + 2 * p)))
+
+
+def test_grid_cells_unread_by_ceil_mode_pooling_have_no_torch_gradient() -> None:
+    """Ceil-mode average pooling: the cells classified "dropped" or "skipped" are exactly those
+    PyTorch's gradient does not reach, and ``ResolvedConv.dropped`` counts the "dropped"."""
+    torch = pytest.importorskip("torch")
+    for case in _configs(CASES // 2, SEED + 8):
+        i, k, s = case["size"], case["kernel"], case["stride"]
+        p = min(case["pad"], k // 2)
+        if i + 2 * p < k:
+            continue
+        x = torch.ones(1, 1, i, requires_grad=True)
+        torch.nn.functional.avg_pool1d(x, k, s, p, ceil_mode=True).sum().backward()
+        assert x.grad is not None
+        resolved = ConvSpec(k, strides=s, padding=p, pool="avg", ceil_mode=True,
+                            rank=1).resolve((i,))
+        cells = resolved.grid_cells(0, resolved.padded_size[0] + resolved.overhang[0])
+        unread = [float(g) == 0 for g in x.grad[0, 0]]
+        assert [cells[p + j][0] in ("dropped", "skipped") for j in range(i)] == unread, \
+            f"seed {SEED + 8}: {case}"
+        assert sum(kind == "dropped" for kind, _ in cells) == resolved.dropped[0], \
+            f"seed {SEED + 8}: {case}"
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_grid_cells_copies_are_torch_padding(mode: str) -> None:
+    """The cell each padding copy holds is the one ``torch.nn.functional.pad`` copies."""
+    torch = pytest.importorskip("torch")
+    rng = random.Random(SEED + 6)
+    for _ in range(CASES // 4):
+        size = rng.randint(2, 9)
+        lo, hi = rng.randint(0, size - 1), rng.randint(0, size - 1)
+        padded = torch.nn.functional.pad(torch.arange(size, dtype=torch.float32)[None, None],
+                                         (lo, hi), mode=mode)
+        cells = ar.grid_cells(size, 1, size + lo + hi, padding=(lo, hi), padding_mode=mode)
+        assert [source for _, source in cells] == [int(v) for v in padded[0, 0]], \
+            f"seed {SEED + 6}: {mode} {size} {(lo, hi)}"
+        assert [kind for kind, _ in cells] == ["copy"] * lo + ["input"] * size + ["copy"] * hi
+
+
+def test_grid_cells_transposed_grid_is_torch_zero_insertion() -> None:
+    """A transposed convolution's grid: PyTorch's stride-S transposed convolution with a one-tap
+    kernel of 1 (the zero-inserted input), then its grid padding (negative: a crop)."""
+    torch = pytest.importorskip("torch")
+    for case in _configs(CASES // 2, SEED + 7):
+        i, k, s, d, p, op = (case[n] for n in ("size", "kernel", "stride", "dilation", "pad",
+                                               "output_padding"))
+        pads = ar.transposed_input_padding(k, d, (p, p), op)
+        out = ar.transposed_grid_output_size(i, k, s, d, pads)
+        if out < 1:
+            continue
+        inserted = torch.nn.functional.conv_transpose1d(
+            torch.arange(1.0, i + 1)[None, None], torch.ones(1, 1, 1), stride=s)
+        grid = torch.nn.functional.pad(inserted, pads)[0, 0]
+        cells = ar.grid_cells(i, out, k, s, d, pads, transposed=True)
+        assert [source for _, source in cells] == [int(v) - 1 if v else None for v in grid], \
+            f"seed {SEED + 7}: {case}"
+        inside = range(max(0, pads[0]), len(cells) - max(0, pads[1]))
+        assert all((kind == "padding") == (j not in inside) for j, (kind, _) in enumerate(cells)), \
+            f"seed {SEED + 7}: {case}"
+
+
 def _torch_module_size(layer: str, args: dict, size: int, rank: int) -> int | None:
     torch = pytest.importorskip("torch")
     try:
@@ -189,3 +303,98 @@ def test_readme_names_every_registered_algorithm() -> None:
     named = set(re.findall(r"`([a-z_0-9]+)`", section))
     missing = sorted(set(available_algorithms()) - named)
     assert not missing, f"README's algorithm list does not name {missing}"
+
+
+# --------------------------------------------------------------------------- one copy only
+# A copy of a formula outside arithmetic.py is found in the code's tokens (comments,
+# docstrings and string texts left out), written out as "a ( b - 1 ) * c ...".
+_KERNEL = r"(?:k|kh|kw|kd|kernel|kernel_size|ksize|taps|kernel_rows|kernel_cols)"
+_DILATION = r"(?:d|d0|d1|d2|dh|dw|dilation|dilation_rows|dilation_cols|dilation_rate|rate)"
+_INDEX = r"(?: \[ [^]\n]* \])?"
+#: the dilated kernel's extent less one, D·(K - 1) (arithmetic.effective_kernel)
+_EXTENT = (rf"\( {_KERNEL}{_INDEX} - 1 \) \* {_DILATION}{_INDEX}(?= |$)"
+           rf"|(?<= ){_DILATION}{_INDEX} \* \( {_KERNEL}{_INDEX} - 1 \)")
+#: (I - 1)·S (arithmetic.zero_inserted_size) with D·(K - 1) or K_eff in the same statement:
+#: the transposed output size (arithmetic.transposed_grid_output_size)
+_PRODUCT = rf"\( \w+{_INDEX} - 1 \) \* \w+{_INDEX}|\w+{_INDEX} \* \( \w+{_INDEX} - 1 \)"
+_TRANSPOSED = (rf"(?:{_PRODUCT}|zero_inserted_size \()[^\n]*(?:{_EXTENT}|effective_kernel \()"
+               rf"|(?:{_EXTENT}|effective_kernel \()[^\n]*(?:{_PRODUCT}|zero_inserted_size \()")
+#: copies still to remove (issue 16), per file under src/convarith: the count may only fall
+_KNOWN_EXTENT_COPIES = {
+    "engine/algorithms/col2im.py": 2,
+    "engine/algorithms/depthwise.py": 4,
+    "engine/algorithms/register_tiles.py": 2,
+}
+
+
+def _code_statements(path: Path) -> str:
+    """``path``'s code tokens joined by spaces, one logical statement per line."""
+    import io
+    import tokenize
+
+    skipped = {tokenize.COMMENT, tokenize.STRING, tokenize.NL, tokenize.INDENT,
+               tokenize.DEDENT, getattr(tokenize, "FSTRING_MIDDLE", tokenize.STRING)}
+    words = []
+    source = path.read_text(encoding="utf-8")
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.NEWLINE:
+            words.append("\n")
+        elif token.type not in skipped:
+            words.append(token.string)
+    return " ".join(words).replace(" \n ", "\n")
+
+
+def _formula_copies(pattern: str) -> dict[str, list[str]]:
+    import re
+
+    package = Path(ar.__file__).resolve().parent
+    found: dict[str, list[str]] = {}
+    for path in sorted(package.rglob("*.py")):
+        name = path.relative_to(package).as_posix()
+        if name == "arithmetic.py":
+            continue
+        hits = [match.group(0) for match in re.finditer(pattern, _code_statements(path))]
+        if hits:
+            found[name] = hits
+    return found
+
+
+def _code_statements_of(text: str) -> str:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "snippet.py"
+        path.write_text(text + "\n", encoding="utf-8")
+        return _code_statements(path)
+
+
+def test_formula_patterns_find_the_copies_they_describe() -> None:
+    import re
+
+    extent = ["reach = (k - 1) * d + 1", "crop = d * (k - 1) - lo",
+              "span = (kernel_size[0] - 1) * dilation[0]"]
+    transposed = ["out = (n - 1) * s + 1 + lo + hi - (k - 1) * d",
+                  "out = (size - 1) * stride - 2 * p + dilation * (kernel - 1) + op + 1",
+                  "out = zero_inserted_size(n, s) + lo + hi - effective_kernel(k, d) + 1"]
+    unrelated = ["width = cols * w + (cols - 1) * gap", "stop = (o - 1) * s + 1",
+                 "grow = r + (k_eff - 1) * jump"]
+    tokens = {text: _code_statements_of(text) for text in extent + transposed + unrelated}
+    for text in extent + transposed:
+        assert re.search(_EXTENT if text in extent else _TRANSPOSED, tokens[text]), text
+    assert not re.search(_TRANSPOSED, tokens[extent[0]])  # one product alone is no output size
+    for text in unrelated:
+        assert not re.search(_EXTENT, tokens[text]) and not re.search(_TRANSPOSED, tokens[text])
+
+
+def test_transposed_output_size_is_written_only_in_arithmetic() -> None:
+    copies = _formula_copies(_TRANSPOSED)
+    assert not copies, (f"the transposed output size written out again: {copies}; call "
+                        f"arithmetic.transposed_grid_output_size (or transposed_output_size)")
+
+
+def test_dilated_extent_is_written_only_in_arithmetic() -> None:
+    copies = _formula_copies(_EXTENT)
+    new = {name: hits for name, hits in copies.items()
+           if len(hits) > _KNOWN_EXTENT_COPIES.get(name, 0)}
+    assert not new, (f"D·(K - 1) written out again: {new}; call arithmetic.effective_kernel "
+                     f"(or window_reach, transposed_input_padding, transposed_crop)")

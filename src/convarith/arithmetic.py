@@ -38,6 +38,11 @@ __all__ = [
     "window_reach",
     "ceil_overhang",
     "zero_inserted_size",
+    "padding_source",
+    "GRID_CELL_KINDS",
+    "windows_reading",
+    "grid_cell",
+    "grid_cells",
     "transposed_grid_output_size",
     "transposed_output_size",
     "keras_transposed_output_size",
@@ -245,6 +250,142 @@ def zero_inserted_size(size: int, stride: int = 1) -> int:
     5
     """
     return (size - 1) * stride + 1
+
+
+def padding_source(index: int, size: int, mode: str = "zeros") -> int | None:
+    """The input cell that cell ``index`` (input coordinates) holds under ``mode``; ``None`` for a zero.
+
+    Inside the input a cell is itself; outside, ``"zeros"`` padding holds a
+    zero and ``"reflect"`` (mirror without repeating the edge), ``"replicate"``
+    and ``"circular"`` copy an input cell.
+
+    >>> [padding_source(i, 4, "reflect") for i in (-2, -1, 0, 3, 4, 5)]
+    [2, 1, 0, 3, 2, 1]
+    >>> padding_source(-1, 4), padding_source(-1, 4, "replicate"), padding_source(-1, 4, "circular")
+    (None, 0, 3)
+    """
+    if 0 <= index < size:
+        return index
+    if mode == "zeros":
+        return None
+    if mode == "replicate":
+        return min(max(index, 0), size - 1)
+    if mode == "circular":
+        return index % size
+    # reflect: mirror without repeating the edge
+    if size == 1:
+        return 0
+    period = 2 * (size - 1)
+    index %= period
+    return index if index < size else period - index
+
+
+#: What a cell of the grid the windows slide over is (:func:`grid_cell`).
+GRID_CELL_KINDS = (
+    "input",     # an input cell some window reads
+    "dropped",   # a trailing input cell past the last window (:func:`dropped_rows`)
+    "skipped",   # an input cell the windows step over (stride larger than the window)
+    "padding",   # a zero added around the input
+    "copy",      # padding that copies an input cell (reflect, replicate, circular)
+    "inserted",  # a zero inserted between input cells (transposed convolution)
+    "beyond",    # past the padded input, read only by a ceil-mode pooling window
+)
+
+
+def windows_reading(position: int, output: int, kernel: int, stride: int = 1,
+                    dilation: int = 1) -> list[tuple[int, int]]:
+    """The ``(window, tap)`` pairs that read grid cell ``position``: ``o S + k D = position``.
+
+    Windows ``o`` run over ``0 .. output - 1``, taps ``k`` over ``0 .. kernel - 1``.
+
+    >>> windows_reading(4, 3, 3, stride=2)   # windows start at 0, 2, 4
+    [(1, 2), (2, 0)]
+    >>> windows_reading(2, 2, 2, stride=3)   # windows [0, 2) and [3, 5) step over cell 2
+    []
+    """
+    hits = []
+    for k in range(kernel):
+        start = position - k * dilation
+        if start >= 0 and start % stride == 0 and start // stride < output:
+            hits.append((start // stride, k))
+    return sorted(hits)
+
+
+def grid_cell(
+    position: int,
+    size: int,
+    output: int,
+    kernel: int,
+    stride: int = 1,
+    dilation: int = 1,
+    padding: tuple[int, int] = (0, 0),
+    *,
+    transposed: bool = False,
+    padding_mode: str = "zeros",
+) -> tuple[str, int | None]:
+    """What cell ``position`` of the grid the windows slide over is, along one axis.
+
+    The grid is the padded input (for a transposed convolution: the
+    zero-inserted input, ``S - 1`` zeros between cells, then padded; a
+    negative padding crops), and for ceil-mode pooling whatever the last of
+    the ``output`` windows reaches past it. Returns ``(kind, source)``:
+    ``kind`` one of :data:`GRID_CELL_KINDS`, ``source`` the input cell whose
+    value the cell holds (``None`` for a zero). A direct window ``o`` reads
+    the cells ``o S + k D``; an input cell at or past the last window's reach
+    ``(O - 1) S + K_eff`` is ``"dropped"``, one before it that no window reads
+    is ``"skipped"``. A transposed convolution's stride-1 windows read every cell.
+
+    >>> [grid_cell(p, 5, 2, 3, stride=2)[0] for p in range(5)]   # windows [0, 3), [2, 5)
+    ['input', 'input', 'input', 'input', 'input']
+    >>> [grid_cell(p, 6, 2, 3, stride=2)[0] for p in range(6)]   # (6 - 3) mod 2: the last is unread
+    ['input', 'input', 'input', 'input', 'input', 'dropped']
+    >>> [grid_cell(p, 2, 4, 2, stride=2, padding=(1, 1), transposed=True) for p in range(5)]
+    [('padding', None), ('input', 0), ('inserted', None), ('input', 1), ('padding', None)]
+    """
+    lo, hi = padding
+    index = position - lo
+    if transposed:
+        if 0 <= index < zero_inserted_size(size, stride):
+            return ("input", index // stride) if index % stride == 0 else ("inserted", None)
+        return "padding", None
+    if position >= size + lo + hi:
+        return "beyond", None
+    if 0 <= index < size:
+        if position >= window_reach(output, kernel, stride, dilation):
+            return "dropped", index
+        return ("input" if windows_reading(position, output, kernel, stride, dilation)
+                else "skipped"), index
+    source = padding_source(index, size, padding_mode)
+    return ("padding", None) if source is None else ("copy", source)
+
+
+def grid_cells(
+    size: int,
+    output: int,
+    kernel: int,
+    stride: int = 1,
+    dilation: int = 1,
+    padding: tuple[int, int] = (0, 0),
+    *,
+    transposed: bool = False,
+    padding_mode: str = "zeros",
+    extent: int | None = None,
+) -> list[tuple[str, int | None]]:
+    """:func:`grid_cell` for every position ``0 .. extent - 1`` of the grid.
+
+    ``extent`` defaults to the padded (zero-inserted, if transposed) size;
+    ceil-mode pooling's windows may reach past it, to ``window_reach``.
+
+    >>> [kind for kind, _ in grid_cells(7, 2, 2, stride=3)]   # windows [0, 2), [3, 5)
+    ['input', 'input', 'skipped', 'input', 'input', 'dropped', 'dropped']
+    >>> grid_cells(4, 4, 3, padding=(1, 1), padding_mode="reflect")[0]
+    ('copy', 1)
+    """
+    lo, hi = padding
+    if extent is None:
+        extent = (zero_inserted_size(size, stride) if transposed else size) + lo + hi
+    return [grid_cell(p, size, output, kernel, stride, dilation, padding, transposed=transposed,
+                      padding_mode=padding_mode) for p in range(extent)]
 
 
 def transposed_grid_output_size(

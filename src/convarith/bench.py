@@ -129,7 +129,7 @@ SETTLE_SECONDS = 0.02
 # --------------------------------------------------------------------------- runners
 
 
-def _torch_runner(case: BenchCase, x: np.ndarray, kernel: np.ndarray,
+def torch_runner(case: BenchCase, x: np.ndarray, kernel: np.ndarray,
                   backward: bool) -> tuple[Callable[[], Any], str] | None:
     """The fastest PyTorch equivalent (NCHW or channels-last), or None without torch."""
     try:
@@ -280,7 +280,7 @@ def _median_time(fn: Callable[[], Any], repeat: int) -> float:
 # --------------------------------------------------------------------------- accuracy
 
 
-def _forward_paths(case: BenchCase, backward: bool) -> list[str]:
+def forward_paths(case: BenchCase, backward: bool) -> list[str]:
     """Names of the algorithms the dispatcher picks for this case."""
     from .engine.core import transposed_algorithm
     from .engine.dispatch import ConvProblem, choose, choose_weight_grad
@@ -292,8 +292,7 @@ def _forward_paths(case: BenchCase, backward: bool) -> list[str]:
     if spec.transposed:
         return [transposed_algorithm(case.input_shape, case.kernel_shape, spec.strides,
                                      spec.dilation, groups, resolved.padding)]
-    padded = tuple(i + lo + hi for i, (lo, hi) in zip(resolved.input_size, resolved.padding))
-    problem = ConvProblem((n, *padded, case.input_shape[-1]), case.kernel_shape,
+    problem = ConvProblem((n, *resolved.padded_size, case.input_shape[-1]), case.kernel_shape,
                           spec.strides, spec.dilation, groups,
                           resolved.output_size, np.dtype(np.float32))
     names = [choose(problem).name]
@@ -306,7 +305,7 @@ def _forward_paths(case: BenchCase, backward: bool) -> list[str]:
     return names
 
 
-def _relative_error(result: Any, reference: Any) -> float:
+def relative_error(result: Any, reference: Any) -> float:
     results = result if isinstance(result, tuple) else (result,)
     references = reference if isinstance(reference, tuple) else (reference,)
     worst = 0.0
@@ -384,7 +383,7 @@ class CaseResult:
         return self.peak_bytes / self.io_bytes
 
 
-def _alternate(runners: dict[str, Callable[[], Any]], repeat: int, block: int,
+def alternate(runners: dict[str, Callable[[], Any]], repeat: int, block: int,
                settle: float = 0.0) -> dict[str, list[float]]:
     """Time the runners in turn: ``repeat`` rounds, each a block of calls per runner.
 
@@ -398,7 +397,7 @@ def _alternate(runners: dict[str, Callable[[], Any]], repeat: int, block: int,
     so that no runner always follows the same one.
 
     >>> calls = []
-    >>> samples = _alternate({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+    >>> samples = alternate({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
     ...                      repeat=2, block=1)
     >>> "".join(calls), [len(v) for v in samples.values()]
     ('aabbbbaa', [2, 2])
@@ -425,7 +424,7 @@ def run(cases: Sequence[BenchCase], repeat: int = 7, include_backward: bool = Tr
 
     Each case runs ``repeat`` rounds; in each, every runner gets a pause of
     ``settle`` seconds, a settling call and then ``block`` timed calls (see
-    :func:`_alternate`).
+    :func:`alternate`).
     """
     results = []
     matmul = _matmul_runner()
@@ -444,11 +443,11 @@ def run(cases: Sequence[BenchCase], repeat: int = 7, include_backward: bool = Tr
                      if backward else None)
             ours = _convarith_runner(case, x, kernel, backward, d_out)
             reference = _float64_reference(case, x, kernel, backward, d_out)
-            error = _relative_error(ours(), reference)
+            error = relative_error(ours(), reference)
             del reference
             peak = _peak_memory(ours)
             runners: dict[str, Callable[[], Any]] = {"convarith": ours, "matmul": matmul}
-            torch_pick = _torch_runner(case, x, kernel, backward)
+            torch_pick = torch_runner(case, x, kernel, backward)
             if torch_pick is not None:
                 runners["torch"] = torch_pick[0]
             jax_fn = _jax_runner(case, x, kernel, backward)
@@ -457,13 +456,13 @@ def run(cases: Sequence[BenchCase], repeat: int = 7, include_backward: bool = Tr
             for fn in runners.values():  # warm-up (compilation, caches)
                 fn()
                 fn()
-            samples = _alternate(runners, repeat, block, settle)
+            samples = alternate(runners, repeat, block, settle)
             median = {name: statistics.median(times) for name, times in samples.items()}
             flops = case.flops * (2 if backward else 1)
             results.append(CaseResult(
                 case=case.name, title=case.title,
                 direction="backward" if backward else "forward", flops=flops,
-                paths=_forward_paths(case, backward), convarith_s=median["convarith"],
+                paths=forward_paths(case, backward), convarith_s=median["convarith"],
                 torch_s=median.get("torch"),
                 torch_format=torch_pick[1] if torch_pick is not None else None,
                 jax_s=median.get("jax"), matmul_gflops=matmul_flops / median["matmul"] / 1e9,
@@ -603,7 +602,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="networks suite: image side (default 224, --quick 112)")
     parser.add_argument("--markdown", metavar="FILE",
                         help="networks suite: also write the per-layer table as Markdown")
+    parser.add_argument("--jit", choices=("on", "off", "numpy"), default=None,
+                        help="compiled kernels: on (default: as the environment says), off "
+                             "(CONVARITH_JIT=0: no llvmlite kernels, numba kept), numpy "
+                             "(neither: a machine without llvmlite)")
+    parser.add_argument("--isa", choices=("native", "avx2", "avx512", "neon"), default=None,
+                        help="instruction set of the llvmlite kernels (CONVARITH_VECTOR_ISA)")
     args = parser.parse_args(argv)
+    if args.jit is not None or args.isa is not None:
+        from .bench_networks import set_mode
+
+        set_mode(args.jit or ("off" if os.environ.get("CONVARITH_JIT") == "0" else "on"),
+                 args.isa)
     if args.suite == "networks":
         return _main_networks(parser, args)
     known = {c.name: c for c in CASES}
@@ -660,14 +670,14 @@ def _main_networks(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
                                 log=lambda msg: print(msg, file=sys.stderr, flush=True))
     stamp = (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
              f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
-             f"image {image}, vector ISA {_vector_isa()}; {_blas_description()}")
+             f"image {image}, {nets.mode_description()}; {_blas_description()}")
     print(stamp)
     print(nets.render_networks(results))
     if args.markdown:
         with open(args.markdown, "w") as handle:
             handle.write(f"{stamp}\n\n{nets.markdown_layers(results)}\n")
     if args.json:
-        payload = {"suite": "networks", "machine": stamp,
+        payload = {"suite": "networks", "machine": stamp, "mode": nets.mode_description(),
                    "networks": [dict(network=n.network, batch=n.batch, direction=n.direction,
                                      convarith_s=n.total("convarith_s"),
                                      torch_s=n.total("torch_s"),

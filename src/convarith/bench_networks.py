@@ -41,7 +41,8 @@ from .spec import ConvSpec
 
 __all__ = ["NetLayer", "NETWORKS", "distinct", "multiply_adds", "LayerResult",
            "NetworkResult", "run_networks", "render_networks", "markdown_layers",
-           "inventory_markdown", "summary_networks"]
+           "inventory_markdown", "summary_networks", "JIT_MODES", "set_mode",
+           "mode_description"]
 
 
 @dataclass(frozen=True)
@@ -308,6 +309,70 @@ def multiply_adds(layers: Sequence[NetLayer], batch: int = 1) -> int:
     return sum(layer.multiply_adds(batch) for layer in layers)
 
 
+# --------------------------------------------------------------------------- modes
+
+#: The engine's compiled-kernel modes a benchmark can run in: ``on`` (everything this
+#: machine can compile), ``off`` (``CONVARITH_JIT=0``: no llvmlite kernels, numba's
+#: loops kept) and ``numpy`` (neither: what a machine without llvmlite, hence
+#: without numba, runs).
+JIT_MODES = ("on", "off", "numpy")
+
+
+def set_mode(jit: str = "on", isa: str | None = None) -> None:
+    """Put this process's engine in a compiled-kernel mode, before it times anything.
+
+    ``jit`` is one of :data:`JIT_MODES`; ``isa`` sets ``CONVARITH_VECTOR_ISA``
+    (``avx2`` runs the kernels made for AVX2, on an AVX-512 machine too). The
+    engine's caches are emptied, so kernels built in another mode are not reused.
+    ``numpy`` makes ``import numba`` fail in this process from then on.
+
+    >>> set_mode("fast")
+    Traceback (most recent call last):
+    ...
+    ValueError: jit='fast' is not a mode: use one of on, off, numpy
+    """
+    import sys
+
+    from .engine import clear_caches
+    from .engine.algorithms import _llvm
+
+    if jit not in JIT_MODES:
+        raise ValueError(f"jit={jit!r} is not a mode: use one of {', '.join(JIT_MODES)}")
+    if isa is not None and isa not in _llvm.ISA_NAMES:
+        raise ValueError(f"isa={isa!r} is not an instruction set: use one of "
+                         f"{', '.join(_llvm.ISA_NAMES)}")
+    if jit == "on":
+        os.environ.pop("CONVARITH_JIT", None)
+    else:
+        os.environ["CONVARITH_JIT"] = "0"
+    if jit == "numpy":
+        sys.modules["numba"] = None  # type: ignore[assignment]  # import numba -> ImportError
+    if isa is not None:
+        os.environ[_llvm.ISA_VARIABLE] = isa
+    clear_caches()
+
+
+def mode_description() -> str:
+    """Which compiled kernels the engine runs now, in words (for a benchmark's header).
+
+    >>> "numba loops" in mode_description()
+    True
+    """
+    import importlib.util
+    import sys
+
+    from .engine.algorithms import _llvm
+
+    if _llvm.available():
+        target = _llvm.vector_target()
+        kernels = f"llvmlite kernels {target.name} ({target.vector_bytes * 8}-bit vectors)"
+    else:
+        kernels = "no llvmlite kernels (CONVARITH_JIT=0, no llvmlite or no AVX2/NEON)"
+    has_numba = sys.modules.get("numba", 0) is not None and (
+        "numba" in sys.modules or importlib.util.find_spec("numba") is not None)
+    return f"{kernels}; numba loops {'on' if has_numba else 'off'}"
+
+
 # --------------------------------------------------------------------------- runners
 
 
@@ -475,16 +540,16 @@ def _inputs(layers: dict[NetLayer, int], batch: int, seed: int
 def _paths(layer: NetLayer, batch: int, backward: bool) -> list[str]:
     if layer.kind not in ("conv", "transposed"):
         return ["pooling"]
-    from .bench import _forward_paths
+    from .bench import forward_paths
 
-    return _forward_paths(_case(layer, batch), backward)
+    return forward_paths(_case(layer, batch), backward)
 
 
 def _time_layer(name: str, layer: NetLayer, count: int, batch: int, backward: bool,
                 x: np.ndarray, kernel: np.ndarray | None, repeat: int, block: int
                 ) -> LayerResult:
     """One distinct layer: convarith's error against float64, then the runners in turn."""
-    from .bench import _alternate, _relative_error, _torch_runner
+    from .bench import alternate, relative_error, torch_runner
     from .engine import conv, conv_vjp
 
     spec = layer.spec()
@@ -500,11 +565,11 @@ def _time_layer(name: str, layer: NetLayer, count: int, batch: int, backward: bo
     k64 = None if kernel is None else kernel.astype(np.float64)
     reference = (tuple(conv_vjp(x64, k64, spec, d_out.astype(np.float64))[:2])
                  if d_out is not None else conv(x64, k64, spec))
-    error = _relative_error(ours(), reference)
+    error = relative_error(ours(), reference)
     runners: dict[str, Callable[[], Any]] = {"convarith": ours}
     torch_fn: Callable[[], Any] | None
     if kernel is not None:
-        picked = _torch_runner(_case(layer, batch), x, kernel, backward)
+        picked = torch_runner(_case(layer, batch), x, kernel, backward)
         torch_fn = picked[0] if picked is not None else None
     else:
         torch_fn = _torch_pool(layer, x, backward)
@@ -516,7 +581,7 @@ def _time_layer(name: str, layer: NetLayer, count: int, batch: int, backward: bo
             runners["onnxruntime"] = ort_fn
     for fn in runners.values():
         fn()
-    samples = _alternate(runners, repeat, block, 0.005)
+    samples = alternate(runners, repeat, block, 0.005)
     median = {k: statistics.median(v) for k, v in samples.items()}
     return LayerResult(name, layer.title, layer.kind, batch,
                        "backward" if backward else "forward", count,

@@ -235,8 +235,11 @@ def dropped_rows_note(r: ResolvedConv, axis: int, name: str | None = None) -> st
     size, (lo, hi), eff = r.input_size[axis], r.padding[axis], r.effective_kernel[axis]
     stride = r.spec.strides[axis]
     which = "input row never reaches" if dropped == 1 else f"{dropped} input rows never reach"
+    ceil = ("; ceil mode keeps no window that would start past the input"
+            if r.spec.pool is not None and r.spec.ceil_mode else "")
     return (f"{name}: the last {which} the kernel (({size} + {lo} + {hi} - {eff}) = "
-            f"{size + lo + hi - eff} is not a multiple of the stride {stride}): silently dropped")
+            f"{size + lo + hi - eff} is not a multiple of the stride {stride}{ceil}): silently "
+            "dropped")
 
 
 def _notes(r: ResolvedConv, axes: Sequence[AxisDerivation]) -> list[str]:

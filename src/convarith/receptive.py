@@ -46,13 +46,17 @@ from fractions import Fraction
 from .limits import check_layers
 from .spec import ResolvedConv
 
-__all__ = ["ReceptiveField", "stack_fields", "exact_field", "Number"]
+__all__ = ["ReceptiveField", "stack_fields", "exact_field", "Number", "tidy_number"]
 
 Number = int | Fraction
 
 
-def _tidy(value: Number) -> Number:
-    """A Fraction with denominator 1 becomes an int (for printing and JSON)."""
+def tidy_number(value: Number) -> Number:
+    """A Fraction with denominator 1 becomes an int (for printing and JSON).
+
+    >>> tidy_number(Fraction(6, 2)), tidy_number(Fraction(1, 2)), tidy_number(4)
+    (3, Fraction(1, 2), 4)
+    """
     if isinstance(value, Fraction) and value.denominator == 1:
         return int(value)
     return value
@@ -89,7 +93,7 @@ class ReceptiveField:
     def center(self) -> tuple[Number, ...]:
         """Input coordinate of the centre of cell 0's field (a half means between cells)."""
         return tuple(
-            _tidy(Fraction(s) + Fraction(r - 1, 2)) for s, r in zip(self.start, self.size)
+            tidy_number(Fraction(s) + Fraction(r - 1, 2)) for s, r in zip(self.start, self.size)
         )
 
     def span(self, index: Sequence[int]) -> tuple[tuple[Number, Number], ...]:
@@ -97,7 +101,7 @@ class ReceptiveField:
         if len(index) != self.rank:
             raise ValueError(f"index {tuple(index)} must have {self.rank} coordinates")
         return tuple(
-            (_tidy(s + i * j), _tidy(s + i * j + r - 1))
+            (tidy_number(s + i * j), tidy_number(s + i * j + r - 1))
             for i, s, j, r in zip(index, self.start, self.jump, self.size)
         )
 
@@ -117,13 +121,13 @@ class ReceptiveField:
             if spec.transposed:
                 # stride-1 window over the input with S - 1 zeros between cells
                 step = Fraction(j, s) if isinstance(j, int) else j / s
-                sizes.append(_tidy(r + (k_eff - 1) * step))
-                jumps.append(_tidy(step))
-                starts.append(_tidy(start - lo * step))
+                sizes.append(tidy_number(r + (k_eff - 1) * step))
+                jumps.append(tidy_number(step))
+                starts.append(tidy_number(start - lo * step))
             else:
-                sizes.append(_tidy(r + (k_eff - 1) * j))
-                jumps.append(_tidy(j * s))
-                starts.append(_tidy(start - lo * j))
+                sizes.append(tidy_number(r + (k_eff - 1) * j))
+                jumps.append(tidy_number(j * s))
+                starts.append(tidy_number(start - lo * j))
         return ReceptiveField(tuple(sizes), tuple(jumps), tuple(starts))
 
     def padded(self, padding: Sequence[tuple[int, int]]) -> ReceptiveField:
@@ -131,7 +135,7 @@ class ReceptiveField:
         return ReceptiveField(
             self.size,
             self.jump,
-            tuple(_tidy(s - lo * j) for s, j, (lo, _) in zip(self.start, self.jump, padding)),
+            tuple(tidy_number(s - lo * j) for s, j, (lo, _) in zip(self.start, self.jump, padding)),
         )
 
     def to_dict(self) -> dict[str, list[str | int]]:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from . import arithmetic as ar
-from .arithmetic import check_int
+from .arithmetic import check_int, padding_source
 
 __all__ = ["ConvSpec", "ResolvedConv", "Tap", "PADDING_WORDS", "PADDING_MODES", "padding_source"]
 
@@ -424,24 +424,6 @@ class Tap:
     in_padding: bool
 
 
-def padding_source(index: int, size: int, mode: str) -> int | None:
-    """The input cell a padding cell copies under ``mode``; ``None`` for zeros."""
-    if 0 <= index < size:
-        return index
-    if mode == "zeros":
-        return None
-    if mode == "replicate":
-        return min(max(index, 0), size - 1)
-    if mode == "circular":
-        return index % size
-    # reflect: mirror without repeating the edge
-    if size == 1:
-        return 0
-    period = 2 * (size - 1)
-    index %= period
-    return index if index < size else period - index
-
-
 @dataclass(frozen=True)
 class ResolvedConv:
     """A :class:`ConvSpec` applied to one input shape: every number made explicit.
@@ -560,7 +542,10 @@ class ResolvedConv:
             padding.append(pads)
             crop.append((0, 0))
             out.append(o)
-            dropped.append(0 if spec.ceil_mode else ar.dropped_rows(size, k, s, d, pads))
+            # ceil mode adds a last partial window, except one that would start past the
+            # input (PyTorch's rule): then the windows, and the rows they leave, are floor mode's
+            floor = not ceil_pool or o == ar.pool_output_size(size, k, s, d, pads)
+            dropped.append(ar.dropped_rows(size, k, s, d, pads) if floor else 0)
         return cls(
             spec=spec,
             input_size=spatial,
@@ -661,40 +646,54 @@ class ResolvedConv:
 
     # ------------------------------------------------------------------ geometry
 
+    def grid_cells(self, axis: int, extent: int | None = None) -> list[tuple[str, int | None]]:
+        """What each cell of the grid the windows slide over is along one axis: ``(kind, source)``.
+
+        The one classification of grid cells (:func:`~convarith.arithmetic.grid_cell`,
+        words :data:`~convarith.arithmetic.GRID_CELL_KINDS`), used by the
+        footprint (:meth:`axis_taps`), the animations and the explorer's page.
+        ``extent`` cells (default: :attr:`padded_size`; ceil-mode pooling's
+        windows reach :attr:`overhang` cells further, ``"beyond"``).
+
+        >>> r = ConvSpec(3, strides=2, rank=1).resolve((6,))
+        >>> [kind for kind, _ in r.grid_cells(0)]
+        ['input', 'input', 'input', 'input', 'input', 'dropped']
+        >>> [k for k, _ in ConvSpec(2, strides=2, transposed=True, rank=1).resolve((2,)).grid_cells(0)]
+        ['padding', 'input', 'inserted', 'input', 'padding']
+        """
+        return ar.grid_cells(*self._axis_arithmetic(axis), transposed=self.spec.transposed,
+                             padding_mode=self.spec.padding_mode,
+                             extent=self.padded_size[axis] if extent is None else extent)
+
+    def _axis_arithmetic(self, axis: int) -> tuple[int, int, int, int, int, tuple[int, int]]:
+        """``(size, output, kernel, stride, dilation, padding)`` of one axis, for :mod:`arithmetic`."""
+        spec = self.spec
+        return (self.input_size[axis], self.output_size[axis], spec.kernel_size[axis],
+                spec.strides[axis], spec.dilation[axis], self.padding[axis])
+
     def axis_taps(self, axis: int, out_index: int) -> list[Tap]:
         """The footprint of output cell ``out_index`` along one axis (1-D taps).
 
-        The footprint of a cell is the product of its per-axis taps.
+        The footprint of a cell is the product of its per-axis taps. A tap
+        reads the cell of :meth:`grid_cells` at its position: its source for
+        an input cell or a padding copy, a zero otherwise; ``in_padding`` for
+        padding (zeros or copies) and cells beyond it.
         """
         spec = self.spec
-        k_size = spec.kernel_size[axis]
-        d = spec.dilation[axis]
-        s = spec.strides[axis]
-        lo, _ = self.padding[axis]
-        size = self.input_size[axis]
+        size, out, k_size, s, d, pads = self._axis_arithmetic(axis)
+        if not 0 <= out_index < out:
+            raise IndexError(f"output index {out_index} on axis {axis} is outside 0..{out - 1}")
         taps = []
-        if not 0 <= out_index < self.output_size[axis]:
-            raise IndexError(
-                f"output index {out_index} on axis {axis} is outside 0..{self.output_size[axis] - 1}"
-            )
         for k in range(k_size):
             if spec.transposed:
                 # stride-1 window over the zero-inserted grid, flipped kernel
-                position = out_index + k * d
-                grid = position - lo
-                real = grid % s == 0 and 0 <= grid // s < size
-                source = grid // s if real and grid >= 0 else None
-                in_padding = not 0 <= grid <= (size - 1) * s
-                taps.append(Tap((k_size - 1 - k,), (position,), (source,) if source is not None
-                                else None, in_padding))
-                continue
-            position = out_index * s + k * d
-            index = position - lo
-            in_padding = not 0 <= index < size
-            src = padding_source(index, size, spec.padding_mode)
-            if position >= size + lo + self.padding[axis][1]:
-                src = None  # beyond the padded input (ceil-mode pooling)
-            taps.append(Tap((k,), (position,), (src,) if src is not None else None, in_padding))
+                position, kernel = out_index + k * d, k_size - 1 - k
+            else:
+                position, kernel = out_index * s + k * d, k
+            kind, source = ar.grid_cell(position, size, out, k_size, s, d, pads,
+                                        transposed=spec.transposed, padding_mode=spec.padding_mode)
+            taps.append(Tap((kernel,), (position,), (source,) if source is not None else None,
+                            kind in ("padding", "copy", "beyond")))
         return taps
 
     def footprint(self, out_index: int | Sequence[int]) -> list[Tap]:
@@ -735,25 +734,17 @@ class ResolvedConv:
         s = spec.strides[axis]
         lo, hi = self.padding[axis]
         size, out_size = self.input_size[axis], self.output_size[axis]
-        hits = []
         if spec.transposed:
-            position = index * s + lo  # where the cell sits in the zero-inserted, padded grid
-            for k in range(k_size):
-                o = position - k * d
-                if 0 <= o < out_size:
-                    hits.append((o, k_size - 1 - k))
-            return sorted(hits)
+            # where the cell sits in the zero-inserted, padded grid; stride-1 windows, flipped kernel
+            return sorted((o, k_size - 1 - k)
+                          for o, k in ar.windows_reading(index * s + lo, out_size, k_size, 1, d))
         # the cell itself, and any padding cells that copy it (reflect, replicate, circular)
         positions = [index + lo]
         if spec.padding_mode != "zeros":
             positions += [p + lo for p in (*range(-lo, 0), *range(size, size + hi))
                           if padding_source(p, size, spec.padding_mode) == index]
-        for position in positions:
-            for k in range(k_size):
-                start = position - k * d
-                if start % s == 0 and 0 <= start // s < out_size:
-                    hits.append((start // s, k))
-        return sorted(hits)
+        return sorted(hit for position in positions
+                      for hit in ar.windows_reading(position, out_size, k_size, s, d))
 
     def _index(self, index: int | Sequence[int], bounds: tuple[int, ...], what: str) -> tuple[int, ...]:
         if isinstance(index, numbers.Integral) and not isinstance(index, bool):

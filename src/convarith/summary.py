@@ -40,7 +40,7 @@ from typing import Any
 
 from .io.graph import LayerNode, ModelGraph
 from .limits import check_model_layers
-from .receptive import ReceptiveField, _tidy
+from .receptive import ReceptiveField, tidy_number
 from .spec import ConvSpec, ResolvedConv
 
 __all__ = ["summarize", "summary_of", "ModelSummary", "LayerRow", "draw_field"]
@@ -547,7 +547,8 @@ class _Walk:
         field_a, field_b = self.tensors[first].field, self.tensors[second].field
         at_branch = self.tensors[branch].field
         if field_a is not None and field_b is not None and at_branch is not None and field_a.jump == field_b.jump:
-            cells = tuple(_tidy(Fraction(b) - Fraction(a)) if j == 1 else _tidy((Fraction(b) - Fraction(a)) / j)
+            cells = tuple(tidy_number(Fraction(b) - Fraction(a)) if j == 1
+                          else tidy_number((Fraction(b) - Fraction(a)) / j)
                           for a, b, j in zip(field_a.center, field_b.center, at_branch.jump))
             text += f" (= {_axes(cells)} cells of {branch}, whose cells are {_axes(at_branch.jump)} input pixels apart)"
         return text

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(
             f"convarith serve needs uvicorn ({error}); pip install 'convarith[web]'"
         ) from error
-    from ..web.app import HeavyWorker, create_app
+    from ..web.app import HeavyWorker, create_app, give_big_blocks_back
 
     _check_can_listen(args.host, args.port)
     everywhere = args.host in ("0.0.0.0", "::")
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"convarith explorer on {url}  (Ctrl+C to stop)")
     if args.open:
         threading.Timer(1.0, webbrowser.open, args=(url,)).start()
-    _give_big_blocks_back()
+    give_big_blocks_back()
     # light requests run in worker threads; a short switch interval hands the
     # interpreter lock back to the event loop sooner
     sys.setswitchinterval(0.001)
@@ -134,30 +134,6 @@ def _header_timeout_protocol(seconds: float) -> Any:
                 self.transport.close()
 
     return HeaderTimeoutH11
-
-
-#: glibc's mallopt() parameter number for the size from which blocks are mmap()ed.
-_M_MMAP_THRESHOLD = -3
-
-
-def _give_big_blocks_back(threshold: int = 1 << 20) -> bool:
-    """Make glibc map every block of ``threshold`` bytes or more on its own, so freeing returns it.
-
-    glibc raises its mmap threshold (up to 32 MiB) each time a mapped block is
-    freed, after which decoded pictures land in the heap, and the heap keeps
-    them: twenty 4096x4096 uploads left the server at 2.2 GB. A fixed
-    threshold keeps the server's memory near its resting size after a burst.
-    A no-op (``False``) off glibc.
-    """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        return bool(libc and libc.mallopt(_M_MMAP_THRESHOLD, threshold))
-    except (OSError, AttributeError):
-        return False
 
 
 def _host_names(host: str) -> tuple[str, ...]:

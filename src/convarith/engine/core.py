@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ..arithmetic import transposed_grid_output_size, zero_inserted_size
+from ..arithmetic import transposed_grid_output_size, window_reach, zero_inserted_size
 from ..limits import check_values
 from ..spec import ConvSpec, ResolvedConv
 from . import pooling
@@ -49,6 +49,7 @@ from .dispatch import (
     plan,
     plan_transposed,
     plan_weight_grad,
+    remembered_plan,
     set_aside,
     value_limits,
 )
@@ -353,31 +354,56 @@ def direct_conv(
     ``out_size`` that does not fit is a ValueError, never a read past a buffer.
     Negative padding crops.
     """
-    xp, padding = _crop_negative(xp, padding)
-    padded_size = tuple(
-        n + lo + hi for n, (lo, hi) in zip(xp.shape[1:-1], padding or [(0, 0)] * xp.ndim))
-    problem = ConvProblem(
-        input_shape=(xp.shape[0], *padded_size, xp.shape[-1]),
-        kernel_shape=tuple(kernel.shape),
-        strides=tuple(strides),
-        dilation=tuple(dilation),
-        groups=groups,
-        out_size=tuple(out_size),
-        dtype=xp.dtype,
-    )
-    chosen = plan(problem, xp, kernel, algorithm, padding)
+    def make() -> tuple[ConvProblem, Algorithm, Any, Any]:
+        cropped, rest = _crop_negative(xp, padding)
+        problem = ConvProblem(
+            input_shape=(cropped.shape[0], *_padded_size(cropped, rest), cropped.shape[-1]),
+            kernel_shape=tuple(kernel.shape),
+            strides=tuple(strides),
+            dilation=tuple(dilation),
+            groups=groups,
+            out_size=tuple(out_size),
+            dtype=cropped.dtype,
+        )
+        chosen = plan(problem, cropped, kernel, algorithm, rest)
+        return problem, chosen, _crop_of(cropped is xp, padding), _as_pairs(rest)
+
+    # the checks and the choice, remembered for arrays of this layout (dispatch._PLANS)
+    problem, chosen, crop, padding = remembered_plan(
+        ("direct", strides, dilation, groups, out_size, algorithm, padding), xp, kernel, make)
+    if crop is not None:
+        xp = np.ascontiguousarray(pad(xp, crop))
     limits = None if algorithm is not None else value_limits(chosen, problem, xp, kernel)
     with np.errstate(invalid="ignore", over="ignore"):  # inf and NaN propagate silently
         if limits is not None:
             return _direct_set_aside(problem, xp, kernel, chosen, limits, padding)
         if padding is not None and chosen.pads_zeros:
             return chosen.direct(xp, kernel, problem.strides, problem.dilation, groups,
-                                 problem.out_size, padding=tuple(padding))
+                                 problem.out_size, padding=padding)
         if padding is not None:
             xp = pad(xp, padding)
         return chosen.direct(
             xp, kernel, problem.strides, problem.dilation, groups, problem.out_size
         )
+
+
+def _padded_size(x: np.ndarray, padding: Sequence[tuple[int, int]] | None) -> tuple[int, ...]:
+    """The spatial size of ``x`` once ``padding`` (or none) is applied."""
+    if padding is None:
+        return tuple(x.shape[1:-1])
+    return tuple(n + lo + hi for n, (lo, hi) in zip(x.shape[1:-1], padding))
+
+
+def _crop_of(uncropped: bool, padding: Sequence[tuple[int, int]] | None
+             ) -> tuple[tuple[int, int], ...] | None:
+    """The negative sides of ``padding`` (what :func:`_crop_negative` cut), ``None`` if none."""
+    if uncropped or padding is None:
+        return None
+    return tuple((min(lo, 0), min(hi, 0)) for lo, hi in padding)
+
+
+def _as_pairs(padding: Sequence[tuple[int, int]] | None) -> tuple[tuple[int, int], ...] | None:
+    return None if padding is None else tuple((lo, hi) for lo, hi in padding)
 
 
 #: Beyond this share of the outputs to sum directly, the whole layer is summed directly.
@@ -483,19 +509,25 @@ def _weight_grad(
     padding: Sequence[tuple[int, int]] | None = None,
 ) -> np.ndarray:
     # with padding (zeros) xp is not padded yet, as in direct_conv
-    xp, padding = _crop_negative(xp, padding)
-    padded_size = tuple(
-        n + lo + hi for n, (lo, hi) in zip(xp.shape[1:-1], padding or [(0, 0)] * xp.ndim))
-    problem = ConvProblem(
-        input_shape=(xp.shape[0], *padded_size, xp.shape[-1]),
-        kernel_shape=(*kernel_size, xp.shape[-1] // groups, dy.shape[-1]),
-        strides=tuple(strides),
-        dilation=tuple(dilation),
-        groups=groups,
-        out_size=tuple(dy.shape[1:-1]),
-        dtype=xp.dtype,
-    )
-    chosen = plan_weight_grad(problem, xp, dy, algorithm, padding)
+    def make() -> tuple[ConvProblem, Algorithm, Any, Any]:
+        cropped, rest = _crop_negative(xp, padding)
+        problem = ConvProblem(
+            input_shape=(cropped.shape[0], *_padded_size(cropped, rest), cropped.shape[-1]),
+            kernel_shape=(*kernel_size, cropped.shape[-1] // groups, dy.shape[-1]),
+            strides=tuple(strides),
+            dilation=tuple(dilation),
+            groups=groups,
+            out_size=tuple(dy.shape[1:-1]),
+            dtype=cropped.dtype,
+        )
+        chosen = plan_weight_grad(problem, cropped, dy, algorithm, rest)
+        return problem, chosen, _crop_of(cropped is xp, padding), _as_pairs(rest)
+
+    problem, chosen, crop, padding = remembered_plan(
+        ("weight_grad", kernel_size, strides, dilation, groups, algorithm, padding), xp, dy,
+        make)
+    if crop is not None:
+        xp = np.ascontiguousarray(pad(xp, crop))
     assert chosen.weight_grad is not None
     limits = None if algorithm == chosen.name else value_limits(chosen, problem, xp, dy,
                                                                  spatial=False)
@@ -503,12 +535,12 @@ def _weight_grad(
         if limits is not None:
             return _weight_grad_set_aside(problem, xp, dy, chosen, limits, padding)
         if padding is not None and chosen.pads_zeros:
-            return chosen.weight_grad(xp, dy, tuple(kernel_size), problem.strides,
-                                      problem.dilation, groups, padding=tuple(padding))
+            return chosen.weight_grad(xp, dy, problem.kernel_size, problem.strides,
+                                      problem.dilation, groups, padding=padding)
         if padding is not None:
             xp = pad(xp, padding)
         return chosen.weight_grad(
-            xp, dy, tuple(kernel_size), problem.strides, problem.dilation, groups
+            xp, dy, problem.kernel_size, problem.strides, problem.dilation, groups
         )
 
 
@@ -639,7 +671,8 @@ def transposed_algorithm(
                                             padding, dtype)
     if transposed is not None:
         return transposed.name
-    grid_size = tuple(o + (k - 1) * d for o, k, d in zip(out_size, kernel_shape[:rank], dilation))
+    grid_size = tuple(window_reach(o, k, 1, d)
+                      for o, k, d in zip(out_size, kernel_shape[:rank], dilation))
     swapped = (*kernel_shape[:rank], kernel_shape[-1] // groups, kernel_shape[-2] * groups)
     return choose(ConvProblem((x_shape[0], *grid_size, x_shape[-1]), swapped, (1,) * rank,
                               tuple(dilation), groups, out_size, np.dtype(dtype))).name
@@ -663,25 +696,34 @@ def transposed_conv(
     runs instead when it is named, or when it is cheaper than the best direct
     algorithm on that grid: one decision, :func:`.dispatch.plan_transposed`.
     """
-    rank = len(strides)
-    out_size, transposed = _transposed_plan(x.shape, kernel.shape, strides, dilation, groups,
-                                            padding, x.dtype, algorithm, x, kernel)
+    def make() -> tuple[Any, ...]:
+        out_size, transposed = _transposed_plan(x.shape, kernel.shape, strides, dilation,
+                                                groups, padding, x.dtype, algorithm, x, kernel)
+        problem = None if transposed is None else transposed_problem(
+            x.shape, kernel.shape, strides, dilation, groups, out_size, x.dtype)
+        stride1 = all(s == 1 for s in strides)
+        in_place = stride1 and all(lo >= 0 and hi >= 0 for lo, hi in padding)
+        return out_size, transposed, problem, _as_pairs(padding), stride1, in_place
+
+    # the checks and the choice, remembered for arrays of this layout (dispatch._PLANS)
+    out_size, transposed, problem, pairs, stride1, in_place = remembered_plan(
+        ("transposed", strides, dilation, groups, padding, algorithm), x, kernel, make)
     if transposed is not None:
         with np.errstate(invalid="ignore", over="ignore"):  # inf and NaN propagate silently
             limits = None if algorithm is not None else value_limits(
-                transposed, transposed_problem(x.shape, kernel.shape, strides, dilation, groups,
-                                               out_size, x.dtype), x, kernel)
+                transposed, problem, x, kernel)
             if limits is not None:
                 return _transposed_set_aside(x, kernel, strides, dilation, padding, out_size,
                                              transposed, limits)
-            return transposed.direct(x, kernel, tuple(strides), tuple(dilation), groups,
-                                     tuple(tuple(p) for p in padding), out_size)
-    if all(s == 1 for s in strides) and all(lo >= 0 and hi >= 0 for lo, hi in padding):
+            return transposed.direct(x, kernel, problem.strides, problem.dilation, groups,
+                                     pairs, out_size)
+    rank = len(out_size)
+    if in_place:
         # stride 1 inserts nothing: the padding is plain zero padding, which the
         # direct algorithm may read in place
         return direct_conv(x, flip_swap(kernel, groups), (1,) * rank, dilation, groups,
-                           out_size, algorithm, padding=[(lo, hi) for lo, hi in padding])
-    grid = pad(x, padding) if all(s == 1 for s in strides) else zero_insert(x, strides, padding)
+                           out_size, algorithm, padding=pairs)
+    grid = pad(x, padding) if stride1 else zero_insert(x, strides, padding)
     return direct_conv(
         grid, flip_swap(kernel, groups), (1,) * rank, dilation, groups, out_size, algorithm
     )

@@ -66,9 +66,13 @@ import pkgutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+
+from ..arithmetic import conv_output_size, transposed_grid_output_size, window_reach
+from . import autotune
+from .algorithms._threads import worker_count
 
 __all__ = [
     "Algorithm",
@@ -294,6 +298,7 @@ def register_algorithm(
     _REGISTRY.algorithms[name] = algorithm
     _REGISTRY.generation += 1
     _CHOICES.clear()
+    _PLANS.clear()
     return algorithm
 
 
@@ -302,6 +307,7 @@ def unregister_algorithm(name: str) -> Algorithm | None:
     removed = _REGISTRY.algorithms.pop(name, None)
     _REGISTRY.generation += 1
     _CHOICES.clear()
+    _PLANS.clear()
     return removed
 
 
@@ -388,8 +394,6 @@ def remembered(key: tuple[Any, ...], find: Callable[[], Algorithm | None]) -> Al
     ``thread_limit`` and ``CONVARITH_NUM_THREADS`` change). A choice computed
     while another thread changed the registry is returned but not kept.
     """
-    from .algorithms._threads import worker_count
-
     key = (*key, worker_count(), WORKSPACE_BYTES)
     try:
         return _CHOICES[key]
@@ -410,7 +414,9 @@ def cheapest(problem: ConvProblem, kind: str = "direct", exact: bool = False
     """The cheapest ``kind`` algorithm that applies to ``problem``, if any.
 
     ``exact``: only algorithms without transforms (no ``value_gain``), whose
-    outputs each read only their own window.
+    outputs each read only their own window. With ``CONVARITH_AUTOTUNE=1`` a
+    direct problem's few cheapest candidates are measured instead (once per
+    machine and shape, remembered on disk: :mod:`.autotune`).
     """
 
     def find() -> Algorithm | None:
@@ -420,6 +426,9 @@ def cheapest(problem: ConvProblem, kind: str = "direct", exact: bool = False
         ]
         if not candidates:
             return None
+        if kind == "direct" and not exact and autotune.enabled():
+            ranked = sorted(candidates, key=lambda a: (a.cost(problem), a.name))
+            return autotune.tuned_choice(problem, ranked, worker_count(), WORKSPACE_BYTES)
         return min(candidates, key=lambda a: (a.cost(problem), a.name))
 
     return remembered((problem, kind, exact), find)
@@ -455,6 +464,56 @@ def cheapest_weight_grad(problem: ConvProblem, exact: bool = False) -> Algorithm
         raise ValueError(
             f"no registered algorithm computes the weight gradient of {describe(problem)}")
     return found
+
+
+# Plans made so far: (what, the call's arguments, each array's shape, strides and dtype,
+# worker count, workspace budget) -> what the planner returned for that call. The
+# checks of the arrays (:func:`check_arrays`) read only those, and the choice only the
+# problem they give, so a call that matches a remembered key skips both: ~1 µs instead
+# of ~15 µs, paid by every call of a layer. Emptied with the remembered choices.
+_PLANS: dict[tuple[Any, ...], Any] = {}
+_PLANS_MAX = 1024
+
+Plan = TypeVar("Plan")
+
+
+def remembered_plan(key: tuple[Any, ...], first: Any, second: Any,
+                    make: Callable[[], Plan]) -> Plan:
+    """``make()``, a plan that checks the arrays ``first`` and ``second`` and chooses an
+    algorithm, remembered under ``key`` and the arrays' shapes, strides and dtypes.
+
+    ``key`` must hold everything else ``make`` reads (the call's arguments,
+    hashable), so that a call with the same key and arrays of the same layout
+    passes the same checks and gets the same choice. The worker count and
+    workspace budget are added here. Arrays other than a plain ``numpy.ndarray``
+    and unhashable arguments are planned every time; a plan that raises is not
+    remembered (the next call raises again); one made while another thread
+    changed the registry is returned but not kept.
+
+    >>> x, k, calls = np.zeros((1, 4, 1)), np.zeros((3, 1, 1)), []
+    >>> remembered_plan(("doctest",), x, k, lambda: calls.append(1) or "made")
+    'made'
+    >>> remembered_plan(("doctest",), x, k, lambda: calls.append(1) or "made"), calls
+    ('made', [1])
+    """
+    if type(first) is not np.ndarray or type(second) is not np.ndarray:
+        return make()
+    full = (*key, first.shape, first.strides, first.dtype, second.shape, second.strides,
+            second.dtype, worker_count(), WORKSPACE_BYTES)
+    try:
+        return _PLANS[full]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable argument (a list): plan every time
+        return make()
+    _REGISTRY.load_builtin()  # loading registers: it would look like a change
+    generation = _REGISTRY.generation
+    made = make()
+    if generation == _REGISTRY.generation:
+        if len(_PLANS) >= _PLANS_MAX:
+            _PLANS.clear()
+        _PLANS[full] = made
+    return made
 
 
 def workspace_budget(output_bytes: int) -> int:
@@ -510,12 +569,12 @@ def check_problem(problem: ConvProblem) -> None:
         if s < 1 or d < 1 or k < 1 or o < 0:
             raise _refuse(problem, f"axis {axis}: strides, dilation and kernel size must be >= 1 "
                                    f"and out_size >= 0")
-        reach = (k - 1) * d + 1
-        if o > 0 and (o - 1) * s + reach > n:
-            fit = (n - reach) // s + 1 if n >= reach else 0
-            raise _refuse(problem, f"out_size[{axis}]={o} needs {(o - 1) * s + reach} input "
-                                   f"cells on that axis, the input has {n} (at most {fit} "
-                                   f"outputs fit)")
+        if o > 0:
+            reach = window_reach(o, k, s, d)
+            if reach > n:
+                raise _refuse(problem, f"out_size[{axis}]={o} needs {reach} input cells on "
+                                       f"that axis, the input has {n} (at most "
+                                       f"{conv_output_size(n, k, s, d)} outputs fit)")
 
 
 def check_arrays(problem: ConvProblem, x: Any, kernel: Any,
@@ -715,7 +774,8 @@ def check_transposed_out_size(problem: ConvProblem, grid_problem: ConvProblem) -
     ValueError: the arrays do not match a 1-D float32 convolution: input (1, 3, 1), kernel (2, 1, 1), strides (2,), dilation (1,), groups 1, output size (5,): out_size (5,) is not the zero-inserted grid's (6,)
     """
     rank = len(problem.strides)
-    grid_out = tuple(n - (k - 1) * d for n, k, d in zip(
+    # the grid is already zero-inserted and padded: stride 1, no padding (not clamped)
+    grid_out = tuple(transposed_grid_output_size(n, k, 1, d) for n, k, d in zip(
         grid_problem.input_shape[1:-1], grid_problem.kernel_shape[:rank], grid_problem.dilation))
     if len(problem.out_size) != rank or tuple(problem.out_size) != grid_out or tuple(
             grid_problem.out_size) != grid_out:

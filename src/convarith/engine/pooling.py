@@ -23,6 +23,8 @@ array([0.5, 2.5, 4. ])
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..spec import ResolvedConv
@@ -67,20 +69,70 @@ def divisor(resolved: ResolvedConv) -> np.ndarray:
 
 
 def forward(x: np.ndarray, resolved: ResolvedConv) -> np.ndarray:
-    """Pool channels-last ``x`` ``(N, *spatial, C)`` per the resolved spec."""
+    """Pool channels-last ``x`` ``(N, *spatial, C)`` per the resolved spec.
+
+    The window is reduced one axis at a time (:func:`reduce_windows`): a max or
+    a sum over a rectangle is the max or sum over its rows of the max or sum
+    over each row, so a ``K×K`` window costs about ``2K`` passes, not ``K²``.
+
+    >>> from convarith import ConvSpec
+    >>> x = np.arange(16.0).reshape(1, 4, 4, 1)
+    >>> forward(x, ConvSpec(2, strides=2, pool="max").resolve(x.shape))[0, ..., 0].tolist()
+    [[5.0, 7.0], [13.0, 15.0]]
+    """
     spec = resolved.spec
-    block = _whole(resolved, x.shape[0])
     if spec.pool == "max":
         xp = _padded(x, resolved, -np.inf)
-        y, _ = _max_with_argmax(xp, resolved, block, want_argmax=False)
-        return y
+        return reduce_windows(xp, np.maximum, spec.kernel_size, spec.strides, spec.dilation,
+                              resolved.output_size)
     xp = _padded(x, resolved, 0.0)
-    y = np.zeros((x.shape[0], *resolved.output_size, x.shape[-1]), dtype=x.dtype)
-    for tap in np.ndindex(*spec.kernel_size):
-        y += tap_view(xp, block, tap, spec.strides, spec.dilation)
+    y = reduce_windows(xp, np.add, spec.kernel_size, spec.strides, spec.dilation,
+                       resolved.output_size)
+    if not any(resolved.overhang) and (spec.count_include_pad or not any(
+            lo or hi for lo, hi in resolved.padding)):
+        y /= y.dtype.type(math.prod(spec.kernel_size))  # every window counts all its cells
+        return y
     with np.errstate(divide="ignore", invalid="ignore"):
         y /= divisor(resolved).astype(x.dtype)
     return y
+
+
+def reduce_windows(xp: np.ndarray, op: np.ufunc, kernel_size: tuple[int, ...],
+                   strides: tuple[int, ...], dilation: tuple[int, ...],
+                   out_size: tuple[int, ...]) -> np.ndarray:
+    """``op`` (``np.add`` or ``np.maximum``) over every window of padded ``xp``, a new
+    array ``(N, *out_size, C)``.
+
+    One spatial axis at a time: along it, the ``K`` cells of each window are
+    combined (``K - 1`` passes over strided views), or, for a single window (a
+    global pool), one ``op.reduce`` over the cells it covers. ``np.maximum``
+    propagates NaN, as PyTorch's max pooling does.
+
+    >>> reduce_windows(np.arange(6.0).reshape(1, 6, 1), np.add, (3,), (3,), (1,), (2,))[0, :, 0]
+    array([ 3., 12.])
+    """
+    current = xp
+    for axis, (k, s, d, o) in enumerate(zip(kernel_size, strides, dilation, out_size), 1):
+        def along(first: int, step: int, count: int, array: np.ndarray = current,
+                  axis: int = axis) -> np.ndarray:
+            index = [slice(None)] * array.ndim
+            index[axis] = slice(first, first + (count - 1) * step + 1, step) if count else \
+                slice(0, 0)
+            return array[tuple(index)]
+
+        if o == 0 or k == 1:
+            current = along(0, s, o)
+            continue
+        if o == 1:
+            current = op.reduce(along(0, d, k), axis=axis, keepdims=True)
+            continue
+        combined = np.array(along(0, s, o))
+        for tap in range(1, k):
+            op(combined, along(tap * d, s, o), out=combined)
+        current = combined
+    if current is xp or not current.flags.owndata:
+        current = np.array(current)  # a view of the input (a 1×1 window): copy
+    return current
 
 
 def _max_with_argmax(

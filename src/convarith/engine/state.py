@@ -14,6 +14,13 @@ algorithm registry     name -> algorithm (``dispatch._REGISTRY``),   ``register_
 remembered choices     (problem, kind or question, exact-only,       any registration (a choice computed while
                        worker count, workspace budget) -> algorithm  the registry changed is not kept);
                        (``dispatch._CHOICES``, at most 4096)         emptied when full
+remembered plans       (call's arguments, each array's shape,        as the remembered choices
+                       strides and dtype, worker count, workspace
+                       budget) -> checked problem and algorithm
+                       (``dispatch._PLANS``, at most 1024)
+autotune files         cache file path -> {problem key: algorithm}   the files are read again after
+                       (``autotune._FILES``; the files themselves    :func:`clear_caches`; entries kept
+                       are in the user's cache directory)            per file at most 4096
 resolved specs         (spec, input shape) -> ``ResolvedConv``       nothing (pure; LRU of 1024)
                        (``spec._resolve_remembered``)
 kernel layouts         register_tiles ``_layout``: shape, dtype,     nothing (pure; LRU of 256)
@@ -24,7 +31,7 @@ space-to-depth plans   kernel/stride/dilation -> plan                nothing (pu
 Winograd matrices      ``winograd.transform(m)``, its growth bound   nothing (constants)
 compiled kernels       numba kernels (col2im, depthwise, flat_rows,  ``CONVARITH_JIT`` and the installed
                        space_to_depth, winograd), llvmlite modules   packages are read at the first call:
-                       (``_llvm._compiled``,                         clear to read them again
+                       (``_llvm._compiled``, ``_compiled_grouped``,  clear to read them again
                        ``_llvm_depthwise._row_kernel``, the host,
                        the binding),
                        SciPy's BLAS gemm; built once per key under
@@ -92,7 +99,7 @@ def cached_once(fn: F) -> F:
 def process_caches() -> dict[str, Callable[[], None]]:
     """Each cache of the table above by name, with the function that empties it."""
     from .. import spec
-    from . import dispatch
+    from . import autotune, dispatch
     from .algorithms import (
         _llvm,
         _llvm_depthwise,
@@ -114,6 +121,8 @@ def process_caches() -> dict[str, Callable[[], None]]:
 
     return {
         "remembered choices": dispatch._CHOICES.clear,
+        "remembered plans": dispatch._PLANS.clear,
+        "autotune files": autotune.clear,
         "resolved specs": functions(spec._resolve_remembered),
         "kernel layouts": functions(register_tiles._layout),
         "col2im plans": functions(col2im._axis_plan),
@@ -123,7 +132,7 @@ def process_caches() -> dict[str, Callable[[], None]]:
             col2im._numba_gather, depthwise._numba_kernels, flat_rows._numba_gather,
             flat_rows._numba_im2col, flat_rows.blas_gemm, space_to_depth._numba_kernels,
             winograd._numba_kernels, _llvm._compiled, _llvm._target, _llvm._host, _llvm._llvm,
-            _llvm_depthwise._row_kernel),
+            _llvm._compiled_grouped, _llvm_depthwise._row_kernel),
         "BLAS controller": functions(_threads._controller, _threads._sched_getcpu),
         "helper threads": _threads._POOL.clear,
         "per-thread buffers": _threads.clear_workspaces,

@@ -47,7 +47,12 @@ from .layers import (
     SeparableConv1D,
     SeparableConv2D,
 )
-from .losses import CategoricalCrossentropy, MeanSquaredError, SparseCategoricalCrossentropy
+from .losses import (
+    BinaryCrossentropy,
+    CategoricalCrossentropy,
+    MeanSquaredError,
+    SparseCategoricalCrossentropy,
+)
 from .merging import Add, Average, Concatenate, Dot, Maximum, Minimum, Multiply, Subtract
 from .models import History, Sequential, TrainingStopped
 from .optimizers import SGD, Adam, RMSprop
@@ -73,7 +78,7 @@ from .reshaping import (
 
 __all__ = [
     "Activation", "Adam", "Add", "Average", "AveragePooling1D", "AveragePooling2D",
-    "AveragePooling3D", "BatchNormalization", "CategoricalCrossentropy", "Concatenate",
+    "AveragePooling3D", "BatchNormalization", "BinaryCrossentropy", "CategoricalCrossentropy", "Concatenate",
     "Conv1D", "Conv1DTranspose", "Conv2D", "Conv2DTranspose", "Conv3D", "Conv3DTranspose",
     "Cropping1D", "Cropping2D", "Cropping3D", "Dense", "DepthwiseConv1D", "DepthwiseConv2D", "Dot",
     "Dropout", "Flatten", "GlobalAveragePooling1D", "GlobalAveragePooling2D",

@@ -2,9 +2,10 @@
 ``ReduceLROnPlateau``, ``ModelCheckpoint``.
 
 ``fit(..., callbacks=[...])`` calls ``on_train_begin``, ``on_epoch_end(epoch,
-logs)`` after each epoch (``logs`` holds ``loss``, ``accuracy``, ``val_...``)
-and ``on_train_end``; a callback stops training by setting
-``model.stop_training``.
+logs)`` after each epoch (``logs`` holds ``loss``, ``accuracy``, ``val_...``;
+with several outputs also ``<output>_loss``, ``<output>_accuracy``, so
+``monitor="val_<output>_loss"`` watches one output) and ``on_train_end``; a
+callback stops training by setting ``model.stop_training``.
 
 Examples
 --------

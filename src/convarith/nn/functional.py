@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from .layers import InputLayer, Layer, Shape, _fmt_shape
-from .models import Sequential, _batches, _blas_one_thread, _check_batch_size
+from .layers import InputLayer, Layer, Shape, format_shape
+from .models import Sequential, batches, blas_one_thread, check_batch_size
 
 __all__ = ["SymbolicTensor", "Node", "Model", "call_symbolic", "is_symbolic"]
 
@@ -55,7 +55,7 @@ class SymbolicTensor:
         return (None, *self.shape)
 
     def __repr__(self) -> str:
-        return f"<SymbolicTensor shape={_fmt_shape(self.batch_shape)} from {self.node.layer.name!r}>"
+        return f"<SymbolicTensor shape={format_shape(self.batch_shape)} from {self.node.layer.name!r}>"
 
 
 def _as_tensor(value: Any) -> SymbolicTensor:
@@ -143,9 +143,10 @@ class Model(Sequential):
         The model's name.
 
     ``compile``, ``fit``, ``evaluate``, ``train_on_batch`` and ``summary`` work as
-    for :class:`~convarith.nn.Sequential` (training needs one input and one
-    output); ``predict`` and calling the model take a list for several inputs
-    and give a list for several outputs.
+    for :class:`~convarith.nn.Sequential`, with several inputs and outputs as in
+    Keras: ``x`` and ``y`` as lists (in the order of ``inputs`` / ``outputs``) or
+    dicts by input / output layer name, a loss (and metrics) per output. ``predict``
+    and calling the model give a list for several outputs.
     """
 
     def __init__(self, inputs: Any, outputs: Any, name: str | None = None,
@@ -231,19 +232,39 @@ class Model(Sequential):
         shapes = [t.shape for t in self.outputs]
         return shapes if self.multiple_outputs else shapes[0]
 
-    def _check_inputs(self, x: Any) -> list[np.ndarray]:
-        arrays = _as_list(x) if self.multiple_inputs else [x]
+    def _check_inputs(self, x: Any, what: str = "x") -> list[np.ndarray]:
+        """One array per model input, from a list (in the order of ``inputs``), a dict by
+        input name, or one array for one input."""
+        names = [tensor.node.layer.name for tensor in self.inputs]
+        listed = ", ".join(names)
+        if isinstance(x, dict):
+            unknown = [key for key in x if key not in names]
+            missing = [name for name in names if name not in x]
+            if unknown or missing:
+                raise ValueError(f"{what} has keys {list(x)} but the model's inputs are ({listed})"
+                                 + (f"; unknown: {unknown}" if unknown else "")
+                                 + (f"; missing: {missing}" if missing else ""))
+            arrays = [x[name] for name in names]
+        elif self.multiple_inputs and isinstance(x, (list, tuple)):
+            arrays = list(x)
+        elif len(names) > 1:
+            raise ValueError(f"{what} must be a list of {len(names)} arrays in the order of "
+                             f"the model's inputs ({listed}) or a dict by input name, got "
+                             f"one {type(x).__name__}")
+        else:
+            arrays = [x]
         if len(arrays) != len(self.inputs):
-            raise ValueError(f"the model has {len(self.inputs)} inputs, got {len(arrays)} arrays")
+            raise ValueError(f"{what} has {len(arrays)} entries but the model has "
+                             f"{len(self.inputs)} inputs ({listed})")
         out = []
         for tensor, value in zip(self.inputs, arrays):
             array = np.asarray(value)
             if not np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_:
-                raise TypeError(f"x must hold numbers, got dtype {array.dtype}")
+                raise TypeError(f"{what} must hold numbers, got dtype {array.dtype}")
             if array.ndim < 1 or not _same_shape(tensor.shape, array.shape[1:]):
                 raise ValueError(
                     f"input {tensor.node.layer.name!r} is incompatible: expected shape "
-                    f"{_fmt_shape(tensor.batch_shape)}, received {_fmt_shape(array.shape)}")
+                    f"{format_shape(tensor.batch_shape)}, received {format_shape(array.shape)}")
             out.append(array.astype(tensor.node.layer.dtype, copy=False))
         if len({len(a) for a in out}) > 1:
             raise ValueError(f"the inputs hold different numbers of samples: "
@@ -251,12 +272,28 @@ class Model(Sequential):
         return out
 
     def _check_x(self, x: Any, what: str = "x") -> Any:
-        arrays = self._check_inputs(x)
-        if len(arrays) > 1 or len(self.outputs) > 1:
-            raise ValueError("training and evaluate take models with one input and one output; "
-                             "this one has "
-                             f"{len(self.inputs)} inputs and {len(self.outputs)} outputs")
+        arrays = self._check_inputs(x, what)
+        if len(arrays) > 1:
+            raise ValueError(f"the model has {len(arrays)} inputs; use model.run(list of "
+                             "arrays) or predict")
         return arrays[0]
+
+    # training (Sequential's fit, evaluate, train_on_batch) works through these
+    def _input_arrays(self, x: Any, what: str = "x") -> list[np.ndarray]:
+        return self._check_inputs(x, what)
+
+    def _output_names(self) -> list[str]:
+        return [tensor.node.layer.name for tensor in self.outputs]
+
+    def _output_shapes(self) -> list[Any]:
+        return [tensor.shape for tensor in self.outputs]
+
+    def _run_outputs(self, inputs: list[np.ndarray], training: bool = False,
+                     keep: bool = False) -> list[np.ndarray]:
+        return self.run(inputs, training, keep)
+
+    def _backward_outputs(self, d_outputs: list[np.ndarray | None]) -> None:
+        self.backward_outputs(d_outputs)
 
     # ------------------------------------------------------------------ running
 
@@ -277,9 +314,10 @@ class Model(Sequential):
             if keep:
                 self._caches[id(node)] = layer._cache
                 layer._cache = None
-                regularizer = layer.activity_regularizer
-                if regularizer is not None:
-                    self.activity_loss += regularizer(value) / len(value)
+            regularizer = layer.activity_regularizer
+            if regularizer is not None:  # in the loss of fit and evaluate, as in Keras
+                self.activity_loss += regularizer(value) / len(value)
+                if keep:
                     self._activity[id(node)] = (regularizer, value)
             values[id(node.output)] = value
         return [values[id(t)] for t in self.outputs]
@@ -288,8 +326,18 @@ class Model(Sequential):
         return self.run([x], training, keep)[0]
 
     def backward(self, d_out: np.ndarray) -> np.ndarray:
-        """Back-propagate through the graph; shared layers get their gradients summed."""
-        grads: dict[int, np.ndarray] = {id(self.outputs[0]): d_out}
+        """Back-propagate ``d_out`` of the first output; returns the first input's gradient."""
+        return self.backward_outputs([d_out])[0]
+
+    def backward_outputs(self, d_outputs: Sequence[np.ndarray | None]) -> list[np.ndarray]:
+        """Back-propagate the gradients of the outputs (``None``: an output the loss does not
+        read) through the graph; shared layers get their gradients summed, layers that no
+        gradient reaches get zeros. Returns each input's gradient."""
+        grads: dict[int, np.ndarray] = {}
+        for tensor, d_out in zip(self.outputs, d_outputs):
+            if d_out is not None:
+                key = id(tensor)
+                grads[key] = d_out if key not in grads else grads[key] + d_out
         sums: dict[int, dict[str, np.ndarray]] = {}
         for node in reversed(self.nodes):
             layer = node.layer
@@ -314,22 +362,25 @@ class Model(Sequential):
         for layer in self.layers:
             if id(layer) in sums:
                 layer.grads = sums[id(layer)]
-        return grads.get(id(self.inputs[0]), np.zeros(0))
+            elif not isinstance(layer, InputLayer):
+                layer.grads = {name: np.zeros_like(value) for name, value in layer.variables.items()}
+        return [grads.get(id(tensor), np.zeros(0)) for tensor in self.inputs]
 
     def __call__(self, x: Any, training: bool = False) -> Any:
         outputs = self.run(self._check_inputs(x), training=training)
-        return outputs if self.multiple_outputs else outputs[0]
+        return outputs if len(outputs) > 1 else outputs[0]  # Keras unpacks a list of one
 
-    @_blas_one_thread
+    @blas_one_thread
     def predict(self, x: Any, batch_size: int = 32, verbose: int = 0) -> Any:
-        """Outputs for ``x`` (a list for several inputs), ``batch_size`` samples at a time."""
+        """Outputs for ``x`` (a list or a dict by input name for several inputs),
+        ``batch_size`` samples at a time; a list for several outputs."""
         arrays = self._check_inputs(x)
-        batch_size = _check_batch_size(batch_size)
-        parts = [self.run([a[batch] for a in arrays]) for batch in _batches(len(arrays[0]), batch_size)]
+        batch_size = check_batch_size(batch_size)
+        parts = [self.run([a[batch] for a in arrays]) for batch in batches(len(arrays[0]), batch_size)]
         if not parts:
             raise ValueError("predict needs at least one sample")
         outputs = [np.concatenate([p[i] for p in parts]) for i in range(len(self.outputs))]
-        return outputs if self.multiple_outputs else outputs[0]
+        return outputs if len(outputs) > 1 else outputs[0]  # Keras unpacks a list of one
 
     # ------------------------------------------------------------------ description
 

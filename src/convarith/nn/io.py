@@ -281,12 +281,12 @@ def _from_keras_file(path: str) -> Sequential:
 
 def _keras_weight_keys(layers: list[Layer]) -> list[str]:
     """The names Keras's saver gives the layers of a model: snake-case class, then _1, _2..."""
-    from .layers import _snake
+    from .layers import snake_case
 
     seen: dict[str, int] = {}
     keys = []
     for layer in layers:
-        base = _snake(type(layer).__name__)
+        base = snake_case(type(layer).__name__)
         count = seen.get(base, 0)
         keys.append(base if count == 0 else f"{base}_{count}")
         seen[base] = count + 1

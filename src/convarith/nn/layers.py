@@ -63,7 +63,7 @@ __all__ = [
 Shape = tuple[int, ...]
 
 #: the size an open (``None``) axis is resolved at to find the other numbers
-_OPEN_STAND_IN = 4096
+OPEN_STAND_IN = 4096
 
 
 def _engine() -> Any:
@@ -78,7 +78,7 @@ def keras_spec(layer: str, **kwargs: Any) -> ConvSpec:
     return ConvSpec.from_keras(layer, **kwargs)
 
 
-def _snake(name: str) -> str:
+def snake_case(name: str) -> str:
     """Keras's ``to_snake_case``: ``Conv2DTranspose`` -> ``conv2d_transpose``."""
     name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
     return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
@@ -90,7 +90,12 @@ def _positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
-def _data_format(value: Any) -> str:
+def check_data_format(value: Any) -> str:
+    """Keras's ``data_format`` argument checked: ``None`` is ``"channels_last"``.
+
+    >>> check_data_format(None), check_data_format("channels_first")
+    ('channels_last', 'channels_first')
+    """
     if value is None:
         return "channels_last"
     if value not in ("channels_last", "channels_first"):
@@ -100,7 +105,12 @@ def _data_format(value: Any) -> str:
     return str(value)
 
 
-def _fmt_shape(shape: Sequence[Any]) -> str:
+def format_shape(shape: Sequence[Any]) -> str:
+    """A shape as Keras prints it.
+
+    >>> format_shape((None, 28)), format_shape((3,))
+    ('(None, 28)', '(3,)')
+    """
     return "(" + ", ".join("None" if v is None else str(v) for v in shape) + (
         ",)" if len(shape) == 1 else ")")
 
@@ -167,7 +177,7 @@ class Layer:
         self.activity_regularizer = regularizers_module.get(activity_regularizer)
         if name is not None and (not isinstance(name, str) or not name):
             raise ValueError(f"name must be a non-empty string, got {name!r}")
-        self.name = name or _snake(type(self).__name__)
+        self.name = name or snake_case(type(self).__name__)
         self._auto_name = name is None
         if not isinstance(trainable, bool):
             raise TypeError(f"trainable must be True or False, got {trainable!r}")
@@ -197,8 +207,8 @@ class Layer:
         if self.input_ndim is not None and len(shape) != self.input_ndim:
             raise ValueError(
                 f"layer {self.name!r} ({type(self).__name__}) expects samples with "
-                f"{self.input_ndim} axes, received samples of shape {_fmt_shape(shape)} "
-                f"(batch shape {_fmt_shape((None, *shape))})"
+                f"{self.input_ndim} axes, received samples of shape {format_shape(shape)} "
+                f"(batch shape {format_shape((None, *shape))})"
             )
         try:
             self._build(shape, rng if rng is not None else np.random.default_rng(0))
@@ -208,7 +218,7 @@ class Layer:
                 raise
             raise ValueError(
                 f"layer {self.name!r} ({type(self).__name__}) on input shape "
-                f"{_fmt_shape((None, *shape))}: {error}"
+                f"{format_shape((None, *shape))}: {error}"
             ) from None
         self.input_shape = shape
         self.output_shape = output_shape
@@ -262,8 +272,8 @@ class Layer:
         ):
             raise ValueError(
                 f"input of layer {self.name!r} ({type(self).__name__}) is incompatible: "
-                f"expected shape {_fmt_shape((None, *self.input_shape))}, received "
-                f"{_fmt_shape((None, *shape))}"
+                f"expected shape {format_shape((None, *self.input_shape))}, received "
+                f"{format_shape((None, *shape))}"
             )
 
     def forward(self, x: np.ndarray, training: bool = False, keep: bool = False) -> np.ndarray:
@@ -420,7 +430,7 @@ def Input(shape: Sequence[int] | int, name: str | None = None, dtype: str | None
 # --------------------------------------------------------------------------- convolutions
 
 
-class _SpatialLayer(Layer):
+class SpatialLayer(Layer):
     """Shared channels-first handling: the engine always runs channels-last."""
 
     rank = 2
@@ -454,7 +464,7 @@ class _SpatialLayer(Layer):
         independent of the others) and its output size is reported as ``None``.
         """
         spatial = last_shape[:-1]
-        stand_in = tuple(_OPEN_STAND_IN if v is None else v for v in spatial)
+        stand_in = tuple(OPEN_STAND_IN if v is None else v for v in spatial)
         resolved = spec.resolve((*stand_in, last_shape[-1]))
         out = tuple(None if v is None else o for v, o in zip(spatial, resolved.output_size))
         return resolved, out
@@ -466,7 +476,7 @@ class _SpatialLayer(Layer):
         return self._resolve_open(spec, self._last_shape(self.input_shape))[0]
 
 
-class _Conv(_SpatialLayer):
+class _Conv(SpatialLayer):
     """Conv1D/2D/3D (and the base of the other convolution layers)."""
 
     keras_name = "Conv2D"
@@ -485,7 +495,7 @@ class _Conv(_SpatialLayer):
         self.strides = per_axis("strides", strides, self.rank)
         self.dilation_rate = per_axis("dilation_rate", dilation_rate, self.rank)
         self.padding = padding.lower() if isinstance(padding, str) else padding
-        self.data_format = _data_format(data_format)
+        self.data_format = check_data_format(data_format)
         self.groups = _positive_int("groups", groups)
         self.activation = activations_module.get(activation)
         if not isinstance(use_bias, bool):
@@ -898,7 +908,7 @@ def _rename(items: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- pooling
 
 
-class _Pooling(_SpatialLayer):
+class _Pooling(SpatialLayer):
     pool = "max"
     keras_name = "MaxPooling2D"
 
@@ -908,7 +918,7 @@ class _Pooling(_SpatialLayer):
         self.pool_size = per_axis("pool_size", pool_size, self.rank)
         self.strides = self.pool_size if strides is None else per_axis("strides", strides, self.rank)
         self.padding = padding
-        self.data_format = _data_format(data_format)
+        self.data_format = check_data_format(data_format)
         self.spec = keras_spec(self.keras_name, pool_size=self.pool_size, strides=self.strides,
                                padding=self.padding)
 
@@ -1000,7 +1010,7 @@ class Flatten(Layer):
 
     def __init__(self, data_format: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.data_format = _data_format(data_format)
+        self.data_format = check_data_format(data_format)
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
         if any(v is None for v in input_shape):

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .layers import Layer, Shape, _fmt_shape
+from .layers import Layer, Shape, format_shape
 
 __all__ = ["Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate",
            "Dot"]
@@ -83,7 +83,7 @@ class _Merge(Layer):
 
     def _mismatch(self, shapes: Sequence[Shape]) -> str:
         return (f"layer {self.name!r} ({type(self).__name__}) needs inputs of one shape, got "
-                + ", ".join(_fmt_shape((None, *s)) for s in shapes))
+                + ", ".join(format_shape((None, *s)) for s in shapes))
 
     def _combine(self, arrays: list[np.ndarray]) -> np.ndarray:
         raise NotImplementedError

@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 
 from . import losses as losses_module
+from . import metrics as metrics_module
 from . import optimizers as optimizers_module
-from .layers import InputLayer, Layer, _fmt_shape
+from .layers import InputLayer, Layer, format_shape
 
 __all__ = ["Sequential", "History", "TrainingStopped"]
 
@@ -68,7 +69,7 @@ def _one_blas_thread() -> Iterator[None]:
         yield
 
 
-def _blas_one_thread(method: Callable[..., Any]) -> Callable[..., Any]:
+def blas_one_thread(method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         with _one_blas_thread():
@@ -77,7 +78,7 @@ def _blas_one_thread(method: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _batches(count: int, batch_size: int, order: np.ndarray | None = None) -> Iterator[np.ndarray]:
+def batches(count: int, batch_size: int, order: np.ndarray | None = None) -> Iterator[np.ndarray]:
     indices = np.arange(count) if order is None else order
     for start in range(0, count, batch_size):
         yield indices[start:start + batch_size]
@@ -184,6 +185,8 @@ class Sequential:
         self.optimizer: optimizers_module.Optimizer | None = None
         self.loss: losses_module.Loss | None = None
         self.metrics: list[str] = []
+        self.compiled_loss: losses_module.CompiledLoss | None = None
+        self.compiled_metrics = metrics_module.CompiledMetrics()
         self.stop_training = False
         self.activity_loss = 0.0
         for layer in layers or ():
@@ -269,8 +272,8 @@ class Sequential:
             first = self.layers[0]
             raise ValueError(
                 f"input of layer {first.name!r} ({type(first).__name__}) is incompatible: "
-                f"expected shape {_fmt_shape((None, *self.input_shape))}, received "
-                f"{_fmt_shape(array.shape)} ({what})"
+                f"expected shape {format_shape((None, *self.input_shape))}, received "
+                f"{format_shape(array.shape)} ({what})"
             )
         return array.astype(self.layers[0].dtype, copy=False)
 
@@ -281,10 +284,11 @@ class Sequential:
         self._activity: dict[int, tuple[Any, np.ndarray]] = {}
         for index, layer in enumerate(self.layers):
             x = layer.forward(x, training=training, keep=keep)
-            if keep and layer.activity_regularizer is not None:
-                # Keras adds regularizer(output) / batch size to the loss
+            if layer.activity_regularizer is not None:
+                # Keras adds regularizer(output) / batch size to the loss (evaluate's too)
                 self.activity_loss += layer.activity_regularizer(x) / len(x)
-                self._activity[index] = (layer.activity_regularizer, x)
+                if keep:
+                    self._activity[index] = (layer.activity_regularizer, x)
         return x
 
     def backward(self, d_out: np.ndarray) -> np.ndarray:
@@ -300,57 +304,148 @@ class Sequential:
     def __call__(self, x: Any, training: bool = False) -> np.ndarray:
         return self.forward(self._check_x(x), training=training)
 
-    @_blas_one_thread
+    @blas_one_thread
     def predict(self, x: Any, batch_size: int = 32, verbose: int = 0) -> np.ndarray:
         """Outputs for ``x``, computed ``batch_size`` samples at a time."""
         array = self._check_x(x)
-        batch_size = _check_batch_size(batch_size)
-        outputs = [self.forward(array[i]) for i in _batches(len(array), batch_size)]
+        batch_size = check_batch_size(batch_size)
+        outputs = [self.forward(array[i]) for i in batches(len(array), batch_size)]
         if not outputs:
             return np.zeros((0, *self.output_shape), array.dtype)
         return np.concatenate(outputs)
 
+    # ------------------------------------------------------------------ inputs and outputs
+    # Training works on lists: one array per model input, one per output. A Sequential
+    # model has one of each; a functional Model overrides these five methods.
+
+    def _input_arrays(self, x: Any, what: str = "x") -> list[np.ndarray]:
+        """``x`` checked against the model's inputs, one array per input."""
+        if isinstance(x, dict):
+            raise ValueError(f"{what} is a dict (keys {list(x)}), but a Sequential model takes "
+                             "one array")
+        return [self._check_x(x, what)]
+
+    def _output_names(self) -> list[str]:
+        """The outputs' names (their layers' names), as Keras names them in logs."""
+        return [self.layers[-1].name if self.layers else self.name]
+
+    def _output_shapes(self) -> list[Any]:
+        return [self.output_shape]
+
+    def _run_outputs(self, inputs: list[np.ndarray], training: bool = False,
+                     keep: bool = False) -> list[np.ndarray]:
+        return [self.forward(inputs[0], training=training, keep=keep)]
+
+    def _backward_outputs(self, d_outputs: list[np.ndarray | None]) -> None:
+        assert d_outputs[0] is not None
+        self.backward(d_outputs[0])
+
     # ------------------------------------------------------------------ training
 
     def compile(self, optimizer: str | optimizers_module.Optimizer = "rmsprop",
-                loss: str | losses_module.Loss | None = None,
-                metrics: Sequence[str] | None = None) -> None:
-        """Choose the optimizer (``"rmsprop"`` as in Keras, ``"sgd"``, ``"adam"`` or an
-        object), loss and metrics."""
-        if loss is None:
-            raise ValueError(
-                "compile needs loss=, e.g. 'sparse_categorical_crossentropy' or "
-                "'categorical_crossentropy'"
-            )
+                loss: Any = None, loss_weights: Any = None, metrics: Any = None) -> None:
+        """Choose the optimizer, the loss(es) and metrics, with ``keras.Model.compile``'s
+        arguments in its order.
+
+        Parameters
+        ----------
+        optimizer
+            ``"rmsprop"`` (Keras's default), ``"sgd"``, ``"adam"`` or an optimizer object.
+        loss
+            A loss name or object for every output, or (several outputs) a list in
+            the order of ``Model.outputs`` or a dict by output layer name; an entry
+            ``None`` leaves that output without a loss.
+        loss_weights
+            The weight of each output's loss in the total (a list or dict like
+            ``loss``; a number for one output).
+        metrics
+            ``["accuracy"]`` and the like (:mod:`convarith.nn.metrics`); for several
+            outputs, one list per output or a dict by output name.
+
+        With several outputs, ``fit`` logs ``loss`` (the weighted total),
+        ``<output>_loss`` (each output's own loss) and ``<output>_<metric>``, as Keras.
+        """
+        output_names = self._output_names()
+        compiled_loss = losses_module.compile_loss(loss, loss_weights, output_names)
+        compiled_metrics = metrics_module.compile_metrics(metrics, output_names)
         self.optimizer = optimizers_module.get(optimizer)
-        self.loss = losses_module.get(loss)
-        wanted = list(metrics or [])
-        for metric in wanted:
-            if metric not in ("accuracy", "acc"):
-                raise ValueError(f"metrics may contain 'accuracy', got {metric!r}")
-        self.metrics = ["accuracy" for _ in wanted[:1]]
+        self.compiled_loss, self.compiled_metrics = compiled_loss, compiled_metrics
+        # the loss of a one-output model, as before (``model.loss(y, y_pred)``)
+        self.loss = compiled_loss.losses[0].loss if len(output_names) == 1 else None
+        self.metrics = compiled_metrics.log_names
 
-    def _require_compiled(self) -> tuple[optimizers_module.Optimizer, losses_module.Loss]:
-        if self.optimizer is None or self.loss is None:
+    def _require_compiled(self) -> tuple[optimizers_module.Optimizer, losses_module.CompiledLoss]:
+        if self.optimizer is None or self.compiled_loss is None:
             raise ValueError("the model must be compiled first: model.compile(optimizer, loss)")
-        return self.optimizer, self.loss
+        return self.optimizer, self.compiled_loss
 
-    def _check_xy(self, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
-        _, loss = self._require_compiled()
-        array = self._check_x(x)
-        targets = loss.check_targets(np.asarray(y), self.output_shape)
-        if len(targets) != len(array):
+    def _targets(self, y: Any, what: str = "y") -> list[np.ndarray | None]:
+        """``y`` checked against the outputs that have a loss or a metric, one entry per
+        output (``None`` where an output needs none)."""
+        _, compiled = self._require_compiled()
+        names, shapes = self._output_names(), self._output_shapes()
+        needed = compiled.outputs | self.compiled_metrics.outputs
+        listed = ", ".join(names)
+        if len(names) == 1:
+            if isinstance(y, dict):
+                y = _only_entry(y, what, "output", names[0])
+            elif getattr(self, "multiple_outputs", False) and isinstance(y, (list, tuple)) \
+                    and len(y) == 1 and isinstance(y[0], np.ndarray):
+                y = y[0]  # Model(inputs, [output]) takes [y], as in Keras
+            entries = [y]
+        elif isinstance(y, dict):
+            unknown = [key for key in y if key not in names]
+            missing = [names[i] for i in sorted(needed) if names[i] not in y]
+            if unknown or missing:
+                raise ValueError(
+                    f"{what} has keys {list(y)} but the model's outputs are ({listed})"
+                    + (f"; unknown: {unknown}" if unknown else "")
+                    + (f"; missing: {missing}" if missing else ""))
+            entries = [y.get(name) for name in names]
+        elif isinstance(y, (list, tuple)):
+            if len(y) != len(names):
+                raise ValueError(f"{what} has {len(y)} entries but the model has {len(names)} "
+                                 f"outputs ({listed})")
+            entries = list(y)
+        else:
             raise ValueError(
-                f"x and y must hold the same number of samples, got {len(array)} and "
-                f"{len(targets)}"
-            )
-        return array, targets
+                f"{what} must be a list of {len(names)} arrays in the order of the model's "
+                f"outputs ({listed}) or a dict by output name, got one "
+                f"{type(y).__name__} (shape {np.shape(y)})")
+        losses = {entry.output: entry.loss for entry in compiled.losses}
+        targets: list[np.ndarray | None] = []
+        for index, (name, shape, entry) in enumerate(zip(names, shapes, entries)):
+            if index not in needed:
+                targets.append(None)
+                continue
+            if entry is None:
+                raise ValueError(f"{what} gives no targets for output {name!r}, which has a "
+                                 "loss or metric")
+            array = np.asarray(entry)
+            try:
+                if index in losses:
+                    array = losses[index].check_targets(array, shape)
+                if not np.issubdtype(array.dtype, np.number) or array.ndim < 1:
+                    raise ValueError(f"targets must be numbers with a batch axis, got dtype "
+                                     f"{array.dtype}, shape {array.shape}")
+            except (ValueError, TypeError) as error:
+                if len(names) == 1:
+                    raise
+                raise type(error)(f"{what} for output {name!r}: {error}") from None
+            targets.append(array)
+        return targets
 
-    def _accuracy(self, y: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
-        predicted = y_pred.argmax(axis=-1)
-        if isinstance(self.loss, losses_module.SparseCategoricalCrossentropy):
-            return predicted == y.reshape(predicted.shape)
-        return predicted == np.asarray(y).argmax(axis=-1)
+    def _check_xy(self, x: Any, y: Any, what: str = "") -> tuple[list[np.ndarray],
+                                                                 list[np.ndarray | None]]:
+        self._require_compiled()
+        arrays = self._input_arrays(x, f"{what}x")
+        targets = self._targets(y, f"{what}y")
+        counts = {len(a) for a in arrays} | {len(t) for t in targets if t is not None}
+        if len(counts) > 1:
+            raise ValueError(
+                f"{what}x and {what}y must hold the same number of samples, got "
+                f"{[len(a) for a in arrays]} and {[len(t) for t in targets if t is not None]}")
+        return arrays, targets
 
     def _trainable(self) -> tuple[list[np.ndarray], list[tuple[Layer, str]]]:
         variables, owners = [], []
@@ -361,12 +456,24 @@ class Sequential:
                     owners.append((layer, name))
         return variables, owners
 
-    def _step(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-        optimizer, loss = self._require_compiled()
+    def _batch_logs(self, total: float, output_losses: list[float],
+                    targets: list[np.ndarray | None], y_pred: list[np.ndarray]
+                    ) -> dict[str, float]:
+        """One batch's loss, per-output losses and metrics, by Keras's names."""
+        _, compiled = self._require_compiled()
+        logs = {"loss": total}
+        logs.update(zip(compiled.log_names, output_losses))
+        for name, values in self.compiled_metrics.per_sample(targets, y_pred).items():
+            logs[name] = float(np.mean(values))
+        return logs
+
+    def _step(self, x: list[np.ndarray], y: list[np.ndarray | None]) -> dict[str, float]:
+        optimizer, compiled = self._require_compiled()
         before = [layer.get_weights() for layer in self.layers]
-        y_pred = self.forward(x, training=True, keep=True)
+        y_pred = self._run_outputs(x, training=True, keep=True)
+        output_losses = compiled.values(y, y_pred)
         # the loss Keras reports and minimises includes the regularization penalties
-        value = loss(y, y_pred) + self.activity_loss + sum(
+        value = compiled.total(output_losses) + self.activity_loss + sum(
             layer.regularization_loss() for layer in self.layers)
         if not math.isfinite(value):
             self._restore(before)
@@ -374,7 +481,7 @@ class Sequential:
                 f"the loss is {value} on this batch; training stopped with the weights from "
                 "before it (try a smaller learning rate, or check the data for NaN/inf)"
             )
-        self.backward(loss.gradient(y, y_pred))
+        self._backward_outputs(compiled.gradients(y, y_pred))
         for layer in self.layers:
             layer.add_regularization_gradients()
         variables, owners = self._trainable()
@@ -397,37 +504,49 @@ class Sequential:
                 "the update made some weights infinite or NaN; training stopped with the "
                 "weights from before this batch (try a smaller learning rate)"
             )
-        logs = {"loss": value}
-        if self.metrics:
-            logs["accuracy"] = float(np.mean(self._accuracy(y, y_pred)))
-        return logs
+        return self._batch_logs(value, output_losses, y, y_pred)
 
     def _restore(self, weights: list[list[np.ndarray]]) -> None:
         for layer, values in zip(self.layers, weights):
             layer.set_weights(values)
 
-    @_blas_one_thread
-    def train_on_batch(self, x: Any, y: Any) -> float | list[float]:
-        """One optimizer step on one batch; returns the loss (and metrics) before the step."""
-        array, targets = self._check_xy(x, y)
-        logs = self._step(array, targets)
-        return logs["loss"] if len(logs) == 1 else list(logs.values())
+    def _flatten_logs(self, logs: dict[str, float]) -> float | list[float]:
+        """``logs`` as the list Keras's ``evaluate`` returns (Keras's
+        ``_flatten_metrics_in_order``): ``loss``, one-output metrics as compiled, the
+        per-output losses, then the other keys sorted; one value alone is a float."""
+        _, compiled = self._require_compiled()
+        order = ["loss", *[m.name for m in self.compiled_metrics.metrics], *compiled.log_names]
+        values = [logs[name] for name in dict.fromkeys(order) if name in logs]
+        values += [logs[key] for key in sorted(logs) if key not in order]
+        return values[0] if len(values) == 1 else values
 
-    @_blas_one_thread
+    @blas_one_thread
+    def train_on_batch(self, x: Any, y: Any, return_dict: bool = False
+                       ) -> float | list[float] | dict[str, float]:
+        """One optimizer step on one batch; returns the loss (and metrics) before the step,
+        as ``evaluate`` does."""
+        arrays, targets = self._check_xy(x, y)
+        logs = self._step(arrays, targets)
+        return dict(sorted(logs.items())) if return_dict else self._flatten_logs(logs)
+
+    @blas_one_thread
     def fit(self, x: Any, y: Any, batch_size: int = 32, epochs: int = 1, verbose: int = 1,
             validation_split: float = 0.0,
             validation_data: tuple[Any, Any] | None = None, shuffle: bool = True,
             stream: Any = None, callbacks: Sequence[Any] | None = None) -> History:
         """Train for ``epochs`` passes over ``x``, as ``keras.Model.fit``.
 
-        ``validation_split`` keeps the *last* fraction of the samples aside
-        (before shuffling, as Keras does). If a batch makes the loss NaN or
-        infinite, training stops with a message and keeps the weights from
-        before that batch (``History.stopped`` says why). ``callbacks``
+        ``x`` and ``y`` hold one array per model input and output: a list in the
+        order of ``Model.inputs`` / ``Model.outputs``, or a dict by input / output
+        layer name (one array for one input or output). ``validation_split``
+        keeps the *last* fraction of the samples aside (before shuffling, as
+        Keras does). If a batch makes the loss NaN or infinite, training stops
+        with a message and keeps the weights from before that batch
+        (``History.stopped`` says why). ``callbacks``
         (:mod:`convarith.nn.callbacks`) see each epoch's logs and may stop training.
         """
-        array, targets = self._check_xy(x, y)
-        batch_size = _check_batch_size(batch_size)
+        arrays, targets = self._check_xy(x, y)
+        batch_size = check_batch_size(batch_size)
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
             raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
         if verbose not in (0, 1, 2):
@@ -436,17 +555,28 @@ class Sequential:
             raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
         if validation_data is not None and validation_split:
             raise ValueError("give validation_data or validation_split, not both")
+        count = len(arrays[0])
+        validation: tuple[list[np.ndarray], list[np.ndarray | None]] | None = None
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ValueError("validation_data must be a pair (x_val, y_val), got "
+                                 f"{type(validation_data).__name__}"
+                                 f" of {len(validation_data) if hasattr(validation_data, '__len__') else 1}")
+            validation = self._check_xy(*validation_data, what="validation_data: ")
         if validation_split:
-            keep = int(len(array) * (1 - validation_split))
-            if keep < 1 or keep == len(array):
+            keep = int(count * (1 - validation_split))
+            if keep < 1 or keep == count:
                 raise ValueError(
-                    f"validation_split={validation_split} of {len(array)} samples leaves "
-                    f"{keep} to train on and {len(array) - keep} to validate"
+                    f"validation_split={validation_split} of {count} samples leaves "
+                    f"{keep} to train on and {count - keep} to validate"
                 )
-            validation_data = (array[keep:], targets[keep:])
-            array, targets = array[:keep], targets[:keep]
+            validation = ([a[keep:] for a in arrays],
+                          [None if t is None else t[keep:] for t in targets])
+            arrays = [a[:keep] for a in arrays]
+            targets = [None if t is None else t[:keep] for t in targets]
+            count = keep
         history = History()
-        steps = math.ceil(len(array) / batch_size)
+        steps = math.ceil(count / batch_size)
         progress = _Progress(verbose, epochs, steps, stream)
         self.stop_training = False
         callbacks = list(callbacks or [])
@@ -455,12 +585,13 @@ class Sequential:
             callback.on_train_begin()
         for epoch in range(epochs):
             progress.start_epoch(epoch)
-            order = self.rng.permutation(len(array)) if shuffle else None
+            order = self.rng.permutation(count) if shuffle else None
             seen = 0
             totals: dict[str, float] = {}
-            for done, batch in enumerate(_batches(len(array), batch_size, order), start=1):
+            for done, batch in enumerate(batches(count, batch_size, order), start=1):
                 try:
-                    logs = self._step(array[batch], targets[batch])
+                    logs = self._step([a[batch] for a in arrays],
+                                      [None if t is None else t[batch] for t in targets])
                 except TrainingStopped as stop:
                     history.stopped = f"epoch {epoch + 1}, batch {done}: {stop}"
                     progress.message(f"Training stopped at {history.stopped}")
@@ -472,12 +603,11 @@ class Sequential:
                 progress.step(done, {k: v / seen for k, v in totals.items()})
             if self.stop_training:
                 break
-            epoch_logs = {k: v / max(seen, 1) for k, v in totals.items()}
-            if validation_data is not None:
-                values = self.evaluate(*validation_data, batch_size=batch_size)
-                values = values if isinstance(values, list) else [values]
-                for key, value in zip(["loss", *self.metrics], values):
-                    epoch_logs[f"val_{key}"] = value
+            # Keras's order: the epoch's logs sorted by name, then the validation ones
+            epoch_logs = {k: totals[k] / max(seen, 1) for k in sorted(totals)}
+            if validation is not None:
+                val_logs = self._evaluate_logs(*validation, batch_size=batch_size)
+                epoch_logs.update({f"val_{k}": val_logs[k] for k in sorted(val_logs)})
             for callback in callbacks:
                 callback.on_epoch_end(epoch, epoch_logs)
             history.record(epoch, epoch_logs)
@@ -488,22 +618,34 @@ class Sequential:
             callback.on_train_end()
         return history
 
-    @_blas_one_thread
-    def evaluate(self, x: Any, y: Any, batch_size: int = 32, verbose: int = 0) -> float | list[float]:
-        """Mean loss (and accuracy) over ``x``; a list when metrics were compiled."""
-        array, targets = self._check_xy(x, y)
-        _, loss = self._require_compiled()
-        batch_size = _check_batch_size(batch_size)
-        total_loss, total_correct = 0.0, 0.0
-        for batch in _batches(len(array), batch_size):
-            y_pred = self.forward(array[batch])
-            total_loss += float(np.sum(loss.per_sample(targets[batch], y_pred)))
-            if self.metrics:
-                total_correct += float(np.sum(self._accuracy(targets[batch], y_pred)))
-        count = max(len(array), 1)
-        if not self.metrics:
-            return total_loss / count
-        return [total_loss / count, total_correct / count]
+    def _evaluate_logs(self, arrays: list[np.ndarray], targets: list[np.ndarray | None],
+                       batch_size: int) -> dict[str, float]:
+        """Loss, per-output losses and metrics over all samples (means weighted by batch)."""
+        _, compiled = self._require_compiled()
+        penalty = sum(layer.regularization_loss() for layer in self.layers)
+        totals: dict[str, float] = {}
+        count = len(arrays[0])
+        for batch in batches(count, batch_size):
+            part = [None if t is None else t[batch] for t in targets]
+            y_pred = self._run_outputs([a[batch] for a in arrays])
+            output_losses = compiled.values(part, y_pred)
+            logs = self._batch_logs(compiled.total(output_losses) + self.activity_loss + penalty,
+                                    output_losses, part, y_pred)
+            for key, value in logs.items():
+                totals[key] = totals.get(key, 0.0) + value * len(batch)
+        return {key: totals.get(key, 0.0) / max(count, 1) for key in
+                sorted(["loss", *compiled.log_names, *self.compiled_metrics.log_names])}
+
+    @blas_one_thread
+    def evaluate(self, x: Any, y: Any, batch_size: int = 32, verbose: int = 0,
+                 return_dict: bool = False) -> float | list[float] | dict[str, float]:
+        """Mean loss (with the regularization penalties, as Keras) and metrics over
+        ``x``, as ``keras.Model.evaluate``: a float for the loss alone, else a list
+        (``loss``, the per-output losses, the metrics; see :meth:`_flatten_logs`), or a
+        dict by Keras's names with ``return_dict=True``."""
+        arrays, targets = self._check_xy(x, y)
+        logs = self._evaluate_logs(arrays, targets, check_batch_size(batch_size))
+        return logs if return_dict else self._flatten_logs(logs)
 
     # ------------------------------------------------------------------ weights
 
@@ -527,7 +669,8 @@ class Sequential:
         start = 0
         for layer in self.layers:
             count = len(layer.variables)
-            layer.set_weights(weights[start:start + count])
+            if count:  # a functional model's InputLayers hold none
+                layer.set_weights(weights[start:start + count])
             start += count
 
     def count_params(self) -> int:
@@ -577,7 +720,15 @@ class Sequential:
         return f"<Sequential name={self.name!r} layers={len(self.layers)}>"
 
 
-def _check_batch_size(batch_size: Any) -> int:
+def check_batch_size(batch_size: Any) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     return int(batch_size)
+
+
+def _only_entry(data: dict[str, Any], what: str, kind: str, name: str) -> Any:
+    """The one array of a dict given for a model with one input (or output) ``name``."""
+    if list(data) != [name]:
+        raise ValueError(f"{what} has keys {list(data)} but the model's only {kind} is "
+                         f"{name!r}")
+    return data[name]

@@ -14,7 +14,6 @@ array([0.9], dtype=float32)
 
 from __future__ import annotations
 
-import copy
 import numbers
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +31,12 @@ def _rate(name: str, value: Any, low: float = 0.0, high: float | None = None) ->
         span = f"[{low}, {high}]" if high is not None else f">= {low}"
         raise ValueError(f"{name} must be {span}, got {value}")
     return value
+
+
+def _copy_state(state: dict[int, dict[str, np.ndarray]]) -> dict[int, dict[str, np.ndarray]]:
+    """The slots' arrays copied (taken every step; ``copy.deepcopy`` took 6x as long)."""
+    return {index: {name: array.copy() for name, array in slot.items()}
+            for index, slot in state.items()}
 
 
 class Optimizer:
@@ -57,10 +62,10 @@ class Optimizer:
 
     def snapshot(self) -> tuple[int, dict[int, dict[str, np.ndarray]]]:
         """The optimizer's state, copied (to restore after a failed step)."""
-        return self.iterations, copy.deepcopy(self.state)
+        return self.iterations, _copy_state(self.state)
 
     def restore(self, snapshot: tuple[int, dict[int, dict[str, np.ndarray]]]) -> None:
-        self.iterations, self.state = snapshot[0], copy.deepcopy(snapshot[1])
+        self.iterations, self.state = snapshot[0], _copy_state(snapshot[1])
 
     def get_config(self) -> dict[str, Any]:
         return {"learning_rate": self.learning_rate}
@@ -118,9 +123,20 @@ class Adam(Optimizer):
             index, {"m": np.zeros_like(variable), "v": np.zeros_like(variable)}
         )
         m, v = slot["m"], slot["v"]
-        m += (gradient - m) * (1 - beta_1)
-        v += (gradient * gradient - v) * (1 - beta_2)
-        variable -= m * alpha / (np.sqrt(v) + dtype(self.epsilon))
+        # Keras takes 1 - beta in Python floats, then casts: float32(1 - 0.999) is
+        # 1.3e-5 away from 1 - float32(0.999), enough to steer Adam elsewhere
+        scratch = np.subtract(gradient, m)
+        scratch *= dtype(1 - self.beta_1)
+        m += scratch
+        np.multiply(gradient, gradient, out=scratch)
+        scratch -= v
+        scratch *= dtype(1 - self.beta_2)
+        v += scratch
+        denominator = np.sqrt(v)
+        denominator += dtype(self.epsilon)
+        np.multiply(m, alpha, out=scratch)
+        scratch /= denominator
+        variable -= scratch
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
@@ -152,14 +168,15 @@ class RMSprop(Optimizer):
 
     def update(self, index: int, variable: np.ndarray, gradient: np.ndarray) -> None:
         dtype = variable.dtype.type
-        rho, epsilon = dtype(self.rho), dtype(self.epsilon)
+        # the constants as Keras has them: computed in Python floats, then cast
+        rho, one_minus_rho, epsilon = dtype(self.rho), dtype(1 - self.rho), dtype(self.epsilon)
         names = ["v"] + (["m"] if self.momentum > 0 else []) + (["a"] if self.centered else [])
         slot = self.state.setdefault(index, {name: np.zeros_like(variable) for name in names})
         v = slot["v"]
-        v[...] = rho * v + (1 - rho) * (gradient * gradient)
+        v[...] = rho * v + one_minus_rho * (gradient * gradient)
         if self.centered:
             a = slot["a"]
-            a[...] = rho * a + (1 - rho) * gradient
+            a[...] = rho * a + one_minus_rho * gradient
             denominator = v - a * a + epsilon
         else:
             denominator = v + epsilon

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..spec import ConvSpec, ResolvedConv
-from .layers import Layer, Shape, _data_format, _SpatialLayer
+from .layers import Layer, Shape, SpatialLayer, check_data_format
 
 __all__ = [
     "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
@@ -80,10 +80,10 @@ def _pairs_config(pairs: tuple[tuple[int, int], ...]) -> Any:
     return pairs[0] if len(pairs) == 1 else pairs
 
 
-class _ZeroPadding(_SpatialLayer):
+class _ZeroPadding(SpatialLayer):
     def __init__(self, padding: Any = 1, data_format: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.data_format = _data_format(data_format)
+        self.data_format = check_data_format(data_format)
         self.padding: tuple[tuple[int, int], ...] = _pairs("padding", padding, self.rank)
 
     def resolved(self) -> ResolvedConv | None:
@@ -128,10 +128,10 @@ class ZeroPadding3D(_ZeroPadding):
     rank = 3
 
 
-class _Cropping(_SpatialLayer):
+class _Cropping(SpatialLayer):
     def __init__(self, cropping: Any = 1, data_format: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.data_format = _data_format(data_format)
+        self.data_format = check_data_format(data_format)
         self.cropping: tuple[tuple[int, int], ...] = _pairs("cropping", cropping, self.rank)
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
@@ -209,14 +209,14 @@ def _bilinear_matrix(size: int, factor: int) -> np.ndarray:
     return matrix
 
 
-class _UpSampling(_SpatialLayer):
+class _UpSampling(SpatialLayer):
     def __init__(self, size: Any = 2, data_format: str | None = None,
                  interpolation: str = "nearest", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         from ..spec import per_axis
 
         self.size = per_axis("size", size, self.rank)
-        self.data_format = _data_format(data_format)
+        self.data_format = check_data_format(data_format)
         if interpolation not in ("nearest", "bilinear") or (
                 interpolation == "bilinear" and self.rank != 2):
             allowed = "'nearest' or 'bilinear'" if self.rank == 2 else "'nearest'"
@@ -299,13 +299,13 @@ class UpSampling3D(_UpSampling):
         return {"size": tuple(self.size), "data_format": self.data_format}
 
 
-class _GlobalPooling(_SpatialLayer):
+class _GlobalPooling(SpatialLayer):
     op = "mean"
 
     def __init__(self, data_format: str | None = None, keepdims: bool = False,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.data_format = _data_format(data_format)
+        self.data_format = check_data_format(data_format)
         if not isinstance(keepdims, bool):
             raise ValueError(f"keepdims must be True or False, got {keepdims!r}")
         self.keepdims = keepdims

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..receptive import ReceptiveField
-from .layers import _fmt_shape
+from .layers import format_shape
 
 if TYPE_CHECKING:
     from .models import Sequential
@@ -85,7 +85,7 @@ def summary_text(model: Sequential) -> str:
         field = row["field"]
         table.append((
             f"{row['name']} ({row['type']})",
-            _fmt_shape(row["output_shape"]),
+            format_shape(row["output_shape"]),
             str(row["params"]),
             "-" if field is None else field if isinstance(field, str) else _cells(field),
             "-" if row["jump"] is None else _cells(row["jump"]),
@@ -154,7 +154,7 @@ def functional_summary_text(model: Any) -> str:
     :func:`convarith.summary.summarize` (``all`` once a cell sees the whole input)."""
     from ..io.graph import ModelGraph
     from ..summary import summarize
-    from .layers import _OPEN_STAND_IN
+    from .layers import OPEN_STAND_IN
 
     names: dict[int, str] = {}
     calls: dict[int, int] = {}
@@ -167,7 +167,7 @@ def functional_summary_text(model: Any) -> str:
         inputs = tuple(names[id(t)] for t in node.inputs)
         graph_nodes.append(_graph_node(node, name, inputs, count == 0))
     first = model.inputs[0].shape
-    input_size = tuple(_OPEN_STAND_IN if v is None else v for v in first[:-1])
+    input_size = tuple(OPEN_STAND_IN if v is None else v for v in first[:-1])
     try:
         rows = summarize(ModelGraph(model.name, tuple(graph_nodes)), input_size=input_size).rows
         fields = {row.name: row.field for row in rows}
@@ -178,12 +178,12 @@ def functional_summary_text(model: Any) -> str:
         field = fields.get(graph_node.name)
         if field is None:
             size = jump = "-"
-        elif max(field.size) >= _OPEN_STAND_IN or (
+        elif max(field.size) >= OPEN_STAND_IN or (
                 len(node.output.shape) == 1 and field.size == tuple(input_size)):
             size, jump = "all", "-"
         else:
             size, jump = _cells(field.size), _cells(field.jump)
-        table.append((f"{graph_node.name} ({graph_node.type})", _fmt_shape((None, *node.output.shape)),
+        table.append((f"{graph_node.name} ({graph_node.type})", format_shape((None, *node.output.shape)),
                       str(graph_node.params or 0), size, jump, ", ".join(graph_node.inputs) or "-"))
     widths = [max(len(r[i]) for r in table) for i in range(6)]
     rule = "-" * (sum(widths) + 10)

@@ -6,7 +6,7 @@ cell is (input, zero padding, a padding copy, an inserted zero...), and one
 :class:`Frame` per step with the cells the window reads, the kernel tap at
 each, the dilation gaps and the output cell(s) written. Every number comes
 from the resolved spec's geometry (:meth:`ResolvedConv.footprint`,
-:meth:`ResolvedConv.axis_taps`, :meth:`ResolvedConv.feeds`); the renderers
+:meth:`ResolvedConv.grid_cells`, :meth:`ResolvedConv.feeds`); the renderers
 only draw it.
 
 Two ways of showing a transposed convolution:
@@ -39,24 +39,19 @@ from typing import Any
 
 import numpy as np
 
-from ..arithmetic import transposed_output_size
-from ..spec import ResolvedConv, padding_source
+from ..arithmetic import GRID_CELL_KINDS, transposed_output_size
+from ..spec import ResolvedConv
 
-__all__ = ["Frame", "Storyboard", "GridCell", "build_frames", "sample_values", "axis_cells", "CELL_KINDS"]
+__all__ = ["Frame", "Storyboard", "GridCell", "build_frames", "sample_values", "CELL_KINDS"]
 
 Index = tuple[int, ...]
 
-#: What a cell of a drawn grid is.
-CELL_KINDS = (
-    "input",     # a real input cell (lower grid) or an output cell (top grid)
-    "dropped",   # a trailing input cell no window reaches (``ResolvedConv.dropped``)
-    "skipped",   # an input cell the windows step over (stride larger than the window)
-    "padding",   # a zero added around the input
-    "copy",      # padding that copies an input cell (reflect, replicate, circular)
-    "inserted",  # a zero inserted between input cells (transposed, direct view)
-    "beyond",    # past the padded input, read only by a ceil-mode pooling window
-    "cropped",   # scatter view: full-output cell cropped away by the padding
-)
+#: What a cell of a drawn grid is: the lower grid's cells are classified once, by
+#: :meth:`ResolvedConv.grid_cells` (:data:`~convarith.arithmetic.GRID_CELL_KINDS`:
+#: input, dropped, skipped, padding, copy, inserted, beyond); an output cell is
+#: ``"input"``, and in the scatter view a full-output cell cropped away by the
+#: padding is ``"cropped"``.
+CELL_KINDS = (*GRID_CELL_KINDS, "cropped")
 
 
 @dataclass(frozen=True)
@@ -164,53 +159,6 @@ def _combine_kinds(kinds: Sequence[str]) -> str:
     return "input"
 
 
-def axis_cells(resolved: ResolvedConv, axis: int, extent: int | None = None) -> list[tuple[str, int | None]]:
-    """What each cell of the slid-over grid is along one axis: ``(kind, source)``.
-
-    The one classification of grid cells, in the words of :data:`CELL_KINDS`,
-    used by the animations, the explorer's page (``/api/geometry``) and the
-    tour. ``source`` is the input index whose value the cell holds (``None``
-    for a zero). Positions run over the padded (for a transposed convolution:
-    zero-inserted and padded) grid, ``extent`` cells (default: the padded
-    size; ceil-mode pooling may read past it, those cells are ``"beyond"``).
-
-    >>> from convarith import ConvSpec
-    >>> r = ConvSpec(3, strides=2, rank=1).resolve((6,))
-    >>> [kind for kind, _ in axis_cells(r, 0)]
-    ['input', 'input', 'input', 'input', 'input', 'dropped']
-    >>> axis_cells(ConvSpec(3, padding=1, padding_mode="reflect", rank=1).resolve((4,)), 0)[0]
-    ('copy', 1)
-    >>> [k for k, _ in axis_cells(ConvSpec(2, strides=2, transposed=True, rank=1).resolve((2,)), 0)]
-    ['padding', 'input', 'inserted', 'input', 'padding']
-    """
-    spec = resolved.spec
-    size = resolved.input_size[axis]
-    lo, hi = resolved.padding[axis]
-    extent = resolved.padded_size[axis] if extent is None else extent
-    dropped_from = size - resolved.dropped[axis]
-    read = {tap.source[0] for out in range(resolved.output_size[axis])
-            for tap in resolved.axis_taps(axis, out) if tap.source is not None and not tap.in_padding}
-    cells: list[tuple[str, int | None]] = []
-    for position in range(extent):
-        index = position - lo
-        if spec.transposed:
-            stride = spec.strides[axis]
-            if 0 <= index <= (size - 1) * stride:
-                real = index % stride == 0
-                cells.append(("input", index // stride) if real else ("inserted", None))
-            else:
-                cells.append(("padding", None))
-        elif 0 <= index < size:
-            kind = "dropped" if index >= dropped_from else "input" if index in read else "skipped"
-            cells.append((kind, index))
-        elif position >= size + lo + hi:
-            cells.append(("beyond", None))
-        else:
-            source = padding_source(index, size, spec.padding_mode)
-            cells.append(("copy", source) if source is not None else ("padding", None))
-    return cells
-
-
 def _grid(per_axis: Sequence[Sequence[tuple[str, int | None]]]) -> tuple[GridCell, ...]:
     cells = []
     for combo in product(*[list(enumerate(axis)) for axis in per_axis]):
@@ -273,7 +221,7 @@ def _direct_board(
     # The grid is the padded input, and for ceil-mode pooling whatever the last
     # window reaches beyond it.
     extent = tuple(n + e for n, e in zip(resolved.padded_size, resolved.overhang))
-    grid_cells = _grid([axis_cells(resolved, a, extent[a]) for a in range(rank)])
+    grid_cells = _grid([resolved.grid_cells(a, extent[a]) for a in range(rank)])
     top_cells = tuple(GridCell(p, "input", p) for p in product(*[range(n) for n in resolved.output_size]))
     frames = []
     for step, out_index in enumerate(resolved.positions()):

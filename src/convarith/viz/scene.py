@@ -21,9 +21,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..explain import Explanation
+from ..spec import ResolvedConv
 from .frames import Frame, Index, Storyboard
 
-__all__ = ["Scene", "Shape", "Palette", "PALETTE", "build_scene", "max_position"]
+__all__ = ["Scene", "Shape", "Palette", "PALETTE", "build_scene", "max_position", "Volume", "VolumeScene",
+           "build_volume_scene"]
 
 Point = tuple[float, float]
 
@@ -74,6 +76,7 @@ class Shape:
     bold: bool = False
     start: int = 0
     end: int = -1  # -1: until the last frame
+    role: str = ""  # what the shape shows ("vol-input", "label"...): the explorer styles it by this
 
 
 @dataclass
@@ -564,3 +567,247 @@ def _title(board: Storyboard) -> str:
     if board.mode == "scatter":
         what += " (scatter)"
     return f"{what}: " + ", ".join(parts)
+
+
+# --------------------------------------------------------------------------- 3-D: the oblique volume
+
+#: How far one depth step recedes, in cells: right and up (a cabinet projection).
+VOLUME_BACK = (0.45, -0.30)
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A 3-D grid drawn in an oblique (cabinet) projection.
+
+    Voxel corner ``(d, r, c)`` is drawn at ``origin + c*across + r*down + d*back``:
+    the front face (depth 0) is seen square on, deeper slices recede up and to
+    the right, so the front, top and right faces of every box are visible.
+
+    >>> v = Volume((10.0, 20.0), (8.0, 0.0), (0.0, 8.0), (3.6, -2.4), (2, 3, 4))
+    >>> v.point(0, 0, 0), v.point(2, 3, 4)
+    ((10.0, 20.0), (49.2, 39.2))
+    >>> [len(face) for face in v.box_faces((0, 0, 0), (1, 2, 3))]
+    [4, 4, 4]
+    """
+
+    origin: Point
+    across: Point
+    down: Point
+    back: Point
+    size: tuple[int, int, int]
+
+    def point(self, d: float, r: float, c: float) -> Point:
+        return (
+            self.origin[0] + c * self.across[0] + r * self.down[0] + d * self.back[0],
+            self.origin[1] + c * self.across[1] + r * self.down[1] + d * self.back[1],
+        )
+
+    def box_faces(self, first: Index, last: Index) -> tuple[tuple[Point, ...], ...]:
+        """Front, top and right faces of the box over voxels ``first``..``last`` (inclusive)."""
+        d0, r0, c0 = first
+        d1, r1, c1 = (v + 1 for v in last)
+        p = self.point
+        return (
+            (p(d0, r0, c0), p(d0, r0, c1), p(d0, r1, c1), p(d0, r1, c0)),
+            (p(d0, r0, c0), p(d1, r0, c0), p(d1, r0, c1), p(d0, r0, c1)),
+            (p(d0, r0, c1), p(d1, r0, c1), p(d1, r1, c1), p(d0, r1, c1)),
+        )
+
+    def box_lines(self, first: Index, last: Index) -> list[tuple[Point, Point]]:
+        """The voxel grid drawn on the three visible faces of a box (its edges included)."""
+        d0, r0, c0 = first
+        d1, r1, c1 = (v + 1 for v in last)
+        p = self.point
+        lines = [(p(d0, r, c0), p(d0, r, c1)) for r in range(r0, r1 + 1)]            # front: rows
+        lines += [(p(d0, r0, c), p(d0, r1, c)) for c in range(c0, c1 + 1)]           # front: columns
+        lines += [(p(d0, r0, c), p(d1, r0, c)) for c in range(c0, c1 + 1)]           # top: along depth
+        lines += [(p(d, r0, c0), p(d, r0, c1)) for d in range(d0 + 1, d1 + 1)]       # top: slices
+        lines += [(p(d0, r, c1), p(d1, r, c1)) for r in range(r0 + 1, r1 + 1)]       # right: along depth
+        lines += [(p(d, r0, c1), p(d, r1, c1)) for d in range(d0 + 1, d1 + 1)]       # right: slices
+        return lines
+
+    def bounds(self) -> tuple[float, float, float, float]:
+        corners = [self.point(d, r, c) for d in (0, self.size[0]) for r in (0, self.size[1])
+                   for c in (0, self.size[2])]
+        xs, ys = [q[0] for q in corners], [q[1] for q in corners]
+        return min(xs), min(ys), max(xs), max(ys)
+
+    def moved(self, dx: float, dy: float) -> Volume:
+        return Volume((self.origin[0] + dx, self.origin[1] + dy), self.across, self.down, self.back, self.size)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"origin": list(self.origin), "across": list(self.across), "down": list(self.down),
+                "back": list(self.back), "size": list(self.size)}
+
+
+@dataclass
+class VolumeScene:
+    """The oblique 3-D picture: the still shapes (volumes, voxel grids, labels) and the two
+    projections, with which a voxel of the padded input (``lower``) or of the output
+    (``upper``) is placed; what moves (the window's voxels, the kernel box, the output
+    voxel) is drawn per step from these."""
+
+    scene: Scene
+    lower: Volume
+    upper: Volume
+    cell: float
+    stacked: bool
+
+
+def _kind_spans(kinds: Sequence[str], wanted: tuple[str, ...]) -> tuple[int, int] | None:
+    found = [i for i, kind in enumerate(kinds) if kind in wanted]
+    return (found[0], found[-1]) if found else None
+
+
+def build_volume_scene(resolved: ResolvedConv, room: float = 900.0, palette: Palette = PALETTE,
+                       max_height: float = 460.0) -> VolumeScene:
+    """Lay out a 3-D convolution as two volumes in an oblique projection, ``room`` pixels wide.
+
+    The padded (for a transposed convolution: zero-inserted and padded) input
+    is a box with the real input inside it, the output a box beside it (under
+    it when the two do not fit side by side at a readable size). The voxel grid
+    is drawn on the visible faces; the number of shapes grows with the sides of
+    the volumes, not with their cells.
+
+    >>> from convarith import ConvSpec
+    >>> vs = build_volume_scene(ConvSpec((3, 3, 3), padding=1).resolve((4, 5, 6)), room=900)
+    >>> vs.lower.size, vs.upper.size, vs.stacked
+    ((6, 7, 8), (4, 5, 6), False)
+    >>> sorted({s.role for s in vs.scene.shapes})
+    ['axis-label', 'label', 'output-label', 'vol-grid', 'vol-grid-pad', 'vol-input', 'vol-output', 'vol-pad']
+    >>> vs.scene.width <= 900
+    True
+    """
+    if resolved.rank != 3:
+        raise ValueError(f"the oblique volume draws a 3-D convolution; this one has {resolved.rank} axes")
+    # as far as the windows reach (a ceil-mode pooling window overhangs the padded input)
+    reach = [n + e for n, e in zip(resolved.padded_size, resolved.overhang)]
+    lower_size: tuple[int, int, int] = (reach[0], reach[1], reach[2])
+    upper_size: tuple[int, int, int] = (resolved.output_size[0], resolved.output_size[1], resolved.output_size[2])
+    kinds = [[kind for kind, _ in resolved.grid_cells(axis, reach[axis])] for axis in range(3)]
+    real = [_kind_spans(k, ("input", "dropped", "skipped", "inserted")) for k in kinds]
+    dropped = [_kind_spans(k, ("dropped",)) for k in kinds]
+    p = palette
+    margin, gap, label_size, axis_size = 8.0, 56.0, 14.0, 12.0
+    padded = lower_size != tuple(resolved.input_size) or resolved.spec.transposed
+    lower_words = [f"input {_fmt_size(resolved.input_size)}"]
+    if padded:
+        grown = [word for word, yes in (("padded", any(lo or hi for lo, hi in resolved.padding)),
+                                        ("the last window overhangs", any(resolved.overhang))) if yes]
+        how = "zeros inserted, padded" if resolved.spec.transposed else ", ".join(grown)
+        lower_words.append(f"→ {_fmt_size(lower_size)} ({how})")
+    name = {"max_pool": "max pool", "avg_pool": "avg pool"}.get(resolved.spec.kind)
+    upper_label = [f"output {_fmt_size(upper_size)}" + (f" ({name})" if name else "")]
+
+    def texts(volume: Volume, label: Sequence[str], with_axes: bool) -> list[Shape]:
+        x0, y0, x1, y1 = volume.bounds()
+        role = "label" if with_axes else "output-label"
+        left = x0 - 6 - _text_width("height", axis_size) if with_axes else x0  # over the "height" label too
+        shapes = [Shape("text", ((left, y0 - 12 - 18 * (len(label) - 1 - i)),), text=line, size=label_size,
+                        bold=True, anchor="lm", fill=p.text, role=role) for i, line in enumerate(label)]
+        if with_axes:
+            d, r, c = volume.size
+            bottom = volume.point(0, r, c / 2)
+            side = volume.point(0, r / 2, 0)
+            far = volume.point(d / 2, r, c)
+            shapes += [
+                Shape("text", ((bottom[0], bottom[1] + 12),), text="width", size=axis_size, anchor="mm",
+                      fill=p.muted, role="axis-label"),
+                Shape("text", ((side[0] - 6, side[1]),), text="height", size=axis_size, anchor="rm",
+                      fill=p.muted, role="axis-label"),
+                Shape("text", ((far[0] + 8, far[1] + 4),), text="depth", size=axis_size, anchor="lm",
+                      fill=p.muted, role="axis-label"),
+            ]
+        return shapes
+
+    def text_box(shape: Shape) -> tuple[float, float, float, float]:
+        (x, y), = shape.points
+        w, h = _text_width(shape.text, shape.size), shape.size * 1.3
+        left = x - w if shape.anchor[0] == "r" else x - w / 2 if shape.anchor[0] == "m" else x
+        return left, y - h / 2, left + w, y + h / 2
+
+    def block(size: tuple[int, int, int], cell: float, label: Sequence[str], with_axes: bool):
+        volume = Volume((0.0, 0.0), (cell, 0.0), (0.0, cell), (VOLUME_BACK[0] * cell, VOLUME_BACK[1] * cell), size)
+        words = texts(volume, label, with_axes)
+        boxes = [volume.bounds(), *(text_box(t) for t in words)]
+        return volume, (min(b[0] for b in boxes), min(b[1] for b in boxes),
+                        max(b[2] for b in boxes), max(b[3] for b in boxes))
+
+    def plan(cell: float, stacked: bool, split: bool):
+        lower, lb = block(lower_size, cell, lower_label(split), True)
+        upper, ub = block(upper_size, cell, upper_label, False)
+        lower = lower.moved(margin - lb[0], margin - lb[1])
+        if stacked:
+            upper = upper.moved(margin - ub[0], margin + (lb[3] - lb[1]) + gap * 0.6 - ub[1])
+            width = 2 * margin + max(lb[2] - lb[0], ub[2] - ub[0])
+            height = 2 * margin + (lb[3] - lb[1]) + gap * 0.6 + (ub[3] - ub[1])
+        else:
+            upper = upper.moved(margin + (lb[2] - lb[0]) + gap - ub[0], margin - ub[1])
+            width = 2 * margin + (lb[2] - lb[0]) + gap + (ub[2] - ub[0])
+            height = 2 * margin + max(lb[3] - lb[1], ub[3] - ub[1])
+        return lower, upper, width, height
+
+    def lower_label(split: bool) -> list[str]:
+        return lower_words if split else [" ".join(lower_words)]
+
+    # the biggest cell (4 to 34 px, the volumes at most ``max_height`` tall) with which the
+    # picture fits: side by side if the cell is then at least 9 px, else the output under the
+    # input; the input's label goes on two lines before the cells shrink for it
+    tallest = max(size[1] + abs(VOLUME_BACK[1]) * size[0] for size in (lower_size, upper_size))
+    top = max(4.0, min(34.0, math.floor(max_height / tallest)))
+    choice: tuple[bool, float, bool, bool] | None = None
+    for stacked in (False, True):
+        best: tuple[bool, float, bool, bool] | None = None
+        for split in (False, True):
+            cell = top
+            while cell > 4.0 and plan(cell, stacked, split)[2] > room:
+                cell -= 1.0
+            fits = plan(cell, stacked, split)[2] <= room
+            if best is None or (fits, cell) > best[:2]:
+                best = (fits, cell, stacked, split)
+        assert best is not None
+        if stacked or (best[0] and best[1] >= 9.0):
+            choice = best
+            break
+    assert choice is not None
+    _, cell, stacked, split = choice
+    lower, upper, width, height = plan(cell, stacked, split)
+    scene = Scene(width=width, height=height, frame_count=1, title=" ".join(lower_words))
+    add = scene.shapes.append
+    show_grid = cell >= 5.0  # below that the voxel grid would be a grey smear: the faces alone
+
+    # the padded input: a dashed box (the padding, the inserted zeros), the real input inside it
+    full = ((0, 0, 0), tuple(n - 1 for n in lower_size))
+    if padded:
+        for face in lower.box_faces(*full):
+            add(Shape("polygon", face, fill=p.padding, stroke=p.dashed, width=1.0, dash=(3.0, 2.0), role="vol-pad"))
+        if show_grid:
+            for a, b in lower.box_lines(*full):
+                add(Shape("line", (a, b), stroke=p.dashed, width=0.5, dash=(2.0, 2.0), role="vol-grid-pad"))
+    if all(span is not None for span in real):
+        first = tuple(span[0] for span in real)  # type: ignore[index]
+        last = tuple(span[1] for span in real)  # type: ignore[index]
+        for face in lower.box_faces(first, last):
+            add(Shape("polygon", face, fill=p.input, stroke=p.stroke, width=1.0, role="vol-input"))
+        for axis, span in enumerate(dropped):
+            if span is not None:
+                lo, hi = list(first), list(last)
+                lo[axis], hi[axis] = span
+                # the faces the input box does not hide (a dropped depth slab is at the back)
+                for index, face in enumerate(lower.box_faces(tuple(lo), tuple(hi))):
+                    if (axis, index) in ((0, 0), (1, 1)):
+                        continue
+                    add(Shape("polygon", face, fill=p.dropped, stroke=p.dropped_stroke, width=1.0,
+                              role="vol-dropped"))
+        if show_grid:
+            for a, b in lower.box_lines(first, last):
+                add(Shape("line", (a, b), stroke=p.stroke, width=0.6, role="vol-grid"))
+    out_full = ((0, 0, 0), tuple(n - 1 for n in upper_size))
+    for face in upper.box_faces(*out_full):
+        add(Shape("polygon", face, fill=p.output, stroke=p.stroke, width=1.0, role="vol-output"))
+    if show_grid:
+        for a, b in upper.box_lines(*out_full):
+            add(Shape("line", (a, b), stroke=p.stroke, width=0.6, role="vol-grid"))
+    scene.shapes.extend(texts(lower, lower_label(split), True))
+    scene.shapes.extend(texts(upper, upper_label, False))
+    return VolumeScene(scene=scene, lower=lower, upper=upper, cell=cell, stacked=stacked)

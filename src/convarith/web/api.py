@@ -569,13 +569,14 @@ def _tap_dict(tap: Tap) -> dict[str, Any]:
 def _axis_grid(resolved: ResolvedConv, axis: int) -> list[dict[str, Any]]:
     """What each cell of the padded (zero-inserted) grid along ``axis`` is.
 
-    The kinds are :data:`convarith.viz.frames.CELL_KINDS` (``input``,
-    ``dropped``, ``padding``, ``copy``, ``inserted``, ``beyond``), from the one
-    classification the animations use, :func:`convarith.viz.frames.axis_cells`.
+    The kinds are :data:`convarith.arithmetic.GRID_CELL_KINDS` (``input``,
+    ``dropped``, ``skipped``, ``padding``, ``copy``, ``inserted``, ``beyond``),
+    from the one classification the footprint and the animations use,
+    :meth:`ResolvedConv.grid_cells`.
     """
-    from ..viz.frames import axis_cells
-
-    return [{"kind": kind, "source": source} for kind, source in axis_cells(resolved, axis)]
+    # as far as the windows reach: a ceil-mode pooling window overhangs the padded input
+    extent = resolved.padded_size[axis] + resolved.overhang[axis]
+    return [{"kind": kind, "source": source} for kind, source in resolved.grid_cells(axis, extent)]
 
 
 def geometry_payload(settings: Settings, limits: Limits) -> dict[str, Any]:
@@ -735,6 +736,64 @@ def animation_gif(data: Any, limits: Limits) -> bytes:
         raise unavailable("drawing pictures", error) from error
     except ValueError as error:
         raise ApiError(422, page_words(str(error))) from error
+
+
+#: The oblique 3-D view draws one cube per voxel the window reads up to this many taps
+#: (a 7 x 7 x 7 kernel); a bigger window is drawn as its box alone.
+MAX_VOLUME_CUBES = 343
+
+
+def volume_payload(data: Any, limits: Limits) -> dict[str, Any]:
+    """The oblique 3-D picture of the settings, laid out ``room`` pixels wide (200 to 4000).
+
+    The still shapes (the padded input and output volumes, their voxel grids,
+    the labels) come from :func:`convarith.viz.scene.build_volume_scene`, each
+    with its ``role``; ``lower`` and ``upper`` are the two projections (voxel
+    corner ``(d, r, c)`` at ``origin + c*across + r*down + d*back``) with which
+    the page places what moves: the voxels the window reads (from
+    ``/api/geometry``'s taps), the kernel box and the output voxel.
+
+    >>> v = volume_payload({"input_size": [4, 5, 6], "kernel_size": 3, "padding": "same", "room": 600},
+    ...                    Limits())
+    >>> v["lower"]["size"], v["upper"]["size"], v["width"] <= 600
+    ([6, 7, 8], [4, 5, 6], True)
+    """
+    settings = parse_settings(data, limits)
+    room = _int(data, "room", 200, 4000, default=900)
+    if settings.rank != 3:
+        raise ApiError(422, f"the oblique view draws 3-D convolutions; this one has {settings.rank} "
+                       "axes (rank 3 gives three sizes, e.g. 5x5x5)", "rank")
+    spec, _ = build_spec(settings)
+    resolved = _resolve(spec, settings)
+    for axis, (out, padded) in enumerate(zip(resolved.output_size, resolved.padded_size)):
+        if max(out, padded) > limits.max_draw:
+            raise ApiError(422, f"axis {axis}: {max(out, padded)} cells are too many to draw (at most "
+                           f"{limits.max_draw} per axis); use a smaller input, stride or kernel", "input_size")
+    try:
+        from ..viz.scene import build_volume_scene
+    except ImportError as error:  # pragma: no cover - the scene needs only the standard library
+        raise unavailable("drawing pictures", error) from error
+    volume = build_volume_scene(resolved, room=room)
+
+    def xy(point: tuple[float, float]) -> list[float]:
+        return [round(point[0], 2), round(point[1], 2)]
+
+    shapes = []
+    for shape in volume.scene.shapes:
+        item: dict[str, Any] = {"kind": shape.kind, "role": shape.role, "points": [xy(q) for q in shape.points]}
+        if shape.kind == "text":
+            item.update(text=shape.text, anchor=shape.anchor)
+        shapes.append(item)
+    return {
+        "width": round(volume.scene.width, 2),
+        "height": round(volume.scene.height, 2),
+        "cell": volume.cell,
+        "stacked": volume.stacked,
+        "lower": volume.lower.to_dict(),
+        "upper": volume.upper.to_dict(),
+        "shapes": shapes,
+        "max_cubes": MAX_VOLUME_CUBES,
+    }
 
 
 def solve_payload(data: Any, limits: Limits) -> dict[str, Any]:

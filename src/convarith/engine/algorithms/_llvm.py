@@ -67,7 +67,8 @@ from ..state import cached_once
 
 __all__ = ["available", "compiled", "vector_width", "block_rows", "max_vectors", "Kernels",
            "Cells", "Sums", "Batch", "ONE_PROBLEM", "VectorTarget", "vector_target",
-           "target_named", "module_ir", "assembly", "ISA_VARIABLE", "ISA_NAMES"]
+           "target_named", "module_ir", "assembly", "ISA_VARIABLE", "ISA_NAMES",
+           "grouped_module_ir", "grouped_block_rows", "grouped_assembly", "compiled_grouped"]
 
 #: Steps of the sum per loop turn in a register block.
 UNROLL = 2
@@ -625,6 +626,174 @@ def _compiled(dtype: np.dtype[Any], vectors: int, streaming: bool, target: Vecto
     with _LOCK:
         module = llvm.parse_assembly(module_ir(dtype, vectors, rows, width, streaming,
                                                depthwise))
+        module.verify()
+        engine = llvm.create_mcjit_compiler(module, _machine(llvm, target))
+        engine.finalize_object()
+        address = engine.get_function_address("drive")
+    pointer = ctypes.c_void_p
+    counts = len(Cells._fields) + len(Sums._fields) + len(Batch._fields)
+    signature = ctypes.CFUNCTYPE(None, pointer, pointer, pointer, pointer,
+                                 *([ctypes.c_int64] * counts))
+    return Kernels(vectors, rows, width, signature(address), engine)
+
+
+def _grouped_tile(name: str, mr: int, nv: int, ty: str, vw: int, group: int) -> str:
+    """IR of one register block for groups of ``group`` input and ``group`` output
+    channels, ``group`` dividing the lanes ``vw``: ``mr`` cells × ``nv`` vectors of
+    output channels, summed over the taps (one step each).
+
+    A vector of outputs holds ``vw / group`` whole groups, whose input channels are
+    the same ``vw`` channels of the cell: per tap and cell one vector load, then for
+    each input channel ``c`` of a group a shuffle that gives every lane its own
+    group's channel ``c`` (lane ``l`` reads lane ``(l // group)·group + c``), times
+    the kernel's vector for ``c``. The panel holds per tap ``group`` vectors
+    (``nv·vw`` wide), ``step_stride`` elements apart from one tap to the next. No lane
+    multiplies another group's value, so nothing is computed for nothing (merging
+    groups into block-diagonal kernels costs ``vw / group`` times the products, and
+    zeros times a non-finite value of another group).
+    """
+    v = f"<{vw} x {ty}>"
+    p = f"{ty}*"
+    fma = f"@llvm.fma.v{vw}{_suffix(ty)}"
+    xs = ", ".join(f"{p} %x{i}" for i in range(mr))
+    ys = ", ".join(f"{p} %y{i}" for i in range(mr))
+    acc = [(i, j) for i in range(mr) for j in range(nv)]
+    masks = [f"<{vw} x i32> <" + ", ".join(f"i32 {(lane // group) * group + c}"
+                                            for lane in range(vw)) + ">"
+             for c in range(group)]
+    lines = [
+        f"define internal void @{name}({xs}, {p} %w, {ys}, i64* %offsets, i64 %steps, "
+        "i64 %step_stride, i64 %accumulate) {",
+        "entry:",
+        "  %adding = icmp ne i64 %accumulate, 0",
+        "  br i1 %adding, label %load, label %pre",
+        "load:",
+    ]
+    for i, j in acc:
+        lines += [
+            f"  %lp{i}_{j} = getelementptr {ty}, {p} %y{i}, i64 {j * vw}",
+            f"  %lq{i}_{j} = bitcast {p} %lp{i}_{j} to {v}*",
+            f"  %l{i}_{j} = load {v}, {v}* %lq{i}_{j}, align 4",
+        ]
+    lines += ["  br label %pre", "pre:"]
+    for i, j in acc:
+        lines.append(f"  %s{i}_{j} = phi {v} [zeroinitializer, %entry], [%l{i}_{j}, %load]")
+    lines += [
+        "  %some = icmp sgt i64 %steps, 0",
+        "  br i1 %some, label %tap, label %done",
+        "tap:",
+        "  %k = phi i64 [0, %pre], [%k1, %tap]",
+        "  %wc = phi i64 [0, %pre], [%wc1, %tap]",
+    ]
+    last = f"c{group - 1}_"
+    for i, j in acc:
+        lines.append(f"  %b{i}_{j} = phi {v} [%s{i}_{j}, %pre], [%{last}{i}_{j}, %tap]")
+    lines += ["  %kp = getelementptr i64, i64* %offsets, i64 %k",
+              "  %xc = load i64, i64* %kp"]
+    for i, j in acc:
+        lines += [
+            f"  %xo{i}_{j} = add i64 %xc, {j * vw}",
+            f"  %xp{i}_{j} = getelementptr {ty}, {p} %x{i}, i64 %xo{i}_{j}",
+            f"  %xq{i}_{j} = bitcast {p} %xp{i}_{j} to {v}*",
+            f"  %xv{i}_{j} = load {v}, {v}* %xq{i}_{j}, align 4",
+        ]
+    before = "b"
+    for c in range(group):
+        for j in range(nv):
+            lines += [
+                f"  %wo{c}_{j} = add i64 %wc, {(c * nv + j) * vw}",
+                f"  %wp{c}_{j} = getelementptr {ty}, {p} %w, i64 %wo{c}_{j}",
+                f"  %wq{c}_{j} = bitcast {p} %wp{c}_{j} to {v}*",
+                f"  %wv{c}_{j} = load {v}, {v}* %wq{c}_{j}, align 4",
+            ]
+        for i, j in acc:
+            lines += [
+                f"  %g{c}_{i}_{j} = shufflevector {v} %xv{i}_{j}, {v} undef, {masks[c]}",
+                f"  %c{c}_{i}_{j} = call {v} {fma}({v} %g{c}_{i}_{j}, {v} %wv{c}_{j}, "
+                f"{v} %{before}{i}_{j})",
+            ]
+        before = f"c{c}_"
+    lines += [
+        "  %k1 = add i64 %k, 1",
+        "  %wc1 = add i64 %wc, %step_stride",
+        "  %more = icmp slt i64 %k1, %steps",
+        "  br i1 %more, label %tap, label %done",
+        "done:",
+    ]
+    for i, j in acc:
+        lines.append(f"  %e{i}_{j} = phi {v} [%s{i}_{j}, %pre], [%{last}{i}_{j}, %tap]")
+    for i, j in acc:
+        lines += [
+            f"  %yp{i}_{j} = getelementptr {ty}, {p} %y{i}, i64 {j * vw}",
+            f"  %yq{i}_{j} = bitcast {p} %yp{i}_{j} to {v}*",
+            f"  store {v} %e{i}_{j}, {v}* %yq{i}_{j}, align 4",
+        ]
+    lines += ["  ret void", "}"]
+    return "\n".join(lines)
+
+
+def grouped_module_ir(dtype: Any, vectors: int, rows: int, width: int, group: int) -> str:
+    """IR of a module of :func:`_grouped_tile` blocks for groups of ``group`` input and
+    output channels (``drive`` as in :func:`module_ir`; each column block reads its
+    own ``vectors·width`` input channels, as the depthwise kernels do; one step of
+    the sum per tap).
+
+    >>> ir = grouped_module_ir(np.float32, 1, 2, 16, 4)
+    >>> "define void @drive(" in ir and "shufflevector" in ir
+    True
+    """
+    ty = _ir_type(dtype)
+    v = f"<{width} x {ty}>"
+    parts = [f"declare {v} @llvm.fma.v{width}{_suffix(ty)}({v}, {v}, {v})"]
+    parts += [_grouped_tile(f"tile{r}", r, vectors, ty, width, group)
+              for r in range(1, rows + 1)]
+    parts.append(_driver(rows, vectors, ty, width, depthwise=True))
+    parts.append(_batches(ty))
+    parts.append("!0 = !{i32 1}")
+    return "\n\n".join(parts) + "\n"
+
+
+def grouped_block_rows(vectors: int, group: int, target: VectorTarget | None = None) -> int:
+    """``MR`` for :func:`_grouped_tile`: the ``MR·NV`` accumulators, ``NV`` input vectors of
+    a cell, a shuffled vector and a kernel vector fit the registers."""
+    registers = (target or vector_target()).registers
+    return max(1, min(6, (registers - 3 - vectors) // vectors))
+
+
+def grouped_assembly(target: VectorTarget, dtype: Any, vectors: int, group: int) -> str:
+    """:func:`assembly` for the grouped kernels (checks the IR compiles for ``target``)."""
+    llvm = _llvm()
+    if llvm is None:
+        raise RuntimeError("llvmlite is not installed (or CONVARITH_JIT=0)")
+    ir = grouped_module_ir(dtype, vectors, grouped_block_rows(vectors, group, target),
+                           target.width(dtype), group)
+    with _LOCK:
+        machine = _machine(llvm, target)
+        module = llvm.parse_assembly(ir)
+        if target.triple:
+            module.triple = target.triple
+        module.verify()
+        return str(machine.emit_assembly(module))
+
+
+def compiled_grouped(dtype: Any, vectors: int, group: int) -> Kernels | None:
+    """The grouped module (:func:`grouped_module_ir`) for ``dtype``, ``vectors`` and
+    groups of ``group`` channels on the target in use (``None``: not here, or
+    ``group`` does not divide a vector's lanes)."""
+    return _compiled_grouped(np.dtype(dtype), vectors, group, vector_target())
+
+
+@cached_once
+def _compiled_grouped(dtype: np.dtype[Any], vectors: int, group: int, target: VectorTarget
+                      ) -> Kernels | None:
+    llvm = _llvm()
+    width = target.width(dtype)
+    if (llvm is None or not target.runs_here or width == 0 or dtype.char not in "fd"
+            or group < 1 or width % group):
+        return None
+    rows = grouped_block_rows(vectors, group, target)
+    with _LOCK:
+        module = llvm.parse_assembly(grouped_module_ir(dtype, vectors, rows, width, group))
         module.verify()
         engine = llvm.create_mcjit_compiler(module, _machine(llvm, target))
         engine.finalize_object()

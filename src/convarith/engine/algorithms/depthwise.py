@@ -27,6 +27,7 @@ import functools
 import itertools
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -517,6 +518,11 @@ def _direct_numpy(xp: np.ndarray, kernel: np.ndarray, strides: Sequence[int],
     channels = xp.shape[-1]
     multiplier = kernel.shape[-1] // channels
     ksize = kernel.shape[:rank]
+    if (rank >= 2 and multiplier == 1 and strides[-1] == 1
+            and channels * math.prod(ksize) <= TAP_PASSES_MAX
+            and math.prod(ksize) * out_size[-1] * channels * xp.dtype.itemsize
+            <= ROW_WEIGHT_BYTES):
+        return _direct_tap_passes(xp, kernel, strides, dilation, out_size)
     reach = [(k - 1) * d + 1 for k, d in zip(ksize, dilation)]
     windows = np.lib.stride_tricks.sliding_window_view(xp, reach, axis=tuple(range(1, rank + 1)))
     index = ((slice(None),)
@@ -529,6 +535,52 @@ def _direct_numpy(xp: np.ndarray, kernel: np.ndarray, strides: Sequence[int],
                   kernel.reshape(*ksize, channels, multiplier))
     return np.ascontiguousarray(y, dtype=xp.dtype).reshape(xp.shape[0], *out_size,
                                                            channels * multiplier)
+
+
+#: Without numba, multiplier-1 layers with unit stride along the last axis and at most
+#: this many ``channels × taps`` run one pass per tap (:func:`_direct_tap_passes`), the
+#: others one ``einsum``. Measured (one core, CPU time, float32, batch 1, einsum ->
+#: passes): 3×3 16 channels on 112² 2.31 -> 0.78 ms, 32 on 56² 0.65 -> 0.38, 64 on 56²
+#: 0.79 -> 0.56; 96 on 28² 0.23 -> 0.31 and 5×5 64 on 28² 0.46 -> 0.52 (slower).
+TAP_PASSES_MAX = 576
+
+#: Output bytes per block of rows of :func:`_direct_tap_passes` (stays in a core's L2).
+TAP_PASSES_BLOCK_BYTES = 256 << 10
+
+
+def _direct_tap_passes(xp: np.ndarray, kernel: np.ndarray, strides: Sequence[int],
+                       dilation: Sequence[int], out_size: Sequence[int]) -> np.ndarray:
+    """2-D or 3-D, multiplier 1, stride 1 along the last axis, without numba: per block of output
+    rows, one multiply and one add per tap over the whole block. A tap's view of the
+    input and its weights repeated along an output row are both contiguous over
+    ``width × channels``, so NumPy's loops run over that length, not over the channels
+    only (the einsum's inner loop, short with few channels)."""
+    rank = len(out_size)
+    n, channels = xp.shape[0], xp.shape[-1]
+    ksize = tuple(kernel.shape[:rank])
+    weights = kernel.reshape(*ksize, channels)
+    repeated = np.ascontiguousarray(np.broadcast_to(weights[..., None, :],
+                                                    (*ksize, out_size[-1], channels)))
+    y = np.empty((n, *out_size, channels), xp.dtype)
+    row_bytes = math.prod(out_size[1:]) * channels * xp.dtype.itemsize
+    block = max(1, min(out_size[0], TAP_PASSES_BLOCK_BYTES // max(1, row_bytes)))
+    scratch = np.empty((block, *out_size[1:], channels), xp.dtype)
+    for image in range(n):
+        for row0 in range(0, out_size[0], block):
+            row1 = min(out_size[0], row0 + block)
+            target, spare = y[image, row0:row1], scratch[: row1 - row0]
+            for number, tap in enumerate(itertools.product(*(range(k) for k in ksize))):
+                index: list[Any] = [image]
+                for axis, (k, s, d, o) in enumerate(zip(tap, strides, dilation, out_size)):
+                    first, last = (row0, row1) if axis == 0 else (0, o)
+                    index.append(slice(first * s + k * d, (last - 1) * s + k * d + 1, s))
+                view = xp[tuple(index)]
+                if number == 0:
+                    np.multiply(view, repeated[tap], out=target)
+                else:
+                    np.multiply(view, repeated[tap], out=spare)
+                    target += spare
+    return y
 
 
 #: Multiplier-1 layers with at most this many channels and stride 1 along the width

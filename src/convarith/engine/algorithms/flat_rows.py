@@ -535,8 +535,45 @@ def cost(problem: ConvProblem) -> float:
 
     Measured (``python -m convarith.bench``): no copy at stride 1, one copy of
     the input for strides; faster than gathering every tap.
+
+    Where the llvmlite kernels are absent (:func:`per_tap_cost`) the per-tap
+    products' cost also counts the cells of the flat grid that are computed and
+    dropped, against :mod:`.offset_gemm`'s plain FLOPs.
     """
-    return problem.flops * 0.7
+    from . import _llvm
+
+    if _llvm.available(problem.dtype) or not _per_tap_products(problem):
+        return problem.flops * 0.7
+    return per_tap_cost(problem)
+
+
+def _per_tap_products(problem: ConvProblem) -> bool:
+    """Whether :func:`direct` runs one product per tap over the flat grid (no gather)."""
+    taps = math.prod(problem.kernel_size)
+    strided = any(s > 1 for s in problem.strides)
+    if taps == 1 or problem.in_channels * taps < GATHER_BELOW:
+        return False
+    return not (strided and problem.rank <= 2 and _numba_im2col() is not None)
+
+
+def per_tap_cost(problem: ConvProblem) -> float:
+    """``0.9 × FLOPs × grid / output cells × F / (F + 16)``: the per-tap products run
+    over the whole flat grid (``⌈padded / S⌉`` cells per axis, the output's plus the
+    cells a kernel's reach adds), and :mod:`.offset_gemm`'s copies weigh ``16 / F``
+    against its products.
+
+    Fitted on one core (CPU time, float32, batch 1, ``CONVARITH_JIT=0``, 3×3 "same",
+    flat_rows / offset_gemm time): 64 -> 64 on 112² 0.71, 28² 0.85; 128 on 14² 1.04;
+    256 on 28² 1.04, 7² 1.49; 512 on 14² 1.20, 7² 1.52, 4² 1.85; 1024 on 7² 1.44.
+
+    >>> p = ConvProblem((1, 9, 9, 512), (3, 3, 512, 512), (1, 1), (1, 1), 1, (7, 7), np.dtype("float32"))
+    >>> round(per_tap_cost(p) / p.flops, 2)
+    1.44
+    """
+    grid = math.prod(-(-n // s) for n, s in zip(problem.input_shape[1:-1], problem.strides))
+    waste = grid / max(1, math.prod(problem.out_size))
+    filters = problem.out_channels
+    return problem.flops * 0.9 * waste * filters / (filters + 16)
 
 
 register_algorithm("flat_rows", direct, applies=applies, cost=cost, weight_grad=weight_grad,

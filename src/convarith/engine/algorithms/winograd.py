@@ -477,6 +477,83 @@ def _numpy_output_transform(
             target[...] = block[:, : target.shape[1], : target.shape[2]]
 
 
+def _combine(terms: list[np.ndarray], coefficients: np.ndarray, out: np.ndarray) -> None:
+    """``out = Σ coefficients[j] · terms[j]`` in place, skipping zeros (``±1`` cost one pass)."""
+    first = True
+    for coefficient, term in zip(coefficients.tolist(), terms):
+        if coefficient == 0:
+            continue
+        if first:
+            if coefficient == 1:
+                np.copyto(out, term)
+            else:
+                np.multiply(term, out.dtype.type(coefficient), out=out)
+            first = False
+        elif coefficient == 1:
+            np.add(out, term, out=out)
+        elif coefficient == -1:
+            np.subtract(out, term, out=out)
+        else:
+            out += out.dtype.type(coefficient) * term
+    if first:
+        out[...] = 0
+
+
+def _numpy_tiles_direct(xp: np.ndarray, u: np.ndarray, wt: WinogradTransform,
+                        out_size: tuple[int, int], y: np.ndarray, chunk_bytes: int) -> None:
+    """Winograd without compiled loops and without dilation: each transform is a few
+    whole-array passes (one per non-zero matrix entry) over strided views of the
+    channels-last input, one axis at a time, for a block of tile rows of every image;
+    then one batched product ``(a², tiles, C) @ (a², C, F)``. The blocks keep the
+    transformed tiles within ``chunk_bytes``."""
+    m, a = wt.m, wt.tile
+    n, hp, wp, c = xp.shape
+    f = u.shape[-1]
+    th, tw = -(-out_size[0] // m), -(-out_size[1] // m)
+    need = (th * m + a - m, tw * m + a - m)
+    if hp < need[0] or wp < need[1]:  # the last tiles read past the input: zeros there
+        grown = np.zeros((n, max(hp, need[0]), max(wp, need[1]), c), xp.dtype)
+        grown[:, :hp, :wp] = xp
+        xp = grown
+    bt, at = wt.BT.astype(xp.dtype), wt.AT.astype(xp.dtype)
+    per_row = a * a * n * tw * (c + f) * xp.dtype.itemsize
+    rows = max(1, min(th, chunk_bytes // max(1, per_row)))
+    width = need[1]
+    along_h = np.empty((a, n, rows, width, c), xp.dtype)
+    v = np.empty((a, a, n, rows, tw, c), xp.dtype)
+    by_row = np.empty((m, a, n, rows, tw, f), xp.dtype)
+    cell = np.empty((n, rows, tw, f), xp.dtype)
+    for t0 in range(0, th, rows):
+        count = min(th, t0 + rows) - t0
+        # input: Bᵀ along the height (a views of every m-th row), then along the width
+        lines = [xp[:, t0 * m + j: t0 * m + j + (count - 1) * m + 1: m, :width]
+                 for j in range(a)]
+        for i in range(a):
+            _combine(lines, bt[i], along_h[i, :, :count])
+        for i in range(a):
+            columns = [along_h[i, :, :count, j: j + (tw - 1) * m + 1: m] for j in range(a)]
+            for k in range(a):
+                _combine(columns, bt[k], v[i, k, :, :count])
+        tiles = n * count * tw
+        block = v[:, :, :, :count].reshape(a * a, tiles, c)
+        product = np.matmul(block, u).reshape(a, a, n, count, tw, f)
+        # output: Aᵀ along the tile's rows, then its columns, written to every m-th cell
+        for p in range(m):
+            for k in range(a):
+                _combine([product[i, k] for i in range(a)], at[p], by_row[p, k, :, :count])
+        for p in range(m):
+            h0 = t0 * m + p
+            rows_out = len(range(h0, min(out_size[0], (t0 + count) * m), m))
+            for q in range(m):
+                cols_out = len(range(q, out_size[1], m))
+                if rows_out == 0 or cols_out == 0:
+                    continue
+                target = cell[:, :count]
+                _combine([by_row[p, k, :, :count] for k in range(a)], at[q], target)
+                y[:, h0: h0 + (rows_out - 1) * m + 1: m, q: q + (cols_out - 1) * m + 1: m] = \
+                    target[:, :rows_out, :cols_out]
+
+
 # --------------------------------------------------------------------------- the algorithm
 
 
@@ -559,7 +636,8 @@ def direct(
         raise ImportError("use_numba=True needs numba: pip install numba")
     if m is None:
         wide = xp.dtype == np.float32 and xp.shape[-1] > F4_MAX_CHANNELS
-        m = 2 if wide else 4
+        # without numba F(2×2) is faster too: its transforms are additions only
+        m = 2 if wide or kernels is None else 4
     top = left = 0
     padded_shape = tuple(xp.shape)
     if padding is not None:
@@ -642,6 +720,9 @@ def direct(
         tiles = max(1, -(-total // chunks))
         flops = 2.0 * total * a * a * c * f
         run_chunks(work, total, tiles, threads=threads, flops=flops, blas=packed is None)
+        return y
+    if (d0, d1) == (1, 1):
+        _numpy_tiles_direct(xp, u, wt, (out_h, out_w), y, workspace_bytes)
         return y
     chunk = max(1, min(n, workspace_bytes // max(tile_bytes * tiling.per_image, 1)))
     for start in range(0, n, chunk):
@@ -773,13 +854,17 @@ def cost(problem: ConvProblem) -> float:
     on 2×28² 2.1 against 4.6; 256 on 2×14² 6.2 against 5.1; 512 on 1×7² 8.0
     against 4.0 (flat_rows 5.4). The constants before (0.45, 8000) chose
     register_tiles at batches 1 and 2 on 56² and 28² (1.4–2.3× slower).
-    Without numba the transforms run as NumPy expressions: 2.5 times that
-    (CPU time against flat_rows, 64 channels on 56²: 9.3 against 3.5 ms at batch
-    1, 68 against 51 at batch 16; 128 on 2×28²: 5.8 against 6.0).
+    Without numba F(2×2, 3×3) runs as whole-array NumPy passes: ``0.42 × FLOPs +
+    3200 × C·F``, fitted on one core (CPU time, float32, batch 1, busy machine;
+    flat_rows in brackets): 64 channels on 112² 9.2 ms (11.6), 128 on 56² 8.0
+    (10.9), 256 on 28² 10.8 (10.6), 512 on 14² 30 (12.7), on 7² 19 (5.2). With
+    dilation and without numba, the einsum transforms: 2.5 times the compiled cost.
     Infinite where too few channels make Winograd a loss.
     """
     if not _worth_it(problem):
         return math.inf
+    if _numba_kernels() is None and all(d == 1 for d in problem.dilation):
+        return problem.flops * 0.42 + 3200.0 * problem.in_channels * problem.out_channels
     slow = 1.0 if _numba_kernels() is not None else 2.5
     wide = np.dtype(problem.dtype) == np.float32 and problem.in_channels > F4_MAX_CHANNELS
     per_flop = 0.55 if wide else 0.3

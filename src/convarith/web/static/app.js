@@ -19,22 +19,26 @@
     rank: 2, input: [7, 7, 7], kernel: [3, 3, 3], stride: [2, 2, 2], dilation: [1, 1, 1],
     padding: "same", pads: [[1, 1], [1, 1], [1, 1]], mode: "zeros", inCh: 1, filters: 1, groups: 1,
     transposed: false, op: [null, null, null], depth: 0, pool: "", ceil: false, countPad: false, convention: "",
-    frame: 0, view: "direct", tab: "stack", port: "keras", imageKernel: "edge", numbers: "1 0 -1; 2 0 -2; 1 0 -1",
+    frame: 0, view: "direct", look: "slices", tab: "stack", port: "keras", imageKernel: "edge", numbers: "1 0 -1; 2 0 -2; 1 0 -1",
     layers: [{ kind: "conv", k: 3, s: 1, d: 1, p: "same" }, { kind: "conv", k: 3, s: 2, d: 1, p: "same" }],
     cell: null,
   };
   let state = JSON.parse(JSON.stringify(defaults));
   let geometry = null;   // last /api/geometry answer
+  let volume = null;     // last /api/volume answer (the oblique 3-D view), or null
   let outputRects = [];  // output <rect>s in row-major order: frame i is outputRects[i]
   let frameRects = [];   // what the frames step through: output cells, or input cells (scatter view)
   const scattering = () => state.transposed && state.view === "scatter";
+  // 3-D: the whole volume seen at an angle instead of one depth slice at a time
+  const oblique = () => state.rank === 3 && state.look === "oblique" && !scattering();
   let inputRects = new Map();  // "p0,p1" -> rect
   let outputByKey = new Map();  // "o0,o1" -> rect
   let playing = null;
   let requestNumber = 0;
-  const latest = { stack: 0, code: 0, image: 0, solve: 0 };  // answers to older requests are dropped
+  const latest = { stack: 0, code: 0, image: 0, solve: 0, volume: 0 };  // answers to older requests are dropped
   let uploadedImage = null;
   let stackDrawn = "";  // the /api/stack request whose answer is drawn (a control of the grid alone leaves it)
+  let stackAnswer = null;  // that answer, drawn again to the new width when the window is resized
 
   // ------------------------------------------------------------------ URL
 
@@ -72,6 +76,7 @@
     if (state.transposed && state.view === "scatter") q.set("view", "scatter");
     if (state.frame) q.set("frame", state.frame);
     if (state.rank === 3 && state.depth) q.set("z", state.depth);
+    if (state.rank === 3 && state.look === "oblique") q.set("look", "oblique");
     q.set("tab", state.tab);
     if (state.tab === "code") q.set("port", state.port);
     if (state.tab === "image") { q.set("ik", state.imageKernel); if (state.imageKernel === "custom") q.set("nums", state.numbers); }
@@ -121,6 +126,7 @@
     s.convention = q.get("conv") || "";
     s.frame = parseInt(q.get("frame") || "0", 10) || 0;
     s.view = q.get("view") === "scatter" ? "scatter" : "direct";
+    s.look = q.get("look") === "oblique" ? "oblique" : "slices";
     s.tab = q.get("tab") || "stack";
     s.port = q.get("port") || "keras";
     s.imageKernel = q.get("ik") || "edge";
@@ -190,6 +196,32 @@
     $("numbers-row").hidden = state.imageKernel !== "custom";
     document.querySelector(".zero-only").hidden = !state.transposed;
     document.querySelector(".copy-only").hidden = state.mode === "zeros";
+    syncLook();
+  }
+
+  // 3-D: which view the picture shows (slices or oblique), and the controls that go with it
+  function syncLook() {
+    const on = oblique();
+    document.querySelectorAll("[data-look]").forEach((b) => {
+      const pressed = b.dataset.look === (on ? "oblique" : "slices");
+      b.classList.toggle("on", pressed);
+      b.setAttribute("aria-pressed", String(pressed));
+    });
+    $("look-oblique").disabled = scattering();
+    $("look-oblique").title = scattering() ? "the oblique view shows the direct view (one output voxel per step)"
+      : "the whole volume, seen at an angle (key O)";
+    document.querySelector("#depth-row .slices-only").hidden = on;
+    document.querySelector(".legend .volume-only").hidden = !on;
+    $("grid").toggleAttribute("hidden", on);  // an <svg> has no .hidden property
+    $("volume").toggleAttribute("hidden", !on);
+  }
+
+  function setLook(look) {
+    if (state.rank !== 3 || state.look === look) return;
+    state.look = look;
+    syncLook();
+    writeURL();
+    if (oblique()) refreshVolume(); else if (geometry) { renderGrid(); setFrame(state.frame); }
   }
 
   // What the API is sent: the controls as they are, unchecked here. (NaN -> null, so the server names the field.)
@@ -255,9 +287,10 @@
     writeURL();
     const mine = ++requestNumber;
     document.body.dataset.busy = "1";
-    const answer = await post("/api/geometry", settings());
-    if (mine !== requestNumber) return;
     const room = gridRoom();
+    const [answer, volumeAnswer] = await Promise.all([
+      post("/api/geometry", settings()), oblique() ? post("/api/volume", { ...settings(), room }) : null]);
+    if (mine !== requestNumber) return;
     if (!answer.ok) {
       showError("error", answer.error);
       $("stage").classList.add("stale");
@@ -273,6 +306,8 @@
     geometry = answer.data;
     renderSummary();
     renderGrid(room);
+    syncLook();
+    renderVolume(volumeAnswer);
     renderKernel();
     renderDerivation();
     setFrame(Math.min(state.frame, geometry.frames - 1));
@@ -415,10 +450,17 @@
     const gap = 56;
     const tall = Math.floor(440 / Math.max(rows, oRows));
     const inFirst = `input ${times(g.input_size)}`;
+    // a ceil-mode pooling window may reach past the padded input: those cells are drawn too
+    const overhang = !scattering() && padded.some((n, i) => n > g.padded_size[i]);
+    const grown = g.kind === "conv_transpose" ? "zeros inserted, padded"
+      : [g.padding.some((p) => p[0] || p[1]) && "padded", overhang && "the last window overhangs"].filter(Boolean).join(", ");
     const inSecond = scattering() ? "(each cell scatters a patch)" : padded.join() !== g.input_size.join()
-      ? `→ ${times(padded)}${g.kind === "conv_transpose" ? " (zeros inserted, padded)" : " (padded)"}` : "";
-    const inLabelText = inSecond ? `${inFirst}  ${inSecond}` : inFirst;
-    const outText = `output ${times(out)}`;
+      ? `→ ${times(padded)} (${grown})` : "";
+    // 3-D: the labels name the depth slice shown (room kept for the widest number)
+    const sliced = rank === 3 && !scattering();
+    const zIn = sliced ? ` · slice ${padded[0] - 1}` : "", zOut = sliced ? ` · slice ${out[0] - 1}` : "";
+    const inLabelText = (inSecond ? `${inFirst}  ${inSecond}` : inFirst) + zIn;
+    const outText = `output ${times(out)}` + zOut;
     const labelWidth = (text) => text.length * 8.2;  // 14px bold system font, generous
     // Side by side when both grids and their labels fit; on a narrow screen the output
     // goes under the input rather than shrinking both. A label longer than its grid goes
@@ -428,7 +470,7 @@
         : Math.floor((available - gap - 10) / (cols + oCols))));
       const room = stacked ? available : cols * cell + gap - 12;
       const twoLines = labelWidth(inLabelText) > room;
-      const inWidth = labelWidth(twoLines ? inSecond || inFirst : inLabelText);
+      const inWidth = labelWidth(twoLines ? (inSecond || inFirst) + zIn : inLabelText);
       const outX = stacked ? 0 : Math.max(cols * cell + gap, inWidth + 24);
       const width = Math.max(outX + Math.max(oCols * cell, labelWidth(outText)) + 10, inWidth, cols * cell + 2);
       return { cell, twoLines, outX, width, stacked };
@@ -438,6 +480,10 @@
       const other = layout(true);
       // the narrower where neither fits: a figure scrolled sideways hides the output's label
       if (other.cell > plan.cell || other.width <= available || other.width < plan.width) plan = other;
+    } else if (rows === 1 && oRows === 1 && plan.cell < 26) {
+      // 1-D: two strips one above the other cost little height, and cells of 26 px carry their labels
+      const other = layout(true);
+      if (other.cell >= 26 && other.width <= available) plan = other;
     }
     const { cell, twoLines, outX, width, stacked } = plan;
     const top = twoLines ? 52 : 34;
@@ -454,16 +500,20 @@
     el("line", { x1: 0, y1: 0, x2: 0, y2: 6, stroke: "#c9ced6", "stroke-width": 2 }, hatch);
 
     const inLabel = el("text", { x: 0, y: 20, class: "grid-label" }, svg);
-    if (twoLines) {
+    let inLast = inLabel;
+    if (twoLines && inSecond) {
       el("tspan", { x: 0, dy: 0 }, inLabel).textContent = inFirst;
-      el("tspan", { x: 0, dy: 18 }, inLabel).textContent = inSecond;
+      inLast = el("tspan", { x: 0, dy: 18 }, inLabel);
+      inLast.textContent = inSecond;
     } else {
-      inLabel.textContent = inLabelText;
+      inLabel.textContent = inSecond ? `${inFirst}  ${inSecond}` : inFirst;
     }
+    if (sliced) el("tspan", { class: "z-in" }, inLast).textContent = " · slice 0";
     const outLabel = el("text", { x: outX, y: outTop - 14, class: "grid-label output" }, svg);
-    outLabel.textContent = outText;
+    outLabel.textContent = `output ${times(out)}`;
+    if (sliced) el("tspan", { class: "z-out" }, outLabel).textContent = " · slice 0";
     if (stacked) {
-      el("text", { x: labelWidth(outLabel.textContent) + 16, y: outTop - 10, class: "grid-arrow" }, svg).textContent = "↓";
+      el("text", { x: labelWidth(outText) + 16, y: outTop - 10, class: "grid-arrow" }, svg).textContent = "↓";
     } else {
       el("text", { x: cols * cell + gap / 2, y: top + Math.min(rows, oRows) * cell / 2 + 6, class: "grid-arrow", "text-anchor": "middle" }, svg).textContent = "→";
     }
@@ -488,7 +538,8 @@
       group.innerHTML = parts.join("");
       return [...group.getElementsByTagName("rect")];
     };
-    const cells = scattering()
+    // the oblique view draws the input itself: the hidden slices keep only the output cells the player steps
+    const cells = oblique() ? [] : scattering()
       ? product(g.input_size.map((n) => [...Array(n).keys()])).map((pos) => ({ pos, kind: "input", source: pos }))
       : gridCells(g.axes);
     const firstPos = [], lastPos = [];
@@ -497,6 +548,7 @@
       return `x="${col * cell + 0.5}" y="${top + r * cell + 0.5}" width="${cell - 1}" height="${cell - 1}" ` +
         `class="cell in k-${c.kind}" data-pos="${pos.join(",")}" data-src="${c.source ? c.source.join(",") : ""}" data-kind="${c.kind}"`;
     });
+    document.querySelector(".legend .beyond-only").hidden = !g.axes.some((a) => a.grid.some((c) => c.kind === "beyond"));
     cells.forEach((c, i) => {
       inputRects.set(c.pos.join(","), inRects[i]);
       if (c.kind === "input" || UNREAD.has(c.kind)) {
@@ -578,13 +630,15 @@
   }
 
   function markTap(key) {
-    document.querySelectorAll("#grid .tap-hover, #kernel .on").forEach((n) => n.classList.remove("tap-hover", "on"));
+    document.querySelectorAll("#grid .tap-hover, #volume .tap-hover, #kernel .on").forEach((n) => n.classList.remove("tap-hover", "on"));
     if (key === null || !outputRects.length || scattering()) return;
     const index = outputRects[state.frame].dataset.out.split(",").map(Number);
     const tap = tapsOf(index).find((t) => t.kernel.join(",") === key);
     const kernelRect = document.querySelector(`#kernel [data-tap="${key}"]`);
     if (kernelRect) kernelRect.classList.add("on");
     if (!tap) return;
+    const voxel = document.querySelector(`#volume .voxel[data-pos="${tap.position.join(",")}"]`);
+    if (voxel) voxel.classList.add("tap-hover");  // the oblique view: the voxel it multiplies
     const cell = inputRects.get(tap.position.join(","));
     if (cell) cell.classList.add("tap-hover");
     const box = $("cell-sum");
@@ -776,6 +830,92 @@
     setFrame(state.frame);
   }
 
+  // ------------------------------------------------------------------ 3-D: the oblique volume
+
+  // The server lays the volumes out (viz.scene.build_volume_scene): still shapes with their
+  // role, and the two projections. A voxel corner (d, r, c) is origin + c·across + r·down + d·back.
+  const voxelCorner = (v, d, r, c) => [v.origin[0] + c * v.across[0] + r * v.down[0] + d * v.back[0],
+    v.origin[1] + c * v.across[1] + r * v.down[1] + d * v.back[1]];
+  // front, top and right faces of the box over voxels first..last (inclusive)
+  function boxFaces(v, first, last) {
+    const [d0, r0, c0] = first, [d1, r1, c1] = last.map((n) => n + 1), p = (d, r, c) => voxelCorner(v, d, r, c);
+    return [[p(d0, r0, c0), p(d0, r0, c1), p(d0, r1, c1), p(d0, r1, c0)],
+      [p(d0, r0, c0), p(d1, r0, c0), p(d1, r0, c1), p(d0, r0, c1)],
+      [p(d0, r0, c1), p(d1, r0, c1), p(d1, r1, c1), p(d0, r1, c1)]];
+  }
+  const pointsText = (points) => points.map((q) => q[0].toFixed(1) + "," + q[1].toFixed(1)).join(" ");
+  const ANCHORS = { l: "start", m: "middle", r: "end" };
+
+  async function refreshVolume() {
+    if (!geometry || !oblique()) return;
+    const mine = ++latest.volume;
+    const answer = await post("/api/volume", { ...settings(), room: gridRoom() });
+    if (mine !== latest.volume || !oblique()) return;
+    renderVolume(answer);
+    setFrame(state.frame);
+  }
+
+  function renderVolume(answer) {
+    const svg = $("volume");
+    if (!oblique()) { volume = null; svg.replaceChildren(); return; }
+    if (!answer) return;  // on its way (refreshVolume)
+    if (!answer.ok) { volume = null; svg.replaceChildren(); showError("error", answer.error); return; }
+    volume = answer.data;
+    const v = volume, parts = [];
+    for (const shape of v.shapes) {
+      if (shape.kind === "polygon") parts.push(`<polygon class="${shape.role}" points="${pointsText(shape.points)}"/>`);
+      else if (shape.kind === "line") {
+        const [a, b] = shape.points;
+        parts.push(`<line class="${shape.role}" x1="${a[0]}" y1="${a[1]}" x2="${b[0]}" y2="${b[1]}"/>`);
+      } else parts.push(`<text class="${shape.role}" x="${shape.points[0][0]}" y="${shape.points[0][1]}" ` +
+        `text-anchor="${ANCHORS[shape.anchor[0]] || "start"}" dominant-baseline="central"></text>`);
+    }
+    svg.setAttribute("viewBox", `0 0 ${v.width} ${v.height}`);
+    svg.setAttribute("width", v.width);
+    svg.setAttribute("height", v.height);
+    // what moves goes under the labels (which have a halo): a line never strikes a label out
+    const firstText = v.shapes.findIndex((shape) => shape.kind === "text");
+    parts.splice(firstText < 0 ? parts.length : firstText, 0, '<g id="volume-step"></g>');
+    svg.innerHTML = parts.join("");
+    const texts = v.shapes.filter((shape) => shape.kind === "text");
+    svg.querySelectorAll("text").forEach((node, i) => { node.textContent = texts[i].text; });
+  }
+
+  // What moves: the voxels the window reads (one cube each, far ones first), the kernel's
+  // box around them, the output voxel written and the lines joining the two boxes.
+  function drawVolumeStep(index) {
+    const group = $("volume-step");
+    if (!volume || !group) return;
+    const taps = tapsOf(index), parts = [];
+    const positions = taps.map((t) => t.position);
+    const first = [0, 1, 2].map((a) => Math.min(...positions.map((p) => p[a])));
+    const last = [0, 1, 2].map((a) => Math.max(...positions.map((p) => p[a])));
+    const kernelBox = boxFaces(volume.lower, first, last), target = boxFaces(volume.upper, index, index);
+    const cube = (faces, attributes) => `<g ${attributes}>` + faces.map((face, i) =>
+      `<polygon class="${["front", "top", "side"][i]}" points="${pointsText(face)}"/>`).join("") + "</g>";
+    if (taps.length <= volume.max_cubes) {
+      const order = taps.slice().sort((a, b) => b.position[0] - a.position[0] || b.position[1] - a.position[1]
+        || a.position[2] - b.position[2]);
+      for (const t of order) {
+        parts.push(cube(boxFaces(volume.lower, t.position, t.position),
+          `class="voxel ${t.source ? "in" : "pad"}" data-pos="${t.position.join(",")}"`));
+      }
+    } else {  // a big window: its box alone, filled (the cubes would hide one another anyway)
+      parts.push(cube(kernelBox, 'class="voxel in many"'));
+    }
+    parts.push(cube(kernelBox, 'class="kbox"'));
+    // the lines from the kernel box's front corners to the output voxel's
+    kernelBox[0].forEach((a, i) => {
+      const b = target[0][i];
+      parts.push(`<line class="link" x1="${a[0].toFixed(1)}" y1="${a[1].toFixed(1)}" x2="${b[0].toFixed(1)}" y2="${b[1].toFixed(1)}"/>`);
+    });
+    parts.push(cube(target, `class="voxel out" data-out="${index.join(",")}"`));
+    group.innerHTML = parts.join("");
+    $("volume").setAttribute("aria-label", `the 3-D convolution seen at an angle: output (${index.join(", ")}) reads ` +
+      `${taps.filter((t) => t.source).length} input voxels and ${taps.filter((t) => !t.source).length} padding voxels ` +
+      `in slices ${first[0]}–${last[0]} of the padded input; Space plays, arrow keys step, O goes back to slices`);
+  }
+
   // ------------------------------------------------------------------ animation
 
   function setFrame(frame, keepDepth = false) {
@@ -797,6 +937,7 @@
       showKernelSlice(index);
     }
     showFootprint(index, true);
+    if (oblique()) drawVolumeStep(index);
     $("frame-label").textContent = `frame ${frame + 1} / ${outputRects.length} · output (${index.join(", ")})`;
   }
 
@@ -806,6 +947,8 @@
     z = Math.max(0, Math.min(z, max));
     state.depth = z;
     $("depth").value = String(z);
+    document.querySelectorAll("#grid .z-in").forEach((t) => { t.textContent = ` · slice ${z}`; });
+    document.querySelectorAll("#grid .z-out").forEach((t) => { t.textContent = ` · slice ${oz}`; });
     document.querySelectorAll("#grid .input-grid .slice").forEach((g) => g.setAttribute("display", Number(g.dataset.z) === z ? "inline" : "none"));
     document.querySelectorAll("#grid .output-grid .slice").forEach((g) => g.setAttribute("display", Number(g.dataset.z) === oz ? "inline" : "none"));
     // the cells in the Tab order move to the slices shown (a hidden cell cannot take focus)
@@ -816,7 +959,8 @@
       if (pos[0] !== depthShown) { pos[0] = depthShown; rove(map.get(pos.join(","))); }
     }
     const span = reads.length ? `the window reads slices ${Math.min(...reads)}–${Math.max(...reads)}` : "";
-    $("depth-label").textContent = `input slice ${z} of 0–${max} (padded) · output slice ${oz} · ${span}`;
+    $("depth-label").textContent = oblique() ? `${span} of 0–${max} (padded input) · it writes output slice ${oz}`
+      : `input slice ${z} of 0–${max} (padded) · output slice ${oz} · ${span}`;
   }
 
   function stepDepth(by) {
@@ -870,13 +1014,15 @@
   }
 
   // The grid as a standalone SVG: the page's CSS colours written into the shapes.
+  const shownPicture = () => (oblique() && volume ? $("volume") : $("grid"));
   function standaloneSVG() {
-    const svg = $("grid"), copy = svg.cloneNode(true);
+    const svg = shownPicture(), copy = svg.cloneNode(true);
     copy.setAttribute("xmlns", SVG_NS);
-    const live = svg.querySelectorAll("rect, text, line"), copies = copy.querySelectorAll("rect, text, line");
+    copy.removeAttribute("hidden");
+    const live = svg.querySelectorAll("rect, text, line, polygon"), copies = copy.querySelectorAll("rect, text, line, polygon");
     live.forEach((node, i) => {
       const style = getComputedStyle(node), target = copies[i];
-      for (const name of ["fill", "stroke", "stroke-width", "stroke-dasharray", "font-size", "font-weight", "font-family", "visibility"]) {
+      for (const name of ["fill", "stroke", "stroke-width", "stroke-dasharray", "font-size", "font-weight", "font-family", "visibility", "fill-opacity", "opacity", "text-anchor", "dominant-baseline", "paint-order", "stroke-linejoin"]) {
         target.style.setProperty(name, style.getPropertyValue(name));
       }
       target.removeAttribute("class");
@@ -895,7 +1041,7 @@
   }
 
   function exportPNG() {
-    const text = standaloneSVG(), svg = $("grid");
+    const text = standaloneSVG(), svg = shownPicture();
     const width = Number(svg.getAttribute("width")), height = Number(svg.getAttribute("height"));
     const image = new Image();
     image.onload = () => {
@@ -930,7 +1076,11 @@
       return;
     }
     download("convarith.gif", await response.blob());
-    status.textContent = body.every > 1 ? `GIF: one step in ${body.every} (at most 1024 frames)` : "";
+    const notes = [];
+    if (body.every > 1) notes.push(`GIF: one step in ${body.every} (at most 1024 frames)`);
+    // the animations draw a volume as its depth slices side by side; SVG and PNG keep this view
+    if (oblique()) notes.push("the GIF draws the depth slices side by side (SVG and PNG export the oblique volume)");
+    status.textContent = notes.join("; ");
   }
 
   function toggleQuiz(on) {
@@ -1036,6 +1186,7 @@
     }
     showError("stack-error", "");
     const d = answer.data;
+    stackAnswer = d;
     document.querySelectorAll("#layers [data-size]").forEach((n, i) => {
       const row = d.layers[i];
       n.textContent = `${times(row.input_size)} → ${times(row.output_size)}` + (row.dropped.some((v) => v) ? " (drops rows)" : "");
@@ -1255,6 +1406,9 @@
       if (["INPUT", "SELECT", "TEXTAREA", "BUTTON", "A"].includes(tag) || (t && t.isContentEditable)) return;
       if (event.key === " ") { event.preventDefault(); togglePlay(); return; }
       if (event.key === "[" || event.key === "]") { event.preventDefault(); stepDepth(event.key === "]" ? 1 : -1); return; }
+      if ((event.key === "o" || event.key === "O") && state.rank === 3 && !scattering()) {
+        event.preventDefault(); setLook(oblique() ? "slices" : "oblique"); return;
+      }
       const step = { ArrowRight: 1, ArrowDown: 1, ArrowLeft: -1, ArrowUp: -1 }[event.key];
       if (event.key === "PageDown" || event.key === "PageUp") {  // a whole output row at a time
         event.preventDefault(); stopPlaying();
@@ -1278,6 +1432,7 @@
       state.cell = rect.dataset.out.split(",").map(Number); refreshStack();
     });
     $("depth").addEventListener("input", () => stepDepth(Number($("depth").value) - state.depth));
+    document.querySelectorAll("[data-look]").forEach((b) => b.addEventListener("click", () => setLook(b.dataset.look)));
     $("copy-cli").addEventListener("click", async () => {
       try { await navigator.clipboard.writeText($("cli").textContent); $("copy-cli").textContent = "copied ✓"; }
       catch (error) { $("copy-cli").textContent = "select it above"; }
@@ -1314,7 +1469,11 @@
       catch (error) { $("share").textContent = "link in the address bar"; }
       setTimeout(() => { $("share").textContent = "copy link"; }, 1500);
     });
-    window.addEventListener("resize", () => { if (geometry) { renderGrid(); setFrame(state.frame); } });
+    window.addEventListener("resize", () => {
+      if (stackAnswer && stackDrawn) drawReceptive(stackAnswer);  // the layer stack's picture fits the width too
+      if (!geometry) return;
+      if (oblique()) refreshVolume(); else { renderGrid(); setFrame(state.frame); }
+    });
   }
 
   readURL();
