@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from convarith.bench import _alternate, _torch_runner
+from convarith.bench import alternate, torch_runner
 from convarith.bench_networks import NETWORKS, NetLayer, _case, _paths, distinct
 from convarith.engine import conv, conv_vjp
 
@@ -82,14 +82,14 @@ def measure(layer: NetLayer, batch: int, backward: bool, threads: int, repeat: i
             return conv_vjp(x, kernel, spec, d_out)[:2]
         return conv(x, kernel, spec)
 
-    picked = _torch_runner(_case(layer, batch), x, kernel, backward)
+    picked = torch_runner(_case(layer, batch), x, kernel, backward)
     assert picked is not None
     torch.set_num_threads(threads)
     runners: dict[str, Callable[[], Any]] = {"convarith": ours, "torch": picked[0]}
     if cpu_time:
         samples = cpu_times(runners, repeat)
         return min(samples["convarith"]), min(samples["torch"]), _paths(layer, batch, backward)
-    samples = _alternate(runners, repeat, 1, 0.002)
+    samples = alternate(runners, repeat, 1, 0.002)
     return (statistics.median(samples["convarith"]), statistics.median(samples["torch"]),
             _paths(layer, batch, backward))
 
