@@ -342,16 +342,17 @@ def transposed(
     taps = math.prod(kernel_size)
     by_tap = kernel.reshape(taps, fg, c)
     # each phase: its taps per axis, and per group the (Cg, taps·Fg) matrix whose
-    # column p·Fg + f holds kernel[tap p, f, g·Cg + c]
+    # column p·Fg + f holds kernel[tap p, f, g·Cg + c], as the transpose of a
+    # row-major (taps·Fg, C) copy of the phase's taps (a transposed operand costs BLAS
+    # nothing; a transposed copy of a deep layer's kernel cost more than its products:
+    # 3×3 stride 2, 512 -> 512 on 7² cells, one core: 11.8 ms against 3.1 for the products)
     phases = []
     for combo in itertools.product(*(plan.phases for plan in plans)):
         tap_ids = [(t0 * kernel3[1] + t1) * kernel3[2] + t2
                    for t0, t1, t2 in itertools.product(*(p.taps for p in combo))]
-        weights = [
-            np.ascontiguousarray(by_tap[tap_ids][:, :, g * cg:(g + 1) * cg]
-                                 .transpose(2, 0, 1).reshape(cg, len(tap_ids) * fg))
-            for g in range(groups)
-        ] if tap_ids else []
+        rows = by_tap[tap_ids].reshape(len(tap_ids) * fg, c) if tap_ids else None
+        weights = [rows[:, g * cg:(g + 1) * cg].T for g in range(groups)
+                   ] if rows is not None else []
         phases.append((combo, weights))
     widest = max((w[0].shape[1] for _, w in phases if w), default=0)  # taps·Fg, widest phase
     rows_per_image = size[0]

@@ -18,8 +18,9 @@ block of cells then wraps from one image into the next). Outputs of
 Grouped convolutions run group after group on each chunk; groups with fewer
 outputs than a vector are merged into block-diagonal kernels that fill one
 (:func:`group_merge`: ResNeXt's 32 groups of 4 run as 8 of 16 with AVX-512).
-Depthwise convolutions above 3×3 have kernels of their own that multiply lane
-by lane (:func:`depthwise`, ``register_tiles_depthwise``).
+Depthwise convolutions have kernels of their own that multiply lane by lane
+and slide a window of input vectors along each output row (:mod:`._llvm_depthwise`,
+:func:`depthwise`, ``register_tiles_depthwise``).
 
 The same kernels run strided transposed convolutions one output phase at a
 time (:func:`transposed`, ``register_tiles_phases``) and Winograd's batched
@@ -50,6 +51,7 @@ import numpy as np
 from ..dispatch import ConvProblem, magnitude, register_algorithm
 from . import _llvm
 from ._llvm import ONE_PROBLEM, Batch, Cells, Sums
+from ._llvm_depthwise import row_cells, row_kernel
 from ._threads import ALIGN, aligned_copy, aligned_empty, run_chunks, worker_count, workspace
 from .phase import phase_taps
 
@@ -756,9 +758,11 @@ def depthwise(
     threads: int | None = None,
 ) -> np.ndarray:
     """Depthwise convolution (one input channel per group, multiplier 1) by the
-    lane-by-lane kernels: a block of cells × channel vectors summed over the taps in
-    registers, each chunk of rows read from a padded copy whose cells are padded to
-    whole vectors of channels (so every vector load stays inside it).
+    row kernels of :mod:`._llvm_depthwise`: tiles of neighbouring cells of a row, one
+    vector of channels each, summed in registers while each input column is loaded
+    once per kernel row. Each job reads a padded copy of its rows (or of whole small
+    images) whose cells are padded to whole vectors of channels (so every vector load
+    stays inside it).
 
     >>> x = np.ones((1, 6, 6, 3), np.float32)
     >>> k = np.ones((5, 5, 1, 3), np.float32)
@@ -796,51 +800,63 @@ def depthwise(
     y = aligned_empty((n, oh, ow, cpad), dtype)
     padded_w = w + left + right
     row_elems = padded_w * cpad
-    taps = (np.arange(kh)[:, None] * (dilation_rows * row_elems)
-            + np.arange(kw)[None, :] * (dilation_cols * cpad)).astype(np.int64).ravel()
-    weights_all = np.zeros((kh * kw, cpad), dtype)
-    weights_all[:, :c] = kernel.reshape(kh * kw, c)
-    calls = []
-    keep: list[np.ndarray] = [taps]
-    for vectors, start, blocks in _plan_blocks(cpad, width):
-        kernels = _llvm.compiled(dtype, vectors, depthwise=True)
-        assert kernels is not None
-        cols = vectors * width
-        panel = aligned_copy(np.ascontiguousarray(
-            weights_all[:, start:start + blocks * cols]
-            .reshape(kh * kw, blocks, cols).transpose(1, 0, 2)))
-        keep.append(panel)
-        calls.append((kernels.drive, panel.ctypes.data, start * dtype.itemsize,
-                      Sums(blocks=blocks, steps=kh * kw, step_stride=cols,
-                           block_stride=kh * kw * cols, accumulate=0)))
+    cells = row_cells(kw, ow)
+    kernels = row_kernel(dtype, kernel=kw, stride=stride_cols, dilation=dilation_cols,
+                         cells=cells)
+    assert kernels is not None
+    weights = aligned_empty((kh * kw, cpad), dtype)
+    weights[:, c:] = 0
+    weights[:, :c] = kernel.reshape(kh * kw, c)
+    tiles = -(-ow // cells)
     reach = (kh - 1) * dilation_rows + 1
     workers = threads if threads is not None else worker_count()
-    rows_share = max(1, -(-n * oh // (JOBS_PER_WORKER * workers)))
-    rows_fit = max(1, (SLAB_BYTES // (row_elems * dtype.itemsize) - reach) // stride_rows + 1)
-    rows = max(1, min(oh, rows_fit, rows_share))
+    # rows per job: a share of the work for each worker's JOBS_PER_WORKER jobs (all of
+    # it for one worker), and at least DEPTHWISE_JOB_FLOPS (each job costs a padded copy
+    # and ~20 µs of Python)
+    share = -(-n * oh // (JOBS_PER_WORKER * workers)) if workers > 1 else n * oh
+    rows = max(share, -(-DEPTHWISE_JOB_FLOPS // (2 * ow * kh * kw * c)))
+    needed = (oh - 1) * stride_rows + reach
+    row_bytes = row_elems * dtype.itemsize
+    images = min(n, rows // oh, SLAB_BYTES // (needed * row_bytes)) if rows >= oh else 0
+    rows = max(1, min(oh, rows, (SLAB_BYTES // row_bytes - reach) // stride_rows + 1))
     y_row, y_cell = (st // dtype.itemsize for st in y.strides[1:3])
     y_base, y_bytes = y.ctypes.data, y.strides
 
-    def job(image: int, o0: int, o1: int, _keep: Any = keep) -> None:
-        first = o0 * stride_rows - top
+    def drive(slab: np.ndarray, image: int, o0: int, o1: int) -> None:
+        """Output rows [o0, o1) of ``slab.shape[0]`` images from ``image`` on."""
+        kernels.drive(slab.ctypes.data, weights.ctypes.data,
+                      y_base + image * y_bytes[0] + o0 * y_bytes[1],
+                      slab.shape[0], slab[0].size, y_bytes[0] // dtype.itemsize,
+                      o1 - o0, tiles, ow - cells, cpad // width, kh,
+                      stride_rows * row_elems, dilation_rows * row_elems, cpad,
+                      y_row, y_cell, cpad)
+
+    def job_rows(image: int, o0: int, o1: int) -> None:
         slab = workspace("register_tiles_depthwise",
                          ((o1 - 1 - o0) * stride_rows + reach, padded_w, cpad), dtype)
         if cpad != c:
             slab[..., c:] = 0
-        _fill(slab[..., :c], x[image], first, left)
-        source = slab.ctypes.data
-        target = y_base + image * y_bytes[0] + o0 * y_bytes[1]
-        cells = Cells(rows=o1 - o0, row_cells=ow, image_rows=o1 - o0,
-                      x_row=stride_rows * row_elems, x_cell=stride_cols * cpad, x_image=0,
-                      y_row=y_row, y_cell=y_cell, y_image=0)
-        for drive, weights, start, sums in calls:
-            drive(source + start, weights, target + start, taps.ctypes.data, *cells, *sums,
-                  *ONE_PROBLEM)
+        _fill(slab[..., :c], x[image], o0 * stride_rows - top, left)
+        drive(slab[None], image, o0, o1)
 
-    _run([functools.partial(job, image, o0, min(oh, o0 + rows))
-          for image in range(n) for o0 in range(0, oh, rows)],
-         2.0 * n * oh * ow * kh * kw * c * 8, threads)
+    def job_images(g0: int, g1: int) -> None:
+        slab = workspace("register_tiles_depthwise", (g1 - g0, needed, padded_w, cpad), dtype)
+        if cpad != c:
+            slab[..., c:] = 0
+        _fill(slab[..., :c], x[g0:g1], -top, left)
+        drive(slab, g0, 0, oh)
+
+    jobs: list[Callable[[], None]] = (
+        [functools.partial(job_images, g0, min(n, g0 + images)) for g0 in range(0, n, images)]
+            if images >= 1 else
+            [functools.partial(job_rows, image, o0, min(oh, o0 + rows))
+             for image in range(n) for o0 in range(0, oh, rows)])
+    _run(jobs, 2.0 * n * oh * ow * kh * kw * c * 8, threads)
     return y if cpad == c else np.ascontiguousarray(y[..., :c])
+
+
+#: Least work (FLOPs) of one job of :func:`depthwise`: about 40 µs of one core.
+DEPTHWISE_JOB_FLOPS = 4_000_000
 
 
 def applies_depthwise(problem: ConvProblem) -> bool:
@@ -853,16 +869,20 @@ def applies_depthwise(problem: ConvProblem) -> bool:
 def cost_depthwise(problem: ConvProblem) -> float:
     """Against :mod:`.depthwise`'s ``0.1 × FLOPs`` (its loop unrolls 3×3 only).
 
-    Measured on one core (CPU time, float32, time relative to PyTorch's, these
-    kernels against that loop): 5×5 on 2×56²×96 0.47 against 0.30; 7×7 0.77 against
-    0.45; 5×5 on 16×14²×576 0.57 against 0.44; 5×5 stride 2 0.58 against 0.73; 3×3
-    0.66 against 1.41; 5×5 on one 28²×240 image 0.33 against 0.49 (few cells: the
-    padded copy per chunk and the calls dominate). So ``0.06 × FLOPs`` above 3×3,
-    ``0.15`` up to 3×3, times ``1 + 2000 / cells``.
+    Measured on one core (CPU time, float32, best of several calls on a busy machine;
+    these kernels against that loop, in ms): 5×5 on 2×56²×96 0.43 against 1.35; 7×7
+    0.72 against 3.7; 5×5 on one 14²×672 image 0.13 against 0.27, on one 28²×240
+    image 0.16 against 0.39, stride 2 on one 14²×672 image 0.090 against 0.071 (few
+    cells: the padded copy and the call dominate); 3×3 the loop is as fast or faster
+    on most of MobileNetV2's layers (on 14²×576, 16 images: 1.35 against 1.16). So
+    ``0.06 × FLOPs × (1 + 100 / cells)`` above 3×3 and ``0.15 × (1 + 2000 / cells)``
+    up to 3×3.
     """
     taps = math.prod(problem.kernel_size)
-    cells = problem.batch * math.prod(problem.out_size)
-    return problem.flops * (0.15 if taps <= 9 else 0.06) * (1 + 2000 / max(1, cells))
+    cells = max(1, problem.batch * math.prod(problem.out_size))
+    if taps <= 9:
+        return problem.flops * 0.15 * (1 + 2000 / cells)
+    return problem.flops * 0.06 * (1 + 100 / cells)
 
 
 register_algorithm("register_tiles", direct, applies=applies, cost=cost, pads_zeros=True)

@@ -1,0 +1,278 @@
+"""Depthwise row kernels: a sliding window of input vectors along an output row.
+
+A depthwise output cell ``o`` of a row sums ``K`` taps of each kernel row; with
+stride ``s`` and dilation ``d`` along the row, cell ``o`` reads input column
+``o·s + b·d`` with tap ``b``. ``MR`` neighbouring cells read only the columns
+``{m·s + b·d : m < MR, b < K}``: ``MR + K - 1`` of them at stride 1 for ``MR·K``
+products, so each input vector is loaded once per kernel row and multiplied
+by every tap that reads it. The kernel below keeps ``MR`` accumulators and the
+``K`` weight vectors of a kernel row in vector registers, loads the window's
+columns in order and does the multiply-adds lane by lane (one lane per
+channel, channels-last); the kernel rows are a loop. The stride and dilation
+along the row and ``MR`` are compiled in (one module each), so strided cells
+load only the columns they read and no lane is wasted.
+
+One module exports ``drive``::
+
+    drive(x, w, y, images, x_image, y_image, rows, tiles, last_start, blocks,
+          kernel_rows, x_row, x_tap_row, x_cell, y_row, y_cell, w_tap)
+
+For image ``g < images`` (``x`` and ``y`` advanced by ``g·x_image`` and ``g·y_image``),
+output row ``r < rows`` (the outer loop: a row's channel blocks lie side by side,
+which the prefetchers follow), channel block ``c < blocks`` (``VW`` channels each)
+and tile ``t < tiles`` (first cell ``o0 = min(t·MR, last_start)``: the last tile
+of a row may overlap the one before, recomputing the same values), cell
+``o0 + m`` (``m < MR``) is::
+
+    y[r·y_row + (o0 + m)·y_cell + c·VW + j] = Σ_{a < kernel_rows, b < K}
+        x[r·x_row + a·x_tap_row + (o0·s + m·s + b·d)·x_cell + c·VW + j]
+        · w[(a·K + b)·w_tap + c·VW + j]
+
+(element offsets; every vector is read and written whole, so ``x``, ``w`` and
+``y`` hold a multiple of ``VW`` channels per cell).
+
+Examples
+--------
+>>> import numpy as np
+>>> "define void @drive(" in row_module_ir(np.float32, 8, kernel=5, stride=1, dilation=1,
+...                                        cells=4)
+True
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..state import cached_once
+from . import _llvm
+
+__all__ = ["row_module_ir", "row_window", "row_cells", "RowKernel", "row_kernel", "row_assembly",
+           "DRIVE_FIELDS"]
+
+#: The integer arguments of ``drive``, after the three pointers ``x, w, y``.
+DRIVE_FIELDS = ("images", "x_image", "y_image", "rows", "tiles", "last_start", "blocks", "kernel_rows", "x_row", "x_tap_row",
+                "x_cell", "y_row", "y_cell", "w_tap")
+
+#: Most cells per tile: more shorten the window's overhang (``K - 1`` extra columns
+#: per tile) but need more accumulators.
+MAX_CELLS = 16
+
+
+def row_window(kernel: int, stride: int, dilation: int, cells: int) -> list[list[tuple[int, int]]]:
+    """For each input column a tile reads, in order, the ``(cell, tap)`` pairs that use it.
+
+    >>> [pairs for pairs in row_window(3, 2, 1, 2)]
+    [[(0, 0)], [(0, 1)], [(1, 0), (0, 2)], [(1, 1)], [(1, 2)]]
+    """
+    columns: dict[int, list[tuple[int, int]]] = {}
+    for m in range(cells):
+        for b in range(kernel):
+            columns.setdefault(m * stride + b * dilation, []).append((m, b))
+    return [sorted(columns[i], key=lambda pair: pair[1]) for i in sorted(columns)]
+
+
+def row_cells(kernel: int, row_length: int, target: _llvm.VectorTarget | None = None) -> int:
+    """``MR``: cells per tile for a row of ``row_length`` cells and ``kernel`` taps.
+
+    ``MR`` accumulators, ``kernel`` weights and two loaded columns must fit the
+    vector registers (32 with AVX-512 and NEON, 16 with AVX2); a row is cut into
+    tiles of equal size (56 cells: 4 tiles of 14), a row shorter than that is one tile.
+
+    >>> row_cells(5, 56, _llvm.target_named("avx512")), row_cells(7, 7, _llvm.target_named("avx2"))
+    (14, 7)
+    """
+    registers = (target or _llvm.vector_target()).registers
+    most = max(1, min(MAX_CELLS, registers - kernel - 2))
+    tiles = -(-row_length // most)
+    return max(1, -(-row_length // tiles))
+
+
+def row_module_ir(dtype: Any, width: int, *, kernel: int, stride: int, dilation: int,
+                  cells: int) -> str:
+    """The IR of one module (see the module docstring)."""
+    ty = _llvm._ir_type(dtype)
+    v = f"<{width} x {ty}>"
+    p = f"{ty}*"
+    fma = f"@llvm.fma.v{width}{_llvm._suffix(ty)}"
+    window = row_window(kernel, stride, dilation, cells)
+    columns = sorted({m * stride + b * dilation for m in range(cells) for b in range(kernel)})
+    tile = [
+        f"define internal void @tile({p} %x, {p} %w, {p} %y, i64 %kernel_rows, "
+        "i64 %x_tap_row, i64 %x_cell, i64 %y_cell, i64 %w_tap) {",
+        "entry:",
+        "  br label %row",
+        "row:",
+        "  %a = phi i64 [0, %entry], [%a1, %row]",
+    ]
+    body = [
+        "  %xa = mul i64 %a, %x_tap_row",
+        f"  %wk = mul i64 %a, {kernel}",
+        "  %wa = mul i64 %wk, %w_tap",
+    ]
+    for b in range(kernel):
+        body += [
+            f"  %wt{b} = mul i64 {b}, %w_tap",
+            f"  %wo{b} = add i64 %wa, %wt{b}",
+            f"  %wp{b} = getelementptr {ty}, {p} %w, i64 %wo{b}",
+            f"  %wq{b} = bitcast {p} %wp{b} to {v}*",
+            f"  %wv{b} = load {v}, {v}* %wq{b}, align 4",
+        ]
+    current = {m: f"%s{m}" for m in range(cells)}
+    for index, (column, pairs) in enumerate(zip(columns, window)):
+        body += [
+            f"  %xt{index} = mul i64 {column}, %x_cell",
+            f"  %xo{index} = add i64 %xa, %xt{index}",
+            f"  %xp{index} = getelementptr {ty}, {p} %x, i64 %xo{index}",
+            f"  %xq{index} = bitcast {p} %xp{index} to {v}*",
+            f"  %xv{index} = load {v}, {v}* %xq{index}, align 4",
+        ]
+        for m, b in pairs:
+            name = f"%n{m}_{index}"
+            body.append(f"  {name} = call {v} {fma}({v} %xv{index}, {v} %wv{b}, "
+                        f"{v} {current[m]})")
+            current[m] = name
+    # each accumulator enters a kernel row as its value after the row before
+    tile += [f"  %s{m} = phi {v} [zeroinitializer, %entry], [{current[m]}, %row]"
+             for m in range(cells)]
+    tile += body
+    tile += [
+        "  %a1 = add i64 %a, 1",
+        "  %more = icmp slt i64 %a1, %kernel_rows",
+        "  br i1 %more, label %row, label %out",
+        "out:",
+    ]
+    for m in range(cells):
+        tile += [
+            f"  %yt{m} = mul i64 {m}, %y_cell",
+            f"  %yp{m} = getelementptr {ty}, {p} %y, i64 %yt{m}",
+            f"  %yq{m} = bitcast {p} %yp{m} to {v}*",
+            f"  store {v} {current[m]}, {v}* %yq{m}, align 4",
+        ]
+    tile += ["  ret void", "}"]
+    text = "\n".join(tile)
+    arguments = ", ".join(f"i64 %{name}" for name in DRIVE_FIELDS)
+    drive = [
+        f"define void @drive({p} %x0, {p} %w, {p} %y0, {arguments}) {{",
+        "entry:",
+        "  %go0 = icmp sgt i64 %rows, 0",
+        "  %go1 = icmp sgt i64 %blocks, 0",
+        "  %go2 = icmp sgt i64 %tiles, 0",
+        "  %go3 = and i1 %go0, %go1",
+        "  %go4 = and i1 %go3, %go2",
+        "  %go5 = icmp sgt i64 %images, 0",
+        "  %go = and i1 %go4, %go5",
+        "  br i1 %go, label %g_loop, label %exit",
+        "g_loop:",
+        "  %g = phi i64 [0, %entry], [%g1, %g_end]",
+        "  %gx = mul i64 %g, %x_image",
+        f"  %x = getelementptr {ty}, {p} %x0, i64 %gx",
+        "  %gy = mul i64 %g, %y_image",
+        f"  %y = getelementptr {ty}, {p} %y0, i64 %gy",
+        "  br label %r_loop",
+        "r_loop:",
+        "  %r = phi i64 [0, %g_loop], [%r1, %r_end]",
+        "  %xr = mul i64 %r, %x_row",
+        "  %yr = mul i64 %r, %y_row",
+        "  br label %c_loop",
+        "c_loop:",
+        "  %c = phi i64 [0, %r_loop], [%c1, %c_end]",
+        f"  %cv = mul i64 %c, {width}",
+        f"  %wc = getelementptr {ty}, {p} %w, i64 %cv",
+        "  br label %t_loop",
+        "t_loop:",
+        "  %t = phi i64 [0, %c_loop], [%t1, %t_loop]",
+        f"  %tc = mul i64 %t, {cells}",
+        "  %late = icmp sgt i64 %tc, %last_start",
+        "  %o0 = select i1 %late, i64 %last_start, i64 %tc",
+        f"  %ox = mul i64 %o0, {stride}",
+        "  %oxc = mul i64 %ox, %x_cell",
+        "  %xo = add i64 %xr, %oxc",
+        "  %xoc = add i64 %xo, %cv",
+        f"  %xt = getelementptr {ty}, {p} %x, i64 %xoc",
+        "  %oyc = mul i64 %o0, %y_cell",
+        "  %yo = add i64 %yr, %oyc",
+        "  %yoc = add i64 %yo, %cv",
+        f"  %yt = getelementptr {ty}, {p} %y, i64 %yoc",
+        f"  call void @tile({p} %xt, {p} %wc, {p} %yt, i64 %kernel_rows, i64 %x_tap_row, "
+        "i64 %x_cell, i64 %y_cell, i64 %w_tap)",
+        "  %t1 = add i64 %t, 1",
+        "  %tm = icmp slt i64 %t1, %tiles",
+        "  br i1 %tm, label %t_loop, label %c_end",
+        "c_end:",
+        "  %c1 = add i64 %c, 1",
+        "  %cm = icmp slt i64 %c1, %blocks",
+        "  br i1 %cm, label %c_loop, label %r_end",
+        "r_end:",
+        "  %r1 = add i64 %r, 1",
+        "  %rm = icmp slt i64 %r1, %rows",
+        "  br i1 %rm, label %r_loop, label %g_end",
+        "g_end:",
+        "  %g1 = add i64 %g, 1",
+        "  %gm = icmp slt i64 %g1, %images",
+        "  br i1 %gm, label %g_loop, label %exit",
+        "exit:",
+        "  ret void",
+        "}",
+    ]
+    return "\n\n".join([f"declare {v} {fma}({v}, {v}, {v})", text, "\n".join(drive)]) + "\n"
+
+
+@dataclass(frozen=True)
+class RowKernel:
+    """One compiled module: ``drive`` and the tile it was made for."""
+
+    cells: int
+    width: int
+    stride: int
+    drive: Any
+    engine: Any  # keeps the machine code alive
+
+
+def row_kernel(dtype: Any, *, kernel: int, stride: int, dilation: int, cells: int
+               ) -> RowKernel | None:
+    """The compiled module on the target in use (``None``: no compiled kernels here)."""
+    return _row_kernel(np.dtype(dtype), kernel, stride, dilation, cells, _llvm.vector_target())
+
+
+@cached_once
+def _row_kernel(dtype: np.dtype[Any], kernel: int, stride: int, dilation: int, cells: int,
+                target: _llvm.VectorTarget) -> RowKernel | None:
+    llvm = _llvm._llvm()
+    width = target.width(dtype)
+    if llvm is None or not target.runs_here or width == 0 or dtype.char not in "fd":
+        return None
+    ir = row_module_ir(dtype, width, kernel=kernel, stride=stride, dilation=dilation,
+                       cells=cells)
+    with _llvm._LOCK:
+        module = llvm.parse_assembly(ir)
+        module.verify()
+        engine = llvm.create_mcjit_compiler(module, _llvm._machine(llvm, target))
+        engine.finalize_object()
+        address = engine.get_function_address("drive")
+    pointer = ctypes.c_void_p
+    signature = ctypes.CFUNCTYPE(None, pointer, pointer, pointer,
+                                 *([ctypes.c_int64] * len(DRIVE_FIELDS)))
+    return RowKernel(cells, width, stride, signature(address), engine)
+
+
+def row_assembly(target: _llvm.VectorTarget, dtype: Any, *, kernel: int, stride: int,
+                 dilation: int, cells: int) -> str:
+    """The machine code of a module for ``target``, as assembly text (checks that the IR
+    compiles for an instruction set this machine need not run; ``RuntimeError`` without
+    llvmlite)."""
+    llvm = _llvm._llvm()
+    if llvm is None:
+        raise RuntimeError("llvmlite is not installed (or CONVARITH_JIT=0)")
+    ir = row_module_ir(dtype, target.width(dtype), kernel=kernel, stride=stride,
+                       dilation=dilation, cells=cells)
+    with _llvm._LOCK:
+        machine = _llvm._machine(llvm, target)
+        module = llvm.parse_assembly(ir)
+        if target.triple:
+            module.triple = target.triple
+        module.verify()
+        return str(machine.emit_assembly(module))

@@ -1,0 +1,180 @@
+"""The depthwise row kernels (``_llvm_depthwise``) and ``register_tiles_depthwise``.
+
+Expected values come from the float64 definition of a depthwise convolution
+(``_helpers.reference_direct`` with one group per channel) and, for one module
+called directly, from a NumPy loop over the sum stated in ``_llvm_depthwise``'s
+docstring. Configurations are random (channels, kernel 1–7 per axis, strides,
+dilation, padding and crops, row lengths that leave an overlapping last tile);
+each failure names its seed. Bounds: relative error ≤ 1e-5 in float32, ≤ 1e-10
+in float64. The AVX2 code is run on this machine too where it can (AVX2 code
+runs on AVX-512 CPUs), and the AArch64 module is compiled.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import numpy as np
+import pytest
+
+from _helpers import TOLERANCE, reference_direct, relative_error
+from convarith.engine.algorithms import _llvm, _llvm_depthwise, register_tiles
+from convarith.engine.padding import pad
+
+CI = os.environ.get("CI") == "true"
+SEEDS = range(12 if CI else 60)
+
+
+def kernels_here(isa: str) -> bool:
+    target = _llvm.target_named(isa)
+    return _llvm._llvm() is not None and target.runs_here and target.vector_bytes > 0
+
+
+ISAS = [pytest.param(isa, marks=pytest.mark.skipif(not kernels_here(isa),
+                                                   reason=f"no {isa} kernels on this machine"))
+        for isa in ("native", "avx2")]
+
+
+def random_case(seed: int):
+    """A random 2-D (or 1-D) depthwise problem with zero padding and crops."""
+    rng = np.random.default_rng(seed)
+    rank = 1 if rng.random() < 0.2 else 2
+    while True:
+        channels = int(rng.choice([1, 2, 5, 8, 16, 24, 33, 64, 96, 150]))
+        kernel = tuple(int(v) for v in rng.integers(1, 8, rank))
+        strides = tuple(int(v) for v in rng.integers(1, 4, rank))
+        dilation = tuple(int(v) for v in rng.integers(1, 4, rank))
+        size = tuple(int(v) for v in rng.integers(1, 40, rank))
+        pads = tuple((int(a), int(b)) for a, b in rng.integers(-1, 5, (rank, 2)))
+        out = tuple((n + lo + hi - (k - 1) * d - 1) // s + 1
+                    for n, (lo, hi), k, d, s in zip(size, pads, kernel, dilation, strides))
+        if min(out) > 0:
+            break
+    x = rng.standard_normal((int(rng.integers(1, 4)), *size, channels))
+    weights = rng.standard_normal((*kernel, 1, channels))
+    return x, weights, strides, dilation, pads, out
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_register_tiles_depthwise_against_definition(seed, isa, monkeypatch):
+    monkeypatch.setenv(_llvm.ISA_VARIABLE, isa)
+    x, weights, strides, dilation, pads, out = random_case(4200 + seed)
+    channels = x.shape[-1]
+    expected = reference_direct(pad(x, pads), weights, strides, dilation, channels, out)
+    for dtype in (np.float32, np.float64):
+        what = (f"seed {4200 + seed} ({isa}, {dtype.__name__}): x {x.shape}, kernel "
+                f"{weights.shape}, strides {strides}, dilation {dilation}, padding {pads}")
+        for threads in (1, 2):
+            y = register_tiles.depthwise(x.astype(dtype), weights.astype(dtype), strides,
+                                         dilation, channels, out, padding=pads,
+                                         threads=threads)
+            assert y.dtype == dtype and y.shape == expected.shape, what
+            error = relative_error(y, expected)
+            assert error <= TOLERANCE[dtype], f"{what}: relative error {error:.2e}"
+
+
+def test_non_finite_input_reaches_only_its_windows():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, 12, 30, 32)).astype(np.float32)
+    x[0, 5, 17, 3] = np.inf
+    weights = rng.standard_normal((5, 5, 1, 32)).astype(np.float32)
+    y = register_tiles.depthwise(x, weights, (1, 1), (1, 1), 32, (12, 30),
+                                 padding=((2, 2), (2, 2))) if kernels_here("native") else None
+    if y is None:
+        pytest.skip("no compiled kernels here")
+    bad = ~np.isfinite(y)
+    expected = np.zeros_like(bad)
+    expected[0, 3:8, 15:20, 3] = True
+    np.testing.assert_array_equal(bad, expected)
+
+
+def drive_definition(x, w, y, fields, kernel, stride, dilation, cells, width):
+    """The sum in ``_llvm_depthwise``'s docstring, one output value at a time (float64)."""
+    f = dict(zip(_llvm_depthwise.DRIVE_FIELDS, fields))
+    out = y.astype(np.float64)
+    for g, r in itertools.product(range(f["images"]), range(f["rows"])):
+        for c in range(f["blocks"]):
+            for t in range(f["tiles"]):
+                o0 = min(t * cells, f["last_start"])
+                for m in range(cells):
+                    for j in range(width):
+                        total = 0.0
+                        for a in range(f["kernel_rows"]):
+                            for b in range(kernel):
+                                xi = (g * f["x_image"] + r * f["x_row"] + a * f["x_tap_row"]
+                                      + (o0 * stride + m * stride + b * dilation) * f["x_cell"]
+                                      + c * width + j)
+                                total += float(x[xi]) * float(w[(a * kernel + b) * f["w_tap"]
+                                                                 + c * width + j])
+                        out[g * f["y_image"] + r * f["y_row"] + (o0 + m) * f["y_cell"] + c * width + j] = total
+    return out
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_module_against_its_docstring(isa, dtype, monkeypatch):
+    monkeypatch.setenv(_llvm.ISA_VARIABLE, isa)
+    kernel, stride, dilation, cells = 3, 2, 2, 3
+    module = _llvm_depthwise.row_kernel(dtype, kernel=kernel, stride=stride, dilation=dilation,
+                                        cells=cells)
+    assert module is not None
+    width = module.width
+    images, blocks, rows, kernel_rows, row_length = 2, 2, 3, 2, 7
+    tiles = -(-row_length // cells)
+    cell_x = blocks * width + width  # cells further apart than their channels
+    span = (row_length - 1) * stride + (kernel - 1) * dilation + 1
+    x_tap_row = span * cell_x
+    x_row = 2 * x_tap_row
+    rng = np.random.default_rng(3)
+    x_image = rows * x_row + kernel_rows * x_tap_row
+    x = rng.standard_normal(images * x_image).astype(dtype)
+    w = rng.standard_normal(kernel * kernel_rows * blocks * width).astype(dtype)
+    y_cell, y_row = blocks * width, row_length * blocks * width + width
+    y_image = rows * y_row + width
+    y = np.full(images * y_image, 7.0, dtype)
+    fields = (images, x_image, y_image, rows, tiles, row_length - cells, blocks, kernel_rows, x_row, x_tap_row, cell_x,
+              y_row, y_cell, blocks * width)
+    expected = drive_definition(x, w, y, fields, kernel, stride, dilation, cells, width)
+    module.drive(x.ctypes.data, w.ctypes.data, y.ctypes.data, *fields)
+    error = relative_error(y, expected)
+    assert error <= TOLERANCE[dtype], f"{isa} {dtype.__name__}: relative error {error:.2e}"
+    untouched = expected == 7.0
+    assert untouched.any() and (y[untouched] == 7.0).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_module_compiles_for_aarch64(dtype):
+    if _llvm._llvm() is None:
+        pytest.skip("llvmlite is not installed")
+    neon = _llvm.target_named("neon")
+    try:
+        text = _llvm_depthwise.row_assembly(neon, dtype, kernel=5, stride=1, dilation=1,
+                                            cells=_llvm_depthwise.row_cells(5, 56, neon))
+    except RuntimeError as error:  # pragma: no cover - an llvmlite without AArch64
+        pytest.skip(str(error))
+    assert "fmla" in text
+
+
+@pytest.mark.parametrize("kernel, stride, dilation, cells", [(5, 1, 1, 4), (3, 2, 1, 5),
+                                                              (7, 1, 2, 3), (4, 3, 2, 6)])
+def test_window_loads_each_column_once(kernel, stride, dilation, cells):
+    window = _llvm_depthwise.row_window(kernel, stride, dilation, cells)
+    pairs = [pair for column in window for pair in column]
+    assert sorted(pairs) == [(m, b) for m in range(cells) for b in range(kernel)]
+    columns = {m * stride + b * dilation for m in range(cells) for b in range(kernel)}
+    assert len(window) == len(columns)
+    assert len(window) <= cells * stride + (kernel - 1) * dilation
+
+
+@pytest.mark.parametrize("isa", ["avx2", "avx512", "neon"])
+@pytest.mark.parametrize("kernel", [1, 3, 5, 7])
+def test_tiles_fit_the_registers(isa, kernel):
+    target = _llvm.target_named(isa)
+    for length in (1, 7, 14, 28, 56, 57, 112):
+        cells = _llvm_depthwise.row_cells(kernel, length, target)
+        assert 1 <= cells <= min(length, _llvm_depthwise.MAX_CELLS)
+        assert cells + kernel + 2 <= target.registers or cells == 1
+        tiles = -(-length // cells)
+        assert (tiles - 1) * cells < length <= tiles * cells
