@@ -319,12 +319,6 @@ _EXTENT = (rf"\( {_KERNEL}{_INDEX} - 1 \) \* {_DILATION}{_INDEX}(?= |$)"
 _PRODUCT = rf"\( \w+{_INDEX} - 1 \) \* \w+{_INDEX}|\w+{_INDEX} \* \( \w+{_INDEX} - 1 \)"
 _TRANSPOSED = (rf"(?:{_PRODUCT}|zero_inserted_size \()[^\n]*(?:{_EXTENT}|effective_kernel \()"
                rf"|(?:{_EXTENT}|effective_kernel \()[^\n]*(?:{_PRODUCT}|zero_inserted_size \()")
-#: copies still to remove (issue 16), per file under src/convarith: the count may only fall
-_KNOWN_EXTENT_COPIES = {
-    "engine/algorithms/col2im.py": 2,
-    "engine/algorithms/depthwise.py": 4,
-    "engine/algorithms/register_tiles.py": 2,
-}
 
 
 def _code_statements(path: Path) -> str:
@@ -394,7 +388,6 @@ def test_transposed_output_size_is_written_only_in_arithmetic() -> None:
 
 def test_dilated_extent_is_written_only_in_arithmetic() -> None:
     copies = _formula_copies(_EXTENT)
-    new = {name: hits for name, hits in copies.items()
-           if len(hits) > _KNOWN_EXTENT_COPIES.get(name, 0)}
-    assert not new, (f"D·(K - 1) written out again: {new}; call arithmetic.effective_kernel "
-                     f"(or window_reach, transposed_input_padding, transposed_crop)")
+    assert not copies, (f"D·(K - 1) written out again: {copies}; call "
+                        f"arithmetic.effective_kernel (or window_reach, transposed_input_padding, "
+                        f"transposed_crop)")
