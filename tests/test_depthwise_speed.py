@@ -158,7 +158,7 @@ def test_row_ranges_split_anywhere(first, last):
     kernel = rng.standard_normal((3, 3, 1, 16)).astype(np.float32)
     expected = reference(x, kernel, (1, 1), (1, 1), ((1, 1), (1, 1)), (12, 9))
     y = np.full((3, 12, 9, 16), np.nan, np.float32)
-    kernels[0](x, kernel.reshape(3, 3, 16), 1, 1, 1, 1, 1, 1, first, last, y)
+    kernels[0](x, kernel.reshape(3, 3, 16), 1, 1, 1, 1, 1, 1, 3, 3, first, last, y)
     rows = y.reshape(36, 9, 16)
     assert np.isnan(rows[:first]).all() and np.isnan(rows[last:]).all()
     assert relative_error(rows[first:last], expected.reshape(36, 9, 16)[first:last]) <= 1e-5

@@ -319,12 +319,6 @@ _EXTENT = (rf"\( {_KERNEL}{_INDEX} - 1 \) \* {_DILATION}{_INDEX}(?= |$)"
 _PRODUCT = rf"\( \w+{_INDEX} - 1 \) \* \w+{_INDEX}|\w+{_INDEX} \* \( \w+{_INDEX} - 1 \)"
 _TRANSPOSED = (rf"(?:{_PRODUCT}|zero_inserted_size \()[^\n]*(?:{_EXTENT}|effective_kernel \()"
                rf"|(?:{_EXTENT}|effective_kernel \()[^\n]*(?:{_PRODUCT}|zero_inserted_size \()")
-#: copies still to remove (issue 16), per file under src/convarith: the count may only fall
-_KNOWN_EXTENT_COPIES = {
-    "engine/algorithms/col2im.py": 2,
-    "engine/algorithms/depthwise.py": 4,
-    "engine/algorithms/register_tiles.py": 2,
-}
 
 
 def _code_statements(path: Path) -> str:
@@ -394,7 +388,47 @@ def test_transposed_output_size_is_written_only_in_arithmetic() -> None:
 
 def test_dilated_extent_is_written_only_in_arithmetic() -> None:
     copies = _formula_copies(_EXTENT)
-    new = {name: hits for name, hits in copies.items()
-           if len(hits) > _KNOWN_EXTENT_COPIES.get(name, 0)}
-    assert not new, (f"D·(K - 1) written out again: {new}; call arithmetic.effective_kernel "
-                     f"(or window_reach, transposed_input_padding, transposed_crop)")
+    assert not copies, (f"D·(K - 1) written out again: {copies}; call "
+                        f"arithmetic.effective_kernel (or window_reach, transposed_input_padding, "
+                        f"transposed_crop)")
+
+
+
+def _private_algorithm_imports(source: str) -> list[str]:
+    """The modules or names under ``engine.algorithms._*`` that ``source`` imports."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom):
+            names = [f"{node.module or ''}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            if ("engine" in parts and "algorithms" in parts
+                    and any(part.startswith("_")
+                            for part in parts[parts.index("algorithms") + 1:])):
+                found.append(name)
+    return found
+
+
+def test_no_module_outside_the_engine_imports_its_private_algorithm_modules() -> None:
+    """``engine.algorithms._llvm`` and its kind are read through public engine modules
+    (``engine.compiled`` for the vector ISA), as docs/architecture.md says."""
+    assert _private_algorithm_imports("from .engine.algorithms import _llvm") == [
+        "engine.algorithms._llvm"]
+    assert _private_algorithm_imports("from ..engine.algorithms._threads import x") == [
+        "engine.algorithms._threads.x"]
+    assert not _private_algorithm_imports("from .engine.compiled import VECTOR_ISA_NAMES")
+    package = Path(ar.__file__).resolve().parent
+    found = {}
+    for path in sorted(package.rglob("*.py")):
+        name = path.relative_to(package).as_posix()
+        if not name.startswith("engine/"):
+            hits = _private_algorithm_imports(path.read_text(encoding="utf-8"))
+            if hits:
+                found[name] = hits
+    assert not found, f"private engine modules imported from outside the engine: {found}"

@@ -691,12 +691,12 @@ def _main_networks(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
 
 def _vector_isa() -> str:
-    from .engine.algorithms import _llvm
+    from .engine.compiled import compiled_kernels_description
 
-    if not _llvm.available():
+    description = compiled_kernels_description()
+    if description is None:
         return "none (no compiled kernels: CONVARITH_JIT=0, no llvmlite or no AVX2)"
-    target = _llvm.vector_target()
-    return f"{target.name} ({target.vector_bytes * 8}-bit vectors)"
+    return description
 
 
 def _quiet_blas_environment() -> dict[str, str] | None:

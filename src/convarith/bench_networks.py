@@ -334,13 +334,13 @@ def set_mode(jit: str = "on", isa: str | None = None) -> None:
     import sys
 
     from .engine import clear_caches
-    from .engine.algorithms import _llvm
+    from .engine.compiled import VECTOR_ISA_NAMES, VECTOR_ISA_VARIABLE
 
     if jit not in JIT_MODES:
         raise ValueError(f"jit={jit!r} is not a mode: use one of {', '.join(JIT_MODES)}")
-    if isa is not None and isa not in _llvm.ISA_NAMES:
+    if isa is not None and isa not in VECTOR_ISA_NAMES:
         raise ValueError(f"isa={isa!r} is not an instruction set: use one of "
-                         f"{', '.join(_llvm.ISA_NAMES)}")
+                         f"{', '.join(VECTOR_ISA_NAMES)}")
     if jit == "on":
         os.environ.pop("CONVARITH_JIT", None)
     else:
@@ -348,7 +348,7 @@ def set_mode(jit: str = "on", isa: str | None = None) -> None:
     if jit == "numpy":
         sys.modules["numba"] = None  # type: ignore[assignment]  # import numba -> ImportError
     if isa is not None:
-        os.environ[_llvm.ISA_VARIABLE] = isa
+        os.environ[VECTOR_ISA_VARIABLE] = isa
     clear_caches()
 
 
@@ -361,11 +361,11 @@ def mode_description() -> str:
     import importlib.util
     import sys
 
-    from .engine.algorithms import _llvm
+    from .engine.compiled import compiled_kernels_description
 
-    if _llvm.available():
-        target = _llvm.vector_target()
-        kernels = f"llvmlite kernels {target.name} ({target.vector_bytes * 8}-bit vectors)"
+    description = compiled_kernels_description()
+    if description is not None:
+        kernels = f"llvmlite kernels {description}"
     else:
         kernels = "no llvmlite kernels (CONVARITH_JIT=0, no llvmlite or no AVX2/NEON)"
     has_numba = sys.modules.get("numba", 0) is not None and (

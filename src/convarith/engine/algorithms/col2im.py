@@ -46,6 +46,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...arithmetic import effective_kernel, transposed_crop
 from ..dispatch import ConvProblem, Requirements, register_algorithm
 from ..state import cached_once
 from ._threads import run_chunks, worker_count, workspace
@@ -318,7 +319,7 @@ def transposed(
     fg = kernel.shape[rank]
     f = fg * groups
     cg = c // groups
-    reach = [d * (k - 1) - lo for d, k, (lo, _) in zip(dilation, kernel_size, padding)]
+    reach = [transposed_crop(k, d, pads)[0] for k, d, pads in zip(kernel_size, dilation, padding)]
     out_size = list(out_size)
     y = np.empty((n, *(max(0, o) for o in out_size), f), x.dtype)
     if y.size == 0:
@@ -361,7 +362,7 @@ def transposed(
     workers = worker_count() if threads is None else threads
     if chunk_bytes is None:
         # blocks tall enough that the input rows two blocks share are few
-        shared_rows = -(-(kernel_size[0] - 1) * dilation[0] // strides[0])
+        shared_rows = -(-(effective_kernel(kernel_size[0], dilation[0]) - 1) // strides[0])
         chunk_bytes = max(CHUNK_BYTES, 8 * shared_rows * row_bytes)
     units = _units(n, plans[0].count, plans[0].index, row_bytes, rows_per_image, chunk_bytes,
                    workers)

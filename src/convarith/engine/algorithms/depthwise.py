@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ...arithmetic import effective_kernel
 from ..dispatch import ConvProblem, register_algorithm
 from ..padding import pad
 from ._threads import run_chunks, worker_count
@@ -73,10 +74,11 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
     jit = numba.njit(nogil=True, cache=True, fastmath=True, error_model="numpy")
 
     @jit
-    def interior(size, kernel, stride, dilation, before, out):
-        # output positions [lo, hi) (of 0 .. out - 1) whose every tap lies in [0, size)
+    def interior(size, extent, stride, before, out):
+        # output positions [lo, hi) (of 0 .. out - 1) whose every tap lies in [0, size);
+        # extent: the dilated kernel's span K_eff (arithmetic.effective_kernel)
         lo = min(out, max(0, (before + stride - 1) // stride))
-        last = size - 1 - (kernel - 1) * dilation + before
+        last = size - extent + before
         hi = min(out, last // stride + 1) if last >= 0 else 0
         return lo, max(lo, hi)
 
@@ -101,16 +103,17 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
                     dst[ch] += src[ch] * tap[ch]
 
     @jit
-    def forward_channels(xp, k, s0, s1, d0, d1, p0, p1, first, last, y):
+    def forward_channels(xp, k, s0, s1, d0, d1, p0, p1, e0, e1, first, last, y):
         # multiplier 1: k (KH, KW, C), y (N, HO, WO, C); output rows first .. last - 1
         # over batch × height; vectorized over channels. A 3×3 window wholly inside
         # xp sums its nine taps in registers and stores once (two output rows at a
         # time when they share input rows, s0 == d0: half the loads); other cells
-        # go tap by tap. p0, p1: zero padding before each axis, never copied.
+        # go tap by tap. p0, p1: zero padding before each axis, never copied; e0, e1:
+        # the dilated kernel's span along each axis (arithmetic.effective_kernel).
         _, ho, wo, c = y.shape
         kh, kw = k.shape[0], k.shape[1]
         _, hi, _, _ = xp.shape
-        lo, up = interior(xp.shape[2], kw, s1, d1, p1, wo)
+        lo, up = interior(xp.shape[2], e1, s1, p1, wo)
         if kh != 3 or kw != 3:
             lo, up = 0, 0
         k00, k01, k02 = k[0, 0], k[0, kw // 2], k[0, kw - 1]
@@ -122,7 +125,7 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
             oh = row % ho
             h0 = oh * s0 - p0
             out = y[n, oh]
-            inside = lo < up and h0 >= 0 and h0 + (kh - 1) * d0 < hi
+            inside = lo < up and h0 >= 0 and h0 + e0 <= hi
             pair = (inside and s0 == d0 and row + 1 < last and oh + 1 < ho
                     and h0 + 3 * d0 < hi)
             start, stop = (lo, up) if inside else (wo, wo)
@@ -198,13 +201,14 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
                         dst[ch, j] += value * k[a, b, ch, j]
 
     @jit
-    def forward_multiplier(xp, k, s0, s1, d0, d1, p0, p1, first, last, y):
+    def forward_multiplier(xp, k, s0, s1, d0, d1, p0, p1, e0, e1, first, last, y):
         # multiplier M > 1: k (KH, KW, C, M), y (N, HO, WO, C, M); vectorized over
-        # the M outputs of each input channel (one input value times M weights)
+        # the M outputs of each input channel (one input value times M weights);
+        # e0, e1 as in forward_channels
         _, ho, wo, c, m = y.shape
         kh, kw = k.shape[0], k.shape[1]
         _, hi, _, _ = xp.shape
-        lo, up = interior(xp.shape[2], kw, s1, d1, p1, wo)
+        lo, up = interior(xp.shape[2], e1, s1, p1, wo)
         if kh != 3 or kw != 3:
             lo, up = 0, 0
         for row in range(first, last):
@@ -212,7 +216,7 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
             oh = row % ho
             h0 = oh * s0 - p0
             out = y[n, oh]
-            inside = h0 >= 0 and h0 + (kh - 1) * d0 < hi
+            inside = h0 >= 0 and h0 + e0 <= hi
             start, stop = (lo, up) if inside else (wo, wo)
             for ow in range(min(start, wo)):
                 cell_multiplier(xp, k, n, h0, ow * s1 - p1, d0, d1, out[ow])
@@ -339,7 +343,7 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
                         continue
                     src = xp[n, h]
                     for b in range(kw):
-                        lo, up = interior(wi, 1, s1, 1, p1 - b * d1, wo)
+                        lo, up = interior(wi, 1, s1, p1 - b * d1, wo)
                         tap = part[a, b]
                         for ow in range(max(lo, block), min(up, block + _GRAD_BLOCK)):
                             w = ow * s1 + b * d1 - p1
@@ -373,7 +377,7 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
                         continue
                     src = xp[n, h]
                     for b in range(kw):
-                        lo, up = interior(wi, 1, s1, 1, p1 - b * d1, wo)
+                        lo, up = interior(wi, 1, s1, p1 - b * d1, wo)
                         for ow in range(max(lo, block), min(up, block + _GRAD_BLOCK)):
                             w = ow * s1 + b * d1 - p1
                             for ch in range(c):
@@ -481,7 +485,7 @@ def direct(
     if kernels is not None:
         before = [lo for lo, _ in padding] if padding is not None else [0] * rank
         p = (before[0], before[1]) if rank == 2 else (0, before[0])
-        x2, s, d, o, _ = _as_2d(xp, strides, dilation, out_size, kernel.shape[:rank])
+        x2, s, d, o, taps2 = _as_2d(xp, strides, dilation, out_size, kernel.shape[:rank])
         k2 = kernel if rank == 2 else kernel[None]
         y = np.empty((xp.shape[0], *o, channels, multiplier), xp.dtype)
         x_contiguous = np.ascontiguousarray(x2)
@@ -494,8 +498,10 @@ def direct(
             k_contiguous = np.ascontiguousarray(k2.reshape(*k2.shape[:2], channels, multiplier))
             y_cells = y
 
+        extents = [effective_kernel(taps, rate) for taps, rate in zip(taps2, d)]
+
         def work(first: int, last: int) -> None:
-            loop(x_contiguous, k_contiguous, *s, *d, *p, first, last, y_cells)
+            loop(x_contiguous, k_contiguous, *s, *d, *p, *extents, first, last, y_cells)
 
         rows = xp.shape[0] * o[0]
         run_chunks(work, rows, _rows_per_chunk(rows, o[1] * filters * xp.dtype.itemsize),
@@ -523,7 +529,7 @@ def _direct_numpy(xp: np.ndarray, kernel: np.ndarray, strides: Sequence[int],
             and math.prod(ksize) * out_size[-1] * channels * xp.dtype.itemsize
             <= ROW_WEIGHT_BYTES):
         return _direct_tap_passes(xp, kernel, strides, dilation, out_size)
-    reach = [(k - 1) * d + 1 for k, d in zip(ksize, dilation)]
+    reach = [effective_kernel(k, d) for k, d in zip(ksize, dilation)]
     windows = np.lib.stride_tricks.sliding_window_view(xp, reach, axis=tuple(range(1, rank + 1)))
     index = ((slice(None),)
              + tuple(slice(0, (o - 1) * s + 1, s) for o, s in zip(out_size, strides))

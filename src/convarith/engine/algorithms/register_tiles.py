@@ -48,6 +48,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ...arithmetic import effective_kernel, window_reach
 from ..dispatch import ConvProblem, magnitude, register_algorithm
 from . import _llvm
 from ._llvm import ONE_PROBLEM, Batch, Cells, Sums
@@ -383,7 +384,7 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
     streaming = y.nbytes >= STREAM_BYTES and _aligned(y)
     panels = (_panels(kernel, dilation, row_elems, streaming, groups, c) if make_panels is None
               else make_panels(row_elems))
-    reach = (kh - 1) * dilation_rows + 1  # input rows one output row reads
+    reach = effective_kernel(kh, dilation_rows)  # input rows one output row reads
     workers = threads if threads is not None else worker_count()
     unpadded = top == bottom == left == right == 0
     y_image, y_row, y_cell = (st // itemsize for st in y.strides[:3])
@@ -395,7 +396,7 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
     # small (fewer calls: each costs ~10 µs of Python and ctypes), else rows of one
     # image; its padded input rows fit SLAB_BYTES
     rows_share = max(1, -(-n * oh // (JOBS_PER_WORKER * workers)))
-    needed = (oh - 1) * stride_rows + reach  # padded input rows of one image
+    needed = window_reach(oh, kh, stride_rows, dilation_rows)  # padded input rows of one image
     if rows_share >= 2 * oh:
         image_bytes = needed * row_elems * itemsize
         images = max(1, min(rows_share // oh, SLAB_BYTES // image_bytes if not unpadded else n))
@@ -808,14 +809,14 @@ def depthwise(
     weights[:, c:] = 0
     weights[:, :c] = kernel.reshape(kh * kw, c)
     tiles = -(-ow // cells)
-    reach = (kh - 1) * dilation_rows + 1
+    reach = effective_kernel(kh, dilation_rows)
     workers = threads if threads is not None else worker_count()
     # rows per job: a share of the work for each worker's JOBS_PER_WORKER jobs (all of
     # it for one worker), and at least DEPTHWISE_JOB_FLOPS (each job costs a padded copy
     # and ~20 µs of Python)
     share = -(-n * oh // (JOBS_PER_WORKER * workers)) if workers > 1 else n * oh
     rows = max(share, -(-DEPTHWISE_JOB_FLOPS // (2 * ow * kh * kw * c)))
-    needed = (oh - 1) * stride_rows + reach
+    needed = window_reach(oh, kh, stride_rows, dilation_rows)
     row_bytes = row_elems * dtype.itemsize
     images = min(n, rows // oh, SLAB_BYTES // (needed * row_bytes)) if rows >= oh else 0
     rows = max(1, min(oh, rows, (SLAB_BYTES // row_bytes - reach) // stride_rows + 1))
