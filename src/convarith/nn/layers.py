@@ -287,6 +287,12 @@ class Layer:
         """
         raise NotImplementedError
 
+    def backward_weights(self, d_out: np.ndarray) -> None:
+        """Only the weight gradients (into ``self.grads``), for a layer whose input
+        gradient nothing reads (a model's first layer in training); layers that can
+        skip computing the input gradient override this."""
+        self.backward(d_out)
+
     def _kept(self) -> Any:
         if self._cache is None:
             raise RuntimeError(
@@ -551,15 +557,25 @@ class _Conv(SpatialLayer):
         return self._from_last(y)
 
     def backward(self, d_out: np.ndarray) -> np.ndarray:
+        d_x = self._backward(d_out, need_input_grad=True)
+        assert d_x is not None
+        return self._from_last(d_x)
+
+    def backward_weights(self, d_out: np.ndarray) -> None:
+        self._backward(d_out, need_input_grad=False)
+
+    def _backward(self, d_out: np.ndarray, need_input_grad: bool) -> np.ndarray | None:
         x_last, z, y = self._kept()
         d_z = self.activation.backward(self._to_last(d_out), z, y)
         d_x, d_kernel, d_bias = _engine().conv_vjp(
-            x_last, self._engine_kernel(), self.spec, d_z, self.variables.get("bias")
+            x_last, self._engine_kernel(), self.spec, d_z, self.variables.get("bias"),
+            need_input_grad=need_input_grad,
         )
+        assert d_kernel is not None
         self.grads = {"kernel": d_kernel.reshape(self.variables["kernel"].shape)}
         if self.use_bias:
             self.grads["bias"] = d_bias
-        return self._from_last(d_x)
+        return d_x
 
     def _penalised(self) -> dict[str, Any]:
         return {"kernel": self.kernel_regularizer, "bias": self.bias_regularizer}
