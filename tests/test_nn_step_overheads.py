@@ -147,3 +147,31 @@ def test_functional_training_skips_input_gradients_of_layers_reading_inputs(
     model.run([x], training=True, keep=True)
     (d_x,) = model.backward_outputs([np.ones((8, 3), "float32")])
     assert d_x.shape == x.shape and np.any(d_x != 0)
+
+
+def test_small_conv_layers_run_their_backward_on_one_thread(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from convarith.engine.algorithms import _threads
+    from convarith.nn.layers import ONE_THREAD_BACKWARD_FLOPS
+
+    limits: list[int | None] = []
+    original = engine.conv_vjp
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        limits.append(_threads._LIMIT.get())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "conv_vjp", spy)
+    rng = np.random.default_rng(SEED)
+    for channels, size, expected in ((4, 8, 1), (64, 32, None)):
+        layer = nn.Sequential([nn.Input((size, size, channels)),
+                               nn.Conv2D(channels, 3, padding="same")]).layers[0]
+        x = rng.standard_normal((2, size, size, channels)).astype("float32")
+        y = layer.forward(x, training=True, keep=True)
+        flops = 2 * 9 * channels * channels * 2 * size * size
+        assert (flops < ONE_THREAD_BACKWARD_FLOPS) == (expected == 1)
+        d_x = layer.backward(np.ones_like(y))
+        assert limits[-1] == expected, (channels, size)
+        np.testing.assert_allclose(
+            d_x, original(x, layer.variables["kernel"], layer.spec, np.ones_like(y))[0],
+            rtol=1e-6)
