@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -817,6 +817,20 @@ def conv(
     return result
 
 
+@overload
+def conv_vjp(
+    x: Any, kernel: Any, spec: ConvSpec, d_out: Any, bias: Any = None,
+    algorithm: str | None = None, *, need_input_grad: Literal[True] = True,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]: ...
+
+
+@overload
+def conv_vjp(
+    x: Any, kernel: Any, spec: ConvSpec, d_out: Any, bias: Any = None,
+    algorithm: str | None = None, *, need_input_grad: bool,
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]: ...
+
+
 def conv_vjp(
     x: Any,
     kernel: Any,
@@ -824,13 +838,17 @@ def conv_vjp(
     d_out: Any,
     bias: Any = None,
     algorithm: str | None = None,
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    *,
+    need_input_grad: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """Gradients of ``sum(conv(x, kernel, spec, bias) * d_out)``.
 
     Returns ``(d_input, d_kernel, d_bias)`` in the layouts of ``x``,
     ``kernel`` and ``bias``; ``d_kernel`` is ``None`` for pooling and
     ``d_bias`` is ``None`` when there is no bias. Max pooling sends each
     gradient to the first maximum of its window (as PyTorch does).
+    ``need_input_grad=False`` skips the input gradient (``d_input`` is
+    ``None``): a network's first layer needs only its weight gradients.
 
     Examples
     --------
@@ -840,7 +858,13 @@ def conv_vjp(
     >>> dx, dk, db = conv_vjp(x, k, ConvSpec(2, rank=1), np.ones((1, 3, 1)), bias=np.zeros(1))
     >>> dx[0, :, 0], dk[:, 0, 0], db
     (array([1., 2., 2., 1.]), array([3., 6.]), array([3.]))
+    >>> no_dx, dk, _ = conv_vjp(x, k, ConvSpec(2, rank=1), np.ones((1, 3, 1)),
+    ...                         need_input_grad=False)
+    >>> no_dx is None, dk[:, 0, 0]
+    (True, array([3., 6.]))
     """
+    if not isinstance(need_input_grad, bool):
+        raise TypeError(f"need_input_grad must be True or False, got {need_input_grad!r}")
     prepared = prepare(x, kernel, spec, bias)
     dy = _grad_in(d_out, prepared)
     resolved = prepared.resolved
@@ -848,14 +872,15 @@ def conv_vjp(
     dilation: tuple[int, ...] = spec.dilation
     groups = prepared.groups
     d_kernel: np.ndarray | None = None
+    d_x: np.ndarray | None = None
     if spec.pool is not None:
-        d_x = pooling.backward(prepared.x, resolved, dy)
+        d_x = pooling.backward(prepared.x, resolved, dy) if need_input_grad else None
     elif spec.transposed:
         assert prepared.kernel is not None
         dy_cropped = np.ascontiguousarray(pad(dy, resolved.crop))
-        d_x = direct_conv(
-            dy_cropped, prepared.kernel, strides, dilation, groups, resolved.input_size, algorithm
-        )
+        if need_input_grad:
+            d_x = direct_conv(dy_cropped, prepared.kernel, strides, dilation, groups,
+                              resolved.input_size, algorithm)
         d_kernel = _weight_grad(
             dy_cropped, prepared.x, spec.kernel_size, strides, dilation,
             groups, algorithm,
@@ -864,9 +889,10 @@ def conv_vjp(
         assert prepared.kernel is not None
         zeros = spec.padding_mode == "zeros"
         xp = prepared.x if zeros else pad(prepared.x, resolved.padding, spec.padding_mode)
-        d_xp = transposed_conv(dy, prepared.kernel, strides, dilation, groups,
-                               resolved.input_gradient_padding, algorithm)
-        d_x = pad_adjoint(d_xp, resolved.padding, spec.padding_mode)
+        if need_input_grad:
+            d_xp = transposed_conv(dy, prepared.kernel, strides, dilation, groups,
+                                   resolved.input_gradient_padding, algorithm)
+            d_x = pad_adjoint(d_xp, resolved.padding, spec.padding_mode)
         d_kernel = _weight_grad(
             xp, dy, spec.kernel_size, strides, dilation, groups, algorithm,
             resolved.padding if zeros else None,
@@ -875,7 +901,6 @@ def conv_vjp(
     if prepared.bias is not None:
         d_bias = dy.sum(axis=tuple(range(dy.ndim - 1))).astype(prepared.result_dtype)
     d_input = finish(d_x, prepared)
-    assert d_input is not None
     if d_kernel is not None:
         d_kernel = d_kernel.astype(prepared.result_dtype)
     return d_input, d_kernel, d_bias

@@ -293,7 +293,7 @@ class Model(Sequential):
         return self.run(inputs, training, keep)
 
     def _backward_outputs(self, d_outputs: list[np.ndarray | None]) -> None:
-        self.backward_outputs(d_outputs)
+        self.backward_outputs(d_outputs, need_input_grads=False)
 
     # ------------------------------------------------------------------ running
 
@@ -329,10 +329,14 @@ class Model(Sequential):
         """Back-propagate ``d_out`` of the first output; returns the first input's gradient."""
         return self.backward_outputs([d_out])[0]
 
-    def backward_outputs(self, d_outputs: Sequence[np.ndarray | None]) -> list[np.ndarray]:
+    def backward_outputs(self, d_outputs: Sequence[np.ndarray | None],
+                         need_input_grads: bool = True) -> list[np.ndarray]:
         """Back-propagate the gradients of the outputs (``None``: an output the loss does not
         read) through the graph; shared layers get their gradients summed, layers that no
-        gradient reaches get zeros. Returns each input's gradient."""
+        gradient reaches get zeros. Returns each input's gradient; with
+        ``need_input_grads=False`` (training) layers that read only model inputs compute
+        just their weight gradients and the list is empty."""
+        model_inputs = {id(tensor) for tensor in self.inputs}
         grads: dict[int, np.ndarray] = {}
         for tensor, d_out in zip(self.outputs, d_outputs):
             if d_out is not None:
@@ -351,8 +355,12 @@ class Model(Sequential):
                 regularizer, value = self._activity[id(node)]
                 d = d + (regularizer.gradient(value) / len(value)).astype(d.dtype)
             layer._cache = cache
-            d_inputs = layer.backward(d)
-            d_list = d_inputs if getattr(layer, "build_merge", None) else [d_inputs]
+            if not need_input_grads and all(id(t) in model_inputs for t in node.inputs):
+                layer.backward_weights(d)
+                d_list: Any = []
+            else:
+                d_inputs = layer.backward(d)
+                d_list = d_inputs if getattr(layer, "build_merge", None) else [d_inputs]
             for tensor, grad in zip(node.inputs, d_list):
                 key = id(tensor)
                 grads[key] = grad if key not in grads else grads[key] + grad
@@ -364,6 +372,8 @@ class Model(Sequential):
                 layer.grads = sums[id(layer)]
             elif not isinstance(layer, InputLayer):
                 layer.grads = {name: np.zeros_like(value) for name, value in layer.variables.items()}
+        if not need_input_grads:
+            return []
         return [grads.get(id(tensor), np.zeros(0)) for tensor in self.inputs]
 
     def __call__(self, x: Any, training: bool = False) -> Any:

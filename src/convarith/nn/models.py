@@ -293,11 +293,19 @@ class Sequential:
 
     def backward(self, d_out: np.ndarray) -> np.ndarray:
         """Back-propagate ``d_out`` (after ``forward(keep=True)``); returns the input gradient."""
+        d_x = self._backward(d_out, need_input_grad=True)
+        assert d_x is not None
+        return d_x
+
+    def _backward(self, d_out: np.ndarray, need_input_grad: bool) -> np.ndarray | None:
         activity = getattr(self, "_activity", {})
         for index in reversed(range(len(self.layers))):
             if index in activity:
                 regularizer, value = activity[index]
                 d_out = d_out + (regularizer.gradient(value) / len(value)).astype(d_out.dtype)
+            if index == 0 and not need_input_grad:
+                self.layers[0].backward_weights(d_out)
+                return None
             d_out = self.layers[index].backward(d_out)
         return d_out
 
@@ -337,8 +345,9 @@ class Sequential:
         return [self.forward(inputs[0], training=training, keep=keep)]
 
     def _backward_outputs(self, d_outputs: list[np.ndarray | None]) -> None:
+        """Training's backward pass: weight gradients only (no input gradient)."""
         assert d_outputs[0] is not None
-        self.backward(d_outputs[0])
+        self._backward(d_outputs[0], need_input_grad=False)
 
     # ------------------------------------------------------------------ training
 
