@@ -41,11 +41,8 @@ __all__ = ["run_chunks", "worker_count", "thread_limit", "workspace", "aligned_e
            "SMALL_WORK"]
 
 #: Below this many FLOPs a problem runs inline: starting threads and limiting
-#: BLAS costs about a millisecond, more than the work itself. Measured on 2
-#: cores (3x3 same convolutions, batch 32, 16x16): at 38 MFLOP two threads took
-#: 0.91-0.96x one thread's wall time for 1.45x its CPU time; from about 3e8 they
-#: pay (0.7-0.8x wall, 1.0-1.2x CPU).
-SMALL_WORK = 6e7
+#: BLAS costs about a millisecond, more than the work itself.
+SMALL_WORK = 3e7
 
 
 # A limit set by thread_limit() for the calls made in this context (thread or task).
