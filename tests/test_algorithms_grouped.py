@@ -140,16 +140,17 @@ def test_the_interleaved_kernels_compile_for_every_instruction_set(isa: str) -> 
 
 
 @pytest.mark.parametrize("seed", range(CASES // 3))
-def test_groups_of_half_a_vector_match_the_reference(seed: int) -> None:
-    """The interleaved kernels' layers: groups of half a vector's lanes, as many
-    outputs as inputs, several vectors of channels (also past one column block)."""
+def test_groups_of_half_or_one_vector_match_the_reference(seed: int) -> None:
+    """The interleaved kernels' layers: groups of half a vector's lanes or of one
+    vector, as many outputs as inputs, several vectors of channels (also past one
+    column block)."""
     from convarith.engine.algorithms import grouped_tiles
     from convarith.engine.dispatch import ConvProblem
 
     rng = np.random.default_rng(9000 + seed)
     dtype = np.float32 if rng.random() < 0.7 else np.float64
     width = _llvm.vector_width(dtype)
-    group = width // 2
+    group = width // int(rng.choice([1, 2]))
     groups = 2 * int(rng.choice([1, 2, 3, 5, 9]))
     rank = int(rng.choice([1, 2, 2]))
     kernel_size = tuple(int(rng.integers(1, 5)) for _ in range(rank))

@@ -328,7 +328,9 @@ def _tile(name: str, mr: int, nv: int, ty: str, vw: int, streaming: bool = False
                                 f"  %{tag}xl{i}_{j}_{m} = load {ty}, {p} %{tag}xm{i}_{j}_{m}",
                                 f"  %{tag}xe{i}_{j}_{m} = insertelement {v} undef, {ty} "
                                 f"%{tag}xl{i}_{j}_{m}, i32 0",
-                                f"  %{tag}xs{i}_{j}_{m} = shufflevector {v} %{tag}xe{i}_{j}_{m}, "
+                                f"  %{tag}x{'v' if interleave == 1 else 's'}{i}_{j}"
+                                f"{'' if interleave == 1 else f'_{m}'} = shufflevector {v} "
+                                f"%{tag}xe{i}_{j}_{m}, "
                                 f"{v} undef, <{vw} x i32> zeroinitializer",
                             ]
                             if m:  # lanes [m·span, (m+1)·span) from this splat

@@ -33,7 +33,8 @@ kernels (4× the products for ResNeXt's 32 groups of 4 with 16 lanes). Groups of
 half a vector (ResNeXt's 8 with 16 lanes) run on the interleaved kernels
 (:func:`._llvm.interleaved_module_ir`): two groups per vector, each step
 broadcasting each group's input value over its own half (two broadcasting loads
-and one insert, no zeros multiplied). Other grouped layers run
+and one insert, no zeros multiplied); groups of one vector (16) on the same
+kernels, a group per vector of a register block. Other grouped layers run
 :func:`.register_tiles.direct`, at its cost.
 
 Examples
@@ -98,7 +99,12 @@ INTERLEAVE = 2
 def interleaves(problem: ConvProblem) -> bool:
     """Whether the interleaved kernels run ``problem``'s forward pass: groups of as many
     outputs as inputs, :data:`INTERLEAVE` of them filling a vector exactly (8 with
-    AVX-512's 16 float32 lanes, 4 with AVX2's 8), and whole vectors of channels.
+    AVX-512's 16 float32 lanes, 4 with AVX2's 8) or one (16 with AVX-512), and
+    whole vectors of channels.
+
+    Groups of one vector run on the same kernels, one group per vector of a block:
+    a block of 4 vectors and 6 cells (24 sums) against :mod:`.register_tiles`' 1
+    vector and 8 cells, whose 8 sums wait on their multiply-adds' latency.
 
     A vector holds two whole groups' outputs; a step broadcasts each group's value
     of one input channel over its own half: every lane multiplies its own group's
@@ -110,7 +116,8 @@ def interleaves(problem: ConvProblem) -> bool:
     group = problem.kernel_shape[-2]
     return (problem.groups > 1 and problem.rank in (1, 2) and width > 0
             and problem.out_channels == problem.in_channels
-            and group * INTERLEAVE == width and problem.in_channels % width == 0)
+            and group * INTERLEAVE in (width, INTERLEAVE * width)
+            and problem.in_channels % width == 0)
 
 
 def _interleaved(x: np.ndarray, kernel: np.ndarray, strides: Sequence[int],
@@ -134,7 +141,7 @@ def _interleaved(x: np.ndarray, kernel: np.ndarray, strides: Sequence[int],
                         + np.arange(group)[None, :]).ravel()
         panels = []
         for vectors, start, blocks in _plan_blocks(f, width):
-            kernels = _llvm.compiled_interleaved(dtype, vectors, INTERLEAVE)
+            kernels = _llvm.compiled_interleaved(dtype, vectors, width // group)
             assert kernels is not None
             cols = vectors * width
             weights = aligned_empty((blocks, taps * group, cols), dtype)
@@ -377,7 +384,10 @@ SHUFFLE_SCALE = 0.6
 #: The interleaved kernels' time over :mod:`.register_tiles`' (two groups of 8 merged
 #: into a block-diagonal kernel). Measured on one core (CPU time, busy machine,
 #: AVX-512 on AMD EPYC, float32, batch 1, 3×3, 32 groups of 8): 28²×256 at stride 1
-#: 0.52 against 0.71 ms; 56²×256 at stride 2 0.60-0.76 against 0.95 ms.
+#: 0.52 against 0.71 ms; 56²×256 at stride 2 0.60-0.76 against 0.95 ms. Groups of
+#: 16 (one vector): 28²×512 at stride 2 0.36-0.58 against 0.60-0.78 ms (16 images:
+#: 8.0 against 10.7), 14²×512 at stride 1 0.39-0.47 against 0.41-0.59 (16 images:
+#: 6.2 against 6.2).
 INTERLEAVE_SCALE = 0.75
 
 
