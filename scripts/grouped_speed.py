@@ -11,6 +11,12 @@ Run with one thread (``--threads 1`` sets ``torch.set_num_threads`` and
 ``CONVARITH_NUM_THREADS``) or more::
 
     python scripts/grouped_speed.py --threads 1 --batch 1 16
+
+``--algorithms`` instead times every algorithm that applies to each layer's forward
+pass (called directly, on the padded input) and prints the planner's pick, its time
+over the fastest one's, and each algorithm's time and cost::
+
+    python scripts/grouped_speed.py --threads 1 --batch 1 16 --cpu-time --algorithms
 """
 
 from __future__ import annotations
@@ -92,6 +98,37 @@ def torch_runner(layer: Any, x: np.ndarray, kernel: np.ndarray, backward: bool
     return best[1]
 
 
+def compare_algorithms(name: str, batch: int, layer: Any, rng: np.random.Generator
+                       ) -> dict[str, Any]:
+    """Every applicable algorithm's forward time on ``layer`` against the planner's pick."""
+    from convarith.engine.dispatch import ConvProblem, applicable, choose, get_algorithm
+
+    s, p = layer.stride, layer.padding
+    x = rng.standard_normal(layer.input_shape(batch)).astype(np.float32)
+    xp = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+    kernel = (rng.standard_normal(layer.kernel_shape()) * 0.1).astype(np.float32)
+    out = tuple((xp.shape[1 + a] - layer.kernel) // s + 1 for a in range(2))
+    problem = ConvProblem(xp.shape, kernel.shape, (s, s), (1, 1), layer.groups, out,
+                          np.dtype(np.float32))
+    pick = choose(problem).name
+    times: dict[str, tuple[float, float]] = {}
+    for algorithm_name in applicable(problem):
+        algorithm = get_algorithm(algorithm_name)
+
+        def run(algorithm: Any = algorithm) -> Any:
+            return algorithm.direct(xp, kernel, (s, s), (1, 1), layer.groups, out)
+
+        times[algorithm_name] = (median_time(run, 0.3, 10), algorithm.cost(problem))
+    best = min(times, key=lambda a: times[a][0])
+    over = times[pick][0] / times[best][0]
+    listed = " ".join(f"{a} {t * 1e3:.2f} ms (cost {c / 1e6:.1f})"
+                      for a, (t, c) in sorted(times.items(), key=lambda r: r[1][0]))
+    print(f"{name:36s} b{batch:<3d} pick {pick:22s} {over:5.2f}x the best ({best}) | {listed}",
+          flush=True)
+    return dict(layer=name, batch=batch, pick=pick, best=best, pick_over_best=over,
+                times_ms={a: t * 1e3 for a, (t, _) in times.items()})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -101,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write the rows to this file")
     parser.add_argument("--cpu-time", action="store_true",
                         help="time by this process's CPU time (use with --threads 1)")
+    parser.add_argument("--algorithms", action="store_true",
+                        help="time every applicable algorithm (forward) against the pick")
     args = parser.parse_args(argv)
     if args.cpu_time:
         CLOCK[0] = time.process_time
@@ -109,13 +148,16 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     from convarith import ConvSpec
-    from convarith.bench import BenchCase, _forward_paths
+    from convarith.bench import BenchCase, forward_paths
     from convarith.engine import conv, conv_vjp
 
     rng = np.random.default_rng(0)
     rows = []
     for name, batch, layer in layers(args.batch):
         if args.only and args.only not in name:
+            continue
+        if args.algorithms:
+            rows.append(compare_algorithms(name, batch, layer, rng))
             continue
         spec = ConvSpec(layer.kernel, strides=layer.stride, padding=layer.padding,
                         groups=layer.groups)
@@ -135,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             t_ours, t_theirs = median_time(ours), median_time(theirs)
             t_ours = min(t_ours, median_time(ours))
             case = BenchCase(name, name, x.shape, kernel.shape, spec, backward=backward)
-            paths = "+".join(_forward_paths(case, backward))
+            paths = "+".join(forward_paths(case, backward))
             row = dict(layer=name, batch=batch, direction="backward" if backward else "forward",
                        convarith_ms=t_ours * 1e3, torch_ms=t_theirs * 1e3,
                        ratio=t_theirs / t_ours, paths=paths)

@@ -2,8 +2,9 @@
 
 Random group counts, group widths (below, at and above a vector's lanes, so the
 groups' vectors spill into their neighbours' channels), kernels, strides,
-dilation and padding; forward (``register_tiles``, every group in one call) and
-the kernel gradient (``register_tiles_grouped``), float32 and float64. Each case
+dilation and padding; forward (``register_tiles``, every group in one call;
+``register_tiles_grouped``'s shuffling and interleaved kernels) and the kernel
+gradient (``register_tiles_grouped``), float32 and float64. Each case
 prints its seed on failure. Runs on whatever vector ISA is in force
 (``CONVARITH_VECTOR_ISA=avx2`` forces the AVX2 kernels).
 """
@@ -99,6 +100,14 @@ def test_non_finite_input_reaches_only_its_own_group() -> None:
     for direct in (register_tiles.direct, grouped_tiles.direct):
         y = direct(x, kernel, (1, 1), (1, 1), 8, (7, 7))
         assert np.isnan(y[..., :4]).any() and not np.isnan(y[..., 4:]).any(), direct
+    # groups of half a vector: two groups share each vector
+    half = _llvm.vector_width(np.float32) // 2
+    wide = rng.standard_normal((1, 9, 9, 4 * half)).astype(np.float32)
+    wide[0, 4, 4, half + 1] = np.nan  # group 1
+    y = grouped_tiles.direct(wide, rng.standard_normal((3, 3, half, 4 * half)).astype(
+        np.float32), (1, 1), (1, 1), 4, (7, 7))
+    nan = np.isnan(y).any(axis=(0, 1, 2))
+    assert nan[half:2 * half].all() and not nan[:half].any() and not nan[2 * half:].any()
     dy = rng.standard_normal((1, 7, 7, 32)).astype(np.float32)
     dk = grouped_tiles.weight_grad(x, dy, (3, 3), (1, 1), (1, 1), 8)
     assert np.isnan(dk[..., :4]).any() and not np.isnan(dk[..., 4:]).any()
@@ -111,6 +120,65 @@ def test_the_shuffling_kernels_compile_for_every_instruction_set(isa: str) -> No
     for dtype in (np.float32, np.float64):
         text = _llvm.grouped_assembly(target, dtype, 1, 2)
         assert "drive" in text
+
+
+@pytest.mark.parametrize("isa", ["avx2", "avx512", "neon"])
+def test_the_interleaved_kernels_compile_for_every_instruction_set(isa: str) -> None:
+    """The interleaved kernels' IR compiles for each target, also those this CPU lacks."""
+    llvm = _llvm._llvm()
+    target = _llvm.target_named(isa)
+    for dtype in (np.float32, np.float64):
+        width = target.width(dtype)
+        ir = _llvm.interleaved_module_ir(dtype, 2, _llvm.block_rows(2, target), width, 2)
+        with _llvm._LOCK:
+            module = llvm.parse_assembly(ir)
+            if target.triple:
+                module.triple = target.triple
+            module.verify()
+            text = str(_llvm._machine(llvm, target).emit_assembly(module))
+        assert "drive" in text
+
+
+@pytest.mark.parametrize("seed", range(CASES // 3))
+def test_groups_of_half_or_one_vector_match_the_reference(seed: int) -> None:
+    """The interleaved kernels' layers: groups of half a vector's lanes or of one
+    vector, as many outputs as inputs, several vectors of channels (also past one
+    column block)."""
+    from convarith.engine.algorithms import grouped_tiles
+    from convarith.engine.dispatch import ConvProblem
+
+    rng = np.random.default_rng(9000 + seed)
+    dtype = np.float32 if rng.random() < 0.7 else np.float64
+    width = _llvm.vector_width(dtype)
+    group = width // int(rng.choice([1, 2]))
+    groups = 2 * int(rng.choice([1, 2, 3, 5, 9]))
+    rank = int(rng.choice([1, 2, 2]))
+    kernel_size = tuple(int(rng.integers(1, 5)) for _ in range(rank))
+    strides = tuple(int(rng.integers(1, 3)) for _ in range(rank))
+    dilation = tuple(int(rng.integers(1, 3)) for _ in range(rank))
+    pads = tuple((int(rng.integers(0, 3)), int(rng.integers(0, 3))) for _ in range(rank))
+    reach = [(k - 1) * d + 1 for k, d in zip(kernel_size, dilation)]
+    size = tuple(max(e - lo - hi, 1) + int(rng.integers(0, 10))
+                 for e, (lo, hi) in zip(reach, pads))
+    out_size = tuple((n + lo + hi - e) // s + 1
+                     for n, (lo, hi), e, s in zip(size, pads, reach, strides))
+    x = rng.standard_normal((int(rng.integers(1, 3)), *size, groups * group)).astype(dtype)
+    kernel = rng.standard_normal((*kernel_size, group, groups * group)).astype(dtype)
+    where = (f"seed {9000 + seed}: x {x.shape}, kernel {kernel.shape}, groups {groups}, "
+             f"strides {strides}, dilation {dilation}, padding {pads}")
+    xp = np.pad(x, ((0, 0), *pads, (0, 0)))
+    problem = ConvProblem(xp.shape, kernel.shape, strides, dilation, groups, out_size,
+                          np.dtype(dtype))
+    assert grouped_tiles.interleaves(problem), where
+    expected = reference_direct(xp, kernel, strides, dilation, groups, out_size)
+    tolerance = 1e-5 if dtype == np.float32 else 1e-10
+    y = grouped_tiles.direct(x, kernel, strides, dilation, groups, out_size, padding=pads)
+    assert y.shape == expected.shape and y.dtype == x.dtype, where
+    assert relative_error(y, expected) <= tolerance, where
+    if rank == 2:  # the interleaved kernels themselves (also where shuffling ones run)
+        y = grouped_tiles._interleaved(x, kernel, strides, dilation, list(pads), out_size,
+                                       None)
+        assert relative_error(y, expected) <= tolerance, where
 
 
 def test_the_shuffling_kernels_apply_to_resnext_groups() -> None:

@@ -132,7 +132,7 @@ def process_caches() -> dict[str, Callable[[], None]]:
             col2im._numba_gather, depthwise._numba_kernels, flat_rows._numba_gather,
             flat_rows._numba_im2col, flat_rows.blas_gemm, space_to_depth._numba_kernels,
             winograd._numba_kernels, _llvm._compiled, _llvm._target, _llvm._host, _llvm._llvm,
-            _llvm._compiled_grouped, _llvm_depthwise._row_kernel),
+            _llvm._compiled_grouped, _llvm._compiled_interleaved, _llvm_depthwise._row_kernel),
         "BLAS controller": functions(_threads._controller, _threads._sched_getcpu),
         "helper threads": _threads._POOL.clear,
         "per-thread buffers": _threads.clear_workspaces,

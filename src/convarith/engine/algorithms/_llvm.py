@@ -279,14 +279,18 @@ def _parameters(*tuples: Any) -> str:
 
 
 def _tile(name: str, mr: int, nv: int, ty: str, vw: int, streaming: bool = False,
-          depthwise: bool = False) -> str:
+          depthwise: bool = False, interleave: int = 0) -> str:
     """IR of one register block: ``mr`` cells × ``nv`` vectors, summed over taps × channels.
 
     Each cell has its own input and output pointer, so a block may span rows.
     The sum runs :data:`UNROLL` steps per loop turn, then one at a time.
     ``depthwise``: each step multiplies a *vector* of input channels (read at the
     step's offset plus the lane) by the kernel's vector, lane by lane, instead of
-    one input value broadcast.
+    one input value broadcast. ``interleave`` (at least 2, with ``depthwise``): each
+    step reads ``interleave`` input values ``vw / interleave`` apart, each broadcast
+    over its own ``vw / interleave`` lanes (a broadcasting load each, put together
+    by lane blocks), for several groups per vector (see
+    :func:`interleaved_module_ir`).
     """
     v = f"<{vw} x {ty}>"
     p = f"{ty}*"
@@ -312,11 +316,40 @@ def _tile(name: str, mr: int, nv: int, ty: str, vw: int, streaming: bool = False
                 for j in range(nv):
                     if j:
                         out.append(f"  %{tag}xo{i}_{j} = add i64 %{tag}xc, {j * vw}")
+                    out.append(f"  %{tag}xp{i}_{j} = getelementptr {ty}, {p} %x{i}, i64 "
+                               f"{f'%{tag}xo{i}_{j}' if j else f'%{tag}xc'}")
+                    if interleave:
+                        span = vw // interleave
+                        last = ""
+                        for m in range(interleave):
+                            out += [
+                                f"  %{tag}xm{i}_{j}_{m} = getelementptr {ty}, {p} "
+                                f"%{tag}xp{i}_{j}, i64 {m * span}",
+                                f"  %{tag}xl{i}_{j}_{m} = load {ty}, {p} %{tag}xm{i}_{j}_{m}",
+                                f"  %{tag}xe{i}_{j}_{m} = insertelement {v} undef, {ty} "
+                                f"%{tag}xl{i}_{j}_{m}, i32 0",
+                                f"  %{tag}x{'v' if interleave == 1 else 's'}{i}_{j}"
+                                f"{'' if interleave == 1 else f'_{m}'} = shufflevector {v} "
+                                f"%{tag}xe{i}_{j}_{m}, "
+                                f"{v} undef, <{vw} x i32> zeroinitializer",
+                            ]
+                            if m:  # lanes [m·span, (m+1)·span) from this splat
+                                mask = ", ".join(
+                                    f"i32 {lane + vw if lane // span == m else lane}"
+                                    for lane in range(vw))
+                                name = (f"%{tag}xv{i}_{j}" if m == interleave - 1
+                                        else f"%{tag}xc{i}_{j}_{m}")
+                                out.append(f"  {name} = shufflevector {v} {last}, "
+                                           f"{v} %{tag}xs{i}_{j}_{m}, <{vw} x i32> <{mask}>")
+                                last = name
+                            else:
+                                last = f"%{tag}xs{i}_{j}_{m}"
+                    else:
+                        out += [
+                            f"  %{tag}xq{i}_{j} = bitcast {p} %{tag}xp{i}_{j} to {v}*",
+                            f"  %{tag}xv{i}_{j} = load {v}, {v}* %{tag}xq{i}_{j}, align 4",
+                        ]
                     out += [
-                        f"  %{tag}xp{i}_{j} = getelementptr {ty}, {p} %x{i}, i64 "
-                        f"{f'%{tag}xo{i}_{j}' if j else f'%{tag}xc'}",
-                        f"  %{tag}xq{i}_{j} = bitcast {p} %{tag}xp{i}_{j} to {v}*",
-                        f"  %{tag}xv{i}_{j} = load {v}, {v}* %{tag}xq{i}_{j}, align 4",
                         f"  %{tag}d{i}_{j} = call {v} @llvm.fma.v{vw}{_suffix(ty)}"
                         f"({v} %{tag}xv{i}_{j}, {v} %{tag}wv{j}, {v} %{before}{i}_{j})",
                     ]
@@ -751,6 +784,59 @@ def grouped_module_ir(dtype: Any, vectors: int, rows: int, width: int, group: in
     parts.append(_batches(ty))
     parts.append("!0 = !{i32 1}")
     return "\n\n".join(parts) + "\n"
+
+
+def interleaved_module_ir(dtype: Any, vectors: int, rows: int, width: int,
+                          interleave: int) -> str:
+    """IR of a module for ``interleave`` groups of ``width / interleave`` input and output
+    channels per vector (lanes ``[a·span, (a+1)·span)`` are group ``a``'s outputs,
+    ``span = width / interleave``): each step (a tap and a group channel ``c``)
+    broadcasts each group's input channel ``c`` over its own lanes, so no lane
+    multiplies a zero of a block-diagonal kernel. ``drive`` as in :func:`module_ir`
+    with ``depthwise`` (each vector reads its own groups' channels).
+
+    >>> ir = interleaved_module_ir(np.float32, 1, 2, 16, 2)
+    >>> "define void @drive(" in ir and "i32 7, i32 24" in ir
+    True
+    """
+    ty = _ir_type(dtype)
+    v = f"<{width} x {ty}>"
+    parts = [f"declare {v} @llvm.fma.v{width}{_suffix(ty)}({v}, {v}, {v})"]
+    parts += [_tile(f"tile{r}", r, vectors, ty, width, depthwise=True, interleave=interleave)
+              for r in range(1, rows + 1)]
+    parts.append(_driver(rows, vectors, ty, width, depthwise=True))
+    parts.append(_batches(ty))
+    parts.append("!0 = !{i32 1}")
+    return "\n\n".join(parts) + "\n"
+
+
+def compiled_interleaved(dtype: Any, vectors: int, interleave: int) -> Kernels | None:
+    """The :func:`interleaved_module_ir` module for ``dtype`` on the target in use
+    (``None``: not here, or ``interleave`` does not divide a vector's lanes)."""
+    return _compiled_interleaved(np.dtype(dtype), vectors, interleave, vector_target())
+
+
+@cached_once
+def _compiled_interleaved(dtype: np.dtype[Any], vectors: int, interleave: int,
+                          target: VectorTarget) -> Kernels | None:
+    llvm = _llvm()
+    width = target.width(dtype)
+    if (llvm is None or not target.runs_here or width == 0 or dtype.char not in "fd"
+            or interleave < 1 or width % interleave):
+        return None
+    rows = block_rows(vectors, target)
+    with _LOCK:
+        module = llvm.parse_assembly(interleaved_module_ir(dtype, vectors, rows, width,
+                                                           interleave))
+        module.verify()
+        engine = llvm.create_mcjit_compiler(module, _machine(llvm, target))
+        engine.finalize_object()
+        address = engine.get_function_address("drive")
+    pointer = ctypes.c_void_p
+    counts = len(Cells._fields) + len(Sums._fields) + len(Batch._fields)
+    signature = ctypes.CFUNCTYPE(None, pointer, pointer, pointer, pointer,
+                                 *([ctypes.c_int64] * counts))
+    return Kernels(vectors, rows, width, signature(address), engine)
 
 
 def grouped_block_rows(vectors: int, group: int, target: VectorTarget | None = None) -> int:
