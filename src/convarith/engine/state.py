@@ -39,8 +39,9 @@ compiled kernels       numba kernels (col2im, depthwise, flat_rows,  ``CONVARITH
                        the host, the binding),
                        SciPy's BLAS gemm; built once per key under
                        a lock (:func:`cached_once`)
-BLAS controller        threadpoolctl's view of the loaded BLAS       BLAS libraries loaded later
-                       libraries; libc's ``sched_getcpu``
+BLAS controller        threadpoolctl's view of the loaded BLAS       BLAS libraries loaded later;
+                       libraries; libc's ``sched_getcpu``; the       ``os.sched_setaffinity`` (clear to read
+                       process's core count (``_affinity_cores``)    the cores again)
 helper threads         one pool per process, one thread per core     a fork (the child makes its own);
                        but the caller's (``_threads._POOL``)         :func:`clear_caches` lets them end
 per-thread buffers     each thread's scratch arrays by name, up to   a larger request replaces one;
@@ -136,7 +137,8 @@ def process_caches() -> dict[str, Callable[[], None]]:
             flat_rows._numba_im2col, flat_rows.blas_gemm, space_to_depth._numba_kernels,
             winograd._numba_kernels, _llvm._compiled, _llvm._target, _llvm._host, _llvm._llvm,
             _llvm._compiled_grouped),
-        "BLAS controller": functions(_threads._controller, _threads._sched_getcpu),
+        "BLAS controller": functions(_threads._controller, _threads._sched_getcpu,
+                                     _threads._affinity_cores),
         "helper threads": _threads._POOL.clear,
         "per-thread buffers": _threads.clear_workspaces,
     }
