@@ -50,7 +50,7 @@ _LIMIT: contextvars.ContextVar[int | None] = contextvars.ContextVar("convarith_t
                                                                    default=None)
 
 
-@cached_once
+@functools.cache  # no lock: an int, the same whoever reads it first
 def _affinity_cores() -> int:
     """The cores this process may run on, read once per process (``clear_caches`` reads
     them again, e.g. after ``os.sched_setaffinity``)."""
