@@ -36,7 +36,7 @@ from typing import Any, Literal, overload
 import numpy as np
 
 from ..arithmetic import transposed_grid_output_size, window_reach, zero_inserted_size
-from ..limits import check_values
+from ..limits import check_values, current_limits
 from ..spec import ConvSpec, ResolvedConv
 from . import pooling
 from .dispatch import (
@@ -249,6 +249,68 @@ def prepare(
         channels_first=channels_first,
         unbatched=unbatched,
     )
+
+
+# Forward calls prepared so far: (spec, x's shape and dtype, the kernel's and the bias's
+# shapes and dtypes, the max_output_values in force) -> what prepare() derived from
+# them. prepare's checks read only those, so a call of a remembered key skips them
+# (~10 µs, paid by every call of a layer); anything else (another array type, a key
+# never seen, a key that raised) goes through prepare(). See engine.state.
+_PREPARED: dict[tuple[Any, ...], tuple[ResolvedConv, int, np.dtype[Any], np.dtype[Any]]] = {}
+_PREPARED_MAX = 1024
+
+
+def _array_key(a: Any) -> tuple[Any, ...] | None:
+    """A plain ndarray's (shape, dtype), ``()`` for ``None``; ``None`` for anything else."""
+    if a is None:
+        return ()
+    if type(a) is np.ndarray:
+        return (a.shape, a.dtype)
+    return None
+
+
+def prepare_forward(
+    x: Any, kernel: Any, spec: ConvSpec, bias: Any = None
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, ResolvedConv, int, np.dtype[Any],
+           bool]:
+    """:func:`prepare` for :func:`conv`, remembered: ``(x, kernel, bias, resolved, groups,
+    result dtype, unbatched)``, the arrays channels-last and batched in the compute dtype.
+
+    The first call of a key runs every check of :func:`prepare` (and raises what it
+    raises); later calls with plain arrays of the same shapes and dtypes, the same
+    spec and the same limits reuse what it derived. The bias is not copied.
+
+    >>> from convarith import ConvSpec
+    >>> prepare_forward(np.ones((2, 5, 5)), np.ones((3, 3, 2, 4)), ConvSpec(3, data_format="channels_first"))[0].shape
+    (1, 5, 5, 2)
+    """
+    x_key, kernel_key, bias_key = _array_key(x), _array_key(kernel), _array_key(bias)
+    key: tuple[Any, ...] | None = None
+    if x_key and kernel_key is not None and bias_key is not None and type(spec) is ConvSpec:
+        key = (spec, x_key, kernel_key, bias_key, current_limits().max_output_values)
+        try:
+            known = _PREPARED.get(key)
+        except TypeError:  # an unhashable spec field: prepare every time
+            known, key = None, None
+        if known is not None:
+            resolved, groups, compute, result = known
+            unbatched = x.ndim == len(resolved.output_size) + 1
+            if unbatched:
+                x = x[None]
+            if spec.data_format == "channels_first":
+                x = np.moveaxis(x, 1, -1)
+            return (np.ascontiguousarray(x, dtype=compute),
+                    None if kernel is None else np.ascontiguousarray(kernel, dtype=compute),
+                    None if bias is None else bias.astype(compute, copy=False),
+                    resolved, groups, result, unbatched)
+    prepared = prepare(x, kernel, spec, bias)
+    if key is not None:
+        if len(_PREPARED) >= _PREPARED_MAX:
+            _PREPARED.clear()
+        _PREPARED[key] = (prepared.resolved, prepared.groups, prepared.x.dtype,
+                          prepared.result_dtype)
+    return (prepared.x, prepared.kernel, prepared.bias, prepared.resolved, prepared.groups,
+            prepared.result_dtype, prepared.unbatched)
 
 
 def _check_budget(resolved: ResolvedConv, batch: int, channels: int,
@@ -786,30 +848,34 @@ def conv(
         if algorithm is not None:
             raise ValueError(f"algorithm={algorithm!r} applies to the NumPy engine, not backend={backend!r}")
         return run(x, kernel, spec, bias, backend=backend)
-    prepared = prepare(x, kernel, spec, bias)
-    resolved = prepared.resolved
+    x_last, kernel_last, bias_last, resolved, groups, result_dtype, unbatched = prepare_forward(
+        x, kernel, spec, bias)
     y: np.ndarray
     if spec.pool is not None:
-        y = pooling.forward(prepared.x, resolved)
+        y = pooling.forward(x_last, resolved)
     elif spec.transposed:
-        assert prepared.kernel is not None
+        assert kernel_last is not None
         y = transposed_conv(
-            prepared.x, prepared.kernel, resolved.spec.strides,
-            resolved.spec.dilation, prepared.groups, resolved.padding, algorithm,
+            x_last, kernel_last, resolved.spec.strides,
+            resolved.spec.dilation, groups, resolved.padding, algorithm,
         )
     else:
-        assert prepared.kernel is not None
+        assert kernel_last is not None
         zeros = spec.padding_mode == "zeros"
-        xp = prepared.x if zeros else pad(prepared.x, resolved.padding, spec.padding_mode)
+        xp = x_last if zeros else pad(x_last, resolved.padding, spec.padding_mode)
         y = direct_conv(
-            xp, prepared.kernel, spec.strides, spec.dilation,
-            prepared.groups, resolved.output_size, algorithm,
+            xp, kernel_last, spec.strides, spec.dilation,
+            groups, resolved.output_size, algorithm,
             resolved.padding if zeros else None,
         )
-    if prepared.bias is not None:
-        y += prepared.bias
-    result = finish(y, prepared)
-    assert result is not None
+    if bias_last is not None:
+        y += bias_last
+    # back to the caller's layout, batch and dtype (finish(), without a Prepared)
+    if spec.data_format == "channels_first":
+        y = np.moveaxis(y, -1, 1)
+    if unbatched:
+        y = y[0]
+    result = np.ascontiguousarray(y, dtype=result_dtype)
     if spec.pool == "max":  # the max of integers is one of them: keep the dtype, as onnxruntime does
         source = np.asarray(x).dtype
         if source.kind in "iu" and np.isfinite(result).all():

@@ -18,6 +18,10 @@ remembered plans       (call's arguments, each array's shape,        as the reme
                        strides and dtype, worker count, workspace
                        budget) -> checked problem and algorithm
                        (``dispatch._PLANS``, at most 1024)
+prepared calls         (spec, x's, kernel's and bias's shapes and     nothing (pure: ``prepare``'s checks read
+                       dtypes, max_output_values) -> resolved spec,  only the key); emptied when full
+                       groups, dtypes (``core._PREPARED``, at most
+                       1024)
 autotune files         cache file path -> {problem key: algorithm}   the files are read again after
                        (``autotune._FILES``; the files themselves    :func:`clear_caches`; entries kept
                        are in the user's cache directory)            per file at most 4096
@@ -36,8 +40,9 @@ compiled kernels       numba kernels (col2im, depthwise, flat_rows,  ``CONVARITH
                        the binding),
                        SciPy's BLAS gemm; built once per key under
                        a lock (:func:`cached_once`)
-BLAS controller        threadpoolctl's view of the loaded BLAS       BLAS libraries loaded later
-                       libraries; libc's ``sched_getcpu``
+BLAS controller        threadpoolctl's view of the loaded BLAS       BLAS libraries loaded later;
+                       libraries; libc's ``sched_getcpu``; the       ``os.sched_setaffinity`` (clear to read
+                       process's core count (``_affinity_cores``)    the cores again)
 helper threads         one pool per process, one thread per core     a fork (the child makes its own);
                        but the caller's (``_threads._POOL``)         :func:`clear_caches` lets them end
 per-thread buffers     each thread's scratch arrays by name, up to   a larger request replaces one;
@@ -99,7 +104,7 @@ def cached_once(fn: F) -> F:
 def process_caches() -> dict[str, Callable[[], None]]:
     """Each cache of the table above by name, with the function that empties it."""
     from .. import spec
-    from . import autotune, dispatch
+    from . import autotune, core, dispatch
     from .algorithms import (
         _llvm,
         _llvm_depthwise,
@@ -122,6 +127,7 @@ def process_caches() -> dict[str, Callable[[], None]]:
     return {
         "remembered choices": dispatch._CHOICES.clear,
         "remembered plans": dispatch._PLANS.clear,
+        "prepared calls": core._PREPARED.clear,
         "autotune files": autotune.clear,
         "resolved specs": functions(spec._resolve_remembered),
         "kernel layouts": functions(register_tiles._layout),
@@ -133,7 +139,8 @@ def process_caches() -> dict[str, Callable[[], None]]:
             flat_rows._numba_im2col, flat_rows.blas_gemm, space_to_depth._numba_kernels,
             winograd._numba_kernels, _llvm._compiled, _llvm._target, _llvm._host, _llvm._llvm,
             _llvm._compiled_grouped, _llvm._compiled_interleaved, _llvm_depthwise._row_kernel),
-        "BLAS controller": functions(_threads._controller, _threads._sched_getcpu),
+        "BLAS controller": functions(_threads._controller, _threads._sched_getcpu,
+                                     _threads._affinity_cores),
         "helper threads": _threads._POOL.clear,
         "per-thread buffers": _threads.clear_workspaces,
     }

@@ -50,13 +50,20 @@ _LIMIT: contextvars.ContextVar[int | None] = contextvars.ContextVar("convarith_t
                                                                    default=None)
 
 
+@functools.cache  # no lock: an int, the same whoever reads it first
+def _affinity_cores() -> int:
+    """The cores this process may run on, read once per process (``clear_caches`` reads
+    them again, e.g. after ``os.sched_setaffinity``)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def worker_count() -> int:
     """Threads to use: the cores this process may run on, at most the
     :func:`thread_limit` in force and the ``CONVARITH_NUM_THREADS`` environment variable."""
-    try:
-        cores = max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = max(1, os.cpu_count() or 1)
+    cores = _affinity_cores()
     limit = _LIMIT.get()
     if limit is not None:
         cores = min(cores, limit)

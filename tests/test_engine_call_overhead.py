@@ -1,0 +1,100 @@
+"""The remembered forward path (``core.prepare_forward``): same results, same refusals.
+
+A call of a layer seen before skips :func:`~convarith.engine.core.prepare`'s checks;
+these tests make sure every bad input is still refused with the message of a first
+call, and that results, layouts and dtypes match a call made with empty caches.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from convarith import ConvSpec
+from convarith.engine import clear_caches, conv, core
+from convarith.limits import limits
+
+
+def _fresh_error(call) -> str:  # type: ignore[no-untyped-def]
+    clear_caches()
+    with pytest.raises((ValueError, TypeError)) as caught:
+        call()
+    return str(caught.value)
+
+
+@pytest.mark.parametrize("bad", ["kernel_shape", "bias_shape", "x_channels", "dtype", "no_kernel"])
+def test_a_remembered_layer_still_refuses_bad_inputs(bad: str) -> None:
+    rng = np.random.default_rng(17)
+    x = rng.standard_normal((1, 1, 1, 240)).astype(np.float32)
+    kernel = rng.standard_normal((1, 1, 240, 10)).astype(np.float32)
+    bias = rng.standard_normal(10).astype(np.float32)
+    spec = ConvSpec(1)
+    args = {
+        "kernel_shape": (x, kernel[:, :, :, :9], spec, bias),
+        "bias_shape": (x, kernel, spec, bias[:9]),
+        "x_channels": (x[..., :200], kernel, spec, bias),
+        "dtype": (x.astype(np.complex64), kernel, spec, bias),
+        "no_kernel": (x, None, spec, bias),
+    }[bad]
+    expected = _fresh_error(lambda: conv(*args))
+    conv(x, kernel, spec, bias)  # remembered now
+    assert core._PREPARED
+    with pytest.raises((ValueError, TypeError)) as caught:
+        conv(*args)
+    assert str(caught.value) == expected
+
+
+def test_a_lower_output_limit_refuses_a_remembered_layer() -> None:
+    x = np.ones((1, 7, 7, 8), np.float32)
+    kernel = np.ones((3, 3, 8, 8), np.float32)
+    spec = ConvSpec(3, padding="same")
+    conv(x, kernel, spec)
+    with limits(max_output_values=100), pytest.raises(ValueError, match="max_output_values=100"):
+        conv(x, kernel, spec)
+    assert conv(x, kernel, spec).shape == (1, 7, 7, 8)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.int32])
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("batched", [True, False])
+def test_remembered_calls_match_first_calls(dtype: type, data_format: str, batched: bool) -> None:
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((2, 6, 5, 4)) * 4).astype(dtype)
+    if data_format == "channels_first":
+        x = np.ascontiguousarray(np.moveaxis(x, -1, 1))
+    if not batched:
+        x = x[0]
+    kernel = (rng.standard_normal((3, 3, 2, 6)) * 4).astype(dtype)
+    bias = (rng.standard_normal(6) * 4).astype(dtype)
+    spec = ConvSpec(3, padding="same", groups=2, data_format=data_format)
+    clear_caches()
+    first = conv(x, kernel, spec, bias)
+    bias_before = bias.copy()
+    again = [conv(x, kernel, spec, bias) for _ in range(2)]
+    for later in again:
+        assert later.dtype == first.dtype and later.shape == first.shape
+        np.testing.assert_array_equal(later, first)
+    np.testing.assert_array_equal(bias, bias_before)  # the bias is read, never written
+    assert again[0] is not again[1]  # each call returns its own array
+
+
+def test_pooling_and_non_arrays_take_the_same_path() -> None:
+    x = np.arange(2 * 7 * 7 * 3, dtype=np.float32).reshape(2, 7, 7, 3)
+    spec = ConvSpec(7, pool="avg")
+    expected = x.mean(axis=(1, 2), keepdims=True)
+    for _ in range(3):
+        np.testing.assert_allclose(conv(x, None, spec), expected, rtol=1e-6)
+        np.testing.assert_allclose(conv(x.tolist(), None, spec), expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="takes no kernel"):
+        conv(x, np.ones((7, 7, 3, 3), np.float32), spec)
+
+
+def test_the_remembered_calls_are_bounded_and_cleared() -> None:
+    clear_caches()
+    kernel = np.ones((3, 3, 1), np.float32)
+    spec = ConvSpec(3, rank=1)
+    for n in range(3, 3 + core._PREPARED_MAX + 5):
+        conv(np.ones((1, n, 3), np.float32), kernel, spec)
+    assert 0 < len(core._PREPARED) <= core._PREPARED_MAX
+    clear_caches()
+    assert not core._PREPARED
