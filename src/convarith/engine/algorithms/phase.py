@@ -168,10 +168,7 @@ def transposed(
             scratch = None if blas else np.empty_like(target)
             for index, (tap, offset) in enumerate(tap_offsets):
                 piece = flat[start + offset: stop + offset]
-                if index == 0:
-                    np.matmul(piece, direct_kernel[tap], out=target)
-                else:
-                    accumulate(piece, direct_kernel[tap], target, scratch, blas)
+                accumulate(piece, direct_kernel[tap], target, scratch, blas, add=index > 0)
             on_grid = block.reshape(row1 - row0, *grid[1:], f)
             real = on_grid[(slice(None),) + tuple(slice(0, q) for q in counts[1:])]
             rows = slice(phase[0] + row0 * strides[0], phase[0] + row1 * strides[0], strides[0])
