@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import stat
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
@@ -129,12 +129,20 @@ def atomic_path(path: str | os.PathLike[str], force: bool = False) -> Iterator[P
     b'xyz'
     """
     target = check_writable(path, force)
-    handle, name = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=".part", dir=str(target.parent) or "."
-    )
-    os.close(handle)
-    temporary = Path(name)
+    folder = target.parent if str(target.parent) else Path(".")
+    # the temporary file's name is known before the file exists, so an interrupt at
+    # any moment (even inside the call that creates it) leaves nothing behind
+    ours: Path | None = None
     try:
+        while True:
+            temporary = folder / f".{target.name}.{secrets.token_hex(8)}.part"
+            ours = temporary
+            try:
+                os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            except FileExistsError:
+                ours = None  # another writer's: try another name
+                continue
+            break
         yield temporary
         with open(temporary, "rb") as stream:
             os.fsync(stream.fileno())
@@ -144,8 +152,9 @@ def atomic_path(path: str | os.PathLike[str], force: bool = False) -> Iterator[P
             )
         os.replace(temporary, target)
     except BaseException:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
+        if ours is not None:
+            with contextlib.suppress(OSError):
+                ours.unlink()
         raise
     _match_umask(target)
 
