@@ -15,8 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -295,8 +295,17 @@ def prepare_output(
     # folder beside the target and renamed into place only when whole, so a
     # run killed here never leaves a store without its settings.
     parent = target.parent if str(target.parent) else Path(".")
-    building = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=str(parent)))
+    # (its name is chosen before it exists, so an interrupt while it is being made
+    # leaves nothing behind either)
+    building: Path | None = None
     try:
+        while building is None:
+            candidate = parent / f".{target.name}.{secrets.token_hex(8)}.part"
+            building = candidate
+            try:
+                os.mkdir(candidate)
+            except FileExistsError:
+                building = None  # another run's: try another name
         array = zarr.open_array(store=str(building), mode="w", shape=shape, chunks=chunks, dtype=dtype)
         array.attrs[_ATTRS_KEY] = {**json.loads(json.dumps(settings)), "complete": False}
         (building / MARKER_FOLDER).mkdir()
@@ -304,7 +313,8 @@ def prepare_output(
             shutil.rmtree(target)
         os.rename(building, target)
     except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
+        if building is not None:
+            shutil.rmtree(building, ignore_errors=True)
         raise
     return False
 
