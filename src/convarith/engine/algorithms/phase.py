@@ -66,7 +66,7 @@ def transposed(
     padding: Sequence[tuple[int, int]],
     out_size: Sequence[int],
     *,
-    use_blas: bool = True,
+    use_blas: bool = False,
     threads: int | None = None,
     chunk_bytes: int | None = None,
 ) -> np.ndarray:
@@ -86,7 +86,8 @@ def transposed(
         Padding of the zero-inserted input per axis (``(lo, hi)``, negative
         crops): the resolved spec's ``.padding``.
     use_blas
-        Accumulate with BLAS ``gemm`` (``beta = 1``) when SciPy is installed.
+        Accumulate with SciPy's BLAS ``gemm`` (``beta = 1``); off by default, as in
+        :func:`.flat_rows.direct` (SciPy's OpenBLAS threads fight NumPy's).
     threads
         Worker threads (default: one per core).
     chunk_bytes
