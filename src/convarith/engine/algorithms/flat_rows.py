@@ -353,8 +353,7 @@ def direct(
         Off by default: SciPy loads its own OpenBLAS, whose threads then fight
         NumPy's for the cores (every other product in the engine is NumPy's).
         Measured: 3×3 64→64 on 8×56² 22.2 ms with it, 12.8 ms without; 16×28²×128
-        44.0 against 23.6 ms; 1×1 layers run after it in a network stalled for
-        4–15 ms (scheduler ticks) instead of 0.05–0.3 ms.
+        44.0 against 23.6 ms.
     gather
         Gather the taps of a block into one product (``None``: when
         ``C × taps`` is below :data:`GATHER_BELOW`, or the stride is above 1
