@@ -241,9 +241,10 @@ def _disjoint(problem: ConvProblem) -> bool:
                zip(problem.kernel_size, problem.strides, problem.dilation))
 
 
-#: When it applies: the windows do not overlap, one group, rank 1 to 3.
+#: When it applies: strided, the windows do not overlap, one group, rank 1 to 3.
 applies = Requirements((
     ("rank 1 to 3", lambda p: 1 <= p.rank <= 3),
+    ("a stride above 1 (stride 1 is a direct convolution)", lambda p: math.prod(p.strides) > 1),
     ("one group", lambda p: p.groups == 1),
     ("windows that do not overlap (dilated kernel <= stride on every axis)", _disjoint),
 ))
