@@ -165,7 +165,8 @@ def test_depth_to_space_against_torch(seed):
                     padding=tuple((p, p) for p in crop), output_padding=extra)
     assert spec.resolve(x.shape).padding == padding, what
     assert spec.resolve(x.shape).output_size == expected.shape[1:-1], what
-    assert relative_error(conv(x, kernel, spec, algorithm="depth_to_space"), expected) <= 1e-5
+    named = "depth_to_space" if max(strides) > 1 else None  # it takes strided problems only
+    assert relative_error(conv(x, kernel, spec, algorithm=named), expected) <= 1e-5, what
     dx, dk = conv_vjp(x, kernel, spec, np.moveaxis(dy, 1, -1))[:2]
     assert relative_error(dx, np.moveaxis(xt.grad.numpy(), 1, -1)) <= 1e-5, what
     assert relative_error(dk, np.moveaxis(wt.grad.numpy(), (0, 1), (-1, -2))) <= 1e-5, what
