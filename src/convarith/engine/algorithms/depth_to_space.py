@@ -172,11 +172,17 @@ def transposed(
     row_cells = math.prod(size3[1:])
     workers = worker_count() if threads is None else threads
     width = taps * f
-    row_bytes = width * x.dtype.itemsize
+    # the exact store multiplies one first-axis tap at a time: its products are narrower
+    per_cell = width // kernel3[0] if exact else width
+    row_bytes = per_cell * x.dtype.itemsize
     budget_cells = (max(MIN_CELLS, BLOCK_BYTES // row_bytes) if block_bytes is None
                     else max(1, block_bytes // row_bytes))
     blocks = _blocks(n, size3[0], row_cells, budget_cells, workers)
-    largest = max((n1 - n0) * (i1 - i0) for n0, n1, i0, i1 in blocks) * row_cells
+    # the buffer: the largest block's product (all taps at once where a block has fewer
+    # cells than columns, see run_block)
+    buffer_size = max(1, max(cells * (per_cell if cells >= width else width)
+                             for cells in ((n1 - n0) * (i1 - i0) * row_cells
+                                           for n0, n1, i0, i1 in blocks)))
     x_rows = x.reshape(n, size3[0], row_cells, c)
     y5 = y.reshape(n, *out3, f)
     y8 = y.reshape(n, size3[0], kernel3[0], size3[1], kernel3[1], size3[2], kernel3[2], f
@@ -191,7 +197,7 @@ def transposed(
         buffer = buffers.get(key)
         if buffer is None:
             buffer = buffers[key] = workspace("depth_to_space.products",
-                                              (max(1, largest * width),), x.dtype)
+                                              (buffer_size,), x.dtype)
         pieces = x_rows[n0:n1, i0:i1].reshape(cells, c)
         cells_major = cells >= width
         if cells_major and exact:
