@@ -90,6 +90,20 @@ def test_both_product_orders_and_the_exact_store():
         assert relative_error(y, expected) <= 1e-10, (x_shape, kernel_shape, padding)
 
 
+def test_blocks_of_both_product_orders_share_one_buffer():
+    """Rows cut into a block of 12 cells (12 columns: the cells-major product, one
+    first-axis tap at a time, 6 columns) and one of 8 (the transposed product, all 12
+    columns): the buffer holds the larger need, and the result is the reference's."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((1, 5, 4, 2))
+    kernel = rng.standard_normal((2, 2, 3, 2))
+    padding = ((1, 1), (1, 1))
+    expected = reference_scatter(x, kernel, (2, 2), (1, 1), 1, padding)
+    y = depth_to_space.transposed(x, kernel, (2, 2), (1, 1), 1, padding, (10, 8), threads=1,
+                                  block_bytes=12 * 6 * 8)
+    assert relative_error(y, expected) <= 1e-10
+
+
 def test_depth_to_space_refuses_overlapping_windows():
     x = np.ones((1, 4, 4, 2))
     with pytest.raises(ValueError, match="do not overlap"):
