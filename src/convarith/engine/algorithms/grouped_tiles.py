@@ -264,8 +264,10 @@ def _forward_plan(shape: tuple[int, int, int, int], kernel_shape: tuple[int, int
     x_row, x_cell = strides[0] * row_elems, strides[1] * c
     jobs = []
     if share >= 2 * oh:
+        # a chunk's input rows fit SLAB_BYTES also where x is read where it lies: each
+        # group's calls then find the chunk's rows in the cache
         image_bytes = needed * row_elems * itemsize
-        images = max(1, min(share // oh, n if unpadded else SLAB_BYTES // image_bytes))
+        images = max(1, min(share // oh, SLAB_BYTES // image_bytes))
         for g0 in range(0, n, images):
             count = min(n, g0 + images) - g0
             cells = Cells(count * oh, ow, oh, x_row, x_cell,
@@ -433,18 +435,24 @@ def weight_grad(
     ((3, 2, 4), 3.0)
     """
     rank = len(kernel_size)
-    if padding is not None and any(lo or hi for lo, hi in padding):
-        xp = np.pad(xp, ((0, 0), *((int(lo), int(hi)) for lo, hi in padding), (0, 0)))
     if rank == 1:
         dk = weight_grad(xp[:, None], dy[:, None], (1, *kernel_size), (1, *strides),
-                         (1, *dilation), groups, threads=threads)
+                         (1, *dilation), groups, threads=threads,
+                         padding=None if padding is None else ((0, 0), *padding))
         return dk[0]
     if rank != 2:
         raise ValueError(f"register_tiles_grouped needs a 1-D or 2-D convolution, got rank {rank}")
     dtype = np.dtype(xp.dtype)
     if not _llvm.available(dtype):
         raise ValueError(f"register_tiles_grouped has no compiled kernel for {dtype} here")
-    x = np.ascontiguousarray(xp, dtype=dtype)
+    if padding is not None and any(lo or hi for lo, hi in padding):
+        # zeros around a copy (np.pad's general path costs ~20 µs more per call)
+        (top, bottom), (left, right) = ((int(lo), int(hi)) for lo, hi in padding)
+        n, h, w, c = xp.shape
+        x = aligned_empty((n, h + top + bottom, w + left + right, c), dtype)
+        _fill(x, xp, -top, left)
+    else:
+        x = np.ascontiguousarray(xp, dtype=dtype)
     n, h, w, c = x.shape
     f = dy.shape[-1]
     kh, kw = (int(v) for v in kernel_size)
