@@ -462,8 +462,14 @@ def weight_grad(
     if cells == 0 or group_in == 0 or f == 0:
         return np.zeros((kh, kw, group_in, f), dtype)
     width = _llvm.vector_width(dtype)
-    runs = _plan_blocks(group_out, width)
+    # square groups of a vector's lanes divided by 1, 2 (or 4): every group side by side
+    # on the interleaved kernels, each lane its own group's (no spill)
+    interleave = (width // group_in if group_in == group_out and width % group_in == 0
+                  and width // group_in in GRADIENT_INTERLEAVES and c % width == 0 else 0)
+    runs = _plan_blocks(f if interleave else group_out, width)
     reach = runs[-1][1] + runs[-1][2] * runs[-1][0] * width  # columns a group's vectors cover
+    if interleave:
+        reach = group_out
     spill = reach - group_out  # lanes past a group's outputs
     # dy with room for the last group's spill on the last cell (values there are
     # multiplied into columns nobody keeps)
@@ -483,8 +489,12 @@ def weight_grad(
     # final: its vectors all in one run (written in one go), or no spill at all
     batched = spill == 0 or len(runs) == 1
     itemsize = dtype.itemsize
-    kernels = [(_llvm.compiled(dtype, vectors), start, blocks, vectors * width)
+    kernels = [(_llvm.compiled_interleaved(dtype, vectors, interleave) if interleave
+                else _llvm.compiled(dtype, vectors), start, blocks, vectors * width)
                for vectors, start, blocks in runs]
+    calls = ([(0, 1, ONE_PROBLEM)] if interleave else [(0, groups, Batch(
+        problems=groups, x_stride=group_in, w_stride=group_out, y_stride=group_out))] if batched
+        else [(g, 1, ONE_PROBLEM) for g in range(groups)])
     workers = threads if threads is not None else worker_count()
     share = max(MIN_SHARE, -(-cells // max(1, workers)))
 
@@ -498,18 +508,16 @@ def weight_grad(
         offsets_part = offsets[k0:k1]
         dy_base = dy_flat[k0 * f:].ctypes.data
         x_base, dk_base = x.ctypes.data, dk.ctypes.data
-        for first, problems in [(0, groups)] if batched else [(g, 1) for g in range(groups)]:
+        for first, _, batch in calls:
             for compiled_kernels, start, blocks, cols in kernels:
                 assert compiled_kernels is not None
                 compiled_kernels.run(
-                    x_base + first * group_in * itemsize,
+                    x_base + (first * group_in + (start if interleave else 0)) * itemsize,
                     dy_base + (first * group_out + start) * itemsize,
                     dk_base + (first * group_out + start) * itemsize,
                     offsets_part.ctypes.data, tap_cells,
                     Sums(blocks=blocks, steps=k1 - k0, step_stride=f, block_stride=cols,
-                         accumulate=0),
-                    Batch(problems=problems, x_stride=group_in, w_stride=group_out,
-                          y_stride=group_out))
+                         accumulate=0), batch)
 
     def work(k0: int, k1: int) -> np.ndarray:
         dk = np.empty((kh, kw, group_in, f_padded), dtype)
@@ -529,6 +537,11 @@ def weight_grad(
     for part in parts[1:]:
         total += part
     return np.ascontiguousarray(total[..., :f])
+
+
+#: Groups side by side in a vector with which the kernel gradient of square groups
+#: runs on the interleaved kernels (see :func:`weight_grad`).
+GRADIENT_INTERLEAVES = (1, 2, 4)
 
 
 def applies(problem: ConvProblem) -> bool:
