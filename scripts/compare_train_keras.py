@@ -16,8 +16,8 @@ Usage:
     KERAS_BACKEND=jax python scripts/compare_train_keras.py [--epochs 8] [--padding same]
         [--strides 1] [--dilation 1] [--repeats 1] [--profile FILE] [--one-thread]
 
-``--profile FILE`` writes convarith's training run as a cProfile file
-(``python -m pstats FILE``).
+``--profile FILE`` writes convarith's steady epochs (all but the first) as a
+cProfile file (``python -m pstats FILE``).
 
 ``--one-thread`` runs all three on one thread (convarith's engine and BLAS,
 PyTorch's ``set_num_threads(1)``, XLA's CPU client without its thread pool):
@@ -70,10 +70,14 @@ class EpochClock:
         return (statistics.median(w for w, _ in later), statistics.median(c for _, c in later))
 
 
-def convarith_clock_callback(clock: EpochClock):
+def convarith_clock_callback(clock: EpochClock, profiler: cProfile.Profile | None = None):
+    """Marks the clock after each epoch; starts ``profiler`` after the first (the steady
+    epochs are profiled, not the first one's compilation)."""
     class Mark(nn.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             clock.mark()
+            if epoch == 0 and profiler is not None:
+                profiler.enable()
 
     return Mark()
 
@@ -137,7 +141,7 @@ def main() -> None:
         default = DEFAULTS[name]
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
     parser.add_argument("--repeats", type=int, default=1, help="train each this many times")
-    parser.add_argument("--profile", default=None, help="cProfile convarith's run into FILE")
+    parser.add_argument("--profile", default=None, help="cProfile convarith's steady epochs into FILE")
     parser.add_argument("--convarith-threads", type=int, default=None,
                         help="also train convarith with the engine on this many threads "
                         "(engine.thread_limit; e.g. 1 on a machine whose cores are busy)")
@@ -173,11 +177,9 @@ def main() -> None:
         clocks["convarith"].append(clock)
         start, cpu = time.perf_counter(), time.process_time()
         clock.mark()
-        if profiler is not None:
-            profiler.enable()
         with engine.thread_limit(1) if args.one_thread else contextlib.nullcontext():
             ours.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-                     verbose=0, callbacks=[convarith_clock_callback(clock)])
+                     verbose=0, callbacks=[convarith_clock_callback(clock, profiler)])
         if profiler is not None:
             profiler.disable()
             profiler.dump_stats(args.profile)
