@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 
@@ -145,3 +146,38 @@ def test_steady_epochs_reuse_freed_blocks() -> None:
     # each step frees and allocates ~3 MB (~800 pages) of activations and gradients:
     # without reuse, four steps take over 3000 page faults
     assert faults < 1000, f"seed {SEED}: {faults} page faults in four steps"
+
+
+def test_input_gradient_without_the_padding_cells_matches_pytorch() -> None:
+    """``conv_vjp`` leaves zero padding out of the input gradient's grid (a crop of it,
+    negative where the padding is wider than the dilated kernel less one)."""
+    torch = pytest.importorskip("torch")
+    from convarith import ConvSpec, conv_vjp, engine
+
+    rng = np.random.default_rng(SEED)
+    functions = {1: torch.nn.functional.conv1d, 2: torch.nn.functional.conv2d}
+    trials = 10 if os.environ.get("CI") == "true" else 30
+    checked = 0
+    for trial in range(trials):
+        rank, k = int(rng.integers(1, 3)), int(rng.integers(1, 5))
+        s, d, g = (int(v) for v in rng.integers(1, [4, 3, 3]))
+        channels, filters = g * int(rng.integers(1, 3)), g * int(rng.integers(1, 3))
+        size, pad = int(rng.integers(k * d, k * d + 6)), int(rng.integers(0, k * d + 1))
+        spec = ConvSpec(k, strides=s, dilation=d, groups=g, padding=pad, rank=rank)
+        x = rng.standard_normal((2, *(size,) * rank, channels))
+        kernel = rng.standard_normal((*(k,) * rank, channels // g, filters))
+        try:
+            y = engine.conv(x, kernel, spec)
+        except ValueError:
+            continue
+        d_y = rng.standard_normal(y.shape)
+        d_x, _, _ = conv_vjp(x, kernel, spec, d_y)
+        xt = torch.from_numpy(np.moveaxis(x, -1, 1).copy()).requires_grad_()
+        kt = torch.from_numpy(np.moveaxis(np.moveaxis(kernel, -1, 0), -1, 1).copy())
+        yt = functions[rank](xt, kt, stride=s, padding=pad, dilation=d, groups=g)
+        yt.backward(torch.from_numpy(np.moveaxis(d_y, -1, 1).copy()))
+        assert xt.grad is not None
+        np.testing.assert_allclose(d_x, np.moveaxis(xt.grad.numpy(), 1, -1), rtol=1e-10,
+                                   atol=1e-10, err_msg=f"seed {SEED} trial {trial}: {spec}")
+        checked += 1
+    assert checked >= trials // 2
