@@ -91,12 +91,14 @@ def keep_freed_blocks() -> bool:
     True
     """
     import ctypes
-    import ctypes.util
 
-    name = ctypes.util.find_library("c")
+    if not sys.platform.startswith("linux"):
+        return False
     try:
-        libc = ctypes.CDLL(name) if name else None
-        if libc is None or not hasattr(libc, "gnu_get_libc_version"):
+        # the process's own symbols, libc's among them (find_library would start a
+        # subprocess at every fit)
+        libc = ctypes.CDLL(None)
+        if not hasattr(libc, "gnu_get_libc_version"):
             return False
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_MMAP_THRESHOLD_MAX)
                     and libc.mallopt(_M_TRIM_THRESHOLD, 2 * _GLIBC_MMAP_THRESHOLD_MAX))
