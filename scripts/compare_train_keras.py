@@ -14,15 +14,21 @@ threads) is steadier, and the ratios of one run are what to compare.
 
 Usage:
     KERAS_BACKEND=jax python scripts/compare_train_keras.py [--epochs 8] [--padding same]
-        [--strides 1] [--dilation 1] [--repeats 1] [--profile FILE]
+        [--strides 1] [--dilation 1] [--repeats 1] [--profile FILE] [--one-thread]
 
-``--profile FILE`` writes convarith's training run as a cProfile file
-(``python -m pstats FILE``).
+``--profile FILE`` writes convarith's steady epochs (all but the first) as a
+cProfile file (``python -m pstats FILE``).
+
+``--one-thread`` runs all three on one thread (convarith's engine and BLAS,
+PyTorch's ``set_num_threads(1)``, XLA's CPU client without its thread pool):
+on a machine whose cores are busy with other work, the CPU time of one thread
+is the comparison that holds.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import os
 import statistics
@@ -64,10 +70,14 @@ class EpochClock:
         return (statistics.median(w for w, _ in later), statistics.median(c for _, c in later))
 
 
-def convarith_clock_callback(clock: EpochClock):
+def convarith_clock_callback(clock: EpochClock, profiler: cProfile.Profile | None = None):
+    """Marks the clock after each epoch; starts ``profiler`` after the first (the steady
+    epochs are profiled, not the first one's compilation)."""
     class Mark(nn.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             clock.mark()
+            if epoch == 0 and profiler is not None:
+                profiler.enable()
 
     return Mark()
 
@@ -105,7 +115,7 @@ def torch_fit(initial, data, args, clock):
     xt = torch.from_numpy(x_train.astype("float32")).permute(0, 3, 1, 2).contiguous()
     yt = torch.from_numpy(y_train.astype("int64"))
     generator = torch.Generator().manual_seed(args.seed)
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(1 if args.one_thread else os.cpu_count() or 1)
     start, cpu = time.perf_counter(), time.process_time()
     clock.mark()
     for _ in range(args.epochs):
@@ -131,11 +141,20 @@ def main() -> None:
         default = DEFAULTS[name]
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
     parser.add_argument("--repeats", type=int, default=1, help="train each this many times")
-    parser.add_argument("--profile", default=None, help="cProfile convarith's run into FILE")
+    parser.add_argument("--profile", default=None, help="cProfile convarith's steady epochs into FILE")
     parser.add_argument("--convarith-threads", type=int, default=None,
                         help="also train convarith with the engine on this many threads "
                         "(engine.thread_limit; e.g. 1 on a machine whose cores are busy)")
+    parser.add_argument("--one-thread", action="store_true",
+                        help="run convarith, Keras-JAX and PyTorch on one thread each")
     args = parser.parse_args()
+    if args.one_thread:
+        for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CONVARITH_NUM_THREADS"):
+            os.environ[name] = "1"
+        # before JAX starts: XLA's CPU client computes on the calling thread
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen"
+                                   "=false intra_op_parallelism_threads=1").strip()
+        args.convarith_threads = None
 
     import keras
 
@@ -158,10 +177,9 @@ def main() -> None:
         clocks["convarith"].append(clock)
         start, cpu = time.perf_counter(), time.process_time()
         clock.mark()
-        if profiler is not None:
-            profiler.enable()
-        ours.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, verbose=0,
-                 callbacks=[convarith_clock_callback(clock)])
+        with engine.thread_limit(1) if args.one_thread else contextlib.nullcontext():
+            ours.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
+                     verbose=0, callbacks=[convarith_clock_callback(clock, profiler)])
         if profiler is not None:
             profiler.disable()
             profiler.dump_stats(args.profile)
@@ -205,7 +223,8 @@ def main() -> None:
     print(f"digits {args.size}x{args.size}: {len(x_train)} train / {len(x_test)} test; "
           f"padding={args.padding} strides={args.strides} dilation={args.dilation} "
           f"filters={args.filters} epochs={args.epochs} batch={args.batch_size} "
-          f"Adam lr={args.learning_rate}; cores={os.cpu_count()}")
+          f"Adam lr={args.learning_rate}; cores={os.cpu_count()}"
+          + ("; one thread each" if args.one_thread else ""))
     for name, runs in results.items():
         if not runs:
             print(f"{name:12s} not run (not installed, or no such padding)")

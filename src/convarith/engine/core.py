@@ -955,7 +955,13 @@ def conv_vjp(
         assert prepared.kernel is not None
         zeros = spec.padding_mode == "zeros"
         xp = prepared.x if zeros else pad(prepared.x, resolved.padding, spec.padding_mode)
-        if need_input_grad:
+        if need_input_grad and zeros and all(lo >= 0 and hi >= 0 for lo, hi in resolved.padding):
+            # the zero cells' gradient is dropped: leave them out of the grid (crop it)
+            # rather than compute them and crop the result (a third more cells at 16x16)
+            d_x = transposed_conv(dy, prepared.kernel, strides, dilation, groups, [
+                (a - lo, b - hi) for (a, b), (lo, hi) in
+                zip(resolved.input_gradient_padding, resolved.padding)], algorithm)
+        elif need_input_grad:
             d_xp = transposed_conv(dy, prepared.kernel, strides, dilation, groups,
                                    resolved.input_gradient_padding, algorithm)
             d_x = pad_adjoint(d_xp, resolved.padding, spec.padding_mode)

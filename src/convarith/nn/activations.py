@@ -1,7 +1,9 @@
 """Activation functions with their gradients, named as Keras names them.
 
 Each activation is a pair of pure functions: ``forward(z) -> y`` and
-``backward(d_y, z, y) -> d_z``.
+``backward(d_y, z, y) -> d_z``. Every gradient here can be read off ``y``
+alone (``z > 0`` exactly where ``relu(z) > 0``), so a layer that owns ``z`` may
+overwrite it with ``y`` (:meth:`Activation.overwrite`) and pass ``y`` for both.
 
 Examples
 --------
@@ -33,6 +35,22 @@ class Activation:
     name: str
     forward: Callable[[np.ndarray], np.ndarray]
     backward: Callable[[np.ndarray, np.ndarray, Any], np.ndarray]
+
+    def overwrite(self, z: np.ndarray) -> np.ndarray:
+        """``forward(z)``, written into ``z`` where it can be (``relu``, ``linear``):
+        for a caller that owns ``z`` and will not read it again. ``backward(d_y, y, y)``
+        then gives the same gradient as ``backward(d_y, z, y)``.
+
+        >>> z = np.array([-1.0, 2.0])
+        >>> y = get("relu").overwrite(z)
+        >>> y is z, z, get("relu").backward(np.ones(2), y, y)
+        (True, array([0., 2.]), array([0., 1.]))
+        """
+        if self.name == "relu":
+            return np.maximum(z, 0, out=z)
+        if self.name == "linear":
+            return z
+        return self.forward(z)
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:

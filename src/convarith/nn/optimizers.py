@@ -1,7 +1,10 @@
 """SGD (with momentum), Adam and RMSprop, updating exactly as Keras 3 does.
 
-An optimizer keeps one state slot per variable (by position) and updates the
-variables in place: ``optimizer.apply(variables, gradients)``.
+An optimizer updates the variables in place: ``optimizer.apply(variables,
+gradients)``. Every update rule is elementwise, so one step runs each rule once
+over all the variables of a dtype laid end to end (a few NumPy calls per step,
+not a few per variable); the state slots (``m``, ``v`` ...) are kept in that flat
+layout, keyed by it: a different list of variable shapes starts fresh slots.
 
 Examples
 --------
@@ -15,7 +18,7 @@ array([0.9], dtype=float32)
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,19 +36,37 @@ def _rate(name: str, value: Any, low: float = 0.0, high: float | None = None) ->
     return value
 
 
-def _copy_state(state: dict[int, dict[str, np.ndarray]]) -> dict[int, dict[str, np.ndarray]]:
+#: the key of one flat group of variables: their dtype and (position, shape) of each
+Layout = tuple[str, tuple[tuple[int, tuple[int, ...]], ...]]
+State = dict[Layout, dict[str, np.ndarray]]
+
+
+def _copy_state(state: State) -> State:
     """The slots' arrays copied (taken every step; ``copy.deepcopy`` took 6x as long)."""
-    return {index: {name: array.copy() for name, array in slot.items()}
-            for index, slot in state.items()}
+    return {key: {name: array.copy() for name, array in slot.items()}
+            for key, slot in state.items()}
+
+
+def flat_groups(variables: Sequence[np.ndarray]) -> list[Layout]:
+    """The variables grouped by dtype, in order: one flat layout per dtype.
+
+    >>> flat_groups([np.zeros((2, 3), np.float32), np.zeros(4, np.float64), np.zeros(5, np.float32)])
+    [('<f4', ((0, (2, 3)), (2, (5,)))), ('<f8', ((1, (4,)),))]
+    """
+    groups: dict[str, list[tuple[int, tuple[int, ...]]]] = {}
+    for position, variable in enumerate(variables):
+        groups.setdefault(variable.dtype.str, []).append((position, variable.shape))
+    return [(dtype, tuple(members)) for dtype, members in groups.items()]
 
 
 class Optimizer:
-    """Base class. Subclasses define ``update(index, variable, gradient)``."""
+    """Base class. Subclasses define ``update(key, variable, gradient)``, elementwise,
+    on one flat group of variables (``key`` names its state slot)."""
 
     def __init__(self, learning_rate: float) -> None:
         self.learning_rate = _rate("learning_rate", learning_rate)
         self.iterations = 0
-        self.state: dict[int, dict[str, np.ndarray]] = {}
+        self.state: State = {}
 
     def apply(self, variables: list[np.ndarray], gradients: list[np.ndarray]) -> None:
         """One step: update every variable in place from its gradient."""
@@ -53,18 +74,27 @@ class Optimizer:
             raise ValueError(
                 f"got {len(gradients)} gradients for {len(variables)} variables"
             )
-        for index, (variable, gradient) in enumerate(zip(variables, gradients)):
-            self.update(index, variable, gradient.astype(variable.dtype, copy=False))
+        for key in flat_groups(variables):
+            members = [variables[position] for position, _ in key[1]]
+            flat = np.concatenate([v.reshape(-1) for v in members])
+            flat_gradient = np.concatenate([
+                gradients[position].astype(flat.dtype, copy=False).reshape(-1)
+                for position, _ in key[1]])
+            self.update(key, flat, flat_gradient)
+            start = 0
+            for variable in members:
+                variable[...] = flat[start:start + variable.size].reshape(variable.shape)
+                start += variable.size
         self.iterations += 1
 
-    def update(self, index: int, variable: np.ndarray, gradient: np.ndarray) -> None:
+    def update(self, key: Layout, variable: np.ndarray, gradient: np.ndarray) -> None:
         raise NotImplementedError
 
-    def snapshot(self) -> tuple[int, dict[int, dict[str, np.ndarray]]]:
+    def snapshot(self) -> tuple[int, State]:
         """The optimizer's state, copied (to restore after a failed step)."""
         return self.iterations, _copy_state(self.state)
 
-    def restore(self, snapshot: tuple[int, dict[int, dict[str, np.ndarray]]]) -> None:
+    def restore(self, snapshot: tuple[int, State]) -> None:
         self.iterations, self.state = snapshot[0], _copy_state(snapshot[1])
 
     def get_config(self) -> dict[str, Any]:
@@ -86,13 +116,13 @@ class SGD(Optimizer):
             raise TypeError(f"nesterov must be True or False, got {nesterov!r}")
         self.nesterov = nesterov
 
-    def update(self, index: int, variable: np.ndarray, gradient: np.ndarray) -> None:
+    def update(self, key: Layout, variable: np.ndarray, gradient: np.ndarray) -> None:
         lr = variable.dtype.type(self.learning_rate)
         if self.momentum == 0:
             variable -= gradient * lr
             return
         momentum = variable.dtype.type(self.momentum)
-        slot = self.state.setdefault(index, {"m": np.zeros_like(variable)})
+        slot = self.state.setdefault(key, {"m": np.zeros_like(variable)})
         m = slot["m"]
         m[...] = m * momentum - gradient * lr
         if self.nesterov:
@@ -114,13 +144,13 @@ class Adam(Optimizer):
         self.beta_2 = _rate("beta_2", beta_2, 0.0, 1.0)
         self.epsilon = _rate("epsilon", epsilon)
 
-    def update(self, index: int, variable: np.ndarray, gradient: np.ndarray) -> None:
+    def update(self, key: Layout, variable: np.ndarray, gradient: np.ndarray) -> None:
         dtype = variable.dtype.type
         step = dtype(self.iterations + 1)
         beta_1, beta_2 = dtype(self.beta_1), dtype(self.beta_2)
         alpha = dtype(self.learning_rate) * np.sqrt(1 - beta_2**step) / (1 - beta_1**step)
         slot = self.state.setdefault(
-            index, {"m": np.zeros_like(variable), "v": np.zeros_like(variable)}
+            key, {"m": np.zeros_like(variable), "v": np.zeros_like(variable)}
         )
         m, v = slot["m"], slot["v"]
         # Keras takes 1 - beta in Python floats, then casts: float32(1 - 0.999) is
@@ -166,12 +196,12 @@ class RMSprop(Optimizer):
             raise TypeError(f"centered must be True or False, got {centered!r}")
         self.centered = centered
 
-    def update(self, index: int, variable: np.ndarray, gradient: np.ndarray) -> None:
+    def update(self, key: Layout, variable: np.ndarray, gradient: np.ndarray) -> None:
         dtype = variable.dtype.type
         # the constants as Keras has them: computed in Python floats, then cast
         rho, one_minus_rho, epsilon = dtype(self.rho), dtype(1 - self.rho), dtype(self.epsilon)
         names = ["v"] + (["m"] if self.momentum > 0 else []) + (["a"] if self.centered else [])
-        slot = self.state.setdefault(index, {name: np.zeros_like(variable) for name in names})
+        slot = self.state.setdefault(key, {name: np.zeros_like(variable) for name in names})
         v = slot["v"]
         v[...] = rho * v + one_minus_rho * (gradient * gradient)
         if self.centered:
