@@ -602,6 +602,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="networks suite: image side (default 224, --quick 112)")
     parser.add_argument("--markdown", metavar="FILE",
                         help="networks suite: also write the per-layer table as Markdown")
+    parser.add_argument("--one-process", action="store_true",
+                        help="networks suite: time every runtime in this one process, in "
+                             "turn (default: each runtime in a process of its own)")
     parser.add_argument("--jit", choices=("on", "off", "numpy"), default=None,
                         help="compiled kernels: on (default: as the environment says), off "
                              "(CONVARITH_JIT=0: no llvmlite kernels, numba kept), numpy "
@@ -667,6 +670,7 @@ def _main_networks(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         parser.error(f"--block must be at least 1, got {args.block}")
     results = nets.run_networks(names, batches, image=image, backward=not args.quick,
                                 repeat=repeat, block=args.block,
+                                one_process=args.one_process,
                                 log=lambda msg: print(msg, file=sys.stderr, flush=True))
     stamp = (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
              f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
