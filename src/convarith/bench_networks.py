@@ -14,8 +14,11 @@ occur. Each distinct layer runs on the activations the network gives it
 where the layer before produced them (that layer's output, through a ReLU),
 else on ReLU'd normal noise of the right shape. Every layer runs through
 convarith, PyTorch (the better of NCHW and channels-last) and onnxruntime
-(forward; a one-node model per layer), round-robin after warm-up; a
-network's time is the sum over its layers of count × median time.
+(forward; a one-node model per layer), each runtime in a process of its own
+on the same inputs (``one_process=True``: in turn in this process); a
+network's time is the sum over its layers of count × median time. Untimed,
+each layer's error against PyTorch in float64 and convarith's peak extra
+memory (tracemalloc) are measured too.
 
 Examples
 --------
@@ -43,7 +46,7 @@ from .spec import ConvSpec
 __all__ = ["NetLayer", "NETWORKS", "distinct", "multiply_adds", "LayerResult",
            "NetworkResult", "run_networks", "render_networks", "markdown_layers",
            "inventory_markdown", "summary_networks", "JIT_MODES", "set_mode",
-           "mode_description"]
+           "mode_description", "RUNTIMES", "MEMORY_LIMIT"]
 
 
 @dataclass(frozen=True)
