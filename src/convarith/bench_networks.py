@@ -745,13 +745,39 @@ def _time_in_process(runtime: str, mode: str, folder: str, layers: list[NetLayer
             "checksum": checksum}
 
 
-def _in_child(fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)`` in a fresh process (spawned: no thread pool of this one is shared)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+def _in_child(folder: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in a fresh Python process (no thread pool of this one is shared);
+    the call and its result travel as pickles through ``folder``."""
+    import pickle
+    import subprocess
+    import sys
 
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(fn, *args).result()
+    task = os.path.join(folder, "task.pickle")
+    answer = os.path.join(folder, "answer.pickle")
+    with open(task, "wb") as handle:
+        pickle.dump((fn.__module__, fn.__name__, args), handle)
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    environment = dict(os.environ)
+    environment["PYTHONPATH"] = os.pathsep.join(
+        [package_root, *filter(None, [os.environ.get("PYTHONPATH")])])
+    done = subprocess.run([sys.executable, "-c", _CHILD, task, answer], env=environment,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the benchmark's child process failed ({fn.__name__}{args[:1]}):\n"
+                           f"{done.stderr[-4000:]}")
+    with open(answer, "rb") as handle:
+        return pickle.load(handle)
+
+
+#: What a child process runs: read the call, make it, write the result.
+_CHILD = """
+import importlib, pickle, sys
+with open(sys.argv[1], "rb") as handle:
+    module, name, args = pickle.load(handle)
+result = getattr(importlib.import_module(module), name)(*args)
+with open(sys.argv[2], "wb") as handle:
+    pickle.dump(result, handle)
+"""
 
 
 def _network_isolated(name: str, layers: dict[NetLayer, int], batch: int, backward: bool,
@@ -767,7 +793,7 @@ def _network_isolated(name: str, layers: dict[NetLayer, int], batch: int, backwa
             np.save(os.path.join(folder, f"x{i}.npy"), x)
             if kernel is not None:
                 np.save(os.path.join(folder, f"k{i}.npy"), kernel)
-        runs = {runtime: _in_child(_time_in_process, runtime, _current_mode(), folder,
+        runs = {runtime: _in_child(folder, _time_in_process, runtime, _current_mode(), folder,
                                    ordered, batch, backward, repeat, block)
                 for runtime in RUNTIMES}
     ours = runs["convarith"]
