@@ -155,6 +155,8 @@ def test_networks_suite_runs_one_small_layer_per_network(tmp_path) -> None:
     (["--batches", "1,x"], "--batches must be comma-separated whole numbers, got '1,x'"),
     (["--batches", "0"], "--batches must be at least 1, got '0'"),
     (["--image", "16"], "--image must be at least 32 (five halvings), got 16"),
+    (["--threads", "0"], "--threads must be at least 1 and needs a process per runtime"),
+    (["--threads", "1", "--one-process"], "--threads must be at least 1 and needs a process"),
 ])
 def test_networks_suite_refuses_bad_arguments(argv, message,
                                               capsys: pytest.CaptureFixture[str]) -> None:

@@ -416,8 +416,8 @@ def _torch_pool(layer: NetLayer, x: np.ndarray, backward: bool) -> Callable[[], 
     return lambda: torch.autograd.grad(pool(a), (a,), g)
 
 
-def _onnx_runner(layer: NetLayer, x: np.ndarray, kernel: np.ndarray | None
-                 ) -> Callable[[], Any] | None:
+def _onnx_runner(layer: NetLayer, x: np.ndarray, kernel: np.ndarray | None,
+                 threads: int | None = None) -> Callable[[], Any] | None:
     """A one-node onnxruntime session (NCHW, all cores), or None without onnxruntime."""
     try:
         import onnx
@@ -458,7 +458,7 @@ def _onnx_runner(layer: NetLayer, x: np.ndarray, kernel: np.ndarray | None
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = min(model.ir_version, 9)
     options = ort.SessionOptions()
-    options.intra_op_num_threads = os.cpu_count() or 1
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(onnx._serialize(model) if hasattr(onnx, "_serialize")
                                    else model.SerializeToString(), options,
@@ -590,9 +590,11 @@ RUNTIMES = ("convarith", "torch", "onnxruntime")
 
 
 def _runner(runtime: str, layer: NetLayer, batch: int, x: np.ndarray,
-            kernel: np.ndarray | None, d_out: np.ndarray | None) -> Callable[[], Any] | None:
+            kernel: np.ndarray | None, d_out: np.ndarray | None,
+            threads: int | None = None) -> Callable[[], Any] | None:
     """One call of ``layer`` through ``runtime`` (backward when ``d_out`` is given), or
-    None where the runtime is missing or has no such call (onnxruntime: forward only)."""
+    None where the runtime is missing or has no such call (onnxruntime: forward only).
+    PyTorch and onnxruntime use ``threads`` threads (default: every core)."""
     backward = d_out is not None
     if runtime == "convarith":
         from .engine import conv, conv_vjp
@@ -603,13 +605,19 @@ def _runner(runtime: str, layer: NetLayer, batch: int, x: np.ndarray,
         return lambda: conv(x, kernel, spec)
     if runtime == "torch":
         if kernel is None:
-            return _torch_pool(layer, x, backward)
-        from .bench import torch_runner
+            fn = _torch_pool(layer, x, backward)
+        else:
+            from .bench import torch_runner
 
-        picked = torch_runner(_case(layer, batch), x, kernel, backward)
-        return picked[0] if picked is not None else None
+            picked = torch_runner(_case(layer, batch), x, kernel, backward)
+            fn = picked[0] if picked is not None else None
+        if fn is not None and threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)  # the runners above take every core
+        return fn
     if runtime == "onnxruntime":
-        return None if backward else _onnx_runner(layer, x, kernel)
+        return None if backward else _onnx_runner(layer, x, kernel, threads)
     raise ValueError(f"runtime={runtime!r} is not one of {', '.join(RUNTIMES)}")
 
 
@@ -708,7 +716,8 @@ def _current_mode() -> str:
 
 
 def _time_in_process(runtime: str, mode: str, folder: str, layers: list[NetLayer],
-                     batch: int, backward: bool, repeat: int, block: int) -> dict[str, Any]:
+                     batch: int, backward: bool, repeat: int, block: int,
+                     threads: int | None = None) -> dict[str, Any]:
     """One runtime times a network's layers in order, in a process of its own.
 
     The inputs are read from ``folder`` (``x{i}.npy``, ``k{i}.npy``), as the parent
@@ -733,7 +742,7 @@ def _time_in_process(runtime: str, mode: str, folder: str, layers: list[NetLayer
             if array is not None:
                 checksum = zlib.crc32(array.tobytes(), checksum)
         d_out = _output_gradient(layer, batch) if backward else None
-        fn = _runner(runtime, layer, batch, x, kernel, d_out)
+        fn = _runner(runtime, layer, batch, x, kernel, d_out, threads)
         times.append(None if fn is None else _time_runner(fn, repeat, block))
     if runtime == "convarith":
         for i, layer in enumerate(layers):
@@ -745,9 +754,16 @@ def _time_in_process(runtime: str, mode: str, folder: str, layers: list[NetLayer
             "checksum": checksum}
 
 
-def _in_child(folder: str, fn: Callable[..., Any], *args: Any) -> Any:
+#: The variables that set the thread pools' sizes when a process starts.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                    "CONVARITH_NUM_THREADS")
+
+
+def _in_child(folder: str, fn: Callable[..., Any], *args: Any, threads: int | None = None
+              ) -> Any:
     """``fn(*args)`` in a fresh Python process (no thread pool of this one is shared);
-    the call and its result travel as pickles through ``folder``."""
+    the call and its result travel as pickles through ``folder``. ``threads`` sets
+    :data:`THREAD_VARIABLES` in the child."""
     import pickle
     import subprocess
     import sys
@@ -758,6 +774,8 @@ def _in_child(folder: str, fn: Callable[..., Any], *args: Any) -> Any:
         pickle.dump((fn.__module__, fn.__name__, args), handle)
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     environment = dict(os.environ)
+    if threads is not None:
+        environment.update({name: str(threads) for name in THREAD_VARIABLES})
     environment["PYTHONPATH"] = os.pathsep.join(
         [package_root, *filter(None, [os.environ.get("PYTHONPATH")])])
     done = subprocess.run([sys.executable, "-c", _CHILD, task, answer], env=environment,
@@ -782,7 +800,7 @@ with open(sys.argv[2], "wb") as handle:
 
 def _network_isolated(name: str, layers: dict[NetLayer, int], batch: int, backward: bool,
                       inputs: dict[NetLayer, tuple[np.ndarray, np.ndarray | None]],
-                      repeat: int, block: int) -> NetworkResult:
+                      repeat: int, block: int, threads: int | None = None) -> NetworkResult:
     import tempfile
 
     ordered = list(layers)
@@ -794,7 +812,8 @@ def _network_isolated(name: str, layers: dict[NetLayer, int], batch: int, backwa
             if kernel is not None:
                 np.save(os.path.join(folder, f"k{i}.npy"), kernel)
         runs = {runtime: _in_child(folder, _time_in_process, runtime, _current_mode(), folder,
-                                   ordered, batch, backward, repeat, block)
+                                   ordered, batch, backward, repeat, block, threads,
+                                   threads=threads)
                 for runtime in RUNTIMES}
     ours = runs["convarith"]
     network.processes = {runtime: run["pid"] for runtime, run in runs.items()}
@@ -836,14 +855,20 @@ def _time_layer(name: str, layer: NetLayer, count: int, batch: int, backward: bo
 def run_networks(names: Sequence[str], batches: Sequence[int] = (1, 16), *, image: int = 224,
                  backward: bool = True, repeat: int = 3, block: int = 1,
                  log: Callable[[str], None] | None = None,
-                 only_first: bool = False, one_process: bool = False) -> list[NetworkResult]:
+                 only_first: bool = False, one_process: bool = False,
+                 threads: int | None = None) -> list[NetworkResult]:
     """Time every distinct layer of each network in ``names`` at each batch size.
 
     Each runtime times a network's layers (one batch, one direction) in a process
-    of its own, on the same inputs; ``one_process=True`` times them in turn in
-    this process instead (each runtime's idle threads then slow the next one).
+    of its own, on the same inputs, with ``threads`` threads (default: every
+    core); ``one_process=True`` times them in turn in this process instead (each
+    runtime's idle threads then slow the next one).
     ``only_first``: the first convolution of each network only (a smoke run).
     """
+    if threads is not None and (one_process or threads < 1):
+        raise ValueError(f"threads={threads} needs a whole number of at least 1 and a "
+                         "process per runtime (one_process=False): the thread pools are "
+                         "sized when a process starts")
     results = []
     for name in names:
         layers = distinct(NETWORKS[name](image))
@@ -859,7 +884,7 @@ def run_networks(names: Sequence[str], batches: Sequence[int] = (1, 16), *, imag
                         log(f"{name} batch {batch} {direction}: {len(layers)} layers, "
                             f"one process per runtime")
                     results.append(_network_isolated(name, layers, batch, backward_pass,
-                                                     inputs, repeat, block))
+                                                     inputs, repeat, block, threads))
                     continue
                 network = NetworkResult(name, batch, direction)
                 for layer, count in layers.items():
