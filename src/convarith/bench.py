@@ -682,7 +682,7 @@ def _main_networks(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
              f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
              f"image {image}, {nets.mode_description()}; {_blas_description()}; "
              + ("all runtimes in one process" if args.one_process else
-                f"a process per runtime, {args.threads or 'all'} threads"))
+                f"a process per runtime, threads: {args.threads or 'every core'}"))
     print(stamp)
     print(nets.render_networks(results))
     if args.markdown:
