@@ -8,6 +8,7 @@ columns empty instead of failing.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 from convarith import ConvSpec, bench
@@ -132,9 +134,9 @@ def test_networks_suite_runs_one_small_layer_per_network(tmp_path) -> None:
     from convarith import bench_networks as nets
 
     results = nets.run_networks(list(nets.NETWORKS), (1,), image=32, backward=False,
-                                repeat=1, only_first=True)
+                                repeat=1, only_first=True, one_process=True)
     results += nets.run_networks(["wavenet"], (2,), image=32, backward=True, repeat=1,
-                                 only_first=True)
+                                 only_first=True, one_process=True)
     assert [n.direction for n in results] == ["forward"] * (len(nets.NETWORKS) + 1) + [
         "backward"]
     for network in results:
@@ -153,6 +155,8 @@ def test_networks_suite_runs_one_small_layer_per_network(tmp_path) -> None:
     (["--batches", "1,x"], "--batches must be comma-separated whole numbers, got '1,x'"),
     (["--batches", "0"], "--batches must be at least 1, got '0'"),
     (["--image", "16"], "--image must be at least 32 (five halvings), got 16"),
+    (["--threads", "0"], "--threads must be at least 1 and needs a process per runtime"),
+    (["--threads", "1", "--one-process"], "--threads must be at least 1 and needs a process"),
 ])
 def test_networks_suite_refuses_bad_arguments(argv, message,
                                               capsys: pytest.CaptureFixture[str]) -> None:
@@ -169,3 +173,95 @@ def test_the_documented_layer_inventory_is_the_generated_one() -> None:
 
     page = Path(__file__).resolve().parents[1] / "docs" / "benchmarks-networks.md"
     assert nets.inventory_markdown() in page.read_text(encoding="utf-8")
+
+
+def test_each_runtime_times_in_a_process_of_its_own_on_the_same_inputs() -> None:
+    """The default race: one child process per runtime, identical inputs, the
+    checks (error against PyTorch, peak memory, paths) filled from the convarith one."""
+    from convarith import bench_networks as nets
+
+    results = nets.run_networks(["resnet50"], (1,), image=32, backward=False, repeat=1,
+                                only_first=True)
+    assert [n.direction for n in results] == ["forward"]
+    for network in results:
+        pids = network.processes
+        assert set(pids) == set(nets.RUNTIMES)
+        assert len(set(pids.values())) == 3 and os.getpid() not in pids.values(), pids
+        assert len(set(network.input_checksums.values())) == 1, network.input_checksums
+        (layer,) = network.layers
+        assert layer.layer == "7x7 s2, 3->64, 32x32" and layer.convarith_s > 0
+        assert layer.paths and layer.memory_ratio == layer.peak_bytes / layer.io_bytes
+        if layer.torch_s is not None:
+            assert layer.error_against == "torch float64"
+        assert 0 < layer.rel_error <= 1e-5, layer
+    assert results[0].layers[0].onnxruntime_s is not None or \
+        importlib.util.find_spec("onnxruntime") is None
+
+
+def test_peak_memory_counts_the_result_and_the_call_arrays() -> None:
+    from convarith import bench_networks as nets
+
+    layer = nets.NetLayer("conv", (12, 12), 4, 8, 3, padding=1)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(layer.input_shape(2), np.float32)
+    kernel = rng.standard_normal(layer.kernel_shape(), np.float32)
+    out_bytes = 4 * 2 * 12 * 12 * 8
+    _, _, peak, io = nets._check_layer(layer, 2, x, kernel, None)
+    assert io == x.nbytes + kernel.nbytes + out_bytes == 4 * (2 * 144 * 4 + 9 * 32) + out_bytes
+    assert peak >= out_bytes  # the result is allocated during the call (NumPy is traced)
+    d_out = nets._output_gradient(layer, 2)
+    errors, _, peak, io = nets._check_layer(layer, 2, x, kernel, d_out)
+    assert len(errors) == 2 and max(errors) < 1e-5  # input and kernel gradients
+    assert io == 2 * (x.nbytes + kernel.nbytes) + d_out.nbytes
+    assert peak >= x.nbytes + kernel.nbytes  # both gradients
+
+
+def test_errors_are_measured_against_an_independent_result(monkeypatch) -> None:
+    pytest.importorskip("torch")
+    import convarith.engine
+    from convarith import bench_networks as nets
+
+    layer = nets.NetLayer("conv", (9, 9), 3, 5, 3, stride=2, padding=1)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(layer.input_shape(1), np.float32)
+    kernel = rng.standard_normal(layer.kernel_shape(), np.float32)
+    errors, against, _, _ = nets._check_layer(layer, 1, x, kernel, None)
+    assert against == "torch float64" and errors[0] < 1e-6
+    real = convarith.engine.conv
+    monkeypatch.setattr(convarith.engine, "conv",
+                        lambda *args, **kwargs: real(*args, **kwargs) * np.float32(1.001))
+    errors, _, _, _ = nets._check_layer(layer, 1, x, kernel, None)
+    assert errors[0] == pytest.approx(1e-3, rel=1e-2)
+
+
+def _result(direction: str, paths: list[str], errors: list[float], memory: float,
+            torch_s: float | None = 2e-3) -> object:
+    from convarith import bench_networks as nets
+
+    return nets.LayerResult("net", "3x3, 8->8, 8x8", "conv", 1, direction, 1, 1, paths, 1e-3,
+                            torch_s, None, max(errors), errors, "torch float64",
+                            int(memory * 1000), 1000, memory)
+
+
+def test_summary_lists_memory_over_the_limit_and_errors_per_path() -> None:
+    from convarith import bench_networks as nets
+
+    forward = nets.NetworkResult("net", 1, "forward", [
+        _result("forward", ["gemm"], [3e-7], 0.9), _result("forward", ["depthwise"], [1e-6], 2.5)])
+    text = nets.render_networks([forward])
+    assert "backward" not in text and "(min )" not in text
+    assert "per-layer geomean torch/convarith: forward 2.00 (min 2.00); worst" in text
+    assert "peak extra memory over 1.5x (input + kernel + output bytes): 1 layers" in text
+    assert "2.50x net batch 1 for: 3x3, 8->8, 8x8 (depthwise)" in text
+    assert "against torch float64, forward: depthwise 1.0e-06, gemm 3.0e-07" in text
+    backward = nets.NetworkResult("net", 1, "backward", [
+        _result("backward", ["gemm", "col2im", "wgrad"], [4e-7, 2e-6], 1.2)])
+    info = nets.summary_networks([forward, backward])
+    assert info["backward_worst_error_per_path"] == {"col2im": 4e-7, "wgrad": 2e-6}
+    assert info["worst_memory_ratio"] == {"net batch 1 forward": 2.5,
+                                          "net batch 1 backward": 1.2}
+    assert [o["memory_ratio"] for o in info["over_memory_limit"]] == [2.5]
+    text = nets.render_networks([forward, backward])
+    assert "backward: col2im 4.0e-07, wgrad 2.0e-06" in text
+    assert "| net | 1 | for | 3x3, 8->8, 8x8 | 1 | depthwise |" in nets.markdown_layers([forward])
+    assert nets.markdown_layers([forward]).splitlines()[3].endswith("| 2.50 |")

@@ -602,6 +602,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="networks suite: image side (default 224, --quick 112)")
     parser.add_argument("--markdown", metavar="FILE",
                         help="networks suite: also write the per-layer table as Markdown")
+    parser.add_argument("--one-process", action="store_true",
+                        help="networks suite: time every runtime in this one process, in "
+                             "turn (default: each runtime in a process of its own)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="networks suite: threads of every runtime (default: every core; "
+                             "not with --one-process)")
     parser.add_argument("--jit", choices=("on", "off", "numpy"), default=None,
                         help="compiled kernels: on (default: as the environment says), off "
                              "(CONVARITH_JIT=0: no llvmlite kernels, numba kept), numpy "
@@ -665,12 +671,18 @@ def _main_networks(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         parser.error(f"--repeat must be at least 1, got {repeat}")
     if args.block < 1:
         parser.error(f"--block must be at least 1, got {args.block}")
+    if args.threads is not None and (args.threads < 1 or args.one_process):
+        parser.error(f"--threads must be at least 1 and needs a process per runtime (no "
+                     f"--one-process), got {args.threads}")
     results = nets.run_networks(names, batches, image=image, backward=not args.quick,
                                 repeat=repeat, block=args.block,
+                                one_process=args.one_process, threads=args.threads,
                                 log=lambda msg: print(msg, file=sys.stderr, flush=True))
     stamp = (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
              f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
-             f"image {image}, {nets.mode_description()}; {_blas_description()}")
+             f"image {image}, {nets.mode_description()}; {_blas_description()}; "
+             + ("all runtimes in one process" if args.one_process else
+                f"a process per runtime, threads: {args.threads or 'every core'}"))
     print(stamp)
     print(nets.render_networks(results))
     if args.markdown:

@@ -14,8 +14,11 @@ occur. Each distinct layer runs on the activations the network gives it
 where the layer before produced them (that layer's output, through a ReLU),
 else on ReLU'd normal noise of the right shape. Every layer runs through
 convarith, PyTorch (the better of NCHW and channels-last) and onnxruntime
-(forward; a one-node model per layer), round-robin after warm-up; a
-network's time is the sum over its layers of count × median time.
+(forward; a one-node model per layer), each runtime in a process of its own
+on the same inputs (``one_process=True``: in turn in this process); a
+network's time is the sum over its layers of count × median time. Untimed,
+each layer's error against PyTorch in float64 and convarith's peak extra
+memory (tracemalloc) are measured too.
 
 Examples
 --------
@@ -31,6 +34,7 @@ from __future__ import annotations
 import math
 import os
 import statistics
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,7 +46,7 @@ from .spec import ConvSpec
 __all__ = ["NetLayer", "NETWORKS", "distinct", "multiply_adds", "LayerResult",
            "NetworkResult", "run_networks", "render_networks", "markdown_layers",
            "inventory_markdown", "summary_networks", "JIT_MODES", "set_mode",
-           "mode_description"]
+           "mode_description", "RUNTIMES", "MEMORY_LIMIT"]
 
 
 @dataclass(frozen=True)
@@ -412,8 +416,8 @@ def _torch_pool(layer: NetLayer, x: np.ndarray, backward: bool) -> Callable[[], 
     return lambda: torch.autograd.grad(pool(a), (a,), g)
 
 
-def _onnx_runner(layer: NetLayer, x: np.ndarray, kernel: np.ndarray | None
-                 ) -> Callable[[], Any] | None:
+def _onnx_runner(layer: NetLayer, x: np.ndarray, kernel: np.ndarray | None,
+                 threads: int | None = None) -> Callable[[], Any] | None:
     """A one-node onnxruntime session (NCHW, all cores), or None without onnxruntime."""
     try:
         import onnx
@@ -454,7 +458,7 @@ def _onnx_runner(layer: NetLayer, x: np.ndarray, kernel: np.ndarray | None
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = min(model.ir_version, 9)
     options = ort.SessionOptions()
-    options.intra_op_num_threads = os.cpu_count() or 1
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(onnx._serialize(model) if hasattr(onnx, "_serialize")
                                    else model.SerializeToString(), options,
@@ -465,7 +469,16 @@ def _onnx_runner(layer: NetLayer, x: np.ndarray, kernel: np.ndarray | None
 
 @dataclass
 class LayerResult:
-    """Medians (seconds) of one distinct layer of a network, one direction."""
+    """Medians (seconds) of one distinct layer of a network, one direction.
+
+    ``rel_error`` is the worst of ``output_errors`` (one per output: the forward
+    result, or the input and kernel gradients), each ``‖ours − ref‖ / ‖ref‖``
+    against ``error_against`` (PyTorch in float64 on the same float32 inputs, or
+    convarith in float64 without PyTorch). ``peak_bytes`` is convarith's peak
+    extra memory during one call (tracemalloc: NumPy's allocations, the result
+    included), ``io_bytes`` the bytes of the call's arrays (input, kernel and
+    output; backward: input, kernel, output gradient and both gradients).
+    """
 
     network: str
     layer: str
@@ -479,10 +492,24 @@ class LayerResult:
     torch_s: float | None = None
     onnxruntime_s: float | None = None
     rel_error: float = 0.0
+    output_errors: list[float] = field(default_factory=list)
+    error_against: str = ""
+    peak_bytes: int = 0
+    io_bytes: int = 0
+    memory_ratio: float = 0.0
 
     @property
     def ratio(self) -> float | None:
         return None if self.torch_s is None else self.torch_s / self.convarith_s
+
+    def path_errors(self) -> dict[str, float]:
+        """Each algorithm's share of the error: a backward call's input-gradient
+        path gets the input gradient's error, its weight-gradient path the kernel
+        gradient's; otherwise every path gets the worst error."""
+        if self.direction == "backward" and len(self.paths) == 3 \
+                and len(self.output_errors) == 2:
+            return {self.paths[1]: self.output_errors[0], self.paths[2]: self.output_errors[1]}
+        return {path: self.rel_error for path in self.paths}
 
 
 @dataclass
@@ -493,6 +520,10 @@ class NetworkResult:
     batch: int
     direction: str
     layers: list[LayerResult] = field(default_factory=list)
+    #: Each runtime's process id and a checksum of the inputs it read (one process
+    #: per runtime: the ids differ and the checksums agree).
+    processes: dict[str, int] = field(default_factory=dict)
+    input_checksums: dict[str, int] = field(default_factory=dict)
 
     def total(self, column: str) -> float | None:
         values = [getattr(r, column) for r in self.layers]
@@ -509,6 +540,10 @@ class NetworkResult:
     def ort_ratio(self) -> float | None:
         ours, ort = self.total("convarith_s"), self.total("onnxruntime_s")
         return None if ours is None or ort is None else ort / ours
+
+    @property
+    def worst_memory_ratio(self) -> float | None:
+        return max((r.memory_ratio for r in self.layers), default=None)
 
 
 def _inputs(layers: dict[NetLayer, int], batch: int, seed: int
@@ -537,6 +572,11 @@ def _inputs(layers: dict[NetLayer, int], batch: int, seed: int
     return made
 
 
+def _output_gradient(layer: NetLayer, batch: int) -> np.ndarray:
+    """The output gradient a backward call gets (the same in every process)."""
+    return np.random.default_rng(1).standard_normal(layer.output_shape(batch), np.float32)
+
+
 def _paths(layer: NetLayer, batch: int, backward: bool) -> list[str]:
     if layer.kind not in ("conv", "transposed"):
         return ["pooling"]
@@ -545,40 +585,262 @@ def _paths(layer: NetLayer, batch: int, backward: bool) -> list[str]:
     return forward_paths(_case(layer, batch), backward)
 
 
+#: The runtimes a layer is timed with, each in its own process by default.
+RUNTIMES = ("convarith", "torch", "onnxruntime")
+
+
+def _runner(runtime: str, layer: NetLayer, batch: int, x: np.ndarray,
+            kernel: np.ndarray | None, d_out: np.ndarray | None,
+            threads: int | None = None) -> Callable[[], Any] | None:
+    """One call of ``layer`` through ``runtime`` (backward when ``d_out`` is given), or
+    None where the runtime is missing or has no such call (onnxruntime: forward only).
+    PyTorch and onnxruntime use ``threads`` threads (default: every core)."""
+    backward = d_out is not None
+    if runtime == "convarith":
+        from .engine import conv, conv_vjp
+
+        spec = layer.spec()
+        if d_out is not None:
+            return lambda: tuple(conv_vjp(x, kernel, spec, d_out)[:2])
+        return lambda: conv(x, kernel, spec)
+    if runtime == "torch":
+        if kernel is None:
+            fn = _torch_pool(layer, x, backward)
+        else:
+            from .bench import torch_runner
+
+            picked = torch_runner(_case(layer, batch), x, kernel, backward)
+            fn = picked[0] if picked is not None else None
+        if fn is not None and threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)  # the runners above take every core
+        return fn
+    if runtime == "onnxruntime":
+        return None if backward else _onnx_runner(layer, x, kernel, threads)
+    raise ValueError(f"runtime={runtime!r} is not one of {', '.join(RUNTIMES)}")
+
+
+def _torch_reference(layer: NetLayer, x: np.ndarray, kernel: np.ndarray | None,
+                     d_out: np.ndarray | None) -> tuple[np.ndarray | None, ...] | None:
+    """PyTorch's result in float64 on the same inputs (convarith's layouts), or None
+    without PyTorch: the output, or the input and kernel gradients."""
+    try:
+        import torch
+        import torch.nn.functional as tf
+    except ImportError:
+        return None
+    rank = layer.rank
+    resolved = layer.spec().resolve(x.shape)
+    grad = d_out is not None
+    a = torch.from_numpy(np.moveaxis(x, -1, 1).astype(np.float64)).requires_grad_(grad)
+    w = None
+    if kernel is not None:
+        w = torch.from_numpy(np.ascontiguousarray(np.moveaxis(kernel, (-1, -2), (0, 1)))
+                             .astype(np.float64)).requires_grad_(grad)
+
+    def flat(pairs: Any) -> list[int]:
+        return [v for lo_hi in reversed(list(pairs)) for v in lo_hi]
+
+    if layer.kind == "conv":
+        y = getattr(tf, f"conv{rank}d")(tf.pad(a, flat(resolved.padding)), w, None,
+                                        layer.stride, 0, layer.dilation, layer.groups)
+    elif layer.kind == "transposed":
+        full = getattr(tf, f"conv_transpose{rank}d")(a, w, None, layer.stride, 0, 0,
+                                                     layer.groups, layer.dilation)
+        y = tf.pad(full, flat([(-lo, -hi) for lo, hi in resolved.crop]))
+    elif layer.kind == "max_pool":
+        y = getattr(tf, f"max_pool{rank}d")(a, layer.kernel, layer.stride, int(layer.padding))
+    else:
+        y = getattr(tf, f"avg_pool{rank}d")(a, layer.kernel, layer.stride, int(layer.padding),
+                                            count_include_pad=False)
+    if d_out is None:
+        return (y.detach().movedim(1, -1).numpy(),)
+    wanted = [a] if w is None else [a, w]
+    grads = torch.autograd.grad(y, wanted, torch.from_numpy(
+        np.moveaxis(d_out, -1, 1).astype(np.float64)))
+    d_x = grads[0].movedim(1, -1).numpy()
+    d_w = None if w is None else np.moveaxis(grads[1].numpy(), (0, 1), (-1, -2))
+    return d_x, d_w
+
+
+def _check_layer(layer: NetLayer, batch: int, x: np.ndarray, kernel: np.ndarray | None,
+                 d_out: np.ndarray | None) -> tuple[list[float], str, int, int]:
+    """Untimed: convarith's error per output against PyTorch in float64 (else against
+    convarith in float64), and its peak extra memory during a call (tracemalloc) with
+    the bytes of the call's arrays: ``(errors, against, peak_bytes, io_bytes)``."""
+    from .bench import _peak_memory, relative_error
+    from .engine import conv, conv_vjp
+
+    ours = _runner("convarith", layer, batch, x, kernel, d_out)
+    assert ours is not None
+    result = ours()
+    results = result if isinstance(result, tuple) else (result,)
+    reference = _torch_reference(layer, x, kernel, d_out)
+    against = "torch float64"
+    if reference is None:
+        spec = layer.spec()
+        x64 = x.astype(np.float64)
+        k64 = None if kernel is None else kernel.astype(np.float64)
+        reference = (tuple(conv_vjp(x64, k64, spec, d_out.astype(np.float64))[:2])
+                     if d_out is not None else (conv(x64, k64, spec),))
+        against = "convarith float64"
+    errors = [relative_error(a, b) for a, b in zip(results, reference)
+              if a is not None and b is not None]
+    del result, results, reference
+    peak = _peak_memory(ours)
+    out_bytes = 4 * math.prod(layer.output_shape(batch))
+    kernel_bytes = 0 if kernel is None else kernel.nbytes
+    io = x.nbytes + kernel_bytes + out_bytes
+    if d_out is not None:  # in: x, kernel, d_out; out: d_x, d_kernel
+        io = 2 * (x.nbytes + kernel_bytes) + d_out.nbytes
+    return errors, against, peak, io
+
+
+def _time_runner(fn: Callable[[], Any], repeat: int, block: int) -> float:
+    """Median seconds of ``fn`` alone: warm-up, then ``repeat`` rounds of a settling
+    call and ``block`` timed calls."""
+    from .bench import alternate
+
+    fn()
+    return statistics.median(alternate({"one": fn}, repeat, block)["one"])
+
+
+def _current_mode() -> str:
+    """The compiled-kernel mode of this process (see :func:`set_mode`)."""
+    import sys
+
+    if "numba" in sys.modules and sys.modules["numba"] is None:
+        return "numpy"
+    return "off" if os.environ.get("CONVARITH_JIT") == "0" else "on"
+
+
+def _time_in_process(runtime: str, mode: str, folder: str, layers: list[NetLayer],
+                     batch: int, backward: bool, repeat: int, block: int,
+                     threads: int | None = None) -> dict[str, Any]:
+    """One runtime times a network's layers in order, in a process of its own.
+
+    The inputs are read from ``folder`` (``x{i}.npy``, ``k{i}.npy``), as the parent
+    wrote them, so every runtime sees the same ones. The convarith process then
+    checks each layer, untimed (:func:`_check_layer`), and names its paths.
+    """
+    if mode == "numpy":
+        set_mode("numpy")
+    times: list[float | None] = []
+    checks: list[tuple[list[float], str, int, int]] = []
+    paths: list[list[str]] = []
+    checksum = 0
+
+    def load(i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        path = os.path.join(folder, f"k{i}.npy")
+        kernel = np.load(path) if os.path.exists(path) else None
+        return np.load(os.path.join(folder, f"x{i}.npy")), kernel
+
+    for i, layer in enumerate(layers):
+        x, kernel = load(i)
+        for array in (x, kernel):
+            if array is not None:
+                checksum = zlib.crc32(array.tobytes(), checksum)
+        d_out = _output_gradient(layer, batch) if backward else None
+        fn = _runner(runtime, layer, batch, x, kernel, d_out, threads)
+        times.append(None if fn is None else _time_runner(fn, repeat, block))
+    if runtime == "convarith":
+        for i, layer in enumerate(layers):
+            x, kernel = load(i)
+            d_out = _output_gradient(layer, batch) if backward else None
+            checks.append(_check_layer(layer, batch, x, kernel, d_out))
+            paths.append(_paths(layer, batch, backward))
+    return {"times": times, "checks": checks, "paths": paths, "pid": os.getpid(),
+            "checksum": checksum}
+
+
+#: The variables that set the thread pools' sizes when a process starts.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                    "CONVARITH_NUM_THREADS")
+
+
+def _in_child(folder: str, fn: Callable[..., Any], *args: Any, threads: int | None = None
+              ) -> Any:
+    """``fn(*args)`` in a fresh Python process (no thread pool of this one is shared);
+    the call and its result travel as pickles through ``folder``. ``threads`` sets
+    :data:`THREAD_VARIABLES` in the child."""
+    import pickle
+    import subprocess
+    import sys
+
+    task = os.path.join(folder, "task.pickle")
+    answer = os.path.join(folder, "answer.pickle")
+    with open(task, "wb") as handle:
+        pickle.dump((fn.__module__, fn.__name__, args), handle)
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    environment = dict(os.environ)
+    if threads is not None:
+        environment.update({name: str(threads) for name in THREAD_VARIABLES})
+    environment["PYTHONPATH"] = os.pathsep.join(
+        [package_root, *filter(None, [os.environ.get("PYTHONPATH")])])
+    done = subprocess.run([sys.executable, "-c", _CHILD, task, answer], env=environment,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the benchmark's child process failed ({fn.__name__}{args[:1]}):\n"
+                           f"{done.stderr[-4000:]}")
+    with open(answer, "rb") as handle:
+        return pickle.load(handle)
+
+
+#: What a child process runs: read the call, make it, write the result.
+_CHILD = """
+import importlib, pickle, sys
+with open(sys.argv[1], "rb") as handle:
+    module, name, args = pickle.load(handle)
+result = getattr(importlib.import_module(module), name)(*args)
+with open(sys.argv[2], "wb") as handle:
+    pickle.dump(result, handle)
+"""
+
+
+def _network_isolated(name: str, layers: dict[NetLayer, int], batch: int, backward: bool,
+                      inputs: dict[NetLayer, tuple[np.ndarray, np.ndarray | None]],
+                      repeat: int, block: int, threads: int | None = None) -> NetworkResult:
+    import tempfile
+
+    ordered = list(layers)
+    network = NetworkResult(name, batch, "backward" if backward else "forward")
+    with tempfile.TemporaryDirectory(prefix="convarith-networks-") as folder:
+        for i, layer in enumerate(ordered):
+            x, kernel = inputs[layer]
+            np.save(os.path.join(folder, f"x{i}.npy"), x)
+            if kernel is not None:
+                np.save(os.path.join(folder, f"k{i}.npy"), kernel)
+        runs = {runtime: _in_child(folder, _time_in_process, runtime, _current_mode(), folder,
+                                   ordered, batch, backward, repeat, block, threads,
+                                   threads=threads)
+                for runtime in RUNTIMES}
+    ours = runs["convarith"]
+    network.processes = {runtime: run["pid"] for runtime, run in runs.items()}
+    network.input_checksums = {runtime: run["checksum"] for runtime, run in runs.items()}
+    for i, layer in enumerate(ordered):
+        errors, against, peak, io = ours["checks"][i]
+        network.layers.append(LayerResult(
+            name, layer.title, layer.kind, batch, network.direction, layers[layer],
+            layer.multiply_adds(batch), ours["paths"][i], ours["times"][i],
+            runs["torch"]["times"][i], runs["onnxruntime"]["times"][i],
+            max(errors, default=0.0), errors, against, peak, io, peak / io))
+    return network
+
+
 def _time_layer(name: str, layer: NetLayer, count: int, batch: int, backward: bool,
                 x: np.ndarray, kernel: np.ndarray | None, repeat: int, block: int
                 ) -> LayerResult:
-    """One distinct layer: convarith's error against float64, then the runners in turn."""
-    from .bench import alternate, relative_error, torch_runner
-    from .engine import conv, conv_vjp
+    """One distinct layer in this process: the untimed check, then the runtimes in turn."""
+    from .bench import alternate
 
-    spec = layer.spec()
-    d_out = (np.random.default_rng(1).standard_normal(layer.output_shape(batch), np.float32)
-             if backward else None)
-
-    def ours() -> Any:
-        if d_out is not None:
-            return tuple(conv_vjp(x, kernel, spec, d_out)[:2])
-        return conv(x, kernel, spec)
-
-    x64 = x.astype(np.float64)
-    k64 = None if kernel is None else kernel.astype(np.float64)
-    reference = (tuple(conv_vjp(x64, k64, spec, d_out.astype(np.float64))[:2])
-                 if d_out is not None else conv(x64, k64, spec))
-    error = relative_error(ours(), reference)
-    runners: dict[str, Callable[[], Any]] = {"convarith": ours}
-    torch_fn: Callable[[], Any] | None
-    if kernel is not None:
-        picked = torch_runner(_case(layer, batch), x, kernel, backward)
-        torch_fn = picked[0] if picked is not None else None
-    else:
-        torch_fn = _torch_pool(layer, x, backward)
-    if torch_fn is not None:
-        runners["torch"] = torch_fn
-    if not backward:
-        ort_fn = _onnx_runner(layer, x, kernel)
-        if ort_fn is not None:
-            runners["onnxruntime"] = ort_fn
+    d_out = _output_gradient(layer, batch) if backward else None
+    errors, against, peak, io = _check_layer(layer, batch, x, kernel, d_out)
+    runners = {}
+    for runtime in RUNTIMES:
+        fn = _runner(runtime, layer, batch, x, kernel, d_out)
+        if fn is not None:
+            runners[runtime] = fn
     for fn in runners.values():
         fn()
     samples = alternate(runners, repeat, block, 0.005)
@@ -587,17 +849,26 @@ def _time_layer(name: str, layer: NetLayer, count: int, batch: int, backward: bo
                        "backward" if backward else "forward", count,
                        layer.multiply_adds(batch), _paths(layer, batch, backward),
                        median["convarith"], median.get("torch"), median.get("onnxruntime"),
-                       error)
+                       max(errors, default=0.0), errors, against, peak, io, peak / io)
 
 
 def run_networks(names: Sequence[str], batches: Sequence[int] = (1, 16), *, image: int = 224,
                  backward: bool = True, repeat: int = 3, block: int = 1,
                  log: Callable[[str], None] | None = None,
-                 only_first: bool = False) -> list[NetworkResult]:
+                 only_first: bool = False, one_process: bool = False,
+                 threads: int | None = None) -> list[NetworkResult]:
     """Time every distinct layer of each network in ``names`` at each batch size.
 
+    Each runtime times a network's layers (one batch, one direction) in a process
+    of its own, on the same inputs, with ``threads`` threads (default: every
+    core); ``one_process=True`` times them in turn in this process instead (each
+    runtime's idle threads then slow the next one).
     ``only_first``: the first convolution of each network only (a smoke run).
     """
+    if threads is not None and (one_process or threads < 1):
+        raise ValueError(f"threads={threads} needs a whole number of at least 1 and a "
+                         "process per runtime (one_process=False): the thread pools are "
+                         "sized when a process starts")
     results = []
     for name in names:
         layers = distinct(NETWORKS[name](image))
@@ -607,10 +878,18 @@ def run_networks(names: Sequence[str], batches: Sequence[int] = (1, 16), *, imag
         for batch in batches:
             inputs = _inputs(layers, batch, seed=batch)
             for backward_pass in ([False, True] if backward else [False]):
-                network = NetworkResult(name, batch, "backward" if backward_pass else "forward")
+                direction = "backward" if backward_pass else "forward"
+                if not one_process:
+                    if log:
+                        log(f"{name} batch {batch} {direction}: {len(layers)} layers, "
+                            f"one process per runtime")
+                    results.append(_network_isolated(name, layers, batch, backward_pass,
+                                                     inputs, repeat, block, threads))
+                    continue
+                network = NetworkResult(name, batch, direction)
                 for layer, count in layers.items():
                     if log:
-                        log(f"{name} batch {batch} {network.direction}: {layer.title}")
+                        log(f"{name} batch {batch} {direction}: {layer.title}")
                     x, kernel = inputs[layer]
                     network.layers.append(_time_layer(name, layer, count, batch, backward_pass,
                                                       x, kernel, repeat, block))
@@ -622,8 +901,15 @@ def _geomean(values: Sequence[float]) -> float | None:
     return math.exp(statistics.fmean(math.log(v) for v in values)) if values else None
 
 
+#: Peak extra memory of a call, as a multiple of its arrays' bytes, above which a
+#: layer is listed.
+MEMORY_LIMIT = 1.5
+
+
 def summary_networks(results: Sequence[NetworkResult]) -> dict[str, Any]:
-    """Targets' figures: per-layer geomean and minimum of PyTorch / convarith."""
+    """Targets' figures: per-layer geomean and minimum of PyTorch / convarith, the
+    worst peak memory per network, the layers over :data:`MEMORY_LIMIT`, and the
+    worst error per path and direction."""
     out: dict[str, Any] = {}
     for direction in ("forward", "backward"):
         ratios = [r.ratio for n in results if n.direction == direction for r in n.layers
@@ -632,7 +918,21 @@ def summary_networks(results: Sequence[NetworkResult]) -> dict[str, Any]:
         out[f"{direction}_layer_min"] = min(ratios, default=None)
         out[f"{direction}_network_geomean"] = _geomean(
             [n.ratio for n in results if n.direction == direction and n.ratio])
+        per_path: dict[str, float] = {}
+        for n in results:
+            if n.direction == direction:
+                for r in n.layers:
+                    for path, error in r.path_errors().items():
+                        per_path[path] = max(per_path.get(path, 0.0), error)
+        out[f"{direction}_worst_error_per_path"] = dict(sorted(per_path.items()))
     out["worst_error"] = max((r.rel_error for n in results for r in n.layers), default=None)
+    out["error_against"] = sorted({r.error_against for n in results for r in n.layers})
+    out["worst_memory_ratio"] = {f"{n.network} batch {n.batch} {n.direction}":
+                                 n.worst_memory_ratio for n in results}
+    out["over_memory_limit"] = [
+        dict(network=n.network, batch=n.batch, direction=n.direction, layer=r.layer,
+             paths=r.paths, memory_ratio=r.memory_ratio)
+        for n in results for r in n.layers if r.memory_ratio > MEMORY_LIMIT]
     return out
 
 
@@ -641,36 +941,52 @@ def _fmt(value: float | None, scale: float = 1.0, digits: int = 2) -> str:
 
 
 def render_networks(results: Sequence[NetworkResult]) -> str:
-    """Per network: totals in ms and the ratios (above 1: convarith is faster)."""
+    """Per network: totals in ms and the ratios (above 1: convarith is faster), the
+    worst peak memory; then the layers over the memory limit and the worst error
+    per path."""
     header = ["network", "batch", "dir", "layers", "convarith ms", "torch ms", "ort ms",
-              "x torch", "x ort", "min layer x torch"]
+              "x torch", "x ort", "min layer x torch", "max peak x io"]
     rows = []
     for n in results:
         ratios = [r.ratio for r in n.layers if r.ratio]
         rows.append([n.network, str(n.batch), n.direction[:3], str(len(n.layers)),
                      _fmt(n.total("convarith_s"), 1e3, 1), _fmt(n.total("torch_s"), 1e3, 1),
                      _fmt(n.total("onnxruntime_s"), 1e3, 1), _fmt(n.ratio),
-                     _fmt(n.ort_ratio), _fmt(min(ratios, default=None))])
+                     _fmt(n.ort_ratio), _fmt(min(ratios, default=None)),
+                     _fmt(n.worst_memory_ratio)])
     info = summary_networks(results)
     lines = _table(header, rows)
     lines.append("")
-    lines.append(
-        f"per-layer geomean torch/convarith: forward {_fmt(info['forward_layer_geomean'])} "
-        f"(min {_fmt(info['forward_layer_min'])}), backward "
-        f"{_fmt(info['backward_layer_geomean'])} (min {_fmt(info['backward_layer_min'])}); "
-        f"worst relative error {info['worst_error']:.1e}" if info["worst_error"] is not None
-        else "no layers")
+    if info["worst_error"] is None:
+        lines.append("no layers")
+        return "\n".join(lines)
+    ran = [d for d in ("forward", "backward") if info[f"{d}_layer_geomean"] is not None]
+    lines.append("per-layer geomean torch/convarith: " + (", ".join(
+        f"{d} {_fmt(info[f'{d}_layer_geomean'])} (min {_fmt(info[f'{d}_layer_min'])})"
+        for d in ran) or "no PyTorch") + f"; worst relative error {info['worst_error']:.1e}")
+    over = info["over_memory_limit"]
+    lines.append(f"peak extra memory over {MEMORY_LIMIT}x (input + kernel + output bytes): "
+                 + ("none" if not over else f"{len(over)} layers"))
+    lines += [f"  {o['memory_ratio']:6.2f}x {o['network']} batch {o['batch']} "
+              f"{o['direction'][:3]}: {o['layer']} ({'+'.join(dict.fromkeys(o['paths']))})"
+              for o in over]
+    against = " / ".join(info["error_against"])
+    for direction in ("forward", "backward"):
+        per_path = info[f"{direction}_worst_error_per_path"]
+        if per_path:
+            lines.append(f"worst relative error per path against {against}, {direction}: "
+                         + ", ".join(f"{k} {v:.1e}" for k, v in per_path.items()))
     return "\n".join(lines)
 
 
 def markdown_layers(results: Sequence[NetworkResult]) -> str:
     """The per-layer table (Markdown)."""
     header = ["network", "batch", "dir", "layer", "count", "path", "convarith ms", "torch ms",
-              "ort ms", "x torch", "rel err"]
+              "ort ms", "x torch", "rel err", "peak x io"]
     rows = [[r.network, str(r.batch), r.direction[:3], r.layer, str(r.count),
              "+".join(dict.fromkeys(r.paths)), _fmt(r.convarith_s, 1e3, 3),
              _fmt(r.torch_s, 1e3, 3), _fmt(r.onnxruntime_s, 1e3, 3), _fmt(r.ratio),
-             f"{r.rel_error:.1e}"] for n in results for r in n.layers]
+             f"{r.rel_error:.1e}", _fmt(r.memory_ratio)] for n in results for r in n.layers]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
