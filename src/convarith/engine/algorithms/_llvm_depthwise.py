@@ -18,10 +18,10 @@ One module exports ``drive``::
           kernel_rows, x_row, x_tap_row, x_cell, y_row, y_cell, w_tap)
 
 For image ``g < images`` (``x`` and ``y`` advanced by ``g·x_image`` and ``g·y_image``),
-output row ``r < rows`` (the outer loop: a row's channel blocks lie side by side,
-which the prefetchers follow), channel block ``c < blocks`` (``VW`` channels each)
-and tile ``t < tiles`` (first cell ``o0 = min(t·MR, last_start)``: the last tile
-of a row may overlap the one before, recomputing the same values), cell
+output row ``r < rows``, tile ``t < tiles`` (first cell ``o0 = min(t·MR, last_start)``:
+the last tile of a row may overlap the one before, recomputing the same values) and
+channel block ``c < blocks`` (``VW`` channels each; the inner loop, so a tile's
+columns are read whole, in order, while they are in the first-level cache), cell
 ``o0 + m`` (``m < MR``) is::
 
     y[r·y_row + (o0 + m)·y_cell + c·VW + j] = Σ_{a < kernel_rows, b < K}
@@ -177,35 +177,35 @@ def row_module_ir(dtype: Any, width: int, *, kernel: int, stride: int, dilation:
         "  %r = phi i64 [0, %g_loop], [%r1, %r_end]",
         "  %xr = mul i64 %r, %x_row",
         "  %yr = mul i64 %r, %y_row",
-        "  br label %c_loop",
-        "c_loop:",
-        "  %c = phi i64 [0, %r_loop], [%c1, %c_end]",
-        f"  %cv = mul i64 %c, {width}",
-        f"  %wc = getelementptr {ty}, {p} %w, i64 %cv",
         "  br label %t_loop",
         "t_loop:",
-        "  %t = phi i64 [0, %c_loop], [%t1, %t_loop]",
+        "  %t = phi i64 [0, %r_loop], [%t1, %t_end]",
         f"  %tc = mul i64 %t, {cells}",
         "  %late = icmp sgt i64 %tc, %last_start",
         "  %o0 = select i1 %late, i64 %last_start, i64 %tc",
         f"  %ox = mul i64 %o0, {stride}",
         "  %oxc = mul i64 %ox, %x_cell",
         "  %xo = add i64 %xr, %oxc",
-        "  %xoc = add i64 %xo, %cv",
-        f"  %xt = getelementptr {ty}, {p} %x, i64 %xoc",
         "  %oyc = mul i64 %o0, %y_cell",
         "  %yo = add i64 %yr, %oyc",
+        "  br label %c_loop",
+        "c_loop:",
+        "  %c = phi i64 [0, %t_loop], [%c1, %c_loop]",
+        f"  %cv = mul i64 %c, {width}",
+        f"  %wc = getelementptr {ty}, {p} %w, i64 %cv",
+        "  %xoc = add i64 %xo, %cv",
+        f"  %xt = getelementptr {ty}, {p} %x, i64 %xoc",
         "  %yoc = add i64 %yo, %cv",
         f"  %yt = getelementptr {ty}, {p} %y, i64 %yoc",
         f"  call void @tile({p} %xt, {p} %wc, {p} %yt, i64 %kernel_rows, i64 %x_tap_row, "
         "i64 %x_cell, i64 %y_cell, i64 %w_tap)",
-        "  %t1 = add i64 %t, 1",
-        "  %tm = icmp slt i64 %t1, %tiles",
-        "  br i1 %tm, label %t_loop, label %c_end",
-        "c_end:",
         "  %c1 = add i64 %c, 1",
         "  %cm = icmp slt i64 %c1, %blocks",
-        "  br i1 %cm, label %c_loop, label %r_end",
+        "  br i1 %cm, label %c_loop, label %t_end",
+        "t_end:",
+        "  %t1 = add i64 %t, 1",
+        "  %tm = icmp slt i64 %t1, %tiles",
+        "  br i1 %tm, label %t_loop, label %r_end",
         "r_end:",
         "  %r1 = add i64 %r, 1",
         "  %rm = icmp slt i64 %r1, %rows",
@@ -232,10 +232,12 @@ class RowKernel:
     engine: Any  # keeps the machine code alive
 
 
-def row_kernel(dtype: Any, *, kernel: int, stride: int, dilation: int, cells: int
-               ) -> RowKernel | None:
-    """The compiled module on the target in use (``None``: no compiled kernels here)."""
-    return _row_kernel(np.dtype(dtype), kernel, stride, dilation, cells, _llvm.vector_target())
+def row_kernel(dtype: Any, *, kernel: int, stride: int, dilation: int, cells: int,
+               target: _llvm.VectorTarget | None = None) -> RowKernel | None:
+    """The compiled module on ``target`` (default: the one in use; ``None``: no compiled
+    kernels here)."""
+    return _row_kernel(np.dtype(dtype), kernel, stride, dilation, cells,
+                       target or _llvm.vector_target())
 
 
 @cached_once
