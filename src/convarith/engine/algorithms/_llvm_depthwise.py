@@ -92,8 +92,9 @@ def row_cells(kernel: int, row_length: int, target: _llvm.VectorTarget | None = 
 
 
 def row_module_ir(dtype: Any, width: int, *, kernel: int, stride: int, dilation: int,
-                  cells: int) -> str:
-    """The IR of one module (see the module docstring)."""
+                  cells: int, streaming: bool = False) -> str:
+    """The IR of one module (see the module docstring); ``streaming``: results are stored
+    past the caches (non-temporal stores: ``y`` and its cells aligned to whole vectors)."""
     ty = _llvm._ir_type(dtype)
     v = f"<{width} x {ty}>"
     p = f"{ty}*"
@@ -150,6 +151,8 @@ def row_module_ir(dtype: Any, width: int, *, kernel: int, stride: int, dilation:
             f"  %yt{m} = mul i64 {m}, %y_cell",
             f"  %yp{m} = getelementptr {ty}, {p} %y, i64 %yt{m}",
             f"  %yq{m} = bitcast {p} %yp{m} to {v}*",
+            (f"  store {v} {current[m]}, {v}* %yq{m}, align {width * _llvm._size(ty)}, "
+             "!nontemporal !0") if streaming else
             f"  store {v} {current[m]}, {v}* %yq{m}, align 4",
         ]
     tile += ["  ret void", "}"]
@@ -218,7 +221,8 @@ def row_module_ir(dtype: Any, width: int, *, kernel: int, stride: int, dilation:
         "  ret void",
         "}",
     ]
-    return "\n\n".join([f"declare {v} {fma}({v}, {v}, {v})", text, "\n".join(drive)]) + "\n"
+    parts = [f"declare {v} {fma}({v}, {v}, {v})", text, "\n".join(drive)]
+    return "\n\n".join(parts + (["!0 = !{i32 1}"] if streaming else [])) + "\n"
 
 
 @dataclass(frozen=True)
@@ -233,22 +237,23 @@ class RowKernel:
 
 
 def row_kernel(dtype: Any, *, kernel: int, stride: int, dilation: int, cells: int,
-               target: _llvm.VectorTarget | None = None) -> RowKernel | None:
+               target: _llvm.VectorTarget | None = None, streaming: bool = False
+               ) -> RowKernel | None:
     """The compiled module on ``target`` (default: the one in use; ``None``: no compiled
-    kernels here)."""
+    kernels here); ``streaming`` as in :func:`row_module_ir`."""
     return _row_kernel(np.dtype(dtype), kernel, stride, dilation, cells,
-                       target or _llvm.vector_target())
+                       target or _llvm.vector_target(), streaming)
 
 
 @cached_once
 def _row_kernel(dtype: np.dtype[Any], kernel: int, stride: int, dilation: int, cells: int,
-                target: _llvm.VectorTarget) -> RowKernel | None:
+                target: _llvm.VectorTarget, streaming: bool = False) -> RowKernel | None:
     llvm = _llvm._llvm()
     width = target.width(dtype)
     if llvm is None or not target.runs_here or width == 0 or dtype.char not in "fd":
         return None
     ir = row_module_ir(dtype, width, kernel=kernel, stride=stride, dilation=dilation,
-                       cells=cells)
+                       cells=cells, streaming=streaming)
     with _llvm._LOCK:
         module = llvm.parse_assembly(ir)
         module.verify()
@@ -262,7 +267,7 @@ def _row_kernel(dtype: np.dtype[Any], kernel: int, stride: int, dilation: int, c
 
 
 def row_assembly(target: _llvm.VectorTarget, dtype: Any, *, kernel: int, stride: int,
-                 dilation: int, cells: int) -> str:
+                 dilation: int, cells: int, streaming: bool = False) -> str:
     """The machine code of a module for ``target``, as assembly text (checks that the IR
     compiles for an instruction set this machine need not run; ``RuntimeError`` without
     llvmlite)."""
@@ -270,7 +275,7 @@ def row_assembly(target: _llvm.VectorTarget, dtype: Any, *, kernel: int, stride:
     if llvm is None:
         raise RuntimeError("llvmlite is not installed (or CONVARITH_JIT=0)")
     ir = row_module_ir(dtype, target.width(dtype), kernel=kernel, stride=stride,
-                       dilation=dilation, cells=cells)
+                       dilation=dilation, cells=cells, streaming=streaming)
     with _llvm._LOCK:
         machine = _llvm._machine(llvm, target)
         module = llvm.parse_assembly(ir)

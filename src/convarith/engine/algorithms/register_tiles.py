@@ -815,8 +815,12 @@ def depthwise(
     row_groups = _kernel_row_groups(h, kh, stride_rows, dilation_rows, top, oh)
     counts = {lo, hi - lo, ow - hi} if in_place else {ow}
     target = _llvm.vector_target()
+    # an output past a core's cache is stored past it (y and its cells hold whole,
+    # aligned vectors)
+    streaming = y.nbytes >= STREAM_BYTES
     modules = {count: row_kernel(dtype, kernel=kw, stride=stride_cols, dilation=dilation_cols,
-                                 cells=row_cells(kw, count, target), target=target)
+                                 cells=row_cells(kw, count, target), target=target,
+                                 streaming=streaming)
                for count in counts if count}
     x_base, y_base, w_base = x.ctypes.data, y.ctypes.data, weights.ctypes.data
 
