@@ -810,9 +810,11 @@ def depthwise(
     # of channels, read the input in place: a row of them whose window overhangs the
     # top or bottom skips the kernel rows that would read the padding. The cells of the
     # first and last columns read a zero-padded copy of those few columns.
+    # (a small input is copied whole: one call of the kernels instead of five)
     lo, hi = inner_cells(w, effective_kernel(kw, dilation_cols), stride_cols, left, ow)
-    in_place = cpad == c and hi > lo
-    row_groups = _kernel_row_groups(h, kh, stride_rows, dilation_rows, top, oh)
+    in_place = cpad == c and hi > lo and x.nbytes >= DEPTHWISE_IN_PLACE_BYTES
+    row_groups = (_kernel_row_groups(h, kh, stride_rows, dilation_rows, top, oh) if in_place
+                  else [])
     counts = {lo, hi - lo, ow - hi} if in_place else {ow}
     target = _llvm.vector_target()
     # an output past a core's cache is stored past it (y and its cells hold whole,
@@ -928,6 +930,12 @@ def inner_cells(size: int, extent: int, stride: int, before: int, out: int) -> t
     return lo, max(lo, hi)
 
 
+#: Inputs of :func:`depthwise` from this size on are read in place (but for the cells by
+#: the padding); smaller ones are copied whole, zero-padded: the copy costs less than the
+#: four more calls of the kernels and two copies of border columns (one core, 3×3 on one
+#: image: 7²×960 0.12 ms in place, 0.06 copied; 14²×384 0.11 in place).
+DEPTHWISE_IN_PLACE_BYTES = 1 << 20
+
 #: Least work (FLOPs) of one job of :func:`depthwise`: about 40 µs of one core.
 DEPTHWISE_JOB_FLOPS = 4_000_000
 
@@ -942,20 +950,29 @@ def applies_depthwise(problem: ConvProblem) -> bool:
 def cost_depthwise(problem: ConvProblem) -> float:
     """Against :mod:`.depthwise`'s ``0.1 × FLOPs`` (its loop unrolls 3×3 only).
 
-    Measured on one core (CPU time, float32, best of several calls on a busy machine;
-    these kernels against that loop, in ms): 5×5 on 2×56²×96 0.43 against 1.35; 7×7
-    0.72 against 3.7; 5×5 on one 14²×672 image 0.13 against 0.27, on one 28²×240
-    image 0.16 against 0.39, stride 2 on one 14²×672 image 0.090 against 0.071 (few
-    cells: the padded copy and the call dominate); 3×3 the loop is as fast or faster
-    on most of MobileNetV2's layers (on 14²×576, 16 images: 1.35 against 1.16). So
-    ``0.06 × FLOPs × (1 + 100 / cells)`` above 3×3 and ``0.15 × (1 + 2000 / cells)``
-    up to 3×3.
+    Measured on one core (CPU time, float32, on a busy machine; these kernels against
+    that loop, in ms): above 3×3 these kernels are faster everywhere (5×5 on 2×56²×96
+    0.43 against 1.35; 7×7 0.72 against 3.7; 5×5 on one 28²×240 image 0.21 against
+    0.42, on one 14²×672 image 0.16 against 0.27): ``0.06 × FLOPs × (1 + 100 / cells)``.
+    Up to 3×3 they are faster where a cell's channels are a few whole vectors (3×3 on
+    one 112²×32 image 0.19 against 0.32, 16 images 4.1 against 5.7; one 56²×64 image
+    0.11 against 0.13, 16 images 1.7 against 2.6; 16 images of 28²×48 0.24 against
+    0.43; stride 2 on 8 images of 112²×32 0.86 against 1.21), and slower with more
+    channels (16 images of 56²×144 7.2 against 5.2, of 14²×576 stride 2 0.83 against
+    0.70), with channels that do not fill whole vectors (24 on 112²: 0.38 against
+    0.31) and on small layers (each call costs ~40 µs more: 32 channels on 28² stride 2,
+    0.061 against 0.043): ``0.07 × FLOPs + 115 000`` with at most 96 channels (64 at
+    stride 2 along the rows) in whole vectors, else ``0.15 × FLOPs + 115 000``.
     """
     taps = math.prod(problem.kernel_size)
     cells = max(1, problem.batch * math.prod(problem.out_size))
-    if taps <= 9:
-        return problem.flops * 0.15 * (1 + 2000 / cells)
-    return problem.flops * 0.06 * (1 + 100 / cells)
+    if taps > 9:
+        return problem.flops * 0.06 * (1 + 100 / cells)
+    channels = problem.in_channels
+    width = _llvm.vector_width(problem.dtype) or 1
+    few_vectors = channels % width == 0 and channels <= (96 if problem.strides[-1] == 1
+                                                         else 64)
+    return problem.flops * (0.07 if few_vectors else 0.15) + 115_000
 
 
 register_algorithm("register_tiles", direct, applies=applies, cost=cost, pads_zeros=True)
