@@ -259,3 +259,65 @@ def test_inner_cells_and_kernel_row_groups(seed):
         for o in range(r0, r1):
             taps = [a for a in range(kernel) if 0 <= reads[o][a] < size]
             assert (taps == list(range(a0, a1))) if taps else a0 == a1, f"seed {seed}, row {o}"
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("seed", range(12 if CI else 60))
+def test_depthwise_phases_against_definition(seed, isa, monkeypatch):
+    """The transposed convolution by output phases against its definition: the zero-inserted,
+    padded (or cropped) grid convolved with the flipped kernel (float64 reference)."""
+    from convarith.engine.algorithms import depthwise
+    from convarith.engine.padding import zero_insert
+
+    monkeypatch.setenv(_llvm.ISA_VARIABLE, isa)
+    rng = np.random.default_rng(5300 + seed)
+    while True:
+        channels = int(rng.choice([1, 3, 8, 16, 32, 48, 144]))
+        kernel = tuple(int(v) for v in rng.integers(1, 6, 2))
+        strides = tuple(int(v) for v in rng.integers(1, 4, 2))
+        dilation = tuple(int(v) for v in rng.choice([1, 1, 2], 2))
+        size = tuple(int(v) for v in rng.integers(1, 14, 2))
+        pads = tuple((int(a), int(b)) for a, b in rng.integers(-2, 6, (2, 2)))
+        out = tuple((n - 1) * s + 1 + lo + hi - (k - 1) * d for n, s, (lo, hi), k, d
+                    in zip(size, strides, pads, kernel, dilation))
+        if min(out) > 0 and max(strides) > 1:
+            break
+    x = rng.standard_normal((int(rng.integers(1, 3)), *size, channels))
+    weights = rng.standard_normal((*kernel, 1, channels))
+    expected = reference_direct(zero_insert(x, strides, pads), weights[::-1, ::-1], (1, 1),
+                                dilation, channels, out)
+    for dtype in (np.float32, np.float64):
+        y = depthwise.transposed(x.astype(dtype), weights.astype(dtype), strides, dilation,
+                                 channels, pads, out, threads=2)
+        error = relative_error(y, expected)
+        assert y.dtype == dtype and error <= TOLERANCE[dtype], (
+            f"seed {5300 + seed} ({isa}, {dtype.__name__}): x {x.shape}, kernel {kernel}, "
+            f"strides {strides}, dilation {dilation}, padding {pads}: error {error:.2e}")
+
+
+def test_strided_depthwise_gradients_against_torch():
+    """MobileNet/EfficientNet-style strided depthwise layers: the input gradient (by
+    output phases where they are cheaper than the zero-inserted grid) and the weight
+    gradient against PyTorch."""
+    torch = pytest.importorskip("torch")
+    from convarith import ConvSpec
+    from convarith.engine import conv_vjp
+
+    rng = np.random.default_rng(21)
+    for channels, size, kernel, stride, batch in ((96, 23, 3, 2, 2), (144, 16, 5, 2, 1),
+                                                  (40, 9, 3, 3, 2), (7, 12, 3, 2, 1)):
+        x = rng.standard_normal((batch, size, size, channels)).astype(np.float32)
+        w = rng.standard_normal((kernel, kernel, 1, channels)).astype(np.float32)
+        spec = ConvSpec(kernel, strides=stride, padding=kernel // 2, groups=channels)
+        xt = torch.from_numpy(np.moveaxis(x, -1, 1).copy()).double().requires_grad_()
+        wt = torch.from_numpy(np.moveaxis(w[:, :, 0, :], -1, 0)[:, None].copy()).double()
+        wt.requires_grad_()
+        yt = torch.nn.functional.conv2d(xt, wt, stride=stride, padding=kernel // 2,
+                                        groups=channels)
+        dy = rng.standard_normal(yt.shape)
+        yt.backward(torch.from_numpy(dy))
+        d_x, d_w, _ = conv_vjp(x, w, spec, np.moveaxis(dy, 1, -1).astype(np.float32))
+        what = f"{channels} channels, {size}², {kernel}×{kernel} stride {stride}"
+        assert relative_error(d_x, np.moveaxis(xt.grad.numpy(), 1, -1)) <= 1e-5, what
+        expected_w = np.moveaxis(wt.grad.numpy()[:, 0], 0, -1)[:, :, None, :]
+        assert relative_error(d_w, expected_w) <= 1e-5, what

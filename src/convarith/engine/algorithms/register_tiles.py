@@ -757,13 +757,18 @@ def depthwise(
     *,
     padding: Sequence[tuple[int, int]] | None = None,
     threads: int | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Depthwise convolution (one input channel per group, multiplier 1) by the
     row kernels of :mod:`._llvm_depthwise`: tiles of neighbouring cells of a row, one
     vector of channels each, summed in registers while each input column is loaded
-    once per kernel row. Each job reads a padded copy of its rows (or of whole small
-    images) whose cells are padded to whole vectors of channels (so every vector load
-    stays inside it).
+    once per kernel row. Cells whose window lies inside the input read it in place;
+    the others (and all cells of a small input, or of one whose cells do not hold
+    whole vectors of channels) read a zero-padded copy of their rows or columns.
+
+    ``out``: a 2-D result is written there (``(N, *out_size, C)`` of ``xp``'s dtype,
+    any strides between cells, channels contiguous; used when ``C`` fills whole
+    vectors, else the result is copied into it) and returned.
 
     >>> x = np.ones((1, 6, 6, 3), np.float32)
     >>> k = np.ones((5, 5, 1, 3), np.float32)
@@ -783,7 +788,8 @@ def depthwise(
     if rank == 1:
         y = depthwise(xp[:, None], kernel[None], (1, *strides), (1, *dilation), groups,
                       (1, *out_size), threads=threads,
-                      padding=None if padding is None else ((0, 0), *padding))
+                      padding=None if padding is None else ((0, 0), *padding),
+                      out=None if out is None else out[:, None])
         return y[:, 0]
     x = np.ascontiguousarray(xp)
     kernel = np.asarray(kernel, dtype)
@@ -796,9 +802,20 @@ def depthwise(
     dilation_rows, dilation_cols = (int(v) for v in dilation)
     width = _llvm.vector_width(dtype)
     cpad = -(-c // width) * width
+    if out is not None and (out.shape != (n, oh, ow, c) or out.dtype != dtype
+                            or out.strides[-1] != dtype.itemsize
+                            or any(st % dtype.itemsize for st in out.strides) or cpad != c):
+        if out.shape != (n, oh, ow, c):
+            raise ValueError(f"out has shape {out.shape}, expected {(n, oh, ow, c)}")
+        out[...] = depthwise(x, kernel, strides, dilation, groups, out_size,
+                             padding=padding, threads=threads)
+        return out
     if n * oh * ow == 0 or c == 0:
+        if out is not None:
+            out[...] = 0
+            return out
         return np.zeros((n, oh, ow, c), dtype)
-    y = aligned_empty((n, oh, ow, cpad), dtype)
+    y = aligned_empty((n, oh, ow, cpad), dtype) if out is None else out
     padded_w = w + left + right
     weights = aligned_empty((kh * kw, cpad), dtype)
     weights[:, c:] = 0
@@ -819,7 +836,9 @@ def depthwise(
     target = _llvm.vector_target()
     # an output past a core's cache is stored past it (y and its cells hold whole,
     # aligned vectors)
-    streaming = y.nbytes >= STREAM_BYTES
+    vector_bytes = width * itemsize
+    streaming = (n * oh * ow * cpad * itemsize >= STREAM_BYTES and y.ctypes.data % vector_bytes == 0
+                 and all(st % vector_bytes == 0 for st in y.strides[:3]))
     modules = {count: row_kernel(dtype, kernel=kw, stride=stride_cols, dilation=dilation_cols,
                                  cells=row_cells(kw, count, target), target=target,
                                  streaming=streaming)
