@@ -805,10 +805,17 @@ def cost_transposed(problem: ConvProblem) -> float:
     Measured on one core (CPU time, float32, 3×3 stride 2, the input gradient of
     MobileNetV2's layers; phases against the grid, in ms): 16 images of 56²×144 5.2
     against 7.7, of 14²×576 1.0 against 2.2, 4 images of 56²×144 1.5 against 1.8, but
-    one image of 56²×144 0.50 against 0.31, of 28²×192 0.40 against 0.16.
+    one image of 56²×144 0.50 against 0.31, of 28²×192 0.40 against 0.16. Without the
+    row kernels (``CONVARITH_JIT=0``, or channels that do not fill whole vectors) the
+    phases' kernels above 1×1 but not 3×3 run this module's loop cell by cell: ``0.6 ×``
+    (4 images of 56²×144: 3.0 against 1.8 ms; 16 of 14²×576 2.0 against 2.7).
     """
+    from . import _llvm
+
     phases = math.prod(problem.strides)
-    return 0.3 * problem.flops / phases + 120_000 * phases
+    width = _llvm.vector_width(problem.dtype)
+    rows = _llvm.available(problem.dtype) and width > 0 and problem.in_channels % width == 0
+    return (0.3 if rows else 0.6) * problem.flops / phases + 120_000 * phases
 
 
 register_algorithm("depthwise_phases", transposed, applies=applies_transposed,
