@@ -834,10 +834,13 @@ def depthwise(
                   else [])
     counts = {lo, hi - lo, ow - hi} if in_place else {ow}
     target = _llvm.vector_target()
-    # an output past a core's cache is stored past it (y and its cells hold whole,
-    # aligned vectors)
+    # an output past a core's cache is stored past it where each store fills whole cache
+    # lines (y and its cells aligned; AVX2's half lines, stored one channel block after
+    # another, are written back partially: 64 channels on 4 images of 56², 1.5 ms against
+    # 0.6 without)
     vector_bytes = width * itemsize
-    streaming = (n * oh * ow * cpad * itemsize >= STREAM_BYTES and y.ctypes.data % vector_bytes == 0
+    streaming = (n * oh * ow * cpad * itemsize >= STREAM_BYTES and vector_bytes % 64 == 0
+                 and y.ctypes.data % vector_bytes == 0
                  and all(st % vector_bytes == 0 for st in y.strides[:3]))
     modules = {count: row_kernel(dtype, kernel=kw, stride=stride_cols, dilation=dilation_cols,
                                  cells=row_cells(kw, count, target), target=target,
@@ -980,17 +983,22 @@ def cost_depthwise(problem: ConvProblem) -> float:
     channels (16 images of 56²×144 7.2 against 5.2, of 14²×576 stride 2 0.83 against
     0.70), with channels that do not fill whole vectors (24 on 112²: 0.38 against
     0.31) and on small layers (each call costs ~40 µs more: 32 channels on 28² stride 2,
-    0.061 against 0.043): ``0.07 × FLOPs + 115 000`` with at most 96 channels (64 at
-    stride 2 along the rows) in whole vectors, else ``0.15 × FLOPs + 115 000``.
+    0.061 against 0.043): ``0.07 × FLOPs + 115 000`` with at most 6 vectors of
+    channels (96 float32 channels with AVX-512; 4 at stride 2 along the rows), else
+    ``0.15 × FLOPs + 115 000``. With AVX2 (16 registers: tiles of 10 cells, half
+    vectors) at most 4 vectors (32 float32 channels): 112²×32 0.22 against 0.37, 16
+    images of 28²×40 0.27 against 0.49, but 16 of 56²×48 3.0 against 2.4, of 56²×64
+    4.8 against 2.9.
     """
     taps = math.prod(problem.kernel_size)
     cells = max(1, problem.batch * math.prod(problem.out_size))
     if taps > 9:
         return problem.flops * 0.06 * (1 + 100 / cells)
     channels = problem.in_channels
-    width = _llvm.vector_width(problem.dtype) or 1
-    few_vectors = channels % width == 0 and channels <= (96 if problem.strides[-1] == 1
-                                                         else 64)
+    target = _llvm.vector_target()
+    width = target.width(problem.dtype) or 1
+    most = 6 if target.registers >= 32 and problem.strides[-1] == 1 else 4
+    few_vectors = channels % width == 0 and channels <= most * width
     return problem.flops * (0.07 if few_vectors else 0.15) + 115_000
 
 
