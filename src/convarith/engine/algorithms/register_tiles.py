@@ -829,7 +829,8 @@ def depthwise(
     # first and last columns read a zero-padded copy of those few columns.
     # (a small input is copied whole: one call of the kernels instead of five)
     lo, hi = inner_cells(w, effective_kernel(kw, dilation_cols), stride_cols, left, ow)
-    in_place = cpad == c and hi > lo and x.nbytes >= DEPTHWISE_IN_PLACE_BYTES
+    in_place = (cpad == c and hi - lo >= DEPTHWISE_IN_PLACE_CELLS
+                and x.nbytes >= DEPTHWISE_IN_PLACE_BYTES)
     row_groups = (_kernel_row_groups(h, kh, stride_rows, dilation_rows, top, oh) if in_place
                   else [])
     counts = {lo, hi - lo, ow - hi} if in_place else {ow}
@@ -958,6 +959,11 @@ def inner_cells(size: int, extent: int, stride: int, before: int, out: int) -> t
 #: image: 7²×960 0.12 ms in place, 0.06 copied; 14²×384 0.11 in place).
 DEPTHWISE_IN_PLACE_BYTES = 1 << 20
 
+#: ... and rows with at least this many cells inside the input (shorter tiles reuse fewer
+#: loaded columns: 5×5 on 16 images of 7²×1152, tiles of 3 and 2 cells in place took
+#: 1.9 ms, tiles of 7 on a copy 1.3).
+DEPTHWISE_IN_PLACE_CELLS = 8
+
 #: Least work (FLOPs) of one job of :func:`depthwise`: about 40 µs of one core.
 DEPTHWISE_JOB_FLOPS = 4_000_000
 
@@ -982,10 +988,10 @@ def cost_depthwise(problem: ConvProblem) -> float:
     0.43; stride 2 on 8 images of 112²×32 0.86 against 1.21), and slower with more
     channels (16 images of 56²×144 7.2 against 5.2, of 14²×576 stride 2 0.83 against
     0.70), with channels that do not fill whole vectors (24 on 112²: 0.38 against
-    0.31) and on small layers (each call costs ~40 µs more: 32 channels on 28² stride 2,
-    0.061 against 0.043): ``0.07 × FLOPs + 115 000`` with at most 6 vectors of
-    channels (96 float32 channels with AVX-512; 4 at stride 2 along the rows), else
-    ``0.15 × FLOPs + 115 000``. With AVX2 (16 registers: tiles of 10 cells, half
+    0.31) and on small layers (each call costs 20-40 µs more: 32 channels on 28² stride 2,
+    0.061 against 0.043; but one 112²×16 image 0.11 against 0.28): ``0.07 × FLOPs +
+    50 000`` with at most 6 vectors of channels (96 float32 channels with AVX-512; 4 at
+    stride 2 along the rows), else ``0.15 × FLOPs + 50 000``. With AVX2 (16 registers: tiles of 10 cells, half
     vectors) at most 4 vectors (32 float32 channels): 112²×32 0.22 against 0.37, 16
     images of 28²×40 0.27 against 0.49, but 16 of 56²×48 3.0 against 2.4, of 56²×64
     4.8 against 2.9.
@@ -999,7 +1005,7 @@ def cost_depthwise(problem: ConvProblem) -> float:
     width = target.width(problem.dtype) or 1
     most = 6 if target.registers >= 32 and problem.strides[-1] == 1 else 4
     few_vectors = channels % width == 0 and channels <= most * width
-    return problem.flops * (0.07 if few_vectors else 0.15) + 115_000
+    return problem.flops * (0.07 if few_vectors else 0.15) + 50_000
 
 
 register_algorithm("register_tiles", direct, applies=applies, cost=cost, pads_zeros=True)
