@@ -197,8 +197,11 @@ def torch_depthwise(x, weights, strides, dilation, pads):
 @pytest.mark.parametrize("seed", range(10 if CI else 40))
 def test_in_place_cells_against_torch(seed, isa, monkeypatch):
     """Channel counts that fill whole vectors (the cells inside the input read it in
-    place) and others, kernels 1-7, strides 1-2, dilation, padding on some sides, crops."""
+    place) and others, kernels 1-7, strides 1-2, dilation, padding on some sides, crops.
+    Inputs of any size read in place here (not only from DEPTHWISE_IN_PLACE_BYTES on)."""
     monkeypatch.setenv(_llvm.ISA_VARIABLE, isa)
+    monkeypatch.setattr(register_tiles, "DEPTHWISE_IN_PLACE_BYTES", 0)
+    monkeypatch.setattr(register_tiles, "DEPTHWISE_IN_PLACE_CELLS", 1)
     rng = np.random.default_rng(9100 + seed)
     while True:
         channels = int(rng.choice([8, 16, 32, 48, 144, 3, 20, 40]))
@@ -272,6 +275,9 @@ def test_depthwise_phases_against_definition(seed, isa, monkeypatch):
     from convarith.engine.padding import zero_insert
 
     monkeypatch.setenv(_llvm.ISA_VARIABLE, isa)
+    if seed % 2:  # the phases' inputs read in place whatever their size
+        monkeypatch.setattr(register_tiles, "DEPTHWISE_IN_PLACE_BYTES", 0)
+        monkeypatch.setattr(register_tiles, "DEPTHWISE_IN_PLACE_CELLS", 1)
     rng = np.random.default_rng(5300 + seed)
     while True:
         channels = int(rng.choice([1, 3, 8, 16, 32, 48, 144]))
