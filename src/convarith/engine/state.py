@@ -29,6 +29,9 @@ resolved specs         (spec, input shape) -> ``ResolvedConv``       nothing (pu
                        (``spec._resolve_remembered``)
 kernel layouts         register_tiles ``_layout``: shape, dtype,     nothing (pure; LRU of 256)
                        dilation, row length, panel bytes
+grouped forward plans  grouped_tiles ``_forward_plan``: shapes,      nothing (pure; LRU of 256)
+                       strides, padding, target, threads -> calls,
+                       panel layout, chunks of output
 col2im plans           per-axis gather tables (``col2im._axis_plan``)  nothing (pure; LRU of 64)
 space-to-depth plans   kernel/stride/dilation -> plan                nothing (pure; LRU of 256)
                        (``space_to_depth.plan``)
@@ -112,6 +115,7 @@ def process_caches() -> dict[str, Callable[[], None]]:
         col2im,
         depthwise,
         flat_rows,
+        grouped_tiles,
         register_tiles,
         space_to_depth,
         winograd,
@@ -131,6 +135,7 @@ def process_caches() -> dict[str, Callable[[], None]]:
         "autotune files": autotune.clear,
         "resolved specs": functions(spec._resolve_remembered),
         "kernel layouts": functions(register_tiles._layout),
+        "grouped forward plans": functions(grouped_tiles._forward_plan),
         "col2im plans": functions(col2im._axis_plan),
         "space-to-depth plans": functions(space_to_depth.plan),
         "Winograd matrices": functions(winograd.transform, winograd._transform_gain),

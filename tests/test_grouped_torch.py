@@ -1,0 +1,134 @@
+"""Grouped convolutions through the engine against PyTorch: forward, input and kernel
+gradients, on random layers of the class :mod:`convarith.engine.algorithms.grouped_tiles`
+runs (2 to 64 groups, 1 to 64 channels per group, images 4² to 56², stride 1 or 2,
+batch 1 or a few), with the compiled kernels on whatever vector ISA is in force
+(``CONVARITH_VECTOR_ISA=avx2`` forces the AVX2 ones) and with them off
+(``CONVARITH_JIT=0``). Each case prints its seed on failure.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from _helpers import assert_cheapest_applies, relative_error
+from convarith import ConvSpec
+from convarith.engine import conv, conv_vjp
+from convarith.engine.algorithms import _llvm
+from convarith.engine.dispatch import ConvProblem
+
+torch = pytest.importorskip("torch")
+
+CASES = 6 if os.environ.get("CI") == "true" else 40
+
+
+def _random_layer(seed: int) -> dict:
+    """A random grouped layer; about half have as many outputs as inputs per group (the
+    shuffling and interleaved kernels), the others any widths (groups of whole vectors,
+    or merged into block-diagonal kernels)."""
+    rng = np.random.default_rng(seed)
+    groups = int(rng.choice([2, 3, 4, 8, 16, 32, 64]))
+    if rng.random() < 0.5:
+        group_in = group_out = int(rng.choice([2, 4, 8, 16, 32]))
+    else:
+        group_in = int(rng.choice([1, 2, 3, 4, 8, 16, 32, 64]))
+        group_out = int(rng.choice([1, 2, 4, 8, 12, 16, 32, 64]))
+    while groups * max(group_in, group_out) > 1024:
+        groups //= 2
+    groups = max(groups, 2)
+    size = int(rng.choice([4, 5, 7, 8, 14, 28, 56]))
+    batch = int(rng.choice([1, 1, 2, 3]))
+    while batch * size * size * groups * group_in > 120_000 and size > 4:
+        size //= 2
+    kernel = int(rng.choice([1, 3, 3, 5]))
+    stride = int(rng.choice([1, 1, 2]))
+    dilation = int(rng.choice([1, 1, 2]))
+    padding = int(rng.integers(0, kernel // 2 + 2)) if size + 2 >= dilation * (kernel - 1) + 1 \
+        else dilation * (kernel - 1)
+    return dict(groups=groups, group_in=group_in, group_out=group_out, size=size,
+                batch=batch, kernel=kernel, stride=stride, dilation=dilation,
+                padding=padding)
+
+
+def _torch_results(x: np.ndarray, kernel: np.ndarray, layer: dict, dy: np.ndarray):
+    """PyTorch's (float64) output and gradients, channels-last like convarith's."""
+    xt = torch.from_numpy(np.moveaxis(x, -1, 1).astype(np.float64)).requires_grad_(True)
+    wt = torch.from_numpy(np.moveaxis(kernel, (-1, -2), (0, 1)).astype(np.float64)
+                          ).requires_grad_(True)
+    y = torch.nn.functional.conv2d(xt, wt, stride=layer["stride"], padding=layer["padding"],
+                                   dilation=layer["dilation"], groups=layer["groups"])
+    dyt = torch.from_numpy(np.moveaxis(dy, -1, 1).astype(np.float64))
+    dx, dw = torch.autograd.grad(y, (xt, wt), dyt)
+    return (np.moveaxis(y.detach().numpy(), 1, -1), np.moveaxis(dx.numpy(), 1, -1),
+            np.moveaxis(dw.numpy(), (0, 1), (-1, -2)))
+
+
+@pytest.mark.parametrize("seed", range(CASES))
+def test_grouped_layers_match_pytorch(seed: int) -> None:
+    layer = _random_layer(4100 + seed)
+    rng = np.random.default_rng(4100 + seed)
+    channels = layer["groups"] * layer["group_in"]
+    filters = layer["groups"] * layer["group_out"]
+    x = rng.standard_normal((layer["batch"], layer["size"], layer["size"], channels)
+                            ).astype(np.float32)
+    kernel = rng.standard_normal((layer["kernel"], layer["kernel"], layer["group_in"],
+                                  filters)).astype(np.float32)
+    spec = ConvSpec(layer["kernel"], strides=layer["stride"], padding=layer["padding"],
+                    dilation=layer["dilation"], groups=layer["groups"])
+    where = f"seed {4100 + seed}: {layer}"
+    y = conv(x, kernel, spec)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    expected_y, expected_dx, expected_dk = _torch_results(x, kernel, layer, dy)
+    assert y.shape == expected_y.shape, where
+    assert relative_error(y, expected_y) <= 1e-5, where
+    dx, dk, _ = conv_vjp(x, kernel, spec, dy)
+    assert relative_error(dx, expected_dx) <= 1e-5, where
+    assert relative_error(dk, expected_dk) <= 1e-5, where
+
+
+@pytest.mark.parametrize("seed", range(CASES))
+def test_grouped_forward_kernels_match_pytorch_and_cost_least(seed: int) -> None:
+    """The grouped kernels' forward pass itself (whichever family runs it) equals
+    PyTorch's, and the planner's pick for the layer is the cheapest that applies."""
+    from convarith.engine.algorithms import grouped_tiles
+
+    if not _llvm.available():
+        pytest.skip("no compiled kernels here")
+    layer = _random_layer(5200 + seed)
+    rng = np.random.default_rng(5200 + seed)
+    g, p, s, d = layer["groups"], layer["padding"], layer["stride"], layer["dilation"]
+    x = rng.standard_normal((layer["batch"], layer["size"], layer["size"],
+                             g * layer["group_in"])).astype(np.float32)
+    kernel = rng.standard_normal((layer["kernel"], layer["kernel"], layer["group_in"],
+                                  g * layer["group_out"])).astype(np.float32)
+    reach = d * (layer["kernel"] - 1) + 1
+    out = (layer["size"] + 2 * p - reach) // s + 1
+    where = f"seed {5200 + seed}: {layer}"
+    y = grouped_tiles.direct(x, kernel, (s, s), (d, d), g, (out, out),
+                             padding=((p, p), (p, p)))
+    dy = np.zeros(y.shape, np.float32)
+    expected, _, _ = _torch_results(x, kernel, layer, dy)
+    assert relative_error(y, expected) <= 1e-5, where
+    problem = ConvProblem((layer["batch"], layer["size"] + 2 * p, layer["size"] + 2 * p,
+                           x.shape[-1]), kernel.shape, (s, s), (d, d), g, (out, out),
+                          np.dtype(np.float32))
+    assert_cheapest_applies(problem)
+
+
+def test_resnext_groups_run_on_the_grouped_kernels() -> None:
+    """ResNeXt-50's 3×3 layers (32 groups of 4 to 32 channels) take the grouped kernels,
+    not merged block-diagonal ones, wherever the compiled kernels run."""
+    from convarith.engine.algorithms import grouped_tiles
+
+    width = _llvm.vector_width(np.float32)
+    if not width:
+        pytest.skip("no compiled kernels here")
+    for channels, size in ((128, 30), (256, 16), (512, 9), (1024, 6)):
+        group = channels // 32
+        problem = ConvProblem((1, size, size, channels), (3, 3, group, channels), (1, 1),
+                              (1, 1), 32, (size - 2, size - 2), np.dtype(np.float32))
+        family = grouped_tiles._family(32, group, group, channels, width)
+        assert family, (channels, width)
+        assert grouped_tiles.cost(problem) < grouped_tiles.tiles_cost(problem), (channels, family)
