@@ -178,3 +178,154 @@ def test_tiles_fit_the_registers(isa, kernel):
         assert cells + kernel + 2 <= target.registers or cells == 1
         tiles = -(-length // cells)
         assert (tiles - 1) * cells < length <= tiles * cells
+
+
+def torch_depthwise(x, weights, strides, dilation, pads):
+    """PyTorch's depthwise ``conv2d`` of channels-last ``x`` with per-side zero padding
+    (negative: crops), back in channels-last float64."""
+    torch = pytest.importorskip("torch")
+    t = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1))).double()
+    (top, bottom), (left, right) = pads
+    t = torch.nn.functional.pad(t, (left, right, top, bottom))
+    k = torch.from_numpy(np.ascontiguousarray(np.moveaxis(weights[:, :, 0, :], -1, 0)[:, None]))
+    y = torch.nn.functional.conv2d(t, k.double(), stride=strides, dilation=dilation,
+                                   groups=x.shape[-1])
+    return np.moveaxis(y.numpy(), 1, -1)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("seed", range(10 if CI else 40))
+def test_in_place_cells_against_torch(seed, isa, monkeypatch):
+    """Channel counts that fill whole vectors (the cells inside the input read it in
+    place) and others, kernels 1-7, strides 1-2, dilation, padding on some sides, crops.
+    Inputs of any size read in place here (not only from DEPTHWISE_IN_PLACE_BYTES on)."""
+    monkeypatch.setenv(_llvm.ISA_VARIABLE, isa)
+    monkeypatch.setattr(register_tiles, "DEPTHWISE_IN_PLACE_BYTES", 0)
+    monkeypatch.setattr(register_tiles, "DEPTHWISE_IN_PLACE_CELLS", 1)
+    rng = np.random.default_rng(9100 + seed)
+    while True:
+        channels = int(rng.choice([8, 16, 32, 48, 144, 3, 20, 40]))
+        kernel = (int(rng.integers(1, 8)), int(rng.integers(1, 8)))
+        strides = tuple(int(v) for v in rng.integers(1, 3, 2))
+        dilation = tuple(int(v) for v in rng.choice([1, 1, 2], 2))
+        size = tuple(int(v) for v in rng.integers(1, 30, 2))
+        pads = tuple((int(a), int(b)) for a, b in rng.choice([-1, 0, 1, 2, 3, 8], (2, 2)))
+        out = tuple((n + lo + hi - (k - 1) * d - 1) // s + 1
+                    for n, (lo, hi), k, d, s in zip(size, pads, kernel, dilation, strides))
+        if min(out) > 0:
+            break
+    x = rng.standard_normal((int(rng.integers(1, 4)), *size, channels))
+    weights = rng.standard_normal((*kernel, 1, channels))
+    expected = torch_depthwise(x, weights, strides, dilation, pads)
+    for dtype in (np.float32, np.float64):
+        y = register_tiles.depthwise(x.astype(dtype), weights.astype(dtype), strides,
+                                     dilation, channels, out, padding=pads, threads=2)
+        error = relative_error(y, expected)
+        assert error <= TOLERANCE[dtype], (
+            f"seed {9100 + seed} ({isa}, {dtype.__name__}): x {x.shape}, kernel {kernel}, "
+            f"strides {strides}, dilation {dilation}, padding {pads}: relative error "
+            f"{error:.2e}")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_outputs_past_the_cache_are_streamed_correctly(isa, monkeypatch):
+    """An output of at least STREAM_BYTES (non-temporal stores), 3x3 and 5x5 stride 2."""
+    monkeypatch.setenv(_llvm.ISA_VARIABLE, isa)
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 40, 40, 192)).astype(np.float32)
+    for kernel, stride, pads in ((3, 1, ((1, 1), (1, 1))), (5, 2, ((2, 2), (1, 2)))):
+        weights = rng.standard_normal((kernel, kernel, 1, 192)).astype(np.float32)
+        out = tuple((40 + lo + hi - kernel) // stride + 1 for lo, hi in pads)
+        y = register_tiles.depthwise(x, weights, (stride, stride), (1, 1), 192, out,
+                                     padding=pads)
+        assert y.nbytes >= register_tiles.STREAM_BYTES or stride > 1
+        expected = torch_depthwise(x.astype(np.float64), weights.astype(np.float64),
+                                   (stride, stride), (1, 1), pads)
+        assert relative_error(y, expected) <= TOLERANCE[np.float32], (kernel, stride)
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_inner_cells_and_kernel_row_groups(seed):
+    """Against the definition: cell ``o`` reads input cells ``o·s - before + a·d``."""
+    rng = np.random.default_rng(seed)
+    size, kernel, stride, dilation = (int(v) for v in rng.integers(1, 9, 4))
+    before = int(rng.integers(-2, 9))
+    out = int(rng.integers(1, 12))
+    reads = [[o * stride - before + a * dilation for a in range(kernel)] for o in range(out)]
+    inside = [o for o in range(out) if all(0 <= i < size for i in reads[o])]
+    lo, hi = register_tiles.inner_cells(size, (kernel - 1) * dilation + 1, stride, before, out)
+    assert list(range(lo, hi)) == inside, f"seed {seed}"
+    groups = register_tiles._kernel_row_groups(size, kernel, stride, dilation, before, out)
+    assert [g[0] for g in groups[1:]] == [g[1] for g in groups[:-1]], f"seed {seed}"
+    assert groups[0][0] == 0 and groups[-1][1] == out, f"seed {seed}"
+    for r0, r1, a0, a1 in groups:
+        for o in range(r0, r1):
+            taps = [a for a in range(kernel) if 0 <= reads[o][a] < size]
+            assert (taps == list(range(a0, a1))) if taps else a0 == a1, f"seed {seed}, row {o}"
+
+
+@pytest.mark.parametrize("isa", ["native", "avx2"])
+@pytest.mark.parametrize("seed", range(12 if CI else 60))
+def test_depthwise_phases_against_definition(seed, isa, monkeypatch):
+    """The transposed convolution by output phases against its definition: the zero-inserted,
+    padded (or cropped) grid convolved with the flipped kernel (float64 reference). Without
+    the row kernels (CONVARITH_JIT=0, or an instruction set this machine lacks) its phases
+    run on the depthwise loop or NumPy."""
+    from convarith.engine.algorithms import depthwise
+    from convarith.engine.padding import zero_insert
+
+    monkeypatch.setenv(_llvm.ISA_VARIABLE, isa)
+    if seed % 2:  # the phases' inputs read in place whatever their size
+        monkeypatch.setattr(register_tiles, "DEPTHWISE_IN_PLACE_BYTES", 0)
+        monkeypatch.setattr(register_tiles, "DEPTHWISE_IN_PLACE_CELLS", 1)
+    rng = np.random.default_rng(5300 + seed)
+    while True:
+        channels = int(rng.choice([1, 3, 8, 16, 32, 48, 144]))
+        kernel = tuple(int(v) for v in rng.integers(1, 6, 2))
+        strides = tuple(int(v) for v in rng.integers(1, 4, 2))
+        dilation = tuple(int(v) for v in rng.choice([1, 1, 2], 2))
+        size = tuple(int(v) for v in rng.integers(1, 14, 2))
+        pads = tuple((int(a), int(b)) for a, b in rng.integers(-2, 6, (2, 2)))
+        out = tuple((n - 1) * s + 1 + lo + hi - (k - 1) * d for n, s, (lo, hi), k, d
+                    in zip(size, strides, pads, kernel, dilation))
+        if min(out) > 0 and max(strides) > 1:
+            break
+    x = rng.standard_normal((int(rng.integers(1, 3)), *size, channels))
+    weights = rng.standard_normal((*kernel, 1, channels))
+    expected = reference_direct(zero_insert(x, strides, pads), weights[::-1, ::-1], (1, 1),
+                                dilation, channels, out)
+    for dtype in (np.float32, np.float64):
+        y = depthwise.transposed(x.astype(dtype), weights.astype(dtype), strides, dilation,
+                                 channels, pads, out, threads=2)
+        error = relative_error(y, expected)
+        assert y.dtype == dtype and error <= TOLERANCE[dtype], (
+            f"seed {5300 + seed} ({isa}, {dtype.__name__}): x {x.shape}, kernel {kernel}, "
+            f"strides {strides}, dilation {dilation}, padding {pads}: error {error:.2e}")
+
+
+def test_strided_depthwise_gradients_against_torch():
+    """MobileNet/EfficientNet-style strided depthwise layers: the input gradient (by
+    output phases where they are cheaper than the zero-inserted grid) and the weight
+    gradient against PyTorch."""
+    torch = pytest.importorskip("torch")
+    from convarith import ConvSpec
+    from convarith.engine import conv_vjp
+
+    rng = np.random.default_rng(21)
+    for channels, size, kernel, stride, batch in ((96, 23, 3, 2, 2), (144, 16, 5, 2, 1),
+                                                  (40, 9, 3, 3, 2), (7, 12, 3, 2, 1)):
+        x = rng.standard_normal((batch, size, size, channels)).astype(np.float32)
+        w = rng.standard_normal((kernel, kernel, 1, channels)).astype(np.float32)
+        spec = ConvSpec(kernel, strides=stride, padding=kernel // 2, groups=channels)
+        xt = torch.from_numpy(np.moveaxis(x, -1, 1).copy()).double().requires_grad_()
+        wt = torch.from_numpy(np.moveaxis(w[:, :, 0, :], -1, 0)[:, None].copy()).double()
+        wt.requires_grad_()
+        yt = torch.nn.functional.conv2d(xt, wt, stride=stride, padding=kernel // 2,
+                                        groups=channels)
+        dy = rng.standard_normal(yt.shape)
+        yt.backward(torch.from_numpy(dy))
+        d_x, d_w, _ = conv_vjp(x, w, spec, np.moveaxis(dy, 1, -1).astype(np.float32))
+        what = f"{channels} channels, {size}², {kernel}×{kernel} stride {stride}"
+        assert relative_error(d_x, np.moveaxis(xt.grad.numpy(), 1, -1)) <= 1e-5, what
+        expected_w = np.moveaxis(wt.grad.numpy()[:, 0], 0, -1)[:, :, None, :]
+        assert relative_error(d_w, expected_w) <= 1e-5, what

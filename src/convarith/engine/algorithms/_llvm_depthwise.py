@@ -18,10 +18,10 @@ One module exports ``drive``::
           kernel_rows, x_row, x_tap_row, x_cell, y_row, y_cell, w_tap)
 
 For image ``g < images`` (``x`` and ``y`` advanced by ``g·x_image`` and ``g·y_image``),
-output row ``r < rows`` (the outer loop: a row's channel blocks lie side by side,
-which the prefetchers follow), channel block ``c < blocks`` (``VW`` channels each)
-and tile ``t < tiles`` (first cell ``o0 = min(t·MR, last_start)``: the last tile
-of a row may overlap the one before, recomputing the same values), cell
+output row ``r < rows``, tile ``t < tiles`` (first cell ``o0 = min(t·MR, last_start)``:
+the last tile of a row may overlap the one before, recomputing the same values) and
+channel block ``c < blocks`` (``VW`` channels each; the inner loop, so a tile's
+columns are read whole, in order, while they are in the first-level cache), cell
 ``o0 + m`` (``m < MR``) is::
 
     y[r·y_row + (o0 + m)·y_cell + c·VW + j] = Σ_{a < kernel_rows, b < K}
@@ -92,8 +92,9 @@ def row_cells(kernel: int, row_length: int, target: _llvm.VectorTarget | None = 
 
 
 def row_module_ir(dtype: Any, width: int, *, kernel: int, stride: int, dilation: int,
-                  cells: int) -> str:
-    """The IR of one module (see the module docstring)."""
+                  cells: int, streaming: bool = False) -> str:
+    """The IR of one module (see the module docstring); ``streaming``: results are stored
+    past the caches (non-temporal stores: ``y`` and its cells aligned to whole vectors)."""
     ty = _llvm._ir_type(dtype)
     v = f"<{width} x {ty}>"
     p = f"{ty}*"
@@ -150,6 +151,8 @@ def row_module_ir(dtype: Any, width: int, *, kernel: int, stride: int, dilation:
             f"  %yt{m} = mul i64 {m}, %y_cell",
             f"  %yp{m} = getelementptr {ty}, {p} %y, i64 %yt{m}",
             f"  %yq{m} = bitcast {p} %yp{m} to {v}*",
+            (f"  store {v} {current[m]}, {v}* %yq{m}, align {width * _llvm._size(ty)}, "
+             "!nontemporal !0") if streaming else
             f"  store {v} {current[m]}, {v}* %yq{m}, align 4",
         ]
     tile += ["  ret void", "}"]
@@ -177,35 +180,35 @@ def row_module_ir(dtype: Any, width: int, *, kernel: int, stride: int, dilation:
         "  %r = phi i64 [0, %g_loop], [%r1, %r_end]",
         "  %xr = mul i64 %r, %x_row",
         "  %yr = mul i64 %r, %y_row",
-        "  br label %c_loop",
-        "c_loop:",
-        "  %c = phi i64 [0, %r_loop], [%c1, %c_end]",
-        f"  %cv = mul i64 %c, {width}",
-        f"  %wc = getelementptr {ty}, {p} %w, i64 %cv",
         "  br label %t_loop",
         "t_loop:",
-        "  %t = phi i64 [0, %c_loop], [%t1, %t_loop]",
+        "  %t = phi i64 [0, %r_loop], [%t1, %t_end]",
         f"  %tc = mul i64 %t, {cells}",
         "  %late = icmp sgt i64 %tc, %last_start",
         "  %o0 = select i1 %late, i64 %last_start, i64 %tc",
         f"  %ox = mul i64 %o0, {stride}",
         "  %oxc = mul i64 %ox, %x_cell",
         "  %xo = add i64 %xr, %oxc",
-        "  %xoc = add i64 %xo, %cv",
-        f"  %xt = getelementptr {ty}, {p} %x, i64 %xoc",
         "  %oyc = mul i64 %o0, %y_cell",
         "  %yo = add i64 %yr, %oyc",
+        "  br label %c_loop",
+        "c_loop:",
+        "  %c = phi i64 [0, %t_loop], [%c1, %c_loop]",
+        f"  %cv = mul i64 %c, {width}",
+        f"  %wc = getelementptr {ty}, {p} %w, i64 %cv",
+        "  %xoc = add i64 %xo, %cv",
+        f"  %xt = getelementptr {ty}, {p} %x, i64 %xoc",
         "  %yoc = add i64 %yo, %cv",
         f"  %yt = getelementptr {ty}, {p} %y, i64 %yoc",
         f"  call void @tile({p} %xt, {p} %wc, {p} %yt, i64 %kernel_rows, i64 %x_tap_row, "
         "i64 %x_cell, i64 %y_cell, i64 %w_tap)",
-        "  %t1 = add i64 %t, 1",
-        "  %tm = icmp slt i64 %t1, %tiles",
-        "  br i1 %tm, label %t_loop, label %c_end",
-        "c_end:",
         "  %c1 = add i64 %c, 1",
         "  %cm = icmp slt i64 %c1, %blocks",
-        "  br i1 %cm, label %c_loop, label %r_end",
+        "  br i1 %cm, label %c_loop, label %t_end",
+        "t_end:",
+        "  %t1 = add i64 %t, 1",
+        "  %tm = icmp slt i64 %t1, %tiles",
+        "  br i1 %tm, label %t_loop, label %r_end",
         "r_end:",
         "  %r1 = add i64 %r, 1",
         "  %rm = icmp slt i64 %r1, %rows",
@@ -218,7 +221,8 @@ def row_module_ir(dtype: Any, width: int, *, kernel: int, stride: int, dilation:
         "  ret void",
         "}",
     ]
-    return "\n\n".join([f"declare {v} {fma}({v}, {v}, {v})", text, "\n".join(drive)]) + "\n"
+    parts = [f"declare {v} {fma}({v}, {v}, {v})", text, "\n".join(drive)]
+    return "\n\n".join(parts + (["!0 = !{i32 1}"] if streaming else [])) + "\n"
 
 
 @dataclass(frozen=True)
@@ -232,21 +236,24 @@ class RowKernel:
     engine: Any  # keeps the machine code alive
 
 
-def row_kernel(dtype: Any, *, kernel: int, stride: int, dilation: int, cells: int
+def row_kernel(dtype: Any, *, kernel: int, stride: int, dilation: int, cells: int,
+               target: _llvm.VectorTarget | None = None, streaming: bool = False
                ) -> RowKernel | None:
-    """The compiled module on the target in use (``None``: no compiled kernels here)."""
-    return _row_kernel(np.dtype(dtype), kernel, stride, dilation, cells, _llvm.vector_target())
+    """The compiled module on ``target`` (default: the one in use; ``None``: no compiled
+    kernels here); ``streaming`` as in :func:`row_module_ir`."""
+    return _row_kernel(np.dtype(dtype), kernel, stride, dilation, cells,
+                       target or _llvm.vector_target(), streaming)
 
 
 @cached_once
 def _row_kernel(dtype: np.dtype[Any], kernel: int, stride: int, dilation: int, cells: int,
-                target: _llvm.VectorTarget) -> RowKernel | None:
+                target: _llvm.VectorTarget, streaming: bool = False) -> RowKernel | None:
     llvm = _llvm._llvm()
     width = target.width(dtype)
     if llvm is None or not target.runs_here or width == 0 or dtype.char not in "fd":
         return None
     ir = row_module_ir(dtype, width, kernel=kernel, stride=stride, dilation=dilation,
-                       cells=cells)
+                       cells=cells, streaming=streaming)
     with _llvm._LOCK:
         module = llvm.parse_assembly(ir)
         module.verify()
@@ -260,7 +267,7 @@ def _row_kernel(dtype: np.dtype[Any], kernel: int, stride: int, dilation: int, c
 
 
 def row_assembly(target: _llvm.VectorTarget, dtype: Any, *, kernel: int, stride: int,
-                 dilation: int, cells: int) -> str:
+                 dilation: int, cells: int, streaming: bool = False) -> str:
     """The machine code of a module for ``target``, as assembly text (checks that the IR
     compiles for an instruction set this machine need not run; ``RuntimeError`` without
     llvmlite)."""
@@ -268,7 +275,7 @@ def row_assembly(target: _llvm.VectorTarget, dtype: Any, *, kernel: int, stride:
     if llvm is None:
         raise RuntimeError("llvmlite is not installed (or CONVARITH_JIT=0)")
     ir = row_module_ir(dtype, target.width(dtype), kernel=kernel, stride=stride,
-                       dilation=dilation, cells=cells)
+                       dilation=dilation, cells=cells, streaming=streaming)
     with _llvm._LOCK:
         machine = _llvm._machine(llvm, target)
         module = llvm.parse_assembly(ir)

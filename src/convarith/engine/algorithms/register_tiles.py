@@ -757,13 +757,18 @@ def depthwise(
     *,
     padding: Sequence[tuple[int, int]] | None = None,
     threads: int | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Depthwise convolution (one input channel per group, multiplier 1) by the
     row kernels of :mod:`._llvm_depthwise`: tiles of neighbouring cells of a row, one
     vector of channels each, summed in registers while each input column is loaded
-    once per kernel row. Each job reads a padded copy of its rows (or of whole small
-    images) whose cells are padded to whole vectors of channels (so every vector load
-    stays inside it).
+    once per kernel row. Cells whose window lies inside the input read it in place;
+    the others (and all cells of a small input, or of one whose cells do not hold
+    whole vectors of channels) read a zero-padded copy of their rows or columns.
+
+    ``out``: a 2-D result is written there (``(N, *out_size, C)`` of ``xp``'s dtype,
+    any strides between cells, channels contiguous; used when ``C`` fills whole
+    vectors, else the result is copied into it) and returned.
 
     >>> x = np.ones((1, 6, 6, 3), np.float32)
     >>> k = np.ones((5, 5, 1, 3), np.float32)
@@ -783,9 +788,10 @@ def depthwise(
     if rank == 1:
         y = depthwise(xp[:, None], kernel[None], (1, *strides), (1, *dilation), groups,
                       (1, *out_size), threads=threads,
-                      padding=None if padding is None else ((0, 0), *padding))
+                      padding=None if padding is None else ((0, 0), *padding),
+                      out=None if out is None else out[:, None])
         return y[:, 0]
-    x = np.asarray(xp)
+    x = np.ascontiguousarray(xp)
     kernel = np.asarray(kernel, dtype)
     (top, bottom), (left, right) = ((0, 0), (0, 0)) if padding is None else [
         (int(lo), int(hi)) for lo, hi in padding]
@@ -796,65 +802,167 @@ def depthwise(
     dilation_rows, dilation_cols = (int(v) for v in dilation)
     width = _llvm.vector_width(dtype)
     cpad = -(-c // width) * width
+    if out is not None and (out.shape != (n, oh, ow, c) or out.dtype != dtype
+                            or out.strides[-1] != dtype.itemsize
+                            or any(st % dtype.itemsize for st in out.strides) or cpad != c):
+        if out.shape != (n, oh, ow, c):
+            raise ValueError(f"out has shape {out.shape}, expected {(n, oh, ow, c)}")
+        out[...] = depthwise(x, kernel, strides, dilation, groups, out_size,
+                             padding=padding, threads=threads)
+        return out
     if n * oh * ow == 0 or c == 0:
+        if out is not None:
+            out[...] = 0
+            return out
         return np.zeros((n, oh, ow, c), dtype)
-    y = aligned_empty((n, oh, ow, cpad), dtype)
+    y = aligned_empty((n, oh, ow, cpad), dtype) if out is None else out
     padded_w = w + left + right
-    row_elems = padded_w * cpad
-    cells = row_cells(kw, ow)
-    kernels = row_kernel(dtype, kernel=kw, stride=stride_cols, dilation=dilation_cols,
-                         cells=cells)
-    assert kernels is not None
     weights = aligned_empty((kh * kw, cpad), dtype)
     weights[:, c:] = 0
     weights[:, :c] = kernel.reshape(kh * kw, c)
-    tiles = -(-ow // cells)
     reach = effective_kernel(kh, dilation_rows)
+    y_image, y_row, y_cell = (st // dtype.itemsize for st in y.strides[:3])
+    itemsize = dtype.itemsize
+    # Cells whose window reads no padding column, when their cells hold whole vectors
+    # of channels, read the input in place: a row of them whose window overhangs the
+    # top or bottom skips the kernel rows that would read the padding. The cells of the
+    # first and last columns read a zero-padded copy of those few columns.
+    # (a small input is copied whole: one call of the kernels instead of five)
+    lo, hi = inner_cells(w, effective_kernel(kw, dilation_cols), stride_cols, left, ow)
+    in_place = (cpad == c and hi - lo >= DEPTHWISE_IN_PLACE_CELLS
+                and x.nbytes >= DEPTHWISE_IN_PLACE_BYTES)
+    row_groups = (_kernel_row_groups(h, kh, stride_rows, dilation_rows, top, oh) if in_place
+                  else [])
+    counts = {lo, hi - lo, ow - hi} if in_place else {ow}
+    target = _llvm.vector_target()
+    # an output past a core's cache is stored past it where each store fills whole cache
+    # lines (y and its cells aligned; AVX2's half lines, stored one channel block after
+    # another, are written back partially: 64 channels on 4 images of 56², 1.5 ms against
+    # 0.6 without)
+    vector_bytes = width * itemsize
+    streaming = (n * oh * ow * cpad * itemsize >= STREAM_BYTES and vector_bytes % 64 == 0
+                 and y.ctypes.data % vector_bytes == 0
+                 and all(st % vector_bytes == 0 for st in y.strides[:3]))
+    modules = {count: row_kernel(dtype, kernel=kw, stride=stride_cols, dilation=dilation_cols,
+                                 cells=row_cells(kw, count, target), target=target,
+                                 streaming=streaming)
+               for count in counts if count}
+    x_base, y_base, w_base = x.ctypes.data, y.ctypes.data, weights.ctypes.data
+
+    def drive(source: int, x_image: int, row_elems: int, images: int, target: int,
+              rows: int, count: int, first_tap_row: int = 0, kernel_rows: int = kh) -> None:
+        """``rows`` output rows of ``count`` cells from ``target`` (an address in ``y``),
+        of ``images`` images, reading from ``source`` (rows ``row_elems`` apart) with
+        kernel rows ``first_tap_row`` onwards."""
+        module = modules[count]
+        assert module is not None
+        module.drive(source, w_base + first_tap_row * kw * cpad * itemsize, target, images,
+                     x_image, y_image, rows, -(-count // module.cells), count - module.cells,
+                     cpad // width, kernel_rows, stride_rows * row_elems,
+                     dilation_rows * row_elems, cpad, y_row, y_cell, cpad)
+
+    def padded_rows(g0: int, g1: int, o0: int, o1: int, first: int, cells: int) -> None:
+        """Output rows [o0, o1), cells [first, first + cells) of images [g0, g1), from a
+        zero-padded copy of the columns and rows they read."""
+        columns = window_reach(cells, kw, stride_cols, dilation_cols)
+        slab = workspace("register_tiles_depthwise",
+                         (g1 - g0, (o1 - 1 - o0) * stride_rows + reach, columns, cpad), dtype)
+        if cpad != c:
+            slab[..., c:] = 0
+        _fill(slab[..., :c], x[g0:g1], o0 * stride_rows - top, left - first * stride_cols)
+        drive(slab.ctypes.data, slab[0].size, columns * cpad, g1 - g0,
+              y_base + (g0 * y_image + o0 * y_row + first * y_cell) * itemsize,
+              o1 - o0, cells)
+
+    def band(g0: int, g1: int, o0: int, o1: int) -> None:
+        """Output rows [o0, o1) of images [g0, g1)."""
+        if not in_place:
+            padded_rows(g0, g1, o0, o1, 0, ow)
+            return
+        for r0, r1, a0, a1 in row_groups:
+            r0, r1 = max(r0, o0), min(r1, o1)
+            if r0 >= r1:
+                continue
+            if a0 == a1:  # rows whose every window lies on the padding
+                y[g0:g1, r0:r1, lo:hi] = 0
+                continue
+            source = x_base + (g0 * x[0].size + (r0 * stride_rows - top + a0 * dilation_rows)
+                               * w * c + (lo * stride_cols - left) * c) * itemsize
+            drive(source, x[0].size, w * c, g1 - g0,
+                  y_base + (g0 * y_image + r0 * y_row + lo * y_cell) * itemsize,
+                  r1 - r0, hi - lo, a0, a1 - a0)
+        if lo > 0:
+            padded_rows(g0, g1, o0, o1, 0, lo)
+        if hi < ow:
+            padded_rows(g0, g1, o0, o1, hi, ow - hi)
+
     workers = threads if threads is not None else worker_count()
     # rows per job: a share of the work for each worker's JOBS_PER_WORKER jobs (all of
-    # it for one worker), and at least DEPTHWISE_JOB_FLOPS (each job costs a padded copy
-    # and ~20 µs of Python)
+    # it for one worker), and at least DEPTHWISE_JOB_FLOPS (each job costs ~20 µs of
+    # Python); images per job: those rows, and at most SLAB_BYTES of copied input
     share = -(-n * oh // (JOBS_PER_WORKER * workers)) if workers > 1 else n * oh
     rows = max(share, -(-DEPTHWISE_JOB_FLOPS // (2 * ow * kh * kw * c)))
+    copied_columns = (max(window_reach(count, kw, stride_cols, dilation_cols)
+                          for count in (lo, ow - hi, 1) if count)
+                      if in_place else padded_w)
+    row_bytes = copied_columns * cpad * itemsize
     needed = window_reach(oh, kh, stride_rows, dilation_rows)
-    row_bytes = row_elems * dtype.itemsize
-    images = min(n, rows // oh, SLAB_BYTES // (needed * row_bytes)) if rows >= oh else 0
-    rows = max(1, min(oh, rows, (SLAB_BYTES // row_bytes - reach) // stride_rows + 1))
-    y_row, y_cell = (st // dtype.itemsize for st in y.strides[1:3])
-    y_base, y_bytes = y.ctypes.data, y.strides
-
-    def drive(slab: np.ndarray, image: int, o0: int, o1: int) -> None:
-        """Output rows [o0, o1) of ``slab.shape[0]`` images from ``image`` on."""
-        kernels.drive(slab.ctypes.data, weights.ctypes.data,
-                      y_base + image * y_bytes[0] + o0 * y_bytes[1],
-                      slab.shape[0], slab[0].size, y_bytes[0] // dtype.itemsize,
-                      o1 - o0, tiles, ow - cells, cpad // width, kh,
-                      stride_rows * row_elems, dilation_rows * row_elems, cpad,
-                      y_row, y_cell, cpad)
-
-    def job_rows(image: int, o0: int, o1: int) -> None:
-        slab = workspace("register_tiles_depthwise",
-                         ((o1 - 1 - o0) * stride_rows + reach, padded_w, cpad), dtype)
-        if cpad != c:
-            slab[..., c:] = 0
-        _fill(slab[..., :c], x[image], o0 * stride_rows - top, left)
-        drive(slab[None], image, o0, o1)
-
-    def job_images(g0: int, g1: int) -> None:
-        slab = workspace("register_tiles_depthwise", (g1 - g0, needed, padded_w, cpad), dtype)
-        if cpad != c:
-            slab[..., c:] = 0
-        _fill(slab[..., :c], x[g0:g1], -top, left)
-        drive(slab, g0, 0, oh)
-
+    images = min(n, rows // oh, SLAB_BYTES // (needed * row_bytes))
+    band_rows = max(1, min(oh, rows, (SLAB_BYTES // row_bytes - reach) // stride_rows + 1))
     jobs: list[Callable[[], None]] = (
-        [functools.partial(job_images, g0, min(n, g0 + images)) for g0 in range(0, n, images)]
-            if images >= 1 else
-            [functools.partial(job_rows, image, o0, min(oh, o0 + rows))
-             for image in range(n) for o0 in range(0, oh, rows)])
+        [functools.partial(band, g0, min(n, g0 + images), 0, oh) for g0 in range(0, n, images)]
+        if images >= 1 else
+        [functools.partial(band, image, image + 1, o0, min(oh, o0 + band_rows))
+         for image in range(n) for o0 in range(0, oh, band_rows)])
     _run(jobs, 2.0 * n * oh * ow * kh * kw * c * 8, threads)
     return y if cpad == c else np.ascontiguousarray(y[..., :c])
 
+
+def _kernel_row_groups(size: int, kernel: int, stride: int, dilation: int, before: int,
+                       out: int) -> list[tuple[int, int, int, int]]:
+    """Output rows ``[r0, r1)`` and the kernel rows ``[a0, a1)`` each of them reads from
+    the input (the others lie on its ``before``/after zero padding): consecutive rows
+    with the same kernel rows form one group."""
+    inner = inner_cells(size, effective_kernel(kernel, dilation), stride, before, out)
+    groups: list[tuple[int, int, int, int]] = []
+    for row in itertools.chain(range(inner[0]), [inner[0]] if inner[1] > inner[0] else [],
+                               range(inner[1], out)):
+        first = row * stride - before
+        a0 = min(kernel, -(first // dilation)) if first < 0 else 0
+        a1 = max(a0, min(kernel, (size - 1 - first) // dilation + 1)) if first < size else a0
+        end = inner[1] if row == inner[0] < inner[1] else row + 1
+        if groups and groups[-1][1] == row and groups[-1][2:] == (a0, a1):
+            groups[-1] = (groups[-1][0], end, a0, a1)
+        else:
+            groups.append((row, end, a0, a1))
+    return groups
+
+
+def inner_cells(size: int, extent: int, stride: int, before: int, out: int) -> tuple[int, int]:
+    """Output cells ``[lo, hi)`` (of ``out``) whose window of ``extent`` input cells
+    (``K_eff``, :func:`~convarith.arithmetic.effective_kernel`) lies wholly inside an
+    input of ``size`` cells with ``before`` cells of padding before it (cell ``o`` reads
+    ``o·stride - before`` onwards); ``lo == hi`` when none does.
+
+    >>> inner_cells(10, 3, 1, 1, 10), inner_cells(10, 3, 2, 1, 5), inner_cells(2, 5, 1, 2, 2)
+    ((1, 9), (1, 5), (2, 2))
+    """
+    lo = min(out, -(-before // stride)) if before > 0 else 0
+    last = size - extent + before
+    hi = min(out, last // stride + 1) if last >= 0 else 0
+    return lo, max(lo, hi)
+
+
+#: Inputs of :func:`depthwise` from this size on are read in place (but for the cells by
+#: the padding); smaller ones are copied whole, zero-padded: the copy costs less than the
+#: four more calls of the kernels and two copies of border columns (one core, 3×3 on one
+#: image: 7²×960 0.12 ms in place, 0.06 copied; 14²×384 0.11 in place).
+DEPTHWISE_IN_PLACE_BYTES = 1 << 20
+
+#: ... and rows with at least this many cells inside the input (shorter tiles reuse fewer
+#: loaded columns: 5×5 on 16 images of 7²×1152, tiles of 3 and 2 cells in place took
+#: 1.9 ms, tiles of 7 on a copy 1.3).
+DEPTHWISE_IN_PLACE_CELLS = 8
 
 #: Least work (FLOPs) of one job of :func:`depthwise`: about 40 µs of one core.
 DEPTHWISE_JOB_FLOPS = 4_000_000
@@ -870,20 +978,34 @@ def applies_depthwise(problem: ConvProblem) -> bool:
 def cost_depthwise(problem: ConvProblem) -> float:
     """Against :mod:`.depthwise`'s ``0.1 × FLOPs`` (its loop unrolls 3×3 only).
 
-    Measured on one core (CPU time, float32, best of several calls on a busy machine;
-    these kernels against that loop, in ms): 5×5 on 2×56²×96 0.43 against 1.35; 7×7
-    0.72 against 3.7; 5×5 on one 14²×672 image 0.13 against 0.27, on one 28²×240
-    image 0.16 against 0.39, stride 2 on one 14²×672 image 0.090 against 0.071 (few
-    cells: the padded copy and the call dominate); 3×3 the loop is as fast or faster
-    on most of MobileNetV2's layers (on 14²×576, 16 images: 1.35 against 1.16). So
-    ``0.06 × FLOPs × (1 + 100 / cells)`` above 3×3 and ``0.15 × (1 + 2000 / cells)``
-    up to 3×3.
+    Measured on one core (CPU time, float32, on a busy machine; these kernels against
+    that loop, in ms): above 3×3 these kernels are faster everywhere (5×5 on 2×56²×96
+    0.43 against 1.35; 7×7 0.72 against 3.7; 5×5 on one 28²×240 image 0.21 against
+    0.42, on one 14²×672 image 0.16 against 0.27): ``0.06 × FLOPs × (1 + 100 / cells)``.
+    Up to 3×3 they are faster where a cell's channels are a few whole vectors (3×3 on
+    one 112²×32 image 0.19 against 0.32, 16 images 4.1 against 5.7; one 56²×64 image
+    0.11 against 0.13, 16 images 1.7 against 2.6; 16 images of 28²×48 0.24 against
+    0.43; stride 2 on 8 images of 112²×32 0.86 against 1.21), and slower with more
+    channels (16 images of 56²×144 7.2 against 5.2, of 14²×576 stride 2 0.83 against
+    0.70), with channels that do not fill whole vectors (24 on 112²: 0.38 against
+    0.31) and on small layers (each call costs 20-40 µs more: 32 channels on 28² stride 2,
+    0.061 against 0.043; but one 112²×16 image 0.11 against 0.28): ``0.07 × FLOPs +
+    50 000`` with at most 6 vectors of channels (96 float32 channels with AVX-512; 4 at
+    stride 2 along the rows), else ``0.15 × FLOPs + 50 000``. With AVX2 (16 registers: tiles of 10 cells, half
+    vectors) at most 4 vectors (32 float32 channels): 112²×32 0.22 against 0.37, 16
+    images of 28²×40 0.27 against 0.49, but 16 of 56²×48 3.0 against 2.4, of 56²×64
+    4.8 against 2.9.
     """
     taps = math.prod(problem.kernel_size)
     cells = max(1, problem.batch * math.prod(problem.out_size))
-    if taps <= 9:
-        return problem.flops * 0.15 * (1 + 2000 / cells)
-    return problem.flops * 0.06 * (1 + 100 / cells)
+    if taps > 9:
+        return problem.flops * 0.06 * (1 + 100 / cells)
+    channels = problem.in_channels
+    target = _llvm.vector_target()
+    width = target.width(problem.dtype) or 1
+    most = 6 if target.registers >= 32 and problem.strides[-1] == 1 else 4
+    few_vectors = channels % width == 0 and channels <= most * width
+    return problem.flops * (0.07 if few_vectors else 0.15) + 50_000
 
 
 register_algorithm("register_tiles", direct, applies=applies, cost=cost, pads_zeros=True)
