@@ -31,7 +31,7 @@ from ..spec import ResolvedConv
 from .algorithms.offset_gemm import tap_view
 from .padding import pad
 
-__all__ = ["forward", "backward", "divisor"]
+__all__ = ["forward", "backward", "divisor", "reduce_windows", "spread_windows"]
 
 
 def _padded(x: np.ndarray, resolved: ResolvedConv, fill: float) -> np.ndarray:
@@ -157,27 +157,106 @@ def _max_with_argmax(
     return best, argmax
 
 
+def spread_windows(dy: np.ndarray, kernel_size: tuple[int, ...], strides: tuple[int, ...],
+                   dilation: tuple[int, ...], padded_size: tuple[int, ...]) -> np.ndarray:
+    """The adjoint of a window sum: each cell of ``dy`` ``(N, *out, C)`` added to every
+    cell of its window, on the padded grid ``(N, *padded_size, C)``.
+
+    One spatial axis at a time, as :func:`reduce_windows` (a window sum is a sum
+    along each axis in turn, so its adjoint spreads along each axis in turn): a
+    single window (a global pool) is a broadcast, non-overlapping windows a
+    repeat, others ``K`` strided additions. The result may be a read-only
+    broadcast view.
+
+    >>> spread_windows(np.ones((1, 2, 1)), (2,), (2,), (1,), (5,))[0, :, 0]
+    array([1., 1., 1., 1., 0.])
+    """
+    current = dy
+    for axis, (k, s, d, length) in enumerate(zip(kernel_size, strides, dilation, padded_size), 1):
+        o = current.shape[axis]
+        shape = current.shape[:axis] + (length,) + current.shape[axis + 1:]
+        if o == 1 and d == 1 and k == length:  # one window over the whole axis
+            current = np.broadcast_to(current, shape)
+            continue
+        spread = np.zeros(shape, current.dtype)
+        index: list[slice] = [slice(None)] * current.ndim
+        if o == 0:
+            current = spread
+            continue
+        if o == 1:  # one window: its k cells all get the value
+            index[axis] = slice(0, (k - 1) * d + 1, d)
+            spread[tuple(index)] = current
+        elif d == 1 and s == k:  # windows side by side: each value repeated k times
+            index[axis] = slice(0, o * k)
+            blocks = spread[tuple(index)].reshape(*shape[:axis], o, k, *shape[axis + 1:])
+            blocks[...] = np.expand_dims(current, axis + 1)
+        else:
+            for tap in range(k):
+                index[axis] = slice(tap * d, tap * d + (o - 1) * s + 1, s)
+                spread[tuple(index)] += current
+        current = spread
+    return current
+
+
 def backward(x: np.ndarray, resolved: ResolvedConv, dy: np.ndarray) -> np.ndarray:
-    """Gradient of :func:`forward` with respect to ``x``, given the output gradient."""
+    """Gradient of :func:`forward` with respect to ``x``, given the output gradient.
+
+    Average pooling spreads ``dy / divisor`` over each window
+    (:func:`spread_windows`). Max pooling sends each cell of ``dy`` to the first
+    maximum of its window (PyTorch's rule for ties; with a NaN in the window, to
+    its last NaN, as PyTorch's ``val > max or isnan(val)`` scan).
+
+    >>> from convarith import ConvSpec
+    >>> x = np.array([[[1.0], [3.0], [3.0], [2.0]]])
+    >>> spec = ConvSpec(2, strides=2, pool="max", rank=1)
+    >>> backward(x, spec.resolve(x.shape), np.ones((1, 2, 1)))[:, :, 0]
+    array([[0., 1., 1., 0.]])
+    """
     spec = resolved.spec
-    block = _whole(resolved, x.shape[0])
-    fill = -np.inf if spec.pool == "max" else 0.0
-    xp = _padded(x, resolved, fill)
-    d_xp = np.zeros_like(xp)
-    if spec.pool == "max":
-        _, argmax = _max_with_argmax(xp, resolved, block, want_argmax=True)
-        assert argmax is not None
-        for number, tap in enumerate(np.ndindex(*spec.kernel_size)):
-            target = tap_view(d_xp, block, tap, spec.strides, spec.dilation)
-            target += np.where(argmax == number, dy, 0)
-    else:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            share = dy / divisor(resolved).astype(dy.dtype)
-        for tap in np.ndindex(*spec.kernel_size):
-            target = tap_view(d_xp, block, tap, spec.strides, spec.dilation)
-            target += share
-    lo_pads = [lo for lo, _ in resolved.padding]
+    padded_size = tuple(n + lo + hi for n, (lo, hi) in
+                        zip(resolved.input_size, resolved.window_padding))
+    lo_pads = [lo for lo, _ in resolved.window_padding]
     inner = (slice(None),) + tuple(
         slice(lo, lo + n) for lo, n in zip(lo_pads, resolved.input_size)
-    )
+    ) + (slice(None),)
+    if spec.pool != "max":
+        if not any(resolved.overhang) and (spec.count_include_pad or not any(
+                lo or hi for lo, hi in resolved.padding)):
+            share = dy / dy.dtype.type(math.prod(spec.kernel_size))  # every window counts all
+        else:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                share = dy / divisor(resolved).astype(dy.dtype)
+        spread = spread_windows(share, spec.kernel_size, spec.strides, spec.dilation,
+                                padded_size)
+        return np.ascontiguousarray(spread[inner])
+    block = _whole(resolved, x.shape[0])
+    xp = _padded(x, resolved, -np.inf)
+    d_xp = np.zeros_like(xp)
+    y = reduce_windows(xp, np.maximum, spec.kernel_size, spec.strides, spec.dilation,
+                       resolved.output_size)
+    number = None
+    if np.isnan(y).any():  # the exact scan: the last NaN of a window takes its gradient
+        _, number = _max_with_argmax(xp, resolved, block, want_argmax=True)
+    apart = all(s >= (k - 1) * d + 1 for k, s, d in
+                zip(spec.kernel_size, spec.strides, spec.dilation))
+    hit = np.empty(y.shape, bool)
+    open_cells = np.ones(y.shape, bool)  # outputs whose gradient has not been sent yet
+    # a product with the mask is ~10x faster than np.where's select; an infinite or NaN
+    # gradient times 0 is NaN, so then the select
+    finite = bool(np.isfinite(dy).all())
+    zero = dy.dtype.type(0)
+    for position, tap in enumerate(np.ndindex(*spec.kernel_size)):
+        if number is not None:
+            np.equal(number, position, out=hit)
+        else:  # the first tap that holds the maximum, in window order
+            np.equal(tap_view(xp, block, tap, spec.strides, spec.dilation), y, out=hit)
+            hit &= open_cells
+            open_cells ^= hit
+        target = tap_view(d_xp, block, tap, spec.strides, spec.dilation)
+        if apart and finite:  # each input cell is in one window at most: write, not add
+            np.multiply(dy, hit, out=target)
+        elif apart:
+            target[...] = np.where(hit, dy, zero)
+        else:
+            target += dy * hit if finite else np.where(hit, dy, zero)
     return np.ascontiguousarray(d_xp[inner])
