@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from convarith import ConvSpec
-from convarith.engine import conv_vjp
+from convarith.engine import conv, conv_vjp
 from convarith.engine.pooling import spread_windows
 
 torch = pytest.importorskip("torch")
@@ -117,3 +117,42 @@ def test_spread_windows_is_the_adjoint_of_the_window_sum() -> None:
         # <window_sum(xp), dy> == <xp, spread(dy)>
         np.testing.assert_allclose(np.vdot(windows, dy), np.vdot(xp, spread), rtol=1e-12,
                                    atol=1e-12, err_msg=f"trial {trial}")
+
+
+@pytest.mark.parametrize("seed", [2])
+def test_pooling_forward_matches_pytorch(seed: int) -> None:
+    """Every path of the forward pass (global windows, windows side by side, overlapping,
+    dilated, padded, ceil mode) against ``F.max_pool2d`` / ``F.avg_pool2d``."""
+    rng = np.random.default_rng(seed)
+    checked = 0
+    for trial in range(CONFIGS):
+        kind = str(rng.choice(["max", "avg"]))
+        size = int(rng.integers(1, 9))
+        kernel = int(rng.integers(1, size + 1)) if rng.random() < 0.7 else size
+        stride = int(rng.integers(1, 4))
+        dilation = int(rng.integers(1, 3)) if kind == "max" else 1
+        padding = int(rng.integers(0, kernel // 2 + 1))
+        ceil_mode, include = bool(rng.integers(0, 2)), bool(rng.integers(0, 2))
+        batch = int(rng.integers(1, 3))
+        x = rng.standard_normal((batch, size, size, 3))
+        if rng.random() < 0.15:
+            x[0, int(rng.integers(size)), 0, 0] = np.nan
+        xt = torch.from_numpy(np.moveaxis(x, -1, 1).copy())
+        try:
+            if kind == "max":
+                yt = functional.max_pool2d(xt, kernel, stride, padding, dilation,
+                                           ceil_mode=ceil_mode)
+            else:
+                yt = functional.avg_pool2d(xt, kernel, stride, padding, ceil_mode=ceil_mode,
+                                           count_include_pad=include)
+        except RuntimeError:
+            continue
+        spec = ConvSpec(kernel, strides=stride, padding=padding, dilation=dilation, pool=kind,
+                        ceil_mode=ceil_mode, count_include_pad=include)
+        for _ in range(2):  # a first call, then the remembered plan
+            got = conv(x, None, spec)
+            np.testing.assert_allclose(
+                got, np.moveaxis(yt.numpy(), 1, -1), rtol=1e-12, atol=1e-12,
+                err_msg=f"seed {seed}, trial {trial}: {spec!r} on {x.shape}")
+        checked += 1
+    assert checked > CONFIGS // 3

@@ -382,6 +382,12 @@ def direct(
     kernel_size = kernel.shape[:rank]
     f = kernel.shape[-1]
     taps = math.prod(kernel_size)
+    if taps == 1 and padding is None and not gather:
+        # 1×1: exactly one product, run by BLAS on all its threads (decided first: a
+        # layer on a 1×1 image costs a few µs, as much as the decisions below)
+        rows = (xp.reshape(-1, c) if xp.shape[1:-1] == tuple(out_size) else
+                _pointwise_rows(xp, strides, out_size))
+        return np.matmul(rows, kernel.reshape(c, f)).reshape(n, *out_size, f)
     strided = any(s > 1 for s in strides)
     compiled_im2col = _numba_im2col() if use_numba is not False and rank <= 2 else None
     if gather is None:
