@@ -986,7 +986,10 @@ def conv_vjp(
     """
     if not isinstance(need_input_grad, bool):
         raise TypeError(f"need_input_grad must be True or False, got {need_input_grad!r}")
-    prepared = prepare(x, kernel, spec, bias)
+    planned, first = call_plan(x, kernel, spec, bias, algorithm)
+    prepared = first if first is not None else Prepared(
+        *planned.arrays(x, kernel, bias), planned.resolved, planned.groups,
+        planned.result_dtype, planned.channels_first, planned.unbatched)
     dy = _grad_in(d_out, prepared)
     resolved = prepared.resolved
     strides: tuple[int, ...] = spec.strides
@@ -995,7 +998,7 @@ def conv_vjp(
     d_kernel: np.ndarray | None = None
     d_x: np.ndarray | None = None
     if spec.pool is not None:
-        d_x = pooling.backward(prepared.x, resolved, dy) if need_input_grad else None
+        d_x = pooling.backward(prepared.x, resolved, dy, planned.pool) if need_input_grad else None
     elif spec.transposed:
         assert prepared.kernel is not None
         dy_cropped = np.ascontiguousarray(pad(dy, resolved.crop))

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..arithmetic import effective_kernel
 from ..spec import ResolvedConv
 from .algorithms.offset_gemm import tap_view
 from .padding import pad
@@ -160,7 +161,7 @@ def reduce_windows(xp: np.ndarray, op: np.ufunc, kernel_size: tuple[int, ...],
             current = current[head + (slice(0, span, s),)]
             continue
         if o == 1:
-            current = op.reduce(current[head + (slice(0, (k - 1) * d + 1, d),)], axis=axis,
+            current = op.reduce(current[head + (slice(0, effective_kernel(k, d), d),)], axis=axis,
                                 keepdims=True)
             continue
         # the first two taps make the new array, the others are combined into it
@@ -223,7 +224,7 @@ def spread_windows(dy: np.ndarray, kernel_size: tuple[int, ...], strides: tuple[
             current = spread
             continue
         if o == 1:  # one window: its k cells all get the value
-            index[axis] = slice(0, (k - 1) * d + 1, d)
+            index[axis] = slice(0, effective_kernel(k, d), d)
             spread[tuple(index)] = current
         elif d == 1 and s == k:  # windows side by side: each value repeated k times
             index[axis] = slice(0, o * k)
@@ -275,7 +276,7 @@ def backward(x: np.ndarray, resolved: ResolvedConv, dy: np.ndarray,
     number = None
     if np.isnan(y).any():  # the exact scan: the last NaN of a window takes its gradient
         _, number = _max_with_argmax(xp, resolved, block, want_argmax=True)
-    apart = all(s >= (k - 1) * d + 1 for k, s, d in
+    apart = all(s >= effective_kernel(k, d) for k, s, d in
                 zip(spec.kernel_size, spec.strides, spec.dilation))
     hit = np.empty(y.shape, bool)
     open_cells = np.ones(y.shape, bool)  # outputs whose gradient has not been sent yet
