@@ -134,13 +134,14 @@ def stub_engine() -> None:
 
     dispatch.register_algorithm("stub", direct, cost=lambda p: 0.0, weight_grad=weight_grad,
                                 pads_zeros=True)
-    dispatch.register_algorithm("stub_transposed", transposed, cost=lambda p: 0.0,
+    dispatch.register_algorithm("stub_transposed", transposed, cost=lambda p: -1.0,
                                 kind="transposed")
 
-    def pool_forward(x: np.ndarray, resolved: Any) -> np.ndarray:
+    def pool_forward(x: np.ndarray, resolved: Any, planned: Any = None) -> np.ndarray:
         return empty((x.shape[0], *resolved.output_size, x.shape[-1]), x.dtype)
 
-    def pool_backward(x: np.ndarray, resolved: Any, dy: np.ndarray) -> np.ndarray:
+    def pool_backward(x: np.ndarray, resolved: Any, dy: np.ndarray, planned: Any = None
+                      ) -> np.ndarray:
         return empty(x.shape, x.dtype)
 
     pooling.forward = pool_forward  # type: ignore[assignment]

@@ -314,13 +314,16 @@ def call_plan(x: Any, kernel: Any, spec: ConvSpec, bias: Any = None,
     ((1, 5, 5, 2), True, (3, 3))
     """
     made: list[Prepared] = []
+    # only a zero-padded convolution's plan holds an algorithm choice (the others are
+    # planned by pooling, transposed_conv and direct_conv, each remembered there)
+    chooses = spec.pool is None and not spec.transposed and spec.padding_mode == "zeros"
 
     def make() -> CallPlan:
         prepared = prepare(x, kernel, spec, bias)
         made.append(prepared)
         resolved = prepared.resolved
         direct = None
-        if spec.pool is None and not spec.transposed and spec.padding_mode == "zeros":
+        if chooses:
             assert prepared.kernel is not None
             direct = _direct_plan(prepared.x, prepared.kernel, spec.strides, spec.dilation,
                                   prepared.groups, resolved.output_size, algorithm,
@@ -337,7 +340,7 @@ def call_plan(x: Any, kernel: Any, spec: ConvSpec, bias: Any = None,
             bias is not None and type(bias) is not np.ndarray):
         return make(), made[0]
     key = ("call", spec, algorithm, current_limits().max_output_values)
-    plan = remembered_arrays(key, (x, kernel, bias), make)
+    plan = remembered_arrays(key, (x, kernel, bias), make, chooses)
     return plan, (made[0] if made else None)
 
 

@@ -508,8 +508,11 @@ def remembered_plan(key: tuple[Any, ...], first: Any, second: Any,
 
 
 def remembered_arrays(key: tuple[Any, ...], arrays: tuple[np.ndarray | None, ...],
-                      make: Callable[[], Plan]) -> Plan:
+                      make: Callable[[], Plan], chooses: bool = True) -> Plan:
     """:func:`remembered_plan` for any number of plain arrays, each of which may be ``None``.
+
+    ``chooses=False``: ``make`` chooses no algorithm (a pooling's plan), so the
+    worker count and workspace budget are left out of the key.
 
     >>> calls = []
     >>> remembered_arrays(("doctest",), (np.zeros(3), None), lambda: calls.append(1) or "made")
@@ -523,7 +526,8 @@ def remembered_arrays(key: tuple[Any, ...], arrays: tuple[np.ndarray | None, ...
             layout.append(None)
         else:
             layout += (array.shape, array.strides, array.dtype)
-    layout += (worker_count(), WORKSPACE_BYTES)
+    if chooses:
+        layout += (worker_count(), WORKSPACE_BYTES)
     return _remember(tuple(layout), make)
 
 
