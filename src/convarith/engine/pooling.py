@@ -270,23 +270,29 @@ def backward(x: np.ndarray, resolved: ResolvedConv, dy: np.ndarray,
         return np.ascontiguousarray(spread[inner])
     block = _whole(resolved, x.shape[0])
     xp = pad(x, planned.window_padding, "zeros", fill=-np.inf)
-    d_xp = np.zeros_like(xp)
+    apart = all(s >= effective_kernel(k, d) for k, s, d in
+                zip(spec.kernel_size, spec.strides, spec.dilation))
+    # windows side by side over every cell: each cell of d_xp is written once below
+    tiled = apart and xp is x and all(s == effective_kernel(k, d) and n == o * s for k, s, d, n, o in zip(
+        spec.kernel_size, spec.strides, spec.dilation, x.shape[1:-1], resolved.output_size))
+    d_xp = np.empty_like(xp) if tiled else np.zeros_like(xp)
     y = reduce_windows(xp, np.maximum, spec.kernel_size, spec.strides, spec.dilation,
                        resolved.output_size)
     number = None
     if np.isnan(y).any():  # the exact scan: the last NaN of a window takes its gradient
         _, number = _max_with_argmax(xp, resolved, block, want_argmax=True)
-    apart = all(s >= effective_kernel(k, d) for k, s, d in
-                zip(spec.kernel_size, spec.strides, spec.dilation))
     hit = np.empty(y.shape, bool)
     open_cells = np.ones(y.shape, bool)  # outputs whose gradient has not been sent yet
     # a product with the mask is ~10x faster than np.where's select; an infinite or NaN
     # gradient times 0 is NaN, so then the select
     finite = bool(np.isfinite(dy).all())
     zero = dy.dtype.type(0)
+    last = math.prod(spec.kernel_size) - 1
     for position, tap in enumerate(np.ndindex(*spec.kernel_size)):
         if number is not None:
             np.equal(number, position, out=hit)
+        elif position == last:  # the maximum is in the window: the outputs left have it here
+            hit = open_cells
         else:  # the first tap that holds the maximum, in window order
             np.equal(tap_view(xp, block, tap, spec.strides, spec.dilation), y, out=hit)
             hit &= open_cells
