@@ -333,7 +333,7 @@ def call_plan(x: Any, kernel: Any, spec: ConvSpec, bias: Any = None,
                         prepared.channels_first, prepared.unbatched,
                         not prepared.channels_first and _ready(x, compute),
                         _ready(kernel, compute), direct,
-                        None if spec.pool is None else pooling.pool_plan(resolved))
+                        None if spec.pool is None else pooling.pool_plan(resolved, compute))
 
     if type(spec) is not ConvSpec or type(x) is not np.ndarray or (
             kernel is not None and type(kernel) is not np.ndarray) or (

@@ -24,7 +24,8 @@ array([0.5, 2.5, 4. ])
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -46,10 +47,13 @@ class PoolPlan:
     padded_size: tuple[int, ...]
     whole: bool  # one window, every input cell and no padding: a global pool
     uniform: bool  # every average window counts all its cells
+    # a global average's 1 / cells (read-only) in the compute dtype
+    weights: np.ndarray | None = field(default=None, compare=False)
 
 
-def pool_plan(resolved: ResolvedConv) -> PoolPlan:
-    """The :class:`PoolPlan` of a resolved pooling spec.
+def pool_plan(resolved: ResolvedConv, dtype: Any = None) -> PoolPlan:
+    """The :class:`PoolPlan` of a resolved pooling spec (with ``dtype``, the compute
+    dtype, a global average's weights are made once here).
 
     >>> from convarith import ConvSpec
     >>> pool_plan(ConvSpec(7, pool="avg").resolve((1, 7, 7, 3))).whole
@@ -63,7 +67,12 @@ def pool_plan(resolved: ResolvedConv) -> PoolPlan:
         resolved.output_size, spec.kernel_size, spec.dilation, resolved.input_size))
     uniform = not any(resolved.overhang) and (spec.count_include_pad or not any(
         lo or hi for lo, hi in resolved.padding))
-    return PoolPlan(window_padding, padded, whole, uniform)
+    weights = None
+    if whole and spec.pool == "avg" and dtype is not None:
+        cells = math.prod(resolved.input_size)
+        weights = np.full(cells, 1 / cells, dtype)
+        weights.flags.writeable = False
+    return PoolPlan(window_padding, padded, whole, uniform, weights)
 
 
 def _whole(resolved: ResolvedConv, batch: int) -> tuple[slice, ...]:
@@ -122,7 +131,10 @@ def forward(x: np.ndarray, resolved: ResolvedConv, planned: PoolPlan | None = No
         if spec.pool == "max":
             y = np.maximum.reduce(rows, axis=1)
         else:  # BLAS's gemv: 2-5x faster than a sum over the middle axis
-            y = np.matmul(np.full(cells, 1 / cells, x.dtype), rows)
+            weights = planned.weights
+            if weights is None or weights.dtype != x.dtype:
+                weights = np.full(cells, 1 / cells, x.dtype)
+            y = np.matmul(weights, rows)
         return y.reshape(batch, *resolved.output_size, channels)
     if spec.pool == "max":
         xp = pad(x, planned.window_padding, "zeros", fill=-np.inf)
