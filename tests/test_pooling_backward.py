@@ -9,6 +9,7 @@ random configurations, global pools and the networks' 2×2 stride-2 pools.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,8 +24,8 @@ functional = pytest.importorskip("torch.nn.functional")
 CONFIGS = 25 if os.environ.get("CI") == "true" else 300
 
 
-def _torch_grad(x: np.ndarray, dy: np.ndarray, kind: str, kernel: int, stride: int,
-                padding: int, dilation: int, ceil_mode: bool, include: bool) -> np.ndarray:
+def _torch_grad(x: np.ndarray, dy: np.ndarray, kind: str, kernel: Any, stride: Any,
+                padding: int, dilation: Any, ceil_mode: bool, include: bool) -> np.ndarray:
     xt = torch.from_numpy(np.moveaxis(x, -1, 1).copy()).requires_grad_(True)
     if kind == "max":
         yt = functional.max_pool2d(xt, kernel, stride, padding, dilation, ceil_mode=ceil_mode)
@@ -75,6 +76,19 @@ def test_pooling_gradients_match_pytorch(seed: int) -> None:
             err_msg=f"seed {seed}, trial {trial}: {spec!r} on {x.shape}")
         checked += 1
     assert checked > CONFIGS // 3
+
+
+def test_dilated_windows_side_by_side_leave_the_skipped_cells_zero() -> None:
+    """Windows of 2 taps dilated by 2 with stride 3 meet every third cell once and skip
+    the cells between their taps: those get no gradient."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((1, 2, 9, 2))
+    spec = ConvSpec((1, 2), strides=(1, 3), dilation=(1, 2), pool="max")
+    dy = rng.standard_normal(_output_shape(x, spec))
+    got, _, _ = conv_vjp(x, None, spec, dy)
+    expected = _torch_grad(x, dy, "max", (1, 2), (1, 3), 0, (1, 2), False, False)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    assert not got[:, :, 1::3].any()
 
 
 @pytest.mark.parametrize("kind", ["max", "avg"])

@@ -285,8 +285,8 @@ def backward(x: np.ndarray, resolved: ResolvedConv, dy: np.ndarray,
     apart = all(s >= effective_kernel(k, d) for k, s, d in
                 zip(spec.kernel_size, spec.strides, spec.dilation))
     # windows side by side over every cell: each cell of d_xp is written once below
-    tiled = apart and xp is x and all(
-        s == effective_kernel(k, d) and n == o * s for k, s, d, n, o in zip(
+    tiled = apart and xp is x and all(  # (dilated windows skip cells: not tiled)
+        s == k and (d == 1 or k == 1) and n == o * s for k, s, d, n, o in zip(
             spec.kernel_size, spec.strides, spec.dilation, x.shape[1:-1], resolved.output_size))
     d_xp = np.empty_like(xp) if tiled else np.zeros_like(xp)
     y = reduce_windows(xp, np.maximum, spec.kernel_size, spec.strides, spec.dilation,
