@@ -1,4 +1,4 @@
-"""The remembered forward path (``core.prepare_forward``): same results, same refusals.
+"""The remembered call plans (``core.call_plan``): same results, same refusals.
 
 A call of a layer seen before skips :func:`~convarith.engine.core.prepare`'s checks;
 these tests make sure every bad input is still refused with the message of a first
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from convarith import ConvSpec
-from convarith.engine import clear_caches, conv, core
+from convarith.engine import clear_caches, conv, conv_vjp, dispatch
 from convarith.limits import limits
 
 
@@ -38,7 +38,7 @@ def test_a_remembered_layer_still_refuses_bad_inputs(bad: str) -> None:
     }[bad]
     expected = _fresh_error(lambda: conv(*args))
     conv(x, kernel, spec, bias)  # remembered now
-    assert core._PREPARED
+    assert any(key[0] == "call" for key in dispatch._PLANS)
     with pytest.raises((ValueError, TypeError)) as caught:
         conv(*args)
     assert str(caught.value) == expected
@@ -93,8 +93,44 @@ def test_the_remembered_calls_are_bounded_and_cleared() -> None:
     clear_caches()
     kernel = np.ones((3, 3, 1), np.float32)
     spec = ConvSpec(3, rank=1)
-    for n in range(3, 3 + core._PREPARED_MAX + 5):
+    for n in range(3, 3 + dispatch._PLANS_MAX + 5):
         conv(np.ones((1, n, 3), np.float32), kernel, spec)
-    assert 0 < len(core._PREPARED) <= core._PREPARED_MAX
+    assert 0 < len(dispatch._PLANS) <= dispatch._PLANS_MAX
     clear_caches()
-    assert not core._PREPARED
+    assert not dispatch._PLANS
+
+
+@pytest.mark.parametrize("variant", ["fortran", "strided", "float64", "int", "channels_first",
+                                     "non_finite"])
+def test_a_remembered_layer_takes_any_layout_of_its_shape(variant: str) -> None:
+    """A layer remembered for C-contiguous float32 arrays gives, for arrays of another
+    layout or dtype of the same shape, what a first call with empty caches gives."""
+    rng = np.random.default_rng(23)
+    x = rng.standard_normal((2, 4, 4, 6)).astype(np.float32)
+    kernel = rng.standard_normal((1, 1, 6, 5)).astype(np.float32)
+    bias = rng.standard_normal(5).astype(np.float32)
+    spec = ConvSpec(1)
+    other = {
+        "fortran": (np.asfortranarray(x), np.asfortranarray(kernel)),
+        "strided": (np.ascontiguousarray(np.concatenate([x, x], axis=-1))[..., ::2],
+                    kernel[:, :, ::-1][:, :, ::-1]),
+        "float64": (x.astype(np.float64), kernel),
+        "int": ((x * 4).astype(np.int32), kernel),
+        "channels_first": (np.moveaxis(x, -1, 1), kernel),
+        "non_finite": (np.where(x > 1.5, np.inf, x).astype(np.float32), kernel),
+    }[variant]
+    other_spec = ConvSpec(1, data_format="channels_first") if variant == "channels_first" else spec
+    clear_caches()
+    expected = conv(*other, other_spec, bias)
+    d_expected = conv_vjp(*other, other_spec, np.ones_like(expected), bias)
+    clear_caches()
+    for _ in range(2):
+        conv(x, kernel, spec, bias)
+        conv_vjp(x, kernel, spec, np.ones((2, 4, 4, 5), np.float32), bias)
+    for _ in range(2):
+        got = conv(*other, other_spec, bias)
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        np.testing.assert_array_equal(got, expected)
+        for d_got, d_want in zip(conv_vjp(*other, other_spec, np.ones_like(expected), bias),
+                                 d_expected):
+            np.testing.assert_array_equal(d_got, d_want)

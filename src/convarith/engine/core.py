@@ -49,6 +49,7 @@ from .dispatch import (
     plan,
     plan_transposed,
     plan_weight_grad,
+    remembered_arrays,
     remembered_plan,
     set_aside,
     value_limits,
@@ -56,7 +57,7 @@ from .dispatch import (
 from .padding import pad, pad_adjoint, zero_insert
 
 __all__ = ["conv", "conv_vjp", "direct_conv", "transposed_conv", "flip_swap", "Prepared", "prepare",
-           "finish", "as_numeric"]
+           "finish", "as_numeric", "CallPlan", "call_plan"]
 
 
 # --------------------------------------------------------------------------- preparation
@@ -251,66 +252,96 @@ def prepare(
     )
 
 
-# Forward calls prepared so far: (spec, x's shape and dtype, the kernel's and the bias's
-# shapes and dtypes, the max_output_values in force) -> what prepare() derived from
-# them. prepare's checks read only those, so a call of a remembered key skips them
-# (~10 µs, paid by every call of a layer); anything else (another array type, a key
-# never seen, a key that raised) goes through prepare(). See engine.state.
-_PREPARED: dict[tuple[Any, ...], tuple[ResolvedConv, int, np.dtype[Any], np.dtype[Any]]] = {}
-_PREPARED_MAX = 1024
+@dataclass(frozen=True)
+class CallPlan:
+    """What :func:`prepare` derives from one call's arguments, and the algorithm plan.
+
+    It depends only on the spec, the named algorithm, the limits in force and
+    each array's shape, strides and dtype (and the worker count and workspace
+    budget the choice reads), so a call with the same ones reuses it
+    (:func:`call_plan`): ``prepare``'s checks and the dispatch's are skipped,
+    and arrays already channels-last, C-contiguous and in the compute dtype are
+    used as they are.
+    """
+
+    resolved: ResolvedConv
+    groups: int
+    compute_dtype: np.dtype[Any]
+    result_dtype: np.dtype[Any]
+    channels_first: bool
+    unbatched: bool
+    x_as_is: bool  # x is batched-or-not, channels-last, C-contiguous, in the compute dtype
+    kernel_as_is: bool
+    direct: tuple[Any, ...] | None  # the direct plan of a zero-padded convolution
+    pool: pooling.PoolPlan | None  # a pooling's
+
+    def arrays(self, x: Any, kernel: Any, bias: Any
+               ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """``x``, kernel and bias as :func:`prepare` makes them (the bias is not copied)."""
+        if self.unbatched:
+            x = x[None]
+        if self.channels_first:
+            x = np.moveaxis(x, 1, -1)
+        if not self.x_as_is:
+            x = np.ascontiguousarray(x, dtype=self.compute_dtype)
+        if kernel is not None and not self.kernel_as_is:
+            kernel = np.ascontiguousarray(kernel, dtype=self.compute_dtype)
+        if bias is not None:
+            bias = bias.astype(self.compute_dtype, copy=False)
+        return x, kernel, bias
 
 
-def _array_key(a: Any) -> tuple[Any, ...] | None:
-    """A plain ndarray's (shape, dtype), ``()`` for ``None``; ``None`` for anything else."""
-    if a is None:
-        return ()
-    if type(a) is np.ndarray:
-        return (a.shape, a.dtype)
-    return None
+def _ready(a: Any, dtype: np.dtype[Any]) -> bool:
+    """Whether ``a`` is a C-contiguous ndarray of ``dtype`` (used as it is)."""
+    return type(a) is np.ndarray and a.dtype == dtype and a.flags.c_contiguous
 
 
-def prepare_forward(
-    x: Any, kernel: Any, spec: ConvSpec, bias: Any = None
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, ResolvedConv, int, np.dtype[Any],
-           bool]:
-    """:func:`prepare` for :func:`conv`, remembered: ``(x, kernel, bias, resolved, groups,
-    result dtype, unbatched)``, the arrays channels-last and batched in the compute dtype.
+def call_plan(x: Any, kernel: Any, spec: ConvSpec, bias: Any = None,
+              algorithm: str | None = None) -> tuple[CallPlan, Prepared | None]:
+    """The :class:`CallPlan` of a call, and its :class:`Prepared` arrays when it was made now.
 
-    The first call of a key runs every check of :func:`prepare` (and raises what it
-    raises); later calls with plain arrays of the same shapes and dtypes, the same
-    spec and the same limits reuse what it derived. The bias is not copied.
+    A call's first time runs every check of :func:`prepare` (and raises what it
+    raises) and plans the algorithm on the prepared arrays; the plan is then
+    remembered with the dispatch's plans (``dispatch._PLANS``, keyed on the
+    spec, the algorithm, the ``max_output_values`` limit and each array's
+    shape, strides and dtype), so a later call of plain arrays of the same
+    layout skips both. Other array types (lists, subclasses) and unhashable
+    specs are prepared every time. A plan that raises is not remembered.
 
     >>> from convarith import ConvSpec
-    >>> prepare_forward(np.ones((2, 5, 5)), np.ones((3, 3, 2, 4)), ConvSpec(3, data_format="channels_first"))[0].shape
-    (1, 5, 5, 2)
+    >>> plan, prepared = call_plan(np.ones((2, 5, 5)), np.ones((3, 3, 2, 4)), ConvSpec(3, data_format="channels_first"))
+    >>> prepared.x.shape, plan.unbatched, plan.resolved.output_size
+    ((1, 5, 5, 2), True, (3, 3))
     """
-    x_key, kernel_key, bias_key = _array_key(x), _array_key(kernel), _array_key(bias)
-    key: tuple[Any, ...] | None = None
-    if x_key and kernel_key is not None and bias_key is not None and type(spec) is ConvSpec:
-        key = (spec, x_key, kernel_key, bias_key, current_limits().max_output_values)
-        try:
-            known = _PREPARED.get(key)
-        except TypeError:  # an unhashable spec field: prepare every time
-            known, key = None, None
-        if known is not None:
-            resolved, groups, compute, result = known
-            unbatched = x.ndim == len(resolved.output_size) + 1
-            if unbatched:
-                x = x[None]
-            if spec.data_format == "channels_first":
-                x = np.moveaxis(x, 1, -1)
-            return (np.ascontiguousarray(x, dtype=compute),
-                    None if kernel is None else np.ascontiguousarray(kernel, dtype=compute),
-                    None if bias is None else bias.astype(compute, copy=False),
-                    resolved, groups, result, unbatched)
-    prepared = prepare(x, kernel, spec, bias)
-    if key is not None:
-        if len(_PREPARED) >= _PREPARED_MAX:
-            _PREPARED.clear()
-        _PREPARED[key] = (prepared.resolved, prepared.groups, prepared.x.dtype,
-                          prepared.result_dtype)
-    return (prepared.x, prepared.kernel, prepared.bias, prepared.resolved, prepared.groups,
-            prepared.result_dtype, prepared.unbatched)
+    made: list[Prepared] = []
+    # only a zero-padded convolution's plan holds an algorithm choice (the others are
+    # planned by pooling, transposed_conv and direct_conv, each remembered there)
+    chooses = spec.pool is None and not spec.transposed and spec.padding_mode == "zeros"
+
+    def make() -> CallPlan:
+        prepared = prepare(x, kernel, spec, bias)
+        made.append(prepared)
+        resolved = prepared.resolved
+        direct = None
+        if chooses:
+            assert prepared.kernel is not None
+            direct = _direct_plan(prepared.x, prepared.kernel, spec.strides, spec.dilation,
+                                  prepared.groups, resolved.output_size, algorithm,
+                                  resolved.padding)
+        compute = prepared.x.dtype
+        return CallPlan(resolved, prepared.groups, compute, prepared.result_dtype,
+                        prepared.channels_first, prepared.unbatched,
+                        not prepared.channels_first and _ready(x, compute),
+                        _ready(kernel, compute), direct,
+                        None if spec.pool is None else pooling.pool_plan(resolved, compute))
+
+    if type(spec) is not ConvSpec or type(x) is not np.ndarray or (
+            kernel is not None and type(kernel) is not np.ndarray) or (
+            bias is not None and type(bias) is not np.ndarray):
+        return make(), made[0]
+    key = ("call", spec, algorithm, current_limits().max_output_values)
+    plan = remembered_arrays(key, (x, kernel, bias), make, chooses)
+    return plan, (made[0] if made else None)
 
 
 def _check_budget(resolved: ResolvedConv, batch: int, channels: int,
@@ -397,6 +428,59 @@ def _crop_negative(
     return cropped, [(max(lo, 0), max(hi, 0)) for lo, hi in padding]
 
 
+def _direct_plan(
+    xp: np.ndarray,
+    kernel: np.ndarray,
+    strides: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+    out_size: Sequence[int],
+    algorithm: str | None,
+    padding: Sequence[tuple[int, int]] | None,
+) -> tuple[ConvProblem, Algorithm, Any, Any]:
+    """:func:`direct_conv`'s checks and choice, remembered for arrays of this layout
+    (``dispatch._PLANS``): ``(problem, algorithm, crop to apply first, zero padding
+    left to apply)``; a padding of zeros only is ``None``."""
+    def make() -> tuple[ConvProblem, Algorithm, Any, Any]:
+        cropped, rest = _crop_negative(xp, padding)
+        if rest is not None and not any(lo or hi for lo, hi in rest):
+            rest = None
+        problem = ConvProblem(
+            input_shape=(cropped.shape[0], *_padded_size(cropped, rest), cropped.shape[-1]),
+            kernel_shape=tuple(kernel.shape),
+            strides=tuple(strides),
+            dilation=tuple(dilation),
+            groups=groups,
+            out_size=tuple(out_size),
+            dtype=cropped.dtype,
+        )
+        chosen = plan(problem, cropped, kernel, algorithm, rest)
+        return problem, chosen, _crop_of(cropped is xp, padding), _as_pairs(rest)
+
+    return remembered_plan(
+        ("direct", strides, dilation, groups, out_size, algorithm, padding), xp, kernel, make)
+
+
+def _run_direct(planned: tuple[ConvProblem, Algorithm, Any, Any], xp: np.ndarray,
+                kernel: np.ndarray, algorithm: str | None) -> np.ndarray:
+    """Run a plan of :func:`_direct_plan` on its arrays."""
+    problem, chosen, crop, padding = planned
+    if crop is not None:
+        xp = np.ascontiguousarray(pad(xp, crop))
+    limits = None if algorithm is not None else value_limits(chosen, problem, xp, kernel)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf and NaN propagate silently
+        if limits is not None:
+            return _direct_set_aside(problem, xp, kernel, chosen, limits, padding)
+        if padding is not None and chosen.pads_zeros:
+            return chosen.direct(xp, kernel, problem.strides, problem.dilation, problem.groups,
+                                 problem.out_size, padding=padding)
+        if padding is not None:
+            xp = pad(xp, padding)
+        return chosen.direct(
+            xp, kernel, problem.strides, problem.dilation, problem.groups, problem.out_size
+        )
+
+
 def direct_conv(
     xp: np.ndarray,
     kernel: np.ndarray,
@@ -416,37 +500,8 @@ def direct_conv(
     ``out_size`` that does not fit is a ValueError, never a read past a buffer.
     Negative padding crops.
     """
-    def make() -> tuple[ConvProblem, Algorithm, Any, Any]:
-        cropped, rest = _crop_negative(xp, padding)
-        problem = ConvProblem(
-            input_shape=(cropped.shape[0], *_padded_size(cropped, rest), cropped.shape[-1]),
-            kernel_shape=tuple(kernel.shape),
-            strides=tuple(strides),
-            dilation=tuple(dilation),
-            groups=groups,
-            out_size=tuple(out_size),
-            dtype=cropped.dtype,
-        )
-        chosen = plan(problem, cropped, kernel, algorithm, rest)
-        return problem, chosen, _crop_of(cropped is xp, padding), _as_pairs(rest)
-
-    # the checks and the choice, remembered for arrays of this layout (dispatch._PLANS)
-    problem, chosen, crop, padding = remembered_plan(
-        ("direct", strides, dilation, groups, out_size, algorithm, padding), xp, kernel, make)
-    if crop is not None:
-        xp = np.ascontiguousarray(pad(xp, crop))
-    limits = None if algorithm is not None else value_limits(chosen, problem, xp, kernel)
-    with np.errstate(invalid="ignore", over="ignore"):  # inf and NaN propagate silently
-        if limits is not None:
-            return _direct_set_aside(problem, xp, kernel, chosen, limits, padding)
-        if padding is not None and chosen.pads_zeros:
-            return chosen.direct(xp, kernel, problem.strides, problem.dilation, groups,
-                                 problem.out_size, padding=padding)
-        if padding is not None:
-            xp = pad(xp, padding)
-        return chosen.direct(
-            xp, kernel, problem.strides, problem.dilation, groups, problem.out_size
-        )
+    planned = _direct_plan(xp, kernel, strides, dilation, groups, out_size, algorithm, padding)
+    return _run_direct(planned, xp, kernel, algorithm)
 
 
 def _padded_size(x: np.ndarray, padding: Sequence[tuple[int, int]] | None) -> tuple[int, ...]:
@@ -848,34 +903,37 @@ def conv(
         if algorithm is not None:
             raise ValueError(f"algorithm={algorithm!r} applies to the NumPy engine, not backend={backend!r}")
         return run(x, kernel, spec, bias, backend=backend)
-    x_last, kernel_last, bias_last, resolved, groups, result_dtype, unbatched = prepare_forward(
-        x, kernel, spec, bias)
+    planned, prepared = call_plan(x, kernel, spec, bias, algorithm)
+    if prepared is not None:
+        x_last, kernel_last, bias_last = prepared.x, prepared.kernel, prepared.bias
+    else:
+        x_last, kernel_last, bias_last = planned.arrays(x, kernel, bias)
+    resolved = planned.resolved
     y: np.ndarray
     if spec.pool is not None:
-        y = pooling.forward(x_last, resolved)
+        y = pooling.forward(x_last, resolved, planned.pool)
+    elif planned.direct is not None:
+        assert kernel_last is not None
+        y = _run_direct(planned.direct, x_last, kernel_last, algorithm)
     elif spec.transposed:
         assert kernel_last is not None
         y = transposed_conv(
             x_last, kernel_last, resolved.spec.strides,
-            resolved.spec.dilation, groups, resolved.padding, algorithm,
+            resolved.spec.dilation, planned.groups, resolved.padding, algorithm,
         )
     else:
         assert kernel_last is not None
-        zeros = spec.padding_mode == "zeros"
-        xp = x_last if zeros else pad(x_last, resolved.padding, spec.padding_mode)
-        y = direct_conv(
-            xp, kernel_last, spec.strides, spec.dilation,
-            groups, resolved.output_size, algorithm,
-            resolved.padding if zeros else None,
-        )
+        xp = pad(x_last, resolved.padding, spec.padding_mode)
+        y = direct_conv(xp, kernel_last, spec.strides, spec.dilation, planned.groups,
+                        resolved.output_size, algorithm)
     if bias_last is not None:
         y += bias_last
     # back to the caller's layout, batch and dtype (finish(), without a Prepared)
-    if spec.data_format == "channels_first":
+    if planned.channels_first:
         y = np.moveaxis(y, -1, 1)
-    if unbatched:
+    if planned.unbatched:
         y = y[0]
-    result = np.ascontiguousarray(y, dtype=result_dtype)
+    result = np.ascontiguousarray(y, dtype=planned.result_dtype)
     if spec.pool == "max":  # the max of integers is one of them: keep the dtype, as onnxruntime does
         source = np.asarray(x).dtype
         if source.kind in "iu" and np.isfinite(result).all():
@@ -931,7 +989,10 @@ def conv_vjp(
     """
     if not isinstance(need_input_grad, bool):
         raise TypeError(f"need_input_grad must be True or False, got {need_input_grad!r}")
-    prepared = prepare(x, kernel, spec, bias)
+    planned, first = call_plan(x, kernel, spec, bias, algorithm)
+    prepared = first if first is not None else Prepared(
+        *planned.arrays(x, kernel, bias), planned.resolved, planned.groups,
+        planned.result_dtype, planned.channels_first, planned.unbatched)
     dy = _grad_in(d_out, prepared)
     resolved = prepared.resolved
     strides: tuple[int, ...] = spec.strides
@@ -940,7 +1001,7 @@ def conv_vjp(
     d_kernel: np.ndarray | None = None
     d_x: np.ndarray | None = None
     if spec.pool is not None:
-        d_x = pooling.backward(prepared.x, resolved, dy) if need_input_grad else None
+        d_x = pooling.backward(prepared.x, resolved, dy, planned.pool) if need_input_grad else None
     elif spec.transposed:
         assert prepared.kernel is not None
         dy_cropped = np.ascontiguousarray(pad(dy, resolved.crop))

@@ -87,6 +87,8 @@ __all__ = [
     "get_algorithm",
     "register_algorithm",
     "remembered",
+    "remembered_arrays",
+    "remembered_plan",
     "workspace_budget",
 ]
 
@@ -467,10 +469,13 @@ def cheapest_weight_grad(problem: ConvProblem, exact: bool = False) -> Algorithm
 
 
 # Plans made so far: (what, the call's arguments, each array's shape, strides and dtype,
-# worker count, workspace budget) -> what the planner returned for that call. The
-# checks of the arrays (:func:`check_arrays`) read only those, and the choice only the
-# problem they give, so a call that matches a remembered key skips both: ~1 µs instead
-# of ~15 µs, paid by every call of a layer. Emptied with the remembered choices.
+# worker count, workspace budget) -> what the planner returned for that call: the
+# algorithm plans of direct_conv, the weight gradient and transposed_conv, and the
+# engine's call plans (``core.call_plan``: prepare's checks and the algorithm plan of
+# one ``conv`` call). The checks read only the key, and the choice only the problem they
+# give, so a call that matches a remembered key skips both: ~1 µs instead of ~15 µs
+# (~50 µs for a whole call), paid by every call of a layer. Emptied with the
+# remembered choices.
 _PLANS: dict[tuple[Any, ...], Any] = {}
 _PLANS_MAX = 1024
 
@@ -498,8 +503,35 @@ def remembered_plan(key: tuple[Any, ...], first: Any, second: Any,
     """
     if type(first) is not np.ndarray or type(second) is not np.ndarray:
         return make()
-    full = (*key, first.shape, first.strides, first.dtype, second.shape, second.strides,
-            second.dtype, worker_count(), WORKSPACE_BYTES)
+    return _remember((*key, first.shape, first.strides, first.dtype, second.shape,
+                      second.strides, second.dtype, worker_count(), WORKSPACE_BYTES), make)
+
+
+def remembered_arrays(key: tuple[Any, ...], arrays: tuple[np.ndarray | None, ...],
+                      make: Callable[[], Plan], chooses: bool = True) -> Plan:
+    """:func:`remembered_plan` for any number of plain arrays, each of which may be ``None``.
+
+    ``chooses=False``: ``make`` chooses no algorithm (a pooling's plan), so the
+    worker count and workspace budget are left out of the key.
+
+    >>> calls = []
+    >>> remembered_arrays(("doctest",), (np.zeros(3), None), lambda: calls.append(1) or "made")
+    'made'
+    >>> remembered_arrays(("doctest",), (np.zeros(3), None), lambda: calls.append(1) or "made"), calls
+    ('made', [1])
+    """
+    layout: list[Any] = list(key)
+    for array in arrays:
+        if array is None:
+            layout.append(None)
+        else:
+            layout += (array.shape, array.strides, array.dtype)
+    if chooses:
+        layout += (worker_count(), WORKSPACE_BYTES)
+    return _remember(tuple(layout), make)
+
+
+def _remember(full: tuple[Any, ...], make: Callable[[], Plan]) -> Plan:
     try:
         return _PLANS[full]
     except KeyError:

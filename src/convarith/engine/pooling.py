@@ -24,19 +24,55 @@ array([0.5, 2.5, 4. ])
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from ..arithmetic import effective_kernel
 from ..spec import ResolvedConv
 from .algorithms.offset_gemm import tap_view
 from .padding import pad
 
-__all__ = ["forward", "backward", "divisor"]
+__all__ = ["forward", "backward", "divisor", "reduce_windows", "spread_windows", "PoolPlan",
+           "pool_plan"]
 
 
-def _padded(x: np.ndarray, resolved: ResolvedConv, fill: float) -> np.ndarray:
-    """Pad per the spec, plus the cells a ceil-mode window hangs past the end."""
-    return pad(x, resolved.window_padding, "zeros", fill=fill)
+@dataclass(frozen=True)
+class PoolPlan:
+    """What a pooling call derives from its resolved spec (the engine remembers it with
+    the call: :class:`~convarith.engine.core.CallPlan`)."""
+
+    window_padding: tuple[tuple[int, int], ...]  # the spec's, and a ceil-mode overhang
+    padded_size: tuple[int, ...]
+    whole: bool  # one window, every input cell and no padding: a global pool
+    uniform: bool  # every average window counts all its cells
+    # a global average's 1 / cells (read-only) in the compute dtype
+    weights: np.ndarray | None = field(default=None, compare=False)
+
+
+def pool_plan(resolved: ResolvedConv, dtype: Any = None) -> PoolPlan:
+    """The :class:`PoolPlan` of a resolved pooling spec (with ``dtype``, the compute
+    dtype, a global average's weights are made once here).
+
+    >>> from convarith import ConvSpec
+    >>> pool_plan(ConvSpec(7, pool="avg").resolve((1, 7, 7, 3))).whole
+    True
+    """
+    spec = resolved.spec
+    window_padding = tuple(resolved.window_padding)
+    padded = tuple(n + lo + hi for n, (lo, hi) in zip(resolved.input_size, window_padding))
+    unpadded = not any(lo or hi for lo, hi in window_padding)
+    whole = unpadded and all(o == 1 and k == n and (d == 1 or k == 1) for o, k, d, n in zip(
+        resolved.output_size, spec.kernel_size, spec.dilation, resolved.input_size))
+    uniform = not any(resolved.overhang) and (spec.count_include_pad or not any(
+        lo or hi for lo, hi in resolved.padding))
+    weights = None
+    if whole and spec.pool == "avg" and dtype is not None:
+        cells = math.prod(resolved.input_size)
+        weights = np.full(cells, 1 / cells, dtype)
+        weights.flags.writeable = False
+    return PoolPlan(window_padding, padded, whole, uniform, weights)
 
 
 def _whole(resolved: ResolvedConv, batch: int) -> tuple[slice, ...]:
@@ -68,28 +104,46 @@ def divisor(resolved: ResolvedConv) -> np.ndarray:
     return total[..., None]
 
 
-def forward(x: np.ndarray, resolved: ResolvedConv) -> np.ndarray:
+def forward(x: np.ndarray, resolved: ResolvedConv, planned: PoolPlan | None = None
+            ) -> np.ndarray:
     """Pool channels-last ``x`` ``(N, *spatial, C)`` per the resolved spec.
 
     The window is reduced one axis at a time (:func:`reduce_windows`): a max or
     a sum over a rectangle is the max or sum over its rows of the max or sum
     over each row, so a ``K×K`` window costs about ``2K`` passes, not ``K²``.
+    A global average is one matrix-vector product with ``1 / cells``.
+    ``planned`` is :func:`pool_plan` of ``resolved`` (made here if not given).
 
     >>> from convarith import ConvSpec
     >>> x = np.arange(16.0).reshape(1, 4, 4, 1)
     >>> forward(x, ConvSpec(2, strides=2, pool="max").resolve(x.shape))[0, ..., 0].tolist()
     [[5.0, 7.0], [13.0, 15.0]]
+    >>> forward(x, ConvSpec(4, pool="avg").resolve(x.shape)).ravel()
+    array([7.5])
     """
     spec = resolved.spec
+    if planned is None:
+        planned = pool_plan(resolved)
+    if planned.whole:
+        batch, channels = x.shape[0], x.shape[-1]
+        cells = x.size // max(1, batch * channels)
+        rows = x.reshape(batch, cells, channels)
+        if spec.pool == "max":
+            y = np.maximum.reduce(rows, axis=1)
+        else:  # BLAS's gemv: 2-5x faster than a sum over the middle axis
+            weights = planned.weights
+            if weights is None or weights.dtype != x.dtype:
+                weights = np.full(cells, 1 / cells, x.dtype)
+            y = np.matmul(weights, rows)
+        return y.reshape(batch, *resolved.output_size, channels)
     if spec.pool == "max":
-        xp = _padded(x, resolved, -np.inf)
+        xp = pad(x, planned.window_padding, "zeros", fill=-np.inf)
         return reduce_windows(xp, np.maximum, spec.kernel_size, spec.strides, spec.dilation,
                               resolved.output_size)
-    xp = _padded(x, resolved, 0.0)
+    xp = pad(x, planned.window_padding)
     y = reduce_windows(xp, np.add, spec.kernel_size, spec.strides, spec.dilation,
                        resolved.output_size)
-    if not any(resolved.overhang) and (spec.count_include_pad or not any(
-            lo or hi for lo, hi in resolved.padding)):
+    if planned.uniform:
         y /= y.dtype.type(math.prod(spec.kernel_size))  # every window counts all its cells
         return y
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -113,22 +167,20 @@ def reduce_windows(xp: np.ndarray, op: np.ufunc, kernel_size: tuple[int, ...],
     """
     current = xp
     for axis, (k, s, d, o) in enumerate(zip(kernel_size, strides, dilation, out_size), 1):
-        def along(first: int, step: int, count: int, array: np.ndarray = current,
-                  axis: int = axis) -> np.ndarray:
-            index = [slice(None)] * array.ndim
-            index[axis] = slice(first, first + (count - 1) * step + 1, step) if count else \
-                slice(0, 0)
-            return array[tuple(index)]
-
+        head = (slice(None),) * axis
+        span = (o - 1) * s + 1 if o else 0  # the cells the windows' first taps start at
         if o == 0 or k == 1:
-            current = along(0, s, o)
+            current = current[head + (slice(0, span, s),)]
             continue
         if o == 1:
-            current = op.reduce(along(0, d, k), axis=axis, keepdims=True)
+            current = op.reduce(current[head + (slice(0, effective_kernel(k, d), d),)], axis=axis,
+                                keepdims=True)
             continue
-        combined = np.array(along(0, s, o))
-        for tap in range(1, k):
-            op(combined, along(tap * d, s, o), out=combined)
+        # the first two taps make the new array, the others are combined into it
+        combined = op(current[head + (slice(0, span, s),)],
+                      current[head + (slice(d, d + span, s),)])
+        for tap in range(2, k):
+            op(combined, current[head + (slice(tap * d, tap * d + span, s),)], out=combined)
         current = combined
     if current is xp or not current.flags.owndata:
         current = np.array(current)  # a view of the input (a 1×1 window): copy
@@ -157,27 +209,112 @@ def _max_with_argmax(
     return best, argmax
 
 
-def backward(x: np.ndarray, resolved: ResolvedConv, dy: np.ndarray) -> np.ndarray:
-    """Gradient of :func:`forward` with respect to ``x``, given the output gradient."""
+def spread_windows(dy: np.ndarray, kernel_size: tuple[int, ...], strides: tuple[int, ...],
+                   dilation: tuple[int, ...], padded_size: tuple[int, ...]) -> np.ndarray:
+    """The adjoint of a window sum: each cell of ``dy`` ``(N, *out, C)`` added to every
+    cell of its window, on the padded grid ``(N, *padded_size, C)``.
+
+    One spatial axis at a time, as :func:`reduce_windows` (a window sum is a sum
+    along each axis in turn, so its adjoint spreads along each axis in turn): a
+    single window (a global pool) is a broadcast, non-overlapping windows a
+    repeat, others ``K`` strided additions. The result may be a read-only
+    broadcast view.
+
+    >>> spread_windows(np.ones((1, 2, 1)), (2,), (2,), (1,), (5,))[0, :, 0]
+    array([1., 1., 1., 1., 0.])
+    """
+    current = dy
+    for axis, (k, s, d, length) in enumerate(zip(kernel_size, strides, dilation, padded_size), 1):
+        o = current.shape[axis]
+        shape = current.shape[:axis] + (length,) + current.shape[axis + 1:]
+        if o == 1 and d == 1 and k == length:  # one window over the whole axis
+            current = np.broadcast_to(current, shape)
+            continue
+        spread = np.zeros(shape, current.dtype)
+        index: list[slice] = [slice(None)] * current.ndim
+        if o == 0:
+            current = spread
+            continue
+        if o == 1:  # one window: its k cells all get the value
+            index[axis] = slice(0, effective_kernel(k, d), d)
+            spread[tuple(index)] = current
+        elif d == 1 and s == k:  # windows side by side: each value repeated k times
+            index[axis] = slice(0, o * k)
+            blocks = spread[tuple(index)].reshape(*shape[:axis], o, k, *shape[axis + 1:])
+            blocks[...] = np.expand_dims(current, axis + 1)
+        else:
+            for tap in range(k):
+                index[axis] = slice(tap * d, tap * d + (o - 1) * s + 1, s)
+                spread[tuple(index)] += current
+        current = spread
+    return current
+
+
+def backward(x: np.ndarray, resolved: ResolvedConv, dy: np.ndarray,
+             planned: PoolPlan | None = None) -> np.ndarray:
+    """Gradient of :func:`forward` with respect to ``x``, given the output gradient.
+
+    Average pooling spreads ``dy / divisor`` over each window
+    (:func:`spread_windows`). Max pooling sends each cell of ``dy`` to the first
+    maximum of its window (PyTorch's rule for ties; with a NaN in the window, to
+    its last NaN, as PyTorch's ``val > max or isnan(val)`` scan).
+
+    >>> from convarith import ConvSpec
+    >>> x = np.array([[[1.0], [3.0], [3.0], [2.0]]])
+    >>> spec = ConvSpec(2, strides=2, pool="max", rank=1)
+    >>> backward(x, spec.resolve(x.shape), np.ones((1, 2, 1)))[:, :, 0]
+    array([[0., 1., 1., 0.]])
+    """
     spec = resolved.spec
-    block = _whole(resolved, x.shape[0])
-    fill = -np.inf if spec.pool == "max" else 0.0
-    xp = _padded(x, resolved, fill)
-    d_xp = np.zeros_like(xp)
-    if spec.pool == "max":
-        _, argmax = _max_with_argmax(xp, resolved, block, want_argmax=True)
-        assert argmax is not None
-        for number, tap in enumerate(np.ndindex(*spec.kernel_size)):
-            target = tap_view(d_xp, block, tap, spec.strides, spec.dilation)
-            target += np.where(argmax == number, dy, 0)
-    else:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            share = dy / divisor(resolved).astype(dy.dtype)
-        for tap in np.ndindex(*spec.kernel_size):
-            target = tap_view(d_xp, block, tap, spec.strides, spec.dilation)
-            target += share
-    lo_pads = [lo for lo, _ in resolved.padding]
+    if planned is None:
+        planned = pool_plan(resolved)
     inner = (slice(None),) + tuple(
-        slice(lo, lo + n) for lo, n in zip(lo_pads, resolved.input_size)
-    )
+        slice(lo, lo + n) for (lo, _), n in zip(planned.window_padding, resolved.input_size)
+    ) + (slice(None),)
+    if spec.pool != "max":
+        if planned.uniform:
+            share = dy / dy.dtype.type(math.prod(spec.kernel_size))  # every window counts all
+        else:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                share = dy / divisor(resolved).astype(dy.dtype)
+        spread = spread_windows(share, spec.kernel_size, spec.strides, spec.dilation,
+                                planned.padded_size)
+        return np.ascontiguousarray(spread[inner])
+    block = _whole(resolved, x.shape[0])
+    xp = pad(x, planned.window_padding, "zeros", fill=-np.inf)
+    apart = all(s >= effective_kernel(k, d) for k, s, d in
+                zip(spec.kernel_size, spec.strides, spec.dilation))
+    # windows side by side over every cell: each cell of d_xp is written once below
+    tiled = apart and xp is x and all(  # (dilated windows skip cells: not tiled)
+        s == k and (d == 1 or k == 1) and n == o * s for k, s, d, n, o in zip(
+            spec.kernel_size, spec.strides, spec.dilation, x.shape[1:-1], resolved.output_size))
+    d_xp = np.empty_like(xp) if tiled else np.zeros_like(xp)
+    y = reduce_windows(xp, np.maximum, spec.kernel_size, spec.strides, spec.dilation,
+                       resolved.output_size)
+    number = None
+    if np.isnan(y).any():  # the exact scan: the last NaN of a window takes its gradient
+        _, number = _max_with_argmax(xp, resolved, block, want_argmax=True)
+    hit = np.empty(y.shape, bool)
+    open_cells = np.ones(y.shape, bool)  # outputs whose gradient has not been sent yet
+    # a product with the mask is ~10x faster than np.where's select; an infinite or NaN
+    # gradient times 0 is NaN, so then the select
+    finite = bool(np.isfinite(dy).all())
+    zero = dy.dtype.type(0)
+    last = math.prod(spec.kernel_size) - 1
+    for position, tap in enumerate(np.ndindex(*spec.kernel_size)):
+        if number is not None:
+            np.equal(number, position, out=hit)
+        elif position == last:  # the maximum is in the window: the outputs left have it here
+            hit = open_cells
+        else:  # the first tap that holds the maximum, in window order
+            np.equal(tap_view(xp, block, tap, spec.strides, spec.dilation), y, out=hit)
+            hit &= open_cells
+            open_cells ^= hit
+        target = tap_view(d_xp, block, tap, spec.strides, spec.dilation)
+        if apart and finite:  # each input cell is in one window at most: write, not add
+            np.multiply(dy, hit, out=target)
+        elif apart:
+            target[...] = np.where(hit, dy, zero)
+        else:
+            target += dy * hit if finite else np.where(hit, dy, zero)
     return np.ascontiguousarray(d_xp[inner])

@@ -16,12 +16,12 @@ remembered choices     (problem, kind or question, exact-only,       any registr
                        (``dispatch._CHOICES``, at most 4096)         emptied when full
 remembered plans       (call's arguments, each array's shape,        as the remembered choices
                        strides and dtype, worker count, workspace
-                       budget) -> checked problem and algorithm
-                       (``dispatch._PLANS``, at most 1024)
-prepared calls         (spec, x's, kernel's and bias's shapes and     nothing (pure: ``prepare``'s checks read
-                       dtypes, max_output_values) -> resolved spec,  only the key); emptied when full
-                       groups, dtypes (``core._PREPARED``, at most
-                       1024)
+                       budget) -> checked problem and algorithm;
+                       for a whole ``conv`` call (spec, algorithm,
+                       max_output_values, x, kernel, bias) ->
+                       ``core.CallPlan``: what ``prepare`` derived
+                       and the algorithm plan (``dispatch._PLANS``,
+                       at most 1024)
 autotune files         cache file path -> {problem key: algorithm}   the files are read again after
                        (``autotune._FILES``; the files themselves    :func:`clear_caches`; entries kept
                        are in the user's cache directory)            per file at most 4096
@@ -107,7 +107,7 @@ def cached_once(fn: F) -> F:
 def process_caches() -> dict[str, Callable[[], None]]:
     """Each cache of the table above by name, with the function that empties it."""
     from .. import spec
-    from . import autotune, core, dispatch
+    from . import autotune, dispatch
     from .algorithms import (
         _llvm,
         _llvm_depthwise,
@@ -131,7 +131,6 @@ def process_caches() -> dict[str, Callable[[], None]]:
     return {
         "remembered choices": dispatch._CHOICES.clear,
         "remembered plans": dispatch._PLANS.clear,
-        "prepared calls": core._PREPARED.clear,
         "autotune files": autotune.clear,
         "resolved specs": functions(spec._resolve_remembered),
         "kernel layouts": functions(register_tiles._layout),
