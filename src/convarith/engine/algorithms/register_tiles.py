@@ -50,7 +50,7 @@ import numpy as np
 
 from ...arithmetic import effective_kernel, window_reach
 from ..dispatch import ConvProblem, magnitude, register_algorithm
-from . import _llvm
+from . import _llvm, _llvm_thin
 from ._llvm import ONE_PROBLEM, Batch, Cells, Sums
 from ._llvm_depthwise import row_cells, row_kernel
 from ._threads import ALIGN, aligned_copy, aligned_empty, run_chunks, worker_count, workspace
@@ -279,8 +279,8 @@ def _batched_panels(merged: np.ndarray, dilation: tuple[int, int], row_elems: in
 
 
 def _panels(kernel: np.ndarray, dilation: tuple[int, int], row_elems: int,
-            streaming: bool = False, groups: int = 1, cell_channels: int | None = None
-            ) -> list[Panel]:
+            streaming: bool = False, groups: int = 1, cell_channels: int | None = None,
+            cell_step: int = 0) -> list[Panel]:
     """The kernel ``(KH, KW, C/g, F)`` packed for the driver, reading an input whose rows
     are ``row_elems`` elements apart and whose cells hold ``cell_channels`` (default
     ``C``): per (merged) group, per step of input channels (their panels fit
@@ -294,7 +294,11 @@ def _panels(kernel: np.ndarray, dilation: tuple[int, int], row_elems: int,
     no group's results depend on that order: then each run's panels of every
     group lie one after another in one array, and one call (a :class:`Batch` of
     the groups) runs them all, instead of one call per group and chunk (~10 µs
-    each: 32 groups on 4 chunks per core took ~1.3 ms whatever the layer's size)."""
+    each: 32 groups on 4 chunks per core took ~1.3 ms whatever the layer's size).
+
+    ``cell_step``: input elements from one output cell of a row to the next (0:
+    unknown); with :func:`thin` cells (one group) the panels are run by
+    :mod:`._llvm_thin`'s kernels, which compile it in."""
     if groups > 1:
         width = _llvm.vector_width(kernel.dtype)
         merge = group_merge(groups, kernel.shape[-1] // groups, width)
@@ -321,7 +325,8 @@ def _panels(kernel: np.ndarray, dilation: tuple[int, int], row_elems: int,
     kh, kw, c, f = kernel.shape
     panels = []
     for c0, c1, offsets, runs in _layout(kernel.shape, dtype, dilation, row_elems, streaming,
-                                         PANEL_BYTES, cell_channels or c):
+                                         PANEL_BYTES, cell_channels or c,
+                                         cell_step if thin(cell_channels or c) else 0):
         part = kernel[:, :, c0:c1].reshape(kh * kw * (c1 - c0), f)
         for kernels, start, blocks, cols in runs:
             weights = aligned_empty((blocks, part.shape[0], cols), dtype)
@@ -339,11 +344,13 @@ def _panels(kernel: np.ndarray, dilation: tuple[int, int], row_elems: int,
 
 @functools.lru_cache(maxsize=256)
 def _layout(shape: tuple[int, ...], dtype: np.dtype, dilation: tuple[int, int],
-            row_elems: int, streaming: bool, panel_bytes: int, cell_channels: int
+            row_elems: int, streaming: bool, panel_bytes: int, cell_channels: int,
+            cell_step: int = 0
             ) -> tuple[tuple[int, int, np.ndarray, tuple[tuple[Any, int, int, int], ...]], ...]:
     """What :func:`_panels` needs besides the kernel's values, per shape (remembered):
     per step of input channels ``(c0, c1, offsets, runs)``, each run ``(kernels, first
-    output channel, blocks, columns)``; input cells hold ``cell_channels``."""
+    output channel, blocks, columns)``; input cells hold ``cell_channels``; a
+    ``cell_step`` above 0 picks :mod:`._llvm_thin`'s kernels, with it compiled in."""
     kh, kw, c, f = shape
     dilation_rows, dilation_cols = dilation
     width = _llvm.vector_width(dtype)
@@ -356,11 +363,28 @@ def _layout(shape: tuple[int, ...], dtype: np.dtype, dilation: tuple[int, int],
         offsets.flags.writeable = False
         runs = []
         for vectors, start, blocks in _plan_blocks(f, width):
-            kernels = _llvm.compiled(dtype, vectors, streaming and len(steps) == 1)
+            stream = streaming and len(steps) == 1
+            kernels = (_llvm_thin.compiled_rows(dtype, vectors, cell_step, stream) if cell_step
+                       else _llvm.compiled(dtype, vectors, stream))
             assert kernels is not None
             runs.append((kernels, start, blocks, vectors * width))
         layout.append((c0, c1, offsets, tuple(runs)))
     return tuple(layout)
+
+
+#: Most input channels for which :mod:`._llvm_thin`'s kernels run a (one-group) layer.
+THIN_CHANNELS = 4
+
+
+def thin(channels: int) -> bool:
+    """Whether input cells of ``channels`` channels are run by :mod:`._llvm_thin`'s
+    kernels: with so few, a cell's sum is short, and placing a block's cells costs
+    :mod:`._llvm`'s kernels about as much as the sum.
+
+    >>> thin(3), thin(16)
+    (True, False)
+    """
+    return 0 < channels <= THIN_CHANNELS
 
 
 def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
@@ -382,7 +406,8 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
     padded_w = w + left + right
     row_elems = padded_w * c  # elements of one padded input row
     streaming = y.nbytes >= STREAM_BYTES and _aligned(y)
-    panels = (_panels(kernel, dilation, row_elems, streaming, groups, c) if make_panels is None
+    panels = (_panels(kernel, dilation, row_elems, streaming, groups, c,
+                      stride_cols * c if groups == 1 else 0) if make_panels is None
               else make_panels(row_elems))
     reach = effective_kernel(kh, dilation_rows)  # input rows one output row reads
     workers = threads if threads is not None else worker_count()
