@@ -386,6 +386,14 @@ def _layout(shape: tuple[int, ...], dtype: np.dtype, dilation: tuple[int, int],
 #: Most input channels for which :mod:`._llvm_thin`'s kernels run a (one-group) layer.
 THIN_CHANNELS = 4
 
+#: :func:`cost` per FLOP of :mod:`._llvm_thin`'s kernels, at stride 1 and strided.
+#: Measured on one core against flat_rows (``0.7 × time / flat_rows' time``, 24 layers of
+#: 1, 3 and 4 -> 16, 32 and 64 channels, 3×3 to 7×7, 1×112², 16×56², 64×28²): 0.09–0.35
+#: at stride 1 (the 16-channel ones lowest), 0.19–0.42 at stride 2; space_to_depth
+#: 0.18–0.64 on the same layers.
+THIN_PER_FLOP = 0.25
+THIN_STRIDED = 0.35
+
 
 def thin(channels: int) -> bool:
     """Whether input cells of ``channels`` channels are run by :mod:`._llvm_thin`'s
@@ -591,9 +599,11 @@ def cost(problem: ConvProblem) -> float:
     panels are re-read for every chunk of few cells). Against Winograd: 0.9× its time with 32 channels on 28², 1.3×
     with 64 on 56² (the benchmark's L1).
 
-    So: 0.5 per FLOP (0.6 when strided, 0.42 with at most 4 input channels),
+    So: 0.5 per FLOP (0.6 when strided, 0.42 with at most 4 input channels per group;
+    one group of at most 4: :data:`THIN_PER_FLOP`, :data:`THIN_STRIDED`),
     with the output channels rounded up to whole vectors, 1.3 times that for
-    one vector of them (16 channels; the kernel then waits on loads), times
+    one vector of them (16 channels; the kernel then waits on loads; not the thin
+    kernels, whose blocks then hold 14 cells), times
     ``1 + 16 / cells`` for chunks of few cells; 1×1 kernels
     ``1.3 - 0.16·log2(C·F / 4096)`` (at least 0.6).
     """
@@ -610,6 +620,9 @@ def cost(problem: ConvProblem) -> float:
         # a plain product: BLAS wins on small ones, these kernels on large ones
         pairs = group_in * f
         per_flop = max(0.6, 1.3 - 0.16 * math.log2(max(1.0, pairs / 4096)))
+    elif groups == 1 and thin(group_in):
+        # the thin-input kernels (one vector of outputs is no slower there: 14 cells)
+        per_flop = THIN_STRIDED if any(s > 1 for s in problem.strides) else THIN_PER_FLOP
     elif group_in <= 4:
         per_flop = 0.42
     elif any(s > 1 for s in problem.strides):
@@ -622,7 +635,7 @@ def cost(problem: ConvProblem) -> float:
     share = max(1, math.ceil(image_rows * problem.batch / _job_count(worker_count())))
     rows = share // image_rows * image_rows if share >= 2 * image_rows else min(image_rows, share)
     cells = rows * out[-1]
-    if -(-f // width) == 1:
+    if -(-f // width) == 1 and not (groups == 1 and thin(group_in)):
         per_flop *= 1.3  # one vector of channels: a load per 8 multiply-adds, not 24
     if groups > 1:
         per_flop *= GROUPED_SCALE
