@@ -30,8 +30,8 @@ ResNet stem's on 16 images of 112²: 62 ms by per-tap products, 15 ms so, one
 core). At stride 1 there is one phase and the planes are a planar copy of the
 input; that is worth it with few input channels (:data:`THIN_CHANNELS`).
 Ranks 1 and 2 run as rank 3 with leading axes of size 1. With numba both
-steps are one compiled call per block; without it they are NumPy slice copies that give the same
-numbers.
+steps are one compiled call per block; without it they are NumPy slice copies
+that give the same numbers.
 
 Examples
 --------
