@@ -23,8 +23,8 @@ from _helpers import (
     reference_transposed,
     relative_error,
 )
-from convarith.engine import conv
-from convarith.engine.algorithms import _llvm, register_tiles
+from convarith.engine import conv, thread_limit
+from convarith.engine.algorithms import _llvm, _llvm_thin, register_tiles
 from convarith.engine.dispatch import ConvProblem
 from convarith.engine.padding import pad
 
@@ -128,22 +128,33 @@ def test_small_images_go_several_to_a_chunk(pads, strides, monkeypatch):
         assert relative_error(y, expected) <= 1e-10, f"padding {pads}, slab {slab_bytes}"
 
 
-def test_large_outputs_are_stored_past_the_caches(monkeypatch):
-    """Outputs of STREAM_BYTES and more use non-temporal stores (aligned, whole lines);
-    the values are the same."""
+@pytest.mark.parametrize("channels", [1, 8])
+def test_large_outputs_are_stored_past_the_caches(monkeypatch, channels):
+    """Outputs of STREAM_BYTES and more use non-temporal stores (aligned, whole lines),
+    in the thin-input kernels (1 channel) and the others (8); the values are the same."""
     rng = np.random.default_rng(8)
-    x = rng.standard_normal((64, 28, 28, 1)).astype(np.float32)
-    kernel = rng.standard_normal((3, 3, 1, 32)).astype(np.float32)
+    x = rng.standard_normal((64, 28, 28, channels)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, channels, 32)).astype(np.float32)
     pads = ((1, 1), (1, 1))
     assert 64 * 28 * 28 * 32 * 4 >= register_tiles.STREAM_BYTES
     built = []
-    compiled = _llvm.compiled
+    register_tiles._layout.cache_clear()
+    if register_tiles.thin(channels):
+        compiled_rows = _llvm_thin.compiled_rows
 
-    def recording(dtype, vectors, streaming=False):
-        built.append(streaming)
-        return compiled(dtype, vectors, streaming)
+        def recording_rows(dtype, vectors, x_cell, streaming=False):
+            built.append(streaming)
+            return compiled_rows(dtype, vectors, x_cell, streaming)
 
-    monkeypatch.setattr(_llvm, "compiled", recording)
+        monkeypatch.setattr(_llvm_thin, "compiled_rows", recording_rows)
+    else:
+        compiled = _llvm.compiled
+
+        def recording(dtype, vectors, streaming=False):
+            built.append(streaming)
+            return compiled(dtype, vectors, streaming)
+
+        monkeypatch.setattr(_llvm, "compiled", recording)
     y = register_tiles.direct(x, kernel, (1, 1), (1, 1), 1, (28, 28), padding=pads)
     assert built == [True]
     expected = reference_direct(pad(x, pads), kernel, (1, 1), (1, 1), 1, (28, 28))
@@ -431,3 +442,84 @@ def test_depthwise_against_pytorch_and_the_cheapest_chosen():
     small = ConvProblem((2, 58, 58, 96), (3, 3, 1, 96), (1, 1), (1, 1), 96, (56, 56), f32)
     for problem in (large, small):  # whichever the registered costs pick is the cheapest
         assert_cheapest_applies(problem)
+
+
+def random_thin(seed):
+    """A 2-D convolution of 1-4 input channels: rows shorter and longer than a block of
+    cells, strides up to 3 (each a compiled cell step), channels past whole vectors."""
+    rng = np.random.default_rng(seed)
+    channels = int(rng.integers(1, 5))
+    filters = int(rng.choice([1, 5, 16, 24, 32, 48, 64, 100, 136]))
+    k = int(rng.choice([1, 2, 3, 5, 7]))
+    s, d = int(rng.integers(1, 4)), int(rng.integers(1, 3))
+    size = (int(rng.integers(max(1, (k - 1) * d), 40)), int(rng.integers(1, 40)))
+    pads = (k - 1) * d // 2 if rng.random() < 0.7 else int(rng.integers(0, 3))
+    x = rng.standard_normal((int(rng.choice([1, 2, 5])), *size, channels))
+    w = rng.standard_normal((k, k, channels, filters))
+    return x, w, s, d, pads
+
+
+@pytest.mark.parametrize("seed", range(4 if os.environ.get("CI") == "true" else 10))
+def test_thin_inputs_against_pytorch(seed):
+    """1-4 input channels (run by ``_llvm_thin``'s kernels) against PyTorch's conv2d, in
+    float32 and float64, on one and two threads."""
+    torch = pytest.importorskip("torch")
+    from convarith import ConvSpec
+
+    x, w, s, d, pads = random_thin(9700 + seed)
+    assert register_tiles.thin(x.shape[-1])
+    k = w.shape[0]
+    if min(n + 2 * pads - (k - 1) * d for n in x.shape[1:3]) < 1:
+        pads += (k - 1) * d  # the kernel fits the padded input
+    spec = ConvSpec(k, strides=s, dilation=d, padding=pads, rank=2)
+    with torch.no_grad():
+        expected = torch.nn.functional.conv2d(
+            torch.from_numpy(x).permute(0, 3, 1, 2), torch.from_numpy(w).permute(3, 2, 0, 1),
+            stride=s, dilation=d, padding=pads).permute(0, 2, 3, 1).numpy()
+    for dtype in (np.float32, np.float64):
+        for threads in (1, 2):
+            with thread_limit(threads):
+                y = conv(x.astype(dtype), w.astype(dtype), spec, algorithm="register_tiles")
+            assert y.shape == expected.shape and y.dtype == dtype
+            assert relative_error(y, expected) <= TOLERANCE[dtype], (
+                f"seed {9700 + seed}, {dtype.__name__}, threads {threads}, x {x.shape}, "
+                f"kernel {w.shape}, stride {s}, dilation {d}, padding {pads}")
+
+
+def test_thin_kernels_with_avx2_vectors():
+    """The thin-input kernels built for AVX2 (8 lanes, 16 registers: smaller blocks)
+    against the definition, where this machine runs AVX2."""
+    if not _llvm.target_named("avx2").runs_here:
+        pytest.skip("this machine does not run AVX2")
+    script = (
+        "import numpy as np\n"
+        "from convarith.engine.algorithms import register_tiles, _llvm\n"
+        "assert _llvm.vector_width(np.float32) == 8\n"
+        "rng = np.random.default_rng(9800)\n"
+        "worst = 0.0\n"
+        "for c, f, k, s, w in [(1, 32, 3, 1, 28), (3, 64, 7, 2, 37), (3, 16, 3, 2, 5),\n"
+        "                      (4, 24, 5, 1, 13), (2, 8, 3, 3, 20)]:\n"
+        "    x = rng.standard_normal((3, 9, (w - 1) * s + k, c))\n"
+        "    kernel = rng.standard_normal((k, k, c, f))\n"
+        "    out = ((9 - k) // s + 1, w)\n"
+        "    y = register_tiles.direct(x, kernel, (s, s), (1, 1), 1, out)\n"
+        "    ref = np.zeros((3, *out, f))\n"
+        "    for a in range(k):\n"
+        "        for b in range(k):\n"
+        "            part = x[:, a:a + (out[0] - 1) * s + 1:s, b:b + (out[1] - 1) * s + 1:s]\n"
+        "            ref += part @ kernel[a, b]\n"
+        "    worst = max(worst, np.linalg.norm(y - ref) / np.linalg.norm(ref))\n"
+        "print(worst)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, _llvm.ISA_VARIABLE: "avx2"})
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout) <= 1e-10, done.stdout
+
+
+def test_thin_blocks_fit_the_registers():
+    for name in ("avx2", "avx512", "neon"):
+        target = _llvm.target_named(name)
+        for vectors in range(1, _llvm.max_vectors(target) + 1):
+            cells = _llvm_thin.row_block_cells(vectors, target)
+            assert 1 <= cells <= _llvm_thin.MAX_CELLS
+            assert cells * vectors + vectors + 1 <= target.registers, (name, vectors)

@@ -19,6 +19,7 @@ from _helpers import (
     check,
     random_padding,
     reference_direct,
+    reference_weight_grad,
 )
 from convarith.engine import conv
 from convarith.engine.algorithms import space_to_depth
@@ -73,6 +74,85 @@ def test_space_to_depth_against_reference(seed, rank):
         check(y, expected, dtype, seed, f"space_to_depth pre-padded {what}")
 
 
+def random_thin_problem(rng, rank):
+    """A random input of 1 to 4 channels, kernel, any strides (1 included) and dilation."""
+    x, k, strides, dilation = random_strided_problem(rng, rank)
+    if rng.random() < 0.5:
+        strides = (1,) * rank
+    channels = int(rng.integers(1, 5))
+    x = rng.standard_normal((*x.shape[:-1], channels))
+    k = rng.standard_normal((*k.shape[:-2], channels, int(rng.integers(1, 40))))
+    return x, k, strides, dilation
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_stride_one_thin_inputs_against_reference(seed, rank):
+    """Stride 1 applies with at most 4 input channels: forward and weight gradient."""
+    rng = np.random.default_rng(3400 + 10 * rank + seed)
+    x, k, _, dilation = random_thin_problem(rng, rank)
+    strides = (1,) * rank
+    pads, xp, out_size = random_padding(rng, x, k, strides, dilation)
+    expected = reference_direct(xp, k, strides, dilation, 1, out_size)
+    y = space_to_depth.direct(x, k, strides, dilation, 1, out_size, padding=pads)
+    check(y, expected, np.float64, seed, f"stride 1, rank {rank}, padding {pads}")
+    dy = rng.standard_normal(expected.shape)
+    dk = space_to_depth.weight_grad(x, dy, k.shape[:rank], strides, dilation, 1, padding=pads)
+    check(dk, reference_weight_grad(xp, dy, k.shape[:rank], strides, dilation, 1),
+          np.float64, seed, f"weight gradient, stride 1, rank {rank}, padding {pads}")
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_weight_grad_against_reference(seed, rank):
+    """The kernel gradient from the blocks' columns, every path (compiled and NumPy,
+    blocks down to one cell, one or two threads), padded or not."""
+    rng = np.random.default_rng(3600 + 10 * rank + seed)
+    x, k, strides, dilation = random_thin_problem(rng, rank)
+    pads, xp, out_size = random_padding(rng, x, k, strides, dilation)
+    dy = rng.standard_normal((x.shape[0], *out_size, k.shape[-1]))
+    kernel_size = k.shape[:rank]
+    expected = reference_weight_grad(xp, dy, kernel_size, strides, dilation, 1)
+    what = f"rank {rank} strides={strides} dilation={dilation} padding={pads} seed {seed}"
+    for dtype in DTYPES:
+        for use_numba, (block_bytes, threads) in itertools.product(
+                [None, False], [(None, None), (1, 2), (200, 1)]):
+            dk = space_to_depth.weight_grad(
+                x.astype(dtype), dy.astype(dtype), kernel_size, strides, dilation, 1,
+                padding=pads, use_numba=use_numba, block_bytes=block_bytes, threads=threads)
+            assert dk.shape == expected.shape and dk.dtype == dtype, what
+            check(dk, expected, dtype, seed,
+                  f"weight_grad {what} numba={use_numba} block_bytes={block_bytes}")
+        dk = space_to_depth.weight_grad(xp.astype(dtype), dy.astype(dtype), kernel_size,
+                                        strides, dilation, 1)
+        check(dk, expected, dtype, seed, f"weight_grad pre-padded {what}")
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("stride", [1, 2])
+def test_first_layer_weight_grad_against_torch(stride):
+    """The engine's weight gradient of RGB first layers (which space_to_depth computes where
+    it is the cheapest with one) against PyTorch's autograd."""
+    torch = pytest.importorskip("torch")
+    from convarith.engine import conv_vjp
+
+    rng = np.random.default_rng(50 + stride)
+    x = rng.standard_normal((2, 45, 38, 3)).astype(np.float32)
+    k = rng.standard_normal((7, 7, 3, 24)).astype(np.float32)
+    spec = ConvSpec(7, strides=stride, padding=3)
+    dy = rng.standard_normal(conv(x, k, spec).shape).astype(np.float32)
+    for algorithm in (None, "space_to_depth"):
+        _, dk, _ = conv_vjp(x, k, spec, dy, algorithm=algorithm, need_input_grad=False)
+        wt = torch.from_numpy(np.ascontiguousarray(np.moveaxis(k, (-1, -2), (0, 1))))
+        wt = wt.double().requires_grad_(True)
+        xt = torch.from_numpy(np.moveaxis(x, -1, 1).copy()).double()
+        yt = torch.nn.functional.conv2d(xt, wt, stride=stride, padding=3)
+        (grad,) = torch.autograd.grad(yt, (wt,), torch.from_numpy(np.moveaxis(dy, -1, 1).copy())
+                                      .double())
+        expected = np.moveaxis(grad.numpy(), (0, 1), (-1, -2))
+        check(dk, expected, np.float32, stride, f"first layer weight gradient, {algorithm}")
+
+
 def test_space_to_depth_long_rows_split():
     """A 1-D row longer than one block is cut into pieces of one row."""
     rng = np.random.default_rng(7)
@@ -101,8 +181,13 @@ def test_applies_and_dispatch():
     assert_runs_as_reference(tiny, 8300)
     assert_runs_as_reference(ConvProblem((1, 17, 17, 17, 8), (3, 3, 3, 8, 16), (2, 2, 2),
                                          (1, 1, 1), 1, (8, 8, 8), f32), 8301)
-    assert not space_to_depth.applies(
+    # stride 1: only few input channels (a first layer)
+    assert space_to_depth.applies(
         ConvProblem((1, 9, 9, 3), (3, 3, 3, 4), (1, 1), (1, 1), 1, (7, 7), f32))
+    assert not space_to_depth.applies(
+        ConvProblem((1, 9, 9, 5), (3, 3, 5, 4), (1, 1), (1, 1), 1, (7, 7), f32))
+    assert_cheapest_applies(
+        ConvProblem((16, 114, 114, 3), (3, 3, 3, 64), (1, 1), (1, 1), 1, (112, 112), f32))
     assert not space_to_depth.applies(
         ConvProblem((1, 9, 9, 4), (3, 3, 2, 4), (2, 2), (1, 1), 2, (4, 4), f32))
     assert not space_to_depth.applies(

@@ -710,10 +710,12 @@ def cost(problem: ConvProblem) -> float:
     outputs, 64×28²: 3.3 against 0.52 ms; 7×7 dilation 2: 7.6 against 1.0), and
     1.4–1.9× at 3×3 (the lesson's first layer, 64×28², 1 -> 32: 0.52 against
     0.73–0.96 ms between other libraries' calls; its output is stored past the
-    caches).
+    caches). Above 3×3 it is slower than :mod:`.flat_rows` too (one core,
+    ``0.7 × time / flat_rows' time``: 5×5 1.35, 7×7 1.14–1.31; :mod:`.space_to_depth`
+    0.21–0.28 on the same layers): 1.3 there.
     """
     if problem.in_channels == 1 and problem.out_channels > 1:
-        return problem.flops * 0.69
+        return problem.flops * (0.69 if math.prod(problem.kernel_size) <= 9 else 1.3)
     return problem.flops * 0.1
 
 

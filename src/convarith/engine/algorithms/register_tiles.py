@@ -50,7 +50,7 @@ import numpy as np
 
 from ...arithmetic import effective_kernel, window_reach
 from ..dispatch import ConvProblem, magnitude, register_algorithm
-from . import _llvm
+from . import _llvm, _llvm_thin
 from ._llvm import ONE_PROBLEM, Batch, Cells, Sums
 from ._llvm_depthwise import row_cells, row_kernel
 from ._threads import ALIGN, aligned_copy, aligned_empty, run_chunks, worker_count, workspace
@@ -65,6 +65,17 @@ SLAB_BYTES = 1 << 20
 #: Chunks per worker thread: more balance the threads better at the end, each costs
 #: ~10-20 µs of Python and ctypes (measured on L2, L7, L8, L1: 4 beat 8 and 16).
 JOBS_PER_WORKER = 4
+
+
+def _job_count(workers: int) -> int:
+    """Chunks to cut the work into: :data:`JOBS_PER_WORKER` per worker, one for a single
+    worker (nothing to balance; one thread ran the 3×3 stride-2 3 -> 32 layer on one
+    224² image in 0.29 ms instead of 0.34 as one chunk).
+
+    >>> _job_count(1), _job_count(2)
+    (1, 8)
+    """
+    return JOBS_PER_WORKER * workers if workers > 1 else 1
 
 
 def _plan_blocks(channels: int, width: int) -> list[tuple[int, int, int]]:
@@ -279,8 +290,8 @@ def _batched_panels(merged: np.ndarray, dilation: tuple[int, int], row_elems: in
 
 
 def _panels(kernel: np.ndarray, dilation: tuple[int, int], row_elems: int,
-            streaming: bool = False, groups: int = 1, cell_channels: int | None = None
-            ) -> list[Panel]:
+            streaming: bool = False, groups: int = 1, cell_channels: int | None = None,
+            cell_step: int = 0) -> list[Panel]:
     """The kernel ``(KH, KW, C/g, F)`` packed for the driver, reading an input whose rows
     are ``row_elems`` elements apart and whose cells hold ``cell_channels`` (default
     ``C``): per (merged) group, per step of input channels (their panels fit
@@ -294,7 +305,11 @@ def _panels(kernel: np.ndarray, dilation: tuple[int, int], row_elems: int,
     no group's results depend on that order: then each run's panels of every
     group lie one after another in one array, and one call (a :class:`Batch` of
     the groups) runs them all, instead of one call per group and chunk (~10 µs
-    each: 32 groups on 4 chunks per core took ~1.3 ms whatever the layer's size)."""
+    each: 32 groups on 4 chunks per core took ~1.3 ms whatever the layer's size).
+
+    ``cell_step``: input elements from one output cell of a row to the next (0:
+    unknown); with :func:`thin` cells (one group) the panels are run by
+    :mod:`._llvm_thin`'s kernels, which compile it in."""
     if groups > 1:
         width = _llvm.vector_width(kernel.dtype)
         merge = group_merge(groups, kernel.shape[-1] // groups, width)
@@ -321,7 +336,8 @@ def _panels(kernel: np.ndarray, dilation: tuple[int, int], row_elems: int,
     kh, kw, c, f = kernel.shape
     panels = []
     for c0, c1, offsets, runs in _layout(kernel.shape, dtype, dilation, row_elems, streaming,
-                                         PANEL_BYTES, cell_channels or c):
+                                         PANEL_BYTES, cell_channels or c,
+                                         cell_step if thin(cell_channels or c) else 0):
         part = kernel[:, :, c0:c1].reshape(kh * kw * (c1 - c0), f)
         for kernels, start, blocks, cols in runs:
             weights = aligned_empty((blocks, part.shape[0], cols), dtype)
@@ -339,11 +355,13 @@ def _panels(kernel: np.ndarray, dilation: tuple[int, int], row_elems: int,
 
 @functools.lru_cache(maxsize=256)
 def _layout(shape: tuple[int, ...], dtype: np.dtype, dilation: tuple[int, int],
-            row_elems: int, streaming: bool, panel_bytes: int, cell_channels: int
+            row_elems: int, streaming: bool, panel_bytes: int, cell_channels: int,
+            cell_step: int = 0
             ) -> tuple[tuple[int, int, np.ndarray, tuple[tuple[Any, int, int, int], ...]], ...]:
     """What :func:`_panels` needs besides the kernel's values, per shape (remembered):
     per step of input channels ``(c0, c1, offsets, runs)``, each run ``(kernels, first
-    output channel, blocks, columns)``; input cells hold ``cell_channels``."""
+    output channel, blocks, columns)``; input cells hold ``cell_channels``; a
+    ``cell_step`` above 0 picks :mod:`._llvm_thin`'s kernels, with it compiled in."""
     kh, kw, c, f = shape
     dilation_rows, dilation_cols = dilation
     width = _llvm.vector_width(dtype)
@@ -356,11 +374,36 @@ def _layout(shape: tuple[int, ...], dtype: np.dtype, dilation: tuple[int, int],
         offsets.flags.writeable = False
         runs = []
         for vectors, start, blocks in _plan_blocks(f, width):
-            kernels = _llvm.compiled(dtype, vectors, streaming and len(steps) == 1)
+            stream = streaming and len(steps) == 1
+            kernels = (_llvm_thin.compiled_rows(dtype, vectors, cell_step, stream) if cell_step
+                       else _llvm.compiled(dtype, vectors, stream))
             assert kernels is not None
             runs.append((kernels, start, blocks, vectors * width))
         layout.append((c0, c1, offsets, tuple(runs)))
     return tuple(layout)
+
+
+#: Most input channels for which :mod:`._llvm_thin`'s kernels run a (one-group) layer.
+THIN_CHANNELS = 4
+
+#: :func:`cost` per FLOP of :mod:`._llvm_thin`'s kernels, at stride 1 and strided.
+#: Measured on one core against flat_rows (``0.7 × time / flat_rows' time``, 24 layers of
+#: 1, 3 and 4 -> 16, 32 and 64 channels, 3×3 to 7×7, 1×112², 16×56², 64×28²): 0.09–0.35
+#: at stride 1 (the 16-channel ones lowest), 0.19–0.42 at stride 2; space_to_depth
+#: 0.18–0.64 on the same layers.
+THIN_PER_FLOP = 0.25
+THIN_STRIDED = 0.35
+
+
+def thin(channels: int) -> bool:
+    """Whether input cells of ``channels`` channels are run by :mod:`._llvm_thin`'s
+    kernels: with so few, a cell's sum is short, and placing a block's cells costs
+    :mod:`._llvm`'s kernels about as much as the sum.
+
+    >>> thin(3), thin(16)
+    (True, False)
+    """
+    return 0 < channels <= THIN_CHANNELS
 
 
 def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
@@ -382,7 +425,8 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
     padded_w = w + left + right
     row_elems = padded_w * c  # elements of one padded input row
     streaming = y.nbytes >= STREAM_BYTES and _aligned(y)
-    panels = (_panels(kernel, dilation, row_elems, streaming, groups, c) if make_panels is None
+    panels = (_panels(kernel, dilation, row_elems, streaming, groups, c,
+                      stride_cols * c if groups == 1 else 0) if make_panels is None
               else make_panels(row_elems))
     reach = effective_kernel(kh, dilation_rows)  # input rows one output row reads
     workers = threads if threads is not None else worker_count()
@@ -392,10 +436,10 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
     x_base, x_bytes = x.ctypes.data, x.strides
     y_base, y_bytes = y.ctypes.data, y.strides
     calls = _calls(panels)
-    # every worker gets about 4 chunks; a chunk is whole images when images are
-    # small (fewer calls: each costs ~10 µs of Python and ctypes), else rows of one
-    # image; its padded input rows fit SLAB_BYTES
-    rows_share = max(1, -(-n * oh // (JOBS_PER_WORKER * workers)))
+    # every worker gets about 4 chunks (a single worker one); a chunk is whole images
+    # when images are small (fewer calls: each costs ~10 µs of Python and ctypes),
+    # else rows of one image; its padded input rows fit SLAB_BYTES
+    rows_share = max(1, -(-n * oh // _job_count(workers)))
     needed = window_reach(oh, kh, stride_rows, dilation_rows)  # padded input rows of one image
     if rows_share >= 2 * oh:
         image_bytes = needed * row_elems * itemsize
@@ -454,10 +498,15 @@ def _fill(slab: np.ndarray, image: np.ndarray, first: int, left: int) -> None:
     if r1 <= r0 or c1 <= c0:
         slab[...] = 0
         return
-    slab[..., :d0, :, :] = 0
-    slab[..., d1:, :, :] = 0
-    slab[..., d0:d1, : c0 + left, :] = 0
-    slab[..., d0:d1, c1 + left:, :] = 0
+    # (each assignment costs ~1 µs even when empty: only the padding there is)
+    if d0 > 0:
+        slab[..., :d0, :, :] = 0
+    if d1 < count:
+        slab[..., d1:, :, :] = 0
+    if c0 + left > 0:
+        slab[..., d0:d1, : c0 + left, :] = 0
+    if c1 + left < padded_w:
+        slab[..., d0:d1, c1 + left:, :] = 0
     slab[..., d0:d1, c0 + left: c1 + left, :] = image[..., r0:r1, c0:c1, :]
 
 
@@ -550,9 +599,11 @@ def cost(problem: ConvProblem) -> float:
     panels are re-read for every chunk of few cells). Against Winograd: 0.9× its time with 32 channels on 28², 1.3×
     with 64 on 56² (the benchmark's L1).
 
-    So: 0.5 per FLOP (0.6 when strided, 0.42 with at most 4 input channels),
+    So: 0.5 per FLOP (0.6 when strided, 0.42 with at most 4 input channels per group;
+    one group of at most 4: :data:`THIN_PER_FLOP`, :data:`THIN_STRIDED`),
     with the output channels rounded up to whole vectors, 1.3 times that for
-    one vector of them (16 channels; the kernel then waits on loads), times
+    one vector of them (16 channels; the kernel then waits on loads; not the thin
+    kernels, whose blocks then hold 14 cells), times
     ``1 + 16 / cells`` for chunks of few cells; 1×1 kernels
     ``1.3 - 0.16·log2(C·F / 4096)`` (at least 0.6).
     """
@@ -569,6 +620,9 @@ def cost(problem: ConvProblem) -> float:
         # a plain product: BLAS wins on small ones, these kernels on large ones
         pairs = group_in * f
         per_flop = max(0.6, 1.3 - 0.16 * math.log2(max(1.0, pairs / 4096)))
+    elif groups == 1 and thin(group_in):
+        # the thin-input kernels (one vector of outputs is no slower there: 14 cells)
+        per_flop = THIN_STRIDED if any(s > 1 for s in problem.strides) else THIN_PER_FLOP
     elif group_in <= 4:
         per_flop = 0.42
     elif any(s > 1 for s in problem.strides):
@@ -578,10 +632,10 @@ def cost(problem: ConvProblem) -> float:
     # cells per chunk, as _jobs cuts them: rows of one image, or whole images
     out = problem.out_size
     image_rows = math.prod(out[:-1])
-    share = max(1, math.ceil(image_rows * problem.batch / (JOBS_PER_WORKER * worker_count())))
+    share = max(1, math.ceil(image_rows * problem.batch / _job_count(worker_count())))
     rows = share // image_rows * image_rows if share >= 2 * image_rows else min(image_rows, share)
     cells = rows * out[-1]
-    if -(-f // width) == 1:
+    if -(-f // width) == 1 and not (groups == 1 and thin(group_in)):
         per_flop *= 1.3  # one vector of channels: a load per 8 multiply-adds, not 24
     if groups > 1:
         per_flop *= GROUPED_SCALE
@@ -696,7 +750,7 @@ def transposed(
         flops += 2.0 * n * math.prod(counts) * part.shape[0] * part.shape[1] * c // groups * f
     workers = threads if threads is not None else worker_count()
     image_bytes = rows * row_elems * itemsize
-    images = max(1, min(-(-n // (JOBS_PER_WORKER * workers)), SLAB_BYTES // image_bytes))
+    images = max(1, min(-(-n // _job_count(workers)), SLAB_BYTES // image_bytes))
 
     def job(g0: int, g1: int, _keep: Any = keep) -> None:
         slab = workspace("register_tiles", (g1 - g0, rows, cols, c), dtype)
