@@ -59,7 +59,7 @@ def main() -> None:
     nets.set_mode(args.jit, args.isa)
     import torch
 
-    from convarith.bench import _torch_runner
+    from convarith.bench import torch_runner as _torch_runner
     from convarith.engine import conv
 
     torch.set_num_threads(1)

@@ -58,7 +58,8 @@ from ..state import cached_once
 from ._threads import run_chunks, worker_count, workspace
 
 __all__ = ["direct", "weight_grad", "applies", "cost", "FlatPlan", "plan", "CHUNK_BYTES", "accumulate",
-           "blas_gemm", "chunk_rows"]
+           "blas_gemm", "chunk_rows",
+           "gathers_cells", "cells_block", "cells_cost"]
 
 #: Below this inner dimension (``C × taps``) the taps are gathered (im2col) per block.
 GATHER_BELOW = 320
@@ -260,6 +261,88 @@ def _direct_im2col(
     return y.reshape(n, *out_size, f)
 
 
+#: Output cells per image up to which a kernel of many channels gathers every tap of
+#: the real output cells (im2col) and runs one product, instead of one product per
+#: tap over the flat grid (see :func:`gathers_cells`).
+FEW_CELLS = 100
+
+#: Column bytes per block of the few-cells im2col (kept per thread by
+#: :func:`~._threads.workspace`, so it is not made again at every call).
+CELLS_CHUNK_BYTES = 4 << 20
+
+
+def gathers_cells(kernel_size: Sequence[int], in_channels: int, out_size: Sequence[int]) -> bool:
+    """Whether :func:`direct` gathers the taps of the real output cells of small images.
+
+    On a small image the flat grid's per-tap products compute many cells that are
+    dropped (``⌈padded / S⌉`` cells per axis against the output's), each with few
+    rows, so BLAS runs them poorly; with many channels one product of inner size
+    ``C × taps`` over the few real cells (the columns copied from views of the input,
+    any rank, stride or dilation) runs near the machine's matrix-multiply rate.
+
+    >>> gathers_cells((3, 3), 512, (7, 7)), gathers_cells((3, 3), 512, (28, 28))
+    (True, False)
+    """
+    taps = math.prod(kernel_size)
+    return taps > 1 and in_channels * taps >= GATHER_BELOW and math.prod(out_size) <= FEW_CELLS
+
+
+def cells_block(batch: int, out_size: Sequence[int], inner: int, itemsize: int,
+                chunk_bytes: int | None = None) -> tuple[int, int]:
+    """How :func:`_direct_cells` cuts its columns: ``(images, rows)`` per block, whole
+    images (``rows`` the first output axis) when one fits :data:`CELLS_CHUNK_BYTES`,
+    else ``images = 0`` and ``rows`` first-axis rows of one image.
+
+    >>> cells_block(16, (7, 7), 9 * 512, 4), cells_block(1, (14, 14), 9 * 1024, 4)
+    ((4, 7), (0, 8))
+    """
+    budget = CELLS_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+    row_bytes = math.prod(out_size[1:]) * inner * itemsize
+    rows = max(1, budget // row_bytes)
+    if rows >= out_size[0]:
+        return min(batch, rows // out_size[0]), out_size[0]
+    return 0, rows
+
+
+def _direct_cells(
+    xp: np.ndarray, kernel: np.ndarray, strides: Sequence[int], dilation: Sequence[int],
+    out_size: Sequence[int], threads: int | None, chunk_bytes: int | None,
+) -> np.ndarray:
+    """Few output cells, many channels: im2col of the real output cells of blocks of
+    whole images (or of rows of one image when one image's columns are large), one
+    product per block written straight into the output."""
+    n, c, f = xp.shape[0], xp.shape[-1], kernel.shape[-1]
+    rank = len(out_size)
+    kernel_size = kernel.shape[:rank]
+    taps = math.prod(kernel_size)
+    weights = np.ascontiguousarray(kernel).reshape(taps * c, f)
+    y = np.empty((n, *out_size, f), xp.dtype)
+    images, rows = cells_block(n, out_size, taps * c, xp.dtype.itemsize, chunk_bytes)
+    if images:
+        units = [(i, min(n, i + images), 0, out_size[0]) for i in range(0, n, images)]
+    else:
+        units = [(i, i + 1, r, min(out_size[0], r + rows))
+                 for i in range(n) for r in range(0, out_size[0], rows)]
+    tap_list = list(itertools.product(*(range(k) for k in kernel_size)))
+
+    def work(first: int, last: int) -> None:
+        for i0, i1, r0, r1 in units[first:last]:
+            shape = (i1 - i0, r1 - r0, *out_size[1:])
+            columns = workspace("flat_rows.cells", (*shape, taps, c), xp.dtype)
+            for index, k in enumerate(tap_list):
+                first_axis = slice((r0 * strides[0]) + k[0] * dilation[0],
+                                   (r1 - 1) * strides[0] + k[0] * dilation[0] + 1, strides[0])
+                rest = tuple(slice(kk * d, (o - 1) * s + kk * d + 1, s) for kk, d, s, o in
+                             zip(k[1:], dilation[1:], strides[1:], out_size[1:]))
+                columns[..., index, :] = xp[(slice(i0, i1), first_axis) + rest]
+            target = y[i0:i1, r0:r1].reshape(-1, f)  # whole rows: contiguous
+            np.matmul(columns.reshape(-1, taps * c), weights, out=target)
+
+    flops = 2.0 * n * math.prod(out_size) * taps * c * f
+    run_chunks(work, len(units), 1, threads=threads, flops=flops)
+    return y
+
+
 @cached_once
 def blas_gemm(dtype: np.dtype) -> Callable[..., np.ndarray] | None:
     """SciPy's BLAS ``sgemm``/``dgemm`` for ``dtype``, or ``None`` (no SciPy, other dtype)."""
@@ -383,6 +466,10 @@ def direct(
     f = kernel.shape[-1]
     taps = math.prod(kernel_size)
     strided = any(s > 1 for s in strides)
+    if gather is None and gathers_cells(kernel_size, c, out_size):
+        if padding is not None:
+            xp = pad(xp, padding)
+        return _direct_cells(xp, kernel, strides, dilation, out_size, threads, chunk_bytes)
     compiled_im2col = _numba_im2col() if use_numba is not False and rank <= 2 else None
     if gather is None:
         # strided with compiled im2col: one product of inner size C·taps over the
@@ -554,9 +641,34 @@ def cost(problem: ConvProblem) -> float:
     """
     from . import _llvm
 
+    if gathers_cells(problem.kernel_size, problem.in_channels, problem.out_size):
+        return cells_cost(problem)
     if _llvm.available(problem.dtype) or not _per_tap_products(problem):
         return problem.flops * 0.7
     return per_tap_cost(problem)
+
+
+def cells_cost(problem: ConvProblem) -> float:
+    """``0.5 × FLOPs × (1 + 12 / rows)``: the few-cells im2col's one product per block
+    of ``rows`` output cells (:func:`cells_block`) runs BLAS at about
+    ``rows / (rows + 12)`` of its rate on large products (the columns' copy is small
+    beside it).
+
+    Fitted on one core (CPU time, float32, 3×3 "same", busy machine; ms, this path
+    against :mod:`.register_tiles` and :mod:`.offset_gemm`): 256 on 1×7² 0.84
+    (1.03, 0.98); 512 on 1×4² 1.68 (2.48, 1.82), 1×7² 3.53 (3.94, 3.57), 1×10²
+    5.72 (5.99, 5.82), 16×7² 41.2 (36.5, 40.5), 16×4² 14.4 (13.5, 13.6); 1024 on
+    1×7² 14.9 (26.0, 15.5).
+
+    >>> p = ConvProblem((1, 9, 9, 512), (3, 3, 512, 512), (1, 1), (1, 1), 1, (7, 7), np.dtype("float32"))
+    >>> round(cells_cost(p) / p.flops, 2)
+    0.62
+    """
+    taps = math.prod(problem.kernel_size)
+    images, rows = cells_block(problem.batch, problem.out_size, taps * problem.in_channels,
+                               problem.dtype.itemsize)
+    product_rows = max(1, images) * rows * math.prod(problem.out_size[1:])
+    return problem.flops * 0.5 * (1 + 12 / product_rows)
 
 
 def _per_tap_products(problem: ConvProblem) -> bool:
