@@ -177,6 +177,12 @@ def test_flat_rows_few_cells_many_channels(seed, rank):
         y32 = flat_rows.direct(xp.astype(np.float32), k.astype(np.float32), strides, dilation,
                                1, out_size, threads=threads, chunk_bytes=chunk_bytes)
         check(y32, expected, np.float32, seed, f"few cells float32 chunk_bytes={chunk_bytes}")
+    dy = rng.standard_normal((x.shape[0], *out_size, k.shape[-1]))
+    expected_dk = reference_weight_grad(xp, dy, kernel, strides, dilation, 1)
+    for threads in (1, 2):
+        dk = flat_rows.weight_grad(x, dy, kernel, strides, dilation, 1, threads=threads,
+                                   padding=pads)
+        check(dk, expected_dk, np.float64, seed, f"few cells weight_grad threads={threads}")
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -304,6 +304,68 @@ def cells_block(batch: int, out_size: Sequence[int], inner: int, itemsize: int,
     return 0, rows
 
 
+def _cells_units(batch: int, out_size: Sequence[int], inner: int, itemsize: int,
+                 chunk_bytes: int | None) -> list[tuple[int, int, int, int]]:
+    """The blocks of :func:`cells_block` as ``(first image, end, first row, end)``."""
+    images, rows = cells_block(batch, out_size, inner, itemsize, chunk_bytes)
+    if images:
+        return [(i, min(batch, i + images), 0, out_size[0]) for i in range(0, batch, images)]
+    return [(i, i + 1, r, min(out_size[0], r + rows))
+            for i in range(batch) for r in range(0, out_size[0], rows)]
+
+
+def _cells_columns(xp: np.ndarray, unit: tuple[int, int, int, int], kernel_size: Sequence[int],
+                   strides: Sequence[int], dilation: Sequence[int], out_size: Sequence[int]
+                   ) -> np.ndarray:
+    """``(cells, taps·C)``: every tap's input cell for the output cells of ``unit``
+    (a per-thread workspace, valid until the next call)."""
+    i0, i1, r0, r1 = unit
+    c = xp.shape[-1]
+    taps = math.prod(kernel_size)
+    columns = workspace("flat_rows.cells", (i1 - i0, r1 - r0, *out_size[1:], taps, c), xp.dtype)
+    for index, k in enumerate(itertools.product(*(range(n) for n in kernel_size))):
+        first_axis = slice(r0 * strides[0] + k[0] * dilation[0],
+                           (r1 - 1) * strides[0] + k[0] * dilation[0] + 1, strides[0])
+        rest = tuple(slice(kk * d, (o - 1) * s + kk * d + 1, s) for kk, d, s, o in
+                     zip(k[1:], dilation[1:], strides[1:], out_size[1:]))
+        columns[..., index, :] = xp[(slice(i0, i1), first_axis) + rest]
+    return columns.reshape(-1, taps * c)
+
+
+def _weight_grad_cells(xp: np.ndarray, dy: np.ndarray, kernel_size: Sequence[int],
+                       strides: Sequence[int], dilation: Sequence[int],
+                       threads: int | None) -> np.ndarray:
+    """Few output cells, many channels: ``columnsᵀ · dy`` per block of the im2col of
+    :func:`_direct_cells`, the blocks' products summed."""
+    n, c, f = xp.shape[0], xp.shape[-1], dy.shape[-1]
+    out_size = dy.shape[1:-1]
+    taps = math.prod(kernel_size)
+    units = _cells_units(n, out_size, taps * c, xp.dtype.itemsize, None)
+
+    def work(first: int, last: int) -> np.ndarray:
+        # products written in place (fresh multi-MiB temporaries cost their page faults)
+        total = np.empty((taps * c, f), xp.dtype)
+        for unit in units[first:last]:
+            i0, i1, r0, r1 = unit
+            columns = _cells_columns(xp, unit, kernel_size, strides, dilation, out_size)
+            grads = dy[i0:i1, r0:r1].reshape(-1, f)
+            if unit is units[first]:
+                np.matmul(columns.T, grads, out=total)
+            else:
+                product = workspace("flat_rows.cells_product", total.shape, xp.dtype)
+                np.matmul(columns.T, grads, out=product)
+                total += product
+        return total
+
+    chunk = -(-len(units) // worker_count())
+    flops = 2.0 * n * math.prod(out_size) * taps * c * f
+    partials = run_chunks(work, len(units), chunk, threads=threads, flops=flops)
+    total = partials[0]
+    for partial in partials[1:]:
+        total += partial
+    return total.reshape(*kernel_size, c, f)
+
+
 def _direct_cells(
     xp: np.ndarray, kernel: np.ndarray, strides: Sequence[int], dilation: Sequence[int],
     out_size: Sequence[int], threads: int | None, chunk_bytes: int | None,
@@ -317,24 +379,12 @@ def _direct_cells(
     taps = math.prod(kernel_size)
     weights = np.ascontiguousarray(kernel).reshape(taps * c, f)
     y = np.empty((n, *out_size, f), xp.dtype)
-    images, rows = cells_block(n, out_size, taps * c, xp.dtype.itemsize, chunk_bytes)
-    if images:
-        units = [(i, min(n, i + images), 0, out_size[0]) for i in range(0, n, images)]
-    else:
-        units = [(i, i + 1, r, min(out_size[0], r + rows))
-                 for i in range(n) for r in range(0, out_size[0], rows)]
-    tap_list = list(itertools.product(*(range(k) for k in kernel_size)))
+    units = _cells_units(n, out_size, taps * c, xp.dtype.itemsize, chunk_bytes)
 
     def work(first: int, last: int) -> None:
         for i0, i1, r0, r1 in units[first:last]:
-            shape = (i1 - i0, r1 - r0, *out_size[1:])
-            columns = workspace("flat_rows.cells", (*shape, taps, c), xp.dtype)
-            for index, k in enumerate(tap_list):
-                first_axis = slice((r0 * strides[0]) + k[0] * dilation[0],
-                                   (r1 - 1) * strides[0] + k[0] * dilation[0] + 1, strides[0])
-                rest = tuple(slice(kk * d, (o - 1) * s + kk * d + 1, s) for kk, d, s, o in
-                             zip(k[1:], dilation[1:], strides[1:], out_size[1:]))
-                columns[..., index, :] = xp[(slice(i0, i1), first_axis) + rest]
+            columns = _cells_columns(xp, (i0, i1, r0, r1), kernel_size, strides, dilation,
+                                     out_size)
             target = y[i0:i1, r0:r1].reshape(-1, f)  # whole rows: contiguous
             np.matmul(columns.reshape(-1, taps * c), weights, out=target)
 
@@ -582,7 +632,9 @@ def weight_grad(
 
     ``dy`` is laid on the flat grid (zeros at the garbage cells), so every
     tap's product sums over exactly the real output cells; chunks of rows
-    give partial gradients that are summed at the end. ``padding`` (zeros,
+    give partial gradients that are summed at the end. Small images with many
+    channels (:func:`gathers_cells`) take one product ``columnsᵀ · dy`` per block
+    of :func:`direct`'s im2col of the real cells instead. ``padding`` (zeros,
     as in :func:`direct`) is applied to ``xp`` first.
 
     >>> xp = np.arange(5.0).reshape(1, 5, 1)
@@ -596,6 +648,9 @@ def weight_grad(
     n, c = xp.shape[0], xp.shape[-1]
     f = dy.shape[-1]
     out_size = dy.shape[1:-1]
+    if gathers_cells(kernel_size, c, out_size):
+        return _weight_grad_cells(xp, np.ascontiguousarray(dy), kernel_size, strides, dilation,
+                                  threads)
     if math.prod(kernel_size) == 1:
         # 1×1: one product xᵀ·dy, run by BLAS on all its threads
         rows = _pointwise_rows(xp, strides, out_size)
