@@ -315,20 +315,32 @@ def _cells_units(batch: int, out_size: Sequence[int], inner: int, itemsize: int,
 
 
 def _cells_columns(xp: np.ndarray, unit: tuple[int, int, int, int], kernel_size: Sequence[int],
-                   strides: Sequence[int], dilation: Sequence[int], out_size: Sequence[int]
-                   ) -> np.ndarray:
+                   strides: Sequence[int], dilation: Sequence[int], out_size: Sequence[int],
+                   before: Sequence[int] | None = None) -> np.ndarray:
     """``(cells, taps·C)``: every tap's input cell for the output cells of ``unit``
-    (a per-thread workspace, valid until the next call)."""
+    (a per-thread workspace, valid until the next call); with ``before`` (zero padding
+    still to apply before each axis, none negative), cells on the padding are zeros."""
     i0, i1, r0, r1 = unit
     c = xp.shape[-1]
     taps = math.prod(kernel_size)
     columns = workspace("flat_rows.cells", (i1 - i0, r1 - r0, *out_size[1:], taps, c), xp.dtype)
+    if before is not None:
+        columns[...] = 0
+    shifts = before if before is not None else [0] * len(out_size)
     for index, k in enumerate(itertools.product(*(range(n) for n in kernel_size))):
-        first_axis = slice(r0 * strides[0] + k[0] * dilation[0],
-                           (r1 - 1) * strides[0] + k[0] * dilation[0] + 1, strides[0])
-        rest = tuple(slice(kk * d, (o - 1) * s + kk * d + 1, s) for kk, d, s, o in
-                     zip(k[1:], dilation[1:], strides[1:], out_size[1:]))
-        columns[..., index, :] = xp[(slice(i0, i1), first_axis) + rest]
+        source: list[slice] = [slice(i0, i1)]
+        target: list[slice] = [slice(None)]
+        for axis, (kk, s, d, p) in enumerate(zip(k, strides, dilation, shifts)):
+            o0, o1 = (r0, r1) if axis == 0 else (0, out_size[axis])
+            offset = kk * d - p  # output cell o reads input cell o·S + offset
+            lo = max(o0, -(offset // s))
+            hi = min(o1, (xp.shape[1 + axis] - 1 - offset) // s + 1)
+            if hi <= lo:
+                break  # this tap reads only padding for these cells: zeros
+            source.append(slice(lo * s + offset, (hi - 1) * s + offset + 1, s))
+            target.append(slice(lo - o0, hi - o0))
+        else:
+            columns[..., index, :][tuple(target)] = xp[tuple(source)]
     return columns.reshape(-1, taps * c)
 
 
@@ -369,10 +381,12 @@ def _weight_grad_cells(xp: np.ndarray, dy: np.ndarray, kernel_size: Sequence[int
 def _direct_cells(
     xp: np.ndarray, kernel: np.ndarray, strides: Sequence[int], dilation: Sequence[int],
     out_size: Sequence[int], threads: int | None, chunk_bytes: int | None,
+    before: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Few output cells, many channels: im2col of the real output cells of blocks of
     whole images (or of rows of one image when one image's columns are large), one
-    product per block written straight into the output."""
+    product per block written straight into the output; ``before``: zero padding
+    before each axis, written into the columns (the input is not copied)."""
     n, c, f = xp.shape[0], xp.shape[-1], kernel.shape[-1]
     rank = len(out_size)
     kernel_size = kernel.shape[:rank]
@@ -384,7 +398,7 @@ def _direct_cells(
     def work(first: int, last: int) -> None:
         for i0, i1, r0, r1 in units[first:last]:
             columns = _cells_columns(xp, (i0, i1, r0, r1), kernel_size, strides, dilation,
-                                     out_size)
+                                     out_size, before)
             target = y[i0:i1, r0:r1].reshape(-1, f)  # whole rows: contiguous
             np.matmul(columns.reshape(-1, taps * c), weights, out=target)
 
@@ -517,9 +531,13 @@ def direct(
     taps = math.prod(kernel_size)
     strided = any(s > 1 for s in strides)
     if gather is None and gathers_cells(kernel_size, c, out_size):
-        if padding is not None:
-            xp = pad(xp, padding)
-        return _direct_cells(xp, kernel, strides, dilation, out_size, threads, chunk_bytes)
+        before = None
+        if padding is not None and any(lo < 0 or hi < 0 for lo, hi in padding):
+            xp = pad(xp, padding)  # crops first
+        elif padding is not None:
+            before = [lo for lo, _ in padding]  # zeros written into the columns, no copy
+        return _direct_cells(xp, kernel, strides, dilation, out_size, threads, chunk_bytes,
+                             before)
     compiled_im2col = _numba_im2col() if use_numba is not False and rank <= 2 else None
     if gather is None:
         # strided with compiled im2col: one product of inner size C·taps over the
