@@ -59,7 +59,7 @@ def main() -> None:
     nets.set_mode(args.jit, args.isa)
     import torch
 
-    from convarith.bench import torch_runner as _torch_runner
+    from convarith.bench import torch_runner
     from convarith.engine import conv
 
     torch.set_num_threads(1)
@@ -76,7 +76,7 @@ def main() -> None:
                 x, kernel = inputs[layer]
                 spec = layer.spec()
                 if kernel is not None:
-                    picked = _torch_runner(nets._case(layer, args.batch), x, kernel, False)
+                    picked = torch_runner(nets._case(layer, args.batch), x, kernel, False)
                     theirs = picked[0] if picked is not None else None
                 else:
                     theirs = nets._torch_pool(layer, x, False)
