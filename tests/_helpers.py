@@ -215,11 +215,12 @@ def assert_transposed_cheapest_applies(x_shape, kernel_shape, strides, dilation,
 
     The candidates are the ``kind="transposed"`` algorithms that apply to the
     transposed problem and the direct ones that apply to the stride-1 problem
-    on the zero-inserted grid, each at its registered cost; a transposed one
-    runs only when strictly cheaper than the best on the grid.
+    on the zero-inserted grid, each at its registered cost (on the grid plus
+    its copy of the kernel, ``grid_kernel_cost``); a transposed one runs only
+    when strictly cheaper than the best on the grid.
     """
     from convarith.engine.core import transposed_algorithm
-    from convarith.engine.dispatch import available_algorithms, get_algorithm
+    from convarith.engine.dispatch import available_algorithms, get_algorithm, grid_kernel_cost
 
     problem, grid_problem = transposed_problems(x_shape, kernel_shape, strides, dilation, groups,
                                                 padding, dtype)
@@ -227,7 +228,7 @@ def assert_transposed_cheapest_applies(x_shape, kernel_shape, strides, dilation,
     algorithms = [get_algorithm(n) for n in available_algorithms()]
     transposed = {a.name: a.cost(problem) for a in algorithms
                   if a.kind == "transposed" and a.applies(problem)}
-    on_grid = {a.name: a.cost(grid_problem) for a in algorithms
+    on_grid = {a.name: a.cost(grid_problem) + grid_kernel_cost(problem) for a in algorithms
                if a.kind == "direct" and a.applies(grid_problem)}
     what = (problem, name, transposed, on_grid)
     assert on_grid, what

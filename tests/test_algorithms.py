@@ -9,6 +9,7 @@ Bounds: relative error ``‖a − b‖ / ‖b‖`` ≤ 1e-5 in float32, ≤ 1e-1
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -146,6 +147,86 @@ def test_flat_rows_im2col_blocks(chunk_bytes):
                          threads=2)
     check(y, reference_direct(xp, k, (1, 2), (1, 3), 1, (8, 27)), np.float64, chunk_bytes,
           "2-D")
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_flat_rows_few_cells_many_channels(seed, rank):
+    """Small images, many channels: the im2col of the real cells, in blocks of whole
+    images or of rows of one image, any stride, dilation and zero padding."""
+    rng = np.random.default_rng(900 + 10 * rank + seed)
+    kernel = tuple(int(v) for v in rng.integers(2, 4, rank))
+    channels = -(-flat_rows.GATHER_BELOW // math.prod(kernel)) + int(rng.integers(0, 9))
+    x, k, strides, dilation, _ = random_problem(rng, rank, kernel=kernel, channels=channels,
+                                                filters=int(rng.integers(1, 9)))
+    x = np.concatenate([x, -x])  # several images per block
+    pads, xp, out_size = random_padding(rng, x, k, strides, dilation)
+    assert flat_rows.gathers_cells(kernel, channels, out_size), (seed, out_size)
+    expected = reference_direct(xp, k, strides, dilation, 1, out_size)
+    item = np.dtype(np.float64).itemsize
+    one_image = math.prod(out_size) * math.prod(kernel) * channels * item
+    for chunk_bytes, threads in [(None, 1), (1, 2), (one_image, 2), (3 * one_image, 2)]:
+        images, rows = flat_rows.cells_block(x.shape[0], out_size, math.prod(kernel) * channels,
+                                             item, chunk_bytes)
+        for padding, source in [(pads, x), (None, xp)]:
+            y = flat_rows.direct(source, k, strides, dilation, 1, out_size, threads=threads,
+                                 chunk_bytes=chunk_bytes, padding=padding)
+            check(y, expected, np.float64, seed,
+                  f"few cells chunk_bytes={chunk_bytes} ({images} images, {rows} rows), "
+                  f"padding={padding}")
+        y32 = flat_rows.direct(xp.astype(np.float32), k.astype(np.float32), strides, dilation,
+                               1, out_size, threads=threads, chunk_bytes=chunk_bytes)
+        check(y32, expected, np.float32, seed, f"few cells float32 chunk_bytes={chunk_bytes}")
+    dy = rng.standard_normal((x.shape[0], *out_size, k.shape[-1]))
+    expected_dk = reference_weight_grad(xp, dy, kernel, strides, dilation, 1)
+    for threads in (1, 2):
+        dk = flat_rows.weight_grad(x, dy, kernel, strides, dilation, 1, threads=threads,
+                                   padding=pads)
+        check(dk, expected_dk, np.float64, seed, f"few cells weight_grad threads={threads}")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_flat_rows_few_cells_against_torch(seed):
+    """Wide layers on small images as PyTorch computes them (stride, dilation, padding),
+    through the engine with flat_rows named."""
+    torch = pytest.importorskip("torch")
+    from convarith import ConvSpec
+    from convarith.engine import conv
+
+    rng = np.random.default_rng(950 + seed)
+    size = int(rng.integers(2, 9))
+    kernel, stride, dilation = int(rng.integers(2, 4)), int(rng.integers(1, 3)), 1
+    if size >= 2 * kernel:
+        dilation = int(rng.integers(1, 3))
+    padding = int(rng.integers(0, kernel))
+    channels, filters, batch = int(rng.integers(80, 113)), int(rng.integers(8, 40)), 3
+    x = rng.standard_normal((batch, size, size, channels)).astype(np.float32)
+    k = rng.standard_normal((kernel, kernel, channels, filters)).astype(np.float32)
+    spec = ConvSpec(kernel, strides=stride, dilation=dilation, padding=padding)
+    y = conv(x, k, spec, algorithm="flat_rows")
+    expected = torch.nn.functional.conv2d(
+        torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float64)),
+        torch.from_numpy(k.transpose(3, 2, 0, 1).astype(np.float64)),
+        stride=stride, padding=padding, dilation=dilation).numpy().transpose(0, 2, 3, 1)
+    out_size = expected.shape[1:3]
+    assert flat_rows.gathers_cells((kernel, kernel), channels, out_size)
+    check(y, expected, np.float32, seed, f"few cells vs torch {spec}")
+
+
+@pytest.mark.parametrize("batch", [1, 16])
+@pytest.mark.parametrize(("size", "channels", "filters", "kernel"), [
+    (2, 512, 512, 3), (4, 512, 512, 3), (7, 256, 256, 3), (7, 1024, 1024, 3),
+    (10, 512, 512, 3), (14, 512, 512, 3), (4, 64, 64, 3), (7, 2048, 512, 1),
+])
+def test_wide_small_layers_choose_the_cheapest(batch, size, channels, filters, kernel):
+    """Wide layers on small images: the choice applies and is the cheapest by every cost."""
+    pad = kernel // 2
+    problem = ConvProblem((batch, size + 2 * pad, size + 2 * pad, channels),
+                          (kernel, kernel, channels, filters), (1, 1), (1, 1), 1,
+                          (size, size), np.dtype(np.float32))
+    name = assert_cheapest_applies(problem)
+    if name == "flat_rows" and flat_rows.gathers_cells((kernel, kernel), channels, (size, size)):
+        assert flat_rows.cost(problem) == flat_rows.cells_cost(problem)
 
 
 def test_flat_rows_plan_skips_no_product():

@@ -1035,5 +1035,5 @@ def conv_vjp(
         d_bias = dy.sum(axis=tuple(range(dy.ndim - 1))).astype(prepared.result_dtype)
     d_input = finish(d_x, prepared)
     if d_kernel is not None:
-        d_kernel = d_kernel.astype(prepared.result_dtype)
+        d_kernel = d_kernel.astype(prepared.result_dtype, copy=False)
     return d_input, d_kernel, d_bias

@@ -58,7 +58,8 @@ from ..state import cached_once
 from ._threads import run_chunks, worker_count, workspace
 
 __all__ = ["direct", "weight_grad", "applies", "cost", "FlatPlan", "plan", "CHUNK_BYTES", "accumulate",
-           "blas_gemm", "chunk_rows"]
+           "blas_gemm", "chunk_rows",
+           "gathers_cells", "cells_block", "cells_cost"]
 
 #: Below this inner dimension (``C × taps``) the taps are gathered (im2col) per block.
 GATHER_BELOW = 320
@@ -260,6 +261,152 @@ def _direct_im2col(
     return y.reshape(n, *out_size, f)
 
 
+#: Output cells per image up to which a kernel of many channels gathers every tap of
+#: the real output cells (im2col) and runs one product, instead of one product per
+#: tap over the flat grid (see :func:`gathers_cells`).
+FEW_CELLS = 100
+
+#: Column bytes per block of the few-cells im2col (kept per thread by
+#: :func:`~._threads.workspace`, so it is not made again at every call).
+CELLS_CHUNK_BYTES = 4 << 20
+
+
+def gathers_cells(kernel_size: Sequence[int], in_channels: int, out_size: Sequence[int]) -> bool:
+    """Whether :func:`direct` gathers the taps of the real output cells of small images.
+
+    On a small image the flat grid's per-tap products compute many cells that are
+    dropped (``⌈padded / S⌉`` cells per axis against the output's), each with few
+    rows, so BLAS runs them poorly; with many channels one product of inner size
+    ``C × taps`` over the few real cells (the columns copied from views of the input,
+    any rank, stride or dilation) runs near the machine's matrix-multiply rate.
+
+    >>> gathers_cells((3, 3), 512, (7, 7)), gathers_cells((3, 3), 512, (28, 28))
+    (True, False)
+    """
+    taps = math.prod(kernel_size)
+    return taps > 1 and in_channels * taps >= GATHER_BELOW and math.prod(out_size) <= FEW_CELLS
+
+
+def cells_block(batch: int, out_size: Sequence[int], inner: int, itemsize: int,
+                chunk_bytes: int | None = None) -> tuple[int, int]:
+    """How :func:`_direct_cells` cuts its columns: ``(images, rows)`` per block, whole
+    images (``rows`` the first output axis) when one fits :data:`CELLS_CHUNK_BYTES`,
+    else ``images = 0`` and ``rows`` first-axis rows of one image.
+
+    >>> cells_block(16, (7, 7), 9 * 512, 4), cells_block(1, (14, 14), 9 * 1024, 4)
+    ((4, 7), (0, 8))
+    """
+    budget = CELLS_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+    row_bytes = math.prod(out_size[1:]) * inner * itemsize
+    rows = max(1, budget // row_bytes)
+    if rows >= out_size[0]:
+        return min(batch, rows // out_size[0]), out_size[0]
+    return 0, rows
+
+
+def _cells_units(batch: int, out_size: Sequence[int], inner: int, itemsize: int,
+                 chunk_bytes: int | None) -> list[tuple[int, int, int, int]]:
+    """The blocks of :func:`cells_block` as ``(first image, end, first row, end)``."""
+    images, rows = cells_block(batch, out_size, inner, itemsize, chunk_bytes)
+    if images:
+        return [(i, min(batch, i + images), 0, out_size[0]) for i in range(0, batch, images)]
+    return [(i, i + 1, r, min(out_size[0], r + rows))
+            for i in range(batch) for r in range(0, out_size[0], rows)]
+
+
+def _cells_columns(xp: np.ndarray, unit: tuple[int, int, int, int], kernel_size: Sequence[int],
+                   strides: Sequence[int], dilation: Sequence[int], out_size: Sequence[int],
+                   before: Sequence[int] | None = None) -> np.ndarray:
+    """``(cells, taps·C)``: every tap's input cell for the output cells of ``unit``
+    (a per-thread workspace, valid until the next call); with ``before`` (zero padding
+    still to apply before each axis, none negative), cells on the padding are zeros."""
+    i0, i1, r0, r1 = unit
+    c = xp.shape[-1]
+    taps = math.prod(kernel_size)
+    columns = workspace("flat_rows.cells", (i1 - i0, r1 - r0, *out_size[1:], taps, c), xp.dtype)
+    if before is not None:
+        columns[...] = 0
+    shifts = before if before is not None else [0] * len(out_size)
+    for index, k in enumerate(itertools.product(*(range(n) for n in kernel_size))):
+        source: list[slice] = [slice(i0, i1)]
+        target: list[slice] = [slice(None)]
+        for axis, (kk, s, d, p) in enumerate(zip(k, strides, dilation, shifts)):
+            o0, o1 = (r0, r1) if axis == 0 else (0, out_size[axis])
+            offset = kk * d - p  # output cell o reads input cell o·S + offset
+            lo = max(o0, -(offset // s))
+            hi = min(o1, (xp.shape[1 + axis] - 1 - offset) // s + 1)
+            if hi <= lo:
+                break  # this tap reads only padding for these cells: zeros
+            source.append(slice(lo * s + offset, (hi - 1) * s + offset + 1, s))
+            target.append(slice(lo - o0, hi - o0))
+        else:
+            columns[..., index, :][tuple(target)] = xp[tuple(source)]
+    return columns.reshape(-1, taps * c)
+
+
+def _weight_grad_cells(xp: np.ndarray, dy: np.ndarray, kernel_size: Sequence[int],
+                       strides: Sequence[int], dilation: Sequence[int],
+                       threads: int | None) -> np.ndarray:
+    """Few output cells, many channels: ``columnsᵀ · dy`` per block of the im2col of
+    :func:`_direct_cells`, the blocks' products summed."""
+    n, c, f = xp.shape[0], xp.shape[-1], dy.shape[-1]
+    out_size = dy.shape[1:-1]
+    taps = math.prod(kernel_size)
+    units = _cells_units(n, out_size, taps * c, xp.dtype.itemsize, None)
+
+    def work(first: int, last: int) -> np.ndarray:
+        # products written in place (fresh multi-MiB temporaries cost their page faults)
+        total = np.empty((taps * c, f), xp.dtype)
+        for unit in units[first:last]:
+            i0, i1, r0, r1 = unit
+            columns = _cells_columns(xp, unit, kernel_size, strides, dilation, out_size)
+            grads = dy[i0:i1, r0:r1].reshape(-1, f)
+            if unit is units[first]:
+                np.matmul(columns.T, grads, out=total)
+            else:
+                product = workspace("flat_rows.cells_product", total.shape, xp.dtype)
+                np.matmul(columns.T, grads, out=product)
+                total += product
+        return total
+
+    chunk = -(-len(units) // worker_count())
+    flops = 2.0 * n * math.prod(out_size) * taps * c * f
+    partials = run_chunks(work, len(units), chunk, threads=threads, flops=flops)
+    total = partials[0]
+    for partial in partials[1:]:
+        total += partial
+    return total.reshape(*kernel_size, c, f)
+
+
+def _direct_cells(
+    xp: np.ndarray, kernel: np.ndarray, strides: Sequence[int], dilation: Sequence[int],
+    out_size: Sequence[int], threads: int | None, chunk_bytes: int | None,
+    before: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Few output cells, many channels: im2col of the real output cells of blocks of
+    whole images (or of rows of one image when one image's columns are large), one
+    product per block written straight into the output; ``before``: zero padding
+    before each axis, written into the columns (the input is not copied)."""
+    n, c, f = xp.shape[0], xp.shape[-1], kernel.shape[-1]
+    rank = len(out_size)
+    kernel_size = kernel.shape[:rank]
+    taps = math.prod(kernel_size)
+    weights = np.ascontiguousarray(kernel).reshape(taps * c, f)
+    y = np.empty((n, *out_size, f), xp.dtype)
+    units = _cells_units(n, out_size, taps * c, xp.dtype.itemsize, chunk_bytes)
+
+    def work(first: int, last: int) -> None:
+        for i0, i1, r0, r1 in units[first:last]:
+            columns = _cells_columns(xp, (i0, i1, r0, r1), kernel_size, strides, dilation,
+                                     out_size, before)
+            target = y[i0:i1, r0:r1].reshape(-1, f)  # whole rows: contiguous
+            np.matmul(columns.reshape(-1, taps * c), weights, out=target)
+
+    flops = 2.0 * n * math.prod(out_size) * taps * c * f
+    run_chunks(work, len(units), 1, threads=threads, flops=flops)
+    return y
+
+
 @cached_once
 def blas_gemm(dtype: np.dtype) -> Callable[..., np.ndarray] | None:
     """SciPy's BLAS ``sgemm``/``dgemm`` for ``dtype``, or ``None`` (no SciPy, other dtype)."""
@@ -389,6 +536,14 @@ def direct(
                 _pointwise_rows(xp, strides, out_size))
         return np.matmul(rows, kernel.reshape(c, f)).reshape(n, *out_size, f)
     strided = any(s > 1 for s in strides)
+    if gather is None and gathers_cells(kernel_size, c, out_size):
+        before = None
+        if padding is not None and any(lo < 0 or hi < 0 for lo, hi in padding):
+            xp = pad(xp, padding)  # crops first
+        elif padding is not None:
+            before = [lo for lo, _ in padding]  # zeros written into the columns, no copy
+        return _direct_cells(xp, kernel, strides, dilation, out_size, threads, chunk_bytes,
+                             before)
     compiled_im2col = _numba_im2col() if use_numba is not False and rank <= 2 else None
     if gather is None:
         # strided with compiled im2col: one product of inner size C·taps over the
@@ -501,7 +656,9 @@ def weight_grad(
 
     ``dy`` is laid on the flat grid (zeros at the garbage cells), so every
     tap's product sums over exactly the real output cells; chunks of rows
-    give partial gradients that are summed at the end. ``padding`` (zeros,
+    give partial gradients that are summed at the end. Small images with many
+    channels (:func:`gathers_cells`) take one product ``columnsᵀ · dy`` per block
+    of :func:`direct`'s im2col of the real cells instead. ``padding`` (zeros,
     as in :func:`direct`) is applied to ``xp`` first.
 
     >>> xp = np.arange(5.0).reshape(1, 5, 1)
@@ -515,6 +672,9 @@ def weight_grad(
     n, c = xp.shape[0], xp.shape[-1]
     f = dy.shape[-1]
     out_size = dy.shape[1:-1]
+    if gathers_cells(kernel_size, c, out_size):
+        return _weight_grad_cells(xp, np.ascontiguousarray(dy), kernel_size, strides, dilation,
+                                  threads)
     if math.prod(kernel_size) == 1:
         # 1×1: one product xᵀ·dy, run by BLAS on all its threads
         rows = _pointwise_rows(xp, strides, out_size)
@@ -563,9 +723,40 @@ def cost(problem: ConvProblem) -> float:
     """
     from . import _llvm
 
+    if gathers_cells(problem.kernel_size, problem.in_channels, problem.out_size):
+        return cells_cost(problem)
     if _llvm.available(problem.dtype) or not _per_tap_products(problem):
         return problem.flops * 0.7
     return per_tap_cost(problem)
+
+
+def cells_cost(problem: ConvProblem) -> float:
+    """``0.56 × FLOPs × (1 + 6 / rows) × (1 + 16 / F)``, at most ``0.95 × FLOPs``: the
+    few-cells im2col's one product per block of ``rows`` output cells
+    (:func:`cells_block`) runs BLAS at about ``rows / (rows + 6)`` of its rate on large
+    products, less with few filters ``F`` (the columns' copy is small beside it); never
+    above :mod:`.offset_gemm`'s per-tap products of the same rows (measured 1.04–1.7×
+    faster on 2² images with 64–2048 channels, where each of its products has 4 rows).
+
+    Fitted on one core (CPU time, float32, 3×3 "same", busy machine; ms, this path
+    against :mod:`.register_tiles` and :mod:`.offset_gemm`): 256 on 1×7² 0.84
+    (1.03, 0.98); 512 on 1×4² 1.68 (2.48, 1.82), 1×7² 3.53 (3.94, 3.57), 1×10²
+    5.72 (5.99, 5.82), 16×7² 41.2 (36.5, 40.5), 16×4² 14.4 (13.5, 13.6); 1024 on
+    1×7² 14.9 (26.0, 15.5); 64 on 16×7² 0.80, Winograd 0.51; 3×3 stride 2 on
+    1×7²×512 1.9 (:mod:`.space_to_depth` 3.8). Networks suite, batch 16, one thread:
+    512 -> 512 on 7² 46.0 ms against :mod:`.register_tiles`' 38.4, 1024 -> 1024 194
+    against 146 (0.5 there chose this path).
+
+    >>> p = ConvProblem((1, 9, 9, 512), (3, 3, 512, 512), (1, 1), (1, 1), 1, (7, 7), np.dtype("float32"))
+    >>> round(cells_cost(p) / p.flops, 2)
+    0.65
+    """
+    taps = math.prod(problem.kernel_size)
+    images, rows = cells_block(problem.batch, problem.out_size, taps * problem.in_channels,
+                               problem.dtype.itemsize)
+    product_rows = max(1, images) * rows * math.prod(problem.out_size[1:])
+    per_flop = 0.56 * (1 + 6 / product_rows) * (1 + 16 / problem.out_channels)
+    return problem.flops * min(0.95, per_flop)
 
 
 def _per_tap_products(problem: ConvProblem) -> bool:
