@@ -316,7 +316,9 @@ def call_plan(x: Any, kernel: Any, spec: ConvSpec, bias: Any = None,
     made: list[Prepared] = []
     # only a zero-padded convolution's plan holds an algorithm choice (the others are
     # planned by pooling, transposed_conv and direct_conv, each remembered there)
-    chooses = spec.pool is None and not spec.transposed and spec.padding_mode == "zeros"
+    # (a spec of the wrong type reaches prepare's own check first)
+    chooses = (isinstance(spec, ConvSpec) and spec.pool is None and not spec.transposed
+               and spec.padding_mode == "zeros")
 
     def make() -> CallPlan:
         prepared = prepare(x, kernel, spec, bias)
