@@ -32,13 +32,14 @@ def _peak_bytes(fn) -> int:
     return peak - base
 
 
+@pytest.mark.parametrize("use_numba", [True, False])
 @pytest.mark.parametrize("batch, size, channels, filters, dtype", [
     (1, 28, 256, 512, np.float32),   # VGG-16 / U-Net at 28²: 2.9× before blocking
     (1, 28, 128, 256, np.float32),
     (1, 7, 512, 512, np.float32),    # F(2×2): 1.8× before
     (1, 14, 128, 128, np.float64),
 ])
-def test_peak_memory_within_bound(batch, size, channels, filters, dtype):
+def test_peak_memory_within_bound(batch, size, channels, filters, dtype, use_numba):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, size, size, channels)).astype(dtype)
     k = rng.standard_normal((3, 3, channels, filters)).astype(dtype)
@@ -47,9 +48,10 @@ def test_peak_memory_within_bound(batch, size, channels, filters, dtype):
     # which helper gets a chunk varies, so the peak with helpers is not repeatable
     peak = _peak_bytes(lambda: winograd.direct(
         x, k, (1, 1), (1, 1), 1, (size, size), padding=((1, 1), (1, 1)),
-        use_numba=True, threads=1))
+        use_numba=use_numba, threads=1))
     ratio = peak / (x.nbytes + k.nbytes + out_bytes)
-    assert ratio <= PEAK_LIMIT, f"peak {peak} bytes = {ratio:.2f}x (x + kernel + output)"
+    assert ratio <= PEAK_LIMIT, (
+        f"numba={use_numba}: peak {peak} bytes = {ratio:.2f}x (x + kernel + output)")
 
 
 def test_channel_block_fits_the_budget():
@@ -91,14 +93,16 @@ def test_blocked_output_channels_match_torch(seed):
     if min(out_size) < 1:
         out_size = (1, 1)
         pads = tuple((lo, hi + 2 * d) for (lo, hi), d in zip(pads, dilation))
-    y = winograd.direct(x, k, (1, 1), dilation, 1, out_size, m=m, use_numba=True,
-                        padding=pads)
     padded = np.pad(x.astype(np.float64), ((0, 0), *pads, (0, 0)))
     expected = torch.nn.functional.conv2d(
         torch.from_numpy(padded).permute(0, 3, 1, 2),
         torch.from_numpy(k.astype(np.float64)).permute(3, 2, 0, 1),
         dilation=dilation)[:, :, :out_size[0], :out_size[1]].permute(0, 2, 3, 1).numpy()
-    check(y, expected, dtype, seed, f"winograd F({m}) blocked, dilation={dilation} pads={pads}")
+    for use_numba in (True, False):
+        y = winograd.direct(x, k, (1, 1), dilation, 1, out_size, m=m, use_numba=use_numba,
+                            padding=pads)
+        check(y, expected, dtype, seed,
+              f"winograd F({m}) blocked, dilation={dilation} pads={pads} numba={use_numba}")
 
 
 @pytest.mark.parametrize("seed", range(3))

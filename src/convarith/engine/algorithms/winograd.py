@@ -520,10 +520,12 @@ def _numpy_tiles_direct(xp: np.ndarray, u: np.ndarray, wt: WinogradTransform,
     per_row = a * a * n * tw * (c + f) * xp.dtype.itemsize
     rows = max(1, min(th, chunk_bytes // max(1, per_row)))
     width = need[1]
-    along_h = np.empty((a, n, rows, width, c), xp.dtype)
-    v = np.empty((a, a, n, rows, tw, c), xp.dtype)
-    by_row = np.empty((m, a, n, rows, tw, f), xp.dtype)
-    cell = np.empty((n, rows, tw, f), xp.dtype)
+    # this thread's kept buffers: made once, not at every call
+    along_h = workspace("winograd.along_h", (a, n, rows, width, c), xp.dtype)
+    v = workspace("winograd.v", (a, a, n, rows, tw, c), xp.dtype)
+    by_row = workspace("winograd.by_row", (m, a, n, rows, tw, f), xp.dtype)
+    cell = workspace("winograd.cell", (n, rows, tw, f), xp.dtype)
+    products = workspace("winograd.prod", (a * a, n * rows * tw, f), xp.dtype)
     for t0 in range(0, th, rows):
         count = min(th, t0 + rows) - t0
         # input: Bᵀ along the height (a views of every m-th row), then along the width
@@ -537,7 +539,7 @@ def _numpy_tiles_direct(xp: np.ndarray, u: np.ndarray, wt: WinogradTransform,
                 _combine(columns, bt[k], v[i, k, :, :count])
         tiles = n * count * tw
         block = v[:, :, :, :count].reshape(a * a, tiles, c)
-        product = np.matmul(block, u).reshape(a, a, n, count, tw, f)
+        product = np.matmul(block, u, out=products[:, :tiles]).reshape(a, a, n, count, tw, f)
         # output: Aᵀ along the tile's rows, then its columns, written to every m-th cell
         for p in range(m):
             for k in range(a):
@@ -576,8 +578,10 @@ def kernel_transform(
     # two matrix products (BLAS) rather than one three-operand einsum (slow loops)
     rows = np.tensordot(wt.G, kernel.astype(np.float64), axes=(1, 0))  # (a, 3, C, F)
     both = np.tensordot(wt.G, rows, axes=(1, 1))  # (a_w, a_u, C, F)
-    u = np.swapaxes(both, 0, 1).astype(kernel.dtype)
-    return np.ascontiguousarray(u).reshape(a * a, *kernel.shape[2:])
+    del rows
+    u = np.empty((a, a, *kernel.shape[2:]), kernel.dtype)
+    u[...] = np.swapaxes(both, 0, 1)
+    return u.reshape(a * a, *kernel.shape[2:])
 
 
 #: The transformed kernel of one block of output channels may take this fraction of
@@ -762,9 +766,6 @@ def direct(
         shuffled = z.reshape(n, out_h, out_w, s0, s1, fo).transpose(0, 1, 3, 2, 4, 5)
         return np.ascontiguousarray(shuffled).reshape(n, out_h * s0, out_w * s1, fo)
     y = np.empty((n, out_h * s0, out_w * s1, f // (s0 * s1)), dtype)
-    if kernels is None:
-        u = kernel_transform(kernel, wt, use_numba=False)
-
     tile_bytes = a * a * (c + f) * dtype.itemsize
     if workspace_bytes is None:
         workspace_bytes = CHUNK_BYTES
@@ -793,14 +794,29 @@ def direct(
                             y_phases[..., f0:f1], wt, tiling, (top, left), workspace_bytes,
                             workers, threads)
         return y
-    if (d0, d1) == (1, 1):
-        _numpy_tiles_direct(xp, u, wt, (out_h, out_w), y, workspace_bytes)
-        return y
-    chunk = max(1, min(n, workspace_bytes // max(tile_bytes * tiling.per_image, 1)))
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        v = _numpy_input_transform(xp[start:stop], wt.BT, tiling)
-        _numpy_output_transform(np.matmul(v, u), wt.AT, tiling, y[start:stop])
+    # without numba: the kernel transform's float64 steps count too (the kernel, its
+    # rows, tensordot's copy of them, both sides: (6 + a)·a·C·8 bytes per channel, and
+    # the result), and the passes' temporaries (a quarter of the call's bytes)
+    io_bytes = xp.nbytes + kernel.nbytes + y.nbytes
+    chunk_bytes = workspace_bytes
+    if (d0, d1) != (1, 1):  # the einsum transforms make their arrays at each call
+        chunk_bytes = max(1 << 16, min(workspace_bytes, io_bytes // 4))
+    per_channel = a * c * ((6 + a) * 8 + a * dtype.itemsize)
+    block = _channel_block(f, per_channel, io_bytes, y.nbytes + io_bytes // 4 + (
+        xp.nbytes if padding is not None else 0))
+    for f0 in range(0, f, block):
+        f1 = min(f, f0 + block)
+        u = kernel_transform(kernel[..., f0:f1], wt, use_numba=False)
+        y_block = y[..., f0:f1]
+        if (d0, d1) == (1, 1):
+            _numpy_tiles_direct(xp, u, wt, (out_h, out_w), y_block, chunk_bytes)
+            continue
+        tile_bytes = a * a * (c + f1 - f0) * dtype.itemsize
+        chunk = max(1, min(n, chunk_bytes // max(tile_bytes * tiling.per_image, 1)))
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            v = _numpy_input_transform(xp[start:stop], wt.BT, tiling)
+            _numpy_output_transform(np.matmul(v, u), wt.AT, tiling, y_block[start:stop])
     return y
 
 
