@@ -118,3 +118,30 @@ def test_blocked_phases_match_the_unblocked_shuffle(seed):
                         padding=((1, 1), (1, 1)), phases=(2, 2))
     expected = z.reshape(1, 6, 7, 2, 2, fo).transpose(0, 1, 3, 2, 4, 5).reshape(1, 12, 14, fo)
     np.testing.assert_array_equal(y, expected, err_msg=f"seed {seed}")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_blocked_weight_grad_matches_torch(seed, monkeypatch):
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(winograd, "KERNEL_BLOCK_SHARE", 0.0)  # blocks as small as allowed
+    rng = np.random.default_rng(500 + seed)
+    dtype = [np.float32, np.float64][seed % 2]
+    channels, filters = int(rng.integers(8, 24)), 16 * int(rng.integers(2, 5))
+    dilation = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
+    # enough tiles for the Winograd gradient (else it hands over to flat_rows)
+    x = rng.standard_normal((2, 60, 58, channels)).astype(dtype)
+    pads = ((1, 1), (1, 1))
+    out_size = (60 + 2 - 2 * dilation[0], 58 + 2 - 2 * dilation[1])
+    dy = rng.standard_normal((2, *out_size, filters)).astype(dtype)
+    blocks = []
+    whole = winograd._gradient_block
+    monkeypatch.setattr(winograd, "_gradient_block",
+                        lambda *args: blocks.append(args[2].shape[-1]) or whole(*args))
+    dk = winograd.weight_grad(x, dy, (3, 3), (1, 1), dilation, 1, padding=pads)
+    assert len(blocks) > 1, f"seed {seed}: one block of {blocks}"
+    x64 = torch.from_numpy(x.astype(np.float64)).permute(0, 3, 1, 2)
+    k64 = torch.zeros((filters, channels, 3, 3), dtype=torch.float64, requires_grad=True)
+    y = torch.nn.functional.conv2d(x64, k64, padding=1, dilation=dilation)
+    (grad,) = torch.autograd.grad(y, k64, torch.from_numpy(dy.astype(np.float64)).permute(0, 3, 1, 2))
+    check(dk, grad.permute(2, 3, 1, 0).numpy(), dtype, seed,
+          f"winograd weight_grad blocked, dilation={dilation}")

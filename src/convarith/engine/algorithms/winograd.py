@@ -874,7 +874,6 @@ def weight_grad(
         return flat_rows.weight_grad(xp, dy, kernel_size, strides, dilation, groups,
                                      threads=threads, padding=padding)
     (top, _), (left, _) = pairs
-    th, tw = tiling.tiles
     dtype = xp.dtype
     wt = transform(4)
     bt = np.ascontiguousarray(wt.BT.astype(dtype))
@@ -882,6 +881,31 @@ def weight_grad(
     x_contiguous = np.ascontiguousarray(xp)
     dy_contiguous = np.ascontiguousarray(dy, dtype)
     step = chunk_tiles or max(32, GRAD_CHUNK_BYTES // (36 * (c + f) * dtype.itemsize))
+    workers = threads if threads is not None else worker_count()
+    # per output channel: each worker's sum and product, their float64 total and
+    # the float64 result; blocks of output channels keep them within the bound
+    per_channel = 36 * c * (2 * workers * dtype.itemsize + 8) + 9 * c * 8
+    copies = sum(a.nbytes for a, b in ((x_contiguous, xp), (dy_contiguous, dy)) if a is not b)
+    block = _channel_block(f, per_channel, xp.nbytes + dy.nbytes + 9 * c * f * dtype.itemsize,
+                           9 * c * f * dtype.itemsize + copies)
+    dk = np.empty((3, 3, c, f), dtype)
+    for f0 in range(0, f, block):
+        f1 = min(f, f0 + block)
+        dk[..., f0:f1] = _gradient_block(kernels, x_contiguous, dy_contiguous[..., f0:f1],
+                                         (bt, at), tiling, (top, left), step, threads)
+    return dk
+
+
+def _gradient_block(kernels: tuple[Callable[..., None], ...], x: np.ndarray, dy: np.ndarray,
+                    bt_at: tuple[np.ndarray, np.ndarray], tiling: _Tiling,
+                    origin: tuple[int, int], step: int, threads: int | None) -> np.ndarray:
+    """:func:`weight_grad` for the output channels of ``dy`` (a view), in float64."""
+    bt, at = bt_at
+    c, f, dtype = x.shape[-1], dy.shape[-1], x.dtype
+    d0, d1 = tiling.dilation
+    th, tw = tiling.tiles
+    top, left = origin
+    total = x.shape[0] * tiling.per_image
 
     def work(first: int, last: int) -> np.ndarray:
         # one worker's share of the tiles, in cache-sized steps, summed in place
@@ -891,8 +915,8 @@ def weight_grad(
             stop = min(last, start + step)
             v = workspace("winograd.grad_v", (36, stop - start, c), dtype)
             w = workspace("winograd.grad_w", (36, stop - start, f), dtype)
-            kernels[3](x_contiguous, bt, 4, d0, d1, th, tw, start, v, top, left)
-            kernels[5](dy_contiguous, at, d0, d1, th, tw, start, w)
+            kernels[3](x, bt, 4, d0, d1, th, tw, start, v, top, left)
+            kernels[5](dy, at, d0, d1, th, tw, start, w)
             np.matmul(v.transpose(0, 2, 1), w, out=product)
             summed += product
         return summed
@@ -903,10 +927,10 @@ def weight_grad(
     summed = partials[0].astype(np.float64)
     for partial in partials[1:]:
         summed += partial
+    del partials
     # dk[i, j] = Σ_{x, w} G[x, i] M[x·6 + w] G[w, j], in float64
-    m = summed.reshape(6, 6, c, f)
-    dk = np.einsum("xi,xwcf,wj->ijcf", wt.G, m, wt.G, optimize=True)
-    return dk.astype(dtype)
+    g = transform(4).G
+    return np.einsum("xi,xwcf,wj->ijcf", g, summed.reshape(6, 6, c, f), g, optimize=True)
 
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
