@@ -560,6 +560,10 @@ def _numpy_tiles_direct(xp: np.ndarray, u: np.ndarray, wt: WinogradTransform,
 # --------------------------------------------------------------------------- the algorithm
 
 
+#: The NumPy kernel transform works on this many pieces of the input channels.
+KERNEL_TRANSFORM_PIECES = 8
+
+
 def kernel_transform(
     kernel: np.ndarray, wt: WinogradTransform, use_numba: bool | None = None
 ) -> np.ndarray:
@@ -575,12 +579,17 @@ def kernel_transform(
         u = aligned_empty((a * a, *kernel.shape[2:]), kernel.dtype)  # whole cache lines
         kernels[2](np.ascontiguousarray(kernel), wt.G, 0, u)
         return u
-    # two matrix products (BLAS) rather than one three-operand einsum (slow loops)
-    rows = np.tensordot(wt.G, kernel.astype(np.float64), axes=(1, 0))  # (a, 3, C, F)
-    both = np.tensordot(wt.G, rows, axes=(1, 1))  # (a_w, a_u, C, F)
-    del rows
+    # two matrix products (BLAS) rather than one three-operand einsum (slow loops),
+    # an eighth of the input channels at a time: the float64 steps ((9 + 6a + a²)·8
+    # bytes per channel pair, tensordot's copies included) stay under the result's size
     u = np.empty((a, a, *kernel.shape[2:]), kernel.dtype)
-    u[...] = np.swapaxes(both, 0, 1)
+    channels = kernel.shape[2]
+    step = max(1, -(-channels // KERNEL_TRANSFORM_PIECES))
+    for c0 in range(0, channels, step):
+        piece = kernel[:, :, c0:c0 + step].astype(np.float64)
+        rows = np.tensordot(wt.G, piece, axes=(1, 0))  # (a, 3, C, F)
+        both = np.tensordot(wt.G, rows, axes=(1, 1))  # (a_w, a_u, C, F)
+        u[:, :, c0:c0 + step] = np.swapaxes(both, 0, 1)
     return u.reshape(a * a, *kernel.shape[2:])
 
 
@@ -794,14 +803,15 @@ def direct(
                             y_phases[..., f0:f1], wt, tiling, (top, left), workspace_bytes,
                             workers, threads)
         return y
-    # without numba: the kernel transform's float64 steps count too (the kernel, its
-    # rows, tensordot's copy of them, both sides: (6 + a)·a·C·8 bytes per channel, and
-    # the result), and the passes' temporaries (a quarter of the call's bytes)
+    # without numba: the kernel transform's float64 steps count too (about the size of
+    # its result, see kernel_transform), and the passes' temporaries (a quarter of the
+    # call's bytes)
     io_bytes = xp.nbytes + kernel.nbytes + y.nbytes
     chunk_bytes = workspace_bytes
     if (d0, d1) != (1, 1):  # the einsum transforms make their arrays at each call
         chunk_bytes = max(1 << 16, min(workspace_bytes, io_bytes // 4))
-    per_channel = a * c * ((6 + a) * 8 + a * dtype.itemsize)
+    per_channel = a * a * c * dtype.itemsize + -(-c // KERNEL_TRANSFORM_PIECES) * (
+        9 + 6 * a + a * a) * 8
     block = _channel_block(f, per_channel, io_bytes, y.nbytes + io_bytes // 4 + (
         xp.nbytes if padding is not None else 0))
     for f0 in range(0, f, block):
