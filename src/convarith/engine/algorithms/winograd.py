@@ -68,7 +68,7 @@ from ..dispatch import ConvProblem, Requirements, register_algorithm
 from ..padding import pad
 from ..state import cached_once
 from . import register_tiles
-from ._threads import ALIGN, aligned_copy, aligned_empty, run_chunks, worker_count, workspace
+from ._threads import aligned_empty, run_chunks, worker_count, workspace
 
 __all__ = ["WinogradTransform", "transform", "direct", "weight_grad", "applies", "cost",
            "F4_MAX_CHANNELS", "CHUNK_BYTES", "GRAD_MIN_TILES_PER_CHANNEL"]
@@ -248,9 +248,10 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
                                 out[ch] += coef * rows[u, j, ch]
 
     @numba.njit(nogil=True, cache=True)
-    def kernel_transform(kernel, g, u):
-        # u[x·a + w, c, f] = Σ_ij g[x, i] kernel[i, j, c, f] g[w, j], summed in float64
-        r, _, c, f = kernel.shape
+    def kernel_transform(kernel, g, f0, u):
+        # u[x·a + w, c, f] = Σ_ij g[x, i] kernel[i, j, c, f0 + f] g[w, j], summed in float64
+        r, _, c, _ = kernel.shape
+        f = u.shape[2]
         a = g.shape[0]
         # loops over f innermost (vectorised); each value sums its terms in the
         # same order as the formula
@@ -264,7 +265,7 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
                     if coef != 0.0:
                         for j in range(r):
                             for k in range(f):
-                                acc[x, j, k] += coef * kernel[i, j, ch, k]
+                                acc[x, j, k] += coef * kernel[i, j, ch, f0 + k]
             for x in range(a):
                 for w in range(a):
                     out = u[x * a + w, ch]
@@ -519,10 +520,12 @@ def _numpy_tiles_direct(xp: np.ndarray, u: np.ndarray, wt: WinogradTransform,
     per_row = a * a * n * tw * (c + f) * xp.dtype.itemsize
     rows = max(1, min(th, chunk_bytes // max(1, per_row)))
     width = need[1]
-    along_h = np.empty((a, n, rows, width, c), xp.dtype)
-    v = np.empty((a, a, n, rows, tw, c), xp.dtype)
-    by_row = np.empty((m, a, n, rows, tw, f), xp.dtype)
-    cell = np.empty((n, rows, tw, f), xp.dtype)
+    # this thread's kept buffers: made once, not at every call
+    along_h = workspace("winograd.along_h", (a, n, rows, width, c), xp.dtype)
+    v = workspace("winograd.v", (a, a, n, rows, tw, c), xp.dtype)
+    by_row = workspace("winograd.by_row", (m, a, n, rows, tw, f), xp.dtype)
+    cell = workspace("winograd.cell", (n, rows, tw, f), xp.dtype)
+    products = workspace("winograd.prod", (a * a, n * rows * tw, f), xp.dtype)
     for t0 in range(0, th, rows):
         count = min(th, t0 + rows) - t0
         # input: Bᵀ along the height (a views of every m-th row), then along the width
@@ -536,7 +539,7 @@ def _numpy_tiles_direct(xp: np.ndarray, u: np.ndarray, wt: WinogradTransform,
                 _combine(columns, bt[k], v[i, k, :, :count])
         tiles = n * count * tw
         block = v[:, :, :, :count].reshape(a * a, tiles, c)
-        product = np.matmul(block, u).reshape(a, a, n, count, tw, f)
+        product = np.matmul(block, u, out=products[:, :tiles]).reshape(a, a, n, count, tw, f)
         # output: Aᵀ along the tile's rows, then its columns, written to every m-th cell
         for p in range(m):
             for k in range(a):
@@ -557,6 +560,10 @@ def _numpy_tiles_direct(xp: np.ndarray, u: np.ndarray, wt: WinogradTransform,
 # --------------------------------------------------------------------------- the algorithm
 
 
+#: The NumPy kernel transform works on this many pieces of the input channels.
+KERNEL_TRANSFORM_PIECES = 8
+
+
 def kernel_transform(
     kernel: np.ndarray, wt: WinogradTransform, use_numba: bool | None = None
 ) -> np.ndarray:
@@ -570,13 +577,106 @@ def kernel_transform(
     kernels = _numba_kernels() if use_numba is not False else None
     if kernels is not None:
         u = aligned_empty((a * a, *kernel.shape[2:]), kernel.dtype)  # whole cache lines
-        kernels[2](np.ascontiguousarray(kernel), wt.G, u)
+        kernels[2](np.ascontiguousarray(kernel), wt.G, 0, u)
         return u
-    # two matrix products (BLAS) rather than one three-operand einsum (slow loops)
-    rows = np.tensordot(wt.G, kernel.astype(np.float64), axes=(1, 0))  # (a, 3, C, F)
-    both = np.tensordot(wt.G, rows, axes=(1, 1))  # (a_w, a_u, C, F)
-    u = np.swapaxes(both, 0, 1).astype(kernel.dtype)
-    return np.ascontiguousarray(u).reshape(a * a, *kernel.shape[2:])
+    # two matrix products (BLAS) rather than one three-operand einsum (slow loops),
+    # an eighth of the input channels at a time: the float64 steps ((9 + 6a + a²)·8
+    # bytes per channel pair, tensordot's copies included) stay under the result's size
+    u = np.empty((a, a, *kernel.shape[2:]), kernel.dtype)
+    channels = kernel.shape[2]
+    step = max(1, -(-channels // KERNEL_TRANSFORM_PIECES))
+    for c0 in range(0, channels, step):
+        piece = kernel[:, :, c0:c0 + step].astype(np.float64)
+        rows = np.tensordot(wt.G, piece, axes=(1, 0))  # (a, 3, C, F)
+        both = np.tensordot(wt.G, rows, axes=(1, 1))  # (a_w, a_u, C, F)
+        u[:, :, c0:c0 + step] = np.swapaxes(both, 0, 1)
+    return u.reshape(a * a, *kernel.shape[2:])
+
+
+#: The transformed kernel of one block of output channels may take this fraction of
+#: the call's input, kernel and output bytes, less the output, the copies already made
+#: and one thread's chunk buffers: the peak extra memory of a call stays within 1.5×
+#: those bytes.
+KERNEL_BLOCK_SHARE = 1.4
+
+#: Blocks of output channels are halves, quarters, … of the layer's (only as small
+#: as the memory bound needs), down to this many channels (a vector or two). Blocks
+#: of other sizes use the products poorly, and small ones cost time (one thread,
+#: busy machine, 256 → 512 channels on 28², batch 1: 15.6 ms whole, 11.7 in halves,
+#: 13.9 in quarters, 14.7 in eighths, but 19.2 in blocks of 176 and 18.2 of 32;
+#: 512 → 512 on 7²: 7.6, 8.5, 11.4, 8.6; 128 → 128 on 28²: 1.04 whole, 1.41 in halves).
+MIN_CHANNEL_BLOCK = 16
+
+
+def _channel_block(channels: int, bytes_per_channel: int, io_bytes: int,
+                   allocated_bytes: int) -> int:
+    """Output channels per block: the largest of ``channels`` halved (while it
+    stays a whole number of :data:`MIN_CHANNEL_BLOCK` or more) whose transformed
+    kernel (``bytes_per_channel`` each) fits ``KERNEL_BLOCK_SHARE · io_bytes −
+    allocated_bytes`` (the smallest such half where none fits).
+
+    >>> _channel_block(512, 36 * 256 * 4, 800_000 + 4_718_592 + 1_605_632, 1_605_632)
+    128
+    >>> _channel_block(64, 36 * 64 * 4, 10**8, 0)
+    64
+    """
+    budget = KERNEL_BLOCK_SHARE * io_bytes - allocated_bytes
+    block = channels
+    while (block * bytes_per_channel > budget and block % 2 == 0
+           and block // 2 >= MIN_CHANNEL_BLOCK):
+        block //= 2
+    return block
+
+
+def _compiled_tiles(kernels: tuple[Callable[..., None], ...], x: np.ndarray,
+                    kernel: np.ndarray, first_channel: int, y_phases: np.ndarray,
+                    wt: WinogradTransform, tiling: _Tiling, origin: tuple[int, int],
+                    workspace_bytes: int, workers: int, threads: int | None) -> None:
+    """The compiled Winograd pass of every tile for the ``S0·S1·FO`` output channels
+    of the C-contiguous ``kernel`` from ``first_channel`` on into ``y_phases``
+    ``(N, HO, S0, WO, S1, FO)`` (a view)."""
+    m, a = wt.m, wt.tile
+    c = kernel.shape[2]
+    f = y_phases.shape[2] * y_phases.shape[4] * y_phases.shape[5]
+    dtype = x.dtype
+    d0, d1 = tiling.dilation
+    th, tw = tiling.tiles
+    top, left = origin
+    u = aligned_empty((a * a, c, f), dtype)
+    kernels[2](kernel, wt.G, first_channel, u)
+    # the register-tiled kernels beat BLAS on these small products from 256
+    # channels (one core, 2 MiB chunks, aligned operands: 256 channels 102 ->
+    # 146 GFLOP/s; 128: 150 against 155; 64: 184 against 179)
+    packed = register_tiles.pack_products(u) if max(c, f) >= 256 else None
+    bt = np.ascontiguousarray(wt.BT.astype(dtype))
+    at = np.ascontiguousarray(wt.AT.astype(dtype))
+    y_plain = y_phases[:, :, 0, :, 0] if y_phases.shape[2] == y_phases.shape[4] == 1 else None
+
+    def work(first: int, last: int) -> None:
+        v = workspace("winograd.v", (a * a, last - first, c), dtype)
+        prod = workspace("winograd.prod", (a * a, last - first, f), dtype)
+        if m == 4:
+            kernels[3](x, bt, m, d0, d1, th, tw, first, v, top, left)
+        else:
+            kernels[0](x, bt, m, d0, d1, th, tw, first, v)
+        if packed is not None:
+            register_tiles.packed_matmul(v, packed, prod)
+        else:
+            np.matmul(v, u, out=prod)
+        if m == 4:
+            kernels[4](prod, at, m, d0, d1, th, tw, first, y_phases)
+        else:
+            kernels[1](prod, at, m, d0, d1, th, tw, first, y_plain)
+
+    total = y_phases.shape[0] * tiling.per_image
+    tiles = max(1, workspace_bytes // (a * a * (c + f) * dtype.itemsize))
+    # as many chunks as that needs, rounded up to a multiple of the workers, all
+    # the same size: a short last chunk would leave a thread idle at the end
+    chunks = -(-total // tiles)
+    chunks = -(-chunks // workers) * workers
+    tiles = max(1, -(-total // chunks))
+    flops = 2.0 * total * a * a * c * f
+    run_chunks(work, total, tiles, threads=threads, flops=flops, blas=packed is None)
 
 
 def direct(
@@ -674,61 +774,59 @@ def direct(
         fo = f // (s0 * s1)
         shuffled = z.reshape(n, out_h, out_w, s0, s1, fo).transpose(0, 1, 3, 2, 4, 5)
         return np.ascontiguousarray(shuffled).reshape(n, out_h * s0, out_w * s1, fo)
-    u = kernel_transform(kernel, wt, use_numba=kernels is not None)
     y = np.empty((n, out_h * s0, out_w * s1, f // (s0 * s1)), dtype)
-
-    bt = np.ascontiguousarray(wt.BT.astype(dtype))
-    at = np.ascontiguousarray(wt.AT.astype(dtype))
-    th, tw = tiling.tiles
     tile_bytes = a * a * (c + f) * dtype.itemsize
     if workspace_bytes is None:
         workspace_bytes = CHUNK_BYTES
     if kernels is not None:
         x_contiguous = np.ascontiguousarray(xp)
-        # the register-tiled kernels beat BLAS on these small products from 256
-        # channels (one core, 2 MiB chunks, aligned operands: 256 channels 102 ->
-        # 146 GFLOP/s; 128: 150 against 155; 64: 184 against 179)
-        packed = register_tiles.pack_products(u) if max(c, f) >= 256 else None
-        if packed is None and u.ctypes.data % ALIGN:
-            u = aligned_copy(u)  # a product's rows straddling cache lines cost BLAS too
-
-        def work(first: int, last: int) -> None:
-            v = workspace("winograd.v", (a * a, last - first, c), dtype)
-            prod = workspace("winograd.prod", (a * a, last - first, f), dtype)
-            if m == 4:
-                kernels[3](x_contiguous, bt, m, d0, d1, th, tw, first, v, top, left)
-            else:
-                kernels[0](x_contiguous, bt, m, d0, d1, th, tw, first, v)
-            if packed is not None:
-                register_tiles.packed_matmul(v, packed, prod)
-            else:
-                np.matmul(v, u, out=prod)
-            if m == 4:
-                kernels[4](prod, at, m, d0, d1, th, tw, first, y_phases)
-            else:
-                kernels[1](prod, at, m, d0, d1, th, tw, first, y)
-
-        y_phases = y.reshape(n, out_h, s0, out_w, s1, f // (s0 * s1))
-
-        total = n * tiling.per_image
-        tiles = max(1, workspace_bytes // tile_bytes)
-        # as many chunks as that needs, rounded up to a multiple of the workers, all
-        # the same size: a short last chunk would leave a thread idle at the end
+        kernel_contiguous = np.ascontiguousarray(kernel)
+        fo = f // (s0 * s1)
+        copies = (x_contiguous.nbytes if x_contiguous is not xp else 0) + (
+            kernel_contiguous.nbytes if kernel_contiguous is not kernel else 0) + (
+            xp.nbytes if padded_shape == tuple(xp.shape) and padding is not None else 0)
         workers = threads if threads is not None else worker_count()
-        chunks = -(-total // tiles)
-        chunks = -(-chunks // workers) * workers
-        tiles = max(1, -(-total // chunks))
-        flops = 2.0 * total * a * a * c * f
-        run_chunks(work, total, tiles, threads=threads, flops=flops, blas=packed is None)
+        # a helper thread's first call makes its chunk buffers (kept afterwards)
+        scratch = 0 if workers == 1 else min(
+            workspace_bytes, -(-n * tiling.per_image // workers) * tile_bytes)
+        block = _channel_block(fo, a * a * c * s0 * s1 * dtype.itemsize,
+                               xp.nbytes + kernel.nbytes + y.nbytes,
+                               y.nbytes + copies + scratch)
+        y_phases = y.reshape(n, out_h, s0, out_w, s1, fo)
+        for f0 in range(0, fo, block):
+            f1 = min(fo, f0 + block)
+            first, kernel_block = f0, kernel_contiguous
+            if s0 * s1 > 1 and f1 - f0 < fo:  # the block's channels of every phase
+                columns = (np.arange(s0 * s1)[:, None] * fo + np.arange(f0, f1)).ravel()
+                first, kernel_block = 0, kernel[..., columns]
+            _compiled_tiles(kernels, x_contiguous, kernel_block, first,
+                            y_phases[..., f0:f1], wt, tiling, (top, left), workspace_bytes,
+                            workers, threads)
         return y
-    if (d0, d1) == (1, 1):
-        _numpy_tiles_direct(xp, u, wt, (out_h, out_w), y, workspace_bytes)
-        return y
-    chunk = max(1, min(n, workspace_bytes // max(tile_bytes * tiling.per_image, 1)))
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        v = _numpy_input_transform(xp[start:stop], wt.BT, tiling)
-        _numpy_output_transform(np.matmul(v, u), wt.AT, tiling, y[start:stop])
+    # without numba: the kernel transform's float64 steps count too (about the size of
+    # its result, see kernel_transform), and the passes' temporaries (a quarter of the
+    # call's bytes)
+    io_bytes = xp.nbytes + kernel.nbytes + y.nbytes
+    chunk_bytes = workspace_bytes
+    if (d0, d1) != (1, 1):  # the einsum transforms make their arrays at each call
+        chunk_bytes = max(1 << 16, min(workspace_bytes, io_bytes // 4))
+    per_channel = a * a * c * dtype.itemsize + -(-c // KERNEL_TRANSFORM_PIECES) * (
+        9 + 6 * a + a * a) * 8
+    block = _channel_block(f, per_channel, io_bytes, y.nbytes + io_bytes // 4 + (
+        xp.nbytes if padding is not None else 0))
+    for f0 in range(0, f, block):
+        f1 = min(f, f0 + block)
+        u = kernel_transform(kernel[..., f0:f1], wt, use_numba=False)
+        y_block = y[..., f0:f1]
+        if (d0, d1) == (1, 1):
+            _numpy_tiles_direct(xp, u, wt, (out_h, out_w), y_block, chunk_bytes)
+            continue
+        tile_bytes = a * a * (c + f1 - f0) * dtype.itemsize
+        chunk = max(1, min(n, chunk_bytes // max(tile_bytes * tiling.per_image, 1)))
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            v = _numpy_input_transform(xp[start:stop], wt.BT, tiling)
+            _numpy_output_transform(np.matmul(v, u), wt.AT, tiling, y_block[start:stop])
     return y
 
 
@@ -786,7 +884,6 @@ def weight_grad(
         return flat_rows.weight_grad(xp, dy, kernel_size, strides, dilation, groups,
                                      threads=threads, padding=padding)
     (top, _), (left, _) = pairs
-    th, tw = tiling.tiles
     dtype = xp.dtype
     wt = transform(4)
     bt = np.ascontiguousarray(wt.BT.astype(dtype))
@@ -794,6 +891,31 @@ def weight_grad(
     x_contiguous = np.ascontiguousarray(xp)
     dy_contiguous = np.ascontiguousarray(dy, dtype)
     step = chunk_tiles or max(32, GRAD_CHUNK_BYTES // (36 * (c + f) * dtype.itemsize))
+    workers = threads if threads is not None else worker_count()
+    # per output channel: each worker's sum and product, their float64 total and
+    # the float64 result; blocks of output channels keep them within the bound
+    per_channel = 36 * c * (2 * workers * dtype.itemsize + 8) + 9 * c * 8
+    copies = sum(a.nbytes for a, b in ((x_contiguous, xp), (dy_contiguous, dy)) if a is not b)
+    block = _channel_block(f, per_channel, xp.nbytes + dy.nbytes + 9 * c * f * dtype.itemsize,
+                           9 * c * f * dtype.itemsize + copies)
+    dk = np.empty((3, 3, c, f), dtype)
+    for f0 in range(0, f, block):
+        f1 = min(f, f0 + block)
+        dk[..., f0:f1] = _gradient_block(kernels, x_contiguous, dy_contiguous[..., f0:f1],
+                                         (bt, at), tiling, (top, left), step, threads)
+    return dk
+
+
+def _gradient_block(kernels: tuple[Callable[..., None], ...], x: np.ndarray, dy: np.ndarray,
+                    bt_at: tuple[np.ndarray, np.ndarray], tiling: _Tiling,
+                    origin: tuple[int, int], step: int, threads: int | None) -> np.ndarray:
+    """:func:`weight_grad` for the output channels of ``dy`` (a view), in float64."""
+    bt, at = bt_at
+    c, f, dtype = x.shape[-1], dy.shape[-1], x.dtype
+    d0, d1 = tiling.dilation
+    th, tw = tiling.tiles
+    top, left = origin
+    total = x.shape[0] * tiling.per_image
 
     def work(first: int, last: int) -> np.ndarray:
         # one worker's share of the tiles, in cache-sized steps, summed in place
@@ -803,8 +925,8 @@ def weight_grad(
             stop = min(last, start + step)
             v = workspace("winograd.grad_v", (36, stop - start, c), dtype)
             w = workspace("winograd.grad_w", (36, stop - start, f), dtype)
-            kernels[3](x_contiguous, bt, 4, d0, d1, th, tw, start, v, top, left)
-            kernels[5](dy_contiguous, at, d0, d1, th, tw, start, w)
+            kernels[3](x, bt, 4, d0, d1, th, tw, start, v, top, left)
+            kernels[5](dy, at, d0, d1, th, tw, start, w)
             np.matmul(v.transpose(0, 2, 1), w, out=product)
             summed += product
         return summed
@@ -815,10 +937,10 @@ def weight_grad(
     summed = partials[0].astype(np.float64)
     for partial in partials[1:]:
         summed += partial
+    del partials
     # dk[i, j] = Σ_{x, w} G[x, i] M[x·6 + w] G[w, j], in float64
-    m = summed.reshape(6, 6, c, f)
-    dk = np.einsum("xi,xwcf,wj->ijcf", wt.G, m, wt.G, optimize=True)
-    return dk.astype(dtype)
+    g = transform(4).G
+    return np.einsum("xi,xwcf,wj->ijcf", g, summed.reshape(6, 6, c, f), g, optimize=True)
 
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
