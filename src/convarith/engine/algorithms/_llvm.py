@@ -624,6 +624,29 @@ def _machine(llvm: Any, target: VectorTarget) -> Any:
     return found.create_target_machine(cpu=target.cpu, features=target.features, opt=3)
 
 
+def compile_drive(llvm: Any, target: VectorTarget, ir: str) -> tuple[int, Any]:
+    """Compile the module ``ir`` for ``target`` (under the compile lock): the address
+    of its ``drive`` function and the execution engine that owns the code (keep it)."""
+    with _LOCK:
+        module = llvm.parse_assembly(ir)
+        module.verify()
+        engine = llvm.create_mcjit_compiler(module, _machine(llvm, target))
+        engine.finalize_object()
+        return engine.get_function_address("drive"), engine
+
+
+def drive_kernels(llvm: Any, target: VectorTarget, ir: str, vectors: int, rows: int,
+                  width: int) -> Kernels:
+    """:class:`Kernels` of a compiled module whose ``drive`` takes four pointers and the
+    fields of :class:`Cells`, :class:`Sums` and :class:`Batch`."""
+    address, engine = compile_drive(llvm, target, ir)
+    pointer = ctypes.c_void_p
+    counts = len(Cells._fields) + len(Sums._fields) + len(Batch._fields)
+    signature = ctypes.CFUNCTYPE(None, pointer, pointer, pointer, pointer,
+                                 *([ctypes.c_int64] * counts))
+    return Kernels(vectors, rows, width, signature(address), engine)
+
+
 def assembly(target: VectorTarget, dtype: Any, vectors: int, streaming: bool = False) -> str:
     """The machine code of a module for ``target``, as assembly text: checks that the IR
     compiles for an instruction set this machine need not run (raises ``RuntimeError``
@@ -657,18 +680,8 @@ def _compiled(dtype: np.dtype[Any], vectors: int, streaming: bool, target: Vecto
     if llvm is None or not target.runs_here or width == 0 or dtype.char not in "fd":
         return None
     rows = block_rows(vectors, target)
-    with _LOCK:
-        module = llvm.parse_assembly(module_ir(dtype, vectors, rows, width, streaming,
-                                               depthwise))
-        module.verify()
-        engine = llvm.create_mcjit_compiler(module, _machine(llvm, target))
-        engine.finalize_object()
-        address = engine.get_function_address("drive")
-    pointer = ctypes.c_void_p
-    counts = len(Cells._fields) + len(Sums._fields) + len(Batch._fields)
-    signature = ctypes.CFUNCTYPE(None, pointer, pointer, pointer, pointer,
-                                 *([ctypes.c_int64] * counts))
-    return Kernels(vectors, rows, width, signature(address), engine)
+    return drive_kernels(llvm, target, module_ir(dtype, vectors, rows, width, streaming,
+                                                 depthwise), vectors, rows, width)
 
 
 def _grouped_tile(name: str, mr: int, nv: int, ty: str, vw: int, group: int) -> str:
@@ -826,18 +839,9 @@ def _compiled_interleaved(dtype: np.dtype[Any], vectors: int, interleave: int,
             or interleave < 1 or width % interleave):
         return None
     rows = interleaved_block_rows(vectors, interleave, target)
-    with _LOCK:
-        module = llvm.parse_assembly(interleaved_module_ir(dtype, vectors, rows, width,
-                                                           interleave))
-        module.verify()
-        engine = llvm.create_mcjit_compiler(module, _machine(llvm, target))
-        engine.finalize_object()
-        address = engine.get_function_address("drive")
-    pointer = ctypes.c_void_p
-    counts = len(Cells._fields) + len(Sums._fields) + len(Batch._fields)
-    signature = ctypes.CFUNCTYPE(None, pointer, pointer, pointer, pointer,
-                                 *([ctypes.c_int64] * counts))
-    return Kernels(vectors, rows, width, signature(address), engine)
+    return drive_kernels(llvm, target, interleaved_module_ir(dtype, vectors, rows, width,
+                                                             interleave),
+                         vectors, rows, width)
 
 
 def interleaved_block_rows(vectors: int, interleave: int,
@@ -911,14 +915,5 @@ def _compiled_grouped(dtype: np.dtype[Any], vectors: int, group: int, target: Ve
             or group < 1 or width % group):
         return None
     rows = grouped_block_rows(vectors, group, target)
-    with _LOCK:
-        module = llvm.parse_assembly(grouped_module_ir(dtype, vectors, rows, width, group))
-        module.verify()
-        engine = llvm.create_mcjit_compiler(module, _machine(llvm, target))
-        engine.finalize_object()
-        address = engine.get_function_address("drive")
-    pointer = ctypes.c_void_p
-    counts = len(Cells._fields) + len(Sums._fields) + len(Batch._fields)
-    signature = ctypes.CFUNCTYPE(None, pointer, pointer, pointer, pointer,
-                                 *([ctypes.c_int64] * counts))
-    return Kernels(vectors, rows, width, signature(address), engine)
+    return drive_kernels(llvm, target, grouped_module_ir(dtype, vectors, rows, width, group),
+                         vectors, rows, width)

@@ -254,12 +254,7 @@ def _row_kernel(dtype: np.dtype[Any], kernel: int, stride: int, dilation: int, c
         return None
     ir = row_module_ir(dtype, width, kernel=kernel, stride=stride, dilation=dilation,
                        cells=cells, streaming=streaming)
-    with _llvm._LOCK:
-        module = llvm.parse_assembly(ir)
-        module.verify()
-        engine = llvm.create_mcjit_compiler(module, _llvm._machine(llvm, target))
-        engine.finalize_object()
-        address = engine.get_function_address("drive")
+    address, engine = _llvm.compile_drive(llvm, target, ir)
     pointer = ctypes.c_void_p
     signature = ctypes.CFUNCTYPE(None, pointer, pointer, pointer,
                                  *([ctypes.c_int64] * len(DRIVE_FIELDS)))

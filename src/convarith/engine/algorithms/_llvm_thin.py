@@ -31,14 +31,13 @@ True
 
 from __future__ import annotations
 
-import ctypes
 from typing import Any
 
 import numpy as np
 
 from ..state import cached_once
 from . import _llvm
-from ._llvm import Batch, Cells, Kernels, Sums, VectorTarget
+from ._llvm import Cells, Kernels, Sums, VectorTarget
 
 __all__ = ["row_module_ir", "compiled_rows", "row_block_cells", "MAX_CELLS"]
 
@@ -265,15 +264,6 @@ def _compiled_rows(dtype: np.dtype[Any], vectors: int, x_cell: int, streaming: b
     if llvm is None or not target.runs_here or width == 0 or dtype.char not in "fd":
         return None
     rows = row_block_cells(vectors, target)
-    with _llvm._LOCK:
-        module = llvm.parse_assembly(row_module_ir(dtype, vectors, rows, width, x_cell,
-                                                   streaming))
-        module.verify()
-        engine = llvm.create_mcjit_compiler(module, _llvm._machine(llvm, target))
-        engine.finalize_object()
-        address = engine.get_function_address("drive")
-    pointer = ctypes.c_void_p
-    counts = len(Cells._fields) + len(Sums._fields) + len(Batch._fields)
-    signature = ctypes.CFUNCTYPE(None, pointer, pointer, pointer, pointer,
-                                 *([ctypes.c_int64] * counts))
-    return Kernels(vectors, rows, width, signature(address), engine)
+    return _llvm.drive_kernels(llvm, target, row_module_ir(dtype, vectors, rows, width,
+                                                           x_cell, streaming),
+                               vectors, rows, width)
