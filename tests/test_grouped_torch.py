@@ -132,3 +132,37 @@ def test_resnext_groups_run_on_the_grouped_kernels() -> None:
         family = grouped_tiles._family(32, group, group, channels, width)
         assert family, (channels, width)
         assert grouped_tiles.cost(problem) < grouped_tiles.tiles_cost(problem), (channels, family)
+
+
+@pytest.mark.parametrize("in_place_cells", [0, 1 << 30])
+@pytest.mark.parametrize("seed", range(max(2, CASES // 4)))
+def test_kernel_read_in_place_or_packed_matches_pytorch(seed: int, in_place_cells: int,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The forward pass reads the kernel where it lies (few output cells) or packs it
+    into panels (many): both equal PyTorch's, whatever the layer."""
+    from convarith.engine.algorithms import grouped_tiles
+
+    if not _llvm.available():
+        pytest.skip("no compiled kernels here")
+    monkeypatch.setattr(grouped_tiles, "IN_PLACE_CELLS", in_place_cells)
+    grouped_tiles._forward_plan.cache_clear()
+    layer = _random_layer(6300 + seed)
+    layer["group_out"] = layer["group_in"] if seed % 2 else layer["group_out"]
+    rng = np.random.default_rng(6300 + seed)
+    g, p, s, d = layer["groups"], layer["padding"], layer["stride"], layer["dilation"]
+    x = rng.standard_normal((layer["batch"], layer["size"], layer["size"],
+                             g * layer["group_in"])).astype(np.float32)
+    kernel = rng.standard_normal((layer["kernel"], layer["kernel"], layer["group_in"],
+                                  g * layer["group_out"])).astype(np.float32)
+    reach = d * (layer["kernel"] - 1) + 1
+    p = layer["padding"] = max(p, -(-(reach - layer["size"]) // 2))  # at least one output
+    out = (layer["size"] + 2 * p - reach) // s + 1
+    where = f"seed {6300 + seed}, in place up to {in_place_cells} cells: {layer}"
+    try:
+        y = grouped_tiles.direct(x, kernel, (s, s), (d, d), g, (out, out),
+                                 padding=((p, p), (p, p)))
+    finally:
+        grouped_tiles._forward_plan.cache_clear()
+    expected, _, _ = _torch_results(x, kernel, layer, np.zeros(y.shape, np.float32))
+    assert y.shape == expected.shape, where
+    assert relative_error(y, expected) <= 1e-5, where
