@@ -166,3 +166,29 @@ def test_kernel_read_in_place_or_packed_matches_pytorch(seed: int, in_place_cell
     expected, _, _ = _torch_results(x, kernel, layer, np.zeros(y.shape, np.float32))
     assert y.shape == expected.shape, where
     assert relative_error(y, expected) <= 1e-5, where
+
+
+@pytest.mark.parametrize("size, channels, stride", [(28, 128, 1), (14, 256, 1), (7, 512, 1),
+                                                     (14, 512, 2), (4, 1024, 1)])
+def test_batch_1_chunks_for_two_threads_match_pytorch(size: int, channels: int,
+                                                      stride: int) -> None:
+    """ResNeXt's batch-1 layers cut into balanced chunks for two threads (and run on
+    them, however few FLOPs) give PyTorch's result, as one chunk on one thread does."""
+    from convarith.engine.algorithms import grouped_tiles
+
+    if not _llvm.available():
+        pytest.skip("no compiled kernels here")
+    rng = np.random.default_rng(size * channels)
+    x = rng.standard_normal((1, size, size, channels)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, channels // 32, channels)).astype(np.float32)
+    out = (size - 1) // stride + 1
+    layer = dict(stride=stride, padding=1, dilation=1, groups=32)
+    expected, _, _ = _torch_results(x, kernel, layer, np.zeros((1, out, out, channels),
+                                                               np.float32))
+    for threads in (1, 2):
+        y = grouped_tiles.direct(x, kernel, (stride, stride), (1, 1), 32, (out, out),
+                                 padding=((1, 1), (1, 1)), threads=threads)
+        assert relative_error(y, expected) <= 1e-5, (size, channels, stride, threads)
+    cells = out * out
+    jobs = grouped_tiles._job_count(cells, 2)
+    assert jobs == 1 or cells // jobs >= grouped_tiles.MIN_JOB_CELLS

@@ -214,6 +214,7 @@ class _ForwardPlan(NamedTuple):
     left: int
     panel_size: int  #: elements of every step's panel together
     in_place: bool  #: the steps read the kernel where it lies (nothing packed)
+    workers: int  #: threads the chunks were cut for
 
 
 @functools.lru_cache(maxsize=256)
@@ -291,7 +292,8 @@ def _forward_plan(shape: tuple[int, int, int, int], kernel_shape: tuple[int, int
     # (the chunks only balance threads; each costs a call per step and its tail cells)
     unpadded = top == bottom == left == right == 0
     reach = effective_kernel(kh, dilation[0])
-    share = max(1, -(-n * oh // ((JOBS_PER_WORKER if workers > 1 else 1) * workers)))
+    job_count = _job_count(n * oh * ow, workers)
+    share = -(-n * oh // job_count)
     needed = window_reach(oh, kh, strides[0], dilation[0])
     x_row, x_cell = strides[0] * row_elems, strides[1] * c
     jobs = []
@@ -309,10 +311,12 @@ def _forward_plan(shape: tuple[int, int, int, int], kernel_shape: tuple[int, int
                              g0 * oh * ow * f, cells))
     else:
         rows_fit = max(1, (SLAB_BYTES // (row_elems * itemsize) - reach) // strides[0] + 1)
-        rows = max(1, min(oh, rows_fit, share))
+        # pieces of each image of as equal rows as can be (28 rows in 8 chunks for two
+        # threads: 4 and 3 rows, not 7 chunks of 4, three for one thread, four for the other)
+        pieces = max(-(-oh // max(1, min(oh, rows_fit, share))), min(oh, job_count // n))
         for image in range(n):
-            for o0 in range(0, oh, rows):
-                o1 = min(oh, o0 + rows)
+            for piece in range(pieces):
+                o0, o1 = piece * oh // pieces, (piece + 1) * oh // pieces
                 first = o0 * strides[0] - top
                 cells = Cells(o1 - o0, ow, o1 - o0, x_row, x_cell, 0, ow * f, f, 0)
                 jobs.append(_Job(image, 1, first, 0 if unpadded else (o1 - 1 - o0)
@@ -320,7 +324,7 @@ def _forward_plan(shape: tuple[int, int, int, int], kernel_shape: tuple[int, int
                                  (image * oh + o0) * ow * f, cells))
     return _ForwardPlan(tuple(steps), tuple(jobs), padded_w, left,
                         0 if in_place else sum(math.prod(step.panel) for step in steps),
-                        in_place)
+                        in_place, workers)
 
 
 def _run_plan(plan: _ForwardPlan, x: np.ndarray, kernel: np.ndarray,
@@ -372,8 +376,10 @@ def _run_plan(plan: _ForwardPlan, x: np.ndarray, kernel: np.ndarray,
             for job in jobs[begin:end]:
                 run(job)
 
-        run_chunks(work, len(jobs), 1, threads=threads, blas=False,
-                   flops=2.0 * n * out_size[0] * out_size[1] * kernel[..., 0].size * f)
+        # the plan cut the chunks for its workers (none below MIN_JOB_CELLS): hand them
+        # over whatever the FLOPs (a batch-1 layer of ResNeXt is 7-10 MFLOP, under
+        # run_chunks' SMALL_WORK, and would run on this thread alone)
+        run_chunks(work, len(jobs), 1, threads=plan.workers, blas=False)
     return y
 
 
@@ -590,12 +596,32 @@ def applies(problem: ConvProblem) -> bool:
             and _llvm.available(problem.dtype))
 
 
-def _chunk_cells(problem: ConvProblem, workers: int, per_worker: int) -> int:
+def _job_count(cells: int, workers: int) -> int:
+    """Chunks :func:`_forward_plan` cuts ``cells`` output cells into for ``workers``
+    threads: :data:`.register_tiles.JOBS_PER_WORKER` per thread, fewer where a chunk
+    would hold under :data:`MIN_JOB_CELLS` cells, always as many per thread (one
+    chunk in all for one thread, or where even one per thread is too small).
+
+    >>> _job_count(49, 2), _job_count(16, 2), _job_count(784, 2), _job_count(784, 1)
+    (2, 1, 8, 1)
+    """
+    per_worker = min(JOBS_PER_WORKER, cells // (workers * MIN_JOB_CELLS))
+    return workers * per_worker if workers > 1 and per_worker >= 1 else 1
+
+
+#: Fewest output cells of a chunk of the forward pass on several threads: a chunk
+#: costs a hand-over (a few µs of Python) and a register block's tail of cells.
+MIN_JOB_CELLS = 16
+
+
+def _chunk_cells(problem: ConvProblem, workers: int, per_worker: int = 0) -> int:
     """Output cells of one chunk as :func:`_forward_plan` (``per_worker`` chunks per
-    thread) and :mod:`.register_tiles` cut them: rows of one image, or whole images."""
+    thread; 0: :func:`_job_count`'s) and :mod:`.register_tiles` cut them: rows of one
+    image, or whole images."""
     out = problem.out_size
     image_rows = math.prod(out[:-1])
-    share = max(1, -(-image_rows * problem.batch // (per_worker * workers)))
+    jobs = per_worker * workers or _job_count(problem.batch * math.prod(out), workers)
+    share = max(1, -(-image_rows * problem.batch // jobs))
     rows = share // image_rows * image_rows if share >= 2 * image_rows else min(image_rows,
                                                                                 share)
     return rows * out[-1]
@@ -619,7 +645,7 @@ def cost(problem: ConvProblem) -> float:
     if not family:
         return base
     workers = worker_count()
-    cells = _chunk_cells(problem, workers, JOBS_PER_WORKER if workers > 1 else 1)
+    cells = _chunk_cells(problem, workers)
     base *= (1 + 16 / cells) / (1 + 16 / _chunk_cells(problem, workers, JOBS_PER_WORKER))
     return base * {"shuffle": SHUFFLE_SCALE, "interleave": INTERLEAVE_SCALE,
                    "vectors": VECTORS_SCALE}[family]
