@@ -292,7 +292,7 @@ def _forward_plan(shape: tuple[int, int, int, int], kernel_shape: tuple[int, int
     # (the chunks only balance threads; each costs a call per step and its tail cells)
     unpadded = top == bottom == left == right == 0
     reach = effective_kernel(kh, dilation[0])
-    job_count = _job_count(n * oh * ow, workers)
+    job_count = _job_count(n * oh * ow, 2.0 * n * oh * ow * taps * group_in * f, workers)
     share = -(-n * oh // job_count)
     needed = window_reach(oh, kh, strides[0], dilation[0])
     x_row, x_cell = strides[0] * row_elems, strides[1] * c
@@ -596,22 +596,38 @@ def applies(problem: ConvProblem) -> bool:
             and _llvm.available(problem.dtype))
 
 
-def _job_count(cells: int, workers: int) -> int:
-    """Chunks :func:`_forward_plan` cuts ``cells`` output cells into for ``workers``
-    threads: :data:`.register_tiles.JOBS_PER_WORKER` per thread, fewer where a chunk
-    would hold under :data:`MIN_JOB_CELLS` cells, always as many per thread (one
-    chunk in all for one thread, or where even one per thread is too small).
+def _job_count(cells: int, flops: float, workers: int) -> int:
+    """Chunks :func:`_forward_plan` cuts ``cells`` output cells (``flops`` in all) into
+    for ``workers`` threads: :data:`.register_tiles.JOBS_PER_WORKER` per thread, fewer
+    where a chunk would hold under :data:`MIN_JOB_CELLS` cells or :data:`JOB_FLOPS`,
+    always as many per thread; one in all for one thread, or where even one per
+    thread is too small or the whole under :data:`PARALLEL_FLOPS`.
 
-    >>> _job_count(49, 2), _job_count(16, 2), _job_count(784, 2), _job_count(784, 1)
-    (2, 1, 8, 1)
+    >>> _job_count(49, 7.2e6, 2), _job_count(16, 9.4e6, 2), _job_count(784, 1.2e8, 2)
+    (2, 2, 8)
+    >>> _job_count(784, 1.2e8, 1), _job_count(8, 9.4e6, 2), _job_count(49, 5e6, 2)
+    (1, 1, 1)
     """
-    per_worker = min(JOBS_PER_WORKER, cells // (workers * MIN_JOB_CELLS))
-    return workers * per_worker if workers > 1 and per_worker >= 1 else 1
+    if workers < 2 or flops < PARALLEL_FLOPS:
+        return 1
+    per_worker = min(JOBS_PER_WORKER, cells // (workers * MIN_JOB_CELLS),
+                     max(1, int(flops // (workers * JOB_FLOPS))))
+    return workers * per_worker if per_worker >= 1 else 1
 
 
-#: Fewest output cells of a chunk of the forward pass on several threads: a chunk
-#: costs a hand-over (a few µs of Python) and a register block's tail of cells.
-MIN_JOB_CELLS = 16
+#: Fewest output cells of a chunk of the forward pass on several threads: each
+#: costs a register block's tail of cells (8: one block of ResNeXt's 4² layers).
+MIN_JOB_CELLS = 8
+
+#: FLOPs of a chunk at least (about 60 µs of one core), beside the ~10 µs of Python
+#: each chunk costs: a batch-1 ResNeXt layer (7-10 MFLOP) is one chunk per thread.
+JOB_FLOPS = 4e6
+
+#: FLOPs under which the forward pass stays on the calling thread: handing chunks to
+#: a helper costs the caller 25-45 µs of CPU time (measured on a busy machine with
+#: run_chunks and with batch-1 ResNeXt layers, 2 threads), about what half of 6 MFLOP
+#: saves at 70 GFLOP/s.
+PARALLEL_FLOPS = 6e6
 
 
 def _chunk_cells(problem: ConvProblem, workers: int, per_worker: int = 0) -> int:
@@ -620,7 +636,8 @@ def _chunk_cells(problem: ConvProblem, workers: int, per_worker: int = 0) -> int
     image, or whole images."""
     out = problem.out_size
     image_rows = math.prod(out[:-1])
-    jobs = per_worker * workers or _job_count(problem.batch * math.prod(out), workers)
+    jobs = per_worker * workers or _job_count(problem.batch * math.prod(out), problem.flops,
+                                              workers)
     share = max(1, -(-image_rows * problem.batch // jobs))
     rows = share // image_rows * image_rows if share >= 2 * image_rows else min(image_rows,
                                                                                 share)
