@@ -98,11 +98,12 @@ BLOCK_BYTES = 1 << 19
 
 #: Output cells (all images) up to which the forward pass reads the kernel where it lies,
 #: its steps ``F`` elements apart, instead of packing it into panels at every call.
-#: Measured on one core (CPU time, busy machine, AVX-512, float32, 3×3, 32 groups):
-#: batch 1, 4²×1024 0.197 -> 0.136 ms, 7²×1024 at stride 2 0.203 -> 0.176, 7²×512
-#: 0.120 -> 0.108; 16 images of 4²×1024 2.50 -> 2.12, of 7²×512 1.39 -> 1.24; of 14²×256
-#: (3136 cells) slower, 2.27 -> 2.98 (each step's rows read again per block of cells).
-IN_PLACE_CELLS = 1024
+#: Measured on one core (CPU time, busy machine, float32, 3×3, 32 groups), packed
+#: against in place: AVX-512, batch 1, 4²×1024 0.23 -> 0.14 ms, 7²×1024 at stride 2
+#: 0.23 -> 0.20, 7²×512 0.125 -> 0.117; AVX2 kernels, 4²×1024 0.32 -> 0.21, 7²×512
+#: 0.16 -> 0.13. With more cells each step's rows are read again per block of cells:
+#: 16 images of 4²×1024 (256 cells) AVX2 2.1 -> 3.1 ms (AVX-512 2.1 -> 1.9).
+IN_PLACE_CELLS = 64
 
 #: Output cells a thread sums at least (fewer: fewer threads), so a share's sum is
 #: long enough to pay for its own gradient buffer and the final addition.
