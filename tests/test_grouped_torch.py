@@ -132,3 +132,63 @@ def test_resnext_groups_run_on_the_grouped_kernels() -> None:
         family = grouped_tiles._family(32, group, group, channels, width)
         assert family, (channels, width)
         assert grouped_tiles.cost(problem) < grouped_tiles.tiles_cost(problem), (channels, family)
+
+
+@pytest.mark.parametrize("in_place_cells", [0, 1 << 30])
+@pytest.mark.parametrize("seed", range(max(2, CASES // 4)))
+def test_kernel_read_in_place_or_packed_matches_pytorch(seed: int, in_place_cells: int,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The forward pass reads the kernel where it lies (few output cells) or packs it
+    into panels (many): both equal PyTorch's, whatever the layer."""
+    from convarith.engine.algorithms import grouped_tiles
+
+    if not _llvm.available():
+        pytest.skip("no compiled kernels here")
+    monkeypatch.setattr(grouped_tiles, "IN_PLACE_CELLS", in_place_cells)
+    grouped_tiles._forward_plan.cache_clear()
+    layer = _random_layer(6300 + seed)
+    layer["group_out"] = layer["group_in"] if seed % 2 else layer["group_out"]
+    rng = np.random.default_rng(6300 + seed)
+    g, p, s, d = layer["groups"], layer["padding"], layer["stride"], layer["dilation"]
+    x = rng.standard_normal((layer["batch"], layer["size"], layer["size"],
+                             g * layer["group_in"])).astype(np.float32)
+    kernel = rng.standard_normal((layer["kernel"], layer["kernel"], layer["group_in"],
+                                  g * layer["group_out"])).astype(np.float32)
+    reach = d * (layer["kernel"] - 1) + 1
+    p = layer["padding"] = max(p, -(-(reach - layer["size"]) // 2))  # at least one output
+    out = (layer["size"] + 2 * p - reach) // s + 1
+    where = f"seed {6300 + seed}, in place up to {in_place_cells} cells: {layer}"
+    try:
+        y = grouped_tiles.direct(x, kernel, (s, s), (d, d), g, (out, out),
+                                 padding=((p, p), (p, p)))
+    finally:
+        grouped_tiles._forward_plan.cache_clear()
+    expected, _, _ = _torch_results(x, kernel, layer, np.zeros(y.shape, np.float32))
+    assert y.shape == expected.shape, where
+    assert relative_error(y, expected) <= 1e-5, where
+
+
+@pytest.mark.parametrize("size, channels, stride", [(28, 128, 1), (14, 256, 1), (7, 512, 1),
+                                                     (14, 512, 2), (4, 1024, 1)])
+def test_batch_1_chunks_for_two_threads_match_pytorch(size: int, channels: int,
+                                                      stride: int) -> None:
+    """ResNeXt's batch-1 layers cut into balanced chunks for two threads (and run on
+    them, however few FLOPs) give PyTorch's result, as one chunk on one thread does."""
+    from convarith.engine.algorithms import grouped_tiles
+
+    if not _llvm.available():
+        pytest.skip("no compiled kernels here")
+    rng = np.random.default_rng(size * channels)
+    x = rng.standard_normal((1, size, size, channels)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, channels // 32, channels)).astype(np.float32)
+    out = (size - 1) // stride + 1
+    layer = dict(stride=stride, padding=1, dilation=1, groups=32)
+    expected, _, _ = _torch_results(x, kernel, layer, np.zeros((1, out, out, channels),
+                                                               np.float32))
+    for threads in (1, 2):
+        y = grouped_tiles.direct(x, kernel, (stride, stride), (1, 1), 32, (out, out),
+                                 padding=((1, 1), (1, 1)), threads=threads)
+        assert relative_error(y, expected) <= 1e-5, (size, channels, stride, threads)
+    cells = out * out
+    jobs = grouped_tiles._job_count(cells, 2.0 * cells * 9 * channels * channels // 32, 2)
+    assert jobs % 2 == 0 and cells // jobs >= grouped_tiles.MIN_JOB_CELLS, jobs

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -46,7 +47,8 @@ __all__ = ["direct", "direct_channels_first", "applies", "cost", "BLOCK_BYTES",
            "CHANNELS_FIRST_CELLS"]
 
 #: Stride-1 problems with at least this many output cells per image gather channels
-#: first. Measured (one core, CPU time, float32, 3×3, 32 groups): 128 channels on 28²
+#: first (where blocks of at least two output rows fit the memory bound: with one,
+#: 14²×256 in 32 groups, 0.69 against 0.59 ms for the cell-by-cell gather). Measured (one core, CPU time, float32, 3×3, 32 groups): 128 channels on 28²
 #: 1.24 -> 0.49 ms, 256 on 14² 0.59 -> 0.33; 512 on 7² 0.28 -> 0.39 (slower: the
 #: transposes dominate), strided layers slower too (0.70 -> 0.86 ms at 28² s2).
 CHANNELS_FIRST_CELLS = 128
@@ -59,31 +61,70 @@ def _block_shape(block: Sequence[slice]) -> tuple[int, ...]:
     return tuple(b.stop - b.start for b in block)
 
 
-#: Word types a gather copies channels in (bitwise copies of the same type).
-_WORDS = (np.dtype(np.complex128), np.dtype(np.uint64))
+def _word(run: int) -> np.dtype[Any] | None:
+    """The type a gather copies a group's ``run`` bytes of channels in: one element per
+    cell, not one per channel (NumPy's strided copy costs per element). 8 and 16 bytes
+    keep NumPy's own aligned copies; longer runs one void element (a gather of 32
+    groups of 16 float32 channels on 7²: 119 -> 75 µs, of 8 on 14²: 467 -> 226)."""
+    if run in (8, 16):
+        return np.dtype(np.uint64 if run == 8 else np.complex128)
+    if run % 8 == 0:
+        return np.dtype((np.void, run))
+    return None
 
 
 def _gather(xp: np.ndarray, block: Sequence[slice], taps: Sequence[int],
             strides: Sequence[int], dilation: Sequence[int], groups: int,
             cols: np.ndarray) -> None:
     """Fill ``cols`` ``(groups, cells, taps, C/groups)`` for the output ``block``."""
-    cells = cols.shape[1]
-    run = cols.shape[3] * cols.dtype.itemsize
-    # a group's channels copied as whole words (one 16-byte word for 4 float32
-    # channels): NumPy's strided copy then moves one element per cell, not four
-    word = next((w for w in _WORDS if run % w.itemsize == 0), None)
+    shape = _block_shape(block)
+    word = _word(cols.shape[3] * cols.dtype.itemsize)
     if word is not None and xp.flags.c_contiguous and cols.flags.c_contiguous:
         xp, cols = xp.view(word), cols.view(word)
-    group_in = cols.shape[3]
+    per_group = xp.shape[-1] // groups
+    # every reshape below splits one axis of a view: no copy
+    order = (len(shape), *range(len(shape)), len(shape) + 1)
     for t, tap in enumerate(np.ndindex(*taps)):
         view = tap_view(xp, block, tap, strides, dilation)
-        np.copyto(cols[:, :, t, :],
-                  view.reshape(cells, groups, group_in).transpose(1, 0, 2))
+        np.copyto(cols[:, :, t, :].reshape(groups, *shape, per_group),
+                  view.reshape(*shape, groups, per_group).transpose(order))
 
 
-def _blocks(xp: np.ndarray, cell_sizes: Sequence[int], depth: int) -> list[tuple[slice, ...]]:
+def _block_budget(xp: np.ndarray, kernel: np.ndarray, out_cells: int) -> int:
+    """Bytes of gathered input per block: :data:`BLOCK_BYTES`, but at most half the
+    bytes of the input, kernel and output together, so that a call's extra memory
+    stays within the networks benchmark's bound (1.5× those bytes) on small layers."""
+    total = xp.nbytes + kernel.nbytes + out_cells * kernel.shape[-1] * xp.dtype.itemsize
+    return min(BLOCK_BYTES, total // 2)
+
+
+def _channels_first_rows(xp: np.ndarray, kernel: np.ndarray, dilation: Sequence[int],
+                         out_size: Sequence[int]) -> int:
+    """Output rows per block of :func:`direct_channels_first` (stride 1): as many as
+    :data:`BLOCK_BYTES` of gathered columns hold, and few enough that the call's peak
+    memory (output, channels-first input and a block's columns and product) stays
+    within 1.5× the input, kernel and output bytes; 0 where not even one row fits."""
+    rank = len(out_size)
+    itemsize = xp.dtype.itemsize
+    taps = math.prod(kernel.shape[:rank])
+    group_in, filters = kernel.shape[-2:]
+    n, channels = xp.shape[0], xp.shape[-1]
+    step = math.prod(xp.shape[2:-1])  # grid cells per output row at stride 1
+    grid = math.prod(xp.shape[1:-1])
+    reach = sum(d * (k - 1) for d, k in zip(dilation, kernel.shape[:rank]))
+    images = n * channels * (grid + step * (reach + 2)) * itemsize
+    output = n * math.prod(out_size) * filters * itemsize
+    allowed = (3 * (xp.nbytes + kernel.nbytes + output)) // 2 - output - images
+    # a block's columns, its product, and the product's copy into the output
+    row_bytes = (taps * channels + 2 * filters) * step * itemsize
+    fit = min(max(0, allowed) // row_bytes, BLOCK_BYTES // (taps * channels * step * itemsize))
+    return int(min(out_size[0], fit))
+
+
+def _blocks(xp: np.ndarray, cell_sizes: Sequence[int], depth: int,
+            budget: int = BLOCK_BYTES) -> list[tuple[slice, ...]]:
     per_cell = depth * xp.dtype.itemsize
-    return list(row_blocks(cell_sizes, per_cell, max(BLOCK_BYTES, per_cell)))
+    return list(row_blocks(cell_sizes, per_cell, max(budget, per_cell)))
 
 
 def direct(
@@ -96,6 +137,10 @@ def direct(
 ) -> np.ndarray:
     """Direct convolution of a padded channels-last input (the engine's contract).
 
+    The product of each block reads the kernel where it lies (a group's columns of
+    it, rows ``F`` apart) and writes the output where it lies (a group's columns of
+    the block's rows): no copy of either.
+
     Examples
     --------
     >>> import numpy as np
@@ -103,7 +148,8 @@ def direct(
     >>> direct(xp, np.ones((3, 3, 2, 6), np.float32), (1, 1), (1, 1), 2, (3, 3))[0, 0, 0]
     array([18., 18., 18., 18., 18., 18.], dtype=float32)
     """
-    if all(s == 1 for s in strides) and math.prod(out_size) >= CHANNELS_FIRST_CELLS:
+    if (all(s == 1 for s in strides) and math.prod(out_size) >= CHANNELS_FIRST_CELLS
+            and _channels_first_rows(xp, kernel, dilation, out_size) >= 2):
         return direct_channels_first(xp, kernel, strides, dilation, groups, out_size)
     channels = xp.shape[-1]
     group_in, filters = kernel.shape[-2:]
@@ -111,25 +157,24 @@ def direct(
     taps = kernel.shape[:-2]
     ntaps = math.prod(taps)
     depth = ntaps * group_in
-    # (*K, Cg, G·Fg) -> (G, taps·Cg, Fg), contiguous
-    weights = np.ascontiguousarray(
-        kernel.reshape(ntaps, group_in, groups, group_out).transpose(2, 0, 1, 3)
-    ).reshape(groups, depth, group_out)
+    # (*K, Cg, G·Fg) -> (G, taps·Cg, Fg), a view: each group's matrix has rows F apart
+    kernel = kernel.astype(xp.dtype, copy=False)
+    weights = kernel.reshape(depth, groups, group_out).transpose(1, 0, 2)
     batch = xp.shape[0]
     y = np.empty((batch, *out_size, filters), dtype=xp.dtype)
-    blocks = _blocks(xp, (batch, *out_size), ntaps * channels)
+    cells_total = batch * math.prod(out_size)
+    blocks = _blocks(xp, (batch, *out_size), ntaps * channels,
+                     _block_budget(xp, kernel, cells_total))
     largest = max((math.prod(_block_shape(b)) for b in blocks), default=0)
     cols_buffer = np.empty(groups * largest * depth, dtype=xp.dtype)
-    product_buffer = np.empty(groups * largest * group_out, dtype=xp.dtype)
     for block in blocks:
         cells = math.prod(_block_shape(block))
         if cells == 0:
             continue
         cols = cols_buffer[:groups * cells * depth].reshape(groups, cells, ntaps, group_in)
         _gather(xp, block, taps, strides, dilation, groups, cols)
-        product = product_buffer[:groups * cells * group_out].reshape(groups, cells, group_out)
-        np.matmul(cols.reshape(groups, cells, depth), weights, out=product)
-        y[block].reshape(cells, groups, group_out)[...] = product.transpose(1, 0, 2)
+        out = y[block].reshape(cells, groups, group_out).transpose(1, 0, 2)
+        np.matmul(cols.reshape(groups, cells, depth), weights, out=out)
     return y
 
 
@@ -174,13 +219,12 @@ def direct_channels_first(
                               + tuple(slice(r, None, s) for r, s in zip(phase, strides))]
         target = images[:, index, :, :cells].reshape(n, channels, *flat_plan.grid)
         target[(slice(None), slice(None)) + tuple(slice(0, e) for e in view.shape[2:])] = view
-    # (*K, Cg, G·Fg) -> (G, taps·Cg, Fg) contiguous, multiplied as its transpose
-    weights = np.ascontiguousarray(
-        kernel.reshape(taps, group_in, groups, group_out).transpose(2, 0, 1, 3)
-    ).reshape(groups, depth, group_out).transpose(0, 2, 1)
+    # (*K, Cg, G·Fg) -> (G, Fg, taps·Cg): a view, each group's matrix the transpose of
+    # its columns of the kernel
+    kernel = kernel.astype(xp.dtype, copy=False)
+    weights = kernel.reshape(depth, groups, group_out).transpose(1, 2, 0)
     y = np.empty((n, *out_size, filters), xp.dtype)
-    block_rows = max(1, min(out_size[0], BLOCK_BYTES // max(
-        1, groups * depth * step * xp.dtype.itemsize)))
+    block_rows = max(1, _channels_first_rows(xp, kernel, dilation, out_size))
     cols = np.empty((groups, taps, group_in, block_rows * step), xp.dtype)
     product = np.empty((groups, group_out, block_rows * step), xp.dtype)
     tap_number = {k: i for i, k in enumerate(np.ndindex(*kernel_size))}

@@ -47,7 +47,10 @@ kernel is packed, the chunks of output) is worked out once per shape
 (:func:`_forward_plan`, remembered): a batch-1 layer of ResNeXt at 112² takes
 0.1-0.3 ms, of which working that out at every call took about half. On one
 thread the output is one chunk (as few as the input-row budget allows), not the
-four per thread that only balance several threads.
+four per thread that only balance several threads. Layers of few output cells
+(:data:`IN_PLACE_CELLS`) read the kernel where it lies instead of packing it at
+every call (a 3×3 kernel of 1024 channels in 32 groups: 1.2 MB, a third of a
+batch-1 call on 4² to pack).
 
 Examples
 --------
@@ -92,6 +95,15 @@ __all__ = ["weight_grad", "direct", "shuffles", "interleaves", "applies", "cost"
 #: half a core's L2 cache): the block's sums run for every group and tap while
 #: its rows stay in the cache.
 BLOCK_BYTES = 1 << 19
+
+#: Output cells (all images) up to which the forward pass reads the kernel where it lies,
+#: its steps ``F`` elements apart, instead of packing it into panels at every call.
+#: Measured on one core (CPU time, busy machine, float32, 3×3, 32 groups), packed
+#: against in place: AVX-512, batch 1, 4²×1024 0.23 -> 0.14 ms, 7²×1024 at stride 2
+#: 0.23 -> 0.20, 7²×512 0.125 -> 0.117; AVX2 kernels, 4²×1024 0.32 -> 0.21, 7²×512
+#: 0.16 -> 0.13. With more cells each step's rows are read again per block of cells:
+#: 16 images of 4²×1024 (256 cells) AVX2 2.1 -> 3.1 ms (AVX-512 2.1 -> 1.9).
+IN_PLACE_CELLS = 64
 
 #: Output cells a thread sums at least (fewer: fewer threads), so a share's sum is
 #: long enough to pay for its own gradient buffer and the final addition.
@@ -164,7 +176,9 @@ def _family(groups: int, group_in: int, group_out: int, channels: int, width: in
 class _Step(NamedTuple):
     """One call of a compiled module per job, and how the kernel is packed for it: the
     kernel reshaped to ``source``, its last axis cut to ``columns``, reshaped to
-    ``split`` and transposed by ``order`` gives the ``panel``."""
+    ``split`` and transposed by ``order`` gives the ``panel``. Where the plan reads the
+    kernel in place (:data:`IN_PLACE_CELLS`), ``sums`` and ``batch`` walk the kernel's
+    own ``(taps · C/groups, F)`` layout from column ``columns[0]`` instead."""
 
     drive: Any
     offsets: np.ndarray  #: int64, where each step of the sum reads (kept alive here)
@@ -200,6 +214,8 @@ class _ForwardPlan(NamedTuple):
     padded_width: int
     left: int
     panel_size: int  #: elements of every step's panel together
+    in_place: bool  #: the steps read the kernel where it lies (nothing packed)
+    workers: int  #: threads the chunks were cut for
 
 
 @functools.lru_cache(maxsize=256)
@@ -232,6 +248,9 @@ def _forward_plan(shape: tuple[int, int, int, int], kernel_shape: tuple[int, int
                    + np.arange(kw)[None, :] * (dilation[1] * c)).astype(np.int64).ravel()
     streaming = (family == "vectors" and n * oh * ow * f * itemsize >= STREAM_BYTES
                  and (f * itemsize) % ALIGN == 0)
+    # few output cells read each kernel step a few times only: reading it where it lies
+    # (rows F apart) costs less than packing it at every call
+    in_place = family != "shuffle" and n * oh * ow <= IN_PLACE_CELLS
     steps = []
     for vectors, start, blocks in _plan_blocks(group_out if family == "vectors" else f, width):
         cols = vectors * width
@@ -245,7 +264,8 @@ def _forward_plan(shape: tuple[int, int, int, int], kernel_shape: tuple[int, int
             kernels = _llvm.compiled_interleaved(dtype, vectors, width // group_in)
             offsets = (tap_offsets[:, None] + np.arange(group_in)).ravel() + start
             count = taps * group_in
-            sums = Sums(blocks, count, cols, count * cols, 0)
+            sums = Sums(blocks, count, f if in_place else cols,
+                        cols if in_place else count * cols, 0)
             source, split, order = (count, f), (count, blocks, cols), (1, 0, 2)
             panel = (blocks, count, cols)
         elif family == "shuffle":
@@ -258,8 +278,10 @@ def _forward_plan(shape: tuple[int, int, int, int], kernel_shape: tuple[int, int
             kernels = _llvm.compiled(dtype, vectors, streaming)
             offsets = (tap_offsets[:, None] + np.arange(group_in)).ravel()
             count = taps * group_in
-            sums = Sums(blocks, count, cols, count * cols, 0)
-            batch = Batch(groups, group_in, blocks * count * cols, group_out)
+            sums = Sums(blocks, count, f if in_place else cols,
+                        cols if in_place else count * cols, 0)
+            batch = Batch(groups, group_in, group_out if in_place else blocks * count * cols,
+                          group_out)
             source, split = (count, groups, group_out), (count, groups, blocks, cols)
             order, panel = (1, 2, 0, 3), (groups, blocks, count, cols)
         assert kernels is not None
@@ -271,7 +293,8 @@ def _forward_plan(shape: tuple[int, int, int, int], kernel_shape: tuple[int, int
     # (the chunks only balance threads; each costs a call per step and its tail cells)
     unpadded = top == bottom == left == right == 0
     reach = effective_kernel(kh, dilation[0])
-    share = max(1, -(-n * oh // ((JOBS_PER_WORKER if workers > 1 else 1) * workers)))
+    job_count = _job_count(n * oh * ow, 2.0 * n * oh * ow * taps * group_in * f, workers)
+    share = -(-n * oh // job_count)
     needed = window_reach(oh, kh, strides[0], dilation[0])
     x_row, x_cell = strides[0] * row_elems, strides[1] * c
     jobs = []
@@ -289,17 +312,20 @@ def _forward_plan(shape: tuple[int, int, int, int], kernel_shape: tuple[int, int
                              g0 * oh * ow * f, cells))
     else:
         rows_fit = max(1, (SLAB_BYTES // (row_elems * itemsize) - reach) // strides[0] + 1)
-        rows = max(1, min(oh, rows_fit, share))
+        # pieces of each image of as equal rows as can be (28 rows in 8 chunks for two
+        # threads: 4 and 3 rows, not 7 chunks of 4, three for one thread, four for the other)
+        pieces = max(-(-oh // max(1, min(oh, rows_fit, share))), min(oh, job_count // n))
         for image in range(n):
-            for o0 in range(0, oh, rows):
-                o1 = min(oh, o0 + rows)
+            for piece in range(pieces):
+                o0, o1 = piece * oh // pieces, (piece + 1) * oh // pieces
                 first = o0 * strides[0] - top
                 cells = Cells(o1 - o0, ow, o1 - o0, x_row, x_cell, 0, ow * f, f, 0)
                 jobs.append(_Job(image, 1, first, 0 if unpadded else (o1 - 1 - o0)
                                  * strides[0] + reach, image * h * w * c + first * w * c,
                                  (image * oh + o0) * ow * f, cells))
     return _ForwardPlan(tuple(steps), tuple(jobs), padded_w, left,
-                        sum(math.prod(step.panel) for step in steps))
+                        0 if in_place else sum(math.prod(step.panel) for step in steps),
+                        in_place, workers)
 
 
 def _run_plan(plan: _ForwardPlan, x: np.ndarray, kernel: np.ndarray,
@@ -310,17 +336,23 @@ def _run_plan(plan: _ForwardPlan, x: np.ndarray, kernel: np.ndarray,
     itemsize = dtype.itemsize
     n, c = x.shape[0], x.shape[-1]
     f = kernel.shape[-1]
-    packed = aligned_empty((plan.panel_size,), dtype)
     calls = []
-    at = 0
-    for step in plan.steps:
-        size = math.prod(step.panel)
-        start, stop = step.columns
-        packed[at:at + size].reshape(step.panel)[...] = kernel.reshape(step.source)[
-            ..., start:stop].reshape(step.split).transpose(step.order)
-        calls.append((step.drive, packed.ctypes.data + at * itemsize, step.offsets_address,
-                      step.first_channel_bytes, step.sums, step.batch))
-        at += size
+    if plan.in_place:
+        for step in plan.steps:
+            calls.append((step.drive, kernel.ctypes.data + step.columns[0] * itemsize,
+                          step.offsets_address, step.first_channel_bytes, step.sums,
+                          step.batch))
+    else:
+        packed = aligned_empty((plan.panel_size,), dtype)
+        at = 0
+        for step in plan.steps:
+            size = math.prod(step.panel)
+            start, stop = step.columns
+            packed[at:at + size].reshape(step.panel)[...] = kernel.reshape(step.source)[
+                ..., start:stop].reshape(step.split).transpose(step.order)
+            calls.append((step.drive, packed.ctypes.data + at * itemsize, step.offsets_address,
+                          step.first_channel_bytes, step.sums, step.batch))
+            at += size
     y = aligned_empty((n, *out_size, f), dtype)
     x_base, y_base = x.ctypes.data, y.ctypes.data
     padded_w, left = plan.padded_width, plan.left
@@ -345,8 +377,10 @@ def _run_plan(plan: _ForwardPlan, x: np.ndarray, kernel: np.ndarray,
             for job in jobs[begin:end]:
                 run(job)
 
-        run_chunks(work, len(jobs), 1, threads=threads, blas=False,
-                   flops=2.0 * n * out_size[0] * out_size[1] * kernel[..., 0].size * f)
+        # the plan cut the chunks for its workers (none below MIN_JOB_CELLS): hand them
+        # over whatever the FLOPs (a batch-1 layer of ResNeXt is 7-10 MFLOP, under
+        # run_chunks' SMALL_WORK, and would run on this thread alone)
+        run_chunks(work, len(jobs), 1, threads=plan.workers, blas=False)
     return y
 
 
@@ -563,12 +597,49 @@ def applies(problem: ConvProblem) -> bool:
             and _llvm.available(problem.dtype))
 
 
-def _chunk_cells(problem: ConvProblem, workers: int, per_worker: int) -> int:
+def _job_count(cells: int, flops: float, workers: int) -> int:
+    """Chunks :func:`_forward_plan` cuts ``cells`` output cells (``flops`` in all) into
+    for ``workers`` threads: :data:`.register_tiles.JOBS_PER_WORKER` per thread, fewer
+    where a chunk would hold under :data:`MIN_JOB_CELLS` cells or :data:`JOB_FLOPS`,
+    always as many per thread; one in all for one thread, or where even one per
+    thread is too small or the whole under :data:`PARALLEL_FLOPS`.
+
+    >>> _job_count(49, 7.2e6, 2), _job_count(16, 9.4e6, 2), _job_count(784, 1.2e8, 2)
+    (2, 2, 8)
+    >>> _job_count(784, 1.2e8, 1), _job_count(8, 9.4e6, 2), _job_count(49, 5e6, 2)
+    (1, 1, 1)
+    """
+    if workers < 2 or flops < PARALLEL_FLOPS:
+        return 1
+    per_worker = min(JOBS_PER_WORKER, cells // (workers * MIN_JOB_CELLS),
+                     max(1, int(flops // (workers * JOB_FLOPS))))
+    return workers * per_worker if per_worker >= 1 else 1
+
+
+#: Fewest output cells of a chunk of the forward pass on several threads: each
+#: costs a register block's tail of cells (8: one block of ResNeXt's 4² layers).
+MIN_JOB_CELLS = 8
+
+#: FLOPs of a chunk at least (about 60 µs of one core), beside the ~10 µs of Python
+#: each chunk costs: a batch-1 ResNeXt layer (7-10 MFLOP) is one chunk per thread.
+JOB_FLOPS = 4e6
+
+#: FLOPs under which the forward pass stays on the calling thread: handing chunks to
+#: a helper costs the caller 25-45 µs of CPU time (measured on a busy machine with
+#: run_chunks and with batch-1 ResNeXt layers, 2 threads), about what half of 6 MFLOP
+#: saves at 70 GFLOP/s.
+PARALLEL_FLOPS = 6e6
+
+
+def _chunk_cells(problem: ConvProblem, workers: int, per_worker: int = 0) -> int:
     """Output cells of one chunk as :func:`_forward_plan` (``per_worker`` chunks per
-    thread) and :mod:`.register_tiles` cut them: rows of one image, or whole images."""
+    thread; 0: :func:`_job_count`'s) and :mod:`.register_tiles` cut them: rows of one
+    image, or whole images."""
     out = problem.out_size
     image_rows = math.prod(out[:-1])
-    share = max(1, -(-image_rows * problem.batch // (per_worker * workers)))
+    jobs = per_worker * workers or _job_count(problem.batch * math.prod(out), problem.flops,
+                                              workers)
+    share = max(1, -(-image_rows * problem.batch // jobs))
     rows = share // image_rows * image_rows if share >= 2 * image_rows else min(image_rows,
                                                                                 share)
     return rows * out[-1]
@@ -592,7 +663,7 @@ def cost(problem: ConvProblem) -> float:
     if not family:
         return base
     workers = worker_count()
-    cells = _chunk_cells(problem, workers, JOBS_PER_WORKER if workers > 1 else 1)
+    cells = _chunk_cells(problem, workers)
     base *= (1 + 16 / cells) / (1 + 16 / _chunk_cells(problem, workers, JOBS_PER_WORKER))
     return base * {"shuffle": SHUFFLE_SCALE, "interleave": INTERLEAVE_SCALE,
                    "vectors": VECTORS_SCALE}[family]
