@@ -237,3 +237,40 @@ def test_paths_without_numba_installed():
                                                   use_numba=True))
         """
     )
+
+
+@pytest.mark.parametrize("module", ["space_to_depth", "register_tiles"])
+def test_small_job_on_two_workers_is_one_chunk_like_one_worker(monkeypatch, module):
+    """A job run inline (below ``SMALL_WORK``) is cut as for one worker, whatever the
+    worker count: its chunks would run one after another, each paying its set-up. A
+    large one, or one given ``threads``, is still cut for the workers."""
+    from convarith.engine.algorithms import _llvm, _threads, register_tiles
+
+    if module == "register_tiles" and not _llvm.available(np.dtype("float32")):
+        pytest.skip("no compiled kernels on this machine")
+    algorithm = {"space_to_depth": space_to_depth, "register_tiles": register_tiles}[module]
+    seen: list[tuple[int, int | None]] = []
+    real = _threads.run_chunks
+
+    def counting(work, total, chunk, **options):
+        seen.append((-(-total // chunk), options.get("threads")))
+        return real(work, total, chunk, **options)
+
+    monkeypatch.setattr(algorithm, "run_chunks", counting)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, 56, 56, 3)).astype(np.float32)
+    k = rng.standard_normal((3, 3, 3, 16)).astype(np.float32)
+    problem = ((2, 2), (1, 1), 1, (27, 27))
+    assert 2.0 * 27 * 27 * 27 * 16 < _threads.SMALL_WORK
+    expected = reference_direct(x.astype(np.float64), k.astype(np.float64), *problem)
+    chunks = {}
+    for workers, threads in [(1, None), (2, None), (2, 2)]:
+        for owner in (_threads, algorithm):
+            monkeypatch.setattr(owner, "worker_count", lambda workers=workers: workers,
+                                raising=False)
+        seen.clear()
+        y = algorithm.direct(x, k, *problem, threads=threads)
+        check(y, expected, np.float32, 7, f"{module} workers={workers} threads={threads}")
+        chunks[workers, threads] = seen[-1][0]
+    assert chunks[2, None] == chunks[1, None], chunks
+    assert chunks[2, 2] > 1, chunks

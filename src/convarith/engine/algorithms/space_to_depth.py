@@ -55,7 +55,7 @@ import numpy as np
 
 from ..dispatch import ConvProblem, Requirements, register_algorithm
 from ..state import cached_once
-from ._threads import run_chunks, worker_count, workspace
+from ._threads import chunk_workers, run_chunks, workspace
 
 __all__ = ["direct", "weight_grad", "applies", "cost", "PhasePlan", "plan", "BLOCK_BYTES"]
 
@@ -306,8 +306,9 @@ class _Blocks:
 def _cut(xp: np.ndarray, kernel_size: Sequence[int], strides: Sequence[int],
          dilation: Sequence[int], out_size: Sequence[int],
          padding: Sequence[tuple[int, int]] | None, threads: int | None,
-         block_bytes: int | None) -> _Blocks:
-    """The blocks of a call (ranks 1 and 2 lifted to 3 with leading axes of size 1)."""
+         block_bytes: int | None, kernel_outputs: int) -> _Blocks:
+    """The blocks of a call (ranks 1 and 2 lifted to 3 with leading axes of size 1);
+    ``kernel_outputs`` (the kernel's output channels) sizes the job."""
     rank = len(out_size)
     lift = _RANK - rank
     n, c = xp.shape[0], xp.shape[-1]
@@ -319,8 +320,9 @@ def _cut(xp: np.ndarray, kernel_size: Sequence[int], strides: Sequence[int],
     phase_plan = plan(kernel3, strides3, (1,) * lift + tuple(int(d) for d in dilation), out3)
     halo = [g - o for g, o in zip(phase_plan.grid, out3)]
     inner = len(phase_plan.taps) * c
-    # a few blocks per thread, so that they end together
-    spread = -(-4 * (threads or worker_count()) // max(1, n * out3[0]))
+    # a few blocks per thread, so that they end together (one thread: a job run inline)
+    flops = 2.0 * n * math.prod(out3) * inner * (kernel_outputs or 1)
+    spread = -(-4 * chunk_workers(threads, flops) // max(1, n * out3[0]))
     rows, width = _blocks(out3[1], out3[2], inner * xp.dtype.itemsize,
                           BLOCK_BYTES if block_bytes is None else block_bytes, spread)
     plane_shape = (len(phase_plan.phases), c, halo[0] + 1, rows + halo[1], width + halo[2])
@@ -405,7 +407,7 @@ def direct(
     kernels = _kernels(use_numba)
     n, f = xp.shape[0], kernel.shape[-1]
     cut = _cut(xp, kernel.shape[:rank], strides, dilation, out_size, padding, threads,
-               block_bytes)
+               block_bytes, f)
     out3 = cut.out3
     weights = np.ascontiguousarray(kernel).reshape(cut.inner, f)
     y = np.empty((n, out3[0], out3[1] * out3[2], f), xp.dtype)
@@ -456,7 +458,7 @@ def weight_grad(
     kernels = _kernels(use_numba)
     n, c, f = xp.shape[0], xp.shape[-1], dy.shape[-1]
     out_size = dy.shape[1:-1]
-    cut = _cut(xp, kernel_size, strides, dilation, out_size, padding, threads, block_bytes)
+    cut = _cut(xp, kernel_size, strides, dilation, out_size, padding, threads, block_bytes, f)
     out3 = cut.out3
     flat_dy = np.ascontiguousarray(dy, xp.dtype).reshape(n, out3[0], out3[1] * out3[2], f)
     scratch = threading.local()
