@@ -509,8 +509,14 @@ applies = Requirements((
 ))
 
 
-#: Fixed cost (two passes over the thread pool, the plane buffers), about 25 µs.
-_OVERHEAD = 3e6
+#: Fixed cost (the plane buffers, the blocks' set-up), about 20 µs more than flat_rows'.
+#: It puts the crossover with flat_rows (whose cost has no fixed part) near 2·10⁶ FLOPs
+#: for 1-3 channels, as measured (one core, CPU time, float32, busy machine; weight
+#: gradients and forward with ``CONVARITH_JIT=0``): at 2·10⁵ FLOPs flat_rows was 15-30 µs
+#: faster; from 1.8·10⁶ this path 1.0-1.9× faster (the 3×3 stride-2 3 -> 32 stem's weight
+#: gradient on one 112² image, 5.4·10⁶ FLOPs: 0.155 ms against flat_rows' 0.238; with
+#: the former 3·10⁶ the weight gradient went to flat_rows below 1.2·10⁷ FLOPs).
+_OVERHEAD = 5e5
 
 
 def cost(problem: ConvProblem) -> float:
@@ -526,7 +532,7 @@ def cost(problem: ConvProblem) -> float:
     - 12 channels and more: 0.8–0.95 (the planar copy of the input and the
       runs as short as the output rows cost more than flat_rows'
       channels-last gather, whose runs of ``C`` floats are then as long);
-    - tiny problems: about 20 µs more fixed cost.
+    - tiny problems: about 20 µs more fixed cost (:data:`_OVERHEAD`).
     """
     channels = problem.in_channels
     if channels <= 3:
