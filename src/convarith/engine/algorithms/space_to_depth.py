@@ -475,8 +475,10 @@ def weight_grad(
     units = n * cut.units_per_image
     if units == 0 or flat_dy.size == 0:
         return np.zeros((*kernel_size, c, f), xp.dtype)
-    parts = run_chunks(work, units, 1, threads=threads,
-                       flops=2.0 * n * math.prod(out3) * cut.inner * f)
+    flops = 2.0 * n * math.prod(out3) * cut.inner * f
+    # run inline: one chunk, so one partial gradient (not one per block, summed after)
+    chunk = units if chunk_workers(threads, flops) == 1 else 1
+    parts = run_chunks(work, units, chunk, threads=threads, flops=flops)
     dk = parts[0]
     for more in parts[1:]:
         dk += more
