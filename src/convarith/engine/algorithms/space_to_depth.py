@@ -289,6 +289,7 @@ class _Blocks:
     rows: int  #: output rows (of the last two axes) per block
     width: int  #: cells of a row per block
     plane_size: int  #: elements of a block's planes
+    flops: float  #: the job's size (twice its multiply-adds)
 
     @property
     def row_blocks(self) -> int:
@@ -321,7 +322,7 @@ def _cut(xp: np.ndarray, kernel_size: Sequence[int], strides: Sequence[int],
     halo = [g - o for g, o in zip(phase_plan.grid, out3)]
     inner = len(phase_plan.taps) * c
     # a few blocks per thread, so that they end together (one thread: a job run inline)
-    flops = 2.0 * n * math.prod(out3) * inner * (kernel_outputs or 1)
+    flops = 2.0 * n * math.prod(out3) * inner * kernel_outputs
     spread = -(-4 * chunk_workers(threads, flops) // max(1, n * out3[0]))
     rows, width = _blocks(out3[1], out3[2], inner * xp.dtype.itemsize,
                           BLOCK_BYTES if block_bytes is None else block_bytes, spread)
@@ -329,7 +330,7 @@ def _cut(xp: np.ndarray, kernel_size: Sequence[int], strides: Sequence[int],
     return _Blocks(source, np.array(before, np.int64), np.array(strides3, np.int64),
                    np.array(phase_plan.phases, np.int64), np.array(phase_plan.taps, np.int64),
                    np.array(halo, np.int64), (out3[0], out3[1], out3[2]), inner, rows, width,
-                   math.prod(plane_shape))
+                   math.prod(plane_shape), flops)
 
 
 def _kernels(use_numba: bool | None) -> Any:
@@ -420,8 +421,7 @@ def direct(
             image, o0, first, columns = _block(cut, kernels, scratch, unit)
             np.matmul(columns.T, weights, out=y[image, o0, first:first + columns.shape[1]])
 
-    run_chunks(work, n * cut.units_per_image, 1, threads=threads,
-               flops=2.0 * n * math.prod(out3) * cut.inner * f)
+    run_chunks(work, n * cut.units_per_image, 1, threads=threads, flops=cut.flops)
     return y.reshape(n, *out_size, f)
 
 
@@ -475,10 +475,9 @@ def weight_grad(
     units = n * cut.units_per_image
     if units == 0 or flat_dy.size == 0:
         return np.zeros((*kernel_size, c, f), xp.dtype)
-    flops = 2.0 * n * math.prod(out3) * cut.inner * f
     # run inline: one chunk, so one partial gradient (not one per block, summed after)
-    chunk = units if chunk_workers(threads, flops) == 1 else 1
-    parts = run_chunks(work, units, chunk, threads=threads, flops=flops)
+    chunk = units if chunk_workers(threads, cut.flops) == 1 else 1
+    parts = run_chunks(work, units, chunk, threads=threads, flops=cut.flops)
     dk = parts[0]
     for more in parts[1:]:
         dk += more
