@@ -237,3 +237,66 @@ def test_paths_without_numba_installed():
                                                   use_numba=True))
         """
     )
+
+
+@pytest.mark.parametrize("module", ["space_to_depth", "register_tiles"])
+def test_small_job_on_two_workers_is_one_chunk_like_one_worker(monkeypatch, module):
+    """A job run inline (below ``SMALL_WORK``) is cut as for one worker, whatever the
+    worker count: its chunks would run one after another, each paying its set-up. A
+    large one, or one given ``threads``, is still cut for the workers."""
+    from convarith.engine.algorithms import _llvm, _threads, register_tiles
+
+    if module == "register_tiles" and not _llvm.available(np.dtype("float32")):
+        pytest.skip("no compiled kernels on this machine")
+    algorithm = {"space_to_depth": space_to_depth, "register_tiles": register_tiles}[module]
+    seen: list[tuple[int, int | None]] = []
+    real = _threads.run_chunks
+
+    def counting(work, total, chunk, **options):
+        seen.append((-(-total // chunk), options.get("threads")))
+        return real(work, total, chunk, **options)
+
+    monkeypatch.setattr(algorithm, "run_chunks", counting)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, 56, 56, 3)).astype(np.float32)
+    k = rng.standard_normal((3, 3, 3, 16)).astype(np.float32)
+    problem = ((2, 2), (1, 1), 1, (27, 27))
+    assert 2.0 * 27 * 27 * 27 * 16 < _threads.SMALL_WORK
+    expected = reference_direct(x.astype(np.float64), k.astype(np.float64), *problem)
+    chunks = {}
+    for workers, threads in [(1, None), (2, None), (2, 2)]:
+        for owner in (_threads, algorithm):
+            monkeypatch.setattr(owner, "worker_count", lambda workers=workers: workers,
+                                raising=False)
+        seen.clear()
+        y = algorithm.direct(x, k, *problem, threads=threads)
+        check(y, expected, np.float32, 7, f"{module} workers={workers} threads={threads}")
+        chunks[workers, threads] = seen[-1][0]
+    assert chunks[2, None] == chunks[1, None], chunks
+    assert chunks[2, 2] > 1, chunks
+
+
+def test_first_layer_weight_grad_is_planned_by_cost():
+    """The weight gradient goes to the cheapest algorithm that has one; for a small RGB
+    stem the costs rank space-to-depth below flat_rows (its fixed cost, ``_OVERHEAD``,
+    is what decides there), and a tiny one the other way."""
+    from convarith.engine.algorithms import flat_rows
+    from convarith.engine.dispatch import available_algorithms, cheapest_weight_grad, get_algorithm
+
+    f32 = np.dtype(np.float32)
+    stem = ConvProblem((1, 113, 113, 3), (3, 3, 3, 32), (2, 2), (1, 1), 1, (56, 56), f32)
+    tiny = ConvProblem((1, 33, 33, 3), (3, 3, 3, 16), (2, 2), (1, 1), 1, (16, 16), f32)
+    for problem in (stem, tiny):
+        chosen = cheapest_weight_grad(problem)
+        costs = {name: get_algorithm(name).cost(problem) for name in available_algorithms()
+                 if get_algorithm(name).weight_grad is not None
+                 and get_algorithm(name).kind == "direct" and get_algorithm(name).applies(problem)}
+        assert costs[chosen.name] == min(costs.values()), (problem, chosen.name, costs)
+    assert space_to_depth.cost(stem) < flat_rows.cost(stem)
+    assert space_to_depth.cost(tiny) > flat_rows.cost(tiny)
+    rng = np.random.default_rng(8400)
+    x = rng.standard_normal(stem.input_shape)
+    dy = rng.standard_normal((1, 56, 56, 32))
+    dk = cheapest_weight_grad(stem).weight_grad(x, dy, (3, 3), (2, 2), (1, 1), 1)
+    check(dk, reference_weight_grad(x, dy, (3, 3), (2, 2), (1, 1), 1), np.float64, 8400,
+          "stem weight gradient")

@@ -37,7 +37,7 @@ import numpy as np
 from ..state import cached_once
 
 __all__ = ["run_chunks", "worker_count", "thread_limit", "workspace", "aligned_empty",
-           "aligned_copy",
+           "aligned_copy", "chunk_workers",
            "SMALL_WORK"]
 
 #: Below this many FLOPs a problem runs inline: starting threads and limiting
@@ -139,6 +139,21 @@ def _current_cpu() -> int | None:
         return None
     cpu = int(getcpu())
     return cpu if cpu >= 0 else None
+
+
+def chunk_workers(threads: int | None, flops: float | None) -> int:
+    """Threads :func:`run_chunks` will use for a job of ``flops`` (given ``threads``):
+    1 where it runs every chunk inline (below :data:`SMALL_WORK`, ``threads`` not
+    given). Cut such a job into one chunk: its chunks would run one after another
+    anyway, each paying its own set-up (the 3×3 stride-2 3 -> 32 stem on one 112²
+    image: 8 chunks 0.20 ms, one 0.11 ms, one core).
+
+    >>> chunk_workers(None, 1e6), chunk_workers(1, 1e9), chunk_workers(3, 1e6)
+    (1, 1, 3)
+    """
+    if threads is None and flops is not None and flops < SMALL_WORK:
+        return 1
+    return threads if threads is not None else worker_count()
 
 
 def run_chunks(

@@ -50,7 +50,7 @@ import numpy as np
 
 from ...arithmetic import effective_kernel, window_reach
 from ..dispatch import ConvProblem, magnitude, register_algorithm
-from . import _llvm, _llvm_thin
+from . import _llvm, _llvm_thin, _threads
 from ._llvm import ONE_PROBLEM, Batch, Cells, Sums
 from ._llvm_depthwise import row_cells, row_kernel
 from ._threads import ALIGN, aligned_copy, aligned_empty, run_chunks, worker_count, workspace
@@ -160,9 +160,11 @@ def direct(
     y = aligned_empty((n, oh, ow, fpad), dtype)
     if n * oh * ow == 0 or f == 0:
         return np.zeros(shape, dtype)
+    flops = 2.0 * n * oh * ow * kh * kw * c * f
+    # a job run inline (small) is one chunk: chunks one after another only add set-up
     jobs = _jobs(x, kernel, (stride_rows, stride_cols), (dilation_rows, dilation_cols),
-                 (oh, ow), pads, y, threads, groups)
-    _run(jobs, 2.0 * n * oh * ow * kh * kw * c * f, threads)
+                 (oh, ow), pads, y, _threads.chunk_workers(threads, flops), groups)
+    _run(jobs, flops, threads)
     if fpad != f:
         y = np.ascontiguousarray(y[..., :f])
     return y.reshape(shape)

@@ -55,7 +55,7 @@ import numpy as np
 
 from ..dispatch import ConvProblem, Requirements, register_algorithm
 from ..state import cached_once
-from ._threads import run_chunks, worker_count, workspace
+from ._threads import chunk_workers, run_chunks, workspace
 
 __all__ = ["direct", "weight_grad", "applies", "cost", "PhasePlan", "plan", "BLOCK_BYTES"]
 
@@ -289,6 +289,7 @@ class _Blocks:
     rows: int  #: output rows (of the last two axes) per block
     width: int  #: cells of a row per block
     plane_size: int  #: elements of a block's planes
+    flops: float  #: the job's size (twice its multiply-adds)
 
     @property
     def row_blocks(self) -> int:
@@ -306,8 +307,9 @@ class _Blocks:
 def _cut(xp: np.ndarray, kernel_size: Sequence[int], strides: Sequence[int],
          dilation: Sequence[int], out_size: Sequence[int],
          padding: Sequence[tuple[int, int]] | None, threads: int | None,
-         block_bytes: int | None) -> _Blocks:
-    """The blocks of a call (ranks 1 and 2 lifted to 3 with leading axes of size 1)."""
+         block_bytes: int | None, kernel_outputs: int) -> _Blocks:
+    """The blocks of a call (ranks 1 and 2 lifted to 3 with leading axes of size 1);
+    ``kernel_outputs`` (the kernel's output channels) sizes the job."""
     rank = len(out_size)
     lift = _RANK - rank
     n, c = xp.shape[0], xp.shape[-1]
@@ -319,15 +321,16 @@ def _cut(xp: np.ndarray, kernel_size: Sequence[int], strides: Sequence[int],
     phase_plan = plan(kernel3, strides3, (1,) * lift + tuple(int(d) for d in dilation), out3)
     halo = [g - o for g, o in zip(phase_plan.grid, out3)]
     inner = len(phase_plan.taps) * c
-    # a few blocks per thread, so that they end together
-    spread = -(-4 * (threads or worker_count()) // max(1, n * out3[0]))
+    # a few blocks per thread, so that they end together (one thread: a job run inline)
+    flops = 2.0 * n * math.prod(out3) * inner * kernel_outputs
+    spread = -(-4 * chunk_workers(threads, flops) // max(1, n * out3[0]))
     rows, width = _blocks(out3[1], out3[2], inner * xp.dtype.itemsize,
                           BLOCK_BYTES if block_bytes is None else block_bytes, spread)
     plane_shape = (len(phase_plan.phases), c, halo[0] + 1, rows + halo[1], width + halo[2])
     return _Blocks(source, np.array(before, np.int64), np.array(strides3, np.int64),
                    np.array(phase_plan.phases, np.int64), np.array(phase_plan.taps, np.int64),
                    np.array(halo, np.int64), (out3[0], out3[1], out3[2]), inner, rows, width,
-                   math.prod(plane_shape))
+                   math.prod(plane_shape), flops)
 
 
 def _kernels(use_numba: bool | None) -> Any:
@@ -405,7 +408,7 @@ def direct(
     kernels = _kernels(use_numba)
     n, f = xp.shape[0], kernel.shape[-1]
     cut = _cut(xp, kernel.shape[:rank], strides, dilation, out_size, padding, threads,
-               block_bytes)
+               block_bytes, f)
     out3 = cut.out3
     weights = np.ascontiguousarray(kernel).reshape(cut.inner, f)
     y = np.empty((n, out3[0], out3[1] * out3[2], f), xp.dtype)
@@ -418,8 +421,7 @@ def direct(
             image, o0, first, columns = _block(cut, kernels, scratch, unit)
             np.matmul(columns.T, weights, out=y[image, o0, first:first + columns.shape[1]])
 
-    run_chunks(work, n * cut.units_per_image, 1, threads=threads,
-               flops=2.0 * n * math.prod(out3) * cut.inner * f)
+    run_chunks(work, n * cut.units_per_image, 1, threads=threads, flops=cut.flops)
     return y.reshape(n, *out_size, f)
 
 
@@ -456,7 +458,7 @@ def weight_grad(
     kernels = _kernels(use_numba)
     n, c, f = xp.shape[0], xp.shape[-1], dy.shape[-1]
     out_size = dy.shape[1:-1]
-    cut = _cut(xp, kernel_size, strides, dilation, out_size, padding, threads, block_bytes)
+    cut = _cut(xp, kernel_size, strides, dilation, out_size, padding, threads, block_bytes, f)
     out3 = cut.out3
     flat_dy = np.ascontiguousarray(dy, xp.dtype).reshape(n, out3[0], out3[1] * out3[2], f)
     scratch = threading.local()
@@ -473,8 +475,9 @@ def weight_grad(
     units = n * cut.units_per_image
     if units == 0 or flat_dy.size == 0:
         return np.zeros((*kernel_size, c, f), xp.dtype)
-    parts = run_chunks(work, units, 1, threads=threads,
-                       flops=2.0 * n * math.prod(out3) * cut.inner * f)
+    # run inline: one chunk, so one partial gradient (not one per block, summed after)
+    chunk = units if chunk_workers(threads, cut.flops) == 1 else 1
+    parts = run_chunks(work, units, chunk, threads=threads, flops=cut.flops)
     dk = parts[0]
     for more in parts[1:]:
         dk += more
@@ -507,8 +510,14 @@ applies = Requirements((
 ))
 
 
-#: Fixed cost (two passes over the thread pool, the plane buffers), about 25 µs.
-_OVERHEAD = 3e6
+#: Fixed cost (the plane buffers, the blocks' set-up), about 20 µs more than flat_rows'.
+#: It puts the crossover with flat_rows (whose cost has no fixed part) near 2·10⁶ FLOPs
+#: for 1-3 channels, as measured (one core, CPU time, float32, busy machine; weight
+#: gradients and forward with ``CONVARITH_JIT=0``): at 2·10⁵ FLOPs flat_rows was 15-30 µs
+#: faster; from 1.8·10⁶ this path 1.0-1.9× faster (the 3×3 stride-2 3 -> 32 stem's weight
+#: gradient on one 112² image, 5.4·10⁶ FLOPs: 0.155 ms against flat_rows' 0.238; with
+#: the former 3·10⁶ the weight gradient went to flat_rows below 1.2·10⁷ FLOPs).
+_OVERHEAD = 5e5
 
 
 def cost(problem: ConvProblem) -> float:
@@ -524,7 +533,7 @@ def cost(problem: ConvProblem) -> float:
     - 12 channels and more: 0.8–0.95 (the planar copy of the input and the
       runs as short as the output rows cost more than flat_rows'
       channels-last gather, whose runs of ``C`` floats are then as long);
-    - tiny problems: about 20 µs more fixed cost.
+    - tiny problems: about 20 µs more fixed cost (:data:`_OVERHEAD`).
     """
     channels = problem.in_channels
     if channels <= 3:
