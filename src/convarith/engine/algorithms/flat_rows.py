@@ -304,10 +304,28 @@ def cells_block(batch: int, out_size: Sequence[int], inner: int, itemsize: int,
     return 0, rows
 
 
+def balanced_images(batch: int, images: int, workers: int) -> int:
+    """Images per block when blocks of at most ``images`` are shared among ``workers``
+    threads: as many blocks as that needs, rounded up to a multiple of the workers
+    (at most one per image), all the same size but the last (16 images in blocks of
+    14 on two threads: 8 and 8, not 14 and 2).
+
+    >>> balanced_images(16, 14, 2), balanced_images(16, 4, 2), balanced_images(3, 3, 2)
+    (8, 4, 2)
+    """
+    if images <= 0 or workers <= 1:
+        return images
+    blocks = -(-batch // images)
+    blocks = min(batch, -(-blocks // workers) * workers)
+    return -(-batch // blocks)
+
+
 def _cells_units(batch: int, out_size: Sequence[int], inner: int, itemsize: int,
-                 chunk_bytes: int | None) -> list[tuple[int, int, int, int]]:
-    """The blocks of :func:`cells_block` as ``(first image, end, first row, end)``."""
+                 chunk_bytes: int | None, workers: int = 1) -> list[tuple[int, int, int, int]]:
+    """The blocks of :func:`cells_block` as ``(first image, end, first row, end)``,
+    balanced for ``workers`` threads (:func:`balanced_images`)."""
     images, rows = cells_block(batch, out_size, inner, itemsize, chunk_bytes)
+    images = balanced_images(batch, images, workers)
     if images:
         return [(i, min(batch, i + images), 0, out_size[0]) for i in range(0, batch, images)]
     return [(i, i + 1, r, min(out_size[0], r + rows))
@@ -352,7 +370,8 @@ def _weight_grad_cells(xp: np.ndarray, dy: np.ndarray, kernel_size: Sequence[int
     n, c, f = xp.shape[0], xp.shape[-1], dy.shape[-1]
     out_size = dy.shape[1:-1]
     taps = math.prod(kernel_size)
-    units = _cells_units(n, out_size, taps * c, xp.dtype.itemsize, None)
+    workers = threads if threads is not None else worker_count()
+    units = _cells_units(n, out_size, taps * c, xp.dtype.itemsize, None, workers)
 
     def work(first: int, last: int) -> np.ndarray:
         # products written in place (fresh multi-MiB temporaries cost their page faults)
@@ -369,7 +388,7 @@ def _weight_grad_cells(xp: np.ndarray, dy: np.ndarray, kernel_size: Sequence[int
                 total += product
         return total
 
-    chunk = -(-len(units) // worker_count())
+    chunk = -(-len(units) // workers)
     flops = 2.0 * n * math.prod(out_size) * taps * c * f
     partials = run_chunks(work, len(units), chunk, threads=threads, flops=flops)
     total = partials[0]
@@ -393,7 +412,8 @@ def _direct_cells(
     taps = math.prod(kernel_size)
     weights = np.ascontiguousarray(kernel).reshape(taps * c, f)
     y = np.empty((n, *out_size, f), xp.dtype)
-    units = _cells_units(n, out_size, taps * c, xp.dtype.itemsize, chunk_bytes)
+    workers = threads if threads is not None else worker_count()
+    units = _cells_units(n, out_size, taps * c, xp.dtype.itemsize, chunk_bytes, workers)
 
     def work(first: int, last: int) -> None:
         for i0, i1, r0, r1 in units[first:last]:

@@ -68,7 +68,14 @@ from ..dispatch import ConvProblem, Requirements, register_algorithm
 from ..padding import pad
 from ..state import cached_once
 from . import register_tiles
-from ._threads import aligned_empty, run_chunks, worker_count, workspace
+from ._threads import (
+    SMALL_WORK,
+    SMALL_WORK_NO_BLAS,
+    aligned_empty,
+    run_chunks,
+    worker_count,
+    workspace,
+)
 
 __all__ = ["WinogradTransform", "transform", "direct", "weight_grad", "applies", "cost",
            "F4_MAX_CHANNELS", "CHUNK_BYTES", "GRAD_MIN_TILES_PER_CHANNEL"]
@@ -248,16 +255,17 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
                                 out[ch] += coef * rows[u, j, ch]
 
     @numba.njit(nogil=True, cache=True)
-    def kernel_transform(kernel, g, f0, u):
-        # u[x·a + w, c, f] = Σ_ij g[x, i] kernel[i, j, c, f0 + f] g[w, j], summed in float64
-        r, _, c, _ = kernel.shape
+    def kernel_transform(kernel, g, f0, c0, c1, u):
+        # u[x·a + w, c, f] = Σ_ij g[x, i] kernel[i, j, c, f0 + f] g[w, j] for the input
+        # channels c0 <= c < c1, summed in float64
+        r = kernel.shape[0]
         f = u.shape[2]
         a = g.shape[0]
         # loops over f innermost (vectorised); each value sums its terms in the
         # same order as the formula
         acc = np.zeros((a, r, f), dtype=np.float64)
         total = np.zeros(f, dtype=np.float64)
-        for ch in range(c):
+        for ch in range(c0, c1):
             acc[:] = 0.0
             for x in range(a):
                 for i in range(r):
@@ -300,6 +308,66 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
         a02, b13 = x0 + x2, x1 + x3
         return (x0, a02 + b13, a02 - b13, x0 + two * x1 + four * x2 + eight * x3,
                 x0 - two * x1 + four * x2 - eight * x3, x3)
+
+    @numba.njit(inline="always")
+    def g6(x0, x1, x2, quarter, sixth, twelfth, twentyfourth):
+        # G (6×3) times a column of 3
+        ends, middle = x0 + x2, twentyfourth * x0 + sixth * x2
+        return (quarter * x0, -(sixth * (ends + x1)), -(sixth * (ends - x1)),
+                middle + twelfth * x1, middle - twelfth * x1, x2)
+
+    @numba.njit(nogil=True, cache=True)
+    def kernel_transform_f4(kernel, g, f0, c0, c1, u):
+        # kernel_transform for F(4×4, 3×3) written out (G's zeros skipped, the channel
+        # loop innermost), in float64: G k Gᵀ as G applied down the kernel's columns,
+        # then along the rows
+        f = u.shape[2]
+        quarter, sixth, twelfth, twentyfourth = g[0, 0], -g[1, 0], g[3, 1], g[3, 0]
+        columns = np.empty((6, 3, f), dtype=np.float64)
+        for ch in range(c0, c1):
+            for j in range(3):
+                k0, k1, k2 = kernel[0, j, ch], kernel[1, j, ch], kernel[2, j, ch]
+                for k in range(f):
+                    (columns[0, j, k], columns[1, j, k], columns[2, j, k], columns[3, j, k],
+                     columns[4, j, k], columns[5, j, k]) = g6(
+                        np.float64(k0[f0 + k]), np.float64(k1[f0 + k]),
+                        np.float64(k2[f0 + k]), quarter, sixth, twelfth, twentyfourth)
+            for x in range(6):
+                out0, out1, out2 = u[6 * x, ch], u[6 * x + 1, ch], u[6 * x + 2, ch]
+                out3, out4, out5 = u[6 * x + 3, ch], u[6 * x + 4, ch], u[6 * x + 5, ch]
+                for k in range(f):
+                    out0[k], out1[k], out2[k], out3[k], out4[k], out5[k] = g6(
+                        columns[x, 0, k], columns[x, 1, k], columns[x, 2, k], quarter,
+                        sixth, twelfth, twentyfourth)
+
+    @numba.njit(nogil=True, cache=True)
+    def kernel_transform_f2(kernel, g, f0, c0, c1, u):
+        # kernel_transform for F(2×2, 3×3) written out: G = [[1, 0, 0], [½, ½, ½],
+        # [½, -½, ½], [0, 0, 1]] down the kernel's columns, then along the rows
+        f = u.shape[2]
+        half = g[1, 0]
+        columns = np.empty((4, 3, f), dtype=np.float64)
+        for ch in range(c0, c1):
+            for j in range(3):
+                k0, k1, k2 = kernel[0, j, ch], kernel[1, j, ch], kernel[2, j, ch]
+                for k in range(f):
+                    x0, x1, x2 = np.float64(k0[f0 + k]), np.float64(k1[f0 + k]), np.float64(
+                        k2[f0 + k])
+                    ends = x0 + x2
+                    columns[0, j, k] = x0
+                    columns[1, j, k] = half * (ends + x1)
+                    columns[2, j, k] = half * (ends - x1)
+                    columns[3, j, k] = x2
+            for x in range(4):
+                out0, out1, out2, out3 = u[4 * x, ch], u[4 * x + 1, ch], u[4 * x + 2, ch], u[
+                    4 * x + 3, ch]
+                for k in range(f):
+                    x0, x1, x2 = columns[x, 0, k], columns[x, 1, k], columns[x, 2, k]
+                    ends = x0 + x2
+                    out0[k] = x0
+                    out1[k] = half * (ends + x1)
+                    out2[k] = half * (ends - x1)
+                    out3[k] = x2
 
     @numba.njit(nogil=True, cache=True, fastmath={'contract'})
     def input_transform_f4(xp, bt, m, d0, d1, th, tw, first, v, top, left):
@@ -425,7 +493,7 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
                         two, four, eight)
 
     return (input_transform, output_transform, kernel_transform, input_transform_f4,
-            output_transform_f4, gradient_transform_f4)
+            output_transform_f4, gradient_transform_f4, kernel_transform_f4, kernel_transform_f2)
 
 
 # --------------------------------------------------------------------------- NumPy transforms
@@ -577,7 +645,7 @@ def kernel_transform(
     kernels = _numba_kernels() if use_numba is not False else None
     if kernels is not None:
         u = aligned_empty((a * a, *kernel.shape[2:]), kernel.dtype)  # whole cache lines
-        kernels[2](np.ascontiguousarray(kernel), wt.G, 0, u)
+        _compiled_kernel_transform(kernels, np.ascontiguousarray(kernel), wt, 0, u, None)
         return u
     # two matrix products (BLAS) rather than one three-operand einsum (slow loops),
     # an eighth of the input channels at a time: the float64 steps ((9 + 6a + a²)·8
@@ -628,6 +696,29 @@ def _channel_block(channels: int, bytes_per_channel: int, io_bytes: int,
     return block
 
 
+#: Channel pairs from which the compiled kernel transform is shared among the worker
+#: threads (below, one thread does it in less time than handing it over costs).
+PARALLEL_KERNEL_PAIRS = 1 << 14
+
+
+def _compiled_kernel_transform(kernels: tuple[Callable[..., None], ...], kernel: np.ndarray,
+                               wt: WinogradTransform, first_channel: int, u: np.ndarray,
+                               threads: int | None) -> None:
+    """``u`` (a², C, F) = the transformed ``kernel`` (C-contiguous) from output channel
+    ``first_channel`` on, its input channels shared among the worker threads."""
+    run = kernels[6] if wt.m == 4 else kernels[7]
+    c, f = u.shape[1:]
+    workers = threads if threads is not None else worker_count()
+    if workers <= 1 or c * f < PARALLEL_KERNEL_PAIRS or c < 2 * workers:
+        run(kernel, wt.G, first_channel, 0, c, u)
+        return
+
+    def work(c0: int, c1: int) -> None:
+        run(kernel, wt.G, first_channel, c0, c1, u)
+
+    run_chunks(work, c, -(-c // workers), threads=workers, blas=False)
+
+
 def _compiled_tiles(kernels: tuple[Callable[..., None], ...], x: np.ndarray,
                     kernel: np.ndarray, first_channel: int, y_phases: np.ndarray,
                     wt: WinogradTransform, tiling: _Tiling, origin: tuple[int, int],
@@ -643,11 +734,12 @@ def _compiled_tiles(kernels: tuple[Callable[..., None], ...], x: np.ndarray,
     th, tw = tiling.tiles
     top, left = origin
     u = aligned_empty((a * a, c, f), dtype)
-    kernels[2](kernel, wt.G, first_channel, u)
+    _compiled_kernel_transform(kernels, kernel, wt, first_channel, u, threads)
     # the register-tiled kernels beat BLAS on these small products from 256
     # channels (one core, 2 MiB chunks, aligned operands: 256 channels 102 ->
-    # 146 GFLOP/s; 128: 150 against 155; 64: 184 against 179)
-    packed = register_tiles.pack_products(u) if max(c, f) >= 256 else None
+    # 146 GFLOP/s; 128: 150 against 155; 64: 184 against 179), and need no BLAS
+    # limit on the threads (which costs ~150 µs of a call's time)
+    packed = register_tiles.pack_products(u)
     bt = np.ascontiguousarray(wt.BT.astype(dtype))
     at = np.ascontiguousarray(wt.AT.astype(dtype))
     y_plain = y_phases[:, :, 0, :, 0] if y_phases.shape[2] == y_phases.shape[4] == 1 else None
@@ -675,8 +767,11 @@ def _compiled_tiles(kernels: tuple[Callable[..., None], ...], x: np.ndarray,
     chunks = -(-total // tiles)
     chunks = -(-chunks // workers) * workers
     tiles = max(1, -(-total // chunks))
-    flops = 2.0 * total * a * a * c * f
-    run_chunks(work, total, tiles, threads=threads, flops=flops, blas=packed is None)
+    # the direct convolution's FLOPs (the work's time is that of the direct method's at
+    # about a third of them): 64 -> 64 on 28² (0.7 ms) is shared, not run inline
+    flops = 2.0 * total * m * m * 9 * c * f
+    run_chunks(work, total, tiles, threads=threads, flops=flops, blas=packed is None,
+               inline_below=SMALL_WORK if packed is None else SMALL_WORK_NO_BLAS)
 
 
 def direct(
