@@ -83,7 +83,7 @@ def patch(workers: int, recorder: Recorder) -> None:
     def count() -> int:
         return workers
 
-    _threads.worker_count = count  # type: ignore[assignment]
+    _threads.worker_count = count
     dispatch.worker_count = count
     for name in _MODULES:
         try:

@@ -291,7 +291,7 @@ def _batched_panels(merged: np.ndarray, dilation: tuple[int, int], row_elems: in
 
 def _panels(kernel: np.ndarray, dilation: tuple[int, int], row_elems: int,
             streaming: bool = False, groups: int = 1, cell_channels: int | None = None,
-            cell_step: int = 0) -> list[Panel]:
+            cell_step: int = 0, threads: int | None = None) -> list[Panel]:
     """The kernel ``(KH, KW, C/g, F)`` packed for the driver, reading an input whose rows
     are ``row_elems`` elements apart and whose cells hold ``cell_channels`` (default
     ``C``): per (merged) group, per step of input channels (their panels fit
@@ -335,22 +335,38 @@ def _panels(kernel: np.ndarray, dilation: tuple[int, int], row_elems: int,
     dtype = kernel.dtype
     kh, kw, c, f = kernel.shape
     panels = []
+    # each block's columns: (panel, block, input channels, output channels)
+    copies: list[tuple[np.ndarray, int, int, int, int, int]] = []
     for c0, c1, offsets, runs in _layout(kernel.shape, dtype, dilation, row_elems, streaming,
                                          PANEL_BYTES, cell_channels or c,
                                          cell_step if thin(cell_channels or c) else 0):
-        part = kernel[:, :, c0:c1].reshape(kh * kw * (c1 - c0), f)
+        steps = kh * kw * (c1 - c0)
         for kernels, start, blocks, cols in runs:
-            weights = aligned_empty((blocks, part.shape[0], cols), dtype)
-            if start + blocks * cols > f:
-                weights[-1] = 0  # the last block's columns beyond F
-            for b in range(blocks):
-                lo = start + b * cols
-                hi = min(f, lo + cols)
-                weights[b, :, : hi - lo] = part[:, lo:hi]
+            weights = aligned_empty((blocks, steps, cols), dtype)
+            copies.extend((weights, b, c0, c1, start + b * cols, min(f, start + (b + 1) * cols))
+                          for b in range(blocks))
             sums = Sums(blocks=blocks, steps=len(offsets), step_stride=cols,
-                        block_stride=part.shape[0] * cols, accumulate=int(c0 > 0))
+                        block_stride=steps * cols, accumulate=int(c0 > 0))
             panels.append(Panel(kernels, weights, offsets, start * dtype.itemsize, sums))
+
+    def copy(first: int, last: int) -> None:
+        for weights, b, c0, c1, lo, hi in copies[first:last]:
+            block = weights[b].reshape(kh, kw, c1 - c0, -1)
+            if hi - lo < block.shape[-1]:
+                block[..., hi - lo:] = 0  # the last block's columns beyond F
+            block[..., : hi - lo] = kernel[:, :, c0:c1, lo:hi]
+
+    # the kernel's copy is the caller's serial part: shared among the workers (NumPy's
+    # copies run without the GIL) when it takes more than handing it over
+    workers = threads if threads is not None else worker_count()
+    if kernel.nbytes < PARALLEL_PANEL_BYTES:
+        workers = 1
+    run_chunks(copy, len(copies), -(-len(copies) // workers), threads=workers, blas=False)
     return panels
+
+
+#: Kernels of at least this many bytes are packed into panels by every worker thread.
+PARALLEL_PANEL_BYTES = 1 << 20
 
 
 @functools.lru_cache(maxsize=256)
@@ -426,7 +442,7 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
     row_elems = padded_w * c  # elements of one padded input row
     streaming = y.nbytes >= STREAM_BYTES and _aligned(y)
     panels = (_panels(kernel, dilation, row_elems, streaming, groups, c,
-                      stride_cols * c if groups == 1 else 0) if make_panels is None
+                      stride_cols * c if groups == 1 else 0, threads) if make_panels is None
               else make_panels(row_elems))
     reach = effective_kernel(kh, dilation_rows)  # input rows one output row reads
     workers = threads if threads is not None else worker_count()
@@ -465,6 +481,7 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
 
     rows_fit = max(1, (SLAB_BYTES // (row_elems * itemsize) - reach) // stride_rows + 1)
     rows = max(1, min(oh, rows_fit, rows_share))
+    edges = _row_edges(oh, -(-oh // rows), n, workers)
 
     def job(image: int, o0: int, o1: int, _keep: Any = panels) -> None:
         first = o0 * stride_rows - top  # input row of the chunk's first padded row
@@ -483,8 +500,23 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
             call.drive(source, call.weights, target + call.first_channel_bytes, call.offsets,
                        *cells, *call.sums, *call.batch)
 
-    return [functools.partial(job, image, o0, min(oh, o0 + rows))
-            for image in range(n) for o0 in range(0, oh, rows)]
+    return [functools.partial(job, image, o0, o1)
+            for image in range(n) for o0, o1 in zip(edges, edges[1:])]
+
+
+def _row_edges(rows: int, count: int, images: int, workers: int) -> list[int]:
+    """Where ``count`` chunks of ``rows`` output rows (of each of ``images`` images)
+    start, and the end: more chunks where needed for their total to be a multiple of
+    the workers (at most one per row), sizes differing by one at most (28 rows in 7
+    chunks of 4 on two threads ran 16 rows on one and 12 on the other; as 8 chunks
+    of 3 or 4, 14 on each).
+
+    >>> _row_edges(28, 7, 1, 2), _row_edges(7, 2, 1, 2), _row_edges(5, 5, 1, 2)
+    ([0, 3, 7, 10, 14, 17, 21, 24, 28], [0, 3, 7], [0, 1, 2, 3, 4, 5])
+    """
+    while (images * count) % workers and count < rows:
+        count += 1
+    return [rows * i // count for i in range(count + 1)]
 
 
 def _fill(slab: np.ndarray, image: np.ndarray, first: int, left: int) -> None:
