@@ -661,17 +661,40 @@ def cost(problem: ConvProblem) -> float:
         per_flop = 0.6
     else:
         per_flop = 0.5
-    # cells per chunk, as _jobs cuts them: rows of one image, or whole images
-    out = problem.out_size
-    image_rows = math.prod(out[:-1])
-    share = max(1, math.ceil(image_rows * problem.batch / _job_count(worker_count())))
-    rows = share // image_rows * image_rows if share >= 2 * image_rows else min(image_rows, share)
-    cells = rows * out[-1]
+    workers = worker_count()
     if -(-f // width) == 1 and not (groups == 1 and thin(group_in)):
         per_flop *= 1.3  # one vector of channels: a load per 8 multiply-adds, not 24
-    if groups > 1:
-        per_flop *= GROUPED_SCALE
-    return problem.flops * per_flop * padded * (1 + 16 / cells)
+    if groups > 1 or taps == 1:
+        if groups > 1:
+            per_flop *= GROUPED_SCALE
+        return problem.flops * per_flop * padded * (1 + 16 / _chunk_cells(problem, workers)[1])
+    # the chunks of one worker; more workers cut more, and each reads the kernel's
+    # panels again (from the shared cache or memory)
+    jobs, cells = _chunk_cells(problem, 1)
+    more = _chunk_cells(problem, workers)[0] - jobs
+    panel_bytes = math.prod(problem.kernel_shape) * problem.dtype.itemsize * padded
+    return problem.flops * per_flop * padded * (1 + 16 / cells) + (
+        PANEL_REREAD * max(0, more) * panel_bytes)
+
+
+#: :func:`cost` units per byte of kernel panels read again by each chunk that more
+#: workers add. Fitted to two-core wall times (quiet machine): 512 -> 512 on 4×7²
+#: (0.75 × flat_rows' cost) and 3×3 stride 2 on 16×7² (13.5 ms on one thread, 8.1 on
+#: two: 20 % more core time), where ``1 + 16 / cells`` of the two-worker chunks
+#: counted 41 %; the chunks of one 14² image with 256 -> 512 channels took 7 % more
+#: CPU time (one thread running them in turn).
+PANEL_REREAD = 2.9
+
+
+def _chunk_cells(problem: ConvProblem, workers: int) -> tuple[int, int]:
+    """``(chunks, output cells per chunk)`` as :func:`_jobs` cuts ``problem`` for
+    ``workers`` threads (rows of one image, or whole images; the slab limit left out)."""
+    out = problem.out_size
+    image_rows = math.prod(out[:-1])
+    total = image_rows * problem.batch
+    share = max(1, math.ceil(total / _job_count(workers)))
+    rows = share // image_rows * image_rows if share >= 2 * image_rows else min(image_rows, share)
+    return -(-total // rows), rows * out[-1]
 
 
 #: Grouped problems' cost is scaled by this to stay comparable with ``offset_gemm``,

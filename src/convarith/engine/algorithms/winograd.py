@@ -67,11 +67,12 @@ import numpy as np
 from ..dispatch import ConvProblem, Requirements, register_algorithm
 from ..padding import pad
 from ..state import cached_once
-from . import register_tiles
+from . import _llvm, register_tiles
 from ._threads import (
     SMALL_WORK,
     SMALL_WORK_NO_BLAS,
     aligned_empty,
+    parallel_penalty,
     run_chunks,
     worker_count,
     workspace,
@@ -698,7 +699,7 @@ def _channel_block(channels: int, bytes_per_channel: int, io_bytes: int,
 
 #: Channel pairs from which the compiled kernel transform is shared among the worker
 #: threads (below, one thread does it in less time than handing it over costs).
-PARALLEL_KERNEL_PAIRS = 1 << 14
+PARALLEL_KERNEL_PAIRS = 1 << 11
 
 
 def _compiled_kernel_transform(kernels: tuple[Callable[..., None], ...], kernel: np.ndarray,
@@ -1064,9 +1065,17 @@ def cost(problem: ConvProblem) -> float:
     """Estimated cost in the units of :mod:`.flat_rows`'s (which is ``0.7 × flops``).
 
     About 0.3 × plain FLOPs for the tiles (0.55 with F(2×2, 3×3) on wide
-    float32 layers) plus ~3000 units per channel pair (the kernel transform and
+    float32 layers) plus ~1500 units per channel pair (the kernel transform and
     the per-element products, whose few tiles use BLAS poorly on small images).
-    Measured on one core (CPU time, float32, 3×3 "same", against
+    Refitted after the kernel transform was written out (2.5× faster; one core,
+    CPU time, busy machine, ms, register_tiles in brackets): 64 channels on 1×28²
+    0.51 (0.75), 128 -> 256 3.3–4.1 (4.8), 256 -> 256 6.7 (9.7); on 1×14² 128 -> 128
+    1.3 (0.60), 256 -> 512 7.2 (5.4); 512 on 1×7² 7.9 (4.4). With several worker
+    threads, each block of output channels (:func:`_channel_block`) leaves
+    :data:`SERIAL_PER_BLOCK` units to the calling thread alone (measured: 50–250 µs
+    a block, 10–20 % of batch-1 layers on two threads), and the NumPy path runs
+    alone but for BLAS (:func:`~._threads.parallel_penalty`).
+    Earlier fits, measured on one core (CPU time, float32, 3×3 "same", against
     :mod:`.register_tiles`, busy machine): 64 channels on 56² 1.8 against 2.5 ms
     at batch 1, 3.3 against 5.0 at batch 2, 17.8 against 35.3 at batch 16; 128
     on 2×28² 2.1 against 4.6; 256 on 2×14² 6.2 against 5.1; 512 on 1×7² 8.0
@@ -1081,12 +1090,41 @@ def cost(problem: ConvProblem) -> float:
     """
     if not _worth_it(problem):
         return math.inf
-    if _numba_kernels() is None and all(d == 1 for d in problem.dilation):
-        return problem.flops * 0.42 + 3200.0 * problem.in_channels * problem.out_channels
-    slow = 1.0 if _numba_kernels() is not None else 2.5
+    workers = worker_count()
+    pairs = problem.in_channels * problem.out_channels
     wide = np.dtype(problem.dtype) == np.float32 and problem.in_channels > F4_MAX_CHANNELS
     per_flop = 0.55 if wide else 0.3
-    return slow * (problem.flops * per_flop + 3000.0 * problem.in_channels * problem.out_channels)
+    if _numba_kernels() is None:
+        alone = parallel_penalty(1, workers)  # one thread but for BLAS
+        if all(d == 1 for d in problem.dilation):
+            return (problem.flops * 0.42 + 3200.0 * pairs) * alone
+        return 2.5 * (problem.flops * per_flop + 3000.0 * pairs) * alone
+    tiles = problem.batch * _tiling(2 if wide else 4, (problem.dilation[0], problem.dilation[1]),
+                                    (problem.out_size[0], problem.out_size[1])).per_image
+    # below SMALL_WORK_NO_BLAS the tiles run inline, like every algorithm's small jobs
+    shared = problem.flops >= SMALL_WORK_NO_BLAS
+    penalty = parallel_penalty(min(tiles, workers), workers, blas=False) if shared else 1.0
+    serial = SERIAL_PER_BLOCK * (workers - 1) * _block_count(problem, 2 if wide else 4) * shared
+    # the products by BLAS where the register-tiled kernels are not there
+    # (``CONVARITH_JIT=0``): the fit before the kernel transform was written out,
+    # 3000 per pair (on 1×14², 256 -> 512: 8.3 ms against offset_gemm's 5.6)
+    per_pair = 1500.0 if _llvm.available(problem.dtype) else 3000.0
+    return (problem.flops * per_flop + per_pair * pairs) * penalty + serial
+
+
+#: Units of :func:`cost` each block of output channels leaves to the calling thread
+#: alone (handing the kernel transform and the tiles to the workers, the blocks'
+#: buffers): about 0.1 ms here.
+SERIAL_PER_BLOCK = 6e6
+
+
+def _block_count(problem: ConvProblem, m: int) -> int:
+    """Blocks of output channels of the compiled path (:func:`_channel_block`)."""
+    itemsize = np.dtype(problem.dtype).itemsize
+    c, f, a = problem.in_channels, problem.out_channels, m + 2
+    y_bytes = problem.batch * math.prod(problem.out_size) * f * itemsize
+    io_bytes = math.prod(problem.input_shape) * itemsize + 9 * c * f * itemsize + y_bytes
+    return -(-f // _channel_block(f, a * a * c * itemsize, io_bytes, y_bytes))
 
 
 @functools.cache
