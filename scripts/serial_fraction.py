@@ -1,104 +1,207 @@
-"""The serial part of convolution calls: CPU time the calling thread spends outside
-``run_chunks`` against inside it, and how the calls are cut into chunks.
+"""How much of a layer's forward pass runs outside the parallel chunks.
 
-On a shared machine the speed-up from one worker to two cannot be timed; what limits
-it can be measured: the caller's own work before and after the chunks (planning,
-packing, allocating: it runs on one thread whatever the worker count) and the chunk
-count (fewer chunks than workers, or chunks run inline below ``SMALL_WORK``, leave a
-worker idle). Forward and, with ``--backward``, ``conv_vjp``; each layer is
-``batch,in,out,kernel,stride,image`` (2-D, "same"-style padding ``kernel // 2``)::
+On a busy machine two-thread wall times say little; what limits the speed-up
+from one to two threads can be measured on one: the CPU time the calling thread
+spends outside :func:`~convarith.engine.algorithms._threads.run_chunks` work
+(the serial part), and how the chunks would share two workers. Every chunk runs
+in the calling thread, timed by ``time.thread_time``; the engine cuts the work
+as it would for ``--workers`` threads (its ``worker_count`` is patched). Prints
+per layer the algorithm, the thread's CPU time, the serial fraction, the chunk
+count and the predicted two-worker speed-up ``T / (serial + makespan)`` (each
+worker takes the next chunk when it is free, as ``run_chunks`` does; a job
+under ``SMALL_WORK`` or of one chunk counts as serial; ``B`` after the serial
+fraction marks such a job that may call BLAS, which would then run its own threads:
+the prediction does not count them).
 
-    CONVARITH_NUM_THREADS=1 python scripts/serial_fraction.py 1,3,32,3,2,112 16,3,64,7,2,112
-    CONVARITH_NUM_THREADS=2 python scripts/serial_fraction.py --backward 1,3,32,3,2,224
-
-Prints per layer: the caller's CPU per call, the part inside ``run_chunks`` (with one
-worker that is all the chunks' work), the serial fraction ``1 - inside / caller`` and
-the ``(ranges, chunk)`` of each ``run_chunks`` call, and how many of the ranges the
-calling thread ran itself (with two workers, the rest ran on the helper thread).
+    python scripts/serial_fraction.py --shape 1,28,28,128,256 --shape 16,7,7,512,512,s2
+    python scripts/serial_fraction.py --networks resnet50 --only "3x3" --batch 16
 """
 
 from __future__ import annotations
 
 import os
 
-for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_variable, "1")
+for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                  "CONVARITH_NUM_THREADS"):
+    os.environ[_variable] = "1"
 
 import argparse  # noqa: E402
-import importlib  # noqa: E402
-import pkgutil  # noqa: E402
-import threading  # noqa: E402
+import heapq  # noqa: E402
+import math  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+_MODULES = ("winograd", "flat_rows", "register_tiles", "offset_gemm", "grouped_tiles",
+            "grouped_gemm", "depthwise", "pointwise", "space_to_depth", "col2im")
+
+
+class Recorder:
+    """A serial stand-in for ``run_chunks`` that times each chunk."""
+
+    def __init__(self) -> None:
+        self.jobs: list[list[float]] = []  # per run_chunks call: each chunk's seconds
+        self.inline_blas = False  # a job ran inline that may call BLAS
+
+    def __call__(self, work: Callable[[int, int], Any], total: int, chunk: int, *,
+                 threads: int | None = None, flops: float | None = None,
+                 blas: bool = True, inline_below: float | None = None) -> list[Any]:
+        from convarith.engine.algorithms._threads import SMALL_WORK
+
+        inline_below = SMALL_WORK if inline_below is None else inline_below
+        chunk = max(1, int(chunk))
+        results, times = [], []
+        for start in range(0, total, chunk):
+            began = time.thread_time()
+            results.append(work(start, min(total, start + chunk)))
+            times.append(time.thread_time() - began)
+        inline = len(times) <= 1 or (threads is None and flops is not None
+                                     and flops < inline_below)
+        # negative: ran inline, with BLAS on every thread where it calls BLAS
+        self.jobs.append([-sum(times)] if inline else times)
+        self.inline_blas = self.inline_blas or (inline and blas)
+        return results
+
+
+def makespan(times: list[float], workers: int) -> float:
+    """Finish time of ``workers`` threads each taking the next chunk when free."""
+    free = [0.0] * workers
+    for t in times:
+        start = heapq.heappop(free)
+        heapq.heappush(free, start + t)
+    return max(free)
+
+
+def patch(workers: int, recorder: Recorder) -> None:
+    import importlib
+
+    from convarith.engine import dispatch
+    from convarith.engine.algorithms import _threads
+
+    def count() -> int:
+        return workers
+
+    _threads.worker_count = count
+    dispatch.worker_count = count
+    for name in _MODULES:
+        try:
+            module = importlib.import_module(f"convarith.engine.algorithms.{name}")
+        except ImportError:
+            continue
+        if hasattr(module, "worker_count"):
+            module.worker_count = count  # type: ignore[attr-defined]
+        if hasattr(module, "run_chunks"):
+            module.run_chunks = recorder  # type: ignore[attr-defined]
+
+
+def measure(fn: Callable[[], Any], recorder: Recorder, workers: int,
+            rounds: int = 5) -> tuple[float, float, float, int]:
+    """Best-of-``rounds`` ``(total, serial, predicted two-worker time, chunks)``."""
+    fn()
+    best: tuple[float, float, float, int] | None = None
+    recorder.inline_blas = False
+    for _ in range(rounds):
+        recorder.jobs.clear()
+        began = time.thread_time()
+        fn()
+        total = time.thread_time() - began
+        parallel = sum(sum(t) for t in recorder.jobs if t and t[0] >= 0)
+        serial = total - parallel
+        wall = serial + sum(makespan(t, workers) for t in recorder.jobs if t and t[0] >= 0)
+        chunks = sum(len(t) for t in recorder.jobs if t and t[0] >= 0)
+        if best is None or total < best[0]:
+            best = (total, serial, wall, chunks)
+    assert best is not None
+    return best
+
+
+def _shape_case(text: str) -> tuple[str, Any, np.ndarray, np.ndarray]:
+    """``N,H,W,C,F[,s2][,k5]`` -> (title, spec, x, kernel): a "same" k×k convolution."""
+    from convarith import ConvSpec
+
+    fields = text.split(",")
+    n, h, w, c, f = (int(v) for v in fields[:5])
+    stride, size = 1, 3
+    for extra in fields[5:]:
+        if extra.startswith("s"):
+            stride = int(extra[1:])
+        elif extra.startswith("k"):
+            size = int(extra[1:])
+    rng = np.random.default_rng(0)
+    x = np.maximum(rng.standard_normal((n, h, w, c), np.float32), 0)
+    kernel = (rng.standard_normal((size, size, c, f)) * math.sqrt(2 / (9 * c))).astype(
+        np.float32)
+    spec = ConvSpec(kernel_size=(size, size), strides=(stride, stride), padding="same")
+    strided = f" s{stride}" if stride > 1 else ""
+    title = f"{size}x{size}{strided} {c}->{f} {n}x{h}x{w}"
+    return title, spec, x, kernel
+
+
+def chosen(spec: Any, x: np.ndarray, kernel: np.ndarray) -> str:
+    """The algorithm the dispatcher picks for this forward call."""
+    from convarith.engine.dispatch import ConvProblem, choose
+
+    resolved = spec.resolve(x.shape)
+    problem = ConvProblem((x.shape[0], *resolved.padded_size, x.shape[-1]), kernel.shape,
+                          spec.strides, spec.dilation, resolved.groups or 1,
+                          resolved.output_size, x.dtype)
+    return choose(problem).name
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("layers", nargs="+", help="batch,in,out,kernel,stride,image")
-    parser.add_argument("--backward", action="store_true", help="time conv_vjp too")
-    parser.add_argument("--calls", type=int, default=20)
+    parser.add_argument("--shape", action="append", default=[],
+                        help="N,H,W,C,F[,s2][,k5]: a 'same' convolution (repeatable)")
+    parser.add_argument("--networks", default=None)
+    parser.add_argument("--only", default=None)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--image", type=int, default=112)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--algorithms", default=None,
+                        help="comma-separated algorithms to force (default: the chosen one)")
     args = parser.parse_args()
+    recorder = Recorder()
+    patch(args.workers, recorder)
+    from convarith.engine import conv
 
-    from convarith import ConvSpec
-    from convarith.engine import conv, conv_vjp
-    from convarith.engine.algorithms import __path__ as algorithm_path
-    from convarith.engine.algorithms import _threads
+    cases = [_shape_case(text) for text in args.shape]
+    if args.networks:
+        from convarith import bench_networks as nets
 
-    inside = [0.0]
-    cuts: list[tuple[int, int]] = []
-    ranges_by_caller = [0, 0]  # ranges run by the calling thread, all ranges
-    real = _threads.run_chunks
-    caller_thread = threading.get_ident()
+        for name in args.networks.split(","):
+            layers = nets.distinct(nets.NETWORKS[name](args.image))
+            inputs = nets._inputs(layers, args.batch, seed=args.batch)
+            for layer in layers:
+                if layer.kind != "conv" or (args.only and args.only not in layer.title):
+                    continue
+                x, kernel = inputs[layer]
+                if kernel is None:
+                    continue
+                cases.append((f"{layer.title} b{args.batch}", layer.spec(), x, kernel))
+    workers = args.workers
+    print(f"{'layer':34s} {'algorithm':16s} {'1 thread':>8s} {'serial':>6s} {'chunks':>6s} "
+          f"{str(workers) + ' (pred.)':>11s} {'x' + str(workers):>5s}  chosen for 1 / {workers}")
+    for title, spec, x, kernel in cases:
+        patch(1, recorder)
+        first = chosen(spec, x, kernel)
+        patch(workers, recorder)
+        second = chosen(spec, x, kernel)
+        names = args.algorithms.split(",") if args.algorithms else [second]
+        for name in names:
+            def call(x: np.ndarray = x, kernel: np.ndarray = kernel, spec: Any = spec,
+                     name: str = name) -> Any:
+                return conv(x, kernel, spec, algorithm=name)
 
-    def timed(work: Callable[[int, int], Any], total: int, chunk: int, **options: Any) -> Any:
-        def counted(begin: int, end: int) -> Any:
-            ranges_by_caller[0] += threading.get_ident() == caller_thread
-            ranges_by_caller[1] += 1
-            return work(begin, end)
-
-        start = time.thread_time()
-        try:
-            return real(counted, total, chunk, **options)
-        finally:
-            inside[0] += time.thread_time() - start
-            cuts.append((-(-total // max(1, chunk)), chunk))
-
-    for found in pkgutil.iter_modules(algorithm_path):
-        module = importlib.import_module(f"convarith.engine.algorithms.{found.name}")
-        if getattr(module, "run_chunks", None) is real:
-            module.run_chunks = timed  # type: ignore[attr-defined]
-
-    print(f"workers: {_threads.worker_count()}")
-    rng = np.random.default_rng(0)
-    for text in args.layers:
-        batch, channels, filters, kernel, stride, image = (int(v) for v in text.split(","))
-        x = rng.standard_normal((batch, image, image, channels)).astype(np.float32)
-        w = rng.standard_normal((kernel, kernel, channels, filters)).astype(np.float32)
-        spec = ConvSpec(kernel, strides=stride, padding=kernel // 2, rank=2)
-        d_out = np.ones_like(conv(x, w, spec))
-        calls: list[tuple[str, Callable[[], Any]]] = [
-            ("forward", lambda x=x, w=w, spec=spec: conv(x, w, spec))]
-        if args.backward:
-            calls.append(("backward", lambda x=x, w=w, spec=spec, d=d_out:
-                          conv_vjp(x, w, spec, d)))
-        for direction, fn in calls:
-            fn()
-            fn()
-            inside[0] = 0.0
-            cuts.clear()
-            ranges_by_caller[:] = [0, 0]
-            start = time.thread_time()
-            for _ in range(args.calls):
-                fn()
-            caller = (time.thread_time() - start) / args.calls
-            within = inside[0] / args.calls
-            print(f"{text:18s} {direction:8s} caller {caller * 1e3:8.3f} ms, in run_chunks "
-                  f"{within * 1e3:8.3f} ms, serial fraction {1 - within / caller:4.2f}, "
-                  f"chunks {sorted(set(cuts))}, run by the caller "
-                  f"{ranges_by_caller[0]}/{ranges_by_caller[1]}", flush=True)
+            patch(1, recorder)
+            alone = measure(call, recorder, 1)[0]
+            patch(workers, recorder)
+            total, serial, wall, chunks = measure(call, recorder, workers)
+            blas = "B" if recorder.inline_blas else " "
+            print(f"{title:34s} {name:16s} {alone * 1e3:8.2f} {serial / total:6.1%}{blas}"
+                  f"{chunks:6d} {wall * 1e3:11.2f} {total / wall:5.2f}  {first} / {second}",
+                  flush=True)
 
 
 if __name__ == "__main__":

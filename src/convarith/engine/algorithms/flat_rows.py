@@ -55,11 +55,12 @@ import numpy as np
 from ..dispatch import ConvProblem, Requirements, register_algorithm
 from ..padding import pad
 from ..state import cached_once
-from ._threads import run_chunks, worker_count, workspace
+from ._threads import SMALL_WORK, parallel_penalty, run_chunks, worker_count, workspace
 
 __all__ = ["direct", "weight_grad", "applies", "cost", "FlatPlan", "plan", "CHUNK_BYTES", "accumulate",
            "blas_gemm", "chunk_rows",
-           "gathers_cells", "cells_block", "cells_cost"]
+           "gathers_cells", "cells_block", "cells_cost", "chunk_count", "image_edges",
+           "cells_column_edges"]
 
 #: Below this inner dimension (``C × taps``) the taps are gathered (im2col) per block.
 GATHER_BELOW = 320
@@ -304,12 +305,29 @@ def cells_block(batch: int, out_size: Sequence[int], inner: int, itemsize: int,
     return 0, rows
 
 
+def image_edges(batch: int, images: int, workers: int) -> list[int]:
+    """Where blocks of at most ``images`` images start, and the end, shared among
+    ``workers`` threads: as many blocks as that needs, rounded up to a multiple of the
+    workers (at most one per image), sizes differing by one at most (16 images in
+    blocks of up to 14 on two threads: 8 and 8, not 14 and 2).
+
+    >>> image_edges(16, 14, 2), image_edges(26, 4, 2), image_edges(3, 3, 2)
+    ([0, 8, 16], [0, 3, 6, 9, 13, 16, 19, 22, 26], [0, 1, 3])
+    """
+    blocks = -(-batch // max(1, images))
+    if workers > 1:
+        blocks = min(batch, -(-blocks // workers) * workers)
+    return [batch * i // blocks for i in range(blocks + 1)]
+
+
 def _cells_units(batch: int, out_size: Sequence[int], inner: int, itemsize: int,
-                 chunk_bytes: int | None) -> list[tuple[int, int, int, int]]:
-    """The blocks of :func:`cells_block` as ``(first image, end, first row, end)``."""
+                 chunk_bytes: int | None, workers: int = 1) -> list[tuple[int, int, int, int]]:
+    """The blocks of :func:`cells_block` as ``(first image, end, first row, end)``,
+    balanced for ``workers`` threads (:func:`image_edges`)."""
     images, rows = cells_block(batch, out_size, inner, itemsize, chunk_bytes)
     if images:
-        return [(i, min(batch, i + images), 0, out_size[0]) for i in range(0, batch, images)]
+        edges = image_edges(batch, images, workers)
+        return [(i0, i1, 0, out_size[0]) for i0, i1 in zip(edges, edges[1:])]
     return [(i, i + 1, r, min(out_size[0], r + rows))
             for i in range(batch) for r in range(0, out_size[0], rows)]
 
@@ -352,7 +370,8 @@ def _weight_grad_cells(xp: np.ndarray, dy: np.ndarray, kernel_size: Sequence[int
     n, c, f = xp.shape[0], xp.shape[-1], dy.shape[-1]
     out_size = dy.shape[1:-1]
     taps = math.prod(kernel_size)
-    units = _cells_units(n, out_size, taps * c, xp.dtype.itemsize, None)
+    workers = threads if threads is not None else worker_count()
+    units = _cells_units(n, out_size, taps * c, xp.dtype.itemsize, None, workers)
 
     def work(first: int, last: int) -> np.ndarray:
         # products written in place (fresh multi-MiB temporaries cost their page faults)
@@ -369,7 +388,7 @@ def _weight_grad_cells(xp: np.ndarray, dy: np.ndarray, kernel_size: Sequence[int
                 total += product
         return total
 
-    chunk = -(-len(units) // worker_count())
+    chunk = -(-len(units) // workers)
     flops = 2.0 * n * math.prod(out_size) * taps * c * f
     partials = run_chunks(work, len(units), chunk, threads=threads, flops=flops)
     total = partials[0]
@@ -393,18 +412,44 @@ def _direct_cells(
     taps = math.prod(kernel_size)
     weights = np.ascontiguousarray(kernel).reshape(taps * c, f)
     y = np.empty((n, *out_size, f), xp.dtype)
-    units = _cells_units(n, out_size, taps * c, xp.dtype.itemsize, chunk_bytes)
+    workers = threads if threads is not None else worker_count()
+    units = _cells_units(n, out_size, taps * c, xp.dtype.itemsize, chunk_bytes, workers)
+    flops = 2.0 * n * math.prod(out_size) * taps * c * f
+    edges = cells_column_edges(len(units), f, workers if flops >= SMALL_WORK else 1)
+    parts = len(edges) - 1
 
     def work(first: int, last: int) -> None:
-        for i0, i1, r0, r1 in units[first:last]:
+        for index in range(first, last):
+            (i0, i1, r0, r1), part = units[index // parts], index % parts
             columns = _cells_columns(xp, (i0, i1, r0, r1), kernel_size, strides, dilation,
                                      out_size, before)
+            e0, e1 = edges[part], edges[part + 1]
             target = y[i0:i1, r0:r1].reshape(-1, f)  # whole rows: contiguous
-            np.matmul(columns.reshape(-1, taps * c), weights, out=target)
+            np.matmul(columns.reshape(-1, taps * c), weights[:, e0:e1], out=target[:, e0:e1])
 
-    flops = 2.0 * n * math.prod(out_size) * taps * c * f
-    run_chunks(work, len(units), 1, threads=threads, flops=flops)
+    run_chunks(work, len(units) * parts, 1, threads=threads, flops=flops)
     return y
+
+
+#: Fewest output channels in each part of :func:`cells_column_edges`.
+CELLS_PART_CHANNELS = 64
+
+
+def cells_column_edges(units: int, filters: int, workers: int) -> list[int]:
+    """Where the output channels of each few-cells block are cut: with fewer blocks than
+    workers (one small image), each block's product is cut into column parts (whole
+    vectors of 16, at least :data:`CELLS_PART_CHANNELS` each) so that every worker
+    gets one, each gathering its own columns, instead of one product that BLAS would
+    spread over its own threads (measured: 1.2–1.4× from one to two threads).
+
+    >>> cells_column_edges(1, 512, 2), cells_column_edges(4, 512, 2), cells_column_edges(1, 64, 2)
+    ([0, 256, 512], [0, 512], [0, 64])
+    """
+    if units >= workers or workers <= 1:
+        return [0, filters]
+    parts = max(1, min(-(-workers // units), filters // CELLS_PART_CHANNELS))
+    edges = [min(filters, -(-filters * i // parts) // 16 * 16) for i in range(parts)]
+    return [*edges, filters]
 
 
 @cached_once
@@ -723,11 +768,43 @@ def cost(problem: ConvProblem) -> float:
     """
     from . import _llvm
 
+    workers = worker_count()
+    # below SMALL_WORK every algorithm runs inline: no penalty against the others
+    penalty = (parallel_penalty(chunk_count(problem, workers), workers)
+               if problem.flops >= SMALL_WORK else 1.0)
     if gathers_cells(problem.kernel_size, problem.in_channels, problem.out_size):
-        return cells_cost(problem)
+        return cells_cost(problem) * penalty
     if _llvm.available(problem.dtype) or not _per_tap_products(problem):
-        return problem.flops * 0.7
-    return per_tap_cost(problem)
+        return problem.flops * 0.7 * penalty
+    return per_tap_cost(problem) * penalty
+
+
+def chunk_count(problem: ConvProblem, workers: int) -> int:
+    """The chunks :func:`direct` shares among ``workers`` threads: 1 where it runs as
+    one job in the caller (BLAS on its own threads); counted for the few-cells
+    im2col and the stride-1 per-tap products (small images at batch 1 make one or
+    two), the other paths taken as cut finely enough.
+
+    >>> def layer(batch):
+    ...     return ConvProblem((batch, 16, 16, 256), (3, 3, 256, 512), (1, 1), (1, 1), 1,
+    ...                        (14, 14), np.dtype("float32"))
+    >>> chunk_count(layer(1), 2), chunk_count(layer(16), 2)
+    (1, 4)
+    """
+    taps = math.prod(problem.kernel_size)
+    if taps == 1 or problem.flops < SMALL_WORK:
+        return 1
+    itemsize = problem.dtype.itemsize
+    if gathers_cells(problem.kernel_size, problem.in_channels, problem.out_size):
+        units = len(_cells_units(problem.batch, problem.out_size, taps * problem.in_channels,
+                                 itemsize, None, workers))
+        return units * (len(cells_column_edges(units, problem.out_channels, workers)) - 1)
+    if any(s > 1 for s in problem.strides) or problem.in_channels * taps < GATHER_BELOW:
+        return max(workers, 2)  # rows of every image: many chunks
+    grid = problem.input_shape[1:-1]
+    step = math.prod(grid[1:])
+    span = max(chunk_rows(step, problem.out_channels, itemsize), -(-1024 // step))
+    return -(-problem.batch * grid[0] // span)
 
 
 def cells_cost(problem: ConvProblem) -> float:

@@ -26,6 +26,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from ..dispatch import ConvProblem, register_algorithm, workspace_budget
+from ._threads import SMALL_WORK, parallel_penalty, worker_count
 
 __all__ = ["direct", "weight_grad", "row_blocks", "tap_view"]
 
@@ -218,7 +219,11 @@ def weight_grad(
 
 
 def _cost(problem: ConvProblem) -> float:
-    return float(problem.flops)
+    """Plain FLOPs: one product per tap and block of rows, in the calling thread (BLAS
+    runs each on its own threads: :func:`~._threads.parallel_penalty`)."""
+    # (below SMALL_WORK every algorithm runs inline: no penalty against the others)
+    alone = parallel_penalty(1, worker_count()) if problem.flops >= SMALL_WORK else 1.0
+    return float(problem.flops) * alone
 
 
 register_algorithm("offset_gemm", direct, cost=_cost, weight_grad=weight_grad)

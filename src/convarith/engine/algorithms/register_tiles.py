@@ -293,7 +293,7 @@ def _batched_panels(merged: np.ndarray, dilation: tuple[int, int], row_elems: in
 
 def _panels(kernel: np.ndarray, dilation: tuple[int, int], row_elems: int,
             streaming: bool = False, groups: int = 1, cell_channels: int | None = None,
-            cell_step: int = 0) -> list[Panel]:
+            cell_step: int = 0, threads: int | None = None) -> list[Panel]:
     """The kernel ``(KH, KW, C/g, F)`` packed for the driver, reading an input whose rows
     are ``row_elems`` elements apart and whose cells hold ``cell_channels`` (default
     ``C``): per (merged) group, per step of input channels (their panels fit
@@ -337,22 +337,38 @@ def _panels(kernel: np.ndarray, dilation: tuple[int, int], row_elems: int,
     dtype = kernel.dtype
     kh, kw, c, f = kernel.shape
     panels = []
+    # each block's columns: (panel, block, input channels, output channels)
+    copies: list[tuple[np.ndarray, int, int, int, int, int]] = []
     for c0, c1, offsets, runs in _layout(kernel.shape, dtype, dilation, row_elems, streaming,
                                          PANEL_BYTES, cell_channels or c,
                                          cell_step if thin(cell_channels or c) else 0):
-        part = kernel[:, :, c0:c1].reshape(kh * kw * (c1 - c0), f)
+        steps = kh * kw * (c1 - c0)
         for kernels, start, blocks, cols in runs:
-            weights = aligned_empty((blocks, part.shape[0], cols), dtype)
-            if start + blocks * cols > f:
-                weights[-1] = 0  # the last block's columns beyond F
-            for b in range(blocks):
-                lo = start + b * cols
-                hi = min(f, lo + cols)
-                weights[b, :, : hi - lo] = part[:, lo:hi]
+            weights = aligned_empty((blocks, steps, cols), dtype)
+            copies.extend((weights, b, c0, c1, start + b * cols, min(f, start + (b + 1) * cols))
+                          for b in range(blocks))
             sums = Sums(blocks=blocks, steps=len(offsets), step_stride=cols,
-                        block_stride=part.shape[0] * cols, accumulate=int(c0 > 0))
+                        block_stride=steps * cols, accumulate=int(c0 > 0))
             panels.append(Panel(kernels, weights, offsets, start * dtype.itemsize, sums))
+
+    def copy(first: int, last: int) -> None:
+        for weights, b, c0, c1, lo, hi in copies[first:last]:
+            block = weights[b].reshape(kh, kw, c1 - c0, -1)
+            if hi - lo < block.shape[-1]:
+                block[..., hi - lo:] = 0  # the last block's columns beyond F
+            block[..., : hi - lo] = kernel[:, :, c0:c1, lo:hi]
+
+    # the kernel's copy is the caller's serial part: shared among the workers (NumPy's
+    # copies run without the GIL) when it takes more than handing it over
+    workers = threads if threads is not None else worker_count()
+    if kernel.nbytes < PARALLEL_PANEL_BYTES:
+        workers = 1
+    run_chunks(copy, len(copies), -(-len(copies) // workers), threads=workers, blas=False)
     return panels
+
+
+#: Kernels of at least this many bytes are packed into panels by every worker thread.
+PARALLEL_PANEL_BYTES = 1 << 20
 
 
 @functools.lru_cache(maxsize=256)
@@ -428,7 +444,7 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
     row_elems = padded_w * c  # elements of one padded input row
     streaming = y.nbytes >= STREAM_BYTES and _aligned(y)
     panels = (_panels(kernel, dilation, row_elems, streaming, groups, c,
-                      stride_cols * c if groups == 1 else 0) if make_panels is None
+                      stride_cols * c if groups == 1 else 0, threads) if make_panels is None
               else make_panels(row_elems))
     reach = effective_kernel(kh, dilation_rows)  # input rows one output row reads
     workers = threads if threads is not None else worker_count()
@@ -467,6 +483,7 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
 
     rows_fit = max(1, (SLAB_BYTES // (row_elems * itemsize) - reach) // stride_rows + 1)
     rows = max(1, min(oh, rows_fit, rows_share))
+    edges = _row_edges(oh, -(-oh // rows), n, workers)
 
     def job(image: int, o0: int, o1: int, _keep: Any = panels) -> None:
         first = o0 * stride_rows - top  # input row of the chunk's first padded row
@@ -485,8 +502,23 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
             call.drive(source, call.weights, target + call.first_channel_bytes, call.offsets,
                        *cells, *call.sums, *call.batch)
 
-    return [functools.partial(job, image, o0, min(oh, o0 + rows))
-            for image in range(n) for o0 in range(0, oh, rows)]
+    return [functools.partial(job, image, o0, o1)
+            for image in range(n) for o0, o1 in zip(edges, edges[1:])]
+
+
+def _row_edges(rows: int, count: int, images: int, workers: int) -> list[int]:
+    """Where ``count`` chunks of ``rows`` output rows (of each of ``images`` images)
+    start, and the end: more chunks where needed for their total to be a multiple of
+    the workers (at most one per row), sizes differing by one at most (28 rows in 7
+    chunks of 4 on two threads ran 16 rows on one and 12 on the other; as 8 chunks
+    of 3 or 4, 14 on each).
+
+    >>> _row_edges(28, 7, 1, 2), _row_edges(7, 2, 1, 2), _row_edges(5, 5, 1, 2)
+    ([0, 3, 7, 10, 14, 17, 21, 24, 28], [0, 3, 7], [0, 1, 2, 3, 4, 5])
+    """
+    while (images * count) % workers and count < rows:
+        count += 1
+    return [rows * i // count for i in range(count + 1)]
 
 
 def _fill(slab: np.ndarray, image: np.ndarray, first: int, left: int) -> None:
@@ -631,17 +663,40 @@ def cost(problem: ConvProblem) -> float:
         per_flop = 0.6
     else:
         per_flop = 0.5
-    # cells per chunk, as _jobs cuts them: rows of one image, or whole images
-    out = problem.out_size
-    image_rows = math.prod(out[:-1])
-    share = max(1, math.ceil(image_rows * problem.batch / _job_count(worker_count())))
-    rows = share // image_rows * image_rows if share >= 2 * image_rows else min(image_rows, share)
-    cells = rows * out[-1]
+    workers = worker_count()
     if -(-f // width) == 1 and not (groups == 1 and thin(group_in)):
         per_flop *= 1.3  # one vector of channels: a load per 8 multiply-adds, not 24
-    if groups > 1:
-        per_flop *= GROUPED_SCALE
-    return problem.flops * per_flop * padded * (1 + 16 / cells)
+    if groups > 1 or taps == 1:
+        if groups > 1:
+            per_flop *= GROUPED_SCALE
+        return problem.flops * per_flop * padded * (1 + 16 / _chunk_cells(problem, workers)[1])
+    # the chunks of one worker; more workers cut more, and each reads the kernel's
+    # panels again (from the shared cache or memory)
+    jobs, cells = _chunk_cells(problem, 1)
+    more = _chunk_cells(problem, workers)[0] - jobs
+    panel_bytes = math.prod(problem.kernel_shape) * problem.dtype.itemsize * padded
+    return problem.flops * per_flop * padded * (1 + 16 / cells) + (
+        PANEL_REREAD * max(0, more) * panel_bytes)
+
+
+#: :func:`cost` units per byte of kernel panels read again by each chunk that more
+#: workers add. Fitted to two-core wall times (quiet machine): 512 -> 512 on 4×7²
+#: (0.75 × flat_rows' cost) and 3×3 stride 2 on 16×7² (13.5 ms on one thread, 8.1 on
+#: two: 20 % more core time), where ``1 + 16 / cells`` of the two-worker chunks
+#: counted 41 %; the chunks of one 14² image with 256 -> 512 channels took 7 % more
+#: CPU time (one thread running them in turn).
+PANEL_REREAD = 2.9
+
+
+def _chunk_cells(problem: ConvProblem, workers: int) -> tuple[int, int]:
+    """``(chunks, output cells per chunk)`` as :func:`_jobs` cuts ``problem`` for
+    ``workers`` threads (rows of one image, or whole images; the slab limit left out)."""
+    out = problem.out_size
+    image_rows = math.prod(out[:-1])
+    total = image_rows * problem.batch
+    share = max(1, math.ceil(total / _job_count(workers)))
+    rows = share // image_rows * image_rows if share >= 2 * image_rows else min(image_rows, share)
+    return -(-total // rows), rows * out[-1]
 
 
 #: Grouped problems' cost is scaled by this to stay comparable with ``offset_gemm``,

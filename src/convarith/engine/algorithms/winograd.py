@@ -67,8 +67,16 @@ import numpy as np
 from ..dispatch import ConvProblem, Requirements, register_algorithm
 from ..padding import pad
 from ..state import cached_once
-from . import register_tiles
-from ._threads import aligned_empty, run_chunks, worker_count, workspace
+from . import _llvm, register_tiles
+from ._threads import (
+    SMALL_WORK,
+    SMALL_WORK_NO_BLAS,
+    aligned_empty,
+    parallel_penalty,
+    run_chunks,
+    worker_count,
+    workspace,
+)
 
 __all__ = ["WinogradTransform", "transform", "direct", "weight_grad", "applies", "cost",
            "F4_MAX_CHANNELS", "CHUNK_BYTES", "GRAD_MIN_TILES_PER_CHANNEL"]
@@ -248,16 +256,17 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
                                 out[ch] += coef * rows[u, j, ch]
 
     @numba.njit(nogil=True, cache=True)
-    def kernel_transform(kernel, g, f0, u):
-        # u[x·a + w, c, f] = Σ_ij g[x, i] kernel[i, j, c, f0 + f] g[w, j], summed in float64
-        r, _, c, _ = kernel.shape
+    def kernel_transform(kernel, g, f0, c0, c1, u):
+        # u[x·a + w, c, f] = Σ_ij g[x, i] kernel[i, j, c, f0 + f] g[w, j] for the input
+        # channels c0 <= c < c1, summed in float64
+        r = kernel.shape[0]
         f = u.shape[2]
         a = g.shape[0]
         # loops over f innermost (vectorised); each value sums its terms in the
         # same order as the formula
         acc = np.zeros((a, r, f), dtype=np.float64)
         total = np.zeros(f, dtype=np.float64)
-        for ch in range(c):
+        for ch in range(c0, c1):
             acc[:] = 0.0
             for x in range(a):
                 for i in range(r):
@@ -300,6 +309,66 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
         a02, b13 = x0 + x2, x1 + x3
         return (x0, a02 + b13, a02 - b13, x0 + two * x1 + four * x2 + eight * x3,
                 x0 - two * x1 + four * x2 - eight * x3, x3)
+
+    @numba.njit(inline="always")
+    def g6(x0, x1, x2, quarter, sixth, twelfth, twentyfourth):
+        # G (6×3) times a column of 3
+        ends, middle = x0 + x2, twentyfourth * x0 + sixth * x2
+        return (quarter * x0, -(sixth * (ends + x1)), -(sixth * (ends - x1)),
+                middle + twelfth * x1, middle - twelfth * x1, x2)
+
+    @numba.njit(nogil=True, cache=True)
+    def kernel_transform_f4(kernel, g, f0, c0, c1, u):
+        # kernel_transform for F(4×4, 3×3) written out (G's zeros skipped, the channel
+        # loop innermost), in float64: G k Gᵀ as G applied down the kernel's columns,
+        # then along the rows
+        f = u.shape[2]
+        quarter, sixth, twelfth, twentyfourth = g[0, 0], -g[1, 0], g[3, 1], g[3, 0]
+        columns = np.empty((6, 3, f), dtype=np.float64)
+        for ch in range(c0, c1):
+            for j in range(3):
+                k0, k1, k2 = kernel[0, j, ch], kernel[1, j, ch], kernel[2, j, ch]
+                for k in range(f):
+                    (columns[0, j, k], columns[1, j, k], columns[2, j, k], columns[3, j, k],
+                     columns[4, j, k], columns[5, j, k]) = g6(
+                        np.float64(k0[f0 + k]), np.float64(k1[f0 + k]),
+                        np.float64(k2[f0 + k]), quarter, sixth, twelfth, twentyfourth)
+            for x in range(6):
+                out0, out1, out2 = u[6 * x, ch], u[6 * x + 1, ch], u[6 * x + 2, ch]
+                out3, out4, out5 = u[6 * x + 3, ch], u[6 * x + 4, ch], u[6 * x + 5, ch]
+                for k in range(f):
+                    out0[k], out1[k], out2[k], out3[k], out4[k], out5[k] = g6(
+                        columns[x, 0, k], columns[x, 1, k], columns[x, 2, k], quarter,
+                        sixth, twelfth, twentyfourth)
+
+    @numba.njit(nogil=True, cache=True)
+    def kernel_transform_f2(kernel, g, f0, c0, c1, u):
+        # kernel_transform for F(2×2, 3×3) written out: G = [[1, 0, 0], [½, ½, ½],
+        # [½, -½, ½], [0, 0, 1]] down the kernel's columns, then along the rows
+        f = u.shape[2]
+        half = g[1, 0]
+        columns = np.empty((4, 3, f), dtype=np.float64)
+        for ch in range(c0, c1):
+            for j in range(3):
+                k0, k1, k2 = kernel[0, j, ch], kernel[1, j, ch], kernel[2, j, ch]
+                for k in range(f):
+                    x0, x1, x2 = np.float64(k0[f0 + k]), np.float64(k1[f0 + k]), np.float64(
+                        k2[f0 + k])
+                    ends = x0 + x2
+                    columns[0, j, k] = x0
+                    columns[1, j, k] = half * (ends + x1)
+                    columns[2, j, k] = half * (ends - x1)
+                    columns[3, j, k] = x2
+            for x in range(4):
+                out0, out1, out2, out3 = u[4 * x, ch], u[4 * x + 1, ch], u[4 * x + 2, ch], u[
+                    4 * x + 3, ch]
+                for k in range(f):
+                    x0, x1, x2 = columns[x, 0, k], columns[x, 1, k], columns[x, 2, k]
+                    ends = x0 + x2
+                    out0[k] = x0
+                    out1[k] = half * (ends + x1)
+                    out2[k] = half * (ends - x1)
+                    out3[k] = x2
 
     @numba.njit(nogil=True, cache=True, fastmath={'contract'})
     def input_transform_f4(xp, bt, m, d0, d1, th, tw, first, v, top, left):
@@ -425,7 +494,7 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
                         two, four, eight)
 
     return (input_transform, output_transform, kernel_transform, input_transform_f4,
-            output_transform_f4, gradient_transform_f4)
+            output_transform_f4, gradient_transform_f4, kernel_transform_f4, kernel_transform_f2)
 
 
 # --------------------------------------------------------------------------- NumPy transforms
@@ -577,7 +646,7 @@ def kernel_transform(
     kernels = _numba_kernels() if use_numba is not False else None
     if kernels is not None:
         u = aligned_empty((a * a, *kernel.shape[2:]), kernel.dtype)  # whole cache lines
-        kernels[2](np.ascontiguousarray(kernel), wt.G, 0, u)
+        _compiled_kernel_transform(kernels, np.ascontiguousarray(kernel), wt, 0, u, None)
         return u
     # two matrix products (BLAS) rather than one three-operand einsum (slow loops),
     # an eighth of the input channels at a time: the float64 steps ((9 + 6a + a²)·8
@@ -628,6 +697,29 @@ def _channel_block(channels: int, bytes_per_channel: int, io_bytes: int,
     return block
 
 
+#: Channel pairs from which the compiled kernel transform is shared among the worker
+#: threads (below, one thread does it in less time than handing it over costs).
+PARALLEL_KERNEL_PAIRS = 1 << 11
+
+
+def _compiled_kernel_transform(kernels: tuple[Callable[..., None], ...], kernel: np.ndarray,
+                               wt: WinogradTransform, first_channel: int, u: np.ndarray,
+                               threads: int | None) -> None:
+    """``u`` (a², C, F) = the transformed ``kernel`` (C-contiguous) from output channel
+    ``first_channel`` on, its input channels shared among the worker threads."""
+    run = kernels[6] if wt.m == 4 else kernels[7]
+    c, f = u.shape[1:]
+    workers = threads if threads is not None else worker_count()
+    if workers <= 1 or c * f < PARALLEL_KERNEL_PAIRS or c < 2 * workers:
+        run(kernel, wt.G, first_channel, 0, c, u)
+        return
+
+    def work(c0: int, c1: int) -> None:
+        run(kernel, wt.G, first_channel, c0, c1, u)
+
+    run_chunks(work, c, -(-c // workers), threads=workers, blas=False)
+
+
 def _compiled_tiles(kernels: tuple[Callable[..., None], ...], x: np.ndarray,
                     kernel: np.ndarray, first_channel: int, y_phases: np.ndarray,
                     wt: WinogradTransform, tiling: _Tiling, origin: tuple[int, int],
@@ -643,11 +735,12 @@ def _compiled_tiles(kernels: tuple[Callable[..., None], ...], x: np.ndarray,
     th, tw = tiling.tiles
     top, left = origin
     u = aligned_empty((a * a, c, f), dtype)
-    kernels[2](kernel, wt.G, first_channel, u)
+    _compiled_kernel_transform(kernels, kernel, wt, first_channel, u, threads)
     # the register-tiled kernels beat BLAS on these small products from 256
     # channels (one core, 2 MiB chunks, aligned operands: 256 channels 102 ->
-    # 146 GFLOP/s; 128: 150 against 155; 64: 184 against 179)
-    packed = register_tiles.pack_products(u) if max(c, f) >= 256 else None
+    # 146 GFLOP/s; 128: 150 against 155; 64: 184 against 179), and need no BLAS
+    # limit on the threads (which costs ~150 µs of a call's time)
+    packed = register_tiles.pack_products(u)
     bt = np.ascontiguousarray(wt.BT.astype(dtype))
     at = np.ascontiguousarray(wt.AT.astype(dtype))
     y_plain = y_phases[:, :, 0, :, 0] if y_phases.shape[2] == y_phases.shape[4] == 1 else None
@@ -675,8 +768,11 @@ def _compiled_tiles(kernels: tuple[Callable[..., None], ...], x: np.ndarray,
     chunks = -(-total // tiles)
     chunks = -(-chunks // workers) * workers
     tiles = max(1, -(-total // chunks))
-    flops = 2.0 * total * a * a * c * f
-    run_chunks(work, total, tiles, threads=threads, flops=flops, blas=packed is None)
+    # the direct convolution's FLOPs (the work's time is that of the direct method's at
+    # about a third of them): 64 -> 64 on 28² (0.7 ms) is shared, not run inline
+    flops = 2.0 * total * m * m * 9 * c * f
+    run_chunks(work, total, tiles, threads=threads, flops=flops, blas=packed is None,
+               inline_below=SMALL_WORK if packed is None else SMALL_WORK_NO_BLAS)
 
 
 def direct(
@@ -969,9 +1065,17 @@ def cost(problem: ConvProblem) -> float:
     """Estimated cost in the units of :mod:`.flat_rows`'s (which is ``0.7 × flops``).
 
     About 0.3 × plain FLOPs for the tiles (0.55 with F(2×2, 3×3) on wide
-    float32 layers) plus ~3000 units per channel pair (the kernel transform and
+    float32 layers) plus ~1500 units per channel pair (the kernel transform and
     the per-element products, whose few tiles use BLAS poorly on small images).
-    Measured on one core (CPU time, float32, 3×3 "same", against
+    Refitted after the kernel transform was written out (2.5× faster; one core,
+    CPU time, busy machine, ms, register_tiles in brackets): 64 channels on 1×28²
+    0.51 (0.75), 128 -> 256 3.3–4.1 (4.8), 256 -> 256 6.7 (9.7); on 1×14² 128 -> 128
+    1.3 (0.60), 256 -> 512 7.2 (5.4); 512 on 1×7² 7.9 (4.4). With several worker
+    threads, each block of output channels (:func:`_channel_block`) leaves
+    :data:`SERIAL_PER_BLOCK` units to the calling thread alone (measured: 50–250 µs
+    a block, 10–20 % of batch-1 layers on two threads), and the NumPy path runs
+    alone but for BLAS (:func:`~._threads.parallel_penalty`).
+    Earlier fits, measured on one core (CPU time, float32, 3×3 "same", against
     :mod:`.register_tiles`, busy machine): 64 channels on 56² 1.8 against 2.5 ms
     at batch 1, 3.3 against 5.0 at batch 2, 17.8 against 35.3 at batch 16; 128
     on 2×28² 2.1 against 4.6; 256 on 2×14² 6.2 against 5.1; 512 on 1×7² 8.0
@@ -986,12 +1090,41 @@ def cost(problem: ConvProblem) -> float:
     """
     if not _worth_it(problem):
         return math.inf
-    if _numba_kernels() is None and all(d == 1 for d in problem.dilation):
-        return problem.flops * 0.42 + 3200.0 * problem.in_channels * problem.out_channels
-    slow = 1.0 if _numba_kernels() is not None else 2.5
+    workers = worker_count()
+    pairs = problem.in_channels * problem.out_channels
     wide = np.dtype(problem.dtype) == np.float32 and problem.in_channels > F4_MAX_CHANNELS
     per_flop = 0.55 if wide else 0.3
-    return slow * (problem.flops * per_flop + 3000.0 * problem.in_channels * problem.out_channels)
+    if _numba_kernels() is None:
+        alone = parallel_penalty(1, workers)  # one thread but for BLAS
+        if all(d == 1 for d in problem.dilation):
+            return (problem.flops * 0.42 + 3200.0 * pairs) * alone
+        return 2.5 * (problem.flops * per_flop + 3000.0 * pairs) * alone
+    tiles = problem.batch * _tiling(2 if wide else 4, (problem.dilation[0], problem.dilation[1]),
+                                    (problem.out_size[0], problem.out_size[1])).per_image
+    # below SMALL_WORK_NO_BLAS the tiles run inline, like every algorithm's small jobs
+    shared = problem.flops >= SMALL_WORK_NO_BLAS
+    penalty = parallel_penalty(min(tiles, workers), workers, blas=False) if shared else 1.0
+    serial = SERIAL_PER_BLOCK * (workers - 1) * _block_count(problem, 2 if wide else 4) * shared
+    # the products by BLAS where the register-tiled kernels are not there
+    # (``CONVARITH_JIT=0``): the fit before the kernel transform was written out,
+    # 3000 per pair (on 1×14², 256 -> 512: 8.3 ms against offset_gemm's 5.6)
+    per_pair = 1500.0 if _llvm.available(problem.dtype) else 3000.0
+    return (problem.flops * per_flop + per_pair * pairs) * penalty + serial
+
+
+#: Units of :func:`cost` each block of output channels leaves to the calling thread
+#: alone (handing the kernel transform and the tiles to the workers, the blocks'
+#: buffers): about 0.1 ms here.
+SERIAL_PER_BLOCK = 6e6
+
+
+def _block_count(problem: ConvProblem, m: int) -> int:
+    """Blocks of output channels of the compiled path (:func:`_channel_block`)."""
+    itemsize = np.dtype(problem.dtype).itemsize
+    c, f, a = problem.in_channels, problem.out_channels, m + 2
+    y_bytes = problem.batch * math.prod(problem.out_size) * f * itemsize
+    io_bytes = math.prod(problem.input_shape) * itemsize + 9 * c * f * itemsize + y_bytes
+    return -(-f // _channel_block(f, a * a * c * itemsize, io_bytes, y_bytes))
 
 
 @functools.cache
