@@ -29,12 +29,12 @@ import math
 import os
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from ..state import cached_once
+from ._spin import SpinningPool
 
 __all__ = ["run_chunks", "worker_count", "thread_limit", "workspace", "aligned_empty",
            "aligned_copy", "chunk_workers",
@@ -290,24 +290,24 @@ def _as_helper(fn: Callable[[], None]) -> None:
 
 class _HelperPool:
     """The process's one pool of helper threads, kept between calls (starting a thread
-    costs about 0.15 ms): one thread per core but the caller's, started as needed,
-    shared by every chunk count and calling thread. Made again in a forked child, which
-    has none of its parent's threads."""
+    costs about 0.15 ms): one thread per core but the caller's, started with the pool,
+    shared by every chunk count and calling thread; idle threads spin a moment before
+    they sleep (:mod:`._spin`). Made again in a forked child, which has none of its
+    parent's threads."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: SpinningPool | None = None
         self._pid = -1
 
-    def get(self) -> ThreadPoolExecutor:
+    def get(self) -> SpinningPool:
         pid = os.getpid()
         pool = self._pool
         if pool is not None and self._pid == pid:
             return pool
         with self._lock:
             if self._pool is None or self._pid != pid:
-                self._pool = ThreadPoolExecutor(max(1, (os.cpu_count() or 1) - 1),
-                                                thread_name_prefix="convarith")
+                self._pool = SpinningPool(max(1, (os.cpu_count() or 1) - 1), "convarith")
                 self._pid = pid
             return self._pool
 
@@ -316,7 +316,7 @@ class _HelperPool:
         with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None and self._pid == os.getpid():
-            pool.shutdown(wait=False)
+            pool.shutdown()
 
 
 _POOL = _HelperPool()
