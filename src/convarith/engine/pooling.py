@@ -1,8 +1,12 @@
 """Max and average pooling over channels-last arrays, forward and backward.
 
-The window's cells are visited one kernel tap at a time, each tap a strided
-view of the padded input (as in :mod:`.algorithms.offset_gemm`), so memory
-stays at a few output-sized arrays. Divisors follow PyTorch exactly:
+The forward pass reads each window where it lies in the unpadded input: only
+the window's cells inside the input (:func:`window_spans`), so no padded copy
+is made. With compiled kernels (:mod:`.algorithms._llvm_pool`, one or two
+spatial axes, float32/float64) each output cell's window is reduced channels-last,
+a vector of channels at a time, the output rows split over the worker threads;
+otherwise NumPy reduces one axis and one tap at a time over strided views
+(:func:`clipped_windows`). Divisors follow PyTorch exactly:
 
 * ``count_include_pad=True``: the cells of the window inside the padded input
   (a ceil-mode window hanging past the padding counts only what it covers);
@@ -31,11 +35,16 @@ import numpy as np
 
 from ..arithmetic import effective_kernel
 from ..spec import ResolvedConv
+from .algorithms import _llvm_pool, _threads
 from .algorithms.offset_gemm import tap_view
 from .padding import pad
 
 __all__ = ["forward", "backward", "divisor", "reduce_windows", "spread_windows", "PoolPlan",
            "pool_plan"]
+
+
+_ONE_ROW = np.array([[0, 1]], np.int64)  # a one-dimensional pool's one row of taps
+_ONE_ROW.flags.writeable = False
 
 
 @dataclass(frozen=True)
@@ -49,11 +58,20 @@ class PoolPlan:
     uniform: bool  # every average window counts all its cells
     # a global average's 1 / cells (read-only) in the compute dtype
     weights: np.ndarray | None = field(default=None, compare=False)
+    # per spatial axis, each window's span inside the input (window_spans)
+    spans: tuple[np.ndarray, ...] = field(default=(), compare=False)
+    # an average's divisor per output cell, flat, in the compute dtype (read-only)
+    divisors: np.ndarray | None = field(default=None, compare=False)
+    # the compiled kernel's window tables (one or two spatial axes): rows, columns
+    rows: np.ndarray | None = field(default=None, compare=False)
+    columns: np.ndarray | None = field(default=None, compare=False)
+    # their addresses, and the divisors' (0: none), as the kernel takes them
+    addresses: tuple[int, int, int] = field(default=(0, 0, 0), compare=False)
 
 
 def pool_plan(resolved: ResolvedConv, dtype: Any = None) -> PoolPlan:
     """The :class:`PoolPlan` of a resolved pooling spec (with ``dtype``, the compute
-    dtype, a global average's weights are made once here).
+    dtype, a global average's weights and an average's divisors are made once here).
 
     >>> from convarith import ConvSpec
     >>> pool_plan(ConvSpec(7, pool="avg").resolve((1, 7, 7, 3))).whole
@@ -72,7 +90,43 @@ def pool_plan(resolved: ResolvedConv, dtype: Any = None) -> PoolPlan:
         cells = math.prod(resolved.input_size)
         weights = np.full(cells, 1 / cells, dtype)
         weights.flags.writeable = False
-    return PoolPlan(window_padding, padded, whole, uniform, weights)
+    spans = tuple(
+        window_spans(n, k, s, d, lo, o) for n, k, s, d, (lo, _), o in zip(
+            resolved.input_size, spec.kernel_size, spec.strides, spec.dilation, window_padding,
+            resolved.output_size))
+    for span in spans:
+        span.flags.writeable = False
+    divisors = None
+    if spec.pool == "avg" and not whole and dtype is not None:
+        divisors = np.ascontiguousarray(divisor(resolved).ravel(), dtype)
+        divisors.flags.writeable = False
+    rows = columns = None
+    addresses = (0, 0, 0)
+    if len(spans) <= 2:
+        rows, columns = (_ONE_ROW, *spans) if len(spans) == 1 else spans
+        addresses = (rows.ctypes.data, columns.ctypes.data,
+                     0 if divisors is None else divisors.ctypes.data)
+    return PoolPlan(window_padding, padded, whole, uniform, weights, spans, divisors, rows,
+                    columns, addresses)
+
+
+def window_spans(size: int, kernel: int, stride: int, dilation: int, pad_lo: int, out: int
+                 ) -> np.ndarray:
+    """Each window's part inside the input along one axis: ``(out, 2)`` int64 rows of its
+    first input cell inside the input and how many of its taps are inside.
+
+    Window ``o`` reads positions ``o·stride - pad_lo + t·dilation`` (``t < kernel``);
+    those inside ``[0, size)`` are consecutive taps. A window wholly in the padding
+    (or past it, ceil mode) has count 0 (and first cell 0).
+
+    >>> window_spans(5, 3, 2, 1, 1, 3).tolist()
+    [[0, 2], [1, 3], [3, 2]]
+    """
+    positions, inside = _window_positions(size, kernel, stride, dilation, pad_lo, out)
+    count = inside.sum(axis=1)
+    first = positions[np.arange(out), np.argmax(inside, axis=1)] if out else count
+    return np.ascontiguousarray(np.stack([np.where(count > 0, first, 0), count], axis=1),
+                                np.int64)
 
 
 def _whole(resolved: ResolvedConv, batch: int) -> tuple[slice, ...]:
@@ -108,10 +162,12 @@ def forward(x: np.ndarray, resolved: ResolvedConv, planned: PoolPlan | None = No
             ) -> np.ndarray:
     """Pool channels-last ``x`` ``(N, *spatial, C)`` per the resolved spec.
 
-    The window is reduced one axis at a time (:func:`reduce_windows`): a max or
-    a sum over a rectangle is the max or sum over its rows of the max or sum
-    over each row, so a ``K×K`` window costs about ``2K`` passes, not ``K²``.
-    A global average is one matrix-vector product with ``1 / cells``.
+    With compiled kernels (one or two spatial axes, float32/float64) each window's
+    cells inside the input are reduced in one pass per output cell, the output rows
+    split over the workers; otherwise one axis at a time (:func:`clipped_windows`):
+    a max or a sum over a rectangle is the max or sum over its rows of the max or
+    sum over each row. Neither pads the input. A global average is one
+    matrix-vector product with ``1 / cells``.
     ``planned`` is :func:`pool_plan` of ``resolved`` (made here if not given).
 
     >>> from convarith import ConvSpec
@@ -123,7 +179,7 @@ def forward(x: np.ndarray, resolved: ResolvedConv, planned: PoolPlan | None = No
     """
     spec = resolved.spec
     if planned is None:
-        planned = pool_plan(resolved)
+        planned = pool_plan(resolved, x.dtype)
     if planned.whole:
         batch, channels = x.shape[0], x.shape[-1]
         cells = x.size // max(1, batch * channels)
@@ -136,19 +192,124 @@ def forward(x: np.ndarray, resolved: ResolvedConv, planned: PoolPlan | None = No
                 weights = np.full(cells, 1 / cells, x.dtype)
             y = np.matmul(weights, rows)
         return y.reshape(batch, *resolved.output_size, channels)
-    if spec.pool == "max":
-        xp = pad(x, planned.window_padding, "zeros", fill=-np.inf)
-        return reduce_windows(xp, np.maximum, spec.kernel_size, spec.strides, spec.dilation,
-                              resolved.output_size)
-    xp = pad(x, planned.window_padding)
-    y = reduce_windows(xp, np.add, spec.kernel_size, spec.strides, spec.dilation,
-                       resolved.output_size)
+    kind = "max" if spec.pool == "max" else "avg"
+    kernel = _llvm_pool.pool_kernel(x.dtype, kind) if len(resolved.output_size) <= 2 else None
+    if kernel is not None:
+        return _forward_compiled(kernel, np.ascontiguousarray(x), resolved, planned)
+    if kind == "max":
+        return clipped_windows(x, np.maximum, spec.kernel_size, spec.strides, spec.dilation,
+                               planned.window_padding, resolved.output_size)
+    y = clipped_windows(x, np.add, spec.kernel_size, spec.strides, spec.dilation,
+                        planned.window_padding, resolved.output_size)
     if planned.uniform:
         y /= y.dtype.type(math.prod(spec.kernel_size))  # every window counts all its cells
         return y
     with np.errstate(divide="ignore", invalid="ignore"):
         y /= divisor(resolved).astype(x.dtype)
     return y
+
+
+#: Window cells (output values × taps) below which a compiled pooling runs in the calling
+#: thread: handing chunks to a helper thread costs tens of microseconds.
+THREADED_WORK = 1 << 21
+
+
+def _forward_compiled(kernel: _llvm_pool.PoolKernel, x: np.ndarray, resolved: ResolvedConv,
+                      planned: PoolPlan) -> np.ndarray:
+    """:func:`forward` by the compiled kernel (one or two spatial axes), in chunks of
+    output rows over the workers."""
+    spec = resolved.spec
+    batch, channels = x.shape[0], x.shape[-1]
+    y = np.empty((batch, *resolved.output_size, channels), x.dtype)
+    rows, columns, divisors = planned.addresses
+    if spec.pool == "avg" and (planned.divisors is None or planned.divisors.dtype != x.dtype):
+        planned = pool_plan(resolved, x.dtype)  # made for another dtype
+        rows, columns, divisors = planned.addresses
+    out_rows = 1 if len(resolved.output_size) == 1 else resolved.output_size[0]
+    row_step = 1 if len(resolved.output_size) == 1 else spec.dilation[0]
+    units = batch * out_rows
+    x_address, y_address = x.ctypes.data, y.ctypes.data
+    fields = (resolved.output_size[-1], channels, x[0].size if batch else 0,
+              x.shape[-2] * channels, row_step, spec.dilation[-1])
+
+    def run(first: int, stop: int) -> None:
+        kernel.drive(x_address, y_address, divisors, rows, columns, first, stop, out_rows,
+                     *fields)
+
+    workers = _threads.worker_count()
+    if workers == 1 or units < 2 or y.size * math.prod(spec.kernel_size) < THREADED_WORK:
+        run(0, units)
+    else:
+        _threads.run_chunks(run, units, -(-units // (4 * workers)), threads=workers,
+                            blas=False)
+    return y
+
+
+def _window_positions(size: int, kernel: int, stride: int, dilation: int, pad_lo: int,
+                      out: int) -> tuple[np.ndarray, np.ndarray]:
+    """The input position each window's tap reads along one axis ``(out, kernel)``, and
+    whether it is inside the input."""
+    positions = (np.arange(out, dtype=np.int64)[:, None] * stride - pad_lo
+                 + np.arange(kernel, dtype=np.int64)[None, :] * dilation)
+    return positions, (positions >= 0) & (positions < size)
+
+
+def clipped_windows(x: np.ndarray, op: np.ufunc, kernel_size: tuple[int, ...],
+                    strides: tuple[int, ...], dilation: tuple[int, ...],
+                    window_padding: tuple[tuple[int, int], ...], out_size: tuple[int, ...]
+                    ) -> np.ndarray:
+    """``op`` (``np.maximum`` or ``np.add``) over the cells of each window that lie inside
+    the unpadded ``x`` ``(N, *spatial, C)``, a new array ``(N, *out_size, C)``: padding
+    (and a ceil-mode overhang) is skipped, as if it held ``-inf`` (max) or 0 (sum).
+
+    One spatial axis at a time (a max or sum over a box is one along each axis in
+    turn): along it, each tap combines the outputs whose window holds it inside the
+    input with one strided view (no padded copy); a single window is one
+    ``op.reduce``.
+
+    >>> clipped_windows(np.arange(4.0).reshape(1, 4, 1), np.add, (3,), (1,), (1,),
+    ...                 ((1, 1),), (4,))[0, :, 0]
+    array([1., 3., 6., 5.])
+    """
+    fill = -np.inf if op is np.maximum else 0
+    current = x
+    for axis, (k, s, d, (lo, _), out) in enumerate(
+            zip(kernel_size, strides, dilation, window_padding, out_size), 1):
+        size = current.shape[axis]
+        if k == 1 and s == 1 and lo == 0 and out == size:
+            continue  # each window is its own cell
+        head = (slice(None),) * axis
+        shape = current.shape[:axis] + (out,) + current.shape[axis + 1:]
+        positions, inside = _window_positions(size, k, s, d, lo, out)
+        if out == 0 or not inside.any():
+            current = np.full(shape, fill, x.dtype)
+            continue
+        if out == 1:  # one window: a reduction over the cells it holds
+            cells = positions[0][inside[0]]
+            current = op.reduce(current[head + (slice(cells[0], cells[-1] + 1, d),)],
+                                axis=axis, keepdims=True)
+            continue
+        whole_taps = np.flatnonzero(inside.all(axis=0))  # taps inside for every window
+        first_tap = int(whole_taps[0]) if whole_taps.size else -1
+        result = np.empty(shape, x.dtype)
+        if first_tap < 0:
+            result.fill(fill)
+        for tap in [first_tap] * (first_tap >= 0) + [t for t in range(k) if t != first_tap]:
+            holds = np.flatnonzero(inside[:, tap])  # consecutive windows
+            if not holds.size:
+                continue
+            o0, o1 = int(holds[0]), int(holds[-1]) + 1
+            start = int(positions[o0, tap])
+            source = current[head + (slice(start, start + (o1 - o0 - 1) * s + 1, s),)]
+            target = result[head + (slice(o0, o1),)]
+            if tap == first_tap:
+                target[...] = source
+            else:
+                op(target, source, out=target)
+        current = result
+    if current is x:
+        current = np.array(x)  # every window one cell: a copy
+    return current
 
 
 def reduce_windows(xp: np.ndarray, op: np.ufunc, kernel_size: tuple[int, ...],

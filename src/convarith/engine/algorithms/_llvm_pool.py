@@ -1,0 +1,263 @@
+"""Pooling kernels: each output cell's window read where it lies, channels-last.
+
+A two-dimensional pooling output cell ``(n, oh, ow)`` reduces, channel by
+channel, the input cells of its window that lie inside the input: padding
+and a ceil-mode overhang are never read (a max window skips them, as if they
+held ``-inf``; an average divides by the count the spec's rule gives). The
+window's rows and columns inside the input are a contiguous run of taps, given
+per output row and column by two tables, so the kernel makes no padded copy of
+the input and has no border cases. One vector of ``VW`` channels per load, up
+to :data:`VECTORS` vectors of channels reduced side by side (independent
+chains), then single vectors, then one channel at a time for the channels left.
+
+One module (a dtype, max or average, a vector target) exports ``drive``::
+
+    drive(x, y, divisors, rows, columns, first, stop, DRIVE_FIELDS...)
+
+For each output row ``u`` of ``[first, stop)`` counted over the whole batch
+(image ``n = u // out_rows``, row ``oh = u % out_rows``), each cell ``ow <
+out_cols`` and channel ``c < channels``::
+
+    y[(u·out_cols + ow)·channels + c] = reduce_{a < rows[2oh+1], b < columns[2ow+1]}
+        x[n·x_image + (rows[2oh] + a·row_step)·x_row + (columns[2ow] + b·column_step)·channels + c]
+
+with ``reduce`` the maximum (NaN wins, as PyTorch's ``val > max or isnan(val)``
+scan; ``-inf`` for an empty window) or the sum divided by
+``divisors[oh·out_cols + ow]``. ``rows[2oh]`` is the first input row of the
+window inside the input and ``rows[2oh+1]`` how many of its rows are inside
+(``columns`` the same along the row); ``row_step`` and ``column_step`` are the
+dilations.
+
+Examples
+--------
+>>> import numpy as np
+>>> "define void @drive(" in module_ir(np.float32, "max", 16)
+True
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..state import cached_once
+from . import _llvm
+
+__all__ = ["module_ir", "PoolKernel", "pool_kernel", "DRIVE_FIELDS", "VECTORS"]
+
+#: The integer arguments of ``drive`` after its five pointers.
+DRIVE_FIELDS = ("first", "stop", "out_rows", "out_cols", "channels", "x_image", "x_row",
+                "row_step", "column_step")
+
+#: Vectors of channels one window pass reduces side by side.
+VECTORS = 4
+
+_NEGATIVE_INFINITY = "0xFFF0000000000000"  # LLVM writes float constants as doubles
+
+
+def _tile(name: str, kind: str, ty: str, width: int, vectors: int) -> list[str]:
+    """IR of one window pass: ``vectors`` vectors of ``width`` channels of one cell."""
+    v = f"<{width} x {ty}>"
+    mask = f"<{width} x i1>"
+    p = f"{ty}*"
+    align = _llvm._size(ty)
+    fill = _NEGATIVE_INFINITY if kind == "max" else "0.0"
+    init = f"<{', '.join([f'{ty} {fill}'] * width)}>"
+    lines = [
+        f"define internal void @{name}({p} %x, {p} %y, i64 %a_n, i64 %b_n, i64 %x_tap_row, "
+        f"i64 %x_tap_col, {ty} %divisor) alwaysinline {{",
+        "entry:",
+        "  %ha = icmp sgt i64 %a_n, 0",
+        "  %hb = icmp sgt i64 %b_n, 0",
+        "  %h = and i1 %ha, %hb",
+        "  br i1 %h, label %arow, label %done",
+        "arow:",
+        "  %a = phi i64 [0, %entry], [%a1, %bend]",
+    ]
+    lines += [f"  %r{j} = phi {v} [{init}, %entry], [%n{j}, %bend]" for j in range(vectors)]
+    lines += ["  %xa = mul i64 %a, %x_tap_row", "  br label %bcol", "bcol:",
+              "  %b = phi i64 [0, %arow], [%b1, %bcol]"]
+    lines += [f"  %c{j} = phi {v} [%r{j}, %arow], [%n{j}, %bcol]" for j in range(vectors)]
+    lines += ["  %xb = mul i64 %b, %x_tap_col", "  %xo = add i64 %xa, %xb"]
+    for j in range(vectors):
+        lines += [
+            f"  %xo{j} = add i64 %xo, {j * width}",
+            f"  %xp{j} = getelementptr {ty}, {p} %x, i64 %xo{j}",
+            f"  %xq{j} = bitcast {p} %xp{j} to {v}*",
+            f"  %v{j} = load {v}, {v}* %xq{j}, align {align}",
+        ]
+        if kind == "max":  # PyTorch's scan: take the value if larger, or NaN
+            lines += [
+                f"  %gt{j} = fcmp ogt {v} %v{j}, %c{j}",
+                f"  %nan{j} = fcmp uno {v} %v{j}, %v{j}",
+                f"  %t{j} = or {mask} %gt{j}, %nan{j}",
+                f"  %n{j} = select {mask} %t{j}, {v} %v{j}, {v} %c{j}",
+            ]
+        else:
+            lines.append(f"  %n{j} = fadd {v} %c{j}, %v{j}")
+    lines += [
+        "  %b1 = add i64 %b, 1",
+        "  %bm = icmp slt i64 %b1, %b_n",
+        "  br i1 %bm, label %bcol, label %bend",
+        "bend:",
+        "  %a1 = add i64 %a, 1",
+        "  %am = icmp slt i64 %a1, %a_n",
+        "  br i1 %am, label %arow, label %done",
+        "done:",
+    ]
+    lines += [f"  %e{j} = phi {v} [{init}, %entry], [%n{j}, %bend]" for j in range(vectors)]
+    if kind == "avg":
+        lines += [f"  %de = insertelement {v} undef, {ty} %divisor, i32 0",
+                  f"  %dv = shufflevector {v} %de, {v} undef, <{width} x i32> zeroinitializer"]
+        lines += [f"  %o{j} = fdiv {v} %e{j}, %dv" for j in range(vectors)]
+    else:
+        lines += [f"  %o{j} = bitcast {v} %e{j} to {v}" for j in range(vectors)]
+    for j in range(vectors):
+        lines += [
+            f"  %yp{j} = getelementptr {ty}, {p} %y, i64 {j * width}",
+            f"  %yq{j} = bitcast {p} %yp{j} to {v}*",
+            f"  store {v} %o{j}, {v}* %yq{j}, align {align}",
+        ]
+    lines += ["  ret void", "}"]
+    return lines
+
+
+def _channel_loop(label: str, after: str, tile: str, step: int, ty: str, start: str
+                  ) -> tuple[list[str], str]:
+    """IR of a loop over channel blocks of ``step`` from ``%{start}`` while a whole block
+    fits; returns the lines and the name of the channel reached."""
+    p = f"{ty}*"
+    lines = [
+        f"  br label %{label}_check",
+        f"{label}_check:",
+        f"  %{label}_c = phi i64 [%{start}, %{after}], [%{label}_c1, %{label}_body]",
+        f"  %{label}_end = add i64 %{label}_c, {step}",
+        f"  %{label}_fits = icmp sle i64 %{label}_end, %channels",
+        f"  br i1 %{label}_fits, label %{label}_body, label %{label}_exit",
+        f"{label}_body:",
+        f"  %{label}_xp = getelementptr {ty}, {p} %xw, i64 %{label}_c",
+        f"  %{label}_yp = getelementptr {ty}, {p} %yw, i64 %{label}_c",
+        f"  call void @{tile}({p} %{label}_xp, {p} %{label}_yp, i64 %rn, i64 %cn, "
+        f"i64 %x_tap_row, i64 %x_tap_col, {ty} %dval)",
+        f"  %{label}_c1 = add i64 %{label}_c, {step}",
+        f"  br label %{label}_check",
+        f"{label}_exit:",
+    ]
+    return lines, f"{label}_c"
+
+
+def module_ir(dtype: Any, kind: str, width: int, vectors: int = VECTORS) -> str:
+    """The IR of one module (see the module docstring): ``kind`` ``"max"`` or ``"avg"``,
+    ``width`` lanes per vector."""
+    if kind not in ("max", "avg"):
+        raise ValueError(f"kind must be 'max' or 'avg', got {kind!r}")
+    ty = _llvm._ir_type(dtype)
+    p = f"{ty}*"
+    parts = ["\n".join(_tile("wide", kind, ty, width, vectors)),
+             "\n".join(_tile("one", kind, ty, width, 1)),
+             "\n".join(_tile("lane", kind, ty, 1, 1))]
+    arguments = ", ".join(f"i64 %{name}" for name in DRIVE_FIELDS)
+    drive = [
+        f"define void @drive({p} %x, {p} %y, {p} %divisors, i64* %rows, i64* %columns, "
+        f"{arguments}) {{",
+        "entry:",
+        "  %x_tap_row = mul i64 %row_step, %x_row",
+        "  %x_tap_col = mul i64 %column_step, %channels",
+        "  %y_row = mul i64 %out_cols, %channels",
+        "  %any = icmp slt i64 %first, %stop",
+        "  %cols_any = icmp sgt i64 %out_cols, 0",
+        "  %go = and i1 %any, %cols_any",
+        "  br i1 %go, label %u_loop, label %exit",
+        "u_loop:",
+        "  %u = phi i64 [%first, %entry], [%u1, %u_end]",
+        "  %n = udiv i64 %u, %out_rows",
+        "  %oh = urem i64 %u, %out_rows",
+        "  %ri = shl i64 %oh, 1",
+        "  %rfp = getelementptr i64, i64* %rows, i64 %ri",
+        "  %rf = load i64, i64* %rfp",
+        "  %ri1 = add i64 %ri, 1",
+        "  %rnp = getelementptr i64, i64* %rows, i64 %ri1",
+        "  %rn = load i64, i64* %rnp",
+        "  %xn = mul i64 %n, %x_image",
+        "  %xr = mul i64 %rf, %x_row",
+        "  %xu = add i64 %xn, %xr",
+        "  %yu = mul i64 %u, %y_row",
+        "  %du = mul i64 %oh, %out_cols",
+        "  br label %w_loop",
+        "w_loop:",
+        "  %ow = phi i64 [0, %u_loop], [%ow1, %w_end]",
+        "  %ci = shl i64 %ow, 1",
+        "  %cfp = getelementptr i64, i64* %columns, i64 %ci",
+        "  %cf = load i64, i64* %cfp",
+        "  %ci1 = add i64 %ci, 1",
+        "  %cnp = getelementptr i64, i64* %columns, i64 %ci1",
+        "  %cn = load i64, i64* %cnp",
+        "  %xc = mul i64 %cf, %channels",
+        "  %xwo = add i64 %xu, %xc",
+        f"  %xw = getelementptr {ty}, {p} %x, i64 %xwo",
+        "  %yc = mul i64 %ow, %channels",
+        "  %ywo = add i64 %yu, %yc",
+        f"  %yw = getelementptr {ty}, {p} %y, i64 %ywo",
+    ]
+    if kind == "avg":
+        drive += ["  %di = add i64 %du, %ow",
+                  f"  %dp = getelementptr {ty}, {p} %divisors, i64 %di",
+                  f"  %dval = load {ty}, {p} %dp"]
+    else:
+        drive.append(f"  %dval = fadd {ty} 0.0, 0.0")
+    wide, reached = _channel_loop("wide", "w_loop", "wide", width * vectors, ty, "zero")
+    # the first loop starts at channel 0: name it
+    drive.append("  %zero = add i64 0, 0")
+    drive += wide
+    one, reached_one = _channel_loop("one", "wide_exit", "one", width, ty, reached)
+    drive += one
+    lane, _ = _channel_loop("lane", "one_exit", "lane", 1, ty, reached_one)
+    drive += lane
+    drive += [
+        "  br label %w_end",
+        "w_end:",
+        "  %ow1 = add i64 %ow, 1",
+        "  %wm = icmp slt i64 %ow1, %out_cols",
+        "  br i1 %wm, label %w_loop, label %u_end",
+        "u_end:",
+        "  %u1 = add i64 %u, 1",
+        "  %um = icmp slt i64 %u1, %stop",
+        "  br i1 %um, label %u_loop, label %exit",
+        "exit:",
+        "  ret void",
+        "}",
+    ]
+    parts.append("\n".join(drive))
+    return "\n\n".join(parts) + "\n"
+
+
+@dataclass(frozen=True)
+class PoolKernel:
+    """One compiled module: ``drive`` (see the module docstring; called with the arrays'
+    addresses) and its vector width."""
+
+    width: int
+    drive: Any
+    engine: Any  # keeps the machine code alive
+
+
+def pool_kernel(dtype: Any, kind: str) -> PoolKernel | None:
+    """The compiled module for ``dtype`` and ``kind`` on the vector target in use
+    (``None``: no compiled kernels here, ``CONVARITH_JIT=0``, or not float32/float64)."""
+    return _pool_kernel(np.dtype(dtype), kind, _llvm.vector_target())
+
+
+@cached_once
+def _pool_kernel(dtype: np.dtype[Any], kind: str, target: _llvm.VectorTarget
+                 ) -> PoolKernel | None:
+    llvm = _llvm._llvm()
+    width = target.width(dtype)
+    if llvm is None or not target.runs_here or width == 0 or dtype.char not in "fd":
+        return None
+    address, engine = _llvm.compile_drive(llvm, target, module_ir(dtype, kind, width))
+    pointer = ctypes.c_void_p
+    signature = ctypes.CFUNCTYPE(None, *([pointer] * 5), *([ctypes.c_int64] * len(DRIVE_FIELDS)))
+    return PoolKernel(width, signature(address), engine)
