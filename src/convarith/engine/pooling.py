@@ -27,6 +27,7 @@ array([0.5, 2.5, 4. ])
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -230,7 +231,7 @@ def _forward_compiled(kernel: _llvm_pool.PoolKernel, x: np.ndarray, resolved: Re
     units = batch * out_rows
     x_address, y_address = x.ctypes.data, y.ctypes.data
     fields = (resolved.output_size[-1], channels, x[0].size if batch else 0,
-              x.shape[-2] * channels, row_step, spec.dilation[-1])
+              x.shape[-2] * channels, row_step, spec.dilation[-1], 0, channels)
 
     def run(first: int, stop: int) -> None:
         kernel.drive(x_address, y_address, divisors, rows, columns, first, stop, out_rows,
@@ -441,6 +442,11 @@ def backward(x: np.ndarray, resolved: ResolvedConv, dy: np.ndarray,
         spread = spread_windows(share, spec.kernel_size, spec.strides, spec.dilation,
                                 planned.padded_size)
         return np.ascontiguousarray(spread[inner])
+    kernel = _llvm_pool.pool_kernel(x.dtype, "max_grad") if len(resolved.output_size) <= 2 \
+        else None
+    if kernel is not None:
+        return _max_grad_compiled(kernel, np.ascontiguousarray(x), resolved, planned,
+                                  np.ascontiguousarray(dy, x.dtype))
     block = _whole(resolved, x.shape[0])
     xp = pad(x, planned.window_padding, "zeros", fill=-np.inf)
     apart = all(s >= effective_kernel(k, d) for k, s, d in
@@ -462,6 +468,11 @@ def backward(x: np.ndarray, resolved: ResolvedConv, dy: np.ndarray,
     finite = bool(np.isfinite(dy).all())
     zero = dy.dtype.type(0)
     last = math.prod(spec.kernel_size) - 1
+    # which taps of each window lie inside the input, per axis: a padding cell never
+    # takes the gradient (a window of -inf values sends it to its first cell inside)
+    inside = [_window_positions(n, k, s, d, lo, o)[1] for n, k, s, d, (lo, _), o in zip(
+        resolved.input_size, spec.kernel_size, spec.strides, spec.dilation,
+        planned.window_padding, resolved.output_size)]
     for position, tap in enumerate(np.ndindex(*spec.kernel_size)):
         if number is not None:
             np.equal(number, position, out=hit)
@@ -469,6 +480,10 @@ def backward(x: np.ndarray, resolved: ResolvedConv, dy: np.ndarray,
             hit = open_cells
         else:  # the first tap that holds the maximum, in window order
             np.equal(tap_view(xp, block, tap, spec.strides, spec.dilation), y, out=hit)
+            axes = [axis[:, t] for axis, t in zip(inside, tap)]
+            if not all(axis.all() for axis in axes):
+                hit &= functools.reduce(np.logical_and.outer, axes).reshape(
+                    1, *resolved.output_size, 1)
             hit &= open_cells
             open_cells ^= hit
         target = tap_view(d_xp, block, tap, spec.strides, spec.dilation)
@@ -479,3 +494,44 @@ def backward(x: np.ndarray, resolved: ResolvedConv, dy: np.ndarray,
         else:
             target += dy * hit if finite else np.where(hit, dy, zero)
     return np.ascontiguousarray(d_xp[inner])
+
+
+def _max_grad_compiled(kernel: _llvm_pool.PoolKernel, x: np.ndarray, resolved: ResolvedConv,
+                       planned: PoolPlan, dy: np.ndarray) -> np.ndarray:
+    """A max pool's input gradient by the compiled kernel (one or two spatial axes): per
+    output cell, a scan of its window for the tap PyTorch's scan ends on, then ``dy``
+    added there. Windows overlap, so the workers take whole images and, with fewer
+    images than chunks, ranges of channels (never two the same input cell)."""
+    spec = resolved.spec
+    batch, channels = x.shape[0], x.shape[-1]
+    d_x = np.zeros_like(x)
+    rows, columns, _ = planned.addresses
+    out_rows = 1 if len(resolved.output_size) == 1 else resolved.output_size[0]
+    row_step = 1 if len(resolved.output_size) == 1 else spec.dilation[0]
+    x_address, dx_address, dy_address = x.ctypes.data, d_x.ctypes.data, dy.ctypes.data
+    fields = (resolved.output_size[-1], channels, x[0].size if batch else 0,
+              x.shape[-2] * channels, row_step, spec.dilation[-1])
+
+    def run(first_image: int, stop_image: int, first_channel: int, stop_channel: int) -> None:
+        kernel.drive(x_address, dx_address, dy_address, rows, columns,
+                     first_image * out_rows, stop_image * out_rows, out_rows, *fields,
+                     first_channel, stop_channel)
+
+    workers = _threads.worker_count()
+    if workers == 1 or dy.size * math.prod(spec.kernel_size) < THREADED_WORK:
+        run(0, batch, 0, channels)
+        return d_x
+    # pieces of channels (whole vectors) so that there are about 4 chunks per worker
+    lanes = kernel.width
+    pieces = max(1, min(-(-4 * workers // max(1, batch)), -(-channels // lanes)))
+    bounds = [min(channels, round(channels * i / pieces / lanes) * lanes)
+              for i in range(pieces)] + [channels]
+
+    def work(start: int, stop: int) -> None:
+        for chunk in range(start, stop):
+            image, piece = divmod(chunk, pieces)
+            if bounds[piece] < bounds[piece + 1]:
+                run(image, image + 1, bounds[piece], bounds[piece + 1])
+
+    _threads.run_chunks(work, batch * pieces, 1, threads=workers, blas=False)
+    return d_x

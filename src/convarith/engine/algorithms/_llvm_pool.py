@@ -50,7 +50,10 @@ __all__ = ["module_ir", "PoolKernel", "pool_kernel", "DRIVE_FIELDS", "VECTORS"]
 
 #: The integer arguments of ``drive`` after its five pointers.
 DRIVE_FIELDS = ("first", "stop", "out_rows", "out_cols", "channels", "x_image", "x_row",
-                "row_step", "column_step")
+                "row_step", "column_step", "c_first", "c_stop")
+
+#: What a module computes: a max or average pool, or a max pool's input gradient.
+KINDS = ("max", "avg", "max_grad")
 
 #: Vectors of channels one window pass reduces side by side.
 VECTORS = 4
@@ -67,8 +70,8 @@ def _tile(name: str, kind: str, ty: str, width: int, vectors: int) -> list[str]:
     fill = _NEGATIVE_INFINITY if kind == "max" else "0.0"
     init = f"<{', '.join([f'{ty} {fill}'] * width)}>"
     lines = [
-        f"define internal void @{name}({p} %x, {p} %y, i64 %a_n, i64 %b_n, i64 %x_tap_row, "
-        f"i64 %x_tap_col, {ty} %divisor) alwaysinline {{",
+        f"define internal void @{name}({p} %x, {p} %y, {p} %g, i64 %a_n, i64 %b_n, "
+        f"i64 %x_tap_row, i64 %x_tap_col, {ty} %divisor) alwaysinline {{",
         "entry:",
         "  %ha = icmp sgt i64 %a_n, 0",
         "  %hb = icmp sgt i64 %b_n, 0",
@@ -125,6 +128,116 @@ def _tile(name: str, kind: str, ty: str, width: int, vectors: int) -> list[str]:
     return lines
 
 
+def _grad_tile(name: str, kind: str, ty: str, width: int, vectors: int) -> list[str]:
+    """IR of one max window's gradient: ``vectors`` vectors of ``width`` channels.
+
+    A scan in window order finds, lane by lane, the tap PyTorch's scan ends on (the
+    first maximum; the last NaN; the first cell if every value is ``-inf``), then a
+    second pass adds the cell's ``dy`` (at ``%g``) to that tap of the input gradient
+    (at ``%y``, the window's first cell inside the input).
+    """
+    del kind
+    v = f"<{width} x {ty}>"
+    iv = f"<{width} x i32>"
+    mask = f"<{width} x i1>"
+    p = f"{ty}*"
+    align = _llvm._size(ty)
+    init = f"<{', '.join([f'{ty} {_NEGATIVE_INFINITY}'] * width)}>"
+    zero = f"<{', '.join([f'{ty} 0.0'] * width)}>"
+    lines = [
+        f"define internal void @{name}({p} %x, {p} %y, {p} %g, i64 %a_n, i64 %b_n, "
+        f"i64 %x_tap_row, i64 %x_tap_col, {ty} %divisor) alwaysinline {{",
+        "entry:",
+        "  %ha = icmp sgt i64 %a_n, 0",
+        "  %hb = icmp sgt i64 %b_n, 0",
+        "  %h = and i1 %ha, %hb",
+        "  br i1 %h, label %arow, label %exit",
+        "arow:",
+        "  %a = phi i64 [0, %entry], [%a1, %bend]",
+        "  %ta = phi i32 [0, %entry], [%tn, %bend]",
+    ]
+    lines += [f"  %r{j} = phi {v} [{init}, %entry], [%n{j}, %bend]" for j in range(vectors)]
+    lines += [f"  %ri{j} = phi {iv} [zeroinitializer, %entry], [%ni{j}, %bend]"
+              for j in range(vectors)]
+    lines += ["  %xa = mul i64 %a, %x_tap_row", "  br label %bcol", "bcol:",
+              "  %b = phi i64 [0, %arow], [%b1, %bcol]",
+              "  %t = phi i32 [%ta, %arow], [%tn, %bcol]"]
+    lines += [f"  %c{j} = phi {v} [%r{j}, %arow], [%n{j}, %bcol]" for j in range(vectors)]
+    lines += [f"  %ci{j} = phi {iv} [%ri{j}, %arow], [%ni{j}, %bcol]" for j in range(vectors)]
+    lines += [f"  %te = insertelement {iv} undef, i32 %t, i32 0",
+              f"  %ts = shufflevector {iv} %te, {iv} undef, {iv} zeroinitializer"]
+    lines += ["  %xb = mul i64 %b, %x_tap_col", "  %xo = add i64 %xa, %xb"]
+    for j in range(vectors):
+        lines += [
+            f"  %xo{j} = add i64 %xo, {j * width}",
+            f"  %xp{j} = getelementptr {ty}, {p} %x, i64 %xo{j}",
+            f"  %xq{j} = bitcast {p} %xp{j} to {v}*",
+            f"  %v{j} = load {v}, {v}* %xq{j}, align {align}",
+            f"  %gt{j} = fcmp ogt {v} %v{j}, %c{j}",
+            f"  %nan{j} = fcmp uno {v} %v{j}, %v{j}",
+            f"  %u{j} = or {mask} %gt{j}, %nan{j}",
+            f"  %n{j} = select {mask} %u{j}, {v} %v{j}, {v} %c{j}",
+            f"  %ni{j} = select {mask} %u{j}, {iv} %ts, {iv} %ci{j}",
+        ]
+    lines += [
+        "  %tn = add i32 %t, 1",
+        "  %b1 = add i64 %b, 1",
+        "  %bm = icmp slt i64 %b1, %b_n",
+        "  br i1 %bm, label %bcol, label %bend",
+        "bend:",
+        "  %a1 = add i64 %a, 1",
+        "  %am = icmp slt i64 %a1, %a_n",
+        "  br i1 %am, label %arow, label %spread",
+        "spread:",
+    ]
+    for j in range(vectors):
+        lines += [
+            f"  %gp{j} = getelementptr {ty}, {p} %g, i64 {j * width}",
+            f"  %gq{j} = bitcast {p} %gp{j} to {v}*",
+            f"  %dy{j} = load {v}, {v}* %gq{j}, align {align}",
+        ]
+    lines += [
+        "  br label %srow",
+        "srow:",
+        "  %sa = phi i64 [0, %spread], [%sa1, %send]",
+        "  %sta = phi i32 [0, %spread], [%stn, %send]",
+        "  %sxa = mul i64 %sa, %x_tap_row",
+        "  br label %scol",
+        "scol:",
+        "  %sb = phi i64 [0, %srow], [%sb1, %scol]",
+        "  %st = phi i32 [%sta, %srow], [%stn, %scol]",
+        f"  %se = insertelement {iv} undef, i32 %st, i32 0",
+        f"  %ss = shufflevector {iv} %se, {iv} undef, {iv} zeroinitializer",
+        "  %sxb = mul i64 %sb, %x_tap_col",
+        "  %sxo = add i64 %sxa, %sxb",
+    ]
+    for j in range(vectors):
+        lines += [
+            f"  %hit{j} = icmp eq {iv} %ni{j}, %ss",
+            f"  %add{j} = select {mask} %hit{j}, {v} %dy{j}, {v} {zero}",
+            f"  %so{j} = add i64 %sxo, {j * width}",
+            f"  %sp{j} = getelementptr {ty}, {p} %y, i64 %so{j}",
+            f"  %sq{j} = bitcast {p} %sp{j} to {v}*",
+            f"  %old{j} = load {v}, {v}* %sq{j}, align {align}",
+            f"  %new{j} = fadd {v} %old{j}, %add{j}",
+            f"  store {v} %new{j}, {v}* %sq{j}, align {align}",
+        ]
+    lines += [
+        "  %stn = add i32 %st, 1",
+        "  %sb1 = add i64 %sb, 1",
+        "  %sbm = icmp slt i64 %sb1, %b_n",
+        "  br i1 %sbm, label %scol, label %send",
+        "send:",
+        "  %sa1 = add i64 %sa, 1",
+        "  %sam = icmp slt i64 %sa1, %a_n",
+        "  br i1 %sam, label %srow, label %exit",
+        "exit:",
+        "  ret void",
+        "}",
+    ]
+    return lines
+
+
 def _channel_loop(label: str, after: str, tile: str, step: int, ty: str, start: str
                   ) -> tuple[list[str], str]:
     """IR of a loop over channel blocks of ``step`` from ``%{start}`` while a whole block
@@ -135,13 +248,14 @@ def _channel_loop(label: str, after: str, tile: str, step: int, ty: str, start: 
         f"{label}_check:",
         f"  %{label}_c = phi i64 [%{start}, %{after}], [%{label}_c1, %{label}_body]",
         f"  %{label}_end = add i64 %{label}_c, {step}",
-        f"  %{label}_fits = icmp sle i64 %{label}_end, %channels",
+        f"  %{label}_fits = icmp sle i64 %{label}_end, %c_stop",
         f"  br i1 %{label}_fits, label %{label}_body, label %{label}_exit",
         f"{label}_body:",
         f"  %{label}_xp = getelementptr {ty}, {p} %xw, i64 %{label}_c",
         f"  %{label}_yp = getelementptr {ty}, {p} %yw, i64 %{label}_c",
-        f"  call void @{tile}({p} %{label}_xp, {p} %{label}_yp, i64 %rn, i64 %cn, "
-        f"i64 %x_tap_row, i64 %x_tap_col, {ty} %dval)",
+        f"  %{label}_gp = getelementptr {ty}, {p} %gw, i64 %{label}_c",
+        f"  call void @{tile}({p} %{label}_xp, {p} %{label}_yp, {p} %{label}_gp, i64 %rn, "
+        f"i64 %cn, i64 %x_tap_row, i64 %x_tap_col, {ty} %dval)",
         f"  %{label}_c1 = add i64 %{label}_c, {step}",
         f"  br label %{label}_check",
         f"{label}_exit:",
@@ -152,13 +266,14 @@ def _channel_loop(label: str, after: str, tile: str, step: int, ty: str, start: 
 def module_ir(dtype: Any, kind: str, width: int, vectors: int = VECTORS) -> str:
     """The IR of one module (see the module docstring): ``kind`` ``"max"`` or ``"avg"``,
     ``width`` lanes per vector."""
-    if kind not in ("max", "avg"):
-        raise ValueError(f"kind must be 'max' or 'avg', got {kind!r}")
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     ty = _llvm._ir_type(dtype)
     p = f"{ty}*"
-    parts = ["\n".join(_tile("wide", kind, ty, width, vectors)),
-             "\n".join(_tile("one", kind, ty, width, 1)),
-             "\n".join(_tile("lane", kind, ty, 1, 1))]
+    make = _grad_tile if kind == "max_grad" else _tile
+    parts = ["\n".join(make("wide", kind, ty, width, vectors)),
+             "\n".join(make("one", kind, ty, width, 1)),
+             "\n".join(make("lane", kind, ty, 1, 1))]
     arguments = ", ".join(f"i64 %{name}" for name in DRIVE_FIELDS)
     drive = [
         f"define void @drive({p} %x, {p} %y, {p} %divisors, i64* %rows, i64* %columns, "
@@ -200,17 +315,20 @@ def module_ir(dtype: Any, kind: str, width: int, vectors: int = VECTORS) -> str:
         f"  %xw = getelementptr {ty}, {p} %x, i64 %xwo",
         "  %yc = mul i64 %ow, %channels",
         "  %ywo = add i64 %yu, %yc",
-        f"  %yw = getelementptr {ty}, {p} %y, i64 %ywo",
     ]
+    if kind == "max_grad":  # y: the input gradient (x's layout); divisors: dy (y's)
+        drive += [f"  %yw = getelementptr {ty}, {p} %y, i64 %xwo",
+                  f"  %gw = getelementptr {ty}, {p} %divisors, i64 %ywo"]
+    else:
+        drive += [f"  %yw = getelementptr {ty}, {p} %y, i64 %ywo",
+                  f"  %gw = getelementptr {ty}, {p} %y, i64 %ywo"]
     if kind == "avg":
         drive += ["  %di = add i64 %du, %ow",
                   f"  %dp = getelementptr {ty}, {p} %divisors, i64 %di",
                   f"  %dval = load {ty}, {p} %dp"]
     else:
         drive.append(f"  %dval = fadd {ty} 0.0, 0.0")
-    wide, reached = _channel_loop("wide", "w_loop", "wide", width * vectors, ty, "zero")
-    # the first loop starts at channel 0: name it
-    drive.append("  %zero = add i64 0, 0")
+    wide, reached = _channel_loop("wide", "w_loop", "wide", width * vectors, ty, "c_first")
     drive += wide
     one, reached_one = _channel_loop("one", "wide_exit", "one", width, ty, reached)
     drive += one

@@ -1,4 +1,5 @@
-"""Pooling's forward pass against PyTorch: the compiled kernels and the NumPy path.
+"""Pooling against PyTorch: the compiled kernels and the NumPy path, forward and the max
+pool's input gradient.
 
 Both read each window's cells inside the unpadded input (no padded copy). Random
 configurations (1-3 spatial axes, windows 1-4, strides 1-3, dilation, padding up
@@ -6,7 +7,9 @@ to half the window, ceil mode, ``count_include_pad``, channel counts that leave 
 vector tail, ties, NaN and infinities, float32 and float64) are held to
 ``torch.nn.functional``'s pooling; the networks' pooling shapes at batch 1 and 16;
 windows wholly in the padding against the padded reference; worker threads
-against one thread; peak memory against the networks benchmark's bound.
+against one thread; peak memory against the networks benchmark's bound. The max
+pool's gradient (first maximum, last NaN, a window of ``-inf`` values: its first
+cell inside the input) against ``torch.autograd.grad``, also split over threads.
 """
 
 from __future__ import annotations
@@ -19,14 +22,14 @@ import numpy as np
 import pytest
 
 from convarith import ConvSpec
-from convarith.engine import conv, pooling, thread_limit
+from convarith.engine import conv, conv_vjp, pooling, thread_limit
 from convarith.engine.algorithms import _llvm, _llvm_pool
 from convarith.engine.padding import pad
 
 torch = pytest.importorskip("torch")
 functional = pytest.importorskip("torch.nn.functional")
 
-CONFIGS = 60 if os.environ.get("CI") == "true" else 400
+CONFIGS = 40 if os.environ.get("CI") == "true" else 400
 
 MODES = ["compiled", "numpy"]
 
@@ -149,6 +152,66 @@ def test_windows_wholly_in_the_padding(mode: str, kind: str) -> None:
         y = pooling.forward(x, resolved)
     assert (np.isinf(y) | np.isnan(y)).any(), "no window lies wholly in the padding"
     np.testing.assert_allclose(y, expected, rtol=1e-12, atol=0, err_msg=f"{mode} {kind}")
+
+
+def _torch_max_grad(x: np.ndarray, dy: np.ndarray, k: int, s: int, p: int, d: int,
+                    ceil: bool) -> np.ndarray:
+    rank = x.ndim - 2
+    xt = torch.from_numpy(np.moveaxis(x, -1, 1).copy()).requires_grad_(True)
+    fn = (functional.max_pool1d, functional.max_pool2d, functional.max_pool3d)[rank - 1]
+    yt = fn(xt, k, s, p, d, ceil_mode=ceil)
+    (gx,) = torch.autograd.grad(yt, xt, torch.from_numpy(np.moveaxis(dy, -1, 1).copy()))
+    return np.moveaxis(gx.numpy(), 1, -1)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_random_max_gradients_match_pytorch(mode: str, seed: int) -> None:
+    rng = np.random.default_rng(100 + seed)
+    checked = 0
+    for case in range(CONFIGS // 2):
+        k, s, d = int(rng.integers(1, 5)), int(rng.integers(1, 4)), int(rng.integers(1, 3))
+        p, ceil = int(rng.integers(0, k // 2 + 1)), bool(rng.integers(0, 2))
+        rank = int(rng.choice([1, 2, 2, 3]))
+        reach = (k - 1) * d + 1
+        size = tuple(int(rng.integers(reach, reach + (10 if rank < 3 else 4)))
+                     for _ in range(rank))
+        channels = int(rng.choice([1, 3, 16, 17, 64, 70, 130]))
+        dtype = np.float32 if rng.random() < 0.6 else np.float64
+        x = rng.standard_normal((int(rng.integers(1, 4)), *size, channels)).astype(dtype)
+        if rng.random() < 0.3:
+            x = np.round(x)  # ties: the first maximum in window order
+        if rng.random() < 0.2:
+            x.flat[rng.integers(x.size, size=3)] = [np.nan, np.inf, -np.inf]
+        if rng.random() < 0.1:
+            x[...] = -np.inf  # PyTorch: each window's first cell inside the input
+        note = (f"{mode} seed {seed} case {case}: max k{k} s{s} p{p} d{d} ceil={ceil} "
+                f"x {x.shape} {np.dtype(dtype).name}")
+        try:
+            resolved = ConvSpec(k, strides=s, padding=p, dilation=d, pool="max",
+                                ceil_mode=ceil, rank=rank).resolve(x.shape)
+        except ValueError:
+            continue
+        dy = rng.standard_normal((x.shape[0], *resolved.output_size, channels)).astype(dtype)
+        _close(pooling.backward(x, resolved, dy), _torch_max_grad(x, dy, k, s, p, d, ceil),
+               note)
+        checked += 1
+    assert checked > CONFIGS // 4
+
+
+@pytest.mark.parametrize("batch", [1, 3, 16])
+def test_max_gradient_threads_give_one_threads_result(batch: int) -> None:
+    if _llvm_pool.pool_kernel(np.float32, "max_grad") is None:
+        pytest.skip("no compiled kernels here")
+    rng = np.random.default_rng(batch)
+    x = np.round(rng.standard_normal((batch, 29, 28, 80)), 1).astype(np.float32)
+    spec = ConvSpec(3, strides=2, padding=1, pool="max")
+    dy = rng.standard_normal((batch, 15, 14, 80)).astype(np.float32)
+    with thread_limit(1):
+        alone, _, _ = conv_vjp(x, None, spec, dy)
+    with thread_limit(2):
+        split, _, _ = conv_vjp(x, None, spec, dy)
+    np.testing.assert_array_equal(split, alone, err_msg=f"batch {batch}")
+    _close(split, _torch_max_grad(x, dy, 3, 2, 1, 1, False), f"batch {batch}")
 
 
 def test_window_spans_against_the_positions() -> None:
