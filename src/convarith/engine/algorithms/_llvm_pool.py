@@ -10,23 +10,27 @@ the input and has no border cases. One vector of ``VW`` channels per load, up
 to :data:`VECTORS` vectors of channels reduced side by side (independent
 chains), then single vectors, then one channel at a time for the channels left.
 
-One module (a dtype, max or average, a vector target) exports ``drive``::
+One module (a dtype, one of :data:`KINDS`, a vector target) exports ``drive``::
 
-    drive(x, y, divisors, rows, columns, first, stop, DRIVE_FIELDS...)
+    drive(x, y, divisors, rows, columns, DRIVE_FIELDS...)
 
 For each output row ``u`` of ``[first, stop)`` counted over the whole batch
 (image ``n = u // out_rows``, row ``oh = u % out_rows``), each cell ``ow <
-out_cols`` and channel ``c < channels``::
+out_cols`` and channel ``c`` of ``[c_first, c_stop)``::
 
     y[(u·out_cols + ow)·channels + c] = reduce_{a < rows[2oh+1], b < columns[2ow+1]}
         x[n·x_image + (rows[2oh] + a·row_step)·x_row + (columns[2ow] + b·column_step)·channels + c]
 
-with ``reduce`` the maximum (NaN wins, as PyTorch's ``val > max or isnan(val)``
-scan; ``-inf`` for an empty window) or the sum divided by
-``divisors[oh·out_cols + ow]``. ``rows[2oh]`` is the first input row of the
-window inside the input and ``rows[2oh+1]`` how many of its rows are inside
-(``columns`` the same along the row); ``row_step`` and ``column_step`` are the
-dilations.
+with ``reduce`` the maximum (``max``: NaN wins, as PyTorch's ``val > max or
+isnan(val)`` scan; ``-inf`` for an empty window) or the sum divided by
+``divisors[oh·out_cols + ow]`` (``avg``). ``rows[2oh]`` is the first input row
+of the window inside the input and ``rows[2oh+1]`` how many of its rows are
+inside (``columns`` the same along the row); ``row_step`` and ``column_step``
+are the dilations. ``max_grad`` instead adds ``divisors`` (there: the output
+gradient, laid out as ``y`` above) at each cell to ``y`` (there: the input
+gradient, laid out as ``x``) at the tap PyTorch's scan ends on, lane by lane:
+the first maximum in window order, the last NaN, or the window's first cell
+inside the input when every value is ``-inf``.
 
 Examples
 --------
@@ -46,7 +50,7 @@ import numpy as np
 from ..state import cached_once
 from . import _llvm
 
-__all__ = ["module_ir", "PoolKernel", "pool_kernel", "DRIVE_FIELDS", "VECTORS"]
+__all__ = ["module_ir", "PoolKernel", "pool_kernel", "DRIVE_FIELDS", "VECTORS", "KINDS"]
 
 #: The integer arguments of ``drive`` after its five pointers.
 DRIVE_FIELDS = ("first", "stop", "out_rows", "out_cols", "channels", "x_image", "x_row",
@@ -264,8 +268,8 @@ def _channel_loop(label: str, after: str, tile: str, step: int, ty: str, start: 
 
 
 def module_ir(dtype: Any, kind: str, width: int, vectors: int = VECTORS) -> str:
-    """The IR of one module (see the module docstring): ``kind`` ``"max"`` or ``"avg"``,
-    ``width`` lanes per vector."""
+    """The IR of one module (see the module docstring): ``kind`` one of :data:`KINDS`,
+    ``width`` lanes per vector, ``vectors`` vectors reduced side by side."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     ty = _llvm._ir_type(dtype)
