@@ -210,9 +210,10 @@ def forward(x: np.ndarray, resolved: ResolvedConv, planned: PoolPlan | None = No
     return y
 
 
-#: Window cells (output values × taps) below which a compiled pooling runs in the calling
-#: thread: handing chunks to a helper thread costs tens of microseconds.
-THREADED_WORK = 1 << 21
+#: Window cells (output values × taps; twice that for a max pool's gradient, which reads
+#: each window twice) below which a compiled pooling runs in the calling thread: about
+#: 20 µs of work on one core, where handing chunks to a helper costs some 10 µs.
+THREADED_WORK = 1 << 19
 
 
 def _forward_compiled(kernel: _llvm_pool.PoolKernel, x: np.ndarray, resolved: ResolvedConv,
@@ -237,8 +238,9 @@ def _forward_compiled(kernel: _llvm_pool.PoolKernel, x: np.ndarray, resolved: Re
         kernel.drive(x_address, y_address, divisors, rows, columns, first, stop, out_rows,
                      *fields)
 
-    workers = _threads.worker_count()
-    if workers == 1 or units < 2 or y.size * math.prod(spec.kernel_size) < THREADED_WORK:
+    workers = 1 if units < 2 or y.size * math.prod(spec.kernel_size) < THREADED_WORK \
+        else _threads.worker_count()
+    if workers == 1:
         run(0, units)
     else:
         _threads.run_chunks(run, units, -(-units // (4 * workers)), threads=workers,
@@ -504,7 +506,7 @@ def _max_grad_compiled(kernel: _llvm_pool.PoolKernel, x: np.ndarray, resolved: R
     images than chunks, ranges of channels (never two the same input cell)."""
     spec = resolved.spec
     batch, channels = x.shape[0], x.shape[-1]
-    d_x = np.zeros_like(x)
+    d_x = np.empty_like(x)  # zeroed below, by the chunks where they take whole images
     rows, columns, _ = planned.addresses
     out_rows = 1 if len(resolved.output_size) == 1 else resolved.output_size[0]
     row_step = 1 if len(resolved.output_size) == 1 else spec.dilation[0]
@@ -517,19 +519,27 @@ def _max_grad_compiled(kernel: _llvm_pool.PoolKernel, x: np.ndarray, resolved: R
                      first_image * out_rows, stop_image * out_rows, out_rows, *fields,
                      first_channel, stop_channel)
 
-    workers = _threads.worker_count()
-    if workers == 1 or dy.size * math.prod(spec.kernel_size) < THREADED_WORK:
+    workers = 1 if 2 * dy.size * math.prod(spec.kernel_size) < THREADED_WORK \
+        else _threads.worker_count()
+    # with fewer images than about 4 chunks per worker, pieces of channels too, each a
+    # whole register block (narrower pieces run slower than one thread)
+    block = kernel.width * _llvm_pool.VECTORS
+    pieces = 1 if workers == 1 else max(1, min(-(-4 * workers // max(1, batch)),
+                                               channels // block))
+    if workers == 1 or batch * pieces == 1:
+        d_x.fill(0)
         run(0, batch, 0, channels)
         return d_x
-    # pieces of channels (whole vectors) so that there are about 4 chunks per worker
-    lanes = kernel.width
-    pieces = max(1, min(-(-4 * workers // max(1, batch)), -(-channels // lanes)))
-    bounds = [min(channels, round(channels * i / pieces / lanes) * lanes)
+    bounds = [min(channels, round(channels * i / pieces / block) * block)
               for i in range(pieces)] + [channels]
+    if pieces > 1:
+        d_x.fill(0)  # (a strided fill per piece is slower than one memset)
 
     def work(start: int, stop: int) -> None:
         for chunk in range(start, stop):
             image, piece = divmod(chunk, pieces)
+            if pieces == 1:  # a large np.zeros is a memset by the caller: here in parallel
+                d_x[image] = 0
             if bounds[piece] < bounds[piece + 1]:
                 run(image, image + 1, bounds[piece], bounds[piece + 1])
 
