@@ -203,9 +203,9 @@ def test_max_gradient_threads_give_one_threads_result(batch: int) -> None:
     if _llvm_pool.pool_kernel(np.float32, "max_grad") is None:
         pytest.skip("no compiled kernels here")
     rng = np.random.default_rng(batch)
-    x = np.round(rng.standard_normal((batch, 29, 28, 80)), 1).astype(np.float32)
+    x = np.round(rng.standard_normal((batch, 29, 28, 160)), 1).astype(np.float32)
     spec = ConvSpec(3, strides=2, padding=1, pool="max")
-    dy = rng.standard_normal((batch, 15, 14, 80)).astype(np.float32)
+    dy = rng.standard_normal((batch, 15, 14, 160)).astype(np.float32)
     with thread_limit(1):
         alone, _, _ = conv_vjp(x, None, spec, dy)
     with thread_limit(2):
