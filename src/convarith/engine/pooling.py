@@ -61,6 +61,8 @@ class PoolPlan:
     weights: np.ndarray | None = field(default=None, compare=False)
     # per spatial axis, each window's span inside the input (window_spans)
     spans: tuple[np.ndarray, ...] = field(default=(), compare=False)
+    # per spatial axis, how the NumPy path reduces it (axis_taps)
+    taps: tuple[Any, ...] = field(default=(), compare=False)
     # an average's divisor per output cell, flat, in the compute dtype (read-only)
     divisors: np.ndarray | None = field(default=None, compare=False)
     # the compiled kernel's window tables (one or two spatial axes): rows, columns
@@ -107,8 +109,11 @@ def pool_plan(resolved: ResolvedConv, dtype: Any = None) -> PoolPlan:
         rows, columns = (_ONE_ROW, *spans) if len(spans) == 1 else spans
         addresses = (rows.ctypes.data, columns.ctypes.data,
                      0 if divisors is None else divisors.ctypes.data)
-    return PoolPlan(window_padding, padded, whole, uniform, weights, spans, divisors, rows,
-                    columns, addresses)
+    taps = tuple(axis_taps(n, k, s, d, lo, o) for n, k, s, d, (lo, _), o in zip(
+        resolved.input_size, spec.kernel_size, spec.strides, spec.dilation, window_padding,
+        resolved.output_size))
+    return PoolPlan(window_padding, padded, whole, uniform, weights, spans, taps, divisors,
+                    rows, columns, addresses)
 
 
 def window_spans(size: int, kernel: int, stride: int, dilation: int, pad_lo: int, out: int
@@ -199,9 +204,9 @@ def forward(x: np.ndarray, resolved: ResolvedConv, planned: PoolPlan | None = No
         return _forward_compiled(kernel, np.ascontiguousarray(x), resolved, planned)
     if kind == "max":
         return clipped_windows(x, np.maximum, spec.kernel_size, spec.strides, spec.dilation,
-                               planned.window_padding, resolved.output_size)
+                               planned.window_padding, resolved.output_size, planned.taps)
     y = clipped_windows(x, np.add, spec.kernel_size, spec.strides, spec.dilation,
-                        planned.window_padding, resolved.output_size)
+                        planned.window_padding, resolved.output_size, planned.taps)
     if planned.uniform:
         y /= y.dtype.type(math.prod(spec.kernel_size))  # every window counts all its cells
         return y
@@ -257,10 +262,36 @@ def _window_positions(size: int, kernel: int, stride: int, dilation: int, pad_lo
     return positions, (positions >= 0) & (positions < size)
 
 
+AxisTaps = tuple[int, tuple[tuple[int, int, int], ...]] | None
+
+
+def axis_taps(size: int, kernel: int, stride: int, dilation: int, pad_lo: int, out: int
+              ) -> AxisTaps:
+    """How :func:`clipped_windows` reduces one axis: ``None`` where each window is its own
+    cell, else ``(full, taps)``: per kernel tap that some window holds inside the input,
+    the windows ``[o0, o1)`` that hold it and the input cell window ``o0`` reads there,
+    the ``full`` taps that every window holds first.
+
+    >>> axis_taps(5, 3, 2, 1, 1, 3)
+    (1, ((0, 3, 0), (1, 3, 1), (0, 2, 1)))
+    """
+    if kernel == 1 and stride == 1 and pad_lo == 0 and out == size:
+        return None
+    positions, inside = _window_positions(size, kernel, stride, dilation, pad_lo, out)
+    spans = []
+    for tap in range(kernel):
+        holds = np.flatnonzero(inside[:, tap])  # consecutive windows
+        if holds.size:
+            o0 = int(holds[0])
+            spans.append((o0, int(holds[-1]) + 1, int(positions[o0, tap])))
+    full = [span for span in spans if span[:2] == (0, out)]
+    return len(full), tuple(full + [span for span in spans if span[:2] != (0, out)])
+
+
 def clipped_windows(x: np.ndarray, op: np.ufunc, kernel_size: tuple[int, ...],
                     strides: tuple[int, ...], dilation: tuple[int, ...],
-                    window_padding: tuple[tuple[int, int], ...], out_size: tuple[int, ...]
-                    ) -> np.ndarray:
+                    window_padding: tuple[tuple[int, int], ...], out_size: tuple[int, ...],
+                    taps: tuple[AxisTaps, ...] | None = None) -> np.ndarray:
     """``op`` (``np.maximum`` or ``np.add``) over the cells of each window that lie inside
     the unpadded ``x`` ``(N, *spatial, C)``, a new array ``(N, *out_size, C)``: padding
     (and a ceil-mode overhang) is skipped, as if it held ``-inf`` (max) or 0 (sum).
@@ -268,47 +299,41 @@ def clipped_windows(x: np.ndarray, op: np.ufunc, kernel_size: tuple[int, ...],
     One spatial axis at a time (a max or sum over a box is one along each axis in
     turn): along it, each tap combines the outputs whose window holds it inside the
     input with one strided view (no padded copy); a single window is one
-    ``op.reduce``.
+    ``op.reduce``. ``taps``: each axis's :func:`axis_taps` (made here if not given).
 
     >>> clipped_windows(np.arange(4.0).reshape(1, 4, 1), np.add, (3,), (1,), (1,),
     ...                 ((1, 1),), (4,))[0, :, 0]
     array([1., 3., 6., 5.])
     """
+    if taps is None:
+        taps = tuple(axis_taps(n, k, s, d, lo, o) for n, k, s, d, (lo, _), o in zip(
+            x.shape[1:-1], kernel_size, strides, dilation, window_padding, out_size))
     fill = -np.inf if op is np.maximum else 0
     current = x
-    for axis, (k, s, d, (lo, _), out) in enumerate(
-            zip(kernel_size, strides, dilation, window_padding, out_size), 1):
-        size = current.shape[axis]
-        if k == 1 and s == 1 and lo == 0 and out == size:
+    for axis, (plan, s, d, out) in enumerate(zip(taps, strides, dilation, out_size), 1):
+        if plan is None:
             continue  # each window is its own cell
+        full, spans = plan
         head = (slice(None),) * axis
         shape = current.shape[:axis] + (out,) + current.shape[axis + 1:]
-        positions, inside = _window_positions(size, k, s, d, lo, out)
-        if out == 0 or not inside.any():
+        if out == 0 or not spans:
             current = np.full(shape, fill, x.dtype)
             continue
         if out == 1:  # one window: a reduction over the cells it holds
-            cells = positions[0][inside[0]]
-            current = op.reduce(current[head + (slice(cells[0], cells[-1] + 1, d),)],
+            current = op.reduce(current[head + (slice(spans[0][2], spans[-1][2] + 1, d),)],
                                 axis=axis, keepdims=True)
             continue
-        whole_taps = np.flatnonzero(inside.all(axis=0))  # taps inside for every window
-        first_tap = int(whole_taps[0]) if whole_taps.size else -1
-        result = np.empty(shape, x.dtype)
-        if first_tap < 0:
-            result.fill(fill)
-        for tap in [first_tap] * (first_tap >= 0) + [t for t in range(k) if t != first_tap]:
-            holds = np.flatnonzero(inside[:, tap])  # consecutive windows
-            if not holds.size:
-                continue
-            o0, o1 = int(holds[0]), int(holds[-1]) + 1
-            start = int(positions[o0, tap])
-            source = current[head + (slice(start, start + (o1 - o0 - 1) * s + 1, s),)]
+        views = [current[head + (slice(start, start + (o1 - o0 - 1) * s + 1, s),)]
+                 for o0, o1, start in spans]
+        if full >= 2:  # the first two taps make the new array
+            result, first = op(views[0], views[1]), 2
+        elif full == 1:
+            result, first = np.array(views[0]), 1
+        else:
+            result, first = np.full(shape, fill, x.dtype), 0
+        for (o0, o1, _), source in zip(spans[first:], views[first:]):
             target = result[head + (slice(o0, o1),)]
-            if tap == first_tap:
-                target[...] = source
-            else:
-                op(target, source, out=target)
+            op(target, source, out=target)
         current = result
     if current is x:
         current = np.array(x)  # every window one cell: a copy

@@ -369,6 +369,8 @@ class PoolKernel:
 def pool_kernel(dtype: Any, kind: str) -> PoolKernel | None:
     """The compiled module for ``dtype`` and ``kind`` on the vector target in use
     (``None``: no compiled kernels here, ``CONVARITH_JIT=0``, or not float32/float64)."""
+    if _llvm._llvm() is None:  # (before reading the target: the NumPy path's calls are short)
+        return None
     return _pool_kernel(np.dtype(dtype), kind, _llvm.vector_target())
 
 
