@@ -1,5 +1,5 @@
-"""Pooling against PyTorch: the compiled kernels and the NumPy path, forward and the max
-pool's input gradient.
+"""Pooling against PyTorch: the llvmlite kernels, numba's loops and the NumPy path,
+forward and the max pool's input gradient.
 
 Both read each window's cells inside the unpadded input (no padded copy). Random
 configurations (1-3 spatial axes, windows 1-4, strides 1-3, dilation, padding up
@@ -23,24 +23,30 @@ import pytest
 
 from convarith import ConvSpec
 from convarith.engine import conv, conv_vjp, pooling, thread_limit
-from convarith.engine.algorithms import _llvm, _llvm_pool
+from convarith.engine.algorithms import _llvm, _llvm_pool, _numba_pool
 from convarith.engine.padding import pad
 
 torch = pytest.importorskip("torch")
 functional = pytest.importorskip("torch.nn.functional")
 
-CONFIGS = 40 if os.environ.get("CI") == "true" else 400
+CONFIGS = 30 if os.environ.get("CI") == "true" else 400
 
-MODES = ["compiled", "numpy"]
+MODES = ["compiled", "numba", "numpy"]
 
 
 @pytest.fixture(params=MODES)
 def mode(request: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Which loops pool: llvmlite's kernels, numba's (``CONVARITH_JIT=0``), or NumPy's."""
     if request.param == "compiled":
         if _llvm_pool.pool_kernel(np.float32, "max") is None:
             pytest.skip("no compiled kernels here (no llvmlite, CONVARITH_JIT=0 or no AVX2)")
+        return "compiled"
+    monkeypatch.setattr(_llvm_pool, "pool_kernel", lambda dtype, kind: None)
+    if request.param == "numba":
+        if _numba_pool.numba_kernels() is None:
+            pytest.skip("no numba")
     else:
-        monkeypatch.setattr(_llvm_pool, "pool_kernel", lambda dtype, kind: None)
+        monkeypatch.setattr(_numba_pool, "numba_kernels", lambda: None)
     return str(request.param)
 
 

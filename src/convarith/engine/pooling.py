@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +37,7 @@ import numpy as np
 
 from ..arithmetic import effective_kernel
 from ..spec import ResolvedConv
-from .algorithms import _llvm_pool, _threads
+from .algorithms import _llvm_pool, _numba_pool, _threads
 from .algorithms.offset_gemm import tap_view
 from .padding import pad
 
@@ -199,9 +200,9 @@ def forward(x: np.ndarray, resolved: ResolvedConv, planned: PoolPlan | None = No
             y = np.matmul(weights, rows)
         return y.reshape(batch, *resolved.output_size, channels)
     kind = "max" if spec.pool == "max" else "avg"
-    kernel = _llvm_pool.pool_kernel(x.dtype, kind) if len(resolved.output_size) <= 2 else None
-    if kernel is not None:
-        return _forward_compiled(kernel, np.ascontiguousarray(x), resolved, planned)
+    fast = _forward_compiled(x, resolved, planned, kind)
+    if fast is not None:
+        return fast
     if kind == "max":
         return clipped_windows(x, np.maximum, spec.kernel_size, spec.strides, spec.dilation,
                                planned.window_padding, resolved.output_size, planned.taps)
@@ -221,27 +222,56 @@ def forward(x: np.ndarray, resolved: ResolvedConv, planned: PoolPlan | None = No
 THREADED_WORK = 1 << 19
 
 
-def _forward_compiled(kernel: _llvm_pool.PoolKernel, x: np.ndarray, resolved: ResolvedConv,
-                      planned: PoolPlan) -> np.ndarray:
-    """:func:`forward` by the compiled kernel (one or two spatial axes), in chunks of
-    output rows over the workers."""
+def _compiled_loops(dtype: np.dtype[Any], kind: str, rank: int
+                    ) -> _llvm_pool.PoolKernel | tuple[Any, ...] | None:
+    """The llvmlite kernel of ``kind``, else numba's loops, for one or two spatial axes
+    of float32/float64 (``None``: neither here)."""
+    if rank > 2 or dtype.char not in "fd":
+        return None
+    kernel = _llvm_pool.pool_kernel(dtype, kind)
+    return kernel if kernel is not None else _numba_pool.numba_kernels()
+
+
+def _as_rows(a: np.ndarray) -> np.ndarray:
+    """A one-dimensional pool's ``(N, W, C)`` as one row ``(N, 1, W, C)`` (a view)."""
+    return a[:, None] if a.ndim == 3 else a
+
+
+def _forward_compiled(x: np.ndarray, resolved: ResolvedConv, planned: PoolPlan, kind: str
+                      ) -> np.ndarray | None:
+    """:func:`forward` by the compiled kernel, or numba's loops (one or two spatial axes),
+    in chunks of output rows over the workers; ``None`` if neither runs here."""
+    loops = _compiled_loops(x.dtype, kind, len(resolved.output_size))
+    if loops is None:
+        return None
+    x = np.ascontiguousarray(x)
     spec = resolved.spec
     batch, channels = x.shape[0], x.shape[-1]
     y = np.empty((batch, *resolved.output_size, channels), x.dtype)
-    rows, columns, divisors = planned.addresses
-    if spec.pool == "avg" and (planned.divisors is None or planned.divisors.dtype != x.dtype):
+    if kind == "avg" and (planned.divisors is None or planned.divisors.dtype != x.dtype):
         planned = pool_plan(resolved, x.dtype)  # made for another dtype
-        rows, columns, divisors = planned.addresses
     out_rows = 1 if len(resolved.output_size) == 1 else resolved.output_size[0]
     row_step = 1 if len(resolved.output_size) == 1 else spec.dilation[0]
     units = batch * out_rows
-    x_address, y_address = x.ctypes.data, y.ctypes.data
-    fields = (resolved.output_size[-1], channels, x[0].size if batch else 0,
-              x.shape[-2] * channels, row_step, spec.dilation[-1], 0, channels)
+    run: Callable[[int, int], None]
+    if isinstance(loops, _llvm_pool.PoolKernel):
+        drive = loops.drive
+        rows, columns, divisors = planned.addresses
+        x_address, y_address = x.ctypes.data, y.ctypes.data
+        fields = (resolved.output_size[-1], channels, x[0].size if batch else 0,
+                  x.shape[-2] * channels, row_step, spec.dilation[-1], 0, channels)
 
-    def run(first: int, stop: int) -> None:
-        kernel.drive(x_address, y_address, divisors, rows, columns, first, stop, out_rows,
-                     *fields)
+        def run(first: int, stop: int) -> None:
+            drive(x_address, y_address, divisors, rows, columns, first, stop, out_rows,
+                  *fields)
+    else:
+        x_rows, y_rows = _as_rows(x), _as_rows(y)
+        loop = loops[0] if kind == "max" else loops[1]
+        tables = (planned.rows, planned.columns) if kind == "max" else (
+            planned.divisors, planned.rows, planned.columns)
+
+        def run(first: int, stop: int) -> None:
+            loop(x_rows, y_rows, *tables, first, stop, row_step, spec.dilation[-1])
 
     workers = 1 if units < 2 or y.size * math.prod(spec.kernel_size) < THREADED_WORK \
         else _threads.worker_count()
@@ -469,8 +499,8 @@ def backward(x: np.ndarray, resolved: ResolvedConv, dy: np.ndarray,
         spread = spread_windows(share, spec.kernel_size, spec.strides, spec.dilation,
                                 planned.padded_size)
         return np.ascontiguousarray(spread[inner])
-    kernel = _llvm_pool.pool_kernel(x.dtype, "max_grad") if len(resolved.output_size) <= 2 \
-        else None
+    kernel = _llvm_pool.pool_kernel(x.dtype, "max_grad") if len(
+        resolved.output_size) <= 2 and x.dtype.char in "fd" else None
     if kernel is not None:
         return _max_grad_compiled(kernel, np.ascontiguousarray(x), resolved, planned,
                                   np.ascontiguousarray(dy, x.dtype))
@@ -532,23 +562,22 @@ def _max_grad_compiled(kernel: _llvm_pool.PoolKernel, x: np.ndarray, resolved: R
     spec = resolved.spec
     batch, channels = x.shape[0], x.shape[-1]
     d_x = np.empty_like(x)  # zeroed below, by the chunks where they take whole images
-    rows, columns, _ = planned.addresses
     out_rows = 1 if len(resolved.output_size) == 1 else resolved.output_size[0]
     row_step = 1 if len(resolved.output_size) == 1 else spec.dilation[0]
+    drive, block = kernel.drive, kernel.width * _llvm_pool.VECTORS
+    rows, columns, _ = planned.addresses
     x_address, dx_address, dy_address = x.ctypes.data, d_x.ctypes.data, dy.ctypes.data
     fields = (resolved.output_size[-1], channels, x[0].size if batch else 0,
               x.shape[-2] * channels, row_step, spec.dilation[-1])
 
     def run(first_image: int, stop_image: int, first_channel: int, stop_channel: int) -> None:
-        kernel.drive(x_address, dx_address, dy_address, rows, columns,
-                     first_image * out_rows, stop_image * out_rows, out_rows, *fields,
-                     first_channel, stop_channel)
+        drive(x_address, dx_address, dy_address, rows, columns, first_image * out_rows,
+              stop_image * out_rows, out_rows, *fields, first_channel, stop_channel)
 
     workers = 1 if 2 * dy.size * math.prod(spec.kernel_size) < THREADED_WORK \
         else _threads.worker_count()
     # with fewer images than about 4 chunks per worker, pieces of channels too, each a
     # whole register block (narrower pieces run slower than one thread)
-    block = kernel.width * _llvm_pool.VECTORS
     pieces = 1 if workers == 1 else max(1, min(-(-4 * workers // max(1, batch)),
                                                channels // block))
     if workers == 1 or batch * pieces == 1:
