@@ -40,6 +40,7 @@ def mode(request: Any, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param == "compiled":
         if _llvm_pool.pool_kernel(np.float32, "max") is None:
             pytest.skip("no compiled kernels here (no llvmlite, CONVARITH_JIT=0 or no AVX2)")
+        monkeypatch.setattr(pooling, "SMALL_WORK", 0)  # (small pools run numba's loops)
         return "compiled"
     monkeypatch.setattr(_llvm_pool, "pool_kernel", lambda dtype, kind: None)
     if request.param == "numba":
