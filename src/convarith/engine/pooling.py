@@ -4,9 +4,12 @@ The forward pass reads each window where it lies in the unpadded input: only
 the window's cells inside the input (:func:`window_spans`), so no padded copy
 is made. With compiled kernels (:mod:`.algorithms._llvm_pool`, one or two
 spatial axes, float32/float64) each output cell's window is reduced channels-last,
-a vector of channels at a time, the output rows split over the worker threads;
-otherwise NumPy reduces one axis and one tap at a time over strided views
-(:func:`clipped_windows`). Divisors follow PyTorch exactly:
+a vector of channels at a time, the output rows split over the worker threads
+(numba's loops, :mod:`.algorithms._numba_pool`, for small pools and where the
+llvmlite kernels are off); otherwise NumPy reduces one axis and one tap at a time
+over strided views (:func:`clipped_windows`). A max pool's gradient scans each
+window with the compiled kernel, else takes NumPy's passes over the taps.
+Divisors follow PyTorch exactly:
 
 * ``count_include_pad=True``: the cells of the window inside the padded input
   (a ceil-mode window hanging past the padding counts only what it covers);
