@@ -45,7 +45,8 @@ from .algorithms.offset_gemm import tap_view
 from .padding import pad
 
 __all__ = ["forward", "backward", "divisor", "reduce_windows", "spread_windows", "PoolPlan",
-           "pool_plan"]
+           "pool_plan", "window_spans", "axis_taps", "clipped_windows", "THREADED_WORK",
+           "SMALL_WORK"]
 
 
 _ONE_ROW = np.array([[0, 1]], np.int64)  # a one-dimensional pool's one row of taps
