@@ -1,8 +1,15 @@
 """Max and average pooling over channels-last arrays, forward and backward.
 
-The window's cells are visited one kernel tap at a time, each tap a strided
-view of the padded input (as in :mod:`.algorithms.offset_gemm`), so memory
-stays at a few output-sized arrays. Divisors follow PyTorch exactly:
+The forward pass reads each window where it lies in the unpadded input: only
+the window's cells inside the input (:func:`window_spans`), so no padded copy
+is made. With compiled kernels (:mod:`.algorithms._llvm_pool`, one or two
+spatial axes, float32/float64) each output cell's window is reduced channels-last,
+a vector of channels at a time, the output rows split over the worker threads
+(numba's loops, :mod:`.algorithms._numba_pool`, for small pools and where the
+llvmlite kernels are off); otherwise NumPy reduces one axis and one tap at a time
+over strided views (:func:`clipped_windows`). A max pool's gradient scans each
+window with the compiled kernel, else takes NumPy's passes over the taps.
+Divisors follow PyTorch exactly:
 
 * ``count_include_pad=True``: the cells of the window inside the padded input
   (a ceil-mode window hanging past the padding counts only what it covers);
@@ -23,7 +30,9 @@ array([0.5, 2.5, 4. ])
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,11 +40,17 @@ import numpy as np
 
 from ..arithmetic import effective_kernel
 from ..spec import ResolvedConv
+from .algorithms import _llvm_pool, _numba_pool, _threads
 from .algorithms.offset_gemm import tap_view
 from .padding import pad
 
 __all__ = ["forward", "backward", "divisor", "reduce_windows", "spread_windows", "PoolPlan",
-           "pool_plan"]
+           "pool_plan", "window_spans", "axis_taps", "clipped_windows", "THREADED_WORK",
+           "SMALL_WORK"]
+
+
+_ONE_ROW = np.array([[0, 1]], np.int64)  # a one-dimensional pool's one row of taps
+_ONE_ROW.flags.writeable = False
 
 
 @dataclass(frozen=True)
@@ -49,11 +64,22 @@ class PoolPlan:
     uniform: bool  # every average window counts all its cells
     # a global average's 1 / cells (read-only) in the compute dtype
     weights: np.ndarray | None = field(default=None, compare=False)
+    # per spatial axis, each window's span inside the input (window_spans)
+    spans: tuple[np.ndarray, ...] = field(default=(), compare=False)
+    # per spatial axis, how the NumPy path reduces it (axis_taps)
+    taps: tuple[Any, ...] = field(default=(), compare=False)
+    # an average's divisor per output cell, flat, in the compute dtype (read-only)
+    divisors: np.ndarray | None = field(default=None, compare=False)
+    # the compiled kernel's window tables (one or two spatial axes): rows, columns
+    rows: np.ndarray | None = field(default=None, compare=False)
+    columns: np.ndarray | None = field(default=None, compare=False)
+    # their addresses, and the divisors' (0: none), as the kernel takes them
+    addresses: tuple[int, int, int] = field(default=(0, 0, 0), compare=False)
 
 
 def pool_plan(resolved: ResolvedConv, dtype: Any = None) -> PoolPlan:
     """The :class:`PoolPlan` of a resolved pooling spec (with ``dtype``, the compute
-    dtype, a global average's weights are made once here).
+    dtype, a global average's weights and an average's divisors are made once here).
 
     >>> from convarith import ConvSpec
     >>> pool_plan(ConvSpec(7, pool="avg").resolve((1, 7, 7, 3))).whole
@@ -72,7 +98,46 @@ def pool_plan(resolved: ResolvedConv, dtype: Any = None) -> PoolPlan:
         cells = math.prod(resolved.input_size)
         weights = np.full(cells, 1 / cells, dtype)
         weights.flags.writeable = False
-    return PoolPlan(window_padding, padded, whole, uniform, weights)
+    spans = tuple(
+        window_spans(n, k, s, d, lo, o) for n, k, s, d, (lo, _), o in zip(
+            resolved.input_size, spec.kernel_size, spec.strides, spec.dilation, window_padding,
+            resolved.output_size))
+    for span in spans:
+        span.flags.writeable = False
+    divisors = None
+    if spec.pool == "avg" and not whole and dtype is not None:
+        divisors = np.ascontiguousarray(divisor(resolved).ravel(), dtype)
+        divisors.flags.writeable = False
+    rows = columns = None
+    addresses = (0, 0, 0)
+    if len(spans) <= 2:
+        rows, columns = (_ONE_ROW, *spans) if len(spans) == 1 else spans
+        addresses = (rows.ctypes.data, columns.ctypes.data,
+                     0 if divisors is None else divisors.ctypes.data)
+    taps = tuple(axis_taps(n, k, s, d, lo, o) for n, k, s, d, (lo, _), o in zip(
+        resolved.input_size, spec.kernel_size, spec.strides, spec.dilation, window_padding,
+        resolved.output_size))
+    return PoolPlan(window_padding, padded, whole, uniform, weights, spans, taps, divisors,
+                    rows, columns, addresses)
+
+
+def window_spans(size: int, kernel: int, stride: int, dilation: int, pad_lo: int, out: int
+                 ) -> np.ndarray:
+    """Each window's part inside the input along one axis: ``(out, 2)`` int64 rows of its
+    first input cell inside the input and how many of its taps are inside.
+
+    Window ``o`` reads positions ``o·stride - pad_lo + t·dilation`` (``t < kernel``);
+    those inside ``[0, size)`` are consecutive taps. A window wholly in the padding
+    (or past it, ceil mode) has count 0 (and first cell 0).
+
+    >>> window_spans(5, 3, 2, 1, 1, 3).tolist()
+    [[0, 2], [1, 3], [3, 2]]
+    """
+    positions, inside = _window_positions(size, kernel, stride, dilation, pad_lo, out)
+    count = inside.sum(axis=1)
+    first = positions[np.arange(out), np.argmax(inside, axis=1)] if out else count
+    return np.ascontiguousarray(np.stack([np.where(count > 0, first, 0), count], axis=1),
+                                np.int64)
 
 
 def _whole(resolved: ResolvedConv, batch: int) -> tuple[slice, ...]:
@@ -108,10 +173,12 @@ def forward(x: np.ndarray, resolved: ResolvedConv, planned: PoolPlan | None = No
             ) -> np.ndarray:
     """Pool channels-last ``x`` ``(N, *spatial, C)`` per the resolved spec.
 
-    The window is reduced one axis at a time (:func:`reduce_windows`): a max or
-    a sum over a rectangle is the max or sum over its rows of the max or sum
-    over each row, so a ``K×K`` window costs about ``2K`` passes, not ``K²``.
-    A global average is one matrix-vector product with ``1 / cells``.
+    With compiled kernels (one or two spatial axes, float32/float64) each window's
+    cells inside the input are reduced in one pass per output cell, the output rows
+    split over the workers; otherwise one axis at a time (:func:`clipped_windows`):
+    a max or a sum over a rectangle is the max or sum over its rows of the max or
+    sum over each row. Neither pads the input. A global average is one
+    matrix-vector product with ``1 / cells``.
     ``planned`` is :func:`pool_plan` of ``resolved`` (made here if not given).
 
     >>> from convarith import ConvSpec
@@ -123,7 +190,7 @@ def forward(x: np.ndarray, resolved: ResolvedConv, planned: PoolPlan | None = No
     """
     spec = resolved.spec
     if planned is None:
-        planned = pool_plan(resolved)
+        planned = pool_plan(resolved, x.dtype)
     if planned.whole:
         batch, channels = x.shape[0], x.shape[-1]
         cells = x.size // max(1, batch * channels)
@@ -136,19 +203,187 @@ def forward(x: np.ndarray, resolved: ResolvedConv, planned: PoolPlan | None = No
                 weights = np.full(cells, 1 / cells, x.dtype)
             y = np.matmul(weights, rows)
         return y.reshape(batch, *resolved.output_size, channels)
-    if spec.pool == "max":
-        xp = pad(x, planned.window_padding, "zeros", fill=-np.inf)
-        return reduce_windows(xp, np.maximum, spec.kernel_size, spec.strides, spec.dilation,
-                              resolved.output_size)
-    xp = pad(x, planned.window_padding)
-    y = reduce_windows(xp, np.add, spec.kernel_size, spec.strides, spec.dilation,
-                       resolved.output_size)
+    kind = "max" if spec.pool == "max" else "avg"
+    fast = _forward_compiled(x, resolved, planned, kind)
+    if fast is not None:
+        return fast
+    if kind == "max":
+        return clipped_windows(x, np.maximum, spec.kernel_size, spec.strides, spec.dilation,
+                               planned.window_padding, resolved.output_size, planned.taps)
+    y = clipped_windows(x, np.add, spec.kernel_size, spec.strides, spec.dilation,
+                        planned.window_padding, resolved.output_size, planned.taps)
     if planned.uniform:
         y /= y.dtype.type(math.prod(spec.kernel_size))  # every window counts all its cells
         return y
     with np.errstate(divide="ignore", invalid="ignore"):
         y /= divisor(resolved).astype(x.dtype)
     return y
+
+
+#: Window cells (output values × taps; twice that for a max pool's gradient, which reads
+#: each window twice) below which a compiled pooling runs in the calling thread: about
+#: 20 µs of work on one core, where handing chunks to a helper costs some 10 µs.
+THREADED_WORK = 1 << 19
+
+
+#: Window cells below which numba's loops (where installed) run a pooling rather than the
+#: llvmlite kernel: a numba call costs a few microseconds less than the kernel's ctypes
+#: call (one core, float32, 2×2 stride 2 on 7²×512: 7 against 17 µs; 3×3 stride 2 on
+#: 56²×64, 451k cells: 80 against 41 µs).
+SMALL_WORK = 1 << 16
+
+
+def _compiled_loops(dtype: np.dtype[Any], kind: str, rank: int, cells: int
+                    ) -> _llvm_pool.PoolKernel | tuple[Any, ...] | None:
+    """The llvmlite kernel of ``kind`` or numba's loops (numba's first below
+    :data:`SMALL_WORK` window ``cells``), for one or two spatial axes of
+    float32/float64 (``None``: neither here)."""
+    if rank > 2 or dtype.char not in "fd":
+        return None
+    if cells < SMALL_WORK:
+        loops = _numba_pool.numba_kernels()
+        if loops is not None:
+            return loops
+    kernel = _llvm_pool.pool_kernel(dtype, kind)
+    return kernel if kernel is not None else _numba_pool.numba_kernels()
+
+
+def _as_rows(a: np.ndarray) -> np.ndarray:
+    """A one-dimensional pool's ``(N, W, C)`` as one row ``(N, 1, W, C)`` (a view)."""
+    return a[:, None] if a.ndim == 3 else a
+
+
+def _forward_compiled(x: np.ndarray, resolved: ResolvedConv, planned: PoolPlan, kind: str
+                      ) -> np.ndarray | None:
+    """:func:`forward` by the compiled kernel, or numba's loops (one or two spatial axes),
+    in chunks of output rows over the workers; ``None`` if neither runs here."""
+    spec = resolved.spec
+    batch, channels = x.shape[0], x.shape[-1]
+    cells = batch * math.prod(resolved.output_size) * channels * math.prod(spec.kernel_size)
+    loops = _compiled_loops(x.dtype, kind, len(resolved.output_size), cells)
+    if loops is None:
+        return None
+    x = np.ascontiguousarray(x)
+    y = np.empty((batch, *resolved.output_size, channels), x.dtype)
+    if kind == "avg" and (planned.divisors is None or planned.divisors.dtype != x.dtype):
+        planned = pool_plan(resolved, x.dtype)  # made for another dtype
+    out_rows = 1 if len(resolved.output_size) == 1 else resolved.output_size[0]
+    row_step = 1 if len(resolved.output_size) == 1 else spec.dilation[0]
+    units = batch * out_rows
+    run: Callable[[int, int], None]
+    if isinstance(loops, _llvm_pool.PoolKernel):
+        drive = loops.drive
+        rows, columns, divisors = planned.addresses
+        x_address, y_address = x.ctypes.data, y.ctypes.data
+        fields = (resolved.output_size[-1], channels, x[0].size if batch else 0,
+                  x.shape[-2] * channels, row_step, spec.dilation[-1], 0, channels)
+
+        def run(first: int, stop: int) -> None:
+            drive(x_address, y_address, divisors, rows, columns, first, stop, out_rows,
+                  *fields)
+    else:
+        x_rows, y_rows = _as_rows(x), _as_rows(y)
+        loop = loops[0] if kind == "max" else loops[1]
+        tables = (planned.rows, planned.columns) if kind == "max" else (
+            planned.divisors, planned.rows, planned.columns)
+
+        def run(first: int, stop: int) -> None:
+            loop(x_rows, y_rows, *tables, first, stop, row_step, spec.dilation[-1])
+
+    workers = 1 if units < 2 or cells < THREADED_WORK else _threads.worker_count()
+    if workers == 1:
+        run(0, units)
+    else:
+        _threads.run_chunks(run, units, -(-units // (4 * workers)), threads=workers,
+                            blas=False)
+    return y
+
+
+def _window_positions(size: int, kernel: int, stride: int, dilation: int, pad_lo: int,
+                      out: int) -> tuple[np.ndarray, np.ndarray]:
+    """The input position each window's tap reads along one axis ``(out, kernel)``, and
+    whether it is inside the input."""
+    positions = (np.arange(out, dtype=np.int64)[:, None] * stride - pad_lo
+                 + np.arange(kernel, dtype=np.int64)[None, :] * dilation)
+    return positions, (positions >= 0) & (positions < size)
+
+
+AxisTaps = tuple[int, tuple[tuple[int, int, int], ...]] | None
+
+
+def axis_taps(size: int, kernel: int, stride: int, dilation: int, pad_lo: int, out: int
+              ) -> AxisTaps:
+    """How :func:`clipped_windows` reduces one axis: ``None`` where each window is its own
+    cell, else ``(full, taps)``: per kernel tap that some window holds inside the input,
+    the windows ``[o0, o1)`` that hold it and the input cell window ``o0`` reads there,
+    the ``full`` taps that every window holds first.
+
+    >>> axis_taps(5, 3, 2, 1, 1, 3)
+    (1, ((0, 3, 0), (1, 3, 1), (0, 2, 1)))
+    """
+    if kernel == 1 and stride == 1 and pad_lo == 0 and out == size:
+        return None
+    positions, inside = _window_positions(size, kernel, stride, dilation, pad_lo, out)
+    spans = []
+    for tap in range(kernel):
+        holds = np.flatnonzero(inside[:, tap])  # consecutive windows
+        if holds.size:
+            o0 = int(holds[0])
+            spans.append((o0, int(holds[-1]) + 1, int(positions[o0, tap])))
+    full = [span for span in spans if span[:2] == (0, out)]
+    return len(full), tuple(full + [span for span in spans if span[:2] != (0, out)])
+
+
+def clipped_windows(x: np.ndarray, op: np.ufunc, kernel_size: tuple[int, ...],
+                    strides: tuple[int, ...], dilation: tuple[int, ...],
+                    window_padding: tuple[tuple[int, int], ...], out_size: tuple[int, ...],
+                    taps: tuple[AxisTaps, ...] | None = None) -> np.ndarray:
+    """``op`` (``np.maximum`` or ``np.add``) over the cells of each window that lie inside
+    the unpadded ``x`` ``(N, *spatial, C)``, a new array ``(N, *out_size, C)``: padding
+    (and a ceil-mode overhang) is skipped, as if it held ``-inf`` (max) or 0 (sum).
+
+    One spatial axis at a time (a max or sum over a box is one along each axis in
+    turn): along it, each tap combines the outputs whose window holds it inside the
+    input with one strided view (no padded copy); a single window is one
+    ``op.reduce``. ``taps``: each axis's :func:`axis_taps` (made here if not given).
+
+    >>> clipped_windows(np.arange(4.0).reshape(1, 4, 1), np.add, (3,), (1,), (1,),
+    ...                 ((1, 1),), (4,))[0, :, 0]
+    array([1., 3., 6., 5.])
+    """
+    if taps is None:
+        taps = tuple(axis_taps(n, k, s, d, lo, o) for n, k, s, d, (lo, _), o in zip(
+            x.shape[1:-1], kernel_size, strides, dilation, window_padding, out_size))
+    fill = -np.inf if op is np.maximum else 0
+    current = x
+    for axis, (plan, s, d, out) in enumerate(zip(taps, strides, dilation, out_size), 1):
+        if plan is None:
+            continue  # each window is its own cell
+        full, spans = plan
+        head = (slice(None),) * axis
+        shape = current.shape[:axis] + (out,) + current.shape[axis + 1:]
+        if out == 0 or not spans:
+            current = np.full(shape, fill, x.dtype)
+            continue
+        if out == 1:  # one window: a reduction over the cells it holds
+            current = op.reduce(current[head + (slice(spans[0][2], spans[-1][2] + 1, d),)],
+                                axis=axis, keepdims=True)
+            continue
+        views = [current[head + (slice(start, start + (o1 - o0 - 1) * s + 1, s),)]
+                 for o0, o1, start in spans]
+        if full >= 2:  # the first two taps make the new array
+            result, first = op(views[0], views[1]), 2
+        elif full == 1:
+            result, first = np.array(views[0]), 1
+        else:
+            result, first = np.full(shape, fill, x.dtype), 0
+        for (o0, o1, _), source in zip(spans[first:], views[first:]):
+            target = result[head + (slice(o0, o1),)]
+            op(target, source, out=target)
+        current = result
+    if current is x:
+        current = np.array(x)  # every window one cell: a copy
+    return current
 
 
 def reduce_windows(xp: np.ndarray, op: np.ufunc, kernel_size: tuple[int, ...],
@@ -280,6 +515,11 @@ def backward(x: np.ndarray, resolved: ResolvedConv, dy: np.ndarray,
         spread = spread_windows(share, spec.kernel_size, spec.strides, spec.dilation,
                                 planned.padded_size)
         return np.ascontiguousarray(spread[inner])
+    kernel = _llvm_pool.pool_kernel(x.dtype, "max_grad") if len(
+        resolved.output_size) <= 2 and x.dtype.char in "fd" else None
+    if kernel is not None:
+        return _max_grad_compiled(kernel, np.ascontiguousarray(x), resolved, planned,
+                                  np.ascontiguousarray(dy, x.dtype))
     block = _whole(resolved, x.shape[0])
     xp = pad(x, planned.window_padding, "zeros", fill=-np.inf)
     apart = all(s >= effective_kernel(k, d) for k, s, d in
@@ -301,6 +541,11 @@ def backward(x: np.ndarray, resolved: ResolvedConv, dy: np.ndarray,
     finite = bool(np.isfinite(dy).all())
     zero = dy.dtype.type(0)
     last = math.prod(spec.kernel_size) - 1
+    # which taps of each window lie inside the input, per axis: a padding cell never
+    # takes the gradient (a window of -inf values sends it to its first cell inside)
+    inside = [_window_positions(n, k, s, d, lo, o)[1] for n, k, s, d, (lo, _), o in zip(
+        resolved.input_size, spec.kernel_size, spec.strides, spec.dilation,
+        planned.window_padding, resolved.output_size)]
     for position, tap in enumerate(np.ndindex(*spec.kernel_size)):
         if number is not None:
             np.equal(number, position, out=hit)
@@ -308,6 +553,10 @@ def backward(x: np.ndarray, resolved: ResolvedConv, dy: np.ndarray,
             hit = open_cells
         else:  # the first tap that holds the maximum, in window order
             np.equal(tap_view(xp, block, tap, spec.strides, spec.dilation), y, out=hit)
+            axes = [axis[:, t] for axis, t in zip(inside, tap)]
+            if not all(axis.all() for axis in axes):
+                hit &= functools.reduce(np.logical_and.outer, axes).reshape(
+                    1, *resolved.output_size, 1)
             hit &= open_cells
             open_cells ^= hit
         target = tap_view(d_xp, block, tap, spec.strides, spec.dilation)
@@ -318,3 +567,51 @@ def backward(x: np.ndarray, resolved: ResolvedConv, dy: np.ndarray,
         else:
             target += dy * hit if finite else np.where(hit, dy, zero)
     return np.ascontiguousarray(d_xp[inner])
+
+
+def _max_grad_compiled(kernel: _llvm_pool.PoolKernel, x: np.ndarray, resolved: ResolvedConv,
+                       planned: PoolPlan, dy: np.ndarray) -> np.ndarray:
+    """A max pool's input gradient by the compiled kernel (one or two spatial axes): per
+    output cell, a scan of its window for the tap PyTorch's scan ends on, then ``dy``
+    added there. Windows overlap, so the workers take whole images and, with fewer
+    images than chunks, ranges of channels (never two the same input cell)."""
+    spec = resolved.spec
+    batch, channels = x.shape[0], x.shape[-1]
+    d_x = np.empty_like(x)  # zeroed below, by the chunks where they take whole images
+    out_rows = 1 if len(resolved.output_size) == 1 else resolved.output_size[0]
+    row_step = 1 if len(resolved.output_size) == 1 else spec.dilation[0]
+    drive, block = kernel.drive, kernel.width * _llvm_pool.VECTORS
+    rows, columns, _ = planned.addresses
+    x_address, dx_address, dy_address = x.ctypes.data, d_x.ctypes.data, dy.ctypes.data
+    fields = (resolved.output_size[-1], channels, x[0].size if batch else 0,
+              x.shape[-2] * channels, row_step, spec.dilation[-1])
+
+    def run(first_image: int, stop_image: int, first_channel: int, stop_channel: int) -> None:
+        drive(x_address, dx_address, dy_address, rows, columns, first_image * out_rows,
+              stop_image * out_rows, out_rows, *fields, first_channel, stop_channel)
+
+    workers = 1 if 2 * dy.size * math.prod(spec.kernel_size) < THREADED_WORK \
+        else _threads.worker_count()
+    # with fewer images than about 4 chunks per worker, pieces of channels too, each a
+    # whole register block (narrower pieces run slower than one thread)
+    pieces = 1 if workers == 1 else max(1, min(-(-4 * workers // max(1, batch)),
+                                               channels // block))
+    if workers == 1 or batch * pieces == 1:
+        d_x.fill(0)
+        run(0, batch, 0, channels)
+        return d_x
+    bounds = [min(channels, round(channels * i / pieces / block) * block)
+              for i in range(pieces)] + [channels]
+    if pieces > 1:
+        d_x.fill(0)  # (a strided fill per piece is slower than one memset)
+
+    def work(start: int, stop: int) -> None:
+        for chunk in range(start, stop):
+            image, piece = divmod(chunk, pieces)
+            if pieces == 1:  # a large np.zeros is a memset by the caller: here in parallel
+                d_x[image] = 0
+            if bounds[piece] < bounds[piece + 1]:
+                run(image, image + 1, bounds[piece], bounds[piece + 1])
+
+    _threads.run_chunks(work, batch * pieces, 1, threads=workers, blas=False)
+    return d_x

@@ -37,10 +37,12 @@ space-to-depth plans   kernel/stride/dilation -> plan                nothing (pu
                        (``space_to_depth.plan``)
 Winograd matrices      ``winograd.transform(m)``, its growth bound   nothing (constants)
 compiled kernels       numba kernels (col2im, depthwise, flat_rows,  ``CONVARITH_JIT`` and the installed
-                       space_to_depth, winograd), llvmlite modules   packages are read at the first call:
+                       space_to_depth, winograd, pooling),           packages are read at the first call:
+                       llvmlite modules
                        (``_llvm._compiled``, ``_compiled_grouped``,  clear to read them again
                        ``_llvm_depthwise._row_kernel``,
-                       ``_llvm_thin._compiled_rows``, the host,
+                       ``_llvm_thin._compiled_rows``,
+                       ``_llvm_pool._pool_kernel``, the host,
                        the binding),
                        SciPy's BLAS gemm; built once per key under
                        a lock (:func:`cached_once`)
@@ -112,7 +114,9 @@ def process_caches() -> dict[str, Callable[[], None]]:
     from .algorithms import (
         _llvm,
         _llvm_depthwise,
+        _llvm_pool,
         _llvm_thin,
+        _numba_pool,
         _threads,
         col2im,
         depthwise,
@@ -145,7 +149,7 @@ def process_caches() -> dict[str, Callable[[], None]]:
             flat_rows._numba_im2col, flat_rows.blas_gemm, space_to_depth._numba_kernels,
             winograd._numba_kernels, _llvm._compiled, _llvm._target, _llvm._host, _llvm._llvm,
             _llvm._compiled_grouped, _llvm._compiled_interleaved, _llvm_depthwise._row_kernel,
-            _llvm_thin._compiled_rows),
+            _llvm_thin._compiled_rows, _llvm_pool._pool_kernel, _numba_pool.numba_kernels),
         "BLAS controller": functions(_threads._controller, _threads._sched_getcpu,
                                      _threads._affinity_cores),
         "helper threads": _threads._POOL.clear,

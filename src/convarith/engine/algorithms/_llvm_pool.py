@@ -1,0 +1,387 @@
+"""Pooling kernels: each output cell's window read where it lies, channels-last.
+
+A two-dimensional pooling output cell ``(n, oh, ow)`` reduces, channel by
+channel, the input cells of its window that lie inside the input: padding
+and a ceil-mode overhang are never read (a max window skips them, as if they
+held ``-inf``; an average divides by the count the spec's rule gives). The
+window's rows and columns inside the input are a contiguous run of taps, given
+per output row and column by two tables, so the kernel makes no padded copy of
+the input and has no border cases. One vector of ``VW`` channels per load, up
+to :data:`VECTORS` vectors of channels reduced side by side (independent
+chains), then single vectors, then one channel at a time for the channels left.
+
+One module (a dtype, one of :data:`KINDS`, a vector target) exports ``drive``::
+
+    drive(x, y, divisors, rows, columns, DRIVE_FIELDS...)
+
+For each output row ``u`` of ``[first, stop)`` counted over the whole batch
+(image ``n = u // out_rows``, row ``oh = u % out_rows``), each cell ``ow <
+out_cols`` and channel ``c`` of ``[c_first, c_stop)``::
+
+    y[(u·out_cols + ow)·channels + c] = reduce_{a < rows[2oh+1], b < columns[2ow+1]}
+        x[n·x_image + (rows[2oh] + a·row_step)·x_row + (columns[2ow] + b·column_step)·channels + c]
+
+with ``reduce`` the maximum (``max``: NaN wins, as PyTorch's ``val > max or
+isnan(val)`` scan; ``-inf`` for an empty window) or the sum divided by
+``divisors[oh·out_cols + ow]`` (``avg``). ``rows[2oh]`` is the first input row
+of the window inside the input and ``rows[2oh+1]`` how many of its rows are
+inside (``columns`` the same along the row); ``row_step`` and ``column_step``
+are the dilations. ``max_grad`` instead adds ``divisors`` (there: the output
+gradient, laid out as ``y`` above) at each cell to ``y`` (there: the input
+gradient, laid out as ``x``) at the tap PyTorch's scan ends on, lane by lane:
+the first maximum in window order, the last NaN, or the window's first cell
+inside the input when every value is ``-inf``.
+
+Examples
+--------
+>>> import numpy as np
+>>> "define void @drive(" in module_ir(np.float32, "max", 16)
+True
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..state import cached_once
+from . import _llvm
+
+__all__ = ["module_ir", "PoolKernel", "pool_kernel", "DRIVE_FIELDS", "VECTORS", "KINDS"]
+
+#: The integer arguments of ``drive`` after its five pointers.
+DRIVE_FIELDS = ("first", "stop", "out_rows", "out_cols", "channels", "x_image", "x_row",
+                "row_step", "column_step", "c_first", "c_stop")
+
+#: What a module computes: a max or average pool, or a max pool's input gradient.
+KINDS = ("max", "avg", "max_grad")
+
+#: Vectors of channels one window pass reduces side by side.
+VECTORS = 4
+
+_NEGATIVE_INFINITY = "0xFFF0000000000000"  # LLVM writes float constants as doubles
+
+
+def _tile(name: str, kind: str, ty: str, width: int, vectors: int) -> list[str]:
+    """IR of one window pass: ``vectors`` vectors of ``width`` channels of one cell."""
+    v = f"<{width} x {ty}>"
+    mask = f"<{width} x i1>"
+    p = f"{ty}*"
+    align = _llvm._size(ty)
+    fill = _NEGATIVE_INFINITY if kind == "max" else "0.0"
+    init = f"<{', '.join([f'{ty} {fill}'] * width)}>"
+    lines = [
+        f"define internal void @{name}({p} %x, {p} %y, {p} %g, i64 %a_n, i64 %b_n, "
+        f"i64 %x_tap_row, i64 %x_tap_col, {ty} %divisor) alwaysinline {{",
+        "entry:",
+        "  %ha = icmp sgt i64 %a_n, 0",
+        "  %hb = icmp sgt i64 %b_n, 0",
+        "  %h = and i1 %ha, %hb",
+        "  br i1 %h, label %arow, label %done",
+        "arow:",
+        "  %a = phi i64 [0, %entry], [%a1, %bend]",
+    ]
+    lines += [f"  %r{j} = phi {v} [{init}, %entry], [%n{j}, %bend]" for j in range(vectors)]
+    lines += ["  %xa = mul i64 %a, %x_tap_row", "  br label %bcol", "bcol:",
+              "  %b = phi i64 [0, %arow], [%b1, %bcol]"]
+    lines += [f"  %c{j} = phi {v} [%r{j}, %arow], [%n{j}, %bcol]" for j in range(vectors)]
+    lines += ["  %xb = mul i64 %b, %x_tap_col", "  %xo = add i64 %xa, %xb"]
+    for j in range(vectors):
+        lines += [
+            f"  %xo{j} = add i64 %xo, {j * width}",
+            f"  %xp{j} = getelementptr {ty}, {p} %x, i64 %xo{j}",
+            f"  %xq{j} = bitcast {p} %xp{j} to {v}*",
+            f"  %v{j} = load {v}, {v}* %xq{j}, align {align}",
+        ]
+        if kind == "max":  # PyTorch's scan: take the value if larger, or NaN
+            lines += [
+                f"  %gt{j} = fcmp ogt {v} %v{j}, %c{j}",
+                f"  %nan{j} = fcmp uno {v} %v{j}, %v{j}",
+                f"  %t{j} = or {mask} %gt{j}, %nan{j}",
+                f"  %n{j} = select {mask} %t{j}, {v} %v{j}, {v} %c{j}",
+            ]
+        else:
+            lines.append(f"  %n{j} = fadd {v} %c{j}, %v{j}")
+    lines += [
+        "  %b1 = add i64 %b, 1",
+        "  %bm = icmp slt i64 %b1, %b_n",
+        "  br i1 %bm, label %bcol, label %bend",
+        "bend:",
+        "  %a1 = add i64 %a, 1",
+        "  %am = icmp slt i64 %a1, %a_n",
+        "  br i1 %am, label %arow, label %done",
+        "done:",
+    ]
+    lines += [f"  %e{j} = phi {v} [{init}, %entry], [%n{j}, %bend]" for j in range(vectors)]
+    if kind == "avg":
+        lines += [f"  %de = insertelement {v} undef, {ty} %divisor, i32 0",
+                  f"  %dv = shufflevector {v} %de, {v} undef, <{width} x i32> zeroinitializer"]
+        lines += [f"  %o{j} = fdiv {v} %e{j}, %dv" for j in range(vectors)]
+    else:
+        lines += [f"  %o{j} = bitcast {v} %e{j} to {v}" for j in range(vectors)]
+    for j in range(vectors):
+        lines += [
+            f"  %yp{j} = getelementptr {ty}, {p} %y, i64 {j * width}",
+            f"  %yq{j} = bitcast {p} %yp{j} to {v}*",
+            f"  store {v} %o{j}, {v}* %yq{j}, align {align}",
+        ]
+    lines += ["  ret void", "}"]
+    return lines
+
+
+def _grad_tile(name: str, kind: str, ty: str, width: int, vectors: int) -> list[str]:
+    """IR of one max window's gradient: ``vectors`` vectors of ``width`` channels.
+
+    A scan in window order finds, lane by lane, the tap PyTorch's scan ends on (the
+    first maximum; the last NaN; the first cell if every value is ``-inf``), then a
+    second pass adds the cell's ``dy`` (at ``%g``) to that tap of the input gradient
+    (at ``%y``, the window's first cell inside the input).
+    """
+    del kind
+    v = f"<{width} x {ty}>"
+    iv = f"<{width} x i32>"
+    mask = f"<{width} x i1>"
+    p = f"{ty}*"
+    align = _llvm._size(ty)
+    init = f"<{', '.join([f'{ty} {_NEGATIVE_INFINITY}'] * width)}>"
+    zero = f"<{', '.join([f'{ty} 0.0'] * width)}>"
+    lines = [
+        f"define internal void @{name}({p} %x, {p} %y, {p} %g, i64 %a_n, i64 %b_n, "
+        f"i64 %x_tap_row, i64 %x_tap_col, {ty} %divisor) alwaysinline {{",
+        "entry:",
+        "  %ha = icmp sgt i64 %a_n, 0",
+        "  %hb = icmp sgt i64 %b_n, 0",
+        "  %h = and i1 %ha, %hb",
+        "  br i1 %h, label %arow, label %exit",
+        "arow:",
+        "  %a = phi i64 [0, %entry], [%a1, %bend]",
+        "  %ta = phi i32 [0, %entry], [%tn, %bend]",
+    ]
+    lines += [f"  %r{j} = phi {v} [{init}, %entry], [%n{j}, %bend]" for j in range(vectors)]
+    lines += [f"  %ri{j} = phi {iv} [zeroinitializer, %entry], [%ni{j}, %bend]"
+              for j in range(vectors)]
+    lines += ["  %xa = mul i64 %a, %x_tap_row", "  br label %bcol", "bcol:",
+              "  %b = phi i64 [0, %arow], [%b1, %bcol]",
+              "  %t = phi i32 [%ta, %arow], [%tn, %bcol]"]
+    lines += [f"  %c{j} = phi {v} [%r{j}, %arow], [%n{j}, %bcol]" for j in range(vectors)]
+    lines += [f"  %ci{j} = phi {iv} [%ri{j}, %arow], [%ni{j}, %bcol]" for j in range(vectors)]
+    lines += [f"  %te = insertelement {iv} undef, i32 %t, i32 0",
+              f"  %ts = shufflevector {iv} %te, {iv} undef, {iv} zeroinitializer"]
+    lines += ["  %xb = mul i64 %b, %x_tap_col", "  %xo = add i64 %xa, %xb"]
+    for j in range(vectors):
+        lines += [
+            f"  %xo{j} = add i64 %xo, {j * width}",
+            f"  %xp{j} = getelementptr {ty}, {p} %x, i64 %xo{j}",
+            f"  %xq{j} = bitcast {p} %xp{j} to {v}*",
+            f"  %v{j} = load {v}, {v}* %xq{j}, align {align}",
+            f"  %gt{j} = fcmp ogt {v} %v{j}, %c{j}",
+            f"  %nan{j} = fcmp uno {v} %v{j}, %v{j}",
+            f"  %u{j} = or {mask} %gt{j}, %nan{j}",
+            f"  %n{j} = select {mask} %u{j}, {v} %v{j}, {v} %c{j}",
+            f"  %ni{j} = select {mask} %u{j}, {iv} %ts, {iv} %ci{j}",
+        ]
+    lines += [
+        "  %tn = add i32 %t, 1",
+        "  %b1 = add i64 %b, 1",
+        "  %bm = icmp slt i64 %b1, %b_n",
+        "  br i1 %bm, label %bcol, label %bend",
+        "bend:",
+        "  %a1 = add i64 %a, 1",
+        "  %am = icmp slt i64 %a1, %a_n",
+        "  br i1 %am, label %arow, label %spread",
+        "spread:",
+    ]
+    for j in range(vectors):
+        lines += [
+            f"  %gp{j} = getelementptr {ty}, {p} %g, i64 {j * width}",
+            f"  %gq{j} = bitcast {p} %gp{j} to {v}*",
+            f"  %dy{j} = load {v}, {v}* %gq{j}, align {align}",
+        ]
+    lines += [
+        "  br label %srow",
+        "srow:",
+        "  %sa = phi i64 [0, %spread], [%sa1, %send]",
+        "  %sta = phi i32 [0, %spread], [%stn, %send]",
+        "  %sxa = mul i64 %sa, %x_tap_row",
+        "  br label %scol",
+        "scol:",
+        "  %sb = phi i64 [0, %srow], [%sb1, %scol]",
+        "  %st = phi i32 [%sta, %srow], [%stn, %scol]",
+        f"  %se = insertelement {iv} undef, i32 %st, i32 0",
+        f"  %ss = shufflevector {iv} %se, {iv} undef, {iv} zeroinitializer",
+        "  %sxb = mul i64 %sb, %x_tap_col",
+        "  %sxo = add i64 %sxa, %sxb",
+    ]
+    for j in range(vectors):
+        lines += [
+            f"  %hit{j} = icmp eq {iv} %ni{j}, %ss",
+            f"  %add{j} = select {mask} %hit{j}, {v} %dy{j}, {v} {zero}",
+            f"  %so{j} = add i64 %sxo, {j * width}",
+            f"  %sp{j} = getelementptr {ty}, {p} %y, i64 %so{j}",
+            f"  %sq{j} = bitcast {p} %sp{j} to {v}*",
+            f"  %old{j} = load {v}, {v}* %sq{j}, align {align}",
+            f"  %new{j} = fadd {v} %old{j}, %add{j}",
+            f"  store {v} %new{j}, {v}* %sq{j}, align {align}",
+        ]
+    lines += [
+        "  %stn = add i32 %st, 1",
+        "  %sb1 = add i64 %sb, 1",
+        "  %sbm = icmp slt i64 %sb1, %b_n",
+        "  br i1 %sbm, label %scol, label %send",
+        "send:",
+        "  %sa1 = add i64 %sa, 1",
+        "  %sam = icmp slt i64 %sa1, %a_n",
+        "  br i1 %sam, label %srow, label %exit",
+        "exit:",
+        "  ret void",
+        "}",
+    ]
+    return lines
+
+
+def _channel_loop(label: str, after: str, tile: str, step: int, ty: str, start: str
+                  ) -> tuple[list[str], str]:
+    """IR of a loop over channel blocks of ``step`` from ``%{start}`` while a whole block
+    fits; returns the lines and the name of the channel reached."""
+    p = f"{ty}*"
+    lines = [
+        f"  br label %{label}_check",
+        f"{label}_check:",
+        f"  %{label}_c = phi i64 [%{start}, %{after}], [%{label}_c1, %{label}_body]",
+        f"  %{label}_end = add i64 %{label}_c, {step}",
+        f"  %{label}_fits = icmp sle i64 %{label}_end, %c_stop",
+        f"  br i1 %{label}_fits, label %{label}_body, label %{label}_exit",
+        f"{label}_body:",
+        f"  %{label}_xp = getelementptr {ty}, {p} %xw, i64 %{label}_c",
+        f"  %{label}_yp = getelementptr {ty}, {p} %yw, i64 %{label}_c",
+        f"  %{label}_gp = getelementptr {ty}, {p} %gw, i64 %{label}_c",
+        f"  call void @{tile}({p} %{label}_xp, {p} %{label}_yp, {p} %{label}_gp, i64 %rn, "
+        f"i64 %cn, i64 %x_tap_row, i64 %x_tap_col, {ty} %dval)",
+        f"  %{label}_c1 = add i64 %{label}_c, {step}",
+        f"  br label %{label}_check",
+        f"{label}_exit:",
+    ]
+    return lines, f"{label}_c"
+
+
+def module_ir(dtype: Any, kind: str, width: int, vectors: int = VECTORS) -> str:
+    """The IR of one module (see the module docstring): ``kind`` one of :data:`KINDS`,
+    ``width`` lanes per vector, ``vectors`` vectors reduced side by side."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    ty = _llvm._ir_type(dtype)
+    p = f"{ty}*"
+    make = _grad_tile if kind == "max_grad" else _tile
+    parts = ["\n".join(make("wide", kind, ty, width, vectors)),
+             "\n".join(make("one", kind, ty, width, 1)),
+             "\n".join(make("lane", kind, ty, 1, 1))]
+    arguments = ", ".join(f"i64 %{name}" for name in DRIVE_FIELDS)
+    drive = [
+        f"define void @drive({p} %x, {p} %y, {p} %divisors, i64* %rows, i64* %columns, "
+        f"{arguments}) {{",
+        "entry:",
+        "  %x_tap_row = mul i64 %row_step, %x_row",
+        "  %x_tap_col = mul i64 %column_step, %channels",
+        "  %y_row = mul i64 %out_cols, %channels",
+        "  %any = icmp slt i64 %first, %stop",
+        "  %cols_any = icmp sgt i64 %out_cols, 0",
+        "  %go = and i1 %any, %cols_any",
+        "  br i1 %go, label %u_loop, label %exit",
+        "u_loop:",
+        "  %u = phi i64 [%first, %entry], [%u1, %u_end]",
+        "  %n = udiv i64 %u, %out_rows",
+        "  %oh = urem i64 %u, %out_rows",
+        "  %ri = shl i64 %oh, 1",
+        "  %rfp = getelementptr i64, i64* %rows, i64 %ri",
+        "  %rf = load i64, i64* %rfp",
+        "  %ri1 = add i64 %ri, 1",
+        "  %rnp = getelementptr i64, i64* %rows, i64 %ri1",
+        "  %rn = load i64, i64* %rnp",
+        "  %xn = mul i64 %n, %x_image",
+        "  %xr = mul i64 %rf, %x_row",
+        "  %xu = add i64 %xn, %xr",
+        "  %yu = mul i64 %u, %y_row",
+        "  %du = mul i64 %oh, %out_cols",
+        "  br label %w_loop",
+        "w_loop:",
+        "  %ow = phi i64 [0, %u_loop], [%ow1, %w_end]",
+        "  %ci = shl i64 %ow, 1",
+        "  %cfp = getelementptr i64, i64* %columns, i64 %ci",
+        "  %cf = load i64, i64* %cfp",
+        "  %ci1 = add i64 %ci, 1",
+        "  %cnp = getelementptr i64, i64* %columns, i64 %ci1",
+        "  %cn = load i64, i64* %cnp",
+        "  %xc = mul i64 %cf, %channels",
+        "  %xwo = add i64 %xu, %xc",
+        f"  %xw = getelementptr {ty}, {p} %x, i64 %xwo",
+        "  %yc = mul i64 %ow, %channels",
+        "  %ywo = add i64 %yu, %yc",
+    ]
+    if kind == "max_grad":  # y: the input gradient (x's layout); divisors: dy (y's)
+        drive += [f"  %yw = getelementptr {ty}, {p} %y, i64 %xwo",
+                  f"  %gw = getelementptr {ty}, {p} %divisors, i64 %ywo"]
+    else:
+        drive += [f"  %yw = getelementptr {ty}, {p} %y, i64 %ywo",
+                  f"  %gw = getelementptr {ty}, {p} %y, i64 %ywo"]
+    if kind == "avg":
+        drive += ["  %di = add i64 %du, %ow",
+                  f"  %dp = getelementptr {ty}, {p} %divisors, i64 %di",
+                  f"  %dval = load {ty}, {p} %dp"]
+    else:
+        drive.append(f"  %dval = fadd {ty} 0.0, 0.0")
+    wide, reached = _channel_loop("wide", "w_loop", "wide", width * vectors, ty, "c_first")
+    drive += wide
+    one, reached_one = _channel_loop("one", "wide_exit", "one", width, ty, reached)
+    drive += one
+    lane, _ = _channel_loop("lane", "one_exit", "lane", 1, ty, reached_one)
+    drive += lane
+    drive += [
+        "  br label %w_end",
+        "w_end:",
+        "  %ow1 = add i64 %ow, 1",
+        "  %wm = icmp slt i64 %ow1, %out_cols",
+        "  br i1 %wm, label %w_loop, label %u_end",
+        "u_end:",
+        "  %u1 = add i64 %u, 1",
+        "  %um = icmp slt i64 %u1, %stop",
+        "  br i1 %um, label %u_loop, label %exit",
+        "exit:",
+        "  ret void",
+        "}",
+    ]
+    parts.append("\n".join(drive))
+    return "\n\n".join(parts) + "\n"
+
+
+@dataclass(frozen=True)
+class PoolKernel:
+    """One compiled module: ``drive`` (see the module docstring; called with the arrays'
+    addresses) and its vector width."""
+
+    width: int
+    drive: Any
+    engine: Any  # keeps the machine code alive
+
+
+def pool_kernel(dtype: Any, kind: str) -> PoolKernel | None:
+    """The compiled module for ``dtype`` and ``kind`` on the vector target in use
+    (``None``: no compiled kernels here, ``CONVARITH_JIT=0``, or not float32/float64)."""
+    if _llvm._llvm() is None:  # (before reading the target: the NumPy path's calls are short)
+        return None
+    return _pool_kernel(np.dtype(dtype), kind, _llvm.vector_target())
+
+
+@cached_once
+def _pool_kernel(dtype: np.dtype[Any], kind: str, target: _llvm.VectorTarget
+                 ) -> PoolKernel | None:
+    llvm = _llvm._llvm()
+    width = target.width(dtype)
+    if llvm is None or not target.runs_here or width == 0 or dtype.char not in "fd":
+        return None
+    address, engine = _llvm.compile_drive(llvm, target, module_ir(dtype, kind, width))
+    pointer = ctypes.c_void_p
+    signature = ctypes.CFUNCTYPE(None, *([pointer] * 5), *([ctypes.c_int64] * len(DRIVE_FIELDS)))
+    return PoolKernel(width, signature(address), engine)

@@ -1,0 +1,80 @@
+"""Pooling loops compiled by numba: the forward kernels of :mod:`._llvm_pool` where
+llvmlite's are off (``CONVARITH_JIT=0``) but numba is installed. (A max pool's
+gradient stays NumPy's there: a numba scan per window measured slower than NumPy on
+the 2×2 stride-2 pools.)
+
+The same sums as ``_llvm_pool``'s ``drive`` (its module docstring), on arrays
+``x (N, H, W, C)`` and ``y (N, OH, OW, C)`` (one spatial axis: ``H = OH = 1``),
+the window tables ``rows (OH, 2)`` and ``columns (OW, 2)`` (first cell inside the
+input, cells inside), output rows ``[first, stop)`` counted over the batch. The
+channel loops are innermost and contiguous, so LLVM vectorizes them; no
+``fastmath`` (it would drop the NaN rule of the max); NumPy's error model (0 / 0 is NaN).
+
+Examples
+--------
+>>> kernels = numba_kernels()
+>>> kernels is None or len(kernels) == 2
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..state import cached_once
+
+__all__ = ["numba_kernels"]
+
+
+@cached_once
+def numba_kernels() -> tuple[Callable[..., None], ...] | None:
+    """``(max, average)`` loops, or ``None`` without numba."""
+    try:
+        import numba
+    except ImportError:  # pragma: no cover - exercised by the numba-less test
+        return None
+
+    @numba.njit(nogil=True, cache=False, error_model="numpy")
+    def max_rows(x: Any, y: Any, rows: Any, columns: Any, first: int, stop: int,
+                 row_step: int, column_step: int) -> None:
+        out_rows, out_cols, channels = y.shape[1], y.shape[2], y.shape[3]
+        for u in range(first, stop):
+            n, oh = u // out_rows, u % out_rows
+            r0, rn = rows[oh, 0], rows[oh, 1]
+            for ow in range(out_cols):
+                c0, cn = columns[ow, 0], columns[ow, 1]
+                out = y[n, oh, ow]
+                for c in range(channels):
+                    out[c] = -np.inf
+                for a in range(rn):
+                    for b in range(cn):
+                        cell = x[n, r0 + a * row_step, c0 + b * column_step]
+                        for c in range(channels):  # stores either way: vectorized
+                            v = cell[c]
+                            out[c] = v if (v > out[c]) | (v != v) else out[c]  # NaN wins
+
+    @numba.njit(nogil=True, cache=False, error_model="numpy")
+    def avg_rows(x: Any, y: Any, divisors: Any, rows: Any, columns: Any, first: int,
+                 stop: int, row_step: int, column_step: int) -> None:
+        out_rows, out_cols, channels = y.shape[1], y.shape[2], y.shape[3]
+        for u in range(first, stop):
+            n, oh = u // out_rows, u % out_rows
+            r0, rn = rows[oh, 0], rows[oh, 1]
+            for ow in range(out_cols):
+                c0, cn = columns[ow, 0], columns[ow, 1]
+                out = y[n, oh, ow]
+                for c in range(channels):
+                    out[c] = 0
+                for a in range(rn):
+                    for b in range(cn):
+                        cell = x[n, r0 + a * row_step, c0 + b * column_step]
+                        for c in range(channels):
+                            out[c] += cell[c]
+                divisor = divisors[oh * out_cols + ow]
+                for c in range(channels):
+                    out[c] /= divisor
+
+    return max_rows, avg_rows

@@ -1,0 +1,299 @@
+"""Pooling against PyTorch: the llvmlite kernels, numba's loops and the NumPy path,
+forward and the max pool's input gradient.
+
+Both read each window's cells inside the unpadded input (no padded copy). Random
+configurations (1-3 spatial axes, windows 1-4, strides 1-3, dilation, padding up
+to half the window, ceil mode, ``count_include_pad``, channel counts that leave a
+vector tail, ties, NaN and infinities, float32 and float64) are held to
+``torch.nn.functional``'s pooling; the networks' pooling shapes at batch 1 and 16;
+windows wholly in the padding against the padded reference; worker threads
+against one thread; peak memory against the networks benchmark's bound. The max
+pool's gradient (first maximum, last NaN, a window of ``-inf`` values: its first
+cell inside the input) against ``torch.autograd.grad``, also split over threads.
+"""
+
+from __future__ import annotations
+
+import os
+import tracemalloc
+from typing import Any
+
+import numpy as np
+import pytest
+
+from convarith import ConvSpec
+from convarith.engine import conv, conv_vjp, pooling, thread_limit
+from convarith.engine.algorithms import _llvm, _llvm_pool, _numba_pool
+from convarith.engine.padding import pad
+
+torch = pytest.importorskip("torch")
+functional = pytest.importorskip("torch.nn.functional")
+
+CONFIGS = 30 if os.environ.get("CI") == "true" else 400
+
+MODES = ["compiled", "numba", "numpy"]
+
+
+@pytest.fixture(params=MODES)
+def mode(request: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Which loops pool: llvmlite's kernels, numba's (``CONVARITH_JIT=0``), or NumPy's."""
+    if request.param == "compiled":
+        if _llvm_pool.pool_kernel(np.float32, "max") is None:
+            pytest.skip("no compiled kernels here (no llvmlite, CONVARITH_JIT=0 or no AVX2)")
+        monkeypatch.setattr(pooling, "SMALL_WORK", 0)  # (small pools run numba's loops)
+        return "compiled"
+    monkeypatch.setattr(_llvm_pool, "pool_kernel", lambda dtype, kind: None)
+    if request.param == "numba":
+        if _numba_pool.numba_kernels() is None:
+            pytest.skip("no numba")
+    else:
+        monkeypatch.setattr(_numba_pool, "numba_kernels", lambda: None)
+    return str(request.param)
+
+
+def _torch_pool(x: np.ndarray, kind: str, k: int, s: int, p: int, d: int, ceil: bool,
+                include: bool) -> np.ndarray:
+    rank = x.ndim - 2
+    xt = torch.from_numpy(np.moveaxis(x, -1, 1).copy())
+    if kind == "max":
+        fn = (functional.max_pool1d, functional.max_pool2d, functional.max_pool3d)[rank - 1]
+        yt = fn(xt, k, s, p, d, ceil_mode=ceil)
+    else:
+        fn = (functional.avg_pool1d, functional.avg_pool2d, functional.avg_pool3d)[rank - 1]
+        yt = fn(xt, k, s, p, ceil_mode=ceil, count_include_pad=include)
+    return np.moveaxis(yt.numpy(), 1, -1)
+
+
+def _close(y: np.ndarray, expected: np.ndarray, note: str) -> None:
+    assert y.shape == expected.shape, note
+    assert y.flags.c_contiguous and y.dtype == expected.dtype, note
+    tolerance = 2e-6 if y.dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(y, expected, rtol=tolerance, atol=tolerance, err_msg=note)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_random_pools_match_pytorch(mode: str, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    checked = 0
+    for case in range(CONFIGS):
+        kind = str(rng.choice(["max", "avg"]))
+        k, s = int(rng.integers(1, 5)), int(rng.integers(1, 4))
+        d = int(rng.integers(1, 3)) if kind == "max" else 1
+        p = int(rng.integers(0, k // 2 + 1))
+        ceil, include = bool(rng.integers(0, 2)), bool(rng.integers(0, 2))
+        rank = int(rng.choice([1, 2, 2, 3]))
+        reach = (k - 1) * d + 1
+        size = tuple(int(rng.integers(reach, reach + (10 if rank < 3 else 4)))
+                     for _ in range(rank))
+        channels = int(rng.choice([1, 3, 8, 16, 17, 33, 64, 70, 130]))
+        dtype = np.float32 if rng.random() < 0.6 else np.float64
+        x = rng.standard_normal((int(rng.integers(1, 4)), *size, channels)).astype(dtype)
+        if rng.random() < 0.3:
+            x = np.round(x)  # ties
+        if rng.random() < 0.2:
+            x.flat[rng.integers(x.size, size=3)] = [np.nan, np.inf, -np.inf]
+        note = (f"{mode} seed {seed} case {case}: {kind} k{k} s{s} p{p} d{d} ceil={ceil} "
+                f"count_include_pad={include} x {x.shape} {np.dtype(dtype).name}")
+        try:
+            spec = ConvSpec(k, strides=s, padding=p, dilation=d, pool=kind, ceil_mode=ceil,
+                            count_include_pad=include, rank=rank)
+            resolved = spec.resolve(x.shape)
+        except ValueError:
+            continue  # a setting the spec refuses (PyTorch refuses it too)
+        with np.errstate(invalid="ignore"):
+            expected = _torch_pool(x, kind, k, s, p, d, ceil, include)
+            y = pooling.forward(x, resolved)
+        _close(y, expected, note)
+        checked += 1
+    assert checked > CONFIGS // 2
+
+
+# the networks' pooling layers (ResNet's stem pool, VGG / U-Net 2×2, global averages)
+# and a spread around them: channels 3-1024, images 4²-112², batch 1 and 16
+NETWORK_POOLS = [
+    ("max", 3, 2, 1, False, 56, 64), ("max", 3, 2, 1, False, 28, 3),
+    ("max", 3, 2, 1, True, 15, 256), ("max", 3, 1, 1, False, 14, 96),
+    ("max", 2, 2, 0, False, 112, 64), ("max", 2, 2, 0, False, 56, 128),
+    ("max", 2, 2, 0, False, 7, 512), ("max", 2, 2, 0, True, 7, 1024),
+    ("max", 2, 1, 0, False, 4, 24), ("avg", 4, 4, 0, False, 4, 2048),
+    ("avg", 3, 2, 1, False, 28, 40), ("avg", 2, 2, 0, True, 9, 200),
+    ("avg", 7, 1, 0, False, 7, 672),
+]
+
+
+@pytest.mark.parametrize("batch", [1, 16])
+@pytest.mark.parametrize("kind, k, s, p, ceil, size, channels", NETWORK_POOLS)
+def test_network_pools_match_pytorch(mode: str, batch: int, kind: str, k: int, s: int,
+                                     p: int, ceil: bool, size: int, channels: int) -> None:
+    if batch == 16 and size * size * channels > 56 * 56 * 64 and os.environ.get("CI") == "true":
+        pytest.skip("large batch: outside CI only")
+    rng = np.random.default_rng(size * channels + batch)
+    x = rng.standard_normal((batch, size, size, channels)).astype(np.float32)
+    spec = ConvSpec(k, strides=s, padding=p, pool=kind, ceil_mode=ceil,
+                    count_include_pad=False)
+    note = f"{mode}: {kind} {k}x{k} s{s} p{p} ceil={ceil} x {x.shape}"
+    _close(conv(x, None, spec), _torch_pool(x, kind, k, s, p, 1, ceil, False), note)
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_windows_wholly_in_the_padding(mode: str, kind: str) -> None:
+    # a padding wider than the window (ONNX and JAX allow it): windows that read no
+    # input cell give -inf (max) or 0 / 0 (average without the padding), as the padded
+    # reference does
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 5, 4, 19))
+    spec = ConvSpec(2, strides=3, padding=((3, 2), (2, 4)), pool=kind, count_include_pad=False)
+    resolved = spec.resolve(x.shape)
+    planned = pooling.pool_plan(resolved)
+    if kind == "max":
+        xp = pad(x, planned.window_padding, "zeros", fill=-np.inf)
+        expected = pooling.reduce_windows(xp, np.maximum, spec.kernel_size, spec.strides,
+                                          spec.dilation, resolved.output_size)
+    else:
+        xp = pad(x, planned.window_padding)
+        total = pooling.reduce_windows(xp, np.add, spec.kernel_size, spec.strides,
+                                       spec.dilation, resolved.output_size)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            expected = total / pooling.divisor(resolved)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        y = pooling.forward(x, resolved)
+    assert (np.isinf(y) | np.isnan(y)).any(), "no window lies wholly in the padding"
+    np.testing.assert_allclose(y, expected, rtol=1e-12, atol=0, err_msg=f"{mode} {kind}")
+
+
+def _torch_max_grad(x: np.ndarray, dy: np.ndarray, k: int, s: int, p: int, d: int,
+                    ceil: bool) -> np.ndarray:
+    rank = x.ndim - 2
+    xt = torch.from_numpy(np.moveaxis(x, -1, 1).copy()).requires_grad_(True)
+    fn = (functional.max_pool1d, functional.max_pool2d, functional.max_pool3d)[rank - 1]
+    yt = fn(xt, k, s, p, d, ceil_mode=ceil)
+    (gx,) = torch.autograd.grad(yt, xt, torch.from_numpy(np.moveaxis(dy, -1, 1).copy()))
+    return np.moveaxis(gx.numpy(), 1, -1)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_random_max_gradients_match_pytorch(mode: str, seed: int) -> None:
+    rng = np.random.default_rng(100 + seed)
+    checked = 0
+    for case in range(CONFIGS // 2):
+        k, s, d = int(rng.integers(1, 5)), int(rng.integers(1, 4)), int(rng.integers(1, 3))
+        p, ceil = int(rng.integers(0, k // 2 + 1)), bool(rng.integers(0, 2))
+        rank = int(rng.choice([1, 2, 2, 3]))
+        reach = (k - 1) * d + 1
+        size = tuple(int(rng.integers(reach, reach + (10 if rank < 3 else 4)))
+                     for _ in range(rank))
+        channels = int(rng.choice([1, 3, 16, 17, 64, 70, 130]))
+        dtype = np.float32 if rng.random() < 0.6 else np.float64
+        x = rng.standard_normal((int(rng.integers(1, 4)), *size, channels)).astype(dtype)
+        if rng.random() < 0.3:
+            x = np.round(x)  # ties: the first maximum in window order
+        if rng.random() < 0.2:
+            x.flat[rng.integers(x.size, size=3)] = [np.nan, np.inf, -np.inf]
+        if rng.random() < 0.1:
+            x[...] = -np.inf  # PyTorch: each window's first cell inside the input
+        note = (f"{mode} seed {seed} case {case}: max k{k} s{s} p{p} d{d} ceil={ceil} "
+                f"x {x.shape} {np.dtype(dtype).name}")
+        try:
+            resolved = ConvSpec(k, strides=s, padding=p, dilation=d, pool="max",
+                                ceil_mode=ceil, rank=rank).resolve(x.shape)
+        except ValueError:
+            continue
+        dy = rng.standard_normal((x.shape[0], *resolved.output_size, channels)).astype(dtype)
+        _close(pooling.backward(x, resolved, dy), _torch_max_grad(x, dy, k, s, p, d, ceil),
+               note)
+        checked += 1
+    assert checked > CONFIGS // 4
+
+
+@pytest.mark.parametrize("batch", [1, 3, 16])
+def test_max_gradient_threads_give_one_threads_result(batch: int) -> None:
+    if _llvm_pool.pool_kernel(np.float32, "max_grad") is None:
+        pytest.skip("no compiled kernels here")
+    rng = np.random.default_rng(batch)
+    x = np.round(rng.standard_normal((batch, 29, 28, 160)), 1).astype(np.float32)
+    spec = ConvSpec(3, strides=2, padding=1, pool="max")
+    dy = rng.standard_normal((batch, 15, 14, 160)).astype(np.float32)
+    with thread_limit(1):
+        alone, _, _ = conv_vjp(x, None, spec, dy)
+    with thread_limit(2):
+        split, _, _ = conv_vjp(x, None, spec, dy)
+    np.testing.assert_array_equal(split, alone, err_msg=f"batch {batch}")
+    _close(split, _torch_max_grad(x, dy, 3, 2, 1, 1, False), f"batch {batch}")
+
+
+def test_window_spans_against_the_positions() -> None:
+    rng = np.random.default_rng(7)
+    for case in range(300):
+        size, k = int(rng.integers(1, 12)), int(rng.integers(1, 5))
+        s, d, lo = int(rng.integers(1, 4)), int(rng.integers(1, 3)), int(rng.integers(0, 4))
+        out = int(rng.integers(0, 8))
+        spans = pooling.window_spans(size, k, s, d, lo, out)
+        for o in range(out):
+            inside = [o * s - lo + t * d for t in range(k) if 0 <= o * s - lo + t * d < size]
+            first, count = spans[o]
+            note = f"case {case}: size {size} k{k} s{s} d{d} lo{lo} window {o}"
+            assert count == len(inside), note
+            assert not inside or first == inside[0], note
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_worker_threads_give_one_threads_result(kind: str) -> None:
+    if _llvm_pool.pool_kernel(np.float32, kind) is None:
+        pytest.skip("no compiled kernels here")
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((4, 57, 56, 64)).astype(np.float32)
+    spec = ConvSpec(3, strides=2, padding=1, pool=kind, ceil_mode=True)
+    assert x[..., :1].size * 64 * 9 >= pooling.THREADED_WORK // 8  # big enough to split
+    with thread_limit(1):
+        alone = conv(x, None, spec)
+    with thread_limit(2):
+        split = conv(x, None, spec)
+    np.testing.assert_array_equal(split, alone)
+
+
+def _peak_bytes(fn: Any) -> int:
+    fn()
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        result = fn()
+        peak = tracemalloc.get_traced_memory()[1]
+        del result
+    finally:
+        tracemalloc.stop()
+    return peak - base
+
+
+@pytest.mark.parametrize("kind, k, s, p, size, channels", [
+    ("max", 3, 2, 1, 56, 64), ("max", 2, 2, 0, 56, 128), ("avg", 3, 2, 1, 28, 64),
+    ("avg", 3, 1, 1, 28, 32), ("max", 3, 1, 1, 28, 32),
+])
+def test_peak_memory_within_the_bound(mode: str, kind: str, k: int, s: int, p: int,
+                                      size: int, channels: int) -> None:
+    # the networks benchmark's bound: peak extra bytes <= 1.5 x (input + output)
+    x = np.random.default_rng(3).standard_normal((2, size, size, channels)).astype(np.float32)
+    spec = ConvSpec(k, strides=s, padding=p, pool=kind)
+    with thread_limit(1):
+        peak = _peak_bytes(lambda: conv(x, None, spec))
+        out = conv(x, None, spec)
+    ratio = peak / (x.nbytes + out.nbytes)
+    assert ratio <= 1.5, f"{mode}: peak {peak} bytes = {ratio:.2f}x (input + output)"
+
+
+def test_module_compiles_for_avx2_and_neon() -> None:
+    if _llvm._llvm() is None:
+        pytest.skip("no llvmlite (or CONVARITH_JIT=0)")
+    llvm = _llvm._llvm()
+    for name in ("avx2", "neon"):
+        target = _llvm.target_named(name)
+        for dtype in (np.float32, np.float64):
+            for kind in ("max", "avg"):
+                ir = _llvm_pool.module_ir(dtype, kind, target.width(dtype))
+                with _llvm._LOCK:
+                    machine = _llvm._machine(llvm, target)
+                    module = llvm.parse_assembly(ir)
+                    if target.triple:
+                        module.triple = target.triple
+                    module.verify()
+                    assert "drive" in str(machine.emit_assembly(module))
