@@ -42,7 +42,8 @@ compiled kernels       numba kernels (col2im, depthwise, flat_rows,  ``CONVARITH
                        (``_llvm._compiled``, ``_compiled_grouped``,  clear to read them again
                        ``_llvm_depthwise._row_kernel``,
                        ``_llvm_thin._compiled_rows``,
-                       ``_llvm_pool._pool_kernel``, the host,
+                       ``_llvm_pool._pool_kernel``, the helper
+                       threads' spinner ``_spin.spinner``, the host,
                        the binding),
                        SciPy's BLAS gemm; built once per key under
                        a lock (:func:`cached_once`)
@@ -117,6 +118,7 @@ def process_caches() -> dict[str, Callable[[], None]]:
         _llvm_pool,
         _llvm_thin,
         _numba_pool,
+        _spin,
         _threads,
         col2im,
         depthwise,
@@ -149,7 +151,8 @@ def process_caches() -> dict[str, Callable[[], None]]:
             flat_rows._numba_im2col, flat_rows.blas_gemm, space_to_depth._numba_kernels,
             winograd._numba_kernels, _llvm._compiled, _llvm._target, _llvm._host, _llvm._llvm,
             _llvm._compiled_grouped, _llvm._compiled_interleaved, _llvm_depthwise._row_kernel,
-            _llvm_thin._compiled_rows, _llvm_pool._pool_kernel, _numba_pool.numba_kernels),
+            _llvm_thin._compiled_rows, _llvm_pool._pool_kernel, _numba_pool.numba_kernels,
+            _spin.spinner),
         "BLAS controller": functions(_threads._controller, _threads._sched_getcpu,
                                      _threads._affinity_cores),
         "helper threads": _threads._POOL.clear,
