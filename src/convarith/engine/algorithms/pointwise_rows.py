@@ -1,0 +1,213 @@
+"""1×1 convolutions as BLAS products over chunks of output rows, on every worker.
+
+A 1×1 kernel ``(1…, C, F)`` makes output cell ``o`` the product of input cell
+``o·S`` with the kernel: the whole layer is one ``(cells, C) @ (C, F)`` product.
+Left to one BLAS call, that product runs on BLAS's own threads, and for the
+narrow products of real networks (``C`` or ``F`` of 8 to 64: MobileNetV2's
+32 -> 16 on 56², WaveNet's 64 -> 64) those do not use a second core: measured
+on a quiet two-core machine, 32 -> 16 on 16×56² took 1.54 ms on two threads
+against 0.72 ms of one thread's CPU time. Here the output cells are cut into
+chunks, about :data:`CHUNKS_PER_WORKER` per worker, each a single-threaded
+BLAS product written in place into its rows of the output (:func:`run_chunks`),
+so the calling thread does no work outside the chunks and both workers stay
+busy. A strided layer's chunk first gathers the input cells it reads into a
+per-thread buffer (no copy of the whole input).
+
+On one worker, or below :data:`~._threads.SMALL_WORK` FLOPs, the layer is the
+one product, with as few Python objects as possible: a squeeze-excitation
+1×1 on a 1×1 image moves a few hundred bytes, so the call's own allocations
+are its peak memory.
+
+Examples
+--------
+>>> import numpy as np
+>>> xp = np.arange(12.0).reshape(1, 2, 3, 2)          # (N, H, W, C)
+>>> kernel = np.array([[[[1.0], [10.0]]]])            # (1, 1, C=2, F=1)
+>>> direct(xp, kernel, (1, 2), (1, 1), 1, (2, 2))[0, :, :, 0]
+array([[ 10.,  54.],
+       [ 76., 120.]])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..dispatch import ConvProblem, Requirements, register_algorithm
+from ._threads import SMALL_WORK, run_chunks, worker_count, workspace
+
+__all__ = ["direct", "applies", "cost", "chunks", "busy_share", "CHUNKS_PER_WORKER",
+           "MIN_CHUNK_CELLS", "CHUNK_BYTES", "CHUNKED", "NARROW_CHANNELS", "INLINE"]
+
+#: Chunks per worker: a few, so a worker delayed by another process does not hold
+#: the call up; each costs ~10 µs of Python.
+CHUNKS_PER_WORKER = 4
+
+#: Output cells a chunk's product has at least (BLAS slows below a few dozen rows).
+MIN_CHUNK_CELLS = 64
+
+#: Output and gathered input bytes per chunk at most (a chunk's working set in cache).
+CHUNK_BYTES = 1 << 20
+
+
+def chunks(batch: int, out_size: Sequence[int], channels: int, filters: int, itemsize: int,
+           workers: int) -> list[tuple[int, int]]:
+    """The chunks ``(row0, row1)`` the output is cut into for ``workers``.
+
+    Rows are counted over the images and the first spatial axis (``batch ·
+    out_size[0]`` of them, each ``prod(out_size[1:])`` cells), so a chunk's output
+    cells are contiguous. About :data:`CHUNKS_PER_WORKER` per worker, a multiple of the
+    workers, of sizes that differ by at most one row, each at least
+    :data:`MIN_CHUNK_CELLS` cells and (where that allows more chunks) at most
+    :data:`CHUNK_BYTES`.
+
+    >>> chunks(1, (4096,), 64, 256, 4, 2)[:2]
+    [(0, 512), (512, 1024)]
+    >>> chunks(1, (28, 28), 96, 24, 4, 4)[:3]
+    [(0, 3), (3, 7), (7, 10)]
+    >>> chunks(16, (56, 56), 32, 16, 4, 1)
+    [(0, 896)]
+    """
+    total = batch * (out_size[0] if out_size else 1)
+    row_cells = max(1, math.prod(out_size[1:]))
+    if workers <= 1:
+        return [(0, total)]
+    fits = max(1, CHUNK_BYTES // (row_cells * (channels + filters) * itemsize))
+    count = max(CHUNKS_PER_WORKER * workers, -(-total // fits))
+    count = min(count, max(1, total // -(-MIN_CHUNK_CELLS // row_cells)))
+    if count >= workers:
+        count -= count % workers
+    return [(i * total // count, (i + 1) * total // count) for i in range(count)]
+
+
+def busy_share(pieces: Sequence[tuple[int, int]], workers: int) -> float:
+    """The largest share of the output rows one of ``workers`` computes (``1 / workers``
+    when the chunks split evenly, 1 when there is a single chunk).
+
+    >>> busy_share([(0, 4), (4, 8), (8, 10)], 2)
+    0.6
+    """
+    sizes = sorted((r1 - r0 for r0, r1 in pieces), reverse=True)
+    loads = [0] * max(1, min(workers, len(sizes)))
+    for size in sizes:  # the workers take the next chunk as they finish: greedy
+        loads[loads.index(min(loads))] += size
+    return max(loads) / max(1, sum(sizes))
+
+
+def direct(
+    xp: np.ndarray,
+    kernel: np.ndarray,
+    strides: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+    out_size: Sequence[int],
+    *,
+    threads: int | None = None,
+) -> np.ndarray:
+    """The registry's direct contract for a 1×1 kernel and one group.
+
+    ``xp`` ``(N, *spatial, C)``, ``kernel`` ``(1…, C, F)``; ``y`` ``(N, *out_size, F)``;
+    ``threads``: workers (default :func:`worker_count`).
+    """
+    if groups != 1:
+        raise ValueError(f"pointwise_rows needs groups=1, got groups={groups}")
+    shape = xp.shape
+    c, f = shape[-1], kernel.shape[-1]
+    whole = shape[1:-1] == tuple(out_size)  # stride 1 (or a 1-cell output): every cell
+    if whole and 2 * xp.size * f < SMALL_WORK:
+        # the one product, inline (few objects: a layer on a 1×1 image is a few hundred
+        # bytes, and the call's own allocations are its peak memory)
+        return np.matmul(xp.reshape(-1, c), kernel.reshape(c, f)).reshape(*shape[:-1], f)
+    n = shape[0]
+    weights = kernel.reshape(c, f)
+    workers = worker_count() if threads is None else threads
+    flops = 2.0 * n * math.prod(out_size) * c * f
+    if whole and workers <= 1:
+        return np.matmul(xp.reshape(-1, c), weights).reshape(*shape[:-1], f)
+    y = np.empty((n, *out_size, f), xp.dtype)
+    pieces = chunks(n, out_size, c, f, xp.dtype.itemsize, workers)
+    rows = out_size[0]
+    row_cells = math.prod(out_size[1:])
+    outputs = y.reshape(n * rows * row_cells, f)
+    if whole:
+        inputs = np.ascontiguousarray(xp).reshape(-1, c)
+    s0 = strides[0]
+    tail = tuple(slice(0, (o - 1) * s + 1, s) for o, s in zip(out_size[1:], strides[1:]))
+
+    def work(first: int, last: int) -> None:
+        for row0, row1 in pieces[first:last]:
+            target = outputs[row0 * row_cells:row1 * row_cells]
+            if whole:
+                source = inputs[row0 * row_cells:row1 * row_cells]
+            else:  # gather the cells the stride reads, image by image
+                source = workspace("pointwise_rows", (row1 - row0, row_cells, c), xp.dtype)
+                row = row0
+                while row < row1:
+                    image, r = divmod(row, rows)
+                    stop = min(row1, (image + 1) * rows)
+                    view = xp[(image, slice(r * s0, (r + stop - row - 1) * s0 + 1, s0)) + tail]
+                    np.copyto(source[row - row0:stop - row0].reshape(view.shape), view)
+                    row = stop
+                source = source.reshape(-1, c)
+            np.matmul(source, weights, out=target)
+
+    run_chunks(work, len(pieces), 1, threads=threads, flops=flops)
+    return y
+
+
+#: When the row products apply: a 1×1 kernel, one group.
+applies = Requirements((
+    ("a 1x1 kernel", lambda p: all(k == 1 for k in p.kernel_size)),
+    ("groups=1", lambda p: p.groups == 1),
+))
+
+#: Chunked products' time over the one product's, on one thread: measured (CPU time,
+#: float32, busy machine) 1.00–1.08 over 11 shapes from 32 -> 16 on 16×56² to
+#: 2048 -> 512 on 16×4² (256-row chunks; the chunks here are larger).
+CHUNKED = 1.04
+
+
+#: Up to this many channels on the narrower side (``min(C, F)``), the one BLAS product's
+#: own threads are taken to gain nothing from a second worker (measured on a quiet
+#: two-core machine for 32 -> 16 on 16×56²: 1.54 ms on two threads, 0.72 ms of one
+#: thread's CPU time); above it, to gain as much as the chunks here.
+NARROW_CHANNELS = 64
+
+
+#: The inline product's time over :mod:`.flat_rows`' for a layer below
+#: :data:`~._threads.SMALL_WORK`: the same product with fewer Python objects (measured
+#: through ``conv``, one core: squeeze-excitation 1×1 on 1×1 images, 32 -> 8 batch 1
+#: 7.9 against 8.5 µs, 1152 -> 48 batch 16 26.2 against 27.5 µs; peak memory 1608
+#: against 2368 bytes, 1.36 against 2.0 times the arrays' bytes).
+INLINE = 0.95
+
+
+def cost(problem: ConvProblem) -> float:
+    """``0.7 × FLOPs`` (:mod:`.flat_rows`' one 1×1 product) times :data:`CHUNKED`, times
+    the :func:`busy_share` of the most loaded of ``W`` workers (``1 / W`` when the
+    chunks split evenly) over the one product's own gain from ``W`` threads: none for
+    narrow products (at most :data:`NARROW_CHANNELS` channels on one side), whose one
+    BLAS call runs outside :func:`run_chunks` (serial fraction 1), ``W`` for the
+    others. Below :data:`~._threads.SMALL_WORK` at stride 1 the one product inline
+    (:data:`INLINE`); on one worker the one product, a hair above :mod:`.flat_rows`.
+
+    >>> p = ConvProblem((16, 56, 56, 32), (1, 1, 32, 16), (1, 1), (1, 1), 1, (56, 56), np.dtype("float32"))
+    >>> cost(p) <= 0.7 * CHUNKED * p.flops
+    True
+    """
+    base = 0.7 * problem.flops
+    whole = problem.input_shape[1:-1] == problem.out_size
+    if problem.flops < SMALL_WORK:
+        return base * (INLINE if whole else CHUNKED)
+    workers = worker_count()
+    if workers <= 1:
+        return base * (1.01 if whole else CHUNKED)
+    pieces = chunks(problem.batch, problem.out_size, problem.in_channels,
+                    problem.out_channels, problem.dtype.itemsize, workers)
+    narrow = min(problem.in_channels, problem.out_channels) <= NARROW_CHANNELS
+    return base * CHUNKED * busy_share(pieces, workers) * (1 if narrow else workers)
+
+
+register_algorithm("pointwise_rows", direct, applies=applies, cost=cost)
