@@ -165,3 +165,59 @@ def test_conv_calls_against_pytorch() -> None:
         assert y.shape == expected.shape, what
         assert relative_error(y, expected) <= 1e-5, what
         assert math.isfinite(float(np.abs(y).max())), what
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weight_grad_equals_the_reference(dtype, monkeypatch) -> None:
+    from _helpers import reference_weight_grad
+
+    monkeypatch.setattr(pointwise_rows, "MIN_CHUNK_CELLS", 1)
+    seed = 17 if dtype == np.float32 else 18
+    rng = np.random.default_rng(seed)
+    for trial in range(CASES // 2):
+        rank, strides, out_size, size, channels, filters, batch = _random_case(rng)
+        xp = rng.standard_normal((batch, *size, channels)).astype(dtype)
+        dy = rng.standard_normal((batch, *out_size, filters)).astype(dtype)
+        kernel_size = (1,) * rank
+        expected = reference_weight_grad(xp, dy, kernel_size, strides, kernel_size, 1)
+        for threads, partials in ((1, 4 << 20), (2, 4 << 20), (3, 1)):
+            monkeypatch.setattr(pointwise_rows, "PARTIALS_BYTES", partials)
+            dk = pointwise_rows.weight_grad(xp, dy, kernel_size, strides, kernel_size, 1,
+                                            threads=threads)
+            what = f"seed {seed} trial {trial}: {xp.shape} {strides} {out_size}, {threads} threads"
+            assert dk.dtype == dtype and dk.shape == expected.shape, what
+            assert relative_error(dk, expected) <= TOLERANCE[dtype], what
+
+
+def test_layer_gradients_against_pytorch(monkeypatch) -> None:
+    """Whole ``conv_vjp`` calls of 1×1 layers (the input gradient by ``pointwise``, cut
+    into chunks on two workers; the kernel gradient by whichever the planner picks)."""
+    torch = pytest.importorskip("torch")
+    from convarith.engine import clear_caches, conv_vjp
+
+    monkeypatch.setenv("CONVARITH_NUM_THREADS", "2")
+    monkeypatch.setattr("convarith.engine.algorithms._threads.SMALL_WORK", 0)
+    monkeypatch.setattr("convarith.engine.algorithms.pointwise.SMALL_WORK", 0)
+    clear_caches()
+    rng = np.random.default_rng(29)
+    try:
+        for trial in range(CASES // 8):
+            stride = int(rng.integers(1, 3))
+            size = tuple(int(n) for n in rng.integers(1, 15, 2))
+            channels, filters = (int(v) for v in rng.integers(1, 70, 2))
+            batch = int(rng.integers(1, 4))
+            x = rng.standard_normal((batch, *size, channels))
+            kernel = rng.standard_normal((1, 1, channels, filters))
+            spec = ConvSpec(1, strides=stride, rank=2)
+            out = tuple((n - 1) // stride + 1 for n in size)
+            dy = rng.standard_normal((batch, *out, filters))
+            dx, dk = conv_vjp(x, kernel, spec, dy)[:2]
+            tx = torch.tensor(np.moveaxis(x, -1, 1), requires_grad=True)
+            tk = torch.tensor(np.transpose(kernel, (3, 2, 0, 1)), requires_grad=True)
+            ty = torch.nn.functional.conv2d(tx, tk, stride=stride)
+            ex, ek = torch.autograd.grad(ty, (tx, tk), torch.tensor(np.moveaxis(dy, -1, 1)))
+            what = f"seed 29 trial {trial}: {x.shape} stride {stride} -> {filters}"
+            assert relative_error(dx, np.moveaxis(ex.numpy(), 1, -1)) <= 1e-10, what
+            assert relative_error(dk, np.transpose(ek.numpy(), (2, 3, 1, 0))) <= 1e-10, what
+    finally:
+        clear_caches()

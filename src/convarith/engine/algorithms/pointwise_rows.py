@@ -31,15 +31,15 @@ array([[ 10.,  54.],
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from ..dispatch import ConvProblem, Requirements, register_algorithm
 from ._threads import SMALL_WORK, run_chunks, worker_count, workspace
 
-__all__ = ["direct", "applies", "cost", "chunks", "busy_share", "CHUNKS_PER_WORKER",
-           "MIN_CHUNK_CELLS", "CHUNK_BYTES", "CHUNKED", "NARROW_CHANNELS", "INLINE"]
+__all__ = ["direct", "weight_grad", "products", "applies", "cost", "chunks", "busy_share", "CHUNKS_PER_WORKER",
+           "MIN_CHUNK_CELLS", "CHUNK_BYTES", "CHUNKED", "NARROW_CHANNELS", "INLINE", "PARTIALS_BYTES"]
 
 #: Chunks per worker: a few, so a worker delayed by another process does not hold
 #: the call up; each costs ~10 µs of Python.
@@ -128,33 +128,122 @@ def direct(
         return np.matmul(xp.reshape(-1, c), weights).reshape(*shape[:-1], f)
     y = np.empty((n, *out_size, f), xp.dtype)
     pieces = chunks(n, out_size, c, f, xp.dtype.itemsize, workers)
-    rows = out_size[0]
     row_cells = math.prod(out_size[1:])
-    outputs = y.reshape(n * rows * row_cells, f)
-    if whole:
-        inputs = np.ascontiguousarray(xp).reshape(-1, c)
-    s0 = strides[0]
-    tail = tuple(slice(0, (o - 1) * s + 1, s) for o, s in zip(out_size[1:], strides[1:]))
+    outputs = y.reshape(-1, f)
+    source = _row_source(xp, strides, out_size)
 
     def work(first: int, last: int) -> None:
         for row0, row1 in pieces[first:last]:
-            target = outputs[row0 * row_cells:row1 * row_cells]
-            if whole:
-                source = inputs[row0 * row_cells:row1 * row_cells]
-            else:  # gather the cells the stride reads, image by image
-                source = workspace("pointwise_rows", (row1 - row0, row_cells, c), xp.dtype)
-                row = row0
-                while row < row1:
-                    image, r = divmod(row, rows)
-                    stop = min(row1, (image + 1) * rows)
-                    view = xp[(image, slice(r * s0, (r + stop - row - 1) * s0 + 1, s0)) + tail]
-                    np.copyto(source[row - row0:stop - row0].reshape(view.shape), view)
-                    row = stop
-                source = source.reshape(-1, c)
-            np.matmul(source, weights, out=target)
+            np.matmul(source(row0, row1), weights,
+                      out=outputs[row0 * row_cells:row1 * row_cells])
 
     run_chunks(work, len(pieces), 1, threads=threads, flops=flops)
     return y
+
+
+def _row_source(xp: np.ndarray, strides: Sequence[int], out_size: Sequence[int]
+                ) -> Callable[[int, int], np.ndarray]:
+    """``source(row0, row1)``: the input cells output rows ``row0 .. row1 - 1`` (counted
+    as in :func:`chunks`) read, as ``(cells, C)``: a view at stride 1, else gathered
+    image by image into this thread's buffer."""
+    c = xp.shape[-1]
+    rows = out_size[0]
+    row_cells = math.prod(out_size[1:])
+    if xp.shape[1:-1] == tuple(out_size):
+        inputs = np.ascontiguousarray(xp).reshape(-1, c)
+        return lambda row0, row1: inputs[row0 * row_cells:row1 * row_cells]
+    s0 = strides[0]
+    tail = tuple(slice(0, (o - 1) * s + 1, s) for o, s in zip(out_size[1:], strides[1:]))
+
+    def gathered(row0: int, row1: int) -> np.ndarray:
+        buffer = workspace("pointwise_rows", (row1 - row0, row_cells, c), xp.dtype)
+        row = row0
+        while row < row1:
+            image, r = divmod(row, rows)
+            stop = min(row1, (image + 1) * rows)
+            view = xp[(image, slice(r * s0, (r + stop - row - 1) * s0 + 1, s0)) + tail]
+            np.copyto(buffer[row - row0:stop - row0].reshape(view.shape), view)
+            row = stop
+        return buffer.reshape(-1, c)
+
+    return gathered
+
+
+def products(source: np.ndarray, weights: np.ndarray, target: np.ndarray,
+             pieces: Sequence[tuple[int, int]], row_cells: int, *,
+             threads: int | None = None) -> None:
+    """``target[rows] = source[rows] @ weights`` chunk by chunk on the workers (rows of
+    ``row_cells`` cells, as :func:`chunks` cuts them); ``source`` and ``target`` 2-D.
+
+    >>> a, w, out = np.ones((6, 2)), np.ones((2, 3)), np.empty((6, 3))
+    >>> products(a, w, out, [(0, 1), (1, 3)], 2, threads=2)
+    >>> out[:, 0]
+    array([2., 2., 2., 2., 2., 2.])
+    """
+    def work(first: int, last: int) -> None:
+        for row0, row1 in pieces[first:last]:
+            cells = slice(row0 * row_cells, row1 * row_cells)
+            np.matmul(source[cells], weights, out=target[cells])
+
+    flops = 2.0 * source.shape[0] * source.shape[1] * weights.shape[1]
+    run_chunks(work, len(pieces), 1, threads=threads, flops=flops)
+
+
+#: Bytes of partial kernel gradients (one ``C × F`` per chunk) above which
+#: :func:`weight_grad` cuts one chunk per worker instead.
+PARTIALS_BYTES = 4 << 20
+
+
+def weight_grad(
+    xp: np.ndarray,
+    dy: np.ndarray,
+    kernel_size: Sequence[int],
+    strides: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+    *,
+    threads: int | None = None,
+) -> np.ndarray:
+    """The kernel gradient ``Σ_cells x[cell·S]ᵀ dy[cell]`` by chunks of output rows on the
+    workers, each a ``(C × cells) @ (cells × F)`` product, the partial sums added at the
+    end (at most :data:`PARTIALS_BYTES` of them).
+
+    >>> xp = np.arange(8.0).reshape(1, 4, 2)
+    >>> weight_grad(xp, np.ones((1, 2, 1)), (1,), (2,), (1,), 1)[0, :, 0]
+    array([4., 6.])
+    """
+    if groups != 1:
+        raise ValueError(f"pointwise_rows needs groups=1, got groups={groups}")
+    n, c = xp.shape[0], xp.shape[-1]
+    f = dy.shape[-1]
+    out_size = dy.shape[1:-1]
+    grads = np.ascontiguousarray(dy).reshape(-1, f)
+    cells = grads.shape[0]
+    workers = worker_count() if threads is None else threads
+    source = _row_source(xp, strides, out_size)
+    row_cells = math.prod(out_size[1:])
+    if cells == 1:  # a 1×1 image: NumPy's matmul of inner size 1 takes a slow loop
+        return np.multiply.outer(source(0, 1)[0], grads[0]).reshape(*kernel_size, c, f)
+    flops = 2.0 * cells * c * f
+    if workers <= 1 or flops < SMALL_WORK:
+        return np.matmul(source(0, n * out_size[0]).T, grads).reshape(*kernel_size, c, f)
+    pieces = chunks(n, out_size, c, f, xp.dtype.itemsize, workers)
+    if len(pieces) > workers and len(pieces) * c * f * xp.dtype.itemsize > PARTIALS_BYTES:
+        total = n * out_size[0]
+        count = min(workers, total)
+        pieces = [(i * total // count, (i + 1) * total // count) for i in range(count)]
+
+    def work(first: int, last: int) -> np.ndarray:
+        partial = np.zeros((c, f), xp.dtype)
+        for row0, row1 in pieces[first:last]:
+            partial += source(row0, row1).T @ grads[row0 * row_cells:row1 * row_cells]
+        return partial
+
+    partials = run_chunks(work, len(pieces), 1, threads=threads, flops=flops)
+    total_grad = partials[0]
+    for partial in partials[1:]:
+        total_grad += partial
+    return total_grad.reshape(*kernel_size, c, f)
 
 
 #: When the row products apply: a 1×1 kernel, one group.
@@ -210,4 +299,4 @@ def cost(problem: ConvProblem) -> float:
     return base * CHUNKED * busy_share(pieces, workers) * (1 if narrow else workers)
 
 
-register_algorithm("pointwise_rows", direct, applies=applies, cost=cost)
+register_algorithm("pointwise_rows", direct, applies=applies, cost=cost, weight_grad=weight_grad)
