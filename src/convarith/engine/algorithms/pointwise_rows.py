@@ -48,8 +48,12 @@ CHUNKS_PER_WORKER = 4
 #: Output cells a chunk's product has at least (BLAS slows below a few dozen rows).
 MIN_CHUNK_CELLS = 64
 
-#: Output and gathered input bytes per chunk at most (a chunk's working set in cache).
-CHUNK_BYTES = 1 << 20
+#: Output and input bytes per chunk at most: a chunk's working set stays in a core's
+#: cache. Measured on one core (CPU time, float32, busy machine; one product against
+#: chunks of 256 KiB): 32 -> 16 on 16×56² 0.72 -> 0.55 ms, 16 -> 96 2.62 -> 2.04,
+#: 96 -> 24 on 16×28² 0.91 -> 1.16 (0.76 with 128 KiB), 192 -> 32 on 16×14² 0.47 ->
+#: 0.49; 64 -> 256 on 4096 1.48 -> 1.61, 256 -> 64 on 16×28² 5.63 -> 5.71.
+CHUNK_BYTES = 256 << 10
 
 
 def chunks(batch: int, out_size: Sequence[int], channels: int, filters: int, itemsize: int,
@@ -63,7 +67,7 @@ def chunks(batch: int, out_size: Sequence[int], channels: int, filters: int, ite
     :data:`MIN_CHUNK_CELLS` cells and (where that allows more chunks) at most
     :data:`CHUNK_BYTES`.
 
-    >>> chunks(1, (4096,), 64, 256, 4, 2)[:2]
+    >>> chunks(1, (4096,), 64, 64, 4, 2)[:2]
     [(0, 512), (512, 1024)]
     >>> chunks(1, (28, 28), 96, 24, 4, 4)[:3]
     [(0, 3), (3, 7), (7, 10)]
@@ -252,10 +256,11 @@ applies = Requirements((
     ("groups=1", lambda p: p.groups == 1),
 ))
 
-#: Chunked products' time over the one product's, on one thread: measured (CPU time,
-#: float32, busy machine) 1.00–1.08 over 11 shapes from 32 -> 16 on 16×56² to
-#: 2048 -> 512 on 16×4² (256-row chunks; the chunks here are larger).
-CHUNKED = 1.04
+#: Chunked products' time over the one product's, on one thread (CPU time, float32,
+#: busy machine, through ``conv``): 1.02 for 32 -> 16 on 16×56², 1.07 for 16 -> 96,
+#: 1.34 for 96 -> 24 on 16×28², 1.24 for 192 -> 32 on 16×14², 1.12 for 64 -> 64 on
+#: 16×28², 1.05 for 64 -> 64 and 1.12 for 64 -> 256 on 4096.
+CHUNKED = 1.15
 
 
 #: Up to this many channels on the narrower side (``min(C, F)``), the one BLAS product's
