@@ -7,7 +7,7 @@ and its largest chunk's share. A path whose serial part is large, or whose chunk
 fewer than the workers (or unequal), cannot use a second core.
 
     python scripts/serial_fraction.py --shape 1,4096,64 --kernel 2,64,128 --padding causal
-        [--dilation 4] [--stride 1] [--algorithm flat_rows] [--repeat 20]
+        [--dilation 4] [--stride 1] [--algorithm flat_rows] [--repeat 20] [--backward]
 """
 
 from __future__ import annotations
@@ -34,12 +34,14 @@ def main() -> None:
     parser.add_argument("--dilation", type=int, default=1)
     parser.add_argument("--algorithm", default=None)
     parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--backward", action="store_true",
+                        help="time conv_vjp (input and kernel gradients) instead of conv")
     parser.add_argument("--workers", type=int, default=2,
                         help="the worker count the paths plan their chunks for")
     args = parser.parse_args()
     os.environ["CONVARITH_NUM_THREADS"] = str(args.workers)
     from convarith import ConvSpec
-    from convarith.engine import conv
+    from convarith.engine import conv, conv_vjp
     from convarith.engine.algorithms import _threads
 
     shape = tuple(int(v) for v in args.shape.split(","))
@@ -63,7 +65,11 @@ def main() -> None:
         finally:
             inside[0] += time.thread_time() - start
 
-    run = lambda: conv(x, kernel, spec, algorithm=args.algorithm)  # noqa: E731
+    if args.backward:
+        d_out = np.random.default_rng(2).standard_normal(conv(x, kernel, spec).shape, np.float32)
+        run = lambda: conv_vjp(x, kernel, spec, d_out)[:2]  # noqa: E731
+    else:
+        run = lambda: conv(x, kernel, spec, algorithm=args.algorithm)  # noqa: E731
     run()
     for module in list(sys.modules.values()):
         if getattr(module, "run_chunks", None) is original and module is not _threads:
@@ -77,7 +83,8 @@ def main() -> None:
         total = time.thread_time() - start
         if total < best_total:
             best_total, best_inside = total, inside[0]
-    print(f"{args.algorithm or 'chosen'}: {best_total * 1e3:.3f} ms thread CPU, inside chunks "
+    what = "backward" if args.backward else args.algorithm or "chosen"
+    print(f"{what}: {best_total * 1e3:.3f} ms thread CPU, inside chunks "
           f"{best_inside * 1e3:.3f} ms, serial fraction {1 - best_inside / best_total:.2f}, "
           f"run_chunks calls (chunks, largest share): {chunks}")
 
