@@ -6,7 +6,7 @@ the work inside the chunks and the whole call, and records each call's chunk cou
 and its largest chunk's share. A path whose serial part is large, or whose chunks are
 fewer than the workers (or unequal), cannot use a second core.
 
-    python scripts/serial_fraction.py --shape 1,4096,64 --kernel 2,64,128 --padding causal
+    python scripts/pointwise_serial_part.py --shape 1,4096,64 --kernel 2,64,128 --padding causal
         [--dilation 4] [--stride 1] [--algorithm flat_rows] [--repeat 20] [--backward]
 """
 
@@ -20,6 +20,7 @@ for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 import argparse  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -65,11 +66,14 @@ def main() -> None:
         finally:
             inside[0] += time.thread_time() - start
 
+    run: Callable[[], Any]
     if args.backward:
         d_out = np.random.default_rng(2).standard_normal(conv(x, kernel, spec).shape, np.float32)
-        run = lambda: conv_vjp(x, kernel, spec, d_out)[:2]  # noqa: E731
+        def run() -> Any:
+            return conv_vjp(x, kernel, spec, d_out)[:2]
     else:
-        run = lambda: conv(x, kernel, spec, algorithm=args.algorithm)  # noqa: E731
+        def run() -> Any:
+            return conv(x, kernel, spec, algorithm=args.algorithm)
     run()
     for module in list(sys.modules.values()):
         if getattr(module, "run_chunks", None) is original and module is not _threads:
@@ -84,8 +88,13 @@ def main() -> None:
         if total < best_total:
             best_total, best_inside = total, inside[0]
     what = "backward" if args.backward else args.algorithm or "chosen"
+    # each call's chunks (about equal) shared by the workers: the most loaded one's part
+    shares = [min(1.0, max(share, -(-count // args.workers) / count)) for count, share in chunks]
+    makespan = best_inside * (max(shares) if shares else 1.0)
+    speedup = best_total / (best_total - best_inside + makespan)
     print(f"{what}: {best_total * 1e3:.3f} ms thread CPU, inside chunks "
           f"{best_inside * 1e3:.3f} ms, serial fraction {1 - best_inside / best_total:.2f}, "
+          f"predicted {args.workers}-worker speed-up {speedup:.2f}, "
           f"run_chunks calls (chunks, largest share): {chunks}")
 
 
