@@ -49,11 +49,13 @@ CHUNKS_PER_WORKER = 4
 MIN_CHUNK_CELLS = 64
 
 #: Output and input bytes per chunk at most: a chunk's working set stays in a core's
-#: cache. Measured on one core (CPU time, float32, busy machine; one product against
-#: chunks of 256 KiB): 32 -> 16 on 16×56² 0.72 -> 0.55 ms, 16 -> 96 2.62 -> 2.04,
-#: 96 -> 24 on 16×28² 0.91 -> 1.16 (0.76 with 128 KiB), 192 -> 32 on 16×14² 0.47 ->
-#: 0.49; 64 -> 256 on 4096 1.48 -> 1.61, 256 -> 64 on 16×28² 5.63 -> 5.71.
-CHUNK_BYTES = 256 << 10
+#: cache. Measured on one core (CPU time of the chunks for two workers, float32, busy
+#: machine; ms for one product, then chunks of 64, 128, 256, 512 KiB): 96 -> 24 on
+#: 16×28² 0.89, 0.99, 0.84, 1.10, 1.15; 32 -> 16 on 16×56² 0.71, 0.94, 0.69, 0.65, 0.88;
+#: 192 -> 32 on 16×14² 0.44, 0.49, 0.44, 0.56, 0.55; 64 -> 64 on 16×28² 1.27, 1.43,
+#: 1.58, 1.58, 1.48; 24 -> 144 on 16×28² 1.09, 1.45, 1.24, 1.31, 1.33; 64 -> 256 on
+#: 4096 1.50, 1.96, 1.84, 1.80, 1.70.
+CHUNK_BYTES = 128 << 10
 
 
 def chunks(batch: int, out_size: Sequence[int], channels: int, filters: int, itemsize: int,
@@ -68,7 +70,7 @@ def chunks(batch: int, out_size: Sequence[int], channels: int, filters: int, ite
     :data:`CHUNK_BYTES`.
 
     >>> chunks(1, (4096,), 64, 64, 4, 2)[:2]
-    [(0, 512), (512, 1024)]
+    [(0, 256), (256, 512)]
     >>> chunks(1, (28, 28), 96, 24, 4, 4)[:3]
     [(0, 3), (3, 7), (7, 10)]
     >>> chunks(16, (56, 56), 32, 16, 4, 1)
