@@ -4,17 +4,17 @@ A 1×1 kernel ``(1…, C, F)`` makes output cell ``o`` the product of input cell
 ``o·S`` with the kernel: the whole layer is one ``(cells, C) @ (C, F)`` product.
 Left to one BLAS call, that product runs on BLAS's own threads, and for the
 narrow products of real networks (``C`` or ``F`` of 8 to 64: MobileNetV2's
-32 -> 16 on 56², WaveNet's 64 -> 64) those do not use a second core: measured
-on a quiet two-core machine, 32 -> 16 on 16×56² took 1.54 ms on two threads
-against 0.72 ms of one thread's CPU time. Here the output cells are cut into
+32 -> 16 on 56², WaveNet's 64 -> 64) those do not use a second core: in the
+networks benchmark on a quiet two-core machine, 32 -> 16 on 16×56² took 1.54 ms
+on two threads (wall), against 0.72 ms of one thread's CPU time here. Here the output cells are cut into
 chunks, about :data:`CHUNKS_PER_WORKER` per worker, each a single-threaded
 BLAS product written in place into its rows of the output (:func:`run_chunks`),
 so the calling thread does no work outside the chunks and both workers stay
 busy. A strided layer's chunk first gathers the input cells it reads into a
 per-thread buffer (no copy of the whole input).
 
-On one worker, or below :data:`~._threads.SMALL_WORK` FLOPs, the layer is the
-one product, with as few Python objects as possible: a squeeze-excitation
+At stride 1 on one worker, or below :data:`~._threads.SMALL_WORK` FLOPs, the
+layer is the one product, with as few Python objects as possible: a squeeze-excitation
 1×1 on a 1×1 image moves a few hundred bytes, so the call's own allocations
 are its peak memory.
 
@@ -38,8 +38,9 @@ import numpy as np
 from ..dispatch import ConvProblem, Requirements, register_algorithm
 from ._threads import SMALL_WORK, run_chunks, worker_count, workspace
 
-__all__ = ["direct", "weight_grad", "products", "applies", "cost", "chunks", "busy_share", "CHUNKS_PER_WORKER",
-           "MIN_CHUNK_CELLS", "CHUNK_BYTES", "CHUNKED", "NARROW_CHANNELS", "INLINE", "PARTIALS_BYTES"]
+__all__ = ["direct", "weight_grad", "products", "applies", "cost", "chunks", "busy_share",
+           "CHUNKS_PER_WORKER", "MIN_CHUNK_CELLS", "CHUNK_BYTES", "CHUNKED", "NARROW_CHANNELS",
+           "INLINE", "PARTIALS_BYTES"]
 
 #: Chunks per worker: a few, so a worker delayed by another process does not hold
 #: the call up; each costs ~10 µs of Python.
