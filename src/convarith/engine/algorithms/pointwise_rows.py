@@ -60,7 +60,7 @@ CHUNK_BYTES = 128 << 10
 
 
 def chunks(batch: int, out_size: Sequence[int], channels: int, filters: int, itemsize: int,
-           workers: int) -> list[tuple[int, int]]:
+           workers: int, chunk_bytes: int | None = None) -> list[tuple[int, int]]:
     """The chunks ``(row0, row1)`` the output is cut into for ``workers``.
 
     Rows are counted over the images and the first spatial axis (``batch ·
@@ -68,7 +68,7 @@ def chunks(batch: int, out_size: Sequence[int], channels: int, filters: int, ite
     cells are contiguous. About :data:`CHUNKS_PER_WORKER` per worker, a multiple of the
     workers, of sizes that differ by at most one row, each at least
     :data:`MIN_CHUNK_CELLS` cells and (where that allows more chunks) at most
-    :data:`CHUNK_BYTES`.
+    ``chunk_bytes`` (default :data:`CHUNK_BYTES`).
 
     >>> chunks(1, (4096,), 64, 64, 4, 2)[:2]
     [(0, 256), (256, 512)]
@@ -81,7 +81,8 @@ def chunks(batch: int, out_size: Sequence[int], channels: int, filters: int, ite
     row_cells = max(1, math.prod(out_size[1:]))
     if workers <= 1:
         return [(0, total)]
-    fits = max(1, CHUNK_BYTES // (row_cells * (channels + filters) * itemsize))
+    budget = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+    fits = max(1, budget // (row_cells * (channels + filters) * itemsize))
     count = max(CHUNKS_PER_WORKER * workers, -(-total // fits))
     count = min(count, max(1, total // -(-MIN_CHUNK_CELLS // row_cells)))
     if count >= workers:
