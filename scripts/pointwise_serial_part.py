@@ -53,18 +53,19 @@ def main() -> None:
     spec = ConvSpec(kshape[:rank], strides=args.stride, dilation=args.dilation,
                     padding=args.padding, rank=rank)
     inside = [0.0]
-    chunks: list[tuple[int, float]] = []
+    chunks: list[tuple[int, float, float]] = []  # per call: chunks, largest share, seconds
     original = _threads.run_chunks
 
     def counted(work: Any, total: int, chunk: int, **kwargs: Any) -> Any:
         sizes = [min(total, s + chunk) - s for s in range(0, total, max(1, int(chunk)))]
-        chunks.append((len(sizes), max(sizes) / max(1, total)))
         start = time.thread_time()
         try:
             # planned for --workers, run inline: all the chunks' time is this thread's
             return original(work, total, chunk, **{**kwargs, "threads": 1})
         finally:
-            inside[0] += time.thread_time() - start
+            spent = time.thread_time() - start
+            inside[0] += spent
+            chunks.append((len(sizes), max(sizes) / max(1, total), spent))
 
     run: Callable[[], Any]
     if args.backward:
@@ -79,6 +80,7 @@ def main() -> None:
         if getattr(module, "run_chunks", None) is original and module is not _threads:
             module.run_chunks = counted  # type: ignore[attr-defined]
     best_total = best_inside = float("inf")
+    best_calls: list[tuple[int, float, float]] = []
     for _ in range(args.repeat):
         inside[0] = 0.0
         chunks.clear()
@@ -86,16 +88,16 @@ def main() -> None:
         run()
         total = time.thread_time() - start
         if total < best_total:
-            best_total, best_inside = total, inside[0]
+            best_total, best_inside, best_calls = total, inside[0], list(chunks)
     what = "backward" if args.backward else args.algorithm or "chosen"
     # each call's chunks (about equal) shared by the workers: the most loaded one's part
-    shares = [min(1.0, max(share, -(-count // args.workers) / count)) for count, share in chunks]
-    makespan = best_inside * (max(shares) if shares else 1.0)
+    makespan = sum(spent * min(1.0, max(share, -(-count // args.workers) / count))
+                   for count, share, spent in best_calls)
     speedup = best_total / (best_total - best_inside + makespan)
     print(f"{what}: {best_total * 1e3:.3f} ms thread CPU, inside chunks "
           f"{best_inside * 1e3:.3f} ms, serial fraction {1 - best_inside / best_total:.2f}, "
           f"predicted {args.workers}-worker speed-up {speedup:.2f}, "
-          f"run_chunks calls (chunks, largest share): {chunks}")
+          f"run_chunks calls (chunks, largest share): {[c[:2] for c in best_calls]}")
 
 
 if __name__ == "__main__":
