@@ -65,14 +65,17 @@ def transposed(
         whole = whole and s == 1 and first == 0 and lo == 0 and last + 1 == size == out
     inside = x if whole else np.ascontiguousarray(x[tuple(source)])
     workers = worker_count()
-    if whole and workers > 1 and 2.0 * x.size * filters >= SMALL_WORK:
+    if (whole and workers > 1 and 2.0 * x.size * filters >= SMALL_WORK
+            and 8 * kernel.size <= x.size):
         # on the workers, in equal chunks of rows (BLAS's own threads do not split a
-        # narrow product: see pointwise_rows)
+        # narrow product: see pointwise_rows), with the kernel's transpose copied once
+        # where it is small beside the input: read transposed, each chunk's product
+        # took half as long again (32 -> 16 on 16×56², one core: 1.12 against 0.74 ms)
         y = np.empty((n, *out_size, filters), x.dtype)
         spatial = x.shape[1:-1]
         pieces = chunks(n, spatial, channels, filters, x.dtype.itemsize, workers)
-        products(np.ascontiguousarray(x).reshape(-1, channels), weights, y.reshape(-1, filters),
-                 pieces, math.prod(spatial[1:]))
+        products(np.ascontiguousarray(x).reshape(-1, channels), np.ascontiguousarray(weights),
+                 y.reshape(-1, filters), pieces, math.prod(spatial[1:]))
         return y
     product = np.matmul(inside.reshape(-1, channels), weights)
     if whole:
