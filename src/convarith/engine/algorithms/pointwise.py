@@ -5,7 +5,8 @@ A transposed convolution with a 1×1 kernel ``(1…, F, C)`` sends input cell
 zero-inserted grid; a negative one crops) as ``x[i] @ kernel.T``; every other
 output cell is zero. So the whole layer is one product of the input cells that
 land inside the output with the kernel's transpose, read in place by BLAS, and
-a strided write: no flipped, swapped copy of the kernel (the grid way's
+a strided write (at stride 1 on several workers, in equal chunks of rows, as
+:mod:`.pointwise_rows` does): no flipped, swapped copy of the kernel (the grid way's
 ``flip_swap``, a transposition that costs more than the product for a
 2048 × 1024 kernel on a 4×4 image), no zero-inserted grid.
 
@@ -26,6 +27,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..dispatch import ConvProblem, Requirements, register_algorithm
+from ._threads import SMALL_WORK, worker_count
+from .pointwise_rows import chunks, products
 
 __all__ = ["transposed", "applies", "cost"]
 
@@ -61,6 +64,19 @@ def transposed(
         target.append(slice(lo + first * s, lo + last * s + 1, s))
         whole = whole and s == 1 and first == 0 and lo == 0 and last + 1 == size == out
     inside = x if whole else np.ascontiguousarray(x[tuple(source)])
+    workers = worker_count()
+    if (whole and workers > 1 and 2.0 * x.size * filters >= SMALL_WORK
+            and 8 * kernel.size <= x.size):
+        # on the workers, in equal chunks of rows (BLAS's own threads do not split a
+        # narrow product: see pointwise_rows), with the kernel's transpose copied once
+        # where it is small beside the input: read transposed, each chunk's product
+        # took half as long again (32 -> 16 on 16×56², one core: 1.12 against 0.74 ms)
+        y = np.empty((n, *out_size, filters), x.dtype)
+        spatial = x.shape[1:-1]
+        pieces = chunks(n, spatial, channels, filters, x.dtype.itemsize, workers)
+        products(np.ascontiguousarray(x).reshape(-1, channels), np.ascontiguousarray(weights),
+                 y.reshape(-1, filters), pieces, math.prod(spatial[1:]))
+        return y
     product = np.matmul(inside.reshape(-1, channels), weights)
     if whole:
         return product.reshape(n, *out_size, filters)

@@ -1,0 +1,311 @@
+"""1×1 convolutions as BLAS products over chunks of output rows, on every worker.
+
+A 1×1 kernel ``(1…, C, F)`` makes output cell ``o`` the product of input cell
+``o·S`` with the kernel: the whole layer is one ``(cells, C) @ (C, F)`` product.
+Left to one BLAS call, that product runs on BLAS's own threads, and for the
+narrow products of real networks (``C`` or ``F`` of 8 to 64: MobileNetV2's
+32 -> 16 on 56², WaveNet's 64 -> 64) those do not use a second core: in the
+networks benchmark on a quiet two-core machine, 32 -> 16 on 16×56² took 1.54 ms
+on two threads (wall), against 0.72 ms of one thread's CPU time here. Here the output cells are cut into
+chunks, about :data:`CHUNKS_PER_WORKER` per worker, each a single-threaded
+BLAS product written in place into its rows of the output (:func:`run_chunks`),
+so the calling thread does no work outside the chunks and both workers stay
+busy. A strided layer's chunk first gathers the input cells it reads into a
+per-thread buffer (no copy of the whole input).
+
+At stride 1 on one worker, or below :data:`~._threads.SMALL_WORK` FLOPs, the
+layer is the one product, with as few Python objects as possible: a squeeze-excitation
+1×1 on a 1×1 image moves a few hundred bytes, so the call's own allocations
+are its peak memory.
+
+Examples
+--------
+>>> import numpy as np
+>>> xp = np.arange(12.0).reshape(1, 2, 3, 2)          # (N, H, W, C)
+>>> kernel = np.array([[[[1.0], [10.0]]]])            # (1, 1, C=2, F=1)
+>>> direct(xp, kernel, (1, 2), (1, 1), 1, (2, 2))[0, :, :, 0]
+array([[ 10.,  54.],
+       [ 76., 120.]])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from ..dispatch import ConvProblem, Requirements, register_algorithm
+from ._threads import SMALL_WORK, run_chunks, worker_count, workspace
+
+__all__ = ["direct", "weight_grad", "products", "applies", "cost", "chunks", "busy_share",
+           "CHUNKS_PER_WORKER", "MIN_CHUNK_CELLS", "CHUNK_BYTES", "CHUNKED", "NARROW_CHANNELS",
+           "INLINE", "PARTIALS_BYTES"]
+
+#: Chunks per worker: a few, so a worker delayed by another process does not hold
+#: the call up; each costs ~10 µs of Python.
+CHUNKS_PER_WORKER = 4
+
+#: Output cells a chunk's product has at least (BLAS slows below a few dozen rows).
+MIN_CHUNK_CELLS = 64
+
+#: Output and input bytes per chunk at most: a chunk's working set stays in a core's
+#: cache. Measured on one core (CPU time of the chunks for two workers, float32, busy
+#: machine; ms for one product, then chunks of 64, 128, 256, 512 KiB): 96 -> 24 on
+#: 16×28² 0.89, 0.99, 0.84, 1.10, 1.15; 32 -> 16 on 16×56² 0.71, 0.94, 0.69, 0.65, 0.88;
+#: 192 -> 32 on 16×14² 0.44, 0.49, 0.44, 0.56, 0.55; 64 -> 64 on 16×28² 1.27, 1.43,
+#: 1.58, 1.58, 1.48; 24 -> 144 on 16×28² 1.09, 1.45, 1.24, 1.31, 1.33; 64 -> 256 on
+#: 4096 1.50, 1.96, 1.84, 1.80, 1.70.
+CHUNK_BYTES = 128 << 10
+
+
+def chunks(batch: int, out_size: Sequence[int], channels: int, filters: int, itemsize: int,
+           workers: int, chunk_bytes: int | None = None) -> list[tuple[int, int]]:
+    """The chunks ``(row0, row1)`` the output is cut into for ``workers``.
+
+    Rows are counted over the images and the first spatial axis (``batch ·
+    out_size[0]`` of them, each ``prod(out_size[1:])`` cells), so a chunk's output
+    cells are contiguous. About :data:`CHUNKS_PER_WORKER` per worker, a multiple of the
+    workers, of sizes that differ by at most one row, each at least
+    :data:`MIN_CHUNK_CELLS` cells and (where that allows more chunks) at most
+    ``chunk_bytes`` (default :data:`CHUNK_BYTES`).
+
+    >>> chunks(1, (4096,), 64, 64, 4, 2)[:2]
+    [(0, 256), (256, 512)]
+    >>> chunks(1, (28, 28), 96, 24, 4, 4)[:3]
+    [(0, 3), (3, 7), (7, 10)]
+    >>> chunks(16, (56, 56), 32, 16, 4, 1)
+    [(0, 896)]
+    """
+    total = batch * (out_size[0] if out_size else 1)
+    row_cells = max(1, math.prod(out_size[1:]))
+    if workers <= 1:
+        return [(0, total)]
+    budget = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+    fits = max(1, budget // (row_cells * (channels + filters) * itemsize))
+    count = max(CHUNKS_PER_WORKER * workers, -(-total // fits))
+    count = min(count, max(1, total // -(-MIN_CHUNK_CELLS // row_cells)))
+    if count >= workers:
+        count -= count % workers
+    return [(i * total // count, (i + 1) * total // count) for i in range(count)]
+
+
+def busy_share(pieces: Sequence[tuple[int, int]], workers: int) -> float:
+    """The largest share of the output rows one of ``workers`` computes (``1 / workers``
+    when the chunks split evenly, 1 when there is a single chunk).
+
+    >>> busy_share([(0, 4), (4, 8), (8, 10)], 2)
+    0.6
+    """
+    sizes = sorted((r1 - r0 for r0, r1 in pieces), reverse=True)
+    loads = [0] * max(1, min(workers, len(sizes)))
+    for size in sizes:  # the workers take the next chunk as they finish: greedy
+        loads[loads.index(min(loads))] += size
+    return max(loads) / max(1, sum(sizes))
+
+
+def direct(
+    xp: np.ndarray,
+    kernel: np.ndarray,
+    strides: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+    out_size: Sequence[int],
+    *,
+    threads: int | None = None,
+) -> np.ndarray:
+    """The registry's direct contract for a 1×1 kernel and one group.
+
+    ``xp`` ``(N, *spatial, C)``, ``kernel`` ``(1…, C, F)``; ``y`` ``(N, *out_size, F)``;
+    ``threads``: workers (default :func:`worker_count`).
+    """
+    if groups != 1:
+        raise ValueError(f"pointwise_rows needs groups=1, got groups={groups}")
+    shape = xp.shape
+    c, f = shape[-1], kernel.shape[-1]
+    whole = shape[1:-1] == tuple(out_size)  # stride 1 (or a 1-cell output): every cell
+    if whole and 2 * xp.size * f < SMALL_WORK:
+        # the one product, inline (few objects: a layer on a 1×1 image is a few hundred
+        # bytes, and the call's own allocations are its peak memory)
+        return np.matmul(xp.reshape(-1, c), kernel.reshape(c, f)).reshape(*shape[:-1], f)
+    n = shape[0]
+    weights = kernel.reshape(c, f)
+    workers = worker_count() if threads is None else threads
+    flops = 2.0 * n * math.prod(out_size) * c * f
+    if whole and workers <= 1:
+        return np.matmul(xp.reshape(-1, c), weights).reshape(*shape[:-1], f)
+    y = np.empty((n, *out_size, f), xp.dtype)
+    pieces = chunks(n, out_size, c, f, xp.dtype.itemsize, workers)
+    row_cells = math.prod(out_size[1:])
+    outputs = y.reshape(-1, f)
+    source = _row_source(xp, strides, out_size)
+
+    def work(first: int, last: int) -> None:
+        for row0, row1 in pieces[first:last]:
+            np.matmul(source(row0, row1), weights,
+                      out=outputs[row0 * row_cells:row1 * row_cells])
+
+    run_chunks(work, len(pieces), 1, threads=threads, flops=flops)
+    return y
+
+
+def _row_source(xp: np.ndarray, strides: Sequence[int], out_size: Sequence[int]
+                ) -> Callable[[int, int], np.ndarray]:
+    """``source(row0, row1)``: the input cells output rows ``row0 .. row1 - 1`` (counted
+    as in :func:`chunks`) read, as ``(cells, C)``: a view at stride 1, else gathered
+    image by image into this thread's buffer."""
+    c = xp.shape[-1]
+    rows = out_size[0]
+    row_cells = math.prod(out_size[1:])
+    if xp.shape[1:-1] == tuple(out_size):
+        inputs = np.ascontiguousarray(xp).reshape(-1, c)
+        return lambda row0, row1: inputs[row0 * row_cells:row1 * row_cells]
+    s0 = strides[0]
+    tail = tuple(slice(0, (o - 1) * s + 1, s) for o, s in zip(out_size[1:], strides[1:]))
+
+    def gathered(row0: int, row1: int) -> np.ndarray:
+        buffer = workspace("pointwise_rows", (row1 - row0, row_cells, c), xp.dtype)
+        row = row0
+        while row < row1:
+            image, r = divmod(row, rows)
+            stop = min(row1, (image + 1) * rows)
+            view = xp[(image, slice(r * s0, (r + stop - row - 1) * s0 + 1, s0)) + tail]
+            np.copyto(buffer[row - row0:stop - row0].reshape(view.shape), view)
+            row = stop
+        return buffer.reshape(-1, c)
+
+    return gathered
+
+
+def products(source: np.ndarray, weights: np.ndarray, target: np.ndarray,
+             pieces: Sequence[tuple[int, int]], row_cells: int, *,
+             threads: int | None = None) -> None:
+    """``target[rows] = source[rows] @ weights`` chunk by chunk on the workers (rows of
+    ``row_cells`` cells, as :func:`chunks` cuts them); ``source`` and ``target`` 2-D.
+
+    >>> a, w, out = np.ones((6, 2)), np.ones((2, 3)), np.empty((6, 3))
+    >>> products(a, w, out, [(0, 1), (1, 3)], 2, threads=2)
+    >>> out[:, 0]
+    array([2., 2., 2., 2., 2., 2.])
+    """
+    def work(first: int, last: int) -> None:
+        for row0, row1 in pieces[first:last]:
+            cells = slice(row0 * row_cells, row1 * row_cells)
+            np.matmul(source[cells], weights, out=target[cells])
+
+    flops = 2.0 * source.shape[0] * source.shape[1] * weights.shape[1]
+    run_chunks(work, len(pieces), 1, threads=threads, flops=flops)
+
+
+#: Bytes of partial kernel gradients (one ``C × F`` per chunk) above which
+#: :func:`weight_grad` cuts one chunk per worker instead.
+PARTIALS_BYTES = 4 << 20
+
+
+def weight_grad(
+    xp: np.ndarray,
+    dy: np.ndarray,
+    kernel_size: Sequence[int],
+    strides: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+    *,
+    threads: int | None = None,
+) -> np.ndarray:
+    """The kernel gradient ``Σ_cells x[cell·S]ᵀ dy[cell]`` by chunks of output rows on the
+    workers, each a ``(C × cells) @ (cells × F)`` product, the partial sums added at the
+    end (at most :data:`PARTIALS_BYTES` of them).
+
+    >>> xp = np.arange(8.0).reshape(1, 4, 2)
+    >>> weight_grad(xp, np.ones((1, 2, 1)), (1,), (2,), (1,), 1)[0, :, 0]
+    array([4., 6.])
+    """
+    if groups != 1:
+        raise ValueError(f"pointwise_rows needs groups=1, got groups={groups}")
+    n, c = xp.shape[0], xp.shape[-1]
+    f = dy.shape[-1]
+    out_size = dy.shape[1:-1]
+    grads = np.ascontiguousarray(dy).reshape(-1, f)
+    cells = grads.shape[0]
+    workers = worker_count() if threads is None else threads
+    source = _row_source(xp, strides, out_size)
+    row_cells = math.prod(out_size[1:])
+    if cells == 1:  # a 1×1 image: NumPy's matmul of inner size 1 takes a slow loop
+        return np.multiply.outer(source(0, 1)[0], grads[0]).reshape(*kernel_size, c, f)
+    flops = 2.0 * cells * c * f
+    if workers <= 1 or flops < SMALL_WORK:
+        return np.matmul(source(0, n * out_size[0]).T, grads).reshape(*kernel_size, c, f)
+    pieces = chunks(n, out_size, c, f, xp.dtype.itemsize, workers)
+    if len(pieces) > workers and len(pieces) * c * f * xp.dtype.itemsize > PARTIALS_BYTES:
+        total = n * out_size[0]
+        count = min(workers, total)
+        pieces = [(i * total // count, (i + 1) * total // count) for i in range(count)]
+
+    def work(first: int, last: int) -> np.ndarray:
+        partial = np.zeros((c, f), xp.dtype)
+        for row0, row1 in pieces[first:last]:
+            partial += source(row0, row1).T @ grads[row0 * row_cells:row1 * row_cells]
+        return partial
+
+    partials = run_chunks(work, len(pieces), 1, threads=threads, flops=flops)
+    total_grad = partials[0]
+    for partial in partials[1:]:
+        total_grad += partial
+    return total_grad.reshape(*kernel_size, c, f)
+
+
+#: When the row products apply: a 1×1 kernel, one group.
+applies = Requirements((
+    ("a 1x1 kernel", lambda p: all(k == 1 for k in p.kernel_size)),
+    ("groups=1", lambda p: p.groups == 1),
+))
+
+#: Chunked products' time over the one product's, on one thread (CPU time, float32,
+#: busy machine, through ``conv``): 1.02 for 32 -> 16 on 16×56², 1.07 for 16 -> 96,
+#: 1.34 for 96 -> 24 on 16×28², 1.24 for 192 -> 32 on 16×14², 1.12 for 64 -> 64 on
+#: 16×28², 1.05 for 64 -> 64 and 1.12 for 64 -> 256 on 4096.
+CHUNKED = 1.15
+
+
+#: Up to this many channels on the narrower side (``min(C, F)``), the one BLAS product's
+#: own threads are taken to gain nothing from a second worker (measured on a quiet
+#: two-core machine for 32 -> 16 on 16×56²: 1.54 ms on two threads, 0.72 ms of one
+#: thread's CPU time); above it, to gain as much as the chunks here.
+NARROW_CHANNELS = 64
+
+
+#: The inline product's time over :mod:`.flat_rows`' for a layer below
+#: :data:`~._threads.SMALL_WORK`: the same product with fewer Python objects (measured
+#: through ``conv``, one core: squeeze-excitation 1×1 on 1×1 images, 32 -> 8 batch 1
+#: 7.9 against 8.5 µs, 1152 -> 48 batch 16 26.2 against 27.5 µs; peak memory 1608
+#: against 2368 bytes, 1.36 against 2.0 times the arrays' bytes).
+INLINE = 0.95
+
+
+def cost(problem: ConvProblem) -> float:
+    """``0.7 × FLOPs`` (:mod:`.flat_rows`' one 1×1 product) times :data:`CHUNKED`, times
+    the :func:`busy_share` of the most loaded of ``W`` workers (``1 / W`` when the
+    chunks split evenly) over the one product's own gain from ``W`` threads: none for
+    narrow products (at most :data:`NARROW_CHANNELS` channels on one side), whose one
+    BLAS call runs outside :func:`run_chunks` (serial fraction 1), ``W`` for the
+    others. Below :data:`~._threads.SMALL_WORK` at stride 1 the one product inline
+    (:data:`INLINE`); on one worker the one product, a hair above :mod:`.flat_rows`.
+
+    >>> p = ConvProblem((16, 56, 56, 32), (1, 1, 32, 16), (1, 1), (1, 1), 1, (56, 56), np.dtype("float32"))
+    >>> cost(p) <= 0.7 * CHUNKED * p.flops
+    True
+    """
+    base = 0.7 * problem.flops
+    whole = problem.input_shape[1:-1] == problem.out_size
+    if problem.flops < SMALL_WORK:
+        return base * (INLINE if whole else CHUNKED)
+    workers = worker_count()
+    if workers <= 1:
+        return base * (1.01 if whole else CHUNKED)
+    pieces = chunks(problem.batch, problem.out_size, problem.in_channels,
+                    problem.out_channels, problem.dtype.itemsize, workers)
+    narrow = min(problem.in_channels, problem.out_channels) <= NARROW_CHANNELS
+    return base * CHUNKED * busy_share(pieces, workers) * (1 if narrow else workers)
+
+
+register_algorithm("pointwise_rows", direct, applies=applies, cost=cost, weight_grad=weight_grad)
