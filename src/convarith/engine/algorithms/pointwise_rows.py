@@ -36,10 +36,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ..dispatch import ConvProblem, Requirements, register_algorithm
-from ._threads import SMALL_WORK, run_chunks, worker_count, workspace
+from ._threads import SMALL_WORK, parallel_penalty, run_chunks, worker_count, workspace
 
 __all__ = ["direct", "weight_grad", "products", "applies", "cost", "chunks", "busy_share",
-           "CHUNKS_PER_WORKER", "MIN_CHUNK_CELLS", "CHUNK_BYTES", "CHUNKED", "NARROW_CHANNELS",
+           "CHUNKS_PER_WORKER", "MIN_CHUNK_CELLS", "CHUNK_BYTES", "CHUNKED",
            "INLINE", "PARTIALS_BYTES"]
 
 #: Chunks per worker: a few, so a worker delayed by another process does not hold
@@ -267,13 +267,6 @@ applies = Requirements((
 CHUNKED = 1.15
 
 
-#: Up to this many channels on the narrower side (``min(C, F)``), the one BLAS product's
-#: own threads are taken to gain nothing from a second worker (measured on a quiet
-#: two-core machine for 32 -> 16 on 16×56²: 1.54 ms on two threads, 0.72 ms of one
-#: thread's CPU time); above it, to gain as much as the chunks here.
-NARROW_CHANNELS = 64
-
-
 #: The inline product's time over :mod:`.flat_rows`' for a layer below
 #: :data:`~._threads.SMALL_WORK`: the same product with fewer Python objects (measured
 #: through ``conv``, one core: squeeze-excitation 1×1 on 1×1 images, 32 -> 8 batch 1
@@ -284,11 +277,9 @@ INLINE = 0.95
 
 def cost(problem: ConvProblem) -> float:
     """``0.7 × FLOPs`` (:mod:`.flat_rows`' one 1×1 product) times :data:`CHUNKED`, times
-    the :func:`busy_share` of the most loaded of ``W`` workers (``1 / W`` when the
-    chunks split evenly) over the one product's own gain from ``W`` threads: none for
-    narrow products (at most :data:`NARROW_CHANNELS` channels on one side), whose one
-    BLAS call runs outside :func:`run_chunks` (serial fraction 1), ``W`` for the
-    others. Below :data:`~._threads.SMALL_WORK` at stride 1 the one product inline
+    :func:`~._threads.parallel_penalty` of its chunks on ``W`` workers (one core's time,
+    as every cost: :mod:`.flat_rows`' one product counts the share of it its BLAS call
+    leaves serial). Below :data:`~._threads.SMALL_WORK` at stride 1 the one product inline
     (:data:`INLINE`); on one worker the one product, a hair above :mod:`.flat_rows`.
 
     >>> p = ConvProblem((16, 56, 56, 32), (1, 1, 32, 16), (1, 1), (1, 1), 1, (56, 56), np.dtype("float32"))
@@ -304,8 +295,7 @@ def cost(problem: ConvProblem) -> float:
         return base * (1.01 if whole else CHUNKED)
     pieces = chunks(problem.batch, problem.out_size, problem.in_channels,
                     problem.out_channels, problem.dtype.itemsize, workers)
-    narrow = min(problem.in_channels, problem.out_channels) <= NARROW_CHANNELS
-    return base * CHUNKED * busy_share(pieces, workers) * (1 if narrow else workers)
+    return base * CHUNKED * parallel_penalty(len(pieces), workers)
 
 
 register_algorithm("pointwise_rows", direct, applies=applies, cost=cost, weight_grad=weight_grad)
