@@ -92,15 +92,30 @@ def row_cells(kernel: int, row_length: int, target: _llvm.VectorTarget | None = 
 
 
 def row_module_ir(dtype: Any, width: int, *, kernel: int, stride: int, dilation: int,
-                  cells: int, streaming: bool = False) -> str:
+                  cells: int, streaming: bool = False,
+                  columns_read: tuple[int, int] | None = None) -> str:
     """The IR of one module (see the module docstring); ``streaming``: results are stored
-    past the caches (non-temporal stores: ``y`` and its cells aligned to whole vectors)."""
+    past the caches (non-temporal stores: ``y`` and its cells aligned to whole vectors);
+    ``columns_read``: only a tile's columns ``[first, end)`` (counted from its first
+    cell's first tap) exist, the others are zero padding: their products are left out
+    and nothing reads them (a tile at the edge of a row reads the input in place).
+
+    >>> ir = row_module_ir(np.float32, 16, kernel=3, stride=1, dilation=1, cells=2,
+    ...                    columns_read=(1, 4))
+    >>> ir.count("call <16 x float> @llvm.fma"), ir.count("* %xq")  # products, input loads
+    (5, 3)
+    """
     ty = _llvm._ir_type(dtype)
     v = f"<{width} x {ty}>"
     p = f"{ty}*"
     fma = f"@llvm.fma.v{width}{_llvm._suffix(ty)}"
     window = row_window(kernel, stride, dilation, cells)
     columns = sorted({m * stride + b * dilation for m in range(cells) for b in range(kernel)})
+    if columns_read is not None:
+        first, end = columns_read
+        kept = [index for index, column in enumerate(columns) if first <= column < end]
+        window = [window[index] for index in kept]
+        columns = [columns[index] for index in kept]
     tile = [
         f"define internal void @tile({p} %x, {p} %w, {p} %y, i64 %kernel_rows, "
         "i64 %x_tap_row, i64 %x_cell, i64 %y_cell, i64 %w_tap) {",
@@ -237,23 +252,24 @@ class RowKernel:
 
 
 def row_kernel(dtype: Any, *, kernel: int, stride: int, dilation: int, cells: int,
-               target: _llvm.VectorTarget | None = None, streaming: bool = False
-               ) -> RowKernel | None:
+               target: _llvm.VectorTarget | None = None, streaming: bool = False,
+               columns_read: tuple[int, int] | None = None) -> RowKernel | None:
     """The compiled module on ``target`` (default: the one in use; ``None``: no compiled
-    kernels here); ``streaming`` as in :func:`row_module_ir`."""
+    kernels here); ``streaming`` and ``columns_read`` as in :func:`row_module_ir`."""
     return _row_kernel(np.dtype(dtype), kernel, stride, dilation, cells,
-                       target or _llvm.vector_target(), streaming)
+                       target or _llvm.vector_target(), streaming, columns_read)
 
 
 @cached_once
 def _row_kernel(dtype: np.dtype[Any], kernel: int, stride: int, dilation: int, cells: int,
-                target: _llvm.VectorTarget, streaming: bool = False) -> RowKernel | None:
+                target: _llvm.VectorTarget, streaming: bool = False,
+                columns_read: tuple[int, int] | None = None) -> RowKernel | None:
     llvm = _llvm._llvm()
     width = target.width(dtype)
     if llvm is None or not target.runs_here or width == 0 or dtype.char not in "fd":
         return None
     ir = row_module_ir(dtype, width, kernel=kernel, stride=stride, dilation=dilation,
-                       cells=cells, streaming=streaming)
+                       cells=cells, streaming=streaming, columns_read=columns_read)
     address, engine = _llvm.compile_drive(llvm, target, ir)
     pointer = ctypes.c_void_p
     signature = ctypes.CFUNCTYPE(None, pointer, pointer, pointer,
@@ -262,7 +278,8 @@ def _row_kernel(dtype: np.dtype[Any], kernel: int, stride: int, dilation: int, c
 
 
 def row_assembly(target: _llvm.VectorTarget, dtype: Any, *, kernel: int, stride: int,
-                 dilation: int, cells: int, streaming: bool = False) -> str:
+                 dilation: int, cells: int, streaming: bool = False,
+                 columns_read: tuple[int, int] | None = None) -> str:
     """The machine code of a module for ``target``, as assembly text (checks that the IR
     compiles for an instruction set this machine need not run; ``RuntimeError`` without
     llvmlite)."""
@@ -270,7 +287,8 @@ def row_assembly(target: _llvm.VectorTarget, dtype: Any, *, kernel: int, stride:
     if llvm is None:
         raise RuntimeError("llvmlite is not installed (or CONVARITH_JIT=0)")
     ir = row_module_ir(dtype, target.width(dtype), kernel=kernel, stride=stride,
-                       dilation=dilation, cells=cells, streaming=streaming)
+                       dilation=dilation, cells=cells, streaming=streaming,
+                       columns_read=columns_read)
     with _llvm._LOCK:
         machine = _llvm._machine(llvm, target)
         module = llvm.parse_assembly(ir)

@@ -27,14 +27,14 @@ import functools
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from ...arithmetic import effective_kernel
+from ...arithmetic import effective_kernel, window_reach
 from ..dispatch import ConvProblem, register_algorithm
 from ..padding import pad
-from ._threads import run_chunks, worker_count
+from ._threads import aligned_empty, run_chunks, worker_count
 
 #: Output cells of a row whose weight-gradient terms are summed in the input's
 #: dtype before they are added to the float64 total.
@@ -52,7 +52,7 @@ def _rows_per_chunk(rows: int, row_bytes: int) -> int:
     return min(by_cache, by_balance)
 
 __all__ = ["direct", "weight_grad", "applies", "cost", "transposed", "applies_transposed",
-           "cost_transposed"]
+           "cost_transposed", "tiles", "applies_tiles", "cost_tiles"]
 
 
 @functools.cache
@@ -720,6 +720,247 @@ def cost(problem: ConvProblem) -> float:
 
 
 register_algorithm("depthwise", direct, applies=applies, cost=cost, weight_grad=weight_grad,
+                   pads_zeros=True)
+
+
+class _TileCall(NamedTuple):
+    """One call of a row module's ``drive``: byte offsets of its ``x``, ``w`` and ``y``
+    from those arrays' first elements (``x``'s may lie before it: the columns there are
+    padding, never read) and the integer fields (:data:`._llvm_depthwise.DRIVE_FIELDS`)."""
+
+    drive: Any
+    x_offset: int
+    w_offset: int
+    y_offset: int
+    fields: tuple[int, ...]
+
+
+class _TilesPlan(NamedTuple):
+    jobs: tuple[tuple[_TileCall, ...], ...]
+    zero_rows: tuple[tuple[int, int], ...]  #: output rows whose windows lie on padding only
+    keep: tuple[Any, ...]  #: the compiled modules (their code lives as long as they do)
+
+
+def _even_cuts(total: int, parts: int) -> list[tuple[int, int]]:
+    """``[0, total)`` cut into ``parts`` ranges whose lengths differ by at most one."""
+    parts = max(1, min(total, parts))
+    return [(total * i // parts, total * (i + 1) // parts) for i in range(parts)]
+
+
+@functools.lru_cache(maxsize=256)
+def _tiles_plan(shape: tuple[int, int, int, int], kernel_size: tuple[int, int],
+                strides: tuple[int, int], dilation: tuple[int, int],
+                pads: tuple[tuple[int, int], tuple[int, int]], out_size: tuple[int, int],
+                y_strides: tuple[int, int, int], dtype: np.dtype[Any],
+                target: Any, jobs: int, streaming: bool) -> _TilesPlan | None:
+    """The calls of :func:`tiles` for one shape (remembered): each output row cut into
+    tiles of :func:`._llvm_depthwise.row_cells` cells; a tile whose window overhangs the
+    input's left or right edge runs a module compiled without the products on the
+    padding, a row whose window overhangs the top or bottom skips those kernel rows;
+    every call reads the input where it lies. The output is cut into ``jobs`` jobs of
+    equal size: whole images first, then blocks of channels, then rows.
+    ``None``: no compiled kernels."""
+    from . import _llvm_depthwise
+    from .register_tiles import _kernel_row_groups
+
+    n, h, w, c = shape
+    kh, kw = kernel_size
+    s0, s1 = strides
+    d0, d1 = dilation
+    (top, _), (left, _) = pads
+    oh, ow = out_size
+    y_image, y_row, y_cell = y_strides
+    width = target.width(dtype)
+    blocks = c // width
+    cells = _llvm_depthwise.row_cells(kw, ow, target)
+    span = window_reach(cells, kw, s1, d1)
+    # tiles of a row: runs of tiles evenly spaced and read alike (first cell, tiles, columns)
+    runs: list[tuple[int, int, tuple[int, int] | None]] = []
+    starts = [t * cells for t in range(-(-ow // cells))]
+    starts[-1] = ow - cells
+    for start in starts:
+        first, end = max(0, left - start * s1), min(span, w + left - start * s1)
+        read = None if (first, end) == (0, span) else (first, end) if first < end else (0, 0)
+        if runs and runs[-1][2] == read and start == runs[-1][0] + runs[-1][1] * cells:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1, read)
+        else:
+            runs.append((start, 1, read))
+    modules = {read: _llvm_depthwise.row_kernel(dtype, kernel=kw, stride=s1, dilation=d1,
+                                                cells=cells, target=target,
+                                                streaming=streaming, columns_read=read)
+               for _, _, read in runs}
+    if any(module is None for module in modules.values()):
+        return None
+    row_groups = _kernel_row_groups(h, kh, s0, d0, top, oh)
+    image_parts = min(n, jobs)
+    block_parts = min(blocks, -(-jobs // image_parts))
+    row_parts = min(oh, -(-jobs // (image_parts * block_parts)))
+    x_image, x_line = h * w * c, w * c
+    itemsize = dtype.itemsize
+    planned = []
+    for (g0, g1), (b0, b1), (r0, r1) in itertools.product(
+            _even_cuts(n, image_parts), _even_cuts(blocks, block_parts),
+            _even_cuts(oh, row_parts)):
+        calls = []
+        for ra, rb, a0, a1 in row_groups:
+            ra, rb = max(ra, r0), min(rb, r1)
+            if ra >= rb or a0 == a1:
+                continue
+            for start, count, read in runs:
+                module = modules[read]
+                assert module is not None
+                x_offset = (g0 * x_image + (ra * s0 - top + a0 * d0) * x_line
+                            + (start * s1 - left) * c + b0 * width)
+                y_offset = g0 * y_image + ra * y_row + start * y_cell + b0 * width
+                calls.append(_TileCall(
+                    module.drive, x_offset * itemsize, (a0 * kw * c + b0 * width) * itemsize,
+                    y_offset * itemsize,
+                    (g1 - g0, x_image, y_image, rb - ra, count, (count - 1) * cells, b1 - b0,
+                     a1 - a0, s0 * x_line, d0 * x_line, c, y_row, y_cell, c)))
+        planned.append(tuple(calls))
+    zero_rows = tuple((ra, rb) for ra, rb, a0, a1 in row_groups if a0 == a1)
+    return _TilesPlan(tuple(planned), zero_rows, tuple(modules.values()))
+
+
+#: Least work (FLOPs) of one job of :func:`tiles` on several threads (about 50 µs of a
+#: core): smaller layers run on the calling thread alone.
+TILES_JOB_FLOPS = 3_000_000
+
+#: Jobs per thread of a layer of at least :data:`TILES_JOB_FLOPS` per job: a thread that
+#: starts late or is slowed by another process leaves its share to the others.
+TILES_JOBS_PER_WORKER = 2
+
+
+def tiles(
+    xp: np.ndarray,
+    kernel: np.ndarray,
+    strides: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+    out_size: Sequence[int],
+    *,
+    padding: Sequence[tuple[int, int]] | None = None,
+    threads: int | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Depthwise convolution (multiplier 1, channels in whole vectors) on the compiled
+    row kernels of :mod:`._llvm_depthwise`, reading the input where it lies.
+
+    Each output row is cut into tiles of neighbouring cells, one vector of channels
+    each, summed in registers while each input column is loaded once per kernel row.
+    Zero padding is never copied: a tile at the left or right edge runs a module
+    compiled without the products that would fall on it, a row at the top or bottom
+    runs only the kernel rows that meet the input. Everything but the values (the
+    calls and where they read) is worked out once per shape (:func:`_tiles_plan`).
+    The work is cut into equal jobs for the threads: whole images, else blocks of
+    channels (a small image with many channels), else rows.
+
+    ``padding``: zeros still to add (negative: crops); ``out``: written there
+    (``(N, *out_size, C)`` of ``xp``'s dtype, channels contiguous) and returned.
+
+    >>> x = np.ones((1, 6, 6, 16), np.float32)
+    >>> k = np.ones((5, 5, 1, 16), np.float32)
+    >>> y = tiles(x, k, (1, 1), (1, 1), 16, (6, 6), padding=((2, 2), (2, 2))) if _llvm_here() else np.full((1, 6, 6, 16), 9.0)
+    >>> float(y[0, 0, 0, 3]), float(y[0, 2, 3, 3])
+    (9.0, 25.0)
+    """
+    from . import _llvm
+
+    rank = len(out_size)
+    c = xp.shape[-1]
+    dtype = np.dtype(xp.dtype)
+    width = _llvm.vector_width(dtype)
+    if (rank not in (1, 2) or groups != c or kernel.shape[-2:] != (1, c)
+            or not _llvm.available(dtype) or c % width):
+        raise ValueError(f"depthwise_tiles needs a 1-D or 2-D depthwise convolution with "
+                         f"multiplier 1 and channels in whole vectors of {width} "
+                         f"({dtype}, compiled kernels here), got rank {rank}, "
+                         f"groups={groups}, kernel {kernel.shape} for {c} channels")
+    if rank == 1:
+        y = tiles(xp[:, None], kernel[None], (1, *strides), (1, *dilation), groups,
+                  (1, *out_size), threads=threads,
+                  padding=None if padding is None else ((0, 0), *padding),
+                  out=None if out is None else out[:, None])
+        return y[:, 0]
+    x = np.ascontiguousarray(xp)
+    n = x.shape[0]
+    oh, ow = (int(v) for v in out_size)
+    itemsize = dtype.itemsize
+    if out is not None and (out.shape != (n, oh, ow, c) or out.dtype != dtype
+                            or out.strides[-1] != itemsize
+                            or any(st % itemsize for st in out.strides)):
+        if out.shape != (n, oh, ow, c):
+            raise ValueError(f"out has shape {out.shape}, expected {(n, oh, ow, c)}")
+        out[...] = tiles(x, kernel, strides, dilation, groups, out_size, padding=padding,
+                         threads=threads)
+        return out
+    if n * oh * ow == 0 or c == 0:
+        y0 = np.zeros((n, oh, ow, c), dtype) if out is None else out
+        y0[...] = 0
+        return y0
+    y = aligned_empty((n, oh, ow, c), dtype) if out is None else out
+    vector_bytes = width * itemsize
+    streaming = (y.nbytes >= TILES_STREAM_BYTES and vector_bytes % 64 == 0
+                 and y.ctypes.data % vector_bytes == 0
+                 and all(st % vector_bytes == 0 for st in y.strides[:3]))
+    workers = threads if threads is not None else worker_count()
+    flops = 2.0 * n * oh * ow * c * math.prod(kernel.shape[:2])
+    jobs = 1 if workers == 1 else max(1, min(workers * TILES_JOBS_PER_WORKER,
+                                             int(flops // TILES_JOB_FLOPS)))
+    pads = ((0, 0), (0, 0)) if padding is None else tuple(
+        (int(lo), int(hi)) for lo, hi in padding)
+    plan = _tiles_plan(tuple(x.shape), tuple(kernel.shape[:2]),
+                       (int(strides[0]), int(strides[1])), (int(dilation[0]), int(dilation[1])),
+                       pads, (oh, ow), tuple(st // itemsize for st in y.strides[:3]), dtype,
+                       _llvm.vector_target(), jobs, streaming)
+    assert plan is not None
+    weights = np.ascontiguousarray(kernel, dtype)
+    x_base, w_base, y_base = x.ctypes.data, weights.ctypes.data, y.ctypes.data
+    for r0, r1 in plan.zero_rows:
+        y[:, r0:r1] = 0
+
+    def run(first: int, last: int) -> None:
+        for job in plan.jobs[first:last]:
+            for call in job:
+                call.drive(x_base + call.x_offset, w_base + call.w_offset,
+                           y_base + call.y_offset, *call.fields)
+
+    if len(plan.jobs) == 1:
+        run(0, 1)
+    else:
+        run_chunks(run, len(plan.jobs), 1, threads=workers, blas=False)
+    return y
+
+
+#: Outputs of at least this many bytes are stored past the caches (non-temporal stores),
+#: as :data:`.register_tiles.STREAM_BYTES`.
+TILES_STREAM_BYTES = 2 << 20
+
+
+def _llvm_here() -> bool:
+    from . import _llvm
+
+    return _llvm.available(np.float32) and 16 % max(1, _llvm.vector_width(np.float32)) == 0
+
+
+def applies_tiles(problem: ConvProblem) -> bool:
+    """1-D or 2-D depthwise with multiplier 1 and channels in whole vectors, on a
+    machine with the compiled kernels."""
+    from . import _llvm
+
+    width = _llvm.vector_width(problem.dtype)
+    return (problem.rank in (1, 2) and problem.groups == problem.in_channels > 1
+            and problem.out_channels == problem.in_channels
+            and _llvm.available(problem.dtype) and problem.in_channels % width == 0)
+
+
+def cost_tiles(problem: ConvProblem) -> float:
+    """``0.04 × FLOPs + 20 000``: below :mod:`.register_tiles`' depthwise kernels and this
+    module's loop wherever it applies (see the measurements in the tests' docstring)."""
+    return problem.flops * 0.04 + 20_000
+
+
+register_algorithm("depthwise_tiles", tiles, applies=applies_tiles, cost=cost_tiles,
                    pads_zeros=True)
 
 
