@@ -869,9 +869,9 @@ def tiles(
     rank = len(out_size)
     c = xp.shape[-1]
     dtype = np.dtype(xp.dtype)
-    width = _llvm.vector_width(dtype)
-    if (rank not in (1, 2) or groups != c or kernel.shape[-2:] != (1, c)
-            or not _llvm.available(dtype) or c % width):
+    target = _llvm.vector_target()
+    width = target.width(dtype) if target.runs_here and _llvm.available(dtype) else 0
+    if rank not in (1, 2) or groups != c or kernel.shape[-2:] != (1, c) or not width or c % width:
         raise ValueError(f"depthwise_tiles needs a 1-D or 2-D depthwise convolution with "
                          f"multiplier 1 and channels in whole vectors of {width} "
                          f"({dtype}, compiled kernels here), got rank {rank}, "
@@ -884,7 +884,7 @@ def tiles(
         return y[:, 0]
     x = np.ascontiguousarray(xp)
     n = x.shape[0]
-    oh, ow = (int(v) for v in out_size)
+    oh, ow = out_size
     itemsize = dtype.itemsize
     if out is not None and (out.shape != (n, oh, ow, c) or out.dtype != dtype
                             or out.strides[-1] != itemsize
@@ -898,24 +898,32 @@ def tiles(
         y0 = np.zeros((n, oh, ow, c), dtype) if out is None else out
         y0[...] = 0
         return y0
-    y = aligned_empty((n, oh, ow, c), dtype) if out is None else out
+    size = n * oh * ow * c * itemsize
     vector_bytes = width * itemsize
-    streaming = (y.nbytes >= TILES_STREAM_BYTES and vector_bytes % 64 == 0
-                 and y.ctypes.data % vector_bytes == 0
+    may_stream = size >= TILES_STREAM_BYTES and vector_bytes % 64 == 0
+    if out is not None:
+        y = out
+    else:
+        y = aligned_empty((n, oh, ow, c), dtype) if may_stream else np.empty((n, oh, ow, c),
+                                                                             dtype)
+    y_base = y.ctypes.data
+    streaming = (may_stream and y_base % vector_bytes == 0
                  and all(st % vector_bytes == 0 for st in y.strides[:3]))
     workers = threads if threads is not None else worker_count()
-    flops = 2.0 * n * oh * ow * c * math.prod(kernel.shape[:2])
+    kh, kw = kernel.shape[:2]
     jobs = 1 if workers == 1 else max(1, min(workers * TILES_JOBS_PER_WORKER,
-                                             int(flops // TILES_JOB_FLOPS)))
-    pads = ((0, 0), (0, 0)) if padding is None else tuple(
-        (int(lo), int(hi)) for lo, hi in padding)
-    plan = _tiles_plan(tuple(x.shape), tuple(kernel.shape[:2]),
-                       (int(strides[0]), int(strides[1])), (int(dilation[0]), int(dilation[1])),
-                       pads, (oh, ow), tuple(st // itemsize for st in y.strides[:3]), dtype,
-                       _llvm.vector_target(), jobs, streaming)
+                                             int(2 * n * oh * ow * c * kh * kw
+                                                 // TILES_JOB_FLOPS)))
+    pads = ((0, 0), (0, 0)) if padding is None else (
+        (int(padding[0][0]), int(padding[0][1])), (int(padding[1][0]), int(padding[1][1])))
+    plan = _tiles_plan(x.shape, (kh, kw), (int(strides[0]), int(strides[1])),
+                       (int(dilation[0]), int(dilation[1])), pads, (int(oh), int(ow)),
+                       (y.strides[0] // itemsize, y.strides[1] // itemsize,
+                        y.strides[2] // itemsize), dtype, target, jobs, streaming)
     assert plan is not None
-    weights = np.ascontiguousarray(kernel, dtype)
-    x_base, w_base, y_base = x.ctypes.data, weights.ctypes.data, y.ctypes.data
+    weights = kernel if kernel.flags.c_contiguous and kernel.dtype == dtype else (
+        np.ascontiguousarray(kernel, dtype))
+    x_base, w_base = x.ctypes.data, weights.ctypes.data
     for r0, r1 in plan.zero_rows:
         y[:, r0:r1] = 0
 
@@ -940,7 +948,7 @@ TILES_STREAM_BYTES = 2 << 20
 def _llvm_here() -> bool:
     from . import _llvm
 
-    return _llvm.available(np.float32) and 16 % max(1, _llvm.vector_width(np.float32)) == 0
+    return _llvm.available(np.float32)
 
 
 def applies_tiles(problem: ConvProblem) -> bool:
@@ -955,9 +963,22 @@ def applies_tiles(problem: ConvProblem) -> bool:
 
 
 def cost_tiles(problem: ConvProblem) -> float:
-    """``0.04 × FLOPs + 20 000``: below :mod:`.register_tiles`' depthwise kernels and this
-    module's loop wherever it applies (see the measurements in the tests' docstring)."""
-    return problem.flops * 0.04 + 20_000
+    """``0.06 × FLOPs + 10 000`` up to 3×3, ``0.04 × FLOPs + 10 000`` above: below
+    :func:`.register_tiles.cost_depthwise` everywhere (the same kernels with copies),
+    below this module's loop (``0.1 × FLOPs``) from about 250 000 FLOPs.
+
+    Measured on one core (CPU time, busy machine, AVX-512, float32, 45 random layers
+    of 16-1152 channels on 4²-112², batch 1 and 16, 3×3-7×7, strides 1-2, dilation 1-2;
+    the loop's time over this one's): above 3×3 1.6-6.2 from 1 MFLOP (16 images of
+    14²×32 5×5: 0.077 against 0.48 ms), 0.7-1.3 below 0.5 MFLOP (each call costs
+    ~5 µs more: one 4²×144 image 5×5 stride 2, 0.018 against 0.013 ms); 3×3 1.5-2.6 on
+    mid-sized layers (one 56²×576 image: 0.58 against 1.52 ms; 16 images of 14²×384
+    stride 2: 0.15 against 0.23), 0.8-1.0 on layers past the caches (16 images of
+    56²×96: 4.9 against 4.1 ms; of 28²×240: 2.65 against 2.60) and 0.8-1.1 below
+    0.3 MFLOP.
+    """
+    taps = math.prod(problem.kernel_size)
+    return problem.flops * (0.06 if taps <= 9 else 0.04) + 10_000
 
 
 register_algorithm("depthwise_tiles", tiles, applies=applies_tiles, cost=cost_tiles,
@@ -982,9 +1003,10 @@ def transposed(
     through the taps :func:`.phase.phase_taps` gives, every ``S / gcd(S, D)``-th tap,
     reading input cells ``D / gcd(S, D)`` apart: each phase is a stride-1 depthwise
     convolution of the original input with those taps of the flipped kernel, run by
-    :mod:`.register_tiles`'s row kernels, which write it in its interleaved place, when
-    the channels fill whole vectors (else the cheaper of them and this module's loop,
-    then copied there); both read the input in place, zero padding and crops included.
+    :func:`tiles`, which writes it in its interleaved place, when the channels fill
+    whole vectors (else the cheaper of :mod:`.register_tiles`' depthwise kernels and this
+    module's loop, then copied there); all read the input in place, zero padding and
+    crops included.
     Phases that no tap reaches are zeros.
 
     >>> x = np.arange(1.0, 4.0).reshape(1, 1, 3, 1)
@@ -992,7 +1014,7 @@ def transposed(
     >>> transposed(x, k, (1, 2), (1, 1), 1, ((0, 0), (1, 1)), (1, 6))[0, 0, :, 0]
     array([ 1., 10.,  2., 20.,  3., 30.])
     """
-    from . import _llvm, register_tiles
+    from . import register_tiles
     from .phase import phase_taps
 
     channels = x.shape[-1]
@@ -1019,11 +1041,13 @@ def transposed(
         problem = ConvProblem((x.shape[0], *(size + lo + hi for size, (lo, hi)
                                              in zip(x.shape[1:3], pads)), channels),
                               sub.shape, (1, 1), steps, channels, target.shape[1:3], x.dtype)
-        if register_tiles.applies_depthwise(problem) and (
-                channels % _llvm.vector_width(x.dtype) == 0
-                or register_tiles.cost_depthwise(problem) < cost(problem)):
-            # the row kernels write the phase's cells in their places when the channels
-            # fill whole vectors
+        if applies_tiles(problem):
+            # the row kernels read the input in place and write the phase's cells in
+            # their places
+            tiles(x, sub, (1, 1), steps, channels, target.shape[1:3], padding=pads,
+                  threads=threads, out=target)
+        elif register_tiles.applies_depthwise(problem) and (
+                register_tiles.cost_depthwise(problem) < cost(problem)):
             register_tiles.depthwise(x, sub, (1, 1), steps, channels, target.shape[1:3],
                                      padding=pads, threads=threads, out=target)
         else:
