@@ -43,6 +43,7 @@ compiled kernels       numba kernels (col2im, depthwise, flat_rows,  ``CONVARITH
                        space_to_depth, winograd), llvmlite modules   packages are read at the first call:
                        (``_llvm._compiled``, ``_compiled_grouped``,  clear to read them again
                        ``_llvm_depthwise._row_kernel``,
+                       ``_llvm_depthwise._call_runner``,
                        ``_llvm_thin._compiled_rows``, the host,
                        the binding),
                        SciPy's BLAS gemm; built once per key under
@@ -149,6 +150,7 @@ def process_caches() -> dict[str, Callable[[], None]]:
             flat_rows._numba_im2col, flat_rows.blas_gemm, space_to_depth._numba_kernels,
             winograd._numba_kernels, _llvm._compiled, _llvm._target, _llvm._host, _llvm._llvm,
             _llvm._compiled_grouped, _llvm._compiled_interleaved, _llvm_depthwise._row_kernel,
+            _llvm_depthwise._call_runner,
             _llvm_thin._compiled_rows),
         "BLAS controller": functions(_threads._controller, _threads._sched_getcpu,
                                      _threads._affinity_cores),

@@ -51,7 +51,7 @@ from ..state import cached_once
 from . import _llvm
 
 __all__ = ["row_module_ir", "row_window", "row_cells", "RowKernel", "row_kernel", "row_assembly",
-           "DRIVE_FIELDS"]
+           "DRIVE_FIELDS", "CALL_VALUES", "calls_module_ir", "call_runner", "CallRunner"]
 
 #: The integer arguments of ``drive``, after the three pointers ``x, w, y``.
 DRIVE_FIELDS = ("images", "x_image", "y_image", "rows", "tiles", "last_start", "blocks", "kernel_rows", "x_row", "x_tap_row",
@@ -242,13 +242,83 @@ def row_module_ir(dtype: Any, width: int, *, kernel: int, stride: int, dilation:
 
 @dataclass(frozen=True)
 class RowKernel:
-    """One compiled module: ``drive`` and the tile it was made for."""
+    """One compiled module: ``drive`` (and its address) and the tile it was made for."""
 
     cells: int
     width: int
     stride: int
     drive: Any
     engine: Any  # keeps the machine code alive
+    address: int = 0
+
+
+#: int64 values per call in the table :func:`call_runner` walks: the address of a
+#: module's ``drive``, the byte offsets of its ``x``, ``w`` and ``y``, its integer fields.
+CALL_VALUES = 4 + len(DRIVE_FIELDS)
+
+
+def calls_module_ir() -> str:
+    """The IR of ``drive(x, w, y, table, count)``: for each of the ``count`` rows of
+    :data:`CALL_VALUES` int64 values in ``table``, calls the ``drive`` whose address the
+    row starts with at ``x``, ``w`` and ``y`` advanced by the row's byte offsets, with its
+    fields (one call from Python for a job's calls, each of which costs ~2 µs there).
+
+    >>> "inttoptr" in calls_module_ir()
+    True
+    """
+    fields = len(DRIVE_FIELDS)
+    signature = "void (i8*, i8*, i8*" + ", i64" * fields + ")*"
+    lines = [
+        "define void @drive(i8* %x, i8* %w, i8* %y, i64* %table, i64 %count) {",
+        "entry:",
+        "  %go = icmp sgt i64 %count, 0",
+        "  br i1 %go, label %loop, label %exit",
+        "loop:",
+        "  %i = phi i64 [0, %entry], [%i1, %loop]",
+        f"  %row = mul i64 %i, {CALL_VALUES}",
+    ]
+    for k in range(CALL_VALUES):
+        lines += [f"  %q{k} = add i64 %row, {k}",
+                  f"  %p{k} = getelementptr i64, i64* %table, i64 %q{k}",
+                  f"  %v{k} = load i64, i64* %p{k}"]
+    lines += [f"  %fn = inttoptr i64 %v0 to {signature}",
+              "  %xa = getelementptr i8, i8* %x, i64 %v1",
+              "  %wa = getelementptr i8, i8* %w, i64 %v2",
+              "  %ya = getelementptr i8, i8* %y, i64 %v3"]
+    arguments = ", ".join(f"i64 %v{4 + k}" for k in range(fields))
+    lines += [f"  call void %fn(i8* %xa, i8* %wa, i8* %ya, {arguments})",
+              "  %i1 = add i64 %i, 1",
+              "  %more = icmp slt i64 %i1, %count",
+              "  br i1 %more, label %loop, label %exit",
+              "exit:",
+              "  ret void",
+              "}"]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class CallRunner:
+    """The compiled module of :func:`calls_module_ir`: ``drive(x, w, y, table, count)``."""
+
+    drive: Any
+    engine: Any  # keeps the machine code alive
+
+
+def call_runner(target: _llvm.VectorTarget | None = None) -> CallRunner | None:
+    """:func:`calls_module_ir` compiled for ``target`` (default: the one in use);
+    ``None`` without the compiled kernels."""
+    return _call_runner(target or _llvm.vector_target())
+
+
+@cached_once
+def _call_runner(target: _llvm.VectorTarget) -> CallRunner | None:
+    llvm = _llvm._llvm()
+    if llvm is None or not target.runs_here:
+        return None
+    address, engine = _llvm.compile_drive(llvm, target, calls_module_ir())
+    pointer = ctypes.c_void_p
+    drive = ctypes.CFUNCTYPE(None, pointer, pointer, pointer, pointer, ctypes.c_int64)(address)
+    return CallRunner(drive, engine)
 
 
 def row_kernel(dtype: Any, *, kernel: int, stride: int, dilation: int, cells: int,
@@ -274,7 +344,7 @@ def _row_kernel(dtype: np.dtype[Any], kernel: int, stride: int, dilation: int, c
     pointer = ctypes.c_void_p
     signature = ctypes.CFUNCTYPE(None, pointer, pointer, pointer,
                                  *([ctypes.c_int64] * len(DRIVE_FIELDS)))
-    return RowKernel(cells, width, stride, signature(address), engine)
+    return RowKernel(cells, width, stride, signature(address), engine, address)
 
 
 def row_assembly(target: _llvm.VectorTarget, dtype: Any, *, kernel: int, stride: int,

@@ -728,7 +728,7 @@ class _TileCall(NamedTuple):
     from those arrays' first elements (``x``'s may lie before it: the columns there are
     padding, never read) and the integer fields (:data:`._llvm_depthwise.DRIVE_FIELDS`)."""
 
-    drive: Any
+    drive: int  #: the address of the module's ``drive``
     x_offset: int
     w_offset: int
     y_offset: int
@@ -737,6 +737,10 @@ class _TileCall(NamedTuple):
 
 class _TilesPlan(NamedTuple):
     jobs: tuple[tuple[_TileCall, ...], ...]
+    #: each job's calls as :func:`._llvm_depthwise.call_runner`'s table: the table (kept
+    #: alive here), its address and its number of calls
+    tables: tuple[tuple[np.ndarray, int, int], ...]
+    runner: Any  #: :func:`._llvm_depthwise.call_runner`'s ``drive``
     zero_rows: tuple[tuple[int, int], ...]  #: output rows whose windows lie on padding only
     keep: tuple[Any, ...]  #: the compiled modules (their code lives as long as they do)
 
@@ -797,30 +801,59 @@ def _tiles_plan(shape: tuple[int, int, int, int], kernel_size: tuple[int, int],
     row_parts = min(oh, -(-jobs // (image_parts * block_parts)))
     x_image, x_line = h * w * c, w * c
     itemsize = dtype.itemsize
+    # up to 3×3 and 256 float32 channels, channel blocks a call runs side by side: the
+    # input rows one output row reads, that many blocks wide, stay in the first-level
+    # cache for the next output rows, then one image at a time (one core, 3×3, 16 images:
+    # 28²×144 0.64 against 0.84 ms, 56²×96 stride 2 1.78 against 1.99). Not above 3×3
+    # (16 images of 28²×144 5×5 stride 2: 0.59 against 0.46 ms) nor with wider cells
+    # (one 56²×1152 image 5×5: 7.5 against 4.7 ms, each block's pass over every page)
+    group = blocks if kh * kw > 9 or c * itemsize > TILES_GROUP_CELL_BYTES else max(
+        1, TILES_ROWS_BYTES // (effective_kernel(kh, d0) * w * width * itemsize))
     planned = []
     for (g0, g1), (b0, b1), (r0, r1) in itertools.product(
             _even_cuts(n, image_parts), _even_cuts(blocks, block_parts),
             _even_cuts(oh, row_parts)):
         calls = []
-        for ra, rb, a0, a1 in row_groups:
-            ra, rb = max(ra, r0), min(rb, r1)
-            if ra >= rb or a0 == a1:
-                continue
-            for start, count, read in runs:
-                module = modules[read]
-                assert module is not None
-                x_offset = (g0 * x_image + (ra * s0 - top + a0 * d0) * x_line
-                            + (start * s1 - left) * c + b0 * width)
-                y_offset = g0 * y_image + ra * y_row + start * y_cell + b0 * width
-                calls.append(_TileCall(
-                    module.drive, x_offset * itemsize, (a0 * kw * c + b0 * width) * itemsize,
-                    y_offset * itemsize,
-                    (g1 - g0, x_image, y_image, rb - ra, count, (count - 1) * cells, b1 - b0,
-                     a1 - a0, s0 * x_line, d0 * x_line, c, y_row, y_cell, c)))
+        one_by_one = group < b1 - b0
+        images = [(g, g + 1) for g in range(g0, g1)] if one_by_one else [(g0, g1)]
+        block_groups = [(b, min(b1, b + group)) for b in range(b0, b1, group)]
+        for (ga, gb), (ba, bb) in itertools.product(images, block_groups):
+            for ra, rb, a0, a1 in row_groups:
+                ra, rb = max(ra, r0), min(rb, r1)
+                if ra >= rb or a0 == a1:
+                    continue
+                for start, count, read in runs:
+                    module = modules[read]
+                    assert module is not None
+                    x_offset = (ga * x_image + (ra * s0 - top + a0 * d0) * x_line
+                                + (start * s1 - left) * c + ba * width)
+                    y_offset = ga * y_image + ra * y_row + start * y_cell + ba * width
+                    calls.append(_TileCall(
+                        module.address, x_offset * itemsize,
+                        (a0 * kw * c + ba * width) * itemsize, y_offset * itemsize,
+                        (gb - ga, x_image, y_image, rb - ra, count, (count - 1) * cells,
+                         bb - ba, a1 - a0, s0 * x_line, d0 * x_line, c, y_row, y_cell, c)))
         planned.append(tuple(calls))
     zero_rows = tuple((ra, rb) for ra, rb, a0, a1 in row_groups if a0 == a1)
-    return _TilesPlan(tuple(planned), zero_rows, tuple(modules.values()))
+    tables = []
+    for job_calls in planned:
+        table = np.array([(call.drive, call.x_offset, call.w_offset, call.y_offset, *call.fields)
+                          for call in job_calls], np.int64).reshape(-1)
+        table.flags.writeable = False
+        tables.append((table, table.ctypes.data, len(job_calls)))
+    runner = _llvm_depthwise.call_runner(target)
+    if runner is None:
+        return None
+    return _TilesPlan(tuple(planned), tuple(tables), runner.drive, zero_rows,
+                      tuple(modules.values()))
 
+
+#: Bytes of the input rows that one output row of :func:`tiles` reads, for the channel
+#: blocks one call runs side by side (about half a core's first-level cache).
+TILES_ROWS_BYTES = 16 << 10
+
+#: ... where the cells have at most this many bytes (see :func:`_tiles_plan`).
+TILES_GROUP_CELL_BYTES = 1024
 
 #: Least work (FLOPs) of one job of :func:`tiles` on several threads (about 50 µs of a
 #: core): smaller layers run on the calling thread alone.
@@ -870,7 +903,7 @@ def tiles(
     c = xp.shape[-1]
     dtype = np.dtype(xp.dtype)
     target = _llvm.vector_target()
-    width = target.width(dtype) if target.runs_here and _llvm.available(dtype) else 0
+    width = target.width(dtype) if target.runs_here and dtype.char in "fd" else 0
     if rank not in (1, 2) or groups != c or kernel.shape[-2:] != (1, c) or not width or c % width:
         raise ValueError(f"depthwise_tiles needs a 1-D or 2-D depthwise convolution with "
                          f"multiplier 1 and channels in whole vectors of {width} "
@@ -927,16 +960,16 @@ def tiles(
     for r0, r1 in plan.zero_rows:
         y[:, r0:r1] = 0
 
-    def run(first: int, last: int) -> None:
-        for job in plan.jobs[first:last]:
-            for call in job:
-                call.drive(x_base + call.x_offset, w_base + call.w_offset,
-                           y_base + call.y_offset, *call.fields)
+    runner, tables = plan.runner, plan.tables
 
-    if len(plan.jobs) == 1:
+    def run(first: int, last: int) -> None:
+        for _, table, count in tables[first:last]:
+            runner(x_base, w_base, y_base, table, count)
+
+    if len(tables) == 1:
         run(0, 1)
     else:
-        run_chunks(run, len(plan.jobs), 1, threads=workers, blas=False)
+        run_chunks(run, len(tables), 1, threads=workers, blas=False)
     return y
 
 
@@ -963,22 +996,21 @@ def applies_tiles(problem: ConvProblem) -> bool:
 
 
 def cost_tiles(problem: ConvProblem) -> float:
-    """``0.06 × FLOPs + 10 000`` up to 3×3, ``0.04 × FLOPs + 10 000`` above: below
-    :func:`.register_tiles.cost_depthwise` everywhere (the same kernels with copies),
-    below this module's loop (``0.1 × FLOPs``) from about 250 000 FLOPs.
+    """``0.06 × FLOPs`` up to 3×3, ``0.04 × FLOPs`` above: below
+    :func:`.register_tiles.cost_depthwise` everywhere (the same kernels with copies and
+    ~20 µs more per call) and below this module's loop (``0.1 × FLOPs``).
 
     Measured on one core (CPU time, busy machine, AVX-512, float32, 45 random layers
     of 16-1152 channels on 4²-112², batch 1 and 16, 3×3-7×7, strides 1-2, dilation 1-2;
     the loop's time over this one's): above 3×3 1.6-6.2 from 1 MFLOP (16 images of
-    14²×32 5×5: 0.077 against 0.48 ms), 0.7-1.3 below 0.5 MFLOP (each call costs
-    ~5 µs more: one 4²×144 image 5×5 stride 2, 0.018 against 0.013 ms); 3×3 1.5-2.6 on
-    mid-sized layers (one 56²×576 image: 0.58 against 1.52 ms; 16 images of 14²×384
-    stride 2: 0.15 against 0.23), 0.8-1.0 on layers past the caches (16 images of
-    56²×96: 4.9 against 4.1 ms; of 28²×240: 2.65 against 2.60) and 0.8-1.1 below
-    0.3 MFLOP.
+    14²×32 5×5: 0.077 against 0.48 ms); 3×3 1.5-2.6 on mid-sized layers (one 56²×576
+    image: 0.58 against 1.52 ms; 16 images of 14²×384 stride 2: 0.15 against 0.23),
+    0.9-1.0 on layers past the caches (16 images of 56²×96: 3.85 against 3.56 ms; of
+    28²×240: 2.36 against 2.34). A call costs ~12 µs, the loop's ~20 µs (one 4²×16
+    image, 3×3: 12.6 against 22.7 µs; one 7²×576 image: 18 against 36 µs).
     """
     taps = math.prod(problem.kernel_size)
-    return problem.flops * (0.06 if taps <= 9 else 0.04) + 10_000
+    return problem.flops * (0.06 if taps <= 9 else 0.04)
 
 
 register_algorithm("depthwise_tiles", tiles, applies=applies_tiles, cost=cost_tiles,
