@@ -156,7 +156,7 @@ def test_network_layers_choose_the_cheapest_and_match_the_reference(batch, size,
                           (out, out), np.dtype(np.float32))
     name = assert_cheapest_applies(problem)
     rng = np.random.default_rng(batch * size + channels)
-    x = rng.standard_normal((min(batch, 2), size, size, channels)).astype(np.float32)
+    x = rng.standard_normal((1, size, size, channels)).astype(np.float32)
     weights = rng.standard_normal((kernel, kernel, 1, channels)).astype(np.float32)
     pads = ((kernel // 2, kernel // 2),) * 2
     from convarith.engine.dispatch import choose
