@@ -3,7 +3,7 @@ compiled without the products on the padding.
 
 Expected values come from PyTorch's depthwise ``conv2d`` in float64 (2-D) and from
 the float64 definition (``_helpers.reference_direct``, 1-D). Configurations are
-random (channels of 1-3 vectors, kernels 1-7 per axis, strides 1-3, dilation 1-3,
+random (channels of 1-3 vectors or ending in a partial one, kernels 1-7 per axis, strides 1-3, dilation 1-3,
 padding and crops, 1-3 images, 1-4 jobs); each failure names its seed. Bounds:
 relative error ≤ 1e-5 in float32, ≤ 1e-10 in float64. The AVX2 code runs here too
 where it can.
@@ -51,7 +51,7 @@ def random_case(seed: int, width: int):
     rng = np.random.default_rng(seed)
     rank = 1 if rng.random() < 0.2 else 2
     while True:
-        channels = width * int(rng.integers(1, 4))
+        channels = int(rng.choice([width, 2 * width, 3 * width, 5, 13, 24, 40, 33]))
         kernel = tuple(int(v) for v in rng.integers(1, 8, rank))
         strides = tuple(int(v) for v in rng.integers(1, 4, rank))
         dilation = tuple(int(v) for v in rng.choice([1, 1, 2, 3], rank))

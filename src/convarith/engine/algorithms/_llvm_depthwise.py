@@ -93,12 +93,14 @@ def row_cells(kernel: int, row_length: int, target: _llvm.VectorTarget | None = 
 
 def row_module_ir(dtype: Any, width: int, *, kernel: int, stride: int, dilation: int,
                   cells: int, streaming: bool = False,
-                  columns_read: tuple[int, int] | None = None) -> str:
+                  columns_read: tuple[int, int] | None = None, lanes: int = 0) -> str:
     """The IR of one module (see the module docstring); ``streaming``: results are stored
     past the caches (non-temporal stores: ``y`` and its cells aligned to whole vectors);
     ``columns_read``: only a tile's columns ``[first, end)`` (counted from its first
     cell's first tap) exist, the others are zero padding: their products are left out
-    and nothing reads them (a tile at the edge of a row reads the input in place).
+    and nothing reads them (a tile at the edge of a row reads the input in place);
+    ``lanes``: only the first ``lanes`` channels of each vector are read and written
+    (masked loads and stores: the last, partial vector of a row of channels; 0: all).
 
     >>> ir = row_module_ir(np.float32, 16, kernel=3, stride=1, dilation=1, cells=2,
     ...                    columns_read=(1, 4))
@@ -109,6 +111,18 @@ def row_module_ir(dtype: Any, width: int, *, kernel: int, stride: int, dilation:
     v = f"<{width} x {ty}>"
     p = f"{ty}*"
     fma = f"@llvm.fma.v{width}{_llvm._suffix(ty)}"
+    suffix = f"v{width}{_llvm._suffix(ty)}"
+    masked = 0 < lanes < width
+    mask = "<" + ", ".join(["i1 true"] * lanes + ["i1 false"] * (width - lanes)) + ">"
+    load_intrinsic = f"@llvm.masked.load.{suffix}.p0{suffix}"
+    store_intrinsic = f"@llvm.masked.store.{suffix}.p0{suffix}"
+
+    def load(name: str, address: str) -> str:
+        if masked:
+            return (f"  {name} = call {v} {load_intrinsic}({v}* {address}, i32 4, "
+                    f"<{width} x i1> {mask}, {v} zeroinitializer)")
+        return f"  {name} = load {v}, {v}* {address}, align 4"
+
     window = row_window(kernel, stride, dilation, cells)
     columns = sorted({m * stride + b * dilation for m in range(cells) for b in range(kernel)})
     if columns_read is not None:
@@ -135,7 +149,7 @@ def row_module_ir(dtype: Any, width: int, *, kernel: int, stride: int, dilation:
             f"  %wo{b} = add i64 %wa, %wt{b}",
             f"  %wp{b} = getelementptr {ty}, {p} %w, i64 %wo{b}",
             f"  %wq{b} = bitcast {p} %wp{b} to {v}*",
-            f"  %wv{b} = load {v}, {v}* %wq{b}, align 4",
+            load(f"%wv{b}", f"%wq{b}"),
         ]
     current = {m: f"%s{m}" for m in range(cells)}
     for index, (column, pairs) in enumerate(zip(columns, window)):
@@ -144,7 +158,7 @@ def row_module_ir(dtype: Any, width: int, *, kernel: int, stride: int, dilation:
             f"  %xo{index} = add i64 %xa, %xt{index}",
             f"  %xp{index} = getelementptr {ty}, {p} %x, i64 %xo{index}",
             f"  %xq{index} = bitcast {p} %xp{index} to {v}*",
-            f"  %xv{index} = load {v}, {v}* %xq{index}, align 4",
+            load(f"%xv{index}", f"%xq{index}"),
         ]
         for m, b in pairs:
             name = f"%n{m}_{index}"
@@ -166,6 +180,8 @@ def row_module_ir(dtype: Any, width: int, *, kernel: int, stride: int, dilation:
             f"  %yt{m} = mul i64 {m}, %y_cell",
             f"  %yp{m} = getelementptr {ty}, {p} %y, i64 %yt{m}",
             f"  %yq{m} = bitcast {p} %yp{m} to {v}*",
+            (f"  call void {store_intrinsic}({v} {current[m]}, {v}* %yq{m}, i32 4, "
+             f"<{width} x i1> {mask})") if masked else
             (f"  store {v} {current[m]}, {v}* %yq{m}, align {width * _llvm._size(ty)}, "
              "!nontemporal !0") if streaming else
             f"  store {v} {current[m]}, {v}* %yq{m}, align 4",
@@ -237,6 +253,9 @@ def row_module_ir(dtype: Any, width: int, *, kernel: int, stride: int, dilation:
         "}",
     ]
     parts = [f"declare {v} {fma}({v}, {v}, {v})", text, "\n".join(drive)]
+    if masked:
+        parts[:0] = [f"declare {v} {load_intrinsic}({v}*, i32, <{width} x i1>, {v})",
+                     f"declare void {store_intrinsic}({v}, {v}*, i32, <{width} x i1>)"]
     return "\n\n".join(parts + (["!0 = !{i32 1}"] if streaming else [])) + "\n"
 
 
@@ -323,23 +342,27 @@ def _call_runner(target: _llvm.VectorTarget) -> CallRunner | None:
 
 def row_kernel(dtype: Any, *, kernel: int, stride: int, dilation: int, cells: int,
                target: _llvm.VectorTarget | None = None, streaming: bool = False,
-               columns_read: tuple[int, int] | None = None) -> RowKernel | None:
+               columns_read: tuple[int, int] | None = None, lanes: int = 0
+               ) -> RowKernel | None:
     """The compiled module on ``target`` (default: the one in use; ``None``: no compiled
-    kernels here); ``streaming`` and ``columns_read`` as in :func:`row_module_ir`."""
+    kernels here); ``streaming``, ``columns_read`` and ``lanes`` as in
+    :func:`row_module_ir`."""
     return _row_kernel(np.dtype(dtype), kernel, stride, dilation, cells,
-                       target or _llvm.vector_target(), streaming, columns_read)
+                       target or _llvm.vector_target(), streaming, columns_read, lanes)
 
 
 @cached_once
 def _row_kernel(dtype: np.dtype[Any], kernel: int, stride: int, dilation: int, cells: int,
                 target: _llvm.VectorTarget, streaming: bool = False,
-                columns_read: tuple[int, int] | None = None) -> RowKernel | None:
+                columns_read: tuple[int, int] | None = None, lanes: int = 0
+                ) -> RowKernel | None:
     llvm = _llvm._llvm()
     width = target.width(dtype)
     if llvm is None or not target.runs_here or width == 0 or dtype.char not in "fd":
         return None
     ir = row_module_ir(dtype, width, kernel=kernel, stride=stride, dilation=dilation,
-                       cells=cells, streaming=streaming, columns_read=columns_read)
+                       cells=cells, streaming=streaming, columns_read=columns_read,
+                       lanes=lanes)
     address, engine = _llvm.compile_drive(llvm, target, ir)
     pointer = ctypes.c_void_p
     signature = ctypes.CFUNCTYPE(None, pointer, pointer, pointer,

@@ -775,7 +775,9 @@ def _tiles_plan(shape: tuple[int, int, int, int], kernel_size: tuple[int, int],
     oh, ow = out_size
     y_image, y_row, y_cell = y_strides
     width = target.width(dtype)
-    blocks = c // width
+    tail = c % width  # channels of a last, partial vector (masked loads and stores)
+    blocks = -(-c // width)
+    full = c // width
     cells = _llvm_depthwise.row_cells(kw, ow, target)
     span = window_reach(cells, kw, s1, d1)
     # tiles of a row: runs of tiles evenly spaced and read alike (first cell, tiles, columns)
@@ -789,10 +791,10 @@ def _tiles_plan(shape: tuple[int, int, int, int], kernel_size: tuple[int, int],
             runs[-1] = (runs[-1][0], runs[-1][1] + 1, read)
         else:
             runs.append((start, 1, read))
-    modules = {read: _llvm_depthwise.row_kernel(dtype, kernel=kw, stride=s1, dilation=d1,
-                                                cells=cells, target=target,
-                                                streaming=streaming, columns_read=read)
-               for _, _, read in runs}
+    modules = {(read, lanes): _llvm_depthwise.row_kernel(
+        dtype, kernel=kw, stride=s1, dilation=d1, cells=cells, target=target,
+        streaming=streaming and not lanes, columns_read=read, lanes=lanes)
+        for _, _, read in runs for lanes in ([0] if full else []) + ([tail] if tail else [])}
     if any(module is None for module in modules.values()):
         return None
     row_groups = _kernel_row_groups(h, kh, s0, d0, top, oh)
@@ -814,16 +816,18 @@ def _tiles_plan(shape: tuple[int, int, int, int], kernel_size: tuple[int, int],
             _even_cuts(n, image_parts), _even_cuts(blocks, block_parts),
             _even_cuts(oh, row_parts)):
         calls = []
-        one_by_one = group < b1 - b0
+        block_groups = [(b, min(b1, full, b + group)) for b in range(b0, min(b1, full), group)]
+        if b1 > full:
+            block_groups.append((full, blocks))  # the partial vector
+        one_by_one = len(block_groups) > 1
         images = [(g, g + 1) for g in range(g0, g1)] if one_by_one else [(g0, g1)]
-        block_groups = [(b, min(b1, b + group)) for b in range(b0, b1, group)]
         for (ga, gb), (ba, bb) in itertools.product(images, block_groups):
             for ra, rb, a0, a1 in row_groups:
                 ra, rb = max(ra, r0), min(rb, r1)
                 if ra >= rb or a0 == a1:
                     continue
                 for start, count, read in runs:
-                    module = modules[read]
+                    module = modules[read, tail if ba == full else 0]
                     assert module is not None
                     x_offset = (ga * x_image + (ra * s0 - top + a0 * d0) * x_line
                                 + (start * s1 - left) * c + ba * width)
@@ -876,11 +880,12 @@ def tiles(
     threads: int | None = None,
     out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Depthwise convolution (multiplier 1, channels in whole vectors) on the compiled
-    row kernels of :mod:`._llvm_depthwise`, reading the input where it lies.
+    """Depthwise convolution (multiplier 1) on the compiled row kernels of
+    :mod:`._llvm_depthwise`, reading the input where it lies.
 
     Each output row is cut into tiles of neighbouring cells, one vector of channels
-    each, summed in registers while each input column is loaded once per kernel row.
+    each (a last, partial vector by masked loads and stores), summed in registers while
+    each input column is loaded once per kernel row.
     Zero padding is never copied: a tile at the left or right edge runs a module
     compiled without the products that would fall on it, a row at the top or bottom
     runs only the kernel rows that meet the input. Everything but the values (the
@@ -904,10 +909,9 @@ def tiles(
     dtype = np.dtype(xp.dtype)
     target = _llvm.vector_target()
     width = target.width(dtype) if target.runs_here and dtype.char in "fd" else 0
-    if rank not in (1, 2) or groups != c or kernel.shape[-2:] != (1, c) or not width or c % width:
+    if rank not in (1, 2) or groups != c or kernel.shape[-2:] != (1, c) or not width:
         raise ValueError(f"depthwise_tiles needs a 1-D or 2-D depthwise convolution with "
-                         f"multiplier 1 and channels in whole vectors of {width} "
-                         f"({dtype}, compiled kernels here), got rank {rank}, "
+                         f"multiplier 1 ({dtype}, compiled kernels here), got rank {rank}, "
                          f"groups={groups}, kernel {kernel.shape} for {c} channels")
     if rank == 1:
         y = tiles(xp[:, None], kernel[None], (1, *strides), (1, *dilation), groups,
@@ -985,14 +989,12 @@ def _llvm_here() -> bool:
 
 
 def applies_tiles(problem: ConvProblem) -> bool:
-    """1-D or 2-D depthwise with multiplier 1 and channels in whole vectors, on a
-    machine with the compiled kernels."""
+    """1-D or 2-D depthwise with multiplier 1, on a machine with the compiled kernels."""
     from . import _llvm
 
-    width = _llvm.vector_width(problem.dtype)
     return (problem.rank in (1, 2) and problem.groups == problem.in_channels > 1
             and problem.out_channels == problem.in_channels
-            and _llvm.available(problem.dtype) and problem.in_channels % width == 0)
+            and _llvm.available(problem.dtype))
 
 
 def cost_tiles(problem: ConvProblem) -> float:
@@ -1014,19 +1016,22 @@ def cost_tiles(problem: ConvProblem) -> float:
     loop faster: ``0.2 × FLOPs`` there (one core, CPU time, float32, 16 images:
     56²×96 stride 2 4.1 against 2.2 ms, 28²×144 2.6 against 1.6; but 56²×32 1.46
     against 1.89, 7²×480 0.11 against 0.26, 14²×240 stride 2 0.12 against 0.16).
+
+    Channels that end in a partial vector count as whole vectors (masked loads and
+    stores run the last one).
     """
     from . import _llvm
 
-    taps = math.prod(problem.kernel_size)
-    if taps > 9:
-        return problem.flops * 0.04
     target = _llvm.vector_target()
     width = target.width(problem.dtype) or 1
+    channels = problem.in_channels
+    flops = problem.flops * (-(-channels // width) * width) / max(1, channels)
+    if math.prod(problem.kernel_size) > 9:
+        return flops * 0.04
     input_bytes = math.prod(problem.input_shape) * problem.dtype.itemsize
-    if (target.registers < 32 and problem.in_channels > 4 * width
-            and input_bytes > TILES_AVX2_LARGE_BYTES):
-        return problem.flops * 0.2
-    return problem.flops * 0.06
+    if target.registers < 32 and channels > 4 * width and input_bytes > TILES_AVX2_LARGE_BYTES:
+        return flops * 0.2
+    return flops * 0.06
 
 
 #: Input bytes from which AVX2's 3×3 layers of many channels cost more (:func:`cost_tiles`).
@@ -1055,10 +1060,10 @@ def transposed(
     through the taps :func:`.phase.phase_taps` gives, every ``S / gcd(S, D)``-th tap,
     reading input cells ``D / gcd(S, D)`` apart: each phase is a stride-1 depthwise
     convolution of the original input with those taps of the flipped kernel, run by
-    :func:`tiles`, which writes it in its interleaved place, when the channels fill
-    whole vectors (else the cheaper of :mod:`.register_tiles`' depthwise kernels and this
-    module's loop, then copied there); all read the input in place, zero padding and
-    crops included.
+    :func:`tiles`, which writes it in its interleaved place, where the compiled kernels
+    run and there are several channels (else the cheaper of :mod:`.register_tiles`'
+    depthwise kernels and this module's loop, then copied there); all read the input in
+    place, zero padding and crops included.
     Phases that no tap reaches are zeros.
 
     >>> x = np.arange(1.0, 4.0).reshape(1, 1, 3, 1)
