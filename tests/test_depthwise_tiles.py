@@ -166,3 +166,45 @@ def test_network_layers_choose_the_cheapest_and_match_the_reference(batch, size,
     expected = torch_depthwise(x.astype(np.float64), weights.astype(np.float64),
                                (stride, stride), (1, 1), pads)
     assert relative_error(y, expected) <= TOLERANCE[np.float32], (name, batch, size, channels)
+
+
+def _peak_bytes(fn) -> int:
+    """Peak bytes traced while ``fn`` runs (its result included), above those before."""
+    import tracemalloc
+
+    fn()  # plans and compiled modules made before the measurement
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        fn()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return peak - base
+
+
+@pytest.mark.skipif(not kernels_here("native"), reason="no compiled kernels here")
+@pytest.mark.parametrize("shape, kernel, stride", [((4, 28, 28, 96), 3, 1), ((1, 7, 7, 680), 5, 2),
+                                                   ((2, 30, 30, 24), 5, 1)])
+def test_peak_memory_within_the_benchmarks_bound(shape, kernel, stride):
+    """No copy of the input: a call's peak extra memory (result included) stays within
+    1.5× its input, kernel and output bytes (the networks benchmark's bound), forward and
+    by output phases (the strided layer's input gradient)."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(shape).astype(np.float32)
+    weights = rng.standard_normal((kernel, kernel, 1, shape[-1])).astype(np.float32)
+    p = kernel // 2
+    out = tuple((n + 2 * p - kernel) // stride + 1 for n in shape[1:3])
+    y_bytes = shape[0] * out[0] * out[1] * shape[-1] * 4
+    peak = _peak_bytes(lambda: depthwise.tiles(x, weights, (stride, stride), (1, 1), shape[-1],
+                                               out, padding=((p, p), (p, p)), threads=1))
+    assert peak <= 1.5 * (x.nbytes + weights.nbytes + y_bytes), (shape, kernel, peak)
+    assert peak <= y_bytes + weights.nbytes + (64 << 10), (shape, kernel, peak)  # no copy
+    if stride > 1:
+        dy = rng.standard_normal((shape[0], *out, shape[-1])).astype(np.float32)
+        lo = kernel - 1 - p
+        pads = tuple((lo, n + p - ((o - 1) * stride + kernel) + lo) for n, o in zip(shape[1:3], out))
+        peak = _peak_bytes(lambda: depthwise.transposed(dy, weights, (stride, stride), (1, 1),
+                                                        shape[-1], pads, shape[1:3], threads=1))
+        assert peak <= 1.5 * (dy.nbytes + weights.nbytes + x.nbytes), (shape, kernel, peak)
