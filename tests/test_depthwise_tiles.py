@@ -108,7 +108,7 @@ def test_jobs_write_every_cell_once_and_share_evenly(shape, kernel, jobs):
                                  (shape[1] * shape[2] * shape[3], shape[2] * shape[3],
                                   shape[3]), np.dtype(np.float32), _llvm.vector_target(),
                                  jobs, False)
-    assert plan is not None and len(plan.jobs) == jobs
+    assert plan is not None and jobs <= len(plan.jobs) <= 2 * jobs, len(plan.jobs)
     fields = [[dict(zip(_llvm_depthwise.DRIVE_FIELDS, call.fields)) for call in job]
               for job in plan.jobs]
     # tiles × rows × images × channel blocks each job runs, every kernel row counted once
