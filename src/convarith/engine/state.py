@@ -32,10 +32,10 @@ kernel layouts         register_tiles ``_layout``: shape, dtype,     nothing (pu
 grouped forward plans  grouped_tiles ``_forward_plan``: shapes,      nothing (pure; LRU of 256)
                        strides, padding, target, threads -> calls,
                        panel layout, chunks of output
-depthwise tile plans   depthwise ``_tiles_plan``, ``_phases_plan``:  nothing (pure; LRU of 256, 128)
-                       shapes, strides,
-                       padding, target, jobs -> the row modules'
-                       calls
+depthwise tile plans   depthwise ``_tiles_plan``, ``_phases_plan``:  nothing (pure; LRU of 256, 128);
+                       shapes, strides, padding, target, jobs ->     the compiled loop that runs them
+                       the row modules' calls; the loop that runs    as the compiled kernels
+                       them (``_llvm_depthwise._call_runner``)
 col2im plans           per-axis gather tables (``col2im._axis_plan``)  nothing (pure; LRU of 64)
 space-to-depth plans   kernel/stride/dilation -> plan                nothing (pure; LRU of 256)
                        (``space_to_depth.plan``)
@@ -44,7 +44,6 @@ compiled kernels       numba kernels (col2im, depthwise, flat_rows,  ``CONVARITH
                        space_to_depth, winograd), llvmlite modules   packages are read at the first call:
                        (``_llvm._compiled``, ``_compiled_grouped``,  clear to read them again
                        ``_llvm_depthwise._row_kernel``,
-                       ``_llvm_depthwise._call_runner``,
                        ``_llvm_thin._compiled_rows``, the host,
                        the binding),
                        SciPy's BLAS gemm; built once per key under
@@ -142,7 +141,8 @@ def process_caches() -> dict[str, Callable[[], None]]:
         "resolved specs": functions(spec._resolve_remembered),
         "kernel layouts": functions(register_tiles._layout),
         "grouped forward plans": functions(grouped_tiles._forward_plan),
-        "depthwise tile plans": functions(depthwise._tiles_plan, depthwise._phases_plan),
+        "depthwise tile plans": functions(depthwise._tiles_plan, depthwise._phases_plan,
+                                          _llvm_depthwise._call_runner),
         "col2im plans": functions(col2im._axis_plan),
         "space-to-depth plans": functions(space_to_depth.plan),
         "Winograd matrices": functions(winograd.transform, winograd._transform_gain),
@@ -151,7 +151,6 @@ def process_caches() -> dict[str, Callable[[], None]]:
             flat_rows._numba_im2col, flat_rows.blas_gemm, space_to_depth._numba_kernels,
             winograd._numba_kernels, _llvm._compiled, _llvm._target, _llvm._host, _llvm._llvm,
             _llvm._compiled_grouped, _llvm._compiled_interleaved, _llvm_depthwise._row_kernel,
-            _llvm_depthwise._call_runner,
             _llvm_thin._compiled_rows),
         "BLAS controller": functions(_threads._controller, _threads._sched_getcpu,
                                      _threads._affinity_cores),
