@@ -32,6 +32,10 @@ kernel layouts         register_tiles ``_layout``: shape, dtype,     nothing (pu
 grouped forward plans  grouped_tiles ``_forward_plan``: shapes,      nothing (pure; LRU of 256)
                        strides, padding, target, threads -> calls,
                        panel layout, chunks of output
+depthwise tile plans   depthwise ``_tiles_plan``, ``_phases_plan``:  nothing (pure; LRU of 256, 128);
+                       shapes, strides, padding, target, jobs ->     the compiled loop that runs them
+                       the row modules' calls; the loop that runs    as the compiled kernels
+                       them (``_llvm_depthwise._call_runner``)
 col2im plans           per-axis gather tables (``col2im._axis_plan``)  nothing (pure; LRU of 64)
 space-to-depth plans   kernel/stride/dilation -> plan                nothing (pure; LRU of 256)
                        (``space_to_depth.plan``)
@@ -143,6 +147,8 @@ def process_caches() -> dict[str, Callable[[], None]]:
         "resolved specs": functions(spec._resolve_remembered),
         "kernel layouts": functions(register_tiles._layout),
         "grouped forward plans": functions(grouped_tiles._forward_plan),
+        "depthwise tile plans": functions(depthwise._tiles_plan, depthwise._phases_plan,
+                                          _llvm_depthwise._call_runner),
         "col2im plans": functions(col2im._axis_plan),
         "space-to-depth plans": functions(space_to_depth.plan),
         "Winograd matrices": functions(winograd.transform, winograd._transform_gain),

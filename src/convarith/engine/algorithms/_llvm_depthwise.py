@@ -51,7 +51,7 @@ from ..state import cached_once
 from . import _llvm
 
 __all__ = ["row_module_ir", "row_window", "row_cells", "RowKernel", "row_kernel", "row_assembly",
-           "DRIVE_FIELDS"]
+           "DRIVE_FIELDS", "CALL_VALUES", "calls_module_ir", "call_runner", "CallRunner"]
 
 #: The integer arguments of ``drive``, after the three pointers ``x, w, y``.
 DRIVE_FIELDS = ("images", "x_image", "y_image", "rows", "tiles", "last_start", "blocks", "kernel_rows", "x_row", "x_tap_row",
@@ -92,15 +92,44 @@ def row_cells(kernel: int, row_length: int, target: _llvm.VectorTarget | None = 
 
 
 def row_module_ir(dtype: Any, width: int, *, kernel: int, stride: int, dilation: int,
-                  cells: int, streaming: bool = False) -> str:
+                  cells: int, streaming: bool = False,
+                  columns_read: tuple[int, int] | None = None, lanes: int = 0) -> str:
     """The IR of one module (see the module docstring); ``streaming``: results are stored
-    past the caches (non-temporal stores: ``y`` and its cells aligned to whole vectors)."""
+    past the caches (non-temporal stores: ``y`` and its cells aligned to whole vectors);
+    ``columns_read``: only a tile's columns ``[first, end)`` (counted from its first
+    cell's first tap) exist, the others are zero padding: their products are left out
+    and nothing reads them (a tile at the edge of a row reads the input in place);
+    ``lanes``: only the first ``lanes`` channels of each vector are read and written
+    (masked loads and stores: the last, partial vector of a row of channels; 0: all).
+
+    >>> ir = row_module_ir(np.float32, 16, kernel=3, stride=1, dilation=1, cells=2,
+    ...                    columns_read=(1, 4))
+    >>> ir.count("call <16 x float> @llvm.fma"), ir.count("* %xq")  # products, input loads
+    (5, 3)
+    """
     ty = _llvm._ir_type(dtype)
     v = f"<{width} x {ty}>"
     p = f"{ty}*"
     fma = f"@llvm.fma.v{width}{_llvm._suffix(ty)}"
+    suffix = f"v{width}{_llvm._suffix(ty)}"
+    masked = 0 < lanes < width
+    mask = "<" + ", ".join(["i1 true"] * lanes + ["i1 false"] * (width - lanes)) + ">"
+    load_intrinsic = f"@llvm.masked.load.{suffix}.p0{suffix}"
+    store_intrinsic = f"@llvm.masked.store.{suffix}.p0{suffix}"
+
+    def load(name: str, address: str) -> str:
+        if masked:
+            return (f"  {name} = call {v} {load_intrinsic}({v}* {address}, i32 4, "
+                    f"<{width} x i1> {mask}, {v} zeroinitializer)")
+        return f"  {name} = load {v}, {v}* {address}, align 4"
+
     window = row_window(kernel, stride, dilation, cells)
     columns = sorted({m * stride + b * dilation for m in range(cells) for b in range(kernel)})
+    if columns_read is not None:
+        first, end = columns_read
+        kept = [index for index, column in enumerate(columns) if first <= column < end]
+        window = [window[index] for index in kept]
+        columns = [columns[index] for index in kept]
     tile = [
         f"define internal void @tile({p} %x, {p} %w, {p} %y, i64 %kernel_rows, "
         "i64 %x_tap_row, i64 %x_cell, i64 %y_cell, i64 %w_tap) {",
@@ -120,7 +149,7 @@ def row_module_ir(dtype: Any, width: int, *, kernel: int, stride: int, dilation:
             f"  %wo{b} = add i64 %wa, %wt{b}",
             f"  %wp{b} = getelementptr {ty}, {p} %w, i64 %wo{b}",
             f"  %wq{b} = bitcast {p} %wp{b} to {v}*",
-            f"  %wv{b} = load {v}, {v}* %wq{b}, align 4",
+            load(f"%wv{b}", f"%wq{b}"),
         ]
     current = {m: f"%s{m}" for m in range(cells)}
     for index, (column, pairs) in enumerate(zip(columns, window)):
@@ -129,7 +158,7 @@ def row_module_ir(dtype: Any, width: int, *, kernel: int, stride: int, dilation:
             f"  %xo{index} = add i64 %xa, %xt{index}",
             f"  %xp{index} = getelementptr {ty}, {p} %x, i64 %xo{index}",
             f"  %xq{index} = bitcast {p} %xp{index} to {v}*",
-            f"  %xv{index} = load {v}, {v}* %xq{index}, align 4",
+            load(f"%xv{index}", f"%xq{index}"),
         ]
         for m, b in pairs:
             name = f"%n{m}_{index}"
@@ -151,6 +180,8 @@ def row_module_ir(dtype: Any, width: int, *, kernel: int, stride: int, dilation:
             f"  %yt{m} = mul i64 {m}, %y_cell",
             f"  %yp{m} = getelementptr {ty}, {p} %y, i64 %yt{m}",
             f"  %yq{m} = bitcast {p} %yp{m} to {v}*",
+            (f"  call void {store_intrinsic}({v} {current[m]}, {v}* %yq{m}, i32 4, "
+             f"<{width} x i1> {mask})") if masked else
             (f"  store {v} {current[m]}, {v}* %yq{m}, align {width * _llvm._size(ty)}, "
              "!nontemporal !0") if streaming else
             f"  store {v} {current[m]}, {v}* %yq{m}, align 4",
@@ -222,47 +253,126 @@ def row_module_ir(dtype: Any, width: int, *, kernel: int, stride: int, dilation:
         "}",
     ]
     parts = [f"declare {v} {fma}({v}, {v}, {v})", text, "\n".join(drive)]
+    if masked:
+        parts[:0] = [f"declare {v} {load_intrinsic}({v}*, i32, <{width} x i1>, {v})",
+                     f"declare void {store_intrinsic}({v}, {v}*, i32, <{width} x i1>)"]
     return "\n\n".join(parts + (["!0 = !{i32 1}"] if streaming else [])) + "\n"
 
 
 @dataclass(frozen=True)
 class RowKernel:
-    """One compiled module: ``drive`` and the tile it was made for."""
+    """One compiled module: ``drive`` (and its address) and the tile it was made for."""
 
     cells: int
     width: int
     stride: int
     drive: Any
     engine: Any  # keeps the machine code alive
+    address: int = 0
+
+
+#: int64 values per call in the table :func:`call_runner` walks: the address of a
+#: module's ``drive``, the byte offsets of its ``x``, ``w`` and ``y``, its integer fields.
+CALL_VALUES = 4 + len(DRIVE_FIELDS)
+
+
+def calls_module_ir() -> str:
+    """The IR of ``drive(x, w, y, table, count)``: for each of the ``count`` rows of
+    :data:`CALL_VALUES` int64 values in ``table``, calls the ``drive`` whose address the
+    row starts with at ``x``, ``w`` and ``y`` advanced by the row's byte offsets, with its
+    fields (one call from Python for a job's calls, each of which costs ~2 µs there).
+
+    >>> "inttoptr" in calls_module_ir()
+    True
+    """
+    fields = len(DRIVE_FIELDS)
+    signature = "void (i8*, i8*, i8*" + ", i64" * fields + ")*"
+    lines = [
+        "define void @drive(i8* %x, i8* %w, i8* %y, i64* %table, i64 %count) {",
+        "entry:",
+        "  %go = icmp sgt i64 %count, 0",
+        "  br i1 %go, label %loop, label %exit",
+        "loop:",
+        "  %i = phi i64 [0, %entry], [%i1, %loop]",
+        f"  %row = mul i64 %i, {CALL_VALUES}",
+    ]
+    for k in range(CALL_VALUES):
+        lines += [f"  %q{k} = add i64 %row, {k}",
+                  f"  %p{k} = getelementptr i64, i64* %table, i64 %q{k}",
+                  f"  %v{k} = load i64, i64* %p{k}"]
+    lines += [f"  %fn = inttoptr i64 %v0 to {signature}",
+              "  %xa = getelementptr i8, i8* %x, i64 %v1",
+              "  %wa = getelementptr i8, i8* %w, i64 %v2",
+              "  %ya = getelementptr i8, i8* %y, i64 %v3"]
+    arguments = ", ".join(f"i64 %v{4 + k}" for k in range(fields))
+    lines += [f"  call void %fn(i8* %xa, i8* %wa, i8* %ya, {arguments})",
+              "  %i1 = add i64 %i, 1",
+              "  %more = icmp slt i64 %i1, %count",
+              "  br i1 %more, label %loop, label %exit",
+              "exit:",
+              "  ret void",
+              "}"]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class CallRunner:
+    """The compiled module of :func:`calls_module_ir`: ``drive(x, w, y, table, count)``."""
+
+    drive: Any
+    engine: Any  # keeps the machine code alive
+
+
+def call_runner(target: _llvm.VectorTarget | None = None) -> CallRunner | None:
+    """:func:`calls_module_ir` compiled for ``target`` (default: the one in use);
+    ``None`` without the compiled kernels."""
+    return _call_runner(target or _llvm.vector_target())
+
+
+@cached_once
+def _call_runner(target: _llvm.VectorTarget) -> CallRunner | None:
+    llvm = _llvm._llvm()
+    if llvm is None or not target.runs_here:
+        return None
+    address, engine = _llvm.compile_drive(llvm, target, calls_module_ir())
+    pointer = ctypes.c_void_p
+    drive = ctypes.CFUNCTYPE(None, pointer, pointer, pointer, pointer, ctypes.c_int64)(address)
+    return CallRunner(drive, engine)
 
 
 def row_kernel(dtype: Any, *, kernel: int, stride: int, dilation: int, cells: int,
-               target: _llvm.VectorTarget | None = None, streaming: bool = False
+               target: _llvm.VectorTarget | None = None, streaming: bool = False,
+               columns_read: tuple[int, int] | None = None, lanes: int = 0
                ) -> RowKernel | None:
     """The compiled module on ``target`` (default: the one in use; ``None``: no compiled
-    kernels here); ``streaming`` as in :func:`row_module_ir`."""
+    kernels here); ``streaming``, ``columns_read`` and ``lanes`` as in
+    :func:`row_module_ir`."""
     return _row_kernel(np.dtype(dtype), kernel, stride, dilation, cells,
-                       target or _llvm.vector_target(), streaming)
+                       target or _llvm.vector_target(), streaming, columns_read, lanes)
 
 
 @cached_once
 def _row_kernel(dtype: np.dtype[Any], kernel: int, stride: int, dilation: int, cells: int,
-                target: _llvm.VectorTarget, streaming: bool = False) -> RowKernel | None:
+                target: _llvm.VectorTarget, streaming: bool = False,
+                columns_read: tuple[int, int] | None = None, lanes: int = 0
+                ) -> RowKernel | None:
     llvm = _llvm._llvm()
     width = target.width(dtype)
     if llvm is None or not target.runs_here or width == 0 or dtype.char not in "fd":
         return None
     ir = row_module_ir(dtype, width, kernel=kernel, stride=stride, dilation=dilation,
-                       cells=cells, streaming=streaming)
+                       cells=cells, streaming=streaming, columns_read=columns_read,
+                       lanes=lanes)
     address, engine = _llvm.compile_drive(llvm, target, ir)
     pointer = ctypes.c_void_p
     signature = ctypes.CFUNCTYPE(None, pointer, pointer, pointer,
                                  *([ctypes.c_int64] * len(DRIVE_FIELDS)))
-    return RowKernel(cells, width, stride, signature(address), engine)
+    return RowKernel(cells, width, stride, signature(address), engine, address)
 
 
 def row_assembly(target: _llvm.VectorTarget, dtype: Any, *, kernel: int, stride: int,
-                 dilation: int, cells: int, streaming: bool = False) -> str:
+                 dilation: int, cells: int, streaming: bool = False,
+                 columns_read: tuple[int, int] | None = None) -> str:
     """The machine code of a module for ``target``, as assembly text (checks that the IR
     compiles for an instruction set this machine need not run; ``RuntimeError`` without
     llvmlite)."""
@@ -270,7 +380,8 @@ def row_assembly(target: _llvm.VectorTarget, dtype: Any, *, kernel: int, stride:
     if llvm is None:
         raise RuntimeError("llvmlite is not installed (or CONVARITH_JIT=0)")
     ir = row_module_ir(dtype, target.width(dtype), kernel=kernel, stride=stride,
-                       dilation=dilation, cells=cells, streaming=streaming)
+                       dilation=dilation, cells=cells, streaming=streaming,
+                       columns_read=columns_read)
     with _llvm._LOCK:
         machine = _llvm._machine(llvm, target)
         module = llvm.parse_assembly(ir)
