@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from ...arithmetic import effective_kernel
 from ..dispatch import ConvProblem, register_algorithm
 from .flat_rows import plan
 from .offset_gemm import row_blocks, tap_view
@@ -111,7 +112,7 @@ def _channels_first_rows(xp: np.ndarray, kernel: np.ndarray, dilation: Sequence[
     n, channels = xp.shape[0], xp.shape[-1]
     step = math.prod(xp.shape[2:-1])  # grid cells per output row at stride 1
     grid = math.prod(xp.shape[1:-1])
-    reach = sum(d * (k - 1) for d, k in zip(dilation, kernel.shape[:rank]))
+    reach = sum(effective_kernel(k, d) - 1 for d, k in zip(dilation, kernel.shape[:rank]))
     images = n * channels * (grid + step * (reach + 2)) * itemsize
     output = n * math.prod(out_size) * filters * itemsize
     allowed = (3 * (xp.nbytes + kernel.nbytes + output)) // 2 - output - images
