@@ -184,3 +184,44 @@ def test_col2im_without_numba_installed():
                                               use_numba=True))
         """
     )
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("seed", range(6))
+def test_col2im_input_gradient_against_torch_convolution_backward(seed):
+    """The input gradient of a (grouped) convolution, run by col2im with the groups
+    batched in one product and one gather, or one group at a time (a tiny chunk
+    budget), against PyTorch's ``convolution_backward``."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(100 + seed)
+    rank = 1 + seed % 2
+    groups = int(rng.choice([1, 4, 8, 32]))
+    strides = tuple(int(v) for v in rng.integers(1, 3, rank))
+    dilation = tuple(int(v) for v in rng.integers(1, 3, rank))
+    kernel_size = tuple(int(v) for v in rng.integers(1, 4, rank))
+    padding = tuple(int(rng.integers(0, k)) for k in kernel_size)
+    spec = ConvSpec(kernel_size, strides=strides, dilation=dilation, groups=groups,
+                    padding=tuple((p, p) for p in padding))
+    size = tuple(int(v) for v in rng.integers(3, 9, rank))
+    x_shape = (int(rng.integers(1, 4)), *size, groups * int(rng.integers(1, 4)))
+    resolved = spec.resolve(x_shape)
+    kernel = rng.standard_normal((*kernel_size, x_shape[-1] // groups,
+                                  groups * int(rng.integers(1, 4)))).astype(np.float32)
+    dy = rng.standard_normal((x_shape[0], *resolved.output_size, kernel.shape[-1])
+                             ).astype(np.float32)
+    expected = torch.ops.aten.convolution_backward(
+        torch.from_numpy(np.moveaxis(dy, -1, 1).copy()),
+        torch.zeros((x_shape[0], x_shape[-1], *size)),
+        torch.from_numpy(np.moveaxis(kernel, (-1, -2), (0, 1)).copy()),
+        None, list(strides), list(padding), list(dilation), False, [0] * rank, groups,
+        [True, False, False])[0].numpy()
+    expected = np.moveaxis(expected, 1, -1)
+    # the input gradient: the transposed convolution of dy, its grid cropped to the input
+    grid_padding = tuple((a - lo, b - hi) for (a, b), (lo, hi) in
+                         zip(resolved.input_gradient_padding, resolved.padding))
+    for use_numba, chunk_bytes in itertools.product((None, False), (None, 64)):
+        d_x = col2im.transposed(dy, kernel, strides, dilation, groups, grid_padding, size,
+                                use_numba=use_numba, chunk_bytes=chunk_bytes)
+        error = relative_error(d_x, expected)
+        assert error <= 1e-5, (f"seed {100 + seed} numba={use_numba} chunk={chunk_bytes}: "
+                               f"{spec} on {x_shape}: error {error:.2e}")
