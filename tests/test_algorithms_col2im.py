@@ -121,6 +121,41 @@ def test_dispatch_takes_the_cheapest_for_strided_layers():
     assert not subpixel.applies(problem((8, 28, 28, 8), (4, 4, 16, 8), (2, 2)))
 
 
+@pytest.mark.parametrize(("kernel_size", "strides", "channels", "filters"), [
+    (7, 2, 3, 64), (3, 2, 3, 32), (3, 1, 3, 64), (5, 1, 3, 24), (3, 2, 1, 32), (3, 2, 16, 32)])
+def test_input_gradients_of_network_stems_take_the_cheapest(kernel_size, strides, channels,
+                                                            filters):
+    """The input gradient of a first convolution (few input channels: a narrow
+    transposed output): the engine's choice applies, costs least, and gives the
+    scatter reference's result."""
+    spec = ConvSpec(kernel_size, strides=strides, padding="same")
+    x_shape = (2, 16, 16, channels)
+    resolved = spec.resolve(x_shape)
+    dy_shape = (2, *resolved.output_size, filters)
+    grid_padding = tuple((a - lo, b - hi) for (a, b), (lo, hi) in
+                         zip(resolved.input_gradient_padding, resolved.padding))
+    layer = (dy_shape, (kernel_size, kernel_size, channels, filters), (strides,) * 2, (1, 1), 1,
+             grid_padding)
+    assert_transposed_cheapest_applies(*layer)
+    assert_transposed_runs_as_reference(*layer, seed=kernel_size * 100 + channels)
+
+
+def test_narrow_outputs_cost_more_only_below_a_phase_of_seven_columns():
+    """The narrow share follows a phase's product width (taps × output channels /
+    strides): 7×7 stride 2 with 3 channels is not narrow, 3×3 stride 2 with 1 is."""
+    def cost(kernel_size, strides, filters):
+        problem = ConvProblem((1, 8, 8, 64), (kernel_size, kernel_size, filters, 64),
+                              (strides,) * 2, (1, 1), 1, (8 * strides,) * 2,
+                              np.dtype(np.float32))
+        return col2im.cost(problem) / (problem.flops / strides ** 2)
+
+    taps_share = 0.6 + 0.3 / 49
+    assert cost(7, 2, 3) == pytest.approx(taps_share)
+    assert cost(3, 2, 1) == pytest.approx((0.6 + 0.3 / 9) * col2im.NARROW_COLUMNS / 2.25)
+    assert cost(3, 1, 3) == pytest.approx(0.6 + 0.3 / 9)  # narrow: no stride-1 share
+    assert cost(3, 1, 16) == pytest.approx((0.6 + 0.3 / 9) * col2im.STRIDE_1_SHARE)
+
+
 def test_engine_runs_the_l9_shape_as_the_reference():
     """The default path and col2im forced, on an L9-like layer, are the scatter reference."""
     rng = np.random.default_rng(3)

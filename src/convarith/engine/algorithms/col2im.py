@@ -441,8 +441,17 @@ applies = Requirements((("rank 1 to 3", lambda p: 1 <= p.rank <= 3),))
 
 #: Stride 1 (the input gradient of a stride-1 convolution) has no zeros to skip:
 #: measured (one core, batch 32, 3×3, 8² to 32², 16 to 128 channels) 1.03–1.9×
-#: slower than :mod:`.register_tiles` on the grid in 7 of 8 layers.
+#: slower than :mod:`.register_tiles` on the grid in 7 of 8 layers. Not charged
+#: below :data:`NARROW_CHANNELS` output channels per group, where the direct
+#: algorithms' products are as narrow as the output.
 STRIDE_1_SHARE = 1.5
+
+#: Output channels per group below which the direct algorithms' products are narrow.
+NARROW_CHANNELS = 16
+
+#: Columns of a phase's product (its taps × output channels per group) below which
+#: the gather per cell dominates.
+NARROW_COLUMNS = 7.0
 
 
 def cost(problem: ConvProblem) -> float:
@@ -455,19 +464,29 @@ def cost(problem: ConvProblem) -> float:
     (a few 3×3 stride-2 ones within 10 %), so about ``0.6 ×`` plus a share for
     the gather that small kernels do not amortize (3-tap stride-1 layers stay
     with :mod:`.flat_rows`); one product per group makes tiny groups slow
-    (depthwise stays with the direct algorithms). Fewer than 16 output channels
-    per group leave the products too narrow and the gather per cell dominates:
-    measured (one core, batch 32, 3×3, 16² and 32²) 1.3–13× slower than
-    :mod:`.flat_rows` / :mod:`.register_tiles` with 1, 3 or 8 of them (the
-    input gradient of a network's first convolutions), so the cost grows as
-    ``16 / channels`` below 16.
+    (depthwise stays with the direct algorithms).
+
+    Few output channels per group (the input gradient of a network's first
+    convolution: 1 to 8 of them) leave narrow products, but the products are
+    as wide as a phase's taps times those channels: the cost grows as
+    ``NARROW_COLUMNS / columns`` below :data:`NARROW_COLUMNS` columns. Measured
+    (one thread, busy machine; batch 1 on 112², 16 on 56², 4 on 32²) on such
+    input gradients: 7×7 stride 2 with 3 channels 0.31–0.51× the time of
+    :mod:`.phase` (49 taps: 37 columns a phase), 5×5 stride 2 0.42–1.45×,
+    3×3 stride 2 0.68–1.17× (6.75 columns: a tie, charged 1.04), 1 channel
+    0.61–1.7× (2.25 columns: charged 3.1, phase's); stride 1 with 3 channels
+    1.0–2.5× faster than :mod:`.flat_rows` / :mod:`.register_tiles` (3×3 and 5×5),
+    8 channels even, 16 channels 1.5× slower (:data:`STRIDE_1_SHARE` from 16 on).
     """
     real = problem.flops / math.prod(problem.strides)
     taps = math.prod(problem.kernel_size)
     per_group = problem.in_channels // max(1, problem.groups)
     group_share = 1.0 + 8.0 / max(1, per_group) if problem.groups > 1 else 1.0
-    narrow = max(1.0, 16.0 / max(1, problem.kernel_shape[-2]))
-    unstrided = STRIDE_1_SHARE if math.prod(problem.strides) == 1 else 1.0
+    outputs = problem.kernel_shape[-2]  # output channels per group
+    columns = outputs * taps / math.prod(problem.strides)  # a phase's product, on average
+    narrow = max(1.0, NARROW_COLUMNS / columns)
+    unstrided = (STRIDE_1_SHARE if math.prod(problem.strides) == 1 and outputs >= NARROW_CHANNELS
+                 else 1.0)
     return real * (0.6 + 0.3 / taps) * group_share * narrow * unstrided
 
 
