@@ -300,8 +300,19 @@ def forward_paths(case: BenchCase, backward: bool) -> list[str]:
     groups = resolved.groups or 1
     n = case.input_shape[0]
     if spec.transposed:
-        return [transposed_algorithm(case.input_shape, case.kernel_shape, spec.strides,
-                                     spec.dilation, groups, resolved.padding)]
+        names = [transposed_algorithm(case.input_shape, case.kernel_shape, spec.strides,
+                                      spec.dilation, groups, resolved.padding)]
+        if backward:
+            # conv_vjp of a transposed convolution: the input gradient is the direct
+            # convolution of the output gradient (its crop undone) with the same kernel,
+            # the kernel's the weight gradient of that against the input
+            grid = tuple(o + lo + hi for o, (lo, hi) in zip(resolved.output_size,
+                                                            resolved.crop))
+            problem = ConvProblem((n, *grid, case.output_shape[-1]), case.kernel_shape,
+                                  spec.strides, spec.dilation, groups, resolved.input_size,
+                                  np.dtype(np.float32))
+            names += [choose(problem).name, choose_weight_grad(problem).name]
+        return names
     problem = ConvProblem((n, *resolved.padded_size, case.input_shape[-1]), case.kernel_shape,
                           spec.strides, spec.dilation, groups,
                           resolved.output_size, np.dtype(np.float32))
