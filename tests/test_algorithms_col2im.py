@@ -121,6 +121,41 @@ def test_dispatch_takes_the_cheapest_for_strided_layers():
     assert not subpixel.applies(problem((8, 28, 28, 8), (4, 4, 16, 8), (2, 2)))
 
 
+@pytest.mark.parametrize(("kernel_size", "strides", "channels", "filters"), [
+    (7, 2, 3, 64), (3, 2, 3, 32), (3, 1, 3, 64), (5, 1, 3, 24), (3, 2, 1, 32), (3, 2, 16, 32)])
+def test_input_gradients_of_network_stems_take_the_cheapest(kernel_size, strides, channels,
+                                                            filters):
+    """The input gradient of a first convolution (few input channels: a narrow
+    transposed output): the engine's choice applies, costs least, and gives the
+    scatter reference's result."""
+    spec = ConvSpec(kernel_size, strides=strides, padding="same")
+    x_shape = (2, 16, 16, channels)
+    resolved = spec.resolve(x_shape)
+    dy_shape = (2, *resolved.output_size, filters)
+    grid_padding = tuple((a - lo, b - hi) for (a, b), (lo, hi) in
+                         zip(resolved.input_gradient_padding, resolved.padding))
+    layer = (dy_shape, (kernel_size, kernel_size, channels, filters), (strides,) * 2, (1, 1), 1,
+             grid_padding)
+    assert_transposed_cheapest_applies(*layer)
+    assert_transposed_runs_as_reference(*layer, seed=kernel_size * 100 + channels)
+
+
+def test_narrow_outputs_cost_more_only_below_a_phase_of_seven_columns():
+    """The narrow share follows a phase's product width (taps × output channels /
+    strides): 7×7 stride 2 with 3 channels is not narrow, 3×3 stride 2 with 1 is."""
+    def cost(kernel_size, strides, filters):
+        problem = ConvProblem((1, 8, 8, 64), (kernel_size, kernel_size, filters, 64),
+                              (strides,) * 2, (1, 1), 1, (8 * strides,) * 2,
+                              np.dtype(np.float32))
+        return col2im.cost(problem) / (problem.flops / strides ** 2)
+
+    taps_share = 0.6 + 0.3 / 49
+    assert cost(7, 2, 3) == pytest.approx(taps_share)
+    assert cost(3, 2, 1) == pytest.approx((0.6 + 0.3 / 9) * col2im.NARROW_COLUMNS / 2.25)
+    assert cost(3, 1, 3) == pytest.approx(0.6 + 0.3 / 9)  # narrow: no stride-1 share
+    assert cost(3, 1, 16) == pytest.approx((0.6 + 0.3 / 9) * col2im.STRIDE_1_SHARE)
+
+
 def test_engine_runs_the_l9_shape_as_the_reference():
     """The default path and col2im forced, on an L9-like layer, are the scatter reference."""
     rng = np.random.default_rng(3)
@@ -184,3 +219,44 @@ def test_col2im_without_numba_installed():
                                               use_numba=True))
         """
     )
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("seed", range(6))
+def test_col2im_input_gradient_against_torch_convolution_backward(seed):
+    """The input gradient of a (grouped) convolution, run by col2im with the groups
+    batched in one product and one gather, or one group at a time (a tiny chunk
+    budget), against PyTorch's ``convolution_backward``."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(100 + seed)
+    rank = 1 + seed % 2
+    groups = int(rng.choice([1, 4, 8, 32]))
+    strides = tuple(int(v) for v in rng.integers(1, 3, rank))
+    dilation = tuple(int(v) for v in rng.integers(1, 3, rank))
+    kernel_size = tuple(int(v) for v in rng.integers(1, 4, rank))
+    padding = tuple(int(rng.integers(0, k)) for k in kernel_size)
+    spec = ConvSpec(kernel_size, strides=strides, dilation=dilation, groups=groups,
+                    padding=tuple((p, p) for p in padding))
+    size = tuple(int(v) for v in rng.integers(3, 9, rank))
+    x_shape = (int(rng.integers(1, 4)), *size, groups * int(rng.integers(1, 4)))
+    resolved = spec.resolve(x_shape)
+    kernel = rng.standard_normal((*kernel_size, x_shape[-1] // groups,
+                                  groups * int(rng.integers(1, 4)))).astype(np.float32)
+    dy = rng.standard_normal((x_shape[0], *resolved.output_size, kernel.shape[-1])
+                             ).astype(np.float32)
+    expected = torch.ops.aten.convolution_backward(
+        torch.from_numpy(np.moveaxis(dy, -1, 1).copy()),
+        torch.zeros((x_shape[0], x_shape[-1], *size)),
+        torch.from_numpy(np.moveaxis(kernel, (-1, -2), (0, 1)).copy()),
+        None, list(strides), list(padding), list(dilation), False, [0] * rank, groups,
+        [True, False, False])[0].numpy()
+    expected = np.moveaxis(expected, 1, -1)
+    # the input gradient: the transposed convolution of dy, its grid cropped to the input
+    grid_padding = tuple((a - lo, b - hi) for (a, b), (lo, hi) in
+                         zip(resolved.input_gradient_padding, resolved.padding))
+    for use_numba, chunk_bytes in itertools.product((None, False), (None, 64)):
+        d_x = col2im.transposed(dy, kernel, strides, dilation, groups, grid_padding, size,
+                                use_numba=use_numba, chunk_bytes=chunk_bytes)
+        error = relative_error(d_x, expected)
+        assert error <= 1e-5, (f"seed {100 + seed} numba={use_numba} chunk={chunk_bytes}: "
+                               f"{spec} on {x_shape}: error {error:.2e}")

@@ -135,10 +135,9 @@ def test_networks_suite_runs_one_small_layer_per_network(tmp_path) -> None:
 
     results = nets.run_networks(list(nets.NETWORKS), (1,), image=32, backward=False,
                                 repeat=1, only_first=True, one_process=True)
-    results += nets.run_networks(["wavenet"], (2,), image=32, backward=True, repeat=1,
+    results += nets.run_networks(["wavenet"], (2,), image=32, forward=False, repeat=1,
                                  only_first=True, one_process=True)
-    assert [n.direction for n in results] == ["forward"] * (len(nets.NETWORKS) + 1) + [
-        "backward"]
+    assert [n.direction for n in results] == ["forward"] * len(nets.NETWORKS) + ["backward"]
     for network in results:
         assert len(network.layers) == 1
         layer = network.layers[0]
@@ -148,6 +147,40 @@ def test_networks_suite_runs_one_small_layer_per_network(tmp_path) -> None:
     table = nets.render_networks(results)
     assert "resnet50" in table and "wavenet" in table
     assert "| resnet50 | 1 | for | 7x7 s2, 3->64, 32x32 |" in nets.markdown_layers(results)
+
+
+def test_networks_suite_times_at_least_one_direction() -> None:
+    from convarith import bench_networks as nets
+
+    with pytest.raises(ValueError, match="forward=False and backward=False time nothing"):
+        nets.run_networks(["wavenet"], (1,), forward=False, backward=False)
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--directions", "backward"])
+    assert stop.value.code == 2
+
+
+@pytest.mark.parametrize("gradients", ["both", "input", "kernel"])
+def test_torch_backward_runner_returns_the_asked_gradients(gradients: str) -> None:
+    """The PyTorch side of a backward race: the gradients asked for, in their shapes,
+    the same on every call (the forward's graph is kept, not rebuilt per call)."""
+    torch = pytest.importorskip("torch")
+
+    case = bench.BenchCase("g", "g", (2, 9, 9, 4), (3, 3, 4, 6),
+                           ConvSpec(3, strides=2, padding="same"), backward=True)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(case.input_shape).astype(np.float32)
+    kernel = rng.standard_normal(case.kernel_shape).astype(np.float32)
+    picked = bench.torch_runner(case, x, kernel, True, gradients)
+    assert picked is not None
+    fn, _ = picked
+    first, again = fn(), fn()
+    shapes = {"input": (2, 4, 9, 9), "kernel": (6, 4, 3, 3)}
+    expected = [shapes["input"], shapes["kernel"]] if gradients == "both" else [
+        shapes[gradients]]
+    assert [tuple(g.shape) for g in first] == expected
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    with pytest.raises(ValueError, match="gradients must be 'both', 'input' or 'kernel'"):
+        bench.torch_runner(case, x, kernel, True, "weights")
 
 
 @pytest.mark.parametrize(("argv", "message"), [

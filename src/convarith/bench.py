@@ -130,8 +130,15 @@ SETTLE_SECONDS = 0.02
 
 
 def torch_runner(case: BenchCase, x: np.ndarray, kernel: np.ndarray,
-                  backward: bool) -> tuple[Callable[[], Any], str] | None:
-    """The fastest PyTorch equivalent (NCHW or channels-last), or None without torch."""
+                  backward: bool, gradients: str = "both"
+                  ) -> tuple[Callable[[], Any], str] | None:
+    """The fastest PyTorch equivalent (NCHW or channels-last), or None without torch.
+
+    Backward: the gradients of the input and the kernel (``gradients="both"``),
+    or only one of them (``"input"``, ``"kernel"``: PyTorch then computes only
+    that one)."""
+    if gradients not in ("both", "input", "kernel"):
+        raise ValueError(f"gradients must be 'both', 'input' or 'kernel', got {gradients!r}")
     try:
         import torch
         import torch.nn.functional as tf
@@ -184,14 +191,17 @@ def torch_runner(case: BenchCase, x: np.ndarray, kernel: np.ndarray,
         a = xt.contiguous(memory_format=memory_format)
         w = wt.contiguous(memory_format=memory_format)
         if backward:
+            # the backward pass alone, as conv_vjp times it: the forward runs once,
+            # here, and its graph is kept (PyTorch's convolution_backward per call)
             a.requires_grad_(True)
             w.requires_grad_(True)
             y = call(a, w)
             g = torch.randn_like(y)
 
-            def run_backward(a: Any = a, w: Any = w, g: Any = g) -> Any:
-                y = call(a, w)
-                return torch.autograd.grad(y, (a, w), g)
+            wrt = {"both": (a, w), "input": (a,), "kernel": (w,)}[gradients]
+
+            def run_backward(y: Any = y, wrt: Any = wrt, g: Any = g) -> Any:
+                return torch.autograd.grad(y, wrt, g, retain_graph=True)
 
             candidates.append((run_backward, label))
         else:
@@ -290,8 +300,19 @@ def forward_paths(case: BenchCase, backward: bool) -> list[str]:
     groups = resolved.groups or 1
     n = case.input_shape[0]
     if spec.transposed:
-        return [transposed_algorithm(case.input_shape, case.kernel_shape, spec.strides,
-                                     spec.dilation, groups, resolved.padding)]
+        names = [transposed_algorithm(case.input_shape, case.kernel_shape, spec.strides,
+                                      spec.dilation, groups, resolved.padding)]
+        if backward:
+            # conv_vjp of a transposed convolution: the input gradient is the direct
+            # convolution of the output gradient (its crop undone) with the same kernel,
+            # the kernel's the weight gradient of that against the input
+            grid = tuple(o + lo + hi for o, (lo, hi) in zip(resolved.output_size,
+                                                            resolved.crop))
+            problem = ConvProblem((n, *grid, case.output_shape[-1]), case.kernel_shape,
+                                  spec.strides, spec.dilation, groups, resolved.input_size,
+                                  np.dtype(np.float32))
+            names += [choose(problem).name, choose_weight_grad(problem).name]
+        return names
     problem = ConvProblem((n, *resolved.padded_size, case.input_shape[-1]), case.kernel_shape,
                           spec.strides, spec.dilation, groups,
                           resolved.output_size, np.dtype(np.float32))
@@ -588,7 +609,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="timed calls per runner in each round, after one settling call "
                              "(default 2)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    parser.add_argument("--quick", action="store_true", help="few rounds, forward only")
+    parser.add_argument("--quick", action="store_true",
+                        help="few rounds, forward only (unless --directions says otherwise)")
+    parser.add_argument("--directions", choices=("forward", "backward", "both"), default=None,
+                        help="networks suite: which passes to time (default both; --quick "
+                             "forward); backward is conv_vjp against PyTorch's backward "
+                             "alone, both gradients")
     parser.add_argument("--plain", action="store_true", help="plain text table (no rich)")
     parser.add_argument("--suite", choices=("layers", "networks"), default="layers",
                         help="layers: the nine benchmark layers (default); networks: every "
@@ -632,7 +658,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--repeat must be at least 1, got {repeat}")
     if args.block < 1:
         parser.error(f"--block must be at least 1, got {args.block}")
-    results = run([known[n] for n in names], repeat=repeat, include_backward=not args.quick,
+    directions = args.directions or ("forward" if args.quick else "both")
+    if directions == "backward":
+        parser.error("--directions backward: the layers suite times each case forward, then "
+                     "backward; use --directions both (or --suite networks)")
+    results = run([known[n] for n in names], repeat=repeat,
+                  include_backward=directions == "both",
                   log=lambda msg: print(msg, file=sys.stderr, flush=True), block=args.block)
     print(render(results, plain=args.plain))
     if args.json:
@@ -674,7 +705,10 @@ def _main_networks(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     if args.threads is not None and (args.threads < 1 or args.one_process):
         parser.error(f"--threads must be at least 1 and needs a process per runtime (no "
                      f"--one-process), got {args.threads}")
-    results = nets.run_networks(names, batches, image=image, backward=not args.quick,
+    directions = args.directions or ("forward" if args.quick else "both")
+    results = nets.run_networks(names, batches, image=image,
+                                forward=directions != "backward",
+                                backward=directions != "forward",
                                 repeat=repeat, block=args.block,
                                 one_process=args.one_process, threads=args.threads,
                                 log=lambda msg: print(msg, file=sys.stderr, flush=True))

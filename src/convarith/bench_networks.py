@@ -411,9 +411,11 @@ def _torch_pool(layer: NetLayer, x: np.ndarray, backward: bool) -> Callable[[], 
             with torch.no_grad():
                 return pool(xt)
         return forward
+    # the backward pass alone (the forward runs once, its graph kept), as conv_vjp
     a = xt.clone().requires_grad_(True)
-    g = torch.randn_like(pool(a))
-    return lambda: torch.autograd.grad(pool(a), (a,), g)
+    y = pool(a)
+    g = torch.randn_like(y)
+    return lambda: torch.autograd.grad(y, (a,), g, retain_graph=True)
 
 
 def _onnx_runner(layer: NetLayer, x: np.ndarray, kernel: np.ndarray | None,
@@ -856,8 +858,10 @@ def run_networks(names: Sequence[str], batches: Sequence[int] = (1, 16), *, imag
                  backward: bool = True, repeat: int = 3, block: int = 1,
                  log: Callable[[str], None] | None = None,
                  only_first: bool = False, one_process: bool = False,
-                 threads: int | None = None) -> list[NetworkResult]:
+                 threads: int | None = None, forward: bool = True) -> list[NetworkResult]:
     """Time every distinct layer of each network in ``names`` at each batch size.
+
+    ``forward`` and ``backward`` say which passes are timed (at least one).
 
     Each runtime times a network's layers (one batch, one direction) in a process
     of its own, on the same inputs, with ``threads`` threads (default: every
@@ -869,6 +873,9 @@ def run_networks(names: Sequence[str], batches: Sequence[int] = (1, 16), *, imag
         raise ValueError(f"threads={threads} needs a whole number of at least 1 and a "
                          "process per runtime (one_process=False): the thread pools are "
                          "sized when a process starts")
+    if not (forward or backward):
+        raise ValueError("forward=False and backward=False time nothing: keep at least one "
+                         "of the two passes")
     results = []
     for name in names:
         layers = distinct(NETWORKS[name](image))
@@ -877,7 +884,7 @@ def run_networks(names: Sequence[str], batches: Sequence[int] = (1, 16), *, imag
             layers = {first: layers[first]}
         for batch in batches:
             inputs = _inputs(layers, batch, seed=batch)
-            for backward_pass in ([False, True] if backward else [False]):
+            for backward_pass in [False] * forward + [True] * backward:
                 direction = "backward" if backward_pass else "forward"
                 if not one_process:
                     if log:

@@ -23,8 +23,8 @@ fits in a core's cache; each piece runs on one thread. The col2im step is a
 *gather*: each output cell is written once, as the sum of the blocks that
 reach it (no zero fill, no read-modify-write), compiled with numba when it
 is installed, else one strided slice add per tap on a zeroed output, adding
-in the same order (the results are identical). Groups run one product per
-group.
+in the same order (the results are identical). Groups run as one batched
+product per phase (a product per group inside it) and one gather.
 
 Examples
 --------
@@ -69,40 +69,43 @@ def _numba_gather() -> Callable[..., None] | None:
     def gather(cols, y, n_first, n_last, i0_base, rows_in_cols, size1, size2,
                p0_first, p0_last, out0, count0, index0, tap0, out1, count1, index1, tap1,
                out2, count2, index2, tap2, k1, k2, fg, f0, f):
-        # y (N, O0, O1, O2·F), channels f0 .. f0 + fg of images n_first .. n_last - 1, at
-        # the phase's output cells (out0[p0_first:p0_last], out1, out2): each cell is the
-        # sum of the blocks of cols ((images · rows_in_cols) · size1 · size2, taps · fg,
-        # input rows from i0_base) that reach it, in increasing input order (per axis and
-        # output, the tables list the input indices and the tap positions reaching it).
-        # Loops run over slices (indices known non-negative, so the copies vectorize).
+        # y (N, O0, O1, O2·F), images n_first .. n_last - 1, at the phase's output cells
+        # (out0[p0_first:p0_last], out1, out2), groups g of cols (channels f0 + g·fg ..):
+        # each cell is the sum of the blocks of cols[:, g] ((images · rows_in_cols) · size1
+        # · size2, G, taps · fg, input rows from i0_base) that reach it, in increasing input
+        # order (per axis and output, the tables list the input indices and the tap
+        # positions reaching it). Loops run over slices (indices known non-negative, so
+        # the copies vectorize).
         for n in range(n_first, n_last):
             for p0 in range(p0_first, p0_last):
                 o0 = out0[p0]
                 for p1 in range(out1.shape[0]):
                     target = y[n, o0, out1[p1]]
                     for p2 in range(out2.shape[0]):
-                        start = out2[p2] * f + f0
-                        dst = target[start:start + fg]
-                        first = True
-                        for j0 in range(count0[p0]):
-                            r0 = (n - n_first) * rows_in_cols + index0[p0, j0] - i0_base
-                            t0 = tap0[p0, j0]
-                            for j1 in range(count1[p1]):
-                                r1 = r0 * size1 + index1[p1, j1]
-                                t1 = t0 * k1 + tap1[p1, j1]
-                                for j2 in range(count2[p2]):
-                                    t = t1 * k2 + tap2[p2, j2]
-                                    src = cols[r1 * size2 + index2[p2, j2], t * fg:(t + 1) * fg]
-                                    if first:
-                                        for v in range(fg):
-                                            dst[v] = src[v]
-                                        first = False
-                                    else:
-                                        for v in range(fg):
-                                            dst[v] += src[v]
-                        if first:
-                            for v in range(fg):
-                                dst[v] = 0.0
+                        for g in range(cols.shape[1]):
+                            start = out2[p2] * f + f0 + g * fg
+                            dst = target[start:start + fg]
+                            first = True
+                            for j0 in range(count0[p0]):
+                                r0 = (n - n_first) * rows_in_cols + index0[p0, j0] - i0_base
+                                t0 = tap0[p0, j0]
+                                for j1 in range(count1[p1]):
+                                    r1 = r0 * size1 + index1[p1, j1]
+                                    t1 = t0 * k1 + tap1[p1, j1]
+                                    for j2 in range(count2[p2]):
+                                        t = t1 * k2 + tap2[p2, j2]
+                                        src = cols[r1 * size2 + index2[p2, j2], g,
+                                                   t * fg:(t + 1) * fg]
+                                        if first:
+                                            for v in range(fg):
+                                                dst[v] = src[v]
+                                            first = False
+                                        else:
+                                            for v in range(fg):
+                                                dst[v] += src[v]
+                            if first:
+                                for v in range(fg):
+                                    dst[v] = 0.0
 
     return gather
 
@@ -281,7 +284,7 @@ def transposed(
     strides, dilation
         Per spatial axis.
     groups
-        Channel groups (one product per group and phase).
+        Channel groups (a batched product per phase, one product per group).
     padding
         Padding of the zero-inserted input per axis (``(lo, hi)``, negative
         crops): the resolved spec's ``.padding``.
@@ -342,23 +345,28 @@ def transposed(
     y4 = y.reshape(n, out3[0], out3[1], -1)
     taps = math.prod(kernel_size)
     by_tap = kernel.reshape(taps, fg, c)
-    # each phase: its taps per axis, and per group the (Cg, taps·Fg) matrix whose
-    # column p·Fg + f holds kernel[tap p, f, g·Cg + c], as the transpose of a
-    # row-major (taps·Fg, C) copy of the phase's taps (a transposed operand costs BLAS
-    # nothing; a transposed copy of a deep layer's kernel cost more than its products:
-    # 3×3 stride 2, 512 -> 512 on 7² cells, one core: 11.8 ms against 3.1 for the products)
-    phases = []
+    # each phase: its taps per axis, and the (G, Cg, taps·Fg) matrices whose
+    # column p·Fg + f of group g holds kernel[tap p, f, g·Cg + c], as the transpose of
+    # a row-major (taps·Fg, C) view or copy of the phase's taps (a transposed operand
+    # costs BLAS nothing; a transposed copy of a deep layer's kernel cost more than its
+    # products: 3×3 stride 2, 512 -> 512 on 7² cells, one core: 11.8 ms against 3.1 for
+    # the products). Consecutive taps (stride 1: all of them) are a view, no copy: a
+    # deep layer's kernel read once per call is its whole memory traffic on few cells.
+    phases: list[tuple[tuple[_AxisPhase, ...], np.ndarray | None]] = []
     for combo in itertools.product(*(plan.phases for plan in plans)):
         tap_ids = [(t0 * kernel3[1] + t1) * kernel3[2] + t2
                    for t0, t1, t2 in itertools.product(*(p.taps for p in combo))]
-        rows = by_tap[tap_ids].reshape(len(tap_ids) * fg, c) if tap_ids else None
-        weights = [rows[:, g * cg:(g + 1) * cg].T for g in range(groups)
-                   ] if rows is not None else []
-        phases.append((combo, weights))
-    widest = max((w[0].shape[1] for _, w in phases if w), default=0)  # taps·Fg, widest phase
+        if not tap_ids:
+            phases.append((combo, None))
+            continue
+        consecutive = tap_ids == list(range(tap_ids[0], tap_ids[0] + len(tap_ids)))
+        chosen = by_tap[tap_ids[0]:tap_ids[-1] + 1] if consecutive else by_tap[tap_ids]
+        rows = chosen.reshape(len(tap_ids) * fg, c)
+        phases.append((combo, rows.reshape(len(tap_ids) * fg, groups, cg).transpose(1, 2, 0)))
+    widest = max((w.shape[2] for _, w in phases if w is not None), default=0)  # taps·Fg
     rows_per_image = size[0]
     cells_per_row = math.prod(size[1:])
-    row_bytes = cells_per_row * taps * fg * x.dtype.itemsize
+    row_bytes = cells_per_row * taps * fg * x.dtype.itemsize  # one group's products
     workers = worker_count() if threads is None else threads
     if chunk_bytes is None:
         # blocks tall enough that the input rows two blocks share are few
@@ -367,6 +375,10 @@ def transposed(
     units = _units(n, plans[0].count, plans[0].index, row_bytes, rows_per_image, chunk_bytes,
                    workers)
     largest = max((n1 - n0) * (i1 - i0) for n0, n1, _, _, i0, i1 in units) * cells_per_row
+    # groups run in batches whose products fit the budget together: one product
+    # call and one gather per batch (tiny groups on few cells: per-group calls cost
+    # more than their products)
+    group_batch = max(1, min(groups, chunk_bytes // max(1, largest * widest * x.dtype.itemsize)))
     x_rows = x.reshape(n, rows_per_image, cells_per_row, c)
     buffers: dict[int, np.ndarray] = {}
 
@@ -376,40 +388,44 @@ def transposed(
         key = threading.get_ident()
         buffer = buffers.get(key)
         if buffer is None:
-            buffer = buffers[key] = workspace("col2im.columns", (max(1, largest * widest),),
-                                              x.dtype)
-        pieces = x_rows[n0:n1, i0:i1].reshape(count, c)
-        for g in range(groups):
-            channels = slice(g * fg, (g + 1) * fg)
-            target = y5[n0:n1, o0:o1, :, :, channels]
-            if gather is None:
-                target[...] = 0
-            for combo, weights in phases:
-                first, stride = combo[0].first, strides3[0]
-                p_first = max(0, -(-(o0 - first) // stride))
-                p_last = min(len(combo[0].outputs), -(-(o1 - first) // stride))
-                if p_first >= p_last:
-                    continue
-                if not weights or not count:  # no tap lands on this phase: zeros
-                    if gather is not None:
-                        cells = (slice(None), slice(first + p_first * stride - o0, None, stride),
-                                 *(slice(p.first, None, s) for p, s in zip(combo[1:], strides3[1:])))
-                        target[cells] = 0
-                    continue
-                width = weights[g].shape[1]
-                cols = buffer[: count * width].reshape(count, width)
-                part = pieces if groups == 1 else pieces[:, g * cg:(g + 1) * cg]
-                np.matmul(part, weights[g], out=cols)
+            buffer = buffers[key] = workspace("col2im.columns",
+                                              (max(1, group_batch * largest * widest),), x.dtype)
+        # (G, cells, Cg): each group's input channels, strided views (BLAS reads them)
+        pieces = x_rows[n0:n1, i0:i1].reshape(count, groups, cg).transpose(1, 0, 2)
+        target = y5[n0:n1, o0:o1]
+        if gather is None:
+            target[...] = 0
+        for combo, weights in phases:
+            first, stride = combo[0].first, strides3[0]
+            p_first = max(0, -(-(o0 - first) // stride))
+            p_last = min(len(combo[0].outputs), -(-(o1 - first) // stride))
+            if p_first >= p_last:
+                continue
+            if weights is None or not count:  # no tap lands on this phase: zeros
+                if gather is not None:
+                    cells = (slice(None), slice(first + p_first * stride - o0, None, stride),
+                             *(slice(p.first, None, s) for p, s in zip(combo[1:], strides3[1:])))
+                    target[cells] = 0
+                continue
+            width = weights.shape[2]
+            for g0 in range(0, groups, group_batch):
+                g1 = min(groups, g0 + group_batch)
+                # a batch of groups' products in one call, stored (cells, groups, taps·Fg):
+                # a cell's products for those groups side by side, as the gather reads them
+                cols = buffer[: (g1 - g0) * count * width].reshape(count, g1 - g0, width)
+                np.matmul(pieces[g0:g1], weights[g0:g1], out=cols.transpose(1, 0, 2))
                 if gather is not None:
                     a, b, d = combo
-                    gather(cols, y4, n0, n1, i0, i1 - i0, size3[1], size3[2], p_first, p_last,
-                           a.outputs, a.count, a.index, a.position,
+                    gather(cols, y4, n0, n1, i0, i1 - i0, size3[1], size3[2], p_first,
+                           p_last, a.outputs, a.count, a.index, a.position,
                            b.outputs, b.count, b.index, b.position,
                            d.outputs, d.count, d.index, d.position,
-                           len(b.taps), len(d.taps), fg, g * fg, f)
-                else:
-                    _add_phase_numpy(cols, target, (i0, i1), (o0, o1), size3,
-                                     [p.taps for p in combo], strides3, dilation3, reach3)
+                           len(b.taps), len(d.taps), fg, g0 * fg, f)
+                    continue
+                for g in range(g0, g1):
+                    _add_phase_numpy(cols[:, g - g0], target[..., g * fg:(g + 1) * fg],
+                                     (i0, i1), (o0, o1), size3, [p.taps for p in combo],
+                                     strides3, dilation3, reach3)
 
     def work(first: int, last: int) -> None:
         for index in range(first, last):
@@ -425,8 +441,17 @@ applies = Requirements((("rank 1 to 3", lambda p: 1 <= p.rank <= 3),))
 
 #: Stride 1 (the input gradient of a stride-1 convolution) has no zeros to skip:
 #: measured (one core, batch 32, 3×3, 8² to 32², 16 to 128 channels) 1.03–1.9×
-#: slower than :mod:`.register_tiles` on the grid in 7 of 8 layers.
+#: slower than :mod:`.register_tiles` on the grid in 7 of 8 layers. Not charged
+#: below :data:`NARROW_CHANNELS` output channels per group, where the direct
+#: algorithms' products are as narrow as the output.
 STRIDE_1_SHARE = 1.5
+
+#: Output channels per group below which the direct algorithms' products are narrow.
+NARROW_CHANNELS = 16
+
+#: Columns of a phase's product (its taps × output channels per group) below which
+#: the gather per cell dominates.
+NARROW_COLUMNS = 7.0
 
 
 def cost(problem: ConvProblem) -> float:
@@ -439,19 +464,29 @@ def cost(problem: ConvProblem) -> float:
     (a few 3×3 stride-2 ones within 10 %), so about ``0.6 ×`` plus a share for
     the gather that small kernels do not amortize (3-tap stride-1 layers stay
     with :mod:`.flat_rows`); one product per group makes tiny groups slow
-    (depthwise stays with the direct algorithms). Fewer than 16 output channels
-    per group leave the products too narrow and the gather per cell dominates:
-    measured (one core, batch 32, 3×3, 16² and 32²) 1.3–13× slower than
-    :mod:`.flat_rows` / :mod:`.register_tiles` with 1, 3 or 8 of them (the
-    input gradient of a network's first convolutions), so the cost grows as
-    ``16 / channels`` below 16.
+    (depthwise stays with the direct algorithms).
+
+    Few output channels per group (the input gradient of a network's first
+    convolution: 1 to 8 of them) leave narrow products, but the products are
+    as wide as a phase's taps times those channels: the cost grows as
+    ``NARROW_COLUMNS / columns`` below :data:`NARROW_COLUMNS` columns. Measured
+    (one thread, busy machine; batch 1 on 112², 16 on 56², 4 on 32²) on such
+    input gradients: 7×7 stride 2 with 3 channels 0.31–0.51× the time of
+    :mod:`.phase` (49 taps: 37 columns a phase), 5×5 stride 2 0.42–1.45×,
+    3×3 stride 2 0.68–1.17× (6.75 columns: a tie, charged 1.04), 1 channel
+    0.61–1.7× (2.25 columns: charged 3.1, phase's); stride 1 with 3 channels
+    1.0–2.5× faster than :mod:`.flat_rows` / :mod:`.register_tiles` (3×3 and 5×5),
+    8 channels even, 16 channels 1.5× slower (:data:`STRIDE_1_SHARE` from 16 on).
     """
     real = problem.flops / math.prod(problem.strides)
     taps = math.prod(problem.kernel_size)
     per_group = problem.in_channels // max(1, problem.groups)
     group_share = 1.0 + 8.0 / max(1, per_group) if problem.groups > 1 else 1.0
-    narrow = max(1.0, 16.0 / max(1, problem.kernel_shape[-2]))
-    unstrided = STRIDE_1_SHARE if math.prod(problem.strides) == 1 else 1.0
+    outputs = problem.kernel_shape[-2]  # output channels per group
+    columns = outputs * taps / math.prod(problem.strides)  # a phase's product, on average
+    narrow = max(1.0, NARROW_COLUMNS / columns)
+    unstrided = (STRIDE_1_SHARE if math.prod(problem.strides) == 1 and outputs >= NARROW_CHANNELS
+                 else 1.0)
     return real * (0.6 + 0.3 / taps) * group_share * narrow * unstrided
 
 
