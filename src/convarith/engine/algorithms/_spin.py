@@ -9,8 +9,9 @@ keep their threads spinning for a while after a parallel region for the same
 reason. Here a helper that finds no work spins for up to ``CONVARITH_SPIN_US``
 microseconds (default :data:`SPIN_MICROSECONDS`; 0 turns spinning off) on a
 word in memory that :meth:`SpinningPool.submit` changes, inside a tiny compiled
-function called through ctypes, so the spinning thread does not hold the GIL;
-only then does it sleep on a condition. The caller waiting for a helper's last
+function called through ctypes, so the spinning thread does not hold the GIL,
+and yields its core at each turn (``sched_yield``), so that BLAS's own threads
+or another process's are not slowed by it; only then does it sleep on a condition. The caller waiting for a helper's last
 chunk spins the same way before it sleeps.
 
 The spinner is compiled with llvmlite for x86-64 (``pause`` in the loop, the
@@ -55,7 +56,7 @@ define i64 @ticks() {
   ret i64 %t
 }
 
-define i32 @spin(i32* %word, i32 %old, i64 %budget) {
+define i32 @spin(i32* %word, i32 %old, i64 %budget, i32 ()* %yield) {
 entry:
   %start = call i64 @llvm.readcyclecounter()
   br label %check
@@ -65,6 +66,7 @@ check:
   br i1 %changed, label %done, label %wait
 wait:
   call void @llvm.x86.sse2.pause()
+  %ignored = call i32 %yield()
   %now = call i64 @llvm.readcyclecounter()
   %spent = sub i64 %now, %start
   %over = icmp uge i64 %spent, %budget
@@ -93,13 +95,16 @@ class _Spinner:
     """``wait(address, old, microseconds)``: spin (GIL released) until the int32 at
     ``address`` differs from ``old`` or the time is up; returns the word's value."""
 
-    def __init__(self, spin: Any, ticks_per_microsecond: float, engine: Any) -> None:
+    def __init__(self, spin: Any, ticks_per_microsecond: float, engine: Any,
+                 yield_address: int) -> None:
         self._spin = spin
         self._per_microsecond = ticks_per_microsecond
         self._engine = engine  # owns the code
+        self._yield = yield_address
 
     def wait(self, address: int, old: int, microseconds: float) -> int:
-        return int(self._spin(address, old, int(microseconds * self._per_microsecond)))
+        return int(self._spin(address, old, int(microseconds * self._per_microsecond),
+                              self._yield))
 
 
 @cached_once
@@ -122,8 +127,14 @@ def spinner() -> _Spinner | None:
             ticks_address = engine.get_function_address("ticks")
     except Exception:  # pragma: no cover - an llvmlite that cannot compile this
         return None
+    try:  # each turn of the loop yields the core to any other thread waiting for it
+        yield_address = ctypes.cast(ctypes.CDLL(None).sched_yield, ctypes.c_void_p).value
+    except (OSError, AttributeError):  # pragma: no cover - a libc without sched_yield
+        return None
+    if not yield_address:  # pragma: no cover
+        return None
     spin = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32,
-                            ctypes.c_int64)(spin_address)
+                            ctypes.c_int64, ctypes.c_void_p)(spin_address)
     ticks = ctypes.CFUNCTYPE(ctypes.c_int64)(ticks_address)
     # the time-stamp counter's rate, over about a millisecond
     start_time, start_ticks = time.perf_counter(), ticks()
@@ -133,7 +144,7 @@ def spinner() -> _Spinner | None:
     per_microsecond = (ticks() - start_ticks) / (elapsed * 1e6)
     if not per_microsecond > 0:  # pragma: no cover - a counter that does not count
         return None
-    return _Spinner(spin, per_microsecond, engine)
+    return _Spinner(spin, per_microsecond, engine, yield_address)
 
 
 _QUEUED, _RUNNING, _DONE, _CANCELLED = range(4)
