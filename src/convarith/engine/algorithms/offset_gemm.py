@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from .. import gradient_costs
 from ..dispatch import ConvProblem, register_algorithm, workspace_budget
 
 __all__ = ["direct", "weight_grad", "row_blocks", "tap_view"]
@@ -221,4 +222,5 @@ def _cost(problem: ConvProblem) -> float:
     return float(problem.flops)
 
 
-register_algorithm("offset_gemm", direct, cost=_cost, weight_grad=weight_grad)
+register_algorithm("offset_gemm", direct, cost=_cost, weight_grad=weight_grad,
+                   weight_grad_cost=gradient_costs.per_tap_products)
