@@ -144,3 +144,37 @@ def test_kernel_gradient_matches_pytorch_on_random_layers():
         assert dk is not None
         error = relative_error(dk, expected)
         assert error <= 1e-5, f"{what}: relative error {error:.2e}"
+
+
+def test_training_losses_are_those_of_the_forward_cost_ranking(monkeypatch):
+    """The `convarith train` model's losses over a few steps are the same (to float
+    rounding) whichever algorithms compute its kernel gradients."""
+    import dataclasses
+
+    from convarith import nn
+    from convarith.commands.train import build_model
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((96, 16, 16, 1)).astype(np.float32)
+    y = rng.integers(0, 10, 96)
+
+    def losses():
+        model = build_model(16, "same", 1, 1, 16, 0)
+        model.compile(nn.Adam(2e-3), "sparse_categorical_crossentropy")
+        return model.fit(x, y, batch_size=32, epochs=2, verbose=0, shuffle=False
+                         ).history["loss"]
+
+    dispatch._REGISTRY.load_builtin()
+    ours = losses()
+    forward_ranked = {name: dataclasses.replace(a, weight_grad_cost=None)
+                      for name, a in dispatch._REGISTRY.algorithms.items()}
+    monkeypatch.setattr(dispatch._REGISTRY, "algorithms", forward_ranked)
+    dispatch._CHOICES.clear()
+    dispatch._PLANS.clear()
+    try:
+        before = losses()
+    finally:
+        monkeypatch.undo()
+        dispatch._CHOICES.clear()
+        dispatch._PLANS.clear()
+    np.testing.assert_allclose(ours, before, rtol=1e-5)
