@@ -77,14 +77,16 @@ def space_to_depth(problem: ConvProblem) -> float:
     output, so small outputs cost more: ``1.1 × (1 + 60 / cells) × FLOPs`` from 4
     channels (256 on 14² stride 2: 2.8 ms against flat_rows' 0.7 at batch 1, 81
     against 23 at batch 32). A single channel over few taps makes each product a
-    row of ``taps`` outputs: ``6 × FLOPs`` (16²×1 -> 16, batch 32: 0.27 ms against
-    0.15). ~25 µs of fixed cost.
+    row of ``taps`` outputs, short on small images: ``(1.9 + 1000 / cells) × FLOPs``
+    (16²×1 -> 16, batch 32: 0.27 ms against per-tap products' 0.15; 28²×1 -> 32,
+    batch 64: 0.95 against 1.10; 64²×1 -> 16, batch 32: 1.39 against 1.22). ~25 µs
+    of fixed cost.
     """
     channels = problem.kernel_shape[-2]
     taps = math.prod(problem.kernel_size)
     cells = math.prod(problem.out_size)
     if channels * taps < 16:
-        per_flop = 6.0
+        per_flop = 1.9 + 1000 / max(cells, 1)
     elif channels <= 3:
         per_flop = 1.0
     else:
