@@ -31,8 +31,8 @@ import math
 
 from .dispatch import ConvProblem
 
-__all__ = ["MICROSECOND", "per_tap_products", "flat_rows", "space_to_depth", "winograd",
-           "depthwise"]
+__all__ = ["MICROSECOND", "VALUE_CHECK_COST", "WINOGRAD_MIN_CHANNELS", "per_tap_products",
+           "flat_rows", "space_to_depth", "winograd", "depthwise"]
 
 #: Cost units in one microsecond of one core (1 unit ≈ 18.5 ps on the AVX2 EPYC
 #: where the constants were fitted).
@@ -99,6 +99,10 @@ def space_to_depth(problem: ConvProblem) -> float:
 #: 0.28 ms against per-tap products' 0.15).
 WINOGRAD_MIN_CHANNELS = 16
 
+#: Cost of the engine's value check before a transforming weight gradient, per element
+#: of ``x`` and ``dy``: two reductions of each, about 0.3 ns an element.
+VALUE_CHECK_COST = 16.0
+
 
 def winograd(problem: ConvProblem) -> float:
     """:mod:`.algorithms.winograd`: F(4×4, 3×3) backwards, 36 products over the tiles.
@@ -111,12 +115,16 @@ def winograd(problem: ConvProblem) -> float:
     16², batch 32, 3.7 against 10.4; 64 on 56², batch 8, 9.1 against 27. Where it
     runs flat_rows' (without numba's kernels, below 4 tiles per channel, not 3×3
     stride 1, groups), flat_rows' cost; infinite below :data:`WINOGRAD_MIN_CHANNELS`
-    channels.
+    channels. Either way the engine first checks the values (``max`` and ``min`` of
+    ``x`` and ``dy``, :func:`.dispatch.value_limits`): :data:`VALUE_CHECK_COST` an
+    element (16 channels on 16², batch 32: 0.12 ms of the call's 0.81).
     """
     channels, filters = problem.kernel_shape[-2], problem.out_channels
     if min(channels, filters) < WINOGRAD_MIN_CHANNELS:
         return math.inf
-    base = flat_rows(problem)
+    elements = math.prod(problem.input_shape) + problem.batch * math.prod(
+        problem.out_size) * filters
+    base = flat_rows(problem) + VALUE_CHECK_COST * elements
     if (problem.rank != 2 or tuple(problem.kernel_size) != (3, 3) or problem.groups != 1
             or any(s != 1 for s in problem.strides) or not _winograd_kernels()):
         return base
@@ -125,7 +133,8 @@ def winograd(problem: ConvProblem) -> float:
     per_channel = tiles / max(channels, filters)
     if per_channel < 4:  # winograd.GRAD_MIN_TILES_PER_CHANNEL: flat_rows runs it
         return base
-    return base * (0.25 + 5 / min(channels, filters)) + 150 * MICROSECOND
+    return (flat_rows(problem) * (0.25 + 5 / min(channels, filters)) + 150 * MICROSECOND
+            + VALUE_CHECK_COST * elements)
 
 
 def _winograd_kernels() -> bool:
