@@ -1076,7 +1076,11 @@ def conv_vjp(
                                         dy.size // dy.shape[-1] * kernel.size)
     d_bias = None
     if prepared.bias is not None:
-        d_bias = dy.sum(axis=tuple(range(dy.ndim - 1))).astype(prepared.result_dtype)
+        # dy summed over every axis but the last: a product with a vector of ones (one
+        # BLAS call) takes a tenth of NumPy's sum over the leading axes, which adds the
+        # rows one after the other (0.15 ms for 32 images of 16²×16)
+        rows = dy.reshape(-1, dy.shape[-1])
+        d_bias = (np.ones(len(rows), rows.dtype) @ rows).astype(prepared.result_dtype)
     d_input = finish(d_x, prepared)
     if d_kernel is not None:
         d_kernel = d_kernel.astype(prepared.result_dtype, copy=False)
