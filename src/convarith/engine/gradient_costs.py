@@ -94,10 +94,13 @@ def space_to_depth(problem: ConvProblem) -> float:
     return problem.flops * per_flop + 25 * MICROSECOND
 
 
-#: Fewest input and output channels for which :func:`winograd` is not infinite: with
-#: fewer, the 36 transformed products are rows times matrices (16²×1 -> 16, batch 32:
-#: 0.28 ms against per-tap products' 0.15).
-WINOGRAD_MIN_CHANNELS = 16
+#: Fewest input and output channels for which :func:`winograd` is not infinite, as for
+#: its forward pass: with one channel the 36 transformed products are rows times
+#: matrices (16²×1 -> 16, batch 32: 0.28 ms against per-tap products' 0.15); with 16,
+#: the engine's call took as long as flat_rows' (16²×16 -> 16, batch 32: 0.95-1.0 ms
+#: both), and the first call in a process compiles its kernels (3.4 s), which a model
+#: with no wider layer would pay for nothing.
+WINOGRAD_MIN_CHANNELS = 32
 
 #: Cost of the engine's value check before a transforming weight gradient, per element
 #: of ``x`` and ``dy``: two reductions of each, about 0.3 ns an element.
@@ -109,9 +112,9 @@ def winograd(problem: ConvProblem) -> float:
 
     The products are a quarter of the FLOPs, the transforms cost per tile and
     channel: against flat_rows' weight gradient, ``0.25 + 5 / min(C, F)`` times its
-    cost, and ~150 µs for the 36 small products' set-up: 16 channels on 16², batch 8
-    0.24 ms against 0.15, batch 32 0.65 against 0.82, batch 64 0.84 against
-    1.6–1.9; 32 on 28², batch 16, 2.4 against 4.2, batch 64 8.0 against 18.9; 64 on
+    cost, and ~150 µs for the 36 small products' set-up (alone, without the engine's
+    checks: 16 channels on 16², batch 8 0.24 ms against 0.15, batch 32 0.65 against
+    0.82, batch 64 0.84 against 1.6–1.9); 32 on 28², batch 16, 2.4 against 4.2, batch 64 8.0 against 18.9; 64 on
     16², batch 32, 3.7 against 10.4; 64 on 56², batch 8, 9.1 against 27. Where it
     runs flat_rows' (without numba's kernels, below 4 tiles per channel, not 3×3
     stride 1, groups), flat_rows' cost; infinite below :data:`WINOGRAD_MIN_CHANNELS`
