@@ -17,7 +17,9 @@ Usage:
         [--strides 1] [--dilation 1] [--repeats 1] [--profile FILE] [--one-thread]
 
 ``--profile FILE`` writes convarith's steady epochs (all but the first) as a
-cProfile file (``python -m pstats FILE``).
+cProfile file (``python -m pstats FILE``); with ``--one-thread`` its clock is the
+thread's CPU time (everything runs on the calling thread), which other processes
+on a busy machine do not inflate.
 
 ``--one-thread`` runs all three on one thread (convarith's engine and BLAS,
 PyTorch's ``set_num_threads(1)``, XLA's CPU client without its thread pool):
@@ -172,7 +174,9 @@ def main() -> None:
         initial = ours.get_weights()
         ours.compile(nn.Adam(args.learning_rate), "sparse_categorical_crossentropy",
                      metrics=["accuracy"])
-        profiler = cProfile.Profile() if args.profile else None
+        profiler = None
+        if args.profile:
+            profiler = cProfile.Profile(time.thread_time) if args.one_thread else cProfile.Profile()
         clock = EpochClock()
         clocks["convarith"].append(clock)
         start, cpu = time.perf_counter(), time.process_time()

@@ -149,29 +149,41 @@ def test_functional_training_skips_input_gradients_of_layers_reading_inputs(
     assert d_x.shape == x.shape and np.any(d_x != 0)
 
 
-def test_small_conv_layers_run_their_backward_on_one_thread(
+def test_small_conv_layers_run_each_gradient_on_one_thread(
         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below SMALL_BACKWARD_FLOPS (with two workers) the engine runs each gradient on one
+    thread, the two side by side; above, each on every worker. Same values either way."""
+    from convarith.engine import core
     from convarith.engine.algorithms import _threads
-    from convarith.nn.layers import ONE_THREAD_BACKWARD_FLOPS
 
-    limits: list[int | None] = []
-    original = engine.conv_vjp
+    limits: dict[str, list[int | None]] = {"input": [], "kernel": []}
+    transposed, weight_grad = core.transposed_conv, core._weight_grad
 
-    def spy(*args: Any, **kwargs: Any) -> Any:
-        limits.append(_threads._LIMIT.get())
-        return original(*args, **kwargs)
+    def spy_input(*args: Any, **kwargs: Any) -> Any:
+        limits["input"].append(_threads._LIMIT.get())
+        return transposed(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "conv_vjp", spy)
+    def spy_kernel(*args: Any, **kwargs: Any) -> Any:
+        limits["kernel"].append(_threads._LIMIT.get())
+        return weight_grad(*args, **kwargs)
+
+    monkeypatch.setattr(core, "transposed_conv", spy_input)
+    monkeypatch.setattr(core, "_weight_grad", spy_kernel)
     rng = np.random.default_rng(SEED)
-    for channels, size, expected in ((4, 8, 1), (64, 32, None)):
-        layer = nn.Sequential([nn.Input((size, size, channels)),
-                               nn.Conv2D(channels, 3, padding="same")]).layers[0]
-        x = rng.standard_normal((2, size, size, channels)).astype("float32")
-        y = layer.forward(x, training=True, keep=True)
-        flops = 2 * 9 * channels * channels * 2 * size * size
-        assert (flops < ONE_THREAD_BACKWARD_FLOPS) == (expected == 1)
-        d_x = layer.backward(np.ones_like(y))
-        assert limits[-1] == expected, (channels, size)
-        np.testing.assert_allclose(
-            d_x, original(x, layer.variables["kernel"], layer.spec, np.ones_like(y))[0],
-            rtol=1e-6)
+    with engine.thread_limit(2):
+        if _threads.worker_count() < 2:
+            pytest.skip("one core: every gradient runs on it")
+        for channels, size, expected in ((4, 8, 1), (64, 32, 2)):
+            layer = nn.Sequential([nn.Input((size, size, channels)),
+                                   nn.Conv2D(channels, 3, padding="same")]).layers[0]
+            x = rng.standard_normal((2, size, size, channels)).astype("float32")
+            y = layer.forward(x, training=True, keep=True)
+            flops = 2 * 9 * channels * channels * 2 * size * size
+            assert (flops < core.SMALL_BACKWARD_FLOPS) == (expected == 1)
+            d_x = layer.backward(np.ones_like(y))
+            assert limits["input"][-1] == limits["kernel"][-1] == expected, (channels, size)
+            with engine.thread_limit(1):
+                d_x1, d_k1, _ = core.conv_vjp(x, layer.variables["kernel"], layer.spec,
+                                              np.ones_like(y))
+            np.testing.assert_allclose(d_x, d_x1, rtol=1e-6)
+            np.testing.assert_allclose(layer.grads["kernel"], d_k1, rtol=1e-5, atol=1e-5)

@@ -155,6 +155,12 @@ class Algorithm:
     kind: str = "direct"
     pads_zeros: bool = False
     value_gain: Callable[[ConvProblem], float] | None = None
+    weight_grad_cost: Callable[[ConvProblem], float] | None = None
+
+    def gradient_cost(self, problem: ConvProblem) -> float:
+        """Estimated cost of :attr:`weight_grad` on ``problem`` (lower wins): its own
+        ``weight_grad_cost``, else the forward :attr:`cost`."""
+        return (self.weight_grad_cost or self.cost)(problem)
 
     def why_not(self, problem: ConvProblem) -> list[str]:
         """The conditions of :attr:`applies` that ``problem`` fails (empty if it applies)."""
@@ -251,6 +257,7 @@ def register_algorithm(
     kind: str = "direct",
     pads_zeros: bool = False,
     value_gain: Callable[[ConvProblem], float] | None = None,
+    weight_grad_cost: Callable[[ConvProblem], float] | None = None,
 ) -> Algorithm:
     """Make an algorithm available to :func:`choose` (replaces one of the same name).
 
@@ -281,6 +288,11 @@ def register_algorithm(
         or could overflow (a transform would spread it over every output it
         mixes). ``None`` (default): each output is a plain sum of the products
         its window reads.
+    weight_grad_cost
+        Estimated cost of ``weight_grad`` on a problem (the forward problem whose
+        kernel gradient it computes), in the units of ``cost``;
+        :func:`cheapest_weight_grad` ranks by it. Default: ``cost``, the forward
+        pass's (a weight gradient has the same FLOPs, not always the same speed).
 
     Examples
     --------
@@ -296,8 +308,10 @@ def register_algorithm(
         raise TypeError(f"fn must be callable, got {fn!r}")
     if kind not in ("direct", "transposed"):
         raise ValueError(f"kind must be 'direct' or 'transposed', got {kind!r}")
+    if weight_grad_cost is not None and weight_grad is None:
+        raise ValueError(f"weight_grad_cost needs a weight_grad (algorithm {name!r} has none)")
     algorithm = Algorithm(name, fn, applies or _always, cost or _flops, weight_grad, kind,
-                          pads_zeros, value_gain)
+                          pads_zeros, value_gain, weight_grad_cost)
     _REGISTRY.algorithms[name] = algorithm
     _REGISTRY.generation += 1
     _CHOICES.clear()
@@ -451,8 +465,10 @@ def choose_weight_grad(problem: ConvProblem, algorithm: str | None = None) -> Al
 
 
 def cheapest_weight_grad(problem: ConvProblem, exact: bool = False) -> Algorithm:
-    """The cheapest algorithm with a ``weight_grad`` for ``problem`` (``exact``: see
-    :func:`cheapest`); a ValueError if none."""
+    """The algorithm with a ``weight_grad`` for ``problem`` whose weight-gradient cost
+    (:meth:`Algorithm.gradient_cost`) is lowest (``exact``: see :func:`cheapest`); a
+    ValueError if none. The forward choice (:func:`cheapest`) reads only the forward
+    costs: the two passes may run different algorithms."""
 
     def find() -> Algorithm | None:
         candidates = [
@@ -460,7 +476,8 @@ def cheapest_weight_grad(problem: ConvProblem, exact: bool = False) -> Algorithm
             if a.weight_grad is not None and a.kind == "direct" and a.applies(problem)
             and not (exact and a.value_gain is not None)
         ]
-        return min(candidates, key=lambda a: (a.cost(problem), a.name)) if candidates else None
+        return min(candidates, key=lambda a: (a.gradient_cost(problem), a.name)
+                   ) if candidates else None
 
     found = remembered((problem, "weight_grad", exact), find)
     if found is None:

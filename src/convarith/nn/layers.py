@@ -19,7 +19,6 @@ Examples
 
 from __future__ import annotations
 
-import contextlib
 import numbers
 import re
 from collections.abc import Sequence
@@ -66,11 +65,6 @@ Shape = tuple[int, ...]
 #: the size an open (``None``) axis is resolved at to find the other numbers
 OPEN_STAND_IN = 4096
 
-#: A convolution layer whose forward pass is under this many FLOPs runs its backward
-#: pass on one engine thread. Measured on 2 cores (3x3 same, batch 32, 16x16): for a
-#: 38-MFLOP layer two threads took 1.0-1.4x one thread's wall time and 1.2-1.65x its
-#: CPU time; for an 85-MFLOP one 0.97x wall for 1.1x CPU.
-ONE_THREAD_BACKWARD_FLOPS = 1e8
 
 
 def bias_gradient(d_z: np.ndarray) -> np.ndarray:
@@ -592,15 +586,10 @@ class _Conv(SpatialLayer):
         x_last, y = self._kept()
         # every activation's gradient reads y alone (activations.Activation.overwrite)
         d_z = self.activation.backward(self._to_last(d_out), y, y)
-        engine, kernel = _engine(), self._engine_kernel()
-        # forward FLOPs: 2 * kernel size * positions of the side the kernel slides over
-        slid_over = x_last if self.spec.transposed else y
-        positions = slid_over.size // slid_over.shape[-1]
-        small = 2.0 * kernel.size * positions < ONE_THREAD_BACKWARD_FLOPS
-        with engine.thread_limit(1) if small else contextlib.nullcontext():
-            d_x, d_kernel, _ = engine.conv_vjp(
-                x_last, kernel, self.spec, d_z, need_input_grad=need_input_grad,
-            )
+        # a small layer's gradients run on one thread each (engine.core.SMALL_BACKWARD_FLOPS)
+        d_x, d_kernel, _ = _engine().conv_vjp(
+            x_last, self._engine_kernel(), self.spec, d_z, need_input_grad=need_input_grad,
+        )
         assert d_kernel is not None
         self.grads = {"kernel": d_kernel.reshape(self.variables["kernel"].shape)}
         if self.use_bias:

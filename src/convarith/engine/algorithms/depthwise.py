@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ...arithmetic import effective_kernel, window_reach
+from .. import gradient_costs
 from ..dispatch import ConvProblem, register_algorithm
 from ..padding import pad
 from ._threads import aligned_empty, run_chunks, worker_count
@@ -720,7 +721,7 @@ def cost(problem: ConvProblem) -> float:
 
 
 register_algorithm("depthwise", direct, applies=applies, cost=cost, weight_grad=weight_grad,
-                   pads_zeros=True)
+                   pads_zeros=True, weight_grad_cost=gradient_costs.depthwise)
 
 
 class _TileCall(NamedTuple):

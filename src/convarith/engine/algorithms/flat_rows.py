@@ -52,6 +52,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import gradient_costs
 from ..dispatch import ConvProblem, Requirements, register_algorithm
 from ..padding import pad
 from ..state import cached_once
@@ -866,4 +867,4 @@ def per_tap_cost(problem: ConvProblem) -> float:
 
 
 register_algorithm("flat_rows", direct, applies=applies, cost=cost, weight_grad=weight_grad,
-                   pads_zeros=True)
+                   pads_zeros=True, weight_grad_cost=gradient_costs.flat_rows)

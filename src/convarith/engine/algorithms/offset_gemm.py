@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from .. import gradient_costs
 from ..dispatch import ConvProblem, register_algorithm, workspace_budget
 from ._threads import SMALL_WORK, parallel_penalty, worker_count
 
@@ -226,4 +227,5 @@ def _cost(problem: ConvProblem) -> float:
     return float(problem.flops) * alone
 
 
-register_algorithm("offset_gemm", direct, cost=_cost, weight_grad=weight_grad)
+register_algorithm("offset_gemm", direct, cost=_cost, weight_grad=weight_grad,
+                   weight_grad_cost=gradient_costs.per_tap_products)

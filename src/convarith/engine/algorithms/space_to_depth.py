@@ -53,6 +53,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import gradient_costs
 from ..dispatch import ConvProblem, Requirements, register_algorithm
 from ..state import cached_once
 from ._threads import chunk_workers, run_chunks, workspace
@@ -550,4 +551,4 @@ def cost(problem: ConvProblem) -> float:
 
 
 register_algorithm("space_to_depth", direct, applies=applies, cost=cost, weight_grad=weight_grad,
-                   pads_zeros=True)
+                   pads_zeros=True, weight_grad_cost=gradient_costs.space_to_depth)

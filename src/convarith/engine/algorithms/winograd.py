@@ -64,6 +64,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import gradient_costs
 from ..dispatch import ConvProblem, Requirements, register_algorithm
 from ..padding import pad
 from ..state import cached_once
@@ -1155,7 +1156,8 @@ def value_gain(problem: ConvProblem) -> float:
 
 def _register() -> None:
     register_algorithm("winograd", direct, applies=applies, cost=cost, weight_grad=weight_grad,
-                       pads_zeros=True, value_gain=value_gain)
+                       pads_zeros=True, value_gain=value_gain,
+                       weight_grad_cost=gradient_costs.winograd)
 
     def direct_f2(*args: Any, **kwargs: Any) -> np.ndarray:
         return direct(*args, m=2, **kwargs)

@@ -1,0 +1,160 @@
+"""The weight gradient's own cost, for each algorithm that supplies one.
+
+:func:`.dispatch.cheapest_weight_grad` ranks the algorithms that supply a
+``weight_grad`` by the ``weight_grad_cost`` they register (default: their
+forward ``cost``). A weight gradient has the forward pass's FLOPs but not its
+shape of work: its products are ``(C × cells) @ (cells × F)``, small in ``C``
+and ``F`` and long in the cells, so an algorithm's rank can differ from the
+forward pass's (a first layer with one input channel: :mod:`.algorithms.depthwise`
+runs the forward pass best and the weight gradient 2.4× slower than per-tap
+products).
+
+Units are the forward costs' (:mod:`.algorithms.flat_rows`' ``0.7 × FLOPs``):
+here flat_rows' weight gradient of a large layer is ``0.7 × FLOPs``, about 13 ps
+a FLOP on one AVX2 EPYC core, so a microsecond is about :data:`MICROSECOND`
+units. Every constant below was fitted on one core (CPU time of one thread,
+float32, busy machine, ``CONVARITH_JIT`` on and off giving the same ranks) on
+3×3 "same" layers of 1 to 512 channels on 7² to 56² images, 1×1, 3×3 stride 2,
+5×5 and the 3-channel stems (3×3 and 7×7 stride 2 on 224², 3×3 on 32²), batches
+1 to 64 (``ms``, this algorithm against the others, are quoted in each function).
+
+>>> from convarith.engine.dispatch import ConvProblem
+>>> import numpy as np
+>>> first = ConvProblem((32, 18, 18, 1), (3, 3, 1, 16), (1, 1), (1, 1), 1, (16, 16), np.dtype("float32"))
+>>> per_tap_products(first) < depthwise(first)
+True
+"""
+
+from __future__ import annotations
+
+import math
+
+from .dispatch import ConvProblem
+
+__all__ = ["MICROSECOND", "VALUE_CHECK_COST", "WINOGRAD_MIN_CHANNELS", "per_tap_products",
+           "flat_rows", "space_to_depth", "winograd", "depthwise"]
+
+#: Cost units in one microsecond of one core (1 unit ≈ 18.5 ps on the AVX2 EPYC
+#: where the constants were fitted).
+MICROSECOND = 54_000.0
+
+
+def per_tap_products(problem: ConvProblem) -> float:
+    """:mod:`.algorithms.offset_gemm`: one product ``(C × cells) @ (cells × F)`` per tap,
+    from a gathered copy of the tap's cells.
+
+    ``(0.8 + 2.4 / C) × FLOPs`` and ~5 µs a tap: with one input channel each product
+    is a row times a matrix (16²×1 -> 16, batch 32: 0.15 ms, 64 ps a FLOP; 3
+    channels 45–116 ps; 16 and more 11–19 ps). Grouped, its einsums: 3× (depthwise
+    3×3 160–310 ps a FLOP, :mod:`.algorithms.depthwise` 70–160; 32 groups of 4 on
+    56², 2.6 ms against :mod:`.algorithms.grouped_tiles`' 1.2).
+    """
+    taps = math.prod(problem.kernel_size)
+    per_flop = (0.8 + 2.4 / problem.kernel_shape[-2]) * (3.0 if problem.groups > 1 else 1.0)
+    return problem.flops * per_flop + 5 * MICROSECOND * taps
+
+
+def flat_rows(problem: ConvProblem) -> float:
+    """:mod:`.algorithms.flat_rows`: per-tap products on the flat grid (one for 1×1).
+
+    ``(0.7 + 3 / C) × FLOPs`` and ~35 µs: 16²×1 -> 16 at batch 8 0.065 ms
+    (per-tap gathers 0.080, depthwise 0.10), at batch 32 0.17 (0.15, 0.37); 16
+    channels on 16², batch 1 0.054 ms, batch 8 0.15; 128 -> 128 3×3 stride 2 on
+    56² 3.2 ms (3.4); 1×1 256 -> 64 on 28², batch 32 12.4 ms (15.3); 3-channel
+    stems 2–4.7 × 0.7 (space_to_depth 0.8–1.5 × 0.7).
+    """
+    per_flop = 0.7 + 3.0 / problem.kernel_shape[-2]
+    return problem.flops * per_flop + 35 * MICROSECOND
+
+
+def space_to_depth(problem: ConvProblem) -> float:
+    """:mod:`.algorithms.space_to_depth`: one product ``columns @ dy`` per block of
+    output cells, inner size the block's cells.
+
+    Best with few input channels over many taps (the stems: 7×7 stride 2, 3 -> 64
+    on 224², 3.5 ms against flat_rows' 5.0; 3×3 on 32², batch 64, 2.2 against
+    3.6–7.3): ``1.0 × FLOPs``. Its products have as many cells as the image's
+    output, so small outputs cost more: ``1.1 × (1 + 60 / cells) × FLOPs`` from 4
+    channels (256 on 14² stride 2: 2.8 ms against flat_rows' 0.7 at batch 1, 81
+    against 23 at batch 32). A single channel over few taps makes each product a
+    row of ``taps`` outputs, short on small images: ``(1.9 + 1000 / cells) × FLOPs``
+    (16²×1 -> 16, batch 32: 0.27 ms against per-tap products' 0.15; 28²×1 -> 32,
+    batch 64: 0.95 against 1.10; 64²×1 -> 16, batch 32: 1.39 against 1.22). ~25 µs
+    of fixed cost.
+    """
+    channels = problem.kernel_shape[-2]
+    taps = math.prod(problem.kernel_size)
+    cells = math.prod(problem.out_size)
+    if channels * taps < 16:
+        per_flop = 1.9 + 1000 / max(cells, 1)
+    elif channels <= 3:
+        per_flop = 1.0
+    else:
+        per_flop = 1.1 * (1 + 60 / max(cells, 1))
+    return problem.flops * per_flop + 25 * MICROSECOND
+
+
+#: Fewest input and output channels for which :func:`winograd` is not infinite, as for
+#: its forward pass: with one channel the 36 transformed products are rows times
+#: matrices (16²×1 -> 16, batch 32: 0.28 ms against per-tap products' 0.15); with 16,
+#: the engine's call took as long as flat_rows' (16²×16 -> 16, batch 32: 0.95-1.0 ms
+#: both), and the first call in a process compiles its kernels (3.4 s), which a model
+#: with no wider layer would pay for nothing.
+WINOGRAD_MIN_CHANNELS = 32
+
+#: Cost of the engine's value check before a transforming weight gradient, per element
+#: of ``x`` and ``dy``: two reductions of each, about 0.3 ns an element.
+VALUE_CHECK_COST = 16.0
+
+
+def winograd(problem: ConvProblem) -> float:
+    """:mod:`.algorithms.winograd`: F(4×4, 3×3) backwards, 36 products over the tiles.
+
+    The products are a quarter of the FLOPs, the transforms cost per tile and
+    channel: against flat_rows' weight gradient, ``0.25 + 5 / min(C, F)`` times its
+    cost, and ~150 µs for the 36 small products' set-up (alone, without the engine's
+    checks: 16 channels on 16², batch 8 0.24 ms against 0.15, batch 32 0.65 against
+    0.82, batch 64 0.84 against 1.6–1.9); 32 on 28², batch 16, 2.4 against 4.2, batch 64 8.0 against 18.9; 64 on
+    16², batch 32, 3.7 against 10.4; 64 on 56², batch 8, 9.1 against 27. Where it
+    runs flat_rows' (without numba's kernels, below 4 tiles per channel, not 3×3
+    stride 1, groups), flat_rows' cost; infinite below :data:`WINOGRAD_MIN_CHANNELS`
+    channels. Either way the engine first checks the values (``max`` and ``min`` of
+    ``x`` and ``dy``, :func:`.dispatch.value_limits`): :data:`VALUE_CHECK_COST` an
+    element (16 channels on 16², batch 32: 0.12 ms of the call's 0.81).
+    """
+    channels, filters = problem.kernel_shape[-2], problem.out_channels
+    if min(channels, filters) < WINOGRAD_MIN_CHANNELS:
+        return math.inf
+    elements = math.prod(problem.input_shape) + problem.batch * math.prod(
+        problem.out_size) * filters
+    base = flat_rows(problem) + VALUE_CHECK_COST * elements
+    if (problem.rank != 2 or tuple(problem.kernel_size) != (3, 3) or problem.groups != 1
+            or any(s != 1 for s in problem.strides) or not _winograd_kernels()):
+        return base
+    tiles = problem.batch * math.prod(
+        -(-o // (4 * d)) * d for o, d in zip(problem.out_size, problem.dilation))
+    per_channel = tiles / max(channels, filters)
+    if per_channel < 4:  # winograd.GRAD_MIN_TILES_PER_CHANNEL: flat_rows runs it
+        return base
+    return (flat_rows(problem) * (0.25 + 5 / min(channels, filters)) + 150 * MICROSECOND
+            + VALUE_CHECK_COST * elements)
+
+
+def _winograd_kernels() -> bool:
+    from .algorithms import winograd as module
+
+    return module._numba_kernels() is not None
+
+
+def depthwise(problem: ConvProblem) -> float:
+    """:mod:`.algorithms.depthwise`: per-channel products of inner size 1.
+
+    ``8 × FLOPs`` with one input channel and several outputs (16²×1 -> 16: 0.10 ms
+    at batch 8 against flat_rows' 0.065, 0.37 at batch 32 against per-tap products'
+    0.15), best only on a single small image (0.027 ms at batch 1 against 0.045):
+    ~20 µs of fixed cost where the others have 35–50. Depthwise layers (one
+    input channel per group) keep the forward cost, ``0.1 × FLOPs``.
+    """
+    if problem.in_channels == 1 and problem.out_channels > 1:
+        return problem.flops * 8.0 + 20 * MICROSECOND
+    return problem.flops * 0.1
