@@ -277,10 +277,10 @@ def test_small_job_on_two_workers_is_one_chunk_like_one_worker(monkeypatch, modu
 
 
 def test_first_layer_weight_grad_is_planned_by_cost():
-    """The weight gradient goes to the cheapest algorithm that has one; for a small RGB
-    stem the costs rank space-to-depth below flat_rows (its fixed cost, ``_OVERHEAD``,
-    is what decides there), and a tiny one the other way."""
-    from convarith.engine.algorithms import flat_rows
+    """The weight gradient goes to the cheapest algorithm that has one, by the weight
+    gradients' own costs; for RGB stems they rank space-to-depth below flat_rows
+    (measured, one core: 113² -> 56², 0.13 against 0.23 ms; 33² -> 16², 0.050 against
+    0.063)."""
     from convarith.engine.dispatch import available_algorithms, cheapest_weight_grad, get_algorithm
 
     f32 = np.dtype(np.float32)
@@ -288,12 +288,14 @@ def test_first_layer_weight_grad_is_planned_by_cost():
     tiny = ConvProblem((1, 33, 33, 3), (3, 3, 3, 16), (2, 2), (1, 1), 1, (16, 16), f32)
     for problem in (stem, tiny):
         chosen = cheapest_weight_grad(problem)
-        costs = {name: get_algorithm(name).cost(problem) for name in available_algorithms()
+        costs = {name: get_algorithm(name).gradient_cost(problem)
+                 for name in available_algorithms()
                  if get_algorithm(name).weight_grad is not None
                  and get_algorithm(name).kind == "direct" and get_algorithm(name).applies(problem)}
         assert costs[chosen.name] == min(costs.values()), (problem, chosen.name, costs)
-    assert space_to_depth.cost(stem) < flat_rows.cost(stem)
-    assert space_to_depth.cost(tiny) > flat_rows.cost(tiny)
+    ours, theirs = get_algorithm("space_to_depth"), get_algorithm("flat_rows")
+    assert ours.gradient_cost(stem) < theirs.gradient_cost(stem)
+    assert ours.gradient_cost(tiny) < theirs.gradient_cost(tiny)
     rng = np.random.default_rng(8400)
     x = rng.standard_normal(stem.input_shape)
     dy = rng.standard_normal((1, 56, 56, 32))

@@ -36,10 +36,11 @@ def test_pointwise_equals_the_scatter_reference() -> None:
         channels, filters = (int(n) for n in rng.integers(1, 7, 2))
         x = rng.standard_normal((2, *size, channels))
         kernel = rng.standard_normal((*(1,) * rank, filters, channels))
+        # the zero-inserted grid's extent, cropped: a padding that crops it all is skipped
+        if any((n - 1) * s + 1 + lo + hi < 1 for n, s, (lo, hi) in zip(size, strides, padding)):
+            continue
         expected = reference_scatter(x, kernel, strides, (1,) * rank, 1, padding)
         out_size = expected.shape[1:-1]
-        if any(o < 1 for o in out_size):
-            continue
         y = transposed(x, kernel, strides, (1,) * rank, 1, padding, out_size)
         assert y.shape == expected.shape, f"trial {trial}: {strides} {padding} {size}"
         assert relative_error(y, expected) <= 1e-12, f"trial {trial}: {strides} {padding} {size}"

@@ -793,8 +793,14 @@ def chunk_count(problem: ConvProblem, workers: int) -> int:
     (1, 4)
     """
     taps = math.prod(problem.kernel_size)
-    if taps == 1 or problem.flops < SMALL_WORK:
+    if problem.flops < SMALL_WORK:
         return 1
+    if taps == 1:
+        # one product of every output cell: BLAS's own threads share its rows as well as
+        # chunks would (two threads, quiet machine: 256 -> 128 on 1×28² 0.29 ms against
+        # register_tiles' 0.58 and the row chunks' 0.50; 32 -> 16 on 16×56² 0.39 against
+        # 0.54-0.70), unless the rows are too few to share
+        return workers if problem.batch * math.prod(problem.out_size) >= 64 * workers else 1
     itemsize = problem.dtype.itemsize
     if gathers_cells(problem.kernel_size, problem.in_channels, problem.out_size):
         units = len(_cells_units(problem.batch, problem.out_size, taps * problem.in_channels,

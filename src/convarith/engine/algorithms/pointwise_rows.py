@@ -39,7 +39,7 @@ from ..dispatch import ConvProblem, Requirements, register_algorithm
 from ._threads import SMALL_WORK, parallel_penalty, run_chunks, worker_count, workspace
 
 __all__ = ["direct", "weight_grad", "products", "applies", "cost", "chunks", "busy_share",
-           "CHUNKS_PER_WORKER", "MIN_CHUNK_CELLS", "CHUNK_BYTES", "CHUNKED",
+           "CHUNKS_PER_WORKER", "MIN_CHUNK_CELLS", "CHUNK_BYTES", "CHUNKED", "NARROW_CHANNELS",
            "INLINE", "PARTIALS_BYTES"]
 
 #: Chunks per worker: a few, so a worker delayed by another process does not hold
@@ -267,6 +267,15 @@ applies = Requirements((
 CHUNKED = 1.15
 
 
+#: Up to this many channels on the narrower side (``min(C, F)``) the one BLAS
+#: product's own threads gain little from a second core and the chunks win; above it
+#: the one product (:mod:`.flat_rows`) is as fast or faster (two threads, quiet
+#: machine, through ``conv``: 32 -> 16 on 16×56² 0.55 against 1.54 ms; but 40 -> 240 on
+#: 16×14² 0.53 against 0.38, 64 -> 64 on 4096 0.51 against 0.24, 256 -> 128 on 28²
+#: 0.54 against 0.30).
+NARROW_CHANNELS = 32
+
+
 #: The inline product's time over :mod:`.flat_rows`' for a layer below
 #: :data:`~._threads.SMALL_WORK`: the same product with fewer Python objects (measured
 #: through ``conv``, one core: squeeze-excitation 1×1 on 1×1 images, 32 -> 8 batch 1
@@ -279,7 +288,7 @@ def cost(problem: ConvProblem) -> float:
     """``0.7 × FLOPs`` (:mod:`.flat_rows`' one 1×1 product) times :data:`CHUNKED`, times
     :func:`~._threads.parallel_penalty` of its chunks on ``W`` workers (one core's time,
     as every cost: :mod:`.flat_rows`' one product counts the share of it its BLAS call
-    leaves serial). Below :data:`~._threads.SMALL_WORK` at stride 1 the one product inline
+    leaves serial); above :data:`NARROW_CHANNELS` on both sides, as one product. Below :data:`~._threads.SMALL_WORK` at stride 1 the one product inline
     (:data:`INLINE`); on one worker the one product, a hair above :mod:`.flat_rows`.
 
     >>> p = ConvProblem((16, 56, 56, 32), (1, 1, 32, 16), (1, 1), (1, 1), 1, (56, 56), np.dtype("float32"))
@@ -295,6 +304,9 @@ def cost(problem: ConvProblem) -> float:
         return base * (1.01 if whole else CHUNKED)
     pieces = chunks(problem.batch, problem.out_size, problem.in_channels,
                     problem.out_channels, problem.dtype.itemsize, workers)
+    if min(problem.in_channels, problem.out_channels) > NARROW_CHANNELS:
+        # the one product's own BLAS threads share wider products as well as the chunks
+        return base * CHUNKED * parallel_penalty(1, workers)
     return base * CHUNKED * parallel_penalty(len(pieces), workers)
 
 

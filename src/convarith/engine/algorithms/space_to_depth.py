@@ -534,9 +534,15 @@ def cost(problem: ConvProblem) -> float:
     - 12 channels and more: 0.8–0.95 (the planar copy of the input and the
       runs as short as the output rows cost more than flat_rows'
       channels-last gather, whose runs of ``C`` floats are then as long);
-    - tiny problems: about 20 µs more fixed cost (:data:`_OVERHEAD`).
+    - tiny problems: about 20 µs more fixed cost (:data:`_OVERHEAD`);
+    - a 1×1 kernel with more than 4 channels (ResNet's 1×1 stride-2 shortcuts): the
+      blocks' planar copies are all the work, 2.1–5.2 times flat_rows' time (two
+      threads, quiet: 1024 -> 2048 on 7² stride 2, batch 1, 4.28 against 0.82 ms,
+      batch 16, 12.6 against 5.9; 512 -> 1024 on 14², batch 1, 2.36 against 0.42).
     """
     channels = problem.in_channels
+    if channels > 4 and math.prod(problem.kernel_size) == 1:
+        return problem.flops * 2.0 + _OVERHEAD
     if channels <= 3:
         per_flop = 0.45
     elif channels <= 4:
