@@ -16,7 +16,13 @@ import os
 import numpy as np
 import pytest
 
-from _helpers import TOLERANCE, assert_cheapest_applies, reference_direct, relative_error
+from _helpers import (
+    TOLERANCE,
+    assert_cheapest_applies,
+    peak_extra_bytes,
+    reference_direct,
+    relative_error,
+)
 from convarith.engine.algorithms import _llvm, _llvm_depthwise, depthwise
 from convarith.engine.dispatch import ConvProblem
 from convarith.engine.padding import pad
@@ -168,20 +174,6 @@ def test_network_layers_choose_the_cheapest_and_match_the_reference(batch, size,
     assert relative_error(y, expected) <= TOLERANCE[np.float32], (name, batch, size, channels)
 
 
-def _peak_bytes(fn) -> int:
-    """Peak bytes traced while ``fn`` runs (its result included), above those before."""
-    import tracemalloc
-
-    fn()  # plans and compiled modules made before the measurement
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        base = tracemalloc.get_traced_memory()[0]
-        fn()
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    return peak - base
 
 
 @pytest.mark.skipif(not kernels_here("native"), reason="no compiled kernels here")
@@ -197,7 +189,7 @@ def test_peak_memory_within_the_benchmarks_bound(shape, kernel, stride):
     p = kernel // 2
     out = tuple((n + 2 * p - kernel) // stride + 1 for n in shape[1:3])
     y_bytes = shape[0] * out[0] * out[1] * shape[-1] * 4
-    peak = _peak_bytes(lambda: depthwise.tiles(x, weights, (stride, stride), (1, 1), shape[-1],
+    peak = peak_extra_bytes(lambda: depthwise.tiles(x, weights, (stride, stride), (1, 1), shape[-1],
                                                out, padding=((p, p), (p, p)), threads=1))
     assert peak <= 1.5 * (x.nbytes + weights.nbytes + y_bytes), (shape, kernel, peak)
     assert peak <= y_bytes + weights.nbytes + (64 << 10), (shape, kernel, peak)  # no copy
@@ -205,6 +197,6 @@ def test_peak_memory_within_the_benchmarks_bound(shape, kernel, stride):
         dy = rng.standard_normal((shape[0], *out, shape[-1])).astype(np.float32)
         lo = kernel - 1 - p
         pads = tuple((lo, n + p - ((o - 1) * stride + kernel) + lo) for n, o in zip(shape[1:3], out))
-        peak = _peak_bytes(lambda: depthwise.transposed(dy, weights, (stride, stride), (1, 1),
+        peak = peak_extra_bytes(lambda: depthwise.transposed(dy, weights, (stride, stride), (1, 1),
                                                         shape[-1], pads, shape[1:3], threads=1))
         assert peak <= 1.5 * (dy.nbytes + weights.nbytes + x.nbytes), (shape, kernel, peak)

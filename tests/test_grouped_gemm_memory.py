@@ -5,12 +5,10 @@ the bytes of its input, kernel and output; the results equal PyTorch's."""
 
 from __future__ import annotations
 
-import tracemalloc
-
 import numpy as np
 import pytest
 
-from _helpers import relative_error
+from _helpers import peak_extra_bytes, relative_error
 from convarith.engine.algorithms import grouped_gemm
 
 torch = pytest.importorskip("torch")
@@ -19,18 +17,6 @@ torch = pytest.importorskip("torch")
 PEAK_LIMIT = 1.5
 
 
-def _peak_bytes(fn) -> int:
-    fn()
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        base = tracemalloc.get_traced_memory()[0]
-        result = fn()
-        peak = tracemalloc.get_traced_memory()[1]
-        del result
-    finally:
-        tracemalloc.stop()
-    return peak - base
 
 
 @pytest.mark.parametrize("batch, size, channels, stride, groups", [
@@ -47,7 +33,7 @@ def test_peak_memory_within_bound_and_matches_pytorch(batch, size, channels, str
     kernel = rng.standard_normal((3, 3, channels // groups, channels)).astype(np.float32)
     xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     out = (size - 1) // stride + 1
-    peak = _peak_bytes(lambda: grouped_gemm.direct(xp, kernel, (stride, stride), (1, 1),
+    peak = peak_extra_bytes(lambda: grouped_gemm.direct(xp, kernel, (stride, stride), (1, 1),
                                                    groups, (out, out)))
     ratio = peak / (x.nbytes + kernel.nbytes + batch * out * out * channels * 4)
     assert ratio <= PEAK_LIMIT, f"peak {peak} bytes = {ratio:.2f}x (x + kernel + output)"

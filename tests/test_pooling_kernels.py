@@ -15,12 +15,12 @@ cell inside the input) against ``torch.autograd.grad``, also split over threads.
 from __future__ import annotations
 
 import os
-import tracemalloc
 from typing import Any
 
 import numpy as np
 import pytest
 
+from _helpers import peak_extra_bytes
 from convarith import ConvSpec
 from convarith.engine import conv, conv_vjp, pooling, thread_limit
 from convarith.engine.algorithms import _llvm, _llvm_pool, _numba_pool
@@ -251,18 +251,6 @@ def test_worker_threads_give_one_threads_result(kind: str) -> None:
     np.testing.assert_array_equal(split, alone)
 
 
-def _peak_bytes(fn: Any) -> int:
-    fn()
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        base = tracemalloc.get_traced_memory()[0]
-        result = fn()
-        peak = tracemalloc.get_traced_memory()[1]
-        del result
-    finally:
-        tracemalloc.stop()
-    return peak - base
 
 
 @pytest.mark.parametrize("kind, k, s, p, size, channels", [
@@ -275,7 +263,7 @@ def test_peak_memory_within_the_bound(mode: str, kind: str, k: int, s: int, p: i
     x = np.random.default_rng(3).standard_normal((2, size, size, channels)).astype(np.float32)
     spec = ConvSpec(k, strides=s, padding=p, pool=kind)
     with thread_limit(1):
-        peak = _peak_bytes(lambda: conv(x, None, spec))
+        peak = peak_extra_bytes(lambda: conv(x, None, spec))
         out = conv(x, None, spec)
     ratio = peak / (x.nbytes + out.nbytes)
     assert ratio <= 1.5, f"{mode}: peak {peak} bytes = {ratio:.2f}x (input + output)"

@@ -4,12 +4,10 @@ at a time, so a call's peak extra memory (tracemalloc, result included) stays wi
 
 from __future__ import annotations
 
-import tracemalloc
-
 import numpy as np
 import pytest
 
-from _helpers import check
+from _helpers import check, peak_extra_bytes
 from convarith.engine.algorithms import winograd
 
 pytest.importorskip("numba")
@@ -18,18 +16,6 @@ pytest.importorskip("numba")
 PEAK_LIMIT = 1.5
 
 
-def _peak_bytes(fn) -> int:
-    fn()  # per-thread scratch buffers are made on the first call and kept
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        base = tracemalloc.get_traced_memory()[0]
-        result = fn()
-        peak = tracemalloc.get_traced_memory()[1]
-        del result
-    finally:
-        tracemalloc.stop()
-    return peak - base
 
 
 @pytest.mark.parametrize("use_numba", [True, False])
@@ -46,7 +32,7 @@ def test_peak_memory_within_bound(batch, size, channels, filters, dtype, use_num
     out_bytes = batch * size * size * filters * np.dtype(dtype).itemsize
     # one thread: a helper thread's first call makes its kept chunk buffers, and
     # which helper gets a chunk varies, so the peak with helpers is not repeatable
-    peak = _peak_bytes(lambda: winograd.direct(
+    peak = peak_extra_bytes(lambda: winograd.direct(
         x, k, (1, 1), (1, 1), 1, (size, size), padding=((1, 1), (1, 1)),
         use_numba=use_numba, threads=1))
     ratio = peak / (x.nbytes + k.nbytes + out_bytes)
