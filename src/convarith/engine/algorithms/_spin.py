@@ -56,7 +56,7 @@ define i64 @ticks() {
   ret i64 %t
 }
 
-define i32 @spin(i32* %word, i32 %old, i64 %budget, i32 ()* %yield) {
+define i32 @drive(i32* %word, i32 %old, i64 %budget, i32 ()* %yield) {
 entry:
   %start = call i64 @llvm.readcyclecounter()
   br label %check
@@ -117,14 +117,8 @@ def spinner() -> _Spinner | None:
     if llvm is None or not llvm.get_process_triple().startswith(("x86_64", "amd64")):
         return None
     try:
-        with _llvm._LOCK:
-            module = llvm.parse_assembly(_IR)
-            module.verify()
-            machine = llvm.Target.from_default_triple().create_target_machine(opt=2)
-            engine = llvm.create_mcjit_compiler(module, machine)
-            engine.finalize_object()
-            spin_address = engine.get_function_address("spin")
-            ticks_address = engine.get_function_address("ticks")
+        spin_address, engine = _llvm.compile_drive(llvm, _llvm._target("native"), _IR)
+        ticks_address = engine.get_function_address("ticks")
     except Exception:  # pragma: no cover - an llvmlite that cannot compile this
         return None
     try:  # each turn of the loop yields the core to any other thread waiting for it
