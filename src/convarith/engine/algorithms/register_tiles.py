@@ -162,8 +162,15 @@ def direct(
         return np.zeros(shape, dtype)
     flops = 2.0 * n * oh * ow * kh * kw * c * f
     # a job run inline (small) is one chunk: chunks one after another only add set-up
-    jobs = _jobs(x, kernel, (stride_rows, stride_cols), (dilation_rows, dilation_cols),
-                 (oh, ow), pads, y, _threads.chunk_workers(threads, flops), groups)
+    workers = _threads.chunk_workers(threads, flops)
+    from . import segments  # (it reads this module's panels)
+
+    if rank == 1 and segments.cut_along_cells(n, oh, workers):
+        jobs = segments.segment_jobs(x, kernel, stride_cols, dilation_cols, ow, pads[1], y,
+                                     workers, groups)
+    else:
+        jobs = _jobs(x, kernel, (stride_rows, stride_cols), (dilation_rows, dilation_cols),
+                     (oh, ow), pads, y, workers, groups)
     _run(jobs, flops, threads)
     if fpad != f:
         y = np.ascontiguousarray(y[..., :f])
