@@ -161,8 +161,10 @@ def direct(
     if n * oh * ow == 0 or f == 0:
         return np.zeros(shape, dtype)
     flops = 2.0 * n * oh * ow * kh * kw * c * f
-    # a job run inline (small) is one chunk: chunks one after another only add set-up
-    workers = _threads.chunk_workers(threads, flops)
+    # a job run inline (small) is one chunk: chunks one after another only add set-up;
+    # the thin kernels' jobs are shared from a smaller size (no BLAS, a known pace)
+    inline_below = _threads.SMALL_WORK_NO_BLAS if groups == 1 and thin(c) else _threads.SMALL_WORK
+    workers = _threads.chunk_workers(threads, flops, inline_below)
     from . import segments  # (it reads this module's panels)
 
     if rank == 1 and segments.cut_along_cells(n, oh, workers):
@@ -171,18 +173,20 @@ def direct(
     else:
         jobs = _jobs(x, kernel, (stride_rows, stride_cols), (dilation_rows, dilation_cols),
                      (oh, ow), pads, y, workers, groups)
-    _run(jobs, flops, threads)
+    _run(jobs, flops, threads, inline_below)
     if fpad != f:
         y = np.ascontiguousarray(y[..., :f])
     return y.reshape(shape)
 
 
-def _run(jobs: list[Callable[[], None]], flops: float, threads: int | None) -> None:
+def _run(jobs: list[Callable[[], None]], flops: float, threads: int | None,
+         inline_below: float = _threads.SMALL_WORK) -> None:
     def work(begin: int, end: int) -> None:
         for job in jobs[begin:end]:
             job()
 
-    run_chunks(work, len(jobs), 1, threads=threads, flops=flops, blas=False)
+    run_chunks(work, len(jobs), 1, threads=threads, flops=flops, blas=False,
+               inline_below=inline_below)
 
 
 #: Outputs of at least this many bytes (a core's L2 cache here: their lines would
