@@ -67,15 +67,24 @@ SLAB_BYTES = 1 << 20
 JOBS_PER_WORKER = 4
 
 
-def _job_count(workers: int) -> int:
-    """Chunks to cut the work into: :data:`JOBS_PER_WORKER` per worker, one for a single
-    worker (nothing to balance; one thread ran the 3×3 stride-2 3 -> 32 layer on one
-    224² image in 0.29 ms instead of 0.34 as one chunk).
+#: FLOPs of a chunk at least where the work allows one per worker: each chunk costs
+#: ~9 µs of Python and ctypes (the 3×3 stride-2 3 -> 32 stem on one 112², 5.4 MFLOP,
+#: cut for two workers: 8 chunks of 18 µs, one chunk of all 70 µs).
+MIN_CHUNK_FLOPS = 4e6
 
-    >>> _job_count(1), _job_count(2)
-    (1, 8)
+
+def _job_count(workers: int, flops: float = math.inf) -> int:
+    """Chunks to cut the work into: :data:`JOBS_PER_WORKER` per worker, fewer (but as
+    many per worker) where a chunk would hold under :data:`MIN_CHUNK_FLOPS` of the
+    job's ``flops``; one for a single worker (nothing to balance; one thread ran the
+    3×3 stride-2 3 -> 32 layer on one 224² image in 0.29 ms instead of 0.34 as one chunk).
+
+    >>> _job_count(1), _job_count(2), _job_count(2, 5.4e6), _job_count(2, 2e7)
+    (1, 8, 2, 4)
     """
-    return JOBS_PER_WORKER * workers if workers > 1 else 1
+    if workers <= 1:
+        return 1
+    return workers * max(1, int(min(JOBS_PER_WORKER, flops / (workers * MIN_CHUNK_FLOPS))))
 
 
 def _plan_blocks(channels: int, width: int) -> list[tuple[int, int, int]]:
@@ -468,7 +477,7 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
     # every worker gets about 4 chunks (a single worker one); a chunk is whole images
     # when images are small (fewer calls: each costs ~10 µs of Python and ctypes),
     # else rows of one image; its padded input rows fit SLAB_BYTES
-    rows_share = max(1, -(-n * oh // _job_count(workers)))
+    rows_share = max(1, -(-n * oh // _job_count(workers, 2.0 * n * oh * ow * kernel.size)))
     needed = window_reach(oh, kh, stride_rows, dilation_rows)  # padded input rows of one image
     if rows_share >= 2 * oh:
         image_bytes = needed * row_elems * itemsize
@@ -705,7 +714,7 @@ def _chunk_cells(problem: ConvProblem, workers: int) -> tuple[int, int]:
     out = problem.out_size
     image_rows = math.prod(out[:-1])
     total = image_rows * problem.batch
-    share = max(1, math.ceil(total / _job_count(workers)))
+    share = max(1, math.ceil(total / _job_count(workers, problem.flops)))
     rows = share // image_rows * image_rows if share >= 2 * image_rows else min(image_rows, share)
     return -(-total // rows), rows * out[-1]
 
