@@ -176,7 +176,7 @@ def direct(
     workers = _threads.chunk_workers(threads, flops, inline_below)
     from . import segments  # (it reads this module's panels)
 
-    if rank == 1 and segments.cut_along_cells(n, oh, workers):
+    if rank == 1 and segments.cut_along_cells(n, oh, workers, flops):
         jobs = segments.segment_jobs(x, kernel, stride_cols, dilation_cols, ow, pads[1], y,
                                      workers, groups)
     else:

@@ -16,9 +16,12 @@ instead, each run by the same compiled kernels as a one-row image of its own:
   into a per-thread scratch row with the zeros around them (a few KiB);
 - each segment writes its cells of the output in place.
 
-The segments of all images together are :data:`~.register_tiles.JOBS_PER_WORKER`
-per worker (more when their count would not share evenly), of at least
-:data:`MIN_SEGMENT_CELLS` cells, cut at multiples of :data:`CELL_ALIGN` cells.
+The segments of all images together are as many chunks as
+:mod:`.register_tiles` cuts for the workers (:data:`~.register_tiles.JOBS_PER_WORKER`
+per worker, fewer where a chunk would hold under
+:data:`~.register_tiles.MIN_CHUNK_FLOPS`; more when their count would not share
+evenly), of at least :data:`MIN_SEGMENT_CELLS` cells, cut at multiples of
+:data:`CELL_ALIGN` cells.
 
 Examples
 --------
@@ -33,6 +36,7 @@ Examples
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -61,21 +65,23 @@ MIN_SEGMENT_CELLS = 16
 CELL_ALIGN = 16
 
 
-def cut_along_cells(images: int, rows: int, workers: int) -> bool:
-    """Whether a convolution of ``images`` images of ``rows`` output rows runs as
-    segments of rows for ``workers`` threads: 1-D (one row), more than one worker, and
-    fewer images than the chunks the workers take.
+def cut_along_cells(images: int, rows: int, workers: int, flops: float = math.inf) -> bool:
+    """Whether a convolution of ``images`` images of ``rows`` output rows (``flops`` in
+    all) runs as segments of rows for ``workers`` threads: 1-D (one row), more than one
+    worker, and fewer images than the chunks the workers take.
 
     >>> cut_along_cells(1, 1, 2), cut_along_cells(16, 1, 2), cut_along_cells(1, 1, 1)
     (True, False, False)
     >>> cut_along_cells(1, 28, 2)
     False
     """
-    return rows == 1 and workers > 1 and images < _job_count(workers)
+    return rows == 1 and workers > 1 and images < _job_count(workers, flops)
 
 
-def segment_edges(cells: int, images: int, workers: int) -> list[int]:
-    """Where the segments of one image's ``cells`` output cells start, and the end.
+def segment_edges(cells: int, images: int, workers: int, flops: float = math.inf
+                  ) -> list[int]:
+    """Where the segments of one image's ``cells`` output cells start, and the end
+    (``flops``: the whole job's).
 
     ``images × segments`` is at least :func:`~.register_tiles._job_count` and a
     multiple of ``workers`` where the cells allow (each worker then runs as many),
@@ -84,10 +90,10 @@ def segment_edges(cells: int, images: int, workers: int) -> list[int]:
 
     >>> segment_edges(4096, images=3, workers=2)
     [0, 1024, 2048, 3072, 4096]
-    >>> segment_edges(40, images=1, workers=2)
-    [0, 16, 40]
+    >>> segment_edges(40, images=1, workers=2), segment_edges(4096, 1, 2, flops=5e6)
+    ([0, 16, 40], [0, 2048, 4096])
     """
-    count = -(-_job_count(workers) // images)
+    count = -(-_job_count(workers, flops) // images)
     while (images * count) % workers:
         count += 1
     count = max(1, min(count, cells // MIN_SEGMENT_CELLS))
@@ -144,6 +150,6 @@ def segment_jobs(x: np.ndarray, kernel: np.ndarray, stride: int, dilation: int,
             call.drive(source, call.weights, target + call.first_channel_bytes, call.offsets,
                        *cells, *call.sums, *call.batch)
 
-    edges = segment_edges(out_cells, n, workers)
+    edges = segment_edges(out_cells, n, workers, 2.0 * n * out_cells * kernel.size)
     return [functools.partial(job, image, o0, o1)
             for image in range(n) for o0, o1 in zip(edges, edges[1:])]
