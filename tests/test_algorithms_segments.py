@@ -113,6 +113,68 @@ def test_segments_against_torch(seed):
             assert relative_error(y, expected) <= TOLERANCE[dtype], what
 
 
+def torch_conv2d(x, kernel, strides, dilation, groups, pads):
+    """PyTorch's ``conv2d`` in float64 of channels-last ``x`` (N, H, W, C) and ``kernel``
+    (KH, KW, C/g, F), zero padding ``pads`` per axis (negative values crop)."""
+    xt = torch.from_numpy(np.asarray(x, np.float64).transpose(0, 3, 1, 2).copy())
+    (top, bottom), (left, right) = pads
+    xt = xt[:, :, max(0, -top): xt.shape[2] - max(0, -bottom),
+            max(0, -left): xt.shape[3] - max(0, -right)]
+    xt = torch.nn.functional.pad(xt, (max(0, left), max(0, right), max(0, top),
+                                      max(0, bottom)))
+    kt = torch.from_numpy(np.asarray(kernel, np.float64).transpose(3, 2, 0, 1).copy())
+    with torch.no_grad():
+        y = torch.nn.functional.conv2d(xt, kt, stride=strides, dilation=dilation,
+                                       groups=groups)
+    return y.numpy().transpose(0, 2, 3, 1)
+
+
+def random_flat_case(seed):
+    """A 2-D convolution of one or two images with one to three output rows and many
+    cells per row: kernels 1–3 × 1–5, strides and dilations 1–2, explicit padding pairs
+    (negative: crops), groups 1 or 2."""
+    rng = np.random.default_rng(seed)
+    while True:
+        kernel_size = (int(rng.integers(1, 4)), int(rng.integers(1, 6)))
+        strides = tuple(int(v) for v in rng.integers(1, 3, 2))
+        dilation = tuple(int(v) for v in rng.integers(1, 3, 2))
+        size = (int(rng.integers(1, 6)), int(rng.integers(64, 2500)))
+        pads = tuple((int(a), int(b)) for a, b in rng.integers(-1, 3, (2, 2)))
+        out = tuple((n + lo + hi - (k - 1) * d - 1) // s + 1 for n, (lo, hi), k, d, s
+                    in zip(size, pads, kernel_size, dilation, strides))
+        if 1 <= out[0] <= 3 and out[1] > 0:
+            break
+    groups = int(rng.choice([1, 1, 2]))
+    channels = groups * int(rng.choice([1, 3, 8, 24]))
+    filters = groups * int(rng.choice([5, 16, 40]))
+    x = rng.standard_normal((int(rng.integers(1, 3)), *size, channels))
+    kernel = rng.standard_normal((*kernel_size, channels // groups, filters))
+    return x, kernel, strides, dilation, groups, pads, out
+
+
+@pytest.mark.parametrize("seed", range(12 if CI else 60))
+def test_few_rows_against_torch(seed):
+    """2-D convolutions of fewer output rows than chunks, cut along their cells."""
+    x, kernel, strides, dilation, groups, pads, out = random_flat_case(6100 + seed)
+    expected = torch_conv2d(x, kernel, strides, dilation, groups, pads)
+    for dtype in (np.float32, np.float64):
+        what = (f"seed {6100 + seed}, {dtype.__name__}, x {x.shape}, kernel {kernel.shape}, "
+                f"strides {strides}, dilation {dilation}, groups {groups}, padding {pads}")
+        y = register_tiles.direct(guarded(x, dtype), kernel.astype(dtype), strides, dilation,
+                                  groups, out, padding=pads, threads=2)
+        assert y.dtype == dtype and y.shape == expected.shape, what
+        assert relative_error(y, expected) <= TOLERANCE[dtype], what
+
+
+def test_few_rows_are_cut_along_their_cells():
+    """One or two output rows of many cells run as segments (more chunks than rows);
+    rows enough for the chunks, or rows of few cells, as rows."""
+    flops = 1e9
+    assert segments.cut_along_cells(1, 2, 1000, 2, flops)
+    assert not segments.cut_along_cells(1, 8, 1000, 2, flops)
+    assert not segments.cut_along_cells(1, 4, 4, 2, flops)  # 512 channels on 4²: rows
+
+
 WAVENET = [(2, d, 64, 128) for d in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)] + [
     (2, 1, 256, 64), (1, 1, 256, 256)]
 

@@ -176,8 +176,9 @@ def direct(
     workers = _threads.chunk_workers(threads, flops, inline_below)
     from . import segments  # (it reads this module's panels)
 
-    if rank == 1 and segments.cut_along_cells(n, oh, workers, flops):
-        jobs = segments.segment_jobs(x, kernel, stride_cols, dilation_cols, ow, pads[1], y,
+    if segments.cut_along_cells(n, oh, ow, workers, flops):
+        jobs = segments.segment_jobs(x, kernel, (stride_rows, stride_cols),
+                                     (dilation_rows, dilation_cols), (oh, ow), pads, y,
                                      workers, groups)
     else:
         jobs = _jobs(x, kernel, (stride_rows, stride_cols), (dilation_rows, dilation_cols),
