@@ -97,7 +97,7 @@ def random_case(seed):
     return x, kernel, stride, dilation, groups, (lo, hi), out, mode
 
 
-@pytest.mark.parametrize("seed", range(16 if CI else 80))
+@pytest.mark.parametrize("seed", range(10 if CI else 80))
 def test_segments_against_torch(seed):
     x, kernel, stride, dilation, groups, pads, out, mode = random_case(5300 + seed)
     expected = torch_conv1d(x, kernel, stride, dilation, groups, pads)
@@ -152,7 +152,7 @@ def random_flat_case(seed):
     return x, kernel, strides, dilation, groups, pads, out
 
 
-@pytest.mark.parametrize("seed", range(12 if CI else 60))
+@pytest.mark.parametrize("seed", range(8 if CI else 60))
 def test_few_rows_against_torch(seed):
     """2-D convolutions of fewer output rows than chunks, cut along their cells."""
     x, kernel, strides, dilation, groups, pads, out = random_flat_case(6100 + seed)
@@ -175,7 +175,8 @@ def test_few_rows_are_cut_along_their_cells():
     assert not segments.cut_along_cells(1, 4, 4, 2, flops)  # 512 channels on 4²: rows
 
 
-WAVENET = [(2, d, 64, 128) for d in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)] + [
+WAVENET = [(2, d, 64, 128) for d in ((1, 16, 512) if CI else (1, 2, 4, 8, 16, 32, 64, 128,
+                                                                 256, 512))] + [
     (2, 1, 256, 64), (1, 1, 256, 256)]
 
 
