@@ -5,8 +5,10 @@ the window's cells inside the input (:func:`window_spans`), so no padded copy
 is made. With compiled kernels (:mod:`.algorithms._llvm_pool`, one or two
 spatial axes, float32/float64) each output cell's window is reduced channels-last,
 a vector of channels at a time, the output rows split over the worker threads
-(numba's loops, :mod:`.algorithms._numba_pool`, for small pools and where the
-llvmlite kernels are off); otherwise NumPy reduces one axis and one tap at a time
+(called through numba where it is installed: a ctypes call costs microseconds;
+numba's loops, :mod:`.algorithms._numba_pool`, where the llvmlite kernels are
+off); a global average is numba's one-pass loop, the images split over the
+workers; otherwise NumPy reduces one axis and one tap at a time
 over strided views (:func:`clipped_windows`). A max pool's gradient scans each
 window with the compiled kernel, else takes NumPy's passes over the taps.
 Divisors follow PyTorch exactly:
@@ -46,7 +48,7 @@ from .padding import pad
 
 __all__ = ["forward", "backward", "divisor", "reduce_windows", "spread_windows", "PoolPlan",
            "pool_plan", "window_spans", "axis_taps", "clipped_windows", "THREADED_WORK",
-           "SMALL_WORK"]
+           "SMALL_WORK", "GLOBAL_THREADED_VALUES"]
 
 
 _ONE_ROW = np.array([[0, 1]], np.int64)  # a one-dimensional pool's one row of taps
@@ -177,8 +179,8 @@ def forward(x: np.ndarray, resolved: ResolvedConv, planned: PoolPlan | None = No
     cells inside the input are reduced in one pass per output cell, the output rows
     split over the workers; otherwise one axis at a time (:func:`clipped_windows`):
     a max or a sum over a rectangle is the max or sum over its rows of the max or
-    sum over each row. Neither pads the input. A global average is one
-    matrix-vector product with ``1 / cells``.
+    sum over each row. Neither pads the input. A global average is one pass over
+    the input (:func:`_global_average`).
     ``planned`` is :func:`pool_plan` of ``resolved`` (made here if not given).
 
     >>> from convarith import ConvSpec
@@ -195,13 +197,8 @@ def forward(x: np.ndarray, resolved: ResolvedConv, planned: PoolPlan | None = No
         batch, channels = x.shape[0], x.shape[-1]
         cells = x.size // max(1, batch * channels)
         rows = x.reshape(batch, cells, channels)
-        if spec.pool == "max":
-            y = np.maximum.reduce(rows, axis=1)
-        else:  # BLAS's gemv: 2-5x faster than a sum over the middle axis
-            weights = planned.weights
-            if weights is None or weights.dtype != x.dtype:
-                weights = np.full(cells, 1 / cells, x.dtype)
-            y = np.matmul(weights, rows)
+        y = np.maximum.reduce(rows, axis=1) if spec.pool == "max" else _global_average(
+            rows, planned)
         return y.reshape(batch, *resolved.output_size, channels)
     kind = "max" if spec.pool == "max" else "avg"
     fast = _forward_compiled(x, resolved, planned, kind)
@@ -220,32 +217,64 @@ def forward(x: np.ndarray, resolved: ResolvedConv, planned: PoolPlan | None = No
     return y
 
 
+#: Input values from which a global average pool splits its images over the workers:
+#: about 20 µs of one core (16 images of 4²×1152, 295k values, 22 µs), twice what
+#: handing chunks to a helper costs the caller.
+GLOBAL_THREADED_VALUES = 1 << 18
+
+
+def _global_average(rows: np.ndarray, planned: PoolPlan) -> np.ndarray:
+    """The mean over the middle axis of ``rows`` ``(N, cells, C)``, ``(N, C)``.
+
+    On one thread BLAS's gemv with ``1 / cells`` (2-5x faster than NumPy's sum over
+    the middle axis); from :data:`GLOBAL_THREADED_VALUES` input values, the images
+    split over the workers, each chunk numba's one-pass loop (as fast as the gemv on
+    one core, and no BLAS: nothing to limit in the threads). Without numba (or
+    for other dtypes), the gemv.
+    """
+    batch, cells, channels = rows.shape
+    workers = 1 if batch < 2 or rows.size < GLOBAL_THREADED_VALUES else _threads.worker_count()
+    loops = _numba_pool.numba_kernels() if workers > 1 and rows.dtype.char in "fd" else None
+    if loops is None:
+        weights = planned.weights
+        if weights is None or weights.dtype != rows.dtype:
+            weights = np.full(cells, 1 / max(1, cells), rows.dtype)
+        return np.matmul(weights, rows)
+    average = loops[2]
+    rows = np.ascontiguousarray(rows)
+    y = np.empty((batch, channels), rows.dtype)
+    _threads.run_chunks(lambda first, stop: average(rows, y, first, stop), batch,
+                        -(-batch // (4 * workers)), threads=workers, blas=False)
+    return y
+
+
 #: Window cells (output values × taps; twice that for a max pool's gradient, which reads
 #: each window twice) below which a compiled pooling runs in the calling thread: about
 #: 20 µs of work on one core, where handing chunks to a helper costs some 10 µs.
 THREADED_WORK = 1 << 19
 
 
-#: Window cells below which numba's loops (where installed) run a pooling rather than the
-#: llvmlite kernel: a numba call costs a few microseconds less than the kernel's ctypes
-#: call (one core, float32, 2×2 stride 2 on 7²×512: 7 against 17 µs; 3×3 stride 2 on
-#: 56²×64, 451k cells: 80 against 41 µs).
+#: Window cells below which numba's loops run a pooling rather than an llvmlite kernel
+#: called through ctypes (no numba caller, :func:`._llvm_pool.array_caller`: then numba's
+#: loops are not there either, unless numba was imported after the kernel was built): a
+#: numba call costs a few microseconds less than the ctypes call (one core, float32,
+#: 2×2 stride 2 on 7²×512: 7 against 17 µs; 3×3 stride 2 on 56²×64, 451k cells: 80
+#: against 41 µs).
 SMALL_WORK = 1 << 16
 
 
 def _compiled_loops(dtype: np.dtype[Any], kind: str, rank: int, cells: int
                     ) -> _llvm_pool.PoolKernel | tuple[Any, ...] | None:
     """The llvmlite kernel of ``kind`` or numba's loops (numba's first below
-    :data:`SMALL_WORK` window ``cells``), for one or two spatial axes of
-    float32/float64 (``None``: neither here)."""
+    :data:`SMALL_WORK` window ``cells`` where the kernel has no numba caller), for one
+    or two spatial axes of float32/float64 (``None``: neither here)."""
     if rank > 2 or dtype.char not in "fd":
         return None
-    if cells < SMALL_WORK:
-        loops = _numba_pool.numba_kernels()
-        if loops is not None:
-            return loops
     kernel = _llvm_pool.pool_kernel(dtype, kind)
-    return kernel if kernel is not None else _numba_pool.numba_kernels()
+    if kernel is not None and (kernel.call is not None or cells >= SMALL_WORK):
+        return kernel
+    loops = _numba_pool.numba_kernels()
+    return loops if loops is not None else kernel
 
 
 def _as_rows(a: np.ndarray) -> np.ndarray:
@@ -272,15 +301,24 @@ def _forward_compiled(x: np.ndarray, resolved: ResolvedConv, planned: PoolPlan, 
     units = batch * out_rows
     run: Callable[[int, int], None]
     if isinstance(loops, _llvm_pool.PoolKernel):
-        drive = loops.drive
-        rows, columns, divisors = planned.addresses
-        x_address, y_address = x.ctypes.data, y.ctypes.data
         fields = (resolved.output_size[-1], channels, x[0].size if batch else 0,
                   x.shape[-2] * channels, row_step, spec.dilation[-1], 0, channels)
+        if loops.call is not None:  # through numba: ~1 µs a call, not ~5
+            call, x_rows, y_rows = loops.call, _as_rows(x), _as_rows(y)
+            # (a max pool reads no divisors: the output stands in)
+            arrays = (planned.divisors if kind == "avg" else y_rows, planned.rows,
+                      planned.columns)
 
-        def run(first: int, stop: int) -> None:
-            drive(x_address, y_address, divisors, rows, columns, first, stop, out_rows,
-                  *fields)
+            def run(first: int, stop: int) -> None:
+                call(x_rows, y_rows, *arrays, first, stop, out_rows, *fields)
+        else:
+            drive = loops.drive
+            rows, columns, divisors = planned.addresses
+            x_address, y_address = x.ctypes.data, y.ctypes.data
+
+            def run(first: int, stop: int) -> None:
+                drive(x_address, y_address, divisors, rows, columns, first, stop, out_rows,
+                      *fields)
     else:
         x_rows, y_rows = _as_rows(x), _as_rows(y)
         loop = loops[0] if kind == "max" else loops[1]
