@@ -741,7 +741,7 @@ class _TilesPlan(NamedTuple):
     #: each job's calls as :func:`._llvm_depthwise.call_runner`'s table: the table (kept
     #: alive here), its address and its number of calls
     tables: tuple[tuple[np.ndarray, int, int], ...]
-    runner: Any  #: :func:`._llvm_depthwise.call_runner`'s ``drive``
+    runner: Any  #: :func:`._llvm_depthwise.call_runner`
     zero_rows: tuple[tuple[int, int], ...]  #: output rows whose windows lie on padding only
     keep: tuple[Any, ...]  #: the compiled modules (their code lives as long as they do)
 
@@ -849,7 +849,7 @@ def _tiles_plan(shape: tuple[int, int, int, int], kernel_size: tuple[int, int],
     runner = _llvm_depthwise.call_runner(target)
     if runner is None:
         return None
-    return _TilesPlan(tuple(planned), tuple(tables), runner.drive, zero_rows,
+    return _TilesPlan(tuple(planned), tuple(tables), runner, zero_rows,
                       tuple(modules.values()))
 
 
@@ -946,8 +946,7 @@ def tiles(
     else:
         y = aligned_empty((n, oh, ow, c), dtype) if may_stream else np.empty((n, oh, ow, c),
                                                                              dtype)
-    y_base = y.ctypes.data
-    streaming = (may_stream and y_base % vector_bytes == 0
+    streaming = (may_stream and y.ctypes.data % vector_bytes == 0
                  and all(st % vector_bytes == 0 for st in y.strides[:3]))
     workers = threads if threads is not None else worker_count()
     kh, kw = kernel.shape[:2]
@@ -963,21 +962,37 @@ def tiles(
     assert plan is not None
     weights = kernel if kernel.flags.c_contiguous and kernel.dtype == dtype else (
         np.ascontiguousarray(kernel, dtype))
-    x_base, w_base = x.ctypes.data, weights.ctypes.data
     for r0, r1 in plan.zero_rows:
         y[:, r0:r1] = 0
-
-    runner, tables = plan.runner, plan.tables
-
-    def run(first: int, last: int) -> None:
-        for _, table, count in tables[first:last]:
-            runner(x_base, w_base, y_base, table, count)
-
+    tables = plan.tables
+    run = _table_runs(plan.runner, x, weights, y, tables)
     if len(tables) == 1:
         run(0, 1)
     else:
         run_chunks(run, len(tables), 1, threads=workers, blas=False)
     return y
+
+
+def _table_runs(runner: Any, x: np.ndarray, weights: np.ndarray, y: np.ndarray,
+                tables: Sequence[tuple[np.ndarray, int, int]]) -> Callable[[int, int], None]:
+    """``run(first, last)``: the jobs ``tables[first:last]`` of a plan, by ``runner`` (a
+    :class:`._llvm_depthwise.CallRunner`) on these arrays: through numba where it is
+    there (the arrays' addresses read as numba takes them), else by ctypes."""
+    call = runner.call
+    if call is not None:
+        def run(first: int, last: int) -> None:
+            for table, _, count in tables[first:last]:
+                call(x, weights, y, table, count)
+
+        return run
+    drive = runner.drive
+    x_base, w_base, y_base = x.ctypes.data, weights.ctypes.data, y.ctypes.data
+
+    def run_by_ctypes(first: int, last: int) -> None:
+        for _, table, count in tables[first:last]:
+            drive(x_base, w_base, y_base, table, count)
+
+    return run_by_ctypes
 
 
 #: Outputs of at least this many bytes are stored past the caches (non-temporal stores),
@@ -1215,14 +1230,9 @@ def _phases_on_tiles(x: np.ndarray, kernel: np.ndarray, strides: Sequence[int],
     for start, stop, step, first in plan.zeros:
         y[:, start:stop:step, first::strides[1]] = 0
     weights = np.ascontiguousarray(kernel, dtype).reshape(-1)[plan.gather]
-    runner, tables = plan.runner, plan.tables
-    x_base, w_base, y_base = x.ctypes.data, weights.ctypes.data, y.ctypes.data
-
-    def run(first: int, last: int) -> None:
-        for _, table, count in tables[first:last]:
-            runner(x_base, w_base, y_base, table, count)
-
-    run_chunks(run, len(tables), 1, threads=workers if len(tables) > 1 else 1, blas=False)
+    tables = plan.tables
+    run_chunks(_table_runs(plan.runner, x, weights, y, tables), len(tables), 1,
+               threads=workers if len(tables) > 1 else 1, blas=False)
     return y
 
 
