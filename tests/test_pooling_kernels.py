@@ -230,10 +230,17 @@ def test_max_gradient_threads_give_one_threads_result(batch: int) -> None:
     _close(split, _torch_max_grad(x, dy, 3, 2, 1, 1, False), f"batch {batch}")
 
 
-def test_random_global_averages_match_pytorch(monkeypatch: pytest.MonkeyPatch) -> None:
-    # a global average (one window over the whole input): BLAS's gemv on one thread,
-    # numba's one-pass loop split over the images with threads; forced split here
+@pytest.mark.parametrize("loop", ["numba", "gemv"])
+def test_random_global_averages_match_pytorch(loop: str, monkeypatch: pytest.MonkeyPatch
+                                              ) -> None:
+    # a global average (one window over the whole input): numba's one-pass loop, the
+    # images split over the threads (forced here, whatever the size), or without numba
+    # BLAS's gemv
     monkeypatch.setattr(pooling, "GLOBAL_THREADED_VALUES", 0)
+    if loop == "gemv":
+        monkeypatch.setattr(_numba_pool, "numba_kernels", lambda: None)
+    elif _numba_pool.numba_kernels() is None:
+        pytest.skip("no numba")
     rng = np.random.default_rng(21)
     for case in range(CONFIGS // 4):
         rank = int(rng.choice([1, 2, 2]))
@@ -245,7 +252,8 @@ def test_random_global_averages_match_pytorch(monkeypatch: pytest.MonkeyPatch) -
         x = rng.standard_normal((int(rng.integers(1, 7)), *size, channels)).astype(dtype)
         if rng.random() < 0.2:
             x.flat[rng.integers(x.size, size=3)] = [np.nan, np.inf, -np.inf]
-        note = f"seed 21 case {case}: global average of x {x.shape} {np.dtype(dtype).name}"
+        note = (f"{loop} seed 21 case {case}: global average of x {x.shape} "
+                f"{np.dtype(dtype).name}")
         spec = ConvSpec(size, pool="avg", rank=rank)
         resolved = spec.resolve(x.shape)
         assert pooling.pool_plan(resolved).whole, note
