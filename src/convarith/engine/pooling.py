@@ -218,9 +218,9 @@ def forward(x: np.ndarray, resolved: ResolvedConv, planned: PoolPlan | None = No
 
 
 #: Input values from which a global average pool splits its images over the workers:
-#: about 20 µs of one core (16 images of 4²×1152, 295k values, 22 µs), twice what
-#: handing chunks to a helper costs the caller.
-GLOBAL_THREADED_VALUES = 1 << 18
+#: about 160 µs of one core (16 images of 4²×2048, 524k values, take 40 µs), as
+#: :data:`THREADED_WORK` for the same reason (no network's global pool at 16 images).
+GLOBAL_THREADED_VALUES = 1 << 21
 
 
 def _global_average(rows: np.ndarray, planned: PoolPlan) -> np.ndarray:
@@ -254,8 +254,13 @@ def _global_average(rows: np.ndarray, planned: PoolPlan) -> np.ndarray:
 
 #: Window cells (output values × taps; twice that for a max pool's gradient, which reads
 #: each window twice) below which a compiled pooling runs in the calling thread: about
-#: 20 µs of work on one core, where handing chunks to a helper costs some 10 µs.
-THREADED_WORK = 1 << 19
+#: 200 µs of one core. A helper woken for chunks needs the interpreter's lock, which
+#: the caller holds until its own chunk starts, and on a virtual machine one that slept
+#: for it starts ~0.1 ms late: smaller pools ran slower on two threads than on one
+#: (quiet machine, 2×2 stride 2, float32: one 112²×64 image, 802k cells, 0.175 ms on
+#: two threads, 0.072 on one core; 16 images of 14²×512 0.189 against 0.145), larger
+#: ones faster (16 images of 28²×256, 3.2M cells: 0.29 against 1.26 ms).
+THREADED_WORK = 1 << 21
 
 
 #: Window cells below which numba's loops run a pooling rather than an llvmlite kernel

@@ -870,6 +870,16 @@ TILES_JOB_FLOPS = 2_000_000
 #: starts late or is slowed by another process leaves its share to the others.
 TILES_JOBS_PER_WORKER = 2
 
+#: Least work (FLOPs) of a layer that :func:`tiles` splits over several threads at all
+#: (about 200 µs of a core): a helper woken for a job needs the interpreter's lock,
+#: which the caller holds until its own job starts, and on a virtual machine one that
+#: slept for it starts ~0.1 ms late, so smaller layers ran slower on two threads than
+#: on one (quiet machine, 2 threads, 16 images, 3×3: 4²×1152 0.139 ms, 7²×480 0.141,
+#: 7²×384 0.145, 14²×192 0.195; one core, busy machine: 0.081, 0.095, 0.083, 0.138),
+#: larger ones faster (56²×96 stride 2: 0.67 against 1.87; 28²×144 0.46 against 1.36;
+#: 5×5 14²×240 0.29 against 0.34).
+TILES_THREADED_FLOPS = 16_000_000
+
 
 def tiles(
     xp: np.ndarray,
@@ -950,9 +960,9 @@ def tiles(
                  and all(st % vector_bytes == 0 for st in y.strides[:3]))
     workers = threads if threads is not None else worker_count()
     kh, kw = kernel.shape[:2]
-    jobs = 1 if workers == 1 else max(1, min(workers * TILES_JOBS_PER_WORKER,
-                                             int(2 * n * oh * ow * c * kh * kw
-                                                 // TILES_JOB_FLOPS)))
+    flops = 2 * n * oh * ow * c * kh * kw
+    jobs = 1 if workers == 1 or flops < TILES_THREADED_FLOPS else max(1, min(
+        workers * TILES_JOBS_PER_WORKER, int(flops // TILES_JOB_FLOPS)))
     pads = ((0, 0), (0, 0)) if padding is None else (
         (int(padding[0][0]), int(padding[0][1])), (int(padding[1][0]), int(padding[1][1])))
     plan = _tiles_plan(x.shape, (kh, kw), (int(strides[0]), int(strides[1])),
@@ -1219,8 +1229,8 @@ def _phases_on_tiles(x: np.ndarray, kernel: np.ndarray, strides: Sequence[int],
     workers = threads if threads is not None else worker_count()
     flops = 2 * n * oh * ow * c * kernel.shape[0] * kernel.shape[1] // max(
         1, strides[0] * strides[1])
-    jobs = 1 if workers == 1 else max(1, min(workers * TILES_JOBS_PER_WORKER,
-                                             int(flops // TILES_JOB_FLOPS)))
+    jobs = 1 if workers == 1 or flops < TILES_THREADED_FLOPS else max(1, min(
+        workers * TILES_JOBS_PER_WORKER, int(flops // TILES_JOB_FLOPS)))
     plan = _phases_plan(x.shape, (int(kernel.shape[0]), int(kernel.shape[1])),
                         (int(strides[0]), int(strides[1])), (int(dilation[0]), int(dilation[1])),
                         ((int(padding[0][0]), int(padding[0][1])),
