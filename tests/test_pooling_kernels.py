@@ -235,9 +235,9 @@ def test_max_gradient_threads_give_one_threads_result(batch: int,
 @pytest.mark.parametrize("loop", ["numba", "gemv"])
 def test_random_global_averages_match_pytorch(loop: str, monkeypatch: pytest.MonkeyPatch
                                               ) -> None:
-    # a global average (one window over the whole input): numba's one-pass loop, the
-    # images split over the threads (forced here, whatever the size), or without numba
-    # BLAS's gemv
+    # a global average (one window over the whole input): BLAS's gemv on one thread;
+    # on several (forced here, whatever the size) numba's one-pass loop, the images
+    # split over the threads, or without numba the gemv
     monkeypatch.setattr(pooling, "GLOBAL_THREADED_VALUES", 0)
     if loop == "gemv":
         monkeypatch.setattr(_numba_pool, "numba_kernels", lambda: None)
