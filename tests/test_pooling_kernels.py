@@ -334,3 +334,16 @@ def test_module_compiles_for_avx2_and_neon() -> None:
                         module.triple = target.triple
                     module.verify()
                     assert "drive" in str(machine.emit_assembly(module))
+
+
+def test_kernel_follows_the_vector_isa_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the kernels are remembered per CONVARITH_VECTOR_ISA setting, read at each call
+    if _llvm_pool.pool_kernel(np.float32, "max") is None:
+        pytest.skip("no compiled kernels here")
+    for name in ("avx2", "native"):
+        target = _llvm.target_named(name)
+        if not target.runs_here:
+            continue
+        monkeypatch.setenv(_llvm.ISA_VARIABLE, name)
+        kernel = _llvm_pool.pool_kernel(np.float32, "max")
+        assert kernel is not None and kernel.width == target.width(np.float32), name

@@ -260,27 +260,27 @@ def _global_average(rows: np.ndarray, planned: PoolPlan) -> np.ndarray:
 THREADED_WORK = 1 << 21
 
 
-#: Window cells below which numba's loops run a pooling rather than an llvmlite kernel
-#: called through ctypes (no numba caller, :func:`._llvm_pool.array_caller`: then numba's
-#: loops are not there either, unless numba was imported after the kernel was built): a
-#: numba call costs a few microseconds less than the ctypes call (one core, float32,
-#: 2×2 stride 2 on 7²×512: 7 against 17 µs; 3×3 stride 2 on 56²×64, 451k cells: 80
-#: against 41 µs).
+#: Window cells below which numba's loops (where installed) run a pooling rather than the
+#: llvmlite kernel: their call costs about a microsecond less than the kernel's through
+#: numba (one core, float32, 2×2 stride 2 on 7²×512, 18k cells: 4.5 against 5.4 µs;
+#: 14²×512, 100k cells: 12.5 against 11.5; 3×3 stride 2 on 56²×64, 451k cells: 73
+#: against 34), a few less than its ctypes call without numba (7 against 17 µs).
 SMALL_WORK = 1 << 16
 
 
 def _compiled_loops(dtype: np.dtype[Any], kind: str, rank: int, cells: int
                     ) -> _llvm_pool.PoolKernel | tuple[Any, ...] | None:
     """The llvmlite kernel of ``kind`` or numba's loops (numba's first below
-    :data:`SMALL_WORK` window ``cells`` where the kernel has no numba caller), for one
-    or two spatial axes of float32/float64 (``None``: neither here)."""
+    :data:`SMALL_WORK` window ``cells``), for one or two spatial axes of
+    float32/float64 (``None``: neither here)."""
     if rank > 2 or dtype.char not in "fd":
         return None
+    if cells < SMALL_WORK:
+        loops = _numba_pool.numba_kernels()
+        if loops is not None:
+            return loops
     kernel = _llvm_pool.pool_kernel(dtype, kind)
-    if kernel is not None and (kernel.call is not None or cells >= SMALL_WORK):
-        return kernel
-    loops = _numba_pool.numba_kernels()
-    return loops if loops is not None else kernel
+    return kernel if kernel is not None else _numba_pool.numba_kernels()
 
 
 def _as_rows(a: np.ndarray) -> np.ndarray:
