@@ -871,14 +871,15 @@ TILES_JOB_FLOPS = 2_000_000
 TILES_JOBS_PER_WORKER = 2
 
 #: Least work (FLOPs) of a layer that :func:`tiles` splits over several threads at all
-#: (about 200 µs of a core): a helper woken for a job needs the interpreter's lock,
+#: (about 150 µs of a core): a helper woken for a job needs the interpreter's lock,
 #: which the caller holds until its own job starts, and on a virtual machine one that
 #: slept for it starts ~0.1 ms late, so smaller layers ran slower on two threads than
 #: on one (quiet machine, 2 threads, 16 images, 3×3: 4²×1152 0.139 ms, 7²×480 0.141,
-#: 7²×384 0.145, 14²×192 0.195; one core, busy machine: 0.081, 0.095, 0.083, 0.138),
-#: larger ones faster (56²×96 stride 2: 0.67 against 1.87; 28²×144 0.46 against 1.36;
-#: 5×5 14²×240 0.29 against 0.34).
-TILES_THREADED_FLOPS = 16_000_000
+#: 7²×384 0.145, 14²×192 0.195, 5.3-8.1 MFLOP; one core, busy machine: 0.081, 0.095,
+#: 0.083, 0.138), larger ones faster (56²×96 stride 2: 0.67 against 1.87; 28²×144 0.46
+#: against 1.36; 5×5 14²×240 0.29 against 0.34; 56²×32, 14.5 MFLOP, 0.35-0.38 against
+#: 0.33-0.40).
+TILES_THREADED_FLOPS = 12_000_000
 
 
 def tiles(
