@@ -32,11 +32,13 @@ from .pointwise_rows import chunks, products
 
 __all__ = ["transposed", "applies", "cost", "FEW_ROWS"]
 
-#: Input cells (all images) up to which a product with a long sum (at least twice as
-#: many input channels as outputs) runs as the kernel times the cells' transpose.
-#: Measured on one core (CPU time, busy machine): 128 cells of 1024 -> 256 1.10× faster,
-#: 196 cells as fast, 128 cells of 256 -> 1024 (a short sum) 0.88×.
-FEW_ROWS = 128
+#: Input cells (all images) up to which the product runs as the kernel times the cells'
+#: transpose; twice as many with a long sum (at least twice as many input channels as
+#: outputs). Measured on one core (CPU time, busy machine): 16 cells 1.6–2.1× faster
+#: (160 to 2048 channels either way), 32 cells 1.4–1.5×, 49 cells 1.14× (256 -> 1024)
+#: and 1.28× (2048 -> 512), 64 cells 1.05×; 128 cells of 1024 -> 256 1.10×, 196 cells
+#: as fast, 128 cells of 256 -> 1024 (a short sum) 0.88×.
+FEW_ROWS = 64
 
 
 def transposed(
@@ -84,11 +86,12 @@ def transposed(
                  y.reshape(-1, filters), pieces, math.prod(spatial[1:]))
         return y
     rows = inside.reshape(-1, channels)
-    if len(rows) <= FEW_ROWS and channels >= 2 * filters:
-        # few cells and a long sum: the kernel (F, C) times the cells' transpose, read in
-        # place, then the small result transposed; BLAS ran the cells times the kernel's
-        # transposed view at half the rate (one core: 4²×2048 -> 512 0.99 against 0.51 ms,
-        # 4²×960 -> 160 0.124 against 0.071, 7²×2048 -> 512 1.82 against 1.42)
+    if len(rows) <= FEW_ROWS * (2 if channels >= 2 * filters else 1):
+        # few cells: the kernel (F, C) times the cells' transpose, read in place, then the
+        # small result transposed; BLAS ran the cells times the kernel's transposed view
+        # at half the rate (one core: 4²×2048 -> 512 0.99 against 0.51 ms, 4²×512 -> 2048
+        # 0.94 against 0.51, 4²×320 -> 960 0.25 against 0.14, 7²×2048 -> 512 1.82
+        # against 1.42)
         product = np.ascontiguousarray(np.matmul(kernel.reshape(filters, channels), rows.T).T)
     else:
         product = np.matmul(rows, weights)
