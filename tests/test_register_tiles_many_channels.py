@@ -114,3 +114,29 @@ def test_in_place_needs_whole_vectors_and_a_contiguous_kernel():
     assert not register_tiles.in_place(np.zeros((3, 3, 3, 2 * width), np.float32), 3)  # thin
     assert not register_tiles.in_place(np.zeros((3, 3, 32, 4 * width), np.float32)[..., ::2],
                                        32)
+
+
+@pytest.mark.parametrize("padding", [0, 1])
+@pytest.mark.parametrize("contiguous", [True, False])
+@pytest.mark.parametrize("panel_bytes", [1 << 19, 5000])
+def test_workers_share_output_channels_of_a_large_kernel(padding, contiguous, panel_bytes,
+                                                         monkeypatch):
+    """A kernel larger than its input on a small image: two workers' chunks are ranges of
+    column blocks (of both runs: 80 float64 channels are two blocks of 4 vectors and one of 2
+    with AVX-512), each running every step of the sum in order; the values are PyTorch's."""
+    monkeypatch.setattr(register_tiles, "PANEL_BYTES", panel_bytes)
+    rng = np.random.default_rng(4600)
+    x = rng.standard_normal((1, 3, 3, 96))
+    kernel = rng.standard_normal((3, 3, 96, 80))
+    if not contiguous:
+        kernel = np.asfortranarray(kernel)
+    out = 3 + 2 * padding - 2
+    pads = [(padding, padding)] * 2
+    y = np.empty((1, out, out, 80 + (-80) % _llvm.vector_width(np.float64)))
+    jobs = register_tiles._jobs(x, kernel, (1, 1), (1, 1), (out, out), pads, y, 2)
+    vectors = -(-80 // _llvm.vector_width(np.float64))
+    blocks = vectors // _llvm.max_vectors() + (1 if vectors % _llvm.max_vectors() else 0)
+    assert len(jobs) == min(blocks, 8)
+    for threads in (2, 1):
+        y = run(x, kernel, 1, padding, threads)
+        assert relative_error(y, torch_conv(x, kernel, 1, padding)) <= 1e-10, threads

@@ -505,8 +505,12 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
     # else rows of one image; its padded input rows fit SLAB_BYTES
     rows_share = max(1, -(-n * oh // _job_count(workers)))
     needed = window_reach(oh, kh, stride_rows, dilation_rows)  # padded input rows of one image
+    image_bytes = needed * row_elems * itemsize
+    if make_panels is None and groups == 1 and workers > 1 and not thin(c) and split_blocks(
+            math.prod(kernel.shape[:3]) * y.shape[-1] * itemsize, n * image_bytes,
+            rows_share, oh):
+        return _block_jobs(x, pads, y, panels, strides, needed, image_bytes, workers)
     if rows_share >= 2 * oh:
-        image_bytes = needed * row_elems * itemsize
         images = max(1, min(rows_share // oh, SLAB_BYTES // image_bytes if not unpadded else n))
 
         def job_images(g0: int, g1: int, _keep: Any = panels) -> None:
@@ -550,6 +554,79 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
 
     return [functools.partial(job, image, o0, o1)
             for image in range(n) for o0, o1 in zip(edges, edges[1:])]
+
+
+def split_blocks(kernel_bytes: int, input_bytes: int, rows_share: int, image_rows: int
+                 ) -> bool:
+    """Whether several workers share a layer's output channels (column blocks) rather
+    than its cells: when its kernel takes more bytes than its (padded) input and cutting
+    the cells would give chunks of less than a whole image (each chunk reads every
+    panel: 4 chunks of one 4-cell row for 3×3 512 -> 512 on one 4² image read its
+    9.4 MB kernel 4 times, a worker's share of the blocks reads half of it once).
+
+    >>> split_blocks(9_437_184, 73_728, 1, 4), split_blocks(147_456, 230_400, 4, 28)
+    (True, False)
+    """
+    return kernel_bytes >= input_bytes and rows_share < 2 * image_rows
+
+
+def _block_jobs(x: np.ndarray, pads: list[tuple[int, int]], y: np.ndarray,
+                panels: list[Panel], strides: tuple[int, int], needed: int, image_bytes: int,
+                workers: int) -> list[Callable[[], None]]:
+    """Jobs of :func:`_jobs` cut over the output channels: each takes a range of the column
+    blocks (of every run, counted one run after another) for a group of whole images
+    (all of them unpadded, else as many as :data:`SLAB_BYTES` holds: each job pads its
+    own copy), and runs every step of the sum on them in order."""
+    dtype = x.dtype
+    itemsize = dtype.itemsize
+    n, h, w, c = x.shape
+    _, oh, ow, _ = y.shape
+    (top, _), (left, right) = pads
+    stride_rows, stride_cols = strides
+    padded_w = w + left + right
+    unpadded = all(lo == hi == 0 for lo, hi in pads)
+    y_image, y_row, y_cell = (st // itemsize for st in y.strides[:3])
+    calls = _calls(panels)
+    # each call's first global block and its columns: a run's blocks come after the
+    # previous run's (calls of later steps repeat the runs, in the same order)
+    starts: dict[int, int] = {}
+    total = 0
+    first_blocks = []
+    for panel in panels:
+        key = panel.first_channel_bytes
+        if key not in starts:
+            starts[key] = total
+            total += panel.sums.blocks
+        first_blocks.append(starts[key])
+    columns = [panel.kernels.vectors * panel.kernels.width for panel in panels]
+    count = min(total, _job_count(workers))
+    edges = [total * i // count for i in range(count + 1)]
+    images = n if unpadded else max(1, min(n, SLAB_BYTES // image_bytes))
+    x_base, y_base = x.ctypes.data, y.ctypes.data
+    steps = [(call, first, cols) for call, first, cols in zip(calls, first_blocks, columns)]
+
+    def job(g0: int, g1: int, b0: int, b1: int, _keep: Any = panels) -> None:
+        if unpadded:
+            source, x_image = x_base + g0 * x.strides[0], h * w * c
+        else:
+            slab = workspace("register_tiles", (g1 - g0, needed, padded_w, c), dtype)
+            _fill(slab, x[g0:g1], -top, left)
+            source, x_image = slab.ctypes.data, needed * padded_w * c
+        target = y_base + g0 * y.strides[0]
+        cells = Cells(rows=(g1 - g0) * oh, row_cells=ow, image_rows=oh,
+                      x_row=stride_rows * padded_w * c, x_cell=stride_cols * c,
+                      x_image=x_image, y_row=y_row, y_cell=y_cell, y_image=y_image)
+        for call, first, cols in steps:
+            lo, hi = max(b0, first), min(b1, first + call.sums.blocks)
+            if lo >= hi:
+                continue
+            sums = call.sums._replace(blocks=hi - lo)
+            call.drive(source, call.weights + (lo - first) * sums.block_stride * itemsize,
+                       target + call.first_channel_bytes + (lo - first) * cols * itemsize,
+                       call.offsets, *cells, *sums, *call.batch)
+
+    return [functools.partial(job, g0, min(n, g0 + images), b0, b1)
+            for g0 in range(0, n, images) for b0, b1 in zip(edges, edges[1:]) if b1 > b0]
 
 
 def _row_edges(rows: int, count: int, images: int, workers: int) -> list[int]:
