@@ -140,3 +140,35 @@ def test_workers_share_output_channels_of_a_large_kernel(padding, contiguous, pa
     for threads in (2, 1):
         y = run(x, kernel, 1, padding, threads)
         assert relative_error(y, torch_conv(x, kernel, 1, padding)) <= 1e-10, threads
+
+
+def test_cost_of_shared_output_channels_reads_no_panel_twice(monkeypatch):
+    """With two workers a 3×3 512 -> 512 layer on one 4² image is cut over its output
+    channels (as ``_jobs`` does): no chunk reads another's panels, so its cost is one
+    worker's; a kernel smaller than the input is cut over cells and pays for the panels
+    each more chunk reads."""
+    from convarith.engine import dispatch
+    from convarith.engine.algorithms import _threads
+    from convarith.engine.dispatch import ConvProblem
+
+    def problem(size, c, f):
+        return ConvProblem((1, size + 2, size + 2, c), (3, 3, c, f), (1, 1), (1, 1), 1,
+                           (size, size), np.dtype(np.float32))
+
+    costs = {}
+    for workers in (1, 2):
+        monkeypatch.setattr(_threads, "worker_count", lambda workers=workers: workers)
+        monkeypatch.setattr(dispatch, "worker_count", lambda workers=workers: workers)
+        monkeypatch.setattr(register_tiles, "worker_count", lambda workers=workers: workers)
+        costs[workers] = (register_tiles.cost(problem(4, 512, 512)),
+                          register_tiles.cost(problem(56, 64, 128)))
+        assert register_tiles._splits_blocks(problem(4, 512, 512), 2)
+        assert not register_tiles._splits_blocks(problem(56, 64, 128), 2)
+        x = np.zeros((1, 4, 4, 512), np.float32)
+        y = np.empty((1, 4, 4, 512), np.float32)
+        jobs = register_tiles._jobs(x, np.zeros((3, 3, 512, 512), np.float32), (1, 1), (1, 1),
+                                    (4, 4), [(1, 1), (1, 1)], y, workers)
+        blocks = 512 // (_llvm.vector_width(np.float32) * _llvm.max_vectors())
+        assert len(jobs) == (1 if workers == 1 else min(blocks, 8))
+    assert costs[2][0] == costs[1][0]
+    assert costs[2][1] > costs[1][1]

@@ -761,8 +761,12 @@ def cost(problem: ConvProblem) -> float:
     with the output channels rounded up to whole vectors, 1.3 times that for
     one vector of them (16 channels; the kernel then waits on loads; not the thin
     kernels, whose blocks then hold 14 cells), times
-    ``1 + 16 / cells`` for chunks of few cells; 1×1 kernels
-    ``1.3 - 0.16·log2(C·F / 4096)`` (at least 0.6).
+    ``1 + FEW_CELLS / cells`` for chunks of few cells (:data:`FEW_CELLS`; grouped:
+    ``1 + 16 / cells``); 1×1 kernels ``1.3 - 0.16·log2(C·F / 4096)`` (at least 0.6);
+    plus :data:`PACK_PER_ELEMENT` per kernel element where the kernel is packed (its
+    outputs are not whole vectors), and with several workers :data:`PANEL_REREAD` for
+    the panels each more chunk of cells reads (none where they share the output
+    channels instead, :func:`split_blocks`).
     """
     width = max(1, _llvm.vector_width(problem.dtype))
     groups = problem.groups
@@ -789,17 +793,56 @@ def cost(problem: ConvProblem) -> float:
     workers = worker_count()
     if -(-f // width) == 1 and not (groups == 1 and thin(group_in)):
         per_flop *= 1.3  # one vector of channels: a load per 8 multiply-adds, not 24
-    if groups > 1 or taps == 1:
-        if groups > 1:
-            per_flop *= GROUPED_SCALE
+    if groups > 1:
+        per_flop *= GROUPED_SCALE
         return problem.flops * per_flop * padded * (1 + 16 / _chunk_cells(problem, workers)[1])
+    packing = 0.0 if f % width == 0 and not thin(group_in) else (
+        PACK_PER_ELEMENT * math.prod(problem.kernel_shape))
+    if workers > 1 and _splits_blocks(problem, workers):
+        # the workers share the column blocks: each chunk holds every cell (of its images)
+        # and reads only its own panels
+        return problem.flops * per_flop * padded * (1 + FEW_CELLS / _chunk_cells(
+            problem, 1)[1]) + packing
+    if taps == 1:
+        return problem.flops * per_flop * padded * (1 + FEW_CELLS / _chunk_cells(
+            problem, workers)[1]) + packing
     # the chunks of one worker; more workers cut more, and each reads the kernel's
     # panels again (from the shared cache or memory)
     jobs, cells = _chunk_cells(problem, 1)
     more = _chunk_cells(problem, workers)[0] - jobs
     panel_bytes = math.prod(problem.kernel_shape) * problem.dtype.itemsize * padded
-    return problem.flops * per_flop * padded * (1 + 16 / cells) + (
-        PANEL_REREAD * max(0, more) * panel_bytes)
+    return problem.flops * per_flop * padded * (1 + FEW_CELLS / cells) + (
+        PANEL_REREAD * max(0, more) * panel_bytes) + packing
+
+
+#: :func:`cost`'s ``1 + FEW_CELLS / cells`` for a chunk of few cells (register blocks
+#: cut short, each reading the kernel's panels). Measured on one core (CPU time, busy
+#: machine, float32 unless said, register_tiles against flat_rows' cost ``0.95 ×
+#: FLOPs`` there): 3×3 on one 2² image, 128 -> 256 0.70 and 1024 -> 1024 0.78 of
+#: flat_rows' time (against 0.5 at many cells: 4 cells, 1 + 1.6 to 2.2 / cells); 2×2²
+#: 256 -> 512 0.59 (8 cells); one 4² image 128 -> 256 in float64 0.74 (16 cells).
+FEW_CELLS = 3
+
+#: :func:`cost` units per kernel element packed into panels at each call (kernels whose
+#: outputs are not whole vectors; the others are read where they lie): 3×3 512 -> 512
+#: took 1.36 ms to pack on one core, ~95 million units of that core's time.
+PACK_PER_ELEMENT = 40.0
+
+
+def _splits_blocks(problem: ConvProblem, workers: int) -> bool:
+    """Whether :func:`_jobs` cuts ``problem`` over its output channels for ``workers``
+    threads (:func:`split_blocks`, with the padded input's whole rows)."""
+    width = max(1, _llvm.vector_width(problem.dtype))
+    c, f = problem.in_channels, problem.out_channels
+    if problem.groups != 1 or thin(c):
+        return False
+    out = problem.out_size
+    image_rows = math.prod(out[:-1])
+    rows_share = max(1, -(-image_rows * problem.batch // _job_count(workers)))
+    kernel_bytes = math.prod(problem.kernel_shape[:-1]) * -(-f // width) * width * (
+        problem.dtype.itemsize)
+    input_bytes = math.prod(problem.input_shape) * problem.dtype.itemsize
+    return split_blocks(kernel_bytes, input_bytes, rows_share, image_rows)
 
 
 #: :func:`cost` units per byte of kernel panels read again by each chunk that more
