@@ -172,3 +172,23 @@ def test_cost_of_shared_output_channels_reads_no_panel_twice(monkeypatch):
         assert len(jobs) == (1 if workers == 1 else min(blocks, 8))
     assert costs[2][0] == costs[1][0]
     assert costs[2][1] > costs[1][1]
+
+
+def test_narrower_vectors_than_the_cpu_cost_more(monkeypatch):
+    """The AVX2 kernels on an AVX-512 machine (whose BLAS keeps the wide vectors) cost
+    NARROW_VECTORS times as much per FLOP as the same layer's AVX2 cost where AVX2 is
+    the CPU's own (taken as the native target here)."""
+    from convarith.engine.dispatch import ConvProblem
+
+    if not (_llvm.target_named("native").vector_bytes == 64
+            and _llvm.target_named("avx2").runs_here):
+        pytest.skip("needs an AVX-512 CPU that runs the AVX2 kernels")
+    layer = ConvProblem((2, 9, 9, 512), (3, 3, 512, 512), (1, 1), (1, 1), 1, (7, 7),
+                        np.dtype(np.float32))
+    monkeypatch.setattr(register_tiles, "worker_count", lambda: 1)
+    assert not _llvm.narrower_than_host()
+    monkeypatch.setenv(_llvm.ISA_VARIABLE, "avx2")
+    assert _llvm.narrower_than_host()
+    narrow = register_tiles.cost(layer)
+    monkeypatch.setattr(_llvm, "narrower_than_host", lambda: False)
+    assert narrow == pytest.approx(register_tiles.NARROW_VECTORS * register_tiles.cost(layer))

@@ -763,6 +763,7 @@ def cost(problem: ConvProblem) -> float:
     kernels, whose blocks then hold 14 cells), times
     ``1 + FEW_CELLS / cells`` for chunks of few cells (:data:`FEW_CELLS`; grouped:
     ``1 + 16 / cells``); 1×1 kernels ``1.3 - 0.16·log2(C·F / 4096)`` (at least 0.6);
+    times :data:`NARROW_VECTORS` for vectors narrower than the CPU's (BLAS's);
     plus :data:`PACK_PER_ELEMENT` per kernel element where the kernel is packed (its
     outputs are not whole vectors), and with several workers :data:`PANEL_REREAD` for
     the panels each more chunk of cells reads (none where they share the output
@@ -793,6 +794,8 @@ def cost(problem: ConvProblem) -> float:
     workers = worker_count()
     if -(-f // width) == 1 and not (groups == 1 and thin(group_in)):
         per_flop *= 1.3  # one vector of channels: a load per 8 multiply-adds, not 24
+    if _llvm.narrower_than_host():
+        per_flop *= NARROW_VECTORS
     if groups > 1:
         per_flop *= GROUPED_SCALE
         return problem.flops * per_flop * padded * (1 + 16 / _chunk_cells(problem, workers)[1])
@@ -822,6 +825,13 @@ def cost(problem: ConvProblem) -> float:
 #: flat_rows' time (against 0.5 at many cells: 4 cells, 1 + 1.6 to 2.2 / cells); 2×2²
 #: 256 -> 512 0.59 (8 cells); one 4² image 128 -> 256 in float64 0.74 (16 cells).
 FEW_CELLS = 3
+
+#: :func:`cost`'s factor where the kernels' vectors are narrower than the CPU's, whose BLAS
+#: (flat_rows, offset_gemm) runs the wider ones: the AVX2 kernels on this AVX-512 machine.
+#: Measured on one core (CPU time, busy machine, time against flat_rows'; native kernels
+#: 0.7-0.9 of it on the same layers): 2×4² 512 -> 512 3×3 1.6, 1024 -> 1024 2.4, 1×2²
+#: 1024 -> 1024 1.6, 16×14² 1×1 256 -> 256 1.2, 1×7² 3×3 stride 2 512 -> 1024 1.9.
+NARROW_VECTORS = 2.0
 
 #: :func:`cost` units per kernel element packed into panels at each call (kernels whose
 #: outputs are not whole vectors; the others are read where they lie): 3×3 512 -> 512
