@@ -14,7 +14,7 @@ import os
 import numpy as np
 import pytest
 
-from _helpers import relative_error
+from _helpers import peak_extra_bytes, relative_error
 from convarith.engine.algorithms import _llvm, register_tiles
 
 torch = pytest.importorskip("torch")
@@ -192,3 +192,23 @@ def test_narrower_vectors_than_the_cpu_cost_more(monkeypatch):
     narrow = register_tiles.cost(layer)
     monkeypatch.setattr(_llvm, "narrower_than_host", lambda: False)
     assert narrow == pytest.approx(register_tiles.NARROW_VECTORS * register_tiles.cost(layer))
+
+
+@pytest.mark.parametrize("shape", [(16, 4, 512, 512, 1), (16, 7, 256, 256, 2), (1, 4, 512, 512, 1),
+                                   (2, 14, 128, 128, 1)])
+def test_peak_memory_stays_within_the_budget(shape):
+    """Peak extra bytes (output included) at most 1.5x (input + kernel + output), the
+    networks benchmark's bound, for slabs sized by the kernel (one thread: the helpers'
+    kept buffers vary) and for the workers' shares of the output channels (two)."""
+    n, size, c, f, stride = shape
+    rng = np.random.default_rng(4700)
+    x = rng.standard_normal((n, size, size, c)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, c, f)).astype(np.float32)
+    out = (size - 1) // stride + 1
+    out_bytes = n * out * out * f * 4
+    for threads in (1, 2):
+        peak = peak_extra_bytes(lambda threads=threads: register_tiles.direct(
+            x, kernel, (stride, stride), (1, 1), 1, (out, out), padding=((1, 1), (1, 1)),
+            threads=threads))
+        ratio = peak / (x.nbytes + kernel.nbytes + out_bytes)
+        assert ratio <= 1.5, f"{shape}, threads {threads}: peak {peak} bytes = {ratio:.2f}x"
