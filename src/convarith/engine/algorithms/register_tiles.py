@@ -12,8 +12,13 @@ without AVX2/FMA, this algorithm does not apply and the others run.
 Zero padding is written into a per-chunk copy of the input rows a chunk of
 output reads (kept between calls), so no padded copy of the whole input is
 made. A chunk is some rows of one image, or several whole small images (the
-block of cells then wraps from one image into the next). Outputs of
-:data:`STREAM_BYTES` and more are written past the caches.
+block of cells then wraps from one image into the next), or, where the kernel
+outweighs the input and the cells are few (deep stages on small images), a range
+of output-channel blocks of whole images, so that each worker reads only its
+share of the kernel (:func:`split_blocks`). A one-group kernel whose outputs are
+whole vectors is read where it lies (:func:`in_place`); others are packed into
+panels at each call. Outputs of :data:`STREAM_BYTES` and more are written past
+the caches.
 
 Grouped convolutions run group after group on each chunk; groups with fewer
 outputs than a vector are merged into block-diagonal kernels that fill one
@@ -109,9 +114,12 @@ def _plan_blocks(channels: int, width: int) -> list[tuple[int, int, int]]:
 
 
 #: Largest kernel panel (taps × a step of input channels × a block of output
-#: channels), in bytes; larger sums are split into steps of input channels. The
-#: panel stays in the core's 2 MiB L2 cache; panels that fit its 48 KiB L1 were
-#: measured no faster (L2, L6, L7 with 32, 48 and 512 KiB).
+#: channels, or a run of a kernel read in place), in bytes; larger sums are split into
+#: steps (later ones add to the output). The panel stays in the core's L2 cache (1 MiB
+#: per core on this EPYC; lscpu counts both cores' 2 MiB): panels that fit its 32 KiB
+#: L1 were measured no faster (L2, L6, L7 with 32, 48 and 512 KiB; kernels read in
+#: place, 3×3 512 -> 512 on 16×4² and 16×7², one core: 8 and 16 KiB 10-25 % slower,
+#: 256, 512 and 2048 KiB within the noise).
 PANEL_BYTES = 512 << 10
 
 
