@@ -784,8 +784,8 @@ def cost(problem: ConvProblem) -> float:
     panels are re-read for every chunk of few cells). Against Winograd: 0.9× its time with 32 channels on 28², 1.3×
     with 64 on 56² (the benchmark's L1).
 
-    So: 0.5 per FLOP (0.6 when strided, 0.42 with at most 4 input channels per group;
-    one group of at most 4: :data:`THIN_PER_FLOP`, :data:`THIN_STRIDED`),
+    So: 0.5 per FLOP (:data:`STRIDED_PER_FLOP` when strided, 0.42 with at most 4 input
+    channels per group; one group of at most 4: :data:`THIN_PER_FLOP`, :data:`THIN_STRIDED`),
     with the output channels rounded up to whole vectors, 1.3 times that for
     one vector of them (16 channels; the kernel then waits on loads; not the thin
     kernels, whose blocks then hold 14 cells), times
@@ -816,7 +816,7 @@ def cost(problem: ConvProblem) -> float:
     elif group_in <= 4:
         per_flop = 0.42
     elif any(s > 1 for s in problem.strides):
-        per_flop = 0.6
+        per_flop = STRIDED_PER_FLOP
     else:
         per_flop = 0.5
     workers = worker_count()
@@ -845,6 +845,13 @@ def cost(problem: ConvProblem) -> float:
     return problem.flops * per_flop * padded * (1 + FEW_CELLS / cells) + (
         PANEL_REREAD * max(0, more) * panel_bytes) + packing
 
+
+#: :func:`cost` per FLOP of strided kernels above 1×1 (many input channels). Measured on
+#: one core (CPU time, busy machine, against flat_rows' cost there): 3×3 stride 2
+#: 256 -> 512 on 16×4² 0.53, on 2×28² (float64) 0.57; 128 -> 128 on 2×7² (float64)
+#: 0.56 and 1024 -> 1024 on 1×7² 0.52 (their few cells taken out); 512 -> 512 on 16×7²
+#: 12.5 ms against flat_rows' 14.8.
+STRIDED_PER_FLOP = 0.55
 
 #: :func:`cost`'s ``1 + FEW_CELLS / cells`` for a chunk of few cells (register blocks
 #: cut short, each reading the kernel's panels). Measured on one core (CPU time, busy
