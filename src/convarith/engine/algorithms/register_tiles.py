@@ -532,9 +532,8 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
     needed = window_reach(oh, kh, stride_rows, dilation_rows)  # padded input rows of one image
     image_bytes = needed * row_elems * itemsize
     if make_panels is None and groups == 1 and workers > 1 and not thin(c) and split_blocks(
-            math.prod(kernel.shape[:3]) * y.shape[-1] * itemsize, n * image_bytes,
-            rows_share, oh):
-        return _block_jobs(x, pads, y, panels, strides, needed, image_bytes, workers)
+            math.prod(kernel.shape[:3]) * y.shape[-1] * itemsize, n * image_bytes):
+        return _block_jobs(x, pads, y, panels, strides, needed, workers)
     if rows_share >= 2 * oh:
         slab = _slab_bytes(math.prod(kernel.shape) * itemsize)
         images = max(1, min(rows_share // oh, slab // image_bytes if not unpadded else n))
@@ -582,27 +581,26 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
             for image in range(n) for o0, o1 in zip(edges, edges[1:])]
 
 
-def split_blocks(kernel_bytes: int, input_bytes: int, rows_share: int, image_rows: int
-                 ) -> bool:
+def split_blocks(kernel_bytes: int, input_bytes: int) -> bool:
     """Whether several workers share a layer's output channels (column blocks) rather
-    than its cells: when its kernel takes more bytes than its (padded) input and cutting
-    the cells would give chunks of less than a whole image (each chunk reads every
-    panel: 4 chunks of one 4-cell row for 3×3 512 -> 512 on one 4² image read its
-    9.4 MB kernel 4 times, a worker's share of the blocks reads half of it once).
+    than only its cells: when its kernel takes more bytes than its (padded) input (each
+    chunk of cells reads every panel: 4 chunks of one 4-cell row for 3×3 512 -> 512 on
+    one 4² image read its 9.4 MB kernel 4 times, a worker's share of the blocks reads
+    half of it once; the input is padded once for all the chunks).
 
-    >>> split_blocks(9_437_184, 73_728, 1, 4), split_blocks(147_456, 230_400, 4, 28)
+    >>> split_blocks(9_437_184, 73_728), split_blocks(147_456, 230_400)
     (True, False)
     """
-    return kernel_bytes >= input_bytes and rows_share < 2 * image_rows
+    return kernel_bytes >= input_bytes
 
 
 def _block_jobs(x: np.ndarray, pads: list[tuple[int, int]], y: np.ndarray,
-                panels: list[Panel], strides: tuple[int, int], needed: int, image_bytes: int,
+                panels: list[Panel], strides: tuple[int, int], needed: int,
                 workers: int) -> list[Callable[[], None]]:
     """Jobs of :func:`_jobs` cut over the output channels: each takes a range of the column
-    blocks (of every run, counted one run after another) for a group of whole images
-    (all of them unpadded, else as many as :func:`_slab_bytes` allows: each job pads its
-    own copy), and runs every step of the sum on them in order."""
+    blocks (of every run, counted one run after another) for every image, and runs every
+    step of the sum on them in order. A padded input is copied once, here (the kernel
+    outweighs it), and read by every job."""
     dtype = x.dtype
     itemsize = dtype.itemsize
     n, h, w, c = x.shape
@@ -627,34 +625,29 @@ def _block_jobs(x: np.ndarray, pads: list[tuple[int, int]], y: np.ndarray,
     columns = [panel.kernels.vectors * panel.kernels.width for panel in panels]
     count = min(total, _job_count(workers))
     edges = [total * i // count for i in range(count + 1)]
-    kernel_bytes = sum(panel.sums.steps * panel.sums.blocks * panel.kernels.vectors
-                       * panel.kernels.width for panel in panels) * itemsize
-    images = n if unpadded else max(1, min(n, _slab_bytes(kernel_bytes) // image_bytes))
-    x_base, y_base = x.ctypes.data, y.ctypes.data
+    if unpadded:
+        source, x_image = x, h * w * c
+    else:
+        source = aligned_empty((n, needed, padded_w, c), dtype)
+        _fill(source, x, -top, left)
+        x_image = needed * padded_w * c
+    cells = Cells(rows=n * oh, row_cells=ow, image_rows=oh, x_row=stride_rows * padded_w * c,
+                  x_cell=stride_cols * c, x_image=x_image, y_row=y_row, y_cell=y_cell,
+                  y_image=y_image)
+    x_base, y_base = source.ctypes.data, y.ctypes.data
     steps = [(call, first, cols) for call, first, cols in zip(calls, first_blocks, columns)]
 
-    def job(g0: int, g1: int, b0: int, b1: int, _keep: Any = panels) -> None:
-        if unpadded:
-            source, x_image = x_base + g0 * x.strides[0], h * w * c
-        else:
-            slab = workspace("register_tiles", (g1 - g0, needed, padded_w, c), dtype)
-            _fill(slab, x[g0:g1], -top, left)
-            source, x_image = slab.ctypes.data, needed * padded_w * c
-        target = y_base + g0 * y.strides[0]
-        cells = Cells(rows=(g1 - g0) * oh, row_cells=ow, image_rows=oh,
-                      x_row=stride_rows * padded_w * c, x_cell=stride_cols * c,
-                      x_image=x_image, y_row=y_row, y_cell=y_cell, y_image=y_image)
+    def job(b0: int, b1: int, _keep: Any = (panels, source)) -> None:
         for call, first, cols in steps:
             lo, hi = max(b0, first), min(b1, first + call.sums.blocks)
             if lo >= hi:
                 continue
             sums = call.sums._replace(blocks=hi - lo)
-            call.drive(source, call.weights + (lo - first) * sums.block_stride * itemsize,
-                       target + call.first_channel_bytes + (lo - first) * cols * itemsize,
+            call.drive(x_base, call.weights + (lo - first) * sums.block_stride * itemsize,
+                       y_base + call.first_channel_bytes + (lo - first) * cols * itemsize,
                        call.offsets, *cells, *sums, *call.batch)
 
-    return [functools.partial(job, g0, min(n, g0 + images), b0, b1)
-            for g0 in range(0, n, images) for b0, b1 in zip(edges, edges[1:]) if b1 > b0]
+    return [functools.partial(job, b0, b1) for b0, b1 in zip(edges, edges[1:]) if b1 > b0]
 
 
 def _row_edges(rows: int, count: int, images: int, workers: int) -> list[int]:
@@ -829,19 +822,19 @@ def cost(problem: ConvProblem) -> float:
         return problem.flops * per_flop * padded * (1 + 16 / _chunk_cells(problem, workers)[1])
     packing = 0.0 if f % width == 0 and not thin(group_in) else (
         PACK_PER_ELEMENT * math.prod(problem.kernel_shape))
+    jobs, cells = _chunk_cells(problem, 1)
+    panel_bytes = math.prod(problem.kernel_shape) * problem.dtype.itemsize * padded
     if workers > 1 and _splits_blocks(problem, workers):
-        # the workers share the column blocks: each chunk holds every cell (of its images)
-        # and reads only its own panels
-        return problem.flops * per_flop * padded * (1 + FEW_CELLS / _chunk_cells(
-            problem, 1)[1]) + packing
+        # the workers share the column blocks: a chunk holds every cell and reads only
+        # its own panels
+        return problem.flops * per_flop * padded * (1 + FEW_CELLS / problem.batch / (
+            math.prod(problem.out_size))) + packing
     if taps == 1:
         return problem.flops * per_flop * padded * (1 + FEW_CELLS / _chunk_cells(
             problem, workers)[1]) + packing
     # the chunks of one worker; more workers cut more, and each reads the kernel's
     # panels again (from the shared cache or memory)
-    jobs, cells = _chunk_cells(problem, 1)
     more = _chunk_cells(problem, workers)[0] - jobs
-    panel_bytes = math.prod(problem.kernel_shape) * problem.dtype.itemsize * padded
     return problem.flops * per_flop * padded * (1 + FEW_CELLS / cells) + (
         PANEL_REREAD * max(0, more) * panel_bytes) + packing
 
@@ -876,18 +869,17 @@ PACK_PER_ELEMENT = 40.0
 
 def _splits_blocks(problem: ConvProblem, workers: int) -> bool:
     """Whether :func:`_jobs` cuts ``problem`` over its output channels for ``workers``
-    threads (:func:`split_blocks`, with the padded input's whole rows)."""
+    threads (more than one; :func:`split_blocks`, with the padded input's whole rows)."""
+    if workers < 2:
+        return False
     width = max(1, _llvm.vector_width(problem.dtype))
     c, f = problem.in_channels, problem.out_channels
     if problem.groups != 1 or thin(c):
         return False
-    out = problem.out_size
-    image_rows = math.prod(out[:-1])
-    rows_share = max(1, -(-image_rows * problem.batch // _job_count(workers)))
     kernel_bytes = math.prod(problem.kernel_shape[:-1]) * -(-f // width) * width * (
         problem.dtype.itemsize)
     input_bytes = math.prod(problem.input_shape) * problem.dtype.itemsize
-    return split_blocks(kernel_bytes, input_bytes, rows_share, image_rows)
+    return split_blocks(kernel_bytes, input_bytes)
 
 
 #: :func:`cost` units per byte of kernel panels read again by each chunk that more
