@@ -783,7 +783,11 @@ def cost(problem: ConvProblem) -> float:
     one vector of them (16 channels; the kernel then waits on loads; not the thin
     kernels, whose blocks then hold 14 cells), times
     ``1 + FEW_CELLS / cells`` for chunks of few cells (:data:`FEW_CELLS`; grouped:
-    ``1 + 16 / cells``); 1×1 kernels ``1.3 - 0.16·log2(C·F / 4096)`` (at least 0.6);
+    ``1 + 16 / cells``); 1×1 kernels ``1.3 - 0.16·log2(C·F / 4096)`` (at least 0.6),
+    few cells of the large ones (0.6) counted only where chunks cut a layer's cells
+    (a product of few rows is
+    slower still in BLAS: one 4² image, 512 -> 2048 and 2048 -> 512, 0.41-0.43 of
+    flat_rows' cost; 256 -> 2048 stride 2 on 2², 0.29);
     times :data:`NARROW_VECTORS` for vectors narrower than the CPU's (BLAS's);
     plus :data:`PACK_PER_ELEMENT` per kernel element where the kernel is packed (its
     outputs are not whole vectors), and with several workers :data:`PANEL_REREAD` for
@@ -812,6 +816,7 @@ def cost(problem: ConvProblem) -> float:
         per_flop = STRIDED_PER_FLOP
     else:
         per_flop = 0.5
+    large_product = taps == 1 and per_flop == 0.6  # at least ~85 000 channel pairs
     workers = worker_count()
     if -(-f // width) == 1 and not (groups == 1 and thin(group_in)):
         per_flop *= 1.3  # one vector of channels: a load per 8 multiply-adds, not 24
@@ -827,11 +832,16 @@ def cost(problem: ConvProblem) -> float:
     if workers > 1 and _splits_blocks(problem, workers):
         # the workers share the column blocks: a chunk holds every cell and reads only
         # its own panels
-        return problem.flops * per_flop * padded * (1 + FEW_CELLS / problem.batch / (
-            math.prod(problem.out_size))) + packing
+        few = 1.0 if large_product else 1 + FEW_CELLS / problem.batch / math.prod(
+            problem.out_size)
+        return problem.flops * per_flop * padded * few + packing
     if taps == 1:
-        return problem.flops * per_flop * padded * (1 + FEW_CELLS / _chunk_cells(
-            problem, workers)[1]) + packing
+        # a large product of few rows: BLAS runs it worse than these kernels, so few
+        # cells count only where chunks cut them
+        chunk = _chunk_cells(problem, workers)[1]
+        whole = chunk >= problem.batch * math.prod(problem.out_size)
+        few = 1.0 if large_product and whole else 1 + FEW_CELLS / chunk
+        return problem.flops * per_flop * padded * few + packing
     # the chunks of one worker; more workers cut more, and each reads the kernel's
     # panels again (from the shared cache or memory)
     more = _chunk_cells(problem, workers)[0] - jobs
