@@ -500,8 +500,9 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
           y: np.ndarray, threads: int | None, groups: int = 1,
           make_panels: Callable[[int], list[Panel]] | None = None
           ) -> list[Callable[[], None]]:
-    """One call per chunk of output (images, or rows of one image) writing ``y``
-    (N, OH, OW, F padded); ``make_panels(row_elems)``: other kernels' panels than
+    """One call per chunk of output (images, rows of one image, or for several workers and
+    a kernel larger than the input a range of output-channel blocks, :func:`_block_jobs`)
+    writing ``y`` (N, OH, OW, F padded); ``make_panels(row_elems)``: other kernels' panels than
     :func:`_panels`' (the grouped kernels of :mod:`.grouped_tiles`)."""
     dtype = x.dtype
     itemsize = dtype.itemsize
@@ -527,7 +528,8 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
     calls = _calls(panels)
     # every worker gets about 4 chunks (a single worker one); a chunk is whole images
     # when images are small (fewer calls: each costs ~10 µs of Python and ctypes),
-    # else rows of one image; its padded input rows fit SLAB_BYTES
+    # else rows of one image; its padded input rows fit SLAB_BYTES (whole images: up to
+    # the kernel's size, _slab_bytes)
     rows_share = max(1, -(-n * oh // _job_count(workers)))
     needed = window_reach(oh, kh, stride_rows, dilation_rows)  # padded input rows of one image
     image_bytes = needed * row_elems * itemsize
