@@ -121,6 +121,7 @@ def test_small_images_go_several_to_a_chunk(pads, strides, monkeypatch):
     monkeypatch.setattr(register_tiles, "MIN_CHUNK_FLOPS", 1.0)  # cut as a large job
     for slab_bytes in (1 << 20, 1):
         monkeypatch.setattr(register_tiles, "SLAB_BYTES", slab_bytes)
+        monkeypatch.setattr(register_tiles, "KERNEL_SLAB_BYTES", slab_bytes)
         jobs = register_tiles._jobs(x, kernel, strides, (1, 1), out, list(pads),
                                     np.empty((40, *out, 32)), 2)
         in_place = pads == ((0, 0), (0, 0))
