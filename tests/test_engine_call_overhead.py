@@ -134,3 +134,55 @@ def test_a_remembered_layer_takes_any_layout_of_its_shape(variant: str) -> None:
         for d_got, d_want in zip(conv_vjp(*other, other_spec, np.ones_like(expected), bias),
                                  d_expected):
             np.testing.assert_array_equal(d_got, d_want)
+
+
+@pytest.mark.parametrize("channels, filters, batch", [(1152, 48, 1), (32, 8, 1), (4, 96, 16)])
+def test_a_remembered_squeeze_excitation_call_skips_every_check(
+        channels: int, filters: int, batch: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 1×1 layer on a 1×1 image seen before runs its bound plan alone: neither
+    ``prepare`` nor the planner runs again, and the result is still the product."""
+    from convarith.engine import core
+
+    rng = np.random.default_rng(channels * filters + batch)
+    x = rng.standard_normal((batch, 1, 1, channels)).astype(np.float32)
+    kernel = rng.standard_normal((1, 1, channels, filters)).astype(np.float32)
+    spec = ConvSpec(1)
+    clear_caches()
+    first = conv(x, kernel, spec)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a remembered call was checked or planned again")
+
+    monkeypatch.setattr(core, "prepare", refuse)
+    monkeypatch.setattr(core, "_direct_plan", refuse)
+    x2 = rng.standard_normal(x.shape).astype(np.float32)  # new values, same layout
+    got = conv(x2, kernel, spec)
+    assert got.dtype == np.float32 and got.shape == (batch, 1, 1, filters)
+    expected = x2.reshape(batch, channels).astype(np.float64) @ kernel.reshape(
+        channels, filters).astype(np.float64)
+    assert np.linalg.norm(got.reshape(batch, filters) - expected) <= 1e-5 * np.linalg.norm(
+        expected)
+    assert got is not first and not np.shares_memory(got, x2)
+
+
+def test_a_bound_plan_lets_inf_and_nan_through_silently() -> None:
+    """As every engine call: a non-finite input reaches the outputs that read it, with
+    no floating-point warning (the bound plan runs under ``np.errstate`` too)."""
+    import warnings
+
+    x = np.ones((1, 1, 1, 3), np.float32)
+    kernel = np.array([[[[1.0, 1.0], [1.0, 0.0], [1.0, 3e38]]]], np.float32)
+    spec = ConvSpec(1)
+    clear_caches()
+    conv(x, kernel, spec)  # remembered
+    x[0, 0, 0, 0] = np.inf
+    x[0, 0, 0, 2] = 3e38
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = conv(x, kernel, spec)
+    assert np.isposinf(got).all()  # inf + ..., and 3e38 * 3e38 overflows
+    x[0, 0, 0, 0] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = conv(x, kernel, spec)
+    assert np.isnan(got[0, 0, 0, 0])

@@ -19,9 +19,10 @@ remembered plans       (call's arguments, each array's shape,        as the reme
                        budget) -> checked problem and algorithm;
                        for a whole ``conv`` call (spec, algorithm,
                        max_output_values, x, kernel, bias) ->
-                       ``core.CallPlan``: what ``prepare`` derived
-                       and the algorithm plan (``dispatch._PLANS``,
-                       at most 1024)
+                       ``core.CallPlan``: what ``prepare`` derived,
+                       the algorithm plan and that plan bound to
+                       its arguments (``Algorithm.bind``)
+                       (``dispatch._PLANS``, at most 1024)
 autotune files         cache file path -> {problem key: algorithm}   the files are read again after
                        (``autotune._FILES``; the files themselves    :func:`clear_caches`; entries kept
                        are in the user's cache directory)            per file at most 4096
