@@ -51,6 +51,7 @@ from .dispatch import (
     plan,
     plan_transposed,
     plan_weight_grad,
+    recalled_plan,
     remembered_layout,
     remembered_plan,
     set_aside,
@@ -277,8 +278,9 @@ class CallPlan:
     direct: tuple[Any, ...] | None  # the direct plan of a zero-padded convolution
     pool: pooling.PoolPlan | None  # a pooling's
     # the direct plan as one function of the prepared x and kernel, where it needs no
-    # crop and no check of the values (:func:`_bound_direct`)
-    run: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    # crop and no check of the values (:func:`_bound_direct`); a pooling's plan
+    # (:func:`_bound_pool`)
+    run: Callable[[np.ndarray, Any], np.ndarray] | None = None
     # run on x and kernel as they are gives the result: both as_is, x batched and
     # channels-last, the result dtype the compute dtype
     plain: bool = False
@@ -334,6 +336,9 @@ def call_plan(x: Any, kernel: Any, spec: ConvSpec, bias: Any = None,
             key = ("call", spec, algorithm, limit, x.shape, x.strides, x.dtype,
                    *_layout(kernel), *_layout(bias), worker_count(), _dispatch.WORKSPACE_BYTES)
         if key is not None:
+            plan = recalled_plan(key)
+            if plan is not None:
+                return plan, None
             plan = remembered_layout(key, lambda: _make_call_plan(
                 x, kernel, spec, bias, algorithm, made))
             return plan, (made[0] if made else None)
@@ -366,13 +371,14 @@ def _make_call_plan(x: Any, kernel: Any, spec: ConvSpec, bias: Any, algorithm: s
     compute = prepared.x.dtype
     x_as_is = not prepared.channels_first and _ready(x, compute)
     kernel_as_is = _ready(kernel, compute)
-    run = None if direct is None else _bound_direct(direct, algorithm)
-    plain = (run is not None and x_as_is and kernel_as_is and not prepared.unbatched
-             and prepared.result_dtype == compute)
+    pool = None if spec.pool is None else pooling.pool_plan(resolved, compute)
+    run = (_bound_pool(resolved, pool) if pool is not None else
+           None if direct is None else _bound_direct(direct, algorithm))
+    plain = (run is not None and x_as_is and (kernel is None or kernel_as_is)
+             and not prepared.unbatched and prepared.result_dtype == compute)
     return CallPlan(resolved, prepared.groups, compute, prepared.result_dtype,
                     prepared.channels_first, prepared.unbatched, x_as_is, kernel_as_is, direct,
-                    None if spec.pool is None else pooling.pool_plan(resolved, compute),
-                    run, plain)
+                    pool, run, plain)
 
 
 def _check_budget(resolved: ResolvedConv, batch: int, channels: int,
@@ -542,6 +548,12 @@ def _bound_direct(planned: tuple[ConvProblem, Algorithm, Any, Any], algorithm: s
     quiet: Callable[[np.ndarray, np.ndarray], np.ndarray] = np.errstate(
         invalid="ignore", over="ignore")(run)
     return quiet
+
+
+def _bound_pool(resolved: ResolvedConv, pool: pooling.PoolPlan
+                ) -> Callable[[np.ndarray, Any], np.ndarray]:
+    """A pooling plan as one function of the prepared input (its kernel is ``None``)."""
+    return lambda x_last, kernel: pooling.forward(x_last, resolved, pool)
 
 
 def direct_conv(
@@ -978,7 +990,6 @@ def conv(
     resolved = planned.resolved
     y: np.ndarray
     if planned.run is not None:
-        assert kernel_last is not None
         y = planned.run(x_last, kernel_last)
     elif spec.pool is not None:
         y = pooling.forward(x_last, resolved, planned.pool)

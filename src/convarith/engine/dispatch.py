@@ -87,6 +87,7 @@ __all__ = [
     "get_algorithm",
     "register_algorithm",
     "remembered",
+    "recalled_plan",
     "remembered_arrays",
     "remembered_layout",
     "remembered_plan",
@@ -561,6 +562,19 @@ def remembered_arrays(key: tuple[Any, ...], arrays: tuple[np.ndarray | None, ...
     if chooses:
         layout += (worker_count(), WORKSPACE_BYTES)
     return _remember(tuple(layout), make)
+
+
+def recalled_plan(key: tuple[Any, ...]) -> Any:
+    """The plan remembered under a full ``key`` (see :func:`remembered_layout`), or
+    ``None``: the lookup alone, for a caller that makes its ``make`` only on a miss.
+
+    >>> recalled_plan(("doctest", "never made")) is None
+    True
+    """
+    try:
+        return _PLANS.get(key)
+    except TypeError:  # an unhashable argument
+        return None
 
 
 def remembered_layout(key: tuple[Any, ...], make: Callable[[], Plan]) -> Plan:
