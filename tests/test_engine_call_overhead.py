@@ -186,3 +186,44 @@ def test_a_bound_plan_lets_inf_and_nan_through_silently() -> None:
         warnings.simplefilter("error")
         got = conv(x, kernel, spec)
     assert np.isnan(got[0, 0, 0, 0])
+
+
+@pytest.mark.parametrize("bad", [
+    {"strides": True}, {"strides": (1, True)}, {"strides": 1.0}, {"strides": 0},
+    {"strides": np.int64(0)}, {"padding": "smae"}, {"dilation_rate": [1, -1]},
+])
+def test_the_functional_helpers_remember_specs_but_not_refusals(bad: dict) -> None:
+    """``conv2d`` remembers the spec its arguments build; an argument equal to a remembered
+    one but of another type (True and 1, 1.0 and 1), or one it cannot hash, is still
+    checked, and refused with the spec's own message every time."""
+    import convarith
+
+    x = np.ones((1, 5, 5, 2), np.float32)
+    kernel = np.ones((3, 3, 2, 4), np.float32)
+    good = {name: 1 if name != "padding" else "valid" for name in bad}
+    clear_caches()
+    with pytest.raises((TypeError, ValueError)) as first:
+        convarith.conv2d(x, kernel, **bad)
+    for _ in range(2):
+        assert convarith.conv2d(x, kernel, **good).shape == (1, 3, 3, 4)
+        with pytest.raises(type(first.value)) as again:
+            convarith.conv2d(x, kernel, **bad)
+        assert str(again.value) == str(first.value)
+
+
+def test_a_remembered_functional_spec_gives_the_same_results() -> None:
+    import convarith
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 7, 7, 4)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, 2, 6)).astype(np.float32)
+    clear_caches()
+    first = convarith.conv2d(x, kernel, strides=2, padding="same", dilation_rate=1)
+    pooled = convarith.max_pool(x, 2, ceil_mode=True)
+    for _ in range(2):
+        np.testing.assert_array_equal(
+            convarith.conv2d(x, kernel, strides=2, padding="same", dilation_rate=1), first)
+        np.testing.assert_array_equal(convarith.max_pool(x, 2, ceil_mode=True), pooled)
+    assert first.shape == (2, 4, 4, 6) and pooled.shape == (2, 4, 4, 4)
+    with pytest.raises(TypeError, match="ceil_mode must be True or False"):
+        convarith.max_pool(x, 2, ceil_mode=1)  # equal to True, refused all the same
