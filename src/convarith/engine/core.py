@@ -323,26 +323,41 @@ def call_plan(x: Any, kernel: Any, spec: ConvSpec, bias: Any = None,
     >>> prepared.x.shape, plan.unbatched, plan.resolved.output_size
     ((1, 5, 5, 2), True, (3, 3))
     """
+    return _keyed_call_plan(_call_key(x, kernel, spec, bias, algorithm), x, kernel, spec, bias,
+                            algorithm)
+
+
+def _call_key(x: Any, kernel: Any, spec: Any, bias: Any, algorithm: str | None
+              ) -> tuple[Any, ...] | None:
+    """The key a call's plan is remembered under: the spec, the algorithm, the
+    ``max_output_values`` limit, each array's shape, strides and dtype, the worker count
+    and the workspace budget, in one tuple (this runs on every call of a layer); ``None``
+    for arrays other than plain ``numpy.ndarray`` and specs other than ``ConvSpec``."""
+    if type(spec) is not ConvSpec or type(x) is not np.ndarray:
+        return None
+    limit = current_limits().max_output_values
+    if type(kernel) is np.ndarray and bias is None:
+        return ("call", spec, algorithm, limit, x.shape, x.strides, x.dtype, kernel.shape,
+                kernel.strides, kernel.dtype, worker_count(), _dispatch.WORKSPACE_BYTES)
+    if (kernel is None or type(kernel) is np.ndarray) and (
+            bias is None or type(bias) is np.ndarray):
+        return ("call", spec, algorithm, limit, x.shape, x.strides, x.dtype,
+                *_layout(kernel), *_layout(bias), worker_count(), _dispatch.WORKSPACE_BYTES)
+    return None
+
+
+def _keyed_call_plan(key: tuple[Any, ...] | None, x: Any, kernel: Any, spec: ConvSpec,
+                     bias: Any, algorithm: str | None) -> tuple[CallPlan, Prepared | None]:
+    """:func:`call_plan` given its :func:`_call_key`."""
     made: list[Prepared] = []
-    if type(spec) is ConvSpec and type(x) is np.ndarray:
-        # the key in one tuple (this runs on every call of a layer)
-        key: tuple[Any, ...] | None = None
-        limit = current_limits().max_output_values
-        if type(kernel) is np.ndarray and bias is None:
-            key = ("call", spec, algorithm, limit, x.shape, x.strides, x.dtype, kernel.shape,
-                   kernel.strides, kernel.dtype, worker_count(), _dispatch.WORKSPACE_BYTES)
-        elif (kernel is None or type(kernel) is np.ndarray) and (
-                bias is None or type(bias) is np.ndarray):
-            key = ("call", spec, algorithm, limit, x.shape, x.strides, x.dtype,
-                   *_layout(kernel), *_layout(bias), worker_count(), _dispatch.WORKSPACE_BYTES)
-        if key is not None:
-            plan = recalled_plan(key)
-            if plan is not None:
-                return plan, None
-            plan = remembered_layout(key, lambda: _make_call_plan(
-                x, kernel, spec, bias, algorithm, made))
-            return plan, (made[0] if made else None)
-    return _make_call_plan(x, kernel, spec, bias, algorithm, made), made[0]
+    if key is None:
+        return _make_call_plan(x, kernel, spec, bias, algorithm, made), made[0]
+    plan = recalled_plan(key)
+    if plan is not None:
+        return plan, None
+    plan = remembered_layout(key, lambda: _make_call_plan(x, kernel, spec, bias, algorithm,
+                                                          made))
+    return plan, (made[0] if made else None)
 
 
 def _layout(a: np.ndarray | None) -> tuple[Any, ...]:
@@ -978,11 +993,14 @@ def conv(
         if algorithm is not None:
             raise ValueError(f"algorithm={algorithm!r} applies to the NumPy engine, not backend={backend!r}")
         return run(x, kernel, spec, bias, backend=backend)
-    planned, prepared = call_plan(x, kernel, spec, bias, algorithm)
-    if planned.plain and prepared is None and bias is None:
-        # arrays taken as they are, a result of their dtype and layout: the bound plan alone
-        assert planned.run is not None
-        return np.ascontiguousarray(planned.run(x, kernel))
+    key = _call_key(x, kernel, spec, bias, algorithm)
+    if key is not None and bias is None:
+        remembered: CallPlan | None = recalled_plan(key)
+        if remembered is not None and remembered.plain:
+            # a layer called before, on arrays it takes as they are: its bound plan alone
+            assert remembered.run is not None
+            return np.ascontiguousarray(remembered.run(x, kernel))
+    planned, prepared = _keyed_call_plan(key, x, kernel, spec, bias, algorithm)
     if prepared is not None:
         x_last, kernel_last, bias_last = prepared.x, prepared.kernel, prepared.bias
     else:
