@@ -227,3 +227,22 @@ def test_a_remembered_functional_spec_gives_the_same_results() -> None:
     assert first.shape == (2, 4, 4, 6) and pooled.shape == (2, 4, 4, 4)
     with pytest.raises(TypeError, match="ceil_mode must be True or False"):
         convarith.max_pool(x, 2, ceil_mode=1)  # equal to True, refused all the same
+
+
+@pytest.mark.parametrize("kernel_size", [1, 3])
+def test_a_remembered_layer_with_a_bias_adds_it(kernel_size: int) -> None:
+    rng = np.random.default_rng(kernel_size)
+    x = rng.standard_normal((2, 5, 5, 6)).astype(np.float32)
+    kernel = rng.standard_normal((kernel_size, kernel_size, 6, 4)).astype(np.float32)
+    bias = rng.standard_normal(4).astype(np.float32)
+    spec = ConvSpec(kernel_size, padding="same")
+    clear_caches()
+    without = conv(x, kernel, spec)
+    first = conv(x, kernel, spec, bias)
+    np.testing.assert_allclose(first, without + bias, rtol=1e-6, atol=1e-6)
+    bias_before = bias.copy()
+    for _ in range(2):
+        again = conv(x, kernel, spec, bias)
+        np.testing.assert_array_equal(again, first)
+        assert again is not first and not np.shares_memory(again, x)
+    np.testing.assert_array_equal(bias, bias_before)

@@ -281,8 +281,8 @@ class CallPlan:
     # crop and no check of the values (:func:`_bound_direct`); a pooling's plan
     # (:func:`_bound_pool`)
     run: Callable[[np.ndarray, Any], np.ndarray] | None = None
-    # run on x and kernel as they are gives the result: both as_is, x batched and
-    # channels-last, the result dtype the compute dtype
+    # run on x and kernel as they are, plus the bias, gives the result: x, kernel and
+    # bias as_is, x batched and channels-last, the result dtype the compute dtype
     plain: bool = False
 
     def arrays(self, x: Any, kernel: Any, bias: Any
@@ -390,7 +390,8 @@ def _make_call_plan(x: Any, kernel: Any, spec: ConvSpec, bias: Any, algorithm: s
     run = (_bound_pool(resolved, pool) if pool is not None else
            None if direct is None else _bound_direct(direct, algorithm))
     plain = (run is not None and x_as_is and (kernel is None or kernel_as_is)
-             and not prepared.unbatched and prepared.result_dtype == compute)
+             and (bias is None or _ready(bias, compute)) and not prepared.unbatched
+             and prepared.result_dtype == compute)
     return CallPlan(resolved, prepared.groups, compute, prepared.result_dtype,
                     prepared.channels_first, prepared.unbatched, x_as_is, kernel_as_is, direct,
                     pool, run, plain)
@@ -994,12 +995,15 @@ def conv(
             raise ValueError(f"algorithm={algorithm!r} applies to the NumPy engine, not backend={backend!r}")
         return run(x, kernel, spec, bias, backend=backend)
     key = _call_key(x, kernel, spec, bias, algorithm)
-    if key is not None and bias is None:
+    if key is not None:
         remembered: CallPlan | None = recalled_plan(key)
         if remembered is not None and remembered.plain:
             # a layer called before, on arrays it takes as they are: its bound plan alone
             assert remembered.run is not None
-            return np.ascontiguousarray(remembered.run(x, kernel))
+            result = remembered.run(x, kernel)
+            if bias is not None:
+                result += bias
+            return np.ascontiguousarray(result)
     planned, prepared = _keyed_call_plan(key, x, kernel, spec, bias, algorithm)
     if prepared is not None:
         x_last, kernel_last, bias_last = prepared.x, prepared.kernel, prepared.bias
