@@ -172,9 +172,9 @@ def batch_as_channels(problem: ConvProblem) -> float:
     output cells (few: chunks of few cells), and it first copies ``x`` and ``dy`` into
     the swapped layouts. Its time over flat_rows' weight gradient (one thread, AVX2
     EPYC, busy machine): 3×3 16 -> 16 on 16², batch 32 0.67 on a padded ``x`` (0.59
-    ms against 0.90), 0.82-0.86 with "same" padding through the engine (0.95 against
-    1.10-1.19 ms: the zeros go in with the swapped copy; the ``convarith train`` model's
-    second layer), batch 8 1.55, batch 1 1.08; 3×3 64
+    ms against 0.90), 0.67-0.70 with "same" padding through the engine (0.71-0.75 against
+    1.07 ms: the zeros go in with the swapped copy, a compiled loop; the ``convarith
+    train`` model's second layer), batch 8 1.55, batch 1 1.08; 3×3 64
     on 16², batch 32 0.76; 32 on 28², batch 16 0.77; 64 on 56², batch 8 0.88; 256 on
     14², batch 4 0.74; 512 on 7², batch 1 1.26; 5×5 16 on 16², batch 32 0.41; 3×3
     stride 2 64 on 28², batch 16 1.10 (per-tap products' 0.87: strides add 0.3); stems 3 -> 32 on 32², batch 32 1.23; one
