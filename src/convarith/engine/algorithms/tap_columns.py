@@ -33,21 +33,37 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..dispatch import ConvProblem, register_algorithm
+from ..padding import pad
 from . import offset_gemm
 
 __all__ = ["weight_grad", "applies", "weight_grad_cost"]
 
 
 def columns(xp: np.ndarray, kernel_size: Sequence[int], strides: Sequence[int],
-            dilation: Sequence[int], out_size: Sequence[int]) -> np.ndarray:
-    """``(N, *out_size, taps, C)``: the input cell each tap of each output cell reads."""
+            dilation: Sequence[int], out_size: Sequence[int],
+            padding: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
+    """``(N, *out_size, taps, C)``: the input cell each tap of each output cell reads,
+    zero where it falls on ``padding`` (zeros before and after each axis of ``xp``; a
+    negative value crops)."""
     n, channels = xp.shape[0], xp.shape[-1]
     taps = math.prod(kernel_size)
-    result = np.empty((n, *out_size, taps, channels), xp.dtype)
+    before = [0] * len(out_size) if padding is None else [int(lo) for lo, _ in padding]
+    result = (np.empty if padding is None else np.zeros)((n, *out_size, taps, channels),
+                                                        xp.dtype)
     for tap, offsets in enumerate(itertools.product(*(range(k) for k in kernel_size))):
-        window = tuple(slice(o * d, o * d + (m - 1) * s + 1, s) for o, d, s, m in
-                       zip(offsets, dilation, strides, out_size))
-        result[..., tap, :] = xp[(slice(None),) + window + (slice(None),)]
+        # output cells m read input m·S + o·D - lo: those inside the input, per axis
+        outputs, inputs = [], []
+        for o, d, s, m, lo, size in zip(offsets, dilation, strides, out_size, before,
+                                        xp.shape[1:-1]):
+            first = max(0, -((o * d - lo) // s))
+            stop = min(m, (size - 1 + lo - o * d) // s + 1)
+            stop = max(stop, first)
+            outputs.append(slice(first, stop))
+            start = first * s + o * d - lo
+            inputs.append(slice(start, start + (stop - first - 1) * s + 1, s))
+        if all(part.stop > part.start for part in outputs):
+            result[(slice(None),) + tuple(outputs) + (tap, slice(None))] = \
+                xp[(slice(None),) + tuple(inputs) + (slice(None),)]
     return result
 
 
@@ -58,14 +74,17 @@ def weight_grad(
     strides: Sequence[int],
     dilation: Sequence[int],
     groups: int,
+    *,
+    padding: Sequence[tuple[int, int]] | None = None,
 ) -> np.ndarray:
     """Gradient of a one-group ``direct`` convolution with respect to its kernel,
-    ``(*kernel_size, C, F)``, as one product ``columns.T @ dy``."""
+    ``(*kernel_size, C, F)``, as one product ``columns.T @ dy``; ``padding`` (zeros,
+    negative values crop) is still to apply to ``xp``: the columns hold its zeros."""
     if groups != 1:
         raise ValueError(f"tap_columns needs one group, got groups={groups}")
     channels, filters = xp.shape[-1], dy.shape[-1]
     cells = math.prod(dy.shape[:-1])
-    gathered = columns(xp, kernel_size, strides, dilation, dy.shape[1:-1])
+    gathered = columns(xp, kernel_size, strides, dilation, dy.shape[1:-1], padding)
     dk = gathered.reshape(cells, -1).T @ np.ascontiguousarray(dy).reshape(cells, filters)
     return dk.reshape(*kernel_size, channels, filters)
 
@@ -88,5 +107,15 @@ def weight_grad_cost(problem: ConvProblem) -> float:
 
 
 # the forward pass is offset_gemm's (never chosen: infinite forward cost)
-register_algorithm("tap_columns", offset_gemm.direct, applies=applies, cost=_never_forward,
-                   weight_grad=weight_grad, weight_grad_cost=weight_grad_cost)
+def _forward(xp: np.ndarray, kernel: np.ndarray, strides: Sequence[int],
+             dilation: Sequence[int], groups: int, out_size: Sequence[int], *,
+             padding: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
+    """offset_gemm's forward pass, on ``xp`` padded first."""
+    if padding is not None:
+        xp = pad(xp, padding)
+    return offset_gemm.direct(xp, kernel, strides, dilation, groups, out_size)
+
+
+# the forward pass is offset_gemm's (never chosen: infinite forward cost)
+register_algorithm("tap_columns", _forward, applies=applies, cost=_never_forward,
+                   weight_grad=weight_grad, pads_zeros=True, weight_grad_cost=weight_grad_cost)
