@@ -43,3 +43,30 @@ def test_batch_as_channels_without_numba_copies_with_numpy() -> None:
         error = np.linalg.norm(got - expected) / np.linalg.norm(expected)
         assert error < 1e-6, ("seed 2024", error)
     """)
+
+
+@pytest.mark.parametrize(("name", "x_shape", "filters"), [
+    ("batch_as_channels", (32, 16, 16, 16), 16),   # the train model's second layer
+    ("batch_as_channels", (8, 28, 28, 64), 64),
+    ("batch_as_channels", (4, 14, 14, 256), 256),
+    ("tap_columns", (32, 16, 16, 1), 16),          # its first layer
+    ("tap_columns", (16, 28, 28, 3), 32),
+])
+def test_swapped_weight_gradients_keep_the_memory_rule(name: str, x_shape: tuple[int, ...],
+                                                       filters: int) -> None:
+    """Peak extra memory at most 1.5x (x + dy + dk), as every fast path
+    (tests/_helpers.peak_extra_bytes)."""
+    from _helpers import peak_extra_bytes
+
+    algorithm = dispatch.get_algorithm(name)
+    if name == "batch_as_channels" and not _llvm.available(F32):
+        pytest.skip("no compiled kernels on this machine (register_tiles missing)")
+    rng = np.random.default_rng(77)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    dy = rng.standard_normal((*x_shape[:-1], filters)).astype(np.float32)
+    assert algorithm.weight_grad is not None
+    weight_grad = algorithm.weight_grad
+    peak = peak_extra_bytes(lambda: weight_grad(x, dy, (3, 3), (1, 1), (1, 1), 1,
+                                                padding=((1, 1), (1, 1))))
+    operands = x.nbytes + dy.nbytes + 9 * x_shape[-1] * filters * 4
+    assert peak <= 1.5 * operands, (name, x_shape, peak / operands)

@@ -89,7 +89,7 @@ def weight_grad(
     else:
         inside = tuple(slice(lo, lo + n) for n, (lo, _) in zip(xp.shape[1:-1], pads))
         x_swapped[(slice(None),) + inside + (slice(None),)] = np.moveaxis(xp, (0, -1), (-1, 0))
-    dy_swapped = np.ascontiguousarray(np.moveaxis(dy, 0, -2))
+    dy_swapped = np.moveaxis(dy, 0, -2)  # register_tiles packs its own panels from it
     swapped = register_tiles.direct(
         x_swapped, dy_swapped, tuple(dilation), tuple(strides), 1, tuple(kernel_size))
     return np.ascontiguousarray(np.moveaxis(swapped, 0, rank))
