@@ -1,7 +1,7 @@
 """The compiled loops of :mod:`.winograd` (numba): the input, output and kernel
 transforms of F(2×2, 3×3) and F(4×4, 3×3), and the weight gradient's transform.
 
-Imported by :func:`.winograd._numba_kernels` only where numba is installed. The
+Used by :func:`.winograd._numba_kernels` where numba is installed (:data:`AVAILABLE`). The
 helpers are module globals, not closures: numba's on-disk cache keys a function by
 its closure's contents, which for a compiled helper differ in every process (each
 first call then compiled the transforms again, ~8 s).
@@ -14,14 +14,34 @@ Examples
 
 from __future__ import annotations
 
-import numba
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
+
+njit: Any
+try:
+    from numba import njit
+except ImportError:  # the dispatcher imports every algorithm module: import without numba
+    njit = None
+
+#: Whether the loops below are compiled (numba installed); without numba they are plain
+#: Python functions, never called (:func:`.winograd._numba_kernels` finds none).
+AVAILABLE = njit is not None
+
+
+def _compiled(**options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``numba.njit(**options)``, or the function unchanged without numba."""
+    if njit is None:
+        return lambda function: function
+    return njit(**options)
+
 
 __all__ = ["input_transform", "output_transform", "kernel_transform", "input_transform_f4",
            "output_transform_f4", "gradient_transform_f4", "kernel_transform_rows",
-           "tile_origin"]
+           "tile_origin", "AVAILABLE"]
 
-@numba.njit(inline="always")
+@_compiled(inline="always")
 def tile_origin(t, th, tw, d0, d1, m):
     # tile t (m×m outputs) -> (image, first output row, first output column) of its
     # dilation phase; the tile's cell (i, j) is (row + d0·i, column + d1·j)
@@ -33,7 +53,7 @@ def tile_origin(t, th, tw, d0, d1, m):
     q3 = q2 // d1
     return q3 // d0, q3 % d0 + d0 * ty * m, p1 + d1 * tx * m
 
-@numba.njit(nogil=True, cache=True)
+@_compiled(nogil=True, cache=True)
 def input_transform(xp, bt, m, d0, d1, th, tw, first, v, column, count):
     # tiles first .. first + count - 1 into v[:, column + t - first]
     _, hp, wp, c = xp.shape
@@ -70,7 +90,7 @@ def input_transform(xp, bt, m, d0, d1, th, tw, first, v, column, count):
                         for ch in range(c):
                             out[ch] += coef * rows[u, j, ch]
 
-@numba.njit(nogil=True, cache=True)
+@_compiled(nogil=True, cache=True)
 def output_transform(prod, at, m, d0, d1, th, tw, first, y):
     _, ho, wo, f = y.shape
     a = at.shape[1]
@@ -102,7 +122,7 @@ def output_transform(prod, at, m, d0, d1, th, tw, first, y):
                         for ch in range(f):
                             out[ch] += coef * rows[u, j, ch]
 
-@numba.njit(nogil=True, cache=True)
+@_compiled(nogil=True, cache=True)
 def kernel_transform(kernel, g, f0, c0, c1, u):
     # u[x·a + w, c, f] = Σ_ij g[x, i] kernel[i, j, c, f0 + f] g[w, j] for the input
     # channels c0 <= c < c1, summed in float64
@@ -137,27 +157,27 @@ def kernel_transform(kernel, g, f0, c0, c1, u):
 # zero coefficients skipped and the channel loop innermost (vectorised).
 # The constants come in the data's dtype (a float literal would promote
 # float32 arithmetic to float64).
-@numba.njit(inline="always")
+@_compiled(inline="always")
 def bt6(x0, x1, x2, x3, x4, x5, two, four, five):
     # Bᵀ (6×6) times a column of 6
     return (four * x0 - five * x2 + x4, -(four * (x1 + x2)) + x3 + x4,
             four * (x1 - x2) - x3 + x4, two * (x3 - x1) + x4 - x2,
             two * (x1 - x3) + x4 - x2, four * x1 - five * x3 + x5)
 
-@numba.njit(inline="always")
+@_compiled(inline="always")
 def at4(x0, x1, x2, x3, x4, x5, two, four, eight):
     # Aᵀ (4×6) times a column of 6
     a12, b12, a34, b34 = x1 + x2, x1 - x2, x3 + x4, x3 - x4
     return x0 + a12 + a34, b12 + two * b34, a12 + four * a34, b12 + eight * b34 + x5
 
-@numba.njit(inline="always")
+@_compiled(inline="always")
 def a6(x0, x1, x2, x3, two, four, eight):
     # A (6×4) times a column of 4: the adjoint of at4
     a02, b13 = x0 + x2, x1 + x3
     return (x0, a02 + b13, a02 - b13, x0 + two * x1 + four * x2 + eight * x3,
             x0 - two * x1 + four * x2 - eight * x3, x3)
 
-@numba.njit(nogil=True, cache=True, fastmath={'contract'})
+@_compiled(nogil=True, cache=True, fastmath={'contract'})
 def kernel_transform_rows(kernel, g, f0, c0, c1, u):
     # u[x·a + w, c, f] = Σ_ij g[x, i] kernel[i, j, c, f0 + f] g[w, j] for the input
     # channels c0 <= c < c1, in float64: G down the kernel's columns, then along the
@@ -190,7 +210,7 @@ def kernel_transform_rows(kernel, g, f0, c0, c1, u):
                 for k in range(f):
                     out[k] = h0 * s0[k] + h1 * s1[k] + h2 * s2[k]
 
-@numba.njit(nogil=True, cache=True, fastmath={'contract'})
+@_compiled(nogil=True, cache=True, fastmath={'contract'})
 def input_transform_f4(xp, bt, m, d0, d1, th, tw, first, v, top, left, column, count):
     # tiles first .. first + count - 1 into v[:, column + t - first]; xp is the input
     # before zero padding: top rows and left columns of zeros are implied (and as
@@ -241,7 +261,7 @@ def input_transform_f4(xp, bt, m, d0, d1, th, tw, first, v, top, left, column, c
                     tmp[r, 0, ch], tmp[r, 1, ch], tmp[r, 2, ch], tmp[r, 3, ch],
                     tmp[r, 4, ch], tmp[r, 5, ch], two, four, five)
 
-@numba.njit(nogil=True, cache=True, fastmath={'contract'})
+@_compiled(nogil=True, cache=True, fastmath={'contract'})
 def output_transform_f4(prod, at, m, d0, d1, th, tw, first, y):
     # y (N, HO, S0, WO, S1, FO): product channel (p0·S1 + p1)·FO + c of output cell
     # (oh, ow) goes to y[n, oh, p0, ow, p1, c] (S0 = S1 = 1: a plain (N, HO, WO, F))
@@ -279,7 +299,7 @@ def output_transform_f4(prod, at, m, d0, d1, th, tw, first, y):
                         for ch in range(fo):
                             dst[ch] = tile[r, w_, base + ch]
 
-@numba.njit(nogil=True, cache=True, fastmath={'contract'})
+@_compiled(nogil=True, cache=True, fastmath={'contract'})
 def gradient_transform_f4(dy, at, d0, d1, th, tw, first, w_out):
     # w_out[i·6 + j, t - first] = (A dY_t Aᵀ)[i, j] with A = atᵀ (6×4): the
     # adjoint of the output transform, for the weight gradient

@@ -174,6 +174,8 @@ def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
         from . import _winograd_numba as loops
     except ImportError:  # pragma: no cover - exercised by the numba-less test
         return None
+    if not loops.AVAILABLE:  # pragma: no cover - exercised by the numba-less test
+        return None
     return (loops.input_transform, loops.output_transform, loops.kernel_transform,
             loops.input_transform_f4, loops.output_transform_f4, loops.gradient_transform_f4,
             loops.kernel_transform_rows, loops.kernel_transform_rows)
@@ -544,6 +546,19 @@ def _shared_tiles(kernels: tuple[Callable[..., None], ...], x: np.ndarray,
     block = shared_channel_block(c, f, total, a, dtype.itemsize, workers, max(width, 1),
                                  _llvm.max_vectors() if width else 1)
     packs = width > 0 and f % width == 0 and block % width == 0
+    # the products' kernels per block width, looked up once here (a lookup reads the
+    # environment, ~35 µs; each block then only points them at its own kernel)
+    templates: dict[int, register_tiles.PackedProducts] = {}
+    for f0 in range(0, f, block) if packs else ():
+        size = min(f, f0 + block) - f0
+        if size not in templates:
+            template = register_tiles.pack_products(
+                workspace("winograd.u_block", (a * a, c, size), dtype))
+            if template is None:
+                templates.clear()
+                break
+            templates[size] = template
+    packs = bool(templates)
     v = workspace("winograd.shared_v", (a * a, total, c), dtype)
     bt = np.ascontiguousarray(wt.BT.astype(dtype))
     at = np.ascontiguousarray(wt.AT.astype(dtype))
@@ -561,9 +576,10 @@ def _shared_tiles(kernels: tuple[Callable[..., None], ...], x: np.ndarray,
         u = workspace("winograd.u_block", (a * a, c, f1 - f0), dtype)
         run_kernel(kernel, wt.G, f0, 0, c, u)
         prod = workspace("winograd.prod", (a * a, total, f1 - f0), dtype)
-        packed = register_tiles.pack_products(u) if packs else None
-        if packed is not None:
-            register_tiles.packed_matmul(v, packed, prod)
+        if packs:
+            template = templates[f1 - f0]
+            register_tiles.packed_matmul(
+                v, register_tiles.PackedProducts(u, template.runs, template.offsets), prod)
         else:
             np.matmul(v, u, out=prod)
         if m == 4:
@@ -878,23 +894,28 @@ def _worth_it(problem: ConvProblem) -> bool:
 def cost(problem: ConvProblem) -> float:
     """Estimated cost in the units of :mod:`.flat_rows`'s (which is ``0.7 × flops``).
 
-    About 0.3 × plain FLOPs for the tiles (0.55 with F(2×2, 3×3) on wide
-    float32 layers) plus ~1500 units per channel pair (the kernel transform and
-    the per-element products, whose few tiles use BLAS poorly on small images).
-    Refitted after the kernel transform was written out (2.5× faster; one core,
-    CPU time, busy machine, ms, register_tiles in brackets): 64 channels on 1×28²
-    0.51 (0.75), 128 -> 256 3.3–4.1 (4.8), 256 -> 256 6.7 (9.7); on 1×14² 128 -> 128
-    1.3 (0.60), 256 -> 512 7.2 (5.4); 512 on 1×7² 7.9 (4.4). With several worker
-    threads, each block of output channels (:func:`_channel_block`) leaves
-    :data:`SERIAL_PER_BLOCK` units to the calling thread alone (measured: 50–250 µs
-    a block, 10–20 % of batch-1 layers on two threads), and the NumPy path runs
-    alone but for BLAS (:func:`~._threads.parallel_penalty`).
-    Earlier fits, measured on one core (CPU time, float32, 3×3 "same", against
-    :mod:`.register_tiles`, busy machine): 64 channels on 56² 1.8 against 2.5 ms
-    at batch 1, 3.3 against 5.0 at batch 2, 17.8 against 35.3 at batch 16; 128
-    on 2×28² 2.1 against 4.6; 256 on 2×14² 6.2 against 5.1; 512 on 1×7² 8.0
-    against 4.0 (flat_rows 5.4). The constants before (0.45, 8000) chose
-    register_tiles at batches 1 and 2 on 56² and 28² (1.4–2.3× slower).
+    With the compiled transforms and products (numba and the register-tiled
+    kernels), one core: :data:`PER_PRODUCT_FLOP` per FLOP of the ``a²`` products
+    (``2 a² · tiles · C · F``), :data:`PER_KERNEL_VALUE` per value of the
+    transformed kernel (``a² · C · F``, made at every call), :data:`PER_TILE_VALUE`
+    per value of the transformed input and products (``a² · tiles · (C + F)``) and
+    :data:`PER_CALL` for the call. Fitted on 35 layers (64 to 512 channels, 7² to
+    56², batch 1, 2 and 16; one core, CPU time, busy machine, against
+    register_tiles' and flat_rows' costs on the same layers): within 0.66–1.2×
+    of the time; 32 channels, left out of the fit, are on the same side of
+    register_tiles as measured.
+    Several workers (:data:`PARALLEL_EXTRA`, :data:`PER_WORKER_HANDOVER`):
+    fitted the same way on serial_fraction's two-worker prediction; shared
+    tiles split the output channels into blocks, chunks of tiles the tiles
+    (:func:`~._threads.parallel_penalty` of either), and chunks of tiles repeat
+    the input transform and hand-over for each block of output channels the memory
+    bound makes (:data:`SERIAL_PER_BLOCK` each). Below
+    :data:`~._threads.SMALL_WORK_NO_BLAS` a call runs inline (one core's cost).
+    Without the register-tiled kernels (``CONVARITH_JIT=0``, products by BLAS):
+    about 0.3 × plain FLOPs for the tiles (0.55 with F(2×2, 3×3) on wide float32
+    layers) plus 3000 units per channel pair (on 1×14², 256 -> 512: 8.3 ms against
+    offset_gemm's 5.6), and each block of output channels leaves
+    :data:`SERIAL_PER_BLOCK` units to the calling thread alone.
     Without numba F(2×2, 3×3) runs as whole-array NumPy passes: ``0.42 × FLOPs +
     3200 × C·F``, fitted on one core (CPU time, float32, batch 1, busy machine;
     flat_rows in brackets): 64 channels on 112² 9.2 ms (11.6), 128 on 56² 8.0
@@ -905,26 +926,65 @@ def cost(problem: ConvProblem) -> float:
     if not _worth_it(problem):
         return math.inf
     workers = worker_count()
-    pairs = problem.in_channels * problem.out_channels
-    wide = np.dtype(problem.dtype) == np.float32 and problem.in_channels > F4_MAX_CHANNELS
+    c, f = problem.in_channels, problem.out_channels
+    pairs = c * f
+    wide = np.dtype(problem.dtype) == np.float32 and c > F4_MAX_CHANNELS
     per_flop = 0.55 if wide else 0.3
     if _numba_kernels() is None:
         alone = parallel_penalty(1, workers)  # one thread but for BLAS
         if all(d == 1 for d in problem.dilation):
             return (problem.flops * 0.42 + 3200.0 * pairs) * alone
         return 2.5 * (problem.flops * per_flop + 3000.0 * pairs) * alone
-    tiles = problem.batch * _tiling(2 if wide else 4, (problem.dilation[0], problem.dilation[1]),
+    m = 2 if wide else 4
+    a = m + 2
+    tiles = problem.batch * _tiling(m, (problem.dilation[0], problem.dilation[1]),
                                     (problem.out_size[0], problem.out_size[1])).per_image
     # below SMALL_WORK_NO_BLAS the tiles run inline, like every algorithm's small jobs
-    shared = problem.flops >= SMALL_WORK_NO_BLAS
-    penalty = parallel_penalty(min(tiles, workers), workers, blas=False) if shared else 1.0
-    serial = SERIAL_PER_BLOCK * (workers - 1) * _block_count(problem, 2 if wide else 4) * shared
-    # the products by BLAS where the register-tiled kernels are not there
-    # (``CONVARITH_JIT=0``): the fit before the kernel transform was written out,
-    # 3000 per pair (on 1×14², 256 -> 512: 8.3 ms against offset_gemm's 5.6)
-    per_pair = 1500.0 if _llvm.available(problem.dtype) else 3000.0
-    return (problem.flops * per_flop + per_pair * pairs) * penalty + serial
+    shared = problem.flops >= SMALL_WORK_NO_BLAS and workers > 1
+    itemsize = np.dtype(problem.dtype).itemsize
+    blocks = _block_count(problem, m)
+    sharing = use_shared_tiles(tiles, a, c, itemsize, blocks > 1)
+    if not _llvm.available(problem.dtype):
+        # the products by BLAS (``CONVARITH_JIT=0``): the fit before the kernel
+        # transform was written out, with its 3000 units per pair
+        penalty = parallel_penalty(min(tiles, workers), workers, blas=False) if shared else 1.0
+        serial = SERIAL_PER_BLOCK * (workers - 1) * blocks * shared
+        return (problem.flops * per_flop + 3000.0 * pairs) * penalty + serial
+    alone = (PER_PRODUCT_FLOP * 2 * a * a * tiles * pairs + PER_KERNEL_VALUE * a * a * pairs
+             + PER_TILE_VALUE * a * a * tiles * (c + f) + PER_CALL)
+    if not shared:
+        return alone
+    if sharing:
+        width = _llvm.vector_width(problem.dtype)
+        block = shared_channel_block(c, f, tiles, a, itemsize, workers, width,
+                                     _llvm.max_vectors())
+        penalty = parallel_penalty(-(-f // block), workers, blas=False)
+        repeats = 0
+    else:
+        penalty = parallel_penalty(min(tiles, workers), workers, blas=False)
+        repeats = blocks - 1
+    return (alone * (1 + PARALLEL_EXTRA * (workers - 1)) * penalty
+            + (PER_WORKER_HANDOVER + SERIAL_PER_BLOCK * repeats) * (workers - 1))
 
+
+#: :func:`cost` per FLOP of the compiled path's products (register-tiled kernels).
+PER_PRODUCT_FLOP = 0.8
+
+#: :func:`cost` per value of the transformed kernel (made in float64 at each call).
+PER_KERNEL_VALUE = 17.0
+
+#: :func:`cost` per value of the transformed input tiles and of the products.
+PER_TILE_VALUE = 3.4
+
+#: :func:`cost` of a call's own steps (checks, buffers, the products' set-up).
+PER_CALL = 4.7e6
+
+#: With several workers, the work's core time grows by this share per extra worker
+#: (chunks side by side share the caches and the memory bus).
+PARALLEL_EXTRA = 0.05
+
+#: Units of :func:`cost` each extra worker adds (the hand-overs: two per call).
+PER_WORKER_HANDOVER = 6.3e6
 
 #: Units of :func:`cost` each block of output channels leaves to the calling thread
 #: alone (handing the kernel transform and the tiles to the workers, the blocks'
