@@ -950,7 +950,10 @@ def cost(problem: ConvProblem) -> float:
         penalty = parallel_penalty(min(tiles, workers), workers, blas=False) if shared else 1.0
         serial = SERIAL_PER_BLOCK * (workers - 1) * blocks * shared
         return (problem.flops * per_flop + 3000.0 * pairs) * penalty + serial
-    alone = (PER_PRODUCT_FLOP * 2 * a * a * tiles * pairs + PER_KERNEL_VALUE * a * a * pairs
+    per_product_flop = PER_PRODUCT_FLOP * (WIDE_SCALE if wide else 1.0)
+    if _llvm.max_vectors() * _llvm.vector_width(problem.dtype) * itemsize < 256:
+        per_product_flop *= NARROW_BLOCK_SCALE  # registers of 256 bits (AVX2)
+    alone = (per_product_flop * 2 * a * a * tiles * pairs + PER_KERNEL_VALUE * a * a * pairs
              + PER_TILE_VALUE * a * a * tiles * (c + f) + PER_CALL)
     if not shared:
         return alone
@@ -969,6 +972,17 @@ def cost(problem: ConvProblem) -> float:
 
 #: :func:`cost` per FLOP of the compiled path's products (register-tiled kernels).
 PER_PRODUCT_FLOP = 0.8
+
+#: :func:`cost` per product FLOP of F(2×2, 3×3) (float32 layers with more than
+#: :data:`F4_MAX_CHANNELS` input channels) over F(4×4)'s: its products of few tiles and
+#: long sums measured 0.70–0.96 of the common fit's time on 512 channels.
+WIDE_SCALE = 1.25
+
+#: :func:`cost` per product FLOP where a register block holds less than 256 bytes of
+#: output channels (AVX2: 2 vectors of 8 float32; AVX-512: 4 of 16): the products of
+#: few tiles measured 1.2–1.55× their AVX-512 time on 128 to 512 channels
+#: (register_tiles' direct kernels about 1.0–1.1×; one core, CPU time, busy machine).
+NARROW_BLOCK_SCALE = 1.3
 
 #: :func:`cost` per value of the transformed kernel (made in float64 at each call).
 PER_KERNEL_VALUE = 17.0
