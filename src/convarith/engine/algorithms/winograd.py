@@ -542,9 +542,11 @@ def _shared_tiles(kernels: tuple[Callable[..., None], ...], x: np.ndarray,
     th, tw = tiling.tiles
     top, left = origin
     total = x.shape[0] * tiling.per_image
-    width = _llvm.vector_width(dtype) if _llvm.available(dtype) else 0
+    # the target read once (each read looks at the environment)
+    target = _llvm.vector_target()
+    width = target.width(dtype) if target.runs_here and dtype in _FLOATS else 0
     block = shared_channel_block(c, f, total, a, dtype.itemsize, workers, max(width, 1),
-                                 _llvm.max_vectors() if width else 1)
+                                 _llvm.max_vectors(target) if width else 1)
     packs = width > 0 and f % width == 0 and block % width == 0
     # the products' kernels per block width, looked up once here (a lookup reads the
     # environment, ~35 µs; each block then only points them at its own kernel)
