@@ -35,11 +35,17 @@ float64 does not help (measured: the rounding of the transformed tiles to
 float32 for the GEMM dominates); the kernel transform is done in float64
 anyway. float64 layers always use F(4×4, 3×3) (error ~1e-15).
 
-Compiled transforms use numba when it is installed: the tiles are cut into
-chunks of about a core's L2 cache, and one thread per core transforms a
-chunk, runs its ``a²`` products (single-threaded BLAS) and transforms back
-(see :mod:`._threads`). Without numba the same transforms run as NumPy tensor
-contractions on chunks of whole images (slower, same numbers).
+Compiled transforms use numba when it is installed (:mod:`._winograd_numba`).
+Calls with many tiles cut them into chunks of about a core's L2 cache, and one
+thread per core transforms a chunk, runs its ``a²`` products (the register-tiled
+kernels, or single-threaded BLAS) and transforms back (see :mod:`._threads`).
+Calls with few tiles (small images and batches, :func:`use_shared_tiles`)
+transform the tiles once, shared, and the threads split the output channels:
+each transforms its block of the kernel, multiplies and transforms back while
+that block is in its cache, so the whole transformed kernel (4× the kernel) is
+never made and the input transform is never repeated. Without numba the same
+transforms run as NumPy tensor contractions on chunks of whole images (slower,
+same numbers).
 
 Examples
 --------
