@@ -1059,9 +1059,10 @@ def conv_vjp(
             if zeros and all(lo >= 0 and hi >= 0 for lo, hi in resolved.padding):
                 # the zero cells' gradient is dropped: leave them out of the grid (crop it)
                 # rather than compute them and crop the result (a third more cells at 16x16)
-                return transposed_conv(dy, kernel, strides, dilation, groups, [
+                # a tuple: the plan is remembered under it (a list is planned every call)
+                return transposed_conv(dy, kernel, strides, dilation, groups, tuple(
                     (a - lo, b - hi) for (a, b), (lo, hi) in
-                    zip(resolved.input_gradient_padding, resolved.padding)], algorithm)
+                    zip(resolved.input_gradient_padding, resolved.padding)), algorithm)
             d_xp = transposed_conv(dy, kernel, strides, dilation, groups,
                                    resolved.input_gradient_padding, algorithm)
             return pad_adjoint(d_xp, resolved.padding, spec.padding_mode)

@@ -46,7 +46,8 @@ compiled kernels       numba kernels (col2im, depthwise, flat_rows,  ``CONVARITH
                        (``_llvm._compiled``, ``_compiled_grouped``,  clear to read them again
                        ``_llvm_depthwise._row_kernel``,
                        ``_llvm_thin._compiled_rows``,
-                       ``_llvm_pool._pool_kernel``, the helper
+                       ``_llvm_pool._pool_kernel`` (and by ISA
+                       setting ``_pool_kernel_for``), the helper
                        threads' spinner ``_spin.spinner``, the host,
                        the binding),
                        SciPy's BLAS gemm; built once per key under
@@ -157,7 +158,8 @@ def process_caches() -> dict[str, Callable[[], None]]:
             flat_rows._numba_im2col, flat_rows.blas_gemm, space_to_depth._numba_kernels,
             winograd._numba_kernels, _llvm._compiled, _llvm._target, _llvm._host, _llvm._llvm,
             _llvm._compiled_grouped, _llvm._compiled_interleaved, _llvm_depthwise._row_kernel,
-            _llvm_thin._compiled_rows, _llvm_pool._pool_kernel, _numba_pool.numba_kernels,
+            _llvm_thin._compiled_rows, _llvm_pool._pool_kernel, _llvm_pool._pool_kernel_for,
+            _numba_pool.numba_kernels,
             _spin.spinner),
         "BLAS controller": functions(_threads._controller, _threads._sched_getcpu,
                                      _threads._affinity_cores),

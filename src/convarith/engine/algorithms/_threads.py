@@ -174,9 +174,10 @@ def _current_cpu() -> int | None:
     return cpu if cpu >= 0 else None
 
 
-def chunk_workers(threads: int | None, flops: float | None) -> int:
+def chunk_workers(threads: int | None, flops: float | None,
+                  inline_below: float = SMALL_WORK) -> int:
     """Threads :func:`run_chunks` will use for a job of ``flops`` (given ``threads``):
-    1 where it runs every chunk inline (below :data:`SMALL_WORK`, ``threads`` not
+    1 where it runs every chunk inline (below ``inline_below``, ``threads`` not
     given). Cut such a job into one chunk: its chunks would run one after another
     anyway, each paying its own set-up (the 3×3 stride-2 3 -> 32 stem on one 112²
     image: 8 chunks 0.20 ms, one 0.11 ms, one core).
@@ -184,7 +185,7 @@ def chunk_workers(threads: int | None, flops: float | None) -> int:
     >>> chunk_workers(None, 1e6), chunk_workers(1, 1e9), chunk_workers(3, 1e6)
     (1, 1, 3)
     """
-    if threads is None and flops is not None and flops < SMALL_WORK:
+    if threads is None and flops is not None and flops < inline_below:
         return 1
     return threads if threads is not None else worker_count()
 
