@@ -912,8 +912,9 @@ def cost(problem: ConvProblem) -> float:
     register_tiles' and flat_rows' costs on the same layers): within 0.66–1.2×
     of the time; 32 channels, left out of the fit, are on the same side of
     register_tiles as measured.
-    Several workers (:data:`PARALLEL_EXTRA`, :data:`PER_WORKER_HANDOVER`):
-    fitted the same way on serial_fraction's two-worker prediction; shared
+    Several workers: :data:`PARALLEL_EXTRA` fitted the same way on
+    serial_fraction's two-worker prediction, :data:`PER_WORKER_HANDOVER` for the
+    shared tiles' second hand-over; shared
     tiles split the output channels into blocks, chunks of tiles the tiles
     (:func:`~._threads.parallel_penalty` of either), and chunks of tiles repeat
     the input transform and hand-over for each block of output channels the memory
@@ -958,7 +959,7 @@ def cost(problem: ConvProblem) -> float:
         penalty = parallel_penalty(min(tiles, workers), workers, blas=False) if shared else 1.0
         serial = SERIAL_PER_BLOCK * (workers - 1) * blocks * shared
         return (problem.flops * per_flop + 3000.0 * pairs) * penalty + serial
-    per_product_flop = PER_PRODUCT_FLOP * (WIDE_SCALE if wide else 1.0)
+    per_product_flop = PER_PRODUCT_FLOP
     if _llvm.max_vectors() * _llvm.vector_width(problem.dtype) * itemsize < 256:
         per_product_flop *= NARROW_BLOCK_SCALE  # registers of 256 bits (AVX2)
     alone = (per_product_flop * 2 * a * a * tiles * pairs + PER_KERNEL_VALUE * a * a * pairs
@@ -981,11 +982,6 @@ def cost(problem: ConvProblem) -> float:
 #: :func:`cost` per FLOP of the compiled path's products (register-tiled kernels).
 PER_PRODUCT_FLOP = 0.8
 
-#: :func:`cost` per product FLOP of F(2×2, 3×3) (float32 layers with more than
-#: :data:`F4_MAX_CHANNELS` input channels) over F(4×4)'s: its products of few tiles and
-#: long sums measured 0.70–0.96 of the common fit's time on 512 channels.
-WIDE_SCALE = 1.25
-
 #: :func:`cost` per product FLOP where a register block holds less than 256 bytes of
 #: output channels (AVX2: 2 vectors of 8 float32; AVX-512: 4 of 16): the products of
 #: few tiles measured 1.2–1.55× their AVX-512 time on 128 to 512 channels
@@ -1005,8 +1001,11 @@ PER_CALL = 4.7e6
 #: (chunks side by side share the caches and the memory bus).
 PARALLEL_EXTRA = 0.05
 
-#: Units of :func:`cost` each extra worker adds (the hand-overs: two per call).
-PER_WORKER_HANDOVER = 6.3e6
+#: Units of :func:`cost` each extra worker adds: the shared tiles' second hand-over
+#: (the one-pass algorithms hand over once; ~15 µs of both workers). The fit to
+#: serial_fraction's two-worker prediction gave 6.3e6, which also holds the calling
+#: thread's own steps, left out of the other algorithms' costs.
+PER_WORKER_HANDOVER = 3e6
 
 #: Units of :func:`cost` each block of output channels leaves to the calling thread
 #: alone (handing the kernel transform and the tiles to the workers, the blocks'
