@@ -922,8 +922,9 @@ def cost(problem: ConvProblem) -> float:
     :data:`~._threads.SMALL_WORK_NO_BLAS` a call runs inline (one core's cost).
     Without the register-tiled kernels (``CONVARITH_JIT=0``, products by BLAS):
     about 0.3 × plain FLOPs for the tiles (0.55 with F(2×2, 3×3) on wide float32
-    layers) plus 3000 units per channel pair (on 1×14², 256 -> 512: 8.3 ms against
-    offset_gemm's 5.6), and each block of output channels leaves
+    layers) plus 1500 units per channel pair (44 layers, one core, CPU time, busy
+    machine: the choice against flat_rows within 10 % of the faster on all but
+    one, 2×7² 64 channels at 1.07), and each block of output channels leaves
     :data:`SERIAL_PER_BLOCK` units to the calling thread alone.
     Without numba F(2×2, 3×3) runs as whole-array NumPy passes: ``0.42 × FLOPs +
     3200 × C·F``, fitted on one core (CPU time, float32, batch 1, busy machine;
@@ -954,11 +955,12 @@ def cost(problem: ConvProblem) -> float:
     blocks = _block_count(problem, m)
     sharing = use_shared_tiles(tiles, a, c, itemsize, blocks > 1)
     if not _llvm.available(problem.dtype):
-        # the products by BLAS (``CONVARITH_JIT=0``): the fit before the kernel
-        # transform was written out, with its 3000 units per pair
+        # the products by BLAS (``CONVARITH_JIT=0``): 1500 units per pair since the
+        # kernel transform's rows (3000 before: 1×14², 64 and 128 channels, ran on
+        # flat_rows at 1.15–1.2× Winograd's time)
         penalty = parallel_penalty(min(tiles, workers), workers, blas=False) if shared else 1.0
         serial = SERIAL_PER_BLOCK * (workers - 1) * blocks * shared
-        return (problem.flops * per_flop + 3000.0 * pairs) * penalty + serial
+        return (problem.flops * per_flop + 1500.0 * pairs) * penalty + serial
     per_product_flop = PER_PRODUCT_FLOP
     if _llvm.max_vectors() * _llvm.vector_width(problem.dtype) * itemsize < 256:
         per_product_flop *= NARROW_BLOCK_SCALE  # registers of 256 bits (AVX2)
