@@ -923,8 +923,8 @@ def cost(problem: ConvProblem) -> float:
     Without the register-tiled kernels (``CONVARITH_JIT=0``, products by BLAS):
     about 0.3 × plain FLOPs for the tiles (0.55 with F(2×2, 3×3) on wide float32
     layers) plus 1500 units per channel pair (44 layers, one core, CPU time, busy
-    machine: the choice against flat_rows within 10 % of the faster on all but
-    one, 2×7² 64 channels at 1.07), and each block of output channels leaves
+    machine: the choice against flat_rows within 10 % of the faster on all, the
+    worst 2×7² with 64 channels at 1.07), and each block of output channels leaves
     :data:`SERIAL_PER_BLOCK` units to the calling thread alone.
     Without numba F(2×2, 3×3) runs as whole-array NumPy passes: ``0.42 × FLOPs +
     3200 × C·F``, fitted on one core (CPU time, float32, batch 1, busy machine;
