@@ -63,7 +63,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..state import cached_once
+from ..state import cached_once, environment
 
 __all__ = ["available", "compiled", "vector_width", "block_rows", "max_vectors", "Kernels",
            "Cells", "Sums", "Batch", "ONE_PROBLEM", "VectorTarget", "vector_target",
@@ -179,7 +179,7 @@ def target_named(name: str) -> VectorTarget:
 
 def vector_target() -> VectorTarget:
     """The target in use: ``CONVARITH_VECTOR_ISA`` (default ``native``), read at each call."""
-    name = os.environ.get(ISA_VARIABLE, "").strip().lower() or "native"
+    name = environment(ISA_VARIABLE).strip().lower() or "native"
     return _target(name)
 
 

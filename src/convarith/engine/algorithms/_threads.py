@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ..state import cached_once
+from ..state import cached_once, environment
 from ._spin import SpinningPool
 
 __all__ = ["run_chunks", "worker_count", "thread_limit", "workspace", "aligned_empty",
@@ -94,15 +94,8 @@ def _affinity_cores() -> int:
 
 
 def _environment(name: str) -> str:
-    """``os.environ.get(name, "")``, read from ``os.environ``'s own mapping where it has
-    one (POSIX: ``os.environ._data``, which ``os.environ[...] =`` and ``putenv`` through
-    it update): 0.03 µs against 1.3 µs for a name that is not set (``get`` raises and
-    catches a ``KeyError``), paid by every engine call."""
-    data = getattr(os.environ, "_data", None)
-    if os.name == "posix" and type(data) is dict:
-        value = data.get(name.encode())  # an ASCII name: its file-system encoding
-        return "" if value is None else os.fsdecode(value)
-    return os.environ.get(name, "")
+    """``os.environ.get(name, "")``, cheaply: :func:`..state.environment`."""
+    return environment(name)
 
 
 def worker_count() -> int:
