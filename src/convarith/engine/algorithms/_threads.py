@@ -38,7 +38,8 @@ from ._spin import SpinningPool
 
 __all__ = ["run_chunks", "worker_count", "thread_limit", "workspace", "aligned_empty",
            "aligned_copy", "chunk_workers",
-           "SMALL_WORK", "SMALL_WORK_NO_BLAS", "parallel_penalty", "BLAS_SERIAL_SHARE"]
+           "SMALL_WORK", "SMALL_WORK_NO_BLAS", "parallel_penalty", "BLAS_SERIAL_SHARE",
+           "run_native_jobs"]
 
 #: Below this many FLOPs a problem runs inline: starting threads and limiting
 #: BLAS costs about a millisecond, more than the work itself.
@@ -274,6 +275,43 @@ def run_chunks(
             if not helper.cancel():
                 helper.result()
         return results
+
+
+def run_native_jobs(
+    runner: Any,
+    rows: np.ndarray,
+    jobs: list[tuple[int, int]],
+    *,
+    threads: int | None = None,
+    flops: float | None = None,
+    inline_below: float = SMALL_WORK,
+) -> None:
+    """Run jobs of compiled calls (:mod:`._native_jobs`): job ``i`` is
+    ``runner.drive(table, *jobs[i])`` on the int64 ``rows``, every job on this thread
+    and the helpers with the GIL released (:meth:`._spin.SpinningPool.run_native`),
+    as :func:`run_chunks` would share them (``threads``, ``flops``, ``inline_below``).
+    Where the pool cannot take them (no spinner, another caller using it, inside a
+    helper) they run here one after another, in one call.
+
+    >>> from convarith.engine.algorithms import _native_jobs
+    >>> runner = _native_jobs.rows_runner(0, 0)
+    >>> run_native_jobs(runner, np.zeros((0, 1), np.int64), []) if runner else None
+    """
+    rows = np.ascontiguousarray(rows, np.int64)
+    if not len(rows):
+        return
+    spans = np.ascontiguousarray(np.asarray(jobs, np.int64).reshape(-1, 2))
+    table = rows.ctypes.data
+    workers = min(len(spans), threads if threads is not None else worker_count())
+    parallel = (workers > 1 and not (threads is None and flops is not None
+                                     and flops < inline_below)
+                and not getattr(_IN_HELPER, "active", False))
+    if parallel:
+        with contextlib.suppress(RuntimeError):  # the pool let go meanwhile: run here
+            if _POOL.get().run_native(runner.address, table, spans.ctypes.data,
+                                      len(spans), workers - 1):
+                return
+    runner.drive(table, 0, len(rows))
 
 
 # Marks the helper threads (nested calls run inline there).

@@ -50,7 +50,7 @@ import numpy as np
 
 from ...arithmetic import effective_kernel, window_reach
 from ..dispatch import ConvProblem, magnitude, register_algorithm
-from . import _llvm, _llvm_thin, _threads
+from . import _llvm, _llvm_thin, _native_jobs, _threads
 from ._llvm import ONE_PROBLEM, Batch, Cells, Sums
 from ._llvm_depthwise import row_cells, row_kernel
 from ._threads import ALIGN, aligned_copy, aligned_empty, run_chunks, worker_count, workspace
@@ -162,9 +162,19 @@ def direct(
         return np.zeros(shape, dtype)
     flops = 2.0 * n * oh * ow * kh * kw * c * f
     # a job run inline (small) is one chunk: chunks one after another only add set-up
+    # the chunks as one table of compiled calls, run without the GIL (_native_jobs)
+    native = _native_jobs.kernel_plan(x, pads, window_reach(oh, kh, stride_rows, dilation_rows),
+                                      y.nbytes)
+    if native is not None:
+        x, pads, table = native
     jobs = _jobs(x, kernel, (stride_rows, stride_cols), (dilation_rows, dilation_cols),
-                 (oh, ow), pads, y, _threads.chunk_workers(threads, flops), groups)
-    _run(jobs, flops, threads)
+                 (oh, ow), pads, y, _threads.chunk_workers(threads, flops), groups,
+                 drives=None if native is None else table.recorder)
+    if native is None:
+        _run(jobs, flops, threads)
+    else:
+        spans = table.jobs(jobs)
+        _threads.run_native_jobs(table.runner, table.rows, spans, threads=threads, flops=flops)
     if fpad != f:
         y = np.ascontiguousarray(y[..., :f])
     return y.reshape(shape)
@@ -427,8 +437,8 @@ def thin(channels: int) -> bool:
 def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
           dilation: tuple[int, int], out_size: tuple[int, int], pads: list[tuple[int, int]],
           y: np.ndarray, threads: int | None, groups: int = 1,
-          make_panels: Callable[[int], list[Panel]] | None = None
-          ) -> list[Callable[[], None]]:
+          make_panels: Callable[[int], list[Panel]] | None = None,
+          drives: Callable[[Any], Any] | None = None) -> list[Callable[[], None]]:
     """One call per chunk of output (images, or rows of one image) writing ``y``
     (N, OH, OW, F padded); ``make_panels(row_elems)``: other kernels' panels than
     :func:`_panels`' (the grouped kernels of :mod:`.grouped_tiles`)."""
@@ -454,6 +464,8 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
     x_base, x_bytes = x.ctypes.data, x.strides
     y_base, y_bytes = y.ctypes.data, y.strides
     calls = _calls(panels)
+    if drives is not None:  # each call.drive replaced (e.g. recorded, see _native_jobs)
+        calls = [call._replace(drive=drives(call.drive)) for call in calls]
     # every worker gets about 4 chunks (a single worker one); a chunk is whole images
     # when images are small (fewer calls: each costs ~10 µs of Python and ctypes),
     # else rows of one image; its padded input rows fit SLAB_BYTES
