@@ -16,10 +16,9 @@ import time
 import numpy as np
 import pytest
 
+from _helpers import peak_extra_bytes
 from convarith.engine.algorithms import _llvm, _native_jobs, _spin, _threads
 from convarith.engine.algorithms import register_tiles as rt
-
-from _helpers import peak_extra_bytes
 
 pytestmark = pytest.mark.skipif(
     not _llvm.available(np.float32) or _spin.spinner() is None
