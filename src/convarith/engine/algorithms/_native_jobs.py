@@ -171,21 +171,27 @@ class KernelTable(Table):
         self.runner = runner
 
 
-def kernel_plan(x: np.ndarray, pads: list[tuple[int, int]], rows: int,
-                output_bytes: int) -> tuple[np.ndarray, list[tuple[int, int]], KernelTable] | None:
+def kernel_plan(x: np.ndarray, pads: list[tuple[int, int]], rows: int, output_bytes: int,
+                threads: int | None = None, flops: float | None = None
+                ) -> tuple[np.ndarray, list[tuple[int, int]], KernelTable] | None:
     """Whether :mod:`.register_tiles` runs ``x`` (N, H, W, C) with ``pads`` (rows,
     columns; negative crops) as a table of calls: ``(input, pads, table)`` to build
     its jobs with (the input padded once into a copy of ``rows`` rows, its pads
-    then zero), or ``None`` (the closures' path: no compiled runner or spinner,
-    spinning turned off, or a padded copy too large).
+    then zero), or ``None`` (the closures' path: a job that runs on one thread
+    (``threads``, ``flops``, see :func:`._threads.native_workers`), no compiled
+    runner or spinner, spinning turned off, or a padded copy too large).
 
-    >>> x = np.ones((1, 2, 2, 1), np.float32)
-    >>> plan = kernel_plan(x, [(1, 1), (0, 0)], 4, 16)
-    >>> plan is None or (plan[0].shape, plan[1])
+    >>> x = np.ones((1, 4, 4, 8), np.float32)
+    >>> plan = kernel_plan(x, [(1, 1), (1, 1)], 6, x.nbytes, threads=2)
+    >>> (plan[0].shape, plan[1]) if plan else ((1, 6, 6, 8), [(0, 0), (0, 0)])
+    ((1, 6, 6, 8), [(0, 0), (0, 0)])
+    >>> kernel_plan(x, [(1, 1), (1, 1)], 6, x.nbytes, threads=1) is None
     True
     """
-    from . import _spin
+    from . import _spin, _threads
 
+    if _threads.native_workers(threads, flops) <= 1:
+        return None
     runner = rows_runner(KERNEL_POINTERS, KERNEL_FIELDS)
     if runner is None or _spin.spinner() is None or _spin.spin_microseconds() <= 0:
         return None

@@ -39,7 +39,7 @@ from ._spin import SpinningPool
 __all__ = ["run_chunks", "worker_count", "thread_limit", "workspace", "aligned_empty",
            "aligned_copy", "chunk_workers",
            "SMALL_WORK", "SMALL_WORK_NO_BLAS", "parallel_penalty", "BLAS_SERIAL_SHARE",
-           "run_native_jobs"]
+           "run_native_jobs", "native_workers"]
 
 #: Below this many FLOPs a problem runs inline: starting threads and limiting
 #: BLAS costs about a millisecond, more than the work itself.
@@ -277,6 +277,21 @@ def run_chunks(
         return results
 
 
+def native_workers(threads: int | None, flops: float | None,
+                   inline_below: float = SMALL_WORK) -> int:
+    """The threads :func:`run_native_jobs` would share a job among (before counting its
+    chunks): 1 where it runs inline (below ``inline_below`` with ``threads`` not
+    given, or inside a helper), else ``threads`` or :func:`worker_count`.
+
+    >>> native_workers(None, 1e3), native_workers(1, 1e9), native_workers(3, 1e3)
+    (1, 1, 3)
+    """
+    if (threads is None and flops is not None and flops < inline_below) or getattr(
+            _IN_HELPER, "active", False):
+        return 1
+    return threads if threads is not None else worker_count()
+
+
 def run_native_jobs(
     runner: Any,
     rows: np.ndarray,
@@ -302,11 +317,8 @@ def run_native_jobs(
         return
     spans = np.ascontiguousarray(np.asarray(jobs, np.int64).reshape(-1, 2))
     table = rows.ctypes.data
-    workers = min(len(spans), threads if threads is not None else worker_count())
-    parallel = (workers > 1 and not (threads is None and flops is not None
-                                     and flops < inline_below)
-                and not getattr(_IN_HELPER, "active", False))
-    if parallel:
+    workers = min(len(spans), native_workers(threads, flops, inline_below))
+    if workers > 1:
         with contextlib.suppress(RuntimeError):  # the pool let go meanwhile: run here
             if _POOL.get().run_native(runner.address, table, spans.ctypes.data,
                                       len(spans), workers - 1):
