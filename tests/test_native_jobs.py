@@ -163,13 +163,16 @@ def test_a_pool_runs_a_table_of_jobs_with_its_helpers(monkeypatch):
         pool.shutdown()
 
 
-@pytest.mark.parametrize("pads", [[(1, 1), (1, 1)], [(0, 0), (0, 0)]])
-def test_the_padded_copy_keeps_the_memory_target(pads):
+@pytest.mark.parametrize("shape", [(1, 28, 64, 64, 3, 1, 1), (1, 28, 64, 64, 3, 1, 0),
+                                   (1, 28, 128, 128, 3, 2, 1), (1, 4, 512, 512, 3, 1, 1),
+                                   (1, 56, 3, 32, 3, 2, 1), (2, 9, 16, 16, 5, 1, 2)])
+def test_the_padded_copy_keeps_the_memory_target(shape):
+    n, size, c, f, kernel, stride, pad = shape
     data = np.random.default_rng(0)
-    x = data.standard_normal((1, 28, 28, 64)).astype(np.float32)
-    k = data.standard_normal((3, 3, 64, 64)).astype(np.float32)
-    out = 28 if pads[0][0] else 26
-    extra = peak_extra_bytes(lambda: rt.direct(x, k, (1, 1), (1, 1), 1, (out, out),
-                                               padding=pads, threads=2))
-    y_bytes = out * out * 64 * 4
-    assert extra <= 1.5 * (x.nbytes + k.nbytes + y_bytes), extra
+    x = data.standard_normal((n, size, size, c)).astype(np.float32)
+    k = data.standard_normal((kernel, kernel, c, f)).astype(np.float32)
+    out = (size + 2 * pad - kernel) // stride + 1
+    extra = peak_extra_bytes(lambda: rt.direct(x, k, (stride, stride), (1, 1), 1, (out, out),
+                                               padding=[(pad, pad)] * 2, threads=2))
+    y_bytes = n * out * out * f * 4
+    assert extra <= 1.5 * (x.nbytes + k.nbytes + y_bytes), (shape, extra)

@@ -151,11 +151,11 @@ class Table:
 
 #: A padded copy of the whole input is made for the table of calls (instead of each
 #: chunk's padded rows) only up to this size, and up to :data:`PAD_ONCE_SHARE` of the
-#: input and output bytes (peak extra memory stays within 1.5x input + kernel + output).
+#: input, kernel and output bytes (peak extra memory stays within 1.5x those).
 PAD_ONCE_BYTES = 2 << 20
 
 #: See :data:`PAD_ONCE_BYTES`.
-PAD_ONCE_SHARE = 0.75
+PAD_ONCE_SHARE = 0.5
 
 #: The arguments of the register kernels' ``drive``: ``x, w, y, offsets``, then the
 #: fields of ``Cells``, ``Sums`` and ``Batch``.
@@ -171,18 +171,19 @@ class KernelTable(Table):
         self.runner = runner
 
 
-def kernel_plan(x: np.ndarray, pads: list[tuple[int, int]], rows: int, output_bytes: int,
+def kernel_plan(x: np.ndarray, pads: list[tuple[int, int]], rows: int, io_bytes: int,
                 threads: int | None = None, flops: float | None = None
                 ) -> tuple[np.ndarray, list[tuple[int, int]], KernelTable] | None:
     """Whether :mod:`.register_tiles` runs ``x`` (N, H, W, C) with ``pads`` (rows,
-    columns; negative crops) as a table of calls: ``(input, pads, table)`` to build
+    columns; negative crops) as a table of calls (``io_bytes``: the input, kernel and
+    output bytes): ``(input, pads, table)`` to build
     its jobs with (the input padded once into a copy of ``rows`` rows, its pads
     then zero), or ``None`` (the closures' path: a job that runs on one thread
     (``threads``, ``flops``, see :func:`._threads.native_workers`), no compiled
     runner or spinner, spinning turned off, or a padded copy too large).
 
     >>> x = np.ones((1, 4, 4, 8), np.float32)
-    >>> plan = kernel_plan(x, [(1, 1), (1, 1)], 6, x.nbytes, threads=2)
+    >>> plan = kernel_plan(x, [(1, 1), (1, 1)], 6, 3 * x.nbytes, threads=2)
     >>> (plan[0].shape, plan[1]) if plan else ((1, 6, 6, 8), [(0, 0), (0, 0)])
     ((1, 6, 6, 8), [(0, 0), (0, 0)])
     >>> kernel_plan(x, [(1, 1), (1, 1)], 6, x.nbytes, threads=1) is None
@@ -201,8 +202,7 @@ def kernel_plan(x: np.ndarray, pads: list[tuple[int, int]], rows: int, output_by
     n, _, w, c = x.shape
     padded_w = w + left + right
     size = n * rows * padded_w * c * x.dtype.itemsize
-    if rows <= 0 or padded_w <= 0 or size > min(PAD_ONCE_BYTES,
-                                                PAD_ONCE_SHARE * (x.nbytes + output_bytes)):
+    if rows <= 0 or padded_w <= 0 or size > min(PAD_ONCE_BYTES, PAD_ONCE_SHARE * io_bytes):
         return None
     from ._threads import aligned_empty
     from .register_tiles import _fill

@@ -164,7 +164,7 @@ def direct(
     # a job run inline (small) is one chunk: chunks one after another only add set-up
     # the chunks as one table of compiled calls, run without the GIL (_native_jobs)
     native = _native_jobs.kernel_plan(x, pads, window_reach(oh, kh, stride_rows, dilation_rows),
-                                      y.nbytes, threads, flops)
+                                      x.nbytes + kernel.nbytes + y.nbytes, threads, flops)
     if native is not None:
         x, pads, table = native
     jobs = _jobs(x, kernel, (stride_rows, stride_cols), (dilation_rows, dilation_cols),
