@@ -47,7 +47,8 @@ compiled kernels       numba kernels (col2im, depthwise, flat_rows,  ``CONVARITH
                        ``_llvm_depthwise._row_kernel``,
                        ``_llvm_thin._compiled_rows``,
                        ``_llvm_pool._pool_kernel``, the helper
-                       threads' spinner ``_spin.spinner``, the host,
+                       threads' spinner ``_spin.spinner``, the
+                       tables' runner ``_native_jobs._rows_runner``, the host,
                        the binding),
                        SciPy's BLAS gemm; built once per key under
                        a lock (:func:`cached_once`)
@@ -121,6 +122,7 @@ def process_caches() -> dict[str, Callable[[], None]]:
         _llvm_depthwise,
         _llvm_pool,
         _llvm_thin,
+        _native_jobs,
         _numba_pool,
         _spin,
         _threads,
@@ -158,7 +160,7 @@ def process_caches() -> dict[str, Callable[[], None]]:
             winograd._numba_kernels, _llvm._compiled, _llvm._target, _llvm._host, _llvm._llvm,
             _llvm._compiled_grouped, _llvm._compiled_interleaved, _llvm_depthwise._row_kernel,
             _llvm_thin._compiled_rows, _llvm_pool._pool_kernel, _numba_pool.numba_kernels,
-            _spin.spinner),
+            _spin.spinner, _native_jobs._rows_runner),
         "BLAS controller": functions(_threads._controller, _threads._sched_getcpu,
                                      _threads._affinity_cores),
         "helper threads": _threads._POOL.clear,
