@@ -25,6 +25,7 @@ Examples
 from __future__ import annotations
 
 import ctypes
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -122,11 +123,12 @@ class Table:
         self.pointers = pointers
         self.fields = fields
         self._rows: list[tuple[int, ...]] = []
-        self.rows = np.zeros((0, 1 + pointers + fields), np.int64)
+        #: every recorded call's row (set by :meth:`jobs`)
+        self.rows = np.empty((0, 1 + pointers + fields), np.int64)
 
     def recorder(self, function: Any) -> Callable[..., None]:
         """A stand-in for the ctypes ``function`` that records its calls as rows."""
-        address = ctypes.cast(function, ctypes.c_void_p).value or 0
+        address = ctypes.c_void_p.from_buffer(function).value or 0
         rows = self._rows
         width = self.pointers + self.fields
 
@@ -145,7 +147,9 @@ class Table:
             first = len(self._rows)
             job()
             spans.append((first, len(self._rows) - first))
-        self.rows = np.array(self._rows, np.int64).reshape(-1, 1 + self.pointers + self.fields)
+        width = 1 + self.pointers + self.fields
+        self.rows = np.fromiter(itertools.chain.from_iterable(self._rows), np.int64,
+                                len(self._rows) * width).reshape(-1, width)
         return spans
 
 
@@ -204,9 +208,9 @@ def kernel_plan(x: np.ndarray, pads: list[tuple[int, int]], rows: int, io_bytes:
     size = n * rows * padded_w * c * x.dtype.itemsize
     if rows <= 0 or padded_w <= 0 or size > min(PAD_ONCE_BYTES, PAD_ONCE_SHARE * io_bytes):
         return None
-    from ._threads import aligned_empty
     from .register_tiles import _fill
 
-    padded = aligned_empty((n, rows, padded_w, c), x.dtype)
+    # kept between calls (fresh pages would cost more than the copy)
+    padded = _threads.workspace("native_jobs_padded", (n, rows, padded_w, c), x.dtype)
     _fill(padded, x, -top, left)
     return padded, [(0, 0), (0, 0)], KernelTable(runner)
