@@ -18,6 +18,18 @@ The spinner is compiled with llvmlite for x86-64 (``pause`` in the loop, the
 time-stamp counter for the budget); elsewhere, with ``CONVARITH_JIT=0`` or
 without llvmlite, the threads sleep at once, as before.
 
+A spinning helper also watches the pool's *native batch slot*: jobs of compiled
+calls that :meth:`SpinningPool.run_native` publishes (a runner's address, a table,
+``(first row, rows)`` per job, and one 64-bit counter packing the batch's epoch,
+its job count and the next job). A helper claims a job with one atomic add on the
+counter (the value it gets back says whether that job exists in that batch, whose
+fields stay put until every job is finished), runs it, counts it finished, and
+spins on (its budget starts again); it goes back to Python only for a submitted
+task or once the budget is spent. No thread needs the GIL to start or end such a
+batch, so a helper joins as soon as it is published, not once the caller lets go
+of the GIL (a Python chunk handed to a helper on a virtual machine started ~0.1 ms
+late). Helpers asleep past the budget are woken with a task that joins late.
+
 Examples
 --------
 >>> pool = SpinningPool(1)
