@@ -176,3 +176,32 @@ def test_the_padded_copy_keeps_the_memory_target(shape):
                                                padding=[(pad, pad)] * 2, threads=2))
     y_bytes = n * out * out * f * 4
     assert extra <= 1.5 * (x.nbytes + k.nbytes + y_bytes), (shape, extra)
+
+
+@pytest.mark.parametrize("spin_us", ["20", "1000"])
+def test_many_small_batches_on_helpers_that_spin_and_sleep(monkeypatch, spin_us):
+    # many batches back to back (helpers joining, refused, asleep and woken late)
+    monkeypatch.setenv("CONVARITH_SPIN_US", spin_us)
+    layer = dict(rank=2, dtype=np.float64, n=4, c=8, f=8, size=[6, 6], kernel=[1, 1],
+                 strides=[1, 1], dilation=[1, 1], pads=[(0, 0), (0, 0)])
+    expected = _run(layer, 9, 1)
+    pool = _spin.SpinningPool(3, "test_native")
+    batches: list[bool] = []
+    run_native = pool.run_native
+
+    def counted(*arguments):
+        batches.append(run_native(*arguments))
+        return batches[-1]
+
+    try:
+        monkeypatch.setattr(_threads._POOL, "get", lambda: pool)
+        monkeypatch.setattr(pool, "run_native", counted)
+        turns = 150 if os.environ.get("CI") == "true" else 600
+        for turn in range(turns):
+            threads = 2 + turn % 3
+            assert np.array_equal(_run(layer, 9, threads), expected), (turn, threads)
+            if turn % 50 == 0:
+                time.sleep(0.001)
+    finally:
+        pool.shutdown()
+    assert len(batches) == turns and all(batches)
