@@ -136,21 +136,23 @@ none:
   ret i64 0
 }
 
-define void @drain(i64* %slot) {
+define i64 @drain(i64* %slot) {
 entry:
   br label %loop
 loop:
+  %jobs = phi i64 [0, %entry], [%jobs1, %loop]
   %ran = call i64 @claim_one(i64* %slot)
+  %jobs1 = add i64 %jobs, %ran
   %more = icmp ne i64 %ran, 0
   br i1 %more, label %loop, label %done
 done:
-  ret void
+  ret i64 %jobs
 }
 
-define void @work(i64* %slot, i64 %counter, i64 %count, i32 ()* %yield) {
+define i64 @work(i64* %slot, i64 %counter, i64 %count, i32 ()* %yield) {
 entry:
   store atomic i64 %counter, i64* %slot release, align 8
-  call void @drain(i64* %slot)
+  %mine = call i64 @drain(i64* %slot)
   %finished = getelementptr i64, i64* %slot, i64 8
   br label %check
 check:
@@ -162,7 +164,7 @@ wait:
   %ignored = call i32 %yield()
   br label %check
 done:
-  ret void
+  ret i64 %mine
 }
 
 define i64 @join(i64* %slot) {
@@ -174,7 +176,7 @@ entry:
   %in = icmp ult i64 %ticket, %allowed
   br i1 %in, label %run, label %out
 run:
-  call void @drain(i64* %slot)
+  %jobs = call i64 @drain(i64* %slot)
   ret i64 1
 out:
   ret i64 0
@@ -256,7 +258,7 @@ class _Spinner:
         pointer, i64 = ctypes.c_void_p, ctypes.c_int64
         self._serve = ctypes.CFUNCTYPE(ctypes.c_int32, pointer, ctypes.c_int32, i64, pointer,
                                        pointer)(engine.get_function_address("serve"))
-        self._work = ctypes.CFUNCTYPE(None, pointer, i64, i64, pointer)(
+        self._work = ctypes.CFUNCTYPE(i64, pointer, i64, i64, pointer)(
             engine.get_function_address("work"))
         #: ``join(slot)``: run the jobs of a native batch slot until none is left, if
         #: the slot allows one more helper
@@ -272,10 +274,11 @@ class _Spinner:
         return int(self._serve(address, old, int(microseconds * self._per_microsecond),
                                self._yield, slot))
 
-    def work(self, slot: int, counter: int, count: int) -> None:
+    def work(self, slot: int, counter: int, count: int) -> int:
         """Publish ``counter`` in ``slot``, run its jobs with the others, wait for all
-        ``count`` of them to be finished (yielding the core while waiting)."""
-        self._work(slot, counter, count, self._yield)
+        ``count`` of them to be finished (yielding the core while waiting); how many
+        this thread ran."""
+        return int(self._work(slot, counter, count, self._yield))
 
 
 @cached_once
@@ -398,7 +401,7 @@ class SpinningPool:
         return task
 
     def run_native(self, runner: int, table: int, jobs: int, count: int,
-                   helpers: int) -> bool:
+                   helpers: int) -> int | None:
         """Run ``count`` jobs of compiled calls on this thread and the helpers, the GIL
         released throughout: job ``i`` is ``runner(table, jobs[2i], jobs[2i + 1])``
         (``runner`` a compiled ``void (i64* table, i64 first, i64 rows)``'s address,
@@ -406,21 +409,22 @@ class SpinningPool:
         this returns). At most ``helpers`` helpers join: spinning ones at once, sleeping
         ones woken with a task that joins; jobs run in any order, on any thread. ``False`` (nothing run)
         where the pool cannot: no spinner, spinning turned off, another caller using
-        it, too many jobs, the pool shut down.
+        it, too many jobs, the pool shut down); else how many jobs this thread ran
+        (the helpers ran the others).
 
         >>> pool = SpinningPool(1)
-        >>> pool.run_native(0, 0, 0, 0, 1) in (True, False)
+        >>> pool.run_native(0, 0, 0, 0, 1) in (0, None)
         True
         >>> pool.shutdown()
         """
         wait = self._spinner
         if (wait is None or spin_microseconds() <= 0 or not 0 <= count <= MAX_NATIVE_JOBS
                 or self._closed):
-            return False
+            return None
         if count == 0:
-            return True
+            return 0
         if not self._native.acquire(blocking=False):
-            return False
+            return None
         try:
             slot = self._slot
             slot[1], slot[2], slot[3], slot[8] = runner, table, jobs, 0
@@ -432,10 +436,9 @@ class SpinningPool:
                 # (it joins late, or finds nothing left)
                 with contextlib.suppress(RuntimeError):
                     self.submit(wait.join, address)
-            wait.work(address, (self._epoch << 40) | (count << 20), count)
+            return wait.work(address, (self._epoch << 40) | (count << 20), count)
         finally:
             self._native.release()
-        return True
 
     def _cancel(self, task: Task) -> bool:
         with self._lock:

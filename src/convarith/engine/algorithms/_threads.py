@@ -321,7 +321,7 @@ def run_native_jobs(
     if workers > 1:
         with contextlib.suppress(RuntimeError):  # the pool let go meanwhile: run here
             if _POOL.get().run_native(runner.address, table, spans.ctypes.data,
-                                      len(spans), workers - 1):
+                                      len(spans), workers - 1) is not None:
                 return
     runner.drive(table, 0, len(rows))
 
