@@ -186,9 +186,13 @@ define i32 @serve(i32* %word, i32 %old, i64 %budget, i32 ()* %yield, i64* %slot)
 entry:
   %since = alloca i64, align 8
   %refused = alloca i64, align 8
+  %last_epoch = alloca i64, align 8
   %start = call i64 @llvm.readcyclecounter()
   store i64 %start, i64* %since, align 8
   store i64 -1, i64* %refused, align 8
+  %first_seen = load atomic i64, i64* %slot acquire, align 8
+  %first_epoch = lshr i64 %first_seen, 40
+  store i64 %first_epoch, i64* %last_epoch, align 8
   br label %check
 check:
   %value = load atomic i32, i32* %word acquire, align 4
@@ -196,6 +200,17 @@ check:
   br i1 %changed, label %done, label %look
 look:
   %seen = load atomic i64, i64* %slot acquire, align 8
+  ; a new batch starts the budget again (joined or not, the caller is busy now)
+  %seen_epoch = lshr i64 %seen, 40
+  %known_epoch = load i64, i64* %last_epoch, align 8
+  %new_batch = icmp ne i64 %seen_epoch, %known_epoch
+  br i1 %new_batch, label %renew, label %status
+renew:
+  store i64 %seen_epoch, i64* %last_epoch, align 8
+  %renewed = call i64 @llvm.readcyclecounter()
+  store i64 %renewed, i64* %since, align 8
+  br label %status
+status:
   %seen_next = and i64 %seen, 1048575
   %seen_shift = lshr i64 %seen, 20
   %seen_count = and i64 %seen_shift, 1048575
@@ -382,6 +397,7 @@ class SpinningPool:
         self._slot = (ctypes.c_int64 * 16)()
         self._native = threading.Lock()
         self._epoch = 0
+        self._kept_on: frozenset[int] = frozenset()  # the cores keep_off last set
         self._threads = [threading.Thread(target=self._serve, name=f"{name}_{index}",
                                           daemon=True) for index in range(max(1, threads))]
         for thread in self._threads:
@@ -439,6 +455,18 @@ class SpinningPool:
             return wait.work(address, (self._epoch << 40) | (count << 20), count)
         finally:
             self._native.release()
+
+    def keep_off(self, cpu: int, allowed: set[int]) -> None:
+        """Keep the threads on the cores ``allowed`` but ``cpu`` (the caller's: a helper
+        woken after an idle moment often lands on its core, and both then share it);
+        nothing if that is what they were last told, or no other core is allowed."""
+        others = frozenset(allowed - {cpu})
+        if not others or others == self._kept_on:
+            return
+        self._kept_on = others
+        for thread in self._threads:
+            with contextlib.suppress(OSError, AttributeError, TypeError):
+                os.sched_setaffinity(thread.native_id or 0, others)
 
     def _cancel(self, task: Task) -> bool:
         with self._lock:

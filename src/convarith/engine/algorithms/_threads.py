@@ -319,8 +319,13 @@ def run_native_jobs(
     table = rows.ctypes.data
     workers = min(len(spans), native_workers(threads, flops, inline_below))
     if workers > 1:
+        pool = _POOL.get()
+        caller_cpu = _current_cpu()
+        if caller_cpu is not None:
+            # the caller's cores (a kept helper's own mask is the last call's choice)
+            pool.keep_off(caller_cpu, os.sched_getaffinity(0))
         with contextlib.suppress(RuntimeError):  # the pool let go meanwhile: run here
-            if _POOL.get().run_native(runner.address, table, spans.ctypes.data,
+            if pool.run_native(runner.address, table, spans.ctypes.data,
                                       len(spans), workers - 1) is not None:
                 return
     runner.drive(table, 0, len(rows))
