@@ -28,7 +28,9 @@ spins on (its budget starts again); it goes back to Python only for a submitted
 task or once the budget is spent. No thread needs the GIL to start or end such a
 batch, so a helper joins as soon as it is published, not once the caller lets go
 of the GIL (a Python chunk handed to a helper on a virtual machine started ~0.1 ms
-late). Helpers asleep past the budget are woken with a task that joins late.
+late). Helpers asleep past the budget are woken with a task that joins late. The
+caller, its own jobs done, spins for the budget until the last one is finished,
+then naps 20 µs at a time.
 
 Examples
 --------
@@ -149,19 +151,30 @@ done:
   ret i64 %jobs
 }
 
-define i64 @work(i64* %slot, i64 %counter, i64 %count, i32 ()* %yield) {
+define i64 @work(i64* %slot, i64 %counter, i64 %count, i32 ()* %yield, i64 %budget,
+                 i32 (i32)* %nap) {
 entry:
   store atomic i64 %counter, i64* %slot release, align 8
   %mine = call i64 @drain(i64* %slot)
   %finished = getelementptr i64, i64* %slot, i64 8
+  %start = call i64 @llvm.readcyclecounter()
   br label %check
 check:
   %done_jobs = load atomic i64, i64* %finished acquire, align 8
   %all = icmp uge i64 %done_jobs, %count
   br i1 %all, label %done, label %wait
 wait:
+  ; spin for the budget, then nap (a helper's job may last long)
+  %now = call i64 @llvm.readcyclecounter()
+  %spent = sub i64 %now, %start
+  %over = icmp uge i64 %spent, %budget
+  br i1 %over, label %sleep, label %spin
+spin:
   call void @llvm.x86.sse2.pause()
   %ignored = call i32 %yield()
+  br label %check
+sleep:
+  %slept = call i32 %nap(i32 20)
   br label %check
 done:
   ret i64 %mine
@@ -265,15 +278,16 @@ class _Spinner:
     ``address`` differs from ``old`` or the time is up; returns the word's value."""
 
     def __init__(self, spin: Any, ticks_per_microsecond: float, engine: Any,
-                 yield_address: int) -> None:
+                 yield_address: int, nap_address: int) -> None:
         self._spin = spin
         self._per_microsecond = ticks_per_microsecond
         self._engine = engine  # owns the code
         self._yield = yield_address
+        self._nap = nap_address  # libc's usleep
         pointer, i64 = ctypes.c_void_p, ctypes.c_int64
         self._serve = ctypes.CFUNCTYPE(ctypes.c_int32, pointer, ctypes.c_int32, i64, pointer,
                                        pointer)(engine.get_function_address("serve"))
-        self._work = ctypes.CFUNCTYPE(i64, pointer, i64, i64, pointer)(
+        self._work = ctypes.CFUNCTYPE(i64, pointer, i64, i64, pointer, i64, pointer)(
             engine.get_function_address("work"))
         #: ``join(slot)``: run the jobs of a native batch slot until none is left, if
         #: the slot allows one more helper
@@ -289,11 +303,12 @@ class _Spinner:
         return int(self._serve(address, old, int(microseconds * self._per_microsecond),
                                self._yield, slot))
 
-    def work(self, slot: int, counter: int, count: int) -> int:
+    def work(self, slot: int, counter: int, count: int, microseconds: float) -> int:
         """Publish ``counter`` in ``slot``, run its jobs with the others, wait for all
-        ``count`` of them to be finished (yielding the core while waiting); how many
-        this thread ran."""
-        return int(self._work(slot, counter, count, self._yield))
+        ``count`` of them to be finished (spinning ``microseconds``, yielding the core,
+        then napping 20 µs at a time); how many this thread ran."""
+        return int(self._work(slot, counter, count, self._yield,
+                              int(microseconds * self._per_microsecond), self._nap))
 
 
 @cached_once
@@ -311,10 +326,12 @@ def spinner() -> _Spinner | None:
     except Exception:  # pragma: no cover - an llvmlite that cannot compile this
         return None
     try:  # each turn of the loop yields the core to any other thread waiting for it
-        yield_address = ctypes.cast(ctypes.CDLL(None).sched_yield, ctypes.c_void_p).value
-    except (OSError, AttributeError):  # pragma: no cover - a libc without sched_yield
+        libc = ctypes.CDLL(None)
+        yield_address = ctypes.cast(libc.sched_yield, ctypes.c_void_p).value
+        nap_address = ctypes.cast(libc.usleep, ctypes.c_void_p).value
+    except (OSError, AttributeError):  # pragma: no cover - a libc without them
         return None
-    if not yield_address:  # pragma: no cover
+    if not yield_address or not nap_address:  # pragma: no cover
         return None
     spin = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32,
                             ctypes.c_int64, ctypes.c_void_p)(spin_address)
@@ -327,7 +344,7 @@ def spinner() -> _Spinner | None:
     per_microsecond = (ticks() - start_ticks) / (elapsed * 1e6)
     if not per_microsecond > 0:  # pragma: no cover - a counter that does not count
         return None
-    return _Spinner(spin, per_microsecond, engine, yield_address)
+    return _Spinner(spin, per_microsecond, engine, yield_address, nap_address)
 
 
 _QUEUED, _RUNNING, _DONE, _CANCELLED = range(4)
@@ -452,7 +469,8 @@ class SpinningPool:
                 # (it joins late, or finds nothing left)
                 with contextlib.suppress(RuntimeError):
                     self.submit(wait.join, address)
-            return wait.work(address, (self._epoch << 40) | (count << 20), count)
+            return wait.work(address, (self._epoch << 40) | (count << 20), count,
+                             spin_microseconds())
         finally:
             self._native.release()
 
