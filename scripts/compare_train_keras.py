@@ -15,11 +15,19 @@ threads) is steadier, and the ratios of one run are what to compare.
 Usage:
     KERAS_BACKEND=jax python scripts/compare_train_keras.py [--epochs 8] [--padding same]
         [--strides 1] [--dilation 1] [--repeats 1] [--profile FILE] [--one-thread]
+        [--breakdown]
 
 ``--profile FILE`` writes convarith's steady epochs (all but the first) as a
 cProfile file (``python -m pstats FILE``); with ``--one-thread`` its clock is the
 thread's CPU time (everything runs on the calling thread), which other processes
 on a busy machine do not inflate.
+
+``--breakdown`` only trains convarith (one thread, ``--epochs`` after a first
+epoch) and prints where a steady training step's time goes: the engine's
+convolution forward, input-gradient and weight-gradient calls, the rest of the
+convolution layers (bias gradient, activation), the dense layer, the loss, the
+optimizer and the step's own Python (each call timed on the thread's CPU clock;
+the timers add a few microseconds a call).
 
 ``--one-thread`` runs all three on one thread (convarith's engine and BLAS,
 PyTorch's ``set_num_threads(1)``, XLA's CPU client without its thread pool):
@@ -32,6 +40,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import functools
 import os
 import statistics
 import time
@@ -82,6 +91,102 @@ def convarith_clock_callback(clock: EpochClock, profiler: cProfile.Profile | Non
                 profiler.enable()
 
     return Mark()
+
+
+class PhaseClock:
+    """CPU time of the calls of chosen functions, each net of the timed calls inside it.
+
+    ``wrap(owner, name, label)`` replaces ``owner.name`` by a timed version until
+    ``restore()``.
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self._inner: list[float] = []
+        self._originals: list[tuple[object, str, object]] = []
+
+    def wrap(self, owner: object, name: str, label: str) -> None:
+        original = getattr(owner, name)
+        self._originals.append((owner, name, original))
+        clock = self
+
+        @functools.wraps(original)
+        def timed(*args, **kwargs):
+            start = time.thread_time()
+            clock._inner.append(0.0)
+            try:
+                return original(*args, **kwargs)
+            finally:
+                spent = time.thread_time() - start
+                inner = clock._inner.pop()
+                clock.seconds[label] = clock.seconds.get(label, 0.0) + spent - inner
+                clock.calls[label] = clock.calls.get(label, 0) + 1
+                if clock._inner:
+                    clock._inner[-1] += spent
+
+        setattr(owner, name, timed)
+
+    def restore(self) -> None:
+        for owner, name, original in reversed(self._originals):
+            setattr(owner, name, original)
+        self._originals.clear()
+
+    def reset(self) -> None:
+        self.seconds.clear()
+        self.calls.clear()
+
+
+def breakdown(args: argparse.Namespace) -> None:
+    """Train convarith alone on one thread and print a steady step's time by phase."""
+    from convarith.engine import core
+    from convarith.nn import layers, losses, models, optimizers
+
+    x_train, _, y_train, _ = load_digits_images(args.size, args.seed)
+    model = build_model(args.size, args.padding, args.strides, args.dilation, args.filters,
+                        args.seed)
+    model.compile(nn.Adam(args.learning_rate), "sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    clock = PhaseClock()
+    step = "step: checks, logs, Python"
+    for owner, name, label in [
+            (models.Sequential, "_step", step),
+            (engine, "conv", "conv forward (engine)"),
+            (core, "transposed_conv", "conv input gradient (engine)"),
+            (core, "_weight_grad", "conv weight gradient (engine)"),
+            (engine, "conv_vjp", "conv_vjp: bias gradient, plan"),
+            (layers._Conv, "forward", "conv layer: activation"),
+            (layers._Conv, "_backward", "conv layer: activation gradient"),
+            (layers.Dense, "forward", "dense forward (+softmax)"),
+            (layers.Dense, "backward", "dense backward"),
+            (layers.Flatten, "forward", "flatten"),
+            (layers.Flatten, "backward", "flatten"),
+            (optimizers.Optimizer, "apply", "optimizer"),
+            (losses.CompiledLoss, "values", "loss"),
+            (losses.CompiledLoss, "gradients", "loss gradient"),
+            (models.Sequential, "_batch_logs", "metrics"),
+    ]:
+        clock.wrap(owner, name, label)
+    try:
+        with engine.thread_limit(1):
+            model.fit(x_train, y_train, epochs=1, batch_size=args.batch_size, verbose=0)
+            clock.reset()
+            start = time.thread_time()
+            model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
+                      verbose=0)
+            total = time.thread_time() - start
+    finally:
+        clock.restore()
+    steps = clock.calls[step]
+    print(f"convarith, one thread: {args.epochs} steady epochs of {steps // args.epochs} steps, "
+          f"{total / args.epochs:.3f} s an epoch, {total / steps * 1e3:.3f} ms a step "
+          "(thread CPU time)")
+    for label, seconds in sorted(clock.seconds.items(), key=lambda item: -item[1]):
+        print(f"  {label:34s} {seconds / steps * 1e3:7.3f} ms a step "
+              f"({clock.calls[label] / steps:.0f} calls) {seconds / total:6.1%}")
+    rest = total - sum(clock.seconds.values())
+    print(f"  {'fit loop outside the steps':34s} {rest / steps * 1e3:7.3f} ms a step "
+          f"{rest / total:6.1%}")
 
 
 def torch_fit(initial, data, args, clock):
@@ -149,7 +254,13 @@ def main() -> None:
                         "(engine.thread_limit; e.g. 1 on a machine whose cores are busy)")
     parser.add_argument("--one-thread", action="store_true",
                         help="run convarith, Keras-JAX and PyTorch on one thread each")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="train convarith alone (one thread) and print a step's time "
+                        "by phase")
     args = parser.parse_args()
+    if args.breakdown:
+        breakdown(args)
+        return
     if args.one_thread:
         for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CONVARITH_NUM_THREADS"):
             os.environ[name] = "1"

@@ -15,6 +15,7 @@ the prediction does not count them).
 
     python scripts/serial_fraction.py --shape 1,28,28,128,256 --shape 16,7,7,512,512,s2
     python scripts/serial_fraction.py --networks resnet50 --only "3x3" --batch 16
+    python scripts/serial_fraction.py --networks vgg16,efficientnet_b0 --only pool
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ def patch(workers: int, recorder: Recorder) -> None:
         return workers
 
     _threads.worker_count = count
+    _threads.run_chunks = recorder  # type: ignore[assignment]  # (pooling calls it so)
     dispatch.worker_count = count
     for name in _MODULES:
         try:
@@ -189,25 +191,24 @@ def main() -> None:
             layers = nets.distinct(nets.NETWORKS[name](args.image))
             inputs = nets._inputs(layers, args.batch, seed=args.batch)
             for layer in layers:
-                if layer.kind != "conv" or (args.only and args.only not in layer.title):
+                if layer.kind not in ("conv", "max_pool", "avg_pool") or (
+                        args.only and args.only not in layer.title):
                     continue
                 x, kernel = inputs[layer]
-                if kernel is None:
-                    continue
                 cases.append((f"{layer.title} b{args.batch}", layer.spec(), x, kernel))
     workers = args.workers
     print(f"{'layer':34s} {'algorithm':16s} {'1 thread':>8s} {'serial':>6s} {'chunks':>6s} "
           f"{str(workers) + ' (pred.)':>11s} {'x' + str(workers):>5s}  chosen for 1 / {workers}")
     for title, spec, x, kernel in cases:
         patch(1, recorder)
-        first = chosen(spec, x, kernel)
+        first = "pooling" if kernel is None else chosen(spec, x, kernel)
         patch(workers, recorder)
-        second = chosen(spec, x, kernel)
+        second = "pooling" if kernel is None else chosen(spec, x, kernel)
         names = args.algorithms.split(",") if args.algorithms else [second]
         for name in names:
             def call(x: np.ndarray = x, kernel: np.ndarray = kernel, spec: Any = spec,
                      name: str = name) -> Any:
-                return conv(x, kernel, spec, algorithm=name)
+                return conv(x, kernel, spec, algorithm=None if kernel is None else name)
 
             patch(1, recorder)
             alone = measure(call, recorder, 1)[0]

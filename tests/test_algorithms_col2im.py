@@ -143,9 +143,9 @@ def test_input_gradients_of_network_stems_take_the_cheapest(kernel_size, strides
 def test_narrow_outputs_cost_more_only_below_a_phase_of_seven_columns():
     """The narrow share follows a phase's product width (taps × output channels /
     strides): 7×7 stride 2 with 3 channels is not narrow, 3×3 stride 2 with 1 is."""
-    def cost(kernel_size, strides, filters):
-        problem = ConvProblem((1, 8, 8, 64), (kernel_size, kernel_size, filters, 64),
-                              (strides,) * 2, (1, 1), 1, (8 * strides,) * 2,
+    def cost(kernel_size, strides, filters, batch=8, groups=1):
+        problem = ConvProblem((batch, 8, 8, 64), (kernel_size, kernel_size, filters, 64),
+                              (strides,) * 2, (1, 1), groups, (8 * strides,) * 2,
                               np.dtype(np.float32))
         return col2im.cost(problem) / (problem.flops / strides ** 2)
 
@@ -154,6 +154,11 @@ def test_narrow_outputs_cost_more_only_below_a_phase_of_seven_columns():
     assert cost(3, 2, 1) == pytest.approx((0.6 + 0.3 / 9) * col2im.NARROW_COLUMNS / 2.25)
     assert cost(3, 1, 3) == pytest.approx(0.6 + 0.3 / 9)  # narrow: no stride-1 share
     assert cost(3, 1, 16) == pytest.approx((0.6 + 0.3 / 9) * col2im.STRIDE_1_SHARE)
+    # few cells (one 8x8 image: 64 <= FEW_CELLS) take no stride-1 share, unless grouped
+    assert 64 <= col2im.FEW_CELLS < 8 * 64
+    assert cost(3, 1, 16, batch=1) == pytest.approx(0.6 + 0.3 / 9)
+    assert cost(3, 1, 16, batch=1, groups=2) == pytest.approx(
+        (0.6 + 0.3 / 9) * col2im.STRIDE_1_SHARE * (1 + 8 / 32))
 
 
 def test_engine_runs_the_l9_shape_as_the_reference():

@@ -118,8 +118,10 @@ def test_small_images_go_several_to_a_chunk(pads, strides, monkeypatch):
     padded = pad(x, pads)
     out = tuple((p - 3) // s + 1 for p, s in zip(padded.shape[1:3], strides))
     expected = reference_direct(padded, kernel, strides, (1, 1), 1, out)
+    monkeypatch.setattr(register_tiles, "MIN_CHUNK_FLOPS", 1.0)  # cut as a large job
     for slab_bytes in (1 << 20, 1):
         monkeypatch.setattr(register_tiles, "SLAB_BYTES", slab_bytes)
+        monkeypatch.setattr(register_tiles, "KERNEL_SLAB_BYTES", slab_bytes)
         jobs = register_tiles._jobs(x, kernel, strides, (1, 1), out, list(pads),
                                     np.empty((40, *out, 32)), 2)
         in_place = pads == ((0, 0), (0, 0))

@@ -11,6 +11,7 @@ where it can.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -90,6 +91,32 @@ def test_tiles_against_torch(seed, isa, monkeypatch):
         assert y.dtype == dtype and y.shape == expected.shape, what
         error = relative_error(y, expected)
         assert error <= TOLERANCE[dtype], f"{what}: relative error {error:.2e}"
+
+
+@pytest.mark.skipif(not kernels_here("native"), reason="no compiled kernels here")
+@pytest.mark.parametrize("seed", range(3 if CI else 12))
+def test_tiles_by_ctypes_against_torch(seed, monkeypatch):
+    """Without numba the runner is called by ctypes, with the arrays' addresses."""
+    made = _llvm_depthwise.call_runner()
+    if made is None:
+        pytest.skip("no compiled kernels here")
+    monkeypatch.setattr(_llvm_depthwise, "call_runner",
+                        lambda target=None: dataclasses.replace(made, call=None))
+    depthwise._tiles_plan.cache_clear()  # (the plans hold their runner)
+    try:
+        x, weights, strides, dilation, pads, out, threads = random_case(7800 + seed, 16)
+        if len(out) == 2:
+            expected = torch_depthwise(x, weights, strides, dilation, pads)
+        else:
+            expected = reference_direct(pad(x, pads), weights, strides, dilation,
+                                        x.shape[-1], out)
+        y = depthwise.tiles(x.astype(np.float32), weights.astype(np.float32), strides,
+                            dilation, x.shape[-1], out, padding=pads, threads=threads)
+        assert depthwise._tiles_plan.cache_info().currsize > 0
+        error = relative_error(y, expected)
+        assert error <= TOLERANCE[np.float32], f"seed {7800 + seed}: relative error {error:.2e}"
+    finally:
+        depthwise._tiles_plan.cache_clear()
 
 
 @pytest.mark.skipif(not kernels_here("native"), reason="no compiled kernels here")

@@ -220,6 +220,11 @@ def test_every_registered_algorithm_agrees_with_offset_gemm(problem: Any) -> Non
         y = algorithm.direct(xp, kernel, strides, dilation, groups, out_size)
         assert y.dtype == xp.dtype and y.shape == expected.shape, name
         assert relative_error(y, expected) <= tolerance, name
+        bound = None if algorithm.bind is None else algorithm.bind(problem_)
+        if bound is not None:  # the same contract, bound to the problem
+            y = bound(xp, kernel)
+            assert y.dtype == xp.dtype and y.shape == expected.shape, name
+            assert relative_error(y, expected) <= tolerance, name
         if algorithm.weight_grad is not None:
             dk = algorithm.weight_grad(xp, dy.astype(xp.dtype), kernel.shape[:-2], strides,
                                        dilation, groups)

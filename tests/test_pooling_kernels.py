@@ -14,6 +14,7 @@ cell inside the input) against ``torch.autograd.grad``, also split over threads.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -31,17 +32,25 @@ functional = pytest.importorskip("torch.nn.functional")
 
 CONFIGS = 30 if os.environ.get("CI") == "true" else 400
 
-MODES = ["compiled", "numba", "numpy"]
+MODES = ["compiled", "ctypes", "numba", "numpy"]
 
 
 @pytest.fixture(params=MODES)
 def mode(request: Any, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Which loops pool: llvmlite's kernels, numba's (``CONVARITH_JIT=0``), or NumPy's."""
-    if request.param == "compiled":
-        if _llvm_pool.pool_kernel(np.float32, "max") is None:
+    """Which loops pool: llvmlite's kernels (called through numba, or through ctypes as
+    without numba), numba's (``CONVARITH_JIT=0``), or NumPy's."""
+    if request.param in ("compiled", "ctypes"):
+        kernel = _llvm_pool.pool_kernel(np.float32, "max")
+        if kernel is None:
             pytest.skip("no compiled kernels here (no llvmlite, CONVARITH_JIT=0 or no AVX2)")
-        monkeypatch.setattr(pooling, "SMALL_WORK", 0)  # (small pools run numba's loops)
-        return "compiled"
+        if request.param == "compiled" and kernel.call is None:
+            pytest.skip("no numba to call the kernels through")
+        monkeypatch.setattr(pooling, "SMALL_WORK", 0)  # (small pools may run numba's loops)
+        if request.param == "ctypes":
+            compiled = _llvm_pool.pool_kernel
+            monkeypatch.setattr(_llvm_pool, "pool_kernel", lambda dtype, kind: None if (
+                made := compiled(dtype, kind)) is None else dataclasses.replace(made, call=None))
+        return str(request.param)
     monkeypatch.setattr(_llvm_pool, "pool_kernel", lambda dtype, kind: None)
     if request.param == "numba":
         if _numba_pool.numba_kernels() is None:
@@ -206,9 +215,11 @@ def test_random_max_gradients_match_pytorch(mode: str, seed: int) -> None:
 
 
 @pytest.mark.parametrize("batch", [1, 3, 16])
-def test_max_gradient_threads_give_one_threads_result(batch: int) -> None:
+def test_max_gradient_threads_give_one_threads_result(batch: int,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     if _llvm_pool.pool_kernel(np.float32, "max_grad") is None:
         pytest.skip("no compiled kernels here")
+    monkeypatch.setattr(pooling, "THREADED_WORK", 0)  # split whatever the size
     rng = np.random.default_rng(batch)
     x = np.round(rng.standard_normal((batch, 29, 28, 160)), 1).astype(np.float32)
     spec = ConvSpec(3, strides=2, padding=1, pool="max")
@@ -219,6 +230,43 @@ def test_max_gradient_threads_give_one_threads_result(batch: int) -> None:
         split, _, _ = conv_vjp(x, None, spec, dy)
     np.testing.assert_array_equal(split, alone, err_msg=f"batch {batch}")
     _close(split, _torch_max_grad(x, dy, 3, 2, 1, 1, False), f"batch {batch}")
+
+
+@pytest.mark.parametrize("loop", ["numba", "gemv"])
+def test_random_global_averages_match_pytorch(loop: str, monkeypatch: pytest.MonkeyPatch
+                                              ) -> None:
+    # a global average (one window over the whole input): BLAS's gemv on one thread;
+    # on several (forced here, whatever the size) numba's one-pass loop, the images
+    # split over the threads, or without numba the gemv
+    monkeypatch.setattr(pooling, "GLOBAL_THREADED_VALUES", 0)
+    if loop == "gemv":
+        monkeypatch.setattr(_numba_pool, "numba_kernels", lambda: None)
+    elif _numba_pool.numba_kernels() is None:
+        pytest.skip("no numba")
+    rng = np.random.default_rng(21)
+    for case in range(CONFIGS // 4):
+        rank = int(rng.choice([1, 2, 2]))
+        size = tuple(int(rng.integers(1, 9 if rank == 2 else 60)) for _ in range(rank))
+        if rng.random() < 0.1:
+            size = (56, 56)[:rank]
+        channels = int(rng.choice([1, 3, 16, 17, 32, 130, 480]))
+        dtype = np.float32 if rng.random() < 0.6 else np.float64
+        x = rng.standard_normal((int(rng.integers(1, 7)), *size, channels)).astype(dtype)
+        if rng.random() < 0.2:
+            x.flat[rng.integers(x.size, size=3)] = [np.nan, np.inf, -np.inf]
+        note = (f"{loop} seed 21 case {case}: global average of x {x.shape} "
+                f"{np.dtype(dtype).name}")
+        spec = ConvSpec(size, pool="avg", rank=rank)
+        resolved = spec.resolve(x.shape)
+        assert pooling.pool_plan(resolved).whole, note
+        expected = _torch_pool(x, "avg", size[0] if rank == 1 else size, 1, 0, 1, False, True)
+        with thread_limit(1), np.errstate(invalid="ignore"):
+            alone = pooling.forward(x, resolved)
+        with thread_limit(2), np.errstate(invalid="ignore"):
+            split = pooling.forward(x, resolved)
+        # NaN where an image holds NaN or both infinities, as PyTorch
+        _close(alone, expected, note + ", one thread")
+        _close(split, expected, note + ", two threads")
 
 
 def test_window_spans_against_the_positions() -> None:
@@ -237,13 +285,14 @@ def test_window_spans_against_the_positions() -> None:
 
 
 @pytest.mark.parametrize("kind", ["max", "avg"])
-def test_worker_threads_give_one_threads_result(kind: str) -> None:
+def test_worker_threads_give_one_threads_result(kind: str,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     if _llvm_pool.pool_kernel(np.float32, kind) is None:
         pytest.skip("no compiled kernels here")
+    monkeypatch.setattr(pooling, "THREADED_WORK", 0)  # split whatever the size
     rng = np.random.default_rng(11)
     x = rng.standard_normal((4, 57, 56, 64)).astype(np.float32)
     spec = ConvSpec(3, strides=2, padding=1, pool=kind, ceil_mode=True)
-    assert x[..., :1].size * 64 * 9 >= pooling.THREADED_WORK // 8  # big enough to split
     with thread_limit(1):
         alone = conv(x, None, spec)
     with thread_limit(2):
@@ -285,3 +334,16 @@ def test_module_compiles_for_avx2_and_neon() -> None:
                         module.triple = target.triple
                     module.verify()
                     assert "drive" in str(machine.emit_assembly(module))
+
+
+def test_kernel_follows_the_vector_isa_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the kernels are remembered per CONVARITH_VECTOR_ISA setting, read at each call
+    if _llvm_pool.pool_kernel(np.float32, "max") is None:
+        pytest.skip("no compiled kernels here")
+    for name in ("avx2", "native"):
+        target = _llvm.target_named(name)
+        if not target.runs_here:
+            continue
+        monkeypatch.setenv(_llvm.ISA_VARIABLE, name)
+        kernel = _llvm_pool.pool_kernel(np.float32, "max")
+        assert kernel is not None and kernel.width == target.width(np.float32), name

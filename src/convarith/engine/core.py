@@ -29,7 +29,7 @@ array([[10., 18.],
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
@@ -38,6 +38,7 @@ import numpy as np
 from ..arithmetic import transposed_grid_output_size, window_reach, zero_inserted_size
 from ..limits import check_values, current_limits
 from ..spec import ConvSpec, ResolvedConv
+from . import dispatch as _dispatch
 from . import pooling
 from .algorithms._threads import run_chunks, thread_limit, worker_count
 from .dispatch import (
@@ -50,7 +51,8 @@ from .dispatch import (
     plan,
     plan_transposed,
     plan_weight_grad,
-    remembered_arrays,
+    recalled_plan,
+    remembered_layout,
     remembered_plan,
     set_aside,
     value_limits,
@@ -275,6 +277,13 @@ class CallPlan:
     kernel_as_is: bool
     direct: tuple[Any, ...] | None  # the direct plan of a zero-padded convolution
     pool: pooling.PoolPlan | None  # a pooling's
+    # the direct plan as one function of the prepared x and kernel, where it needs no
+    # crop and no check of the values (:func:`_bound_direct`); a pooling's plan
+    # (:func:`_bound_pool`)
+    run: Callable[[np.ndarray, Any], np.ndarray] | None = None
+    # run on x and kernel as they are, plus the bias, gives the result: x, kernel and
+    # bias as_is, x batched and channels-last, the result dtype the compute dtype
+    plain: bool = False
 
     def arrays(self, x: Any, kernel: Any, bias: Any
                ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
@@ -314,37 +323,78 @@ def call_plan(x: Any, kernel: Any, spec: ConvSpec, bias: Any = None,
     >>> prepared.x.shape, plan.unbatched, plan.resolved.output_size
     ((1, 5, 5, 2), True, (3, 3))
     """
+    return _keyed_call_plan(_call_key(x, kernel, spec, bias, algorithm), x, kernel, spec, bias,
+                            algorithm)
+
+
+def _call_key(x: Any, kernel: Any, spec: Any, bias: Any, algorithm: str | None
+              ) -> tuple[Any, ...] | None:
+    """The key a call's plan is remembered under: the spec, the algorithm, the
+    ``max_output_values`` limit, each array's shape, strides and dtype, the worker count
+    and the workspace budget, in one tuple (this runs on every call of a layer); ``None``
+    for arrays other than plain ``numpy.ndarray`` and specs other than ``ConvSpec``."""
+    if type(spec) is not ConvSpec or type(x) is not np.ndarray:
+        return None
+    limit = current_limits().max_output_values
+    if type(kernel) is np.ndarray and bias is None:
+        return ("call", spec, algorithm, limit, x.shape, x.strides, x.dtype, kernel.shape,
+                kernel.strides, kernel.dtype, worker_count(), _dispatch.WORKSPACE_BYTES)
+    if (kernel is None or type(kernel) is np.ndarray) and (
+            bias is None or type(bias) is np.ndarray):
+        return ("call", spec, algorithm, limit, x.shape, x.strides, x.dtype,
+                *_layout(kernel), *_layout(bias), worker_count(), _dispatch.WORKSPACE_BYTES)
+    return None
+
+
+def _keyed_call_plan(key: tuple[Any, ...] | None, x: Any, kernel: Any, spec: ConvSpec,
+                     bias: Any, algorithm: str | None) -> tuple[CallPlan, Prepared | None]:
+    """:func:`call_plan` given its :func:`_call_key`."""
     made: list[Prepared] = []
+    if key is None:
+        return _make_call_plan(x, kernel, spec, bias, algorithm, made), made[0]
+    plan = recalled_plan(key)
+    if plan is not None:
+        return plan, None
+    plan = remembered_layout(key, lambda: _make_call_plan(x, kernel, spec, bias, algorithm,
+                                                          made))
+    return plan, (made[0] if made else None)
+
+
+def _layout(a: np.ndarray | None) -> tuple[Any, ...]:
+    """An array's part of a plan's key: its shape, strides and dtype (``None``: absent)."""
+    return (None,) if a is None else (a.shape, a.strides, a.dtype)
+
+
+def _make_call_plan(x: Any, kernel: Any, spec: ConvSpec, bias: Any, algorithm: str | None,
+                    made: list[Prepared]) -> CallPlan:
+    """:func:`call_plan`'s plan made now: :func:`prepare` (its arrays appended to ``made``)
+    and the direct plan."""
     # only a zero-padded convolution's plan holds an algorithm choice (the others are
     # planned by pooling, transposed_conv and direct_conv, each remembered there)
     # (a spec of the wrong type reaches prepare's own check first)
     chooses = (isinstance(spec, ConvSpec) and spec.pool is None and not spec.transposed
                and spec.padding_mode == "zeros")
-
-    def make() -> CallPlan:
-        prepared = prepare(x, kernel, spec, bias)
-        made.append(prepared)
-        resolved = prepared.resolved
-        direct = None
-        if chooses:
-            assert prepared.kernel is not None
-            direct = _direct_plan(prepared.x, prepared.kernel, spec.strides, spec.dilation,
-                                  prepared.groups, resolved.output_size, algorithm,
-                                  resolved.padding)
-        compute = prepared.x.dtype
-        return CallPlan(resolved, prepared.groups, compute, prepared.result_dtype,
-                        prepared.channels_first, prepared.unbatched,
-                        not prepared.channels_first and _ready(x, compute),
-                        _ready(kernel, compute), direct,
-                        None if spec.pool is None else pooling.pool_plan(resolved, compute))
-
-    if type(spec) is not ConvSpec or type(x) is not np.ndarray or (
-            kernel is not None and type(kernel) is not np.ndarray) or (
-            bias is not None and type(bias) is not np.ndarray):
-        return make(), made[0]
-    key = ("call", spec, algorithm, current_limits().max_output_values)
-    plan = remembered_arrays(key, (x, kernel, bias), make, chooses)
-    return plan, (made[0] if made else None)
+    prepared = prepare(x, kernel, spec, bias)
+    made.append(prepared)
+    resolved = prepared.resolved
+    direct = None
+    if chooses:
+        assert prepared.kernel is not None
+        direct = _direct_plan(prepared.x, prepared.kernel, spec.strides, spec.dilation,
+                              prepared.groups, resolved.output_size, algorithm,
+                              resolved.padding)
+    compute = prepared.x.dtype
+    x_as_is = not prepared.channels_first and _ready(x, compute)
+    kernel_as_is = _ready(kernel, compute)
+    pool = None if spec.pool is None else pooling.pool_plan(resolved, compute)
+    run = (_bound_pool(resolved, pool) if pool is not None else
+           None if direct is None else _bound_direct(direct, algorithm))
+    plain = (run is not None and x_as_is and (kernel is None or kernel_as_is)
+             and (bias is None or _ready(bias, compute)) and not prepared.unbatched
+             and prepared.result_dtype == compute)
+    return CallPlan(resolved, prepared.groups, compute, prepared.result_dtype,
+                    prepared.channels_first, prepared.unbatched, x_as_is, kernel_as_is, direct,
+                    pool, run, plain)
 
 
 def _check_budget(resolved: ResolvedConv, batch: int, channels: int,
@@ -482,6 +532,44 @@ def _run_direct(planned: tuple[ConvProblem, Algorithm, Any, Any], xp: np.ndarray
         return chosen.direct(
             xp, kernel, problem.strides, problem.dilation, problem.groups, problem.out_size
         )
+
+
+def _bound_direct(planned: tuple[ConvProblem, Algorithm, Any, Any], algorithm: str | None
+                  ) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
+    """What :func:`_run_direct` does with a plan, as one function of the arrays (the
+    algorithm's :attr:`~.dispatch.Algorithm.bind` where it has one), for a plan that
+    crops nothing and whose algorithm takes every value (no ``value_gain``, or named);
+    ``None`` for the others. Like :func:`_run_direct` it lets inf and NaN propagate
+    silently (``np.errstate`` as a decorator: half the time of a ``with`` block)."""
+    problem, chosen, crop, padding = planned
+    if crop is not None or (chosen.value_gain is not None and algorithm is None):
+        return None
+    strides, dilation, groups, out_size = (problem.strides, problem.dilation, problem.groups,
+                                           problem.out_size)
+    run: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    if padding is not None:
+        if chosen.pads_zeros:
+            def run(xp: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+                return chosen.direct(xp, kernel, strides, dilation, groups, out_size,
+                                     padding=padding)
+        else:
+            def run(xp: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+                return chosen.direct(pad(xp, padding), kernel, strides, dilation, groups,
+                                     out_size)
+    elif chosen.bind is not None:
+        run = chosen.bind(problem)
+    if run is None:
+        def run(xp: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+            return chosen.direct(xp, kernel, strides, dilation, groups, out_size)
+    quiet: Callable[[np.ndarray, np.ndarray], np.ndarray] = np.errstate(
+        invalid="ignore", over="ignore")(run)
+    return quiet
+
+
+def _bound_pool(resolved: ResolvedConv, pool: pooling.PoolPlan
+                ) -> Callable[[np.ndarray, Any], np.ndarray]:
+    """A pooling plan as one function of the prepared input (its kernel is ``None``)."""
+    return lambda x_last, kernel: pooling.forward(x_last, resolved, pool)
 
 
 def direct_conv(
@@ -906,14 +994,26 @@ def conv(
         if algorithm is not None:
             raise ValueError(f"algorithm={algorithm!r} applies to the NumPy engine, not backend={backend!r}")
         return run(x, kernel, spec, bias, backend=backend)
-    planned, prepared = call_plan(x, kernel, spec, bias, algorithm)
+    key = _call_key(x, kernel, spec, bias, algorithm)
+    if key is not None:
+        remembered: CallPlan | None = recalled_plan(key)
+        if remembered is not None and remembered.plain:
+            # a layer called before, on arrays it takes as they are: its bound plan alone
+            assert remembered.run is not None
+            result = remembered.run(x, kernel)
+            if bias is not None:
+                result += bias
+            return np.ascontiguousarray(result)
+    planned, prepared = _keyed_call_plan(key, x, kernel, spec, bias, algorithm)
     if prepared is not None:
         x_last, kernel_last, bias_last = prepared.x, prepared.kernel, prepared.bias
     else:
         x_last, kernel_last, bias_last = planned.arrays(x, kernel, bias)
     resolved = planned.resolved
     y: np.ndarray
-    if spec.pool is not None:
+    if planned.run is not None:
+        y = planned.run(x_last, kernel_last)
+    elif spec.pool is not None:
         y = pooling.forward(x_last, resolved, planned.pool)
     elif planned.direct is not None:
         assert kernel_last is not None
@@ -1059,9 +1159,10 @@ def conv_vjp(
             if zeros and all(lo >= 0 and hi >= 0 for lo, hi in resolved.padding):
                 # the zero cells' gradient is dropped: leave them out of the grid (crop it)
                 # rather than compute them and crop the result (a third more cells at 16x16)
-                return transposed_conv(dy, kernel, strides, dilation, groups, [
+                # a tuple: the plan is remembered under it (a list is planned every call)
+                return transposed_conv(dy, kernel, strides, dilation, groups, tuple(
                     (a - lo, b - hi) for (a, b), (lo, hi) in
-                    zip(resolved.input_gradient_padding, resolved.padding)], algorithm)
+                    zip(resolved.input_gradient_padding, resolved.padding)), algorithm)
             d_xp = transposed_conv(dy, kernel, strides, dilation, groups,
                                    resolved.input_gradient_padding, algorithm)
             return pad_adjoint(d_xp, resolved.padding, spec.padding_mode)

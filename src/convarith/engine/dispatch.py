@@ -87,7 +87,9 @@ __all__ = [
     "get_algorithm",
     "register_algorithm",
     "remembered",
+    "recalled_plan",
     "remembered_arrays",
+    "remembered_layout",
     "remembered_plan",
     "workspace_budget",
     "grid_kernel_cost",
@@ -156,6 +158,7 @@ class Algorithm:
     pads_zeros: bool = False
     value_gain: Callable[[ConvProblem], float] | None = None
     weight_grad_cost: Callable[[ConvProblem], float] | None = None
+    bind: Callable[[ConvProblem], Callable[[np.ndarray, np.ndarray], np.ndarray] | None] | None = None
 
     def gradient_cost(self, problem: ConvProblem) -> float:
         """Estimated cost of :attr:`weight_grad` on ``problem`` (lower wins): its own
@@ -258,6 +261,8 @@ def register_algorithm(
     pads_zeros: bool = False,
     value_gain: Callable[[ConvProblem], float] | None = None,
     weight_grad_cost: Callable[[ConvProblem], float] | None = None,
+    bind: Callable[[ConvProblem], Callable[[np.ndarray, np.ndarray], np.ndarray] | None]
+    | None = None,
 ) -> Algorithm:
     """Make an algorithm available to :func:`choose` (replaces one of the same name).
 
@@ -293,6 +298,14 @@ def register_algorithm(
         kernel gradient it computes), in the units of ``cost``;
         :func:`cheapest_weight_grad` ranks by it. Default: ``cost``, the forward
         pass's (a weight gradient has the same FLOPs, not always the same speed).
+    bind
+        Optional ``bind(problem) -> run`` (or ``None``): ``run(xp, kernel)`` computes
+        ``fn(xp, kernel, strides, dilation, groups, out_size)`` of that one problem
+        (unpadded: ``padding`` is never passed), with what ``fn`` decides from the
+        shapes decided once. The engine remembers it with the call's plan and calls
+        it on arrays already checked against the problem: a layer whose work is a
+        few microseconds (a 1×1 convolution on a 1×1 image) then pays little more
+        than its product.
 
     Examples
     --------
@@ -310,8 +323,10 @@ def register_algorithm(
         raise ValueError(f"kind must be 'direct' or 'transposed', got {kind!r}")
     if weight_grad_cost is not None and weight_grad is None:
         raise ValueError(f"weight_grad_cost needs a weight_grad (algorithm {name!r} has none)")
+    if bind is not None and not callable(bind):
+        raise TypeError(f"bind must be callable or None, got {bind!r}")
     algorithm = Algorithm(name, fn, applies or _always, cost or _flops, weight_grad, kind,
-                          pads_zeros, value_gain, weight_grad_cost)
+                          pads_zeros, value_gain, weight_grad_cost, bind)
     _REGISTRY.algorithms[name] = algorithm
     _REGISTRY.generation += 1
     _CHOICES.clear()
@@ -547,6 +562,36 @@ def remembered_arrays(key: tuple[Any, ...], arrays: tuple[np.ndarray | None, ...
     if chooses:
         layout += (worker_count(), WORKSPACE_BYTES)
     return _remember(tuple(layout), make)
+
+
+def recalled_plan(key: tuple[Any, ...]) -> Any:
+    """The plan remembered under a full ``key`` (see :func:`remembered_layout`), or
+    ``None``: the lookup alone, for a caller that makes its ``make`` only on a miss.
+
+    >>> recalled_plan(("doctest", "never made")) is None
+    True
+    """
+    try:
+        return _PLANS.get(key)
+    except TypeError:  # an unhashable argument
+        return None
+
+
+def remembered_layout(key: tuple[Any, ...], make: Callable[[], Plan]) -> Plan:
+    """:func:`remembered_plan` for a ``key`` that already holds each array's shape,
+    strides and dtype, the worker count and :data:`WORKSPACE_BYTES` (built by the
+    caller in one tuple: ``core.call_plan``, paid by every call of a layer).
+
+    >>> remembered_layout(("doctest", (3,), (8,), np.dtype("float64"), 1, 1 << 26), lambda: "made")
+    'made'
+    """
+    try:
+        return _PLANS[key]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable argument (a list): plan every time
+        return make()
+    return _remember(key, make)
 
 
 def _remember(full: tuple[Any, ...], make: Callable[[], Plan]) -> Plan:

@@ -32,7 +32,8 @@ import math
 from .dispatch import ConvProblem
 
 __all__ = ["MICROSECOND", "VALUE_CHECK_COST", "WINOGRAD_MIN_CHANNELS", "per_tap_products",
-           "flat_rows", "space_to_depth", "winograd", "depthwise"]
+           "batch_as_channels", "flat_rows", "space_to_depth", "tap_columns", "winograd",
+           "depthwise"]
 
 #: Cost units in one microsecond of one core (1 unit ≈ 18.5 ps on the AVX2 EPYC
 #: where the constants were fitted).
@@ -158,3 +159,47 @@ def depthwise(problem: ConvProblem) -> float:
     if problem.in_channels == 1 and problem.out_channels > 1:
         return problem.flops * 8.0 + 20 * MICROSECOND
     return problem.flops * 0.1
+
+
+
+def batch_as_channels(problem: ConvProblem) -> float:
+    """:mod:`.algorithms.batch_as_channels`: the weight gradient as one forward pass of
+    :mod:`.algorithms.register_tiles`, the batch as its channels, ``x``'s channels as its
+    images, ``dy``'s cells as its taps, the kernel's taps as its output cells.
+
+    ``(0.5 + 1.5 / taps + 3 / N + 1.5 / C)`` times :func:`flat_rows`' cost: the compiled
+    kernel's inner loop runs over the batch ``N`` and each image of it has ``taps``
+    output cells (few: chunks of few cells), and it first copies ``x`` and ``dy`` into
+    the swapped layouts. Its time over flat_rows' weight gradient (one thread, AVX2
+    EPYC, busy machine): 3×3 16 -> 16 on 16², batch 32 0.67 on a padded ``x`` (0.59
+    ms against 0.90), 0.67-0.70 with "same" padding through the engine (0.71-0.75 against
+    1.07 ms: the zeros go in with the swapped copy, a compiled loop; the ``convarith
+    train`` model's second layer), batch 8 1.55, batch 1 1.08; 3×3 64
+    on 16², batch 32 0.76; 32 on 28², batch 16 0.77; 64 on 56², batch 8 0.88; 256 on
+    14², batch 4 0.74; 512 on 7², batch 1 1.26; 5×5 16 on 16², batch 32 0.41; 3×3
+    stride 2 64 on 28², batch 16 1.10 (per-tap products' 0.87: strides add 0.3); stems 3 -> 32 on 32², batch 32 1.23; one
+    input channel 0.84 (per-tap products' 0.64); 1×1 64 -> 128 1.84.
+    """
+    taps = math.prod(problem.kernel_size)
+    share = (0.5 + 1.5 / taps + 3 / problem.batch + 1.5 / problem.kernel_shape[-2]
+             + (0.3 if any(s > 1 for s in problem.strides) else 0.0))
+    return flat_rows(problem) * share
+
+
+def tap_columns(problem: ConvProblem) -> float:
+    """:mod:`.algorithms.tap_columns`: the taps' cells copied side by side (im2col), then
+    one product ``columns.T @ dy``.
+
+    ``1.55 × FLOPs`` (a product of ``taps·C`` rows: few), ``48`` units a copied value
+    and ~13 µs. Against the others' weight gradients (one thread, AVX2 EPYC, busy
+    machine, ms): 3×3 1 -> 16 on 16², batch 32 0.15 (per-tap products 0.21, flat_rows
+    0.21, space_to_depth 0.28; the ``convarith train`` model's first layer), batch 8
+    0.043 (0.080-0.10), batch 1 0.026 (depthwise 0.034); 1 -> 32 on 28², batch 64 1.16
+    (space_to_depth 1.07, per-tap products 1.26); 1 -> 16 on 64², batch 32 2.1
+    (space_to_depth 1.36); 3 -> 32 on 32², batch 32 2.7 (space_to_depth 1.19); 4 -> 64
+    on 16², batch 4 0.138 (0.126-0.130).
+    """
+    taps = math.prod(problem.kernel_size)
+    cells = problem.batch * math.prod(problem.out_size)
+    return (1.55 * problem.flops + 48.0 * cells * taps * problem.kernel_shape[-2]
+            + 13 * MICROSECOND)

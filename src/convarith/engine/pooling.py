@@ -5,8 +5,10 @@ the window's cells inside the input (:func:`window_spans`), so no padded copy
 is made. With compiled kernels (:mod:`.algorithms._llvm_pool`, one or two
 spatial axes, float32/float64) each output cell's window is reduced channels-last,
 a vector of channels at a time, the output rows split over the worker threads
-(numba's loops, :mod:`.algorithms._numba_pool`, for small pools and where the
-llvmlite kernels are off); otherwise NumPy reduces one axis and one tap at a time
+(called through numba where it is installed: a ctypes call costs microseconds;
+numba's loops, :mod:`.algorithms._numba_pool`, where the llvmlite kernels are
+off); a global average is BLAS's gemv with ``1 / cells``, or, split over the
+workers, numba's one-pass loop; otherwise NumPy reduces one axis and one tap at a time
 over strided views (:func:`clipped_windows`). A max pool's gradient scans each
 window with the compiled kernel, else takes NumPy's passes over the taps.
 Divisors follow PyTorch exactly:
@@ -46,7 +48,7 @@ from .padding import pad
 
 __all__ = ["forward", "backward", "divisor", "reduce_windows", "spread_windows", "PoolPlan",
            "pool_plan", "window_spans", "axis_taps", "clipped_windows", "THREADED_WORK",
-           "SMALL_WORK"]
+           "SMALL_WORK", "GLOBAL_THREADED_VALUES"]
 
 
 _ONE_ROW = np.array([[0, 1]], np.int64)  # a one-dimensional pool's one row of taps
@@ -178,7 +180,8 @@ def forward(x: np.ndarray, resolved: ResolvedConv, planned: PoolPlan | None = No
     split over the workers; otherwise one axis at a time (:func:`clipped_windows`):
     a max or a sum over a rectangle is the max or sum over its rows of the max or
     sum over each row. Neither pads the input. A global average is one
-    matrix-vector product with ``1 / cells``.
+    matrix-vector product with ``1 / cells`` (numba's loop where the images are
+    split over the workers, :func:`_global_average`).
     ``planned`` is :func:`pool_plan` of ``resolved`` (made here if not given).
 
     >>> from convarith import ConvSpec
@@ -195,13 +198,8 @@ def forward(x: np.ndarray, resolved: ResolvedConv, planned: PoolPlan | None = No
         batch, channels = x.shape[0], x.shape[-1]
         cells = x.size // max(1, batch * channels)
         rows = x.reshape(batch, cells, channels)
-        if spec.pool == "max":
-            y = np.maximum.reduce(rows, axis=1)
-        else:  # BLAS's gemv: 2-5x faster than a sum over the middle axis
-            weights = planned.weights
-            if weights is None or weights.dtype != x.dtype:
-                weights = np.full(cells, 1 / cells, x.dtype)
-            y = np.matmul(weights, rows)
+        y = np.maximum.reduce(rows, axis=1) if spec.pool == "max" else _global_average(
+            rows, planned)
         return y.reshape(batch, *resolved.output_size, channels)
     kind = "max" if spec.pool == "max" else "avg"
     fast = _forward_compiled(x, resolved, planned, kind)
@@ -220,16 +218,54 @@ def forward(x: np.ndarray, resolved: ResolvedConv, planned: PoolPlan | None = No
     return y
 
 
+#: Input values from which a global average pool splits its images over the workers:
+#: about 160 µs of one core (16 images of 4²×2048, 524k values, take 40 µs), as
+#: :data:`THREADED_WORK` for the same reason (no network's global pool at 16 images).
+GLOBAL_THREADED_VALUES = 1 << 21
+
+
+def _global_average(rows: np.ndarray, planned: PoolPlan) -> np.ndarray:
+    """The mean over the middle axis of ``rows`` ``(N, cells, C)``, ``(N, C)``.
+
+    On one thread BLAS's gemv with ``1 / cells`` (2-5x faster than NumPy's sum over
+    the middle axis; on 16 images 10-25% faster than numba's loop, one core: 4²×1152
+    17 against 21 µs, 4²×2048 29-32 against 38); from :data:`GLOBAL_THREADED_VALUES`
+    input values the images split over the workers, each chunk numba's one-pass loop
+    (float32/float64; no BLAS, so nothing to limit in the threads). Without numba,
+    the gemv.
+    """
+    batch, cells, channels = rows.shape
+    workers = 1 if batch < 2 or rows.size < GLOBAL_THREADED_VALUES else _threads.worker_count()
+    loops = _numba_pool.numba_kernels() if workers > 1 and rows.dtype.char in "fd" else None
+    if loops is None:
+        weights = planned.weights
+        if weights is None or weights.dtype != rows.dtype:
+            weights = np.full(cells, 1 / max(1, cells), rows.dtype)
+        return np.matmul(weights, rows)
+    average = loops[2]
+    rows = np.ascontiguousarray(rows)
+    y = np.empty((batch, channels), rows.dtype)
+    _threads.run_chunks(lambda first, stop: average(rows, y, first, stop), batch,
+                        -(-batch // (4 * workers)), threads=workers, blas=False)
+    return y
+
+
 #: Window cells (output values × taps; twice that for a max pool's gradient, which reads
 #: each window twice) below which a compiled pooling runs in the calling thread: about
-#: 20 µs of work on one core, where handing chunks to a helper costs some 10 µs.
-THREADED_WORK = 1 << 19
+#: 200 µs of one core. A helper woken for chunks needs the interpreter's lock, which
+#: the caller holds until its own chunk starts, and on a virtual machine one that slept
+#: for it starts ~0.1 ms late: smaller pools ran slower on two threads than on one
+#: (quiet machine, 2×2 stride 2, float32: one 112²×64 image, 802k cells, 0.175 ms on
+#: two threads, 0.072 on one core; 16 images of 14²×512 0.189 against 0.145), larger
+#: ones faster (16 images of 28²×256, 3.2M cells: 0.29 against 1.26 ms).
+THREADED_WORK = 1 << 21
 
 
 #: Window cells below which numba's loops (where installed) run a pooling rather than the
-#: llvmlite kernel: a numba call costs a few microseconds less than the kernel's ctypes
-#: call (one core, float32, 2×2 stride 2 on 7²×512: 7 against 17 µs; 3×3 stride 2 on
-#: 56²×64, 451k cells: 80 against 41 µs).
+#: llvmlite kernel: their call costs about a microsecond less than the kernel's through
+#: numba (one core, float32, 2×2 stride 2 on 7²×512, 18k cells: 4.5 against 5.4 µs;
+#: 14²×512, 100k cells: 12.5 against 11.5; 3×3 stride 2 on 56²×64, 451k cells: 73
+#: against 34), a few less than its ctypes call without numba (7 against 17 µs).
 SMALL_WORK = 1 << 16
 
 
@@ -272,15 +308,24 @@ def _forward_compiled(x: np.ndarray, resolved: ResolvedConv, planned: PoolPlan, 
     units = batch * out_rows
     run: Callable[[int, int], None]
     if isinstance(loops, _llvm_pool.PoolKernel):
-        drive = loops.drive
-        rows, columns, divisors = planned.addresses
-        x_address, y_address = x.ctypes.data, y.ctypes.data
         fields = (resolved.output_size[-1], channels, x[0].size if batch else 0,
                   x.shape[-2] * channels, row_step, spec.dilation[-1], 0, channels)
+        if loops.call is not None:  # through numba: ~1 µs a call, not ~5
+            call, x_rows, y_rows = loops.call, _as_rows(x), _as_rows(y)
+            # (a max pool reads no divisors: the output stands in)
+            arrays = (planned.divisors if kind == "avg" else y_rows, planned.rows,
+                      planned.columns)
 
-        def run(first: int, stop: int) -> None:
-            drive(x_address, y_address, divisors, rows, columns, first, stop, out_rows,
-                  *fields)
+            def run(first: int, stop: int) -> None:
+                call(x_rows, y_rows, *arrays, first, stop, out_rows, *fields)
+        else:
+            drive = loops.drive
+            rows, columns, divisors = planned.addresses
+            x_address, y_address = x.ctypes.data, y.ctypes.data
+
+            def run(first: int, stop: int) -> None:
+                drive(x_address, y_address, divisors, rows, columns, first, stop, out_rows,
+                      *fields)
     else:
         x_rows, y_rows = _as_rows(x), _as_rows(y)
         loop = loops[0] if kind == "max" else loops[1]
@@ -580,15 +625,28 @@ def _max_grad_compiled(kernel: _llvm_pool.PoolKernel, x: np.ndarray, resolved: R
     d_x = np.empty_like(x)  # zeroed below, by the chunks where they take whole images
     out_rows = 1 if len(resolved.output_size) == 1 else resolved.output_size[0]
     row_step = 1 if len(resolved.output_size) == 1 else spec.dilation[0]
-    drive, block = kernel.drive, kernel.width * _llvm_pool.VECTORS
-    rows, columns, _ = planned.addresses
-    x_address, dx_address, dy_address = x.ctypes.data, d_x.ctypes.data, dy.ctypes.data
+    block = kernel.width * _llvm_pool.VECTORS
     fields = (resolved.output_size[-1], channels, x[0].size if batch else 0,
               x.shape[-2] * channels, row_step, spec.dilation[-1])
+    run: Callable[[int, int, int, int], None]
+    if kernel.call is not None:  # through numba: ~1 µs a call, not ~5
+        call = kernel.call
+        x_rows, dx_rows, dy_rows = _as_rows(x), _as_rows(d_x), _as_rows(dy)
 
-    def run(first_image: int, stop_image: int, first_channel: int, stop_channel: int) -> None:
-        drive(x_address, dx_address, dy_address, rows, columns, first_image * out_rows,
-              stop_image * out_rows, out_rows, *fields, first_channel, stop_channel)
+        def run(first_image: int, stop_image: int, first_channel: int, stop_channel: int
+                ) -> None:
+            call(x_rows, dx_rows, dy_rows, planned.rows, planned.columns,
+                 first_image * out_rows, stop_image * out_rows, out_rows, *fields,
+                 first_channel, stop_channel)
+    else:
+        drive = kernel.drive
+        rows, columns, _ = planned.addresses
+        x_address, dx_address, dy_address = x.ctypes.data, d_x.ctypes.data, dy.ctypes.data
+
+        def run(first_image: int, stop_image: int, first_channel: int, stop_channel: int
+                ) -> None:
+            drive(x_address, dx_address, dy_address, rows, columns, first_image * out_rows,
+                  stop_image * out_rows, out_rows, *fields, first_channel, stop_channel)
 
     workers = 1 if 2 * dy.size * math.prod(spec.kernel_size) < THREADED_WORK \
         else _threads.worker_count()

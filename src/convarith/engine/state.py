@@ -19,14 +19,18 @@ remembered plans       (call's arguments, each array's shape,        as the reme
                        budget) -> checked problem and algorithm;
                        for a whole ``conv`` call (spec, algorithm,
                        max_output_values, x, kernel, bias) ->
-                       ``core.CallPlan``: what ``prepare`` derived
-                       and the algorithm plan (``dispatch._PLANS``,
-                       at most 1024)
+                       ``core.CallPlan``: what ``prepare`` derived,
+                       the algorithm plan and that plan bound to
+                       its arguments (``Algorithm.bind``)
+                       (``dispatch._PLANS``, at most 1024)
 autotune files         cache file path -> {problem key: algorithm}   the files are read again after
                        (``autotune._FILES``; the files themselves    :func:`clear_caches`; entries kept
                        are in the user's cache directory)            per file at most 4096
 resolved specs         (spec, input shape) -> ``ResolvedConv``       nothing (pure; LRU of 1024)
                        (``spec._resolve_remembered``)
+functional specs       the ``conv2d``/``max_pool``/... helpers'      nothing (pure; LRU of 256)
+                       arguments (exact ints, strings, None, bools)
+                       -> ``ConvSpec`` (``api._remembered_spec``)
 kernel layouts         register_tiles ``_layout``: shape, dtype,     nothing (pure; LRU of 256)
                        dilation, row length, panel bytes
 grouped forward plans  grouped_tiles ``_forward_plan``: shapes,      nothing (pure; LRU of 256)
@@ -46,7 +50,8 @@ compiled kernels       numba kernels (col2im, depthwise, flat_rows,  ``CONVARITH
                        (``_llvm._compiled``, ``_compiled_grouped``,  clear to read them again
                        ``_llvm_depthwise._row_kernel``,
                        ``_llvm_thin._compiled_rows``,
-                       ``_llvm_pool._pool_kernel``, the helper
+                       ``_llvm_pool._pool_kernel`` (and by ISA
+                       setting ``_pool_kernel_for``), the helper
                        threads' spinner ``_spin.spinner``, the
                        tables' runner ``_native_jobs._rows_runner``, the host,
                        the binding),
@@ -116,7 +121,7 @@ def cached_once(fn: F) -> F:
 def process_caches() -> dict[str, Callable[[], None]]:
     """Each cache of the table above by name, with the function that empties it."""
     from .. import spec
-    from . import autotune, dispatch
+    from . import api, autotune, dispatch
     from .algorithms import (
         _llvm,
         _llvm_depthwise,
@@ -147,6 +152,7 @@ def process_caches() -> dict[str, Callable[[], None]]:
         "remembered plans": dispatch._PLANS.clear,
         "autotune files": autotune.clear,
         "resolved specs": functions(spec._resolve_remembered),
+        "functional specs": functions(api._remembered_spec),
         "kernel layouts": functions(register_tiles._layout),
         "grouped forward plans": functions(grouped_tiles._forward_plan),
         "depthwise tile plans": functions(depthwise._tiles_plan, depthwise._phases_plan,
@@ -159,7 +165,8 @@ def process_caches() -> dict[str, Callable[[], None]]:
             flat_rows._numba_im2col, flat_rows.blas_gemm, space_to_depth._numba_kernels,
             winograd._numba_kernels, _llvm._compiled, _llvm._target, _llvm._host, _llvm._llvm,
             _llvm._compiled_grouped, _llvm._compiled_interleaved, _llvm_depthwise._row_kernel,
-            _llvm_thin._compiled_rows, _llvm_pool._pool_kernel, _numba_pool.numba_kernels,
+            _llvm_thin._compiled_rows, _llvm_pool._pool_kernel, _llvm_pool._pool_kernel_for,
+            _numba_pool.numba_kernels,
             _spin.spinner, _native_jobs._rows_runner),
         "BLAS controller": functions(_threads._controller, _threads._sched_getcpu,
                                      _threads._affinity_cores),

@@ -566,10 +566,19 @@ class _Conv(SpatialLayer):
     def forward(self, x: np.ndarray, training: bool = False, keep: bool = False) -> np.ndarray:
         x_last = self._to_last(x)
         bias = self.variables.get("bias")
-        z = _engine().conv(x_last, self._engine_kernel(), self.spec, bias)
-        # the engine's output is a new array: the activation may overwrite it
-        y = self.activation.overwrite(z) if not np.may_share_memory(z, x_last) else \
-            self.activation.forward(z)
+        kernel = self._engine_kernel()
+        if x_last.dtype != kernel.dtype or kernel.dtype not in (np.float32, np.float64):
+            # (float16 is computed in float32 and the bias added before rounding)
+            z = _engine().conv(x_last, kernel, self.spec, bias)
+            y = self.activation.forward(z) if np.may_share_memory(z, x_last) else \
+                self.activation.overwrite(z)
+        else:
+            # the engine's output is a new array of the kernel's dtype: the bias and the
+            # activation go into it in one pass (activations.Activation.overwrite_with_bias)
+            z = _engine().conv(x_last, kernel, self.spec)
+            y = self.activation.forward(z if bias is None else z + bias) \
+                if np.may_share_memory(z, x_last) else \
+                self.activation.overwrite_with_bias(z, bias)
         if keep:
             self._cache = (x_last, y)
         return self._from_last(y)
@@ -585,7 +594,7 @@ class _Conv(SpatialLayer):
     def _backward(self, d_out: np.ndarray, need_input_grad: bool) -> np.ndarray | None:
         x_last, y = self._kept()
         # every activation's gradient reads y alone (activations.Activation.overwrite)
-        d_z = self.activation.backward(self._to_last(d_out), y, y)
+        d_z, d_bias = self.activation.backward_with_bias(self._to_last(d_out), y)
         # a small layer's gradients run on one thread each (engine.core.SMALL_BACKWARD_FLOPS)
         d_x, d_kernel, _ = _engine().conv_vjp(
             x_last, self._engine_kernel(), self.spec, d_z, need_input_grad=need_input_grad,
@@ -593,7 +602,7 @@ class _Conv(SpatialLayer):
         assert d_kernel is not None
         self.grads = {"kernel": d_kernel.reshape(self.variables["kernel"].shape)}
         if self.use_bias:
-            self.grads["bias"] = bias_gradient(d_z)
+            self.grads["bias"] = d_bias
         return d_x
 
     def _penalised(self) -> dict[str, Any]:

@@ -67,6 +67,8 @@ class Optimizer:
         self.learning_rate = _rate("learning_rate", learning_rate)
         self.iterations = 0
         self.state: State = {}
+        # per layout: flat arrays rewritten every step (not state: never snapshotted)
+        self._buffers: dict[Layout, dict[str, np.ndarray]] = {}
 
     def apply(self, variables: list[np.ndarray], gradients: list[np.ndarray]) -> None:
         """One step: update every variable in place from its gradient."""
@@ -76,16 +78,32 @@ class Optimizer:
             )
         for key in flat_groups(variables):
             members = [variables[position] for position, _ in key[1]]
-            flat = np.concatenate([v.reshape(-1) for v in members])
-            flat_gradient = np.concatenate([
-                gradients[position].astype(flat.dtype, copy=False).reshape(-1)
-                for position, _ in key[1]])
+            flat, flat_gradient = self._flat_buffers(key, members[0].dtype,
+                                                     sum(v.size for v in members))
+            np.concatenate([v.reshape(-1) for v in members], out=flat)
+            np.concatenate([gradients[position].reshape(-1) for position, _ in key[1]],
+                           out=flat_gradient, casting="same_kind")
             self.update(key, flat, flat_gradient)
             start = 0
             for variable in members:
                 variable[...] = flat[start:start + variable.size].reshape(variable.shape)
                 start += variable.size
         self.iterations += 1
+
+    def _flat_buffers(self, key: Layout, dtype: np.dtype, size: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """The flat variable and gradient of one group, allocated once per layout and
+        reused every step (the values are all rewritten before they are read)."""
+        buffers = self._buffers.get(key)
+        if buffers is None:
+            buffers = self._buffers[key] = {name: np.empty(size, dtype) for name in
+                                            ("variable", "gradient", "scratch", "other")}
+        return buffers["variable"], buffers["gradient"]
+
+    def _scratch(self, key: Layout) -> tuple[np.ndarray, np.ndarray]:
+        """Two more flat arrays of the group ``key`` for an update's intermediates."""
+        buffers = self._buffers[key]
+        return buffers["scratch"], buffers["other"]
 
     def update(self, key: Layout, variable: np.ndarray, gradient: np.ndarray) -> None:
         raise NotImplementedError
@@ -155,14 +173,15 @@ class Adam(Optimizer):
         m, v = slot["m"], slot["v"]
         # Keras takes 1 - beta in Python floats, then casts: float32(1 - 0.999) is
         # 1.3e-5 away from 1 - float32(0.999), enough to steer Adam elsewhere
-        scratch = np.subtract(gradient, m)
+        scratch, denominator = self._scratch(key)
+        np.subtract(gradient, m, out=scratch)
         scratch *= dtype(1 - self.beta_1)
         m += scratch
         np.multiply(gradient, gradient, out=scratch)
         scratch -= v
         scratch *= dtype(1 - self.beta_2)
         v += scratch
-        denominator = np.sqrt(v)
+        np.sqrt(v, out=denominator)
         denominator += dtype(self.epsilon)
         np.multiply(m, alpha, out=scratch)
         scratch /= denominator

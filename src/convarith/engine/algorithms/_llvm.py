@@ -67,7 +67,7 @@ from ..state import cached_once
 
 __all__ = ["available", "compiled", "vector_width", "block_rows", "max_vectors", "Kernels",
            "Cells", "Sums", "Batch", "ONE_PROBLEM", "VectorTarget", "vector_target",
-           "target_named", "module_ir", "assembly", "ISA_VARIABLE", "ISA_NAMES",
+           "target_named", "narrower_than_host", "module_ir", "assembly", "ISA_VARIABLE", "ISA_NAMES",
            "grouped_module_ir", "grouped_block_rows", "grouped_assembly", "compiled_grouped",
            "interleaved_block_rows"]
 
@@ -186,6 +186,16 @@ def vector_target() -> VectorTarget:
 @cached_once
 def _target(name: str) -> VectorTarget:
     return target_named(name)
+
+
+def narrower_than_host() -> bool:
+    """Whether the target in use has narrower vectors than this CPU (``avx2`` chosen on an
+    AVX-512 machine), whose BLAS then still runs the wider ones.
+
+    >>> isinstance(narrower_than_host(), bool)
+    True
+    """
+    return vector_target().vector_bytes < _target("native").vector_bytes
 
 
 def vector_width(dtype: Any) -> int:

@@ -176,14 +176,15 @@ class KernelTable(Table):
 
 
 def kernel_plan(x: np.ndarray, pads: list[tuple[int, int]], rows: int, io_bytes: int,
-                threads: int | None = None, flops: float | None = None
+                threads: int | None = None, flops: float | None = None,
+                inline_below: float | None = None
                 ) -> tuple[np.ndarray, list[tuple[int, int]], KernelTable] | None:
     """Whether :mod:`.register_tiles` runs ``x`` (N, H, W, C) with ``pads`` (rows,
     columns; negative crops) as a table of calls (``io_bytes``: the input, kernel and
     output bytes): ``(input, pads, table)`` to build
     its jobs with (the input padded once into a copy of ``rows`` rows, its pads
     then zero), or ``None`` (the closures' path: a job that runs on one thread
-    (``threads``, ``flops``, see :func:`._threads.native_workers`), no compiled
+    (``threads``, ``flops``, ``inline_below``, see :func:`._threads.native_workers`), no compiled
     runner or spinner, spinning turned off, or a padded copy too large).
 
     >>> x = np.ones((1, 4, 4, 8), np.float32)
@@ -195,7 +196,8 @@ def kernel_plan(x: np.ndarray, pads: list[tuple[int, int]], rows: int, io_bytes:
     """
     from . import _spin, _threads
 
-    if _threads.native_workers(threads, flops) <= 1:
+    below = _threads.SMALL_WORK if inline_below is None else inline_below
+    if _threads.native_workers(threads, flops, below) <= 1:
         return None
     runner = rows_runner(KERNEL_POINTERS, KERNEL_FIELDS)
     if runner is None or _spin.spinner() is None or _spin.spin_microseconds() <= 0:

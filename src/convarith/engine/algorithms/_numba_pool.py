@@ -13,7 +13,7 @@ channel loops are innermost and contiguous, so LLVM vectorizes them; no
 Examples
 --------
 >>> kernels = numba_kernels()
->>> kernels is None or len(kernels) == 2
+>>> kernels is None or len(kernels) == 3
 True
 """
 
@@ -31,7 +31,7 @@ __all__ = ["numba_kernels"]
 
 @cached_once
 def numba_kernels() -> tuple[Callable[..., None], ...] | None:
-    """``(max, average)`` loops, or ``None`` without numba."""
+    """``(max, average, global average)`` loops, or ``None`` without numba."""
     try:
         import numba
     except ImportError:  # pragma: no cover - exercised by the numba-less test
@@ -77,4 +77,28 @@ def numba_kernels() -> tuple[Callable[..., None], ...] | None:
                 for c in range(channels):
                     out[c] /= divisor
 
-    return max_rows, avg_rows
+    @numba.njit(nogil=True, cache=False, error_model="numpy")
+    def global_average(x: Any, y: Any, first: int, stop: int) -> None:
+        # rows of channels added four at a time, (r0 + r1) + (r2 + r3): as accurate as
+        # BLAS's gemv with 1 / cells (float32, 56² cells: max error 1.1e-6 against 8.6e-7
+        # of the largest mean), 0-25% slower on one core, but no BLAS: the threads can
+        # share the images
+        cells, channels = x.shape[1], x.shape[2]
+        total = np.empty(channels, x.dtype)
+        fours = cells // 4
+        for n in range(first, stop):
+            for c in range(channels):
+                total[c] = 0
+            for q in range(fours):
+                r0, r1, r2, r3 = x[n, 4 * q], x[n, 4 * q + 1], x[n, 4 * q + 2], x[n, 4 * q + 3]
+                for c in range(channels):
+                    total[c] += (r0[c] + r1[c]) + (r2[c] + r3[c])
+            for i in range(4 * fours, cells):
+                row = x[n, i]
+                for c in range(channels):
+                    total[c] += row[c]
+            out = y[n]
+            for c in range(channels):
+                out[c] = total[c] / cells
+
+    return max_rows, avg_rows, global_average

@@ -94,6 +94,18 @@ def _affinity_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _environment(name: str) -> str:
+    """``os.environ.get(name, "")``, read from ``os.environ``'s own mapping where it has
+    one (POSIX: ``os.environ._data``, which ``os.environ[...] =`` and ``putenv`` through
+    it update): 0.03 µs against 1.3 µs for a name that is not set (``get`` raises and
+    catches a ``KeyError``), paid by every engine call."""
+    data = getattr(os.environ, "_data", None)
+    if os.name == "posix" and type(data) is dict:
+        value = data.get(name.encode())  # an ASCII name: its file-system encoding
+        return "" if value is None else os.fsdecode(value)
+    return os.environ.get(name, "")
+
+
 def worker_count() -> int:
     """Threads to use: the cores this process may run on, at most the
     :func:`thread_limit` in force and the ``CONVARITH_NUM_THREADS`` environment variable."""
@@ -101,7 +113,7 @@ def worker_count() -> int:
     limit = _LIMIT.get()
     if limit is not None:
         cores = min(cores, limit)
-    setting = os.environ.get("CONVARITH_NUM_THREADS", "").strip()
+    setting = _environment("CONVARITH_NUM_THREADS").strip()
     if setting.isdigit() and int(setting) > 0:
         cores = min(cores, int(setting))
     return cores
@@ -175,9 +187,10 @@ def _current_cpu() -> int | None:
     return cpu if cpu >= 0 else None
 
 
-def chunk_workers(threads: int | None, flops: float | None) -> int:
+def chunk_workers(threads: int | None, flops: float | None,
+                  inline_below: float = SMALL_WORK) -> int:
     """Threads :func:`run_chunks` will use for a job of ``flops`` (given ``threads``):
-    1 where it runs every chunk inline (below :data:`SMALL_WORK`, ``threads`` not
+    1 where it runs every chunk inline (below ``inline_below``, ``threads`` not
     given). Cut such a job into one chunk: its chunks would run one after another
     anyway, each paying its own set-up (the 3×3 stride-2 3 -> 32 stem on one 112²
     image: 8 chunks 0.20 ms, one 0.11 ms, one core).
@@ -185,7 +198,7 @@ def chunk_workers(threads: int | None, flops: float | None) -> int:
     >>> chunk_workers(None, 1e6), chunk_workers(1, 1e9), chunk_workers(3, 1e6)
     (1, 1, 3)
     """
-    if threads is None and flops is not None and flops < SMALL_WORK:
+    if threads is None and flops is not None and flops < inline_below:
         return 1
     return threads if threads is not None else worker_count()
 

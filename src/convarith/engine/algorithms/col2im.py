@@ -51,7 +51,7 @@ from ..dispatch import ConvProblem, Requirements, register_algorithm
 from ..state import cached_once
 from ._threads import run_chunks, worker_count, workspace
 
-__all__ = ["transposed", "applies", "cost", "CHUNK_BYTES"]
+__all__ = ["transposed", "applies", "cost", "CHUNK_BYTES", "FEW_CELLS"]
 
 #: Bytes of one piece's product (all phases together): about a core's L2 cache.
 CHUNK_BYTES = 2 << 20
@@ -449,6 +449,17 @@ STRIDE_1_SHARE = 1.5
 #: Output channels per group below which the direct algorithms' products are narrow.
 NARROW_CHANNELS = 16
 
+#: Input cells (all images) up to which stride 1 with one group is not charged
+#: :data:`STRIDE_1_SHARE` (groups keep it: 32 groups of 16 on 7², 0.29 against the
+#: grouped register tiles' 0.18 ms):
+#: the direct algorithms' products on so few cells reread the kernel's panels, and the
+#: grid way copies the kernel flipped and swapped. Measured (one thread, busy machine,
+#: 3×3 input gradients, col2im against the grid way's choice): 196 cells of 256 to 1024
+#: channels 0.70–0.72× the time (14² at batch 1: 512 -> 512 11.5 against 16.2 ms), 16
+#: to 128 channels on 49 to 256 cells 0.85–1.0×, 16 images of 4²×512 0.97×; 784 cells
+#: 1.3–1.7× and 3136 cells 1.25–2× slower (the share applies).
+FEW_CELLS = 256
+
 #: Columns of a phase's product (its taps × output channels per group) below which
 #: the gather per cell dominates.
 NARROW_COLUMNS = 7.0
@@ -476,7 +487,8 @@ def cost(problem: ConvProblem) -> float:
     3×3 stride 2 0.68–1.17× (6.75 columns: a tie, charged 1.04), 1 channel
     0.61–1.7× (2.25 columns: charged 3.1, phase's); stride 1 with 3 channels
     1.0–2.5× faster than :mod:`.flat_rows` / :mod:`.register_tiles` (3×3 and 5×5),
-    8 channels even, 16 channels 1.5× slower (:data:`STRIDE_1_SHARE` from 16 on).
+    8 channels even, 16 channels 1.5× slower (:data:`STRIDE_1_SHARE` from 16 on, with
+    groups or above :data:`FEW_CELLS` input cells).
     """
     real = problem.flops / math.prod(problem.strides)
     taps = math.prod(problem.kernel_size)
@@ -485,8 +497,9 @@ def cost(problem: ConvProblem) -> float:
     outputs = problem.kernel_shape[-2]  # output channels per group
     columns = outputs * taps / math.prod(problem.strides)  # a phase's product, on average
     narrow = max(1.0, NARROW_COLUMNS / columns)
+    cells = problem.batch * math.prod(problem.input_shape[1:-1])
     unstrided = (STRIDE_1_SHARE if math.prod(problem.strides) == 1 and outputs >= NARROW_CHANNELS
-                 else 1.0)
+                 and (cells > FEW_CELLS or problem.groups > 1) else 1.0)
     return real * (0.6 + 0.3 / taps) * group_share * narrow * unstrided
 
 

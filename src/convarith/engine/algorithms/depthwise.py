@@ -741,7 +741,7 @@ class _TilesPlan(NamedTuple):
     #: each job's calls as :func:`._llvm_depthwise.call_runner`'s table: the table (kept
     #: alive here), its address and its number of calls
     tables: tuple[tuple[np.ndarray, int, int], ...]
-    runner: Any  #: :func:`._llvm_depthwise.call_runner`'s ``drive``
+    runner: Any  #: :func:`._llvm_depthwise.call_runner`
     zero_rows: tuple[tuple[int, int], ...]  #: output rows whose windows lie on padding only
     keep: tuple[Any, ...]  #: the compiled modules (their code lives as long as they do)
 
@@ -849,7 +849,7 @@ def _tiles_plan(shape: tuple[int, int, int, int], kernel_size: tuple[int, int],
     runner = _llvm_depthwise.call_runner(target)
     if runner is None:
         return None
-    return _TilesPlan(tuple(planned), tuple(tables), runner.drive, zero_rows,
+    return _TilesPlan(tuple(planned), tuple(tables), runner, zero_rows,
                       tuple(modules.values()))
 
 
@@ -869,6 +869,17 @@ TILES_JOB_FLOPS = 2_000_000
 #: Jobs per thread of a layer of at least :data:`TILES_JOB_FLOPS` per job: a thread that
 #: starts late or is slowed by another process leaves its share to the others.
 TILES_JOBS_PER_WORKER = 2
+
+#: Least work (FLOPs) of a layer that :func:`tiles` splits over several threads at all
+#: (about 150 µs of a core): a helper woken for a job needs the interpreter's lock,
+#: which the caller holds until its own job starts, and on a virtual machine one that
+#: slept for it starts ~0.1 ms late, so smaller layers ran slower on two threads than
+#: on one (quiet machine, 2 threads, 16 images, 3×3: 4²×1152 0.139 ms, 7²×480 0.141,
+#: 7²×384 0.145, 14²×192 0.195, 5.3-8.1 MFLOP; one core, busy machine: 0.081, 0.095,
+#: 0.083, 0.138), larger ones faster (56²×96 stride 2: 0.67 against 1.87; 28²×144 0.46
+#: against 1.36; 5×5 14²×240 0.29 against 0.34; 56²×32, 14.5 MFLOP, 0.35-0.38 against
+#: 0.33-0.40).
+TILES_THREADED_FLOPS = 12_000_000
 
 
 def tiles(
@@ -946,14 +957,13 @@ def tiles(
     else:
         y = aligned_empty((n, oh, ow, c), dtype) if may_stream else np.empty((n, oh, ow, c),
                                                                              dtype)
-    y_base = y.ctypes.data
-    streaming = (may_stream and y_base % vector_bytes == 0
+    streaming = (may_stream and y.ctypes.data % vector_bytes == 0
                  and all(st % vector_bytes == 0 for st in y.strides[:3]))
     workers = threads if threads is not None else worker_count()
     kh, kw = kernel.shape[:2]
-    jobs = 1 if workers == 1 else max(1, min(workers * TILES_JOBS_PER_WORKER,
-                                             int(2 * n * oh * ow * c * kh * kw
-                                                 // TILES_JOB_FLOPS)))
+    flops = 2 * n * oh * ow * c * kh * kw
+    jobs = 1 if workers == 1 or flops < TILES_THREADED_FLOPS else max(1, min(
+        workers * TILES_JOBS_PER_WORKER, int(flops // TILES_JOB_FLOPS)))
     pads = ((0, 0), (0, 0)) if padding is None else (
         (int(padding[0][0]), int(padding[0][1])), (int(padding[1][0]), int(padding[1][1])))
     plan = _tiles_plan(x.shape, (kh, kw), (int(strides[0]), int(strides[1])),
@@ -963,21 +973,37 @@ def tiles(
     assert plan is not None
     weights = kernel if kernel.flags.c_contiguous and kernel.dtype == dtype else (
         np.ascontiguousarray(kernel, dtype))
-    x_base, w_base = x.ctypes.data, weights.ctypes.data
     for r0, r1 in plan.zero_rows:
         y[:, r0:r1] = 0
-
-    runner, tables = plan.runner, plan.tables
-
-    def run(first: int, last: int) -> None:
-        for _, table, count in tables[first:last]:
-            runner(x_base, w_base, y_base, table, count)
-
+    tables = plan.tables
+    run = _table_runs(plan.runner, x, weights, y, tables)
     if len(tables) == 1:
         run(0, 1)
     else:
         run_chunks(run, len(tables), 1, threads=workers, blas=False)
     return y
+
+
+def _table_runs(runner: Any, x: np.ndarray, weights: np.ndarray, y: np.ndarray,
+                tables: Sequence[tuple[np.ndarray, int, int]]) -> Callable[[int, int], None]:
+    """``run(first, last)``: the jobs ``tables[first:last]`` of a plan, by ``runner`` (a
+    :class:`._llvm_depthwise.CallRunner`) on these arrays: through numba where it is
+    there (the arrays' addresses read as numba takes them), else by ctypes."""
+    call = runner.call
+    if call is not None:
+        def run(first: int, last: int) -> None:
+            for table, _, count in tables[first:last]:
+                call(x, weights, y, table, count)
+
+        return run
+    drive = runner.drive
+    x_base, w_base, y_base = x.ctypes.data, weights.ctypes.data, y.ctypes.data
+
+    def run_by_ctypes(first: int, last: int) -> None:
+        for _, table, count in tables[first:last]:
+            drive(x_base, w_base, y_base, table, count)
+
+    return run_by_ctypes
 
 
 #: Outputs of at least this many bytes are stored past the caches (non-temporal stores),
@@ -1204,8 +1230,8 @@ def _phases_on_tiles(x: np.ndarray, kernel: np.ndarray, strides: Sequence[int],
     workers = threads if threads is not None else worker_count()
     flops = 2 * n * oh * ow * c * kernel.shape[0] * kernel.shape[1] // max(
         1, strides[0] * strides[1])
-    jobs = 1 if workers == 1 else max(1, min(workers * TILES_JOBS_PER_WORKER,
-                                             int(flops // TILES_JOB_FLOPS)))
+    jobs = 1 if workers == 1 or flops < TILES_THREADED_FLOPS else max(1, min(
+        workers * TILES_JOBS_PER_WORKER, int(flops // TILES_JOB_FLOPS)))
     plan = _phases_plan(x.shape, (int(kernel.shape[0]), int(kernel.shape[1])),
                         (int(strides[0]), int(strides[1])), (int(dilation[0]), int(dilation[1])),
                         ((int(padding[0][0]), int(padding[0][1])),
@@ -1215,14 +1241,9 @@ def _phases_on_tiles(x: np.ndarray, kernel: np.ndarray, strides: Sequence[int],
     for start, stop, step, first in plan.zeros:
         y[:, start:stop:step, first::strides[1]] = 0
     weights = np.ascontiguousarray(kernel, dtype).reshape(-1)[plan.gather]
-    runner, tables = plan.runner, plan.tables
-    x_base, w_base, y_base = x.ctypes.data, weights.ctypes.data, y.ctypes.data
-
-    def run(first: int, last: int) -> None:
-        for _, table, count in tables[first:last]:
-            runner(x_base, w_base, y_base, table, count)
-
-    run_chunks(run, len(tables), 1, threads=workers if len(tables) > 1 else 1, blas=False)
+    tables = plan.tables
+    run_chunks(_table_runs(plan.runner, x, weights, y, tables), len(tables), 1,
+               threads=workers if len(tables) > 1 else 1, blas=False)
     return y
 
 

@@ -12,8 +12,13 @@ without AVX2/FMA, this algorithm does not apply and the others run.
 Zero padding is written into a per-chunk copy of the input rows a chunk of
 output reads (kept between calls), so no padded copy of the whole input is
 made. A chunk is some rows of one image, or several whole small images (the
-block of cells then wraps from one image into the next). Outputs of
-:data:`STREAM_BYTES` and more are written past the caches.
+block of cells then wraps from one image into the next), or, where the kernel
+outweighs the input and the cells are few (deep stages on small images), a range
+of output-channel blocks of whole images, so that each worker reads only its
+share of the kernel (:func:`split_blocks`). A one-group kernel whose outputs are
+whole vectors is read where it lies (:func:`in_place`); others are packed into
+panels at each call. Outputs of :data:`STREAM_BYTES` and more are written past
+the caches.
 
 Grouped convolutions run group after group on each chunk; groups with fewer
 outputs than a vector are merged into block-diagonal kernels that fill one
@@ -62,20 +67,46 @@ __all__ = ["direct", "transposed", "depthwise", "applies", "cost", "pack_product
 #: Input bytes a chunk's padded rows may take (they stay in the core's cache).
 SLAB_BYTES = 1 << 20
 
+#: ... or, for whole images, up to the kernel's bytes and at most this: a kernel larger
+#: than the slab is read again by every chunk, a larger slab only from the shared cache.
+#: Measured on one core (CPU time, busy machine, 1 MiB against 4 MiB): 3×3 512 -> 512 on
+#: 16 images of 4² 13.3 against 12.2 ms, of 7² 37.2 against 35.5, stride 2 on 7² 14.2
+#: against 12.5; 256 -> 256 on 16×7² 9.3 against 9.0.
+KERNEL_SLAB_BYTES = 4 << 20
+
+
+def _slab_bytes(kernel_bytes: int) -> int:
+    """Input bytes a chunk of whole images may copy (:data:`SLAB_BYTES`,
+    :data:`KERNEL_SLAB_BYTES`).
+
+    >>> _slab_bytes(1000) == SLAB_BYTES, _slab_bytes(9_437_184) == KERNEL_SLAB_BYTES
+    (True, True)
+    """
+    return max(SLAB_BYTES, min(KERNEL_SLAB_BYTES, kernel_bytes))
+
 #: Chunks per worker thread: more balance the threads better at the end, each costs
 #: ~10-20 µs of Python and ctypes (measured on L2, L7, L8, L1: 4 beat 8 and 16).
 JOBS_PER_WORKER = 4
 
 
-def _job_count(workers: int) -> int:
-    """Chunks to cut the work into: :data:`JOBS_PER_WORKER` per worker, one for a single
-    worker (nothing to balance; one thread ran the 3×3 stride-2 3 -> 32 layer on one
-    224² image in 0.29 ms instead of 0.34 as one chunk).
+#: FLOPs of a chunk at least where the work allows one per worker: each chunk costs
+#: ~9 µs of Python and ctypes (the 3×3 stride-2 3 -> 32 stem on one 112², 5.4 MFLOP,
+#: cut for two workers: 8 chunks of 18 µs, one chunk of all 70 µs).
+MIN_CHUNK_FLOPS = 4e6
 
-    >>> _job_count(1), _job_count(2)
-    (1, 8)
+
+def _job_count(workers: int, flops: float = math.inf) -> int:
+    """Chunks to cut the work into: :data:`JOBS_PER_WORKER` per worker, fewer (but as
+    many per worker) where a chunk would hold under :data:`MIN_CHUNK_FLOPS` of the
+    job's ``flops``; one for a single worker (nothing to balance; one thread ran the
+    3×3 stride-2 3 -> 32 layer on one 224² image in 0.29 ms instead of 0.34 as one chunk).
+
+    >>> _job_count(1), _job_count(2), _job_count(2, 5.4e6), _job_count(2, 2e7)
+    (1, 8, 2, 4)
     """
-    return JOBS_PER_WORKER * workers if workers > 1 else 1
+    if workers <= 1:
+        return 1
+    return workers * max(1, int(min(JOBS_PER_WORKER, flops / (workers * MIN_CHUNK_FLOPS))))
 
 
 def _plan_blocks(channels: int, width: int) -> list[tuple[int, int, int]]:
@@ -92,9 +123,12 @@ def _plan_blocks(channels: int, width: int) -> list[tuple[int, int, int]]:
 
 
 #: Largest kernel panel (taps × a step of input channels × a block of output
-#: channels), in bytes; larger sums are split into steps of input channels. The
-#: panel stays in the core's 2 MiB L2 cache; panels that fit its 48 KiB L1 were
-#: measured no faster (L2, L6, L7 with 32, 48 and 512 KiB).
+#: channels, or a run of a kernel read in place), in bytes; larger sums are split into
+#: steps (later ones add to the output). The panel stays in the core's L2 cache (1 MiB
+#: per core on this EPYC; lscpu counts both cores' 2 MiB): panels that fit its 32 KiB
+#: L1 were measured no faster (L2, L6, L7 with 32, 48 and 512 KiB; kernels read in
+#: place, 3×3 512 -> 512 on 16×4² and 16×7², one core: 8 and 16 KiB 10-25 % slower,
+#: 256, 512 and 2048 KiB within the noise).
 PANEL_BYTES = 512 << 10
 
 
@@ -161,31 +195,46 @@ def direct(
     if n * oh * ow == 0 or f == 0:
         return np.zeros(shape, dtype)
     flops = 2.0 * n * oh * ow * kh * kw * c * f
-    # a job run inline (small) is one chunk: chunks one after another only add set-up
-    # the chunks as one table of compiled calls, run without the GIL (_native_jobs)
-    native = _native_jobs.kernel_plan(x, pads, window_reach(oh, kh, stride_rows, dilation_rows),
-                                      x.nbytes + kernel.nbytes + y.nbytes, threads, flops)
-    if native is not None:
-        x, pads, table = native
-    jobs = _jobs(x, kernel, (stride_rows, stride_cols), (dilation_rows, dilation_cols),
-                 (oh, ow), pads, y, _threads.chunk_workers(threads, flops), groups,
-                 drives=None if native is None else table.recorder)
-    if native is None:
-        _run(jobs, flops, threads)
+    # a job run inline (small) is one chunk: chunks one after another only add set-up;
+    # the thin kernels' jobs are shared from a smaller size (no BLAS, a known pace)
+    inline_below = _threads.SMALL_WORK_NO_BLAS if groups == 1 and thin(c) else _threads.SMALL_WORK
+    workers = _threads.chunk_workers(threads, flops, inline_below)
+    from . import segments  # (it reads this module's panels)
+
+    if segments.cut_along_cells(n, oh, ow, workers, flops):
+        jobs = segments.segment_jobs(x, kernel, (stride_rows, stride_cols),
+                                     (dilation_rows, dilation_cols), (oh, ow), pads, y,
+                                     workers, groups)
+        _run(jobs, flops, threads, inline_below)
     else:
-        spans = table.jobs(jobs)
-        _threads.run_native_jobs(table.runner, table.rows, spans, threads=threads, flops=flops)
+        # the chunks as one table of compiled calls, run without the GIL (_native_jobs)
+        native = _native_jobs.kernel_plan(
+            x, pads, window_reach(oh, kh, stride_rows, dilation_rows),
+            x.nbytes + kernel.nbytes + y.nbytes, threads, flops, inline_below)
+        if native is not None:
+            x, pads, table = native
+        jobs = _jobs(x, kernel, (stride_rows, stride_cols), (dilation_rows, dilation_cols),
+                     (oh, ow), pads, y, workers, groups,
+                     drives=None if native is None else table.recorder)
+        if native is None:
+            _run(jobs, flops, threads, inline_below)
+        else:
+            spans = table.jobs(jobs)  # (records the calls: before table.rows is read)
+            _threads.run_native_jobs(table.runner, table.rows, spans, threads=threads,
+                                     flops=flops, inline_below=inline_below)
     if fpad != f:
         y = np.ascontiguousarray(y[..., :f])
     return y.reshape(shape)
 
 
-def _run(jobs: list[Callable[[], None]], flops: float, threads: int | None) -> None:
+def _run(jobs: list[Callable[[], None]], flops: float, threads: int | None,
+         inline_below: float = _threads.SMALL_WORK) -> None:
     def work(begin: int, end: int) -> None:
         for job in jobs[begin:end]:
             job()
 
-    run_chunks(work, len(jobs), 1, threads=threads, flops=flops, blas=False)
+    run_chunks(work, len(jobs), 1, threads=threads, flops=flops, blas=False,
+               inline_below=inline_below)
 
 
 #: Outputs of at least this many bytes (a core's L2 cache here: their lines would
@@ -224,9 +273,11 @@ class _Call(NamedTuple):
     batch: Batch = ONE_PROBLEM
 
 
-def _calls(panels: list[Panel]) -> list[_Call]:
-    return [_Call(p.kernels.drive, p.weights.ctypes.data, p.offsets.ctypes.data,
-                  p.first_channel_bytes, p.sums, p.batch) for p in panels]
+def _calls(panels: list[Panel], drives: Callable[[Any], Any] | None = None) -> list[_Call]:
+    """The panels' calls; ``drives(drive)``: what to call instead (see _native_jobs)."""
+    return [_Call(p.kernels.drive if drives is None else drives(p.kernels.drive),
+                  p.weights.ctypes.data, p.offsets.ctypes.data, p.first_channel_bytes, p.sums,
+                  p.batch) for p in panels]
 
 
 def group_merge(groups: int, group_out: int, width: int) -> int:
@@ -346,6 +397,18 @@ def _panels(kernel: np.ndarray, dilation: tuple[int, int], row_elems: int,
         return panels
     dtype = kernel.dtype
     kh, kw, c, f = kernel.shape
+    channels = cell_channels or c
+    if in_place(kernel, channels):
+        # the kernel read where it lies: its rows (tap, input channel) are the steps, a
+        # block's columns lie ``f`` elements apart from one step to the next
+        rows = kernel.reshape(kh * kw * c, f)
+        return [Panel(kernels, rows[r0:, start:], offsets, start * dtype.itemsize,
+                      Sums(blocks=blocks, steps=r1 - r0, step_stride=f, block_stride=cols,
+                           accumulate=int(r0 > 0)))
+                for r0, r1, offsets, runs in _layout(kernel.shape, dtype, dilation, row_elems,
+                                                     streaming, PANEL_BYTES, channels,
+                                                     in_place=True)
+                for kernels, start, blocks, cols in runs]
     panels = []
     # each block's columns: (panel, block, input channels, output channels)
     copies: list[tuple[np.ndarray, int, int, int, int, int]] = []
@@ -384,21 +447,34 @@ PARALLEL_PANEL_BYTES = 1 << 20
 @functools.lru_cache(maxsize=256)
 def _layout(shape: tuple[int, ...], dtype: np.dtype, dilation: tuple[int, int],
             row_elems: int, streaming: bool, panel_bytes: int, cell_channels: int,
-            cell_step: int = 0
+            cell_step: int = 0, in_place: bool = False
             ) -> tuple[tuple[int, int, np.ndarray, tuple[tuple[Any, int, int, int], ...]], ...]:
     """What :func:`_panels` needs besides the kernel's values, per shape (remembered):
     per step of input channels ``(c0, c1, offsets, runs)``, each run ``(kernels, first
     output channel, blocks, columns)``; input cells hold ``cell_channels``; a
-    ``cell_step`` above 0 picks :mod:`._llvm_thin`'s kernels, with it compiled in."""
+    ``cell_step`` above 0 picks :mod:`._llvm_thin`'s kernels, with it compiled in.
+
+    ``in_place``: the kernel is read where it lies (:func:`in_place`); its rows
+    ``(tap, input channel)`` are cut into equal runs ``[r0, r1)`` instead of steps of
+    input channels, each run's columns of a block fitting ``panel_bytes``."""
     kh, kw, c, f = shape
     dilation_rows, dilation_cols = dilation
     width = _llvm.vector_width(dtype)
     taps = (np.arange(kh)[:, None] * (dilation_rows * row_elems)
             + np.arange(kw)[None, :] * (dilation_cols * cell_channels)).astype(np.int64).ravel()
-    steps = _channel_steps(kh * kw, c, f, width, dtype.itemsize, panel_bytes)
+    if in_place:
+        every = (taps[:, None] + np.arange(c)).ravel()
+        cols = min(-(-f // width), _llvm.max_vectors()) * width
+        total = kh * kw * c
+        count = -(-total // max(1, panel_bytes // (cols * dtype.itemsize)))
+        size = -(-total // count)
+        steps = [(r0, min(total, r0 + size)) for r0 in range(0, total, size)]
+    else:
+        steps = _channel_steps(kh * kw, c, f, width, dtype.itemsize, panel_bytes)
     layout = []
     for c0, c1 in steps:
-        offsets = np.ascontiguousarray((taps[:, None] + np.arange(c0, c1)).ravel())
+        offsets = np.ascontiguousarray(every[c0:c1] if in_place
+                                       else (taps[:, None] + np.arange(c0, c1)).ravel())
         offsets.flags.writeable = False
         runs = []
         for vectors, start, blocks in _plan_blocks(f, width):
@@ -409,6 +485,27 @@ def _layout(shape: tuple[int, ...], dtype: np.dtype, dilation: tuple[int, int],
             runs.append((kernels, start, blocks, vectors * width))
         layout.append((c0, c1, offsets, tuple(runs)))
     return tuple(layout)
+
+
+def in_place(kernel: np.ndarray, cell_channels: int) -> bool:
+    """Whether :func:`_panels` reads a one-group ``kernel`` ``(KH, KW, C, F)`` where it
+    lies instead of packing it into panels: C-contiguous, ``F`` whole vectors, and not
+    run by the :func:`thin` kernels.
+
+    Packing copies the whole kernel at every call: 1.36 ms for 3×3 512 -> 512 (9.4 MB)
+    and 1.1 ms for 1×1 1024 -> 2048 on one core, more than the products themselves on
+    one 4² image (busy machine). Read in place, a block's columns lie one kernel row
+    apart from one step of the sum to the next, as the hardware prefetcher expects.
+
+    >>> in_place(np.zeros((3, 3, 64, 64), np.float32), 64) == _llvm.available()
+    True
+    >>> in_place(np.zeros((3, 3, 64, 24), np.float32), 64)
+    False
+    """
+    width = _llvm.vector_width(kernel.dtype)
+    f = kernel.shape[-1]
+    return (width > 0 and f > 0 and f % width == 0 and kernel.flags.c_contiguous
+            and kernel.ndim == 4 and not thin(cell_channels))
 
 
 #: Most input channels for which :mod:`._llvm_thin`'s kernels run a (one-group) layer.
@@ -439,8 +536,9 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
           y: np.ndarray, threads: int | None, groups: int = 1,
           make_panels: Callable[[int], list[Panel]] | None = None,
           drives: Callable[[Any], Any] | None = None) -> list[Callable[[], None]]:
-    """One call per chunk of output (images, or rows of one image) writing ``y``
-    (N, OH, OW, F padded); ``make_panels(row_elems)``: other kernels' panels than
+    """One call per chunk of output (images, rows of one image, or for several workers and
+    a kernel larger than the input a range of output-channel blocks, :func:`_block_jobs`)
+    writing ``y`` (N, OH, OW, F padded); ``make_panels(row_elems)``: other kernels' panels than
     :func:`_panels`' (the grouped kernels of :mod:`.grouped_tiles`)."""
     dtype = x.dtype
     itemsize = dtype.itemsize
@@ -463,17 +561,20 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
     # addresses taken once (``.ctypes`` costs ~1 µs each); the jobs keep the arrays alive
     x_base, x_bytes = x.ctypes.data, x.strides
     y_base, y_bytes = y.ctypes.data, y.strides
-    calls = _calls(panels)
-    if drives is not None:  # each call.drive replaced (e.g. recorded, see _native_jobs)
-        calls = [call._replace(drive=drives(call.drive)) for call in calls]
+    calls = _calls(panels, drives)
     # every worker gets about 4 chunks (a single worker one); a chunk is whole images
     # when images are small (fewer calls: each costs ~10 µs of Python and ctypes),
-    # else rows of one image; its padded input rows fit SLAB_BYTES
-    rows_share = max(1, -(-n * oh // _job_count(workers)))
+    # else rows of one image; its padded input rows fit SLAB_BYTES (whole images: up to
+    # the kernel's size, _slab_bytes)
+    rows_share = max(1, -(-n * oh // _job_count(workers, 2.0 * n * oh * ow * kernel.size)))
     needed = window_reach(oh, kh, stride_rows, dilation_rows)  # padded input rows of one image
+    image_bytes = needed * row_elems * itemsize
+    if make_panels is None and groups == 1 and workers > 1 and not thin(c) and split_blocks(
+            math.prod(kernel.shape[:3]) * y.shape[-1] * itemsize, n * image_bytes):
+        return _block_jobs(x, pads, y, panels, strides, needed, workers, drives)
     if rows_share >= 2 * oh:
-        image_bytes = needed * row_elems * itemsize
-        images = max(1, min(rows_share // oh, SLAB_BYTES // image_bytes if not unpadded else n))
+        slab = _slab_bytes(math.prod(kernel.shape) * itemsize)
+        images = max(1, min(rows_share // oh, slab // image_bytes if not unpadded else n))
 
         def job_images(g0: int, g1: int, _keep: Any = panels) -> None:
             if unpadded:
@@ -516,6 +617,76 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
 
     return [functools.partial(job, image, o0, o1)
             for image in range(n) for o0, o1 in zip(edges, edges[1:])]
+
+
+def split_blocks(kernel_bytes: int, input_bytes: int) -> bool:
+    """Whether several workers share a layer's output channels (column blocks) rather
+    than only its cells: when its kernel takes more bytes than its (padded) input (each
+    chunk of cells reads every panel: 4 chunks of one 4-cell row for 3×3 512 -> 512 on
+    one 4² image read its 9.4 MB kernel 4 times, a worker's share of the blocks reads
+    half of it once; the input is padded once for all the chunks).
+
+    >>> split_blocks(9_437_184, 73_728), split_blocks(147_456, 230_400)
+    (True, False)
+    """
+    return kernel_bytes >= input_bytes
+
+
+def _block_jobs(x: np.ndarray, pads: list[tuple[int, int]], y: np.ndarray,
+                panels: list[Panel], strides: tuple[int, int], needed: int,
+                workers: int, drives: Callable[[Any], Any] | None = None
+                ) -> list[Callable[[], None]]:
+    """Jobs of :func:`_jobs` cut over the output channels: each takes a range of the column
+    blocks (of every run, counted one run after another) for every image, and runs every
+    step of the sum on them in order. A padded input is copied once, here (the kernel
+    outweighs it), and read by every job."""
+    dtype = x.dtype
+    itemsize = dtype.itemsize
+    n, h, w, c = x.shape
+    _, oh, ow, _ = y.shape
+    (top, _), (left, right) = pads
+    stride_rows, stride_cols = strides
+    padded_w = w + left + right
+    unpadded = all(lo == hi == 0 for lo, hi in pads)
+    y_image, y_row, y_cell = (st // itemsize for st in y.strides[:3])
+    calls = _calls(panels, drives)
+    # each call's first global block and its columns: a run's blocks come after the
+    # previous run's (calls of later steps repeat the runs, in the same order)
+    starts: dict[int, int] = {}
+    total = 0
+    first_blocks = []
+    for panel in panels:
+        key = panel.first_channel_bytes
+        if key not in starts:
+            starts[key] = total
+            total += panel.sums.blocks
+        first_blocks.append(starts[key])
+    columns = [panel.kernels.vectors * panel.kernels.width for panel in panels]
+    count = min(total, _job_count(workers))
+    edges = [total * i // count for i in range(count + 1)]
+    if unpadded:
+        source, x_image = x, h * w * c
+    else:
+        source = aligned_empty((n, needed, padded_w, c), dtype)
+        _fill(source, x, -top, left)
+        x_image = needed * padded_w * c
+    cells = Cells(rows=n * oh, row_cells=ow, image_rows=oh, x_row=stride_rows * padded_w * c,
+                  x_cell=stride_cols * c, x_image=x_image, y_row=y_row, y_cell=y_cell,
+                  y_image=y_image)
+    x_base, y_base = source.ctypes.data, y.ctypes.data
+    steps = [(call, first, cols) for call, first, cols in zip(calls, first_blocks, columns)]
+
+    def job(b0: int, b1: int, _keep: Any = (panels, source)) -> None:
+        for call, first, cols in steps:
+            lo, hi = max(b0, first), min(b1, first + call.sums.blocks)
+            if lo >= hi:
+                continue
+            sums = call.sums._replace(blocks=hi - lo)
+            call.drive(x_base, call.weights + (lo - first) * sums.block_stride * itemsize,
+                       y_base + call.first_channel_bytes + (lo - first) * cols * itemsize,
+                       call.offsets, *cells, *sums, *call.batch)
+
+    return [functools.partial(job, b0, b1) for b0, b1 in zip(edges, edges[1:]) if b1 > b0]
 
 
 def _row_edges(rows: int, count: int, images: int, workers: int) -> list[int]:
@@ -645,13 +816,22 @@ def cost(problem: ConvProblem) -> float:
     panels are re-read for every chunk of few cells). Against Winograd: 0.9× its time with 32 channels on 28², 1.3×
     with 64 on 56² (the benchmark's L1).
 
-    So: 0.5 per FLOP (0.6 when strided, 0.42 with at most 4 input channels per group;
-    one group of at most 4: :data:`THIN_PER_FLOP`, :data:`THIN_STRIDED`),
+    So: 0.5 per FLOP (:data:`STRIDED_PER_FLOP` when strided, 0.42 with at most 4 input
+    channels per group; one group of at most 4: :data:`THIN_PER_FLOP`, :data:`THIN_STRIDED`),
     with the output channels rounded up to whole vectors, 1.3 times that for
     one vector of them (16 channels; the kernel then waits on loads; not the thin
     kernels, whose blocks then hold 14 cells), times
-    ``1 + 16 / cells`` for chunks of few cells; 1×1 kernels
-    ``1.3 - 0.16·log2(C·F / 4096)`` (at least 0.6).
+    ``1 + FEW_CELLS / cells`` for chunks of few cells (:data:`FEW_CELLS`; grouped:
+    ``1 + 16 / cells``); 1×1 kernels ``1.3 - 0.16·log2(C·F / 4096)`` (at least 0.6),
+    few cells of the large ones (0.6) counted only where chunks cut a layer's cells
+    (a product of few rows is
+    slower still in BLAS: one 4² image, 512 -> 2048 and 2048 -> 512, 0.41-0.43 of
+    flat_rows' cost; 256 -> 2048 stride 2 on 2², 0.29);
+    times :data:`NARROW_VECTORS` for vectors narrower than the CPU's (BLAS's);
+    plus :data:`PACK_PER_ELEMENT` per kernel element where the kernel is packed (its
+    outputs are not whole vectors), and with several workers :data:`PANEL_REREAD` for
+    the panels each more chunk of cells reads (none where they share the output
+    channels instead, :func:`split_blocks`).
     """
     width = max(1, _llvm.vector_width(problem.dtype))
     groups = problem.groups
@@ -672,23 +852,83 @@ def cost(problem: ConvProblem) -> float:
     elif group_in <= 4:
         per_flop = 0.42
     elif any(s > 1 for s in problem.strides):
-        per_flop = 0.6
+        per_flop = STRIDED_PER_FLOP
     else:
         per_flop = 0.5
+    large_product = taps == 1 and per_flop == 0.6  # at least ~85 000 channel pairs
     workers = worker_count()
     if -(-f // width) == 1 and not (groups == 1 and thin(group_in)):
         per_flop *= 1.3  # one vector of channels: a load per 8 multiply-adds, not 24
-    if groups > 1 or taps == 1:
-        if groups > 1:
-            per_flop *= GROUPED_SCALE
+    if _llvm.narrower_than_host():
+        per_flop *= NARROW_VECTORS
+    if groups > 1:
+        per_flop *= GROUPED_SCALE
         return problem.flops * per_flop * padded * (1 + 16 / _chunk_cells(problem, workers)[1])
+    packing = 0.0 if f % width == 0 and not thin(group_in) else (
+        PACK_PER_ELEMENT * math.prod(problem.kernel_shape))
+    jobs, cells = _chunk_cells(problem, 1)
+    panel_bytes = math.prod(problem.kernel_shape) * problem.dtype.itemsize * padded
+    if workers > 1 and _splits_blocks(problem, workers):
+        # the workers share the column blocks: a chunk holds every cell and reads only
+        # its own panels
+        few = 1.0 if large_product else 1 + FEW_CELLS / problem.batch / math.prod(
+            problem.out_size)
+        return problem.flops * per_flop * padded * few + packing
+    if taps == 1:
+        # a large product of few rows: BLAS runs it worse than these kernels, so few
+        # cells count only where chunks cut them
+        chunk = _chunk_cells(problem, workers)[1]
+        whole = chunk >= problem.batch * math.prod(problem.out_size)
+        few = 1.0 if large_product and whole else 1 + FEW_CELLS / chunk
+        return problem.flops * per_flop * padded * few + packing
     # the chunks of one worker; more workers cut more, and each reads the kernel's
     # panels again (from the shared cache or memory)
-    jobs, cells = _chunk_cells(problem, 1)
     more = _chunk_cells(problem, workers)[0] - jobs
-    panel_bytes = math.prod(problem.kernel_shape) * problem.dtype.itemsize * padded
-    return problem.flops * per_flop * padded * (1 + 16 / cells) + (
-        PANEL_REREAD * max(0, more) * panel_bytes)
+    return problem.flops * per_flop * padded * (1 + FEW_CELLS / cells) + (
+        PANEL_REREAD * max(0, more) * panel_bytes) + packing
+
+
+#: :func:`cost` per FLOP of strided kernels above 1×1 (many input channels). Measured on
+#: one core (CPU time, busy machine, against flat_rows' cost there): 3×3 stride 2
+#: 256 -> 512 on 16×4² 0.53, on 2×28² (float64) 0.57; 128 -> 128 on 2×7² (float64)
+#: 0.56 and 1024 -> 1024 on 1×7² 0.52 (their few cells taken out); 512 -> 512 on 16×7²
+#: 12.5 ms against flat_rows' 14.8.
+STRIDED_PER_FLOP = 0.55
+
+#: :func:`cost`'s ``1 + FEW_CELLS / cells`` for a chunk of few cells (register blocks
+#: cut short, each reading the kernel's panels). Measured on one core (CPU time, busy
+#: machine, float32 unless said, register_tiles against flat_rows' cost ``0.95 ×
+#: FLOPs`` there): 3×3 on one 2² image, 128 -> 256 0.70 and 1024 -> 1024 0.78 of
+#: flat_rows' time (against 0.5 at many cells: 4 cells, 1 + 1.6 to 2.2 / cells); 2×2²
+#: 256 -> 512 0.59 (8 cells); one 4² image 128 -> 256 in float64 0.74 (16 cells).
+FEW_CELLS = 3
+
+#: :func:`cost`'s factor where the kernels' vectors are narrower than the CPU's, whose BLAS
+#: (flat_rows, offset_gemm) runs the wider ones: the AVX2 kernels on this AVX-512 machine.
+#: Measured on one core (CPU time, busy machine, time against flat_rows'; native kernels
+#: 0.7-0.9 of it on the same layers): 2×4² 512 -> 512 3×3 1.6, 1024 -> 1024 2.4, 1×2²
+#: 1024 -> 1024 1.6, 16×14² 1×1 256 -> 256 1.2, 1×7² 3×3 stride 2 512 -> 1024 1.9.
+NARROW_VECTORS = 2.0
+
+#: :func:`cost` units per kernel element packed into panels at each call (kernels whose
+#: outputs are not whole vectors; the others are read where they lie): 3×3 512 -> 512
+#: took 1.36 ms to pack on one core, ~95 million units of that core's time.
+PACK_PER_ELEMENT = 40.0
+
+
+def _splits_blocks(problem: ConvProblem, workers: int) -> bool:
+    """Whether :func:`_jobs` cuts ``problem`` over its output channels for ``workers``
+    threads (more than one; :func:`split_blocks`, with the padded input's whole rows)."""
+    if workers < 2:
+        return False
+    width = max(1, _llvm.vector_width(problem.dtype))
+    c, f = problem.in_channels, problem.out_channels
+    if problem.groups != 1 or thin(c):
+        return False
+    kernel_bytes = math.prod(problem.kernel_shape[:-1]) * -(-f // width) * width * (
+        problem.dtype.itemsize)
+    input_bytes = math.prod(problem.input_shape) * problem.dtype.itemsize
+    return split_blocks(kernel_bytes, input_bytes)
 
 
 #: :func:`cost` units per byte of kernel panels read again by each chunk that more
@@ -706,7 +946,7 @@ def _chunk_cells(problem: ConvProblem, workers: int) -> tuple[int, int]:
     out = problem.out_size
     image_rows = math.prod(out[:-1])
     total = image_rows * problem.batch
-    share = max(1, math.ceil(total / _job_count(workers)))
+    share = max(1, math.ceil(total / _job_count(workers, problem.flops)))
     rows = share // image_rows * image_rows if share >= 2 * image_rows else min(image_rows, share)
     return -(-total // rows), rows * out[-1]
 

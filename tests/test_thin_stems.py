@@ -1,0 +1,78 @@
+"""Batch-1 stems (3 input channels) on two workers: shared, in few chunks, equal to PyTorch.
+
+A stem of a few MFLOP (MobileNet's and EfficientNet's 3×3 stride-2 3 -> 32 on a
+112² image: 5.4 MFLOP) is shared among the workers from ``SMALL_WORK_NO_BLAS``,
+cut into one chunk per worker while a chunk would hold under ``MIN_CHUNK_FLOPS``
+(each chunk costs ~9 µs of Python); expected values from PyTorch's ``conv2d``
+in float64, relative error ≤ 1e-5 in float32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from _helpers import TOLERANCE, relative_error
+from convarith.engine.algorithms import _llvm, _threads, register_tiles
+
+torch = pytest.importorskip("torch")
+
+pytestmark = pytest.mark.skipif(
+    not _llvm.available(), reason="no compiled kernels here (llvmlite, AVX2+FMA or AVX-512)")
+
+# (kernel, stride, filters, image, PyTorch-style symmetric padding, Keras "same" pads)
+STEMS = [
+    (3, 2, 32, 112, ((0, 1), (0, 1))),   # MobileNet-V2 / EfficientNet-B0 at 112²
+    (7, 2, 64, 112, ((2, 3), (2, 3))),   # ResNet-50
+    (3, 1, 64, 112, ((1, 1), (1, 1))),   # VGG-16 / U-Net
+    (3, 2, 32, 64, ((0, 1), (0, 1))),    # 1.7 MFLOP: stays on the calling thread
+]
+
+
+def torch_conv2d(x, kernel, stride, pads):
+    """PyTorch's ``conv2d`` in float64 of channels-last ``x`` and ``kernel`` (KH, KW, C, F)
+    with zero padding ``pads`` ((top, bottom), (left, right))."""
+    xt = torch.from_numpy(np.asarray(x, np.float64).transpose(0, 3, 1, 2).copy())
+    (top, bottom), (left, right) = pads
+    xt = torch.nn.functional.pad(xt, (left, right, top, bottom))
+    kt = torch.from_numpy(np.asarray(kernel, np.float64).transpose(3, 2, 0, 1).copy())
+    with torch.no_grad():
+        return torch.nn.functional.conv2d(xt, kt, stride=stride).numpy().transpose(0, 2, 3, 1)
+
+
+@pytest.mark.parametrize("size, stride, filters, image, pads", STEMS)
+def test_stems_on_two_workers(size, stride, filters, image, pads, monkeypatch):
+    rng = np.random.default_rng(size * 100 + image)
+    x = rng.standard_normal((1, image, image, 3)).astype(np.float32)
+    kernel = rng.standard_normal((size, size, 3, filters)).astype(np.float32)
+    expected = torch_conv2d(x, kernel, stride, pads)
+    out = expected.shape[1:3]
+    flops = 2.0 * out[0] * out[1] * kernel.size
+    monkeypatch.setattr(_threads, "worker_count", lambda: 2)
+    cuts = []
+    real = register_tiles.run_chunks
+
+    def recording(work, total, chunk, **options):
+        cuts.append((total, options.get("inline_below", _threads.SMALL_WORK)))
+        return real(work, total, chunk, **options)
+
+    monkeypatch.setattr(register_tiles, "run_chunks", recording)
+    real_native = _threads.run_native_jobs
+
+    def recording_native(runner, rows, jobs, **options):  # a table of compiled calls
+        cuts.append((len(jobs), options.get("inline_below", _threads.SMALL_WORK)))
+        return real_native(runner, rows, jobs, **options)
+
+    monkeypatch.setattr(_threads, "run_native_jobs", recording_native)
+    y = register_tiles.direct(x, kernel, (stride, stride), (1, 1), 1, out, padding=pads)
+    assert relative_error(y, expected) <= TOLERANCE[np.float32], (size, stride, image)
+    chunks, inline_below = cuts[-1]  # the last call runs the output's chunks
+    case = (size, stride, filters, image, flops, chunks)
+    if flops < _threads.SMALL_WORK_NO_BLAS:
+        assert chunks == 1, case
+    else:
+        assert inline_below == _threads.SMALL_WORK_NO_BLAS, case
+        per_chunk = flops / chunks
+        # as many chunks per worker; under the least a chunk holds only at one per worker
+        assert chunks % 2 == 0 and 2 <= chunks <= 2 * register_tiles.JOBS_PER_WORKER, case
+        assert per_chunk >= register_tiles.MIN_CHUNK_FLOPS or chunks == 2, case
