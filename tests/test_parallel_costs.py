@@ -91,15 +91,21 @@ def test_one_product_costs_more_with_two_workers(monkeypatch: pytest.MonkeyPatch
 
 
 def test_winograd_serial_blocks_counted(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each block of output channels adds :data:`winograd.SERIAL_PER_BLOCK` per extra
-    worker, and a layer cut into more blocks pays more."""
-    layer = _problem(1, 14, 256, 512, 1)
-    blocks = winograd._block_count(layer, 4)
-    assert blocks > 1
+    """Chunks of tiles repeat the input transform for each block of output channels:
+    each block past the first adds :data:`winograd.SERIAL_PER_BLOCK` per extra worker.
+    Shared tiles (few tiles) make no such blocks."""
+    layer = _problem(1, 28, 512, 512, 1)  # 196 tiles of F(2×2) over the shared bound
+    blocks = winograd._block_count(layer, 2)
+    assert blocks > 1 and not winograd.use_shared_tiles(196, 4, 512, 4, True)
     _set_workers(monkeypatch, 1)
     alone = winograd.cost(layer)
     _set_workers(monkeypatch, 2)
-    assert winograd.cost(layer) == pytest.approx(alone + winograd.SERIAL_PER_BLOCK * blocks)
+    if _llvm.available(np.dtype(np.float32)):
+        expected = (alone * (1 + winograd.PARALLEL_EXTRA) + winograd.PER_WORKER_HANDOVER
+                    + winograd.SERIAL_PER_BLOCK * (blocks - 1))
+    else:
+        expected = alone + winograd.SERIAL_PER_BLOCK * blocks
+    assert winograd.cost(layer) == pytest.approx(expected)
 
 
 @pytest.mark.skipif(not _llvm.available(np.dtype(np.float32)), reason="no compiled kernels")

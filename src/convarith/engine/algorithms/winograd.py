@@ -35,11 +35,17 @@ float64 does not help (measured: the rounding of the transformed tiles to
 float32 for the GEMM dominates); the kernel transform is done in float64
 anyway. float64 layers always use F(4×4, 3×3) (error ~1e-15).
 
-Compiled transforms use numba when it is installed: the tiles are cut into
-chunks of about a core's L2 cache, and one thread per core transforms a
-chunk, runs its ``a²`` products (single-threaded BLAS) and transforms back
-(see :mod:`._threads`). Without numba the same transforms run as NumPy tensor
-contractions on chunks of whole images (slower, same numbers).
+Compiled transforms use numba when it is installed (:mod:`._winograd_numba`).
+Calls with many tiles cut them into chunks of about a core's L2 cache, and one
+thread per core transforms a chunk, runs its ``a²`` products (the register-tiled
+kernels, or single-threaded BLAS) and transforms back (see :mod:`._threads`).
+Calls with few tiles (small images and batches, :func:`use_shared_tiles`)
+transform the tiles once, shared, and the threads split the output channels:
+each transforms its block of the kernel, multiplies and transforms back while
+that block is in its cache, so the whole transformed kernel (4× the kernel) is
+never made and the input transform is never repeated. Without numba the same
+transforms run as NumPy tensor contractions on chunks of whole images (slower,
+same numbers).
 
 Examples
 --------
@@ -171,331 +177,14 @@ def _tiling(m: int, dilation: tuple[int, int], out_size: tuple[int, int]) -> _Ti
 def _numba_kernels() -> tuple[Callable[..., None], ...] | None:
     """The compiled input and output transforms, or ``None`` without numba."""
     try:
-        import numba
+        from . import _winograd_numba as loops
     except ImportError:  # pragma: no cover - exercised by the numba-less test
         return None
-
-    @numba.njit(inline="always")
-    def tile_origin(t, th, tw, d0, d1, m):
-        # tile t (m×m outputs) -> (image, first output row, first output column) of its
-        # dilation phase; the tile's cell (i, j) is (row + d0·i, column + d1·j)
-        tx = t % tw
-        q1 = t // tw
-        ty = q1 % th
-        q2 = q1 // th
-        p1 = q2 % d1
-        q3 = q2 // d1
-        return q3 // d0, q3 % d0 + d0 * ty * m, p1 + d1 * tx * m
-
-    @numba.njit(nogil=True, cache=True)
-    def input_transform(xp, bt, m, d0, d1, th, tw, first, v):
-        # tiles first .. first + v.shape[1] - 1 into v[:, t - first]
-        _, hp, wp, c = xp.shape
-        a = bt.shape[0]
-        tile = np.zeros((a, a, c), dtype=xp.dtype)
-        rows = np.zeros((a, a, c), dtype=xp.dtype)
-        for t in range(first, first + v.shape[1]):
-            n, h0, w0 = tile_origin(t, th, tw, d0, d1, m)
-            tile[:] = 0.0
-            for i in range(a):
-                h = h0 + d0 * i
-                if h >= hp:
-                    break
-                for j in range(a):
-                    w = w0 + d1 * j
-                    if w >= wp:
-                        break
-                    tile[i, j, :] = xp[n, h, w, :]
-            rows[:] = 0.0
-            for u in range(a):
-                for i in range(a):
-                    coef = bt[u, i]
-                    if coef != 0.0:
-                        for j in range(a):
-                            for ch in range(c):
-                                rows[u, j, ch] += coef * tile[i, j, ch]
-            for u in range(a):
-                for w_ in range(a):
-                    out = v[u * a + w_, t - first]
-                    out[:] = 0.0
-                    for j in range(a):
-                        coef = bt[w_, j]
-                        if coef != 0.0:
-                            for ch in range(c):
-                                out[ch] += coef * rows[u, j, ch]
-
-    @numba.njit(nogil=True, cache=True)
-    def output_transform(prod, at, m, d0, d1, th, tw, first, y):
-        _, ho, wo, f = y.shape
-        a = at.shape[1]
-        rows = np.zeros((m, a, f), dtype=y.dtype)
-        for t in range(first, first + prod.shape[1]):
-            n, h0, w0 = tile_origin(t, th, tw, d0, d1, m)
-            rows[:] = 0.0
-            for u in range(m):
-                for i in range(a):
-                    coef = at[u, i]
-                    if coef != 0.0:
-                        for j in range(a):
-                            src = prod[i * a + j, t - first]
-                            for ch in range(f):
-                                rows[u, j, ch] += coef * src[ch]
-            for u in range(m):
-                oh = h0 + d0 * u
-                if oh >= ho:
-                    break
-                for w_ in range(m):
-                    ow = w0 + d1 * w_
-                    if ow >= wo:
-                        break
-                    out = y[n, oh, ow]
-                    out[:] = 0.0
-                    for j in range(a):
-                        coef = at[w_, j]
-                        if coef != 0.0:
-                            for ch in range(f):
-                                out[ch] += coef * rows[u, j, ch]
-
-    @numba.njit(nogil=True, cache=True)
-    def kernel_transform(kernel, g, f0, c0, c1, u):
-        # u[x·a + w, c, f] = Σ_ij g[x, i] kernel[i, j, c, f0 + f] g[w, j] for the input
-        # channels c0 <= c < c1, summed in float64
-        r = kernel.shape[0]
-        f = u.shape[2]
-        a = g.shape[0]
-        # loops over f innermost (vectorised); each value sums its terms in the
-        # same order as the formula
-        acc = np.zeros((a, r, f), dtype=np.float64)
-        total = np.zeros(f, dtype=np.float64)
-        for ch in range(c0, c1):
-            acc[:] = 0.0
-            for x in range(a):
-                for i in range(r):
-                    coef = g[x, i]
-                    if coef != 0.0:
-                        for j in range(r):
-                            for k in range(f):
-                                acc[x, j, k] += coef * kernel[i, j, ch, f0 + k]
-            for x in range(a):
-                for w in range(a):
-                    out = u[x * a + w, ch]
-                    total[:] = 0.0
-                    for j in range(r):
-                        coef = g[w, j]
-                        for k in range(f):
-                            total[k] += coef * acc[x, j, k]
-                    for k in range(f):
-                        out[k] = total[k]
-
-    # F(4×4, 3×3) written out: the same BT and AT as transform(4), with the
-    # zero coefficients skipped and the channel loop innermost (vectorised).
-    # The constants come in the data's dtype (a float literal would promote
-    # float32 arithmetic to float64).
-    @numba.njit(inline="always")
-    def bt6(x0, x1, x2, x3, x4, x5, two, four, five):
-        # Bᵀ (6×6) times a column of 6
-        return (four * x0 - five * x2 + x4, -(four * (x1 + x2)) + x3 + x4,
-                four * (x1 - x2) - x3 + x4, two * (x3 - x1) + x4 - x2,
-                two * (x1 - x3) + x4 - x2, four * x1 - five * x3 + x5)
-
-    @numba.njit(inline="always")
-    def at4(x0, x1, x2, x3, x4, x5, two, four, eight):
-        # Aᵀ (4×6) times a column of 6
-        a12, b12, a34, b34 = x1 + x2, x1 - x2, x3 + x4, x3 - x4
-        return x0 + a12 + a34, b12 + two * b34, a12 + four * a34, b12 + eight * b34 + x5
-
-    @numba.njit(inline="always")
-    def a6(x0, x1, x2, x3, two, four, eight):
-        # A (6×4) times a column of 4: the adjoint of at4
-        a02, b13 = x0 + x2, x1 + x3
-        return (x0, a02 + b13, a02 - b13, x0 + two * x1 + four * x2 + eight * x3,
-                x0 - two * x1 + four * x2 - eight * x3, x3)
-
-    @numba.njit(inline="always")
-    def g6(x0, x1, x2, quarter, sixth, twelfth, twentyfourth):
-        # G (6×3) times a column of 3
-        ends, middle = x0 + x2, twentyfourth * x0 + sixth * x2
-        return (quarter * x0, -(sixth * (ends + x1)), -(sixth * (ends - x1)),
-                middle + twelfth * x1, middle - twelfth * x1, x2)
-
-    @numba.njit(nogil=True, cache=True)
-    def kernel_transform_f4(kernel, g, f0, c0, c1, u):
-        # kernel_transform for F(4×4, 3×3) written out (G's zeros skipped, the channel
-        # loop innermost), in float64: G k Gᵀ as G applied down the kernel's columns,
-        # then along the rows
-        f = u.shape[2]
-        quarter, sixth, twelfth, twentyfourth = g[0, 0], -g[1, 0], g[3, 1], g[3, 0]
-        columns = np.empty((6, 3, f), dtype=np.float64)
-        for ch in range(c0, c1):
-            for j in range(3):
-                k0, k1, k2 = kernel[0, j, ch], kernel[1, j, ch], kernel[2, j, ch]
-                for k in range(f):
-                    (columns[0, j, k], columns[1, j, k], columns[2, j, k], columns[3, j, k],
-                     columns[4, j, k], columns[5, j, k]) = g6(
-                        np.float64(k0[f0 + k]), np.float64(k1[f0 + k]),
-                        np.float64(k2[f0 + k]), quarter, sixth, twelfth, twentyfourth)
-            for x in range(6):
-                out0, out1, out2 = u[6 * x, ch], u[6 * x + 1, ch], u[6 * x + 2, ch]
-                out3, out4, out5 = u[6 * x + 3, ch], u[6 * x + 4, ch], u[6 * x + 5, ch]
-                for k in range(f):
-                    out0[k], out1[k], out2[k], out3[k], out4[k], out5[k] = g6(
-                        columns[x, 0, k], columns[x, 1, k], columns[x, 2, k], quarter,
-                        sixth, twelfth, twentyfourth)
-
-    @numba.njit(nogil=True, cache=True)
-    def kernel_transform_f2(kernel, g, f0, c0, c1, u):
-        # kernel_transform for F(2×2, 3×3) written out: G = [[1, 0, 0], [½, ½, ½],
-        # [½, -½, ½], [0, 0, 1]] down the kernel's columns, then along the rows
-        f = u.shape[2]
-        half = g[1, 0]
-        columns = np.empty((4, 3, f), dtype=np.float64)
-        for ch in range(c0, c1):
-            for j in range(3):
-                k0, k1, k2 = kernel[0, j, ch], kernel[1, j, ch], kernel[2, j, ch]
-                for k in range(f):
-                    x0, x1, x2 = np.float64(k0[f0 + k]), np.float64(k1[f0 + k]), np.float64(
-                        k2[f0 + k])
-                    ends = x0 + x2
-                    columns[0, j, k] = x0
-                    columns[1, j, k] = half * (ends + x1)
-                    columns[2, j, k] = half * (ends - x1)
-                    columns[3, j, k] = x2
-            for x in range(4):
-                out0, out1, out2, out3 = u[4 * x, ch], u[4 * x + 1, ch], u[4 * x + 2, ch], u[
-                    4 * x + 3, ch]
-                for k in range(f):
-                    x0, x1, x2 = columns[x, 0, k], columns[x, 1, k], columns[x, 2, k]
-                    ends = x0 + x2
-                    out0[k] = x0
-                    out1[k] = half * (ends + x1)
-                    out2[k] = half * (ends - x1)
-                    out3[k] = x2
-
-    @numba.njit(nogil=True, cache=True, fastmath={'contract'})
-    def input_transform_f4(xp, bt, m, d0, d1, th, tw, first, v, top, left):
-        # xp is the input before zero padding: top rows and left columns of
-        # zeros are implied (and as many as needed after it)
-        _, hx, wx, c = xp.shape
-        two, four, five = bt[3, 3], bt[0, 0], -bt[0, 2]
-        tile = np.zeros((6, 6, c), dtype=xp.dtype)
-        tmp = np.empty((6, 6, c), dtype=xp.dtype)
-        for t in range(first, first + v.shape[1]):
-            n, h0, w0 = tile_origin(t, th, tw, d0, d1, 4)
-            h0 -= top
-            w0 -= left
-            if h0 >= 0 and w0 >= 0 and h0 + 5 * d0 < hx and w0 + 5 * d1 < wx:
-                # interior tile: read the input in place
-                for j in range(6):
-                    w = w0 + d1 * j
-                    for ch in range(c):
-                        (tmp[0, j, ch], tmp[1, j, ch], tmp[2, j, ch], tmp[3, j, ch],
-                         tmp[4, j, ch], tmp[5, j, ch]) = bt6(
-                            xp[n, h0, w, ch], xp[n, h0 + d0, w, ch], xp[n, h0 + 2 * d0, w, ch],
-                            xp[n, h0 + 3 * d0, w, ch], xp[n, h0 + 4 * d0, w, ch],
-                            xp[n, h0 + 5 * d0, w, ch], two, four, five)
-            else:
-                # edge tile: copy what exists, zeros beyond the input
-                tile[:] = 0.0
-                for i in range(6):
-                    h = h0 + d0 * i
-                    if h < 0 or h >= hx:
-                        continue
-                    for j in range(6):
-                        w = w0 + d1 * j
-                        if w < 0 or w >= wx:
-                            continue
-                        for ch in range(c):
-                            tile[i, j, ch] = xp[n, h, w, ch]
-                for j in range(6):
-                    for ch in range(c):
-                        (tmp[0, j, ch], tmp[1, j, ch], tmp[2, j, ch], tmp[3, j, ch],
-                         tmp[4, j, ch], tmp[5, j, ch]) = bt6(
-                            tile[0, j, ch], tile[1, j, ch], tile[2, j, ch], tile[3, j, ch],
-                            tile[4, j, ch], tile[5, j, ch], two, four, five)
-            col = t - first
-            for r in range(6):
-                out0, out1, out2 = v[6 * r, col], v[6 * r + 1, col], v[6 * r + 2, col]
-                out3, out4, out5 = v[6 * r + 3, col], v[6 * r + 4, col], v[6 * r + 5, col]
-                for ch in range(c):
-                    out0[ch], out1[ch], out2[ch], out3[ch], out4[ch], out5[ch] = bt6(
-                        tmp[r, 0, ch], tmp[r, 1, ch], tmp[r, 2, ch], tmp[r, 3, ch],
-                        tmp[r, 4, ch], tmp[r, 5, ch], two, four, five)
-
-    @numba.njit(nogil=True, cache=True, fastmath={'contract'})
-    def output_transform_f4(prod, at, m, d0, d1, th, tw, first, y):
-        # y (N, HO, S0, WO, S1, FO): product channel (p0·S1 + p1)·FO + c of output cell
-        # (oh, ow) goes to y[n, oh, p0, ow, p1, c] (S0 = S1 = 1: a plain (N, HO, WO, F))
-        _, ho, ph0, wo, ph1, fo = y.shape
-        f = prod.shape[2]
-        two, four, eight = at[1, 3], at[2, 3], at[3, 3]
-        rows = np.empty((4, 6, f), dtype=y.dtype)
-        tile = np.empty((4, 4, f), dtype=y.dtype)
-        for t in range(first, first + prod.shape[1]):
-            n, h0, w0 = tile_origin(t, th, tw, d0, d1, 4)
-            col = t - first
-            for j in range(6):
-                s0, s1, s2 = prod[j, col], prod[6 + j, col], prod[12 + j, col]
-                s3, s4, s5 = prod[18 + j, col], prod[24 + j, col], prod[30 + j, col]
-                for ch in range(f):
-                    rows[0, j, ch], rows[1, j, ch], rows[2, j, ch], rows[3, j, ch] = at4(
-                        s0[ch], s1[ch], s2[ch], s3[ch], s4[ch], s5[ch], two, four, eight)
-            for r in range(4):
-                for ch in range(f):
-                    tile[r, 0, ch], tile[r, 1, ch], tile[r, 2, ch], tile[r, 3, ch] = at4(
-                        rows[r, 0, ch], rows[r, 1, ch], rows[r, 2, ch], rows[r, 3, ch],
-                        rows[r, 4, ch], rows[r, 5, ch], two, four, eight)
-            for r in range(4):
-                oh = h0 + d0 * r
-                if oh >= ho:
-                    break
-                for w_ in range(4):
-                    ow = w0 + d1 * w_
-                    if ow >= wo:
-                        break
-                    for p0 in range(ph0):
-                        for p1 in range(ph1):
-                            base = (p0 * ph1 + p1) * fo
-                            dst = y[n, oh, p0, ow, p1]
-                            for ch in range(fo):
-                                dst[ch] = tile[r, w_, base + ch]
-
-    @numba.njit(nogil=True, cache=True, fastmath={'contract'})
-    def gradient_transform_f4(dy, at, d0, d1, th, tw, first, w_out):
-        # w_out[i·6 + j, t - first] = (A dY_t Aᵀ)[i, j] with A = atᵀ (6×4): the
-        # adjoint of the output transform, for the weight gradient
-        _, ho, wo, f = dy.shape
-        two, four, eight = at[1, 3], at[2, 3], at[3, 3]
-        tile = np.empty((4, 4, f), dtype=dy.dtype)
-        tmp = np.empty((6, 4, f), dtype=dy.dtype)
-        for t in range(first, first + w_out.shape[1]):
-            n, h0, w0 = tile_origin(t, th, tw, d0, d1, 4)
-            for r in range(4):
-                oh = h0 + d0 * r
-                for w_ in range(4):
-                    ow = w0 + d1 * w_
-                    if oh < ho and ow < wo:
-                        for ch in range(f):
-                            tile[r, w_, ch] = dy[n, oh, ow, ch]
-                    else:
-                        for ch in range(f):
-                            tile[r, w_, ch] = 0.0
-            for j in range(4):
-                for ch in range(f):
-                    (tmp[0, j, ch], tmp[1, j, ch], tmp[2, j, ch], tmp[3, j, ch], tmp[4, j, ch],
-                     tmp[5, j, ch]) = a6(tile[0, j, ch], tile[1, j, ch], tile[2, j, ch],
-                                         tile[3, j, ch], two, four, eight)
-            col = t - first
-            for r in range(6):
-                out0, out1, out2 = w_out[6 * r, col], w_out[6 * r + 1, col], w_out[6 * r + 2, col]
-                out3, out4, out5 = (w_out[6 * r + 3, col], w_out[6 * r + 4, col],
-                                    w_out[6 * r + 5, col])
-                for ch in range(f):
-                    out0[ch], out1[ch], out2[ch], out3[ch], out4[ch], out5[ch] = a6(
-                        tmp[r, 0, ch], tmp[r, 1, ch], tmp[r, 2, ch], tmp[r, 3, ch],
-                        two, four, eight)
-
-    return (input_transform, output_transform, kernel_transform, input_transform_f4,
-            output_transform_f4, gradient_transform_f4, kernel_transform_f4, kernel_transform_f2)
+    if not loops.AVAILABLE:  # pragma: no cover - exercised by the numba-less test
+        return None
+    return (loops.input_transform, loops.output_transform, loops.kernel_transform,
+            loops.input_transform_f4, loops.output_transform_f4, loops.gradient_transform_f4,
+            loops.kernel_transform_rows, loops.kernel_transform_rows)
 
 
 # --------------------------------------------------------------------------- NumPy transforms
@@ -750,9 +439,9 @@ def _compiled_tiles(kernels: tuple[Callable[..., None], ...], x: np.ndarray,
         v = workspace("winograd.v", (a * a, last - first, c), dtype)
         prod = workspace("winograd.prod", (a * a, last - first, f), dtype)
         if m == 4:
-            kernels[3](x, bt, m, d0, d1, th, tw, first, v, top, left)
+            kernels[3](x, bt, m, d0, d1, th, tw, first, v, top, left, 0, last - first)
         else:
-            kernels[0](x, bt, m, d0, d1, th, tw, first, v)
+            kernels[0](x, bt, m, d0, d1, th, tw, first, v, 0, last - first)
         if packed is not None:
             register_tiles.packed_matmul(v, packed, prod)
         else:
@@ -776,6 +465,142 @@ def _compiled_tiles(kernels: tuple[Callable[..., None], ...], x: np.ndarray,
                inline_below=SMALL_WORK if packed is None else SMALL_WORK_NO_BLAS)
 
 
+#: Transformed input tiles of a whole call (every image) up to this many bytes can be
+#: made once and shared by the workers, which then split the output channels among them
+#: (:func:`_shared_tiles`); larger calls are cut into chunks of tiles
+#: (:func:`_compiled_tiles`).
+SHARED_TILES_BYTES = 4 << 20
+
+#: Calls with at most this many tiles share their transformed tiles (when they fit
+#: :data:`SHARED_TILES_BYTES`); calls with more only where the whole transformed
+#: kernel is over the memory bound (chunks of tiles would then repeat the input
+#: transform for every block of output channels). Measured (one core, busy machine,
+#: ms, chunks of tiles in brackets): 64 -> 64 on 1×28² (49 tiles) 0.37 (0.74), on 2×28²
+#: 0.57 (0.65), on 4×28² 1.19 (1.12); 128 -> 128 on 4×14² (64 tiles) 1.40 (1.62).
+SHARED_MAX_TILES = 128
+
+#: Transformed kernel and products of one block of output channels in
+#: :func:`_shared_tiles`, in bytes: about half a core's L2.
+CHANNEL_BLOCK_BYTES = 1 << 20
+
+
+def use_shared_tiles(tiles: int, tile: int, channels: int, itemsize: int,
+                     kernel_blocked: bool) -> bool:
+    """Whether a call's ``tiles`` transformed input tiles (``tile² · channels`` values
+    each) are made once and shared (:func:`_shared_tiles`): when they fit
+    :data:`SHARED_TILES_BYTES`, and they are at most :data:`SHARED_MAX_TILES` or the
+    chunks of tiles would have to cut the transformed kernel (``kernel_blocked``).
+
+    >>> use_shared_tiles(49, 6, 64, 4, False), use_shared_tiles(196, 6, 64, 4, False)
+    (True, False)
+    >>> use_shared_tiles(196, 6, 64, 4, True), use_shared_tiles(16 * 196, 6, 64, 4, True)
+    (True, False)
+    """
+    if tile * tile * tiles * channels * itemsize > SHARED_TILES_BYTES:
+        return False
+    return tiles <= SHARED_MAX_TILES or kernel_blocked
+
+
+def shared_channel_block(channels: int, filters: int, tiles: int, tile: int, itemsize: int,
+                         workers: int, width: int, most: int = 1) -> int:
+    """Output channels per block of :func:`_shared_tiles`: the block's transformed kernel
+    and products (``tile² · (channels + tiles)`` values per output channel) within
+    :data:`CHANNEL_BLOCK_BYTES`, at least ``workers`` blocks where the channels allow,
+    and a whole number of register blocks (``most`` vectors of ``width`` lanes), or of
+    vectors where whole register blocks would leave a worker without one.
+
+    >>> shared_channel_block(64, 64, 49, 6, 4, 2, 16, 4)
+    32
+    >>> shared_channel_block(64, 64, 49, 6, 4, 1, 16, 4)
+    64
+    >>> shared_channel_block(256, 256, 49, 6, 4, 2, 16, 4)
+    64
+    """
+    fit = CHANNEL_BLOCK_BYTES // (tile * tile * (channels + tiles) * itemsize)
+    block = filters
+    for quantum in (width * most, width):
+        block = max(quantum, fit // quantum * quantum)
+        block = min(block, -(-filters // (workers * quantum)) * quantum, filters)
+        # as many blocks as a whole number of rounds of the workers, if that is
+        # no larger (a last round with a worker idle costs a block's time)
+        blocks = -(-filters // block)
+        count = -(-blocks // workers) * workers
+        block = min(block, -(-filters // (count * quantum)) * quantum)
+        if -(-filters // block) >= min(workers, -(-filters // width)):
+            break
+    return block
+
+
+def _shared_tiles(kernels: tuple[Callable[..., None], ...], x: np.ndarray,
+                  kernel: np.ndarray, y: np.ndarray, wt: WinogradTransform,
+                  tiling: _Tiling, origin: tuple[int, int], workers: int,
+                  threads: int | None) -> None:
+    """Winograd for calls with few tiles (small images, small batches): the tiles are
+    transformed once (shared among the workers, into one buffer of the calling thread),
+    then each worker takes blocks of output channels and, for each, transforms that
+    block of the kernel, runs the ``a²`` products and transforms them back into ``y``
+    (``(N, HO, 1, WO, 1, F)`` for F(4×4), ``(N, HO, WO, F)`` for F(2×2); a view). The
+    whole transformed kernel is never made: a block's stays in the worker's cache."""
+    m, a = wt.m, wt.tile
+    c, f = kernel.shape[2], kernel.shape[3]
+    dtype = x.dtype
+    d0, d1 = tiling.dilation
+    th, tw = tiling.tiles
+    top, left = origin
+    total = x.shape[0] * tiling.per_image
+    # the target read once (each read looks at the environment)
+    target = _llvm.vector_target()
+    width = target.width(dtype) if target.runs_here and dtype in _FLOATS else 0
+    block = shared_channel_block(c, f, total, a, dtype.itemsize, workers, max(width, 1),
+                                 _llvm.max_vectors(target) if width else 1)
+    packs = width > 0 and f % width == 0 and block % width == 0
+    # the products' kernels per block width, looked up once here (a lookup reads the
+    # environment, ~35 µs; each block then only points them at its own kernel)
+    templates: dict[int, register_tiles.PackedProducts] = {}
+    for f0 in range(0, f, block) if packs else ():
+        size = min(f, f0 + block) - f0
+        if size not in templates:
+            template = register_tiles.pack_products(
+                workspace("winograd.u_block", (a * a, c, size), dtype))
+            if template is None:
+                templates.clear()
+                break
+            templates[size] = template
+    packs = bool(templates)
+    v = workspace("winograd.shared_v", (a * a, total, c), dtype)
+    bt = np.ascontiguousarray(wt.BT.astype(dtype))
+    at = np.ascontiguousarray(wt.AT.astype(dtype))
+    run_kernel = kernels[6] if m == 4 else kernels[7]
+    flops = 2.0 * total * m * m * 9 * c * f
+    inline_below = SMALL_WORK_NO_BLAS if packs else SMALL_WORK
+
+    def transform_tiles(first: int, last: int) -> None:
+        if m == 4:
+            kernels[3](x, bt, m, d0, d1, th, tw, first, v, top, left, first, last - first)
+        else:
+            kernels[0](x, bt, m, d0, d1, th, tw, first, v, first, last - first)
+
+    def channels(f0: int, f1: int) -> None:
+        u = workspace("winograd.u_block", (a * a, c, f1 - f0), dtype)
+        run_kernel(kernel, wt.G, f0, 0, c, u)
+        prod = workspace("winograd.prod", (a * a, total, f1 - f0), dtype)
+        if packs:
+            template = templates[f1 - f0]
+            register_tiles.packed_matmul(
+                v, register_tiles.PackedProducts(u, template.runs, template.offsets), prod)
+        else:
+            np.matmul(v, u, out=prod)
+        if m == 4:
+            kernels[4](prod, at, m, d0, d1, th, tw, 0, y[..., f0:f1])
+        else:
+            kernels[1](prod, at, m, d0, d1, th, tw, 0, y[..., f0:f1])
+
+    run_chunks(transform_tiles, total, -(-total // max(1, workers)), threads=threads,
+               flops=flops, blas=False, inline_below=SMALL_WORK_NO_BLAS)
+    run_chunks(channels, f, block, threads=threads, flops=flops, blas=not packs,
+               inline_below=inline_below)
+
+
 def direct(
     xp: np.ndarray,
     kernel: np.ndarray,
@@ -790,6 +615,7 @@ def direct(
     threads: int | None = None,
     padding: tuple[tuple[int, int], ...] | None = None,
     phases: tuple[int, int] = (1, 1),
+    shared_tiles: bool = True,
 ) -> np.ndarray:
     """Winograd F(m×m, 3×3): the algorithm contract of :mod:`~convarith.engine.dispatch`.
 
@@ -820,6 +646,11 @@ def direct(
         ``(N, HO·S0, WO·S1, FO)`` with output channel ``(p0·S1 + p1)·FO + c``
         of cell ``(h, w)`` at ``[h·S0 + p0, w·S1 + p1, c]`` (depth-to-space,
         written by the compiled F(4×4) output transform as it goes).
+    shared_tiles
+        With compiled transforms and no phases: transform the tiles of a call
+        once and split the output channels among the threads where the
+        transformed tiles fit :data:`SHARED_TILES_BYTES` (few tiles: small
+        images and batches); ``False``: always cut the tiles into chunks.
 
     Examples
     --------
@@ -890,6 +721,12 @@ def direct(
         block = _channel_block(fo, a * a * c * s0 * s1 * dtype.itemsize,
                                xp.nbytes + kernel.nbytes + y.nbytes,
                                y.nbytes + copies + scratch)
+        if (s0, s1) == (1, 1) and shared_tiles and use_shared_tiles(
+                n * tiling.per_image, a, c, dtype.itemsize, block < fo):
+            target = y.reshape(n, out_h, 1, out_w, 1, f) if m == 4 else y
+            _shared_tiles(kernels, x_contiguous, kernel_contiguous, target, wt, tiling,
+                          (top, left), workers, threads)
+            return y
         y_phases = y.reshape(n, out_h, s0, out_w, s1, fo)
         for f0 in range(0, fo, block):
             f1 = min(fo, f0 + block)
@@ -1023,7 +860,7 @@ def _gradient_block(kernels: tuple[Callable[..., None], ...], x: np.ndarray, dy:
             stop = min(last, start + step)
             v = workspace("winograd.grad_v", (36, stop - start, c), dtype)
             w = workspace("winograd.grad_w", (36, stop - start, f), dtype)
-            kernels[3](x, bt, 4, d0, d1, th, tw, start, v, top, left)
+            kernels[3](x, bt, 4, d0, d1, th, tw, start, v, top, left, 0, stop - start)
             kernels[5](dy, at, d0, d1, th, tw, start, w)
             np.matmul(v.transpose(0, 2, 1), w, out=product)
             summed += product
@@ -1065,23 +902,30 @@ def _worth_it(problem: ConvProblem) -> bool:
 def cost(problem: ConvProblem) -> float:
     """Estimated cost in the units of :mod:`.flat_rows`'s (which is ``0.7 × flops``).
 
-    About 0.3 × plain FLOPs for the tiles (0.55 with F(2×2, 3×3) on wide
-    float32 layers) plus ~1500 units per channel pair (the kernel transform and
-    the per-element products, whose few tiles use BLAS poorly on small images).
-    Refitted after the kernel transform was written out (2.5× faster; one core,
-    CPU time, busy machine, ms, register_tiles in brackets): 64 channels on 1×28²
-    0.51 (0.75), 128 -> 256 3.3–4.1 (4.8), 256 -> 256 6.7 (9.7); on 1×14² 128 -> 128
-    1.3 (0.60), 256 -> 512 7.2 (5.4); 512 on 1×7² 7.9 (4.4). With several worker
-    threads, each block of output channels (:func:`_channel_block`) leaves
-    :data:`SERIAL_PER_BLOCK` units to the calling thread alone (measured: 50–250 µs
-    a block, 10–20 % of batch-1 layers on two threads), and the NumPy path runs
-    alone but for BLAS (:func:`~._threads.parallel_penalty`).
-    Earlier fits, measured on one core (CPU time, float32, 3×3 "same", against
-    :mod:`.register_tiles`, busy machine): 64 channels on 56² 1.8 against 2.5 ms
-    at batch 1, 3.3 against 5.0 at batch 2, 17.8 against 35.3 at batch 16; 128
-    on 2×28² 2.1 against 4.6; 256 on 2×14² 6.2 against 5.1; 512 on 1×7² 8.0
-    against 4.0 (flat_rows 5.4). The constants before (0.45, 8000) chose
-    register_tiles at batches 1 and 2 on 56² and 28² (1.4–2.3× slower).
+    With the compiled transforms and products (numba and the register-tiled
+    kernels), one core: :data:`PER_PRODUCT_FLOP` per FLOP of the ``a²`` products
+    (``2 a² · tiles · C · F``), :data:`PER_KERNEL_VALUE` per value of the
+    transformed kernel (``a² · C · F``, made at every call), :data:`PER_TILE_VALUE`
+    per value of the transformed input and products (``a² · tiles · (C + F)``) and
+    :data:`PER_CALL` for the call. Fitted on 35 layers (64 to 512 channels, 7² to
+    56², batch 1, 2 and 16; one core, CPU time, busy machine, against
+    register_tiles' and flat_rows' costs on the same layers): within 0.66–1.2×
+    of the time; 32 channels, left out of the fit, are on the same side of
+    register_tiles as measured.
+    Several workers: :data:`PARALLEL_EXTRA` fitted the same way on
+    serial_fraction's two-worker prediction, :data:`PER_WORKER_HANDOVER` for the
+    shared tiles' second hand-over; shared
+    tiles split the output channels into blocks, chunks of tiles the tiles
+    (:func:`~._threads.parallel_penalty` of either), and chunks of tiles repeat
+    the input transform and hand-over for each block of output channels the memory
+    bound makes (:data:`SERIAL_PER_BLOCK` each). Below
+    :data:`~._threads.SMALL_WORK_NO_BLAS` a call runs inline (one core's cost).
+    Without the register-tiled kernels (``CONVARITH_JIT=0``, products by BLAS):
+    about 0.3 × plain FLOPs for the tiles (0.55 with F(2×2, 3×3) on wide float32
+    layers) plus 1500 units per channel pair (44 layers, one core, CPU time, busy
+    machine: the choice against flat_rows within 10 % of the faster on all, the
+    worst 2×7² with 64 channels at 1.07), and each block of output channels leaves
+    :data:`SERIAL_PER_BLOCK` units to the calling thread alone.
     Without numba F(2×2, 3×3) runs as whole-array NumPy passes: ``0.42 × FLOPs +
     3200 × C·F``, fitted on one core (CPU time, float32, batch 1, busy machine;
     flat_rows in brackets): 64 channels on 112² 9.2 ms (11.6), 128 on 56² 8.0
@@ -1092,26 +936,78 @@ def cost(problem: ConvProblem) -> float:
     if not _worth_it(problem):
         return math.inf
     workers = worker_count()
-    pairs = problem.in_channels * problem.out_channels
-    wide = np.dtype(problem.dtype) == np.float32 and problem.in_channels > F4_MAX_CHANNELS
+    c, f = problem.in_channels, problem.out_channels
+    pairs = c * f
+    wide = np.dtype(problem.dtype) == np.float32 and c > F4_MAX_CHANNELS
     per_flop = 0.55 if wide else 0.3
     if _numba_kernels() is None:
         alone = parallel_penalty(1, workers)  # one thread but for BLAS
         if all(d == 1 for d in problem.dilation):
             return (problem.flops * 0.42 + 3200.0 * pairs) * alone
         return 2.5 * (problem.flops * per_flop + 3000.0 * pairs) * alone
-    tiles = problem.batch * _tiling(2 if wide else 4, (problem.dilation[0], problem.dilation[1]),
+    m = 2 if wide else 4
+    a = m + 2
+    tiles = problem.batch * _tiling(m, (problem.dilation[0], problem.dilation[1]),
                                     (problem.out_size[0], problem.out_size[1])).per_image
     # below SMALL_WORK_NO_BLAS the tiles run inline, like every algorithm's small jobs
-    shared = problem.flops >= SMALL_WORK_NO_BLAS
-    penalty = parallel_penalty(min(tiles, workers), workers, blas=False) if shared else 1.0
-    serial = SERIAL_PER_BLOCK * (workers - 1) * _block_count(problem, 2 if wide else 4) * shared
-    # the products by BLAS where the register-tiled kernels are not there
-    # (``CONVARITH_JIT=0``): the fit before the kernel transform was written out,
-    # 3000 per pair (on 1×14², 256 -> 512: 8.3 ms against offset_gemm's 5.6)
-    per_pair = 1500.0 if _llvm.available(problem.dtype) else 3000.0
-    return (problem.flops * per_flop + per_pair * pairs) * penalty + serial
+    shared = problem.flops >= SMALL_WORK_NO_BLAS and workers > 1
+    itemsize = np.dtype(problem.dtype).itemsize
+    blocks = _block_count(problem, m)
+    sharing = use_shared_tiles(tiles, a, c, itemsize, blocks > 1)
+    if not _llvm.available(problem.dtype):
+        # the products by BLAS (``CONVARITH_JIT=0``): 1500 units per pair since the
+        # kernel transform's rows (3000 before: 1×14², 64 and 128 channels, ran on
+        # flat_rows at 1.15–1.2× Winograd's time)
+        penalty = parallel_penalty(min(tiles, workers), workers, blas=False) if shared else 1.0
+        serial = SERIAL_PER_BLOCK * (workers - 1) * blocks * shared
+        return (problem.flops * per_flop + 1500.0 * pairs) * penalty + serial
+    per_product_flop = PER_PRODUCT_FLOP
+    if _llvm.max_vectors() * _llvm.vector_width(problem.dtype) * itemsize < 256:
+        per_product_flop *= NARROW_BLOCK_SCALE  # registers of 256 bits (AVX2)
+    alone = (per_product_flop * 2 * a * a * tiles * pairs + PER_KERNEL_VALUE * a * a * pairs
+             + PER_TILE_VALUE * a * a * tiles * (c + f) + PER_CALL)
+    if not shared:
+        return alone
+    if sharing:
+        width = _llvm.vector_width(problem.dtype)
+        block = shared_channel_block(c, f, tiles, a, itemsize, workers, width,
+                                     _llvm.max_vectors())
+        penalty = parallel_penalty(-(-f // block), workers, blas=False)
+        repeats = 0
+    else:
+        penalty = parallel_penalty(min(tiles, workers), workers, blas=False)
+        repeats = blocks - 1
+    return (alone * (1 + PARALLEL_EXTRA * (workers - 1)) * penalty
+            + (PER_WORKER_HANDOVER + SERIAL_PER_BLOCK * repeats) * (workers - 1))
 
+
+#: :func:`cost` per FLOP of the compiled path's products (register-tiled kernels).
+PER_PRODUCT_FLOP = 0.8
+
+#: :func:`cost` per product FLOP where a register block holds less than 256 bytes of
+#: output channels (AVX2: 2 vectors of 8 float32; AVX-512: 4 of 16): the products of
+#: few tiles measured 1.2–1.55× their AVX-512 time on 128 to 512 channels
+#: (register_tiles' direct kernels about 1.0–1.1×; one core, CPU time, busy machine).
+NARROW_BLOCK_SCALE = 1.3
+
+#: :func:`cost` per value of the transformed kernel (made in float64 at each call).
+PER_KERNEL_VALUE = 17.0
+
+#: :func:`cost` per value of the transformed input tiles and of the products.
+PER_TILE_VALUE = 3.4
+
+#: :func:`cost` of a call's own steps (checks, buffers, the products' set-up).
+PER_CALL = 4.7e6
+
+#: With several workers, the work's core time grows by this share per extra worker
+#: (chunks side by side share the caches and the memory bus).
+PARALLEL_EXTRA = 0.05
+
+#: Units of :func:`cost` each extra worker adds: the shared tiles' second hand-over
+#: (the one-pass algorithms hand over once; ~15 µs of both workers). The fit to
+#: serial_fraction's two-worker prediction gave 6.3e6, which also holds the calling
+#: thread's own steps, left out of the other algorithms' costs.
+PER_WORKER_HANDOVER = 3e6
 
 #: Units of :func:`cost` each block of output channels leaves to the calling thread
 #: alone (handing the kernel transform and the tiles to the workers, the blocks'
