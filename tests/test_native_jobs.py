@@ -28,6 +28,12 @@ pytestmark = pytest.mark.skipif(
 CASES = 12 if os.environ.get("CI") == "true" else 60
 
 
+@pytest.fixture(autouse=True)
+def _spinning(monkeypatch):
+    """The helpers spin (the table of calls needs them) unless a test says otherwise."""
+    monkeypatch.setenv("CONVARITH_SPIN_US", "1000")
+
+
 def _layer(rng: random.Random) -> dict:
     rank = rng.choice([1, 2, 2])
     dtype = rng.choice([np.float32, np.float64])
