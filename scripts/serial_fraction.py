@@ -97,6 +97,21 @@ def patch(workers: int, recorder: Recorder) -> None:
         if hasattr(module, "run_chunks"):
             module.run_chunks = recorder  # type: ignore[attr-defined]
 
+    def native_jobs(runner: Any, rows: Any, jobs: list[tuple[int, int]], *,
+                    threads: int | None = None, flops: float | None = None,
+                    inline_below: float = _threads.SMALL_WORK) -> None:
+        # a table of compiled calls (_native_jobs): each job timed as a chunk
+        table = np.ascontiguousarray(rows, np.int64)
+
+        def work(begin: int, end: int) -> None:
+            for first, count in jobs[begin:end]:
+                runner.drive(table.ctypes.data, first, count)
+
+        recorder(work, len(jobs), 1, threads=threads, flops=flops, blas=False,
+                 inline_below=inline_below)
+
+    _threads.run_native_jobs = native_jobs  # type: ignore[assignment]
+
 
 def measure(fn: Callable[[], Any], recorder: Recorder, workers: int,
             rounds: int = 5) -> tuple[float, float, float, int]:

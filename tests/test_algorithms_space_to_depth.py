@@ -257,6 +257,13 @@ def test_small_job_on_two_workers_is_one_chunk_like_one_worker(monkeypatch, modu
         return real(work, total, chunk, **options)
 
     monkeypatch.setattr(algorithm, "run_chunks", counting)
+    real_native = _threads.run_native_jobs
+
+    def counting_native(runner, rows, jobs, **options):  # register_tiles' table of calls
+        seen.append((len(jobs), options.get("threads")))
+        return real_native(runner, rows, jobs, **options)
+
+    monkeypatch.setattr(_threads, "run_native_jobs", counting_native)
     rng = np.random.default_rng(7)
     x = rng.standard_normal((1, 56, 56, 3)).astype(np.float32)
     k = rng.standard_normal((3, 3, 3, 16)).astype(np.float32)

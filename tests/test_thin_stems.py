@@ -57,6 +57,13 @@ def test_stems_on_two_workers(size, stride, filters, image, pads, monkeypatch):
         return real(work, total, chunk, **options)
 
     monkeypatch.setattr(register_tiles, "run_chunks", recording)
+    real_native = _threads.run_native_jobs
+
+    def recording_native(runner, rows, jobs, **options):  # a table of compiled calls
+        cuts.append((len(jobs), options.get("inline_below", _threads.SMALL_WORK)))
+        return real_native(runner, rows, jobs, **options)
+
+    monkeypatch.setattr(_threads, "run_native_jobs", recording_native)
     y = register_tiles.direct(x, kernel, (stride, stride), (1, 1), 1, out, padding=pads)
     assert relative_error(y, expected) <= TOLERANCE[np.float32], (size, stride, image)
     chunks, inline_below = cuts[-1]  # the last call runs the output's chunks

@@ -18,6 +18,20 @@ The spinner is compiled with llvmlite for x86-64 (``pause`` in the loop, the
 time-stamp counter for the budget); elsewhere, with ``CONVARITH_JIT=0`` or
 without llvmlite, the threads sleep at once, as before.
 
+A spinning helper also watches the pool's *native batch slot*: jobs of compiled
+calls that :meth:`SpinningPool.run_native` publishes (a runner's address, a table,
+``(first row, rows)`` per job, and one 64-bit counter packing the batch's epoch,
+its job count and the next job). A helper claims a job with one atomic add on the
+counter (the value it gets back says whether that job exists in that batch, whose
+fields stay put until every job is finished), runs it, counts it finished, and
+spins on (its budget starts again); it goes back to Python only for a submitted
+task or once the budget is spent. No thread needs the GIL to start or end such a
+batch, so a helper joins as soon as it is published, not once the caller lets go
+of the GIL (a Python chunk handed to a helper on a virtual machine started ~0.1 ms
+late). Helpers asleep past the budget are woken with a task that joins late. The
+caller, its own jobs done, spins for the budget until the last one is finished,
+then naps 20 µs at a time.
+
 Examples
 --------
 >>> pool = SpinningPool(1)
@@ -30,6 +44,7 @@ Examples
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import os
 import threading
@@ -39,7 +54,11 @@ from typing import Any
 
 from ..state import cached_once
 
-__all__ = ["SpinningPool", "SPIN_MICROSECONDS", "spin_microseconds", "spinner"]
+__all__ = ["SpinningPool", "SPIN_MICROSECONDS", "spin_microseconds", "spinner", "MAX_NATIVE_JOBS"]
+
+#: Most jobs one native batch may hold (the claim counter's 20-bit fields, with room for
+#: the claims past the end, one per thread at most).
+MAX_NATIVE_JOBS = 1 << 19
 
 #: How long an idle helper (and a caller waiting for a helper) spins before it
 #: sleeps, in microseconds, unless ``CONVARITH_SPIN_US`` says otherwise.
@@ -75,6 +94,169 @@ done:
   %last = load atomic i32, i32* %word acquire, align 4
   ret i32 %last
 }
+
+; a native batch slot (int64): [0] the claim counter (epoch << 40 | count << 20 | next),
+; [1] the runner's address, runner(table, first row, rows), [2] the table's address,
+; [3] the address of the jobs (first row, rows), [4] helpers allowed to join,
+; [5] helpers that asked to join (tickets), [8] jobs finished
+define internal i64 @claim_one(i64* %slot) {
+entry:
+  %seen = load atomic i64, i64* %slot acquire, align 8
+  %seen_next = and i64 %seen, 1048575
+  %seen_shift = lshr i64 %seen, 20
+  %seen_count = and i64 %seen_shift, 1048575
+  %open = icmp ult i64 %seen_next, %seen_count
+  br i1 %open, label %claim, label %none
+claim:
+  %old = atomicrmw add i64* %slot, i64 1 acq_rel
+  %next = and i64 %old, 1048575
+  %shift = lshr i64 %old, 20
+  %count = and i64 %shift, 1048575
+  %mine = icmp ult i64 %next, %count
+  br i1 %mine, label %run, label %none
+run:
+  %runner_at = getelementptr i64, i64* %slot, i64 1
+  %runner_value = load i64, i64* %runner_at, align 8
+  %runner = inttoptr i64 %runner_value to void (i64*, i64, i64)*
+  %table_at = getelementptr i64, i64* %slot, i64 2
+  %table_value = load i64, i64* %table_at, align 8
+  %table = inttoptr i64 %table_value to i64*
+  %jobs_at = getelementptr i64, i64* %slot, i64 3
+  %jobs_value = load i64, i64* %jobs_at, align 8
+  %jobs = inttoptr i64 %jobs_value to i64*
+  %pair = mul i64 %next, 2
+  %first_at = getelementptr i64, i64* %jobs, i64 %pair
+  %first = load i64, i64* %first_at, align 8
+  %pair1 = add i64 %pair, 1
+  %rows_at = getelementptr i64, i64* %jobs, i64 %pair1
+  %rows = load i64, i64* %rows_at, align 8
+  call void %runner(i64* %table, i64 %first, i64 %rows)
+  %finished = getelementptr i64, i64* %slot, i64 8
+  %ignored = atomicrmw add i64* %finished, i64 1 release
+  ret i64 1
+none:
+  ret i64 0
+}
+
+define i64 @drain(i64* %slot) {
+entry:
+  br label %loop
+loop:
+  %jobs = phi i64 [0, %entry], [%jobs1, %loop]
+  %ran = call i64 @claim_one(i64* %slot)
+  %jobs1 = add i64 %jobs, %ran
+  %more = icmp ne i64 %ran, 0
+  br i1 %more, label %loop, label %done
+done:
+  ret i64 %jobs
+}
+
+define i64 @work(i64* %slot, i64 %counter, i64 %count, i32 ()* %yield, i64 %budget,
+                 i32 (i32)* %nap) {
+entry:
+  store atomic i64 %counter, i64* %slot release, align 8
+  %mine = call i64 @drain(i64* %slot)
+  %finished = getelementptr i64, i64* %slot, i64 8
+  %start = call i64 @llvm.readcyclecounter()
+  br label %check
+check:
+  %done_jobs = load atomic i64, i64* %finished acquire, align 8
+  %all = icmp uge i64 %done_jobs, %count
+  br i1 %all, label %done, label %wait
+wait:
+  ; spin for the budget, then nap (a helper's job may last long)
+  %now = call i64 @llvm.readcyclecounter()
+  %spent = sub i64 %now, %start
+  %over = icmp uge i64 %spent, %budget
+  br i1 %over, label %sleep, label %spin
+spin:
+  call void @llvm.x86.sse2.pause()
+  %ignored = call i32 %yield()
+  br label %check
+sleep:
+  %slept = call i32 %nap(i32 20)
+  br label %check
+done:
+  ret i64 %mine
+}
+
+define i64 @join(i64* %slot) {
+entry:
+  %tickets = getelementptr i64, i64* %slot, i64 5
+  %ticket = atomicrmw add i64* %tickets, i64 1 acq_rel
+  %allowed_at = getelementptr i64, i64* %slot, i64 4
+  %allowed = load atomic i64, i64* %allowed_at acquire, align 8
+  %in = icmp ult i64 %ticket, %allowed
+  br i1 %in, label %run, label %out
+run:
+  %jobs = call i64 @drain(i64* %slot)
+  ret i64 1
+out:
+  ret i64 0
+}
+
+define i32 @serve(i32* %word, i32 %old, i64 %budget, i32 ()* %yield, i64* %slot) {
+entry:
+  %since = alloca i64, align 8
+  %refused = alloca i64, align 8
+  %last_epoch = alloca i64, align 8
+  %start = call i64 @llvm.readcyclecounter()
+  store i64 %start, i64* %since, align 8
+  store i64 -1, i64* %refused, align 8
+  %first_seen = load atomic i64, i64* %slot acquire, align 8
+  %first_epoch = lshr i64 %first_seen, 40
+  store i64 %first_epoch, i64* %last_epoch, align 8
+  br label %check
+check:
+  %value = load atomic i32, i32* %word acquire, align 4
+  %changed = icmp ne i32 %value, %old
+  br i1 %changed, label %done, label %look
+look:
+  %seen = load atomic i64, i64* %slot acquire, align 8
+  ; a new batch starts the budget again (joined or not, the caller is busy now)
+  %seen_epoch = lshr i64 %seen, 40
+  %known_epoch = load i64, i64* %last_epoch, align 8
+  %new_batch = icmp ne i64 %seen_epoch, %known_epoch
+  br i1 %new_batch, label %renew, label %status
+renew:
+  store i64 %seen_epoch, i64* %last_epoch, align 8
+  %renewed = call i64 @llvm.readcyclecounter()
+  store i64 %renewed, i64* %since, align 8
+  br label %status
+status:
+  %seen_next = and i64 %seen, 1048575
+  %seen_shift = lshr i64 %seen, 20
+  %seen_count = and i64 %seen_shift, 1048575
+  %open = icmp ult i64 %seen_next, %seen_count
+  br i1 %open, label %fresh, label %wait
+fresh:
+  %epoch = lshr i64 %seen, 40
+  %was_refused = load i64, i64* %refused, align 8
+  %again = icmp eq i64 %epoch, %was_refused
+  br i1 %again, label %wait, label %try
+try:
+  %joined = call i64 @join(i64* %slot)
+  %worked = icmp ne i64 %joined, 0
+  br i1 %worked, label %ran, label %refuse
+refuse:
+  store i64 %epoch, i64* %refused, align 8
+  br label %wait
+ran:
+  %restart = call i64 @llvm.readcyclecounter()
+  store i64 %restart, i64* %since, align 8
+  br label %check
+wait:
+  call void @llvm.x86.sse2.pause()
+  %ignored = call i32 %yield()
+  %now = call i64 @llvm.readcyclecounter()
+  %from = load i64, i64* %since, align 8
+  %spent = sub i64 %now, %from
+  %over = icmp uge i64 %spent, %budget
+  br i1 %over, label %done, label %check
+done:
+  %last = load atomic i32, i32* %word acquire, align 4
+  ret i32 %last
+}
 """
 
 
@@ -96,15 +278,37 @@ class _Spinner:
     ``address`` differs from ``old`` or the time is up; returns the word's value."""
 
     def __init__(self, spin: Any, ticks_per_microsecond: float, engine: Any,
-                 yield_address: int) -> None:
+                 yield_address: int, nap_address: int) -> None:
         self._spin = spin
         self._per_microsecond = ticks_per_microsecond
         self._engine = engine  # owns the code
         self._yield = yield_address
+        self._nap = nap_address  # libc's usleep
+        pointer, i64 = ctypes.c_void_p, ctypes.c_int64
+        self._serve = ctypes.CFUNCTYPE(ctypes.c_int32, pointer, ctypes.c_int32, i64, pointer,
+                                       pointer)(engine.get_function_address("serve"))
+        self._work = ctypes.CFUNCTYPE(i64, pointer, i64, i64, pointer, i64, pointer)(
+            engine.get_function_address("work"))
+        #: ``join(slot)``: run the jobs of a native batch slot until none is left, if
+        #: the slot allows one more helper
+        self.join = ctypes.CFUNCTYPE(i64, pointer)(engine.get_function_address("join"))
 
     def wait(self, address: int, old: int, microseconds: float) -> int:
         return int(self._spin(address, old, int(microseconds * self._per_microsecond),
                               self._yield))
+
+    def serve(self, address: int, old: int, microseconds: float, slot: int) -> int:
+        """:meth:`wait`, running meanwhile the jobs published in the native batch ``slot``
+        (the budget starts again after each); returns the word's value."""
+        return int(self._serve(address, old, int(microseconds * self._per_microsecond),
+                               self._yield, slot))
+
+    def work(self, slot: int, counter: int, count: int, microseconds: float) -> int:
+        """Publish ``counter`` in ``slot``, run its jobs with the others, wait for all
+        ``count`` of them to be finished (spinning ``microseconds``, yielding the core,
+        then napping 20 µs at a time); how many this thread ran."""
+        return int(self._work(slot, counter, count, self._yield,
+                              int(microseconds * self._per_microsecond), self._nap))
 
 
 @cached_once
@@ -122,10 +326,12 @@ def spinner() -> _Spinner | None:
     except Exception:  # pragma: no cover - an llvmlite that cannot compile this
         return None
     try:  # each turn of the loop yields the core to any other thread waiting for it
-        yield_address = ctypes.cast(ctypes.CDLL(None).sched_yield, ctypes.c_void_p).value
-    except (OSError, AttributeError):  # pragma: no cover - a libc without sched_yield
+        libc = ctypes.CDLL(None)
+        yield_address = ctypes.cast(libc.sched_yield, ctypes.c_void_p).value
+        nap_address = ctypes.cast(libc.usleep, ctypes.c_void_p).value
+    except (OSError, AttributeError):  # pragma: no cover - a libc without them
         return None
-    if not yield_address:  # pragma: no cover
+    if not yield_address or not nap_address:  # pragma: no cover
         return None
     spin = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32,
                             ctypes.c_int64, ctypes.c_void_p)(spin_address)
@@ -138,7 +344,7 @@ def spinner() -> _Spinner | None:
     per_microsecond = (ticks() - start_ticks) / (elapsed * 1e6)
     if not per_microsecond > 0:  # pragma: no cover - a counter that does not count
         return None
-    return _Spinner(spin, per_microsecond, engine, yield_address)
+    return _Spinner(spin, per_microsecond, engine, yield_address, nap_address)
 
 
 _QUEUED, _RUNNING, _DONE, _CANCELLED = range(4)
@@ -204,6 +410,11 @@ class SpinningPool:
         self._generation = 0
         self._word = ctypes.c_int32(0)  # the generation, where the spinners read it
         self._spinner = spinner()
+        # the native batch slot (see the IR) and the one caller that may fill it
+        self._slot = (ctypes.c_int64 * 16)()
+        self._native = threading.Lock()
+        self._epoch = 0
+        self._kept_on: frozenset[int] = frozenset()  # the cores keep_off last set
         self._threads = [threading.Thread(target=self._serve, name=f"{name}_{index}",
                                           daemon=True) for index in range(max(1, threads))]
         for thread in self._threads:
@@ -221,6 +432,59 @@ class SpinningPool:
             if self._sleeping:
                 self._wake.notify()
         return task
+
+    def run_native(self, runner: int, table: int, jobs: int, count: int,
+                   helpers: int) -> int | None:
+        """Run ``count`` jobs of compiled calls on this thread and the helpers, the GIL
+        released throughout: job ``i`` is ``runner(table, jobs[2i], jobs[2i + 1])``
+        (``runner`` a compiled ``void (i64* table, i64 first, i64 rows)``'s address,
+        ``table`` and ``jobs`` int64 arrays' addresses, kept alive by the caller until
+        this returns). At most ``helpers`` helpers join: spinning ones at once, sleeping
+        ones woken with a task that joins; jobs run in any order, on any thread. ``False`` (nothing run)
+        where the pool cannot: no spinner, spinning turned off, another caller using
+        it, too many jobs, the pool shut down); else how many jobs this thread ran
+        (the helpers ran the others).
+
+        >>> pool = SpinningPool(1)
+        >>> pool.run_native(0, 0, 0, 0, 1) in (0, None)
+        True
+        >>> pool.shutdown()
+        """
+        wait = self._spinner
+        if (wait is None or spin_microseconds() <= 0 or not 0 <= count <= MAX_NATIVE_JOBS
+                or self._closed):
+            return None
+        if count == 0:
+            return 0
+        if not self._native.acquire(blocking=False):
+            return None
+        try:
+            slot = self._slot
+            slot[1], slot[2], slot[3], slot[8] = runner, table, jobs, 0
+            slot[4], slot[5] = max(0, helpers), 0
+            self._epoch = (self._epoch + 1) & 0x7FFFFF
+            address = ctypes.addressof(slot)
+            for _ in range(min(self._sleeping, helpers)):
+                # past its spin budget a helper sleeps on the condition: a task wakes it
+                # (it joins late, or finds nothing left)
+                with contextlib.suppress(RuntimeError):
+                    self.submit(wait.join, address)
+            return wait.work(address, (self._epoch << 40) | (count << 20), count,
+                             spin_microseconds())
+        finally:
+            self._native.release()
+
+    def keep_off(self, cpu: int, allowed: set[int]) -> None:
+        """Keep the threads on the cores ``allowed`` but ``cpu`` (the caller's: a helper
+        woken after an idle moment often lands on its core, and both then share it);
+        nothing if that is what they were last told, or no other core is allowed."""
+        others = frozenset(allowed - {cpu})
+        if not others or others == self._kept_on:
+            return
+        self._kept_on = others
+        for thread in self._threads:
+            with contextlib.suppress(OSError, AttributeError, TypeError):
+                os.sched_setaffinity(thread.native_id or 0, others)
 
     def _cancel(self, task: Task) -> bool:
         with self._lock:
@@ -254,8 +518,8 @@ class SpinningPool:
                 return
             wait = self._spinner
             budget = spin_microseconds()
-            if wait is not None and budget > 0 and wait.wait(address, generation,
-                                                             budget) != generation:
+            if wait is not None and budget > 0 and wait.serve(
+                    address, generation, budget, ctypes.addressof(self._slot)) != generation:
                 continue  # work came while spinning
             with self._lock:
                 while not self._queue and not self._closed:

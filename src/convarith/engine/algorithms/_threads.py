@@ -38,7 +38,8 @@ from ._spin import SpinningPool
 
 __all__ = ["run_chunks", "worker_count", "thread_limit", "workspace", "aligned_empty",
            "aligned_copy", "chunk_workers",
-           "SMALL_WORK", "SMALL_WORK_NO_BLAS", "parallel_penalty", "BLAS_SERIAL_SHARE"]
+           "SMALL_WORK", "SMALL_WORK_NO_BLAS", "parallel_penalty", "BLAS_SERIAL_SHARE",
+           "run_native_jobs", "native_workers"]
 
 #: Below this many FLOPs a problem runs inline: starting threads and limiting
 #: BLAS costs about a millisecond, more than the work itself.
@@ -280,6 +281,60 @@ def run_chunks(
             if not helper.cancel():
                 helper.result()
         return results
+
+
+def native_workers(threads: int | None, flops: float | None,
+                   inline_below: float = SMALL_WORK) -> int:
+    """The threads :func:`run_native_jobs` would share a job among (before counting its
+    chunks): 1 where it runs inline (below ``inline_below`` with ``threads`` not
+    given, or inside a helper), else ``threads`` or :func:`worker_count`.
+
+    >>> native_workers(None, 1e3), native_workers(1, 1e9), native_workers(3, 1e3)
+    (1, 1, 3)
+    """
+    if (threads is None and flops is not None and flops < inline_below) or getattr(
+            _IN_HELPER, "active", False):
+        return 1
+    return threads if threads is not None else worker_count()
+
+
+def run_native_jobs(
+    runner: Any,
+    rows: np.ndarray,
+    jobs: list[tuple[int, int]],
+    *,
+    threads: int | None = None,
+    flops: float | None = None,
+    inline_below: float = SMALL_WORK,
+) -> None:
+    """Run jobs of compiled calls (:mod:`._native_jobs`): job ``i`` is
+    ``runner.drive(table, *jobs[i])`` on the int64 ``rows``, every job on this thread
+    and the helpers with the GIL released (:meth:`._spin.SpinningPool.run_native`),
+    as :func:`run_chunks` would share them (``threads``, ``flops``, ``inline_below``).
+    Where the pool cannot take them (no spinner, another caller using it, inside a
+    helper) they run here one after another, in one call.
+
+    >>> from convarith.engine.algorithms import _native_jobs
+    >>> runner = _native_jobs.rows_runner(0, 0)
+    >>> run_native_jobs(runner, np.zeros((0, 1), np.int64), []) if runner else None
+    """
+    rows = np.ascontiguousarray(rows, np.int64)
+    if not len(rows):
+        return
+    spans = np.ascontiguousarray(np.asarray(jobs, np.int64).reshape(-1, 2))
+    table = rows.ctypes.data
+    workers = min(len(spans), native_workers(threads, flops, inline_below))
+    if workers > 1:
+        pool = _POOL.get()
+        caller_cpu = _current_cpu()
+        if caller_cpu is not None:
+            # the caller's cores (a kept helper's own mask is the last call's choice)
+            pool.keep_off(caller_cpu, os.sched_getaffinity(0))
+        with contextlib.suppress(RuntimeError):  # the pool let go meanwhile: run here
+            if pool.run_native(runner.address, table, spans.ctypes.data,
+                                      len(spans), workers - 1) is not None:
+                return
+    runner.drive(table, 0, len(rows))
 
 
 # Marks the helper threads (nested calls run inline there).

@@ -55,7 +55,7 @@ import numpy as np
 
 from ...arithmetic import effective_kernel, window_reach
 from ..dispatch import ConvProblem, magnitude, register_algorithm
-from . import _llvm, _llvm_thin, _threads
+from . import _llvm, _llvm_thin, _native_jobs, _threads
 from ._llvm import ONE_PROBLEM, Batch, Cells, Sums
 from ._llvm_depthwise import row_cells, row_kernel
 from ._threads import ALIGN, aligned_copy, aligned_empty, run_chunks, worker_count, workspace
@@ -205,10 +205,23 @@ def direct(
         jobs = segments.segment_jobs(x, kernel, (stride_rows, stride_cols),
                                      (dilation_rows, dilation_cols), (oh, ow), pads, y,
                                      workers, groups)
+        _run(jobs, flops, threads, inline_below)
     else:
+        # the chunks as one table of compiled calls, run without the GIL (_native_jobs)
+        native = _native_jobs.kernel_plan(
+            x, pads, window_reach(oh, kh, stride_rows, dilation_rows),
+            x.nbytes + kernel.nbytes + y.nbytes, threads, flops, inline_below)
+        if native is not None:
+            x, pads, table = native
         jobs = _jobs(x, kernel, (stride_rows, stride_cols), (dilation_rows, dilation_cols),
-                     (oh, ow), pads, y, workers, groups)
-    _run(jobs, flops, threads, inline_below)
+                     (oh, ow), pads, y, workers, groups,
+                     drives=None if native is None else table.recorder)
+        if native is None:
+            _run(jobs, flops, threads, inline_below)
+        else:
+            spans = table.jobs(jobs)  # (records the calls: before table.rows is read)
+            _threads.run_native_jobs(table.runner, table.rows, spans, threads=threads,
+                                     flops=flops, inline_below=inline_below)
     if fpad != f:
         y = np.ascontiguousarray(y[..., :f])
     return y.reshape(shape)
@@ -260,9 +273,11 @@ class _Call(NamedTuple):
     batch: Batch = ONE_PROBLEM
 
 
-def _calls(panels: list[Panel]) -> list[_Call]:
-    return [_Call(p.kernels.drive, p.weights.ctypes.data, p.offsets.ctypes.data,
-                  p.first_channel_bytes, p.sums, p.batch) for p in panels]
+def _calls(panels: list[Panel], drives: Callable[[Any], Any] | None = None) -> list[_Call]:
+    """The panels' calls; ``drives(drive)``: what to call instead (see _native_jobs)."""
+    return [_Call(p.kernels.drive if drives is None else drives(p.kernels.drive),
+                  p.weights.ctypes.data, p.offsets.ctypes.data, p.first_channel_bytes, p.sums,
+                  p.batch) for p in panels]
 
 
 def group_merge(groups: int, group_out: int, width: int) -> int:
@@ -519,8 +534,8 @@ def thin(channels: int) -> bool:
 def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
           dilation: tuple[int, int], out_size: tuple[int, int], pads: list[tuple[int, int]],
           y: np.ndarray, threads: int | None, groups: int = 1,
-          make_panels: Callable[[int], list[Panel]] | None = None
-          ) -> list[Callable[[], None]]:
+          make_panels: Callable[[int], list[Panel]] | None = None,
+          drives: Callable[[Any], Any] | None = None) -> list[Callable[[], None]]:
     """One call per chunk of output (images, rows of one image, or for several workers and
     a kernel larger than the input a range of output-channel blocks, :func:`_block_jobs`)
     writing ``y`` (N, OH, OW, F padded); ``make_panels(row_elems)``: other kernels' panels than
@@ -546,7 +561,7 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
     # addresses taken once (``.ctypes`` costs ~1 µs each); the jobs keep the arrays alive
     x_base, x_bytes = x.ctypes.data, x.strides
     y_base, y_bytes = y.ctypes.data, y.strides
-    calls = _calls(panels)
+    calls = _calls(panels, drives)
     # every worker gets about 4 chunks (a single worker one); a chunk is whole images
     # when images are small (fewer calls: each costs ~10 µs of Python and ctypes),
     # else rows of one image; its padded input rows fit SLAB_BYTES (whole images: up to
@@ -556,7 +571,7 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
     image_bytes = needed * row_elems * itemsize
     if make_panels is None and groups == 1 and workers > 1 and not thin(c) and split_blocks(
             math.prod(kernel.shape[:3]) * y.shape[-1] * itemsize, n * image_bytes):
-        return _block_jobs(x, pads, y, panels, strides, needed, workers)
+        return _block_jobs(x, pads, y, panels, strides, needed, workers, drives)
     if rows_share >= 2 * oh:
         slab = _slab_bytes(math.prod(kernel.shape) * itemsize)
         images = max(1, min(rows_share // oh, slab // image_bytes if not unpadded else n))
@@ -619,7 +634,8 @@ def split_blocks(kernel_bytes: int, input_bytes: int) -> bool:
 
 def _block_jobs(x: np.ndarray, pads: list[tuple[int, int]], y: np.ndarray,
                 panels: list[Panel], strides: tuple[int, int], needed: int,
-                workers: int) -> list[Callable[[], None]]:
+                workers: int, drives: Callable[[Any], Any] | None = None
+                ) -> list[Callable[[], None]]:
     """Jobs of :func:`_jobs` cut over the output channels: each takes a range of the column
     blocks (of every run, counted one run after another) for every image, and runs every
     step of the sum on them in order. A padded input is copied once, here (the kernel
@@ -633,7 +649,7 @@ def _block_jobs(x: np.ndarray, pads: list[tuple[int, int]], y: np.ndarray,
     padded_w = w + left + right
     unpadded = all(lo == hi == 0 for lo, hi in pads)
     y_image, y_row, y_cell = (st // itemsize for st in y.strides[:3])
-    calls = _calls(panels)
+    calls = _calls(panels, drives)
     # each call's first global block and its columns: a run's blocks come after the
     # previous run's (calls of later steps repeat the runs, in the same order)
     starts: dict[int, int] = {}

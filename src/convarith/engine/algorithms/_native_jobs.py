@@ -1,0 +1,218 @@
+"""Jobs of compiled calls run as one table, on the helper threads without the GIL.
+
+A chunk of :mod:`.register_tiles` work is a few calls of compiled kernels. Run
+as Python closures on the helper threads, every chunk has to take the GIL: a
+helper woken from its spin waits for the caller, which holds the GIL while it
+runs its own chunk's Python, and on a virtual machine starts ~0.1 ms late. Here
+the calls are recorded instead, as rows of int64 (the kernel's address, then
+its arguments), and the jobs as ``(first row, rows)``; a compiled runner walks
+a job's rows, and :meth:`._spin.SpinningPool.run_native` hands the jobs to the
+spinning helpers through a slot in memory, so no thread needs the GIL until
+all are done. The calls and their order within a job are the closures' own,
+so the results are the same bit for bit.
+
+Examples
+--------
+>>> table = Table(pointers=1, fields=1)
+>>> record = table.recorder(ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)(0))
+>>> record(0, 5); record(0, 6)
+>>> table.jobs([lambda: record(0, 7)])
+[(2, 1)]
+>>> table.rows.shape
+(3, 3)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..state import cached_once
+from . import _llvm
+
+__all__ = ["Table", "rows_runner", "rows_runner_ir"]
+
+
+def rows_runner_ir(pointers: int, fields: int) -> str:
+    """IR of ``drive(table, first, rows)``: for rows ``first … first + rows - 1`` of
+    ``table`` (each ``1 + pointers + fields`` int64: a function's address, then its
+    arguments), calls ``function(pointer…, field…)``.
+
+    >>> "inttoptr" in rows_runner_ir(4, 18)
+    True
+    """
+    width = 1 + pointers + fields
+    types = ", ".join(["i8*"] * pointers + ["i64"] * fields)
+    lines = [
+        "define void @drive(i64* %table, i64 %first, i64 %rows) {",
+        "entry:",
+        "  %last = add i64 %first, %rows",
+        "  %go = icmp slt i64 %first, %last",
+        "  br i1 %go, label %loop, label %exit",
+        "loop:",
+        "  %i = phi i64 [%first, %entry], [%i1, %loop]",
+        f"  %row = mul i64 %i, {width}",
+    ]
+    for k in range(width):
+        lines += [f"  %q{k} = add i64 %row, {k}",
+                  f"  %p{k} = getelementptr i64, i64* %table, i64 %q{k}",
+                  f"  %v{k} = load i64, i64* %p{k}, align 8"]
+    lines.append(f"  %fn = inttoptr i64 %v0 to void ({types})*")
+    arguments = []
+    for k in range(1, width):
+        if k <= pointers:
+            lines.append(f"  %a{k} = inttoptr i64 %v{k} to i8*")
+            arguments.append(f"i8* %a{k}")
+        else:
+            arguments.append(f"i64 %v{k}")
+    lines += [f"  call void %fn({', '.join(arguments)})",
+              "  %i1 = add i64 %i, 1",
+              "  %more = icmp slt i64 %i1, %last",
+              "  br i1 %more, label %loop, label %exit",
+              "exit:",
+              "  ret void",
+              "}"]
+    return "\n".join(lines) + "\n"
+
+
+class RowsRunner:
+    """A compiled :func:`rows_runner_ir`: its ``address`` and ``drive(table, first, rows)``."""
+
+    def __init__(self, address: int, engine: Any) -> None:
+        self.address = address
+        self.engine = engine  # keeps the machine code alive
+        self.drive = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64,
+                                      ctypes.c_int64)(address)
+
+
+def rows_runner(pointers: int, fields: int) -> RowsRunner | None:
+    """:func:`rows_runner_ir` compiled for this machine, or ``None`` (no llvmlite,
+    ``CONVARITH_JIT=0``, not x86-64)."""
+    return _rows_runner(int(pointers), int(fields))
+
+
+@cached_once
+def _rows_runner(pointers: int, fields: int) -> RowsRunner | None:
+    llvm = _llvm._llvm()
+    if llvm is None or not llvm.get_process_triple().startswith(("x86_64", "amd64")):
+        return None
+    try:
+        address, engine = _llvm.compile_drive(llvm, _llvm._target("native"),
+                                              rows_runner_ir(pointers, fields))
+    except Exception:  # pragma: no cover - an llvmlite that cannot compile this
+        return None
+    return RowsRunner(address, engine)
+
+
+class Table:
+    """Calls recorded as int64 rows (function address, ``pointers`` addresses,
+    ``fields`` integers) and grouped into jobs, for :func:`rows_runner`'s runner.
+
+    Parameters
+    ----------
+    pointers, fields
+        The recorded functions' signature: ``pointers`` addresses, then ``fields``
+        64-bit integers.
+    """
+
+    def __init__(self, pointers: int, fields: int) -> None:
+        self.pointers = pointers
+        self.fields = fields
+        self._rows: list[tuple[int, ...]] = []
+        #: every recorded call's row (set by :meth:`jobs`)
+        self.rows = np.empty((0, 1 + pointers + fields), np.int64)
+
+    def recorder(self, function: Any) -> Callable[..., None]:
+        """A stand-in for the ctypes ``function`` that records its calls as rows."""
+        address = ctypes.c_void_p.from_buffer(function).value or 0
+        rows = self._rows
+        width = self.pointers + self.fields
+
+        def record(*arguments: int) -> None:
+            if len(arguments) != width:
+                raise TypeError(f"a recorded call takes {width} arguments, got {len(arguments)}")
+            rows.append((address, *arguments))
+
+        return record
+
+    def jobs(self, jobs: list[Callable[[], None]]) -> list[tuple[int, int]]:
+        """Run each of ``jobs`` (closures calling recorders) once to record its calls:
+        each job's ``(first row, rows)``; :attr:`rows` then holds every call's row."""
+        spans = []
+        for job in jobs:
+            first = len(self._rows)
+            job()
+            spans.append((first, len(self._rows) - first))
+        width = 1 + self.pointers + self.fields
+        self.rows = np.fromiter(itertools.chain.from_iterable(self._rows), np.int64,
+                                len(self._rows) * width).reshape(-1, width)
+        return spans
+
+
+#: A padded copy of the whole input is made for the table of calls (instead of each
+#: chunk's padded rows) only up to this size, and up to :data:`PAD_ONCE_SHARE` of the
+#: input, kernel and output bytes (peak extra memory stays within 1.5x those).
+PAD_ONCE_BYTES = 2 << 20
+
+#: See :data:`PAD_ONCE_BYTES`.
+PAD_ONCE_SHARE = 0.5
+
+#: The arguments of the register kernels' ``drive``: ``x, w, y, offsets``, then the
+#: fields of ``Cells``, ``Sums`` and ``Batch``.
+KERNEL_POINTERS = 4
+KERNEL_FIELDS = len(_llvm.Cells._fields) + len(_llvm.Sums._fields) + len(_llvm.Batch._fields)
+
+
+class KernelTable(Table):
+    """A :class:`Table` of the register kernels' calls, with its compiled runner."""
+
+    def __init__(self, runner: RowsRunner) -> None:
+        super().__init__(KERNEL_POINTERS, KERNEL_FIELDS)
+        self.runner = runner
+
+
+def kernel_plan(x: np.ndarray, pads: list[tuple[int, int]], rows: int, io_bytes: int,
+                threads: int | None = None, flops: float | None = None,
+                inline_below: float | None = None
+                ) -> tuple[np.ndarray, list[tuple[int, int]], KernelTable] | None:
+    """Whether :mod:`.register_tiles` runs ``x`` (N, H, W, C) with ``pads`` (rows,
+    columns; negative crops) as a table of calls (``io_bytes``: the input, kernel and
+    output bytes): ``(input, pads, table)`` to build
+    its jobs with (the input padded once into a copy of ``rows`` rows, its pads
+    then zero), or ``None`` (the closures' path: a job that runs on one thread
+    (``threads``, ``flops``, ``inline_below``, see :func:`._threads.native_workers`), no compiled
+    runner or spinner, spinning turned off, or a padded copy too large).
+
+    >>> x = np.ones((1, 4, 4, 8), np.float32)
+    >>> plan = kernel_plan(x, [(1, 1), (1, 1)], 6, 3 * x.nbytes, threads=2)
+    >>> (plan[0].shape, plan[1]) if plan else ((1, 6, 6, 8), [(0, 0), (0, 0)])
+    ((1, 6, 6, 8), [(0, 0), (0, 0)])
+    >>> kernel_plan(x, [(1, 1), (1, 1)], 6, x.nbytes, threads=1) is None
+    True
+    """
+    from . import _spin, _threads
+
+    below = _threads.SMALL_WORK if inline_below is None else inline_below
+    if _threads.native_workers(threads, flops, below) <= 1:
+        return None
+    runner = rows_runner(KERNEL_POINTERS, KERNEL_FIELDS)
+    if runner is None or _spin.spinner() is None or _spin.spin_microseconds() <= 0:
+        return None
+    if all(a == b == 0 for a, b in pads):
+        return x, pads, KernelTable(runner)
+    (top, _), (left, right) = pads
+    n, _, w, c = x.shape
+    padded_w = w + left + right
+    size = n * rows * padded_w * c * x.dtype.itemsize
+    if rows <= 0 or padded_w <= 0 or size > min(PAD_ONCE_BYTES, PAD_ONCE_SHARE * io_bytes):
+        return None
+    from .register_tiles import _fill
+
+    # kept between calls (fresh pages would cost more than the copy)
+    padded = _threads.workspace("native_jobs_padded", (n, rows, padded_w, c), x.dtype)
+    _fill(padded, x, -top, left)
+    return padded, [(0, 0), (0, 0)], KernelTable(runner)
