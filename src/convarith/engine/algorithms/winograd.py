@@ -483,6 +483,13 @@ SHARED_MAX_TILES = 128
 #: :func:`_shared_tiles`, in bytes: about half a core's L2.
 CHANNEL_BLOCK_BYTES = 1 << 20
 
+#: Calls of shared tiles (:func:`_shared_tiles`) of fewer FLOPs (of the direct
+#: definition) run on one thread. Measured on two quiet cores (2026-12-06, one thread's
+#: time / two threads'): 3×3 64 -> 64 on 1×28² 0.48, 128 -> 128 on 1×14² 0.63, on 1×28²
+#: 0.82, 64 -> 64 on 2×28² 0.83, 128 -> 128 on 2×14² 0.94 (all below 2.5e8 FLOPs);
+#: 128 -> 256 on 1×28² (4.6e8) 0.91, 256 -> 256 on 1×28² (9.2e8) 1.68.
+SHARED_SERIAL_FLOPS = 3e8
+
 
 def use_shared_tiles(tiles: int, tile: int, channels: int, itemsize: int,
                      kernel_blocked: bool) -> bool:
@@ -548,6 +555,8 @@ def _shared_tiles(kernels: tuple[Callable[..., None], ...], x: np.ndarray,
     th, tw = tiling.tiles
     top, left = origin
     total = x.shape[0] * tiling.per_image
+    if 2.0 * total * m * m * 9 * c * f < SHARED_SERIAL_FLOPS:
+        workers, threads = 1, 1  # two threads ran such calls slower than one
     # the target read once (each read looks at the environment)
     target = _llvm.vector_target()
     width = target.width(dtype) if target.runs_here and dtype in _FLOATS else 0
@@ -968,6 +977,8 @@ def cost(problem: ConvProblem) -> float:
              + PER_TILE_VALUE * a * a * tiles * (c + f) + PER_CALL)
     if not shared:
         return alone
+    if sharing and problem.flops < SHARED_SERIAL_FLOPS:
+        return alone * parallel_penalty(1, workers, blas=False)  # on one thread
     if sharing:
         width = _llvm.vector_width(problem.dtype)
         block = shared_channel_block(c, f, tiles, a, itemsize, workers, width,
