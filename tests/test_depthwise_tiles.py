@@ -227,3 +227,14 @@ def test_peak_memory_within_the_benchmarks_bound(shape, kernel, stride):
         peak = peak_extra_bytes(lambda: depthwise.transposed(dy, weights, (stride, stride), (1, 1),
                                                         shape[-1], pads, shape[1:3], threads=1))
         assert peak <= 1.5 * (dy.nbytes + weights.nbytes + x.nbytes), (shape, kernel, peak)
+
+
+def test_depthwise_phases_whose_every_output_cell_is_padding() -> None:
+    """A cropped stride-2 depthwise transposed convolution whose one output cell no input
+    reaches: zeros (PyTorch's conv_transpose2d gives zeros there), not a missing runner."""
+    from convarith.engine.algorithms import depthwise
+
+    x = np.array([[[[0.125, -0.25]]]], np.float32)
+    kernel = np.array([[[[0.5, 0.25]]]], np.float32)
+    y = depthwise.transposed(x, kernel, (2, 1), (1, 1), 2, ((-1, 1), (0, 0)), (1, 1))
+    assert y.shape == (1, 1, 1, 2) and not y.any()

@@ -185,5 +185,9 @@ def test_small_conv_layers_run_each_gradient_on_one_thread(
             with engine.thread_limit(1):
                 d_x1, d_k1, _ = core.conv_vjp(x, layer.variables["kernel"], layer.spec,
                                               np.ones_like(y))
-            np.testing.assert_allclose(d_x, d_x1, rtol=1e-6)
+            # one thread and two may choose different algorithms (their costs know the
+            # workers: Winograd on one, register_tiles on two here), so the same values
+            # up to float32's rounding of a 576-term sum, not bit for bit
+            np.testing.assert_allclose(d_x, d_x1, rtol=1e-5,
+                                       atol=1e-5 * float(np.abs(d_x1).max()))
             np.testing.assert_allclose(layer.grads["kernel"], d_k1, rtol=1e-5, atol=1e-5)
