@@ -171,13 +171,17 @@ def test_kernel_read_in_place_or_packed_matches_pytorch(seed: int, in_place_cell
 @pytest.mark.parametrize("size, channels, stride", [(28, 128, 1), (14, 256, 1), (7, 512, 1),
                                                      (14, 512, 2), (4, 1024, 1)])
 def test_batch_1_chunks_for_two_threads_match_pytorch(size: int, channels: int,
-                                                      stride: int) -> None:
-    """ResNeXt's batch-1 layers cut into balanced chunks for two threads (and run on
-    them, however few FLOPs) give PyTorch's result, as one chunk on one thread does."""
+                                                      stride: int,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """ResNeXt's batch-1 layers cut into balanced chunks for two threads give PyTorch's
+    result, as one chunk on one thread does (they now run on one thread, below
+    PARALLEL_FLOPS: the split is forced here so that it stays checked)."""
     from convarith.engine.algorithms import grouped_tiles
 
     if not _llvm.available():
         pytest.skip("no compiled kernels here")
+    monkeypatch.setattr(grouped_tiles, "PARALLEL_FLOPS", 0.0)
+    grouped_tiles._forward_plan.cache_clear()
     rng = np.random.default_rng(size * channels)
     x = rng.standard_normal((1, size, size, channels)).astype(np.float32)
     kernel = rng.standard_normal((3, 3, channels // 32, channels)).astype(np.float32)
@@ -191,4 +195,18 @@ def test_batch_1_chunks_for_two_threads_match_pytorch(size: int, channels: int,
         assert relative_error(y, expected) <= 1e-5, (size, channels, stride, threads)
     cells = out * out
     jobs = grouped_tiles._job_count(cells, 2.0 * cells * 9 * channels * channels // 32, 2)
+    grouped_tiles._forward_plan.cache_clear()
     assert jobs % 2 == 0 and cells // jobs >= grouped_tiles.MIN_JOB_CELLS, jobs
+
+
+def test_batch_1_resnext_layers_stay_on_one_thread() -> None:
+    """Below PARALLEL_FLOPS (every batch-1 layer of ResNeXt-50: 7-10 MFLOP) the forward
+    pass is one chunk; 16 images of 4² with 1024 channels are cut for two threads."""
+    from convarith.engine.algorithms import grouped_tiles
+
+    for cells, channels in ((28 * 28, 128), (14 * 14, 256), (7 * 7, 512), (4 * 4, 1024)):
+        flops = 2.0 * cells * 9 * channels * channels // 32
+        assert flops < grouped_tiles.PARALLEL_FLOPS
+        assert grouped_tiles._job_count(cells, flops, 2) == 1, (cells, channels)
+    cells, channels = 16 * 4 * 4, 1024
+    assert grouped_tiles._job_count(cells, 2.0 * cells * 9 * channels * channels // 32, 2) > 1

@@ -604,8 +604,8 @@ def _job_count(cells: int, flops: float, workers: int) -> int:
     always as many per thread; one in all for one thread, or where even one per
     thread is too small or the whole under :data:`PARALLEL_FLOPS`.
 
-    >>> _job_count(49, 7.2e6, 2), _job_count(16, 9.4e6, 2), _job_count(784, 1.2e8, 2)
-    (2, 2, 8)
+    >>> _job_count(49, 7.2e6, 2), _job_count(16, 2.4e7, 2), _job_count(784, 1.2e8, 2)
+    (1, 2, 8)
     >>> _job_count(784, 1.2e8, 1), _job_count(8, 9.4e6, 2), _job_count(49, 5e6, 2)
     (1, 1, 1)
     """
@@ -624,11 +624,14 @@ MIN_JOB_CELLS = 8
 #: each chunk costs: a batch-1 ResNeXt layer (7-10 MFLOP) is one chunk per thread.
 JOB_FLOPS = 4e6
 
-#: FLOPs under which the forward pass stays on the calling thread: handing chunks to
-#: a helper costs the caller 25-45 µs of CPU time (measured on a busy machine with
-#: run_chunks and with batch-1 ResNeXt layers, 2 threads), about what half of 6 MFLOP
-#: saves at 70 GFLOP/s.
-PARALLEL_FLOPS = 6e6
+#: FLOPs under which the forward pass stays on the calling thread. Handing chunks to
+#: a helper costs the caller 25-45 µs of CPU time (busy machine), and on two quiet
+#: cores (2026-12-06) every batch-1 ResNeXt layer (7-10 MFLOP) ran about twice as fast
+#: on one thread as on two (3×3 g32: 128 on 28² 0.15 against 0.34 ms, 256 on 14² 0.17
+#: against 0.33, 1024 s2 on 7² 0.16 against 0.34; PyTorch on two 0.11-0.19), while 16
+#: images of 4² with 1024 channels (151 MFLOP) ran faster on two (1.2-1.5 against 1.7),
+#: and so did 4 images of 14² with 256 (29 MFLOP: 0.44 against 0.52).
+PARALLEL_FLOPS = 2e7
 
 
 def _chunk_cells(problem: ConvProblem, workers: int, per_worker: int = 0) -> int:
