@@ -52,7 +52,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..state import cached_once
+from ..state import cached_once, environment
 
 __all__ = ["SpinningPool", "SPIN_MICROSECONDS", "spin_microseconds", "spinner", "MAX_NATIVE_JOBS"]
 
@@ -267,7 +267,7 @@ def spin_microseconds() -> int:
     >>> isinstance(spin_microseconds(), int)
     True
     """
-    setting = os.environ.get(_SPIN_VARIABLE, "").strip()
+    setting = environment(_SPIN_VARIABLE).strip()
     if setting.isdigit():
         return int(setting)
     return SPIN_MICROSECONDS

@@ -94,11 +94,6 @@ def _affinity_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _environment(name: str) -> str:
-    """``os.environ.get(name, "")``, cheaply: :func:`..state.environment`."""
-    return environment(name)
-
-
 def worker_count() -> int:
     """Threads to use: the cores this process may run on, at most the
     :func:`thread_limit` in force and the ``CONVARITH_NUM_THREADS`` environment variable."""
@@ -106,7 +101,7 @@ def worker_count() -> int:
     limit = _LIMIT.get()
     if limit is not None:
         cores = min(cores, limit)
-    setting = _environment("CONVARITH_NUM_THREADS").strip()
+    setting = environment("CONVARITH_NUM_THREADS").strip()
     if setting.isdigit() and int(setting) > 0:
         cores = min(cores, int(setting))
     return cores
