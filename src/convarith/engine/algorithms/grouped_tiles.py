@@ -65,6 +65,7 @@ True
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import math
 from collections.abc import Sequence
@@ -74,9 +75,9 @@ import numpy as np
 
 from ...arithmetic import effective_kernel, window_reach
 from ..dispatch import ConvProblem, register_algorithm
-from . import _llvm
+from . import _llvm, _native_jobs
 from ._llvm import ONE_PROBLEM, Batch, Cells, Sums
-from ._threads import ALIGN, aligned_empty, run_chunks, worker_count, workspace
+from ._threads import ALIGN, aligned_empty, run_chunks, run_native_jobs, worker_count, workspace
 from .register_tiles import (
     JOBS_PER_WORKER,
     PANEL_BYTES,
@@ -216,6 +217,11 @@ class _ForwardPlan(NamedTuple):
     panel_size: int  #: elements of every step's panel together
     in_place: bool  #: the steps read the kernel where it lies (nothing packed)
     workers: int  #: threads the chunks were cut for
+    #: every job's calls as rows of a table (:mod:`._native_jobs`), ``x``, weights and
+    #: ``y`` as byte offsets from their arrays' addresses (``None``: a job copies padded
+    #: rows, which only a Python job can do)
+    rows: np.ndarray | None
+    spans: tuple[tuple[int, int], ...]  #: (first row, rows) of each job in ``rows``
 
 
 @functools.lru_cache(maxsize=256)
@@ -323,20 +329,54 @@ def _forward_plan(shape: tuple[int, int, int, int], kernel_shape: tuple[int, int
                 jobs.append(_Job(image, 1, first, 0 if unpadded else (o1 - 1 - o0)
                                  * strides[0] + reach, image * h * w * c + first * w * c,
                                  (image * oh + o0) * ow * f, cells))
+    rows, spans = _table_template(steps, jobs, in_place, itemsize)
     return _ForwardPlan(tuple(steps), tuple(jobs), padded_w, left,
                         0 if in_place else sum(math.prod(step.panel) for step in steps),
-                        in_place, workers)
+                        in_place, workers, rows, spans)
+
+
+def _table_template(steps: Sequence[_Step], jobs: Sequence[_Job], in_place: bool,
+                    itemsize: int
+                    ) -> tuple[np.ndarray | None, tuple[tuple[int, int], ...]]:
+    """The jobs' calls as rows of :mod:`._native_jobs`' table, in the order the Python
+    jobs make them (results the same bit for bit): the function's address, then ``x``,
+    the weights and ``y`` as byte offsets from their arrays' addresses (added at each
+    call), the offsets' address, the cells, sums and batch. ``None`` where a job copies
+    padded rows."""
+    width = 1 + _native_jobs.KERNEL_POINTERS + _native_jobs.KERNEL_FIELDS
+    if any(job.slab_rows for job in jobs):
+        return None, ()
+    weights, at = [], 0
+    for step in steps:
+        weights.append(step.columns[0] * itemsize if in_place else at * itemsize)
+        at += math.prod(step.panel)
+    rows: list[tuple[int, ...]] = []
+    spans = []
+    for job in jobs:
+        spans.append((len(rows), len(steps)))
+        for step, weight in zip(steps, weights):
+            rows.append((ctypes.c_void_p.from_buffer(step.drive).value or 0,
+                         job.x_offset * itemsize, weight,
+                         job.y_offset * itemsize + step.first_channel_bytes,
+                         step.offsets_address, *job.cells, *step.sums, *step.batch))
+    table = np.array(rows, np.int64).reshape(-1, width)
+    table.flags.writeable = False
+    return table, tuple(spans)
 
 
 def _run_plan(plan: _ForwardPlan, x: np.ndarray, kernel: np.ndarray,
-              out_size: tuple[int, int], threads: int | None) -> np.ndarray:
+              out_size: tuple[int, int], threads: int | None,
+              runner: _native_jobs.RowsRunner | None = None) -> np.ndarray:
     """The forward pass of :func:`_forward_plan`'s ``plan``: the kernel packed, each
-    chunk's padded rows copied (or ``x`` read where it lies), the calls."""
+    chunk's padded rows copied (or ``x`` read where it lies), the calls; with a
+    ``runner`` (and a plan whose jobs copy nothing), the calls as one table run on
+    the helper threads without the GIL (:func:`._threads.run_native_jobs`)."""
     dtype = x.dtype
     itemsize = dtype.itemsize
     n, c = x.shape[0], x.shape[-1]
     f = kernel.shape[-1]
     calls = []
+    weights_base = kernel.ctypes.data
     if plan.in_place:
         for step in plan.steps:
             calls.append((step.drive, kernel.ctypes.data + step.columns[0] * itemsize,
@@ -344,6 +384,7 @@ def _run_plan(plan: _ForwardPlan, x: np.ndarray, kernel: np.ndarray,
                           step.batch))
     else:
         packed = aligned_empty((plan.panel_size,), dtype)
+        weights_base = packed.ctypes.data
         at = 0
         for step in plan.steps:
             size = math.prod(step.panel)
@@ -355,6 +396,13 @@ def _run_plan(plan: _ForwardPlan, x: np.ndarray, kernel: np.ndarray,
             at += size
     y = aligned_empty((n, *out_size, f), dtype)
     x_base, y_base = x.ctypes.data, y.ctypes.data
+    if runner is not None and plan.rows is not None:
+        table = plan.rows.copy()
+        table[:, 1] += x_base
+        table[:, 2] += weights_base
+        table[:, 3] += y_base
+        run_native_jobs(runner, table, list(plan.spans), threads=plan.workers)
+        return y
     padded_w, left = plan.padded_width, plan.left
 
     def run(job: _Job) -> None:
@@ -384,21 +432,100 @@ def _run_plan(plan: _ForwardPlan, x: np.ndarray, kernel: np.ndarray,
     return y
 
 
+def _forward(x: np.ndarray, kernel: np.ndarray, strides: Sequence[int],
+             dilation: Sequence[int], groups: int, out_size: Sequence[int],
+             pads: Sequence[tuple[int, int]], threads: int | None,
+             family: str = "") -> np.ndarray | None:
+    """The 2-D forward pass by :func:`_forward_plan`'s plan (``None``: no plan for it),
+    ``x`` unpadded, ``pads`` zeros to add. Where it runs on several threads
+    (:data:`PARALLEL_FLOPS`) and the helpers spin, the input is padded once (within
+    :mod:`._native_jobs`' memory bounds) and the jobs' calls run as one table without
+    the GIL; else each job copies its padded rows in Python."""
+    dtype = np.dtype(x.dtype)
+    oh, ow = (int(v) for v in out_size)
+    kh, kw, group_in, f = kernel.shape
+    pad_list = [(int(a), int(b)) for a, b in pads]
+    strides2 = (int(strides[0]), int(strides[1]))
+    dilation2 = (int(dilation[0]), int(dilation[1]))
+    x = np.ascontiguousarray(x, dtype=dtype)
+    kernel = np.ascontiguousarray(kernel, dtype=dtype)
+    workers = threads if threads is not None else worker_count()
+    if not family and not _family(int(groups), group_in, f // int(groups), x.shape[-1],
+                                  _llvm.vector_target().width(dtype)):
+        return None
+    n = x.shape[0]
+    runner = _table_runner(threads, 2.0 * n * oh * ow * kh * kw * group_in * f)
+    if runner is not None and any(a or b for a, b in pad_list):
+        y_bytes = n * oh * ow * f * dtype.itemsize
+        padded = _padded_once(x, pad_list, window_reach(oh, kh, strides2[0], dilation2[0]),
+                              x.nbytes + kernel.nbytes + y_bytes, y_bytes + kernel.nbytes)
+        if padded is None:
+            runner = None
+        else:
+            x, pad_list = padded, [(0, 0), (0, 0)]
+    plan = _forward_plan(tuple(x.shape), tuple(kernel.shape), strides2, dilation2, (oh, ow),
+                         (pad_list[0], pad_list[1]), int(groups), dtype,
+                         _llvm.vector_target(), workers, family)
+    if plan is None:
+        return None
+    if x.shape[0] * oh * ow == 0:
+        return np.zeros((x.shape[0], oh, ow, f), dtype)
+    return _run_plan(plan, x, kernel, (oh, ow), threads, runner)
+
+
+def _table_runner(threads: int | None, flops: float) -> _native_jobs.RowsRunner | None:
+    """The compiled runner of a table of calls (:mod:`._native_jobs`) where a forward pass
+    of ``flops`` runs on several threads (:data:`PARALLEL_FLOPS`) and the helpers spin;
+    else ``None`` (each job a Python closure)."""
+    from . import _spin, _threads
+
+    if _threads.native_workers(threads, flops, PARALLEL_FLOPS) <= 1:
+        return None
+    if _spin.spinner() is None or _spin.spin_microseconds() <= 0:
+        return None
+    return _native_jobs.rows_runner(_native_jobs.KERNEL_POINTERS, _native_jobs.KERNEL_FIELDS)
+
+
+#: A padded copy of the whole input for a table of calls is made only up to this size
+#: (larger: each job copies its own rows, in Python): the copy runs on the calling
+#: thread alone.
+PAD_ONCE_BYTES = 2 << 20
+
+
+def _padded_once(x: np.ndarray, pads: Sequence[tuple[int, int]], rows: int,
+                 io_bytes: int, held_bytes: int) -> np.ndarray | None:
+    """``x`` (N, H, W, C) with ``pads`` (rows, columns; negative crops) applied, ``rows``
+    rows of each image, in this thread's kept workspace; ``None`` where the copy would
+    exceed :data:`PAD_ONCE_BYTES`, or with ``held_bytes`` (the output and packed
+    kernel) more than half again ``io_bytes`` (the input, kernel and output: the peak
+    memory target).
+
+    >>> x = np.ones((1, 2, 2, 16), np.float32)
+    >>> _padded_once(x, [(1, 1), (1, 1)], 4, 3 * x.nbytes, 2 * x.nbytes) is None
+    True
+    >>> _padded_once(x, [(1, 1), (1, 1)], 4, 4 * x.nbytes, 2 * x.nbytes).shape
+    (1, 4, 4, 16)
+    """
+    (top, _), (left, right) = pads
+    n, _, w, c = x.shape
+    padded_w = w + left + right
+    size = n * rows * padded_w * c * x.dtype.itemsize
+    if rows <= 0 or padded_w <= 0 or size > min(PAD_ONCE_BYTES, 1.5 * io_bytes - held_bytes):
+        return None
+    padded = workspace("grouped_tiles_padded", (n, rows, padded_w, c), x.dtype)
+    _fill(padded, x, -top, left)
+    return padded
+
+
 def _interleaved(x: np.ndarray, kernel: np.ndarray, strides: Sequence[int],
                  dilation: Sequence[int], pads: Sequence[tuple[int, int]],
                  out_size: Sequence[int], threads: int | None) -> np.ndarray:
     """The 2-D forward pass on the interleaved kernels (where :func:`interleaves` holds,
     also where the shuffling kernels would run): ``x`` unpadded, ``pads`` zeros to add."""
-    dtype = np.dtype(x.dtype)
-    oh, ow = (int(v) for v in out_size)
-    plan = _forward_plan(tuple(x.shape), tuple(kernel.shape),
-                         (int(strides[0]), int(strides[1])), (int(dilation[0]), int(dilation[1])),
-                         (oh, ow), tuple((int(a), int(b)) for a, b in pads),
-                         x.shape[-1] // kernel.shape[-2], dtype, _llvm.vector_target(),
-                         threads if threads is not None else worker_count(), "interleave")
-    assert plan is not None
-    return _run_plan(plan, np.ascontiguousarray(x), np.ascontiguousarray(kernel, dtype=dtype),
-                     (oh, ow), threads)
+    y = _forward(x, kernel, strides, dilation, x.shape[-1] // kernel.shape[-2], out_size,
+                 pads, threads, "interleave")
+    assert y is not None
+    return y
 
 
 def direct(
@@ -429,23 +556,15 @@ def direct(
                    (1, *out_size), threads=threads,
                    padding=None if padding is None else ((0, 0), *padding))
         return y[:, 0]
-    plan = None
+    result = None
     if rank == 2 and _llvm.available(dtype):
         pads = ((0, 0), (0, 0)) if padding is None else tuple(
             (int(a), int(b)) for a, b in padding)
-        oh, ow = (int(v) for v in out_size)
-        plan = _forward_plan(tuple(xp.shape), tuple(kernel.shape),
-                             (int(strides[0]), int(strides[1])),
-                             (int(dilation[0]), int(dilation[1])), (oh, ow), pads,
-                             int(groups), dtype, _llvm.vector_target(),
-                             threads if threads is not None else worker_count())
-    if plan is None:
+        result = _forward(xp, kernel, strides, dilation, int(groups), out_size, pads, threads)
+    if result is None:
         return tiles_direct(xp, kernel, strides, dilation, groups, out_size, padding=padding,
                             threads=threads)
-    if xp.shape[0] * oh * ow == 0:
-        return np.zeros((xp.shape[0], oh, ow, kernel.shape[-1]), dtype)
-    return _run_plan(plan, np.ascontiguousarray(xp, dtype=dtype),
-                     np.ascontiguousarray(kernel, dtype=dtype), (oh, ow), threads)
+    return result
 
 
 def _window_starts(batch: int, out_size: Sequence[int], strides: Sequence[int],
