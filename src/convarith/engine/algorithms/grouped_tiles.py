@@ -454,7 +454,10 @@ def _forward(x: np.ndarray, kernel: np.ndarray, strides: Sequence[int],
                                   _llvm.vector_target().width(dtype)):
         return None
     n = x.shape[0]
-    runner = _table_runner(threads, 2.0 * n * oh * ow * kh * kw * group_in * f)
+    flops = 2.0 * n * oh * ow * kh * kw * group_in * f
+    # one chunk (the plan's when _job_count says so) runs here, as the Python job
+    runner = (_table_runner(threads, flops) if _job_count(n * oh * ow, flops, workers) > 1
+              else None)
     if runner is not None and any(a or b for a, b in pad_list):
         y_bytes = n * oh * ow * f * dtype.itemsize
         padded = _padded_once(x, pad_list, window_reach(oh, kh, strides2[0], dilation2[0]),
