@@ -128,3 +128,34 @@ def test_resnext_layers_run_as_a_table_within_the_memory_target(monkeypatch, bat
         assert np.array_equal(y, forward())
     extra = peak_extra_bytes(forward)
     assert extra <= 1.5 * (x.nbytes + kernel.nbytes + y.nbytes), extra
+
+
+def test_the_row_filler_pads_as_numpy_does():
+    """The table's filler row copies rows of images zero-padded as ``np.pad`` does, rows
+    above and below the input zeros (random shapes; seed printed)."""
+    import ctypes
+
+    filler = _native_jobs.padded_rows_filler()
+    assert filler is not None
+    fill = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * _native_jobs.KERNEL_POINTERS,
+                            *[ctypes.c_int64] * _native_jobs.KERNEL_FIELDS)(filler.address)
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    for _ in range(20):
+        n, h, w, c = (rng.randint(1, 3), rng.randint(1, 6), rng.randint(1, 6),
+                      rng.randint(1, 9))
+        top, bottom, left, right = (rng.randint(0, 3) for _ in range(4))
+        dtype = rng.choice([np.float32, np.float64])
+        x = np.random.default_rng(seed).standard_normal((n, h, w, c)).astype(dtype)
+        first = rng.randint(-top, h)  # the slab's first row, in input rows
+        rows = rng.randint(1, h + bottom - first)
+        slab = np.full((n, rows, w + left + right, c), np.nan, dtype)
+        item = x.itemsize
+        fields = (n, rows, first, h, w * c * item, h * w * c * item,
+                  (w + left + right) * c * item, rows * (w + left + right) * c * item,
+                  left * c * item, w * c * item, right * c * item)
+        fill(slab.ctypes.data, x.ctypes.data, 0, 0, *fields,
+             *[0] * (_native_jobs.KERNEL_FIELDS - len(fields)))
+        padded = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+        expected = padded[:, first + top:first + top + rows]
+        assert np.array_equal(slab, expected), (seed, x.shape, first, rows, top, left, right)

@@ -53,7 +53,8 @@ compiled kernels       numba kernels (col2im, depthwise, flat_rows,  ``CONVARITH
                        ``_llvm_pool._pool_kernel`` (and by ISA
                        setting ``_pool_kernel_for``), the helper
                        threads' spinner ``_spin.spinner``, the
-                       tables' runner ``_native_jobs._rows_runner``, the host,
+                       tables' runner ``_native_jobs._rows_runner`` (and
+                       row filler ``_padded_rows_filler``), the host,
                        the binding),
                        SciPy's BLAS gemm; built once per key under
                        a lock (:func:`cached_once`)
@@ -203,7 +204,7 @@ def process_caches() -> dict[str, Callable[[], None]]:
             _llvm._compiled_grouped, _llvm._compiled_interleaved, _llvm_depthwise._row_kernel,
             _llvm_thin._compiled_rows, _llvm_pool._pool_kernel, _llvm_pool._pool_kernel_for,
             _numba_pool.numba_kernels, batch_as_channels._numba_swap,
-            _spin.spinner, _native_jobs._rows_runner),
+            _spin.spinner, _native_jobs._rows_runner, _native_jobs._padded_rows_filler),
         "BLAS controller": functions(_threads._controller, _threads._sched_getcpu,
                                      _threads._affinity_cores),
         "helper threads": _threads._POOL.clear,

@@ -27,7 +27,7 @@ from __future__ import annotations
 import ctypes
 import itertools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -216,3 +216,95 @@ def kernel_plan(x: np.ndarray, pads: list[tuple[int, int]], rows: int, io_bytes:
     padded = _threads.workspace("native_jobs_padded", (n, rows, padded_w, c), x.dtype)
     _fill(padded, x, -top, left)
     return padded, [(0, 0), (0, 0)], KernelTable(runner)
+
+
+def padded_rows_ir() -> str:
+    """IR of a ``drive`` with the register kernels' signature (:data:`KERNEL_POINTERS`
+    pointers, :data:`KERNEL_FIELDS` integers) that copies rows of images zero-padded
+    into a slab, for a row of a :class:`KernelTable` ahead of the calls that read it
+    (each job pads its own rows on the thread that runs it). Pointers: ``slab``,
+    ``x``; fields (bytes but the counts): ``images``, ``rows`` (slab rows per image),
+    ``first`` (the input row of the slab's first row, may be negative), ``height``
+    (input rows), ``x_row``, ``x_image``, ``slab_row``, ``slab_image``, ``left``,
+    ``copy`` (bytes of an input row), ``right``; rows outside the input are zeros.
+
+    >>> "llvm.memcpy" in padded_rows_ir()
+    True
+    """
+    names = ["images", "rows", "first", "height", "x_row", "x_image", "slab_row",
+             "slab_image", "left", "copy", "right"]
+    fields = [f"i64 %{name}" for name in names] + [
+        f"i64 %unused{k}" for k in range(KERNEL_FIELDS - len(names))]
+    return "\n".join([
+        "declare void @llvm.memcpy.p0i8.p0i8.i64(i8*, i8*, i64, i1)",
+        "declare void @llvm.memset.p0i8.i64(i8*, i8, i64, i1)",
+        f"define void @drive(i8* %slab, i8* %x, i8* %unused_w, i8* %unused_o, {', '.join(fields)}) {{",
+        "entry:",
+        "  %any = icmp sgt i64 %images, 0",
+        "  br i1 %any, label %image, label %exit",
+        "image:",
+        "  %i = phi i64 [0, %entry], [%i1, %image_end]",
+        "  %si = mul i64 %i, %slab_image",
+        "  %xi = mul i64 %i, %x_image",
+        "  %slab_i = getelementptr i8, i8* %slab, i64 %si",
+        "  %x_i = getelementptr i8, i8* %x, i64 %xi",
+        "  %rows_any = icmp sgt i64 %rows, 0",
+        "  br i1 %rows_any, label %row, label %image_end",
+        "row:",
+        "  %r = phi i64 [0, %image], [%r1, %row_end]",
+        "  %sr = mul i64 %r, %slab_row",
+        "  %dst = getelementptr i8, i8* %slab_i, i64 %sr",
+        "  %source_row = add i64 %first, %r",
+        "  %above = icmp slt i64 %source_row, 0",
+        "  %below = icmp sge i64 %source_row, %height",
+        "  %outside = or i1 %above, %below",
+        "  br i1 %outside, label %zeros, label %copy_row",
+        "zeros:",
+        "  call void @llvm.memset.p0i8.i64(i8* %dst, i8 0, i64 %slab_row, i1 false)",
+        "  br label %row_end",
+        "copy_row:",
+        "  call void @llvm.memset.p0i8.i64(i8* %dst, i8 0, i64 %left, i1 false)",
+        "  %dst_in = getelementptr i8, i8* %dst, i64 %left",
+        "  %xr = mul i64 %source_row, %x_row",
+        "  %src = getelementptr i8, i8* %x_i, i64 %xr",
+        "  call void @llvm.memcpy.p0i8.p0i8.i64(i8* %dst_in, i8* %src, i64 %copy, i1 false)",
+        "  %dst_right = getelementptr i8, i8* %dst_in, i64 %copy",
+        "  call void @llvm.memset.p0i8.i64(i8* %dst_right, i8 0, i64 %right, i1 false)",
+        "  br label %row_end",
+        "row_end:",
+        "  %r1 = add i64 %r, 1",
+        "  %more_rows = icmp slt i64 %r1, %rows",
+        "  br i1 %more_rows, label %row, label %image_end",
+        "image_end:",
+        "  %i1 = add i64 %i, 1",
+        "  %more = icmp slt i64 %i1, %images",
+        "  br i1 %more, label %image, label %exit",
+        "exit:",
+        "  ret void",
+        "}",
+    ]) + "\n"
+
+
+class CompiledFunction(NamedTuple):
+    """A compiled function's ``address`` and the execution ``engine`` that owns its code."""
+
+    address: int
+    engine: Any
+
+
+def padded_rows_filler() -> CompiledFunction | None:
+    """:func:`padded_rows_ir` compiled for this machine, or ``None`` (no llvmlite,
+    ``CONVARITH_JIT=0``, not x86-64)."""
+    return _padded_rows_filler()
+
+
+@cached_once
+def _padded_rows_filler() -> CompiledFunction | None:
+    llvm = _llvm._llvm()
+    if llvm is None or not llvm.get_process_triple().startswith(("x86_64", "amd64")):
+        return None
+    try:
+        address, engine = _llvm.compile_drive(llvm, _llvm._target("native"), padded_rows_ir())
+    except Exception:  # pragma: no cover - an llvmlite that cannot compile this
+        return None
+    return CompiledFunction(int(address), engine)

@@ -217,11 +217,14 @@ class _ForwardPlan(NamedTuple):
     panel_size: int  #: elements of every step's panel together
     in_place: bool  #: the steps read the kernel where it lies (nothing packed)
     workers: int  #: threads the chunks were cut for
-    #: every job's calls as rows of a table (:mod:`._native_jobs`), ``x``, weights and
-    #: ``y`` as byte offsets from their arrays' addresses (``None``: a job copies padded
-    #: rows, which only a Python job can do)
+    #: every job's calls as rows of a table (:mod:`._native_jobs`), each job's padded
+    #: rows copied by its first row where it needs them; the three pointer columns
+    #: as byte offsets from the addresses :data:`TABLE_BASES` names, by ``bases``
+    #: (``None``: no table, a padding that crops columns)
     rows: np.ndarray | None
+    bases: np.ndarray | None  #: (rows, 3) indices into :data:`TABLE_BASES`
     spans: tuple[tuple[int, int], ...]  #: (first row, rows) of each job in ``rows``
+    slab_size: int  #: elements of every job's padded rows together (the table's)
 
 
 @functools.lru_cache(maxsize=256)
@@ -329,39 +332,74 @@ def _forward_plan(shape: tuple[int, int, int, int], kernel_shape: tuple[int, int
                 jobs.append(_Job(image, 1, first, 0 if unpadded else (o1 - 1 - o0)
                                  * strides[0] + reach, image * h * w * c + first * w * c,
                                  (image * oh + o0) * ow * f, cells))
-    rows, spans = _table_template(steps, jobs, in_place, itemsize)
+    rows, bases, spans, slab_size = _table_template(steps, jobs, in_place, itemsize,
+                                                    (h, w, c), (left, right))
     return _ForwardPlan(tuple(steps), tuple(jobs), padded_w, left,
                         0 if in_place else sum(math.prod(step.panel) for step in steps),
-                        in_place, workers, rows, spans)
+                        in_place, workers, rows, bases, spans, slab_size)
+
+
+#: What the pointer columns of a table's rows are offsets from (indices in
+#: :attr:`_ForwardPlan.bases`): nothing, the input, the weights (packed or in place),
+#: the output, the jobs' padded rows.
+TABLE_BASES = ("none", "x", "weights", "y", "slabs")
 
 
 def _table_template(steps: Sequence[_Step], jobs: Sequence[_Job], in_place: bool,
-                    itemsize: int
-                    ) -> tuple[np.ndarray | None, tuple[tuple[int, int], ...]]:
+                    itemsize: int, image: tuple[int, int, int], columns: tuple[int, int]
+                    ) -> tuple[np.ndarray | None, np.ndarray | None, tuple[tuple[int, int], ...],
+                               int]:
     """The jobs' calls as rows of :mod:`._native_jobs`' table, in the order the Python
-    jobs make them (results the same bit for bit): the function's address, then ``x``,
-    the weights and ``y`` as byte offsets from their arrays' addresses (added at each
-    call), the offsets' address, the cells, sums and batch. ``None`` where a job copies
-    padded rows."""
-    width = 1 + _native_jobs.KERNEL_POINTERS + _native_jobs.KERNEL_FIELDS
-    if any(job.slab_rows for job in jobs):
-        return None, ()
+    jobs make them (results the same bit for bit): the function's address, three
+    pointers as byte offsets (from the addresses :data:`TABLE_BASES` names by the
+    returned ``bases``), the offsets' address, the cells, sums and batch. A job that
+    copies padded rows starts with a row of :func:`._native_jobs.padded_rows_ir` filling
+    its own part of one buffer of ``slab_size`` elements, on the thread that runs it
+    (a copy made by the caller for all would be read from the other core's cache).
+    ``(None, None, (), 0)`` where no table can run the jobs: a padding that crops
+    columns (``columns``: left and right padding of ``image``, (H, W, C)), or no
+    compiled filler."""
+    height, width, channels = image
+    left, right = columns
+    width_fields = 1 + _native_jobs.KERNEL_POINTERS + _native_jobs.KERNEL_FIELDS
+    padding = any(job.slab_rows for job in jobs)
+    filler = _native_jobs.padded_rows_filler() if padding else None
+    if padding and (left < 0 or right < 0 or filler is None):
+        return None, None, (), 0
     weights, at = [], 0
     for step in steps:
         weights.append(step.columns[0] * itemsize if in_place else at * itemsize)
         at += math.prod(step.panel)
+    padded_row = (width + left + right) * channels
     rows: list[tuple[int, ...]] = []
+    bases: list[tuple[int, int, int]] = []
     spans = []
+    slab_at = 0
     for job in jobs:
-        spans.append((len(rows), len(steps)))
+        first = len(rows)
+        if job.slab_rows:
+            assert filler is not None
+            fill = (job.images, job.slab_rows, job.first_row, height, width * channels * itemsize,
+                    height * width * channels * itemsize, padded_row * itemsize,
+                    job.slab_rows * padded_row * itemsize, left * channels * itemsize,
+                    width * channels * itemsize, right * channels * itemsize)
+            rows.append((filler.address, slab_at * itemsize,
+                         job.first_image * height * width * channels * itemsize, 0, 0, *fill,
+                         *[0] * (_native_jobs.KERNEL_FIELDS - len(fill))))
+            bases.append((4, 1, 0))
         for step, weight in zip(steps, weights):
             rows.append((ctypes.c_void_p.from_buffer(step.drive).value or 0,
-                         job.x_offset * itemsize, weight,
-                         job.y_offset * itemsize + step.first_channel_bytes,
+                         slab_at * itemsize if job.slab_rows else job.x_offset * itemsize,
+                         weight, job.y_offset * itemsize + step.first_channel_bytes,
                          step.offsets_address, *job.cells, *step.sums, *step.batch))
-    table = np.array(rows, np.int64).reshape(-1, width)
+            bases.append((4 if job.slab_rows else 1, 2, 3))
+        spans.append((first, len(rows) - first))
+        slab_at += job.images * job.slab_rows * padded_row
+    table = np.array(rows, np.int64).reshape(-1, width_fields)
     table.flags.writeable = False
-    return table, tuple(spans)
+    base_indices = np.array(bases, np.intp).reshape(-1, 3)
+    base_indices.flags.writeable = False
+    return table, base_indices, tuple(spans), slab_at
 
 
 def _run_plan(plan: _ForwardPlan, x: np.ndarray, kernel: np.ndarray,
@@ -396,11 +434,11 @@ def _run_plan(plan: _ForwardPlan, x: np.ndarray, kernel: np.ndarray,
             at += size
     y = aligned_empty((n, *out_size, f), dtype)
     x_base, y_base = x.ctypes.data, y.ctypes.data
-    if runner is not None and plan.rows is not None:
+    if runner is not None and plan.rows is not None and plan.bases is not None:
+        slabs = workspace("grouped_tiles_slabs", (max(1, plan.slab_size),), dtype)
+        addresses = np.array([0, x_base, weights_base, y_base, slabs.ctypes.data], np.int64)
         table = plan.rows.copy()
-        table[:, 1] += x_base
-        table[:, 2] += weights_base
-        table[:, 3] += y_base
+        table[:, 1:4] += addresses[plan.bases]
         run_native_jobs(runner, table, list(plan.spans), threads=plan.workers)
         return y
     padded_w, left = plan.padded_width, plan.left
@@ -438,9 +476,9 @@ def _forward(x: np.ndarray, kernel: np.ndarray, strides: Sequence[int],
              family: str = "") -> np.ndarray | None:
     """The 2-D forward pass by :func:`_forward_plan`'s plan (``None``: no plan for it),
     ``x`` unpadded, ``pads`` zeros to add. Where it runs on several threads
-    (:data:`PARALLEL_FLOPS`) and the helpers spin, the input is padded once (within
-    :mod:`._native_jobs`' memory bounds) and the jobs' calls run as one table without
-    the GIL; else each job copies its padded rows in Python."""
+    (:data:`PARALLEL_FLOPS`) and the helpers spin, the jobs' calls (each job's copy of
+    its padded rows first) run as one table without the GIL, within the peak memory
+    target (1.5x the input, kernel and output bytes); else as Python jobs."""
     dtype = np.dtype(x.dtype)
     oh, ow = (int(v) for v in out_size)
     kh, kw, group_in, f = kernel.shape
@@ -458,14 +496,6 @@ def _forward(x: np.ndarray, kernel: np.ndarray, strides: Sequence[int],
     # one chunk (the plan's when _job_count says so) runs here, as the Python job
     runner = (_table_runner(threads, flops) if _job_count(n * oh * ow, flops, workers) > 1
               else None)
-    if runner is not None and any(a or b for a, b in pad_list):
-        y_bytes = n * oh * ow * f * dtype.itemsize
-        padded = _padded_once(x, pad_list, window_reach(oh, kh, strides2[0], dilation2[0]),
-                              x.nbytes + kernel.nbytes + y_bytes, y_bytes + kernel.nbytes)
-        if padded is None:
-            runner = None
-        else:
-            x, pad_list = padded, [(0, 0), (0, 0)]
     plan = _forward_plan(tuple(x.shape), tuple(kernel.shape), strides2, dilation2, (oh, ow),
                          (pad_list[0], pad_list[1]), int(groups), dtype,
                          _llvm.vector_target(), workers, family)
@@ -473,6 +503,11 @@ def _forward(x: np.ndarray, kernel: np.ndarray, strides: Sequence[int],
         return None
     if x.shape[0] * oh * ow == 0:
         return np.zeros((x.shape[0], oh, ow, f), dtype)
+    itemsize = dtype.itemsize
+    io_bytes = x.nbytes + kernel.nbytes + n * oh * ow * f * itemsize
+    held_bytes = (n * oh * ow * f + plan.panel_size + plan.slab_size) * itemsize
+    if held_bytes > 1.5 * io_bytes:  # the jobs' padded rows past the memory target
+        runner = None
     return _run_plan(plan, x, kernel, (oh, ow), threads, runner)
 
 
@@ -487,37 +522,6 @@ def _table_runner(threads: int | None, flops: float) -> _native_jobs.RowsRunner 
     if _spin.spinner() is None or _spin.spin_microseconds() <= 0:
         return None
     return _native_jobs.rows_runner(_native_jobs.KERNEL_POINTERS, _native_jobs.KERNEL_FIELDS)
-
-
-#: A padded copy of the whole input for a table of calls is made only up to this size
-#: (larger: each job copies its own rows, in Python): the copy runs on the calling
-#: thread alone.
-PAD_ONCE_BYTES = 2 << 20
-
-
-def _padded_once(x: np.ndarray, pads: Sequence[tuple[int, int]], rows: int,
-                 io_bytes: int, held_bytes: int) -> np.ndarray | None:
-    """``x`` (N, H, W, C) with ``pads`` (rows, columns; negative crops) applied, ``rows``
-    rows of each image, in this thread's kept workspace; ``None`` where the copy would
-    exceed :data:`PAD_ONCE_BYTES`, or with ``held_bytes`` (the output and packed
-    kernel) more than half again ``io_bytes`` (the input, kernel and output: the peak
-    memory target).
-
-    >>> x = np.ones((1, 2, 2, 16), np.float32)
-    >>> _padded_once(x, [(1, 1), (1, 1)], 4, 3 * x.nbytes, 2 * x.nbytes) is None
-    True
-    >>> _padded_once(x, [(1, 1), (1, 1)], 4, 4 * x.nbytes, 2 * x.nbytes).shape
-    (1, 4, 4, 16)
-    """
-    (top, _), (left, right) = pads
-    n, _, w, c = x.shape
-    padded_w = w + left + right
-    size = n * rows * padded_w * c * x.dtype.itemsize
-    if rows <= 0 or padded_w <= 0 or size > min(PAD_ONCE_BYTES, 1.5 * io_bytes - held_bytes):
-        return None
-    padded = workspace("grouped_tiles_padded", (n, rows, padded_w, c), x.dtype)
-    _fill(padded, x, -top, left)
-    return padded
 
 
 def _interleaved(x: np.ndarray, kernel: np.ndarray, strides: Sequence[int],
