@@ -147,7 +147,7 @@ def test_the_row_filler_pads_as_numpy_does():
         top, bottom, left, right = (rng.randint(0, 3) for _ in range(4))
         dtype = rng.choice([np.float32, np.float64])
         x = np.random.default_rng(seed).standard_normal((n, h, w, c)).astype(dtype)
-        first = rng.randint(-top, h)  # the slab's first row, in input rows
+        first = rng.randint(-top, h + bottom - 1)  # the slab's first row, in input rows
         rows = rng.randint(1, h + bottom - first)
         slab = np.full((n, rows, w + left + right, c), np.nan, dtype)
         item = x.itemsize
