@@ -506,9 +506,19 @@ def _forward(x: np.ndarray, kernel: np.ndarray, strides: Sequence[int],
     itemsize = dtype.itemsize
     io_bytes = x.nbytes + kernel.nbytes + n * oh * ow * f * itemsize
     held_bytes = (n * oh * ow * f + plan.panel_size + plan.slab_size) * itemsize
-    if held_bytes > 1.5 * io_bytes:  # the jobs' padded rows past the memory target
-        runner = None
+    if held_bytes > 1.5 * io_bytes or plan.slab_size * itemsize > TABLE_SLAB_BYTES:
+        runner = None  # the jobs' padded rows past the memory target, or too many
     return _run_plan(plan, x, kernel, (oh, ow), threads, runner)
+
+
+#: Bytes of every job's padded rows together up to which a table runs the jobs (each
+#: job its own rows, where the Python jobs reuse one kept copy per thread). Measured on
+#: two cores (busy machine, real-time priority, float32, 16 images, 3×3, 32 groups),
+#: Python jobs' time over the table's: 14² 256 (4.2 MB of rows) 1.05-1.16, 7² 512 (2.7
+#: MB) 0.88-0.98, 4² 1024 (2.4 MB) 1.04-1.12; 7² 1024 at stride 2 (5.3 MB) 0.99-1.04,
+#: 28² 128 (7.4 MB) 0.90-0.92, 14² 512 at stride 2 (8.4 MB) 0.85-0.91, 28² 256 at
+#: stride 2 (14.7 MB, fresh pages at every call) 0.80-0.82.
+TABLE_SLAB_BYTES = 5 << 20
 
 
 def _table_runner(threads: int | None, flops: float) -> _native_jobs.RowsRunner | None:
