@@ -52,6 +52,15 @@ four per thread that only balance several threads. Layers of few output cells
 every call (a 3×3 kernel of 1024 channels in 32 groups: 1.2 MB, a third of a
 batch-1 call on 4² to pack).
 
+On several threads, with the helpers spinning, the chunks run as one table of
+compiled calls (:mod:`._native_jobs`): no helper waits for the GIL. The table's rows
+are worked out with the plan (the arrays' addresses added at each call); a chunk
+that reads padded rows starts with a row that copies them
+(:func:`._native_jobs.padded_rows_ir`) on the thread that runs it: a copy of the
+whole input made by the caller was then read from the caller's cache by the other
+core, which took as long as the calls (28² 128 on two threads: 0.22 against 0.11 ms
+for the calls alone). Results are the Python jobs' bit for bit.
+
 Examples
 --------
 >>> import numpy as np
@@ -766,7 +775,12 @@ JOB_FLOPS = 4e6
 #: on one thread as on two (3×3 g32: 128 on 28² 0.15 against 0.34 ms, 256 on 14² 0.17
 #: against 0.33, 1024 s2 on 7² 0.16 against 0.34; PyTorch on two 0.11-0.19), while 16
 #: images of 4² with 1024 channels (151 MFLOP) ran faster on two (1.2-1.5 against 1.7),
-#: and so did 4 images of 14² with 256 (29 MFLOP: 0.44 against 0.52).
+#: and so did 4 images of 14² with 256 (29 MFLOP: 0.44 against 0.52). Run as a table
+#: (:mod:`._native_jobs`) two threads still gain little at batch 1 (busy machine,
+#: real-time priority, medians, two threads against one through ``conv2d``): 128 on
+#: 28² 0.148-0.154 against 0.152-0.154 ms, 256 on 14² 0.194-0.198 against 0.183-0.184,
+#: 512 on 7² 0.124-0.126 against 0.133 (the calls alone: 0.08 against 0.11-0.13; the
+#: rest is the call's fixed work and the other core's half of the output).
 PARALLEL_FLOPS = 2e7
 
 
