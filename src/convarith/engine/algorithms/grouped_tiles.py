@@ -234,6 +234,7 @@ class _ForwardPlan(NamedTuple):
     bases: np.ndarray | None  #: (rows, 3) indices into :data:`TABLE_BASES`
     spans: tuple[tuple[int, int], ...]  #: (first row, rows) of each job in ``rows``
     slab_size: int  #: elements of every job's padded rows together (the table's)
+    filler: Any  #: the compiled filler the rows call (kept alive with them), or None
 
 
 @functools.lru_cache(maxsize=256)
@@ -343,9 +344,10 @@ def _forward_plan(shape: tuple[int, int, int, int], kernel_shape: tuple[int, int
                                  (image * oh + o0) * ow * f, cells))
     rows, bases, spans, slab_size = _table_template(steps, jobs, in_place, itemsize,
                                                     (h, w, c), (left, right))
+    filler = _native_jobs.padded_rows_filler() if slab_size else None
     return _ForwardPlan(tuple(steps), tuple(jobs), padded_w, left,
                         0 if in_place else sum(math.prod(step.panel) for step in steps),
-                        in_place, workers, rows, bases, spans, slab_size)
+                        in_place, workers, rows, bases, spans, slab_size, filler)
 
 
 #: What the pointer columns of a table's rows are offsets from (indices in
