@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(
                                 _native_jobs.KERNEL_FIELDS) is None,
     reason="no compiled kernels or spinner on this machine")
 
-CASES = 6 if os.environ.get("CI") == "true" else 40
+CASES = 4 if os.environ.get("CI") == "true" else 40
 
 
 @pytest.fixture(autouse=True)
