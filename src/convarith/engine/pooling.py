@@ -32,6 +32,7 @@ array([0.5, 2.5, 4. ])
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import math
 from collections.abc import Callable
@@ -267,6 +268,11 @@ def _global_average(rows: np.ndarray, planned: PoolPlan) -> np.ndarray:
 #: ones faster (16 images of 28²×256, 3.2M cells: 0.29 against 1.26 ms).
 THREADED_WORK = 1 << 21
 
+#: Window cells from which a forward pooling by the compiled kernel (llvmlite) splits
+#: its output rows over the workers as a native batch (:mod:`.algorithms._native_jobs`):
+#: the helpers run their chunks without the GIL, so a helper is no longer late ...
+NATIVE_THREADED_WORK = 1 << 18
+
 
 #: Window cells below which numba's loops (where installed) run a pooling rather than the
 #: llvmlite kernel: their call costs about a microsecond less than the kernel's through
@@ -342,6 +348,22 @@ def _forward_compiled(x: np.ndarray, resolved: ResolvedConv, planned: PoolPlan, 
         def run(first: int, stop: int) -> None:
             loop(x_rows, y_rows, *tables, first, stop, row_step, spec.dilation[-1])
 
+    if isinstance(loops, _llvm_pool.PoolKernel) and units >= 2 and cells >= NATIVE_THREADED_WORK:
+        workers = _threads.worker_count()
+        runner = _native_jobs.rows_runner(5, len(_llvm_pool.DRIVE_FIELDS)) if workers > 1 \
+            else None
+        if runner is not None:
+            # the chunks as one table of the kernel's calls, the helpers without the GIL
+            rows, columns, divisors = planned.addresses
+            head = (ctypes.c_void_p.from_buffer(loops.drive).value or 0, x.ctypes.data,
+                    y.ctypes.data, divisors, rows, columns)
+            count = min(units, 4 * workers)
+            edges = [units * i // count for i in range(count + 1)]
+            table = np.array([(*head, first, stop, out_rows, *fields)
+                              for first, stop in zip(edges, edges[1:])], np.int64)
+            _threads.run_native_jobs(runner, table, [(i, 1) for i in range(count)],
+                                     threads=workers)
+            return y
     workers = 1 if units < 2 or cells < THREADED_WORK else _threads.worker_count()
     if workers == 1:
         run(0, units)
