@@ -236,12 +236,14 @@ def test_max_gradient_threads_give_one_threads_result(batch: int,
 def test_random_global_averages_match_pytorch(loop: str, monkeypatch: pytest.MonkeyPatch
                                               ) -> None:
     # a global average (one window over the whole input): BLAS's gemv on one thread;
-    # on several (forced here, whatever the size) numba's one-pass loop, the images
-    # split over the threads, or without numba the gemv
+    # on several (forced here, whatever the size) numba's one-pass loop as a native
+    # batch, the images split over the threads, or without numba the gemv
+    from convarith.engine.algorithms import _numba_global
+
     monkeypatch.setattr(pooling, "GLOBAL_THREADED_VALUES", 0)
     if loop == "gemv":
-        monkeypatch.setattr(_numba_pool, "numba_kernels", lambda: None)
-    elif _numba_pool.numba_kernels() is None:
+        monkeypatch.setattr(_numba_global, "average", lambda dtype: None)
+    elif _numba_global.average(np.dtype(np.float32)) is None:
         pytest.skip("no numba")
     rng = np.random.default_rng(21)
     for case in range(CONFIGS // 4):
@@ -269,6 +271,39 @@ def test_random_global_averages_match_pytorch(loop: str, monkeypatch: pytest.Mon
         _close(split, expected, note + ", two threads")
 
 
+def test_random_pools_split_as_native_batches_match_pytorch(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # every compiled pooling split over two threads as one table of the kernel's calls
+    # (whatever its size), against PyTorch and against one thread bit for bit
+    if _llvm_pool.pool_kernel(np.float32, "max") is None:
+        pytest.skip("no compiled kernels here")
+    monkeypatch.setattr(pooling, "NATIVE_THREADED_WORK", 0)
+    monkeypatch.setattr(pooling, "SMALL_WORK", 0)  # (small pools may run numba's loops)
+    rng = np.random.default_rng(31)
+    for case in range(CONFIGS // 4):
+        rank = int(rng.choice([1, 2, 2]))
+        kind = str(rng.choice(["max", "avg"]))
+        k, s = int(rng.integers(1, 5)), int(rng.integers(1, 4))
+        d = int(rng.choice([1, 1, 2])) if kind == "max" else 1
+        p = int(rng.integers(0, k // 2 + 1))
+        size = int(rng.integers((k - 1) * d + 1, 20))
+        channels = int(rng.choice([1, 3, 16, 17, 64, 130]))
+        dtype = np.float32 if rng.random() < 0.7 else np.float64
+        x = rng.standard_normal((int(rng.integers(2, 6)), *(size,) * rank, channels)
+                                ).astype(dtype)
+        include = bool(rng.random() < 0.5)
+        note = (f"seed 31 case {case}: {kind} pool k{k} s{s} p{p} d{d} on x {x.shape} "
+                f"{np.dtype(dtype).name} count_include_pad={include}")
+        spec = ConvSpec(k, strides=s, padding=p, dilation=d, pool=kind, rank=rank,
+                        count_include_pad=include)
+        with thread_limit(1):
+            alone = conv(x, None, spec)
+        with thread_limit(2):
+            split = conv(x, None, spec)
+        np.testing.assert_array_equal(split, alone, err_msg=note)
+        _close(split, _torch_pool(x, kind, k, s, p, d, False, include), note)
+
+
 def test_window_spans_against_the_positions() -> None:
     rng = np.random.default_rng(7)
     for case in range(300):
@@ -284,12 +319,15 @@ def test_window_spans_against_the_positions() -> None:
             assert not inside or first == inside[0], note
 
 
+@pytest.mark.parametrize("split", ["native", "closures"])
 @pytest.mark.parametrize("kind", ["max", "avg"])
-def test_worker_threads_give_one_threads_result(kind: str,
+def test_worker_threads_give_one_threads_result(kind: str, split: str,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # the chunks as a native batch (the helpers without the GIL) or as Python closures
     if _llvm_pool.pool_kernel(np.float32, kind) is None:
         pytest.skip("no compiled kernels here")
     monkeypatch.setattr(pooling, "THREADED_WORK", 0)  # split whatever the size
+    monkeypatch.setattr(pooling, "NATIVE_THREADED_WORK", 0 if split == "native" else 1 << 62)
     rng = np.random.default_rng(11)
     x = rng.standard_normal((4, 57, 56, 64)).astype(np.float32)
     spec = ConvSpec(3, strides=2, padding=1, pool=kind, ceil_mode=True)

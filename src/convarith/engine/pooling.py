@@ -32,6 +32,7 @@ array([0.5, 2.5, 4. ])
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import math
 from collections.abc import Callable
@@ -42,7 +43,7 @@ import numpy as np
 
 from ..arithmetic import effective_kernel
 from ..spec import ResolvedConv
-from .algorithms import _llvm_pool, _numba_pool, _threads
+from .algorithms import _llvm_pool, _native_jobs, _numba_global, _numba_pool, _threads
 from .algorithms.offset_gemm import tap_view
 from .padding import pad
 
@@ -218,35 +219,42 @@ def forward(x: np.ndarray, resolved: ResolvedConv, planned: PoolPlan | None = No
     return y
 
 
-#: Input values from which a global average pool splits its images over the workers:
-#: about 160 µs of one core (16 images of 4²×2048, 524k values, take 40 µs), as
-#: :data:`THREADED_WORK` for the same reason (no network's global pool at 16 images).
-GLOBAL_THREADED_VALUES = 1 << 21
+#: Input values from which a global average pool splits its images over the workers
+#: as a native batch (:mod:`.algorithms._numba_global`: the helpers run their share
+#: without the GIL). Quiet machine, two cores, float32: 16 images of 4²×2048 (524k
+#: values) 39 µs on one thread, ... on two; below about 100k values a helper costs
+#: more than it saves.
+GLOBAL_THREADED_VALUES = 1 << 17
 
 
 def _global_average(rows: np.ndarray, planned: PoolPlan) -> np.ndarray:
     """The mean over the middle axis of ``rows`` ``(N, cells, C)``, ``(N, C)``.
 
     On one thread BLAS's gemv with ``1 / cells`` (2-5x faster than NumPy's sum over
-    the middle axis; on 16 images 10-25% faster than numba's loop, one core: 4²×1152
-    17 against 21 µs, 4²×2048 29-32 against 38); from :data:`GLOBAL_THREADED_VALUES`
-    input values the images split over the workers, each chunk numba's one-pass loop
-    (float32/float64; no BLAS, so nothing to limit in the threads). Without numba,
-    the gemv.
+    the middle axis; as fast as numba's loop on one core); from
+    :data:`GLOBAL_THREADED_VALUES` input values and two or more images, the images
+    split over the workers as a native batch (numba's one-pass loop as a C function,
+    the helpers without the GIL; float32/float64). Without numba or llvmlite, the gemv.
     """
     batch, cells, channels = rows.shape
     workers = 1 if batch < 2 or rows.size < GLOBAL_THREADED_VALUES else _threads.worker_count()
-    loops = _numba_pool.numba_kernels() if workers > 1 and rows.dtype.char in "fd" else None
-    if loops is None:
+    native = _numba_global.average(rows.dtype) if workers > 1 else None
+    runner = _native_jobs.rows_runner(2, 4) if native is not None else None
+    if runner is None:
         weights = planned.weights
         if weights is None or weights.dtype != rows.dtype:
             weights = np.full(cells, 1 / max(1, cells), rows.dtype)
+        if batch == 1:  # (np.dot's gemv call costs ~0.4 µs less than matmul's)
+            return np.dot(weights, rows[0])[None]
         return np.matmul(weights, rows)
-    average = loops[2]
+    assert native is not None
     rows = np.ascontiguousarray(rows)
     y = np.empty((batch, channels), rows.dtype)
-    _threads.run_chunks(lambda first, stop: average(rows, y, first, stop), batch,
-                        -(-batch // (4 * workers)), threads=workers, blas=False)
+    count = min(batch, 4 * workers)
+    edges = [batch * i // count for i in range(count + 1)]
+    table = np.array([(native.address, rows.ctypes.data, y.ctypes.data, cells, channels,
+                       first, stop) for first, stop in zip(edges, edges[1:])], np.int64)
+    _threads.run_native_jobs(runner, table, [(i, 1) for i in range(count)], threads=workers)
     return y
 
 
@@ -259,6 +267,11 @@ def _global_average(rows: np.ndarray, planned: PoolPlan) -> np.ndarray:
 #: two threads, 0.072 on one core; 16 images of 14²×512 0.189 against 0.145), larger
 #: ones faster (16 images of 28²×256, 3.2M cells: 0.29 against 1.26 ms).
 THREADED_WORK = 1 << 21
+
+#: Window cells from which a forward pooling by the compiled kernel (llvmlite) splits
+#: its output rows over the workers as a native batch (:mod:`.algorithms._native_jobs`):
+#: the helpers run their chunks without the GIL, so a helper is no longer late ...
+NATIVE_THREADED_WORK = 1 << 18
 
 
 #: Window cells below which numba's loops (where installed) run a pooling rather than the
@@ -335,6 +348,22 @@ def _forward_compiled(x: np.ndarray, resolved: ResolvedConv, planned: PoolPlan, 
         def run(first: int, stop: int) -> None:
             loop(x_rows, y_rows, *tables, first, stop, row_step, spec.dilation[-1])
 
+    if isinstance(loops, _llvm_pool.PoolKernel) and units >= 2 and cells >= NATIVE_THREADED_WORK:
+        workers = _threads.worker_count()
+        runner = _native_jobs.rows_runner(5, len(_llvm_pool.DRIVE_FIELDS)) if workers > 1 \
+            else None
+        if runner is not None:
+            # the chunks as one table of the kernel's calls, the helpers without the GIL
+            rows, columns, divisors = planned.addresses
+            head = (ctypes.c_void_p.from_buffer(loops.drive).value or 0, x.ctypes.data,
+                    y.ctypes.data, divisors, rows, columns)
+            count = min(units, 4 * workers)
+            edges = [units * i // count for i in range(count + 1)]
+            table = np.array([(*head, first, stop, out_rows, *fields)
+                              for first, stop in zip(edges, edges[1:])], np.int64)
+            _threads.run_native_jobs(runner, table, [(i, 1) for i in range(count)],
+                                     threads=workers)
+            return y
     workers = 1 if units < 2 or cells < THREADED_WORK else _threads.worker_count()
     if workers == 1:
         run(0, units)
