@@ -35,7 +35,7 @@ from ...arithmetic import effective_kernel, window_reach
 from .. import gradient_costs
 from ..dispatch import ConvProblem, register_algorithm
 from ..padding import pad
-from ._threads import aligned_empty, run_chunks, worker_count
+from ._threads import aligned_empty, run_chunks, run_native_jobs, worker_count
 
 #: Output cells of a row whose weight-gradient terms are summed in the input's
 #: dtype before they are added to the float64 total.
@@ -744,6 +744,11 @@ class _TilesPlan(NamedTuple):
     runner: Any  #: :func:`._llvm_depthwise.call_runner`
     zero_rows: tuple[tuple[int, int], ...]  #: output rows whose windows lie on padding only
     keep: tuple[Any, ...]  #: the compiled modules (their code lives as long as they do)
+    #: every job's calls as rows of :func:`._native_jobs.rows_runner` (the ``drive``'s
+    #: address, then the byte offsets of ``x``, ``w`` and ``y``: :func:`_native_rows`
+    #: adds the arrays' addresses) and each job's ``(first row, rows)``
+    offset_rows: np.ndarray
+    spans: tuple[tuple[int, int], ...]
 
 
 def _even_cuts(total: int, parts: int) -> list[tuple[int, int]]:
@@ -849,8 +854,24 @@ def _tiles_plan(shape: tuple[int, int, int, int], kernel_size: tuple[int, int],
     runner = _llvm_depthwise.call_runner(target)
     if runner is None:
         return None
+    offset_rows = np.concatenate([table for table, _, _ in tables]).reshape(
+        -1, _llvm_depthwise.CALL_VALUES)
+    offset_rows.flags.writeable = False
+    edges = list(itertools.accumulate((count for _, _, count in tables), initial=0))
+    spans = tuple((first, last - first) for first, last in zip(edges, edges[1:]))
     return _TilesPlan(tuple(planned), tuple(tables), runner, zero_rows,
-                      tuple(modules.values()))
+                      tuple(modules.values()), offset_rows, spans)
+
+
+def _native_rows(plan: _TilesPlan, x: np.ndarray, weights: np.ndarray, y: np.ndarray
+                 ) -> np.ndarray:
+    """The plan's calls as rows of :func:`._native_jobs.rows_runner`, at these arrays'
+    addresses (the offsets plus each array's address)."""
+    rows = plan.offset_rows.copy()
+    rows[:, 1] += x.ctypes.data
+    rows[:, 2] += weights.ctypes.data
+    rows[:, 3] += y.ctypes.data
+    return rows
 
 
 #: Bytes of the input rows that one output row of :func:`tiles` reads, for the channel
@@ -978,6 +999,17 @@ def tiles(
     tables = plan.tables
     if not tables:  # no cell reads the input (written above as zeros)
         return y
+    if len(tables) > 1:
+        # on the spinning helpers without the interpreter's lock: a helper that starts
+        # late leaves its jobs to the others instead of being waited for
+        from . import _llvm_depthwise, _native_jobs, _spin
+
+        native = _native_jobs.rows_runner(3, len(_llvm_depthwise.DRIVE_FIELDS))
+        if native is not None and _spin.spinner() is not None and \
+                _spin.spin_microseconds() > 0:
+            run_native_jobs(native, _native_rows(plan, x, weights, y), list(plan.spans),
+                            threads=workers)
+            return y
     run = _table_runs(plan.runner, x, weights, y, tables)
     if len(tables) == 1:
         run(0, 1)
