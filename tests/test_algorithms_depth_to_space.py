@@ -133,11 +133,14 @@ def test_one_image_is_shared_among_workers():
     kernel outweighs the image, its first-axis taps (each worker multiplies by its share
     of the kernel); either way the result is the reference's, on two threads."""
     assert depth_to_space._shares([(0, 1, 0, 9)], 2, 2, False) == [
-        (0, 1, 0, 4, 0, 2), (0, 1, 4, 9, 0, 2)]
+        (0, 1, 0, 2, 0, 2), (0, 1, 2, 4, 0, 2), (0, 1, 4, 6, 0, 2), (0, 1, 6, 9, 0, 2)]
     assert depth_to_space._shares([(0, 1, 0, 9)], 2, 2, True) == [
-        (0, 1, 0, 9, 0, 1), (0, 1, 0, 9, 1, 2)]
+        (0, 1, 0, 4, 0, 1), (0, 1, 4, 9, 0, 1), (0, 1, 0, 4, 1, 2), (0, 1, 4, 9, 1, 2)]
     assert depth_to_space._shares([(0, 1, 0, 9)], 3, 4, True) == [
-        (0, 1, 0, 9, 0, 1), (0, 1, 0, 9, 1, 2), (0, 1, 0, 9, 2, 3)]
+        (0, 1, 0, 4, 0, 1), (0, 1, 4, 9, 0, 1), (0, 1, 0, 4, 1, 2), (0, 1, 4, 9, 1, 2),
+        (0, 1, 0, 4, 2, 3), (0, 1, 4, 9, 2, 3)]
+    assert depth_to_space._shares([(0, 1, 0, 1)], 2, 2, True) == [
+        (0, 1, 0, 1, 0, 1), (0, 1, 0, 1, 1, 2)]
     assert depth_to_space._shares([(0, 1, 0, 1)], 2, 2, False) == [(0, 1, 0, 1, 0, 2)]
     rng = np.random.default_rng(14)
     for x_shape, kernel_shape, strides, padding in [

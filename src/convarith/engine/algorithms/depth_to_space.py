@@ -70,6 +70,9 @@ MIN_CELLS = 512
 #: at batch 16 (BLAS is slow on products of few rows).
 DIRECT_ROW_CELLS = 48
 
+#: Shares per worker where one image is cut among the workers (:func:`_shares`).
+SHARES_PER_WORKER = 2
+
 
 def _blocks(batch: int, rows: int, row_cells: int, budget_cells: int, workers: int
             ) -> list[tuple[int, int, int, int]]:
@@ -98,30 +101,30 @@ def _shares(blocks: list[tuple[int, int, int, int]], first_taps: int, workers: i
     """Blocks ``(n0, n1, i0, i1, a0, a1)``: also the first-axis taps ``a0 .. a1 - 1``.
 
     With fewer blocks than ``workers`` (one image: U-Net's up-sampling at batch 1),
-    each block is cut into about ``workers`` shares: by its first-axis taps where
-    the kernel outweighs the block's input (``kernel_heavy``: each worker then
-    multiplies by its share of the kernel only), else by input rows.
+    each block is cut into shares: by its first-axis taps where the kernel outweighs
+    the block's input (``kernel_heavy``: each worker then multiplies by its share of
+    the kernel only), then by input rows, :data:`SHARES_PER_WORKER` per worker in all
+    (a worker that starts late, its core taken by another process, leaves its shares
+    to the others).
 
     >>> _shares([(0, 1, 0, 56)], 2, 2, False)
-    [(0, 1, 0, 28, 0, 2), (0, 1, 28, 56, 0, 2)]
+    [(0, 1, 0, 14, 0, 2), (0, 1, 14, 28, 0, 2), (0, 1, 28, 42, 0, 2), (0, 1, 42, 56, 0, 2)]
     >>> _shares([(0, 1, 0, 7)], 2, 2, True)
-    [(0, 1, 0, 7, 0, 1), (0, 1, 0, 7, 1, 2)]
+    [(0, 1, 0, 3, 0, 1), (0, 1, 3, 7, 0, 1), (0, 1, 0, 3, 1, 2), (0, 1, 3, 7, 1, 2)]
     >>> _shares([(0, 8, 0, 7), (8, 16, 0, 7)], 2, 2, True)[1]
     (8, 16, 0, 7, 0, 2)
     """
     if len(blocks) >= workers or workers <= 1:
         return [(*block, 0, first_taps) for block in blocks]
-    parts = max(1, workers // len(blocks))
+    parts = max(1, SHARES_PER_WORKER * workers // len(blocks))
     shares: list[tuple[int, int, int, int, int, int]] = []
     for n0, n1, i0, i1 in blocks:
-        if kernel_heavy and first_taps > 1:
-            count = min(parts, first_taps)
-            edges = [first_taps * k // count for k in range(count + 1)]
-            shares += [(n0, n1, i0, i1, a0, a1) for a0, a1 in zip(edges, edges[1:])]
-        else:
-            count = min(parts, i1 - i0)
-            edges = [i0 + (i1 - i0) * k // count for k in range(count + 1)]
-            shares += [(n0, n1, r0, r1, 0, first_taps) for r0, r1 in zip(edges, edges[1:])]
+        by_taps = min(parts, first_taps) if kernel_heavy else 1
+        by_rows = min(max(1, parts // by_taps), i1 - i0)
+        taps = [first_taps * k // by_taps for k in range(by_taps + 1)]
+        rows = [i0 + (i1 - i0) * k // by_rows for k in range(by_rows + 1)]
+        shares += [(n0, n1, r0, r1, a0, a1) for a0, a1 in zip(taps, taps[1:])
+                   for r0, r1 in zip(rows, rows[1:])]
     return shares
 
 
