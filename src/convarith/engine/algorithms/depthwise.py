@@ -1081,7 +1081,14 @@ def cost_tiles(problem: ConvProblem) -> float:
     against 1.89, 7²×480 0.11 against 0.26, 14²×240 stride 2 0.12 against 0.16).
 
     Channels that end in a partial vector count as whole vectors (masked loads and
-    stores run the last one).
+    stores run the last one). Fewer channels than one vector cost at most
+    :data:`FEW_CHANNELS_SHARE` of this module's loop (``0.1 × FLOPs``), whose time per
+    FLOP grows there too: one core, CPU time, busy machine, AVX-512, float32, the loop's
+    time over this one's: 3×3 on 16 images of 56² with 2, 4, 8 channels 1.20, 1.41,
+    2.55 (8: 0.395 against 0.155 ms); 5×5 on 4 images of 56²×4 1.53; 3×3 on 16 of
+    28²×3 1.77; stride 2 on one 112²×4 image 3.26; float64 1.7-5.1. Not with AVX2 at
+    3×3 stride 1, where the loop is faster (16 images of 56² with 4 and 6 channels,
+    0.25 and 0.34 against 0.29 and 0.47 ms; but 5×5 and stride 2 as with AVX-512).
     """
     from . import _llvm
 
@@ -1090,11 +1097,20 @@ def cost_tiles(problem: ConvProblem) -> float:
     channels = problem.in_channels
     flops = problem.flops * (-(-channels // width) * width) / max(1, channels)
     if math.prod(problem.kernel_size) > 9:
-        return flops * 0.04
-    input_bytes = math.prod(problem.input_shape) * problem.dtype.itemsize
-    if target.registers < 32 and channels > 4 * width and input_bytes > TILES_AVX2_LARGE_BYTES:
-        return flops * 0.2
-    return flops * 0.06
+        share = flops * 0.04
+    else:
+        input_bytes = math.prod(problem.input_shape) * problem.dtype.itemsize
+        large = channels > 4 * width and input_bytes > TILES_AVX2_LARGE_BYTES
+        share = flops * (0.2 if target.registers < 32 and large else 0.06)
+    avx2_3x3 = target.registers < 32 and math.prod(problem.kernel_size) <= 9 and max(
+        problem.strides) == 1
+    if channels < width and not avx2_3x3:
+        return min(share, FEW_CHANNELS_SHARE * cost(problem))
+    return share
+
+
+#: Of the loop's cost, the most :func:`cost_tiles` charges for fewer channels than a vector.
+FEW_CHANNELS_SHARE = 0.8
 
 
 #: Input bytes from which AVX2's 3×3 layers of many channels cost more (:func:`cost_tiles`).
