@@ -13,11 +13,12 @@ import pytest
 from _helpers import (
     assert_transposed_cheapest_applies,
     assert_transposed_runs_as_reference,
+    peak_extra_bytes,
     reference_scatter,
     relative_error,
 )
 from convarith import ConvSpec
-from convarith.engine import conv, conv_vjp
+from convarith.engine import conv, conv_vjp, thread_limit
 from convarith.engine.algorithms import depth_to_space
 from convarith.engine.dispatch import ConvProblem
 
@@ -102,6 +103,78 @@ def test_blocks_of_both_product_orders_share_one_buffer():
     y = depth_to_space.transposed(x, kernel, (2, 2), (1, 1), 1, padding, (10, 8), threads=1,
                                   block_bytes=12 * 6 * 8)
     assert relative_error(y, expected) <= 1e-10
+
+
+@pytest.mark.parametrize("x_shape, kernel_shape, strides, padding", [
+    ((2, 3, 50, 3), (2, 2, 4, 3), (2, 2), ((1, 1), (1, 1))),        # 50 cells a row
+    ((1, 2, 64, 2), (3, 2, 2, 2), (3, 2), ((2, 2), (1, 1))),        # 3 first-axis taps
+    ((2, 64, 3), (2, 5, 3), (2,), ((1, 1),)),                       # rank 1: one cell a row
+])
+def test_long_rows_multiply_straight_into_the_output(x_shape, kernel_shape, strides, padding):
+    """An exact store of rows of at least DIRECT_ROW_CELLS cells needs no buffer: each
+    first-axis tap's product lands in its output rows; one and two threads, both dtypes."""
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal(x_shape)
+    kernel = rng.standard_normal(kernel_shape)
+    rank = len(strides)
+    assert x_shape[-2] >= depth_to_space.DIRECT_ROW_CELLS or rank == 1
+    expected = reference_scatter(x, kernel, strides, (1,) * rank, 1, padding)
+    for dtype in (np.float32, np.float64):
+        for threads in (1, 2):
+            y = depth_to_space.transposed(x.astype(dtype), kernel.astype(dtype), strides,
+                                          (1,) * rank, 1, padding, expected.shape[1:-1],
+                                          threads=threads)
+            assert y.dtype == dtype
+            assert relative_error(y, expected) <= TOLERANCE[dtype], (x_shape, dtype, threads)
+
+
+def test_one_image_is_shared_among_workers():
+    """One image (U-Net at batch 1): its rows are cut among the workers, or, where the
+    kernel outweighs the image, its first-axis taps (each worker multiplies by its share
+    of the kernel); either way the result is the reference's, on two threads."""
+    assert depth_to_space._shares([(0, 1, 0, 9)], 2, 2, False) == [
+        (0, 1, 0, 2, 0, 2), (0, 1, 2, 4, 0, 2), (0, 1, 4, 6, 0, 2), (0, 1, 6, 9, 0, 2)]
+    assert depth_to_space._shares([(0, 1, 0, 9)], 2, 2, True) == [
+        (0, 1, 0, 4, 0, 1), (0, 1, 4, 9, 0, 1), (0, 1, 0, 4, 1, 2), (0, 1, 4, 9, 1, 2)]
+    assert depth_to_space._shares([(0, 1, 0, 9)], 3, 4, True) == [
+        (0, 1, 0, 4, 0, 1), (0, 1, 4, 9, 0, 1), (0, 1, 0, 4, 1, 2), (0, 1, 4, 9, 1, 2),
+        (0, 1, 0, 4, 2, 3), (0, 1, 4, 9, 2, 3)]
+    assert depth_to_space._shares([(0, 1, 0, 1)], 2, 2, True) == [
+        (0, 1, 0, 1, 0, 1), (0, 1, 0, 1, 1, 2)]
+    assert depth_to_space._shares([(0, 1, 0, 1)], 2, 2, False) == [(0, 1, 0, 1, 0, 2)]
+    rng = np.random.default_rng(14)
+    for x_shape, kernel_shape, strides, padding in [
+            ((1, 3, 3, 8), (2, 2, 16, 8), (2, 2), ((1, 1), (1, 1))),    # kernel-heavy, exact
+            ((1, 3, 3, 8), (2, 2, 16, 8), (3, 2), ((1, 0), (0, 1))),    # ... with gaps, crops
+            ((1, 9, 7, 2), (2, 2, 1, 2), (2, 2), ((1, 1), (1, 1))),     # rows, exact
+            ((1, 9, 7, 2), (2, 1, 3, 2), (2, 3), ((0, 1), (1, 0))),     # rows, gaps
+            ((1, 5, 3, 4, 3), (2, 2, 2, 9, 3), (2, 2, 2), ((1, 1),) * 3)]:  # 3-D, taps
+        x = rng.standard_normal(x_shape)
+        kernel = rng.standard_normal(kernel_shape)
+        rank = len(strides)
+        expected = reference_scatter(x, kernel, strides, (1,) * rank, 1, padding)
+        y = depth_to_space.transposed(x, kernel, strides, (1,) * rank, 1, padding,
+                                      expected.shape[1:-1], threads=2)
+        assert relative_error(y, expected) <= 1e-10, (x_shape, kernel_shape, strides, padding)
+
+
+@pytest.mark.parametrize("x_shape, kernel_shape", [
+    ((1, 56, 56, 16), (2, 2, 8, 16)),      # long rows: straight into the output
+    ((2, 28, 28, 32), (2, 2, 16, 32)),     # through the buffer
+    ((1, 7, 7, 256), (2, 2, 128, 256)),    # one image, kernel-heavy: taps shared
+])
+def test_up_sampling_memory_stays_within_its_operands(x_shape, kernel_shape):
+    """Peak extra memory of the engine's 2×2 stride-2 up-sampling by depth-to-space, on
+    one and two threads, at most 1.5× its input, kernel and output together."""
+    rng = np.random.default_rng(15)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    kernel = rng.standard_normal(kernel_shape).astype(np.float32)
+    spec = ConvSpec(2, strides=2, transposed=True, rank=2)
+    operands = x.nbytes + kernel.nbytes + 4 * x.nbytes // x_shape[-1] * kernel_shape[2]
+    for threads in (1, 2):
+        with thread_limit(threads):
+            peak = peak_extra_bytes(lambda: conv(x, kernel, spec, algorithm="depth_to_space"))
+        assert peak <= 1.5 * operands, (x_shape, threads, peak, operands)
 
 
 def test_depth_to_space_refuses_overlapping_windows():

@@ -238,3 +238,30 @@ def test_depthwise_phases_whose_every_output_cell_is_padding() -> None:
     kernel = np.array([[[[0.5, 0.25]]]], np.float32)
     y = depthwise.transposed(x, kernel, (2, 1), (1, 1), 2, ((-1, 1), (0, 0)), (1, 1))
     assert y.shape == (1, 1, 1, 2) and not y.any()
+
+
+@pytest.mark.skipif(not kernels_here("native"), reason="no compiled kernels here")
+@pytest.mark.parametrize("seed", range(4 if CI else 16))
+def test_jobs_on_the_spinning_helpers_match_the_closures(seed, monkeypatch):
+    """Layers cut into several jobs (the thresholds lowered so that small random layers
+    are) run as rows of compiled calls on the spinning helpers: bit for bit the result of
+    the same jobs run as closures (spinning turned off), and PyTorch's within bounds."""
+    monkeypatch.setattr(depthwise, "TILES_THREADED_FLOPS", 0)
+    monkeypatch.setattr(depthwise, "TILES_JOB_FLOPS", 1)
+    x, weights, strides, dilation, pads, out, threads = random_case(7900 + seed, 16)
+    threads = max(2, threads)
+    if len(out) == 2:
+        expected = torch_depthwise(x, weights, strides, dilation, pads)
+    else:
+        expected = reference_direct(pad(x, pads), weights, strides, dilation, x.shape[-1], out)
+    what = (f"seed {7900 + seed} ({threads} threads): x {x.shape}, kernel {weights.shape}, "
+            f"strides {strides}, dilation {dilation}, padding {pads}")
+    for dtype in (np.float32, np.float64):
+        args = (x.astype(dtype), weights.astype(dtype), strides, dilation, x.shape[-1], out)
+        native = depthwise.tiles(*args, padding=pads, threads=threads)
+        monkeypatch.setenv("CONVARITH_SPIN_US", "0")
+        closures = depthwise.tiles(*args, padding=pads, threads=threads)
+        monkeypatch.delenv("CONVARITH_SPIN_US")
+        assert np.array_equal(native, closures), what
+        error = relative_error(native, expected)
+        assert error <= TOLERANCE[dtype], f"{what} {dtype.__name__}: relative error {error:.2e}"

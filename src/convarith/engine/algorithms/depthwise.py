@@ -35,7 +35,7 @@ from ...arithmetic import effective_kernel, window_reach
 from .. import gradient_costs
 from ..dispatch import ConvProblem, register_algorithm
 from ..padding import pad
-from ._threads import aligned_empty, run_chunks, worker_count
+from ._threads import aligned_empty, run_chunks, run_native_jobs, worker_count
 
 #: Output cells of a row whose weight-gradient terms are summed in the input's
 #: dtype before they are added to the float64 total.
@@ -744,6 +744,11 @@ class _TilesPlan(NamedTuple):
     runner: Any  #: :func:`._llvm_depthwise.call_runner`
     zero_rows: tuple[tuple[int, int], ...]  #: output rows whose windows lie on padding only
     keep: tuple[Any, ...]  #: the compiled modules (their code lives as long as they do)
+    #: every job's calls as rows of :func:`._native_jobs.rows_runner` (the ``drive``'s
+    #: address, then the byte offsets of ``x``, ``w`` and ``y``: :func:`_native_rows`
+    #: adds the arrays' addresses) and each job's ``(first row, rows)``
+    offset_rows: np.ndarray
+    spans: tuple[tuple[int, int], ...]
 
 
 def _even_cuts(total: int, parts: int) -> list[tuple[int, int]]:
@@ -849,8 +854,24 @@ def _tiles_plan(shape: tuple[int, int, int, int], kernel_size: tuple[int, int],
     runner = _llvm_depthwise.call_runner(target)
     if runner is None:
         return None
+    offset_rows = np.concatenate([table for table, _, _ in tables]).reshape(
+        -1, _llvm_depthwise.CALL_VALUES)
+    offset_rows.flags.writeable = False
+    edges = list(itertools.accumulate((count for _, _, count in tables), initial=0))
+    spans = tuple((first, last - first) for first, last in zip(edges, edges[1:]))
     return _TilesPlan(tuple(planned), tuple(tables), runner, zero_rows,
-                      tuple(modules.values()))
+                      tuple(modules.values()), offset_rows, spans)
+
+
+def _native_rows(plan: _TilesPlan, x: np.ndarray, weights: np.ndarray, y: np.ndarray
+                 ) -> np.ndarray:
+    """The plan's calls as rows of :func:`._native_jobs.rows_runner`, at these arrays'
+    addresses (the offsets plus each array's address)."""
+    rows = plan.offset_rows.copy()
+    rows[:, 1] += x.ctypes.data
+    rows[:, 2] += weights.ctypes.data
+    rows[:, 3] += y.ctypes.data
+    return rows
 
 
 #: Bytes of the input rows that one output row of :func:`tiles` reads, for the channel
@@ -978,6 +999,17 @@ def tiles(
     tables = plan.tables
     if not tables:  # no cell reads the input (written above as zeros)
         return y
+    if len(tables) > 1:
+        # on the spinning helpers without the interpreter's lock: a helper that starts
+        # late leaves its jobs to the others instead of being waited for
+        from . import _llvm_depthwise, _native_jobs, _spin
+
+        native = _native_jobs.rows_runner(3, len(_llvm_depthwise.DRIVE_FIELDS))
+        if native is not None and _spin.spinner() is not None and \
+                _spin.spin_microseconds() > 0:
+            run_native_jobs(native, _native_rows(plan, x, weights, y), list(plan.spans),
+                            threads=workers)
+            return y
     run = _table_runs(plan.runner, x, weights, y, tables)
     if len(tables) == 1:
         run(0, 1)
@@ -1049,7 +1081,14 @@ def cost_tiles(problem: ConvProblem) -> float:
     against 1.89, 7²×480 0.11 against 0.26, 14²×240 stride 2 0.12 against 0.16).
 
     Channels that end in a partial vector count as whole vectors (masked loads and
-    stores run the last one).
+    stores run the last one). Fewer channels than one vector cost at most
+    :data:`FEW_CHANNELS_SHARE` of this module's loop (``0.1 × FLOPs``), whose time per
+    FLOP grows there too: one core, CPU time, busy machine, AVX-512, float32, the loop's
+    time over this one's: 3×3 on 16 images of 56² with 2, 4, 8 channels 1.20, 1.41,
+    2.55 (8: 0.395 against 0.155 ms); 5×5 on 4 images of 56²×4 1.53; 3×3 on 16 of
+    28²×3 1.77; stride 2 on one 112²×4 image 3.26; float64 1.7-5.1. Not with AVX2 at
+    3×3 stride 1, where the loop is faster (16 images of 56² with 4 and 6 channels,
+    0.25 and 0.34 against 0.29 and 0.47 ms; but 5×5 and stride 2 as with AVX-512).
     """
     from . import _llvm
 
@@ -1058,11 +1097,20 @@ def cost_tiles(problem: ConvProblem) -> float:
     channels = problem.in_channels
     flops = problem.flops * (-(-channels // width) * width) / max(1, channels)
     if math.prod(problem.kernel_size) > 9:
-        return flops * 0.04
-    input_bytes = math.prod(problem.input_shape) * problem.dtype.itemsize
-    if target.registers < 32 and channels > 4 * width and input_bytes > TILES_AVX2_LARGE_BYTES:
-        return flops * 0.2
-    return flops * 0.06
+        share = flops * 0.04
+    else:
+        input_bytes = math.prod(problem.input_shape) * problem.dtype.itemsize
+        large = channels > 4 * width and input_bytes > TILES_AVX2_LARGE_BYTES
+        share = flops * (0.2 if target.registers < 32 and large else 0.06)
+    avx2_3x3 = target.registers < 32 and math.prod(problem.kernel_size) <= 9 and max(
+        problem.strides) == 1
+    if channels < width and not avx2_3x3:
+        return min(share, FEW_CHANNELS_SHARE * cost(problem))
+    return share
+
+
+#: Of the loop's cost, the most :func:`cost_tiles` charges for fewer channels than a vector.
+FEW_CHANNELS_SHARE = 0.8
 
 
 #: Input bytes from which AVX2's 3×3 layers of many channels cost more (:func:`cost_tiles`).
