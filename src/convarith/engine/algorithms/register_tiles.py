@@ -521,6 +521,15 @@ THIN_CHANNELS = 4
 THIN_PER_FLOP = 0.25
 THIN_STRIDED = 0.35
 
+#: :func:`cost` units of a thin layer's call beyond flat_rows' (~30 µs of Python set-up:
+#: panels, chunks, the padded slab). Measured on one core (CPU time, busy machine,
+#: 96 layers of 1, 3 and 4 -> 16 to 64 channels, 3×3 to 7×7, stride 1 and 2, 1 and 2
+#: images of 8² to 56², float32 and float64): register_tiles took 70-90 µs where
+#: flat_rows took 43-60 on 8² and 16² images; about 18 500 units per µs on both;
+#: with it flat_rows runs 3×3 stride 2 3 -> 32 on one 32² image (110 against 154 µs)
+#: and register_tiles 3 -> 64 (118 against 131).
+THIN_CALL = 6e5
+
 
 def thin(channels: int) -> bool:
     """Whether input cells of ``channels`` channels are run by :mod:`._llvm_thin`'s
@@ -831,7 +840,8 @@ def cost(problem: ConvProblem) -> float:
     flat_rows' cost; 256 -> 2048 stride 2 on 2², 0.29);
     times :data:`NARROW_VECTORS` for vectors narrower than the CPU's (BLAS's);
     plus :data:`PACK_PER_ELEMENT` per kernel element where the kernel is packed (its
-    outputs are not whole vectors), and with several workers :data:`PANEL_REREAD` for
+    outputs are not whole vectors), :data:`THIN_CALL` for a thin layer's set-up, and
+    with several workers :data:`PANEL_REREAD` for
     the panels each more chunk of cells reads (none where they share the output
     channels instead, :func:`split_blocks`).
     """
@@ -868,6 +878,8 @@ def cost(problem: ConvProblem) -> float:
         return problem.flops * per_flop * padded * (1 + 16 / _chunk_cells(problem, workers)[1])
     packing = 0.0 if f % width == 0 else (
         PACK_PER_ELEMENT * math.prod(problem.kernel_shape))
+    if groups == 1 and thin(group_in):
+        packing += THIN_CALL  # (the set-up that a thin layer's short sums do not hide)
     jobs, cells = _chunk_cells(problem, 1)
     panel_bytes = math.prod(problem.kernel_shape) * problem.dtype.itemsize * padded
     if workers > 1 and _splits_blocks(problem, workers):
