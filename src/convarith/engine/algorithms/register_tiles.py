@@ -530,6 +530,15 @@ THIN_STRIDED = 0.35
 #: and register_tiles 3 -> 64 (118 against 131).
 THIN_CALL = 6e5
 
+#: :data:`NARROW_VECTORS` for the thin kernels, whose short sums lose less to narrower
+#: vectors than the products of many channels. Measured on one core (CPU time, busy
+#: machine, the AVX2 kernels on this AVX-512 machine against space_to_depth, whose BLAS
+#: keeps the wide vectors): 3×3 3 -> 64 on one 112² image 0.66 against 0.84 ms, 7×7
+#: stride 2 3 -> 64 1.12 against 1.18, 3×3 stride 2 3 -> 32 0.285 against 0.282 (on
+#: 16 images 1.38 against 2.77), 5×5 stride 2 4 -> 24 on one 224² image 0.87 against 1.82;
+#: the AVX2 kernels took 1.3-1.9 times the native ones.
+THIN_NARROW = 1.25
+
 
 def thin(channels: int) -> bool:
     """Whether input cells of ``channels`` channels are run by :mod:`._llvm_thin`'s
@@ -838,7 +847,8 @@ def cost(problem: ConvProblem) -> float:
     (a product of few rows is
     slower still in BLAS: one 4² image, 512 -> 2048 and 2048 -> 512, 0.41-0.43 of
     flat_rows' cost; 256 -> 2048 stride 2 on 2², 0.29);
-    times :data:`NARROW_VECTORS` for vectors narrower than the CPU's (BLAS's);
+    times :data:`NARROW_VECTORS` (thin: :data:`THIN_NARROW`) for vectors narrower than the
+    CPU's (BLAS's);
     plus :data:`PACK_PER_ELEMENT` per kernel element where the kernel is packed (its
     outputs are not whole vectors), :data:`THIN_CALL` for a thin layer's set-up, and
     with several workers :data:`PANEL_REREAD` for
@@ -872,7 +882,7 @@ def cost(problem: ConvProblem) -> float:
     if -(-f // width) == 1 and not (groups == 1 and thin(group_in)):
         per_flop *= 1.3  # one vector of channels: a load per 8 multiply-adds, not 24
     if _llvm.narrower_than_host():
-        per_flop *= NARROW_VECTORS
+        per_flop *= THIN_NARROW if groups == 1 and thin(group_in) else NARROW_VECTORS
     if groups > 1:
         per_flop *= GROUPED_SCALE
         return problem.flops * per_flop * padded * (1 + 16 / _chunk_cells(problem, workers)[1])
