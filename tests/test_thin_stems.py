@@ -66,11 +66,12 @@ def test_stems_on_two_workers(size, stride, filters, image, pads, monkeypatch):
     monkeypatch.setattr(_threads, "run_native_jobs", recording_native)
     y = register_tiles.direct(x, kernel, (stride, stride), (1, 1), 1, out, padding=pads)
     assert relative_error(y, expected) <= TOLERANCE[np.float32], (size, stride, image)
-    chunks, inline_below = cuts[-1]  # the last call runs the output's chunks
-    case = (size, stride, filters, image, flops, chunks)
     if flops < _threads.SMALL_WORK_NO_BLAS:
-        assert chunks == 1, case
+        # on the calling thread: thin_call's one compiled call, no chunks
+        assert cuts == [], (size, stride, filters, image, flops, cuts)
     else:
+        chunks, inline_below = cuts[-1]  # the last call runs the output's chunks
+        case = (size, stride, filters, image, flops, chunks)
         assert inline_below == _threads.SMALL_WORK_NO_BLAS, case
         per_chunk = flops / chunks
         # as many chunks per worker; under the least a chunk holds only at one per worker

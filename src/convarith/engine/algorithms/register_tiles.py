@@ -199,9 +199,13 @@ def direct(
     # the thin kernels' jobs are shared from a smaller size (no BLAS, a known pace)
     inline_below = _threads.SMALL_WORK_NO_BLAS if groups == 1 and thin(c) else _threads.SMALL_WORK
     workers = _threads.chunk_workers(threads, flops, inline_below)
-    from . import segments  # (it reads this module's panels)
+    from . import segments, thin_call  # (they read this module's panels)
 
-    if segments.cut_along_cells(n, oh, ow, workers, flops):
+    if workers == 1 and groups == 1 and thin_call.runs(
+            x, kernel, pads, (oh, ow), (stride_rows, stride_cols), (dilation_rows, dilation_cols)):
+        thin_call.run(x, kernel, (stride_rows, stride_cols), (dilation_rows, dilation_cols),
+                      (oh, ow), pads, y)  # a thin layer on this thread: its set-up kept least
+    elif segments.cut_along_cells(n, oh, ow, workers, flops):
         jobs = segments.segment_jobs(x, kernel, (stride_rows, stride_cols),
                                      (dilation_rows, dilation_cols), (oh, ow), pads, y,
                                      workers, groups)
@@ -521,14 +525,15 @@ THIN_CHANNELS = 4
 THIN_PER_FLOP = 0.25
 THIN_STRIDED = 0.35
 
-#: :func:`cost` units of a thin layer's call beyond flat_rows' (~30 µs of Python set-up:
-#: panels, chunks, the padded slab). Measured on one core (CPU time, busy machine,
-#: 96 layers of 1, 3 and 4 -> 16 to 64 channels, 3×3 to 7×7, stride 1 and 2, 1 and 2
-#: images of 8² to 56², float32 and float64): register_tiles took 70-90 µs where
-#: flat_rows took 43-60 on 8² and 16² images; about 18 500 units per µs on both;
+#: :func:`cost` units of a thin layer's call beyond flat_rows' (~25 µs of Python set-up:
+#: panels, the padded input; chunks and hand-offs on several workers). Measured on one
+#: core (CPU time, busy machine, 96 layers of 1, 3 and 4 -> 16 to 64 channels, 3×3 to
+#: 7×7, stride 1 and 2, 1 and 2 images of 8² to 56², float32 and float64): register_tiles
+#: took 70-90 µs where flat_rows took 43-60 on 8² and 16² images (before
+#: :mod:`.thin_call`, which saved ~10 µs of it); about 18 500 units per µs on both;
 #: with it flat_rows runs 3×3 stride 2 3 -> 32 on one 32² image (110 against 154 µs)
 #: and register_tiles 3 -> 64 (118 against 131).
-THIN_CALL = 6e5
+THIN_CALL = 5e5
 
 #: :data:`NARROW_VECTORS` for the thin kernels, whose short sums lose less to narrower
 #: vectors than the products of many channels. Measured on one core (CPU time, busy
