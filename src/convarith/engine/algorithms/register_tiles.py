@@ -197,7 +197,7 @@ def direct(
     flops = 2.0 * n * oh * ow * kh * kw * c * f
     # a job run inline (small) is one chunk: chunks one after another only add set-up;
     # the thin kernels' jobs are shared from a smaller size (no BLAS, a known pace)
-    inline_below = _threads.SMALL_WORK_NO_BLAS if groups == 1 and thin(c) else _threads.SMALL_WORK
+    inline_below = THIN_INLINE_FLOPS if groups == 1 and thin(c) else _threads.SMALL_WORK
     workers = _threads.chunk_workers(threads, flops, inline_below)
     from . import segments, thin_call  # (they read this module's panels)
 
@@ -543,6 +543,15 @@ THIN_CALL = 5e5
 #: 16 images 1.38 against 2.77), 5×5 stride 2 4 -> 24 on one 224² image 0.87 against 1.82;
 #: the AVX2 kernels took 1.3-1.9 times the native ones.
 THIN_NARROW = 1.25
+
+#: A thin layer of fewer FLOPs runs on the calling thread (:mod:`.thin_call`), unless
+#: ``threads`` is given. Measured on two cores (wall time, busy machine, the same run):
+#: MobileNetV2's 3×3 stride-2 3 -> 32 stem on one 112² image (5.4 MFLOP) 90 µs on one
+#: thread against 121 shared by two (fastest of 400 calls; 91 against 136 at the first
+#: quartile); 10.8 MFLOP layers (3 -> 16 on 112², the stem on two images) 165-177
+#: against 176-188; 21.7 MFLOP 272-287 against 244-276 (their first quartiles still
+#: favoured one thread); VGG's 3 -> 64 on 112² (43 MFLOP) 428 against 318.
+THIN_INLINE_FLOPS = 1.5e7
 
 
 def thin(channels: int) -> bool:
