@@ -95,3 +95,28 @@ def test_thin_layers_against_torch(seed, isa, monkeypatch):
             assert error <= TOLERANCE[x.dtype.type], (
                 f"{what}, threads {threads}, kernel contiguous "
                 f"{k.flags.c_contiguous}: relative error {error:.2e}")
+
+
+@pytest.mark.parametrize("layer, threads", [
+    ((1, 112, 3, 32, 3, 2, ((0, 1), (0, 1))), (1, 2)),   # MobileNetV2's stem
+    ((1, 112, 3, 64, 7, 2, ((3, 3), (3, 3))), (1, 2)),   # ResNet's
+    ((2, 56, 1, 24, 5, 1, ((2, 2), (2, 2))), (1,)),      # 24 outputs: written unpadded
+    ((2, 56, 3, 5, 3, 1, ((1, 1), (1, 1))), (1,)),
+    ((16, 64, 4, 16, 3, 1, ((1, 1), (1, 1))), (1, 2)),   # input beyond the one-call slab
+])
+def test_peak_memory_of_thin_layers(layer, threads):
+    """Peak extra bytes (output included) at most 1.5x (input + kernel + output), the
+    padded input copy included. (Outputs not whole vectors shared among workers are
+    still written padded, then cropped: up to 2.25x; one thread writes them unpadded.)"""
+    from _helpers import peak_extra_bytes
+
+    n, h, c, f, k, s, pads = layer
+    rng = np.random.default_rng(7000)
+    x = rng.standard_normal((n, h, h, c)).astype(np.float32)
+    kernel = rng.standard_normal((k, k, c, f)).astype(np.float32)
+    out = (h + sum(pads[0]) - k) // s + 1
+    for workers in threads:
+        peak = peak_extra_bytes(lambda workers=workers: register_tiles.direct(
+            x, kernel, (s, s), (1, 1), 1, (out, out), padding=pads, threads=workers))
+        ratio = peak / (x.nbytes + kernel.nbytes + n * out * out * f * 4)
+        assert ratio <= 1.5, f"{layer}, threads {workers}: peak {peak} bytes = {ratio:.2f}x"

@@ -191,7 +191,6 @@ def direct(
                  for g in range(groups)]
         return np.concatenate(parts, axis=-1).reshape(shape)
     fpad = _output_channels(f, groups, width)
-    y = aligned_empty((n, oh, ow, fpad), dtype)
     if n * oh * ow == 0 or f == 0:
         return np.zeros(shape, dtype)
     flops = 2.0 * n * oh * ow * kh * kw * c * f
@@ -201,8 +200,11 @@ def direct(
     workers = _threads.chunk_workers(threads, flops, inline_below)
     from . import segments, thin_call  # (they read this module's panels)
 
-    if workers == 1 and groups == 1 and thin_call.runs(
-            x, kernel, pads, (oh, ow), (stride_rows, stride_cols), (dilation_rows, dilation_cols)):
+    one_call = workers == 1 and groups == 1 and thin_call.runs(
+        x, kernel, pads, (oh, ow), (stride_rows, stride_cols), (dilation_rows, dilation_cols))
+    y = (thin_call.output((n, oh, ow), f, fpad, dtype) if one_call
+         else aligned_empty((n, oh, ow, fpad), dtype))
+    if one_call:
         thin_call.run(x, kernel, (stride_rows, stride_cols), (dilation_rows, dilation_cols),
                       (oh, ow), pads, y)  # a thin layer on this thread: its set-up kept least
     elif segments.cut_along_cells(n, oh, ow, workers, flops):
@@ -226,7 +228,7 @@ def direct(
             spans = table.jobs(jobs)  # (records the calls: before table.rows is read)
             _threads.run_native_jobs(table.runner, table.rows, spans, threads=threads,
                                      flops=flops, inline_below=inline_below)
-    if fpad != f:
+    if y.shape[-1] != f:
         y = np.ascontiguousarray(y[..., :f])
     return y.reshape(shape)
 

@@ -31,11 +31,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from ...arithmetic import window_reach
+from . import _llvm
 from ._llvm import Cells
-from ._threads import workspace
+from ._threads import aligned_empty, workspace
 from .register_tiles import SLAB_BYTES, STREAM_BYTES, _aligned, _fill, _panels, thin
 
-__all__ = ["runs", "run"]
+__all__ = ["runs", "run", "output"]
 
 
 def _padded_bytes(x: np.ndarray, kernel_rows: int, pads: Sequence[tuple[int, int]],
@@ -59,11 +60,33 @@ def runs(x: np.ndarray, kernel: np.ndarray, pads: Sequence[tuple[int, int]],
             <= SLAB_BYTES)
 
 
+def output(cells: tuple[int, int, int], filters: int, padded: int, dtype: np.dtype
+           ) -> np.ndarray:
+    """The array :func:`run` writes: ``cells + (filters,)`` itself where the panels are
+    one block of vectors (``padded`` channels, :func:`_llvm.max_vectors` at most), else
+    ``cells + (padded,)`` (the caller crops it).
+
+    One block writes each cell's ``padded`` channels in one go, cell after cell in
+    order, so a cell's extra channels land on the next cell's first ones before that
+    cell writes them; the last cell's land in room kept past the end. The output then
+    takes its own bytes only, where a crop of the padded one took up to 2.2 times the
+    input, kernel and output (3 -> 24 channels, 16-lane vectors).
+
+    >>> output((2, 3, 3), 24, 32, np.dtype(np.float32)).shape
+    (2, 3, 3, 24)
+    """
+    count = int(np.prod(cells))
+    if padded == filters or padded > _llvm.max_vectors() * _llvm.vector_width(dtype):
+        return aligned_empty((*cells, padded), dtype)
+    room = aligned_empty((count * filters + padded - filters,), dtype)
+    return room[:count * filters].reshape(*cells, filters)
+
+
 def run(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
         dilation: tuple[int, int], out_size: tuple[int, int],
         pads: Sequence[tuple[int, int]], y: np.ndarray) -> None:
     """Write the layer's outputs into ``y`` (N, OH, OW, F padded to the panels' vectors,
-    as :func:`.register_tiles.direct` makes it) on this thread.
+    or :func:`output`'s array) on this thread.
 
     ``x`` (N, H, W, C) C-contiguous and unpadded, ``kernel`` (KH, KW, C, F), ``pads``
     ``((top, bottom), (left, right))`` of zeros (at least 0 each)."""
