@@ -278,7 +278,8 @@ def test_small_job_on_two_workers_is_one_chunk_like_one_worker(monkeypatch, modu
         seen.clear()
         y = algorithm.direct(x, k, *problem, threads=threads)
         check(y, expected, np.float32, 7, f"{module} workers={workers} threads={threads}")
-        chunks[workers, threads] = seen[-1][0]
+        # (none seen: register_tiles ran the thin layer as one call, thin_call)
+        chunks[workers, threads] = seen[-1][0] if seen else 1
     assert chunks[2, None] == chunks[1, None], chunks
     assert chunks[2, 2] > 1, chunks
 

@@ -1,10 +1,11 @@
 """Batch-1 stems (3 input channels) on two workers: shared, in few chunks, equal to PyTorch.
 
 A stem of a few MFLOP (MobileNet's and EfficientNet's 3×3 stride-2 3 -> 32 on a
-112² image: 5.4 MFLOP) is shared among the workers from ``SMALL_WORK_NO_BLAS``,
-cut into one chunk per worker while a chunk would hold under ``MIN_CHUNK_FLOPS``
-(each chunk costs ~9 µs of Python); expected values from PyTorch's ``conv2d``
-in float64, relative error ≤ 1e-5 in float32.
+112² image: 5.4 MFLOP) runs on the calling thread (below ``THIN_INLINE_FLOPS``: one
+compiled call, :mod:`.thin_call`); a larger one (the same on a 224² image: 21.7
+MFLOP) is shared among the workers, cut into one chunk per worker while a chunk
+would hold under ``MIN_CHUNK_FLOPS`` (each chunk costs ~9 µs of Python); expected
+values from PyTorch's ``conv2d`` in float64, relative error ≤ 1e-5 in float32.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ STEMS = [
     (7, 2, 64, 112, ((2, 3), (2, 3))),   # ResNet-50
     (3, 1, 64, 112, ((1, 1), (1, 1))),   # VGG-16 / U-Net
     (3, 2, 32, 64, ((0, 1), (0, 1))),    # 1.7 MFLOP: stays on the calling thread
+    (3, 2, 32, 224, ((0, 1), (0, 1))),   # 21.7 MFLOP: shared
 ]
 
 
@@ -66,12 +68,13 @@ def test_stems_on_two_workers(size, stride, filters, image, pads, monkeypatch):
     monkeypatch.setattr(_threads, "run_native_jobs", recording_native)
     y = register_tiles.direct(x, kernel, (stride, stride), (1, 1), 1, out, padding=pads)
     assert relative_error(y, expected) <= TOLERANCE[np.float32], (size, stride, image)
-    chunks, inline_below = cuts[-1]  # the last call runs the output's chunks
-    case = (size, stride, filters, image, flops, chunks)
-    if flops < _threads.SMALL_WORK_NO_BLAS:
-        assert chunks == 1, case
+    if flops < register_tiles.THIN_INLINE_FLOPS:
+        # on the calling thread: thin_call's one compiled call, no chunks
+        assert cuts == [], (size, stride, filters, image, flops, cuts)
     else:
-        assert inline_below == _threads.SMALL_WORK_NO_BLAS, case
+        chunks, inline_below = cuts[-1]  # the last call runs the output's chunks
+        case = (size, stride, filters, image, flops, chunks)
+        assert inline_below == register_tiles.THIN_INLINE_FLOPS, case
         per_chunk = flops / chunks
         # as many chunks per worker; under the least a chunk holds only at one per worker
         assert chunks % 2 == 0 and 2 <= chunks <= 2 * register_tiles.JOBS_PER_WORKER, case

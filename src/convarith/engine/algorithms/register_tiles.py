@@ -191,17 +191,23 @@ def direct(
                  for g in range(groups)]
         return np.concatenate(parts, axis=-1).reshape(shape)
     fpad = _output_channels(f, groups, width)
-    y = aligned_empty((n, oh, ow, fpad), dtype)
     if n * oh * ow == 0 or f == 0:
         return np.zeros(shape, dtype)
     flops = 2.0 * n * oh * ow * kh * kw * c * f
     # a job run inline (small) is one chunk: chunks one after another only add set-up;
     # the thin kernels' jobs are shared from a smaller size (no BLAS, a known pace)
-    inline_below = _threads.SMALL_WORK_NO_BLAS if groups == 1 and thin(c) else _threads.SMALL_WORK
+    inline_below = THIN_INLINE_FLOPS if groups == 1 and thin(c) else _threads.SMALL_WORK
     workers = _threads.chunk_workers(threads, flops, inline_below)
-    from . import segments  # (it reads this module's panels)
+    from . import segments, thin_call  # (they read this module's panels)
 
-    if segments.cut_along_cells(n, oh, ow, workers, flops):
+    one_call = workers == 1 and groups == 1 and thin_call.runs(
+        x, kernel, pads, (oh, ow), (stride_rows, stride_cols), (dilation_rows, dilation_cols))
+    y = (thin_call.output((n, oh, ow), f, fpad, dtype) if one_call
+         else aligned_empty((n, oh, ow, fpad), dtype))
+    if one_call:
+        thin_call.run(x, kernel, (stride_rows, stride_cols), (dilation_rows, dilation_cols),
+                      (oh, ow), pads, y)  # a thin layer on this thread: its set-up kept least
+    elif segments.cut_along_cells(n, oh, ow, workers, flops):
         jobs = segments.segment_jobs(x, kernel, (stride_rows, stride_cols),
                                      (dilation_rows, dilation_cols), (oh, ow), pads, y,
                                      workers, groups)
@@ -222,7 +228,7 @@ def direct(
             spans = table.jobs(jobs)  # (records the calls: before table.rows is read)
             _threads.run_native_jobs(table.runner, table.rows, spans, threads=threads,
                                      flops=flops, inline_below=inline_below)
-    if fpad != f:
+    if y.shape[-1] != f:
         y = np.ascontiguousarray(y[..., :f])
     return y.reshape(shape)
 
@@ -407,6 +413,7 @@ def _panels(kernel: np.ndarray, dilation: tuple[int, int], row_elems: int,
                            accumulate=int(r0 > 0)))
                 for r0, r1, offsets, runs in _layout(kernel.shape, dtype, dilation, row_elems,
                                                      streaming, PANEL_BYTES, channels,
+                                                     cell_step if thin(channels) else 0,
                                                      in_place=True)
                 for kernels, start, blocks, cols in runs]
     panels = []
@@ -489,8 +496,9 @@ def _layout(shape: tuple[int, ...], dtype: np.dtype, dilation: tuple[int, int],
 
 def in_place(kernel: np.ndarray, cell_channels: int) -> bool:
     """Whether :func:`_panels` reads a one-group ``kernel`` ``(KH, KW, C, F)`` where it
-    lies instead of packing it into panels: C-contiguous, ``F`` whole vectors, and not
-    run by the :func:`thin` kernels.
+    lies instead of packing it into panels: C-contiguous and ``F`` whole vectors
+    (``cell_channels`` any: the :func:`thin` kernels read it in place too, which saved
+    ~10 µs of a 3×3 3 -> 32 layer's ~100 on one 56² image).
 
     Packing copies the whole kernel at every call: 1.36 ms for 3×3 512 -> 512 (9.4 MB)
     and 1.1 ms for 1×1 1024 -> 2048 on one core, more than the products themselves on
@@ -505,7 +513,7 @@ def in_place(kernel: np.ndarray, cell_channels: int) -> bool:
     width = _llvm.vector_width(kernel.dtype)
     f = kernel.shape[-1]
     return (width > 0 and f > 0 and f % width == 0 and kernel.flags.c_contiguous
-            and kernel.ndim == 4 and not thin(cell_channels))
+            and kernel.ndim == 4)
 
 
 #: Most input channels for which :mod:`._llvm_thin`'s kernels run a (one-group) layer.
@@ -518,6 +526,34 @@ THIN_CHANNELS = 4
 #: 0.18–0.64 on the same layers.
 THIN_PER_FLOP = 0.25
 THIN_STRIDED = 0.35
+
+#: :func:`cost` units of a thin layer's call beyond flat_rows' (~25 µs of Python set-up:
+#: panels, the padded input; chunks and hand-offs on several workers). Measured on one
+#: core (CPU time, busy machine, 96 layers of 1, 3 and 4 -> 16 to 64 channels, 3×3 to
+#: 7×7, stride 1 and 2, 1 and 2 images of 8² to 56², float32 and float64): register_tiles
+#: took 70-90 µs where flat_rows took 43-60 on 8² and 16² images (before
+#: :mod:`.thin_call`, which saved ~10 µs of it); about 18 500 units per µs on both;
+#: with it flat_rows runs 3×3 stride 2 3 -> 32 on one 32² image (110 against 154 µs)
+#: and register_tiles 3 -> 64 (118 against 131).
+THIN_CALL = 5e5
+
+#: :data:`NARROW_VECTORS` for the thin kernels, whose short sums lose less to narrower
+#: vectors than the products of many channels. Measured on one core (CPU time, busy
+#: machine, the AVX2 kernels on this AVX-512 machine against space_to_depth, whose BLAS
+#: keeps the wide vectors): 3×3 3 -> 64 on one 112² image 0.66 against 0.84 ms, 7×7
+#: stride 2 3 -> 64 1.12 against 1.18, 3×3 stride 2 3 -> 32 0.285 against 0.282 (on
+#: 16 images 1.38 against 2.77), 5×5 stride 2 4 -> 24 on one 224² image 0.87 against 1.82;
+#: the AVX2 kernels took 1.3-1.9 times the native ones.
+THIN_NARROW = 1.25
+
+#: A thin layer of fewer FLOPs runs on the calling thread (:mod:`.thin_call`), unless
+#: ``threads`` is given. Measured on two cores (wall time, busy machine, the same run):
+#: MobileNetV2's 3×3 stride-2 3 -> 32 stem on one 112² image (5.4 MFLOP) 90 µs on one
+#: thread against 121 shared by two (fastest of 400 calls; 91 against 136 at the first
+#: quartile); 10.8 MFLOP layers (3 -> 16 on 112², the stem on two images) 165-177
+#: against 176-188; 21.7 MFLOP 272-287 against 244-276 (their first quartiles still
+#: favoured one thread); VGG's 3 -> 64 on 112² (43 MFLOP) 428 against 318.
+THIN_INLINE_FLOPS = 1.5e7
 
 
 def thin(channels: int) -> bool:
@@ -827,9 +863,11 @@ def cost(problem: ConvProblem) -> float:
     (a product of few rows is
     slower still in BLAS: one 4² image, 512 -> 2048 and 2048 -> 512, 0.41-0.43 of
     flat_rows' cost; 256 -> 2048 stride 2 on 2², 0.29);
-    times :data:`NARROW_VECTORS` for vectors narrower than the CPU's (BLAS's);
+    times :data:`NARROW_VECTORS` (thin: :data:`THIN_NARROW`) for vectors narrower than the
+    CPU's (BLAS's);
     plus :data:`PACK_PER_ELEMENT` per kernel element where the kernel is packed (its
-    outputs are not whole vectors), and with several workers :data:`PANEL_REREAD` for
+    outputs are not whole vectors), :data:`THIN_CALL` for a thin layer's set-up, and
+    with several workers :data:`PANEL_REREAD` for
     the panels each more chunk of cells reads (none where they share the output
     channels instead, :func:`split_blocks`).
     """
@@ -860,12 +898,14 @@ def cost(problem: ConvProblem) -> float:
     if -(-f // width) == 1 and not (groups == 1 and thin(group_in)):
         per_flop *= 1.3  # one vector of channels: a load per 8 multiply-adds, not 24
     if _llvm.narrower_than_host():
-        per_flop *= NARROW_VECTORS
+        per_flop *= THIN_NARROW if groups == 1 and thin(group_in) else NARROW_VECTORS
     if groups > 1:
         per_flop *= GROUPED_SCALE
         return problem.flops * per_flop * padded * (1 + 16 / _chunk_cells(problem, workers)[1])
-    packing = 0.0 if f % width == 0 and not thin(group_in) else (
+    packing = 0.0 if f % width == 0 else (
         PACK_PER_ELEMENT * math.prod(problem.kernel_shape))
+    if groups == 1 and thin(group_in):
+        packing += THIN_CALL  # (the set-up that a thin layer's short sums do not hide)
     jobs, cells = _chunk_cells(problem, 1)
     panel_bytes = math.prod(problem.kernel_shape) * problem.dtype.itemsize * padded
     if workers > 1 and _splits_blocks(problem, workers):
