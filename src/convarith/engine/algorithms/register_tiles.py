@@ -206,6 +206,10 @@ def direct(
                                      (dilation_rows, dilation_cols), (oh, ow), pads, y,
                                      workers, groups)
         _run(jobs, flops, threads, inline_below)
+    elif (plan := _table_plan(x, kernel, groups, (stride_rows, stride_cols),
+                              (dilation_rows, dilation_cols), (oh, ow), pads, workers)
+          ) is not None:
+        _run_table(plan, x, kernel, y, threads, flops, inline_below)
     else:
         # the chunks as one table of compiled calls, run without the GIL (_native_jobs)
         native = _native_jobs.kernel_plan(
@@ -225,6 +229,98 @@ def direct(
     if fpad != f:
         y = np.ascontiguousarray(y[..., :f])
     return y.reshape(shape)
+
+
+class _TablePlan(NamedTuple):
+    """A layer's table of compiled calls with the arrays' addresses taken out
+    (:func:`_call_table`): each row's ``x``, ``w`` and ``y`` are offsets from the
+    (padded) input's, the kernel's and the output's first element."""
+
+    runner: Any  #: :func:`._native_jobs.rows_runner`'s runner
+    rows: np.ndarray  #: int64 ``(calls, 1 + 4 + fields)``, read-only
+    spans: tuple[tuple[int, int], ...]  #: each job's ``(first row, rows)``
+    padded_shape: tuple[int, int, int, int] | None  #: the input padded once (None: unpadded)
+    before: tuple[int, int]  #: its padding rows and columns before the input's
+    keep: Any  #: the compiled modules and offsets the rows point to
+
+
+def _table_plan(x: np.ndarray, kernel: np.ndarray, groups: int, strides: tuple[int, int],
+                dilation: tuple[int, int], out_size: tuple[int, int],
+                pads: list[tuple[int, int]], workers: int) -> _TablePlan | None:
+    """The remembered table of calls (:func:`_call_table`) for a one-group layer whose
+    kernel is read in place, or ``None`` (the other paths then cut and record the
+    chunks at each call). With several workers only where the spinning helpers run
+    tables (as :func:`._native_jobs.kernel_plan` asks)."""
+    c = x.shape[-1]
+    if groups != 1 or not in_place(kernel, c):
+        return None
+    if workers > 1:
+        from . import _spin
+
+        if _spin.spinner() is None or _spin.spin_microseconds() <= 0:
+            return None
+    return _call_table(x.shape, kernel.shape, strides, dilation, out_size,
+                       ((pads[0][0], pads[0][1]), (pads[1][0], pads[1][1])), x.dtype,
+                       _llvm.vector_target(), workers)
+
+
+@functools.lru_cache(maxsize=256)
+def _call_table(shape: tuple[int, ...], kernel_shape: tuple[int, ...], strides: tuple[int, int],
+                dilation: tuple[int, int], out_size: tuple[int, int],
+                pads: tuple[tuple[int, int], tuple[int, int]], dtype: np.dtype[Any],
+                target: _llvm.VectorTarget, workers: int) -> _TablePlan | None:
+    """Every call :func:`_jobs` makes for a layer of these shapes on ``workers`` threads,
+    recorded once (remembered per shape): at a call only the arrays' addresses are
+    added to it. Working the chunks out again at each call cost ~0.05-0.1 ms of one
+    thread (a third of a batch-1 1×1 256 -> 1024 layer on 7², run by no other
+    thread). The input is padded once for all chunks (as
+    :func:`._native_jobs.kernel_plan` does, within its memory bounds; ``None``
+    beyond them, or without a compiled runner)."""
+    runner = _native_jobs.rows_runner(_native_jobs.KERNEL_POINTERS,
+                                      _native_jobs.KERNEL_FIELDS)
+    if runner is None:
+        return None
+    n, h, w, c = shape
+    kh, f = kernel_shape[0], kernel_shape[-1]
+    oh, ow = out_size
+    itemsize = dtype.itemsize
+    (top, bottom), (left, right) = pads
+    padded_shape = None
+    if top or bottom or left or right:
+        padded_shape = (n, window_reach(oh, kh, strides[0], dilation[0]), w + left + right, c)
+        io_bytes = (math.prod(shape) + math.prod(kernel_shape) + n * oh * ow * f) * itemsize
+        if min(padded_shape) <= 0 or math.prod(padded_shape) * itemsize > min(
+                _native_jobs.PAD_ONCE_BYTES, _native_jobs.PAD_ONCE_SHARE * io_bytes):
+            return None
+    # arrays of the layer's shapes for their addresses only: no value is read or written
+    x = np.empty(padded_shape or shape, dtype)
+    kernel = np.empty(kernel_shape, dtype)
+    y = aligned_empty((n, oh, ow, f), dtype)
+    table = _native_jobs.KernelTable(runner)
+    panels: list[Panel] = []
+    jobs = _jobs(x, kernel, strides, dilation, out_size, [(0, 0), (0, 0)], y, workers,
+                 drives=table.recorder, made=panels)
+    spans = tuple((int(a), int(b)) for a, b in table.jobs(jobs))
+    rows = table.rows.copy()
+    rows[:, 1:4] -= np.array([x.ctypes.data, kernel.ctypes.data, y.ctypes.data], np.int64)
+    rows.flags.writeable = False
+    keep = tuple((panel.kernels, panel.offsets) for panel in panels)
+    return _TablePlan(runner, rows, spans, padded_shape, (top, left), keep)
+
+
+def _run_table(plan: _TablePlan, x: np.ndarray, kernel: np.ndarray, y: np.ndarray,
+               threads: int | None, flops: float, inline_below: float) -> None:
+    """Run :func:`_call_table`'s calls on these arrays (``x`` padded into a kept buffer
+    first where the plan pads it)."""
+    source = x
+    if plan.padded_shape is not None:
+        source = workspace("native_jobs_padded", plan.padded_shape, x.dtype)
+        _fill(source, x, -plan.before[0], plan.before[1])
+    rows = plan.rows.copy()
+    rows[:, 1:4] += np.array([source.ctypes.data, kernel.ctypes.data, y.ctypes.data],
+                             np.int64)
+    _threads.run_native_jobs(plan.runner, rows, list(plan.spans), threads=threads,
+                             flops=flops, inline_below=inline_below)
 
 
 def _run(jobs: list[Callable[[], None]], flops: float, threads: int | None,
@@ -535,7 +631,8 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
           dilation: tuple[int, int], out_size: tuple[int, int], pads: list[tuple[int, int]],
           y: np.ndarray, threads: int | None, groups: int = 1,
           make_panels: Callable[[int], list[Panel]] | None = None,
-          drives: Callable[[Any], Any] | None = None) -> list[Callable[[], None]]:
+          drives: Callable[[Any], Any] | None = None,
+          made: list[Panel] | None = None) -> list[Callable[[], None]]:
     """One call per chunk of output (images, rows of one image, or for several workers and
     a kernel larger than the input a range of output-channel blocks, :func:`_block_jobs`)
     writing ``y`` (N, OH, OW, F padded); ``make_panels(row_elems)``: other kernels' panels than
@@ -554,6 +651,8 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
     panels = (_panels(kernel, dilation, row_elems, streaming, groups, c,
                       stride_cols * c if groups == 1 else 0, threads) if make_panels is None
               else make_panels(row_elems))
+    if made is not None:
+        made.extend(panels)  # (the caller keeps what the calls point to)
     reach = effective_kernel(kh, dilation_rows)  # input rows one output row reads
     workers = threads if threads is not None else worker_count()
     unpadded = top == bottom == left == right == 0
