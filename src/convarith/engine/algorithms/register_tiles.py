@@ -198,6 +198,8 @@ def direct(
     # a job run inline (small) is one chunk: chunks one after another only add set-up;
     # the thin kernels' jobs are shared from a smaller size (no BLAS, a known pace)
     inline_below = _threads.SMALL_WORK_NO_BLAS if groups == 1 and thin(c) else _threads.SMALL_WORK
+    if groups == 1 and in_place(kernel, c) and _spinning_tables():
+        inline_below = TABLE_SMALL_WORK  # (remembered tables: little serial work left)
     workers = _threads.chunk_workers(threads, flops, inline_below)
     from . import segments  # (it reads this module's panels)
 
@@ -231,6 +233,26 @@ def direct(
     return y.reshape(shape)
 
 
+#: Below this many FLOPs a layer run by a remembered call table (:func:`_call_table`)
+#: runs inline on one thread. Its serial part is small (~0.02 ms of the caller's Python,
+#: against 0.07-0.14 when the chunks were cut at each call), so weight-heavy batch-1
+#: layers under :data:`._threads.SMALL_WORK` gain from a second thread. Predicted from
+#: one thread's CPU time (``scripts/serial_fraction.py``, busy machine): 1×1
+#: 256 -> 1024 on 1×7² 0.31 -> 0.20 ms on two, 1024 -> 256 0.29 -> 0.17; below
+#: ~1e7 little is left to share (1152 -> 192 on 1×4², 7 MFLOP: 0.13 -> 0.12).
+TABLE_SMALL_WORK = 1e7
+
+
+def _spinning_tables() -> bool:
+    """Whether tables of calls run on the spinning helpers here (a compiled runner and
+    spinner, spinning not turned off)."""
+    from . import _spin
+
+    return (_native_jobs.rows_runner(_native_jobs.KERNEL_POINTERS,
+                                     _native_jobs.KERNEL_FIELDS) is not None
+            and _spin.spinner() is not None and _spin.spin_microseconds() > 0)
+
+
 class _TablePlan(NamedTuple):
     """A layer's table of compiled calls with the arrays' addresses taken out
     (:func:`_call_table`): each row's ``x``, ``w`` and ``y`` are offsets from the
@@ -254,11 +276,8 @@ def _table_plan(x: np.ndarray, kernel: np.ndarray, groups: int, strides: tuple[i
     c = x.shape[-1]
     if groups != 1 or not in_place(kernel, c):
         return None
-    if workers > 1:
-        from . import _spin
-
-        if _spin.spinner() is None or _spin.spin_microseconds() <= 0:
-            return None
+    if workers > 1 and not _spinning_tables():
+        return None
     return _call_table(x.shape, kernel.shape, strides, dilation, out_size,
                        ((pads[0][0], pads[0][1]), (pads[1][0], pads[1][1])), x.dtype,
                        _llvm.vector_target(), workers)
