@@ -85,3 +85,28 @@ def test_a_table_runs_on_each_calls_own_arrays() -> None:
                        for i in range(3) for j in range(3))
         np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)
     assert rt._call_table.cache_info().currsize == 1
+
+
+def test_rows_over_zero_padding_skip_those_kernel_rows() -> None:
+    """A 3×3 layer with padding 1 on small images: on a batch, the top and bottom output
+    rows run two kernel rows of three (their own calls), with PyTorch's values; one
+    image keeps whole blocks of cells (no skipping)."""
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    for n, size, stride, skips in ((16, 4, 1, True), (8, 7, 2, True), (1, 4, 1, False)):
+        x = rng.standard_normal((n, size, size, 64)).astype(np.float32)
+        kernel = rng.standard_normal((3, 3, 64, 128)).astype(np.float32)
+        out = (size + 2 - 3) // stride + 1
+        rt._call_table.cache_clear()
+        for threads in (1, 2):
+            y = rt.direct(x, kernel, (stride, stride), (1, 1), 1, (out, out),
+                          padding=[(1, 1), (1, 1)], threads=threads)
+            error = relative_error(y, _torch_conv(x, kernel, stride, 1, 1))
+            assert error <= 1e-5, (n, size, stride, threads, error)
+        plan = rt._call_table((n, size, size, 64), (3, 3, 64, 128), (stride, stride), (1, 1),
+                              (out, out), ((1, 1), (1, 1)), np.dtype(np.float32),
+                              _llvm.vector_target(), 1)
+        assert plan is not None
+        # each row: the function, x, w, y, offsets, then Cells' fields and Sums' steps
+        steps = set(plan.rows[:, 5 + len(_llvm.Cells._fields) + 1].tolist())
+        assert steps == ({2 * 3 * 64, 3 * 3 * 64} if skips else {3 * 3 * 64}), (n, steps)
