@@ -18,7 +18,11 @@ of output-channel blocks of whole images, so that each worker reads only its
 share of the kernel (:func:`split_blocks`). A one-group kernel whose outputs are
 whole vectors is read where it lies (:func:`in_place`); others are packed into
 panels at each call. Outputs of :data:`STREAM_BYTES` and more are written past
-the caches.
+the caches. A one-group layer whose kernel is read in place runs a table of its
+calls remembered per shape (:func:`_call_table`: the chunks worked out once, only
+the arrays' addresses added at each call), and on a batch of small padded images
+its output rows whose windows overhang the zero rows skip the kernel rows that
+read them (:func:`_skip_zero_rows`).
 
 Grouped convolutions run group after group on each chunk; groups with fewer
 outputs than a vector are merged into block-diagonal kernels that fill one
