@@ -110,3 +110,20 @@ def test_rows_over_zero_padding_skip_those_kernel_rows() -> None:
         # each row: the function, x, w, y, offsets, then Cells' fields and Sums' steps
         steps = set(plan.rows[:, 5 + len(_llvm.Cells._fields) + 1].tolist())
         assert steps == ({2 * 3 * 64, 3 * 3 * 64} if skips else {3 * 3 * 64}), (n, steps)
+
+
+def test_tables_keep_memory_within_the_bound() -> None:
+    """A weight-heavy padded layer run by a table (its input padded once): peak extra
+    memory at most 1.5 × (input + kernel + output), as every fast path."""
+    from _helpers import peak_extra_bytes
+
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((8, 7, 7, 256)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, 256, 256)).astype(np.float32)
+    for threads in (1, 2):
+        def run(threads: int = threads) -> np.ndarray:
+            return rt.direct(x, kernel, (2, 2), (1, 1), 1, (4, 4), padding=[(1, 1), (1, 1)],
+                             threads=threads)
+
+        io = x.nbytes + kernel.nbytes + 8 * 4 * 4 * 256 * 4
+        assert peak_extra_bytes(run) <= 1.5 * io, threads
