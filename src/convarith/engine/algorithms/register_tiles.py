@@ -18,7 +18,11 @@ of output-channel blocks of whole images, so that each worker reads only its
 share of the kernel (:func:`split_blocks`). A one-group kernel whose outputs are
 whole vectors is read where it lies (:func:`in_place`); others are packed into
 panels at each call. Outputs of :data:`STREAM_BYTES` and more are written past
-the caches.
+the caches. A one-group layer whose kernel is read in place runs a table of its
+calls remembered per shape (:func:`_call_table`: the chunks worked out once, only
+the arrays' addresses added at each call), and on a batch of small padded images
+its output rows whose windows overhang the zero rows skip the kernel rows that
+read them (:func:`_skip_zero_rows`).
 
 Grouped convolutions run group after group on each chunk; groups with fewer
 outputs than a vector are merged into block-diagonal kernels that fill one
@@ -197,6 +201,8 @@ def direct(
     # a job run inline (small) is one chunk: chunks one after another only add set-up;
     # the thin kernels' jobs are shared from a smaller size (no BLAS, a known pace)
     inline_below = THIN_INLINE_FLOPS if groups == 1 and thin(c) else _threads.SMALL_WORK
+    if groups == 1 and not thin(c) and in_place(kernel, c) and _spinning_tables():
+        inline_below = TABLE_SMALL_WORK  # (remembered tables: little serial work left)
     workers = _threads.chunk_workers(threads, flops, inline_below)
     from . import segments, thin_call  # (they read this module's panels)
 
@@ -212,6 +218,10 @@ def direct(
                                      (dilation_rows, dilation_cols), (oh, ow), pads, y,
                                      workers, groups)
         _run(jobs, flops, threads, inline_below)
+    elif (plan := _table_plan(x, kernel, groups, (stride_rows, stride_cols),
+                              (dilation_rows, dilation_cols), (oh, ow), pads, workers)
+          ) is not None:
+        _run_table(plan, x, kernel, y, threads, flops, inline_below)
     else:
         # the chunks as one table of compiled calls, run without the GIL (_native_jobs)
         native = _native_jobs.kernel_plan(
@@ -231,6 +241,120 @@ def direct(
     if y.shape[-1] != f:
         y = np.ascontiguousarray(y[..., :f])
     return y.reshape(shape)
+
+
+#: Below this many FLOPs a layer run by a remembered call table (:func:`_call_table`)
+#: runs inline on one thread. Its serial part is small (~0.02 ms of the caller's Python,
+#: against 0.07-0.14 when the chunks were cut at each call), so weight-heavy batch-1
+#: layers under :data:`._threads.SMALL_WORK` gain from a second thread. Predicted from
+#: one thread's CPU time (``scripts/serial_fraction.py``, busy machine): 1×1
+#: 256 -> 1024 on 1×7² 0.31 -> 0.20 ms on two, 1024 -> 256 0.29 -> 0.17; below
+#: ~1e7 little is left to share (1152 -> 192 on 1×4², 7 MFLOP: 0.13 -> 0.12).
+TABLE_SMALL_WORK = 1e7
+
+
+def _spinning_tables() -> bool:
+    """Whether tables of calls run on the spinning helpers here (a compiled runner and
+    spinner, spinning not turned off)."""
+    from . import _spin
+
+    return (_native_jobs.rows_runner(_native_jobs.KERNEL_POINTERS,
+                                     _native_jobs.KERNEL_FIELDS) is not None
+            and _spin.spinner() is not None and _spin.spin_microseconds() > 0)
+
+
+class _TablePlan(NamedTuple):
+    """A layer's table of compiled calls with the arrays' addresses taken out
+    (:func:`_call_table`): each row's ``x``, ``w`` and ``y`` are offsets from the
+    (padded) input's, the kernel's and the output's first element."""
+
+    runner: Any  #: :func:`._native_jobs.rows_runner`'s runner
+    rows: np.ndarray  #: int64 ``(calls, 1 + 4 + fields)``, read-only
+    spans: tuple[tuple[int, int], ...]  #: each job's ``(first row, rows)``
+    padded_shape: tuple[int, int, int, int] | None  #: the input padded once (None: unpadded)
+    before: tuple[int, int]  #: its padding rows and columns before the input's
+    keep: Any  #: the compiled modules and offsets the rows point to
+
+
+def _table_plan(x: np.ndarray, kernel: np.ndarray, groups: int, strides: tuple[int, int],
+                dilation: tuple[int, int], out_size: tuple[int, int],
+                pads: list[tuple[int, int]], workers: int) -> _TablePlan | None:
+    """The remembered table of calls (:func:`_call_table`) for a one-group layer whose
+    kernel is read in place, or ``None`` (the other paths then cut and record the
+    chunks at each call). With several workers only where the spinning helpers run
+    tables (as :func:`._native_jobs.kernel_plan` asks)."""
+    c = x.shape[-1]
+    if groups != 1 or not in_place(kernel, c):
+        return None
+    if workers > 1 and not _spinning_tables():
+        return None
+    return _call_table(x.shape, kernel.shape, strides, dilation, out_size,
+                       ((pads[0][0], pads[0][1]), (pads[1][0], pads[1][1])), x.dtype,
+                       _llvm.vector_target(), workers)
+
+
+@functools.lru_cache(maxsize=256)
+def _call_table(shape: tuple[int, ...], kernel_shape: tuple[int, ...], strides: tuple[int, int],
+                dilation: tuple[int, int], out_size: tuple[int, int],
+                pads: tuple[tuple[int, int], tuple[int, int]], dtype: np.dtype[Any],
+                target: _llvm.VectorTarget, workers: int) -> _TablePlan | None:
+    """Every call :func:`_jobs` makes for a layer of these shapes on ``workers`` threads,
+    recorded once (remembered per shape): at a call only the arrays' addresses are
+    added to it. Working the chunks out again at each call cost ~0.05-0.1 ms of one
+    thread (a third of a batch-1 1×1 256 -> 1024 layer on 7², run by no other
+    thread). The input is padded once for all chunks (as
+    :func:`._native_jobs.kernel_plan` does, within its memory bounds; ``None``
+    beyond them, or without a compiled runner)."""
+    runner = _native_jobs.rows_runner(_native_jobs.KERNEL_POINTERS,
+                                      _native_jobs.KERNEL_FIELDS)
+    if runner is None:
+        return None
+    n, h, w, c = shape
+    kh, f = kernel_shape[0], kernel_shape[-1]
+    oh, ow = out_size
+    itemsize = dtype.itemsize
+    (top, bottom), (left, right) = pads
+    padded_shape = None
+    if top or bottom or left or right:
+        padded_shape = (n, window_reach(oh, kh, strides[0], dilation[0]), w + left + right, c)
+        kernel_bytes = math.prod(kernel_shape) * itemsize
+        io_bytes = math.prod(shape) * itemsize + kernel_bytes + n * oh * ow * f * itemsize
+        # (up to the kernel's size: a chunk of whole images would copy as much, and the
+        # chunks that share the output channels pad the whole input once anyway)
+        most = max(_native_jobs.PAD_ONCE_BYTES, min(kernel_bytes, KERNEL_SLAB_BYTES))
+        if min(padded_shape) <= 0 or math.prod(padded_shape) * itemsize > min(
+                most, _native_jobs.PAD_ONCE_SHARE * io_bytes):
+            return None
+    # arrays of the layer's shapes for their addresses only: no value is read or written
+    x = np.empty(padded_shape or shape, dtype)
+    kernel = np.empty(kernel_shape, dtype)
+    y = aligned_empty((n, oh, ow, f), dtype)
+    table = _native_jobs.KernelTable(runner)
+    panels: list[Panel] = []
+    jobs = _jobs(x, kernel, strides, dilation, out_size, [(0, 0), (0, 0)], y, workers,
+                 drives=table.recorder, made=panels,
+                 real_rows=None if padded_shape is None else (top, h))
+    spans = tuple((int(a), int(b)) for a, b in table.jobs(jobs))
+    rows = table.rows.copy()
+    rows[:, 1:4] -= np.array([x.ctypes.data, kernel.ctypes.data, y.ctypes.data], np.int64)
+    rows.flags.writeable = False
+    keep = tuple((panel.kernels, panel.offsets) for panel in panels)
+    return _TablePlan(runner, rows, spans, padded_shape, (top, left), keep)
+
+
+def _run_table(plan: _TablePlan, x: np.ndarray, kernel: np.ndarray, y: np.ndarray,
+               threads: int | None, flops: float, inline_below: float) -> None:
+    """Run :func:`_call_table`'s calls on these arrays (``x`` padded into a kept buffer
+    first where the plan pads it)."""
+    source = x
+    if plan.padded_shape is not None:
+        source = workspace("native_jobs_padded", plan.padded_shape, x.dtype)
+        _fill(source, x, -plan.before[0], plan.before[1])
+    rows = plan.rows.copy()
+    rows[:, 1:4] += np.array([source.ctypes.data, kernel.ctypes.data, y.ctypes.data],
+                             np.int64)
+    _threads.run_native_jobs(plan.runner, rows, list(plan.spans), threads=threads,
+                             flops=flops, inline_below=inline_below)
 
 
 def _run(jobs: list[Callable[[], None]], flops: float, threads: int | None,
@@ -266,6 +390,8 @@ class Panel(NamedTuple):
     sums: Sums
     #: groups run by one call: ``x``, ``weights`` and ``y`` advanced by its strides
     batch: Batch = ONE_PROBLEM
+    #: a kernel read in place: its first step (row ``(tap, input channel)``) here
+    first_step: int = 0
 
 
 class _Call(NamedTuple):
@@ -277,13 +403,14 @@ class _Call(NamedTuple):
     first_channel_bytes: int
     sums: Sums
     batch: Batch = ONE_PROBLEM
+    first_step: int = 0
 
 
 def _calls(panels: list[Panel], drives: Callable[[Any], Any] | None = None) -> list[_Call]:
     """The panels' calls; ``drives(drive)``: what to call instead (see _native_jobs)."""
     return [_Call(p.kernels.drive if drives is None else drives(p.kernels.drive),
                   p.weights.ctypes.data, p.offsets.ctypes.data, p.first_channel_bytes, p.sums,
-                  p.batch) for p in panels]
+                  p.batch, p.first_step) for p in panels]
 
 
 def group_merge(groups: int, group_out: int, width: int) -> int:
@@ -410,7 +537,7 @@ def _panels(kernel: np.ndarray, dilation: tuple[int, int], row_elems: int,
         rows = kernel.reshape(kh * kw * c, f)
         return [Panel(kernels, rows[r0:, start:], offsets, start * dtype.itemsize,
                       Sums(blocks=blocks, steps=r1 - r0, step_stride=f, block_stride=cols,
-                           accumulate=int(r0 > 0)))
+                           accumulate=int(r0 > 0)), first_step=r0)
                 for r0, r1, offsets, runs in _layout(kernel.shape, dtype, dilation, row_elems,
                                                      streaming, PANEL_BYTES, channels,
                                                      cell_step if thin(channels) else 0,
@@ -571,7 +698,9 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
           dilation: tuple[int, int], out_size: tuple[int, int], pads: list[tuple[int, int]],
           y: np.ndarray, threads: int | None, groups: int = 1,
           make_panels: Callable[[int], list[Panel]] | None = None,
-          drives: Callable[[Any], Any] | None = None) -> list[Callable[[], None]]:
+          drives: Callable[[Any], Any] | None = None,
+          made: list[Panel] | None = None,
+          real_rows: tuple[int, int] | None = None) -> list[Callable[[], None]]:
     """One call per chunk of output (images, rows of one image, or for several workers and
     a kernel larger than the input a range of output-channel blocks, :func:`_block_jobs`)
     writing ``y`` (N, OH, OW, F padded); ``make_panels(row_elems)``: other kernels' panels than
@@ -590,6 +719,8 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
     panels = (_panels(kernel, dilation, row_elems, streaming, groups, c,
                       stride_cols * c if groups == 1 else 0, threads) if make_panels is None
               else make_panels(row_elems))
+    if made is not None:
+        made.extend(panels)  # (the caller keeps what the calls point to)
     reach = effective_kernel(kh, dilation_rows)  # input rows one output row reads
     workers = threads if threads is not None else worker_count()
     unpadded = top == bottom == left == right == 0
@@ -598,6 +729,13 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
     x_base, x_bytes = x.ctypes.data, x.strides
     y_base, y_bytes = y.ctypes.data, y.strides
     calls = _calls(panels, drives)
+    # a kernel read in place, on an input padded beforehand (rows real_rows[0] onwards
+    # are its real_rows[1] rows): the rows of output whose windows overhang its zero
+    # rows skip the kernel rows that read them (None: every row reads every kernel row)
+    skipping = (_skip_zero_rows(calls, real_rows, kernel.shape, c, out_size, strides,
+                                dilation_rows, itemsize, n, panels[0].kernels.rows)
+                if real_rows is not None and make_panels is None and groups == 1
+                and in_place(kernel, c) else None)
     # every worker gets about 4 chunks (a single worker one); a chunk is whole images
     # when images are small (fewer calls: each costs ~10 µs of Python and ctypes),
     # else rows of one image; its padded input rows fit SLAB_BYTES (whole images: up to
@@ -607,7 +745,7 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
     image_bytes = needed * row_elems * itemsize
     if make_panels is None and groups == 1 and workers > 1 and not thin(c) and split_blocks(
             math.prod(kernel.shape[:3]) * y.shape[-1] * itemsize, n * image_bytes):
-        return _block_jobs(x, pads, y, panels, strides, needed, workers, drives)
+        return _block_jobs(x, pads, y, panels, strides, needed, workers, drives, skipping)
     if rows_share >= 2 * oh:
         slab = _slab_bytes(math.prod(kernel.shape) * itemsize)
         images = max(1, min(rows_share // oh, slab // image_bytes if not unpadded else n))
@@ -620,6 +758,16 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
                 _fill(slab, x[g0:g1], -top, left)
                 source, x_image = slab.ctypes.data, needed * row_elems
             target = y_base + g0 * y_bytes[0]
+            if skipping is not None:
+                for r0, r1, parts in skipping:
+                    cells = Cells(rows=(g1 - g0) * (r1 - r0), row_cells=ow, image_rows=r1 - r0,
+                                  x_row=stride_rows * row_elems, x_cell=stride_cols * c,
+                                  x_image=x_image, y_row=y_row, y_cell=y_cell, y_image=y_image)
+                    for call, weights, offsets, sums in parts:
+                        call.drive(source + r0 * stride_rows * row_elems * itemsize, weights,
+                                   target + r0 * y_row * itemsize + call.first_channel_bytes,
+                                   offsets, *cells, *sums, *call.batch)
+                return
             cells = Cells(rows=(g1 - g0) * oh, row_cells=ow, image_rows=oh,
                           x_row=stride_rows * row_elems, x_cell=stride_cols * c,
                           x_image=x_image, y_row=y_row, y_cell=y_cell, y_image=y_image)
@@ -644,6 +792,19 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
             _fill(slab, x[image], first, left)
             source = slab.ctypes.data
         target = y_base + image * y_bytes[0] + o0 * y_bytes[1]
+        if skipping is not None:  # (x read where it lies: padded beforehand)
+            for r0, r1, parts in skipping:
+                lo, hi = max(o0, r0), min(o1, r1)
+                if lo >= hi:
+                    continue
+                cells = Cells(rows=hi - lo, row_cells=ow, image_rows=hi - lo,
+                              x_row=stride_rows * row_elems, x_cell=stride_cols * c, x_image=0,
+                              y_row=y_row, y_cell=y_cell, y_image=0)
+                for call, weights, offsets, sums in parts:
+                    call.drive(source + (lo - o0) * stride_rows * x_bytes[1], weights,
+                               target + (lo - o0) * y_bytes[1] + call.first_channel_bytes,
+                               offsets, *cells, *sums, *call.batch)
+            return
         cells = Cells(rows=o1 - o0, row_cells=ow, image_rows=o1 - o0,
                       x_row=stride_rows * row_elems, x_cell=stride_cols * c, x_image=0,
                       y_row=y_row, y_cell=y_cell, y_image=0)
@@ -670,7 +831,8 @@ def split_blocks(kernel_bytes: int, input_bytes: int) -> bool:
 
 def _block_jobs(x: np.ndarray, pads: list[tuple[int, int]], y: np.ndarray,
                 panels: list[Panel], strides: tuple[int, int], needed: int,
-                workers: int, drives: Callable[[Any], Any] | None = None
+                workers: int, drives: Callable[[Any], Any] | None = None,
+                skipping: list[tuple[int, int, list[tuple[_Call, int, int, Sums]]]] | None = None
                 ) -> list[Callable[[], None]]:
     """Jobs of :func:`_jobs` cut over the output channels: each takes a range of the column
     blocks (of every run, counted one run after another) for every image, and runs every
@@ -712,6 +874,28 @@ def _block_jobs(x: np.ndarray, pads: list[tuple[int, int]], y: np.ndarray,
     x_base, y_base = source.ctypes.data, y.ctypes.data
     steps = [(call, first, cols) for call, first, cols in zip(calls, first_blocks, columns)]
 
+    first_of = {call.first_channel_bytes: (first, cols) for call, first, cols in steps}
+    row_bytes = stride_rows * padded_w * c * itemsize
+
+    def job_skipping(b0: int, b1: int, _keep: Any = (panels, source)) -> None:
+        assert skipping is not None
+        for r0, r1, parts in skipping:
+            part_cells = cells._replace(rows=n * (r1 - r0), image_rows=r1 - r0)
+            for call, weights, offsets, sums in parts:
+                first, cols = first_of[call.first_channel_bytes]
+                lo, hi = max(b0, first), min(b1, first + sums.blocks)
+                if lo >= hi:
+                    continue
+                call.drive(x_base + r0 * row_bytes,
+                           weights + (lo - first) * sums.block_stride * itemsize,
+                           y_base + r0 * y_row * itemsize + call.first_channel_bytes
+                           + (lo - first) * cols * itemsize,
+                           offsets, *part_cells, *sums._replace(blocks=hi - lo), *call.batch)
+
+    if skipping is not None:
+        return [functools.partial(job_skipping, b0, b1)
+                for b0, b1 in zip(edges, edges[1:]) if b1 > b0]
+
     def job(b0: int, b1: int, _keep: Any = (panels, source)) -> None:
         for call, first, cols in steps:
             lo, hi = max(b0, first), min(b1, first + call.sums.blocks)
@@ -723,6 +907,63 @@ def _block_jobs(x: np.ndarray, pads: list[tuple[int, int]], y: np.ndarray,
                        call.offsets, *cells, *sums, *call.batch)
 
     return [functools.partial(job, b0, b1) for b0, b1 in zip(edges, edges[1:]) if b1 > b0]
+
+
+#: :func:`_skip_zero_rows` cuts the calls where the register blocks then read at most this
+#: share of the kernel's panels. Measured on one core (CPU time, busy machine, float32,
+#: 3×3 512 -> 512 with padding 1, skipped against not): 16×4² 11.5 against 12.4 ms,
+#: 16×7² stride 2 12.2 against 12.8; one 7² image (0.96 of the panels) 4.2-4.3 against
+#: 3.5-3.7.
+SKIP_SHARE = 0.9
+
+
+def _skip_zero_rows(calls: list[_Call], real_rows: tuple[int, int],
+                    kernel_shape: tuple[int, ...], channels: int, out_size: tuple[int, int],
+                    strides: tuple[int, int], dilation_rows: int, itemsize: int,
+                    images: int = 1, block_cells: int = 1
+                    ) -> list[tuple[int, int, list[tuple[_Call, int, int, Sums]]]] | None:
+    """The calls of a kernel read in place, per group of output rows ``[r0, r1)`` reading
+    the same kernel rows ``[a0, a1)`` of the input (:func:`_kernel_row_groups`; the others
+    lie on zero padding): each call cut to those kernel rows' steps, as ``(call, weights,
+    offsets, sums)`` (the first step of a column block in a group overwrites the
+    output). Frameworks skip those products too: on small images they are many (3×3
+    with padding 1 on 4² output rows: a sixth of the sum). ``None`` where every row
+    reads every kernel row, or a row reads none (its zeros would need writing), or
+    where the groups' register blocks of ``block_cells`` cells (each reading its
+    kernel rows' panels) would read at least :data:`SKIP_SHARE` of the panels one run
+    over all ``images`` reads (a batch-1 4² image: blocks of 4, 6 + 2 and 4 cells
+    instead of 6, 6 and 4).
+
+    >>> _skip_zero_rows([], (1, 4), (3, 3, 8, 16), 8, (4, 4), (1, 1), 1, 4, 1, 6) is None
+    True
+    """
+    first_real, real = real_rows
+    kh, kw = kernel_shape[:2]
+    oh, ow = out_size
+    groups = _kernel_row_groups(real, kh, strides[0], dilation_rows, first_real, oh)
+    if len(groups) == 1 or any(a0 == a1 for _, _, a0, a1 in groups):
+        return None
+    passes = sum(-(-images * (r1 - r0) * ow // block_cells) * (a1 - a0) / kh
+                 for r0, r1, a0, a1 in groups)
+    if passes > SKIP_SHARE * -(-images * oh * ow // block_cells):
+        return None
+    row_steps = kw * channels  # a kernel row's steps (tap, input channel), one after another
+    grouped = []
+    for r0, r1, a0, a1 in groups:
+        written = set()
+        parts = []
+        for call in calls:
+            s0 = call.first_step
+            lo, hi = max(s0, a0 * row_steps), min(s0 + call.sums.steps, a1 * row_steps)
+            if lo >= hi:
+                continue
+            sums = call.sums._replace(steps=hi - lo,
+                                      accumulate=int(call.first_channel_bytes in written))
+            written.add(call.first_channel_bytes)
+            parts.append((call, call.weights + (lo - s0) * call.sums.step_stride * itemsize,
+                          call.offsets + (lo - s0) * 8, sums))
+        grouped.append((r0, r1, parts))
+    return grouped
 
 
 def _row_edges(rows: int, count: int, images: int, workers: int) -> list[int]:
