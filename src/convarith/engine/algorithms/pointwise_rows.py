@@ -40,7 +40,7 @@ from ._threads import SMALL_WORK, parallel_penalty, run_chunks, worker_count, wo
 
 __all__ = ["direct", "bind", "weight_grad", "products", "applies", "cost", "chunks", "busy_share",
            "CHUNKS_PER_WORKER", "MIN_CHUNK_CELLS", "CHUNK_BYTES", "CHUNKED", "NARROW_CHANNELS",
-           "INLINE", "PARTIALS_BYTES"]
+           "INLINE", "CACHED_KERNEL_BYTES", "CACHED_KERNEL", "PARTIALS_BYTES"]
 
 #: Chunks per worker: a few, so a worker delayed by another process does not hold
 #: the call up; each costs ~10 µs of Python.
@@ -307,12 +307,32 @@ NARROW_CHANNELS = 32
 INLINE = 0.95
 
 
+#: Kernel bytes below which the inline product (below :data:`~._threads.SMALL_WORK`) of
+#: few rows runs at BLAS's full rate: about one core's L2 cache. Larger kernels over few
+#: rows are where BLAS slows (it packs the whole kernel for a few rows) and
+#: :mod:`.register_tiles` is faster.
+CACHED_KERNEL_BYTES = 1 << 20
+
+#: The inline product's cost per FLOP with a kernel below :data:`CACHED_KERNEL_BYTES`,
+#: over its cost with a larger one. Measured on one core (CPU time through ``conv2d``,
+#: float32, busy AVX-512 machine; ms, this path against :mod:`.register_tiles`, whose cost
+#: is 0.6 per FLOP there and which pays ~40 µs more per call): 1×4² 576 -> 160 0.050 against
+#: 0.093, 160 -> 960 0.077 / 0.091, 960 -> 160 0.080 / 0.103; 1×7² 576 -> 160 0.116 /
+#: 0.134; 2×7² 192 -> 1152 0.454 / 0.534; 4×4² 576 -> 160 0.134 / 0.153; float64 1×4²
+#: 256 -> 512 0.123 / 0.147. Above the bound register_tiles wins: 1×4² 320 -> 1280 0.204
+#: / 0.173, 1×7² 256 -> 1024 0.386 / 0.314, 1×10² 512 -> 512 0.553 / 0.508. Not for kernel
+#: rows of a multiple of 4 KiB (1024 or 2048 float32 outputs), which BLAS packs slowly
+#: (cache aliasing): 1×4² 128 -> 1024 0.117 / 0.087, 192 -> 1024 0.146 / 0.109.
+CACHED_KERNEL = 0.8
+
+
 def cost(problem: ConvProblem) -> float:
     """``0.7 × FLOPs`` (:mod:`.flat_rows`' one 1×1 product) times :data:`CHUNKED`, times
     :func:`~._threads.parallel_penalty` of its chunks on ``W`` workers (one core's time,
     as every cost: :mod:`.flat_rows`' one product counts the share of it its BLAS call
     leaves serial); above :data:`NARROW_CHANNELS` on both sides, as one product. Below :data:`~._threads.SMALL_WORK` at stride 1 the one product inline
-    (:data:`INLINE`); on one worker the one product, a hair above :mod:`.flat_rows`.
+    (:data:`INLINE`, times :data:`CACHED_KERNEL` for a kernel below
+    :data:`CACHED_KERNEL_BYTES` whose rows are not a multiple of 4 KiB); on one worker the one product, a hair above :mod:`.flat_rows`.
 
     >>> p = ConvProblem((16, 56, 56, 32), (1, 1, 32, 16), (1, 1), (1, 1), 1, (56, 56), np.dtype("float32"))
     >>> cost(p) <= 0.7 * CHUNKED * p.flops
@@ -321,7 +341,10 @@ def cost(problem: ConvProblem) -> float:
     base = 0.7 * problem.flops
     whole = problem.input_shape[1:-1] == problem.out_size
     if problem.flops < SMALL_WORK:
-        return base * (INLINE if whole else CHUNKED)
+        itemsize = problem.dtype.itemsize
+        cached = (CACHED_KERNEL if problem.in_channels * problem.out_channels * itemsize
+                  < CACHED_KERNEL_BYTES and problem.out_channels * itemsize % 4096 else 1.0)
+        return base * (INLINE * cached if whole else CHUNKED)
     workers = worker_count()
     if workers <= 1:
         return base * (1.01 if whole else CHUNKED)
