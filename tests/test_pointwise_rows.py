@@ -223,3 +223,36 @@ def test_layer_gradients_against_pytorch(monkeypatch) -> None:
             assert relative_error(dk, np.transpose(ek.numpy(), (2, 3, 1, 0))) <= 1e-10, what
     finally:
         clear_caches()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_small_products_with_cached_kernels_run_inline(workers, monkeypatch) -> None:
+    """MobileNetV2 / EfficientNet-B0's 1×1 layers on a 4² image at batch 1 (kernels under
+    1 MiB) run as pointwise_rows' one inline product, which beat register_tiles there on
+    one core (576 -> 160 0.050 against 0.093 ms); larger kernels (320 -> 1280, 256 ->
+    1024, float64 1152 -> 320) and power-of-two wide rows (128 -> 1024, which BLAS packs
+    slowly, as 512 float64 outputs) are left to the others. Each choice also runs as the
+    reference."""
+    from convarith.engine import clear_caches
+    from convarith.engine.dispatch import choose
+
+    monkeypatch.setenv("CONVARITH_NUM_THREADS", workers)
+    clear_caches()
+    try:
+        inline = [(576, 160, "float32"), (160, 960, "float32"), (960, 160, "float32"),
+                  (672, 192, "float32"), (192, 1152, "float32"), (576, 160, "float64")]
+        others = [(320, 1280, "float32"), (256, 1024, "float32"), (128, 1024, "float32"),
+                  (256, 512, "float64"), (1152, 320, "float64")]
+        for seed, (channels, filters, dtype) in enumerate(inline + others):
+            problem = ConvProblem((1, 4, 4, channels), (1, 1, channels, filters), (1, 1),
+                                  (1, 1), 1, (4, 4), np.dtype(dtype))
+            pick = choose(problem).name
+            if (channels, filters, dtype) in inline:
+                assert pick == "pointwise_rows", (problem, pick)
+            else:
+                ours = get_algorithm("pointwise_rows").cost(problem)
+                assert ours == pytest.approx(0.7 * 0.95 * problem.flops), (problem, ours)
+            assert_cheapest_applies(problem)
+            assert_runs_as_reference(problem, 40 + seed)
+    finally:
+        clear_caches()
