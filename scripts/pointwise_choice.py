@@ -5,7 +5,8 @@ batch 1, 2 and 16, stride 1 and 2) every applicable direct algorithm is forced a
 timed through ``conv2d``, beside the planner's own pick: one thread's CPU time
 (``--threads 1``, the default; convarith, NumPy's BLAS on one thread) or, with
 ``--threads 2``, wall-clock medians of interleaved rounds. Prints per layer the
-pick, the fastest, and pick / fastest; then how many picks are within 10%.
+pick, the fastest one the planner could pick (finite cost), and pick / fastest; then
+how many picks are within 10%.
 
     python scripts/pointwise_choice.py [--threads 1] [--dtype float32] [--jit off]
         [--isa avx2] [--count 60] [--seed 0] [--max-flops 4e8] [--json out.json]
@@ -130,11 +131,13 @@ def main() -> None:
             times = {name: _cpu_time(fn) for name, fn in fns.items()}
         else:
             times = _wall_medians(fns)
-        fastest = min(times, key=times.__getitem__)
-        ratio = times[pick.name] / times[fastest]
-        within += ratio <= 1.1
         costs = {name: dispatch.get_algorithm(name).cost(problem) / problem.flops
                  for name in names}
+        # the fastest the planner could pick (an infinite cost opts out of the choice)
+        fastest = min((name for name in times if math.isfinite(costs[name])),
+                      key=times.__getitem__)
+        ratio = times[pick.name] / times[fastest]
+        within += ratio <= 1.1
         rows.append(dict(shape=[batch, image, c, f, stride], pick=pick.name, fastest=fastest,
                          ratio=ratio, times=times, costs=costs))
         detail = " ".join(f"{n[:8]} {t * 1e3:.3f}({costs[n]:.2f})" for n, t in times.items())
