@@ -223,3 +223,43 @@ def test_layer_gradients_against_pytorch(monkeypatch) -> None:
             assert relative_error(dk, np.transpose(ek.numpy(), (2, 3, 1, 0))) <= 1e-10, what
     finally:
         clear_caches()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_small_products_with_cached_kernels_run_inline(workers, monkeypatch) -> None:
+    """MobileNetV2 / EfficientNet-B0's 1×1 layers on a 4² image at batch 1 (kernels under
+    1 MiB) run as pointwise_rows' one inline product, which beat register_tiles there on
+    one core (576 -> 160 0.050 against 0.093 ms); larger kernels (320 -> 1280, 256 ->
+    1024, float64 1152 -> 320) do not get the cached kernel's share, and 4 KiB-wide rows
+    over 16 cells (128 -> 1024, 512 float64 outputs, which BLAS packs slowly) get neither
+    it nor two workers' share. On two workers every other inline product runs on BLAS's
+    threads (ResNet-50's 256 -> 1024 on 1×7²: 0.25 against register_tiles' 0.32 ms).
+    Each choice also runs as the reference."""
+    from convarith.engine import clear_caches
+    from convarith.engine.dispatch import choose
+
+    monkeypatch.setenv("CONVARITH_NUM_THREADS", workers)
+    clear_caches()
+    two = workers == "2"
+    try:
+        inline = [(4, 576, 160, "float32"), (4, 160, 960, "float32"), (4, 960, 160, "float32"),
+                  (4, 672, 192, "float32"), (4, 192, 1152, "float32"), (4, 576, 160, "float64")]
+        large = [(4, 320, 1280, "float32"), (4, 1152, 320, "float64")]
+        aliased = [(4, 128, 1024, "float32"), (4, 256, 512, "float64")]
+        if two:
+            inline += large + [(7, 256, 1024, "float32"), (7, 1024, 256, "float32")]
+        for seed, (size, channels, filters, dtype) in enumerate(inline + large + aliased):
+            problem = ConvProblem((1, size, size, channels), (1, 1, channels, filters),
+                                  (1, 1), (1, 1), 1, (size, size), np.dtype(dtype))
+            pick = choose(problem).name
+            ours = get_algorithm("pointwise_rows").cost(problem) / (0.7 * problem.flops)
+            if (size, channels, filters, dtype) in inline:
+                assert pick == "pointwise_rows", (problem, pick)
+            if (size, channels, filters, dtype) in large:
+                assert ours == pytest.approx(0.95 * (0.8 if two else 1.0)), (problem, ours)
+            if (size, channels, filters, dtype) in aliased:
+                assert ours == pytest.approx(0.95), (problem, ours)
+            assert_cheapest_applies(problem)
+            assert_runs_as_reference(problem, 40 + seed)
+    finally:
+        clear_caches()

@@ -40,7 +40,8 @@ from ._threads import SMALL_WORK, parallel_penalty, run_chunks, worker_count, wo
 
 __all__ = ["direct", "bind", "weight_grad", "products", "applies", "cost", "chunks", "busy_share",
            "CHUNKS_PER_WORKER", "MIN_CHUNK_CELLS", "CHUNK_BYTES", "CHUNKED", "NARROW_CHANNELS",
-           "INLINE", "PARTIALS_BYTES"]
+           "INLINE", "CACHED_KERNEL_BYTES", "CACHED_KERNEL", "ALIASED_CELLS", "inline_share",
+           "PARTIALS_BYTES"]
 
 #: Chunks per worker: a few, so a worker delayed by another process does not hold
 #: the call up; each costs ~10 µs of Python.
@@ -307,12 +308,68 @@ NARROW_CHANNELS = 32
 INLINE = 0.95
 
 
+#: Kernel bytes below which the inline product (below :data:`~._threads.SMALL_WORK`) of
+#: few rows runs at BLAS's full rate: about one core's L2 cache. Larger kernels over few
+#: rows are where BLAS slows (it packs the whole kernel for a few rows) and
+#: :mod:`.register_tiles` is faster.
+CACHED_KERNEL_BYTES = 1 << 20
+
+#: The inline product's cost per FLOP with a kernel below :data:`CACHED_KERNEL_BYTES`,
+#: over its cost with a larger one. Measured on one core (CPU time through ``conv2d``,
+#: float32, busy AVX-512 machine; ms, this path against :mod:`.register_tiles`, whose cost
+#: is 0.6 per FLOP there and which pays ~40 µs more per call): 1×4² 576 -> 160 0.050 against
+#: 0.093, 160 -> 960 0.077 / 0.091, 960 -> 160 0.080 / 0.103; 1×7² 576 -> 160 0.116 /
+#: 0.134; 2×7² 192 -> 1152 0.454 / 0.534; 4×4² 576 -> 160 0.134 / 0.153. Above the bound
+#: register_tiles wins: 1×4² 320 -> 1280 0.204 / 0.173, 1×7² 256 -> 1024 0.386 / 0.314,
+#: 1×10² 512 -> 512 0.553 / 0.508.
+CACHED_KERNEL = 0.8
+
+#: Output cells below which a kernel whose rows are a multiple of 4 KiB (1024 or 2048
+#: float32 outputs) makes the inline product slow: BLAS packs such rows slowly (cache
+#: aliasing), and over few cells the packing is most of the product (one core, ms, this
+#: path against :mod:`.register_tiles`: 1×4² 128 -> 1024 0.117 / 0.087, 192 -> 1024 0.146
+#: / 0.109, 1×2² 256 -> 1024 0.148 / 0.069; but 1×7² 128 -> 1024 0.188 / 0.221).
+ALIASED_CELLS = 32
+
+
+def inline_share(problem: ConvProblem, workers: int) -> float:
+    """The inline product's cost (below :data:`~._threads.SMALL_WORK`, stride 1) over
+    ``0.7 × FLOPs``: :data:`INLINE`, times :data:`CACHED_KERNEL` for a kernel below
+    :data:`CACHED_KERNEL_BYTES`, and on ``W`` workers times ``parallel_penalty(1, W) / W``:
+    the product runs on BLAS's own threads, where the compiled paths' inline calls
+    run on one (two threads over one, same run, busy machine, fastest of 200 calls:
+    this path 0.71 for 256 -> 1024 on 1×7², 0.79 for 1024 -> 256, 0.81 for 160 -> 960 on
+    1×4², 0.78 for 192 -> 1152, 0.64 for 112 -> 672 on 1×7², 0.82 for 1152 -> 320 on
+    1×4²; :mod:`.register_tiles` 1.0-1.06, so 0.252 against its 0.319 ms for 256 -> 1024
+    on 1×7²). Neither for a kernel of 4 KiB rows over fewer than :data:`ALIASED_CELLS`
+    cells.
+
+    >>> p = ConvProblem((1, 4, 4, 160), (1, 1, 160, 960), (1, 1), (1, 1), 1, (4, 4), np.dtype("float32"))
+    >>> round(inline_share(p, 1), 3), round(inline_share(p, 2), 3)
+    (0.76, 0.608)
+    >>> q = ConvProblem((1, 4, 4, 128), (1, 1, 128, 1024), (1, 1), (1, 1), 1, (4, 4), np.dtype("float32"))
+    >>> inline_share(q, 2)
+    0.95
+    """
+    itemsize = problem.dtype.itemsize
+    cells = problem.batch * math.prod(problem.out_size)
+    if problem.out_channels * itemsize % 4096 == 0 and cells < ALIASED_CELLS:
+        return INLINE
+    share = INLINE
+    if problem.in_channels * problem.out_channels * itemsize < CACHED_KERNEL_BYTES:
+        share *= CACHED_KERNEL
+    if workers > 1:
+        share *= parallel_penalty(1, workers) / workers
+    return share
+
+
 def cost(problem: ConvProblem) -> float:
     """``0.7 × FLOPs`` (:mod:`.flat_rows`' one 1×1 product) times :data:`CHUNKED`, times
     :func:`~._threads.parallel_penalty` of its chunks on ``W`` workers (one core's time,
     as every cost: :mod:`.flat_rows`' one product counts the share of it its BLAS call
-    leaves serial); above :data:`NARROW_CHANNELS` on both sides, as one product. Below :data:`~._threads.SMALL_WORK` at stride 1 the one product inline
-    (:data:`INLINE`); on one worker the one product, a hair above :mod:`.flat_rows`.
+    leaves serial); above :data:`NARROW_CHANNELS` on both sides, as one product. Below
+    :data:`~._threads.SMALL_WORK` at stride 1 the one product inline
+    (:func:`inline_share`); on one worker the one product, a hair above :mod:`.flat_rows`.
 
     >>> p = ConvProblem((16, 56, 56, 32), (1, 1, 32, 16), (1, 1), (1, 1), 1, (56, 56), np.dtype("float32"))
     >>> cost(p) <= 0.7 * CHUNKED * p.flops
@@ -320,9 +377,9 @@ def cost(problem: ConvProblem) -> float:
     """
     base = 0.7 * problem.flops
     whole = problem.input_shape[1:-1] == problem.out_size
-    if problem.flops < SMALL_WORK:
-        return base * (INLINE if whole else CHUNKED)
     workers = worker_count()
+    if problem.flops < SMALL_WORK:
+        return base * (inline_share(problem, workers) if whole else CHUNKED)
     if workers <= 1:
         return base * (1.01 if whole else CHUNKED)
     pieces = chunks(problem.batch, problem.out_size, problem.in_channels,
