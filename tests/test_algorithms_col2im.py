@@ -14,6 +14,7 @@ import pytest
 from _helpers import (
     assert_transposed_cheapest_applies,
     assert_transposed_runs_as_reference,
+    peak_extra_bytes,
     reference_scatter,
     relative_error,
 )
@@ -302,3 +303,22 @@ def test_grouped_input_gradients_kernel_first_and_by_phases_against_torch(seed, 
         error = relative_error(d_x, expected)
         assert error <= 1e-5, (f"seed {500 + seed} cell limit {limit} numba={use_numba}: "
                                f"{spec} on {x_shape}: error {error:.2e}")
+
+
+@pytest.mark.parametrize("size, channels, group_in, stride", [
+    (4, 1024, 32, 2), (4, 1024, 32, 1), (7, 128, 4, 1), (7, 512, 16, 2)])
+def test_grouped_input_gradients_kernel_first_memory(size, channels, group_in, stride):
+    """ResNeXt's grouped input gradients at batch 1, run kernel first: peak extra memory
+    at most 1.5 × (input + kernel + output), the engine's rule for fast paths."""
+    rng = np.random.default_rng(size * channels)
+    groups = channels // group_in
+    dy = rng.standard_normal((1, size, size, channels)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, group_in, channels)).astype(np.float32)
+    out = (size - 1) * stride + 1
+    y = col2im.transposed(dy, kernel, (stride,) * 2, (1, 1), groups, ((1, 1), (1, 1)),
+                          (out, out))
+    assert dy.size <= col2im.KERNEL_FIRST_CELLS * channels
+    extra = peak_extra_bytes(lambda: col2im.transposed(
+        dy, kernel, (stride,) * 2, (1, 1), groups, ((1, 1), (1, 1)), (out, out)))
+    assert extra <= 1.5 * (dy.nbytes + kernel.nbytes + y.nbytes), (
+        f"{size}² {channels} channels, {group_in} a group, stride {stride}: {extra} bytes")
