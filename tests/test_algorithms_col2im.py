@@ -14,6 +14,7 @@ import pytest
 from _helpers import (
     assert_transposed_cheapest_applies,
     assert_transposed_runs_as_reference,
+    peak_extra_bytes,
     reference_scatter,
     relative_error,
 )
@@ -158,7 +159,7 @@ def test_narrow_outputs_cost_more_only_below_a_phase_of_seven_columns():
     assert 64 <= col2im.FEW_CELLS < 8 * 64
     assert cost(3, 1, 16, batch=1) == pytest.approx(0.6 + 0.3 / 9)
     assert cost(3, 1, 16, batch=1, groups=2) == pytest.approx(
-        (0.6 + 0.3 / 9) * col2im.STRIDE_1_SHARE * (1 + 8 / 32))
+        (0.6 + 0.3 / 9) * col2im.STRIDE_1_SHARE * (1 + 16 / 32))
 
 
 def test_engine_runs_the_l9_shape_as_the_reference():
@@ -265,3 +266,59 @@ def test_col2im_input_gradient_against_torch_convolution_backward(seed):
         error = relative_error(d_x, expected)
         assert error <= 1e-5, (f"seed {100 + seed} numba={use_numba} chunk={chunk_bytes}: "
                                f"{spec} on {x_shape}: error {error:.2e}")
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("seed", range(6))
+def test_grouped_input_gradients_kernel_first_and_by_phases_against_torch(seed, monkeypatch):
+    """ResNeXt-like grouped input gradients (3×3, stride 1 or 2, many groups of 4 to 32
+    channels, few cells): the products run kernel first (few cells) or by output phases
+    (the cell limit set to zero), each with and without the compiled gather, all equal
+    to PyTorch's ``convolution_backward``."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(500 + seed)
+    groups = int(rng.choice([8, 16, 32]))
+    group_in, group_out = (int(v) for v in rng.choice([4, 8, 16, 32], 2))
+    stride = int(rng.choice([1, 2]))
+    size = int(rng.integers(2, 10))
+    batch = int(rng.choice([1, 1, 2]))
+    spec = ConvSpec((3, 3), strides=(stride, stride), groups=groups, padding=((1, 1), (1, 1)))
+    x_shape = (batch, size, size, groups * group_in)
+    resolved = spec.resolve(x_shape)
+    kernel = rng.standard_normal((3, 3, group_in, groups * group_out)).astype(np.float32)
+    dy = rng.standard_normal((batch, *resolved.output_size, kernel.shape[-1])).astype(np.float32)
+    expected = torch.ops.aten.convolution_backward(
+        torch.from_numpy(np.moveaxis(dy, -1, 1).copy()),
+        torch.zeros((batch, x_shape[-1], size, size)),
+        torch.from_numpy(np.moveaxis(kernel, (-1, -2), (0, 1)).copy()),
+        None, [stride] * 2, [1, 1], [1, 1], False, [0, 0], groups,
+        [True, False, False])[0].numpy()
+    expected = np.moveaxis(expected, 1, -1)
+    grid_padding = tuple((a - lo, b - hi) for (a, b), (lo, hi) in
+                         zip(resolved.input_gradient_padding, resolved.padding))
+    for limit, use_numba in itertools.product((col2im.KERNEL_FIRST_CELLS, 0), (None, False)):
+        monkeypatch.setattr(col2im, "KERNEL_FIRST_CELLS", limit)
+        d_x = col2im.transposed(dy, kernel, (stride,) * 2, (1, 1), groups, grid_padding,
+                                (size, size), use_numba=use_numba)
+        error = relative_error(d_x, expected)
+        assert error <= 1e-5, (f"seed {500 + seed} cell limit {limit} numba={use_numba}: "
+                               f"{spec} on {x_shape}: error {error:.2e}")
+
+
+@pytest.mark.parametrize("size, channels, group_in, stride", [
+    (4, 1024, 32, 2), (4, 1024, 32, 1), (7, 128, 4, 1), (7, 512, 16, 2)])
+def test_grouped_input_gradients_kernel_first_memory(size, channels, group_in, stride):
+    """ResNeXt's grouped input gradients at batch 1, run kernel first: peak extra memory
+    at most 1.5 × (input + kernel + output), the engine's rule for fast paths."""
+    rng = np.random.default_rng(size * channels)
+    groups = channels // group_in
+    dy = rng.standard_normal((1, size, size, channels)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, group_in, channels)).astype(np.float32)
+    out = (size - 1) * stride + 1
+    y = col2im.transposed(dy, kernel, (stride,) * 2, (1, 1), groups, ((1, 1), (1, 1)),
+                          (out, out))
+    assert dy.size <= col2im.KERNEL_FIRST_CELLS * channels
+    extra = peak_extra_bytes(lambda: col2im.transposed(
+        dy, kernel, (stride,) * 2, (1, 1), groups, ((1, 1), (1, 1)), (out, out)))
+    assert extra <= 1.5 * (dy.nbytes + kernel.nbytes + y.nbytes), (
+        f"{size}² {channels} channels, {group_in} a group, stride {stride}: {extra} bytes")

@@ -90,3 +90,40 @@ def test_the_input_gradient_is_planned_once(monkeypatch) -> None:
     again = conv_vjp(x, kernel, spec, dy)[0]
     assert planned == []
     assert np.array_equal(first, again)
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("seed", range(CASES))
+def test_depthwise_weight_gradient_against_torch(seed: int) -> None:
+    """The depthwise kernel gradient (compiled loop and NumPy's per-tap sums), over
+    kernel sizes, strides, dilations and paddings that put taps on the padding, with a
+    channel multiplier of one: against PyTorch's ``convolution_backward``."""
+    from convarith.engine.algorithms import depthwise
+
+    rng = np.random.default_rng(7000 + seed)
+    kernel_size = tuple(int(v) for v in rng.choice([1, 3, 5], 2))
+    strides = tuple(int(v) for v in rng.choice([1, 2], 2))
+    dilation = tuple(int(v) for v in rng.choice([1, 1, 2], 2))
+    padding = tuple((int(rng.integers(0, k)), int(rng.integers(0, k))) for k in kernel_size)
+    channels = int(rng.choice([1, 8, 32, 144]))
+    size = tuple(int(v) for v in rng.integers(9, 20, 2))  # at least the widest kernel
+    batch = int(rng.choice([1, 2]))
+    spec = ConvSpec(kernel_size, strides=strides, dilation=dilation, groups=channels,
+                    padding=padding)
+    x = rng.standard_normal((batch, *size, channels)).astype(np.float32)
+    out_size = spec.resolve(x.shape).output_size
+    dy = rng.standard_normal((batch, *out_size, channels)).astype(np.float32)
+    torch = pytest.importorskip("torch")
+    padded = np.pad(x, ((0, 0), *padding, (0, 0)))  # PyTorch pads both sides alike
+    expected = torch.ops.aten.convolution_backward(
+        torch.from_numpy(np.moveaxis(dy, -1, 1).astype(np.float64)),
+        torch.from_numpy(np.moveaxis(padded, -1, 1).astype(np.float64)),
+        torch.zeros((channels, 1, *kernel_size), dtype=torch.float64), None, list(strides),
+        [0, 0], list(dilation), False, [0, 0], channels, [False, True, False])[1].numpy()
+    expected = np.moveaxis(expected, (0, 1), (-1, -2))
+    for use_numba in (None, False):
+        d_kernel = depthwise.weight_grad(x, dy, kernel_size, strides, dilation, channels,
+                                         use_numba=use_numba, padding=padding)
+        error = relative_error(d_kernel, expected)
+        assert error <= 1e-5, (f"seed {7000 + seed} numba={use_numba}: {spec} on {x.shape}: "
+                               f"error {error:.2e}")

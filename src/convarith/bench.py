@@ -319,10 +319,16 @@ def forward_paths(case: BenchCase, backward: bool) -> list[str]:
     names = [choose(problem).name]
     if backward:
         names.append(choose_weight_grad(problem).name)
-        # the input gradient: the transposed convolution of d_out onto the padded grid
+        # the input gradient: the transposed convolution of d_out onto the padded grid,
+        # cropped to the input with zero padding (as conv_vjp runs it)
+        padding = resolved.input_gradient_padding
+        if spec.padding_mode == "zeros" and all(lo >= 0 and hi >= 0
+                                                for lo, hi in resolved.padding):
+            padding = tuple((a - lo, b - hi) for (a, b), (lo, hi) in
+                            zip(resolved.input_gradient_padding, resolved.padding))
         names.insert(1, transposed_algorithm(
             case.output_shape, case.kernel_shape, spec.strides, spec.dilation, groups,
-            resolved.input_gradient_padding))
+            padding))
     return names
 
 

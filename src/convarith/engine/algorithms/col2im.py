@@ -134,7 +134,8 @@ def _axis_table(out: int, size: int, taps: int, stride: int, dilation: int, reac
 @dataclass(frozen=True)
 class _AxisPhase:
     """One output phase of one axis: the outputs ``first, first + S, ...``, the
-    taps that land there, and per output the inputs and tap positions reaching it."""
+    taps that land there, and per output the inputs and tap positions reaching it
+    (``position``: among the phase's taps; ``tap``: among all the axis's taps)."""
 
     first: int
     taps: tuple[int, ...]
@@ -142,14 +143,18 @@ class _AxisPhase:
     count: np.ndarray
     index: np.ndarray
     position: np.ndarray
+    tap: np.ndarray
 
 
 @dataclass(frozen=True)
 class _AxisPlan:
-    """One axis: the full table (for cutting work into pieces) and its phases."""
+    """One axis: the full table (for cutting work into pieces, and the gather of
+    :func:`kernel_first`: ``tap`` among all the axis's taps) and its phases."""
 
+    outputs: np.ndarray
     count: np.ndarray
     index: np.ndarray
+    tap: np.ndarray
     phases: tuple[_AxisPhase, ...]
 
 
@@ -167,11 +172,13 @@ def _axis_plan(out: int, size: int, taps: int, stride: int, dilation: int, reach
         phases.append(_AxisPhase(
             first, members, np.arange(first, out, stride, dtype=np.int64),
             np.ascontiguousarray(count[rows]), np.ascontiguousarray(index[rows]),
-            np.ascontiguousarray(lookup[tap[rows]])))
-    for array in (count, index, *(a for p in phases for a in (p.outputs, p.count, p.index,
-                                                                 p.position))):
+            np.ascontiguousarray(lookup[tap[rows]]), np.ascontiguousarray(tap[rows])))
+    outputs = np.arange(out, dtype=np.int64)
+    for array in (outputs, count, index, tap,
+                  *(a for p in phases for a in (p.outputs, p.count, p.index, p.position,
+                                                p.tap))):
         array.setflags(write=False)
-    return _AxisPlan(count, index, tuple(phases))
+    return _AxisPlan(outputs, count, index, tap, tuple(phases))
 
 
 def _tap_slices(
@@ -345,6 +352,22 @@ def transposed(
     y4 = y.reshape(n, out3[0], out3[1], -1)
     taps = math.prod(kernel_size)
     by_tap = kernel.reshape(taps, fg, c)
+    rows_per_image = size[0]
+    cells_per_row = math.prod(size[1:])
+    row_bytes = cells_per_row * taps * fg * x.dtype.itemsize  # one group's products
+    workers = worker_count() if threads is None else threads
+    if chunk_bytes is None:
+        # blocks tall enough that the input rows two blocks share are few
+        shared_rows = -(-(effective_kernel(kernel_size[0], dilation[0]) - 1) // strides[0])
+        chunk_bytes = max(CHUNK_BYTES, 8 * shared_rows * row_bytes)
+    units = _units(n, plans[0].count, plans[0].index, row_bytes, rows_per_image, chunk_bytes,
+                   workers)
+    largest = max((n1 - n0) * (i1 - i0) for n0, n1, _, _, i0, i1 in units) * cells_per_row
+    if groups > 1 and largest <= KERNEL_FIRST_CELLS:
+        kernel_first(x, by_tap.reshape(taps * fg, groups, cg).transpose(1, 0, 2), y, units,
+                     plans, size3, out3, kernel3, strides3, dilation3, reach3, gather,
+                     chunk_bytes, threads)
+        return y
     # each phase: its taps per axis, and the (G, Cg, taps·Fg) matrices whose
     # column p·Fg + f of group g holds kernel[tap p, f, g·Cg + c], as the transpose of
     # a row-major (taps·Fg, C) view or copy of the phase's taps (a transposed operand
@@ -364,17 +387,6 @@ def transposed(
         rows = chosen.reshape(len(tap_ids) * fg, c)
         phases.append((combo, rows.reshape(len(tap_ids) * fg, groups, cg).transpose(1, 2, 0)))
     widest = max((w.shape[2] for _, w in phases if w is not None), default=0)  # taps·Fg
-    rows_per_image = size[0]
-    cells_per_row = math.prod(size[1:])
-    row_bytes = cells_per_row * taps * fg * x.dtype.itemsize  # one group's products
-    workers = worker_count() if threads is None else threads
-    if chunk_bytes is None:
-        # blocks tall enough that the input rows two blocks share are few
-        shared_rows = -(-(effective_kernel(kernel_size[0], dilation[0]) - 1) // strides[0])
-        chunk_bytes = max(CHUNK_BYTES, 8 * shared_rows * row_bytes)
-    units = _units(n, plans[0].count, plans[0].index, row_bytes, rows_per_image, chunk_bytes,
-                   workers)
-    largest = max((n1 - n0) * (i1 - i0) for n0, n1, _, _, i0, i1 in units) * cells_per_row
     # groups run in batches whose products fit the budget together: one product
     # call and one gather per batch (tiny groups on few cells: per-group calls cost
     # more than their products)
@@ -435,6 +447,78 @@ def transposed(
     return y
 
 
+#: Input cells of one piece up to which grouped products run kernel first
+#: (:func:`kernel_first`). Measured (one thread, 3×3 with 32 groups): 32 channels a group
+#: on 16 cells, the products (cells × 32) @ (32 × 9·32) of the strided views 0.32 ms,
+#: the kernel's rows times a copy of the cells' transpose 0.12; 16 channels on 49
+#: cells 0.14 against 0.13, 8 on 196 0.16 against 0.15.
+KERNEL_FIRST_CELLS = 64
+
+
+def kernel_first(
+    x: np.ndarray, weights: np.ndarray, y: np.ndarray,
+    units: Sequence[tuple[int, int, int, int, int, int]],
+    plans: Sequence[_AxisPlan],
+    size3: Sequence[int], out3: Sequence[int], kernel3: Sequence[int],
+    strides3: Sequence[int], dilation3: Sequence[int], reach3: Sequence[int],
+    gather: Callable[..., None] | None, chunk_bytes: int, threads: int | None,
+) -> None:
+    """The grouped products on few cells, as the kernel's rows times the cells: for
+    each group ``(taps·Fg, Cg) @ (Cg, cells)`` from a view of the kernel (no copy,
+    every tap at once) and a copy of the group's cells, transposed, written transposed
+    into the layout the gather of :func:`transposed` reads; one gather over every output
+    cell (the axes' full tables), not one per output phase.
+
+    ``weights`` is ``(G, taps·Fg, Cg)`` (a view of the transposed kernel), ``y`` the
+    ``(N, *out, F)`` result to fill, the rest :func:`transposed`'s tables.
+    """
+    n, c = x.shape[0], x.shape[-1]
+    groups, width, cg = weights.shape
+    fg = width // math.prod(kernel3)
+    f = fg * groups
+    rows_per_image, cells_per_row = size3[0], size3[1] * size3[2]
+    x_rows = x.reshape(n, rows_per_image, cells_per_row, c)
+    y4 = y.reshape(n, out3[0], out3[1], -1)
+    y5 = y.reshape(n, *out3, f)
+    largest = max((n1 - n0) * (i1 - i0) for n0, n1, _, _, i0, i1 in units) * cells_per_row
+    group_batch = max(1, min(groups, chunk_bytes // max(1, largest * width * x.dtype.itemsize)))
+    every_tap = [tuple(range(k)) for k in kernel3]
+
+    def run_unit(unit: tuple[int, int, int, int, int, int]) -> None:
+        n0, n1, o0, o1, i0, i1 = unit
+        count = (n1 - n0) * (i1 - i0) * cells_per_row
+        target = y5[n0:n1, o0:o1]
+        if gather is None or not count:
+            target[...] = 0
+        if not count:
+            return
+        # (G, Cg, cells): each group's input channels, one row per channel
+        cells = workspace("col2im.cells", (groups, cg, count), x.dtype)
+        np.copyto(cells, x_rows[n0:n1, i0:i1].reshape(count, groups, cg).transpose(1, 2, 0))
+        products = workspace("col2im.columns", (group_batch * width * count,), x.dtype)
+        for g0 in range(0, groups, group_batch):
+            g1 = min(groups, g0 + group_batch)
+            # stored (cells, groups, taps·Fg), as the gather reads them
+            cols = products[: (g1 - g0) * width * count].reshape(count, g1 - g0, width)
+            np.matmul(weights[g0:g1], cells[g0:g1], out=cols.transpose(1, 2, 0))
+            if gather is None:
+                for g in range(g0, g1):
+                    _add_phase_numpy(cols[:, g - g0], target[..., g * fg:(g + 1) * fg],
+                                     (i0, i1), (o0, o1), size3, every_tap, strides3,
+                                     dilation3, reach3)
+                continue
+            a, b, d = plans  # every output row, column, ...: one call, no phases
+            gather(cols, y4, n0, n1, i0, i1 - i0, size3[1], size3[2], o0, o1, a.outputs,
+                   a.count, a.index, a.tap, b.outputs, b.count, b.index, b.tap, d.outputs,
+                   d.count, d.index, d.tap, kernel3[1], kernel3[2], fg, g0 * fg, f)
+
+    def work(first: int, last: int) -> None:
+        for index in range(first, last):
+            run_unit(units[index])
+
+    run_chunks(work, len(units), 1, threads=threads, flops=2.0 * x.size * width)
+
+
 #: When col2im applies: rank 1 to 3 (any strides, dilation, groups, padding).
 applies = Requirements((("rank 1 to 3", lambda p: 1 <= p.rank <= 3),))
 
@@ -475,7 +559,9 @@ def cost(problem: ConvProblem) -> float:
     (a few 3×3 stride-2 ones within 10 %), so about ``0.6 ×`` plus a share for
     the gather that small kernels do not amortize (3-tap stride-1 layers stay
     with :mod:`.flat_rows`); one product per group makes tiny groups slow
-    (depthwise stays with the direct algorithms).
+    (depthwise stays with the direct algorithms): ``1 + 16 / Cg`` (3×3 stride 2 with 32
+    groups of 32 on 16 images of 4² cells, 4.0–4.2 ms against
+    :mod:`.register_tiles`' phases' 2.6; 16 channels a group on one 7² image, a tie).
 
     Few output channels per group (the input gradient of a network's first
     convolution: 1 to 8 of them) leave narrow products, but the products are
@@ -493,7 +579,7 @@ def cost(problem: ConvProblem) -> float:
     real = problem.flops / math.prod(problem.strides)
     taps = math.prod(problem.kernel_size)
     per_group = problem.in_channels // max(1, problem.groups)
-    group_share = 1.0 + 8.0 / max(1, per_group) if problem.groups > 1 else 1.0
+    group_share = 1.0 + 16.0 / max(1, per_group) if problem.groups > 1 else 1.0
     outputs = problem.kernel_shape[-2]  # output channels per group
     columns = outputs * taps / math.prod(problem.strides)  # a phase's product, on average
     narrow = max(1.0, NARROW_COLUMNS / columns)

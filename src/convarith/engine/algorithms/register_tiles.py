@@ -58,7 +58,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ...arithmetic import effective_kernel, window_reach
-from ..dispatch import ConvProblem, magnitude, register_algorithm
+from ..dispatch import ConvProblem, grid_kernel_cost, magnitude, register_algorithm
 from . import _llvm, _llvm_thin, _native_jobs, _threads
 from ._llvm import ONE_PROBLEM, Batch, Cells, Sums
 from ._llvm_depthwise import row_cells, row_kernel
@@ -1396,7 +1396,11 @@ def cost_transposed(problem: ConvProblem) -> float:
     Measured against col2im and sub-pixel Winograd on 14 transposed layers (two
     cores, float32): within 0.8–1.2× of col2im's time per cost unit from 32
     channels; 4×4 stride 2, 64 -> 32 on 8×28² (the benchmark's L9) 1.94 ms
-    against 2.04 (sub-pixel) and 2.22 (col2im).
+    against 2.04 (sub-pixel) and 2.22 (col2im). Plus the flipped, swapped copy of the
+    kernel it makes at every call, charged as the grid way's
+    (:func:`.dispatch.grid_kernel_cost`): 3×3 stride 2, 32 groups of 32 on 4² cells
+    (ResNeXt's 1024 on 7², batch 1) took 1.0 ms, most of it that copy, against col2im's
+    0.23.
     """
     strides = problem.strides
     taps = tuple(-(-k // s) for k, s in zip(problem.kernel_size, strides))
@@ -1406,7 +1410,8 @@ def cost_transposed(problem: ConvProblem) -> float:
                                                   problem.kernel_shape[-2] * groups),
                             (1,) * problem.rank, problem.dilation, groups, cells,
                             problem.dtype)
-    return cost(one_phase) * math.prod(problem.kernel_size) / math.prod(taps)
+    return (cost(one_phase) * math.prod(problem.kernel_size) / math.prod(taps)
+            + grid_kernel_cost(problem))
 
 
 def depthwise(
