@@ -236,14 +236,12 @@ def test_max_gradient_threads_give_one_threads_result(batch: int,
 def test_random_global_averages_match_pytorch(loop: str, monkeypatch: pytest.MonkeyPatch
                                               ) -> None:
     # a global average (one window over the whole input): BLAS's gemv on one thread;
-    # on several (forced here, whatever the size) numba's one-pass loop as a native
-    # batch, the images split over the threads, or without numba the gemv
-    from convarith.engine.algorithms import _numba_global
-
+    # on several (forced here, whatever the size) numba's one-pass loop, the images
+    # split over the threads, or without numba the gemv
     monkeypatch.setattr(pooling, "GLOBAL_THREADED_VALUES", 0)
     if loop == "gemv":
-        monkeypatch.setattr(_numba_global, "average", lambda dtype: None)
-    elif _numba_global.average(np.dtype(np.float32)) is None:
+        monkeypatch.setattr(_numba_pool, "numba_kernels", lambda: None)
+    elif _numba_pool.numba_kernels() is None:
         pytest.skip("no numba")
     rng = np.random.default_rng(21)
     for case in range(CONFIGS // 4):

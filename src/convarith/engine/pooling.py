@@ -43,7 +43,7 @@ import numpy as np
 
 from ..arithmetic import effective_kernel
 from ..spec import ResolvedConv
-from .algorithms import _llvm_pool, _native_jobs, _numba_global, _numba_pool, _threads
+from .algorithms import _llvm_pool, _native_jobs, _numba_pool, _threads
 from .algorithms.offset_gemm import tap_view
 from .padding import pad
 
@@ -219,42 +219,37 @@ def forward(x: np.ndarray, resolved: ResolvedConv, planned: PoolPlan | None = No
     return y
 
 
-#: Input values from which a global average pool splits its images over the workers
-#: as a native batch (:mod:`.algorithms._numba_global`: the helpers run their share
-#: without the GIL). Quiet machine, two cores, float32: 16 images of 4²×2048 (524k
-#: values) 39 µs on one thread, ... on two; below about 100k values a helper costs
-#: more than it saves.
-GLOBAL_THREADED_VALUES = 1 << 17
+#: Input values from which a global average pool splits its images over the workers:
+#: about 160 µs of one core (16 images of 4²×2048, 524k values, take 40 µs), as
+#: :data:`THREADED_WORK` for the same reason (no network's global pool at 16 images).
+GLOBAL_THREADED_VALUES = 1 << 21
 
 
 def _global_average(rows: np.ndarray, planned: PoolPlan) -> np.ndarray:
     """The mean over the middle axis of ``rows`` ``(N, cells, C)``, ``(N, C)``.
 
     On one thread BLAS's gemv with ``1 / cells`` (2-5x faster than NumPy's sum over
-    the middle axis; as fast as numba's loop on one core); from
-    :data:`GLOBAL_THREADED_VALUES` input values and two or more images, the images
-    split over the workers as a native batch (numba's one-pass loop as a C function,
-    the helpers without the GIL; float32/float64). Without numba or llvmlite, the gemv.
+    the middle axis; on 16 images 10-25% faster than numba's loop, one core: 4²×1152
+    17 against 21 µs, 4²×2048 29-32 against 38); from :data:`GLOBAL_THREADED_VALUES`
+    input values the images split over the workers, each chunk numba's one-pass loop
+    (float32/float64; no BLAS, so nothing to limit in the threads). Without numba,
+    the gemv.
     """
     batch, cells, channels = rows.shape
     workers = 1 if batch < 2 or rows.size < GLOBAL_THREADED_VALUES else _threads.worker_count()
-    native = _numba_global.average(rows.dtype) if workers > 1 else None
-    runner = _native_jobs.rows_runner(2, 4) if native is not None else None
-    if runner is None:
+    loops = _numba_pool.numba_kernels() if workers > 1 and rows.dtype.char in "fd" else None
+    if loops is None:
         weights = planned.weights
         if weights is None or weights.dtype != rows.dtype:
             weights = np.full(cells, 1 / max(1, cells), rows.dtype)
         if batch == 1:  # (np.dot's gemv call costs ~0.4 µs less than matmul's)
             return np.dot(weights, rows[0])[None]
         return np.matmul(weights, rows)
-    assert native is not None
+    average = loops[2]
     rows = np.ascontiguousarray(rows)
     y = np.empty((batch, channels), rows.dtype)
-    count = min(batch, 4 * workers)
-    edges = [batch * i // count for i in range(count + 1)]
-    table = np.array([(native.address, rows.ctypes.data, y.ctypes.data, cells, channels,
-                       first, stop) for first, stop in zip(edges, edges[1:])], np.int64)
-    _threads.run_native_jobs(runner, table, [(i, 1) for i in range(count)], threads=workers)
+    _threads.run_chunks(lambda first, stop: average(rows, y, first, stop), batch,
+                        -(-batch // (4 * workers)), threads=workers, blas=False)
     return y
 
 
@@ -269,9 +264,14 @@ def _global_average(rows: np.ndarray, planned: PoolPlan) -> np.ndarray:
 THREADED_WORK = 1 << 21
 
 #: Window cells from which a forward pooling by the compiled kernel (llvmlite) splits
-#: its output rows over the workers as a native batch (:mod:`.algorithms._native_jobs`):
-#: the helpers run their chunks without the GIL, so a helper is no longer late ...
-NATIVE_THREADED_WORK = 1 << 18
+#: its output rows over the workers as a native batch (:mod:`.algorithms._native_jobs`:
+#: the kernel's calls in one table, the helpers without the GIL). Quiet machine, two
+#: cores, float32, against one thread or the closures from :data:`THREADED_WORK`:
+#: 3×3 stride 2 max pool on one 112²×64 image (1.8M cells) 117 -> 89 µs, 16 images of
+#: 14²×512 2×2 stride 2 (1.6M) 121 -> 90, 16 of 28²×256 (3.2M) 254 -> 194; below
+#: about 1M cells one thread is as fast or faster (803k: 68 against 70 µs; 401k: 41
+#: against 51).
+NATIVE_THREADED_WORK = 1 << 20
 
 
 #: Window cells below which numba's loops (where installed) run a pooling rather than the
