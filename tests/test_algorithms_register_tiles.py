@@ -224,28 +224,6 @@ def test_transposed_phases_against_definition(seed):
         assert relative_error(y, expected) <= TOLERANCE[dtype], what
 
 
-@pytest.mark.parametrize("seed", range(8))
-def test_transposed_phases_as_a_native_batch_equal_the_closures(seed, monkeypatch):
-    """Two threads run the phases' calls as one table (the input padded once, or cropped,
-    for every chunk) bit for bit as the chunks' closures (each padding its own slab)."""
-    from convarith.engine.algorithms import _native_jobs
-
-    x, kernel, strides, dilation, padding = random_transposed(9600 + seed)
-    expected = reference_transposed(x, kernel, strides, dilation, padding)
-    x, kernel = x.astype(np.float32), kernel.astype(np.float32)
-    what = (f"seed {9600 + seed}, x {x.shape}, kernel {kernel.shape}, strides {strides}, "
-            f"dilation {dilation}, padding {padding}")
-    monkeypatch.setattr(_native_jobs, "PAD_ONCE_SHARE", 1e9)
-    monkeypatch.setattr(_native_jobs, "PAD_ONCE_BYTES", 1 << 40)
-    native = register_tiles.transposed(x, kernel, strides, dilation, 1, padding,
-                                       expected.shape[1:-1], threads=2)
-    monkeypatch.setattr(_native_jobs, "kernel_plan", lambda *args, **kwargs: None)
-    closures = register_tiles.transposed(x, kernel, strides, dilation, 1, padding,
-                                         expected.shape[1:-1], threads=2)
-    np.testing.assert_array_equal(native, closures, err_msg=what)
-    assert relative_error(native, expected) <= TOLERANCE[np.float32], what
-
-
 def test_transposed_phases_against_pytorch():
     """The benchmark's up-sampling layer (4×4 stride 2, Keras "same"), via the engine."""
     torch = pytest.importorskip("torch")

@@ -1327,29 +1327,26 @@ def transposed(
     rows, cols = high[0] - low[0] + 1, high[1] - low[1] + 1
     row_elems = cols * c
     itemsize = dtype.itemsize
-    flops = sum(2.0 * n * math.prod(counts) * part.shape[0] * part.shape[1] * c // groups * f
-                for _, part, _, counts, _, _ in phases)
-    # the chunks as one table of compiled calls, run without the GIL (_native_jobs), the
-    # input padded once for all of them: its rows low[0] … high[0], columns low[1] … high[1]
-    native = _native_jobs.kernel_plan(
-        x, [(-low[0], rows - h + low[0]), (-low[1], cols - w + low[1])], rows,
-        x.nbytes + kernel.nbytes + y.nbytes, threads, flops)
-    table = None if native is None else native[2]
     runs = []
     keep = []
+    flops = 0.0
     for view, part, step, counts, first, _ in phases:
         origin = ((first[0] - low[0]) * row_elems + (first[1] - low[1]) * c) * itemsize
         strides_v = [st // itemsize for st in view.strides[:3]]
         panels = _panels(part, step, row_elems, y.nbytes >= STREAM_BYTES and _aligned(view),
                          groups, c)
         keep.append(panels)  # the calls below hold their addresses
-        runs.append((view.ctypes.data, _calls(panels, None if table is None else table.recorder),
-                     counts, origin, strides_v))
+        runs.append((view.ctypes.data, _calls(panels), counts, origin, strides_v))
+        flops += 2.0 * n * math.prod(counts) * part.shape[0] * part.shape[1] * c // groups * f
     workers = threads if threads is not None else worker_count()
     image_bytes = rows * row_elems * itemsize
     images = max(1, min(-(-n // _job_count(workers)), SLAB_BYTES // image_bytes))
 
-    def calls_of(g0: int, g1: int, source: int) -> None:
+    def job(g0: int, g1: int, _keep: Any = keep) -> None:
+        slab = workspace("register_tiles", (g1 - g0, rows, cols, c), dtype)
+        # slab row i, column j hold input cell (low[0] + i, low[1] + j), zeros outside
+        _fill(slab, x[g0:g1], low[0], -low[1])
+        source = slab.ctypes.data
         for target, calls, counts, origin, (y_image, y_row, y_cell) in runs:
             target += g0 * y_image * itemsize
             cells = Cells(rows=(g1 - g0) * counts[0], row_cells=counts[1],
@@ -1360,23 +1357,8 @@ def transposed(
                 call.drive(source + origin, call.weights, target + call.first_channel_bytes,
                            call.offsets, *cells, *call.sums, *call.batch)
 
-    def job(g0: int, g1: int, _keep: Any = keep) -> None:
-        slab = workspace("register_tiles", (g1 - g0, rows, cols, c), dtype)
-        # slab row i, column j hold input cell (low[0] + i, low[1] + j), zeros outside
-        _fill(slab, x[g0:g1], low[0], -low[1])
-        calls_of(g0, g1, slab.ctypes.data)
-
-    edges = [(g0, min(n, g0 + images)) for g0 in range(0, n, images)]
-    if native is None:
-        _run([functools.partial(job, g0, g1) for g0, g1 in edges], flops, threads)
-    else:
-        assert table is not None
-        padded = native[0]  # (kept alive until the table has run)
-        base = padded.ctypes.data
-        spans = table.jobs([functools.partial(calls_of, g0, g1, base + g0 * image_bytes)
-                            for g0, g1 in edges])
-        _threads.run_native_jobs(table.runner, table.rows, spans, threads=threads, flops=flops)
-        del padded
+    _run([functools.partial(job, g0, min(n, g0 + images)) for g0 in range(0, n, images)],
+         flops, threads)
     return y if fpad == f else np.ascontiguousarray(y[..., :f])
 
 
