@@ -1125,6 +1125,8 @@ def cost(problem: ConvProblem) -> float:
         # a plain product: BLAS wins on small ones, these kernels on large ones
         pairs = group_in * f
         per_flop = max(0.6, 1.3 - 0.16 * math.log2(max(1.0, pairs / 4096)))
+        if wide_pointwise(problem):
+            per_flop = min(per_flop, WIDE_POINTWISE_PER_FLOP)
     elif groups == 1 and thin(group_in):
         # the thin-input kernels (one vector of outputs is no slower there: 14 cells)
         per_flop = THIN_STRIDED if any(s > 1 for s in problem.strides) else THIN_PER_FLOP
@@ -1167,6 +1169,42 @@ def cost(problem: ConvProblem) -> float:
     more = _chunk_cells(problem, workers)[0] - jobs
     return problem.flops * per_flop * padded * (1 + FEW_CELLS / cells) + (
         PANEL_REREAD * max(0, more) * panel_bytes) + packing
+
+
+#: :func:`cost` per FLOP of a large float32 1×1 layer (:func:`wide_pointwise`). Quiet
+#: machine, two cores, ``OPENBLAS_THREAD_TIMEOUT=22``, register_tiles against
+#: flat_rows (cost 0.7 per FLOP), two runs: 16×28² 256 -> 64 1.95-2.06 against
+#: 2.59-2.89 ms, 256 -> 128 3.76-3.81 against 4.71-4.72, 128 -> 256 3.82-3.84 against
+#: 4.44-4.55, 64 -> 64 0.54 against 0.62-0.63; 16×56² 256 -> 64 8.5-8.7 against
+#: 11.3-11.4, 64 -> 64 1.98-2.03 against 2.76-2.87; larger channel counts alike
+#: (16×14² 256 -> 1024 7.45 against 8.3-8.5).
+WIDE_POINTWISE_PER_FLOP = 0.6
+
+#: Output bytes from which :func:`wide_pointwise` leaves a 1×1 layer to BLAS: 16×56²
+#: 64 -> 256 (51 MB out) took 19.8-22.8 ms by register_tiles, 12.0 by flat_rows.
+WIDE_POINTWISE_OUTPUT_BYTES = 32 << 20
+
+
+def wide_pointwise(problem: ConvProblem) -> bool:
+    """Whether a 1×1 layer is one the register kernels run faster than BLAS: one group,
+    float32, the native vectors, at least 1e8 FLOPs, at least two whole vectors of
+    outputs, an output under :data:`WIDE_POINTWISE_OUTPUT_BYTES` (see
+    :data:`WIDE_POINTWISE_PER_FLOP`).
+
+    >>> from convarith.engine.dispatch import ConvProblem
+    >>> p = ConvProblem((16, 28, 28, 256), (1, 1, 256, 64), (1, 1), (1, 1), 1, (28, 28),
+    ...                 np.dtype("float32"))
+    >>> wide_pointwise(p) == (_llvm.vector_width(p.dtype) in (8, 16)
+    ...                       and not _llvm.narrower_than_host())
+    True
+    """
+    width = _llvm.vector_width(problem.dtype)
+    f = problem.out_channels
+    out_bytes = problem.batch * math.prod(problem.out_size) * f * problem.dtype.itemsize
+    return (problem.groups == 1 and problem.dtype == np.float32 and width > 0
+            and not _llvm.narrower_than_host() and problem.flops >= 1e8
+            and f % width == 0 and f >= 2 * width and all(s == 1 for s in problem.strides)
+            and out_bytes < WIDE_POINTWISE_OUTPUT_BYTES)
 
 
 #: :func:`cost` per FLOP of strided kernels above 1×1 (many input channels). Measured on
