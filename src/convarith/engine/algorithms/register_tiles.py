@@ -1255,8 +1255,13 @@ def _splits_blocks(problem: ConvProblem, workers: int) -> bool:
 #: (0.75 × flat_rows' cost) and 3×3 stride 2 on 16×7² (13.5 ms on one thread, 8.1 on
 #: two: 20 % more core time), where ``1 + 16 / cells`` of the two-worker chunks
 #: counted 41 %; the chunks of one 14² image with 256 -> 512 channels took 7 % more
-#: CPU time (one thread running them in turn).
-PANEL_REREAD = 2.9
+#: CPU time (one thread running them in turn). Lowered from 2.9 when 3×3 stride 2
+#: 256 -> 256 on 16×14² went to flat_rows on a tie (costs 5.59e8 against 5.58e8) and
+#: ran 5.40-5.43 ms there against 4.66-4.71 by these kernels (quiet, two cores,
+#: ``OPENBLAS_THREAD_TIMEOUT=22``); of 400 3×3 and 1×1 layers (batch 1-16, 4²-56²,
+#: 32-512 channels) two more change choice, both to these kernels, measured as fast or
+#: faster (128 -> 256 stride 2 on 16×14²: 2.90-2.96 against 2.98-3.06 ms).
+PANEL_REREAD = 1.5
 
 
 def _chunk_cells(problem: ConvProblem, workers: int) -> tuple[int, int]:
