@@ -32,6 +32,7 @@ def test_which_layers_count_as_wide() -> None:
     assert not register_tiles.wide_pointwise(_problem(16, 28, 256, 64, stride=2))
     assert not register_tiles.wide_pointwise(_problem(16, 28, 144, 24))  # not whole vectors
     assert not register_tiles.wide_pointwise(_problem(1, 28, 256, 64))  # under 1e8 FLOPs
+    assert not register_tiles.wide_pointwise(_problem(1, 112, 256, 64))  # one image
 
 
 def test_the_planner_picks_the_register_kernels_for_them() -> None:
