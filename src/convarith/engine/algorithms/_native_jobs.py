@@ -34,7 +34,7 @@ import numpy as np
 from ..state import cached_once
 from . import _llvm
 
-__all__ = ["Table", "rows_runner", "rows_runner_ir"]
+__all__ = ["Table", "rows_runner", "rows_runner_ir", "kernel_runner"]
 
 
 def rows_runner_ir(pointers: int, fields: int) -> str:
@@ -175,6 +175,23 @@ class KernelTable(Table):
         self.runner = runner
 
 
+def kernel_runner() -> RowsRunner | None:
+    """The register kernels' table runner (:func:`rows_runner` of their calls) where tables
+    of calls run on the spinning helpers here: a compiled runner and spinner, spinning
+    not turned off (``CONVARITH_SPIN_US=0``); else ``None``.
+
+    >>> runner = kernel_runner()
+    >>> runner is None or runner.address > 0
+    True
+    """
+    from . import _spin
+
+    runner = rows_runner(KERNEL_POINTERS, KERNEL_FIELDS)
+    if runner is None or _spin.spinner() is None or _spin.spin_microseconds() <= 0:
+        return None
+    return runner
+
+
 def kernel_plan(x: np.ndarray, pads: list[tuple[int, int]], rows: int, io_bytes: int,
                 threads: int | None = None, flops: float | None = None,
                 inline_below: float | None = None
@@ -194,13 +211,13 @@ def kernel_plan(x: np.ndarray, pads: list[tuple[int, int]], rows: int, io_bytes:
     >>> kernel_plan(x, [(1, 1), (1, 1)], 6, x.nbytes, threads=1) is None
     True
     """
-    from . import _spin, _threads
+    from . import _threads
 
     below = _threads.SMALL_WORK if inline_below is None else inline_below
     if _threads.native_workers(threads, flops, below) <= 1:
         return None
-    runner = rows_runner(KERNEL_POINTERS, KERNEL_FIELDS)
-    if runner is None or _spin.spinner() is None or _spin.spin_microseconds() <= 0:
+    runner = kernel_runner()
+    if runner is None:
         return None
     if all(a == b == 0 for a, b in pads):
         return x, pads, KernelTable(runner)

@@ -536,13 +536,11 @@ def _table_runner(threads: int | None, flops: float) -> _native_jobs.RowsRunner 
     """The compiled runner of a table of calls (:mod:`._native_jobs`) where a forward pass
     of ``flops`` runs on several threads (:data:`PARALLEL_FLOPS`) and the helpers spin;
     else ``None`` (each job a Python closure)."""
-    from . import _spin, _threads
+    from . import _threads
 
     if _threads.native_workers(threads, flops, PARALLEL_FLOPS) <= 1:
         return None
-    if _spin.spinner() is None or _spin.spin_microseconds() <= 0:
-        return None
-    return _native_jobs.rows_runner(_native_jobs.KERNEL_POINTERS, _native_jobs.KERNEL_FIELDS)
+    return _native_jobs.kernel_runner()
 
 
 def _interleaved(x: np.ndarray, kernel: np.ndarray, strides: Sequence[int],

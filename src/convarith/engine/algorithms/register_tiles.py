@@ -201,7 +201,8 @@ def direct(
     # a job run inline (small) is one chunk: chunks one after another only add set-up;
     # the thin kernels' jobs are shared from a smaller size (no BLAS, a known pace)
     inline_below = THIN_INLINE_FLOPS if groups == 1 and thin(c) else _threads.SMALL_WORK
-    if groups == 1 and not thin(c) and in_place(kernel, c) and _spinning_tables():
+    if groups == 1 and not thin(c) and in_place(kernel, c) and (
+            _native_jobs.kernel_runner() is not None):
         inline_below = TABLE_SMALL_WORK  # (remembered tables: little serial work left)
     workers = _threads.chunk_workers(threads, flops, inline_below)
     from . import segments, thin_call  # (they read this module's panels)
@@ -253,16 +254,6 @@ def direct(
 TABLE_SMALL_WORK = 1e7
 
 
-def _spinning_tables() -> bool:
-    """Whether tables of calls run on the spinning helpers here (a compiled runner and
-    spinner, spinning not turned off)."""
-    from . import _spin
-
-    return (_native_jobs.rows_runner(_native_jobs.KERNEL_POINTERS,
-                                     _native_jobs.KERNEL_FIELDS) is not None
-            and _spin.spinner() is not None and _spin.spin_microseconds() > 0)
-
-
 class _TablePlan(NamedTuple):
     """A layer's table of compiled calls with the arrays' addresses taken out
     (:func:`_call_table`): each row's ``x``, ``w`` and ``y`` are offsets from the
@@ -286,7 +277,7 @@ def _table_plan(x: np.ndarray, kernel: np.ndarray, groups: int, strides: tuple[i
     c = x.shape[-1]
     if groups != 1 or not in_place(kernel, c):
         return None
-    if workers > 1 and not _spinning_tables():
+    if workers > 1 and _native_jobs.kernel_runner() is None:
         return None
     return _call_table(x.shape, kernel.shape, strides, dilation, out_size,
                        ((pads[0][0], pads[0][1]), (pads[1][0], pads[1][1])), x.dtype,
