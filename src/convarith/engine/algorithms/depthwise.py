@@ -911,6 +911,32 @@ TILES_JOBS_PER_WORKER = 2
 #: 0.33-0.40).
 TILES_THREADED_FLOPS = 12_000_000
 
+#: ... or of at least this much work (FLOPs) where the input has at least
+#: :data:`TILES_THREADED_INPUT_BYTES`: past a core's second-level cache it comes from the
+#: shared cache or memory whichever core reads it, so a second core adds its bandwidth
+#: and nothing moves between the cores' caches. Measured on two cores (wall time, busy
+#: machine, real-time priority, fastest of 60 calls in each of 4 interleaved rounds,
+#: one thread against two): 16 images of 28²×144 stride 2 (8.1 MFLOP, 7.2 MB) 0.32
+#: against 0.21 ms; 4 of 56²×96 stride 2 (5.4 MFLOP) 0.27 against 0.21; 16 of 28²×96
+#: stride 2 0.133 against 0.119; one 56²×576 stride 2 0.30 against 0.27. Smaller inputs
+#: stay on one thread: 16 of 7²×480 (6.8 MFLOP, 1.5 MB) 0.092 against 0.123, 16 of 7²×672
+#: 5×5 stride 2 0.109 against 0.132, 8 of 28²×144 stride 2 (3.6 MB) 0.133 against 0.151.
+TILES_THREADED_LARGE_FLOPS = 4_000_000
+
+#: Input bytes from which :data:`TILES_THREADED_LARGE_FLOPS` applies (4 MiB).
+TILES_THREADED_INPUT_BYTES = 4 << 20
+
+
+def _tiles_threaded(flops: float, input_bytes: int) -> bool:
+    """Whether :func:`tiles` shares a layer of ``flops`` FLOPs reading ``input_bytes``
+    among threads (:data:`TILES_THREADED_FLOPS`, :data:`TILES_THREADED_LARGE_FLOPS`).
+
+    >>> _tiles_threaded(8.1e6, 7_225_344), _tiles_threaded(6.8e6, 1_505_280)
+    (True, False)
+    """
+    return flops >= TILES_THREADED_FLOPS or (
+        flops >= TILES_THREADED_LARGE_FLOPS and input_bytes >= TILES_THREADED_INPUT_BYTES)
+
 
 def tiles(
     xp: np.ndarray,
@@ -992,7 +1018,7 @@ def tiles(
     workers = threads if threads is not None else worker_count()
     kh, kw = kernel.shape[:2]
     flops = 2 * n * oh * ow * c * kh * kw
-    jobs = 1 if workers == 1 or flops < TILES_THREADED_FLOPS else max(1, min(
+    jobs = 1 if workers == 1 or not _tiles_threaded(flops, x.nbytes) else max(1, min(
         workers * TILES_JOBS_PER_WORKER, int(flops // TILES_JOB_FLOPS)))
     pads = ((0, 0), (0, 0)) if padding is None else (
         (int(padding[0][0]), int(padding[0][1])), (int(padding[1][0]), int(padding[1][1])))
@@ -1289,7 +1315,7 @@ def _phases_on_tiles(x: np.ndarray, kernel: np.ndarray, strides: Sequence[int],
     workers = threads if threads is not None else worker_count()
     flops = 2 * n * oh * ow * c * kernel.shape[0] * kernel.shape[1] // max(
         1, strides[0] * strides[1])
-    jobs = 1 if workers == 1 or flops < TILES_THREADED_FLOPS else max(1, min(
+    jobs = 1 if workers == 1 or not _tiles_threaded(flops, x.nbytes) else max(1, min(
         workers * TILES_JOBS_PER_WORKER, int(flops // TILES_JOB_FLOPS)))
     plan = _phases_plan(x.shape, (int(kernel.shape[0]), int(kernel.shape[1])),
                         (int(strides[0]), int(strides[1])), (int(dilation[0]), int(dilation[1])),
