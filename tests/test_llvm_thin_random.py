@@ -2,7 +2,8 @@
 stems) against PyTorch's ``conv2d`` in float64, with the kernel read where it lies
 (``in_place``, outputs of whole vectors) and packed into panels, natively and with
 the AVX2 kernels, on one thread (:mod:`.thin_call`'s single call where the padded input
-is small) and two (register_tiles' chunks).
+is small) and two (:mod:`.thin_call`'s pieces of rows, or register_tiles' chunks), bit for
+bit alike.
 
 Configurations are drawn at random (the seed is in every failure message): 1 to 4
 input channels, 1 to 70 outputs (whole vectors and not), 1×1 to 7×7 kernels (not
@@ -87,14 +88,18 @@ def test_thin_layers_against_torch(seed, isa, monkeypatch):
     if not strided.flags.c_contiguous:  # (a 1×1 kernel of one channel is both)
         assert not register_tiles.in_place(strided, x.shape[-1]), what
     for k in (kernel, strided):
+        results = []
         for threads in (1, 2):
             y = register_tiles.direct(x, k, strides, dilation, 1, expected.shape[1:3],
                                       padding=pads, threads=threads)
+            results.append(y)
             error = relative_error(y, expected)
             assert y.shape == expected.shape, what
             assert error <= TOLERANCE[x.dtype.type], (
                 f"{what}, threads {threads}, kernel contiguous "
                 f"{k.flags.c_contiguous}: relative error {error:.2e}")
+        # each cell summed alike whichever thread and piece of rows runs it
+        assert np.array_equal(results[0], results[1]), f"{what}: one thread against two"
 
 
 @pytest.mark.parametrize("layer, threads", [

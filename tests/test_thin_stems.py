@@ -3,9 +3,10 @@
 A stem of a few MFLOP (MobileNet's and EfficientNet's 3×3 stride-2 3 -> 32 on a
 112² image: 5.4 MFLOP) runs on the calling thread (below ``THIN_INLINE_FLOPS``: one
 compiled call, :mod:`.thin_call`); a larger one (the same on a 224² image: 21.7
-MFLOP) is shared among the workers, cut into one chunk per worker while a chunk
-would hold under ``MIN_CHUNK_FLOPS`` (each chunk costs ~9 µs of Python); expected
-values from PyTorch's ``conv2d`` in float64, relative error ≤ 1e-5 in float32.
+MFLOP) is shared among the workers as one table of compiled calls, cut into
+``thin_call.JOBS_PER_WORKER`` pieces of output rows per worker, each padding its own
+input rows; expected values from PyTorch's ``conv2d`` in float64, relative error
+≤ 1e-5 in float32.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from _helpers import TOLERANCE, relative_error
-from convarith.engine.algorithms import _llvm, _threads, register_tiles
+from convarith.engine.algorithms import _llvm, _native_jobs, _threads, register_tiles, thin_call
 
 torch = pytest.importorskip("torch")
 
@@ -71,11 +72,36 @@ def test_stems_on_two_workers(size, stride, filters, image, pads, monkeypatch):
     if flops < register_tiles.THIN_INLINE_FLOPS:
         # on the calling thread: thin_call's one compiled call, no chunks
         assert cuts == [], (size, stride, filters, image, flops, cuts)
-    else:
-        chunks, inline_below = cuts[-1]  # the last call runs the output's chunks
-        case = (size, stride, filters, image, flops, chunks)
-        assert inline_below == register_tiles.THIN_INLINE_FLOPS, case
-        per_chunk = flops / chunks
-        # as many chunks per worker; under the least a chunk holds only at one per worker
-        assert chunks % 2 == 0 and 2 <= chunks <= 2 * register_tiles.JOBS_PER_WORKER, case
-        assert per_chunk >= register_tiles.MIN_CHUNK_FLOPS or chunks == 2, case
+    elif _native_jobs.kernel_runner() is not None:
+        # one table of calls: thin_call's pieces of rows, as many for each worker
+        assert len(cuts) == 1, (size, stride, filters, image, flops, cuts)
+        pieces = thin_call.pieces(1, out[0], 2 * thin_call.JOBS_PER_WORKER)
+        assert cuts[0][0] == len(pieces) == 2 * thin_call.JOBS_PER_WORKER, (
+            size, stride, filters, image, flops, cuts)
+
+
+def test_stems_of_many_images_share_whole_images(monkeypatch):
+    """16 images on two workers: pieces of whole images (as many as the workers' jobs),
+    each padding its own rows; equal to PyTorch and, bit for bit, to one thread."""
+    rng = np.random.default_rng(7001)
+    x = rng.standard_normal((16, 24, 24, 3)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, 3, 32)).astype(np.float32)
+    pads = ((0, 1), (0, 1))
+    expected = torch_conv2d(x, kernel, 2, pads)
+    out = expected.shape[1:3]
+    ran = []
+    real = thin_call._run_pieces
+
+    def recording(x, panels, cells, *args):
+        ran.append(cells)
+        return real(x, panels, cells, *args)
+
+    monkeypatch.setattr(thin_call, "_run_pieces", recording)
+    shared = register_tiles.direct(x, kernel, (2, 2), (1, 1), 1, out, padding=pads, threads=2)
+    alone = register_tiles.direct(x, kernel, (2, 2), (1, 1), 1, out, padding=pads, threads=1)
+    assert relative_error(shared, expected) <= TOLERANCE[np.float32]
+    assert np.array_equal(shared, alone)
+    if _native_jobs.kernel_runner() is not None:
+        assert len(ran) == 1 and ran[0].rows == 16 * out[0]
+        assert thin_call.pieces(16, out[0], 2 * thin_call.JOBS_PER_WORKER) == [
+            (2 * i, 0, 2 * out[0]) for i in range(8)]

@@ -33,7 +33,8 @@ functional specs       the ``conv2d``/``max_pool``/... helpers'      nothing (pu
                        -> ``ConvSpec`` (``api._remembered_spec``)
 kernel layouts         register_tiles ``_layout``: shape, dtype,     nothing (pure; LRU of 256)
                        dilation, row length, panel bytes
-kernel call tables      register_tiles ``_call_table``: shapes,       nothing (pure; LRU of 256)
+kernel call tables      register_tiles ``_call_table``, thin_call     nothing (pure; LRU of 256, 128)
+                       ``_pieces_plan``: shapes,
                        strides, padding, target, workers -> the
                        calls with the arrays' addresses taken out
 grouped forward plans  grouped_tiles ``_forward_plan``: shapes,      nothing (pure; LRU of 256)
@@ -177,6 +178,7 @@ def process_caches() -> dict[str, Callable[[], None]]:
         grouped_tiles,
         register_tiles,
         space_to_depth,
+        thin_call,
         winograd,
     )
 
@@ -194,7 +196,7 @@ def process_caches() -> dict[str, Callable[[], None]]:
         "resolved specs": functions(spec._resolve_remembered),
         "functional specs": functions(api._remembered_spec),
         "kernel layouts": functions(register_tiles._layout),
-        "kernel call tables": functions(register_tiles._call_table),
+        "kernel call tables": functions(register_tiles._call_table, thin_call._pieces_plan),
         "grouped forward plans": functions(grouped_tiles._forward_plan),
         "depthwise tile plans": functions(depthwise._tiles_plan, depthwise._phases_plan,
                                           _llvm_depthwise._call_runner),

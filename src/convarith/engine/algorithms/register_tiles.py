@@ -209,11 +209,15 @@ def direct(
 
     one_call = workers == 1 and groups == 1 and thin_call.runs(
         x, kernel, pads, (oh, ow), (stride_rows, stride_cols), (dilation_rows, dilation_cols))
+    # a thin layer on several threads: padded once, one table of calls (thin_call.run)
+    shared_thin = workers > 1 and groups == 1 and thin_call.runs_shared(
+        x, kernel, pads, (oh, ow), (stride_rows, stride_cols), (dilation_rows, dilation_cols),
+        fpad, workers)
     y = (thin_call.output((n, oh, ow), f, fpad, dtype) if one_call
          else aligned_empty((n, oh, ow, fpad), dtype))
-    if one_call:
+    if one_call or shared_thin:
         thin_call.run(x, kernel, (stride_rows, stride_cols), (dilation_rows, dilation_cols),
-                      (oh, ow), pads, y)  # a thin layer on this thread: its set-up kept least
+                      (oh, ow), pads, y, threads=1 if one_call else workers)
     elif segments.cut_along_cells(n, oh, ow, workers, flops):
         jobs = segments.segment_jobs(x, kernel, (stride_rows, stride_cols),
                                      (dilation_rows, dilation_cols), (oh, ow), pads, y,

@@ -26,7 +26,10 @@ Examples
 
 from __future__ import annotations
 
+import ctypes
+import functools
 from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -34,9 +37,9 @@ from ...arithmetic import window_reach
 from . import _llvm
 from ._llvm import Cells
 from ._threads import aligned_empty, workspace
-from .register_tiles import SLAB_BYTES, STREAM_BYTES, _aligned, _fill, _panels, thin
+from .register_tiles import SLAB_BYTES, STREAM_BYTES, Panel, _aligned, _fill, _panels, thin
 
-__all__ = ["runs", "run", "output"]
+__all__ = ["runs", "runs_shared", "run", "output", "pieces"]
 
 
 def _padded_bytes(x: np.ndarray, kernel_rows: int, pads: Sequence[tuple[int, int]],
@@ -82,14 +85,77 @@ def output(cells: tuple[int, int, int], filters: int, padded: int, dtype: np.dty
     return room[:count * filters].reshape(*cells, filters)
 
 
+def runs_shared(x: np.ndarray, kernel: np.ndarray, pads: Sequence[tuple[int, int]],
+                out_size: tuple[int, int], strides: tuple[int, int],
+                dilation: tuple[int, int], filters_padded: int, workers: int) -> bool:
+    """Whether :func:`run` takes this (one-group, 2-D) layer on ``workers`` threads: thin
+    input cells, padding (no crop), :data:`JOBS_PER_WORKER` output rows per thread at least (a piece of
+    work is whole rows), the spinning helpers' tables of calls here, and a padded input
+    of at most :data:`SHARED_PAD_SHARE` of the input, kernel and output bytes
+    (``filters_padded``: the output's channels rounded up to whole vectors)."""
+    from . import _native_jobs
+
+    if x.ndim != 4 or x.shape[0] * out_size[0] < workers * JOBS_PER_WORKER or min(
+            min(pad) for pad in pads) < 0:  # (crops: the filler pads only)
+        return False
+    if not (kernel.ndim == 4 and thin(x.shape[-1])
+            and kernel.shape[-2] == x.shape[-1]) or _native_jobs.kernel_runner() is None:
+        return False
+    io_bytes = x.nbytes + kernel.nbytes + (x.shape[0] * out_size[0] * out_size[1]
+                                           * filters_padded * x.dtype.itemsize)
+    padded = _padded_bytes(x, kernel.shape[0], pads, out_size, strides, dilation)
+    return padded <= SHARED_PAD_SHARE * io_bytes
+
+
+#: The most bytes of the padded input that :func:`run` makes for several threads, as a
+#: share of the layer's input, kernel and output bytes (peak extra memory 1.5 times those
+#: at most; a stem's output is 5-20 times its input).
+SHARED_PAD_SHARE = 0.5
+
+#: Jobs per thread of a layer that :func:`run` shares: a thread that starts late (or is
+#: slowed by another process) leaves its share to the others.
+JOBS_PER_WORKER = 4
+
+
+def pieces(images: int, rows: int, jobs: int) -> list[tuple[int, int, int]]:
+    """``(image, first row, rows)`` of about ``jobs`` pieces of ``images`` images of
+    ``rows`` output rows each: runs of whole images where there are as many images as
+    jobs, else each image cut into runs of its rows (a piece never runs from one image
+    into the next partway, which the kernels' row walk cannot).
+
+    >>> pieces(16, 56, 4)
+    [(0, 0, 224), (4, 0, 224), (8, 0, 224), (12, 0, 224)]
+    >>> pieces(1, 56, 3)
+    [(0, 0, 18), (0, 18, 19), (0, 37, 19)]
+    >>> pieces(3, 10, 4)
+    [(0, 0, 5), (0, 5, 5), (1, 0, 5), (1, 5, 5), (2, 0, 5), (2, 5, 5)]
+    """
+    if images >= jobs:
+        return [(images * i // jobs, 0, rows * (images * (i + 1) // jobs - images * i // jobs))
+                for i in range(jobs)]
+    per_image = -(-jobs // images)
+    return [(g, rows * i // per_image, rows * (i + 1) // per_image - rows * i // per_image)
+            for g in range(images) for i in range(per_image)
+            if rows * (i + 1) // per_image > rows * i // per_image]
+
+
 def run(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
         dilation: tuple[int, int], out_size: tuple[int, int],
-        pads: Sequence[tuple[int, int]], y: np.ndarray) -> None:
+        pads: Sequence[tuple[int, int]], y: np.ndarray, threads: int = 1) -> None:
     """Write the layer's outputs into ``y`` (N, OH, OW, F padded to the panels' vectors,
-    or :func:`output`'s array) on this thread.
+    or :func:`output`'s array) on this thread, or on ``threads`` threads
+    (:func:`runs_shared`; ``y`` then holds whole vectors per cell: a vector that spills
+    into the next cell would race with the thread that writes that cell).
 
     ``x`` (N, H, W, C) C-contiguous and unpadded, ``kernel`` (KH, KW, C, F), ``pads``
-    ``((top, bottom), (left, right))`` of zeros (at least 0 each)."""
+    ``((top, bottom), (left, right))`` of zeros (at least 0 each).
+
+    On several threads the output rows are cut into :data:`JOBS_PER_WORKER` pieces per
+    thread (:func:`pieces`), each padding its own input rows and making one compiled
+    call per panel, run as a table of calls by the spinning helpers without the
+    interpreter's lock (:mod:`._native_jobs`): the calls of one thread's run, each
+    over fewer rows (the same values).
+    """
     dtype = x.dtype
     itemsize = dtype.itemsize
     n, h, w, c = x.shape
@@ -98,19 +164,115 @@ def run(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
     padded_w = w + left + right
     row_elems = padded_w * c
     needed = window_reach(oh, kernel.shape[0], strides[0], dilation[0])
-    if top == bottom == left == right == 0:
-        source, x_image = x, h * w * c
-    else:
-        source = workspace("register_tiles", (n, needed, padded_w, c), dtype)
-        _fill(source, x, -top, left)
-        x_image = needed * row_elems
     streaming = y.nbytes >= STREAM_BYTES and _aligned(y)
     y_image, y_row, y_cell = (step // itemsize for step in y.strides[:3])
     cells = Cells(rows=n * oh, row_cells=ow, image_rows=oh, x_row=strides[0] * row_elems,
-                  x_cell=strides[1] * c, x_image=x_image, y_row=y_row, y_cell=y_cell,
-                  y_image=y_image)
-    x_base, y_base = source.ctypes.data, y.ctypes.data
-    for panel in _panels(kernel, dilation, row_elems, streaming, 1, c, strides[1] * c, 1):
-        panel.kernels.drive(x_base, panel.weights.ctypes.data,
-                            y_base + panel.first_channel_bytes, panel.offsets.ctypes.data,
-                            *cells, *panel.sums, *panel.batch)
+                  x_cell=strides[1] * c, x_image=needed * row_elems, y_row=y_row,
+                  y_cell=y_cell, y_image=y_image)
+    panels = _panels(kernel, dilation, row_elems, streaming, 1, c, strides[1] * c, 1)
+    if threads <= 1:
+        if top == bottom == left == right == 0:
+            source, cells = x, cells._replace(x_image=h * w * c)
+        else:
+            source = workspace("register_tiles", (n, needed, padded_w, c), dtype)
+            _fill(source, x, -top, left)
+        x_base, y_base = source.ctypes.data, y.ctypes.data
+        for panel in panels:
+            panel.kernels.drive(x_base, panel.weights.ctypes.data,
+                                y_base + panel.first_channel_bytes, panel.offsets.ctypes.data,
+                                *cells, *panel.sums, *panel.batch)
+        return
+    _run_pieces(x, panels, cells, strides[0], kernel.shape[0], dilation[0], pads, y, threads)
+
+
+def _run_pieces(x: np.ndarray, panels: Sequence[Panel], cells: Cells, stride: int,
+                kernel_rows: int, dilation: int, pads: Sequence[tuple[int, int]],
+                y: np.ndarray, threads: int) -> None:
+    """:func:`run` on ``threads`` threads: each piece of :func:`pieces` pads its own input
+    rows (a row of :func:`._native_jobs.padded_rows_ir`, on the thread that runs it:
+    a copy made by the caller for all would be read from the other core's cache) into
+    its own part of one buffer, then runs each panel's call over its output rows. The
+    calls are worked out once per shape (:func:`_pieces_plan`); at a call only the
+    arrays' addresses are added."""
+    from . import _native_jobs, _threads
+
+    layout = tuple((ctypes.c_void_p.from_buffer(panel.kernels.drive).value or 0,
+                    panel.first_channel_bytes, tuple(panel.sums), tuple(panel.batch))
+                   for panel in panels)
+    (top, _), (left, right) = pads
+    plan = _pieces_plan(tuple(x.shape), x.dtype.itemsize, tuple(cells), stride, kernel_rows,
+                        dilation, (int(top), int(left), int(right)), layout, threads)
+    slab = aligned_empty((plan.slab_elements,), x.dtype)
+    rows = plan.rows.copy()
+    rows[:, 1] += slab.ctypes.data
+    rows[:, 2] += x.ctypes.data * plan.reads_x
+    rows[:, 3] += y.ctypes.data * plan.writes_y
+    addresses = np.array([(0, 0)] + [(panel.weights.ctypes.data, panel.offsets.ctypes.data)
+                                     for panel in panels], np.int64)
+    calls = addresses[plan.panel]
+    rows[:, 2] += calls[:, 0]
+    rows[:, 4] += calls[:, 1]
+    runner = _native_jobs.kernel_runner()
+    assert runner is not None
+    _threads.run_native_jobs(runner, rows, list(plan.spans), threads=threads)
+
+
+class _PiecesPlan(NamedTuple):
+    """The table of calls of :func:`_run_pieces` with the arrays' addresses taken out."""
+
+    rows: np.ndarray  #: int64 rows of :mod:`._native_jobs`' kernel table, addresses 0
+    reads_x: np.ndarray  #: 1 where a row's second pointer is into the input (fillers)
+    writes_y: np.ndarray  #: 1 where its third is into the output (the panels' calls)
+    panel: np.ndarray  #: 1 + the panel a row calls (0: a filler)
+    spans: tuple[tuple[int, int], ...]  #: each piece's ``(first row, rows)``
+    slab_elements: int  #: the pieces' padded rows, all together
+
+
+@functools.lru_cache(maxsize=128)
+def _pieces_plan(shape: tuple[int, ...], itemsize: int, cells: tuple[int, ...], stride: int,
+                 kernel_rows: int, dilation: int, pads: tuple[int, int, int],
+                 layout: tuple[tuple[Any, ...], ...], threads: int) -> _PiecesPlan:
+    """:func:`_run_pieces`' calls for one shape (remembered): ``cells`` the whole layer's
+    :class:`Cells`, ``pads`` the padding on top, left and right, ``layout`` each panel's
+    ``drive`` address, first channel's byte, sums and batch."""
+    from . import _native_jobs
+
+    filler = _native_jobs.padded_rows_filler()
+    assert filler is not None
+    n, h, w, c = shape
+    top, left, right = pads
+    whole = Cells(*cells)
+    row_elems = (w + left + right) * c
+    oh = whole.image_rows
+    table: list[tuple[int, ...]] = []
+    reads_x, writes_y, panel_of = [], [], []
+    spans = []
+    slab_at = 0
+    fill_unused = (0,) * (_native_jobs.KERNEL_FIELDS - 11)
+    for image, first, rows in pieces(n, oh, threads * JOBS_PER_WORKER):
+        images = rows // oh if rows >= oh else 1
+        reach = window_reach(min(rows, oh), kernel_rows, stride, dilation)
+        spans.append((len(table), 1 + len(layout)))
+        table.append((filler.address, slab_at * itemsize, image * h * w * c * itemsize, 0, 0,
+                      images, reach, first * stride - top, h, w * c * itemsize,
+                      h * w * c * itemsize, row_elems * itemsize, reach * row_elems * itemsize,
+                      left * c * itemsize, w * c * itemsize, right * c * itemsize,
+                      *fill_unused))
+        reads_x.append(1)
+        writes_y.append(0)
+        panel_of.append(0)
+        fields = tuple(whole._replace(rows=rows, x_image=reach * row_elems))
+        y_at = (image * whole.y_image + first * whole.y_row) * itemsize
+        for index, (drive, first_channel, sums, batch) in enumerate(layout):
+            table.append((drive, slab_at * itemsize, 0, y_at + first_channel, 0, *fields,
+                          *sums, *batch))
+            reads_x.append(0)
+            writes_y.append(1)
+            panel_of.append(1 + index)
+        slab_at += images * reach * row_elems
+    plan = _PiecesPlan(np.array(table, np.int64), np.array(reads_x, np.int64),
+                       np.array(writes_y, np.int64), np.array(panel_of, np.intp),
+                       tuple(spans), slab_at)
+    for array in plan[:4]:
+        array.flags.writeable = False
+    return plan
