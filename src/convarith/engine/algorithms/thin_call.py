@@ -11,6 +11,15 @@ the kernel's panels are :func:`.register_tiles._panels`' (read in place where th
 outputs are whole vectors), and each panel's ``drive`` runs every row of every image
 (the same calls, in the same order, as the chunk would make: the same values).
 
+On several threads (:func:`runs_shared`) the output rows are cut into pieces
+(:func:`pieces`: whole images, or runs of one image's rows), each a job of one table
+of compiled calls run by the spinning helpers without the interpreter's lock: a row
+that pads the piece's input rows into its own part of a buffer (on the thread that
+then reads them), then each panel's ``drive`` over the piece's rows. The chunks of
+:func:`.register_tiles.direct` each pad their rows in Python and hand a closure to a
+helper, which has to take the interpreter's lock (16 images, 3×3 stride 2 3 -> 32
+on 112²: 0.85-1.0 ms against 0.53-0.70 here, two cores, busy machine).
+
 Examples
 --------
 >>> import numpy as np
