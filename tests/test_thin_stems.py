@@ -105,3 +105,21 @@ def test_stems_of_many_images_share_whole_images(monkeypatch):
         assert len(ran) == 1 and ran[0].rows == 16 * out[0]
         assert thin_call.pieces(16, out[0], 2 * thin_call.JOBS_PER_WORKER) == [
             (2 * i, 0, 2 * out[0]) for i in range(8)]
+
+
+def test_a_non_finite_input_reaches_only_the_windows_that_read_it_on_two_workers():
+    """Shared among workers (each piece padding its own rows), a NaN and an inf reach
+    exactly the output cells whose windows read them, as one thread's result says."""
+    rng = np.random.default_rng(7002)
+    x = rng.standard_normal((2, 20, 20, 3)).astype(np.float32)
+    x[0, 9, 0, 1] = np.nan  # on a piece's edge rows and the left padding's column
+    x[1, 19, 19, 2] = np.inf
+    kernel = rng.standard_normal((3, 3, 3, 32)).astype(np.float32)
+    pads = ((1, 1), (1, 1))
+    shared = register_tiles.direct(x, kernel, (1, 1), (1, 1), 1, (20, 20), padding=pads,
+                                   threads=2)
+    reads = np.zeros((2, 20, 20), bool)
+    reads[0, 8:11, 0:2] = True
+    reads[1, 18:20, 18:20] = True
+    assert np.array_equal(~np.isfinite(shared).all(axis=-1), reads)
+    assert np.isfinite(shared[~reads]).all()
