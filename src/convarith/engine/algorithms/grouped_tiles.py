@@ -76,6 +76,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -245,7 +246,8 @@ def _forward_plan(shape: tuple[int, int, int, int], kernel_shape: tuple[int, int
                   strides: tuple[int, int], dilation: tuple[int, int],
                   out_size: tuple[int, int], pads: tuple[tuple[int, int], tuple[int, int]],
                   groups: int, dtype: np.dtype[Any], target: _llvm.VectorTarget,
-                  workers: int, family: str = "") -> _ForwardPlan | None:
+                  workers: int, family: str = "", shares: bool = True
+                  ) -> _ForwardPlan | None:
     """Everything of a 2-D grouped forward pass but the kernel's and input's values
     (remembered per shape): the compiled modules' calls, where they read, how the
     kernel is packed, and the chunks of output (one per thread on one thread, else
@@ -267,9 +269,10 @@ def _forward_plan(shape: tuple[int, int, int, int], kernel_shape: tuple[int, int
     padded_w = w + left + right
     unpadded = top == bottom == left == right == 0
     runs = _plan_blocks(group_out if family == "vectors" else f, width)
-    job_count = _job_count(n * oh * ow, 2.0 * n * oh * ow * taps * group_in * f, workers)
-    parts = _channel_parts(family, runs, groups, c, width, workers, job_count,
-                           2.0 * n * oh * ow * taps * group_in * f)
+    flops = 2.0 * n * oh * ow * taps * group_in * f
+    parts = _channel_parts(family, runs, groups, c, width, workers, flops) if shares else 1
+    # shares of the channels balance the threads: chunks of rows only bound the slabs
+    job_count = 1 if parts > 1 else _job_count(n * oh * ow, flops, workers)
     # with shares of the channels, each share's padded rows are a slab of its own
     # channels only (the kernels' strides those of that slab)
     c_read = c if unpadded else c // parts
@@ -367,14 +370,21 @@ def _forward_plan(shape: tuple[int, int, int, int], kernel_shape: tuple[int, int
 #: (:func:`_channel_parts`).
 CHANNEL_SPLIT_FLOPS = 4e6
 
+#: FLOPs up to which :func:`_channel_parts` shares the groups among the threads: above,
+#: where the output's rows are cut among them (:data:`PARALLEL_FLOPS`), shares of the
+#: groups measured no faster (16 images, busy machine, real-time priority, 3×3 g32,
+#: medians: 14² 256 3.36 against 3.18 ms, 7² 512 1.77 against 1.66, 4² 1024 2.87
+#: against 2.73; two threads then ran no faster than one either, so this is open).
+CHANNEL_SPLIT_MAX_FLOPS = 2e7
+
 
 def _channel_parts(family: str, runs: Sequence[tuple[int, int, int]], groups: int,
-                   channels: int, width: int, workers: int, jobs: int, flops: float) -> int:
+                   channels: int, width: int, workers: int, flops: float) -> int:
     """Equal shares of the channels (whole groups, or whole column blocks of one run of
-    ``runs``) each job's calls are cut into, one per thread: ``workers`` where the
-    output is one chunk (:func:`_job_count`: a batch-1 layer of ResNeXt) of at least
-    :data:`CHANNEL_SPLIT_FLOPS` whose groups or blocks share evenly, each share whole
-    vectors of input channels; else 1.
+    ``runs``) a forward pass's calls are cut into, one per thread: ``workers`` from
+    :data:`CHANNEL_SPLIT_FLOPS` up to :data:`CHANNEL_SPLIT_MAX_FLOPS` where the groups or
+    blocks share evenly, each share whole vectors of input channels; else 1 (the
+    output's rows cut among the threads, :func:`_job_count`).
 
     Cut by rows, each thread would read the whole kernel (1.2 MB for ResNeXt's 3×3
     layers of 1024 channels, read for 16 to 49 output cells) and the rows around its
@@ -384,12 +394,13 @@ def _channel_parts(family: str, runs: Sequence[tuple[int, int, int]], groups: in
     on two threads so cut (busy machine, real-time priority: 0.131-0.191 against
     0.135-0.194 ms).
 
-    >>> _channel_parts("interleave", [(4, 0, 4)], 32, 256, 16, 2, 1, 7e6)
+    >>> _channel_parts("interleave", [(4, 0, 4)], 32, 256, 16, 2, 7e6)
     2
-    >>> _channel_parts("interleave", [(4, 0, 4)], 32, 256, 16, 2, 8, 1e8)  # rows cut
+    >>> _channel_parts("interleave", [(4, 0, 4)], 32, 256, 16, 1, 7e6)  # one thread
     1
     """
-    if workers < 2 or jobs != 1 or flops < CHANNEL_SPLIT_FLOPS or not runs or family == "shuffle":
+    if (workers < 2 or not CHANNEL_SPLIT_FLOPS <= flops <= CHANNEL_SPLIT_MAX_FLOPS or not runs
+            or family == "shuffle"):
         return 1
     if family == "vectors":
         units = groups
@@ -483,13 +494,16 @@ def _table_template(steps: Sequence[_Step], jobs: Sequence[_Job], in_place: bool
     bases: list[tuple[int, int, int]] = []
     spans = []
     slab_at = 0
-    for job in jobs:
-        part_elems = job.images * job.slab_rows * part_row
-        for part in range(parts):
+    slab_starts = list(itertools.accumulate(
+        (job.images * job.slab_rows * padded_row for job in jobs), initial=0))
+    # with shares, one job of the table per share: its channels of every chunk of rows
+    # (its share of the kernel stays in its core's cache throughout)
+    for part in range(parts):
+        for job, slab_at in zip(jobs, slab_starts):
             first = len(rows)
             shares = [_share(step, part, parts) if parts > 1 else None for step in steps]
             # each share's padded rows: a slab of its own channels, after the previous'
-            part_at = slab_at + part * part_elems
+            part_at = slab_at + part * job.images * job.slab_rows * part_row
             if job.slab_rows:
                 assert filler is not None
                 fill: tuple[int, ...] = (
@@ -521,8 +535,12 @@ def _table_template(steps: Sequence[_Step], jobs: Sequence[_Job], in_place: bool
                              y_at * itemsize + step.first_channel_bytes,
                              step.offsets_address, *job.cells, *sums, *batch))
                 bases.append((4 if job.slab_rows else 1, 2, 3))
-            spans.append((first, len(rows) - first))
-        slab_at += job.images * job.slab_rows * padded_row
+            if parts == 1:
+                spans.append((first, len(rows) - first))
+        if parts > 1:
+            spans.append((spans[-1][0] + spans[-1][1] if spans else 0,
+                          len(rows) - (spans[-1][0] + spans[-1][1] if spans else 0)))
+    slab_at = slab_starts[-1]
     table = np.array(rows, np.int64).reshape(-1, width_fields)
     table.flags.writeable = False
     base_indices = np.array(bases, np.intp).reshape(-1, 3)
@@ -621,32 +639,39 @@ def _forward(x: np.ndarray, kernel: np.ndarray, strides: Sequence[int],
         return None
     n = x.shape[0]
     flops = 2.0 * n * oh * ow * kh * kw * group_in * f
-    def plan_for(workers: int) -> _ForwardPlan | None:
+
+    def plan_for(shares: bool) -> _ForwardPlan | None:
         return _forward_plan(tuple(x.shape), tuple(kernel.shape), strides2, dilation2,
                              (oh, ow), (pad_list[0], pad_list[1]), int(groups), dtype,
-                             _llvm.vector_target(), workers, family)
+                             _llvm.vector_target(), workers, family, shares)
 
-    plan = plan_for(workers)
+    plan = plan_for(True)
     if plan is None and workers > 1:
-        plan = plan_for(1)  # no table for a plan that shares channels: one thread
+        plan = plan_for(False)  # no table for a plan that shares channels
     if plan is None:
         return None
     if x.shape[0] * oh * ow == 0:
         return np.zeros((x.shape[0], oh, ow, f), dtype)
-    # one chunk (the plan's when _job_count says so) runs here, as the Python job, unless
-    # the plan shares its channels among the threads
-    runner = (_table_runner(threads, flops, CHANNEL_SPLIT_FLOPS) if plan.parts > 1
-              else _table_runner(threads, flops)
-              if _job_count(n * oh * ow, flops, workers) > 1 else None)
     itemsize = dtype.itemsize
     io_bytes = x.nbytes + kernel.nbytes + n * oh * ow * f * itemsize
-    held_bytes = (n * oh * ow * f + plan.panel_size + plan.slab_size) * itemsize
-    if held_bytes > 1.5 * io_bytes or plan.slab_size * itemsize > TABLE_SLAB_BYTES:
-        runner = None  # the jobs' padded rows past the memory target, or too many
+
+    def runner_for(plan: _ForwardPlan) -> _native_jobs.RowsRunner | None:
+        # one chunk (the plan's when _job_count says so) runs here, as the Python job,
+        # unless the plan shares its channels among the threads
+        held_bytes = (n * oh * ow * f + plan.panel_size + plan.slab_size) * itemsize
+        if held_bytes > 1.5 * io_bytes or plan.slab_size * itemsize > TABLE_SLAB_BYTES:
+            return None  # the jobs' padded rows past the memory target, or too many
+        if plan.parts > 1:
+            return _table_runner(threads, flops, CHANNEL_SPLIT_FLOPS)
+        return (_table_runner(threads, flops) if _job_count(n * oh * ow, flops, workers) > 1
+                else None)
+
+    runner = runner_for(plan)
     if runner is None and plan.parts > 1:
         # the Python jobs run whole jobs, on slabs of every channel
-        plan = plan_for(1)
+        plan = plan_for(False)
         assert plan is not None
+        runner = runner_for(plan)
     return _run_plan(plan, x, kernel, (oh, ow), threads, runner)
 
 
