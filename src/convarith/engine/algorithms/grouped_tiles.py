@@ -69,7 +69,7 @@ padded rows into a slab of its own (:func:`._native_jobs.padded_channels_ir`). E
 thread then reads only its share of the kernel (half of 1.2 MB for 1024 channels in
 32 groups) and of the input, and writes only its own cache lines: two threads
 writing the channels of the same cells of one slab ran three times slower than one
-(a core's stores to its half of a cell's lines pull the other half's lines too).
+(likely the prefetchers of each core pulling in the lines next to its own).
 Measured (busy machine, real-time priority above the other processes', batch 1,
 3×3 g32, medians, two threads so cut against one whole chunk): 28² 256 s2 0.246
 against 0.285 ms, 14² 256 0.227 against 0.260, 14² 512 s2 0.157 against 0.173, 7²
