@@ -62,7 +62,8 @@ core, which took as long as the calls (28² 128 on two threads: 0.22 against 0.1
 for the calls alone). Results are the Python jobs' bit for bit.
 
 A layer whose output is one chunk (batch 1; :data:`CHANNEL_SPLIT_FLOPS` to
-:data:`CHANNEL_SPLIT_MAX_FLOPS`) is cut among the threads by groups instead
+:data:`CHANNEL_SPLIT_MAX_FLOPS`) can be cut among the threads by groups instead (off
+by default, see below)
 (:func:`_channel_parts`): one job of the table per thread, its share of the groups
 (or column blocks) over every chunk of rows, after copying its own channels of the
 padded rows into a slab of its own (:func:`._native_jobs.padded_channels_ir`). Each
@@ -75,7 +76,12 @@ Measured (busy machine, real-time priority above the other processes', batch 1,
 against 0.285 ms, 14² 256 0.227 against 0.260, 14² 512 s2 0.157 against 0.173, 7²
 1024 s2 0.194 against 0.212, 4² 1024 0.175 against 0.197. Where other processes hold
 the second core (normal priority, load 10-20 on two cores) it ran 0.70-0.96 times
-as fast as one thread: so does every two-thread path then, PyTorch's included.
+as fast as one thread. And timed as the networks benchmark times a layer (a 5 ms
+pause, an untimed call, a timed one; real-time priority, the same run) it ran
+0.67-0.91 times as fast as one thread (28² 256 s2 0.454 against 0.316 ms, 4² 1024
+0.213 against 0.175), likely because the other core's caches hold nothing of the
+layer after the pause. So it is off (:data:`CHANNEL_SPLIT_FLOPS` infinite) until it pays off in
+that pattern too.
 
 Examples
 --------
@@ -381,10 +387,11 @@ def _forward_plan(shape: tuple[int, int, int, int], kernel_shape: tuple[int, int
                         in_place, workers, rows, bases, spans, slab_size, filler, parts)
 
 
-#: FLOPs from which a forward pass that is one chunk of output (:func:`_job_count`)
-#: runs on several threads all the same, each thread a share of the groups
-#: (:func:`_channel_parts`).
-CHANNEL_SPLIT_FLOPS = 4e6
+#: FLOPs from which a forward pass runs on several threads each a share of the groups
+#: (:func:`_channel_parts`); infinite: never (the default, see the module docstring:
+#: the benchmark's pattern of calls ran it slower), 4e6 takes in ResNeXt's batch-1
+#: layers.
+CHANNEL_SPLIT_FLOPS = math.inf
 
 #: FLOPs up to which :func:`_channel_parts` shares the groups among the threads: above,
 #: where the output's rows are cut among them (:data:`PARALLEL_FLOPS`), shares of the
@@ -410,9 +417,7 @@ def _channel_parts(family: str, runs: Sequence[tuple[int, int, int]], groups: in
     on two threads so cut (busy machine, real-time priority: 0.131-0.191 against
     0.135-0.194 ms).
 
-    >>> _channel_parts("interleave", [(4, 0, 4)], 32, 256, 16, 2, 7e6)
-    2
-    >>> _channel_parts("interleave", [(4, 0, 4)], 32, 256, 16, 1, 7e6)  # one thread
+    >>> _channel_parts("interleave", [(4, 0, 4)], 32, 256, 16, 2, 7e6)  # off by default
     1
     """
     if (workers < 2 or not CHANNEL_SPLIT_FLOPS <= flops <= CHANNEL_SPLIT_MAX_FLOPS or not runs
