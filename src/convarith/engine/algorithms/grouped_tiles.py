@@ -489,10 +489,10 @@ def _table_template(steps: Sequence[_Step], jobs: Sequence[_Job], in_place: bool
     copies padded rows starts with a row of :func:`._native_jobs.padded_rows_ir` filling
     its own part of one buffer of ``slab_size`` elements, on the thread that runs it
     (a copy made by the caller for all would be read from the other core's cache).
-    With ``parts`` shares of the channels (:func:`_channel_parts`), each job is
-    ``parts`` jobs of the table, each its share of every step's calls
-    (:func:`_share`), after a row of :func:`._native_jobs.padded_channels_ir` that
-    pads its own channels of the job's rows.
+    With ``parts`` shares of the channels (:func:`_channel_parts`), the table has one
+    job per share: for every chunk, a row of :func:`._native_jobs.padded_channels_ir`
+    that pads the share's channels of the chunk's rows into a slab of their own,
+    then the share's part of every step's calls (:func:`_share`).
     ``(None, None, (), 0)`` where no table can run the jobs: a padding that crops
     columns (``columns``: left and right padding of ``image``, (H, W, C)), or no
     compiled filler."""
@@ -514,7 +514,6 @@ def _table_template(steps: Sequence[_Step], jobs: Sequence[_Job], in_place: bool
     rows: list[tuple[int, ...]] = []
     bases: list[tuple[int, int, int]] = []
     spans = []
-    slab_at = 0
     slab_starts = list(itertools.accumulate(
         (job.images * job.slab_rows * padded_row for job in jobs), initial=0))
     # with shares, one job of the table per share: its channels of every chunk of rows
