@@ -325,3 +325,143 @@ def _padded_rows_filler() -> CompiledFunction | None:
     except Exception:  # pragma: no cover - an llvmlite that cannot compile this
         return None
     return CompiledFunction(int(address), engine)
+
+
+def padded_channels_ir() -> str:
+    """IR of a ``drive`` like :func:`padded_rows_ir` that copies only a range of every
+    cell's channels, zero-padded, into a slab of its own (cells of that range only),
+    so that threads that each run a share of a layer's channels (grouped layers'
+    groups) each pad their own share of the rows, with no thread waiting for
+    another's copy nor writing next to it. Pointers: ``slab``, ``x``; fields (bytes
+    but the counts): ``images``, ``rows`` (slab rows per image), ``first`` (the input
+    row of the slab's first row, may be negative), ``height`` (input rows),
+    ``x_row``, ``x_image``, ``slab_row``, ``slab_image``, ``left``, ``width``,
+    ``right`` (cells of padding and of input in a row), ``x_cell`` and ``slab_cell``
+    (bytes from one cell to the next), ``channel`` (bytes into an input cell where
+    the range starts) and ``copy`` (bytes of the range). A cell's range is copied 64 bytes at a time (a
+    ``memcpy`` call per cell took about as long as the kernels' calls of a batch-1
+    layer's share), the rest byte by byte.
+
+    >>> "llvm.memcpy" in padded_channels_ir() and "@drive(" in padded_channels_ir()
+    True
+    """
+    names = ["images", "rows", "first", "height", "x_row", "x_image", "slab_row",
+             "slab_image", "left", "width", "right", "x_cell", "slab_cell", "channel", "copy"]
+    fields = [f"i64 %{name}" for name in names] + [
+        f"i64 %unused{k}" for k in range(KERNEL_FIELDS - len(names))]
+    return "\n".join([
+        "declare void @llvm.memcpy.p0i8.p0i8.i64(i8*, i8*, i64, i1)",
+        "declare void @llvm.memset.p0i8.i64(i8*, i8, i64, i1)",
+        f"define void @drive(i8* %slab, i8* %x, i8* %unused_w, i8* %unused_o, {', '.join(fields)}) {{",
+        "entry:",
+        "  %padded = add i64 %left, %width",
+        "  %cells = add i64 %padded, %right",
+        "  %x_c = getelementptr i8, i8* %x, i64 %channel",
+        "  %chunks = lshr i64 %copy, 6",  # 64-byte vectors, then the rest
+        "  %tail_at = shl i64 %chunks, 6",
+        "  %tail = sub i64 %copy, %tail_at",
+        "  %any = icmp sgt i64 %images, 0",
+        "  br i1 %any, label %image, label %exit",
+        "image:",
+        "  %i = phi i64 [0, %entry], [%i1, %image_end]",
+        "  %si = mul i64 %i, %slab_image",
+        "  %xi = mul i64 %i, %x_image",
+        "  %slab_i = getelementptr i8, i8* %slab, i64 %si",
+        "  %x_i = getelementptr i8, i8* %x_c, i64 %xi",
+        "  %rows_any = icmp sgt i64 %rows, 0",
+        "  br i1 %rows_any, label %row, label %image_end",
+        "row:",
+        "  %r = phi i64 [0, %image], [%r1, %row_end]",
+        "  %sr = mul i64 %r, %slab_row",
+        "  %dst = getelementptr i8, i8* %slab_i, i64 %sr",
+        "  %source_row = add i64 %first, %r",
+        "  %above = icmp slt i64 %source_row, 0",
+        "  %below = icmp sge i64 %source_row, %height",
+        "  %outside = or i1 %above, %below",
+        "  %xr = mul i64 %source_row, %x_row",
+        "  %src = getelementptr i8, i8* %x_i, i64 %xr",
+        "  %cells_any = icmp sgt i64 %cells, 0",
+        "  br i1 %cells_any, label %cell_loop, label %row_end",
+        "cell_loop:",
+        "  %k = phi i64 [0, %row], [%k1, %cell_end]",
+        "  %dk = mul i64 %k, %slab_cell",
+        "  %dst_k = getelementptr i8, i8* %dst, i64 %dk",
+        "  %before = icmp slt i64 %k, %left",
+        "  %after = icmp sge i64 %k, %padded",
+        "  %edge = or i1 %before, %after",
+        "  %zero = or i1 %edge, %outside",
+        "  br i1 %zero, label %zeros, label %copy_cell",
+        "zeros:",
+        "  %zero_any = icmp sgt i64 %chunks, 0",
+        "  br i1 %zero_any, label %zero_loop, label %zero_tail",
+        "zero_loop:",
+        "  %z = phi i64 [0, %zeros], [%z1, %zero_loop]",
+        "  %z_at = shl i64 %z, 6",
+        "  %z_p = getelementptr i8, i8* %dst_k, i64 %z_at",
+        "  %z_v = bitcast i8* %z_p to <16 x i32>*",
+        "  store <16 x i32> zeroinitializer, <16 x i32>* %z_v, align 1",
+        "  %z1 = add i64 %z, 1",
+        "  %more_z = icmp slt i64 %z1, %chunks",
+        "  br i1 %more_z, label %zero_loop, label %zero_tail",
+        "zero_tail:",
+        "  %zt = getelementptr i8, i8* %dst_k, i64 %tail_at",
+        "  call void @llvm.memset.p0i8.i64(i8* %zt, i8 0, i64 %tail, i1 false)",
+        "  br label %cell_end",
+        "copy_cell:",
+        "  %in_cell = sub i64 %k, %left",
+        "  %sk = mul i64 %in_cell, %x_cell",
+        "  %src_k = getelementptr i8, i8* %src, i64 %sk",
+        "  %copy_any = icmp sgt i64 %chunks, 0",
+        "  br i1 %copy_any, label %copy_loop, label %copy_tail",
+        "copy_loop:",
+        "  %j = phi i64 [0, %copy_cell], [%j1, %copy_loop]",
+        "  %j_at = shl i64 %j, 6",
+        "  %j_s = getelementptr i8, i8* %src_k, i64 %j_at",
+        "  %j_d = getelementptr i8, i8* %dst_k, i64 %j_at",
+        "  %j_sv = bitcast i8* %j_s to <16 x i32>*",
+        "  %j_dv = bitcast i8* %j_d to <16 x i32>*",
+        "  %j_v = load <16 x i32>, <16 x i32>* %j_sv, align 1",
+        "  store <16 x i32> %j_v, <16 x i32>* %j_dv, align 1",
+        "  %j1 = add i64 %j, 1",
+        "  %more_j = icmp slt i64 %j1, %chunks",
+        "  br i1 %more_j, label %copy_loop, label %copy_tail",
+        "copy_tail:",
+        "  %ct_s = getelementptr i8, i8* %src_k, i64 %tail_at",
+        "  %ct_d = getelementptr i8, i8* %dst_k, i64 %tail_at",
+        "  call void @llvm.memcpy.p0i8.p0i8.i64(i8* %ct_d, i8* %ct_s, i64 %tail, i1 false)",
+        "  br label %cell_end",
+        "cell_end:",
+        "  %k1 = add i64 %k, 1",
+        "  %more_cells = icmp slt i64 %k1, %cells",
+        "  br i1 %more_cells, label %cell_loop, label %row_end",
+        "row_end:",
+        "  %r1 = add i64 %r, 1",
+        "  %more_rows = icmp slt i64 %r1, %rows",
+        "  br i1 %more_rows, label %row, label %image_end",
+        "image_end:",
+        "  %i1 = add i64 %i, 1",
+        "  %more = icmp slt i64 %i1, %images",
+        "  br i1 %more, label %image, label %exit",
+        "exit:",
+        "  ret void",
+        "}",
+    ]) + "\n"
+
+
+def padded_channels_filler() -> CompiledFunction | None:
+    """:func:`padded_channels_ir` compiled for this machine, or ``None`` (no llvmlite,
+    ``CONVARITH_JIT=0``, not x86-64)."""
+    return _padded_channels_filler()
+
+
+@cached_once
+def _padded_channels_filler() -> CompiledFunction | None:
+    llvm = _llvm._llvm()
+    if llvm is None or not llvm.get_process_triple().startswith(("x86_64", "amd64")):
+        return None
+    try:
+        address, engine = _llvm.compile_drive(llvm, _llvm._target("native"),
+                                              padded_channels_ir())
+    except Exception:  # pragma: no cover - an llvmlite that cannot compile this
+        return None
+    return CompiledFunction(int(address), engine)

@@ -61,6 +61,28 @@ whole input made by the caller was then read from the caller's cache by the othe
 core, which took as long as the calls (28² 128 on two threads: 0.22 against 0.11 ms
 for the calls alone). Results are the Python jobs' bit for bit.
 
+A layer whose output is one chunk (batch 1; :data:`CHANNEL_SPLIT_FLOPS` to
+:data:`CHANNEL_SPLIT_MAX_FLOPS`) can be cut among the threads by groups instead (off
+by default, see below)
+(:func:`_channel_parts`): one job of the table per thread, its share of the groups
+(or column blocks) over every chunk of rows, after copying its own channels of the
+padded rows into a slab of its own (:func:`._native_jobs.padded_channels_ir`). Each
+thread then reads only its share of the kernel (half of 1.2 MB for 1024 channels in
+32 groups) and of the input, and writes only its own cache lines: two threads
+writing the channels of the same cells of one slab ran three times slower than one
+(likely the prefetchers of each core pulling in the lines next to its own).
+Measured (busy machine, real-time priority above the other processes', batch 1,
+3×3 g32, medians, two threads so cut against one whole chunk): 28² 256 s2 0.246
+against 0.285 ms, 14² 256 0.227 against 0.260, 14² 512 s2 0.157 against 0.173, 7²
+1024 s2 0.194 against 0.212, 4² 1024 0.175 against 0.197. Where other processes hold
+the second core (normal priority, load 10-20 on two cores) it ran 0.70-0.96 times
+as fast as one thread. And timed as the networks benchmark times a layer (a 5 ms
+pause, an untimed call, a timed one; real-time priority, the same run) it ran
+0.67-0.91 times as fast as one thread (28² 256 s2 0.454 against 0.316 ms, 4² 1024
+0.213 against 0.175), likely because the other core's caches hold nothing of the
+layer after the pause. So it is off (:data:`CHANNEL_SPLIT_FLOPS` infinite) until it pays off in
+that pattern too.
+
 Examples
 --------
 >>> import numpy as np
@@ -76,6 +98,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -235,6 +258,9 @@ class _ForwardPlan(NamedTuple):
     spans: tuple[tuple[int, int], ...]  #: (first row, rows) of each job in ``rows``
     slab_size: int  #: elements of every job's padded rows together (the table's)
     filler: Any  #: the compiled filler the rows call (kept alive with them), or None
+    #: shares of the channels each job's calls are cut into in the table, one thread
+    #: each (:func:`_channel_parts`; 1: whole jobs)
+    parts: int = 1
 
 
 @functools.lru_cache(maxsize=256)
@@ -242,7 +268,8 @@ def _forward_plan(shape: tuple[int, int, int, int], kernel_shape: tuple[int, int
                   strides: tuple[int, int], dilation: tuple[int, int],
                   out_size: tuple[int, int], pads: tuple[tuple[int, int], tuple[int, int]],
                   groups: int, dtype: np.dtype[Any], target: _llvm.VectorTarget,
-                  workers: int, family: str = "") -> _ForwardPlan | None:
+                  workers: int, family: str = "", shares: bool = True
+                  ) -> _ForwardPlan | None:
     """Everything of a 2-D grouped forward pass but the kernel's and input's values
     (remembered per shape): the compiled modules' calls, where they read, how the
     kernel is packed, and the chunks of output (one per thread on one thread, else
@@ -262,16 +289,25 @@ def _forward_plan(shape: tuple[int, int, int, int], kernel_shape: tuple[int, int
         return None
     (top, bottom), (left, right) = pads
     padded_w = w + left + right
-    row_elems = padded_w * c
+    unpadded = top == bottom == left == right == 0
+    runs = _plan_blocks(group_out if family == "vectors" else f, width)
+    flops = 2.0 * n * oh * ow * taps * group_in * f
+    parts = _channel_parts(family, runs, groups, c, width, workers, flops) if shares else 1
+    # shares of the channels balance the threads: chunks of rows only bound the slabs
+    job_count = 1 if parts > 1 else _job_count(n * oh * ow, flops, workers)
+    # with shares of the channels, each share's padded rows are a slab of its own
+    # channels only (the kernels' strides those of that slab)
+    c_read = c if unpadded else c // parts
+    row_elems = padded_w * c_read
     tap_offsets = (np.arange(kh)[:, None] * (dilation[0] * row_elems)
-                   + np.arange(kw)[None, :] * (dilation[1] * c)).astype(np.int64).ravel()
+                   + np.arange(kw)[None, :] * (dilation[1] * c_read)).astype(np.int64).ravel()
     streaming = (family == "vectors" and n * oh * ow * f * itemsize >= STREAM_BYTES
                  and (f * itemsize) % ALIGN == 0)
     # few output cells read each kernel step a few times only: reading it where it lies
     # (rows F apart) costs less than packing it at every call
     in_place = family != "shuffle" and n * oh * ow <= IN_PLACE_CELLS
     steps = []
-    for vectors, start, blocks in _plan_blocks(group_out if family == "vectors" else f, width):
+    for vectors, start, blocks in runs:
         cols = vectors * width
         columns = (start, start + blocks * cols)
         batch = ONE_PROBLEM
@@ -310,12 +346,10 @@ def _forward_plan(shape: tuple[int, int, int, int], kernel_shape: tuple[int, int
                            batch, source, columns, split, order, panel))
     # chunks of output as register_tiles cuts them, but one per thread on one thread
     # (the chunks only balance threads; each costs a call per step and its tail cells)
-    unpadded = top == bottom == left == right == 0
     reach = effective_kernel(kh, dilation[0])
-    job_count = _job_count(n * oh * ow, 2.0 * n * oh * ow * taps * group_in * f, workers)
     share = -(-n * oh // job_count)
     needed = window_reach(oh, kh, strides[0], dilation[0])
-    x_row, x_cell = strides[0] * row_elems, strides[1] * c
+    x_row, x_cell = strides[0] * row_elems, strides[1] * c_read
     jobs = []
     if share >= 2 * oh:
         # a chunk's input rows fit SLAB_BYTES also where x is read where it lies: each
@@ -343,11 +377,98 @@ def _forward_plan(shape: tuple[int, int, int, int], kernel_shape: tuple[int, int
                                  * strides[0] + reach, image * h * w * c + first * w * c,
                                  (image * oh + o0) * ow * f, cells))
     rows, bases, spans, slab_size = _table_template(steps, jobs, in_place, itemsize,
-                                                    (h, w, c), (left, right))
-    filler = _native_jobs.padded_rows_filler() if slab_size else None
+                                                    (h, w, c), (left, right), parts)
+    if parts > 1 and rows is None:
+        return None  # the Python jobs do not cut channels (no table for this padding)
+    filler = ((_native_jobs.padded_channels_filler() if parts > 1
+               else _native_jobs.padded_rows_filler()) if slab_size else None)
     return _ForwardPlan(tuple(steps), tuple(jobs), padded_w, left,
                         0 if in_place else sum(math.prod(step.panel) for step in steps),
-                        in_place, workers, rows, bases, spans, slab_size, filler)
+                        in_place, workers, rows, bases, spans, slab_size, filler, parts)
+
+
+#: FLOPs from which a forward pass runs on several threads each a share of the groups
+#: (:func:`_channel_parts`); infinite: never (the default, see the module docstring:
+#: the benchmark's pattern of calls ran it slower), 4e6 takes in ResNeXt's batch-1
+#: layers.
+CHANNEL_SPLIT_FLOPS = math.inf
+
+#: FLOPs up to which :func:`_channel_parts` shares the groups among the threads: above,
+#: where the output's rows are cut among them (:data:`PARALLEL_FLOPS`), shares of the
+#: groups measured no faster (16 images, busy machine, real-time priority, 3×3 g32,
+#: medians: 14² 256 3.36 against 3.18 ms, 7² 512 1.77 against 1.66, 4² 1024 2.87
+#: against 2.73; two threads then ran no faster than one either, so this is open).
+CHANNEL_SPLIT_MAX_FLOPS = 2e7
+
+
+def _channel_parts(family: str, runs: Sequence[tuple[int, int, int]], groups: int,
+                   channels: int, width: int, workers: int, flops: float) -> int:
+    """Equal shares of the channels (whole groups, or whole column blocks of one run of
+    ``runs``) a forward pass's calls are cut into, one per thread: ``workers`` from
+    :data:`CHANNEL_SPLIT_FLOPS` up to :data:`CHANNEL_SPLIT_MAX_FLOPS` where the groups or
+    blocks share evenly, each share whole vectors of input channels; else 1 (the
+    output's rows cut among the threads, :func:`_job_count`).
+
+    Cut by rows, each thread would read the whole kernel (1.2 MB for ResNeXt's 3×3
+    layers of 1024 channels, read for 16 to 49 output cells) and the rows around its
+    own; cut by groups, each reads its own share of the kernel and of the input's
+    channels, and writes its own channels of every output cell. Groups of 2 or 4
+    (the shuffling kernels) stay whole: 128 channels on 28² in 32 groups ran no faster
+    on two threads so cut (busy machine, real-time priority: 0.131-0.191 against
+    0.135-0.194 ms).
+
+    >>> _channel_parts("interleave", [(4, 0, 4)], 32, 256, 16, 2, 7e6)  # off by default
+    1
+    """
+    if (workers < 2 or not CHANNEL_SPLIT_FLOPS <= flops <= CHANNEL_SPLIT_MAX_FLOPS or not runs
+            or family == "shuffle"):
+        return 1
+    if family == "vectors":
+        units = groups
+    elif len(runs) == 1 and runs[0][1] == 0 and runs[0][0] * width * runs[0][2] == channels:
+        units = runs[0][2]
+    else:
+        return 1  # several runs of blocks: no one range of channels per share
+    if units % workers or (channels // workers) % width:
+        return 1
+    return workers
+
+
+class _Share(NamedTuple):
+    """One thread's share of a step's groups or column blocks (:func:`_share`)."""
+
+    channel: int  #: the first input channel it reads
+    channels: int  #: input channels it reads, from ``channel`` on
+    x: int  #: elements its input, weights and output start past the step's
+    w: int
+    y: int
+    sums: Sums
+    batch: Batch
+
+
+def _share(step: _Step, part: int, parts: int) -> _Share:
+    """Share ``part`` of ``parts`` of ``step``'s groups (where a batch of groups runs it) or
+    of its column blocks (each block its own input channels, as the depthwise driver
+    reads them), as equal as whole groups or blocks can be.
+
+    >>> step = _Step(None, np.zeros(1, np.int64), 0, 0, Sums(4, 9, 16, 144, 0), ONE_PROBLEM,
+    ...              (), (0, 64), (), (), ())
+    >>> share = _share(step, 1, 2)
+    >>> share.channel, share.channels, share.x, share.w, share.y, share.sums.blocks
+    (32, 32, 32, 288, 32, 2)
+    """
+    batch = step.batch
+    if batch.problems > 1:
+        lo, hi = part * batch.problems // parts, (part + 1) * batch.problems // parts
+        return _Share(lo * batch.x_stride, (hi - lo) * batch.x_stride, lo * batch.x_stride,
+                      lo * batch.w_stride, lo * batch.y_stride, step.sums,
+                      batch._replace(problems=hi - lo))
+    blocks = step.sums.blocks
+    lo, hi = part * blocks // parts, (part + 1) * blocks // parts
+    cols = (step.columns[1] - step.columns[0]) // blocks
+    return _Share(step.columns[0] + lo * cols, (hi - lo) * cols, lo * cols,
+                  lo * step.sums.block_stride, lo * cols, step.sums._replace(blocks=hi - lo),
+                  batch)
 
 
 #: What the pointer columns of a table's rows are offsets from (indices in
@@ -357,7 +478,8 @@ TABLE_BASES = ("none", "x", "weights", "y", "slabs")
 
 
 def _table_template(steps: Sequence[_Step], jobs: Sequence[_Job], in_place: bool,
-                    itemsize: int, image: tuple[int, int, int], columns: tuple[int, int]
+                    itemsize: int, image: tuple[int, int, int], columns: tuple[int, int],
+                    parts: int = 1
                     ) -> tuple[np.ndarray | None, np.ndarray | None, tuple[tuple[int, int], ...],
                                int]:
     """The jobs' calls as rows of :mod:`._native_jobs`' table, in the order the Python
@@ -367,6 +489,10 @@ def _table_template(steps: Sequence[_Step], jobs: Sequence[_Job], in_place: bool
     copies padded rows starts with a row of :func:`._native_jobs.padded_rows_ir` filling
     its own part of one buffer of ``slab_size`` elements, on the thread that runs it
     (a copy made by the caller for all would be read from the other core's cache).
+    With ``parts`` shares of the channels (:func:`_channel_parts`), the table has one
+    job per share: for every chunk, a row of :func:`._native_jobs.padded_channels_ir`
+    that pads the share's channels of the chunk's rows into a slab of their own,
+    then the share's part of every step's calls (:func:`_share`).
     ``(None, None, (), 0)`` where no table can run the jobs: a padding that crops
     columns (``columns``: left and right padding of ``image``, (H, W, C)), or no
     compiled filler."""
@@ -374,7 +500,8 @@ def _table_template(steps: Sequence[_Step], jobs: Sequence[_Job], in_place: bool
     left, right = columns
     width_fields = 1 + _native_jobs.KERNEL_POINTERS + _native_jobs.KERNEL_FIELDS
     padding = any(job.slab_rows for job in jobs)
-    filler = _native_jobs.padded_rows_filler() if padding else None
+    filler = ((_native_jobs.padded_channels_filler() if parts > 1
+               else _native_jobs.padded_rows_filler()) if padding else None)
     if padding and (left < 0 or right < 0 or filler is None):
         return None, None, (), 0
     weights, at = [], 0
@@ -382,30 +509,58 @@ def _table_template(steps: Sequence[_Step], jobs: Sequence[_Job], in_place: bool
         weights.append(step.columns[0] * itemsize if in_place else at * itemsize)
         at += math.prod(step.panel)
     padded_row = (width + left + right) * channels
+    part_channels = channels // parts
+    part_row = (width + left + right) * part_channels
     rows: list[tuple[int, ...]] = []
     bases: list[tuple[int, int, int]] = []
     spans = []
-    slab_at = 0
-    for job in jobs:
-        first = len(rows)
-        if job.slab_rows:
-            assert filler is not None
-            fill = (job.images, job.slab_rows, job.first_row, height, width * channels * itemsize,
-                    height * width * channels * itemsize, padded_row * itemsize,
-                    job.slab_rows * padded_row * itemsize, left * channels * itemsize,
-                    width * channels * itemsize, right * channels * itemsize)
-            rows.append((filler.address, slab_at * itemsize,
-                         job.first_image * height * width * channels * itemsize, 0, 0, *fill,
-                         *[0] * (_native_jobs.KERNEL_FIELDS - len(fill))))
-            bases.append((4, 1, 0))
-        for step, weight in zip(steps, weights):
-            rows.append((ctypes.c_void_p.from_buffer(step.drive).value or 0,
-                         slab_at * itemsize if job.slab_rows else job.x_offset * itemsize,
-                         weight, job.y_offset * itemsize + step.first_channel_bytes,
-                         step.offsets_address, *job.cells, *step.sums, *step.batch))
-            bases.append((4 if job.slab_rows else 1, 2, 3))
-        spans.append((first, len(rows) - first))
-        slab_at += job.images * job.slab_rows * padded_row
+    slab_starts = list(itertools.accumulate(
+        (job.images * job.slab_rows * padded_row for job in jobs), initial=0))
+    # with shares, one job of the table per share: its channels of every chunk of rows
+    # (its share of the kernel stays in its core's cache throughout)
+    for part in range(parts):
+        for job, slab_at in zip(jobs, slab_starts):
+            first = len(rows)
+            shares = [_share(step, part, parts) if parts > 1 else None for step in steps]
+            # each share's padded rows: a slab of its own channels, after the previous'
+            part_at = slab_at + part * job.images * job.slab_rows * part_row
+            if job.slab_rows:
+                assert filler is not None
+                fill: tuple[int, ...] = (
+                    job.images, job.slab_rows, job.first_row, height,
+                    width * channels * itemsize, height * width * channels * itemsize,
+                    part_row * itemsize, job.slab_rows * part_row * itemsize)
+                if shares[0] is None:
+                    fill += (left * channels * itemsize, width * channels * itemsize,
+                             right * channels * itemsize)
+                else:
+                    fill += (left, width, right, channels * itemsize,
+                             part_channels * itemsize, shares[0].channel * itemsize,
+                             shares[0].channels * itemsize)
+                rows.append((filler.address, part_at * itemsize,
+                             job.first_image * height * width * channels * itemsize, 0, 0,
+                             *fill, *[0] * (_native_jobs.KERNEL_FIELDS - len(fill))))
+                bases.append((4, 1, 0))
+            for step, weight, share in zip(steps, weights, shares):
+                x_at = part_at if job.slab_rows else job.x_offset
+                y_at = job.y_offset
+                sums, batch = step.sums, step.batch
+                if share is not None:
+                    # a share's slab starts at its first channel
+                    x_at += share.x - (share.channel if job.slab_rows else 0)
+                    weight, y_at = weight + share.w * itemsize, y_at + share.y
+                    sums, batch = share.sums, share.batch
+                rows.append((ctypes.c_void_p.from_buffer(step.drive).value or 0,
+                             x_at * itemsize, weight,
+                             y_at * itemsize + step.first_channel_bytes,
+                             step.offsets_address, *job.cells, *sums, *batch))
+                bases.append((4 if job.slab_rows else 1, 2, 3))
+            if parts == 1:
+                spans.append((first, len(rows) - first))
+        if parts > 1:
+            spans.append((spans[-1][0] + spans[-1][1] if spans else 0,
+                          len(rows) - (spans[-1][0] + spans[-1][1] if spans else 0)))
+    slab_at = slab_starts[-1]
     table = np.array(rows, np.int64).reshape(-1, width_fields)
     table.flags.writeable = False
     base_indices = np.array(bases, np.intp).reshape(-1, 3)
@@ -504,21 +659,39 @@ def _forward(x: np.ndarray, kernel: np.ndarray, strides: Sequence[int],
         return None
     n = x.shape[0]
     flops = 2.0 * n * oh * ow * kh * kw * group_in * f
-    # one chunk (the plan's when _job_count says so) runs here, as the Python job
-    runner = (_table_runner(threads, flops) if _job_count(n * oh * ow, flops, workers) > 1
-              else None)
-    plan = _forward_plan(tuple(x.shape), tuple(kernel.shape), strides2, dilation2, (oh, ow),
-                         (pad_list[0], pad_list[1]), int(groups), dtype,
-                         _llvm.vector_target(), workers, family)
+
+    def plan_for(shares: bool) -> _ForwardPlan | None:
+        return _forward_plan(tuple(x.shape), tuple(kernel.shape), strides2, dilation2,
+                             (oh, ow), (pad_list[0], pad_list[1]), int(groups), dtype,
+                             _llvm.vector_target(), workers, family, shares)
+
+    plan = plan_for(True)
+    if plan is None and workers > 1:
+        plan = plan_for(False)  # no table for a plan that shares channels
     if plan is None:
         return None
     if x.shape[0] * oh * ow == 0:
         return np.zeros((x.shape[0], oh, ow, f), dtype)
     itemsize = dtype.itemsize
     io_bytes = x.nbytes + kernel.nbytes + n * oh * ow * f * itemsize
-    held_bytes = (n * oh * ow * f + plan.panel_size + plan.slab_size) * itemsize
-    if held_bytes > 1.5 * io_bytes or plan.slab_size * itemsize > TABLE_SLAB_BYTES:
-        runner = None  # the jobs' padded rows past the memory target, or too many
+
+    def runner_for(plan: _ForwardPlan) -> _native_jobs.RowsRunner | None:
+        # one chunk (the plan's when _job_count says so) runs here, as the Python job,
+        # unless the plan shares its channels among the threads
+        held_bytes = (n * oh * ow * f + plan.panel_size + plan.slab_size) * itemsize
+        if held_bytes > 1.5 * io_bytes or plan.slab_size * itemsize > TABLE_SLAB_BYTES:
+            return None  # the jobs' padded rows past the memory target, or too many
+        if plan.parts > 1:
+            return _table_runner(threads, flops, CHANNEL_SPLIT_FLOPS)
+        return (_table_runner(threads, flops) if _job_count(n * oh * ow, flops, workers) > 1
+                else None)
+
+    runner = runner_for(plan)
+    if runner is None and plan.parts > 1:
+        # the Python jobs run whole jobs, on slabs of every channel
+        plan = plan_for(False)
+        assert plan is not None
+        runner = runner_for(plan)
     return _run_plan(plan, x, kernel, (oh, ow), threads, runner)
 
 
@@ -532,13 +705,16 @@ def _forward(x: np.ndarray, kernel: np.ndarray, strides: Sequence[int],
 TABLE_SLAB_BYTES = 5 << 20
 
 
-def _table_runner(threads: int | None, flops: float) -> _native_jobs.RowsRunner | None:
+def _table_runner(threads: int | None, flops: float, inline_below: float | None = None
+                  ) -> _native_jobs.RowsRunner | None:
     """The compiled runner of a table of calls (:mod:`._native_jobs`) where a forward pass
-    of ``flops`` runs on several threads (:data:`PARALLEL_FLOPS`) and the helpers spin;
+    of ``flops`` runs on several threads (from ``inline_below``, default
+    :data:`PARALLEL_FLOPS`) and the helpers spin;
     else ``None`` (each job a Python closure)."""
     from . import _threads
 
-    if _threads.native_workers(threads, flops, PARALLEL_FLOPS) <= 1:
+    below = PARALLEL_FLOPS if inline_below is None else inline_below
+    if _threads.native_workers(threads, flops, below) <= 1:
         return None
     return _native_jobs.kernel_runner()
 
