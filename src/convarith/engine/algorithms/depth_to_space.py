@@ -26,7 +26,8 @@ and the store transposes: measured one thread, 1024 -> 512 on 7² cells,
 Work is cut into blocks of whole images, or of input rows of one image, with
 about :data:`BLOCK_BYTES` of products each (never fewer than
 :data:`MIN_CELLS` cells, so BLAS's packing of ``W`` is shared by enough
-rows), one thread per block; the product buffer is the only working memory.
+rows), one thread per block (a layer of one block, one image, runs its product on
+BLAS's own threads); the product buffer is the only working memory.
 
 Examples
 --------
@@ -53,7 +54,7 @@ from ..dispatch import ConvProblem, Requirements, register_algorithm
 from ._threads import chunk_workers, run_chunks, workspace
 from .col2im import _tap_slices
 
-__all__ = ["transposed", "applies", "cost", "BLOCK_BYTES", "MIN_CELLS"]
+__all__ = ["transposed", "applies", "cost", "BLOCK_BYTES", "MIN_CELLS", "SHARED_BLOCK_BLAS"]
 
 #: Bytes of one block's product (smaller blocks made BLAS slower: 16 × 28², 256 -> 128,
 #: one thread, 37.7 ms with 2 MiB, 36.8 with 8 MiB, GEMM alone 33.4).
@@ -72,6 +73,17 @@ DIRECT_ROW_CELLS = 48
 
 #: Shares per worker where one image is cut among the workers (:func:`_shares`).
 SHARES_PER_WORKER = 2
+
+#: Whether a layer that makes one block (one image) runs its product on BLAS's own
+#: threads rather than as shares on the workers (:func:`_shares`, BLAS single-threaded
+#: in each: limiting BLAS and handing the shares over cost about 0.15 ms a call, and the
+#: shares' narrower products ran slower). Measured on two busy cores (wall, median of
+#: interleaved rounds, U-Net's up-sampling at batch 1; ms, shares against one product):
+#: 1024 -> 512 on 7² 2.35-2.92 against 1.72-1.84, 512 -> 256 on 14² 1.63-2.24 against
+#: 1.37-1.73, 256 -> 128 on 28² 1.97-2.91 against 1.33-1.85. Not for rows that multiply
+#: straight into the output (:data:`DIRECT_ROW_CELLS`): 128 -> 64 on 56² 1.36-1.72 as
+#: shares against 1.35-2.19 through the buffer on BLAS's threads.
+SHARED_BLOCK_BLAS = True
 
 
 def _blocks(batch: int, rows: int, row_cells: int, budget_cells: int, workers: int
@@ -224,10 +236,13 @@ def transposed(
     flops = 2.0 * x.size * width
     workers = chunk_workers(threads, flops)
     kernel_heavy = by_tap.nbytes > x.nbytes // max(1, n)
-    blocks = _shares(_blocks(n, size3[0], row_cells, budget_cells, workers), first_taps,
-                     workers, kernel_heavy)
+    image_blocks = _blocks(n, size3[0], row_cells, budget_cells, workers)
+    # one block (one image) on several workers: its one product on BLAS's own threads,
+    # then the store (see SHARED_BLOCK_BLAS)
     # the exact store of long rows multiplies straight into the output (no buffer)
     direct = exact and rank <= 2 and row_cells >= DIRECT_ROW_CELLS
+    blas_threads = SHARED_BLOCK_BLAS and len(image_blocks) == 1 and workers > 1 and not direct
+    blocks = _shares(image_blocks, first_taps, 1 if blas_threads else workers, kernel_heavy)
     # the buffer: the largest block's product (all its taps at once where a block has
     # fewer cells than columns, see run_block)
     buffer_size = 0 if direct else max(
