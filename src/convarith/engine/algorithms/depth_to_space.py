@@ -54,7 +54,8 @@ from ..dispatch import ConvProblem, Requirements, register_algorithm
 from ._threads import chunk_workers, run_chunks, workspace
 from .col2im import _tap_slices
 
-__all__ = ["transposed", "applies", "cost", "BLOCK_BYTES", "MIN_CELLS", "SHARED_BLOCK_BLAS"]
+__all__ = ["transposed", "applies", "cost", "BLOCK_BYTES", "MIN_CELLS", "SHARED_BLOCK_BLAS",
+           "STORE_CACHED_BYTES", "STORE_PER_OUTPUT", "STORE_MOST", "STORE_MIN_FILTERS"]
 
 #: Bytes of one block's product (smaller blocks made BLAS slower: 16 × 28², 256 -> 128,
 #: one thread, 37.7 ms with 2 MiB, 36.8 with 8 MiB, GEMM alone 33.4).
@@ -345,10 +346,46 @@ def cost(problem: ConvProblem) -> float:
     thread, busy machine, U-Net's four 2×2 stride-2 layers at batch 1 and 16)
     against the algorithm chosen before it (col2im or register_tiles on the
     grid's phases): 0.72–1.1× its time, the slower ones within that run's noise.
+
+    An output above :data:`STORE_CACHED_BYTES` with at least :data:`STORE_MIN_FILTERS`
+    filters adds :data:`STORE_PER_OUTPUT` per output value (the store then reads the
+    product back from memory and writes the output there), the whole at most
+    :data:`STORE_MOST` per real FLOP (below col2im's 0.675, whose gather was slower
+    still: 1.3-2.7× this path's time with 64-256 channels on two cores). Measured on two
+    busy cores (wall, interleaved, ms, this path against :mod:`.register_tiles`' phases,
+    which write the output once): 256 -> 128 on 16×28² 19.8 against 16.0, 4×28² 5.0
+    against 4.4, 2×56² 11.0 against 8.9; 128 -> 64 on 16×56² 27.9 against 21.9; 64 -> 64
+    on 16×28² 3.3 against 2.5; but 512 -> 256 on 16×14² 18.0 against 17.2 and 1024 ->
+    512 on 16×7² 18.5 against 24.9 (the term stays small with many channels), 64 -> 32
+    on 2×112² 2.3 against 2.8 (fewer filters).
+
+    >>> def layer(batch, size, c):
+    ...     return ConvProblem((batch, size, size, c), (2, 2, c // 2, c), (2, 2), (1, 1), 1,
+    ...                        (2 * size, 2 * size), np.dtype("float32"))
+    >>> [round(cost(layer(n, s, c)) / (layer(n, s, c).flops / 4), 3)
+    ...  for n, s, c in ((1, 28, 256), (16, 28, 256), (16, 7, 1024), (16, 112, 64))]
+    [0.508, 0.65, 0.551, 0.531]
     """
     real = problem.flops / math.prod(problem.strides)
     outputs = problem.batch * math.prod(problem.out_size) * problem.kernel_shape[-2]
-    return 0.5 * real + 4.0 * outputs
+    base = 0.5 * real + 4.0 * outputs
+    filters = problem.kernel_shape[-2]
+    if outputs * problem.dtype.itemsize <= STORE_CACHED_BYTES or filters < STORE_MIN_FILTERS:
+        return base
+    return max(base, min(base + STORE_PER_OUTPUT * outputs, STORE_MOST * real))
+
+
+#: Output bytes up to which the store reads the product from the caches (:func:`cost`).
+STORE_CACHED_BYTES = 2 << 20
+
+#: :func:`cost` of the store per output value beyond :data:`STORE_CACHED_BYTES` ...
+STORE_PER_OUTPUT = 100.0
+
+#: ... bringing the cost up to at most this much per real FLOP ...
+STORE_MOST = 0.65
+
+#: ... with at least this many filters.
+STORE_MIN_FILTERS = 64
 
 
 register_algorithm("depth_to_space", transposed, applies=applies, cost=cost, kind="transposed")
