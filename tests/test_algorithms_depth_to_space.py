@@ -128,10 +128,13 @@ def test_long_rows_multiply_straight_into_the_output(x_shape, kernel_shape, stri
             assert relative_error(y, expected) <= TOLERANCE[dtype], (x_shape, dtype, threads)
 
 
-def test_one_image_is_shared_among_workers():
-    """One image (U-Net at batch 1): its rows are cut among the workers, or, where the
-    kernel outweighs the image, its first-axis taps (each worker multiplies by its share
-    of the kernel); either way the result is the reference's, on two threads."""
+@pytest.mark.parametrize("blas_threads", [True, False])
+def test_one_image_is_shared_among_workers(blas_threads, monkeypatch):
+    """One image (U-Net at batch 1): its one product on BLAS's own threads
+    (``SHARED_BLOCK_BLAS``), or its rows cut among the workers, or, where the kernel
+    outweighs the image, its first-axis taps (each worker multiplies by its share of the
+    kernel); either way the result is the reference's, on two threads."""
+    monkeypatch.setattr(depth_to_space, "SHARED_BLOCK_BLAS", blas_threads)
     assert depth_to_space._shares([(0, 1, 0, 9)], 2, 2, False) == [
         (0, 1, 0, 2, 0, 2), (0, 1, 2, 4, 0, 2), (0, 1, 4, 6, 0, 2), (0, 1, 6, 9, 0, 2)]
     assert depth_to_space._shares([(0, 1, 0, 9)], 2, 2, True) == [

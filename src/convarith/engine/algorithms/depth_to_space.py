@@ -26,7 +26,8 @@ and the store transposes: measured one thread, 1024 -> 512 on 7² cells,
 Work is cut into blocks of whole images, or of input rows of one image, with
 about :data:`BLOCK_BYTES` of products each (never fewer than
 :data:`MIN_CELLS` cells, so BLAS's packing of ``W`` is shared by enough
-rows), one thread per block; the product buffer is the only working memory.
+rows), one thread per block (a layer of one block, one image, runs its product on
+BLAS's own threads); the product buffer is the only working memory.
 
 Examples
 --------
@@ -53,7 +54,8 @@ from ..dispatch import ConvProblem, Requirements, register_algorithm
 from ._threads import chunk_workers, run_chunks, workspace
 from .col2im import _tap_slices
 
-__all__ = ["transposed", "applies", "cost", "BLOCK_BYTES", "MIN_CELLS"]
+__all__ = ["transposed", "applies", "cost", "BLOCK_BYTES", "MIN_CELLS", "SHARED_BLOCK_BLAS",
+           "STORE_CACHED_BYTES", "STORE_PER_OUTPUT", "STORE_MOST", "STORE_MIN_FILTERS"]
 
 #: Bytes of one block's product (smaller blocks made BLAS slower: 16 × 28², 256 -> 128,
 #: one thread, 37.7 ms with 2 MiB, 36.8 with 8 MiB, GEMM alone 33.4).
@@ -72,6 +74,17 @@ DIRECT_ROW_CELLS = 48
 
 #: Shares per worker where one image is cut among the workers (:func:`_shares`).
 SHARES_PER_WORKER = 2
+
+#: Whether a layer that makes one block (one image) runs its product on BLAS's own
+#: threads rather than as shares on the workers (:func:`_shares`, BLAS single-threaded
+#: in each: limiting BLAS and handing the shares over cost about 0.15 ms a call, and the
+#: shares' narrower products ran slower). Measured on two busy cores (wall, median of
+#: interleaved rounds, U-Net's up-sampling at batch 1; ms, shares against one product):
+#: 1024 -> 512 on 7² 2.35-2.92 against 1.72-1.84, 512 -> 256 on 14² 1.63-2.24 against
+#: 1.37-1.73, 256 -> 128 on 28² 1.97-2.91 against 1.33-1.85. Not for rows that multiply
+#: straight into the output (:data:`DIRECT_ROW_CELLS`): 128 -> 64 on 56² 1.36-1.72 as
+#: shares against 1.35-2.19 through the buffer on BLAS's threads.
+SHARED_BLOCK_BLAS = True
 
 
 def _blocks(batch: int, rows: int, row_cells: int, budget_cells: int, workers: int
@@ -224,10 +237,13 @@ def transposed(
     flops = 2.0 * x.size * width
     workers = chunk_workers(threads, flops)
     kernel_heavy = by_tap.nbytes > x.nbytes // max(1, n)
-    blocks = _shares(_blocks(n, size3[0], row_cells, budget_cells, workers), first_taps,
-                     workers, kernel_heavy)
+    image_blocks = _blocks(n, size3[0], row_cells, budget_cells, workers)
+    # one block (one image) on several workers: its one product on BLAS's own threads,
+    # then the store (see SHARED_BLOCK_BLAS)
     # the exact store of long rows multiplies straight into the output (no buffer)
     direct = exact and rank <= 2 and row_cells >= DIRECT_ROW_CELLS
+    blas_threads = SHARED_BLOCK_BLAS and len(image_blocks) == 1 and workers > 1 and not direct
+    blocks = _shares(image_blocks, first_taps, 1 if blas_threads else workers, kernel_heavy)
     # the buffer: the largest block's product (all its taps at once where a block has
     # fewer cells than columns, see run_block)
     buffer_size = 0 if direct else max(
@@ -330,10 +346,46 @@ def cost(problem: ConvProblem) -> float:
     thread, busy machine, U-Net's four 2×2 stride-2 layers at batch 1 and 16)
     against the algorithm chosen before it (col2im or register_tiles on the
     grid's phases): 0.72–1.1× its time, the slower ones within that run's noise.
+
+    An output above :data:`STORE_CACHED_BYTES` with at least :data:`STORE_MIN_FILTERS`
+    filters adds :data:`STORE_PER_OUTPUT` per output value (the store then reads the
+    product back from memory and writes the output there), the whole at most
+    :data:`STORE_MOST` per real FLOP (below col2im's 0.675, whose gather was slower
+    still: 1.3-2.7× this path's time with 64-256 channels on two cores). Measured on two
+    busy cores (wall, interleaved, ms, this path against :mod:`.register_tiles`' phases,
+    which write the output once): 256 -> 128 on 16×28² 19.8 against 16.0, 4×28² 5.0
+    against 4.4, 2×56² 11.0 against 8.9; 128 -> 64 on 16×56² 27.9 against 21.9; 64 -> 64
+    on 16×28² 3.3 against 2.5; but 512 -> 256 on 16×14² 18.0 against 17.2 and 1024 ->
+    512 on 16×7² 18.5 against 24.9 (the term stays small with many channels), 64 -> 32
+    on 2×112² 2.3 against 2.8 (fewer filters).
+
+    >>> def layer(batch, size, c):
+    ...     return ConvProblem((batch, size, size, c), (2, 2, c // 2, c), (2, 2), (1, 1), 1,
+    ...                        (2 * size, 2 * size), np.dtype("float32"))
+    >>> [round(cost(layer(n, s, c)) / (layer(n, s, c).flops / 4), 3)
+    ...  for n, s, c in ((1, 28, 256), (16, 28, 256), (16, 7, 1024), (16, 112, 64))]
+    [0.508, 0.65, 0.551, 0.531]
     """
     real = problem.flops / math.prod(problem.strides)
     outputs = problem.batch * math.prod(problem.out_size) * problem.kernel_shape[-2]
-    return 0.5 * real + 4.0 * outputs
+    base = 0.5 * real + 4.0 * outputs
+    filters = problem.kernel_shape[-2]
+    if outputs * problem.dtype.itemsize <= STORE_CACHED_BYTES or filters < STORE_MIN_FILTERS:
+        return base
+    return max(base, min(base + STORE_PER_OUTPUT * outputs, STORE_MOST * real))
+
+
+#: Output bytes up to which the store reads the product from the caches (:func:`cost`).
+STORE_CACHED_BYTES = 2 << 20
+
+#: :func:`cost` of the store per output value beyond :data:`STORE_CACHED_BYTES` ...
+STORE_PER_OUTPUT = 100.0
+
+#: ... bringing the cost up to at most this much per real FLOP ...
+STORE_MOST = 0.65
+
+#: ... with at least this many filters.
+STORE_MIN_FILTERS = 64
 
 
 register_algorithm("depth_to_space", transposed, applies=applies, cost=cost, kind="transposed")
