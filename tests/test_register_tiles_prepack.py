@@ -144,25 +144,38 @@ def test_never_stale(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @needs_kernels
 def test_remembered_panels_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Within KEEP_BYTES: kernels no one holds make room; live ones are kept, and a
+    kernel that does not fit beside them is read as it is (no thrashing)."""
     clear_caches()
     rng = np.random.default_rng(9)
     x = rng.standard_normal((1, 2, 2, 512)).astype(np.float32)
     kernel = rng.standard_normal((1, 1, 512, 512)).astype(np.float32)  # 1 MiB
-    # an entry counts its panels and the kernel it keeps alive: 2 MiB here
-    monkeypatch.setattr(prepacked, "KEEP_BYTES", 10 * kernel.nbytes)
-    for scale in range(8):
-        frozen = prepack(kernel * scale)
+    entries = prepacked._REMEMBERED.entries
+
+    def check(frozen, scale):
         np.testing.assert_allclose(conv2d(x, frozen, algorithm="register_tiles"),
                                    scale * (x @ kernel[0, 0]), rtol=1e-4, atol=1e-3)
         assert prepacked._REMEMBERED.bytes <= prepacked.KEEP_BYTES
-    assert len(prepacked._REMEMBERED.entries) == 5
+
+    # an entry counts its panels and the kernel it keeps alive: 2 MiB here
+    monkeypatch.setattr(prepacked, "KEEP_BYTES", 10 * kernel.nbytes)
+    for scale in range(8):  # each dropped by the next
+        frozen = prepack(kernel * scale)
+        check(frozen, scale)
+    assert len(entries) == 5
+    live = [prepack(kernel * (scale + 10)) for scale in range(7)]
+    for _ in range(2):
+        for scale, frozen in enumerate(live):
+            check(frozen, scale + 10)
+    owners = [prepacked.frozen_owner(frozen) for frozen in live]
+    kept = [owner for owner, _, _ in entries.values()]
+    assert [any(o is k for k in kept) for o in owners] == [True] * 5 + [False] * 2
     monkeypatch.setattr(prepacked, "KEEP_BYTES", 3 * kernel.nbytes)  # too large to keep
-    frozen = prepack(kernel)
-    before = len(prepacked._REMEMBERED.entries)
-    conv2d(x, frozen, algorithm="register_tiles")
-    assert len(prepacked._REMEMBERED.entries) == before
     clear_caches()
-    assert prepacked._REMEMBERED.bytes == 0 and not prepacked._REMEMBERED.entries
+    conv2d(x, prepack(kernel), algorithm="register_tiles")
+    assert not entries
+    clear_caches()
+    assert prepacked._REMEMBERED.bytes == 0 and not entries
 
 
 @needs_kernels

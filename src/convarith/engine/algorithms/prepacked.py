@@ -17,8 +17,10 @@ dtype, and the packing's own key. A writeable kernel, even one never changed, is
 packed or read in place at every call, as before.
 
 The remembered panels are bounded: :data:`KEEP_BYTES` in all (the panels and the
-kernels they hold alive counted together), least recently used dropped first; a
-kernel larger than a quarter of it is never remembered.
+kernels they hold alive counted together). To make room, the entries of kernels
+no one else holds any more are dropped, least recently used first; the others
+stay, and a kernel that does not fit then is read as it is at each call. A kernel
+larger than a quarter of the bound is never remembered.
 
 Examples
 --------
@@ -32,6 +34,7 @@ True
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -125,15 +128,26 @@ class _Remembered:
             self.entries.move_to_end(key)
             return entry[1]
 
-    def put(self, key: Hashable, owner: bytes, value: Any, size: int) -> None:
+    def put(self, key: Hashable, owner: bytes, value: Any, size: int) -> bool:
+        """Remember ``value``: room is made by dropping the entries of kernels nobody
+        else holds (least recently used first); where that is not enough, the
+        entries kept stay and ``value`` is not remembered (a model larger than the
+        bound, run layer after layer, would otherwise drop each layer's panels just
+        before it runs again)."""
         with self.lock:
             if key in self.entries:
-                return
+                return True
+            for old in list(self.entries):
+                if self.bytes + size <= KEEP_BYTES:
+                    break
+                # (held by the entry alone: getrefcount's own argument is the other)
+                if sys.getrefcount(self.entries[old][0]) <= 2:
+                    self.bytes -= self.entries.pop(old)[2]
+            if self.bytes + size > KEEP_BYTES:
+                return False
             self.entries[key] = (owner, value, size)
             self.bytes += size
-            while self.bytes > KEEP_BYTES and self.entries:
-                _, (_, _, dropped) = self.entries.popitem(last=False)
-                self.bytes -= dropped
+            return True
 
     def clear(self) -> None:
         with self.lock:
