@@ -39,7 +39,8 @@ kernel call tables      register_tiles ``_call_table``: shapes,       nothing (p
 prepacked kernels      a frozen kernel (``prepacked.prepack``: its   nothing (the kernel cannot change);
                        immutable owner, address, shape, strides,     least recently used dropped beyond
                        dtype) and its packing -> the packed panels   ``prepacked.KEEP_BYTES`` (512 MiB)
-                       (``prepacked._REMEMBERED``)
+                       (register_tiles) or transformed kernel        for kernels no one else holds
+                       (Winograd) (``prepacked._REMEMBERED``)
 grouped forward plans  grouped_tiles ``_forward_plan``: shapes,      nothing (pure; LRU of 256)
                        strides, padding, target, threads -> calls,
                        panel layout, chunks of output
