@@ -14,7 +14,8 @@ from convarith.engine.algorithms import prepacked, winograd
 
 pytest.importorskip("numba")
 
-CASES = 3 if os.environ.get("CI") == "true" else 12
+CI = os.environ.get("CI") == "true"
+CASES = 2 if CI else 12
 
 
 def _torch_conv(x, kernel, dilation, pad):
@@ -25,7 +26,7 @@ def _torch_conv(x, kernel, dilation, pad):
     return y.permute(0, 2, 3, 1).numpy()
 
 
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed", [0] if CI else [0, 1])
 def test_prepacked_winograd_agrees_with_torch_and_with_a_plain_kernel(seed: int) -> None:
     """Random 3×3 layers of 1 MiB kernels and more, on few tiles (shared tiles) and
     many (chunks), one and two threads: the remembered transform gives the plain
@@ -34,7 +35,7 @@ def test_prepacked_winograd_agrees_with_torch_and_with_a_plain_kernel(seed: int)
     clear_caches()
     rng = np.random.default_rng(100 + seed)
     for case in range(CASES):
-        n, size = int(rng.choice([1, 1, 2, 8])), int(rng.choice([4, 7, 14]))
+        n, size = int(rng.choice([1, 2] if CI else [1, 1, 2, 6])), int(rng.choice([4, 7, 14]))
         c, f = int(rng.choice([128, 256, 384])), int(rng.choice([256, 512]))
         d, p = int(rng.choice([1, 1, 2])), 1
         dtype = np.float32 if rng.random() < 0.7 else np.float64
