@@ -604,6 +604,12 @@ def _runner(runtime: str, layer: NetLayer, batch: int, x: np.ndarray,
         spec = layer.spec()
         if d_out is not None:
             return lambda: tuple(conv_vjp(x, kernel, spec, d_out)[:2])
+        if kernel is not None:
+            from .engine import prepack
+
+            # a model's weights, fixed while it runs: packed once where the engine packs
+            # them (as onnxruntime's session does when it starts)
+            kernel = prepack(kernel)
         return lambda: conv(x, kernel, spec)
     if runtime == "torch":
         if kernel is None:

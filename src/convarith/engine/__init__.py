@@ -16,6 +16,7 @@ Examples
 """
 
 from .algorithms._threads import thread_limit
+from .algorithms.prepacked import prepack
 from .api import (
     avg_pool,
     conv1d,
@@ -57,6 +58,7 @@ __all__ = [
     "kernel_from_torch",
     "kernel_to_torch",
     "max_pool",
+    "prepack",
     "register_algorithm",
     "separable_conv",
     "separable_conv1d",

@@ -37,6 +37,11 @@ kernel call tables      register_tiles ``_call_table``, thin_call     nothing (p
                        ``_pieces_plan``: shapes,
                        strides, padding, target, workers -> the
                        calls with the arrays' addresses taken out
+prepacked kernels      a frozen kernel (``prepacked.prepack``: its   nothing (the kernel cannot change);
+                       immutable owner, address, shape, strides,     least recently used dropped beyond
+                       dtype) and its packing -> the packed panels   ``prepacked.KEEP_BYTES`` (512 MiB)
+                       (register_tiles) or transformed kernel        for kernels no one else holds
+                       (Winograd) (``prepacked._REMEMBERED``)
 grouped forward plans  grouped_tiles ``_forward_plan``: shapes,      nothing (pure; LRU of 256)
                        strides, padding, target, threads -> calls,
                        panel layout, chunks of output
@@ -176,6 +181,7 @@ def process_caches() -> dict[str, Callable[[], None]]:
         depthwise,
         flat_rows,
         grouped_tiles,
+        prepacked,
         register_tiles,
         space_to_depth,
         thin_call,
@@ -197,6 +203,7 @@ def process_caches() -> dict[str, Callable[[], None]]:
         "functional specs": functions(api._remembered_spec),
         "kernel layouts": functions(register_tiles._layout),
         "kernel call tables": functions(register_tiles._call_table, thin_call._pieces_plan),
+        "prepacked kernels": prepacked.clear,
         "grouped forward plans": functions(grouped_tiles._forward_plan),
         "depthwise tile plans": functions(depthwise._tiles_plan, depthwise._phases_plan,
                                           _llvm_depthwise._call_runner),

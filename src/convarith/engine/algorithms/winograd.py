@@ -74,7 +74,7 @@ from .. import gradient_costs
 from ..dispatch import ConvProblem, Requirements, register_algorithm
 from ..padding import pad
 from ..state import cached_once
-from . import _llvm, register_tiles
+from . import _llvm, prepacked, register_tiles
 from ._threads import (
     SMALL_WORK,
     SMALL_WORK_NO_BLAS,
@@ -424,8 +424,15 @@ def _compiled_tiles(kernels: tuple[Callable[..., None], ...], x: np.ndarray,
     d0, d1 = tiling.dilation
     th, tw = tiling.tiles
     top, left = origin
-    u = aligned_empty((a * a, c, f), dtype)
-    _compiled_kernel_transform(kernels, kernel, wt, first_channel, u, threads)
+    def transformed() -> tuple[np.ndarray, int]:
+        u = aligned_empty((a * a, c, f), dtype)
+        _compiled_kernel_transform(kernels, kernel, wt, first_channel, u, threads)
+        u.flags.writeable = False
+        return u, u.nbytes
+
+    u = remembered_transform(kernel, ("winograd", m, first_channel, f, dtype.str), transformed)
+    if u is None:
+        u, _ = transformed()
     # the register-tiled kernels beat BLAS on these small products from 256
     # channels (one core, 2 MiB chunks, aligned operands: 256 channels 102 ->
     # 146 GFLOP/s; 128: 150 against 155; 64: 184 against 179), and need no BLAS
@@ -463,6 +470,21 @@ def _compiled_tiles(kernels: tuple[Callable[..., None], ...], x: np.ndarray,
     flops = 2.0 * total * m * m * 9 * c * f
     run_chunks(work, total, tiles, threads=threads, flops=flops, blas=packed is None,
                inline_below=SMALL_WORK if packed is None else SMALL_WORK_NO_BLAS)
+
+
+def remembered_transform(kernel: np.ndarray, packing: Any,
+                         transformed: Callable[[], tuple[Any, int]]) -> Any:
+    """The transformed kernel ``transformed()`` makes, made once and reused for a
+    prepacked kernel (:func:`.prepacked.prepack`) of
+    :data:`.register_tiles.PREPACK_BYTES` or more; ``None`` for others (made at each
+    call). It is kept whole (1.8× the kernel's bytes with F(2×2), 4× with F(4×4)),
+    within :data:`.prepacked.KEEP_BYTES`: the call that makes it holds it all at once,
+    later calls make none of it. At batch 1 the transform is most of a weight-heavy
+    layer's time (one core, busy machine, 3×3 on one 14² image: 512 -> 512 3.9 of
+    11.3 ms with F(2×2), 1024 -> 512 12.0 of 25.2)."""
+    if kernel.nbytes < register_tiles.PREPACK_BYTES:
+        return None
+    return prepacked.remembered(kernel, packing, transformed)
 
 
 #: Transformed input tiles of a whole call (every image) up to this many bytes can be
@@ -581,6 +603,18 @@ def _shared_tiles(kernels: tuple[Callable[..., None], ...], x: np.ndarray,
     at = np.ascontiguousarray(wt.AT.astype(dtype))
     run_kernel = kernels[6] if m == 4 else kernels[7]
     flops = 2.0 * total * m * m * 9 * c * f
+
+    def transformed() -> tuple[tuple[np.ndarray, ...], int]:
+        parts = []
+        for f0 in range(0, f, block):
+            part = aligned_empty((a * a, c, min(f, f0 + block) - f0), dtype)
+            run_kernel(kernel, wt.G, f0, 0, c, part)
+            part.flags.writeable = False
+            parts.append(part)
+        return tuple(parts), sum(part.nbytes for part in parts)
+
+    kept = remembered_transform(kernel, ("winograd blocks", m, block, dtype.str),
+                                transformed)
     inline_below = SMALL_WORK_NO_BLAS if packs else SMALL_WORK
 
     def transform_tiles(first: int, last: int) -> None:
@@ -590,8 +624,11 @@ def _shared_tiles(kernels: tuple[Callable[..., None], ...], x: np.ndarray,
             kernels[0](x, bt, m, d0, d1, th, tw, first, v, first, last - first)
 
     def channels(f0: int, f1: int) -> None:
-        u = workspace("winograd.u_block", (a * a, c, f1 - f0), dtype)
-        run_kernel(kernel, wt.G, f0, 0, c, u)
+        if kept is not None:
+            u = kept[f0 // block]
+        else:
+            u = workspace("winograd.u_block", (a * a, c, f1 - f0), dtype)
+            run_kernel(kernel, wt.G, f0, 0, c, u)
         prod = workspace("winograd.prod", (a * a, total, f1 - f0), dtype)
         if packs:
             template = templates[f1 - f0]
