@@ -33,10 +33,10 @@ functional specs       the ``conv2d``/``max_pool``/... helpers'      nothing (pu
                        -> ``ConvSpec`` (``api._remembered_spec``)
 kernel layouts         register_tiles ``_layout``: shape, dtype,     nothing (pure; LRU of 256)
                        dilation, row length, panel bytes
-kernel call tables      register_tiles ``_call_table``, thin_call     nothing (pure; LRU of 256, 128)
-                       ``_pieces_plan``: shapes,
-                       strides, padding, target, workers -> the
-                       calls with the arrays' addresses taken out
+kernel call tables     register_tiles ``_call_table``, thin_call     nothing (pure; LRUs of 256
+                       ``_pieces_plan``: shapes, strides, padding,   and 128)
+                       target, workers -> the calls with the
+                       arrays' addresses taken out
 prepacked kernels      a frozen kernel (``prepacked.prepack``: its   nothing (the kernel cannot change);
                        immutable owner, address, shape, strides,     least recently used dropped beyond
                        dtype) and its packing -> the packed panels   ``prepacked.KEEP_BYTES`` (512 MiB)
