@@ -569,7 +569,8 @@ def _bound_direct(planned: tuple[ConvProblem, Algorithm, Any, Any], algorithm: s
 def _bound_pool(resolved: ResolvedConv, pool: pooling.PoolPlan
                 ) -> Callable[[np.ndarray, Any], np.ndarray]:
     """A pooling plan as one function of the prepared input (its kernel is ``None``)."""
-    return lambda x_last, kernel: pooling.forward(x_last, resolved, pool)
+    run = pooling.bind(resolved, pool)
+    return lambda x_last, kernel: run(x_last)
 
 
 def direct_conv(

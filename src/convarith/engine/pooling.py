@@ -49,7 +49,7 @@ from .padding import pad
 
 __all__ = ["forward", "backward", "divisor", "reduce_windows", "spread_windows", "PoolPlan",
            "pool_plan", "window_spans", "axis_taps", "clipped_windows", "THREADED_WORK",
-           "SMALL_WORK", "GLOBAL_THREADED_VALUES"]
+           "SMALL_WORK", "GLOBAL_THREADED_VALUES", "bind"]
 
 
 _ONE_ROW = np.array([[0, 1]], np.int64)  # a one-dimensional pool's one row of taps
@@ -219,23 +219,63 @@ def forward(x: np.ndarray, resolved: ResolvedConv, planned: PoolPlan | None = No
     return y
 
 
-#: Input values from which a global average pool splits its images over the workers:
-#: about 160 µs of one core (16 images of 4²×2048, 524k values, take 40 µs), as
-#: :data:`THREADED_WORK` for the same reason (no network's global pool at 16 images).
-GLOBAL_THREADED_VALUES = 1 << 21
+def bind(resolved: ResolvedConv, planned: PoolPlan) -> Callable[[np.ndarray], np.ndarray]:
+    """:func:`forward` of ``resolved`` as one function of a channels-last ``x`` (what a
+    remembered call plan runs, :class:`~convarith.engine.core.CallPlan`): a global
+    average goes straight to its kernel (about 1 µs less per call than through
+    :func:`forward`), any other pooling through :func:`forward` with ``planned``.
+
+    >>> from convarith import ConvSpec
+    >>> x = np.arange(8.0).reshape(1, 2, 2, 2)
+    >>> resolved = ConvSpec(2, pool="avg").resolve(x.shape)
+    >>> bind(resolved, pool_plan(resolved, x.dtype))(x).ravel()
+    array([3., 4.])
+    """
+    if not (planned.whole and resolved.spec.pool == "avg"):
+        return lambda x: forward(x, resolved, planned)
+    out_size = resolved.output_size
+    cells = math.prod(resolved.input_size)
+    kernel_for = _llvm_pool.global_average_kernel
+
+    def global_average(x: np.ndarray) -> np.ndarray:
+        batch, channels = x.shape[0], x.shape[-1]
+        kernel = kernel_for(x.dtype) if cells else None
+        if kernel is None or kernel.call is None or x.size >= GLOBAL_THREADED_VALUES \
+                or not x.flags.c_contiguous:
+            y = _global_average(x.reshape(batch, cells, channels), planned)
+            return y.reshape(batch, *out_size, channels)
+        # in this thread, through numba (which reads only the arrays' addresses)
+        y = np.empty((batch, *out_size, channels), x.dtype)
+        kernel.call(x, y, 0, batch, cells, channels, 0, channels,
+                    _llvm_pool.global_chunk(channels, x.itemsize))
+        return y
+
+    return global_average
+
+
+#: Input values from which a global average pool by the compiled kernel splits its
+#: images (or, for one image, its channels) over the workers as a native batch
+#: (:mod:`.algorithms._native_jobs`). Busy machine, two cores, float32, wall time
+#: against one thread: see :func:`_global_average`.
+GLOBAL_THREADED_VALUES = 1 << 20
 
 
 def _global_average(rows: np.ndarray, planned: PoolPlan) -> np.ndarray:
     """The mean over the middle axis of ``rows`` ``(N, cells, C)``, ``(N, C)``.
 
-    On one thread BLAS's gemv with ``1 / cells`` (2-5x faster than NumPy's sum over
-    the middle axis; on 16 images 10-25% faster than numba's loop, one core: 4²×1152
-    17 against 21 µs, 4²×2048 29-32 against 38); from :data:`GLOBAL_THREADED_VALUES`
-    input values the images split over the workers, each chunk numba's one-pass loop
-    (float32/float64; no BLAS, so nothing to limit in the threads). Without numba,
-    the gemv.
+    The compiled kernel (:func:`.algorithms._llvm_pool.global_average_kernel`): one
+    pass over each image's cells per block of up to eight vectors of channels, at
+    about the memory's speed on one core (float32, one core, busy machine: 16 images
+    of 56²×96 0.38 ms against BLAS's gemv 1.41; 4²×2048 38 against 44 µs; one
+    image of 7²×240 1.0 against 1.6), from :data:`GLOBAL_THREADED_VALUES` input
+    values split over the workers. Without it, BLAS's gemv with ``1 / cells``
+    (2-5x faster than NumPy's sum over the middle axis), or, split over the workers,
+    numba's one-pass loop.
     """
     batch, cells, channels = rows.shape
+    kernel = _llvm_pool.global_average_kernel(rows.dtype) if cells else None
+    if kernel is not None:
+        return _global_average_compiled(kernel, np.ascontiguousarray(rows))
     workers = 1 if batch < 2 or rows.size < GLOBAL_THREADED_VALUES else _threads.worker_count()
     loops = _numba_pool.numba_kernels() if workers > 1 and rows.dtype.char in "fd" else None
     if loops is None:
@@ -250,6 +290,41 @@ def _global_average(rows: np.ndarray, planned: PoolPlan) -> np.ndarray:
     y = np.empty((batch, channels), rows.dtype)
     _threads.run_chunks(lambda first, stop: average(rows, y, first, stop), batch,
                         -(-batch // (4 * workers)), threads=workers, blas=False)
+    return y
+
+
+def _global_average_compiled(kernel: _llvm_pool.GlobalAverageKernel, rows: np.ndarray
+                             ) -> np.ndarray:
+    """:func:`_global_average` by the compiled kernel on C-contiguous ``rows``: in this
+    thread, or in pieces of images (one image: of channels, whole vectors each) over
+    the workers, the kernel's calls in one table run by the helpers without the GIL."""
+    batch, cells, channels = rows.shape
+    y = np.empty((batch, channels), rows.dtype)
+    chunk = _llvm_pool.global_chunk(channels, rows.itemsize)
+    workers = 1 if rows.size < GLOBAL_THREADED_VALUES else _threads.worker_count()
+    runner = _native_jobs.rows_runner(2, len(_llvm_pool.GLOBAL_FIELDS)) if workers > 1 \
+        else None
+    if runner is None:
+        if kernel.call is not None:  # through numba: ~1 µs a call, not ~3
+            kernel.call(rows, y, 0, batch, cells, channels, 0, channels, chunk)
+        else:
+            kernel.drive(rows.ctypes.data, y.ctypes.data, 0, batch, cells, channels, 0,
+                         channels, chunk)
+        return y
+    head = (kernel.address, rows.ctypes.data, y.ctypes.data)
+    if batch >= workers:
+        count = min(batch, 2 * workers)
+        edges = [batch * i // count for i in range(count + 1)]
+        table = [(*head, first, stop, cells, channels, 0, channels, chunk)
+                 for first, stop in zip(edges, edges[1:])]
+    else:  # whole vectors of channels per piece
+        vectors = -(-channels // kernel.width)
+        count = min(vectors, 2 * workers)
+        edges = [min(channels, vectors * i // count * kernel.width) for i in range(count)]
+        table = [(*head, 0, batch, cells, channels, first, stop, chunk)
+                 for first, stop in zip(edges, edges[1:] + [channels]) if first < stop]
+    _threads.run_native_jobs(runner, np.array(table, np.int64),
+                             [(i, 1) for i in range(len(table))], threads=workers)
     return y
 
 
