@@ -231,17 +231,20 @@ def bind(resolved: ResolvedConv, planned: PoolPlan) -> Callable[[np.ndarray], np
     >>> bind(resolved, pool_plan(resolved, x.dtype))(x).ravel()
     array([3., 4.])
     """
+    if not planned.whole and len(resolved.output_size) <= 2:
+        return _bound_windows(resolved, planned)
     if not (planned.whole and resolved.spec.pool == "avg"):
         return lambda x: forward(x, resolved, planned)
     out_size = resolved.output_size
     cells = math.prod(resolved.input_size)
-    kernel_for = _llvm_pool.global_average_kernel
 
     def global_average(x: np.ndarray) -> np.ndarray:
         batch, channels = x.shape[0], x.shape[-1]
-        kernel = kernel_for(x.dtype) if cells else None
+        kernel = _llvm_pool.global_average_kernel(x.dtype) if cells else None
+        # (two spatial axes: x and y as they are, else the (N, cells, C) rows that
+        # _global_average takes: numba compiles its call for each number of axes)
         if kernel is None or kernel.call is None or x.size >= GLOBAL_THREADED_VALUES \
-                or not x.flags.c_contiguous:
+                or x.ndim != 4 or not x.flags.c_contiguous:
             y = _global_average(x.reshape(batch, cells, channels), planned)
             return y.reshape(batch, *out_size, channels)
         # in this thread, through numba (which reads only the arrays' addresses)
@@ -251,6 +254,53 @@ def bind(resolved: ResolvedConv, planned: PoolPlan) -> Callable[[np.ndarray], np
         return y
 
     return global_average
+
+
+def _bound_windows(resolved: ResolvedConv, planned: PoolPlan
+                   ) -> Callable[[np.ndarray], np.ndarray]:
+    """:func:`bind` of a pooling of one or two spatial axes that is not a global one:
+    below :data:`NATIVE_THREADED_WORK` window cells, on a C-contiguous ``x`` of the
+    plan's dtype, the compiled kernel (or numba's loops) called at once with the
+    plan's tables; otherwise :func:`forward`."""
+    spec = resolved.spec
+    kind = "max" if spec.pool == "max" else "avg"
+    out_size = resolved.output_size
+    rank = len(out_size)
+    window = math.prod(out_size) * math.prod(spec.kernel_size)
+    out_rows = 1 if rank == 1 else out_size[0]
+    row_step = 1 if rank == 1 else spec.dilation[0]
+    column_step = spec.dilation[-1]
+    rows, columns, divisors = planned.rows, planned.columns, planned.divisors
+    dtype = None if divisors is None else divisors.dtype  # an average's compute dtype
+
+    def pool(x: np.ndarray) -> np.ndarray:
+        batch, channels = x.shape[0], x.shape[-1]
+        cells = batch * channels * window
+        if cells >= NATIVE_THREADED_WORK or not x.flags.c_contiguous or (
+                kind == "avg" and x.dtype != dtype):
+            return forward(x, resolved, planned)
+        loops = _compiled_loops(x.dtype, kind, rank, cells)
+        if loops is None:
+            return forward(x, resolved, planned)
+        y = np.empty((batch, *out_size, channels), x.dtype)
+        units = batch * out_rows
+        x_rows, y_rows = _as_rows(x), _as_rows(y)  # (the layouts forward's calls take)
+        if isinstance(loops, _llvm_pool.PoolKernel):
+            if loops.call is None:
+                return forward(x, resolved, planned)
+            # (numba reads only the arrays' addresses; a max pool reads no divisors)
+            loops.call(x_rows, y_rows, y_rows if divisors is None else divisors, rows,
+                       columns, 0, units, out_rows, out_size[-1], channels,
+                       x[0].size if batch else 0, x.shape[-2] * channels, row_step,
+                       column_step, 0, channels)
+        elif kind == "max":
+            loops[0](x_rows, y_rows, rows, columns, 0, units, row_step, column_step)
+        else:
+            loops[1](x_rows, y_rows, divisors, rows, columns, 0, units, row_step,
+                     column_step)
+        return y
+
+    return pool
 
 
 #: Input values from which a global average pool by the compiled kernel splits its
