@@ -243,8 +243,11 @@ def bind(resolved: ResolvedConv, planned: PoolPlan) -> Callable[[np.ndarray], np
         kernel = _llvm_pool.global_average_kernel(x.dtype) if cells else None
         # (two spatial axes: x and y as they are, else the (N, cells, C) rows that
         # _global_average takes: numba compiles its call for each number of axes)
-        if kernel is None or kernel.call is None or x.size >= GLOBAL_THREADED_VALUES \
-                or x.ndim != 4 or not x.flags.c_contiguous:
+        if kernel is None:
+            y = _global_average_uncompiled(x.reshape(batch, cells, channels), planned)
+            return y.reshape(batch, *out_size, channels)
+        if kernel.call is None or x.size >= GLOBAL_THREADED_VALUES or x.ndim != 4 \
+                or not x.flags.c_contiguous:
             y = _global_average(x.reshape(batch, cells, channels), planned)
             return y.reshape(batch, *out_size, channels)
         # in this thread, through numba (which reads only the arrays' addresses)
@@ -322,10 +325,15 @@ def _global_average(rows: np.ndarray, planned: PoolPlan) -> np.ndarray:
     (2-5x faster than NumPy's sum over the middle axis), or, split over the workers,
     numba's one-pass loop.
     """
-    batch, cells, channels = rows.shape
-    kernel = _llvm_pool.global_average_kernel(rows.dtype) if cells else None
+    kernel = _llvm_pool.global_average_kernel(rows.dtype) if rows.shape[1] else None
     if kernel is not None:
         return _global_average_compiled(kernel, np.ascontiguousarray(rows))
+    return _global_average_uncompiled(rows, planned)
+
+
+def _global_average_uncompiled(rows: np.ndarray, planned: PoolPlan) -> np.ndarray:
+    """:func:`_global_average` without the compiled kernel."""
+    batch, cells, channels = rows.shape
     workers = 1 if batch < 2 or rows.size < GLOBAL_THREADED_VALUES else _threads.worker_count()
     loops = _numba_pool.numba_kernels() if workers > 1 and rows.dtype.char in "fd" else None
     if loops is None:
