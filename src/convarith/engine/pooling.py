@@ -7,9 +7,11 @@ spatial axes, float32/float64) each output cell's window is reduced channels-las
 a vector of channels at a time, the output rows split over the worker threads
 (called through numba where it is installed: a ctypes call costs microseconds;
 numba's loops, :mod:`.algorithms._numba_pool`, where the llvmlite kernels are
-off); a global average is BLAS's gemv with ``1 / cells``, or, split over the
-workers, numba's one-pass loop; otherwise NumPy reduces one axis and one tap at a time
-over strided views (:func:`clipped_windows`). A max pool's gradient scans each
+off); a global average is the compiled global average (each image read once, front
+to back, images or channels split over the workers from a million values), without
+it BLAS's gemv with ``1 / cells``, or, split over the workers, numba's one-pass loop;
+otherwise NumPy reduces one axis and one tap at a time over strided views
+(:func:`clipped_windows`). A remembered call plan runs :func:`bind`'s function. A max pool's gradient scans each
 window with the compiled kernel, else takes NumPy's passes over the taps.
 Divisors follow PyTorch exactly:
 
@@ -180,9 +182,10 @@ def forward(x: np.ndarray, resolved: ResolvedConv, planned: PoolPlan | None = No
     cells inside the input are reduced in one pass per output cell, the output rows
     split over the workers; otherwise one axis at a time (:func:`clipped_windows`):
     a max or a sum over a rectangle is the max or sum over its rows of the max or
-    sum over each row. Neither pads the input. A global average is one
-    matrix-vector product with ``1 / cells`` (numba's loop where the images are
-    split over the workers, :func:`_global_average`).
+    sum over each row. Neither pads the input. A global average is one pass over
+    each image by the compiled global average, without it a matrix-vector product
+    with ``1 / cells`` (numba's loop where the images are split over the workers,
+    :func:`_global_average`).
     ``planned`` is :func:`pool_plan` of ``resolved`` (made here if not given).
 
     >>> from convarith import ConvSpec
