@@ -218,3 +218,26 @@ def test_global_average_memory_within_the_bound(shape: tuple[int, ...], threads:
     assert ratio <= 1.5, f"{shape} {threads} threads: peak {peak} bytes = {ratio:.2f}x"
     np.testing.assert_allclose(out[:, 0, 0], x.astype(np.float64).mean(axis=(1, 2)),
                                rtol=2e-6, atol=2e-6)
+
+
+@pytest.mark.parametrize("kind", ["avg", "max"])
+def test_global_pools_of_channels_first_data_match_pytorch(kind: str) -> None:
+    # channels-first global pools reduce each channel's contiguous cells where they lie
+    # (the remembered plan's calls), batched or not, views, float64, NaN and infinities
+    seed = 59
+    rng = np.random.default_rng(seed)
+    for case in range(12):
+        rank = 1 + case % 3
+        size = tuple(int(rng.integers(1, 8)) for _ in range(rank))
+        dtype = np.float32 if case % 2 else np.float64
+        whole = rng.standard_normal((3, 2 * int(rng.integers(1, 70)), *size)).astype(dtype)
+        if case % 4 == 3:
+            whole.flat[rng.integers(whole.size, size=2)] = [np.nan, np.inf]
+        x = whole[:, ::2] if case % 3 == 0 else whole
+        spec = ConvSpec(size, pool=kind, rank=rank, data_format="channels_first")
+        expected = _torch_pool(x, kind, size, (1,) * rank, (0,) * rank, (1,) * rank, False,
+                               True)
+        note = f"seed {seed} case {case}: global {kind} of x {x.shape} {x.dtype.name}"
+        for call in range(3):
+            _close(conv(x, None, spec), expected, f"{note}, call {call}")
+            _close(conv(x[0], None, spec), expected[0], f"{note}, unbatched, call {call}")

@@ -1006,6 +1006,15 @@ def conv(
                 result += bias
             return np.ascontiguousarray(result)
     planned, prepared = _keyed_call_plan(key, x, kernel, spec, bias, algorithm)
+    if (prepared is None and planned.channels_first and planned.pool is not None
+            and planned.pool.whole and bias is None):
+        # a global pool of channels-first data: its cells are contiguous already
+        pooled = pooling.global_channels_first(
+            x[None] if planned.unbatched else x, planned.pool, str(spec.pool),
+            planned.compute_dtype)
+        if pooled is not None:
+            return np.ascontiguousarray(pooled[0] if planned.unbatched else pooled,
+                                        dtype=planned.result_dtype)
     if prepared is not None:
         x_last, kernel_last, bias_last = prepared.x, prepared.kernel, prepared.bias
     else:
