@@ -1,8 +1,10 @@
-"""Per-call time of small 1x1 layers: ``engine.conv`` and ``convarith.conv2d`` against PyTorch.
+"""Per-call time of small layers: ``engine.conv`` and ``convarith``'s functions against PyTorch.
 
-EfficientNet-B0's squeeze-excitation layers (1x1 convolutions on a 1x1 image) and
-the pointwise layers on 4x4 images, each timed as the median of 200 calls in a loop
-(``time.perf_counter``), one thread for every library::
+EfficientNet-B0's squeeze-excitation layers (1x1 convolutions on a 1x1 image),
+the pointwise layers on 4x4 images, and the networks' small poolings (global
+averages, 2x2 and 3x3 max pools, channels-last and channels-first), each timed as
+the median of 200 calls in a loop (``time.perf_counter``), one thread for every
+library::
 
     CONVARITH_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python scripts/per_call_overhead.py
 """
@@ -20,6 +22,9 @@ SQUEEZE_EXCITATION = [(32, 8), (8, 32), (96, 4), (4, 96), (144, 6), (6, 144), (2
                       (10, 240), (480, 20), (20, 480), (672, 28), (28, 672), (1152, 48),
                       (48, 1152)]
 POINTWISE_4X4 = [(1152, 192), (1152, 320), (320, 1280), (960, 160)]
+# (kind, kernel, stride, padding, size, channels) on one image
+POOLS = [("avg", 4, 1, 0, 4, 2048), ("avg", 7, 1, 0, 7, 240), ("avg", 14, 1, 0, 14, 144),
+         ("max", 2, 2, 0, 7, 512), ("max", 2, 2, 0, 14, 512), ("max", 3, 2, 1, 56, 64)]
 
 
 def median_us(fn: Callable[[], Any], calls: int = 200) -> float:
@@ -62,6 +67,29 @@ def main() -> None:
               flush=True)
     geomean = float(np.exp(np.mean(np.log(ratios))))
     print(f"squeeze-excitation layers: geomean torch/engine.conv {geomean:.2f}")
+    pool_ratios = []
+    for kind, k, s, p, size, channels in POOLS:
+        x = rng.standard_normal((1, size, size, channels)).astype(np.float32)
+        spec = ConvSpec(k, strides=s, padding=p, pool=kind)
+        x_first = np.ascontiguousarray(np.moveaxis(x, -1, 1))
+        first = ConvSpec(k, strides=s, padding=p, pool=kind, data_format="channels_first")
+        ours = median_us(lambda x=x, spec=spec: conv(x, None, spec))
+        ours_first = median_us(lambda x=x_first, spec=first: conv(x, None, spec))
+        function = convarith.max_pool if kind == "max" else convarith.avg_pool
+        functional = median_us(lambda x=x, k=k, s=s, p=p, f=function: f(x, k, s, p))
+        pool = tf.max_pool2d if kind == "max" else tf.avg_pool2d
+        x_last = torch.from_numpy(x).permute(0, 3, 1, 2)  # channels-last memory
+        x_torch = torch.from_numpy(x_first)
+        with torch.no_grad():
+            theirs = median_us(lambda a=x_last, k=k, s=s, p=p, f=pool: f(a, k, s, p))
+            theirs_first = median_us(lambda a=x_torch, k=k, s=s, p=p, f=pool: f(a, k, s, p))
+        pool_ratios.append(theirs / ours)
+        print(f"{kind} pool {k}x{k} s{s} p{p} on {size}x{size}x{channels}: engine.conv "
+              f"{ours:6.1f} (NCHW {ours_first:6.1f})  {function.__name__} {functional:6.1f}  "
+              f"torch {theirs:6.1f} (NCHW {theirs_first:6.1f}) us  torch/engine "
+              f"{theirs / ours:.2f}", flush=True)
+    geomean = float(np.exp(np.mean(np.log(pool_ratios))))
+    print(f"poolings: geomean torch/engine.conv {geomean:.2f}")
 
 
 if __name__ == "__main__":

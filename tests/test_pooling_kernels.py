@@ -50,8 +50,12 @@ def mode(request: Any, monkeypatch: pytest.MonkeyPatch) -> str:
             compiled = _llvm_pool.pool_kernel
             monkeypatch.setattr(_llvm_pool, "pool_kernel", lambda dtype, kind: None if (
                 made := compiled(dtype, kind)) is None else dataclasses.replace(made, call=None))
+            average = _llvm_pool.global_average_kernel
+            monkeypatch.setattr(_llvm_pool, "global_average_kernel", lambda dtype: None if (
+                made := average(dtype)) is None else dataclasses.replace(made, call=None))
         return str(request.param)
     monkeypatch.setattr(_llvm_pool, "pool_kernel", lambda dtype, kind: None)
+    monkeypatch.setattr(_llvm_pool, "global_average_kernel", lambda dtype: None)
     if request.param == "numba":
         if _numba_pool.numba_kernels() is None:
             pytest.skip("no numba")
@@ -232,16 +236,28 @@ def test_max_gradient_threads_give_one_threads_result(batch: int,
     _close(split, _torch_max_grad(x, dy, 3, 2, 1, 1, False), f"batch {batch}")
 
 
-@pytest.mark.parametrize("loop", ["numba", "gemv"])
+@pytest.mark.parametrize("loop", ["compiled", "ctypes", "numba", "gemv"])
 def test_random_global_averages_match_pytorch(loop: str, monkeypatch: pytest.MonkeyPatch
                                               ) -> None:
-    # a global average (one window over the whole input): BLAS's gemv on one thread;
-    # on several (forced here, whatever the size) numba's one-pass loop, the images
-    # split over the threads, or without numba the gemv
+    # a global average (one window over the whole input): the compiled kernel (through
+    # numba or ctypes), on several threads (forced here, whatever the size) as one table
+    # of its calls, images or (one image) channels split, bit for bit one thread's
+    # result; without it BLAS's gemv on one thread, on several numba's one-pass loop,
+    # the images split over the threads, or without numba the gemv
     monkeypatch.setattr(pooling, "GLOBAL_THREADED_VALUES", 0)
+    compiled = _llvm_pool.global_average_kernel
+    if loop in ("compiled", "ctypes"):
+        made = compiled(np.float32)
+        if made is None or (loop == "compiled" and made.call is None):
+            pytest.skip("no compiled kernels here (or no numba to call them through)")
+        if loop == "ctypes":
+            monkeypatch.setattr(_llvm_pool, "global_average_kernel", lambda dtype: None if (
+                kernel := compiled(dtype)) is None else dataclasses.replace(kernel, call=None))
+    else:
+        monkeypatch.setattr(_llvm_pool, "global_average_kernel", lambda dtype: None)
     if loop == "gemv":
         monkeypatch.setattr(_numba_pool, "numba_kernels", lambda: None)
-    elif _numba_pool.numba_kernels() is None:
+    elif loop == "numba" and _numba_pool.numba_kernels() is None:
         pytest.skip("no numba")
     rng = np.random.default_rng(21)
     for case in range(CONFIGS // 4):
@@ -249,7 +265,7 @@ def test_random_global_averages_match_pytorch(loop: str, monkeypatch: pytest.Mon
         size = tuple(int(rng.integers(1, 9 if rank == 2 else 60)) for _ in range(rank))
         if rng.random() < 0.1:
             size = (56, 56)[:rank]
-        channels = int(rng.choice([1, 3, 16, 17, 32, 130, 480]))
+        channels = int(rng.choice([1, 3, 16, 17, 32, 96, 130, 240, 480, 2048]))
         dtype = np.float32 if rng.random() < 0.6 else np.float64
         x = rng.standard_normal((int(rng.integers(1, 7)), *size, channels)).astype(dtype)
         if rng.random() < 0.2:
@@ -267,6 +283,8 @@ def test_random_global_averages_match_pytorch(loop: str, monkeypatch: pytest.Mon
         # NaN where an image holds NaN or both infinities, as PyTorch
         _close(alone, expected, note + ", one thread")
         _close(split, expected, note + ", two threads")
+        if loop in ("compiled", "ctypes"):
+            np.testing.assert_array_equal(split, alone, err_msg=note)
 
 
 def test_random_pools_split_as_native_batches_match_pytorch(

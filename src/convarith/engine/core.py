@@ -569,7 +569,8 @@ def _bound_direct(planned: tuple[ConvProblem, Algorithm, Any, Any], algorithm: s
 def _bound_pool(resolved: ResolvedConv, pool: pooling.PoolPlan
                 ) -> Callable[[np.ndarray, Any], np.ndarray]:
     """A pooling plan as one function of the prepared input (its kernel is ``None``)."""
-    return lambda x_last, kernel: pooling.forward(x_last, resolved, pool)
+    run = pooling.bind(resolved, pool)
+    return lambda x_last, kernel: run(x_last)
 
 
 def direct_conv(
@@ -1005,6 +1006,15 @@ def conv(
                 result += bias
             return np.ascontiguousarray(result)
     planned, prepared = _keyed_call_plan(key, x, kernel, spec, bias, algorithm)
+    if (prepared is None and planned.channels_first and planned.pool is not None
+            and planned.pool.whole and bias is None):
+        # a global pool of channels-first data: its cells are contiguous already
+        pooled = pooling.global_channels_first(
+            x[None] if planned.unbatched else x, planned.pool, str(spec.pool),
+            planned.compute_dtype)
+        if pooled is not None:
+            return np.ascontiguousarray(pooled[0] if planned.unbatched else pooled,
+                                        dtype=planned.result_dtype)
     if prepared is not None:
         x_last, kernel_last, bias_last = prepared.x, prepared.kernel, prepared.bias
     else:

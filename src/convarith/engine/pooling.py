@@ -7,9 +7,11 @@ spatial axes, float32/float64) each output cell's window is reduced channels-las
 a vector of channels at a time, the output rows split over the worker threads
 (called through numba where it is installed: a ctypes call costs microseconds;
 numba's loops, :mod:`.algorithms._numba_pool`, where the llvmlite kernels are
-off); a global average is BLAS's gemv with ``1 / cells``, or, split over the
-workers, numba's one-pass loop; otherwise NumPy reduces one axis and one tap at a time
-over strided views (:func:`clipped_windows`). A max pool's gradient scans each
+off); a global average is the compiled global average (each image read once, front
+to back, images or channels split over the workers from a million values), without
+it BLAS's gemv with ``1 / cells``, or, split over the workers, numba's one-pass loop;
+otherwise NumPy reduces one axis and one tap at a time over strided views
+(:func:`clipped_windows`). A remembered call plan runs :func:`bind`'s function. A max pool's gradient scans each
 window with the compiled kernel, else takes NumPy's passes over the taps.
 Divisors follow PyTorch exactly:
 
@@ -49,7 +51,7 @@ from .padding import pad
 
 __all__ = ["forward", "backward", "divisor", "reduce_windows", "spread_windows", "PoolPlan",
            "pool_plan", "window_spans", "axis_taps", "clipped_windows", "THREADED_WORK",
-           "SMALL_WORK", "GLOBAL_THREADED_VALUES"]
+           "SMALL_WORK", "GLOBAL_THREADED_VALUES", "bind", "global_channels_first"]
 
 
 _ONE_ROW = np.array([[0, 1]], np.int64)  # a one-dimensional pool's one row of taps
@@ -180,9 +182,10 @@ def forward(x: np.ndarray, resolved: ResolvedConv, planned: PoolPlan | None = No
     cells inside the input are reduced in one pass per output cell, the output rows
     split over the workers; otherwise one axis at a time (:func:`clipped_windows`):
     a max or a sum over a rectangle is the max or sum over its rows of the max or
-    sum over each row. Neither pads the input. A global average is one
-    matrix-vector product with ``1 / cells`` (numba's loop where the images are
-    split over the workers, :func:`_global_average`).
+    sum over each row. Neither pads the input. A global average is one pass over
+    each image by the compiled global average, without it a matrix-vector product
+    with ``1 / cells`` (numba's loop where the images are split over the workers,
+    :func:`_global_average`).
     ``planned`` is :func:`pool_plan` of ``resolved`` (made here if not given).
 
     >>> from convarith import ConvSpec
@@ -219,22 +222,151 @@ def forward(x: np.ndarray, resolved: ResolvedConv, planned: PoolPlan | None = No
     return y
 
 
-#: Input values from which a global average pool splits its images over the workers:
-#: about 160 µs of one core (16 images of 4²×2048, 524k values, take 40 µs), as
-#: :data:`THREADED_WORK` for the same reason (no network's global pool at 16 images).
-GLOBAL_THREADED_VALUES = 1 << 21
+def bind(resolved: ResolvedConv, planned: PoolPlan) -> Callable[[np.ndarray], np.ndarray]:
+    """:func:`forward` of ``resolved`` as one function of a channels-last ``x`` (what a
+    remembered call plan runs, :class:`~convarith.engine.core.CallPlan`): a global
+    average goes straight to its kernel (about 1 µs less per call than through
+    :func:`forward`), any other pooling through :func:`forward` with ``planned``.
+
+    >>> from convarith import ConvSpec
+    >>> x = np.arange(8.0).reshape(1, 2, 2, 2)
+    >>> resolved = ConvSpec(2, pool="avg").resolve(x.shape)
+    >>> bind(resolved, pool_plan(resolved, x.dtype))(x).ravel()
+    array([3., 4.])
+    """
+    if not planned.whole and len(resolved.output_size) <= 2:
+        return _bound_windows(resolved, planned)
+    if not (planned.whole and resolved.spec.pool == "avg"):
+        return lambda x: forward(x, resolved, planned)
+    out_size = resolved.output_size
+    cells = math.prod(resolved.input_size)
+
+    def global_average(x: np.ndarray) -> np.ndarray:
+        batch, channels = x.shape[0], x.shape[-1]
+        kernel = _llvm_pool.global_average_kernel(x.dtype) if cells else None
+        # (two spatial axes: x and y as they are, else the (N, cells, C) rows that
+        # _global_average takes: numba compiles its call for each number of axes)
+        if kernel is None:
+            y = _global_average_uncompiled(x.reshape(batch, cells, channels), planned)
+            return y.reshape(batch, *out_size, channels)
+        if kernel.call is None or x.size >= GLOBAL_THREADED_VALUES or x.ndim != 4 \
+                or not x.flags.c_contiguous:
+            y = _global_average(x.reshape(batch, cells, channels), planned)
+            return y.reshape(batch, *out_size, channels)
+        # in this thread, through numba (which reads only the arrays' addresses)
+        y = np.empty((batch, *out_size, channels), x.dtype)
+        kernel.call(x, y, 0, batch, cells, channels, 0, channels,
+                    _llvm_pool.global_chunk(channels, x.itemsize))
+        return y
+
+    return global_average
+
+
+def global_channels_first(x: Any, planned: PoolPlan, pool: str, compute_dtype: np.dtype[Any]
+                          ) -> np.ndarray | None:
+    """A global pool of channels-first ``x`` ``(N, C, *spatial)`` (one window over
+    every cell, ``planned.whole``), ``(N, C, 1, ...)``, without moving its channels
+    last: each ``(n, c)``'s cells are contiguous, so a global average is one gemv of
+    the ``(N·C, cells)`` rows with ``1 / cells`` and a global max one reduction along
+    them (16 images of 28²×144, float32, one core, busy machine: 0.15 ms against 2.4
+    through a channels-last copy; PyTorch's NCHW average 1.6). ``None`` where
+    ``x`` is not a batched ndarray of ``compute_dtype`` (the caller's usual path).
+
+    >>> from convarith import ConvSpec
+    >>> x = np.arange(8.0).reshape(1, 2, 2, 2)
+    >>> plan = pool_plan(ConvSpec(2, pool="avg").resolve((1, 2, 2, 2)), x.dtype)
+    >>> global_channels_first(x, plan, "avg", x.dtype).ravel()
+    array([1.5, 5.5])
+    """
+    if type(x) is not np.ndarray or x.dtype != compute_dtype or x.ndim < 3:
+        return None
+    batch, channels = x.shape[0], x.shape[1]
+    cells = math.prod(x.shape[2:])
+    rows = x.reshape(batch * channels, cells)
+    if pool == "max":
+        y = np.maximum.reduce(rows, axis=1) if cells else np.full(len(rows), -np.inf, x.dtype)
+    else:
+        weights = planned.weights
+        if weights is None or weights.dtype != x.dtype or len(weights) != cells:
+            weights = np.full(cells, 1 / max(1, cells), x.dtype)
+        y = np.dot(rows, weights)
+    return y.reshape(batch, channels, *(1,) * (x.ndim - 2))
+
+
+def _bound_windows(resolved: ResolvedConv, planned: PoolPlan
+                   ) -> Callable[[np.ndarray], np.ndarray]:
+    """:func:`bind` of a pooling of one or two spatial axes that is not a global one:
+    below :data:`NATIVE_THREADED_WORK` window cells, on a C-contiguous ``x`` of the
+    plan's dtype, the compiled kernel (or numba's loops) called at once with the
+    plan's tables; otherwise :func:`forward`."""
+    spec = resolved.spec
+    kind = "max" if spec.pool == "max" else "avg"
+    out_size = resolved.output_size
+    rank = len(out_size)
+    window = math.prod(out_size) * math.prod(spec.kernel_size)
+    out_rows = 1 if rank == 1 else out_size[0]
+    row_step = 1 if rank == 1 else spec.dilation[0]
+    column_step = spec.dilation[-1]
+    rows, columns, divisors = planned.rows, planned.columns, planned.divisors
+    dtype = None if divisors is None else divisors.dtype  # an average's compute dtype
+
+    def pool(x: np.ndarray) -> np.ndarray:
+        batch, channels = x.shape[0], x.shape[-1]
+        cells = batch * channels * window
+        if cells >= NATIVE_THREADED_WORK or not x.flags.c_contiguous or (
+                kind == "avg" and x.dtype != dtype):
+            return forward(x, resolved, planned)
+        loops = _compiled_loops(x.dtype, kind, rank, cells)
+        if loops is None:
+            return forward(x, resolved, planned)
+        y = np.empty((batch, *out_size, channels), x.dtype)
+        units = batch * out_rows
+        x_rows, y_rows = _as_rows(x), _as_rows(y)  # (the layouts forward's calls take)
+        if isinstance(loops, _llvm_pool.PoolKernel):
+            if loops.call is None:
+                return forward(x, resolved, planned)
+            # (numba reads only the arrays' addresses; a max pool reads no divisors)
+            loops.call(x_rows, y_rows, y_rows if divisors is None else divisors, rows,
+                       columns, 0, units, out_rows, out_size[-1], channels,
+                       x[0].size if batch else 0, x.shape[-2] * channels, row_step,
+                       column_step, 0, channels)
+        elif kind == "max":
+            loops[0](x_rows, y_rows, rows, columns, 0, units, row_step, column_step)
+        else:
+            loops[1](x_rows, y_rows, divisors, rows, columns, 0, units, row_step,
+                     column_step)
+        return y
+
+    return pool
+
+
+#: Input values from which a global average pool by the compiled kernel splits its
+#: images (or, for one image, its channels) over the workers as a native batch
+#: (:mod:`.algorithms._native_jobs`). Busy machine, two cores, float32, wall time
+#: against one thread: see :func:`_global_average`.
+GLOBAL_THREADED_VALUES = 1 << 20
 
 
 def _global_average(rows: np.ndarray, planned: PoolPlan) -> np.ndarray:
     """The mean over the middle axis of ``rows`` ``(N, cells, C)``, ``(N, C)``.
 
-    On one thread BLAS's gemv with ``1 / cells`` (2-5x faster than NumPy's sum over
-    the middle axis; on 16 images 10-25% faster than numba's loop, one core: 4²×1152
-    17 against 21 µs, 4²×2048 29-32 against 38); from :data:`GLOBAL_THREADED_VALUES`
-    input values the images split over the workers, each chunk numba's one-pass loop
-    (float32/float64; no BLAS, so nothing to limit in the threads). Without numba,
-    the gemv.
+    The compiled kernel (:func:`.algorithms._llvm_pool.global_average_kernel`): one
+    pass over each image's cells per block of up to eight vectors of channels, at
+    about the memory's speed on one core (float32, one core, busy machine: 16 images
+    of 56²×96 0.38 ms against BLAS's gemv 1.41; 4²×2048 38 against 44 µs; one
+    image of 7²×240 1.0 against 1.6), from :data:`GLOBAL_THREADED_VALUES` input
+    values split over the workers. Without it, BLAS's gemv with ``1 / cells``
+    (2-5x faster than NumPy's sum over the middle axis), or, split over the workers,
+    numba's one-pass loop.
     """
+    kernel = _llvm_pool.global_average_kernel(rows.dtype) if rows.shape[1] else None
+    if kernel is not None:
+        return _global_average_compiled(kernel, np.ascontiguousarray(rows))
+    return _global_average_uncompiled(rows, planned)
+
+
+def _global_average_uncompiled(rows: np.ndarray, planned: PoolPlan) -> np.ndarray:
+    """:func:`_global_average` without the compiled kernel."""
     batch, cells, channels = rows.shape
     workers = 1 if batch < 2 or rows.size < GLOBAL_THREADED_VALUES else _threads.worker_count()
     loops = _numba_pool.numba_kernels() if workers > 1 and rows.dtype.char in "fd" else None
@@ -250,6 +382,41 @@ def _global_average(rows: np.ndarray, planned: PoolPlan) -> np.ndarray:
     y = np.empty((batch, channels), rows.dtype)
     _threads.run_chunks(lambda first, stop: average(rows, y, first, stop), batch,
                         -(-batch // (4 * workers)), threads=workers, blas=False)
+    return y
+
+
+def _global_average_compiled(kernel: _llvm_pool.GlobalAverageKernel, rows: np.ndarray
+                             ) -> np.ndarray:
+    """:func:`_global_average` by the compiled kernel on C-contiguous ``rows``: in this
+    thread, or in pieces of images (one image: of channels, whole vectors each) over
+    the workers, the kernel's calls in one table run by the helpers without the GIL."""
+    batch, cells, channels = rows.shape
+    y = np.empty((batch, channels), rows.dtype)
+    chunk = _llvm_pool.global_chunk(channels, rows.itemsize)
+    workers = 1 if rows.size < GLOBAL_THREADED_VALUES else _threads.worker_count()
+    runner = _native_jobs.rows_runner(2, len(_llvm_pool.GLOBAL_FIELDS)) if workers > 1 \
+        else None
+    if runner is None:
+        if kernel.call is not None:  # through numba: ~1 µs a call, not ~3
+            kernel.call(rows, y, 0, batch, cells, channels, 0, channels, chunk)
+        else:
+            kernel.drive(rows.ctypes.data, y.ctypes.data, 0, batch, cells, channels, 0,
+                         channels, chunk)
+        return y
+    head = (kernel.address, rows.ctypes.data, y.ctypes.data)
+    if batch >= workers:
+        count = min(batch, 2 * workers)
+        edges = [batch * i // count for i in range(count + 1)]
+        table = [(*head, first, stop, cells, channels, 0, channels, chunk)
+                 for first, stop in zip(edges, edges[1:])]
+    else:  # whole vectors of channels per piece
+        vectors = -(-channels // kernel.width)
+        count = min(vectors, 2 * workers)
+        edges = [min(channels, vectors * i // count * kernel.width) for i in range(count)]
+        table = [(*head, 0, batch, cells, channels, first, stop, chunk)
+                 for first, stop in zip(edges, edges[1:] + [channels]) if first < stop]
+    _threads.run_native_jobs(runner, np.array(table, np.int64),
+                             [(i, 1) for i in range(len(table))], threads=workers)
     return y
 
 
