@@ -298,3 +298,33 @@ def test_summary_lists_memory_over_the_limit_and_errors_per_path() -> None:
     assert "backward: col2im 4.0e-07, wgrad 2.0e-06" in text
     assert "| net | 1 | for | 3x3, 8->8, 8x8 | 1 | depthwise |" in nets.markdown_layers([forward])
     assert nets.markdown_layers([forward]).splitlines()[3].endswith("| 2.50 |")
+
+
+@pytest.mark.parametrize(("mode", "frozen"), [("prepacked", True), ("in-place", False)])
+def test_networks_weights_mode_decides_whether_the_kernel_is_prepacked(
+        mode: str, frozen: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--weights`` (through the variable the children inherit): a prepacked kernel is
+    read-only and equal to the one given; an in-place one is the caller's own array."""
+    from convarith import bench_networks as nets
+
+    monkeypatch.setenv(nets.WEIGHTS_VARIABLE, mode)
+    layer = nets.vgg16(32)[1]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(layer.input_shape(1), np.float32)
+    kernel = rng.standard_normal(layer.kernel_shape(), np.float32)
+    seen = []
+    monkeypatch.setattr("convarith.engine.conv", lambda x, k, spec: seen.append(k) or k)
+    nets._runner("convarith", layer, 1, x, kernel, None)()
+    (given,) = seen
+    assert (not given.flags.writeable) is frozen and (given is kernel) is not frozen
+    np.testing.assert_array_equal(given, kernel)
+    assert nets.weights_mode() == mode
+
+
+def test_networks_weights_mode_refuses_an_unknown_value(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("CONVARITH_BENCH_WEIGHTS", "frozen")
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--suite", "networks"])
+    assert stop.value.code == 2
+    assert "CONVARITH_BENCH_WEIGHTS='frozen' is not a weights mode" in capsys.readouterr().err

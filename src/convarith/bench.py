@@ -646,7 +646,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "(neither: a machine without llvmlite)")
     parser.add_argument("--isa", choices=("native", "avx2", "avx512", "neon"), default=None,
                         help="instruction set of the llvmlite kernels (CONVARITH_VECTOR_ISA)")
+    parser.add_argument("--weights", choices=("prepacked", "in-place"), default=None,
+                        help="networks suite: convarith's forward kernels as a model's fixed "
+                             "weights, packed once (prepacked, the default: "
+                             "convarith.engine.prepack, as onnxruntime's session packs its "
+                             "own) or writeable arrays read at every call (in-place)")
     args = parser.parse_args(argv)
+    if args.weights is not None:
+        from .bench_networks import WEIGHTS_VARIABLE
+
+        os.environ[WEIGHTS_VARIABLE] = args.weights
     if args.jit is not None or args.isa is not None:
         from .bench_networks import set_mode
 
@@ -688,6 +697,10 @@ def _main_networks(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
     from . import bench_networks as nets
 
+    try:
+        nets.weights_mode()
+    except ValueError as error:
+        parser.error(str(error))
     names = [n.strip() for n in (args.networks or ",".join(nets.NETWORKS)).split(",")
              if n.strip()]
     unknown = [n for n in names if n not in nets.NETWORKS]

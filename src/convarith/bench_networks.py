@@ -356,6 +356,26 @@ def set_mode(jit: str = "on", isa: str | None = None) -> None:
     clear_caches()
 
 
+#: How convarith gets a forward layer's kernel: ``prepacked`` (a model's fixed weights,
+#: :func:`convarith.engine.prepack`, the default) or ``in-place`` (a writeable array read
+#: afresh at every call). Children of the benchmark inherit it.
+WEIGHTS_VARIABLE = "CONVARITH_BENCH_WEIGHTS"
+WEIGHTS_MODES = ("prepacked", "in-place")
+
+
+def weights_mode() -> str:
+    """The weights mode of this process (:data:`WEIGHTS_VARIABLE`, default ``prepacked``).
+
+    >>> weights_mode() in WEIGHTS_MODES
+    True
+    """
+    mode = os.environ.get(WEIGHTS_VARIABLE, "") or "prepacked"
+    if mode not in WEIGHTS_MODES:
+        raise ValueError(f"{WEIGHTS_VARIABLE}={mode!r} is not a weights mode: use one of "
+                         f"{', '.join(WEIGHTS_MODES)}")
+    return mode
+
+
 def mode_description() -> str:
     """Which compiled kernels the engine runs now, in words (for a benchmark's header).
 
@@ -374,7 +394,8 @@ def mode_description() -> str:
         kernels = "no llvmlite kernels (CONVARITH_JIT=0, no llvmlite or no AVX2/NEON)"
     has_numba = sys.modules.get("numba", 0) is not None and (
         "numba" in sys.modules or importlib.util.find_spec("numba") is not None)
-    return f"{kernels}; numba loops {'on' if has_numba else 'off'}"
+    return (f"{kernels}; numba loops {'on' if has_numba else 'off'}; "
+            f"weights {weights_mode()}")
 
 
 # --------------------------------------------------------------------------- runners
@@ -604,7 +625,7 @@ def _runner(runtime: str, layer: NetLayer, batch: int, x: np.ndarray,
         spec = layer.spec()
         if d_out is not None:
             return lambda: tuple(conv_vjp(x, kernel, spec, d_out)[:2])
-        if kernel is not None:
+        if kernel is not None and weights_mode() == "prepacked":
             from .engine import prepack
 
             # a model's weights, fixed while it runs: packed once where the engine packs
