@@ -161,7 +161,7 @@ def breakdown(args: argparse.Namespace) -> None:
             (layers.Dense, "backward", "dense backward"),
             (layers.Flatten, "forward", "flatten"),
             (layers.Flatten, "backward", "flatten"),
-            (optimizers.Optimizer, "apply", "optimizer"),
+            (optimizers.Optimizer, "apply_if_finite", "optimizer"),
             (losses.CompiledLoss, "values", "loss"),
             (losses.CompiledLoss, "gradients", "loss gradient"),
             (models.Sequential, "_batch_logs", "metrics"),

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from ..engine.state import cached_once
+
 __all__ = ["Optimizer", "SGD", "Adam", "RMSprop", "get"]
 
 
@@ -59,6 +61,36 @@ def flat_groups(variables: Sequence[np.ndarray]) -> list[Layout]:
     return [(dtype, tuple(members)) for dtype, members in groups.items()]
 
 
+def _all_finite(values: np.ndarray) -> bool:
+    """Whether no value is NaN or infinite."""
+    return bool(np.isfinite(values).all())
+
+
+@cached_once
+def _compiled_adam() -> Callable[..., None] | None:
+    """``adam(variable, gradient, m, v, new_m, new_v, alpha, one_minus_beta_1,
+    one_minus_beta_2, epsilon)``, Adam's step over flat arrays in one pass compiled by
+    numba (the NumPy operations of :meth:`Adam._update_into`, in their order, value by
+    value; ``new_m`` may be ``m``), or ``None`` without numba."""
+    try:
+        import numba
+    except ImportError:
+        return None
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False)
+    def adam(variable, gradient, m, v, new_m, new_v, alpha, one_minus_beta_1,
+             one_minus_beta_2, epsilon):
+        for i in range(variable.size):
+            g = gradient[i]
+            m_i = m[i] + (g - m[i]) * one_minus_beta_1
+            v_i = v[i] + (g * g - v[i]) * one_minus_beta_2
+            variable[i] -= (m_i * alpha) / (np.sqrt(v_i) + epsilon)
+            new_m[i] = m_i
+            new_v[i] = v_i
+
+    return adam
+
+
 class Optimizer:
     """Base class. Subclasses define ``update(key, variable, gradient)``, elementwise,
     on one flat group of variables (``key`` names its state slot)."""
@@ -72,10 +104,63 @@ class Optimizer:
 
     def apply(self, variables: list[np.ndarray], gradients: list[np.ndarray]) -> None:
         """One step: update every variable in place from its gradient."""
+        groups = self._gather(variables, gradients)
+        for key, _, flat, flat_gradient in groups:
+            self.update(key, flat, flat_gradient)
+        self._scatter(groups)
+
+    def apply_if_finite(self, variables: list[np.ndarray], gradients: list[np.ndarray]
+                        ) -> str | None:
+        """One step, taken only if every gradient and every updated value is finite.
+
+        Returns ``None`` after the step. Otherwise nothing changes (variables, state
+        slots, ``iterations``) and it returns ``"gradient"`` (a gradient holds NaN or
+        inf) or ``"update"`` (the step would make a variable NaN or infinite): a
+        training step's guard, without copying the weights and slots every step.
+
+        >>> w = np.array([1.0], np.float32)
+        >>> Adam().apply_if_finite([w], [np.array([np.nan], np.float32)]), w
+        ('gradient', array([1.], dtype=float32))
+        >>> SGD(1e38).apply_if_finite([w], [np.array([1e38], np.float32)]), w
+        ('update', array([1.], dtype=float32))
+        """
+        groups = self._gather(variables, gradients)
+        if not all(_all_finite(flat_gradient) for *_, flat_gradient in groups):
+            return "gradient"
+        staged = [self.stage(key, flat, flat_gradient) for key, _, flat, flat_gradient in groups]
+        if all(commit is not None for commit in staged):
+            # each update wrote its new slots aside: commit them only if all are finite
+            if not all(_all_finite(flat) for _, _, flat, _ in groups):
+                return "update"
+            for commit in staged:
+                assert commit is not None
+                commit()
+        else:
+            saved = self.snapshot()
+            for key, _, flat, flat_gradient in groups:
+                self.update(key, flat, flat_gradient)
+            if not all(_all_finite(flat) for _, _, flat, _ in groups):
+                self.restore(saved)
+                return "update"
+        self._scatter(groups)
+        return None
+
+    def stage(self, key: Layout, variable: np.ndarray, gradient: np.ndarray
+              ) -> Callable[[], None] | None:
+        """``update(key, variable, gradient)`` with the new state slots written aside, and
+        the function that makes them the state; ``None`` (the default) where an
+        optimizer cannot (``apply_if_finite`` then snapshots its state instead)."""
+        return None
+
+    def _gather(self, variables: list[np.ndarray], gradients: list[np.ndarray]
+                ) -> list[tuple[Layout, list[np.ndarray], np.ndarray, np.ndarray]]:
+        """Per dtype group: its key, its variables, and their values and gradients laid
+        end to end (the flat buffers, rewritten)."""
         if len(variables) != len(gradients):
             raise ValueError(
                 f"got {len(gradients)} gradients for {len(variables)} variables"
             )
+        groups = []
         for key in flat_groups(variables):
             members = [variables[position] for position, _ in key[1]]
             flat, flat_gradient = self._flat_buffers(key, members[0].dtype,
@@ -83,7 +168,13 @@ class Optimizer:
             np.concatenate([v.reshape(-1) for v in members], out=flat)
             np.concatenate([gradients[position].reshape(-1) for position, _ in key[1]],
                            out=flat_gradient, casting="same_kind")
-            self.update(key, flat, flat_gradient)
+            groups.append((key, members, flat, flat_gradient))
+        return groups
+
+    def _scatter(self, groups: list[tuple[Layout, list[np.ndarray], np.ndarray, np.ndarray]]
+                 ) -> None:
+        """The updated flat values written back into the variables; one more step taken."""
+        for _, members, flat, _ in groups:
             start = 0
             for variable in members:
                 variable[...] = flat[start:start + variable.size].reshape(variable.shape)
@@ -162,28 +253,65 @@ class Adam(Optimizer):
         self.beta_2 = _rate("beta_2", beta_2, 0.0, 1.0)
         self.epsilon = _rate("epsilon", epsilon)
 
-    def update(self, key: Layout, variable: np.ndarray, gradient: np.ndarray) -> None:
-        dtype = variable.dtype.type
+    def _constants(self, dtype: Any) -> tuple[Any, Any, Any, Any]:
+        """``(alpha, 1 - beta_1, 1 - beta_2, epsilon)`` of this step in ``dtype``: Keras
+        takes ``1 - beta`` in Python floats, then casts (float32(1 - 0.999) is 1.3e-5
+        away from 1 - float32(0.999), enough to steer Adam elsewhere)."""
         step = dtype(self.iterations + 1)
         beta_1, beta_2 = dtype(self.beta_1), dtype(self.beta_2)
         alpha = dtype(self.learning_rate) * np.sqrt(1 - beta_2**step) / (1 - beta_1**step)
+        return alpha, dtype(1 - self.beta_1), dtype(1 - self.beta_2), dtype(self.epsilon)
+
+    def _slots(self, key: Layout, variable: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         slot = self.state.setdefault(
             key, {"m": np.zeros_like(variable), "v": np.zeros_like(variable)}
         )
-        m, v = slot["m"], slot["v"]
-        # Keras takes 1 - beta in Python floats, then casts: float32(1 - 0.999) is
-        # 1.3e-5 away from 1 - float32(0.999), enough to steer Adam elsewhere
-        scratch, denominator = self._scratch(key)
+        return slot["m"], slot["v"]
+
+    def update(self, key: Layout, variable: np.ndarray, gradient: np.ndarray) -> None:
+        m, v = self._slots(key, variable)
+        self._update_into(key, variable, gradient, m, v)
+
+    def stage(self, key: Layout, variable: np.ndarray, gradient: np.ndarray
+              ) -> Callable[[], None]:
+        m, v = self._slots(key, variable)
+        new_m, new_v = self._scratch(key)
+        self._update_into(key, variable, gradient, m, v, new_m, new_v)
+
+        def commit() -> None:  # the slots and the scratch arrays trade places
+            self.state[key] = {"m": new_m, "v": new_v}
+            self._buffers[key]["scratch"], self._buffers[key]["other"] = m, v
+
+        return commit
+
+    def _update_into(self, key: Layout, variable: np.ndarray, gradient: np.ndarray,
+                     m: np.ndarray, v: np.ndarray, new_m: np.ndarray | None = None,
+                     new_v: np.ndarray | None = None) -> None:
+        """``variable`` updated in place; the new ``m`` and ``v`` written into ``new_m`` and
+        ``new_v`` (default: over ``m`` and ``v``). One compiled pass where numba is
+        installed, else NumPy's operations: the same float operations in the same order."""
+        alpha, one_minus_beta_1, one_minus_beta_2, epsilon = self._constants(variable.dtype.type)
+        kernel = _compiled_adam()
+        if kernel is not None:
+            kernel(variable, gradient, m, v, m if new_m is None else new_m,
+                   v if new_v is None else new_v, alpha, one_minus_beta_1, one_minus_beta_2,
+                   epsilon)
+            return
+        if new_m is None or new_v is None:
+            new_m, new_v = m, v
+            scratch, denominator = self._scratch(key)
+        else:  # the new slots are the scratch arrays: two temporaries instead
+            scratch, denominator = np.empty_like(variable), np.empty_like(variable)
         np.subtract(gradient, m, out=scratch)
-        scratch *= dtype(1 - self.beta_1)
-        m += scratch
+        scratch *= one_minus_beta_1
+        np.add(m, scratch, out=new_m)
         np.multiply(gradient, gradient, out=scratch)
         scratch -= v
-        scratch *= dtype(1 - self.beta_2)
-        v += scratch
-        np.sqrt(v, out=denominator)
-        denominator += dtype(self.epsilon)
-        np.multiply(m, alpha, out=scratch)
+        scratch *= one_minus_beta_2
+        np.add(v, scratch, out=new_v)
+        np.sqrt(new_v, out=denominator)
+        denominator += epsilon
+        np.multiply(new_m, alpha, out=scratch)
         scratch /= denominator
         variable -= scratch
 
