@@ -216,27 +216,6 @@ def test_apply_if_finite_is_apply_or_changes_nothing(name: str) -> None:
                                               err_msg=f"seed {SEED}, {name}, {slot_name}")
 
 
-def test_compiled_adam_is_numpys_adam(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Adam's one compiled pass gives NumPy's operations' values bit for bit (float32
-    and float64, gradients from 1e-6 to 1e3)."""
-    pytest.importorskip("numba")
-    rng = np.random.default_rng(SEED)
-    for dtype in (np.float32, np.float64):
-        shapes = [(3, 3, 4, 5), (7,), (100, 10)]
-        compiled = [rng.standard_normal(s).astype(dtype) for s in shapes]
-        plain = [v.copy() for v in compiled]
-        ours, numpys = nn.Adam(0.01), nn.Adam(0.01)
-        for step in range(5):
-            gradients = [(rng.standard_normal(s) * 10 ** rng.uniform(-6, 3)).astype(dtype)
-                         for s in shapes]
-            ours.apply(compiled, gradients)
-            with monkeypatch.context() as patch:
-                patch.setattr(optimizers, "_compiled_adam", lambda: None)
-                numpys.apply(plain, gradients)
-            for a, b in zip(compiled, plain):
-                np.testing.assert_array_equal(a, b, err_msg=f"seed {SEED}, {dtype}, {step}")
-
-
 def test_a_constrained_model_that_overflows_stops_with_its_weights() -> None:
     rng = np.random.default_rng(SEED)
     x = rng.random((16, 6)).astype(np.float32)

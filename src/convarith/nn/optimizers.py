@@ -23,8 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.state import cached_once
-
 __all__ = ["Optimizer", "SGD", "Adam", "RMSprop", "get"]
 
 
@@ -64,31 +62,6 @@ def flat_groups(variables: Sequence[np.ndarray]) -> list[Layout]:
 def _all_finite(values: np.ndarray) -> bool:
     """Whether no value is NaN or infinite."""
     return bool(np.isfinite(values).all())
-
-
-@cached_once
-def _compiled_adam() -> Callable[..., None] | None:
-    """``adam(variable, gradient, m, v, new_m, new_v, alpha, one_minus_beta_1,
-    one_minus_beta_2, epsilon)``, Adam's step over flat arrays in one pass compiled by
-    numba (the NumPy operations of :meth:`Adam._update_into`, in their order, value by
-    value; ``new_m`` may be ``m``), or ``None`` without numba."""
-    try:
-        import numba
-    except ImportError:
-        return None
-
-    @numba.njit(nogil=True, cache=True, boundscheck=False)
-    def adam(variable, gradient, m, v, new_m, new_v, alpha, one_minus_beta_1,
-             one_minus_beta_2, epsilon):
-        for i in range(variable.size):
-            g = gradient[i]
-            m_i = m[i] + (g - m[i]) * one_minus_beta_1
-            v_i = v[i] + (g * g - v[i]) * one_minus_beta_2
-            variable[i] -= (m_i * alpha) / (np.sqrt(v_i) + epsilon)
-            new_m[i] = m_i
-            new_v[i] = v_i
-
-    return adam
 
 
 class Optimizer:
@@ -270,38 +243,30 @@ class Adam(Optimizer):
 
     def update(self, key: Layout, variable: np.ndarray, gradient: np.ndarray) -> None:
         m, v = self._slots(key, variable)
-        self._update_into(key, variable, gradient, m, v)
+        self._update_into(key, variable, gradient, m, v, m, v)
 
     def stage(self, key: Layout, variable: np.ndarray, gradient: np.ndarray
               ) -> Callable[[], None]:
         m, v = self._slots(key, variable)
-        new_m, new_v = self._scratch(key)
+        aside = self._buffers[key]
+        if "new_m" not in aside:
+            aside["new_m"], aside["new_v"] = np.empty_like(m), np.empty_like(v)
+        new_m, new_v = aside["new_m"], aside["new_v"]
         self._update_into(key, variable, gradient, m, v, new_m, new_v)
 
-        def commit() -> None:  # the slots and the scratch arrays trade places
+        def commit() -> None:  # the slots and the arrays aside trade places
             self.state[key] = {"m": new_m, "v": new_v}
-            self._buffers[key]["scratch"], self._buffers[key]["other"] = m, v
+            aside["new_m"], aside["new_v"] = m, v
 
         return commit
 
     def _update_into(self, key: Layout, variable: np.ndarray, gradient: np.ndarray,
-                     m: np.ndarray, v: np.ndarray, new_m: np.ndarray | None = None,
-                     new_v: np.ndarray | None = None) -> None:
+                     m: np.ndarray, v: np.ndarray, new_m: np.ndarray, new_v: np.ndarray
+                     ) -> None:
         """``variable`` updated in place; the new ``m`` and ``v`` written into ``new_m`` and
-        ``new_v`` (default: over ``m`` and ``v``). One compiled pass where numba is
-        installed, else NumPy's operations: the same float operations in the same order."""
+        ``new_v`` (which may be ``m`` and ``v``)."""
         alpha, one_minus_beta_1, one_minus_beta_2, epsilon = self._constants(variable.dtype.type)
-        kernel = _compiled_adam()
-        if kernel is not None:
-            kernel(variable, gradient, m, v, m if new_m is None else new_m,
-                   v if new_v is None else new_v, alpha, one_minus_beta_1, one_minus_beta_2,
-                   epsilon)
-            return
-        if new_m is None or new_v is None:
-            new_m, new_v = m, v
-            scratch, denominator = self._scratch(key)
-        else:  # the new slots are the scratch arrays: two temporaries instead
-            scratch, denominator = np.empty_like(variable), np.empty_like(variable)
+        scratch, denominator = self._scratch(key)
         np.subtract(gradient, m, out=scratch)
         scratch *= one_minus_beta_1
         np.add(m, scratch, out=new_m)
