@@ -89,7 +89,9 @@ class Optimizer:
         Returns ``None`` after the step. Otherwise nothing changes (variables, state
         slots, ``iterations``) and it returns ``"gradient"`` (a gradient holds NaN or
         inf) or ``"update"`` (the step would make a variable NaN or infinite): a
-        training step's guard, without copying the weights and slots every step.
+        training step's guard, without copying the weights and slots every step. The
+        updated values are checked, once: a NaN or inf gradient makes its variable's
+        update NaN or inf under every rule here (only then are the gradients read).
 
         >>> w = np.array([1.0], np.float32)
         >>> Adam().apply_if_finite([w], [np.array([np.nan], np.float32)]), w
@@ -98,23 +100,21 @@ class Optimizer:
         ('update', array([1.], dtype=float32))
         """
         groups = self._gather(variables, gradients)
-        if not all(_all_finite(flat_gradient) for *_, flat_gradient in groups):
-            return "gradient"
         staged = [self.stage(key, flat, flat_gradient) for key, _, flat, flat_gradient in groups]
-        if all(commit is not None for commit in staged):
-            # each update wrote its new slots aside: commit them only if all are finite
-            if not all(_all_finite(flat) for _, _, flat, _ in groups):
-                return "update"
+        saved = None if all(commit is not None for commit in staged) else self.snapshot()
+        if saved is not None:
+            for key, _, flat, flat_gradient in groups:
+                self.update(key, flat, flat_gradient)
+        if not all(_all_finite(flat) for _, _, flat, _ in groups):
+            # the new slots were written aside (or are restored): nothing changed
+            if saved is not None:
+                self.restore(saved)
+            finite = all(_all_finite(gradient) for *_, gradient in groups)
+            return "update" if finite else "gradient"
+        if saved is None:
             for commit in staged:
                 assert commit is not None
                 commit()
-        else:
-            saved = self.snapshot()
-            for key, _, flat, flat_gradient in groups:
-                self.update(key, flat, flat_gradient)
-            if not all(_all_finite(flat) for _, _, flat, _ in groups):
-                self.restore(saved)
-                return "update"
         self._scatter(groups)
         return None
 
