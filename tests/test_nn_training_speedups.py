@@ -232,3 +232,30 @@ def test_a_constrained_model_that_overflows_stops_with_its_weights() -> None:
     for a, b in zip(model.get_weights(), before):
         np.testing.assert_array_equal(a, b, err_msg=f"seed {SEED}")
     assert model.optimizer.iterations == 1
+
+
+def test_a_nan_gradient_is_named_and_changes_nothing() -> None:
+    rng = np.random.default_rng(SEED)
+    x = rng.random((16, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 16)
+    model = nn.Sequential([nn.Input(shape=(6,)), nn.Dense(4, name="first"),
+                           nn.BatchNormalization(name="norm"),
+                           nn.Dense(3, activation="softmax", name="last")], seed=SEED)
+    model.compile(nn.Adam(0.01), "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    before = model.get_weights()
+    last = model.get_layer("last")
+    backward = last.backward
+
+    def poisoned(d_out: np.ndarray) -> np.ndarray:
+        d_x = backward(d_out)
+        last.grads["kernel"][1, 2] = np.nan
+        return d_x
+
+    last.backward = poisoned  # type: ignore[method-assign]
+    history = model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    assert history.stopped is not None and "gradient of last.kernel" in history.stopped
+    # the batch normalization's moving statistics (updated by forward) are restored too
+    for a, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(a, b, err_msg=f"seed {SEED}")
+    assert model.optimizer is not None and model.optimizer.iterations == 1
