@@ -1,11 +1,14 @@
-"""Train the `convarith train` model with convarith, Keras 3 (JAX backend) and PyTorch; compare.
+"""Train a CNN (`convarith train`'s, or another) with convarith, Keras 3 (JAX) and PyTorch; compare.
 
 Same data split, same architecture, same initial weights (copied from the
 convarith model), same optimizer (Adam), learning rate, batch size and
 epochs. Prints test accuracy, training wall time and process CPU time of
 each, one after the other in one process (PyTorch is skipped when not
-installed, or for "same" padding with strides, which it does not have;
-it runs on as many threads as the machine has cores, like the others).
+installed; its convolutions pad by convarith's per-side padding, so Keras's
+"same" with strides is reproduced; it runs on as many threads as the machine
+has cores, like the others). ``--model`` picks the network: ``lesson``
+(`convarith train`'s), ``deep`` (four convolutions, two of stride 2) or
+``conv1d`` (1-D convolutions over the images' rows).
 
 Each run is also timed epoch by epoch: the first epoch includes Keras's
 compilation, the later ones ("steady epoch", their median) are the cost of
@@ -13,9 +16,9 @@ training itself. On a busy machine wall times swing; process CPU time (all
 threads) is steadier, and the ratios of one run are what to compare.
 
 Usage:
-    KERAS_BACKEND=jax python scripts/compare_train_keras.py [--epochs 8] [--padding same]
-        [--strides 1] [--dilation 1] [--repeats 1] [--profile FILE] [--one-thread]
-        [--breakdown]
+    KERAS_BACKEND=jax python scripts/compare_train_keras.py [--model lesson|deep|conv1d]
+        [--epochs 8] [--batch-size 32] [--padding same] [--strides 1] [--dilation 1]
+        [--repeats 1] [--profile FILE] [--one-thread] [--breakdown]
 
 ``--profile FILE`` writes convarith's steady epochs (all but the first) as a
 cProfile file (``python -m pstats FILE``); with ``--one-thread`` its clock is the
@@ -44,20 +47,65 @@ import functools
 import os
 import statistics
 import time
+from typing import Any
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 from convarith import engine, nn  # noqa: E402
 from convarith.commands.train import DEFAULTS, build_model, load_digits_images  # noqa: E402
 
+#: the models to compare (``--model``): each convolution as ``(rank, filters, kernel, strides,
+#: padding, dilation)``, all with relu, then Flatten and Dense(10, softmax); ``None`` entries
+#: take ``--filters``, ``--padding``, ``--strides`` and ``--dilation``. "lesson" is
+#: ``convarith train``'s model; "deep" a deeper CNN that halves the image twice with
+#: stride-2 "same" convolutions; "conv1d" reads each image as ``size`` steps of ``size``
+#: features.
+MODELS: dict[str, list[tuple[int, int | None, int, int | None, str | None, int | None]]] = {
+    "lesson": [(2, None, 3, None, None, None), (2, None, 3, None, None, None)],
+    "deep": [(2, 32, 3, 1, "same", 1), (2, 32, 3, 2, "same", 1), (2, 64, 3, 1, "same", 1),
+             (2, 64, 3, 2, "same", 1)],
+    "conv1d": [(1, 32, 5, 1, "same", 1), (1, 32, 3, 2, "same", 1), (1, 64, 3, 1, "valid", 1)],
+}
 
-def keras_model(keras, size, padding, strides, dilation, filters):
+
+def conv_settings(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The model's convolutions, each as the keyword arguments of a Keras ConvND layer
+    (with ``rank``)."""
+    return [{"rank": rank, "filters": args.filters if filters is None else filters,
+             "kernel_size": kernel, "strides": args.strides if strides is None else strides,
+             "padding": args.padding if padding is None else padding,
+             "dilation_rate": args.dilation if dilation is None else dilation}
+            for rank, filters, kernel, strides, padding, dilation in MODELS[args.model]]
+
+
+def input_shape(args: argparse.Namespace) -> tuple[int, ...]:
+    return (args.size, args.size) if MODELS[args.model][0][0] == 1 else (args.size, args.size, 1)
+
+
+def load_data(args: argparse.Namespace) -> tuple[Any, ...]:
+    """The digits split, shaped for the model (no channel axis for 1-D convolutions)."""
+    x_train, x_test, y_train, y_test = load_digits_images(args.size, args.seed)
+    shape = input_shape(args)
+    return (x_train.reshape(-1, *shape), x_test.reshape(-1, *shape), y_train, y_test)
+
+
+def build_ours(args: argparse.Namespace) -> Any:
+    if args.model == "lesson":
+        return build_model(args.size, args.padding, args.strides, args.dilation, args.filters,
+                           args.seed)
+    convs = [(nn.Conv1D if c["rank"] == 1 else nn.Conv2D)(
+        **{k: v for k, v in c.items() if k != "rank"}, activation="relu")
+        for c in conv_settings(args)]
+    return nn.Sequential([nn.Input(shape=input_shape(args)), *convs, nn.Flatten(),
+                          nn.Dense(10, activation="softmax")], name=args.model, seed=args.seed)
+
+
+def keras_model(keras: Any, args: argparse.Namespace) -> Any:
+    layer = {1: keras.layers.Conv1D, 2: keras.layers.Conv2D}
     return keras.Sequential([
-        keras.Input(shape=(size, size, 1)),
-        keras.layers.Conv2D(filters, 3, padding=padding, strides=strides, dilation_rate=dilation,
-                            activation="relu"),
-        keras.layers.Conv2D(filters, 3, padding=padding, strides=strides, dilation_rate=dilation,
-                            activation="relu"),
+        keras.Input(shape=input_shape(args)),
+        *[layer[c["rank"]](**{k: v for k, v in c.items() if k != "rank"}, activation="relu")
+          for c in conv_settings(args)],
         keras.layers.Flatten(),
         keras.layers.Dense(10, activation="softmax"),
     ])
@@ -142,9 +190,8 @@ def breakdown(args: argparse.Namespace) -> None:
     from convarith.engine import core
     from convarith.nn import layers, losses, models, optimizers
 
-    x_train, _, y_train, _ = load_digits_images(args.size, args.seed)
-    model = build_model(args.size, args.padding, args.strides, args.dilation, args.filters,
-                        args.seed)
+    x_train, _, y_train, _ = load_data(args)
+    model = build_ours(args)
     model.compile(nn.Adam(args.learning_rate), "sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     clock = PhaseClock()
@@ -161,7 +208,7 @@ def breakdown(args: argparse.Namespace) -> None:
             (layers.Dense, "backward", "dense backward"),
             (layers.Flatten, "forward", "flatten"),
             (layers.Flatten, "backward", "flatten"),
-            (optimizers.Optimizer, "apply", "optimizer"),
+            (optimizers.Optimizer, "apply_if_finite", "optimizer"),
             (losses.CompiledLoss, "values", "loss"),
             (losses.CompiledLoss, "gradients", "loss gradient"),
             (models.Sequential, "_batch_logs", "metrics"),
@@ -189,37 +236,50 @@ def breakdown(args: argparse.Namespace) -> None:
           f"{rest / total:6.1%}")
 
 
-def torch_fit(initial, data, args, clock):
+def torch_fit(initial, data, args, clock, ours=None):
     """PyTorch's version of the model from the same initial weights; ``(accuracy, wall, cpu)``
-    or ``None`` when PyTorch is missing or cannot express the padding."""
+    or ``None`` when PyTorch is missing. Each convolution pads its input by the per-side
+    padding of convarith's resolved spec (``F.pad``), so Keras's "same" with strides (one
+    more cell at the end) is PyTorch's too."""
     try:
         import torch
     except ImportError:
         return None
-    if args.padding == "same" and args.strides != 1:
-        return None
     x_train, x_test, y_train, y_test = data
-    k1, b1, k2, b2, w, b = (torch.from_numpy(a.copy()) for a in initial)
-    pad = args.padding
-    conv1 = torch.nn.Conv2d(1, args.filters, 3, stride=args.strides, padding=pad,
-                            dilation=args.dilation)
-    conv2 = torch.nn.Conv2d(args.filters, args.filters, 3, stride=args.strides, padding=pad,
-                            dilation=args.dilation)
+    ours = ours if ours is not None else build_ours(args)
+    weights = [torch.from_numpy(a.copy()) for a in initial]
+    convs, pads = [], []
+    for index, c in enumerate(conv_settings(args)):
+        rank = c["rank"]
+        kernel, bias = weights[2 * index], weights[2 * index + 1]
+        conv = (torch.nn.Conv1d if rank == 1 else torch.nn.Conv2d)(
+            kernel.shape[-2], c["filters"], c["kernel_size"], stride=c["strides"], padding=0,
+            dilation=c["dilation_rate"])
+        with torch.no_grad():
+            conv.weight.copy_(kernel.permute(rank + 1, rank, *range(rank)))
+            conv.bias.copy_(bias)
+        convs.append(conv)
+        # F.pad lists the last axis first
+        pads.append(tuple(p for lo_hi in reversed(ours.layers[index].resolved().padding)
+                          for p in lo_hi))
+    w, b = weights[-2], weights[-1]
     dense = torch.nn.Linear(w.shape[0], w.shape[1])
     with torch.no_grad():
-        for layer, kernel, bias in ((conv1, k1, b1), (conv2, k2, b2)):
-            layer.weight.copy_(kernel.permute(3, 2, 0, 1))
-            layer.bias.copy_(bias)
         dense.weight.copy_(w.T)
         dense.bias.copy_(b)
+    rank = conv_settings(args)[0]["rank"]
+    channels_last = (0, *range(2, rank + 2), 1)
 
     def forward(x):
-        h = torch.relu(conv2(torch.relu(conv1(x))))
-        return dense(h.permute(0, 2, 3, 1).flatten(1))  # Keras flattens channels-last
+        for conv, pad in zip(convs, pads):
+            x = torch.relu(conv(torch.nn.functional.pad(x, pad) if any(pad) else x))
+        return dense(x.permute(*channels_last).flatten(1))  # Keras flattens channels-last
 
-    params = [*conv1.parameters(), *conv2.parameters(), *dense.parameters()]
+    params = [p for conv in convs for p in conv.parameters()] + [*dense.parameters()]
     optimizer = torch.optim.Adam(params, lr=args.learning_rate)
-    xt = torch.from_numpy(x_train.astype("float32")).permute(0, 3, 1, 2).contiguous()
+    channels_first = (0, rank + 1, *range(1, rank + 1))
+    xt = torch.from_numpy(x_train.astype("float32")).reshape(
+        -1, *input_shape(args)).permute(*channels_first).contiguous()
     yt = torch.from_numpy(y_train.astype("int64"))
     generator = torch.Generator().manual_seed(args.seed)
     torch.set_num_threads(1 if args.one_thread else os.cpu_count() or 1)
@@ -236,7 +296,8 @@ def torch_fit(initial, data, args, clock):
         clock.mark()
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     with torch.no_grad():
-        xe = torch.from_numpy(x_test.astype("float32")).permute(0, 3, 1, 2).contiguous()
+        xe = torch.from_numpy(x_test.astype("float32")).reshape(
+            -1, *input_shape(args)).permute(*channels_first).contiguous()
         accuracy = float((forward(xe).argmax(1).numpy() == y_test).mean())
     return accuracy, wall, cpu
 
@@ -247,6 +308,11 @@ def main() -> None:
                  "learning_rate", "seed"):
         default = DEFAULTS[name]
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+    parser.add_argument("--model", choices=sorted(MODELS), default="lesson",
+                        help="lesson: convarith train's model (with --padding, --strides, "
+                        "--dilation, --filters); deep: four 3x3 'same' convolutions, two of "
+                        "stride 2 (32, 32, 64, 64 filters); conv1d: three 1-D convolutions over "
+                        "the image's rows (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=1, help="train each this many times")
     parser.add_argument("--profile", default=None, help="cProfile convarith's steady epochs into FILE")
     parser.add_argument("--convarith-threads", type=int, default=None,
@@ -271,7 +337,7 @@ def main() -> None:
 
     import keras
 
-    data = load_digits_images(args.size, args.seed)
+    data = load_data(args)
     x_train, x_test, y_train, y_test = data
     results: dict[str, list[tuple[float, float, float]]] = {"convarith": [], "keras (jax)": [],
                                                             "pytorch": []}
@@ -280,8 +346,7 @@ def main() -> None:
         results[limited] = []
     clocks: dict[str, list[EpochClock]] = {name: [] for name in results}
     for _ in range(args.repeats):
-        ours = build_model(args.size, args.padding, args.strides, args.dilation, args.filters,
-                           args.seed)
+        ours = build_ours(args)
         initial = ours.get_weights()
         ours.compile(nn.Adam(args.learning_rate), "sparse_categorical_crossentropy",
                      metrics=["accuracy"])
@@ -301,8 +366,7 @@ def main() -> None:
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         results["convarith"].append((ours.evaluate(x_test, y_test)[1], seconds, cpu))
         if args.convarith_threads is not None:
-            again = build_model(args.size, args.padding, args.strides, args.dilation,
-                                args.filters, args.seed)
+            again = build_ours(args)
             again.compile(nn.Adam(args.learning_rate), "sparse_categorical_crossentropy",
                           metrics=["accuracy"])
             clock = EpochClock()
@@ -315,8 +379,7 @@ def main() -> None:
             seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
             results[limited].append((again.evaluate(x_test, y_test)[1], seconds, cpu))
 
-        theirs = keras_model(keras, args.size, args.padding, args.strides, args.dilation,
-                             args.filters)
+        theirs = keras_model(keras, args)
         theirs.set_weights(initial)
         theirs.compile(keras.optimizers.Adam(args.learning_rate),
                        loss="sparse_categorical_crossentropy", metrics=["accuracy"])
@@ -330,12 +393,13 @@ def main() -> None:
         accuracy = theirs.evaluate(x_test, y_test, verbose=0)[1]
         results["keras (jax)"].append((float(accuracy), seconds, cpu))
         clock = EpochClock()
-        torch_run = torch_fit(initial, data, args, clock)
+        torch_run = torch_fit(initial, data, args, clock, ours)
         if torch_run is not None:
             results["pytorch"].append(torch_run)
             clocks["pytorch"].append(clock)
 
-    print(f"digits {args.size}x{args.size}: {len(x_train)} train / {len(x_test)} test; "
+    print(f"model {args.model}: digits {args.size}x{args.size}: {len(x_train)} train / "
+          f"{len(x_test)} test; "
           f"padding={args.padding} strides={args.strides} dilation={args.dilation} "
           f"filters={args.filters} epochs={args.epochs} batch={args.batch_size} "
           f"Adam lr={args.learning_rate}; cores={os.cpu_count()}"

@@ -181,3 +181,81 @@ def test_input_gradient_without_the_padding_cells_matches_pytorch() -> None:
                                    atol=1e-10, err_msg=f"seed {SEED} trial {trial}: {spec}")
         checked += 1
     assert checked >= trials // 2
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_apply_if_finite_is_apply_or_changes_nothing(name: str) -> None:
+    """The guarded step equals ``apply`` bit for bit; a non-finite gradient or update
+    leaves the variables, the state slots and ``iterations`` as they were."""
+    rng = np.random.default_rng(SEED)
+    shapes, dtypes = [(3, 2, 4), (4,), (5, 3)], [np.float32, np.float32, np.float64]
+    guarded = [rng.standard_normal(s).astype(d) for s, d in zip(shapes, dtypes)]
+    plain = [v.copy() for v in guarded]
+    first, second = OPTIMIZERS[name](), OPTIMIZERS[name]()
+    for step in range(4):
+        gradients = [rng.standard_normal(s).astype(d) for s, d in zip(shapes, dtypes)]
+        assert first.apply_if_finite(guarded, gradients) is None
+        second.apply(plain, gradients)
+        for a, b in zip(guarded, plain):
+            np.testing.assert_array_equal(a, b, err_msg=f"seed {SEED}, {name}, step {step}")
+        kept, state = [v.copy() for v in guarded], first.snapshot()
+        bad = [g.copy() for g in gradients]
+        bad[step % 3].reshape(-1)[step] = [np.nan, np.inf, -np.inf, np.nan][step]
+        assert first.apply_if_finite(guarded, bad) == "gradient"
+        huge = [np.full(s, 3e38).astype(d) for s, d in zip(shapes, dtypes)]
+        huge[2] *= -1
+        first.learning_rate = 1e39  # inf in float32: every step overflows
+        assert first.apply_if_finite(guarded, huge) == "update"
+        first.learning_rate = OPTIMIZERS[name]().learning_rate
+        for a, b in zip(guarded, kept):
+            np.testing.assert_array_equal(a, b, err_msg=f"seed {SEED}, {name}, step {step}")
+        assert first.iterations == state[0] == step + 1
+        for key, slot in state[1].items():
+            for slot_name, value in slot.items():
+                np.testing.assert_array_equal(first.state[key][slot_name], value,
+                                              err_msg=f"seed {SEED}, {name}, {slot_name}")
+
+
+def test_a_constrained_model_that_overflows_stops_with_its_weights() -> None:
+    rng = np.random.default_rng(SEED)
+    x = rng.random((16, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 16)
+    model = nn.Sequential([nn.Input(shape=(6,)), nn.Dense(4, kernel_constraint="non_neg"),
+                           nn.Dense(3, activation="softmax")], seed=SEED)
+    model.compile(nn.SGD(0.01), "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    before = model.get_weights()
+    assert model.optimizer is not None
+    model.optimizer.learning_rate = 1e39  # inf in float32
+    history = model.fit(x, y, epochs=3, batch_size=16, shuffle=False, verbose=0)
+    assert history.stopped is not None and "epoch 1, batch 1" in history.stopped
+    for a, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(a, b, err_msg=f"seed {SEED}")
+    assert model.optimizer.iterations == 1
+
+
+def test_a_nan_gradient_is_named_and_changes_nothing() -> None:
+    rng = np.random.default_rng(SEED)
+    x = rng.random((16, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 16)
+    model = nn.Sequential([nn.Input(shape=(6,)), nn.Dense(4, name="first"),
+                           nn.BatchNormalization(name="norm"),
+                           nn.Dense(3, activation="softmax", name="last")], seed=SEED)
+    model.compile(nn.Adam(0.01), "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    before = model.get_weights()
+    last = model.get_layer("last")
+    backward = last.backward
+
+    def poisoned(d_out: np.ndarray) -> np.ndarray:
+        d_x = backward(d_out)
+        last.grads["kernel"][1, 2] = np.nan
+        return d_x
+
+    last.backward = poisoned  # type: ignore[method-assign]
+    history = model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    assert history.stopped is not None and "gradient of last.kernel" in history.stopped
+    # the batch normalization's moving statistics (updated by forward) are restored too
+    for a, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(a, b, err_msg=f"seed {SEED}")
+    assert model.optimizer is not None and model.optimizer.iterations == 1

@@ -514,15 +514,26 @@ class Sequential:
         return logs
 
     def _step(self, x: list[np.ndarray], y: list[np.ndarray | None]) -> dict[str, float]:
+        """One optimizer step; on a non-finite loss, gradient or update it raises
+        ``TrainingStopped`` with every weight and the optimizer as before the batch.
+
+        Only what the step may change before its checks is copied: the weights that
+        ``forward`` updates (a batch normalization's moving statistics, the non-trainable
+        ones) and the constrained ones; the optimizer checks its gradients and update
+        before writing them (:meth:`~convarith.nn.optimizers.Optimizer.apply_if_finite`).
+        """
         optimizer, compiled = self._require_compiled()
-        before = [layer.get_weights() for layer in self.layers]
+        constrained = any(constraint is not None for layer in self.layers
+                          for constraint in layer._constrained().values())
+        # a constraint applies after the optimizer's checks: then every weight is copied
+        before = self._weight_copies(every=constrained)
         y_pred = self._run_outputs(x, training=True, keep=True)
         output_losses = compiled.values(y, y_pred)
         # the loss Keras reports and minimises includes the regularization penalties
         value = compiled.total(output_losses) + self.activity_loss + sum(
             layer.regularization_loss() for layer in self.layers)
         if not math.isfinite(value):
-            self._restore(before)
+            self._restore_copies(before)
             raise TrainingStopped(
                 f"the loss is {value} on this batch; training stopped with the weights from "
                 "before it (try a smaller learning rate, or check the data for NaN/inf)"
@@ -532,29 +543,43 @@ class Sequential:
             layer.add_regularization_gradients()
         variables, owners = self._trainable()
         gradients = [layer.grads[name] for layer, name in owners]
-        for (layer, name), gradient in zip(owners, gradients):
-            if not np.all(np.isfinite(gradient)):
-                self._restore(before)
-                raise TrainingStopped(
-                    f"the gradient of {layer.name}.{name} is not finite; training stopped with "
-                    "the weights from before this batch"
-                )
-        snapshot = optimizer.snapshot()
-        optimizer.apply(variables, gradients)
-        for layer in self.layers:
-            layer.apply_constraints()
-        if not all(np.all(np.isfinite(v)) for v in variables):
-            self._restore(before)
-            optimizer.restore(snapshot)
+        snapshot = optimizer.snapshot() if constrained else None
+        failure = optimizer.apply_if_finite(variables, gradients)
+        if failure == "gradient":
+            self._restore_copies(before)
+            layer, name = next(owner for owner, gradient in zip(owners, gradients)
+                               if not np.all(np.isfinite(gradient)))
+            raise TrainingStopped(
+                f"the gradient of {layer.name}.{name} is not finite; training stopped with "
+                "the weights from before this batch"
+            )
+        if failure is None and constrained:
+            for layer in self.layers:
+                layer.apply_constraints()
+            if not all(np.all(np.isfinite(v)) for v in variables):
+                failure = "update"
+                assert snapshot is not None
+                optimizer.restore(snapshot)
+        if failure is not None:
+            self._restore_copies(before)
             raise TrainingStopped(
                 "the update made some weights infinite or NaN; training stopped with the "
                 "weights from before this batch (try a smaller learning rate)"
             )
         return self._batch_logs(value, output_losses, y, y_pred)
 
-    def _restore(self, weights: list[list[np.ndarray]]) -> None:
-        for layer, values in zip(self.layers, weights):
-            layer.set_weights(values)
+    def _weight_copies(self, every: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``(weight, copy)`` of every weight, or (``every=False``) of those ``forward``
+        may change: the ones outside the layers' trainable weights (a batch
+        normalization's moving statistics)."""
+        return [(value, value.copy()) for layer in self.layers
+                for name, value in layer.variables.items()
+                if every or name not in layer.trainable_names]
+
+    @staticmethod
+    def _restore_copies(copies: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        for weight, copy in copies:
+            weight[...] = copy
 
     def _flatten_logs(self, logs: dict[str, float]) -> float | list[float]:
         """``logs`` as the list Keras's ``evaluate`` returns (Keras's

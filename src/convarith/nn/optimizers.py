@@ -59,6 +59,11 @@ def flat_groups(variables: Sequence[np.ndarray]) -> list[Layout]:
     return [(dtype, tuple(members)) for dtype, members in groups.items()]
 
 
+def _all_finite(values: np.ndarray) -> bool:
+    """Whether no value is NaN or infinite."""
+    return bool(np.isfinite(values).all())
+
+
 class Optimizer:
     """Base class. Subclasses define ``update(key, variable, gradient)``, elementwise,
     on one flat group of variables (``key`` names its state slot)."""
@@ -72,10 +77,63 @@ class Optimizer:
 
     def apply(self, variables: list[np.ndarray], gradients: list[np.ndarray]) -> None:
         """One step: update every variable in place from its gradient."""
+        groups = self._gather(variables, gradients)
+        for key, _, flat, flat_gradient in groups:
+            self.update(key, flat, flat_gradient)
+        self._scatter(groups)
+
+    def apply_if_finite(self, variables: list[np.ndarray], gradients: list[np.ndarray]
+                        ) -> str | None:
+        """One step, taken only if every gradient and every updated value is finite.
+
+        Returns ``None`` after the step. Otherwise nothing changes (variables, state
+        slots, ``iterations``) and it returns ``"gradient"`` (a gradient holds NaN or
+        inf) or ``"update"`` (the step would make a variable NaN or infinite): a
+        training step's guard, without copying the weights and slots every step. The
+        updated values are checked, once: a NaN or inf gradient makes its variable's
+        update NaN or inf under every rule here (only then are the gradients read).
+
+        >>> w = np.array([1.0], np.float32)
+        >>> Adam().apply_if_finite([w], [np.array([np.nan], np.float32)]), w
+        ('gradient', array([1.], dtype=float32))
+        >>> SGD(1e38).apply_if_finite([w], [np.array([1e38], np.float32)]), w
+        ('update', array([1.], dtype=float32))
+        """
+        groups = self._gather(variables, gradients)
+        staged = [self.stage(key, flat, flat_gradient) for key, _, flat, flat_gradient in groups]
+        saved = None if all(commit is not None for commit in staged) else self.snapshot()
+        if saved is not None:
+            for key, _, flat, flat_gradient in groups:
+                self.update(key, flat, flat_gradient)
+        if not all(_all_finite(flat) for _, _, flat, _ in groups):
+            # the new slots were written aside (or are restored): nothing changed
+            if saved is not None:
+                self.restore(saved)
+            finite = all(_all_finite(gradient) for *_, gradient in groups)
+            return "update" if finite else "gradient"
+        if saved is None:
+            for commit in staged:
+                assert commit is not None
+                commit()
+        self._scatter(groups)
+        return None
+
+    def stage(self, key: Layout, variable: np.ndarray, gradient: np.ndarray
+              ) -> Callable[[], None] | None:
+        """``update(key, variable, gradient)`` with the new state slots written aside, and
+        the function that makes them the state; ``None`` (the default) where an
+        optimizer cannot (``apply_if_finite`` then snapshots its state instead)."""
+        return None
+
+    def _gather(self, variables: list[np.ndarray], gradients: list[np.ndarray]
+                ) -> list[tuple[Layout, list[np.ndarray], np.ndarray, np.ndarray]]:
+        """Per dtype group: its key, its variables, and their values and gradients laid
+        end to end (the flat buffers, rewritten)."""
         if len(variables) != len(gradients):
             raise ValueError(
                 f"got {len(gradients)} gradients for {len(variables)} variables"
             )
+        groups = []
         for key in flat_groups(variables):
             members = [variables[position] for position, _ in key[1]]
             flat, flat_gradient = self._flat_buffers(key, members[0].dtype,
@@ -83,7 +141,13 @@ class Optimizer:
             np.concatenate([v.reshape(-1) for v in members], out=flat)
             np.concatenate([gradients[position].reshape(-1) for position, _ in key[1]],
                            out=flat_gradient, casting="same_kind")
-            self.update(key, flat, flat_gradient)
+            groups.append((key, members, flat, flat_gradient))
+        return groups
+
+    def _scatter(self, groups: list[tuple[Layout, list[np.ndarray], np.ndarray, np.ndarray]]
+                 ) -> None:
+        """The updated flat values written back into the variables; one more step taken."""
+        for _, members, flat, _ in groups:
             start = 0
             for variable in members:
                 variable[...] = flat[start:start + variable.size].reshape(variable.shape)
@@ -162,28 +226,57 @@ class Adam(Optimizer):
         self.beta_2 = _rate("beta_2", beta_2, 0.0, 1.0)
         self.epsilon = _rate("epsilon", epsilon)
 
-    def update(self, key: Layout, variable: np.ndarray, gradient: np.ndarray) -> None:
-        dtype = variable.dtype.type
+    def _constants(self, dtype: Any) -> tuple[Any, Any, Any, Any]:
+        """``(alpha, 1 - beta_1, 1 - beta_2, epsilon)`` of this step in ``dtype``: Keras
+        takes ``1 - beta`` in Python floats, then casts (float32(1 - 0.999) is 1.3e-5
+        away from 1 - float32(0.999), enough to steer Adam elsewhere)."""
         step = dtype(self.iterations + 1)
         beta_1, beta_2 = dtype(self.beta_1), dtype(self.beta_2)
         alpha = dtype(self.learning_rate) * np.sqrt(1 - beta_2**step) / (1 - beta_1**step)
+        return alpha, dtype(1 - self.beta_1), dtype(1 - self.beta_2), dtype(self.epsilon)
+
+    def _slots(self, key: Layout, variable: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         slot = self.state.setdefault(
             key, {"m": np.zeros_like(variable), "v": np.zeros_like(variable)}
         )
-        m, v = slot["m"], slot["v"]
-        # Keras takes 1 - beta in Python floats, then casts: float32(1 - 0.999) is
-        # 1.3e-5 away from 1 - float32(0.999), enough to steer Adam elsewhere
+        return slot["m"], slot["v"]
+
+    def update(self, key: Layout, variable: np.ndarray, gradient: np.ndarray) -> None:
+        m, v = self._slots(key, variable)
+        self._update_into(key, variable, gradient, m, v, m, v)
+
+    def stage(self, key: Layout, variable: np.ndarray, gradient: np.ndarray
+              ) -> Callable[[], None]:
+        m, v = self._slots(key, variable)
+        aside = self._buffers[key]
+        if "new_m" not in aside:
+            aside["new_m"], aside["new_v"] = np.empty_like(m), np.empty_like(v)
+        new_m, new_v = aside["new_m"], aside["new_v"]
+        self._update_into(key, variable, gradient, m, v, new_m, new_v)
+
+        def commit() -> None:  # the slots and the arrays aside trade places
+            self.state[key] = {"m": new_m, "v": new_v}
+            aside["new_m"], aside["new_v"] = m, v
+
+        return commit
+
+    def _update_into(self, key: Layout, variable: np.ndarray, gradient: np.ndarray,
+                     m: np.ndarray, v: np.ndarray, new_m: np.ndarray, new_v: np.ndarray
+                     ) -> None:
+        """``variable`` updated in place; the new ``m`` and ``v`` written into ``new_m`` and
+        ``new_v`` (which may be ``m`` and ``v``)."""
+        alpha, one_minus_beta_1, one_minus_beta_2, epsilon = self._constants(variable.dtype.type)
         scratch, denominator = self._scratch(key)
         np.subtract(gradient, m, out=scratch)
-        scratch *= dtype(1 - self.beta_1)
-        m += scratch
+        scratch *= one_minus_beta_1
+        np.add(m, scratch, out=new_m)
         np.multiply(gradient, gradient, out=scratch)
         scratch -= v
-        scratch *= dtype(1 - self.beta_2)
-        v += scratch
-        np.sqrt(v, out=denominator)
-        denominator += dtype(self.epsilon)
-        np.multiply(m, alpha, out=scratch)
+        scratch *= one_minus_beta_2
+        np.add(v, scratch, out=new_v)
+        np.sqrt(new_v, out=denominator)
+        denominator += epsilon
+        np.multiply(new_m, alpha, out=scratch)
         scratch /= denominator
         variable -= scratch
 
