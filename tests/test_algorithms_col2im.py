@@ -322,3 +322,52 @@ def test_grouped_input_gradients_kernel_first_memory(size, channels, group_in, s
         dy, kernel, (stride,) * 2, (1, 1), groups, ((1, 1), (1, 1)), (out, out)))
     assert extra <= 1.5 * (dy.nbytes + kernel.nbytes + y.nbytes), (
         f"{size}² {channels} channels, {group_in} a group, stride {stride}: {extra} bytes")
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("seed", range(6))
+def test_one_group_input_gradients_on_few_cells_against_torch(seed, monkeypatch):
+    """Input gradients of one group on few cells (ResNet's 3×3 on 4² and 7², stride 1 or
+    2, any dilation): the products run kernel first (at most KERNEL_FIRST_CELLS cells) or
+    cells first (the limit set to zero), each with and without the compiled gather, all
+    equal to PyTorch's ``convolution_backward``."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(600 + seed)
+    channels, filters = (int(v) for v in rng.choice([1, 3, 16, 64, 96], 2))
+    stride, dilation = int(rng.choice([1, 2])), int(rng.choice([1, 1, 2]))
+    size = int(rng.integers(2, 9))
+    kernel_size = int(rng.choice([1, 2, 3]))
+    spec = ConvSpec((kernel_size,) * 2, strides=(stride,) * 2, dilation=(dilation,) * 2,
+                    padding=((1, 1), (1, 1)))
+    x_shape = (1, size + dilation * (kernel_size - 1), size, channels)
+    resolved = spec.resolve(x_shape)
+    kernel = rng.standard_normal((kernel_size,) * 2 + (channels, filters)).astype(np.float32)
+    dy = rng.standard_normal((1, *resolved.output_size, filters)).astype(np.float32)
+    expected = torch.ops.aten.convolution_backward(
+        torch.from_numpy(np.moveaxis(dy, -1, 1).copy()),
+        torch.zeros((1, channels, *x_shape[1:3])),
+        torch.from_numpy(np.moveaxis(kernel, (-1, -2), (0, 1)).copy()),
+        None, [stride] * 2, [1, 1], [dilation] * 2, False, [0, 0], 1,
+        [True, False, False])[0].numpy()
+    expected = np.moveaxis(expected, 1, -1)
+    grid_padding = tuple((a - lo, b - hi) for (a, b), (lo, hi) in
+                         zip(resolved.input_gradient_padding, resolved.padding))
+    for limit, use_numba in itertools.product((col2im.KERNEL_FIRST_CELLS, 0), (None, False)):
+        monkeypatch.setattr(col2im, "KERNEL_FIRST_CELLS", limit)
+        d_x = col2im.transposed(dy, kernel, (stride,) * 2, (dilation,) * 2, 1, grid_padding,
+                                x_shape[1:3], use_numba=use_numba)
+        error = relative_error(d_x, expected)
+        assert error <= 1e-5, (f"seed {600 + seed} cell limit {limit} numba={use_numba}: "
+                               f"{spec} on {x_shape}: error {error:.2e}")
+
+
+def test_one_group_input_gradient_on_few_cells_memory():
+    """ResNet's 3×3 512 -> 512 input gradient on one 4² image, run kernel first: peak
+    extra memory at most 1.5 × (input + kernel + output)."""
+    rng = np.random.default_rng(7)
+    dy = rng.standard_normal((1, 4, 4, 512)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, 512, 512)).astype(np.float32)
+    args = ((1, 1), (1, 1), 1, ((1, 1), (1, 1)), (4, 4))
+    y = col2im.transposed(dy, kernel, *args)
+    extra = peak_extra_bytes(lambda: col2im.transposed(dy, kernel, *args))
+    assert extra <= 1.5 * (dy.nbytes + kernel.nbytes + y.nbytes), f"{extra} bytes"

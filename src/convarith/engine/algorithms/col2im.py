@@ -425,7 +425,12 @@ def transposed(
                 # a batch of groups' products in one call, stored (cells, groups, taps·Fg):
                 # a cell's products for those groups side by side, as the gather reads them
                 cols = buffer[: (g1 - g0) * count * width].reshape(count, g1 - g0, width)
-                np.matmul(pieces[g0:g1], weights[g0:g1], out=cols.transpose(1, 0, 2))
+                if groups == 1 and count <= KERNEL_FIRST_CELLS:
+                    # few cells of one group: the kernel's rows times the cells' transpose,
+                    # then the small result transposed (see KERNEL_FIRST_CELLS)
+                    np.copyto(cols[:, 0], np.matmul(weights[0].T, pieces[0].T).T)
+                else:
+                    np.matmul(pieces[g0:g1], weights[g0:g1], out=cols.transpose(1, 0, 2))
                 if gather is not None:
                     a, b, d = combo
                     gather(cols, y4, n0, n1, i0, i1 - i0, size3[1], size3[2], p_first,
@@ -451,7 +456,12 @@ def transposed(
 #: (:func:`kernel_first`). Measured (one thread, 3×3 with 32 groups): 32 channels a group
 #: on 16 cells, the products (cells × 32) @ (32 × 9·32) of the strided views 0.32 ms,
 #: the kernel's rows times a copy of the cells' transpose 0.12; 16 channels on 49
-#: cells 0.14 against 0.13, 8 on 196 0.16 against 0.15.
+#: cells 0.14 against 0.13, 8 on 196 0.16 against 0.15. One group on as few cells runs
+#: each phase's product kernel first too, ``(taps·F, C) @ (C, cells)`` then the small
+#: result transposed into the columns: 0.72–0.88× the time of the cells times the
+#: kernel's transposed view (one thread, load average 22, interleaved in one process:
+#: 3×3 512 -> 512 on 4² 2.69 against 3.39 ms, stride 2 on 7² 3.01 against 4.19, 256 on 7²
+#: 1.04 against 1.19; PyTorch 2.69, 3.18, 1.00).
 KERNEL_FIRST_CELLS = 64
 
 

@@ -682,19 +682,33 @@ def weight_grad(
             loop, sums_shape = kernels[3], (*ks, channels, multiplier)
             dy_cells = dy_contiguous.reshape(*dy_contiguous.shape[:-1], channels, multiplier)
 
+        # float64 partial sums (a tap's gradient sums over every output cell), added to
+        # once per _GRAD_BLOCK cells of an output row; x's dtype where the whole sum has
+        # at most _GRAD_BLOCK terms (as many as one block's float32 sums)
+        output_cells = math.prod(dy.shape[:-1])
+        sums_dtype = xp.dtype if output_cells <= _GRAD_BLOCK else np.dtype(np.float64)
+
         def partial_sum(first: int, last: int) -> np.ndarray:
-            # float64 partial sums (a tap's gradient sums over every output cell),
-            # added to once per _GRAD_BLOCK cells of an output row
-            acc = np.zeros(sums_shape, np.float64)
+            acc = np.zeros(sums_shape, sums_dtype)
             part = np.empty(sums_shape, xp.dtype)
             loop(x_contiguous, dy_cells, *s, *d, *p, first, last, part, acc)
             return acc
 
         rows = dy2.shape[0] * dy2.shape[1]
-        chunk = max(1, -(-rows // (4 * worker_count())))
+        workers = worker_count() if threads is None else threads
+        pieces = 4 * workers
+        sums_bytes = math.prod(sums_shape) * sums_dtype.itemsize
+        if pieces * sums_bytes > (x_contiguous.nbytes + dy.nbytes) // 2:
+            # few cells and many channels (1152 on 4²): each piece's sums, alive until
+            # they are added, would outweigh the data; one piece a worker
+            pieces = workers
+        chunk = max(1, -(-rows // pieces))
         flops = _GEMM_EQUIVALENT * dy.size * math.prod(kernel_size)
-        total = sum(run_chunks(partial_sum, rows, chunk, threads=threads, flops=flops,
-                               blas=False))
+        partials = run_chunks(partial_sum, rows, chunk, threads=threads, flops=flops,
+                              blas=False)
+        total = partials[0]
+        for partial in partials[1:]:
+            total += partial
         return np.asarray(total, xp.dtype).reshape(*kernel_size, 1, filters)
     dk = np.empty((*kernel_size, 1, filters), xp.dtype)
     grad = dy.reshape(*dy.shape[:-1], channels, multiplier)

@@ -1,0 +1,51 @@
+"""Which threads ``conv_vjp``'s two gradients run on, by the layer's size: below
+``TINY_BACKWARD_FLOPS`` both on the calling thread, up to ``SMALL_BACKWARD_FLOPS`` side
+by side on two workers (one thread each), above that one after the other."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+
+from convarith import ConvSpec, engine
+from convarith.engine import core
+from convarith.engine.algorithms import _threads
+
+
+@pytest.mark.parametrize("channels, size, batch", [(8, 8, 1), (32, 28, 4), (64, 32, 16)])
+def test_gradients_threads_by_layer_size(channels: int, size: int, batch: int,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, tuple[int, Any]] = {}
+    transposed, weight_grad = core.transposed_conv, core._weight_grad
+
+    def spy_input(*args: Any, **kwargs: Any) -> Any:
+        seen["input"] = (threading.get_ident(), _threads._LIMIT.get())
+        return transposed(*args, **kwargs)
+
+    def spy_kernel(*args: Any, **kwargs: Any) -> Any:
+        seen["kernel"] = (threading.get_ident(), _threads._LIMIT.get())
+        return weight_grad(*args, **kwargs)
+
+    monkeypatch.setattr(core, "transposed_conv", spy_input)
+    monkeypatch.setattr(core, "_weight_grad", spy_kernel)
+    rng = np.random.default_rng(channels * size)
+    x = rng.standard_normal((batch, size, size, channels)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, channels, channels)).astype(np.float32)
+    spec = ConvSpec(3, padding="same", rank=2)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    flops = 2 * kernel.size * batch * size * size
+    with engine.thread_limit(2):
+        if _threads.worker_count() < 2:
+            pytest.skip("one core: every gradient runs on it")
+        engine.conv_vjp(x, kernel, spec, dy)
+    caller = threading.get_ident()
+    if flops < core.TINY_BACKWARD_FLOPS:
+        assert seen["input"] == seen["kernel"] == (caller, 1), flops
+    elif flops < core.SMALL_BACKWARD_FLOPS:
+        assert seen["input"][1] == seen["kernel"][1] == 1, flops
+        assert seen["input"][0] != seen["kernel"][0], flops
+    else:
+        assert seen["input"] == seen["kernel"] == (caller, 2), flops
