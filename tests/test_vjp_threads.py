@@ -29,8 +29,16 @@ def test_gradients_threads_by_layer_size(channels: int, size: int, batch: int,
         seen["kernel"] = (threading.get_ident(), _threads._LIMIT.get())
         return weight_grad(*args, **kwargs)
 
+    handed_out: list[tuple[int, int, Any]] = []
+    chunks = core.run_chunks
+
+    def spy_chunks(work: Any, total: int, chunk: int, **kwargs: Any) -> Any:
+        handed_out.append((total, chunk, kwargs.get("threads")))
+        return chunks(work, total, chunk, **kwargs)
+
     monkeypatch.setattr(core, "transposed_conv", spy_input)
     monkeypatch.setattr(core, "_weight_grad", spy_kernel)
+    monkeypatch.setattr(core, "run_chunks", spy_chunks)
     rng = np.random.default_rng(channels * size)
     x = rng.standard_normal((batch, size, size, channels)).astype(np.float32)
     kernel = rng.standard_normal((3, 3, channels, channels)).astype(np.float32)
@@ -44,8 +52,12 @@ def test_gradients_threads_by_layer_size(channels: int, size: int, batch: int,
     caller = threading.get_ident()
     if flops < core.TINY_BACKWARD_FLOPS:
         assert seen["input"] == seen["kernel"] == (caller, 1), flops
+        assert handed_out == [], flops
     elif flops < core.SMALL_BACKWARD_FLOPS:
+        # handed to two workers, one job each; which thread takes which is the
+        # scheduler's (a helper that starts late leaves both to the caller)
+        assert handed_out == [(2, 1, 2)], flops
         assert seen["input"][1] == seen["kernel"][1] == 1, flops
-        assert seen["input"][0] != seen["kernel"][0], flops
     else:
         assert seen["input"] == seen["kernel"] == (caller, 2), flops
+        assert handed_out == [], flops
