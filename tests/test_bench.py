@@ -231,6 +231,44 @@ def test_each_runtime_times_in_a_process_of_its_own_on_the_same_inputs() -> None
         importlib.util.find_spec("onnxruntime") is None
 
 
+def test_rounds_take_turns_in_fresh_processes_and_keep_each_layers_best(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``rounds=3``: every runtime times the network three times, each in a fresh
+    process, a different runtime first each round, the convarith checks made once;
+    each layer's time is the least of its rounds' medians."""
+    from convarith import bench_networks as nets
+
+    calls: list[tuple[str, bool]] = []
+    fake = {"convarith": [0.3, 0.1, 0.2], "torch": [0.5, 0.6, 0.4],
+            "onnxruntime": [0.7, 0.9, 0.8]}
+
+    def child(folder: str, fn: object, runtime: str, *args: object,
+              threads: int | None = None) -> dict[str, object]:
+        check = args[-1]
+        assert isinstance(check, bool)
+        calls.append((runtime, check))
+        time = fake[runtime][sum(r == runtime for r, _ in calls) - 1]
+        return {"times": [time], "checks": [([1e-7], "torch float64", 10, 20)] if check
+                else [], "paths": [["direct"]], "pid": len(calls), "checksum": 7}
+
+    monkeypatch.setattr(nets, "_in_child", child)
+    (network,) = nets.run_networks(["resnet50"], (1,), image=32, backward=False,
+                                   only_first=True, rounds=3)
+    assert [r for r, _ in calls] == ["convarith", "torch", "onnxruntime",
+                                     "torch", "onnxruntime", "convarith",
+                                     "onnxruntime", "convarith", "torch"]
+    assert [c for _, c in calls] == [True] * 3 + [False] * 6
+    (layer,) = network.layers
+    assert (layer.convarith_s, layer.torch_s, layer.onnxruntime_s) == (0.1, 0.4, 0.7)
+    assert layer.rel_error == 1e-7 and layer.memory_ratio == 0.5
+    with pytest.raises(ValueError, match="rounds=2 needs"):
+        nets.run_networks(["wavenet"], (1,), rounds=2, one_process=True)
+    for bad in (["--rounds", "0"], ["--rounds", "2", "--one-process"]):
+        with pytest.raises(SystemExit) as stop:
+            bench.main(["--suite", "networks", *bad])
+        assert stop.value.code == 2
+
+
 def test_peak_memory_counts_the_result_and_the_call_arrays() -> None:
     from convarith import bench_networks as nets
 

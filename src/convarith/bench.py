@@ -637,6 +637,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--one-process", action="store_true",
                         help="networks suite: time every runtime in this one process, in "
                              "turn (default: each runtime in a process of its own)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="networks suite: each runtime times each network this many "
+                             "times, each in a fresh process, the runtimes taking turns; a "
+                             "layer's time is the least of its rounds' medians (default 1; "
+                             "not with --one-process)")
     parser.add_argument("--threads", type=int, default=None,
                         help="networks suite: threads of every runtime (default: every core; "
                              "not with --one-process)")
@@ -724,18 +729,22 @@ def _main_networks(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     if args.threads is not None and (args.threads < 1 or args.one_process):
         parser.error(f"--threads must be at least 1 and needs a process per runtime (no "
                      f"--one-process), got {args.threads}")
+    if args.rounds < 1 or (args.rounds > 1 and args.one_process):
+        parser.error(f"--rounds must be at least 1, and more than 1 needs a process per "
+                     f"runtime (no --one-process), got {args.rounds}")
     directions = args.directions or ("forward" if args.quick else "both")
     results = nets.run_networks(names, batches, image=image,
                                 forward=directions != "backward",
                                 backward=directions != "forward",
                                 repeat=repeat, block=args.block,
                                 one_process=args.one_process, threads=args.threads,
-                                log=lambda msg: print(msg, file=sys.stderr, flush=True))
+                                rounds=args.rounds, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     stamp = (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
              f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
              f"image {image}, {nets.mode_description()}; {_blas_description()}; "
              + ("all runtimes in one process" if args.one_process else
-                f"a process per runtime, threads: {args.threads or 'every core'}"))
+                f"a process per runtime, threads: {args.threads or 'every core'}"
+                + (f"; best of {args.rounds} rounds" if args.rounds > 1 else "")))
     print(stamp)
     print(nets.render_networks(results))
     if args.markdown:

@@ -746,12 +746,13 @@ def _current_mode() -> str:
 
 def _time_in_process(runtime: str, mode: str, folder: str, layers: list[NetLayer],
                      batch: int, backward: bool, repeat: int, block: int,
-                     threads: int | None = None) -> dict[str, Any]:
+                     threads: int | None = None, check: bool = True) -> dict[str, Any]:
     """One runtime times a network's layers in order, in a process of its own.
 
     The inputs are read from ``folder`` (``x{i}.npy``, ``k{i}.npy``), as the parent
     wrote them, so every runtime sees the same ones. The convarith process then
-    checks each layer, untimed (:func:`_check_layer`), and names its paths.
+    checks each layer, untimed (:func:`_check_layer`), and names its paths (unless
+    ``check`` is false: a later round of :func:`run_networks`).
     """
     if mode == "numpy":
         set_mode("numpy")
@@ -773,7 +774,7 @@ def _time_in_process(runtime: str, mode: str, folder: str, layers: list[NetLayer
         d_out = _output_gradient(layer, batch) if backward else None
         fn = _runner(runtime, layer, batch, x, kernel, d_out, threads)
         times.append(None if fn is None else _time_runner(fn, repeat, block))
-    if runtime == "convarith":
+    if runtime == "convarith" and check:
         for i, layer in enumerate(layers):
             x, kernel = load(i)
             d_out = _output_gradient(layer, batch) if backward else None
@@ -829,32 +830,56 @@ with open(sys.argv[2], "wb") as handle:
 
 def _network_isolated(name: str, layers: dict[NetLayer, int], batch: int, backward: bool,
                       inputs: dict[NetLayer, tuple[np.ndarray, np.ndarray | None]],
-                      repeat: int, block: int, threads: int | None = None) -> NetworkResult:
+                      repeat: int, block: int, threads: int | None = None,
+                      rounds: int = 1) -> NetworkResult:
     import tempfile
 
     ordered = list(layers)
     network = NetworkResult(name, batch, "backward" if backward else "forward")
+    times: dict[str, list[list[float | None]]] = {runtime: [] for runtime in RUNTIMES}
     with tempfile.TemporaryDirectory(prefix="convarith-networks-") as folder:
         for i, layer in enumerate(ordered):
             x, kernel = inputs[layer]
             np.save(os.path.join(folder, f"x{i}.npy"), x)
             if kernel is not None:
                 np.save(os.path.join(folder, f"k{i}.npy"), kernel)
-        runs = {runtime: _in_child(folder, _time_in_process, runtime, _current_mode(), folder,
-                                   ordered, batch, backward, repeat, block, threads,
-                                   threads=threads)
-                for runtime in RUNTIMES}
+        runs: dict[str, dict[str, Any]] = {}
+        for round_ in range(rounds):
+            # each round starts with the next runtime: none is always first or last
+            order = RUNTIMES[round_ % len(RUNTIMES):] + RUNTIMES[:round_ % len(RUNTIMES)]
+            for runtime in order:
+                run = _in_child(folder, _time_in_process, runtime, _current_mode(), folder,
+                                ordered, batch, backward, repeat, block, threads,
+                                runtime not in runs, threads=threads)
+                runs.setdefault(runtime, run)
+                times[runtime].append(run["times"])
     ours = runs["convarith"]
     network.processes = {runtime: run["pid"] for runtime, run in runs.items()}
     network.input_checksums = {runtime: run["checksum"] for runtime, run in runs.items()}
+    best = {runtime: [_best_of_rounds([t[i] for t in times[runtime]])
+                      for i in range(len(ordered))] for runtime in RUNTIMES}
+    ours_best = [t for t in best["convarith"] if t is not None]
+    assert len(ours_best) == len(ordered), "convarith times every layer"
     for i, layer in enumerate(ordered):
         errors, against, peak, io = ours["checks"][i]
         network.layers.append(LayerResult(
             name, layer.title, layer.kind, batch, network.direction, layers[layer],
-            layer.multiply_adds(batch), ours["paths"][i], ours["times"][i],
-            runs["torch"]["times"][i], runs["onnxruntime"]["times"][i],
+            layer.multiply_adds(batch), ours["paths"][i], ours_best[i],
+            best["torch"][i], best["onnxruntime"][i],
             max(errors, default=0.0), errors, against, peak, io, peak / io))
     return network
+
+
+def _best_of_rounds(medians: Sequence[float | None]) -> float | None:
+    """A layer's time over :func:`run_networks`' rounds: the least of the rounds'
+    medians (a round slowed by the rest of a shared machine does not count), or
+    ``None`` where the runtime has no such layer.
+
+    >>> _best_of_rounds([0.3, 0.2, 0.25]), _best_of_rounds([None, None])
+    (0.2, None)
+    """
+    known = [m for m in medians if m is not None]
+    return min(known) if known else None
 
 
 def _time_layer(name: str, layer: NetLayer, count: int, batch: int, backward: bool,
@@ -885,10 +910,16 @@ def run_networks(names: Sequence[str], batches: Sequence[int] = (1, 16), *, imag
                  backward: bool = True, repeat: int = 3, block: int = 1,
                  log: Callable[[str], None] | None = None,
                  only_first: bool = False, one_process: bool = False,
-                 threads: int | None = None, forward: bool = True) -> list[NetworkResult]:
+                 threads: int | None = None, forward: bool = True,
+                 rounds: int = 1) -> list[NetworkResult]:
     """Time every distinct layer of each network in ``names`` at each batch size.
 
     ``forward`` and ``backward`` say which passes are timed (at least one).
+    ``rounds``: how many times each runtime times a network's layers, each time in a
+    fresh process, the runtimes taking turns (the first runtime changes from round
+    to round); a layer's time is the least of its rounds' medians, for every
+    runtime alike (:func:`_best_of_rounds`), so that a burst of other work on a
+    shared machine during one runtime's turn does not decide a ratio.
 
     Each runtime times a network's layers (one batch, one direction) in a process
     of its own, on the same inputs, with ``threads`` threads (default: every
@@ -900,6 +931,9 @@ def run_networks(names: Sequence[str], batches: Sequence[int] = (1, 16), *, imag
         raise ValueError(f"threads={threads} needs a whole number of at least 1 and a "
                          "process per runtime (one_process=False): the thread pools are "
                          "sized when a process starts")
+    if rounds < 1 or (rounds > 1 and one_process):
+        raise ValueError(f"rounds={rounds} needs a whole number of at least 1, and more "
+                         "than one round needs a process per runtime (one_process=False)")
     if not (forward or backward):
         raise ValueError("forward=False and backward=False time nothing: keep at least one "
                          "of the two passes")
@@ -916,9 +950,11 @@ def run_networks(names: Sequence[str], batches: Sequence[int] = (1, 16), *, imag
                 if not one_process:
                     if log:
                         log(f"{name} batch {batch} {direction}: {len(layers)} layers, "
-                            f"one process per runtime")
+                            f"one process per runtime" + (f", {rounds} rounds" if rounds > 1
+                                                          else ""))
                     results.append(_network_isolated(name, layers, batch, backward_pass,
-                                                     inputs, repeat, block, threads))
+                                                     inputs, repeat, block, threads,
+                                                     rounds))
                     continue
                 network = NetworkResult(name, batch, direction)
                 for layer, count in layers.items():
