@@ -475,16 +475,27 @@ def _compiled_tiles(kernels: tuple[Callable[..., None], ...], x: np.ndarray,
 def remembered_transform(kernel: np.ndarray, packing: Any,
                          transformed: Callable[[], tuple[Any, int]]) -> Any:
     """The transformed kernel ``transformed()`` makes, made once and reused for a
-    prepacked kernel (:func:`.prepacked.prepack`) of
-    :data:`.register_tiles.PREPACK_BYTES` or more; ``None`` for others (made at each
-    call). It is kept whole (1.8× the kernel's bytes with F(2×2), 4× with F(4×4)),
-    within :data:`.prepacked.KEEP_BYTES`: the call that makes it holds it all at once,
-    later calls make none of it. At batch 1 the transform is most of a weight-heavy
-    layer's time (one core, busy machine, 3×3 on one 14² image: 512 -> 512 3.9 of
-    11.3 ms with F(2×2), 1024 -> 512 12.0 of 25.2)."""
-    if kernel.nbytes < register_tiles.PREPACK_BYTES:
-        return None
+    prepacked kernel (:func:`.prepacked.prepack`, any size); ``None`` for others (made
+    at each call). It is kept whole (1.8× the kernel's bytes with F(2×2), 4× with
+    F(4×4)), within :data:`.prepacked.KEEP_BYTES`: the call that makes it holds it all
+    at once, later calls make none of it. At batch 1 the transform is most of a
+    weight-heavy layer's time (one core, busy machine, 3×3 on one 14² image: 512 -> 512
+    3.9 of 11.3 ms with F(2×2), 1024 -> 512 12.0 of 25.2); small kernels gain too (3×3
+    64 -> 64 on one 28² image, 147 KiB: see :func:`transform_kept`)."""
     return prepacked.remembered(kernel, packing, transformed)
+
+
+def transform_kept(problem: ConvProblem) -> bool:
+    """Whether the compiled path makes ``problem``'s transformed kernel once
+    (:func:`remembered_transform`): a prepacked kernel whose transform (at most 4× its
+    bytes) fits :data:`.prepacked.KEEP_BYTES` (:func:`.prepacked.remembered`'s bound).
+
+    >>> shapes = ((1, 9, 9, 64), (3, 3, 64, 64), (1, 1), (1, 1), 1, (7, 7), np.dtype("float32"))
+    >>> transform_kept(ConvProblem(*shapes, prepacked=True)), transform_kept(ConvProblem(*shapes))
+    (True, False)
+    """
+    kernel_bytes = math.prod(problem.kernel_shape) * np.dtype(problem.dtype).itemsize
+    return problem.prepacked and 8 * kernel_bytes <= prepacked.KEEP_BYTES
 
 
 #: Transformed input tiles of a whole call (every image) up to this many bytes can be
@@ -1010,7 +1021,8 @@ def cost(problem: ConvProblem) -> float:
     per_product_flop = PER_PRODUCT_FLOP
     if _llvm.max_vectors() * _llvm.vector_width(problem.dtype) * itemsize < 256:
         per_product_flop *= NARROW_BLOCK_SCALE  # registers of 256 bits (AVX2)
-    alone = (per_product_flop * 2 * a * a * tiles * pairs + PER_KERNEL_VALUE * a * a * pairs
+    kernel_values = 0 if transform_kept(problem) else PER_KERNEL_VALUE * a * a * pairs
+    alone = (per_product_flop * 2 * a * a * tiles * pairs + kernel_values
              + PER_TILE_VALUE * a * a * tiles * (c + f) + PER_CALL)
     if not shared:
         return alone
