@@ -133,20 +133,31 @@ class _Remembered:
             return entry[1]
 
     def put(self, key: Hashable, owner: bytes, value: Any, size: int) -> bool:
-        """Remember ``value``: room is made by dropping the entries of kernels nobody
-        else holds (least recently used first); where that is not enough, the
-        entries kept stay and ``value`` is not remembered (a model larger than the
-        bound, run layer after layer, would otherwise drop each layer's panels just
-        before it runs again)."""
+        """Remember ``value`` (``size`` bytes besides the kernel's): room is made by dropping
+        the entries of kernels nobody else holds (least recently used first, all of a
+        kernel's entries at once); where that is not enough, the entries kept stay and
+        ``value`` is not remembered (a model larger than the bound, run layer after
+        layer, would otherwise drop each layer's panels just before it runs again). A
+        kernel's own bytes are counted with its first entry."""
         with self.lock:
             if key in self.entries:
                 return True
+            held: dict[int, int] = {}  # entries per owner
+            for entry in self.entries.values():
+                held[id(entry[0])] = held.get(id(entry[0]), 0) + 1
+            size += 0 if id(owner) in held else len(owner)
             for old in list(self.entries):
                 if self.bytes + size <= KEEP_BYTES:
                     break
-                # (held by the entry alone: getrefcount's own argument is the other)
-                if sys.getrefcount(self.entries[old][0]) <= 2:
-                    self.bytes -= self.entries.pop(old)[2]
+                if old not in self.entries:
+                    continue  # (dropped with its kernel's other entries)
+                stale = self.entries[old][0]
+                # held by its entries alone (getrefcount's argument and ``stale`` too)
+                if stale is not owner and sys.getrefcount(stale) <= held[id(stale)] + 2:
+                    for other in [k for k, e in self.entries.items() if e[0] is stale]:
+                        self.bytes -= self.entries.pop(other)[2]
+                    del held[id(stale)]
+                del stale
             if self.bytes + size > KEEP_BYTES:
                 return False
             self.entries[key] = (owner, value, size)
@@ -175,7 +186,7 @@ def remembered(kernel: np.ndarray, packing: Hashable,
     value = _REMEMBERED.get(key, owner)
     if value is None:
         value, size = pack()
-        _REMEMBERED.put(key, owner, value, size + len(owner))
+        _REMEMBERED.put(key, owner, value, size)
     return value
 
 

@@ -1021,7 +1021,10 @@ def cost(problem: ConvProblem) -> float:
     per_product_flop = PER_PRODUCT_FLOP
     if _llvm.max_vectors() * _llvm.vector_width(problem.dtype) * itemsize < 256:
         per_product_flop *= NARROW_BLOCK_SCALE  # registers of 256 bits (AVX2)
-    kernel_values = 0 if transform_kept(problem) else PER_KERNEL_VALUE * a * a * pairs
+    kernel_values = PER_KERNEL_VALUE * a * a * pairs
+    if transform_kept(problem):  # made once; read at each call, from memory when large
+        kernel_values = (KEPT_VALUE_READ * a * a * pairs
+                         if a * a * pairs * itemsize > KEPT_CACHED_BYTES else 0)
     alone = (per_product_flop * 2 * a * a * tiles * pairs + kernel_values
              + PER_TILE_VALUE * a * a * tiles * (c + f) + PER_CALL)
     if not shared:
@@ -1052,6 +1055,18 @@ NARROW_BLOCK_SCALE = 1.3
 
 #: :func:`cost` per value of the transformed kernel (made in float64 at each call).
 PER_KERNEL_VALUE = 17.0
+
+#: :func:`cost` per value of a kept transformed kernel (:func:`transform_kept`) larger
+#: than :data:`KEPT_CACHED_BYTES`, read from memory at each call. Measured on one core
+#: (CPU time, busy machine, float32, prepacked kernels; Winograd against register_tiles):
+#: 3×3 1024 -> 1024 on one 2² image (a 64 MiB transform) 3.9 against 1.46 ms, 2048 ->
+#: 512 on 2×4² 35 against 13.6; 512 -> 512 on one 4² and 7² image (16 MiB) 0.81 against
+#: 1.13 and 1.73 against 2.37; 256 -> 256 on one 7² image (9 MiB) 0.35 against 0.64.
+KEPT_VALUE_READ = 9.0
+
+#: A kept transformed kernel of at most this many bytes is read from the shared cache
+#: (32 MiB here) by a model's layer run again and again; no cost per value.
+KEPT_CACHED_BYTES = 16 << 20
 
 #: :func:`cost` per value of the transformed input tiles and of the products.
 PER_TILE_VALUE = 3.4
