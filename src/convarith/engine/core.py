@@ -337,8 +337,10 @@ def _call_key(x: Any, kernel: Any, spec: Any, bias: Any, algorithm: str | None
         return None
     limit = current_limits().max_output_values
     if type(kernel) is np.ndarray and bias is None:
+        # (writeable: a prepacked kernel's plan, costed as such, is kept apart)
         return ("call", spec, algorithm, limit, x.shape, x.strides, x.dtype, kernel.shape,
-                kernel.strides, kernel.dtype, worker_count(), _dispatch.WORKSPACE_BYTES)
+                kernel.strides, kernel.dtype, kernel.flags.writeable, worker_count(),
+                _dispatch.WORKSPACE_BYTES)
     if (kernel is None or type(kernel) is np.ndarray) and (
             bias is None or type(bias) is np.ndarray):
         return ("call", spec, algorithm, limit, x.shape, x.strides, x.dtype,

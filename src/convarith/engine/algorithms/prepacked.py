@@ -14,16 +14,19 @@ writeable again. Only such kernels (:func:`frozen_owner`) have their packed
 panels remembered (:func:`remembered`), keyed on that owner (held alive by the
 entry, so its identity cannot be reused), the data's address, shape, strides and
 dtype, and the packing's own key. A writeable kernel, even one never changed, is
-packed or read in place at every call, as before. Two algorithms remember theirs:
-register_tiles its panels (:func:`.register_tiles.packs_once`) and Winograd its
-transformed kernel (:func:`.winograd.remembered_transform`), each for kernels of
-:data:`.register_tiles.PREPACK_BYTES` and more.
+packed or read in place at every call, as before. What is remembered per frozen
+kernel: register_tiles' panels (:func:`.register_tiles.packs_once`, kernels of
+:data:`.register_tiles.PREPACK_BYTES` and more) with its table of calls per input
+shape (:func:`.register_tiles._packed_call_table`), Winograd's transformed kernel
+(:func:`.winograd.remembered_transform`, any size), and the kernel's ``max |value|``
+that the transforms' value check reads (:func:`.dispatch.value_limits`). The planner
+knows (``ConvProblem.prepacked``): Winograd's cost then leaves the transform out.
 
-The remembered panels are bounded: :data:`KEEP_BYTES` in all (the panels and the
-kernels they hold alive counted together). To make room, the entries of kernels
-no one else holds any more are dropped, least recently used first; the others
-stay, and a kernel that does not fit then is read as it is at each call. A kernel
-larger than a quarter of the bound is never remembered.
+The remembered entries are bounded: :data:`KEEP_BYTES` in all (the entries and,
+once, the kernel they hold alive counted together). To make room, the entries of
+kernels no one else holds any more are dropped, all of a kernel's at once, least
+recently used first; the others stay, and a kernel that does not fit then is read as
+it is at each call. A kernel larger than a quarter of the bound is never remembered.
 
 Examples
 --------
@@ -57,8 +60,8 @@ def prepack(kernel: Any, dtype: Any = None) -> np.ndarray:
 
     Use it for the weights of a model that runs many times (inference): a one-group
     float32 or float64 kernel of at least :data:`.register_tiles.PREPACK_BYTES` is then
-    packed into the compiled kernels' panels (or transformed for Winograd) at its first
-    call only. The values are
+    packed into the compiled kernels' panels, and any kernel transformed for Winograd,
+    at its first call only. The values are
     those of ``kernel`` (cast to ``dtype`` if given); results are the same as with
     ``kernel`` itself. To change the weights, prepack the new ones.
 
@@ -133,20 +136,31 @@ class _Remembered:
             return entry[1]
 
     def put(self, key: Hashable, owner: bytes, value: Any, size: int) -> bool:
-        """Remember ``value``: room is made by dropping the entries of kernels nobody
-        else holds (least recently used first); where that is not enough, the
-        entries kept stay and ``value`` is not remembered (a model larger than the
-        bound, run layer after layer, would otherwise drop each layer's panels just
-        before it runs again)."""
+        """Remember ``value`` (``size`` bytes besides the kernel's): room is made by dropping
+        the entries of kernels nobody else holds (least recently used first, all of a
+        kernel's entries at once); where that is not enough, the entries kept stay and
+        ``value`` is not remembered (a model larger than the bound, run layer after
+        layer, would otherwise drop each layer's panels just before it runs again). A
+        kernel's own bytes are counted with its first entry."""
         with self.lock:
             if key in self.entries:
                 return True
+            held: dict[int, int] = {}  # entries per owner
+            for entry in self.entries.values():
+                held[id(entry[0])] = held.get(id(entry[0]), 0) + 1
+            size += 0 if id(owner) in held else len(owner)
             for old in list(self.entries):
                 if self.bytes + size <= KEEP_BYTES:
                     break
-                # (held by the entry alone: getrefcount's own argument is the other)
-                if sys.getrefcount(self.entries[old][0]) <= 2:
-                    self.bytes -= self.entries.pop(old)[2]
+                if old not in self.entries:
+                    continue  # (dropped with its kernel's other entries)
+                stale = self.entries[old][0]
+                # held by its entries alone (getrefcount's argument and ``stale`` too)
+                if stale is not owner and sys.getrefcount(stale) <= held[id(stale)] + 2:
+                    for other in [k for k, e in self.entries.items() if e[0] is stale]:
+                        self.bytes -= self.entries.pop(other)[2]
+                    del held[id(stale)]
+                del stale
             if self.bytes + size > KEEP_BYTES:
                 return False
             self.entries[key] = (owner, value, size)
@@ -175,7 +189,7 @@ def remembered(kernel: np.ndarray, packing: Hashable,
     value = _REMEMBERED.get(key, owner)
     if value is None:
         value, size = pack()
-        _REMEMBERED.put(key, owner, value, size + len(owner))
+        _REMEMBERED.put(key, owner, value, size)
     return value
 
 

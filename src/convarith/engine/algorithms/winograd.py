@@ -475,16 +475,27 @@ def _compiled_tiles(kernels: tuple[Callable[..., None], ...], x: np.ndarray,
 def remembered_transform(kernel: np.ndarray, packing: Any,
                          transformed: Callable[[], tuple[Any, int]]) -> Any:
     """The transformed kernel ``transformed()`` makes, made once and reused for a
-    prepacked kernel (:func:`.prepacked.prepack`) of
-    :data:`.register_tiles.PREPACK_BYTES` or more; ``None`` for others (made at each
-    call). It is kept whole (1.8× the kernel's bytes with F(2×2), 4× with F(4×4)),
-    within :data:`.prepacked.KEEP_BYTES`: the call that makes it holds it all at once,
-    later calls make none of it. At batch 1 the transform is most of a weight-heavy
-    layer's time (one core, busy machine, 3×3 on one 14² image: 512 -> 512 3.9 of
-    11.3 ms with F(2×2), 1024 -> 512 12.0 of 25.2)."""
-    if kernel.nbytes < register_tiles.PREPACK_BYTES:
-        return None
+    prepacked kernel (:func:`.prepacked.prepack`, any size); ``None`` for others (made
+    at each call). It is kept whole (1.8× the kernel's bytes with F(2×2), 4× with
+    F(4×4)), within :data:`.prepacked.KEEP_BYTES`: the call that makes it holds it all
+    at once, later calls make none of it. At batch 1 the transform is most of a
+    weight-heavy layer's time (one core, busy machine, 3×3 on one 14² image: 512 -> 512
+    3.9 of 11.3 ms with F(2×2), 1024 -> 512 12.0 of 25.2); small kernels gain too (3×3
+    64 -> 64 on one 28² image, 147 KiB: see :func:`transform_kept`)."""
     return prepacked.remembered(kernel, packing, transformed)
+
+
+def transform_kept(problem: ConvProblem) -> bool:
+    """Whether the compiled path makes ``problem``'s transformed kernel once
+    (:func:`remembered_transform`): a prepacked kernel whose transform (at most 4× its
+    bytes) fits :data:`.prepacked.KEEP_BYTES` (:func:`.prepacked.remembered`'s bound).
+
+    >>> shapes = ((1, 9, 9, 64), (3, 3, 64, 64), (1, 1), (1, 1), 1, (7, 7), np.dtype("float32"))
+    >>> transform_kept(ConvProblem(*shapes, prepacked=True)), transform_kept(ConvProblem(*shapes))
+    (True, False)
+    """
+    kernel_bytes = math.prod(problem.kernel_shape) * np.dtype(problem.dtype).itemsize
+    return problem.prepacked and 8 * kernel_bytes <= prepacked.KEEP_BYTES
 
 
 #: Transformed input tiles of a whole call (every image) up to this many bytes can be
@@ -1010,7 +1021,11 @@ def cost(problem: ConvProblem) -> float:
     per_product_flop = PER_PRODUCT_FLOP
     if _llvm.max_vectors() * _llvm.vector_width(problem.dtype) * itemsize < 256:
         per_product_flop *= NARROW_BLOCK_SCALE  # registers of 256 bits (AVX2)
-    alone = (per_product_flop * 2 * a * a * tiles * pairs + PER_KERNEL_VALUE * a * a * pairs
+    kernel_values = PER_KERNEL_VALUE * a * a * pairs
+    if transform_kept(problem):  # made once; read at each call, from memory when large
+        kernel_values = (KEPT_VALUE_READ * a * a * pairs
+                         if a * a * pairs * itemsize > KEPT_CACHED_BYTES else 0)
+    alone = (per_product_flop * 2 * a * a * tiles * pairs + kernel_values
              + PER_TILE_VALUE * a * a * tiles * (c + f) + PER_CALL)
     if not shared:
         return alone
@@ -1040,6 +1055,18 @@ NARROW_BLOCK_SCALE = 1.3
 
 #: :func:`cost` per value of the transformed kernel (made in float64 at each call).
 PER_KERNEL_VALUE = 17.0
+
+#: :func:`cost` per value of a kept transformed kernel (:func:`transform_kept`) larger
+#: than :data:`KEPT_CACHED_BYTES`, read from memory at each call. Measured on one core
+#: (CPU time, busy machine, float32, prepacked kernels; Winograd against register_tiles):
+#: 3×3 1024 -> 1024 on one 2² image (a 64 MiB transform) 3.9 against 1.46 ms, 2048 ->
+#: 512 on 2×4² 35 against 13.6; 512 -> 512 on one 4² and 7² image (16 MiB) 0.81 against
+#: 1.13 and 1.73 against 2.37; 256 -> 256 on one 7² image (9 MiB) 0.35 against 0.64.
+KEPT_VALUE_READ = 9.0
+
+#: A kept transformed kernel of at most this many bytes is read from the shared cache
+#: (32 MiB here) by a model's layer run again and again; no cost per value.
+KEPT_CACHED_BYTES = 16 << 20
 
 #: :func:`cost` per value of the transformed input tiles and of the products.
 PER_TILE_VALUE = 3.4
