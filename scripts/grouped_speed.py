@@ -12,6 +12,10 @@ Run with one thread (``--threads 1`` sets ``torch.set_num_threads`` and
 
     python scripts/grouped_speed.py --threads 1 --batch 1 16
 
+convarith's forward kernels are a model's fixed weights (``engine.prepack``: packed once),
+as the networks benchmark passes them; ``--weights in-place`` passes writeable arrays
+read (or packed) at every call instead.
+
 ``--algorithms`` instead times every algorithm that applies to each layer's forward
 pass (called directly, on the padded input) and prints the planner's pick, its time
 over the fastest one's, and each algorithm's time and cost::
@@ -136,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="run layers whose name contains this")
     parser.add_argument("--forward-only", action="store_true")
     parser.add_argument("--json", help="write the rows to this file")
+    parser.add_argument("--weights", choices=("prepacked", "in-place"), default="prepacked",
+                        help="forward kernels prepacked (engine.prepack, the default) or "
+                             "writeable")
     parser.add_argument("--cpu-time", action="store_true",
                         help="time by this process's CPU time (use with --threads 1)")
     parser.add_argument("--algorithms", action="store_true",
@@ -149,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from convarith import ConvSpec
     from convarith.bench import BenchCase, forward_paths
-    from convarith.engine import conv, conv_vjp
+    from convarith.engine import conv, conv_vjp, prepack
 
     rng = np.random.default_rng(0)
     rows = []
@@ -171,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
                          dy: Any = dy) -> Any:
                     return conv_vjp(x, kernel, spec, dy)
             else:
-                def ours(x: Any = x, kernel: Any = kernel, spec: Any = spec) -> Any:
+                weights = prepack(kernel) if args.weights == "prepacked" else kernel
+
+                def ours(x: Any = x, kernel: Any = weights, spec: Any = spec) -> Any:
                     return conv(x, kernel, spec)
             theirs = torch_runner(layer, x, kernel, backward)
             t_ours, t_theirs = median_time(ours), median_time(theirs)

@@ -50,7 +50,9 @@ thread the output is one chunk (as few as the input-row budget allows), not the
 four per thread that only balance several threads. Layers of few output cells
 (:data:`IN_PLACE_CELLS`) read the kernel where it lies instead of packing it at
 every call (a 3×3 kernel of 1024 channels in 32 groups: 1.2 MB, a third of a
-batch-1 call on 4² to pack).
+batch-1 call on 4² to pack). A kernel that cannot change (:func:`.prepacked.prepack`:
+a model's fixed weights) is packed once and its panels reused (:func:`_panels`),
+whatever the cells.
 
 On several threads, with the helpers spinning, the chunks run as one table of
 compiled calls (:mod:`._native_jobs`): no helper waits for the GIL. The table's rows
@@ -81,7 +83,10 @@ pause, an untimed call, a timed one; real-time priority, the same run) it ran
 0.67-0.91 times as fast as one thread (28² 256 s2 0.454 against 0.316 ms, 4² 1024
 0.213 against 0.175), likely because the other core's caches hold nothing of the
 layer after the pause. So it is off (:data:`CHANNEL_SPLIT_FLOPS` infinite) until it pays off in
-that pattern too.
+that pattern too. Measured again with prepacked kernels (each in a process of its own,
+real-time priority, busy machine, 5 ms pause, medians of 25): cut by groups took 1.0-1.6
+times one thread's time (7² 512 0.22 against 0.15 ms, 4² 1024 0.21-0.26 against
+0.17-0.19).
 
 Examples
 --------
@@ -107,7 +112,7 @@ import numpy as np
 
 from ...arithmetic import effective_kernel, window_reach
 from ..dispatch import ConvProblem, register_algorithm
-from . import _llvm, _native_jobs
+from . import _llvm, _native_jobs, prepacked
 from ._llvm import ONE_PROBLEM, Batch, Cells, Sums
 from ._threads import ALIGN, aligned_empty, run_chunks, run_native_jobs, worker_count, workspace
 from .register_tiles import (
@@ -268,14 +273,16 @@ def _forward_plan(shape: tuple[int, int, int, int], kernel_shape: tuple[int, int
                   strides: tuple[int, int], dilation: tuple[int, int],
                   out_size: tuple[int, int], pads: tuple[tuple[int, int], tuple[int, int]],
                   groups: int, dtype: np.dtype[Any], target: _llvm.VectorTarget,
-                  workers: int, family: str = "", shares: bool = True
-                  ) -> _ForwardPlan | None:
+                  workers: int, family: str = "", shares: bool = True,
+                  frozen: bool = False) -> _ForwardPlan | None:
     """Everything of a 2-D grouped forward pass but the kernel's and input's values
     (remembered per shape): the compiled modules' calls, where they read, how the
     kernel is packed, and the chunks of output (one per thread on one thread, else
     :data:`.register_tiles.JOBS_PER_WORKER` per thread). ``None``: no grouped kernels
     for it (:func:`_family`; ``family`` names other ones that apply), or a panel larger
-    than :data:`.register_tiles.PANEL_BYTES`."""
+    than :data:`.register_tiles.PANEL_BYTES`. ``frozen``: the kernel cannot change
+    (:func:`.prepacked.prepack`), so its panels are packed once (:func:`_panels`) and
+    read packed whatever the cells (:data:`IN_PLACE_CELLS` is for packing at every call)."""
     n, h, w, c = shape
     kh, kw, group_in, f = kernel_shape
     oh, ow = out_size
@@ -305,7 +312,7 @@ def _forward_plan(shape: tuple[int, int, int, int], kernel_shape: tuple[int, int
                  and (f * itemsize) % ALIGN == 0)
     # few output cells read each kernel step a few times only: reading it where it lies
     # (rows F apart) costs less than packing it at every call
-    in_place = family != "shuffle" and n * oh * ow <= IN_PLACE_CELLS
+    in_place = family != "shuffle" and n * oh * ow <= IN_PLACE_CELLS and not frozen
     steps = []
     for vectors, start, blocks in runs:
         cols = vectors * width
@@ -587,17 +594,13 @@ def _run_plan(plan: _ForwardPlan, x: np.ndarray, kernel: np.ndarray,
                           step.offsets_address, step.first_channel_bytes, step.sums,
                           step.batch))
     else:
-        packed = aligned_empty((plan.panel_size,), dtype)
+        packed = _panels(plan, kernel)
         weights_base = packed.ctypes.data
         at = 0
         for step in plan.steps:
-            size = math.prod(step.panel)
-            start, stop = step.columns
-            packed[at:at + size].reshape(step.panel)[...] = kernel.reshape(step.source)[
-                ..., start:stop].reshape(step.split).transpose(step.order)
-            calls.append((step.drive, packed.ctypes.data + at * itemsize, step.offsets_address,
+            calls.append((step.drive, weights_base + at * itemsize, step.offsets_address,
                           step.first_channel_bytes, step.sums, step.batch))
-            at += size
+            at += math.prod(step.panel)
     y = aligned_empty((n, *out_size, f), dtype)
     x_base, y_base = x.ctypes.data, y.ctypes.data
     if runner is not None and plan.rows is not None and plan.bases is not None:
@@ -636,6 +639,40 @@ def _run_plan(plan: _ForwardPlan, x: np.ndarray, kernel: np.ndarray,
     return y
 
 
+def _panels(plan: _ForwardPlan, kernel: np.ndarray) -> np.ndarray:
+    """Every step's panel of ``kernel`` packed for ``plan`` (one aligned buffer), once per
+    kernel that cannot change (:func:`.prepacked.remembered`: the bench's and a model's
+    fixed weights, 1.2 MB for 3×3 1024 channels in 32 groups, 0.07 ms a call to pack on
+    one core), else at every call.
+
+    >>> import numpy as np
+    >>> from convarith.engine import prepack
+    >>> kernel = prepack(np.arange(9 * 8 * 64, dtype=np.float32).reshape(3, 3, 8, 64))
+    >>> shape = ((1, 6, 6, 64), kernel.shape, (1, 1), (1, 1), (4, 4), ((0, 0), (0, 0)), 8,
+    ...          np.dtype(np.float32), _llvm.vector_target(), 1)
+    >>> plan = _forward_plan(*shape, frozen=True) if _llvm.available() else None
+    >>> plan is None or _panels(plan, kernel) is _panels(plan, kernel)
+    True
+    """
+
+    def pack() -> tuple[np.ndarray, int]:
+        packed = aligned_empty((plan.panel_size,), kernel.dtype)
+        at = 0
+        for step in plan.steps:
+            size = math.prod(step.panel)
+            start, stop = step.columns
+            packed[at:at + size].reshape(step.panel)[...] = kernel.reshape(step.source)[
+                ..., start:stop].reshape(step.split).transpose(step.order)
+            at += size
+        packed.flags.writeable = False  # (remembered panels are shared by calls)
+        return packed, packed.nbytes
+
+    packing = ("register_tiles_grouped",
+               tuple((s.source, s.columns, s.split, s.order, s.panel) for s in plan.steps))
+    remembered = prepacked.remembered(kernel, packing, pack)
+    return remembered if remembered is not None else pack()[0]
+
+
 def _forward(x: np.ndarray, kernel: np.ndarray, strides: Sequence[int],
              dilation: Sequence[int], groups: int, out_size: Sequence[int],
              pads: Sequence[tuple[int, int]], threads: int | None,
@@ -659,11 +696,12 @@ def _forward(x: np.ndarray, kernel: np.ndarray, strides: Sequence[int],
         return None
     n = x.shape[0]
     flops = 2.0 * n * oh * ow * kh * kw * group_in * f
+    frozen = prepacked.frozen_owner(kernel) is not None
 
     def plan_for(shares: bool) -> _ForwardPlan | None:
         return _forward_plan(tuple(x.shape), tuple(kernel.shape), strides2, dilation2,
                              (oh, ow), (pad_list[0], pad_list[1]), int(groups), dtype,
-                             _llvm.vector_target(), workers, family, shares)
+                             _llvm.vector_target(), workers, family, shares, frozen)
 
     plan = plan_for(True)
     if plan is None and workers > 1:
