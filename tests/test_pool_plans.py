@@ -202,7 +202,6 @@ def test_global_average_memory_within_the_bound(shape: tuple[int, ...], threads:
     # peak extra bytes <= 1.5 x (input + output), split over the threads or not
     if threads == 2:
         monkeypatch.setattr(pooling, "GLOBAL_THREADED_VALUES", 0)
-        monkeypatch.setattr(pooling, "UNCOMPILED_THREADED_VALUES", 0)
     x = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
     spec = ConvSpec(shape[1:3], pool="avg")
     with thread_limit(threads):

@@ -245,7 +245,6 @@ def test_random_global_averages_match_pytorch(loop: str, monkeypatch: pytest.Mon
     # result; without it BLAS's gemv on one thread, on several numba's one-pass loop,
     # the images split over the threads, or without numba the gemv
     monkeypatch.setattr(pooling, "GLOBAL_THREADED_VALUES", 0)
-    monkeypatch.setattr(pooling, "UNCOMPILED_THREADED_VALUES", 0)
     compiled = _llvm_pool.global_average_kernel
     if loop in ("compiled", "ctypes"):
         made = compiled(np.float32)

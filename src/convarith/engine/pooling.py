@@ -8,7 +8,7 @@ a vector of channels at a time, the output rows split over the worker threads
 (called through numba where it is installed: a ctypes call costs microseconds;
 numba's loops, :mod:`.algorithms._numba_pool`, where the llvmlite kernels are
 off); a global average is the compiled global average (each image read once, front
-to back, images or channels split over the workers from half a million values), without
+to back, images or channels split over the workers from a million values), without
 it BLAS's gemv with ``1 / cells``, or, split over the workers, numba's one-pass loop;
 otherwise NumPy reduces one axis and one tap at a time over strided views
 (:func:`clipped_windows`). A remembered call plan runs :func:`bind`'s function. A max pool's gradient scans each
@@ -51,8 +51,7 @@ from .padding import pad
 
 __all__ = ["forward", "backward", "divisor", "reduce_windows", "spread_windows", "PoolPlan",
            "pool_plan", "window_spans", "axis_taps", "clipped_windows", "THREADED_WORK",
-           "SMALL_WORK", "GLOBAL_THREADED_VALUES", "UNCOMPILED_THREADED_VALUES", "bind",
-           "global_channels_first"]
+           "SMALL_WORK", "GLOBAL_THREADED_VALUES", "bind", "global_channels_first"]
 
 
 _ONE_ROW = np.array([[0, 1]], np.int64)  # a one-dimensional pool's one row of taps
@@ -426,17 +425,9 @@ def _bound_windows(resolved: ResolvedConv, planned: PoolPlan
 
 #: Input values from which a global average pool by the compiled kernel splits its
 #: images (or, for one image, its channels) over the workers as a native batch
-#: (:mod:`.algorithms._native_jobs`). Busy machine, two cores at real-time priority,
-#: float32, batch 16, ``engine.conv``'s wall time on one thread against two (medians,
-#: interleaved): 4²×1280 (328k values) 21-29 against 27-40 µs, 7²×480 (376k) 26-32
-#: against 29-29, 4²×2048 (524k) 37-42 against 36-39, 14²×240 (753k) 48-49 against
-#: 43, 28²×96 (1.2M) 65 against 52: the native batch's own cost (~10 µs from Python,
-#: :func:`~.algorithms._threads.run_native_jobs`) pays from about half a million values.
-GLOBAL_THREADED_VALUES = 1 << 19
-
-#: Input values from which a global average without the compiled kernel splits its
-#: images over the workers (numba's one-pass loop, chunks handed out with the GIL).
-UNCOMPILED_THREADED_VALUES = 1 << 20
+#: (:mod:`.algorithms._native_jobs`). Busy machine, two cores, float32, wall time
+#: against one thread: see :func:`_global_average`.
+GLOBAL_THREADED_VALUES = 1 << 20
 
 
 def _global_average(rows: np.ndarray, planned: PoolPlan) -> np.ndarray:
@@ -460,8 +451,7 @@ def _global_average(rows: np.ndarray, planned: PoolPlan) -> np.ndarray:
 def _global_average_uncompiled(rows: np.ndarray, planned: PoolPlan) -> np.ndarray:
     """:func:`_global_average` without the compiled kernel."""
     batch, cells, channels = rows.shape
-    workers = 1 if batch < 2 or rows.size < UNCOMPILED_THREADED_VALUES \
-        else _threads.worker_count()
+    workers = 1 if batch < 2 or rows.size < GLOBAL_THREADED_VALUES else _threads.worker_count()
     loops = _numba_pool.numba_kernels() if workers > 1 and rows.dtype.char in "fd" else None
     if loops is None:
         weights = planned.weights
