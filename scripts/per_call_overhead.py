@@ -2,8 +2,10 @@
 
 EfficientNet-B0's squeeze-excitation layers (1x1 convolutions on a 1x1 image),
 the pointwise layers on 4x4 images, and the networks' small poolings (global
-averages, 2x2 and 3x3 max pools, channels-last and channels-first), each timed as
-the median of 200 calls in a loop (``time.perf_counter``), one thread for every
+averages at batch 1 and 16, 2x2 and 3x3 max pools, channels-last and
+channels-first; for a global average also the compiled kernel alone, called
+through numba: the rest of ``engine.conv``'s time is Python), each timed as the
+median of 200 calls in a loop (``time.perf_counter``), one thread for every
 library::
 
     CONVARITH_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python scripts/per_call_overhead.py
@@ -22,9 +24,27 @@ SQUEEZE_EXCITATION = [(32, 8), (8, 32), (96, 4), (4, 96), (144, 6), (6, 144), (2
                       (10, 240), (480, 20), (20, 480), (672, 28), (28, 672), (1152, 48),
                       (48, 1152)]
 POINTWISE_4X4 = [(1152, 192), (1152, 320), (320, 1280), (960, 160)]
-# (kind, kernel, stride, padding, size, channels) on one image
-POOLS = [("avg", 4, 1, 0, 4, 2048), ("avg", 7, 1, 0, 7, 240), ("avg", 14, 1, 0, 14, 144),
-         ("max", 2, 2, 0, 7, 512), ("max", 2, 2, 0, 14, 512), ("max", 3, 2, 1, 56, 64)]
+# (kind, kernel, stride, padding, size, channels, batch)
+POOLS = [("avg", 4, 1, 0, 4, 2048, 1), ("avg", 4, 1, 0, 4, 1280, 1), ("avg", 7, 1, 0, 7, 240, 1),
+         ("avg", 14, 1, 0, 14, 144, 1), ("avg", 4, 1, 0, 4, 672, 16),
+         ("avg", 4, 1, 0, 4, 1280, 16), ("avg", 7, 1, 0, 7, 480, 16),
+         ("avg", 14, 1, 0, 14, 240, 16), ("max", 2, 2, 0, 7, 512, 1),
+         ("max", 2, 2, 0, 14, 512, 1), ("max", 3, 2, 1, 56, 64, 1)]
+
+
+def kernel_alone(x: np.ndarray) -> Callable[[], Any] | None:
+    """The compiled global average of channels-last ``x`` called through numba (``None``
+    where it is not here)."""
+    from convarith.engine.algorithms import _llvm_pool
+
+    kernel = _llvm_pool.global_average_kernel(x.dtype)
+    if kernel is None or kernel.call is None:
+        return None
+    batch, channels = x.shape[0], x.shape[-1]
+    cells = x[0].size // channels
+    y = np.empty((batch, 1, 1, channels), x.dtype)
+    chunk = _llvm_pool.global_chunk(channels, x.itemsize)
+    return lambda: kernel.call(x, y, 0, batch, cells, channels, 0, channels, chunk)
 
 
 def median_us(fn: Callable[[], Any], calls: int = 200) -> float:
@@ -68,8 +88,8 @@ def main() -> None:
     geomean = float(np.exp(np.mean(np.log(ratios))))
     print(f"squeeze-excitation layers: geomean torch/engine.conv {geomean:.2f}")
     pool_ratios = []
-    for kind, k, s, p, size, channels in POOLS:
-        x = rng.standard_normal((1, size, size, channels)).astype(np.float32)
+    for kind, k, s, p, size, channels, batch in POOLS:
+        x = rng.standard_normal((batch, size, size, channels)).astype(np.float32)
         spec = ConvSpec(k, strides=s, padding=p, pool=kind)
         x_first = np.ascontiguousarray(np.moveaxis(x, -1, 1))
         first = ConvSpec(k, strides=s, padding=p, pool=kind, data_format="channels_first")
@@ -84,8 +104,10 @@ def main() -> None:
             theirs = median_us(lambda a=x_last, k=k, s=s, p=p, f=pool: f(a, k, s, p))
             theirs_first = median_us(lambda a=x_torch, k=k, s=s, p=p, f=pool: f(a, k, s, p))
         pool_ratios.append(theirs / ours)
-        print(f"{kind} pool {k}x{k} s{s} p{p} on {size}x{size}x{channels}: engine.conv "
-              f"{ours:6.1f} (NCHW {ours_first:6.1f})  {function.__name__} {functional:6.1f}  "
+        alone = kernel_alone(x) if kind == "avg" and k == size else None
+        kernel = "" if alone is None else f" (kernel {median_us(alone):6.1f})"
+        print(f"{kind} pool {k}x{k} s{s} p{p} on {batch}x{size}x{size}x{channels}: engine.conv "
+              f"{ours:6.1f}{kernel} (NCHW {ours_first:6.1f})  {function.__name__} {functional:6.1f}  "
               f"torch {theirs:6.1f} (NCHW {theirs_first:6.1f}) us  torch/engine "
               f"{theirs / ours:.2f}", flush=True)
     geomean = float(np.exp(np.mean(np.log(pool_ratios))))

@@ -238,28 +238,111 @@ def bind(resolved: ResolvedConv, planned: PoolPlan) -> Callable[[np.ndarray], np
         return _bound_windows(resolved, planned)
     if not (planned.whole and resolved.spec.pool == "avg"):
         return lambda x: forward(x, resolved, planned)
+    return _bound_global_average(resolved, planned)
+
+
+def _bound_global_average(resolved: ResolvedConv, planned: PoolPlan
+                          ) -> Callable[[np.ndarray], np.ndarray]:
+    """:func:`bind` for a global average: the compiled kernel called straight from here,
+    in this thread or, from :data:`GLOBAL_THREADED_VALUES` input values, as one table
+    of its calls split over the workers; what depends on ``x``'s shape and the kernel
+    (the chunk, the output's shape, the table's fixed columns) is worked out at the
+    first call of each and reused. The kernel and the thresholds are read at each
+    call (the vector ISA setting may change); anything but a C-contiguous ``x`` of the
+    plan's dtype takes :func:`_global_average`."""
     out_size = resolved.output_size
     cells = math.prod(resolved.input_size)
+    dtype = None if planned.weights is None else planned.weights.dtype
+    # (the kernel's id, x's shape, the worker count) -> (the kernel, :func:`_global_plan`)
+    made: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+
+    def general(x: np.ndarray) -> np.ndarray:
+        batch, channels = x.shape[0], x.shape[-1]
+        y = _global_average(x.reshape(batch, cells, channels), planned)
+        return y.reshape(batch, *out_size, channels)
 
     def global_average(x: np.ndarray) -> np.ndarray:
-        batch, channels = x.shape[0], x.shape[-1]
-        kernel = _llvm_pool.global_average_kernel(x.dtype) if cells else None
-        # (two spatial axes: x and y as they are, else the (N, cells, C) rows that
-        # _global_average takes: numba compiles its call for each number of axes)
+        if x.dtype != dtype or not cells or not x.flags.c_contiguous:
+            return general(x)
+        kernel = _llvm_pool.global_average_kernel(dtype)
         if kernel is None:
-            y = _global_average_uncompiled(x.reshape(batch, cells, channels), planned)
-            return y.reshape(batch, *out_size, channels)
-        if kernel.call is None or x.size >= GLOBAL_THREADED_VALUES or x.ndim != 4 \
-                or not x.flags.c_contiguous:
-            y = _global_average(x.reshape(batch, cells, channels), planned)
-            return y.reshape(batch, *out_size, channels)
-        # in this thread, through numba (which reads only the arrays' addresses)
-        y = np.empty((batch, *out_size, channels), x.dtype)
-        kernel.call(x, y, 0, batch, cells, channels, 0, channels,
-                    _llvm_pool.global_chunk(channels, x.itemsize))
+            return general(x)
+        threaded = x.size >= GLOBAL_THREADED_VALUES
+        workers = _threads.worker_count() if threaded else 1
+        key = (id(kernel), x.shape, workers)
+        plan = made.get(key)
+        if plan is None or plan[0] is not kernel:  # (an id is reused once its object dies)
+            if len(made) >= 8:  # (kernels made anew at each call: keep a few)
+                made.clear()
+            plan = made[key] = (kernel, *_global_plan(kernel, x.shape, x.itemsize, cells,
+                                                      out_size, workers))
+        _, shape, chunk, table, jobs = plan
+        y = np.empty(shape, x.dtype)
+        if table is not None and jobs is not None:
+            # the pieces over the workers, the helpers without the GIL
+            calls = table.copy()  # (the plan may be run by several threads at once)
+            calls[:, 1] = x.ctypes.data
+            calls[:, 2] = y.ctypes.data
+            _threads.run_native_jobs(_global_runner(), calls, jobs, threads=workers)
+        elif kernel.call is not None and x.ndim == 4:
+            # through numba (~1 µs, a ctypes call ~4; numba compiles its call for each
+            # number of axes: two spatial axes take x and y as they are)
+            kernel.call(x, y, 0, shape[0], cells, shape[-1], 0, shape[-1], chunk)
+        elif kernel.call is not None:
+            kernel.call(x.reshape(shape[0], cells, shape[-1]), y.reshape(shape[0], shape[-1]),
+                        0, shape[0], cells, shape[-1], 0, shape[-1], chunk)
+        else:
+            kernel.drive(x.ctypes.data, y.ctypes.data, 0, shape[0], cells, shape[-1], 0,
+                         shape[-1], chunk)
         return y
 
     return global_average
+
+
+def _global_runner() -> Any:
+    """The native jobs' runner of the global average's calls (two pointers, then
+    :data:`~.algorithms._llvm_pool.GLOBAL_FIELDS`)."""
+    return _native_jobs.rows_runner(2, len(_llvm_pool.GLOBAL_FIELDS))
+
+
+def _global_plan(kernel: _llvm_pool.GlobalAverageKernel, shape: tuple[int, ...], itemsize: int,
+                 cells: int, out_size: tuple[int, ...], workers: int
+                 ) -> tuple[tuple[int, ...], int, np.ndarray | None, np.ndarray | None]:
+    """How :func:`_bound_global_average` runs an ``x`` of ``shape``: the output's shape,
+    the chunk, and, with more than one worker and the native jobs' runner here, the
+    table of the kernel's calls (:func:`_global_table`, its x and y columns 0) and its
+    jobs; else ``None`` for both."""
+    batch, channels = shape[0], shape[-1]
+    chunk = _llvm_pool.global_chunk(channels, itemsize)
+    out_shape = (batch, *out_size, channels)
+    if workers < 2 or _global_runner() is None:
+        return out_shape, chunk, None, None
+    table = _global_table(kernel, 0, 0, batch, cells, channels, chunk, workers)
+    table.flags.writeable = False
+    jobs = np.array([(i, 1) for i in range(len(table))], np.int64)
+    jobs.flags.writeable = False
+    return out_shape, chunk, table, jobs
+
+
+def _global_table(kernel: _llvm_pool.GlobalAverageKernel, x_address: int, y_address: int,
+                  batch: int, cells: int, channels: int, chunk: int, workers: int
+                  ) -> np.ndarray:
+    """The global average's calls for ``workers`` (two pieces each), one row per call
+    (:func:`~.algorithms._native_jobs.rows_runner`'s table): pieces of images, or, with
+    fewer images than workers, of channels (whole vectors each)."""
+    head = (kernel.address, x_address, y_address)
+    if batch >= workers:
+        count = min(batch, 2 * workers)
+        edges = [batch * i // count for i in range(count + 1)]
+        rows = [(*head, first, stop, cells, channels, 0, channels, chunk)
+                for first, stop in zip(edges, edges[1:])]
+    else:  # whole vectors of channels per piece
+        vectors = -(-channels // kernel.width)
+        count = min(vectors, 2 * workers)
+        starts = [min(channels, vectors * i // count * kernel.width) for i in range(count)]
+        rows = [(*head, 0, batch, cells, channels, first, stop, chunk)
+                for first, stop in zip(starts, starts[1:] + [channels]) if first < stop]
+    return np.array(rows, np.int64).reshape(-1, 3 + len(_llvm_pool.GLOBAL_FIELDS))
 
 
 def global_channels_first(x: Any, planned: PoolPlan, pool: str, compute_dtype: np.dtype[Any]
@@ -403,20 +486,10 @@ def _global_average_compiled(kernel: _llvm_pool.GlobalAverageKernel, rows: np.nd
             kernel.drive(rows.ctypes.data, y.ctypes.data, 0, batch, cells, channels, 0,
                          channels, chunk)
         return y
-    head = (kernel.address, rows.ctypes.data, y.ctypes.data)
-    if batch >= workers:
-        count = min(batch, 2 * workers)
-        edges = [batch * i // count for i in range(count + 1)]
-        table = [(*head, first, stop, cells, channels, 0, channels, chunk)
-                 for first, stop in zip(edges, edges[1:])]
-    else:  # whole vectors of channels per piece
-        vectors = -(-channels // kernel.width)
-        count = min(vectors, 2 * workers)
-        edges = [min(channels, vectors * i // count * kernel.width) for i in range(count)]
-        table = [(*head, 0, batch, cells, channels, first, stop, chunk)
-                 for first, stop in zip(edges, edges[1:] + [channels]) if first < stop]
-    _threads.run_native_jobs(runner, np.array(table, np.int64),
-                             [(i, 1) for i in range(len(table))], threads=workers)
+    table = _global_table(kernel, rows.ctypes.data, y.ctypes.data, batch, cells, channels,
+                          chunk, workers)
+    _threads.run_native_jobs(runner, table, [(i, 1) for i in range(len(table))],
+                             threads=workers)
     return y
 
 

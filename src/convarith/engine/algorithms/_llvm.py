@@ -67,7 +67,7 @@ from ..state import cached_once, environment
 
 __all__ = ["available", "compiled", "vector_width", "block_rows", "max_vectors", "Kernels",
            "Cells", "Sums", "Batch", "ONE_PROBLEM", "VectorTarget", "vector_target",
-           "target_named", "narrower_than_host", "module_ir", "assembly", "ISA_VARIABLE", "ISA_NAMES",
+           "target_named", "narrower_than_host", "module_ir", "assembly", "ir_assembly", "ISA_VARIABLE", "ISA_NAMES",
            "grouped_module_ir", "grouped_block_rows", "grouped_assembly", "compiled_grouped",
            "interleaved_block_rows"]
 
@@ -661,10 +661,23 @@ def assembly(target: VectorTarget, dtype: Any, vectors: int, streaming: bool = F
     """The machine code of a module for ``target``, as assembly text: checks that the IR
     compiles for an instruction set this machine need not run (raises ``RuntimeError``
     if llvmlite or its backend for ``target`` is missing)."""
+    return ir_assembly(module_ir(dtype, vectors, block_rows(vectors, target),
+                                 target.width(dtype), streaming), target)
+
+
+def ir_assembly(ir: str, target: VectorTarget) -> str:
+    """The machine code of the LLVM module ``ir`` for ``target``, as assembly text: parsed,
+    verified and emitted for an instruction set this machine need not run (under the
+    compile lock; ``RuntimeError`` without llvmlite or with ``CONVARITH_JIT=0``).
+
+    >>> if _llvm() is not None:
+    ...     text = ir_assembly("define void @drive() {\\nentry:\\n  ret void\\n}\\n",
+    ...                        target_named("avx2"))
+    ...     assert "drive" in text
+    """
     llvm = _llvm()
     if llvm is None:
         raise RuntimeError("llvmlite is not installed (or CONVARITH_JIT=0)")
-    ir = module_ir(dtype, vectors, block_rows(vectors, target), target.width(dtype), streaming)
     with _LOCK:
         machine = _machine(llvm, target)
         module = llvm.parse_assembly(ir)
@@ -895,18 +908,9 @@ def grouped_block_rows(vectors: int, group: int, target: VectorTarget | None = N
 
 def grouped_assembly(target: VectorTarget, dtype: Any, vectors: int, group: int) -> str:
     """:func:`assembly` for the grouped kernels (checks the IR compiles for ``target``)."""
-    llvm = _llvm()
-    if llvm is None:
-        raise RuntimeError("llvmlite is not installed (or CONVARITH_JIT=0)")
-    ir = grouped_module_ir(dtype, vectors, grouped_block_rows(vectors, group, target),
-                           target.width(dtype), group)
-    with _LOCK:
-        machine = _machine(llvm, target)
-        module = llvm.parse_assembly(ir)
-        if target.triple:
-            module.triple = target.triple
-        module.verify()
-        return str(machine.emit_assembly(module))
+    rows = grouped_block_rows(vectors, group, target)
+    return ir_assembly(grouped_module_ir(dtype, vectors, rows, target.width(dtype), group),
+                       target)
 
 
 def compiled_grouped(dtype: Any, vectors: int, group: int) -> Kernels | None:

@@ -402,16 +402,7 @@ def row_assembly(target: _llvm.VectorTarget, dtype: Any, *, kernel: int, stride:
     """The machine code of a module for ``target``, as assembly text (checks that the IR
     compiles for an instruction set this machine need not run; ``RuntimeError`` without
     llvmlite)."""
-    llvm = _llvm._llvm()
-    if llvm is None:
-        raise RuntimeError("llvmlite is not installed (or CONVARITH_JIT=0)")
-    ir = row_module_ir(dtype, target.width(dtype), kernel=kernel, stride=stride,
-                       dilation=dilation, cells=cells, streaming=streaming,
-                       columns_read=columns_read)
-    with _llvm._LOCK:
-        machine = _llvm._machine(llvm, target)
-        module = llvm.parse_assembly(ir)
-        if target.triple:
-            module.triple = target.triple
-        module.verify()
-        return str(machine.emit_assembly(module))
+    return _llvm.ir_assembly(row_module_ir(dtype, target.width(dtype), kernel=kernel,
+                                           stride=stride, dilation=dilation, cells=cells,
+                                           streaming=streaming, columns_read=columns_read),
+                             target)
