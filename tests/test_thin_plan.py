@@ -17,7 +17,7 @@ import os
 import numpy as np
 import pytest
 
-from _helpers import relative_error
+from _helpers import peak_extra_bytes, relative_error
 from convarith.engine.algorithms import _llvm, register_tiles, thin_call
 
 torch = pytest.importorskip("torch")
@@ -112,3 +112,20 @@ def test_a_layer_on_several_threads_is_not_planned_here():
     x = np.ones((1, 224, 224, 3), np.float32)
     kernel = np.ones((3, 3, 3, 32), np.float32)
     assert thin_call.planned(x, kernel, (2, 2), (1, 1), (112, 112), ((0, 1), (0, 1)), 2) is None
+
+
+@pytest.mark.parametrize("size, stride, filters", [(3, 2, 32), (7, 2, 64), (3, 1, 64)])
+def test_the_plans_memory(size, stride, filters):
+    """Peak extra memory of a planned stem at most 1.5 times its input, kernel and output
+    (the output itself and this thread's kept padded input, made by the first call)."""
+    rng = np.random.default_rng(size)
+    x = rng.standard_normal((1, 112, 112, 3)).astype(np.float32)
+    kernel = rng.standard_normal((size, size, 3, filters)).astype(np.float32)
+    p = size // 2
+    out = ((112 + 2 * p - size) // stride + 1,) * 2
+    pads = ((p, p), (p, p))
+    y = thin_call.planned(x, kernel, (stride, stride), (1, 1), out, pads, 1)
+    assert y is not None
+    peak = peak_extra_bytes(lambda: thin_call.planned(x, kernel, (stride, stride), (1, 1),
+                                                      out, pads, 1))
+    assert peak <= 1.5 * (x.nbytes + kernel.nbytes + y.nbytes), (peak, y.nbytes)
