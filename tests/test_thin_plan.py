@@ -129,3 +129,18 @@ def test_the_plans_memory(size, stride, filters):
     peak = peak_extra_bytes(lambda: thin_call.planned(x, kernel, (stride, stride), (1, 1),
                                                       out, pads, 1))
     assert peak <= 1.5 * (x.nbytes + kernel.nbytes + y.nbytes), (peak, y.nbytes)
+
+
+def test_a_one_dimensional_thin_layer_through_the_plan():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 100, 1)).astype(np.float32)  # one channel (audio)
+    kernel = rng.standard_normal((5, 1, 32)).astype(np.float32)
+    thin_call.one_call_plan.cache_clear()
+    y = register_tiles.direct(x, kernel, (2,), (1,), 1, (50,), padding=((2, 2),), threads=1)
+    assert thin_call.one_call_plan.cache_info().misses == 1
+    xt = torch.from_numpy(x.astype(np.float64).transpose(0, 2, 1).copy())
+    kt = torch.from_numpy(kernel.astype(np.float64).transpose(2, 1, 0).copy())
+    with torch.no_grad():
+        expected = torch.nn.functional.conv1d(xt, kt, stride=2, padding=2).numpy()
+    assert y.shape == (2, 50, 32)
+    assert relative_error(y, expected.transpose(0, 2, 1)) <= 1e-5
