@@ -100,3 +100,28 @@ def test_narrow_layers_stay_within_their_memory(batch, size, channels, filters) 
         f"{batch}×{size}² {channels} -> {filters}: peak {peak} bytes = {ratio:.2f}x "
         f"(x + kernel + output)")
     assert math.isfinite(ratio)
+
+
+@pytest.mark.parametrize("x_shape, filters, strides, dtype", [
+    ((16, 28, 28, 144), 24, (1, 1), np.float32),
+    ((3, 57, 55, 32), 16, (1, 1), np.float64),
+    ((2, 60, 61, 40), 32, (2, 3), np.float32),
+    ((16, 3136, 64), 16, (1,), np.float32),
+    ((2, 9, 10, 11, 48), 8, (1, 2, 1), np.float64),
+])
+def test_one_worker_runs_narrow_outputs_in_pieces_as_pytorch(x_shape, filters, strides,
+                                                             dtype) -> None:
+    from convarith.engine.algorithms import pointwise_rows
+
+    seed = 1900 + sum(x_shape)
+    rng = np.random.default_rng(seed)
+    rank = len(strides)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    kernel = rng.standard_normal((*(1,) * rank, x_shape[-1], filters)).astype(dtype)
+    expected = _torch_conv(x, kernel, strides)
+    out_size = expected.shape[1:-1]
+    assert pointwise_rows.cached_chunks(x_shape[0], out_size, x_shape[-1], filters,
+                                        np.dtype(dtype).itemsize)
+    y = pointwise_rows.direct(x, kernel, strides, (1,) * rank, 1, out_size, threads=1)
+    error = relative_error(y, expected)
+    assert error <= TOLERANCE[dtype], f"seed {seed}: x {x_shape} -> {filters}: {error:.2e}"
