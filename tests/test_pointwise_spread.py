@@ -108,6 +108,7 @@ def test_narrow_layers_stay_within_their_memory(batch, size, channels, filters) 
     ((2, 60, 61, 40), 32, (2, 3), np.float32),
     ((16, 3136, 64), 16, (1,), np.float32),
     ((2, 9, 10, 11, 48), 8, (1, 2, 1), np.float64),
+    ((4, 30, 31, 200), 32, (1, 1), np.float32),
 ])
 def test_one_worker_runs_narrow_outputs_in_pieces_as_pytorch(x_shape, filters, strides,
                                                              dtype) -> None:
