@@ -1080,29 +1080,32 @@ TINY_BACKWARD_FLOPS = 2e7
 
 #: With exactly two workers, below this many forward FLOPs :func:`conv_vjp` runs the input
 #: and the kernel gradients side by side, one thread each, at any size from
-#: :data:`TINY_BACKWARD_FLOPS`: each gradient's own split over two threads (a few long
-#: products, the helper's start, BLAS's threads spinning between calls) ran these layers
-#: 1.2-2.3× slower on 2 cores (wall time at real-time priority, both ways interleaved in
-#: one process, 00:45-00:55 UTC 2026-12-07): 3×3 64 -> 128 on one 56² image 13.5 -> 8.4
-#: ms, 3×3 64 on one 112² image 11.9 -> 7.1, WaveNet's 64 -> 128 on 4096 9.6 -> 4.3,
-#: ResNet's 3×3 stride 2 128 on 16×28² 22.9 -> 18.5 and 3×3 512 on 16×7² (3.7 GFLOPs)
-#: 47.9 -> 39.9; VGG's 3×3 256 on 16×28² (15 GFLOPs) ran 102 -> 149, each gradient's own
-#: split kept there. Unmeasured with more workers: they keep the split.
-TWO_CORES_FLOPS = 8e9
+#: :data:`TINY_BACKWARD_FLOPS`, where the kernel holds no more values than ``x`` and
+#: ``dy`` together: each gradient's own split over two threads (a few long products, the
+#: helper's start, BLAS's threads spinning between calls) ran such layers 1.2-2.3× slower
+#: on 2 cores (wall time at real-time priority, both ways interleaved in one process,
+#: 00:30-00:45 UTC 2026-12-07): 3×3 64 -> 128 on one 56² image 13.5 -> 8.4 ms, WaveNet's
+#: 64 -> 128 on 4096 9.6 -> 4.3, ResNet's 3×3 stride 2 128 on 16×28² 22.9 -> 18.5.
+#: Larger layers keep each gradient's split: side by side, their working memory is
+#: alive at once (3×3 512 on 16×7²: peak 0.98 -> 1.84× the operands) and 3×3 128 on one
+#: 56² image and 256 -> 128 on 56² ran no faster (the networks suite, two runs).
+TWO_CORES_FLOPS = 1.5e9
 
 
 def _both_gradients(input_grad: Any, kernel_grad: Any, need_input_grad: bool,
-                    multiply_adds: int) -> tuple[Any, Any]:
+                    multiply_adds: int, small_kernel: bool = True) -> tuple[Any, Any]:
     """``(input_grad() or None, kernel_grad())``: for a backward pass of ``multiply_adds``
     (the forward pass's) below :data:`SMALL_BACKWARD_FLOPS` with two or more workers, or
-    below :data:`TWO_CORES_FLOPS` with exactly two (and both gradients wanted), each on one
+    below :data:`TWO_CORES_FLOPS` with exactly two (both gradients wanted, and
+    ``small_kernel``: the kernel no larger than ``x`` and ``dy`` together), each on one
     thread (:func:`~.algorithms._threads.thread_limit`), the two side by side on two
     workers (below :data:`TINY_BACKWARD_FLOPS` one after the other on the calling
     thread); otherwise one after the other, each on every worker. An error of either is
     raised here."""
     workers = worker_count()
     small = 2 * multiply_adds < SMALL_BACKWARD_FLOPS
-    side_by_side = need_input_grad and workers == 2 and 2 * multiply_adds < TWO_CORES_FLOPS
+    side_by_side = (need_input_grad and small_kernel and workers == 2
+                    and 2 * multiply_adds < TWO_CORES_FLOPS)
     if workers < 2 or not (small or side_by_side):
         return (input_grad() if need_input_grad else None), kernel_grad()
     if 2 * multiply_adds < TINY_BACKWARD_FLOPS:
@@ -1191,7 +1194,8 @@ def conv_vjp(
                                 resolved.input_size, algorithm),
             lambda: _weight_grad(dy_cropped, prepared.x, spec.kernel_size, strides, dilation,
                                  groups, algorithm),
-            need_input_grad, prepared.x.size // prepared.x.shape[-1] * kernel.size)
+            need_input_grad, prepared.x.size // prepared.x.shape[-1] * kernel.size,
+            kernel.size <= prepared.x.size + dy.size)
     else:
         kernel = prepared.kernel
         assert kernel is not None
@@ -1217,7 +1221,8 @@ def conv_vjp(
             )
 
         d_x, d_kernel = _both_gradients(input_grad, kernel_grad, need_input_grad,
-                                        dy.size // dy.shape[-1] * kernel.size)
+                                        dy.size // dy.shape[-1] * kernel.size,
+                                        kernel.size <= prepared.x.size + dy.size)
     d_bias = None
     if prepared.bias is not None:
         # dy summed over every axis but the last: a product with a vector of ones (one
