@@ -169,6 +169,7 @@ def test_small_conv_layers_run_each_gradient_on_one_thread(
 
     monkeypatch.setattr(core, "transposed_conv", spy_input)
     monkeypatch.setattr(core, "_weight_grad", spy_kernel)
+    monkeypatch.setattr(core, "TWO_CORES_FLOPS", 0.0)  # larger layers: every worker each
     rng = np.random.default_rng(SEED)
     with engine.thread_limit(2):
         if _threads.worker_count() < 2:

@@ -1,6 +1,7 @@
 """Which threads ``conv_vjp``'s two gradients run on, by the layer's size: below
-``TINY_BACKWARD_FLOPS`` both on the calling thread, up to ``SMALL_BACKWARD_FLOPS`` side
-by side on two workers (one thread each), above that one after the other."""
+``TINY_BACKWARD_FLOPS`` both on the calling thread, up to ``SMALL_BACKWARD_FLOPS`` (with
+exactly two workers up to ``TWO_CORES_FLOPS`` for one image) side by side on two workers (one thread
+each), above that one after the other."""
 
 from __future__ import annotations
 
@@ -15,9 +16,14 @@ from convarith.engine import core
 from convarith.engine.algorithms import _threads
 
 
-@pytest.mark.parametrize("channels, size, batch", [(8, 8, 1), (32, 28, 4), (64, 32, 16)])
+@pytest.mark.parametrize("channels, size, batch, two_cores", [
+    (8, 8, 1, None), (32, 28, 4, None), (64, 32, 16, None), (64, 56, 1, None),
+    (64, 56, 1, 1e8)])
 def test_gradients_threads_by_layer_size(channels: int, size: int, batch: int,
+                                         two_cores: float | None,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    if two_cores is not None:  # a layer above the two workers' side-by-side range
+        monkeypatch.setattr(core, "TWO_CORES_FLOPS", two_cores)
     seen: dict[str, tuple[int, Any]] = {}
     transposed, weight_grad = core.transposed_conv, core._weight_grad
 
@@ -53,7 +59,9 @@ def test_gradients_threads_by_layer_size(channels: int, size: int, batch: int,
     if flops < core.TINY_BACKWARD_FLOPS:
         assert seen["input"] == seen["kernel"] == (caller, 1), flops
         assert handed_out == [], flops
-    elif flops < core.SMALL_BACKWARD_FLOPS:
+    elif flops < core.SMALL_BACKWARD_FLOPS or (
+            flops < core.TWO_CORES_FLOPS and core._side_by_side_on_two(x, kernel, dy, 2)):
+        assert batch == 1 or flops < core.SMALL_BACKWARD_FLOPS
         # handed to two workers, one job each; which thread takes which is the
         # scheduler's (a helper that starts late leaves both to the caller)
         assert handed_out == [(2, 1, 2)], flops

@@ -1080,16 +1080,47 @@ SMALL_BACKWARD_FLOPS = 1e8
 #: thresholds 3e6 and 1e7 gave 1.09 and 1.37 on those two, 3e7 1.30).
 TINY_BACKWARD_FLOPS = 2e7
 
+#: With exactly two workers, below this many forward FLOPs :func:`conv_vjp` runs the input
+#: and the kernel gradients of one image (see :func:`_side_by_side_on_two`) side by side,
+#: one thread each, at any size from :data:`TINY_BACKWARD_FLOPS`: each gradient's own
+#: split over two threads (a few long products, the helper's start, BLAS's threads
+#: spinning between calls) ran them 1.2-2.3× slower on 2 cores (wall time at real-time
+#: priority, both ways interleaved in one process, 00:30-00:45 UTC 2026-12-07): 3×3 64 ->
+#: 128 on one 56² image 13.5 -> 8.4 ms, 3×3 64 on one 112² image 11.9 -> 7.1, WaveNet's
+#: 64 -> 128 on 4096 9.6 -> 4.3 (the networks suite: WaveNet's layers at batch 1 0.51-0.78
+#: -> 0.98-1.21 × PyTorch, U-Net's 3×3 on 56² and 28² 0.53-0.70 -> 0.79-0.86).
+#: Larger layers keep each gradient's split: side by side, their working memory is
+#: alive at once (3×3 512 on 16×7²: peak 0.98 -> 1.84× the operands).
+TWO_CORES_FLOPS = 1.5e9
+
+
+def _side_by_side_on_two(x: np.ndarray, kernel: np.ndarray, dy: np.ndarray, rank: int
+                         ) -> bool:
+    """Whether :data:`TWO_CORES_FLOPS` applies: one image, more than one tap, and a kernel
+    no larger than ``x`` and ``dy`` together. The others ran slower side by side (the
+    networks suite, two threads: 1×1 layers at batch 1 and 16, e.g. ResNet-50's 64 -> 256
+    on 16×28² 7.1 -> 11.9 ms, where one gradient is much the longer, and the 7×7 stride 2
+    stems at batch 16 20.9 -> 37.2 ms), or held too much memory at once (the kernel's
+    flipped copy and transforms beside the other gradient's workspace)."""
+    return (x.shape[0] == 1 and math.prod(kernel.shape[:rank]) > 1
+            and kernel.size <= x.size + dy.size)
+
 
 def _both_gradients(input_grad: Any, kernel_grad: Any, need_input_grad: bool,
-                    multiply_adds: int) -> tuple[Any, Any]:
+                    multiply_adds: int, pairs_on_two: bool = False) -> tuple[Any, Any]:
     """``(input_grad() or None, kernel_grad())``: for a backward pass of ``multiply_adds``
-    (the forward pass's) below :data:`SMALL_BACKWARD_FLOPS` with two or more workers,
-    each on one thread (:func:`~.algorithms._threads.thread_limit`), the two side by side
-    on two workers (below :data:`TINY_BACKWARD_FLOPS` one after the other on the calling
+    (the forward pass's) below :data:`SMALL_BACKWARD_FLOPS` with two or more workers, or
+    below :data:`TWO_CORES_FLOPS` with exactly two (both gradients wanted, and
+    ``pairs_on_two``: :func:`_side_by_side_on_two`), each on one
+    thread (:func:`~.algorithms._threads.thread_limit`), the two side by side on two
+    workers (below :data:`TINY_BACKWARD_FLOPS` one after the other on the calling
     thread); otherwise one after the other, each on every worker. An error of either is
     raised here."""
-    if 2 * multiply_adds >= SMALL_BACKWARD_FLOPS or worker_count() < 2:
+    workers = worker_count()
+    small = 2 * multiply_adds < SMALL_BACKWARD_FLOPS
+    side_by_side = (need_input_grad and pairs_on_two and workers == 2
+                    and 2 * multiply_adds < TWO_CORES_FLOPS)
+    if workers < 2 or not (small or side_by_side):
         return (input_grad() if need_input_grad else None), kernel_grad()
     if 2 * multiply_adds < TINY_BACKWARD_FLOPS:
         with thread_limit(1):
@@ -1177,7 +1208,8 @@ def conv_vjp(
                                 resolved.input_size, algorithm),
             lambda: _weight_grad(dy_cropped, prepared.x, spec.kernel_size, strides, dilation,
                                  groups, algorithm),
-            need_input_grad, prepared.x.size // prepared.x.shape[-1] * kernel.size)
+            need_input_grad, prepared.x.size // prepared.x.shape[-1] * kernel.size,
+            _side_by_side_on_two(prepared.x, kernel, dy, len(strides)))
     else:
         kernel = prepared.kernel
         assert kernel is not None
@@ -1203,7 +1235,9 @@ def conv_vjp(
             )
 
         d_x, d_kernel = _both_gradients(input_grad, kernel_grad, need_input_grad,
-                                        dy.size // dy.shape[-1] * kernel.size)
+                                        dy.size // dy.shape[-1] * kernel.size,
+                                        _side_by_side_on_two(prepared.x, kernel, dy,
+                                                             len(strides)))
     d_bias = None
     if prepared.bias is not None:
         # dy summed over every axis but the last: a product with a vector of ones (one
