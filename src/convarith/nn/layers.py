@@ -884,6 +884,10 @@ class _SeparableConv(_DepthwiseConv):
             self.grads["bias"] = d_bias
         return self._from_last(d_x)
 
+    def backward_weights(self, d_out: np.ndarray) -> None:
+        # its own backward (the depthwise part's kept values are not _Conv's)
+        self.backward(d_out)
+
     def _penalised(self) -> dict[str, Any]:
         return {"depthwise_kernel": self.kernel_regularizer,
                 "pointwise_kernel": self.pointwise_regularizer, "bias": self.bias_regularizer}
