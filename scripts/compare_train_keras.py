@@ -30,7 +30,10 @@ epoch) and prints where a steady training step's time goes: the engine's
 convolution forward, input-gradient and weight-gradient calls, the rest of the
 convolution layers (bias gradient, activation), the dense layer, the loss, the
 optimizer and the step's own Python (each call timed on the thread's CPU clock;
-the timers add a few microseconds a call).
+the timers add a few microseconds a call). ``--breakdown --breakdown-threads 2``
+does the same with the engine on two threads, timed by the wall clock (the step's
+thread CPU time would leave out the helpers' work): run it at real-time priority
+(``chrt -f 10``) on a busy machine, beside the one-thread table.
 
 ``--one-thread`` runs all three on one thread (convarith's engine and BLAS,
 PyTorch's ``set_num_threads(1)``, XLA's CPU client without its thread pool):
@@ -148,7 +151,8 @@ class PhaseClock:
     ``restore()``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Any = time.thread_time) -> None:
+        self.clock = clock
         self.seconds: dict[str, float] = {}
         self.calls: dict[str, int] = {}
         self._inner: list[float] = []
@@ -161,12 +165,12 @@ class PhaseClock:
 
         @functools.wraps(original)
         def timed(*args, **kwargs):
-            start = time.thread_time()
+            start = clock.clock()
             clock._inner.append(0.0)
             try:
                 return original(*args, **kwargs)
             finally:
-                spent = time.thread_time() - start
+                spent = clock.clock() - start
                 inner = clock._inner.pop()
                 clock.seconds[label] = clock.seconds.get(label, 0.0) + spent - inner
                 clock.calls[label] = clock.calls.get(label, 0) + 1
@@ -186,7 +190,8 @@ class PhaseClock:
 
 
 def breakdown(args: argparse.Namespace) -> None:
-    """Train convarith alone on one thread and print a steady step's time by phase."""
+    """Train convarith alone (one thread, or ``--breakdown-threads``) and print a steady
+    step's time by phase."""
     from convarith.engine import core
     from convarith.nn import layers, losses, models, optimizers
 
@@ -194,7 +199,8 @@ def breakdown(args: argparse.Namespace) -> None:
     model = build_ours(args)
     model.compile(nn.Adam(args.learning_rate), "sparse_categorical_crossentropy",
                   metrics=["accuracy"])
-    clock = PhaseClock()
+    threads = args.breakdown_threads
+    clock = PhaseClock(time.thread_time if threads == 1 else time.perf_counter)
     step = "step: checks, logs, Python"
     for owner, name, label in [
             (models.Sequential, "_step", step),
@@ -215,19 +221,21 @@ def breakdown(args: argparse.Namespace) -> None:
     ]:
         clock.wrap(owner, name, label)
     try:
-        with engine.thread_limit(1):
+        with engine.thread_limit(threads):
             model.fit(x_train, y_train, epochs=1, batch_size=args.batch_size, verbose=0)
             clock.reset()
-            start = time.thread_time()
+            start = clock.clock()
             model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
                       verbose=0)
-            total = time.thread_time() - start
+            total = clock.clock() - start
     finally:
         clock.restore()
     steps = clock.calls[step]
-    print(f"convarith, one thread: {args.epochs} steady epochs of {steps // args.epochs} steps, "
-          f"{total / args.epochs:.3f} s an epoch, {total / steps * 1e3:.3f} ms a step "
-          "(thread CPU time)")
+    mode = "one thread" if threads == 1 else f"{threads} threads"
+    timer = "thread CPU time" if threads == 1 else "wall time"
+    print(f"convarith {args.model}, batch {args.batch_size}, {mode}: {args.epochs} steady epochs "
+          f"of {steps // args.epochs} steps, {total / args.epochs:.3f} s an epoch, "
+          f"{total / steps * 1e3:.3f} ms a step ({timer})")
     for label, seconds in sorted(clock.seconds.items(), key=lambda item: -item[1]):
         print(f"  {label:34s} {seconds / steps * 1e3:7.3f} ms a step "
               f"({clock.calls[label] / steps:.0f} calls) {seconds / total:6.1%}")
@@ -320,6 +328,9 @@ def main() -> None:
                         "(engine.thread_limit; e.g. 1 on a machine whose cores are busy)")
     parser.add_argument("--one-thread", action="store_true",
                         help="run convarith, Keras-JAX and PyTorch on one thread each")
+    parser.add_argument("--breakdown-threads", type=int, default=1,
+                        help="with --breakdown: the engine's threads (above 1 the phases are "
+                        "timed by the wall clock; default: %(default)s)")
     parser.add_argument("--breakdown", action="store_true",
                         help="train convarith alone (one thread) and print a step's time "
                         "by phase")

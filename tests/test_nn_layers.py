@@ -183,3 +183,17 @@ def test_dropout_training_mask_and_gradient():
     np.testing.assert_allclose(y[kept], 1 / 0.75)
     np.testing.assert_array_equal(layer.backward(np.ones_like(x)), y)
     np.testing.assert_array_equal(layer.forward(x), x)
+
+
+def test_a_separable_first_layer_trains() -> None:
+    # a model's first layer gets backward_weights (no input gradient): the separable
+    # layer's kept values are its own, not those of the plain convolution
+    rng = np.random.default_rng(5)
+    model = nn.Sequential([nn.Input(shape=(8, 8, 2)), nn.SeparableConv2D(3, 3), nn.Flatten(),
+                           nn.Dense(2)], seed=1)
+    model.compile(nn.SGD(0.01), "mse")
+    before = [w.copy() for w in model.get_weights()]
+    history = model.fit(rng.standard_normal((4, 8, 8, 2)).astype(np.float32),
+                        rng.standard_normal((4, 2)).astype(np.float32), epochs=1, verbose=0)
+    assert history.stopped is None
+    assert all(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))

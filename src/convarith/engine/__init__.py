@@ -15,7 +15,7 @@ Examples
 (2, 4, 4, 16)
 """
 
-from .algorithms._threads import thread_limit
+from .algorithms._threads import run_chunks, thread_limit, worker_count
 from .algorithms.prepacked import prepack
 from .api import (
     avg_pool,
@@ -60,9 +60,11 @@ __all__ = [
     "max_pool",
     "prepack",
     "register_algorithm",
+    "run_chunks",
     "separable_conv",
     "separable_conv1d",
     "separable_conv2d",
     "thread_limit",
     "unregister_algorithm",
+    "worker_count",
 ]

@@ -19,6 +19,8 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
+import math
 import numbers
 import re
 from collections.abc import Sequence
@@ -87,6 +89,14 @@ def _engine() -> Any:
     from .. import engine
 
     return engine
+
+
+#: A convolution layer whose training forward pass is below this many FLOPs (two per
+#: multiply-add, the batch's) runs its engine calls, forward and backward, on one thread.
+#: Back to back in a training step such calls gained nothing from a second thread on a
+#: 2-core EPYC and took up to 2.7x the CPU time (``docs/training-speed.md``); the
+#: engine's own thresholds are set for a call on its own.
+ONE_THREAD_TRAINING_FLOPS = 1e8
 
 
 def keras_spec(layer: str, **kwargs: Any) -> ConvSpec:
@@ -563,7 +573,37 @@ class _Conv(SpatialLayer):
     def _engine_kernel(self) -> np.ndarray:
         return self.variables["kernel"]
 
+    def training_flops(self, batch: int) -> float | None:
+        """Twice the multiply-adds of this layer's forward pass on ``batch`` samples (an
+        upper bound for a transposed convolution, whose strides skip taps); ``None`` for
+        an open output size.
+
+        >>> layer = Conv2D(16, 3, padding="same")
+        >>> layer.build((16, 16, 16))
+        >>> layer.training_flops(32) == 2 * 32 * 16 * 16 * 16 * 3 * 3 * 16
+        True
+        """
+        if self.output_shape is None or None in self.output_shape:
+            return None
+        # the kernel's every axis but the last: the taps and the input channels a group reads
+        taps = math.prod(self._engine_kernel().shape[:-1])
+        return 2.0 * batch * math.prod(self.output_shape) * taps
+
+    def _training_threads(self, batch: int) -> contextlib.AbstractContextManager[Any]:
+        """The engine's threads for a training step's calls on ``batch`` samples: one
+        below :data:`ONE_THREAD_TRAINING_FLOPS`, else the engine's own choice."""
+        flops = self.training_flops(batch)
+        if flops is not None and flops < ONE_THREAD_TRAINING_FLOPS:
+            return _engine().thread_limit(1)
+        return contextlib.nullcontext()
+
     def forward(self, x: np.ndarray, training: bool = False, keep: bool = False) -> np.ndarray:
+        if not keep:
+            return self._forward(x)
+        with self._training_threads(len(x)):
+            return self._forward(x, keep=True)
+
+    def _forward(self, x: np.ndarray, keep: bool = False) -> np.ndarray:
         x_last = self._to_last(x)
         bias = self.variables.get("bias")
         kernel = self._engine_kernel()
@@ -592,6 +632,10 @@ class _Conv(SpatialLayer):
         self._backward(d_out, need_input_grad=False)
 
     def _backward(self, d_out: np.ndarray, need_input_grad: bool) -> np.ndarray | None:
+        with self._training_threads(len(d_out)):
+            return self._backward_gradients(d_out, need_input_grad)
+
+    def _backward_gradients(self, d_out: np.ndarray, need_input_grad: bool) -> np.ndarray | None:
         x_last, y = self._kept()
         # every activation's gradient reads y alone (activations.Activation.overwrite)
         d_z, d_bias = self.activation.backward_with_bias(self._to_last(d_out), y)
@@ -856,7 +900,7 @@ class _SeparableConv(_DepthwiseConv):
     def _out_channels(self, channels: int) -> int:
         return self.filters
 
-    def forward(self, x: np.ndarray, training: bool = False, keep: bool = False) -> np.ndarray:
+    def _forward(self, x: np.ndarray, keep: bool = False) -> np.ndarray:
         engine = _engine()
         x_last = self._to_last(x)
         middle = engine.conv(x_last, self._engine_kernel(), self.spec)
@@ -868,6 +912,10 @@ class _SeparableConv(_DepthwiseConv):
         return self._from_last(y)
 
     def backward(self, d_out: np.ndarray) -> np.ndarray:
+        with self._training_threads(len(d_out)):
+            return self._separable_backward(d_out)
+
+    def _separable_backward(self, d_out: np.ndarray) -> np.ndarray:
         engine = _engine()
         x_last, middle, z, y = self._kept()
         d_z = self.activation.backward(self._to_last(d_out), z, y)
@@ -883,6 +931,10 @@ class _SeparableConv(_DepthwiseConv):
         if self.use_bias:
             self.grads["bias"] = d_bias
         return self._from_last(d_x)
+
+    def backward_weights(self, d_out: np.ndarray) -> None:
+        # its own backward (the depthwise part's kept values are not _Conv's)
+        self.backward(d_out)
 
     def _penalised(self) -> dict[str, Any]:
         return {"depthwise_kernel": self.kernel_regularizer,

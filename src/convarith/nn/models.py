@@ -28,6 +28,7 @@ import numpy as np
 from . import losses as losses_module
 from . import metrics as metrics_module
 from . import optimizers as optimizers_module
+from . import parallel as parallel_module
 from .layers import InputLayer, Layer, format_shape
 
 __all__ = ["Sequential", "History", "TrainingStopped"]
@@ -210,6 +211,17 @@ class Sequential:
     seed
         Seeds the initial weights (and dropout), so the same code gives the
         same model.
+
+    Attributes
+    ----------
+    split_batches
+        Whether a training step runs the two halves of its batch on two threads
+        (:mod:`convarith.nn.parallel`; default ``False``), where the engine may use two
+        threads and every layer treats each sample on its own. The gradients equal the
+        whole batch's up to float rounding and do not depend on which thread ran which
+        half. Off by default: the two threads contend for Python's GIL at each of the
+        engine's compiled calls, and on the models measured (``docs/training-speed.md``)
+        a split step took 1.0-3.4x the time of a whole one.
     """
 
     def __init__(self, layers: Sequence[Layer] | None = None, name: str | None = None,
@@ -226,6 +238,8 @@ class Sequential:
         self.compiled_metrics = metrics_module.CompiledMetrics()
         self.stop_training = False
         self.activity_loss = 0.0
+        self.split_batches = False
+        self._halves: parallel_module.BatchHalves | None = None
         for layer in layers or ():
             self.add(layer)
 
@@ -527,7 +541,12 @@ class Sequential:
                           for constraint in layer._constrained().values())
         # a constraint applies after the optimizer's checks: then every weight is copied
         before = self._weight_copies(every=constrained)
-        y_pred = self._run_outputs(x, training=True, keep=True)
+        halves = self._batch_halves(len(x[0]))
+        if halves is None:
+            y_pred = self._run_outputs(x, training=True, keep=True)
+        else:
+            self.activity_loss, self._activity = 0.0, {}
+            y_pred = [halves.forward(x[0])]
         output_losses = compiled.values(y, y_pred)
         # the loss Keras reports and minimises includes the regularization penalties
         value = compiled.total(output_losses) + self.activity_loss + sum(
@@ -538,7 +557,12 @@ class Sequential:
                 f"the loss is {value} on this batch; training stopped with the weights from "
                 "before it (try a smaller learning rate, or check the data for NaN/inf)"
             )
-        self._backward_outputs(compiled.gradients(y, y_pred))
+        d_outputs = compiled.gradients(y, y_pred)
+        if halves is None:
+            self._backward_outputs(d_outputs)
+        else:
+            assert d_outputs[0] is not None
+            halves.backward(d_outputs[0])
         for layer in self.layers:
             layer.add_regularization_gradients()
         variables, owners = self._trainable()
@@ -567,6 +591,23 @@ class Sequential:
                 "weights from before this batch (try a smaller learning rate)"
             )
         return self._batch_logs(value, output_losses, y, y_pred)
+
+    def _batch_halves(self, batch: int) -> parallel_module.BatchHalves | None:
+        """The replicas that run a training step's two halves on two cores, or ``None``
+        for one pass over the whole batch (:attr:`split_batches` off, one thread, a
+        subclass with its own passes, a layer that reads the whole batch, a small batch)."""
+        if (type(self)._run_outputs is not Sequential._run_outputs
+                or type(self)._backward_outputs is not Sequential._backward_outputs
+                or not getattr(self, "split_batches", False)):
+            return None
+        from .. import engine
+
+        if engine.worker_count() < 2 or not parallel_module.splits_batch(self.layers, batch):
+            return None
+        halves = getattr(self, "_halves", None)
+        if halves is None or not halves.matches(self.layers):
+            halves = self._halves = parallel_module.BatchHalves.for_layers(self.layers, batch)
+        return halves
 
     def _weight_copies(self, every: bool) -> list[tuple[np.ndarray, np.ndarray]]:
         """``(weight, copy)`` of every weight, or (``every=False``) of those ``forward``
@@ -597,6 +638,7 @@ class Sequential:
         """One optimizer step on one batch; returns the loss (and metrics) before the step,
         as ``evaluate`` does."""
         arrays, targets = self._check_xy(x, y)
+        self._halves = None  # the layers may have changed since the last step
         logs = self._step(arrays, targets)
         return dict(sorted(logs.items())) if return_dict else self._flatten_logs(logs)
 
@@ -620,6 +662,7 @@ class Sequential:
         arrays, targets = self._check_xy(x, y)
         batch_size = check_batch_size(batch_size)
         keep_freed_blocks()
+        self._halves = None  # the layers may have changed since the last fit
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
             raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
         if verbose not in (0, 1, 2):
