@@ -268,6 +268,33 @@ def test_col2im_input_gradient_against_torch_convolution_backward(seed):
                                f"{spec} on {x_shape}: error {error:.2e}")
 
 
+def _col2im_both_orders_against_torch(torch, monkeypatch, spec, x_shape, dy, kernel,
+                                      label):
+    """col2im's input gradient of ``spec`` on ``x_shape`` run kernel first (the cell limit
+    as it is) and cells first (the limit set to zero), each with and without the compiled
+    gather, against PyTorch's ``convolution_backward``."""
+    resolved = spec.resolve(x_shape)
+    rank = len(x_shape) - 2
+    assert all(lo == hi for lo, hi in resolved.padding), resolved.padding  # as torch pads
+    expected = torch.ops.aten.convolution_backward(
+        torch.from_numpy(np.moveaxis(dy, -1, 1).copy()),
+        torch.zeros((x_shape[0], x_shape[-1], *x_shape[1:-1])),
+        torch.from_numpy(np.moveaxis(kernel, (-1, -2), (0, 1)).copy()),
+        None, list(spec.strides), [lo for lo, _ in resolved.padding], list(spec.dilation),
+        False, [0] * rank,
+        spec.groups, [True, False, False])[0].numpy()
+    expected = np.moveaxis(expected, 1, -1)
+    grid_padding = tuple((a - lo, b - hi) for (a, b), (lo, hi) in
+                         zip(resolved.input_gradient_padding, resolved.padding))
+    for limit, use_numba in itertools.product((col2im.KERNEL_FIRST_CELLS, 0), (None, False)):
+        monkeypatch.setattr(col2im, "KERNEL_FIRST_CELLS", limit)
+        d_x = col2im.transposed(dy, kernel, spec.strides, spec.dilation, spec.groups,
+                                grid_padding, x_shape[1:-1], use_numba=use_numba)
+        error = relative_error(d_x, expected)
+        assert error <= 1e-5, (f"{label} cell limit {limit} numba={use_numba}: "
+                               f"{spec} on {x_shape}: error {error:.2e}")
+
+
 @pytest.mark.oracle
 @pytest.mark.parametrize("seed", range(6))
 def test_grouped_input_gradients_kernel_first_and_by_phases_against_torch(seed, monkeypatch):
@@ -287,22 +314,8 @@ def test_grouped_input_gradients_kernel_first_and_by_phases_against_torch(seed, 
     resolved = spec.resolve(x_shape)
     kernel = rng.standard_normal((3, 3, group_in, groups * group_out)).astype(np.float32)
     dy = rng.standard_normal((batch, *resolved.output_size, kernel.shape[-1])).astype(np.float32)
-    expected = torch.ops.aten.convolution_backward(
-        torch.from_numpy(np.moveaxis(dy, -1, 1).copy()),
-        torch.zeros((batch, x_shape[-1], size, size)),
-        torch.from_numpy(np.moveaxis(kernel, (-1, -2), (0, 1)).copy()),
-        None, [stride] * 2, [1, 1], [1, 1], False, [0, 0], groups,
-        [True, False, False])[0].numpy()
-    expected = np.moveaxis(expected, 1, -1)
-    grid_padding = tuple((a - lo, b - hi) for (a, b), (lo, hi) in
-                         zip(resolved.input_gradient_padding, resolved.padding))
-    for limit, use_numba in itertools.product((col2im.KERNEL_FIRST_CELLS, 0), (None, False)):
-        monkeypatch.setattr(col2im, "KERNEL_FIRST_CELLS", limit)
-        d_x = col2im.transposed(dy, kernel, (stride,) * 2, (1, 1), groups, grid_padding,
-                                (size, size), use_numba=use_numba)
-        error = relative_error(d_x, expected)
-        assert error <= 1e-5, (f"seed {500 + seed} cell limit {limit} numba={use_numba}: "
-                               f"{spec} on {x_shape}: error {error:.2e}")
+    _col2im_both_orders_against_torch(torch, monkeypatch, spec, x_shape, dy, kernel,
+                                      f"seed {500 + seed}")
 
 
 @pytest.mark.parametrize("size, channels, group_in, stride", [
@@ -343,22 +356,8 @@ def test_one_group_input_gradients_on_few_cells_against_torch(seed, monkeypatch)
     resolved = spec.resolve(x_shape)
     kernel = rng.standard_normal((kernel_size,) * 2 + (channels, filters)).astype(np.float32)
     dy = rng.standard_normal((1, *resolved.output_size, filters)).astype(np.float32)
-    expected = torch.ops.aten.convolution_backward(
-        torch.from_numpy(np.moveaxis(dy, -1, 1).copy()),
-        torch.zeros((1, channels, *x_shape[1:3])),
-        torch.from_numpy(np.moveaxis(kernel, (-1, -2), (0, 1)).copy()),
-        None, [stride] * 2, [1, 1], [dilation] * 2, False, [0, 0], 1,
-        [True, False, False])[0].numpy()
-    expected = np.moveaxis(expected, 1, -1)
-    grid_padding = tuple((a - lo, b - hi) for (a, b), (lo, hi) in
-                         zip(resolved.input_gradient_padding, resolved.padding))
-    for limit, use_numba in itertools.product((col2im.KERNEL_FIRST_CELLS, 0), (None, False)):
-        monkeypatch.setattr(col2im, "KERNEL_FIRST_CELLS", limit)
-        d_x = col2im.transposed(dy, kernel, (stride,) * 2, (dilation,) * 2, 1, grid_padding,
-                                x_shape[1:3], use_numba=use_numba)
-        error = relative_error(d_x, expected)
-        assert error <= 1e-5, (f"seed {600 + seed} cell limit {limit} numba={use_numba}: "
-                               f"{spec} on {x_shape}: error {error:.2e}")
+    _col2im_both_orders_against_torch(torch, monkeypatch, spec, x_shape, dy, kernel,
+                                      f"seed {600 + seed}")
 
 
 def test_one_group_input_gradient_on_few_cells_memory():
