@@ -19,6 +19,7 @@ import pytest
 
 from _helpers import peak_extra_bytes, relative_error
 from convarith.engine.algorithms import _llvm, register_tiles, thin_call
+from test_llvm_thin_random import torch_conv  # PyTorch float64, channels last
 
 torch = pytest.importorskip("torch")
 
@@ -27,16 +28,6 @@ SEEDS = 6 if os.environ.get("CI") == "true" else 25
 
 pytestmark = pytest.mark.skipif(
     not _llvm.available(), reason="no compiled kernels here (llvmlite, AVX2+FMA or AVX-512)")
-
-
-def torch_conv2d(x, kernel, stride, dilation, pads):
-    xt = torch.from_numpy(np.asarray(x, np.float64).transpose(0, 3, 1, 2).copy())
-    (top, bottom), (left, right) = pads
-    xt = torch.nn.functional.pad(xt, (left, right, top, bottom))
-    kt = torch.from_numpy(np.asarray(kernel, np.float64).transpose(3, 2, 0, 1).copy())
-    with torch.no_grad():
-        y = torch.nn.functional.conv2d(xt, kt, stride=stride, dilation=dilation)
-    return y.numpy().transpose(0, 2, 3, 1)
 
 
 def draw(seed):
@@ -64,7 +55,7 @@ def test_the_plan_gives_the_calls_values_and_pytorchs(seed):
         pytest.skip(f"{where}: no output")
     y = thin_call.planned(x, kernel, strides, dilation, out, pads, 1)
     assert y is not None, where
-    expected = torch_conv2d(x, kernel, strides, dilation, pads)
+    expected = torch_conv(x, kernel, strides, dilation, pads)
     assert y.shape == expected.shape, where
     assert relative_error(y, expected) <= TOLERANCE[x.dtype.type], where
     unplanned = np.empty_like(y)
@@ -87,7 +78,7 @@ def test_register_tiles_takes_the_plan_on_one_thread_only():
     thin_call.one_call_plan.cache_clear()
     y = register_tiles.direct(x, kernel, (2, 2), (1, 1), 1, (56, 56), padding=pads, threads=1)
     assert thin_call.one_call_plan.cache_info().misses == 1
-    expected = torch_conv2d(x, kernel, (2, 2), (1, 1), pads)
+    expected = torch_conv(x, kernel, (2, 2), (1, 1), pads)
     assert relative_error(y, expected) <= 1e-5
     # shared among two threads: the other way, the same values
     shared = register_tiles.direct(x, kernel, (2, 2), (1, 1), 1, (56, 56), padding=pads,
