@@ -51,6 +51,11 @@ def _layer(rng: random.Random) -> dict:
                 dtype=rng.choice([np.float32, np.float32, np.float64]))
 
 
+#: ResNeXt-50's 3×3 32-group layer on 14² (batch 1).
+RESNEXT_LAYER = dict(size=14, channels=256, groups=32, kernel=3, stride=1, dilation=1,
+                     pad=(1, 1), dtype=np.float32)
+
+
 def _plan(layer: dict, out: int, threads: int):
     c, k = layer["channels"], layer["kernel"]
     dtype = np.dtype(layer["dtype"])
@@ -65,9 +70,11 @@ def test_groups_shared_among_threads_give_one_threads_results_and_pytorchs():
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     shared = 0
-    for case in range(CASES):
-        layer = _layer(rng)
-        threads = rng.choice([2, 2, 4])
+    for case in range(CASES + 1):
+        # case 0: a ResNeXt layer, which is cut by groups, so that a draw of layers too
+        # small to cut still checks a shared pass
+        layer = RESNEXT_LAYER if case == 0 else _layer(rng)
+        threads = 2 if case == 0 else rng.choice([2, 2, 4])
         where = f"seed {seed}, case {case}: {layer}, {threads} threads"
         data = np.random.default_rng(seed + case)
         c, k = layer["channels"], layer["kernel"]
