@@ -265,3 +265,53 @@ def test_jobs_on_the_spinning_helpers_match_the_closures(seed, monkeypatch):
         assert np.array_equal(native, closures), what
         error = relative_error(native, expected)
         assert error <= TOLERANCE[dtype], f"{what} {dtype.__name__}: relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("seed", range(4 if CI else 16))
+def test_bands_of_rows_against_torch(seed, isa, monkeypatch):
+    """Channel blocks run one after another band by band of output rows (the thresholds
+    lowered so that small random layers are cut into one block a call and bands of one or
+    a few rows, across the kernel rows skipped at the top and bottom): PyTorch's result
+    within bounds, in float32 and float64, on one thread and several."""
+    monkeypatch.setenv(_llvm.ISA_VARIABLE, isa)
+    monkeypatch.setattr(depthwise, "TILES_ROWS_BYTES", 1)
+    monkeypatch.setattr(depthwise, "TILES_BAND_BLOCKS", 2)
+    width = _llvm.vector_width(np.float32)
+    x, weights, strides, dilation, pads, out, threads = random_case(8100 + seed, width)
+    if len(out) == 2:
+        expected = torch_depthwise(x, weights, strides, dilation, pads)
+    else:
+        expected = reference_direct(pad(x, pads), weights, strides, dilation, x.shape[-1], out)
+    row_bytes = x.shape[-2] * x.shape[-1] * 4 * strides[0]
+    depthwise._tiles_plan.cache_clear()  # (plans are remembered by shape, not by threshold)
+    try:
+        for band_bytes in (1, 3 * row_bytes):
+            monkeypatch.setattr(depthwise, "TILES_BAND_BYTES", band_bytes)
+            depthwise._tiles_plan.cache_clear()
+            for dtype in (np.float32, np.float64):
+                what = (f"seed {8100 + seed} ({isa}, {dtype.__name__}, bands of "
+                        f"{band_bytes} bytes, {threads} threads): x {x.shape}, kernel "
+                        f"{weights.shape}, strides {strides}, dilation {dilation}, "
+                        f"padding {pads}")
+                y = depthwise.tiles(x.astype(dtype), weights.astype(dtype), strides, dilation,
+                                    x.shape[-1], out, padding=pads, threads=threads)
+                error = relative_error(y, expected)
+                assert error <= TOLERANCE[dtype], f"{what}: relative error {error:.2e}"
+    finally:
+        depthwise._tiles_plan.cache_clear()
+
+
+def test_row_bands_cover_the_rows_once_within_the_bound(monkeypatch):
+    """Bands of output rows: consecutive, covering ``[first, last)`` once, each within
+    :data:`TILES_BAND_BYTES` of input rows unless it is a single row, of sizes that
+    differ by at most one."""
+    for band_bytes, first, last, row_bytes in [(512 << 10, 0, 28, 43008), (100, 3, 20, 30),
+                                               (1, 0, 5, 7), (10 ** 9, 2, 9, 5), (64, 4, 4, 8)]:
+        monkeypatch.setattr(depthwise, "TILES_BAND_BYTES", band_bytes)
+        bands = depthwise._row_bands(first, last, row_bytes)
+        assert bands[0][0] == first and bands[-1][1] == last
+        assert all(a[1] == b[0] for a, b in zip(bands, bands[1:]))
+        sizes = [b - a for a, b in bands]
+        assert max(sizes) - min(sizes) <= 1
+        assert all(size * row_bytes <= band_bytes or size == 1 for size in sizes if size)
