@@ -53,7 +53,7 @@ from . import _llvm
 
 __all__ = ["module_ir", "PoolKernel", "pool_kernel", "array_caller", "DRIVE_FIELDS", "VECTORS",
            "KINDS", "global_average_ir", "GlobalAverageKernel", "global_average_kernel",
-           "GLOBAL_FIELDS", "GLOBAL_VECTORS", "global_chunk"]
+           "GLOBAL_FIELDS", "GLOBAL_VECTORS", "global_chunk", "table_filler"]
 
 #: The integer arguments of ``drive`` after its five pointers.
 DRIVE_FIELDS = ("first", "stop", "out_rows", "out_cols", "channels", "x_image", "x_row",
@@ -674,4 +674,27 @@ def _global_caller(address: int) -> Any:
               chunk)
 
     return call
+
+
+@cached_once
+def table_filler() -> Any:
+    """``fill(table, x, y)`` through numba (``None`` without numba): writes the
+    addresses of arrays ``x`` and ``y`` into columns 1 and 2 of every row of the int64
+    ``table`` (a table of the global average's calls, :mod:`._native_jobs`) and returns
+    the table's address: about 0.6 µs, where each ``a.ctypes.data`` costs 1-2 µs and
+    a column's assignment 0.2-0.8 (one core, busy machine, thread time)."""
+    try:
+        import numba
+    except ImportError:
+        return None
+
+    @numba.njit(nogil=True, cache=False)
+    def fill(table: Any, x: Any, y: Any) -> int:
+        x_address, y_address = x.ctypes.data, y.ctypes.data
+        for row in range(table.shape[0]):
+            table[row, 1] = x_address
+            table[row, 2] = y_address
+        return table.ctypes.data
+
+    return fill
 
