@@ -95,3 +95,36 @@ def test_threads_calling_one_plan_at_once_get_their_own_results(
     for thread in threads:
         thread.join()
     assert not failures, failures
+
+
+@pytest.mark.parametrize("filler", [True, False])
+def test_split_plan_with_and_without_the_table_filler_matches_pytorch(
+        filler: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the threaded plan fills its table of calls through numba (the arrays' addresses
+    # and the table's), or without numba through .ctypes; either way each call's result
+    # is PyTorch's, one thread's bit for bit, and a new array
+    if _llvm_pool.global_average_kernel(np.float32) is None:
+        pytest.skip("no compiled kernels here")
+    if filler and _llvm_pool.table_filler() is None:
+        pytest.skip("no numba")
+    if not filler:
+        monkeypatch.setattr(_llvm_pool, "table_filler", lambda: None)
+    rng = np.random.default_rng(SEED + 5)
+    for shape in [(16, 4, 4, 2048), (5, 7, 7, 240), (1, 3, 3, 4100), (3, 9, 130)]:
+        for dtype in (np.float32, np.float64):
+            spec = ConvSpec(shape[1:-1], pool="avg", rank=len(shape) - 2)
+            note = f"seed {SEED + 5}: {shape} {np.dtype(dtype).name} filler={filler}"
+            results = []
+            for _ in range(3):
+                x = rng.standard_normal(shape).astype(dtype)
+                monkeypatch.setattr(pooling, "GLOBAL_THREADED_VALUES", 1 << 40)
+                with thread_limit(1):
+                    alone = conv(x, None, spec)
+                monkeypatch.setattr(pooling, "GLOBAL_THREADED_VALUES", 0)
+                with thread_limit(2):
+                    y = conv(x, None, spec)
+                np.testing.assert_array_equal(y, alone, err_msg=note)
+                _close(y, _torch_global_average(x), note)
+                results.append((y, y.copy()))
+            for y, kept in results:
+                np.testing.assert_array_equal(y, kept, err_msg=note)

@@ -274,16 +274,23 @@ def _bound_global_average(resolved: ResolvedConv, planned: PoolPlan
         if plan is None or plan[0] is not kernel:  # (an id is reused once its object dies)
             if len(made) >= 8:  # (kernels made anew at each call: keep a few)
                 made.clear()
-            plan = made[key] = (kernel, *_global_plan(kernel, x.shape, x.itemsize, cells,
-                                                      out_size, workers))
-        _, shape, chunk, table, jobs = plan
+            shape, chunk, table, jobs = _global_plan(kernel, x.shape, x.itemsize, cells,
+                                                     out_size, workers)
+            plan = made[key] = (kernel, shape, chunk, table, jobs,
+                                0 if jobs is None else jobs.ctypes.data)
+        _, shape, chunk, table, jobs, jobs_address = plan
         y = np.empty(shape, x.dtype)
         if table is not None and jobs is not None:
             # the pieces over the workers, the helpers without the GIL
             calls = table.copy()  # (the plan may be run by several threads at once)
-            calls[:, 1] = x.ctypes.data
-            calls[:, 2] = y.ctypes.data
-            _threads.run_native_jobs(_global_runner(), calls, jobs, threads=workers)
+            fill = _llvm_pool.table_filler()
+            if fill is None:
+                calls[:, 1] = x.ctypes.data
+                calls[:, 2] = y.ctypes.data
+                _threads.run_native_jobs(_global_runner(), calls, jobs, threads=workers)
+            else:  # (the jobs' address kept with them: each .ctypes.data costs ~1 µs)
+                _threads.run_native_table(_global_runner(), fill(calls, x, y), len(calls),
+                                          jobs_address, len(jobs), workers)
         elif kernel.call is not None and x.ndim == 4:
             # through numba (~1 µs, a ctypes call ~4; numba compiles its call for each
             # number of axes: two spatial axes take x and y as they are)

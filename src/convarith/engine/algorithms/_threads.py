@@ -39,7 +39,7 @@ from ._spin import SpinningPool
 __all__ = ["run_chunks", "worker_count", "thread_limit", "workspace", "aligned_empty",
            "aligned_copy", "chunk_workers",
            "SMALL_WORK", "SMALL_WORK_NO_BLAS", "parallel_penalty", "BLAS_SERIAL_SHARE",
-           "run_native_jobs", "native_workers"]
+           "run_native_jobs", "run_native_table", "native_workers"]
 
 #: Below this many FLOPs a problem runs inline: starting threads and limiting
 #: BLAS costs about a millisecond, more than the work itself.
@@ -317,19 +317,34 @@ def run_native_jobs(
     if not len(rows):
         return
     spans = np.ascontiguousarray(np.asarray(jobs, np.int64).reshape(-1, 2))
-    table = rows.ctypes.data
-    workers = min(len(spans), native_workers(threads, flops, inline_below))
-    if workers > 1:
+    run_native_table(runner, rows.ctypes.data, len(rows), spans.ctypes.data, len(spans),
+                     native_workers(threads, flops, inline_below))
+
+
+def run_native_table(runner: Any, table: int, rows: int, jobs: int, count: int,
+                     workers: int) -> None:
+    """:func:`run_native_jobs` for a caller that holds the addresses already (an array's
+    ``.ctypes.data`` costs about a microsecond): the table's (``rows`` rows) and the
+    jobs' (``count`` pairs), shared among at most ``workers`` threads (one inside a
+    helper), or run here in one call.
+
+    >>> from convarith.engine.algorithms import _native_jobs
+    >>> runner = _native_jobs.rows_runner(0, 0)
+    >>> run_native_table(runner, 0, 0, 0, 0, 2) if runner else None
+    """
+    if not rows:
+        return
+    workers = min(count, workers)
+    if workers > 1 and not getattr(_IN_HELPER, "active", False):
         pool = _POOL.get()
         caller_cpu = _current_cpu()
         if caller_cpu is not None:
             # the caller's cores (a kept helper's own mask is the last call's choice)
             pool.keep_off(caller_cpu, os.sched_getaffinity(0))
         with contextlib.suppress(RuntimeError):  # the pool let go meanwhile: run here
-            if pool.run_native(runner.address, table, spans.ctypes.data,
-                                      len(spans), workers - 1) is not None:
+            if pool.run_native(runner.address, table, jobs, count, workers - 1) is not None:
                 return
-    runner.drive(table, 0, len(rows))
+    runner.drive(table, 0, rows)
 
 
 # Marks the helper threads (nested calls run inline there).
