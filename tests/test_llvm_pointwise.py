@@ -2,7 +2,7 @@
 PyTorch's ``conv2d`` in float64.
 
 Configurations are drawn at random (the seed is in every failure message): 1 to 300
-input channels, every output count the kernels take (8 to 32 with AVX-512: whole
+input channels, every output count the kernels take (8 to 64 with AVX-512: whole
 vectors and a half), 1 to 700 cells (whole register blocks and every tail), float32
 and float64, natively and with the AVX2 kernels. Then through ``pointwise_rows`` on one
 and two threads (the chunks of cells), through ``conv`` as the planner binds it, and a
@@ -53,7 +53,8 @@ def test_kernel_matches_pytorch(seed: int) -> None:
     cells = int(rng.integers(1, 700))
     for target in _targets():
         width = target.width(np.dtype(dtype))
-        choices = [f for f in range(1, 4 * width + 1) if _llvm_pointwise.pieces(f, width)]
+        most = _llvm.max_vectors(target)
+        choices = [f for f in range(1, 4 * width + 1) if _llvm_pointwise.pieces(f, width, most)]
         assert choices, f"seed {seed}: no output count for {width} lanes"
         filters = int(rng.choice(choices))
         kernels = _llvm_pointwise._compiled(np.dtype(dtype), channels, filters, target)
@@ -78,13 +79,17 @@ def test_kernels_take_whole_vectors_and_one_half() -> None:
     assert _llvm_pointwise.pieces(24, 16) == [(0, 16), (16, 8)]
     assert _llvm_pointwise.pieces(8, 16) == [(0, 8)]
     assert _llvm_pointwise.pieces(12, 8) == [(0, 8), (8, 4)]
+    assert _llvm_pointwise.pieces(40, 16) == [(0, 16), (16, 16), (32, 8)]
+    assert _llvm_pointwise.pieces(40, 16, vectors=2) is None
     assert _llvm_pointwise.pieces(20, 16) is None
-    assert _llvm_pointwise.pieces(40, 16) is None
+    assert _llvm_pointwise.pieces(72, 16) is None
 
 
 @pytest.mark.parametrize("x_shape, filters, dtype", [
     ((16, 28, 28, 144), 24, np.float32),   # MobileNetV2 / EfficientNet-B0
     ((16, 56, 56, 32), 16, np.float32),
+    ((16, 14, 14, 240), 40, np.float32),   # EfficientNet-B0: two vectors and a half
+    ((2, 28, 28, 64), 64, np.float32),     # four vectors
     ((3, 17, 19, 40), 8, np.float64),      # cells not a multiple of a block or a chunk
     ((2, 300, 96), 16, np.float32),        # 1-D
     ((1, 7, 8, 9, 5), 12, np.float64),     # 3-D, a whole vector and a half
