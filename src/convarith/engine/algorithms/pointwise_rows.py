@@ -14,9 +14,10 @@ busy. A strided layer's chunk first gathers the input cells it reads into a
 per-thread buffer (no copy of the whole input).
 
 At stride 1, outputs of 8 to 64 float32 channels with AVX-512, 4 to 16 with AVX2
-(:func:`compiled_narrow`: whole vectors and at most one half vector) run :mod:`._llvm_pointwise`'s compiled kernel instead, which
-reads the input where it lies (no packing) with the outputs in registers, in chunks of
-cells on the workers: 144 -> 24 on 16×28² in 1.04 ms of one core against BLAS's 2.24.
+(:func:`compiled_narrow`: whole vectors and at most one half vector) run
+:mod:`._llvm_pointwise`'s compiled kernel instead, which reads the input where it lies
+(no packing) with the outputs in registers, in chunks of cells on the workers: 144 ->
+24 on 16×28² in 1.04 ms of one core against BLAS's 2.24.
 
 Without it, on one worker, narrow outputs (at most :data:`NARROW_OUTPUTS` channels) run as
 products of pieces of about :data:`CHUNK_BYTES` of input and output cells, one after
@@ -249,7 +250,9 @@ KERNEL_CHUNK_CELLS = 256
 #: core, CPU time, float32, AVX-512 (Zen 4), through ``conv``, kernel against the one
 #: product, ms: 32 -> 16 on 16×56² 0.555 / 0.735, 96 -> 24 on 16×28² 0.651 / 0.912,
 #: 144 -> 24 on 16×28² 1.04 / 2.24, 144 -> 32 on 16×14² 0.325 / 0.392, 192 -> 32 on
-#: 16×14² 0.404 / 0.542, 960 -> 16 on 16×14² 1.15 / 2.33.
+#: 16×14² 0.404 / 0.542, 960 -> 16 on 16×14² 1.15 / 2.33; up to 64 outputs, against
+#: main's path: 144 -> 40 on 16×28² 1.59 / 2.81, 64 -> 64 1.07 / 1.18, 192 -> 64 on
+#: 16×14² 0.79 / 1.31, 384 -> 64 on 16×7² 0.39 / 0.49.
 KERNEL_SHARE = 0.75
 
 
