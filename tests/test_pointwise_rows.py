@@ -112,20 +112,29 @@ def test_the_planner_picks_the_cheapest_and_it_runs_as_the_reference(workers,
 
 
 def test_one_product_of_many_rows_costs_less_than_the_chunks(monkeypatch) -> None:
-    """The cost model's claims: a 1×1 over many cells costs less as :mod:`flat_rows`' one
-    product (BLAS shares its rows among its own threads) than in chunks on two workers
-    (measured on a quiet two-core machine: 32 -> 16 on 16×56², 0.39 ms against
-    0.54-0.70); on one worker narrow outputs cost less in cached pieces (one core, CPU
-    time: 0.84 of the one product)."""
+    """The cost model's claims: without the compiled kernel, a 1×1 over many cells costs
+    less as :mod:`flat_rows`' one product (BLAS shares its rows among its own threads)
+    than in BLAS chunks on two workers (measured on a quiet two-core machine: 32 -> 16
+    on 16×56², 0.39 ms against 0.54-0.70); on one worker narrow outputs cost less in
+    cached pieces (one core, CPU time: 0.84 of the one product). With the compiled
+    kernel (:mod:`._llvm_pointwise`), the layer costs less here on both."""
     from convarith.engine import clear_caches
+    from convarith.engine.algorithms import pointwise_rows
 
     problem = ConvProblem((16, 56, 56, 32), (1, 1, 32, 16), (1, 1), (1, 1), 1, (56, 56),
                           np.dtype("float32"))
+    kernel = pointwise_rows.compiled_narrow(problem.dtype, 16 * 56 * 56, 32, 16)
     for workers, cheaper in (("2", False), ("1", True)):
         monkeypatch.setenv("CONVARITH_NUM_THREADS", workers)
         clear_caches()
-        ours = get_algorithm("pointwise_rows").cost(problem)
-        theirs = get_algorithm("flat_rows").cost(problem)
+        if kernel:
+            ours = get_algorithm("pointwise_rows").cost(problem)
+            theirs = get_algorithm("flat_rows").cost(problem)
+            assert ours < theirs, ("kernel", workers, ours, theirs)
+        with monkeypatch.context() as blas_only:
+            blas_only.setattr(pointwise_rows, "compiled_narrow", lambda *args: False)
+            ours = get_algorithm("pointwise_rows").cost(problem)
+            theirs = get_algorithm("flat_rows").cost(problem)
         assert (ours < theirs) == cheaper, (workers, ours, theirs)
     clear_caches()
 
