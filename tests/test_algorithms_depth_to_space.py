@@ -260,3 +260,24 @@ def test_depth_to_space_against_torch(seed):
     dx, dk = conv_vjp(x, kernel, spec, np.moveaxis(dy, 1, -1))[:2]
     assert relative_error(dx, np.moveaxis(xt.grad.numpy(), 1, -1)) <= 1e-5, what
     assert relative_error(dk, np.moveaxis(wt.grad.numpy(), (0, 1), (-1, -2))) <= 1e-5, what
+
+
+def test_long_rows_weights_are_made_once_for_a_frozen_kernel():
+    """The exact store of long rows multiplies by each first-axis tap's weights: made once
+    for a prepacked kernel (the same arrays at the next call), at every call for a
+    writeable one; the results are the reference's either way."""
+    from convarith.engine import prepack
+
+    rng = np.random.default_rng(15)
+    x = rng.standard_normal((1, 3, depth_to_space.DIRECT_ROW_CELLS, 6))
+    kernel = rng.standard_normal((2, 2, 5, 6))
+    padding = ((1, 1), (1, 1))
+    expected = reference_scatter(x, kernel, (2, 2), (1, 1), 1, padding)
+    frozen = prepack(kernel)
+    assert depth_to_space._tap_weights(frozen, 2) is depth_to_space._tap_weights(frozen, 2)
+    assert depth_to_space._tap_weights(kernel, 2) is not depth_to_space._tap_weights(kernel, 2)
+    for weights in (kernel, frozen, frozen):
+        for threads in (1, 2):
+            y = depth_to_space.transposed(x, weights, (2, 2), (1, 1), 1, padding,
+                                          expected.shape[1:-1], threads=threads)
+            assert relative_error(y, expected) <= 1e-10
