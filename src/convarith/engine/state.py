@@ -64,7 +64,8 @@ compiled kernels       numba kernels (col2im, depthwise, flat_rows,  ``CONVARITH
                        ``_llvm_pool._pool_kernel`` (and by ISA
                        setting ``_pool_kernel_for``; the global
                        average's ``_global_average``,
-                       ``_global_average_for``), the helper
+                       ``_global_average_for``, its table filler
+                       ``table_filler``), the helper
                        threads' spinner ``_spin.spinner``, the
                        tables' runner ``_native_jobs._rows_runner`` (and
                        row filler ``_padded_rows_filler``), the host,
@@ -221,8 +222,9 @@ def process_caches() -> dict[str, Callable[[], None]]:
             flat_rows._numba_im2col, flat_rows.blas_gemm, space_to_depth._numba_kernels,
             winograd._numba_kernels, _llvm._compiled, _llvm._target, _llvm._host, _llvm._llvm,
             _llvm._compiled_grouped, _llvm._compiled_interleaved, _llvm_depthwise._row_kernel,
-            _llvm_thin._compiled_rows, _llvm_pointwise._compiled, _llvm_pool._pool_kernel, _llvm_pool._pool_kernel_for,
-            _llvm_pool._global_average, _llvm_pool._global_average_for,
+            _llvm_thin._compiled_rows, _llvm_pointwise._compiled, _llvm_pool._pool_kernel,
+            _llvm_pool._pool_kernel_for, _llvm_pool._global_average,
+            _llvm_pool._global_average_for, _llvm_pool.table_filler,
             _numba_pool.numba_kernels, batch_as_channels._numba_swap,
             _spin.spinner, _native_jobs._rows_runner, _native_jobs._padded_rows_filler,
             _native_jobs._padded_channels_filler),
