@@ -184,3 +184,23 @@ def test_a_one_dimensional_thin_layer_through_the_plan():
         expected = torch.nn.functional.conv1d(xt, kt, stride=2, padding=2).numpy()
     assert y.shape == (2, 50, 32)
     assert relative_error(y, expected.transpose(0, 2, 1)) <= 1e-5
+
+
+def test_the_shared_plan_is_not_taken_once_spinning_is_turned_off(monkeypatch):
+    """A remembered table needs the spinning helpers: with ``CONVARITH_SPIN_US=0`` set
+    after it was made, the layer goes :func:`.register_tiles.direct`'s other way (the
+    same values)."""
+    if _native_jobs.kernel_runner() is None:
+        pytest.skip("no table runner here")
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 40, 40, 3)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, 3, 32)).astype(np.float32)
+    pads = ((1, 1), (1, 1))
+    y = thin_call.planned(x, kernel, (1, 1), (1, 1), (40, 40), pads, 2)
+    assert y is not None
+    monkeypatch.setenv("CONVARITH_SPIN_US", "0")
+    assert thin_call.planned(x, kernel, (1, 1), (1, 1), (40, 40), pads, 2) is None
+    other = register_tiles.direct(x, kernel, (1, 1), (1, 1), 1, (40, 40), padding=pads,
+                                  threads=2)
+    np.testing.assert_array_equal(other, y)
+    assert relative_error(y, torch_conv(x, kernel, (1, 1), (1, 1), pads)) <= 1e-5

@@ -387,15 +387,16 @@ class SharedPlan(NamedTuple):
 def shared_plan(x_shape: tuple[int, int, int, int], dtype: np.dtype,
                 kernel_shape: tuple[int, int, int, int], strides: tuple[int, int],
                 dilation: tuple[int, int], out_size: tuple[int, int],
-                pads: tuple[tuple[int, int], tuple[int, int]], workers: int
-                ) -> SharedPlan | None:
+                pads: tuple[tuple[int, int], tuple[int, int]], workers: int,
+                target: _llvm.VectorTarget | None = None) -> SharedPlan | None:
     """The table of calls :func:`run` makes on ``workers`` threads for this shape
-    (remembered), with a C-contiguous kernel read where it lies; ``None`` where
-    :func:`run` would not share the layer (:func:`runs_shared`), nothing is computed, or
-    the kernel is not read in place.
+    (remembered; ``target`` the vector target in use, part of the key), with a
+    C-contiguous kernel read where it lies; ``None`` where :func:`run` would not share
+    the layer (:func:`runs_shared`), nothing is computed, or the kernel is not read in
+    place.
 
     >>> plan = shared_plan((1, 16, 16, 3), np.dtype(np.float32), (3, 3, 3, 32), (1, 1),
-    ...                    (1, 1), (16, 16), ((1, 1), (1, 1)), 2)
+    ...                    (1, 1), (16, 16), ((1, 1), (1, 1)), 2, _llvm.vector_target())
     >>> plan is None or (plan.output_shape, len(plan.spans)) == ((1, 16, 16, 32), 8)
     True
     """
@@ -490,8 +491,13 @@ def planned(x: np.ndarray, kernel: np.ndarray, strides: Sequence[int],
     flops = 2.0 * x.shape[0] * shape[2][0] * shape[2][1] * math.prod(kernel.shape)
     if not (threads == 1 or threads is None and (
             flops < THIN_INLINE_FLOPS or _threads.worker_count() == 1)):
+        from . import _native_jobs
+
+        if _native_jobs.kernel_runner() is None:  # (spinning turned off since: not shared)
+            return None
         workers = threads if threads is not None else _threads.worker_count()
-        shared = shared_plan(x.shape, dtype, kernel.shape, *shape, pads, workers)
+        shared = shared_plan(x.shape, dtype, kernel.shape, *shape, pads, workers,
+                             _llvm.vector_target())
         return None if shared is None else _run_shared(shared, x, kernel, workers)
     plan = one_call_plan(x.shape, dtype, kernel.shape, *shape, pads)
     if plan is None:
