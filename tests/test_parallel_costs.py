@@ -256,3 +256,24 @@ def test_winograd_kernel_transforms_match_the_matrices() -> None:
             tolerance = 1e-6 if dtype == np.float32 else 1e-14
             assert np.abs(got[:, :, 3:9] - expected[:, :, 3:9, 8:]).max() <= tolerance * 10
             assert not got[:, :, :3].any() and not got[:, :, 9:].any()
+
+
+def test_a_one_thread_winograd_call_counts_a_share_of_the_second_core(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below :data:`winograd.SHARED_SERIAL_FLOPS` shared tiles run on one thread: with
+    two workers the cost is one core's times ``1 + SERIAL_SHARE`` where the transformed
+    kernel is at most :data:`winograd.SERIAL_TRANSFORM_BYTES` (float32), twice it where
+    larger or in float64."""
+    if winograd._numba_kernels() is None or not _llvm.available(np.dtype(np.float32)):
+        pytest.skip("the compiled Winograd path only")
+    small = _problem(1, 28, 64, 64, 1)  # 49 tiles of F(4×4), a 0.6 MiB transform
+    large = _problem(1, 4, 512, 512, 1)  # one tile of F(2×2), a 16 MiB transform
+    small64 = ConvProblem(small.input_shape, small.kernel_shape, (1, 1), (1, 1), 1,
+                          small.out_size, np.dtype(np.float64))
+    for layer, factor in ((small, 1 + winograd.SERIAL_SHARE), (large, 2.0), (small64, 2.0)):
+        assert layer.flops < winograd.SHARED_SERIAL_FLOPS
+        _set_workers(monkeypatch, 1)
+        alone = winograd.cost(layer)
+        _set_workers(monkeypatch, 2)
+        assert winograd.cost(layer) == pytest.approx(alone * factor), (layer, factor)
+    assert 0 < winograd.SERIAL_SHARE < 1

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from _helpers import peak_extra_bytes, relative_error
-from convarith.engine.algorithms import _llvm, register_tiles, thin_call
+from convarith.engine.algorithms import _llvm, _native_jobs, register_tiles, thin_call
 from test_llvm_thin_random import torch_conv  # PyTorch float64, channels last
 
 torch = pytest.importorskip("torch")
@@ -99,10 +99,59 @@ def test_the_plan_declines(why, kernel_shape, x_dtype):
     assert thin_call.planned(x, kernel, (1, 1), (1, 1), (16, 16), ((1, 1), (1, 1)), 1) is None, why
 
 
-def test_a_layer_on_several_threads_is_not_planned_here():
-    x = np.ones((1, 224, 224, 3), np.float32)
-    kernel = np.ones((3, 3, 3, 32), np.float32)
-    assert thin_call.planned(x, kernel, (2, 2), (1, 1), (112, 112), ((0, 1), (0, 1)), 2) is None
+@pytest.mark.parametrize("seed", range(SEEDS))
+def test_the_shared_plan_gives_the_shared_calls_values_and_pytorchs(seed):
+    """On two threads the remembered table (:func:`.thin_call.shared_plan`) makes the calls
+    :func:`.thin_call.run` makes on two threads (the same values bit for bit), and reads the
+    kernel at each call; it declines crops and layers of too few rows to share (the
+    draw's crops made paddings here, but for every fourth seed)."""
+    x, kernel, strides, dilation, out, pads = draw(seed)
+    if seed % 4:
+        k, size = kernel.shape[0], x.shape[1]
+        pads = tuple((max(0, lo), max(0, hi)) for lo, hi in pads)
+        out = tuple((size + lo + hi - dilation[0] * (k - 1) - 1) // strides[0] + 1
+                    for lo, hi in pads)
+    where = f"seed {seed}: x {x.shape} {x.dtype}, kernel {kernel.shape}, strides {strides}, " \
+            f"dilation {dilation}, pads {pads}"
+    if min(out) < 1:
+        pytest.skip(f"{where}: no output")
+    y = thin_call.planned(x, kernel, strides, dilation, out, pads, 2)
+    shares = thin_call.runs_shared(x, kernel, pads, out, strides, dilation, kernel.shape[-1], 2)
+    if not shares or _native_jobs.kernel_runner() is None:
+        assert y is None, where
+        return
+    assert y is not None, where
+    expected = torch_conv(x, kernel, strides, dilation, pads)
+    assert y.shape == expected.shape, where
+    assert relative_error(y, expected) <= TOLERANCE[x.dtype.type], where
+    unplanned = np.empty_like(y)
+    thin_call.run(x, kernel, strides, dilation, out, pads, unplanned, threads=2)
+    np.testing.assert_array_equal(y, unplanned, err_msg=where)
+    kernel *= -2
+    again = thin_call.planned(x, kernel, strides, dilation, out, pads, 2)
+    np.testing.assert_array_equal(again, -2 * y, err_msg=where)
+
+
+def test_a_stem_on_two_threads_by_the_shared_plan():
+    """A 224² stem shared by two threads through :func:`.register_tiles.direct`: planned
+    once (remembered), PyTorch's values, and those of the calling thread alone."""
+    if _native_jobs.kernel_runner() is None:
+        pytest.skip("no table runner here")
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 224, 224, 3)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, 3, 32)).astype(np.float32)
+    pads = ((0, 1), (0, 1))
+    thin_call.shared_plan.cache_clear()
+    y = register_tiles.direct(x, kernel, (2, 2), (1, 1), 1, (112, 112), padding=pads,
+                              threads=2)
+    again = register_tiles.direct(x, kernel, (2, 2), (1, 1), 1, (112, 112), padding=pads,
+                                  threads=2)
+    info = thin_call.shared_plan.cache_info()
+    assert (info.misses, info.hits) == (1, 1)
+    assert relative_error(y, torch_conv(x, kernel, (2, 2), (1, 1), pads)) <= 1e-5
+    np.testing.assert_array_equal(again, y)
+    one = thin_call.planned(x, kernel, (2, 2), (1, 1), (112, 112), pads, 1)
+    np.testing.assert_array_equal(one, y)
 
 
 @pytest.mark.parametrize("size, stride, filters", [(3, 2, 32), (7, 2, 64), (3, 1, 64)])
@@ -135,3 +184,23 @@ def test_a_one_dimensional_thin_layer_through_the_plan():
         expected = torch.nn.functional.conv1d(xt, kt, stride=2, padding=2).numpy()
     assert y.shape == (2, 50, 32)
     assert relative_error(y, expected.transpose(0, 2, 1)) <= 1e-5
+
+
+def test_the_shared_plan_is_not_taken_once_spinning_is_turned_off(monkeypatch):
+    """A remembered table needs the spinning helpers: with ``CONVARITH_SPIN_US=0`` set
+    after it was made, the layer goes :func:`.register_tiles.direct`'s other way (the
+    same values)."""
+    if _native_jobs.kernel_runner() is None:
+        pytest.skip("no table runner here")
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 40, 40, 3)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, 3, 32)).astype(np.float32)
+    pads = ((1, 1), (1, 1))
+    y = thin_call.planned(x, kernel, (1, 1), (1, 1), (40, 40), pads, 2)
+    assert y is not None
+    monkeypatch.setenv("CONVARITH_SPIN_US", "0")
+    assert thin_call.planned(x, kernel, (1, 1), (1, 1), (40, 40), pads, 2) is None
+    other = register_tiles.direct(x, kernel, (1, 1), (1, 1), 1, (40, 40), padding=pads,
+                                  threads=2)
+    np.testing.assert_array_equal(other, y)
+    assert relative_error(y, torch_conv(x, kernel, (1, 1), (1, 1), pads)) <= 1e-5

@@ -90,19 +90,21 @@ def test_stems_of_many_images_share_whole_images(monkeypatch):
     expected = torch_conv2d(x, kernel, 2, pads)
     out = expected.shape[1:3]
     ran = []
-    real = thin_call._run_pieces
+    real = _threads.run_native_jobs
 
-    def recording(x, panels, cells, *args):
-        ran.append(cells)
-        return real(x, panels, cells, *args)
+    def recording(runner, rows, jobs, **options):  # the pieces' table of calls
+        ran.append(list(jobs))
+        return real(runner, rows, jobs, **options)
 
-    monkeypatch.setattr(thin_call, "_run_pieces", recording)
+    monkeypatch.setattr(_threads, "run_native_jobs", recording)
     shared = register_tiles.direct(x, kernel, (2, 2), (1, 1), 1, out, padding=pads, threads=2)
     alone = register_tiles.direct(x, kernel, (2, 2), (1, 1), 1, out, padding=pads, threads=1)
     assert relative_error(shared, expected) <= TOLERANCE[np.float32]
     assert np.array_equal(shared, alone)
     if _native_jobs.kernel_runner() is not None:
-        assert len(ran) == 1 and ran[0].rows == 16 * out[0]
+        # one table: a job per piece, each its filler and one call per panel
+        assert len(ran) == 1 and len(ran[0]) == 2 * thin_call.JOBS_PER_WORKER
+        assert len({rows for _, rows in ran[0]}) == 1
         assert thin_call.pieces(16, out[0], 2 * thin_call.JOBS_PER_WORKER) == [
             (2 * i, 0, 2 * out[0]) for i in range(8)]
 

@@ -523,6 +523,24 @@ CHANNEL_BLOCK_BYTES = 1 << 20
 #: 128 -> 256 on 1×28² (4.6e8) 0.91, 256 -> 256 on 1×28² (9.2e8) 1.68.
 SHARED_SERIAL_FLOPS = 3e8
 
+#: :func:`cost` of a call that runs on one thread (below :data:`SHARED_SERIAL_FLOPS`)
+#: with a transformed kernel of at most :data:`SERIAL_TRANSFORM_BYTES`: its one core's cost
+#: times ``1 + SERIAL_SHARE × (workers - 1)``, against the others' costs of their work
+#: halved on two threads, which at these sizes is not halved (a larger transformed
+#: kernel, read from memory, counts a whole core: register_tiles' two threads each read
+#: half of theirs). Measured (AMD EPYC Zen 4, two cores, busy machine, prepacked
+#: kernels, ms; register_tiles on one thread, on two of the quiet machine in brackets):
+#: 3×3 64 -> 64 on 1×28² 0.56 (0.42), 128 -> 128 on 1×14² 0.56 (0.39), 256 -> 256 on
+#: 1×7² 0.57 (0.36), where Winograd on one thread took 0.29, 0.32 and 0.34 (transforms
+#: of 0.6, 2.3 and 4 MiB); 512 -> 512 on 1×4² (16 MiB) 0.79 against 0.76, faster on two
+#: threads by register_tiles.
+SERIAL_SHARE = 0.3
+
+#: See :data:`SERIAL_SHARE`: the largest transformed kernel (bytes) of a one-thread call
+#: that counts a share of the second core, not a whole one (float32 only: float64 calls
+#: of these layers chosen this way stalled ~8 ms a call in some processes, busy machine).
+SERIAL_TRANSFORM_BYTES = 8 << 20
+
 
 def use_shared_tiles(tiles: int, tile: int, channels: int, itemsize: int,
                      kernel_blocked: bool) -> bool:
@@ -1029,8 +1047,10 @@ def cost(problem: ConvProblem) -> float:
              + PER_TILE_VALUE * a * a * tiles * (c + f) + PER_CALL)
     if not shared:
         return alone
-    if sharing and problem.flops < SHARED_SERIAL_FLOPS:
-        return alone * parallel_penalty(1, workers, blas=False)  # on one thread
+    if sharing and problem.flops < SHARED_SERIAL_FLOPS:  # on one thread
+        share = SERIAL_SHARE if (a * a * pairs * itemsize <= SERIAL_TRANSFORM_BYTES
+                                 and np.dtype(problem.dtype) == np.float32) else 1.0
+        return alone * (1 + share * (workers - 1))
     if sharing:
         width = _llvm.vector_width(problem.dtype)
         block = shared_channel_block(c, f, tiles, a, itemsize, workers, width,
