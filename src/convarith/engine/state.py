@@ -34,8 +34,8 @@ functional specs       the ``conv2d``/``max_pool``/... helpers'      nothing (pu
 kernel layouts         register_tiles ``_layout``: shape, dtype,     nothing (pure; LRU of 256)
                        dilation, row length, panel bytes
 kernel call tables     register_tiles ``_call_table``, thin_call     nothing (pure; LRUs of 256
-                       ``_pieces_plan``, ``one_call_plan``: shapes,  and 128)
-                       strides, padding,
+                       ``_pieces_plan``, ``one_call_plan``,          and 128)
+                       ``shared_plan``: shapes, strides, padding,
                        target, workers -> the calls with the
                        arrays' addresses taken out
 prepacked kernels      a frozen kernel (``prepacked.prepack``: its   nothing (the kernel cannot change);
@@ -209,7 +209,7 @@ def process_caches() -> dict[str, Callable[[], None]]:
         "functional specs": functions(api._remembered_spec),
         "kernel layouts": functions(register_tiles._layout),
         "kernel call tables": functions(register_tiles._call_table, thin_call._pieces_plan,
-                                        thin_call.one_call_plan),
+                                        thin_call.one_call_plan, thin_call.shared_plan),
         "prepacked kernels": prepacked.clear,
         "grouped forward plans": functions(grouped_tiles._forward_plan),
         "depthwise tile plans": functions(depthwise._tiles_plan, depthwise._phases_plan,

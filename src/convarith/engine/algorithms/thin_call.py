@@ -319,6 +319,14 @@ class OneCallPlan(NamedTuple):
     keep: tuple[Any, ...]  #: the offsets arrays and compiled modules the calls use
 
 
+def _stand_ins(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], dtype: np.dtype
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """An input of ``x_shape`` that takes no memory and a zero kernel of ``kernel_shape``
+    (the panels' layout is read from it), for the checks a plan makes before any call."""
+    x_probe = np.lib.stride_tricks.as_strided(np.zeros(1, dtype), x_shape, (0,) * len(x_shape))
+    return x_probe, np.zeros(kernel_shape, dtype)
+
+
 @functools.lru_cache(maxsize=128)
 def one_call_plan(x_shape: tuple[int, int, int, int], dtype: np.dtype,
                   kernel_shape: tuple[int, int, int, int], strides: tuple[int, int],
@@ -338,8 +346,7 @@ def one_call_plan(x_shape: tuple[int, int, int, int], dtype: np.dtype,
     n, h, w, c = x_shape
     oh, ow = out_size
     f = kernel_shape[-1]
-    probe = np.zeros(kernel_shape, dtype)  # the panels' layout, read from a stand-in kernel
-    x_probe = np.lib.stride_tricks.as_strided(np.zeros(1, dtype), x_shape, (0,) * 4)
+    x_probe, probe = _stand_ins(x_shape, kernel_shape, dtype)
     if (not thin(c) or kernel_shape[-2] != c or n * oh * ow * f == 0
             or not runs(x_probe, probe, pads, out_size, strides, dilation)
             or not in_place(probe, c)):
@@ -405,8 +412,7 @@ def shared_plan(x_shape: tuple[int, int, int, int], dtype: np.dtype,
     n, h, w, c = x_shape
     oh, ow = out_size
     f = kernel_shape[-1]
-    probe = np.zeros(kernel_shape, dtype)  # the panels' layout, read from a stand-in kernel
-    x_probe = np.lib.stride_tricks.as_strided(np.zeros(1, dtype), x_shape, (0,) * 4)
+    x_probe, probe = _stand_ins(x_shape, kernel_shape, dtype)
     if (workers < 2 or not thin(c) or kernel_shape[-2] != c or n * oh * ow * f == 0
             or not in_place(probe, c)
             or not runs_shared(x_probe, probe, pads, out_size, strides, dilation, f, workers)):
