@@ -33,11 +33,13 @@ cell's channels, then per input channel a shuffle that gives every lane its own
 group's value, times the kernel's vector: no lane multiplies another group's
 value, where :mod:`.register_tiles` merges such groups into block-diagonal
 kernels (4× the products for ResNeXt's 32 groups of 4 with 16 lanes). Groups of
-half a vector (ResNeXt's 8 with 16 lanes) run on the interleaved kernels
-(:func:`._llvm.interleaved_module_ir`): two groups per vector, each step
-broadcasting each group's input value over its own half (two broadcasting loads
-and one insert, no zeros multiplied); groups of one vector (16) on the same
-kernels, a group per vector of a register block. Groups of whole vectors of
+half a vector (ResNeXt's 8 with 16 lanes) run on the spread kernels
+(:func:`._llvm.spread_module_ir`, :func:`_spreads`): each output's sum split over
+4 lanes, each step one load of 4 of a group's input channels shared by its two
+vectors, the lanes added when stored (no zeros multiplied; 1.4-1.9× the
+interleaved kernels, which loaded two values and inserted one per multiply-add).
+Groups of one vector (16) run on the interleaved kernels
+(:func:`._llvm.interleaved_module_ir`), a group per vector of a register block. Groups of whole vectors of
 outputs (ResNeXt's 32 with 16 lanes) run on :mod:`.register_tiles`' kernels, every
 group in one call, nothing merged. Other grouped layers run
 :func:`.register_tiles.direct`, at its cost.
@@ -193,6 +195,34 @@ def interleaves(problem: ConvProblem) -> bool:
             and problem.in_channels % width == 0)
 
 
+#: Lanes each output's sum is split over in the spread kernels
+#: (:func:`._llvm.spread_module_ir`), which run what :func:`interleaves` takes where
+#: :func:`_spreads` holds.
+SPREAD = 4
+
+
+def _spreads(group: int, width: int) -> bool:
+    """Whether the spread kernels (:func:`._llvm.spread_module_ir`) run the forward pass of
+    square groups of ``group`` channels that :func:`interleaves` takes with vectors of
+    ``width`` lanes: groups of half a vector (8 with AVX-512's 16 float32 lanes), split
+    into :data:`SPREAD` channels a step (each step one load of 4 input channels shared
+    by the group's two vectors, where the interleaved kernels load two values and insert
+    one into the other per multiply-add).
+
+    Measured on one core (CPU time, min of 15 rounds, busy machine, AVX-512 on AMD EPYC,
+    float32, 3×3, 32 groups of 8; the kernels alone), interleaved against spread: batch 1,
+    28²×256 at stride 2 131 against 88-91 µs, 14²×256 121 against 84-88; 16 images 5.4
+    against 3.1 ms and 3.3 against 1.7. Groups of 16 (one vector, 14²×512 at stride 2 and
+    7²×512) ran no faster spread, groups of 4 (:func:`shuffles`) slower (28²×128: 84
+    against 131 µs); with 8 lanes (AVX2, float64 with AVX-512) groups of half a vector are
+    groups of 4, which the shuffling kernels run.
+
+    >>> _spreads(8, 16), _spreads(16, 16)
+    (True, False)
+    """
+    return group * INTERLEAVE == width and group % SPREAD == 0
+
+
 def _family(groups: int, group_in: int, group_out: int, channels: int, width: int) -> str:
     """Which kernels run a grouped forward pass with vectors of ``width`` lanes:
     ``"shuffle"`` (:func:`shuffles`), ``"interleave"`` (:func:`interleaves`),
@@ -317,7 +347,11 @@ def _forward_plan(shape: tuple[int, int, int, int], kernel_shape: tuple[int, int
     (top, bottom), (left, right) = pads
     padded_w = w + left + right
     unpadded = top == bottom == left == right == 0
-    runs = _plan_blocks(group_out if family == "vectors" else f, width)
+    if family == "interleave" and _spreads(group_in, width):
+        family = "spread"
+    # (the spread kernels' vectors each hold width / SPREAD outputs)
+    runs = _plan_blocks(group_out if family == "vectors" else SPREAD * f if family == "spread"
+                        else f, width)
     flops = 2.0 * n * oh * ow * taps * group_in * f
     parts = _channel_parts(family, runs, groups, c, width, workers, flops) if shares else 1
     # shares of the channels balance the threads: chunks of rows only bound the slabs
@@ -332,11 +366,16 @@ def _forward_plan(shape: tuple[int, int, int, int], kernel_shape: tuple[int, int
                  and (f * itemsize) % ALIGN == 0)
     # few output cells read each kernel step a few times only: reading it where it lies
     # (rows F apart) costs less than packing it at every call
-    in_place = family != "shuffle" and n * oh * ow <= IN_PLACE_CELLS and not frozen
+    in_place = (family not in ("shuffle", "spread") and n * oh * ow <= IN_PLACE_CELLS
+                and not frozen)
     steps = []
     for vectors, start, blocks in runs:
         cols = vectors * width
-        columns = (start, start + blocks * cols)
+        if family == "spread":
+            start //= SPREAD
+            columns = (start, start + blocks * cols // SPREAD)
+        else:
+            columns = (start, start + blocks * cols)
         batch = ONE_PROBLEM
         source: tuple[int, ...]
         split: tuple[int, ...]
@@ -350,6 +389,18 @@ def _forward_plan(shape: tuple[int, int, int, int], kernel_shape: tuple[int, int
                         cols if in_place else count * cols, 0)
             source, split, order = (count, f), (count, blocks, cols), (1, 0, 2)
             panel = (blocks, count, cols)
+        elif family == "spread":
+            # step (tap, c): input channels [SPREAD·c, SPREAD·c + SPREAD) of each group;
+            # a vector's lane SPREAD·o + h is output o's product with channel SPREAD·c + h
+            kernels = _llvm.compiled_spread(dtype, vectors, SPREAD, group_in)
+            quads = group_in // SPREAD
+            offsets = (tap_offsets[:, None] + SPREAD * np.arange(quads)).ravel() + start
+            count = taps * quads
+            sums = Sums(blocks, count, cols, count * cols, 0)
+            source = (taps, quads, SPREAD, f)
+            split = (taps, quads, SPREAD, blocks, vectors, width // SPREAD)
+            order = (3, 0, 1, 4, 5, 2)
+            panel = (blocks, taps, quads, vectors, width // SPREAD, SPREAD)
         elif family == "shuffle":
             kernels = _llvm.compiled_grouped(dtype, vectors, group_in)
             offsets = tap_offsets + start
@@ -455,9 +506,11 @@ def _channel_parts(family: str, runs: Sequence[tuple[int, int, int]], groups: in
     if (workers < 2 or not CHANNEL_SPLIT_FLOPS <= flops <= CHANNEL_SPLIT_MAX_FLOPS or not runs
             or family == "shuffle"):
         return 1
+    # (the spread kernels' runs count SPREAD lanes per output channel)
+    lanes = channels * (SPREAD if family == "spread" else 1)
     if family == "vectors":
         units = groups
-    elif len(runs) == 1 and runs[0][1] == 0 and runs[0][0] * width * runs[0][2] == channels:
+    elif len(runs) == 1 and runs[0][1] == 0 and runs[0][0] * width * runs[0][2] == lanes:
         units = runs[0][2]
     else:
         return 1  # several runs of blocks: no one range of channels per share
