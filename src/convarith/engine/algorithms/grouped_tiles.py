@@ -39,10 +39,10 @@ half a vector (ResNeXt's 8 with 16 lanes) run on the spread kernels
 vectors, the lanes added when stored (no zeros multiplied; 1.4-1.9× the
 interleaved kernels, which loaded two values and inserted one per multiply-add).
 Groups of one vector (16) run on the interleaved kernels
-(:func:`._llvm.interleaved_module_ir`), a group per vector of a register block. Groups of whole vectors of
-outputs (ResNeXt's 32 with 16 lanes) run on :mod:`.register_tiles`' kernels, every
-group in one call, nothing merged. Other grouped layers run
-:func:`.register_tiles.direct`, at its cost.
+(:func:`._llvm.interleaved_module_ir`), a group per vector of a register block.
+Groups of whole vectors of outputs (ResNeXt's 32 with 16 lanes) run on
+:mod:`.register_tiles`' kernels, every group in one call, nothing merged. Other
+grouped layers run :func:`.register_tiles.direct`, at its cost.
 
 Everything of a forward pass but the values (the calls, where they read, how the
 kernel is packed, the chunks of output) is worked out once per shape
@@ -338,6 +338,7 @@ def _forward_plan(shape: tuple[int, int, int, int], kernel_shape: tuple[int, int
     oh, ow = out_size
     width = target.width(dtype)
     group_out = f // groups
+    named = bool(family)  # (a family named by the caller runs as named)
     family = family or _family(groups, group_in, group_out, c, width)
     itemsize = dtype.itemsize
     taps = kh * kw
@@ -347,7 +348,7 @@ def _forward_plan(shape: tuple[int, int, int, int], kernel_shape: tuple[int, int
     (top, bottom), (left, right) = pads
     padded_w = w + left + right
     unpadded = top == bottom == left == right == 0
-    if family == "interleave" and _spreads(group_in, width):
+    if family == "interleave" and not named and _spreads(group_in, width):
         family = "spread"
     # (the spread kernels' vectors each hold width / SPREAD outputs)
     runs = _plan_blocks(group_out if family == "vectors" else SPREAD * f if family == "spread"
@@ -905,7 +906,8 @@ def _interleaved(x: np.ndarray, kernel: np.ndarray, strides: Sequence[int],
                  dilation: Sequence[int], pads: Sequence[tuple[int, int]],
                  out_size: Sequence[int], threads: int | None) -> np.ndarray:
     """The 2-D forward pass on the interleaved kernels (where :func:`interleaves` holds,
-    also where the shuffling kernels would run): ``x`` unpadded, ``pads`` zeros to add."""
+    also where the shuffling or spread kernels would run): ``x`` unpadded, ``pads`` zeros
+    to add."""
     y = _forward(x, kernel, strides, dilation, x.shape[-1] // kernel.shape[-2], out_size,
                  pads, threads, "interleave")
     assert y is not None
