@@ -1182,8 +1182,11 @@ def cost(problem: ConvProblem) -> float:
     workers = worker_count()
     cells = _chunk_cells(problem, workers)
     base *= (1 + 16 / cells) / (1 + 16 / _chunk_cells(problem, workers, JOBS_PER_WORKER))
-    return base * {"shuffle": SHUFFLE_SCALE, "interleave": INTERLEAVE_SCALE,
-                   "vectors": VECTORS_SCALE}[family]
+    if family == "shuffle":
+        # register_tiles' cost counts the zeros of groups merged block-diagonally, twice
+        # as many for groups of 2 as for 4; the shuffling kernels multiply none
+        return base * SHUFFLE_SCALE * group_in / 4
+    return base * {"interleave": INTERLEAVE_SCALE, "vectors": VECTORS_SCALE}[family]
 
 
 #: Groups of whole vectors of outputs (ResNeXt's 32 of 32 with 16 lanes) here against
@@ -1198,7 +1201,10 @@ VECTORS_SCALE = 0.8
 #: block-diagonal kernels, whose cost holds for them). Measured on one core (CPU
 #: time, busy machine, AVX-512, float32): 3×3, 32 groups of 4 on 56²×128: 1.19
 #: against 2.20 ms (4 images: 5.5 against 7.5-8.9); 64 groups of 4 on 28²×256:
-#: 0.56 against 0.66-1.01.
+#: 0.56 against 0.66-1.01. Groups of 2 take half this (see :func:`cost`): on one thread
+#: :mod:`.grouped_gemm` (0.8 × FLOPs) was chosen over them and ran 6-19 times as long
+#: (CPU time, busy machine, float32, 3×3, batch 1: 14²×64 in 32 groups 1.06 against
+#: 0.057 ms, 28²×64 0.78 against 0.10, 56²×128 3.1 against 0.43).
 SHUFFLE_SCALE = 0.6
 
 #: The interleaved kernels' time over :mod:`.register_tiles`' (two groups of 8 merged
