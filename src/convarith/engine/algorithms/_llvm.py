@@ -290,7 +290,8 @@ def _parameters(*tuples: Any) -> str:
 
 
 def _tile(name: str, mr: int, nv: int, ty: str, vw: int, streaming: bool = False,
-          depthwise: bool = False, interleave: int = 0) -> str:
+          depthwise: bool = False, interleave: int = 0, spread: int = 0,
+          group: int = 0) -> str:
     """IR of one register block: ``mr`` cells × ``nv`` vectors, summed over taps × channels.
 
     Each cell has its own input and output pointer, so a block may span rows.
@@ -301,10 +302,17 @@ def _tile(name: str, mr: int, nv: int, ty: str, vw: int, streaming: bool = False
     step reads ``interleave`` input values ``vw / interleave`` apart, each broadcast
     over its own ``vw / interleave`` lanes (a broadcasting load each, put together
     by lane blocks), for several groups per vector (see
-    :func:`interleaved_module_ir`).
+    :func:`interleaved_module_ir`). ``spread`` (2 or 4, with ``depthwise``): each output's
+    sum is split over ``spread`` lanes (lane ``spread·o + h`` sums its products with its
+    group's input channels ``spread·c + h``), vector ``j`` holding outputs
+    ``[j·vw/spread, (j+1)·vw/spread)`` of the block, in groups of ``group`` channels;
+    each step broadcasts ``spread`` adjacent input channels of a group (one load, shared
+    by that group's vectors), and the lanes of each output are added when the block is
+    stored (see :func:`spread_module_ir`).
     """
     v = f"<{vw} x {ty}>"
     p = f"{ty}*"
+    per = vw // spread if spread else vw  # outputs per vector
     xs = ", ".join(f"{p} %x{i}" for i in range(mr))
     ys = ", ".join(f"{p} %y{i}" for i in range(mr))
     acc = [(i, j) for i in range(mr) for j in range(nv)]
@@ -322,6 +330,29 @@ def _tile(name: str, mr: int, nv: int, ty: str, vw: int, streaming: bool = False
                 f"  %{tag}wq{j} = bitcast {p} %{tag}wp{j} to {v}*",
                 f"  %{tag}wv{j} = load {v}, {v}* %{tag}wq{j}, align 4",
             ]
+        if spread:
+            sv = f"<{spread} x {ty}>"
+            lanes = ", ".join(f"i32 {lane % spread}" for lane in range(vw))
+            for i in range(mr):
+                for j in range(nv):
+                    first = j * per // group * group  # the vector's group's first channel
+                    if j and (j - 1) * per // group * group == first:
+                        out.append(f"  %{tag}xv{i}_{j} = bitcast {v} %{tag}xv{i}_{j - 1} "
+                                   f"to {v}")
+                    else:
+                        if first:
+                            out.append(f"  %{tag}xo{i}_{j} = add i64 %{tag}xc, {first}")
+                        out += [
+                            f"  %{tag}xp{i}_{j} = getelementptr {ty}, {p} %x{i}, i64 "
+                            f"{f'%{tag}xo{i}_{j}' if first else f'%{tag}xc'}",
+                            f"  %{tag}xq{i}_{j} = bitcast {p} %{tag}xp{i}_{j} to {sv}*",
+                            f"  %{tag}xl{i}_{j} = load {sv}, {sv}* %{tag}xq{i}_{j}, align 4",
+                            f"  %{tag}xv{i}_{j} = shufflevector {sv} %{tag}xl{i}_{j}, {sv} "
+                            f"undef, <{vw} x i32> <{lanes}>",
+                        ]
+                    out.append(f"  %{tag}d{i}_{j} = call {v} @llvm.fma.v{vw}{_suffix(ty)}"
+                               f"({v} %{tag}xv{i}_{j}, {v} %{tag}wv{j}, {v} %{before}{i}_{j})")
+            return out
         if depthwise:
             for i in range(mr):
                 for j in range(nv):
@@ -386,7 +417,19 @@ def _tile(name: str, mr: int, nv: int, ty: str, vw: int, streaming: bool = False
         "  br i1 %adding, label %load, label %pre",
         "load:",
     ]
+    hv = f"<{per} x {ty}>"
     for i, j in acc:
+        if spread:  # each output's first lane starts from it, the others from 0
+            lanes = ", ".join(f"i32 {lane // spread if lane % spread == 0 else per}"
+                              for lane in range(vw))
+            lines += [
+                f"  %lp{i}_{j} = getelementptr {ty}, {p} %y{i}, i64 {j * per}" if j else "",
+                f"  %lq{i}_{j} = bitcast {p} {f'%lp{i}_{j}' if j else f'%y{i}'} to {hv}*",
+                f"  %lh{i}_{j} = load {hv}, {hv}* %lq{i}_{j}, align 4",
+                f"  %l{i}_{j} = shufflevector {hv} %lh{i}_{j}, {hv} zeroinitializer, "
+                f"<{vw} x i32> <{lanes}>",
+            ]
+            continue
         lines += [
             f"  %lp{i}_{j} = getelementptr {ty}, {p} %y{i}, i64 {j * vw}" if j else "",
             f"  %lq{i}_{j} = bitcast {p} {f'%lp{i}_{j}' if j else f'%y{i}'} to {v}*",
@@ -444,6 +487,43 @@ def _tile(name: str, mr: int, nv: int, ty: str, vw: int, streaming: bool = False
     ]
     for i, j in acc:
         lines.append(f"  %e{i}_{j} = phi {v} [%a{i}_{j}, %after], [%rd{i}_{j}, %rem]")
+    if spread:
+        # pairs of vectors' lanes added pair by pair into one vector, log2(spread) times:
+        # then each vector holds vw outputs in order
+        evens = ", ".join(f"i32 {2 * lane}" for lane in range(vw))
+        odds = ", ".join(f"i32 {2 * lane + 1}" for lane in range(vw))
+        for i in range(mr):
+            level = [f"%e{i}_{j}" for j in range(nv)]
+            depth = 0
+            while 1 << depth < spread:
+                folded = []
+                for t in range(0, len(level), 2):
+                    second = level[t + 1] if t + 1 < len(level) else "zeroinitializer"
+                    name = f"%f{i}_{depth}_{t}"
+                    lines += [
+                        f"  {name}e = shufflevector {v} {level[t]}, {v} {second}, "
+                        f"<{vw} x i32> <{evens}>",
+                        f"  {name}o = shufflevector {v} {level[t]}, {v} {second}, "
+                        f"<{vw} x i32> <{odds}>",
+                        f"  {name} = fadd {v} {name}e, {name}o",
+                    ]
+                    folded.append(name)
+                level, depth = folded, depth + 1
+            for t, name in enumerate(level):
+                count = min(vw, nv * per - t * vw)
+                cv = f"<{count} x {ty}>"
+                if count < vw:
+                    keep = ", ".join(f"i32 {lane}" for lane in range(count))
+                    lines.append(f"  {name}k = shufflevector {v} {name}, {v} undef, "
+                                 f"<{count} x i32> <{keep}>")
+                    name += "k"
+                lines += [
+                    f"  %yp{i}_{t} = getelementptr {ty}, {p} %y{i}, i64 {t * vw}" if t else "",
+                    f"  %yq{i}_{t} = bitcast {p} {f'%yp{i}_{t}' if t else f'%y{i}'} to {cv}*",
+                    f"  store {cv} {name}, {cv}* %yq{i}_{t}, align 4",
+                ]
+        lines += ["  ret void", "}"]
+        return "\n".join(line for line in lines if line)
     for i, j in acc:
         lines += [
             f"  %yp{i}_{j} = getelementptr {ty}, {p} %y{i}, i64 {j * vw}" if j else "",
@@ -506,9 +586,11 @@ def _cells(tag: str, count: int, ty: str, x_base: str = "%x") -> tuple[list[str]
     return lines, f"{xs}, {p} %wb, {ys}", f"{image} {row} {col}"
 
 
-def _driver(mr: int, nv: int, ty: str, vw: int, depthwise: bool = False) -> str:
+def _driver(mr: int, nv: int, ty: str, vw: int, depthwise: bool = False,
+            block_channels: int = 0) -> str:
     """IR of ``drive1``: column blocks × blocks of ``mr`` cells (spanning rows), then the
-    tail, for one problem (``depthwise``: a column block reads its own input channels)."""
+    tail, for one problem (``depthwise``: a column block reads its own input channels);
+    a column block is ``block_channels`` output channels (default ``nv · vw``)."""
     p = f"{ty}*"
     rest = "i64* %offsets, i64 %steps, i64 %step_stride, i64 %accumulate"
     x_base = "%xb" if depthwise else "%x"
@@ -526,7 +608,7 @@ def _driver(mr: int, nv: int, ty: str, vw: int, depthwise: bool = False) -> str:
         "  br i1 %go, label %blk, label %exit",
         "blk:",
         "  %b = phi i64 [0, %entry], [%b1, %blk_end]",
-        f"  %bo = mul i64 %b, {nv * vw}",
+        f"  %bo = mul i64 %b, {block_channels or nv * vw}",
         "  %bw = mul i64 %b, %block_stride",
         f"  %wb = getelementptr {ty}, {p} %w, i64 %bw",
         *([f"  %xb = getelementptr {ty}, {p} %x, i64 %bo"] if depthwise else []),
@@ -845,6 +927,59 @@ def interleaved_module_ir(dtype: Any, vectors: int, rows: int, width: int,
     parts.append(_batches(ty))
     parts.append("!0 = !{i32 1}")
     return "\n\n".join(parts) + "\n"
+
+
+def spread_module_ir(dtype: Any, vectors: int, rows: int, width: int, spread: int,
+                     group: int) -> str:
+    """IR of a module for groups of ``group`` input and output channels (a multiple of
+    ``spread``, whole groups per block of ``vectors`` vectors), each output's sum split
+    over ``spread`` lanes: lane ``spread·o + h`` sums output ``o``'s products with its
+    group's input channels ``spread·c + h`` (the kernel packed so), each step
+    broadcasting ``spread`` adjacent input channels with one load, shared by the
+    group's vectors; the lanes of each output are added when stored. Every product is
+    wanted; with groups of 8 and 16 lanes a step costs one load per two multiply-adds
+    (``spread`` 4), where :func:`interleaved_module_ir` costs two loads and an insert
+    per multiply-add. ``drive`` as in :func:`module_ir` with ``depthwise``, a column
+    block being ``vectors · width / spread`` channels.
+
+    >>> ir = spread_module_ir(np.float32, 2, 2, 16, 4, 8)
+    >>> "define void @drive(" in ir and "<4 x float>" in ir
+    True
+    """
+    ty = _ir_type(dtype)
+    v = f"<{width} x {ty}>"
+    parts = [f"declare {v} @llvm.fma.v{width}{_suffix(ty)}({v}, {v}, {v})"]
+    parts += [_tile(f"tile{r}", r, vectors, ty, width, depthwise=True, spread=spread,
+                    group=group) for r in range(1, rows + 1)]
+    parts.append(_driver(rows, vectors, ty, width, depthwise=True,
+                         block_channels=vectors * width // spread))
+    parts.append(_batches(ty))
+    parts.append("!0 = !{i32 1}")
+    return "\n\n".join(parts) + "\n"
+
+
+#: Cells per register block of the spread kernels (:func:`spread_module_ir`) by vectors.
+SPREAD_ROWS = {1: 8, 2: 8, 3: 6, 4: 4}
+
+
+def compiled_spread(dtype: Any, vectors: int, spread: int, group: int) -> Kernels | None:
+    """The :func:`spread_module_ir` module for ``dtype`` on the target in use (``None``:
+    not here)."""
+    return _compiled_spread(np.dtype(dtype), vectors, spread, group, vector_target())
+
+
+@cached_once
+def _compiled_spread(dtype: np.dtype[Any], vectors: int, spread: int, group: int,
+                     target: VectorTarget) -> Kernels | None:
+    llvm = _llvm()
+    width = target.width(dtype)
+    if (llvm is None or not target.runs_here or dtype.char not in "fd" or spread < 2
+            or width % spread or group % spread or group % (width // spread)
+            or (vectors * width // spread) % group):
+        return None
+    rows = min(SPREAD_ROWS.get(vectors, 1), block_rows(vectors, target))
+    return drive_kernels(llvm, target, spread_module_ir(dtype, vectors, rows, width, spread,
+                                                        group), vectors, rows, width)
 
 
 def compiled_interleaved(dtype: Any, vectors: int, interleave: int) -> Kernels | None:

@@ -33,14 +33,16 @@ cell's channels, then per input channel a shuffle that gives every lane its own
 group's value, times the kernel's vector: no lane multiplies another group's
 value, where :mod:`.register_tiles` merges such groups into block-diagonal
 kernels (4× the products for ResNeXt's 32 groups of 4 with 16 lanes). Groups of
-half a vector (ResNeXt's 8 with 16 lanes) run on the interleaved kernels
-(:func:`._llvm.interleaved_module_ir`): two groups per vector, each step
-broadcasting each group's input value over its own half (two broadcasting loads
-and one insert, no zeros multiplied); groups of one vector (16) on the same
-kernels, a group per vector of a register block. Groups of whole vectors of
-outputs (ResNeXt's 32 with 16 lanes) run on :mod:`.register_tiles`' kernels, every
-group in one call, nothing merged. Other grouped layers run
-:func:`.register_tiles.direct`, at its cost.
+half a vector (ResNeXt's 8 with 16 lanes) run on the spread kernels
+(:func:`._llvm.spread_module_ir`, :func:`_spreads`): each output's sum split over
+4 lanes, each step one load of 4 of a group's input channels shared by its two
+vectors, the lanes added when stored (no zeros multiplied; 1.4-1.9× the
+interleaved kernels, which loaded two values and inserted one per multiply-add).
+Groups of one vector (16) run on the interleaved kernels
+(:func:`._llvm.interleaved_module_ir`), a group per vector of a register block.
+Groups of whole vectors of outputs (ResNeXt's 32 with 16 lanes) run on
+:mod:`.register_tiles`' kernels, every group in one call, nothing merged. Other
+grouped layers run :func:`.register_tiles.direct`, at its cost.
 
 Everything of a forward pass but the values (the calls, where they read, how the
 kernel is packed, the chunks of output) is worked out once per shape
@@ -193,6 +195,34 @@ def interleaves(problem: ConvProblem) -> bool:
             and problem.in_channels % width == 0)
 
 
+#: Lanes each output's sum is split over in the spread kernels
+#: (:func:`._llvm.spread_module_ir`), which run what :func:`interleaves` takes where
+#: :func:`_spreads` holds.
+SPREAD = 4
+
+
+def _spreads(group: int, width: int) -> bool:
+    """Whether the spread kernels (:func:`._llvm.spread_module_ir`) run the forward pass of
+    square groups of ``group`` channels that :func:`interleaves` takes with vectors of
+    ``width`` lanes: groups of half a vector (8 with AVX-512's 16 float32 lanes), split
+    into :data:`SPREAD` channels a step (each step one load of 4 input channels shared
+    by the group's two vectors, where the interleaved kernels load two values and insert
+    one into the other per multiply-add).
+
+    Measured on one core (CPU time, min of 15 rounds, busy machine, AVX-512 on AMD EPYC,
+    float32, 3×3, 32 groups of 8; the kernels alone), interleaved against spread: batch 1,
+    28²×256 at stride 2 131 against 88-91 µs, 14²×256 121 against 84-88; 16 images 5.4
+    against 3.1 ms and 3.3 against 1.7. Groups of 16 (one vector, 14²×512 at stride 2 and
+    7²×512) ran no faster spread, groups of 4 (:func:`shuffles`) slower (28²×128: 84
+    against 131 µs); with 8 lanes (AVX2, float64 with AVX-512) groups of half a vector are
+    groups of 4, which the shuffling kernels run.
+
+    >>> _spreads(8, 16), _spreads(16, 16)
+    (True, False)
+    """
+    return group * INTERLEAVE == width and group % SPREAD == 0
+
+
 def _family(groups: int, group_in: int, group_out: int, channels: int, width: int) -> str:
     """Which kernels run a grouped forward pass with vectors of ``width`` lanes:
     ``"shuffle"`` (:func:`shuffles`), ``"interleave"`` (:func:`interleaves`),
@@ -266,6 +296,26 @@ class _ForwardPlan(NamedTuple):
     #: shares of the channels each job's calls are cut into in the table, one thread
     #: each (:func:`_channel_parts`; 1: whole jobs)
     parts: int = 1
+    #: where every chunk runs on the calling thread (one chunk, or one thread; channels
+    #: not shared), the jobs' calls as :func:`_on_caller` makes them; else ``None``
+    caller_jobs: tuple[_CallerJob, ...] | None = None
+    packing: tuple[Any, ...] = ()  #: the key of the panels (:func:`_packing`)
+
+
+class _CallerJob(NamedTuple):
+    """A chunk of :attr:`_ForwardPlan.jobs` as :func:`_on_caller` runs it: the shape of its
+    padded rows (``None``: ``x`` read where it lies), the images it reads, the first
+    padded row, its input's and output's byte offsets, and its calls, each ``(drive,
+    weights' byte offset, output's byte offset past the chunk's, offsets' address, the
+    integer fields)``."""
+
+    slab: tuple[int, int, int, int] | None
+    first_image: int
+    images: int
+    first_row: int
+    x_at: int
+    y_at: int
+    calls: tuple[tuple[Any, int, int, int, tuple[int, ...]], ...]
 
 
 @functools.lru_cache(maxsize=256)
@@ -288,6 +338,7 @@ def _forward_plan(shape: tuple[int, int, int, int], kernel_shape: tuple[int, int
     oh, ow = out_size
     width = target.width(dtype)
     group_out = f // groups
+    named = bool(family)  # (a family named by the caller runs as named)
     family = family or _family(groups, group_in, group_out, c, width)
     itemsize = dtype.itemsize
     taps = kh * kw
@@ -297,7 +348,11 @@ def _forward_plan(shape: tuple[int, int, int, int], kernel_shape: tuple[int, int
     (top, bottom), (left, right) = pads
     padded_w = w + left + right
     unpadded = top == bottom == left == right == 0
-    runs = _plan_blocks(group_out if family == "vectors" else f, width)
+    if family == "interleave" and not named and _spreads(group_in, width):
+        family = "spread"
+    # (the spread kernels' vectors each hold width / SPREAD outputs)
+    runs = _plan_blocks(group_out if family == "vectors" else SPREAD * f if family == "spread"
+                        else f, width)
     flops = 2.0 * n * oh * ow * taps * group_in * f
     parts = _channel_parts(family, runs, groups, c, width, workers, flops) if shares else 1
     # shares of the channels balance the threads: chunks of rows only bound the slabs
@@ -312,11 +367,16 @@ def _forward_plan(shape: tuple[int, int, int, int], kernel_shape: tuple[int, int
                  and (f * itemsize) % ALIGN == 0)
     # few output cells read each kernel step a few times only: reading it where it lies
     # (rows F apart) costs less than packing it at every call
-    in_place = family != "shuffle" and n * oh * ow <= IN_PLACE_CELLS and not frozen
+    in_place = (family not in ("shuffle", "spread") and n * oh * ow <= IN_PLACE_CELLS
+                and not frozen)
     steps = []
     for vectors, start, blocks in runs:
         cols = vectors * width
-        columns = (start, start + blocks * cols)
+        if family == "spread":
+            start //= SPREAD
+            columns = (start, start + blocks * cols // SPREAD)
+        else:
+            columns = (start, start + blocks * cols)
         batch = ONE_PROBLEM
         source: tuple[int, ...]
         split: tuple[int, ...]
@@ -330,6 +390,18 @@ def _forward_plan(shape: tuple[int, int, int, int], kernel_shape: tuple[int, int
                         cols if in_place else count * cols, 0)
             source, split, order = (count, f), (count, blocks, cols), (1, 0, 2)
             panel = (blocks, count, cols)
+        elif family == "spread":
+            # step (tap, c): input channels [SPREAD·c, SPREAD·c + SPREAD) of each group;
+            # a vector's lane SPREAD·o + h is output o's product with channel SPREAD·c + h
+            kernels = _llvm.compiled_spread(dtype, vectors, SPREAD, group_in)
+            quads = group_in // SPREAD
+            offsets = (tap_offsets[:, None] + SPREAD * np.arange(quads)).ravel() + start
+            count = taps * quads
+            sums = Sums(blocks, count, cols, count * cols, 0)
+            source = (taps, quads, SPREAD, f)
+            split = (taps, quads, SPREAD, blocks, vectors, width // SPREAD)
+            order = (3, 0, 1, 4, 5, 2)
+            panel = (blocks, taps, quads, vectors, width // SPREAD, SPREAD)
         elif family == "shuffle":
             kernels = _llvm.compiled_grouped(dtype, vectors, group_in)
             offsets = tap_offsets + start
@@ -389,9 +461,14 @@ def _forward_plan(shape: tuple[int, int, int, int], kernel_shape: tuple[int, int
         return None  # the Python jobs do not cut channels (no table for this padding)
     filler = ((_native_jobs.padded_channels_filler() if parts > 1
                else _native_jobs.padded_rows_filler()) if slab_size else None)
-    return _ForwardPlan(tuple(steps), tuple(jobs), padded_w, left,
+    here = (parts == 1 and job_count == 1 and (len(jobs) == 1 or workers == 1)
+            and n * oh * ow * f > 0)
+    plan = _ForwardPlan(tuple(steps), tuple(jobs), padded_w, left,
                         0 if in_place else sum(math.prod(step.panel) for step in steps),
-                        in_place, workers, rows, bases, spans, slab_size, filler, parts)
+                        in_place, workers, rows, bases, spans, slab_size, filler, parts,
+                        _caller_jobs(steps, jobs, in_place, padded_w, c, itemsize) if here
+                        else None)
+    return plan._replace(packing=_packing(plan))
 
 
 #: FLOPs from which a forward pass runs on several threads each a share of the groups
@@ -430,9 +507,11 @@ def _channel_parts(family: str, runs: Sequence[tuple[int, int, int]], groups: in
     if (workers < 2 or not CHANNEL_SPLIT_FLOPS <= flops <= CHANNEL_SPLIT_MAX_FLOPS or not runs
             or family == "shuffle"):
         return 1
+    # (the spread kernels' runs count SPREAD lanes per output channel)
+    lanes = channels * (SPREAD if family == "spread" else 1)
     if family == "vectors":
         units = groups
-    elif len(runs) == 1 and runs[0][1] == 0 and runs[0][0] * width * runs[0][2] == channels:
+    elif len(runs) == 1 and runs[0][1] == 0 and runs[0][0] * width * runs[0][2] == lanes:
         units = runs[0][2]
     else:
         return 1  # several runs of blocks: no one range of channels per share
@@ -667,10 +746,76 @@ def _panels(plan: _ForwardPlan, kernel: np.ndarray) -> np.ndarray:
         packed.flags.writeable = False  # (remembered panels are shared by calls)
         return packed, packed.nbytes
 
-    packing = ("register_tiles_grouped",
-               tuple((s.source, s.columns, s.split, s.order, s.panel) for s in plan.steps))
-    remembered = prepacked.remembered(kernel, packing, pack)
+    remembered = prepacked.remembered(kernel, plan.packing, pack)
     return remembered if remembered is not None else pack()[0]
+
+
+def _packing(plan: _ForwardPlan) -> tuple[Any, ...]:
+    """The key of ``plan``'s panels among a frozen kernel's remembered packings."""
+    return ("register_tiles_grouped",
+            tuple((s.source, s.columns, s.split, s.order, s.panel) for s in plan.steps))
+
+
+def _caller_jobs(steps: Sequence[_Step], jobs: Sequence[_Job], in_place: bool, padded_width: int,
+                 channels: int, itemsize: int) -> tuple[_CallerJob, ...]:
+    """``jobs``' calls as :func:`_on_caller` makes them (those :func:`_run_plan`'s Python
+    jobs make), everything but the arrays' addresses worked out."""
+    weights, at = [], 0
+    for step in steps:
+        weights.append(step.columns[0] * itemsize if in_place else at * itemsize)
+        at += math.prod(step.panel)
+    made = []
+    for job in jobs:
+        calls = tuple((step.drive, weight, step.first_channel_bytes, step.offsets_address,
+                       (*job.cells, *step.sums, *step.batch))
+                      for step, weight in zip(steps, weights))
+        slab = (job.images, job.slab_rows, padded_width, channels) if job.slab_rows else None
+        made.append(_CallerJob(slab, job.first_image, job.images, job.first_row,
+                               job.x_offset * itemsize, job.y_offset * itemsize, calls))
+    return tuple(made)
+
+
+def _on_caller(x: np.ndarray, kernel: np.ndarray, strides: Sequence[int],
+               dilation: Sequence[int], groups: int, out_size: Sequence[int],
+               padding: Sequence[tuple[int, int]] | None, threads: int | None
+               ) -> np.ndarray | None:
+    """A 2-D forward pass that :func:`_forward` would run on the calling thread, by its
+    remembered plan's :attr:`~_ForwardPlan.caller_jobs` (the same calls, the same values;
+    a batch-1 ResNeXt layer's 0.12-0.2 ms call paid 25-50 µs of Python for working out
+    its plan's pieces); ``None`` for the others (the caller takes them its usual way)."""
+    dtype = x.dtype
+    if not (x.flags.c_contiguous and kernel.flags.c_contiguous and kernel.dtype == dtype
+            and dtype.char in "fd" and x.ndim == 4 and kernel.ndim == 4):
+        return None
+    target = _llvm.vector_target()
+    if not target.runs_here or target.width(dtype) == 0 or groups < 2:
+        return None
+    try:
+        plan = _forward_plan(
+            x.shape, kernel.shape, tuple(strides), tuple(dilation), tuple(out_size),
+            ((0, 0), (0, 0)) if padding is None else tuple(map(tuple, padding)), groups,
+            dtype, target, threads if threads is not None else worker_count(), "", True,
+            prepacked.frozen_owner(kernel) is not None)
+    except TypeError:  # (an argument that is not hashable: the usual way)
+        return None
+    if plan is None or plan.caller_jobs is None:
+        return None
+    # (the panels held here while the calls read them)
+    panels = kernel if plan.in_place else _panels(plan, kernel)
+    weights = panels.ctypes.data
+    y = aligned_empty((x.shape[0], *out_size, kernel.shape[-1]), dtype)
+    x_base, y_base, left = x.ctypes.data, y.ctypes.data, plan.left
+    for slab_shape, first_image, images, first_row, x_at, y_at, calls in plan.caller_jobs:
+        if slab_shape is None:
+            source = x_base + x_at
+        else:
+            slab = workspace("grouped_tiles", slab_shape, dtype)
+            _fill(slab, x[first_image:first_image + images], first_row, left)
+            source = slab.ctypes.data
+        output = y_base + y_at
+        for drive, weight, first_channel, offsets, fields in calls:
+            drive(source, weights + weight, output + first_channel, offsets, *fields)
+    return y
 
 
 def _forward(x: np.ndarray, kernel: np.ndarray, strides: Sequence[int],
@@ -761,7 +906,8 @@ def _interleaved(x: np.ndarray, kernel: np.ndarray, strides: Sequence[int],
                  dilation: Sequence[int], pads: Sequence[tuple[int, int]],
                  out_size: Sequence[int], threads: int | None) -> np.ndarray:
     """The 2-D forward pass on the interleaved kernels (where :func:`interleaves` holds,
-    also where the shuffling kernels would run): ``x`` unpadded, ``pads`` zeros to add."""
+    also where the shuffling or spread kernels would run): ``x`` unpadded, ``pads`` zeros
+    to add."""
     y = _forward(x, kernel, strides, dilation, x.shape[-1] // kernel.shape[-2], out_size,
                  pads, threads, "interleave")
     assert y is not None
@@ -796,7 +942,9 @@ def direct(
                    (1, *out_size), threads=threads,
                    padding=None if padding is None else ((0, 0), *padding))
         return y[:, 0]
-    result = None
+    result = _on_caller(xp, kernel, strides, dilation, groups, out_size, padding, threads)
+    if result is not None:
+        return result
     if rank == 2 and _llvm.available(dtype):
         pads = ((0, 0), (0, 0)) if padding is None else tuple(
             (int(a), int(b)) for a, b in padding)
@@ -1034,8 +1182,11 @@ def cost(problem: ConvProblem) -> float:
     workers = worker_count()
     cells = _chunk_cells(problem, workers)
     base *= (1 + 16 / cells) / (1 + 16 / _chunk_cells(problem, workers, JOBS_PER_WORKER))
-    return base * {"shuffle": SHUFFLE_SCALE, "interleave": INTERLEAVE_SCALE,
-                   "vectors": VECTORS_SCALE}[family]
+    if family == "shuffle":
+        # register_tiles' cost counts the zeros of groups merged block-diagonally, twice
+        # as many for groups of 2 as for 4; the shuffling kernels multiply none
+        return base * SHUFFLE_SCALE * group_in / 4
+    return base * {"interleave": INTERLEAVE_SCALE, "vectors": VECTORS_SCALE}[family]
 
 
 #: Groups of whole vectors of outputs (ResNeXt's 32 of 32 with 16 lanes) here against
@@ -1050,7 +1201,10 @@ VECTORS_SCALE = 0.8
 #: block-diagonal kernels, whose cost holds for them). Measured on one core (CPU
 #: time, busy machine, AVX-512, float32): 3×3, 32 groups of 4 on 56²×128: 1.19
 #: against 2.20 ms (4 images: 5.5 against 7.5-8.9); 64 groups of 4 on 28²×256:
-#: 0.56 against 0.66-1.01.
+#: 0.56 against 0.66-1.01. Groups of 2 take half this (see :func:`cost`): on one thread
+#: :mod:`.grouped_gemm` (0.8 × FLOPs) was chosen over them and ran 6-19 times as long
+#: (CPU time, busy machine, float32, 3×3, batch 1: 14²×64 in 32 groups 1.06 against
+#: 0.057 ms, 28²×64 0.78 against 0.10, 56²×128 3.1 against 0.43).
 SHUFFLE_SCALE = 0.6
 
 #: The interleaved kernels' time over :mod:`.register_tiles`' (two groups of 8 merged
