@@ -31,6 +31,12 @@ pytestmark = pytest.mark.skipif(
     not _llvm.available(), reason="no compiled kernels here (llvmlite, AVX2+FMA or AVX-512)")
 
 
+@pytest.fixture(autouse=True)
+def kernel_at_every_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel on two threads for small layers too (the planner gives those to BLAS)."""
+    monkeypatch.setattr(pointwise_rows, "KERNEL_SHARED_FLOPS", 0.0)
+
+
 def _torch_pointwise(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     """PyTorch's 1×1 convolution in float64 of cells ``x`` ``(cells, C)`` with ``kernel``
     ``(C, F)``, as ``(cells, F)``."""

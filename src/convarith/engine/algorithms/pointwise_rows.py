@@ -16,8 +16,9 @@ per-thread buffer (no copy of the whole input).
 At stride 1, outputs of 8 to 64 float32 channels with AVX-512, 4 to 16 with AVX2
 (:func:`compiled_narrow`: whole vectors and at most one half vector) run
 :mod:`._llvm_pointwise`'s compiled kernel instead, which reads the input where it lies
-(no packing) with the outputs in registers, in chunks of cells on the workers: 144 ->
-24 on 16×28² in 1.04 ms of one core against BLAS's 2.24.
+(no packing) with the outputs in registers, in chunks of cells on the workers (there
+from :data:`KERNEL_SHARED_FLOPS`, :func:`narrow_kernel_runs`): 144 -> 24 on 16×28² in
+1.04 ms of one core against BLAS's 2.24.
 
 Without it, on one worker, narrow outputs (at most :data:`NARROW_OUTPUTS` channels) run as
 products of pieces of about :data:`CHUNK_BYTES` of input and output cells, one after
@@ -62,7 +63,8 @@ __all__ = ["direct", "bind", "weight_grad", "products", "applies", "cost", "chun
            "CHUNKS_PER_WORKER", "MIN_CHUNK_CELLS", "CHUNK_BYTES", "CHUNKED", "NARROW_CHANNELS",
            "INLINE", "CACHED_KERNEL_BYTES", "CACHED_KERNEL", "ALIASED_CELLS", "inline_share",
            "PARTIALS_BYTES", "NARROW_OUTPUTS", "NARROW_PIECES", "cached_chunks", "serial_pieces",
-           "compiled_narrow", "KERNEL_CELLS", "KERNEL_CHUNK_CELLS", "KERNEL_SHARE"]
+           "compiled_narrow", "narrow_kernel_runs", "KERNEL_SHARED_FLOPS", "KERNEL_CELLS",
+           "KERNEL_CHUNK_CELLS", "KERNEL_SHARE"]
 
 #: Chunks per worker: a few, so a worker delayed by another process does not hold
 #: the call up; each costs ~10 µs of Python.
@@ -200,9 +202,9 @@ def direct(
     c, f = shape[-1], kernel.shape[-1]
     whole = shape[1:-1] == tuple(out_size)  # stride 1 (or a 1-cell output): every cell
     cells = math.prod(shape[:-1])
-    if whole and compiled_narrow(xp.dtype, cells, c, f):
-        return _narrow(xp, kernel, threads)
     workers = worker_count() if threads is None else threads
+    if whole and narrow_kernel_runs(xp.dtype, cells, c, f, workers):
+        return _narrow(xp, kernel, threads)
     if workers <= 1 and cached_chunks(shape[0], out_size, c, f, xp.dtype.itemsize):
         # narrow outputs on one thread: products of a few cached rows at a time
         y = np.empty((shape[0], *out_size, f), xp.dtype)
@@ -266,6 +268,31 @@ def compiled_narrow(dtype: np.dtype[Any], cells: int, channels: int, filters: in
     False
     """
     return cells >= KERNEL_CELLS and _llvm_pointwise.supported(dtype, filters)
+
+
+#: On several workers a layer runs the kernel from this many FLOPs; below, its chunks
+#: (Python calls handed to the helpers) lose to BLAS's: two threads, wall time, quiet
+#: 2-core Zen 4, float32, 16 images, kernel over BLAS, medians of 80 calls: 192 -> 32
+#: on 14² (38.5 MFLOP) 1.36, 576 -> 24 on 7² (43 MFLOP) 1.48, 32 -> 16 on 28² (12.8
+#: MFLOP) 1.73, 144 -> 24 on one 28² image (5.4 MFLOP) 2.63; from 5e7 they win or tie:
+#: 32 -> 16 on 56² (51 MFLOP) 0.91, 240 -> 40 on 14² (60 MFLOP) 1.04, 64 -> 24 on 56²
+#: 0.74, 144 -> 24 on 28² 0.71, 960 -> 16 on 14² 0.60. One worker takes the kernel at
+#: any size (0.78-0.97 of the product's time, one core).
+KERNEL_SHARED_FLOPS = 5e7
+
+
+def narrow_kernel_runs(dtype: np.dtype[Any], cells: int, channels: int, filters: int,
+                       workers: int) -> bool:
+    """Whether a stride-1 layer runs :mod:`._llvm_pointwise`'s kernel on ``workers``
+    threads: :func:`compiled_narrow`, and on several workers at least
+    :data:`KERNEL_SHARED_FLOPS`.
+
+    >>> dtype = np.dtype("float32")
+    >>> narrow_kernel_runs(dtype, 16 * 14 * 14, 192, 32, 2) and compiled_narrow(dtype, 16 * 14 * 14, 192, 32)
+    False
+    """
+    return compiled_narrow(dtype, cells, channels, filters) and (
+        workers <= 1 or 2.0 * cells * channels * filters >= KERNEL_SHARED_FLOPS)
 
 
 def _kernel_chunks(cells: int, workers: int) -> int:
@@ -340,7 +367,7 @@ def bind(problem: ConvProblem) -> Callable[[np.ndarray, np.ndarray], np.ndarray]
         return None
     c, f = shape[-1], problem.out_channels
     cells = math.prod(shape[:-1])
-    if compiled_narrow(problem.dtype, cells, c, f):
+    if narrow_kernel_runs(problem.dtype, cells, c, f, worker_count()):
         return _narrow_runner(problem.dtype, shape, f, None)
     if problem.flops >= SMALL_WORK:
         return None
@@ -562,8 +589,8 @@ def cost(problem: ConvProblem) -> float:
     whole = problem.input_shape[1:-1] == problem.out_size
     workers = worker_count()
     cells = problem.batch * math.prod(problem.out_size)
-    if whole and compiled_narrow(problem.dtype, cells, problem.in_channels,
-                                 problem.out_channels):
+    if whole and narrow_kernel_runs(problem.dtype, cells, problem.in_channels,
+                                    problem.out_channels, workers):
         count = _kernel_chunks(cells, workers)
         small = problem.flops < SMALL_WORK_NO_BLAS
         return base * KERNEL_SHARE * (1.0 if small else parallel_penalty(count, workers,
