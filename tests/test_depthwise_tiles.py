@@ -54,6 +54,13 @@ def torch_depthwise(x, weights, strides, dilation, pads):
     return np.moveaxis(y.numpy(), 1, -1)
 
 
+def expected_of(x, weights, strides, dilation, pads, out):
+    """The oracle of a :func:`random_case`: PyTorch for 2-D layers, else the slow reference."""
+    if len(out) == 2:
+        return torch_depthwise(x, weights, strides, dilation, pads)
+    return reference_direct(pad(x, pads), weights, strides, dilation, x.shape[-1], out)
+
+
 def random_case(seed: int, width: int):
     rng = np.random.default_rng(seed)
     rank = 1 if rng.random() < 0.2 else 2
@@ -79,10 +86,7 @@ def test_tiles_against_torch(seed, isa, monkeypatch):
     monkeypatch.setenv(_llvm.ISA_VARIABLE, isa)
     width = _llvm.vector_width(np.float32)
     x, weights, strides, dilation, pads, out, threads = random_case(7700 + seed, width)
-    if len(out) == 2:
-        expected = torch_depthwise(x, weights, strides, dilation, pads)
-    else:
-        expected = reference_direct(pad(x, pads), weights, strides, dilation, x.shape[-1], out)
+    expected = expected_of(x, weights, strides, dilation, pads, out)
     for dtype in (np.float32, np.float64) if seed % 2 else (np.float32,):
         what = (f"seed {7700 + seed} ({isa}, {dtype.__name__}, {threads} threads): x {x.shape}, "
                 f"kernel {weights.shape}, strides {strides}, dilation {dilation}, padding {pads}")
@@ -105,11 +109,7 @@ def test_tiles_by_ctypes_against_torch(seed, monkeypatch):
     depthwise._tiles_plan.cache_clear()  # (the plans hold their runner)
     try:
         x, weights, strides, dilation, pads, out, threads = random_case(7800 + seed, 16)
-        if len(out) == 2:
-            expected = torch_depthwise(x, weights, strides, dilation, pads)
-        else:
-            expected = reference_direct(pad(x, pads), weights, strides, dilation,
-                                        x.shape[-1], out)
+        expected = expected_of(x, weights, strides, dilation, pads, out)
         y = depthwise.tiles(x.astype(np.float32), weights.astype(np.float32), strides,
                             dilation, x.shape[-1], out, padding=pads, threads=threads)
         assert depthwise._tiles_plan.cache_info().currsize > 0
@@ -250,10 +250,7 @@ def test_jobs_on_the_spinning_helpers_match_the_closures(seed, monkeypatch):
     monkeypatch.setattr(depthwise, "TILES_JOB_FLOPS", 1)
     x, weights, strides, dilation, pads, out, threads = random_case(7900 + seed, 16)
     threads = max(2, threads)
-    if len(out) == 2:
-        expected = torch_depthwise(x, weights, strides, dilation, pads)
-    else:
-        expected = reference_direct(pad(x, pads), weights, strides, dilation, x.shape[-1], out)
+    expected = expected_of(x, weights, strides, dilation, pads, out)
     what = (f"seed {7900 + seed} ({threads} threads): x {x.shape}, kernel {weights.shape}, "
             f"strides {strides}, dilation {dilation}, padding {pads}")
     for dtype in (np.float32, np.float64):
@@ -279,10 +276,7 @@ def test_bands_of_rows_against_torch(seed, isa, monkeypatch):
     monkeypatch.setattr(depthwise, "TILES_BAND_BLOCKS", 2)
     width = _llvm.vector_width(np.float32)
     x, weights, strides, dilation, pads, out, threads = random_case(8100 + seed, width)
-    if len(out) == 2:
-        expected = torch_depthwise(x, weights, strides, dilation, pads)
-    else:
-        expected = reference_direct(pad(x, pads), weights, strides, dilation, x.shape[-1], out)
+    expected = expected_of(x, weights, strides, dilation, pads, out)
     row_bytes = x.shape[-2] * x.shape[-1] * 4 * strides[0]
     depthwise._tiles_plan.cache_clear()  # (plans are remembered by shape, not by threshold)
     try:
