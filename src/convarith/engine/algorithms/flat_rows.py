@@ -52,6 +52,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...arithmetic import effective_kernel
 from .. import gradient_costs
 from ..dispatch import ConvProblem, Requirements, register_algorithm
 from ..padding import pad
@@ -61,7 +62,8 @@ from ._threads import SMALL_WORK, parallel_penalty, run_chunks, worker_count, wo
 __all__ = ["direct", "weight_grad", "applies", "cost", "FlatPlan", "plan", "CHUNK_BYTES", "accumulate",
            "blas_gemm", "chunk_rows",
            "gathers_cells", "cells_block", "cells_cost", "chunk_count", "image_edges",
-           "cells_column_edges"]
+           "cells_column_edges", "tap_regions", "real_tap_share", "taps_transposed",
+           "applies_taps", "taps_cost", "TAPS_MOST_SHARE", "TAPS_MIN_ROWS", "TAPS_MIN_CHANNELS"]
 
 #: Below this inner dimension (``C × taps``) the taps are gathered (im2col) per block.
 GATHER_BELOW = 320
@@ -430,6 +432,165 @@ def _direct_cells(
 
     run_chunks(work, len(units) * parts, 1, threads=threads, flops=flops)
     return y
+
+
+def tap_regions(kernel_size: Sequence[int], dilation: Sequence[int], out_size: Sequence[int],
+                in_size: Sequence[int], before: Sequence[int]
+                ) -> list[tuple[int, tuple[slice, ...], tuple[slice, ...]]]:
+    """Stride 1: each tap that reads a real input cell, ``(tap index, its output cells,
+    the input cells they read)`` as slices per spatial axis, where output cell ``o``
+    reads input cell ``o + k·D - before`` through tap ``k`` (an input of ``in_size``;
+    the cells outside it are zeros).
+
+    >>> [(t, [(o.start, o.stop) for o in out]) for t, out, _ in
+    ...  tap_regions((3,), (1,), (4,), (4,), (1,))]
+    [(0, [(1, 4)]), (1, [(0, 4)]), (2, [(0, 3)])]
+    """
+    regions = []
+    for index, k in enumerate(itertools.product(*(range(n) for n in kernel_size))):
+        source: list[slice] = []
+        target: list[slice] = []
+        for kk, d, p, o, n in zip(k, dilation, before, out_size, in_size):
+            offset = kk * d - p
+            lo, hi = max(0, -offset), min(o, n - offset)
+            if hi <= lo:
+                break
+            source.append(slice(lo + offset, hi + offset))
+            target.append(slice(lo, hi))
+        else:
+            regions.append((index, tuple(target), tuple(source)))
+    return regions
+
+
+def _taps_before(problem: ConvProblem) -> tuple[int, ...]:
+    """The zero cells before each axis of a stride-1 transposed problem's input, its
+    padding taken as even on both sides (the odd cell after)."""
+    return tuple((o + effective_kernel(k, d) - 1 - n) // 2 for o, k, d, n in zip(
+        problem.out_size, problem.kernel_size, problem.dilation, problem.input_shape[1:-1]))
+
+
+def real_tap_share(problem: ConvProblem) -> float:
+    """The share of a stride-1 transposed problem's ``cells × taps`` products that read
+    an input cell (the others read zeros of the padding): 3×3 "same" on 4² 69 %, 7²
+    82 %, 14² 91 %.
+
+    >>> p = ConvProblem((16, 4, 4, 512), (3, 3, 512, 512), (1, 1), (1, 1), 1, (4, 4), np.dtype("float32"))
+    >>> round(real_tap_share(p), 3)
+    0.694
+    """
+    regions = tap_regions(problem.kernel_size, problem.dilation, problem.out_size,
+                          problem.input_shape[1:-1], _taps_before(problem))
+    real = sum(math.prod(o.stop - o.start for o in out) for _, out, _ in regions)
+    return real / (math.prod(problem.out_size) * math.prod(problem.kernel_size))
+
+
+def taps_transposed(
+    x: np.ndarray, kernel: np.ndarray, strides: Sequence[int], dilation: Sequence[int],
+    groups: int, padding: Sequence[tuple[int, int]], out_size: Sequence[int], *,
+    threads: int | None = None,
+) -> np.ndarray:
+    """Stride-1 transposed convolution (``kind="transposed"``, the contract of
+    ``engine.core.transposed_conv``) by one product per tap over the output cells
+    whose tap reads an input cell: nothing is spent on the padding's zeros (on a 4²
+    image with 3×3 "same" padding, 31 % of the plain products), and the kernel
+    ``(*K, F, C)`` is read in place, each tap's ``F × C`` block as the transposed
+    operand of its product (no flipped copy). Each tap's input cells are copied into
+    one block; the output channels are cut among the workers
+    (:func:`cells_column_edges` with one block), each running every tap on its own.
+
+    >>> x = np.ones((1, 3, 2), np.float32)
+    >>> taps_transposed(x, np.ones((3, 4, 2), np.float32), (1,), (1,), 1, ((1, 1),), (3,))[0, :, 0]
+    array([4., 6., 4.], dtype=float32)
+    """
+    if groups != 1 or any(s != 1 for s in strides):
+        raise ValueError(f"taps_transposed needs stride 1 and one group, got strides "
+                         f"{tuple(strides)}, groups={groups}")
+    rank = len(out_size)
+    n, c = x.shape[0], x.shape[-1]
+    kernel_size = kernel.shape[:rank]
+    f = kernel.shape[-2]
+    taps = math.prod(kernel_size)
+    # the tap k of the grid's (flipped) kernel is tap K - 1 - k of this one, transposed
+    flipped = kernel.reshape(taps, f, c)[::-1]
+    regions = tap_regions(kernel_size, dilation, out_size, x.shape[1:-1],
+                          [lo for lo, _ in padding])
+    # the tap whose output cells are all of them (if any) writes first: no zeroing
+    full = next((i for i, (_, out, _) in enumerate(regions)
+                 if all(o.stop - o.start == size for o, size in zip(out, out_size))), None)
+    if full is not None:
+        regions.insert(0, regions.pop(full))
+    y = np.empty((n, *out_size, f), x.dtype)
+    if full is None:
+        y[...] = 0
+    workers = threads if threads is not None else worker_count()
+    real = sum(n * math.prod(o.stop - o.start for o in out) for _, out, _ in regions)
+    flops = 2.0 * real * c * f
+    edges = cells_column_edges(1, f, workers if flops >= SMALL_WORK else 1)
+
+    def work(first: int, last: int) -> None:
+        for part in range(first, last):
+            e0, e1 = edges[part], edges[part + 1]
+            for number, (tap, out, source) in enumerate(regions):
+                rows = (n, *(o.stop - o.start for o in out))
+                weights = flipped[tap, e0:e1].T
+                target = y[(slice(None),) + out + (slice(e0, e1),)]
+                columns = x[(slice(None),) + source]
+                if not columns.flags.c_contiguous:
+                    block = workspace("flat_rows.taps", (*rows, c), x.dtype)
+                    block[...] = columns
+                    columns = block
+                if number == 0 and full is not None:
+                    if target.flags.c_contiguous:
+                        np.matmul(columns.reshape(-1, c), weights,
+                                  out=target.reshape(-1, e1 - e0))
+                    else:
+                        target[...] = np.matmul(columns.reshape(-1, c), weights
+                                                ).reshape(target.shape)
+                    continue
+                product = workspace("flat_rows.taps_product", (*rows, e1 - e0), x.dtype)
+                np.matmul(columns.reshape(-1, c), weights, out=product.reshape(-1, e1 - e0))
+                target += product
+
+    run_chunks(work, len(edges) - 1, 1, threads=threads, flops=flops)
+    return y
+
+
+#: Largest :func:`real_tap_share` for :func:`taps_transposed`: on larger images its
+#: copies of every tap's cells cost more than the products it saves.
+TAPS_MOST_SHARE = 0.9
+
+#: Fewest output cells (images × cells) and channels for :func:`taps_transposed`: BLAS
+#: packs each tap's ``F × C`` weights once per product, worth it over many rows and
+#: channels (one thread: 3×3 128 -> 128 on 16×4² 0.94 ms against Winograd's 0.82;
+#: 256 on 8×4² 1.72 against :mod:`.col2im`'s 2.35).
+TAPS_MIN_ROWS = 128
+TAPS_MIN_CHANNELS = 256
+
+applies_taps = Requirements((
+    ("float32 or float64", lambda p: p.dtype in (np.float32, np.float64)),
+    ("stride 1", lambda p: all(s == 1 for s in p.strides)),
+    ("groups=1", lambda p: p.groups == 1),
+    ("more than one tap", lambda p: math.prod(p.kernel_size) > 1),
+    (f"at least {TAPS_MIN_CHANNELS} channels in and out",
+     lambda p: min(p.in_channels, p.kernel_shape[-2]) >= TAPS_MIN_CHANNELS),
+    (f"at least {TAPS_MIN_ROWS} output cells",
+     lambda p: p.batch * math.prod(p.out_size) >= TAPS_MIN_ROWS),
+    (f"at most {TAPS_MOST_SHARE:.0%} of the products on input cells",
+     lambda p: real_tap_share(p) <= TAPS_MOST_SHARE),
+))
+
+
+def taps_cost(problem: ConvProblem) -> float:
+    """``0.56 × real FLOPs × (1 + 6 / rows) × (1 + 16 / F)``: :func:`cells_cost`'s rate on
+    the products that read input cells (:func:`real_tap_share`), ``rows`` a tap's
+    product's rows on average, plus ~2 units a copied input value."""
+    share = real_tap_share(problem)
+    taps = math.prod(problem.kernel_size)
+    rows = problem.batch * math.prod(problem.out_size) * share
+    real = problem.flops * share
+    filters = problem.kernel_shape[-2]
+    return (0.56 * real * (1 + 6 / rows) * (1 + 16 / filters)
+            + 2.0 * rows * taps * problem.in_channels)
 
 
 #: Fewest output channels in each part of :func:`cells_column_edges`.
@@ -874,3 +1035,5 @@ def per_tap_cost(problem: ConvProblem) -> float:
 
 register_algorithm("flat_rows", direct, applies=applies, cost=cost, weight_grad=weight_grad,
                    pads_zeros=True, weight_grad_cost=gradient_costs.flat_rows)
+register_algorithm("real_taps", taps_transposed, applies=applies_taps, cost=taps_cost,
+                   kind="transposed")
