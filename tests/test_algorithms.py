@@ -118,6 +118,30 @@ def test_flat_rows_chunks_across_images(seed):
         check(y, expected, np.float64, seed, f"flat_rows chunk_bytes={chunk_bytes}")
 
 
+@pytest.mark.parametrize(("strides", "size"), [((2, 2), (17, 18)), ((1, 1), (9, 7)),
+                                               ((2, 1), (12, 5)), ((3,), (40,))])
+def test_flat_rows_weight_grad_on_two_workers(strides, size, monkeypatch):
+    """A short flat grid (under GRAD_CHUNK_ROWS rows a worker) cut into one chunk a
+    worker, down to chunks of a few rows: the partial gradients add up to the
+    reference's."""
+    rng = np.random.default_rng(sum(size) + 10 * len(strides))
+    rank = len(strides)
+    xp = rng.standard_normal((5, *size, 6))
+    k = rng.standard_normal((*(3,) * rank, 6, 7))
+    out_size = tuple(conv_output_size(n, 3, s) for n, s in zip(size, strides))
+    dy = rng.standard_normal((5, *out_size, 7))
+    expected = reference_weight_grad(xp, dy, k.shape[:rank], strides, (1,) * rank, 1)
+    for minimum in (flat_rows.GRAD_MIN_CHUNK_ROWS, 7):
+        monkeypatch.setattr(flat_rows, "GRAD_MIN_CHUNK_ROWS", minimum)
+        for dtype in DTYPES:
+            dk = flat_rows.weight_grad(xp.astype(dtype), dy.astype(dtype), k.shape[:rank],
+                                       strides, (1,) * rank, 1, threads=2)
+            check(dk, expected, dtype, 0, f"flat_rows weight_grad {strides} {size} "
+                                          f"min rows {minimum}")
+    assert flat_rows.grad_chunk_rows(3584, 2) == 1792
+    assert flat_rows.grad_chunk_rows(3584, 1) == 4096
+
+
 @pytest.mark.parametrize(("strides", "cropped"), [((1, 1), 0), ((1, 1), 1), ((2, 3), 0)])
 def test_flat_rows_pointwise_is_one_product(strides, cropped):
     """1×1 kernels (one BLAS product): strided, and with input cells left unread."""

@@ -62,8 +62,8 @@ from ._threads import SMALL_WORK, parallel_penalty, run_chunks, worker_count, wo
 __all__ = ["direct", "weight_grad", "applies", "cost", "FlatPlan", "plan", "CHUNK_BYTES", "accumulate",
            "blas_gemm", "chunk_rows",
            "gathers_cells", "cells_block", "cells_cost", "chunk_count", "image_edges",
-           "cells_column_edges", "tap_regions", "real_tap_share", "taps_transposed",
-           "applies_taps", "taps_cost", "TAPS_MOST_SHARE", "TAPS_MIN_ROWS", "TAPS_MIN_CHANNELS"]
+           "cells_column_edges", "grad_chunk_rows", "tap_regions", "real_tap_share",
+           "taps_transposed", "applies_taps", "taps_cost", "TAPS_MOST_SHARE", "TAPS_MIN_ROWS", "TAPS_MIN_CHANNELS"]
 
 #: Below this inner dimension (``C × taps``) the taps are gathered (im2col) per block.
 GATHER_BELOW = 320
@@ -848,6 +848,29 @@ def direct(
     return y
 
 
+#: Fewest flat-grid rows in a chunk of :func:`weight_grad`'s per-tap products.
+GRAD_CHUNK_ROWS = 4096
+
+#: Fewest rows in a chunk when fewer than :data:`GRAD_CHUNK_ROWS` a worker are left.
+GRAD_MIN_CHUNK_ROWS = 512
+
+
+def grad_chunk_rows(length: int, workers: int) -> int:
+    """Rows of flat grid per chunk of :func:`weight_grad`: about four chunks a worker, at
+    least :data:`GRAD_CHUNK_ROWS`, but one chunk a worker from
+    :data:`GRAD_MIN_CHUNK_ROWS` each where the grid is shorter. A single chunk ran on
+    BLAS's own threads, which split its small ``C × F`` products badly (3×3 stride 2,
+    128 channels on 16×28²: the caller's thread did most of the work).
+
+    >>> grad_chunk_rows(100_000, 2), grad_chunk_rows(3584, 2), grad_chunk_rows(900, 2)
+    (12500, 1792, 512)
+    """
+    chunk = max(GRAD_CHUNK_ROWS, -(-length // (4 * workers)))
+    if workers > 1:
+        chunk = min(chunk, max(GRAD_MIN_CHUNK_ROWS, -(-length // workers)))
+    return chunk
+
+
 def weight_grad(
     xp: np.ndarray,
     dy: np.ndarray,
@@ -905,7 +928,8 @@ def weight_grad(
             np.matmul(images[phase, start + shift: stop + shift].T, grads, out=partial[index])
         return partial
 
-    chunk = max(4096, -(-length // (4 * worker_count())))
+    workers = threads if threads is not None else worker_count()
+    chunk = grad_chunk_rows(length, workers)
     flops = 2.0 * length * len(taps) * c * f
     partials = run_chunks(work, length, chunk, threads=threads, flops=flops)
     total = partials[0]
