@@ -1227,6 +1227,9 @@ def cost(problem: ConvProblem) -> float:
         per_flop = 0.5
     large_product = taps == 1 and per_flop == 0.6  # at least ~85 000 channel pairs
     workers = worker_count()
+    if (workers > 1 and problem.batch > 1 and groups == 1 and taps > 1 and group_in > 4
+            and not thin(group_in) and windows_apart(problem)):
+        per_flop = max(per_flop, APART_PER_FLOP)
     if -(-f // width) == 1 and not (groups == 1 and thin(group_in)):
         per_flop *= 1.3  # one vector of channels: a load per 8 multiply-adds, not 24
     if _llvm.narrower_than_host():
@@ -1296,6 +1299,32 @@ def wide_pointwise(problem: ConvProblem) -> bool:
             and not _llvm.narrower_than_host() and problem.flops >= 1e8
             and f % width == 0 and f >= 2 * width and all(s == 1 for s in problem.strides)
             and out_bytes < WIDE_POINTWISE_OUTPUT_BYTES)
+
+
+#: :func:`cost` per FLOP, on several workers and images, of a one-group layer whose
+#: windows do not overlap (:func:`windows_apart`: the input gradient of a 2×2 stride-2
+#: up-sampling), above flat_rows' 0.7: one thread runs it as fast as flat_rows (U-Net's
+#: four at batch 1 and 16, 0.95-1.10 of its CPU time) but two did not share a batch of
+#: 16 (busy machine, CPU time of each thread: 64 -> 128 on 112² 30 and 10 ms against
+#: flat_rows' 21 and 19, 128 -> 256 on 56² 26/10 against 19/19, 512 -> 1024 on 14²
+#: 30/10 against 21/19; quiet machine, 64 -> 128: 46 ms against one thread's 40); one
+#: image split as well as flat_rows' (1024 -> 512 on 14²: 2.8-3.0/1.0-1.3 ms against
+#: 3.1/1.4-1.5).
+APART_PER_FLOP = 0.75
+
+
+def windows_apart(problem: ConvProblem) -> bool:
+    """Whether no input cell is read by two output cells (the dilated kernel no wider
+    than the stride on every axis).
+
+    >>> f32 = np.dtype("float32")
+    >>> windows_apart(ConvProblem((1, 8, 8, 4), (2, 2, 4, 4), (2, 2), (1, 1), 1, (4, 4), f32))
+    True
+    >>> windows_apart(ConvProblem((1, 9, 9, 4), (3, 3, 4, 4), (2, 2), (1, 1), 1, (4, 4), f32))
+    False
+    """
+    return all(effective_kernel(k, d) <= s for k, d, s in zip(
+        problem.kernel_size, problem.dilation, problem.strides))
 
 
 #: :func:`cost` per FLOP of strided kernels above 1×1 (many input channels). Measured on
