@@ -1128,14 +1128,17 @@ def _both_gradients(input_grad: Any, kernel_grad: Any, need_input_grad: bool,
     if not need_input_grad:
         with thread_limit(1):
             return None, kernel_grad()
-    jobs = (input_grad, kernel_grad)
+    # the calling thread takes the first job at once, the helper the second once it
+    # wakes: the kernel gradient (the longer, by per-tap products) first leaves the helper
+    # the most time to take the other one (dx first, a late helper found both taken)
+    jobs = (kernel_grad, input_grad)
 
     def run(start: int, stop: int) -> Any:
         with thread_limit(1):
             return jobs[start]()
 
     done = run_chunks(run, 2, 1, threads=2)
-    return done[0], done[1]
+    return done[1], done[0]
 
 
 @overload
