@@ -112,11 +112,14 @@ def test_flipped_kernel_is_made_once_for_prepacked_kernels_only() -> None:
 @pytest.mark.parametrize("shape, groups, dtype", [
     ((3, 3, 32, 1024), 32, np.float32),   # ResNeXt's 1024 channels: rows 4 KiB apart
     ((3, 3, 128, 64), 1, np.float64),
+    ((3, 3, 256, 256), 1, np.float32),    # rows 1 KiB apart
+    ((1, 1, 64, 2048), 2, np.float64),
     ((3, 96, 256), 4, np.float32),
     ((2, 2, 2, 16, 512), 16, np.float32),
 ])
 def test_flip_swap_of_large_kernels_matches_flips_and_transposes(shape, groups, dtype) -> None:
-    """Kernels from ``FLIP_PAD_BYTES`` on, whose rows are spaced out before the transpose."""
+    """Kernels whose rows are spaced out before the transpose (``core._spaced_flip``), and
+    some whose rows are not."""
     kernel = np.random.default_rng(9360).standard_normal(shape).astype(dtype)
     rank = kernel.ndim - 2
     group_in, filters = shape[-2:]
