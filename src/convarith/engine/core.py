@@ -507,6 +507,8 @@ def flipped(kernel: np.ndarray, groups: int) -> np.ndarray:
     >>> flipped(kernel, 2) is flipped(kernel, 2), flipped(kernel, 2)[0].tolist()
     (True, [[0.0, 4.0, 2.0, 6.0], [1.0, 5.0, 3.0, 7.0]])
     """
+    if kernel.flags.writeable:
+        return flip_swap(kernel, groups)
     kept = prepacked.remembered(kernel, ("flip_swap", groups),
                                 lambda: (prepacked.prepack(flip_swap(kernel, groups)),
                                          kernel.nbytes))
