@@ -920,6 +920,8 @@ def grid_kernel_cost(problem: ConvProblem) -> float:
     >>> grid_kernel_cost(p) / p.flops
     2.8125
     """
+    if problem.prepacked and problem.groups > 1:
+        return 0.0  # made once (:func:`.core.flipped`; set for grouped kernels only)
     return FLIP_SWAP_COST * math.prod(problem.kernel_shape)
 
 
@@ -945,6 +947,11 @@ def plan_transposed(problem: ConvProblem, grid_problem: ConvProblem, algorithm: 
     if algorithm is not None:
         named = get_algorithm(algorithm)
         return choose(problem, algorithm, kind="transposed") if named.kind == "transposed" else None
+    if problem.groups > 1 and _frozen(kernel):
+        # the flipped kernel and the phases' panels of a prepacked grouped kernel are made
+        # once (:func:`.core.flipped`, ``register_tiles_phases``): costed without them
+        problem = replace(problem, prepacked=True)
+        grid_problem = replace(grid_problem, prepacked=True)
 
     def decide(exact: bool) -> Algorithm | None:
         transposed = cheapest(problem, kind="transposed", exact=exact)

@@ -42,7 +42,9 @@ prepacked kernels      a frozen kernel (``prepacked.prepack``: its   nothing (th
                        immutable owner, address, shape, strides,     least recently used dropped beyond
                        dtype) and its packing -> the packed panels   ``prepacked.KEEP_BYTES`` (512 MiB)
                        (register_tiles) or transformed kernel        for kernels no one else holds
-                       (Winograd) (``prepacked._REMEMBERED``)
+                       (Winograd), flipped kernel (``core.flipped``,
+                       itself frozen) or grouped output phases'
+                       panels (``prepacked._REMEMBERED``)
 grouped forward plans  grouped_tiles ``_forward_plan``: shapes,      nothing (pure; LRU of 256)
                        strides, padding, target, threads -> calls,
                        panel layout, chunks of output

@@ -998,20 +998,20 @@ def weight_grad(
     dtype = np.dtype(xp.dtype)
     if not _llvm.available(dtype):
         raise ValueError(f"register_tiles_grouped has no compiled kernel for {dtype} here")
-    if padding is not None and any(lo or hi for lo, hi in padding):
-        # zeros around a copy (np.pad's general path costs ~20 µs more per call)
-        (top, bottom), (left, right) = ((int(lo), int(hi)) for lo, hi in padding)
-        n, h, w, c = xp.shape
-        x = aligned_empty((n, h + top + bottom, w + left + right, c), dtype)
-        _fill(x, xp, -top, left)
-    else:
-        x = np.ascontiguousarray(xp, dtype=dtype)
+    (top, bottom), (left, right) = ((int(lo), int(hi)) for lo, hi in padding or ((0, 0),) * 2)
+    padded = bool(top or bottom or left or right)
+    # padded: each chunk pads its own images, a block at a time, into its thread's
+    # workspace (a copy of the whole input padded was the call's serial part, and read
+    # back from memory: one thread, 16 images of 28²×256 at stride 2, 0.9 of 3.6 ms)
+    x = np.ascontiguousarray(xp, dtype=dtype)
     n, h, w, c = x.shape
+    h, w = h + top + bottom, w + left + right
     f = dy.shape[-1]
     kh, kw = (int(v) for v in kernel_size)
     group_in, group_out = c // groups, f // groups
     out_size = dy.shape[1:3]
-    cells = n * out_size[0] * out_size[1]
+    image_cells = out_size[0] * out_size[1]
+    cells = n * image_cells
     if cells == 0 or group_in == 0 or f == 0:
         return np.zeros((kh, kw, group_in, f), dtype)
     width = _llvm.vector_width(dtype)
@@ -1033,7 +1033,6 @@ def weight_grad(
         dy_flat[:cells * f] = dy.reshape(-1)
         dy_flat[cells * f:] = 0
     f_padded = f + spill
-    offsets = _window_starts(n, out_size, strides, w * c, c, h * w * c)
     tap_cells = Cells(rows=kh * kw, row_cells=group_in, image_rows=kw,
                       x_row=int(dilation[1]) * c, x_cell=1, x_image=int(dilation[0]) * w * c,
                       y_row=group_in * f_padded, y_cell=f_padded,
@@ -1049,18 +1048,26 @@ def weight_grad(
         problems=groups, x_stride=group_in, w_stride=group_out, y_stride=group_out))] if batched
         else [(g, 1, ONE_PROBLEM) for g in range(groups)])
     workers = threads if threads is not None else worker_count()
-    share = max(MIN_SHARE, -(-cells // max(1, workers)))
 
     # output cells summed in one go: their input rows and dy stay in the core's cache
     # for every group and tap (a whole layer's would be read again from memory for
     # each block of taps of each group)
     block = max(MIN_SHARE, BLOCK_BYTES // ((c + f) * itemsize * kh))
+    if padded:  # whole images: the chunks and their blocks
+        unit, block = image_cells, -(-block // image_cells)
+        offsets = _window_starts(min(n, block), out_size, strides, w * c, c, h * w * c)
+    else:
+        unit = 1
+        offsets = _window_starts(n, out_size, strides, w * c, c, h * w * c)
+    count = cells // unit
+    share = max(-(-MIN_SHARE // unit), -(-count // max(1, workers)))
 
-    def sum_cells(k0: int, k1: int, dk: np.ndarray) -> None:
-        """``dk`` = the sum over output cells ``[k0, k1)`` (overwritten)."""
-        offsets_part = offsets[k0:k1]
+    def sum_cells(x_base: int, offsets_part: np.ndarray, k0: int, dk: np.ndarray,
+                  accumulate: int) -> None:
+        """``dk`` (+)= the sum over output cells ``k0, …`` whose windows start at
+        ``offsets_part`` in the input at ``x_base``."""
         dy_base = dy_flat[k0 * f:].ctypes.data
-        x_base, dk_base = x.ctypes.data, dk.ctypes.data
+        dk_base = dk.ctypes.data
         for first, _, batch in calls:
             for compiled_kernels, start, blocks, cols in kernels:
                 assert compiled_kernels is not None
@@ -1069,22 +1076,30 @@ def weight_grad(
                     dy_base + (first * group_out + start) * itemsize,
                     dk_base + (first * group_out + start) * itemsize,
                     offsets_part.ctypes.data, tap_cells,
-                    Sums(blocks=blocks, steps=k1 - k0, step_stride=f, block_stride=cols,
-                         accumulate=0), batch)
+                    Sums(blocks=blocks, steps=len(offsets_part), step_stride=f,
+                         block_stride=cols, accumulate=accumulate), batch)
 
-    def work(k0: int, k1: int) -> np.ndarray:
+    def work(u0: int, u1: int) -> np.ndarray:
         dk = np.empty((kh, kw, group_in, f_padded), dtype)
-        sum_cells(k0, min(k1, k0 + block), dk)
-        if k1 - k0 > block:
-            # later blocks into a scratch gradient, added: a group's spill into the next
-            # group's columns is only overwritten within one sum, not added to
-            scratch = np.empty_like(dk)
-            for b0 in range(k0 + block, k1, block):
-                sum_cells(b0, min(k1, b0 + block), scratch)
+        # later blocks add to dk; with a spill, into a scratch gradient then added (a
+        # group's spill into the next group's columns is only overwritten within one sum)
+        scratch = None if spill == 0 or u1 - u0 <= block else np.empty_like(dk)
+        for b0 in range(u0, u1, block):
+            b1 = min(u1, b0 + block)
+            target = dk if b0 == u0 or scratch is None else scratch
+            accumulate = int(b0 > u0 and scratch is None)
+            if padded:
+                slab = workspace("grouped_weight_grad", (b1 - b0, h, w, c), dtype)
+                _fill(slab, x[b0:b1], -top, left)
+                sum_cells(slab.ctypes.data, offsets[:(b1 - b0) * unit], b0 * unit, target,
+                          accumulate)
+            else:
+                sum_cells(x.ctypes.data, offsets[b0:b1], b0, target, accumulate)
+            if target is scratch:
                 dk += scratch
         return dk
 
-    parts = run_chunks(work, cells, share, threads=threads,
+    parts = run_chunks(work, count, share, threads=threads,
                        flops=2.0 * cells * kh * kw * group_in * f, blas=False)
     total = parts[0]
     for part in parts[1:]:

@@ -18,7 +18,9 @@ packed or read in place at every call, as before. What is remembered per frozen
 kernel: register_tiles' panels (:func:`.register_tiles.packs_once`, kernels of
 :data:`.register_tiles.PREPACK_BYTES` and more) with its table of calls per input
 shape (:func:`.register_tiles._packed_call_table`), Winograd's transformed kernel
-(:func:`.winograd.remembered_transform`, any size), and the kernel's ``max |value|``
+(:func:`.winograd.remembered_transform`, any size), a transposed convolution's flipped,
+swapped kernel (:func:`.core.flipped`, prepacked in turn) and a grouped kernel's output
+phases' panels (``register_tiles_phases``), and the kernel's ``max |value|``
 that the transforms' value check reads (:func:`.dispatch.value_limits`). The planner
 knows (``ConvProblem.prepacked``): Winograd's cost then leaves the transform out.
 
