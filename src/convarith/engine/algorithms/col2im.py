@@ -70,11 +70,10 @@ def _numba_gather() -> Callable[..., None] | None:
     except ImportError:  # pragma: no cover - exercised by the numba-less test
         return None
 
-    # (no fastmath: the sums keep their order, as the NumPy path's)
-    @numba.njit(nogil=True, cache=True, error_model="numpy")
-    def gather(cols, y, n_first, n_last, i0_base, rows_in_cols, size1, size2,
-               p0_first, p0_last, out0, count0, index0, tap0, out1, count1, index1, tap1,
-               out2, count2, index2, tap2, k1, k2, fg, f0, f, offset):
+    @numba.njit(nogil=True, cache=True, fastmath=True, error_model="numpy")
+    def wide(cols, y, n_first, n_last, i0_base, rows_in_cols, size1, size2,
+             p0_first, p0_last, out0, count0, index0, tap0, out1, count1, index1, tap1,
+             out2, count2, index2, tap2, k1, k2, fg, f0, f, offset):
         # y (N, O0, O1, O2·F), images n_first .. n_last - 1, at the phase's output cells
         # (out0[p0_first:p0_last], out1, out2), groups g of cols (channels f0 + g·fg ..):
         # each cell is the sum of the blocks of cols[:, g] ((images · rows_in_cols) · size1
@@ -82,39 +81,43 @@ def _numba_gather() -> Callable[..., None] | None:
         # order (per axis and output, the tables list the input indices and the tap
         # positions reaching it). Loops run over slices (indices known non-negative, so
         # the copies vectorize).
-        if fg > 4:
-            for n in range(n_first, n_last):
-                for p0 in range(p0_first, p0_last):
-                    o0 = out0[p0]
-                    for p1 in range(out1.shape[0]):
-                        target = y[n, o0, out1[p1]]
-                        for p2 in range(out2.shape[0]):
-                            for g in range(cols.shape[1]):
-                                start = out2[p2] * f + f0 + g * fg
-                                dst = target[start:start + fg]
-                                first = True
-                                for j0 in range(count0[p0]):
-                                    r0 = (n - n_first) * rows_in_cols + index0[p0, j0] - i0_base
-                                    t0 = tap0[p0, j0]
-                                    for j1 in range(count1[p1]):
-                                        r1 = r0 * size1 + index1[p1, j1]
-                                        t1 = t0 * k1 + tap1[p1, j1]
-                                        for j2 in range(count2[p2]):
-                                            t = t1 * k2 + tap2[p2, j2]
-                                            column = offset + t * fg
-                                            src = cols[r1 * size2 + index2[p2, j2], g,
-                                                       column:column + fg]
-                                            if first:
-                                                for v in range(fg):
-                                                    dst[v] = src[v]
-                                                first = False
-                                            else:
-                                                for v in range(fg):
-                                                    dst[v] += src[v]
-                                if first:
-                                    for v in range(fg):
-                                        dst[v] = 0.0
-            return
+        for n in range(n_first, n_last):
+            for p0 in range(p0_first, p0_last):
+                o0 = out0[p0]
+                for p1 in range(out1.shape[0]):
+                    target = y[n, o0, out1[p1]]
+                    for p2 in range(out2.shape[0]):
+                        for g in range(cols.shape[1]):
+                            start = out2[p2] * f + f0 + g * fg
+                            dst = target[start:start + fg]
+                            first = True
+                            for j0 in range(count0[p0]):
+                                r0 = (n - n_first) * rows_in_cols + index0[p0, j0] - i0_base
+                                t0 = tap0[p0, j0]
+                                for j1 in range(count1[p1]):
+                                    r1 = r0 * size1 + index1[p1, j1]
+                                    t1 = t0 * k1 + tap1[p1, j1]
+                                    for j2 in range(count2[p2]):
+                                        t = t1 * k2 + tap2[p2, j2]
+                                        column = offset + t * fg
+                                        src = cols[r1 * size2 + index2[p2, j2], g,
+                                                   column:column + fg]
+                                        if first:
+                                            for v in range(fg):
+                                                dst[v] = src[v]
+                                            first = False
+                                        else:
+                                            for v in range(fg):
+                                                dst[v] += src[v]
+                            if first:
+                                for v in range(fg):
+                                    dst[v] = 0.0
+
+    # (no fastmath: the sums in scalars keep their order, as the NumPy path's)
+    @numba.njit(nogil=True, cache=True, error_model="numpy")
+    def thin(cols, y, n_first, n_last, i0_base, rows_in_cols, size1, size2,
+             p0_first, p0_last, out0, count0, index0, tap0, out1, count1, index1, tap1,
+             out2, count2, index2, tap2, k1, k2, fg, f0, f, offset):
         # few channels (an RGB stem's input gradient, fg = 3): a slice per contribution
         # and a vector loop of fg cost more than the adds; flat offsets (cols and y are
         # C-contiguous), the sums in scalars of the arrays' dtype, from zero as the NumPy
@@ -158,6 +161,19 @@ def _numba_gather() -> Callable[..., None] | None:
                                 flat_y[dst + 2] = s2
                             if fg > 3:
                                 flat_y[dst + 3] = s3
+
+    @numba.njit(nogil=True, cache=True, error_model="numpy")
+    def gather(cols, y, n_first, n_last, i0_base, rows_in_cols, size1, size2,
+               p0_first, p0_last, out0, count0, index0, tap0, out1, count1, index1, tap1,
+               out2, count2, index2, tap2, k1, k2, fg, f0, f, offset):
+        if fg > 4:
+            wide(cols, y, n_first, n_last, i0_base, rows_in_cols, size1, size2, p0_first,
+                 p0_last, out0, count0, index0, tap0, out1, count1, index1, tap1, out2,
+                 count2, index2, tap2, k1, k2, fg, f0, f, offset)
+        else:
+            thin(cols, y, n_first, n_last, i0_base, rows_in_cols, size1, size2, p0_first,
+                 p0_last, out0, count0, index0, tap0, out1, count1, index1, tap1, out2,
+                 count2, index2, tap2, k1, k2, fg, f0, f, offset)
 
     return gather
 
