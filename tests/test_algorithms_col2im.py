@@ -370,3 +370,48 @@ def test_one_group_input_gradient_on_few_cells_memory():
     y = col2im.transposed(dy, kernel, *args)
     extra = peak_extra_bytes(lambda: col2im.transposed(dy, kernel, *args))
     assert extra <= 1.5 * (dy.nbytes + kernel.nbytes + y.nbytes), f"{extra} bytes"
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("seed", range(8))
+def test_stem_input_gradients_against_torch(seed, monkeypatch):
+    """A first layer's input gradient (1-4 input channels, so a transposed convolution
+    to 1-4 channels): all the phases' taps in one product (JOINT_CHANNELS) or a product
+    per phase, with and without the compiled gather, against PyTorch's
+    ``convolution_backward`` in float32 and float64."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(700 + seed)
+    k = int(rng.choice([3, 5, 7]))
+    stride = int(rng.choice([1, 2, 2]))
+    pad = int(rng.integers(0, k // 2 + 1))
+    channels = int(rng.integers(1, 5))
+    filters = int(rng.choice([8, 16, 32, 64]))
+    dtype = np.float32 if seed % 2 == 0 else np.float64
+    size = tuple(int(v) for v in rng.integers(k, k + 24, 2))
+    x_shape = (int(rng.integers(1, 4)), *size, channels)
+    spec = ConvSpec(k, strides=stride, padding=((pad, pad), (pad, pad)))
+    resolved = spec.resolve(x_shape)
+    kernel = rng.standard_normal((k, k, channels, filters)).astype(dtype)
+    dy = rng.standard_normal((x_shape[0], *resolved.output_size, filters)).astype(dtype)
+    expected = torch.ops.aten.convolution_backward(
+        torch.from_numpy(np.moveaxis(dy, -1, 1).copy()),
+        torch.zeros((x_shape[0], channels, *size), dtype=torch.from_numpy(dy).dtype),
+        torch.from_numpy(np.moveaxis(kernel, (-1, -2), (0, 1)).copy()),
+        None, [stride] * 2, [pad] * 2, [1, 1], False, [0, 0], 1,
+        [True, False, False])[0].numpy()
+    expected = np.moveaxis(expected, 1, -1)
+    grid_padding = tuple((a - lo, b - hi) for (a, b), (lo, hi) in
+                         zip(resolved.input_gradient_padding, resolved.padding))
+    results = []
+    for joint, use_numba in itertools.product((col2im.JOINT_CHANNELS, 0), (None, False)):
+        monkeypatch.setattr(col2im, "JOINT_CHANNELS", joint)
+        d_x = col2im.transposed(dy, kernel, (stride,) * 2, (1, 1), 1, grid_padding, size,
+                                use_numba=use_numba)
+        error = relative_error(d_x, expected)
+        assert error <= TOLERANCE[dtype], (
+            f"seed {700 + seed} joint={joint} numba={use_numba}: {spec} on {x_shape} "
+            f"{np.dtype(dtype).name}: error {error:.2e}")
+        results.append(d_x)
+    # the compiled gather and the NumPy slice adds sum in the same order
+    np.testing.assert_array_equal(results[0], results[1])
+    np.testing.assert_array_equal(results[2], results[3])

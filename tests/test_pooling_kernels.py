@@ -218,6 +218,38 @@ def test_random_max_gradients_match_pytorch(mode: str, seed: int) -> None:
     assert checked > CONFIGS // 4
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_tiling_max_gradients_match_pytorch(mode: str, seed: int,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # windows side by side over the whole input (stride = window, no padding): the
+    # compiled kernel writes every cell of the gradient (dy or zero), nothing zeroed first
+    monkeypatch.setattr(pooling, "THREADED_WORK", 0)  # split whatever the size
+    rng = np.random.default_rng(300 + seed)
+    for case in range(CONFIGS // 8):
+        k, rank = int(rng.integers(1, 5)), int(rng.choice([1, 2, 2]))
+        size = tuple(k * int(rng.integers(1, 7)) for _ in range(rank))
+        channels = int(rng.choice([1, 3, 16, 17, 64, 70, 130]))
+        dtype = np.float32 if rng.random() < 0.6 else np.float64
+        batch = int(rng.choice([1, 2, 5, 16]))
+        x = rng.standard_normal((batch, *size, channels)).astype(dtype)
+        if rng.random() < 0.4:
+            x = np.round(x)  # ties: the first maximum in window order
+        if rng.random() < 0.3:
+            x.flat[rng.integers(x.size, size=3)] = [np.nan, np.inf, -np.inf]
+        if rng.random() < 0.1:
+            x[...] = -np.inf  # PyTorch: each window's first cell
+        resolved = ConvSpec(k, strides=k, pool="max", rank=rank).resolve(x.shape)
+        dy = rng.standard_normal((batch, *resolved.output_size, channels)).astype(dtype)
+        if rng.random() < 0.2:
+            dy.flat[rng.integers(dy.size)] = np.inf  # only its own cell takes it
+        expected = _torch_max_grad(x, dy, k, k, 0, 1, False)
+        for threads in (1, 2):
+            with thread_limit(threads):
+                _close(pooling.backward(x, resolved, dy), expected,
+                       f"{mode} seed {seed} case {case}: max k{k} s{k} x {x.shape} "
+                       f"{np.dtype(dtype).name}, {threads} threads")
+
+
 @pytest.mark.parametrize("batch", [1, 3, 16])
 def test_max_gradient_threads_give_one_threads_result(batch: int,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
@@ -378,7 +410,7 @@ def test_module_compiles_for_avx2_and_neon() -> None:
     for name in ("avx2", "neon"):
         target = _llvm.target_named(name)
         for dtype in (np.float32, np.float64):
-            for kind in ("max", "avg"):
+            for kind in _llvm_pool.KINDS:
                 ir = _llvm_pool.module_ir(dtype, kind, target.width(dtype))
                 assert "drive" in _llvm.ir_assembly(ir, target)
 

@@ -841,11 +841,12 @@ def backward(x: np.ndarray, resolved: ResolvedConv, dy: np.ndarray,
         spread = spread_windows(share, spec.kernel_size, spec.strides, spec.dilation,
                                 planned.padded_size)
         return np.ascontiguousarray(spread[inner])
-    kernel = _llvm_pool.pool_kernel(x.dtype, "max_grad") if len(
+    tiles = _tiles(resolved, planned)
+    kernel = _llvm_pool.pool_kernel(x.dtype, "max_grad_set" if tiles else "max_grad") if len(
         resolved.output_size) <= 2 and x.dtype.char in "fd" else None
     if kernel is not None:
         return _max_grad_compiled(kernel, np.ascontiguousarray(x), resolved, planned,
-                                  np.ascontiguousarray(dy, x.dtype))
+                                  np.ascontiguousarray(dy, x.dtype), tiles)
     block = _whole(resolved, x.shape[0])
     xp = pad(x, planned.window_padding, "zeros", fill=-np.inf)
     apart = all(s >= effective_kernel(k, d) for k, s, d in
@@ -895,12 +896,33 @@ def backward(x: np.ndarray, resolved: ResolvedConv, dy: np.ndarray,
     return np.ascontiguousarray(d_xp[inner])
 
 
+def _tiles(resolved: ResolvedConv, planned: PoolPlan) -> bool:
+    """Whether the windows cover every input cell once (side by side, no padding, no
+    overhang, no dilation gaps): then each cell of the input gradient is written once.
+
+    >>> from convarith import ConvSpec
+    >>> spec = ConvSpec(2, strides=2, pool="max")
+    >>> _tiles(spec.resolve((1, 4, 4, 1)), pool_plan(spec.resolve((1, 4, 4, 1))))
+    True
+    >>> _tiles(spec.resolve((1, 5, 4, 1)), pool_plan(spec.resolve((1, 5, 4, 1))))
+    False
+    """
+    spec = resolved.spec
+    return not any(lo or hi for lo, hi in planned.window_padding) and all(
+        s == k and (d == 1 or k == 1) and n == o * s for k, s, d, n, o in zip(
+            spec.kernel_size, spec.strides, spec.dilation, resolved.input_size,
+            resolved.output_size))
+
+
 def _max_grad_compiled(kernel: _llvm_pool.PoolKernel, x: np.ndarray, resolved: ResolvedConv,
-                       planned: PoolPlan, dy: np.ndarray) -> np.ndarray:
+                       planned: PoolPlan, dy: np.ndarray, tiles: bool = False) -> np.ndarray:
     """A max pool's input gradient by the compiled kernel (one or two spatial axes): per
     output cell, a scan of its window for the tap PyTorch's scan ends on, then ``dy``
     added there. Windows overlap, so the workers take whole images and, with fewer
-    images than chunks, ranges of channels (never two the same input cell)."""
+    images than chunks, ranges of channels (never two the same input cell). Where the
+    windows tile the input (``tiles``, a ``max_grad_set`` kernel) every cell is
+    written, ``dy`` or zero, and nothing is zeroed first (a 2×2 stride-2 pool on
+    16×28²×256 on one core: 2.26 -> 1.59 ms of CPU time)."""
     spec = resolved.spec
     batch, channels = x.shape[0], x.shape[-1]
     d_x = np.empty_like(x)  # zeroed below, by the chunks where they take whole images
@@ -936,19 +958,20 @@ def _max_grad_compiled(kernel: _llvm_pool.PoolKernel, x: np.ndarray, resolved: R
     pieces = 1 if workers == 1 else max(1, min(-(-4 * workers // max(1, batch)),
                                                channels // block))
     if workers == 1 or batch * pieces == 1:
-        d_x.fill(0)
+        if not tiles:
+            d_x.fill(0)
         run(0, batch, 0, channels)
         return d_x
     bounds = [min(channels, round(channels * i / pieces / block) * block)
               for i in range(pieces)] + [channels]
-    if pieces > 1:
+    if pieces > 1 and not tiles:
         d_x.fill(0)  # (a strided fill per piece is slower than one memset)
 
     def work(start: int, stop: int) -> None:
         for chunk in range(start, stop):
             image, piece = divmod(chunk, pieces)
-            if pieces == 1:  # a large np.zeros is a memset by the caller: here in parallel
-                d_x[image] = 0
+            if pieces == 1 and not tiles:  # a large np.zeros is a memset by the caller:
+                d_x[image] = 0  # here in parallel
             if bounds[piece] < bounds[piece + 1]:
                 run(image, image + 1, bounds[piece], bounds[piece + 1])
 

@@ -59,8 +59,10 @@ __all__ = ["module_ir", "PoolKernel", "pool_kernel", "array_caller", "DRIVE_FIEL
 DRIVE_FIELDS = ("first", "stop", "out_rows", "out_cols", "channels", "x_image", "x_row",
                 "row_step", "column_step", "c_first", "c_stop")
 
-#: What a module computes: a max or average pool, or a max pool's input gradient.
-KINDS = ("max", "avg", "max_grad")
+#: What a module computes: a max or average pool, or a max pool's input gradient (added
+#: to ``y``, or with ``max_grad_set`` for windows that tile the input, written to every
+#: cell of each window: ``dy`` at the tap the scan ends on, zero at the others).
+KINDS = ("max", "avg", "max_grad", "max_grad_set")
 
 #: Vectors of channels one window pass reduces side by side.
 VECTORS = 4
@@ -141,9 +143,9 @@ def _grad_tile(name: str, kind: str, ty: str, width: int, vectors: int) -> list[
     A scan in window order finds, lane by lane, the tap PyTorch's scan ends on (the
     first maximum; the last NaN; the first cell if every value is ``-inf``), then a
     second pass adds the cell's ``dy`` (at ``%g``) to that tap of the input gradient
-    (at ``%y``, the window's first cell inside the input).
+    (at ``%y``, the window's first cell inside the input). ``max_grad_set`` writes
+    every tap instead (``dy`` or zero): no read of ``%y``, which needs no zeroing.
     """
-    del kind
     v = f"<{width} x {ty}>"
     iv = f"<{width} x i32>"
     mask = f"<{width} x i1>"
@@ -225,10 +227,13 @@ def _grad_tile(name: str, kind: str, ty: str, width: int, vectors: int) -> list[
             f"  %so{j} = add i64 %sxo, {j * width}",
             f"  %sp{j} = getelementptr {ty}, {p} %y, i64 %so{j}",
             f"  %sq{j} = bitcast {p} %sp{j} to {v}*",
-            f"  %old{j} = load {v}, {v}* %sq{j}, align {align}",
-            f"  %new{j} = fadd {v} %old{j}, %add{j}",
-            f"  store {v} %new{j}, {v}* %sq{j}, align {align}",
         ]
+        if kind == "max_grad_set":
+            lines.append(f"  store {v} %add{j}, {v}* %sq{j}, align {align}")
+        else:
+            lines += [f"  %old{j} = load {v}, {v}* %sq{j}, align {align}",
+                      f"  %new{j} = fadd {v} %old{j}, %add{j}",
+                      f"  store {v} %new{j}, {v}* %sq{j}, align {align}"]
     lines += [
         "  %stn = add i32 %st, 1",
         "  %sb1 = add i64 %sb, 1",
@@ -277,7 +282,7 @@ def module_ir(dtype: Any, kind: str, width: int, vectors: int = VECTORS) -> str:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     ty = _llvm._ir_type(dtype)
     p = f"{ty}*"
-    make = _grad_tile if kind == "max_grad" else _tile
+    make = _grad_tile if kind.startswith("max_grad") else _tile
     parts = ["\n".join(make("wide", kind, ty, width, vectors)),
              "\n".join(make("one", kind, ty, width, 1)),
              "\n".join(make("lane", kind, ty, 1, 1))]
@@ -323,7 +328,7 @@ def module_ir(dtype: Any, kind: str, width: int, vectors: int = VECTORS) -> str:
         "  %yc = mul i64 %ow, %channels",
         "  %ywo = add i64 %yu, %yc",
     ]
-    if kind == "max_grad":  # y: the input gradient (x's layout); divisors: dy (y's)
+    if kind.startswith("max_grad"):  # y: the input gradient (x's layout); divisors: dy (y's)
         drive += [f"  %yw = getelementptr {ty}, {p} %y, i64 %xwo",
                   f"  %gw = getelementptr {ty}, {p} %divisors, i64 %ywo"]
     else:
