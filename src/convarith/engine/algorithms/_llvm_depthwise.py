@@ -641,6 +641,45 @@ def grad_module_ir(dtype: Any, width: int, *, kernel: int, stride: int, dilation
         "  %yr = mul i64 %r, %y_row",
         f"  %dyr = getelementptr {ty}, {p} %dy, i64 %yr",
         f"  %sums_row = mul i64 %sums_tap, {kernel}",
+        "  %kernel_rows_m1 = sub i64 %kernel_rows, 1",
+        # the input rows the next output row reads first (below this row's) and its
+        # output gradients are fetched into the caches while this row runs: the blocks of
+        # channels read a row in strided passes, which the hardware fetches poorly
+        "  %kd = mul i64 %dilation, %kernel_rows_m1",
+        "  %pf_h = add i64 %h0, %kd",
+        "  %pf_h1 = add i64 %pf_h, 1",
+        "  %pf_room = sub i64 %in_rows, %pf_h1",
+        "  %pf_few = icmp slt i64 %pf_room, %stride",
+        "  %pf_rows0 = select i1 %pf_few, i64 %pf_room, i64 %stride",
+        "  %pf_none = icmp slt i64 %pf_rows0, 0",
+        "  %pf_rows = select i1 %pf_none, i64 0, i64 %pf_rows0",
+        "  %pf_x_elems = mul i64 %pf_rows, %x_row",
+        f"  %pf_x_lines = udiv i64 %pf_x_elems, {64 // _llvm._size(ty)}",
+        "  %pf_xo = mul i64 %pf_h1, %x_row",
+        f"  %pf_xp = getelementptr {ty}, {p} %xi, i64 %pf_xo",
+        f"  %pf_x = bitcast {p} %pf_xp to i8*",
+        f"  %pf_yp = getelementptr {ty}, {p} %dyr, i64 %y_row",
+        f"  %pf_y = bitcast {p} %pf_yp to i8*",
+        "  %pf_r1 = add i64 %r, 1",
+        "  %pf_more = icmp slt i64 %pf_r1, %last",
+        f"  %pf_y_lines0 = udiv i64 %y_row, {64 // _llvm._size(ty)}",
+        "  %pf_y_lines = select i1 %pf_more, i64 %pf_y_lines0, i64 0",
+        "  %pf_lines = add i64 %pf_x_lines, %pf_y_lines",
+        "  %pf_any = icmp sgt i64 %pf_lines, 0",
+        "  br i1 %pf_any, label %pf_loop, label %pf_end",
+        "pf_loop:",
+        "  %pf_i = phi i64 [0, %r_loop], [%pf_i1, %pf_loop]",
+        "  %pf_in_x = icmp slt i64 %pf_i, %pf_x_lines",
+        "  %pf_yi = sub i64 %pf_i, %pf_x_lines",
+        "  %pf_base = select i1 %pf_in_x, i8* %pf_x, i8* %pf_y",
+        "  %pf_line = select i1 %pf_in_x, i64 %pf_i, i64 %pf_yi",
+        "  %pf_byte = mul i64 %pf_line, 64",
+        "  %pf_at = getelementptr i8, i8* %pf_base, i64 %pf_byte",
+        "  call void @llvm.prefetch.p0i8(i8* %pf_at, i32 0, i32 2, i32 1)",
+        "  %pf_i1 = add i64 %pf_i, 1",
+        "  %pf_go = icmp slt i64 %pf_i1, %pf_lines",
+        "  br i1 %pf_go, label %pf_loop, label %pf_end",
+        "pf_end:",
         "  %any = icmp slt i64 %a_lo, %a_hi",
         "  br i1 %any, label %c_start, label %r_end",
         "c_start:",
@@ -701,7 +740,8 @@ def grad_module_ir(dtype: Any, width: int, *, kernel: int, stride: int, dilation
             "  ret void",
             "}"])
 
-    parts = [f"declare {v} {fma}({v}, {v}, {v})", "\n".join(body("row", False)), rows("row")]
+    parts = ["declare void @llvm.prefetch.p0i8(i8*, i32, i32, i32)",
+             f"declare {v} {fma}({v}, {v}, {v})", "\n".join(body("row", False)), rows("row")]
     if 0 < lanes < width:
         parts += [f"declare {v} {load_intrinsic}({v}*, i32, <{width} x i1>, {v})",
                   "\n".join(body("tail", True)), rows("tail")]

@@ -767,8 +767,14 @@ def _compiled_weight_grad(
         return sums
 
     workers = worker_count() if threads is None else threads
+    # several pieces a worker, taken in turn: a worker held up (a busy machine) leaves its
+    # share to the others; one piece a worker where each piece's sums, alive until they
+    # are added, would outweigh the data (1152 channels on 4²)
+    pieces = 4 * workers
+    if pieces * ks[0] * ks[1] * sums_tap * 8 > (x_cells.nbytes + dy_cells.nbytes) // 2:
+        pieces = workers
     flops = _GEMM_EQUIVALENT * dy.size * math.prod(kernel_size)
-    partials = run_chunks(partial_sum, rows, max(1, -(-rows // workers)), threads=threads,
+    partials = run_chunks(partial_sum, rows, max(1, -(-rows // pieces)), threads=threads,
                           flops=flops, blas=False)
     total = partials[0]
     for partial in partials[1:]:
