@@ -411,7 +411,7 @@ def row_assembly(target: _llvm.VectorTarget, dtype: Any, *, kernel: int, stride:
 #: The integer arguments of a weight-gradient module's ``drive``, after its three
 #: pointers ``x, dy, sums`` (see :func:`grad_module_ir`).
 GRAD_FIELDS = ("first", "last", "out_rows", "in_rows", "stride", "dilation", "pad",
-               "kernel_rows", "blocks", "channels", "sums_tap")
+               "kernel_rows", "blocks", "channels", "sums_tap", "prefetch")
 
 
 def grad_tiles(kernel: int, stride: int, dilation: int, pad: int, in_width: int,
@@ -455,7 +455,7 @@ def grad_module_ir(dtype: Any, width: int, *, kernel: int, stride: int, dilation
     """The IR of a depthwise weight-gradient module (multiplier 1, channels-last)::
 
         drive(x, dy, sums, first, last, out_rows, in_rows, stride, dilation, pad,
-              kernel_rows, blocks, channels, sums_tap)
+              kernel_rows, blocks, channels, sums_tap, prefetch)
 
     adds to the float64 ``sums`` (``(kernel_rows, kernel, sums_tap)``) the products of
     output rows ``first .. last - 1`` (counted over the images: ``dy`` is
@@ -473,7 +473,10 @@ def grad_module_ir(dtype: Any, width: int, *, kernel: int, stride: int, dilation
     stay in registers (``sets`` of them, alternate cells: independent chains) while
     each tile's output-gradient vectors are loaded once and each input column once,
     multiplied by every cell that reads it; a row's sums, in ``x``'s dtype (at most
-    ``out_width`` terms), are then added to ``sums`` in float64.
+    ``out_width`` terms), are then added to ``sums`` in float64. With ``prefetch`` not 0,
+    each output row first asks the caches for the input rows the next one reads first
+    and for its output gradients (the blocks of channels read a row in strided passes,
+    which the hardware fetches poorly from memory).
 
     >>> ir = grad_module_ir(np.float32, 16, kernel=3, stride=1, dilation=1, pad=1,
     ...                     in_width=4, out_width=4, cells=4)
@@ -665,7 +668,9 @@ def grad_module_ir(dtype: Any, width: int, *, kernel: int, stride: int, dilation
         f"  %pf_y_lines0 = udiv i64 %y_row, {64 // _llvm._size(ty)}",
         "  %pf_y_lines = select i1 %pf_more, i64 %pf_y_lines0, i64 0",
         "  %pf_lines = add i64 %pf_x_lines, %pf_y_lines",
-        "  %pf_any = icmp sgt i64 %pf_lines, 0",
+        "  %pf_some = icmp sgt i64 %pf_lines, 0",
+        "  %pf_asked = icmp ne i64 %prefetch, 0",
+        "  %pf_any = and i1 %pf_some, %pf_asked",
         "  br i1 %pf_any, label %pf_loop, label %pf_end",
         "pf_loop:",
         "  %pf_i = phi i64 [0, %r_loop], [%pf_i1, %pf_loop]",
