@@ -61,7 +61,7 @@ compiled kernels       numba kernels (col2im, depthwise, flat_rows,  ``CONVARITH
                        batch_as_channels), llvmlite modules
                        (``_llvm._compiled``, ``_compiled_grouped``,  clear to read them again
                        ``_compiled_interleaved``, ``_compiled_spread``,
-                       ``_llvm_depthwise._row_kernel``,
+                       ``_llvm_depthwise._row_kernel``, ``_grad_kernel``,
                        ``_llvm_thin._compiled_rows``,
                        ``_llvm_pointwise._compiled``,
                        ``_llvm_pool._pool_kernel`` (and by ISA
@@ -225,7 +225,7 @@ def process_caches() -> dict[str, Callable[[], None]]:
             flat_rows._numba_im2col, flat_rows.blas_gemm, space_to_depth._numba_kernels,
             winograd._numba_kernels, _llvm._compiled, _llvm._target, _llvm._host, _llvm._llvm,
             _llvm._compiled_grouped, _llvm._compiled_interleaved, _llvm._compiled_spread,
-            _llvm_depthwise._row_kernel,
+            _llvm_depthwise._row_kernel, _llvm_depthwise._grad_kernel,
             _llvm_thin._compiled_rows, _llvm_pointwise._compiled, _llvm_pool._pool_kernel,
             _llvm_pool._pool_kernel_for, _llvm_pool._global_average,
             _llvm_pool._global_average_for, _llvm_pool.table_filler,
