@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from ...arithmetic import window_reach
 from ..state import cached_once
 from . import _llvm
 
@@ -428,7 +429,7 @@ def grad_tiles(kernel: int, stride: int, dilation: int, pad: int, in_width: int,
     tiles, first = [], 0
     for index in range(count):
         length = size + (index < extra)
-        last_column = (first + length - 1) * stride + (kernel - 1) * dilation - pad
+        last_column = window_reach(first + length, kernel, stride, dilation) - 1 - pad
         tiles.append((first, length, first * stride - pad >= 0 and last_column < in_width))
         first += length
     return tiles
