@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+import pytest
 
 from convarith import ConvSpec
 
@@ -341,3 +342,19 @@ def random_backend_calls(count: int) -> Iterator[tuple[ConvSpec, np.ndarray, np.
             x = x[0]  # unbatched
         made += 1
         yield spec, x, kernel, bias, seed
+
+
+def kernels_here(isa: str) -> bool:
+    """Whether the compiled kernels of vector ISA ``isa`` ("native", "avx2") run here."""
+    from convarith.engine.algorithms import _llvm
+
+    target = _llvm.target_named(isa)
+    return _llvm._llvm() is not None and target.runs_here and target.vector_bytes > 0
+
+
+def compiled_isas() -> list[Any]:
+    """The ``isa`` parameters of a test of the compiled kernels: native and AVX2, each
+    skipped (with the reason) where its kernels do not run."""
+    return [pytest.param(isa, marks=pytest.mark.skipif(not kernels_here(isa),
+                                                       reason=f"no {isa} kernels on this machine"))
+            for isa in ("native", "avx2")]

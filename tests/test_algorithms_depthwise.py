@@ -18,22 +18,13 @@ import os
 import numpy as np
 import pytest
 
-from _helpers import TOLERANCE, reference_direct, relative_error
+from _helpers import TOLERANCE, compiled_isas, kernels_here, reference_direct, relative_error
 from convarith.engine.algorithms import _llvm, _llvm_depthwise, register_tiles
 from convarith.engine.padding import pad
 
 CI = os.environ.get("CI") == "true"
+ISAS = compiled_isas()
 SEEDS = range(12 if CI else 60)
-
-
-def kernels_here(isa: str) -> bool:
-    target = _llvm.target_named(isa)
-    return _llvm._llvm() is not None and target.runs_here and target.vector_bytes > 0
-
-
-ISAS = [pytest.param(isa, marks=pytest.mark.skipif(not kernels_here(isa),
-                                                   reason=f"no {isa} kernels on this machine"))
-        for isa in ("native", "avx2")]
 
 
 def random_case(seed: int):

@@ -20,6 +20,8 @@ import pytest
 from _helpers import (
     TOLERANCE,
     assert_cheapest_applies,
+    compiled_isas,
+    kernels_here,
     peak_extra_bytes,
     reference_direct,
     relative_error,
@@ -29,16 +31,7 @@ from convarith.engine.dispatch import ConvProblem
 from convarith.engine.padding import pad
 
 CI = os.environ.get("CI") == "true"
-
-
-def kernels_here(isa: str) -> bool:
-    target = _llvm.target_named(isa)
-    return _llvm._llvm() is not None and target.runs_here and target.vector_bytes > 0
-
-
-ISAS = [pytest.param(isa, marks=pytest.mark.skipif(not kernels_here(isa),
-                                                   reason=f"no {isa} kernels on this machine"))
-        for isa in ("native", "avx2")]
+ISAS = compiled_isas()
 
 
 def torch_depthwise(x, weights, strides, dilation, pads):

@@ -13,23 +13,14 @@ import os
 import numpy as np
 import pytest
 
-from _helpers import TOLERANCE, relative_error
+from _helpers import TOLERANCE, compiled_isas, relative_error
 from convarith.engine.algorithms import _llvm, _llvm_depthwise, depthwise
 from convarith.engine.padding import pad
 
 torch = pytest.importorskip("torch")
 
 CI = os.environ.get("CI") == "true"
-
-
-def kernels_here(isa: str) -> bool:
-    target = _llvm.target_named(isa)
-    return _llvm._llvm() is not None and target.runs_here and target.vector_bytes > 0
-
-
-ISAS = [pytest.param(isa, marks=pytest.mark.skipif(not kernels_here(isa),
-                                                   reason=f"no {isa} kernels on this machine"))
-        for isa in ("native", "avx2")]
+ISAS = compiled_isas()
 
 
 def torch_kernel_gradient(x: np.ndarray, dy: np.ndarray, kernel: tuple[int, ...],
