@@ -28,7 +28,7 @@ import numpy as np
 
 from ..dispatch import ConvProblem, Requirements, register_algorithm
 from ._threads import SMALL_WORK, worker_count
-from .pointwise_rows import chunks, products
+from .pointwise_rows import chunks, narrow_kernel_runs, narrow_runner, products
 
 __all__ = ["transposed", "applies", "cost", "FEW_ROWS"]
 
@@ -73,6 +73,12 @@ def transposed(
         whole = whole and s == 1 and first == 0 and lo == 0 and last + 1 == size == out
     inside = x if whole else np.ascontiguousarray(x[tuple(source)])
     workers = worker_count()
+    if whole and 8 * kernel.size <= x.size and narrow_kernel_runs(
+            x.dtype, x.size // channels, channels, filters, workers):
+        # few outputs: the forward pass's compiled kernel on the kernel's transpose (a
+        # small copy beside the input), as it runs a 1×1 layer of ``C`` inputs and
+        # ``F`` outputs
+        return narrow_runner(x.dtype, x.shape, filters, None)(x, np.ascontiguousarray(weights))
     if (whole and workers > 1 and 2.0 * x.size * filters >= SMALL_WORK
             and 8 * kernel.size <= x.size):
         # on the workers, in equal chunks of rows (BLAS's own threads do not split a
