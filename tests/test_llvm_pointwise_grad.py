@@ -1,7 +1,7 @@
 """The backward pass of stride-1 1×1 layers: the compiled kernel gradient
 (:mod:`._llvm_pointwise_grad`, through ``pointwise_rows.weight_grad``) and the input
-gradient by the forward pass's narrow kernel (``pointwise.transposed``), against PyTorch
-in float64.
+gradient by the forward pass's kernel (:mod:`._llvm_pointwise`, its outputs in blocks
+for more than 64, through ``pointwise.transposed``), against PyTorch in float64.
 
 Configurations are drawn at random (the seed is in every failure message): 1 to 300
 input channels, every output count the kernels take up to three column blocks, 1 to
@@ -23,7 +23,13 @@ import pytest
 from _helpers import relative_error
 from convarith import ConvSpec
 from convarith.engine import clear_caches, conv_vjp
-from convarith.engine.algorithms import _llvm, _llvm_pointwise_grad, pointwise_rows
+from convarith.engine.algorithms import (
+    _llvm,
+    _llvm_pointwise,
+    _llvm_pointwise_grad,
+    pointwise,
+    pointwise_rows,
+)
 
 torch = pytest.importorskip("torch")
 
@@ -59,7 +65,7 @@ def test_kernel_matches_pytorch(seed: int) -> None:
         width = target.width(np.dtype(dtype))
         most = _llvm.max_vectors(target)
         choices = [f for f in range(1, 3 * most * width + 1)
-                   if _llvm_pointwise_grad.column_blocks(f, width, most)]
+                   if _llvm_pointwise.column_blocks(f, width, most)]
         filters = int(rng.choice(choices))
         kernels = _llvm_pointwise_grad._compiled(np.dtype(dtype), channels, filters, target)
         what = (f"seed {seed}: {target.name}, {cells} cells, {channels} -> {filters}, "
@@ -92,10 +98,47 @@ def test_kernel_matches_pytorch(seed: int) -> None:
             f"{what}: channels {c_first}:{c_last} wrote outside them")
 
 
+@pytest.mark.skipif(not _llvm.available(), reason="no compiled kernels here")
+@pytest.mark.parametrize("seed", range(SEEDS // 2))
+def test_wide_forward_kernel_matches_pytorch(seed: int) -> None:
+    """The forward kernel with its outputs in blocks (the input gradient's product
+    ``dy @ kernelᵀ`` of layers with more than 64 inputs)."""
+    rng = np.random.default_rng(5600 + seed)
+    dtype = np.float32 if rng.random() < 0.5 else np.float64
+    channels = int(rng.choice([1, 3, 16, 24, 32, 40, 64, 160, 512]))
+    cells = int(rng.integers(1, 900))
+    for target in _targets():
+        width = target.width(np.dtype(dtype))
+        most = _llvm.max_vectors(target)
+        choices = [f for f in range(1, 4 * most * width + 1)
+                   if _llvm_pointwise.column_blocks(f, width, most)]
+        filters = int(rng.choice(choices))
+        kernels = _llvm_pointwise._compiled(np.dtype(dtype), channels, filters, target, True)
+        what = (f"seed {5600 + seed}: {target.name}, {cells} cells, {channels} -> {filters}, "
+                f"{np.dtype(dtype)}")
+        assert kernels is not None, what
+        x = rng.standard_normal((cells, channels)).astype(dtype)
+        w = rng.standard_normal((channels, filters)).astype(dtype)
+        y = np.full((cells + 1, filters), 7, dtype)
+        kernels.run(x, w, y, 0, cells)
+        expected = _torch_weight_grad(x.T.copy(), w)  # (xᵀ)ᵀ @ w, by PyTorch
+        error = relative_error(y[:cells], expected)
+        assert error <= TOLERANCE[dtype], f"{what}: relative error {error:.2e}"
+        assert (y[cells] == 7).all(), f"{what}: wrote past the last cell"
+
+
+def test_the_wide_input_gradient_kernel_leaves_large_kernels_to_blas() -> None:
+    f32 = np.dtype("float32")
+    assert not pointwise.wide_kernel_runs(f32, 4096, 160, 960, 1)  # 600 KiB of kernel
+    assert not pointwise.wide_kernel_runs(f32, 16, 24, 144, 1)  # too few cells
+    assert pointwise.wide_kernel_runs(f32, 4096, 24, 144, 1) == _llvm_pointwise.supported(
+        f32, 144, wide=True)
+
+
 def test_column_blocks_cover_every_output_channel_once() -> None:
     for width, most in ((16, 4), (8, 2), (8, 4), (4, 2)):
         for filters in range(1, 5 * most * width):
-            blocks = _llvm_pointwise_grad.column_blocks(filters, width, most)
+            blocks = _llvm_pointwise.column_blocks(filters, width, most)
             if blocks is None:
                 assert filters % (width // 2), (width, filters)
                 continue

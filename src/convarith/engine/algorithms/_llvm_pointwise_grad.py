@@ -41,7 +41,7 @@ import numpy as np
 from ..state import cached_once
 from . import _llvm
 from ._llvm import VectorTarget
-from ._llvm_pointwise import pieces
+from ._llvm_pointwise import column_blocks
 
 __all__ = ["compiled", "module_ir", "supported", "block_channels", "column_blocks",
            "GradKernels", "CHUNK_BYTES", "MIN_CHUNK", "chunk_cells"]
@@ -53,27 +53,6 @@ CHUNK_BYTES = 192 << 10
 #: Fewest cells per chunk: each chunk reads and writes the whole result once (one core,
 #: 2048 -> 512 on 16×4², ms against BLAS's 5.7: chunks of 19 cells 7.5, 64 7.0, 256 5.9).
 MIN_CHUNK = 64
-
-
-def column_blocks(filters: int, width: int, vectors: int) -> list[list[tuple[int, int]]] | None:
-    """The blocks of output channels ``F`` is cut into, each a list of ``(first lane,
-    lanes)``: blocks of ``vectors`` whole vectors, the last of what is left (whole
-    vectors and at most one half vector); ``None`` where ``F`` is not made so.
-
-    >>> column_blocks(96, 16, 4)
-    [[(0, 16), (16, 16), (32, 16), (48, 16)], [(64, 16), (80, 16)]]
-    >>> column_blocks(24, 16, 4), column_blocks(20, 16, 4)
-    ([[(0, 16), (16, 8)]], None)
-    """
-    block = vectors * width
-    full, rest = divmod(filters, block)
-    tail = pieces(rest, width, vectors) if rest else []
-    if tail is None:
-        return None
-    blocks = [[(b * block + j * width, width) for j in range(vectors)] for b in range(full)]
-    if tail:
-        blocks.append([(full * block + first, lanes) for first, lanes in tail])
-    return blocks
 
 
 def block_channels(vectors: int, target: VectorTarget | None = None) -> int:

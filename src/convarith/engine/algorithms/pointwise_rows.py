@@ -66,7 +66,7 @@ __all__ = ["direct", "bind", "weight_grad", "products", "applies", "cost", "chun
            "compiled_narrow", "narrow_kernel_runs", "narrow_runner", "KERNEL_SHARED_FLOPS", "KERNEL_CELLS",
            "KERNEL_CHUNK_CELLS", "KERNEL_SHARE", "weight_grad_cost", "KERNEL_GRAD_SHARE",
            "KERNEL_GRAD_WIDE", "KERNEL_GRAD_NARROW", "CELL_SPLIT_RATIO", "kernel_grad_runs",
-           "KERNEL_GRAD_RESULT_BYTES"]
+           "KERNEL_GRAD_RESULT_BYTES", "KERNEL_GRAD_CHANNELS"]
 
 #: Chunks per worker: a few, so a worker delayed by another process does not hold
 #: the call up; each costs ~10 µs of Python.
@@ -316,11 +316,13 @@ def _narrow(xp: np.ndarray, kernel: np.ndarray, threads: int | None) -> np.ndarr
 
 
 def narrow_runner(dtype: np.dtype[Any], shape: Sequence[int], filters: int,
-                   threads: int | None) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+                  threads: int | None, wide: bool = False
+                  ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """``run(xp, kernel)`` for inputs of ``shape``: the kernel, its chunks and their
-    cells found once (:func:`bind` keeps it with the layer's plan)."""
+    cells found once (:func:`bind` keeps it with the layer's plan); ``wide``: the
+    kernel of :func:`._llvm_pointwise.column_blocks`."""
     c, f = shape[-1], filters
-    kernels = _llvm_pointwise.compiled(dtype, c, f)
+    kernels = _llvm_pointwise.compiled(dtype, c, f, wide)
     assert kernels is not None
     cells = math.prod(shape[:-1])
     out_shape = (*shape[:-1], f)
@@ -510,18 +512,27 @@ CELL_SPLIT_RATIO = 0.125
 #: within it faster (576 -> 96 on 16×7² 0.84 / 0.96, 128 -> 512 on 16×14² 4.4 / 4.6).
 KERNEL_GRAD_RESULT_BYTES = 512 << 10
 
+#: Input channels up to which :func:`weight_grad` runs the compiled kernel over several
+#: chunks of cells: with more, a block of channels reads one cache line of each cell's
+#: long row for a few values, and BLAS was as fast (one core, three alternating processes,
+#: ms, kernel against BLAS: 512 -> 128 on 16×14² 5.65 / 5.10, 576 -> 96 on 16×7² 0.97 /
+#: 1.02; 384 -> 64 on 16×7² 0.42 / 0.46).
+KERNEL_GRAD_CHANNELS = 384
+
 
 def kernel_grad_runs(dtype: np.dtype[Any], cells: int, channels: int, filters: int) -> bool:
     """Whether :func:`weight_grad` runs :mod:`._llvm_pointwise_grad`'s kernel for a stride-1
-    layer: a kernel for ``filters`` here, more than one cell, and a result of at most
-    :data:`KERNEL_GRAD_RESULT_BYTES` or cells that make one chunk.
+    layer: a kernel for ``filters`` here, more than one cell, and cells that make one
+    chunk, or a result of at most :data:`KERNEL_GRAD_RESULT_BYTES` from at most
+    :data:`KERNEL_GRAD_CHANNELS` input channels.
 
     >>> f32 = np.dtype("float32")
     >>> kernel_grad_runs(f32, 256, 2048, 512) or not _llvm_pointwise_grad.supported(f32, 16)
     False
     """
     return (cells > 1 and _llvm_pointwise_grad.supported(dtype, filters)
-            and (channels * filters * dtype.itemsize <= KERNEL_GRAD_RESULT_BYTES
+            and ((channels * filters * dtype.itemsize <= KERNEL_GRAD_RESULT_BYTES
+                  and channels <= KERNEL_GRAD_CHANNELS)
                  or cells <= _llvm_pointwise_grad.chunk_cells(channels, filters,
                                                               dtype.itemsize)))
 
