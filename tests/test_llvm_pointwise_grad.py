@@ -159,6 +159,7 @@ def test_layer_gradients_against_pytorch(seed: int, threads: str,
     monkeypatch.setattr("convarith.engine.algorithms.pointwise_rows.SMALL_WORK_NO_BLAS", 0)
     monkeypatch.setattr("convarith.engine.core.SMALL_BACKWARD_FLOPS", 0)  # each on all workers
     monkeypatch.setattr(pointwise_rows, "KERNEL_CELLS", 1)
+    monkeypatch.setattr(pointwise_rows, "KERNEL_GRAD_CELLS", 2)
     rng = np.random.default_rng(5400 + seed)
     dtype = np.float32 if seed % 2 else np.float64
     batch = 16 if seed % 4 < 2 else 1
@@ -194,6 +195,13 @@ def test_layer_gradients_against_pytorch(seed: int, threads: str,
         assert dx.dtype == dtype and dk.dtype == dtype, what
         assert relative_error(dx, expected_dx) <= TOLERANCE[dtype], what
         assert relative_error(dk, expected_dk) <= TOLERANCE[dtype], what
+
+
+def test_the_kernel_gradient_leaves_small_products_to_blas() -> None:
+    f32 = np.dtype("float32")
+    assert not pointwise_rows.kernel_grad_runs(f32, 49, 80, 480)  # operands in cache
+    assert not pointwise_rows.kernel_grad_runs(f32, 256, 2048, 512)  # 4 MiB, 4 chunks
+    assert not pointwise_rows.kernel_grad_runs(f32, 1, 32, 16)
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -66,7 +66,8 @@ __all__ = ["direct", "bind", "weight_grad", "products", "applies", "cost", "chun
            "compiled_narrow", "narrow_kernel_runs", "narrow_runner", "KERNEL_SHARED_FLOPS", "KERNEL_CELLS",
            "KERNEL_CHUNK_CELLS", "KERNEL_SHARE", "weight_grad_cost", "KERNEL_GRAD_SHARE",
            "KERNEL_GRAD_WIDE", "KERNEL_GRAD_NARROW", "CELL_SPLIT_RATIO", "kernel_grad_runs",
-           "KERNEL_GRAD_RESULT_BYTES", "KERNEL_GRAD_CHANNELS"]
+           "KERNEL_GRAD_RESULT_BYTES", "KERNEL_GRAD_CHANNELS", "KERNEL_GRAD_CELLS",
+           "KERNEL_GRAD_LARGE_RESULT"]
 
 #: Chunks per worker: a few, so a worker delayed by another process does not hold
 #: the call up; each costs ~10 µs of Python.
@@ -519,22 +520,37 @@ KERNEL_GRAD_RESULT_BYTES = 512 << 10
 #: 1.02; 384 -> 64 on 16×7² 0.42 / 0.46).
 KERNEL_GRAD_CHANNELS = 384
 
+#: Fewest cells for which :func:`weight_grad` runs the compiled kernel on a result of at
+#: most :data:`KERNEL_GRAD_RESULT_BYTES`: over fewer, BLAS's product of operands that
+#: sit in the core's cache was faster (one core, CPU time, the two alternating in one
+#: process, ms, BLAS against the kernel: 80 -> 480 on 7² 0.049 / 0.060, 160 -> 960 on
+#: 4² 0.071 / 0.086, 40 -> 240 on 14² 0.059 / 0.067; 24 -> 144 on 28² 0.073 / 0.070).
+KERNEL_GRAD_CELLS = 256
+
+#: Result bytes from which :func:`weight_grad` runs the compiled kernel on cells that
+#: make one chunk, its result read and written once (ms, as above: 256 -> 1024 on 7²
+#: 0.38 / 0.31, 512 -> 2048 on 4² 0.86 / 0.52, 2048 -> 512 on 4² 0.51 / 0.47, 1024 ->
+#: 512 on 7² 0.62 / 0.59; 320 -> 1280 on 4² 0.18 / 0.19).
+KERNEL_GRAD_LARGE_RESULT = 1 << 20
+
 
 def kernel_grad_runs(dtype: np.dtype[Any], cells: int, channels: int, filters: int) -> bool:
     """Whether :func:`weight_grad` runs :mod:`._llvm_pointwise_grad`'s kernel for a stride-1
-    layer: a kernel for ``filters`` here, more than one cell, and cells that make one
-    chunk, or a result of at most :data:`KERNEL_GRAD_RESULT_BYTES` from at most
-    :data:`KERNEL_GRAD_CHANNELS` input channels.
+    layer: a kernel for ``filters`` here, and either at least :data:`KERNEL_GRAD_CELLS`
+    cells for a result of at most :data:`KERNEL_GRAD_RESULT_BYTES` from at most
+    :data:`KERNEL_GRAD_CHANNELS` input channels, or cells that make one chunk for a
+    result of at least :data:`KERNEL_GRAD_LARGE_RESULT` bytes.
 
     >>> f32 = np.dtype("float32")
     >>> kernel_grad_runs(f32, 256, 2048, 512) or not _llvm_pointwise_grad.supported(f32, 16)
     False
     """
+    result = channels * filters * dtype.itemsize
     return (cells > 1 and _llvm_pointwise_grad.supported(dtype, filters)
-            and ((channels * filters * dtype.itemsize <= KERNEL_GRAD_RESULT_BYTES
+            and ((cells >= KERNEL_GRAD_CELLS and result <= KERNEL_GRAD_RESULT_BYTES
                   and channels <= KERNEL_GRAD_CHANNELS)
-                 or cells <= _llvm_pointwise_grad.chunk_cells(channels, filters,
-                                                              dtype.itemsize)))
+                 or (result >= KERNEL_GRAD_LARGE_RESULT and cells <= _llvm_pointwise_grad
+                     .chunk_cells(channels, filters, dtype.itemsize))))
 
 
 def _compiled_weight_grad(kernels: _llvm_pointwise_grad.GradKernels, x: np.ndarray,
