@@ -64,6 +64,7 @@ compiled kernels       numba kernels (col2im, depthwise, flat_rows,  ``CONVARITH
                        ``_llvm_depthwise._row_kernel``, ``_grad_kernel``,
                        ``_llvm_thin._compiled_rows``,
                        ``_llvm_pointwise._compiled``,
+                       ``_llvm_pointwise_grad._compiled``,
                        ``_llvm_pool._pool_kernel`` (and by ISA
                        setting ``_pool_kernel_for``; the global
                        average's ``_global_average``,
@@ -179,6 +180,7 @@ def process_caches() -> dict[str, Callable[[], None]]:
         _llvm,
         _llvm_depthwise,
         _llvm_pointwise,
+        _llvm_pointwise_grad,
         _llvm_pool,
         _llvm_thin,
         _native_jobs,
@@ -227,6 +229,7 @@ def process_caches() -> dict[str, Callable[[], None]]:
             _llvm._compiled_grouped, _llvm._compiled_interleaved, _llvm._compiled_spread,
             _llvm_depthwise._row_kernel, _llvm_depthwise._grad_kernel,
             _llvm_thin._compiled_rows, _llvm_pointwise._compiled, _llvm_pool._pool_kernel,
+            _llvm_pointwise_grad._compiled,
             _llvm_pool._pool_kernel_for, _llvm_pool._global_average,
             _llvm_pool._global_average_for, _llvm_pool.table_filler,
             _numba_pool.numba_kernels, batch_as_channels._numba_swap,

@@ -45,7 +45,7 @@ from . import _llvm
 from ._llvm import VectorTarget
 
 __all__ = ["compiled", "module_ir", "pieces", "supported", "block_cells", "MAX_CELLS",
-           "PointwiseKernels"]
+           "PointwiseKernels", "column_blocks"]
 
 #: Most cells per register block.
 MAX_CELLS = 12
@@ -67,6 +67,27 @@ def pieces(filters: int, width: int, vectors: int = 4) -> list[tuple[int, int]] 
     return [(j * width, width) for j in range(whole)] + ([(whole * width, half)] if rest else [])
 
 
+def column_blocks(filters: int, width: int, vectors: int) -> list[list[tuple[int, int]]] | None:
+    """The blocks of output channels ``F`` is cut into, each a list of ``(first lane,
+    lanes)``: blocks of ``vectors`` whole vectors, the last of what is left (whole
+    vectors and at most one half vector); ``None`` where ``F`` is not made so.
+
+    >>> column_blocks(96, 16, 4)
+    [[(0, 16), (16, 16), (32, 16), (48, 16)], [(64, 16), (80, 16)]]
+    >>> column_blocks(24, 16, 4), column_blocks(20, 16, 4)
+    ([[(0, 16), (16, 8)]], None)
+    """
+    block = vectors * width
+    full, rest = divmod(filters, block)
+    tail = pieces(rest, width, vectors) if rest else []
+    if tail is None:
+        return None
+    blocks = [[(b * block + j * width, width) for j in range(vectors)] for b in range(full)]
+    if tail:
+        blocks.append([(full * block + first, lanes) for first, lanes in tail])
+    return blocks
+
+
 def block_cells(vectors: int, target: VectorTarget | None = None) -> int:
     """``MR``: the block's ``MR × vectors`` accumulators, the kernel row's ``vectors``
     and a broadcast fit the vector registers, at most :data:`MAX_CELLS`.
@@ -78,14 +99,16 @@ def block_cells(vectors: int, target: VectorTarget | None = None) -> int:
     return max(1, min(MAX_CELLS, (registers - 2 - vectors) // vectors))
 
 
-def supported(dtype: Any, filters: int) -> bool:
+def supported(dtype: Any, filters: int, wide: bool = False) -> bool:
     """Whether a kernel exists here for ``filters`` outputs of ``dtype`` (llvmlite, a
-    vector target this CPU runs, and ``filters`` made of :func:`pieces`)."""
+    vector target this CPU runs, and ``filters`` made of :func:`pieces`, or with
+    ``wide`` of :func:`column_blocks`)."""
     if not _llvm.available(dtype):
         return False
     target = _llvm.vector_target()
     width = target.width(np.dtype(dtype))
-    return width > 0 and pieces(filters, width, _llvm.max_vectors(target)) is not None
+    cut = column_blocks if wide else pieces
+    return width > 1 and cut(filters, width, _llvm.max_vectors(target)) is not None
 
 
 def _tile(name: str, cells: int, ty: str, channels: int, filters: int,
@@ -167,15 +190,21 @@ def _tile(name: str, cells: int, ty: str, channels: int, filters: int,
 
 
 def module_ir(dtype: Any, channels: int, filters: int, width: int, cells: int,
-              prefetch: bool = True) -> str:
+              prefetch: bool = True, vectors: int = 0) -> str:
     """The module's IR: ``drive(x, w, y, cells)`` over blocks of ``cells`` cells (then
     of 4 and of 1 for the rest), ``channels`` inputs and ``filters`` outputs, vectors of
-    ``width`` lanes (:func:`pieces`).
+    ``width`` lanes (:func:`pieces`); with ``vectors``, ``filters`` in the
+    :func:`column_blocks` of that many vectors, each cell block's tiles one after the
+    other (its inputs read again from the core's L1 cache).
 
     >>> ir = module_ir(np.float32, 8, 24, 16, 4)
     >>> "define void @drive(" in ir and "<8 x float>" in ir
     True
+    >>> "call void @tile4_1(" in module_ir(np.float32, 8, 96, 16, 4, vectors=4)
+    True
     """
+    if vectors:
+        return _blocks_ir(dtype, channels, filters, width, cells, prefetch, vectors)
     ty = _llvm._ir_type(dtype)
     parts = pieces(filters, width)
     if parts is None:
@@ -215,6 +244,64 @@ def module_ir(dtype: Any, channels: int, filters: int, width: int, cells: int,
     return "\n\n".join(decls + tiles + ["\n".join(drive)]) + "\n"
 
 
+def _blocks_ir(dtype: Any, channels: int, filters: int, width: int, cells: int,
+               prefetch: bool, vectors: int) -> str:
+    """:func:`module_ir` with ``filters`` in :func:`column_blocks`: one tile per block
+    shape and cell count, called with ``w`` and ``y`` advanced to the block's first
+    channel (rows keep ``filters`` values)."""
+    ty = _llvm._ir_type(dtype)
+    blocks = column_blocks(filters, width, vectors)
+    if blocks is None:
+        raise ValueError(f"filters={filters} is not whole vectors of {width} lanes and "
+                         "at most one half vector")
+    p = f"{ty}*"
+    suffix = "f32" if ty == "float" else "f64"
+    shapes: list[list[tuple[int, int]]] = []
+    for block in blocks:
+        shape = [(first - block[0][0], lanes) for first, lanes in block]
+        if shape not in shapes:
+            shapes.append(shape)
+    lanes_used = sorted({n for shape in shapes for _, n in shape})
+    decls = [f"declare <{n} x {ty}> @llvm.fma.v{n}{suffix}(<{n} x {ty}>, <{n} x {ty}>, "
+             f"<{n} x {ty}>)" for n in lanes_used]
+    decls.append("declare void @llvm.prefetch.p0(i8*, i32, i32, i32)")
+    sizes = sorted({cells, min(cells, 4), 1}, reverse=True)
+    tiles = [_tile(f"tile{r}_{k}", r, ty, channels, filters, shape,
+                   prefetch and r == cells and k == 0)
+             for r in sizes for k, shape in enumerate(shapes)]
+    drive = [f"define void @drive({p} %x, {p} %w, {p} %y, i64 %cells) {{", "entry:",
+             "  br label %s0"]
+    for n, r in enumerate(sizes):
+        come = "%entry" if n == 0 else f"%c{n - 1}"
+        calls = []
+        for b, block in enumerate(blocks):
+            first = block[0][0]
+            kind = shapes.index([(f - first, lanes) for f, lanes in block])
+            calls += [f"  %w{n}_{b} = getelementptr {ty}, {p} %w, i64 {first}",
+                      f"  %y{n}_{b} = getelementptr {ty}, {p} %y{n}, i64 {first}",
+                      f"  call void @tile{r}_{kind}({p} %x{n}, {p} %w{n}_{b}, {p} %y{n}_{b})"]
+        drive += [
+            f"s{n}:",
+            f"  %o{n}i = phi i64 [{'0' if n == 0 else f'%o{n - 1}'}, {come}]",
+            f"  br label %c{n}",
+            f"c{n}:",
+            f"  %o{n} = phi i64 [%o{n}i, %s{n}], [%o{n}n, %b{n}]",
+            f"  %l{n} = sub i64 %cells, %o{n}",
+            f"  %m{n} = icmp sge i64 %l{n}, {r}",
+            f"  br i1 %m{n}, label %b{n}, label %{'s' + str(n + 1) if n + 1 < len(sizes) else 'exit'}",
+            f"b{n}:",
+            f"  %x{n}o = mul i64 %o{n}, {channels}",
+            f"  %x{n} = getelementptr {ty}, {p} %x, i64 %x{n}o",
+            f"  %y{n}o = mul i64 %o{n}, {filters}",
+            f"  %y{n} = getelementptr {ty}, {p} %y, i64 %y{n}o",
+            *calls,
+            f"  %o{n}n = add i64 %o{n}, {r}",
+            f"  br label %c{n}",
+        ]
+    drive += ["exit:", "  ret void", "}"]
+    return "\n\n".join(decls + tiles + ["\n".join(drive)]) + "\n"
+
+
 @dataclass(frozen=True)
 class PointwiseKernels:
     """One compiled module: ``drive`` for ``channels`` inputs and ``filters`` outputs."""
@@ -235,24 +322,28 @@ class PointwiseKernels:
                    y.ctypes.data + first * self.filters * item, stop - first)
 
 
-def compiled(dtype: Any, channels: int, filters: int) -> PointwiseKernels | None:
+def compiled(dtype: Any, channels: int, filters: int, wide: bool = False
+             ) -> PointwiseKernels | None:
     """The module for ``dtype``, ``channels`` inputs and ``filters`` outputs on the
-    target in use (``None``: no compiled kernels here, or ``filters`` not supported)."""
-    return _compiled(np.dtype(dtype), channels, filters, _llvm.vector_target())
+    target in use (``None``: no compiled kernels here, or ``filters`` not supported);
+    ``wide``: ``filters`` in :func:`column_blocks` (any count of whole vectors and a half)."""
+    return _compiled(np.dtype(dtype), channels, filters, _llvm.vector_target(), wide)
 
 
 @cached_once
-def _compiled(dtype: np.dtype[Any], channels: int, filters: int, target: VectorTarget
-              ) -> PointwiseKernels | None:
+def _compiled(dtype: np.dtype[Any], channels: int, filters: int, target: VectorTarget,
+              wide: bool = False) -> PointwiseKernels | None:
     llvm = _llvm._llvm()
     width = target.width(dtype)
-    if llvm is None or not target.runs_here or width == 0 or dtype.char not in "fd":
+    if llvm is None or not target.runs_here or width < 2 or dtype.char not in "fd":
         return None
-    parts = pieces(filters, width, _llvm.max_vectors(target))
+    most = _llvm.max_vectors(target)
+    blocks = column_blocks(filters, width, most) if wide else None
+    parts = pieces(filters, width, most) if not wide else (blocks[0] if blocks else None)
     if parts is None or channels < 1:
         return None
-    cells = block_cells(len(parts), target)
-    ir = module_ir(dtype, channels, filters, width, cells)
+    cells = block_cells(max(len(b) for b in blocks) if blocks else len(parts), target)
+    ir = module_ir(dtype, channels, filters, width, cells, vectors=most if wide else 0)
     address, engine = _llvm.compile_drive(llvm, target, ir)
     pointer = ctypes.c_void_p
     signature = ctypes.CFUNCTYPE(None, pointer, pointer, pointer, ctypes.c_int64)

@@ -23,14 +23,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from ..dispatch import ConvProblem, Requirements, register_algorithm
+from . import _llvm_pointwise, pointwise_rows
 from ._threads import SMALL_WORK, worker_count
-from .pointwise_rows import chunks, products
+from .pointwise_rows import chunks, narrow_kernel_runs, narrow_runner, products
 
-__all__ = ["transposed", "applies", "cost", "FEW_ROWS"]
+__all__ = ["transposed", "applies", "cost", "FEW_ROWS", "WIDE_KERNEL_BYTES", "wide_kernel_runs"]
 
 #: Input cells (all images) up to which the product runs as the kernel times the cells'
 #: transpose; twice as many with a long sum (at least twice as many input channels as
@@ -39,6 +41,34 @@ __all__ = ["transposed", "applies", "cost", "FEW_ROWS"]
 #: and 1.28× (2048 -> 512), 64 cells 1.05×; 128 cells of 1024 -> 256 1.10×, 196 cells
 #: as fast, 128 cells of 256 -> 1024 (a short sum) 0.88×.
 FEW_ROWS = 64
+
+
+#: Kernel bytes up to which the input gradient runs :mod:`._llvm_pointwise`'s kernel in
+#: blocks of output channels (:func:`wide_kernel_runs`). Its time over BLAS's product
+#: with the kernel's transpose (one core, CPU time, busy machine; ms): 24 -> 96 on
+#: 16×28² 0.57 / 0.72, 24 -> 144 0.93 / 1.08, 32 -> 192 on 16×14² 0.39 / 0.45, 40 -> 144
+#: 0.34 / 0.40, 512 -> 128 3.90 / 5.00, 128 -> 512 4.03 / 4.57, 256 -> 128 on 16×28²
+#: 8.05 / 10.0, 96 -> 576 on 16×7² 0.84 / 0.91; beyond it, 160 -> 960 on 16×4² 0.96 /
+#: 0.81.
+WIDE_KERNEL_BYTES = 256 << 10
+
+
+def wide_kernel_runs(dtype: np.dtype[Any], cells: int, channels: int, filters: int,
+                     workers: int) -> bool:
+    """Whether the input gradient of a stride-1 layer (``channels`` the output gradient's,
+    ``filters`` the input's) runs :mod:`._llvm_pointwise`'s kernel in blocks of outputs:
+    a kernel of at most :data:`WIDE_KERNEL_BYTES`, at least
+    :data:`~.pointwise_rows.KERNEL_CELLS` cells, outputs it has blocks for, and on several
+    workers at least :data:`~.pointwise_rows.KERNEL_SHARED_FLOPS`.
+
+    >>> wide_kernel_runs(np.dtype("float32"), 3136, 160, 960, 1)
+    False
+    """
+    return (channels * filters * dtype.itemsize <= WIDE_KERNEL_BYTES
+            and cells >= pointwise_rows.KERNEL_CELLS
+            and _llvm_pointwise.supported(dtype, filters, wide=True)
+            and (workers <= 1 or 2.0 * cells * channels * filters
+                 >= pointwise_rows.KERNEL_SHARED_FLOPS))
 
 
 def transposed(
@@ -73,6 +103,15 @@ def transposed(
         whole = whole and s == 1 and first == 0 and lo == 0 and last + 1 == size == out
     inside = x if whole else np.ascontiguousarray(x[tuple(source)])
     workers = worker_count()
+    if whole and 8 * kernel.size <= x.size:
+        cells = x.size // channels
+        narrow = narrow_kernel_runs(x.dtype, cells, channels, filters, workers)
+        if narrow or wide_kernel_runs(x.dtype, cells, channels, filters, workers):
+            # the forward pass's compiled kernel (for more outputs, in blocks of them) on
+            # the kernel's transpose (a small copy beside the input), as it runs a 1×1
+            # layer of ``C`` inputs and ``F`` outputs
+            return narrow_runner(x.dtype, x.shape, filters, None, not narrow)(
+                x, np.ascontiguousarray(weights))
     if (whole and workers > 1 and 2.0 * x.size * filters >= SMALL_WORK
             and 8 * kernel.size <= x.size):
         # on the workers, in equal chunks of rows (BLAS's own threads do not split a

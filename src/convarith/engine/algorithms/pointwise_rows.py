@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from ..dispatch import ConvProblem, Requirements, register_algorithm
-from . import _llvm_pointwise
+from . import _llvm_pointwise, _llvm_pointwise_grad
 from ._threads import (
     SMALL_WORK,
     SMALL_WORK_NO_BLAS,
@@ -63,8 +63,11 @@ __all__ = ["direct", "bind", "weight_grad", "products", "applies", "cost", "chun
            "CHUNKS_PER_WORKER", "MIN_CHUNK_CELLS", "CHUNK_BYTES", "CHUNKED", "NARROW_CHANNELS",
            "INLINE", "CACHED_KERNEL_BYTES", "CACHED_KERNEL", "ALIASED_CELLS", "inline_share",
            "PARTIALS_BYTES", "NARROW_OUTPUTS", "NARROW_PIECES", "cached_chunks", "serial_pieces",
-           "compiled_narrow", "narrow_kernel_runs", "KERNEL_SHARED_FLOPS", "KERNEL_CELLS",
-           "KERNEL_CHUNK_CELLS", "KERNEL_SHARE"]
+           "compiled_narrow", "narrow_kernel_runs", "narrow_runner", "KERNEL_SHARED_FLOPS", "KERNEL_CELLS",
+           "KERNEL_CHUNK_CELLS", "KERNEL_SHARE", "weight_grad_cost", "KERNEL_GRAD_SHARE",
+           "KERNEL_GRAD_WIDE", "KERNEL_GRAD_NARROW", "CELL_SPLIT_RATIO", "kernel_grad_runs",
+           "KERNEL_GRAD_RESULT_BYTES", "KERNEL_GRAD_CHANNELS", "KERNEL_GRAD_CELLS",
+           "KERNEL_GRAD_LARGE_RESULT"]
 
 #: Chunks per worker: a few, so a worker delayed by another process does not hold
 #: the call up; each costs ~10 µs of Python.
@@ -310,15 +313,17 @@ def _kernel_chunks(cells: int, workers: int) -> int:
 def _narrow(xp: np.ndarray, kernel: np.ndarray, threads: int | None) -> np.ndarray:
     """A stride-1 layer through :mod:`._llvm_pointwise`'s kernel, in chunks of cells on
     the workers."""
-    return _narrow_runner(xp.dtype, xp.shape, kernel.shape[-1], threads)(xp, kernel)
+    return narrow_runner(xp.dtype, xp.shape, kernel.shape[-1], threads)(xp, kernel)
 
 
-def _narrow_runner(dtype: np.dtype[Any], shape: Sequence[int], filters: int,
-                   threads: int | None) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+def narrow_runner(dtype: np.dtype[Any], shape: Sequence[int], filters: int,
+                  threads: int | None, wide: bool = False
+                  ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """``run(xp, kernel)`` for inputs of ``shape``: the kernel, its chunks and their
-    cells found once (:func:`bind` keeps it with the layer's plan)."""
+    cells found once (:func:`bind` keeps it with the layer's plan); ``wide``: the
+    kernel of :func:`._llvm_pointwise.column_blocks`."""
     c, f = shape[-1], filters
-    kernels = _llvm_pointwise.compiled(dtype, c, f)
+    kernels = _llvm_pointwise.compiled(dtype, c, f, wide)
     assert kernels is not None
     cells = math.prod(shape[:-1])
     out_shape = (*shape[:-1], f)
@@ -368,7 +373,7 @@ def bind(problem: ConvProblem) -> Callable[[np.ndarray, np.ndarray], np.ndarray]
     c, f = shape[-1], problem.out_channels
     cells = math.prod(shape[:-1])
     if narrow_kernel_runs(problem.dtype, cells, c, f, worker_count()):
-        return _narrow_runner(problem.dtype, shape, f, None)
+        return narrow_runner(problem.dtype, shape, f, None)
     if problem.flops >= SMALL_WORK:
         return None
     if worker_count() <= 1 and cached_chunks(shape[0], problem.out_size, c, f,
@@ -466,6 +471,12 @@ def weight_grad(
     if cells == 1:  # a 1×1 image: NumPy's matmul of inner size 1 takes a slow loop
         return np.multiply.outer(source(0, 1)[0], grads[0]).reshape(*kernel_size, c, f)
     flops = 2.0 * cells * c * f
+    if tuple(xp.shape[1:-1]) == tuple(out_size) and kernel_grad_runs(xp.dtype, cells, c, f):
+        kernels = _llvm_pointwise_grad.compiled(xp.dtype, c, f)
+        if kernels is not None:
+            inputs = np.ascontiguousarray(xp).reshape(cells, c)
+            return _compiled_weight_grad(kernels, inputs, grads, workers, threads,
+                                         flops).reshape(*kernel_size, c, f)
     if workers <= 1 or flops < SMALL_WORK:
         return np.matmul(source(0, n * out_size[0]).T, grads).reshape(*kernel_size, c, f)
     pieces = chunks(n, out_size, c, f, xp.dtype.itemsize, workers)
@@ -485,6 +496,103 @@ def weight_grad(
     for partial in partials[1:]:
         total_grad += partial
     return total_grad.reshape(*kernel_size, c, f)
+
+
+#: Result bytes (``C × F``) per cell of ``x`` and ``dy`` (``C + F`` values) up to which
+#: :func:`weight_grad`'s compiled kernel splits the cells over the workers (each its own
+#: ``C × F`` partial sum, added at the end); above, it splits the input channels (each
+#: worker reads all of ``dy``): 512 -> 2048 on one 4² image has 1 MiB of result for
+#: 40 KiB of operands.
+CELL_SPLIT_RATIO = 0.125
+
+
+#: Result bytes (``C × F``) up to which :func:`weight_grad` runs the compiled kernel over
+#: several chunks of cells (each reads and writes the whole result): beyond, BLAS's one
+#: product was as fast or faster (one core, ms, kernel against BLAS: 2048 -> 512 on
+#: 16×4² 7.0 / 5.7, 1024 -> 256 on 16×7² 4.6 / 4.5, 320 -> 1280 on 16×4² 2.5 / 2.2),
+#: within it faster (576 -> 96 on 16×7² 0.84 / 0.96, 128 -> 512 on 16×14² 4.4 / 4.6).
+KERNEL_GRAD_RESULT_BYTES = 512 << 10
+
+#: Input channels up to which :func:`weight_grad` runs the compiled kernel over several
+#: chunks of cells: with more, a block of channels reads one cache line of each cell's
+#: long row for a few values, and BLAS was as fast (one core, three alternating processes,
+#: ms, kernel against BLAS: 512 -> 128 on 16×14² 5.65 / 5.10, 576 -> 96 on 16×7² 0.97 /
+#: 1.02; 384 -> 64 on 16×7² 0.42 / 0.46).
+KERNEL_GRAD_CHANNELS = 384
+
+#: Fewest cells for which :func:`weight_grad` runs the compiled kernel on a result of at
+#: most :data:`KERNEL_GRAD_RESULT_BYTES`: over fewer, BLAS's product of operands that
+#: sit in the core's cache was faster (one core, CPU time, the two alternating in one
+#: process, ms, BLAS against the kernel: 80 -> 480 on 7² 0.049 / 0.060, 160 -> 960 on
+#: 4² 0.071 / 0.086, 40 -> 240 on 14² 0.059 / 0.067; 24 -> 144 on 28² 0.073 / 0.070).
+KERNEL_GRAD_CELLS = 256
+
+#: Result bytes from which :func:`weight_grad` runs the compiled kernel on cells that
+#: make one chunk, its result read and written once (ms, as above: 256 -> 1024 on 7²
+#: 0.38 / 0.31, 512 -> 2048 on 4² 0.86 / 0.52, 2048 -> 512 on 4² 0.51 / 0.47, 1024 ->
+#: 512 on 7² 0.62 / 0.59; 320 -> 1280 on 4² 0.18 / 0.19).
+KERNEL_GRAD_LARGE_RESULT = 1 << 20
+
+
+def kernel_grad_runs(dtype: np.dtype[Any], cells: int, channels: int, filters: int) -> bool:
+    """Whether :func:`weight_grad` runs :mod:`._llvm_pointwise_grad`'s kernel for a stride-1
+    layer: a kernel for ``filters`` here, and either at least :data:`KERNEL_GRAD_CELLS`
+    cells for a result of at most :data:`KERNEL_GRAD_RESULT_BYTES` from at most
+    :data:`KERNEL_GRAD_CHANNELS` input channels, or cells that make one chunk for a
+    result of at least :data:`KERNEL_GRAD_LARGE_RESULT` bytes.
+
+    >>> f32 = np.dtype("float32")
+    >>> kernel_grad_runs(f32, 256, 2048, 512) or not _llvm_pointwise_grad.supported(f32, 16)
+    False
+    """
+    result = channels * filters * dtype.itemsize
+    return (cells > 1 and _llvm_pointwise_grad.supported(dtype, filters)
+            and ((cells >= KERNEL_GRAD_CELLS and result <= KERNEL_GRAD_RESULT_BYTES
+                  and channels <= KERNEL_GRAD_CHANNELS)
+                 or (result >= KERNEL_GRAD_LARGE_RESULT and cells <= _llvm_pointwise_grad
+                     .chunk_cells(channels, filters, dtype.itemsize))))
+
+
+def _compiled_weight_grad(kernels: _llvm_pointwise_grad.GradKernels, x: np.ndarray,
+                          grads: np.ndarray, workers: int, threads: int | None,
+                          flops: float) -> np.ndarray:
+    """``x.T @ grads`` by :mod:`._llvm_pointwise_grad`'s kernel: on one worker (or below
+    :data:`~._threads.SMALL_WORK_NO_BLAS` FLOPs) one call; else one share of the cells
+    per worker, the partial sums added, or, where the result is large beside the
+    operands (:data:`CELL_SPLIT_RATIO`), one share of the input channels per worker."""
+    cells, c = x.shape
+    f = grads.shape[1]
+    if workers <= 1 or (threads is None and flops < SMALL_WORK_NO_BLAS):
+        out = np.zeros((c, f), x.dtype)
+        kernels.run(x, grads, out)
+        return out
+    if c * f * workers <= CELL_SPLIT_RATIO * cells * (c + f) or c < 2 * 12:
+        edges = [cells * i // workers for i in range(workers + 1)]
+
+        def partial(first: int, last: int) -> np.ndarray:
+            out = np.zeros((c, f), x.dtype)
+            for i in range(first, last):
+                kernels.run(x, grads, out, edges[i], edges[i + 1])
+            return out
+
+        partials = run_chunks(partial, workers, 1, threads=threads, flops=flops, blas=False,
+                              inline_below=SMALL_WORK_NO_BLAS)
+        total = partials[0]
+        for other in partials[1:]:
+            total += other
+        return total
+    # channel shares: multiples of 12 channels (whole register blocks of 6 and 12)
+    blocks = -(-c // 12)
+    bounds = [min(c, 12 * (blocks * i // workers)) for i in range(workers)] + [c]
+    out = np.zeros((c, f), x.dtype)
+
+    def rows(first: int, last: int) -> None:
+        for i in range(first, last):
+            kernels.run(x, grads, out, c_first=bounds[i], c_last=bounds[i + 1])
+
+    run_chunks(rows, workers, 1, threads=threads, flops=flops, blas=False,
+               inline_below=SMALL_WORK_NO_BLAS)
+    return out
 
 
 #: When the row products apply: a 1×1 kernel, one group.
@@ -610,5 +718,37 @@ def cost(problem: ConvProblem) -> float:
     return base * CHUNKED * parallel_penalty(len(pieces), workers)
 
 
+#: The compiled kernel gradient's time over one BLAS product's (:mod:`.flat_rows`' weight
+#: gradient, ``0.7 × FLOPs``), on one core (CPU time, float32, busy machine, ms, kernel
+#: against BLAS): with at most :data:`KERNEL_GRAD_NARROW` channels on one side 32 -> 16 on
+#: 16×56² 0.51 / 1.84, 16 -> 96 2.24 / 3.78, 24 -> 144 4.27 / 8.20, 144 -> 24 on 16×28²
+#: 1.10 / 1.87, 96 -> 24 0.75 / 1.01, 192 -> 32 on 16×14² 0.37 / 0.49, 144 -> 40 0.39
+#: / 0.52; wider, :data:`KERNEL_GRAD_WIDE`: 64 -> 128 on 16×28² 2.39 / 2.94, 64 -> 256 on
+#: 4096 1.60 / 2.21, 128 -> 512 on 16×14² 5.16 / 5.26, 512 -> 2048 on 4² 0.58 / 0.71,
+#: 320 -> 1280 on 4² 0.181 / 0.179, 960 -> 160 on 16×7² 2.75 / 2.64.
+KERNEL_GRAD_SHARE = 0.7
+KERNEL_GRAD_WIDE = 0.95
+KERNEL_GRAD_NARROW = 48
+
+
+def weight_grad_cost(problem: ConvProblem) -> float:
+    """The kernel gradient's cost: where :mod:`._llvm_pointwise_grad`'s kernel runs it (stride
+    1, more than one cell, output channels it has a kernel for), ``0.7 × FLOPs`` times
+    :data:`KERNEL_GRAD_SHARE` (:data:`KERNEL_GRAD_WIDE` with more than
+    :data:`KERNEL_GRAD_NARROW` channels on both sides); otherwise the forward :func:`cost`.
+
+    >>> p = ConvProblem((16, 56, 56, 32), (1, 1, 32, 16), (1, 1), (1, 1), 1, (56, 56), np.dtype("float32"))
+    >>> weight_grad_cost(p) <= cost(p)
+    True
+    """
+    cells = problem.batch * math.prod(problem.out_size)
+    if (problem.groups == 1 and problem.input_shape[1:-1] == problem.out_size
+            and kernel_grad_runs(problem.dtype, cells, problem.in_channels,
+                                 problem.out_channels)):
+        narrow = min(problem.in_channels, problem.out_channels) <= KERNEL_GRAD_NARROW
+        return 0.7 * problem.flops * (KERNEL_GRAD_SHARE if narrow else KERNEL_GRAD_WIDE)
+    return cost(problem)
+
+
 register_algorithm("pointwise_rows", direct, applies=applies, cost=cost, weight_grad=weight_grad,
-                   bind=bind)
+                   weight_grad_cost=weight_grad_cost, bind=bind)
