@@ -69,3 +69,40 @@ def test_gradients_threads_by_layer_size(channels: int, size: int, batch: int,
     else:
         assert seen["input"] == seen["kernel"] == (caller, 2), flops
         assert handed_out == [], flops
+
+
+def test_large_operands_run_each_gradient_on_every_worker(monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """Under SMALL_BACKWARD_FLOPS but with x and dy above SIDE_BY_SIDE_BYTES the two
+    gradients run one after the other on every worker (both would stream from memory at
+    once side by side), with the same values."""
+    seen: dict[str, Any] = {}
+    transposed, weight_grad = core.transposed_conv, core._weight_grad
+
+    def spy_input(*args: Any, **kwargs: Any) -> Any:
+        seen["input"] = (threading.get_ident(), _threads._LIMIT.get())
+        return transposed(*args, **kwargs)
+
+    def spy_kernel(*args: Any, **kwargs: Any) -> Any:
+        seen["kernel"] = (threading.get_ident(), _threads._LIMIT.get())
+        return weight_grad(*args, **kwargs)
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((4, 56, 56, 64)).astype(np.float32)
+    kernel = rng.standard_normal((1, 1, 64, 32)).astype(np.float32)
+    spec = ConvSpec(1, rank=2)
+    dy = rng.standard_normal((4, 56, 56, 32)).astype(np.float32)
+    flops = 2 * kernel.size * 4 * 56 * 56
+    assert core.TINY_BACKWARD_FLOPS <= flops < core.SMALL_BACKWARD_FLOPS
+    with engine.thread_limit(2):
+        if _threads.worker_count() < 2:
+            pytest.skip("one core: every gradient runs on it")
+        expected = engine.conv_vjp(x, kernel, spec, dy)
+        monkeypatch.setattr(core, "transposed_conv", spy_input)
+        monkeypatch.setattr(core, "_weight_grad", spy_kernel)
+        monkeypatch.setattr(core, "SIDE_BY_SIDE_BYTES", x.nbytes + dy.nbytes - 1)
+        result = engine.conv_vjp(x, kernel, spec, dy)
+    caller = threading.get_ident()
+    assert seen["input"] == seen["kernel"] == (caller, 2)
+    for got, want in zip(result[:2], expected[:2]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))

@@ -1133,6 +1133,15 @@ TINY_BACKWARD_FLOPS = 2e7
 #: alive at once (3×3 512 on 16×7²: peak 0.98 -> 1.84× the operands).
 TWO_CORES_FLOPS = 1.5e9
 
+#: Bytes of ``x`` and ``dy`` together above which a backward pass under
+#: :data:`SMALL_BACKWARD_FLOPS` still runs each gradient on every worker, one after the
+#: other, rather than the two side by side: beyond the last-level cache (32 MiB on the
+#: 2-core EPYC) both stream from memory at once and share its bandwidth. Measured there
+#: (two threads, wall time, quiet): U-Net's 1×1 64 -> 2 on 16×112² (x 49 MiB) 15.8 ms
+#: side by side, 9.2 one after the other; MobileNetV2's 16 -> 96 on 16×56² (21.5 MiB)
+#: 2.02 and 2.00, EfficientNet's 32 -> 16 on 16×56² 0.80 and 0.81.
+SIDE_BY_SIDE_BYTES = 32 << 20
+
 
 def _side_by_side_on_two(x: np.ndarray, kernel: np.ndarray, dy: np.ndarray, rank: int
                          ) -> bool:
@@ -1147,9 +1156,11 @@ def _side_by_side_on_two(x: np.ndarray, kernel: np.ndarray, dy: np.ndarray, rank
 
 
 def _both_gradients(input_grad: Any, kernel_grad: Any, need_input_grad: bool,
-                    multiply_adds: int, pairs_on_two: bool = False) -> tuple[Any, Any]:
+                    multiply_adds: int, pairs_on_two: bool = False,
+                    operand_bytes: int = 0) -> tuple[Any, Any]:
     """``(input_grad() or None, kernel_grad())``: for a backward pass of ``multiply_adds``
-    (the forward pass's) below :data:`SMALL_BACKWARD_FLOPS` with two or more workers, or
+    (the forward pass's) below :data:`SMALL_BACKWARD_FLOPS` with two or more workers and
+    ``x`` and ``dy`` of at most :data:`SIDE_BY_SIDE_BYTES` (``operand_bytes``), or
     below :data:`TWO_CORES_FLOPS` with exactly two (both gradients wanted, and
     ``pairs_on_two``: :func:`_side_by_side_on_two`), each on one
     thread (:func:`~.algorithms._threads.thread_limit`), the two side by side on two
@@ -1157,7 +1168,7 @@ def _both_gradients(input_grad: Any, kernel_grad: Any, need_input_grad: bool,
     thread); otherwise one after the other, each on every worker. An error of either is
     raised here."""
     workers = worker_count()
-    small = 2 * multiply_adds < SMALL_BACKWARD_FLOPS
+    small = 2 * multiply_adds < SMALL_BACKWARD_FLOPS and operand_bytes <= SIDE_BY_SIDE_BYTES
     side_by_side = (need_input_grad and pairs_on_two and workers == 2
                     and 2 * multiply_adds < TWO_CORES_FLOPS)
     if workers < 2 or not (small or side_by_side):
@@ -1252,7 +1263,8 @@ def conv_vjp(
             lambda: _weight_grad(dy_cropped, prepared.x, spec.kernel_size, strides, dilation,
                                  groups, algorithm),
             need_input_grad, prepared.x.size // prepared.x.shape[-1] * kernel.size,
-            _side_by_side_on_two(prepared.x, kernel, dy, len(strides)))
+            _side_by_side_on_two(prepared.x, kernel, dy, len(strides)),
+            prepared.x.nbytes + dy.nbytes)
     else:
         kernel = prepared.kernel
         assert kernel is not None
@@ -1280,7 +1292,8 @@ def conv_vjp(
         d_x, d_kernel = _both_gradients(input_grad, kernel_grad, need_input_grad,
                                         dy.size // dy.shape[-1] * kernel.size,
                                         _side_by_side_on_two(prepared.x, kernel, dy,
-                                                             len(strides)))
+                                                             len(strides)),
+                                        prepared.x.nbytes + dy.nbytes)
     d_bias = None
     if prepared.bias is not None:
         # dy summed over every axis but the last: a product with a vector of ones (one
