@@ -61,6 +61,13 @@ CHUNK_BYTES = 2 << 20
 #: core, CPU time, busy machine: one 112² image 0.73 -> 0.63 ms, 16 images 10.3 -> 8.1.
 JOINT_CHANNELS = 4
 
+#: The joint product's columns (a chunk's cells × all taps' outputs) as a share of the
+#: operands' bytes (input, kernel and output) up to which it runs: its columns are
+#: ``taps·Fg`` wide where one phase's are a fraction of that, and they count in the
+#: call's peak memory (ResNeXt-50's 7×7 stride-2 3 -> 64 stem on one 112² image: 1.1 ->
+#: 1.8× the operands with them; its 3×3 stride-2 3 -> 32 stems stay under 0.75).
+JOINT_SHARE = 0.75
+
 
 @cached_once
 def _numba_gather() -> Callable[..., None] | None:
@@ -460,8 +467,10 @@ def transposed(
     # far below its speed; one product of all the taps, each phase gathered from its
     # columns (the pieces are sized for all the taps' products anyway)
     joint = None
+    operands = x.nbytes + y.nbytes + kernel.nbytes
     if groups == 1 and fg <= JOINT_CHANNELS and sum(
-            w is not None for _, w in phases) > 1:
+            w is not None for _, w in phases) > 1 and (
+            largest * taps * fg * x.dtype.itemsize <= JOINT_SHARE * operands):
         joint = np.concatenate([w for _, w in phases if w is not None], axis=2)
         widest = joint.shape[2]
     # where each phase's columns start in the joint product
