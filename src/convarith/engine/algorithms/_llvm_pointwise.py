@@ -35,6 +35,7 @@ Examples
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -218,6 +219,17 @@ def module_ir(dtype: Any, channels: int, filters: int, width: int, cells: int,
     sizes = sorted({cells, min(cells, 4), 1}, reverse=True)  # a few tails, fast to compile
     tiles = [_tile(f"tile{r}", r, ty, channels, filters, parts, prefetch and r == cells)
              for r in sizes]
+    drive = _drive(ty, channels, filters, sizes, lambda n, r: [
+        f"  call void @tile{r}({p} %x{n}, {p} %w, {p} %y{n})"])
+    return "\n\n".join(decls + tiles + [drive]) + "\n"
+
+
+def _drive(ty: str, channels: int, filters: int, sizes: list[int],
+           calls: Callable[[int, int], list[str]]) -> str:
+    """The module's ``drive(x, w, y, cells)``: blocks of each of ``sizes`` cells (largest
+    first) while that many are left, each block's instructions ``calls(n, r)`` (the
+    ``n``-th size ``r``) with ``%x{n}`` and ``%y{n}`` at the block's first cell."""
+    p = f"{ty}*"
     drive = [f"define void @drive({p} %x, {p} %w, {p} %y, i64 %cells) {{", "entry:",
              "  br label %s0"]
     for n, r in enumerate(sizes):
@@ -236,12 +248,12 @@ def module_ir(dtype: Any, channels: int, filters: int, width: int, cells: int,
             f"  %x{n} = getelementptr {ty}, {p} %x, i64 %x{n}o",
             f"  %y{n}o = mul i64 %o{n}, {filters}",
             f"  %y{n} = getelementptr {ty}, {p} %y, i64 %y{n}o",
-            f"  call void @tile{r}({p} %x{n}, {p} %w, {p} %y{n})",
+            *calls(n, r),
             f"  %o{n}n = add i64 %o{n}, {r}",
             f"  br label %c{n}",
         ]
     drive += ["exit:", "  ret void", "}"]
-    return "\n\n".join(decls + tiles + ["\n".join(drive)]) + "\n"
+    return "\n".join(drive)
 
 
 def _blocks_ir(dtype: Any, channels: int, filters: int, width: int, cells: int,
@@ -269,37 +281,19 @@ def _blocks_ir(dtype: Any, channels: int, filters: int, width: int, cells: int,
     tiles = [_tile(f"tile{r}_{k}", r, ty, channels, filters, shape,
                    prefetch and r == cells and k == 0)
              for r in sizes for k, shape in enumerate(shapes)]
-    drive = [f"define void @drive({p} %x, {p} %w, {p} %y, i64 %cells) {{", "entry:",
-             "  br label %s0"]
-    for n, r in enumerate(sizes):
-        come = "%entry" if n == 0 else f"%c{n - 1}"
-        calls = []
+
+    def calls(n: int, r: int) -> list[str]:
+        lines = []
         for b, block in enumerate(blocks):
             first = block[0][0]
             kind = shapes.index([(f - first, lanes) for f, lanes in block])
-            calls += [f"  %w{n}_{b} = getelementptr {ty}, {p} %w, i64 {first}",
+            lines += [f"  %w{n}_{b} = getelementptr {ty}, {p} %w, i64 {first}",
                       f"  %y{n}_{b} = getelementptr {ty}, {p} %y{n}, i64 {first}",
                       f"  call void @tile{r}_{kind}({p} %x{n}, {p} %w{n}_{b}, {p} %y{n}_{b})"]
-        drive += [
-            f"s{n}:",
-            f"  %o{n}i = phi i64 [{'0' if n == 0 else f'%o{n - 1}'}, {come}]",
-            f"  br label %c{n}",
-            f"c{n}:",
-            f"  %o{n} = phi i64 [%o{n}i, %s{n}], [%o{n}n, %b{n}]",
-            f"  %l{n} = sub i64 %cells, %o{n}",
-            f"  %m{n} = icmp sge i64 %l{n}, {r}",
-            f"  br i1 %m{n}, label %b{n}, label %{'s' + str(n + 1) if n + 1 < len(sizes) else 'exit'}",
-            f"b{n}:",
-            f"  %x{n}o = mul i64 %o{n}, {channels}",
-            f"  %x{n} = getelementptr {ty}, {p} %x, i64 %x{n}o",
-            f"  %y{n}o = mul i64 %o{n}, {filters}",
-            f"  %y{n} = getelementptr {ty}, {p} %y, i64 %y{n}o",
-            *calls,
-            f"  %o{n}n = add i64 %o{n}, {r}",
-            f"  br label %c{n}",
-        ]
-    drive += ["exit:", "  ret void", "}"]
-    return "\n\n".join(decls + tiles + ["\n".join(drive)]) + "\n"
+        return lines
+
+    drive = _drive(ty, channels, filters, sizes, calls)
+    return "\n\n".join(decls + tiles + [drive]) + "\n"
 
 
 @dataclass(frozen=True)
