@@ -88,3 +88,33 @@ def test_large_outputs_in_turn_match_pytorch(seed: int) -> None:
             kept.append((y, y.copy()))
         del y
         gc.collect()
+
+
+@pytest.mark.parametrize("kernel_size", [1, 3])
+def test_flat_rows_large_outputs_match_pytorch(kernel_size: int) -> None:
+    """flat_rows' products into kept buffers (1×1 and 3×3 "same", outputs over the
+    threshold), an earlier result kept while the next is made, against PyTorch."""
+    torch = pytest.importorskip("torch")
+    from convarith.engine import conv
+    from convarith.spec import ConvSpec
+
+    rng = np.random.default_rng(7 + kernel_size)
+    kept = []
+    for turn in range(3):
+        x = rng.standard_normal((2, 128, 128 + turn, 8)).astype(np.float32)
+        k = rng.standard_normal((kernel_size, kernel_size, 8, 256)).astype(np.float32)
+        y = conv(x, k, ConvSpec(kernel_size, padding="same"), algorithm="flat_rows")
+        assert y.nbytes >= _outputs.POOL_BYTES
+        with torch.no_grad():
+            expected = torch.nn.functional.conv2d(
+                torch.from_numpy(x).double().permute(0, 3, 1, 2),
+                torch.from_numpy(k).double().permute(3, 2, 0, 1),
+                padding=kernel_size // 2).permute(0, 2, 3, 1).numpy()
+        error = np.linalg.norm(y - expected) / np.linalg.norm(expected)
+        assert error < 1e-5, f"seed {7 + kernel_size}, turn {turn}: relative error {error:.2e}"
+        for earlier, values in kept:
+            assert not np.shares_memory(earlier, y)
+            assert np.array_equal(earlier, values)
+        kept.append((y, y.copy()))
+        del y
+        gc.collect()
