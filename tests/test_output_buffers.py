@@ -86,6 +86,8 @@ def test_large_outputs_in_turn_match_pytorch(seed: int) -> None:
             assert np.array_equal(earlier, values), f"seed {seed}: an earlier output changed"
         if turn % 2 == 0:
             kept.append((y, y.copy()))
+        else:
+            y[...] = np.nan  # a buffer taken again must be written whole
         del y
         gc.collect()
 
@@ -99,9 +101,11 @@ def test_flat_rows_large_outputs_match_pytorch(kernel_size: int) -> None:
     from convarith.spec import ConvSpec
 
     rng = np.random.default_rng(7 + kernel_size)
+    state.clear_caches()
     kept = []
+    dropped = 0
     for turn in range(3):
-        x = rng.standard_normal((2, 128, 128 + turn, 8)).astype(np.float32)
+        x = rng.standard_normal((2, 128, 128 + turn % 2, 8)).astype(np.float32)
         k = rng.standard_normal((kernel_size, kernel_size, 8, 256)).astype(np.float32)
         y = conv(x, k, ConvSpec(kernel_size, padding="same"), algorithm="flat_rows")
         assert y.nbytes >= _outputs.POOL_BYTES
@@ -115,6 +119,12 @@ def test_flat_rows_large_outputs_match_pytorch(kernel_size: int) -> None:
         for earlier, values in kept:
             assert not np.shares_memory(earlier, y)
             assert np.array_equal(earlier, values)
-        kept.append((y, y.copy()))
+        if turn == 2:
+            assert y.ctypes.data == dropped  # turn 1's buffer, full of NaN, taken again
+        if turn == 0:
+            kept.append((y, y.copy()))
+        else:
+            y[...] = np.nan  # a buffer taken again must be written whole
+            dropped = y.ctypes.data
         del y
         gc.collect()

@@ -26,6 +26,7 @@ Examples
 from __future__ import annotations
 
 import math
+import os
 import threading
 import weakref
 from typing import Any
@@ -95,6 +96,16 @@ def _give_back(raw: np.ndarray) -> None:
         _FREE.append(raw)
         while len(_FREE) > KEEP_BUFFERS or sum(kept.nbytes for kept in _FREE) > KEEP_BYTES:
             _FREE.pop(0)
+
+
+def _forget_in_child() -> None:
+    """A forked child starts with no kept buffers and a lock no thread holds."""
+    global _LOCK
+    _LOCK = threading.RLock()
+    _FREE.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def clear() -> None:

@@ -230,7 +230,7 @@ def _direct_im2col(
     kh, kw = (1, kernel.shape[0]) if lifted else (kernel.shape[0], kernel.shape[1])
     n, c, f = xp.shape[0], xp.shape[-1], kernel.shape[-1]
     weights = np.ascontiguousarray(kernel).reshape(kh * kw * c, f)
-    y = np.empty((n, o0, o1, f), xp.dtype)
+    y = _output((n, o0, o1, f), xp.dtype)
     # blocks of whole rows, or of part of a row when one row is already large (1-D)
     if chunk_bytes is None:
         chunk_bytes = IM2COL_CHUNK_BYTES
@@ -415,7 +415,7 @@ def _direct_cells(
     kernel_size = kernel.shape[:rank]
     taps = math.prod(kernel_size)
     weights = np.ascontiguousarray(kernel).reshape(taps * c, f)
-    y = np.empty((n, *out_size, f), xp.dtype)
+    y = _output((n, *out_size, f), xp.dtype)
     workers = threads if threads is not None else worker_count()
     units = _cells_units(n, out_size, taps * c, xp.dtype.itemsize, chunk_bytes, workers)
     flops = 2.0 * n * math.prod(out_size) * taps * c * f
