@@ -290,8 +290,10 @@ def _median_time(fn: Callable[[], Any], repeat: int) -> float:
 # --------------------------------------------------------------------------- accuracy
 
 
-def forward_paths(case: BenchCase, backward: bool) -> list[str]:
-    """Names of the algorithms the dispatcher picks for this case."""
+def forward_paths(case: BenchCase, backward: bool, prepacked: bool = False) -> list[str]:
+    """Names of the algorithms the dispatcher picks for this case (``prepacked``: a forward
+    pass whose kernel is :func:`convarith.engine.prepack`'s, as the networks suite runs
+    it: the dispatcher counts a kept packing or transform as free)."""
     from .engine.core import transposed_algorithm
     from .engine.dispatch import ConvProblem, choose, choose_weight_grad
 
@@ -315,7 +317,8 @@ def forward_paths(case: BenchCase, backward: bool) -> list[str]:
         return names
     problem = ConvProblem((n, *resolved.padded_size, case.input_shape[-1]), case.kernel_shape,
                           spec.strides, spec.dilation, groups,
-                          resolved.output_size, np.dtype(np.float32))
+                          resolved.output_size, np.dtype(np.float32),
+                          prepacked=prepacked and not backward)
     names = [choose(problem).name]
     if backward:
         names.append(choose_weight_grad(problem).name)

@@ -605,7 +605,8 @@ def _paths(layer: NetLayer, batch: int, backward: bool) -> list[str]:
         return ["pooling"]
     from .bench import forward_paths
 
-    return forward_paths(_case(layer, batch), backward)
+    return forward_paths(_case(layer, batch), backward,
+                         prepacked=not backward and weights_mode() == "prepacked")
 
 
 #: The runtimes a layer is timed with, each in its own process by default.

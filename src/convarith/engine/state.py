@@ -84,6 +84,9 @@ helper threads         one pool per process, one thread per core     a fork (the
 per-thread buffers     each thread's scratch arrays by name, up to   a larger request replaces one;
                        ``WORKSPACE_KEEP_BYTES`` each                 :func:`clear_caches` drops the calling
                        (``_threads.workspace``)                      thread's
+output buffers         outputs of 32 MiB or more that their arrays   nothing (a buffer is taken only when
+                       handed back when dropped, up to 4 and         no array uses it);
+                       512 MiB (``_outputs._FREE``)                  :func:`clear_caches` drops them
 =====================  ============================================  ==========================================
 
 Examples
@@ -185,6 +188,7 @@ def process_caches() -> dict[str, Callable[[], None]]:
         _llvm_thin,
         _native_jobs,
         _numba_pool,
+        _outputs,
         _spin,
         _threads,
         batch_as_channels,
@@ -239,6 +243,7 @@ def process_caches() -> dict[str, Callable[[], None]]:
                                      _threads._affinity_cores),
         "helper threads": _threads._POOL.clear,
         "per-thread buffers": _threads.clear_workspaces,
+        "output buffers": _outputs.clear,
     }
 
 

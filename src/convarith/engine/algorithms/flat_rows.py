@@ -58,6 +58,7 @@ from .. import gradient_costs
 from ..dispatch import ConvProblem, Requirements, register_algorithm
 from ..padding import pad
 from ..state import cached_once
+from ._outputs import POOL_BYTES, output_empty
 from ._threads import SMALL_WORK, parallel_penalty, run_chunks, worker_count, workspace
 
 __all__ = ["direct", "weight_grad", "applies", "cost", "FlatPlan", "plan", "CHUNK_BYTES", "accumulate",
@@ -245,7 +246,7 @@ def _direct_im2col(
     kh, kw = (1, kernel.shape[0]) if lifted else (kernel.shape[0], kernel.shape[1])
     n, c, f = xp.shape[0], xp.shape[-1], kernel.shape[-1]
     weights = np.ascontiguousarray(kernel).reshape(kh * kw * c, f)
-    y = np.empty((n, o0, o1, f), xp.dtype)
+    y = _output((n, o0, o1, f), xp.dtype)
     # blocks of whole rows, or of part of a row when one row is already large (1-D)
     if chunk_bytes is None:
         chunk_bytes = IM2COL_CHUNK_BYTES
@@ -430,7 +431,7 @@ def _direct_cells(
     kernel_size = kernel.shape[:rank]
     taps = math.prod(kernel_size)
     weights = np.ascontiguousarray(kernel).reshape(taps * c, f)
-    y = np.empty((n, *out_size, f), xp.dtype)
+    y = _output((n, *out_size, f), xp.dtype)
     workers = threads if threads is not None else worker_count()
     units = _cells_units(n, out_size, taps * c, xp.dtype.itemsize, chunk_bytes, workers)
     flops = 2.0 * n * math.prod(out_size) * taps * c * f
@@ -695,6 +696,20 @@ def _pointwise_rows(xp: np.ndarray, strides: Sequence[int], out_size: Sequence[i
     return np.ascontiguousarray(xp[cells]).reshape(-1, xp.shape[-1])
 
 
+def _output(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A new output array; from a kept buffer where it takes :data:`._outputs.POOL_BYTES`
+    or more (:func:`._outputs.output_empty`: no fresh pages to fault in at each call)."""
+    if math.prod(shape) * dtype.itemsize < POOL_BYTES:
+        return np.empty(shape, dtype)
+    return output_empty(shape, dtype)
+
+
+def _product(rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``rows @ weights`` into a new array (:func:`_output`)."""
+    out = _output((rows.shape[0], weights.shape[1]), np.result_type(rows, weights))
+    return np.matmul(rows, weights, out=out)
+
+
 def direct(
     xp: np.ndarray,
     kernel: np.ndarray,
@@ -757,7 +772,7 @@ def direct(
         # layer on a 1×1 image costs a few µs, as much as the decisions below)
         rows = (xp.reshape(-1, c) if xp.shape[1:-1] == tuple(out_size) else
                 _pointwise_rows(xp, strides, out_size))
-        return np.matmul(rows, kernel.reshape(c, f)).reshape(n, *out_size, f)
+        return _product(rows, kernel.reshape(c, f)).reshape(n, *out_size, f)
     strided = any(s > 1 for s in strides)
     if gather is None and gathers_cells(kernel_size, c, out_size):
         before = None
@@ -780,7 +795,7 @@ def direct(
         xp = pad(xp, padding)
     if taps == 1:
         # 1×1: exactly one product, run by BLAS on all its threads
-        y = np.matmul(_pointwise_rows(xp, strides, out_size), kernel.reshape(c, f))
+        y = _product(_pointwise_rows(xp, strides, out_size), kernel.reshape(c, f))
         return y.reshape(n, *out_size, f)
     flat_plan = plan(xp.shape[1:-1], kernel_size, strides, dilation)
     images = None if strided else _phase_images(xp, flat_plan, strides)
@@ -797,7 +812,7 @@ def direct(
         stacked = np.ascontiguousarray(np.stack([weights[t] for t, _, _ in tap_list]))
         stacked = stacked.reshape(taps * c, f)
     blas = use_blas and blas_gemm(xp.dtype) is not None
-    y = np.empty((n, *out_size, f), xp.dtype)
+    y = _output((n, *out_size, f), xp.dtype)
     real = (slice(None),) + tuple(slice(0, o) for o in out_size[1:])
     per_chunk = chunk_rows(step, max(f, c * taps if gather else f), xp.dtype.itemsize,
                             chunk_bytes)

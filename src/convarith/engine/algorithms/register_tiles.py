@@ -59,7 +59,7 @@ import numpy as np
 
 from ...arithmetic import effective_kernel, window_reach
 from ..dispatch import ConvProblem, grid_kernel_cost, magnitude, register_algorithm
-from . import _llvm, _llvm_thin, _native_jobs, _threads, prepacked
+from . import _llvm, _llvm_thin, _native_jobs, _outputs, _threads, prepacked
 from ._llvm import ONE_PROBLEM, Batch, Cells, Sums
 from ._llvm_depthwise import row_cells, row_kernel
 from ._threads import ALIGN, aligned_copy, aligned_empty, run_chunks, worker_count, workspace
@@ -220,7 +220,7 @@ def direct(
         x, kernel, pads, (oh, ow), (stride_rows, stride_cols), (dilation_rows, dilation_cols),
         fpad, workers)
     y = (thin_call.output((n, oh, ow), f, fpad, dtype) if one_call
-         else aligned_empty((n, oh, ow, fpad), dtype))
+         else _outputs.output_empty((n, oh, ow, fpad), dtype))
     if one_call or shared_thin:
         thin_call.run(x, kernel, (stride_rows, stride_cols), (dilation_rows, dilation_cols),
                       (oh, ow), pads, y, threads=1 if one_call else workers)
@@ -1272,16 +1272,22 @@ def cost(problem: ConvProblem) -> float:
 #: (16×14² 256 -> 1024 7.45 against 8.3-8.5).
 WIDE_POINTWISE_PER_FLOP = 0.6
 
-#: Output bytes from which :func:`wide_pointwise` leaves a 1×1 layer to BLAS: 16×56²
-#: 64 -> 256 (51 MB out) took 19.8-22.8 ms by register_tiles, 12.0 by flat_rows.
-WIDE_POINTWISE_OUTPUT_BYTES = 32 << 20
+#: Output bytes from which :func:`wide_pointwise` leaves a 1×1 layer to BLAS: those the
+#: kept output buffers (:mod:`._outputs`) do not hold. Before them an output of 32 MiB or
+#: more was mapped afresh at each call, its pages zeroed by the system on first write:
+#: 16×56² 64 -> 256 (51 MB out) took 19.8-22.8 ms by register_tiles, 12.0 by flat_rows.
+#: With them (busy machine, two threads, CPU time of both, register_tiles against
+#: flat_rows): that layer 17.6-17.8 ms against 27-32, 16×4096 1-D 64 -> 256 (WaveNet,
+#: 67 MB) 22.2-23.5 against 34.8-50.8, 16×112² 64 -> 128 38-39 against 70-129, 16×28²
+#: 128 -> 1024 32.2-32.7 against 44.5-50.6, 8×56² 128 -> 512 32.8-35.1 against 43-84.
+WIDE_POINTWISE_OUTPUT_BYTES = _outputs.KEEP_BYTES
 
 
 def wide_pointwise(problem: ConvProblem) -> bool:
     """Whether a 1×1 layer is one the register kernels run faster than BLAS: one group,
     two images or more (one image of 4096 cells, 1-D 64 -> 256: 0.80 against flat_rows'
     0.70 ms), float32, the native vectors, at least 1e8 FLOPs, at least two whole vectors of
-    outputs, an output under :data:`WIDE_POINTWISE_OUTPUT_BYTES` (see
+    outputs, an output of at most :data:`WIDE_POINTWISE_OUTPUT_BYTES` (see
     :data:`WIDE_POINTWISE_PER_FLOP`).
 
     >>> from convarith.engine.dispatch import ConvProblem
@@ -1298,7 +1304,7 @@ def wide_pointwise(problem: ConvProblem) -> bool:
             and width > 0
             and not _llvm.narrower_than_host() and problem.flops >= 1e8
             and f % width == 0 and f >= 2 * width and all(s == 1 for s in problem.strides)
-            and out_bytes < WIDE_POINTWISE_OUTPUT_BYTES)
+            and out_bytes <= WIDE_POINTWISE_OUTPUT_BYTES)
 
 
 #: :func:`cost` per FLOP, on several workers and images, of a one-group layer whose
