@@ -28,7 +28,8 @@ Usage:
 ``--profile FILE`` writes convarith's steady epochs (all but the first) as a
 cProfile file (``python -m pstats FILE``); with ``--one-thread`` its clock is the
 thread's CPU time (everything runs on the calling thread), which other processes
-on a busy machine do not inflate.
+on a busy machine do not inflate. The profiled runs' own times include the
+profiler's overhead (several times a step's): time without ``--profile``.
 
 ``--breakdown`` only trains convarith (one thread, ``--epochs`` after a first
 epoch) and prints where a steady training step's time goes: the engine's
