@@ -12,8 +12,13 @@ has cores, like the others). ``--model`` picks the network: ``lesson``
 
 Each run is also timed epoch by epoch: the first epoch includes Keras's
 compilation, the later ones ("steady epoch", their median) are the cost of
-training itself. On a busy machine wall times swing; process CPU time (all
-threads) is steadier, and the ratios of one run are what to compare.
+training itself. ``--repeats N`` trains each framework N times, interleaved, each
+round starting with the next framework (so none always runs first on a machine
+whose load drifts); the steady epochs and the ratios ours / theirs are taken run
+by run (a round's convarith against the same round's Keras and PyTorch) and
+printed as their median with the lowest and highest, so the spread shows. The
+lesson model's epoch is ~0.1 s: take ``--epochs 8 --repeats 5`` or more. On a busy
+machine wall times swing; process CPU time (all threads) is steadier.
 
 Usage:
     KERAS_BACKEND=jax python scripts/compare_train_keras.py [--model lesson|deep|conv1d]
@@ -23,7 +28,8 @@ Usage:
 ``--profile FILE`` writes convarith's steady epochs (all but the first) as a
 cProfile file (``python -m pstats FILE``); with ``--one-thread`` its clock is the
 thread's CPU time (everything runs on the calling thread), which other processes
-on a busy machine do not inflate.
+on a busy machine do not inflate. The profiled runs' own times include the
+profiler's overhead (several times a step's): time without ``--profile``.
 
 ``--breakdown`` only trains convarith (one thread, ``--epochs`` after a first
 epoch) and prints where a steady training step's time goes: the engine's
@@ -50,6 +56,7 @@ import functools
 import os
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
@@ -356,46 +363,34 @@ def main() -> None:
     if args.convarith_threads is not None:
         results[limited] = []
     clocks: dict[str, list[EpochClock]] = {name: [] for name in results}
-    for _ in range(args.repeats):
-        ours = build_ours(args)
-        initial = ours.get_weights()
-        ours.compile(nn.Adam(args.learning_rate), "sparse_categorical_crossentropy",
-                     metrics=["accuracy"])
+
+    def train_ours(name: str, initial: Any, threads: int | None) -> None:
+        model = build_ours(args)
+        model.set_weights(initial)
+        model.compile(nn.Adam(args.learning_rate), "sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
         profiler = None
-        if args.profile:
+        if args.profile and name == "convarith":
             profiler = cProfile.Profile(time.thread_time) if args.one_thread else cProfile.Profile()
         clock = EpochClock()
-        clocks["convarith"].append(clock)
         start, cpu = time.perf_counter(), time.process_time()
         clock.mark()
-        with engine.thread_limit(1) if args.one_thread else contextlib.nullcontext():
-            ours.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-                     verbose=0, callbacks=[convarith_clock_callback(clock, profiler)])
+        with engine.thread_limit(threads) if threads else contextlib.nullcontext():
+            model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
+                      verbose=0, callbacks=[convarith_clock_callback(clock, profiler)])
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         if profiler is not None:
             profiler.disable()
             profiler.dump_stats(args.profile)
-        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-        results["convarith"].append((ours.evaluate(x_test, y_test)[1], seconds, cpu))
-        if args.convarith_threads is not None:
-            again = build_ours(args)
-            again.compile(nn.Adam(args.learning_rate), "sparse_categorical_crossentropy",
-                          metrics=["accuracy"])
-            clock = EpochClock()
-            clocks[limited].append(clock)
-            start, cpu = time.perf_counter(), time.process_time()
-            clock.mark()
-            with engine.thread_limit(args.convarith_threads):
-                again.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-                          verbose=0, callbacks=[convarith_clock_callback(clock)])
-            seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-            results[limited].append((again.evaluate(x_test, y_test)[1], seconds, cpu))
+        results[name].append((model.evaluate(x_test, y_test)[1], seconds, cpu))
+        clocks[name].append(clock)
 
+    def train_keras(initial: Any) -> None:
         theirs = keras_model(keras, args)
         theirs.set_weights(initial)
         theirs.compile(keras.optimizers.Adam(args.learning_rate),
                        loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         clock = EpochClock()
-        clocks["keras (jax)"].append(clock)
         start, cpu = time.perf_counter(), time.process_time()
         clock.mark()
         theirs.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, verbose=0,
@@ -403,47 +398,77 @@ def main() -> None:
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         accuracy = theirs.evaluate(x_test, y_test, verbose=0)[1]
         results["keras (jax)"].append((float(accuracy), seconds, cpu))
+        clocks["keras (jax)"].append(clock)
+
+    def train_torch(initial: Any, reference: Any) -> None:
         clock = EpochClock()
-        torch_run = torch_fit(initial, data, args, clock, ours)
-        if torch_run is not None:
-            results["pytorch"].append(torch_run)
+        run = torch_fit(initial, data, args, clock, reference)
+        if run is not None:
+            results["pytorch"].append(run)
             clocks["pytorch"].append(clock)
 
+    for repeat in range(args.repeats):
+        reference = build_ours(args)
+        initial = reference.get_weights()
+        runs: list[Callable[[], None]] = [
+            functools.partial(train_ours, "convarith", initial,
+                              1 if args.one_thread else None),
+            functools.partial(train_keras, initial),
+            functools.partial(train_torch, initial, reference)]
+        if args.convarith_threads is not None:
+            runs.insert(1, functools.partial(train_ours, limited, initial,
+                                             args.convarith_threads))
+        # each repeat starts with the next framework: none always runs first (or last) on
+        # a machine whose load drifts
+        shift = repeat % len(runs)
+        for run in runs[shift:] + runs[:shift]:
+            run()
+
+    steps = -(-len(x_train) // args.batch_size)
     print(f"model {args.model}: digits {args.size}x{args.size}: {len(x_train)} train / "
           f"{len(x_test)} test; "
           f"padding={args.padding} strides={args.strides} dilation={args.dilation} "
           f"filters={args.filters} epochs={args.epochs} batch={args.batch_size} "
-          f"Adam lr={args.learning_rate}; cores={os.cpu_count()}"
+          f"({steps} steps an epoch) Adam lr={args.learning_rate}; cores={os.cpu_count()}"
           + ("; one thread each" if args.one_thread else ""))
-    for name, runs in results.items():
-        if not runs:
-            print(f"{name:12s} not run (not installed, or no such padding)")
+    for name, runs_of in results.items():
+        if not runs_of:
+            print(f"{name:14s} not run (not installed, or no such padding)")
             continue
-        accuracies = [a for a, _, _ in runs]
-        times = [t for _, t, _ in runs]
-        cpus = [c for _, _, c in runs]
-        print(f"{name:12s} test accuracy {statistics.median(accuracies):.4f}  "
-              f"train wall {statistics.median(times):6.1f}s cpu {statistics.median(cpus):6.1f}s "
-              f"(median of {len(runs)}; all: {', '.join(f'{t:.1f}' for t in times)})")
-    steady = {name: (statistics.median(c.steady()[0] for c in runs),
-                     statistics.median(c.steady()[1] for c in runs))
-              for name, runs in clocks.items() if runs}
-    for name, (wall, cpu) in steady.items():
+        accuracies = [a for a, _, _ in runs_of]
+        times = [t for _, t, _ in runs_of]
+        cpus = [c for _, _, c in runs_of]
+        print(f"{name:14s} test accuracy {statistics.median(accuracies):.4f}  "
+              f"train wall {statistics.median(times):6.2f}s cpu {statistics.median(cpus):6.2f}s "
+              f"(median of {len(runs_of)}; all: {', '.join(f'{t:.2f}' for t in times)})")
+    steady = {name: [c.steady() for c in runs_of] for name, runs_of in clocks.items() if runs_of}
+    print(f"steady epoch (median of epochs 2..{args.epochs} in each run; median over the "
+          f"{args.repeats} runs [lowest, highest]), ms an epoch and a step:")
+    for name, per_run in steady.items():
         first = statistics.median(c.epochs()[0][0] for c in clocks[name])
-        print(f"{name:12s} first epoch wall {first:6.2f}s   steady epoch wall {wall:6.2f}s "
-              f"cpu {cpu:6.2f}s")
-    for ours in [name for name in results if name.startswith("convarith") and results[name]]:
-        ours_wall = statistics.median(t for _, t, _ in results[ours])
-        ours_cpu = statistics.median(c for _, _, c in results[ours])
+        walls, cpus = [w for w, _ in per_run], [c for _, c in per_run]
+        print(f"  {name:14s} wall {spread(walls, 1e3)} ({statistics.median(walls) / steps * 1e3:.2f}"
+              f" a step)  cpu {spread(cpus, 1e3)}   first epoch wall {first:5.2f}s")
+    print("ours / theirs, run by run (each run's steady epochs; median [lowest, highest]):")
+    for ours in [name for name in steady if name.startswith("convarith")]:
         for name in ("keras (jax)", "pytorch"):
-            if results[name]:
-                ratio = ours_wall / statistics.median(t for _, t, _ in results[name])
-                cpu_ratio = ours_cpu / statistics.median(c for _, _, c in results[name])
-                steady_wall = steady[ours][0] / steady[name][0]
-                steady_cpu = steady[ours][1] / steady[name][1]
-                print(f"{ours} / {name}: total wall {ratio:.2f}x cpu {cpu_ratio:.2f}x; "
-                      f"steady epoch wall {steady_wall:.2f}x cpu {steady_cpu:.2f}x")
+            if name in steady:
+                pairs = list(zip(steady[ours], steady[name]))
+                wall = [a[0] / b[0] for a, b in pairs]
+                cpu = [a[1] / b[1] for a, b in pairs]
+                print(f"  {ours} / {name}: steady epoch wall {spread(wall)}  "
+                      f"cpu {spread(cpu)}")
 
+
+def spread(values: list[float], scale: float = 1.0) -> str:
+    """``median [lowest, highest]`` of ``values`` times ``scale``.
+
+    >>> spread([0.1, 0.3, 0.2], 1e3)
+    '200.0 [100.0, 300.0]'
+    """
+    digits = 1 if scale > 1 else 2
+    return (f"{statistics.median(values) * scale:.{digits}f} [{min(values) * scale:.{digits}f}, "
+            f"{max(values) * scale:.{digits}f}]")
 
 if __name__ == "__main__":
     main()

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from ..engine.state import cached_once
+
 __all__ = ["Optimizer", "SGD", "Adam", "RMSprop", "get"]
 
 
@@ -62,6 +64,36 @@ def flat_groups(variables: Sequence[np.ndarray]) -> list[Layout]:
 def _all_finite(values: np.ndarray) -> bool:
     """Whether no value is NaN or infinite."""
     return bool(np.isfinite(values).all())
+
+
+@cached_once
+def _compiled_adam() -> Callable[..., None] | None:
+    """``adam(variable, gradient, m, v, new_m, new_v, alpha, one_minus_beta_1,
+    one_minus_beta_2, epsilon)``: Adam's step over flat arrays in one pass compiled by
+    numba (the float operations of :meth:`Adam._update_into`, in its order, value by
+    value, so the same values bit for bit), or ``None`` without numba. ``new_m`` and
+    ``new_v`` must not overlap ``m`` and ``v`` (the loop is vectorized only then).
+
+    ``error_model="numpy"``: numba's default (Python's) checks each division for a zero
+    divisor and raises, which keeps the loop scalar: 0.1 ms for the 43,626 values of
+    ``convarith train``'s model, NumPy's eleven passes 0.08, this loop 0.017."""
+    try:
+        import numba
+    except ImportError:
+        return None
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
+    def adam(variable, gradient, m, v, new_m, new_v, alpha, one_minus_beta_1,
+             one_minus_beta_2, epsilon):
+        for i in range(variable.size):
+            g, m_i, v_i = gradient[i], m[i], v[i]
+            m_new = m_i + (g - m_i) * one_minus_beta_1
+            v_new = v_i + (g * g - v_i) * one_minus_beta_2
+            new_m[i] = m_new
+            new_v[i] = v_new
+            variable[i] = variable[i] - (m_new * alpha) / (np.sqrt(v_new) + epsilon)
+
+    return adam
 
 
 class Optimizer:
@@ -242,8 +274,8 @@ class Adam(Optimizer):
         return slot["m"], slot["v"]
 
     def update(self, key: Layout, variable: np.ndarray, gradient: np.ndarray) -> None:
-        m, v = self._slots(key, variable)
-        self._update_into(key, variable, gradient, m, v, m, v)
+        # the new slots aside, then swapped in: the compiled pass wants them apart
+        self.stage(key, variable, gradient)()
 
     def stage(self, key: Layout, variable: np.ndarray, gradient: np.ndarray
               ) -> Callable[[], None]:
@@ -266,6 +298,14 @@ class Adam(Optimizer):
         """``variable`` updated in place; the new ``m`` and ``v`` written into ``new_m`` and
         ``new_v`` (which may be ``m`` and ``v``)."""
         alpha, one_minus_beta_1, one_minus_beta_2, epsilon = self._constants(variable.dtype.type)
+        compiled = _compiled_adam() if variable.dtype in (np.float32, np.float64) else None
+        arrays = (variable, gradient, m, v, new_m, new_v)
+        if compiled is not None and all(a.ndim == 1 and a.dtype == variable.dtype
+                                        for a in arrays) and not (
+                np.may_share_memory(new_m, m) or np.may_share_memory(new_v, v)):
+            compiled(variable, gradient, m, v, new_m, new_v, alpha, one_minus_beta_1,
+                     one_minus_beta_2, epsilon)
+            return
         scratch, denominator = self._scratch(key)
         np.subtract(gradient, m, out=scratch)
         scratch *= one_minus_beta_1
