@@ -55,6 +55,8 @@ depthwise tile plans   depthwise ``_tiles_plan``, ``_phases_plan``:  nothing (pu
 col2im plans           per-axis gather tables (``col2im._axis_plan``)  nothing (pure; LRU of 64)
 space-to-depth plans   kernel/stride/dilation -> plan                nothing (pure; LRU of 256)
                        (``space_to_depth.plan``)
+flat-rows plans        padded size, kernel, stride, dilation ->      nothing (pure; LRU of 256)
+                       phases, grid, taps' shifts (``flat_rows._plan``)
 Winograd matrices      ``winograd.transform(m)``, its growth bound   nothing (constants)
 compiled kernels       numba kernels (col2im, depthwise, flat_rows,  ``CONVARITH_JIT`` and the installed
                        space_to_depth, winograd, pooling,            packages are read at the first call:
@@ -225,6 +227,7 @@ def process_caches() -> dict[str, Callable[[], None]]:
                                           _llvm_depthwise._call_runner),
         "col2im plans": functions(col2im._axis_plan),
         "space-to-depth plans": functions(space_to_depth.plan),
+        "flat-rows plans": functions(flat_rows._plan),
         "Winograd matrices": functions(winograd.transform, winograd._transform_gain),
         "compiled kernels": functions(
             col2im._numba_gather, depthwise._numba_kernels, flat_rows._numba_gather,

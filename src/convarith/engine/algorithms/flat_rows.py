@@ -44,6 +44,7 @@ array([ 3.,  9., 15., 21.])
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import threading
@@ -100,12 +101,25 @@ def plan(
     strides: Sequence[int],
     dilation: Sequence[int],
 ) -> FlatPlan:
-    """The phase split and flat shifts of a convolution.
+    """The phase split and flat shifts of a convolution (remembered per shape: a
+    training step's small layers called it at every call, ~20 µs of a 130 µs
+    kernel gradient on a 4² image).
 
     >>> p = plan((9, 9), (3, 3), (2, 2), (1, 1))
     >>> p.phases, p.grid, len(p.taps)
     (((0, 0), (0, 1), (1, 0), (1, 1)), (5, 5), 9)
     """
+    return _plan(*(tuple(int(v) for v in values)
+                   for values in (padded_size, kernel_size, strides, dilation)))
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(
+    padded_size: tuple[int, ...],
+    kernel_size: tuple[int, ...],
+    strides: tuple[int, ...],
+    dilation: tuple[int, ...],
+) -> FlatPlan:
     grid = tuple(-(-p // s) for p, s in zip(padded_size, strides))
     steps = [math.prod(grid[axis + 1:]) for axis in range(len(grid))]
     phases: list[tuple[int, ...]] = []
