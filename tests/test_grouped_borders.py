@@ -1,0 +1,112 @@
+"""Grouped forward passes that read the input where it lies and copy only the padded rows
+and columns their border cells read (``grouped_tiles._border_template``): PyTorch's
+results and, bit for bit, those of the plan's jobs that copy the whole padded input
+(``grouped_tiles._run_plan``), for random padded grouped layers of every family (groups
+of 2 to 32 channels, 2 to 64 groups, strides 1 to 3, dilation, padding on either side,
+1 to 3 images, float32 and float64, kernels prepacked or writeable, one or two threads,
+the AVX-512 and AVX2 kernels). Each case prints its seed on failure."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import pytest
+
+from _helpers import relative_error
+from convarith.engine import prepack
+from convarith.engine.algorithms import _llvm, _native_jobs
+from convarith.engine.algorithms import grouped_tiles as gt
+
+torch = pytest.importorskip("torch")
+
+pytestmark = pytest.mark.skipif(
+    not _llvm.available(np.float32) or _native_jobs.padded_rows_filler() is None,
+    reason="no compiled kernels or filler on this machine")
+
+CASES = 6 if os.environ.get("CI") == "true" else 60
+
+#: ResNeXt-50's batch-1 3×3 layer of 256 channels in 32 groups at stride 2 on 28² (its
+#: padded bottom row and right column are never read): checked first.
+RESNEXT_LAYER = dict(batch=1, size=28, group=8, groups=32, kernel=3, stride=2, dilation=1,
+                     pads=((1, 1), (1, 1)), dtype=np.float32, frozen=True, threads=2)
+
+
+def _layer(rng: random.Random) -> dict:
+    group = rng.choice([2, 4, 8, 16, 32])
+    groups = rng.choice([2, 4, 8, 16, 32, 64])
+    while group * groups > 512:
+        groups //= 2
+    kernel = rng.choice([1, 3, 3, 5])
+    dilation = rng.choice([1, 1, 2])
+    pads = tuple(rng.choice([(1, 1), (0, 1), (2, 1), (1, 0), (2, 2), (0, 0)]) for _ in range(2))
+    reach = dilation * (kernel - 1) + 1
+    return dict(batch=rng.choice([1, 1, 2, 3]), size=max(rng.randint(6, 30), reach),
+                group=group, groups=groups, kernel=kernel, stride=rng.choice([1, 2, 2, 3]),
+                dilation=dilation, pads=pads,
+                dtype=rng.choice([np.float32, np.float32, np.float64]),
+                frozen=rng.random() < 0.5, threads=rng.choice([1, 2]))
+
+
+def _pytorch(x: np.ndarray, kernel: np.ndarray, layer: dict) -> np.ndarray:
+    (top, bottom), (left, right) = layer["pads"]
+    xt = torch.nn.functional.pad(torch.from_numpy(np.moveaxis(x, -1, 1).astype(np.float64)),
+                                 (left, right, top, bottom))
+    wt = torch.from_numpy(np.ascontiguousarray(np.moveaxis(kernel, (-1, -2), (0, 1))
+                                               ).astype(np.float64))
+    y = torch.nn.functional.conv2d(xt, wt, stride=layer["stride"], dilation=layer["dilation"],
+                                   groups=layer["groups"])
+    return np.moveaxis(y.numpy(), 1, -1)
+
+
+@pytest.mark.parametrize("isa", ["", "avx2"])
+def test_border_slabs_give_the_whole_padded_copys_results_and_pytorchs(
+        isa: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if isa:
+        monkeypatch.setenv("CONVARITH_VECTOR_ISA", isa)
+        if not _llvm.available(np.float32):
+            pytest.skip(f"no {isa} kernels on this machine")
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    bordered = 0
+    for case in range(CASES + 1):
+        layer = RESNEXT_LAYER if case == 0 else _layer(rng)
+        where = f"seed {seed}, case {case}: {layer}"
+        data = np.random.default_rng(seed + case)
+        c, k, g = layer["group"] * layer["groups"], layer["kernel"], layer["groups"]
+        x = data.standard_normal((layer["batch"], layer["size"], layer["size"], c)
+                                 ).astype(layer["dtype"])
+        kernel = data.standard_normal((k, k, layer["group"], c)).astype(layer["dtype"])
+        if layer["frozen"]:
+            kernel = prepack(kernel)
+        reach = layer["dilation"] * (k - 1) + 1
+        out = tuple((layer["size"] + lo + hi - reach) // layer["stride"] + 1
+                    for lo, hi in layer["pads"])
+        args = ((layer["stride"],) * 2, (layer["dilation"],) * 2, g, out)
+        plan = gt._forward_plan(x.shape, kernel.shape, *args[:2], out, layer["pads"], g,
+                                x.dtype, _llvm.vector_target(), layer["threads"], "", True,
+                                layer["frozen"])
+        here = plan is not None and plan.borders is not None
+        bordered += here
+        assert case > 0 or here, where
+        y = gt.direct(x, kernel, *args, padding=layer["pads"], threads=layer["threads"])
+        if here:
+            assert plan is not None
+            copied = gt._run_plan(plan._replace(borders=None), x, kernel, out,
+                                  layer["threads"])
+            assert np.array_equal(y, copied), where
+        tolerance = 1e-5 if layer["dtype"] == np.float32 else 1e-10
+        assert relative_error(y, _pytorch(x, kernel, layer)) <= tolerance, where
+    assert bordered > 1, f"seed {seed}: no random layer read its borders from slabs"
+
+
+def test_border_template_reads_only_the_padding_a_stride_2_layer_reads() -> None:
+    # 28² at stride 2, 3×3, padding 1: output row 0 and column 0 read the padding, the
+    # bottom padded row and right padded column are never read
+    plan = gt._forward_plan((1, 28, 28, 256), (3, 3, 8, 256), (2, 2), (1, 1), (14, 14),
+                            ((1, 1), (1, 1)), 32, np.dtype(np.float32), _llvm.vector_target(),
+                            1, "", True, True)
+    assert plan is not None and plan.borders is not None
+    # a top slab of 3 padded rows of 30 cells and a left one of 27 rows of 3 cells
+    assert plan.borders.slab_size == (3 * 30 + 27 * 3) * 256
