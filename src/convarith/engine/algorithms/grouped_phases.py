@@ -14,13 +14,17 @@ phases' calls, where they read and write, and for every element of every panel t
 element of the kernel it holds, found once by packing a kernel whose values are their
 own positions (exact up to :data:`MAX_PROBE` elements) the way
 :func:`.register_tiles.transposed` packs one. A call then packs every phase's panels by
-one gather (``np.take``, from a copy of the kernel whose rows lie :data:`SPACING`
-elements further apart) into one buffer and runs the calls. Square groups of half a
-vector (ResNeXt's 8 with 16 lanes) run on the spread kernels of
-:mod:`.grouped_tiles`' forward pass (:func:`_spread_panels`) instead of merged into
-block-diagonal kernels, where the output is not streamed. Measured on one core
-(alternating processes, busy machine, medians): batch 1, 28² 256 0.40-0.52 -> 0.22-0.26
-ms, 14² 512 0.34 -> 0.25; 16 images of 7² 1024 1.88 -> 1.78, of 14² 512 2.20 -> 2.02.
+one gather (``np.take``) into one buffer, in runs of elements: rows of the flipped,
+swapped kernel (:func:`.core.flip_swap`) where a panel's rows are its rows (runs of at
+least :data:`MIN_RUN`), else single elements or short runs of a copy of the kernel
+whose rows lie :data:`SPACING` elements further apart; then it runs the calls. Square
+groups of half a vector (ResNeXt's 8 with 16 lanes) run on the spread kernels of
+:mod:`.grouped_tiles`' forward pass (:func:`_spread_panels`), of a vector (16) on its
+interleaved kernels (:func:`_interleaved_panels`), instead of merged into block-diagonal
+kernels or on one-vector register blocks, where the output is not streamed. Measured on
+one core (alternating processes, busy machine, medians): batch 1, 28² 256 0.40-0.52 ->
+0.22-0.26 ms, 14² 512 0.34-0.40 -> 0.21 (PyTorch 0.18); 16 images of 7² 1024 1.88 ->
+1.78, of 14² 512 2.20-2.34 -> 2.02.
 """
 
 from __future__ import annotations
@@ -82,9 +86,12 @@ class _Plan(NamedTuple):
     low: tuple[int, int]  #: the first padded row and column read
     rows: int  #: padded input rows and columns read
     cols: int
-    gather: np.ndarray  #: intp: for every packed element, 1 + the kernel's element (0: a zero)
+    gather: np.ndarray  #: intp: for every ``run`` packed elements, the source's row of them
+    run: int
+    from_kernel: bool  #: the source: the kernel's spaced rows (else the flipped kernel)
     keep: tuple[Any, ...]  #: the calls' offsets arrays, kept alive
     flops: float  #: per image
+    packed_size: int  #: elements of every panel together
 
 
 @functools.lru_cache(maxsize=32)
@@ -135,17 +142,25 @@ def _plan(shape: tuple[int, int, int, int], kernel_shape: tuple[int, int, int, i
     row_elems = cols * c
     itemsize = dtype.itemsize
     group = c // groups
-    # square groups of half a vector on the spread kernels (no zeros multiplied), where
-    # the output is not streamed past the caches (the merged groups' kernels store it
-    # so): one thread, 3×3 stride 2, 32 groups of 8, 28² 256, spread against merged:
-    # batch 1 0.26 against 0.35 ms, 4 images 1.02 against 0.98, 16 4.8 against 4.2
-    spread = (group == kernel_shape[2] and c % width == 0 and _spreads(group, width)
+    # square groups of half a vector on the spread kernels (no zeros multiplied), of one
+    # vector on the interleaved kernels (a group per vector of a register block of 4),
+    # where the output is not streamed past the caches (the merged groups' kernels store
+    # it so). One thread, 3×3 stride 2, 32 groups, against merged or register_tiles'
+    # one-vector blocks: 28² 256 (groups of 8) batch 1 0.26 against 0.35 ms, 4 images
+    # 1.02 against 0.98, 16 4.8 against 4.2; 14² 512 (of 16) batch 1 0.22 against 0.25,
+    # 4 images 0.52 against 0.68, 16 2.5 against 2.0
+    square = (group == kernel_shape[2] and c % width == 0
               and shape[0] * out_size[0] * out_size[1] * f * dtype.itemsize < STREAM_BYTES)
-    # the kernel's own positions (1-based; 0 stays for the panels' zeros), packed as
-    # register_tiles.transposed packs a kernel
-    probe = np.arange(1, size + 1, dtype=dtype).reshape(kernel_shape)
-    direct_probe = flip_swap(probe, groups)
-    phases, pieces, keep = [], [], []
+    spread = square and _spreads(group, width)
+    interleave = square and group == width
+    # the direct kernel's own positions (1-based; 0 stays for the panels' zeros), packed
+    # as register_tiles.transposed packs a kernel; and the kernel's, flipped and swapped
+    # as it does
+    direct_probe = np.arange(1, size + 1, dtype=dtype).reshape(
+        flip_swap(np.empty(kernel_shape, dtype), groups).shape)
+    kernel_probe = flip_swap(np.arange(1, size + 1, dtype=dtype).reshape(kernel_shape),
+                             groups)
+    phases, pieces, kernel_pieces, keep = [], [], [], []
     at = 0
     flops = 0.0
     for y_offset, y_strides, counts, first, _, part, step, taps in found:
@@ -153,32 +168,88 @@ def _plan(shape: tuple[int, int, int, int], kernel_shape: tuple[int, int, int, i
                   and (y_offset * itemsize) % ALIGN == 0
                   and all((s * itemsize) % ALIGN == 0 for s in y_strides))
         calls = []
-        phase_kernel = direct_probe[part]
-        made = _spread_panels(phase_kernel, step, row_elems, c, groups, target) if (
-            spread) else None
-        if made is None:
-            made = [(panel.kernels.drive, panel.weights, panel.offsets,
-                     panel.first_channel_bytes, panel.sums, panel.batch)
-                    for panel in _panels(phase_kernel, step, row_elems, stream, groups, c)]
-        for drive, weights, offsets, first_channel_bytes, sums, batch in made:
+        made, of_kernel = [_phase_panels(probed[part], step, row_elems, c, groups, target,
+                                         spread, interleave, stream)
+                           for probed in (direct_probe, kernel_probe)]
+        for (drive, weights, offsets, first_channel_bytes, sums, batch), same in zip(
+                made, of_kernel):
             positions = weights.ravel()
             pieces.append(positions.astype(np.intp))
+            kernel_pieces.append(same[1].ravel().astype(np.intp))
             keep.append(offsets)
             calls.append(_Call(drive, at * itemsize, offsets.ctypes.data, first_channel_bytes,
                                sums, batch))
             padded = -(-positions.size * itemsize // ALIGN) * ALIGN // itemsize
             if padded > positions.size:
                 pieces.append(np.zeros(padded - positions.size, np.intp))
+                kernel_pieces.append(np.zeros(padded - positions.size, np.intp))
             at += padded
         origin = ((first[0] - low[0]) * row_elems + (first[1] - low[1]) * c) * itemsize
         phases.append(_Phase(y_offset, y_strides, (counts[0], counts[1]), origin, tuple(calls)))
         flops += 2.0 * counts[0] * counts[1] * taps * c // groups * f
-    # positions in the kernel's rows (last axis) copied SPACING elements further apart
-    positions = np.concatenate(pieces) - 1
-    row = kernel_shape[-1]
-    index = np.where(positions >= 0, positions // row * (row + SPACING) + positions % row + 1, 0)
-    index.flags.writeable = False
-    return _Plan(tuple(phases), fpad, low, rows, cols, index, tuple(keep), flops)
+    # gathered from the direct kernel (flip_swap's copy) in runs of its elements where
+    # they are long, else from the kernel's rows (its last axis) copied SPACING elements
+    # further apart
+    direct = np.concatenate(pieces) - 1
+    run = _run_length(direct)
+    from_kernel = run < MIN_RUN
+    if not from_kernel:
+        source, positions = size, direct
+    else:
+        row = kernel_shape[-1]
+        positions = np.concatenate(kernel_pieces) - 1
+        source = size // row * (row + SPACING)
+        positions = np.where(positions >= 0, positions // row * (row + SPACING) + positions % row,
+                             -1)
+        run = _run_length(positions)
+    gather = positions.reshape(-1, run)[:, 0]
+    # (a run of zeros reads the row of zeros after the source's rows)
+    gather = np.where(gather >= 0, gather // run, -(-source // run))
+    gather.flags.writeable = False
+    return _Plan(tuple(phases), fpad, low, rows, cols, gather, run, from_kernel, tuple(keep),
+                 flops, positions.size)
+
+
+#: Elements in a row from which a call gathers its panels from the flipped, swapped
+#: kernel (:func:`.core.flip_swap`, a copy made for it) rather than from the kernel.
+MIN_RUN = 16
+
+
+def _run_length(positions: np.ndarray) -> int:
+    """The longest run (a power of two, at most 64) that ``positions`` (−1: a zero) consists
+    of: each aligned piece of that many either consecutive positions from a multiple of
+    it, or all zeros.
+
+    >>> _run_length(np.array([4, 5, 6, 7, -1, -1, -1, -1, 0, 1, 2, 3]))
+    4
+    >>> _run_length(np.array([4, 5, 7, 6]))
+    1
+    """
+    for run in (64, 32, 16, 8, 4, 2):
+        if positions.size % run:
+            continue
+        pieces = positions.reshape(-1, run)
+        first = pieces[:, :1]
+        consecutive = (first % run == 0) & np.all(pieces == first + np.arange(run), axis=1,
+                                                   keepdims=True)
+        if np.all(consecutive | np.all(pieces < 0, axis=1, keepdims=True)):
+            return run
+    return 1
+
+
+def _phase_panels(kernel: np.ndarray, step: tuple[int, int], row_elems: int, channels: int,
+                  groups: int, target: _llvm.VectorTarget, spread: bool, interleave: bool,
+                  stream: bool) -> list[tuple[Any, np.ndarray, np.ndarray, int, Sums, Batch]]:
+    """A phase's direct kernel packed for the kernels that run it: spread, interleaved, or
+    (``None`` of those) :func:`.register_tiles._panels`' (merged groups)."""
+    made = (_spread_panels(kernel, step, row_elems, channels, groups, target) if spread
+            else _interleaved_panels(kernel, step, row_elems, channels, target)
+            if interleave else None)
+    if made is None:
+        made = [(panel.kernels.drive, panel.weights, panel.offsets,
+                 panel.first_channel_bytes, panel.sums, panel.batch)
+                for panel in _panels(kernel, step, row_elems, stream, groups, channels)]
+    return made
 
 
 def _spread_panels(kernel: np.ndarray, step: tuple[int, int], row_elems: int, channels: int,
@@ -217,17 +288,60 @@ def _spread_panels(kernel: np.ndarray, step: tuple[int, int], row_elems: int, ch
     return made
 
 
-def _pack(plan: _Plan, kernel: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def _interleaved_panels(kernel: np.ndarray, step: tuple[int, int], row_elems: int,
+                        channels: int, target: _llvm.VectorTarget
+                        ) -> list[tuple[Any, np.ndarray, np.ndarray, int, Sums, Batch]] | None:
+    """Like :func:`_spread_panels` for square groups of one vector's lanes on the
+    interleaved kernels (:func:`._llvm.interleaved_module_ir`, a group per vector of a
+    register block), as :func:`.grouped_tiles._forward_plan` packs them."""
+    th, tw, group, f = kernel.shape
+    dtype = kernel.dtype
+    width = target.width(dtype)
+    count = th * tw * group
+    tap_offsets = (np.arange(th)[:, None] * (step[0] * row_elems)
+                   + np.arange(tw)[None, :] * (step[1] * channels)).astype(np.int64).ravel()
+    made = []
+    for vectors, start, blocks in _plan_blocks(f, width):
+        kernels = _llvm.compiled_interleaved(dtype, vectors, width // group)
+        if kernels is None:
+            return None
+        cols = vectors * width
+        panel = kernel.reshape(count, f)[:, start:start + blocks * cols].reshape(
+            count, blocks, cols).transpose(1, 0, 2)
+        offsets = np.ascontiguousarray(
+            (tap_offsets[:, None] + np.arange(group)).ravel() + start, dtype=np.int64)
+        made.append((kernels.drive, np.ascontiguousarray(panel), offsets,
+                     start * dtype.itemsize, Sums(blocks, count, cols, count * cols, 0),
+                     ONE_PROBLEM))
+    return made
+
+
+def _pack(plan: _Plan, kernel: np.ndarray, groups: int, out: np.ndarray | None = None
+          ) -> np.ndarray:
     """Every phase's panels of ``kernel``, one after another in one aligned buffer (``out``
     where given, else a new one)."""
-    row = kernel.shape[-1]
-    rows = kernel.size // row
-    source = workspace("grouped_phases_kernel", (rows * (row + SPACING) + 1,), kernel.dtype)
-    source[0] = 0
-    source[1:].reshape(rows, row + SPACING)[:, :row] = kernel.reshape(rows, row)
-    packed = aligned_empty((plan.gather.size,), kernel.dtype) if out is None else out
-    # ("clip": the positions are in range; "raise" would copy the result through a buffer)
-    np.take(source, plan.gather, out=packed, mode="clip")
+    from ..core import flip_swap  # (the engine's core imports the algorithms)
+
+    run = plan.run
+    if plan.from_kernel:
+        row = kernel.shape[-1]
+        rows = kernel.size // row
+        size = rows * (row + SPACING)
+        # (a row of zeros after the source's rows, for the panels' zeros)
+        source = workspace("grouped_phases_kernel", ((-(-size // run) + 1) * run,),
+                           kernel.dtype)
+        source[:size].reshape(rows, row + SPACING)[:, :row] = kernel.reshape(rows, row)
+        source[size:] = 0
+    else:
+        size = kernel.size
+        source = workspace("grouped_phases_kernel", ((-(-size // run) + 1) * run,),
+                           kernel.dtype)
+        source[:size] = flip_swap(kernel, groups).ravel()
+        source[size:] = 0
+    packed = aligned_empty((plan.packed_size,), kernel.dtype) if out is None else out
+    # ("clip": the rows are in range; "raise" would copy the result through a buffer)
+    np.take(source.reshape(-1, run), plan.gather, axis=0, out=packed.reshape(-1, run),
+            mode="clip")
     return packed
 
 
@@ -258,14 +372,14 @@ def transposed(
         return None
     packed = prepacked.remembered(
         kernel, ("grouped_phases", tuple(strides), tuple(dilation), tuple(map(tuple, padding)),
-                 tuple(out_size), x.shape[1:], plan.gather.size),
-        lambda: (_frozen(_pack(plan, kernel)), plan.gather.nbytes // 2)) if (
+                 tuple(out_size), x.shape[1:], plan.packed_size),
+        lambda: (_frozen(_pack(plan, kernel, groups)), plan.packed_size * dtype.itemsize)) if (
         not kernel.flags.writeable) else None
     if packed is None:
         # (this thread's buffer: a new one of a few hundred kB each call cost its pages
         # again, 1-2 ms for 14² 512 in 32 groups against 0.1 for the gather)
-        packed = _pack(plan, kernel, workspace("grouped_phases_panels", plan.gather.shape,
-                                               dtype))
+        packed = _pack(plan, kernel, groups, workspace("grouped_phases_panels",
+                                                       (plan.packed_size,), dtype))
     n, _, _, c = x.shape
     f = kernel.shape[2] * groups
     y = aligned_empty((n, *out_size, plan.fpad), dtype)
