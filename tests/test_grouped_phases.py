@@ -166,3 +166,25 @@ def test_backward_both_layouts(jit: str, channels_first: bool,
         expected = np.moveaxis(expected, -1, 1)
     dx, _, _ = conv_vjp(x, kernel, spec, dy)
     assert relative_error(dx, expected) <= 1e-5, f"{layer}"
+
+
+@needs_kernels
+@pytest.mark.parametrize("padding, images", [(1, 4), (0, 8), (1, 2)])
+def test_kernel_gradient_cut_by_groups_matches_pytorch(padding: int, images: int) -> None:
+    """A grouped kernel gradient of too few output cells for a share per thread, cut
+    among two threads by groups (groups of whole vectors), against PyTorch."""
+    from convarith.engine.algorithms.grouped_tiles import weight_grad
+
+    rng = np.random.default_rng(7800 + padding + images)
+    groups, group = 8, 2 * _llvm.vector_width(np.float32)
+    x = rng.standard_normal((images, 4, 4, groups * group)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, group, groups * group)).astype(np.float32)
+    xt = torch.from_numpy(np.moveaxis(x, -1, 1).astype(np.float64))
+    wt = torch.from_numpy(np.moveaxis(kernel, (-1, -2), (0, 1)).astype(np.float64)
+                          ).requires_grad_(True)
+    y = torch.nn.functional.conv2d(xt, wt, padding=padding, groups=groups)
+    dy = rng.standard_normal(tuple(y.shape))
+    (expected,) = torch.autograd.grad(y, (wt,), torch.from_numpy(dy))
+    dk = weight_grad(x, np.moveaxis(dy, 1, -1).astype(np.float32).copy(), (3, 3), (1, 1),
+                     (1, 1), groups, padding=((padding, padding),) * 2, threads=2)
+    assert relative_error(dk, np.moveaxis(expected.numpy(), (0, 1), (-1, -2))) <= 1e-5
