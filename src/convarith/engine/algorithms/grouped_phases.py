@@ -89,6 +89,7 @@ class _Plan(NamedTuple):
     gather: np.ndarray  #: intp: for every ``run`` packed elements, the source's row of them
     run: int
     from_kernel: bool  #: the source: the kernel's spaced rows (else the flipped kernel)
+    zeros: bool  #: some runs are zeros (read from a row of zeros after the source's)
     keep: tuple[Any, ...]  #: the calls' offsets arrays, kept alive
     flops: float  #: per image
     packed_size: int  #: elements of every panel together
@@ -204,10 +205,11 @@ def _plan(shape: tuple[int, int, int, int], kernel_shape: tuple[int, int, int, i
         run = _run_length(positions)
     gather = positions.reshape(-1, run)[:, 0]
     # (a run of zeros reads the row of zeros after the source's rows)
+    zeros = bool(np.any(gather < 0))
     gather = np.where(gather >= 0, gather // run, -(-source // run))
     gather.flags.writeable = False
-    return _Plan(tuple(phases), fpad, low, rows, cols, gather, run, from_kernel, tuple(keep),
-                 flops, positions.size)
+    return _Plan(tuple(phases), fpad, low, rows, cols, gather, run, from_kernel, zeros,
+                 tuple(keep), flops, positions.size)
 
 
 #: Elements in a row from which a call gathers its panels from the flipped, swapped
@@ -332,12 +334,14 @@ def _pack(plan: _Plan, kernel: np.ndarray, groups: int, out: np.ndarray | None =
                            kernel.dtype)
         source[:size].reshape(rows, row + SPACING)[:, :row] = kernel.reshape(rows, row)
         source[size:] = 0
-    else:
+    elif plan.zeros or kernel.size % run:
         size = kernel.size
         source = workspace("grouped_phases_kernel", ((-(-size // run) + 1) * run,),
                            kernel.dtype)
         source[:size] = flip_swap(kernel, groups).ravel()
         source[size:] = 0
+    else:
+        source = flip_swap(kernel, groups).reshape(-1)  # (no zeros to gather)
     packed = aligned_empty((plan.packed_size,), kernel.dtype) if out is None else out
     # ("clip": the rows are in range; "raise" would copy the result through a buffer)
     np.take(source.reshape(-1, run), plan.gather, axis=0, out=packed.reshape(-1, run),
