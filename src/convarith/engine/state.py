@@ -48,6 +48,10 @@ prepacked kernels      a frozen kernel (``prepacked.prepack``: its   nothing (th
 grouped forward plans  grouped_tiles ``_forward_plan``: shapes,      nothing (pure; LRU of 256)
                        strides, padding, target, threads -> calls,
                        panel layout, chunks of output
+grouped phase plans    grouped_phases ``_plan``: shapes, strides,     nothing (pure; LRU of 32)
+                       padding, target -> a strided grouped
+                       transposed convolution's calls and where
+                       each packed kernel element comes from
 depthwise tile plans   depthwise ``_tiles_plan``, ``_phases_plan``:  nothing (pure; LRU of 256, 128);
                        shapes, strides, padding, target, jobs ->     the compiled loop that runs them
                        the row modules' calls; the loop that runs    as the compiled kernels
@@ -197,6 +201,7 @@ def process_caches() -> dict[str, Callable[[], None]]:
         col2im,
         depthwise,
         flat_rows,
+        grouped_phases,
         grouped_tiles,
         prepacked,
         register_tiles,
@@ -223,6 +228,7 @@ def process_caches() -> dict[str, Callable[[], None]]:
                                         thin_call.one_call_plan, thin_call.shared_plan),
         "prepacked kernels": prepacked.clear,
         "grouped forward plans": functions(grouped_tiles._forward_plan),
+        "grouped phase plans": functions(grouped_phases._plan),
         "depthwise tile plans": functions(depthwise._tiles_plan, depthwise._phases_plan,
                                           _llvm_depthwise._call_runner),
         "col2im plans": functions(col2im._axis_plan),

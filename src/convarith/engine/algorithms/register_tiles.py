@@ -1457,6 +1457,13 @@ def transposed(
             np.ascontiguousarray(x[..., g * group_in:(g + 1) * group_in]),
             np.ascontiguousarray(kernel[..., g * group_in:(g + 1) * group_in]), strides,
             dilation, 1, padding, out_size, threads=threads) for g in range(groups)], axis=-1)
+    if groups > 1:
+        from .grouped_phases import transposed as grouped_transposed  # (it imports this)
+
+        grouped = grouped_transposed(x, kernel, strides, dilation, groups, padding, out_size,
+                                     threads=threads)
+        if grouped is not None:
+            return grouped
     # the direct kernel (*K, C/g, F), flipped: kernel (*K, F/g, C) with each group's
     # input and output channels swapped
     def flip() -> np.ndarray:
