@@ -250,6 +250,42 @@ def test_tiling_max_gradients_match_pytorch(mode: str, seed: int,
                        f"{np.dtype(dtype).name}, {threads} threads")
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_streamed_tiling_max_gradients_match_pytorch(mode: str, seed: int,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # tiling windows whose gradient is written past the caches (forced at any size):
+    # the same values as PyTorch's, on one thread and split, whether or not the
+    # channels are whole vectors (the kernel streams only then)
+    monkeypatch.setattr(pooling, "THREADED_WORK", 0)
+    monkeypatch.setattr(pooling, "STREAM_BYTES", 0)
+    rng = np.random.default_rng(400 + seed)
+    streamed = 0
+    for case in range(CONFIGS // 16):
+        k, rank = int(rng.integers(1, 4)), int(rng.choice([1, 2, 2]))
+        size = tuple(k * int(rng.integers(1, 6)) for _ in range(rank))
+        channels = int(rng.choice([8, 16, 48, 64, 128, 256, 70]))
+        dtype = np.float32 if rng.random() < 0.6 else np.float64
+        batch = int(rng.choice([1, 2, 16]))
+        x = rng.standard_normal((batch, *size, channels)).astype(dtype)
+        if rng.random() < 0.4:
+            x = np.round(x)
+        if rng.random() < 0.3:
+            x.flat[rng.integers(x.size, size=3)] = [np.nan, np.inf, -np.inf]
+        resolved = ConvSpec(k, strides=k, pool="max", rank=rank).resolve(x.shape)
+        dy = rng.standard_normal((batch, *resolved.output_size, channels)).astype(dtype)
+        kernel = _llvm_pool.pool_kernel(dtype, "max_grad_stream")
+        streamed += kernel is not None and pooling._streams(kernel.width, x)
+        expected = _torch_max_grad(x, dy, k, k, 0, 1, False)
+        for threads in (1, 2):
+            with thread_limit(threads):
+                _close(pooling.backward(x, resolved, dy), expected,
+                       f"{mode} seed {seed} case {case}: max k{k} s{k} x {x.shape} "
+                       f"{np.dtype(dtype).name}, {threads} threads, streamed")
+    kernel = _llvm_pool.pool_kernel(np.float32, "max_grad_stream")
+    if kernel is not None and kernel.width * 4 % 64 == 0:
+        assert streamed > 0
+
+
 @pytest.mark.parametrize("batch", [1, 3, 16])
 def test_max_gradient_threads_give_one_threads_result(batch: int,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:

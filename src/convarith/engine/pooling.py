@@ -845,8 +845,11 @@ def backward(x: np.ndarray, resolved: ResolvedConv, dy: np.ndarray,
     kernel = _llvm_pool.pool_kernel(x.dtype, "max_grad_set" if tiles else "max_grad") if len(
         resolved.output_size) <= 2 and x.dtype.char in "fd" else None
     if kernel is not None:
+        streaming = tiles and _streams(kernel.width, x)
+        if streaming:
+            kernel = _llvm_pool.pool_kernel(x.dtype, "max_grad_stream") or kernel
         return _max_grad_compiled(kernel, np.ascontiguousarray(x), resolved, planned,
-                                  np.ascontiguousarray(dy, x.dtype), tiles)
+                                  np.ascontiguousarray(dy, x.dtype), tiles, streaming)
     block = _whole(resolved, x.shape[0])
     xp = pad(x, planned.window_padding, "zeros", fill=-np.inf)
     apart = all(s >= effective_kernel(k, d) for k, s, d in
@@ -914,18 +917,46 @@ def _tiles(resolved: ResolvedConv, planned: PoolPlan) -> bool:
             resolved.output_size))
 
 
+#: Input gradients of a max pool whose windows tile the input, of at least this many
+#: bytes, are written past the caches (``max_grad_stream``): their lines are not read
+#: first and do not push the input and ``dy`` out of the last-level cache, where a
+#: second call finds them. One core, float32, 2×2 stride 2, the kernel alone (busy
+#: machine, CPU time): 16×28²×256 2.50 -> 1.55 ms, 16×14²×512 0.64 -> 0.24,
+#: 16×56²×128 2.19 -> 1.82; below, where input, gradient and ``dy`` stay in the cache
+#: together, ordinary stores are faster (one 112²×64 image, 3.2 MB: 0.14 against
+#: 0.17 ms through ``conv_vjp``).
+STREAM_BYTES = 4 << 20
+
+
+def _streams(width: int, x: np.ndarray) -> bool:
+    """Whether a tiling max pool's input gradient, shaped as ``x``, is written with
+    non-temporal stores: of :data:`STREAM_BYTES` or more, its vectors of ``width``
+    lanes whole cache lines (AVX-512) and its channels whole vectors (every vector
+    then aligned in an :func:`~.algorithms._threads.aligned_empty` array).
+
+    >>> _streams(16, np.empty((16, 28, 28, 256), np.float32)), _streams(8, np.empty(
+    ...     (16, 28, 28, 256), np.float32)), _streams(16, np.empty((1, 28, 28, 256), np.float32))
+    (True, False, False)
+    """
+    return (x.nbytes >= STREAM_BYTES and width * x.itemsize % _threads.ALIGN == 0
+            and x.shape[-1] % width == 0)
+
+
 def _max_grad_compiled(kernel: _llvm_pool.PoolKernel, x: np.ndarray, resolved: ResolvedConv,
-                       planned: PoolPlan, dy: np.ndarray, tiles: bool = False) -> np.ndarray:
+                       planned: PoolPlan, dy: np.ndarray, tiles: bool = False,
+                       streaming: bool = False) -> np.ndarray:
     """A max pool's input gradient by the compiled kernel (one or two spatial axes): per
     output cell, a scan of its window for the tap PyTorch's scan ends on, then ``dy``
     added there. Windows overlap, so the workers take whole images and, with fewer
     images than chunks, ranges of channels (never two the same input cell). Where the
     windows tile the input (``tiles``, a ``max_grad_set`` kernel) every cell is
     written, ``dy`` or zero, and nothing is zeroed first (a 2×2 stride-2 pool on
-    16×28²×256 on one core: 2.26 -> 1.59 ms of CPU time)."""
+    16×28²×256 on one core: 2.26 -> 1.59 ms of CPU time); ``streaming`` (a
+    ``max_grad_stream`` kernel, :func:`_streams`) into an aligned array."""
     spec = resolved.spec
     batch, channels = x.shape[0], x.shape[-1]
-    d_x = np.empty_like(x)  # zeroed below, by the chunks where they take whole images
+    # zeroed below, by the chunks where they take whole images
+    d_x = _threads.aligned_empty(x.shape, x.dtype) if streaming else np.empty_like(x)
     out_rows = 1 if len(resolved.output_size) == 1 else resolved.output_size[0]
     row_step = 1 if len(resolved.output_size) == 1 else spec.dilation[0]
     block = kernel.width * _llvm_pool.VECTORS

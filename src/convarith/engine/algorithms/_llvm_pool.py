@@ -61,8 +61,10 @@ DRIVE_FIELDS = ("first", "stop", "out_rows", "out_cols", "channels", "x_image", 
 
 #: What a module computes: a max or average pool, or a max pool's input gradient (added
 #: to ``y``, or with ``max_grad_set`` for windows that tile the input, written to every
-#: cell of each window: ``dy`` at the tap the scan ends on, zero at the others).
-KINDS = ("max", "avg", "max_grad", "max_grad_set")
+#: cell of each window: ``dy`` at the tap the scan ends on, zero at the others;
+#: ``max_grad_stream`` as ``max_grad_set``, its vectors stored past the caches, which
+#: needs ``y`` and every row of channels aligned to a whole vector).
+KINDS = ("max", "avg", "max_grad", "max_grad_set", "max_grad_stream")
 
 #: Vectors of channels one window pass reduces side by side.
 VECTORS = 4
@@ -144,7 +146,9 @@ def _grad_tile(name: str, kind: str, ty: str, width: int, vectors: int) -> list[
     first maximum; the last NaN; the first cell if every value is ``-inf``), then a
     second pass adds the cell's ``dy`` (at ``%g``) to that tap of the input gradient
     (at ``%y``, the window's first cell inside the input). ``max_grad_set`` writes
-    every tap instead (``dy`` or zero): no read of ``%y``, which needs no zeroing.
+    every tap instead (``dy`` or zero): no read of ``%y``, which needs no zeroing;
+    ``max_grad_stream`` the same with non-temporal stores of whole aligned vectors (a
+    single lane's store stays ordinary).
     """
     v = f"<{width} x {ty}>"
     iv = f"<{width} x i32>"
@@ -228,7 +232,10 @@ def _grad_tile(name: str, kind: str, ty: str, width: int, vectors: int) -> list[
             f"  %sp{j} = getelementptr {ty}, {p} %y, i64 %so{j}",
             f"  %sq{j} = bitcast {p} %sp{j} to {v}*",
         ]
-        if kind == "max_grad_set":
+        if kind == "max_grad_stream" and width > 1:
+            lines.append(f"  store {v} %add{j}, {v}* %sq{j}, align {width * align}, "
+                         "!nontemporal !0")
+        elif kind in ("max_grad_set", "max_grad_stream"):
             lines.append(f"  store {v} %add{j}, {v}* %sq{j}, align {align}")
         else:
             lines += [f"  %old{j} = load {v}, {v}* %sq{j}, align {align}",
@@ -361,6 +368,8 @@ def module_ir(dtype: Any, kind: str, width: int, vectors: int = VECTORS) -> str:
         "}",
     ]
     parts.append("\n".join(drive))
+    if kind == "max_grad_stream":
+        parts.append("!0 = !{i32 1}")
     return "\n\n".join(parts) + "\n"
 
 
