@@ -286,6 +286,69 @@ def test_streamed_tiling_max_gradients_match_pytorch(mode: str, seed: int,
         assert streamed > 0
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_covering_max_gradients_match_pytorch(mode: str, seed: int,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # overlapping windows that cover every input cell (max_grad_first: each cell written
+    # by the first window holding it, added to by the others, nothing zeroed): against
+    # PyTorch on one thread and split (images, or pieces of channels for one image)
+    monkeypatch.setattr(pooling, "THREADED_WORK", 0)
+    rng = np.random.default_rng(500 + seed)
+    covered = 0
+    for case in range(CONFIGS // 8):
+        k, rank = int(rng.integers(2, 6)), int(rng.choice([1, 2, 2]))
+        s = int(rng.integers(1, k + 1))
+        p, ceil = int(rng.integers(0, k // 2 + 1)), bool(rng.integers(0, 2))
+        size = tuple(int(rng.integers(k, k + 12)) for _ in range(rank))
+        channels = int(rng.choice([1, 5, 16, 64, 70, 130, 256]))
+        dtype = np.float32 if rng.random() < 0.6 else np.float64
+        x = rng.standard_normal((int(rng.choice([1, 2, 5])), *size, channels)).astype(dtype)
+        if rng.random() < 0.4:
+            x = np.round(x)
+        if rng.random() < 0.3:
+            x.flat[rng.integers(x.size, size=3)] = [np.nan, np.inf, -np.inf]
+        if rng.random() < 0.1:
+            x[...] = -np.inf
+        try:
+            resolved = ConvSpec(k, strides=s, padding=p, pool="max", ceil_mode=ceil,
+                                rank=rank).resolve(x.shape)
+        except ValueError:
+            continue
+        covered += pooling.pool_plan(resolved, x.dtype).first_rows is not None
+        dy = rng.standard_normal((x.shape[0], *resolved.output_size, channels)).astype(dtype)
+        if rng.random() < 0.2:
+            dy.flat[rng.integers(dy.size)] = np.inf
+        expected = _torch_max_grad(x, dy, k, s, p, 1, ceil)
+        for threads in (1, 2):
+            with thread_limit(threads):
+                _close(pooling.backward(x, resolved, dy), expected,
+                       f"{mode} seed {seed} case {case}: max k{k} s{s} p{p} ceil={ceil} "
+                       f"x {x.shape} {np.dtype(dtype).name}, {threads} threads")
+    assert covered > CONFIGS // 32
+
+
+def test_first_writes_hold_what_earlier_windows_reach() -> None:
+    # the third column against a direct count: a window's cells that an earlier one holds
+    rng = np.random.default_rng(9)
+    for _ in range(300):
+        k, s = int(rng.integers(1, 6)), int(rng.integers(1, 5))
+        p, size = int(rng.integers(0, k)), int(rng.integers(1, 20))
+        out = (size + 2 * p - k) // s + 1
+        if out < 1:
+            continue
+        spans = pooling.window_spans(size, k, s, 1, p, out)
+        table = pooling.first_writes(spans, size)
+        cells = [set(range(a, a + n)) for a, n in spans.tolist()]
+        if not all(cells) or set().union(*cells) != set(range(size)):
+            assert table is None, (k, s, p, size)
+            continue
+        assert table is not None and (table[:, :2] == spans).all(), (k, s, p, size)
+        for o, (a, n, held) in enumerate(table.tolist()):
+            earlier = set().union(*cells[:o])
+            assert held == sum(1 for cell in range(a, a + n) if cell in earlier), (k, s, p)
+            assert all(cell in earlier for cell in range(a, a + held)), (k, s, p)
+
+
 @pytest.mark.parametrize("batch", [1, 3, 16])
 def test_max_gradient_threads_give_one_threads_result(batch: int,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:

@@ -80,6 +80,10 @@ class PoolPlan:
     columns: np.ndarray | None = field(default=None, compare=False)
     # their addresses, and the divisors' (0: none), as the kernel takes them
     addresses: tuple[int, int, int] = field(default=(0, 0, 0), compare=False)
+    # a max pool's windows covering every input cell, overlapping: the tables with a
+    # third column, the leading taps earlier windows hold (first_writes); else None
+    first_rows: np.ndarray | None = field(default=None, compare=False)
+    first_columns: np.ndarray | None = field(default=None, compare=False)
 
 
 def pool_plan(resolved: ResolvedConv, dtype: Any = None) -> PoolPlan:
@@ -122,8 +126,41 @@ def pool_plan(resolved: ResolvedConv, dtype: Any = None) -> PoolPlan:
     taps = tuple(axis_taps(n, k, s, d, lo, o) for n, k, s, d, (lo, _), o in zip(
         resolved.input_size, spec.kernel_size, spec.strides, spec.dilation, window_padding,
         resolved.output_size))
+    first_rows = first_columns = None
+    if spec.pool == "max" and len(spans) <= 2 and all(
+            d == 1 or k == 1 for k, d in zip(spec.kernel_size, spec.dilation)):
+        made = [first_writes(span, n) for span, n in zip(spans, resolved.input_size)]
+        written = [table for table in made if table is not None]
+        if len(written) == len(made):
+            if len(written) == 1:
+                written.insert(0, np.array([[0, 1, 0]], np.int64))
+            first_rows, first_columns = written
+            for table in written:
+                table.flags.writeable = False
     return PoolPlan(window_padding, padded, whole, uniform, weights, spans, taps, divisors,
-                    rows, columns, addresses)
+                    rows, columns, addresses, first_rows, first_columns)
+
+
+def first_writes(spans: np.ndarray, size: int) -> np.ndarray | None:
+    """Along one axis of undilated windows (:func:`window_spans`), the spans with a third
+    column: how many of each window's leading cells an earlier window holds (the
+    others no earlier window reaches: its gradient is written there, not added);
+    ``None`` unless the windows, in order, cover every cell of ``size``.
+
+    >>> first_writes(window_spans(5, 3, 2, 1, 1, 3), 5).tolist()
+    [[0, 2, 0], [1, 3, 1], [3, 2, 1]]
+    >>> first_writes(window_spans(5, 2, 3, 1, 0, 2), 5) is None  # cell 2 in no window
+    True
+    """
+    if not len(spans) or (spans[:, 1] <= 0).any() or spans[0, 0] != 0:
+        return None
+    last = spans[:, 0] + spans[:, 1] - 1
+    reached = np.maximum.accumulate(last)  # the last cell the windows so far cover
+    if reached[-1] != size - 1 or (spans[1:, 0] > reached[:-1] + 1).any():
+        return None
+    held = np.zeros(len(spans), np.int64)
+    held[1:] = np.clip(reached[:-1] - spans[1:, 0] + 1, 0, spans[1:, 1])
+    return np.ascontiguousarray(np.column_stack([spans, held]), np.int64)
 
 
 def window_spans(size: int, kernel: int, stride: int, dilation: int, pad_lo: int, out: int
@@ -846,14 +883,17 @@ def backward(x: np.ndarray, resolved: ResolvedConv, dy: np.ndarray,
                                 planned.padded_size)
         return np.ascontiguousarray(spread[inner])
     tiles = _tiles(resolved, planned)
-    kernel = _llvm_pool.pool_kernel(x.dtype, "max_grad_set" if tiles else "max_grad") if len(
+    kind = "max_grad_set" if tiles else (
+        "max_grad" if planned.first_rows is None else "max_grad_first")
+    kernel = _llvm_pool.pool_kernel(x.dtype, kind) if len(
         resolved.output_size) <= 2 and x.dtype.char in "fd" else None
     if kernel is not None:
         streaming = tiles and _streams(kernel.width, x)
         if streaming:
             kernel = _llvm_pool.pool_kernel(x.dtype, "max_grad_stream") or kernel
         return _max_grad_compiled(kernel, np.ascontiguousarray(x), resolved, planned,
-                                  np.ascontiguousarray(dy, x.dtype), tiles, streaming)
+                                  np.ascontiguousarray(dy, x.dtype), tiles, streaming,
+                                  kind == "max_grad_first")
     block = _whole(resolved, x.shape[0])
     xp = pad(x, planned.window_padding, "zeros", fill=-np.inf)
     apart = all(s >= effective_kernel(k, d) for k, s, d in
@@ -965,7 +1005,7 @@ def _streams(width: int, x: np.ndarray) -> bool:
 
 def _max_grad_compiled(kernel: _llvm_pool.PoolKernel, x: np.ndarray, resolved: ResolvedConv,
                        planned: PoolPlan, dy: np.ndarray, tiles: bool = False,
-                       streaming: bool = False) -> np.ndarray:
+                       streaming: bool = False, first: bool = False) -> np.ndarray:
     """A max pool's input gradient by the compiled kernel (one or two spatial axes): per
     output cell, a scan of its window for the tap PyTorch's scan ends on, then ``dy``
     added there. Windows overlap, so the workers take whole images and, with fewer
@@ -973,9 +1013,16 @@ def _max_grad_compiled(kernel: _llvm_pool.PoolKernel, x: np.ndarray, resolved: R
     windows tile the input (``tiles``, a ``max_grad_set`` kernel) every cell is
     written, ``dy`` or zero, and nothing is zeroed first (a 2×2 stride-2 pool on
     16×28²×256 on one core: 2.26 -> 1.59 ms of CPU time); ``streaming`` (a
-    ``max_grad_stream`` kernel, :func:`_streams`) into an aligned array."""
+    ``max_grad_stream`` kernel, :func:`_streams`) into an aligned array. Where they
+    overlap and cover every cell (``first``, a ``max_grad_first`` kernel with the
+    plan's :func:`first_writes` tables) each cell is written by the first window that
+    holds it and added to by the others: nothing zeroed either (3×3 stride 2 on one
+    56²×64 image, one core, CPU time: 89 -> 72 µs; 16 images 1.92 -> 1.50 ms)."""
     spec = resolved.spec
     batch, channels = x.shape[0], x.shape[-1]
+    written = tiles or first  # every cell written by the kernel: no zeroing
+    rows_table, columns_table = (planned.first_rows, planned.first_columns) if first else (
+        planned.rows, planned.columns)
     # zeroed below, by the chunks where they take whole images
     d_x = _threads.aligned_empty(x.shape, x.dtype) if streaming else np.empty_like(x)
     out_rows = 1 if len(resolved.output_size) == 1 else resolved.output_size[0]
@@ -990,12 +1037,15 @@ def _max_grad_compiled(kernel: _llvm_pool.PoolKernel, x: np.ndarray, resolved: R
 
         def run(first_image: int, stop_image: int, first_channel: int, stop_channel: int
                 ) -> None:
-            call(x_rows, dx_rows, dy_rows, planned.rows, planned.columns,
+            call(x_rows, dx_rows, dy_rows, rows_table, columns_table,
                  first_image * out_rows, stop_image * out_rows, out_rows, *fields,
                  first_channel, stop_channel)
     else:
         drive = kernel.drive
         rows, columns, _ = planned.addresses
+        if first:
+            assert rows_table is not None and columns_table is not None
+            rows, columns = rows_table.ctypes.data, columns_table.ctypes.data
         x_address, dx_address, dy_address = x.ctypes.data, d_x.ctypes.data, dy.ctypes.data
 
         def run(first_image: int, stop_image: int, first_channel: int, stop_channel: int
@@ -1010,19 +1060,19 @@ def _max_grad_compiled(kernel: _llvm_pool.PoolKernel, x: np.ndarray, resolved: R
     pieces = 1 if workers == 1 else max(1, min(-(-4 * workers // max(1, batch)),
                                                channels // block))
     if workers == 1 or batch * pieces == 1:
-        if not tiles:
+        if not written:
             d_x.fill(0)
         run(0, batch, 0, channels)
         return d_x
     bounds = [min(channels, round(channels * i / pieces / block) * block)
               for i in range(pieces)] + [channels]
-    if pieces > 1 and not tiles:
+    if pieces > 1 and not written:
         d_x.fill(0)  # (a strided fill per piece is slower than one memset)
 
     def work(start: int, stop: int) -> None:
         for chunk in range(start, stop):
             image, piece = divmod(chunk, pieces)
-            if pieces == 1 and not tiles:  # a large np.zeros is a memset by the caller:
+            if pieces == 1 and not written:  # a large np.zeros is a memset by the caller:
                 d_x[image] = 0  # here in parallel
             if bounds[piece] < bounds[piece + 1]:
                 run(image, image + 1, bounds[piece], bounds[piece + 1])
