@@ -152,15 +152,16 @@ def first_writes(spans: np.ndarray, size: int) -> np.ndarray | None:
     >>> first_writes(window_spans(5, 2, 3, 1, 0, 2), 5) is None  # cell 2 in no window
     True
     """
-    if not len(spans) or (spans[:, 1] <= 0).any() or spans[0, 0] != 0:
+    table = []
+    reached = -1  # the last cell the windows so far cover
+    for first, count in spans.tolist():
+        if count <= 0 or first > reached + 1:
+            return None
+        table.append((first, count, min(count, max(0, reached - first + 1))))
+        reached = max(reached, first + count - 1)
+    if not table or reached != size - 1:
         return None
-    last = spans[:, 0] + spans[:, 1] - 1
-    reached = np.maximum.accumulate(last)  # the last cell the windows so far cover
-    if reached[-1] != size - 1 or (spans[1:, 0] > reached[:-1] + 1).any():
-        return None
-    held = np.zeros(len(spans), np.int64)
-    held[1:] = np.clip(reached[:-1] - spans[1:, 0] + 1, 0, spans[1:, 1])
-    return np.ascontiguousarray(np.column_stack([spans, held]), np.int64)
+    return np.array(table, np.int64)
 
 
 def window_spans(size: int, kernel: int, stride: int, dilation: int, pad_lo: int, out: int
