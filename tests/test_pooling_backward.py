@@ -106,6 +106,48 @@ def test_network_pools_match_pytorch(kind: str, size: int, kernel: int, channels
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("loops", ["numba", "numpy"])
+def test_global_average_gradients_match_pytorch(loops: str,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # one window over the whole input: each image's dy / cells in every cell (numba's
+    # loop, or NumPy's broadcast without numba), 1-3 spatial axes, both dtypes, both
+    # layouts, an infinite or NaN gradient reaching only its own image and channel
+    from convarith.engine.algorithms import _numba_pool
+
+    if loops == "numba" and _numba_pool.numba_kernels() is None:
+        pytest.skip("no numba")
+    if loops == "numpy":
+        monkeypatch.setattr(_numba_pool, "numba_kernels", lambda: None)
+    pools = (functional.avg_pool1d, functional.avg_pool2d, functional.avg_pool3d)
+    rng = np.random.default_rng(21)
+    for trial in range(24):
+        rank = int(rng.integers(1, 4))
+        size = tuple(int(rng.integers(1, 8 if rank < 3 else 5)) for _ in range(rank))
+        channels = int(rng.choice([1, 3, 16, 33, 96]))
+        batch = int(rng.choice([1, 2, 5]))
+        dtype = np.float32 if rng.random() < 0.5 else np.float64
+        first = rng.random() < 0.3
+        x = rng.standard_normal((batch, *size, channels)).astype(dtype)
+        dy = rng.standard_normal((batch, *(1,) * rank, channels)).astype(dtype)
+        if rng.random() < 0.3:
+            dy.flat[int(rng.integers(dy.size))] = [np.inf, np.nan][int(rng.integers(2))]
+        xt = torch.from_numpy(np.moveaxis(x, -1, 1).copy()).requires_grad_(True)
+        yt = pools[rank - 1](xt, size)
+        (gx,) = torch.autograd.grad(yt, xt, torch.from_numpy(np.moveaxis(dy, -1, 1).copy()))
+        expected = np.moveaxis(gx.numpy(), 1, -1)
+        spec = ConvSpec(size, pool="avg", rank=rank,
+                        data_format="channels_first" if first else "channels_last")
+        if first:
+            got, _, _ = conv_vjp(np.moveaxis(x, -1, 1), None, spec, np.moveaxis(dy, -1, 1))
+            got = np.moveaxis(got, 1, -1)
+        else:
+            got, _, _ = conv_vjp(x, None, spec, dy)
+        note = f"{loops} trial {trial}: {x.shape} {np.dtype(dtype).name} first={first}"
+        assert got.dtype == dtype and got.shape == x.shape, note
+        tolerance = 1e-6 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(got, expected, rtol=tolerance, atol=tolerance, err_msg=note)
+
+
 def test_spread_windows_is_the_adjoint_of_the_window_sum() -> None:
     rng = np.random.default_rng(7)
     for trial in range(40):

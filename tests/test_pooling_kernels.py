@@ -250,6 +250,105 @@ def test_tiling_max_gradients_match_pytorch(mode: str, seed: int,
                        f"{np.dtype(dtype).name}, {threads} threads")
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_streamed_tiling_max_gradients_match_pytorch(mode: str, seed: int,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # tiling windows whose gradient is written past the caches (forced at any size):
+    # the same values as PyTorch's, on one thread and split, whether or not the
+    # channels are whole vectors (the kernel streams only then)
+    monkeypatch.setattr(pooling, "THREADED_WORK", 0)
+    monkeypatch.setattr(pooling, "STREAM_BYTES", 0)
+    rng = np.random.default_rng(400 + seed)
+    streamed = 0
+    for case in range(CONFIGS // 16):
+        k, rank = int(rng.integers(1, 4)), int(rng.choice([1, 2, 2]))
+        size = tuple(k * int(rng.integers(1, 6)) for _ in range(rank))
+        channels = int(rng.choice([8, 16, 48, 64, 128, 256, 70]))
+        dtype = np.float32 if rng.random() < 0.6 else np.float64
+        batch = int(rng.choice([1, 2, 16]))
+        x = rng.standard_normal((batch, *size, channels)).astype(dtype)
+        if rng.random() < 0.4:
+            x = np.round(x)
+        if rng.random() < 0.3:
+            x.flat[rng.integers(x.size, size=3)] = [np.nan, np.inf, -np.inf]
+        resolved = ConvSpec(k, strides=k, pool="max", rank=rank).resolve(x.shape)
+        dy = rng.standard_normal((batch, *resolved.output_size, channels)).astype(dtype)
+        kernel = _llvm_pool.pool_kernel(dtype, "max_grad_stream")
+        streamed += kernel is not None and pooling._streams(kernel.width, x)
+        expected = _torch_max_grad(x, dy, k, k, 0, 1, False)
+        for threads in (1, 2):
+            with thread_limit(threads):
+                _close(pooling.backward(x, resolved, dy), expected,
+                       f"{mode} seed {seed} case {case}: max k{k} s{k} x {x.shape} "
+                       f"{np.dtype(dtype).name}, {threads} threads, streamed")
+    kernel = _llvm_pool.pool_kernel(np.float32, "max_grad_stream")
+    if kernel is not None and kernel.width * 4 % 64 == 0:
+        assert streamed > 0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_covering_max_gradients_match_pytorch(mode: str, seed: int,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # overlapping windows that cover every input cell (max_grad_first: each cell written
+    # by the first window holding it, added to by the others, nothing zeroed): against
+    # PyTorch on one thread and split (images, or pieces of channels for one image)
+    monkeypatch.setattr(pooling, "THREADED_WORK", 0)
+    rng = np.random.default_rng(500 + seed)
+    covered = 0
+    for case in range(CONFIGS // 8):
+        k, rank = int(rng.integers(2, 6)), int(rng.choice([1, 2, 2]))
+        s = int(rng.integers(1, k + 1))
+        p, ceil = int(rng.integers(0, k // 2 + 1)), bool(rng.integers(0, 2))
+        size = tuple(int(rng.integers(k, k + 12)) for _ in range(rank))
+        channels = int(rng.choice([1, 5, 16, 64, 70, 130, 256]))
+        dtype = np.float32 if rng.random() < 0.6 else np.float64
+        x = rng.standard_normal((int(rng.choice([1, 2, 5])), *size, channels)).astype(dtype)
+        if rng.random() < 0.4:
+            x = np.round(x)
+        if rng.random() < 0.3:
+            x.flat[rng.integers(x.size, size=3)] = [np.nan, np.inf, -np.inf]
+        if rng.random() < 0.1:
+            x[...] = -np.inf
+        try:
+            resolved = ConvSpec(k, strides=s, padding=p, pool="max", ceil_mode=ceil,
+                                rank=rank).resolve(x.shape)
+        except ValueError:
+            continue
+        covered += pooling.pool_plan(resolved, x.dtype).first_rows is not None
+        dy = rng.standard_normal((x.shape[0], *resolved.output_size, channels)).astype(dtype)
+        if rng.random() < 0.2:
+            dy.flat[rng.integers(dy.size)] = np.inf
+        expected = _torch_max_grad(x, dy, k, s, p, 1, ceil)
+        for threads in (1, 2):
+            with thread_limit(threads):
+                _close(pooling.backward(x, resolved, dy), expected,
+                       f"{mode} seed {seed} case {case}: max k{k} s{s} p{p} ceil={ceil} "
+                       f"x {x.shape} {np.dtype(dtype).name}, {threads} threads")
+    assert covered > CONFIGS // 32
+
+
+def test_first_writes_hold_what_earlier_windows_reach() -> None:
+    # the third column against a direct count: a window's cells that an earlier one holds
+    rng = np.random.default_rng(9)
+    for _ in range(300):
+        k, s = int(rng.integers(1, 6)), int(rng.integers(1, 5))
+        p, size = int(rng.integers(0, k)), int(rng.integers(1, 20))
+        out = (size + 2 * p - k) // s + 1
+        if out < 1:
+            continue
+        spans = pooling.window_spans(size, k, s, 1, p, out)
+        table = pooling.first_writes(spans, size)
+        cells = [set(range(a, a + n)) for a, n in spans.tolist()]
+        if not all(cells) or set().union(*cells) != set(range(size)):
+            assert table is None, (k, s, p, size)
+            continue
+        assert table is not None and (table[:, :2] == spans).all(), (k, s, p, size)
+        for o, (a, n, held) in enumerate(table.tolist()):
+            earlier = set().union(*cells[:o])
+            assert held == sum(1 for cell in range(a, a + n) if cell in earlier), (k, s, p)
+            assert all(cell in earlier for cell in range(a, a + held)), (k, s, p)
+
+
 @pytest.mark.parametrize("batch", [1, 3, 16])
 def test_max_gradient_threads_give_one_threads_result(batch: int,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:

@@ -61,8 +61,14 @@ DRIVE_FIELDS = ("first", "stop", "out_rows", "out_cols", "channels", "x_image", 
 
 #: What a module computes: a max or average pool, or a max pool's input gradient (added
 #: to ``y``, or with ``max_grad_set`` for windows that tile the input, written to every
-#: cell of each window: ``dy`` at the tap the scan ends on, zero at the others).
-KINDS = ("max", "avg", "max_grad", "max_grad_set")
+#: cell of each window: ``dy`` at the tap the scan ends on, zero at the others;
+#: ``max_grad_stream`` as ``max_grad_set``, its vectors stored past the caches, which
+#: needs ``y`` and every row of channels aligned to a whole vector; ``max_grad_first``
+#: for overlapping windows that cover every input cell, the window tables three
+#: columns wide, the third how many of a window's leading taps earlier windows hold:
+#: a tap no earlier window holds is written, ``dy`` or zero, the others added to, so
+#: ``y`` needs no zeroing).
+KINDS = ("max", "avg", "max_grad", "max_grad_set", "max_grad_stream", "max_grad_first")
 
 #: Vectors of channels one window pass reduces side by side.
 VECTORS = 4
@@ -144,7 +150,9 @@ def _grad_tile(name: str, kind: str, ty: str, width: int, vectors: int) -> list[
     first maximum; the last NaN; the first cell if every value is ``-inf``), then a
     second pass adds the cell's ``dy`` (at ``%g``) to that tap of the input gradient
     (at ``%y``, the window's first cell inside the input). ``max_grad_set`` writes
-    every tap instead (``dy`` or zero): no read of ``%y``, which needs no zeroing.
+    every tap instead (``dy`` or zero): no read of ``%y``, which needs no zeroing;
+    ``max_grad_stream`` the same with non-temporal stores of whole aligned vectors (a
+    single lane's store stays ordinary).
     """
     v = f"<{width} x {ty}>"
     iv = f"<{width} x i32>"
@@ -153,9 +161,11 @@ def _grad_tile(name: str, kind: str, ty: str, width: int, vectors: int) -> list[
     align = _llvm._size(ty)
     init = f"<{', '.join([f'{ty} {_NEGATIVE_INFINITY}'] * width)}>"
     zero = f"<{', '.join([f'{ty} 0.0'] * width)}>"
+    first = kind == "max_grad_first"
+    shared = ", i64 %a_sh, i64 %b_sh" if first else ""
     lines = [
         f"define internal void @{name}({p} %x, {p} %y, {p} %g, i64 %a_n, i64 %b_n, "
-        f"i64 %x_tap_row, i64 %x_tap_col, {ty} %divisor) alwaysinline {{",
+        f"i64 %x_tap_row, i64 %x_tap_col, {ty} %divisor{shared}) alwaysinline {{",
         "entry:",
         "  %ha = icmp sgt i64 %a_n, 0",
         "  %hb = icmp sgt i64 %b_n, 0",
@@ -205,6 +215,7 @@ def _grad_tile(name: str, kind: str, ty: str, width: int, vectors: int) -> list[
             f"  %gq{j} = bitcast {p} %gp{j} to {v}*",
             f"  %dy{j} = load {v}, {v}* %gq{j}, align {align}",
         ]
+    step = "snext" if first else "scol"  # (the block that ends a tap's spread)
     lines += [
         "  br label %srow",
         "srow:",
@@ -213,8 +224,8 @@ def _grad_tile(name: str, kind: str, ty: str, width: int, vectors: int) -> list[
         "  %sxa = mul i64 %sa, %x_tap_row",
         "  br label %scol",
         "scol:",
-        "  %sb = phi i64 [0, %srow], [%sb1, %scol]",
-        "  %st = phi i32 [%sta, %srow], [%stn, %scol]",
+        f"  %sb = phi i64 [0, %srow], [%sb1, %{step}]",
+        f"  %st = phi i32 [%sta, %srow], [%stn, %{step}]",
         f"  %se = insertelement {iv} undef, i32 %st, i32 0",
         f"  %ss = shufflevector {iv} %se, {iv} undef, {iv} zeroinitializer",
         "  %sxb = mul i64 %sb, %x_tap_col",
@@ -228,12 +239,28 @@ def _grad_tile(name: str, kind: str, ty: str, width: int, vectors: int) -> list[
             f"  %sp{j} = getelementptr {ty}, {p} %y, i64 %so{j}",
             f"  %sq{j} = bitcast {p} %sp{j} to {v}*",
         ]
-        if kind == "max_grad_set":
+        if kind == "max_grad_stream" and width > 1:
+            lines.append(f"  store {v} %add{j}, {v}* %sq{j}, align {width * align}, "
+                         "!nontemporal !0")
+        elif kind in ("max_grad_set", "max_grad_stream"):
             lines.append(f"  store {v} %add{j}, {v}* %sq{j}, align {align}")
-        else:
+        elif not first:
             lines += [f"  %old{j} = load {v}, {v}* %sq{j}, align {align}",
                       f"  %new{j} = fadd {v} %old{j}, %add{j}",
                       f"  store {v} %new{j}, {v}* %sq{j}, align {align}"]
+    if first:  # a tap no earlier window holds is written, the others added to
+        lines += ["  %fa = icmp sge i64 %sa, %a_sh",
+                  "  %fb = icmp sge i64 %sb, %b_sh",
+                  "  %fresh = and i1 %fa, %fb",
+                  "  br i1 %fresh, label %sset, label %sadd",
+                  "sset:"]
+        lines += [f"  store {v} %add{j}, {v}* %sq{j}, align {align}" for j in range(vectors)]
+        lines += ["  br label %snext", "sadd:"]
+        for j in range(vectors):
+            lines += [f"  %old{j} = load {v}, {v}* %sq{j}, align {align}",
+                      f"  %new{j} = fadd {v} %old{j}, %add{j}",
+                      f"  store {v} %new{j}, {v}* %sq{j}, align {align}"]
+        lines += ["  br label %snext", "snext:"]
     lines += [
         "  %stn = add i32 %st, 1",
         "  %sb1 = add i64 %sb, 1",
@@ -250,10 +277,11 @@ def _grad_tile(name: str, kind: str, ty: str, width: int, vectors: int) -> list[
     return lines
 
 
-def _channel_loop(label: str, after: str, tile: str, step: int, ty: str, start: str
-                  ) -> tuple[list[str], str]:
+def _channel_loop(label: str, after: str, tile: str, step: int, ty: str, start: str,
+                  extra: str = "") -> tuple[list[str], str]:
     """IR of a loop over channel blocks of ``step`` from ``%{start}`` while a whole block
-    fits; returns the lines and the name of the channel reached."""
+    fits (``extra``: more arguments of the tile's call); returns the lines and the name
+    of the channel reached."""
     p = f"{ty}*"
     lines = [
         f"  br label %{label}_check",
@@ -267,7 +295,7 @@ def _channel_loop(label: str, after: str, tile: str, step: int, ty: str, start: 
         f"  %{label}_yp = getelementptr {ty}, {p} %yw, i64 %{label}_c",
         f"  %{label}_gp = getelementptr {ty}, {p} %gw, i64 %{label}_c",
         f"  call void @{tile}({p} %{label}_xp, {p} %{label}_yp, {p} %{label}_gp, i64 %rn, "
-        f"i64 %cn, i64 %x_tap_row, i64 %x_tap_col, {ty} %dval)",
+        f"i64 %cn, i64 %x_tap_row, i64 %x_tap_col, {ty} %dval{extra})",
         f"  %{label}_c1 = add i64 %{label}_c, {step}",
         f"  br label %{label}_check",
         f"{label}_exit:",
@@ -287,6 +315,8 @@ def module_ir(dtype: Any, kind: str, width: int, vectors: int = VECTORS) -> str:
              "\n".join(make("one", kind, ty, width, 1)),
              "\n".join(make("lane", kind, ty, 1, 1))]
     arguments = ", ".join(f"i64 %{name}" for name in DRIVE_FIELDS)
+    first = kind == "max_grad_first"
+    table = "mul i64 %oh, 3" if first else "shl i64 %oh, 1"  # (three columns, or two)
     drive = [
         f"define void @drive({p} %x, {p} %y, {p} %divisors, i64* %rows, i64* %columns, "
         f"{arguments}) {{",
@@ -302,7 +332,7 @@ def module_ir(dtype: Any, kind: str, width: int, vectors: int = VECTORS) -> str:
         "  %u = phi i64 [%first, %entry], [%u1, %u_end]",
         "  %n = udiv i64 %u, %out_rows",
         "  %oh = urem i64 %u, %out_rows",
-        "  %ri = shl i64 %oh, 1",
+        f"  %ri = {table}",
         "  %rfp = getelementptr i64, i64* %rows, i64 %ri",
         "  %rf = load i64, i64* %rfp",
         "  %ri1 = add i64 %ri, 1",
@@ -316,7 +346,7 @@ def module_ir(dtype: Any, kind: str, width: int, vectors: int = VECTORS) -> str:
         "  br label %w_loop",
         "w_loop:",
         "  %ow = phi i64 [0, %u_loop], [%ow1, %w_end]",
-        "  %ci = shl i64 %ow, 1",
+        f"  %ci = {table.replace('%oh', '%ow')}",
         "  %cfp = getelementptr i64, i64* %columns, i64 %ci",
         "  %cf = load i64, i64* %cfp",
         "  %ci1 = add i64 %ci, 1",
@@ -334,17 +364,25 @@ def module_ir(dtype: Any, kind: str, width: int, vectors: int = VECTORS) -> str:
     else:
         drive += [f"  %yw = getelementptr {ty}, {p} %y, i64 %ywo",
                   f"  %gw = getelementptr {ty}, {p} %y, i64 %ywo"]
+    extra = ""
+    if first:  # the leading taps earlier windows hold, along each axis
+        drive += ["  %ri2 = add i64 %ri, 2", "  %rsp = getelementptr i64, i64* %rows, i64 %ri2",
+                  "  %rs = load i64, i64* %rsp", "  %ci2 = add i64 %ci, 2",
+                  "  %csp = getelementptr i64, i64* %columns, i64 %ci2",
+                  "  %cs = load i64, i64* %csp"]
+        extra = ", i64 %rs, i64 %cs"
     if kind == "avg":
         drive += ["  %di = add i64 %du, %ow",
                   f"  %dp = getelementptr {ty}, {p} %divisors, i64 %di",
                   f"  %dval = load {ty}, {p} %dp"]
     else:
         drive.append(f"  %dval = fadd {ty} 0.0, 0.0")
-    wide, reached = _channel_loop("wide", "w_loop", "wide", width * vectors, ty, "c_first")
+    wide, reached = _channel_loop("wide", "w_loop", "wide", width * vectors, ty, "c_first",
+                                  extra)
     drive += wide
-    one, reached_one = _channel_loop("one", "wide_exit", "one", width, ty, reached)
+    one, reached_one = _channel_loop("one", "wide_exit", "one", width, ty, reached, extra)
     drive += one
-    lane, _ = _channel_loop("lane", "one_exit", "lane", 1, ty, reached_one)
+    lane, _ = _channel_loop("lane", "one_exit", "lane", 1, ty, reached_one, extra)
     drive += lane
     drive += [
         "  br label %w_end",
@@ -361,6 +399,8 @@ def module_ir(dtype: Any, kind: str, width: int, vectors: int = VECTORS) -> str:
         "}",
     ]
     parts.append("\n".join(drive))
+    if kind == "max_grad_stream":
+        parts.append("!0 = !{i32 1}")
     return "\n\n".join(parts) + "\n"
 
 

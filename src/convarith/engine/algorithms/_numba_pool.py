@@ -1,7 +1,8 @@
 """Pooling loops compiled by numba: the forward kernels of :mod:`._llvm_pool` where
-llvmlite's are off (``CONVARITH_JIT=0``) but numba is installed. (A max pool's
-gradient stays NumPy's there: a numba scan per window measured slower than NumPy on
-the 2×2 stride-2 pools.)
+llvmlite's are off (``CONVARITH_JIT=0``) but numba is installed, and a global
+average's gradient (each image's ``dy / cells`` copied to each of its cells) wherever
+numba is. (A max pool's gradient stays NumPy's without llvmlite: a numba scan per
+window measured slower than NumPy on the 2×2 stride-2 pools.)
 
 The same sums as ``_llvm_pool``'s ``drive`` (its module docstring), on arrays
 ``x (N, H, W, C)`` and ``y (N, OH, OW, C)`` (one spatial axis: ``H = OH = 1``),
@@ -13,7 +14,7 @@ channel loops are innermost and contiguous, so LLVM vectorizes them; no
 Examples
 --------
 >>> kernels = numba_kernels()
->>> kernels is None or len(kernels) == 3
+>>> kernels is None or len(kernels) == 4
 True
 """
 
@@ -31,7 +32,8 @@ __all__ = ["numba_kernels"]
 
 @cached_once
 def numba_kernels() -> tuple[Callable[..., None], ...] | None:
-    """``(max, average, global average)`` loops, or ``None`` without numba."""
+    """``(max, average, global average, global spread)`` loops, or ``None`` without
+    numba."""
     try:
         import numba
     except ImportError:  # pragma: no cover - exercised by the numba-less test
@@ -101,4 +103,17 @@ def numba_kernels() -> tuple[Callable[..., None], ...] | None:
             for c in range(channels):
                 out[c] = total[c] / cells
 
-    return max_rows, avg_rows, global_average
+    @numba.njit(nogil=True, cache=False)
+    def global_spread(share: Any, y: Any, first: int, stop: int) -> None:
+        # y (N, cells, C): every cell of image n gets share[n] (a loop of contiguous
+        # channel stores, vectorized; NumPy's copy of a broadcast view of the same was
+        # 2-3x slower, its inner loop one row of channels)
+        cells, channels = y.shape[1], y.shape[2]
+        for n in range(first, stop):
+            value = share[n]
+            for i in range(cells):
+                row = y[n, i]
+                for c in range(channels):
+                    row[c] = value[c]
+
+    return max_rows, avg_rows, global_average, global_spread
