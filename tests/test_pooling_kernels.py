@@ -260,11 +260,12 @@ def test_streamed_tiling_max_gradients_match_pytorch(mode: str, seed: int,
     monkeypatch.setattr(pooling, "STREAM_BYTES", 0)
     rng = np.random.default_rng(400 + seed)
     streamed = 0
-    for case in range(CONFIGS // 16):
+    # (the first case's channels are whole vectors: it streams wherever the kernel can)
+    for case in range(max(2, CONFIGS // 16)):
         k, rank = int(rng.integers(1, 4)), int(rng.choice([1, 2, 2]))
         size = tuple(k * int(rng.integers(1, 6)) for _ in range(rank))
-        channels = int(rng.choice([8, 16, 48, 64, 128, 256, 70]))
-        dtype = np.float32 if rng.random() < 0.6 else np.float64
+        channels = 64 if case == 0 else int(rng.choice([8, 16, 48, 64, 128, 256, 70]))
+        dtype = np.float32 if case == 0 or rng.random() < 0.6 else np.float64
         batch = int(rng.choice([1, 2, 16]))
         x = rng.standard_normal((batch, *size, channels)).astype(dtype)
         if rng.random() < 0.4:

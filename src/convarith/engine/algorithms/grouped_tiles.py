@@ -532,7 +532,7 @@ def _border_template(steps: Sequence[_Step], tap_offsets: np.ndarray, taps: tupl
     oh, ow = out_size
     kh, kw = taps
     (top, bottom), (left, right) = pads
-    reach_h, reach_w = (kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1
+    reach_h, reach_w = effective_kernel(kh, dilation[0]), effective_kernel(kw, dilation[1])
     r0, c0 = -(-top // strides[0]), -(-left // strides[1])
     r1 = min(oh, (h - reach_h + top) // strides[0] + 1)
     c1 = min(ow, (w - reach_w + left) // strides[1] + 1)
