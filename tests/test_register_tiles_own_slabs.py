@@ -117,3 +117,20 @@ def _spans(plan):
         spans.append((at, count - 1))
         at += count - 1
     return tuple(spans)
+
+
+def test_shares_of_the_output_channels_copy_a_large_input_once():
+    """Jobs that share the output channels each copy the whole padded input only while it
+    takes at most ``SLAB_BYTES``: ResNet-50's 3×3 stride-2 512 -> 512 on 16 images of 7²
+    (7.4 MB padded) keeps one copy made by the caller (two took 1.88× the operands'
+    memory), its batch-1 3×3 stride-2 128 on 28² (0.43 MB) one per job."""
+    if _native_jobs.padded_rows_filler() is None or _native_jobs.kernel_runner() is None:
+        pytest.skip("no compiled filler or spinning helpers here")
+    large = rt._table_plan(np.empty((16, 7, 7, 512), np.float32),
+                           prepack(np.ones((3, 3, 512, 512), np.float32)), 1, (2, 2), (1, 1),
+                           (4, 4), [(0, 1), (0, 1)], 2)
+    small = rt._table_plan(np.empty((1, 28, 28, 128), np.float32),
+                           prepack(np.ones((3, 3, 128, 128), np.float32)), 1, (2, 2), (1, 1),
+                           (14, 14), [(0, 1), (0, 1)], 2)
+    assert large is not None and large.fill_rows is None
+    assert small is not None and small.fill_rows is not None

@@ -407,8 +407,8 @@ def _own_slabs(plan: _TablePlan, jobs: list[Callable[[], None]], shape: tuple[in
     threads: the caller's copy took ~0.2 ms, the calls ~0.3). The calls and their order
     are the same (the same values, bit for bit). Jobs that share the output channels
     (:func:`_block_jobs`) each copy the whole padded input (in parallel, each in its own
-    core's cache). ``plan`` unchanged where a job is none of :func:`_jobs`' kinds, where
-    the padding crops columns, or without the filler."""
+    core's cache) where it takes at most :data:`SLAB_BYTES`. ``plan`` unchanged where a
+    job is none of these, where the padding crops columns, or without the filler."""
     filler = _native_jobs.padded_rows_filler()
     (top, _), (left, right) = pads
     if filler is None or left < 0 or right < 0:  # (the filler pads columns, never crops)
@@ -426,7 +426,11 @@ def _own_slabs(plan: _TablePlan, jobs: list[Callable[[], None]], shape: tuple[in
             g0, g1 = job.args  # type: ignore[attr-defined]
             pieces.append((g0, g1 - g0, 0, needed))
         elif name in ("_block_jobs.<locals>.job", "_block_jobs.<locals>.job_skipping"):
-            # a share of the output channels of every cell: each its own whole copy
+            # a share of the output channels of every cell: each its own whole copy, up to
+            # SLAB_BYTES (ResNet-50's 3×3 s2 512 on 16×7², 7.4 MB padded, took 1.88× the
+            # operands' memory with two copies and ran 0.71× PyTorch's time)
+            if shape[0] * needed * row_bytes > SLAB_BYTES:
+                return plan
             pieces.append((0, shape[0], 0, needed))
         else:
             return plan
