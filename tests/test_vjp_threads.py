@@ -106,3 +106,37 @@ def test_large_operands_run_each_gradient_on_every_worker(monkeypatch: pytest.Mo
     assert seen["input"] == seen["kernel"] == (caller, 2)
     for got, want in zip(result[:2], expected[:2]):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+
+
+@pytest.mark.parametrize("groups, handed", [(32, True), (1, False)])
+def test_grouped_layers_count_their_slower_kernels(groups: int, handed: bool,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A grouped layer's multiply-adds count GROUPED_TINY_SCALE times against
+    TINY_BACKWARD_FLOPS (its kernels run at a fraction of a dense layer's rate): ResNeXt's
+    3×3 s2 g32 256 on one 28² image is handed to two workers, while a dense layer of as
+    many multiply-adds stays on the calling thread; the values are the same either way."""
+    handed_out: list[tuple[int, int, Any]] = []
+    chunks = core.run_chunks
+
+    def spy_chunks(work: Any, total: int, chunk: int, **kwargs: Any) -> Any:
+        handed_out.append((total, chunk, kwargs.get("threads")))
+        return chunks(work, total, chunk, **kwargs)
+
+    rng = np.random.default_rng(groups)
+    channels = 256 if groups > 1 else 32  # (the dense layer: 256·8 = 32·64 inputs per tap)
+    filters = 256 if groups > 1 else 64
+    x = rng.standard_normal((1, 28, 28, channels)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, channels // groups, filters)).astype(np.float32)
+    spec = ConvSpec(3, strides=2, padding="same", groups=groups, rank=2)
+    dy = rng.standard_normal((1, 14, 14, filters)).astype(np.float32)
+    flops = 2 * kernel.size * 14 * 14
+    assert flops < core.TINY_BACKWARD_FLOPS <= flops * core.GROUPED_TINY_SCALE
+    with engine.thread_limit(2):
+        if _threads.worker_count() < 2:
+            pytest.skip("one core: every gradient runs on it")
+        alone = engine.conv_vjp(x, kernel, spec, dy)
+        monkeypatch.setattr(core, "run_chunks", spy_chunks)
+        result = engine.conv_vjp(x, kernel, spec, dy)
+    assert (handed_out == [(2, 1, 2)]) is handed, handed_out
+    for got, want in zip(result[:2], alone[:2]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))

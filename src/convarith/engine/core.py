@@ -1155,25 +1155,33 @@ def _side_by_side_on_two(x: np.ndarray, kernel: np.ndarray, dy: np.ndarray, rank
             and kernel.size <= x.size + dy.size)
 
 
+#: A grouped layer's multiply-adds (narrow groups, not depthwise) count this many times
+#: against :data:`TINY_BACKWARD_FLOPS`: its kernels run at about a sixth of a dense
+#: layer's rate (16 against 100 GFLOP/s on one core), so a batch-1 grouped backward
+#: pass under the threshold still took 0.4-0.85 ms on the calling thread alone
+#: (ResNeXt's 3×3 s2 g32 256 on one 28² image: 0.37× PyTorch's two threads).
+GROUPED_TINY_SCALE = 6.0
+
+
 def _both_gradients(input_grad: Any, kernel_grad: Any, need_input_grad: bool,
                     multiply_adds: int, pairs_on_two: bool = False,
-                    operand_bytes: int = 0) -> tuple[Any, Any]:
+                    operand_bytes: int = 0, tiny_scale: float = 1.0) -> tuple[Any, Any]:
     """``(input_grad() or None, kernel_grad())``: for a backward pass of ``multiply_adds``
     (the forward pass's) below :data:`SMALL_BACKWARD_FLOPS` with two or more workers and
     ``x`` and ``dy`` of at most :data:`SIDE_BY_SIDE_BYTES` (``operand_bytes``), or
     below :data:`TWO_CORES_FLOPS` with exactly two (both gradients wanted, and
     ``pairs_on_two``: :func:`_side_by_side_on_two`), each on one
     thread (:func:`~.algorithms._threads.thread_limit`), the two side by side on two
-    workers (below :data:`TINY_BACKWARD_FLOPS` one after the other on the calling
-    thread); otherwise one after the other, each on every worker. An error of either is
-    raised here."""
+    workers (below :data:`TINY_BACKWARD_FLOPS`, the multiply-adds counted ``tiny_scale``
+    times, one after the other on the calling thread); otherwise one after the other, each
+    on every worker. An error of either is raised here."""
     workers = worker_count()
     small = 2 * multiply_adds < SMALL_BACKWARD_FLOPS and operand_bytes <= SIDE_BY_SIDE_BYTES
     side_by_side = (need_input_grad and pairs_on_two and workers == 2
                     and 2 * multiply_adds < TWO_CORES_FLOPS)
     if workers < 2 or not (small or side_by_side):
         return (input_grad() if need_input_grad else None), kernel_grad()
-    if 2 * multiply_adds < TINY_BACKWARD_FLOPS:
+    if 2 * multiply_adds * tiny_scale < TINY_BACKWARD_FLOPS:
         with thread_limit(1):
             return (input_grad() if need_input_grad else None), kernel_grad()
     if not need_input_grad:
@@ -1293,7 +1301,9 @@ def conv_vjp(
                                         dy.size // dy.shape[-1] * kernel.size,
                                         _side_by_side_on_two(prepared.x, kernel, dy,
                                                              len(strides)),
-                                        prepared.x.nbytes + dy.nbytes)
+                                        prepared.x.nbytes + dy.nbytes,
+                                        GROUPED_TINY_SCALE if 1 < groups < prepared.x.shape[-1]
+                                        else 1.0)
     d_bias = None
     if prepared.bias is not None:
         # dy summed over every axis but the last: a product with a vector of ones (one
