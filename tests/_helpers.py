@@ -358,3 +358,19 @@ def compiled_isas() -> list[Any]:
     return [pytest.param(isa, marks=pytest.mark.skipif(not kernels_here(isa),
                                                        reason=f"no {isa} kernels on this machine"))
             for isa in ("native", "avx2")]
+
+
+def torch_conv2d_nhwc(x: np.ndarray, kernel: np.ndarray, pads: Any, stride: int,
+                      dilation: int, groups: int = 1) -> np.ndarray:
+    """PyTorch's 2-D convolution in float64 of channels-last ``x`` (N, H, W, C) and
+    ``kernel`` (KH, KW, C/groups, F), zero-padded by ``pads`` ((top, bottom), (left,
+    right); negative crops), channels-last."""
+    import torch
+
+    (top, bottom), (left, right) = pads
+    xt = torch.nn.functional.pad(torch.from_numpy(np.moveaxis(x, -1, 1).astype(np.float64)),
+                                 (left, right, top, bottom))
+    wt = torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(kernel), (-1, -2), (0, 1))
+                                               ).astype(np.float64))
+    y = torch.nn.functional.conv2d(xt, wt, stride=stride, dilation=dilation, groups=groups)
+    return np.moveaxis(y.numpy(), 1, -1)

@@ -14,7 +14,7 @@ import random
 import numpy as np
 import pytest
 
-from _helpers import relative_error
+from _helpers import relative_error, torch_conv2d_nhwc
 from convarith.engine import prepack
 from convarith.engine.algorithms import _llvm
 from convarith.engine.algorithms import grouped_tiles as gt
@@ -47,17 +47,6 @@ def _layer(rng: random.Random) -> dict:
                 kernel=kernel, stride=rng.choice([1, 2]), dilation=dilation, pads=pads,
                 dtype=rng.choice([np.float32, np.float32, np.float64]),
                 frozen=rng.random() < 0.5, threads=rng.choice([1, 2]))
-
-
-def _pytorch(x: np.ndarray, kernel: np.ndarray, layer: dict) -> np.ndarray:
-    (top, bottom), (left, right) = layer["pads"]
-    xt = torch.nn.functional.pad(torch.from_numpy(np.moveaxis(x, -1, 1).astype(np.float64)),
-                                 (left, right, top, bottom))
-    wt = torch.from_numpy(np.ascontiguousarray(np.moveaxis(kernel, (-1, -2), (0, 1))
-                                               ).astype(np.float64))
-    y = torch.nn.functional.conv2d(xt, wt, stride=layer["stride"], dilation=layer["dilation"],
-                                   groups=layer["groups"])
-    return np.moveaxis(y.numpy(), 1, -1)
 
 
 @pytest.mark.parametrize("isa", ["", "avx2"])
@@ -99,5 +88,7 @@ def test_calls_on_the_calling_thread_give_the_python_jobs_results_and_pytorchs(
                               threads=layer["threads"])
             assert np.array_equal(again, y), where
         tolerance = 1e-5 if layer["dtype"] == np.float32 else 1e-10
-        assert relative_error(y, _pytorch(x, kernel, layer)) <= tolerance, where
+        expected = torch_conv2d_nhwc(x, kernel, layer["pads"], layer["stride"],
+                                     layer["dilation"], layer["groups"])
+        assert relative_error(y, expected) <= tolerance, where
     assert ran_here > 0, f"seed {seed}: no layer ran on the calling thread"

@@ -15,7 +15,7 @@ import random
 import numpy as np
 import pytest
 
-from _helpers import compiled_isas, relative_error
+from _helpers import compiled_isas, relative_error, torch_conv2d_nhwc
 from convarith.engine import prepack
 from convarith.engine.algorithms import _native_jobs
 from convarith.engine.algorithms import register_tiles as rt
@@ -39,15 +39,6 @@ def _layer(rng: random.Random) -> dict:
                            for _ in range(2)),
                 dtype=rng.choice([np.float32, np.float32, np.float64]),
                 frozen=rng.random() < 0.5)
-
-
-def _torch(x, kernel, layer):
-    (top, bottom), (left, right) = layer["pads"]
-    xt = torch.nn.functional.pad(torch.from_numpy(x.astype(np.float64)).permute(0, 3, 1, 2),
-                                 (left, right, top, bottom))
-    kt = torch.from_numpy(kernel.astype(np.float64)).permute(3, 2, 0, 1)
-    return torch.nn.functional.conv2d(xt, kt, stride=layer["stride"],
-                                      dilation=layer["dilation"]).permute(0, 2, 3, 1).numpy()
 
 
 @pytest.mark.parametrize("isa", compiled_isas())
@@ -80,7 +71,8 @@ def test_own_slabs_match_pytorch_and_the_callers_copy(isa, monkeypatch):
         ran += 1
         where = f"seed {seed}, layer {layer}"
         got = rt.direct(x, kernel, strides, dilation, 1, out, padding=pads, threads=2)
-        expected = _torch(x, np.asarray(kernel), layer)
+        expected = torch_conv2d_nhwc(x, kernel, layer["pads"], layer["stride"],
+                                     layer["dilation"])
         tolerance = 1e-5 if layer["dtype"] == np.float32 else 1e-10
         assert relative_error(got, expected) < tolerance, where
         # the same calls on the input padded once by the caller: the same values
