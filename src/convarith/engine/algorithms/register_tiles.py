@@ -389,16 +389,14 @@ def _record_table(shape: tuple[int, ...], kernel_shape: tuple[int, ...],
     plan = _TablePlan(runner, rows, spans, padded_shape, (top, left), keep,
                       kernel_relative=packed is None)
     if padded_shape is not None and len(spans) > 1:
-        plan = _own_slabs(plan, jobs, shape, padded_shape, pads, strides,
-                          effective_kernel(kh, dilation[0]), itemsize)
+        plan = _own_slabs(plan, jobs, shape, padded_shape, pads, itemsize)
     plan.rows.flags.writeable = False
     return plan
 
 
 def _own_slabs(plan: _TablePlan, jobs: list[Callable[[], None]], shape: tuple[int, ...],
                padded_shape: tuple[int, int, int, int],
-               pads: tuple[tuple[int, int], tuple[int, int]], strides: tuple[int, int],
-               reach: int, itemsize: int) -> _TablePlan:
+               pads: tuple[tuple[int, int], tuple[int, int]], itemsize: int) -> _TablePlan:
     """``plan`` with each job padding its own input rows, on the thread that runs it, into
     its own part of a slab (a row of :func:`._native_jobs.padded_rows_ir` ahead of its
     calls, which then read that part): a padded copy made by the caller for every job
@@ -408,7 +406,8 @@ def _own_slabs(plan: _TablePlan, jobs: list[Callable[[], None]], shape: tuple[in
     are the same (the same values, bit for bit). Jobs that share the output channels
     (:func:`_block_jobs`) each copy the whole padded input (in parallel, each in its own
     core's cache) where it takes at most :data:`SLAB_BYTES`. ``plan`` unchanged where a
-    job is none of these, where the padding crops columns, or without the filler."""
+    job does not say what it reads (:func:`_reading`), where the padding crops columns,
+    or without the filler."""
     filler = _native_jobs.padded_rows_filler()
     (top, _), (left, right) = pads
     if filler is None or left < 0 or right < 0:  # (the filler pads columns, never crops)
@@ -416,24 +415,15 @@ def _own_slabs(plan: _TablePlan, jobs: list[Callable[[], None]], shape: tuple[in
     _, h, w, c = shape
     _, needed, padded_w, _ = padded_shape
     row_bytes = padded_w * c * itemsize
-    pieces = []  # (first image, images, first padded row, slab rows) of each job
-    for job in jobs:
-        name = getattr(getattr(job, "func", None), "__qualname__", "")
-        if name == "_jobs.<locals>.job":
-            image, o0, o1 = job.args  # type: ignore[attr-defined]
-            pieces.append((image, 1, o0 * strides[0], (o1 - 1 - o0) * strides[0] + reach))
-        elif name == "_jobs.<locals>.job_images":
-            g0, g1 = job.args  # type: ignore[attr-defined]
-            pieces.append((g0, g1 - g0, 0, needed))
-        elif name in ("_block_jobs.<locals>.job", "_block_jobs.<locals>.job_skipping"):
-            # a share of the output channels of every cell: each its own whole copy, up to
-            # SLAB_BYTES (ResNet-50's 3×3 s2 512 on 16×7², 7.4 MB padded, took 1.88× the
-            # operands' memory with two copies and ran 0.71× PyTorch's time)
-            if shape[0] * needed * row_bytes > SLAB_BYTES:
-                return plan
-            pieces.append((0, shape[0], 0, needed))
-        else:
-            return plan
+    marked = [getattr(job, "reads", None) for job in jobs]
+    pieces: list[tuple[int, int, int, int, bool]] = [piece for piece in marked if piece]
+    if len(pieces) != len(marked):
+        return plan
+    # jobs sharing the output channels each copy the whole input, up to SLAB_BYTES
+    # (ResNet-50's 3×3 s2 512 on 16×7², 7.4 MB padded, took 1.88× the operands' memory
+    # with two copies and ran 0.71× PyTorch's time)
+    if any(piece[4] for piece in pieces) and shape[0] * needed * row_bytes > SLAB_BYTES:
+        return plan
     if len(pieces) != len(plan.spans):
         return plan
     width = plan.rows.shape[1]
@@ -441,7 +431,7 @@ def _own_slabs(plan: _TablePlan, jobs: list[Callable[[], None]], shape: tuple[in
     fills: list[int] = []
     spans: list[tuple[int, int]] = []
     slab_at = 0
-    for (first, count), (image, images, row0, slab_rows) in zip(plan.spans, pieces):
+    for (first, count), (image, images, row0, slab_rows, _) in zip(plan.spans, pieces):
         fill = [0] * width
         fill[:3] = [filler.address, slab_at * itemsize, image * h * w * c * itemsize]
         fill[5:16] = [images, slab_rows, row0 - top, h, w * c * itemsize, h * w * c * itemsize,
@@ -944,7 +934,8 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
                 call.drive(source, call.weights, target + call.first_channel_bytes,
                            call.offsets, *cells, *call.sums, *call.batch)
 
-        return [functools.partial(job_images, g0, min(n, g0 + images))
+        return [_reading(functools.partial(job_images, g0, min(n, g0 + images)),
+                         g0, min(n, g0 + images) - g0, 0, needed)
                 for g0 in range(0, n, images)]
 
     rows_fit = max(1, (SLAB_BYTES // (row_elems * itemsize) - reach) // stride_rows + 1)
@@ -981,8 +972,18 @@ def _jobs(x: np.ndarray, kernel: np.ndarray, strides: tuple[int, int],
             call.drive(source, call.weights, target + call.first_channel_bytes, call.offsets,
                        *cells, *call.sums, *call.batch)
 
-    return [functools.partial(job, image, o0, o1)
+    return [_reading(functools.partial(job, image, o0, o1), image, 1, o0 * stride_rows,
+                     (o1 - 1 - o0) * stride_rows + reach)
             for image in range(n) for o0, o1 in zip(edges, edges[1:])]
+
+
+def _reading(job: functools.partial[None], image: int, images: int, row0: int, rows: int,
+             whole: bool = False) -> functools.partial[None]:
+    """``job`` marked with the input it reads, for :func:`_own_slabs`: ``images`` images
+    from ``image``, ``rows`` padded rows from ``row0``; ``whole``: a share of the output
+    channels that reads all of it."""
+    job.reads = (image, images, row0, rows, whole)  # type: ignore[attr-defined]
+    return job
 
 
 def split_blocks(kernel_bytes: int, input_bytes: int) -> bool:
@@ -1062,7 +1063,7 @@ def _block_jobs(x: np.ndarray, pads: list[tuple[int, int]], y: np.ndarray,
                            offsets, *part_cells, *sums._replace(blocks=hi - lo), *call.batch)
 
     if skipping is not None:
-        return [functools.partial(job_skipping, b0, b1)
+        return [_reading(functools.partial(job_skipping, b0, b1), 0, n, 0, needed, True)
                 for b0, b1 in zip(edges, edges[1:]) if b1 > b0]
 
     def job(b0: int, b1: int, _keep: Any = (panels, source)) -> None:
@@ -1075,7 +1076,8 @@ def _block_jobs(x: np.ndarray, pads: list[tuple[int, int]], y: np.ndarray,
                        y_base + call.first_channel_bytes + (lo - first) * cols * itemsize,
                        call.offsets, *cells, *sums, *call.batch)
 
-    return [functools.partial(job, b0, b1) for b0, b1 in zip(edges, edges[1:]) if b1 > b0]
+    return [_reading(functools.partial(job, b0, b1), 0, n, 0, needed, True)
+            for b0, b1 in zip(edges, edges[1:]) if b1 > b0]
 
 
 #: :func:`_skip_zero_rows` cuts the calls where the register blocks then read at most this
