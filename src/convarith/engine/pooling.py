@@ -854,9 +854,10 @@ def backward(x: np.ndarray, resolved: ResolvedConv, dy: np.ndarray,
     """Gradient of :func:`forward` with respect to ``x``, given the output gradient.
 
     Average pooling spreads ``dy / divisor`` over each window
-    (:func:`spread_windows`; a global average by numba's loop, :func:`_global_spread`). Max pooling sends each cell of ``dy`` to the first
-    maximum of its window (PyTorch's rule for ties; with a NaN in the window, to
-    its last NaN, as PyTorch's ``val > max or isnan(val)`` scan).
+    (:func:`spread_windows`; a global average by numba's loop, :func:`_global_spread`).
+    Max pooling sends each cell of ``dy`` to the first maximum of its window (PyTorch's
+    rule for ties; with a NaN in the window, to its last NaN, as PyTorch's ``val > max
+    or isnan(val)`` scan).
 
     >>> from convarith import ConvSpec
     >>> x = np.array([[[1.0], [3.0], [3.0], [2.0]]])
