@@ -144,6 +144,35 @@ def test_never_stale(monkeypatch: pytest.MonkeyPatch) -> None:
         gc.collect()
 
 
+def test_kernel_keys_follow_each_kernels_lifetime() -> None:
+    """A frozen kernel's key is worked out once while it lives: views of one owner
+    (other addresses, strides) keep their own keys and results, a dead kernel's key
+    goes with it, and a new kernel at a reused ``id`` gets its own."""
+    clear_caches()
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((1, 9, 9, 16)).astype(np.float32)
+    whole = rng.standard_normal((3, 3, 16, 32)).astype(np.float32)
+    both = prepack(np.stack([whole, -whole]))  # two contiguous kernels of one owner
+    keys = prepacked._REMEMBERED.keys
+    for view, sign in ((both[0], 1.0), (both[1], -1.0)):
+        assert prepacked.frozen_owner(view) is not None
+        for algorithm in ("winograd", None):
+            got = conv2d(x, view, padding="same", algorithm=algorithm)
+            assert relative_error(got, sign * _torch_conv(x, whole, 1, 1, 1)) <= 1e-5
+    assert len(keys) >= 1
+    del view, both
+    gc.collect()
+    assert not keys  # (the views and the kernel are gone: so are their keys)
+    seen: dict[int, float] = {}
+    for scale in (1.0, -2.0, 0.5, 3.0, -0.25, 4.0):
+        kernel = prepack(whole * scale)
+        seen[id(kernel)] = seen.get(id(kernel), 0) + 1
+        got = conv2d(x, kernel, padding="same", algorithm="winograd")
+        assert relative_error(got, scale * _torch_conv(x, whole, 1, 1, 1)) <= 1e-5, scale
+        del kernel
+    assert len(keys) <= 1
+
+
 @needs_kernels
 def test_remembered_panels_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     """Within KEEP_BYTES: kernels no one holds make room; live ones are kept, and a

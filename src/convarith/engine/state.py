@@ -44,7 +44,9 @@ prepacked kernels      a frozen kernel (``prepacked.prepack``: its   nothing (th
                        (register_tiles) or transformed kernel        for kernels no one else holds
                        (Winograd), flipped kernel (``core.flipped``,
                        itself frozen) or grouped output phases'
-                       panels (``prepacked._REMEMBERED``)
+                       panels (``prepacked._REMEMBERED``); each
+                       live frozen kernel's key, dropped as it dies
+                       (``_REMEMBERED.keys``, ``KEYS_KEPT``)
 grouped forward plans  grouped_tiles ``_forward_plan``: shapes,      nothing (pure; LRU of 256)
                        strides, padding, target, threads -> calls,
                        panel layout, chunks of output

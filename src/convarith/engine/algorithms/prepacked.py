@@ -44,16 +44,21 @@ from __future__ import annotations
 
 import sys
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any
 
 import numpy as np
 
-__all__ = ["prepack", "frozen_owner", "remembered", "clear", "KEEP_BYTES"]
+__all__ = ["prepack", "frozen_owner", "remembered", "clear", "KEEP_BYTES", "KEYS_KEPT"]
 
 #: Bytes of packed panels, with the frozen kernels they keep alive, remembered in all.
 KEEP_BYTES = 512 << 20
+
+#: Frozen kernels whose keys are kept at most (the keys of dead kernels are dropped as
+#: they die; beyond this many live ones, all are dropped and worked out again).
+KEYS_KEPT = 4096
 
 
 def prepack(kernel: Any, dtype: Any = None) -> np.ndarray:
@@ -128,6 +133,29 @@ class _Remembered:
         self.entries: OrderedDict[Hashable, tuple[bytes, Any, int]] = OrderedDict()
         self.bytes = 0
         self.lock = threading.Lock()
+        # id(kernel) -> (a weak reference to it, its key without the packing), while the
+        # kernel lives: its address alone (``ctypes.data``) costs ~1 µs a read, and a
+        # layer's call may look up two or three packings of its kernel
+        self.keys: dict[int, tuple[weakref.ref[np.ndarray], tuple[Any, ...]]] = {}
+
+    def key(self, kernel: np.ndarray, owner: bytes) -> tuple[Any, ...]:
+        """``kernel``'s key without the packing: its owner's identity, address, shape,
+        strides and dtype (a frozen kernel's cannot change while it lives)."""
+        known = self.keys.get(id(kernel))
+        if known is not None and known[0]() is kernel:
+            return known[1]
+        key = (id(owner), kernel.ctypes.data, kernel.shape, kernel.strides, kernel.dtype.str)
+        if len(self.keys) >= KEYS_KEPT:
+            self.keys.clear()
+        identity = id(kernel)
+        self.keys[identity] = (
+            weakref.ref(kernel, lambda gone: self._forget(identity, gone)), key)
+        return key
+
+    def _forget(self, identity: int, gone: weakref.ref[np.ndarray]) -> None:
+        known = self.keys.get(identity)
+        if known is not None and known[0] is gone:
+            del self.keys[identity]
 
     def get(self, key: Hashable, owner: bytes) -> Any:
         with self.lock:
@@ -173,6 +201,7 @@ class _Remembered:
         with self.lock:
             self.entries.clear()
             self.bytes = 0
+        self.keys.clear()
 
 
 _REMEMBERED = _Remembered()
@@ -186,8 +215,7 @@ def remembered(kernel: np.ndarray, packing: Hashable,
     owner = frozen_owner(kernel)
     if owner is None or 4 * (len(owner) + kernel.nbytes) > KEEP_BYTES:
         return None
-    key = (id(owner), kernel.ctypes.data, kernel.shape, kernel.strides, kernel.dtype.str,
-           packing)
+    key = (*_REMEMBERED.key(kernel, owner), packing)
     value = _REMEMBERED.get(key, owner)
     if value is None:
         value, size = pack()
