@@ -1155,6 +1155,33 @@ def _side_by_side_on_two(x: np.ndarray, kernel: np.ndarray, dy: np.ndarray, rank
             and kernel.size <= x.size + dy.size)
 
 
+#: Output cells per image up to which a grouped convolution's two gradients at stride 1
+#: (groups of several channels, not depthwise) run side by side on two workers at any
+#: batch (:func:`_grouped_pair`). On such small grids each gradient's own split over two
+#: threads gains little: ResNeXt-50's 3×3 g32 512 on 16 images of 7² took 2.34 ms on two
+#: quiet threads (the networks suite, 10:36 UTC 2026-12-07), 2.98 on one (CPU time);
+#: 1024 on 16×4² 2.87 and 5.04. At stride 1 the input gradient is the forward pass's
+#: convolution, as long as the kernel gradient (1.44 and 1.40 ms; 2.39 and 2.44), and
+#: side by side each thread's CPU time was 1.49-1.68 and 1.36-1.62 ms (2.35-2.65 and
+#: 2.07-2.62; medians and minima of 60 calls, busy machine). At stride 2 the input
+#: gradient is the shorter (1024 on 16×7²: 1.87 against 2.78 ms alone, 1.76-1.93 against
+#: 2.92-3.97 side by side, where the two threads took 3.69 ms one after the other).
+GROUPED_PAIR_CELLS = 64
+
+
+def _grouped_pair(x: np.ndarray, kernel: np.ndarray, dy: np.ndarray,
+                  strides: Sequence[int]) -> bool:
+    """Whether a (direct) grouped convolution's gradients run side by side on two at any
+    batch: stride 1, groups of more than one input channel but not one group, more than
+    one tap, at most :data:`GROUPED_PAIR_CELLS` output cells per image, and a kernel no
+    larger than ``x`` and ``dy`` together (the memory of :func:`_side_by_side_on_two`)."""
+    rank = len(strides)
+    return (all(s == 1 for s in strides) and 1 < kernel.shape[-2] < x.shape[-1]
+            and math.prod(kernel.shape[:rank]) > 1
+            and math.prod(dy.shape[1:1 + rank]) <= GROUPED_PAIR_CELLS
+            and kernel.size <= x.size + dy.size)
+
+
 #: A grouped layer's multiply-adds (narrow groups, not depthwise) count this many times
 #: against :data:`TINY_BACKWARD_FLOPS`: its kernels run at about a sixth of a dense
 #: layer's rate (16 against 100 GFLOP/s on one core), so a batch-1 grouped backward
@@ -1300,7 +1327,8 @@ def conv_vjp(
         d_x, d_kernel = _both_gradients(input_grad, kernel_grad, need_input_grad,
                                         dy.size // dy.shape[-1] * kernel.size,
                                         _side_by_side_on_two(prepared.x, kernel, dy,
-                                                             len(strides)),
+                                                             len(strides))
+                                        or _grouped_pair(prepared.x, kernel, dy, strides),
                                         prepared.x.nbytes + dy.nbytes,
                                         GROUPED_TINY_SCALE if 1 < groups < prepared.x.shape[-1]
                                         else 1.0)
