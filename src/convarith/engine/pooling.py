@@ -1086,6 +1086,31 @@ def _max_grad_compiled(kernel: _llvm_pool.PoolKernel, x: np.ndarray, resolved: R
         return d_x
     bounds = [min(channels, round(channels * i / pieces / block) * block)
               for i in range(pieces)] + [channels]
+    runner = _native_jobs.rows_runner(5, len(_llvm_pool.DRIVE_FIELDS)) if written else None
+    if runner is not None:
+        # the chunks as one table of the kernel's calls, the helpers without the GIL
+        rows, columns, _ = planned.addresses
+        if first:
+            assert rows_table is not None and columns_table is not None
+            rows, columns = rows_table.ctypes.data, columns_table.ctypes.data
+        head = (ctypes.c_void_p.from_buffer(kernel.drive).value or 0, x.ctypes.data,
+                d_x.ctypes.data, dy.ctypes.data, rows, columns)
+        if pieces == 1:  # runs of whole images
+            count = min(batch, 4 * workers)
+            edges = [batch * i // count for i in range(count + 1)]
+            spans = [(first_image, stop_image, 0, channels)
+                     for first_image, stop_image in zip(edges, edges[1:])]
+        else:
+            spans = [(image, image + 1, bounds[piece], bounds[piece + 1])
+                     for image in range(batch) for piece in range(pieces)
+                     if bounds[piece] < bounds[piece + 1]]
+        table = np.array([(*head, first_image * out_rows, stop_image * out_rows, out_rows,
+                           *fields, first_channel, stop_channel)
+                          for first_image, stop_image, first_channel, stop_channel in spans],
+                         np.int64)
+        _threads.run_native_jobs(runner, table, [(i, 1) for i in range(len(table))],
+                                 threads=workers)
+        return d_x
     if pieces > 1 and not written:
         d_x.fill(0)  # (a strided fill per piece is slower than one memset)
 
