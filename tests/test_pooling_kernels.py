@@ -221,13 +221,15 @@ def test_random_max_gradients_match_pytorch(mode: str, seed: int) -> None:
 @pytest.mark.parametrize("seed", [0, 1])
 def test_tiling_max_gradients_match_pytorch(mode: str, seed: int,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    # windows side by side over the whole input (stride = window, no padding): the
-    # compiled kernel writes every cell of the gradient (dy or zero), nothing zeroed first
+    # windows side by side from the input's start (stride = window, no padding): the
+    # compiled kernel writes every cell they cover (dy or zero), nothing zeroed first;
+    # the cells past the last window (a size of k·m + r, floor mode) are zeroed apart
     monkeypatch.setattr(pooling, "THREADED_WORK", 0)  # split whatever the size
     rng = np.random.default_rng(300 + seed)
     for case in range(CONFIGS // 8):
         k, rank = int(rng.integers(1, 5)), int(rng.choice([1, 2, 2]))
-        size = tuple(k * int(rng.integers(1, 7)) for _ in range(rank))
+        size = tuple(k * int(rng.integers(1, 7)) + int(rng.integers(0, k) if rng.random() < 0.5
+                                                       else 0) for _ in range(rank))
         channels = int(rng.choice([1, 3, 16, 17, 64, 70, 130]))
         dtype = np.float32 if rng.random() < 0.6 else np.float64
         batch = int(rng.choice([1, 2, 5, 16]))
@@ -248,6 +250,44 @@ def test_tiling_max_gradients_match_pytorch(mode: str, seed: int,
                 _close(pooling.backward(x, resolved, dy), expected,
                        f"{mode} seed {seed} case {case}: max k{k} s{k} x {x.shape} "
                        f"{np.dtype(dtype).name}, {threads} threads")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_tiling_max_gradients_zero_the_cells_past_the_last_window(
+        threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # VGG-16's 2x2 stride-2 pool on 7²: the last row and column are in no window; the
+    # gradient's arrays come back NaN-filled from the allocator here, so a cell the
+    # kernel or the zeroing leaves alone shows
+    monkeypatch.setattr(pooling, "THREADED_WORK", 0)
+    monkeypatch.setattr(pooling, "STREAM_BYTES", 0)
+    rng = np.random.default_rng(77)
+    cases = [((16, 7, 7, 64), 2), ((3, 7, 9, 70), 2), ((2, 11, 10, 16), 3), ((5, 9, 32), 4)]
+    expected_all = []
+    for shape, k in cases:
+        x = rng.standard_normal(shape).astype(np.float32)
+        rank = len(shape) - 2
+        resolved = ConvSpec(k, strides=k, pool="max", rank=rank).resolve(x.shape)
+        dy = rng.standard_normal((shape[0], *resolved.output_size, shape[-1])).astype(np.float32)
+        expected_all.append((x, resolved, dy, _torch_max_grad(x, dy, k, k, 0, 1, False)))
+    empty_like, aligned_empty = np.empty_like, pooling._threads.aligned_empty
+
+    def poisoned(a: Any, *args: Any, **kwargs: Any) -> np.ndarray:
+        out = empty_like(a, *args, **kwargs)
+        out.fill(np.nan)
+        return out
+
+    def poisoned_aligned(shape: Any, dtype: Any) -> np.ndarray:
+        out = aligned_empty(shape, dtype)
+        out.fill(np.nan)
+        return out
+
+    monkeypatch.setattr(np, "empty_like", poisoned)
+    monkeypatch.setattr(pooling._threads, "aligned_empty", poisoned_aligned)
+    for x, resolved, dy, expected in expected_all:
+        with thread_limit(threads):
+            got = pooling.backward(x, resolved, dy)
+        assert pooling._tiles(resolved, pooling.pool_plan(resolved))
+        _close(got, expected, f"{x.shape} k{resolved.spec.kernel_size}, {threads} threads")
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -963,21 +963,37 @@ def _global_spread(dy: np.ndarray, input_size: tuple[int, ...]) -> np.ndarray | 
 
 
 def _tiles(resolved: ResolvedConv, planned: PoolPlan) -> bool:
-    """Whether the windows cover every input cell once (side by side, no padding, no
-    overhang, no dilation gaps): then each cell of the input gradient is written once.
+    """Whether the windows lie side by side from the input's start (no padding, no
+    dilation gaps, stride = window), each input cell in one window at most: then each
+    cell they cover is written once by the kernel, and the cells past the last window
+    (a floor-mode input of ``o·s + r`` cells, ``r < s``) are zeroed by
+    :func:`_zero_uncovered`.
 
     >>> from convarith import ConvSpec
     >>> spec = ConvSpec(2, strides=2, pool="max")
     >>> _tiles(spec.resolve((1, 4, 4, 1)), pool_plan(spec.resolve((1, 4, 4, 1))))
     True
     >>> _tiles(spec.resolve((1, 5, 4, 1)), pool_plan(spec.resolve((1, 5, 4, 1))))
+    True
+    >>> spec = ConvSpec(2, strides=2, pool="max", ceil_mode=True)
+    >>> _tiles(spec.resolve((1, 5, 4, 1)), pool_plan(spec.resolve((1, 5, 4, 1))))
     False
     """
     spec = resolved.spec
     return not any(lo or hi for lo, hi in planned.window_padding) and all(
-        s == k and (d == 1 or k == 1) and n == o * s for k, s, d, n, o in zip(
+        s == k and (d == 1 or k == 1) and o * s <= n for k, s, d, n, o in zip(
             spec.kernel_size, spec.strides, spec.dilation, resolved.input_size,
             resolved.output_size))
+
+
+def _zero_uncovered(d_x: np.ndarray, resolved: ResolvedConv) -> None:
+    """Zero the cells of ``d_x`` ``(N, *spatial, C)`` past the last window of each axis
+    (:func:`_tiles`' windows cover the rest); nothing where they cover every cell."""
+    spec = resolved.spec
+    for axis, (n, o, s) in enumerate(zip(resolved.input_size, resolved.output_size,
+                                         spec.strides)):
+        if o * s < n:
+            d_x[(slice(None),) * (axis + 1) + (slice(o * s, None),)] = 0
 
 
 #: Input gradients of a max pool whose windows tile the input, of at least this many
@@ -1027,6 +1043,8 @@ def _max_grad_compiled(kernel: _llvm_pool.PoolKernel, x: np.ndarray, resolved: R
         planned.rows, planned.columns)
     # zeroed below, by the chunks where they take whole images
     d_x = _threads.aligned_empty(x.shape, x.dtype) if streaming else np.empty_like(x)
+    if tiles:
+        _zero_uncovered(d_x, resolved)
     out_rows = 1 if len(resolved.output_size) == 1 else resolved.output_size[0]
     row_step = 1 if len(resolved.output_size) == 1 else spec.dilation[0]
     block = kernel.width * _llvm_pool.VECTORS
@@ -1068,6 +1086,31 @@ def _max_grad_compiled(kernel: _llvm_pool.PoolKernel, x: np.ndarray, resolved: R
         return d_x
     bounds = [min(channels, round(channels * i / pieces / block) * block)
               for i in range(pieces)] + [channels]
+    runner = _native_jobs.rows_runner(5, len(_llvm_pool.DRIVE_FIELDS)) if written else None
+    if runner is not None:
+        # the chunks as one table of the kernel's calls, the helpers without the GIL
+        rows, columns, _ = planned.addresses
+        if first:
+            assert rows_table is not None and columns_table is not None
+            rows, columns = rows_table.ctypes.data, columns_table.ctypes.data
+        head = (ctypes.c_void_p.from_buffer(kernel.drive).value or 0, x.ctypes.data,
+                d_x.ctypes.data, dy.ctypes.data, rows, columns)
+        if pieces == 1:  # runs of whole images
+            count = min(batch, 4 * workers)
+            edges = [batch * i // count for i in range(count + 1)]
+            spans = [(first_image, stop_image, 0, channels)
+                     for first_image, stop_image in zip(edges, edges[1:])]
+        else:
+            spans = [(image, image + 1, bounds[piece], bounds[piece + 1])
+                     for image in range(batch) for piece in range(pieces)
+                     if bounds[piece] < bounds[piece + 1]]
+        table = np.array([(*head, first_image * out_rows, stop_image * out_rows, out_rows,
+                           *fields, first_channel, stop_channel)
+                          for first_image, stop_image, first_channel, stop_channel in spans],
+                         np.int64)
+        _threads.run_native_jobs(runner, table, [(i, 1) for i in range(len(table))],
+                                 threads=workers)
+        return d_x
     if pieces > 1 and not written:
         d_x.fill(0)  # (a strided fill per piece is slower than one memset)
 
