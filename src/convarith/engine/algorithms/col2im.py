@@ -49,6 +49,7 @@ import numpy as np
 from ...arithmetic import effective_kernel, transposed_crop
 from ..dispatch import ConvProblem, Requirements, register_algorithm
 from ..state import cached_once
+from . import _llvm_pointwise
 from ._threads import run_chunks, worker_count, workspace
 
 __all__ = ["transposed", "applies", "cost", "CHUNK_BYTES", "FEW_CELLS"]
@@ -538,6 +539,19 @@ def transposed(
             largest * taps * fg * x.dtype.itemsize <= JOINT_SHARE * operands):
         joint = np.concatenate([w for _, w in phases if w is not None], axis=2)
         widest = joint.shape[2]
+    # the joint product by the compiled kernel of 1x1 layers, its columns padded with
+    # zeros to a width it has (the RGB stem's 27 to 32: 3136 cells, one core, 0.070 ms
+    # against BLAS's 0.097 for 27 columns); the same product whether or not numba gathers
+    product_kernel, joint_matrix = None, None
+    if joint is not None:
+        padded = next((w for w in (widest, -(-widest // 8) * 8, -(-widest // 16) * 16)
+                       if _llvm_pointwise.supported(x.dtype, w)), None)
+        if padded is not None and largest * padded * x.dtype.itemsize <= JOINT_SHARE * operands:
+            product_kernel = _llvm_pointwise.compiled(x.dtype, c, padded)
+        if product_kernel is not None and padded is not None:
+            joint_matrix = np.zeros((c, padded), x.dtype)
+            joint_matrix[:, :widest] = joint[0]
+            widest = padded
     # where each phase's columns start in the joint product
     offsets = list(itertools.accumulate((0 if w is None else w.shape[2] for _, w in phases),
                                         initial=0))
@@ -575,7 +589,11 @@ def transposed(
             target[...] = 0
         if joint is not None:
             products = buffer[:count * widest].reshape(count, 1, widest)
-            np.matmul(pieces[0], joint[0], out=products[:, 0])
+            if product_kernel is not None and joint_matrix is not None:
+                product_kernel.run(np.ascontiguousarray(pieces[0]), joint_matrix,
+                                   products[:, 0])
+            else:
+                np.matmul(pieces[0], joint[0], out=products[:, 0])
             if joint_rows is not None:
                 joint_rows(products, y4, n0, n1, i0, i1 - i0, size3_array, o0, o1, column_of,
                            strides_array, dilation_array, reach_array, fg)
