@@ -415,3 +415,50 @@ def test_stem_input_gradients_against_torch(seed, monkeypatch):
     # the compiled gather and the NumPy slice adds sum in the same order
     np.testing.assert_array_equal(results[0], results[1])
     np.testing.assert_array_equal(results[2], results[3])
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_thin_joint_product_gathers_by_output_rows(seed, monkeypatch):
+    """Few output channels of one group over several phases (an RGB stem's input
+    gradient): the joint product's compiled col2im by output rows runs, agrees with the
+    definition, and sums in the NumPy slice adds' order (the same numbers)."""
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(5000 + seed)
+    rank = int(rng.integers(1, 4))
+    calls = []
+    compiled = col2im._numba_joint_rows()
+
+    def counted(*args):
+        calls.append(args[7:9])
+        return compiled(*args)
+
+    monkeypatch.setattr(col2im, "_numba_joint_rows", lambda: counted)
+    size = [int(v) for v in rng.integers(3, 9, rank)]
+    kernel_size = [int(v) for v in rng.integers(2, 6, rank)]
+    strides = [int(v) for v in rng.integers(1, 4, rank)]
+    strides[int(rng.integers(rank))] = int(rng.integers(2, 4))  # several phases
+    dilation = tuple(int(v) for v in rng.integers(1, 3, rank))
+    while True:  # lo / hi from cropping to beyond the kernel's reach
+        padding = tuple((int(rng.integers(-1, 3)), int(rng.integers(-1, 3)))
+                        for _ in range(rank))
+        out = tuple((i - 1) * s + 1 + lo + hi - d * (k - 1) for i, s, (lo, hi), d, k in
+                    zip(size, strides, padding, dilation, kernel_size))
+        if min(out) > 0:
+            break
+    x = rng.standard_normal((int(rng.integers(1, 3)), *size, int(rng.integers(8, 33))))
+    kernel = rng.standard_normal((*kernel_size, int(rng.integers(1, 5)), x.shape[-1]))
+    expected = reference_scatter(x, kernel, tuple(strides), dilation, 1, padding)
+    what = (f"seed {5000 + seed}: x {x.shape} kernel {kernel.shape} strides {strides} "
+            f"dilation {dilation} padding {padding}")
+    for dtype in (np.float32, np.float64):
+        results = [col2im.transposed(x.astype(dtype), kernel.astype(dtype), tuple(strides),
+                                     dilation, 1, padding, out, use_numba=use_numba,
+                                     threads=threads, chunk_bytes=chunk_bytes)
+                   for use_numba, threads, chunk_bytes in [(None, 1, None), (False, 1, None),
+                                                           (None, 2, 1), (False, 2, 1)]]
+        for y in results:
+            error = relative_error(y, expected)
+            assert error <= TOLERANCE[dtype], f"{what}: error {error:.2e}"
+        np.testing.assert_array_equal(results[0], results[1], err_msg=what)
+        np.testing.assert_array_equal(results[2], results[3], err_msg=what)
+    assert calls, what

@@ -238,7 +238,8 @@ def process_caches() -> dict[str, Callable[[], None]]:
         "flat-rows plans": functions(flat_rows._plan),
         "Winograd matrices": functions(winograd.transform, winograd._transform_gain),
         "compiled kernels": functions(
-            col2im._numba_gather, depthwise._numba_kernels, flat_rows._numba_gather,
+            col2im._numba_gather, col2im._numba_joint_rows, depthwise._numba_kernels,
+            flat_rows._numba_gather,
             flat_rows._numba_im2col, flat_rows.blas_gemm, space_to_depth._numba_kernels,
             winograd._numba_kernels, _llvm._compiled, _llvm._target, _llvm._host, _llvm._llvm,
             _llvm._compiled_grouped, _llvm._compiled_interleaved, _llvm._compiled_spread,
