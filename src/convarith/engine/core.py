@@ -1166,6 +1166,9 @@ def _side_by_side_on_two(x: np.ndarray, kernel: np.ndarray, dy: np.ndarray, rank
 #: 2.07-2.62; medians and minima of 60 calls, busy machine). At stride 2 the input
 #: gradient is the shorter (1024 on 16×7²: 1.87 against 2.78 ms alone, 1.76-1.93 against
 #: 2.92-3.97 side by side, where the two threads took 3.69 ms one after the other).
+#: Quiet machine, two threads, both ways in alternating processes (the suite's pattern,
+#: medians of two runs of 4 and 6 rounds): 1024 on 16×4² 3.16 and 3.45 ms side by side
+#: against 3.40 and 4.17; 512 on 16×7² 2.10 and 2.74 against 1.97 and 2.66 (even).
 GROUPED_PAIR_CELLS = 64
 
 
