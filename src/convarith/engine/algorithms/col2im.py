@@ -559,14 +559,14 @@ def transposed(
     # the per-phase gather's loops over the tables cost 4 times the product on an RGB
     # stem (3×3 stride 2, 32 -> 3 on 56², one core: 0.31 ms, 0.09 of it the product)
     joint_rows = _numba_joint_rows() if joint is not None and gather is not None else None
-    column_of = np.zeros(kernel3, np.int64)
-    for number, (combo, weights) in enumerate(phases):
-        if weights is not None:
-            for position, tap in enumerate(itertools.product(*(p.taps for p in combo))):
-                column_of[tap] = offsets[number] + position * fg
-    strides_array, dilation_array, reach_array = (
-        np.array(values, np.int64) for values in (strides3, dilation3, reach3))
-    size3_array = np.array(size3, np.int64)
+    if joint_rows is not None:
+        column_of = np.zeros(kernel3, np.int64)
+        for number, (combo, weights) in enumerate(phases):
+            if weights is not None:
+                for position, tap in enumerate(itertools.product(*(p.taps for p in combo))):
+                    column_of[tap] = offsets[number] + position * fg
+        geometry = tuple(np.array(values, np.int64)
+                         for values in (size3, strides3, dilation3, reach3))
     # groups run in batches whose products fit the budget together: one product
     # call and one gather per batch (tiny groups on few cells: per-group calls cost
     # more than their products)
@@ -595,7 +595,8 @@ def transposed(
             else:
                 np.matmul(pieces[0], joint[0], out=products[:, 0])
             if joint_rows is not None:
-                joint_rows(products, y4, n0, n1, i0, i1 - i0, size3_array, o0, o1, column_of,
+                size_array, strides_array, dilation_array, reach_array = geometry
+                joint_rows(products, y4, n0, n1, i0, i1 - i0, size_array, o0, o1, column_of,
                            strides_array, dilation_array, reach_array, fg)
                 return
         for number, (combo, weights) in enumerate(phases):
