@@ -17,6 +17,13 @@ from convarith import ConvSpec, engine
 from convarith.engine import core
 from convarith.engine.algorithms import _threads
 
+
+@pytest.fixture(autouse=True)
+def _constants_choose(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are the constants' choice: no mode timed on the first calls
+    (:mod:`convarith.engine.gradient_modes`, tested on its own)."""
+    monkeypatch.setenv("CONVARITH_AUTOTUNE", "0")
+
 CASES = 4 if os.environ.get("CI") == "true" else 12
 
 

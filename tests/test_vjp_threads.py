@@ -16,6 +16,13 @@ from convarith.engine import core
 from convarith.engine.algorithms import _threads
 
 
+@pytest.fixture(autouse=True)
+def _constants_choose(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are the constants' choice: no mode timed on the first calls
+    (:mod:`convarith.engine.gradient_modes`, tested on its own)."""
+    monkeypatch.setenv("CONVARITH_AUTOTUNE", "0")
+
+
 @pytest.mark.parametrize("channels, size, batch, two_cores", [
     (8, 8, 1, None), (32, 28, 4, None), (64, 32, 16, None), (64, 56, 1, None),
     (64, 56, 1, 1e8)])

@@ -29,7 +29,8 @@ array([[10., 18.],
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
@@ -39,9 +40,9 @@ from ..arithmetic import transposed_grid_output_size, window_reach, zero_inserte
 from ..limits import check_values, current_limits
 from ..spec import ConvSpec, ResolvedConv
 from . import dispatch as _dispatch
-from . import pooling
+from . import gradient_modes, pooling
 from .algorithms import prepacked
-from .algorithms._threads import run_chunks, thread_limit, worker_count
+from .algorithms._threads import blas_single_threaded, run_chunks, thread_limit, worker_count
 from .dispatch import (
     Algorithm,
     ConvProblem,
@@ -1195,28 +1196,59 @@ GROUPED_TINY_SCALE = 6.0
 
 def _both_gradients(input_grad: Any, kernel_grad: Any, need_input_grad: bool,
                     multiply_adds: int, pairs_on_two: bool = False,
-                    operand_bytes: int = 0, tiny_scale: float = 1.0) -> tuple[Any, Any]:
-    """``(input_grad() or None, kernel_grad())``: for a backward pass of ``multiply_adds``
-    (the forward pass's) below :data:`SMALL_BACKWARD_FLOPS` with two or more workers and
-    ``x`` and ``dy`` of at most :data:`SIDE_BY_SIDE_BYTES` (``operand_bytes``), or
-    below :data:`TWO_CORES_FLOPS` with exactly two (both gradients wanted, and
-    ``pairs_on_two``: :func:`_side_by_side_on_two`), each on one
-    thread (:func:`~.algorithms._threads.thread_limit`), the two side by side on two
-    workers (below :data:`TINY_BACKWARD_FLOPS`, the multiply-adds counted ``tiny_scale``
-    times, one after the other on the calling thread); otherwise one after the other, each
-    on every worker. An error of either is raised here."""
+                    operand_bytes: int = 0, tiny_scale: float = 1.0,
+                    problem: Hashable | None = None) -> tuple[Any, Any]:
+    """``(input_grad() or None, kernel_grad())``, run in one of
+    :data:`.gradient_modes.MODES`.
+
+    The constants choose: for a backward pass of ``multiply_adds`` (the forward pass's)
+    below :data:`SMALL_BACKWARD_FLOPS` with two or more workers and ``x`` and ``dy`` of
+    at most :data:`SIDE_BY_SIDE_BYTES` (``operand_bytes``), or below
+    :data:`TWO_CORES_FLOPS` with exactly two (both gradients wanted, and
+    ``pairs_on_two``: :func:`_side_by_side_on_two`), each on one thread
+    (:func:`~.algorithms._threads.thread_limit`), the two side by side on two workers
+    (``"pair"``; below :data:`TINY_BACKWARD_FLOPS`, the multiply-adds counted
+    ``tiny_scale`` times, one after the other on the calling thread, ``"one"``);
+    otherwise one after the other, each on every worker (``"all"``). Where the two
+    first modes are allowed, the first calls of ``problem`` (a key of the call's
+    shapes) time each of the three and keep the quickest
+    (:mod:`.gradient_modes`; not with ``CONVARITH_AUTOTUNE=0``). An error of either
+    gradient is raised here."""
     workers = worker_count()
+    if workers < 2:
+        return (input_grad() if need_input_grad else None), kernel_grad()
     small = 2 * multiply_adds < SMALL_BACKWARD_FLOPS and operand_bytes <= SIDE_BY_SIDE_BYTES
     side_by_side = (need_input_grad and pairs_on_two and workers == 2
                     and 2 * multiply_adds < TWO_CORES_FLOPS)
-    if workers < 2 or not (small or side_by_side):
+    if not (small or side_by_side):
         return (input_grad() if need_input_grad else None), kernel_grad()
-    if 2 * multiply_adds * tiny_scale < TINY_BACKWARD_FLOPS:
+    flops = 2 * multiply_adds * tiny_scale
+    static = "one" if flops < TINY_BACKWARD_FLOPS or not need_input_grad else "pair"
+    if (problem is None or not need_input_grad or 2 * multiply_adds < gradient_modes.MEASURE_FLOPS
+            or not gradient_modes.measuring()):
+        mode, timed = static, False
+    else:
+        mode, timed = gradient_modes.next_mode(problem, static, gradient_modes.CANDIDATES)
+    start = time.perf_counter() if timed else 0.0
+    if mode == "one" and need_input_grad and 2 * multiply_adds >= gradient_modes.MEASURE_FLOPS:
+        # BLAS on one thread too, as side by side: the kernel gradient's products then
+        # add in the same order either way (BLAS on two threads changed its last bits)
+        with thread_limit(1), blas_single_threaded():
+            done = input_grad(), kernel_grad()
+    elif mode == "one":
         with thread_limit(1):
-            return (input_grad() if need_input_grad else None), kernel_grad()
-    if not need_input_grad:
-        with thread_limit(1):
-            return None, kernel_grad()
+            done = (input_grad() if need_input_grad else None), kernel_grad()
+    elif mode == "all":
+        done = (input_grad() if need_input_grad else None), kernel_grad()
+    else:
+        done = _side_by_side(input_grad, kernel_grad)
+    if timed:
+        gradient_modes.record(problem, mode, time.perf_counter() - start)
+    return done
+
+
+def _side_by_side(input_grad: Any, kernel_grad: Any) -> tuple[Any, Any]:
+    """The two gradients on two workers, one thread each."""
     # the calling thread takes the first job at once, the helper the second once it
     # wakes: the kernel gradient (the longer, by per-tap products) first leaves the helper
     # the most time to take the other one (dx first, a late helper found both taken)
@@ -1302,7 +1334,10 @@ def conv_vjp(
                                  groups, algorithm),
             need_input_grad, prepared.x.size // prepared.x.shape[-1] * kernel.size,
             _side_by_side_on_two(prepared.x, kernel, dy, len(strides)),
-            prepared.x.nbytes + dy.nbytes)
+            prepared.x.nbytes + dy.nbytes,
+            problem=("transposed", prepared.x.shape, kernel.shape, dy.shape, strides, dilation,
+                     groups, resolved.crop, dy.dtype.char, need_input_grad, algorithm,
+                     worker_count()))
     else:
         kernel = prepared.kernel
         assert kernel is not None
@@ -1334,7 +1369,11 @@ def conv_vjp(
                                         or _grouped_pair(prepared.x, kernel, dy, strides),
                                         prepared.x.nbytes + dy.nbytes,
                                         GROUPED_TINY_SCALE if 1 < groups < prepared.x.shape[-1]
-                                        else 1.0)
+                                        else 1.0,
+                                        ("direct", prepared.x.shape, kernel.shape, dy.shape,
+                                         strides, dilation, groups, resolved.padding,
+                                         spec.padding_mode, dy.dtype.char, need_input_grad,
+                                         algorithm, worker_count()))
     d_bias = None
     if prepared.bias is not None:
         # dy summed over every axis but the last: a product with a vector of ones (one

@@ -26,6 +26,9 @@ remembered plans       (call's arguments, each array's shape,        as the reme
 autotune files         cache file path -> {problem key: algorithm}   the files are read again after
                        (``autotune._FILES``; the files themselves    :func:`clear_caches`; entries kept
                        are in the user's cache directory)            per file at most 4096
+gradient modes         a backward problem's shapes -> how its two     nothing (timed on its first calls;
+                       gradients run, side by side or one after the  at most 4096 problems, the oldest
+                       other (``gradient_modes._CHOICES``)           half dropped past that)
 resolved specs         (spec, input shape) -> ``ResolvedConv``       nothing (pure; LRU of 1024)
                        (``spec._resolve_remembered``)
 functional specs       the ``conv2d``/``max_pool``/... helpers'      nothing (pure; LRU of 256)
@@ -186,7 +189,7 @@ def cached_once(fn: F) -> F:
 def process_caches() -> dict[str, Callable[[], None]]:
     """Each cache of the table above by name, with the function that empties it."""
     from .. import spec
-    from . import api, autotune, dispatch
+    from . import api, autotune, dispatch, gradient_modes
     from .algorithms import (
         _llvm,
         _llvm_depthwise,
@@ -223,6 +226,7 @@ def process_caches() -> dict[str, Callable[[], None]]:
         "remembered choices": dispatch._CHOICES.clear,
         "remembered plans": dispatch._PLANS.clear,
         "autotune files": autotune.clear,
+        "gradient modes": gradient_modes.clear,
         "resolved specs": functions(spec._resolve_remembered),
         "functional specs": functions(api._remembered_spec),
         "kernel layouts": functions(register_tiles._layout),

@@ -36,7 +36,7 @@ import numpy as np
 from ..state import cached_once, environment
 from ._spin import SpinningPool
 
-__all__ = ["run_chunks", "worker_count", "thread_limit", "workspace", "aligned_empty",
+__all__ = ["run_chunks", "worker_count", "thread_limit", "blas_single_threaded", "workspace", "aligned_empty",
            "aligned_copy", "chunk_workers",
            "SMALL_WORK", "SMALL_WORK_NO_BLAS", "parallel_penalty", "BLAS_SERIAL_SHARE",
            "run_native_jobs", "run_native_table", "native_workers"]
@@ -138,6 +138,16 @@ def _controller() -> Any:
     with contextlib.suppress(ImportError):
         import scipy.linalg.blas  # noqa: F401
     return ThreadpoolController()
+
+
+def blas_single_threaded() -> contextlib.AbstractContextManager[bool]:
+    """BLAS limited to one thread inside (threadpoolctl; ``False`` where it is missing).
+
+    >>> with blas_single_threaded() as limited:
+    ...     limited in (True, False)
+    True
+    """
+    return _blas_single_threaded()
 
 
 @contextlib.contextmanager
