@@ -1209,11 +1209,10 @@ def _both_gradients(input_grad: Any, kernel_grad: Any, need_input_grad: bool,
     (:func:`~.algorithms._threads.thread_limit`), the two side by side on two workers
     (``"pair"``; below :data:`TINY_BACKWARD_FLOPS`, the multiply-adds counted
     ``tiny_scale`` times, one after the other on the calling thread, ``"one"``);
-    otherwise one after the other, each on every worker (``"all"``). Where the two
-    first modes are allowed, the first calls of ``problem`` (a key of the call's
-    shapes) time each of the three and keep the quickest
-    (:mod:`.gradient_modes`; not with ``CONVARITH_AUTOTUNE=0``). An error of either
-    gradient is raised here."""
+    otherwise one after the other, each on every worker (``"all"``). Where they choose
+    side by side, the first calls of ``problem`` (a key of the call's shapes) time it
+    against ``"one"`` and keep the quicker (:mod:`.gradient_modes`; not with
+    ``CONVARITH_AUTOTUNE=0``). An error of either gradient is raised here."""
     workers = worker_count()
     if workers < 2:
         return (input_grad() if need_input_grad else None), kernel_grad()
@@ -1224,13 +1223,11 @@ def _both_gradients(input_grad: Any, kernel_grad: Any, need_input_grad: bool,
         return (input_grad() if need_input_grad else None), kernel_grad()
     flops = 2 * multiply_adds * tiny_scale
     static = "one" if flops < TINY_BACKWARD_FLOPS or not need_input_grad else "pair"
-    if (problem is None or not need_input_grad or 2 * multiply_adds < gradient_modes.MEASURE_FLOPS
-            or not gradient_modes.measuring()):
-        mode, timed = static, False
-    else:
-        mode, timed = gradient_modes.next_mode(problem, static, gradient_modes.CANDIDATES)
+    measured = static == "pair" and problem is not None and gradient_modes.measuring()
+    mode, timed = gradient_modes.next_mode(problem, static, gradient_modes.CANDIDATES) if (
+        measured) else (static, False)
     start = time.perf_counter() if timed else 0.0
-    if mode == "one" and need_input_grad and 2 * multiply_adds >= gradient_modes.MEASURE_FLOPS:
+    if mode == "one" and measured:
         # BLAS on one thread too, as side by side: the kernel gradient's products then
         # add in the same order either way (BLAS on two threads changed its last bits)
         with thread_limit(1), blas_single_threaded():

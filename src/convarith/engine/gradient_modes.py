@@ -21,16 +21,20 @@ one day chose wrongly on the same machine on another (the pair had gained 4-14% 
 those ResNeXt layers a day earlier).
 
 So the first calls of each backward problem that the constants would run side by
-side or on the calling thread measure those two (:data:`CANDIDATES`) in their real
-work: the first call runs the constants' choice untimed (it builds the plans and
-may compile), the next :data:`TRIALS` rounds run each candidate once, in
-alternating order, timed, and from then on the problem runs the candidate whose
-quickest call was quickest (the constants' choice unless another beat it by
-:data:`MARGIN`). Both compute each gradient on one thread with the same
-algorithms, so the choice changes the speed, never the values: the results are the
-same bit for bit either way (tested). ``"all"`` is left to the constants: a
-gradient shared among threads adds its partial sums in another order, and a choice
-that timing makes must not change a result's last bits from one run to the next.
+side also time it against one after the other on the calling thread
+(:data:`CANDIDATES`), in their real work: the first call runs the constants' choice
+untimed (it builds the plans and may compile), the next :data:`TRIALS` rounds run
+each candidate once, timed, the other mode first and last (the calls just after the
+first are often still slow, and that counts against the other mode, not for it), and
+from then on the problem runs the candidate whose quickest call was quickest (the
+constants' choice unless the other beat it by :data:`MARGIN`). Both compute each
+gradient on one thread (BLAS too) with the same algorithms, so the choice changes
+the speed, never the values: the results are the same bit for bit either way
+(tested). ``"all"`` is left to the constants: a gradient shared among threads adds
+its partial sums in another order, and a choice that timing makes must not change a
+result's last bits from one run to the next. Passes that the constants run on the
+calling thread are not measured: the other modes cost more to start than such a
+pass takes.
 
 ``CONVARITH_AUTOTUNE=0`` (or ``false``, ``no``, ``off``) turns the measuring off:
 the constants choose, the same on every run. Nothing is written to disk; the
@@ -39,15 +43,15 @@ choices live in this process (:func:`convarith.engine.clear_caches` forgets them
 Examples
 --------
 >>> clear()
->>> times = {"pair": [1.0, 2.0, 1.1], "one": [0.5, 0.9, 0.7]}
+>>> times = {"pair": [1.0, 1.1], "one": [0.9, 0.7]}
 >>> picked = []
->>> for _ in range(9):
+>>> for _ in range(7):
 ...     mode, timed = next_mode("layer", "pair", ("pair", "one"))
 ...     picked.append(mode)
 ...     if timed:
 ...         record("layer", mode, times[mode].pop(0))
->>> picked  # an untimed first call, three trials each (alternating), then the quicker
-['pair', 'pair', 'one', 'one', 'pair', 'pair', 'one', 'one', 'one']
+>>> picked  # an untimed first call, two trials each, then the quicker
+['pair', 'one', 'pair', 'pair', 'one', 'one', 'one']
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ from collections.abc import Hashable, Mapping, Sequence
 
 from .state import environment
 
-__all__ = ["MODES", "CANDIDATES", "TRIALS", "MARGIN", "KEPT", "MEASURE_FLOPS", "measuring", "next_mode", "record",
+__all__ = ["MODES", "CANDIDATES", "TRIALS", "MARGIN", "KEPT", "measuring", "next_mode", "record",
            "chosen", "clear"]
 
 #: The ways of running the two gradients (see the module's docstring).
@@ -68,21 +72,17 @@ CANDIDATES = ("pair", "one")
 
 #: Timed calls of each candidate before the choice is made (the quickest of them
 #: counts: a candidate's first call may build its own plans).
-TRIALS = 3
+TRIALS = 2
 
 #: Another mode than the constants' is kept only where its quickest call took at most
 #: this share of theirs: two trials each, 3% apart, once kept the slower of two modes
-#: (ResNet-50's 1×1 1024 -> 512 on one 7² image, 1.32× the constants' time).
+#: (ResNet-50's 1×1 1024 -> 512 on one 7² image, 1.32× the constants' time; two trials
+#: each, interleaved in one process).
 MARGIN = 0.95
 
 #: Backward problems whose choice is remembered; past this many the oldest half is
 #: dropped (a choice dropped is measured again if its problem comes back).
 KEPT = 4096
-
-#: Backward passes below this many FLOPs (twice the forward multiply-adds) are not
-#: measured: they run on the calling thread alone, as the constants say (every other
-#: mode costs more than such a pass, ~0.05 ms, to start).
-MEASURE_FLOPS = 2e6
 
 _VARIABLE = "CONVARITH_AUTOTUNE"
 
@@ -94,7 +94,9 @@ class _Choice:
 
     def __init__(self, static: str, candidates: Sequence[str]) -> None:
         self.static = static
-        order = list(candidates)
+        # the others first: the calls after the untimed first one are often still slow
+        # (caches, the helper's first wake-up), which counts against the others, not for
+        order = [mode for mode in candidates if mode != static] + [static]
         schedule = [static]  # the warm-up call, untimed
         for round_ in range(TRIALS):
             schedule += order if round_ % 2 == 0 else order[::-1]
