@@ -98,3 +98,80 @@ def test_shared_channel_blocks_cover_the_channels(filters, workers, width, most)
         # within the bytes bound unless a vector alone is over it
         per_channel = tile * tile * (channels + tiles) * 4
         assert block * per_channel <= winograd.CHANNEL_BLOCK_BYTES or block <= width * most, case
+
+
+@pytest.mark.parametrize("isa", ["native", "avx2"])
+def test_shared_tiles_on_the_helpers_equal_the_threads_closures(isa, monkeypatch):
+    """A prepacked kernel's shared tiles on two workers run as tables of compiled calls
+    (the transforms as C callbacks beside the products' kernels): the same values bit for
+    bit as the threads' Python chunks and as one thread, against PyTorch, for random
+    layers (dilation, padding, batches, output channels in blocks), float32 and float64."""
+    from convarith.engine import prepack
+    from convarith.engine.algorithms import _llvm, _native_jobs
+
+    if isa == "avx2":
+        monkeypatch.setenv("CONVARITH_VECTOR_ISA", "avx2")
+    target = _llvm.vector_target()
+    if not target.runs_here or _native_jobs.kernel_runner() is None:
+        pytest.skip("no compiled kernels or helper tables here")
+    rng = np.random.default_rng(900)
+    native = []
+    runner = winograd._native_shared_tiles
+    monkeypatch.setattr(winograd, "_native_shared_tiles",
+                        lambda *args: native.append(args[1].shape) or runner(*args))
+    taken = 0
+    for trial in range(12):
+        dtype = [np.float32, np.float64][trial % 2]
+        width = target.width(np.dtype(dtype))
+        channels = int(rng.choice([3, 16, 40, 64]))
+        filters = width * int(rng.choice([1, 2, 3, 4, 6]))
+        size = (int(rng.integers(4, 16)), int(rng.integers(4, 16)))
+        dilation = (int(rng.integers(1, 3)), 1)
+        pads = ((1, 1), (int(rng.integers(0, 3)), int(rng.integers(0, 3))))
+        batch = int(rng.integers(1, 3))
+        x = rng.standard_normal((batch, *size, channels)).astype(dtype)
+        k = prepack(rng.standard_normal((3, 3, channels, filters)).astype(dtype))
+        grown = [s + lo + hi for s, (lo, hi) in zip(size, pads)]
+        out_size = tuple(g - 2 * d for g, d in zip(grown, dilation))
+        if min(out_size) < 1:
+            continue
+        monkeypatch.setattr(winograd, "CHANNEL_BLOCK_BYTES",
+                            [winograd.CHANNEL_BLOCK_BYTES, 1][trial % 3 == 0])
+        case = (trial, isa, dtype.__name__, x.shape, k.shape, dilation, pads)
+        before = len(native)
+        two = winograd.direct(x, k, (1, 1), dilation, 1, out_size, m=4, padding=pads,
+                              threads=2)
+        if len(native) == before:
+            continue  # not shared tiles (too many), or not the helpers' tables
+        taken += 1
+        one = winograd.direct(x, k, (1, 1), dilation, 1, out_size, m=4, padding=pads,
+                              threads=1)
+        with monkeypatch.context() as closures:
+            closures.setattr(winograd, "_native_runner", lambda *args: None)
+            chunks = winograd.direct(x, k, (1, 1), dilation, 1, out_size, m=4, padding=pads,
+                                     threads=2)
+        assert np.array_equal(two, one), case
+        assert np.array_equal(two, chunks), case
+        check(two, _torch_reference(x, np.asarray(k), pads, dilation, out_size), dtype, 900,
+              f"winograd on the helpers' tables {case}")
+    assert taken >= 6, taken
+
+
+def test_the_helpers_tables_are_kept_per_shape_and_cleared():
+    from convarith import engine
+    from convarith.engine import prepack
+    from convarith.engine.algorithms import _native_jobs
+
+    if _native_jobs.kernel_runner() is None or winograd._table_transforms(
+            np.dtype(np.float32)) is None:
+        pytest.skip("no helper tables here")
+    rng = np.random.default_rng(901)
+    k = prepack(rng.standard_normal((3, 3, 32, 64)).astype(np.float32))
+    engine.clear_caches()
+    for size in (6, 6, 7):
+        x = rng.standard_normal((1, size, size, 32)).astype(np.float32)
+        winograd.direct(x, k, (1, 1), (1, 1), 1, (size, size), m=4,
+                        padding=((1, 1), (1, 1)), threads=2)
+    assert len(winograd._NATIVE_TABLES) == 2  # one per shape
+    engine.clear_caches()
+    assert not winograd._NATIVE_TABLES

@@ -67,6 +67,10 @@ space-to-depth plans   kernel/stride/dilation -> plan                nothing (pu
 flat-rows plans        padded size, kernel, stride, dilation ->      nothing (pure; LRU of 256)
                        phases, grid, taps' shifts (``flat_rows._plan``)
 Winograd matrices      ``winograd.transform(m)``, its growth bound   nothing (constants)
+Winograd call tables   shapes, kept kernel transform, workspaces,    nothing (the transform and the
+                       workers -> the compiled calls of a shared-    workspaces are in the key; at most
+                       tiles call on the helpers                     64, the oldest dropped)
+                       (``winograd._NATIVE_TABLES``)
 compiled kernels       numba kernels (col2im, depthwise, flat_rows,  ``CONVARITH_JIT`` and the installed
                        space_to_depth, winograd, pooling,            packages are read at the first call:
                        batch_as_channels), llvmlite modules
@@ -241,6 +245,7 @@ def process_caches() -> dict[str, Callable[[], None]]:
         "space-to-depth plans": functions(space_to_depth.plan),
         "flat-rows plans": functions(flat_rows._plan),
         "Winograd matrices": functions(winograd.transform, winograd._transform_gain),
+        "Winograd call tables": winograd._NATIVE_TABLES.clear,
         "compiled kernels": functions(
             col2im._numba_gather, col2im._numba_joint_rows, depthwise._numba_kernels,
             flat_rows._numba_gather,
@@ -254,6 +259,7 @@ def process_caches() -> dict[str, Callable[[], None]]:
             _llvm_pool._global_average_for, _llvm_pool.table_filler,
             _numba_pool.numba_kernels, batch_as_channels._numba_swap,
             _spin.spinner, _native_jobs._rows_runner, _native_jobs._padded_rows_filler,
+            winograd._table_transforms,
             _native_jobs._padded_channels_filler),
         "BLAS controller": functions(_threads._controller, _threads._sched_getcpu,
                                      _threads._affinity_cores),

@@ -333,3 +333,52 @@ def gradient_transform_f4(dy, at, d0, d1, th, tw, first, w_out):
                 out0[ch], out1[ch], out2[ch], out3[ch], out4[ch], out5[ch] = a6(
                     tmp[r, 0, ch], tmp[r, 1, ch], tmp[r, 2, ch], tmp[r, 3, ch],
                     two, four, eight)
+
+
+# ---------------------------------------------------------------- table-callable transforms
+#
+# The F(4×4) transforms as C functions with the register kernels' signature (four
+# pointers, then :data:`TABLE_FIELDS` 64-bit integers, most unused), so that a table of
+# compiled calls (:mod:`._native_jobs`) can hold them beside the products' kernels and
+# the helper threads run a whole call without the GIL.
+
+#: The integers after the four pointers of a table-callable transform (the register
+#: kernels' ``Cells``, ``Sums`` and ``Batch`` fields).
+TABLE_FIELDS = 18
+
+
+def _table_transforms(dtype: Any) -> tuple[int, int, Any] | None:
+    """``(input address, output address, keep-alive)`` of the table-callable F(4×4)
+    transforms for ``dtype`` (float32 or float64), or ``None`` without numba."""
+    if njit is None:
+        return None
+    from numba import carray, cfunc, types
+
+    scalar = types.float32 if np.dtype(dtype) == np.float32 else types.float64
+    pointer = types.CPointer(scalar)
+    signature = types.void(pointer, pointer, pointer, types.voidptr,
+                           *([types.int64] * TABLE_FIELDS))
+
+    @cfunc(signature, cache=True)
+    def input_rows(xp_at, bt_at, v_at, _unused, n, hx, wx, c, th, tw, d0, d1, top, left,
+                   first, count, total, f5, f6, f7, f8, f9):  # pragma: no cover - compiled
+        # tiles first .. first + count - 1 of input_transform_f4 into columns of v
+        xp = carray(xp_at, (n, hx, wx, c))
+        bt = carray(bt_at, (6, 6))
+        v = carray(v_at, (36, total, c))
+        input_transform_f4(xp, bt, 4, d0, d1, th, tw, first, v, top, left, first, count)
+
+    @cfunc(signature, cache=True)
+    def output_rows(prod_at, at_at, y_at, _unused, n, ho, wo, f, th, tw, d0, d1, f0, f1,
+                    total, f3, f4, f5, f6, f7, f8, f9):  # pragma: no cover - compiled
+        # the products of channels f0 .. f1 - 1 (a block: (36, total, f1 - f0)) into
+        # those channels of y (N, HO, WO, F)
+        prod = carray(prod_at, (36, total, f1 - f0))
+        at = carray(at_at, (4, 6))
+        y = carray(y_at, (n, ho, 1, wo, 1, f))
+        output_transform_f4(prod, at, 4, d0, d1, th, tw, 0, y[..., f0:f1])
+
+    input_at, output_at = input_rows.address, output_rows.address
+    if not input_at or not output_at:  # pragma: no cover - a numba without addresses
+        return None
+    return int(input_at), int(output_at), (input_rows, output_rows)

@@ -62,11 +62,12 @@ True
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -81,6 +82,7 @@ from ._threads import (
     aligned_empty,
     parallel_penalty,
     run_chunks,
+    run_native_table,
     worker_count,
     workspace,
 )
@@ -606,13 +608,22 @@ def _shared_tiles(kernels: tuple[Callable[..., None], ...], x: np.ndarray,
     th, tw = tiling.tiles
     top, left = origin
     total = x.shape[0] * tiling.per_image
-    if 2.0 * total * m * m * 9 * c * f < SHARED_SERIAL_FLOPS:
-        workers, threads = 1, 1  # two threads ran such calls slower than one
     # the target read once (each read looks at the environment)
     target = _llvm.vector_target()
     width = target.width(dtype) if target.runs_here and dtype in _FLOATS else 0
+    runner = _native_runner(m, dtype, width, workers, kernel)
+    if runner is None and 2.0 * total * m * m * 9 * c * f < SHARED_SERIAL_FLOPS:
+        workers, threads = 1, 1  # two threads ran such calls slower than one
     block = shared_channel_block(c, f, total, a, dtype.itemsize, workers, max(width, 1),
                                  _llvm.max_vectors(target) if width else 1)
+    if runner is not None and block % width == 0:
+        kept = remembered_transform(kernel, ("winograd blocks", m, block, dtype.str),
+                                    functools.partial(_transformed_blocks, kernels[6], kernel,
+                                                      wt, block))
+        if kept is not None:
+            _native_shared_tiles(runner, x, kept, block, y, wt, tiling, origin, workers,
+                                 width)
+            return
     packs = width > 0 and f % width == 0 and block % width == 0
     # the products' kernels per block width, looked up once here (a lookup reads the
     # environment, ~35 µs; each block then only points them at its own kernel)
@@ -633,17 +644,9 @@ def _shared_tiles(kernels: tuple[Callable[..., None], ...], x: np.ndarray,
     run_kernel = kernels[6] if m == 4 else kernels[7]
     flops = 2.0 * total * m * m * 9 * c * f
 
-    def transformed() -> tuple[tuple[np.ndarray, ...], int]:
-        parts = []
-        for f0 in range(0, f, block):
-            part = aligned_empty((a * a, c, min(f, f0 + block) - f0), dtype)
-            run_kernel(kernel, wt.G, f0, 0, c, part)
-            part.flags.writeable = False
-            parts.append(part)
-        return tuple(parts), sum(part.nbytes for part in parts)
-
     kept = remembered_transform(kernel, ("winograd blocks", m, block, dtype.str),
-                                transformed)
+                                functools.partial(_transformed_blocks, run_kernel, kernel, wt,
+                                                  block))
     inline_below = SMALL_WORK_NO_BLAS if packs else SMALL_WORK
 
     def transform_tiles(first: int, last: int) -> None:
@@ -674,6 +677,166 @@ def _shared_tiles(kernels: tuple[Callable[..., None], ...], x: np.ndarray,
                flops=flops, blas=False, inline_below=SMALL_WORK_NO_BLAS)
     run_chunks(channels, f, block, threads=threads, flops=flops, blas=not packs,
                inline_below=inline_below)
+
+
+def _native_runner(m: int, dtype: np.dtype, width: int, workers: int, kernel: np.ndarray
+                   ) -> Any:
+    """The table runner :func:`_native_shared_tiles` would use, or ``None`` (one worker,
+    F(2×2), no compiled kernels or table-callable transforms, output channels not a
+    whole number of vectors, a kernel that is not prepacked or too large to keep: its
+    transform is then made in the threads' own blocks)."""
+    if workers < 2 or m != 4 or not width or kernel.shape[-1] % width:
+        return None
+    owner = prepacked.frozen_owner(kernel)
+    if owner is None or 4 * (len(owner) + kernel.nbytes) > prepacked.KEEP_BYTES:
+        return None
+    from . import _native_jobs
+
+    runner = _native_jobs.kernel_runner()
+    if runner is None or _table_transforms(dtype) is None:
+        return None
+    return runner
+
+
+@cached_once
+def _table_transforms(dtype: np.dtype) -> tuple[int, int, Any] | None:
+    """The table-callable F(4×4) transforms for ``dtype`` (compiled once), or ``None``."""
+    try:
+        from . import _winograd_numba as loops
+    except ImportError:  # pragma: no cover - exercised by the numba-less test
+        return None
+    try:
+        return loops._table_transforms(dtype)
+    except Exception:  # pragma: no cover - a numba that cannot make C callbacks
+        return None
+
+
+def _transformed_blocks(run_kernel: Callable[..., None], kernel: np.ndarray,
+                        wt: WinogradTransform, block: int
+                        ) -> tuple[tuple[np.ndarray, ...], int]:
+    """The kernel's transform by blocks of ``block`` output channels (each
+    ``(a², C, block)``, read-only), and their bytes: what :func:`_shared_tiles` keeps."""
+    a, c, f = wt.tile, kernel.shape[2], kernel.shape[3]
+    parts = []
+    for f0 in range(0, f, block):
+        part = aligned_empty((a * a, c, min(f, f0 + block) - f0), kernel.dtype)
+        run_kernel(kernel, wt.G, f0, 0, c, part)
+        part.flags.writeable = False
+        parts.append(part)
+    return tuple(parts), sum(part.nbytes for part in parts)
+
+
+class _NativeTable(NamedTuple):
+    """:func:`_native_shared_tiles`' calls for one shape, with the arrays they point at
+    (kept alive here): the calls' rows, which rows read ``x`` (pointer 1) and which write
+    ``y`` (pointer 3), and the two batches' jobs."""
+
+    rows: np.ndarray
+    x_rows: np.ndarray
+    y_rows: np.ndarray
+    first: np.ndarray  # (first row, rows) of the tiles' transform jobs
+    second: np.ndarray  # ... of the blocks' jobs, rows counted from the first batch's end
+    keep: tuple[Any, ...]
+
+
+#: Tables of :func:`_native_shared_tiles` kept (the oldest dropped past this).
+NATIVE_TABLES_KEPT = 64
+
+_NATIVE_TABLES: dict[tuple[Any, ...], _NativeTable] = {}
+
+
+def _native_table(x: np.ndarray, kept: tuple[np.ndarray, ...], block: int, y: np.ndarray,
+                  wt: WinogradTransform, tiling: _Tiling, origin: tuple[int, int],
+                  workers: int, width: int) -> _NativeTable:
+    """The calls of :func:`_native_shared_tiles` for these shapes, ``x`` and ``y``'s
+    addresses left to fill in; made once per shape, kernel, workspaces and workers."""
+    from ._native_jobs import KERNEL_FIELDS, KERNEL_POINTERS
+
+    dtype = x.dtype
+    itemsize = dtype.itemsize
+    n, hx, wx, c = x.shape
+    f = y.shape[-1]
+    a2 = wt.tile * wt.tile
+    total = n * tiling.per_image
+    v = workspace("winograd.shared_v", (a2, total, c), dtype)
+    blocks = list(range(0, f, block))
+    prod = workspace("winograd.native_prod", (len(blocks), a2 * total * block), dtype)
+    key = (x.shape, dtype.str, y.shape, id(kept), block, tiling, origin, workers, width,
+           v.ctypes.data, prod.ctypes.data)
+    table = _NATIVE_TABLES.get(key)
+    if table is not None and table.keep[0] is kept:
+        return table
+    transforms = _table_transforms(dtype)
+    assert transforms is not None
+    input_at, output_at, _ = transforms
+    bt = np.ascontiguousarray(wt.BT.astype(dtype))
+    at = np.ascontiguousarray(wt.AT.astype(dtype))
+    offsets = np.arange(c, dtype=np.int64)  # step i of a sum reads column i of v
+    d0, d1 = tiling.dilation
+    th, tw = tiling.tiles
+    top, left = origin
+    rows: list[list[int]] = []
+    cuts = [total * i // workers for i in range(workers + 1)]
+    for t0, t1 in zip(cuts, cuts[1:]):
+        if t1 > t0:
+            rows.append([input_at, 0, bt.ctypes.data, v.ctypes.data, 0,
+                         n, hx, wx, c, th, tw, d0, d1, top, left, t0, t1 - t0, total])
+    x_rows = np.arange(len(rows))
+    first = [(i, 1) for i in range(len(rows))]
+    second, y_rows = [], []
+    for index, f0 in enumerate(blocks):
+        f1 = min(f, f0 + block)
+        size = f1 - f0
+        u = kept[index]
+        out_at = prod.ctypes.data + index * prod.shape[1] * itemsize
+        start = len(rows)
+        for vectors, column, count in register_tiles._plan_blocks(size, width):
+            kernels = _llvm.compiled(dtype, vectors)
+            assert kernels is not None
+            drive = ctypes.c_void_p.from_buffer(kernels.drive).value or 0
+            # one row of ``total`` cells per product (as register_tiles.packed_matmul)
+            rows.append([drive, v.ctypes.data, u.ctypes.data + column * itemsize,
+                         out_at + column * itemsize, offsets.ctypes.data,
+                         1, total, 1, 0, c, 0, 0, size, 0,
+                         count, c, size, vectors * width, 0,
+                         a2, total * c, c * size, total * size])
+        y_rows.append(len(rows))
+        rows.append([output_at, out_at, at.ctypes.data, 0, 0, n, y.shape[1], y.shape[3], f,
+                     th, tw, d0, d1, f0, f1, total])
+        second.append((start - len(first), len(rows) - start))
+    array = np.zeros((len(rows), 1 + KERNEL_POINTERS + KERNEL_FIELDS), np.int64)
+    for i, row in enumerate(rows):
+        array[i, :len(row)] = row
+    table = _NativeTable(array, x_rows, np.array(y_rows), np.array(first, np.int64),
+                         np.array(second, np.int64), (kept, bt, at, offsets, v, prod))
+    if len(_NATIVE_TABLES) >= NATIVE_TABLES_KEPT:
+        _NATIVE_TABLES.pop(next(iter(_NATIVE_TABLES)))
+    _NATIVE_TABLES[key] = table
+    return table
+
+
+def _native_shared_tiles(runner: Any, x: np.ndarray, kept: tuple[np.ndarray, ...],
+                         block: int, y: np.ndarray, wt: WinogradTransform, tiling: _Tiling,
+                         origin: tuple[int, int], workers: int, width: int) -> None:
+    """:func:`_shared_tiles` as two batches of compiled calls (:mod:`._native_jobs`) that
+    the helper threads run without the GIL: the tiles' transform in one job per worker,
+    then one job per block of output channels (its products into a buffer of its own,
+    then its output transform). The calls and their order within a block are those of
+    the threads' closures, so the values are the same bit for bit; only no Python runs
+    between them. A Python chunk handed to a helper started 30-60 µs late on a 2-core
+    virtual machine, and two threads then ran 3×3 64 -> 64 on one 28² image in 1.9× one
+    thread's time (:data:`SHARED_SERIAL_FLOPS`); this way, 3×3 128 -> 128 on one 14²
+    image took 0.85×, 128 -> 256 on one 28² 0.83× (two threads, in one process, 2026-12-07)."""
+    table = _native_table(x, kept, block, y, wt, tiling, origin, workers, width)
+    rows = table.rows.copy()  # (another thread may run the same layer)
+    rows[table.x_rows, 1] = x.ctypes.data
+    rows[table.y_rows, 3] = y.ctypes.data
+    at = rows.ctypes.data
+    width_bytes = rows.shape[1] * 8
+    split = len(table.first)
+    run_native_table(runner, at, split, table.first.ctypes.data, split, workers)
+    run_native_table(runner, at + split * width_bytes, len(rows) - split,
+                     table.second.ctypes.data, len(table.second), workers)
 
 
 def direct(
