@@ -370,13 +370,13 @@ def _table_transforms(dtype: Any) -> tuple[int, int, Any] | None:
 
     @cfunc(signature, cache=True)
     def output_rows(prod_at, at_at, y_at, _unused, n, ho, wo, f, th, tw, d0, d1, f0, f1,
-                    total, f3, f4, f5, f6, f7, f8, f9):  # pragma: no cover - compiled
-        # the products of channels f0 .. f1 - 1 (a block: (36, total, f1 - f0)) into
-        # those channels of y (N, HO, WO, F)
-        prod = carray(prod_at, (36, total, f1 - f0))
+                    tiles, first, f4, f5, f6, f7, f8, f9):  # pragma: no cover - compiled
+        # the products of tiles first .. first + tiles - 1 and channels f0 .. f1 - 1
+        # ((36, tiles, f1 - f0)) into those cells and channels of y (N, HO, WO, F)
+        prod = carray(prod_at, (36, tiles, f1 - f0))
         at = carray(at_at, (4, 6))
         y = carray(y_at, (n, ho, 1, wo, 1, f))
-        output_transform_f4(prod, at, 4, d0, d1, th, tw, 0, y[..., f0:f1])
+        output_transform_f4(prod, at, 4, d0, d1, th, tw, first, y[..., f0:f1])
 
     input_at, output_at = input_rows.address, output_rows.address
     if not input_at or not output_at:  # pragma: no cover - a numba without addresses

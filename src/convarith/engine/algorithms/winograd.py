@@ -616,12 +616,16 @@ def _shared_tiles(kernels: tuple[Callable[..., None], ...], x: np.ndarray,
         workers, threads = 1, 1  # two threads ran such calls slower than one
     block = shared_channel_block(c, f, total, a, dtype.itemsize, workers, max(width, 1),
                                  _llvm.max_vectors(target) if width else 1)
-    if runner is not None and block % width == 0:
-        kept = remembered_transform(kernel, ("winograd blocks", m, block, dtype.str),
+    if runner is not None:
+        # each job takes every block in turn: blocks as wide as the cache allows (one
+        # worker's; blocks for two made 3×3 64 on one 28² image 1.09× slower)
+        wide = shared_channel_block(c, f, total, a, dtype.itemsize, 1, width,
+                                    _llvm.max_vectors(target))
+        kept = remembered_transform(kernel, ("winograd blocks", m, wide, dtype.str),
                                     functools.partial(_transformed_blocks, kernels[6], kernel,
-                                                      wt, block))
-        if kept is not None:
-            _native_shared_tiles(runner, x, kept, block, y, wt, tiling, origin, workers,
+                                                      wt, wide))
+        if kept is not None and wide % width == 0:
+            _native_shared_tiles(runner, x, kept, wide, y, wt, tiling, origin, workers,
                                  width)
             return
     packs = width > 0 and f % width == 0 and block % width == 0
@@ -729,13 +733,12 @@ def _transformed_blocks(run_kernel: Callable[..., None], kernel: np.ndarray,
 class _NativeTable(NamedTuple):
     """:func:`_native_shared_tiles`' calls for one shape, with the arrays they point at
     (kept alive here): the calls' rows, which rows read ``x`` (pointer 1) and which write
-    ``y`` (pointer 3), and the two batches' jobs."""
+    ``y`` (pointer 3), and the jobs ``(first row, rows)``."""
 
     rows: np.ndarray
     x_rows: np.ndarray
     y_rows: np.ndarray
-    first: np.ndarray  # (first row, rows) of the tiles' transform jobs
-    second: np.ndarray  # ... of the blocks' jobs, rows counted from the first batch's end
+    jobs: np.ndarray
     keep: tuple[Any, ...]
 
 
@@ -758,9 +761,11 @@ def _native_table(x: np.ndarray, kept: tuple[np.ndarray, ...], block: int, y: np
     f = y.shape[-1]
     a2 = wt.tile * wt.tile
     total = n * tiling.per_image
+    cuts = [total * i // workers for i in range(workers + 1)]
+    most = max(b - a for a, b in zip(cuts, cuts[1:]))
     v = workspace("winograd.shared_v", (a2, total, c), dtype)
-    blocks = list(range(0, f, block))
-    prod = workspace("winograd.native_prod", (len(blocks), a2 * total * block), dtype)
+    # each job's products of one block of output channels (a job's blocks in turn)
+    prod = workspace("winograd.native_prod", (workers, a2 * most * block), dtype)
     key = (x.shape, dtype.str, y.shape, id(kept), block, tiling, origin, workers, width,
            v.ctypes.data, prod.ctypes.data)
     table = _NATIVE_TABLES.get(key)
@@ -776,39 +781,42 @@ def _native_table(x: np.ndarray, kept: tuple[np.ndarray, ...], block: int, y: np
     th, tw = tiling.tiles
     top, left = origin
     rows: list[list[int]] = []
-    cuts = [total * i // workers for i in range(workers + 1)]
-    for t0, t1 in zip(cuts, cuts[1:]):
-        if t1 > t0:
-            rows.append([input_at, 0, bt.ctypes.data, v.ctypes.data, 0,
-                         n, hx, wx, c, th, tw, d0, d1, top, left, t0, t1 - t0, total])
-    x_rows = np.arange(len(rows))
-    first = [(i, 1) for i in range(len(rows))]
-    second, y_rows = [], []
-    for index, f0 in enumerate(blocks):
-        f1 = min(f, f0 + block)
-        size = f1 - f0
-        u = kept[index]
-        out_at = prod.ctypes.data + index * prod.shape[1] * itemsize
-        start = len(rows)
-        for vectors, column, count in register_tiles._plan_blocks(size, width):
-            kernels = _llvm.compiled(dtype, vectors)
-            assert kernels is not None
-            drive = ctypes.c_void_p.from_buffer(kernels.drive).value or 0
-            # one row of ``total`` cells per product (as register_tiles.packed_matmul)
-            rows.append([drive, v.ctypes.data, u.ctypes.data + column * itemsize,
-                         out_at + column * itemsize, offsets.ctypes.data,
-                         1, total, 1, 0, c, 0, 0, size, 0,
-                         count, c, size, vectors * width, 0,
-                         a2, total * c, c * size, total * size])
-        y_rows.append(len(rows))
-        rows.append([output_at, out_at, at.ctypes.data, 0, 0, n, y.shape[1], y.shape[3], f,
-                     th, tw, d0, d1, f0, f1, total])
-        second.append((start - len(first), len(rows) - start))
+    x_rows, y_rows, jobs = [], [], []
+    for job, (t0, t1) in enumerate(zip(cuts, cuts[1:])):
+        if t1 <= t0:
+            continue
+        start, cells = len(rows), t1 - t0
+        x_rows.append(len(rows))
+        rows.append([input_at, 0, bt.ctypes.data, v.ctypes.data, 0,
+                     n, hx, wx, c, th, tw, d0, d1, top, left, t0, cells, total])
+        out_at = prod.ctypes.data + job * prod.shape[1] * itemsize
+        for index, f0 in enumerate(range(0, f, block)):
+            size = min(f, f0 + block) - f0
+            u = kept[index]
+            for vectors, column, count in register_tiles._plan_blocks(size, width):
+                kernels = _llvm.compiled(dtype, vectors)
+                assert kernels is not None
+                drive = ctypes.c_void_p.from_buffer(kernels.drive).value or 0
+                # the a² products of register_tiles.packed_matmul, on this job's tiles
+                rows.append([drive, v.ctypes.data + t0 * c * itemsize,
+                             u.ctypes.data + column * itemsize, out_at + column * itemsize,
+                             offsets.ctypes.data,
+                             *_llvm.Cells(rows=1, row_cells=cells, image_rows=1, x_row=0,
+                                          x_cell=c, x_image=0, y_row=0, y_cell=size,
+                                          y_image=0),
+                             *_llvm.Sums(blocks=count, steps=c, step_stride=size,
+                                         block_stride=vectors * width, accumulate=0),
+                             *_llvm.Batch(problems=a2, x_stride=total * c, w_stride=c * size,
+                                          y_stride=cells * size)])
+            y_rows.append(len(rows))
+            rows.append([output_at, out_at, at.ctypes.data, 0, 0, n, y.shape[1], y.shape[3],
+                         f, th, tw, d0, d1, f0, f0 + size, cells, t0])
+        jobs.append((start, len(rows) - start))
     array = np.zeros((len(rows), 1 + KERNEL_POINTERS + KERNEL_FIELDS), np.int64)
     for i, row in enumerate(rows):
         array[i, :len(row)] = row
-    table = _NativeTable(array, x_rows, np.array(y_rows), np.array(first, np.int64),
-                         np.array(second, np.int64), (kept, bt, at, offsets, v, prod))
+    table = _NativeTable(array, np.array(x_rows), np.array(y_rows), np.array(jobs, np.int64),
+                         (kept, bt, at, offsets, v, prod))
     if len(_NATIVE_TABLES) >= NATIVE_TABLES_KEPT:
         _NATIVE_TABLES.pop(next(iter(_NATIVE_TABLES)))
     _NATIVE_TABLES[key] = table
@@ -818,25 +826,22 @@ def _native_table(x: np.ndarray, kept: tuple[np.ndarray, ...], block: int, y: np
 def _native_shared_tiles(runner: Any, x: np.ndarray, kept: tuple[np.ndarray, ...],
                          block: int, y: np.ndarray, wt: WinogradTransform, tiling: _Tiling,
                          origin: tuple[int, int], workers: int, width: int) -> None:
-    """:func:`_shared_tiles` as two batches of compiled calls (:mod:`._native_jobs`) that
-    the helper threads run without the GIL: the tiles' transform in one job per worker,
-    then one job per block of output channels (its products into a buffer of its own,
-    then its output transform). The calls and their order within a block are those of
-    the threads' closures, so the values are the same bit for bit; only no Python runs
-    between them. A Python chunk handed to a helper started 30-60 µs late on a 2-core
-    virtual machine, and two threads then ran 3×3 64 -> 64 on one 28² image in 1.9× one
-    thread's time (:data:`SHARED_SERIAL_FLOPS`); this way, 3×3 128 -> 128 on one 14²
-    image took 0.85×, 128 -> 256 on one 28² 0.83× (two threads, in one process, 2026-12-07)."""
+    """:func:`_shared_tiles` as one table of compiled calls (:mod:`._native_jobs`) that
+    the helper threads run without the GIL: one job per worker and range of tiles, each
+    the tiles' input transform, then for each block of output channels its products
+    (into a buffer of the job's own) and output transform, so no job waits for another.
+    Each cell's sums are the threads' closures' own, so the values are the same bit for
+    bit (tested). A Python chunk handed to a helper started 30-60 µs late on a 2-core
+    virtual machine, and two threads ran 3×3 64 -> 64 on one 28² image in 1.9× one
+    thread's time (:data:`SHARED_SERIAL_FLOPS`); this way 0.71-0.81× (three processes),
+    128 -> 128 on one 14² image 0.63×, 128 -> 256 on one 28² 0.74× (two threads against
+    the chunks' path, interleaved in one process, 2026-12-07)."""
     table = _native_table(x, kept, block, y, wt, tiling, origin, workers, width)
     rows = table.rows.copy()  # (another thread may run the same layer)
     rows[table.x_rows, 1] = x.ctypes.data
     rows[table.y_rows, 3] = y.ctypes.data
-    at = rows.ctypes.data
-    width_bytes = rows.shape[1] * 8
-    split = len(table.first)
-    run_native_table(runner, at, split, table.first.ctypes.data, split, workers)
-    run_native_table(runner, at + split * width_bytes, len(rows) - split,
-                     table.second.ctypes.data, len(table.second), workers)
+    run_native_table(runner, rows.ctypes.data, len(rows), table.jobs.ctypes.data,
+                     len(table.jobs), workers)
 
 
 def direct(
