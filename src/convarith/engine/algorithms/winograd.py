@@ -702,6 +702,17 @@ def _native_runner(m: int, dtype: np.dtype, width: int, workers: int, kernel: np
     return runner
 
 
+def _native_tables_here(problem: ConvProblem) -> bool:
+    """Whether :func:`_native_shared_tiles` can run ``problem`` here (output channels in
+    whole vectors, the helpers' tables and the table-callable transforms built)."""
+    from . import _native_jobs
+
+    width = _llvm.vector_width(problem.dtype)
+    return (bool(width) and problem.out_channels % width == 0
+            and _native_jobs.kernel_runner() is not None
+            and _table_transforms(np.dtype(problem.dtype)) is not None)
+
+
 @cached_once
 def _table_transforms(dtype: np.dtype) -> tuple[int, int, Any] | None:
     """The table-callable F(4×4) transforms for ``dtype`` (compiled once), or ``None``."""
@@ -1215,7 +1226,9 @@ def cost(problem: ConvProblem) -> float:
              + PER_TILE_VALUE * a * a * tiles * (c + f) + PER_CALL)
     if not shared:
         return alone
-    if sharing and problem.flops < SHARED_SERIAL_FLOPS:  # on one thread
+    # on the helpers' tables (_native_shared_tiles) a small call runs on every worker
+    native = sharing and m == 4 and transform_kept(problem) and _native_tables_here(problem)
+    if sharing and problem.flops < SHARED_SERIAL_FLOPS and not native:  # on one thread
         share = SERIAL_SHARE if (a * a * pairs * itemsize <= SERIAL_TRANSFORM_BYTES
                                  and np.dtype(problem.dtype) == np.float32) else 1.0
         return alone * (1 + share * (workers - 1))
