@@ -1197,7 +1197,7 @@ GROUPED_TINY_SCALE = 6.0
 def _both_gradients(input_grad: Any, kernel_grad: Any, need_input_grad: bool,
                     multiply_adds: int, pairs_on_two: bool = False,
                     operand_bytes: int = 0, tiny_scale: float = 1.0,
-                    problem: Hashable | None = None) -> tuple[Any, Any]:
+                    problem: Callable[[], Hashable] | None = None) -> tuple[Any, Any]:
     """``(input_grad() or None, kernel_grad())``, run in one of
     :data:`.gradient_modes.MODES`.
 
@@ -1210,7 +1210,7 @@ def _both_gradients(input_grad: Any, kernel_grad: Any, need_input_grad: bool,
     (``"pair"``; below :data:`TINY_BACKWARD_FLOPS`, the multiply-adds counted
     ``tiny_scale`` times, one after the other on the calling thread, ``"one"``);
     otherwise one after the other, each on every worker (``"all"``). Where they choose
-    side by side, the first calls of ``problem`` (a key of the call's shapes) time it
+    side by side, the first calls of ``problem()`` (a key of the call's shapes) time it
     against ``"one"`` and keep the quicker (:mod:`.gradient_modes`; not with
     ``CONVARITH_AUTOTUNE=0``). An error of either gradient is raised here."""
     workers = worker_count()
@@ -1224,7 +1224,8 @@ def _both_gradients(input_grad: Any, kernel_grad: Any, need_input_grad: bool,
     flops = 2 * multiply_adds * tiny_scale
     static = "one" if flops < TINY_BACKWARD_FLOPS or not need_input_grad else "pair"
     measured = static == "pair" and problem is not None and gradient_modes.measuring()
-    mode, timed = gradient_modes.next_mode(problem, static, gradient_modes.CANDIDATES) if (
+    key = problem() if measured and problem is not None else None
+    mode, timed = gradient_modes.next_mode(key, static, gradient_modes.CANDIDATES) if (
         measured) else (static, False)
     start = time.perf_counter() if timed else 0.0
     if mode == "one" and measured:
@@ -1240,7 +1241,7 @@ def _both_gradients(input_grad: Any, kernel_grad: Any, need_input_grad: bool,
     else:
         done = _side_by_side(input_grad, kernel_grad)
     if timed:
-        gradient_modes.record(problem, mode, time.perf_counter() - start)
+        gradient_modes.record(key, mode, time.perf_counter() - start)
     return done
 
 
@@ -1332,9 +1333,9 @@ def conv_vjp(
             need_input_grad, prepared.x.size // prepared.x.shape[-1] * kernel.size,
             _side_by_side_on_two(prepared.x, kernel, dy, len(strides)),
             prepared.x.nbytes + dy.nbytes,
-            problem=("transposed", prepared.x.shape, kernel.shape, dy.shape, strides, dilation,
-                     groups, resolved.crop, dy.dtype.char, need_input_grad, algorithm,
-                     worker_count()))
+            problem=lambda: ("transposed", prepared.x.shape, kernel.shape, dy.shape, strides,
+                             dilation, groups, resolved.crop, dy.dtype.char, algorithm,
+                             worker_count()))
     else:
         kernel = prepared.kernel
         assert kernel is not None
@@ -1367,10 +1368,10 @@ def conv_vjp(
                                         prepared.x.nbytes + dy.nbytes,
                                         GROUPED_TINY_SCALE if 1 < groups < prepared.x.shape[-1]
                                         else 1.0,
-                                        ("direct", prepared.x.shape, kernel.shape, dy.shape,
-                                         strides, dilation, groups, resolved.padding,
-                                         spec.padding_mode, dy.dtype.char, need_input_grad,
-                                         algorithm, worker_count()))
+                                        lambda: ("direct", prepared.x.shape, kernel.shape,
+                                                 dy.shape, strides, dilation, groups,
+                                                 resolved.padding, spec.padding_mode,
+                                                 dy.dtype.char, algorithm, worker_count()))
     d_bias = None
     if prepared.bias is not None:
         # dy summed over every axis but the last: a product with a vector of ones (one
