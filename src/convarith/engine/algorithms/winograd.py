@@ -62,6 +62,7 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import math
@@ -829,7 +830,9 @@ def _native_table(x: np.ndarray, kept: tuple[np.ndarray, ...], block: int, y: np
     table = _NativeTable(array, np.array(x_rows), np.array(y_rows), np.array(jobs, np.int64),
                          (kept, bt, at, offsets, v, prod))
     if len(_NATIVE_TABLES) >= NATIVE_TABLES_KEPT:
-        _NATIVE_TABLES.pop(next(iter(_NATIVE_TABLES)))
+        # (another thread may be changing the dict meanwhile: then it has made room)
+        with contextlib.suppress(RuntimeError, KeyError, StopIteration):
+            _NATIVE_TABLES.pop(next(iter(_NATIVE_TABLES)))
     _NATIVE_TABLES[key] = table
     return table
 
