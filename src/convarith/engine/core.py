@@ -1236,8 +1236,6 @@ def _both_gradients(input_grad: Any, kernel_grad: Any, need_input_grad: bool,
     elif mode == "one":
         with thread_limit(1):
             done = (input_grad() if need_input_grad else None), kernel_grad()
-    elif mode == "all":
-        done = (input_grad() if need_input_grad else None), kernel_grad()
     else:
         done = _side_by_side(input_grad, kernel_grad)
     if timed:

@@ -690,10 +690,19 @@ def _native_runner(m: int, dtype: np.dtype, width: int, workers: int, kernel: np
     F(2×2), no compiled kernels or table-callable transforms, output channels not a
     whole number of vectors, a kernel that is not prepacked or too large to keep: its
     transform is then made in the threads' own blocks)."""
-    if workers < 2 or m != 4 or not width or kernel.shape[-1] % width:
+    if workers < 2 or m != 4:
         return None
     owner = prepacked.frozen_owner(kernel)
     if owner is None or 4 * (len(owner) + kernel.nbytes) > prepacked.KEEP_BYTES:
+        return None
+    return _tables_runner(np.dtype(dtype), width, kernel.shape[-1])
+
+
+def _tables_runner(dtype: np.dtype, width: int, filters: int) -> Any:
+    """The helpers' table runner where :func:`_native_shared_tiles` can run ``filters``
+    output channels of ``dtype`` here (whole vectors of ``width``, the runner and the
+    table-callable transforms built), else ``None``."""
+    if not width or filters % width:
         return None
     from . import _native_jobs
 
@@ -704,14 +713,10 @@ def _native_runner(m: int, dtype: np.dtype, width: int, workers: int, kernel: np
 
 
 def _native_tables_here(problem: ConvProblem) -> bool:
-    """Whether :func:`_native_shared_tiles` can run ``problem`` here (output channels in
-    whole vectors, the helpers' tables and the table-callable transforms built)."""
-    from . import _native_jobs
-
-    width = _llvm.vector_width(problem.dtype)
-    return (bool(width) and problem.out_channels % width == 0
-            and _native_jobs.kernel_runner() is not None
-            and _table_transforms(np.dtype(problem.dtype)) is not None)
+    """Whether :func:`_native_shared_tiles` can run ``problem`` here
+    (:func:`_tables_runner`)."""
+    dtype = np.dtype(problem.dtype)
+    return _tables_runner(dtype, _llvm.vector_width(dtype), problem.out_channels) is not None
 
 
 @cached_once
