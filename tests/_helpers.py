@@ -374,3 +374,53 @@ def torch_conv2d_nhwc(x: np.ndarray, kernel: np.ndarray, pads: Any, stride: int,
                                                ).astype(np.float64))
     y = torch.nn.functional.conv2d(xt, wt, stride=stride, dilation=dilation, groups=groups)
     return np.moveaxis(y.numpy(), 1, -1)
+
+
+def torch_vjp_nhwc(x: np.ndarray, kernel: np.ndarray, dy: np.ndarray,
+                   spec: ConvSpec) -> tuple[np.ndarray, np.ndarray]:
+    """PyTorch's (float64) input and kernel gradients of ``spec`` (zero padding, any
+    strides, dilation and groups) in convarith's channels-last layouts: ``x`` padded here
+    as ``spec`` resolves it (PyTorch pads both sides alike), its gradient cropped back."""
+    torch = pytest.importorskip("torch")
+    resolved = spec.resolve(x.shape)
+    rank = spec.rank
+    padded = np.pad(x, ((0, 0), *resolved.padding, (0, 0)))
+    d_x, d_kernel, _ = torch.ops.aten.convolution_backward(
+        torch.from_numpy(np.moveaxis(dy, -1, 1).astype(np.float64)),
+        torch.from_numpy(np.moveaxis(padded, -1, 1).astype(np.float64)),
+        torch.from_numpy(np.moveaxis(kernel, (-1, -2), (0, 1)).astype(np.float64)),
+        None, list(spec.strides), [0] * rank, list(spec.dilation), False, [0] * rank,
+        spec.groups, [True, True, False])
+    crop = (slice(None), *(slice(lo, lo + n) for (lo, _), n in
+                           zip(resolved.padding, x.shape[1:-1])))
+    return (np.moveaxis(d_x.numpy(), 1, -1)[crop],
+            np.moveaxis(d_kernel.numpy(), (0, 1), (-1, -2)))
+
+
+def random_vjp_operands(rng: np.random.Generator, spec: ConvSpec, x_shape: tuple[int, ...],
+                        kernel_shape: tuple[int, ...], dtype: Any
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Standard-normal ``x``, kernel and output gradient of ``spec`` (drawn in that
+    order) in ``dtype``."""
+    x = rng.standard_normal(x_shape).astype(dtype)
+    kernel = rng.standard_normal(kernel_shape).astype(dtype)
+    out = spec.resolve(x.shape).output_size
+    dy = rng.standard_normal((x_shape[0], *out, kernel_shape[-1])).astype(dtype)
+    return x, kernel, dy
+
+
+def assert_two_thread_vjp_matches_torch(x: np.ndarray, kernel: np.ndarray, dy: np.ndarray,
+                                        spec: ConvSpec, what: str) -> None:
+    """``conv_vjp`` on two workers (skipped on one core): both gradients within the
+    conformance bound (1e-5 float32, 1e-10 float64) of PyTorch's (:func:`torch_vjp_nhwc`)."""
+    from convarith import engine
+    from convarith.engine.algorithms import _threads
+
+    with engine.thread_limit(2):
+        if _threads.worker_count() < 2:
+            pytest.skip("one core: no second worker")
+        d_x, d_kernel, _ = engine.conv_vjp(x, kernel, spec, dy)
+    expected_x, expected_kernel = torch_vjp_nhwc(x, kernel, dy, spec)
+    tolerance = 1e-10 if x.dtype == np.float64 else 1e-5
+    assert relative_error(d_x, expected_x) <= tolerance, f"{what}: input gradient"
+    assert relative_error(d_kernel, expected_kernel) <= tolerance, f"{what}: kernel gradient"

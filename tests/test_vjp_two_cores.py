@@ -12,10 +12,9 @@ import os
 import numpy as np
 import pytest
 
-from _helpers import relative_error
-from convarith import ConvSpec, engine
+from _helpers import assert_two_thread_vjp_matches_torch, random_vjp_operands
+from convarith import ConvSpec
 from convarith.engine import core
-from convarith.engine.algorithms import _threads
 
 CASES = 4 if os.environ.get("CI") == "true" else 16
 
@@ -47,34 +46,14 @@ def _layer(rng: np.random.Generator) -> tuple[ConvSpec, tuple[int, ...], tuple[i
 @pytest.mark.oracle
 @pytest.mark.parametrize("seed", range(CASES))
 def test_one_image_gradients_side_by_side_against_torch(seed: int) -> None:
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     rng = np.random.default_rng(9100 + seed)
     spec, x_shape, kernel_shape = _layer(rng)
     dtype = np.float64 if seed % 2 else np.float32
-    x = rng.standard_normal(x_shape).astype(dtype)
-    kernel = rng.standard_normal(kernel_shape).astype(dtype)
+    x, kernel, dy = random_vjp_operands(rng, spec, x_shape, kernel_shape, dtype)
     resolved = spec.resolve(x.shape)
-    dy = rng.standard_normal((1, *resolved.output_size, kernel_shape[-1])).astype(dtype)
     flops = 2 * math.prod(resolved.output_size) * kernel.size
     what = f"seed {9100 + seed}: {spec} on {x.shape}, {dtype.__name__}, {flops:.3g} FLOPs"
     assert core.SMALL_BACKWARD_FLOPS <= flops < core.TWO_CORES_FLOPS, what
     assert core._side_by_side_on_two(x, kernel, dy, spec.rank), what
-    with engine.thread_limit(2):
-        if _threads.worker_count() < 2:
-            pytest.skip("one core: no second worker")
-        d_x, d_kernel, _ = engine.conv_vjp(x, kernel, spec, dy)
-    rank = spec.rank
-    pads = [lo for lo, _ in resolved.padding]
-    padded = np.pad(x, ((0, 0), *resolved.padding, (0, 0)))  # PyTorch pads both sides alike
-    expected_x, expected_kernel, _ = torch.ops.aten.convolution_backward(
-        torch.from_numpy(np.moveaxis(dy, -1, 1).astype(np.float64)),
-        torch.from_numpy(np.moveaxis(padded, -1, 1).astype(np.float64)),
-        torch.from_numpy(np.moveaxis(kernel, (-1, -2), (0, 1)).astype(np.float64)),
-        None, list(spec.strides), [0] * rank, list(spec.dilation), False, [0] * rank, 1,
-        [True, True, False])
-    expected_x = np.moveaxis(expected_x.numpy(), 1, -1)
-    crop = (slice(None), *(slice(lo, lo + n) for lo, n in zip(pads, x.shape[1:-1])))
-    expected_kernel = np.moveaxis(expected_kernel.numpy(), (0, 1), (-1, -2))
-    tolerance = 1e-10 if dtype == np.float64 else 1e-5
-    assert relative_error(d_x, expected_x[crop]) <= tolerance, f"{what}: input gradient"
-    assert relative_error(d_kernel, expected_kernel) <= tolerance, f"{what}: kernel gradient"
+    assert_two_thread_vjp_matches_torch(x, kernel, dy, spec, what)
