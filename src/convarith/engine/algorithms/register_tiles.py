@@ -374,7 +374,8 @@ def _record_table(shape: tuple[int, ...], kernel_shape: tuple[int, ...],
     # arrays of the layer's shapes for their addresses only: no value is read or written
     x = np.empty(padded_shape or shape, dtype)
     kernel = np.empty(kernel_shape, dtype) if packed is None else packed
-    y = aligned_empty((n, oh, ow, f), dtype)
+    # the output as direct makes it: whole vectors of channels (the rows' strides are its)
+    y = aligned_empty((n, oh, ow, _output_channels(f, 1, _llvm.vector_width(dtype))), dtype)
     table = _native_jobs.KernelTable(runner)
     panels: list[Panel] = []
     jobs = _jobs(x, kernel, strides, dilation, out_size, [(0, 0), (0, 0)], y, workers,
