@@ -348,7 +348,7 @@ def run_native_table(runner: Any, table: int, rows: int, jobs: int, count: int,
     if workers > 1 and not getattr(_IN_HELPER, "active", False):
         pool = _POOL.get()
         caller_cpu = _current_cpu()
-        if caller_cpu is not None:
+        if caller_cpu is not None and pool.keep_off_due(caller_cpu):
             # the caller's cores (a kept helper's own mask is the last call's choice)
             pool.keep_off(caller_cpu, os.sched_getaffinity(0))
         with contextlib.suppress(RuntimeError):  # the pool let go meanwhile: run here
