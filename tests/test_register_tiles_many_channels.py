@@ -134,9 +134,8 @@ def test_workers_share_output_channels_of_a_large_kernel(padding, contiguous, pa
     pads = [(padding, padding)] * 2
     y = np.empty((1, out, out, 80 + (-80) % _llvm.vector_width(np.float64)))
     jobs = register_tiles._jobs(x, kernel, (1, 1), (1, 1), (out, out), pads, y, 2)
-    vectors = -(-80 // _llvm.vector_width(np.float64))
-    blocks = vectors // _llvm.max_vectors() + (1 if vectors % _llvm.max_vectors() else 0)
-    assert len(jobs) == min(blocks, 8)
+    # one job per worker, each about half the blocks' channels × rows
+    assert len(jobs) == 2 * register_tiles.BLOCK_JOBS_PER_WORKER
     for threads in (2, 1):
         y = run(x, kernel, 1, padding, threads)
         assert relative_error(y, torch_conv(x, kernel, 1, padding)) <= 1e-10, threads
@@ -168,8 +167,7 @@ def test_cost_of_shared_output_channels_reads_no_panel_twice(monkeypatch):
         y = np.empty((1, 4, 4, 512), np.float32)
         jobs = register_tiles._jobs(x, np.zeros((3, 3, 512, 512), np.float32), (1, 1), (1, 1),
                                     (4, 4), [(1, 1), (1, 1)], y, workers)
-        blocks = 512 // (_llvm.vector_width(np.float32) * _llvm.max_vectors())
-        assert len(jobs) == (1 if workers == 1 else min(blocks, 8))
+        assert len(jobs) == (1 if workers == 1 else 2 * register_tiles.BLOCK_JOBS_PER_WORKER)
     assert costs[2][0] == costs[1][0]
     assert costs[2][1] > costs[1][1]
 
@@ -212,3 +210,26 @@ def test_peak_memory_stays_within_the_budget(shape):
             threads=threads))
         ratio = peak / (x.nbytes + kernel.nbytes + out_bytes)
         assert ratio <= 1.5, f"{shape}, threads {threads}: peak {peak} bytes = {ratio:.2f}x"
+
+
+def test_balanced_pieces_cover_every_block_row_once_in_even_shares():
+    """Random blocks (channels each), rows and job counts: every (block, row) lies in
+    exactly one piece of one job, in order, and each job's channels × rows are within
+    one block-row of an even share."""
+    rng = np.random.default_rng(77)
+    for _ in range(300):
+        columns = [int(v) for v in rng.choice([8, 16, 32, 48, 64], size=int(rng.integers(1, 12)))]
+        rows, count = int(rng.integers(1, 9)), int(rng.integers(1, 9))
+        jobs = register_tiles.balanced_pieces(columns, rows, count)
+        assert 1 <= len(jobs) <= count
+        seen = []
+        for pieces in jobs:
+            share = 0
+            for b0, b1, q0, q1 in pieces:
+                assert 0 <= b0 < b1 <= len(columns) and 0 <= q0 < q1 <= rows
+                assert b1 - b0 == 1 or (q0, q1) == (0, rows)  # several blocks: all rows
+                seen += [(b, q) for b in range(b0, b1) for q in range(q0, q1)]
+                share += sum(columns[b0:b1]) * (q1 - q0)
+            even = sum(columns) * rows / count
+            assert abs(share - even) <= max(columns), (columns, rows, count, jobs)
+        assert seen == [(b, q) for b in range(len(columns)) for q in range(rows)]

@@ -1005,9 +1005,11 @@ def _block_jobs(x: np.ndarray, pads: list[tuple[int, int]], y: np.ndarray,
                 workers: int, drives: Callable[[Any], Any] | None = None,
                 skipping: list[tuple[int, int, list[tuple[_Call, int, int, Sums]]]] | None = None
                 ) -> list[Callable[[], None]]:
-    """Jobs of :func:`_jobs` cut over the output channels: each takes a range of the column
-    blocks (of every run, counted one run after another) for every image, and runs every
-    step of the sum on them in order. A padded input is copied once, here (the kernel
+    """Jobs of :func:`_jobs` cut over the output channels: :data:`BLOCK_JOBS_PER_WORKER`
+    per worker, each a range of the column blocks (of every run, counted one run after
+    another) for every image, cut inside a block along its output rows where whole
+    blocks would not share evenly (:func:`balanced_pieces`); each runs every step of
+    the sum on its pieces in order. A padded input is copied once, here (the kernel
     outweighs it), and read by every job."""
     dtype = x.dtype
     itemsize = dtype.itemsize
@@ -1031,8 +1033,6 @@ def _block_jobs(x: np.ndarray, pads: list[tuple[int, int]], y: np.ndarray,
             total += panel.sums.blocks
         first_blocks.append(starts[key])
     columns = [panel.kernels.vectors * panel.kernels.width for panel in panels]
-    count = min(total, _job_count(workers))
-    edges = [total * i // count for i in range(count + 1)]
     if unpadded:
         source, x_image = x, h * w * c
     else:
@@ -1044,41 +1044,113 @@ def _block_jobs(x: np.ndarray, pads: list[tuple[int, int]], y: np.ndarray,
                   y_image=y_image)
     x_base, y_base = source.ctypes.data, y.ctypes.data
     steps = [(call, first, cols) for call, first, cols in zip(calls, first_blocks, columns)]
-
     first_of = {call.first_channel_bytes: (first, cols) for call, first, cols in steps}
+    # each global block's output channels (a run's blocks after the previous run's)
+    block_columns = [0] * total
+    for call, first, cols in steps:
+        block_columns[first:first + call.sums.blocks] = [cols] * call.sums.blocks
     row_bytes = stride_rows * padded_w * c * itemsize
 
-    def job_skipping(b0: int, b1: int, _keep: Any = (panels, source)) -> None:
-        assert skipping is not None
-        for r0, r1, parts in skipping:
-            part_cells = cells._replace(rows=n * (r1 - r0), image_rows=r1 - r0)
-            for call, weights, offsets, sums in parts:
-                first, cols = first_of[call.first_channel_bytes]
-                lo, hi = max(b0, first), min(b1, first + sums.blocks)
+    def piece(b0: int, b1: int, q0: int, q1: int) -> None:
+        """Blocks ``b0:b1`` of output rows ``q0:q1`` of every image, every step in order."""
+        if skipping is not None:
+            for r0, r1, parts in skipping:
+                lo, hi = max(q0, r0), min(q1, r1)
                 if lo >= hi:
                     continue
-                call.drive(x_base + r0 * row_bytes,
-                           weights + (lo - first) * sums.block_stride * itemsize,
-                           y_base + r0 * y_row * itemsize + call.first_channel_bytes
-                           + (lo - first) * cols * itemsize,
-                           offsets, *part_cells, *sums._replace(blocks=hi - lo), *call.batch)
-
-    if skipping is not None:
-        return [_reading(functools.partial(job_skipping, b0, b1), 0, n, 0, needed, True)
-                for b0, b1 in zip(edges, edges[1:]) if b1 > b0]
-
-    def job(b0: int, b1: int, _keep: Any = (panels, source)) -> None:
+                part_cells = cells._replace(rows=n * (hi - lo), image_rows=hi - lo)
+                for call, weights, offsets, sums in parts:
+                    first, cols = first_of[call.first_channel_bytes]
+                    blo, bhi = max(b0, first), min(b1, first + sums.blocks)
+                    if blo >= bhi:
+                        continue
+                    call.drive(x_base + lo * row_bytes,
+                               weights + (blo - first) * sums.block_stride * itemsize,
+                               y_base + lo * y_row * itemsize + call.first_channel_bytes
+                               + (blo - first) * cols * itemsize,
+                               offsets, *part_cells, *sums._replace(blocks=bhi - blo),
+                               *call.batch)
+            return
+        part_cells = (cells if (q0, q1) == (0, oh)
+                      else cells._replace(rows=n * (q1 - q0), image_rows=q1 - q0))
         for call, first, cols in steps:
             lo, hi = max(b0, first), min(b1, first + call.sums.blocks)
             if lo >= hi:
                 continue
             sums = call.sums._replace(blocks=hi - lo)
-            call.drive(x_base, call.weights + (lo - first) * sums.block_stride * itemsize,
-                       y_base + call.first_channel_bytes + (lo - first) * cols * itemsize,
-                       call.offsets, *cells, *sums, *call.batch)
+            call.drive(x_base + q0 * row_bytes,
+                       call.weights + (lo - first) * sums.block_stride * itemsize,
+                       y_base + q0 * y_row * itemsize + call.first_channel_bytes
+                       + (lo - first) * cols * itemsize,
+                       call.offsets, *part_cells, *sums, *call.batch)
 
-    return [_reading(functools.partial(job, b0, b1), 0, n, 0, needed, True)
-            for b0, b1 in zip(edges, edges[1:]) if b1 > b0]
+    def job(pieces: tuple[tuple[int, int, int, int], ...],
+            _keep: Any = (panels, source)) -> None:
+        for b0, b1, q0, q1 in pieces:
+            piece(b0, b1, q0, q1)
+
+    return [_reading(functools.partial(job, pieces), 0, n, 0, needed, True)
+            for pieces in balanced_pieces(block_columns, oh, BLOCK_JOBS_PER_WORKER * workers)]
+
+
+#: Jobs per worker where workers share a layer's output channels (:func:`_block_jobs`):
+#: one, each reading its own part of the kernel once. Two threads, prepacked, forced
+#: register_tiles, one process (ms, 1, 4 and 8 a worker): 1×1 2048 -> 192 on one 7²
+#: image 0.23, 0.27, 0.25; 1×1 1152 -> 320 on 4² 0.10, 0.16, 0.11. Against the jobs
+#: of whole blocks (at most 8; 4 processes each, alternating): 2048 -> 192 on 7²
+#: (3 blocks) 0.305 -> 0.238, 3×3 512 -> 320 on 7² (5 blocks) 0.91 -> 0.76, 1×1
+#: 960 -> 160 on 7² 0.135 -> 0.123; 1152 -> 192 on 4² (one thread: too small) even.
+BLOCK_JOBS_PER_WORKER = 1
+
+
+def balanced_pieces(block_columns: Sequence[int], rows: int, count: int
+                    ) -> list[tuple[tuple[int, int, int, int], ...]]:
+    """Cut column blocks (``block_columns[b]`` output channels each) of ``rows`` output
+    rows into at most ``count`` jobs of about as many channels × rows each, in order: a
+    job is ``(first block, stop block, first row, stop row)`` pieces; a job's edge falls
+    on a whole block where it can, else on a whole row inside one. Whole blocks alone
+    gave one of two workers 3 of 5 blocks (EfficientNet-B0's 1×1 1152 -> 320 on one 4²
+    image: 4 vectors a block) or 2 of 3.
+
+    >>> balanced_pieces([64] * 4, 4, 2)
+    [((0, 2, 0, 4),), ((2, 4, 0, 4),)]
+    >>> balanced_pieces([64] * 5, 4, 2)
+    [((0, 2, 0, 4), (2, 3, 0, 2)), ((2, 3, 2, 4), (3, 5, 0, 4))]
+    >>> balanced_pieces([64, 64, 32], 1, 4)
+    [((0, 1, 0, 1),), ((1, 2, 0, 1),), ((2, 3, 0, 1),)]
+    """
+    starts = [0]
+    for columns in block_columns:
+        starts.append(starts[-1] + columns * rows)
+    total = starts[-1]
+    points: list[tuple[int, int]] = []
+    block = 0
+    for j in range(count + 1):
+        edge = total * j // count
+        while block < len(block_columns) and edge >= starts[block + 1]:
+            block += 1
+        if block == len(block_columns):
+            points.append((block, 0))
+            continue
+        row = round((edge - starts[block]) / (block_columns[block] or 1))
+        points.append((block + 1, 0) if row >= rows else (block, row))
+    jobs = []
+    for (b0, r0), (b1, r1) in zip(points, points[1:]):
+        if (b0, r0) >= (b1, r1):
+            continue
+        pieces = []
+        if b0 == b1:
+            pieces.append((b0, b0 + 1, r0, r1))
+        else:
+            if r0 > 0:
+                pieces.append((b0, b0 + 1, r0, rows))
+                b0 += 1
+            if b1 > b0:
+                pieces.append((b0, b1, 0, rows))
+            if r1 > 0:
+                pieces.append((b1, b1 + 1, 0, r1))
+        jobs.append(tuple(pieces))
+    return jobs
 
 
 #: :func:`_skip_zero_rows` cuts the calls where the register blocks then read at most this
