@@ -385,10 +385,13 @@ def torch_vjp_nhwc(x: np.ndarray, kernel: np.ndarray, dy: np.ndarray,
     resolved = spec.resolve(x.shape)
     rank = spec.rank
     padded = np.pad(x, ((0, 0), *resolved.padding, (0, 0)))
+    # (contiguous: PyTorch's slow_conv2d refuses some strided layouts, "grad_weight must
+    # be contiguous")
     d_x, d_kernel, _ = torch.ops.aten.convolution_backward(
-        torch.from_numpy(np.moveaxis(dy, -1, 1).astype(np.float64)),
-        torch.from_numpy(np.moveaxis(padded, -1, 1).astype(np.float64)),
-        torch.from_numpy(np.moveaxis(kernel, (-1, -2), (0, 1)).astype(np.float64)),
+        torch.from_numpy(np.ascontiguousarray(np.moveaxis(dy, -1, 1), np.float64)),
+        torch.from_numpy(np.ascontiguousarray(np.moveaxis(padded, -1, 1), np.float64)),
+        torch.from_numpy(np.ascontiguousarray(np.moveaxis(kernel, (-1, -2), (0, 1)),
+                                              np.float64)),
         None, list(spec.strides), [0] * rank, list(spec.dilation), False, [0] * rank,
         spec.groups, [True, True, False])
     crop = (slice(None), *(slice(lo, lo + n) for (lo, _), n in

@@ -16,9 +16,9 @@ import os
 import numpy as np
 import pytest
 
-from _helpers import relative_error
+from _helpers import random_vjp_operands, relative_error, torch_vjp_nhwc
 from convarith import ConvSpec
-from convarith.engine import clear_caches, conv, dispatch, prepack
+from convarith.engine import clear_caches, conv, conv_vjp, dispatch, prepack
 from convarith.engine.algorithms import _llvm, _threads
 from convarith.engine.algorithms import register_tiles as rt
 
@@ -126,3 +126,53 @@ def test_every_path_agrees_on_small_prepacked_layers(seed: int,
     finally:
         clear_caches()  # (the panels packed under the lowered threshold)
     assert ran, f"seed {seed}: no layer drawn"
+
+
+@pytest.mark.parametrize("seed", [int(s) for s in os.environ.get("BACKWARD_SEEDS", "21").split(",")])
+def test_backward_and_transposed_layers_with_prepacked_kernels(
+        seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same random layers' gradients with a prepacked kernel (``conv_vjp``), and
+    transposed layers (which prepack their flipped kernels), every kernel packed once,
+    one and two threads, against PyTorch."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(rt, "PREPACK_BYTES", 1)
+    clear_caches()
+    rng = np.random.default_rng(seed)
+    try:
+        for layer in range(LAYERS // 2):
+            x_shape, k_shape, spec, dtype = _draw(rng)
+            x, kernel, dy = random_vjp_operands(rng, spec, x_shape, k_shape, dtype)
+            if dy.size == 0:
+                continue
+            expected_x, expected_kernel = torch_vjp_nhwc(x, kernel, dy, spec)
+            for threads in (1, 2):
+                with _threads.thread_limit(threads):
+                    d_x, d_kernel, _ = conv_vjp(x, prepack(kernel), spec, dy)
+                what = (f"seed {seed} layer {layer}: {x_shape} * {k_shape} {spec} {dtype.name}, "
+                        f"threads={threads}")
+                assert relative_error(d_x, expected_x) <= _bound(dtype) * 5, f"{what}: d_x"
+                assert relative_error(d_kernel, expected_kernel) <= _bound(dtype) * 5, (
+                    f"{what}: d_kernel")
+            # the transposed layer of the same kernel: x's channels are its outputs
+            stride = spec.strides[0]
+            transposed = ConvSpec(k_shape[0], strides=stride, transposed=True,
+                                  groups=spec.groups)
+            t_in = rng.standard_normal((x_shape[0], 3, 4, k_shape[-1])).astype(dtype)
+            t_kernel = np.ascontiguousarray(kernel)  # (K, K, C/g, F): F inputs -> C outputs
+            # (Keras's "valid" size: PyTorch's plus an output padding of max(0, s - k))
+            extra = [size - ((t - 1) * stride + k_shape[0]) for size, t in
+                     zip(transposed.resolve(t_in.shape).output_size, t_in.shape[1:3])]
+            expected = torch.nn.functional.conv_transpose2d(
+                torch.from_numpy(t_in.astype(np.float64)).permute(0, 3, 1, 2),
+                torch.from_numpy(t_kernel.astype(np.float64)).permute(3, 2, 0, 1),
+                stride=stride, groups=spec.groups, output_padding=extra
+            ).permute(0, 2, 3, 1).numpy()
+            for threads in (1, 2):
+                with _threads.thread_limit(threads):
+                    y = conv(t_in, t_kernel, transposed)
+                error = relative_error(y, expected)
+                assert error <= _bound(dtype) * 5, (
+                    f"seed {seed} layer {layer}: transposed {t_in.shape} * {k_shape} s{stride} "
+                    f"g{spec.groups} {dtype.name}, threads={threads}: relative error {error:.2e}")
+    finally:
+        clear_caches()
