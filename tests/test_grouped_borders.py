@@ -51,7 +51,7 @@ def _layer(rng: random.Random) -> dict:
 
 @pytest.mark.parametrize("isa", ["", "avx2"])
 def test_border_slabs_give_the_whole_padded_copys_results_and_pytorchs(
-        isa: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        isa: str, monkeypatch: pytest.MonkeyPatch, grouped_rows_shared: None) -> None:
     if isa:
         monkeypatch.setenv("CONVARITH_VECTOR_ISA", isa)
         if not _llvm.available(np.float32):

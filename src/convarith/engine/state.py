@@ -53,6 +53,9 @@ prepacked kernels      a frozen kernel (``prepacked.prepack``: its   nothing (th
 grouped forward plans  grouped_tiles ``_forward_plan``: shapes,      nothing (pure; LRU of 256)
                        strides, padding, target, threads -> calls,
                        panel layout, chunks of output
+grouped forward        a grouped call's shapes, settings, target,    nothing (pure; at most 256, all
+runners                workers and kind of kernel -> its plan's      dropped past that)
+                       table runner, or None (``grouped_tiles._FAST``)
 grouped phase plans    grouped_phases ``_plan``: shapes, strides,     nothing (pure; LRU of 32)
                        padding, target -> a strided grouped
                        transposed convolution's calls and where
@@ -238,6 +241,7 @@ def process_caches() -> dict[str, Callable[[], None]]:
                                         thin_call.one_call_plan, thin_call.shared_plan),
         "prepacked kernels": prepacked.clear,
         "grouped forward plans": functions(grouped_tiles._forward_plan),
+        "grouped forward runners": grouped_tiles._FAST.clear,
         "grouped phase plans": functions(grouped_phases._plan),
         "depthwise tile plans": functions(depthwise._tiles_plan, depthwise._phases_plan,
                                           _llvm_depthwise._call_runner),

@@ -645,10 +645,15 @@ def _border_template(steps: Sequence[_Step], tap_offsets: np.ndarray, taps: tupl
 
 
 #: FLOPs from which a forward pass runs on several threads each a share of the groups
-#: (:func:`_channel_parts`); infinite: never (the default, see the module docstring:
-#: the benchmark's pattern of calls ran it slower), 4e6 takes in ResNeXt's batch-1
-#: layers.
-CHANNEL_SPLIT_FLOPS = math.inf
+#: (:func:`_channel_parts`): ResNeXt's batch-1 layers (7-10 MFLOP). Measured with the
+#: calls' decisions made once (:func:`_fast_runner`), two threads, prepacked kernels,
+#: 4 alternating processes, ms, one thread's chunk against shares of the groups: 3×3
+#: g32 256 on 14² 0.123 -> 0.086, 512 on 7² 0.104 -> 0.078, 1024 on 4² 0.127 -> 0.084,
+#: 1024 s2 on 7² 0.132 -> 0.091, 512 s2 on 14² 0.113 -> 0.080, 256 s2 on 28² 0.130 ->
+#: 0.110 (PyTorch 0.077-0.115, onnxruntime 0.057). From 2e6 as well, 128 on 28² (its
+#: borders' table) ran slower (0.13 -> 0.17). Deciding at each call, as before, the
+#: shares had measured no faster than one thread.
+CHANNEL_SPLIT_FLOPS = 4e6
 
 #: FLOPs up to which :func:`_channel_parts` shares the groups among the threads: above,
 #: where the output's rows are cut among them (:data:`PARALLEL_FLOPS`), shares of the
@@ -1161,6 +1166,9 @@ def direct(
                    (1, *out_size), threads=threads,
                    padding=None if padding is None else ((0, 0), *padding))
         return y[:, 0]
+    fast = _fast_runner(xp, kernel, strides, dilation, groups, out_size, padding, threads)
+    if fast is not None:
+        return fast(xp, kernel)
     result = _on_caller(xp, kernel, strides, dilation, groups, out_size, padding, threads)
     if result is not None:
         return result
@@ -1172,6 +1180,134 @@ def direct(
         return tiles_direct(xp, kernel, strides, dilation, groups, out_size, padding=padding,
                             threads=threads)
     return result
+
+
+#: :func:`_fast_runner`'s calls seen (emptied past :data:`FAST_KEPT`): the call's key
+#: -> its runner, or ``None`` where the call takes the usual way.
+_FAST: dict[tuple[Any, ...], Any] = {}
+FAST_KEPT = 256
+
+
+def _fast_runner(xp: Any, kernel: Any, strides: Sequence[int], dilation: Sequence[int],
+                 groups: int, out_size: Sequence[int],
+                 padding: Sequence[tuple[int, int]] | None, threads: int | None
+                 ) -> Any:
+    """``run(x, kernel)`` for a 2-D call that :func:`direct` would run as its plan's table
+    on the helper threads (:func:`_forward` then :func:`_run_plan`, the threads sharing
+    the output's rows or its channels), with what those decide worked out once per
+    call's shapes, settings and kind of kernel: the same calls, the same table, the
+    same values. ``None`` for the others (and for arguments that are not plain
+    C-contiguous arrays of one dtype). Deciding at each call cost ~20-40 µs of a
+    batch-1 ResNeXt layer's ~0.1 ms."""
+    if (type(xp) is not np.ndarray or type(kernel) is not np.ndarray or len(out_size) != 2
+            or xp.ndim != 4 or kernel.ndim != 4 or xp.dtype != kernel.dtype
+            or not xp.flags.c_contiguous or not kernel.flags.c_contiguous):
+        return None
+    from ._threads import _IN_HELPER
+
+    try:
+        key = (xp.shape, kernel.shape, xp.dtype.char, tuple(strides), tuple(dilation),
+               groups, tuple(out_size),
+               None if padding is None else tuple(tuple(pair) for pair in padding),
+               threads, worker_count(), _llvm.vector_target(),
+               prepacked.frozen_owner(kernel) is not None,
+               getattr(_IN_HELPER, "active", False))
+        fast = _FAST.get(key, _UNSEEN)
+    except TypeError:  # (an argument that is not hashable: the usual way)
+        return None
+    if fast is _UNSEEN:
+        fast = _make_fast(xp, kernel, strides, dilation, groups, out_size, padding, threads)
+        if len(_FAST) >= FAST_KEPT:
+            _FAST.clear()
+        _FAST[key] = fast
+    return fast
+
+
+_UNSEEN = object()
+
+
+def _forget_plans(clear: Any = _forward_plan.cache_clear) -> None:
+    """Empty :func:`_forward_plan`'s cache and, with it, :data:`_FAST` (its runners hold
+    plans: a test that changes a constant and empties the plans gets new runners too)."""
+    clear()
+    _FAST.clear()
+
+
+_forward_plan.cache_clear = _forget_plans  # type: ignore[method-assign]
+
+
+def _make_fast(x: np.ndarray, kernel: np.ndarray, strides: Sequence[int],
+               dilation: Sequence[int], groups: int, out_size: Sequence[int],
+               padding: Sequence[tuple[int, int]] | None, threads: int | None) -> Any:
+    """:func:`_fast_runner`'s runner for one call, or ``None``: what :func:`_on_caller`
+    and :func:`_forward` decide, without running anything."""
+    dtype = x.dtype
+    target = _llvm.vector_target()
+    if dtype.char not in "fd" or not target.runs_here or target.width(dtype) == 0 or groups < 2:
+        return None
+    oh, ow = (int(v) for v in out_size)
+    kh, kw, group_in, f = kernel.shape
+    n = x.shape[0]
+    if n * oh * ow == 0 or not _family(int(groups), group_in, f // int(groups), x.shape[-1],
+                                       target.width(dtype)):
+        return None
+    pads = ((0, 0), (0, 0)) if padding is None else tuple(
+        (int(a), int(b)) for a, b in padding)
+    workers = threads if threads is not None else worker_count()
+    frozen = prepacked.frozen_owner(kernel) is not None
+
+    def plan_for(shares: bool) -> _ForwardPlan | None:
+        return _forward_plan(tuple(x.shape), tuple(kernel.shape),
+                             (int(strides[0]), int(strides[1])),
+                             (int(dilation[0]), int(dilation[1])), (oh, ow), pads, int(groups),
+                             dtype, target, workers, "", shares, frozen)
+
+    plan = plan_for(True)
+    # (_on_caller runs the borders' table or the caller's jobs of such a plan)
+    if plan is None or plan.borders is not None or plan.caller_jobs is not None:
+        return None
+    flops = 2.0 * n * oh * ow * kh * kw * group_in * f
+    itemsize = dtype.itemsize
+    io_bytes = x.nbytes + kernel.nbytes + n * oh * ow * f * itemsize
+
+    def runner_for(plan: _ForwardPlan) -> _native_jobs.RowsRunner | None:  # (as _forward's)
+        held_bytes = (n * oh * ow * f + plan.panel_size + plan.slab_size) * itemsize
+        if held_bytes > 1.5 * io_bytes or plan.slab_size * itemsize > TABLE_SLAB_BYTES:
+            return None
+        if plan.parts > 1:
+            return _table_runner(threads, flops, CHANNEL_SPLIT_FLOPS)
+        return (_table_runner(threads, flops) if _job_count(n * oh * ow, flops, workers) > 1
+                else None)
+
+    runner = runner_for(plan)
+    if runner is None and plan.parts > 1:
+        plan = plan_for(False)
+        if plan is None or plan.borders is not None:
+            return None
+        runner = runner_for(plan)
+    if runner is None or plan.rows is None or plan.bases is None:
+        return None
+    from ._threads import native_workers, run_native_table
+
+    spans = np.array(plan.spans, np.int64).reshape(-1, 2)
+    spans.flags.writeable = False
+    spans_address, count = spans.ctypes.data, len(spans)
+    rows, bases, in_place, slab_size = plan.rows, plan.bases, plan.in_place, plan.slab_size
+    shape = (n, oh, ow, f)
+    table_workers = native_workers(plan.workers, None)
+
+    def run(x: np.ndarray, kernel: np.ndarray, _keep: Any = (plan, spans)) -> np.ndarray:
+        panels = kernel if in_place else _panels(plan, kernel)
+        y = aligned_empty(shape, dtype)
+        slabs = workspace("grouped_tiles_slabs", (max(1, slab_size),), dtype)
+        table = rows.copy()
+        table[:, 1:4] += np.array([0, x.ctypes.data, panels.ctypes.data, y.ctypes.data,
+                                   slabs.ctypes.data], np.int64)[bases]
+        run_native_table(runner, table.ctypes.data, len(table), spans_address, count,
+                         table_workers)
+        return y
+
+    return run
 
 
 def _window_starts(batch: int, out_size: Sequence[int], strides: Sequence[int],
