@@ -679,7 +679,9 @@ def _channel_parts(family: str, runs: Sequence[tuple[int, int, int]], groups: in
     on two threads so cut (busy machine, real-time priority: 0.131-0.191 against
     0.135-0.194 ms).
 
-    >>> _channel_parts("interleave", [(4, 0, 4)], 32, 256, 16, 2, 7e6)  # off by default
+    >>> _channel_parts("interleave", [(4, 0, 4)], 32, 256, 16, 2, 7e6)
+    2
+    >>> _channel_parts("interleave", [(4, 0, 4)], 32, 256, 16, 2, 1e6)  # too small
     1
     """
     if (workers < 2 or not CHANNEL_SPLIT_FLOPS <= flops <= CHANNEL_SPLIT_MAX_FLOPS or not runs
