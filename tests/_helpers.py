@@ -427,3 +427,23 @@ def assert_two_thread_vjp_matches_torch(x: np.ndarray, kernel: np.ndarray, dy: n
     tolerance = 1e-10 if x.dtype == np.float64 else 1e-5
     assert relative_error(d_x, expected_x) <= tolerance, f"{what}: input gradient"
     assert relative_error(d_kernel, expected_kernel) <= tolerance, f"{what}: kernel gradient"
+
+
+def random_grouped_layer(rng: Any) -> dict:
+    """A random 2-D grouped layer (a ``random.Random`` draws it): groups of 2 to 32
+    channels, 2 to 64 groups (at most 1024 channels), 1×1 to 5×5, strides 1 and 2,
+    dilation, padding on either side, 1 to 3 images, float32 or float64, a prepacked or
+    writeable kernel, one or two threads."""
+    group = rng.choice([2, 4, 8, 16, 32])
+    groups = rng.choice([2, 4, 8, 16, 32, 64])
+    while group * groups > 1024:
+        groups //= 2
+    kernel = rng.choice([1, 3, 3, 5])
+    dilation = rng.choice([1, 1, 2])
+    pads = tuple(rng.choice([(0, 0), (1, 1), (0, 1), (2, 1)]) for _ in range(2))
+    reach = dilation * (kernel - 1) + 1
+    size = max(rng.randint(2, 16), reach)
+    return dict(batch=rng.choice([1, 1, 2, 3]), size=size, group=group, groups=groups,
+                kernel=kernel, stride=rng.choice([1, 2]), dilation=dilation, pads=pads,
+                dtype=rng.choice([np.float32, np.float32, np.float64]),
+                frozen=rng.random() < 0.5, threads=rng.choice([1, 2]))

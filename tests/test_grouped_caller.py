@@ -14,7 +14,7 @@ import random
 import numpy as np
 import pytest
 
-from _helpers import relative_error, torch_conv2d_nhwc
+from _helpers import random_grouped_layer, relative_error, torch_conv2d_nhwc
 from convarith.engine import prepack
 from convarith.engine.algorithms import _llvm
 from convarith.engine.algorithms import grouped_tiles as gt
@@ -33,22 +33,6 @@ RESNEXT_LAYER = dict(batch=1, size=28, group=8, groups=32, kernel=3, stride=2, d
                      pads=((1, 1), (1, 1)), dtype=np.float32, frozen=True, threads=2)
 
 
-def _layer(rng: random.Random) -> dict:
-    group = rng.choice([2, 4, 8, 16, 32])
-    groups = rng.choice([2, 4, 8, 16, 32, 64])
-    while group * groups > 1024:
-        groups //= 2
-    kernel = rng.choice([1, 3, 3, 5])
-    dilation = rng.choice([1, 1, 2])
-    pads = tuple(rng.choice([(0, 0), (1, 1), (0, 1), (2, 1)]) for _ in range(2))
-    reach = dilation * (kernel - 1) + 1
-    size = max(rng.randint(2, 16), reach)
-    return dict(batch=rng.choice([1, 1, 2, 3]), size=size, group=group, groups=groups,
-                kernel=kernel, stride=rng.choice([1, 2]), dilation=dilation, pads=pads,
-                dtype=rng.choice([np.float32, np.float32, np.float64]),
-                frozen=rng.random() < 0.5, threads=rng.choice([1, 2]))
-
-
 @pytest.mark.parametrize("isa", ["", "avx2"])
 def test_calls_on_the_calling_thread_give_the_python_jobs_results_and_pytorchs(
         isa: str, monkeypatch: pytest.MonkeyPatch, grouped_rows_shared: None) -> None:
@@ -60,7 +44,7 @@ def test_calls_on_the_calling_thread_give_the_python_jobs_results_and_pytorchs(
     rng = random.Random(seed)
     ran_here = 0
     for case in range(CASES + 1):
-        layer = RESNEXT_LAYER if case == 0 else _layer(rng)
+        layer = RESNEXT_LAYER if case == 0 else random_grouped_layer(rng)
         where = f"seed {seed}, case {case}: {layer}"
         data = np.random.default_rng(seed + case)
         c, k, g = layer["group"] * layer["groups"], layer["kernel"], layer["groups"]

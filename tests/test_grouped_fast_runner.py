@@ -14,7 +14,7 @@ import random
 import numpy as np
 import pytest
 
-from _helpers import relative_error, torch_conv2d_nhwc
+from _helpers import random_grouped_layer, relative_error, torch_conv2d_nhwc
 from convarith.engine import prepack, thread_limit
 from convarith.engine.algorithms import _llvm
 from convarith.engine.algorithms import grouped_tiles as gt
@@ -23,22 +23,6 @@ pytestmark = pytest.mark.skipif(not _llvm.available(np.float32),
                                 reason="no compiled kernels on this machine")
 
 CASES = 6 if os.environ.get("CI") == "true" else 60
-
-
-def _layer(rng: random.Random) -> dict:
-    group = rng.choice([2, 4, 8, 16, 32])
-    groups = rng.choice([2, 4, 8, 16, 32, 64])
-    while group * groups > 1024:
-        groups //= 2
-    kernel = rng.choice([1, 3, 3, 5])
-    dilation = rng.choice([1, 1, 2])
-    pads = tuple(rng.choice([(0, 0), (1, 1), (0, 1), (2, 1)]) for _ in range(2))
-    reach = dilation * (kernel - 1) + 1
-    size = max(rng.randint(2, 16), reach)
-    return dict(batch=rng.choice([1, 1, 1, 2, 3]), size=size, group=group, groups=groups,
-                kernel=kernel, stride=rng.choice([1, 2]), dilation=dilation, pads=pads,
-                dtype=rng.choice([np.float32, np.float32, np.float64]),
-                frozen=rng.random() < 0.5, threads=rng.choice([1, 2, 2]))
 
 
 def _operands(layer: dict, seed: int):
@@ -75,7 +59,7 @@ def test_fast_runners_give_the_usual_ways_bits_and_pytorchs_values(isa, monkeypa
     rng = random.Random(seed)
     fast = 0
     for case in range(CASES):
-        layer = _layer(rng)
+        layer = random_grouped_layer(rng)
         where = f"seed {seed}, case {case}: {layer}"
         x, kernel, args = _operands(layer, seed + case)
         if min(args[3]) < 1:

@@ -134,8 +134,10 @@ def test_workers_share_output_channels_of_a_large_kernel(padding, contiguous, pa
     pads = [(padding, padding)] * 2
     y = np.empty((1, out, out, 80 + (-80) % _llvm.vector_width(np.float64)))
     jobs = register_tiles._jobs(x, kernel, (1, 1), (1, 1), (out, out), pads, y, 2)
-    # one job per worker, each about half the blocks' channels × rows
-    assert len(jobs) == 2 * register_tiles.BLOCK_JOBS_PER_WORKER
+    vectors = -(-80 // _llvm.vector_width(np.float64))
+    blocks = vectors // _llvm.max_vectors() + (1 if vectors % _llvm.max_vectors() else 0)
+    # (3 blocks with AVX-512: one job per worker, each about half the channels × rows)
+    assert len(jobs) == register_tiles.block_job_count(blocks, 2)
     for threads in (2, 1):
         y = run(x, kernel, 1, padding, threads)
         assert relative_error(y, torch_conv(x, kernel, 1, padding)) <= 1e-10, threads
@@ -167,7 +169,8 @@ def test_cost_of_shared_output_channels_reads_no_panel_twice(monkeypatch):
         y = np.empty((1, 4, 4, 512), np.float32)
         jobs = register_tiles._jobs(x, np.zeros((3, 3, 512, 512), np.float32), (1, 1), (1, 1),
                                     (4, 4), [(1, 1), (1, 1)], y, workers)
-        assert len(jobs) == (1 if workers == 1 else 2 * register_tiles.BLOCK_JOBS_PER_WORKER)
+        blocks = 512 // (_llvm.vector_width(np.float32) * _llvm.max_vectors())
+        assert len(jobs) == (1 if workers == 1 else min(blocks, 8))
     assert costs[2][0] == costs[1][0]
     assert costs[2][1] > costs[1][1]
 

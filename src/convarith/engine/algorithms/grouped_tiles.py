@@ -75,8 +75,7 @@ of 7 processes each: 28²×256 at stride 2 0.159 -> 0.147 ms, 14²×512 at strid
 read their channels of every cell from memory.
 
 A layer whose output is one chunk (batch 1; :data:`CHANNEL_SPLIT_FLOPS` to
-:data:`CHANNEL_SPLIT_MAX_FLOPS`) can be cut among the threads by groups instead (off
-by default, see below)
+:data:`CHANNEL_SPLIT_MAX_FLOPS`) is cut among the threads by groups instead
 (:func:`_channel_parts`): one job of the table per thread, its share of the groups
 (or column blocks) over every chunk of rows, after copying its own channels of the
 padded rows into a slab of its own (:func:`._native_jobs.padded_channels_ir`). Each
@@ -84,20 +83,14 @@ thread then reads only its share of the kernel (half of 1.2 MB for 1024 channels
 32 groups) and of the input, and writes only its own cache lines: two threads
 writing the channels of the same cells of one slab ran three times slower than one
 (likely the prefetchers of each core pulling in the lines next to its own).
-Measured (busy machine, real-time priority above the other processes', batch 1,
-3×3 g32, medians, two threads so cut against one whole chunk): 28² 256 s2 0.246
-against 0.285 ms, 14² 256 0.227 against 0.260, 14² 512 s2 0.157 against 0.173, 7²
-1024 s2 0.194 against 0.212, 4² 1024 0.175 against 0.197. Where other processes hold
-the second core (normal priority, load 10-20 on two cores) it ran 0.70-0.96 times
-as fast as one thread. And timed as the networks benchmark times a layer (a 5 ms
-pause, an untimed call, a timed one; real-time priority, the same run) it ran
-0.67-0.91 times as fast as one thread (28² 256 s2 0.454 against 0.316 ms, 4² 1024
-0.213 against 0.175), likely because the other core's caches hold nothing of the
-layer after the pause. So it is off (:data:`CHANNEL_SPLIT_FLOPS` infinite) until it pays off in
-that pattern too. Measured again with prepacked kernels (each in a process of its own,
-real-time priority, busy machine, 5 ms pause, medians of 25): cut by groups took 1.0-1.6
-times one thread's time (7² 512 0.22 against 0.15 ms, 4² 1024 0.21-0.26 against
-0.17-0.19).
+
+Such a call is ~0.1 ms, and deciding its way at each call (the plan's lookups, the
+runner, the table's spans: :func:`_on_caller`, :func:`_forward`, :func:`_run_plan`)
+took 20-40 µs of it; measured so, the shares of the groups had run no faster than
+one thread (0.67-1.6 times its time in the benchmark's pattern), and were off. The
+decisions are now made once per call's shapes, settings and kind of kernel
+(:func:`_fast_runner`), and the shares run 0.69-0.88 times one thread's time on
+ResNeXt-50's batch-1 3×3 layers (see :data:`CHANNEL_SPLIT_FLOPS`).
 
 Examples
 --------

@@ -1005,8 +1005,7 @@ def _block_jobs(x: np.ndarray, pads: list[tuple[int, int]], y: np.ndarray,
                 workers: int, drives: Callable[[Any], Any] | None = None,
                 skipping: list[tuple[int, int, list[tuple[_Call, int, int, Sums]]]] | None = None
                 ) -> list[Callable[[], None]]:
-    """Jobs of :func:`_jobs` cut over the output channels: :data:`BLOCK_JOBS_PER_WORKER`
-    per worker, each a range of the column blocks (of every run, counted one run after
+    """Jobs of :func:`_jobs` cut over the output channels (:func:`block_job_count`), each a range of the column blocks (of every run, counted one run after
     another) for every image, cut inside a block along its output rows where whole
     blocks would not share evenly (:func:`balanced_pieces`); each runs every step of
     the sum on its pieces in order. A padded input is copied once, here (the kernel
@@ -1090,17 +1089,23 @@ def _block_jobs(x: np.ndarray, pads: list[tuple[int, int]], y: np.ndarray,
             piece(b0, b1, q0, q1)
 
     return [_reading(functools.partial(job, pieces), 0, n, 0, needed, True)
-            for pieces in balanced_pieces(block_columns, oh, BLOCK_JOBS_PER_WORKER * workers)]
+            for pieces in balanced_pieces(block_columns, oh, block_job_count(total, workers))]
 
 
-#: Jobs per worker where workers share a layer's output channels (:func:`_block_jobs`):
-#: one, each reading its own part of the kernel once. Two threads, prepacked, forced
-#: register_tiles, one process (ms, 1, 4 and 8 a worker): 1×1 2048 -> 192 on one 7²
-#: image 0.23, 0.27, 0.25; 1×1 1152 -> 320 on 4² 0.10, 0.16, 0.11. Against the jobs
-#: of whole blocks (at most 8; 4 processes each, alternating): 2048 -> 192 on 7²
-#: (3 blocks) 0.305 -> 0.238, 3×3 512 -> 320 on 7² (5 blocks) 0.91 -> 0.76, 1×1
-#: 960 -> 160 on 7² 0.135 -> 0.123; 1152 -> 192 on 4² (one thread: too small) even.
-BLOCK_JOBS_PER_WORKER = 1
+def block_job_count(blocks: int, workers: int) -> int:
+    """Jobs of :func:`_block_jobs` for ``blocks`` column blocks on ``workers`` threads: as
+    many per worker, up to :data:`JOBS_PER_WORKER` (each at least a whole block where the
+    blocks allow; later jobs balance a thread that started late), at least one each (a
+    job's share then ends inside a block, :func:`balanced_pieces`). Whole blocks only
+    (at most 8 jobs, as many as blocks) gave one of two threads 3 of 5 blocks or 2 of 3.
+    Two threads, prepacked, forced register_tiles, 4 alternating processes each, ms:
+    1×1 2048 -> 192 on one 7² image (3 blocks) 0.305 -> 0.238, 3×3 512 -> 320 on 7²
+    (5 blocks) 0.91 -> 0.76, 1×1 960 -> 160 on 7² 0.135 -> 0.123.
+
+    >>> block_job_count(16, 2), block_job_count(5, 2), block_job_count(3, 2), block_job_count(1, 2)
+    (8, 4, 2, 2)
+    """
+    return workers * max(1, min(JOBS_PER_WORKER, blocks // workers))
 
 
 def balanced_pieces(block_columns: Sequence[int], rows: int, count: int
