@@ -80,7 +80,15 @@ def test_the_table_gives_the_python_jobs_results_and_pytorchs(monkeypatch):
         tabled += 1
         return original(*arguments, **keywords)
 
+    original_table = _threads.run_native_table
+
+    def counting_table(*arguments, **keywords):  # (the runners made once: _fast_runner)
+        nonlocal tabled
+        tabled += 1
+        return original_table(*arguments, **keywords)
+
     monkeypatch.setattr(gt, "run_native_jobs", counting)
+    monkeypatch.setattr(gt, "run_native_table", counting_table)
     for case in range(CASES + 1):
         # case 0: ResNeXt's layer, which runs as a table, so that a draw of layers that
         # all run otherwise still checks a table
@@ -88,8 +96,9 @@ def test_the_table_gives_the_python_jobs_results_and_pytorchs(monkeypatch):
         threads = 2 if case == 0 else rng.choice([2, 3])
         where = f"seed {seed}, case {case}: {layer}, {threads} threads"
         x, kernel, y = _run(layer, case, threads)
-        with monkeypatch.context() as patch:
+        with monkeypatch.context() as patch:  # (the Python jobs: no runner, none kept)
             patch.setattr(gt, "_table_runner", lambda *arguments: None)
+            patch.setattr(gt, "_fast_runner", lambda *arguments: None)
             _, _, expected = _run(layer, case, threads)
         assert np.array_equal(y, expected), where
         lo, hi = layer["pad"]
@@ -130,8 +139,9 @@ def test_resnext_layers_run_as_a_table_within_the_memory_target(monkeypatch, bat
 
     y = forward()
     assert ran and all(jobs >= 2 for jobs in ran), ran
-    with monkeypatch.context() as patch:
+    with monkeypatch.context() as patch:  # (the Python jobs: no runner, none kept)
         patch.setattr(gt, "_table_runner", lambda *arguments: None)
+        patch.setattr(gt, "_fast_runner", lambda *arguments: None)
         assert np.array_equal(y, forward())
     extra = peak_extra_bytes(forward)
     assert extra <= 1.5 * (x.nbytes + kernel.nbytes + y.nbytes), extra

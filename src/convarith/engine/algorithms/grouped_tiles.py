@@ -118,7 +118,16 @@ from ...arithmetic import effective_kernel, window_reach
 from ..dispatch import ConvProblem, register_algorithm
 from . import _llvm, _native_jobs, prepacked
 from ._llvm import ONE_PROBLEM, Batch, Cells, Sums
-from ._threads import ALIGN, aligned_empty, run_chunks, run_native_jobs, worker_count, workspace
+from ._threads import (
+    ALIGN,
+    aligned_empty,
+    native_workers,
+    run_chunks,
+    run_native_jobs,
+    run_native_table,
+    worker_count,
+    workspace,
+)
 from .register_tiles import (
     JOBS_PER_WORKER,
     PANEL_BYTES,
@@ -1282,8 +1291,6 @@ def _make_fast(x: np.ndarray, kernel: np.ndarray, strides: Sequence[int],
         runner = runner_for(plan)
     if runner is None or plan.rows is None or plan.bases is None:
         return None
-    from ._threads import native_workers, run_native_table
-
     spans = np.array(plan.spans, np.int64).reshape(-1, 2)
     spans.flags.writeable = False
     spans_address, count = spans.ctypes.data, len(spans)
