@@ -99,7 +99,8 @@ def test_one_layers_calls_alternating_threads_isa_and_kernels_stay_right(monkeyp
         shared_among.append(workers)
         return table(runner, rows, count, jobs, jobs_count, workers)
 
-    monkeypatch.setattr(_threads, "run_native_table", spying)
+    monkeypatch.setattr(_threads, "run_native_table", spying)  # (the usual way's tables)
+    monkeypatch.setattr(gt, "run_native_table", spying)  # (the remembered runners')
     gt._forward_plan.cache_clear()
     for turn in range(3):
         for isa in ("", "avx2"):
@@ -116,4 +117,10 @@ def test_one_layers_calls_alternating_threads_isa_and_kernels_stay_right(monkeyp
                         usual = _usual(x, k, args, layer["pads"], threads)
                     assert np.array_equal(y, usual), (turn, isa, k is frozen, threads)
     assert any(v is not None for v in gt._FAST.values())  # (a runner was made and used)
+    # spinning turned off: the usual way runs Python jobs, and so does the call
+    monkeypatch.setenv("CONVARITH_SPIN_US", "0")
+    shared_among.clear()
+    with thread_limit(2):
+        y = gt.direct(x, frozen, *args, padding=layer["pads"], threads=2)
+    assert not shared_among and np.array_equal(y, _usual(x, frozen, args, layer["pads"], 2))
     gt._forward_plan.cache_clear()

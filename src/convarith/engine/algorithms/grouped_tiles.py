@@ -1202,7 +1202,10 @@ def _fast_runner(xp: Any, kernel: Any, strides: Sequence[int], dilation: Sequenc
     call's shapes, settings and kind of kernel: the same calls, the same table, the
     same values. ``None`` for the others (and for arguments that are not plain
     C-contiguous arrays of one dtype). Deciding at each call cost ~20-40 µs of a
-    batch-1 ResNeXt layer's ~0.1 ms."""
+    batch-1 ResNeXt layer's ~0.1 ms. The key holds what the decisions read besides the
+    module's constants (emptied with the plans): the arrays' shapes and dtype, the
+    call's arguments, the workers, the vector target, whether the kernel is frozen,
+    whether this is a helper thread and whether the helpers spin."""
     if (type(xp) is not np.ndarray or type(kernel) is not np.ndarray or len(out_size) != 2
             or xp.ndim != 4 or kernel.ndim != 4 or xp.dtype != kernel.dtype
             or not xp.flags.c_contiguous or not kernel.flags.c_contiguous):
@@ -1215,7 +1218,7 @@ def _fast_runner(xp: Any, kernel: Any, strides: Sequence[int], dilation: Sequenc
                None if padding is None else tuple(tuple(pair) for pair in padding),
                threads, worker_count(), _llvm.vector_target(),
                prepacked.frozen_owner(kernel) is not None,
-               getattr(_IN_HELPER, "active", False))
+               getattr(_IN_HELPER, "active", False), _native_jobs.kernel_runner() is not None)
         fast = _FAST.get(key, _UNSEEN)
     except TypeError:  # (an argument that is not hashable: the usual way)
         return None
