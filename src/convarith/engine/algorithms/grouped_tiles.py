@@ -1083,15 +1083,7 @@ def _forward(x: np.ndarray, kernel: np.ndarray, strides: Sequence[int],
     io_bytes = x.nbytes + kernel.nbytes + n * oh * ow * f * itemsize
 
     def runner_for(plan: _ForwardPlan) -> _native_jobs.RowsRunner | None:
-        # one chunk (the plan's when _job_count says so) runs here, as the Python job,
-        # unless the plan shares its channels among the threads
-        held_bytes = (n * oh * ow * f + plan.panel_size + plan.slab_size) * itemsize
-        if held_bytes > 1.5 * io_bytes or plan.slab_size * itemsize > TABLE_SLAB_BYTES:
-            return None  # the jobs' padded rows past the memory target, or too many
-        if plan.parts > 1:
-            return _table_runner(threads, flops, CHANNEL_SPLIT_FLOPS)
-        return (_table_runner(threads, flops) if _job_count(n * oh * ow, flops, workers) > 1
-                else None)
+        return _plan_runner(plan, n * oh * ow, f, io_bytes, itemsize, threads, flops, workers)
 
     if plan.borders is not None:
         bordered = _run_borders(plan, x, np.ascontiguousarray(kernel), (oh, ow), threads)
@@ -1114,6 +1106,22 @@ def _forward(x: np.ndarray, kernel: np.ndarray, strides: Sequence[int],
 #: 28² 128 (7.4 MB) 0.90-0.92, 14² 512 at stride 2 (8.4 MB) 0.85-0.91, 28² 256 at
 #: stride 2 (14.7 MB, fresh pages at every call) 0.80-0.82.
 TABLE_SLAB_BYTES = 5 << 20
+
+
+def _plan_runner(plan: _ForwardPlan, cells: int, filters: int, io_bytes: int,
+                 itemsize: int, threads: int | None, flops: float, workers: int
+                 ) -> _native_jobs.RowsRunner | None:
+    """The runner of ``plan``'s table (:func:`_table_runner`), or ``None`` where its jobs
+    run as Python jobs: their padded rows and the output (``cells`` × ``filters``) past
+    1.5× the input, kernel and output's ``io_bytes``, or rows past
+    :data:`TABLE_SLAB_BYTES`; or one chunk, which runs here (the plan's where
+    :func:`_job_count` says so), unless the plan shares its channels among the threads."""
+    held_bytes = (cells * filters + plan.panel_size + plan.slab_size) * itemsize
+    if held_bytes > 1.5 * io_bytes or plan.slab_size * itemsize > TABLE_SLAB_BYTES:
+        return None
+    if plan.parts > 1:
+        return _table_runner(threads, flops, CHANNEL_SPLIT_FLOPS)
+    return _table_runner(threads, flops) if _job_count(cells, flops, workers) > 1 else None
 
 
 def _table_runner(threads: int | None, flops: float, inline_below: float | None = None
@@ -1278,13 +1286,7 @@ def _make_fast(x: np.ndarray, kernel: np.ndarray, strides: Sequence[int],
     io_bytes = x.nbytes + kernel.nbytes + n * oh * ow * f * itemsize
 
     def runner_for(plan: _ForwardPlan) -> _native_jobs.RowsRunner | None:  # (as _forward's)
-        held_bytes = (n * oh * ow * f + plan.panel_size + plan.slab_size) * itemsize
-        if held_bytes > 1.5 * io_bytes or plan.slab_size * itemsize > TABLE_SLAB_BYTES:
-            return None
-        if plan.parts > 1:
-            return _table_runner(threads, flops, CHANNEL_SPLIT_FLOPS)
-        return (_table_runner(threads, flops) if _job_count(n * oh * ow, flops, workers) > 1
-                else None)
+        return _plan_runner(plan, n * oh * ow, f, io_bytes, itemsize, threads, flops, workers)
 
     runner = runner_for(plan)
     if runner is None and plan.parts > 1:
