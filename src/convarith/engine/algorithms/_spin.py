@@ -351,8 +351,8 @@ class _Spinner:
         """Publish ``counter`` in ``slot``, run its jobs with the others, wait for all
         ``count`` of them to be finished (spinning ``microseconds``, yielding the core,
         then napping 20 µs at a time); how many this thread ran."""
-        return int(self._work(slot, counter, count, self._yield,
-                              int(microseconds * self._per_microsecond), self._nap))
+        return int(self._work(slot, counter, count, self._yield, self._ticks(microseconds),
+                              self._nap))
 
 
 @cached_once

@@ -866,9 +866,8 @@ def _run_plan(plan: _ForwardPlan, x: np.ndarray, kernel: np.ndarray,
     x_base, y_base = x.ctypes.data, y.ctypes.data
     if runner is not None and plan.rows is not None and plan.bases is not None:
         slabs = workspace("grouped_tiles_slabs", (max(1, plan.slab_size),), dtype)
-        addresses = np.array([0, x_base, weights_base, y_base, slabs.ctypes.data], np.int64)
-        table = plan.rows.copy()
-        table[:, 1:4] += addresses[plan.bases]
+        table = _addressed(plan.rows, plan.bases, x_base, weights_base, y_base,
+                           slabs.ctypes.data)
         run_native_jobs(runner, table, list(plan.spans), threads=plan.workers)
         return y
     padded_w, left = plan.padded_width, plan.left
@@ -938,6 +937,15 @@ def _packing(plan: _ForwardPlan) -> tuple[Any, ...]:
             tuple((s.source, s.columns, s.split, s.order, s.panel) for s in plan.steps))
 
 
+def _addressed(rows: np.ndarray, bases: np.ndarray, x: int, weights: int, y: int,
+               slabs: int) -> np.ndarray:
+    """A copy of a plan's table ``rows`` with the arrays' addresses added to its three
+    pointer columns, each row's by ``bases`` (indices into :data:`TABLE_BASES`)."""
+    table = rows.copy()
+    table[:, 1:4] += np.array([0, x, weights, y, slabs], np.int64)[bases]
+    return table
+
+
 def _run_borders(plan: _ForwardPlan, x: np.ndarray, kernel: np.ndarray,
                  out_size: Sequence[int], threads: int | None) -> np.ndarray | None:
     """``plan``'s pass by its :attr:`~_ForwardPlan.borders` table (``None``: none, or its
@@ -963,9 +971,8 @@ def _run_borders(plan: _ForwardPlan, x: np.ndarray, kernel: np.ndarray,
     panels = kernel if plan.in_place else _panels(plan, kernel)
     y = aligned_empty((n, *out_size, f), dtype)
     slabs = workspace("grouped_tiles_borders", (max(1, borders.slab_size),), dtype)
-    table = borders.rows.copy()
-    table[:, 1:4] += np.array([0, x.ctypes.data, panels.ctypes.data, y.ctypes.data,
-                               slabs.ctypes.data], np.int64)[borders.bases]
+    table = _addressed(borders.rows, borders.bases, x.ctypes.data, panels.ctypes.data,
+                       y.ctypes.data, slabs.ctypes.data)
     if runner is not None:
         run_native_jobs(runner, table, list(borders.spans), threads=plan.workers)
     else:
@@ -1307,9 +1314,8 @@ def _make_fast(x: np.ndarray, kernel: np.ndarray, strides: Sequence[int],
         panels = kernel if in_place else _panels(plan, kernel)
         y = aligned_empty(shape, dtype)
         slabs = workspace("grouped_tiles_slabs", (max(1, slab_size),), dtype)
-        table = rows.copy()
-        table[:, 1:4] += np.array([0, x.ctypes.data, panels.ctypes.data, y.ctypes.data,
-                                   slabs.ctypes.data], np.int64)[bases]
+        table = _addressed(rows, bases, x.ctypes.data, panels.ctypes.data, y.ctypes.data,
+                           slabs.ctypes.data)
         run_native_table(runner, table.ctypes.data, len(table), spans_address, count,
                          table_workers)
         return y
