@@ -56,6 +56,9 @@ grouped forward plans  grouped_tiles ``_forward_plan``: shapes,      nothing (pu
 grouped forward        a grouped call's shapes, settings, target,    nothing (pure; at most 256, all
 runners                workers and kind of kernel -> its plan's      dropped past that)
                        table runner, or None (``grouped_tiles._FAST``)
+grouped gradient       grouped_tiles ``_remembered_starts``: a       nothing (pure; LRU of 32)
+offsets                kernel gradient's output cells -> where each
+                       one's window starts (read-only int64)
 grouped phase plans    grouped_phases ``_plan``: shapes, strides,     nothing (pure; LRU of 32)
                        padding, target -> a strided grouped
                        transposed convolution's calls and where
@@ -242,6 +245,7 @@ def process_caches() -> dict[str, Callable[[], None]]:
         "prepacked kernels": prepacked.clear,
         "grouped forward plans": functions(grouped_tiles._forward_plan),
         "grouped forward runners": grouped_tiles._FAST.clear,
+        "grouped gradient offsets": functions(grouped_tiles._remembered_starts),
         "grouped phase plans": functions(grouped_phases._plan),
         "depthwise tile plans": functions(depthwise._tiles_plan, depthwise._phases_plan,
                                           _llvm_depthwise._call_runner),
