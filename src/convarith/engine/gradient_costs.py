@@ -31,9 +31,10 @@ import math
 
 from .dispatch import ConvProblem
 
-__all__ = ["MICROSECOND", "VALUE_CHECK_COST", "WINOGRAD_MIN_CHANNELS", "per_tap_products",
-           "batch_as_channels", "flat_rows", "space_to_depth", "tap_columns", "winograd",
-           "depthwise"]
+__all__ = ["MICROSECOND", "VALUE_CHECK_COST", "WINOGRAD_MIN_CHANNELS", "TILES_PER_FLOP",
+           "TILES_POINTWISE",
+           "per_tap_products", "batch_as_channels", "flat_rows", "space_to_depth",
+           "tap_columns", "winograd", "depthwise", "register_tiles"]
 
 #: Cost units in one microsecond of one core (1 unit ≈ 18.5 ps on the AVX2 EPYC
 #: where the constants were fitted).
@@ -203,3 +204,73 @@ def tap_columns(problem: ConvProblem) -> float:
     cells = problem.batch * math.prod(problem.out_size)
     return (1.55 * problem.flops + 48.0 * cells * taps * problem.kernel_shape[-2]
             + 13 * MICROSECOND)
+
+
+#: :func:`register_tiles`' units a FLOP with 16 float32 lanes (AVX-512), many cells, wide
+#: channels: about 10 ps a FLOP on one core of the AVX-512 EPYC (9.3-10.5 ps over 3×3 and
+#: 5×5 layers of 32 to 512 channels, 1×1 of 64 to 256, batches 1-16, one thread, CPU
+#: time), against flat_rows' weight gradient's 11-13 ps there.
+TILES_PER_FLOP = 0.54
+
+#: :func:`register_tiles`' factor for 1×1 kernels, whose weight gradient is one plain
+#: product: 1.0-1.37 times pointwise_rows' (which :func:`flat_rows`' cost ranks) on
+#: the networks suite's 1×1 layers at batch 16, two threads (ResNet-50's 256 -> 64 on
+#: 28² 3.4 against 2.5 ms; EfficientNet-B0's 480 -> 80 on 7² 0.70 against flat_rows'
+#: 0.37), 1.11 on one 28² image of 256 -> 64 on one thread.
+TILES_POINTWISE = 1.4
+
+
+def register_tiles(problem: ConvProblem) -> float:
+    """:mod:`.algorithms.register_tiles`' weight gradient (the compiled kernels of
+    :func:`.algorithms.grouped_tiles.weight_grad`, one group): the input read where it
+    lies (window starts and the taps' strides), sums over the output cells in
+    registers, blocks of cells kept in the cache for every tap.
+
+    :data:`TILES_PER_FLOP` × FLOPs, times ``(16 / lanes)^0.6`` for narrower vectors
+    (float32 lanes' worth: AVX2's 8 ran 11-18 ps a FLOP, 42 on 16 cells of 512
+    channels), ``1 + 16 / cells`` for few output cells (one 7² image of 512 channels
+    13.9 ps, 4² 19.8), ``1 + 3 / F`` and ``1 + 1.5 / C`` for few output and input
+    channels (16 -> 16 12.4 ps; one input channel 32-33 ps, still 0.5-0.75 of the
+    others' times: 3×3 1 -> 32 on 32 images of 28² 0.46 ms against tap_columns' 0.60;
+    the stems' 3 channels 11-14 ps: 7×7 stride 2 on 8 images of 112² 5.3 ms against
+    space_to_depth's 6.5), :data:`TILES_POINTWISE` for 1×1 kernels, up to 1.25 for a
+    gradient of 32 MiB and more (each block of cells adds into all of it: 3×3 1024 on 16
+    images of 7², two threads, 95 ms against batch_as_channels' 76; 512, 9 MiB, 1.04),
+    and ~12 µs. One thread ran 16 of 20 layers faster than every
+    other weight gradient here (3×3 64 on one 28² image 0.56 ms, flat_rows 0.72;
+    128 on 4 images of 28² 8.6 against 11.7), not 512 channels on 7² and 4² (3.2
+    against 2.7, 1.5 against 1.1). Its shares are whole images where ``x`` is padded,
+    else runs of :data:`.algorithms.grouped_tiles.MIN_SHARE` cells: with fewer of them
+    than workers it runs on fewer threads than the others, and costs that much more.
+    Grouped layers: infinite (:mod:`.algorithms.grouped_tiles` supplies theirs).
+
+    >>> from convarith.engine.dispatch import ConvProblem
+    >>> import numpy as np
+    >>> layer = ConvProblem((1, 30, 30, 64), (3, 3, 64, 64), (1, 1), (1, 1), 1, (28, 28), np.dtype("float32"))
+    >>> wide = ConvProblem((1, 9, 9, 512), (3, 3, 512, 512), (1, 1), (1, 1), 1, (7, 7), np.dtype("float32"))
+    >>> from convarith.engine.algorithms import _llvm, _threads
+    >>> with _threads.thread_limit(1):
+    ...     ranks = (register_tiles(layer) < flat_rows(layer), register_tiles(wide) < flat_rows(wide))
+    >>> ranks if _llvm.vector_width(np.float32) == 16 else (True, False)
+    (True, False)
+    """
+    from .algorithms import _llvm, _threads
+    from .algorithms.grouped_tiles import MIN_SHARE
+
+    width = _llvm.vector_width(problem.dtype)
+    if problem.groups != 1 or width == 0:
+        return math.inf
+    lanes = width * problem.dtype.itemsize / 4
+    channels, filters = problem.kernel_shape[-2], problem.out_channels
+    cells = problem.batch * math.prod(problem.out_size)
+    per_flop = (TILES_PER_FLOP * (16 / lanes) ** 0.6 * (1 + 16 / max(cells, 1))
+                * (1 + 3 / filters) * (1 + 1.5 / channels))
+    if math.prod(problem.kernel_size) == 1:
+        per_flop *= TILES_POINTWISE
+    # each block of cells adds into the whole gradient: past the caches, from memory
+    per_flop *= 1 + 0.25 * min(1.0, problem.kernel_shape[-2] * filters * math.prod(
+        problem.kernel_size) * problem.dtype.itemsize / (32 << 20))
+    workers = _threads.worker_count()
+    shares = max(1, min(problem.batch, cells // MIN_SHARE))
+    return (problem.flops * per_flop * workers / min(workers, shares)
+            + 12 * MICROSECOND)

@@ -58,6 +58,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ...arithmetic import effective_kernel, window_reach
+from .. import gradient_costs
 from ..dispatch import ConvProblem, grid_kernel_cost, magnitude, register_algorithm
 from . import _llvm, _llvm_thin, _native_jobs, _outputs, _threads, prepacked
 from ._llvm import ONE_PROBLEM, Batch, Cells, Sums
@@ -2014,7 +2015,26 @@ def cost_depthwise(problem: ConvProblem) -> float:
     return problem.flops * (0.07 if few_vectors else 0.15) + 50_000
 
 
-register_algorithm("register_tiles", direct, applies=applies, cost=cost, pads_zeros=True)
+def weight_grad(xp: np.ndarray, dy: np.ndarray, kernel_size: Sequence[int],
+                strides: Sequence[int], dilation: Sequence[int], groups: int, *,
+                padding: Sequence[tuple[int, int]] | None = None,
+                threads: int | None = None) -> np.ndarray:
+    """The kernel gradient on these kernels: :func:`.grouped_tiles.weight_grad` (any
+    groups; the planner takes it for one group, :func:`.gradient_costs.register_tiles`).
+
+    >>> xp = np.ones((1, 5, 4), np.float32)
+    >>> dk = weight_grad(xp, np.ones((1, 3, 2), np.float32), (3,), (1,), (1,), 1) if _llvm.available() else np.full((3, 4, 2), 3.0)
+    >>> dk.shape, float(dk[2, 1, 1])
+    ((3, 4, 2), 3.0)
+    """
+    from .grouped_tiles import weight_grad as tiles_weight_grad
+
+    return tiles_weight_grad(xp, dy, kernel_size, strides, dilation, groups, padding=padding,
+                             threads=threads)
+
+
+register_algorithm("register_tiles", direct, applies=applies, cost=cost, pads_zeros=True,
+                   weight_grad=weight_grad, weight_grad_cost=gradient_costs.register_tiles)
 register_algorithm("register_tiles_depthwise", depthwise, applies=applies_depthwise,
                    cost=cost_depthwise, pads_zeros=True)
 register_algorithm("register_tiles_phases", transposed, applies=applies_transposed,
