@@ -447,3 +447,14 @@ def random_grouped_layer(rng: Any) -> dict:
                 kernel=kernel, stride=rng.choice([1, 2]), dilation=dilation, pads=pads,
                 dtype=rng.choice([np.float32, np.float32, np.float64]),
                 frozen=rng.random() < 0.5, threads=rng.choice([1, 2]))
+
+
+def weight_grad_suppliers(problem: Any, exact: bool = False) -> dict[str, Any]:
+    """The registered algorithms that supply ``problem``'s kernel gradient, by name (as
+    :func:`convarith.engine.dispatch.cheapest_weight_grad` takes its candidates;
+    ``exact``: none that transforms its operands)."""
+    from convarith.engine import dispatch
+
+    return {a.name: a for a in dispatch._REGISTRY.snapshot()
+            if a.weight_grad is not None and a.kind == "direct" and a.applies(problem)
+            and not (exact and a.value_gain is not None)}

@@ -14,7 +14,7 @@ import os
 import numpy as np
 import pytest
 
-from _helpers import TOLERANCE, reference_weight_grad, relative_error
+from _helpers import TOLERANCE, reference_weight_grad, relative_error, weight_grad_suppliers
 from convarith import ConvSpec, engine
 from convarith.engine import dispatch
 from convarith.engine.dispatch import ConvProblem
@@ -44,17 +44,11 @@ PROBLEMS = [
 ]
 
 
-def _supplies(problem, exact=False):
-    return {a.name: a for a in dispatch._REGISTRY.snapshot()
-            if a.weight_grad is not None and a.kind == "direct" and a.applies(problem)
-            and not (exact and a.value_gain is not None)}
-
-
 @pytest.mark.parametrize("problem", PROBLEMS, ids=lambda p: f"{p.input_shape}-{p.kernel_shape}"
                          f"-s{p.strides[0]}-g{p.groups}")
 def test_weight_grad_choice_is_cheapest_by_weight_grad_cost(problem):
     for exact in (False, True):
-        candidates = _supplies(problem, exact)
+        candidates = weight_grad_suppliers(problem, exact)
         chosen = dispatch.cheapest_weight_grad(problem, exact=exact)
         assert chosen.name in candidates, (problem, chosen.name, sorted(candidates))
         costs = {name: a.gradient_cost(problem) for name, a in candidates.items()}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from _helpers import weight_grad_suppliers
 from convarith.engine import dispatch
 from convarith.engine.algorithms import _llvm
 from convarith.engine.dispatch import ConvProblem
@@ -27,9 +28,8 @@ def test_train_model_layers_take_the_cheaper_weight_gradients() -> None:
     assert dispatch.cheapest_weight_grad(second).name == "register_tiles"
 
     def next_cheapest(problem: ConvProblem) -> str:
-        return min((a for a in dispatch._REGISTRY.snapshot()
-                    if a.weight_grad is not None and a.kind == "direct" and a.applies(problem)
-                    and a.name != "register_tiles"),
+        return min((a for a in weight_grad_suppliers(problem).values()
+                    if a.name != "register_tiles"),
                    key=lambda a: (a.gradient_cost(problem), a.name)).name
 
     # after it, the swapped layouts (0.13 against per-tap products' 0.16 and flat_rows'

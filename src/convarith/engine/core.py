@@ -456,8 +456,16 @@ def _tiny_pointwise_vjp(x: np.ndarray, kernel: np.ndarray, dy: np.ndarray, bias:
         # product of depth one, against 17 for einsum; from two cells 5 µs)
         d_kernel = (np.einsum("i,f->if", cells[0], rows[0]) if len(rows) == 1
                     else cells.T @ rows).reshape(kernel.shape)
-        d_bias = None if bias is None else np.ones(len(rows), rows.dtype) @ rows
+        d_bias = None if bias is None else _bias_grad(rows)
     return d_x, d_kernel, d_bias
+
+
+def _bias_grad(rows: np.ndarray) -> np.ndarray:
+    """The bias gradient: ``rows`` (the output gradient's cells × channels) summed over
+    the cells, as a product with a vector of ones (one BLAS call: a tenth of NumPy's sum
+    over the leading axes, which adds the rows one after the other, 0.15 ms for 32
+    images of 16²×16)."""
+    return np.ones(len(rows), rows.dtype) @ rows
 
 
 def _check_budget(resolved: ResolvedConv, batch: int, channels: int,
@@ -1439,11 +1447,7 @@ def conv_vjp(
                                                  dy.dtype.char, algorithm, worker_count()))
     d_bias = None
     if prepared.bias is not None:
-        # dy summed over every axis but the last: a product with a vector of ones (one
-        # BLAS call) takes a tenth of NumPy's sum over the leading axes, which adds the
-        # rows one after the other (0.15 ms for 32 images of 16²×16)
-        rows = dy.reshape(-1, dy.shape[-1])
-        d_bias = (np.ones(len(rows), rows.dtype) @ rows).astype(prepared.result_dtype)
+        d_bias = _bias_grad(dy.reshape(-1, dy.shape[-1])).astype(prepared.result_dtype)
     d_input = finish(d_x, prepared)
     if d_kernel is not None:
         d_kernel = d_kernel.astype(prepared.result_dtype, copy=False)
