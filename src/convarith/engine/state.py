@@ -90,7 +90,9 @@ compiled kernels       numba kernels (col2im, depthwise, flat_rows,  ``CONVARITH
                        setting ``_pool_kernel_for``; the global
                        average's ``_global_average``,
                        ``_global_average_for``, its table filler
-                       ``table_filler``), the helper
+                       ``table_filler``), the transposes
+                       (``_llvm_transpose._transposer``, by ISA
+                       setting ``_transposer_for``), the helper
                        threads' spinner ``_spin.spinner``, the
                        tables' runner ``_native_jobs._rows_runner`` (and
                        row filler ``_padded_rows_filler``), the host,
@@ -207,6 +209,7 @@ def process_caches() -> dict[str, Callable[[], None]]:
         _llvm_pointwise_grad,
         _llvm_pool,
         _llvm_thin,
+        _llvm_transpose,
         _native_jobs,
         _numba_pool,
         _outputs,
@@ -265,6 +268,7 @@ def process_caches() -> dict[str, Callable[[], None]]:
             _llvm_pointwise_grad._compiled,
             _llvm_pool._pool_kernel_for, _llvm_pool._global_average,
             _llvm_pool._global_average_for, _llvm_pool.table_filler,
+            _llvm_transpose._transposer, _llvm_transpose._transposer_for,
             _numba_pool.numba_kernels, batch_as_channels._numba_swap,
             _spin.spinner, _native_jobs._rows_runner, _native_jobs._padded_rows_filler,
             winograd._table_transforms,
