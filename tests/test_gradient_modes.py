@@ -95,9 +95,9 @@ def _spy_modes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     side_by_side = core._side_by_side
     both = core._both_gradients
 
-    def spy_pair(*args: Any) -> Any:
-        seen[-1] = "pair"
-        return side_by_side(*args)
+    def spy_pair(*args: Any, input_first: bool = False) -> Any:
+        seen[-1] = "pair_swapped" if input_first else "pair"
+        return side_by_side(*args, input_first=input_first)
 
     def spy_both(*args: Any, **kwargs: Any) -> Any:
         seen.append("one")
@@ -120,7 +120,7 @@ def _measured_layer():
     return x, kernel, spec, dy
 
 
-@pytest.mark.parametrize("quickest", ["pair", "one"])
+@pytest.mark.parametrize("quickest", ["pair", "pair_swapped", "one"])
 def test_first_calls_time_each_candidate_then_keep_the_quickest(
         quickest: str, monkeypatch: pytest.MonkeyPatch) -> None:
     x, kernel, spec, dy = _measured_layer()
@@ -146,7 +146,8 @@ def test_first_calls_time_each_candidate_then_keep_the_quickest(
     # the constants' choice first (untimed), the candidates in alternating order, then
     # the quickest on every call
     assert seen[0] == "pair"
-    assert [mode for mode, _ in recorded] == (["one", "pair", "pair", "one"] * 3)[:trials]
+    assert [mode for mode, _ in recorded] == (
+        ["pair_swapped", "one", "pair", "pair", "one", "pair_swapped"] * 3)[:trials]
     assert seen[1:1 + trials] == [mode for mode, _ in recorded]
     assert seen[1 + trials:] == [quickest] * 3
     (choice,) = gradient_modes._CHOICES

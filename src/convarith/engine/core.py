@@ -1362,8 +1362,9 @@ def _both_gradients(input_grad: Any, kernel_grad: Any, need_input_grad: bool,
     ``tiny_scale`` times, one after the other on the calling thread, ``"one"``);
     otherwise one after the other, each on every worker (``"all"``). Where they choose
     side by side, the first calls of ``problem()`` (a key of the call's shapes) time it
-    against ``"one"`` and keep the quicker (:mod:`.gradient_modes`; not with
-    ``CONVARITH_AUTOTUNE=0``). An error of either gradient is raised here."""
+    against ``"pair_swapped"`` (the input gradient on the calling thread) and ``"one"``
+    and keep the quickest (:mod:`.gradient_modes`; not with ``CONVARITH_AUTOTUNE=0``).
+    An error of either gradient is raised here."""
     workers = worker_count()
     if workers < 2:
         return (input_grad() if need_input_grad else None), kernel_grad()
@@ -1388,25 +1389,27 @@ def _both_gradients(input_grad: Any, kernel_grad: Any, need_input_grad: bool,
         with thread_limit(1):
             done = (input_grad() if need_input_grad else None), kernel_grad()
     else:
-        done = _side_by_side(input_grad, kernel_grad)
+        done = _side_by_side(input_grad, kernel_grad, input_first=mode == "pair_swapped")
     if timed:
         gradient_modes.record(key, mode, time.perf_counter() - start)
     return done
 
 
-def _side_by_side(input_grad: Any, kernel_grad: Any) -> tuple[Any, Any]:
-    """The two gradients on two workers, one thread each."""
+def _side_by_side(input_grad: Any, kernel_grad: Any, input_first: bool = False
+                  ) -> tuple[Any, Any]:
+    """The two gradients on two workers, one thread each: ``(d_input, d_kernel)``."""
     # the calling thread takes the first job at once, the helper the second once it
-    # wakes: the kernel gradient (the longer, by per-tap products) first leaves the helper
-    # the most time to take the other one (dx first, a late helper found both taken)
-    jobs = (kernel_grad, input_grad)
+    # wakes (~0.1-0.2 ms later; a helper later than the first job finds both taken): by
+    # default the kernel gradient, often the longer (per-tap products), is first;
+    # ``input_first`` puts the input gradient first (gradient_modes' "pair_swapped")
+    jobs = (input_grad, kernel_grad) if input_first else (kernel_grad, input_grad)
 
     def run(start: int, stop: int) -> Any:
         with thread_limit(1):
             return jobs[start]()
 
     done = run_chunks(run, 2, 1, threads=2)
-    return done[1], done[0]
+    return (done[0], done[1]) if input_first else (done[1], done[0])
 
 
 @overload

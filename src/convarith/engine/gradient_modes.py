@@ -4,7 +4,11 @@
 independent jobs. With two or more workers it can run them in three ways:
 
 ``"pair"``
-    side by side, one thread each (the calling thread takes one, a helper the other);
+    side by side, one thread each (the calling thread takes the kernel gradient, a
+    helper the input gradient);
+``"pair_swapped"``
+    side by side, the calling thread taking the input gradient and a helper the kernel
+    gradient;
 ``"one"``
     one after the other on the calling thread alone;
 ``"all"``
@@ -20,9 +24,18 @@ one, alternating processes, 2026-12-07). Cost constants fitted on one machine on
 one day chose wrongly on the same machine on another (the pair had gained 4-14% on
 those ResNeXt layers a day earlier).
 
+A helper starts its job late: it needs the GIL, which the caller holds until its own
+job reaches compiled code, and on a virtual machine a thread that waited for it runs
+again only ~0.1 ms later (ResNet-50's 3×3 128 on one 14² image: the caller's job
+started 0.04 ms into the pair, the helper's 0.2 ms). The caller should take the longer
+job, and which is longer depends on the layer and its algorithms: side by side with
+the input gradient on the caller, ResNet-50's batch-1 3×3 layers took 0.85-0.93 of the
+time of the usual way on 128 on 14², 256 on 7² and the 3 -> 64 stem on 112², and 1.2×
+on 64 on 28² (two threads, one process, back-to-back blocks).
+
 So the first calls of each backward problem that the constants would run side by
-side also time it against one after the other on the calling thread
-(:data:`CANDIDATES`), in their real work: the first call runs the constants' choice
+side also time it the other way round and against one after the other on the calling
+thread (:data:`CANDIDATES`), in their real work: the first call runs the constants' choice
 untimed (it builds the plans and may compile), the next :data:`TRIALS` rounds run
 each candidate once, timed, the other mode first and last (the calls just after the
 first are often still slow, and that counts against the other mode, not for it), and
@@ -65,10 +78,10 @@ __all__ = ["MODES", "CANDIDATES", "TRIALS", "MARGIN", "KEPT", "measuring", "next
            "chosen", "clear"]
 
 #: The ways of running the two gradients (see the module's docstring).
-MODES = ("pair", "one", "all")
+MODES = ("pair", "pair_swapped", "one", "all")
 
 #: The modes the first calls measure (the same results bit for bit).
-CANDIDATES = ("pair", "one")
+CANDIDATES = ("pair", "pair_swapped", "one")
 
 #: Timed calls of each candidate before the choice is made (the quickest of them
 #: counts: a candidate's first call may build its own plans).
