@@ -447,6 +447,22 @@ def alternate(runners: dict[str, Callable[[], Any]], repeat: int, block: int,
     return samples
 
 
+def warm_up_calls(backward: bool) -> int:
+    """Untimed calls of each runner before a layer is timed: 2, and for a backward pass at
+    least as many as convarith's first calls spend measuring how to run its two gradients
+    (:mod:`convarith.engine.gradient_modes`: the first call, then two trials of each
+    way), so that no timed call is a trial of a slower way.
+
+    >>> warm_up_calls(False), warm_up_calls(True) >= 7
+    (2, True)
+    """
+    if not backward:
+        return 2
+    from .engine import gradient_modes
+
+    return max(2, 1 + gradient_modes.TRIALS * len(gradient_modes.CANDIDATES))
+
+
 def run(cases: Sequence[BenchCase], repeat: int = 7, include_backward: bool = True,
         log: Callable[[str], None] | None = None, block: int = 2,
         settle: float = SETTLE_SECONDS) -> list[CaseResult]:
@@ -484,8 +500,8 @@ def run(cases: Sequence[BenchCase], repeat: int = 7, include_backward: bool = Tr
             if jax_fn is not None:
                 runners["jax"] = jax_fn
             for fn in runners.values():  # warm-up (compilation, caches)
-                fn()
-                fn()
+                for _ in range(warm_up_calls(backward)):
+                    fn()
             samples = alternate(runners, repeat, block, settle)
             median = {name: statistics.median(times) for name, times in samples.items()}
             flops = case.flops * (2 if backward else 1)

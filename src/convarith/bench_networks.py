@@ -727,12 +727,15 @@ def _check_layer(layer: NetLayer, batch: int, x: np.ndarray, kernel: np.ndarray 
     return errors, against, peak, io
 
 
-def _time_runner(fn: Callable[[], Any], repeat: int, block: int) -> float:
-    """Median seconds of ``fn`` alone: warm-up, then ``repeat`` rounds of a settling
-    call and ``block`` timed calls."""
-    from .bench import alternate
+def _time_runner(fn: Callable[[], Any], repeat: int, block: int, backward: bool = False
+                 ) -> float:
+    """Median seconds of ``fn`` alone: warm-up (:func:`.bench.warm_up_calls`: for a
+    backward pass, past convarith's first calls' trials), then ``repeat`` rounds of a
+    settling call and ``block`` timed calls."""
+    from .bench import alternate, warm_up_calls
 
-    fn()
+    for _ in range(warm_up_calls(backward) - 1):
+        fn()
     return statistics.median(alternate({"one": fn}, repeat, block)["one"])
 
 
@@ -774,7 +777,7 @@ def _time_in_process(runtime: str, mode: str, folder: str, layers: list[NetLayer
                 checksum = zlib.crc32(array.tobytes(), checksum)
         d_out = _output_gradient(layer, batch) if backward else None
         fn = _runner(runtime, layer, batch, x, kernel, d_out, threads)
-        times.append(None if fn is None else _time_runner(fn, repeat, block))
+        times.append(None if fn is None else _time_runner(fn, repeat, block, backward))
     if runtime == "convarith" and check:
         for i, layer in enumerate(layers):
             x, kernel = load(i)
@@ -887,7 +890,7 @@ def _time_layer(name: str, layer: NetLayer, count: int, batch: int, backward: bo
                 x: np.ndarray, kernel: np.ndarray | None, repeat: int, block: int
                 ) -> LayerResult:
     """One distinct layer in this process: the untimed check, then the runtimes in turn."""
-    from .bench import alternate
+    from .bench import alternate, warm_up_calls
 
     d_out = _output_gradient(layer, batch) if backward else None
     errors, against, peak, io = _check_layer(layer, batch, x, kernel, d_out)
@@ -897,7 +900,8 @@ def _time_layer(name: str, layer: NetLayer, count: int, batch: int, backward: bo
         if fn is not None:
             runners[runtime] = fn
     for fn in runners.values():
-        fn()
+        for _ in range(warm_up_calls(backward) - 1):
+            fn()
     samples = alternate(runners, repeat, block, 0.005)
     median = {k: statistics.median(v) for k, v in samples.items()}
     return LayerResult(name, layer.title, layer.kind, batch,
