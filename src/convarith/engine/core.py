@@ -606,6 +606,11 @@ def flip_swap(kernel: np.ndarray, groups: int) -> np.ndarray:
     taps = kernel.shape[:rank]
     group_in, filters = kernel.shape[-2:]
     group_out = filters // groups
+    if sum(side > 1 for side in (group_in, groups, group_out)) <= 1:
+        # nothing to swap (a depthwise kernel; one channel on both sides of one group):
+        # the taps reversed in one copy (3×3 on 960 channels: 5.2 -> 1.6 µs)
+        return np.ascontiguousarray(kernel.reshape(-1, group_in * filters)[::-1]).reshape(
+            *taps, group_out, groups * group_in)
     if kernel.flags.c_contiguous and kernel.size:
         # compiled: each tap's (Cg, Fg) matrix of each group turned block by block in the
         # vector registers, the taps read last to first (float32, one core: 3×3 512 ->
