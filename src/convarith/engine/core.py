@@ -529,12 +529,10 @@ def to_channels_last(x: np.ndarray, dtype: Any) -> np.ndarray:
     [[0.0, 3.0], [1.0, 4.0], [2.0, 5.0]]
     """
     dtype = np.dtype(dtype)
-    if type(x) is np.ndarray and x.ndim >= 3 and x.dtype == dtype and x.flags.c_contiguous:
-        n, c = x.shape[:2]
-        cells = math.prod(x.shape[2:])
-        turned = np.empty((n, *x.shape[2:], c), dtype)
-        if x.size and transpose_into(turned, x, 0, (n, c * cells, cells * c), (1, 0, 0), c,
-                                     cells, cells, c):
+    if type(x) is np.ndarray and x.ndim >= 3:
+        turned = _images_transposed(x, dtype, x.shape[1], math.prod(x.shape[2:]),
+                                    (x.shape[0], *x.shape[2:], x.shape[1]))
+        if turned is not None:
             return turned
     if type(x) is np.ndarray and x.ndim >= 3 and 1 < x.shape[1] <= FEW_CHANNELS:
         # an image's few planes, one after another into every cell (16 RGB images of
@@ -578,14 +576,27 @@ def to_channels_first(y: np.ndarray, dtype: Any) -> np.ndarray:
     [[0.0, 2.0, 4.0], [1.0, 3.0, 5.0]]
     """
     dtype = np.dtype(dtype)
-    if type(y) is np.ndarray and y.ndim >= 3 and y.dtype == dtype and y.flags.c_contiguous:
-        n, c = y.shape[0], y.shape[-1]
-        cells = math.prod(y.shape[1:-1])
-        turned = np.empty((n, c, *y.shape[1:-1]), dtype)
-        if y.size and transpose_into(turned, y, 0, (n, cells * c, c * cells), (1, 0, 0), cells,
-                                     c, c, cells):
+    if type(y) is np.ndarray and y.ndim >= 3:
+        turned = _images_transposed(y, dtype, math.prod(y.shape[1:-1]), y.shape[-1],
+                                    (y.shape[0], y.shape[-1], *y.shape[1:-1]))
+        if turned is not None:
             return turned
     return np.ascontiguousarray(np.moveaxis(y, -1, 1), dtype=dtype)
+
+
+def _images_transposed(a: np.ndarray, dtype: np.dtype[Any], rows: int, cols: int,
+                       shape: tuple[int, ...]) -> np.ndarray | None:
+    """Each image of ``a`` (a ``rows × cols`` matrix) transposed, into a new array of
+    ``shape``, by the compiled transposes; ``None`` where they do not take it (``a`` not
+    a C-contiguous array of ``dtype``, empty, too narrow, no compiled kernels)."""
+    if a.dtype != dtype or not a.flags.c_contiguous or not a.size:
+        return None
+    turned = np.empty(shape, dtype)
+    matrix = rows * cols
+    if transpose_into(turned, a, 0, (a.shape[0], matrix, matrix), (1, 0, 0), rows, cols, cols,
+                      rows):
+        return turned
+    return None
 
 
 # --------------------------------------------------------------------------- the two cores
