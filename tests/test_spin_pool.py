@@ -106,3 +106,116 @@ def test_run_chunks_on_the_spinning_helpers_covers_the_range_once(monkeypatch):
         sizes = _threads.run_chunks(work, 1000, 37, threads=2)
         assert sum(sizes) == 1000
     assert (out == 20).all()
+
+
+def _spinning_pool() -> _spin.SpinningPool:
+    """A one-helper pool whose helper spins now (it ran a task a moment ago)."""
+    pool = _spin.SpinningPool(1, "test_hold")
+    for _ in range(50):
+        pool.submit(lambda: None).result()
+        if pool.can_hold():
+            return pool
+        time.sleep(0.001)
+    pool.shutdown()
+    pytest.skip("the helper does not spin here (no compiled spinner, or spinning off)")
+
+
+def _memset():
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    memset = libc.memset
+    memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+    memset.restype = ctypes.c_void_p
+    return memset, ctypes.cast(memset, ctypes.c_void_p).value
+
+
+def test_a_held_helper_waits_for_the_go_or_its_hold(monkeypatch):
+    """A task handed over with submit_held starts once the caller calls through
+    signal_call (its arguments passed on), or, without one, only after its hold."""
+    monkeypatch.setenv("CONVARITH_SPIN_US", "200000")
+    if _spin.spinner() is None:
+        pytest.skip("no compiled spinner here")
+    memset, address = _memset()
+    pool = _spinning_pool()
+    try:
+        started: dict[str, float] = {}
+        # with a go: well before a 0.5 s hold is up
+        buffer = np.zeros(16, np.uint8)
+        begin = time.perf_counter()
+        task = pool.submit_held(lambda: started.setdefault("go", time.perf_counter()), 500_000)
+        pool.signal_call(address, (buffer.ctypes.data, 7, 5))
+        task.result()
+        assert buffer.tolist() == [7] * 5 + [0] * 11  # memset(buffer, 7, 5) ran
+        assert started["go"] - begin < 0.4
+        # no go: not before the 0.3 s hold is up
+        pool.submit(lambda: None).result()
+        assert pool.can_hold()
+        begin = time.perf_counter()
+        task = pool.submit_held(lambda: started.setdefault("hold", time.perf_counter()), 300_000)
+        task.result()
+        assert started["hold"] - begin >= 0.25
+        # a plain task after a held one is not held
+        begin = time.perf_counter()
+        pool.submit(lambda: started.setdefault("plain", time.perf_counter())).result()
+        assert started["plain"] - begin < 0.2
+    finally:
+        pool.shutdown()
+
+
+def test_run_pair_returns_both_results_and_hands_back_errors_after_both():
+    ran: list[str] = []
+
+    def slow() -> str:
+        time.sleep(0.02)
+        ran.append("second")
+        return "b"
+
+    assert _threads.run_pair(lambda: "a", slow) == ("a", "b")
+
+    def fail() -> None:
+        raise ValueError("first job")
+
+    ran.clear()
+    with pytest.raises(ValueError, match="first job"):
+        _threads.run_pair(fail, slow)
+    assert ran == ["second"]  # the other job ended before the error came back
+    with pytest.raises(KeyError, match="second job"):
+        _threads.run_pair(lambda: "a", lambda: {}["second job"])
+
+
+def test_run_pair_tells_the_helper_at_the_first_compiled_call(monkeypatch):
+    """The first job's first call through call_native goes through the pool's
+    signal_call (once: later calls go straight), and calls the function either way."""
+    monkeypatch.setenv("CONVARITH_SPIN_US", "200000")
+    if _spin.spinner() is None:
+        pytest.skip("no compiled spinner here")
+    memset, address = _memset()
+    pool = _threads._POOL.get()
+    for _ in range(50):
+        pool.submit(lambda: None).result()
+        if pool.can_hold():
+            break
+    signalled: list[tuple[int, ...]] = []
+    through = pool.signal_call
+
+    def spy(function: int, arguments: tuple[int, ...]) -> None:
+        signalled.append(arguments)
+        through(function, arguments)
+
+    monkeypatch.setattr(pool, "signal_call", spy)
+    buffer = np.zeros(8, np.uint8)
+
+    def first() -> str:
+        _threads.call_native(memset, address, buffer.ctypes.data, 3, 2)
+        _threads.call_native(memset, address, buffer.ctypes.data + 4, 5, 1)
+        return "first"
+
+    assert _threads.run_pair(first, lambda: "second") == ("first", "second")
+    assert buffer.tolist() == [3, 3, 0, 0, 5, 0, 0, 0]
+    if pool.can_hold() or signalled:
+        assert signalled == [(buffer.ctypes.data, 3, 2)]
+    # outside a pair: straight through, nothing signalled
+    signalled.clear()
+    _threads.call_native(memset, address, buffer.ctypes.data, 9, 1)
+    assert buffer[0] == 9 and signalled == []

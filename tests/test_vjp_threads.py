@@ -42,16 +42,16 @@ def test_gradients_threads_by_layer_size(channels: int, size: int, batch: int,
         seen["kernel"] = (threading.get_ident(), _threads._LIMIT.get())
         return weight_grad(*args, **kwargs)
 
-    handed_out: list[tuple[int, int, Any]] = []
-    chunks = core.run_chunks
+    handed_out: list[str] = []
+    pair = core.run_pair
 
-    def spy_chunks(work: Any, total: int, chunk: int, **kwargs: Any) -> Any:
-        handed_out.append((total, chunk, kwargs.get("threads")))
-        return chunks(work, total, chunk, **kwargs)
+    def spy_pair(first: Any, second: Any) -> Any:
+        handed_out.append("pair")
+        return pair(first, second)
 
     monkeypatch.setattr(core, "transposed_conv", spy_input)
     monkeypatch.setattr(core, "_weight_grad", spy_kernel)
-    monkeypatch.setattr(core, "run_chunks", spy_chunks)
+    monkeypatch.setattr(core, "run_pair", spy_pair)
     rng = np.random.default_rng(channels * size)
     x = rng.standard_normal((batch, size, size, channels)).astype(np.float32)
     kernel = rng.standard_normal((3, 3, channels, channels)).astype(np.float32)
@@ -71,7 +71,7 @@ def test_gradients_threads_by_layer_size(channels: int, size: int, batch: int,
         assert batch == 1 or flops < core.SMALL_BACKWARD_FLOPS
         # handed to two workers, one job each; which thread takes which is the
         # scheduler's (a helper that starts late leaves both to the caller)
-        assert handed_out == [(2, 1, 2)], flops
+        assert handed_out == ["pair"], flops
         assert seen["input"][1] == seen["kernel"][1] == 1, flops
     else:
         assert seen["input"] == seen["kernel"] == (caller, 2), flops
@@ -122,12 +122,12 @@ def test_grouped_layers_count_their_slower_kernels(groups: int, handed: bool,
     TINY_BACKWARD_FLOPS (its kernels run at a fraction of a dense layer's rate): ResNeXt's
     3×3 s2 g32 256 on one 28² image is handed to two workers, while a dense layer of as
     many multiply-adds stays on the calling thread; the values are the same either way."""
-    handed_out: list[tuple[int, int, Any]] = []
-    chunks = core.run_chunks
+    handed_out: list[str] = []
+    pair = core.run_pair
 
-    def spy_chunks(work: Any, total: int, chunk: int, **kwargs: Any) -> Any:
-        handed_out.append((total, chunk, kwargs.get("threads")))
-        return chunks(work, total, chunk, **kwargs)
+    def spy_pair(first: Any, second: Any) -> Any:
+        handed_out.append("pair")
+        return pair(first, second)
 
     rng = np.random.default_rng(groups)
     channels = 256 if groups > 1 else 32  # (the dense layer: 256·8 = 32·64 inputs per tap)
@@ -142,8 +142,8 @@ def test_grouped_layers_count_their_slower_kernels(groups: int, handed: bool,
         if _threads.worker_count() < 2:
             pytest.skip("one core: every gradient runs on it")
         alone = engine.conv_vjp(x, kernel, spec, dy)
-        monkeypatch.setattr(core, "run_chunks", spy_chunks)
+        monkeypatch.setattr(core, "run_pair", spy_pair)
         result = engine.conv_vjp(x, kernel, spec, dy)
-    assert (handed_out == [(2, 1, 2)]) is handed, handed_out
+    assert (handed_out == ["pair"]) is handed, handed_out
     for got, want in zip(result[:2], alone[:2]):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))

@@ -43,7 +43,12 @@ from . import dispatch as _dispatch
 from . import gradient_modes, pooling
 from .algorithms import prepacked
 from .algorithms._llvm_transpose import transpose_into
-from .algorithms._threads import blas_single_threaded, run_chunks, thread_limit, worker_count
+from .algorithms._threads import (
+    blas_single_threaded,
+    run_pair,
+    thread_limit,
+    worker_count,
+)
 from .dispatch import (
     Algorithm,
     ConvProblem,
@@ -1414,17 +1419,19 @@ def _both_gradients(input_grad: Any, kernel_grad: Any, need_input_grad: bool,
 def _side_by_side(input_grad: Any, kernel_grad: Any, input_first: bool = False
                   ) -> tuple[Any, Any]:
     """The two gradients on two workers, one thread each: ``(d_input, d_kernel)``."""
-    # the calling thread takes the first job at once, the helper the second once it
-    # wakes (~0.1-0.2 ms later; a helper later than the first job finds both taken): by
-    # default the kernel gradient, often the longer (per-tap products), is first;
-    # ``input_first`` puts the input gradient first (gradient_modes' "pair_swapped")
+    # the calling thread takes the first job at once, a held helper the second once the
+    # caller's job lets go of the GIL (run_pair; a helper that has not taken it by the
+    # end of the first job leaves it to the caller): by default the kernel gradient,
+    # often the longer (per-tap products), is first; ``input_first`` puts the input
+    # gradient first (gradient_modes' "pair_swapped")
     jobs = (input_grad, kernel_grad) if input_first else (kernel_grad, input_grad)
 
-    def run(start: int, stop: int) -> Any:
+    def run(index: int) -> Any:
         with thread_limit(1):
-            return jobs[start]()
+            return jobs[index]()
 
-    done = run_chunks(run, 2, 1, threads=2)
+    with blas_single_threaded():
+        done = run_pair(lambda: run(0), lambda: run(1))
     return (done[0], done[1]) if input_first else (done[1], done[0])
 
 

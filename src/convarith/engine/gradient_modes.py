@@ -24,14 +24,17 @@ one, alternating processes, 2026-12-07). Cost constants fitted on one machine on
 one day chose wrongly on the same machine on another (the pair had gained 4-14% on
 those ResNeXt layers a day earlier).
 
-A helper starts its job late: it needs the GIL, which the caller holds until its own
-job reaches compiled code, and on a virtual machine a thread that waited for it runs
-again only ~0.1 ms later (ResNet-50's 3×3 128 on one 14² image: the caller's job
-started 0.04 ms into the pair, the helper's 0.2 ms). The caller should take the longer
-job, and which is longer depends on the layer and its algorithms: side by side with
+A helper starts its job after the caller's: it needs the GIL, which the caller holds
+until its own job reaches compiled code. A helper that asked for it meanwhile slept,
+and on a virtual machine a thread that slept runs again only ~0.1 ms later (ResNet-50's
+3×3 128 on one 14² image: the caller's job started 0.04 ms into the pair, the
+helper's 0.2 ms); so the helper is held back, spinning, until the caller lets go of
+the GIL (:func:`.algorithms._threads.run_pair`), and starts ~0.01-0.04 ms after the
+caller's job reaches compiled code. The caller should still take the longer job, and
+which is longer depends on the layer and its algorithms: side by side with
 the input gradient on the caller, ResNet-50's batch-1 3×3 layers took 0.85-0.93 of the
 time of the usual way on 128 on 14², 256 on 7² and the 3 -> 64 stem on 112², and 1.2×
-on 64 on 28² (two threads, one process, back-to-back blocks).
+on 64 on 28² (two threads, one process, back-to-back blocks, before the hold).
 
 So the first calls of each backward problem that the constants would run side by
 side also time it the other way round and against one after the other on the calling

@@ -42,6 +42,7 @@ from ..state import cached_once
 from . import _llvm
 from ._llvm import VectorTarget
 from ._llvm_pointwise import column_blocks
+from ._threads import call_native
 
 __all__ = ["compiled", "module_ir", "supported", "block_channels", "column_blocks",
            "GradKernels", "CHUNK_BYTES", "MIN_CHUNK", "chunk_cells"]
@@ -254,6 +255,7 @@ class GradKernels:
     chunk: int  #: cells per chunk
     drive: Any
     engine: Any  # keeps the machine code alive
+    address: int = 0  # drive's
 
     def run(self, x: np.ndarray, dy: np.ndarray, out: np.ndarray, first: int = 0,
             last: int | None = None, c_first: int = 0, c_last: int | None = None) -> None:
@@ -261,10 +263,10 @@ class GradKernels:
         (C-contiguous 2-D arrays of one dtype; the rows default to all of them)."""
         stop = x.shape[0] if last is None else last
         item = x.itemsize
-        self.drive(x.ctypes.data + first * self.channels * item,
-                   dy.ctypes.data + first * self.filters * item, out.ctypes.data,
-                   stop - first, c_first, self.channels if c_last is None else c_last,
-                   self.chunk)
+        call_native(self.drive, self.address, x.ctypes.data + first * self.channels * item,
+                    dy.ctypes.data + first * self.filters * item, out.ctypes.data,
+                    stop - first, c_first, self.channels if c_last is None else c_last,
+                    self.chunk)
 
 
 def compiled(dtype: Any, channels: int, filters: int) -> GradKernels | None:
@@ -289,4 +291,4 @@ def _compiled(dtype: np.dtype[Any], channels: int, filters: int, target: VectorT
     pointer, count = ctypes.c_void_p, ctypes.c_int64
     signature = ctypes.CFUNCTYPE(None, pointer, pointer, pointer, count, count, count, count)
     return GradKernels(channels, filters, chunk_cells(channels, filters, dtype.itemsize),
-                       signature(address), engine)
+                       signature(address), engine, int(address))

@@ -35,6 +35,17 @@ the fields stored one by one through ctypes and the caller's cores read at every
 caller, its own jobs done, spins for the budget until the last one is finished,
 then naps 20 µs at a time.
 
+A Python task handed to a spinning helper while the caller holds the GIL makes the
+helper sleep on the GIL until the caller lets go of it (and then wake ~0.1 ms late on a
+virtual machine). :meth:`SpinningPool.submit_held` hands one over held: the helper
+that sees it spins on until the caller says, from compiled code, that it has let go
+of the GIL (:meth:`SpinningPool.signal_call`: a go counter bumped, then the caller's
+compiled call), or until a time stamp the caller sets just before a call that lets
+go of the GIL by itself (:meth:`SpinningPool.go_soon`, NumPy's BLAS products), or,
+failing both, for the hold asked; only then does it go back to Python, and finds
+the GIL free. :func:`._threads.run_pair` runs a batch-1 backward pass's two
+gradients this way.
+
 Examples
 --------
 >>> pool = SpinningPool(1)
@@ -101,7 +112,8 @@ done:
 ; a native batch slot (int64): [0] the claim counter (epoch << 40 | count << 20 | next),
 ; [1] the runner's address, runner(table, first row, rows), [2] the table's address,
 ; [3] the address of the jobs (first row, rows), [4] helpers allowed to join,
-; [5] helpers that asked to join (tickets), [8] jobs finished
+; [5] helpers that asked to join (tickets), [8] jobs finished; [9], [10] and [11] are
+; serve's hold (ticks), go counter and go time stamp (see serve)
 define internal i64 @claim_one(i64* %slot) {
 entry:
   %seen = load atomic i64, i64* %slot acquire, align 8
@@ -232,11 +244,42 @@ entry:
   %first_seen = load atomic i64, i64* %slot acquire, align 8
   %first_epoch = lshr i64 %first_seen, 40
   store i64 %first_epoch, i64* %last_epoch, align 8
+  %first_go_at = getelementptr i64, i64* %slot, i64 10
+  %first_go = load atomic i64, i64* %first_go_at acquire, align 8
   br label %check
 check:
   %value = load atomic i32, i32* %word acquire, align 4
   %changed = icmp ne i32 %value, %old
-  br i1 %changed, label %done, label %look
+  br i1 %changed, label %hold, label %look
+hold:
+  ; a task that asked to be held [9] (ticks): wait that long before going back to Python
+  ; (where this thread takes the GIL, sleeping if the caller still holds it), or until a
+  ; go [10] past the one seen at the start: the caller has let go of the GIL
+  %held_at = getelementptr i64, i64* %slot, i64 9
+  %held = load atomic i64, i64* %held_at acquire, align 8
+  %go_at = getelementptr i64, i64* %slot, i64 10
+  %hold_start = call i64 @llvm.readcyclecounter()
+  br label %holding
+holding:
+  %go_now = load atomic i64, i64* %go_at acquire, align 8
+  %went = icmp ne i64 %go_now, %first_go
+  br i1 %went, label %done, label %hold_time
+hold_time:
+  %hold_now = call i64 @llvm.readcyclecounter()
+  %hold_spent = sub i64 %hold_now, %hold_start
+  %hold_over = icmp uge i64 %hold_spent, %held
+  br i1 %hold_over, label %done, label %hold_soon
+hold_soon:
+  ; a go at a time stamp [11] (0: none): the caller is about to let go of the GIL
+  %soon_at = getelementptr i64, i64* %slot, i64 11
+  %soon = load atomic i64, i64* %soon_at acquire, align 8
+  %soon_set = icmp ne i64 %soon, 0
+  %soon_past = icmp uge i64 %hold_now, %soon
+  %soon_due = and i1 %soon_set, %soon_past
+  br i1 %soon_due, label %done, label %hold_pause
+hold_pause:
+  call void @llvm.x86.sse2.pause()
+  br label %holding
 look:
   %seen = load atomic i64, i64* %slot acquire, align 8
   ; a new batch starts the budget again (joined or not, the caller is busy now)
@@ -283,6 +326,18 @@ done:
   %last = load atomic i32, i32* %word acquire, align 4
   ret i32 %last
 }
+
+; go [10] (a held helper may take the GIL now: this thread let go of it to run this
+; call), then function(a0 ... a6)
+define void @signal_call(i64* %slot, i64 %function, i64 %a0, i64 %a1, i64 %a2, i64 %a3,
+                         i64 %a4, i64 %a5, i64 %a6) {
+entry:
+  %go_at = getelementptr i64, i64* %slot, i64 10
+  %ignored = atomicrmw add i64* %go_at, i64 1 release
+  %fn = inttoptr i64 %function to void (i64, i64, i64, i64, i64, i64, i64)*
+  call void %fn(i64 %a0, i64 %a1, i64 %a2, i64 %a3, i64 %a4, i64 %a5, i64 %a6)
+  ret void
+}
 """
 
 
@@ -306,6 +361,7 @@ class _Spinner:
     def __init__(self, spin: Any, ticks_per_microsecond: float, engine: Any,
                  yield_address: int, nap_address: int) -> None:
         self._spin = spin
+        self._now = ctypes.CFUNCTYPE(ctypes.c_int64)(engine.get_function_address("ticks"))
         self._per_microsecond = ticks_per_microsecond
         self._engine = engine  # owns the code
         self._yield = yield_address
@@ -321,6 +377,10 @@ class _Spinner:
         #: ``join(slot)``: run the jobs of a native batch slot until none is left, if
         #: the slot allows one more helper
         self.join = ctypes.CFUNCTYPE(i64, pointer)(engine.get_function_address("join"))
+        #: ``signal_call(slot, function, a0 … a6)``: the slot's go, then a compiled
+        #: ``void function(a0 … a6)`` (int64 or pointer arguments; unused ones ignored)
+        self.signal_call = ctypes.CFUNCTYPE(None, pointer, *([i64] * 8))(
+            engine.get_function_address("signal_call"))
 
     def wait(self, address: int, old: int, microseconds: float) -> int:
         return int(self._spin(address, old, int(microseconds * self._per_microsecond),
@@ -331,6 +391,14 @@ class _Spinner:
         (the budget starts again after each); returns the word's value."""
         return int(self._serve(address, old, int(microseconds * self._per_microsecond),
                                self._yield, slot))
+
+    def now(self) -> int:
+        """The time-stamp counter now."""
+        return int(self._now())
+
+    def ticks(self, microseconds: float) -> int:
+        """Time-stamp counter ticks in ``microseconds``."""
+        return int(microseconds * self._per_microsecond)
 
     def _ticks(self, microseconds: float) -> int:
         microseconds_seen, ticks = self._budgets
@@ -469,10 +537,50 @@ class SpinningPool:
 
     def submit(self, call: Callable[..., Any], *arguments: Any) -> Task:
         """Queue ``call(*arguments)``; a ``RuntimeError`` once the pool is shut down."""
-        task = Task((lambda: call(*arguments)) if arguments else call, self)
+        return self._submit((lambda: call(*arguments)) if arguments else call, 0)
+
+    def submit_held(self, call: Callable[[], Any], microseconds: float) -> Task:
+        """:meth:`submit` ``call``, a spinning helper that takes it holding back for up
+        to ``microseconds`` before it goes for the GIL, or until a call through
+        :meth:`signal_call` (the caller, in compiled code, has let go of the GIL).
+
+        Why: a helper that asks for the GIL while the caller holds it sleeps until
+        the caller lets go, and on a virtual machine a thread that slept runs again
+        only ~0.1 ms later; one that asks once the GIL is free takes it at once.
+        """
+        wait = self._spinner
+        ticks = wait.ticks(microseconds) if wait is not None else 0
+        return self._submit(call, ticks)
+
+    def can_hold(self) -> bool:
+        """Whether :meth:`submit_held` can hold a helper back: a compiled spinner,
+        spinning on, and every helper spinning now (a sleeping one is woken as usual)."""
+        return (self._spinner is not None and spin_microseconds() > 0 and not self._sleeping
+                and not self._closed)
+
+    def signal_call(self, function: int, arguments: tuple[int, ...]) -> None:
+        """``function(*arguments)`` (a compiled function's address, at most seven int64
+        or pointer arguments) on this thread, a held helper (:meth:`submit_held`) told
+        first, from compiled code, that it may go for the GIL."""
+        wait = self._spinner
+        assert wait is not None and len(arguments) <= 7
+        wait.signal_call(self._slot_address, function, *arguments,
+                         *([0] * (7 - len(arguments))))
+
+    def go_soon(self, microseconds: float) -> None:
+        """Let a held helper (:meth:`submit_held`) go for the GIL ``microseconds`` from
+        now: the caller is about to let go of it in a call of its own (NumPy's BLAS)."""
+        wait = self._spinner
+        if wait is not None:
+            self._slot[11] = wait.now() + wait.ticks(microseconds)
+
+    def _submit(self, call: Callable[[], Any], hold: int) -> Task:
+        task = Task(call, self)
         with self._lock:
             if self._closed:
                 raise RuntimeError("the pool is shut down")
+            self._slot[9] = hold
+            self._slot[11] = 0
             self._queue.append(task)
             self._generation = (self._generation + 1) & 0x7FFFFFFF
             self._word.value = self._generation

@@ -39,7 +39,8 @@ from ._spin import SpinningPool
 __all__ = ["run_chunks", "worker_count", "thread_limit", "blas_single_threaded", "workspace", "aligned_empty",
            "aligned_copy", "chunk_workers",
            "SMALL_WORK", "SMALL_WORK_NO_BLAS", "parallel_penalty", "BLAS_SERIAL_SHARE",
-           "run_native_jobs", "run_native_table", "native_workers"]
+           "run_native_jobs", "run_native_table", "native_workers", "run_pair", "call_native",
+           "releasing_gil", "HOLD_MICROSECONDS", "GO_DELAY_MICROSECONDS"]
 
 #: Below this many FLOPs a problem runs inline: starting threads and limiting
 #: BLAS costs about a millisecond, more than the work itself.
@@ -375,11 +376,109 @@ def run_native_table(runner: Any, table: int, rows: int, jobs: int, count: int,
         with contextlib.suppress(RuntimeError):  # the pool let go meanwhile: run here
             if pool.run_native(runner.address, table, jobs, count, workers - 1) is not None:
                 return
-    runner.drive(table, 0, rows)
+    call_native(runner.drive, runner.address, table, 0, rows)
 
 
 # Marks the helper threads (nested calls run inline there).
 _IN_HELPER = threading.local()
+
+# The pool whose held helper this thread owes a go (:func:`run_pair`), if any.
+_OWED = threading.local()
+
+#: How long (µs) a helper handed the second job of :func:`run_pair` waits, spinning,
+#: for the caller's first compiled call before it goes for the GIL anyway. A job
+#: whose compiled work does not go through :func:`call_native` (BLAS through NumPy)
+#: sends no go; by then the caller has usually let go of the GIL for it.
+HOLD_MICROSECONDS = 40.0
+
+
+#: How long (µs) after :func:`releasing_gil` a held helper goes for the GIL: the caller's
+#: call (a NumPy product) has let go of it by then.
+GO_DELAY_MICROSECONDS = 8.0
+
+
+def releasing_gil() -> None:
+    """Called just before a call that lets go of the GIL by itself (NumPy's BLAS
+    products): where this thread runs the first job of :func:`run_pair` and has not
+    told the helper yet, the helper may go for the GIL :data:`GO_DELAY_MICROSECONDS`
+    from now."""
+    pool = getattr(_OWED, "pool", None)
+    if pool is not None:
+        _OWED.pool = None
+        pool.go_soon(GO_DELAY_MICROSECONDS)
+
+
+def call_native(function: Callable[..., Any], address: int, *arguments: int) -> None:
+    """``function(*arguments)``: a compiled function (at ``address``) of at most seven
+    int64 or pointer arguments, called from Python. Where this thread runs the first
+    job of :func:`run_pair`, its first such call tells the held helper, from
+    compiled code once the GIL is let go, that it may take the GIL now."""
+    pool = getattr(_OWED, "pool", None)
+    if pool is None:
+        function(*arguments)
+        return
+    _OWED.pool = None
+    pool.signal_call(address, arguments)
+
+
+def run_pair(first: Callable[[], Any], second: Callable[[], Any]) -> tuple[Any, Any]:
+    """``(first(), second())``: ``first`` on this thread, ``second`` on a helper at once.
+
+    A helper handed a job while the caller holds the GIL sleeps until the caller lets
+    go of it, and on a virtual machine a thread that slept runs again ~0.1 ms later
+    (a quarter of a batch-1 backward pass). So the helper spins on until this thread's
+    first compiled call through :func:`call_native` (which lets go of the GIL first),
+    or for :data:`HOLD_MICROSECONDS`, before it takes the GIL. Where the pool cannot
+    hold a helper (no spinner, spinning off, inside a helper) this is
+    :func:`run_chunks` with two threads. Each job's error is raised here, after both
+    have ended.
+    """
+    jobs = (first, second)
+
+    def outcome(index: int) -> tuple[Any, BaseException | None]:
+        try:
+            return jobs[index](), None
+        except BaseException as error:  # noqa: BLE001 - raised once both have ended
+            return None, error
+
+    pool = _POOL.get() if not getattr(_IN_HELPER, "active", False) else None
+    if pool is None or not pool.can_hold():
+        done = run_chunks(lambda start, stop: outcome(start), 2, 1, threads=2, blas=False)
+        return _both(done[0], done[1])
+    caller_cpu = _current_cpu()
+    if caller_cpu is not None and pool.keep_off_due(caller_cpu):
+        pool.keep_off(caller_cpu, os.sched_getaffinity(0))
+    errors = np.geterr()
+
+    def helper() -> tuple[Any, BaseException | None]:
+        _IN_HELPER.active = True
+        try:
+            with np.errstate(**errors):
+                return outcome(1)
+        finally:
+            _IN_HELPER.active = False
+
+    try:
+        task = pool.submit_held(helper, HOLD_MICROSECONDS)
+    except RuntimeError:  # the pool let go meanwhile
+        return _both(outcome(0), outcome(1))
+    _OWED.pool = pool
+    try:
+        mine = outcome(0)
+    finally:
+        _OWED.pool = None
+    # a helper that has not taken the job yet (it is still held, or busy elsewhere)
+    # leaves it to this thread
+    return _both(mine, outcome(1) if task.cancel() else task.result())
+
+
+def _both(first: tuple[Any, BaseException | None], second: tuple[Any, BaseException | None]
+          ) -> tuple[Any, Any]:
+    """Two jobs' ``(value, error)`` as their values, or the first error raised."""
+    for _, error in (first, second):
+        if error is not None:
+            raise error
+    return first[0], second[0]
 
 
 def _as_helper(fn: Callable[[], None]) -> None:

@@ -50,7 +50,7 @@ from ...arithmetic import effective_kernel, transposed_crop
 from ..dispatch import ConvProblem, Requirements, register_algorithm
 from ..state import cached_once
 from . import _llvm_pointwise
-from ._threads import run_chunks, worker_count, workspace
+from ._threads import releasing_gil, run_chunks, worker_count, workspace
 
 __all__ = ["transposed", "applies", "cost", "CHUNK_BYTES", "FEW_CELLS"]
 
@@ -593,6 +593,7 @@ def transposed(
                 product_kernel.run(np.ascontiguousarray(pieces[0]), joint_matrix,
                                    products[:, 0])
             else:
+                releasing_gil()
                 np.matmul(pieces[0], joint[0], out=products[:, 0])
             if joint_rows is not None:
                 size_array, strides_array, dilation_array, reach_array = geometry
@@ -633,8 +634,10 @@ def transposed(
                 if groups == 1 and count <= KERNEL_FIRST_CELLS:
                     # few cells of one group: the kernel's rows times the cells' transpose,
                     # then the small result transposed (see KERNEL_FIRST_CELLS)
+                    releasing_gil()
                     np.copyto(cols[:, 0], np.matmul(weights[0].T, pieces[0].T).T)
                 else:
+                    releasing_gil()
                     np.matmul(pieces[g0:g1], weights[g0:g1], out=cols.transpose(1, 0, 2))
                 if gather is not None:
                     a, b, d = combo
@@ -715,6 +718,7 @@ def kernel_first(
             g1 = min(groups, g0 + group_batch)
             # stored (cells, groups, taps·Fg), as the gather reads them
             cols = products[: (g1 - g0) * width * count].reshape(count, g1 - g0, width)
+            releasing_gil()
             np.matmul(weights[g0:g1], cells[g0:g1], out=cols.transpose(1, 2, 0))
             if gather is None:
                 for g in range(g0, g1):

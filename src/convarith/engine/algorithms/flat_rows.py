@@ -60,7 +60,14 @@ from ..dispatch import ConvProblem, Requirements, register_algorithm
 from ..padding import pad
 from ..state import cached_once
 from ._outputs import POOL_BYTES, output_empty
-from ._threads import SMALL_WORK, parallel_penalty, run_chunks, worker_count, workspace
+from ._threads import (
+    SMALL_WORK,
+    parallel_penalty,
+    releasing_gil,
+    run_chunks,
+    worker_count,
+    workspace,
+)
 
 __all__ = ["direct", "weight_grad", "applies", "cost", "FlatPlan", "plan", "CHUNK_BYTES", "accumulate",
            "blas_gemm", "chunk_rows",
@@ -290,6 +297,7 @@ def _direct_im2col(
             im2col(source, image, row0, col0, s0, s1, d0, d1, p0, p1, kh, kw, columns)
             # whole rows, or part of one row: both blocks are contiguous
             target = y[image, row0:row1, col0:col1].reshape(-1, f)
+            releasing_gil()
             np.matmul(columns.reshape(-1, kh * kw * c), weights, out=target)
 
     flops = 2.0 * n * o0 * o1 * kh * kw * c * f
@@ -453,9 +461,11 @@ def _weight_grad_cells(xp: np.ndarray, dy: np.ndarray, kernel_size: Sequence[int
             columns = _cells_columns(xp, unit, kernel_size, strides, dilation, out_size)
             grads = dy[i0:i1, r0:r1].reshape(-1, f)
             if unit is units[first]:
+                releasing_gil()
                 np.matmul(columns.T, grads, out=total)
             else:
                 product = workspace("flat_rows.cells_product", total.shape, xp.dtype)
+                releasing_gil()
                 np.matmul(columns.T, grads, out=product)
                 total += product
         return total
@@ -497,6 +507,7 @@ def _direct_cells(
                                      out_size, before)
             e0, e1 = edges[part], edges[part + 1]
             target = y[i0:i1, r0:r1].reshape(-1, f)  # whole rows: contiguous
+            releasing_gil()
             np.matmul(columns.reshape(-1, taps * c), weights[:, e0:e1], out=target[:, e0:e1])
 
     run_chunks(work, len(units) * parts, 1, threads=threads, flops=flops)
@@ -609,6 +620,7 @@ def taps_transposed(
                     block[...] = columns
                     columns = block
                 if number == 0 and full is not None:
+                    releasing_gil()
                     if target.flags.c_contiguous:
                         np.matmul(columns.reshape(-1, c), weights,
                                   out=target.reshape(-1, e1 - e0))
@@ -617,6 +629,7 @@ def taps_transposed(
                                                 ).reshape(target.shape)
                     continue
                 product = workspace("flat_rows.taps_product", (*rows, e1 - e0), x.dtype)
+                releasing_gil()
                 np.matmul(columns.reshape(-1, c), weights, out=product.reshape(-1, e1 - e0))
                 target += product
 
@@ -707,12 +720,15 @@ def accumulate(a: np.ndarray, b: np.ndarray, c: np.ndarray, scratch: np.ndarray 
     if gemm is not None:
         # column-major view: cᵀ = bᵀ aᵀ (+ cᵀ), every operand Fortran-contiguous;
         # with beta 0, BLAS does not read c
+        releasing_gil()
         gemm(1.0, b.T, a.T, beta=1.0 if add else 0.0, c=c.T, overwrite_c=True)
         return
     if not add:
+        releasing_gil()
         np.matmul(a, b, out=c)
         return
     assert scratch is not None
+    releasing_gil()
     np.matmul(a, b, out=scratch)
     c += scratch
 
@@ -759,6 +775,7 @@ def _output(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
 def _product(rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """``rows @ weights`` into a new array (:func:`_output`)."""
     out = _output((rows.shape[0], weights.shape[1]), np.result_type(rows, weights))
+    releasing_gil()
     return np.matmul(rows, weights, out=out)
 
 
@@ -880,6 +897,7 @@ def direct(
             else:
                 for index, (_, phase, shift) in enumerate(tap_list):
                     columns[:, index] = source[phase, start + shift: stop + shift]
+            releasing_gil()
             np.matmul(columns.reshape(rows, taps * c), stacked, out=block[:rows])
             return
         target = block[:rows]
@@ -999,6 +1017,7 @@ def weight_grad(
         if rows.shape[0] == 1:  # one cell (a 1×1 image): NumPy's matmul of inner size 1
             # takes its slow loop (~70 µs for 1152 × 48); the outer product is the same
             return np.multiply.outer(rows[0], dy.reshape(f)).reshape(*kernel_size, c, f)
+        releasing_gil()
         return np.matmul(rows.T, dy.reshape(-1, f)).reshape(*kernel_size, c, f)
     padded_size = xp.shape[1:-1] if padding is None else tuple(
         e + lo + hi for e, (lo, hi) in zip(xp.shape[1:-1], padding))
@@ -1017,6 +1036,7 @@ def weight_grad(
         partial = np.empty((len(taps), c, f), xp.dtype)
         grads = flat_dy[start:stop]
         for index, (_, phase, shift) in enumerate(taps):
+            releasing_gil()
             np.matmul(images[phase, start + shift: stop + shift].T, grads, out=partial[index])
         return partial
 

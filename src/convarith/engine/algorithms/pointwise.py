@@ -29,7 +29,7 @@ import numpy as np
 
 from ..dispatch import ConvProblem, Requirements, register_algorithm
 from . import _llvm_pointwise, pointwise_rows
-from ._threads import SMALL_WORK, worker_count
+from ._threads import SMALL_WORK, releasing_gil, worker_count
 from .pointwise_rows import chunks, narrow_kernel_runs, narrow_runner, products
 
 __all__ = ["transposed", "applies", "cost", "FEW_ROWS", "WIDE_KERNEL_BYTES", "wide_kernel_runs"]
@@ -131,8 +131,10 @@ def transposed(
         # at half the rate (one core: 4²×2048 -> 512 0.99 against 0.51 ms, 4²×512 -> 2048
         # 0.94 against 0.51, 4²×320 -> 960 0.25 against 0.14, 7²×2048 -> 512 1.82
         # against 1.42)
+        releasing_gil()
         product = np.ascontiguousarray(np.matmul(kernel.reshape(filters, channels), rows.T).T)
     else:
+        releasing_gil()
         product = np.matmul(rows, weights)
     if whole:
         return product.reshape(n, *out_size, filters)
