@@ -298,10 +298,20 @@ def run_chunks(
             return results
         pool = _POOL.get()
         helpers = []
+        # spinning helpers are held until this thread's chunk lets go of the GIL (see
+        # run_pair): one that asks for it sooner sleeps, and wakes ~0.1 ms late
+        held = pool.can_hold()
         with contextlib.suppress(RuntimeError):  # the pool let go meanwhile: drain alone
             for _ in range(workers - 1):
-                helpers.append(pool.submit(_as_helper, helper_drain))
-        drain()
+                helpers.append(pool.submit_held(functools.partial(_as_helper, helper_drain),
+                                                HOLD_MICROSECONDS) if held else
+                               pool.submit(_as_helper, helper_drain))
+        if held:
+            _OWED.pool = pool
+        try:
+            drain()
+        finally:
+            _OWED.pool = None
         for helper in helpers:
             # a helper still queued (the pool busy with another caller's chunks) has
             # nothing left to do: drop it rather than wait for it
