@@ -279,7 +279,6 @@ hold_soon:
   br i1 %soon_due, label %done, label %hold_pause
 hold_pause:
   call void @llvm.x86.sse2.pause()
-  %hold_yielded = call i32 %yield()
   br label %holding
 look:
   %seen = load atomic i64, i64* %slot acquire, align 8
