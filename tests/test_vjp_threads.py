@@ -147,3 +147,36 @@ def test_grouped_layers_count_their_slower_kernels(groups: int, handed: bool,
     assert (handed_out == ["pair"]) is handed, handed_out
     for got, want in zip(result[:2], alone[:2]):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+
+
+def test_without_a_blas_limit_the_pair_runs_on_the_calling_thread(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where BLAS cannot be held to one thread (no threadpoolctl), the two gradients that
+    would run side by side run one after the other on the calling thread (BLAS's own
+    threads would share the cores with the pair), with the same values."""
+    import contextlib
+
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((1, 28, 28, 64)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, 64, 64)).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    spec = ConvSpec(3, padding="same", rank=2)
+    with engine.thread_limit(2):
+        if _threads.worker_count() < 2:
+            pytest.skip("one core: every gradient runs on it")
+        expected = engine.conv_vjp(x, kernel, spec, dy)
+        pairs: list[str] = []
+        threads: set[int] = set()
+        transposed = core.transposed_conv
+
+        def spy_input(*args: Any, **kwargs: Any) -> Any:
+            threads.add(threading.get_ident())
+            return transposed(*args, **kwargs)
+
+        monkeypatch.setattr(core, "blas_single_threaded", lambda: contextlib.nullcontext(False))
+        monkeypatch.setattr(core, "run_pair", lambda *a: pairs.append("pair"))
+        monkeypatch.setattr(core, "transposed_conv", spy_input)
+        got = engine.conv_vjp(x, kernel, spec, dy)
+    assert pairs == [] and threads == {threading.get_ident()}
+    for a, b in zip(got[:2], expected[:2]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)

@@ -1430,8 +1430,11 @@ def _side_by_side(input_grad: Any, kernel_grad: Any, input_first: bool = False
         with thread_limit(1):
             return jobs[index]()
 
-    with blas_single_threaded():
-        done = run_pair(lambda: run(0), lambda: run(1))
+    with blas_single_threaded() as limited:
+        if not limited:  # BLAS's own threads would share the cores with the pair's
+            done = (run(0), run(1))
+        else:
+            done = run_pair(lambda: run(0), lambda: run(1))
     return (done[0], done[1]) if input_first else (done[1], done[0])
 
 
