@@ -461,15 +461,11 @@ def run_pair(first: Callable[[], Any], second: Callable[[], Any]) -> tuple[Any, 
     errors = np.geterr()
 
     def helper() -> tuple[Any, BaseException | None]:
-        _IN_HELPER.active = True
-        try:
-            with np.errstate(**errors):
-                return outcome(1)
-        finally:
-            _IN_HELPER.active = False
+        with np.errstate(**errors):
+            return outcome(1)
 
     try:
-        task = pool.submit_held(helper, HOLD_MICROSECONDS)
+        task = pool.submit_held(functools.partial(_as_helper, helper), HOLD_MICROSECONDS)
     except RuntimeError:  # the pool let go meanwhile
         return _both(outcome(0), outcome(1))
     _OWED.pool = pool
@@ -491,10 +487,10 @@ def _both(first: tuple[Any, BaseException | None], second: tuple[Any, BaseExcept
     return first[0], second[0]
 
 
-def _as_helper(fn: Callable[[], None]) -> None:
+def _as_helper(fn: Callable[[], Any]) -> Any:
     _IN_HELPER.active = True
     try:
-        fn()
+        return fn()
     finally:
         _IN_HELPER.active = False
 
